@@ -1,0 +1,115 @@
+//! The admin listener: read-only HTTP for `/metrics` (Prometheus text), `/healthz` and
+//! `/readyz`. It runs on its own small thread, off the cores, and answers one short request per
+//! connection with bounded reads and timeouts, so a scraper can never slow the data path.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use crate::metrics::Registry;
+
+const MAX_REQUEST: usize = 4096;
+
+/// Binds the admin address and serves it on a background thread. Returns the bound address.
+pub fn start(addr: SocketAddr, registry: Registry) -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new().name("wssedge-admin".into()).spawn(move || {
+        for stream in listener.incoming() {
+            match stream {
+                Ok(s) => {
+                    if let Err(e) = answer(s, &registry) {
+                        tracing::debug!(error = %e, "admin request failed");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    })?;
+    Ok(bound)
+}
+
+fn answer(mut stream: TcpStream, registry: &Registry) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut buf = [0u8; MAX_REQUEST];
+    let mut len = 0;
+    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+        if len == buf.len() {
+            return respond(&mut stream, 431, "text/plain", "request too large\n");
+        }
+        let n = stream.read(&mut buf[len..])?;
+        if n == 0 {
+            return Ok(());
+        }
+        len += n;
+    }
+    let line = buf[..len].split(|&b| b == b'\r').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split(' ');
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    if method != "GET" && method != "HEAD" {
+        return respond(&mut stream, 405, "text/plain", "only GET\n");
+    }
+    let (status, ctype, body) = route(path, registry);
+    respond(&mut stream, status, ctype, &body)
+}
+
+/// What each admin path answers: (status, content type, body).
+pub fn route(path: &str, registry: &Registry) -> (u16, &'static str, String) {
+    match path {
+        "/metrics" => (200, "text/plain; version=0.0.4", registry.render()),
+        "/healthz" => (200, "text/plain", "ok\n".into()),
+        "/readyz" if registry.all_alive() => (200, "text/plain", "ready\n".into()),
+        "/readyz" => (503, "text/plain", "not ready: a core is not serving\n".into()),
+        _ => (404, "text/plain", "not found: try /metrics, /healthz or /readyz\n".into()),
+    }
+}
+
+fn respond(stream: &mut TcpStream, status: u16, ctype: &str, body: &str) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        crate::refuse::status_text(status),
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::CoreMetrics;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    #[test]
+    fn readyz_follows_the_cores_and_metrics_render() {
+        let core = Arc::new(CoreMetrics::new(0, 0));
+        let reg = Registry { cores: vec![core.clone()] };
+        assert_eq!(route("/readyz", &reg).0, 503);
+        core.alive.store(true, Ordering::Relaxed);
+        assert_eq!(route("/readyz", &reg).0, 200);
+        assert_eq!(route("/healthz", &reg).0, 200);
+        let (status, _, body) = route("/metrics", &reg);
+        assert_eq!(status, 200);
+        assert!(body.contains("wssedge_connections_accepted_total"));
+        assert_eq!(route("/nope", &reg).0, 404);
+    }
+
+    #[test]
+    fn serves_over_http() {
+        let reg = Registry { cores: vec![Arc::new(CoreMetrics::new(0, 0))] };
+        let addr = start("127.0.0.1:0".parse().unwrap(), reg).unwrap();
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+        assert!(out.ends_with("ok\n"));
+    }
+}

@@ -1,0 +1,77 @@
+//! A per-core pool of read buffers.
+//!
+//! Reads are readiness-first: a connection takes a buffer only once its socket is readable and
+//! gives it back as soon as everything in it has been consumed, so an idle connection holds no
+//! buffer. The pool is per core (no locks) and capped: buffers beyond the cap are freed.
+
+/// Capacity of every pooled buffer: room for a whole TLS record (16 KiB + overhead) several times.
+pub const POOL_BUFFER_CAPACITY: usize = 64 * 1024;
+
+/// A per-core stack of equally sized, empty buffers.
+#[derive(Debug)]
+pub struct BufPool {
+    free: Vec<Vec<u8>>,
+    max_retained: usize,
+    capacity: usize,
+}
+
+impl BufPool {
+    /// A pool handing out buffers of `capacity` bytes, keeping at most `max_retained` spare ones.
+    pub fn new(capacity: usize, max_retained: usize) -> Self {
+        Self { free: Vec::new(), max_retained, capacity }
+    }
+
+    /// An empty buffer with at least the pool's capacity.
+    pub fn take(&mut self) -> Vec<u8> {
+        self.free.pop().unwrap_or_else(|| Vec::with_capacity(self.capacity))
+    }
+
+    /// Returns a buffer. Its contents are discarded; a buffer that grew past the pool's
+    /// capacity (a large message) is freed rather than kept, so the pool never hoards memory.
+    pub fn give(&mut self, mut buf: Vec<u8>) {
+        if self.free.len() < self.max_retained && buf.capacity() >= self.capacity && buf.capacity() <= 2 * self.capacity {
+            buf.clear();
+            self.free.push(buf);
+        }
+    }
+
+    /// Spare buffers held right now.
+    pub fn spare(&self) -> usize {
+        self.free.len()
+    }
+
+    /// The capacity of the buffers this pool hands out.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+impl Default for BufPool {
+    fn default() -> Self {
+        Self::new(POOL_BUFFER_CAPACITY, 64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuses_returned_buffers_and_frees_oversized_ones() {
+        let mut pool = BufPool::new(1024, 2);
+        let mut a = pool.take();
+        assert!(a.capacity() >= 1024);
+        a.extend_from_slice(b"hello");
+        pool.give(a);
+        assert_eq!(pool.spare(), 1);
+        let b = pool.take();
+        assert!(b.is_empty(), "a reused buffer comes back empty");
+        let big = Vec::with_capacity(1024 * 8);
+        pool.give(big);
+        assert_eq!(pool.spare(), 0, "an oversized buffer is freed, not hoarded");
+        pool.give(b);
+        pool.give(Vec::with_capacity(1024));
+        pool.give(Vec::with_capacity(1024));
+        assert_eq!(pool.spare(), 2, "the pool keeps at most its cap");
+    }
+}

@@ -1,0 +1,333 @@
+//! The edge's configuration: one typed struct, read from TOML, overridden by flags, validated
+//! once at load. A bad config is refused with the key, the value and the reason.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a configuration was refused. Every variant names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source} (check the path given to --config)")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for `{key}` = {value}: {reason}")]
+    Invalid { key: &'static str, value: String, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &'static str, value: impl std::fmt::Display, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid { key, value: value.to_string(), reason: reason.into() }
+    }
+}
+
+/// The whole configuration, as validated.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub tls: TlsConfig,
+    pub limits: Limits,
+}
+
+/// Listeners, cores and the admin endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// WSS listen addresses; every core gets its own SO_REUSEPORT listener on each.
+    pub listen: Vec<SocketAddr>,
+    /// Use the first N CPUs this process may run on (sched_getaffinity).
+    pub cores: Option<usize>,
+    /// Use exactly these CPUs, one core thread pinned on each.
+    pub cpus: Option<Vec<usize>>,
+    /// The admin listener: /metrics, /healthz, /readyz.
+    pub admin: SocketAddr,
+    /// Where the development certificate lives when no certificate is configured.
+    pub state_dir: PathBuf,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8443))],
+            cores: None,
+            cpus: None,
+            admin: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            state_dir: PathBuf::from("wssedge-dev"),
+        }
+    }
+}
+
+/// Certificates. Without `cert`/`key` the edge serves a development certificate (loopback only).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file: the leaf certificate followed by its chain.
+    pub cert: Option<PathBuf>,
+    /// PEM file: the leaf's private key.
+    pub key: Option<PathBuf>,
+}
+
+/// Every bound the edge enforces so that idle, slow or flooding clients cannot exhaust it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Connections per process, split evenly across cores.
+    pub max_connections: usize,
+    /// TLS handshakes plus upgrades in progress, per core.
+    pub max_handshakes_in_flight: usize,
+    /// Covers the TLS handshake and the upgrade request until the 101 is sent.
+    pub handshake_timeout_ms: u64,
+    /// An upgraded connection that receives nothing for this long is closed with 1001.
+    pub idle_timeout_ms: u64,
+    /// A write that makes no progress for this long closes the connection (a client not reading).
+    pub write_timeout_ms: u64,
+    pub max_frame_bytes: usize,
+    pub max_message_bytes: usize,
+    /// Bytes held in partly received frames and messages, per core; the connection that
+    /// crosses it is closed with 1013.
+    pub max_buffered_bytes_per_core: usize,
+    /// Size cap of the HTTP upgrade request (431 beyond).
+    pub max_request_bytes: usize,
+    /// Header count cap of the HTTP upgrade request (431 beyond).
+    pub max_headers: usize,
+    /// SO_SNDBUF of every accepted socket.
+    pub socket_send_buffer_bytes: usize,
+    /// SO_RCVBUF of every accepted socket.
+    pub socket_recv_buffer_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            max_handshakes_in_flight: 256,
+            handshake_timeout_ms: 5_000,
+            idle_timeout_ms: 300_000,
+            write_timeout_ms: 30_000,
+            max_frame_bytes: 16 << 20,
+            max_message_bytes: 16 << 20,
+            max_buffered_bytes_per_core: 256 << 20,
+            max_request_bytes: 8192,
+            max_headers: 64,
+            socket_send_buffer_bytes: 256 << 10,
+            socket_recv_buffer_bytes: 256 << 10,
+        }
+    }
+}
+
+impl Limits {
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
+}
+
+/// Flags that override the file, as given on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Vec<SocketAddr>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub cores: Option<usize>,
+    pub cpus: Option<Vec<usize>>,
+    pub admin: Option<SocketAddr>,
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads and parses a TOML file; unknown keys are refused.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
+    }
+
+    /// Parses TOML text. The error message carries toml's key, line and reason.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// Applies command-line flags over the file's values.
+    pub fn apply(&mut self, o: Overrides) {
+        if !o.listen.is_empty() {
+            self.server.listen = o.listen;
+        }
+        if o.cert.is_some() {
+            self.tls.cert = o.cert;
+        }
+        if o.key.is_some() {
+            self.tls.key = o.key;
+        }
+        if o.cores.is_some() {
+            self.server.cores = o.cores;
+            self.server.cpus = None;
+        }
+        if o.cpus.is_some() {
+            self.server.cpus = o.cpus;
+            self.server.cores = None;
+        }
+        if let Some(admin) = o.admin {
+            self.server.admin = admin;
+        }
+        if let Some(dir) = o.state_dir {
+            self.server.state_dir = dir;
+        }
+    }
+
+    /// Checks every value once, so the rest of the edge can trust them.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.listen.is_empty() {
+            return Err(ConfigError::invalid("server.listen", "[]", "at least one listen address is needed"));
+        }
+        for (i, a) in s.listen.iter().enumerate() {
+            if s.listen[..i].contains(a) {
+                return Err(ConfigError::invalid("server.listen", a, "listed twice"));
+            }
+        }
+        if s.cores.is_some() && s.cpus.is_some() {
+            return Err(ConfigError::invalid("server.cores", s.cores.unwrap_or(0), "give either `cores` or `cpus`, not both"));
+        }
+        if s.cores == Some(0) {
+            return Err(ConfigError::invalid("server.cores", 0, "must be at least 1"));
+        }
+        if let Some(cpus) = &s.cpus {
+            if cpus.is_empty() {
+                return Err(ConfigError::invalid("server.cpus", "[]", "name at least one CPU"));
+            }
+            for (i, c) in cpus.iter().enumerate() {
+                if cpus[..i].contains(c) {
+                    return Err(ConfigError::invalid("server.cpus", format!("{cpus:?}"), format!("CPU {c} listed twice")));
+                }
+            }
+        }
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), None) => return Err(ConfigError::invalid("tls.key", "(missing)", "`tls.cert` needs `tls.key` (--key)")),
+            (None, Some(_)) => return Err(ConfigError::invalid("tls.cert", "(missing)", "`tls.key` needs `tls.cert` (--cert)")),
+            _ => {}
+        }
+        for (key, path) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
+            if let Some(p) = path {
+                if !p.is_file() {
+                    return Err(ConfigError::invalid(key, p.display(), "no such file"));
+                }
+            }
+        }
+        if self.tls.cert.is_none() {
+            if let Some(a) = s.listen.iter().find(|a| !a.ip().is_loopback()) {
+                return Err(ConfigError::invalid(
+                    "server.listen",
+                    a,
+                    "the development certificate is for loopback only: give a real certificate with \
+                     --cert/--key (or [tls] cert/key), or listen on 127.0.0.1/::1",
+                ));
+            }
+        }
+        let l = &self.limits;
+        let positive: [(&'static str, u64); 11] = [
+            ("limits.max_connections", l.max_connections as u64),
+            ("limits.max_handshakes_in_flight", l.max_handshakes_in_flight as u64),
+            ("limits.handshake_timeout_ms", l.handshake_timeout_ms),
+            ("limits.idle_timeout_ms", l.idle_timeout_ms),
+            ("limits.write_timeout_ms", l.write_timeout_ms),
+            ("limits.max_frame_bytes", l.max_frame_bytes as u64),
+            ("limits.max_message_bytes", l.max_message_bytes as u64),
+            ("limits.max_buffered_bytes_per_core", l.max_buffered_bytes_per_core as u64),
+            ("limits.max_request_bytes", l.max_request_bytes as u64),
+            ("limits.max_headers", l.max_headers as u64),
+            ("limits.socket_send_buffer_bytes", l.socket_send_buffer_bytes as u64),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(ConfigError::invalid(key, 0, "must be greater than 0"));
+            }
+        }
+        if l.socket_recv_buffer_bytes < 4096 {
+            return Err(ConfigError::invalid(
+                "limits.socket_recv_buffer_bytes",
+                l.socket_recv_buffer_bytes,
+                "must be at least 4096",
+            ));
+        }
+        if l.max_frame_bytes > l.max_message_bytes {
+            return Err(ConfigError::invalid(
+                "limits.max_frame_bytes",
+                l.max_frame_bytes,
+                format!("must not exceed limits.max_message_bytes ({})", l.max_message_bytes),
+            ));
+        }
+        if l.max_request_bytes < 256 {
+            return Err(ConfigError::invalid("limits.max_request_bytes", l.max_request_bytes, "must be at least 256"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::from_toml("[limits]\nmax_conections = 3\n").unwrap_err();
+        assert!(e.contains("max_conections"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_key_and_value() {
+        let e = Config::from_toml("[limits]\nmax_connections = \"many\"\n").unwrap_err();
+        assert!(e.contains("max_connections"), "{e}");
+        let mut c = Config::from_toml("[limits]\nmax_frame_bytes = 0\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("limits.max_frame_bytes") && e.contains("= 0"), "{e}");
+        c.limits.max_frame_bytes = 100;
+        c.limits.max_message_bytes = 10;
+        assert!(c.validate().unwrap_err().to_string().contains("max_message_bytes"));
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let mut c = Config::from_toml("[server]\nlisten = [\"127.0.0.1:1\"]\ncores = 2\n").unwrap();
+        c.apply(Overrides {
+            listen: vec!["127.0.0.1:2".parse().unwrap()],
+            cpus: Some(vec![0]),
+            ..Default::default()
+        });
+        assert_eq!(c.server.listen, vec!["127.0.0.1:2".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(c.server.cores, None);
+        assert_eq!(c.server.cpus, Some(vec![0]));
+    }
+
+    #[test]
+    fn dev_certificate_is_loopback_only() {
+        let mut c = Config::default();
+        c.server.listen = vec!["0.0.0.0:8443".parse().unwrap()];
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("--cert"), "{e}");
+        c.server.listen = vec!["[::1]:8443".parse().unwrap()];
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn missing_certificate_file_is_named() {
+        let mut c = Config::default();
+        c.tls.cert = Some("/nonexistent/cert.pem".into());
+        c.tls.key = Some("/nonexistent/key.pem".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("tls.cert") && e.contains("/nonexistent/cert.pem"), "{e}");
+    }
+}

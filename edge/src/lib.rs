@@ -1,0 +1,16 @@
+//! wssedge: a kernel-assisted, thread-per-core WSS edge for Linux.
+//!
+//! The WebSocket protocol lives in [`ws`], sans-IO: bytes in, events and frames out. [`tls`]
+//! owns rustls policy and the owned-buffer driver of its unbuffered API. [`server`] owns
+//! threads, sockets and the connection lifecycle; the remaining rooms each do one job.
+
+pub mod admin;
+pub mod bufpool;
+pub mod config;
+pub mod devcert;
+pub mod metrics;
+pub mod refuse;
+pub mod server;
+pub mod sockopt;
+pub mod tls;
+pub mod ws;

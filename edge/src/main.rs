@@ -1,0 +1,132 @@
+//! The `wssedge` command line. Everything else lives in the library.
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use wssedge::config::{Config, Overrides};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A kernel-assisted, thread-per-core WSS (WebSocket over TLS) edge.
+#[derive(Parser)]
+#[command(name = "wssedge", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve WSS (echo). With no flags: 127.0.0.1:8443 with a development certificate.
+    Serve(ServeArgs),
+    /// Validate a configuration file and exit (0 valid, 2 refused), like `nginx -t`.
+    Check {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML configuration file; flags override its values.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// WSS listen address (repeatable). Port 0 picks one ephemeral port for all cores.
+    #[arg(long, value_name = "ADDR")]
+    listen: Vec<SocketAddr>,
+    /// PEM certificate chain (leaf first).
+    #[arg(long, value_name = "PEM", requires = "key")]
+    cert: Option<PathBuf>,
+    /// PEM private key of the certificate.
+    #[arg(long, value_name = "PEM", requires = "cert")]
+    key: Option<PathBuf>,
+    /// Run on the first N CPUs this process may use.
+    #[arg(long, value_name = "N", conflicts_with = "cpus")]
+    cores: Option<usize>,
+    /// Run on exactly these CPUs (comma-separated).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    cpus: Option<Vec<usize>>,
+    /// Admin listener (/metrics, /healthz, /readyz).
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+    /// Where the development certificate is kept.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+/// Exit code for anything the operator must fix (bad config, address already served).
+const EXIT_REFUSED: u8 = 2;
+
+fn load(path: Option<&PathBuf>) -> Result<Config, String> {
+    match path {
+        Some(p) => Config::from_file(p).map_err(|e| e.to_string()),
+        None => Ok(Config::default()),
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match Cli::parse().command {
+        Command::Check { config } => match load(Some(&config)).and_then(|c| c.validate().map_err(|e| e.to_string())) {
+            Ok(()) => {
+                println!("{}: configuration is valid", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("wssedge: {e}");
+                ExitCode::from(EXIT_REFUSED)
+            }
+        },
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let mut cfg = match load(args.config.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wssedge: {e}");
+            return ExitCode::from(EXIT_REFUSED);
+        }
+    };
+    cfg.apply(Overrides {
+        listen: args.listen,
+        cert: args.cert,
+        key: args.key,
+        cores: args.cores,
+        cpus: args.cpus,
+        admin: args.admin,
+        state_dir: args.state_dir,
+    });
+    let running = match wssedge::server::start(cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("wssedge: {e}");
+            return ExitCode::from(EXIT_REFUSED);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for addr in &running.listening {
+        let _ = match &running.dev_ca {
+            Some(ca) => writeln!(out, "listening on wss://{addr}/ (trust {})", ca.display()),
+            None => writeln!(out, "listening on wss://{addr}/"),
+        };
+    }
+    let _ = writeln!(out, "admin on http://{}/", running.admin);
+    let _ = out.flush();
+    drop(out);
+    tracing::info!(cpus = ?running.cpus, "serving");
+    running.wait();
+    eprintln!("wssedge: every core has stopped");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,498 @@
+//! One connection's life on its core: TLS handshake, upgrade, echo session, close.
+//!
+//! The read path is readiness-first: wait for `readable(false)` (cancel-safe, consumes
+//! nothing) or the connection's deadline, then read without blocking into a buffer taken from
+//! the core's pool, process everything synchronously, write, and give the buffer back once it
+//! is drained. A deadline therefore only ever ends a readiness wait, never a read halfway, and
+//! an idle connection holds no read buffer.
+//!
+//! The synchronous processing step runs under `catch_unwind`: a bug closes this connection with
+//! 1011 and is counted; the core and its other connections go on.
+
+use std::any::Any;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::BytesMut;
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+
+use crate::metrics::Side;
+use crate::refuse::Refusal;
+use crate::sockopt::{self, Recv};
+use crate::tls::driver::TlsSession;
+use crate::ws::{self, Event, Payload, Session, SessionState};
+
+use super::core::Core;
+use super::timer::Deadline;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// TLS handshake and the HTTP upgrade request, until the 101 is sent.
+    Handshake,
+    /// Upgraded: WebSocket frames.
+    Open,
+}
+
+/// Why the processing loop stopped.
+#[derive(Debug)]
+enum End {
+    /// Flush what is queued, send close_notify when TLS is up, then close.
+    Close,
+    /// Close right away; nothing more can be written.
+    Abort,
+}
+
+/// Serves one accepted connection to its end. Panics anywhere in it are caught here.
+pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
+    let metrics = core.metrics.clone();
+    if let Err(panic) = CatchUnwind(Box::pin(serve_inner(core, stream, peer))).await {
+        metrics.panics.inc();
+        tracing::error!(%peer, panic = panic_message(&panic), "connection task panicked; connection closed");
+    }
+}
+
+async fn serve_inner(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
+    if let Err(e) = sockopt::tune_accepted(sockopt::borrow_fd(&stream), &core.socket_opts) {
+        tracing::debug!(%peer, error = %e, "socket options failed; connection closed");
+        return;
+    }
+    let tls = match TlsSession::new(core.tls.clone()) {
+        Ok(tls) => tls,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot start a TLS session");
+            return;
+        }
+    };
+    let mut conn = Conn::new(core, stream, peer, tls);
+    let end = conn.run().await;
+    conn.finish(end).await;
+}
+
+/// A connection's state. Its `Drop` gives back every per-core resource it counted.
+struct Conn {
+    core: Rc<Core>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: TlsSession,
+    /// Received plaintext not yet consumed: the upgrade request, then partial frames.
+    plaintext: BytesMut,
+    phase: Phase,
+    session: Option<Session>,
+    /// Handshake deadline, then the idle deadline.
+    deadline: Deadline,
+    write_deadline: Deadline,
+    /// Bytes this connection adds to the core's buffered budget right now.
+    held: usize,
+    holds_read_buffer: bool,
+}
+
+impl Conn {
+    fn new(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, tls: TlsSession) -> Self {
+        core.connections.set(core.connections.get() + 1);
+        core.handshakes.set(core.handshakes.get() + 1);
+        core.metrics.handshaking.add(1);
+        let deadline = Deadline::new(&core.wheel);
+        deadline.set(Instant::now() + core.cfg.limits.handshake_timeout());
+        let write_deadline = Deadline::new(&core.wheel);
+        Self {
+            core,
+            stream,
+            peer,
+            tls,
+            plaintext: BytesMut::new(),
+            phase: Phase::Handshake,
+            session: None,
+            deadline,
+            write_deadline,
+            held: 0,
+            holds_read_buffer: false,
+        }
+    }
+
+    async fn run(&mut self) -> End {
+        loop {
+            let readable = monoio::select! {
+                r = self.stream.readable(false) => Some(r),
+                _ = self.deadline.expired() => None,
+            };
+            match readable {
+                None => return self.on_deadline(),
+                Some(Err(e)) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "readiness wait failed");
+                    return End::Abort;
+                }
+                Some(Ok(())) => {}
+            }
+            let step = self.read_and_process();
+            self.account_buffers();
+            if let Err(end) = self.flush().await {
+                return end;
+            }
+            if let Some(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// Reads what the socket holds (bounded, so one connection cannot starve the core) and
+    /// processes it. `Some(end)` when the connection must end.
+    fn read_and_process(&mut self) -> Option<End> {
+        const MAX_READS_PER_WAKE: usize = 4;
+        for _ in 0..MAX_READS_PER_WAKE {
+            let (got, space) = {
+                let mut pool = self.core.pool.borrow_mut();
+                let space = self.tls.recv_space(&mut pool);
+                let len = space.len();
+                (sockopt::recv_nonblocking(sockopt::borrow_fd(&self.stream), space), len)
+            };
+            match got {
+                Ok(Recv::Data(n)) => {
+                    self.tls.commit_recv(n);
+                    if let Some(end) = self.process_guarded() {
+                        return Some(end);
+                    }
+                    if n < space {
+                        return None; // drained: wait for readiness again
+                    }
+                }
+                Ok(Recv::WouldBlock) => return None,
+                Ok(Recv::Eof) => {
+                    if self.phase == Phase::Handshake {
+                        self.core.metrics.handshake(false, "peer_closed_during_handshake");
+                    } else if self.session.as_ref().is_some_and(|s| s.state() != SessionState::Closed) {
+                        // Closed without a close frame: 1006, as RFC 6455 names it.
+                        self.core.metrics.close_code(1006, Side::Client);
+                    }
+                    return Some(End::Abort);
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "read failed");
+                    return Some(End::Abort);
+                }
+            }
+        }
+        None
+    }
+
+    /// The synchronous step under `catch_unwind`.
+    fn process_guarded(&mut self) -> Option<End> {
+        match catch_unwind(AssertUnwindSafe(|| self.process())) {
+            Ok(step) => step,
+            Err(panic) => {
+                self.core.metrics.panics.inc();
+                tracing::error!(peer = %self.peer, panic = panic_message(&panic), "panic while processing a connection; closing it with 1011");
+                Some(self.refuse_after_panic())
+            }
+        }
+    }
+
+    fn refuse_after_panic(&mut self) -> End {
+        let refusal = if self.phase == Phase::Open {
+            Refusal::Close { code: 1011, reason: "panic" }
+        } else {
+            Refusal::Http { status: 500, reason: "panic", extra_headers: &[] }
+        };
+        refusal.record(&self.core.metrics, self.peer);
+        // The session's state is suspect after a panic: write the close frame by hand.
+        self.session = None;
+        self.plaintext = BytesMut::new();
+        if !self.tls.is_handshaking() {
+            let bytes = match &refusal {
+                Refusal::Close { code, reason } => close_frame(*code, reason),
+                other => other.http_response().unwrap_or_default(),
+            };
+            if self.tls.encrypt(&bytes).is_err() {
+                return End::Abort;
+            }
+        }
+        End::Close
+    }
+
+    fn process(&mut self) -> Option<End> {
+        let before = self.plaintext.len();
+        if let Err(e) = self.tls.process(&mut self.plaintext) {
+            // Any alert rustls queued is in the output and is flushed before closing.
+            Refusal::Tls { reason: e.reason() }.record(&self.core.metrics, self.peer);
+            return Some(End::Abort);
+        }
+        self.core.metrics.bytes_in.add((self.plaintext.len() - before) as u64);
+        if self.tls.peer_closed() {
+            return Some(End::Close);
+        }
+        if self.phase == Phase::Handshake {
+            if self.tls.is_handshaking() {
+                return None;
+            }
+            match ws::parse_upgrade(&self.plaintext, &self.core.handshake_limits) {
+                Ok(None) => return None,
+                Err(e) => {
+                    let refusal = Refusal::Http { status: e.status(), reason: e.reason(), extra_headers: e.extra_headers() };
+                    return Some(self.refuse_http(refusal));
+                }
+                Ok(Some((request, consumed))) => {
+                    let _ = self.plaintext.split_to(consumed);
+                    if let Err(end) = self.upgrade(&request) {
+                        return Some(end);
+                    }
+                }
+            }
+        }
+        self.run_session()
+    }
+
+    fn refuse_http(&mut self, refusal: Refusal) -> End {
+        refusal.record(&self.core.metrics, self.peer);
+        match refusal.http_response() {
+            Some(response) if self.tls.encrypt(&response).is_ok() => End::Close,
+            _ => End::Abort,
+        }
+    }
+
+    /// Sends the 101 and switches to the WebSocket session.
+    fn upgrade(&mut self, request: &ws::UpgradeRequest) -> Result<(), End> {
+        let mut response = Vec::with_capacity(160);
+        ws::write_response_101(request, None, &mut response);
+        if self.tls.encrypt(&response).is_err() {
+            return Err(End::Abort);
+        }
+        self.phase = Phase::Open;
+        self.session = Some(Session::new(self.core.session_limits()));
+        let core = &self.core;
+        core.handshakes.set(core.handshakes.get() - 1);
+        core.metrics.handshaking.add(-1);
+        core.metrics.open.add(1);
+        core.metrics.handshake(true, "ok");
+        self.deadline.set(Instant::now() + core.cfg.limits.idle_timeout());
+        tracing::debug!(peer = %self.peer, path = %request.path, "upgraded");
+        Ok(())
+    }
+
+    /// Feeds plaintext to the session, echoes messages and encrypts what the session sends.
+    fn run_session(&mut self) -> Option<End> {
+        let core = self.core.clone();
+        let metrics = &core.metrics;
+        let Some(session) = self.session.as_mut() else { return None };
+        self.deadline.set(Instant::now() + core.cfg.limits.idle_timeout());
+        session.receive(&mut self.plaintext);
+        while let Some(event) = session.poll_event() {
+            match event {
+                Event::Message(message) => {
+                    metrics.frames_in.inc();
+                    #[cfg(feature = "panic-injection")]
+                    if message.payload.len() == PANIC_TRIGGER.len() && message.payload.to_vec() == PANIC_TRIGGER {
+                        panic!("panic injected by a test client");
+                    }
+                    session.send(message.kind, message.payload);
+                }
+                Event::Ping(_) | Event::Pong(_) => metrics.frames_in.inc(),
+                Event::PeerClosed { code, .. } => {
+                    metrics.frames_in.inc();
+                    metrics.close_code(code.unwrap_or(1005), Side::Client);
+                }
+                Event::Failed { code, reason } => Refusal::Close { code, reason }.record(metrics, self.peer),
+            }
+        }
+        // The budget for bytes held in partial frames and messages, per core.
+        let held = self.plaintext.len() + session.buffered_bytes();
+        let total = core.buffered.get() - self.held + held;
+        core.buffered.set(total);
+        metrics.buffered_bytes.add(held as i64 - self.held as i64);
+        self.held = held;
+        if total > core.cfg.limits.max_buffered_bytes_per_core && session.state() == SessionState::Open {
+            Refusal::Close { code: 1013, reason: "buffer_budget" }.record(metrics, self.peer);
+            session.close(1013, "buffer_budget");
+            self.release_held();
+        }
+        if let Err(end) = self.encrypt_outgoing() {
+            return Some(end);
+        }
+        match self.session.as_ref().map(Session::state) {
+            Some(SessionState::Closed) => Some(End::Close),
+            _ => None,
+        }
+    }
+
+    /// Gives this connection's share of the buffer budget back (it will read no more).
+    fn release_held(&mut self) {
+        let core = &self.core;
+        core.buffered.set(core.buffered.get() - self.held);
+        core.metrics.buffered_bytes.add(-(self.held as i64));
+        self.held = 0;
+        self.plaintext = BytesMut::new();
+    }
+
+    /// Gathers the session's outgoing frames in the core's staging buffer and encrypts them as
+    /// few records as possible.
+    fn encrypt_outgoing(&mut self) -> Result<(), End> {
+        const STAGING_FLUSH: usize = 64 * 1024;
+        let Some(session) = self.session.as_mut() else { return Ok(()) };
+        let mut staging = self.core.staging.borrow_mut();
+        staging.clear();
+        let mut frames = 0u64;
+        while let Some(frame) = session.poll_transmit() {
+            frames += 1;
+            staging.extend_from_slice(frame.header());
+            match frame.payload() {
+                Payload::Single(b) => staging.extend_from_slice(b),
+                Payload::Fragmented(parts) => parts.iter().for_each(|b| staging.extend_from_slice(b)),
+            }
+            if staging.len() >= STAGING_FLUSH {
+                self.core.metrics.bytes_out.add(staging.len() as u64);
+                self.tls.encrypt(&staging).map_err(|_| End::Abort)?;
+                staging.clear();
+            }
+        }
+        if !staging.is_empty() {
+            self.core.metrics.bytes_out.add(staging.len() as u64);
+            self.tls.encrypt(&staging).map_err(|_| End::Abort)?;
+            staging.clear();
+        }
+        // A 16 MiB echo must not keep 16 MiB of staging on the core afterwards.
+        if staging.capacity() > 4 * STAGING_FLUSH {
+            *staging = Vec::new();
+        }
+        self.core.metrics.frames_out.add(frames);
+        Ok(())
+    }
+
+    /// Returns the read buffer once drained and keeps the held-buffers gauge true.
+    fn account_buffers(&mut self) {
+        self.tls.release_idle(&mut self.core.pool.borrow_mut());
+        if self.plaintext.is_empty() && self.plaintext.capacity() > 0 {
+            self.plaintext = BytesMut::new();
+        }
+        let holds = self.tls.holds_read_buffer() || self.plaintext.capacity() > 0;
+        if holds != self.holds_read_buffer {
+            self.core.metrics.read_buffers_held.add(if holds { 1 } else { -1 });
+            self.holds_read_buffer = holds;
+        }
+    }
+
+    fn on_deadline(&mut self) -> End {
+        match self.phase {
+            Phase::Handshake => {
+                let refusal = Refusal::Tls { reason: "handshake_timeout" };
+                refusal.record(&self.core.metrics, self.peer);
+                End::Abort
+            }
+            Phase::Open => {
+                Refusal::Close { code: 1001, reason: "idle_timeout" }.record(&self.core.metrics, self.peer);
+                if let Some(s) = self.session.as_mut() {
+                    s.close(1001, "idle_timeout");
+                }
+                if self.encrypt_outgoing().is_err() {
+                    return End::Abort;
+                }
+                End::Close
+            }
+        }
+    }
+
+    /// Writes all queued ciphertext. A write that makes no progress within the write timeout
+    /// shuts the socket down (a client that stopped reading).
+    async fn flush(&mut self) -> Result<(), End> {
+        while self.tls.has_pending_output() {
+            let out = self.tls.take_output();
+            let len = out.len();
+            self.write_deadline.set(Instant::now() + self.core.cfg.limits.write_timeout());
+            let written = monoio::select! {
+                r = self.stream.write_all(out) => Some(r),
+                _ = self.write_deadline.expired() => None,
+            };
+            self.write_deadline.clear();
+            match written {
+                Some((Ok(n), buf)) if n == len => self.tls.restore_output(buf),
+                Some((result, _)) => {
+                    tracing::debug!(peer = %self.peer, result = ?result.err(), "write failed");
+                    return Err(End::Abort);
+                }
+                None => {
+                    Refusal::Close { code: 1008, reason: "write_timeout" }.record(&self.core.metrics, self.peer);
+                    sockopt::shutdown_both(sockopt::borrow_fd(&self.stream));
+                    return Err(End::Abort);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the connection: flushes, says close_notify when TLS is up, and closes.
+    async fn finish(&mut self, end: End) {
+        if matches!(end, End::Close) && !self.tls.is_handshaking() {
+            if self.tls.queue_close_notify().is_ok() {
+                let _ = self.flush().await;
+            }
+        } else if self.tls.has_pending_output() {
+            // An alert (TLS failure) or the last frames: best effort, bounded by the write timeout.
+            let _ = self.flush().await;
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let core = &self.core;
+        core.connections.set(core.connections.get() - 1);
+        match self.phase {
+            Phase::Handshake => {
+                core.handshakes.set(core.handshakes.get() - 1);
+                core.metrics.handshaking.add(-1);
+            }
+            Phase::Open => core.metrics.open.add(-1),
+        }
+        if self.held > 0 {
+            core.buffered.set(core.buffered.get() - self.held);
+            core.metrics.buffered_bytes.add(-(self.held as i64));
+        }
+        if self.holds_read_buffer {
+            core.metrics.read_buffers_held.add(-1);
+        }
+        if let Ok(mut pool) = core.pool.try_borrow_mut() {
+            self.tls.release_idle(&mut pool);
+        }
+    }
+}
+
+/// A close frame written without the session, for when its state cannot be trusted.
+fn close_frame(code: u16, reason: &str) -> Vec<u8> {
+    let reason = &reason.as_bytes()[..reason.len().min(123)];
+    let mut frame = vec![0x88, (2 + reason.len()) as u8];
+    frame.extend_from_slice(&code.to_be_bytes());
+    frame.extend_from_slice(reason);
+    frame
+}
+
+/// The text message that makes a `panic-injection` build panic inside the connection.
+#[cfg(feature = "panic-injection")]
+const PANIC_TRIGGER: &[u8] = b"__wssedge_panic__";
+
+fn panic_message(panic: &Box<dyn Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// Polls a future under `catch_unwind`: the last line of defence for panics outside the
+/// guarded processing step (the socket is then simply dropped).
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match catch_unwind(AssertUnwindSafe(|| self.0.as_mut().poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}

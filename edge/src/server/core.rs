@@ -1,0 +1,171 @@
+//! One core: a pinned thread, its monoio runtime (io_uring, or the legacy driver where io_uring
+//! is unavailable), its listeners, its timer wheel, its buffer pool and its connections.
+//! Nothing here is shared with another core except the metrics the admin thread reads.
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use monoio::net::TcpListener;
+
+use crate::bufpool::BufPool;
+use crate::config::Config;
+use crate::metrics::CoreMetrics;
+use crate::refuse::Refusal;
+use crate::sockopt::AcceptedSocketOptions;
+use crate::ws::{HandshakeLimits, SessionLimits};
+
+use super::conn;
+use super::timer::{TimerWheel, TICK};
+
+/// Everything one core's connections share. Single-threaded: cells, no locks.
+pub(crate) struct Core {
+    pub index: usize,
+    pub cfg: Arc<Config>,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub metrics: Arc<CoreMetrics>,
+    pub pool: RefCell<BufPool>,
+    /// Plaintext staging for encryption: frames are gathered here and encrypted at once, so a
+    /// burst of small frames becomes few records. Emptied within each step, so one per core.
+    pub staging: RefCell<Vec<u8>>,
+    pub wheel: Rc<TimerWheel>,
+    pub connections: Cell<usize>,
+    pub handshakes: Cell<usize>,
+    /// Bytes held in partly received frames and messages by all of this core's connections.
+    pub buffered: Cell<usize>,
+    pub max_connections: usize,
+    pub socket_opts: AcceptedSocketOptions,
+    pub handshake_limits: HandshakeLimits,
+    pub session_limits: SessionLimits,
+}
+
+impl Core {
+    pub fn session_limits(&self) -> SessionLimits {
+        SessionLimits { max_frame_bytes: self.session_limits.max_frame_bytes, max_message_bytes: self.session_limits.max_message_bytes }
+    }
+
+    pub fn new(index: usize, cores: usize, cfg: Arc<Config>, tls: Arc<rustls::ServerConfig>, metrics: Arc<CoreMetrics>) -> Self {
+        let l = &cfg.limits;
+        Self {
+            index,
+            tls,
+            metrics,
+            pool: RefCell::new(BufPool::default()),
+            staging: RefCell::new(Vec::new()),
+            wheel: TimerWheel::new(Instant::now()),
+            connections: Cell::new(0),
+            handshakes: Cell::new(0),
+            buffered: Cell::new(0),
+            max_connections: l.max_connections.div_ceil(cores),
+            socket_opts: AcceptedSocketOptions {
+                send_buffer_bytes: l.socket_send_buffer_bytes,
+                recv_buffer_bytes: l.socket_recv_buffer_bytes,
+            },
+            handshake_limits: HandshakeLimits { max_request_bytes: l.max_request_bytes, max_headers: l.max_headers },
+            session_limits: SessionLimits { max_frame_bytes: l.max_frame_bytes, max_message_bytes: l.max_message_bytes },
+            cfg,
+        }
+    }
+}
+
+/// Shuts the core's listeners down when the core stops, however it stops (unwinding too), so
+/// the kernel stops steering SYNs to a core that will never accept them.
+struct ListenerShutdown(Vec<RawFd>);
+
+impl Drop for ListenerShutdown {
+    fn drop(&mut self) {
+        for &fd in &self.0 {
+            // SAFETY: the descriptors belong to listeners owned by this core's runtime, which is
+            // still alive while this guard drops (it is declared after the runtime); shutdown
+            // does not close them, it only stops listening.
+            unsafe {
+                libc::shutdown(fd, libc::SHUT_RDWR);
+            }
+        }
+    }
+}
+
+/// The body of a core thread.
+/// What a core thread is started with (all `Send`; the core's own state is built on its thread).
+pub(crate) struct CoreStart {
+    pub index: usize,
+    pub cores: usize,
+    pub cpu: usize,
+    pub cfg: Arc<Config>,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub metrics: Arc<CoreMetrics>,
+    pub listeners: Vec<std::net::TcpListener>,
+}
+
+pub(crate) fn run_core(start: CoreStart) {
+    let CoreStart { index, cores, cpu, cfg, tls, metrics, listeners } = start;
+    let core = Core::new(index, cores, cfg, tls, metrics);
+    if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
+        tracing::warn!(core = core.index, cpu, error = %e, "could not pin the core thread; it runs unpinned");
+    }
+    let uring = monoio::utils::detect_uring();
+    let mut rt = match monoio::RuntimeBuilder::<monoio::FusionDriver>::new().with_entries(4096).enable_timer().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(core = core.index, cpu, error = %e, "cannot build the core's runtime; the core does not start");
+            return;
+        }
+    };
+    let driver = if uring { "io_uring" } else { "legacy (epoll): io_uring is unavailable on this kernel" };
+    tracing::info!(core = core.index, cpu, driver, "core started");
+    let metrics = core.metrics.clone();
+    let _shutdown = ListenerShutdown(listeners.iter().map(|l| l.as_raw_fd()).collect());
+    metrics.alive.store(true, Ordering::Relaxed);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(core_main(Rc::new(core), listeners))));
+    metrics.alive.store(false, Ordering::Relaxed);
+    if result.is_err() {
+        tracing::error!(cpu, "core runtime panicked; its listeners are closed");
+    }
+}
+
+async fn core_main(core: Rc<Core>, listeners: Vec<std::net::TcpListener>) {
+    for l in listeners {
+        match TcpListener::from_std(l) {
+            Ok(l) => {
+                monoio::spawn(accept_loop(core.clone(), l));
+            }
+            Err(e) => tracing::error!(core = core.index, error = %e, "cannot register a listener"),
+        }
+    }
+    // The ticker drives the core's timer wheel.
+    loop {
+        monoio::time::sleep(TICK).await;
+        core.wheel.advance(Instant::now());
+    }
+}
+
+async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // EMFILE/ENFILE/ENOBUFS: the backlog keeps the SYNs; retry shortly.
+                tracing::warn!(core = core.index, error = %e, "accept failed");
+                monoio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        core.metrics.accepted.inc();
+        let over = if core.connections.get() >= core.max_connections {
+            Some("max_connections")
+        } else if core.handshakes.get() >= core.cfg.limits.max_handshakes_in_flight {
+            Some("max_handshakes_in_flight")
+        } else {
+            None
+        };
+        if let Some(reason) = over {
+            Refusal::BeforeTls { reason }.record(&core.metrics, peer);
+            drop(stream);
+            continue;
+        }
+        monoio::spawn(conn::serve(core.clone(), stream, peer));
+    }
+}

@@ -1,0 +1,113 @@
+//! Threads and sockets: one pinned monoio runtime per core, each with its own SO_REUSEPORT
+//! listener per address, its own connections, timer wheel and buffer pool. Connections never
+//! migrate between cores; cores share nothing on the data path.
+
+mod conn;
+mod core;
+pub mod cpus;
+pub mod listen;
+pub mod timer;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::config::Config;
+use crate::metrics::{CoreMetrics, Registry};
+use crate::tls::policy;
+
+/// Why the edge could not start. All of these are the operator's to fix; the binary exits 2.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Cpus(#[from] cpus::CpuError),
+    #[error(transparent)]
+    Listen(#[from] listen::ListenError),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("admin listener on {addr}: {source}")]
+    Admin { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start a core thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running edge.
+pub struct Running {
+    /// The bound WSS addresses (ephemeral ports resolved).
+    pub listening: Vec<SocketAddr>,
+    pub admin: SocketAddr,
+    /// The development CA to trust, when serving the development certificate.
+    pub dev_ca: Option<PathBuf>,
+    pub cpus: Vec<usize>,
+    pub metrics: Registry,
+    threads: Vec<JoinHandle<()>>,
+    _locks: Vec<listen::InstanceLock>,
+}
+
+impl Running {
+    /// Blocks until every core thread has ended.
+    pub fn wait(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Validates the configuration, binds every listener, starts the cores and the admin listener.
+pub fn start(cfg: Config) -> Result<Running, StartError> {
+    cfg.validate()?;
+    let cpus = cpus::choose(cfg.server.cores, cfg.server.cpus.as_deref())?;
+    let (chain, key, dev_ca) = match (&cfg.tls.cert, &cfg.tls.key) {
+        (Some(cert), Some(key)) => (
+            policy::load_cert_chain(cert).map_err(|e| StartError::Tls(e.to_string()))?,
+            policy::load_private_key(key).map_err(|e| StartError::Tls(e.to_string()))?,
+            None,
+        ),
+        _ => {
+            let dev = crate::devcert::ensure_dev_cert(&cfg.server.state_dir).map_err(|e| StartError::Tls(e.to_string()))?;
+            (dev.chain, dev.key, Some(dev.ca_pem_path))
+        }
+    };
+    let tls = policy::server_config(chain, key).map_err(|e| StartError::Tls(e.to_string()))?;
+
+    let mut sets = Vec::new();
+    for addr in &cfg.server.listen {
+        sets.push(listen::bind_listeners(*addr, cpus.len())?);
+    }
+    let listening: Vec<SocketAddr> = sets.iter().map(|s| s.addr).collect();
+
+    let registry = Registry { cores: cpus.iter().enumerate().map(|(i, &cpu)| Arc::new(CoreMetrics::new(i, cpu))).collect() };
+    let admin = crate::admin::start(cfg.server.admin, registry.clone())
+        .map_err(|source| StartError::Admin { addr: cfg.server.admin, source })?;
+
+    let cfg = Arc::new(cfg);
+    let mut per_core: Vec<Vec<std::net::TcpListener>> = (0..cpus.len()).map(|_| Vec::new()).collect();
+    let mut locks = Vec::new();
+    for set in sets {
+        for (i, l) in set.per_core.into_iter().enumerate() {
+            per_core[i].push(l);
+        }
+        locks.push(set.lock);
+    }
+    let mut threads = Vec::new();
+    for ((i, &cpu), listeners) in cpus.iter().enumerate().zip(per_core) {
+        let start = core::CoreStart {
+            index: i,
+            cores: cpus.len(),
+            cpu,
+            cfg: cfg.clone(),
+            tls: tls.clone(),
+            metrics: registry.cores[i].clone(),
+            listeners,
+        };
+        let t = std::thread::Builder::new()
+            .name(format!("wssedge-core-{i}"))
+            .spawn(move || core::run_core(start))
+            .map_err(StartError::Thread)?;
+        threads.push(t);
+    }
+    Ok(Running { listening, admin, dev_ca, cpus, metrics: registry, threads, _locks: locks })
+}

@@ -1,0 +1,28 @@
+//! The WebSocket protocol, sans-IO: no sockets, no runtime, no clock. Bytes in; events and
+//! frames out.
+//!
+//! - [`handshake`]: the HTTP/1.1 upgrade request and the 101 response.
+//! - [`frame`]: the frame header codec.
+//! - [`mask`]: in-place (un)masking, a `u64` at a time.
+//! - [`utf8`]: incremental UTF-8 validation across chunks and fragments.
+//! - [`session`]: the connection state machine after the 101 (server role).
+
+pub mod frame;
+pub mod handshake;
+pub mod mask;
+pub mod session;
+pub mod utf8;
+
+pub use frame::{encode_header, parse_header, FrameHeader, HeaderError, OpCode};
+pub use handshake::{
+    parse_upgrade, write_response_101, HandshakeError, HandshakeLimits, UpgradeRequest,
+};
+pub use mask::apply_mask;
+pub use session::{
+    close_code, Event, Message, MessageKind, OutFrame, Payload, Session, SessionLimits,
+    SessionState,
+};
+pub use utf8::{Utf8Error, Utf8Validator};
+
+#[cfg(test)]
+mod diff_tests;

@@ -1,0 +1,583 @@
+//! The connection after the 101: a sans-IO WebSocket session in the server role.
+//!
+//! Bytes go in through [`Session::receive`]; events come out of [`Session::poll_event`] and
+//! frames to send out of [`Session::poll_transmit`]. Payloads are split off the caller's
+//! `BytesMut` as `Bytes` (never copied) and handed back out the same way.
+//!
+//! A frame is decided from its header before its payload arrives (opcode, reserved bits,
+//! masking, control-frame rules, fragmentation order, size limits). Payload bytes are unmasked
+//! in place as they arrive and — for text — UTF-8-validated at once, so an invalid byte fails the
+//! connection (1007) without waiting for the rest of a large frame. Per-frame progress records
+//! how many payload bytes are already unmasked, so each byte is touched exactly once.
+
+use std::collections::VecDeque;
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::frame::{self, FrameHeader, OpCode};
+use super::mask::apply_mask;
+use super::utf8::Utf8Validator;
+
+/// Close codes of RFC 6455 §7.4.1 and the IANA registry that we use.
+pub mod close_code {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const UNSUPPORTED: u16 = 1003;
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL_ERROR: u16 = 1011;
+    pub const SERVICE_RESTART: u16 = 1012;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    pub const BAD_GATEWAY: u16 = 1014;
+
+    /// Codes a peer may put on the wire: 1000–1003, 1007–1014, 3000–4999.
+    pub fn is_valid_on_wire(code: u16) -> bool {
+        matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+    }
+}
+
+/// Bounds on what a peer may make us hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// The largest payload of one frame.
+    pub max_frame_bytes: usize,
+    /// The largest payload of one (possibly fragmented) message.
+    pub max_message_bytes: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 16 << 20,
+            max_message_bytes: 16 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    Text,
+    Binary,
+}
+
+/// A message payload: one slice, or the slices of its fragments in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    Single(Bytes),
+    Fragmented(Vec<Bytes>),
+}
+
+impl Payload {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Single(b) => b.len(),
+            Self::Fragmented(v) => v.iter().map(Bytes::len).sum(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A contiguous copy (tests, logging).
+    pub fn to_vec(&self) -> Vec<u8> {
+        match self {
+            Self::Single(b) => b.to_vec(),
+            Self::Fragmented(v) => v.concat(),
+        }
+    }
+
+    /// The slices, in order.
+    pub fn chunks(&self) -> &[Bytes] {
+        match self {
+            Self::Single(b) => std::slice::from_ref(b),
+            Self::Fragmented(v) => v,
+        }
+    }
+}
+
+impl From<Bytes> for Payload {
+    fn from(b: Bytes) -> Self {
+        Self::Single(b)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub kind: MessageKind,
+    pub payload: Payload,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Message(Message),
+    /// A pong with the same payload is already queued.
+    Ping(Bytes),
+    Pong(Bytes),
+    /// The client's close was received; our reply is queued (unless we had sent close already).
+    PeerClosed {
+        code: Option<u16>,
+        reason: String,
+    },
+    /// Protocol violation; our close frame (code + `reason` as its text) is queued unless one was
+    /// already queued or sent. The transport flushes, then closes TCP.
+    Failed {
+        code: u16,
+        reason: &'static str,
+    },
+}
+
+/// One frame to send: header bytes (server frames are never masked) plus the payload slices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutFrame {
+    header: [u8; 10],
+    header_len: u8,
+    payload: Payload,
+    is_close: bool,
+}
+
+impl OutFrame {
+    fn new(opcode: OpCode, payload: Payload) -> Self {
+        let mut h = [0u8; frame::MAX_HEADER_LEN];
+        let n = frame::encode_header(true, opcode, None, payload.len() as u64, &mut h);
+        let mut header = [0u8; 10];
+        header[..n].copy_from_slice(&h[..n]);
+        Self {
+            header,
+            header_len: n as u8,
+            payload,
+            is_close: opcode == OpCode::Close,
+        }
+    }
+
+    fn close(code: Option<u16>, reason: &str) -> Self {
+        let payload = match code {
+            None => Bytes::new(),
+            Some(code) => {
+                let reason = truncate_utf8(reason, 123);
+                let mut p = Vec::with_capacity(2 + reason.len());
+                p.extend_from_slice(&code.to_be_bytes());
+                p.extend_from_slice(reason.as_bytes());
+                Bytes::from(p)
+            }
+        };
+        Self::new(OpCode::Close, Payload::Single(payload))
+    }
+
+    pub fn header(&self) -> &[u8] {
+        &self.header[..usize::from(self.header_len)]
+    }
+
+    pub fn payload(&self) -> &Payload {
+        &self.payload
+    }
+
+    pub fn is_close(&self) -> bool {
+        self.is_close
+    }
+
+    /// Header and payload as one contiguous buffer (tests, simple transports).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.header().len() + self.payload.len());
+        v.extend_from_slice(self.header());
+        for c in self.payload.chunks() {
+            v.extend_from_slice(c);
+        }
+        v
+    }
+}
+
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    /// Messages flow both ways.
+    Open,
+    /// Our close frame is queued or sent; waiting for it to be handed out and/or for the peer's.
+    CloseSent,
+    /// The close handshake is complete, or the connection failed and our close frame was handed
+    /// out. Nothing more will be read or sent.
+    Closed,
+}
+
+/// The frame at the front of the caller's buffer whose payload has not fully arrived.
+#[derive(Debug, Clone, Copy)]
+struct Partial {
+    header: FrameHeader,
+    header_len: usize,
+    /// Payload bytes already unmasked (and, for text, validated).
+    done: usize,
+    /// The payload is text to validate (a Text frame, or a continuation of a text message).
+    text: bool,
+}
+
+/// A fragmented message being reassembled.
+#[derive(Debug)]
+struct Reassembly {
+    kind: MessageKind,
+    parts: Vec<Bytes>,
+    len: usize,
+}
+
+/// The server side of one WebSocket connection, sans IO.
+#[derive(Debug)]
+pub struct Session {
+    limits: SessionLimits,
+    events: VecDeque<Event>,
+    out: VecDeque<OutFrame>,
+    partial: Option<Partial>,
+    reassembly: Option<Reassembly>,
+    utf8: Utf8Validator,
+    wanted: Option<usize>,
+    /// Our close frame is queued (or already handed out).
+    close_queued: bool,
+    /// Our close frame was handed out by `poll_transmit`.
+    close_handed_out: bool,
+    /// The peer's close arrived.
+    peer_closed: bool,
+    /// The connection failed.
+    failed: bool,
+}
+
+impl Session {
+    pub fn new(limits: SessionLimits) -> Self {
+        Self {
+            limits,
+            events: VecDeque::new(),
+            out: VecDeque::new(),
+            partial: None,
+            reassembly: None,
+            utf8: Utf8Validator::new(),
+            wanted: None,
+            close_queued: false,
+            close_handed_out: false,
+            peer_closed: false,
+            failed: false,
+        }
+    }
+
+    /// No more input will be processed.
+    fn input_done(&self) -> bool {
+        self.peer_closed || self.failed
+    }
+
+    /// Parses as much of `buf` as possible. Complete frames are removed from the front of `buf`
+    /// (payloads split off as `Bytes`, never copied). A partial frame stays in `buf`, its arrived
+    /// prefix already unmasked in place and, for text, UTF-8-validated. CONTRACT: between calls
+    /// the caller only APPENDS to `buf`. Returns the number of events queued.
+    ///
+    /// After the peer's close or a failure, input is ignored (and `buf` cleared).
+    pub fn receive(&mut self, buf: &mut BytesMut) -> usize {
+        let before = self.events.len();
+        loop {
+            if self.input_done() {
+                buf.clear();
+                self.partial = None;
+                self.wanted = None;
+                break;
+            }
+            let mut p = match self.partial {
+                Some(p) => p,
+                None => match frame::parse_header(buf) {
+                    Ok(None) => {
+                        self.wanted = frame::frame_len_hint(buf)
+                            .and_then(|n| usize::try_from(n).ok())
+                            .map(|n| n - buf.len());
+                        break;
+                    }
+                    Err(frame::HeaderError::LengthMsbSet) => {
+                        self.fail(close_code::PROTOCOL_ERROR, "bad_length");
+                        continue;
+                    }
+                    Ok(Some((header, header_len))) => match self.check_header(&header) {
+                        Ok(text) => {
+                            if header.opcode == OpCode::Text {
+                                self.utf8.reset();
+                            }
+                            Partial {
+                                header,
+                                header_len,
+                                done: 0,
+                                text,
+                            }
+                        }
+                        Err((code, reason)) => {
+                            self.fail(code, reason);
+                            continue;
+                        }
+                    },
+                },
+            };
+            // check_header bounded the length by max_frame_bytes (a usize) or 125.
+            let len = p.header.payload_len as usize;
+            let arrived = (buf.len() - p.header_len).min(len);
+            if arrived > p.done {
+                let mask = p.header.mask.unwrap_or_default();
+                let fresh = &mut buf[p.header_len + p.done..p.header_len + arrived];
+                apply_mask(fresh, mask, p.done);
+                if p.text && self.utf8.feed(fresh).is_err() {
+                    self.fail(close_code::INVALID_PAYLOAD, "invalid_utf8");
+                    continue;
+                }
+                p.done = arrived;
+            }
+            if p.done < len {
+                self.wanted = Some(len - p.done);
+                self.partial = Some(p);
+                break;
+            }
+            self.partial = None;
+            buf.advance(p.header_len);
+            let payload = buf.split_to(len).freeze();
+            self.complete_frame(&p, payload);
+        }
+        self.events.len() - before
+    }
+
+    /// Applies every rule decidable from the header. Ok(is_text_payload).
+    fn check_header(&self, h: &FrameHeader) -> Result<bool, (u16, &'static str)> {
+        use close_code::{PROTOCOL_ERROR as PE, TOO_BIG};
+        let len = h.payload_len;
+        // The frame size first (as tungstenite does): a huge length is refused whatever else.
+        if len > self.limits.max_frame_bytes as u64 {
+            return Err((TOO_BIG, "frame_too_large"));
+        }
+        if h.rsv != 0 {
+            return Err((PE, "reserved_bits"));
+        }
+        if h.mask.is_none() {
+            return Err((PE, "unmasked_frame"));
+        }
+        match h.opcode {
+            OpCode::Reserved(_) => Err((PE, "bad_opcode")),
+            OpCode::Close | OpCode::Ping | OpCode::Pong => {
+                if !h.fin {
+                    Err((PE, "fragmented_control"))
+                } else if len > 125 {
+                    Err((PE, "control_too_long"))
+                } else {
+                    Ok(false)
+                }
+            }
+            OpCode::Text | OpCode::Binary => {
+                if self.reassembly.is_some() {
+                    Err((PE, "expected_continuation"))
+                } else if len > self.limits.max_message_bytes as u64 {
+                    Err((TOO_BIG, "message_too_large"))
+                } else {
+                    Ok(h.opcode == OpCode::Text)
+                }
+            }
+            OpCode::Continuation => match &self.reassembly {
+                None => Err((PE, "unexpected_continuation")),
+                Some(r)
+                    if (r.len as u64).saturating_add(len)
+                        > self.limits.max_message_bytes as u64 =>
+                {
+                    Err((TOO_BIG, "message_too_large"))
+                }
+                Some(r) => Ok(r.kind == MessageKind::Text),
+            },
+        }
+    }
+
+    /// Handles a frame whose payload has fully arrived, unmasked and (text) validated so far.
+    fn complete_frame(&mut self, p: &Partial, payload: Bytes) {
+        let fin = p.header.fin;
+        match p.header.opcode {
+            OpCode::Text | OpCode::Binary => {
+                let kind = if p.header.opcode == OpCode::Text {
+                    MessageKind::Text
+                } else {
+                    MessageKind::Binary
+                };
+                if fin {
+                    if kind == MessageKind::Text && self.utf8.finish().is_err() {
+                        self.fail(close_code::INVALID_PAYLOAD, "invalid_utf8");
+                        return;
+                    }
+                    self.events.push_back(Event::Message(Message {
+                        kind,
+                        payload: Payload::Single(payload),
+                    }));
+                } else {
+                    let len = payload.len();
+                    let mut parts = Vec::new();
+                    if len > 0 {
+                        parts.push(payload);
+                    }
+                    self.reassembly = Some(Reassembly { kind, parts, len });
+                }
+            }
+            OpCode::Continuation => {
+                let Some(r) = self.reassembly.as_mut() else {
+                    return; // unreachable: check_header refused it
+                };
+                r.len += payload.len();
+                if !payload.is_empty() {
+                    r.parts.push(payload);
+                }
+                if fin {
+                    let Some(r) = self.reassembly.take() else {
+                        return;
+                    };
+                    if r.kind == MessageKind::Text && self.utf8.finish().is_err() {
+                        self.fail(close_code::INVALID_PAYLOAD, "invalid_utf8");
+                        return;
+                    }
+                    let payload = match r.parts.len() {
+                        0 => Payload::Single(Bytes::new()),
+                        1 => Payload::Single(r.parts.into_iter().next().unwrap_or_default()),
+                        _ => Payload::Fragmented(r.parts),
+                    };
+                    self.events.push_back(Event::Message(Message {
+                        kind: r.kind,
+                        payload,
+                    }));
+                }
+            }
+            OpCode::Ping => {
+                if !self.close_queued {
+                    self.out.push_back(OutFrame::new(
+                        OpCode::Pong,
+                        Payload::Single(payload.clone()),
+                    ));
+                }
+                self.events.push_back(Event::Ping(payload));
+            }
+            OpCode::Pong => self.events.push_back(Event::Pong(payload)),
+            OpCode::Close => self.peer_close(&payload),
+            OpCode::Reserved(_) => {} // unreachable: check_header refused it
+        }
+    }
+
+    fn peer_close(&mut self, payload: &[u8]) {
+        let (code, reason) = match payload.len() {
+            0 => (None, String::new()),
+            1 => return self.fail(close_code::PROTOCOL_ERROR, "bad_close_payload"),
+            _ => {
+                let code = u16::from_be_bytes([payload[0], payload[1]]);
+                let Ok(reason) = std::str::from_utf8(&payload[2..]) else {
+                    return self.fail(close_code::INVALID_PAYLOAD, "invalid_utf8");
+                };
+                if !close_code::is_valid_on_wire(code) {
+                    return self.fail(close_code::PROTOCOL_ERROR, "bad_close_code");
+                }
+                (Some(code), reason.to_owned())
+            }
+        };
+        self.peer_closed = true;
+        self.reassembly = None;
+        if !self.close_queued {
+            self.close_queued = true;
+            self.out.push_back(OutFrame::close(code, ""));
+        }
+        self.events.push_back(Event::PeerClosed { code, reason });
+    }
+
+    /// Fails the connection: queue our close (unless one is queued already) and an event.
+    fn fail(&mut self, code: u16, reason: &'static str) {
+        if self.input_done() {
+            return;
+        }
+        self.failed = true;
+        self.partial = None;
+        self.reassembly = None;
+        if !self.close_queued {
+            self.close_queued = true;
+            self.out.push_back(OutFrame::close(Some(code), reason));
+        }
+        self.events.push_back(Event::Failed { code, reason });
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Queues one unfragmented data frame (FIN set) carrying `payload` (zero-copy: the `Bytes`
+    /// are kept). Ignored once our close is queued.
+    pub fn send(&mut self, kind: MessageKind, payload: Payload) {
+        if self.close_queued {
+            return;
+        }
+        let op = match kind {
+            MessageKind::Text => OpCode::Text,
+            MessageKind::Binary => OpCode::Binary,
+        };
+        self.out.push_back(OutFrame::new(op, payload));
+    }
+
+    /// Queues a ping. Payloads longer than 125 bytes are truncated. Ignored once our close is queued.
+    pub fn send_ping(&mut self, mut payload: Bytes) {
+        if self.close_queued {
+            return;
+        }
+        payload.truncate(125);
+        self.out
+            .push_back(OutFrame::new(OpCode::Ping, Payload::Single(payload)));
+    }
+
+    /// Initiates a close (e.g. 1001 going away, 1013 try again later). The reason is truncated
+    /// (at a character boundary) to fit 125 bytes with the code. Ignored if a close is queued.
+    pub fn close(&mut self, code: u16, reason: &str) {
+        if self.close_queued || self.input_done() {
+            return;
+        }
+        self.close_queued = true;
+        self.out.push_back(OutFrame::close(Some(code), reason));
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<OutFrame> {
+        let f = self.out.pop_front()?;
+        if f.is_close {
+            self.close_handed_out = true;
+        }
+        Some(f)
+    }
+
+    pub fn state(&self) -> SessionState {
+        if self.close_handed_out && self.input_done() {
+            SessionState::Closed
+        } else if self.close_queued {
+            SessionState::CloseSent
+        } else {
+            SessionState::Open
+        }
+    }
+
+    /// Bytes held in reassembly of a fragmented message (excludes the caller's buf).
+    pub fn buffered_bytes(&self) -> usize {
+        self.reassembly.as_ref().map_or(0, |r| r.len)
+    }
+
+    /// Bytes still missing to complete the frame at the front of the last buf seen, if known
+    /// (from the first 2, 4 or 10 header bytes on).
+    pub fn bytes_wanted(&self) -> Option<usize> {
+        self.wanted
+    }
+
+    /// The arrived, already unmasked prefix of the partial frame at the front of `buf`, if any.
+    pub fn partial_payload<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        match self.partial {
+            Some(p) => buf
+                .get(p.header_len..p.header_len + p.done)
+                .unwrap_or_default(),
+            None => &[],
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

@@ -1,0 +1,15 @@
+//! End-to-end tests: the real `wssedge` binary on loopback, driven by independent clients
+//! (tokio-rustls + tokio-tungstenite, and raw frames where tungstenite refuses to go).
+//! Every test starts its own server on ephemeral ports and kills it on drop.
+
+mod harness;
+
+mod admin;
+mod cli;
+mod echo;
+mod limits;
+#[cfg(feature = "panic-injection")]
+mod panic;
+mod protocol;
+mod transport;
+mod upgrade;

@@ -1,0 +1,934 @@
+//! `cargo xtask`: the project's task driver.
+//!
+//! `cargo xtask test [--layer unit|e2e|autobahn]...` runs every test layer (or the named ones)
+//! and prints one summary line per layer, `LAYER: N passed, N failed, N skipped (T s)`, then
+//! `total: N passed, N failed, N skipped`; it exits non-zero when anything failed.
+//! `cargo xtask autobahn` runs only the Autobahn conformance layer.
+//!
+//! With `CI=true` a layer that cannot run for lack of a tool counts as failed, not skipped.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+const LAYERS: [&str; 3] = ["unit", "e2e", "autobahn"];
+
+/// Autobahn groups 12 and 13 test permessage-deflate. wssedge negotiates no extension, so
+/// these cases cannot run (the fuzzer reports them UNIMPLEMENTED, which is a failure in our
+/// verdict); they are excluded until compression exists. Set `XTASK_AUTOBAHN_ALL=1` to run them.
+const AUTOBAHN_EXCLUDE: [&str; 2] = ["12.*", "13.*"];
+
+/// Upper bounds so a hung layer cannot eat CI's time budget.
+const AUTOBAHN_RUN_LIMIT: Duration = Duration::from_secs(20 * 60);
+const SERVER_START_LIMIT: Duration = Duration::from_secs(60);
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => parse_layers(&args[1..]).and_then(|layers| run_tests(&layers)),
+        Some("autobahn") => {
+            if args.len() > 1 {
+                Err(anyhow::anyhow!("`cargo xtask autobahn` takes no arguments"))
+            } else {
+                run_tests(&["autobahn"])
+            }
+        }
+        Some("-h" | "--help" | "help") => {
+            print_usage();
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            print_usage();
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn print_usage() {
+    eprintln!(
+        "usage:\n  cargo xtask test [--layer unit|e2e|autobahn]...   run the test layers (all by default)\n  \
+         cargo xtask autobahn                               run the Autobahn conformance layer"
+    );
+}
+
+fn parse_layers(args: &[String]) -> Result<Vec<&'static str>> {
+    let mut picked = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let value = if a == "--layer" {
+            it.next().context("--layer needs a value")?.as_str()
+        } else if let Some(v) = a.strip_prefix("--layer=") {
+            v
+        } else {
+            bail!("unknown argument {a:?}");
+        };
+        for v in value.split(',') {
+            let Some(l) = LAYERS.iter().find(|l| **l == v) else {
+                bail!("unknown layer {v:?} (layers: {})", LAYERS.join(", "));
+            };
+            if !picked.contains(l) {
+                picked.push(*l);
+            }
+        }
+    }
+    if picked.is_empty() {
+        picked = LAYERS.to_vec();
+    }
+    Ok(picked)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layers and their summary lines
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    passed: u64,
+    failed: u64,
+    skipped: u64,
+}
+
+enum Outcome {
+    Ran(Counts),
+    /// Could not run (a missing tool, ...). In CI mode this is a failure.
+    Skipped(String),
+}
+
+struct Env {
+    root: PathBuf,
+    target: PathBuf,
+    cargo: String,
+    ci: bool,
+}
+
+impl Env {
+    fn detect() -> Env {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("xtask lives in the workspace")
+            .to_path_buf();
+        let target = match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(t) if Path::new(&t).is_absolute() => PathBuf::from(t),
+            Some(t) => root.join(t),
+            None => root.join("target"),
+        };
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let ci = std::env::var("CI")
+            .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"));
+        Env {
+            root,
+            target,
+            cargo,
+            ci,
+        }
+    }
+
+    fn cargo(&self) -> Command {
+        let mut c = Command::new(&self.cargo);
+        c.current_dir(&self.root);
+        c
+    }
+}
+
+fn run_tests(layers: &[&str]) -> Result<bool> {
+    let env = Env::detect();
+    if layers.iter().any(|l| *l == "e2e" || *l == "autobahn") {
+        ensure_system_tools();
+    }
+    let mut lines = Vec::new();
+    let mut total = Counts::default();
+    for layer in layers {
+        let t0 = Instant::now();
+        banner(&format!("layer {layer}"));
+        let outcome = match *layer {
+            "unit" => layer_unit(&env),
+            "e2e" => layer_e2e(&env),
+            "autobahn" => layer_autobahn(&env),
+            _ => unreachable!(),
+        };
+        let secs = t0.elapsed().as_secs_f64();
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("{layer}: error: {e:#}");
+                Outcome::Ran(Counts {
+                    failed: 1,
+                    ..Counts::default()
+                })
+            }
+        };
+        let line = match outcome {
+            Outcome::Ran(c) => {
+                total.passed += c.passed;
+                total.failed += c.failed;
+                total.skipped += c.skipped;
+                format!(
+                    "{layer}: {} passed, {} failed, {} skipped ({secs:.1} s)",
+                    c.passed, c.failed, c.skipped
+                )
+            }
+            Outcome::Skipped(reason) if env.ci => {
+                total.failed += 1;
+                format!("{layer}: 0 passed, 1 failed, 0 skipped ({secs:.1} s) [cannot run with CI=true: {reason}]")
+            }
+            Outcome::Skipped(reason) => {
+                total.skipped += 1;
+                format!("{layer}: skipped ({reason})")
+            }
+        };
+        lines.push(line);
+    }
+    banner("summary");
+    for l in &lines {
+        println!("{l}");
+    }
+    println!(
+        "total: {} passed, {} failed, {} skipped",
+        total.passed, total.failed, total.skipped
+    );
+    Ok(total.failed == 0)
+}
+
+fn banner(what: &str) {
+    eprintln!("\n==== xtask: {what} ====");
+}
+
+/// `cargo test ...` with its stdout both shown and parsed.
+fn cargo_test_layer(env: &Env, args: &[&str]) -> Result<Outcome> {
+    let mut cmd = env.cargo();
+    cmd.args(args);
+    eprintln!("$ cargo {}", args.join(" "));
+    let (status, out) = run_tee(&mut cmd).context("running cargo test")?;
+    let mut c = parse_cargo_test(&out);
+    if !status.success() && c.failed == 0 {
+        // A build failure or a crashed test binary: no "test result" line tells us.
+        eprintln!(
+            "cargo test exited with {status} without reporting a failed test: counting one failure"
+        );
+        c.failed = 1;
+    }
+    Ok(Outcome::Ran(c))
+}
+
+fn layer_unit(env: &Env) -> Result<Outcome> {
+    cargo_test_layer(
+        env,
+        &["test", "--profile", "ci", "--workspace", "--lib", "--bins"],
+    )
+}
+
+fn layer_e2e(env: &Env) -> Result<Outcome> {
+    if !env.root.join("tests/e2e/main.rs").is_file() {
+        return Ok(Outcome::Skipped("no tests/e2e".into()));
+    }
+    cargo_test_layer(
+        env,
+        &[
+            "test",
+            "--profile",
+            "ci",
+            "-p",
+            "wssedge",
+            "--features",
+            "panic-injection",
+            "--test",
+            "e2e",
+        ],
+    )
+}
+
+/// Sums cargo's `test result: ok. 3 passed; 0 failed; 1 ignored; ...` lines.
+fn parse_cargo_test(out: &str) -> Counts {
+    let mut c = Counts::default();
+    for line in out.lines() {
+        let Some(rest) = line.split_once("test result:").map(|(_, r)| r) else {
+            continue;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(kind), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match kind {
+                "passed" => c.passed += n,
+                "failed" => c.failed += n,
+                "ignored" => c.skipped += n,
+                _ => {}
+            }
+        }
+    }
+    c
+}
+
+/// Runs `cmd`, echoing its stdout line by line while keeping a copy (stderr passes through).
+fn run_tee(cmd: &mut Command) -> Result<(ExitStatus, String)> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut captured = String::new();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf)? == 0 {
+            break;
+        }
+        let line = String::from_utf8_lossy(&buf);
+        print!("{line}");
+        captured.push_str(&line);
+    }
+    Ok((child.wait()?, captured))
+}
+
+// ---------------------------------------------------------------------------------------------
+// System tools
+// ---------------------------------------------------------------------------------------------
+
+fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// socat (the Autobahn TLS shim) and openssl (the e2e TLS 1.1 refusal test): installed with
+/// apt when missing and we are root.
+fn ensure_system_tools() {
+    let missing: Vec<&str> = ["socat", "openssl"]
+        .into_iter()
+        .filter(|t| which(t).is_none())
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    if !is_root() || which("apt-get").is_none() {
+        eprintln!(
+            "xtask: missing {} and cannot install it (need root and apt-get)",
+            missing.join(", ")
+        );
+        return;
+    }
+    banner(&format!("installing {}", missing.join(" ")));
+    if let Err(e) = apt_install(&missing) {
+        eprintln!("xtask: apt-get install {} failed: {e:#}", missing.join(" "));
+    }
+}
+
+fn apt_install(pkgs: &[&str]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut updated = false;
+    loop {
+        let out = Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(pkgs)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .output()
+            .context("spawn apt-get")?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let locked = text.contains("Could not get lock")
+            || text.contains("Unable to acquire")
+            || text.contains("is held by process");
+        if locked && Instant::now() < deadline {
+            eprintln!("xtask: dpkg is locked by another process, retrying in 5 s");
+            std::thread::sleep(Duration::from_secs(5));
+            continue;
+        }
+        if !locked && !updated {
+            updated = true;
+            eprintln!("xtask: apt-get install failed, running apt-get update once");
+            let st = Command::new("apt-get")
+                .args(["update", "-q"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .status()
+                .context("spawn apt-get update")?;
+            if !st.success() && Instant::now() < deadline {
+                // Possibly the lists lock; the install retry loop covers it.
+                std::thread::sleep(Duration::from_secs(5));
+            }
+            continue;
+        }
+        let tail: Vec<&str> = text.lines().rev().take(15).collect();
+        bail!(
+            "apt-get install {}:\n{}",
+            pkgs.join(" "),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes we start: killed by their own PID (or their own process group) on drop
+// ---------------------------------------------------------------------------------------------
+
+struct Guard {
+    name: &'static str,
+    child: Child,
+    /// Spawned as the leader of its own process group (socat forks a child per connection).
+    group: bool,
+}
+
+impl Guard {
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if self.exited().is_some() {
+            return;
+        }
+        let pid = self.child.id();
+        if self.group {
+            // The group id is the leader's PID, which we started.
+            let _ = Command::new("kill")
+                .args(["-TERM", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(3) {
+                if self.exited().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        eprintln!("xtask: stopped {} (pid {pid})", self.name);
+    }
+}
+
+/// `listening on wss://127.0.0.1:PORT/ (trust DIR/dev-ca.pem)`.
+fn parse_listening(line: &str) -> Option<(SocketAddr, Option<PathBuf>)> {
+    let rest = line.trim().strip_prefix("listening on wss://")?;
+    let (addr, tail) = rest.split_once('/')?;
+    let addr = addr.parse().ok()?;
+    let trust = tail
+        .trim()
+        .strip_prefix("(trust ")
+        .and_then(|t| t.strip_suffix(')'))
+        .map(PathBuf::from);
+    Some((addr, trust))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Autobahn (kosoku through a socat TLS shim)
+// ---------------------------------------------------------------------------------------------
+
+fn layer_autobahn(env: &Env) -> Result<Outcome> {
+    if which("socat").is_none() {
+        return Ok(Outcome::Skipped("socat unavailable".into()));
+    }
+    let Some(python) = which("python3") else {
+        return Ok(Outcome::Skipped("python3 unavailable".into()));
+    };
+    let kosoku = match ensure_kosoku(env, &python) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            return Ok(Outcome::Skipped("kosoku could not be installed".into()));
+        }
+    };
+
+    eprintln!("$ cargo build --profile ci -p wssedge");
+    let st = env
+        .cargo()
+        .args(["build", "--profile", "ci", "-p", "wssedge"])
+        .stdin(Stdio::null())
+        .status()?;
+    if !st.success() {
+        bail!("building wssedge failed");
+    }
+    let bin = env.target.join("ci/wssedge");
+
+    let work = env.target.join("xtask-autobahn");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let state = work.join("state");
+
+    // The edge under test.
+    let log = std::fs::File::create(work.join("wssedge.log"))?;
+    let mut server = Guard {
+        name: "wssedge",
+        child: Command::new(&bin)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--state-dir",
+            ])
+            .arg(&state)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?,
+        group: false,
+    };
+    let (edge, ca) = wait_listening(&mut server, &work)?;
+    let ca = ca.unwrap_or_else(|| state.join("dev-ca.pem"));
+    eprintln!(
+        "xtask: wssedge (pid {}) on {edge}, CA {}",
+        server.child.id(),
+        ca.display()
+    );
+
+    // ws:// → wss:// shim; nodelay on both sides (without it 9.7.6/9.8.6 take ~44 s).
+    let port = free_port()?;
+    let shim_log = std::fs::File::create(work.join("socat.log"))?;
+    let mut shim_cmd = Command::new("socat");
+    shim_cmd
+        .arg(format!(
+            "TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,nodelay"
+        ))
+        .arg(format!("OPENSSL:{edge},cafile={},nodelay", ca.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(shim_log);
+    {
+        use std::os::unix::process::CommandExt;
+        shim_cmd.process_group(0);
+    }
+    let mut shim = Guard {
+        name: "socat shim",
+        child: shim_cmd.spawn().context("spawn socat")?,
+        group: true,
+    };
+    wait_port(&mut shim, port)?;
+    eprintln!(
+        "xtask: socat shim (pid {}) on 127.0.0.1:{port}",
+        shim.child.id()
+    );
+
+    let out_dir = env.target.join("autobahn");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let mut k = Command::new(&kosoku);
+    k.arg("-o").arg(&out_dir);
+    if std::env::var("XTASK_AUTOBAHN_ALL").is_err() {
+        for x in AUTOBAHN_EXCLUDE {
+            k.args(["-x", x]);
+        }
+    }
+    k.arg(format!("127.0.0.1:{port}"));
+    let kosoku_log = work.join("kosoku.log");
+    k.stdin(Stdio::null())
+        .stdout(std::fs::File::create(&kosoku_log)?)
+        .stderr(std::fs::File::create(work.join("kosoku.err"))?);
+    eprintln!("$ {:?} (log {})", k, kosoku_log.display());
+    let mut run = Guard {
+        name: "kosoku",
+        child: k.spawn().context("spawn kosoku")?,
+        group: false,
+    };
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = run.exited() {
+            break Some(s);
+        }
+        if t0.elapsed() > AUTOBAHN_RUN_LIMIT {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    drop(run);
+    let server_died = server.exited();
+    drop(shim);
+    drop(server);
+    match status {
+        None => eprintln!("xtask: kosoku did not finish within {AUTOBAHN_RUN_LIMIT:?}"),
+        Some(s) => eprintln!(
+            "xtask: kosoku exited with {s} after {:.1} s",
+            t0.elapsed().as_secs_f64()
+        ),
+    }
+    if let Some(s) = server_died {
+        eprintln!(
+            "xtask: wssedge exited during the run ({s}); see {}",
+            work.join("wssedge.log").display()
+        );
+    }
+
+    let Some(index) = find_index(&out_dir) else {
+        print_tail(&work.join("kosoku.err"), 20);
+        bail!("kosoku wrote no index.json under {}", out_dir.display());
+    };
+    let report = read_index(&index)?;
+    let mut c = report.counts;
+    if status.is_none() {
+        c.failed += 1;
+    }
+    if server_died.is_some() {
+        c.failed += 1;
+    }
+    Ok(Outcome::Ran(c))
+}
+
+fn ensure_kosoku(env: &Env, python: &Path) -> Result<PathBuf> {
+    let venv = env.target.join("xtask-venv");
+    let kosoku = venv.join("bin/kosoku");
+    if kosoku.is_file() {
+        return Ok(kosoku);
+    }
+    if !venv.join("bin/pip").is_file() {
+        eprintln!("$ python3 -m venv {}", venv.display());
+        let st = Command::new(python)
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .stdin(Stdio::null())
+            .status()?;
+        if !st.success() {
+            bail!("python3 -m venv failed");
+        }
+    }
+    eprintln!("$ pip install kosoku");
+    let st = Command::new(venv.join("bin/pip"))
+        .args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "kosoku",
+        ])
+        .stdin(Stdio::null())
+        .status()?;
+    if !st.success() || !kosoku.is_file() {
+        bail!("pip install kosoku failed");
+    }
+    Ok(kosoku)
+}
+
+fn wait_listening(server: &mut Guard, work: &Path) -> Result<(SocketAddr, Option<PathBuf>)> {
+    let out = server.child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // Keep draining stdout for the server's lifetime so it never blocks on a full pipe.
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + SERVER_START_LIMIT;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                eprintln!("wssedge: {line}");
+                if let Some(found) = parse_listening(&line) {
+                    return Ok(found);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(Duration::from_millis(100));
+                print_tail(&work.join("wssedge.log"), 20);
+                bail!("wssedge exited before listening ({:?})", server.exited());
+            }
+        }
+        if let Some(s) = server.exited() {
+            print_tail(&work.join("wssedge.log"), 20);
+            bail!("wssedge exited before listening ({s})");
+        }
+        if Instant::now() > deadline {
+            print_tail(&work.join("wssedge.log"), 20);
+            bail!("wssedge printed no `listening on` line within {SERVER_START_LIMIT:?}");
+        }
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn wait_port(shim: &mut Guard, port: u16) -> Result<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        if let Some(s) = shim.exited() {
+            bail!("socat exited at start ({s})");
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("socat is not listening on {addr} after 10 s")
+}
+
+fn print_tail(path: &Path, n: usize) {
+    let mut s = String::new();
+    if std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_string(&mut s))
+        .is_ok()
+    {
+        let lines: Vec<&str> = s.lines().collect();
+        eprintln!("---- last lines of {} ----", path.display());
+        for l in &lines[lines.len().saturating_sub(n)..] {
+            eprintln!("{l}");
+        }
+    }
+}
+
+fn find_index(dir: &Path) -> Option<PathBuf> {
+    let direct = dir.join("index.json");
+    if direct.is_file() {
+        return Some(direct);
+    }
+    // One or two levels down (e.g. reports/servers/index.json).
+    let mut stack = vec![(dir.to_path_buf(), 0)];
+    while let Some((d, depth)) = stack.pop() {
+        for e in std::fs::read_dir(&d).ok()?.flatten() {
+            let p = e.path();
+            if p.is_dir() && depth < 3 {
+                stack.push((p, depth + 1));
+            } else if p.file_name() == Some(OsStr::new("index.json")) {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+const VERDICTS: [&str; 4] = ["OK", "NON-STRICT", "INFORMATIONAL", "FAILED"];
+
+struct AutobahnReport {
+    counts: Counts,
+}
+
+/// A case passes only if both `behavior` and `behaviorClose` are OK or INFORMATIONAL.
+fn case_verdict(behavior: &str, close: &str) -> &'static str {
+    let rank = |v: &str| match v {
+        "OK" => 0,
+        "INFORMATIONAL" => 1,
+        "NON-STRICT" => 2,
+        _ => 3, // FAILED, UNIMPLEMENTED, anything unknown
+    };
+    VERDICTS_BY_RANK[rank(behavior).max(rank(close))]
+}
+const VERDICTS_BY_RANK: [&str; 4] = ["OK", "INFORMATIONAL", "NON-STRICT", "FAILED"];
+
+fn case_key(id: &str) -> Vec<u64> {
+    id.split('.')
+        .map(|p| p.parse().unwrap_or(u64::MAX))
+        .collect()
+}
+
+fn read_index(index: &Path) -> Result<AutobahnReport> {
+    let text =
+        std::fs::read_to_string(index).with_context(|| format!("read {}", index.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parse {}", index.display()))?;
+    let agents = json
+        .as_object()
+        .context("index.json: expected an object of agents")?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut per_verdict: BTreeMap<&str, u64> = VERDICTS.iter().map(|v| (*v, 0)).collect();
+    let mut failing = Vec::new();
+    let mut counts = Counts::default();
+    for (agent, cases) in agents {
+        let cases = cases
+            .as_object()
+            .context("index.json: expected an object of cases")?;
+        let mut ids: Vec<&String> = cases.keys().collect();
+        ids.sort_by_key(|id| case_key(id));
+        for id in ids {
+            let case = &cases[id.as_str()];
+            let behavior = case
+                .get("behavior")
+                .and_then(|v| v.as_str())
+                .unwrap_or("MISSING");
+            let close = case
+                .get("behaviorClose")
+                .and_then(|v| v.as_str())
+                .unwrap_or("MISSING");
+            let verdict = case_verdict(behavior, close);
+            *per_verdict.entry(verdict).or_default() += 1;
+            if verdict == "OK" || verdict == "INFORMATIONAL" {
+                counts.passed += 1;
+            } else {
+                counts.failed += 1;
+                let desc = case
+                    .get("reportfile")
+                    .and_then(|f| f.as_str())
+                    .and_then(|f| std::fs::read_to_string(dir.join(f)).ok())
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                    .and_then(|r| {
+                        r.get("description")
+                            .and_then(|d| d.as_str())
+                            .map(clean_description)
+                    })
+                    .unwrap_or_default();
+                failing.push(format!(
+                    "  {id} [{agent}] behavior={behavior} close={close}: {desc}"
+                ));
+            }
+        }
+    }
+    let mut line = String::from("autobahn verdicts:");
+    for v in VERDICTS {
+        let _ = write!(line, " {v} {}", per_verdict.get(v).copied().unwrap_or(0));
+        if v != "FAILED" {
+            line.push(',');
+        }
+    }
+    eprintln!("{line} (from {})", index.display());
+    if !failing.is_empty() {
+        eprintln!("failing cases:");
+        for f in &failing {
+            eprintln!("{f}");
+        }
+    }
+    Ok(AutobahnReport { counts })
+}
+
+/// Case descriptions are HTML snippets; keep them to one readable line.
+fn clean_description(d: &str) -> String {
+    let mut out = String::new();
+    let mut in_tag = false;
+    for ch in d.chars() {
+        match ch {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => out.push(if c.is_whitespace() { ' ' } else { c }),
+            _ => {}
+        }
+    }
+    let out = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    if out.chars().count() > 200 {
+        out.chars().take(200).collect::<String>() + "…"
+    } else {
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cargo_test_summaries() {
+        let out = "running 3 tests\n\
+            test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s\n\
+            test result: FAILED. 5 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.00s\n";
+        assert_eq!(
+            parse_cargo_test(out),
+            Counts {
+                passed: 8,
+                failed: 2,
+                skipped: 1
+            }
+        );
+        assert_eq!(parse_cargo_test("nothing here"), Counts::default());
+    }
+
+    #[test]
+    fn verdicts_take_the_worse_of_both() {
+        assert_eq!(case_verdict("OK", "OK"), "OK");
+        assert_eq!(case_verdict("OK", "INFORMATIONAL"), "INFORMATIONAL");
+        assert_eq!(case_verdict("NON-STRICT", "OK"), "NON-STRICT");
+        assert_eq!(case_verdict("OK", "FAILED"), "FAILED");
+        assert_eq!(case_verdict("UNIMPLEMENTED", "OK"), "FAILED");
+    }
+
+    #[test]
+    fn reads_an_index() {
+        let dir = std::env::temp_dir().join(format!("xtask-index-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("a_2_1.json"),
+            r#"{"description": "<p>Send a <b>ping</b>\n</p>"}"#,
+        )
+        .unwrap();
+        let idx = dir.join("index.json");
+        std::fs::write(
+            &idx,
+            r#"{"wssedge": {
+                "1.1.1": {"behavior": "OK", "behaviorClose": "OK"},
+                "2.1": {"behavior": "FAILED", "behaviorClose": "OK", "reportfile": "a_2_1.json"},
+                "6.4.3": {"behavior": "NON-STRICT", "behaviorClose": "OK"},
+                "7.1.6": {"behavior": "INFORMATIONAL", "behaviorClose": "INFORMATIONAL"}
+            }}"#,
+        )
+        .unwrap();
+        let r = read_index(&idx).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            r.counts,
+            Counts {
+                passed: 2,
+                failed: 2,
+                skipped: 0
+            }
+        );
+    }
+
+    #[test]
+    fn parses_the_listening_line() {
+        let (a, t) =
+            parse_listening("listening on wss://127.0.0.1:4433/ (trust /tmp/s/dev-ca.pem)")
+                .unwrap();
+        assert_eq!(a.port(), 4433);
+        assert_eq!(t.unwrap(), PathBuf::from("/tmp/s/dev-ca.pem"));
+        let (a, t) = parse_listening("listening on wss://127.0.0.1:1/").unwrap();
+        assert_eq!((a.port(), t), (1, None));
+        assert!(parse_listening("admin on http://127.0.0.1:1/").is_none());
+        assert_eq!(
+            clean_description("<p>Send a <b>ping</b>\n</p>"),
+            "Send a ping"
+        );
+    }
+
+    #[test]
+    fn layer_arguments() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(parse_layers(&s(&[])).unwrap(), LAYERS.to_vec());
+        assert_eq!(parse_layers(&s(&["--layer", "e2e"])).unwrap(), vec!["e2e"]);
+        assert_eq!(
+            parse_layers(&s(&["--layer=unit,autobahn"])).unwrap(),
+            vec!["unit", "autobahn"]
+        );
+        assert!(parse_layers(&s(&["--layer", "nope"])).is_err());
+    }
+}
