@@ -14,21 +14,23 @@ const MAX_REQUEST: usize = 4096;
 pub fn start(addr: SocketAddr, registry: Registry) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
-    std::thread::Builder::new().name("wssedge-admin".into()).spawn(move || {
-        for stream in listener.incoming() {
-            match stream {
-                Ok(s) => {
-                    if let Err(e) = answer(s, &registry) {
-                        tracing::debug!(error = %e, "admin request failed");
+    std::thread::Builder::new()
+        .name("wssedge-admin".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                match stream {
+                    Ok(s) => {
+                        if let Err(e) = answer(s, &registry) {
+                            tracing::debug!(error = %e, "admin request failed");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        std::thread::sleep(Duration::from_millis(50));
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    std::thread::sleep(Duration::from_millis(50));
-                }
             }
-        }
-    })?;
+        })?;
     Ok(bound)
 }
 
@@ -65,8 +67,16 @@ pub fn route(path: &str, registry: &Registry) -> (u16, &'static str, String) {
         "/metrics" => (200, "text/plain; version=0.0.4", registry.render()),
         "/healthz" => (200, "text/plain", "ok\n".into()),
         "/readyz" if registry.all_alive() => (200, "text/plain", "ready\n".into()),
-        "/readyz" => (503, "text/plain", "not ready: a core is not serving\n".into()),
-        _ => (404, "text/plain", "not found: try /metrics, /healthz or /readyz\n".into()),
+        "/readyz" => (
+            503,
+            "text/plain",
+            "not ready: a core is not serving\n".into(),
+        ),
+        _ => (
+            404,
+            "text/plain",
+            "not found: try /metrics, /healthz or /readyz\n".into(),
+        ),
     }
 }
 
@@ -90,7 +100,9 @@ mod tests {
     #[test]
     fn readyz_follows_the_cores_and_metrics_render() {
         let core = Arc::new(CoreMetrics::new(0, 0));
-        let reg = Registry { cores: vec![core.clone()] };
+        let reg = Registry {
+            cores: vec![core.clone()],
+        };
         assert_eq!(route("/readyz", &reg).0, 503);
         core.alive.store(true, Ordering::Relaxed);
         assert_eq!(route("/readyz", &reg).0, 200);
@@ -103,10 +115,13 @@ mod tests {
 
     #[test]
     fn serves_over_http() {
-        let reg = Registry { cores: vec![Arc::new(CoreMetrics::new(0, 0))] };
+        let reg = Registry {
+            cores: vec![Arc::new(CoreMetrics::new(0, 0))],
+        };
         let addr = start("127.0.0.1:0".parse().unwrap(), reg).unwrap();
         let mut s = TcpStream::connect(addr).unwrap();
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");

@@ -3,6 +3,10 @@
 //! Reads are readiness-first: a connection takes a buffer only once its socket is readable and
 //! gives it back as soon as everything in it has been consumed, so an idle connection holds no
 //! buffer. The pool is per core (no locks) and capped: buffers beyond the cap are freed.
+//!
+//! Buffers are handed out at full length and already initialised: zeroing 64 KiB each time an
+//! idle connection wakes would cost more than the read itself. Their contents are unspecified;
+//! users track how much of a buffer they filled.
 
 /// Capacity of every pooled buffer: room for a whole TLS record (16 KiB + overhead) several times.
 pub const POOL_BUFFER_CAPACITY: usize = 64 * 1024;
@@ -18,19 +22,29 @@ pub struct BufPool {
 impl BufPool {
     /// A pool handing out buffers of `capacity` bytes, keeping at most `max_retained` spare ones.
     pub fn new(capacity: usize, max_retained: usize) -> Self {
-        Self { free: Vec::new(), max_retained, capacity }
+        Self {
+            free: Vec::new(),
+            max_retained,
+            capacity,
+        }
     }
 
-    /// An empty buffer with at least the pool's capacity.
+    /// A buffer of exactly the pool's capacity in length, initialised, contents unspecified.
     pub fn take(&mut self) -> Vec<u8> {
-        self.free.pop().unwrap_or_else(|| Vec::with_capacity(self.capacity))
+        self.free.pop().unwrap_or_else(|| vec![0; self.capacity])
     }
 
-    /// Returns a buffer. Its contents are discarded; a buffer that grew past the pool's
-    /// capacity (a large message) is freed rather than kept, so the pool never hoards memory.
+    /// Returns a buffer. A buffer that grew past the pool's capacity (a large message) or does
+    /// not fit the pool is freed rather than kept, so the pool never hoards memory.
     pub fn give(&mut self, mut buf: Vec<u8>) {
-        if self.free.len() < self.max_retained && buf.capacity() >= self.capacity && buf.capacity() <= 2 * self.capacity {
-            buf.clear();
+        if self.free.len() < self.max_retained
+            && buf.capacity() >= self.capacity
+            && buf.capacity() <= 2 * self.capacity
+        {
+            buf.truncate(self.capacity);
+            if buf.len() < self.capacity {
+                buf.resize(self.capacity, 0);
+            }
             self.free.push(buf);
         }
     }
@@ -60,12 +74,14 @@ mod tests {
     fn reuses_returned_buffers_and_frees_oversized_ones() {
         let mut pool = BufPool::new(1024, 2);
         let mut a = pool.take();
-        assert!(a.capacity() >= 1024);
-        a.extend_from_slice(b"hello");
+        assert_eq!(a.len(), 1024, "handed out at full length");
+        a[..5].copy_from_slice(b"hello");
+        let ptr = a.as_ptr();
         pool.give(a);
         assert_eq!(pool.spare(), 1);
         let b = pool.take();
-        assert!(b.is_empty(), "a reused buffer comes back empty");
+        assert_eq!(b.as_ptr(), ptr, "the same buffer is reused");
+        assert_eq!(b.len(), 1024, "a reused buffer comes back at full length");
         let big = Vec::with_capacity(1024 * 8);
         pool.give(big);
         assert_eq!(pool.spare(), 0, "an oversized buffer is freed, not hoarded");

@@ -11,16 +11,31 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source} (check the path given to --config)")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid value for `{key}` = {value}: {reason}")]
-    Invalid { key: &'static str, value: String, reason: String },
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
 }
 
 impl ConfigError {
-    fn invalid(key: &'static str, value: impl std::fmt::Display, reason: impl Into<String>) -> Self {
-        ConfigError::Invalid { key, value: value.to_string(), reason: reason.into() }
+    fn invalid(
+        key: &'static str,
+        value: impl std::fmt::Display,
+        reason: impl Into<String>,
+    ) -> Self {
+        ConfigError::Invalid {
+            key,
+            value: value.to_string(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -146,9 +161,14 @@ pub struct Overrides {
 impl Config {
     /// Reads and parses a TOML file; unknown keys are refused.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
     }
 
     /// Parses TOML text. The error message carries toml's key, line and reason.
@@ -187,7 +207,11 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.server;
         if s.listen.is_empty() {
-            return Err(ConfigError::invalid("server.listen", "[]", "at least one listen address is needed"));
+            return Err(ConfigError::invalid(
+                "server.listen",
+                "[]",
+                "at least one listen address is needed",
+            ));
         }
         for (i, a) in s.listen.iter().enumerate() {
             if s.listen[..i].contains(a) {
@@ -195,24 +219,52 @@ impl Config {
             }
         }
         if s.cores.is_some() && s.cpus.is_some() {
-            return Err(ConfigError::invalid("server.cores", s.cores.unwrap_or(0), "give either `cores` or `cpus`, not both"));
+            return Err(ConfigError::invalid(
+                "server.cores",
+                s.cores.unwrap_or(0),
+                "give either `cores` or `cpus`, not both",
+            ));
         }
         if s.cores == Some(0) {
-            return Err(ConfigError::invalid("server.cores", 0, "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "server.cores",
+                0,
+                "must be at least 1",
+            ));
         }
         if let Some(cpus) = &s.cpus {
             if cpus.is_empty() {
-                return Err(ConfigError::invalid("server.cpus", "[]", "name at least one CPU"));
+                return Err(ConfigError::invalid(
+                    "server.cpus",
+                    "[]",
+                    "name at least one CPU",
+                ));
             }
             for (i, c) in cpus.iter().enumerate() {
                 if cpus[..i].contains(c) {
-                    return Err(ConfigError::invalid("server.cpus", format!("{cpus:?}"), format!("CPU {c} listed twice")));
+                    return Err(ConfigError::invalid(
+                        "server.cpus",
+                        format!("{cpus:?}"),
+                        format!("CPU {c} listed twice"),
+                    ));
                 }
             }
         }
         match (&self.tls.cert, &self.tls.key) {
-            (Some(_), None) => return Err(ConfigError::invalid("tls.key", "(missing)", "`tls.cert` needs `tls.key` (--key)")),
-            (None, Some(_)) => return Err(ConfigError::invalid("tls.cert", "(missing)", "`tls.key` needs `tls.cert` (--cert)")),
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "tls.key",
+                    "(missing)",
+                    "`tls.cert` needs `tls.key` (--key)",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "tls.cert",
+                    "(missing)",
+                    "`tls.key` needs `tls.cert` (--cert)",
+                ))
+            }
             _ => {}
         }
         for (key, path) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
@@ -235,16 +287,25 @@ impl Config {
         let l = &self.limits;
         let positive: [(&'static str, u64); 11] = [
             ("limits.max_connections", l.max_connections as u64),
-            ("limits.max_handshakes_in_flight", l.max_handshakes_in_flight as u64),
+            (
+                "limits.max_handshakes_in_flight",
+                l.max_handshakes_in_flight as u64,
+            ),
             ("limits.handshake_timeout_ms", l.handshake_timeout_ms),
             ("limits.idle_timeout_ms", l.idle_timeout_ms),
             ("limits.write_timeout_ms", l.write_timeout_ms),
             ("limits.max_frame_bytes", l.max_frame_bytes as u64),
             ("limits.max_message_bytes", l.max_message_bytes as u64),
-            ("limits.max_buffered_bytes_per_core", l.max_buffered_bytes_per_core as u64),
+            (
+                "limits.max_buffered_bytes_per_core",
+                l.max_buffered_bytes_per_core as u64,
+            ),
             ("limits.max_request_bytes", l.max_request_bytes as u64),
             ("limits.max_headers", l.max_headers as u64),
-            ("limits.socket_send_buffer_bytes", l.socket_send_buffer_bytes as u64),
+            (
+                "limits.socket_send_buffer_bytes",
+                l.socket_send_buffer_bytes as u64,
+            ),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -262,11 +323,18 @@ impl Config {
             return Err(ConfigError::invalid(
                 "limits.max_frame_bytes",
                 l.max_frame_bytes,
-                format!("must not exceed limits.max_message_bytes ({})", l.max_message_bytes),
+                format!(
+                    "must not exceed limits.max_message_bytes ({})",
+                    l.max_message_bytes
+                ),
             ));
         }
         if l.max_request_bytes < 256 {
-            return Err(ConfigError::invalid("limits.max_request_bytes", l.max_request_bytes, "must be at least 256"));
+            return Err(ConfigError::invalid(
+                "limits.max_request_bytes",
+                l.max_request_bytes,
+                "must be at least 256",
+            ));
         }
         Ok(())
     }
@@ -293,10 +361,17 @@ mod tests {
         assert!(e.contains("max_connections"), "{e}");
         let mut c = Config::from_toml("[limits]\nmax_frame_bytes = 0\n").unwrap();
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("limits.max_frame_bytes") && e.contains("= 0"), "{e}");
+        assert!(
+            e.contains("limits.max_frame_bytes") && e.contains("= 0"),
+            "{e}"
+        );
         c.limits.max_frame_bytes = 100;
         c.limits.max_message_bytes = 10;
-        assert!(c.validate().unwrap_err().to_string().contains("max_message_bytes"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_message_bytes"));
     }
 
     #[test]
@@ -307,7 +382,10 @@ mod tests {
             cpus: Some(vec![0]),
             ..Default::default()
         });
-        assert_eq!(c.server.listen, vec!["127.0.0.1:2".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            c.server.listen,
+            vec!["127.0.0.1:2".parse::<SocketAddr>().unwrap()]
+        );
         assert_eq!(c.server.cores, None);
         assert_eq!(c.server.cpus, Some(vec![0]));
     }
@@ -328,6 +406,9 @@ mod tests {
         c.tls.cert = Some("/nonexistent/cert.pem".into());
         c.tls.key = Some("/nonexistent/key.pem".into());
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("tls.cert") && e.contains("/nonexistent/cert.pem"), "{e}");
+        assert!(
+            e.contains("tls.cert") && e.contains("/nonexistent/cert.pem"),
+            "{e}"
+        );
     }
 }

@@ -61,7 +61,10 @@ pub struct DevCert {
 pub enum DevCertError {
     /// A file or directory operation failed.
     #[error("{}: {source}; check that the state directory is writable by this user", .path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// rcgen refused to generate a key or certificate.
     #[error("generating the development certificate failed: {0}")]
     Generate(#[from] rcgen::Error),
@@ -81,12 +84,19 @@ fn ensure_dev_cert_at(dir: &Path, now: SystemTime) -> Result<DevCert, DevCertErr
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|source| DevCertError::Io { path: dir.to_owned(), source })?;
+        .map_err(|source| DevCertError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
     let ca_pem_path = dir.join(CA_CERT_FILE);
     let (ca_der, ca_key) = load_or_create_ca(dir, now)?;
 
     if let Some((chain, key)) = usable_leaf(dir, &ca_der, now) {
-        return Ok(DevCert { ca_pem_path, chain, key });
+        return Ok(DevCert {
+            ca_pem_path,
+            chain,
+            key,
+        });
     }
 
     // (Re-)issue the leaf from the existing CA.
@@ -96,14 +106,25 @@ fn ensure_dev_cert_at(dir: &Path, now: SystemTime) -> Result<DevCert, DevCertErr
     let leaf = leaf_params(now)?.signed_by(&leaf_key, &issuer)?;
     let chain = vec![leaf.der().clone(), ca_der.clone()];
     if let Err(detail) = verify_leaf(&chain, &ca_der, now) {
-        return Err(DevCertError::UnusableCa { dir: dir.to_owned(), detail });
+        return Err(DevCertError::UnusableCa {
+            dir: dir.to_owned(),
+            detail,
+        });
     }
-    write_atomic(&dir.join(LEAF_KEY_FILE), leaf_key.serialize_pem().as_bytes(), 0o600)?;
+    write_atomic(
+        &dir.join(LEAF_KEY_FILE),
+        leaf_key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
     let mut pem = leaf.pem();
     pem.push_str(&pem_cert(&ca_der));
     write_atomic(&dir.join(LEAF_CERT_FILE), pem.as_bytes(), 0o644)?;
     let key = PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
-    Ok(DevCert { ca_pem_path, chain, key })
+    Ok(DevCert {
+        ca_pem_path,
+        chain,
+        key,
+    })
 }
 
 /// Sets `not_before` (backdated for clock skew) and `not_after` relative to `now`.
@@ -117,18 +138,29 @@ fn set_validity(params: &mut CertificateParams, now: SystemTime, validity: Durat
 fn ca_params(now: SystemTime) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, CA_COMMON_NAME);
-    params.distinguished_name.push(DnType::OrganizationName, "wssedge");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, CA_COMMON_NAME);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "wssedge");
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     set_validity(&mut params, now, CA_VALIDITY);
     params
 }
 
 fn leaf_params(now: SystemTime) -> Result<CertificateParams, rcgen::Error> {
-    let mut params = CertificateParams::new(LEAF_NAMES.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+    let mut params =
+        CertificateParams::new(LEAF_NAMES.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, "localhost");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -138,18 +170,31 @@ fn leaf_params(now: SystemTime) -> Result<CertificateParams, rcgen::Error> {
 }
 
 /// Loads the CA (certificate and key), or creates it when `dev-ca.pem` does not exist yet.
-fn load_or_create_ca(dir: &Path, now: SystemTime) -> Result<(CertificateDer<'static>, KeyPair), DevCertError> {
+fn load_or_create_ca(
+    dir: &Path,
+    now: SystemTime,
+) -> Result<(CertificateDer<'static>, KeyPair), DevCertError> {
     let cert_path = dir.join(CA_CERT_FILE);
     let key_path = dir.join(CA_KEY_FILE);
-    let unusable = |detail: String| DevCertError::UnusableCa { dir: dir.to_owned(), detail };
+    let unusable = |detail: String| DevCertError::UnusableCa {
+        dir: dir.to_owned(),
+        detail,
+    };
     match std::fs::symlink_metadata(&cert_path) {
         Ok(_) => {
             let chain = load_cert_chain(&cert_path).map_err(|e| unusable(e.to_string()))?;
             let key_pem = std::fs::read_to_string(&key_path)
                 .map_err(|e| unusable(format!("{}: {e}", key_path.display())))?;
-            let key = KeyPair::from_pem(&key_pem)
-                .map_err(|e| unusable(format!("{}: not a usable private key: {e}", key_path.display())))?;
-            let ca = chain.into_iter().next().ok_or_else(|| unusable("no certificate".into()))?;
+            let key = KeyPair::from_pem(&key_pem).map_err(|e| {
+                unusable(format!(
+                    "{}: not a usable private key: {e}",
+                    key_path.display()
+                ))
+            })?;
+            let ca = chain
+                .into_iter()
+                .next()
+                .ok_or_else(|| unusable("no certificate".into()))?;
             Ok((ca, key))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -162,7 +207,10 @@ fn load_or_create_ca(dir: &Path, now: SystemTime) -> Result<(CertificateDer<'sta
             write_atomic(&cert_path, cert.pem().as_bytes(), 0o644)?;
             Ok((cert.der().clone(), key))
         }
-        Err(source) => Err(DevCertError::Io { path: cert_path, source }),
+        Err(source) => Err(DevCertError::Io {
+            path: cert_path,
+            source,
+        }),
     }
 }
 
@@ -189,13 +237,20 @@ fn usable_leaf(
 
 /// Verifies `chain` (leaf first) for every name in [`LEAF_NAMES`] as a client trusting only
 /// `ca` would, at time `at`.
-fn verify_leaf(chain: &[CertificateDer<'static>], ca: &CertificateDer<'static>, at: SystemTime) -> Result<(), String> {
+fn verify_leaf(
+    chain: &[CertificateDer<'static>],
+    ca: &CertificateDer<'static>,
+    at: SystemTime,
+) -> Result<(), String> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone()).map_err(|e| format!("CA certificate: {e}"))?;
+    roots
+        .add(ca.clone())
+        .map_err(|e| format!("CA certificate: {e}"))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-        .build()
-        .map_err(|e| e.to_string())?;
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| e.to_string())?;
     let at = UnixTime::since_unix_epoch(at.duration_since(UNIX_EPOCH).unwrap_or_default());
     for name in LEAF_NAMES {
         let server_name = ServerName::try_from(name).map_err(|e| e.to_string())?;
@@ -223,7 +278,10 @@ fn pem_cert(der: &CertificateDer<'_>) -> String {
 /// never readable by others, not even briefly), synced, then renamed over `path`.
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DevCertError> {
     fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DevCertError + '_ {
-        move |source| DevCertError::Io { path: path.to_owned(), source }
+        move |source| DevCertError::Io {
+            path: path.to_owned(),
+            source,
+        }
     }
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
@@ -232,7 +290,11 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DevCertError
         _ => {}
     }
     let result = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()
     })();
@@ -242,7 +304,9 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DevCertError
     }
     std::fs::rename(&tmp, path).map_err(io(path))?;
     if let Some(dir) = path.parent() {
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
     }
     Ok(())
 }
@@ -269,7 +333,10 @@ mod tests {
         let ca = load_cert_chain(&dev.ca_pem_path).unwrap();
         assert_eq!(ca.len(), 1);
         let leaf_file = load_cert_chain(&dir.join(LEAF_CERT_FILE)).unwrap();
-        assert_eq!(leaf_file, dev.chain, "dev-leaf.pem holds the leaf then the CA");
+        assert_eq!(
+            leaf_file, dev.chain,
+            "dev-leaf.pem holds the leaf then the CA"
+        );
         assert_eq!(dev.chain.len(), 2);
         assert_eq!(dev.chain[1], ca[0]);
         assert_eq!(load_private_key(&dir.join(LEAF_KEY_FILE)).unwrap(), dev.key);
@@ -288,7 +355,10 @@ mod tests {
         let ca_pem = std::fs::read(tmp.path().join(CA_CERT_FILE)).unwrap();
         let ca_key = std::fs::read(tmp.path().join(CA_KEY_FILE)).unwrap();
         let second = ensure_dev_cert(tmp.path()).unwrap();
-        assert_eq!(std::fs::read(tmp.path().join(CA_CERT_FILE)).unwrap(), ca_pem);
+        assert_eq!(
+            std::fs::read(tmp.path().join(CA_CERT_FILE)).unwrap(),
+            ca_pem
+        );
         assert_eq!(std::fs::read(tmp.path().join(CA_KEY_FILE)).unwrap(), ca_key);
         assert_eq!(first.chain, second.chain);
         assert_eq!(first.key, second.key);
@@ -308,7 +378,10 @@ mod tests {
 
         // Still valid for a while: kept.
         let later = now + LEAF_VALIDITY - 3 * DAY;
-        assert_eq!(ensure_dev_cert_at(tmp.path(), later).unwrap().chain, second.chain);
+        assert_eq!(
+            ensure_dev_cert_at(tmp.path(), later).unwrap().chain,
+            second.chain
+        );
         // Expires within a day: re-issued, and the new one verifies at that time.
         let near_expiry = now + LEAF_VALIDITY - DAY / 2;
         let third = ensure_dev_cert_at(tmp.path(), near_expiry).unwrap();
@@ -326,7 +399,10 @@ mod tests {
         std::fs::remove_file(tmp.path().join(LEAF_CERT_FILE)).unwrap();
         let err = ensure_dev_cert(tmp.path()).unwrap_err();
         assert!(matches!(err, DevCertError::UnusableCa { .. }), "{err}");
-        assert!(err.to_string().contains("delete dev-ca.pem and dev-ca.key"), "{err}");
+        assert!(
+            err.to_string().contains("delete dev-ca.pem and dev-ca.key"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -338,9 +414,10 @@ mod tests {
             roots.add(ca).unwrap();
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .unwrap();
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
         let now = UnixTime::now();
         for name in ["localhost", "127.0.0.1", "::1"] {
             let name = ServerName::try_from(name).unwrap();
@@ -349,10 +426,14 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{name:?}: {e}"));
         }
         let other = ServerName::try_from("example.com").unwrap();
-        assert!(verifier.verify_server_cert(&dev.chain[0], &dev.chain[1..], &other, &[], now).is_err());
+        assert!(verifier
+            .verify_server_cert(&dev.chain[0], &dev.chain[1..], &other, &[], now)
+            .is_err());
         // The CA itself is not accepted as a server certificate.
         let localhost = ServerName::try_from("localhost").unwrap();
-        assert!(verifier.verify_server_cert(&dev.chain[1], &[], &localhost, &[], now).is_err());
+        assert!(verifier
+            .verify_server_cert(&dev.chain[1], &[], &localhost, &[], now)
+            .is_err());
         // And the pair makes a working server configuration.
         crate::tls::server_config(dev.chain.clone(), dev.key.clone_key()).unwrap();
     }

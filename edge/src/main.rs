@@ -71,22 +71,25 @@ fn load(path: Option<&PathBuf>) -> Result<Config, String> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match Cli::parse().command {
-        Command::Check { config } => match load(Some(&config)).and_then(|c| c.validate().map_err(|e| e.to_string())) {
-            Ok(()) => {
-                println!("{}: configuration is valid", config.display());
-                ExitCode::SUCCESS
+        Command::Check { config } => {
+            match load(Some(&config)).and_then(|c| c.validate().map_err(|e| e.to_string())) {
+                Ok(()) => {
+                    println!("{}: configuration is valid", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("wssedge: {e}");
+                    ExitCode::from(EXIT_REFUSED)
+                }
             }
-            Err(e) => {
-                eprintln!("wssedge: {e}");
-                ExitCode::from(EXIT_REFUSED)
-            }
-        },
+        }
         Command::Serve(args) => serve(args),
     }
 }

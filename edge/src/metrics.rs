@@ -19,7 +19,10 @@ impl Counter {
     #[inline]
     pub fn add(&self, n: u64) {
         // Single writer: load + store is enough and avoids a locked read-modify-write.
-        self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
     #[inline]
     pub fn inc(&self) {
@@ -37,7 +40,8 @@ pub struct Gauge(AtomicI64);
 impl Gauge {
     #[inline]
     pub fn add(&self, n: i64) {
-        self.0.store(self.0.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+        self.0
+            .store(self.0.load(Ordering::Relaxed) + n, Ordering::Relaxed);
     }
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
@@ -91,7 +95,11 @@ pub struct CoreMetrics {
 
 impl CoreMetrics {
     pub fn new(core: usize, cpu: usize) -> Self {
-        Self { core, cpu, ..Default::default() }
+        Self {
+            core,
+            cpu,
+            ..Default::default()
+        }
     }
 
     fn labelled(&self) -> std::sync::MutexGuard<'_, Labelled> {
@@ -101,7 +109,11 @@ impl CoreMetrics {
 
     pub fn handshake(&self, ok: bool, reason: &'static str) {
         let result = if ok { "ok" } else { "failed" };
-        *self.labelled().handshakes.entry((result, reason)).or_default() += 1;
+        *self
+            .labelled()
+            .handshakes
+            .entry((result, reason))
+            .or_default() += 1;
     }
 
     pub fn refusal(&self, reason: &'static str) {
@@ -114,7 +126,12 @@ impl CoreMetrics {
 
     /// How often `reason` was refused on this core (tests and health checks).
     pub fn refusals_of(&self, reason: &str) -> u64 {
-        self.labelled().refusals.iter().filter(|(r, _)| **r == reason).map(|(_, n)| *n).sum()
+        self.labelled()
+            .refusals
+            .iter()
+            .filter(|(r, _)| **r == reason)
+            .map(|(_, n)| *n)
+            .sum()
     }
 }
 
@@ -142,14 +159,22 @@ impl Registry {
         gauge(
             "wssedge_core_up",
             "1 while the core's runtime serves its listener",
-            &mut cores.iter().map(|c| (format!("core=\"{}\",cpu=\"{}\"", c.core, c.cpu), c.alive.load(Ordering::Relaxed) as i64)),
+            &mut cores.iter().map(|c| {
+                (
+                    format!("core=\"{}\",cpu=\"{}\"", c.core, c.cpu),
+                    c.alive.load(Ordering::Relaxed) as i64,
+                )
+            }),
         );
         gauge(
             "wssedge_connections",
             "Connections by core and state",
             &mut cores.iter().flat_map(|c| {
                 [
-                    (format!("core=\"{}\",state=\"handshake\"", c.core), c.handshaking.get()),
+                    (
+                        format!("core=\"{}\",state=\"handshake\"", c.core),
+                        c.handshaking.get(),
+                    ),
                     (format!("core=\"{}\",state=\"open\"", c.core), c.open.get()),
                 ]
             }),
@@ -157,12 +182,16 @@ impl Registry {
         gauge(
             "wssedge_buffered_bytes",
             "Bytes held in partly received frames and messages",
-            &mut cores.iter().map(|c| (format!("core=\"{}\"", c.core), c.buffered_bytes.get())),
+            &mut cores
+                .iter()
+                .map(|c| (format!("core=\"{}\"", c.core), c.buffered_bytes.get())),
         );
         gauge(
             "wssedge_read_buffers_held",
             "Read buffers held by connections (an idle connection holds none)",
-            &mut cores.iter().map(|c| (format!("core=\"{}\"", c.core), c.read_buffers_held.get())),
+            &mut cores
+                .iter()
+                .map(|c| (format!("core=\"{}\"", c.core), c.read_buffers_held.get())),
         );
 
         let mut counter = |name: &str, help: &str, rows: Vec<(String, u64)>| {
@@ -178,16 +207,33 @@ impl Registry {
         counter(
             "wssedge_connections_accepted_total",
             "TCP connections accepted",
-            cores.iter().map(|c| (format!("core=\"{}\"", c.core), c.accepted.get())).collect(),
+            cores
+                .iter()
+                .map(|c| (format!("core=\"{}\"", c.core), c.accepted.get()))
+                .collect(),
         );
         let dir = |f: fn(&CoreMetrics) -> u64, g: fn(&CoreMetrics) -> u64| {
             vec![
-                ("direction=\"in\"".to_owned(), cores.iter().map(|c| f(c)).sum()),
-                ("direction=\"out\"".to_owned(), cores.iter().map(|c| g(c)).sum()),
+                (
+                    "direction=\"in\"".to_owned(),
+                    cores.iter().map(|c| f(c)).sum(),
+                ),
+                (
+                    "direction=\"out\"".to_owned(),
+                    cores.iter().map(|c| g(c)).sum(),
+                ),
             ]
         };
-        counter("wssedge_frames_total", "WebSocket frames", dir(|c| c.frames_in.get(), |c| c.frames_out.get()));
-        counter("wssedge_bytes_total", "Plaintext bytes", dir(|c| c.bytes_in.get(), |c| c.bytes_out.get()));
+        counter(
+            "wssedge_frames_total",
+            "WebSocket frames",
+            dir(|c| c.frames_in.get(), |c| c.frames_out.get()),
+        );
+        counter(
+            "wssedge_bytes_total",
+            "Plaintext bytes",
+            dir(|c| c.bytes_in.get(), |c| c.bytes_out.get()),
+        );
         counter(
             "wssedge_panics_total",
             "Panics caught in a connection (each closed that connection with 1011)",
@@ -212,17 +258,26 @@ impl Registry {
         counter(
             "wssedge_handshakes_total",
             "TLS handshakes and upgrades by result and reason",
-            handshakes.into_iter().map(|((r, why), v)| (format!("result=\"{r}\",reason=\"{why}\""), v)).collect(),
+            handshakes
+                .into_iter()
+                .map(|((r, why), v)| (format!("result=\"{r}\",reason=\"{why}\""), v))
+                .collect(),
         );
         counter(
             "wssedge_refusals_total",
             "Connections refused or closed by the edge, by reason",
-            refusals.into_iter().map(|(r, v)| (format!("reason=\"{r}\""), v)).collect(),
+            refusals
+                .into_iter()
+                .map(|(r, v)| (format!("reason=\"{r}\""), v))
+                .collect(),
         );
         counter(
             "wssedge_close_codes_total",
             "WebSocket close codes sent (server) and received (client)",
-            closes.into_iter().map(|((code, side), v)| (format!("code=\"{code}\",side=\"{}\"", side.as_str()), v)).collect(),
+            closes
+                .into_iter()
+                .map(|((code, side), v)| (format!("code=\"{code}\",side=\"{}\"", side.as_str()), v))
+                .collect(),
         );
         out
     }
@@ -244,10 +299,21 @@ mod tests {
         a.handshake(false, "tls_protocol_version");
         a.open.add(1);
         let text = Registry { cores: vec![a, b] }.render();
-        assert!(text.contains("wssedge_frames_total{direction=\"in\"} 5"), "{text}");
-        assert!(text.contains("wssedge_refusals_total{reason=\"not_tls\"} 2"), "{text}");
-        assert!(text.contains("wssedge_close_codes_total{code=\"1009\",side=\"server\"} 1"), "{text}");
-        assert!(text.contains("wssedge_handshakes_total{result=\"failed\",reason=\"tls_protocol_version\"} 1"));
+        assert!(
+            text.contains("wssedge_frames_total{direction=\"in\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wssedge_refusals_total{reason=\"not_tls\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wssedge_close_codes_total{code=\"1009\",side=\"server\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "wssedge_handshakes_total{result=\"failed\",reason=\"tls_protocol_version\"} 1"
+        ));
         assert!(text.contains("wssedge_connections{core=\"0\",state=\"open\"} 1"));
         assert!(text.contains("wssedge_core_up{core=\"1\",cpu=\"5\"} 0"));
     }

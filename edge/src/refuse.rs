@@ -12,12 +12,17 @@ use crate::metrics::{CoreMetrics, Side};
 /// Why and how a connection is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    /// Closed right after accept, before any TLS work (connection or handshake limits).
-    BeforeTls { reason: &'static str },
+    /// Closed with nothing sent: right after accept, before any TLS work (connection or
+    /// handshake limits), or when the client can no longer be written to (write timeout).
+    Silent { reason: &'static str },
     /// The TLS handshake failed or timed out; any alert rustls queued is flushed first.
     Tls { reason: &'static str },
     /// The upgrade request was refused with an HTTP status; the connection then closes.
-    Http { status: u16, reason: &'static str, extra_headers: &'static [(&'static str, &'static str)] },
+    Http {
+        status: u16,
+        reason: &'static str,
+        extra_headers: &'static [(&'static str, &'static str)],
+    },
     /// An upgraded connection is closed by the edge with a WebSocket close code.
     Close { code: u16, reason: &'static str },
 }
@@ -25,7 +30,7 @@ pub enum Refusal {
 impl Refusal {
     pub fn reason(&self) -> &'static str {
         match self {
-            Refusal::BeforeTls { reason }
+            Refusal::Silent { reason }
             | Refusal::Tls { reason }
             | Refusal::Http { reason, .. }
             | Refusal::Close { reason, .. } => reason,
@@ -36,8 +41,8 @@ impl Refusal {
     pub fn record(&self, metrics: &CoreMetrics, peer: SocketAddr) {
         metrics.refusal(self.reason());
         match self {
-            Refusal::BeforeTls { reason } => {
-                tracing::debug!(%peer, reason, "refused before TLS")
+            Refusal::Silent { reason } => {
+                tracing::debug!(%peer, reason, "connection closed without a word")
             }
             Refusal::Tls { reason } => {
                 metrics.handshake(false, reason);
@@ -57,7 +62,11 @@ impl Refusal {
     /// The HTTP response for an [`Refusal::Http`], `None` for the others.
     pub fn http_response(&self) -> Option<Vec<u8>> {
         match self {
-            Refusal::Http { status, reason, extra_headers } => Some(http_response(*status, reason, extra_headers)),
+            Refusal::Http {
+                status,
+                reason,
+                extra_headers,
+            } => Some(http_response(*status, reason, extra_headers)),
             _ => None,
         }
     }
@@ -104,9 +113,16 @@ mod tests {
 
     #[test]
     fn http_refusal_carries_status_headers_and_reason() {
-        let r = Refusal::Http { status: 426, reason: "unsupported_ws_version", extra_headers: &[("Sec-WebSocket-Version", "13")] };
+        let r = Refusal::Http {
+            status: 426,
+            reason: "unsupported_ws_version",
+            extra_headers: &[("Sec-WebSocket-Version", "13")],
+        };
         let text = String::from_utf8(r.http_response().unwrap()).unwrap();
-        assert!(text.starts_with("HTTP/1.1 426 Upgrade Required\r\n"), "{text}");
+        assert!(
+            text.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
+            "{text}"
+        );
         assert!(text.contains("\r\nSec-WebSocket-Version: 13\r\n"));
         assert!(text.contains("Connection: close"));
         assert!(text.ends_with("{\"error\":\"unsupported_ws_version\"}\n"));
@@ -118,8 +134,15 @@ mod tests {
     fn record_counts_by_reason_and_close_code() {
         let m = CoreMetrics::new(0, 0);
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        Refusal::Close { code: 1013, reason: "buffer_budget" }.record(&m, peer);
-        Refusal::BeforeTls { reason: "max_connections" }.record(&m, peer);
+        Refusal::Close {
+            code: 1013,
+            reason: "buffer_budget",
+        }
+        .record(&m, peer);
+        Refusal::Silent {
+            reason: "max_connections",
+        }
+        .record(&m, peer);
         assert_eq!(m.refusals_of("buffer_budget"), 1);
         assert_eq!(m.refusals_of("max_connections"), 1);
         assert!(Refusal::Tls { reason: "not_tls" }.http_response().is_none());

@@ -55,7 +55,12 @@ pub fn recv_nonblocking(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Recv> 
         // SAFETY: `buf` is a valid, writable slice of `buf.len()` bytes for the whole call, and
         // `fd` is a borrowed, open descriptor; recv writes at most `len` bytes into it.
         let n = unsafe {
-            libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
         };
         if n > 0 {
             return Ok(Recv::Data(n as usize));
@@ -102,20 +107,32 @@ mod tests {
     #[test]
     fn accepted_socket_options_read_back() {
         let (_c, s) = pair();
-        let opts = AcceptedSocketOptions { send_buffer_bytes: 64 * 1024, recv_buffer_bytes: 32 * 1024 };
+        let opts = AcceptedSocketOptions {
+            send_buffer_bytes: 64 * 1024,
+            recv_buffer_bytes: 32 * 1024,
+        };
         tune_accepted(s.as_fd(), &opts).unwrap();
         assert!(s.nodelay().unwrap(), "TCP_NODELAY must be on");
         let (snd, rcv) = buffer_sizes(&s).unwrap();
         // Linux doubles the requested value; it must be bounded near what we asked.
-        assert!((64 * 1024..=2 * 64 * 1024).contains(&snd), "SO_SNDBUF {snd}");
-        assert!((32 * 1024..=2 * 32 * 1024).contains(&rcv), "SO_RCVBUF {rcv}");
+        assert!(
+            (64 * 1024..=2 * 64 * 1024).contains(&snd),
+            "SO_SNDBUF {snd}"
+        );
+        assert!(
+            (32 * 1024..=2 * 32 * 1024).contains(&rcv),
+            "SO_RCVBUF {rcv}"
+        );
     }
 
     #[test]
     fn recv_never_blocks_and_sees_eof() {
         let (mut c, s) = pair();
         let mut buf = [0u8; 16];
-        assert_eq!(recv_nonblocking(s.as_fd(), &mut buf).unwrap(), Recv::WouldBlock);
+        assert_eq!(
+            recv_nonblocking(s.as_fd(), &mut buf).unwrap(),
+            Recv::WouldBlock
+        );
         c.write_all(b"hello").unwrap();
         let mut got = Recv::WouldBlock;
         for _ in 0..100 {

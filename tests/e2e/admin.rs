@@ -9,8 +9,19 @@ async fn health_and_readiness() {
     let srv = Server::start();
     let (st, body) = http_get(srv.admin, "/healthz").await;
     assert_eq!(st, 200, "/healthz: {body}");
-    let (st, body) = http_get(srv.admin, "/readyz").await;
-    assert_eq!(st, 200, "/readyz: {body}");
+    // Ready once the cores serve; allow a moment after the start line.
+    let t0 = std::time::Instant::now();
+    loop {
+        let (st, body) = http_get(srv.admin, "/readyz").await;
+        if st == 200 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < WAIT,
+            "/readyz still {st} after {WAIT:?}: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let (st, _) = http_get(srv.admin, "/no-such-page").await;
     assert_eq!(st, 404, "unknown admin path");
 }

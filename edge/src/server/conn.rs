@@ -49,15 +49,16 @@ enum End {
 }
 
 /// Serves one accepted connection to its end. Panics anywhere in it are caught here.
-pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
-    let metrics = core.metrics.clone();
-    if let Err(panic) = CatchUnwind(Box::pin(serve_inner(core, stream, peer))).await {
+pub(crate) async fn serve(slot: Slot, stream: TcpStream, peer: SocketAddr) {
+    let metrics = slot.core.metrics.clone();
+    if let Err(panic) = CatchUnwind(Box::pin(serve_inner(slot, stream, peer))).await {
         metrics.panics.inc();
         tracing::error!(%peer, panic = panic_message(&panic), "connection task panicked; connection closed");
     }
 }
 
-async fn serve_inner(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
+async fn serve_inner(slot: Slot, stream: TcpStream, peer: SocketAddr) {
+    let core = slot.core.clone();
     if let Err(e) = sockopt::tune_accepted(sockopt::borrow_fd(&stream), &core.socket_opts) {
         tracing::debug!(%peer, error = %e, "socket options failed; connection closed");
         return;
@@ -69,13 +70,55 @@ async fn serve_inner(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    let mut conn = Conn::new(core, stream, peer, tls);
+    let mut conn = Conn::new(slot, stream, peer, tls);
     let end = conn.run().await;
     conn.finish(end).await;
 }
 
+/// A connection's place in its core's counts, taken at accept (so a burst of accepts cannot
+/// overshoot the limits before the connections' tasks run) and given back on drop.
+pub(crate) struct Slot {
+    core: Rc<Core>,
+    upgraded: bool,
+}
+
+impl Slot {
+    pub(crate) fn take(core: &Rc<Core>) -> Self {
+        core.connections.set(core.connections.get() + 1);
+        core.handshakes.set(core.handshakes.get() + 1);
+        core.metrics.handshaking.add(1);
+        Self {
+            core: core.clone(),
+            upgraded: false,
+        }
+    }
+
+    /// The handshake is over: the connection leaves the handshake count for the open one.
+    fn upgraded(&mut self) {
+        let core = &self.core;
+        core.handshakes.set(core.handshakes.get() - 1);
+        core.metrics.handshaking.add(-1);
+        core.metrics.open.add(1);
+        self.upgraded = true;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let core = &self.core;
+        core.connections.set(core.connections.get() - 1);
+        if self.upgraded {
+            core.metrics.open.add(-1);
+        } else {
+            core.handshakes.set(core.handshakes.get() - 1);
+            core.metrics.handshaking.add(-1);
+        }
+    }
+}
+
 /// A connection's state. Its `Drop` gives back every per-core resource it counted.
 struct Conn {
+    slot: Slot,
     core: Rc<Core>,
     stream: TcpStream,
     peer: SocketAddr,
@@ -93,14 +136,13 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, tls: TlsSession) -> Self {
-        core.connections.set(core.connections.get() + 1);
-        core.handshakes.set(core.handshakes.get() + 1);
-        core.metrics.handshaking.add(1);
+    fn new(slot: Slot, stream: TcpStream, peer: SocketAddr, tls: TlsSession) -> Self {
+        let core = slot.core.clone();
         let deadline = Deadline::new(&core.wheel);
         deadline.set(Instant::now() + core.cfg.limits.handshake_timeout());
         let write_deadline = Deadline::new(&core.wheel);
         Self {
+            slot,
             core,
             stream,
             peer,
@@ -149,7 +191,10 @@ impl Conn {
                 let mut pool = self.core.pool.borrow_mut();
                 let space = self.tls.recv_space(&mut pool);
                 let len = space.len();
-                (sockopt::recv_nonblocking(sockopt::borrow_fd(&self.stream), space), len)
+                (
+                    sockopt::recv_nonblocking(sockopt::borrow_fd(&self.stream), space),
+                    len,
+                )
             };
             match got {
                 Ok(Recv::Data(n)) => {
@@ -164,8 +209,14 @@ impl Conn {
                 Ok(Recv::WouldBlock) => return None,
                 Ok(Recv::Eof) => {
                     if self.phase == Phase::Handshake {
-                        self.core.metrics.handshake(false, "peer_closed_during_handshake");
-                    } else if self.session.as_ref().is_some_and(|s| s.state() != SessionState::Closed) {
+                        self.core
+                            .metrics
+                            .handshake(false, "peer_closed_during_handshake");
+                    } else if self
+                        .session
+                        .as_ref()
+                        .is_some_and(|s| s.state() != SessionState::Closed)
+                    {
                         // Closed without a close frame: 1006, as RFC 6455 names it.
                         self.core.metrics.close_code(1006, Side::Client);
                     }
@@ -194,9 +245,16 @@ impl Conn {
 
     fn refuse_after_panic(&mut self) -> End {
         let refusal = if self.phase == Phase::Open {
-            Refusal::Close { code: 1011, reason: "panic" }
+            Refusal::Close {
+                code: 1011,
+                reason: "panic",
+            }
         } else {
-            Refusal::Http { status: 500, reason: "panic", extra_headers: &[] }
+            Refusal::Http {
+                status: 500,
+                reason: "panic",
+                extra_headers: &[],
+            }
         };
         refusal.record(&self.core.metrics, self.peer);
         // The session's state is suspect after a panic: write the close frame by hand.
@@ -221,7 +279,10 @@ impl Conn {
             Refusal::Tls { reason: e.reason() }.record(&self.core.metrics, self.peer);
             return Some(End::Abort);
         }
-        self.core.metrics.bytes_in.add((self.plaintext.len() - before) as u64);
+        self.core
+            .metrics
+            .bytes_in
+            .add((self.plaintext.len() - before) as u64);
         if self.tls.peer_closed() {
             return Some(End::Close);
         }
@@ -232,7 +293,11 @@ impl Conn {
             match ws::parse_upgrade(&self.plaintext, &self.core.handshake_limits) {
                 Ok(None) => return None,
                 Err(e) => {
-                    let refusal = Refusal::Http { status: e.status(), reason: e.reason(), extra_headers: e.extra_headers() };
+                    let refusal = Refusal::Http {
+                        status: e.status(),
+                        reason: e.reason(),
+                        extra_headers: e.extra_headers(),
+                    };
                     return Some(self.refuse_http(refusal));
                 }
                 Ok(Some((request, consumed))) => {
@@ -263,12 +328,11 @@ impl Conn {
         }
         self.phase = Phase::Open;
         self.session = Some(Session::new(self.core.session_limits()));
+        self.slot.upgraded();
         let core = &self.core;
-        core.handshakes.set(core.handshakes.get() - 1);
-        core.metrics.handshaking.add(-1);
-        core.metrics.open.add(1);
         core.metrics.handshake(true, "ok");
-        self.deadline.set(Instant::now() + core.cfg.limits.idle_timeout());
+        self.deadline
+            .set(Instant::now() + core.cfg.limits.idle_timeout());
         tracing::debug!(peer = %self.peer, path = %request.path, "upgraded");
         Ok(())
     }
@@ -277,15 +341,18 @@ impl Conn {
     fn run_session(&mut self) -> Option<End> {
         let core = self.core.clone();
         let metrics = &core.metrics;
-        let Some(session) = self.session.as_mut() else { return None };
-        self.deadline.set(Instant::now() + core.cfg.limits.idle_timeout());
+        let session = self.session.as_mut()?;
+        self.deadline
+            .set(Instant::now() + core.cfg.limits.idle_timeout());
         session.receive(&mut self.plaintext);
         while let Some(event) = session.poll_event() {
             match event {
                 Event::Message(message) => {
                     metrics.frames_in.inc();
                     #[cfg(feature = "panic-injection")]
-                    if message.payload.len() == PANIC_TRIGGER.len() && message.payload.to_vec() == PANIC_TRIGGER {
+                    if message.payload.len() == PANIC_TRIGGER.len()
+                        && message.payload.to_vec() == PANIC_TRIGGER
+                    {
                         panic!("panic injected by a test client");
                     }
                     session.send(message.kind, message.payload);
@@ -295,7 +362,9 @@ impl Conn {
                     metrics.frames_in.inc();
                     metrics.close_code(code.unwrap_or(1005), Side::Client);
                 }
-                Event::Failed { code, reason } => Refusal::Close { code, reason }.record(metrics, self.peer),
+                Event::Failed { code, reason } => {
+                    Refusal::Close { code, reason }.record(metrics, self.peer)
+                }
             }
         }
         // The budget for bytes held in partial frames and messages, per core.
@@ -304,8 +373,14 @@ impl Conn {
         core.buffered.set(total);
         metrics.buffered_bytes.add(held as i64 - self.held as i64);
         self.held = held;
-        if total > core.cfg.limits.max_buffered_bytes_per_core && session.state() == SessionState::Open {
-            Refusal::Close { code: 1013, reason: "buffer_budget" }.record(metrics, self.peer);
+        if total > core.cfg.limits.max_buffered_bytes_per_core
+            && session.state() == SessionState::Open
+        {
+            Refusal::Close {
+                code: 1013,
+                reason: "buffer_budget",
+            }
+            .record(metrics, self.peer);
             session.close(1013, "buffer_budget");
             self.release_held();
         }
@@ -331,7 +406,9 @@ impl Conn {
     /// few records as possible.
     fn encrypt_outgoing(&mut self) -> Result<(), End> {
         const STAGING_FLUSH: usize = 64 * 1024;
-        let Some(session) = self.session.as_mut() else { return Ok(()) };
+        let Some(session) = self.session.as_mut() else {
+            return Ok(());
+        };
         let mut staging = self.core.staging.borrow_mut();
         staging.clear();
         let mut frames = 0u64;
@@ -340,7 +417,9 @@ impl Conn {
             staging.extend_from_slice(frame.header());
             match frame.payload() {
                 Payload::Single(b) => staging.extend_from_slice(b),
-                Payload::Fragmented(parts) => parts.iter().for_each(|b| staging.extend_from_slice(b)),
+                Payload::Fragmented(parts) => {
+                    parts.iter().for_each(|b| staging.extend_from_slice(b))
+                }
             }
             if staging.len() >= STAGING_FLUSH {
                 self.core.metrics.bytes_out.add(staging.len() as u64);
@@ -369,7 +448,10 @@ impl Conn {
         }
         let holds = self.tls.holds_read_buffer() || self.plaintext.capacity() > 0;
         if holds != self.holds_read_buffer {
-            self.core.metrics.read_buffers_held.add(if holds { 1 } else { -1 });
+            self.core
+                .metrics
+                .read_buffers_held
+                .add(if holds { 1 } else { -1 });
             self.holds_read_buffer = holds;
         }
     }
@@ -377,12 +459,18 @@ impl Conn {
     fn on_deadline(&mut self) -> End {
         match self.phase {
             Phase::Handshake => {
-                let refusal = Refusal::Tls { reason: "handshake_timeout" };
+                let refusal = Refusal::Tls {
+                    reason: "handshake_timeout",
+                };
                 refusal.record(&self.core.metrics, self.peer);
                 End::Abort
             }
             Phase::Open => {
-                Refusal::Close { code: 1001, reason: "idle_timeout" }.record(&self.core.metrics, self.peer);
+                Refusal::Close {
+                    code: 1001,
+                    reason: "idle_timeout",
+                }
+                .record(&self.core.metrics, self.peer);
                 if let Some(s) = self.session.as_mut() {
                     s.close(1001, "idle_timeout");
                 }
@@ -400,7 +488,8 @@ impl Conn {
         while self.tls.has_pending_output() {
             let out = self.tls.take_output();
             let len = out.len();
-            self.write_deadline.set(Instant::now() + self.core.cfg.limits.write_timeout());
+            self.write_deadline
+                .set(Instant::now() + self.core.cfg.limits.write_timeout());
             let written = monoio::select! {
                 r = self.stream.write_all(out) => Some(r),
                 _ = self.write_deadline.expired() => None,
@@ -413,7 +502,10 @@ impl Conn {
                     return Err(End::Abort);
                 }
                 None => {
-                    Refusal::Close { code: 1008, reason: "write_timeout" }.record(&self.core.metrics, self.peer);
+                    Refusal::Silent {
+                        reason: "write_timeout",
+                    }
+                    .record(&self.core.metrics, self.peer);
                     sockopt::shutdown_both(sockopt::borrow_fd(&self.stream));
                     return Err(End::Abort);
                 }
@@ -438,14 +530,6 @@ impl Conn {
 impl Drop for Conn {
     fn drop(&mut self) {
         let core = &self.core;
-        core.connections.set(core.connections.get() - 1);
-        match self.phase {
-            Phase::Handshake => {
-                core.handshakes.set(core.handshakes.get() - 1);
-                core.metrics.handshaking.add(-1);
-            }
-            Phase::Open => core.metrics.open.add(-1),
-        }
         if self.held > 0 {
             core.buffered.set(core.buffered.get() - self.held);
             core.metrics.buffered_bytes.add(-(self.held as i64));

@@ -44,10 +44,19 @@ pub(crate) struct Core {
 
 impl Core {
     pub fn session_limits(&self) -> SessionLimits {
-        SessionLimits { max_frame_bytes: self.session_limits.max_frame_bytes, max_message_bytes: self.session_limits.max_message_bytes }
+        SessionLimits {
+            max_frame_bytes: self.session_limits.max_frame_bytes,
+            max_message_bytes: self.session_limits.max_message_bytes,
+        }
     }
 
-    pub fn new(index: usize, cores: usize, cfg: Arc<Config>, tls: Arc<rustls::ServerConfig>, metrics: Arc<CoreMetrics>) -> Self {
+    pub fn new(
+        index: usize,
+        cores: usize,
+        cfg: Arc<Config>,
+        tls: Arc<rustls::ServerConfig>,
+        metrics: Arc<CoreMetrics>,
+    ) -> Self {
         let l = &cfg.limits;
         Self {
             index,
@@ -64,8 +73,14 @@ impl Core {
                 send_buffer_bytes: l.socket_send_buffer_bytes,
                 recv_buffer_bytes: l.socket_recv_buffer_bytes,
             },
-            handshake_limits: HandshakeLimits { max_request_bytes: l.max_request_bytes, max_headers: l.max_headers },
-            session_limits: SessionLimits { max_frame_bytes: l.max_frame_bytes, max_message_bytes: l.max_message_bytes },
+            handshake_limits: HandshakeLimits {
+                max_request_bytes: l.max_request_bytes,
+                max_headers: l.max_headers,
+            },
+            session_limits: SessionLimits {
+                max_frame_bytes: l.max_frame_bytes,
+                max_message_bytes: l.max_message_bytes,
+            },
             cfg,
         }
     }
@@ -101,25 +116,43 @@ pub(crate) struct CoreStart {
 }
 
 pub(crate) fn run_core(start: CoreStart) {
-    let CoreStart { index, cores, cpu, cfg, tls, metrics, listeners } = start;
+    let CoreStart {
+        index,
+        cores,
+        cpu,
+        cfg,
+        tls,
+        metrics,
+        listeners,
+    } = start;
     let core = Core::new(index, cores, cfg, tls, metrics);
     if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
         tracing::warn!(core = core.index, cpu, error = %e, "could not pin the core thread; it runs unpinned");
     }
     let uring = monoio::utils::detect_uring();
-    let mut rt = match monoio::RuntimeBuilder::<monoio::FusionDriver>::new().with_entries(4096).enable_timer().build() {
+    let mut rt = match monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .with_entries(4096)
+        .enable_timer()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(core = core.index, cpu, error = %e, "cannot build the core's runtime; the core does not start");
             return;
         }
     };
-    let driver = if uring { "io_uring" } else { "legacy (epoll): io_uring is unavailable on this kernel" };
+    let driver = if uring {
+        "io_uring"
+    } else {
+        "legacy (epoll): io_uring is unavailable on this kernel"
+    };
     tracing::info!(core = core.index, cpu, driver, "core started");
     let metrics = core.metrics.clone();
     let _shutdown = ListenerShutdown(listeners.iter().map(|l| l.as_raw_fd()).collect());
     metrics.alive.store(true, Ordering::Relaxed);
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(core_main(Rc::new(core), listeners))));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(core_main(Rc::new(core), listeners))
+    }));
     metrics.alive.store(false, Ordering::Relaxed);
     if result.is_err() {
         tracing::error!(cpu, "core runtime panicked; its listeners are closed");
@@ -162,10 +195,10 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
             None
         };
         if let Some(reason) = over {
-            Refusal::BeforeTls { reason }.record(&core.metrics, peer);
+            Refusal::Silent { reason }.record(&core.metrics, peer);
             drop(stream);
             continue;
         }
-        monoio::spawn(conn::serve(core.clone(), stream, peer));
+        monoio::spawn(conn::serve(conn::Slot::take(&core), stream, peer));
     }
 }

@@ -8,7 +8,11 @@ pub enum CpuError {
     #[error("cannot read this process's CPU affinity: {0}")]
     Affinity(io::Error),
     #[error("--cores {asked}: only {allowed} CPUs are allowed for this process ({list:?})")]
-    TooMany { asked: usize, allowed: usize, list: Vec<usize> },
+    TooMany {
+        asked: usize,
+        allowed: usize,
+        list: Vec<usize>,
+    },
     #[error("--cpus: CPU {cpu} is not allowed for this process (allowed: {list:?})")]
     NotAllowed { cpu: usize, list: Vec<usize> },
 }
@@ -18,13 +22,16 @@ pub fn allowed_cpus() -> io::Result<Vec<usize>> {
     // SAFETY: cpu_set_t is plain data; all-zero is a valid (empty) set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid, writable cpu_set_t of the size we pass; pid 0 is this thread.
-    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
     let max = 8 * std::mem::size_of::<libc::cpu_set_t>();
     // SAFETY: CPU_ISSET only reads the set; every index is below the set's bit size.
-    Ok((0..max).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect())
+    Ok((0..max)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
 }
 
 /// The CPU of each core thread.
@@ -33,16 +40,27 @@ pub fn choose(cores: Option<usize>, cpus: Option<&[usize]>) -> Result<Vec<usize>
     pick(&allowed, cores, cpus)
 }
 
-fn pick(allowed: &[usize], cores: Option<usize>, cpus: Option<&[usize]>) -> Result<Vec<usize>, CpuError> {
+fn pick(
+    allowed: &[usize],
+    cores: Option<usize>,
+    cpus: Option<&[usize]>,
+) -> Result<Vec<usize>, CpuError> {
     if let Some(list) = cpus {
         if let Some(&cpu) = list.iter().find(|c| !allowed.contains(c)) {
-            return Err(CpuError::NotAllowed { cpu, list: allowed.to_vec() });
+            return Err(CpuError::NotAllowed {
+                cpu,
+                list: allowed.to_vec(),
+            });
         }
         return Ok(list.to_vec());
     }
     let n = cores.unwrap_or(allowed.len());
     if n > allowed.len() {
-        return Err(CpuError::TooMany { asked: n, allowed: allowed.len(), list: allowed.to_vec() });
+        return Err(CpuError::TooMany {
+            asked: n,
+            allowed: allowed.len(),
+            list: allowed.to_vec(),
+        });
     }
     Ok(allowed[..n].to_vec())
 }
@@ -61,8 +79,14 @@ mod tests {
         let allowed = [2, 3, 6];
         assert_eq!(pick(&allowed, None, None).unwrap(), vec![2, 3, 6]);
         assert_eq!(pick(&allowed, Some(2), None).unwrap(), vec![2, 3]);
-        assert!(matches!(pick(&allowed, Some(4), None), Err(CpuError::TooMany { .. })));
+        assert!(matches!(
+            pick(&allowed, Some(4), None),
+            Err(CpuError::TooMany { .. })
+        ));
         assert_eq!(pick(&allowed, None, Some(&[6, 2])).unwrap(), vec![6, 2]);
-        assert!(matches!(pick(&allowed, None, Some(&[1])), Err(CpuError::NotAllowed { cpu: 1, .. })));
+        assert!(matches!(
+            pick(&allowed, None, Some(&[1])),
+            Err(CpuError::NotAllowed { cpu: 1, .. })
+        ));
     }
 }

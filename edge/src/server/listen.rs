@@ -14,7 +14,9 @@ pub const BACKLOG: i32 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
-    #[error("another wssedge already serves {addr}: stop it first, or choose another --listen address")]
+    #[error(
+        "another wssedge already serves {addr}: stop it first, or choose another --listen address"
+    )]
     AlreadyServed { addr: SocketAddr },
     #[error("cannot listen on {addr}: {source} (is another program using that port? is the address configured on this host?)")]
     Bind { addr: SocketAddr, source: io::Error },
@@ -36,10 +38,16 @@ pub struct InstanceLock {
 impl InstanceLock {
     pub fn take(addr: SocketAddr) -> Result<Self, ListenError> {
         let name = format!("wssedge/listen/{addr}");
-        let unix = UnixAddr::from_abstract_name(name.as_bytes()).map_err(|source| ListenError::Lock { addr, source })?;
+        let unix = UnixAddr::from_abstract_name(name.as_bytes())
+            .map_err(|source| ListenError::Lock { addr, source })?;
         match UnixListener::bind_addr(&unix) {
-            Ok(socket) => Ok(Self { _socket: socket, addr }),
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(ListenError::AlreadyServed { addr }),
+            Ok(socket) => Ok(Self {
+                _socket: socket,
+                addr,
+            }),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                Err(ListenError::AlreadyServed { addr })
+            }
             Err(source) => Err(ListenError::Lock { addr, source }),
         }
     }
@@ -71,7 +79,11 @@ pub fn bind_listeners(addr: SocketAddr, cores: usize) -> Result<ListenerSet, Lis
     let bind_err = |source| ListenError::Bind { addr, source };
     // A fixed port is locked before binding, so a second instance never joins the group even
     // for an instant. An ephemeral port is unique once bound; it is locked right after.
-    let early_lock = if addr.port() != 0 { Some(InstanceLock::take(addr)?) } else { None };
+    let early_lock = if addr.port() != 0 {
+        Some(InstanceLock::take(addr)?)
+    } else {
+        None
+    };
     let first = reuseport_listener(addr).map_err(bind_err)?;
     let actual = first.local_addr().map_err(bind_err)?;
     let lock = match early_lock {
@@ -80,9 +92,18 @@ pub fn bind_listeners(addr: SocketAddr, cores: usize) -> Result<ListenerSet, Lis
     };
     let mut per_core = vec![first];
     for _ in 1..cores {
-        per_core.push(reuseport_listener(actual).map_err(|source| ListenError::Bind { addr: actual, source })?);
+        per_core.push(
+            reuseport_listener(actual).map_err(|source| ListenError::Bind {
+                addr: actual,
+                source,
+            })?,
+        );
     }
-    Ok(ListenerSet { addr: actual, per_core, lock })
+    Ok(ListenerSet {
+        addr: actual,
+        per_core,
+        lock,
+    })
 }
 
 #[cfg(test)]

@@ -29,7 +29,10 @@ pub enum StartError {
     #[error("TLS: {0}")]
     Tls(String),
     #[error("admin listener on {addr}: {source}")]
-    Admin { addr: SocketAddr, source: std::io::Error },
+    Admin {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot start a core thread: {0}")]
     Thread(std::io::Error),
 }
@@ -67,7 +70,8 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
             None,
         ),
         _ => {
-            let dev = crate::devcert::ensure_dev_cert(&cfg.server.state_dir).map_err(|e| StartError::Tls(e.to_string()))?;
+            let dev = crate::devcert::ensure_dev_cert(&cfg.server.state_dir)
+                .map_err(|e| StartError::Tls(e.to_string()))?;
             (dev.chain, dev.key, Some(dev.ca_pem_path))
         }
     };
@@ -79,12 +83,23 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
     }
     let listening: Vec<SocketAddr> = sets.iter().map(|s| s.addr).collect();
 
-    let registry = Registry { cores: cpus.iter().enumerate().map(|(i, &cpu)| Arc::new(CoreMetrics::new(i, cpu))).collect() };
-    let admin = crate::admin::start(cfg.server.admin, registry.clone())
-        .map_err(|source| StartError::Admin { addr: cfg.server.admin, source })?;
+    let registry = Registry {
+        cores: cpus
+            .iter()
+            .enumerate()
+            .map(|(i, &cpu)| Arc::new(CoreMetrics::new(i, cpu)))
+            .collect(),
+    };
+    let admin = crate::admin::start(cfg.server.admin, registry.clone()).map_err(|source| {
+        StartError::Admin {
+            addr: cfg.server.admin,
+            source,
+        }
+    })?;
 
     let cfg = Arc::new(cfg);
-    let mut per_core: Vec<Vec<std::net::TcpListener>> = (0..cpus.len()).map(|_| Vec::new()).collect();
+    let mut per_core: Vec<Vec<std::net::TcpListener>> =
+        (0..cpus.len()).map(|_| Vec::new()).collect();
     let mut locks = Vec::new();
     for set in sets {
         for (i, l) in set.per_core.into_iter().enumerate() {
@@ -109,5 +124,13 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
             .map_err(StartError::Thread)?;
         threads.push(t);
     }
-    Ok(Running { listening, admin, dev_ca, cpus, metrics: registry, threads, _locks: locks })
+    Ok(Running {
+        listening,
+        admin,
+        dev_ca,
+        cpus,
+        metrics: registry,
+        threads,
+        _locks: locks,
+    })
 }

@@ -39,7 +39,11 @@ pub struct TimerWheel {
 
 impl TimerWheel {
     pub fn new(origin: Instant) -> Rc<Self> {
-        Rc::new(Self { origin, cursor: Cell::new(0), slots: RefCell::new(vec![Vec::new(); SLOTS]) })
+        Rc::new(Self {
+            origin,
+            cursor: Cell::new(0),
+            slots: RefCell::new(vec![Vec::new(); SLOTS]),
+        })
     }
 
     fn tick_of(&self, at: Instant) -> u64 {
@@ -66,12 +70,23 @@ impl TimerWheel {
         let mut fired = 0;
         while self.cursor.get() <= target {
             let tick = self.cursor.get();
-            let due = std::mem::take(&mut self.slots.borrow_mut()[(tick % SLOTS as u64) as usize]);
+            let index = (tick % SLOTS as u64) as usize;
+            let due = std::mem::take(&mut self.slots.borrow_mut()[index]);
             self.cursor.set(tick + 1);
+            let mut later_rounds = Vec::new();
             for weak in due {
-                let Some(entry) = weak.upgrade() else { continue };
-                if entry.slotted.get() != Some(tick) {
-                    continue; // a stale duplicate: the entry sits in an earlier slot too
+                let Some(entry) = weak.upgrade() else {
+                    continue;
+                };
+                match entry.slotted.get() {
+                    Some(t) if t == tick => {}
+                    // Same slot, a later revolution of the wheel: not yet.
+                    Some(t) if t > tick && t % SLOTS as u64 == index as u64 => {
+                        later_rounds.push(weak);
+                        continue;
+                    }
+                    // A stale duplicate: the entry was moved to an earlier slot.
+                    _ => continue,
                 }
                 entry.slotted.set(None);
                 match entry.at.get() {
@@ -86,6 +101,7 @@ impl TimerWheel {
                     Some(at) => self.slot(&entry, at),
                 }
             }
+            self.slots.borrow_mut()[index].extend(later_rounds);
             // Nothing can be due between now and the next tick; stop once past `now`.
         }
         fired
@@ -112,7 +128,12 @@ impl Deadline {
     pub fn new(wheel: &Rc<TimerWheel>) -> Self {
         Self {
             wheel: wheel.clone(),
-            entry: Rc::new(Entry { at: Cell::new(None), slotted: Cell::new(None), fired: Cell::new(false), waker: RefCell::new(None) }),
+            entry: Rc::new(Entry {
+                at: Cell::new(None),
+                slotted: Cell::new(None),
+                fired: Cell::new(false),
+                waker: RefCell::new(None),
+            }),
         }
     }
 

@@ -111,13 +111,15 @@ impl TlsError {
                     | P::ServerDoesNotSupportTls12Or13,
                 ) => "tls_protocol_version",
                 E::PeerIncompatible(
-                    P::NoCipherSuitesInCommon | P::NoKxGroupsInCommon | P::NoSignatureSchemesInCommon,
+                    P::NoCipherSuitesInCommon
+                    | P::NoKxGroupsInCommon
+                    | P::NoSignatureSchemesInCommon,
                 ) => "tls_no_shared_cipher",
                 E::PeerIncompatible(_) => "tls_incompatible",
                 E::NoApplicationProtocol => "tls_no_application_protocol",
-                E::InvalidCertificate(_) | E::NoCertificatesPresented | E::InvalidCertRevocationList(_) => {
-                    "tls_bad_certificate"
-                }
+                E::InvalidCertificate(_)
+                | E::NoCertificatesPresented
+                | E::InvalidCertRevocationList(_) => "tls_bad_certificate",
                 E::AlertReceived(_) => "tls_alert_received",
                 E::DecryptError => "tls_decrypt_error",
                 E::InappropriateMessage { .. }
@@ -211,7 +213,10 @@ impl TlsSession {
     /// returned.
     pub fn commit_recv(&mut self, n: usize) {
         let room = self.incoming.as_ref().map_or(0, |b| b.len() - self.end);
-        debug_assert!(n <= room, "commit_recv({n}) beyond the receive space ({room})");
+        debug_assert!(
+            n <= room,
+            "commit_recv({n}) beyond the receive space ({room})"
+        );
         self.end += n.min(room);
     }
 
@@ -281,7 +286,9 @@ impl TlsSession {
                 }
                 Ok(ConnectionState::ReadEarlyData(_)) => {
                     // max_early_data_size is 0: rustls never accepts 0-RTT data for us.
-                    Err(TlsError::Internal("0-RTT data offered despite max_early_data_size = 0"))
+                    Err(TlsError::Internal(
+                        "0-RTT data offered despite max_early_data_size = 0",
+                    ))
                 }
                 Ok(ConnectionState::PeerClosed) => {
                     self.peer_closed = true;
@@ -291,7 +298,9 @@ impl TlsSession {
                     self.traffic = true;
                     Ok(Step::Stop(()))
                 }
-                Ok(ConnectionState::BlockedHandshake | ConnectionState::Closed) => Ok(Step::Stop(())),
+                Ok(ConnectionState::BlockedHandshake | ConnectionState::Closed) => {
+                    Ok(Step::Stop(()))
+                }
                 Ok(_) => Err(TlsError::Internal("unknown rustls connection state")),
             };
             self.start += discard;
@@ -321,7 +330,9 @@ impl TlsSession {
                     }
                 }
                 Ok(ConnectionState::TransmitTlsData(data)) => data.done(),
-                Ok(ConnectionState::ReadTraffic(mut traffic)) => while traffic.next_record().is_some() {},
+                Ok(ConnectionState::ReadTraffic(mut traffic)) => {
+                    while traffic.next_record().is_some() {}
+                }
                 _ => break,
             }
         }
@@ -330,7 +341,9 @@ impl TlsSession {
     /// Checks the first record before rustls sees anything, and reads the SNI of the
     /// ClientHello (the unbuffered server API does not expose it). `Ok(false)`: need more bytes.
     fn sniff_client_hello(&mut self) -> Result<bool, TlsError> {
-        let Some(buf) = &self.incoming else { return Ok(false) };
+        let Some(buf) = &self.incoming else {
+            return Ok(false);
+        };
         let data = &buf[self.start..self.end];
         match data {
             [] => return Ok(false),
@@ -346,16 +359,24 @@ impl TlsSession {
         let mut hello = Vec::new();
         let mut pos = 0;
         loop {
-            let Some(header) = data.get(pos..pos + 5) else { return Ok(false) };
-            if header[0] != CONTENT_HANDSHAKE {
-                return Ok(true); // rustls will judge the interleaved record
-            }
+            let Some(header) = data.get(pos..pos + 5) else {
+                return Ok(false);
+            };
             let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
-            let Some(fragment) = data.get(pos + 5..pos + 5 + len) else { return Ok(false) };
+            if header[0] != CONTENT_HANDSHAKE || len > 16 * 1024 || pos > MAX_SNIFFED_HELLO {
+                // An interleaved or oversized record, or endless empty fragments: rustls
+                // judges (and refuses) them; we only stop waiting.
+                return Ok(true);
+            }
+            let Some(fragment) = data.get(pos + 5..pos + 5 + len) else {
+                return Ok(false);
+            };
             hello.extend_from_slice(fragment);
             pos += 5 + len;
             if hello.len() >= 4 {
-                let body_len = usize::from(hello[1]) << 16 | usize::from(hello[2]) << 8 | usize::from(hello[3]);
+                let body_len = usize::from(hello[1]) << 16
+                    | usize::from(hello[2]) << 8
+                    | usize::from(hello[3]);
                 if hello[0] != HANDSHAKE_CLIENT_HELLO || 4 + body_len > MAX_SNIFFED_HELLO {
                     return Ok(true);
                 }
@@ -368,8 +389,18 @@ impl TlsSession {
                         // old client omits it may report e.g. a missing signature_algorithms
                         // extension with a handshake_failure alert. Say what is really wrong.
                         let minor = info.legacy_version.to_be_bytes()[1].min(3);
-                        self.outgoing.extend_from_slice(&[ALERT, 3, minor, 0, 2, ALERT_FATAL, ALERT_PROTOCOL_VERSION]);
-                        return Err(TlsError::ProtocolVersion { offered: info.legacy_version });
+                        self.outgoing.extend_from_slice(&[
+                            ALERT,
+                            3,
+                            minor,
+                            0,
+                            2,
+                            ALERT_FATAL,
+                            ALERT_PROTOCOL_VERSION,
+                        ]);
+                        return Err(TlsError::ProtocolVersion {
+                            offered: info.legacy_version,
+                        });
                     }
                     self.sni = info.sni;
                     return Ok(true);
@@ -403,7 +434,10 @@ impl TlsSession {
     /// Gives up the rustls connection (for `dangerous_into_kernel_connection`) once
     /// [`is_quiescent`](Self::is_quiescent) holds and all output has been taken; otherwise
     /// returns the session unchanged.
-    pub fn into_connection(mut self, pool: &mut BufPool) -> Result<UnbufferedServerConnection, Box<Self>> {
+    pub fn into_connection(
+        mut self,
+        pool: &mut BufPool,
+    ) -> Result<UnbufferedServerConnection, Box<Self>> {
         if !self.is_quiescent() || self.has_pending_output() {
             return Err(Box::new(self));
         }
@@ -418,7 +452,9 @@ impl TlsSession {
             return self.failed.clone().map_or(Ok(()), Err);
         }
         self.with_write_traffic(|traffic, out| {
-            append_with(out, estimate_sealed_len(plaintext.len()), |space| traffic.encrypt(plaintext, space))
+            append_with(out, estimate_sealed_len(plaintext.len()), |space| {
+                traffic.encrypt(plaintext, space)
+            })
         })
     }
 
@@ -429,7 +465,9 @@ impl TlsSession {
         if self.sent_close_notify {
             return Ok(());
         }
-        self.with_write_traffic(|traffic, out| append_with(out, 64, |space| traffic.queue_close_notify(space)))?;
+        self.with_write_traffic(|traffic, out| {
+            append_with(out, 64, |space| traffic.queue_close_notify(space))
+        })?;
         self.sent_close_notify = true;
         Ok(())
     }
@@ -473,7 +511,9 @@ impl TlsSession {
                 }
                 Ok(ConnectionState::BlockedHandshake) => Err(TlsError::HandshakeNotComplete),
                 Ok(ConnectionState::Closed) => Err(TlsError::Closed),
-                Ok(_) => Err(TlsError::Internal("received data left unprocessed: call process() first")),
+                Ok(_) => Err(TlsError::Internal(
+                    "received data left unprocessed: call process() first",
+                )),
             };
             self.start += discard;
             self.seen = self.seen.max(self.start);
@@ -481,9 +521,9 @@ impl TlsSession {
                 Ok(Step::Again) => continue,
                 Ok(Step::Stop(r)) => return Ok(r),
                 // Misuse (too early, too late) leaves the session usable.
-                Err(e @ (TlsError::HandshakeNotComplete | TlsError::Closed | TlsError::Internal(_))) => {
-                    return Err(e)
-                }
+                Err(
+                    e @ (TlsError::HandshakeNotComplete | TlsError::Closed | TlsError::Internal(_)),
+                ) => return Err(e),
                 Err(e) => {
                     self.failed = Some(e.clone());
                     self.collect_alerts();
@@ -506,7 +546,10 @@ impl TlsSession {
     /// Gives a written buffer back for reuse (cleared here). Kept only if nothing new was
     /// queued meanwhile and it is not larger than [`MAX_RETAINED_OUTPUT`].
     pub fn restore_output(&mut self, mut buf: Vec<u8>) {
-        if self.outgoing.is_empty() && buf.capacity() <= MAX_RETAINED_OUTPUT && buf.capacity() > self.outgoing.capacity() {
+        if self.outgoing.is_empty()
+            && buf.capacity() <= MAX_RETAINED_OUTPUT
+            && buf.capacity() > self.outgoing.capacity()
+        {
             buf.clear();
             self.outgoing = buf;
         }
@@ -597,7 +640,10 @@ fn append_with(
 }
 
 /// Appends one handshake record (or alert) rustls wants to send.
-fn encode_into(data: &mut EncodeTlsData<'_, ServerConnectionData>, out: &mut Vec<u8>) -> Result<(), TlsError> {
+fn encode_into(
+    data: &mut EncodeTlsData<'_, ServerConnectionData>,
+    out: &mut Vec<u8>,
+) -> Result<(), TlsError> {
     let len = out.len();
     out.resize(len + 4096, 0);
     loop {
@@ -639,7 +685,11 @@ fn parse_client_hello(body: &[u8]) -> Option<HelloInfo> {
     r.take(n.into())?; // cipher_suites
     let n = r.u8()?;
     r.take(n.into())?; // legacy_compression_methods
-    let mut info = HelloInfo { legacy_version, offers_tls12_or_later: legacy_version >= TLS12, sni: None };
+    let mut info = HelloInfo {
+        legacy_version,
+        offers_tls12_or_later: legacy_version >= TLS12,
+        sni: None,
+    };
     if r.0.is_empty() {
         return Some(info); // no extensions at all
     }

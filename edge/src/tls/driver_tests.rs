@@ -28,10 +28,16 @@ fn server_config() -> Arc<rustls::ServerConfig> {
     crate::tls::server_config(cert.chain.clone(), cert.key.clone_key()).unwrap()
 }
 
-fn client_config(suites: &[SupportedCipherSuite], versions: &[&'static rustls::SupportedProtocolVersion]) -> ClientConfig {
+fn client_config(
+    suites: &[SupportedCipherSuite],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(dev_cert().chain[1].clone()).unwrap();
-    let provider = rustls::crypto::CryptoProvider { cipher_suites: suites.to_vec(), ..aws_lc_rs::default_provider() };
+    let provider = rustls::crypto::CryptoProvider {
+        cipher_suites: suites.to_vec(),
+        ..aws_lc_rs::default_provider()
+    };
     let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(versions)
         .unwrap()
@@ -153,7 +159,8 @@ impl Pair {
             if c2s.is_empty() && s2c.is_empty() {
                 return Ok(());
             }
-            self.feed_client(&s2c).expect("client accepts the server's bytes");
+            self.feed_client(&s2c)
+                .expect("client accepts the server's bytes");
         }
         panic!("no quiescence after 32 rounds");
     }
@@ -176,9 +183,16 @@ const CHUNKS: [usize; 3] = [1, 7, usize::MAX];
 
 #[test]
 fn handshake_and_echo_tls13_and_tls12_in_all_chunk_sizes() {
-    for (version, expect) in [(&rustls::version::TLS13, ProtocolVersion::TLSv1_3), (&rustls::version::TLS12, ProtocolVersion::TLSv1_2)] {
+    for (version, expect) in [
+        (&rustls::version::TLS13, ProtocolVersion::TLSv1_3),
+        (&rustls::version::TLS12, ProtocolVersion::TLSv1_2),
+    ] {
         for chunk in CHUNKS {
-            let mut pair = Pair::new(client_config(aws_lc_rs::DEFAULT_CIPHER_SUITES, &[version]), "localhost", chunk);
+            let mut pair = Pair::new(
+                client_config(aws_lc_rs::DEFAULT_CIPHER_SUITES, &[version]),
+                "localhost",
+                chunk,
+            );
             assert!(pair.server.is_handshaking());
             assert!(pair.server.negotiated().is_none());
             pair.handshake();
@@ -187,9 +201,15 @@ fn handshake_and_echo_tls13_and_tls12_in_all_chunk_sizes() {
             assert_eq!(negotiated.alpn.as_deref(), Some(&b"http/1.1"[..]));
             assert_eq!(negotiated.sni.as_deref(), Some("localhost"));
             assert!(pair.server.is_quiescent(), "chunk {chunk}");
-            assert!(!pair.server.holds_read_buffer(), "drained after the handshake");
+            assert!(
+                !pair.server.holds_read_buffer(),
+                "drained after the handshake"
+            );
 
-            pair.client.writer().write_all(b"hello from the client").unwrap();
+            pair.client
+                .writer()
+                .write_all(b"hello from the client")
+                .unwrap();
             pair.pump().unwrap();
             assert_eq!(&pair.server_plain[..], b"hello from the client");
             pair.server_send(b"hello from the server");
@@ -201,16 +221,38 @@ fn handshake_and_echo_tls13_and_tls12_in_all_chunk_sizes() {
 #[test]
 fn each_of_the_six_suites_completes() {
     let suites = [
-        (cipher_suite::TLS13_AES_128_GCM_SHA256, ProtocolVersion::TLSv1_3),
-        (cipher_suite::TLS13_AES_256_GCM_SHA384, ProtocolVersion::TLSv1_3),
-        (cipher_suite::TLS13_CHACHA20_POLY1305_SHA256, ProtocolVersion::TLSv1_3),
-        (cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, ProtocolVersion::TLSv1_2),
-        (cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, ProtocolVersion::TLSv1_2),
-        (cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, ProtocolVersion::TLSv1_2),
+        (
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+            ProtocolVersion::TLSv1_3,
+        ),
+        (
+            cipher_suite::TLS13_AES_256_GCM_SHA384,
+            ProtocolVersion::TLSv1_3,
+        ),
+        (
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+            ProtocolVersion::TLSv1_3,
+        ),
+        (
+            cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            ProtocolVersion::TLSv1_2,
+        ),
+        (
+            cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            ProtocolVersion::TLSv1_2,
+        ),
+        (
+            cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            ProtocolVersion::TLSv1_2,
+        ),
     ];
     for (i, (suite, version)) in suites.into_iter().enumerate() {
         let chunk = CHUNKS[i % CHUNKS.len()];
-        let mut pair = Pair::new(client_config(&[suite], rustls::ALL_VERSIONS), "127.0.0.1", chunk);
+        let mut pair = Pair::new(
+            client_config(&[suite], rustls::ALL_VERSIONS),
+            "127.0.0.1",
+            chunk,
+        );
         pair.handshake();
         let negotiated = pair.server.negotiated().unwrap();
         assert_eq!(negotiated.suite.suite(), suite.suite());
@@ -237,9 +279,19 @@ fn record_lengths(mut wire: &[u8]) -> Vec<(u8, usize)> {
 
 #[test]
 fn one_mebibyte_each_way() {
-    let data: Vec<u8> = (0..1024 * 1024u32).map(|i| (i * 7 + i / 251) as u8).collect();
-    for (version, chunk) in [(&rustls::version::TLS13, usize::MAX), (&rustls::version::TLS12, 1000), (&rustls::version::TLS13, 7)] {
-        let mut pair = Pair::new(client_config(aws_lc_rs::DEFAULT_CIPHER_SUITES, &[version]), "localhost", chunk);
+    let data: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| (i * 7 + i / 251) as u8)
+        .collect();
+    for (version, chunk) in [
+        (&rustls::version::TLS13, usize::MAX),
+        (&rustls::version::TLS12, 1000),
+        (&rustls::version::TLS13, 7),
+    ] {
+        let mut pair = Pair::new(
+            client_config(aws_lc_rs::DEFAULT_CIPHER_SUITES, &[version]),
+            "localhost",
+            chunk,
+        );
         pair.handshake();
 
         let mut sent = 0;
@@ -255,7 +307,12 @@ fn one_mebibyte_each_way() {
         let out = pair.server.take_output();
         let records = record_lengths(&out);
         assert!(records.len() >= 64, "{} records", records.len());
-        assert!(records.iter().all(|&(typ, len)| typ == 23 && len <= 16 * 1024 + 256), "≤ 16 KiB records");
+        assert!(
+            records
+                .iter()
+                .all(|&(typ, len)| typ == 23 && len <= 16 * 1024 + 256),
+            "≤ 16 KiB records"
+        );
         pair.feed_client(&out).unwrap();
         pair.server.restore_output(out);
         assert_eq!(pair.client_plain.len(), data.len());
@@ -266,7 +323,11 @@ fn one_mebibyte_each_way() {
 #[test]
 fn data_pipelined_after_the_client_finished_reaches_plaintext() {
     for chunk in CHUNKS {
-        let mut pair = Pair::new(client_config(aws_lc_rs::DEFAULT_CIPHER_SUITES, &[&rustls::version::TLS13]), "localhost", chunk);
+        let mut pair = Pair::new(
+            client_config(aws_lc_rs::DEFAULT_CIPHER_SUITES, &[&rustls::version::TLS13]),
+            "localhost",
+            chunk,
+        );
         // ClientHello → server flight → client.
         let hello = pair.client_wire();
         let flight = pair.feed_server(&hello).unwrap();
@@ -274,13 +335,23 @@ fn data_pipelined_after_the_client_finished_reaches_plaintext() {
         pair.feed_client(&flight).unwrap();
         assert!(!pair.client.is_handshaking());
         // Finished and application data leave the client in one write.
-        pair.client.writer().write_all(b"GET /chat HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        pair.client
+            .writer()
+            .write_all(b"GET /chat HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
         let wire = pair.client_wire();
         let tickets = pair.feed_server(&wire).unwrap();
         assert!(!pair.server.is_handshaking(), "chunk {chunk}");
-        assert_eq!(&pair.server_plain[..], b"GET /chat HTTP/1.1\r\nHost: localhost\r\n\r\n", "chunk {chunk}");
+        assert_eq!(
+            &pair.server_plain[..],
+            b"GET /chat HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            "chunk {chunk}"
+        );
         assert!(pair.server.is_quiescent());
-        assert!(!tickets.is_empty(), "session tickets follow the client's Finished");
+        assert!(
+            !tickets.is_empty(),
+            "session tickets follow the client's Finished"
+        );
         pair.feed_client(&tickets).unwrap();
     }
 }
@@ -331,7 +402,10 @@ fn close_notify_both_ways() {
         pair.feed_client(&out).unwrap();
         assert_eq!(pair.client_plain, b"bye");
         assert!(pair.client_eof, "the client saw our close_notify");
-        assert!(matches!(pair.server.encrypt(b"more"), Err(TlsError::Closed)));
+        assert!(matches!(
+            pair.server.encrypt(b"more"),
+            Err(TlsError::Closed)
+        ));
     }
 }
 
@@ -350,15 +424,32 @@ fn server_close_notify_reaches_the_client_first() {
 fn plain_http_is_not_tls() {
     for chunk in CHUNKS {
         let mut pair = Pair::new(default_client(), "localhost", chunk);
-        let err = pair.feed_server(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap_err();
+        let err = pair
+            .feed_server(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap_err();
         assert_eq!(err.reason(), "not_tls");
         assert!(!pair.server.has_pending_output());
         // Sticky.
-        assert_eq!(pair.server.process(&mut BytesMut::new()).unwrap_err().reason(), "not_tls");
+        assert_eq!(
+            pair.server
+                .process(&mut BytesMut::new())
+                .unwrap_err()
+                .reason(),
+            "not_tls"
+        );
     }
-    for garbage in [&[0x16, 0x01, 0x00][..], &[0x16, 0x03, 0x09], &[0x16, 0x03, 0x01, 0x00, 0x00], &[0x80, 0x2e, 0x01]] {
+    for garbage in [
+        &[0x16, 0x01, 0x00][..],
+        &[0x16, 0x03, 0x09],
+        &[0x16, 0x03, 0x01, 0x00, 0x00],
+        &[0x80, 0x2e, 0x01],
+    ] {
         let mut pair = Pair::new(default_client(), "localhost", usize::MAX);
-        assert_eq!(pair.feed_server(garbage).unwrap_err().reason(), "not_tls", "{garbage:?}");
+        assert_eq!(
+            pair.feed_server(garbage).unwrap_err().reason(),
+            "not_tls",
+            "{garbage:?}"
+        );
     }
 }
 
@@ -378,7 +469,9 @@ fn tls11_client_hello(sni: &str) -> Vec<u8> {
     // ec_point_formats: uncompressed
     ext.extend_from_slice(&[0x00, 0x0b, 0x00, 0x02, 0x01, 0x00]);
     // supported_groups: x25519, secp256r1, secp384r1
-    ext.extend_from_slice(&[0x00, 0x0a, 0x00, 0x08, 0x00, 0x06, 0x00, 0x1d, 0x00, 0x17, 0x00, 0x18]);
+    ext.extend_from_slice(&[
+        0x00, 0x0a, 0x00, 0x08, 0x00, 0x06, 0x00, 0x1d, 0x00, 0x17, 0x00, 0x18,
+    ]);
 
     let mut body = vec![0x03, 0x02];
     body.extend_from_slice(&[0x42; 32]);
@@ -422,7 +515,10 @@ fn a_tls11_client_gets_a_protocol_version_alert() {
             assert!(off < wire.len(), "the hello must be refused");
         };
         assert_eq!(err.reason(), "tls_protocol_version", "{err}");
-        assert!(matches!(err, TlsError::ProtocolVersion { offered: 0x0302 }), "{err}");
+        assert!(
+            matches!(err, TlsError::ProtocolVersion { offered: 0x0302 }),
+            "{err}"
+        );
         // One alert record: fatal (2), protocol_version (70).
         assert_eq!(out.len(), 7, "{out:02x?}");
         assert_eq!(out[0], 0x15, "content type alert");
@@ -439,13 +535,22 @@ fn sni_is_read_from_the_client_hello() {
     assert_eq!(info.sni.as_deref(), Some("old.example"));
     assert_eq!(info.legacy_version, 0x0302);
     assert!(!info.offers_tls12_or_later);
-    assert_eq!(parse_client_hello(&tls11_client_hello("10.0.0.1")[9..]).unwrap().sni, None);
+    assert_eq!(
+        parse_client_hello(&tls11_client_hello("10.0.0.1")[9..])
+            .unwrap()
+            .sni,
+        None
+    );
     assert_eq!(parse_client_hello(&hello[9..40]), None, "truncated");
 
     // A ClientHello split over two records (legal, rare) is still read.
     let mut pair = Pair::new(default_client(), "LocalHost", usize::MAX);
     let hello = pair.client_wire();
-    assert_eq!(usize::from(u16::from_be_bytes([hello[3], hello[4]])) + 5, hello.len(), "one record");
+    assert_eq!(
+        usize::from(u16::from_be_bytes([hello[3], hello[4]])) + 5,
+        hello.len(),
+        "one record"
+    );
     let (a, b) = hello[5..].split_at(20);
     let mut split = Vec::new();
     for part in [a, b] {
@@ -466,20 +571,45 @@ fn sni_is_read_from_the_client_hello() {
     pair.flush_server(&mut flight);
     pair.feed_client(&flight).unwrap();
     pair.handshake();
-    assert_eq!(pair.server.negotiated().unwrap().sni.as_deref(), Some("localhost"));
+    assert_eq!(
+        pair.server.negotiated().unwrap().sni.as_deref(),
+        Some("localhost")
+    );
+}
+
+#[test]
+fn endless_empty_handshake_fragments_do_not_grow_the_buffer_forever() {
+    let mut pair = Pair::new(default_client(), "localhost", usize::MAX);
+    let mut wire = vec![0x16, 0x03, 0x01, 0x00, 0x01, 0x01];
+    for _ in 0..20_000 {
+        wire.extend_from_slice(&[0x16, 0x03, 0x01, 0x00, 0x00]);
+    }
+    let err = pair.feed_server(&wire).unwrap_err();
+    assert_eq!(err.reason(), "tls_protocol_error", "{err}");
+    assert!(pair.server.buffered_ciphertext() < 2 * MAX_SNIFFED_HELLO);
 }
 
 #[test]
 fn no_shared_cipher() {
-    let config = client_config(&[cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256], &[&rustls::version::TLS12]);
+    let config = client_config(
+        &[cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256],
+        &[&rustls::version::TLS12],
+    );
     let mut pair = Pair::new(config, "localhost", usize::MAX);
     let hello = pair.client_wire();
     let err = pair.feed_server(&hello).unwrap_err();
     assert_eq!(err.reason(), "tls_no_shared_cipher", "{err}");
     let out = std::mem::take(&mut pair.error_output);
-    assert_eq!(out.first(), Some(&0x15), "a handshake_failure alert is sent");
+    assert_eq!(
+        out.first(),
+        Some(&0x15),
+        "a handshake_failure alert is sent"
+    );
     let client_err = pair.feed_client(&out).unwrap_err();
-    assert!(matches!(client_err, rustls::Error::AlertReceived(_)), "{client_err}");
+    assert!(
+        matches!(client_err, rustls::Error::AlertReceived(_)),
+        "{client_err}"
+    );
 }
 
 #[test]
@@ -490,7 +620,10 @@ fn a_client_that_rejects_our_certificate_sends_an_alert() {
     let hello = pair.client_wire();
     let flight = pair.feed_server(&hello).unwrap();
     let client_err = pair.feed_client(&flight).unwrap_err();
-    assert!(matches!(client_err, rustls::Error::InvalidCertificate(_)), "{client_err}");
+    assert!(
+        matches!(client_err, rustls::Error::InvalidCertificate(_)),
+        "{client_err}"
+    );
     let alert = pair.client_wire();
     let err = pair.feed_server(&alert).unwrap_err();
     assert_eq!(err.reason(), "tls_alert_received", "{err}");
@@ -499,7 +632,11 @@ fn a_client_that_rejects_our_certificate_sends_an_alert() {
 #[test]
 fn a_tampered_record_is_a_decrypt_error_with_an_encrypted_alert() {
     for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
-        let mut pair = Pair::new(client_config(aws_lc_rs::DEFAULT_CIPHER_SUITES, &[version]), "localhost", usize::MAX);
+        let mut pair = Pair::new(
+            client_config(aws_lc_rs::DEFAULT_CIPHER_SUITES, &[version]),
+            "localhost",
+            usize::MAX,
+        );
         pair.handshake();
         pair.client.writer().write_all(b"secret").unwrap();
         let mut wire = pair.client_wire();
@@ -511,10 +648,17 @@ fn a_tampered_record_is_a_decrypt_error_with_an_encrypted_alert() {
         let records = record_lengths(&out);
         assert_eq!(records.len(), 1);
         // TLS 1.3 hides the alert inside an application_data record; TLS 1.2 shows type 21.
-        let expect_type = if version.version == ProtocolVersion::TLSv1_3 { 23 } else { 21 };
+        let expect_type = if version.version == ProtocolVersion::TLSv1_3 {
+            23
+        } else {
+            21
+        };
         assert_eq!(records[0].0, expect_type);
         let client_err = pair.feed_client(&out).unwrap_err();
-        assert_eq!(client_err, rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac));
+        assert_eq!(
+            client_err,
+            rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac)
+        );
         assert!(pair.server.encrypt(b"x").is_err());
     }
 }
@@ -522,11 +666,20 @@ fn a_tampered_record_is_a_decrypt_error_with_an_encrypted_alert() {
 #[test]
 fn encrypt_before_the_handshake_is_refused_without_breaking_the_session() {
     let mut pair = Pair::new(default_client(), "localhost", usize::MAX);
-    assert!(matches!(pair.server.encrypt(b"too early"), Err(TlsError::HandshakeNotComplete)));
-    assert!(matches!(pair.server.queue_close_notify(), Err(TlsError::HandshakeNotComplete)));
+    assert!(matches!(
+        pair.server.encrypt(b"too early"),
+        Err(TlsError::HandshakeNotComplete)
+    ));
+    assert!(matches!(
+        pair.server.queue_close_notify(),
+        Err(TlsError::HandshakeNotComplete)
+    ));
     let hello = pair.client_wire();
     let flight = pair.feed_server(&hello).unwrap();
-    assert!(matches!(pair.server.encrypt(b"still early"), Err(TlsError::HandshakeNotComplete)));
+    assert!(matches!(
+        pair.server.encrypt(b"still early"),
+        Err(TlsError::HandshakeNotComplete)
+    ));
     pair.feed_client(&flight).unwrap();
     pair.pump().unwrap();
     assert!(!pair.server.is_handshaking());
@@ -553,7 +706,10 @@ fn release_idle_returns_the_buffer_only_when_drained() {
     pair.server.process(&mut pair.server_plain).unwrap();
     assert!(pair.server_plain.is_empty());
     pair.server.release_idle(&mut pair.pool);
-    assert!(pair.server.holds_read_buffer(), "a partial record keeps its buffer");
+    assert!(
+        pair.server.holds_read_buffer(),
+        "a partial record keeps its buffer"
+    );
     assert_eq!(pair.server.buffered_ciphertext(), head.len());
     assert_eq!(pair.pool.spare(), spare - 1);
 
@@ -604,7 +760,10 @@ fn output_buffers_are_reused_and_capped() {
     pair.feed_client(&big).unwrap();
     pair.server.restore_output(big);
     pair.server.encrypt(b"x").unwrap();
-    assert!(pair.server.take_output().capacity() < MAX_RETAINED_OUTPUT, "an oversized buffer is not kept");
+    assert!(
+        pair.server.take_output().capacity() < MAX_RETAINED_OUTPUT,
+        "an oversized buffer is not kept"
+    );
 }
 
 #[test]
@@ -612,12 +771,27 @@ fn reasons_are_stable() {
     use rustls::{Error as E, PeerIncompatible as P};
     let cases = [
         (TlsError::NotTls, "not_tls"),
-        (E::PeerIncompatible(P::Tls12NotOffered).into(), "tls_protocol_version"),
-        (E::PeerIncompatible(P::NoCipherSuitesInCommon).into(), "tls_no_shared_cipher"),
-        (E::InvalidCertificate(rustls::CertificateError::BadEncoding).into(), "tls_bad_certificate"),
-        (E::AlertReceived(rustls::AlertDescription::HandshakeFailure).into(), "tls_alert_received"),
+        (
+            E::PeerIncompatible(P::Tls12NotOffered).into(),
+            "tls_protocol_version",
+        ),
+        (
+            E::PeerIncompatible(P::NoCipherSuitesInCommon).into(),
+            "tls_no_shared_cipher",
+        ),
+        (
+            E::InvalidCertificate(rustls::CertificateError::BadEncoding).into(),
+            "tls_bad_certificate",
+        ),
+        (
+            E::AlertReceived(rustls::AlertDescription::HandshakeFailure).into(),
+            "tls_alert_received",
+        ),
         (E::DecryptError.into(), "tls_decrypt_error"),
-        (E::InvalidMessage(rustls::InvalidMessage::MissingData("x")).into(), "tls_protocol_error"),
+        (
+            E::InvalidMessage(rustls::InvalidMessage::MissingData("x")).into(),
+            "tls_protocol_error",
+        ),
         (E::General("x".into()).into(), "tls_internal"),
         (TlsError::Internal("x"), "tls_internal"),
     ];

@@ -43,7 +43,10 @@ pub enum TlsConfigError {
     Missing { path: PathBuf },
     /// The file exists but could not be read.
     #[error("{}: cannot read: {source}; check its permissions", .path.display())]
-    Unreadable { path: PathBuf, source: std::io::Error },
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The file holds no `CERTIFICATE` PEM section.
     #[error("{}: no PEM certificate in it; expected one or more '-----BEGIN CERTIFICATE-----' sections, leaf first", .path.display())]
     NoCertificate { path: PathBuf },
@@ -54,7 +57,9 @@ pub enum TlsConfigError {
     #[error("{}: malformed PEM ({detail}); re-export the file in PEM format", .path.display())]
     BadPem { path: PathBuf, detail: String },
     /// The certificate chain given to [`server_config`] is empty.
-    #[error("the certificate chain is empty; give the leaf certificate first, then its intermediates")]
+    #[error(
+        "the certificate chain is empty; give the leaf certificate first, then its intermediates"
+    )]
     EmptyChain,
     /// The private key is not the key of the leaf certificate.
     #[error("the private key doesn't match the certificate (the first certificate in the chain must be the one issued for this key); pair the right key and certificate files")]
@@ -63,7 +68,9 @@ pub enum TlsConfigError {
     #[error("{}: this private key doesn't match the certificate in {} (its first certificate must be the one issued for this key); pair the right files", .key.display(), .cert.display())]
     KeyMismatchFiles { cert: PathBuf, key: PathBuf },
     /// The key could not be used by the crypto provider (unsupported algorithm, bad encoding).
-    #[error("the private key cannot be used: {0}; use an ECDSA P-256/P-384, Ed25519 or RSA (2048+) key")]
+    #[error(
+        "the private key cannot be used: {0}; use an ECDSA P-256/P-384, Ed25519 or RSA (2048+) key"
+    )]
     UnusableKey(rustls::Error),
     /// Anything else rustls refused.
     #[error("invalid TLS configuration: {0}")]
@@ -72,13 +79,21 @@ pub enum TlsConfigError {
 
 fn read_file(path: &Path) -> Result<Vec<u8>, TlsConfigError> {
     std::fs::read(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => TlsConfigError::Missing { path: path.to_owned() },
-        _ => TlsConfigError::Unreadable { path: path.to_owned(), source },
+        std::io::ErrorKind::NotFound => TlsConfigError::Missing {
+            path: path.to_owned(),
+        },
+        _ => TlsConfigError::Unreadable {
+            path: path.to_owned(),
+            source,
+        },
     })
 }
 
 fn bad_pem(path: &Path, err: rustls::pki_types::pem::Error) -> TlsConfigError {
-    TlsConfigError::BadPem { path: path.to_owned(), detail: err.to_string() }
+    TlsConfigError::BadPem {
+        path: path.to_owned(),
+        detail: err.to_string(),
+    }
 }
 
 /// Loads every certificate of a PEM file, in file order (leaf first, then intermediates).
@@ -88,7 +103,9 @@ pub fn load_cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsC
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad_pem(path, e))?;
     if chain.is_empty() {
-        return Err(TlsConfigError::NoCertificate { path: path.to_owned() });
+        return Err(TlsConfigError::NoCertificate {
+            path: path.to_owned(),
+        });
     }
     Ok(chain)
 }
@@ -98,16 +115,19 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsConfig
     let pem = read_file(path)?;
     match PrivateKeyDer::from_pem_slice(&pem) {
         Ok(key) => Ok(key),
-        Err(rustls::pki_types::pem::Error::NoItemsFound) => {
-            Err(TlsConfigError::NoPrivateKey { path: path.to_owned() })
-        }
+        Err(rustls::pki_types::pem::Error::NoItemsFound) => Err(TlsConfigError::NoPrivateKey {
+            path: path.to_owned(),
+        }),
         Err(e) => Err(bad_pem(path, e)),
     }
 }
 
 /// The crypto provider of the policy: aws-lc-rs restricted to [`CIPHER_SUITES`].
 pub fn crypto_provider() -> rustls::crypto::CryptoProvider {
-    rustls::crypto::CryptoProvider { cipher_suites: CIPHER_SUITES.to_vec(), ..aws_lc_rs::default_provider() }
+    rustls::crypto::CryptoProvider {
+        cipher_suites: CIPHER_SUITES.to_vec(),
+        ..aws_lc_rs::default_provider()
+    }
 }
 
 /// The edge's server configuration for one certificate chain and its key.
@@ -123,7 +143,9 @@ pub fn server_config(
         .map_err(TlsConfigError::Rustls)?
         .with_no_client_auth();
     let mut config = builder.with_single_cert(chain, key).map_err(|e| match e {
-        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => TlsConfigError::KeyMismatch,
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+            TlsConfigError::KeyMismatch
+        }
         e @ rustls::Error::General(_) => TlsConfigError::UnusableKey(e),
         e => TlsConfigError::Rustls(e),
     })?;
@@ -135,13 +157,17 @@ pub fn server_config(
 
 /// Loads `cert_path` and `key_path` and builds [`server_config`], naming both files when they
 /// don't belong together.
-pub fn server_config_from_files(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, TlsConfigError> {
+pub fn server_config_from_files(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<Arc<ServerConfig>, TlsConfigError> {
     let chain = load_cert_chain(cert_path)?;
     let key = load_private_key(key_path)?;
     server_config(chain, key).map_err(|e| match e {
-        TlsConfigError::KeyMismatch => {
-            TlsConfigError::KeyMismatchFiles { cert: cert_path.to_owned(), key: key_path.to_owned() }
-        }
+        TlsConfigError::KeyMismatch => TlsConfigError::KeyMismatchFiles {
+            cert: cert_path.to_owned(),
+            key: key_path.to_owned(),
+        },
         e => e,
     })
 }
@@ -161,7 +187,12 @@ mod tests {
     fn offers_exactly_the_aead_suites_and_tls12_13() {
         let (_dir, cert) = dev();
         let config = server_config(cert.chain.clone(), cert.key.clone_key()).unwrap();
-        let suites: Vec<CipherSuite> = config.crypto_provider().cipher_suites.iter().map(|s| s.suite()).collect();
+        let suites: Vec<CipherSuite> = config
+            .crypto_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| s.suite())
+            .collect();
         assert_eq!(
             suites,
             vec![
@@ -178,7 +209,10 @@ mod tests {
         );
         // Versions are not readable back from a ServerConfig: prove them by handshakes (the
         // driver's tests prove a TLS 1.1 ClientHello is refused).
-        for (version, expect) in [(&rustls::version::TLS12, ProtocolVersion::TLSv1_2), (&rustls::version::TLS13, ProtocolVersion::TLSv1_3)] {
+        for (version, expect) in [
+            (&rustls::version::TLS12, ProtocolVersion::TLSv1_2),
+            (&rustls::version::TLS13, ProtocolVersion::TLSv1_3),
+        ] {
             assert_eq!(handshake_version(&cert, config.clone(), version), expect);
         }
         assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
@@ -194,11 +228,12 @@ mod tests {
     ) -> ProtocolVersion {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert.chain[1].clone()).unwrap();
-        let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
-            .with_protocol_versions(&[version])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let client_config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let mut client = rustls::ClientConnection::new(Arc::new(client_config), name).unwrap();
         let mut server = rustls::ServerConnection::new(config).unwrap();
@@ -223,12 +258,23 @@ mod tests {
         let wrong = load_private_key(&dir.path().join("state/dev-ca.key")).unwrap();
         let err = server_config(cert.chain.clone(), wrong).unwrap_err();
         assert!(matches!(err, TlsConfigError::KeyMismatch), "{err}");
-        let err = server_config_from_files(&dir.path().join("state/dev-leaf.pem"), &dir.path().join("state/dev-ca.key"))
-            .unwrap_err();
+        let err = server_config_from_files(
+            &dir.path().join("state/dev-leaf.pem"),
+            &dir.path().join("state/dev-ca.key"),
+        )
+        .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("dev-ca.key") && msg.contains("dev-leaf.pem") && msg.contains("doesn't match"), "{msg}");
-        server_config_from_files(&dir.path().join("state/dev-leaf.pem"), &dir.path().join("state/dev-leaf.key"))
-            .expect("the matching pair is accepted");
+        assert!(
+            msg.contains("dev-ca.key")
+                && msg.contains("dev-leaf.pem")
+                && msg.contains("doesn't match"),
+            "{msg}"
+        );
+        server_config_from_files(
+            &dir.path().join("state/dev-leaf.pem"),
+            &dir.path().join("state/dev-leaf.key"),
+        )
+        .expect("the matching pair is accepted");
     }
 
     #[test]
@@ -243,7 +289,9 @@ mod tests {
         std::fs::write(&empty, "just some text\n").unwrap();
         let err = load_cert_chain(&empty).unwrap_err();
         assert!(matches!(err, TlsConfigError::NoCertificate { .. }), "{err}");
-        assert!(err.to_string().contains("empty.pem") && err.to_string().contains("BEGIN CERTIFICATE"));
+        assert!(
+            err.to_string().contains("empty.pem") && err.to_string().contains("BEGIN CERTIFICATE")
+        );
         let err = load_private_key(&empty).unwrap_err();
         assert!(matches!(err, TlsConfigError::NoPrivateKey { .. }), "{err}");
         assert!(err.to_string().contains("empty.pem"));
@@ -252,6 +300,9 @@ mod tests {
         // A certificate file is not a key file.
         let err = load_private_key(&sdir.path().join("state/dev-leaf.pem")).unwrap_err();
         assert!(matches!(err, TlsConfigError::NoPrivateKey { .. }), "{err}");
-        assert!(matches!(server_config(Vec::new(), _cert.key.clone_key()), Err(TlsConfigError::EmptyChain)));
+        assert!(matches!(
+            server_config(Vec::new(), _cert.key.clone_key()),
+            Err(TlsConfigError::EmptyChain)
+        ));
     }
 }

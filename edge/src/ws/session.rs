@@ -321,7 +321,7 @@ impl Session {
             };
             // check_header bounded the length by max_frame_bytes (a usize) or 125.
             let len = p.header.payload_len as usize;
-            let arrived = (buf.len() - p.header_len).min(len);
+            let arrived = buf.len().saturating_sub(p.header_len).min(len);
             if arrived > p.done {
                 let mask = p.header.mask.unwrap_or_default();
                 let fresh = &mut buf[p.header_len + p.done..p.header_len + arrived];
