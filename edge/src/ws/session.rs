@@ -234,7 +234,11 @@ struct Reassembly {
 #[derive(Debug)]
 pub struct Session {
     limits: SessionLimits,
-    events: VecDeque<Event>,
+    /// Events not yet polled, each with the frame it makes us send (a pong, our close). The
+    /// frame is queued only when its event is polled, so whatever the application sends in
+    /// answer to the events before it goes out first: an echo of the message that preceded a
+    /// protocol error is sent before the close.
+    events: VecDeque<(Event, Option<OutFrame>)>,
     out: VecDeque<OutFrame>,
     partial: Option<Partial>,
     reassembly: Option<Reassembly>,
@@ -242,6 +246,8 @@ pub struct Session {
     wanted: Option<usize>,
     /// Our close frame is queued (or already handed out).
     close_queued: bool,
+    /// Our close frame waits behind an unpolled event.
+    close_pending: bool,
     /// Our close frame was handed out by `poll_transmit`.
     close_handed_out: bool,
     /// The peer's close arrived.
@@ -261,6 +267,7 @@ impl Session {
             utf8: Utf8Validator::new(),
             wanted: None,
             close_queued: false,
+            close_pending: false,
             close_handed_out: false,
             peer_closed: false,
             failed: false,
@@ -407,7 +414,7 @@ impl Session {
                         self.fail(close_code::INVALID_PAYLOAD, "invalid_utf8");
                         return;
                     }
-                    self.events.push_back(Event::Message(Message {
+                    self.push_event(Event::Message(Message {
                         kind,
                         payload: Payload::Single(payload),
                     }));
@@ -441,22 +448,17 @@ impl Session {
                         1 => Payload::Single(r.parts.into_iter().next().unwrap_or_default()),
                         _ => Payload::Fragmented(r.parts),
                     };
-                    self.events.push_back(Event::Message(Message {
+                    self.push_event(Event::Message(Message {
                         kind: r.kind,
                         payload,
                     }));
                 }
             }
             OpCode::Ping => {
-                if !self.close_queued {
-                    self.out.push_back(OutFrame::new(
-                        OpCode::Pong,
-                        Payload::Single(payload.clone()),
-                    ));
-                }
-                self.events.push_back(Event::Ping(payload));
+                let pong = OutFrame::new(OpCode::Pong, Payload::Single(payload.clone()));
+                self.events.push_back((Event::Ping(payload), Some(pong)));
             }
-            OpCode::Pong => self.events.push_back(Event::Pong(payload)),
+            OpCode::Pong => self.push_event(Event::Pong(payload)),
             OpCode::Close => self.peer_close(&payload),
             OpCode::Reserved(_) => {} // unreachable: check_header refused it
         }
@@ -479,11 +481,9 @@ impl Session {
         };
         self.peer_closed = true;
         self.reassembly = None;
-        if !self.close_queued {
-            self.close_queued = true;
-            self.out.push_back(OutFrame::close(code, ""));
-        }
-        self.events.push_back(Event::PeerClosed { code, reason });
+        let reply = self.pending_close(code, "");
+        self.events
+            .push_back((Event::PeerClosed { code, reason }, reply));
     }
 
     /// Fails the connection: queue our close (unless one is queued already) and an event.
@@ -494,15 +494,40 @@ impl Session {
         self.failed = true;
         self.partial = None;
         self.reassembly = None;
-        if !self.close_queued {
-            self.close_queued = true;
-            self.out.push_back(OutFrame::close(Some(code), reason));
-        }
-        self.events.push_back(Event::Failed { code, reason });
+        let close = self.pending_close(Some(code), reason);
+        self.events
+            .push_back((Event::Failed { code, reason }, close));
     }
 
+    fn push_event(&mut self, event: Event) {
+        self.events.push_back((event, None));
+    }
+
+    /// Our close frame, unless one is queued or pending already.
+    fn pending_close(&mut self, code: Option<u16>, reason: &str) -> Option<OutFrame> {
+        if self.close_queued || self.close_pending {
+            return None;
+        }
+        self.close_pending = true;
+        Some(OutFrame::close(code, reason))
+    }
+
+    /// The next event. Its frame (a pong, our close reply or failure close) is queued for
+    /// sending now, behind whatever was sent in answer to earlier events: poll every event.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let (event, frame) = self.events.pop_front()?;
+        if let Some(frame) = frame {
+            if frame.is_close {
+                self.close_pending = false;
+                if !self.close_queued {
+                    self.close_queued = true;
+                    self.out.push_back(frame);
+                }
+            } else if !self.close_queued {
+                self.out.push_back(frame);
+            }
+        }
+        Some(event)
     }
 
     /// Queues one unfragmented data frame (FIN set) carrying `payload` (zero-copy: the `Bytes`

@@ -825,3 +825,44 @@ proptest! {
         prop_assert_eq!(out_whole, out_split);
     }
 }
+
+/// Autobahn 3.2/4.1.3/5.15: a valid message followed, in the same read, by a bad frame. The echo
+/// the application sends while handling the message must go out before the failure's close.
+#[test]
+fn answers_to_earlier_events_precede_the_failure_close() {
+    let mut s = session();
+    let mut bytes = text("hello");
+    bytes.extend(cframe(true, 1 | 0x20, b"bad rsv"));
+    let mut buf = BytesMut::from(&bytes[..]);
+    s.receive(&mut buf);
+    let mut order = Vec::new();
+    while let Some(ev) = s.poll_event() {
+        if let Event::Message(m) = ev {
+            s.send(m.kind, m.payload);
+        } else {
+            assert!(matches!(ev, Event::Failed { code: 1002, .. }), "{ev:?}");
+        }
+        order.extend(transmit(&mut s).into_iter().map(|f| f.is_close()));
+    }
+    assert_eq!(order, vec![false, true], "echo first, then the close");
+    assert_eq!(s.state(), SessionState::Closed);
+}
+
+/// The same for a ping between a message and the client's close: pong after the echo.
+#[test]
+fn pong_and_close_reply_follow_the_answers_before_them() {
+    let mut s = session();
+    let mut bytes = text("a");
+    bytes.extend(cframe(true, 9, b"p"));
+    bytes.extend(close_frame(1000, b""));
+    let mut buf = BytesMut::from(&bytes[..]);
+    s.receive(&mut buf);
+    let mut ops = Vec::new();
+    while let Some(ev) = s.poll_event() {
+        if let Event::Message(m) = ev {
+            s.send(m.kind, m.payload);
+        }
+        ops.extend(transmit(&mut s).into_iter().map(|f| f.header()[0] & 0x0f));
+    }
+    assert_eq!(ops, vec![1, 0xA, 8]);
+}
