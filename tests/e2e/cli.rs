@@ -242,3 +242,57 @@ fn serve_with_cert_and_key() {
         );
     });
 }
+
+#[test]
+fn listen_admin_state_dir_and_cpus_come_from_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("from-config");
+    let toml = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\ncpus = [0]\nadmin = \"127.0.0.1:0\"\nstate_dir = {:?}\n",
+        state.to_str().unwrap()
+    );
+    let srv = ServerBuilder::new()
+        .config(&toml)
+        .config_only()
+        .state_dir(&state)
+        .start();
+    assert_eq!(
+        srv.ca_pem.as_deref(),
+        Some(state.join("dev-ca.pem").as_path()),
+        "the dev CA is not in the configured state_dir"
+    );
+    assert!(state.join("dev-ca.pem").is_file());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut ws = srv.ws().await;
+        assert_eq!(
+            message_text(&echo(&mut ws, Message::text("configured")).await),
+            "configured"
+        );
+        srv.wait_metric("wssedge_connections_accepted_total", &[], 1.0)
+            .await;
+    });
+}
+
+#[test]
+fn cpus_flag_pins_the_cores() {
+    let srv = ServerBuilder::new()
+        .no_cores_flag()
+        .arg("--cpus")
+        .arg("0")
+        .start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut ws = srv.ws().await;
+        assert_eq!(
+            message_text(&echo(&mut ws, Message::text("pinned")).await),
+            "pinned"
+        );
+    });
+}

@@ -1,8 +1,6 @@
 //! Echo behaviour over the real WSS path: every kind of data message, control frames, the
 //! close handshake, fragmentation and several connections at once.
 
-use std::time::Duration;
-
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -188,7 +186,7 @@ async fn many_connections_on_two_cores() {
         }));
     }
     for t in tasks {
-        within(Duration::from_secs(30), "client task", t)
+        within(WAIT, "client task", t)
             .await
             .expect("client task panicked");
     }

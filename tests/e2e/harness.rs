@@ -50,6 +50,8 @@ pub struct ServerBuilder {
     listen: Option<String>,
     args: Vec<String>,
     state_dir: Option<PathBuf>,
+    /// Pass no --listen/--admin/--state-dir/--cores: the config file must supply them.
+    config_only: bool,
 }
 
 impl Default for ServerBuilder {
@@ -66,6 +68,7 @@ impl ServerBuilder {
             listen: None,
             args: Vec::new(),
             state_dir: None,
+            config_only: false,
         }
     }
     /// TOML written to a file in the state dir and passed with `--config`.
@@ -90,6 +93,12 @@ impl ServerBuilder {
         self.args.push(a.into());
         self
     }
+    /// Take listen/admin/state dir/cores from the config file only (set `state_dir` too so
+    /// the harness knows where the state lives).
+    pub fn config_only(mut self) -> Self {
+        self.config_only = true;
+        self
+    }
     pub fn state_dir(mut self, dir: &Path) -> Self {
         self.state_dir = Some(dir.to_path_buf());
         self
@@ -104,12 +113,14 @@ impl ServerBuilder {
             std::fs::write(&path, cfg).expect("write config");
             cmd.arg("--config").arg(path);
         }
-        cmd.arg("--listen")
-            .arg(self.listen.as_deref().unwrap_or("127.0.0.1:0"));
-        cmd.arg("--admin").arg("127.0.0.1:0");
-        cmd.arg("--state-dir").arg(state);
-        if let Some(n) = self.cores {
-            cmd.arg("--cores").arg(n.to_string());
+        if !self.config_only {
+            cmd.arg("--listen")
+                .arg(self.listen.as_deref().unwrap_or("127.0.0.1:0"));
+            cmd.arg("--admin").arg("127.0.0.1:0");
+            cmd.arg("--state-dir").arg(state);
+            if let Some(n) = self.cores {
+                cmd.arg("--cores").arg(n.to_string());
+            }
         }
         cmd.args(&self.args);
         cmd.env("RUST_BACKTRACE", "1");

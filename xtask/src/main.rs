@@ -229,7 +229,15 @@ fn cargo_test_layer(env: &Env, args: &[&str]) -> Result<Outcome> {
 fn layer_unit(env: &Env) -> Result<Outcome> {
     cargo_test_layer(
         env,
-        &["test", "--profile", "ci", "--workspace", "--lib", "--bins"],
+        &[
+            "test",
+            "--profile",
+            "ci",
+            "--no-fail-fast",
+            "--workspace",
+            "--lib",
+            "--bins",
+        ],
     )
 }
 
@@ -249,6 +257,7 @@ fn layer_e2e(env: &Env) -> Result<Outcome> {
             "panic-injection",
             "--test",
             "e2e",
+            "--no-fail-fast",
         ],
     )
 }
@@ -425,6 +434,7 @@ impl Drop for Guard {
             let t0 = Instant::now();
             while t0.elapsed() < Duration::from_secs(3) {
                 if self.exited().is_some() {
+                    eprintln!("xtask: stopped {} (pid {pid})", self.name);
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -614,14 +624,23 @@ fn ensure_kosoku(env: &Env, python: &Path) -> Result<PathBuf> {
         return Ok(kosoku);
     }
     if !venv.join("bin/pip").is_file() {
-        eprintln!("$ python3 -m venv {}", venv.display());
-        let st = Command::new(python)
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .stdin(Stdio::null())
-            .status()?;
-        if !st.success() {
-            bail!("python3 -m venv failed");
+        let make_venv = || -> Result<bool> {
+            eprintln!("$ python3 -m venv --clear {}", venv.display());
+            Ok(Command::new(python)
+                .args(["-m", "venv", "--clear"])
+                .arg(&venv)
+                .stdin(Stdio::null())
+                .status()?
+                .success())
+        };
+        if !make_venv()? {
+            // Debian's system Python ships venv/ensurepip separately.
+            if is_root() && python.starts_with("/usr/bin") && which("apt-get").is_some() {
+                apt_install(&["python3-venv"])?;
+            }
+            if !make_venv()? {
+                bail!("python3 -m venv failed");
+            }
         }
     }
     eprintln!("$ pip install kosoku");
@@ -767,7 +786,7 @@ fn read_index(index: &Path) -> Result<AutobahnReport> {
     let mut per_verdict: BTreeMap<&str, u64> = VERDICTS.iter().map(|v| (*v, 0)).collect();
     let mut failing = Vec::new();
     let mut counts = Counts::default();
-    for (agent, cases) in agents {
+    for cases in agents.values() {
         let cases = cases
             .as_object()
             .context("index.json: expected an object of cases")?;
@@ -800,9 +819,7 @@ fn read_index(index: &Path) -> Result<AutobahnReport> {
                             .map(clean_description)
                     })
                     .unwrap_or_default();
-                failing.push(format!(
-                    "  {id} [{agent}] behavior={behavior} close={close}: {desc}"
-                ));
+                failing.push(format!("  {id} behavior={behavior} close={close}: {desc}"));
             }
         }
     }
