@@ -524,6 +524,11 @@ impl Conn {
             // An alert (TLS failure) or the last frames: best effort, bounded by the write timeout.
             let _ = self.flush().await;
         }
+        // monoio leaves a dropped operation in flight rather than cancelling it: a readiness
+        // wait that lost to a deadline still holds the socket, and dropping the stream would
+        // not close it. Shutting the socket down completes that wait (and tells the client at
+        // once); the descriptor is closed when the last operation lets go of it.
+        sockopt::shutdown_both(sockopt::borrow_fd(&self.stream));
     }
 }
 

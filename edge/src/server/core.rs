@@ -103,7 +103,6 @@ impl Drop for ListenerShutdown {
     }
 }
 
-/// The body of a core thread.
 /// What a core thread is started with (all `Send`; the core's own state is built on its thread).
 pub(crate) struct CoreStart {
     pub index: usize,
@@ -115,7 +114,8 @@ pub(crate) struct CoreStart {
     pub listeners: Vec<std::net::TcpListener>,
 }
 
-pub(crate) fn run_core(start: CoreStart) {
+/// The body of a core thread. Reports on `started` once it serves (or why it cannot).
+pub(crate) fn run_core(start: CoreStart, started: std::sync::mpsc::Sender<Result<(), String>>) {
     let CoreStart {
         index,
         cores,
@@ -137,7 +137,11 @@ pub(crate) fn run_core(start: CoreStart) {
     {
         Ok(rt) => rt,
         Err(e) => {
-            tracing::error!(core = core.index, cpu, error = %e, "cannot build the core's runtime; the core does not start");
+            let why = format!(
+                "core {} (CPU {cpu}): cannot build its runtime: {e}",
+                core.index
+            );
+            let _ = started.send(Err(why));
             return;
         }
     };
@@ -150,6 +154,8 @@ pub(crate) fn run_core(start: CoreStart) {
     let metrics = core.metrics.clone();
     let _shutdown = ListenerShutdown(listeners.iter().map(|l| l.as_raw_fd()).collect());
     metrics.alive.store(true, Ordering::Relaxed);
+    let _ = started.send(Ok(()));
+    drop(started);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         rt.block_on(core_main(Rc::new(core), listeners))
     }));
@@ -171,7 +177,10 @@ async fn core_main(core: Rc<Core>, listeners: Vec<std::net::TcpListener>) {
     // The ticker drives the core's timer wheel.
     loop {
         monoio::time::sleep(TICK).await;
-        core.wheel.advance(Instant::now());
+        let fired = core.wheel.advance(Instant::now());
+        if fired > 0 {
+            tracing::trace!(core = core.index, fired, "deadlines fired");
+        }
     }
 }
 

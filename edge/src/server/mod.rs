@@ -35,6 +35,8 @@ pub enum StartError {
     },
     #[error("cannot start a core thread: {0}")]
     Thread(std::io::Error),
+    #[error("{0}")]
+    Core(String),
 }
 
 /// A running edge.
@@ -108,6 +110,7 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
         locks.push(set.lock);
     }
     let mut threads = Vec::new();
+    let (started_tx, started) = std::sync::mpsc::channel();
     for ((i, &cpu), listeners) in cpus.iter().enumerate().zip(per_core) {
         let start = core::CoreStart {
             index: i,
@@ -120,9 +123,21 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
         };
         let t = std::thread::Builder::new()
             .name(format!("wssedge-core-{i}"))
-            .spawn(move || core::run_core(start))
+            .spawn({
+                let started = started_tx.clone();
+                move || core::run_core(start, started)
+            })
             .map_err(StartError::Thread)?;
         threads.push(t);
+    }
+    drop(started_tx);
+    // Ready means every core serves: wait for each to report before saying "listening".
+    for _ in 0..threads.len() {
+        match started.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(StartError::Core(e)),
+            Err(_) => return Err(StartError::Core("a core did not start within 10 s".into())),
+        }
     }
     Ok(Running {
         listening,
