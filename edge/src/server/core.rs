@@ -211,3 +211,34 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
         monoio::spawn(conn::serve(conn::Slot::take(&core), stream, peer));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpStream;
+
+    /// A stopped core's listener leaves the SO_REUSEPORT group: every new connection then goes
+    /// to the cores that still accept, none is queued on a listener nobody serves.
+    #[test]
+    fn shut_down_listener_leaves_the_reuseport_group() {
+        let set = crate::server::listen::bind_listeners("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let [alive, dead]: [std::net::TcpListener; 2] = set.per_core.try_into().unwrap();
+        drop(ListenerShutdown(vec![dead.as_raw_fd()]));
+        let mut clients = Vec::new();
+        for i in 0..32 {
+            clients.push(TcpStream::connect(set.addr).expect("the group still accepts"));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while alive.accept().is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "connection {i} did not reach the live listener"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        assert!(
+            dead.accept().is_err(),
+            "the shut-down listener must not receive connections"
+        );
+    }
+}
