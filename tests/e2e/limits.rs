@@ -1,9 +1,10 @@
 //! Configured limits: frame and message size (1009), the per-core buffer budget (1013), the
-//! idle timeout (1001) and max_connections (closed before any TLS work).
+//! idle timeout (1001), the write timeout, max_connections (closed before any TLS work) and the
+//! read path's promise that an idle connection holds no read buffer.
 
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::harness::*;
@@ -106,7 +107,6 @@ async fn large_partial_message_over_buffer_budget_gets_1013() {
     while sent < (1 << 20) && !reader.is_finished() && t0.elapsed() < WAIT {
         let f = cframe(false, if first { OP_BINARY } else { OP_CONT }, &chunk);
         first = false;
-        use tokio::io::AsyncWriteExt;
         if wr.write_all(&f).await.is_err() {
             break;
         }
@@ -252,4 +252,75 @@ async fn over_max_handshakes_in_flight_is_closed_before_tls() {
         assert!(Instant::now() < deadline, "handshake slots not released");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Polls `name` (summed over `labels`) until it equals `want`; panics with the last value.
+async fn wait_metric_eq(srv: &Server, name: &str, labels: &[(&str, &str)], want: f64) {
+    let t0 = Instant::now();
+    loop {
+        let v = srv.metric(name, labels).await;
+        if v == want {
+            return;
+        }
+        assert!(
+            t0.elapsed() < WAIT,
+            "{name}{labels:?} is {v}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The read path's memory promise: an idle upgraded connection holds no read buffer; only a
+/// connection with a partly received frame does, until the frame completes.
+#[tokio::test]
+async fn idle_connections_hold_no_read_buffer() {
+    let srv = Server::start();
+    let mut conns = Vec::new();
+    for i in 0..20u8 {
+        let mut raw = srv.raw().await;
+        raw.send(&cframe(true, OP_BINARY, &[i; 100])).await;
+        assert_eq!(raw.message().await, (OP_BINARY, vec![i; 100]));
+        conns.push(raw);
+    }
+    wait_metric_eq(&srv, "wssedge_connections", &[("state", "open")], 20.0).await;
+    wait_metric_eq(&srv, "wssedge_read_buffers_held", &[], 0.0).await;
+
+    // Half a frame: that one connection now holds its partial frame, counted in the budget.
+    let frame = cframe(true, OP_BINARY, &pattern(1000));
+    conns[3].send(&frame[..500]).await;
+    wait_metric_eq(&srv, "wssedge_read_buffers_held", &[], 1.0).await;
+    assert!(srv.metric("wssedge_buffered_bytes", &[]).await > 0.0);
+    conns[3].send(&frame[500..]).await;
+    assert_eq!(conns[3].message().await, (OP_BINARY, pattern(1000)));
+    wait_metric_eq(&srv, "wssedge_read_buffers_held", &[], 0.0).await;
+    wait_metric_eq(&srv, "wssedge_buffered_bytes", &[], 0.0).await;
+}
+
+/// A client that sends but never reads cannot pin the server's writes: once a write makes no
+/// progress for write_timeout_ms the connection is shut down and counted.
+#[tokio::test]
+async fn client_that_stops_reading_is_closed_at_the_write_timeout() {
+    let srv = Server::with_config(
+        "[limits]\nwrite_timeout_ms = 1000\nsocket_send_buffer_bytes = 4096\nsocket_recv_buffer_bytes = 4096\n",
+    );
+    let mut raw = srv.raw().await;
+    let big = cframe(true, OP_BINARY, &pattern(64 * 1024));
+    // Bounded: at most 32 MiB, each write given up after 3 s once the server stops reading.
+    let writer = tokio::spawn(async move {
+        for _ in 0..512 {
+            match tokio::time::timeout(Duration::from_secs(3), raw.wr.write_all(&big)).await {
+                Ok(Ok(())) => {}
+                _ => break,
+            }
+        }
+        raw
+    });
+    srv.wait_metric(
+        "wssedge_refusals_total",
+        &[("reason", "write_timeout")],
+        1.0,
+    )
+    .await;
+    let _ = within(WAIT, "writer gives up", writer).await;
+    wait_metric_eq(&srv, "wssedge_connections", &[("state", "open")], 0.0).await;
 }
