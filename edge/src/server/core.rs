@@ -130,11 +130,7 @@ pub(crate) fn run_core(start: CoreStart, started: std::sync::mpsc::Sender<Result
         tracing::warn!(core = core.index, cpu, error = %e, "could not pin the core thread; it runs unpinned");
     }
     let uring = monoio::utils::detect_uring();
-    let mut rt = match monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .with_entries(4096)
-        .enable_timer()
-        .build()
-    {
+    let mut rt = match build_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             let why = format!(
@@ -163,6 +159,34 @@ pub(crate) fn run_core(start: CoreStart, started: std::sync::mpsc::Sender<Result
     if result.is_err() {
         tracing::error!(cpu, "core runtime panicked; its listeners are closed");
     }
+}
+
+type CoreRuntime = monoio::FusionRuntime<
+    monoio::time::TimeDriver<monoio::IoUringDriver>,
+    monoio::time::TimeDriver<monoio::LegacyDriver>,
+>;
+
+/// The core's runtime: io_uring where the kernel has it, else the legacy (epoll) driver.
+///
+/// The ring is set up for one thread (SINGLE_ISSUER) with cooperative task running
+/// (COOP_TASKRUN): completions raised by the network stack on another CPU then do not
+/// interrupt this core with an IPI; they are run when the core next enters the kernel, which
+/// it does on every loop turn. Kernels without these flags (before 6.0) get a plain ring.
+fn build_runtime() -> std::io::Result<CoreRuntime> {
+    const ENTRIES: u32 = 4096;
+    let mut tuned = io_uring::IoUring::builder();
+    tuned.setup_coop_taskrun().setup_single_issuer();
+    let build = |urb: io_uring::Builder| {
+        monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .with_entries(ENTRIES)
+            .uring_builder(urb)
+            .enable_timer()
+            .build()
+    };
+    build(tuned).or_else(|e| {
+        tracing::info!(error = %e, "io_uring without COOP_TASKRUN/SINGLE_ISSUER on this kernel");
+        build(io_uring::IoUring::builder())
+    })
 }
 
 async fn core_main(core: Rc<Core>, listeners: Vec<std::net::TcpListener>) {
