@@ -199,3 +199,17 @@ async fn many_connections_on_two_cores() {
     srv.wait_metric("wssedge_frames_total", &[("direction", "out")], 320.0)
         .await;
 }
+
+/// A close frame and the TLS close_notify in one flight: the close frame is still answered.
+#[tokio::test]
+async fn close_frame_followed_by_close_notify_is_answered() {
+    use tokio::io::AsyncWriteExt;
+    let srv = Server::start();
+    let mut raw = srv.raw().await;
+    let mut flight = cframe(true, OP_TEXT, b"last");
+    flight.extend(cframe(true, OP_CLOSE, &close_payload(1000, "bye")));
+    raw.send(&flight).await;
+    raw.wr.shutdown().await.expect("send close_notify");
+    assert_eq!(raw.message().await, (OP_TEXT, b"last".to_vec()));
+    assert_eq!(raw.expect_close().await, Some(1000));
+}

@@ -283,9 +283,17 @@ impl Conn {
             .metrics
             .bytes_in
             .add((self.plaintext.len() - before) as u64);
-        if self.tls.peer_closed() {
+        // What arrived before the client's close_notify is served first (a close frame in the
+        // same flight still gets its reply).
+        let step = self.process_plaintext();
+        if step.is_none() && self.tls.peer_closed() {
             return Some(End::Close);
         }
+        step
+    }
+
+    /// The upgrade request, then the session.
+    fn process_plaintext(&mut self) -> Option<End> {
         if self.phase == Phase::Handshake {
             if self.tls.is_handshaking() {
                 return None;
@@ -373,9 +381,11 @@ impl Conn {
         core.buffered.set(total);
         metrics.buffered_bytes.add(held as i64 - self.held as i64);
         self.held = held;
-        if total > core.cfg.limits.max_buffered_bytes_per_core
-            && session.state() == SessionState::Open
-        {
+        let over_budget = total > core.cfg.limits.max_buffered_bytes_per_core
+            && session.state() == SessionState::Open;
+        if over_budget {
+            // The budget protects the core: the offender is closed at once, without waiting
+            // for its close reply, and its share is given back now.
             Refusal::Close {
                 code: 1013,
                 reason: "buffer_budget",
@@ -386,6 +396,9 @@ impl Conn {
         }
         if let Err(end) = self.encrypt_outgoing() {
             return Some(end);
+        }
+        if over_budget {
+            return Some(End::Close);
         }
         match self.session.as_ref().map(Session::state) {
             Some(SessionState::Closed) => Some(End::Close),
