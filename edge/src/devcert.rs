@@ -145,6 +145,19 @@ fn ca_params(now: SystemTime) -> CertificateParams {
         .distinguished_name
         .push(DnType::OrganizationName, "wssedge");
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    // Whoever trusts this CA (a developer's browser, say) trusts it for loopback names only:
+    // a leaked dev-ca.key cannot mint a certificate for any real site.
+    params.name_constraints = Some(rcgen::NameConstraints {
+        permitted_subtrees: vec![
+            rcgen::GeneralSubtree::DnsName("localhost".into()),
+            rcgen::GeneralSubtree::IpAddress(rcgen::CidrSubnet::V4([127, 0, 0, 1], [255; 4])),
+            rcgen::GeneralSubtree::IpAddress(rcgen::CidrSubnet::V6(
+                std::net::Ipv6Addr::LOCALHOST.octets(),
+                [255; 16],
+            )),
+        ],
+        excluded_subtrees: Vec::new(),
+    });
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,

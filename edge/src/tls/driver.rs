@@ -155,6 +155,10 @@ pub struct TlsSession {
     seen: usize,
     outgoing: Vec<u8>,
     hello: Hello,
+    /// ClientHello sniffing resumes here: the records up to `sniff_pos` (from `start`) are
+    /// already gathered into `sniffed`, so a hello dribbled in tiny records costs linear work.
+    sniff_pos: usize,
+    sniffed: Vec<u8>,
     sni: Option<String>,
     /// `WriteTraffic` has been reached: the handshake is over on our side.
     traffic: bool,
@@ -179,6 +183,8 @@ impl TlsSession {
             seen: 0,
             outgoing: Vec::new(),
             hello: Hello::Pending,
+            sniff_pos: 0,
+            sniffed: Vec::new(),
             sni: None,
             traffic: false,
             peer_closed: false,
@@ -218,6 +224,11 @@ impl TlsSession {
             "commit_recv({n}) beyond the receive space ({room})"
         );
         self.end += n.min(room);
+        if self.peer_closed {
+            // rustls reads nothing after the client's close_notify: drop what follows it
+            // rather than letting it pile up in the buffer.
+            self.end = self.start.max(self.seen.min(self.end));
+        }
     }
 
     /// Runs the state machine over the buffered records: handshake output goes to the outgoing
@@ -232,7 +243,10 @@ impl TlsSession {
         }
         if self.hello == Hello::Pending {
             match self.sniff_client_hello() {
-                Ok(true) => self.hello = Hello::Done,
+                Ok(true) => {
+                    self.hello = Hello::Done;
+                    self.sniffed = Vec::new();
+                }
                 Ok(false) => return Ok(()),
                 Err(e) => {
                     self.failed = Some(e.clone());
@@ -355,11 +369,13 @@ impl TlsSession {
             }
             _ => {}
         }
-        // Gather the ClientHello from one or more handshake records.
-        let mut hello = Vec::new();
-        let mut pos = 0;
+        // Gather the ClientHello from one or more handshake records, resuming where the last
+        // call stopped.
+        let mut pos = self.sniff_pos;
+        let hello = &mut self.sniffed;
         loop {
             let Some(header) = data.get(pos..pos + 5) else {
+                self.sniff_pos = pos;
                 return Ok(false);
             };
             let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
@@ -369,6 +385,7 @@ impl TlsSession {
                 return Ok(true);
             }
             let Some(fragment) = data.get(pos + 5..pos + 5 + len) else {
+                self.sniff_pos = pos;
                 return Ok(false);
             };
             hello.extend_from_slice(fragment);
@@ -450,6 +467,10 @@ impl TlsSession {
     pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<(), TlsError> {
         if plaintext.is_empty() {
             return self.failed.clone().map_or(Ok(()), Err);
+        }
+        // rustls would still encrypt after our close_notify; TLS forbids data after it.
+        if self.sent_close_notify {
+            return Err(TlsError::Closed);
         }
         self.with_write_traffic(|traffic, out| {
             append_with(out, estimate_sealed_len(plaintext.len()), |space| {

@@ -800,3 +800,47 @@ fn reasons_are_stable() {
     }
     let _ = CipherSuite::TLS13_AES_128_GCM_SHA256;
 }
+
+/// A ClientHello dribbled as one-byte records, one per read: sniffing resumes where it stopped
+/// (linear work), and the handshake still completes with the SNI read.
+#[test]
+fn a_client_hello_in_one_byte_records_read_one_by_one() {
+    let mut pair = Pair::new(default_client(), "localhost", usize::MAX);
+    let hello = pair.client_wire();
+    let mut records = Vec::new();
+    for b in &hello[5..] {
+        records.push([hello[0], hello[1], hello[2], 0, 1, *b]);
+    }
+    for r in &records {
+        let space = pair.server.recv_space(&mut pair.pool);
+        space[..r.len()].copy_from_slice(r);
+        pair.server.commit_recv(r.len());
+        pair.server.process(&mut pair.server_plain).unwrap();
+    }
+    let mut flight = Vec::new();
+    pair.flush_server(&mut flight);
+    pair.feed_client(&flight).unwrap();
+    pair.handshake();
+    assert_eq!(
+        pair.server.negotiated().unwrap().sni.as_deref(),
+        Some("localhost")
+    );
+}
+
+#[test]
+fn nothing_is_encrypted_after_our_close_notify() {
+    let mut pair = Pair::new(default_client(), "localhost", 7);
+    pair.handshake();
+    pair.server.queue_close_notify().unwrap();
+    let before = pair.server.take_output();
+    assert!(matches!(
+        pair.server.encrypt(b"late"),
+        Err(TlsError::Closed)
+    ));
+    assert!(
+        !pair.server.has_pending_output(),
+        "no record after close_notify"
+    );
+    pair.feed_client(&before).unwrap();
+    assert!(pair.client_eof);
+}

@@ -222,12 +222,64 @@ struct Partial {
     text: bool,
 }
 
-/// A fragmented message being reassembled.
+/// Fragments below this size are copied together rather than kept as slices: a client
+/// sending thousands of tiny fragments must not make the edge hold a slice (and the receive
+/// buffer it points into) per byte.
+const COALESCE_BELOW: usize = 4096;
+
+/// What each kept slice costs beyond its bytes, charged to the buffer budget.
+const PART_OVERHEAD: usize = 64;
+
+/// A fragmented message being reassembled: large fragments kept as zero-copy slices, runs of
+/// small ones copied into `small`.
 #[derive(Debug)]
 struct Reassembly {
     kind: MessageKind,
     parts: Vec<Bytes>,
+    small: BytesMut,
+    /// Payload bytes so far (the message size limit counts these).
     len: usize,
+}
+
+impl Reassembly {
+    fn new(kind: MessageKind) -> Self {
+        Self {
+            kind,
+            parts: Vec::new(),
+            small: BytesMut::new(),
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, payload: Bytes) {
+        self.len += payload.len();
+        if payload.len() < COALESCE_BELOW {
+            self.small.extend_from_slice(&payload);
+        } else {
+            self.flush_small();
+            self.parts.push(payload);
+        }
+    }
+
+    fn flush_small(&mut self) {
+        if !self.small.is_empty() {
+            self.parts.push(self.small.split().freeze());
+        }
+    }
+
+    /// Memory held: payload bytes plus what each kept slice costs.
+    fn held(&self) -> usize {
+        self.len + self.parts.len() * PART_OVERHEAD
+    }
+
+    fn into_payload(mut self) -> Payload {
+        self.flush_small();
+        match self.parts.len() {
+            0 => Payload::Single(Bytes::new()),
+            1 => Payload::Single(self.parts.pop().unwrap_or_default()),
+            _ => Payload::Fragmented(self.parts),
+        }
+    }
 }
 
 /// The server side of one WebSocket connection, sans IO.
@@ -419,22 +471,16 @@ impl Session {
                         payload: Payload::Single(payload),
                     }));
                 } else {
-                    let len = payload.len();
-                    let mut parts = Vec::new();
-                    if len > 0 {
-                        parts.push(payload);
-                    }
-                    self.reassembly = Some(Reassembly { kind, parts, len });
+                    let mut r = Reassembly::new(kind);
+                    r.push(payload);
+                    self.reassembly = Some(r);
                 }
             }
             OpCode::Continuation => {
                 let Some(r) = self.reassembly.as_mut() else {
                     return; // unreachable: check_header refused it
                 };
-                r.len += payload.len();
-                if !payload.is_empty() {
-                    r.parts.push(payload);
-                }
+                r.push(payload);
                 if fin {
                     let Some(r) = self.reassembly.take() else {
                         return;
@@ -443,15 +489,9 @@ impl Session {
                         self.fail(close_code::INVALID_PAYLOAD, "invalid_utf8");
                         return;
                     }
-                    let payload = match r.parts.len() {
-                        0 => Payload::Single(Bytes::new()),
-                        1 => Payload::Single(r.parts.into_iter().next().unwrap_or_default()),
-                        _ => Payload::Fragmented(r.parts),
-                    };
-                    self.push_event(Event::Message(Message {
-                        kind: r.kind,
-                        payload,
-                    }));
+                    let kind = r.kind;
+                    let payload = r.into_payload();
+                    self.push_event(Event::Message(Message { kind, payload }));
                 }
             }
             OpCode::Ping => {
@@ -581,9 +621,10 @@ impl Session {
         }
     }
 
-    /// Bytes held in reassembly of a fragmented message (excludes the caller's buf).
+    /// Bytes held in reassembly of a fragmented message (excludes the caller's buf), including
+    /// what each kept fragment slice costs.
     pub fn buffered_bytes(&self) -> usize {
-        self.reassembly.as_ref().map_or(0, |r| r.len)
+        self.reassembly.as_ref().map_or(0, Reassembly::held)
     }
 
     /// Bytes still missing to complete the frame at the front of the last buf seen, if known

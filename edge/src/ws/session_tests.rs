@@ -188,7 +188,8 @@ fn fragmented_with_interleaved_control() {
     };
     assert_eq!(m.kind, MessageKind::Text);
     assert_eq!(m.payload.to_vec(), "frag€!".as_bytes());
-    assert!(matches!(&m.payload, Payload::Fragmented(p) if p.len() == 3));
+    // Small fragments are copied together into one piece.
+    assert!(matches!(&m.payload, Payload::Single(_)), "{:?}", m.payload);
     // The pong went out before any later data.
     s.send(
         MessageKind::Text,
@@ -865,4 +866,43 @@ fn pong_and_close_reply_follow_the_answers_before_them() {
         ops.extend(transmit(&mut s).into_iter().map(|f| f.header()[0] & 0x0f));
     }
     assert_eq!(ops, vec![1, 0xA, 8]);
+}
+
+/// A flood of one-byte fragments costs its bytes, not a slice (and a pinned buffer) per byte.
+#[test]
+fn tiny_fragments_are_coalesced_not_kept_as_slices() {
+    let mut s = session();
+    let mut bytes = cframe(false, 2, &[0]);
+    for i in 1..10_000u32 {
+        bytes.extend(cframe(false, 0, &[i as u8]));
+    }
+    let mut buf = BytesMut::from(&bytes[..]);
+    s.receive(&mut buf);
+    assert_eq!(
+        s.buffered_bytes(),
+        10_000,
+        "held memory is the payload, no per-fragment cost"
+    );
+    let (ev, _) = feed(&mut s, &cframe(true, 0, &[]));
+    let Some(Event::Message(m)) = ev.first() else {
+        panic!("{ev:?}")
+    };
+    assert!(matches!(&m.payload, Payload::Single(b) if b.len() == 10_000));
+}
+
+/// Large fragments stay zero-copy slices; each kept slice is charged to the budget.
+#[test]
+fn large_fragments_stay_slices_and_are_charged() {
+    let mut s = session();
+    let mut bytes = cframe(false, 2, &[1; 5000]);
+    bytes.extend(cframe(false, 0, &[2; 5000]));
+    let mut buf = BytesMut::from(&bytes[..]);
+    s.receive(&mut buf);
+    assert_eq!(s.buffered_bytes(), 10_000 + 2 * PART_OVERHEAD);
+    let (ev, _) = feed(&mut s, &cframe(true, 0, &[3; 5000]));
+    let Some(Event::Message(m)) = ev.first() else {
+        panic!("{ev:?}")
+    };
+    assert!(matches!(&m.payload, Payload::Fragmented(p) if p.len() == 3));
+    assert_eq!(m.payload.len(), 15_000);
 }

@@ -66,6 +66,11 @@ impl Utf8Validator {
                 }
             }
         }
+        // The common case, valid text, takes the faster validator; only a chunk that fails it
+        // is looked at again for where and why.
+        if simdutf8::basic::from_utf8(chunk).is_ok() {
+            return Ok(());
+        }
         match simdutf8::compat::from_utf8(chunk) {
             Ok(_) => Ok(()),
             Err(e) if e.error_len().is_some() => Err(Utf8Error),
