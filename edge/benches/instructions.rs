@@ -1,0 +1,240 @@
+//! Fixed workloads for instruction counts under valgrind/callgrind, which are repeatable on a
+//! noisy shared machine where wall time is not.
+//!
+//! `instructions PATH SIZE ITERATIONS` runs one path ITERATIONS times:
+//! `parse`, `unmask`, `utf8`, `encode` (SIZE = payload bytes) and `handshake_echo` (one full
+//! TLS 1.3 handshake through our unbuffered driver against a rustls client, the upgrade, and
+//! one SIZE-byte echo, all in memory). Set-up (certificates, configs) is paid once per process:
+//! count two runs (ITERATIONS = 1 and 11) and divide the difference by 10 to get the cost of one
+//! iteration without it. Without arguments it runs every path once (a smoke test).
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use wssedge::bufpool::BufPool;
+use wssedge::tls::TlsSession;
+use wssedge::ws::{
+    apply_mask, encode_header, frame, parse_upgrade, write_response_101, Event, HandshakeLimits,
+    MessageKind, OpCode, Payload, Session, SessionLimits, Utf8Validator,
+};
+
+const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+fn client_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+    let mut header = [0u8; frame::MAX_HEADER_LEN];
+    let n = encode_header(true, opcode, Some(MASK), payload.len() as u64, &mut header);
+    let mut out = header[..n].to_vec();
+    let start = out.len();
+    out.extend_from_slice(payload);
+    apply_mask(&mut out[start..], MASK, 0);
+    out
+}
+
+fn parse(size: usize, iterations: usize) -> usize {
+    let wire = client_frame(OpCode::Binary, &vec![0x5a; size]);
+    let mut session = Session::new(SessionLimits::default());
+    let mut total = 0;
+    for _ in 0..iterations {
+        let mut buf = BytesMut::from(&wire[..]);
+        session.receive(&mut buf);
+        if let Some(Event::Message(m)) = session.poll_event() {
+            total += m.payload.len();
+        }
+    }
+    total
+}
+
+fn unmask(size: usize, iterations: usize) -> usize {
+    let mut buf = vec![0x5a; size];
+    for i in 0..iterations {
+        apply_mask(std::hint::black_box(&mut buf), MASK, i);
+    }
+    buf.iter().map(|&b| b as usize).sum()
+}
+
+fn utf8(size: usize, iterations: usize) -> usize {
+    let unit = "trade:EUR/USD 1.0842 ✓ é 𝄞 ".as_bytes();
+    let text: Vec<u8> = unit
+        .iter()
+        .copied()
+        .cycle()
+        .take(size.max(unit.len()))
+        .collect();
+    let mut cut = size.min(text.len());
+    while std::str::from_utf8(&text[..cut]).is_err() {
+        cut -= 1;
+    }
+    let mut v = Utf8Validator::new();
+    let mut ok = 0;
+    for _ in 0..iterations {
+        if v.feed(std::hint::black_box(&text[..cut])).is_ok() && v.finish().is_ok() {
+            ok += 1;
+        }
+    }
+    ok
+}
+
+fn encode(size: usize, iterations: usize) -> usize {
+    let payload = Bytes::from(vec![0x5a; size]);
+    let mut session = Session::new(SessionLimits::default());
+    let mut staging = Vec::with_capacity(size + frame::MAX_HEADER_LEN);
+    let mut total = 0;
+    for _ in 0..iterations {
+        staging.clear();
+        session.send(MessageKind::Binary, Payload::Single(payload.clone()));
+        if let Some(f) = session.poll_transmit() {
+            staging.extend_from_slice(f.header());
+            for chunk in f.payload().chunks() {
+                staging.extend_from_slice(chunk);
+            }
+        }
+        total += staging.len();
+    }
+    total
+}
+
+/// Everything the handshake workload needs, built once per process.
+struct Tls {
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+    _dir: tempfile::TempDir,
+}
+
+fn tls_setup() -> Tls {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dev = wssedge::devcert::ensure_dev_cert(dir.path()).expect("dev certificate");
+    let server = wssedge::tls::server_config(dev.chain, dev.key).expect("server config");
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = CertificateDer::from_pem_file(&dev.ca_pem_path).expect("dev CA");
+    roots.add(ca).expect("add CA");
+    let provider = Arc::new(wssedge::tls::policy::crypto_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Tls {
+        server,
+        client: Arc::new(client),
+        _dir: dir,
+    }
+}
+
+/// Moves the client's pending records into the server and runs it.
+fn to_server(
+    client: &mut rustls::ClientConnection,
+    server: &mut TlsSession,
+    pool: &mut BufPool,
+    plain: &mut BytesMut,
+) {
+    let mut wire = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut wire).expect("client write_tls");
+    }
+    let mut rest = &wire[..];
+    while !rest.is_empty() {
+        let space = server.recv_space(pool);
+        let n = space.len().min(rest.len());
+        space[..n].copy_from_slice(&rest[..n]);
+        server.commit_recv(n);
+        rest = &rest[n..];
+        server.process(plain).expect("server process");
+    }
+}
+
+/// Moves the server's output into the client and runs it.
+fn to_client(server: &mut TlsSession, client: &mut rustls::ClientConnection) {
+    let out = server.take_output();
+    let mut rest = &out[..];
+    while !rest.is_empty() {
+        client.read_tls(&mut rest).expect("client read_tls");
+        client.process_new_packets().expect("client process");
+    }
+    server.restore_output(out);
+}
+
+fn handshake_echo(tls: &Tls, size: usize, iterations: usize) -> usize {
+    let mut pool = BufPool::default();
+    let mut echoed = 0;
+    let request =
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let frame = client_frame(OpCode::Binary, &vec![0x5a; size]);
+    for _ in 0..iterations {
+        let name = "localhost".try_into().expect("server name");
+        let mut client = rustls::ClientConnection::new(tls.client.clone(), name).expect("client");
+        let mut server = TlsSession::new(tls.server.clone()).expect("server");
+        let mut plain = BytesMut::new();
+        while client.is_handshaking() || server.is_handshaking() {
+            to_server(&mut client, &mut server, &mut pool, &mut plain);
+            to_client(&mut server, &mut client);
+        }
+        client.writer().write_all(request).expect("request");
+        client.writer().write_all(&frame).expect("frame");
+        to_server(&mut client, &mut server, &mut pool, &mut plain);
+        let (req, used) = parse_upgrade(&plain, &HandshakeLimits::default())
+            .expect("valid upgrade")
+            .expect("complete upgrade");
+        let _ = plain.split_to(used);
+        let mut response = Vec::new();
+        write_response_101(&req, None, &mut response);
+        server.encrypt(&response).expect("encrypt 101");
+        let mut session = Session::new(SessionLimits::default());
+        session.receive(&mut plain);
+        let mut staging = Vec::new();
+        while let Some(ev) = session.poll_event() {
+            if let Event::Message(m) = ev {
+                session.send(m.kind, m.payload);
+            }
+        }
+        while let Some(f) = session.poll_transmit() {
+            staging.extend_from_slice(f.header());
+            for chunk in f.payload().chunks() {
+                staging.extend_from_slice(chunk);
+            }
+        }
+        server.encrypt(&staging).expect("encrypt echo");
+        to_client(&mut server, &mut client);
+        let mut got = Vec::new();
+        let _ = client.reader().read_to_end(&mut got);
+        echoed += got.len();
+        server.release_idle(&mut pool);
+    }
+    echoed
+}
+
+fn run(path: &str, size: usize, iterations: usize, tls: &Tls) -> usize {
+    match path {
+        "parse" => parse(size, iterations),
+        "unmask" => unmask(size, iterations),
+        "utf8" => utf8(size, iterations),
+        "encode" => encode(size, iterations),
+        "handshake_echo" => handshake_echo(tls, size, iterations),
+        other => {
+            eprintln!("unknown path {other}: parse | unmask | utf8 | encode | handshake_echo");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let tls = tls_setup();
+    if args.is_empty() {
+        for path in ["parse", "unmask", "utf8", "encode", "handshake_echo"] {
+            let r = run(path, 1024, 1, &tls);
+            println!("{path}: ok ({r})");
+        }
+        return;
+    }
+    let size = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1024);
+    let iterations = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1);
+    let r = run(&args[0], size, iterations, &tls);
+    println!("{} {size} x{iterations}: {r}", args[0]);
+}
