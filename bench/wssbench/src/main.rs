@@ -1,1 +1,569 @@
-fn main() {}
+//! wssbench: wssedge's load generator. Few pinned single-threaded runtimes, hand-written
+//! client framing, HdrHistogram latencies, and its own CPU cost in every report.
+
+mod modes;
+mod net;
+mod ws;
+
+use std::cell::{Cell, RefCell};
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use modes::{Stats, Window};
+use net::{Proto, Target};
+
+#[derive(Parser)]
+#[command(
+    name = "wssbench",
+    about = "Load generator for wssedge: closed/open loop, handshake storm, idle hold"
+)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Max throughput: each connection keeps --depth messages in flight.
+    Closed {
+        #[command(flatten)]
+        c: Common,
+        #[arg(long, default_value_t = 1)]
+        depth: usize,
+    },
+    /// Fixed total message rate on a schedule; latency from the intended send time.
+    Open {
+        #[command(flatten)]
+        c: Common,
+        /// Total messages per second over all connections.
+        #[arg(long)]
+        rate: f64,
+    },
+    /// New connections at a fixed rate: handshake + upgrade + one echo + close each.
+    Storm {
+        #[command(flatten)]
+        c: Common,
+        /// New connections per second.
+        #[arg(long)]
+        rate: f64,
+        /// Most handshakes in flight at once (over all threads).
+        #[arg(long, default_value_t = 512)]
+        max_inflight: usize,
+    },
+    /// Open --connections upgraded connections, then hold them idle for --hold seconds.
+    Idle {
+        #[command(flatten)]
+        c: Common,
+        #[arg(long, default_value_t = 10.0)]
+        hold: f64,
+    },
+}
+
+#[derive(Args)]
+struct Common {
+    /// wss://HOST:PORT/PATH (ws:// for plain; host:port is used for tls/tcp)
+    #[arg(long)]
+    url: String,
+    /// CA certificate(s) to trust (PEM), required for wss/tls.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Default: from the URL scheme (wss unless ws://).
+    #[arg(long, value_enum)]
+    proto: Option<Proto>,
+    #[arg(long, default_value_t = 10)]
+    connections: usize,
+    /// Measured seconds (after warmup).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds excluded from stats before the measured window.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Write the result as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// OS threads, each a single-threaded runtime.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// CPUs to pin the threads to, e.g. 1 or 2-3,6 (thread i → i-th CPU, round robin).
+    #[arg(long)]
+    cpus: Option<String>,
+    /// Message size in bytes (≥ 16; carries a timestamp tag).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Send text frames (hex tag + ASCII filler) instead of binary.
+    #[arg(long)]
+    text: bool,
+    /// Bind clients to these source addresses, round robin (e.g. 127.0.0.1,127.0.0.2).
+    #[arg(long, value_delimiter = ',')]
+    source_ips: Vec<IpAddr>,
+    /// Per-connection: seconds without a reply (while one is due) before giving up.
+    #[arg(long, default_value_t = 5.0)]
+    read_timeout: f64,
+    /// Per-connection: seconds for TCP + TLS + upgrade.
+    #[arg(long, default_value_t = 10.0)]
+    connect_timeout: f64,
+}
+
+fn parse_cpus(s: &str) -> anyhow::Result<Vec<usize>> {
+    let mut v = Vec::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => v.extend(a.trim().parse::<usize>()?..=b.trim().parse::<usize>()?),
+            None => v.push(part.trim().parse()?),
+        }
+    }
+    if v.is_empty() {
+        bail!("empty --cpus");
+    }
+    Ok(v)
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Closed { depth: usize },
+    Open { rate: f64 },
+    Storm { rate: f64, inflight: usize },
+    Idle { hold: f64 },
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Closed { .. } => "closed",
+            Kind::Open { .. } => "open",
+            Kind::Storm { .. } => "storm",
+            Kind::Idle { .. } => "idle",
+        }
+    }
+}
+
+/// What a thread tells main once its setup (connecting) is done.
+struct Ready {
+    ok: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn thread_main(
+    k: usize,
+    threads: usize,
+    cpu: Option<usize>,
+    kind: Kind,
+    t: Arc<Target>,
+    ids: Vec<usize>,
+    total: usize,
+    ready: mpsc::Sender<Ready>,
+    mut start: tokio::sync::watch::Receiver<Option<Window>>,
+    done: mpsc::Sender<Stats>,
+) {
+    if let Some(id) = cpu {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+            eprintln!("wssbench: thread {k}: could not pin to CPU {id}");
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wssbench: runtime: {e}");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    let st: Rc<RefCell<Stats>> = Rc::new(RefCell::new(Stats::new()));
+    let st2 = st.clone();
+    local.block_on(&rt, async move {
+        let st = st2;
+        let batch = (200 / threads).max(1);
+        let conns = match kind {
+            Kind::Storm { .. } => Vec::new(),
+            Kind::Idle { .. } => modes::open_all(&t, &ids, batch, 512, &st).await,
+            _ => modes::open_all(&t, &ids, batch, 16 << 10, &st).await,
+        };
+        let idle_closed = Rc::new(Cell::new(0u64));
+        if let Kind::Idle { .. } = kind {
+            // held before the ready line so pings are answered from the start
+            let conns = std::mem::take(&mut { conns });
+            let n = conns.len();
+            for c in conns {
+                tokio::task::spawn_local(modes::hold(c, idle_closed.clone()));
+            }
+            let _ = ready.send(Ready { ok: n });
+            run_after_start(&mut start, |w| async move {
+                tokio::time::sleep_until(w.end.into()).await;
+            })
+            .await;
+            st.borrow_mut().idle_closed = idle_closed.get();
+            return;
+        }
+        let _ = ready.send(Ready { ok: conns.len() });
+        let t2 = t.clone();
+        let st3 = st.clone();
+        run_after_start(&mut start, move |w| async move {
+            let hard = w.end + Duration::from_secs(8);
+            let mut handles = Vec::with_capacity(conns.len());
+            match kind {
+                Kind::Storm { rate, inflight } => {
+                    let per = (inflight / threads).max(1);
+                    modes::storm(t2, w, k, threads, rate, per, st3.clone()).await;
+                }
+                Kind::Closed { depth } => {
+                    for c in conns {
+                        handles.push(tokio::task::spawn_local(modes::closed(
+                            c,
+                            w,
+                            depth,
+                            t2.read_timeout,
+                            st3.clone(),
+                        )));
+                    }
+                }
+                Kind::Open { rate } => {
+                    for (c, g) in conns.into_iter().zip(ids.iter().copied()) {
+                        handles.push(tokio::task::spawn_local(modes::open(
+                            c,
+                            w,
+                            g,
+                            total,
+                            rate,
+                            t2.read_timeout,
+                            st3.clone(),
+                        )));
+                    }
+                }
+                Kind::Idle { .. } => {}
+            }
+            for h in handles {
+                if tokio::time::timeout_at(hard.into(), h).await.is_err() {
+                    st3.borrow_mut().errors += 1;
+                }
+            }
+        })
+        .await;
+    });
+    drop(local);
+    let s = std::mem::replace(&mut *st.borrow_mut(), Stats::new());
+    let _ = done.send(s);
+}
+
+async fn run_after_start<F, Fut>(start: &mut tokio::sync::watch::Receiver<Option<Window>>, f: F)
+where
+    F: FnOnce(Window) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let w = match start.wait_for(Option::is_some).await {
+        Ok(w) => w.expect("checked by wait_for"),
+        Err(_) => return, // main gave up
+    };
+    f(w).await;
+}
+
+fn main() {
+    match run() {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("wssbench: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn run() -> anyhow::Result<i32> {
+    let cli = Cli::parse();
+    let (c, kind) = match cli.mode {
+        Mode::Closed { c, depth } => (
+            c,
+            Kind::Closed {
+                depth: depth.max(1),
+            },
+        ),
+        Mode::Open { c, rate } => (c, Kind::Open { rate }),
+        Mode::Storm {
+            c,
+            rate,
+            max_inflight,
+        } => (
+            c,
+            Kind::Storm {
+                rate,
+                inflight: max_inflight,
+            },
+        ),
+        Mode::Idle { c, hold } => (c, Kind::Idle { hold }),
+    };
+    if c.payload < 16 {
+        bail!("--payload must be ≥ 16");
+    }
+    let rate = match kind {
+        Kind::Open { rate } | Kind::Storm { rate, .. } => {
+            if !(rate > 0.0 && rate.is_finite()) {
+                bail!("--rate must be > 0");
+            }
+            Some(rate)
+        }
+        _ => None,
+    };
+    if !(c.duration > 0.0 && c.warmup >= 0.0 && c.read_timeout > 0.0 && c.connect_timeout > 0.0) {
+        bail!("durations must be positive");
+    }
+    let threads = c.threads.max(1);
+    let cpus = c.cpus.as_deref().map(parse_cpus).transpose()?;
+    let (scheme, host, port, path) = net::parse_url(&c.url)?;
+    let proto = c.proto.unwrap_or(match scheme.as_str() {
+        "ws" | "http" => Proto::Ws,
+        "tcp" => Proto::Tcp,
+        "tls" => Proto::Tls,
+        _ => Proto::Wss,
+    });
+    let tls = if proto.tls() {
+        Some(net::tls_connector(c.ca.as_deref())?)
+    } else {
+        None
+    };
+    let default_port = if proto.tls() { 443 } else { 80 };
+    let host_header = if port == default_port {
+        host.clone()
+    } else if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let target = Arc::new(Target {
+        addr: net::resolve(&host, port)?,
+        host_header,
+        path,
+        server_name: rustls::pki_types::ServerName::try_from(host.clone())
+            .context("bad TLS server name")?,
+        proto,
+        tls,
+        payload: c.payload,
+        text: c.text,
+        connect_timeout: Duration::from_secs_f64(c.connect_timeout),
+        read_timeout: Duration::from_secs_f64(c.read_timeout),
+        source_ips: c.source_ips.clone(),
+    });
+    let total = match kind {
+        Kind::Storm { .. } => 0,
+        _ => c.connections,
+    };
+    if matches!(kind, Kind::Idle { .. }) {
+        raise_nofile(total as u64 + 1024);
+    }
+
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel();
+    let (start_tx, start_rx) = tokio::sync::watch::channel(None);
+    for k in 0..threads {
+        let ids: Vec<usize> = (k..total).step_by(threads).collect();
+        let cpu = cpus.as_ref().map(|v| v[k % v.len()]);
+        let (t, r, d, s) = (
+            target.clone(),
+            ready_tx.clone(),
+            done_tx.clone(),
+            start_rx.clone(),
+        );
+        std::thread::Builder::new()
+            .name(format!("wssbench-{k}"))
+            .spawn(move || thread_main(k, threads, cpu, kind, t, ids, total, r, s, d))?;
+    }
+    drop((ready_tx, done_tx));
+
+    // setup: connect everything (bounded)
+    let setup_deadline =
+        Instant::now() + Duration::from_secs_f64(c.connect_timeout + 60.0 + total as f64 / 500.0);
+    let mut opened = 0;
+    for _ in 0..threads {
+        let left = setup_deadline.saturating_duration_since(Instant::now());
+        match ready_rx.recv_timeout(left) {
+            Ok(r) => opened += r.ok,
+            Err(_) => {
+                eprintln!("wssbench: setup did not finish in time; hard stop");
+                return Ok(3);
+            }
+        }
+    }
+    let (warmup, measure) = match kind {
+        Kind::Idle { hold } => (0.0, hold),
+        _ => (c.warmup, c.duration),
+    };
+    let base = Instant::now() + Duration::from_millis(5);
+    let w = Window {
+        base,
+        warm: base + Duration::from_secs_f64(warmup),
+        end: base + Duration::from_secs_f64(warmup + measure),
+    };
+    if matches!(kind, Kind::Idle { .. }) {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "IDLE_READY n={opened}")?;
+        out.flush()?;
+    } else if total > 0 && opened == 0 {
+        eprintln!("wssbench: no connection could be opened");
+    }
+    let _ = start_tx.send(Some(w));
+    std::thread::sleep(w.warm.saturating_duration_since(Instant::now()));
+    let cpu0 = net::cpu_now();
+    std::thread::sleep(w.end.saturating_duration_since(Instant::now()));
+    let cpu1 = net::cpu_now();
+
+    // collect, with a hard stop at end + 10 s
+    let hard = w.end + Duration::from_secs(10);
+    let mut st = Stats::new();
+    let mut got = 0;
+    while got < threads {
+        match done_rx.recv_timeout(hard.saturating_duration_since(Instant::now())) {
+            Ok(s) => {
+                st.merge(&s);
+                got += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    let hard_stop = got < threads;
+    report(
+        &c,
+        kind,
+        proto,
+        rate,
+        measure,
+        threads,
+        &st,
+        cpu1 - cpu0,
+        hard_stop,
+    )?;
+    Ok(if hard_stop { 3 } else { 0 })
+}
+
+fn raise_nofile(want: u64) {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills a valid, owned rlimit struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 || r.rlim_cur >= want {
+        return;
+    }
+    r.rlim_cur = want.min(r.rlim_max).max(r.rlim_cur);
+    // SAFETY: setrlimit reads a valid rlimit struct; failure is harmless (we keep the old limit).
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) };
+    if r.rlim_cur < want {
+        eprintln!(
+            "wssbench: open-files limit {} < {want}; some connections may fail",
+            r.rlim_cur
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    c: &Common,
+    kind: Kind,
+    proto: Proto,
+    rate: Option<f64>,
+    measure: f64,
+    threads: usize,
+    st: &Stats,
+    cpu: f64,
+    hard_stop: bool,
+) -> anyhow::Result<()> {
+    let l = &st.lat;
+    let q = |p: f64| {
+        if l.is_empty() {
+            0
+        } else {
+            l.value_at_quantile(p)
+        }
+    };
+    let msgs_per_s = st.received as f64 / measure;
+    let busy = cpu / (measure * threads as f64);
+    let us_per_msg = if st.received > 0 {
+        cpu * 1e6 / st.received as f64
+    } else {
+        0.0
+    };
+    let h = &st.hs;
+    let hq = |p: f64| {
+        if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(p)
+        }
+    };
+    let mode = kind.name();
+    match kind {
+        Kind::Idle { .. } => println!(
+            "{mode} {} conns={} ok={} failed={} closed_during_hold={} handshake p50={}us p99={}us max={}us; client cpu {cpu:.2}s (busy {busy:.2})",
+            proto.name(), c.connections, st.hs_ok, st.hs_failed, st.idle_closed, hq(0.5), hq(0.99), h.max()
+        ),
+        Kind::Storm { .. } => println!(
+            "{mode} {} rate={}/s ok={} failed={} errors={} late={} handshake p50={}us p99={}us max={}us; echo p50={}us p99={}us; client cpu {cpu:.2}s (busy {busy:.2})",
+            proto.name(), rate.unwrap_or(0.0), st.hs_ok, st.hs_failed, st.errors, st.late_sends, hq(0.5), hq(0.99), h.max(), q(0.5), q(0.99)
+        ),
+        _ => println!(
+            "{mode} {} conns={} payload={} thr={threads}: {msgs_per_s:.0} msg/s, p50={}us p90={}us p99={}us p99.9={}us max={}us, errors={} late={} unanswered={}; client cpu {cpu:.2}s (busy {busy:.2}, {us_per_msg:.2} us/msg)",
+            proto.name(), c.connections, c.payload, q(0.5), q(0.9), q(0.99), q(0.999), l.max(), st.errors, st.late_sends, st.unanswered
+        ),
+    }
+    if !st.reasons.is_empty() {
+        eprintln!("wssbench: failure reasons: {:?}", st.reasons);
+    }
+    if hard_stop {
+        eprintln!(
+            "wssbench: hard stop: some threads did not finish by end + 10 s (partial results)"
+        );
+    }
+    if let Some(path) = &c.json {
+        let v = json!({
+            "mode": mode,
+            "proto": proto.name(),
+            "url": c.url,
+            "connections": c.connections,
+            "payload": c.payload,
+            "text": c.text,
+            "rate": rate,
+            "duration_s": measure,
+            "warmup_s": c.warmup,
+            "threads": threads,
+            "sent": st.sent,
+            "received": st.received,
+            "errors": st.errors,
+            "late_sends": st.late_sends,
+            "unanswered": st.unanswered,
+            "msgs_per_s": msgs_per_s,
+            "latency_us": {
+                "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "p9999": q(0.9999),
+                "max": l.max(), "mean": if l.is_empty() { 0.0 } else { l.mean() },
+            },
+            "handshake_us": { "p50": hq(0.5), "p99": hq(0.99), "max": h.max() },
+            "handshakes_ok": st.hs_ok,
+            "handshakes_failed": st.hs_failed,
+            "failure_reasons": st.reasons,
+            "idle_closed_during_hold": st.idle_closed,
+            "client_cpu_s": cpu,
+            "client_cpu_busy": busy,
+            "client_cpu_us_per_msg": us_per_msg,
+            "hard_stop": hard_stop,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&v)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cpus_list() {
+        assert_eq!(super::parse_cpus("1").unwrap(), vec![1]);
+        assert_eq!(super::parse_cpus("0,2-4").unwrap(), vec![0, 2, 3, 4]);
+        assert!(super::parse_cpus("x").is_err());
+    }
+}
