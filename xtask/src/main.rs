@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+mod bench;
+
 const LAYERS: [&str; 3] = ["unit", "e2e", "autobahn"];
 
 /// Autobahn groups 12 and 13 test permessage-deflate. Until wssedge negotiates it, these
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
                 run_tests(&["autobahn"])
             }
         }
+        Some("bench") => bench::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             print_usage();
             return ExitCode::SUCCESS;

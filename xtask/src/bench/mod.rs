@@ -1,0 +1,1249 @@
+//! `cargo xtask bench`: wssedge side by side with peer servers, one report.
+//!
+//! Every scenario runs against every peer in the same run, in alternating order, each server
+//! freshly started and pinned to CPU 0 and the generator (`wssbench`) pinned to CPU 1. Server
+//! CPU is read from /proc (utime+stime over the server's process tree) around the generator's
+//! measured window. Output: `target/bench/report.md`, `report.json` and one latency SVG per rate.
+
+// The nginx template and its renderer live with the peers; compiled here without their deps.
+#[path = "../../../bench/peers/src/nginx.rs"]
+mod nginx;
+mod plot;
+mod procfs;
+mod report;
+mod results;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::{apt_install, banner, free_port, is_root, which, Env, Guard};
+use report::OURS;
+use results::{Cell, GenResult, Mem, Scenario};
+
+const SERVER_CPU: &str = "0";
+const CLIENT_CPU: &str = "1";
+const START_LIMIT: Duration = Duration::from_secs(30);
+/// Extra time a generator gets beyond its nominal run before it is killed.
+const GEN_GRACE: Duration = Duration::from_secs(30);
+
+struct PeerDef {
+    key: &'static str,
+    label: &'static str,
+    /// `--proto` for the generator.
+    proto: &'static str,
+    scenarios: &'static [Scenario],
+}
+
+const ALL_SCENARIOS: &[Scenario] = &[
+    Scenario::Rate,
+    Scenario::Closed,
+    Scenario::Storm,
+    Scenario::Idle,
+];
+const FLOOR_SCENARIOS: &[Scenario] = &[Scenario::Rate, Scenario::Closed];
+
+const PEERS: [PeerDef; 6] = [
+    PeerDef {
+        key: OURS,
+        label: "wssedge (userspace TLS)",
+        proto: "wss",
+        scenarios: ALL_SCENARIOS,
+    },
+    PeerDef {
+        key: "tungstenite",
+        label: "tokio-tungstenite",
+        proto: "wss",
+        scenarios: ALL_SCENARIOS,
+    },
+    PeerDef {
+        key: "fastwebsockets",
+        label: "fastwebsockets",
+        proto: "wss",
+        scenarios: ALL_SCENARIOS,
+    },
+    PeerDef {
+        key: "nginx",
+        label: "nginx (TLS) → plain echo backend",
+        proto: "wss",
+        scenarios: ALL_SCENARIOS,
+    },
+    PeerDef {
+        key: "floor-tls",
+        label: "floor: raw TLS echo",
+        proto: "tls",
+        scenarios: FLOOR_SCENARIOS,
+    },
+    PeerDef {
+        key: "floor-tcp",
+        label: "floor: raw TCP echo",
+        proto: "tcp",
+        scenarios: FLOOR_SCENARIOS,
+    },
+];
+
+fn peer_def(key: &str) -> &'static PeerDef {
+    PEERS
+        .iter()
+        .find(|p| p.key == key)
+        .expect("peer keys are validated")
+}
+
+fn label(key: &str) -> String {
+    PEERS
+        .iter()
+        .find(|p| p.key == key)
+        .map(|p| p.label.to_string())
+        .unwrap_or_else(|| key.to_string())
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Opts {
+    quick: bool,
+    no_build: bool,
+    connections: u64,
+    payloads: Vec<u64>,
+    rates: Vec<f64>,
+    /// Measured seconds of the rate, closed and storm cells.
+    duration: f64,
+    closed_duration: f64,
+    warmup: f64,
+    depths: Vec<u64>,
+    storm_rate: f64,
+    idle_n: u64,
+    idle_hold: f64,
+    peers: Vec<String>,
+    scenarios: Vec<Scenario>,
+}
+
+fn list<T: std::str::FromStr>(flag: &str, v: &str) -> Result<Vec<T>> {
+    let out: Result<Vec<T>> = v
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{flag}: bad value {s:?}"))
+        })
+        .collect();
+    let out = out?;
+    if out.is_empty() {
+        bail!("{flag} needs at least one value");
+    }
+    Ok(out)
+}
+
+fn parse_opts(args: &[String]) -> Result<Opts> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let mut o = Opts {
+        quick,
+        no_build: false,
+        connections: 50,
+        payloads: vec![64],
+        rates: if quick {
+            vec![2000.0, 10000.0]
+        } else {
+            vec![2000.0, 5000.0, 10000.0, 20000.0]
+        },
+        duration: if quick { 1.5 } else { 5.0 },
+        closed_duration: if quick { 1.0 } else { 3.0 },
+        warmup: if quick { 0.5 } else { 1.0 },
+        depths: vec![1, 16],
+        storm_rate: if quick { 200.0 } else { 500.0 },
+        idle_n: if quick { 2000 } else { 10000 },
+        idle_hold: if quick { 1.0 } else { 4.0 },
+        peers: PEERS.iter().map(|p| p.key.to_string()).collect(),
+        scenarios: Scenario::ALL.to_vec(),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (a.as_str(), None),
+        };
+        if flag == "--quick" {
+            continue;
+        }
+        if flag == "--no-build" {
+            o.no_build = true;
+            continue;
+        }
+        let mut value = || -> Result<String> {
+            match &inline {
+                Some(v) => Ok(v.clone()),
+                None => it
+                    .next()
+                    .cloned()
+                    .with_context(|| format!("{flag} needs a value")),
+            }
+        };
+        match flag {
+            "--connections" => o.connections = list(flag, &value()?)?[0],
+            "--payload" => o.payloads = list(flag, &value()?)?,
+            "--rates" => o.rates = list(flag, &value()?)?,
+            "--duration" => {
+                let d: f64 = list(flag, &value()?)?[0];
+                if !(d > 0.0 && d < 3600.0) {
+                    bail!("--duration: seconds in (0, 3600)");
+                }
+                o.duration = d;
+                o.closed_duration = d;
+            }
+            "--idle-connections" => o.idle_n = list(flag, &value()?)?[0],
+            "--peers" => {
+                let v: Vec<String> = list(flag, &value()?)?;
+                for p in &v {
+                    if !PEERS.iter().any(|d| d.key == p) {
+                        bail!(
+                            "unknown peer {p:?} (peers: {})",
+                            PEERS.iter().map(|p| p.key).collect::<Vec<_>>().join(", ")
+                        );
+                    }
+                }
+                // Canonical order, so tables always list wssedge first.
+                o.peers = PEERS
+                    .iter()
+                    .filter(|d| v.iter().any(|p| p == d.key))
+                    .map(|d| d.key.to_string())
+                    .collect();
+            }
+            "--scenarios" => {
+                let v: Vec<String> = list(flag, &value()?)?;
+                let mut s = Vec::new();
+                for name in &v {
+                    s.push(Scenario::parse(name).with_context(|| {
+                        format!("unknown scenario {name:?} (rate, closed, storm, idle)")
+                    })?);
+                }
+                o.scenarios = Scenario::ALL
+                    .into_iter()
+                    .filter(|x| s.contains(x))
+                    .collect();
+            }
+            _ => bail!("unknown argument {a:?}"),
+        }
+    }
+    if o.connections == 0 {
+        bail!("--connections must be positive");
+    }
+    Ok(o)
+}
+
+/// One planned measurement (before it runs).
+#[derive(Debug, Clone)]
+struct Planned {
+    scenario: Scenario,
+    payload: u64,
+    connections: u64,
+    rate: Option<f64>,
+    depth: Option<u64>,
+    /// Peers in this cell's run order (alternating between cells).
+    peers: Vec<String>,
+}
+
+fn plan(o: &Opts) -> Vec<Planned> {
+    let mut groups = Vec::new();
+    for s in &o.scenarios {
+        let base = |payload, connections, rate, depth| Planned {
+            scenario: *s,
+            payload,
+            connections,
+            rate,
+            depth,
+            peers: o
+                .peers
+                .iter()
+                .filter(|p| peer_def(p).scenarios.contains(s))
+                .cloned()
+                .collect(),
+        };
+        match s {
+            Scenario::Rate => {
+                for p in &o.payloads {
+                    for r in &o.rates {
+                        groups.push(base(*p, o.connections, Some(*r), None));
+                    }
+                }
+            }
+            Scenario::Closed => {
+                for p in &o.payloads {
+                    for d in &o.depths {
+                        groups.push(base(*p, o.connections, None, Some(*d)));
+                    }
+                }
+            }
+            Scenario::Storm => {
+                groups.push(base(o.payloads[0], o.connections, Some(o.storm_rate), None))
+            }
+            Scenario::Idle => groups.push(base(o.payloads[0], o.idle_n, None, None)),
+        }
+    }
+    groups.retain(|g| !g.peers.is_empty());
+    for (i, g) in groups.iter_mut().enumerate() {
+        if i % 2 == 1 {
+            g.peers.reverse();
+        }
+    }
+    groups
+}
+
+/// Seconds one peer's run of a group is expected to take.
+fn cell_secs(o: &Opts, g: &Planned) -> f64 {
+    let overhead = 0.5;
+    match g.scenario {
+        Scenario::Rate | Scenario::Storm => o.warmup + o.duration + overhead,
+        Scenario::Closed => o.warmup + o.closed_duration + overhead,
+        // Opening N TLS connections at a few thousand per second, then the hold.
+        Scenario::Idle => g.connections as f64 / 2000.0 + o.idle_hold + overhead,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------------------------
+
+/// `listening on wss://127.0.0.1:PORT/ (...)` or `listening on 127.0.0.1:PORT`.
+fn parse_listen_addr(line: &str) -> Option<SocketAddr> {
+    let rest = line.trim().strip_prefix("listening on ")?;
+    let rest = rest.split_once("://").map(|(_, r)| r).unwrap_or(rest);
+    let end = rest.find(['/', ' ']).unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+struct Ctx {
+    env: Env,
+    bin: PathBuf,
+    generator: PathBuf,
+    state: PathBuf,
+    logs: PathBuf,
+    taskset: bool,
+    clk_tck: u64,
+    nginx: Option<PathBuf>,
+}
+
+impl Ctx {
+    /// A command pinned to `cpu` (via taskset, which execs: the PID stays the program's).
+    fn pinned(&self, cpu: &str, program: &Path) -> Command {
+        if self.taskset {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpu).arg(program);
+            c
+        } else {
+            Command::new(program)
+        }
+    }
+}
+
+/// Spawns `cmd` with stdout piped into a channel of lines (drained for the process's lifetime).
+fn spawn_lines(
+    name: &'static str,
+    cmd: &mut Command,
+    stderr_log: &Path,
+) -> Result<(Guard, mpsc::Receiver<String>)> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(stderr_log)?);
+    let mut child = cmd.spawn().with_context(|| format!("spawn {name}"))?;
+    let out = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                // Nobody listens any more; keep draining so the child never blocks.
+                continue;
+            }
+        }
+    });
+    Ok((
+        Guard {
+            name,
+            child,
+            group: false,
+        },
+        rx,
+    ))
+}
+
+fn last_line(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+fn wait_listen_line(g: &mut Guard, rx: &mpsc::Receiver<String>, log: &Path) -> Result<SocketAddr> {
+    let deadline = Instant::now() + START_LIMIT;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                if let Some(a) = parse_listen_addr(&line) {
+                    return Ok(a);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(Duration::from_millis(100));
+                let status = g.exited();
+                bail!(
+                    "{} exited before listening ({status:?}): {}",
+                    g.name,
+                    last_line(log)
+                );
+            }
+        }
+        if let Some(s) = g.exited() {
+            bail!(
+                "{} exited before listening ({s}): {}",
+                g.name,
+                last_line(log)
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} printed no `listening on` line within {START_LIMIT:?}",
+                g.name
+            );
+        }
+    }
+}
+
+/// A running server: its guards (dropped = stopped) and the PIDs whose process trees are
+/// charged for CPU and memory.
+struct Server {
+    guards: Vec<Guard>,
+    roots: Vec<u32>,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn cpu_ticks(&self) -> u64 {
+        procfs::tree_cpu_ticks(Path::new("/proc"), &self.roots)
+    }
+    fn sched_ns(&self) -> Option<u64> {
+        procfs::tree_sched_ns(Path::new("/proc"), &self.roots)
+    }
+    fn rss(&self) -> u64 {
+        procfs::tree_rss(Path::new("/proc"), &self.roots)
+    }
+    fn died(&mut self) -> Option<String> {
+        self.guards.iter_mut().find_map(|g| {
+            g.exited()
+                .map(|s| format!("{} exited during the run ({s})", g.name))
+        })
+    }
+}
+
+fn start_server(ctx: &Ctx, peer: &str, tag: &str) -> Result<Server> {
+    let cert = ctx.state.join("dev-leaf.pem");
+    let key = ctx.state.join("dev-leaf.key");
+    let peer_cmd = |name: &str, tls: bool| {
+        let mut c = ctx.pinned(SERVER_CPU, &ctx.bin.join(name));
+        c.args(["--listen", "127.0.0.1:0", "--threads", "1"]);
+        if tls {
+            c.arg("--cert").arg(&cert).arg("--key").arg(&key);
+        }
+        c
+    };
+    let log = |what: &str| ctx.logs.join(format!("{tag}.{what}.log"));
+    let single = |name: &'static str, mut cmd: Command| -> Result<Server> {
+        let l = log("server");
+        let (mut g, rx) = spawn_lines(name, &mut cmd, &l)?;
+        let addr = wait_listen_line(&mut g, &rx, &l)?;
+        Ok(Server {
+            roots: vec![g.child.id()],
+            guards: vec![g],
+            addr,
+        })
+    };
+    match peer {
+        OURS => {
+            let mut c = ctx.pinned(SERVER_CPU, &ctx.bin.join("wssedge"));
+            c.args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+                .arg("--state-dir")
+                .arg(&ctx.state)
+                .args(["--cpus", SERVER_CPU]);
+            single("wssedge", c)
+        }
+        "tungstenite" => single("peer-tungstenite", peer_cmd("peer-tungstenite", true)),
+        "fastwebsockets" => single("peer-fastwebsockets", peer_cmd("peer-fastwebsockets", true)),
+        "floor-tls" => single("floor-tls", peer_cmd("floor-tls", true)),
+        "floor-tcp" => single("floor-tcp", peer_cmd("floor-tcp", false)),
+        "nginx" => {
+            let nginx = ctx.nginx.as_ref().context("nginx unavailable")?;
+            let backend = single("echo-plain", peer_cmd("echo-plain", false))?;
+            let port = free_port()?;
+            let prefix = ctx.logs.join(format!("nginx-{tag}"));
+            let _ = std::fs::remove_dir_all(&prefix);
+            std::fs::create_dir_all(&prefix)?;
+            let listen = format!("127.0.0.1:{port}");
+            let conf =
+                nginx::render_nginx_conf(&listen, &backend.addr.to_string(), &cert, &key, &prefix);
+            let conf_path = prefix.join("nginx.conf");
+            std::fs::write(&conf_path, conf)?;
+            let mut c = ctx.pinned(SERVER_CPU, nginx);
+            c.args(nginx::nginx_args(&prefix));
+            // Its own process group: stopping it stops the workers too (a SIGKILLed master
+            // leaves its workers running).
+            {
+                use std::os::unix::process::CommandExt;
+                c.process_group(0);
+            }
+            let l = log("nginx");
+            let (mut g, _rx) = spawn_lines("nginx", &mut c, &l)?;
+            g.group = true;
+            let addr: SocketAddr = listen.parse()?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(s) = g.exited() {
+                    bail!(
+                        "nginx exited at start ({s}): {}",
+                        last_line(&prefix.join("error.log"))
+                    );
+                }
+                if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("nginx is not listening on {addr} after 10 s");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let mut guards = backend.guards;
+            let mut roots = backend.roots;
+            roots.insert(0, g.child.id());
+            // nginx first: stopped before its backend.
+            guards.insert(0, g);
+            Ok(Server {
+                guards,
+                roots,
+                addr,
+            })
+        }
+        other => bail!("unknown peer {other}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One cell
+// ---------------------------------------------------------------------------------------------
+
+fn sleep_until(t: Instant) {
+    let now = Instant::now();
+    if t > now {
+        std::thread::sleep(t - now);
+    }
+}
+
+fn tag(g: &Planned, peer: &str) -> String {
+    let mut t = format!("{}-{}B", g.scenario.name(), g.payload);
+    if let Some(r) = g.rate {
+        t.push_str(&format!("-r{r}"));
+    }
+    if let Some(d) = g.depth {
+        t.push_str(&format!("-d{d}"));
+    }
+    if g.scenario == Scenario::Idle {
+        t.push_str(&format!("-n{}", g.connections));
+    }
+    format!("{t}-{peer}")
+}
+
+fn run_cell(ctx: &Ctx, o: &Opts, g: &Planned, peer: &str) -> Cell {
+    let mut cell = Cell {
+        scenario: Some(g.scenario),
+        peer: peer.to_string(),
+        payload: g.payload,
+        connections: g.connections,
+        rate: g.rate,
+        depth: g.depth,
+        ..Cell::default()
+    };
+    if let Err(e) = measure(ctx, o, g, peer, &mut cell) {
+        cell.error = Some(format!("{e:#}"));
+    }
+    cell
+}
+
+fn measure(ctx: &Ctx, o: &Opts, g: &Planned, peer: &str, cell: &mut Cell) -> Result<()> {
+    let t = tag(g, peer);
+    let mut server = start_server(ctx, peer, &t)?;
+    let proto = peer_def(peer).proto;
+    let url = match proto {
+        "wss" => format!("wss://{}/", server.addr),
+        p => format!("{p}://{}", server.addr),
+    };
+    let (mode, duration, warmup) = match g.scenario {
+        Scenario::Rate => ("open", o.duration, o.warmup),
+        Scenario::Closed => ("closed", o.closed_duration, o.warmup),
+        Scenario::Storm => ("storm", o.duration, o.warmup),
+        Scenario::Idle => ("idle", o.idle_hold, 0.0),
+    };
+    let json_path = ctx.logs.join(format!("{t}.json"));
+    let _ = std::fs::remove_file(&json_path);
+    let mut cmd = ctx.pinned(CLIENT_CPU, &ctx.generator);
+    cmd.arg(mode)
+        .arg("--url")
+        .arg(&url)
+        .arg("--ca")
+        .arg(ctx.state.join("dev-ca.pem"))
+        .args(["--connections", &g.connections.to_string()])
+        .args(["--duration", &duration.to_string()])
+        .args(["--warmup", &warmup.to_string()])
+        .args(["--payload", &g.payload.to_string()])
+        .args(["--cpus", "1"])
+        .arg("--json")
+        .arg(&json_path)
+        .args(["--proto", proto]);
+    if let Some(r) = g.rate {
+        cmd.args(["--rate", &format!("{r}")]);
+    }
+    if let Some(d) = g.depth {
+        cmd.args(["--depth", &d.to_string()]);
+    }
+    if g.scenario == Scenario::Idle {
+        cmd.args(["--hold", &o.idle_hold.to_string()]);
+    }
+    let gen_log = ctx.logs.join(format!("{t}.gen.log"));
+
+    let proc_root = Path::new("/proc");
+    let before = (server.rss(), procfs::tcp_mem_bytes(proc_root).unwrap_or(0));
+    let t0 = Instant::now();
+    let (mut gen, rx) = spawn_lines("wssbench", &mut cmd, &gen_log)?;
+    let nominal = Duration::from_secs_f64(warmup + duration);
+    let mut limit = t0 + nominal + GEN_GRACE;
+    if g.scenario == Scenario::Idle {
+        // Wait for all connections, then take the "during" sample.
+        // wssbench itself gives up on setup after connect timeout + 60 s + N/500 s.
+        limit += Duration::from_secs(90 + g.connections / 200);
+        let n = loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => {
+                    if let Some(rest) = line.trim().strip_prefix("IDLE_READY") {
+                        let n = rest
+                            .trim()
+                            .strip_prefix("n=")
+                            .and_then(|v| v.parse::<u64>().ok())
+                            .unwrap_or(g.connections);
+                        break n;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    bail!(
+                        "wssbench ended without IDLE_READY ({:?}): {}",
+                        gen.exited(),
+                        last_line(&gen_log)
+                    );
+                }
+            }
+            if Instant::now() > limit {
+                bail!("no IDLE_READY within {:?}", limit - t0);
+            }
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        cell.mem = Some(Mem {
+            n,
+            rss_before: before.0,
+            rss_during: server.rss(),
+            sock_before: before.1,
+            sock_during: procfs::tcp_mem_bytes(proc_root).unwrap_or(0),
+        });
+        // The hold starts when the last connection is up.
+        limit = Instant::now() + Duration::from_secs_f64(o.idle_hold) + GEN_GRACE;
+    } else {
+        sleep_until(t0 + Duration::from_secs_f64(warmup));
+        let (c0, s0, w0) = (server.cpu_ticks(), server.sched_ns(), Instant::now());
+        sleep_until(t0 + nominal);
+        let (c1, s1, w1) = (server.cpu_ticks(), server.sched_ns(), Instant::now());
+        cell.server_ticks = c1.saturating_sub(c0);
+        cell.server_cpu_s = cell.server_ticks as f64 / ctx.clk_tck as f64;
+        cell.server_sched_s = s0.zip(s1).map(|(a, b)| b.saturating_sub(a) as f64 / 1e9);
+        cell.window_s = (w1 - w0).as_secs_f64();
+    }
+    let status = loop {
+        if let Some(s) = gen.exited() {
+            break s;
+        }
+        if Instant::now() > limit {
+            bail!("wssbench still running {:?} after its start", limit - t0);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(gen);
+    if let Some(why) = server.died() {
+        bail!("{why}");
+    }
+    drop(server);
+    if !status.success() {
+        bail!("wssbench exited with {status}: {}", last_line(&gen_log));
+    }
+    let text = std::fs::read_to_string(&json_path)
+        .with_context(|| format!("wssbench wrote no {}", json_path.display()))?;
+    let (gr, raw) = GenResult::parse(&text)?;
+    cell.gen = Some(gr);
+    cell.raw = Some(raw);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The command
+// ---------------------------------------------------------------------------------------------
+
+fn build(env: &Env) -> Result<()> {
+    let args = [
+        "build",
+        "--release",
+        "-p",
+        "wssedge",
+        "-p",
+        "wssbench",
+        "-p",
+        "wssedge-peers",
+    ];
+    eprintln!("$ cargo {}", args.join(" "));
+    let st = env.cargo().args(args).stdin(Stdio::null()).status()?;
+    if st.success() {
+        return Ok(());
+    }
+    // A broken peer must not hide the rest: build what builds, skip the missing later.
+    eprintln!("xtask: the combined build failed; building the packages one by one");
+    let mut ok = true;
+    for p in ["wssedge", "wssbench", "wssedge-peers"] {
+        let st = env
+            .cargo()
+            .args(["build", "--release", "-p", p])
+            .stdin(Stdio::null())
+            .status()?;
+        if !st.success() && p != "wssedge-peers" {
+            ok = false;
+        }
+    }
+    if !ok {
+        bail!("building wssedge / wssbench failed");
+    }
+    Ok(())
+}
+
+/// The binaries a peer needs, for a visible skip when one is missing.
+fn peer_bins(peer: &str) -> &'static [&'static str] {
+    match peer {
+        OURS => &["wssedge"],
+        "tungstenite" => &["peer-tungstenite"],
+        "fastwebsockets" => &["peer-fastwebsockets"],
+        "nginx" => &["echo-plain"],
+        "floor-tls" => &["floor-tls"],
+        "floor-tcp" => &["floor-tcp"],
+        _ => &[],
+    }
+}
+
+fn find_nginx() -> Option<PathBuf> {
+    which("nginx").or_else(|| {
+        [
+            "/usr/sbin/nginx",
+            "/usr/local/sbin/nginx",
+            "/usr/local/nginx/sbin/nginx",
+        ]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+    })
+}
+
+fn ensure_nginx() -> std::result::Result<PathBuf, String> {
+    if let Some(n) = find_nginx() {
+        return Ok(n);
+    }
+    if !is_root() || which("apt-get").is_none() {
+        return Err("nginx is not installed and cannot be (need root and apt-get)".into());
+    }
+    banner("installing nginx-light");
+    apt_install(&["nginx-light"]).map_err(|e| format!("apt-get install nginx-light: {e:#}"))?;
+    find_nginx().ok_or_else(|| "nginx-light installed but no nginx binary found".into())
+}
+
+/// Our open-files limit (soft), which every server and the generator inherit.
+fn nofile_limit() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("Max open files"))?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()
+}
+
+/// Root may be able to raise the open-files limit; the idle scenario needs one descriptor per
+/// connection in the server (two in nginx: client + upstream).
+fn raise_nofile(idle_n: u64) {
+    let want = 2 * idle_n + 1024;
+    if nofile_limit().is_some_and(|n| n >= want) {
+        return;
+    }
+    if is_root() && which("prlimit").is_some() {
+        let _ = Command::new("prlimit")
+            .arg("--pid")
+            .arg(std::process::id().to_string())
+            .arg(format!("--nofile={want}:{want}"))
+            .stderr(Stdio::null())
+            .status();
+    }
+    if let Some(n) = nofile_limit().filter(|n| *n < want) {
+        eprintln!(
+            "xtask: open-files limit is {n} and cannot be raised: nginx (2 descriptors per \
+             connection) may not open all {idle_n} idle connections"
+        );
+    }
+}
+
+fn sh(cmd: &str, args: &[&str], dir: &Path) -> String {
+    Command::new(cmd)
+        .args(args)
+        .current_dir(dir)
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// `nginx -v` prints its version on stderr.
+fn nginx_version(nginx: &Path) -> String {
+    Command::new(nginx)
+        .arg("-v")
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn environment(env: &Env, ctx: &Ctx) -> Value {
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    let commit = sh("git", &["rev-parse", "HEAD"], &env.root);
+    let dirty = !sh("git", &["status", "--porcelain"], &env.root).is_empty();
+    json!({
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "cpu_model": cpu_model,
+        "cpus_online": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "commit": commit,
+        "dirty": dirty,
+        "clk_tck": ctx.clk_tck,
+        "open_files_limit": nofile_limit(),
+        "pinning": if ctx.taskset { format!("server CPU {SERVER_CPU}, generator CPU {CLIENT_CPU} (taskset)") } else { "none (taskset unavailable)".into() },
+        "tls": "wssedge: userspace TLS (kTLS not available here)",
+        "nginx": ctx.nginx.as_ref().map(|p| nginx_version(p)),
+    })
+}
+
+fn print_plan(o: &Opts, groups: &[Planned]) {
+    let eta: f64 = groups
+        .iter()
+        .map(|g| cell_secs(o, g) * g.peers.len() as f64)
+        .sum();
+    banner("bench: plan");
+    eprintln!(
+        "peers: {}",
+        o.peers
+            .iter()
+            .map(|p| label(p))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for g in groups {
+        let what = match g.scenario {
+            Scenario::Rate => format!(
+                "rate: open loop {} msg/s, {} conns, {} B, {} s (+{} s warmup)",
+                g.rate.unwrap_or(0.0),
+                g.connections,
+                g.payload,
+                o.duration,
+                o.warmup
+            ),
+            Scenario::Closed => format!(
+                "closed: depth {}, {} conns, {} B, {} s (+{} s warmup)",
+                g.depth.unwrap_or(1),
+                g.connections,
+                g.payload,
+                o.closed_duration,
+                o.warmup
+            ),
+            Scenario::Storm => format!(
+                "storm: {} handshakes/s, {} s (+{} s warmup)",
+                g.rate.unwrap_or(0.0),
+                o.duration,
+                o.warmup
+            ),
+            Scenario::Idle => format!("idle: {} connections held {} s", g.connections, o.idle_hold),
+        };
+        eprintln!("  {what} × [{}]", g.peers.join(", "));
+    }
+    eprintln!("ETA: about {:.0} s of measurement", eta);
+}
+
+pub fn run(args: &[String]) -> Result<bool> {
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        eprintln!(
+            "usage: cargo xtask bench [--quick] [--connections N] [--payload B,...] [--rates R,...] \
+             [--duration S] [--no-build] [--peers {}] [--scenarios rate,closed,storm,idle] [--idle-connections N]",
+            PEERS.iter().map(|p| p.key).collect::<Vec<_>>().join(",")
+        );
+        return Ok(true);
+    }
+    let mut o = parse_opts(args)?;
+    let env = Env::detect();
+    let out = env.target.join("bench");
+    let logs = out.join("logs");
+    let _ = std::fs::remove_dir_all(&logs);
+    std::fs::create_dir_all(&logs)?;
+
+    print_plan(&o, &plan(&o));
+    let planned_peers = o.peers.clone();
+
+    let tb = Instant::now();
+    if o.no_build {
+        eprintln!("xtask: --no-build: using the binaries already in target/release");
+    } else {
+        banner("bench: build");
+        build(&env)?;
+    }
+    let build_s = tb.elapsed().as_secs_f64();
+    eprintln!("xtask: build took {build_s:.1} s");
+
+    let bin = env.target.join("release");
+    // WSSBENCH=PATH runs another generator binary (for trying a generator under development).
+    let generator = std::env::var_os("WSSBENCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| bin.join("wssbench"));
+    let mut skipped: Vec<(String, String)> = Vec::new();
+    if !generator.is_file() {
+        bail!("no generator at {}", generator.display());
+    }
+    let mut nginx = None;
+    if o.peers.iter().any(|p| p == "nginx") {
+        match ensure_nginx() {
+            Ok(n) => nginx = Some(n),
+            Err(why) => skipped.push(("nginx".into(), why)),
+        }
+    }
+    for p in &o.peers {
+        if let Some(b) = peer_bins(p).iter().find(|b| !bin.join(b).is_file()) {
+            skipped.push((p.clone(), format!("{b} was not built")));
+        }
+    }
+    o.peers.retain(|p| !skipped.iter().any(|(s, _)| s == p));
+    for (p, why) in &skipped {
+        eprintln!("xtask: SKIPPING {}: {why}", label(p));
+    }
+    if !o.peers.iter().any(|p| p == OURS) {
+        bail!("wssedge is not among the peers to run");
+    }
+    if o.scenarios.contains(&Scenario::Idle) {
+        raise_nofile(o.idle_n);
+    }
+
+    let ctx = Ctx {
+        bin,
+        generator,
+        state: out.join("state"),
+        logs,
+        taskset: which("taskset").is_some()
+            && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2),
+        clk_tck: procfs::clk_tck(),
+        nginx,
+        env,
+    };
+    if !ctx.taskset {
+        eprintln!(
+            "xtask: WARNING: no taskset or fewer than 2 CPUs: server and generator are not pinned"
+        );
+    }
+
+    let groups = plan(&o);
+    if o.peers != planned_peers {
+        eprintln!("xtask: revised plan without the skipped peers:");
+        print_plan(&o, &groups);
+    }
+
+    // The first wssedge start writes the dev CA and leaf every TLS peer uses.
+    std::fs::create_dir_all(&ctx.state)?;
+    if !ctx.state.join("dev-leaf.pem").is_file() {
+        let s = start_server(&ctx, OURS, "cert")?;
+        drop(s);
+        if !ctx.state.join("dev-leaf.pem").is_file() {
+            bail!(
+                "wssedge wrote no {}",
+                ctx.state.join("dev-leaf.pem").display()
+            );
+        }
+    }
+
+    banner("bench: measuring");
+    let tm = Instant::now();
+    let mut cells = Vec::new();
+    let total: usize = groups.iter().map(|g| g.peers.len()).sum();
+    for g in &groups {
+        for peer in &g.peers {
+            let c = run_cell(&ctx, &o, g, peer);
+            eprintln!(
+                "[{:>3}/{total}] {:>5.0} s  {:<40} {}",
+                cells.len() + 1,
+                tm.elapsed().as_secs_f64(),
+                tag(g, peer),
+                summary(&c)
+            );
+            cells.push(c);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let measure_s = tm.elapsed().as_secs_f64();
+
+    let order: Vec<&str> = PEERS.iter().map(|p| p.key).collect();
+    let mut md = format!(
+        "# wssedge benchmark{}\n\nServer pinned to CPU {SERVER_CPU}, generator (wssbench) to CPU \
+         {CLIENT_CPU}; every server freshly started per cell; peers alternate order between \
+         cells. Build {build_s:.0} s, measuring {measure_s:.0} s. Server CPU is utime+stime, counted \
+         in ticks of 1/{} s: short windows at low rates make per-message figures coarse \
+         (report.json also has a ns-resolution schedstat figure per cell).\n\n",
+        if o.quick { " (--quick)" } else { "" },
+        ctx.clk_tck
+    );
+    for (p, why) in &skipped {
+        md.push_str(&format!("**{} skipped**: {why}\n\n", label(p)));
+    }
+    if let Some(n) =
+        nofile_limit().filter(|n| o.scenarios.contains(&Scenario::Idle) && *n < 2 * o.idle_n + 1024)
+    {
+        md.push_str(&format!(
+            "Open-files limit {n} (could not be raised): nginx needs two descriptors per idle \
+             connection (client + upstream).\n\n"
+        ));
+    }
+    md.push_str(&report::markdown(&cells, &order, &label));
+
+    let mut plots = Vec::new();
+    for g in groups.iter().filter(|g| g.scenario == Scenario::Rate) {
+        let lines: Vec<(String, [f64; 5])> = order
+            .iter()
+            .filter_map(|p| {
+                cells.iter().find(|c| {
+                    c.peer == *p
+                        && c.scenario == Some(Scenario::Rate)
+                        && c.rate == g.rate
+                        && c.payload == g.payload
+                })
+            })
+            .filter_map(|c| {
+                let l = &c.gen.as_ref()?.latency_us;
+                Some((label(&c.peer), [l.p50, l.p90, l.p99, l.p999, l.p9999]))
+            })
+            .collect();
+        if lines.is_empty() {
+            continue;
+        }
+        let name = format!("latency-rate-{}-{}B.svg", g.rate.unwrap_or(0.0), g.payload);
+        let path = out.join(&name);
+        let title = format!(
+            "open loop {} msg/s, {} conns, {} B: latency by percentile",
+            g.rate.unwrap_or(0.0),
+            g.connections,
+            g.payload
+        );
+        match plot::latency_svg(&path, &title, &lines) {
+            Ok(()) => plots.push(name),
+            Err(e) => eprintln!("xtask: plot {name}: {e:#}"),
+        }
+    }
+    if !plots.is_empty() {
+        md.push_str("## latency plots\n\n");
+        for p in &plots {
+            md.push_str(&format!("- [{p}]({p})\n"));
+        }
+    }
+
+    let report_json = json!({
+        "environment": environment(&ctx.env, &ctx),
+        "quick": o.quick,
+        "build_s": build_s,
+        "measure_s": measure_s,
+        "plan": {
+            "connections": o.connections,
+            "payloads": o.payloads,
+            "rates": o.rates,
+            "duration_s": o.duration,
+            "closed_duration_s": o.closed_duration,
+            "warmup_s": o.warmup,
+            "depths": o.depths,
+            "storm_rate": o.storm_rate,
+            "idle_connections": o.idle_n,
+            "idle_hold_s": o.idle_hold,
+            "peers": o.peers,
+            "scenarios": o.scenarios.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        },
+        "skipped": skipped.iter().map(|(p, w)| json!({"peer": p, "reason": w})).collect::<Vec<_>>(),
+        "labels": PEERS.iter().map(|p| (p.key.to_string(), Value::from(p.label))).collect::<serde_json::Map<_, _>>(),
+        "cells": cells.iter().map(report::cell_json).collect::<Vec<_>>(),
+        "plots": plots,
+    });
+    std::fs::write(out.join("report.md"), &md)?;
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(&report_json)?,
+    )?;
+    banner("bench: report");
+    println!("{md}");
+    eprintln!(
+        "xtask: build {build_s:.1} s, measuring {measure_s:.1} s; wrote {} and {}",
+        out.join("report.md").display(),
+        out.join("report.json").display()
+    );
+    // A failed cell is in the report; the command still fails so it is not missed.
+    let failed = cells.iter().filter(|c| c.error.is_some()).count();
+    if failed > 0 {
+        eprintln!(
+            "xtask: {failed} cell(s) failed (see the report's notes and {})",
+            ctx.logs.display()
+        );
+    }
+    Ok(failed == 0)
+}
+
+fn summary(c: &Cell) -> String {
+    if let Some(e) = &c.error {
+        return format!("FAILED: {e}");
+    }
+    let flag = c
+        .flag()
+        .map(|f| format!(" [{}]", f.text()))
+        .unwrap_or_default();
+    let Some(g) = &c.gen else {
+        return "no result".into();
+    };
+    match c.scenario {
+        Some(Scenario::Idle) => c
+            .mem
+            .as_ref()
+            .map(|m| {
+                format!(
+                    "{} conns: {:.0} B/conn RSS + {:.0} B/conn kernel",
+                    m.n,
+                    m.rss_per_conn(),
+                    m.sock_per_conn()
+                )
+            })
+            .unwrap_or_default(),
+        Some(Scenario::Storm) => format!(
+            "{:.0} hs/s ok, p99 {:.0} µs, {} µs CPU/hs{flag}",
+            g.handshakes_per_s(),
+            g.handshake_us.p99,
+            c.cpu_us_per_handshake()
+                .map(report::fmt_num)
+                .unwrap_or_default()
+        ),
+        _ => format!(
+            "{:.0} msg/s, p99 {:.0} µs, {} µs CPU/msg, client {:.0} %{flag}",
+            g.achieved(),
+            g.latency_us.p99,
+            c.cpu_us_per_msg().map(report::fmt_num).unwrap_or_default(),
+            g.client_cpu_busy * 100.0
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn options() {
+        let o = parse_opts(&s(&["--quick"])).unwrap();
+        assert_eq!(o.rates, vec![2000.0, 10000.0]);
+        assert_eq!((o.storm_rate, o.idle_n), (200.0, 2000));
+        let o = parse_opts(&s(&[
+            "--rates=1000,3000",
+            "--payload",
+            "16,1024",
+            "--peers",
+            "floor-tcp,wssedge",
+            "--scenarios",
+            "closed,rate",
+            "--duration",
+            "3",
+        ]))
+        .unwrap();
+        assert_eq!(o.rates, vec![1000.0, 3000.0]);
+        assert_eq!(o.payloads, vec![16, 1024]);
+        assert_eq!(o.peers, vec!["wssedge", "floor-tcp"]);
+        assert_eq!(o.scenarios, vec![Scenario::Rate, Scenario::Closed]);
+        assert_eq!((o.duration, o.closed_duration), (3.0, 3.0));
+        assert!(parse_opts(&s(&["--peers", "apache"])).is_err());
+        assert!(parse_opts(&s(&["--scenarios", "nope"])).is_err());
+        assert!(parse_opts(&s(&["--rates"])).is_err());
+        assert!(parse_opts(&s(&["--bogus"])).is_err());
+    }
+
+    #[test]
+    fn plan_alternates_and_skips_floors_where_meaningless() {
+        let o = parse_opts(&s(&["--quick"])).unwrap();
+        let p = plan(&o);
+        // 2 rates + 2 depths + storm + idle.
+        assert_eq!(p.len(), 6);
+        assert_eq!(p[0].peers[0], OURS);
+        assert_eq!(p[1].peers.last().map(String::as_str), Some(OURS));
+        let storm = p.iter().find(|g| g.scenario == Scenario::Storm).unwrap();
+        assert!(!storm.peers.iter().any(|x| x.starts_with("floor")));
+        assert!(storm.peers.iter().any(|x| x == "nginx"));
+        let rate = &p[0];
+        assert_eq!(rate.peers.len(), 6);
+        let eta: f64 = p
+            .iter()
+            .map(|g| cell_secs(&o, g) * g.peers.len() as f64)
+            .sum();
+        assert!(eta < 80.0, "quick ETA {eta}");
+        let full: f64 = plan(&parse_opts(&[]).unwrap())
+            .iter()
+            .map(|g| cell_secs(&parse_opts(&[]).unwrap(), g) * g.peers.len() as f64)
+            .sum();
+        assert!((240.0..360.0).contains(&full), "default ETA {full}");
+    }
+
+    #[test]
+    fn listening_lines() {
+        assert_eq!(
+            parse_listen_addr("listening on wss://127.0.0.1:4433/ (trust /x/dev-ca.pem)"),
+            Some("127.0.0.1:4433".parse().unwrap())
+        );
+        assert_eq!(
+            parse_listen_addr("listening on 127.0.0.1:9001"),
+            Some("127.0.0.1:9001".parse().unwrap())
+        );
+        assert_eq!(parse_listen_addr("listening on garbage"), None);
+        assert_eq!(parse_listen_addr("hello"), None);
+    }
+}
