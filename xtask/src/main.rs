@@ -66,7 +66,8 @@ fn main() -> ExitCode {
 fn print_usage() {
     eprintln!(
         "usage:\n  cargo xtask test [--layer unit|e2e|autobahn]...   run the test layers (all by default)\n  \
-         cargo xtask autobahn                               run the Autobahn conformance layer"
+         cargo xtask autobahn                               run the Autobahn conformance layer\n  \
+         cargo xtask bench [--quick] [--help]               side-by-side benchmarks, report in target/bench/"
     );
 }
 
