@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 mod bench;
+mod micro;
+mod perf;
 
 const LAYERS: [&str; 3] = ["unit", "e2e", "autobahn"];
 
@@ -44,6 +46,8 @@ fn main() -> ExitCode {
             }
         }
         Some("bench") => bench::run(&args[1..]),
+        Some("micro") => micro::run(&args[1..]),
+        Some("perf") => perf::run(&args[1..]).map(|()| true),
         Some("-h" | "--help" | "help") => {
             print_usage();
             return ExitCode::SUCCESS;
@@ -67,7 +71,9 @@ fn print_usage() {
     eprintln!(
         "usage:\n  cargo xtask test [--layer unit|e2e|autobahn]...   run the test layers (all by default)\n  \
          cargo xtask autobahn                               run the Autobahn conformance layer\n  \
-         cargo xtask bench [--quick] [--help]               side-by-side benchmarks, report in target/bench/"
+         cargo xtask bench [--quick] [--help]               side-by-side benchmarks, report in target/bench/\n  \
+         cargo xtask micro [--quick] [--no-criterion] [--no-callgrind]   callgrind Ir + criterion, target/bench/micro.md\n  \
+         cargo xtask perf [rate|closed|storm] [--seconds N] profile the edge under load (flame graph, syscalls)"
     );
 }
 
