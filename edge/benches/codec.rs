@@ -5,39 +5,13 @@
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use wssedge::ws::{
-    apply_mask, encode_header, frame, Event, MessageKind, OpCode, Payload, Session, SessionLimits,
-    Utf8Validator,
+    apply_mask, frame, Event, MessageKind, OpCode, Payload, Session, SessionLimits, Utf8Validator,
 };
 
+mod common;
+use common::{client_frame, text, MASK};
+
 const SIZES: [usize; 5] = [16, 128, 1024, 16 * 1024, 64 * 1024];
-const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
-
-/// A masked client frame carrying `payload`.
-fn client_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
-    let mut header = [0u8; frame::MAX_HEADER_LEN];
-    let n = encode_header(true, opcode, Some(MASK), payload.len() as u64, &mut header);
-    let mut out = header[..n].to_vec();
-    let start = out.len();
-    out.extend_from_slice(payload);
-    apply_mask(&mut out[start..], MASK, 0);
-    out
-}
-
-/// Valid UTF-8 mixing ASCII with 2-, 3- and 4-byte sequences.
-fn text(len: usize) -> Vec<u8> {
-    let unit = "trade:EUR/USD 1.0842 ✓ é 𝄞 ".as_bytes();
-    let mut out = Vec::with_capacity(len + unit.len());
-    while out.len() < len {
-        out.extend_from_slice(unit);
-    }
-    // Cut at a character boundary at or below len.
-    let mut cut = len.min(out.len());
-    while std::str::from_utf8(&out[..cut]).is_err() {
-        cut -= 1;
-    }
-    out.truncate(cut);
-    out
-}
 
 fn parse(c: &mut Criterion) {
     let mut g = c.benchmark_group("parse");

@@ -17,21 +17,12 @@ use rustls::pki_types::CertificateDer;
 use wssedge::bufpool::BufPool;
 use wssedge::tls::TlsSession;
 use wssedge::ws::{
-    apply_mask, encode_header, frame, parse_upgrade, write_response_101, Event, HandshakeLimits,
-    MessageKind, OpCode, Payload, Session, SessionLimits, Utf8Validator,
+    apply_mask, frame, parse_upgrade, write_response_101, Event, HandshakeLimits, MessageKind,
+    OpCode, Payload, Session, SessionLimits, Utf8Validator,
 };
 
-const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
-
-fn client_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
-    let mut header = [0u8; frame::MAX_HEADER_LEN];
-    let n = encode_header(true, opcode, Some(MASK), payload.len() as u64, &mut header);
-    let mut out = header[..n].to_vec();
-    let start = out.len();
-    out.extend_from_slice(payload);
-    apply_mask(&mut out[start..], MASK, 0);
-    out
-}
+mod common;
+use common::{client_frame, text, MASK};
 
 fn parse(size: usize, iterations: usize) -> usize {
     let wire = client_frame(OpCode::Binary, &vec![0x5a; size]);
@@ -56,21 +47,11 @@ fn unmask(size: usize, iterations: usize) -> usize {
 }
 
 fn utf8(size: usize, iterations: usize) -> usize {
-    let unit = "trade:EUR/USD 1.0842 ✓ é 𝄞 ".as_bytes();
-    let text: Vec<u8> = unit
-        .iter()
-        .copied()
-        .cycle()
-        .take(size.max(unit.len()))
-        .collect();
-    let mut cut = size.min(text.len());
-    while std::str::from_utf8(&text[..cut]).is_err() {
-        cut -= 1;
-    }
+    let text = text(size);
     let mut v = Utf8Validator::new();
     let mut ok = 0;
     for _ in 0..iterations {
-        if v.feed(std::hint::black_box(&text[..cut])).is_ok() && v.finish().is_ok() {
+        if v.feed(std::hint::black_box(&text)).is_ok() && v.finish().is_ok() {
             ok += 1;
         }
     }
