@@ -73,10 +73,7 @@ fn encode(c: &mut Criterion) {
                 staging.clear();
                 session.send(MessageKind::Binary, Payload::Single(payload.clone()));
                 let f = session.poll_transmit().expect("a frame");
-                staging.extend_from_slice(f.header());
-                for chunk in f.payload().chunks() {
-                    staging.extend_from_slice(chunk);
-                }
+                f.append_to(&mut staging);
                 staging.len()
             })
         });

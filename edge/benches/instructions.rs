@@ -67,10 +67,7 @@ fn encode(size: usize, iterations: usize) -> usize {
         staging.clear();
         session.send(MessageKind::Binary, Payload::Single(payload.clone()));
         if let Some(f) = session.poll_transmit() {
-            staging.extend_from_slice(f.header());
-            for chunk in f.payload().chunks() {
-                staging.extend_from_slice(chunk);
-            }
+            f.append_to(&mut staging);
         }
         total += staging.len();
     }
@@ -172,10 +169,7 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
             }
         }
         while let Some(f) = session.poll_transmit() {
-            staging.extend_from_slice(f.header());
-            for chunk in f.payload().chunks() {
-                staging.extend_from_slice(chunk);
-            }
+            f.append_to(&mut staging);
         }
         server.encrypt(&staging).expect("encrypt echo");
         to_client(&mut server, &mut client);

@@ -26,7 +26,7 @@ use crate::metrics::Side;
 use crate::refuse::Refusal;
 use crate::sockopt::{self, Recv};
 use crate::tls::driver::TlsSession;
-use crate::ws::{self, Event, Payload, Session, SessionState};
+use crate::ws::{self, Event, Session, SessionState};
 
 use super::core::Core;
 use super::timer::Deadline;
@@ -262,7 +262,7 @@ impl Conn {
         self.plaintext = BytesMut::new();
         if !self.tls.is_handshaking() {
             let bytes = match &refusal {
-                Refusal::Close { code, reason } => close_frame(*code, reason),
+                Refusal::Close { code, reason } => ws::OutFrame::close_with(*code, reason).to_vec(),
                 other => other.http_response().unwrap_or_default(),
             };
             if self.tls.encrypt(&bytes).is_err() {
@@ -377,12 +377,9 @@ impl Conn {
         }
         // The budget for bytes held in partial frames and messages, per core.
         let held = self.plaintext.len() + session.buffered_bytes();
-        let total = core.buffered.get() - self.held + held;
-        core.buffered.set(total);
-        metrics.buffered_bytes.add(held as i64 - self.held as i64);
-        self.held = held;
-        let over_budget = total > core.cfg.limits.max_buffered_bytes_per_core
-            && session.state() == SessionState::Open;
+        let open = session.state() == SessionState::Open;
+        let total = self.hold(held);
+        let over_budget = total > core.cfg.limits.max_buffered_bytes_per_core && open;
         if over_budget {
             // The budget protects the core: the offender is closed at once, without waiting
             // for its close reply, and its share is given back now.
@@ -391,7 +388,9 @@ impl Conn {
                 reason: "buffer_budget",
             }
             .record(metrics, self.peer);
-            session.close(1013, "buffer_budget");
+            if let Some(session) = self.session.as_mut() {
+                session.close(1013, "buffer_budget");
+            }
             self.release_held();
         }
         if let Err(end) = self.encrypt_outgoing() {
@@ -406,12 +405,21 @@ impl Conn {
         }
     }
 
+    /// Sets this connection's share of the core's buffer budget; returns the core's total.
+    fn hold(&mut self, held: usize) -> usize {
+        let core = &self.core;
+        let total = core.buffered.get() - self.held + held;
+        core.buffered.set(total);
+        core.metrics
+            .buffered_bytes
+            .add(held as i64 - self.held as i64);
+        self.held = held;
+        total
+    }
+
     /// Gives this connection's share of the buffer budget back (it will read no more).
     fn release_held(&mut self) {
-        let core = &self.core;
-        core.buffered.set(core.buffered.get() - self.held);
-        core.metrics.buffered_bytes.add(-(self.held as i64));
-        self.held = 0;
+        self.hold(0);
         self.plaintext = BytesMut::new();
     }
 
@@ -427,13 +435,7 @@ impl Conn {
         let mut frames = 0u64;
         while let Some(frame) = session.poll_transmit() {
             frames += 1;
-            staging.extend_from_slice(frame.header());
-            match frame.payload() {
-                Payload::Single(b) => staging.extend_from_slice(b),
-                Payload::Fragmented(parts) => {
-                    parts.iter().for_each(|b| staging.extend_from_slice(b))
-                }
-            }
+            frame.append_to(&mut staging);
             if staging.len() >= STAGING_FLUSH {
                 self.core.metrics.bytes_out.add(staging.len() as u64);
                 self.tls.encrypt(&staging).map_err(|_| End::Abort)?;
@@ -547,11 +549,8 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        self.hold(0);
         let core = &self.core;
-        if self.held > 0 {
-            core.buffered.set(core.buffered.get() - self.held);
-            core.metrics.buffered_bytes.add(-(self.held as i64));
-        }
         if self.holds_read_buffer {
             core.metrics.read_buffers_held.add(-1);
         }
@@ -559,15 +558,6 @@ impl Drop for Conn {
             self.tls.release_idle(&mut pool);
         }
     }
-}
-
-/// A close frame written without the session, for when its state cannot be trusted.
-fn close_frame(code: u16, reason: &str) -> Vec<u8> {
-    let reason = &reason.as_bytes()[..reason.len().min(123)];
-    let mut frame = vec![0x88, (2 + reason.len()) as u8];
-    frame.extend_from_slice(&code.to_be_bytes());
-    frame.extend_from_slice(reason);
-    frame
 }
 
 /// The text message that makes a `panic-injection` build panic inside the connection.

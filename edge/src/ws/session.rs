@@ -178,13 +178,24 @@ impl OutFrame {
         self.is_close
     }
 
+    /// A close frame carrying `code` and `reason` (cut at a character boundary to fit), for a
+    /// transport that must close without a trustworthy session (after a caught panic).
+    pub fn close_with(code: u16, reason: &str) -> Self {
+        Self::close(Some(code), reason)
+    }
+
+    /// Appends header and payload to `out`: how a transport gathers frames for one write.
+    pub fn append_to(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.header());
+        for c in self.payload.chunks() {
+            out.extend_from_slice(c);
+        }
+    }
+
     /// Header and payload as one contiguous buffer (tests, simple transports).
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.header().len() + self.payload.len());
-        v.extend_from_slice(self.header());
-        for c in self.payload.chunks() {
-            v.extend_from_slice(c);
-        }
+        self.append_to(&mut v);
         v
     }
 }
