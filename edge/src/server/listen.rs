@@ -129,7 +129,9 @@ mod tests {
         let set = bind_listeners("127.0.0.1:0".parse().unwrap(), 1).unwrap();
         let addr = set.addr;
         drop(set);
-        let again = bind_listeners(addr, 1).unwrap();
+        // Only the lock is checked again: rebinding the TCP port itself could race another
+        // test's ephemeral port picking up the number meanwhile.
+        let again = InstanceLock::take(addr).expect("the lock is free once the set is dropped");
         assert_eq!(again.addr, addr);
     }
 }
