@@ -102,6 +102,7 @@ mod tests {
         let core = Arc::new(CoreMetrics::new(0, 0));
         let reg = Registry {
             cores: vec![core.clone()],
+            ktls_available: false,
         };
         assert_eq!(route("/readyz", &reg).0, 503);
         core.alive.store(true, Ordering::Relaxed);
@@ -117,6 +118,7 @@ mod tests {
     fn serves_over_http() {
         let reg = Registry {
             cores: vec![Arc::new(CoreMetrics::new(0, 0))],
+            ktls_available: false,
         };
         let addr = start("127.0.0.1:0".parse().unwrap(), reg).unwrap();
         let mut s = TcpStream::connect(addr).unwrap();

@@ -84,6 +84,12 @@ pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     /// PEM file: the leaf's private key.
     pub key: Option<PathBuf>,
+    /// Kernel TLS offload after the handshake: "auto" (where the kernel can), "required"
+    /// (refuse to start without it) or "off".
+    pub ktls: crate::ktls::KtlsMode,
+    /// Testing only: lowers the records one key may protect under kTLS (the suite's
+    /// confidentiality limit otherwise), to exercise the key-limit close.
+    pub ktls_key_limit_records: Option<u64>,
 }
 
 /// Every bound the edge enforces so that idle, slow or flooding clients cannot exhaust it.
@@ -328,6 +334,15 @@ impl Config {
                     l.max_message_bytes
                 ),
             ));
+        }
+        if let Some(n) = self.tls.ktls_key_limit_records {
+            if n < 64 {
+                return Err(ConfigError::invalid(
+                    "tls.ktls_key_limit_records",
+                    n,
+                    "must be at least 64 (it is a testing knob; leave it unset in production)",
+                ));
+            }
         }
         if l.max_request_bytes < 256 {
             return Err(ConfigError::invalid(

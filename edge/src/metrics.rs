@@ -69,6 +69,8 @@ struct Labelled {
     handshakes: BTreeMap<(&'static str, &'static str), u64>,
     refusals: BTreeMap<&'static str, u64>,
     close_codes: BTreeMap<(u16, Side), u64>,
+    ktls_fallbacks: BTreeMap<&'static str, u64>,
+    ktls_alerts: BTreeMap<&'static str, u64>,
 }
 
 /// One core's metrics.
@@ -90,6 +92,14 @@ pub struct CoreMetrics {
     pub buffered_bytes: Gauge,
     /// Read buffers held by connections right now.
     pub read_buffers_held: Gauge,
+    /// Completed handshakes whose records the kernel took over / userspace rustls kept.
+    pub tls_sessions_ktls: Counter,
+    pub tls_sessions_userspace: Counter,
+    /// Connections whose records the kernel encrypts right now.
+    pub ktls_open: Gauge,
+    /// Records under kTLS: sent (exact) and received (a lower bound).
+    pub ktls_tx_records: Counter,
+    pub ktls_rx_records: Counter,
     labelled: Mutex<Labelled>,
 }
 
@@ -120,6 +130,16 @@ impl CoreMetrics {
         *self.labelled().refusals.entry(reason).or_default() += 1;
     }
 
+    /// An offload attempt that stayed in (or fell back to) userspace, by reason.
+    pub fn ktls_fallback(&self, reason: &'static str) {
+        *self.labelled().ktls_fallbacks.entry(reason).or_default() += 1;
+    }
+
+    /// An alert record received under kTLS (close_notify, fatal, other).
+    pub fn ktls_alert(&self, kind: &'static str) {
+        *self.labelled().ktls_alerts.entry(kind).or_default() += 1;
+    }
+
     pub fn close_code(&self, code: u16, side: Side) {
         *self.labelled().close_codes.entry((code, side)).or_default() += 1;
     }
@@ -139,6 +159,8 @@ impl CoreMetrics {
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     pub cores: Vec<Arc<CoreMetrics>>,
+    /// The start-up probe found a kernel TLS offload this process uses.
+    pub ktls_available: bool,
 }
 
 impl Registry {
@@ -193,6 +215,19 @@ impl Registry {
                 .iter()
                 .map(|c| (format!("core=\"{}\"", c.core), c.read_buffers_held.get())),
         );
+        gauge(
+            "wssedge_ktls_connections",
+            "Connections whose TLS records the kernel encrypts right now",
+            &mut cores
+                .iter()
+                .map(|c| (format!("core=\"{}\"", c.core), c.ktls_open.get())),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP wssedge_ktls_available 1 when connections are handed to kernel TLS after \
+             their handshake\n# TYPE wssedge_ktls_available gauge\nwssedge_ktls_available {}",
+            self.ktls_available as i64
+        );
 
         let mut counter = |name: &str, help: &str, rows: Vec<(String, u64)>| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -240,11 +275,49 @@ impl Registry {
             vec![(String::new(), cores.iter().map(|c| c.panics.get()).sum())],
         );
 
+        let sum = |f: fn(&CoreMetrics) -> u64| cores.iter().map(|c| f(c)).sum::<u64>();
+        counter(
+            "wssedge_tls_sessions_total",
+            "Completed TLS handshakes by where their records are encrypted",
+            vec![
+                (
+                    "mode=\"ktls\"".to_owned(),
+                    sum(|c| c.tls_sessions_ktls.get()),
+                ),
+                (
+                    "mode=\"userspace\"".to_owned(),
+                    sum(|c| c.tls_sessions_userspace.get()),
+                ),
+            ],
+        );
+        counter(
+            "wssedge_ktls_records_total",
+            "TLS records under kernel TLS: tx exact, rx a lower bound",
+            vec![
+                (
+                    "direction=\"tx\"".to_owned(),
+                    sum(|c| c.ktls_tx_records.get()),
+                ),
+                (
+                    "direction=\"rx\"".to_owned(),
+                    sum(|c| c.ktls_rx_records.get()),
+                ),
+            ],
+        );
+
         let mut handshakes: BTreeMap<(&str, &str), u64> = BTreeMap::new();
         let mut refusals: BTreeMap<&str, u64> = BTreeMap::new();
         let mut closes: BTreeMap<(u16, Side), u64> = BTreeMap::new();
+        let mut fallbacks: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut alerts: BTreeMap<&str, u64> = BTreeMap::new();
         for c in cores {
             let l = c.labelled();
+            for (k, v) in &l.ktls_fallbacks {
+                *fallbacks.entry(k).or_default() += v;
+            }
+            for (k, v) in &l.ktls_alerts {
+                *alerts.entry(k).or_default() += v;
+            }
             for (k, v) in &l.handshakes {
                 *handshakes.entry(*k).or_default() += v;
             }
@@ -279,6 +352,22 @@ impl Registry {
                 .map(|((code, side), v)| (format!("code=\"{code}\",side=\"{}\"", side.as_str()), v))
                 .collect(),
         );
+        counter(
+            "wssedge_ktls_fallbacks_total",
+            "Handshakes kTLS could have taken that stayed in userspace (or closed), by reason",
+            fallbacks
+                .into_iter()
+                .map(|(r, v)| (format!("reason=\"{r}\""), v))
+                .collect(),
+        );
+        counter(
+            "wssedge_ktls_alerts_total",
+            "Alert records received under kernel TLS, by kind",
+            alerts
+                .into_iter()
+                .map(|(k, v)| (format!("kind=\"{k}\""), v))
+                .collect(),
+        );
         out
     }
 }
@@ -298,7 +387,11 @@ mod tests {
         b.close_code(1009, Side::Server);
         a.handshake(false, "tls_protocol_version");
         a.open.add(1);
-        let text = Registry { cores: vec![a, b] }.render();
+        let text = Registry {
+            cores: vec![a, b],
+            ktls_available: false,
+        }
+        .render();
         assert!(
             text.contains("wssedge_frames_total{direction=\"in\"} 5"),
             "{text}"

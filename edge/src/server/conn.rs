@@ -22,13 +22,16 @@ use bytes::BytesMut;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
+use crate::ktls::{self, ControlRecord, KtlsMode, OffloadError};
 use crate::metrics::Side;
 use crate::refuse::Refusal;
 use crate::sockopt::{self, Recv};
 use crate::tls::driver::TlsSession;
+use crate::tls::Negotiated;
 use crate::ws::{self, Event, Session, SessionState};
 
 use super::core::Core;
+use super::record_layer::RecordLayer;
 use super::timer::Deadline;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +40,22 @@ enum Phase {
     Handshake,
     /// Upgraded: WebSocket frames.
     Open,
+}
+
+/// Where a connection's records are encrypted, once its handshake is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TlsMode {
+    Kernel,
+    Userspace,
+}
+
+impl TlsMode {
+    fn name(self) -> &'static str {
+        match self {
+            TlsMode::Kernel => "ktls",
+            TlsMode::Userspace => "userspace",
+        }
+    }
 }
 
 /// Why the processing loop stopped.
@@ -122,7 +141,12 @@ struct Conn {
     core: Rc<Core>,
     stream: TcpStream,
     peer: SocketAddr,
-    tls: TlsSession,
+    layer: RecordLayer,
+    /// What the handshake agreed on (and the client's certificates), kept for every later
+    /// decision; the kernel hand-off gives the rustls session up.
+    negotiated: Option<Negotiated>,
+    /// Decided once the handshake is done: handed to the kernel, or kept in userspace.
+    tls_mode: Option<TlsMode>,
     /// Received plaintext not yet consumed: the upgrade request, then partial frames.
     plaintext: BytesMut,
     phase: Phase,
@@ -146,7 +170,9 @@ impl Conn {
             core,
             stream,
             peer,
-            tls,
+            layer: RecordLayer::User(tls),
+            negotiated: None,
+            tls_mode: None,
             plaintext: BytesMut::new(),
             phase: Phase::Handshake,
             session: None,
@@ -179,6 +205,13 @@ impl Conn {
             if let Some(end) = step {
                 return end;
             }
+            if let Some(end) = self.settle_record_layer() {
+                return end;
+            }
+            if let Some(end) = self.check_key_limits() {
+                self.account_buffers();
+                return end;
+            }
         }
     }
 
@@ -187,9 +220,13 @@ impl Conn {
     fn read_and_process(&mut self) -> Option<End> {
         const MAX_READS_PER_WAKE: usize = 4;
         for _ in 0..MAX_READS_PER_WAKE {
+            let limit = self.read_limit();
+            if limit == Some(0) {
+                return None; // at a record boundary: the hand-off comes first
+            }
             let (got, space) = {
                 let mut pool = self.core.pool.borrow_mut();
-                let space = self.tls.recv_space(&mut pool);
+                let space = self.layer.recv_space(&mut pool, limit);
                 let len = space.len();
                 (
                     sockopt::recv_nonblocking(sockopt::borrow_fd(&self.stream), space),
@@ -198,7 +235,8 @@ impl Conn {
             };
             match got {
                 Ok(Recv::Data(n)) => {
-                    self.tls.commit_recv(n);
+                    let records = self.layer.commit_recv(n);
+                    self.core.metrics.ktls_rx_records.add(records);
                     if let Some(end) = self.process_guarded() {
                         return Some(end);
                     }
@@ -222,13 +260,68 @@ impl Conn {
                     }
                     return Some(End::Abort);
                 }
+                Err(e) if e.raw_os_error() == Some(libc::EIO) && self.layer.kernel().is_some() => {
+                    if let Some(end) = self.take_control_record() {
+                        return Some(end);
+                    }
+                }
                 Err(e) => {
+                    if let Some(reason) =
+                        kernel_read_error(&e).filter(|_| self.layer.kernel().is_some())
+                    {
+                        Refusal::Silent { reason }.record(&self.core.metrics, self.peer);
+                    }
                     tracing::debug!(peer = %self.peer, error = %e, "read failed");
                     return Some(End::Abort);
                 }
             }
         }
         None
+    }
+
+    /// How much the next read may take: before the hand-off to the kernel, no more than what
+    /// completes the record in the buffer, so the kernel starts on a record boundary even when
+    /// the client pipelines data right after its Finished.
+    fn read_limit(&self) -> Option<usize> {
+        if self.tls_mode.is_some() || !self.core.ktls.offloads() {
+            return None;
+        }
+        match self.layer.user() {
+            Some(tls) if !tls.is_handshaking() => Some(tls.bytes_to_record_boundary()),
+            _ => None,
+        }
+    }
+
+    /// A kTLS read failed with EIO: the next record is an alert or a handshake message.
+    fn take_control_record(&mut self) -> Option<End> {
+        let fd = sockopt::borrow_fd(&self.stream);
+        let Some(kernel) = self.layer.kernel() else {
+            return Some(End::Abort);
+        };
+        let taken = kernel.take_control_record(fd, &mut self.core.pool.borrow_mut());
+        let record = match taken {
+            Ok(Some(record)) => record,
+            Ok(None) => return None,
+            Err(e) => {
+                let reason = kernel_read_error(&e).unwrap_or("tls_record_read_failed");
+                Refusal::Silent { reason }.record(&self.core.metrics, self.peer);
+                return Some(End::Abort);
+            }
+        };
+        if let Some(kind) = record.alert_kind() {
+            self.core.metrics.ktls_alert(kind);
+        }
+        match record {
+            ControlRecord::Handled => self.process_guarded(),
+            ControlRecord::CloseNotify => Some(End::Close),
+            ControlRecord::Fatal(reason) => {
+                Refusal::Silent { reason }.record(&self.core.metrics, self.peer);
+                Some(End::Abort)
+            }
+            ControlRecord::RekeyUnsupported => {
+                Some(self.close_for_keys(1001, "tls_rekey_unsupported"))
+            }
+        }
     }
 
     /// The synchronous step under `catch_unwind`.
@@ -260,12 +353,12 @@ impl Conn {
         // The session's state is suspect after a panic: write the close frame by hand.
         self.session = None;
         self.plaintext = BytesMut::new();
-        if !self.tls.is_handshaking() {
+        if !self.layer.is_handshaking() {
             let bytes = match &refusal {
                 Refusal::Close { code, reason } => ws::OutFrame::close_with(*code, reason).to_vec(),
                 other => other.http_response().unwrap_or_default(),
             };
-            if self.tls.encrypt(&bytes).is_err() {
+            if self.layer.send(&bytes).is_err() {
                 return End::Abort;
             }
         }
@@ -274,7 +367,7 @@ impl Conn {
 
     fn process(&mut self) -> Option<End> {
         let before = self.plaintext.len();
-        if let Err(e) = self.tls.process(&mut self.plaintext) {
+        if let Err(e) = self.layer.process(&mut self.plaintext) {
             // Any alert rustls queued is in the output and is flushed before closing.
             Refusal::Tls { reason: e.reason() }.record(&self.core.metrics, self.peer);
             return Some(End::Abort);
@@ -286,7 +379,7 @@ impl Conn {
         // What arrived before the client's close_notify is served first (a close frame in the
         // same flight still gets its reply).
         let step = self.process_plaintext();
-        if step.is_none() && self.tls.peer_closed() {
+        if step.is_none() && self.layer.peer_closed() {
             return Some(End::Close);
         }
         step
@@ -295,7 +388,7 @@ impl Conn {
     /// The upgrade request, then the session.
     fn process_plaintext(&mut self) -> Option<End> {
         if self.phase == Phase::Handshake {
-            if self.tls.is_handshaking() {
+            if self.layer.is_handshaking() {
                 return None;
             }
             match ws::parse_upgrade(&self.plaintext, &self.core.handshake_limits) {
@@ -322,7 +415,7 @@ impl Conn {
     fn refuse_http(&mut self, refusal: Refusal) -> End {
         refusal.record(&self.core.metrics, self.peer);
         match refusal.http_response() {
-            Some(response) if self.tls.encrypt(&response).is_ok() => End::Close,
+            Some(response) if self.layer.send(&response).is_ok() => End::Close,
             _ => End::Abort,
         }
     }
@@ -331,7 +424,7 @@ impl Conn {
     fn upgrade(&mut self, request: &ws::UpgradeRequest) -> Result<(), End> {
         let mut response = Vec::with_capacity(160);
         ws::write_response_101(request, None, &mut response);
-        if self.tls.encrypt(&response).is_err() {
+        if self.layer.send(&response).is_err() {
             return Err(End::Abort);
         }
         self.phase = Phase::Open;
@@ -341,7 +434,12 @@ impl Conn {
         core.metrics.handshake(true, "ok");
         self.deadline
             .set(Instant::now() + core.cfg.limits.idle_timeout());
-        tracing::debug!(peer = %self.peer, path = %request.path, "upgraded");
+        tracing::debug!(
+            peer = %self.peer,
+            path = %request.path,
+            tls = self.tls_mode.map_or("undecided", TlsMode::name),
+            "upgraded"
+        );
         Ok(())
     }
 
@@ -405,6 +503,134 @@ impl Conn {
         }
     }
 
+    /// Once the handshake is done: keeps what it agreed on and decides where records are
+    /// encrypted from now on — handed to the kernel at the first quiescent point (every record
+    /// received is decrypted, every record queued is written), or kept in userspace.
+    fn settle_record_layer(&mut self) -> Option<End> {
+        if self.tls_mode.is_some() {
+            return None;
+        }
+        let tls = self.layer.user()?;
+        if tls.is_handshaking() {
+            return None;
+        }
+        if self.negotiated.is_none() {
+            self.negotiated = tls.negotiated();
+        }
+        let policy = self.core.ktls.clone();
+        if !policy.offloads() {
+            self.decide(TlsMode::Userspace);
+            return None;
+        }
+        if !tls.is_quiescent() || tls.has_pending_output() {
+            return None; // reads stop at the next record boundary; try again then
+        }
+        let RecordLayer::User(tls) = std::mem::replace(&mut self.layer, RecordLayer::Detached)
+        else {
+            return Some(End::Abort);
+        };
+        let offloaded = ktls::offload(
+            tls,
+            sockopt::borrow_fd(&self.stream),
+            &mut self.core.pool.borrow_mut(),
+            &policy.support,
+            policy.key_limit_override,
+        );
+        match offloaded {
+            Ok(kernel) => {
+                self.layer = RecordLayer::Kernel(kernel);
+                self.decide(TlsMode::Kernel);
+                None
+            }
+            Err(OffloadError::Fallback {
+                tls,
+                reason,
+                detail,
+            }) => {
+                self.layer = RecordLayer::User(*tls);
+                self.core.metrics.ktls_fallback(reason);
+                log_fallback_once(reason, &detail);
+                if policy.mode == KtlsMode::Required {
+                    Refusal::Silent {
+                        reason: "ktls_required",
+                    }
+                    .record(&self.core.metrics, self.peer);
+                    return Some(End::Close);
+                }
+                self.decide(TlsMode::Userspace);
+                None
+            }
+            Err(OffloadError::Broken { reason, detail }) => {
+                self.core.metrics.ktls_fallback(reason);
+                tracing::warn!(peer = %self.peer, reason, detail, "kTLS hand-off failed after the secrets were extracted; connection closed");
+                Refusal::Silent {
+                    reason: "ktls_handoff_failed",
+                }
+                .record(&self.core.metrics, self.peer);
+                Some(End::Abort)
+            }
+        }
+    }
+
+    fn decide(&mut self, mode: TlsMode) {
+        self.tls_mode = Some(mode);
+        let metrics = &self.core.metrics;
+        match mode {
+            TlsMode::Kernel => {
+                metrics.tls_sessions_ktls.inc();
+                metrics.ktls_open.add(1);
+            }
+            TlsMode::Userspace => metrics.tls_sessions_userspace.inc(),
+        }
+        if let Some(n) = &self.negotiated {
+            tracing::debug!(
+                peer = %self.peer,
+                tls = mode.name(),
+                version = ?n.version,
+                suite = ?n.suite.suite(),
+                sni = n.sni.as_deref().unwrap_or(""),
+                "TLS established"
+            );
+        }
+    }
+
+    /// Under kTLS: replaces our keys when due (where the kernel can), or closes with 1001
+    /// before the suite's record limit.
+    fn check_key_limits(&mut self) -> Option<End> {
+        let fd = sockopt::borrow_fd(&self.stream);
+        let kernel = self.layer.kernel()?;
+        if kernel.tx_rekey_due() && !kernel.has_pending_output() {
+            match kernel.rekey_tx(fd) {
+                Ok(()) => tracing::debug!(peer = %self.peer, "TLS keys updated (KeyUpdate)"),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {} // next time round
+                Err(e) => {
+                    tracing::warn!(peer = %self.peer, error = %e, "TLS key update failed");
+                    return Some(self.close_for_keys(1001, "tls_key_limit"));
+                }
+            }
+        }
+        if self.layer.kernel()?.key_limit_reached() {
+            return Some(self.close_for_keys(1001, "tls_key_limit"));
+        }
+        None
+    }
+
+    /// Closes because the TLS keys cannot go on: a close frame when upgraded, then
+    /// close_notify (the session does not wait for the client's close reply).
+    fn close_for_keys(&mut self, code: u16, reason: &'static str) -> End {
+        match self.session.as_mut() {
+            Some(session) if session.state() == SessionState::Open => {
+                Refusal::Close { code, reason }.record(&self.core.metrics, self.peer);
+                session.close(code, reason);
+                if self.encrypt_outgoing().is_err() {
+                    return End::Abort;
+                }
+            }
+            _ => Refusal::Silent { reason }.record(&self.core.metrics, self.peer),
+        }
+        End::Close
+    }
+
     /// Sets this connection's share of the core's buffer budget; returns the core's total.
     fn hold(&mut self, held: usize) -> usize {
         let core = &self.core;
@@ -438,13 +664,13 @@ impl Conn {
             frame.append_to(&mut staging);
             if staging.len() >= STAGING_FLUSH {
                 self.core.metrics.bytes_out.add(staging.len() as u64);
-                self.tls.encrypt(&staging).map_err(|_| End::Abort)?;
+                self.layer.send(&staging).map_err(|_| End::Abort)?;
                 staging.clear();
             }
         }
         if !staging.is_empty() {
             self.core.metrics.bytes_out.add(staging.len() as u64);
-            self.tls.encrypt(&staging).map_err(|_| End::Abort)?;
+            self.layer.send(&staging).map_err(|_| End::Abort)?;
             staging.clear();
         }
         // A 16 MiB echo must not keep 16 MiB of staging on the core afterwards.
@@ -457,11 +683,11 @@ impl Conn {
 
     /// Returns the read buffer once drained and keeps the held-buffers gauge true.
     fn account_buffers(&mut self) {
-        self.tls.release_idle(&mut self.core.pool.borrow_mut());
+        self.layer.release_idle(&mut self.core.pool.borrow_mut());
         if self.plaintext.is_empty() && self.plaintext.capacity() > 0 {
             self.plaintext = BytesMut::new();
         }
-        let holds = self.tls.holds_read_buffer() || self.plaintext.capacity() > 0;
+        let holds = self.layer.holds_read_buffer() || self.plaintext.capacity() > 0;
         if holds != self.holds_read_buffer {
             self.core
                 .metrics
@@ -500,8 +726,8 @@ impl Conn {
     /// Writes all queued ciphertext. A write that makes no progress within the write timeout
     /// shuts the socket down (a client that stopped reading).
     async fn flush(&mut self) -> Result<(), End> {
-        while self.tls.has_pending_output() {
-            let out = self.tls.take_output();
+        while self.layer.has_pending_output() {
+            let out = self.layer.take_output();
             let len = out.len();
             self.write_deadline
                 .set(Instant::now() + self.core.cfg.limits.write_timeout());
@@ -511,7 +737,10 @@ impl Conn {
             };
             self.write_deadline.clear();
             match written {
-                Some((Ok(n), buf)) if n == len => self.tls.restore_output(buf),
+                Some((Ok(n), buf)) if n == len => {
+                    let records = self.layer.restore_output(buf, n);
+                    self.core.metrics.ktls_tx_records.add(records);
+                }
                 Some((result, _)) => {
                     tracing::debug!(peer = %self.peer, result = ?result.err(), "write failed");
                     return Err(End::Abort);
@@ -531,11 +760,12 @@ impl Conn {
 
     /// Ends the connection: flushes, says close_notify when TLS is up, and closes.
     async fn finish(&mut self, end: End) {
-        if matches!(end, End::Close) && !self.tls.is_handshaking() {
-            if self.tls.queue_close_notify().is_ok() {
-                let _ = self.flush().await;
+        if matches!(end, End::Close) && !self.layer.is_handshaking() {
+            if self.layer.queue_close_notify() && self.flush().await.is_ok() {
+                self.layer
+                    .send_close_notify(sockopt::borrow_fd(&self.stream));
             }
-        } else if self.tls.has_pending_output() {
+        } else if self.layer.has_pending_output() {
             // An alert (TLS failure) or the last frames: best effort, bounded by the write timeout.
             let _ = self.flush().await;
         }
@@ -555,8 +785,35 @@ impl Drop for Conn {
             core.metrics.read_buffers_held.add(-1);
         }
         if let Ok(mut pool) = core.pool.try_borrow_mut() {
-            self.tls.release_idle(&mut pool);
+            self.layer.release_idle(&mut pool);
         }
+        if self.tls_mode == Some(TlsMode::Kernel) {
+            core.metrics.ktls_open.add(-1);
+        }
+    }
+}
+
+/// The counter label of a kTLS read error that ends the connection.
+fn kernel_read_error(e: &std::io::Error) -> Option<&'static str> {
+    match e.raw_os_error() {
+        // A record failed to authenticate (or keys changed under a kernel that cannot follow).
+        Some(libc::EBADMSG) => Some("tls_bad_record"),
+        // A record longer than TLS allows, or the kernel started mid-record.
+        Some(libc::EMSGSIZE) => Some("tls_record_overflow"),
+        _ => None,
+    }
+}
+
+/// A fallback to userspace is logged once per process (then only counted): under a kernel
+/// that refuses every connection, one line says why, not one per connection.
+fn log_fallback_once(reason: &'static str, detail: &str) {
+    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            reason,
+            detail,
+            "kTLS hand-off refused; this connection stays in userspace (further fallbacks are only counted: wssedge_ktls_fallbacks_total)"
+        );
     }
 }
 

@@ -13,6 +13,7 @@ use monoio::net::TcpListener;
 
 use crate::bufpool::BufPool;
 use crate::config::Config;
+use crate::ktls::KtlsPolicy;
 use crate::metrics::CoreMetrics;
 use crate::refuse::Refusal;
 use crate::sockopt::AcceptedSocketOptions;
@@ -26,6 +27,7 @@ pub(crate) struct Core {
     pub index: usize,
     pub cfg: Arc<Config>,
     pub tls: Arc<rustls::ServerConfig>,
+    pub ktls: Arc<KtlsPolicy>,
     pub metrics: Arc<CoreMetrics>,
     pub pool: RefCell<BufPool>,
     /// Plaintext staging for encryption: frames are gathered here and encrypted at once, so a
@@ -50,18 +52,15 @@ impl Core {
         }
     }
 
-    pub fn new(
-        index: usize,
-        cores: usize,
-        cfg: Arc<Config>,
-        tls: Arc<rustls::ServerConfig>,
-        metrics: Arc<CoreMetrics>,
-    ) -> Self {
+    pub fn new(start: &CoreStart) -> Self {
+        let cfg = start.cfg.clone();
+        let cores = start.cores;
         let l = &cfg.limits;
         Self {
-            index,
-            tls,
-            metrics,
+            index: start.index,
+            tls: start.tls.clone(),
+            ktls: start.ktls.clone(),
+            metrics: start.metrics.clone(),
             pool: RefCell::new(BufPool::default()),
             staging: RefCell::new(Vec::new()),
             wheel: TimerWheel::new(Instant::now()),
@@ -110,22 +109,15 @@ pub(crate) struct CoreStart {
     pub cpu: usize,
     pub cfg: Arc<Config>,
     pub tls: Arc<rustls::ServerConfig>,
+    pub ktls: Arc<KtlsPolicy>,
     pub metrics: Arc<CoreMetrics>,
     pub listeners: Vec<std::net::TcpListener>,
 }
 
 /// The body of a core thread. Reports on `started` once it serves (or why it cannot).
 pub(crate) fn run_core(start: CoreStart, started: std::sync::mpsc::Sender<Result<(), String>>) {
-    let CoreStart {
-        index,
-        cores,
-        cpu,
-        cfg,
-        tls,
-        metrics,
-        listeners,
-    } = start;
-    let core = Core::new(index, cores, cfg, tls, metrics);
+    let core = Core::new(&start);
+    let CoreStart { cpu, listeners, .. } = start;
     if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
         tracing::warn!(core = core.index, cpu, error = %e, "could not pin the core thread; it runs unpinned");
     }

@@ -6,6 +6,7 @@ mod conn;
 mod core;
 pub mod cpus;
 pub mod listen;
+mod record_layer;
 pub mod timer;
 
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::config::Config;
+use crate::ktls::KtlsPolicy;
 use crate::metrics::{CoreMetrics, Registry};
 use crate::tls::policy;
 
@@ -37,6 +39,8 @@ pub enum StartError {
     Thread(std::io::Error),
     #[error("{0}")]
     Core(String),
+    #[error("kTLS: {0}")]
+    Ktls(String),
 }
 
 /// A running edge.
@@ -78,6 +82,18 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
         }
     };
     let tls = policy::server_config(chain, key).map_err(|e| StartError::Tls(e.to_string()))?;
+    let ktls = KtlsPolicy::decide(cfg.tls.ktls, cfg.tls.ktls_key_limit_records)
+        .map_err(StartError::Ktls)?;
+    ktls.log_start();
+    let tls = if ktls.offloads() {
+        // The hand-off needs rustls to give the traffic secrets up.
+        let mut with_extraction = (*tls).clone();
+        with_extraction.enable_secret_extraction = true;
+        Arc::new(with_extraction)
+    } else {
+        tls
+    };
+    let ktls = Arc::new(ktls);
 
     let mut sets = Vec::new();
     for addr in &cfg.server.listen {
@@ -91,6 +107,7 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
             .enumerate()
             .map(|(i, &cpu)| Arc::new(CoreMetrics::new(i, cpu)))
             .collect(),
+        ktls_available: ktls.offloads(),
     };
     let admin = crate::admin::start(cfg.server.admin, registry.clone()).map_err(|source| {
         StartError::Admin {
@@ -118,6 +135,7 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
             cpu,
             cfg: cfg.clone(),
             tls: tls.clone(),
+            ktls: ktls.clone(),
             metrics: registry.cores[i].clone(),
             listeners,
         };

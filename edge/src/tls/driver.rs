@@ -64,6 +64,9 @@ pub struct Negotiated {
     pub alpn: Option<Vec<u8>>,
     /// The DNS name the client asked for (SNI), lower-cased; `None` without SNI or for an IP.
     pub sni: Option<String>,
+    /// The client's certificate chain, leaf first (empty without client authentication). Kept
+    /// here because the kernel hand-off gives the rustls connection up.
+    pub peer_certificates: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// Why a TLS session failed. [`TlsError::reason`] gives a stable counter label.
@@ -602,6 +605,25 @@ impl TlsSession {
         self.end - self.start
     }
 
+    /// How many more bytes complete the partial record held (`0`: the buffer ends on a record
+    /// boundary). Before a hand-off to the kernel, reads are cut to this so the kernel never
+    /// starts in the middle of a record a pipelining client sent right after its Finished.
+    pub fn bytes_to_record_boundary(&self) -> usize {
+        let held = self.buffered_ciphertext();
+        if held == 0 {
+            return 0;
+        }
+        let Some(buf) = self.incoming.as_deref() else {
+            return 0;
+        };
+        let header = &buf[self.start..self.end];
+        if header.len() < 5 {
+            return 5 - header.len();
+        }
+        let record = 5 + usize::from(u16::from_be_bytes([header[3], header[4]]));
+        record.saturating_sub(held)
+    }
+
     /// What the handshake agreed on, once it is complete.
     pub fn negotiated(&self) -> Option<Negotiated> {
         if self.is_handshaking() {
@@ -612,6 +634,11 @@ impl TlsSession {
             suite: self.conn.negotiated_cipher_suite()?,
             alpn: self.conn.alpn_protocol().map(<[u8]>::to_vec),
             sni: self.sni.clone(),
+            peer_certificates: self
+                .conn
+                .peer_certificates()
+                .map(<[_]>::to_vec)
+                .unwrap_or_default(),
         })
     }
 }

@@ -382,6 +382,41 @@ fn a_partial_record_at_the_end_of_the_handshake_read_is_kept_and_completed() {
     assert_eq!(pair.client_plain, b"early reply");
 }
 
+/// Before the kernel hand-off, reads stop at record boundaries: the bound names exactly the bytes
+/// that complete the record in the buffer (header first when even that is cut).
+#[test]
+fn bytes_to_record_boundary_completes_the_partial_record_exactly() {
+    let mut pair = Pair::new(default_client(), "localhost", usize::MAX);
+    let hello = pair.client_wire();
+    let flight = pair.feed_server(&hello).unwrap();
+    pair.feed_client(&flight).unwrap();
+    let finished = pair.client_wire();
+    let tickets = pair.feed_server(&finished).unwrap();
+    pair.feed_client(&tickets).unwrap();
+    assert!(!pair.server.is_handshaking());
+    assert_eq!(pair.server.bytes_to_record_boundary(), 0);
+    pair.client.writer().write_all(&[b'y'; 5000]).unwrap();
+    pair.client.writer().write_all(&[b'z'; 100]).unwrap();
+    let wire = pair.client_wire();
+    let records = record_lengths(&wire);
+    let first = 5 + records[0].1;
+    // Three bytes of the header: two more complete it.
+    pair.feed_server(&wire[..3]).unwrap();
+    assert_eq!(pair.server.bytes_to_record_boundary(), 2);
+    // Feed exactly what the bound asks for, twice: the header, then the body.
+    let mut off = 3;
+    for _ in 0..2 {
+        let need = pair.server.bytes_to_record_boundary();
+        assert!(need > 0);
+        pair.feed_server(&wire[off..off + need]).unwrap();
+        off += need;
+    }
+    assert_eq!(off, first, "the bound ends on the record boundary");
+    assert_eq!(pair.server.bytes_to_record_boundary(), 0);
+    assert!(pair.server.is_quiescent());
+    assert_eq!(pair.server_plain.len(), 5000);
+}
+
 #[test]
 fn close_notify_both_ways() {
     for chunk in CHUNKS {

@@ -1,0 +1,291 @@
+//! The `struct tls12_crypto_info_*` byte layouts `setsockopt(SOL_TLS, TLS_TX | TLS_RX)` takes,
+//! built from the secrets rustls hands over (sans-IO, so the layout is unit-tested here).
+//!
+//! Every layout is a 4-byte header (`version`, `cipher_type`, native endian) followed by byte
+//! arrays, so there is no padding and a byte buffer is exactly the C struct:
+//!
+//! | cipher            | iv | key | salt | rec_seq | total |
+//! |-------------------|----|-----|------|---------|-------|
+//! | AES-128-GCM       | 8  | 16  | 4    | 8       | 40    |
+//! | AES-256-GCM       | 8  | 32  | 4    | 8       | 56    |
+//! | ChaCha20-Poly1305 | 12 | 32  | 0    | 8       | 56    |
+//!
+//! For AES-GCM rustls' 12-byte IV is split: the first 4 bytes are the kernel's `salt`, the last
+//! 8 its `iv`. ChaCha20-Poly1305 takes the whole IV and no salt. `rec_seq` is the next record's
+//! sequence number, big-endian.
+
+use rustls::{ConnectionTrafficSecrets, ProtocolVersion};
+
+/// `TLS_1_2_VERSION` / `TLS_1_3_VERSION` of `<linux/tls.h>`.
+const TLS_1_2_VERSION: u16 = 0x0303;
+const TLS_1_3_VERSION: u16 = 0x0304;
+
+/// `TLS_CIPHER_*` of `<linux/tls.h>`.
+const TLS_CIPHER_AES_GCM_128: u16 = 51;
+const TLS_CIPHER_AES_GCM_256: u16 = 52;
+const TLS_CIPHER_CHACHA20_POLY1305: u16 = 54;
+
+/// The record ciphers the kernel offload is used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cipher {
+    Aes128Gcm,
+    Aes256Gcm,
+    Chacha20Poly1305,
+}
+
+impl Cipher {
+    pub const ALL: [Cipher; 3] = [
+        Cipher::Aes128Gcm,
+        Cipher::Aes256Gcm,
+        Cipher::Chacha20Poly1305,
+    ];
+
+    /// The cipher of a rustls suite, if the kernel offload knows it.
+    pub fn of_suite(suite: rustls::SupportedCipherSuite) -> Option<Cipher> {
+        use rustls::CipherSuite as S;
+        match suite.suite() {
+            S::TLS13_AES_128_GCM_SHA256
+            | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => Some(Cipher::Aes128Gcm),
+            S::TLS13_AES_256_GCM_SHA384
+            | S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+            | S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => Some(Cipher::Aes256Gcm),
+            S::TLS13_CHACHA20_POLY1305_SHA256
+            | S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+            | S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => Some(Cipher::Chacha20Poly1305),
+            _ => None,
+        }
+    }
+
+    /// A stable label for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cipher::Aes128Gcm => "aes-128-gcm",
+            Cipher::Aes256Gcm => "aes-256-gcm",
+            Cipher::Chacha20Poly1305 => "chacha20-poly1305",
+        }
+    }
+
+    fn kernel_id(self) -> u16 {
+        match self {
+            Cipher::Aes128Gcm => TLS_CIPHER_AES_GCM_128,
+            Cipher::Aes256Gcm => TLS_CIPHER_AES_GCM_256,
+            Cipher::Chacha20Poly1305 => TLS_CIPHER_CHACHA20_POLY1305,
+        }
+    }
+
+    fn key_len(self) -> usize {
+        match self {
+            Cipher::Aes128Gcm => 16,
+            Cipher::Aes256Gcm | Cipher::Chacha20Poly1305 => 32,
+        }
+    }
+
+    /// Bytes of rustls' 12-byte IV that go into the kernel's `salt` (the rest is `iv`).
+    fn salt_len(self) -> usize {
+        match self {
+            Cipher::Aes128Gcm | Cipher::Aes256Gcm => 4,
+            Cipher::Chacha20Poly1305 => 0,
+        }
+    }
+}
+
+/// The TLS versions the kernel offload is used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+impl TlsVersion {
+    pub const ALL: [TlsVersion; 2] = [TlsVersion::Tls12, TlsVersion::Tls13];
+
+    pub fn of(version: ProtocolVersion) -> Option<TlsVersion> {
+        match version {
+            ProtocolVersion::TLSv1_2 => Some(TlsVersion::Tls12),
+            ProtocolVersion::TLSv1_3 => Some(TlsVersion::Tls13),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsVersion::Tls12 => "1.2",
+            TlsVersion::Tls13 => "1.3",
+        }
+    }
+
+    fn kernel_id(self) -> u16 {
+        match self {
+            TlsVersion::Tls12 => TLS_1_2_VERSION,
+            TlsVersion::Tls13 => TLS_1_3_VERSION,
+        }
+    }
+}
+
+/// Why secrets cannot become a kernel crypto info.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CryptoInfoError {
+    #[error("the {got}-byte key does not fit {cipher}")]
+    KeyLength { cipher: &'static str, got: usize },
+}
+
+/// One direction's `tls12_crypto_info_*`, ready for `setsockopt`. Key material is wiped when it
+/// is dropped.
+pub struct CryptoInfo {
+    bytes: [u8; CryptoInfo::MAX_LEN],
+    len: usize,
+}
+
+impl CryptoInfo {
+    const MAX_LEN: usize = 56;
+
+    /// Builds the crypto info for `secrets` at record sequence number `seq`.
+    pub fn new(
+        version: TlsVersion,
+        secrets: &ConnectionTrafficSecrets,
+        seq: u64,
+    ) -> Result<Self, CryptoInfoError> {
+        let (cipher, key, iv) = match secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (Cipher::Aes128Gcm, key, iv),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (Cipher::Aes256Gcm, key, iv),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+                (Cipher::Chacha20Poly1305, key, iv)
+            }
+            // The enum is non-exhaustive; anything newer is not offloaded.
+            #[allow(unreachable_patterns)]
+            _ => {
+                return Err(CryptoInfoError::KeyLength {
+                    cipher: "an unknown cipher",
+                    got: 0,
+                })
+            }
+        };
+        Self::from_parts(version, cipher, key.as_ref(), iv.as_ref(), seq)
+    }
+
+    /// The layout from raw parts (also what the start-up probe uses, with a dummy key).
+    pub fn from_parts(
+        version: TlsVersion,
+        cipher: Cipher,
+        key: &[u8],
+        iv12: &[u8],
+        seq: u64,
+    ) -> Result<Self, CryptoInfoError> {
+        if key.len() != cipher.key_len() {
+            return Err(CryptoInfoError::KeyLength {
+                cipher: cipher.name(),
+                got: key.len(),
+            });
+        }
+        let mut info = Self {
+            bytes: [0; Self::MAX_LEN],
+            len: 0,
+        };
+        let (salt, iv) = iv12.split_at(cipher.salt_len().min(iv12.len()));
+        info.push(&version.kernel_id().to_ne_bytes());
+        info.push(&cipher.kernel_id().to_ne_bytes());
+        info.push(iv);
+        info.push(key);
+        info.push(salt);
+        info.push(&seq.to_be_bytes());
+        Ok(info)
+    }
+
+    fn push(&mut self, part: &[u8]) {
+        self.bytes[self.len..self.len + part.len()].copy_from_slice(part);
+        self.len += part.len();
+    }
+
+    /// The struct's bytes, exactly as long as the C struct.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl Drop for CryptoInfo {
+    fn drop(&mut self) {
+        for b in self.bytes.iter_mut() {
+            // SAFETY: `b` is a valid, exclusive reference into our own array; the volatile write
+            // keeps the compiler from dropping the wipe of key material as a dead store.
+            unsafe { std::ptr::write_volatile(b, 0) };
+        }
+    }
+}
+
+impl std::fmt::Debug for CryptoInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CryptoInfo")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IV: [u8; 12] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+
+    #[test]
+    fn aes_128_gcm_splits_the_iv_into_salt_and_iv() {
+        let key = [0xaa; 16];
+        let info =
+            CryptoInfo::from_parts(TlsVersion::Tls13, Cipher::Aes128Gcm, &key, &IV, 1).unwrap();
+        let b = info.as_bytes();
+        assert_eq!(b.len(), 40);
+        assert_eq!(&b[0..2], &0x0304u16.to_ne_bytes());
+        assert_eq!(&b[2..4], &51u16.to_ne_bytes());
+        assert_eq!(&b[4..12], &IV[4..12], "iv = the last 8 bytes");
+        assert_eq!(&b[12..28], &key);
+        assert_eq!(&b[28..32], &IV[0..4], "salt = the first 4 bytes");
+        assert_eq!(&b[32..40], &[0, 0, 0, 0, 0, 0, 0, 1], "rec_seq big-endian");
+    }
+
+    #[test]
+    fn aes_256_gcm_layout() {
+        let key = [0xbb; 32];
+        let info = CryptoInfo::from_parts(TlsVersion::Tls12, Cipher::Aes256Gcm, &key, &IV, 0x0102)
+            .unwrap();
+        let b = info.as_bytes();
+        assert_eq!(b.len(), 56);
+        assert_eq!(&b[0..2], &0x0303u16.to_ne_bytes());
+        assert_eq!(&b[2..4], &52u16.to_ne_bytes());
+        assert_eq!(&b[4..12], &IV[4..12]);
+        assert_eq!(&b[12..44], &key);
+        assert_eq!(&b[44..48], &IV[0..4]);
+        assert_eq!(&b[48..56], &0x0102u64.to_be_bytes());
+    }
+
+    #[test]
+    fn chacha20_poly1305_takes_the_whole_iv_and_no_salt() {
+        let key = [0xcc; 32];
+        let info =
+            CryptoInfo::from_parts(TlsVersion::Tls13, Cipher::Chacha20Poly1305, &key, &IV, 7)
+                .unwrap();
+        let b = info.as_bytes();
+        assert_eq!(b.len(), 56);
+        assert_eq!(&b[2..4], &54u16.to_ne_bytes());
+        assert_eq!(&b[4..16], &IV);
+        assert_eq!(&b[16..48], &key);
+        assert_eq!(&b[48..56], &7u64.to_be_bytes());
+    }
+
+    #[test]
+    fn a_key_of_the_wrong_length_is_refused() {
+        let err = CryptoInfo::from_parts(TlsVersion::Tls13, Cipher::Aes256Gcm, &[0; 16], &IV, 0)
+            .unwrap_err();
+        assert!(err.to_string().contains("aes-256-gcm"), "{err}");
+    }
+
+    #[test]
+    fn every_suite_of_the_policy_maps_to_a_kernel_cipher() {
+        for suite in crate::tls::policy::CIPHER_SUITES {
+            assert!(
+                Cipher::of_suite(*suite).is_some(),
+                "{:?} has no kernel cipher",
+                suite.suite()
+            );
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! A connection whose records the kernel encrypts and decrypts.
+//!
+//! [`KernelTls`] keeps what is left of rustls after the hand-off (the [`KernelConnection`] that
+//! derives new traffic secrets), a pooled read buffer only while there is something to read,
+//! the plaintext queued for the socket, and the record counts the kernel does not keep:
+//! nothing in the kernel enforces a suite's confidentiality limit, so we count records per
+//! direction and rekey (TLS 1.3 on kernels that can) or close before the limit.
+//!
+//! Counting: every write we hand the socket is cut by the kernel into records of at most
+//! 2^14 bytes and its last record is closed at the end of the call (we never pass MSG_MORE), so
+//! a write of `n` bytes is `ceil(n / 2^14)` records — exact. On the receiving side the kernel
+//! hides record boundaries; `ceil(n / 2^14)` per read is a lower bound.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+
+use bytes::BytesMut;
+use rustls::kernel::KernelConnection;
+use rustls::server::ServerConnectionData;
+
+use super::crypto_info::{Cipher, CryptoInfo, TlsVersion};
+use super::sys::{self, Direction};
+use crate::bufpool::BufPool;
+use crate::tls::TlsError;
+
+/// Plaintext bytes per TLS record.
+const MAX_RECORD_PLAINTEXT: u64 = 1 << 14;
+
+const CONTENT_ALERT: u8 = 21;
+const CONTENT_HANDSHAKE: u8 = 22;
+const CONTENT_APPLICATION_DATA: u8 = 23;
+const ALERT_WARNING: u8 = 1;
+const ALERT_CLOSE_NOTIFY: u8 = 0;
+const HANDSHAKE_KEY_UPDATE: u8 = 24;
+const KEY_UPDATE_NOT_REQUESTED: u8 = 0;
+const KEY_UPDATE_REQUESTED: u8 = 1;
+
+/// What the kernel session needs to know about the connection it takes over.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelParams {
+    pub version: TlsVersion,
+    pub cipher: Cipher,
+    /// Records per key before the connection must rekey or close.
+    pub record_limit: u64,
+    /// The kernel can set TLS 1.3 keys again on a live socket.
+    pub kernel_rekey: bool,
+}
+
+/// What a non-data record meant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlRecord {
+    /// Handled (a KeyUpdate followed by the kernel); keep reading.
+    Handled,
+    /// close_notify: the client sends nothing more.
+    CloseNotify,
+    /// A fatal alert or a record that cannot be taken: close at once. The reason is a counter
+    /// label.
+    Fatal(&'static str),
+    /// The client updated its keys and the kernel cannot follow: close with 1001.
+    RekeyUnsupported,
+}
+
+impl ControlRecord {
+    /// The label of `wssedge_ktls_alerts_total` when the record was an alert.
+    pub fn alert_kind(&self) -> Option<&'static str> {
+        match self {
+            ControlRecord::CloseNotify => Some("close_notify"),
+            ControlRecord::Fatal("tls_alert_received") => Some("fatal"),
+            ControlRecord::Fatal("tls_alert_unexpected") => Some("other"),
+            _ => None,
+        }
+    }
+}
+
+/// The record layer of a connection after the kTLS hand-off.
+pub struct KernelTls {
+    conn: KernelConnection<ServerConnectionData>,
+    params: KernelParams,
+    /// Records sent / received (lower bound) under the current keys.
+    tx_records: u64,
+    rx_records: u64,
+    /// Plaintext read from the socket is `incoming[..filled]`; held only while needed.
+    incoming: Option<Vec<u8>>,
+    filled: usize,
+    /// Plaintext queued for the socket.
+    outgoing: Vec<u8>,
+    /// The client asked for our keys to be updated (or our count reached the limit).
+    tx_rekey_due: bool,
+    sent_close_notify: bool,
+}
+
+impl KernelTls {
+    pub fn new(conn: KernelConnection<ServerConnectionData>, params: KernelParams) -> Self {
+        Self {
+            conn,
+            params,
+            tx_records: 0,
+            rx_records: 0,
+            incoming: None,
+            filled: 0,
+            outgoing: Vec::new(),
+            tx_rekey_due: false,
+            sent_close_notify: false,
+        }
+    }
+
+    pub fn params(&self) -> &KernelParams {
+        &self.params
+    }
+
+    /// Space to read plaintext into (a buffer from the pool while none is held).
+    pub fn recv_space(&mut self, pool: &mut BufPool) -> &mut [u8] {
+        let buf = self.incoming.get_or_insert_with(|| pool.take());
+        &mut buf[self.filled..]
+    }
+
+    /// `n` bytes were read into [`recv_space`](Self::recv_space). Returns the records that
+    /// read is counted as.
+    pub fn commit_recv(&mut self, n: usize) -> u64 {
+        self.filled += n;
+        let records = (n as u64).div_ceil(MAX_RECORD_PLAINTEXT);
+        self.rx_records += records;
+        records
+    }
+
+    /// Moves what was read into the connection's plaintext.
+    pub fn drain_into(&mut self, plaintext: &mut BytesMut) {
+        if let Some(buf) = &self.incoming {
+            plaintext.extend_from_slice(&buf[..self.filled]);
+        }
+        self.filled = 0;
+    }
+
+    /// Gives the read buffer back to the pool when it holds nothing.
+    pub fn release_idle(&mut self, pool: &mut BufPool) {
+        if self.filled == 0 {
+            if let Some(buf) = self.incoming.take() {
+                pool.give(buf);
+            }
+        }
+    }
+
+    pub fn holds_read_buffer(&self) -> bool {
+        self.incoming.is_some()
+    }
+
+    /// Queues plaintext for the socket; refused after our close_notify (TLS allows nothing
+    /// after it).
+    pub fn queue(&mut self, plaintext: &[u8]) -> Result<(), TlsError> {
+        if self.sent_close_notify {
+            return Err(TlsError::Closed);
+        }
+        self.outgoing.extend_from_slice(plaintext);
+        Ok(())
+    }
+
+    pub fn has_pending_output(&self) -> bool {
+        !self.outgoing.is_empty()
+    }
+
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.outgoing)
+    }
+
+    /// The buffer of a completed write of `written` bytes comes back (emptied, capacity kept
+    /// within bounds); the records it made are counted and returned.
+    pub fn restore_output(&mut self, mut buf: Vec<u8>, written: usize) -> u64 {
+        let records = (written as u64).div_ceil(MAX_RECORD_PLAINTEXT);
+        self.tx_records += records;
+        buf.clear();
+        if buf.capacity() <= crate::tls::driver::MAX_RETAINED_OUTPUT && self.outgoing.is_empty() {
+            self.outgoing = buf;
+        }
+        records
+    }
+
+    /// The point where the current keys must be replaced or the connection closed: the limit
+    /// minus a margin for what is already queued and the close that follows.
+    fn threshold(&self) -> u64 {
+        let limit = self.params.record_limit;
+        limit - limit / 16
+    }
+
+    /// The counts reached the threshold and the kernel cannot rekey here: close (1001,
+    /// `tls_key_limit`).
+    pub fn key_limit_reached(&self) -> bool {
+        let threshold = self.threshold();
+        let tx = self.tx_records >= threshold && !self.can_rekey();
+        let rx = self.rx_records >= threshold;
+        tx || rx
+    }
+
+    /// Our TX keys should be replaced now (the count is near the limit, or the client asked).
+    pub fn tx_rekey_due(&self) -> bool {
+        self.can_rekey() && (self.tx_rekey_due || self.tx_records >= self.threshold())
+    }
+
+    fn can_rekey(&self) -> bool {
+        self.params.kernel_rekey && self.params.version == TlsVersion::Tls13
+    }
+
+    /// Sends our KeyUpdate under the old keys, then gives the kernel the next TX keys. Call
+    /// with no plaintext queued (records must stay in order).
+    pub fn rekey_tx(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        debug_assert!(self.outgoing.is_empty());
+        let key_update = [HANDSHAKE_KEY_UPDATE, 0, 0, 1, KEY_UPDATE_NOT_REQUESTED];
+        if sys::send_record(fd, CONTENT_HANDSHAKE, &key_update)? != key_update.len() {
+            return Err(io::Error::other("the KeyUpdate record was cut short"));
+        }
+        let (seq, secrets) = self.conn.update_tx_secret().map_err(io::Error::other)?;
+        let info = CryptoInfo::new(self.params.version, &secrets, seq).map_err(io::Error::other)?;
+        sys::set_crypto(fd, Direction::Tx, &info)?;
+        self.tx_records = 0;
+        self.tx_rekey_due = false;
+        Ok(())
+    }
+
+    /// Takes the non-data record waiting at the head of the socket (a plain read failed with
+    /// EIO) and acts on it. Application data found instead (a race) is kept as received data:
+    /// the caller processes what was received after a `Handled`.
+    pub fn take_control_record(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        pool: &mut BufPool,
+    ) -> io::Result<Option<ControlRecord>> {
+        let buf = self.incoming.get_or_insert_with(|| pool.take());
+        let space = &mut buf[self.filled..];
+        let Some(record) = sys::recv_record(fd, space)? else {
+            return Ok(None);
+        };
+        if record.content_type == CONTENT_APPLICATION_DATA {
+            self.commit_recv(record.len);
+            return Ok(Some(ControlRecord::Handled));
+        }
+        // Control records are a few bytes; copy so the read buffer can be let go.
+        let body = space[..record.len].to_vec();
+        Ok(Some(match record.content_type {
+            CONTENT_ALERT => interpret_alert(&body),
+            CONTENT_HANDSHAKE => self.on_handshake(fd, &body),
+            _ => ControlRecord::Fatal("tls_unexpected_record"),
+        }))
+    }
+
+    /// A post-handshake handshake record: only KeyUpdate is allowed from a client.
+    fn on_handshake(&mut self, fd: BorrowedFd<'_>, body: &[u8]) -> ControlRecord {
+        let request = match parse_key_update(body) {
+            Ok(request) => request,
+            Err(reason) => return ControlRecord::Fatal(reason),
+        };
+        if !self.can_rekey() {
+            return ControlRecord::RekeyUnsupported;
+        }
+        let rx = self
+            .conn
+            .update_rx_secret()
+            .map_err(io::Error::other)
+            .and_then(|(seq, secrets)| {
+                CryptoInfo::new(self.params.version, &secrets, seq).map_err(io::Error::other)
+            })
+            .and_then(|info| sys::set_crypto(fd, Direction::Rx, &info));
+        match rx {
+            Ok(()) => {
+                self.rx_records = 0;
+                if request == KEY_UPDATE_REQUESTED {
+                    self.tx_rekey_due = true;
+                }
+                ControlRecord::Handled
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the kernel refused the client's new TLS keys");
+                ControlRecord::RekeyUnsupported
+            }
+        }
+    }
+
+    /// Sends our close_notify (once), without blocking; best effort like any last record.
+    pub fn send_close_notify(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        if self.sent_close_notify {
+            return Ok(());
+        }
+        self.sent_close_notify = true;
+        sys::send_record(fd, CONTENT_ALERT, &[ALERT_WARNING, ALERT_CLOSE_NOTIFY]).map(|_| ())
+    }
+}
+
+impl std::fmt::Debug for KernelTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelTls")
+            .field("params", &self.params)
+            .field("tx_records", &self.tx_records)
+            .field("rx_records", &self.rx_records)
+            .field("pending_output", &self.outgoing.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An alert record: close_notify ends the stream cleanly; anything else ends the connection.
+fn interpret_alert(body: &[u8]) -> ControlRecord {
+    match body {
+        [_, ALERT_CLOSE_NOTIFY] => ControlRecord::CloseNotify,
+        // TLS 1.3 treats every alert but close_notify and user_canceled as fatal; a warning
+        // level user_canceled is followed by close_notify, so it is safe to end here too.
+        [2, _] => ControlRecord::Fatal("tls_alert_received"),
+        _ => ControlRecord::Fatal("tls_alert_unexpected"),
+    }
+}
+
+/// A KeyUpdate handshake message: its `request_update` byte, or why the record is refused.
+fn parse_key_update(body: &[u8]) -> Result<u8, &'static str> {
+    match body {
+        [HANDSHAKE_KEY_UPDATE, 0, 0, 1, request]
+            if *request == KEY_UPDATE_NOT_REQUESTED || *request == KEY_UPDATE_REQUESTED =>
+        {
+            Ok(*request)
+        }
+        [HANDSHAKE_KEY_UPDATE, ..] => Err("tls_protocol_error"),
+        _ => Err("tls_unexpected_handshake"),
+    }
+}
+
+/// The records one key may protect before it must be replaced: the suite's confidentiality
+/// limit, lowered by `override_limit` (a testing knob).
+pub fn record_limit(suite: rustls::SupportedCipherSuite, override_limit: Option<u64>) -> u64 {
+    let suite_limit = match suite {
+        rustls::SupportedCipherSuite::Tls13(s) => s.common.confidentiality_limit,
+        rustls::SupportedCipherSuite::Tls12(s) => s.common.confidentiality_limit,
+    };
+    override_limit
+        .map_or(suite_limit, |o| o.min(suite_limit))
+        .max(16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alerts() {
+        assert_eq!(interpret_alert(&[1, 0]), ControlRecord::CloseNotify);
+        assert_eq!(
+            interpret_alert(&[2, 20]).alert_kind(),
+            Some("fatal"),
+            "bad_record_mac"
+        );
+        assert_eq!(interpret_alert(&[1, 90]).alert_kind(), Some("other"));
+        assert_eq!(interpret_alert(&[]).alert_kind(), Some("other"));
+    }
+
+    #[test]
+    fn key_updates() {
+        assert_eq!(parse_key_update(&[24, 0, 0, 1, 0]), Ok(0));
+        assert_eq!(parse_key_update(&[24, 0, 0, 1, 1]), Ok(1));
+        assert_eq!(
+            parse_key_update(&[24, 0, 0, 1, 2]),
+            Err("tls_protocol_error")
+        );
+        assert_eq!(
+            parse_key_update(&[24, 0, 0, 2, 0, 0]),
+            Err("tls_protocol_error")
+        );
+        assert_eq!(
+            parse_key_update(&[4, 0, 0, 1, 0]),
+            Err("tls_unexpected_handshake"),
+            "a NewSessionTicket from a client"
+        );
+    }
+
+    #[test]
+    fn record_limits_follow_the_suite_and_only_go_down() {
+        use crate::tls::policy::CIPHER_SUITES;
+        for suite in CIPHER_SUITES {
+            let limit = record_limit(*suite, None);
+            match Cipher::of_suite(*suite).unwrap() {
+                Cipher::Chacha20Poly1305 => assert_eq!(limit, u64::MAX),
+                _ => assert!(limit > 1 << 23 && limit < 1 << 25, "{limit}"),
+            }
+            assert_eq!(record_limit(*suite, Some(1000)), 1000);
+            assert_eq!(record_limit(*suite, Some(u64::MAX)), limit);
+        }
+    }
+}
