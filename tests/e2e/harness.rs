@@ -369,7 +369,11 @@ impl Server {
 
     /// A raw-frame WebSocket connection: TLS + our own upgrade request.
     pub async fn raw(&self) -> RawWs {
-        let mut tls = self.tls().await;
+        self.raw_over(self.tls().await).await
+    }
+
+    /// The same upgrade over a TLS stream the caller made (its own suite, version or ALPN).
+    pub async fn raw_over(&self, mut tls: TlsStream<TcpStream>) -> RawWs {
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
         let req = upgrade_request(&self.addr.to_string(), key, &[]);
         tls.write_all(req.as_bytes()).await.expect("write upgrade");
@@ -380,11 +384,7 @@ impl Server {
         assert_eq!(status, Some(101), "upgrade refused: {head}");
         let accept = header(&head, "sec-websocket-accept").expect("Sec-WebSocket-Accept");
         assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "wrong accept key");
-        let (r, w) = tokio::io::split(tls);
-        RawWs {
-            rd: FrameReader { io: r, buf: rest },
-            wr: w,
-        }
+        RawWs::from_parts(tls, rest)
     }
 
     pub async fn metrics(&self) -> String {
@@ -423,6 +423,19 @@ impl Server {
 // ---------------------------------------------------------------------------------------------
 
 pub fn client_config_trusting(ca_pem: &Path, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+    let mut cfg = ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots_trusting(ca_pem))
+    .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+/// A root store holding every certificate of the PEM file `ca_pem`.
+pub fn roots_trusting(ca_pem: &Path) -> RootCertStore {
     let mut roots = RootCertStore::empty();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca_pem)
         .unwrap_or_else(|e| panic!("read {}: {e}", ca_pem.display()))
@@ -436,15 +449,7 @@ pub fn client_config_trusting(ca_pem: &Path, alpn: &[&[u8]]) -> Arc<ClientConfig
     for c in certs {
         roots.add(c).expect("add CA");
     }
-    let mut cfg = ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("protocol versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Arc::new(cfg)
+    roots
 }
 
 pub async fn tls_connect(addr: SocketAddr, cfg: Arc<ClientConfig>) -> TlsStream<TcpStream> {
@@ -757,6 +762,13 @@ impl Frame {
         (self.opcode == OP_CLOSE && self.payload.len() >= 2)
             .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
     }
+    /// The reason text of a close frame (lossy UTF-8; empty without one).
+    pub fn close_reason(&self) -> String {
+        match self.payload.get(2..) {
+            Some(r) if self.opcode == OP_CLOSE => String::from_utf8_lossy(r).into_owned(),
+            _ => String::new(),
+        }
+    }
 }
 
 /// What the server did next.
@@ -767,66 +779,73 @@ pub enum Event {
     Closed,
 }
 
+/// Takes one complete frame off the front of `buf`, if one is there (frames from any source:
+/// a `FrameReader`, or plaintext a blocking rustls client collected).
+pub fn take_frame(buf: &mut Vec<u8>) -> Option<Frame> {
+    let b = &*buf;
+    if b.len() < 2 {
+        return None;
+    }
+    let fin = b[0] & 0x80 != 0;
+    let rsv = (b[0] >> 4) & 0x7;
+    let opcode = b[0] & 0x0f;
+    let masked = b[1] & 0x80 != 0;
+    let (len, mut off) = match b[1] & 0x7f {
+        126 => {
+            if b.len() < 4 {
+                return None;
+            }
+            (u16::from_be_bytes([b[2], b[3]]) as usize, 4)
+        }
+        127 => {
+            if b.len() < 10 {
+                return None;
+            }
+            (
+                u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+                10,
+            )
+        }
+        n => (n as usize, 2),
+    };
+    let mask = if masked {
+        if b.len() < off + 4 {
+            return None;
+        }
+        let k = [b[off], b[off + 1], b[off + 2], b[off + 3]];
+        off += 4;
+        Some(k)
+    } else {
+        None
+    };
+    if b.len() < off + len {
+        return None;
+    }
+    let mut payload = b[off..off + len].to_vec();
+    if let Some(k) = mask {
+        for (i, x) in payload.iter_mut().enumerate() {
+            *x ^= k[i % 4];
+        }
+    }
+    buf.drain(..off + len);
+    Some(Frame {
+        fin,
+        rsv,
+        opcode,
+        masked,
+        payload,
+    })
+}
+
 pub struct FrameReader<R> {
     pub io: R,
     pub buf: Vec<u8>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    fn parse(&mut self) -> Option<Frame> {
-        let b = &self.buf;
-        if b.len() < 2 {
-            return None;
-        }
-        let fin = b[0] & 0x80 != 0;
-        let rsv = (b[0] >> 4) & 0x7;
-        let opcode = b[0] & 0x0f;
-        let masked = b[1] & 0x80 != 0;
-        let (len, mut off) = match b[1] & 0x7f {
-            126 => {
-                if b.len() < 4 {
-                    return None;
-                }
-                (u16::from_be_bytes([b[2], b[3]]) as usize, 4)
-            }
-            127 => {
-                if b.len() < 10 {
-                    return None;
-                }
-                (
-                    u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
-                    10,
-                )
-            }
-            n => (n as usize, 2),
-        };
-        let mask = if masked {
-            if b.len() < off + 4 {
-                return None;
-            }
-            let k = [b[off], b[off + 1], b[off + 2], b[off + 3]];
-            off += 4;
-            Some(k)
-        } else {
-            None
-        };
-        if b.len() < off + len {
-            return None;
-        }
-        let mut payload = b[off..off + len].to_vec();
-        if let Some(k) = mask {
-            for (i, x) in payload.iter_mut().enumerate() {
-                *x ^= k[i % 4];
-            }
-        }
-        self.buf.drain(..off + len);
-        Some(Frame {
-            fin,
-            rsv,
-            opcode,
-            masked,
-            payload,
-        })
+    /// Takes one complete frame off the front of `buf`, if one is there.
+    pub fn parse_buffered(&mut self) -> Option<Frame> {
+        take_frame(&mut self.buf)
     }
 
     /// The next frame, or `Closed` on EOF/reset. Panics after `WAIT`.
@@ -837,7 +856,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     async fn next_inner(&mut self) -> Event {
         let mut chunk = vec![0u8; 65536];
         loop {
-            if let Some(f) = self.parse() {
+            if let Some(f) = self.parse_buffered() {
                 return Event::Frame(f);
             }
             match self.io.read(&mut chunk).await {
@@ -850,9 +869,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Reads until a close frame arrives (returns its code, `None` for an empty close) or the
     /// stream ends (panics). Data frames and pings on the way are ignored.
     pub async fn expect_close(&mut self) -> Option<u16> {
+        self.expect_close_frame().await.close_code()
+    }
+
+    /// Like `expect_close`, but returns the whole close frame (code and reason).
+    pub async fn expect_close_frame(&mut self) -> Frame {
         loop {
             match self.next().await {
-                Event::Frame(f) if f.opcode == OP_CLOSE => return f.close_code(),
+                Event::Frame(f) if f.opcode == OP_CLOSE => return f,
                 Event::Frame(_) => continue,
                 Event::Closed => panic!("connection ended without a close frame"),
             }
@@ -904,6 +928,22 @@ pub struct RawWs<S = TlsStream<TcpStream>> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> RawWs<S> {
+    /// A raw connection over an already upgraded stream; `buffered` holds bytes read past the
+    /// 101 (or past the last frame) that belong to the next frames.
+    pub fn from_parts(stream: S, buffered: Vec<u8>) -> RawWs<S> {
+        let (r, w) = tokio::io::split(stream);
+        RawWs {
+            rd: FrameReader {
+                io: r,
+                buf: buffered,
+            },
+            wr: w,
+        }
+    }
+    /// The stream back (to reach its TLS state) and the bytes read but not yet parsed.
+    pub fn into_parts(self) -> (S, Vec<u8>) {
+        (self.rd.io.unsplit(self.wr), self.rd.buf)
+    }
     pub async fn send(&mut self, bytes: &[u8]) {
         within(WAIT, "write frame", self.wr.write_all(bytes))
             .await
@@ -985,4 +1025,53 @@ pub fn message_text(m: &Message) -> &str {
         Message::Text(t) => t.as_str(),
         other => panic!("expected a text message, got {other:?}"),
     }
+}
+
+/// Writes one line straight to the process's stderr. libtest captures `println!`/`eprintln!`
+/// of passing tests; a skip notice or a measured figure must be seen without `--nocapture`.
+pub fn visible_line(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// The kernel's kTLS statistics; the file exists once the `tls` module is loaded.
+pub const TLS_STAT: &str = "/proc/net/tls_stat";
+
+/// Whether this kernel offers kTLS. A kernel built with `CONFIG_TLS=m` shows `TLS_STAT` only
+/// after the module is loaded, so ask for the ULP once (as the server would, which makes the
+/// kernel load it) before deciding; on a kernel without TLS that request just fails.
+pub fn kernel_has_ktls() -> bool {
+    if Path::new(TLS_STAT).exists() {
+        return true;
+    }
+    request_tls_ulp();
+    Path::new(TLS_STAT).exists()
+}
+
+/// `setsockopt(TCP_ULP, "tls")` on a connected loopback socket, result ignored: its only purpose
+/// is the kernel's module autoload.
+fn request_tls_ulp() {
+    use std::os::fd::AsRawFd;
+    let Ok(listener) = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)) else {
+        return;
+    };
+    let Ok(addr) = listener.local_addr() else {
+        return;
+    };
+    let Ok(client) = std::net::TcpStream::connect(addr) else {
+        return;
+    };
+    let _accepted = listener.accept();
+    let ulp = b"tls";
+    // SAFETY: the fd belongs to `client`, which outlives the call; the option value points to
+    // `ulp.len()` readable bytes and that is the length passed.
+    let _ = unsafe {
+        libc::setsockopt(
+            client.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_ULP,
+            ulp.as_ptr().cast(),
+            ulp.len() as libc::socklen_t,
+        )
+    };
 }

@@ -7,6 +7,7 @@ mod harness;
 mod admin;
 mod cli;
 mod echo;
+mod ktls;
 mod limits;
 #[cfg(feature = "panic-injection")]
 mod panic;
