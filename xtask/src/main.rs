@@ -1,9 +1,10 @@
 //! `cargo xtask`: the project's task driver.
 //!
-//! `cargo xtask test [--layer unit|e2e|autobahn]...` runs every test layer (or the named ones)
-//! and prints one summary line per layer, `LAYER: N passed, N failed, N skipped (T s)`, then
-//! `total: N passed, N failed, N skipped`; it exits non-zero when anything failed.
-//! `cargo xtask autobahn` runs only the Autobahn conformance layer.
+//! `cargo xtask test [--layer unit|e2e|vmtest|autobahn]...` runs every test layer (or the named
+//! ones) and prints one summary line per layer, `LAYER: N passed, N failed, N skipped (T s)`,
+//! then `total: N passed, N failed, N skipped`; it exits non-zero when anything failed.
+//! `cargo xtask autobahn` runs only the Autobahn conformance layer; `cargo xtask vmtest` only
+//! the kTLS tests in a QEMU guest (see `vmtest.rs`), or with `--exec CMD` any command there.
 //!
 //! With `CI=true` a layer that cannot run for lack of a tool counts as failed, not skipped.
 
@@ -22,8 +23,9 @@ use anyhow::{bail, Context, Result};
 mod bench;
 mod micro;
 mod perf;
+mod vmtest;
 
-const LAYERS: [&str; 3] = ["unit", "e2e", "autobahn"];
+const LAYERS: [&str; 4] = ["unit", "e2e", "vmtest", "autobahn"];
 
 /// Autobahn groups 12 and 13 test permessage-deflate. Until wssedge negotiates it, these
 /// cases must be refused cleanly: no extension in the 101 (the fuzzer then reports the case
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
                 run_tests(&["autobahn"])
             }
         }
+        Some("vmtest") => vmtest::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("micro") => micro::run(&args[1..]),
         Some("perf") => perf::run(&args[1..]).map(|()| true),
@@ -69,11 +72,18 @@ fn main() -> ExitCode {
 
 fn print_usage() {
     eprintln!(
-        "usage:\n  cargo xtask test [--layer unit|e2e|autobahn]...   run the test layers (all by default)\n  \
+        "usage:\n  cargo xtask test [--layer unit|e2e|vmtest|autobahn]...   run the test layers (all by default)\n  \
          cargo xtask autobahn                               run the Autobahn conformance layer\n  \
+         cargo xtask vmtest [--exec \"SHELL COMMAND\"]        the kTLS tests (or the command) in a QEMU guest\n  \
          cargo xtask bench [--quick] [--help]               side-by-side benchmarks, report in target/bench/\n  \
          cargo xtask micro [--quick] [--no-criterion] [--no-callgrind]   callgrind Ir + criterion, target/bench/micro.md\n  \
-         cargo xtask perf [rate|closed|storm] [--seconds N] profile the edge under load (flame graph, syscalls)"
+         cargo xtask perf [rate|closed|storm] [--seconds N] profile the edge under load (flame graph, syscalls)\n\n\
+         vmtest: this host's kernel has no kTLS, so the `ktls` tests of wssedge (or the --exec command, run\n\
+         from the workspace root) run in a QEMU/TCG guest on Debian's 6.1 kernel with the host's / mounted\n\
+         read-only. Needs root: installs qemu-system-x86, busybox-static and kmod with apt and caches the\n\
+         kernel and the initramfs in target/vmtest/. The guest console is copied to target/vmtest/console.log;\n\
+         the job may write to target/vmtest/share/. Time limit: WSSEDGE_VMTEST_TIMEOUT_S (default {} s).",
+        vmtest::DEFAULT_TIMEOUT.as_secs()
     );
 }
 
@@ -169,6 +179,7 @@ fn run_tests(layers: &[&str]) -> Result<bool> {
         let outcome = match *layer {
             "unit" => layer_unit(&env),
             "e2e" => layer_e2e(&env),
+            "vmtest" => vmtest::layer(&env),
             "autobahn" => layer_autobahn(&env),
             _ => unreachable!(),
         };
@@ -981,6 +992,19 @@ mod tests {
         assert_eq!(
             parse_layers(&s(&["--layer=unit,autobahn"])).unwrap(),
             vec!["unit", "autobahn"]
+        );
+        assert_eq!(
+            parse_layers(&s(&["--layer", "vmtest"])).unwrap(),
+            vec!["vmtest"]
+        );
+        assert_eq!(
+            parse_layers(&s(&["--layer=e2e,vmtest", "--layer", "vmtest"])).unwrap(),
+            vec!["e2e", "vmtest"]
+        );
+        assert_eq!(
+            LAYERS[1..3],
+            ["e2e", "vmtest"],
+            "vmtest runs right after e2e"
         );
         assert!(parse_layers(&s(&["--layer", "nope"])).is_err());
     }

@@ -1,0 +1,1455 @@
+//! `cargo xtask vmtest [--exec "SHELL COMMAND"]`: the kTLS tests inside a QEMU guest.
+//!
+//! The host kernel has no `CONFIG_TLS`, so kTLS is tested in a guest running Debian's generic
+//! kernel (fetched with `apt-get download`, unpacked with `dpkg -x`, never installed), booted in
+//! software emulation (`/dev/kvm` cannot boot it on these machines). A small initramfs (static
+//! busybox, the modules for virtio-9p, `tls` and the AEAD crypto) has an `/init` that mounts the
+//! host's `/` read-only over virtio-9p, chroots into it and runs one job from a script in a
+//! read-write 9p share. Host-built test binaries run unchanged in the guest (same glibc).
+//! Measured recipe: `shared/notes/ktls-vm.md`.
+//!
+//! Without `--exec` the job is the `ktls` test target of `wssedge`; as a layer of
+//! `cargo xtask test` it prints the usual `vmtest: N passed, ...` line.
+//!
+//! Everything lives in `target/vmtest/`: `kernel/<package>/` (the unpacked kernel, kept),
+//! `initramfs-<kver>.cpio` (rebuilt only when its inputs change), `share/` (job script, exit
+//! code, and whatever the job writes there) and `console.log` (the guest's serial console).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{Read as _, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::{apt_install, banner, is_root, parse_cargo_test, which, Counts, Env, Guard, Outcome};
+
+/// Host packages: QEMU, the busybox the initramfs is made of, and `depmod`.
+const PACKAGES: [&str; 3] = ["qemu-system-x86", "busybox-static", "kmod"];
+const QEMU: &str = "qemu-system-x86_64";
+/// Debian's metapackage for the generic kernel (the `-cloud` flavour has no 9p).
+const KERNEL_META: &str = "linux-image-amd64";
+
+/// The guest's modules; their dependencies are added from `modules.dep`.
+const MODULES: &[&str] = &[
+    // The host's `/` and the share over virtio-9p.
+    "virtio_pci",
+    "9pnet_virtio",
+    "9p",
+    // kTLS itself.
+    "tls",
+    // sock_diag for `ss`: without them it silently falls back to /proc/net/tcp, which has no
+    // ULP line (`tcp-ulp-tls ... rxconf: sw txconf: sw`) for the tests to check.
+    "tcp_diag",
+    "udp_diag",
+    "unix_diag",
+    // AES-GCM: the generic templates (autoloaded by the crypto API) and the AES-NI/CLMUL code.
+    "gcm",
+    "ctr",
+    "ghash_generic",
+    "aesni_intel",
+    "ghash_clmulni_intel",
+    // ChaCha20-Poly1305 (template `rfc7539`), generic and x86-64.
+    "chacha20poly1305",
+    "chacha_generic",
+    "poly1305_generic",
+    "chacha_x86_64",
+    "poly1305_x86_64",
+];
+/// Loaded by `/init` before anything else (the 9p root needs them, `tls` must be there).
+const BOOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "tls"];
+/// On a real host udev loads these from the CPU's modalias; loading them in the guest makes kTLS
+/// use the same implementations as in production. The templates still autoload.
+const CPU_MODULES: &[&str] = &[
+    "aesni_intel",
+    "ghash_clmulni_intel",
+    "chacha_x86_64",
+    "poly1305_x86_64",
+];
+
+/// Console lines from the guest's `/init`: the job starts, the job ended with this status.
+const START_MARKER: &str = "WSSEDGE-VMTEST-START";
+const EXIT_MARKER: &str = "WSSEDGE-VMTEST-EXIT=";
+/// The job's status when `/init` itself failed before or around it.
+const INIT_FAILED: i32 = 125;
+
+const TIMEOUT_ENV: &str = "WSSEDGE_VMTEST_TIMEOUT_S";
+/// Where in the share the guest tests leave what they measured (`WSSEDGE_VMTEST_OUT`).
+const FINDINGS_DIR: &str = "findings";
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(9 * 60);
+/// apt-get download/update of a 70 MB package; generous, but bounded.
+const APT_LIMIT: Duration = Duration::from_secs(5 * 60);
+/// QEMU exits right after `poweroff -f`; this only bounds a guest that fails to power off.
+const POWEROFF_GRACE: Duration = Duration::from_secs(20);
+
+/// Bump when the initramfs layout or the cpio writer changes, to force a rebuild.
+const INITRAMFS_FORMAT: &str = "wssedge-vmtest-initramfs-1";
+
+// ---------------------------------------------------------------------------------------------
+// Entry points
+// ---------------------------------------------------------------------------------------------
+
+/// `cargo xtask vmtest [--exec CMD]`.
+pub fn run(args: &[String]) -> Result<bool> {
+    match parse_args(args)? {
+        None => super::run_tests(&["vmtest"]),
+        Some(command) => run_exec(&Env::detect(), &command),
+    }
+}
+
+/// `--exec CMD` (or `--exec=CMD`); `None` means the kTLS tests.
+fn parse_args(args: &[String]) -> Result<Option<String>> {
+    let mut exec = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let value = if a == "--exec" {
+            it.next().context("--exec needs a shell command")?.clone()
+        } else if let Some(v) = a.strip_prefix("--exec=") {
+            v.to_string()
+        } else {
+            bail!("unknown argument {a:?} (usage: cargo xtask vmtest [--exec \"SHELL COMMAND\"])");
+        };
+        if exec.replace(value).is_some() {
+            bail!("--exec given twice");
+        }
+    }
+    Ok(exec)
+}
+
+/// The `vmtest` layer of `cargo xtask test`: the `ktls` test binary in the guest.
+pub fn layer(env: &Env) -> Result<Outcome> {
+    if !has_ktls_target(env)? {
+        return Ok(Outcome::Skipped(
+            "package wssedge has no `ktls` test target yet (tests/ktls); \
+             `cargo xtask vmtest --exec CMD` still runs a command in the guest"
+                .into(),
+        ));
+    }
+    let vm = match Vm::prepare(env) {
+        Ok(vm) => vm,
+        Err(e) => return skip_or_fail(e),
+    };
+    let test = build_ktls(env)?;
+    // The tests write what they measured (memory per connection, key-limit and KeyUpdate
+    // behaviour) here; the host prints it after the run.
+    fs::create_dir_all(vm.share())?;
+    let findings = vm.share().canonicalize()?.join(FINDINGS_DIR);
+    let job = Job {
+        dir: test.manifest_dir.clone(),
+        env: vec![
+            (
+                "CARGO_MANIFEST_DIR".into(),
+                test.manifest_dir.display().to_string(),
+            ),
+            ("WSSEDGE_VMTEST_OUT".into(), findings.display().to_string()),
+        ],
+        // libtest colours its output when stdout is a tty, and the guest's console is one.
+        command: format!(
+            "{} --test-threads=1 --color=never",
+            shell_quote(&test.exe.display().to_string())
+        ),
+    };
+    let run = vm.run(&job)?;
+    print_findings(&findings);
+    Ok(Outcome::Ran(test_counts(&run, &vm.console_log())))
+}
+
+/// Prints the measurements the guest tests left in `dir` (one file each).
+fn print_findings(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    files.sort();
+    for file in files {
+        if let Ok(text) = fs::read_to_string(&file) {
+            let name = file.file_name().unwrap_or_default().to_string_lossy();
+            println!("vmtest finding ({name}):\n{}", text.trim_end());
+        }
+    }
+}
+
+fn run_exec(env: &Env, command: &str) -> Result<bool> {
+    let vm = Vm::prepare(env)?;
+    let job = Job {
+        dir: env.root.clone(),
+        env: Vec::new(),
+        command: command.to_string(),
+    };
+    let run = vm.run(&job)?;
+    let log = vm.console_log();
+    match run.exit {
+        Some(rc) => {
+            println!("vmtest: job exited with status {rc} ({})", run.timing());
+            Ok(rc == 0)
+        }
+        None => {
+            println!("vmtest: {} ({})", run.failure(&log), run.timing());
+            Ok(false)
+        }
+    }
+}
+
+/// A reason the guest cannot run on this machine (a skip, not a failure, outside CI).
+#[derive(Debug)]
+struct CannotRun(String);
+
+impl fmt::Display for CannotRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CannotRun {}
+
+fn cannot_run(reason: impl Into<String>) -> anyhow::Error {
+    CannotRun(reason.into()).into()
+}
+
+fn skip_or_fail(e: anyhow::Error) -> Result<Outcome> {
+    match e.downcast::<CannotRun>() {
+        Ok(CannotRun(reason)) => Ok(Outcome::Skipped(reason)),
+        Err(e) => Err(e),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The kTLS test binary
+// ---------------------------------------------------------------------------------------------
+
+struct TestBinary {
+    exe: PathBuf,
+    /// cargo runs integration tests from their package's directory; so do we.
+    manifest_dir: PathBuf,
+}
+
+fn has_ktls_target(env: &Env) -> Result<bool> {
+    let out = env
+        .cargo()
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("spawn cargo metadata")?;
+    if !out.status.success() {
+        bail!("cargo metadata failed ({})", out.status);
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parse cargo metadata")?;
+    let targets = meta["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"] == "wssedge")
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten());
+    Ok(targets.into_iter().any(|t| {
+        t["name"] == "ktls"
+            && t["kind"]
+                .as_array()
+                .is_some_and(|k| k.contains(&"test".into()))
+    }))
+}
+
+/// Builds the `ktls` test (and the `wssedge` binary it spawns) and finds the test executable.
+fn build_ktls(env: &Env) -> Result<TestBinary> {
+    let args = [
+        "test",
+        "-p",
+        "wssedge",
+        "--test",
+        "ktls",
+        "--no-run",
+        "--profile",
+        "ci",
+        "--message-format=json",
+    ];
+    eprintln!("$ cargo {}", args.join(" "));
+    let out = env
+        .cargo()
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("spawn cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the ktls tests failed ({})", out.status);
+    }
+    find_test_executable(&String::from_utf8_lossy(&out.stdout), "ktls")
+        .context("cargo reported no executable for the `ktls` test target")
+}
+
+/// The `compiler-artifact` of test target `name` in cargo's JSON messages.
+fn find_test_executable(messages: &str, name: &str) -> Option<TestBinary> {
+    messages
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact")
+        .filter(|m| m["target"]["name"] == name && m["profile"]["test"] == true)
+        .find_map(|m| {
+            let exe = PathBuf::from(m["executable"].as_str()?);
+            let manifest = PathBuf::from(m["manifest_path"].as_str()?);
+            Some(TestBinary {
+                exe,
+                manifest_dir: manifest.parent()?.to_path_buf(),
+            })
+        })
+}
+
+/// libtest's summary lines, or one failure when the run itself went wrong.
+fn test_counts(run: &GuestRun, log: &Path) -> Counts {
+    let mut c = parse_cargo_test(&run.job_output);
+    let failing: Vec<&str> = run
+        .job_output
+        .lines()
+        .filter_map(|l| l.strip_prefix("test ")?.strip_suffix(" ... FAILED"))
+        .collect();
+    if !failing.is_empty() {
+        eprintln!("vmtest: failing tests: {}", failing.join(", "));
+    }
+    match run.exit {
+        Some(0) => {}
+        Some(rc) if c.failed == 0 => {
+            // A crashed test binary or a broken guest: no "test result" line tells us.
+            eprintln!(
+                "vmtest: the test binary exited with {rc} without reporting a failed test: \
+                 counting one failure (console: {})",
+                log.display()
+            );
+            c.failed = 1;
+        }
+        Some(_) => {}
+        None => {
+            eprintln!("vmtest: {}", run.failure(log));
+            c.failed += 1;
+        }
+    }
+    eprintln!("vmtest: {}", run.timing());
+    c
+}
+
+// ---------------------------------------------------------------------------------------------
+// The guest
+// ---------------------------------------------------------------------------------------------
+
+/// One command for the guest: run from `dir` with `env` added to the standard environment.
+struct Job {
+    dir: PathBuf,
+    env: Vec<(String, String)>,
+    command: String,
+}
+
+struct Vm {
+    /// `target/vmtest`.
+    dir: PathBuf,
+    qemu: PathBuf,
+    kernel: Kernel,
+    initramfs: PathBuf,
+    timeout: Duration,
+}
+
+struct GuestRun {
+    /// The job's exit status from the exit marker; `None` when the marker never came.
+    exit: Option<i32>,
+    timed_out: Option<Duration>,
+    /// From starting QEMU to the job's first line.
+    boot: Option<Duration>,
+    total: Duration,
+    /// Console lines between the start and exit markers.
+    job_output: String,
+}
+
+impl GuestRun {
+    fn timing(&self) -> String {
+        let boot = self.boot.map_or("guest did not boot".into(), |b| {
+            format!("boot {:.1} s", b.as_secs_f64())
+        });
+        format!("{boot}, total {:.1} s", self.total.as_secs_f64())
+    }
+
+    fn failure(&self, log: &Path) -> String {
+        match (self.timed_out, self.boot) {
+            (Some(t), _) => format!(
+                "the guest did not finish within {} s ({TIMEOUT_ENV} to change); QEMU was killed, \
+                 see {}",
+                t.as_secs(),
+                log.display()
+            ),
+            (None, None) => format!(
+                "QEMU exited before the guest started the job (kernel panic or broken initramfs?); \
+                 see {}",
+                log.display()
+            ),
+            (None, Some(_)) => format!(
+                "QEMU exited without the `{EXIT_MARKER}` line (guest crashed?); see {}",
+                log.display()
+            ),
+        }
+    }
+}
+
+impl Vm {
+    /// Everything the guest needs on the host, fetched or built once and cached.
+    fn prepare(env: &Env) -> Result<Vm> {
+        if !is_root() {
+            return Err(cannot_run(
+                "needs root (apt-get for qemu/busybox/kmod, the host's / exported to the guest)",
+            ));
+        }
+        let timeout = timeout_from_env()?;
+        let tools = ensure_tools()?;
+        let dir = env.target.join("vmtest");
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let kernel = ensure_kernel(&dir, &tools)?;
+        let initramfs = ensure_initramfs(&dir, &kernel, &tools)?;
+        Ok(Vm {
+            dir,
+            qemu: tools.qemu,
+            kernel,
+            initramfs,
+            timeout,
+        })
+    }
+
+    fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
+    fn share(&self) -> PathBuf {
+        self.dir.join("share")
+    }
+
+    /// Boots the guest, runs `job`, and returns once QEMU is gone (exited or killed).
+    fn run(&self, job: &Job) -> Result<GuestRun> {
+        let _lock = lock_dir(&self.dir, self.timeout)?;
+        self.write_share(job)?;
+        banner(&format!(
+            "vmtest: booting {} (console also in {})",
+            self.kernel.version,
+            self.console_log().display()
+        ));
+        let mut cmd = self.qemu_command();
+        eprintln!("$ {cmd:?}");
+        let t0 = Instant::now();
+        let mut qemu = Guard {
+            name: "qemu",
+            child: cmd
+                .spawn()
+                .with_context(|| format!("spawn {}", self.qemu.display()))?,
+            group: false,
+        };
+        let stdout = qemu.child.stdout.take().expect("piped stdout");
+        let log = File::create(self.console_log())
+            .with_context(|| format!("create {}", self.console_log().display()))?;
+        let (tx, rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || stream_console(stdout, log, &tx));
+        let (exit, boot, timed_out) = wait_for_guest(&rx, t0, self.timeout);
+        if timed_out {
+            eprintln!(
+                "vmtest: timeout after {} s, killing QEMU",
+                self.timeout.as_secs()
+            );
+        } else {
+            // The console closed or the guest powered off: QEMU is exiting on its own.
+            wait_exit(&mut qemu, POWEROFF_GRACE);
+        }
+        drop(qemu); // kills QEMU (by its PID) if it is still running
+        let console = reader.join().unwrap_or_default();
+        Ok(GuestRun {
+            exit,
+            timed_out: timed_out.then_some(self.timeout),
+            boot: boot.map(|b| b - t0),
+            total: t0.elapsed(),
+            job_output: job_lines(&console),
+        })
+    }
+
+    /// The job script and the share's own host path (where `/init` mounts it inside the chroot,
+    /// so the job sees its outputs at the same path as the host).
+    fn write_share(&self, job: &Job) -> Result<()> {
+        let share = self.share();
+        let _ = std::fs::remove_dir_all(&share);
+        std::fs::create_dir_all(&share).with_context(|| format!("create {}", share.display()))?;
+        let share = share.canonicalize()?;
+        std::fs::write(share.join("share-path"), format!("{}\n", share.display()))?;
+        std::fs::write(share.join("job.sh"), job_script(job))?;
+        std::fs::create_dir_all(share.join(FINDINGS_DIR))?;
+        Ok(())
+    }
+
+    fn qemu_command(&self) -> Command {
+        let mut c = Command::new(&self.qemu);
+        // -nographic would route SeaBIOS's VGA text through the serial port, terminal resets
+        // (ESC c) included; a serial-only machine keeps the console clean.
+        c.args([
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "max",
+            "-smp",
+            "2",
+            "-m",
+            "2048",
+        ])
+        .args([
+            "-display", "none", "-vga", "none", "-serial", "stdio", "-monitor", "none",
+        ])
+        .args(["-no-reboot", "-nic", "none"])
+        .arg("-kernel")
+        .arg(&self.kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(&self.initramfs)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .arg("-virtfs")
+        .arg(virtfs(Path::new("/"), "hostroot", true))
+        .arg("-virtfs")
+        .arg(virtfs(&self.share(), "share", false));
+        c.stdin(Stdio::null()).stdout(Stdio::piped());
+        c
+    }
+}
+
+fn timeout_from_env() -> Result<Duration> {
+    match std::env::var(TIMEOUT_ENV) {
+        Err(_) => Ok(DEFAULT_TIMEOUT),
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(s) if s > 0 => Ok(Duration::from_secs(s)),
+            _ => bail!("{TIMEOUT_ENV} must be a positive number of seconds, got {v:?}"),
+        },
+    }
+}
+
+fn wait_exit(child: &mut Guard, limit: Duration) {
+    let t0 = Instant::now();
+    while child.exited().is_none() && t0.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One vmtest at a time: the share and the console log are per directory.
+fn lock_dir(dir: &Path, limit: Duration) -> Result<File> {
+    let path = dir.join("lock");
+    let f = File::create(&path).with_context(|| format!("create {}", path.display()))?;
+    let (t0, mut warned) = (Instant::now(), false);
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) if t0.elapsed() < limit => {
+                if !warned {
+                    warned = true;
+                    eprintln!(
+                        "vmtest: waiting for another vmtest run ({})",
+                        path.display()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => bail!(
+                "cannot lock {} (another vmtest still running?): {e}",
+                path.display()
+            ),
+        }
+    }
+}
+
+/// `-virtfs` for a host directory (QEMU option values escape `,` as `,,`).
+fn virtfs(path: &Path, tag: &str, readonly: bool) -> String {
+    let path = path.display().to_string().replace(',', ",,");
+    // multidevs=remap: the host's / spans several filesystems; keep inode numbers unique.
+    let mut s = format!("local,path={path},mount_tag={tag},security_model=none,multidevs=remap");
+    if readonly {
+        s.push_str(",readonly=on");
+    }
+    s
+}
+
+fn job_script(job: &Job) -> String {
+    let mut s = String::from("# Written by `cargo xtask vmtest`; run by the guest's /init.\n");
+    s.push_str(
+        "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+         HOME=/tmp TMPDIR=/tmp LANG=C.UTF-8 WSSEDGE_VMTEST=1 RUST_BACKTRACE=1\n",
+    );
+    for (k, v) in &job.env {
+        s.push_str(&format!("export {k}={}\n", shell_quote(v)));
+    }
+    s.push_str(&format!(
+        "cd {} || exit {INIT_FAILED}\n",
+        shell_quote(&job.dir.display().to_string())
+    ));
+    s.push_str(&job.command);
+    s.push('\n');
+    s
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+enum ConsoleEvent {
+    Started(Instant),
+    Exited(i32),
+}
+
+/// Copies the serial console to our stdout and to `log`, reporting the markers; returns the
+/// whole console text once QEMU closes it.
+fn stream_console(mut out: ChildStdout, mut log: File, tx: &mpsc::Sender<ConsoleEvent>) -> String {
+    let mut console = String::new();
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match out.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(&buf[..n]);
+        let _ = stdout.flush();
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+            let raw: Vec<u8> = pending.drain(..=i).collect();
+            let line = String::from_utf8_lossy(&raw);
+            let line = line.trim_end_matches(['\r', '\n']);
+            let _ = writeln!(log, "{line}");
+            if let Some(ev) = marker(line) {
+                let _ = tx.send(ev);
+            }
+            console.push_str(line);
+            console.push('\n');
+        }
+    }
+    let rest = String::from_utf8_lossy(&pending);
+    let _ = write!(log, "{rest}");
+    console.push_str(&rest);
+    console
+}
+
+fn marker(line: &str) -> Option<ConsoleEvent> {
+    if line.trim() == START_MARKER {
+        return Some(ConsoleEvent::Started(Instant::now()));
+    }
+    let (_, rc) = line.rsplit_once(EXIT_MARKER)?;
+    rc.trim().parse().ok().map(ConsoleEvent::Exited)
+}
+
+/// Waits for the exit marker and QEMU's end, bounded by `limit`: (status, start, timed out).
+fn wait_for_guest(
+    rx: &mpsc::Receiver<ConsoleEvent>,
+    t0: Instant,
+    limit: Duration,
+) -> (Option<i32>, Option<Instant>, bool) {
+    let mut deadline = t0 + limit;
+    let (mut exit, mut started) = (None, None);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            // Past the grace after the marker counts as done; otherwise it is the timeout.
+            return (exit, started, exit.is_none());
+        }
+        match rx.recv_timeout(left) {
+            Ok(ConsoleEvent::Started(at)) => started = Some(at),
+            Ok(ConsoleEvent::Exited(rc)) => {
+                exit = Some(rc);
+                deadline = deadline.min(Instant::now() + POWEROFF_GRACE);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            // The console closed: QEMU has exited.
+            Err(mpsc::RecvTimeoutError::Disconnected) => return (exit, started, false),
+        }
+    }
+}
+
+/// The console lines between the start marker and the (last) exit marker.
+fn job_lines(console: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in console.lines() {
+        if line.trim() == START_MARKER {
+            inside = true;
+            out.clear();
+        } else if line.contains(EXIT_MARKER) {
+            inside = false;
+        } else if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host tools
+// ---------------------------------------------------------------------------------------------
+
+struct Tools {
+    qemu: PathBuf,
+    busybox: PathBuf,
+    depmod: PathBuf,
+}
+
+impl Tools {
+    fn find() -> Result<Tools, Vec<&'static str>> {
+        let qemu = which(QEMU);
+        let busybox = Some(PathBuf::from("/bin/busybox")).filter(|b| is_static_elf(b));
+        let depmod = which("depmod")
+            .or_else(|| Some(PathBuf::from("/usr/sbin/depmod")).filter(|p| p.is_file()));
+        match (qemu, busybox, depmod) {
+            (Some(qemu), Some(busybox), Some(depmod)) => Ok(Tools {
+                qemu,
+                busybox,
+                depmod,
+            }),
+            (q, b, d) => Err([(q, QEMU), (b, "static /bin/busybox"), (d, "depmod")]
+                .into_iter()
+                .filter(|(found, _)| found.is_none())
+                .map(|(_, what)| what)
+                .collect()),
+        }
+    }
+}
+
+fn ensure_tools() -> Result<Tools> {
+    let missing = match Tools::find() {
+        Ok(t) => return Ok(t),
+        Err(missing) => missing,
+    };
+    if which("apt-get").is_none() {
+        return Err(cannot_run(format!(
+            "missing {} and no apt-get to install {}",
+            missing.join(", "),
+            PACKAGES.join(" ")
+        )));
+    }
+    banner(&format!("installing {}", PACKAGES.join(" ")));
+    if let Err(e) = apt_install(&PACKAGES) {
+        return Err(cannot_run(format!(
+            "missing {} and apt-get install {} failed: {e:#}",
+            missing.join(", "),
+            PACKAGES.join(" ")
+        )));
+    }
+    Tools::find().map_err(|missing| {
+        cannot_run(format!(
+            "still missing {} after installing {}",
+            missing.join(", "),
+            PACKAGES.join(" ")
+        ))
+    })
+}
+
+/// A dynamically linked busybox would panic the guest (no libc in the initramfs): require an
+/// ELF without a program interpreter (PT_INTERP).
+fn is_static_elf(path: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    let u16_at = |o: usize| {
+        bytes
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u64_at = |o: usize| {
+        bytes
+            .get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    // 64-bit little-endian ELF only (x86-64).
+    if bytes.get(..6) != Some(b"\x7fELF\x02\x01".as_slice()) {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    (0..usize::from(phnum)).all(|i| {
+        let at = usize::try_from(phoff).unwrap_or(usize::MAX) + i * usize::from(phentsize);
+        bytes
+            .get(at..at + 4)
+            .is_some_and(|t| u32::from_le_bytes(t.try_into().expect("4 bytes")) != 3)
+    })
+}
+
+/// A command with a hard time limit; the child is killed by its PID when it runs over.
+fn run_bounded(cmd: &mut Command, name: &'static str, limit: Duration) -> Result<ExitStatus> {
+    eprintln!("$ {cmd:?}");
+    let mut g = Guard {
+        name,
+        child: cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("spawn {name}"))?,
+        group: false,
+    };
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if let Some(s) = g.exited() {
+            return Ok(s);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{name} did not finish within {} s", limit.as_secs())
+}
+
+fn apt_update() -> Result<()> {
+    let st = run_bounded(
+        Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        "apt-get update",
+        APT_LIMIT,
+    )?;
+    if !st.success() {
+        bail!("apt-get update failed ({st})");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The guest kernel: Debian's package, downloaded and unpacked once
+// ---------------------------------------------------------------------------------------------
+
+struct Kernel {
+    /// e.g. `6.1.0-48-amd64`.
+    version: String,
+    vmlinuz: PathBuf,
+    /// `lib/modules/<version>` of the unpacked package, with its `modules.dep`.
+    modules: PathBuf,
+}
+
+/// Marks a complete unpack in `kernel/<package>/`.
+const UNPACKED: &str = ".unpacked";
+
+fn ensure_kernel(dir: &Path, tools: &Tools) -> Result<Kernel> {
+    let kernels = dir.join("kernel");
+    let pkg = match kernel_package() {
+        Ok(p) => p,
+        Err(e) => {
+            // Offline, or apt knows no kernel: any kernel unpacked earlier still does the job.
+            if let Some(cached) = cached_kernel(&kernels) {
+                eprintln!("vmtest: {e:#}; using the cached {}", cached.display());
+                return kernel_in(&cached);
+            }
+            return Err(e);
+        }
+    };
+    let unpacked = kernels.join(&pkg);
+    if !unpacked.join(UNPACKED).is_file() {
+        banner(&format!("vmtest: fetching {pkg}"));
+        let deb = download(&pkg, &dir.join("download"))?;
+        unpack(&deb, &unpacked, tools)?;
+        let _ = std::fs::remove_file(&deb); // the unpacked tree is the cache
+        prune_other_kernels(dir, &pkg);
+    }
+    kernel_in(&unpacked)
+}
+
+/// Called right after a new kernel is unpacked: the other kernels (400 MB each, unpacked) and
+/// every initramfs (built for them; the new one has none yet) are superseded.
+fn prune_other_kernels(dir: &Path, keep: &str) {
+    let entries = |d: PathBuf| std::fs::read_dir(d).into_iter().flatten().flatten();
+    for e in entries(dir.join("kernel")) {
+        if e.file_name() != keep {
+            eprintln!("vmtest: removing the superseded {}", e.path().display());
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    for e in entries(dir.to_path_buf()) {
+        if e.file_name().to_string_lossy().starts_with("initramfs-") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// The versioned package `linux-image-amd64` depends on, e.g. `linux-image-6.1.0-48-amd64`.
+fn kernel_package() -> Result<String> {
+    for attempt in 0..2 {
+        let out = Command::new("apt-cache")
+            .args(["depends", KERNEL_META])
+            .stdin(Stdio::null())
+            .output();
+        let Ok(out) = out else {
+            return Err(cannot_run("no apt-cache to find Debian's kernel package"));
+        };
+        if let Some(p) = parse_kernel_depends(&String::from_utf8_lossy(&out.stdout)) {
+            return Ok(p);
+        }
+        if attempt == 0 {
+            // A fresh machine may have no package lists yet.
+            eprintln!("vmtest: apt-cache knows no {KERNEL_META}; running apt-get update once");
+            if let Err(e) = apt_update() {
+                eprintln!("vmtest: {e:#}");
+            }
+        }
+    }
+    Err(cannot_run(format!(
+        "cannot fetch the guest kernel: apt-cache depends {KERNEL_META} names no linux-image \
+         package (is this Debian with its main archive in the apt sources?)"
+    )))
+}
+
+fn parse_kernel_depends(text: &str) -> Option<String> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends:"))
+        .map(str::trim)
+        .find(|p| p.starts_with("linux-image-") && !p.contains(['<', ' ']))
+        .map(str::to_string)
+}
+
+fn cached_kernel(kernels: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(kernels)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join(UNPACKED).is_file())
+}
+
+/// `apt-get download` into `dl` (retried once after `apt-get update`: the lists may be stale).
+fn download(pkg: &str, dl: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dl).with_context(|| format!("create {}", dl.display()))?;
+    for attempt in 0..2 {
+        // apt warns that the download runs unsandboxed when `_apt` cannot write `dl`: harmless.
+        let st = run_bounded(
+            Command::new("apt-get")
+                .args(["download", "-q", pkg])
+                .current_dir(dl),
+            "apt-get download",
+            APT_LIMIT,
+        )?;
+        if st.success() {
+            return find_deb(dl, pkg);
+        }
+        if attempt == 0 {
+            apt_update().ok();
+        }
+    }
+    Err(cannot_run(format!(
+        "cannot fetch the guest kernel: apt-get download {pkg} failed"
+    )))
+}
+
+fn find_deb(dl: &Path, pkg: &str) -> Result<PathBuf> {
+    let prefix = format!("{pkg}_");
+    std::fs::read_dir(dl)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
+        })
+        .with_context(|| format!("apt-get download left no {prefix}*.deb in {}", dl.display()))
+}
+
+/// `dpkg -x` (never install) and `depmod -b` on the whole tree, whose `modules.dep` gives the
+/// dependencies of the modules the initramfs takes.
+fn unpack(deb: &Path, into: &Path, tools: &Tools) -> Result<()> {
+    // Package names have dots (`linux-image-6.1.0-48-amd64`): append, never `with_extension`.
+    let mut partial = into.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial).with_context(|| format!("create {}", partial.display()))?;
+    let _ = std::fs::remove_dir_all(into);
+    let st = run_bounded(
+        Command::new("dpkg").arg("-x").arg(deb).arg(&partial),
+        "dpkg -x",
+        Duration::from_secs(120),
+    )?;
+    if !st.success() {
+        bail!("dpkg -x {} failed ({st})", deb.display());
+    }
+    let version = module_version(&partial)?;
+    depmod(tools, &partial, &version)?;
+    std::fs::rename(&partial, into)?;
+    std::fs::write(into.join(UNPACKED), format!("{version}\n"))?;
+    Ok(())
+}
+
+fn module_version(root: &Path) -> Result<String> {
+    let dir = root.join("lib/modules");
+    let mut versions: Vec<String> = std::fs::read_dir(&dir)
+        .with_context(|| format!("no {} in the kernel package", dir.display()))?
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    match versions.len() {
+        1 => Ok(versions.remove(0)),
+        _ => bail!(
+            "expected one kernel version in {}, found {versions:?}",
+            dir.display()
+        ),
+    }
+}
+
+fn kernel_in(root: &Path) -> Result<Kernel> {
+    let version = module_version(root)?;
+    let vmlinuz = root.join(format!("boot/vmlinuz-{version}"));
+    if !vmlinuz.is_file() {
+        bail!(
+            "{} missing: delete {} to fetch it again",
+            vmlinuz.display(),
+            root.display()
+        );
+    }
+    Ok(Kernel {
+        modules: root.join("lib/modules").join(&version),
+        version,
+        vmlinuz,
+    })
+}
+
+fn depmod(tools: &Tools, root: &Path, version: &str) -> Result<()> {
+    let st = Command::new(&tools.depmod)
+        .arg("-b")
+        .arg(root)
+        .arg(version)
+        .stdin(Stdio::null())
+        .status()
+        .context("spawn depmod")?;
+    if !st.success() {
+        bail!("depmod -b {} {version} failed ({st})", root.display());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The initramfs
+// ---------------------------------------------------------------------------------------------
+
+fn ensure_initramfs(dir: &Path, kernel: &Kernel, tools: &Tools) -> Result<PathBuf> {
+    let modules = module_closure(&kernel.modules, MODULES)?;
+    let init = init_script();
+    let stamp = inputs_stamp(&init, &modules, kernel, tools)?;
+    let out = dir.join(format!("initramfs-{}.cpio", kernel.version));
+    let stamp_file = out.with_extension("stamp");
+    if out.is_file() && std::fs::read_to_string(&stamp_file).ok().as_deref() == Some(&stamp) {
+        return Ok(out);
+    }
+    banner("vmtest: building the initramfs");
+    let staging = dir.join("initramfs.d");
+    stage(&staging, &init, &modules, kernel, tools)?;
+    let tmp = out.with_extension("cpio.tmp");
+    write_cpio(&staging, &tmp)?;
+    std::fs::rename(&tmp, &out)?;
+    std::fs::write(&stamp_file, &stamp)?;
+    let names: Vec<String> = modules.iter().map(|m| module_name(m)).collect();
+    eprintln!(
+        "vmtest: {} ({} KiB) with {} modules: {}",
+        out.display(),
+        std::fs::metadata(&out)?.len() / 1024,
+        names.len(),
+        names.join(" ")
+    );
+    Ok(out)
+}
+
+/// The wanted modules and everything they depend on, as paths relative to `lib/modules/<v>`.
+fn module_closure(modules_dir: &Path, wanted: &[&str]) -> Result<Vec<String>> {
+    let dep_file = modules_dir.join("modules.dep");
+    let text = std::fs::read_to_string(&dep_file)
+        .with_context(|| format!("read {}", dep_file.display()))?;
+    closure_from_dep(&text, wanted)
+}
+
+fn closure_from_dep(modules_dep: &str, wanted: &[&str]) -> Result<Vec<String>> {
+    let deps: BTreeMap<String, (&str, Vec<&str>)> = modules_dep
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(path, d)| {
+            (
+                module_name(path).to_string(),
+                (path, d.split_whitespace().collect()),
+            )
+        })
+        .collect();
+    let mut picked = Vec::new();
+    for name in wanted {
+        let Some((path, needs)) = deps.get(&name.replace('-', "_")) else {
+            bail!("module {name} is not in this kernel's modules.dep (built in, or renamed?)");
+        };
+        for p in needs.iter().copied().chain([*path]) {
+            if !picked.iter().any(|q: &String| q == p) {
+                picked.push(p.to_string());
+            }
+        }
+    }
+    Ok(picked)
+}
+
+/// `kernel/arch/x86/crypto/aesni-intel.ko.xz` → `aesni_intel`, the name modprobe uses.
+fn module_name(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    let stem = file.split_once(".ko").map_or(file, |(s, _)| s);
+    stem.replace('-', "_")
+}
+
+/// What the initramfs is made of; a change in any of it rebuilds the archive.
+fn inputs_stamp(init: &str, modules: &[String], kernel: &Kernel, tools: &Tools) -> Result<String> {
+    let mut h = Fnv::default();
+    h.update(INITRAMFS_FORMAT.as_bytes());
+    h.update(init.as_bytes());
+    h.update(kernel.version.as_bytes());
+    h.update(&std::fs::read(&tools.busybox)?);
+    for m in modules {
+        h.update(m.as_bytes());
+        h.update(&std::fs::read(kernel.modules.join(m))?);
+    }
+    Ok(format!("{:016x}\n", h.0))
+}
+
+/// FNV-1a, 64 bit: stable across Rust versions (unlike `DefaultHasher`), plenty for a cache key.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn update(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// The initramfs tree: busybox, `/init`, `/sbin/modprobe` (the kernel's usermode helper runs
+/// it to autoload crypto modules), the modules (decompressed) and depmod's indexes for them.
+fn stage(
+    staging: &Path,
+    init: &str,
+    modules: &[String],
+    kernel: &Kernel,
+    tools: &Tools,
+) -> Result<()> {
+    let _ = std::fs::remove_dir_all(staging);
+    for d in [
+        "bin", "sbin", "proc", "sys", "dev", "run", "tmp", "share", "mnt/host",
+    ] {
+        std::fs::create_dir_all(staging.join(d))?;
+    }
+    std::fs::copy(&tools.busybox, staging.join("bin/busybox"))?;
+    std::os::unix::fs::symlink("/bin/busybox", staging.join("sbin/modprobe"))?;
+    std::fs::write(staging.join("init"), init)?;
+    std::fs::set_permissions(staging.join("init"), std::fs::Permissions::from_mode(0o755))?;
+    let mod_root = staging.join("lib/modules").join(&kernel.version);
+    for m in modules {
+        let (rel, data) = module_contents(&kernel.modules.join(m), m)?;
+        let dest = mod_root.join(rel);
+        std::fs::create_dir_all(dest.parent().expect("module path has a folder"))?;
+        std::fs::write(dest, data)?;
+    }
+    // modprobe reads these to tell built-in modules from missing ones.
+    for f in [
+        "modules.order",
+        "modules.builtin",
+        "modules.builtin.modinfo",
+    ] {
+        let src = kernel.modules.join(f);
+        if src.is_file() {
+            std::fs::copy(&src, mod_root.join(f))?;
+        }
+    }
+    depmod(tools, staging, &kernel.version)
+}
+
+/// A module's bytes under a `.ko` name: busybox's modprobe may lack xz/zstd support, so
+/// compressed modules (newer Debian kernels; 6.1's are plain) are stored decompressed.
+fn module_contents(src: &Path, rel: &str) -> Result<(String, Vec<u8>)> {
+    let tool = match rel.rsplit_once(".ko") {
+        Some((_, "")) => return Ok((rel.to_string(), std::fs::read(src)?)),
+        Some((_, ".xz")) => "xz",
+        Some((_, ".zst")) => "zstd",
+        Some((_, ".gz")) => "gzip",
+        _ => bail!("unexpected module file name {rel}"),
+    };
+    let out = Command::new(tool)
+        .arg("-dc")
+        .arg(src)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("decompressing {rel} needs {tool}; install it"))?;
+    if !out.status.success() {
+        bail!("{tool} -dc {} failed ({})", src.display(), out.status);
+    }
+    let (stem, _) = rel.rsplit_once(".ko").expect("checked above");
+    Ok((format!("{stem}.ko"), out.stdout))
+}
+
+/// The guest's PID 1. It never exits (that would panic the kernel): every path ends in the
+/// exit marker and `poweroff -f`.
+fn init_script() -> String {
+    format!(
+        r#"#!/bin/busybox sh
+# /init of the wssedge vmtest guest; generated by xtask/src/vmtest.rs.
+export PATH=/sbin:/bin
+/bin/busybox --install -s /bin
+fail() {{ echo "vmtest init: $*"; echo; echo {EXIT_MARKER}{INIT_FAILED}; poweroff -f; }}
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in {boot}; do modprobe $m || fail "modprobe $m failed"; done
+modprobe -a {cpu} || echo "vmtest init: CPU-specific crypto unavailable, generic code only"
+H=/mnt/host
+P9=trans=virtio,version=9p2000.L,msize=262144
+mount -t 9p -o $P9,ro,cache=loose hostroot $H || fail "cannot mount the host's / over 9p"
+mount -t 9p -o $P9 share /share || fail "cannot mount the share"
+# The host's / is read-only: the guest's own proc, sys, dev and tmpfs go on top.
+mkdir -p /dev/pts /dev/shm
+ln -s /proc/self/fd /dev/fd
+mount -t proc proc $H/proc || fail "mount proc"
+mount -t sysfs sysfs $H/sys || fail "mount sys"
+mount --bind /dev $H/dev || fail "bind /dev"
+mount -t devpts devpts $H/dev/pts || fail "mount devpts"
+for d in $H/dev/shm $H/tmp; do mount -t tmpfs -o mode=1777 tmpfs $d || fail "tmpfs on $d"; done
+mount -t tmpfs -o mode=755 tmpfs $H/run || fail "tmpfs on $H/run"
+# The share at its host path, so the job finds its outputs where the host does.
+S=$(cat /share/share-path)
+mount --bind /share $H$S || fail "cannot mount the share at $S"
+ip link set lo up || fail "cannot bring lo up"
+echo {START_MARKER}
+env -i /bin/chroot $H /bin/sh $S/job.sh </dev/null
+rc=$?
+echo $rc >/share/rc
+sync
+echo
+echo {EXIT_MARKER}$rc
+poweroff -f
+"#,
+        boot = BOOT_MODULES.join(" "),
+        cpu = CPU_MODULES.join(" "),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// cpio (newc), the initramfs format: written here rather than depending on a cpio tool
+// ---------------------------------------------------------------------------------------------
+
+fn write_cpio(staging: &Path, out: &Path) -> Result<()> {
+    let mut archive = Cpio::default();
+    // The kernel opens /dev/console for /init's stdio before /init runs.
+    archive.entry("dev/console", 0o020_600, (5, 1), &[]);
+    add_tree(&mut archive, staging, staging)?;
+    std::fs::write(out, archive.finish()).with_context(|| format!("write {}", out.display()))
+}
+
+/// Directories before their contents, sorted: the same inputs give the same archive.
+fn add_tree(archive: &mut Cpio, root: &Path, dir: &Path) -> Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        let name = path
+            .strip_prefix(root)?
+            .to_str()
+            .context("non-UTF-8 path")?
+            .to_string();
+        let meta = std::fs::symlink_metadata(&path)?;
+        let perm = meta.permissions().mode() & 0o7777;
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path)?;
+            let target = target.to_str().context("non-UTF-8 link")?;
+            archive.entry(&name, 0o120_000 | 0o777, (0, 0), target.as_bytes());
+        } else if meta.is_dir() {
+            archive.entry(&name, 0o040_000 | perm, (0, 0), &[]);
+            add_tree(archive, root, &path)?;
+        } else {
+            archive.entry(&name, 0o100_000 | perm, (0, 0), &std::fs::read(&path)?);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Cpio {
+    bytes: Vec<u8>,
+    next_ino: u32,
+}
+
+impl Cpio {
+    /// One `070701` record: header, NUL-terminated name and data, each padded to 4 bytes.
+    fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
+        self.next_ino += 1;
+        let nlink = if mode & 0o170_000 == 0o040_000 { 2 } else { 1 };
+        let fields = [
+            self.next_ino,
+            mode,
+            0, // uid
+            0, // gid
+            nlink,
+            0, // mtime
+            u32::try_from(data.len()).expect("initramfs file under 4 GiB"),
+            0, // dev major
+            0, // dev minor
+            rdev.0,
+            rdev.1,
+            u32::try_from(name.len() + 1).expect("short name"),
+            0, // check
+        ];
+        self.bytes.extend_from_slice(b"070701");
+        for f in fields {
+            self.bytes.extend_from_slice(format!("{f:08X}").as_bytes());
+        }
+        self.bytes.extend_from_slice(name.as_bytes());
+        self.bytes.push(0);
+        self.pad();
+        self.bytes.extend_from_slice(data);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while !self.bytes.len().is_multiple_of(4) {
+            self.bytes.push(0);
+        }
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, (0, 0), &[]);
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn exec_arguments() {
+        assert_eq!(parse_args(&[]).unwrap(), None);
+        assert_eq!(
+            parse_args(&s(&["--exec", "uname -r; ls"]))
+                .unwrap()
+                .as_deref(),
+            Some("uname -r; ls")
+        );
+        assert_eq!(
+            parse_args(&s(&["--exec=true"])).unwrap().as_deref(),
+            Some("true")
+        );
+        assert!(parse_args(&s(&["--exec"])).is_err());
+        assert!(parse_args(&s(&["--exec", "a", "--exec", "b"])).is_err());
+        assert!(parse_args(&s(&["--nope"])).is_err());
+    }
+
+    #[test]
+    fn finds_the_test_executable() {
+        let lines = r#"{"reason":"compiler-artifact","target":{"name":"wssedge"},"profile":{"test":false},"executable":"/t/ci/wssedge","manifest_path":"/w/edge/Cargo.toml"}
+{"reason":"compiler-artifact","target":{"name":"ktls"},"profile":{"test":true},"executable":"/t/ci/deps/ktls-1","manifest_path":"/w/edge/Cargo.toml"}
+{"reason":"build-finished","success":true}"#;
+        let t = find_test_executable(lines, "ktls").unwrap();
+        assert_eq!(t.exe, Path::new("/t/ci/deps/ktls-1"));
+        assert_eq!(t.manifest_dir, Path::new("/w/edge"));
+        assert!(find_test_executable(lines, "e2e").is_none());
+    }
+
+    #[test]
+    fn finds_the_kernel_package() {
+        let out = "linux-image-amd64\n  Depends: linux-image-6.1.0-48-amd64\n";
+        assert_eq!(
+            parse_kernel_depends(out).as_deref(),
+            Some("linux-image-6.1.0-48-amd64")
+        );
+        assert_eq!(parse_kernel_depends("E: No packages found\n"), None);
+    }
+
+    #[test]
+    fn closes_module_dependencies() {
+        let dep = "kernel/net/tls/tls.ko:\n\
+            kernel/fs/9p/9p.ko: kernel/net/9p/9pnet.ko kernel/fs/netfs/netfs.ko\n\
+            kernel/net/9p/9pnet.ko:\n\
+            kernel/arch/x86/crypto/aesni-intel.ko.xz: kernel/crypto/cryptd.ko\n";
+        assert_eq!(
+            closure_from_dep(dep, &["9p", "tls", "aesni_intel"]).unwrap(),
+            s(&[
+                "kernel/net/9p/9pnet.ko",
+                "kernel/fs/netfs/netfs.ko",
+                "kernel/fs/9p/9p.ko",
+                "kernel/net/tls/tls.ko",
+                "kernel/crypto/cryptd.ko",
+                "kernel/arch/x86/crypto/aesni-intel.ko.xz",
+            ])
+        );
+        assert!(closure_from_dep(dep, &["nope"]).is_err());
+        assert_eq!(
+            module_name("kernel/arch/x86/crypto/aesni-intel.ko.xz"),
+            "aesni_intel"
+        );
+    }
+
+    #[test]
+    fn reads_the_console_markers() {
+        assert!(matches!(
+            marker("WSSEDGE-VMTEST-START"),
+            Some(ConsoleEvent::Started(_))
+        ));
+        assert!(matches!(
+            marker("WSSEDGE-VMTEST-EXIT=3"),
+            Some(ConsoleEvent::Exited(3))
+        ));
+        assert!(matches!(
+            marker("no newline WSSEDGE-VMTEST-EXIT=0"),
+            Some(ConsoleEvent::Exited(0))
+        ));
+        assert!(marker("WSSEDGE-VMTEST-EXIT=$rc").is_none());
+        let console = "boot noise\nWSSEDGE-VMTEST-START\ntest a ... ok\n\n\
+            WSSEDGE-VMTEST-EXIT=0\n[ 2.1] reboot\n";
+        assert_eq!(job_lines(console), "test a ... ok\n\n");
+    }
+
+    #[test]
+    fn counts_tests_and_broken_runs() {
+        let run = |exit, output: &str| GuestRun {
+            exit,
+            timed_out: None,
+            boot: Some(Duration::from_secs(3)),
+            total: Duration::from_secs(9),
+            job_output: output.to_string(),
+        };
+        let log = Path::new("console.log");
+        let ok = "test a ... ok\ntest b ... FAILED\n\
+            test result: FAILED. 1 passed; 1 failed; 2 ignored; 0 measured; 0 filtered out\n";
+        let c = test_counts(&run(Some(101), ok), log);
+        assert_eq!((c.passed, c.failed, c.skipped), (1, 1, 2));
+        assert_eq!(test_counts(&run(Some(101), "panic\n"), log).failed, 1);
+        assert_eq!(test_counts(&run(None, ""), log).failed, 1);
+    }
+
+    #[test]
+    fn quotes_for_the_shell() {
+        assert_eq!(shell_quote("/a b/it's"), r"'/a b/it'\''s'");
+        assert_eq!(
+            virtfs(Path::new("/x,y"), "t", true),
+            "local,path=/x,,y,mount_tag=t,security_model=none,multidevs=remap,readonly=on"
+        );
+    }
+
+    #[test]
+    fn writes_newc_records() {
+        let mut c = Cpio::default();
+        c.entry("init", 0o100_755, (0, 0), b"#!");
+        let bytes = c.finish();
+        assert!(bytes.starts_with(b"070701"));
+        assert!(bytes.len().is_multiple_of(4));
+        // 110-byte header + "init\0" padded to 116, 2 data bytes padded to 120, then the trailer.
+        assert_eq!(&bytes[110..115], b"init\0");
+        assert_eq!(&bytes[116..118], b"#!");
+        assert_eq!(&bytes[120..126], b"070701");
+    }
+
+    #[test]
+    fn recognises_static_elf() {
+        assert!(!is_static_elf(Path::new("/nonexistent")));
+        // The test binary itself is dynamically linked (glibc).
+        assert!(!is_static_elf(&std::env::current_exe().unwrap()));
+    }
+}
