@@ -101,3 +101,6 @@ impl KtlsPolicy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
