@@ -86,7 +86,7 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
     /// Kernel TLS offload after the handshake: "auto" (where the kernel can), "required"
     /// (refuse to start without it) or "off".
-    pub ktls: crate::ktls::KtlsMode,
+    pub ktls: crate::tls::ktls::KtlsMode,
     /// Testing only: lowers the records one key may protect under kTLS (the suite's
     /// confidentiality limit otherwise), to exercise the key-limit close.
     pub ktls_key_limit_records: Option<u64>,

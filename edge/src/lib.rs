@@ -8,7 +8,6 @@ pub mod admin;
 pub mod bufpool;
 pub mod config;
 pub mod devcert;
-pub mod ktls;
 pub mod metrics;
 pub mod refuse;
 pub mod server;

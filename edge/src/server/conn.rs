@@ -22,11 +22,11 @@ use bytes::BytesMut;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
-use crate::ktls::{self, ControlRecord, KtlsMode, OffloadError};
 use crate::metrics::Side;
 use crate::refuse::Refusal;
 use crate::sockopt::{self, Recv};
 use crate::tls::driver::TlsSession;
+use crate::tls::ktls::{self, ControlRecord, KtlsMode, OffloadError};
 use crate::tls::Negotiated;
 use crate::ws::{self, Event, Session, SessionState};
 

@@ -13,10 +13,10 @@ use monoio::net::TcpListener;
 
 use crate::bufpool::BufPool;
 use crate::config::Config;
-use crate::ktls::KtlsPolicy;
 use crate::metrics::CoreMetrics;
 use crate::refuse::Refusal;
 use crate::sockopt::AcceptedSocketOptions;
+use crate::tls::ktls::KtlsPolicy;
 use crate::ws::{HandshakeLimits, SessionLimits};
 
 use super::conn;

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::config::Config;
-use crate::ktls::KtlsPolicy;
 use crate::metrics::{CoreMetrics, Registry};
+use crate::tls::ktls::KtlsPolicy;
 use crate::tls::policy;
 
 /// Why the edge could not start. All of these are the operator's to fix; the binary exits 2.

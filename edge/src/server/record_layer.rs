@@ -9,7 +9,7 @@ use std::os::fd::BorrowedFd;
 use bytes::BytesMut;
 
 use crate::bufpool::BufPool;
-use crate::ktls::KernelTls;
+use crate::tls::ktls::KernelTls;
 use crate::tls::{TlsError, TlsSession};
 
 // The layer lives inside the connection's task (already one heap allocation); boxing the larger

@@ -5,8 +5,10 @@
 //! - [`driver`] is [`TlsSession`]: a sans-IO driver of `rustls::server::UnbufferedServerConnection`
 //!   that reads ciphertext into a pooled buffer and writes records into an owned output buffer,
 //!   the shape io_uring wants.
+//! - [`ktls`] hands a completed session to kernel TLS and is the record layer after that.
 
 pub mod driver;
+pub mod ktls;
 pub mod policy;
 
 pub use driver::{Negotiated, TlsError, TlsSession, MAX_RECORD_LEN};
