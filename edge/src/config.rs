@@ -26,7 +26,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn invalid(
+    pub fn invalid(
         key: &'static str,
         value: impl std::fmt::Display,
         reason: impl Into<String>,
