@@ -81,6 +81,9 @@ const INIT_FAILED: i32 = 125;
 const TIMEOUT_ENV: &str = "WSSEDGE_VMTEST_TIMEOUT_S";
 /// Where in the share the guest tests leave what they measured (`WSSEDGE_VMTEST_OUT`).
 const FINDINGS_DIR: &str = "findings";
+/// In the guest: scratch space (TMPDIR, HOME) and the read-write share, both on a tmpfs at /run.
+const GUEST_TMP: &str = "/run/tmp";
+const GUEST_SHARE: &str = "/run/share";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(9 * 60);
 /// apt-get download/update of a 70 MB package; generous, but bounded.
 const APT_LIMIT: Duration = Duration::from_secs(5 * 60);
@@ -137,8 +140,7 @@ pub fn layer(env: &Env) -> Result<Outcome> {
     let test = build_ktls(env)?;
     // The tests write what they measured (memory per connection, key-limit and KeyUpdate
     // behaviour) here; the host prints it after the run.
-    fs::create_dir_all(vm.share())?;
-    let findings = vm.share().canonicalize()?.join(FINDINGS_DIR);
+    let findings = vm.share().join(FINDINGS_DIR);
     let job = Job {
         dir: test.manifest_dir.clone(),
         env: vec![
@@ -146,7 +148,10 @@ pub fn layer(env: &Env) -> Result<Outcome> {
                 "CARGO_MANIFEST_DIR".into(),
                 test.manifest_dir.display().to_string(),
             ),
-            ("WSSEDGE_VMTEST_OUT".into(), findings.display().to_string()),
+            (
+                "WSSEDGE_VMTEST_OUT".into(),
+                format!("{GUEST_SHARE}/{FINDINGS_DIR}"),
+            ),
         ],
         // libtest colours its output when stdout is a tty, and the guest's console is one.
         command: format!(
@@ -468,14 +473,12 @@ impl Vm {
         })
     }
 
-    /// The job script and the share's own host path (where `/init` mounts it inside the chroot,
-    /// so the job sees its outputs at the same path as the host).
+    /// A fresh share with the job script (the guest sees it at [`GUEST_SHARE`]) and an empty
+    /// findings folder.
     fn write_share(&self, job: &Job) -> Result<()> {
         let share = self.share();
         let _ = std::fs::remove_dir_all(&share);
         std::fs::create_dir_all(&share).with_context(|| format!("create {}", share.display()))?;
-        let share = share.canonicalize()?;
-        std::fs::write(share.join("share-path"), format!("{}\n", share.display()))?;
         std::fs::write(share.join("job.sh"), job_script(job))?;
         std::fs::create_dir_all(share.join(FINDINGS_DIR))?;
         Ok(())
@@ -571,8 +574,9 @@ fn job_script(job: &Job) -> String {
     let mut s = String::from("# Written by `cargo xtask vmtest`; run by the guest's /init.\n");
     s.push_str(
         "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-         HOME=/tmp TMPDIR=/tmp LANG=C.UTF-8 WSSEDGE_VMTEST=1 RUST_BACKTRACE=1\n",
+         LANG=C.UTF-8 WSSEDGE_VMTEST=1 RUST_BACKTRACE=1\n",
     );
+    s.push_str(&format!("export HOME={GUEST_TMP} TMPDIR={GUEST_TMP}\n"));
     for (k, v) in &job.env {
         s.push_str(&format!("export {k}={}\n", shell_quote(v)));
     }
@@ -1205,10 +1209,12 @@ mount -t proc proc $H/proc || fail "mount proc"
 mount -t sysfs sysfs $H/sys || fail "mount sys"
 mount --bind /dev $H/dev || fail "bind /dev"
 mount -t devpts devpts $H/dev/pts || fail "mount devpts"
-for d in $H/dev/shm $H/tmp; do mount -t tmpfs -o mode=1777 tmpfs $d || fail "tmpfs on $d"; done
+mount -t tmpfs -o mode=1777 tmpfs $H/dev/shm || fail "tmpfs on $H/dev/shm"
+# The guest's scratch space and the share live in a tmpfs on /run. Not on /tmp: the workspace
+# itself may live under the host's /tmp (a CI clone), and a tmpfs there would hide it.
 mount -t tmpfs -o mode=755 tmpfs $H/run || fail "tmpfs on $H/run"
-# The share at its host path, so the job finds its outputs where the host does.
-S=$(cat /share/share-path)
+mkdir -p $H{GUEST_TMP} $H{GUEST_SHARE} && chmod 1777 $H{GUEST_TMP} || fail "scratch dirs on /run"
+S={GUEST_SHARE}
 mount --bind /share $H$S || fail "cannot mount the share at $S"
 ip link set lo up || fail "cannot bring lo up"
 echo {START_MARKER}
@@ -1221,6 +1227,8 @@ echo {EXIT_MARKER}$rc
 poweroff -f
 "#,
         boot = BOOT_MODULES.join(" "),
+        GUEST_TMP = GUEST_TMP,
+        GUEST_SHARE = GUEST_SHARE,
         cpu = CPU_MODULES.join(" "),
     )
 }

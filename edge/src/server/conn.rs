@@ -26,7 +26,7 @@ use crate::metrics::Side;
 use crate::refuse::Refusal;
 use crate::sockopt::{self, Recv};
 use crate::tls::driver::TlsSession;
-use crate::tls::ktls::{self, ControlRecord, KtlsMode, OffloadError};
+use crate::tls::ktls::{self, ControlRecord, KtlsMode, OffloadError, RekeyError};
 use crate::tls::Negotiated;
 use crate::ws::{self, Event, Session, SessionState};
 
@@ -199,17 +199,19 @@ impl Conn {
             }
             let step = self.read_and_process();
             self.account_buffers();
+            // Key bookkeeping comes before the flush: a KeyUpdate of ours must precede the
+            // data queued after the client asked for it.
+            let keys = match self.keep_keys_fresh().await {
+                Ok(keys) => keys,
+                Err(end) => return end,
+            };
             if let Err(end) = self.flush().await {
                 return end;
             }
-            if let Some(end) = step {
+            if let Some(end) = step.or(keys) {
                 return end;
             }
             if let Some(end) = self.settle_record_layer() {
-                return end;
-            }
-            if let Some(end) = self.check_key_limits() {
-                self.account_buffers();
                 return end;
             }
         }
@@ -222,7 +224,17 @@ impl Conn {
         for _ in 0..MAX_READS_PER_WAKE {
             let limit = self.read_limit();
             if limit == Some(0) {
-                return None; // at a record boundary: the hand-off comes first
+                if self.layer.user().is_some_and(TlsSession::is_quiescent) {
+                    return None; // at a record boundary: the hand-off comes first
+                }
+                // Held bytes that are not a partial record (a handshake message split over
+                // records): the kernel cannot take over here; serve in userspace.
+                if let Some(end) = self
+                    .stay_in_userspace("not_quiescent", "a post-handshake message spans records")
+                {
+                    return Some(end);
+                }
+                continue;
             }
             let (got, space) = {
                 let mut pool = self.core.pool.borrow_mut();
@@ -263,6 +275,9 @@ impl Conn {
                 Err(e) if e.raw_os_error() == Some(libc::EIO) && self.layer.kernel().is_some() => {
                     if let Some(end) = self.take_control_record() {
                         return Some(end);
+                    }
+                    if self.layer.kernel().is_some_and(|k| k.tx_rekey_due()) {
+                        return None; // our KeyUpdate goes out before anything more is read
                     }
                 }
                 Err(e) => {
@@ -434,12 +449,7 @@ impl Conn {
         core.metrics.handshake(true, "ok");
         self.deadline
             .set(Instant::now() + core.cfg.limits.idle_timeout());
-        tracing::debug!(
-            peer = %self.peer,
-            path = %request.path,
-            tls = self.tls_mode.map_or("undecided", TlsMode::name),
-            "upgraded"
-        );
+        tracing::debug!(peer = %self.peer, path = %request.path, "upgraded");
         Ok(())
     }
 
@@ -548,17 +558,7 @@ impl Conn {
                 detail,
             }) => {
                 self.layer = RecordLayer::User(*tls);
-                self.core.metrics.ktls_fallback(reason);
-                log_fallback_once(reason, &detail);
-                if policy.mode == KtlsMode::Required {
-                    Refusal::Silent {
-                        reason: "ktls_required",
-                    }
-                    .record(&self.core.metrics, self.peer);
-                    return Some(End::Close);
-                }
-                self.decide(TlsMode::Userspace);
-                None
+                self.stay_in_userspace(reason, &detail)
             }
             Err(OffloadError::Broken { reason, detail }) => {
                 self.core.metrics.ktls_fallback(reason);
@@ -570,6 +570,23 @@ impl Conn {
                 Some(End::Abort)
             }
         }
+    }
+
+    /// The hand-off is not possible for this connection: count it, say it once, and serve in
+    /// userspace — or close, when kTLS is required.
+    fn stay_in_userspace(&mut self, reason: &'static str, detail: &str) -> Option<End> {
+        self.core.metrics.ktls_fallback(reason);
+        log_fallback_once(reason, detail);
+        if self.core.ktls.mode == KtlsMode::Required {
+            Refusal::Silent {
+                reason: "ktls_required",
+            }
+            .record(&self.core.metrics, self.peer);
+            self.decide(TlsMode::Userspace);
+            return Some(End::Close);
+        }
+        self.decide(TlsMode::Userspace);
+        None
     }
 
     fn decide(&mut self, mode: TlsMode) {
@@ -594,25 +611,74 @@ impl Conn {
         }
     }
 
-    /// Under kTLS: replaces our keys when due (where the kernel can), or closes with 1001
-    /// before the suite's record limit.
-    fn check_key_limits(&mut self) -> Option<End> {
-        let fd = sockopt::borrow_fd(&self.stream);
-        let kernel = self.layer.kernel()?;
-        if kernel.tx_rekey_due() && !kernel.has_pending_output() {
+    /// Under kTLS: takes exact record counts from the kernel now and then, replaces our keys
+    /// when due (where the kernel can), or queues a 1001 close before the suite's record limit.
+    /// `Ok(Some(end))`: flush, then end; `Err(end)`: end now, nothing more may be written.
+    async fn keep_keys_fresh(&mut self) -> Result<Option<End>, End> {
+        let Some(kernel) = self.layer.kernel() else {
+            return Ok(None);
+        };
+        if kernel.wants_sync() {
+            let fd = sockopt::borrow_fd(&self.stream);
+            if let Err(e) = kernel.sync_with_kernel(fd) {
+                tracing::debug!(peer = %self.peer, error = %e, "kTLS record counts unreadable");
+            }
+        }
+        while self.layer.kernel().is_some_and(|k| k.tx_rekey_due()) {
+            let fd = sockopt::borrow_fd(&self.stream);
+            let Some(kernel) = self.layer.kernel() else {
+                break;
+            };
             match kernel.rekey_tx(fd) {
-                Ok(()) => tracing::debug!(peer = %self.peer, "TLS keys updated (KeyUpdate)"),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {} // next time round
-                Err(e) => {
-                    tracing::warn!(peer = %self.peer, error = %e, "TLS key update failed");
-                    return Some(self.close_for_keys(1001, "tls_key_limit"));
+                Ok(()) => {
+                    tracing::debug!(peer = %self.peer, "TLS keys updated (KeyUpdate)");
+                }
+                Err(RekeyError::NotSent(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // The KeyUpdate must go out before more data: wait for room, bounded by
+                    // the write timeout like any write.
+                    self.wait_writable().await?;
+                }
+                Err(RekeyError::NotSent(e)) => {
+                    tracing::warn!(peer = %self.peer, error = %e, "TLS key update not sent");
+                    return Ok(Some(self.close_for_keys(1001, "tls_key_limit")));
+                }
+                Err(RekeyError::AfterSend(e)) => {
+                    // The client already expects the new keys: nothing more can be said.
+                    tracing::warn!(peer = %self.peer, error = %e, "the kernel refused our new TLS keys");
+                    Refusal::Silent {
+                        reason: "tls_rekey_failed",
+                    }
+                    .record(&self.core.metrics, self.peer);
+                    return Err(End::Abort);
                 }
             }
         }
-        if self.layer.kernel()?.key_limit_reached() {
-            return Some(self.close_for_keys(1001, "tls_key_limit"));
+        if self.layer.kernel().is_some_and(|k| k.key_limit_reached()) {
+            return Ok(Some(self.close_for_keys(1001, "tls_key_limit")));
         }
-        None
+        Ok(None)
+    }
+
+    /// Waits until the socket takes more data, within the write timeout.
+    async fn wait_writable(&mut self) -> Result<(), End> {
+        self.write_deadline
+            .set(Instant::now() + self.core.cfg.limits.write_timeout());
+        let ready = monoio::select! {
+            r = self.stream.writable(false) => Some(r),
+            _ = self.write_deadline.expired() => None,
+        };
+        self.write_deadline.clear();
+        match ready {
+            Some(Ok(())) => Ok(()),
+            Some(Err(_)) => Err(End::Abort),
+            None => {
+                Refusal::Silent {
+                    reason: "write_timeout",
+                }
+                .record(&self.core.metrics, self.peer);
+                Err(End::Abort)
+            }
+        }
     }
 
     /// Closes because the TLS keys cannot go on: a close frame when upgraded, then
@@ -762,8 +828,7 @@ impl Conn {
     async fn finish(&mut self, end: End) {
         if matches!(end, End::Close) && !self.layer.is_handshaking() {
             if self.layer.queue_close_notify() && self.flush().await.is_ok() {
-                self.layer
-                    .send_close_notify(sockopt::borrow_fd(&self.stream));
+                self.send_kernel_close_notify().await;
             }
         } else if self.layer.has_pending_output() {
             // An alert (TLS failure) or the last frames: best effort, bounded by the write timeout.
@@ -774,6 +839,28 @@ impl Conn {
         // not close it. Shutting the socket down completes that wait (and tells the client at
         // once); the descriptor is closed when the last operation lets go of it.
         sockopt::shutdown_both(sockopt::borrow_fd(&self.stream));
+    }
+}
+
+impl Conn {
+    /// Under kTLS, close_notify is a record of its own sent with `sendmsg`; a full socket (the
+    /// last frames may just have filled it) is waited for within the write timeout.
+    async fn send_kernel_close_notify(&mut self) {
+        loop {
+            let fd = sockopt::borrow_fd(&self.stream);
+            match self.layer.send_close_notify(fd) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if self.wait_writable().await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "close_notify not sent");
+                    return;
+                }
+                Ok(()) => return,
+            }
+        }
     }
 }
 

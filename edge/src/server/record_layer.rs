@@ -138,12 +138,12 @@ impl RecordLayer {
         }
     }
 
-    /// Under kTLS: sends close_notify once the queued plaintext is out.
-    pub fn send_close_notify(&mut self, fd: BorrowedFd<'_>) {
-        if let RecordLayer::Kernel(k) = self {
-            if let Err(e) = k.send_close_notify(fd) {
-                tracing::debug!(error = %e, "close_notify not sent");
-            }
+    /// Under kTLS: sends close_notify once the queued plaintext is out (WouldBlock: wait for
+    /// room and call again). Userspace queued it with the data already.
+    pub fn send_close_notify(&mut self, fd: BorrowedFd<'_>) -> std::io::Result<()> {
+        match self {
+            RecordLayer::Kernel(k) => k.send_close_notify(fd),
+            _ => Ok(()),
         }
     }
 

@@ -203,6 +203,16 @@ impl CryptoInfo {
     }
 }
 
+/// The `rec_seq` of a crypto info read back from the kernel: its last 8 bytes, big-endian
+/// (every layout ends with it). `None` for a buffer too short to be one.
+pub fn rec_seq_of(info: &[u8]) -> Option<u64> {
+    if info.len() < 4 + 8 {
+        return None;
+    }
+    let tail: [u8; 8] = info[info.len() - 8..].try_into().ok()?;
+    Some(u64::from_be_bytes(tail))
+}
+
 impl Drop for CryptoInfo {
     fn drop(&mut self) {
         for b in self.bytes.iter_mut() {
@@ -269,6 +279,20 @@ mod tests {
         assert_eq!(&b[4..16], &IV);
         assert_eq!(&b[16..48], &key);
         assert_eq!(&b[48..56], &7u64.to_be_bytes());
+    }
+
+    #[test]
+    fn rec_seq_reads_back_from_every_layout() {
+        for (cipher, key) in [
+            (Cipher::Aes128Gcm, &[1u8; 16][..]),
+            (Cipher::Aes256Gcm, &[2u8; 32][..]),
+            (Cipher::Chacha20Poly1305, &[3u8; 32][..]),
+        ] {
+            let info =
+                CryptoInfo::from_parts(TlsVersion::Tls13, cipher, key, &IV, 123_456).unwrap();
+            assert_eq!(rec_seq_of(info.as_bytes()), Some(123_456));
+        }
+        assert_eq!(rec_seq_of(&[0; 8]), None);
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub mod sys;
 pub use crypto_info::{Cipher, TlsVersion};
 pub use offload::{offload, OffloadError};
 pub use probe::KtlsSupport;
-pub use session::{ControlRecord, KernelParams, KernelTls};
+pub use session::{ControlRecord, KernelParams, KernelTls, RekeyError};
 
 /// `[tls] ktls`: whether connections are handed to the kernel after their handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]

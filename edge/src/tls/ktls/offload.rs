@@ -97,5 +97,5 @@ pub fn offload(
         record_limit: record_limit(negotiated.suite, limit_override),
         kernel_rekey: support.tx_rekey,
     };
-    Ok(KernelTls::new(kernel_conn, params))
+    Ok(KernelTls::new(kernel_conn, params, *tx_seq, *rx_seq))
 }

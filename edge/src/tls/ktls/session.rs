@@ -6,10 +6,13 @@
 //! nothing in the kernel enforces a suite's confidentiality limit, so we count records per
 //! direction and rekey (TLS 1.3 on kernels that can) or close before the limit.
 //!
-//! Counting: every write we hand the socket is cut by the kernel into records of at most
-//! 2^14 bytes and its last record is closed at the end of the call (we never pass MSG_MORE), so
-//! a write of `n` bytes is `ceil(n / 2^14)` records — exact. On the receiving side the kernel
-//! hides record boundaries; `ceil(n / 2^14)` per read is a lower bound.
+//! Counting: the counts start at the sequence numbers carried over from rustls. Between checks
+//! they are estimates — a write of `n` bytes is at least `ceil(n / 2^14)` records (the kernel
+//! cuts at 2^14 and closes the last record at the end of the call; short writes can add one),
+//! and a read of `n` bytes at least `ceil(n / 2^14)` (the kernel merges records into one read, so
+//! a client sending tiny records is undercounted). Every [`SYNC_EVERY`] reads and writes, and
+//! whenever an estimate reaches the threshold, the counts are replaced by the kernel's own
+//! record sequence numbers (`getsockopt(SOL_TLS, TLS_TX/TLS_RX)`), which are exact.
 
 use std::io;
 use std::os::fd::BorrowedFd;
@@ -25,6 +28,9 @@ use crate::tls::TlsError;
 
 /// Plaintext bytes per TLS record.
 const MAX_RECORD_PLAINTEXT: u64 = 1 << 14;
+
+/// Reads plus writes between two exact counts from the kernel.
+pub const SYNC_EVERY: u32 = 64;
 
 const CONTENT_ALERT: u8 = 21;
 const CONTENT_HANDSHAKE: u8 = 22;
@@ -86,21 +92,45 @@ pub struct KernelTls {
     outgoing: Vec<u8>,
     /// The client asked for our keys to be updated (or our count reached the limit).
     tx_rekey_due: bool,
+    /// No more data may be queued (close_notify is next).
     sent_close_notify: bool,
+    /// Our close_notify is on the wire.
+    close_notify_sent: bool,
+    /// Reads and writes since the counts were last taken from the kernel.
+    ops_since_sync: u32,
+}
+
+/// Why our key update failed.
+#[derive(Debug)]
+pub enum RekeyError {
+    /// Nothing was sent (the socket is full: wait until writable and retry, or another error).
+    NotSent(io::Error),
+    /// Our KeyUpdate went out but the kernel refused the new keys: the peer already expects
+    /// them, so nothing more may be written.
+    AfterSend(io::Error),
 }
 
 impl KernelTls {
-    pub fn new(conn: KernelConnection<ServerConnectionData>, params: KernelParams) -> Self {
+    /// Takes over `conn` whose keys start at the carried-over sequence numbers `tx_seq` and
+    /// `rx_seq` (records already protected by them).
+    pub fn new(
+        conn: KernelConnection<ServerConnectionData>,
+        params: KernelParams,
+        tx_seq: u64,
+        rx_seq: u64,
+    ) -> Self {
         Self {
             conn,
             params,
-            tx_records: 0,
-            rx_records: 0,
+            tx_records: tx_seq,
+            rx_records: rx_seq,
+            ops_since_sync: 0,
             incoming: None,
             filled: 0,
             outgoing: Vec::new(),
             tx_rekey_due: false,
             sent_close_notify: false,
+            close_notify_sent: false,
         }
     }
 
@@ -120,6 +150,7 @@ impl KernelTls {
         self.filled += n;
         let records = (n as u64).div_ceil(MAX_RECORD_PLAINTEXT);
         self.rx_records += records;
+        self.ops_since_sync += 1;
         records
     }
 
@@ -131,17 +162,26 @@ impl KernelTls {
         self.filled = 0;
     }
 
-    /// Gives the read buffer back to the pool when it holds nothing.
+    /// Gives the read buffer back to the pool when it holds nothing, and frees an empty
+    /// output buffer: an idle connection keeps neither.
     pub fn release_idle(&mut self, pool: &mut BufPool) {
         if self.filled == 0 {
             if let Some(buf) = self.incoming.take() {
                 pool.give(buf);
             }
         }
+        if self.outgoing.is_empty() && self.outgoing.capacity() > 0 {
+            self.outgoing = Vec::new();
+        }
     }
 
     pub fn holds_read_buffer(&self) -> bool {
         self.incoming.is_some()
+    }
+
+    /// An output buffer is allocated (kept between writes of a burst, freed when idle).
+    pub fn holds_output_buffer(&self) -> bool {
+        self.outgoing.capacity() > 0
     }
 
     /// Queues plaintext for the socket; refused after our close_notify (TLS allows nothing
@@ -167,6 +207,7 @@ impl KernelTls {
     pub fn restore_output(&mut self, mut buf: Vec<u8>, written: usize) -> u64 {
         let records = (written as u64).div_ceil(MAX_RECORD_PLAINTEXT);
         self.tx_records += records;
+        self.ops_since_sync += 1;
         buf.clear();
         if buf.capacity() <= crate::tls::driver::MAX_RETAINED_OUTPUT && self.outgoing.is_empty() {
             self.outgoing = buf;
@@ -181,12 +222,41 @@ impl KernelTls {
         limit - limit / 16
     }
 
-    /// The counts reached the threshold and the kernel cannot rekey here: close (1001,
-    /// `tls_key_limit`).
-    pub fn key_limit_reached(&self) -> bool {
+    /// Past this the connection closes even where it could rekey (a rekey that keeps failing
+    /// must not carry the key over its limit).
+    fn hard_threshold(&self) -> u64 {
+        let limit = self.params.record_limit;
+        limit - limit / 64
+    }
+
+    /// The estimates are stale or near the threshold: take the exact counts from the kernel.
+    pub fn wants_sync(&self) -> bool {
         let threshold = self.threshold();
-        let tx = self.tx_records >= threshold && !self.can_rekey();
-        let rx = self.rx_records >= threshold;
+        self.ops_since_sync >= SYNC_EVERY
+            || (self.ops_since_sync > 0
+                && (self.tx_records >= threshold || self.rx_records >= threshold))
+    }
+
+    /// Replaces the estimates by the kernel's record sequence numbers (exact).
+    pub fn sync_with_kernel(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.tx_records = kernel_rec_seq(fd, Direction::Tx)?;
+        self.rx_records = kernel_rec_seq(fd, Direction::Rx)?;
+        self.ops_since_sync = 0;
+        Ok(())
+    }
+
+    /// Records under the current keys (exact after [`Self::sync_with_kernel`]).
+    pub fn records(&self) -> (u64, u64) {
+        (self.tx_records, self.rx_records)
+    }
+
+    /// Close now (1001, `tls_key_limit`): the counts reached the threshold and the kernel
+    /// cannot rekey here, or a rekey did not happen in time.
+    pub fn key_limit_reached(&self) -> bool {
+        let tx = (self.tx_records >= self.threshold() && !self.can_rekey())
+            || self.tx_records >= self.hard_threshold();
+        // The client's keys are its to update; one that does not is closed before the limit.
+        let rx = self.rx_records >= self.threshold();
         tx || rx
     }
 
@@ -200,17 +270,28 @@ impl KernelTls {
     }
 
     /// Sends our KeyUpdate under the old keys, then gives the kernel the next TX keys. Call
-    /// with no plaintext queued (records must stay in order).
-    pub fn rekey_tx(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
-        debug_assert!(self.outgoing.is_empty());
+    /// with no write in flight: plaintext still queued here goes out afterwards, under the new
+    /// keys, as RFC 8446 §4.6.3 asks after a client's `update_requested`.
+    pub fn rekey_tx(&mut self, fd: BorrowedFd<'_>) -> Result<(), RekeyError> {
         let key_update = [HANDSHAKE_KEY_UPDATE, 0, 0, 1, KEY_UPDATE_NOT_REQUESTED];
-        if sys::send_record(fd, CONTENT_HANDSHAKE, &key_update)? != key_update.len() {
-            return Err(io::Error::other("the KeyUpdate record was cut short"));
+        match sys::send_record(fd, CONTENT_HANDSHAKE, &key_update) {
+            Ok(n) if n == key_update.len() => {}
+            Ok(_) => {
+                return Err(RekeyError::AfterSend(io::Error::other(
+                    "the KeyUpdate record was cut short",
+                )))
+            }
+            Err(e) => return Err(RekeyError::NotSent(e)),
         }
-        let (seq, secrets) = self.conn.update_tx_secret().map_err(io::Error::other)?;
-        let info = CryptoInfo::new(self.params.version, &secrets, seq).map_err(io::Error::other)?;
-        sys::set_crypto(fd, Direction::Tx, &info)?;
-        self.tx_records = 0;
+        let after = RekeyError::AfterSend;
+        let (seq, secrets) = self
+            .conn
+            .update_tx_secret()
+            .map_err(|e| after(io::Error::other(e)))?;
+        let info = CryptoInfo::new(self.params.version, &secrets, seq)
+            .map_err(|e| after(io::Error::other(e)))?;
+        sys::set_crypto(fd, Direction::Tx, &info).map_err(after)?;
+        self.tx_records = seq;
         self.tx_rekey_due = false;
         Ok(())
     }
@@ -275,11 +356,14 @@ impl KernelTls {
 
     /// Sends our close_notify (once), without blocking; best effort like any last record.
     pub fn send_close_notify(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
-        if self.sent_close_notify {
+        if self.close_notify_sent {
             return Ok(());
         }
+        // From here on nothing more is queued, whether or not the record goes out right now.
         self.sent_close_notify = true;
-        sys::send_record(fd, CONTENT_ALERT, &[ALERT_WARNING, ALERT_CLOSE_NOTIFY]).map(|_| ())
+        sys::send_record(fd, CONTENT_ALERT, &[ALERT_WARNING, ALERT_CLOSE_NOTIFY])?;
+        self.close_notify_sent = true;
+        Ok(())
     }
 }
 
@@ -292,6 +376,23 @@ impl std::fmt::Debug for KernelTls {
             .field("pending_output", &self.outgoing.len())
             .finish_non_exhaustive()
     }
+}
+
+/// The kernel's next record sequence number for one direction: the records under its key.
+fn kernel_rec_seq(fd: BorrowedFd<'_>, dir: Direction) -> io::Result<u64> {
+    let mut info = [0u8; 64];
+    let result = sys::get_crypto(fd, dir, &mut info);
+    let seq = result.and_then(|len| {
+        crate::tls::ktls::crypto_info::rec_seq_of(&info[..len.min(info.len())])
+            .ok_or_else(|| io::Error::other("the kernel returned a short crypto info"))
+    });
+    // The kernel hands the key back too: wipe it.
+    for b in info.iter_mut() {
+        // SAFETY: `b` is a valid, exclusive reference into our own array; the volatile write
+        // keeps the wipe of key material from being optimised away.
+        unsafe { std::ptr::write_volatile(b, 0) };
+    }
+    seq
 }
 
 /// An alert record: close_notify ends the stream cleanly; anything else ends the connection.

@@ -73,6 +73,33 @@ pub fn set_crypto(fd: BorrowedFd<'_>, dir: Direction, info: &CryptoInfo) -> io::
     }
 }
 
+/// Reads one direction's crypto info back from the kernel: the same layout `set_crypto` takes,
+/// with `rec_seq` advanced to the next record's sequence number — the kernel's exact count of
+/// records under the current key. Returns the bytes written into `buf`.
+pub fn get_crypto(fd: BorrowedFd<'_>, dir: Direction, buf: &mut [u8]) -> io::Result<usize> {
+    let name = match dir {
+        Direction::Tx => TLS_TX,
+        Direction::Rx => TLS_RX,
+    };
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: `buf` is writable for `len` bytes and `len` is a valid in/out length for the whole
+    // call; the kernel writes at most `len` bytes and stores the written length back.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            SOL_TLS,
+            name,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(len as usize)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// One record taken with its type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record {
@@ -175,7 +202,11 @@ pub fn send_record(fd: BorrowedFd<'_>, content_type: u8, data: &[u8]) -> io::Res
         (*hdr).cmsg_len = libc::CMSG_LEN(size_of::<u8>() as u32) as _;
         *libc::CMSG_DATA(hdr) = content_type;
         loop {
-            let n = libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_DONTWAIT);
+            let n = libc::sendmsg(
+                fd.as_raw_fd(),
+                &msg,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            );
             if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
                 break n;
             }

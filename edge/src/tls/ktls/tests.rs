@@ -105,7 +105,7 @@ fn kernel_tls(h: Handshaken, record_limit: u64, kernel_rekey: bool) -> KernelTls
     let mut pool = h.pool;
     let negotiated = h.server.negotiated().unwrap();
     let conn = h.server.into_connection(&mut pool).unwrap();
-    let (_, kernel) = conn.dangerous_into_kernel_connection().unwrap();
+    let (secrets, kernel) = conn.dangerous_into_kernel_connection().unwrap();
     KernelTls::new(
         kernel,
         KernelParams {
@@ -114,6 +114,8 @@ fn kernel_tls(h: Handshaken, record_limit: u64, kernel_rekey: bool) -> KernelTls
             record_limit,
             kernel_rekey,
         },
+        secrets.tx.0,
+        secrets.rx.0,
     )
 }
 
@@ -230,11 +232,19 @@ fn a_refused_ulp_leaves_a_working_userspace_session() {
 fn records_are_counted_and_the_connection_closes_before_the_limit() {
     let mut k = kernel_tls(tls13(), 1000, false);
     let threshold = 1000 - 1000 / 16;
+    // The count starts at the carried-over sequence number: one record of session tickets.
+    assert_eq!(k.records(), (1, 0));
     // A 40 KiB write is three records; small writes are one each.
     assert_eq!(k.restore_output(Vec::new(), 40 * 1024), 3);
-    for _ in 3..threshold - 1 {
+    for _ in 4..threshold - 1 {
         assert_eq!(k.restore_output(Vec::new(), 100), 1);
     }
+    assert_eq!(k.records().0, threshold - 1);
+    assert!(
+        k.wants_sync(),
+        "{} writes since the last exact count",
+        threshold - 2
+    );
     assert!(!k.key_limit_reached());
     k.restore_output(Vec::new(), 1);
     assert!(
@@ -274,6 +284,11 @@ fn where_the_kernel_can_rekey_tls13_rekeys_instead_of_closing() {
     }
     assert!(k.tx_rekey_due());
     assert!(!k.key_limit_reached());
+    // A rekey that never happens still closes before the limit.
+    for _ in 0..1000 / 16 - 1000 / 64 {
+        k.restore_output(Vec::new(), 1);
+    }
+    assert!(k.key_limit_reached());
     // TLS 1.2 has no KeyUpdate: it closes even where the kernel could rekey.
     let mut k12 = kernel_tls(
         handshaken(
@@ -288,6 +303,28 @@ fn where_the_kernel_can_rekey_tls13_rekeys_instead_of_closing() {
     }
     assert!(!k12.tx_rekey_due());
     assert!(k12.key_limit_reached());
+}
+
+#[test]
+fn an_idle_kernel_session_keeps_no_buffers() {
+    let mut k = kernel_tls(tls13(), 1000, false);
+    let mut pool = BufPool::new(POOL_BUFFER_CAPACITY, 4);
+    k.queue(&[7; 60 * 1024]).unwrap();
+    let out = k.take_output();
+    k.restore_output(out, 60 * 1024);
+    assert!(
+        k.holds_output_buffer(),
+        "kept for the next write of a burst"
+    );
+    let _ = k.recv_space(&mut pool);
+    k.commit_recv(10);
+    let mut plaintext = BytesMut::new();
+    k.drain_into(&mut plaintext);
+    k.release_idle(&mut pool);
+    assert!(!k.holds_read_buffer());
+    assert!(!k.has_pending_output());
+    assert_eq!(pool.spare(), 1, "the read buffer went back to the pool");
+    assert!(!k.holds_output_buffer(), "the output buffer is freed");
 }
 
 #[test]
