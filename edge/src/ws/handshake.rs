@@ -28,8 +28,9 @@ impl Default for HandshakeLimits {
     }
 }
 
-/// A valid WebSocket upgrade request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A valid WebSocket upgrade request. Its `Debug` leaves credentials out (the Authorization
+/// header, and subprotocols, which may carry a bearer token).
+#[derive(Clone, PartialEq, Eq)]
 pub struct UpgradeRequest {
     /// The request target (origin-form: path and query), e.g. `/chat?room=1`.
     pub path: String,
@@ -41,6 +42,24 @@ pub struct UpgradeRequest {
     pub protocols: Vec<String>,
     /// `Sec-WebSocket-Extensions` entries (with their parameters), in order. Never accepted yet.
     pub extensions: Vec<String>,
+    /// The `Authorization` header (a credential: never logged).
+    pub authorization: Option<String>,
+}
+
+impl std::fmt::Debug for UpgradeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpgradeRequest")
+            .field("path", &self.path)
+            .field("host", &self.host)
+            .field("origin", &self.origin)
+            .field("protocols", &self.protocols.len())
+            .field("extensions", &self.extensions)
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl UpgradeRequest {
@@ -264,6 +283,11 @@ pub fn parse_upgrade(
     let protocols = list_items(headers, "sec-websocket-protocol")
         .map(utf8)
         .collect::<Result<Vec<_>, _>>()?;
+    // Two Authorization headers would let a proxy and the edge disagree on the credential.
+    let authorization = match single(headers, "authorization") {
+        Ok(a) => a.map(utf8).transpose()?,
+        Err(()) => return Err(HandshakeError::Malformed("repeated Authorization")),
+    };
     let extensions = list_items(headers, "sec-websocket-extensions")
         .map(utf8)
         .collect::<Result<Vec<_>, _>>()?;
@@ -275,6 +299,7 @@ pub fn parse_upgrade(
             origin,
             protocols,
             extensions,
+            authorization,
         },
         consumed,
     )))
@@ -321,6 +346,22 @@ mod tests {
     fn with(replace: &str, by: &str) -> String {
         assert!(GOOD.contains(replace), "{replace}");
         GOOD.replace(replace, by)
+    }
+
+    #[test]
+    fn authorization_is_kept_and_never_debug_printed() {
+        let raw = b"GET /chat HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer s3cr3t\r\nSec-WebSocket-Protocol: app, bearer.t0k3n\r\n\r\n";
+        let (req, _) = parse_upgrade(raw, &HandshakeLimits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(req.authorization.as_deref(), Some("Bearer s3cr3t"));
+        let debug = format!("{req:?}");
+        assert!(
+            !debug.contains("s3cr3t") && !debug.contains("t0k3n"),
+            "{debug}"
+        );
+        let twice = b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n";
+        assert!(parse_upgrade(twice, &HandshakeLimits::default()).is_err());
     }
 
     #[test]
