@@ -1,0 +1,68 @@
+//! The audit trail: a tamper-evident, append-only record of every admission decision and
+//! every state change, written off the data path.
+//!
+//! ```text
+//! core 0 ── AuditSink ──► SPSC ring (+ overflow) ─┐
+//! core 1 ── AuditSink ──► SPSC ring (+ overflow) ─┼─► "wssedge-audit" thread ─► <path> (JSON lines)
+//! control / reload ── AuditHandle ─► bounded queue ┘      HMAC chain, fsync, rotation
+//! ```
+//!
+//! * Cores never block and never drop: [`AuditSink::record`] pushes into a lock-free ring and
+//!   spills into a per-core overflow list when it is full; above the high-water mark
+//!   [`AuditSink::over_high_water`] tells the core to refuse new connections before TLS, which
+//!   bounds the overflow (each connection emits a bounded number of records).
+//! * Every line carries `prev` (the previous line's MAC) and `mac` = HMAC-SHA256(key, prev ||
+//!   the line up to and including its `prev` field): without the key nobody can edit, drop,
+//!   reorder or recompute records unnoticed. See [`chain`] for the exact byte layout.
+//! * Rotated files end with a `seal` record; every file starts with an `open` record naming the
+//!   previous file and its last MAC, so the chain runs across files. [`verify`] checks it and
+//!   names the first problem.
+//! * Durability: records are durable up to the last fsync (`fsync_interval_ms`).
+//!
+//! Token-derived data: records never hold a token. The only fields derived from one are the
+//! `jti`, `sub` and `token_sha256` of an `upgrade` record (see [`token_sha256`]).
+
+mod chain;
+mod config;
+mod files;
+mod key;
+mod record;
+mod ring;
+mod sink;
+mod stats;
+mod time;
+mod verify;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+
+pub use config::AuditConfig;
+pub use record::{token_sha256, AuditEvent, Identity};
+pub use sink::{AuditHandle, AuditSink};
+pub use stats::AuditStats;
+pub use verify::{run_cli, sort_trail_files, verify, Problem, ProblemKind, VerifyReport};
+pub use writer::AuditTrail;
+
+/// Why the trail could not start or stop cleanly. Every variant says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("audit key file {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("audit trail {path}: cannot {action}: {source}")]
+    Io {
+        path: PathBuf,
+        action: String,
+        source: std::io::Error,
+    },
+    #[error("audit trail {path}: {reason}")]
+    Trail { path: PathBuf, reason: String },
+    #[error(
+        "the audit writer thread stopped on a bug (panic); records it had not written are lost"
+    )]
+    WriterPanicked,
+}

@@ -1,0 +1,203 @@
+//! What a record says. The envelope (`seq`, `ts`, `core`, `prev`, `mac`) is added by the chain;
+//! these types are the event fields in between.
+//!
+//! Token rule: no field ever holds a bearer token. The only token-derived fields are `jti`,
+//! `sub` and `token_sha256` of [`AuditEvent::Upgrade`]; build the hash with [`token_sha256`].
+
+use serde::Serialize;
+
+/// A verified client certificate identity, as the audit trail writes it. The TLS room's own
+/// identity type converts into this one; audit owns it so the record format stays stable.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    pub subject_cn: Option<String>,
+    /// DNS subject alternative names.
+    pub dns: Vec<String>,
+    /// URI subject alternative names (`spiffe://…` among them).
+    pub uris: Vec<String>,
+    /// Hex SHA-256 of the leaf certificate (DER).
+    pub fingerprint_sha256: Option<String>,
+}
+
+/// One audited event. `peer` is the client's `ip:port` as text. The core that produced a record
+/// is the envelope's `core` field (null for the control socket, reloads and the writer itself),
+/// which is why `Accept` carries no core of its own: one JSON object must not have two `core`
+/// keys.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum AuditEvent {
+    /// A TCP connection was accepted by a core (before TLS).
+    Accept { peer: String },
+    /// The TLS handshake failed or timed out.
+    TlsFailure { peer: String, reason: String },
+    /// The upgrade decision: who (`identity`, `sub`, `jti`), what (`path`), and why (`status`,
+    /// `reason`).
+    Upgrade {
+        peer: String,
+        identity: Option<Identity>,
+        path: String,
+        allowed: bool,
+        status: u16,
+        reason: String,
+        jti: Option<String>,
+        sub: Option<String>,
+        /// Hex SHA-256 of the token as presented ([`token_sha256`]), never the token.
+        token_sha256: Option<String>,
+    },
+    /// An upgraded connection ended.
+    Close {
+        peer: String,
+        identity: Option<Identity>,
+        /// The close code sent or received; None when the transport died without one.
+        code: Option<u16>,
+        reason: String,
+        bytes_in: u64,
+        bytes_out: u64,
+        duration_ms: u64,
+    },
+    /// A connection refused or closed for cause through the refusal path.
+    Refusal {
+        peer: String,
+        reason: String,
+        /// HTTP status, before the upgrade.
+        status: Option<u16>,
+        /// WebSocket close code, after the upgrade.
+        code: Option<u16>,
+    },
+    /// A revocation took effect. `kind`: `jti`, `subject` or `certificate`; `source`: `file`,
+    /// `control` or `crl`.
+    Revocation {
+        kind: String,
+        value: String,
+        source: String,
+    },
+    /// A reload of configuration, certificates, CRLs or revocation lists.
+    Reload {
+        what: String,
+        ok: bool,
+        detail: String,
+    },
+    /// A command on the control socket, with the caller's credentials (SO_PEERCRED).
+    Control {
+        uid: u32,
+        pid: i32,
+        command: String,
+        ok: bool,
+        detail: String,
+    },
+    /// Written by the trail itself when it starts.
+    Start { version: String, pid: u32 },
+    /// Written by the trail itself at a clean shutdown, just before the seal.
+    Stop {},
+}
+
+/// Hex SHA-256 of a token as presented: lets an auditor match a record to a token they hold
+/// without the trail ever containing one. (Bearer tokens carry a signature, so the hash cannot
+/// be reversed by guessing.)
+pub fn token_sha256(token: &[u8]) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token);
+    crate::audit::chain::hex(d.as_ref())
+}
+
+/// Records the trail writes about itself; they carry the chain across files.
+#[derive(Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub(crate) enum TrailEvent<'a> {
+    /// First record of every file.
+    Open {
+        /// The previous file's name as rotated; None for the very first file of a trail.
+        prev_file: Option<&'a str>,
+        /// The previous file's last intact seq; None at genesis.
+        prev_seq: Option<u64>,
+        /// The previous file's last intact MAC (equal to this record's `prev`).
+        prev_mac: &'a str,
+        /// How the previous file ended.
+        prev_state: PrevState,
+        /// Identifies the key without revealing it, so a verifier tells a wrong key from an edit.
+        key_id: &'a str,
+        writer: &'a str,
+    },
+    /// Last record of a file.
+    Seal {
+        reason: SealReason,
+        /// The file that continues the chain (the live file's name).
+        next: &'a str,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum PrevState {
+    /// No previous file: this is the first record of a new trail.
+    Genesis,
+    Sealed,
+    /// The previous file ended without a seal (the writer was killed); kept as it was.
+    Unsealed,
+    /// The previous file ended in a partial line (killed mid-write); kept as it was.
+    Torn,
+}
+
+impl PrevState {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            PrevState::Genesis => "genesis",
+            PrevState::Sealed => "sealed",
+            PrevState::Unsealed => "unsealed",
+            PrevState::Torn => "torn",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum SealReason {
+    Rotate,
+    Shutdown,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialize_flat_and_tagged() {
+        let e = AuditEvent::Upgrade {
+            peer: "192.0.2.1:5000".into(),
+            identity: Some(Identity {
+                subject_cn: Some("client".into()),
+                dns: vec![],
+                uris: vec!["spiffe://x/y".into()],
+                fingerprint_sha256: None,
+            }),
+            path: "/feed".into(),
+            allowed: false,
+            status: 401,
+            reason: "token_expired".into(),
+            jti: Some("j1".into()),
+            sub: None,
+            token_sha256: Some(token_sha256(b"abc")),
+        };
+        let s = serde_json::to_string(&e).unwrap();
+        assert!(
+            s.starts_with(
+                r#"{"event":"upgrade","peer":"192.0.2.1:5000","identity":{"subject_cn":"client""#
+            ),
+            "{s}"
+        );
+        assert!(s.contains(
+            r#""token_sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad""#
+        ));
+        assert_eq!(
+            serde_json::to_string(&AuditEvent::Stop {}).unwrap(),
+            r#"{"event":"stop"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&AuditEvent::TlsFailure {
+                peer: "p".into(),
+                reason: "r".into()
+            })
+            .unwrap(),
+            r#"{"event":"tls_failure","peer":"p","reason":"r"}"#
+        );
+    }
+}

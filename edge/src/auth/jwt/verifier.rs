@@ -1,0 +1,399 @@
+//! [`JwtVerifier`]: configured keys bound to the allowed algorithms, and the one `verify`.
+
+use std::collections::HashMap;
+
+use aws_lc_rs::{digest, hmac, signature::ParsedPublicKey};
+use serde_json::{Map, Value};
+
+use super::alg::{Alg, KeyFamily};
+use super::claims::{self, ClaimPolicy};
+use super::compact;
+use super::config::{ExpiryPolicy, JwtConfig};
+use super::extract::{self, ExtractedToken, TokenSources};
+use super::jwks;
+use super::keys::{self, KeySpec};
+use super::refusal::JwtRefusal;
+use super::scope::ScopeRules;
+use crate::auth::revocation::Revocations;
+use crate::config::ConfigError;
+
+/// A token that verified, with what the rest of the edge may know about it. The token itself
+/// is not kept: logs and audit records get `jti`, `sub` and `token_sha256_hex` only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedToken {
+    pub sub: Option<String>,
+    pub jti: Option<String>,
+    pub exp: Option<u64>,
+    pub iat: Option<u64>,
+    pub nbf: Option<u64>,
+    pub scopes: Vec<String>,
+    /// SHA-256 of the compact token, lowercase hex: identifies it in audit records.
+    pub token_sha256_hex: String,
+    pub alg: Alg,
+    /// The kid of the configured key that verified it (the file stem for PEM files).
+    pub kid: String,
+    /// Every claim, for forwarding upstream later.
+    pub claims: Map<String, Value>,
+}
+
+/// One configured key, ready to verify each algorithm it is allowed for.
+struct BoundKey {
+    kid: String,
+    verifiers: Vec<(Alg, KeyVerifier)>,
+}
+
+/// Each variant can only be built for its own family (see `bind`), which is what makes an
+/// RSA key's bytes unusable as an HMAC secret.
+enum KeyVerifier {
+    // Boxed: an HMAC key holds its precomputed state (over a kilobyte).
+    Hmac(Box<hmac::Key>),
+    Public(ParsedPublicKey),
+}
+
+impl KeyVerifier {
+    fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        match self {
+            // Constant-time comparison inside aws-lc-rs.
+            KeyVerifier::Hmac(key) => hmac::verify(key, message, signature).is_ok(),
+            KeyVerifier::Public(key) => key.verify_sig(message, signature).is_ok(),
+        }
+    }
+}
+
+/// Verifies bearer tokens against the `[jwt]` configuration. Built once at start (and on
+/// reload); `Send + Sync`, so every core may share one behind an `Arc`.
+pub struct JwtVerifier {
+    keys: Vec<BoundKey>,
+    by_kid: HashMap<String, usize>,
+    allowed: Vec<Alg>,
+    claims: ClaimPolicy,
+    scopes: ScopeRules,
+    sources: TokenSources,
+    max_token_bytes: usize,
+    expiry: ExpiryPolicy,
+    max_tracked_jti: usize,
+}
+
+impl std::fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtVerifier")
+            .field(
+                "kids",
+                &self.keys.iter().map(|k| &k.kid).collect::<Vec<_>>(),
+            )
+            .field("allowed", &self.allowed)
+            .field("claims", &self.claims)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwtVerifier {
+    /// Validates `c`, reads every key file and binds the keys to the allowed algorithms.
+    /// Errors name the config key, the file and what to change.
+    pub fn from_config(c: &JwtConfig) -> Result<Self, ConfigError> {
+        c.validate()?;
+        let mut specs: Vec<KeySpec> = Vec::new();
+        for path in &c.keys {
+            specs.push(keys::load_pem_key(path)?);
+        }
+        if let Some(path) = &c.jwks {
+            specs.extend(jwks::load(path)?);
+        }
+        if let Some(path) = &c.hs_secret_file {
+            specs.push(keys::load_hs_secret(path)?);
+        }
+        Self::from_specs(c, specs)
+    }
+
+    /// [`Self::from_config`] with the key material already loaded (tests, reloads).
+    pub fn from_specs(c: &JwtConfig, specs: Vec<KeySpec>) -> Result<Self, ConfigError> {
+        c.validate()?;
+        let mut by_kid = HashMap::new();
+        for (i, s) in specs.iter().enumerate() {
+            if let Some(&j) = by_kid.get(&s.kid) {
+                let other: &KeySpec = &specs[j];
+                return Err(ConfigError::invalid(
+                    s.config_key,
+                    &s.origin,
+                    format!(
+                        "kid {:?} is also the kid of {}; kids must be unique (rename a file)",
+                        s.kid, other.origin
+                    ),
+                ));
+            }
+            by_kid.insert(s.kid.clone(), i);
+        }
+        let allowed = match c.parsed_algorithms()? {
+            Some(list) => list,
+            None => derive_algs(&specs),
+        };
+        let mut bound = Vec::with_capacity(specs.len());
+        for s in &specs {
+            bound.push(bind(s, &allowed)?);
+        }
+        for &a in &allowed {
+            let usable = bound
+                .iter()
+                .any(|k| k.verifiers.iter().any(|(b, _)| *b == a));
+            if !usable {
+                let reason = match a.family() {
+                    KeyFamily::Hmac => format!(
+                        "{a} needs an hs_secret_file of at least {} bytes",
+                        a.min_hmac_secret_bytes()
+                    ),
+                    family => format!(
+                        "{a} is allowed but no configured {} key may use it",
+                        family.name()
+                    ),
+                };
+                return Err(ConfigError::invalid("jwt.algorithms", a, reason));
+            }
+        }
+        Ok(Self {
+            keys: bound,
+            by_kid,
+            allowed,
+            claims: ClaimPolicy::from_config(c),
+            scopes: ScopeRules::new(&c.scopes)?,
+            sources: TokenSources::from_config(c),
+            max_token_bytes: c.max_token_bytes,
+            expiry: c.expiry,
+            max_tracked_jti: c.max_tracked_jti,
+        })
+    }
+
+    /// The allowed algorithms, as configured or derived from the keys.
+    pub fn allowed_algorithms(&self) -> &[Alg] {
+        &self.allowed
+    }
+
+    /// Verifies a compact JWS and its claims at `now_unix`. Revocation, replay and scope are
+    /// separate steps (they need state this verifier does not own).
+    pub fn verify(&self, token: &str, now_unix: u64) -> Result<VerifiedToken, JwtRefusal> {
+        let parts = compact::parse(token, self.max_token_bytes)?;
+        if !self.allowed.contains(&parts.alg) {
+            return Err(JwtRefusal::AlgNotAllowed(Some(parts.alg)));
+        }
+        let (kid, verifier) = self.key_for(parts.alg, parts.kid.as_deref())?;
+        let signature = compact::decode(parts.signature_b64)
+            .ok_or(JwtRefusal::Malformed("signature is not base64url"))?;
+        if !verifier.verify(parts.signing_input.as_bytes(), &signature) {
+            return Err(JwtRefusal::BadSignature);
+        }
+        let payload = compact::decode(parts.payload_b64)
+            .ok_or(JwtRefusal::Malformed("payload is not base64url"))?;
+        let claims = compact::json_object(&payload)
+            .ok_or(JwtRefusal::Malformed("payload is not a JSON object"))?;
+        let checked = claims::check(&claims, &self.claims, now_unix)?;
+        Ok(VerifiedToken {
+            sub: checked.sub,
+            jti: checked.jti,
+            exp: checked.exp,
+            iat: checked.iat,
+            nbf: checked.nbf,
+            scopes: checked.scopes,
+            token_sha256_hex: sha256_hex(token.as_bytes()),
+            alg: parts.alg,
+            kid: kid.to_owned(),
+            claims,
+        })
+    }
+
+    /// The key for `alg`: the one named by `kid`, or without a kid the only key that fits.
+    fn key_for(&self, alg: Alg, kid: Option<&str>) -> Result<(&str, &KeyVerifier), JwtRefusal> {
+        fn find(k: &BoundKey, alg: Alg) -> Option<&KeyVerifier> {
+            k.verifiers.iter().find(|(a, _)| *a == alg).map(|(_, v)| v)
+        }
+        match kid {
+            Some(kid) => {
+                let key = self
+                    .by_kid
+                    .get(kid)
+                    .and_then(|&i| self.keys.get(i))
+                    .ok_or(JwtRefusal::UnknownKid)?;
+                let v = find(key, alg).ok_or(JwtRefusal::KeyAlgMismatch(alg))?;
+                Ok((&key.kid, v))
+            }
+            None => {
+                let mut fitting = self
+                    .keys
+                    .iter()
+                    .filter_map(|k| find(k, alg).map(|v| (k, v)));
+                match (fitting.next(), fitting.next()) {
+                    (Some((k, v)), None) => Ok((&k.kid, v)),
+                    (Some(_), Some(_)) => Err(JwtRefusal::KidRequired(alg)),
+                    (None, _) => Err(JwtRefusal::UnknownKid),
+                }
+            }
+        }
+    }
+
+    /// Finds the request's token in the configured sources (see [`extract::extract_token`]).
+    pub fn extract_token(
+        &self,
+        authorization: Option<&str>,
+        protocols: &[String],
+        query: Option<&str>,
+    ) -> Result<Option<ExtractedToken>, JwtRefusal> {
+        extract::extract_token(&self.sources, authorization, protocols, query)
+    }
+
+    /// [`Self::extract_token`] when a token is required: none is `token_missing`.
+    pub fn extract_required(
+        &self,
+        authorization: Option<&str>,
+        protocols: &[String],
+        query: Option<&str>,
+    ) -> Result<ExtractedToken, JwtRefusal> {
+        self.extract_token(authorization, protocols, query)?
+            .ok_or(JwtRefusal::TokenMissing)
+    }
+
+    /// Is this `Sec-WebSocket-Protocol` offer a token (`bearer.…`)? The 101 must never select
+    /// one, whichever source the token was taken from.
+    pub fn is_token_protocol(&self, offer: &str) -> bool {
+        offer.starts_with(self.sources.subprotocol_prefix.as_str())
+    }
+
+    /// The request target without the query token, for logs and upstreams.
+    pub fn redact_target<'a>(&self, target: &'a str) -> std::borrow::Cow<'a, str> {
+        extract::redact_query_token(target, &self.sources.query_param)
+    }
+
+    /// May this token open `path` (the request target; its query is ignored)?
+    pub fn scope_allows(&self, path: &str, token: &VerifiedToken) -> bool {
+        self.scopes.allows(path, &token.scopes)
+    }
+
+    /// [`Self::scope_allows`] as a refusal.
+    pub fn check_scope(&self, path: &str, token: &VerifiedToken) -> Result<(), JwtRefusal> {
+        if self.scope_allows(path, token) {
+            Ok(())
+        } else {
+            Err(JwtRefusal::ScopeMissing)
+        }
+    }
+
+    /// Is the token's `jti` or subject revoked?
+    pub fn check_revocation(
+        &self,
+        revocations: &Revocations,
+        token: &VerifiedToken,
+    ) -> Result<(), JwtRefusal> {
+        match revocations.is_revoked(token.sub.as_deref(), token.jti.as_deref()) {
+            Some(by) => Err(JwtRefusal::Revoked(by)),
+            None => Ok(()),
+        }
+    }
+
+    /// With `expiry = "close"`: the UNIX second at which the session must close with 1008 —
+    /// `exp + leeway_s`, the first second `verify` would refuse the token.
+    pub fn session_deadline(&self, token: &VerifiedToken) -> Option<u64> {
+        match self.expiry {
+            ExpiryPolicy::Close => token.exp.map(|e| e.saturating_add(self.claims.leeway_s)),
+            ExpiryPolicy::Ignore => None,
+        }
+    }
+
+    /// Does every token need a replay check (`single_use`)?
+    pub fn single_use(&self) -> bool {
+        self.claims.single_use
+    }
+
+    pub fn leeway_s(&self) -> u64 {
+        self.claims.leeway_s
+    }
+
+    /// `max_tracked_jti` split across `cores` owner cores (rounded up, at least 1 each).
+    pub fn replay_capacity_per_core(&self, cores: usize) -> usize {
+        self.max_tracked_jti.div_ceil(cores.max(1)).max(1)
+    }
+}
+
+/// Without `algorithms`: what the keys allow. A JWKS key naming its `alg` allows that one;
+/// an HMAC secret allows each HS size it is long enough for (RFC 7518 §3.2).
+fn derive_algs(specs: &[KeySpec]) -> Vec<Alg> {
+    let mut out: Vec<Alg> = Vec::new();
+    for s in specs {
+        let algs: &[Alg] = match &s.alg {
+            Some(a) => std::slice::from_ref(a),
+            None => s.family.default_algs(),
+        };
+        for &a in algs {
+            if fits(s, a) && !out.contains(&a) {
+                out.push(a);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn fits(s: &KeySpec, a: Alg) -> bool {
+    a.family() == s.family
+        && s.alg.is_none_or(|only| only == a)
+        && (s.family != KeyFamily::Hmac || s.bytes.len() >= a.min_hmac_secret_bytes())
+}
+
+/// Builds the verifiers of one key for the allowed algorithms it fits.
+fn bind(s: &KeySpec, allowed: &[Alg]) -> Result<BoundKey, ConfigError> {
+    let mut verifiers = Vec::new();
+    for &a in allowed.iter().filter(|&&a| fits(s, a)) {
+        let v = match (s.family, a.hmac(), a.public_key_algorithm()) {
+            (KeyFamily::Hmac, Some(h), _) => {
+                KeyVerifier::Hmac(Box::new(hmac::Key::new(h, &s.bytes)))
+            }
+            (family, None, Some(p)) if family != KeyFamily::Hmac => {
+                let key = ParsedPublicKey::new(p, &s.bytes).map_err(|e| {
+                    ConfigError::invalid(s.config_key, &s.origin, format!("key {:?}: {e}", s.kid))
+                })?;
+                KeyVerifier::Public(key)
+            }
+            // `fits` pairs families with their own algorithms only.
+            _ => continue,
+        };
+        verifiers.push((a, v));
+    }
+    if verifiers.is_empty() {
+        let names: Vec<&str> = allowed.iter().map(|a| a.name()).collect();
+        if s.family == KeyFamily::Hmac && allowed.iter().any(|a| a.hmac().is_some()) {
+            return Err(ConfigError::invalid(
+                s.config_key,
+                &s.origin,
+                format!(
+                    "a secret of {} bytes is too short for [{}]: HS256 needs 32 bytes, HS384 48 \
+                     bytes, HS512 64 bytes (RFC 7518 §3.2)",
+                    s.bytes.len(),
+                    names.join(", ")
+                ),
+            ));
+        }
+        return Err(ConfigError::invalid(
+            s.config_key,
+            &s.origin,
+            format!(
+                "key {:?} ({}{}) fits none of the allowed algorithms [{}]; allow one it fits or \
+                 remove the key",
+                s.kid,
+                s.family.name(),
+                s.alg.map(|a| format!(", alg {a}")).unwrap_or_default(),
+                names.join(", ")
+            ),
+        ));
+    }
+    Ok(BoundKey {
+        kid: s.kid.clone(),
+        verifiers,
+    })
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let d = digest::digest(&digest::SHA256, bytes);
+    let mut out = String::with_capacity(64);
+    for &b in d.as_ref() {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
+    }
+    out
+}

@@ -1,0 +1,305 @@
+//! The control server: one accept thread, at most `max_clients` short-lived client threads.
+//!
+//! Control traffic is rare and small, so plain blocking threads off the cores are the simple
+//! choice; every client is bounded in time (a deadline per request line, a write timeout) and
+//! in number, so a stuck `wssedge ctl` can never pin a thread or starve the next operator.
+
+use std::io::{self, Write};
+use std::net::Shutdown;
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use socket2::SockRef;
+
+use super::protocol::{Request, Response};
+use super::session;
+use super::socket::BoundSocket;
+use super::sys::{self, PeerCred};
+
+/// What the server asks of the process: carry out commands, and hear about refusals.
+///
+/// Both calls run on control threads, never on a core; `handle` is expected to be quick
+/// (enqueue work for the cores, swap a config) and to write the audit record of the command.
+pub trait ControlHandler: Send + Sync {
+    /// Carries out one well-formed command from an authorised peer.
+    fn handle(&self, request: &Request, peer: &PeerCred) -> Response;
+    /// Anything a peer tried that did not reach [`ControlHandler::handle`]: a uid that may not
+    /// use the socket, the server being busy, a malformed or over-long request line, a
+    /// request that did not arrive in time. `reason` never contains more than 64 characters
+    /// of client input. The audit trail records these too.
+    fn refused(&self, peer: &PeerCred, reason: &str);
+}
+
+/// Limits of the control server.
+#[derive(Debug, Clone)]
+pub struct ControlOptions {
+    /// Clients served at once; one more is told the server is busy and closed.
+    pub max_clients: usize,
+    /// Each request line must arrive whole within this time (counted from the connection or
+    /// the previous answer), or the client is told so and dropped.
+    pub read_timeout: Duration,
+    /// A client that does not read its answer within this time is dropped.
+    pub write_timeout: Duration,
+}
+
+impl Default for ControlOptions {
+    fn default() -> Self {
+        ControlOptions {
+            max_clients: 16,
+            read_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the control socket could not be started. Each message says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control socket path {path} is {len} bytes; Unix sockets allow at most {max}: choose a shorter --control path")]
+    PathTooLong {
+        path: PathBuf,
+        len: usize,
+        max: usize,
+    },
+    #[error("control socket path {path:?} does not name a file: give a path like /run/wssedge/control.sock to --control")]
+    NotAFilePath { path: PathBuf },
+    #[error("directory {dir} for the control socket does not exist: create it (owned by the wssedge user, mode 0700) or choose another --control path")]
+    NoDirectory { dir: PathBuf },
+    #[error(
+        "{path} exists and is not a socket: remove it yourself or choose another --control path"
+    )]
+    NotASocket { path: PathBuf },
+    #[error("another wssedge is serving the control socket {path} (it answered a connection): stop it or choose another --control path")]
+    AlreadyServed { path: PathBuf },
+    #[error("another wssedge holds {lock}, the lock of control socket {path}: stop it or choose another --control path")]
+    Locked { path: PathBuf, lock: PathBuf },
+    #[error("control socket {path}: {action} failed: {source}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The running control socket. Dropping it (or [`ControlServer::shutdown`]) stops accepting,
+/// removes the socket file, closes every client and waits for the control threads.
+pub struct ControlServer {
+    path: PathBuf,
+    /// `None` once stopped.
+    socket: Option<BoundSocket>,
+    stop: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl ControlServer {
+    /// Binds `path` (mode 0600) and serves it with [`ControlOptions::default`].
+    pub fn start(
+        path: &Path,
+        handler: Arc<dyn ControlHandler>,
+    ) -> Result<ControlServer, ControlError> {
+        Self::start_with(path, handler, ControlOptions::default())
+    }
+
+    /// [`ControlServer::start`] with explicit limits.
+    pub fn start_with(
+        path: &Path,
+        handler: Arc<dyn ControlHandler>,
+        options: ControlOptions,
+    ) -> Result<ControlServer, ControlError> {
+        let socket = BoundSocket::bind(path)?;
+        let io_err = |action: &'static str| {
+            move |source| ControlError::Io {
+                path: path.to_owned(),
+                action,
+                source,
+            }
+        };
+        let listener = socket
+            .listener
+            .try_clone()
+            .map_err(io_err("cloning the listener"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let acceptor = Acceptor {
+            listener,
+            handler,
+            options,
+            stop: stop.clone(),
+            clients: Vec::new(),
+            server_uid: sys::effective_uid(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("wssedge-control".into())
+            .spawn(move || acceptor.run())
+            .map_err(io_err("starting the accept thread"))?;
+        tracing::info!(path = %path.display(), "control socket listening");
+        Ok(ControlServer {
+            path: path.to_owned(),
+            socket: Some(socket),
+            stop,
+            acceptor: Some(thread),
+        })
+    }
+
+    /// Where the socket lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops the server now (drop does the same).
+    pub fn shutdown(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        let Some(socket) = self.socket.take() else {
+            return;
+        };
+        self.stop.store(true, Ordering::SeqCst);
+        // On Linux, shutting down the read side of a listening Unix socket wakes a blocked
+        // accept with EINVAL; the accept thread then sees `stop` and leaves.
+        let _ = SockRef::from(&socket.listener).shutdown(Shutdown::Read);
+        // Remove the file first so a `wssedge ctl` from now on hears "nothing listens".
+        drop(socket);
+        if let Some(thread) = self.acceptor.take() {
+            if thread.join().is_err() {
+                tracing::error!("the control accept thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+/// One client being served: its thread, and a handle to cut its socket at shutdown.
+struct Client {
+    stream: UnixStream,
+    thread: JoinHandle<()>,
+}
+
+struct Acceptor {
+    listener: UnixListener,
+    handler: Arc<dyn ControlHandler>,
+    options: ControlOptions,
+    stop: Arc<AtomicBool>,
+    clients: Vec<Client>,
+    server_uid: u32,
+}
+
+impl Acceptor {
+    fn run(mut self) {
+        loop {
+            let accepted = self.listener.accept();
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            match accepted {
+                Ok((stream, _)) => self.admit(stream),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "control accept failed");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        // Cut every client's socket so its thread leaves its read now, then wait for it.
+        for client in self.clients.drain(..) {
+            let _ = client.stream.shutdown(Shutdown::Both);
+            let _ = client.thread.join();
+        }
+    }
+
+    fn admit(&mut self, stream: UnixStream) {
+        let peer = match sys::peer_cred(stream.as_fd()) {
+            Ok(peer) => peer,
+            Err(e) => {
+                tracing::warn!(error = %e, "control client without credentials; dropped");
+                return;
+            }
+        };
+        let _ = stream.set_write_timeout(Some(self.options.write_timeout));
+        if let Err(reason) = authorize(&peer, self.server_uid) {
+            turn_away(stream, &peer, &*self.handler, &reason);
+            return;
+        }
+        self.clients.retain(|c| !c.thread.is_finished());
+        if self.clients.len() >= self.options.max_clients {
+            let reason = format!(
+                "the control socket is busy ({} clients connected): retry in a few seconds",
+                self.clients.len()
+            );
+            turn_away(stream, &peer, &*self.handler, &reason);
+            return;
+        }
+        let Ok(handle) = stream.try_clone() else {
+            turn_away(
+                stream,
+                &peer,
+                &*self.handler,
+                "cannot serve: out of descriptors",
+            );
+            return;
+        };
+        let handler = self.handler.clone();
+        let options = self.options.clone();
+        let spawned = std::thread::Builder::new()
+            .name("wssedge-control-client".into())
+            .spawn(move || session::serve(stream, peer, &*handler, &options));
+        match spawned {
+            Ok(thread) => self.clients.push(Client {
+                stream: handle,
+                thread,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a control client thread");
+                turn_away(
+                    handle,
+                    &peer,
+                    &*self.handler,
+                    "cannot serve: out of threads",
+                );
+            }
+        }
+    }
+}
+
+/// Only root and the user wssedge runs as may change it. The socket's 0600 mode already says
+/// so; this check holds even if someone loosens the mode or passes the descriptor on.
+pub(crate) fn authorize(peer: &PeerCred, server_uid: u32) -> Result<(), String> {
+    if peer.uid == 0 || peer.uid == server_uid {
+        Ok(())
+    } else {
+        Err(format!(
+            "uid {} may not use this control socket: run wssedge ctl as root or as uid {server_uid}",
+            peer.uid
+        ))
+    }
+}
+
+/// Tells a peer why it is not served, reports it to the handler, and closes.
+pub(crate) fn turn_away(
+    mut stream: UnixStream,
+    peer: &PeerCred,
+    handler: &dyn ControlHandler,
+    reason: &str,
+) {
+    tracing::warn!(
+        uid = peer.uid,
+        gid = peer.gid,
+        pid = peer.pid,
+        reason,
+        "control client refused"
+    );
+    handler.refused(peer, reason);
+    let _ = stream.write_all(&Response::error(reason).to_line());
+}
