@@ -6,10 +6,26 @@
 //!   that reads ciphertext into a pooled buffer and writes records into an owned output buffer,
 //!   the shape io_uring wants.
 //! - [`ktls`] hands a completed session to kernel TLS and is the record layer after that.
+//! - [`settings`] is the `[tls]` section; [`sni`] picks a certificate by SNI.
+//! - [`identity`] is the verified client identity of mutual TLS, [`identity::rules`] the
+//!   rules mapping identities to paths;
+//!   [`crl`] loads and watches the CRLs the client verifier and live sessions are checked
+//!   against.
 
+pub mod crl;
 pub mod driver;
+pub mod identity;
 pub mod ktls;
 pub mod policy;
+pub mod settings;
+pub mod sni;
+#[cfg(test)]
+mod testpki;
 
+pub use crl::{CrlSet, CrlWatcher};
 pub use driver::{Negotiated, TlsError, TlsSession, MAX_RECORD_LEN};
-pub use policy::{load_cert_chain, load_private_key, server_config, TlsConfigError};
+pub use identity::{ClientIdentity, IdentityRefusal, IdentityRules};
+pub use policy::{
+    build_server_config, load_cert_chain, load_private_key, server_config, TlsConfigError,
+};
+pub use settings::{ClientAuth, Resumption, SniCert, TlsSettings};

@@ -1,0 +1,378 @@
+//! The verified client identity of a mutual-TLS connection.
+//!
+//! [`ClientIdentity`] is read once from the certificate chain rustls verified (or restored on
+//! resumption) and then travels with the connection into every decision, log line and audit
+//! record; it holds no reference into rustls, so it survives the kTLS hand-off.
+//!
+//! [`rules`] maps identities to the paths they may open (`[[tls.identity_rules]]`).
+
+use std::fmt;
+
+use rustls::pki_types::CertificateDer;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+pub mod rules;
+
+pub use rules::{IdentityRefusal, IdentityRule, IdentityRules};
+
+/// Who the client is, as its verified certificate says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// The first subject CN, when it is a readable string.
+    pub subject_cn: Option<String>,
+    /// The subject DN, `CN=…, O=…` in certificate order (RFC 4514-like).
+    pub subject: String,
+    /// DNS SANs, lowercased (DNS names are case-insensitive).
+    pub dns: Vec<String>,
+    /// URI SANs, as written (a SPIFFE ID is among them).
+    pub uris: Vec<String>,
+    /// The SPIFFE ID, when the certificate is a valid X.509-SVID: exactly one URI SAN, and it
+    /// is a well-formed `spiffe://` ID. Otherwise `None`.
+    pub spiffe_id: Option<String>,
+    /// A `spiffe://` URI SAN is present but the certificate is no valid SVID (several URI SANs,
+    /// or a malformed ID): `spiffe_id` stays `None` so no SPIFFE rule can match it, and this
+    /// flag lets logs and audit records say why.
+    pub spiffe_invalid: bool,
+    /// SHA-256 of the leaf certificate's DER, lowercase hex (64 characters).
+    pub fingerprint_sha256: String,
+    /// The leaf's serial number, lowercase hex without leading zero bytes (CRLs use the same).
+    pub serial_hex: String,
+    /// The issuer DN, same format as `subject`.
+    pub issuer: String,
+    /// The issuer DN's DER: what CRLs are matched on (byte-exact, as webpki does).
+    pub issuer_der: Vec<u8>,
+    /// The end of the leaf's validity, UNIX seconds.
+    pub not_after_unix: i64,
+    /// The rest of the presented chain (intermediates), so a revoked intermediate also closes
+    /// the sessions below it. Empty from [`ClientIdentity::from_leaf`].
+    pub intermediates: Vec<CertRef>,
+}
+
+/// One certificate as CRLs name it: the issuer's DN (DER) and the serial number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertRef {
+    pub issuer_der: Vec<u8>,
+    pub serial_hex: String,
+}
+
+/// Why a certificate could not be read. It was verified by webpki first, so in practice this
+/// means a certificate webpki accepts and x509-parser does not.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("no client certificate in the chain")]
+    EmptyChain,
+    #[error("client certificate #{index} cannot be parsed: {detail}")]
+    Parse { index: usize, detail: String },
+}
+
+impl ClientIdentity {
+    /// Reads the identity of a leaf certificate (DER).
+    pub fn from_leaf(der: &[u8]) -> Result<ClientIdentity, IdentityError> {
+        let cert = parse(der, 0)?;
+        let parse_err = |e: x509_parser::error::X509Error| IdentityError::Parse {
+            index: 0,
+            detail: e.to_string(),
+        };
+        let mut dns = Vec::new();
+        let mut uris = Vec::new();
+        if let Some(san) = cert.subject_alternative_name().map_err(parse_err)? {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::DNSName(d) => dns.push(d.to_ascii_lowercase()),
+                    GeneralName::URI(u) => uris.push((*u).to_owned()),
+                    _ => {}
+                }
+            }
+        }
+        let has_spiffe = uris.iter().any(|u| has_spiffe_scheme(u));
+        // X.509-SVID: "MUST contain exactly one URI SAN". Anything else is not an SVID.
+        let spiffe_id = match uris.as_slice() {
+            [only] if has_spiffe_scheme(only) && valid_spiffe_id(only) => Some(only.clone()),
+            _ => None,
+        };
+        let subject_cn = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned);
+        Ok(ClientIdentity {
+            subject_cn,
+            subject: cert.subject().to_string(),
+            dns,
+            spiffe_invalid: has_spiffe && spiffe_id.is_none(),
+            spiffe_id,
+            uris,
+            fingerprint_sha256: hex(
+                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref()
+            ),
+            serial_hex: serial_hex(cert.raw_serial()),
+            issuer: cert.issuer().to_string(),
+            issuer_der: cert.issuer().as_raw().to_vec(),
+            not_after_unix: cert.validity().not_after.timestamp(),
+            intermediates: Vec::new(),
+        })
+    }
+
+    /// Reads the identity of a presented chain (leaf first, as rustls'
+    /// `peer_certificates()` gives it), keeping the intermediates for revocation checks.
+    pub fn from_chain(chain: &[CertificateDer<'_>]) -> Result<ClientIdentity, IdentityError> {
+        let (leaf, rest) = chain.split_first().ok_or(IdentityError::EmptyChain)?;
+        let mut id = ClientIdentity::from_leaf(leaf)?;
+        for (i, der) in rest.iter().enumerate() {
+            let cert = parse(der, i + 1)?;
+            id.intermediates.push(CertRef {
+                issuer_der: cert.issuer().as_raw().to_vec(),
+                serial_hex: serial_hex(cert.raw_serial()),
+            });
+        }
+        Ok(id)
+    }
+
+    /// The identity of a handshake's peer chain (`Negotiated::peer_certificates`): `None`
+    /// when the client presented no certificate.
+    pub fn from_peer(
+        chain: &[CertificateDer<'_>],
+    ) -> Result<Option<ClientIdentity>, IdentityError> {
+        if chain.is_empty() {
+            return Ok(None);
+        }
+        ClientIdentity::from_chain(chain).map(Some)
+    }
+
+    /// The leaf and every intermediate, as CRLs name them.
+    pub fn cert_refs(&self) -> impl Iterator<Item = (&[u8], &str)> {
+        std::iter::once((self.issuer_der.as_slice(), self.serial_hex.as_str())).chain(
+            self.intermediates
+                .iter()
+                .map(|c| (c.issuer_der.as_slice(), c.serial_hex.as_str())),
+        )
+    }
+
+    /// A short name for logs: the SPIFFE ID, else the CN, else the first DNS SAN, else
+    /// `sha256:` and the fingerprint's first 16 hex digits.
+    pub fn display_name(&self) -> String {
+        if let Some(s) = &self.spiffe_id {
+            return s.clone();
+        }
+        if let Some(cn) = &self.subject_cn {
+            return cn.clone();
+        }
+        if let Some(d) = self.dns.first() {
+            return d.clone();
+        }
+        let f = &self.fingerprint_sha256;
+        format!("sha256:{}", f.get(..16).unwrap_or(f))
+    }
+
+    /// Whether the leaf has expired at `now_unix` (for a resumed session, whose certificate
+    /// rustls does not re-verify).
+    pub fn expired_at(&self, now_unix: i64) -> bool {
+        now_unix > self.not_after_unix
+    }
+}
+
+/// A finer reason than the driver's `tls_bad_certificate` for a handshake the server failed
+/// over the client's certificate (on the server side every certificate error is about the
+/// client's). `None` for any other error.
+pub fn client_cert_failure_reason(e: &rustls::Error) -> Option<&'static str> {
+    use rustls::CertificateError as C;
+    Some(match e {
+        rustls::Error::NoCertificatesPresented => "client_cert_missing",
+        rustls::Error::InvalidCertRevocationList(_) => "crl_invalid",
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => "client_cert_untrusted",
+            C::Revoked => "client_cert_revoked",
+            C::UnknownRevocationStatus => "client_cert_revocation_unknown",
+            C::ExpiredRevocationList | C::ExpiredRevocationListContext { .. } => "crl_expired",
+            C::Expired | C::ExpiredContext { .. } => "client_cert_expired",
+            C::NotValidYet | C::NotValidYetContext { .. } => "client_cert_not_yet_valid",
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => "client_cert_wrong_purpose",
+            _ => "client_cert_invalid",
+        },
+        _ => return None,
+    })
+}
+
+fn parse(der: &[u8], index: usize) -> Result<X509Certificate<'_>, IdentityError> {
+    match X509Certificate::from_der(der) {
+        Ok(([], cert)) => Ok(cert),
+        Ok(_) => Err(IdentityError::Parse {
+            index,
+            detail: "trailing bytes after the certificate".into(),
+        }),
+        Err(e) => Err(IdentityError::Parse {
+            index,
+            detail: e.to_string(),
+        }),
+    }
+}
+
+/// A DER INTEGER's content as lowercase hex without leading zero bytes, so a certificate's
+/// serial and a CRL entry's compare equal however each was encoded.
+pub(crate) fn serial_hex(raw: &[u8]) -> String {
+    let start = raw.iter().position(|&b| b != 0).unwrap_or(raw.len());
+    if start == raw.len() {
+        return "00".into();
+    }
+    hex(&raw[start..])
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+pub(crate) fn has_spiffe_scheme(uri: &str) -> bool {
+    uri.get(..9)
+        .is_some_and(|s| s.eq_ignore_ascii_case("spiffe://"))
+}
+
+/// The SPIFFE ID grammar: `spiffe://` (lowercase), a trust domain of `[a-z0-9.-_]`, then
+/// zero or more `/segment`s of `[A-Za-z0-9.-_]`, no empty, `.` or `..` segment, no trailing
+/// `/`, no query, fragment, port or userinfo, at most 2048 bytes.
+pub fn valid_spiffe_id(id: &str) -> bool {
+    let Some(rest) = id.strip_prefix("spiffe://") else {
+        return false;
+    };
+    if id.len() > 2048 {
+        return false;
+    }
+    let (domain, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if domain.is_empty()
+        || !domain
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
+    {
+        return false;
+    }
+    if path.is_empty() {
+        return true;
+    }
+    path[1..].split('/').all(|seg| {
+        !seg.is_empty()
+            && seg != "."
+            && seg != ".."
+            && seg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+    })
+}
+
+impl fmt::Display for ClientIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.display_name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::testpki::{ClientSpec, TestPki};
+
+    fn id(spec: ClientSpec) -> ClientIdentity {
+        let pki = TestPki::new();
+        let client = pki.client(spec);
+        ClientIdentity::from_leaf(&client.chain[0]).unwrap()
+    }
+
+    #[test]
+    fn reads_cn_sans_spiffe_fingerprint_serial_and_issuer() {
+        let pki = TestPki::new();
+        let client = pki.client(ClientSpec {
+            cn: Some("trader-7"),
+            dns: &["Trader-7.Desk.Example.com"],
+            uris: &["spiffe://example.org/desk/trader-7"],
+            serial: 0x00ab_cdef,
+        });
+        let id = ClientIdentity::from_chain(&client.chain).unwrap();
+        assert_eq!(id.subject_cn.as_deref(), Some("trader-7"));
+        assert!(id.subject.contains("CN=trader-7"), "{}", id.subject);
+        assert_eq!(id.dns, vec!["trader-7.desk.example.com"]);
+        assert_eq!(id.uris, vec!["spiffe://example.org/desk/trader-7"]);
+        assert_eq!(
+            id.spiffe_id.as_deref(),
+            Some("spiffe://example.org/desk/trader-7")
+        );
+        assert!(!id.spiffe_invalid);
+        let want =
+            hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &client.chain[0]).as_ref());
+        assert_eq!(id.fingerprint_sha256, want);
+        assert_eq!(id.fingerprint_sha256.len(), 64);
+        assert_eq!(id.serial_hex, "abcdef");
+        assert!(id.issuer.contains("wssedge test CA"), "{}", id.issuer);
+        assert!(id.not_after_unix > 1_700_000_000);
+        assert_eq!(id.display_name(), "spiffe://example.org/desk/trader-7");
+        assert!(ClientIdentity::from_chain(&[]).is_err());
+        assert_eq!(ClientIdentity::from_peer(&[]), Ok(None));
+        assert_eq!(
+            ClientIdentity::from_peer(&client.chain),
+            Ok(Some(id.clone()))
+        );
+        assert!(ClientIdentity::from_leaf(b"not a certificate").is_err());
+    }
+
+    #[test]
+    fn spiffe_svid_needs_exactly_one_uri_san() {
+        let two_spiffe = id(ClientSpec {
+            uris: &["spiffe://example.org/a", "spiffe://example.org/b"],
+            ..ClientSpec::default()
+        });
+        assert_eq!(two_spiffe.spiffe_id, None);
+        assert!(two_spiffe.spiffe_invalid);
+        let with_other_uri = id(ClientSpec {
+            uris: &["spiffe://example.org/a", "https://example.org/"],
+            ..ClientSpec::default()
+        });
+        assert_eq!(with_other_uri.spiffe_id, None);
+        assert!(with_other_uri.spiffe_invalid);
+        let malformed = id(ClientSpec {
+            uris: &["spiffe://Example.org/a/../b"],
+            ..ClientSpec::default()
+        });
+        assert_eq!(malformed.spiffe_id, None);
+        assert!(malformed.spiffe_invalid);
+        let plain = id(ClientSpec {
+            cn: Some("c"),
+            uris: &["https://example.org/"],
+            ..ClientSpec::default()
+        });
+        assert_eq!(plain.spiffe_id, None);
+        assert!(!plain.spiffe_invalid);
+        assert_eq!(plain.display_name(), "c");
+    }
+
+    #[test]
+    fn spiffe_id_grammar() {
+        for ok in [
+            "spiffe://example.org",
+            "spiffe://example.org/a",
+            "spiffe://ex-ample.org/A_b.c/d-e",
+        ] {
+            assert!(valid_spiffe_id(ok), "{ok}");
+        }
+        for bad in [
+            "spiffe://",
+            "spiffe://Example.org/a",
+            "spiffe://example.org/",
+            "spiffe://example.org//a",
+            "spiffe://example.org/a/./b",
+            "spiffe://example.org/a/../b",
+            "spiffe://example.org/a?x",
+            "spiffe://example.org:443/a",
+            "spiffe://user@example.org/a",
+            "SPIFFE://example.org/a",
+            "https://example.org/a",
+        ] {
+            assert!(!valid_spiffe_id(bad), "{bad}");
+        }
+    }
+}
