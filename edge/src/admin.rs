@@ -103,6 +103,7 @@ mod tests {
         let reg = Registry {
             cores: vec![core.clone()],
             ktls_available: false,
+            audit: None,
         };
         assert_eq!(route("/readyz", &reg).0, 503);
         core.alive.store(true, Ordering::Relaxed);
@@ -119,6 +120,7 @@ mod tests {
         let reg = Registry {
             cores: vec![Arc::new(CoreMetrics::new(0, 0))],
             ktls_available: false,
+            audit: None,
         };
         let addr = start("127.0.0.1:0".parse().unwrap(), reg).unwrap();
         let mut s = TcpStream::connect(addr).unwrap();

@@ -46,6 +46,12 @@ pub struct Config {
     pub server: ServerConfig,
     pub tls: TlsConfig,
     pub limits: Limits,
+    /// Host and Origin allow-lists checked at the upgrade.
+    pub origin: crate::auth::OriginConfig,
+    /// JWT session tokens at the upgrade; absent = no token required.
+    pub jwt: Option<crate::auth::JwtConfig>,
+    /// The audit trail of every security decision (off without a path).
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// Listeners, cores and the admin endpoint.
@@ -62,6 +68,9 @@ pub struct ServerConfig {
     pub admin: SocketAddr,
     /// Where the development certificate lives when no certificate is configured.
     pub state_dir: PathBuf,
+    /// The control socket (Unix, mode 0600): revocations and other live changes, each one
+    /// logged with the caller's uid and pid. None = no control socket.
+    pub control: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +81,7 @@ impl Default for ServerConfig {
             cpus: None,
             admin: SocketAddr::from(([127, 0, 0, 1], 9901)),
             state_dir: PathBuf::from("wssedge-dev"),
+            control: None,
         }
     }
 }
@@ -162,6 +172,7 @@ pub struct Overrides {
     pub cpus: Option<Vec<usize>>,
     pub admin: Option<SocketAddr>,
     pub state_dir: Option<PathBuf>,
+    pub control: Option<PathBuf>,
 }
 
 impl Config {
@@ -207,10 +218,18 @@ impl Config {
         if let Some(dir) = o.state_dir {
             self.server.state_dir = dir;
         }
+        if o.control.is_some() {
+            self.server.control = o.control;
+        }
     }
 
     /// Checks every value once, so the rest of the edge can trust them.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.origin.validate()?;
+        self.audit.validate()?;
+        if let Some(jwt) = &self.jwt {
+            jwt.validate()?;
+        }
         let s = &self.server;
         if s.listen.is_empty() {
             return Err(ConfigError::invalid(

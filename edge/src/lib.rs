@@ -5,8 +5,11 @@
 //! threads, sockets and the connection lifecycle; the remaining rooms each do one job.
 
 pub mod admin;
+pub mod audit;
+pub mod auth;
 pub mod bufpool;
 pub mod config;
+pub mod control;
 pub mod devcert;
 pub mod metrics;
 pub mod refuse;

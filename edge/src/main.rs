@@ -28,6 +28,34 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Audit trail tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Send a command to a running wssedge's control socket (`wssedge ctl --control PATH help`).
+    Ctl {
+        /// The control socket of the running wssedge (its --control PATH).
+        #[arg(long, value_name = "PATH")]
+        control: PathBuf,
+        /// The command and its arguments, e.g. `revoke-subject alice`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the HMAC chain of audit trail files, across rotations (0 intact, 1 a problem
+    /// found — the first edited, missing or reordered record, or an unsealed tail — 2 usage).
+    Verify {
+        /// The trail's HMAC key file.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The trail's files (rotated ones and the live one; order does not matter).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -56,6 +84,9 @@ struct ServeArgs {
     /// Where the development certificate is kept.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Control socket (Unix, mode 0600) for `wssedge ctl`.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
 }
 
 /// Exit code for anything the operator must fix (bad config, address already served).
@@ -91,6 +122,16 @@ fn main() -> ExitCode {
             }
         }
         Command::Serve(args) => serve(args),
+        Command::Audit {
+            command: AuditCommand::Verify { key, files },
+        } => {
+            let code = wssedge::audit::run_cli(&key, &files);
+            ExitCode::from(u8::try_from(code).unwrap_or(EXIT_REFUSED))
+        }
+        Command::Ctl { control, command } => {
+            let code = wssedge::control::run_cli(&control, &command);
+            ExitCode::from(u8::try_from(code).unwrap_or(EXIT_REFUSED))
+        }
     }
 }
 
@@ -110,6 +151,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         cpus: args.cpus,
         admin: args.admin,
         state_dir: args.state_dir,
+        control: args.control,
     });
     let running = match wssedge::server::start(cfg) {
         Ok(r) => r,

@@ -161,6 +161,8 @@ pub struct Registry {
     pub cores: Vec<Arc<CoreMetrics>>,
     /// The start-up probe found a kernel TLS offload this process uses.
     pub ktls_available: bool,
+    /// The audit trail's counters, when a trail is written.
+    pub audit: Option<Arc<crate::audit::AuditStats>>,
 }
 
 impl Registry {
@@ -352,6 +354,55 @@ impl Registry {
                 .map(|((code, side), v)| (format!("code=\"{code}\",side=\"{}\"", side.as_str()), v))
                 .collect(),
         );
+        let mut audit_gauges = String::new();
+        if let Some(a) = &self.audit {
+            let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+            counter(
+                "wssedge_audit_records_total",
+                "Audit records written (and fsynced up to durable_seq)",
+                vec![(String::new(), get(&a.records_written))],
+            );
+            counter(
+                "wssedge_audit_overflowed_total",
+                "Audit records that waited in a core's overflow list (the ring was full)",
+                vec![(String::new(), get(&a.records_overflowed))],
+            );
+            counter(
+                "wssedge_audit_fsyncs_total",
+                "fsyncs of the audit trail",
+                vec![(String::new(), get(&a.fsyncs))],
+            );
+            counter(
+                "wssedge_audit_rotations_total",
+                "Audit trail files rotated (sealed and renamed)",
+                vec![(String::new(), get(&a.rotations))],
+            );
+            counter(
+                "wssedge_audit_write_errors_total",
+                "Failed writes to the audit trail (retried; records are kept)",
+                vec![(String::new(), get(&a.write_errors))],
+            );
+            let mut gauges = String::new();
+            let _ = writeln!(
+                gauges,
+                "# HELP wssedge_audit_durable_seq The last audit record known fsynced\n\
+                 # TYPE wssedge_audit_durable_seq gauge\nwssedge_audit_durable_seq {}",
+                get(&a.durable_seq)
+            );
+            let _ = writeln!(
+                gauges,
+                "# HELP wssedge_audit_queue_depth Audit records waiting in a core's ring\n\
+                 # TYPE wssedge_audit_queue_depth gauge"
+            );
+            for core in 0..a.cores() {
+                let _ = writeln!(
+                    gauges,
+                    "wssedge_audit_queue_depth{{core=\"{core}\"}} {}",
+                    a.core_depth(core)
+                );
+            }
+            audit_gauges = gauges;
+        }
         counter(
             "wssedge_ktls_fallbacks_total",
             "Handshakes kTLS could have taken that stayed in userspace (or closed), by reason",
@@ -368,6 +419,7 @@ impl Registry {
                 .map(|(k, v)| (format!("kind=\"{k}\""), v))
                 .collect(),
         );
+        out.push_str(&audit_gauges);
         out
     }
 }
@@ -390,6 +442,7 @@ mod tests {
         let text = Registry {
             cores: vec![a, b],
             ktls_available: false,
+            audit: None,
         }
         .render();
         assert!(

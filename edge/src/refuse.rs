@@ -59,6 +59,37 @@ impl Refusal {
         }
     }
 
+    /// The audit record of this refusal (the upgrade's own record, with who and what, is
+    /// written by the connection).
+    pub fn audit_event(&self, peer: SocketAddr) -> crate::audit::AuditEvent {
+        use crate::audit::AuditEvent;
+        let peer = peer.to_string();
+        match self {
+            Refusal::Silent { reason } => AuditEvent::Refusal {
+                peer,
+                reason: (*reason).to_owned(),
+                status: None,
+                code: None,
+            },
+            Refusal::Tls { reason } => AuditEvent::TlsFailure {
+                peer,
+                reason: (*reason).to_owned(),
+            },
+            Refusal::Http { status, reason, .. } => AuditEvent::Refusal {
+                peer,
+                reason: (*reason).to_owned(),
+                status: Some(*status),
+                code: None,
+            },
+            Refusal::Close { code, reason } => AuditEvent::Refusal {
+                peer,
+                reason: (*reason).to_owned(),
+                status: None,
+                code: Some(*code),
+            },
+        }
+    }
+
     /// The HTTP response for an [`Refusal::Http`], `None` for the others.
     pub fn http_response(&self) -> Option<Vec<u8>> {
         match self {
@@ -82,6 +113,7 @@ pub fn status_text(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        421 => "Misdirected Request",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",

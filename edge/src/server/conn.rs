@@ -22,6 +22,7 @@ use bytes::BytesMut;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
+use crate::audit::AuditEvent;
 use crate::metrics::Side;
 use crate::refuse::Refusal;
 use crate::sockopt::{self, Recv};
@@ -30,7 +31,9 @@ use crate::tls::ktls::{self, ControlRecord, KtlsMode, OffloadError, RekeyError};
 use crate::tls::Negotiated;
 use crate::ws::{self, Event, Session, SessionState};
 
-use super::core::Core;
+use super::admission::Admitted;
+use super::core::{unix_now, Core};
+use super::live::{LiveEntry, LiveSession};
 use super::record_layer::RecordLayer;
 use super::timer::Deadline;
 
@@ -153,6 +156,17 @@ struct Conn {
     session: Option<Session>,
     /// Handshake deadline, then the idle deadline.
     deadline: Deadline,
+    /// Once upgraded: this session's place in the core's live registry (revocations, token
+    /// expiry reach the connection through its deadline).
+    live: Option<LiveEntry>,
+    /// An admitted upgrade waiting for its token id's replay check on the owner core.
+    pending: Option<PendingUpgrade>,
+    /// For the close's audit record: when the connection was accepted, the plaintext bytes
+    /// each way, and who was admitted to what.
+    accepted_at: Instant,
+    bytes_in: u64,
+    bytes_out: u64,
+    admitted_as: Option<AdmittedAs>,
     write_deadline: Deadline,
     /// Bytes this connection adds to the core's buffered budget right now.
     held: usize,
@@ -177,6 +191,12 @@ impl Conn {
             phase: Phase::Handshake,
             session: None,
             deadline,
+            live: None,
+            pending: None,
+            accepted_at: Instant::now(),
+            bytes_in: 0,
+            bytes_out: 0,
+            admitted_as: None,
             write_deadline,
             held: 0,
             holds_read_buffer: false,
@@ -185,17 +205,20 @@ impl Conn {
 
     async fn run(&mut self) -> End {
         loop {
-            let readable = monoio::select! {
-                r = self.stream.readable(false) => Some(r),
-                _ = self.deadline.expired() => None,
+            let live = self.live.as_ref().map(|e| e.session.clone());
+            let wake = monoio::select! {
+                r = self.stream.readable(false) => Wake::Readable(r),
+                _ = self.deadline.expired() => Wake::Deadline,
+                _ = session_end(live.as_deref()) => Wake::SessionEnd,
             };
-            match readable {
-                None => return self.on_deadline(),
-                Some(Err(e)) => {
+            match wake {
+                Wake::Deadline => return self.on_deadline(),
+                Wake::SessionEnd => return self.on_session_end(),
+                Wake::Readable(Err(e)) => {
                     tracing::debug!(peer = %self.peer, error = %e, "readiness wait failed");
                     return End::Abort;
                 }
-                Some(Ok(())) => {}
+                Wake::Readable(Ok(())) => {}
             }
             let step = self.read_and_process();
             self.account_buffers();
@@ -210,6 +233,14 @@ impl Conn {
             }
             if let Some(end) = step.or(keys) {
                 return end;
+            }
+            if let Some(pending) = self.pending.take() {
+                let upgraded = self.finish_pending_upgrade(pending).await;
+                self.account_buffers();
+                let flushed = self.flush().await;
+                if let Err(end) = upgraded.and(flushed) {
+                    return end;
+                }
             }
             if let Some(end) = self.settle_record_layer() {
                 return end;
@@ -284,7 +315,7 @@ impl Conn {
                     if let Some(reason) =
                         kernel_read_error(&e).filter(|_| self.layer.kernel().is_some())
                     {
-                        Refusal::Silent { reason }.record(&self.core.metrics, self.peer);
+                        Refusal::Silent { reason }.record_on(&self.core, self.peer);
                     }
                     tracing::debug!(peer = %self.peer, error = %e, "read failed");
                     return Some(End::Abort);
@@ -319,7 +350,7 @@ impl Conn {
             Ok(None) => return None,
             Err(e) => {
                 let reason = kernel_read_error(&e).unwrap_or("tls_record_read_failed");
-                Refusal::Silent { reason }.record(&self.core.metrics, self.peer);
+                Refusal::Silent { reason }.record_on(&self.core, self.peer);
                 return Some(End::Abort);
             }
         };
@@ -330,7 +361,7 @@ impl Conn {
             ControlRecord::Handled => self.process_guarded(),
             ControlRecord::CloseNotify => Some(End::Close),
             ControlRecord::Fatal(reason) => {
-                Refusal::Silent { reason }.record(&self.core.metrics, self.peer);
+                Refusal::Silent { reason }.record_on(&self.core, self.peer);
                 Some(End::Abort)
             }
             ControlRecord::RekeyUnsupported => {
@@ -364,7 +395,7 @@ impl Conn {
                 extra_headers: &[],
             }
         };
-        refusal.record(&self.core.metrics, self.peer);
+        refusal.record_on(&self.core, self.peer);
         // The session's state is suspect after a panic: write the close frame by hand.
         self.session = None;
         self.plaintext = BytesMut::new();
@@ -384,13 +415,12 @@ impl Conn {
         let before = self.plaintext.len();
         if let Err(e) = self.layer.process(&mut self.plaintext) {
             // Any alert rustls queued is in the output and is flushed before closing.
-            Refusal::Tls { reason: e.reason() }.record(&self.core.metrics, self.peer);
+            Refusal::Tls { reason: e.reason() }.record_on(&self.core, self.peer);
             return Some(End::Abort);
         }
-        self.core
-            .metrics
-            .bytes_in
-            .add((self.plaintext.len() - before) as u64);
+        let received = (self.plaintext.len() - before) as u64;
+        self.core.metrics.bytes_in.add(received);
+        self.bytes_in += received;
         // What arrived before the client's close_notify is served first (a close frame in the
         // same flight still gets its reply).
         let step = self.process_plaintext();
@@ -402,6 +432,9 @@ impl Conn {
 
     /// The upgrade request, then the session.
     fn process_plaintext(&mut self) -> Option<End> {
+        if self.pending.is_some() {
+            return None;
+        }
         if self.phase == Phase::Handshake {
             if self.layer.is_handshaking() {
                 return None;
@@ -418,7 +451,20 @@ impl Conn {
                 }
                 Ok(Some((request, consumed))) => {
                     let _ = self.plaintext.split_to(consumed);
-                    if let Err(end) = self.upgrade(&request) {
+                    let decided = self
+                        .core
+                        .admission
+                        .decide(&request, unix_now(), self.core.cores);
+                    let admitted = match decided {
+                        Ok(admitted) => admitted,
+                        Err(refusal) => return Some(self.refuse_upgrade(refusal, &request, None)),
+                    };
+                    if admitted.replay.is_some() {
+                        // The token id's owner core answers first; the loop waits for it.
+                        self.pending = Some(PendingUpgrade { request, admitted });
+                        return None;
+                    }
+                    if let Err(end) = self.upgrade(&request, admitted) {
                         return Some(end);
                     }
                 }
@@ -428,23 +474,128 @@ impl Conn {
     }
 
     fn refuse_http(&mut self, refusal: Refusal) -> End {
-        refusal.record(&self.core.metrics, self.peer);
+        refusal.record_on(&self.core, self.peer);
         match refusal.http_response() {
             Some(response) if self.layer.send(&response).is_ok() => End::Close,
             _ => End::Abort,
         }
     }
 
+    /// An admission refusal: its counter, and an audit record of who asked for what and why.
+    fn refuse_upgrade(
+        &mut self,
+        refusal: Refusal,
+        request: &ws::UpgradeRequest,
+        admitted: Option<&Admitted>,
+    ) -> End {
+        let Refusal::Http { status, reason, .. } = &refusal else {
+            return self.refuse_http(refusal);
+        };
+        refusal.record(&self.core.metrics, self.peer);
+        self.core
+            .audit
+            .record(self.upgrade_event(request, admitted, false, *status, reason));
+        match refusal.http_response() {
+            Some(response) if self.layer.send(&response).is_ok() => End::Close,
+            _ => End::Abort,
+        }
+    }
+
+    /// The audit record of an upgrade decision. Tokens never enter it: the subject, the id and
+    /// the token's SHA-256 only; the request target without a query token.
+    fn upgrade_event(
+        &self,
+        request: &ws::UpgradeRequest,
+        admitted: Option<&Admitted>,
+        allowed: bool,
+        status: u16,
+        reason: &str,
+    ) -> AuditEvent {
+        let token = admitted.and_then(|a| a.token.as_ref());
+        AuditEvent::Upgrade {
+            peer: self.peer.to_string(),
+            identity: None,
+            path: self.core.admission.redact_target(&request.path),
+            allowed,
+            status,
+            reason: reason.to_owned(),
+            jti: token.and_then(|t| t.jti.clone()),
+            sub: token.and_then(|t| t.sub.clone()),
+            token_sha256: token.map(|t| t.token_sha256_hex.clone()),
+        }
+    }
+
+    /// The audit record of an upgraded session's end.
+    fn close_event(&self) -> AuditEvent {
+        AuditEvent::Close {
+            peer: self.peer.to_string(),
+            identity: None,
+            code: self.session.as_ref().and_then(Session::close_code),
+            reason: match &self.admitted_as {
+                Some(a) => format!("path {}", a.path),
+                None => String::new(),
+            },
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            duration_ms: self.accepted_at.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// Asks the token id's owner core whether the id was seen, then upgrades or refuses; the
+    /// handshake deadline bounds the wait.
+    async fn finish_pending_upgrade(&mut self, pending: PendingUpgrade) -> Result<(), End> {
+        let Some(check) = pending.admitted.replay.clone() else {
+            return Err(End::Abort);
+        };
+        let replay = self.core.replay.clone();
+        let answer = monoio::select! {
+            r = replay.check(&check, unix_now()) => Some(r),
+            _ = self.deadline.expired() => None,
+        };
+        match answer {
+            None => Err(self.on_deadline()),
+            Some(Err(refusal)) => {
+                Err(self.refuse_upgrade(refusal, &pending.request, Some(&pending.admitted)))
+            }
+            Some(Ok(())) => {
+                self.upgrade(&pending.request, pending.admitted)?;
+                // Frames the client sent right behind its request.
+                match self.process_guarded() {
+                    Some(end) => Err(end),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
     /// Sends the 101 and switches to the WebSocket session.
-    fn upgrade(&mut self, request: &ws::UpgradeRequest) -> Result<(), End> {
+    fn upgrade(&mut self, request: &ws::UpgradeRequest, admitted: Admitted) -> Result<(), End> {
         let mut response = Vec::with_capacity(160);
-        ws::write_response_101(request, None, &mut response);
+        ws::write_response_101(request, admitted.protocol.as_deref(), &mut response);
         if self.layer.send(&response).is_err() {
             return Err(End::Abort);
         }
         self.phase = Phase::Open;
         self.session = Some(Session::new(self.core.session_limits()));
         self.slot.upgraded();
+        self.core
+            .audit
+            .record(self.upgrade_event(request, Some(&admitted), true, 101, "ok"));
+        self.admitted_as = Some(AdmittedAs {
+            path: self.core.admission.redact_target(&request.path),
+        });
+        let token = admitted.token.as_ref();
+        let entry = self.core.live.register(
+            token.and_then(|t| t.sub.clone()),
+            token.and_then(|t| t.jti.clone()),
+        );
+        if let Some(at) = admitted.close_at_unix {
+            let left = at.saturating_sub(unix_now());
+            entry
+                .session
+                .expire_at(Instant::now() + std::time::Duration::from_secs(left));
+        }
+        self.live = Some(entry);
         let core = &self.core;
         core.metrics.handshake(true, "ok");
         self.deadline
@@ -479,7 +630,7 @@ impl Conn {
                     metrics.close_code(code.unwrap_or(1005), Side::Client);
                 }
                 Event::Failed { code, reason } => {
-                    Refusal::Close { code, reason }.record(metrics, self.peer)
+                    Refusal::Close { code, reason }.record_on(&core, self.peer)
                 }
             }
         }
@@ -495,7 +646,7 @@ impl Conn {
                 code: 1013,
                 reason: "buffer_budget",
             }
-            .record(metrics, self.peer);
+            .record_on(&core, self.peer);
             if let Some(session) = self.session.as_mut() {
                 session.close(1013, "buffer_budget");
             }
@@ -566,7 +717,7 @@ impl Conn {
                 Refusal::Silent {
                     reason: "ktls_handoff_failed",
                 }
-                .record(&self.core.metrics, self.peer);
+                .record_on(&self.core, self.peer);
                 Some(End::Abort)
             }
         }
@@ -581,7 +732,7 @@ impl Conn {
             Refusal::Silent {
                 reason: "ktls_required",
             }
-            .record(&self.core.metrics, self.peer);
+            .record_on(&self.core, self.peer);
             self.decide(TlsMode::Userspace);
             return Some(End::Close);
         }
@@ -648,7 +799,7 @@ impl Conn {
                     Refusal::Silent {
                         reason: "tls_rekey_failed",
                     }
-                    .record(&self.core.metrics, self.peer);
+                    .record_on(&self.core, self.peer);
                     return Err(End::Abort);
                 }
             }
@@ -675,7 +826,7 @@ impl Conn {
                 Refusal::Silent {
                     reason: "write_timeout",
                 }
-                .record(&self.core.metrics, self.peer);
+                .record_on(&self.core, self.peer);
                 Err(End::Abort)
             }
         }
@@ -686,13 +837,13 @@ impl Conn {
     fn close_for_keys(&mut self, code: u16, reason: &'static str) -> End {
         match self.session.as_mut() {
             Some(session) if session.state() == SessionState::Open => {
-                Refusal::Close { code, reason }.record(&self.core.metrics, self.peer);
+                Refusal::Close { code, reason }.record_on(&self.core, self.peer);
                 session.close(code, reason);
                 if self.encrypt_outgoing().is_err() {
                     return End::Abort;
                 }
             }
-            _ => Refusal::Silent { reason }.record(&self.core.metrics, self.peer),
+            _ => Refusal::Silent { reason }.record_on(&self.core, self.peer),
         }
         End::Close
     }
@@ -730,12 +881,14 @@ impl Conn {
             frame.append_to(&mut staging);
             if staging.len() >= STAGING_FLUSH {
                 self.core.metrics.bytes_out.add(staging.len() as u64);
+                self.bytes_out += staging.len() as u64;
                 self.layer.send(&staging).map_err(|_| End::Abort)?;
                 staging.clear();
             }
         }
         if !staging.is_empty() {
             self.core.metrics.bytes_out.add(staging.len() as u64);
+            self.bytes_out += staging.len() as u64;
             self.layer.send(&staging).map_err(|_| End::Abort)?;
             staging.clear();
         }
@@ -763,13 +916,31 @@ impl Conn {
         }
     }
 
+    /// The session deadline fired: a revocation's close order, or the token's expiry.
+    fn on_session_end(&mut self) -> End {
+        let order = self
+            .live
+            .as_ref()
+            .and_then(|e| e.session.order())
+            .unwrap_or((1008, "token_expired"));
+        let (code, reason) = order;
+        Refusal::Close { code, reason }.record_on(&self.core, self.peer);
+        if let Some(s) = self.session.as_mut() {
+            s.close(code, reason);
+        }
+        if self.encrypt_outgoing().is_err() {
+            return End::Abort;
+        }
+        End::Close
+    }
+
     fn on_deadline(&mut self) -> End {
         match self.phase {
             Phase::Handshake => {
                 let refusal = Refusal::Tls {
                     reason: "handshake_timeout",
                 };
-                refusal.record(&self.core.metrics, self.peer);
+                refusal.record_on(&self.core, self.peer);
                 End::Abort
             }
             Phase::Open => {
@@ -777,7 +948,7 @@ impl Conn {
                     code: 1001,
                     reason: "idle_timeout",
                 }
-                .record(&self.core.metrics, self.peer);
+                .record_on(&self.core, self.peer);
                 if let Some(s) = self.session.as_mut() {
                     s.close(1001, "idle_timeout");
                 }
@@ -815,7 +986,7 @@ impl Conn {
                     Refusal::Silent {
                         reason: "write_timeout",
                     }
-                    .record(&self.core.metrics, self.peer);
+                    .record_on(&self.core, self.peer);
                     sockopt::shutdown_both(sockopt::borrow_fd(&self.stream));
                     return Err(End::Abort);
                 }
@@ -826,6 +997,9 @@ impl Conn {
 
     /// Ends the connection: flushes, says close_notify when TLS is up, and closes.
     async fn finish(&mut self, end: End) {
+        if self.phase == Phase::Open {
+            self.core.audit.record(self.close_event());
+        }
         if matches!(end, End::Close) && !self.layer.is_handshaking() {
             if self.layer.queue_close_notify() && self.flush().await.is_ok() {
                 self.send_kernel_close_notify().await;
@@ -877,6 +1051,32 @@ impl Drop for Conn {
         if self.tls_mode == Some(TlsMode::Kernel) {
             core.metrics.ktls_open.add(-1);
         }
+    }
+}
+
+/// Who an upgraded session was admitted as, for its close record.
+struct AdmittedAs {
+    path: String,
+}
+
+/// An upgrade request that passed every synchronous check.
+struct PendingUpgrade {
+    request: ws::UpgradeRequest,
+    admitted: Admitted,
+}
+
+/// What woke a connection's loop.
+enum Wake {
+    Readable(std::io::Result<()>),
+    Deadline,
+    SessionEnd,
+}
+
+/// Resolves when the session's deadline fires; never without a live session.
+async fn session_end(live: Option<&LiveSession>) {
+    match live {
+        Some(session) => session.deadline().expired().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -11,6 +11,8 @@ use std::time::Instant;
 
 use monoio::net::TcpListener;
 
+use crate::audit::{AuditEvent, AuditSink};
+use crate::auth::ReplayStore;
 use crate::bufpool::BufPool;
 use crate::config::Config;
 use crate::metrics::CoreMetrics;
@@ -19,21 +21,32 @@ use crate::sockopt::AcceptedSocketOptions;
 use crate::tls::ktls::KtlsPolicy;
 use crate::ws::{HandshakeLimits, SessionLimits};
 
+use super::admission::{Admission, ReplayAsk, ReplayShards};
 use super::conn;
+use super::live::LiveRegistry;
 use super::timer::{TimerWheel, TICK};
 
 /// Everything one core's connections share. Single-threaded: cells, no locks.
 pub(crate) struct Core {
     pub index: usize,
+    /// How many cores serve (token ids are sharded across them).
+    pub cores: usize,
     pub cfg: Arc<Config>,
     pub tls: Arc<rustls::ServerConfig>,
     pub ktls: Arc<KtlsPolicy>,
+    pub admission: Arc<Admission>,
+    /// This core's producer end of the audit trail (never blocks, never drops).
+    pub audit: AuditSink,
+    /// This core's shard of the replay store and its lines to the others.
+    pub replay: Rc<ReplayShards>,
     pub metrics: Arc<CoreMetrics>,
     pub pool: RefCell<BufPool>,
     /// Plaintext staging for encryption: frames are gathered here and encrypted at once, so a
     /// burst of small frames becomes few records. Emptied within each step, so one per core.
     pub staging: RefCell<Vec<u8>>,
     pub wheel: Rc<TimerWheel>,
+    /// Upgraded sessions, for revocations and token expiry.
+    pub live: Rc<LiveRegistry>,
     pub connections: Cell<usize>,
     pub handshakes: Cell<usize>,
     /// Bytes held in partly received frames and messages by all of this core's connections.
@@ -52,18 +65,32 @@ impl Core {
         }
     }
 
-    pub fn new(start: &CoreStart) -> Self {
+    pub fn new(
+        start: &CoreStart,
+        peers: Vec<futures_channel::mpsc::Sender<ReplayAsk>>,
+        audit: AuditSink,
+    ) -> Self {
         let cfg = start.cfg.clone();
         let cores = start.cores;
         let l = &cfg.limits;
+        let wheel = TimerWheel::new(Instant::now());
         Self {
             index: start.index,
+            cores,
             tls: start.tls.clone(),
             ktls: start.ktls.clone(),
+            admission: start.admission.clone(),
+            audit,
+            replay: Rc::new(ReplayShards::new(
+                start.index,
+                ReplayStore::new(start.replay.capacity, start.replay.leeway_s),
+                peers,
+            )),
             metrics: start.metrics.clone(),
             pool: RefCell::new(BufPool::default()),
             staging: RefCell::new(Vec::new()),
-            wheel: TimerWheel::new(Instant::now()),
+            wheel: wheel.clone(),
+            live: LiveRegistry::new(wheel),
             connections: Cell::new(0),
             handshakes: Cell::new(0),
             buffered: Cell::new(0),
@@ -110,14 +137,40 @@ pub(crate) struct CoreStart {
     pub cfg: Arc<Config>,
     pub tls: Arc<rustls::ServerConfig>,
     pub ktls: Arc<KtlsPolicy>,
+    pub admission: Arc<Admission>,
+    pub audit: AuditSink,
+    pub replay: ReplayStart,
     pub metrics: Arc<CoreMetrics>,
     pub listeners: Vec<std::net::TcpListener>,
 }
 
+impl Refusal {
+    /// The one refusal path on a core: the counter and log line, and the audit record.
+    pub(crate) fn record_on(&self, core: &Core, peer: std::net::SocketAddr) {
+        self.record(&core.metrics, peer);
+        core.audit.record(self.audit_event(peer));
+    }
+}
+
+/// A core's replay shard, as handed to its thread.
+pub(crate) struct ReplayStart {
+    pub peers: Vec<futures_channel::mpsc::Sender<ReplayAsk>>,
+    pub questions: futures_channel::mpsc::Receiver<ReplayAsk>,
+    pub capacity: usize,
+    pub leeway_s: u64,
+}
+
 /// The body of a core thread. Reports on `started` once it serves (or why it cannot).
-pub(crate) fn run_core(start: CoreStart, started: std::sync::mpsc::Sender<Result<(), String>>) {
-    let core = Core::new(&start);
-    let CoreStart { cpu, listeners, .. } = start;
+pub(crate) fn run_core(mut start: CoreStart, started: std::sync::mpsc::Sender<Result<(), String>>) {
+    let peers = std::mem::take(&mut start.replay.peers);
+    let audit = std::mem::replace(&mut start.audit, AuditSink::disabled());
+    let core = Core::new(&start, peers, audit);
+    let CoreStart {
+        cpu,
+        listeners,
+        replay,
+        ..
+    } = start;
     if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
         tracing::warn!(core = core.index, cpu, error = %e, "could not pin the core thread; it runs unpinned");
     }
@@ -145,7 +198,7 @@ pub(crate) fn run_core(start: CoreStart, started: std::sync::mpsc::Sender<Result
     let _ = started.send(Ok(()));
     drop(started);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        rt.block_on(core_main(Rc::new(core), listeners))
+        rt.block_on(core_main(Rc::new(core), listeners, replay.questions))
     }));
     metrics.alive.store(false, Ordering::Relaxed);
     if result.is_err() {
@@ -181,7 +234,12 @@ fn build_runtime() -> std::io::Result<CoreRuntime> {
     })
 }
 
-async fn core_main(core: Rc<Core>, listeners: Vec<std::net::TcpListener>) {
+async fn core_main(
+    core: Rc<Core>,
+    listeners: Vec<std::net::TcpListener>,
+    replay_questions: futures_channel::mpsc::Receiver<ReplayAsk>,
+) {
+    monoio::spawn(core.replay.clone().serve(replay_questions));
     for l in listeners {
         match TcpListener::from_std(l) {
             Ok(l) => {
@@ -190,14 +248,58 @@ async fn core_main(core: Rc<Core>, listeners: Vec<std::net::TcpListener>) {
             Err(e) => tracing::error!(core = core.index, error = %e, "cannot register a listener"),
         }
     }
-    // The ticker drives the core's timer wheel.
+    // The ticker drives the core's timer wheel and watches the shared revocation state.
+    let mut watch = RevocationWatch::default();
     loop {
         monoio::time::sleep(TICK).await;
-        let fired = core.wheel.advance(Instant::now());
+        let now = Instant::now();
+        watch.tick(&core, now);
+        let fired = core.wheel.advance(now);
         if fired > 0 {
             tracing::trace!(core = core.index, fired, "deadlines fired");
         }
     }
+}
+
+/// What the ticker last saw of the shared revocation state; a change makes it scan this
+/// core's live sessions once.
+#[derive(Default)]
+struct RevocationWatch {
+    revocations: u64,
+    ticks: u64,
+}
+
+impl RevocationWatch {
+    fn tick(&mut self, core: &Core, now: Instant) {
+        self.ticks += 1;
+        let revocations = core.admission.revocations.load();
+        if revocations.version() != self.revocations {
+            self.revocations = revocations.version();
+            let closed = core.live.close_matching(now, |s| {
+                revocations
+                    .is_revoked(s.subject.as_deref(), s.jti.as_deref())
+                    .map(|_| (1008, "revoked"))
+            });
+            if closed > 0 {
+                tracing::info!(
+                    core = core.index,
+                    closed,
+                    "sessions of revoked tokens closed"
+                );
+            }
+        }
+        // Expired replay entries go about once a second.
+        if self.ticks % 20 == 0 {
+            core.replay.purge(unix_now());
+        }
+    }
+}
+
+/// Seconds since the UNIX epoch (token times are in these).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
@@ -214,16 +316,22 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
         core.metrics.accepted.inc();
         let over = if core.connections.get() >= core.max_connections {
             Some("max_connections")
+        } else if core.audit.over_high_water() {
+            // The trail must never drop a record: new connections wait until it drains.
+            Some("audit_backpressure")
         } else if core.handshakes.get() >= core.cfg.limits.max_handshakes_in_flight {
             Some("max_handshakes_in_flight")
         } else {
             None
         };
         if let Some(reason) = over {
-            Refusal::Silent { reason }.record(&core.metrics, peer);
+            Refusal::Silent { reason }.record_on(&core, peer);
             drop(stream);
             continue;
         }
+        core.audit.record(AuditEvent::Accept {
+            peer: peer.to_string(),
+        });
         monoio::spawn(conn::serve(conn::Slot::take(&core), stream, peer));
     }
 }

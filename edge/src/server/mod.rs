@@ -2,10 +2,13 @@
 //! listener per address, its own connections, timer wheel and buffer pool. Connections never
 //! migrate between cores; cores share nothing on the data path.
 
+mod admission;
 mod conn;
 mod core;
 pub mod cpus;
 pub mod listen;
+mod live;
+mod operator;
 mod record_layer;
 pub mod timer;
 
@@ -41,6 +44,10 @@ pub enum StartError {
     Core(String),
     #[error("kTLS: {0}")]
     Ktls(String),
+    #[error("audit trail: {0}")]
+    Audit(#[from] crate::audit::AuditError),
+    #[error("control socket: {0}")]
+    Control(#[from] crate::control::ControlError),
 }
 
 /// A running edge.
@@ -54,13 +61,20 @@ pub struct Running {
     pub metrics: Registry,
     threads: Vec<JoinHandle<()>>,
     _locks: Vec<listen::InstanceLock>,
+    /// Served while the process runs; dropping it removes the socket file.
+    _control: Option<crate::control::ControlServer>,
+    /// Sealed once every core has stopped.
+    trail: crate::audit::AuditTrail,
 }
 
 impl Running {
-    /// Blocks until every core thread has ended.
+    /// Blocks until every core thread has ended, then seals the audit trail.
     pub fn wait(self) {
         for t in self.threads {
             let _ = t.join();
+        }
+        if let Err(e) = self.trail.shutdown() {
+            tracing::error!(error = %e, "the audit trail could not be sealed");
         }
     }
 }
@@ -94,6 +108,10 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
         tls
     };
     let ktls = Arc::new(ktls);
+    let admission = Arc::new(admission::Admission::from_config(
+        &cfg.origin,
+        cfg.jwt.as_ref(),
+    )?);
 
     let mut sets = Vec::new();
     for addr in &cfg.server.listen {
@@ -101,6 +119,7 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
     }
     let listening: Vec<SocketAddr> = sets.iter().map(|s| s.addr).collect();
 
+    let (trail, sinks) = crate::audit::AuditTrail::start(&cfg.audit, cpus.len())?;
     let registry = Registry {
         cores: cpus
             .iter()
@@ -108,6 +127,7 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
             .map(|(i, &cpu)| Arc::new(CoreMetrics::new(i, cpu)))
             .collect(),
         ktls_available: ktls.offloads(),
+        audit: trail.is_enabled().then(|| trail.stats()),
     };
     let admin = crate::admin::start(cfg.server.admin, registry.clone()).map_err(|source| {
         StartError::Admin {
@@ -128,7 +148,18 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
     }
     let mut threads = Vec::new();
     let (started_tx, started) = std::sync::mpsc::channel();
-    for ((i, &cpu), listeners) in cpus.iter().enumerate().zip(per_core) {
+    let (replay_peers, replay_questions) = admission::replay_lines(cpus.len());
+    let replay_capacity = admission
+        .jwt()
+        .map_or(1, |j| j.replay_capacity_per_core(cpus.len()));
+    let replay_leeway = admission.jwt().map_or(0, |j| j.leeway_s());
+    for ((((i, &cpu), listeners), questions), audit) in cpus
+        .iter()
+        .enumerate()
+        .zip(per_core)
+        .zip(replay_questions)
+        .zip(sinks)
+    {
         let start = core::CoreStart {
             index: i,
             cores: cpus.len(),
@@ -136,6 +167,14 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
             cfg: cfg.clone(),
             tls: tls.clone(),
             ktls: ktls.clone(),
+            admission: admission.clone(),
+            audit,
+            replay: core::ReplayStart {
+                peers: replay_peers.clone(),
+                questions,
+                capacity: replay_capacity,
+                leeway_s: replay_leeway,
+            },
             metrics: registry.cores[i].clone(),
             listeners,
         };
@@ -157,6 +196,18 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
             Err(_) => return Err(StartError::Core("a core did not start within 10 s".into())),
         }
     }
+    let control = match &cfg.server.control {
+        Some(path) => Some(crate::control::ControlServer::start(
+            path,
+            Arc::new(operator::Operator {
+                admission: admission.clone(),
+                audit: trail.handle(),
+                metrics: registry.clone(),
+                started: std::time::Instant::now(),
+            }),
+        )?),
+        None => None,
+    };
     Ok(Running {
         listening,
         admin,
@@ -165,5 +216,7 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
         metrics: registry,
         threads,
         _locks: locks,
+        _control: control,
+        trail,
     })
 }

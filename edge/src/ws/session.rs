@@ -317,6 +317,9 @@ pub struct Session {
     peer_closed: bool,
     /// The connection failed.
     failed: bool,
+    /// The code of the first close, whichever side sent it (1005 for a peer close without
+    /// one): what the session ended with, for logs and audit records.
+    first_close: Option<u16>,
 }
 
 impl Session {
@@ -334,6 +337,7 @@ impl Session {
             close_handed_out: false,
             peer_closed: false,
             failed: false,
+            first_close: None,
         }
     }
 
@@ -531,6 +535,7 @@ impl Session {
             }
         };
         self.peer_closed = true;
+        self.first_close.get_or_insert(code.unwrap_or(1005));
         self.reassembly = None;
         let reply = self.pending_close(code, "");
         self.events
@@ -543,6 +548,7 @@ impl Session {
             return;
         }
         self.failed = true;
+        self.first_close.get_or_insert(code);
         self.partial = None;
         self.reassembly = None;
         let close = self.pending_close(Some(code), reason);
@@ -611,7 +617,13 @@ impl Session {
             return;
         }
         self.close_queued = true;
+        self.first_close.get_or_insert(code);
         self.out.push_back(OutFrame::close(Some(code), reason));
+    }
+
+    /// The code the session ended (or is ending) with: the first close either side sent.
+    pub fn close_code(&self) -> Option<u16> {
+        self.first_close
     }
 
     pub fn poll_transmit(&mut self) -> Option<OutFrame> {

@@ -906,3 +906,16 @@ fn large_fragments_stay_slices_and_are_charged() {
     assert!(matches!(&m.payload, Payload::Fragmented(p) if p.len() == 3));
     assert_eq!(m.payload.len(), 15_000);
 }
+
+#[test]
+fn the_first_close_code_is_remembered_from_either_side() {
+    let mut ours = session();
+    assert_eq!(ours.close_code(), None);
+    ours.close(1001, "going_away");
+    ours.close(1011, "later");
+    assert_eq!(ours.close_code(), Some(1001));
+
+    let mut theirs = session();
+    feed(&mut theirs, &close_frame(1000, b""));
+    assert_eq!(theirs.close_code(), Some(1000));
+}

@@ -1,0 +1,309 @@
+//! The decision at the upgrade: who may have a WebSocket, on which path, with which protocol.
+//!
+//! Synchronous and side-effect free except for the replay check, which belongs to the token
+//! id's owner core: [`Admission::decide`] says which core that is, and the connection asks it
+//! (locally, or with one cross-core message — see [`ReplayShards`]).
+//!
+//! Order of the checks: Host and Origin (cheap, no secrets), then the client certificate's
+//! identity against the identity rules and the current CRLs, then the token (extract, verify,
+//! revocation, scope), then replay. The first refusal wins and names its reason.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use futures_channel::{mpsc, oneshot};
+
+use crate::auth::jwt::{JwtConfig, JwtVerifier, VerifiedToken};
+use crate::auth::origin::{OriginConfig, OriginPolicy};
+use crate::auth::replay::{owner_core, ReplayRefusal, ReplayStore};
+use crate::auth::revocation::Revocations;
+use crate::config::ConfigError;
+use crate::refuse::Refusal;
+use crate::ws::UpgradeRequest;
+
+/// The process-wide admission policy (shared by every core, read-only but for the swappable
+/// revocation list).
+pub(crate) struct Admission {
+    origin: OriginPolicy,
+    jwt: Option<JwtVerifier>,
+    pub revocations: Arc<ArcSwap<Revocations>>,
+}
+
+/// A request that passed every synchronous check.
+#[derive(Debug, Default)]
+pub(crate) struct Admitted {
+    /// The subprotocol the 101 selects (the application's, never a token offer).
+    pub protocol: Option<String>,
+    pub token: Option<VerifiedToken>,
+    /// The UNIX second the session must close at (token expiry), when configured.
+    pub close_at_unix: Option<u64>,
+    /// The replay check still to do: the owner core, the jti and its expiry.
+    pub replay: Option<ReplayCheck>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ReplayCheck {
+    pub owner: usize,
+    pub jti: String,
+    pub exp: u64,
+}
+
+impl Admission {
+    pub fn from_config(
+        origin: &OriginConfig,
+        jwt: Option<&JwtConfig>,
+    ) -> Result<Self, ConfigError> {
+        let origin = OriginPolicy::from_config(origin)?;
+        let verifier = jwt.map(JwtVerifier::from_config).transpose()?;
+        let mut revocations = Revocations::new();
+        if let Some(path) = jwt.and_then(|j| j.revocations_file.as_ref()) {
+            let entries = Revocations::read_file(path).map_err(|e| {
+                ConfigError::invalid("jwt.revocations_file", path.display(), e.to_string())
+            })?;
+            revocations.replace_file_entries(&entries);
+        }
+        Ok(Self {
+            origin,
+            jwt: verifier,
+            revocations: Arc::new(ArcSwap::from_pointee(revocations)),
+        })
+    }
+
+    pub fn jwt(&self) -> Option<&JwtVerifier> {
+        self.jwt.as_ref()
+    }
+
+    /// The request target as logs and audit records may show it (no query token).
+    pub fn redact_target(&self, target: &str) -> String {
+        match &self.jwt {
+            Some(jwt) => jwt.redact_target(target).into_owned(),
+            None => target.to_owned(),
+        }
+    }
+
+    /// Every synchronous check, in order; the refusal names its status and reason.
+    pub fn decide(
+        &self,
+        request: &UpgradeRequest,
+        now_unix: u64,
+        cores: usize,
+    ) -> Result<Admitted, Refusal> {
+        self.origin
+            .check(&request.host, request.origin.as_deref())
+            .map_err(|e| http(e.status(), e.reason(), &[]))?;
+        let Some(jwt) = &self.jwt else {
+            return Ok(Admitted {
+                protocol: None,
+                ..Admitted::default()
+            });
+        };
+        let refuse =
+            |e: crate::auth::jwt::JwtRefusal| http(e.status(), e.reason(), e.extra_headers());
+        let (path, query) = split_target(&request.path);
+        let extracted = jwt
+            .extract_required(request.authorization.as_deref(), &request.protocols, query)
+            .map_err(refuse)?;
+        let token = jwt.verify(&extracted.token, now_unix).map_err(refuse)?;
+        jwt.check_revocation(&self.revocations.load(), &token)
+            .map_err(refuse)?;
+        jwt.check_scope(path, &token).map_err(refuse)?;
+        let replay = match (jwt.single_use(), &token.jti, token.exp) {
+            (true, Some(jti), Some(exp)) => Some(ReplayCheck {
+                owner: owner_core(jti, cores),
+                jti: jti.clone(),
+                exp,
+            }),
+            _ => None,
+        };
+        // A token offered as a subprotocol selects the application's protocol beside it; the
+        // 101 never echoes a token offer.
+        let protocol = extracted.app_protocol().map(str::to_owned);
+        Ok(Admitted {
+            protocol,
+            close_at_unix: jwt.session_deadline(&token),
+            token: Some(token),
+            replay,
+        })
+    }
+}
+
+/// A refusal before the upgrade.
+fn http(
+    status: u16,
+    reason: &'static str,
+    extra_headers: &'static [(&'static str, &'static str)],
+) -> Refusal {
+    Refusal::Http {
+        status,
+        reason,
+        extra_headers,
+    }
+}
+
+/// The path and the query of an origin-form request target.
+fn split_target(target: &str) -> (&str, Option<&str>) {
+    match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    }
+}
+
+/// A replay question for the jti's owner core.
+pub(crate) struct ReplayAsk {
+    jti: String,
+    exp: u64,
+    now_unix: u64,
+    reply: oneshot::Sender<Result<(), ReplayRefusal>>,
+}
+
+/// One core's part of the replay store and its lines to the other cores' parts.
+pub(crate) struct ReplayShards {
+    index: usize,
+    store: RefCell<ReplayStore>,
+    peers: RefCell<Vec<mpsc::Sender<ReplayAsk>>>,
+}
+
+/// Questions a core's replay shard may have waiting before askers get 503 (a core that
+/// falls this far behind is overloaded; the client retries).
+const REPLAY_QUEUE: usize = 1024;
+
+/// Builds every core's lines: for each core its receiver, and for all of them every sender.
+pub(crate) fn replay_lines(
+    cores: usize,
+) -> (Vec<mpsc::Sender<ReplayAsk>>, Vec<mpsc::Receiver<ReplayAsk>>) {
+    (0..cores).map(|_| mpsc::channel(REPLAY_QUEUE)).unzip()
+}
+
+impl ReplayShards {
+    pub fn new(index: usize, store: ReplayStore, peers: Vec<mpsc::Sender<ReplayAsk>>) -> Self {
+        Self {
+            index,
+            store: RefCell::new(store),
+            peers: RefCell::new(peers),
+        }
+    }
+
+    /// Checks and records `check.jti` on its owner core: here, or by one message there.
+    pub async fn check(&self, check: &ReplayCheck, now_unix: u64) -> Result<(), Refusal> {
+        let answer = if check.owner == self.index {
+            self.store
+                .borrow_mut()
+                .check_and_insert(&check.jti, check.exp, now_unix)
+        } else {
+            let (reply, answer) = oneshot::channel();
+            let ask = ReplayAsk {
+                jti: check.jti.clone(),
+                exp: check.exp,
+                now_unix,
+                reply,
+            };
+            let sent = self
+                .peers
+                .borrow_mut()
+                .get_mut(check.owner)
+                .map(|line| line.try_send(ask));
+            match sent {
+                Some(Ok(())) => match answer.await {
+                    Ok(answer) => answer,
+                    Err(_) => return Err(http(503, "replay_store_unavailable", RETRY)),
+                },
+                _ => return Err(http(503, "replay_store_busy", RETRY)),
+            }
+        };
+        answer.map_err(|e| http(e.status(), e.reason(), retry_if_full(e)))
+    }
+
+    /// Serves the other cores' questions for this core's shard (a task on this core).
+    pub async fn serve(self: std::rc::Rc<Self>, mut questions: mpsc::Receiver<ReplayAsk>) {
+        use futures_util::StreamExt;
+        while let Some(ask) = questions.next().await {
+            let answer = self
+                .store
+                .borrow_mut()
+                .check_and_insert(&ask.jti, ask.exp, ask.now_unix);
+            let _ = ask.reply.send(answer);
+        }
+    }
+
+    /// Forgets expired entries (the core's ticker calls this now and then).
+    pub fn purge(&self, now_unix: u64) -> usize {
+        self.store.borrow_mut().purge(now_unix)
+    }
+}
+
+const RETRY: &[(&str, &str)] = &[("Retry-After", "1")];
+
+fn retry_if_full(e: ReplayRefusal) -> &'static [(&'static str, &'static str)] {
+    match e {
+        ReplayRefusal::Full => RETRY,
+        ReplayRefusal::Replayed => &[],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(path: &str, host: &str, origin: Option<&str>) -> UpgradeRequest {
+        let raw =
+            format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{}\r\n",
+            origin.map(|o| format!("Origin: {o}\r\n")).unwrap_or_default()
+        );
+        crate::ws::parse_upgrade(raw.as_bytes(), &crate::ws::HandshakeLimits::default())
+            .unwrap()
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn without_policies_everyone_is_admitted_with_no_protocol() {
+        let a = Admission::from_config(&OriginConfig::default(), None).unwrap();
+        let admitted = a.decide(&request("/", "h", None), 0, 2).unwrap();
+        assert!(admitted.protocol.is_none() && admitted.token.is_none());
+    }
+
+    #[test]
+    fn origin_refusals_are_http_with_their_reason() {
+        let origin = OriginConfig {
+            allowed_origins: vec!["https://app.example.com".into()],
+            ..OriginConfig::default()
+        };
+        let a = Admission::from_config(&origin, None).unwrap();
+        let refusal = a
+            .decide(&request("/", "h", Some("https://evil.example")), 0, 2)
+            .unwrap_err();
+        assert_eq!(refusal.reason(), "origin_not_allowed");
+        assert!(a
+            .decide(&request("/", "h", Some("https://app.example.com")), 0, 2)
+            .is_ok());
+    }
+
+    #[test]
+    fn a_missing_token_is_401() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("hs.key");
+        std::fs::write(&secret, [7u8; 32]).unwrap();
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let jwt = JwtConfig {
+            hs_secret_file: Some(secret),
+            ..JwtConfig::default()
+        };
+        let a = Admission::from_config(&OriginConfig::default(), Some(&jwt)).unwrap();
+        match a.decide(&request("/", "h", None), 0, 2).unwrap_err() {
+            Refusal::Http { status, reason, .. } => {
+                assert_eq!((status, reason), (401, "token_missing"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn targets_split_into_path_and_query() {
+        assert_eq!(split_target("/a?b=1"), ("/a", Some("b=1")));
+        assert_eq!(split_target("/a"), ("/a", None));
+    }
+}

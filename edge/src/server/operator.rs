@@ -1,0 +1,193 @@
+//! What the control socket's commands do to the running edge.
+//!
+//! The control room ([`crate::control`]) owns the socket, peer credentials and the wire
+//! protocol; this handler applies a command to live state. Revocations are copy-on-write
+//! behind an `ArcSwap`: a command builds the next set and swaps it in, and every core's ticker
+//! notices the new version within a tick and closes the sessions it names (1008). Every
+//! command, refused ones included, is logged with the caller's uid and pid (and written to
+//! the audit trail once it exists).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::audit::{AuditEvent, AuditHandle};
+use crate::auth::revocation::RevocationEntry;
+use crate::control::protocol::{RevocationChange, RevocationKind, RevocationList, Status};
+use crate::control::{ControlHandler, PeerCred, Request, Response};
+use crate::metrics::Registry;
+
+use super::admission::Admission;
+
+pub(crate) struct Operator {
+    pub admission: Arc<Admission>,
+    /// Every command (and every refused attempt) goes into the audit trail.
+    pub audit: AuditHandle,
+    pub metrics: Registry,
+    pub started: Instant,
+}
+
+impl Operator {
+    fn entry(kind: RevocationKind, value: &str) -> RevocationEntry {
+        match kind {
+            RevocationKind::Jti => RevocationEntry::Jti(value.to_owned()),
+            RevocationKind::Subject => RevocationEntry::Sub(value.to_owned()),
+        }
+    }
+
+    fn revoke(&self, kind: RevocationKind, value: &str, revoke: bool) -> Response {
+        let entry = Self::entry(kind, value);
+        let mut outcome = Ok(false);
+        // rcu: retried if another command swapped in between (each try starts afresh).
+        self.admission.revocations.rcu(|current| {
+            let mut next = (**current).clone();
+            outcome = if revoke {
+                Ok(next.revoke(&entry))
+            } else {
+                next.unrevoke(&entry)
+            };
+            next
+        });
+        if let Ok(true) = outcome {
+            self.audit.record(AuditEvent::Revocation {
+                kind: format!("{}{}", if revoke { "" } else { "un" }, kind.as_str()),
+                value: value.to_owned(),
+                source: "control".into(),
+            });
+        }
+        match outcome {
+            Ok(changed) => Response::ok(&RevocationChange {
+                kind,
+                value: value.to_owned(),
+                changed,
+            }),
+            Err(e) => Response::error(e.to_string()),
+        }
+    }
+
+    fn connections(&self) -> u64 {
+        self.metrics
+            .cores
+            .iter()
+            .map(|c| (c.handshaking.get() + c.open.get()).max(0) as u64)
+            .sum()
+    }
+}
+
+impl ControlHandler for Operator {
+    fn handle(&self, request: &Request, peer: &PeerCred) -> Response {
+        let response = match request {
+            Request::Revoke { kind, value } => self.revoke(*kind, value, true),
+            Request::Unrevoke { kind, value } => self.revoke(*kind, value, false),
+            Request::Revocations => {
+                let (jti, subject) = self.admission.revocations.load().entries();
+                Response::ok(&RevocationList { jti, subject })
+            }
+            Request::Status => {
+                Response::ok(&Status::current(self.started.elapsed(), self.connections()))
+            }
+            Request::Reload | Request::Drain | Request::CrlReload => {
+                Response::not_supported_yet(request)
+            }
+        };
+        tracing::info!(
+            uid = peer.uid,
+            pid = peer.pid,
+            command = request.name(),
+            ok = response.is_ok(),
+            "control command"
+        );
+        self.audit.record(AuditEvent::Control {
+            uid: peer.uid,
+            pid: peer.pid as i32,
+            command: request.name().to_owned(),
+            ok: response.is_ok(),
+            detail: command_detail(request),
+        });
+        response
+    }
+
+    fn refused(&self, peer: &PeerCred, reason: &str) {
+        tracing::warn!(
+            uid = peer.uid,
+            pid = peer.pid,
+            reason,
+            "control command refused"
+        );
+        self.audit.record(AuditEvent::Control {
+            uid: peer.uid,
+            pid: peer.pid as i32,
+            command: "refused".into(),
+            ok: false,
+            detail: reason.to_owned(),
+        });
+    }
+}
+
+/// What a command was about, for its audit record (never more than the wire request had).
+fn command_detail(request: &Request) -> String {
+    match request {
+        Request::Revoke { kind, value } | Request::Unrevoke { kind, value } => {
+            format!("{} {value}", kind.as_str())
+        }
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::OriginConfig;
+
+    fn operator() -> Operator {
+        Operator {
+            admission: Arc::new(Admission::from_config(&OriginConfig::default(), None).unwrap()),
+            audit: crate::audit::AuditTrail::start(&Default::default(), 1)
+                .unwrap()
+                .0
+                .handle(),
+            metrics: Registry::default(),
+            started: Instant::now(),
+        }
+    }
+
+    const PEER: PeerCred = PeerCred {
+        uid: 0,
+        gid: 0,
+        pid: 1,
+    };
+
+    #[test]
+    fn revoke_swaps_in_a_new_version_and_lists_it() {
+        let op = operator();
+        let before = op.admission.revocations.load().version();
+        let r = op.handle(
+            &Request::Revoke {
+                kind: RevocationKind::Subject,
+                value: "alice".into(),
+            },
+            &PEER,
+        );
+        assert!(r.is_ok());
+        let now = op.admission.revocations.load();
+        assert!(now.version() > before);
+        assert!(now.is_revoked(Some("alice"), None).is_some());
+        let listed = op.handle(&Request::Revocations, &PEER);
+        assert!(String::from_utf8(listed.to_line())
+            .unwrap()
+            .contains("alice"));
+        let undone = op.handle(
+            &Request::Unrevoke {
+                kind: RevocationKind::Subject,
+                value: "alice".into(),
+            },
+            &PEER,
+        );
+        assert!(undone.is_ok());
+        assert!(op
+            .admission
+            .revocations
+            .load()
+            .is_revoked(Some("alice"), None)
+            .is_none());
+    }
+}
