@@ -86,21 +86,9 @@ impl Default for ServerConfig {
     }
 }
 
-/// Certificates. Without `cert`/`key` the edge serves a development certificate (loopback only).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsConfig {
-    /// PEM file: the leaf certificate followed by its chain.
-    pub cert: Option<PathBuf>,
-    /// PEM file: the leaf's private key.
-    pub key: Option<PathBuf>,
-    /// Kernel TLS offload after the handshake: "auto" (where the kernel can), "required"
-    /// (refuse to start without it) or "off".
-    pub ktls: crate::tls::ktls::KtlsMode,
-    /// Testing only: lowers the records one key may protect under kTLS (the suite's
-    /// confidentiality limit otherwise), to exercise the key-limit close.
-    pub ktls_key_limit_records: Option<u64>,
-}
+/// The `[tls]` section is owned by the TLS room (versions, suites, groups, resumption, SNI
+/// chains, client certificates, CRLs, identity rules, kTLS).
+pub type TlsConfig = crate::tls::settings::TlsSettings;
 
 /// Every bound the edge enforces so that idle, slow or flooding clients cannot exhaust it.
 #[derive(Debug, Clone, Deserialize)]
@@ -275,30 +263,7 @@ impl Config {
                 }
             }
         }
-        match (&self.tls.cert, &self.tls.key) {
-            (Some(_), None) => {
-                return Err(ConfigError::invalid(
-                    "tls.key",
-                    "(missing)",
-                    "`tls.cert` needs `tls.key` (--key)",
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError::invalid(
-                    "tls.cert",
-                    "(missing)",
-                    "`tls.key` needs `tls.cert` (--cert)",
-                ))
-            }
-            _ => {}
-        }
-        for (key, path) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
-            if let Some(p) = path {
-                if !p.is_file() {
-                    return Err(ConfigError::invalid(key, p.display(), "no such file"));
-                }
-            }
-        }
+        self.tls.validate()?;
         if self.tls.cert.is_none() {
             if let Some(a) = s.listen.iter().find(|a| !a.ip().is_loopback()) {
                 return Err(ConfigError::invalid(
@@ -353,15 +318,6 @@ impl Config {
                     l.max_message_bytes
                 ),
             ));
-        }
-        if let Some(n) = self.tls.ktls_key_limit_records {
-            if n < 64 {
-                return Err(ConfigError::invalid(
-                    "tls.ktls_key_limit_records",
-                    n,
-                    "must be at least 64 (it is a testing knob; leave it unset in production)",
-                ));
-            }
         }
         if l.max_request_bytes < 256 {
             return Err(ConfigError::invalid(

@@ -20,12 +20,16 @@ use crate::auth::replay::{owner_core, ReplayRefusal, ReplayStore};
 use crate::auth::revocation::Revocations;
 use crate::config::ConfigError;
 use crate::refuse::Refusal;
+use crate::tls::crl::CrlSet;
+use crate::tls::identity::{ClientIdentity, IdentityRules};
 use crate::ws::UpgradeRequest;
 
 /// The process-wide admission policy (shared by every core, read-only but for the swappable
 /// revocation list).
 pub(crate) struct Admission {
     origin: OriginPolicy,
+    /// Which client certificate identities may open which paths.
+    identity_rules: IdentityRules,
     jwt: Option<JwtVerifier>,
     pub revocations: Arc<ArcSwap<Revocations>>,
 }
@@ -53,6 +57,7 @@ impl Admission {
     pub fn from_config(
         origin: &OriginConfig,
         jwt: Option<&JwtConfig>,
+        identity_rules: IdentityRules,
     ) -> Result<Self, ConfigError> {
         let origin = OriginPolicy::from_config(origin)?;
         let verifier = jwt.map(JwtVerifier::from_config).transpose()?;
@@ -65,6 +70,7 @@ impl Admission {
         }
         Ok(Self {
             origin,
+            identity_rules,
             jwt: verifier,
             revocations: Arc::new(ArcSwap::from_pointee(revocations)),
         })
@@ -86,11 +92,21 @@ impl Admission {
     pub fn decide(
         &self,
         request: &UpgradeRequest,
+        identity: Option<&ClientIdentity>,
+        crls: &CrlSet,
         now_unix: u64,
         cores: usize,
     ) -> Result<Admitted, Refusal> {
         self.origin
             .check(&request.host, request.origin.as_deref())
+            .map_err(|e| http(e.status(), e.reason(), &[]))?;
+        // A resumed TLS session skips certificate verification: the current CRLs are checked
+        // here for every upgrade (a hash lookup).
+        if identity.is_some_and(|id| crls.is_revoked(id)) {
+            return Err(http(403, "certificate_revoked", &[]));
+        }
+        self.identity_rules
+            .allows(&request.path, identity)
             .map_err(|e| http(e.status(), e.reason(), &[]))?;
         let Some(jwt) = &self.jwt else {
             return Ok(Admitted {
@@ -258,10 +274,16 @@ mod tests {
             .0
     }
 
+    fn no_rules() -> IdentityRules {
+        IdentityRules::new(&[]).unwrap()
+    }
+
     #[test]
     fn without_policies_everyone_is_admitted_with_no_protocol() {
-        let a = Admission::from_config(&OriginConfig::default(), None).unwrap();
-        let admitted = a.decide(&request("/", "h", None), 0, 2).unwrap();
+        let a = Admission::from_config(&OriginConfig::default(), None, no_rules()).unwrap();
+        let admitted = a
+            .decide(&request("/", "h", None), None, &CrlSet::empty(), 0, 2)
+            .unwrap();
         assert!(admitted.protocol.is_none() && admitted.token.is_none());
     }
 
@@ -271,13 +293,25 @@ mod tests {
             allowed_origins: vec!["https://app.example.com".into()],
             ..OriginConfig::default()
         };
-        let a = Admission::from_config(&origin, None).unwrap();
+        let a = Admission::from_config(&origin, None, no_rules()).unwrap();
         let refusal = a
-            .decide(&request("/", "h", Some("https://evil.example")), 0, 2)
+            .decide(
+                &request("/", "h", Some("https://evil.example")),
+                None,
+                &CrlSet::empty(),
+                0,
+                2,
+            )
             .unwrap_err();
         assert_eq!(refusal.reason(), "origin_not_allowed");
         assert!(a
-            .decide(&request("/", "h", Some("https://app.example.com")), 0, 2)
+            .decide(
+                &request("/", "h", Some("https://app.example.com")),
+                None,
+                &CrlSet::empty(),
+                0,
+                2
+            )
             .is_ok());
     }
 
@@ -292,8 +326,11 @@ mod tests {
             hs_secret_file: Some(secret),
             ..JwtConfig::default()
         };
-        let a = Admission::from_config(&OriginConfig::default(), Some(&jwt)).unwrap();
-        match a.decide(&request("/", "h", None), 0, 2).unwrap_err() {
+        let a = Admission::from_config(&OriginConfig::default(), Some(&jwt), no_rules()).unwrap();
+        match a
+            .decide(&request("/", "h", None), None, &CrlSet::empty(), 0, 2)
+            .unwrap_err()
+        {
             Refusal::Http { status, reason, .. } => {
                 assert_eq!((status, reason), (401, "token_missing"))
             }

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -27,6 +28,7 @@ use crate::metrics::Side;
 use crate::refuse::Refusal;
 use crate::sockopt::{self, Recv};
 use crate::tls::driver::TlsSession;
+use crate::tls::identity::ClientIdentity;
 use crate::tls::ktls::{self, ControlRecord, KtlsMode, OffloadError, RekeyError};
 use crate::tls::Negotiated;
 use crate::ws::{self, Event, Session, SessionState};
@@ -85,7 +87,7 @@ async fn serve_inner(slot: Slot, stream: TcpStream, peer: SocketAddr) {
         tracing::debug!(%peer, error = %e, "socket options failed; connection closed");
         return;
     }
-    let tls = match TlsSession::new(core.tls.clone()) {
+    let tls = match TlsSession::new(core.tls.config.load_full()) {
         Ok(tls) => tls,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "cannot start a TLS session");
@@ -150,6 +152,8 @@ struct Conn {
     negotiated: Option<Negotiated>,
     /// Decided once the handshake is done: handed to the kernel, or kept in userspace.
     tls_mode: Option<TlsMode>,
+    /// The client certificate's identity under mutual TLS, once read.
+    identity: Option<Arc<ClientIdentity>>,
     /// Received plaintext not yet consumed: the upgrade request, then partial frames.
     plaintext: BytesMut,
     phase: Phase,
@@ -187,6 +191,7 @@ impl Conn {
             layer: RecordLayer::User(tls),
             negotiated: None,
             tls_mode: None,
+            identity: None,
             plaintext: BytesMut::new(),
             phase: Phase::Handshake,
             session: None,
@@ -451,10 +456,18 @@ impl Conn {
                 }
                 Ok(Some((request, consumed))) => {
                     let _ = self.plaintext.split_to(consumed);
-                    let decided = self
-                        .core
-                        .admission
-                        .decide(&request, unix_now(), self.core.cores);
+                    let identity = match self.client_identity() {
+                        Ok(identity) => identity,
+                        Err(refusal) => return Some(self.refuse_upgrade(refusal, &request, None)),
+                    };
+                    let crls = self.core.tls.crls.load();
+                    let decided = self.core.admission.decide(
+                        &request,
+                        identity.as_deref(),
+                        &crls,
+                        unix_now(),
+                        self.core.cores,
+                    );
                     let admitted = match decided {
                         Ok(admitted) => admitted,
                         Err(refusal) => return Some(self.refuse_upgrade(refusal, &request, None)),
@@ -478,6 +491,33 @@ impl Conn {
         match refusal.http_response() {
             Some(response) if self.layer.send(&response).is_ok() => End::Close,
             _ => End::Abort,
+        }
+    }
+
+    /// The client certificate's identity (mutual TLS), read once from the verified chain.
+    fn client_identity(&mut self) -> Result<Option<Arc<ClientIdentity>>, Refusal> {
+        if self.identity.is_some() {
+            return Ok(self.identity.clone());
+        }
+        if self.negotiated.is_none() {
+            self.negotiated = self.layer.user().and_then(TlsSession::negotiated);
+        }
+        let Some(negotiated) = &self.negotiated else {
+            return Ok(None);
+        };
+        match ClientIdentity::from_peer(&negotiated.peer_certificates) {
+            Ok(identity) => {
+                self.identity = identity.map(Arc::new);
+                Ok(self.identity.clone())
+            }
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, error = %e, "client certificate unreadable");
+                Err(Refusal::Http {
+                    status: 403,
+                    reason: "identity_unreadable",
+                    extra_headers: &[],
+                })
+            }
         }
     }
 
@@ -514,7 +554,7 @@ impl Conn {
         let token = admitted.and_then(|a| a.token.as_ref());
         AuditEvent::Upgrade {
             peer: self.peer.to_string(),
-            identity: None,
+            identity: self.identity.as_deref().map(audit_identity),
             path: self.core.admission.redact_target(&request.path),
             allowed,
             status,
@@ -529,7 +569,7 @@ impl Conn {
     fn close_event(&self) -> AuditEvent {
         AuditEvent::Close {
             peer: self.peer.to_string(),
-            identity: None,
+            identity: self.identity.as_deref().map(audit_identity),
             code: self.session.as_ref().and_then(Session::close_code),
             reason: match &self.admitted_as {
                 Some(a) => format!("path {}", a.path),
@@ -588,6 +628,7 @@ impl Conn {
         let entry = self.core.live.register(
             token.and_then(|t| t.sub.clone()),
             token.and_then(|t| t.jti.clone()),
+            self.identity.clone(),
         );
         if let Some(at) = admitted.close_at_unix {
             let left = at.saturating_sub(unix_now());
@@ -1051,6 +1092,16 @@ impl Drop for Conn {
         if self.tls_mode == Some(TlsMode::Kernel) {
             core.metrics.ktls_open.add(-1);
         }
+    }
+}
+
+/// A client identity as audit records carry it.
+fn audit_identity(id: &ClientIdentity) -> crate::audit::Identity {
+    crate::audit::Identity {
+        subject_cn: id.subject_cn.clone(),
+        dns: id.dns.clone(),
+        uris: id.uris.clone(),
+        fingerprint_sha256: Some(id.fingerprint_sha256.clone()),
     }
 }
 

@@ -25,6 +25,7 @@ use super::admission::{Admission, ReplayAsk, ReplayShards};
 use super::conn;
 use super::live::LiveRegistry;
 use super::timer::{TimerWheel, TICK};
+use super::tls_state::TlsState;
 
 /// Everything one core's connections share. Single-threaded: cells, no locks.
 pub(crate) struct Core {
@@ -32,7 +33,8 @@ pub(crate) struct Core {
     /// How many cores serve (token ids are sharded across them).
     pub cores: usize,
     pub cfg: Arc<Config>,
-    pub tls: Arc<rustls::ServerConfig>,
+    /// The TLS config new handshakes start from, and the CRLs (both swappable).
+    pub tls: Arc<TlsState>,
     pub ktls: Arc<KtlsPolicy>,
     pub admission: Arc<Admission>,
     /// This core's producer end of the audit trail (never blocks, never drops).
@@ -135,7 +137,7 @@ pub(crate) struct CoreStart {
     pub cores: usize,
     pub cpu: usize,
     pub cfg: Arc<Config>,
-    pub tls: Arc<rustls::ServerConfig>,
+    pub tls: Arc<TlsState>,
     pub ktls: Arc<KtlsPolicy>,
     pub admission: Arc<Admission>,
     pub audit: AuditSink,
@@ -266,6 +268,7 @@ async fn core_main(
 #[derive(Default)]
 struct RevocationWatch {
     revocations: u64,
+    crls: u64,
     ticks: u64,
 }
 
@@ -285,6 +288,23 @@ impl RevocationWatch {
                     core = core.index,
                     closed,
                     "sessions of revoked tokens closed"
+                );
+            }
+        }
+        let crls = core.tls.crls.load();
+        if crls.version() != self.crls {
+            self.crls = crls.version();
+            let closed = core.live.close_matching(now, |s| {
+                s.identity
+                    .as_deref()
+                    .filter(|id| crls.is_revoked(id))
+                    .map(|_| (1008, "certificate_revoked"))
+            });
+            if closed > 0 {
+                tracing::info!(
+                    core = core.index,
+                    closed,
+                    "sessions of revoked certificates closed"
                 );
             }
         }

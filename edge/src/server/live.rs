@@ -1,6 +1,6 @@
 //! The upgraded sessions of one core, reachable from outside their connection task.
 //!
-//! A revocation (a token's subject or id) must close the
+//! A revocation (a token's subject or id, a client certificate on a new CRL) must close the
 //! sessions it names within a second, and a token that expires mid-session must close at its
 //! expiry. Each upgraded connection registers what later decisions need to know about it here
 //! and keeps a [`Deadline`] its loop waits on; the core's ticker (every [`TICK`](super::timer::TICK))
@@ -11,9 +11,11 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::timer::{Deadline, TimerWheel};
+use crate::tls::identity::ClientIdentity;
 
 /// A close order: the close code and the reason (a stable counter label).
 pub(crate) type CloseOrder = (u16, &'static str);
@@ -23,6 +25,8 @@ pub(crate) struct LiveSession {
     /// The token's subject and id, when a token admitted it.
     pub subject: Option<String>,
     pub jti: Option<String>,
+    /// The client certificate's identity, under mutual TLS (checked against new CRLs).
+    pub identity: Option<Arc<ClientIdentity>>,
     /// Left by the ticker (or at the token's expiry): why the session must close.
     order: Cell<Option<CloseOrder>>,
     /// The connection's loop waits on this besides readiness and its other deadlines.
@@ -84,12 +88,18 @@ impl LiveRegistry {
         })
     }
 
-    pub fn register(self: &Rc<Self>, subject: Option<String>, jti: Option<String>) -> LiveEntry {
+    pub fn register(
+        self: &Rc<Self>,
+        subject: Option<String>,
+        jti: Option<String>,
+        identity: Option<Arc<ClientIdentity>>,
+    ) -> LiveEntry {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let session = Rc::new(LiveSession {
             subject,
             jti,
+            identity,
             order: Cell::new(None),
             wake: Deadline::new(&self.wheel),
         });
@@ -136,8 +146,8 @@ mod tests {
         let t0 = Instant::now();
         let wheel = TimerWheel::new(t0);
         let registry = LiveRegistry::new(wheel.clone());
-        let alice = registry.register(Some("alice".into()), Some("j1".into()));
-        let bob = registry.register(Some("bob".into()), None);
+        let alice = registry.register(Some("alice".into()), Some("j1".into()), None);
+        let bob = registry.register(Some("bob".into()), None, None);
         assert_eq!(registry.len(), 2);
         let closed = registry.close_matching(t0, |s| {
             (s.subject.as_deref() == Some("alice")).then_some((1008, "revoked"))

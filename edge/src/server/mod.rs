@@ -11,6 +11,7 @@ mod live;
 mod operator;
 mod record_layer;
 pub mod timer;
+mod tls_state;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use std::thread::JoinHandle;
 
 use crate::config::Config;
 use crate::metrics::{CoreMetrics, Registry};
+use crate::tls::crl::{CrlSet, CrlWatcher};
 use crate::tls::ktls::KtlsPolicy;
 use crate::tls::policy;
 
@@ -63,6 +65,8 @@ pub struct Running {
     _locks: Vec<listen::InstanceLock>,
     /// Served while the process runs; dropping it removes the socket file.
     _control: Option<crate::control::ControlServer>,
+    /// Re-reads the CRLs when their files change (none without CRLs).
+    _crl_watcher: Option<CrlWatcher>,
     /// Sealed once every core has stopped.
     trail: crate::audit::AuditTrail,
 }
@@ -77,6 +81,40 @@ impl Running {
             tracing::error!(error = %e, "the audit trail could not be sealed");
         }
     }
+}
+
+/// Watches the CRL files: a change rebuilds the TLS config and swaps it and the set in (each
+/// core then closes its sessions whose certificate is now revoked). Audited either way.
+fn watch_crls(
+    tls: &Arc<tls_state::TlsState>,
+    audit: crate::audit::AuditHandle,
+) -> std::io::Result<Option<CrlWatcher>> {
+    let current = tls.crls.load_full();
+    if current.is_empty() {
+        return Ok(None);
+    }
+    let tls = tls.clone();
+    CrlWatcher::spawn(&current, move |crls| {
+        let detail = format!("{} CRL(s), version {}", crls.len(), crls.version());
+        let outcome = tls.apply_crls(crls);
+        match &outcome {
+            Ok(()) => {
+                tracing::info!("{detail}: new handshakes and live sessions checked against them")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "new CRLs refused; the previous ones stay in force")
+            }
+        }
+        audit.record(crate::audit::AuditEvent::Reload {
+            what: "crls".into(),
+            ok: outcome.is_ok(),
+            detail: match outcome {
+                Ok(()) => detail,
+                Err(e) => e.to_string(),
+            },
+        });
+    })
+    .map(Some)
 }
 
 /// Validates the configuration, binds every listener, starts the cores and the admin listener.
@@ -95,22 +133,20 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
             (dev.chain, dev.key, Some(dev.ca_pem_path))
         }
     };
-    let tls = policy::server_config(chain, key).map_err(|e| StartError::Tls(e.to_string()))?;
     let ktls = KtlsPolicy::decide(cfg.tls.ktls, cfg.tls.ktls_key_limit_records)
         .map_err(StartError::Ktls)?;
     ktls.log_start();
-    let tls = if ktls.offloads() {
-        // The hand-off needs rustls to give the traffic secrets up.
-        let mut with_extraction = (*tls).clone();
-        with_extraction.enable_secret_extraction = true;
-        Arc::new(with_extraction)
-    } else {
-        tls
-    };
+    let crls = CrlSet::load(&cfg.tls.crls).map_err(|e| StartError::Tls(e.to_string()))?;
+    let tls = Arc::new(
+        tls_state::TlsState::new(cfg.tls.clone(), chain, key, crls, ktls.offloads())
+            .map_err(|e| StartError::Tls(e.to_string()))?,
+    );
+    tracing::info!("TLS: {}", cfg.tls.summary());
     let ktls = Arc::new(ktls);
     let admission = Arc::new(admission::Admission::from_config(
         &cfg.origin,
         cfg.jwt.as_ref(),
+        cfg.tls.identity_rules()?,
     )?);
 
     let mut sets = Vec::new();
@@ -196,6 +232,8 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
             Err(_) => return Err(StartError::Core("a core did not start within 10 s".into())),
         }
     }
+    let crl_watcher =
+        watch_crls(&tls, trail.handle()).map_err(|e| StartError::Tls(e.to_string()))?;
     let control = match &cfg.server.control {
         Some(path) => Some(crate::control::ControlServer::start(
             path,
@@ -217,6 +255,7 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
         threads,
         _locks: locks,
         _control: control,
+        _crl_watcher: crl_watcher,
         trail,
     })
 }

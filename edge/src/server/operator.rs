@@ -140,7 +140,14 @@ mod tests {
 
     fn operator() -> Operator {
         Operator {
-            admission: Arc::new(Admission::from_config(&OriginConfig::default(), None).unwrap()),
+            admission: Arc::new(
+                Admission::from_config(
+                    &OriginConfig::default(),
+                    None,
+                    crate::tls::identity::IdentityRules::new(&[]).unwrap(),
+                )
+                .unwrap(),
+            ),
             audit: crate::audit::AuditTrail::start(&Default::default(), 1)
                 .unwrap()
                 .0

@@ -122,7 +122,10 @@ impl TlsError {
                 E::NoApplicationProtocol => "tls_no_application_protocol",
                 E::InvalidCertificate(_)
                 | E::NoCertificatesPresented
-                | E::InvalidCertRevocationList(_) => "tls_bad_certificate",
+                | E::InvalidCertRevocationList(_) => {
+                    crate::tls::identity::client_cert_failure_reason(e)
+                        .unwrap_or("tls_bad_certificate")
+                }
                 E::AlertReceived(_) => "tls_alert_received",
                 E::DecryptError => "tls_decrypt_error",
                 E::InappropriateMessage { .. }

@@ -816,8 +816,17 @@ fn reasons_are_stable() {
         ),
         (
             E::InvalidCertificate(rustls::CertificateError::BadEncoding).into(),
-            "tls_bad_certificate",
+            "client_cert_invalid",
         ),
+        (
+            E::InvalidCertificate(rustls::CertificateError::UnknownIssuer).into(),
+            "client_cert_untrusted",
+        ),
+        (
+            E::InvalidCertificate(rustls::CertificateError::Revoked).into(),
+            "client_cert_revoked",
+        ),
+        (E::NoCertificatesPresented.into(), "client_cert_missing"),
         (
             E::AlertReceived(rustls::AlertDescription::HandshakeFailure).into(),
             "tls_alert_received",

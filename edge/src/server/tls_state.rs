@@ -1,0 +1,79 @@
+//! The TLS configuration new handshakes start from, and the CRLs live sessions are checked
+//! against — both swappable without a lock on the accept path (`ArcSwap`: a load is a few
+//! atomic operations).
+//!
+//! When a CRL file changes, the watcher thread builds a new rustls config around the new set
+//! and swaps both in: new handshakes are verified against it at once, and every core's
+//! ticker sees the new CRL version within a tick and closes the sessions whose certificate is
+//! now revoked (1008). Rebuilding also replaces the ticket keys and session cache, so a
+//! session resumed from before the change cannot skip the new CRLs.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ServerConfig;
+
+use crate::tls::crl::CrlSet;
+use crate::tls::policy::{build_server_config, TlsConfigError};
+use crate::tls::settings::TlsSettings;
+
+pub(crate) struct TlsState {
+    settings: TlsSettings,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    /// kTLS needs rustls to hand its traffic secrets over.
+    extract_secrets: bool,
+    pub config: ArcSwap<ServerConfig>,
+    pub crls: ArcSwap<CrlSet>,
+}
+
+impl TlsState {
+    pub fn new(
+        settings: TlsSettings,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        crls: CrlSet,
+        extract_secrets: bool,
+    ) -> Result<Self, TlsConfigError> {
+        let config = build(&settings, &chain, &key, &crls, extract_secrets)?;
+        Ok(Self {
+            settings,
+            chain,
+            key,
+            extract_secrets,
+            config: ArcSwap::new(config),
+            crls: ArcSwap::from_pointee(crls),
+        })
+    }
+
+    /// New CRLs: a config verifying against them, then the set itself for live sessions.
+    pub fn apply_crls(&self, crls: CrlSet) -> Result<(), TlsConfigError> {
+        let config = build(
+            &self.settings,
+            &self.chain,
+            &self.key,
+            &crls,
+            self.extract_secrets,
+        )?;
+        self.config.store(config);
+        self.crls.store(Arc::new(crls));
+        Ok(())
+    }
+}
+
+fn build(
+    settings: &TlsSettings,
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'static>,
+    crls: &CrlSet,
+    extract_secrets: bool,
+) -> Result<Arc<ServerConfig>, TlsConfigError> {
+    let config = build_server_config(settings, chain.to_vec(), key.clone_key(), crls)?;
+    if !extract_secrets {
+        return Ok(config);
+    }
+    let mut with_extraction = (*config).clone();
+    with_extraction.enable_secret_extraction = true;
+    Ok(Arc::new(with_extraction))
+}
