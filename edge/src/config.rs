@@ -334,6 +334,22 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// The README's "every key with its default" block must stay a valid configuration.
+    #[test]
+    fn the_readme_configuration_parses_and_validates() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("## Configuration")
+            .expect("README has a Configuration section");
+        let block = &readme[start..];
+        let body = &block[block.find("```toml").expect("a toml block") + 7..];
+        let toml = &body[..body.find("```").expect("the block ends")];
+        let config = Config::from_toml(toml).expect("the README's configuration parses");
+        config
+            .validate()
+            .expect("the README's configuration validates");
+    }
+
     #[test]
     fn defaults_validate() {
         Config::default().validate().unwrap();
