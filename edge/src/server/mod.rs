@@ -239,6 +239,7 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
             path,
             Arc::new(operator::Operator {
                 admission: admission.clone(),
+                tls: tls.clone(),
                 audit: trail.handle(),
                 metrics: registry.clone(),
                 started: std::time::Instant::now(),

@@ -17,9 +17,13 @@ use crate::control::{ControlHandler, PeerCred, Request, Response};
 use crate::metrics::Registry;
 
 use super::admission::Admission;
+use super::tls_state::TlsState;
+use crate::tls::crl::CrlSet;
 
 pub(crate) struct Operator {
     pub admission: Arc<Admission>,
+    /// `crl-reload` re-reads the CRL files into it.
+    pub tls: Arc<TlsState>,
     /// Every command (and every refused attempt) goes into the audit trail.
     pub audit: AuditHandle,
     pub metrics: Registry,
@@ -64,6 +68,38 @@ impl Operator {
         }
     }
 
+    /// Re-reads the configured CRL files now (the watcher also does on any change).
+    fn reload_crls(&self) -> Response {
+        let paths: Vec<std::path::PathBuf> = self
+            .tls
+            .crls
+            .load()
+            .paths()
+            .map(std::path::Path::to_path_buf)
+            .collect();
+        if paths.is_empty() {
+            return Response::error("no CRLs are configured ([tls] crls)");
+        }
+        let outcome = CrlSet::load(&paths)
+            .map_err(|e| e.to_string())
+            .and_then(|crls| {
+                let detail = format!("{} CRL(s), version {}", crls.len(), crls.version());
+                self.tls
+                    .apply_crls(crls)
+                    .map(|()| detail)
+                    .map_err(|e| e.to_string())
+            });
+        self.audit.record(AuditEvent::Reload {
+            what: "crls".into(),
+            ok: outcome.is_ok(),
+            detail: outcome.clone().unwrap_or_else(|e| e),
+        });
+        match outcome {
+            Ok(detail) => Response::ok(&serde_json::json!({ "crls": detail })),
+            Err(e) => Response::error(format!("CRLs not reloaded, the previous ones stay: {e}")),
+        }
+    }
+
     fn connections(&self) -> u64 {
         self.metrics
             .cores
@@ -85,9 +121,8 @@ impl ControlHandler for Operator {
             Request::Status => {
                 Response::ok(&Status::current(self.started.elapsed(), self.connections()))
             }
-            Request::Reload | Request::Drain | Request::CrlReload => {
-                Response::not_supported_yet(request)
-            }
+            Request::CrlReload => self.reload_crls(),
+            Request::Reload | Request::Drain => Response::not_supported_yet(request),
         };
         tracing::info!(
             uid = peer.uid,
@@ -139,7 +174,18 @@ mod tests {
     use crate::auth::OriginConfig;
 
     fn operator() -> Operator {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = crate::devcert::ensure_dev_cert(dir.path()).unwrap();
+        let tls = TlsState::new(
+            Default::default(),
+            dev.chain,
+            dev.key,
+            CrlSet::empty(),
+            false,
+        )
+        .unwrap();
         Operator {
+            tls: Arc::new(tls),
             admission: Arc::new(
                 Admission::from_config(
                     &OriginConfig::default(),
@@ -196,5 +242,15 @@ mod tests {
             .load()
             .is_revoked(Some("alice"), None)
             .is_none());
+    }
+
+    #[test]
+    fn crl_reload_without_crls_says_what_is_missing() {
+        let r = op_line(&operator().handle(&Request::CrlReload, &PEER));
+        assert!(r.contains("no CRLs are configured"), "{r}");
+    }
+
+    fn op_line(r: &Response) -> String {
+        String::from_utf8(r.to_line()).unwrap()
     }
 }
