@@ -330,6 +330,25 @@ fn run_tee(cmd: &mut Command) -> Result<(ExitStatus, String)> {
 // System tools
 // ---------------------------------------------------------------------------------------------
 
+/// Runs `cargo ARGS --message-format=json` (a `--no-run` build) and returns its JSON messages;
+/// `what` names the build in errors.
+fn cargo_build_json(env: &Env, args: &[&str], what: &str) -> Result<String> {
+    let mut all: Vec<&str> = args.to_vec();
+    all.push("--message-format=json");
+    eprintln!("$ cargo {}", all.join(" "));
+    let out = env
+        .cargo()
+        .args(&all)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("spawn cargo to build {what}"))?;
+    if !out.status.success() {
+        bail!("building {what} failed ({})", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 fn which(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)

@@ -249,20 +249,9 @@ fn build_instructions(env: &Env) -> Result<PathBuf> {
         "--bench",
         "instructions",
         "--no-run",
-        "--message-format=json",
     ];
-    eprintln!("$ cargo {}", args.join(" "));
-    let out = env
-        .cargo()
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running cargo bench --no-run")?;
-    if !out.status.success() {
-        bail!("building the instructions bench failed ({})", out.status);
-    }
-    find_executable(&String::from_utf8_lossy(&out.stdout), "instructions")
+    let messages = super::cargo_build_json(env, &args, "the instructions bench")?;
+    find_executable(&messages, "instructions")
         .context("cargo did not report the instructions executable")
 }
 

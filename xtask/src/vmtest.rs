@@ -27,7 +27,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::{apt_install, banner, is_root, parse_cargo_test, which, Counts, Env, Guard, Outcome};
+use super::{
+    apt_install, banner, cargo_build_json, is_root, parse_cargo_test, which, Counts, Env, Guard,
+    Outcome,
+};
 
 /// Host packages: QEMU, the busybox the initramfs is made of, and `depmod`.
 const PACKAGES: [&str; 3] = ["qemu-system-x86", "busybox-static", "kmod"];
@@ -271,20 +274,9 @@ fn build_ktls(env: &Env) -> Result<TestBinary> {
         "--no-run",
         "--profile",
         "ci",
-        "--message-format=json",
     ];
-    eprintln!("$ cargo {}", args.join(" "));
-    let out = env
-        .cargo()
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .context("spawn cargo test --no-run")?;
-    if !out.status.success() {
-        bail!("building the ktls tests failed ({})", out.status);
-    }
-    find_test_executable(&String::from_utf8_lossy(&out.stdout), "ktls")
+    let messages = cargo_build_json(env, &args, "the ktls tests")?;
+    find_test_executable(&messages, "ktls")
         .context("cargo reported no executable for the `ktls` test target")
 }
 

@@ -23,7 +23,7 @@ use crate::ws::{HandshakeLimits, SessionLimits};
 
 use super::admission::{Admission, ReplayAsk, ReplayShards};
 use super::conn;
-use super::live::LiveRegistry;
+use super::live::{CloseOrder, LiveRegistry, LiveSession};
 use super::timer::{TimerWheel, TICK};
 use super::tls_state::TlsState;
 
@@ -278,40 +278,43 @@ impl RevocationWatch {
         let revocations = core.admission.revocations.load();
         if revocations.version() != self.revocations {
             self.revocations = revocations.version();
-            let closed = core.live.close_matching(now, |s| {
+            close_revoked(core, now, "tokens", |s| {
                 revocations
                     .is_revoked(s.subject.as_deref(), s.jti.as_deref())
                     .map(|_| (1008, "revoked"))
             });
-            if closed > 0 {
-                tracing::info!(
-                    core = core.index,
-                    closed,
-                    "sessions of revoked tokens closed"
-                );
-            }
         }
         let crls = core.tls.crls.load();
         if crls.version() != self.crls {
             self.crls = crls.version();
-            let closed = core.live.close_matching(now, |s| {
+            close_revoked(core, now, "certificates", |s| {
                 s.identity
                     .as_deref()
                     .filter(|id| crls.is_revoked(id))
                     .map(|_| (1008, "certificate_revoked"))
             });
-            if closed > 0 {
-                tracing::info!(
-                    core = core.index,
-                    closed,
-                    "sessions of revoked certificates closed"
-                );
-            }
         }
         // Expired replay entries go about once a second.
         if self.ticks % 20 == 0 {
             core.replay.purge(unix_now());
         }
+    }
+}
+
+/// Orders closed this core's sessions `must_close` names, and says how many.
+fn close_revoked(
+    core: &Core,
+    now: Instant,
+    what: &str,
+    must_close: impl FnMut(&LiveSession) -> Option<CloseOrder>,
+) {
+    let closed = core.live.close_matching(now, must_close);
+    if closed > 0 {
+        tracing::info!(
+            core = core.index,
+            closed,
+            "sessions of revoked {what} closed"
+        );
     }
 }
 
