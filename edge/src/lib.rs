@@ -14,6 +14,7 @@ pub mod devcert;
 pub mod metrics;
 pub mod refuse;
 pub mod server;
+pub mod signals;
 pub mod sockopt;
 pub mod tls;
 pub mod ws;

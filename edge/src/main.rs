@@ -100,6 +100,12 @@ fn load(path: Option<&PathBuf>) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists, so every thread inherits the mask and only the signal thread
+    // ever sees SIGTERM/SIGINT.
+    if let Err(e) = wssedge::signals::block_stop_signals() {
+        eprintln!("wssedge: cannot block SIGTERM/SIGINT: {e}");
+        return ExitCode::FAILURE;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -171,7 +177,15 @@ fn serve(args: ServeArgs) -> ExitCode {
     let _ = out.flush();
     drop(out);
     tracing::info!(cpus = ?running.cpus, "serving");
-    running.wait();
-    eprintln!("wssedge: every core has stopped");
-    ExitCode::FAILURE
+    if let Err(e) = wssedge::signals::watch_stop_signals(running.stop_flag()) {
+        eprintln!("wssedge: cannot watch for SIGTERM/SIGINT: {e}");
+        return ExitCode::FAILURE;
+    }
+    if running.wait() {
+        eprintln!("wssedge: stopped; the audit trail is sealed");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("wssedge: every core has stopped");
+        ExitCode::FAILURE
+    }
 }

@@ -507,8 +507,13 @@ pub async fn next_data(ws: &mut Ws) -> Message {
 // ---------------------------------------------------------------------------------------------
 
 pub fn upgrade_request(host: &str, key: &str, extra: &[(&str, &str)]) -> String {
+    upgrade_request_path("/", host, key, extra)
+}
+
+/// [`upgrade_request`] for another request target (`/path?query`).
+pub fn upgrade_request_path(path: &str, host: &str, key: &str, extra: &[(&str, &str)]) -> String {
     let mut r = format!(
-        "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
     );
     for (k, v) in extra {
@@ -1074,4 +1079,281 @@ fn request_tls_ulp() {
             ulp.len() as libc::socklen_t,
         )
     };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admission: upgrade attempts that may be refused, control commands
+// ---------------------------------------------------------------------------------------------
+
+/// The `Sec-WebSocket-Key` of [`ws_request`]; its accept value is [`WS_ACCEPT`].
+pub const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+pub const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// An upgrade request for `target` (`/path?query`) with `Host: 127.0.0.1` and `extra` headers.
+pub fn ws_request(target: &str, extra: &[(&str, &str)]) -> String {
+    upgrade_request_path(target, "127.0.0.1", WS_KEY, extra)
+}
+
+/// A refused upgrade: the status, the head, the body and the reason code its JSON names.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+    /// `error` of the JSON body (empty when the body is not that JSON).
+    pub reason: String,
+    /// Whether the server closed the connection after the response.
+    pub closed: bool,
+}
+
+/// What an upgrade attempt got.
+pub enum Outcome {
+    Upgraded { head: String, ws: RawWs },
+    Refused(Refused),
+}
+
+impl Outcome {
+    /// The 101 head and the session; panics with `what` and the response if refused.
+    pub fn upgraded(self, what: &str) -> (String, RawWs) {
+        match self {
+            Outcome::Upgraded { head, ws } => (head, ws),
+            Outcome::Refused(r) => panic!(
+                "{what}: expected 101, got {}:\n{}{}",
+                r.status, r.head, r.body
+            ),
+        }
+    }
+    /// The refusal; panics with `what` if the upgrade went through.
+    pub fn refused(self, what: &str) -> Refused {
+        match self {
+            Outcome::Refused(r) => r,
+            Outcome::Upgraded { head, .. } => panic!("{what}: expected a refusal, got:\n{head}"),
+        }
+    }
+}
+
+/// TCP + TLS, reporting a failed handshake (or a timeout) instead of panicking.
+pub async fn try_tls_connect(
+    addr: SocketAddr,
+    cfg: Arc<ClientConfig>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let attempt = async {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let name = ServerName::IpAddress(Ipv4Addr::LOCALHOST.into());
+        TlsConnector::from(cfg).connect(name, tcp).await
+    };
+    match tokio::time::timeout(WAIT, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("TLS connect did not finish within {WAIT:?}"),
+        )),
+    }
+}
+
+/// Sends `req` and reads the answer: a 101 (the stream becomes a [`RawWs`]) or a refusal with
+/// its body, after which the server must close. `Err` when the stream fails before a response
+/// head arrives (a TLS alert, a reset, EOF): what a refused client certificate looks like
+/// under TLS 1.3, where the client's side of the handshake completes first.
+pub async fn try_attempt_over(
+    mut tls: TlsStream<TcpStream>,
+    req: &str,
+) -> std::io::Result<Outcome> {
+    within(WAIT, "write upgrade request", tls.write_all(req.as_bytes())).await?;
+    let (head, rest) = within(WAIT, "response head", read_head(&mut tls)).await?;
+    let status = status_code(&head)
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response head: {head:?}")))?;
+    if status == 101 {
+        return Ok(Outcome::Upgraded {
+            head,
+            ws: RawWs::from_parts(tls, rest),
+        });
+    }
+    let len = header(&head, "content-length").and_then(|v| v.parse::<usize>().ok());
+    let (more, closed) = read_to_close(&mut tls, WAIT).await;
+    let mut body = rest;
+    body.extend_from_slice(&more);
+    if let Some(len) = len {
+        assert!(
+            body.len() >= len,
+            "refusal body shorter than its Content-Length {len}: {head}{}",
+            String::from_utf8_lossy(&body)
+        );
+        body.truncate(len);
+    }
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let reason = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .unwrap_or_default();
+    Ok(Outcome::Refused(Refused {
+        status,
+        head,
+        body,
+        reason,
+        closed,
+    }))
+}
+
+/// [`try_attempt_over`] that panics when no response head arrives.
+pub async fn attempt_over(tls: TlsStream<TcpStream>, req: &str) -> Outcome {
+    try_attempt_over(tls, req)
+        .await
+        .unwrap_or_else(|e| panic!("no response to the upgrade request: {e}\nrequest:\n{req}"))
+}
+
+/// One upgrade attempt on a fresh TLS connection to `srv` (its dev CA trusted).
+pub async fn attempt(srv: &Server, req: &str) -> Outcome {
+    attempt_over(srv.tls().await, req).await
+}
+
+/// Expects `req` to be refused with `status` and the JSON reason `reason`, and the connection
+/// closed afterwards; returns the refusal for further checks.
+pub async fn expect_refused(srv: &Server, req: &str, status: u16, reason: &str) -> Refused {
+    let r = attempt(srv, req).await.refused(reason);
+    check_refused(&r, status, reason, req);
+    r
+}
+
+/// The checks of [`expect_refused`] on a refusal already read.
+pub fn check_refused(r: &Refused, status: u16, reason: &str, req: &str) {
+    assert_eq!(
+        (r.status, r.reason.as_str()),
+        (status, reason),
+        "request:\n{req}\nresponse:\n{}{}",
+        r.head,
+        r.body
+    );
+    assert!(
+        header(&r.head, "content-type").is_some_and(|v| v.starts_with("application/json")),
+        "refusal without a JSON content type:\n{}",
+        r.head
+    );
+    assert!(r.closed, "connection still open after the {status} refusal");
+}
+
+/// Expects a 101 with the right accept key; returns the head and the session.
+pub async fn expect_upgraded(srv: &Server, req: &str) -> (String, RawWs) {
+    let (head, ws) = attempt(srv, req).await.upgraded(req);
+    assert_eq!(
+        header(&head, "sec-websocket-accept"),
+        Some(WS_ACCEPT),
+        "{head}"
+    );
+    (head, ws)
+}
+
+/// Sends a text message on a raw session and expects its echo (the session is live).
+pub async fn expect_echo(ws: &mut RawWs, text: &str) {
+    ws.send(&cframe(true, OP_TEXT, text.as_bytes())).await;
+    assert_eq!(ws.message().await, (OP_TEXT, text.as_bytes().to_vec()));
+}
+
+/// Waits until `reason` was counted `n` times both as a refusal and as a failed handshake, and
+/// checks that neither counter went past `n`.
+pub async fn expect_refusals_counted(srv: &Server, reason: &str, n: u64) {
+    let n = n as f64;
+    srv.wait_metric("wssedge_refusals_total", &[("reason", reason)], n)
+        .await;
+    srv.wait_metric(
+        "wssedge_handshakes_total",
+        &[("result", "failed"), ("reason", reason)],
+        n,
+    )
+    .await;
+    let body = srv.metrics().await;
+    let refusals = metric_sum(&body, "wssedge_refusals_total", &[("reason", reason)]);
+    let failed = metric_sum(
+        &body,
+        "wssedge_handshakes_total",
+        &[("result", "failed"), ("reason", reason)],
+    );
+    assert_eq!(
+        (refusals, failed),
+        (n, n),
+        "{reason}: refusals_total and handshakes_total{{result=failed}}, expected {n} each"
+    );
+}
+
+/// What a `wssedge …` command run by [`wssedge_cmd`] did.
+#[derive(Debug)]
+pub struct CmdOut {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// The command's process id (the pid the control socket sees through SO_PEERCRED).
+    pub pid: u32,
+    /// When the process had exited.
+    pub ended: Instant,
+}
+
+/// Runs `wssedge ARGS…` without blocking the runtime, bounded by `WAIT` (panics beyond).
+pub async fn wssedge_cmd(args: &[&str]) -> CmdOut {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd.spawn().expect("spawn wssedge");
+    let pid = child.id().unwrap_or(0);
+    let out = within(WAIT, "wssedge command", child.wait_with_output())
+        .await
+        .expect("wait for wssedge");
+    CmdOut {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        pid,
+        ended: Instant::now(),
+    }
+}
+
+/// `wssedge ctl --control SOCKET ARGS…`.
+pub async fn ctl(socket: &Path, args: &[&str]) -> CmdOut {
+    let socket = socket.to_str().expect("UTF-8 socket path");
+    let mut all = vec!["ctl", "--control", socket];
+    all.extend_from_slice(args);
+    wssedge_cmd(&all).await
+}
+
+/// Writes `bytes` to a new file of mode 0600 (secrets: the server refuses wider modes).
+pub fn write_private(path: &Path, bytes: &[u8]) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    f.write_all(bytes).expect("write secret");
+}
+
+/// A path as a TOML basic string (quoted, escaped).
+pub fn toml_path(p: &Path) -> String {
+    toml_str(p.to_str().expect("UTF-8 path"))
+}
+
+pub fn toml_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Seconds since the UNIX epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
 }

@@ -5,7 +5,12 @@
 mod harness;
 
 mod admin;
+mod admission_jwt;
+mod admission_mtls;
+mod admission_origin;
+mod audit;
 mod cli;
+mod control;
 mod echo;
 mod ktls;
 mod limits;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use futures_channel::{mpsc, oneshot};
 
-use crate::auth::jwt::{JwtConfig, JwtVerifier, VerifiedToken};
+use crate::auth::jwt::{JwtConfig, JwtRefusal, JwtVerifier, VerifiedToken};
 use crate::auth::origin::{OriginConfig, OriginPolicy};
 use crate::auth::replay::{owner_core, ReplayRefusal, ReplayStore};
 use crate::auth::revocation::Revocations;
@@ -227,7 +227,12 @@ impl ReplayShards {
                 _ => return Err(http(503, "replay_store_busy", RETRY)),
             }
         };
-        answer.map_err(|e| http(e.status(), e.reason(), retry_if_full(e)))
+        answer.map_err(|e| {
+            // As a token refusal: a replayed jti's 401 carries the Bearer challenge, a full
+            // store's 503 its Retry-After.
+            let e = JwtRefusal::from(e);
+            http(e.status(), e.reason(), e.extra_headers())
+        })
     }
 
     /// Serves the other cores' questions for this core's shard (a task on this core).
@@ -249,13 +254,6 @@ impl ReplayShards {
 }
 
 const RETRY: &[(&str, &str)] = &[("Retry-After", "1")];
-
-fn retry_if_full(e: ReplayRefusal) -> &'static [(&'static str, &'static str)] {
-    match e {
-        ReplayRefusal::Full => RETRY,
-        ReplayRefusal::Replayed => &[],
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -631,10 +631,12 @@ impl Conn {
             self.identity.clone(),
         );
         if let Some(at) = admitted.close_at_unix {
-            let left = at.saturating_sub(unix_now());
-            entry
-                .session
-                .expire_at(Instant::now() + std::time::Duration::from_secs(left));
+            // To the instant, not the rounded second: the wheel's tick is the only lateness.
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(at);
+            let left = at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            entry.session.expire_at(Instant::now() + left);
         }
         self.live = Some(entry);
         let core = &self.core;

@@ -36,6 +36,8 @@ pub(crate) struct Core {
     /// The TLS config new handshakes start from, and the CRLs (both swappable).
     pub tls: Arc<TlsState>,
     pub ktls: Arc<KtlsPolicy>,
+    /// Set when the edge stops: the ticker ends the core.
+    pub stop: Arc<std::sync::atomic::AtomicBool>,
     pub admission: Arc<Admission>,
     /// This core's producer end of the audit trail (never blocks, never drops).
     pub audit: AuditSink,
@@ -81,6 +83,7 @@ impl Core {
             cores,
             tls: start.tls.clone(),
             ktls: start.ktls.clone(),
+            stop: start.stop.clone(),
             admission: start.admission.clone(),
             audit,
             replay: Rc::new(ReplayShards::new(
@@ -139,6 +142,7 @@ pub(crate) struct CoreStart {
     pub cfg: Arc<Config>,
     pub tls: Arc<TlsState>,
     pub ktls: Arc<KtlsPolicy>,
+    pub stop: Arc<std::sync::atomic::AtomicBool>,
     pub admission: Arc<Admission>,
     pub audit: AuditSink,
     pub replay: ReplayStart,
@@ -254,6 +258,12 @@ async fn core_main(
     let mut watch = RevocationWatch::default();
     loop {
         monoio::time::sleep(TICK).await;
+        if core.stop.load(Ordering::Relaxed) {
+            // The runtime ends with this future; its listeners close on the way out. (A drain
+            // that says 1001 to every client first comes with graceful drain.)
+            tracing::info!(core = core.index, "core stopping");
+            return;
+        }
         let now = Instant::now();
         watch.tick(&core, now);
         let fired = core.wheel.advance(now);

@@ -15,6 +15,7 @@ mod tls_state;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -69,17 +70,26 @@ pub struct Running {
     _crl_watcher: Option<CrlWatcher>,
     /// Sealed once every core has stopped.
     trail: crate::audit::AuditTrail,
+    /// Set to stop: each core closes its listeners and stops within a tick.
+    stop: Arc<AtomicBool>,
 }
 
 impl Running {
-    /// Blocks until every core thread has ended, then seals the audit trail.
-    pub fn wait(self) {
+    /// The flag that stops the edge (SIGTERM/SIGINT set it).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Blocks until every core thread has ended, then seals the audit trail. True when the
+    /// stop was asked for (false: the cores ended on their own, which is a failure).
+    pub fn wait(self) -> bool {
         for t in self.threads {
             let _ = t.join();
         }
         if let Err(e) = self.trail.shutdown() {
             tracing::error!(error = %e, "the audit trail could not be sealed");
         }
+        self.stop.load(Ordering::SeqCst)
     }
 }
 
@@ -156,6 +166,7 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
     let listening: Vec<SocketAddr> = sets.iter().map(|s| s.addr).collect();
 
     let (trail, sinks) = crate::audit::AuditTrail::start(&cfg.audit, cpus.len())?;
+    let stop = Arc::new(AtomicBool::new(false));
     let registry = Registry {
         cores: cpus
             .iter()
@@ -203,6 +214,7 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
             cfg: cfg.clone(),
             tls: tls.clone(),
             ktls: ktls.clone(),
+            stop: stop.clone(),
             admission: admission.clone(),
             audit,
             replay: core::ReplayStart {
@@ -258,5 +270,6 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
         _control: control,
         _crl_watcher: crl_watcher,
         trail,
+        stop,
     })
 }
