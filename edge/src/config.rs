@@ -117,6 +117,9 @@ pub struct Limits {
     pub socket_send_buffer_bytes: usize,
     /// SO_RCVBUF of every accepted socket.
     pub socket_recv_buffer_bytes: usize,
+    /// Sessions one identity (a token's subject, else the client certificate) may hold at
+    /// once over all cores; beyond it the upgrade gets 429. Unset: no limit.
+    pub per_identity_connections: Option<u32>,
 }
 
 impl Default for Limits {
@@ -134,6 +137,7 @@ impl Default for Limits {
             max_headers: 64,
             socket_send_buffer_bytes: 256 << 10,
             socket_recv_buffer_bytes: 256 << 10,
+            per_identity_connections: None,
         }
     }
 }

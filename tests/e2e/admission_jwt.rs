@@ -943,6 +943,52 @@ async fn a_full_replay_store_answers_503_with_retry_after() {
     expect_refusals_counted(&srv, "replayed", 1).await;
 }
 
+/// `[limits] per_identity_connections`: one subject's third session over two cores gets 429
+/// with `Retry-After`, another subject is not affected, and closing a session gives the slot
+/// back.
+#[tokio::test]
+async fn an_identity_over_its_connection_limit_gets_429_with_retry_after() {
+    let files = key_files();
+    let srv = ServerBuilder::new()
+        .config(&jwt_config(
+            &files,
+            &[],
+            "[limits]\nper_identity_connections = 2\n",
+        ))
+        .cores(2)
+        .start();
+    let alice = hs(claims("alice", "limit-a"));
+    let (_, first) = expect_upgraded(&srv, &with_header_token("/", &alice)).await;
+    let (_, _second) = expect_upgraded(&srv, &with_header_token("/", &alice)).await;
+    let r = expect_refused(
+        &srv,
+        &with_header_token("/", &alice),
+        429,
+        "identity_connection_limit",
+    )
+    .await;
+    assert_eq!(header(&r.head, "retry-after"), Some("1"), "{}", r.head);
+    let bob = hs(claims("bob", "limit-b"));
+    expect_upgraded(&srv, &with_header_token("/", &bob)).await;
+    expect_refusals_counted(&srv, "identity_connection_limit", 1).await;
+    // The slot comes back when the server has closed the first session.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match attempt(&srv, &with_header_token("/", &alice)).await {
+            Outcome::Upgraded { .. } => break,
+            Outcome::Refused(r) => {
+                assert_eq!(r.status, 429, "{}", r.head);
+                assert!(
+                    Instant::now() < deadline,
+                    "the closed session's slot never came back"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Expiry mid-session
 // ---------------------------------------------------------------------------------------------

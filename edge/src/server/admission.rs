@@ -24,6 +24,8 @@ use crate::tls::crl::CrlSet;
 use crate::tls::identity::{ClientIdentity, IdentityRules};
 use crate::ws::UpgradeRequest;
 
+use super::identity_slots::{IdentitySlot, IdentitySlots};
+
 /// The process-wide admission policy (shared by every core, read-only but for the swappable
 /// revocation list).
 pub(crate) struct Admission {
@@ -32,6 +34,8 @@ pub(crate) struct Admission {
     identity_rules: IdentityRules,
     jwt: Option<JwtVerifier>,
     pub revocations: Arc<ArcSwap<Revocations>>,
+    /// `per_identity_connections`, when set.
+    identity_slots: Option<Arc<IdentitySlots>>,
 }
 
 /// A request that passed every synchronous check.
@@ -73,7 +77,42 @@ impl Admission {
             identity_rules,
             jwt: verifier,
             revocations: Arc::new(ArcSwap::from_pointee(revocations)),
+            identity_slots: None,
         })
+    }
+
+    /// Limits the sessions of one identity over all cores.
+    pub fn with_identity_limit(mut self, limit: Option<u32>) -> Self {
+        self.identity_slots = limit.map(IdentitySlots::new);
+        self
+    }
+
+    /// A slot for the session about to open, when identities are limited: `Ok(None)` when
+    /// no limit applies (no limit set, or an anonymous client), 429 when the identity holds
+    /// its limit already.
+    pub fn take_identity_slot(
+        &self,
+        admitted: &Admitted,
+        identity: Option<&ClientIdentity>,
+    ) -> Result<Option<IdentitySlot>, Refusal> {
+        let Some(slots) = &self.identity_slots else {
+            return Ok(None);
+        };
+        let key = match (
+            admitted.token.as_ref().and_then(|t| t.sub.as_deref()),
+            identity,
+        ) {
+            (Some(sub), _) => format!("sub:{sub}"),
+            (None, Some(id)) => match &id.spiffe_id {
+                Some(spiffe) => spiffe.clone(),
+                None => format!("cert:{}", id.fingerprint_sha256),
+            },
+            (None, None) => return Ok(None),
+        };
+        slots
+            .try_take(&key)
+            .map(Some)
+            .ok_or_else(|| http(429, "identity_connection_limit", RETRY))
     }
 
     pub fn jwt(&self) -> Option<&JwtVerifier> {

@@ -35,6 +35,7 @@ use crate::ws::{self, Event, Session, SessionState};
 
 use super::admission::Admitted;
 use super::core::{unix_now, Core};
+use super::identity_slots::IdentitySlot;
 use super::live::{LiveEntry, LiveSession};
 use super::record_layer::RecordLayer;
 use super::timer::Deadline;
@@ -154,6 +155,8 @@ struct Conn {
     tls_mode: Option<TlsMode>,
     /// The client certificate's identity under mutual TLS, once read.
     identity: Option<Arc<ClientIdentity>>,
+    /// This session's place in its identity's `per_identity_connections` count.
+    identity_slot: Option<IdentitySlot>,
     /// Received plaintext not yet consumed: the upgrade request, then partial frames.
     plaintext: BytesMut,
     phase: Phase,
@@ -192,6 +195,7 @@ impl Conn {
             negotiated: None,
             tls_mode: None,
             identity: None,
+            identity_slot: None,
             plaintext: BytesMut::new(),
             phase: Phase::Handshake,
             session: None,
@@ -610,6 +614,14 @@ impl Conn {
 
     /// Sends the 101 and switches to the WebSocket session.
     fn upgrade(&mut self, request: &ws::UpgradeRequest, admitted: Admitted) -> Result<(), End> {
+        let slot = self
+            .core
+            .admission
+            .take_identity_slot(&admitted, self.identity.as_deref());
+        match slot {
+            Ok(slot) => self.identity_slot = slot,
+            Err(refusal) => return Err(self.refuse_upgrade(refusal, request, Some(&admitted))),
+        }
         let mut response = Vec::with_capacity(160);
         ws::write_response_101(request, admitted.protocol.as_deref(), &mut response);
         if self.layer.send(&response).is_err() {

@@ -6,6 +6,7 @@ mod admission;
 mod conn;
 mod core;
 pub mod cpus;
+mod identity_slots;
 pub mod listen;
 mod live;
 mod operator;
@@ -153,11 +154,14 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
     );
     tracing::info!("TLS: {}", cfg.tls.summary());
     let ktls = Arc::new(ktls);
-    let admission = Arc::new(admission::Admission::from_config(
-        &cfg.origin,
-        cfg.jwt.as_ref(),
-        cfg.tls.identity_rules()?,
-    )?);
+    let admission = Arc::new(
+        admission::Admission::from_config(
+            &cfg.origin,
+            cfg.jwt.as_ref(),
+            cfg.tls.identity_rules()?,
+        )?
+        .with_identity_limit(cfg.limits.per_identity_connections),
+    );
 
     let mut sets = Vec::new();
     for addr in &cfg.server.listen {
