@@ -11,6 +11,7 @@ pub mod bufpool;
 pub mod config;
 pub mod control;
 pub mod devcert;
+pub mod ebpf;
 pub mod metrics;
 pub mod refuse;
 pub mod server;

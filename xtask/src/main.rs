@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 mod bench;
+mod ebpf;
 mod micro;
 mod perf;
 mod vmtest;
@@ -51,6 +52,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]),
         Some("micro") => micro::run(&args[1..]),
         Some("perf") => perf::run(&args[1..]).map(|()| true),
+        Some("ebpf") => ebpf::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             print_usage();
             return ExitCode::SUCCESS;
@@ -77,7 +79,8 @@ fn print_usage() {
          cargo xtask vmtest [--exec \"SHELL COMMAND\"]        the kTLS tests (or the command) in a QEMU guest\n  \
          cargo xtask bench [--quick] [--help]               side-by-side benchmarks, report in target/bench/\n  \
          cargo xtask micro [--quick] [--no-criterion] [--no-callgrind]   callgrind Ir + criterion, target/bench/micro.md\n  \
-         cargo xtask perf [rate|closed|storm] [--seconds N] profile the edge under load (flame graph, syscalls)\n\n\
+         cargo xtask perf [rate|closed|storm] [--seconds N] profile the edge under load (flame graph, syscalls)\n  \
+         cargo xtask ebpf                                   rebuild ebpf/obj/edge.bpf.o + its .sha256 (clang, libbpf-dev)\n\n\
          vmtest: this host's kernel has no kTLS, so the `ktls` tests of wssedge (or the --exec command, run\n\
          from the workspace root) run in a QEMU/TCG guest on Debian's 6.1 kernel with the host's / mounted\n\
          read-only. Needs root: installs qemu-system-x86, busybox-static and kmod with apt and caches the\n\

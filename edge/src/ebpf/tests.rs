@@ -1,0 +1,389 @@
+//! Tests of the kernel limiter (root only: each prints `skipped: …` and returns otherwise;
+//! serialized by [`SERIAL`] because attachments are process-wide) and of the committed
+//! object's freshness.
+
+use std::io::{self, ErrorKind};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Socket, Type};
+
+use super::*;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+const BOUND: Duration = Duration::from_secs(10);
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[test]
+fn committed_object_matches_its_sources() {
+    // `ebpf/obj/edge.bpf.o.sha256` is `sha256sum` output over SOURCES; a mismatch means the
+    // object is stale: run `cargo xtask ebpf` and commit both files.
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let want = std::fs::read_to_string(format!("{root}/ebpf/obj/edge.bpf.o.sha256")).unwrap();
+    let mut got = String::new();
+    for rel in SOURCES {
+        let bytes = std::fs::read(format!("{root}/{rel}")).unwrap();
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
+        let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        got.push_str(&format!("{hex}  {rel}\n"));
+    }
+    assert_eq!(
+        got, want,
+        "ebpf/obj/edge.bpf.o is stale: run `cargo xtask ebpf` and commit the object and its hash"
+    );
+    assert!(OBJECT.starts_with(b"\x7fELF"), "the object is an ELF file");
+}
+
+fn cfg(default: u32, o: &[(&str, u32)]) -> LimitConfig {
+    LimitConfig {
+        per_ip_connections: default,
+        ip_overrides: o
+            .iter()
+            .map(|(c, l)| IpOverride {
+                cidr: c.to_string(),
+                limit: *l,
+            })
+            .collect(),
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// TCP_DEFER_ACCEPT (socket2 has no setter).
+fn set_defer_accept(s: &Socket, secs: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid socket fd, a pointer to a live c_int and its exact size.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `n` listeners in one SO_REUSEPORT group on `host:0`.
+fn group(host: &str, n: usize, backlog: i32, defer_accept: bool) -> (Vec<TcpListener>, u16) {
+    let mut out: Vec<TcpListener> = Vec::new();
+    let mut port = 0;
+    for _ in 0..n {
+        let addr = SocketAddr::new(ip(host), port);
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).unwrap();
+        s.set_reuse_port(true).unwrap();
+        if addr.is_ipv6() {
+            s.set_only_v6(true).unwrap();
+        }
+        s.bind(&addr.into()).unwrap();
+        if defer_accept {
+            set_defer_accept(&s, 60).unwrap();
+        }
+        s.listen(backlog).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let l: TcpListener = s.into();
+        port = l.local_addr().unwrap().port();
+        out.push(l);
+    }
+    (out, port)
+}
+
+/// Attaches, or says why not (a visible skip line) when this host cannot.
+fn attach(test: &str, ls: &[TcpListener], port: u16, c: &LimitConfig) -> Option<EbpfLimiter> {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
+    if !root {
+        println!("skipped: {test}: needs root (eBPF)");
+        return None;
+    }
+    let fds: Vec<_> = ls.iter().map(|l| l.as_fd()).collect();
+    match EbpfLimiter::attach(&fds, &[port], c) {
+        Ok(l) => Some(l),
+        Err(e @ (EbpfError::NotPermitted(_) | EbpfError::NoBtf(_))) => {
+            println!("skipped: {test}: {e}");
+            None
+        }
+        Err(e) => panic!("{test}: attach failed: {e}"),
+    }
+}
+
+fn connect(from: &str, to: SocketAddr) -> io::Result<TcpStream> {
+    let s = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
+    s.bind(&SocketAddr::new(ip(from), 0).into())?;
+    s.connect_timeout(&to.into(), Duration::from_secs(3))?;
+    Ok(s.into())
+}
+
+/// Accepts until `n` connections arrived on the group (bounded); returns (listener index, stream).
+fn accept_n(ls: &[TcpListener], n: usize) -> Vec<(usize, TcpStream)> {
+    let mut got = Vec::new();
+    let t0 = Instant::now();
+    while got.len() < n {
+        assert!(t0.elapsed() < BOUND, "accepted {} of {n}", got.len());
+        let mut idle = true;
+        for (i, l) in ls.iter().enumerate() {
+            match l.accept() {
+                Ok((s, _)) => {
+                    got.push((i, s));
+                    idle = false;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+        if idle {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    got
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < BOUND, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn assert_refused(r: io::Result<TcpStream>, what: &str) {
+    match r {
+        Ok(_) => panic!("{what}: connected, expected a refusal"),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{what}: {e}"),
+    }
+}
+
+#[test]
+fn kernel_limits_ipv4_exactly() {
+    let _g = serial();
+    let (ls, port) = group("127.0.0.1", 2, 128, false);
+    let rules = cfg(3, &[("127.0.0.4/32", 0), ("127.0.0.5", 5)]);
+    let Some(lim) = attach("kernel_limits_ipv4_exactly", &ls, port, &rules) else {
+        return;
+    };
+    let to = SocketAddr::new(ip("127.0.0.1"), port);
+    let mut conns: Vec<TcpStream> = (0..3).map(|_| connect("127.0.0.2", to).unwrap()).collect();
+    let t0 = Instant::now();
+    assert_refused(connect("127.0.0.2", to), "4th from 127.0.0.2");
+    assert!(t0.elapsed() < Duration::from_millis(500), "refused at once");
+    let other = connect("127.0.0.3", to).unwrap();
+    let mut server = accept_n(&ls, 4);
+    assert_eq!(lim.connections_of(ip("127.0.0.2")), 3);
+    assert_eq!(lim.connections_of(ip("127.0.0.3")), 1);
+
+    // Closing one (both ends) frees its slot.
+    let c = conns.pop().unwrap();
+    let local = c.local_addr().unwrap();
+    drop(c);
+    let pos = server
+        .iter()
+        .position(|(_, s)| s.peer_addr().unwrap() == local)
+        .unwrap();
+    drop(server.remove(pos));
+    wait_for("a released slot", || {
+        lim.connections_of(ip("127.0.0.2")) == 2
+    });
+    conns.push(connect("127.0.0.2", to).unwrap());
+    server.extend(accept_n(&ls, 1));
+    assert_refused(connect("127.0.0.2", to), "4th again");
+
+    // Blocked CIDR and an override raising the limit.
+    assert_refused(connect("127.0.0.4", to), "blocked 127.0.0.4");
+    let five: Vec<_> = (0..5).map(|_| connect("127.0.0.5", to).unwrap()).collect();
+    assert_refused(connect("127.0.0.5", to), "6th from 127.0.0.5");
+    server.extend(accept_n(&ls, 5));
+
+    // Live update: default 4.
+    lim.update(&cfg(4, &[("127.0.0.4/32", 0)])).unwrap();
+    conns.push(connect("127.0.0.2", to).unwrap());
+    server.extend(accept_n(&ls, 1));
+    assert_refused(connect("127.0.0.2", to), "5th after raising to 4");
+    assert_eq!(lim.connections_of(ip("127.0.0.5")), 5);
+
+    let s = lim.stats().unwrap();
+    // SYNs: 3+1 (.2), 1 (.3), 1+1 (.2 again), 1 (.4), 5+1 (.5), 1+1 (.2 at 4) = 16;
+    // accepted 3+1+1+5+1 = 11; over the limit 4; blocked 1.
+    assert_eq!(s.syns_seen, 16, "{s:?}");
+    assert_eq!(s.accepted, 11, "{s:?}");
+    assert_eq!(s.refused_limit, 4, "{s:?}");
+    assert_eq!(s.refused_blocked, 1, "{s:?}");
+    assert_eq!(s.released, 1, "{s:?}");
+    assert_eq!(
+        (s.unreserved, s.table_full, s.no_listener),
+        (0, 0, 0),
+        "{s:?}"
+    );
+    let top = lim.top_refused(2);
+    assert_eq!(top[0].0, ip("127.0.0.2"));
+    assert_eq!(top[0].1.refused, 3);
+    assert_eq!(lim.stats_of(ip("127.0.0.4")).refused, 1);
+
+    // Everything closed: every count returns to 0.
+    drop((conns, five, other, server));
+    wait_for("all slots released", || {
+        ["127.0.0.2", "127.0.0.3", "127.0.0.5"]
+            .iter()
+            .all(|a| lim.connections_of(ip(a)) == 0)
+    });
+    assert_eq!(lim.stats().unwrap().released, 11);
+    assert_eq!(lim.pending_reservations(), 0);
+
+    // Detach: the group accepts everyone again.
+    lim.detach().unwrap();
+    let many: Vec<_> = (0..6).map(|_| connect("127.0.0.4", to).unwrap()).collect();
+    drop(many);
+}
+
+#[test]
+fn kernel_limits_ipv6() {
+    let _g = serial();
+    let (ls, port) = group("::1", 2, 128, false);
+    let Some(lim) = attach("kernel_limits_ipv6", &ls, port, &cfg(2, &[])) else {
+        return;
+    };
+    let to = SocketAddr::new(ip("::1"), port);
+    let a = connect("::1", to).unwrap();
+    let _b = connect("::1", to).unwrap();
+    assert_refused(connect("::1", to), "3rd from ::1");
+    let mut server = accept_n(&ls, 2);
+    assert_eq!(lim.connections_of(ip("::1")), 2);
+    drop(a);
+    let local = server
+        .iter()
+        .position(|(_, s)| s.peer_addr().is_ok())
+        .unwrap();
+    drop(server.remove(local));
+    wait_for("a released slot", || lim.connections_of(ip("::1")) == 1);
+    let _c = connect("::1", to).unwrap();
+    lim.update(&cfg(2, &[("::1/128", 0)])).unwrap();
+    assert_refused(connect("::1", to), "blocked ::1");
+    let s = lim.stats().unwrap();
+    assert_eq!(
+        (s.syns_seen, s.accepted, s.refused_limit, s.refused_blocked),
+        (5, 3, 1, 1)
+    );
+    lim.detach().unwrap();
+}
+
+#[test]
+fn kernel_releases_slots_of_handshakes_that_die() {
+    let _g = serial();
+    // TCP_DEFER_ACCEPT keeps the request socket (server side SYN_RECV) after the client's
+    // ACK, so the client can kill the handshake with a RST while it is in flight.
+    let (ls, port) = group("127.0.0.1", 1, 128, true);
+    let test = "kernel_releases_slots_of_handshakes_that_die";
+    let Some(lim) = attach(test, &ls, port, &cfg(2, &[])) else {
+        return;
+    };
+    let to = SocketAddr::new(ip("127.0.0.1"), port);
+    let a = connect("127.0.0.6", to).unwrap();
+    let b = connect("127.0.0.6", to).unwrap();
+    assert_refused(
+        connect("127.0.0.6", to),
+        "3rd while 2 handshakes are in flight",
+    );
+    assert_eq!(
+        lim.pending_reservations(),
+        2,
+        "request sockets hold the slots"
+    );
+    assert_eq!(
+        lim.sweep(Duration::ZERO).unwrap(),
+        0,
+        "live handshakes survive a sweep"
+    );
+    assert_eq!(lim.connections_of(ip("127.0.0.6")), 2);
+    for c in [a, b] {
+        Socket::from(c).set_linger(Some(Duration::ZERO)).unwrap(); // close = RST
+    }
+    println!("immediate release hooks: {:?}", lim.immediate_release());
+    wait_for("slots of reset handshakes", || {
+        if lim.immediate_release().is_none() {
+            lim.sweep(Duration::ZERO).unwrap();
+        }
+        lim.connections_of(ip("127.0.0.6")) == 0
+    });
+    assert_eq!(lim.pending_reservations(), 0);
+    let s = lim.stats().unwrap();
+    assert_eq!(
+        (s.accepted, s.released, s.refused_limit),
+        (2, 2, 1),
+        "{s:?}"
+    );
+    lim.detach().unwrap();
+
+    // A SYN the kernel drops after our reservation (accept queue full: no request socket)
+    // gives its slot back at once (fexit tcp_conn_request).
+    let (ls, port) = group("127.0.0.1", 1, 0, false);
+    let Some(lim) = attach(test, &ls, port, &cfg(5, &[])) else {
+        return;
+    };
+    let to = SocketAddr::new(ip("127.0.0.1"), port);
+    let first = connect("127.0.0.7", to).unwrap(); // fills the accept queue (backlog 0)
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::new(ip("127.0.0.7"), 0).into()).unwrap();
+    let r = s.connect_timeout(&to.into(), Duration::from_millis(300));
+    assert!(r.is_err(), "accept queue full: the SYN is dropped");
+    drop(s);
+    wait_for("the dropped SYN's slot", || {
+        if lim.immediate_release().is_none() {
+            lim.sweep(Duration::ZERO).unwrap();
+        }
+        lim.connections_of(ip("127.0.0.7")) == 1 && lim.pending_reservations() == 0
+    });
+    let st = lim.stats().unwrap();
+    assert!(st.accepted >= 2 && st.released == st.accepted - 1, "{st:?}");
+    assert_eq!(lim.sweep(Duration::ZERO).unwrap(), 0);
+    drop(first);
+    lim.detach().unwrap();
+}
+
+#[test]
+fn kernel_steers_away_from_inactive_listeners() {
+    let _g = serial();
+    let (ls, port) = group("127.0.0.1", 2, 128, false);
+    let Some(lim) = attach(
+        "kernel_steers_away_from_inactive_listeners",
+        &ls,
+        port,
+        &cfg(0, &[]),
+    ) else {
+        return;
+    };
+    let to = SocketAddr::new(ip("127.0.0.1"), port);
+    let both: Vec<_> = (0..24).map(|_| connect("127.0.0.8", to).unwrap()).collect();
+    let got = accept_n(&ls, 24);
+    assert!(got.iter().any(|(i, _)| *i == 0) && got.iter().any(|(i, _)| *i == 1));
+    lim.set_active(1, false).unwrap();
+    let only0: Vec<_> = (0..24).map(|_| connect("127.0.0.8", to).unwrap()).collect();
+    let got0 = accept_n(&ls, 24);
+    assert!(
+        got0.iter().all(|(i, _)| *i == 0),
+        "every SYN went to listener 0"
+    );
+    lim.set_active(1, true).unwrap();
+    assert!(lim.set_active(2, false).is_err());
+    assert_eq!(
+        lim.connections_of(ip("127.0.0.8")),
+        48,
+        "unlimited still counts"
+    );
+    drop((both, only0, got, got0));
+    lim.detach().unwrap();
+}
