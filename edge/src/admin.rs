@@ -104,6 +104,7 @@ mod tests {
             cores: vec![core.clone()],
             ktls_available: false,
             audit: None,
+            ip_limiter: None,
         };
         assert_eq!(route("/readyz", &reg).0, 503);
         core.alive.store(true, Ordering::Relaxed);
@@ -121,6 +122,7 @@ mod tests {
             cores: vec![Arc::new(CoreMetrics::new(0, 0))],
             ktls_available: false,
             audit: None,
+            ip_limiter: None,
         };
         let addr = start("127.0.0.1:0".parse().unwrap(), reg).unwrap();
         let mut s = TcpStream::connect(addr).unwrap();

@@ -120,6 +120,23 @@ pub struct Limits {
     /// Sessions one identity (a token's subject, else the client certificate) may hold at
     /// once over all cores; beyond it the upgrade gets 429. Unset: no limit.
     pub per_identity_connections: Option<u32>,
+    /// Connections one source address may hold (handshakes included); 0 = no limit. Refused
+    /// before any TLS work: at the SYN by eBPF, else at accept.
+    pub per_ip_connections: u32,
+    /// Per-CIDR limits (`{ cidr = "10.1.0.0/16", limit = 1000 }`; limit 0 = blocked).
+    pub ip_overrides: Vec<crate::ebpf::IpOverride>,
+    /// Where the per-IP limit is enforced: "auto" (eBPF where it loads), "ebpf", "userspace".
+    pub ip_limiter: crate::server::ip_limit::IpLimiterMode,
+}
+
+impl Limits {
+    /// The per-IP rules as the limiters take them.
+    pub fn ip_limits(&self) -> crate::ebpf::LimitConfig {
+        crate::ebpf::LimitConfig {
+            per_ip_connections: self.per_ip_connections,
+            ip_overrides: self.ip_overrides.clone(),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -138,6 +155,9 @@ impl Default for Limits {
             socket_send_buffer_bytes: 256 << 10,
             socket_recv_buffer_bytes: 256 << 10,
             per_identity_connections: None,
+            per_ip_connections: 0,
+            ip_overrides: Vec::new(),
+            ip_limiter: Default::default(),
         }
     }
 }
@@ -321,6 +341,13 @@ impl Config {
                     "must not exceed limits.max_message_bytes ({})",
                     l.max_message_bytes
                 ),
+            ));
+        }
+        if let Err(e) = l.ip_limits().validate() {
+            return Err(ConfigError::invalid(
+                "limits.ip_overrides",
+                l.ip_overrides.len(),
+                e.to_string(),
             ));
         }
         if l.max_request_bytes < 256 {

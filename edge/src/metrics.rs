@@ -163,6 +163,8 @@ pub struct Registry {
     pub ktls_available: bool,
     /// The audit trail's counters, when a trail is written.
     pub audit: Option<Arc<crate::audit::AuditStats>>,
+    /// The per-IP connection limiter (eBPF or userspace).
+    pub(crate) ip_limiter: Option<Arc<crate::server::ip_limit::IpLimiter>>,
 }
 
 impl Registry {
@@ -420,7 +422,49 @@ impl Registry {
                 .collect(),
         );
         out.push_str(&audit_gauges);
+        if let Some(limiter) = &self.ip_limiter {
+            render_ip_limits(&mut out, limiter);
+        }
         out
+    }
+}
+
+/// The per-IP limiter's mode, counters and the ten most refused addresses.
+fn render_ip_limits(out: &mut String, limiter: &crate::server::ip_limit::IpLimiter) {
+    let _ = writeln!(
+        out,
+        "# HELP wssedge_ip_limiter Where the per-IP connection limit is enforced\n\
+         # TYPE wssedge_ip_limiter gauge\nwssedge_ip_limiter{{mode=\"{}\"}} 1",
+        limiter.mode()
+    );
+    let Some((stats, top)) = limiter.stats(10) else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "# HELP wssedge_ip_limit_total Per-IP limiter events (kernel: SYNs)\n\
+         # TYPE wssedge_ip_limit_total counter"
+    );
+    for (event, n) in [
+        ("seen", stats.syns_seen),
+        ("accepted", stats.accepted),
+        ("refused_limit", stats.refused_limit),
+        ("refused_blocked", stats.refused_blocked),
+        ("released", stats.released),
+    ] {
+        let _ = writeln!(out, "wssedge_ip_limit_total{{event=\"{event}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wssedge_ip_refused_total Connections refused per source address (top 10)\n\
+         # TYPE wssedge_ip_refused_total counter"
+    );
+    for (ip, s) in top.iter().filter(|(_, s)| s.refused > 0) {
+        let _ = writeln!(
+            out,
+            "wssedge_ip_refused_total{{addr=\"{ip}\"}} {}",
+            s.refused
+        );
     }
 }
 
@@ -443,6 +487,7 @@ mod tests {
             cores: vec![a, b],
             ktls_available: false,
             audit: None,
+            ip_limiter: None,
         }
         .render();
         assert!(

@@ -12,6 +12,7 @@ mod audit;
 mod cli;
 mod control;
 mod echo;
+mod ip_limits;
 mod ktls;
 mod limits;
 #[cfg(feature = "panic-injection")]

@@ -24,6 +24,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
 use crate::audit::AuditEvent;
+use crate::ebpf::LimitGuard;
 use crate::metrics::Side;
 use crate::refuse::Refusal;
 use crate::sockopt::{self, Recv};
@@ -105,16 +106,19 @@ async fn serve_inner(slot: Slot, stream: TcpStream, peer: SocketAddr) {
 pub(crate) struct Slot {
     core: Rc<Core>,
     upgraded: bool,
+    /// The source address's place in the userspace per-IP limit (given back on drop).
+    _ip_slot: Option<LimitGuard>,
 }
 
 impl Slot {
-    pub(crate) fn take(core: &Rc<Core>) -> Self {
+    pub(crate) fn take(core: &Rc<Core>, ip_slot: Option<LimitGuard>) -> Self {
         core.connections.set(core.connections.get() + 1);
         core.handshakes.set(core.handshakes.get() + 1);
         core.metrics.handshaking.add(1);
         Self {
             core: core.clone(),
             upgraded: false,
+            _ip_slot: ip_slot,
         }
     }
 

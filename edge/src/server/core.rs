@@ -23,6 +23,7 @@ use crate::ws::{HandshakeLimits, SessionLimits};
 
 use super::admission::{Admission, ReplayAsk, ReplayShards};
 use super::conn;
+use super::ip_limit::IpLimiter;
 use super::live::{CloseOrder, LiveRegistry, LiveSession};
 use super::timer::{TimerWheel, TICK};
 use super::tls_state::TlsState;
@@ -38,6 +39,8 @@ pub(crate) struct Core {
     pub ktls: Arc<KtlsPolicy>,
     /// Set when the edge stops: the ticker ends the core.
     pub stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Per-IP limits at accept (when the kernel does not enforce them at the SYN).
+    pub ip_limiter: Arc<IpLimiter>,
     pub admission: Arc<Admission>,
     /// This core's producer end of the audit trail (never blocks, never drops).
     pub audit: AuditSink,
@@ -84,6 +87,7 @@ impl Core {
             tls: start.tls.clone(),
             ktls: start.ktls.clone(),
             stop: start.stop.clone(),
+            ip_limiter: start.ip_limiter.clone(),
             admission: start.admission.clone(),
             audit,
             replay: Rc::new(ReplayShards::new(
@@ -143,6 +147,7 @@ pub(crate) struct CoreStart {
     pub tls: Arc<TlsState>,
     pub ktls: Arc<KtlsPolicy>,
     pub stop: Arc<std::sync::atomic::AtomicBool>,
+    pub ip_limiter: Arc<IpLimiter>,
     pub admission: Arc<Admission>,
     pub audit: AuditSink,
     pub replay: ReplayStart,
@@ -362,10 +367,23 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
             drop(stream);
             continue;
         }
+        // Before a single TLS byte: the source address's slot (userspace limiter only; the
+        // kernel's refuses at the SYN).
+        let ip_slot = match core.ip_limiter.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                Refusal::Silent {
+                    reason: refused.reason,
+                }
+                .record_on(&core, peer);
+                drop(stream);
+                continue;
+            }
+        };
         core.audit.record(AuditEvent::Accept {
             peer: peer.to_string(),
         });
-        monoio::spawn(conn::serve(conn::Slot::take(&core), stream, peer));
+        monoio::spawn(conn::serve(conn::Slot::take(&core, ip_slot), stream, peer));
     }
 }
 

@@ -7,6 +7,7 @@ mod conn;
 mod core;
 pub mod cpus;
 mod identity_slots;
+pub(crate) mod ip_limit;
 pub mod listen;
 mod live;
 mod operator;
@@ -48,6 +49,8 @@ pub enum StartError {
     Core(String),
     #[error("kTLS: {0}")]
     Ktls(String),
+    #[error("per-IP limit: {0}")]
+    IpLimit(String),
     #[error("audit trail: {0}")]
     Audit(#[from] crate::audit::AuditError),
     #[error("control socket: {0}")]
@@ -73,6 +76,8 @@ pub struct Running {
     trail: crate::audit::AuditTrail,
     /// Set to stop: each core closes its listeners and stops within a tick.
     stop: Arc<AtomicBool>,
+    /// Detached (eBPF) once the cores have stopped.
+    ip_limiter: Arc<ip_limit::IpLimiter>,
 }
 
 impl Running {
@@ -87,6 +92,8 @@ impl Running {
         for t in self.threads {
             let _ = t.join();
         }
+        // The kernel programs go before the listeners close with the process.
+        self.ip_limiter.stop();
         if let Err(e) = self.trail.shutdown() {
             tracing::error!(error = %e, "the audit trail could not be sealed");
         }
@@ -168,6 +175,16 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
         sets.push(listen::bind_listeners(*addr, cpus.len())?);
     }
     let listening: Vec<SocketAddr> = sets.iter().map(|s| s.addr).collect();
+    // Per-IP limits attach to the listening groups before any core accepts.
+    let groups: Vec<(u16, Vec<std::os::fd::BorrowedFd<'_>>)> = sets
+        .iter()
+        .map(|s| (s.addr.port(), ip_limit::group_fds(&s.per_core)))
+        .collect();
+    let ip_limiter = Arc::new(
+        ip_limit::IpLimiter::start(cfg.limits.ip_limiter, &cfg.limits.ip_limits(), &groups)
+            .map_err(StartError::IpLimit)?,
+    );
+    drop(groups);
 
     let (trail, sinks) = crate::audit::AuditTrail::start(&cfg.audit, cpus.len())?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -179,6 +196,7 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
             .collect(),
         ktls_available: ktls.offloads(),
         audit: trail.is_enabled().then(|| trail.stats()),
+        ip_limiter: Some(ip_limiter.clone()),
     };
     let admin = crate::admin::start(cfg.server.admin, registry.clone()).map_err(|source| {
         StartError::Admin {
@@ -219,6 +237,7 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
             tls: tls.clone(),
             ktls: ktls.clone(),
             stop: stop.clone(),
+            ip_limiter: ip_limiter.clone(),
             admission: admission.clone(),
             audit,
             replay: core::ReplayStart {
@@ -275,5 +294,6 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
         _crl_watcher: crl_watcher,
         trail,
         stop,
+        ip_limiter,
     })
 }

@@ -1,0 +1,223 @@
+//! Per-source-IP connection limits: in the kernel (eBPF, at the SYN) where it can load, else
+//! at accept in userspace — same rules, and before a single TLS byte either way.
+//!
+//! The kernel limiter refuses the SYN itself, so nothing reaches the accept loop; the
+//! userspace one takes a slot right after accept and holds it in the connection's [`Slot`]
+//! until the connection ends. A sweep thread releases the kernel slots of handshakes that died
+//! before they became sockets (on kernels without the immediate-release hooks).
+//!
+//! [`Slot`]: super::conn::Slot
+
+use std::net::IpAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::ebpf::{
+    EbpfLimiter, IpStats, LimitConfig, LimitGuard, LimiterStats, Refused, UserspaceLimiter,
+};
+
+/// `[limits] ip_limiter`: which limiter enforces `per_ip_connections` and `ip_overrides`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpLimiterMode {
+    /// eBPF where it loads (root, BPF), else userspace; the start-up log says which and why.
+    #[default]
+    Auto,
+    /// eBPF or refuse to start.
+    Ebpf,
+    /// Always at accept, in userspace.
+    Userspace,
+}
+
+/// The active limiter.
+pub(crate) enum IpLimiter {
+    /// No limit configured.
+    Off,
+    /// Taken out (and detached) by [`IpLimiter::stop`]; locked only by it and the metrics
+    /// scrape, never on the accept path.
+    Kernel {
+        limiters: Mutex<Vec<Arc<EbpfLimiter>>>,
+        sweeper: Mutex<Option<Sweeper>>,
+    },
+    Userspace(Arc<UserspaceLimiter>),
+}
+
+impl IpLimiter {
+    /// Starts the limiter for the listener groups (one per listen address, each with one
+    /// listener per core).
+    pub fn start(
+        mode: IpLimiterMode,
+        cfg: &LimitConfig,
+        groups: &[(u16, Vec<BorrowedFd<'_>>)],
+    ) -> Result<Self, String> {
+        if cfg.per_ip_connections == 0 && cfg.ip_overrides.is_empty() {
+            tracing::info!("per-IP connection limit: off ([limits] per_ip_connections = 0)");
+            return Ok(IpLimiter::Off);
+        }
+        if mode != IpLimiterMode::Userspace {
+            match attach_all(cfg, groups) {
+                Ok(limiters) => {
+                    let release = limiters
+                        .first()
+                        .and_then(|l| l.immediate_release())
+                        .unwrap_or("periodic sweep");
+                    tracing::info!(
+                        limit = cfg.per_ip_connections,
+                        overrides = cfg.ip_overrides.len(),
+                        release,
+                        "per-IP connection limit in the kernel (eBPF sk_reuseport, at the SYN)"
+                    );
+                    let sweeper = Sweeper::start(limiters.clone());
+                    return Ok(IpLimiter::Kernel {
+                        limiters: Mutex::new(limiters),
+                        sweeper: Mutex::new(Some(sweeper)),
+                    });
+                }
+                Err(e) if mode == IpLimiterMode::Ebpf => {
+                    return Err(format!(
+                        "[limits] ip_limiter = \"ebpf\" but the eBPF limiter cannot load: {e}"
+                    ))
+                }
+                Err(e) => tracing::warn!(
+                    "per-IP connection limit enforced in userspace at accept (before TLS): the \
+                     eBPF limiter cannot load: {e}"
+                ),
+            }
+        } else {
+            tracing::info!("per-IP connection limit enforced in userspace at accept ([limits] ip_limiter = \"userspace\")");
+        }
+        UserspaceLimiter::new(cfg)
+            .map(IpLimiter::Userspace)
+            .map_err(|e| e.to_string())
+    }
+
+    /// At accept: a slot for `ip`, or the refusal (userspace only; the kernel limiter has
+    /// already refused at the SYN).
+    pub fn admit(&self, ip: IpAddr) -> Result<Option<LimitGuard>, Refused> {
+        match self {
+            IpLimiter::Userspace(l) => l.try_acquire(ip).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// The label of `/metrics` and the start-up log.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            IpLimiter::Off => "off",
+            IpLimiter::Kernel { .. } => "ebpf",
+            IpLimiter::Userspace(_) => "userspace",
+        }
+    }
+
+    /// Counters and the most refused addresses (summed over the listen addresses).
+    pub fn stats(&self, top: usize) -> Option<(LimiterStats, Vec<(IpAddr, IpStats)>)> {
+        match self {
+            IpLimiter::Off => None,
+            IpLimiter::Userspace(l) => Some((l.stats(), l.top_refused(top))),
+            IpLimiter::Kernel { limiters, .. } => {
+                let mut total = LimiterStats::default();
+                let mut refused = Vec::new();
+                for l in limiters.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                    if let Ok(s) = l.stats() {
+                        total.syns_seen += s.syns_seen;
+                        total.refused_limit += s.refused_limit;
+                        total.refused_blocked += s.refused_blocked;
+                        total.accepted += s.accepted;
+                        total.released += s.released;
+                    }
+                    refused.extend(l.top_refused(top));
+                }
+                refused.sort_by_key(|(_, s)| std::cmp::Reverse(s.refused));
+                refused.truncate(top);
+                Some((total, refused))
+            }
+        }
+    }
+
+    /// Detaches the kernel programs (aya leaves an `SO_ATTACH_REUSEPORT_EBPF` attached); the
+    /// sweep thread stops first so the limiters have no other owner.
+    pub fn stop(&self) {
+        if let IpLimiter::Kernel { limiters, sweeper } = self {
+            drop(sweeper.lock().unwrap_or_else(|e| e.into_inner()).take());
+            let taken = std::mem::take(&mut *limiters.lock().unwrap_or_else(|e| e.into_inner()));
+            for l in taken {
+                match Arc::try_unwrap(l) {
+                    Ok(l) => {
+                        if let Err(e) = l.detach() {
+                            tracing::warn!(error = %e, "eBPF limiter detach failed");
+                        }
+                    }
+                    Err(_) => tracing::debug!("eBPF limiter still shared; it detaches on drop"),
+                }
+            }
+        }
+    }
+}
+
+fn attach_all(
+    cfg: &LimitConfig,
+    groups: &[(u16, Vec<BorrowedFd<'_>>)],
+) -> Result<Vec<Arc<EbpfLimiter>>, crate::ebpf::EbpfError> {
+    groups
+        .iter()
+        .map(|(port, fds)| EbpfLimiter::attach(fds, &[*port], cfg).map(Arc::new))
+        .collect()
+}
+
+/// Releases the kernel slots of handshakes that died before they became sockets, about once a
+/// second (reservations younger than a second are left alone).
+pub(crate) struct Sweeper {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sweeper {
+    fn start(limiters: Vec<Arc<EbpfLimiter>>) -> Sweeper {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("wssedge-ebpf-sweep".into())
+            .spawn(move || {
+                'sweeping: loop {
+                    // Ten short naps: a stop is noticed within 100 ms.
+                    for _ in 0..10 {
+                        std::thread::sleep(Duration::from_millis(100));
+                        if flag.load(Ordering::Relaxed) {
+                            break 'sweeping;
+                        }
+                    }
+                    for l in &limiters {
+                        if let Err(e) = l.sweep(Duration::from_secs(1)) {
+                            tracing::debug!(error = %e, "eBPF sweep failed");
+                        }
+                    }
+                }
+            })
+            .ok();
+        Sweeper { stop, thread }
+    }
+}
+
+impl Drop for Sweeper {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for IpLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("IpLimiter").field(&self.mode()).finish()
+    }
+}
+
+/// The descriptors of a listener group, for attaching.
+pub(crate) fn group_fds(listeners: &[std::net::TcpListener]) -> Vec<BorrowedFd<'_>> {
+    listeners.iter().map(AsFd::as_fd).collect()
+}
