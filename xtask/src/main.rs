@@ -22,6 +22,7 @@ use anyhow::{bail, Context, Result};
 
 mod bench;
 mod ebpf;
+mod flood;
 mod micro;
 mod perf;
 mod vmtest;
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
         Some("micro") => micro::run(&args[1..]),
         Some("perf") => perf::run(&args[1..]).map(|()| true),
         Some("ebpf") => ebpf::run(&args[1..]),
+        Some("flood") => flood::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             print_usage();
             return ExitCode::SUCCESS;
@@ -80,7 +82,8 @@ fn print_usage() {
          cargo xtask bench [--quick] [--help]               side-by-side benchmarks, report in target/bench/\n  \
          cargo xtask micro [--quick] [--no-criterion] [--no-callgrind]   callgrind Ir + criterion, target/bench/micro.md\n  \
          cargo xtask perf [rate|closed|storm] [--seconds N] profile the edge under load (flame graph, syscalls)\n  \
-         cargo xtask ebpf                                   rebuild ebpf/obj/edge.bpf.o + its .sha256 (clang, libbpf-dev)\n\n\
+         cargo xtask ebpf                                   rebuild ebpf/obj/edge.bpf.o + its .sha256 (clang, libbpf-dev)\n  \
+         cargo xtask flood [--quick]                        per-IP limiter under a 10k-connection flood, eBPF vs userspace\n\n\
          vmtest: this host's kernel has no kTLS, so the `ktls` tests of wssedge (or the --exec command, run\n\
          from the workspace root) run in a QEMU/TCG guest on Debian's 6.1 kernel with the host's / mounted\n\
          read-only. Needs root: installs qemu-system-x86, busybox-static and kmod with apt and caches the\n\
