@@ -52,6 +52,9 @@ pub struct Config {
     pub jwt: Option<crate::auth::JwtConfig>,
     /// The audit trail of every security decision (off without a path).
     pub audit: crate::audit::AuditConfig,
+    /// The file this configuration was read from (what `wssedge ctl reload` re-reads).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// Listeners, cores and the admin endpoint.
@@ -194,10 +197,12 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+        let mut config = Self::from_toml(&text).map_err(|message| ConfigError::Parse {
             path: path.to_owned(),
             message,
-        })
+        })?;
+        config.source = Some(path.to_owned());
+        Ok(config)
     }
 
     /// Parses TOML text. The error message carries toml's key, line and reason.

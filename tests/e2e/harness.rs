@@ -344,6 +344,11 @@ impl Server {
         ServerBuilder::new().config(toml).start()
     }
 
+    /// The configuration file the server was started with (to rewrite it before a reload).
+    pub fn config_path(&self) -> PathBuf {
+        self._tmp.path().join("wssedge.toml")
+    }
+
     pub fn url(&self) -> String {
         format!("wss://{}/", self.addr)
     }

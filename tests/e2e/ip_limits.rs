@@ -164,3 +164,46 @@ fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// `wssedge ctl reload` applies new per-IP rules without a restart: a limit raised from 3 to 4
+/// lets one more session in at once; a bad file changes nothing and says why.
+#[tokio::test]
+async fn a_reload_applies_new_limits_live() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("ctl.sock");
+    let srv = ServerBuilder::new()
+        .config(&format!("{CONFIG}ip_limiter = \"userspace\"\n"))
+        .arg("--control")
+        .arg(socket.to_str().expect("UTF-8"))
+        .start();
+    let a = source(2);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(session_from(&srv, a).await);
+    }
+    expect_refused_before_tls(&srv, a).await;
+    let raised = CONFIG.replace("per_ip_connections = 3", "per_ip_connections = 4");
+    std::fs::write(
+        srv.config_path(),
+        format!("{raised}ip_limiter = \"userspace\"\n"),
+    )
+    .expect("rewrite the config");
+    let out = ctl(&socket, &["reload"]).await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert!(out.stdout.contains("per-IP limit 4"), "{out:#?}");
+    held.push(session_from(&srv, a).await);
+    expect_refused_before_tls(&srv, a).await;
+    // A broken file is refused with its reason; the running limits stay.
+    std::fs::write(
+        srv.config_path(),
+        "[limits]\nper_ip_connections = \"many\"\n",
+    )
+    .expect("rewrite the config");
+    let out = ctl(&socket, &["reload"]).await;
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(
+        out.stdout.contains("per_ip_connections") || out.stderr.contains("per_ip_connections"),
+        "{out:#?}"
+    );
+    expect_refused_before_tls(&srv, a).await;
+}

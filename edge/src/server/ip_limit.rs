@@ -104,6 +104,24 @@ impl IpLimiter {
         }
     }
 
+    /// New rules, applied live (reload). A limiter that was off at start cannot be started
+    /// without a restart (the kernel programs attach before the cores accept).
+    pub fn update(&self, cfg: &LimitConfig) -> Result<(), String> {
+        match self {
+            IpLimiter::Off if cfg.per_ip_connections == 0 && cfg.ip_overrides.is_empty() => Ok(()),
+            IpLimiter::Off => {
+                Err("per-IP limits were off at start; restart the edge to turn them on".to_owned())
+            }
+            IpLimiter::Userspace(l) => l.update(cfg).map_err(|e| e.to_string()),
+            IpLimiter::Kernel { limiters, .. } => {
+                for l in limiters.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                    l.update(cfg).map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// The label of `/metrics` and the start-up log.
     pub fn mode(&self) -> &'static str {
         match self {

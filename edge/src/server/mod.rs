@@ -275,6 +275,8 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
             Arc::new(operator::Operator {
                 admission: admission.clone(),
                 tls: tls.clone(),
+                config_source: cfg.source.clone(),
+                ip_limiter: ip_limiter.clone(),
                 audit: trail.handle(),
                 metrics: registry.clone(),
                 started: std::time::Instant::now(),

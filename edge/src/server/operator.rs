@@ -17,13 +17,18 @@ use crate::control::{ControlHandler, PeerCred, Request, Response};
 use crate::metrics::Registry;
 
 use super::admission::Admission;
+use super::ip_limit::IpLimiter;
 use super::tls_state::TlsState;
+use crate::auth::revocation::Revocations;
 use crate::tls::crl::CrlSet;
 
 pub(crate) struct Operator {
     pub admission: Arc<Admission>,
     /// `crl-reload` re-reads the CRL files into it.
     pub tls: Arc<TlsState>,
+    /// `reload` re-reads this file and applies what can change live.
+    pub config_source: Option<std::path::PathBuf>,
+    pub ip_limiter: Arc<IpLimiter>,
     /// Every command (and every refused attempt) goes into the audit trail.
     pub audit: AuditHandle,
     pub metrics: Registry,
@@ -66,6 +71,76 @@ impl Operator {
             }),
             Err(e) => Response::error(e.to_string()),
         }
+    }
+
+    /// Re-reads the configuration file and applies what can change while serving: the per-IP
+    /// limits, the revocations file and the CRLs. A bad file changes nothing (the reason is
+    /// returned); every attempt is audited.
+    fn reload(&self) -> Response {
+        let outcome = self.reload_config();
+        self.audit.record(AuditEvent::Reload {
+            what: "config".into(),
+            ok: outcome.is_ok(),
+            detail: outcome.clone().unwrap_or_else(|e| e),
+        });
+        match outcome {
+            Ok(detail) => Response::ok(&serde_json::json!({ "applied": detail })),
+            Err(e) => Response::error(format!(
+                "not reloaded, the running configuration stays: {e}"
+            )),
+        }
+    }
+
+    /// Everything is read and checked before anything changes; the one step that can still
+    /// fail (building the TLS config around new CRLs) goes first.
+    fn reload_config(&self) -> Result<String, String> {
+        let path = self
+            .config_source
+            .as_ref()
+            .ok_or("the edge was started without --config: there is no file to reload")?;
+        let cfg = crate::config::Config::from_file(path).map_err(|e| e.to_string())?;
+        cfg.validate().map_err(|e| e.to_string())?;
+        let limits = cfg.limits.ip_limits();
+        if matches!(*self.ip_limiter, IpLimiter::Off)
+            && (limits.per_ip_connections > 0 || !limits.ip_overrides.is_empty())
+        {
+            return Err("per-IP limits were off at start; restart the edge to turn them on".into());
+        }
+        let revocations = match cfg.jwt.as_ref().and_then(|j| j.revocations_file.as_ref()) {
+            Some(file) => Some((
+                file.clone(),
+                Revocations::read_file(file).map_err(|e| e.to_string())?,
+            )),
+            None => None,
+        };
+        let crls = match cfg.tls.crls.is_empty() {
+            true => None,
+            false => Some(CrlSet::load(&cfg.tls.crls).map_err(|e| e.to_string())?),
+        };
+        let mut applied = Vec::new();
+        if let Some(crls) = crls {
+            applied.push(format!("{} CRL(s)", crls.len()));
+            self.tls.apply_crls(crls).map_err(|e| e.to_string())?;
+        }
+        self.ip_limiter.update(&limits)?;
+        applied.push(format!(
+            "per-IP limit {} with {} override(s)",
+            limits.per_ip_connections,
+            limits.ip_overrides.len()
+        ));
+        if let Some((file, entries)) = revocations {
+            self.admission.revocations.rcu(|current| {
+                let mut next = (**current).clone();
+                next.replace_file_entries(&entries);
+                next
+            });
+            applied.push(format!(
+                "{} revocation(s) from {}",
+                entries.len(),
+                file.display()
+            ));
+        }
+        Ok(applied.join("; "))
     }
 
     /// Re-reads the configured CRL files now (the watcher also does on any change).
@@ -122,7 +197,8 @@ impl ControlHandler for Operator {
                 Response::ok(&Status::current(self.started.elapsed(), self.connections()))
             }
             Request::CrlReload => self.reload_crls(),
-            Request::Reload | Request::Drain => Response::not_supported_yet(request),
+            Request::Reload => self.reload(),
+            Request::Drain => Response::not_supported_yet(request),
         };
         tracing::info!(
             uid = peer.uid,
@@ -186,6 +262,8 @@ mod tests {
         .unwrap();
         Operator {
             tls: Arc::new(tls),
+            config_source: None,
+            ip_limiter: Arc::new(IpLimiter::Off),
             admission: Arc::new(
                 Admission::from_config(
                     &OriginConfig::default(),
