@@ -208,9 +208,12 @@ pub(crate) fn run_core(mut start: CoreStart, started: std::sync::mpsc::Sender<Re
     metrics.alive.store(true, Ordering::Relaxed);
     let _ = started.send(Ok(()));
     drop(started);
+    let (ip_limiter, index) = (core.ip_limiter.clone(), core.index);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         rt.block_on(core_main(Rc::new(core), listeners, replay.questions))
     }));
+    // However the core ended: no more SYNs steered here, then (guard) its listeners close.
+    ip_limiter.set_active(index, false);
     metrics.alive.store(false, Ordering::Relaxed);
     if result.is_err() {
         tracing::error!(cpu, "core runtime panicked; its listeners are closed");

@@ -122,6 +122,18 @@ impl IpLimiter {
         }
     }
 
+    /// Stops (or resumes) steering new connections to `core`'s listeners: a core that has
+    /// stopped must not be handed SYNs nobody will accept.
+    pub fn set_active(&self, core: usize, active: bool) {
+        if let IpLimiter::Kernel { limiters, .. } = self {
+            for l in limiters.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                if let Err(e) = l.set_active(core, active) {
+                    tracing::warn!(core, error = %e, "eBPF listener steering not updated");
+                }
+            }
+        }
+    }
+
     /// The label of `/metrics` and the start-up log.
     pub fn mode(&self) -> &'static str {
         match self {
