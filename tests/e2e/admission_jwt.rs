@@ -1028,18 +1028,7 @@ async fn a_token_expiring_mid_session_closes_it_with_1008() {
         "token expiry close: {:+.3} s relative to exp",
         at.as_secs_f64() - exp as f64
     ));
-    srv.wait_metric(
-        "wssedge_refusals_total",
-        &[("reason", "token_expired")],
-        1.0,
-    )
-    .await;
-    srv.wait_metric(
-        "wssedge_close_codes_total",
-        &[("code", "1008"), ("side", "server")],
-        1.0,
-    )
-    .await;
+    expect_closed_1008(&srv, "token_expired", 1.0).await;
     // The same token is now refused at the upgrade.
     expect_refused(&srv, &with_header_token("/", &tok), 401, "expired").await;
 }

@@ -1315,6 +1315,19 @@ pub async fn wssedge_cmd(args: &[&str]) -> CmdOut {
     }
 }
 
+/// Waits until the server has counted `n` sessions it closed with 1008 for `reason`: the
+/// refusal counter and the close-code counter both.
+pub async fn expect_closed_1008(srv: &Server, reason: &str, n: f64) {
+    srv.wait_metric("wssedge_refusals_total", &[("reason", reason)], n)
+        .await;
+    srv.wait_metric(
+        "wssedge_close_codes_total",
+        &[("code", "1008"), ("side", "server")],
+        n,
+    )
+    .await;
+}
+
 /// `wssedge ctl --control SOCKET ARGS…`.
 pub async fn ctl(socket: &Path, args: &[&str]) -> CmdOut {
     let socket = socket.to_str().expect("UTF-8 socket path");

@@ -195,20 +195,28 @@ impl RuleTable {
 }
 
 #[cfg(test)]
+impl LimitConfig {
+    /// A default limit and `(cidr, limit)` overrides, for tests.
+    pub(crate) fn for_tests(default: u32, overrides: &[(&str, u32)]) -> LimitConfig {
+        LimitConfig {
+            per_ip_connections: default,
+            ip_overrides: overrides
+                .iter()
+                .map(|(cidr, limit)| IpOverride {
+                    cidr: (*cidr).to_owned(),
+                    limit: *limit,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     fn cfg(default: u32, o: &[(&str, u32)]) -> LimitConfig {
-        LimitConfig {
-            per_ip_connections: default,
-            ip_overrides: o
-                .iter()
-                .map(|(c, l)| IpOverride {
-                    cidr: c.to_string(),
-                    limit: *l,
-                })
-                .collect(),
-        }
+        LimitConfig::for_tests(default, o)
     }
 
     #[test]

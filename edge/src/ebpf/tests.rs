@@ -40,16 +40,7 @@ fn committed_object_matches_its_sources() {
 }
 
 fn cfg(default: u32, o: &[(&str, u32)]) -> LimitConfig {
-    LimitConfig {
-        per_ip_connections: default,
-        ip_overrides: o
-            .iter()
-            .map(|(c, l)| IpOverride {
-                cidr: c.to_string(),
-                limit: *l,
-            })
-            .collect(),
-    }
+    LimitConfig::for_tests(default, o)
 }
 
 fn ip(s: &str) -> IpAddr {

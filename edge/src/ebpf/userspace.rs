@@ -179,7 +179,6 @@ impl UserspaceLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ebpf::rules::IpOverride;
     use std::sync::atomic::AtomicU32;
 
     fn ip(s: &str) -> IpAddr {
@@ -187,17 +186,7 @@ mod tests {
     }
 
     fn limiter(default: u32, o: &[(&str, u32)]) -> Arc<UserspaceLimiter> {
-        UserspaceLimiter::new(&LimitConfig {
-            per_ip_connections: default,
-            ip_overrides: o
-                .iter()
-                .map(|(c, l)| IpOverride {
-                    cidr: c.to_string(),
-                    limit: *l,
-                })
-                .collect(),
-        })
-        .unwrap()
+        UserspaceLimiter::new(&LimitConfig::for_tests(default, o)).unwrap()
     }
 
     #[test]
