@@ -659,7 +659,9 @@ impl Conn {
         core.metrics.handshake(true, "ok");
         self.deadline
             .set(Instant::now() + core.cfg.limits.idle_timeout());
-        tracing::debug!(peer = %self.peer, path = %request.path, "upgraded");
+        // The redacted target: a query token must not reach the logs.
+        let path = self.admitted_as.as_ref().map_or("", |a| a.path.as_str());
+        tracing::debug!(peer = %self.peer, path, "upgraded");
         Ok(())
     }
 
