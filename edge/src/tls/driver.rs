@@ -28,6 +28,10 @@ use rustls::unbuffered::{
     UnbufferedStatus, WriteTraffic,
 };
 
+use super::wire::{
+    ALERT_FATAL, ALERT_PROTOCOL_VERSION, CONTENT_ALERT, CONTENT_HANDSHAKE, HANDSHAKE_CLIENT_HELLO,
+    TLS12, TLS13,
+};
 use crate::bufpool::BufPool;
 
 /// The largest TLS record on the wire: 5-byte header + 2^14 bytes + 2048 bytes of expansion
@@ -35,7 +39,7 @@ use crate::bufpool::BufPool;
 pub const MAX_RECORD_LEN: usize = 5 + 16 * 1024 + 2 * 1024;
 
 /// Plaintext bytes per record (rustls splits larger writes).
-pub const MAX_PLAINTEXT_PER_RECORD: usize = 16 * 1024;
+pub use super::wire::MAX_PLAINTEXT_PER_RECORD;
 
 /// An outgoing buffer given back with more capacity than this is freed instead of kept.
 pub const MAX_RETAINED_OUTPUT: usize = 64 * 1024;
@@ -44,16 +48,9 @@ pub const MAX_RETAINED_OUTPUT: usize = 64 * 1024;
 /// reading its server name first.
 const MAX_SNIFFED_HELLO: usize = 0xffff + 4;
 
-/// TLS record content types, handshake types, alerts, versions.
-const ALERT: u8 = 21;
-const ALERT_FATAL: u8 = 2;
-const ALERT_PROTOCOL_VERSION: u8 = 70;
-const CONTENT_HANDSHAKE: u8 = 22;
-const TLS12: u16 = 0x0303;
-const TLS13: u16 = 0x0304;
+/// ClientHello extensions the sniffer reads.
 const EXT_SERVER_NAME: u16 = 0;
 const EXT_SUPPORTED_VERSIONS: u16 = 43;
-const HANDSHAKE_CLIENT_HELLO: u8 = 1;
 
 /// What a completed handshake agreed on.
 #[derive(Debug, Clone)]
@@ -413,7 +410,7 @@ impl TlsSession {
                         // extension with a handshake_failure alert. Say what is really wrong.
                         let minor = info.legacy_version.to_be_bytes()[1].min(3);
                         self.outgoing.extend_from_slice(&[
-                            ALERT,
+                            CONTENT_ALERT,
                             3,
                             minor,
                             0,

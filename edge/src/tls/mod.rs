@@ -21,6 +21,7 @@ pub mod settings;
 pub mod sni;
 #[cfg(test)]
 mod testpki;
+pub mod wire;
 
 pub use crl::{CrlSet, CrlWatcher};
 pub use driver::{Negotiated, TlsError, TlsSession, MAX_RECORD_LEN};

@@ -16,9 +16,8 @@
 
 use rustls::{ConnectionTrafficSecrets, ProtocolVersion};
 
-/// `TLS_1_2_VERSION` / `TLS_1_3_VERSION` of `<linux/tls.h>`.
-const TLS_1_2_VERSION: u16 = 0x0303;
-const TLS_1_3_VERSION: u16 = 0x0304;
+// `TLS_1_2_VERSION` / `TLS_1_3_VERSION` of `<linux/tls.h>` are the wire versions.
+use crate::tls::wire::{TLS12 as TLS_1_2_VERSION, TLS13 as TLS_1_3_VERSION};
 
 /// `TLS_CIPHER_*` of `<linux/tls.h>`.
 const TLS_CIPHER_AES_GCM_128: u16 = 51;

@@ -24,22 +24,18 @@ use rustls::server::ServerConnectionData;
 use super::crypto_info::{Cipher, CryptoInfo, TlsVersion};
 use super::sys::{self, Direction};
 use crate::bufpool::BufPool;
+use crate::tls::wire::{
+    ALERT_CLOSE_NOTIFY, ALERT_FATAL, ALERT_WARNING, CONTENT_ALERT, CONTENT_APPLICATION_DATA,
+    CONTENT_HANDSHAKE, HANDSHAKE_KEY_UPDATE, KEY_UPDATE_NOT_REQUESTED, KEY_UPDATE_REQUESTED,
+    MAX_PLAINTEXT_PER_RECORD,
+};
 use crate::tls::TlsError;
-
-/// Plaintext bytes per TLS record.
-const MAX_RECORD_PLAINTEXT: u64 = 1 << 14;
 
 /// Reads plus writes between two exact counts from the kernel.
 pub const SYNC_EVERY: u32 = 64;
 
-const CONTENT_ALERT: u8 = 21;
-const CONTENT_HANDSHAKE: u8 = 22;
-const CONTENT_APPLICATION_DATA: u8 = 23;
-const ALERT_WARNING: u8 = 1;
-const ALERT_CLOSE_NOTIFY: u8 = 0;
-const HANDSHAKE_KEY_UPDATE: u8 = 24;
-const KEY_UPDATE_NOT_REQUESTED: u8 = 0;
-const KEY_UPDATE_REQUESTED: u8 = 1;
+/// Plaintext bytes per TLS record, as the counts need them.
+const MAX_RECORD_PLAINTEXT: u64 = MAX_PLAINTEXT_PER_RECORD as u64;
 
 /// What the kernel session needs to know about the connection it takes over.
 #[derive(Debug, Clone, Copy)]
@@ -401,7 +397,7 @@ fn interpret_alert(body: &[u8]) -> ControlRecord {
         [_, ALERT_CLOSE_NOTIFY] => ControlRecord::CloseNotify,
         // TLS 1.3 treats every alert but close_notify and user_canceled as fatal; a warning
         // level user_canceled is followed by close_notify, so it is safe to end here too.
-        [2, _] => ControlRecord::Fatal("tls_alert_received"),
+        [ALERT_FATAL, _] => ControlRecord::Fatal("tls_alert_received"),
         _ => ControlRecord::Fatal("tls_alert_unexpected"),
     }
 }

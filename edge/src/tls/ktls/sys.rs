@@ -167,7 +167,7 @@ pub fn recv_record(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Reco
     };
     Ok(Some(Record {
         // Without a record-type message the bytes are application data.
-        content_type: content_type.unwrap_or(23),
+        content_type: content_type.unwrap_or(crate::tls::wire::CONTENT_APPLICATION_DATA),
         len: n,
     }))
 }
