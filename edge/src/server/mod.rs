@@ -113,24 +113,7 @@ fn watch_crls(
     }
     let tls = tls.clone();
     CrlWatcher::spawn(&current, move |crls| {
-        let detail = format!("{} CRL(s), version {}", crls.len(), crls.version());
-        let outcome = tls.apply_crls(crls);
-        match &outcome {
-            Ok(()) => {
-                tracing::info!("{detail}: new handshakes and live sessions checked against them")
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "new CRLs refused; the previous ones stay in force")
-            }
-        }
-        audit.record(crate::audit::AuditEvent::Reload {
-            what: "crls".into(),
-            ok: outcome.is_ok(),
-            detail: match outcome {
-                Ok(()) => detail,
-                Err(e) => e.to_string(),
-            },
-        });
+        let _ = tls.replace_crls(Ok(crls), &audit);
     })
     .map(Some)
 }

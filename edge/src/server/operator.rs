@@ -155,21 +155,8 @@ impl Operator {
         if paths.is_empty() {
             return Response::error("no CRLs are configured ([tls] crls)");
         }
-        let outcome = CrlSet::load(&paths)
-            .map_err(|e| e.to_string())
-            .and_then(|crls| {
-                let detail = format!("{} CRL(s), version {}", crls.len(), crls.version());
-                self.tls
-                    .apply_crls(crls)
-                    .map(|()| detail)
-                    .map_err(|e| e.to_string())
-            });
-        self.audit.record(AuditEvent::Reload {
-            what: "crls".into(),
-            ok: outcome.is_ok(),
-            detail: outcome.clone().unwrap_or_else(|e| e),
-        });
-        match outcome {
+        let loaded = CrlSet::load(&paths).map_err(|e| e.to_string());
+        match self.tls.replace_crls(loaded, &self.audit) {
             Ok(detail) => Response::ok(&serde_json::json!({ "crls": detail })),
             Err(e) => Response::error(format!("CRLs not reloaded, the previous ones stay: {e}")),
         }

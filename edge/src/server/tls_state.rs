@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 
+use crate::audit::{AuditEvent, AuditHandle};
 use crate::tls::crl::CrlSet;
 use crate::tls::policy::{build_server_config, TlsConfigError};
 use crate::tls::settings::TlsSettings;
@@ -45,6 +46,36 @@ impl TlsState {
             config: ArcSwap::new(config),
             crls: ArcSwap::from_pointee(crls),
         })
+    }
+
+    /// New CRLs from the watcher or `ctl crl-reload` (`loaded`, or why they could not be
+    /// read): applied when they load and build, logged, and audited either way. Returns what
+    /// was applied, or why nothing changed.
+    pub fn replace_crls(
+        &self,
+        loaded: Result<CrlSet, String>,
+        audit: &AuditHandle,
+    ) -> Result<String, String> {
+        let outcome = loaded.and_then(|crls| {
+            let detail = format!("{} CRL(s), version {}", crls.len(), crls.version());
+            self.apply_crls(crls)
+                .map(|()| detail)
+                .map_err(|e| e.to_string())
+        });
+        match &outcome {
+            Ok(detail) => {
+                tracing::info!("{detail}: new handshakes and live sessions checked against them")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "new CRLs refused; the previous ones stay in force")
+            }
+        }
+        audit.record(AuditEvent::Reload {
+            what: "crls".into(),
+            ok: outcome.is_ok(),
+            detail: outcome.clone().unwrap_or_else(|e| e),
+        });
+        outcome
     }
 
     /// New CRLs: a config verifying against them, then the set itself for live sessions.
