@@ -268,10 +268,19 @@ impl Conn {
         for _ in 0..MAX_READS_PER_WAKE {
             let limit = self.read_limit();
             if limit == Some(0) {
-                if self.layer.user().is_some_and(TlsSession::is_quiescent) {
+                let quiescent = |c: &Self| c.layer.user().is_some_and(TlsSession::is_quiescent);
+                if !quiescent(self) {
+                    // Whole records still held: rustls can stop at "handshake done" before
+                    // decrypting records that arrived in the same read. One more pass over
+                    // what is held, without reading.
+                    if let Some(end) = self.process_guarded() {
+                        return Some(end);
+                    }
+                }
+                if quiescent(self) {
                     return None; // at a record boundary: the hand-off comes first
                 }
-                // Held bytes that are not a partial record (a handshake message split over
+                // Held bytes that are still not whole records (a handshake message split over
                 // records): the kernel cannot take over here; serve in userspace.
                 if let Some(end) = self
                     .stay_in_userspace("not_quiescent", "a post-handshake message spans records")
