@@ -4,6 +4,9 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::metrics::Registry;
@@ -14,16 +17,44 @@ const MAX_REQUEST: usize = 4096;
 pub fn start(addr: SocketAddr, registry: Registry) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
+    serve(listener, registry, Arc::new(AtomicBool::new(false)))?;
+    Ok(bound)
+}
+
+/// Serves `listener` on a background thread until `stop` is set (a restart hands the
+/// listener on: the successor serves it from then on). The listener is made non-blocking and
+/// polled, so a stop is noticed within [`STOP_POLL`] without shutting the socket down (it may
+/// be shared with the successor).
+pub fn serve(
+    listener: TcpListener,
+    registry: Registry,
+    stop: Arc<AtomicBool>,
+) -> io::Result<SocketAddr> {
+    let bound = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
     std::thread::Builder::new()
         .name("wssedge-admin".into())
         .spawn(move || {
-            for stream in listener.incoming() {
-                match stream {
-                    Ok(s) => {
+            while !stop.load(Ordering::Relaxed) {
+                match crate::sockopt::poll_readable(listener.as_fd(), STOP_POLL) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin poll failed");
+                        std::thread::sleep(STOP_POLL);
+                        continue;
+                    }
+                }
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        // Accepted sockets inherit nothing from the listener's O_NONBLOCK.
+                        let _ = s.set_nonblocking(false);
                         if let Err(e) = answer(s, &registry) {
                             tracing::debug!(error = %e, "admin request failed");
                         }
                     }
+                    // Another process sharing the listener took it first.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "admin accept failed");
                         std::thread::sleep(Duration::from_millis(50));
@@ -33,6 +64,9 @@ pub fn start(addr: SocketAddr, registry: Registry) -> io::Result<SocketAddr> {
         })?;
     Ok(bound)
 }
+
+/// How soon the admin thread notices a stop.
+const STOP_POLL: Duration = Duration::from_millis(100);
 
 fn answer(mut stream: TcpStream, registry: &Registry) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -66,6 +100,9 @@ pub fn route(path: &str, registry: &Registry) -> (u16, &'static str, String) {
     match path {
         "/metrics" => (200, "text/plain; version=0.0.4", registry.render()),
         "/healthz" => (200, "text/plain", "ok\n".into()),
+        // A draining edge must leave the load balancer's rotation at once, even while its
+        // cores still serve the sessions they are closing.
+        "/readyz" if registry.is_draining() => (503, "text/plain", "draining\n".into()),
         "/readyz" if registry.all_alive() => (200, "text/plain", "ready\n".into()),
         "/readyz" => (
             503,
@@ -94,8 +131,6 @@ fn respond(stream: &mut TcpStream, status: u16, ctype: &str, body: &str) -> io::
 mod tests {
     use super::*;
     use crate::metrics::CoreMetrics;
-    use std::sync::atomic::Ordering;
-    use std::sync::Arc;
 
     #[test]
     fn readyz_follows_the_cores_and_metrics_render() {
@@ -105,10 +140,17 @@ mod tests {
             ktls_available: false,
             audit: None,
             ip_limiter: None,
+            draining: Default::default(),
+            upstreams: None,
         };
         assert_eq!(route("/readyz", &reg).0, 503);
         core.alive.store(true, Ordering::Relaxed);
         assert_eq!(route("/readyz", &reg).0, 200);
+        reg.draining.store(true, Ordering::Relaxed);
+        assert_eq!(
+            route("/readyz", &reg),
+            (503, "text/plain", "draining\n".into())
+        );
         assert_eq!(route("/healthz", &reg).0, 200);
         let (status, _, body) = route("/metrics", &reg);
         assert_eq!(status, 200);
@@ -123,6 +165,8 @@ mod tests {
             ktls_available: false,
             audit: None,
             ip_limiter: None,
+            draining: Default::default(),
+            upstreams: None,
         };
         let addr = start("127.0.0.1:0".parse().unwrap(), reg).unwrap();
         let mut s = TcpStream::connect(addr).unwrap();

@@ -52,9 +52,16 @@ pub struct Config {
     pub jwt: Option<crate::auth::JwtConfig>,
     /// The audit trail of every security decision (off without a path).
     pub audit: crate::audit::AuditConfig,
+    /// Proxy mode: the upstream groups sessions are forwarded to (absent: the edge echoes).
+    pub upstream: Option<crate::upstream::UpstreamConfig>,
+    /// Proxy mode: path prefix → upstream group (longest prefix wins).
+    pub routes: Vec<crate::upstream::Route>,
     /// The file this configuration was read from (what `wssedge ctl reload` re-reads).
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// The command-line flags applied over the file (a reload applies them again).
+    #[serde(skip)]
+    pub overrides: Overrides,
 }
 
 /// Listeners, cores and the admin endpoint.
@@ -74,6 +81,9 @@ pub struct ServerConfig {
     /// The control socket (Unix, mode 0600): revocations and other live changes, each one
     /// logged with the caller's uid and pid. None = no control socket.
     pub control: Option<PathBuf>,
+    /// A drain (SIGTERM, SIGINT, `wssedge ctl drain`, or the old process of a restart) waits
+    /// this long for its sessions' close handshakes before the cores stop anyway.
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -85,7 +95,14 @@ impl Default for ServerConfig {
             admin: SocketAddr::from(([127, 0, 0, 1], 9901)),
             state_dir: PathBuf::from("wssedge-dev"),
             control: None,
+            drain_timeout_ms: 5_000,
         }
+    }
+}
+
+impl ServerConfig {
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
     }
 }
 
@@ -105,8 +122,20 @@ pub struct Limits {
     pub handshake_timeout_ms: u64,
     /// An upgraded connection that receives nothing for this long is closed with 1001.
     pub idle_timeout_ms: u64,
-    /// A write that makes no progress for this long closes the connection (a client not reading).
+    /// A write that makes no progress for this long marks a slow consumer: its close frame is
+    /// queued if it fits and the connection is reset after `close_timeout_ms`.
     pub write_timeout_ms: u64,
+    /// A ping is sent after this long without anything received from the client; 0 = no pings.
+    pub ping_interval_ms: u64,
+    /// The client must answer (send anything) within this long after our ping, else 1001.
+    pub pong_timeout_ms: u64,
+    /// After our close frame: how long the last bytes may take to leave before the connection
+    /// is reset (SO_LINGER 0).
+    pub close_timeout_ms: u64,
+    /// Bytes queued for one connection's socket (beyond the socket's own buffer). At the cap the
+    /// edge stops reading what would add to it (the client's requests, its upstream's
+    /// messages); lossy routes drop whole messages instead.
+    pub max_outbound_bytes: usize,
     pub max_frame_bytes: usize,
     pub max_message_bytes: usize,
     /// Bytes held in partly received frames and messages, per core; the connection that
@@ -130,9 +159,26 @@ pub struct Limits {
     pub ip_overrides: Vec<crate::ebpf::IpOverride>,
     /// Where the per-IP limit is enforced: "auto" (eBPF where it loads), "ebpf", "userspace".
     pub ip_limiter: crate::server::ip_limit::IpLimiterMode,
+    /// Each connection's messages: messages/s and bytes/s with bursts (none set: no limit).
+    pub connection_rate: crate::limits::RateConfig,
+    /// Each identity's messages over all its sessions and cores (token subject, else client
+    /// certificate); anonymous sessions have only the connection limit.
+    pub identity_rate: crate::limits::RateConfig,
 }
 
 impl Limits {
+    /// The per-connection rate limit, in the form the buckets run on.
+    pub fn connection_rate(&self) -> Result<crate::limits::RateLimit, ConfigError> {
+        self.connection_rate
+            .compile_at(&crate::limits::rate_keys!("limits.connection_rate"))
+    }
+
+    /// The per-identity rate limit, in the form the buckets run on.
+    pub fn identity_rate(&self) -> Result<crate::limits::RateLimit, ConfigError> {
+        self.identity_rate
+            .compile_at(&crate::limits::rate_keys!("limits.identity_rate"))
+    }
+
     /// The per-IP rules as the limiters take them.
     pub fn ip_limits(&self) -> crate::ebpf::LimitConfig {
         crate::ebpf::LimitConfig {
@@ -150,6 +196,10 @@ impl Default for Limits {
             handshake_timeout_ms: 5_000,
             idle_timeout_ms: 300_000,
             write_timeout_ms: 30_000,
+            ping_interval_ms: 30_000,
+            pong_timeout_ms: 10_000,
+            close_timeout_ms: 1_000,
+            max_outbound_bytes: 1 << 20,
             max_frame_bytes: 16 << 20,
             max_message_bytes: 16 << 20,
             max_buffered_bytes_per_core: 256 << 20,
@@ -161,6 +211,8 @@ impl Default for Limits {
             per_ip_connections: 0,
             ip_overrides: Vec::new(),
             ip_limiter: Default::default(),
+            connection_rate: Default::default(),
+            identity_rate: Default::default(),
         }
     }
 }
@@ -174,6 +226,16 @@ impl Limits {
     }
     pub fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.write_timeout_ms)
+    }
+    /// None: no server pings.
+    pub fn ping_interval(&self) -> Option<Duration> {
+        (self.ping_interval_ms > 0).then(|| Duration::from_millis(self.ping_interval_ms))
+    }
+    pub fn pong_timeout(&self) -> Duration {
+        Duration::from_millis(self.pong_timeout_ms)
+    }
+    pub fn close_timeout(&self) -> Duration {
+        Duration::from_millis(self.close_timeout_ms)
     }
 }
 
@@ -212,6 +274,7 @@ impl Config {
 
     /// Applies command-line flags over the file's values.
     pub fn apply(&mut self, o: Overrides) {
+        self.overrides = o.clone();
         if !o.listen.is_empty() {
             self.server.listen = o.listen;
         }
@@ -243,6 +306,10 @@ impl Config {
     /// Checks every value once, so the rest of the edge can trust them.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.origin.validate()?;
+        match &self.upstream {
+            Some(upstream) => upstream.validate(&self.routes)?,
+            None => crate::upstream::config::validate_routes_without_upstream(&self.routes)?,
+        }
         self.audit.validate()?;
         if let Some(jwt) = &self.jwt {
             jwt.validate()?;
@@ -265,6 +332,13 @@ impl Config {
                 "server.cores",
                 s.cores.unwrap_or(0),
                 "give either `cores` or `cpus`, not both",
+            ));
+        }
+        if s.drain_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "server.drain_timeout_ms",
+                0,
+                "must be greater than 0 (the time sessions get to finish their close handshake)",
             ));
         }
         if s.cores == Some(0) {
@@ -304,7 +378,10 @@ impl Config {
             }
         }
         let l = &self.limits;
-        let positive: [(&'static str, u64); 11] = [
+        let positive: [(&'static str, u64); 14] = [
+            ("limits.pong_timeout_ms", l.pong_timeout_ms),
+            ("limits.close_timeout_ms", l.close_timeout_ms),
+            ("limits.max_outbound_bytes", l.max_outbound_bytes as u64),
             ("limits.max_connections", l.max_connections as u64),
             (
                 "limits.max_handshakes_in_flight",
@@ -355,6 +432,8 @@ impl Config {
                 e.to_string(),
             ));
         }
+        l.connection_rate()?;
+        l.identity_rate()?;
         if l.max_request_bytes < 256 {
             return Err(ConfigError::invalid(
                 "limits.max_request_bytes",

@@ -101,9 +101,9 @@ fn load(path: Option<&PathBuf>) -> Result<Config, String> {
 
 fn main() -> ExitCode {
     // Before any thread exists, so every thread inherits the mask and only the signal thread
-    // ever sees SIGTERM/SIGINT.
+    // ever sees SIGTERM/SIGINT/SIGHUP/SIGUSR2.
     if let Err(e) = wssedge::signals::block_stop_signals() {
-        eprintln!("wssedge: cannot block SIGTERM/SIGINT: {e}");
+        eprintln!("wssedge: cannot block SIGTERM/SIGINT/SIGHUP/SIGUSR2: {e}");
         return ExitCode::FAILURE;
     }
     tracing_subscriber::fmt()
@@ -177,8 +177,8 @@ fn serve(args: ServeArgs) -> ExitCode {
     let _ = out.flush();
     drop(out);
     tracing::info!(cpus = ?running.cpus, "serving");
-    if let Err(e) = wssedge::signals::watch_stop_signals(running.stop_flag()) {
-        eprintln!("wssedge: cannot watch for SIGTERM/SIGINT: {e}");
+    if let Err(e) = wssedge::signals::watch_stop_signals(running.commands()) {
+        eprintln!("wssedge: cannot watch for SIGTERM/SIGINT/SIGHUP/SIGUSR2: {e}");
         return ExitCode::FAILURE;
     }
     if running.wait() {

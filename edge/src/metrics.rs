@@ -33,6 +33,57 @@ impl Counter {
     }
 }
 
+/// A latency histogram written by exactly one thread (a core), summed over cores when
+/// rendered. Fixed bucket bounds, from 10 µs (an in-process hop) to 5 s (a slow handshake).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [Counter; HISTOGRAM_BOUNDS_US.len()],
+    count: Counter,
+    sum_us: Counter,
+}
+
+/// Upper bounds of the histogram buckets, in microseconds (`+Inf` is `count`).
+pub const HISTOGRAM_BOUNDS_US: [u64; 18] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    500_000, 1_000_000, 2_500_000, 5_000_000,
+];
+
+impl Histogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        let us = d.as_micros().min(u64::MAX as u128) as u64;
+        if let Some(i) = HISTOGRAM_BOUNDS_US.iter().position(|&b| us <= b) {
+            self.buckets[i].inc();
+        }
+        self.count.inc();
+        self.sum_us.add(us);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.get()
+    }
+
+    /// Renders the histograms of all cores as one, in seconds.
+    fn render_sum<'a>(
+        out: &mut String,
+        name: &str,
+        help: &str,
+        all: impl Iterator<Item = &'a Histogram> + Clone,
+    ) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0u64;
+        for (i, bound) in HISTOGRAM_BOUNDS_US.iter().enumerate() {
+            cumulative += all.clone().map(|h| h.buckets[i].get()).sum::<u64>();
+            let le = *bound as f64 / 1e6;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let count: u64 = all.clone().map(|h| h.count.get()).sum();
+        let sum_us: u64 = all.map(|h| h.sum_us.get()).sum();
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", sum_us as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
 /// A gauge written by exactly one thread.
 #[derive(Debug, Default)]
 pub struct Gauge(AtomicI64);
@@ -53,6 +104,8 @@ impl Gauge {
 pub enum Side {
     Server,
     Client,
+    /// Proxy mode: a close sent by the upstream and passed on to the client.
+    Upstream,
 }
 
 impl Side {
@@ -60,6 +113,7 @@ impl Side {
         match self {
             Side::Server => "server",
             Side::Client => "client",
+            Side::Upstream => "upstream",
         }
     }
 }
@@ -71,6 +125,8 @@ struct Labelled {
     close_codes: BTreeMap<(u16, Side), u64>,
     ktls_fallbacks: BTreeMap<&'static str, u64>,
     ktls_alerts: BTreeMap<&'static str, u64>,
+    lossy_drops: BTreeMap<&'static str, u64>,
+    rate_limited: BTreeMap<(&'static str, &'static str), u64>,
 }
 
 /// One core's metrics.
@@ -88,6 +144,21 @@ pub struct CoreMetrics {
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     pub panics: Counter,
+    /// Accept to 101 (TLS handshake plus the upgrade, admission included).
+    pub handshake_time: Histogram,
+    /// Proxy mode: from reading a message on one side to handing it to the other side's
+    /// socket, both directions.
+    pub proxy_hop: Histogram,
+    /// Heartbeat pings sent to clients.
+    pub pings_sent: Counter,
+    /// Clients that took nothing for `write_timeout_ms` while bytes waited for them.
+    pub slow_consumers: Counter,
+    /// Connections reset because their last bytes did not leave within `close_timeout_ms`.
+    pub close_resets: Counter,
+    /// Client reads paused because the bytes queued for the client reached the outbound cap.
+    pub read_pauses: Counter,
+    /// Proxy mode: upstream reads paused because the client's queue reached the outbound cap.
+    pub upstream_pauses: Counter,
     /// Bytes held in partly received frames and messages on this core.
     pub buffered_bytes: Gauge,
     /// Read buffers held by connections right now.
@@ -100,6 +171,11 @@ pub struct CoreMetrics {
     /// Records under kTLS: sent (exact) and received (a lower bound).
     pub ktls_tx_records: Counter,
     pub ktls_rx_records: Counter,
+    /// Drains: sessions ordered closed (1001 or 1012), connections taken from the accept
+    /// queue and closed unserved, connections still open when the drain deadline ended them.
+    pub drain_sessions_closed: Counter,
+    pub drain_queued_closed: Counter,
+    pub drain_forced: Counter,
     labelled: Mutex<Labelled>,
 }
 
@@ -140,6 +216,20 @@ impl CoreMetrics {
         *self.labelled().ktls_alerts.entry(kind).or_default() += 1;
     }
 
+    /// A whole message dropped on a lossy route (`backpressure` or `rate_limit`).
+    pub fn lossy_drop(&self, reason: &'static str) {
+        *self.labelled().lossy_drops.entry(reason).or_default() += 1;
+    }
+
+    /// A message over a rate limit: `scope` connection or identity, `action` close or drop.
+    pub fn rate_limited(&self, scope: &'static str, action: &'static str) {
+        *self
+            .labelled()
+            .rate_limited
+            .entry((scope, action))
+            .or_default() += 1;
+    }
+
     pub fn close_code(&self, code: u16, side: Side) {
         *self.labelled().close_codes.entry((code, side)).or_default() += 1;
     }
@@ -165,9 +255,17 @@ pub struct Registry {
     pub audit: Option<Arc<crate::audit::AuditStats>>,
     /// The per-IP connection limiter (eBPF or userspace).
     pub(crate) ip_limiter: Option<Arc<crate::server::ip_limit::IpLimiter>>,
+    /// Set from the moment a drain (or the old side of a restart) starts: `/readyz` says 503.
+    pub draining: Arc<AtomicBool>,
+    /// Proxy mode: the upstream members' breakers, health and connect counters.
+    pub upstreams: Option<Arc<crate::upstream::Upstreams>>,
 }
 
 impl Registry {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
     pub fn all_alive(&self) -> bool {
         !self.cores.is_empty() && self.cores.iter().all(|c| c.alive.load(Ordering::Relaxed))
     }
@@ -175,6 +273,20 @@ impl Registry {
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
+        let mut hist = String::new();
+        Histogram::render_sum(
+            &mut hist,
+            "wssedge_handshake_seconds",
+            "Accept to 101: TLS handshake, upgrade request and admission",
+            self.cores.iter().map(|c| &c.handshake_time),
+        );
+        Histogram::render_sum(
+            &mut hist,
+            "wssedge_proxy_hop_seconds",
+            "Proxy mode: a message's time inside the edge, read on one side to written on the other",
+            self.cores.iter().map(|c| &c.proxy_hop),
+        );
+
         let cores = &self.cores;
         let mut gauge = |name: &str, help: &str, rows: &mut dyn Iterator<Item = (String, i64)>| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
@@ -228,6 +340,12 @@ impl Registry {
         );
         let _ = writeln!(
             out,
+            "# HELP wssedge_draining 1 from the moment a drain starts (readyz is 503)\n\
+             # TYPE wssedge_draining gauge\nwssedge_draining {}",
+            self.is_draining() as i64
+        );
+        let _ = writeln!(
+            out,
             "# HELP wssedge_ktls_available 1 when connections are handed to kernel TLS after \
              their handshake\n# TYPE wssedge_ktls_available gauge\nwssedge_ktls_available {}",
             self.ktls_available as i64
@@ -274,9 +392,85 @@ impl Registry {
             dir(|c| c.bytes_in.get(), |c| c.bytes_out.get()),
         );
         counter(
+            "wssedge_drain_closed_total",
+            "Connections a drain closed: live sessions ordered closed (1001/1012), connections \
+             taken from the accept queue and closed unserved, connections left at the deadline",
+            vec![
+                (
+                    "what=\"session\"".to_owned(),
+                    cores.iter().map(|c| c.drain_sessions_closed.get()).sum(),
+                ),
+                (
+                    "what=\"queued\"".to_owned(),
+                    cores.iter().map(|c| c.drain_queued_closed.get()).sum(),
+                ),
+                (
+                    "what=\"forced\"".to_owned(),
+                    cores.iter().map(|c| c.drain_forced.get()).sum(),
+                ),
+            ],
+        );
+        counter(
             "wssedge_panics_total",
             "Panics caught in a connection (each closed that connection with 1011)",
             vec![(String::new(), cores.iter().map(|c| c.panics.get()).sum())],
+        );
+        counter(
+            "wssedge_pings_sent_total",
+            "Heartbeat pings sent to clients",
+            vec![(
+                String::new(),
+                cores.iter().map(|c| c.pings_sent.get()).sum(),
+            )],
+        );
+        counter(
+            "wssedge_backpressure_total",
+            "Backpressure events: slow consumers found, connections reset at close, reads paused at the outbound cap",
+            vec![
+                (
+                    "event=\"slow_consumer\"".to_owned(),
+                    cores.iter().map(|c| c.slow_consumers.get()).sum(),
+                ),
+                (
+                    "event=\"close_reset\"".to_owned(),
+                    cores.iter().map(|c| c.close_resets.get()).sum(),
+                ),
+                (
+                    "event=\"read_paused\"".to_owned(),
+                    cores.iter().map(|c| c.read_pauses.get()).sum(),
+                ),
+                (
+                    "event=\"upstream_paused\"".to_owned(),
+                    cores.iter().map(|c| c.upstream_pauses.get()).sum(),
+                ),
+            ],
+        );
+        let mut drops: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut limited: BTreeMap<(&'static str, &'static str), u64> = BTreeMap::new();
+        for c in cores {
+            let l = c.labelled();
+            for (k, v) in &l.lossy_drops {
+                *drops.entry(k).or_default() += v;
+            }
+            for (k, v) in &l.rate_limited {
+                *limited.entry(*k).or_default() += v;
+            }
+        }
+        counter(
+            "wssedge_lossy_drops_total",
+            "Whole messages dropped on lossy routes, by why",
+            drops
+                .iter()
+                .map(|(r, n)| (format!("reason=\"{r}\""), *n))
+                .collect(),
+        );
+        counter(
+            "wssedge_rate_limited_total",
+            "Client messages over a rate limit, by limit scope and what was done",
+            limited
+                .iter()
+                .map(|((scope, action), n)| (format!("scope=\"{scope}\",action=\"{action}\""), *n))
+                .collect(),
         );
 
         let sum = |f: fn(&CoreMetrics) -> u64| cores.iter().map(|c| f(c)).sum::<u64>();
@@ -425,6 +619,10 @@ impl Registry {
         if let Some(limiter) = &self.ip_limiter {
             render_ip_limits(&mut out, limiter);
         }
+        if let Some(upstreams) = &self.upstreams {
+            render_upstreams(&mut out, upstreams);
+        }
+        out.push_str(&hist);
         out
     }
 }
@@ -468,6 +666,97 @@ fn render_ip_limits(out: &mut String, limiter: &crate::server::ip_limit::IpLimit
     }
 }
 
+/// Per member: breaker state, health, connects by result, and the health checker's totals.
+fn render_upstreams(out: &mut String, upstreams: &crate::upstream::Upstreams) {
+    let members = upstreams.metrics();
+    let label = |m: &crate::upstream::MemberStats| {
+        format!(
+            "group=\"{}\",member=\"{}\"",
+            escape_label(&m.group),
+            escape_label(&m.url)
+        )
+    };
+    let _ = writeln!(
+        out,
+        "# HELP wssedge_upstream_breaker_state Circuit breaker per member: 0 closed, 1 open, 2 half-open\n# TYPE wssedge_upstream_breaker_state gauge"
+    );
+    for m in &members {
+        let _ = writeln!(
+            out,
+            "wssedge_upstream_breaker_state{{{}}} {}",
+            label(m),
+            m.breaker_state
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wssedge_upstream_breaker_opened_total Times a member's breaker opened\n# TYPE wssedge_upstream_breaker_opened_total counter"
+    );
+    for m in &members {
+        let _ = writeln!(
+            out,
+            "wssedge_upstream_breaker_opened_total{{{}}} {}",
+            label(m),
+            m.breaker_opened_total
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wssedge_upstream_healthy 1 while the member's last health check passed\n# TYPE wssedge_upstream_healthy gauge"
+    );
+    for m in &members {
+        let _ = writeln!(
+            out,
+            "wssedge_upstream_healthy{{{}}} {}",
+            label(m),
+            m.healthy as u8
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wssedge_upstream_connects_total Upstream session opens (TCP, TLS, upgrade) by result\n# TYPE wssedge_upstream_connects_total counter"
+    );
+    for m in &members {
+        let _ = writeln!(
+            out,
+            "wssedge_upstream_connects_total{{{},result=\"ok\"}} {}",
+            label(m),
+            m.connects_ok
+        );
+        let _ = writeln!(
+            out,
+            "wssedge_upstream_connects_total{{{},result=\"failed\"}} {}",
+            label(m),
+            m.connect_failures
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wssedge_upstream_health_checks_total Health checks per member by result\n# TYPE wssedge_upstream_health_checks_total counter"
+    );
+    for m in &members {
+        let _ = writeln!(
+            out,
+            "wssedge_upstream_health_checks_total{{{},result=\"ok\"}} {}",
+            label(m),
+            m.health_checks.saturating_sub(m.health_failures)
+        );
+        let _ = writeln!(
+            out,
+            "wssedge_upstream_health_checks_total{{{},result=\"failed\"}} {}",
+            label(m),
+            m.health_failures
+        );
+    }
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,6 +777,8 @@ mod tests {
             ktls_available: false,
             audit: None,
             ip_limiter: None,
+            draining: Default::default(),
+            upstreams: None,
         }
         .render();
         assert!(
@@ -507,5 +798,7 @@ mod tests {
         ));
         assert!(text.contains("wssedge_connections{core=\"0\",state=\"open\"} 1"));
         assert!(text.contains("wssedge_core_up{core=\"1\",cpu=\"5\"} 0"));
+        assert!(text.contains("wssedge_draining 0"), "{text}");
+        assert!(text.contains("wssedge_drain_closed_total{what=\"session\"} 0"));
     }
 }

@@ -77,10 +77,106 @@ pub fn recv_nonblocking(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Recv> 
     }
 }
 
+/// Writes what the socket takes of `buf` without blocking (MSG_DONTWAIT, and MSG_NOSIGNAL so a
+/// peer that reset gives EPIPE, not SIGPIPE). `Ok(None)`: the socket is full, wait for
+/// writability.
+pub fn send_nonblocking(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<Option<usize>> {
+    if buf.is_empty() {
+        return Ok(Some(0));
+    }
+    loop {
+        // SAFETY: `buf` is a valid, readable slice of `buf.len()` bytes for the whole call, and
+        // `fd` is a borrowed, open descriptor; send reads at most `len` bytes from it.
+        let n = unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::WouldBlock => return Ok(None),
+            io::ErrorKind::Interrupted => continue,
+            _ => return Err(err),
+        }
+    }
+}
+
+/// SO_LINGER 0: closing the socket then resets it (RST) and frees its queued data at once,
+/// instead of keeping it for a peer that does not read.
+pub fn set_linger_zero(fd: BorrowedFd<'_>) {
+    let _ = SockRef::from(&fd).set_linger(Some(std::time::Duration::ZERO));
+}
+
+/// Bytes queued in the socket's send buffer, not yet acknowledged by the peer (SIOCOUTQ).
+pub fn unsent_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (= SIOCOUTQ) writes one c_int through the pointer, which points at `n`,
+    // alive for the call; `fd` is a borrowed, open descriptor.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n.max(0) as usize)
+}
+
 /// Shuts both directions down: a pending io_uring write on this socket then completes with an
 /// error, which is how an expired write deadline ends a connection without cancelling anything.
 pub fn shutdown_both(fd: BorrowedFd<'_>) {
     let _ = SockRef::from(&fd).shutdown(std::net::Shutdown::Both);
+}
+
+/// Connections waiting in a listening socket's accept queue (TCP_INFO: for a listener the
+/// kernel reports its accept queue length in `tcpi_unacked`).
+pub fn accept_queue_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    // SAFETY: tcp_info is plain old data; all-zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which is alive and that large;
+    // `fd` is a borrowed, open descriptor.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info.tcpi_unacked as usize)
+}
+
+/// Waits up to `timeout` for `fd` to become readable (a listener: a connection to accept);
+/// false on timeout. For the blocking threads off the cores (admin) that must notice a stop.
+pub fn poll_readable(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: one valid pollfd, alive for the call; `fd` is a borrowed, open descriptor.
+    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+    match rc {
+        n if n > 0 => Ok(true),
+        0 => Ok(false),
+        _ => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+    }
 }
 
 /// The kernel's view of a socket's buffer sizes (it reports double what was asked, for its
@@ -102,6 +198,24 @@ mod tests {
         let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (s, _) = l.accept().unwrap();
         (c, s)
+    }
+
+    #[test]
+    fn accept_queue_length_counts_waiting_connections() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_eq!(accept_queue_len(l.as_fd()).unwrap(), 0);
+        let addr = l.local_addr().unwrap();
+        let _c: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while accept_queue_len(l.as_fd()).unwrap() < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "queue never reached 3"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let _ = l.accept().unwrap();
+        assert_eq!(accept_queue_len(l.as_fd()).unwrap(), 2);
     }
 
     #[test]
@@ -154,5 +268,50 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert_eq!(eof, Recv::Eof);
+    }
+
+    /// A peer that does not read fills the socket: send says so instead of blocking, the
+    /// unsent count covers what is queued, and SO_LINGER 0 makes the close a reset.
+    #[test]
+    fn send_stops_at_a_full_socket_and_linger_zero_resets() {
+        let (c, s) = pair();
+        let opts = AcceptedSocketOptions {
+            send_buffer_bytes: 16 * 1024,
+            recv_buffer_bytes: 16 * 1024,
+        };
+        tune_accepted(s.as_fd(), &opts).unwrap();
+        let chunk = vec![7u8; 64 * 1024];
+        let mut sent = 0usize;
+        let mut full = false;
+        for _ in 0..1000 {
+            match send_nonblocking(s.as_fd(), &chunk).unwrap() {
+                Some(n) => sent += n,
+                None => {
+                    full = true;
+                    break;
+                }
+            }
+        }
+        assert!(full, "a peer that never reads must fill the socket");
+        assert!(sent < 4 << 20, "bounded buffers: {sent} bytes went in");
+        assert!(unsent_bytes(s.as_fd()).unwrap() > 0);
+        set_linger_zero(s.as_fd());
+        drop(s);
+        let mut c = c;
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut reset = false;
+        for _ in 0..1000 {
+            match std::io::Read::read(&mut c, &mut buf) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) => {
+                    reset = e.kind() == std::io::ErrorKind::ConnectionReset;
+                    break;
+                }
+            }
+        }
+        assert!(reset, "closing with SO_LINGER 0 must reset the connection");
     }
 }

@@ -1375,3 +1375,77 @@ pub fn unix_now() -> u64 {
         .expect("clock after 1970")
         .as_secs()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Memory and socket measurements (proxy backpressure tests)
+// ---------------------------------------------------------------------------------------------
+
+/// `VmRSS` of process `pid` in bytes, from `/proc/PID/status`.
+pub fn vm_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// One socket's kernel memory as `ss -m` prints it: `skmem:(r…,rb…,t…,tb…,f…,w…,o…,bl…,d…)`
+/// (receive queue and buffer, transmit allocation and buffer, forward alloc, write queue,
+/// option memory, backlog, drops).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SkMem {
+    pub r: u64,
+    pub rb: u64,
+    pub t: u64,
+    pub tb: u64,
+    pub f: u64,
+    pub w: u64,
+    pub o: u64,
+    pub bl: u64,
+    pub d: u64,
+}
+
+/// Parses the first `skmem:(…)` in `text`.
+pub fn parse_skmem(text: &str) -> Option<SkMem> {
+    let start = text.find("skmem:(")? + "skmem:(".len();
+    let end = start + text[start..].find(')')?;
+    let mut m = SkMem::default();
+    for field in text[start..end].split(',') {
+        let split = field.find(|c: char| c.is_ascii_digit())?;
+        let (name, value) = field.split_at(split);
+        let value: u64 = value.parse().ok()?;
+        match name {
+            "r" => m.r = value,
+            "rb" => m.rb = value,
+            "t" => m.t = value,
+            "tb" => m.tb = value,
+            "f" => m.f = value,
+            "w" => m.w = value,
+            "o" => m.o = value,
+            "bl" => m.bl = value,
+            "d" => m.d = value,
+            _ => {}
+        }
+    }
+    Some(m)
+}
+
+/// The TCP socket `local` → `peer` as `ss -tmn` sees it: its state (`ESTAB`, `CLOSE-WAIT`, …)
+/// and kernel memory. `None` when the kernel holds no such socket (never existed, or closed:
+/// a socket that got a reset is gone from the tables). Panics if `ss` cannot run.
+pub async fn ss_socket(local: SocketAddr, peer: SocketAddr) -> Option<(String, Option<SkMem>)> {
+    let mut cmd = tokio::process::Command::new("ss");
+    cmd.args(["-tmnH", "state", "all", "src"])
+        .arg(local.to_string())
+        .arg("dst")
+        .arg(peer.to_string());
+    let (status, out, err) = run_cmd(cmd, WAIT).await.expect("ss did not finish");
+    assert!(status.success(), "ss failed: {err}");
+    let state = out.split_whitespace().next()?.to_string();
+    Some((state, parse_skmem(&out)))
+}

@@ -296,8 +296,9 @@ async fn idle_connections_hold_no_read_buffer() {
     wait_metric_eq(&srv, "wssedge_buffered_bytes", &[], 0.0).await;
 }
 
-/// A client that sends but never reads cannot pin the server's writes: once a write makes no
-/// progress for write_timeout_ms the connection is shut down and counted.
+/// A client that sends but never reads cannot pin the server's writes: its reads pause at the
+/// outbound cap, and once a write makes no progress for write_timeout_ms it is a slow consumer,
+/// reset after close_timeout_ms (its close frame cannot leave).
 #[tokio::test]
 async fn client_that_stops_reading_is_closed_at_the_write_timeout() {
     let srv = Server::with_config(
@@ -317,7 +318,13 @@ async fn client_that_stops_reading_is_closed_at_the_write_timeout() {
     });
     srv.wait_metric(
         "wssedge_refusals_total",
-        &[("reason", "write_timeout")],
+        &[("reason", "slow_consumer")],
+        1.0,
+    )
+    .await;
+    srv.wait_metric(
+        "wssedge_backpressure_total",
+        &[("event", "close_reset")],
         1.0,
     )
     .await;

@@ -12,8 +12,10 @@ mod audit;
 mod cli;
 mod control;
 mod echo;
+mod heartbeat;
 mod ip_limits;
 mod ktls;
+mod lifecycle;
 mod limits;
 #[cfg(feature = "panic-injection")]
 mod panic;

@@ -85,6 +85,26 @@ pub enum AuditEvent {
         ok: bool,
         detail: String,
     },
+    /// A drain finished (SIGTERM/SIGINT, `wssedge ctl drain`, or the old process of a restart):
+    /// what started it, the close code its sessions got (1001, or 1012 for a restart), how
+    /// many live sessions it ordered closed, how many connections it took from the accept
+    /// queue and closed unserved, how many were still open at the deadline, and how long it took.
+    Drain {
+        trigger: String,
+        code: u16,
+        sessions_closed: u64,
+        queued_closed: u64,
+        forced: u64,
+        duration_ms: u64,
+    },
+    /// A restart handover (`wssedge ctl restart`, SIGUSR2): handed over to `new_pid`, or not
+    /// (`detail` says why; this process keeps serving).
+    Restart {
+        trigger: String,
+        ok: bool,
+        new_pid: Option<u32>,
+        detail: String,
+    },
     /// Written by the trail itself when it starts.
     Start { version: String, pid: u32 },
     /// Written by the trail itself at a clean shutdown, just before the seal.

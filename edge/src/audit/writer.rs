@@ -56,6 +56,20 @@ impl AuditTrail {
         cfg: &AuditConfig,
         cores: usize,
     ) -> Result<(AuditTrail, Vec<AuditSink>), AuditError> {
+        Self::start_with(cfg, cores, None)
+    }
+
+    /// [`AuditTrail::start`] for the successor of a restart: the previous process still
+    /// writes the trail (its sessions are draining) and holds its lock. The writer thread
+    /// waits for that lock up to `lock_wait` — the predecessor releases it once it has sealed
+    /// the file — and then continues the chain from the seal; records given meanwhile wait in
+    /// the cores' queues (above the high-water mark new connections are refused, as always).
+    /// `None`: take the lock now or fail, as [`AuditTrail::start`].
+    pub fn start_with(
+        cfg: &AuditConfig,
+        cores: usize,
+        lock_wait: Option<Duration>,
+    ) -> Result<(AuditTrail, Vec<AuditSink>), AuditError> {
         let Some(path) = &cfg.path else {
             let off = AuditTrail {
                 running: None,
@@ -72,11 +86,28 @@ impl AuditTrail {
         })?;
         let (shared, sinks, drains, handle) =
             sink::build(cores, cfg.ring_capacity, cfg.high_water_records());
-        let writer = Writer::open(cfg, path, &key, shared.clone(), drains)?;
-        let thread = std::thread::Builder::new()
-            .name("wssedge-audit".into())
-            .spawn(move || writer.run())
-            .map_err(|e| io(path, "start the audit writer thread", e))?;
+        let builder = std::thread::Builder::new().name("wssedge-audit".into());
+        let spawned = match lock_wait {
+            None => {
+                let writer = Writer::open(cfg, path, &key, shared.clone(), drains, None)?;
+                builder.spawn(move || writer.run())
+            }
+            Some(wait) => {
+                let (cfg, path, shared) = (cfg.clone(), path.clone(), shared.clone());
+                builder.spawn(move || {
+                    let _dead = DeadOnDrop(shared.clone());
+                    let opened = Writer::open(&cfg, &path, &key, shared, drains, Some(wait));
+                    match opened {
+                        Ok(writer) => writer.run(),
+                        Err(e) => {
+                            tracing::error!(error = %e, "the audit trail could not be continued; new connections are refused");
+                            Err(e)
+                        }
+                    }
+                })
+            }
+        };
+        let thread = spawned.map_err(|e| io(path, "start the audit writer thread", e))?;
         let _ = shared.writer.set(thread.thread().clone());
         Ok((
             AuditTrail {
@@ -178,6 +209,34 @@ struct Writer {
     _lock: File,
 }
 
+/// Takes the trail's lock, waiting up to `wait` for another process to let go of it.
+fn lock_waiting(paths: &TrailPaths, wait: Option<Duration>) -> Result<File, AuditError> {
+    let deadline = wait.map(|w| Instant::now() + w);
+    let mut waiting = false;
+    loop {
+        match files::lock(paths) {
+            Ok(lock) => {
+                if waiting {
+                    tracing::info!(
+                        "audit trail: the previous process has let go; continuing its chain"
+                    );
+                }
+                return Ok(lock);
+            }
+            Err(e) => match deadline {
+                Some(d) if Instant::now() < d => {
+                    if !waiting {
+                        tracing::info!("audit trail: waiting for the previous process to seal it");
+                        waiting = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => return Err(e),
+            },
+        }
+    }
+}
+
 /// Marks the writer gone however its thread ends (a panic included), so cores stop admitting.
 struct DeadOnDrop(Arc<Shared>);
 
@@ -194,9 +253,10 @@ impl Writer {
         key: &[u8],
         shared: Arc<Shared>,
         drains: Vec<CoreDrain>,
+        lock_wait: Option<Duration>,
     ) -> Result<Writer, AuditError> {
         let paths = TrailPaths::new(path)?;
-        let lock = files::lock(&paths)?;
+        let lock = lock_waiting(&paths, lock_wait)?;
         let key = chain::new_key(key);
         let key_id = chain::key_id(&key);
 

@@ -145,6 +145,8 @@ commands:
   status                 version, pid, uptime, open connections
   reload                 re-read configuration and certificates
   drain                  stop accepting, close every client with 1001, exit
+  restart                hand the listeners to a new process of this binary, then close
+                         every client with 1012 and exit (no connection is refused)
   crl-reload             re-read the client-certificate CRLs
   help                   this text";
 
@@ -190,6 +192,7 @@ pub fn parse_cli(args: &[String]) -> Result<CliCommand, String> {
         "reload" => Request::Reload,
         "drain" => Request::Drain,
         "crl-reload" => Request::CrlReload,
+        "restart" => Request::Restart,
         other => return Err(format!("unknown command `{other}`")),
     };
     if let Some(extra) = rest.first() {

@@ -62,11 +62,14 @@ pub enum Request {
     Drain,
     /// Re-read the client-certificate CRLs.
     CrlReload,
+    /// Hand the listeners to a new process of the same binary, then close every client with
+    /// 1012 and exit (issue 7).
+    Restart,
 }
 
 impl Request {
     /// Every command name, in the order the documentation lists them.
-    pub const COMMANDS: [&'static str; 7] = [
+    pub const COMMANDS: [&'static str; 8] = [
         "revoke",
         "unrevoke",
         "revocations",
@@ -74,6 +77,7 @@ impl Request {
         "reload",
         "drain",
         "crl-reload",
+        "restart",
     ];
 
     /// The fields a command takes besides `cmd`.
@@ -94,6 +98,7 @@ impl Request {
             Request::Reload => "reload",
             Request::Drain => "drain",
             Request::CrlReload => "crl-reload",
+            Request::Restart => "restart",
         }
     }
 

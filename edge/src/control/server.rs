@@ -9,7 +9,7 @@ use std::net::Shutdown;
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -94,6 +94,8 @@ pub struct ControlServer {
     /// `None` once stopped.
     socket: Option<BoundSocket>,
     stop: Arc<AtomicBool>,
+    /// How long, at shutdown, clients being served get to finish before they are cut (ms).
+    grace_ms: Arc<AtomicU64>,
     acceptor: Option<JoinHandle<()>>,
 }
 
@@ -125,11 +127,13 @@ impl ControlServer {
             .try_clone()
             .map_err(io_err("cloning the listener"))?;
         let stop = Arc::new(AtomicBool::new(false));
+        let grace_ms = Arc::new(AtomicU64::new(0));
         let acceptor = Acceptor {
             listener,
             handler,
             options,
             stop: stop.clone(),
+            grace_ms: grace_ms.clone(),
             clients: Vec::new(),
             server_uid: sys::effective_uid(),
         };
@@ -142,6 +146,7 @@ impl ControlServer {
             path: path.to_owned(),
             socket: Some(socket),
             stop,
+            grace_ms,
             acceptor: Some(thread),
         })
     }
@@ -153,6 +158,15 @@ impl ControlServer {
 
     /// Stops the server now (drop does the same).
     pub fn shutdown(mut self) {
+        self.stop_now();
+    }
+
+    /// Stops accepting at once, but gives the clients being served up to `grace` to finish
+    /// (a command that is being answered — `restart` — gets its answer out) before they are
+    /// cut. The socket file and its lock are gone when this returns.
+    pub fn shutdown_after_answers(mut self, grace: Duration) {
+        self.grace_ms
+            .store(grace.as_millis() as u64, Ordering::SeqCst);
         self.stop_now();
     }
 
@@ -191,6 +205,7 @@ struct Acceptor {
     handler: Arc<dyn ControlHandler>,
     options: ControlOptions,
     stop: Arc<AtomicBool>,
+    grace_ms: Arc<AtomicU64>,
     clients: Vec<Client>,
     server_uid: u32,
 }
@@ -212,8 +227,14 @@ impl Acceptor {
                 }
             }
         }
-        // Cut every client's socket so its thread leaves its read now, then wait for it.
+        // Cut every client's socket so its thread leaves its read now (after the grace, if
+        // one was given), then wait for it.
+        let grace = Duration::from_millis(self.grace_ms.load(Ordering::SeqCst));
+        let deadline = std::time::Instant::now() + grace;
         for client in self.clients.drain(..) {
+            while !client.thread.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             let _ = client.stream.shutdown(Shutdown::Both);
             let _ = client.thread.join();
         }

@@ -459,6 +459,13 @@ impl EbpfLimiter {
         self.detach_group()
     }
 
+    /// Lets go of the limiter without detaching it: the listener group now belongs to another
+    /// process too (a restart's successor), whose own program replaced this one on the group —
+    /// detaching would remove *its* program.
+    pub fn leave_attached(mut self) {
+        self.group.take();
+    }
+
     fn detach_group(&mut self) -> Result<(), EbpfError> {
         match self.group.take() {
             Some(fd) => SkReuseport::detach(fd.as_fd())

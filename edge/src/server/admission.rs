@@ -98,16 +98,8 @@ impl Admission {
         let Some(slots) = &self.identity_slots else {
             return Ok(None);
         };
-        let key = match (
-            admitted.token.as_ref().and_then(|t| t.sub.as_deref()),
-            identity,
-        ) {
-            (Some(sub), _) => format!("sub:{sub}"),
-            (None, Some(id)) => match &id.spiffe_id {
-                Some(spiffe) => spiffe.clone(),
-                None => format!("cert:{}", id.fingerprint_sha256),
-            },
-            (None, None) => return Ok(None),
+        let Some(key) = identity_key(admitted, identity) else {
+            return Ok(None);
         };
         slots
             .try_take(&key)
@@ -293,6 +285,25 @@ impl ReplayShards {
 }
 
 const RETRY: &[(&str, &str)] = &[("Retry-After", "1")];
+
+/// Who a session is for the per-identity limits (connections, rates): the token's subject,
+/// else the client certificate's SPIFFE ID, else its fingerprint. None: anonymous.
+pub(crate) fn identity_key(
+    admitted: &Admitted,
+    identity: Option<&ClientIdentity>,
+) -> Option<String> {
+    match (
+        admitted.token.as_ref().and_then(|t| t.sub.as_deref()),
+        identity,
+    ) {
+        (Some(sub), _) => Some(format!("sub:{sub}")),
+        (None, Some(id)) => Some(match &id.spiffe_id {
+            Some(spiffe) => spiffe.clone(),
+            None => format!("cert:{}", id.fingerprint_sha256),
+        }),
+        (None, None) => None,
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -20,11 +20,11 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::BytesMut;
-use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
 use crate::audit::AuditEvent;
 use crate::ebpf::LimitGuard;
+use crate::limits::{ConnectionLimiter, Verdict};
 use crate::metrics::Side;
 use crate::refuse::Refusal;
 use crate::sockopt::{self, Recv};
@@ -39,6 +39,7 @@ use super::core::{unix_now, Core};
 use super::identity_slots::IdentitySlot;
 use super::live::{LiveEntry, LiveSession};
 use super::record_layer::RecordLayer;
+use super::relay::{Relay, UpstreamEvent};
 use super::timer::Deadline;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,15 +171,35 @@ struct Conn {
     /// Once upgraded: this session's place in the core's live registry (revocations, token
     /// expiry reach the connection through its deadline).
     live: Option<LiveEntry>,
-    /// An admitted upgrade waiting for its token id's replay check on the owner core.
+    /// An admitted upgrade waiting for its token id's replay check on the owner core, or for
+    /// its upstream connection (proxy mode).
     pending: Option<PendingUpgrade>,
+    /// Proxy mode: the session's upstream side.
+    relay: Option<Relay>,
+    /// The session's rate limits (its own and its identity's); None: unlimited.
+    limiter: Option<ConnectionLimiter>,
+    /// Upstream events of the current step, kept to reuse the allocation.
+    upstream_events: Vec<UpstreamEvent>,
     /// For the close's audit record: when the connection was accepted, the plaintext bytes
     /// each way, and who was admitted to what.
     accepted_at: Instant,
     bytes_in: u64,
     bytes_out: u64,
     admitted_as: Option<AdmittedAs>,
+    /// Armed while bytes wait for the client: no progress until it fires = a slow consumer.
     write_deadline: Deadline,
+    /// The server ping's timer (see [`Conn::on_heartbeat`]).
+    heartbeat: Deadline,
+    /// When the client last sent anything (any byte proves it alive).
+    last_rx: Instant,
+    /// When our unanswered ping went out.
+    ping_sent: Option<Instant>,
+    /// Client reads are paused at the outbound cap (for counting pauses, not waits).
+    reads_paused: bool,
+    /// Upstream reads are paused at the client's outbound cap.
+    upstream_paused: bool,
+    /// When the oldest message relayed in this step was read (the proxy hop histogram).
+    hop_started: Option<Instant>,
     /// Bytes this connection adds to the core's buffered budget right now.
     held: usize,
     holds_read_buffer: bool,
@@ -190,6 +211,7 @@ impl Conn {
         let deadline = Deadline::new(&core.wheel);
         deadline.set(Instant::now() + core.cfg.limits.handshake_timeout());
         let write_deadline = Deadline::new(&core.wheel);
+        let heartbeat = Deadline::new(&core.wheel);
         Self {
             slot,
             core,
@@ -206,11 +228,20 @@ impl Conn {
             deadline,
             live: None,
             pending: None,
+            relay: None,
+            limiter: None,
+            upstream_events: Vec::new(),
             accepted_at: Instant::now(),
             bytes_in: 0,
             bytes_out: 0,
             admitted_as: None,
             write_deadline,
+            heartbeat,
+            last_rx: Instant::now(),
+            ping_sent: None,
+            reads_paused: false,
+            upstream_paused: false,
+            hop_started: None,
             held: 0,
             holds_read_buffer: false,
         }
@@ -219,30 +250,57 @@ impl Conn {
     async fn run(&mut self) -> End {
         loop {
             let live = self.live.as_ref().map(|e| e.session.clone());
+            let reading = self.reads_allowed();
+            let writing = self.layer.has_pending_output();
+            let up_reading = self.upstream_reads_allowed();
+            let up_more = up_reading && self.relay.as_ref().is_some_and(|r| r.more);
+            let up_writing = self.relay.as_ref().is_some_and(|r| r.pending_output() > 0);
+            let relay = self.relay.as_ref();
             let wake = monoio::select! {
-                r = self.stream.readable(false) => Wake::Readable(r),
+                r = self.stream.readable(false), if reading => Wake::Readable(r),
+                r = self.stream.writable(false), if writing => Wake::Writable(r),
                 _ = self.deadline.expired() => Wake::Deadline,
                 _ = session_end(live.as_deref()) => Wake::SessionEnd,
+                _ = self.heartbeat.expired() => Wake::Heartbeat,
+                _ = self.write_deadline.expired(), if writing => Wake::WriteStalled,
+                r = upstream_readable(relay), if up_reading && !up_more => Wake::UpstreamReadable(r),
+                _ = std::future::ready(()), if up_more => Wake::UpstreamReadable(Ok(())),
+                r = upstream_writable(relay), if up_writing => Wake::UpstreamWritable(r),
             };
-            match wake {
+            let step = match wake {
+                Wake::UpstreamReadable(Ok(())) => self.relay_from_upstream(),
+                Wake::UpstreamWritable(Ok(())) => None,
+                Wake::UpstreamReadable(Err(e)) | Wake::UpstreamWritable(Err(e)) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "upstream readiness wait failed");
+                    Some(self.upstream_failed("upstream_closed"))
+                }
                 Wake::Deadline => return self.on_deadline(),
                 Wake::SessionEnd => return self.on_session_end(),
-                Wake::Readable(Err(e)) => {
+                Wake::WriteStalled => return self.on_slow_consumer(),
+                Wake::Heartbeat => self.on_heartbeat(),
+                Wake::Readable(Err(e)) | Wake::Writable(Err(e)) => {
                     tracing::debug!(peer = %self.peer, error = %e, "readiness wait failed");
                     return End::Abort;
                 }
-                Wake::Readable(Ok(())) => {}
-            }
-            let step = self.read_and_process();
-            self.account_buffers();
-            // Key bookkeeping comes before the flush: a KeyUpdate of ours must precede the
+                Wake::Writable(Ok(())) => None,
+                Wake::Readable(Ok(())) => {
+                    let step = self.read_and_process();
+                    self.account_buffers();
+                    step
+                }
+            };
+            // Key bookkeeping comes before the write: a KeyUpdate of ours must precede the
             // data queued after the client asked for it.
             let keys = match self.keep_keys_fresh().await {
                 Ok(keys) => keys,
                 Err(end) => return end,
             };
-            if let Err(end) = self.flush().await {
+            if let Err(end) = self.write_some() {
                 return end;
+            }
+            let step = step.or_else(|| self.write_upstream());
+            if let Some(at) = self.hop_started.take() {
+                self.core.metrics.proxy_hop.observe(at.elapsed());
             }
             if let Some(end) = step.or(keys) {
                 return end;
@@ -250,8 +308,8 @@ impl Conn {
             if let Some(pending) = self.pending.take() {
                 let upgraded = self.finish_pending_upgrade(pending).await;
                 self.account_buffers();
-                let flushed = self.flush().await;
-                if let Err(end) = upgraded.and(flushed) {
+                let written = self.write_some();
+                if let Err(end) = upgraded.and(written) {
                     return end;
                 }
             }
@@ -259,6 +317,209 @@ impl Conn {
                 return end;
             }
         }
+    }
+
+    /// Whether the client's bytes may be read now: not while what is queued for it (or, in
+    /// proxy mode, for its upstream) is at the outbound cap. A client that sends but does not
+    /// read is not served faster than it reads, and a slow upstream slows its client: TCP
+    /// pushes back on both.
+    fn reads_allowed(&mut self) -> bool {
+        let cap = self.core.cfg.limits.max_outbound_bytes;
+        let allowed = self.layer.pending_output_len() < cap
+            && self.relay.as_ref().is_none_or(|r| r.pending_output() < cap);
+        if !allowed && !self.reads_paused {
+            self.core.metrics.read_pauses.inc();
+        }
+        self.reads_paused = !allowed;
+        allowed
+    }
+
+    /// Whether the upstream's bytes may be read now: not while the client's queue is at the
+    /// outbound cap, except on lossy routes, which drop whole messages instead.
+    fn upstream_reads_allowed(&mut self) -> bool {
+        let Some(relay) = self.relay.as_ref().filter(|r| !r.is_done()) else {
+            return false;
+        };
+        let cap = self.core.cfg.limits.max_outbound_bytes;
+        let allowed = relay.lossy || self.layer.pending_output_len() < cap;
+        if !allowed && !self.upstream_paused {
+            self.core.metrics.upstream_pauses.inc();
+        }
+        self.upstream_paused = !allowed;
+        allowed
+    }
+
+    /// Proxy mode: reads the upstream and hands its whole messages to the client. On a lossy
+    /// route a message that does not fit under the client's outbound cap is dropped whole.
+    fn relay_from_upstream(&mut self) -> Option<End> {
+        let relay = self.relay.as_mut()?;
+        let now = Instant::now();
+        let mut events = std::mem::take(&mut self.upstream_events);
+        relay.read(now, &mut events);
+        let lossy = relay.lossy;
+        let cap = self.core.cfg.limits.max_outbound_bytes;
+        let mut queued = self.layer.pending_output_len();
+        let mut end = None;
+        for event in events.drain(..) {
+            let Some(session) = self.session.as_mut() else {
+                break;
+            };
+            match event {
+                UpstreamEvent::Message(message, read_at) => {
+                    if session.state() != SessionState::Open {
+                        continue;
+                    }
+                    let size = message.payload.len() + 14;
+                    if lossy && queued + size > cap {
+                        self.core.metrics.lossy_drop("backpressure");
+                        continue;
+                    }
+                    queued += size;
+                    session.send(message.kind, message.payload);
+                    self.hop_started.get_or_insert(read_at);
+                }
+                UpstreamEvent::Closed { code, reason } => {
+                    // The upstream's code goes to the client as it was sent.
+                    self.core.metrics.close_code(code, Side::Upstream);
+                    session.close(code, &reason);
+                    end = Some(End::Close);
+                }
+                UpstreamEvent::Failed { reason } => {
+                    Refusal::Close { code: 1014, reason }.record_on(&self.core, self.peer);
+                    session.close(1014, reason);
+                    end = Some(End::Close);
+                }
+            }
+        }
+        self.upstream_events = events;
+        if let Err(end) = self.encrypt_outgoing() {
+            return Some(end);
+        }
+        end
+    }
+
+    /// Writes what the upstream socket takes now; a broken upstream closes the client with
+    /// 1014.
+    fn write_upstream(&mut self) -> Option<End> {
+        let relay = self.relay.as_mut()?;
+        match relay.write_some() {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, member = %relay.member, error = %e, "upstream write failed");
+                Some(self.upstream_failed("upstream_write_failed"))
+            }
+        }
+    }
+
+    /// The upstream connection broke: the client is told 1014 (bad gateway).
+    fn upstream_failed(&mut self, reason: &'static str) -> End {
+        Refusal::Close { code: 1014, reason }.record_on(&self.core, self.peer);
+        if let Some(relay) = self.relay.as_mut() {
+            relay.abandon();
+        }
+        if let Some(session) = self.session.as_mut() {
+            session.close(1014, reason);
+        }
+        if self.encrypt_outgoing().is_err() {
+            return End::Abort;
+        }
+        End::Close
+    }
+
+    /// Writes what the socket takes now, without waiting. While bytes stay queued the stall
+    /// deadline runs (re-armed by every bit of progress); a drained queue clears it.
+    fn write_some(&mut self) -> Result<(), End> {
+        let mut progressed = false;
+        while self.layer.has_pending_output() {
+            let fd = sockopt::borrow_fd(&self.stream);
+            match sockopt::send_nonblocking(fd, self.layer.pending_output()) {
+                Ok(Some(n)) if n > 0 => {
+                    let records = self.layer.consume_output(n);
+                    self.core.metrics.ktls_tx_records.add(records);
+                    progressed = true;
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "write failed");
+                    return Err(End::Abort);
+                }
+            }
+        }
+        if !self.layer.has_pending_output() {
+            self.write_deadline.clear();
+        } else if progressed || !self.write_deadline.is_set() {
+            self.write_deadline
+                .set(Instant::now() + self.core.cfg.limits.write_timeout());
+        }
+        Ok(())
+    }
+
+    /// The client has taken nothing for `write_timeout_ms` while bytes wait for it: a slow
+    /// consumer. Its close frame is queued if it fits under the outbound cap; the close then
+    /// gives the last bytes `close_timeout_ms` before the connection is reset.
+    fn on_slow_consumer(&mut self) -> End {
+        self.core.metrics.slow_consumers.inc();
+        Refusal::Close {
+            code: 1008,
+            reason: "slow_consumer",
+        }
+        .record_on(&self.core, self.peer);
+        self.write_deadline.clear();
+        let fits = self.layer.pending_output_len() + 128 <= self.core.cfg.limits.max_outbound_bytes;
+        if let Some(session) = self.session.as_mut().filter(|_| fits) {
+            session.close(1008, "slow_consumer");
+            if self.encrypt_outgoing().is_err() {
+                return End::Abort;
+            }
+        }
+        End::Close
+    }
+
+    /// The heartbeat: a ping after `ping_interval_ms` without a byte from the client, and a
+    /// close when nothing at all arrives within `pong_timeout_ms` of it. Re-armed lazily from
+    /// the time of the last read, so reads never touch the wheel for it.
+    fn on_heartbeat(&mut self) -> Option<End> {
+        let limits = &self.core.cfg.limits;
+        let (Some(interval), Phase::Open) = (limits.ping_interval(), self.phase) else {
+            self.heartbeat.clear();
+            return None;
+        };
+        let pong_timeout = limits.pong_timeout();
+        let now = Instant::now();
+        if let Some(sent) = self.ping_sent.take() {
+            if self.last_rx < sent {
+                Refusal::Close {
+                    code: 1001,
+                    reason: "pong_timeout",
+                }
+                .record_on(&self.core, self.peer);
+                self.heartbeat.clear();
+                if let Some(s) = self.session.as_mut() {
+                    s.close(1001, "pong_timeout");
+                }
+                if self.encrypt_outgoing().is_err() {
+                    return Some(End::Abort);
+                }
+                return Some(End::Close);
+            }
+        }
+        let due = self.last_rx + interval;
+        if now < due {
+            self.heartbeat.set(due);
+            return None;
+        }
+        let session = self.session.as_mut()?;
+        if session.state() != SessionState::Open {
+            return None;
+        }
+        session.send_ping(bytes::Bytes::new());
+        self.core.metrics.pings_sent.inc();
+        self.ping_sent = Some(now);
+        self.heartbeat.set(now + pong_timeout);
+        if self.encrypt_outgoing().is_err() {
+            return Some(End::Abort);
+        }
+        None
     }
 
     /// Reads what the socket holds (bounded, so one connection cannot starve the core) and
@@ -489,9 +750,20 @@ impl Conn {
                         Ok(admitted) => admitted,
                         Err(refusal) => return Some(self.refuse_upgrade(refusal, &request, None)),
                     };
-                    if admitted.replay.is_some() {
-                        // The token id's owner core answers first; the loop waits for it.
-                        self.pending = Some(PendingUpgrade { request, admitted });
+                    let route = match self.route(&request) {
+                        Ok(route) => route,
+                        Err(refusal) => {
+                            return Some(self.refuse_upgrade(refusal, &request, Some(&admitted)))
+                        }
+                    };
+                    if admitted.replay.is_some() || route.is_some() {
+                        // The token id's owner core answers first, and the upstream must say
+                        // 101 before the client hears it: the loop waits for both.
+                        self.pending = Some(PendingUpgrade {
+                            request,
+                            admitted,
+                            route,
+                        });
                         return None;
                     }
                     if let Err(end) = self.upgrade(&request, admitted) {
@@ -598,30 +870,132 @@ impl Conn {
         }
     }
 
-    /// Asks the token id's owner core whether the id was seen, then upgrades or refuses; the
-    /// handshake deadline bounds the wait.
+    /// Asks the token id's owner core whether the id was seen and, in proxy mode, opens the
+    /// upstream session; then upgrades or refuses. The handshake deadline bounds the waits.
     async fn finish_pending_upgrade(&mut self, pending: PendingUpgrade) -> Result<(), End> {
-        let Some(check) = pending.admitted.replay.clone() else {
-            return Err(End::Abort);
-        };
-        let replay = self.core.replay.clone();
-        let answer = monoio::select! {
-            r = replay.check(&check, unix_now()) => Some(r),
-            _ = self.deadline.expired() => None,
-        };
-        match answer {
-            None => Err(self.on_deadline()),
-            Some(Err(refusal)) => {
-                Err(self.refuse_upgrade(refusal, &pending.request, Some(&pending.admitted)))
+        if let Some(check) = pending.admitted.replay.clone() {
+            let replay = self.core.replay.clone();
+            let answer = monoio::select! {
+                r = replay.check(&check, unix_now()) => Some(r),
+                _ = self.deadline.expired() => None,
+            };
+            match answer {
+                None => return Err(self.on_deadline()),
+                Some(Err(refusal)) => {
+                    return Err(self.refuse_upgrade(
+                        refusal,
+                        &pending.request,
+                        Some(&pending.admitted),
+                    ))
+                }
+                Some(Ok(())) => {}
             }
-            Some(Ok(())) => {
-                self.upgrade(&pending.request, pending.admitted)?;
-                // Frames the client sent right behind its request.
-                match self.process_guarded() {
-                    Some(end) => Err(end),
-                    None => Ok(()),
+        }
+        if let Some(route) = &pending.route {
+            match self.open_upstream(&pending, route).await {
+                Ok(relay) => self.relay = Some(relay),
+                Err(refusal) => {
+                    return Err(self.refuse_upgrade(
+                        refusal,
+                        &pending.request,
+                        Some(&pending.admitted),
+                    ))
                 }
             }
+        }
+        self.upgrade(&pending.request, pending.admitted)?;
+        // Frames the client sent right behind its request.
+        match self.process_guarded() {
+            Some(end) => Err(end),
+            None => Ok(()),
+        }
+    }
+
+    /// Proxy mode: the route of an admitted request. No route matching: 404.
+    fn route(&self, request: &ws::UpgradeRequest) -> Result<Option<RouteChoice>, Refusal> {
+        let Some(upstreams) = self.core.upstreams.as_ref() else {
+            return Ok(None);
+        };
+        match upstreams.route(&request.path) {
+            Some(r) => Ok(Some(RouteChoice {
+                group: r.group,
+                rest: r.rest.to_owned(),
+                lossy: r.lossy,
+            })),
+            None => Err(Refusal::Http {
+                status: 404,
+                reason: "no_route",
+                extra_headers: &[],
+            }),
+        }
+    }
+
+    /// Opens the session's upstream side: a member of the route's group (round robin over the
+    /// healthy ones whose breaker admits), connected and upgraded within the connect timeout
+    /// (and the client's handshake deadline). 503 at once when no member is usable.
+    async fn open_upstream(
+        &mut self,
+        pending: &PendingUpgrade,
+        route: &RouteChoice,
+    ) -> Result<Relay, Refusal> {
+        const RETRY: &[(&str, &str)] = &[("Retry-After", "1")];
+        let Some(upstreams) = self.core.upstreams.clone() else {
+            return Err(internal_refusal());
+        };
+        let Some(lease) = upstreams.pick(route.group, Instant::now()) else {
+            return Err(Refusal::Http {
+                status: 503,
+                reason: "upstream_unavailable",
+                extra_headers: RETRY,
+            });
+        };
+        let member = format!("{}/{}", lease.group, lease.url);
+        let client = crate::upstream::ClientContext {
+            request: &pending.request,
+            user_agent: None,
+            peer: self.peer.ip(),
+            protocol: pending.admitted.protocol.as_deref(),
+            identity: self.identity.as_deref(),
+            token: pending.admitted.token.as_ref(),
+        };
+        let request = upstreams.request(&lease.url, &route.rest, &client);
+        let connected = monoio::select! {
+            r = crate::upstream::connect(lease, &request, upstreams.connect_options()) => Some(r),
+            _ = self.deadline.expired() => None,
+        };
+        match connected {
+            Some(Ok(stream)) => {
+                tracing::debug!(peer = %self.peer, member, "upstream session open");
+                Ok(Relay::new(
+                    stream,
+                    self.core.session_limits(),
+                    route.lossy,
+                    member,
+                ))
+            }
+            Some(Err(e)) => {
+                tracing::debug!(peer = %self.peer, member, error = %e, "upstream connect failed");
+                let refused = matches!(&e, crate::upstream::ConnectError::Response(_))
+                    && !e.is_member_failure();
+                Err(if refused {
+                    Refusal::Http {
+                        status: 502,
+                        reason: "upstream_refused",
+                        extra_headers: &[],
+                    }
+                } else {
+                    Refusal::Http {
+                        status: 503,
+                        reason: "upstream_connect_failed",
+                        extra_headers: RETRY,
+                    }
+                })
+            }
+            None => Err(Refusal::Http {
+                status: 503,
+                reason: "upstream_timeout",
+                extra_headers: RETRY,
+            }),
         }
     }
 
@@ -635,6 +1009,12 @@ impl Conn {
             Ok(slot) => self.identity_slot = slot,
             Err(refusal) => return Err(self.refuse_upgrade(refusal, request, Some(&admitted))),
         }
+        let now = Instant::now();
+        let rates = &self.core.rates;
+        let identity = super::admission::identity_key(&admitted, self.identity.as_deref())
+            .and_then(|key| rates.identities.attach(&key, now));
+        let limiter = ConnectionLimiter::new(&rates.connection, identity, now);
+        self.limiter = (!limiter.is_unlimited()).then_some(limiter);
         let mut response = Vec::with_capacity(160);
         ws::write_response_101(request, admitted.protocol.as_deref(), &mut response);
         if self.layer.send(&response).is_err() {
@@ -666,8 +1046,15 @@ impl Conn {
         self.live = Some(entry);
         let core = &self.core;
         core.metrics.handshake(true, "ok");
-        self.deadline
-            .set(Instant::now() + core.cfg.limits.idle_timeout());
+        core.metrics
+            .handshake_time
+            .observe(self.accepted_at.elapsed());
+        let now = Instant::now();
+        self.deadline.set(now + core.cfg.limits.idle_timeout());
+        self.last_rx = now;
+        if let Some(interval) = core.cfg.limits.ping_interval() {
+            self.heartbeat.set(now + interval);
+        }
         // The redacted target: a query token must not reach the logs.
         let path = self.admitted_as.as_ref().map_or("", |a| a.path.as_str());
         tracing::debug!(peer = %self.peer, path, "upgraded");
@@ -679,9 +1066,12 @@ impl Conn {
         let core = self.core.clone();
         let metrics = &core.metrics;
         let session = self.session.as_mut()?;
-        self.deadline
-            .set(Instant::now() + core.cfg.limits.idle_timeout());
+        let now = Instant::now();
+        self.last_rx = now;
+        self.deadline.set(now + core.cfg.limits.idle_timeout());
         session.receive(&mut self.plaintext);
+        // Closed for its rate in this step: later messages in the same read are not delivered.
+        let mut rate_closed = false;
         while let Some(event) = session.poll_event() {
             match event {
                 Event::Message(message) => {
@@ -692,20 +1082,66 @@ impl Conn {
                     {
                         panic!("panic injected by a test client");
                     }
-                    session.send(message.kind, message.payload);
+                    if rate_closed {
+                        continue;
+                    }
+                    let verdict = match self.limiter.as_mut() {
+                        Some(limiter) => limiter.check(now, message.payload.len()),
+                        None => Verdict::Pass,
+                    };
+                    if let Verdict::Exceeded { which, unit } = verdict {
+                        if self.relay.as_ref().is_some_and(|r| r.lossy) {
+                            // Market data: the whole message goes, the session stays.
+                            metrics.rate_limited(which.as_str(), "drop");
+                            metrics.lossy_drop("rate_limit");
+                            continue;
+                        }
+                        metrics.rate_limited(which.as_str(), "close");
+                        tracing::debug!(peer = %self.peer, scope = which.as_str(), unit = unit.as_str(), "rate limit exceeded");
+                        Refusal::Close {
+                            code: crate::limits::RATE_LIMITED_CODE,
+                            reason: crate::limits::RATE_LIMITED_REASON,
+                        }
+                        .record_on(&core, self.peer);
+                        session.close(
+                            crate::limits::RATE_LIMITED_CODE,
+                            crate::limits::RATE_LIMITED_REASON,
+                        );
+                        if let Some(relay) = self.relay.as_mut() {
+                            relay.close(1001, "client_rate_limited");
+                        }
+                        rate_closed = true;
+                        continue;
+                    }
+                    match self.relay.as_mut() {
+                        Some(relay) => {
+                            relay.forward(message);
+                            self.hop_started.get_or_insert(now);
+                        }
+                        None => session.send(message.kind, message.payload),
+                    }
                 }
                 Event::Ping(_) | Event::Pong(_) => metrics.frames_in.inc(),
-                Event::PeerClosed { code, .. } => {
+                Event::PeerClosed { code, reason } => {
                     metrics.frames_in.inc();
                     metrics.close_code(code.unwrap_or(1005), Side::Client);
+                    // The client's close goes on to the upstream with its code.
+                    if let Some(relay) = self.relay.as_mut() {
+                        relay.close(code.unwrap_or(1000), &reason);
+                    }
                 }
                 Event::Failed { code, reason } => {
-                    Refusal::Close { code, reason }.record_on(&core, self.peer)
+                    Refusal::Close { code, reason }.record_on(&core, self.peer);
+                    if let Some(relay) = self.relay.as_mut() {
+                        relay.close(1001, "client_protocol_error");
+                    }
                 }
             }
         }
         // The budget for bytes held in partial frames and messages, per core.
-        let held = self.plaintext.len() + session.buffered_bytes();
+        let held = self.plaintext.len()
+            + session.buffered_bytes()
+            + self.relay.as_ref().map_or(0, Relay::buffered);
         let open = session.state() == SessionState::Open;
         let total = self.hold(held);
         let over_budget = total > core.cfg.limits.max_buffered_bytes_per_core && open;
@@ -1030,39 +1466,44 @@ impl Conn {
         }
     }
 
-    /// Writes all queued ciphertext. A write that makes no progress within the write timeout
-    /// shuts the socket down (a client that stopped reading).
-    async fn flush(&mut self) -> Result<(), End> {
-        while self.layer.has_pending_output() {
-            let out = self.layer.take_output();
-            let len = out.len();
-            self.write_deadline
-                .set(Instant::now() + self.core.cfg.limits.write_timeout());
-            let written = monoio::select! {
-                r = self.stream.write_all(out) => Some(r),
+    /// The last bytes of a closing connection (its close frame, an HTTP refusal, an alert) get
+    /// `close_timeout_ms` to leave. A client that takes none of it by then is reset (SO_LINGER
+    /// 0): its queued bytes are freed at once instead of waiting for a peer that does not read.
+    async fn flush_before_close(&mut self) -> Result<(), End> {
+        let limit = Instant::now() + self.core.cfg.limits.close_timeout();
+        loop {
+            self.write_some()?;
+            if !self.layer.has_pending_output() {
+                return Ok(());
+            }
+            self.write_deadline.set(limit);
+            let ready = monoio::select! {
+                r = self.stream.writable(false) => Some(r),
                 _ = self.write_deadline.expired() => None,
             };
             self.write_deadline.clear();
-            match written {
-                Some((Ok(n), buf)) if n == len => {
-                    let records = self.layer.restore_output(buf, n);
-                    self.core.metrics.ktls_tx_records.add(records);
-                }
-                Some((result, _)) => {
-                    tracing::debug!(peer = %self.peer, result = ?result.err(), "write failed");
-                    return Err(End::Abort);
-                }
+            match ready {
+                Some(Ok(())) => {}
+                Some(Err(_)) => return Err(End::Abort),
                 None => {
+                    self.core.metrics.close_resets.inc();
                     Refusal::Silent {
-                        reason: "write_timeout",
+                        reason: "close_timeout",
                     }
                     .record_on(&self.core, self.peer);
-                    sockopt::shutdown_both(sockopt::borrow_fd(&self.stream));
+                    self.reset();
                     return Err(End::Abort);
                 }
             }
         }
-        Ok(())
+    }
+
+    /// Resets the connection: SO_LINGER 0, so the close that follows sends RST and frees the
+    /// socket's queued bytes; the shutdown ends any wait still holding the socket.
+    fn reset(&mut self) {
+        let fd = sockopt::borrow_fd(&self.stream);
+        sockopt::set_linger_zero(fd);
+        sockopt::shutdown_both(fd);
     }
 
     /// Ends the connection: flushes, says close_notify when TLS is up, and closes.
@@ -1070,13 +1511,20 @@ impl Conn {
         if self.phase == Phase::Open {
             self.core.audit.record(self.close_event());
         }
+        if let Some(mut relay) = self.relay.take() {
+            // Whatever ended the client side ends the upstream side: our close (unless one
+            // went already), written if the socket takes it now, then both directions shut.
+            relay.close(1001, "going_away");
+            let _ = relay.write_some();
+            relay.stream.shutdown();
+        }
         if matches!(end, End::Close) && !self.layer.is_handshaking() {
-            if self.layer.queue_close_notify() && self.flush().await.is_ok() {
+            if self.layer.queue_close_notify() && self.flush_before_close().await.is_ok() {
                 self.send_kernel_close_notify().await;
             }
         } else if self.layer.has_pending_output() {
-            // An alert (TLS failure) or the last frames: best effort, bounded by the write timeout.
-            let _ = self.flush().await;
+            // An alert (TLS failure) or the last frames: best effort, bounded by the close timeout.
+            let _ = self.flush_before_close().await;
         }
         // monoio leaves a dropped operation in flight rather than cancelling it: a readiness
         // wait that lost to a deadline still holds the socket, and dropping the stream would
@@ -1143,13 +1591,53 @@ struct AdmittedAs {
 struct PendingUpgrade {
     request: ws::UpgradeRequest,
     admitted: Admitted,
+    /// Proxy mode: where the session goes.
+    route: Option<RouteChoice>,
+}
+
+/// A request's route in proxy mode.
+struct RouteChoice {
+    group: usize,
+    /// The path after the route's prefix, plus the query, for the member's path.
+    rest: String,
+    lossy: bool,
+}
+
+/// A refusal for a state that should not happen (a bug, not the client's fault).
+fn internal_refusal() -> Refusal {
+    Refusal::Http {
+        status: 500,
+        reason: "internal_error",
+        extra_headers: &[],
+    }
 }
 
 /// What woke a connection's loop.
 enum Wake {
     Readable(std::io::Result<()>),
+    Writable(std::io::Result<()>),
     Deadline,
     SessionEnd,
+    Heartbeat,
+    WriteStalled,
+    UpstreamReadable(std::io::Result<()>),
+    UpstreamWritable(std::io::Result<()>),
+}
+
+/// Resolves when the upstream socket is readable; never without an upstream.
+async fn upstream_readable(relay: Option<&Relay>) -> std::io::Result<()> {
+    match relay {
+        Some(r) => r.stream.tcp().readable(false).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the upstream socket takes more; never without an upstream.
+async fn upstream_writable(relay: Option<&Relay>) -> std::io::Result<()> {
+    match relay {
+        Some(r) => r.stream.tcp().writable(false).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves when the session's deadline fires; never without a live session.

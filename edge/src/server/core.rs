@@ -24,6 +24,7 @@ use crate::ws::{HandshakeLimits, SessionLimits};
 use super::admission::{Admission, ReplayAsk, ReplayShards};
 use super::conn;
 use super::ip_limit::IpLimiter;
+use super::lifecycle::{DrainOrder, Lifecycle};
 use super::live::{CloseOrder, LiveRegistry, LiveSession};
 use super::timer::{TimerWheel, TICK};
 use super::tls_state::TlsState;
@@ -42,6 +43,10 @@ pub(crate) struct Core {
     /// Per-IP limits at accept (when the kernel does not enforce them at the SYN).
     pub ip_limiter: Arc<IpLimiter>,
     pub admission: Arc<Admission>,
+    /// Proxy mode: routes, groups, breakers (shared by the cores; atomics only).
+    pub upstreams: Option<Arc<crate::upstream::Upstreams>>,
+    /// Message rate limits: per connection, and this core's side of the identity budgets.
+    pub rates: CoreRates,
     /// This core's producer end of the audit trail (never blocks, never drops).
     pub audit: AuditSink,
     /// This core's shard of the replay store and its lines to the others.
@@ -89,6 +94,11 @@ impl Core {
             stop: start.stop.clone(),
             ip_limiter: start.ip_limiter.clone(),
             admission: start.admission.clone(),
+            upstreams: start.upstreams.clone(),
+            rates: CoreRates {
+                connection: start.rates.connection,
+                identities: crate::limits::CoreBudgets::new(start.rates.identities.clone()),
+            },
             audit,
             replay: Rc::new(ReplayShards::new(
                 start.index,
@@ -122,12 +132,20 @@ impl Core {
 }
 
 /// Shuts the core's listeners down when the core stops, however it stops (unwinding too), so
-/// the kernel stops steering SYNs to a core that will never accept them.
-struct ListenerShutdown(Vec<RawFd>);
+/// the kernel stops steering SYNs to a core that will never accept them. Disarmed once a drain
+/// has dealt with the listeners itself: shut down, or handed over to a successor process (whose
+/// listeners they are now too: shutting them down would close them for it as well).
+struct ListenerShutdown {
+    fds: Vec<RawFd>,
+    armed: Rc<Cell<bool>>,
+}
 
 impl Drop for ListenerShutdown {
     fn drop(&mut self) {
-        for &fd in &self.0 {
+        if !self.armed.get() {
+            return;
+        }
+        for &fd in &self.fds {
             // SAFETY: the descriptors belong to listeners owned by this core's runtime, which is
             // still alive while this guard drops (it is declared after the runtime); shutdown
             // does not close them, it only stops listening.
@@ -149,10 +167,14 @@ pub(crate) struct CoreStart {
     pub stop: Arc<std::sync::atomic::AtomicBool>,
     pub ip_limiter: Arc<IpLimiter>,
     pub admission: Arc<Admission>,
+    pub upstreams: Option<Arc<crate::upstream::Upstreams>>,
+    pub rates: RatesStart,
     pub audit: AuditSink,
     pub replay: ReplayStart,
     pub metrics: Arc<CoreMetrics>,
     pub listeners: Vec<std::net::TcpListener>,
+    /// Drains reach the core through it (checked on every tick).
+    pub lifecycle: Arc<Lifecycle>,
 }
 
 impl Refusal {
@@ -161,6 +183,18 @@ impl Refusal {
         self.record(&core.metrics, peer);
         core.audit.record(self.audit_event(peer));
     }
+}
+
+/// The rate limits as handed to a core thread.
+pub(crate) struct RatesStart {
+    pub connection: crate::limits::RateLimit,
+    pub identities: Arc<crate::limits::IdentityBudgets>,
+}
+
+/// A core's rate limits.
+pub(crate) struct CoreRates {
+    pub connection: crate::limits::RateLimit,
+    pub identities: crate::limits::CoreBudgets,
 }
 
 /// A core's replay shard, as handed to its thread.
@@ -180,6 +214,7 @@ pub(crate) fn run_core(mut start: CoreStart, started: std::sync::mpsc::Sender<Re
         cpu,
         listeners,
         replay,
+        lifecycle,
         ..
     } = start;
     if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
@@ -204,13 +239,23 @@ pub(crate) fn run_core(mut start: CoreStart, started: std::sync::mpsc::Sender<Re
     };
     tracing::info!(core = core.index, cpu, driver, "core started");
     let metrics = core.metrics.clone();
-    let _shutdown = ListenerShutdown(listeners.iter().map(|l| l.as_raw_fd()).collect());
+    let gate = AcceptGate::new(listeners.iter().map(|l| l.as_raw_fd()).collect());
+    let _shutdown = ListenerShutdown {
+        fds: gate.fds.clone(),
+        armed: gate.listeners_owned.clone(),
+    };
     metrics.alive.store(true, Ordering::Relaxed);
     let _ = started.send(Ok(()));
     drop(started);
     let (ip_limiter, index) = (core.ip_limiter.clone(), core.index);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        rt.block_on(core_main(Rc::new(core), listeners, replay.questions))
+        rt.block_on(core_main(
+            Rc::new(core),
+            listeners,
+            replay.questions,
+            lifecycle,
+            gate,
+        ))
     }));
     // However the core ended: no more SYNs steered here, then (guard) its listeners close.
     ip_limiter.set_active(index, false);
@@ -252,27 +297,36 @@ async fn core_main(
     core: Rc<Core>,
     listeners: Vec<std::net::TcpListener>,
     replay_questions: futures_channel::mpsc::Receiver<ReplayAsk>,
+    lifecycle: Arc<Lifecycle>,
+    gate: Rc<AcceptGate>,
 ) {
     monoio::spawn(core.replay.clone().serve(replay_questions));
     for l in listeners {
         match TcpListener::from_std(l) {
             Ok(l) => {
-                monoio::spawn(accept_loop(core.clone(), l));
+                monoio::spawn(accept_loop(core.clone(), l, gate.clone()));
             }
             Err(e) => tracing::error!(core = core.index, error = %e, "cannot register a listener"),
         }
     }
-    // The ticker drives the core's timer wheel and watches the shared revocation state.
+    // The ticker drives the core's timer wheel, watches the shared revocation state and
+    // carries out a drain.
     let mut watch = RevocationWatch::default();
+    let mut drain: Option<DrainState> = None;
     loop {
         monoio::time::sleep(TICK).await;
         if core.stop.load(Ordering::Relaxed) {
-            // The runtime ends with this future; its listeners close on the way out. (A drain
-            // that says 1001 to every client first comes with graceful drain.)
+            // The runtime ends with this future; its listeners close on the way out.
             tracing::info!(core = core.index, "core stopping");
             return;
         }
         let now = Instant::now();
+        if let Some(order) = lifecycle.drain() {
+            let state = drain.get_or_insert_with(|| DrainState::begin(&core, &gate, order, now));
+            if state.step(&core, &gate, now) {
+                return;
+            }
+        }
         watch.tick(&core, now);
         let fired = core.wheel.advance(now);
         if fired > 0 {
@@ -343,10 +397,17 @@ pub(crate) fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
+async fn accept_loop(core: Rc<Core>, listener: TcpListener, gate: Rc<AcceptGate>) {
     loop {
-        let (stream, peer) = match listener.accept().await {
+        if gate.mode.get() == AcceptMode::Stopped {
+            return;
+        }
+        // Its own statement: the canceller's borrow must not live across the await.
+        let cancel = gate.canceller.borrow().handle();
+        let accepted = listener.cancelable_accept(cancel).await;
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
+            Err(_) if gate.mode.get() == AcceptMode::Stopped => return,
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS: the backlog keeps the SYNs; retry shortly.
                 tracing::warn!(core = core.index, error = %e, "accept failed");
@@ -355,6 +416,21 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
             }
         };
         core.metrics.accepted.inc();
+        match gate.mode.get() {
+            AcceptMode::Serve => {}
+            AcceptMode::CloseQueued => {
+                // Draining, with nobody to hand the queue to: a fresh TCP connection (no TLS
+                // byte yet) is reset at once rather than left waiting for a server going away.
+                core.metrics.drain_queued_closed.inc();
+                crate::sockopt::set_linger_zero(crate::sockopt::borrow_fd(&stream));
+                drop(stream);
+                continue;
+            }
+            // An accept that won the race against its cancellation (a restart handed the
+            // listener on): the client reached us, so it is served; the drain closes it with
+            // the others.
+            AcceptMode::Stopped => {}
+        }
         let over = if core.connections.get() >= core.max_connections {
             Some("max_connections")
         } else if core.audit.over_high_water() {
@@ -390,6 +466,142 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
     }
 }
 
+/// What a core's accept loops do with the next connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AcceptMode {
+    Serve,
+    /// Draining: take what is queued and close it unserved, until the queue is empty.
+    CloseQueued,
+    /// No more accepts: pending ones are cancelled and the loops end.
+    Stopped,
+}
+
+/// A core's hold on its listeners: the accept loops' mode and the canceller of their pending
+/// accepts, plus the descriptors (to read their queues and shut them down).
+pub(crate) struct AcceptGate {
+    mode: Cell<AcceptMode>,
+    canceller: RefCell<monoio::io::Canceller>,
+    fds: Vec<RawFd>,
+    /// True while the listeners are this core's to shut down when it stops.
+    listeners_owned: Rc<Cell<bool>>,
+}
+
+impl AcceptGate {
+    fn new(fds: Vec<RawFd>) -> Rc<Self> {
+        Rc::new(AcceptGate {
+            mode: Cell::new(AcceptMode::Serve),
+            canceller: RefCell::new(monoio::io::Canceller::new()),
+            fds,
+            listeners_owned: Rc::new(Cell::new(true)),
+        })
+    }
+
+    /// Connections waiting in this core's accept queues.
+    fn queued(&self) -> usize {
+        self.fds
+            .iter()
+            // SAFETY: the descriptors belong to listeners the core's accept loops own; they
+            // stay open until the gate stops them, and `queued` is only asked before that.
+            .map(|&fd| unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
+            .map(|fd| crate::sockopt::accept_queue_len(fd).unwrap_or(0))
+            .sum()
+    }
+
+    /// Ends the accept loops (their pending accepts are cancelled). With `shut`, the listeners
+    /// are shut down first, which also resets anything that reached the queue meanwhile;
+    /// without it (handed over) they are left as they are for the successor's cores.
+    fn stop(&self, shut: bool) {
+        if shut {
+            for &fd in &self.fds {
+                // SAFETY: as in `queued`: open listener descriptors of this core; shutdown
+                // does not close them.
+                unsafe {
+                    libc::shutdown(fd, libc::SHUT_RDWR);
+                }
+            }
+        }
+        self.listeners_owned.set(false);
+        self.mode.set(AcceptMode::Stopped);
+        let canceller = std::mem::take(&mut *self.canceller.borrow_mut());
+        drop(canceller.cancel());
+    }
+}
+
+/// One core's part of a drain, advanced by its ticker.
+///
+/// 1. The core leaves the eBPF listener steering, and its accept loops take what is already
+///    queued and close it unserved (counted), until the queues are empty (or `QUEUE_GRACE`);
+///    then the listeners are shut down. Under a restart the listeners belong to the successor
+///    too: the accept loops just stop and its cores serve the queue.
+/// 2. On every tick, every live session without a close order gets the drain's (1001
+///    "going_away" or 1012 "service_restart"): the connection closes itself through its
+///    session deadline. Sessions that finish their upgrade during the drain get it on the next
+///    tick.
+/// 3. Connections still in their TLS handshake or upgrade are not interrupted: they are not
+///    reachable from here (only upgraded sessions register), and a client mid-handshake has
+///    sent nothing it could lose. They get until their handshake timeout; if they upgrade, step
+///    2 closes them at once; whatever is left at the drain deadline is closed with the core.
+/// 4. The core stops when its connections are gone, or at the deadline (the rest are counted
+///    as forced and closed by the runtime's end).
+struct DrainState {
+    order: DrainOrder,
+    began: Instant,
+    listeners_closed: bool,
+}
+
+/// How long a drain keeps taking queued connections off a listener before shutting it.
+const QUEUE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl DrainState {
+    fn begin(core: &Core, gate: &AcceptGate, order: DrainOrder, now: Instant) -> Self {
+        tracing::info!(
+            core = core.index,
+            code = order.code,
+            reason = order.reason,
+            connections = core.connections.get(),
+            "core draining"
+        );
+        if order.handed_over {
+            // The successor's cores accept on these same sockets now.
+            gate.stop(false);
+        } else {
+            core.ip_limiter.set_active(core.index, false);
+            gate.mode.set(AcceptMode::CloseQueued);
+        }
+        DrainState {
+            order,
+            began: now,
+            listeners_closed: order.handed_over,
+        }
+    }
+
+    /// One tick of the drain; true when the core is done.
+    fn step(&mut self, core: &Core, gate: &AcceptGate, now: Instant) -> bool {
+        if !self.listeners_closed && (gate.queued() == 0 || now >= self.began + QUEUE_GRACE) {
+            gate.stop(true);
+            self.listeners_closed = true;
+        }
+        let (code, reason) = (self.order.code, self.order.reason);
+        let closed = core.live.close_matching(now, |_| Some((code, reason)));
+        core.metrics.drain_sessions_closed.add(closed as u64);
+        let left = core.connections.get();
+        if self.listeners_closed && left == 0 {
+            tracing::info!(core = core.index, "core drained");
+            return true;
+        }
+        if now >= self.order.deadline {
+            core.metrics.drain_forced.add(left as u64);
+            tracing::warn!(
+                core = core.index,
+                left,
+                "drain deadline reached; the remaining connections are closed"
+            );
+            return true;
+        }
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,7 +613,10 @@ mod tests {
     fn shut_down_listener_leaves_the_reuseport_group() {
         let set = crate::server::listen::bind_listeners("127.0.0.1:0".parse().unwrap(), 2).unwrap();
         let [alive, dead]: [std::net::TcpListener; 2] = set.per_core.try_into().unwrap();
-        drop(ListenerShutdown(vec![dead.as_raw_fd()]));
+        drop(ListenerShutdown {
+            fds: vec![dead.as_raw_fd()],
+            armed: Rc::new(Cell::new(true)),
+        });
         let mut clients = Vec::new();
         for i in 0..32 {
             clients.push(TcpStream::connect(set.addr).expect("the group still accepts"));

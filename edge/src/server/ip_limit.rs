@@ -168,6 +168,23 @@ impl IpLimiter {
         }
     }
 
+    /// Lets go of the kernel programs without detaching them from the listener groups: after a
+    /// restart handover the groups are the successor's, and so is the program attached to them
+    /// (its attach replaced ours). Our maps and links close with the process.
+    pub fn abandon(&self) {
+        if let IpLimiter::Kernel { limiters, sweeper } = self {
+            drop(sweeper.lock().unwrap_or_else(|e| e.into_inner()).take());
+            let taken = std::mem::take(&mut *limiters.lock().unwrap_or_else(|e| e.into_inner()));
+            for l in taken {
+                match Arc::try_unwrap(l) {
+                    Ok(l) => l.leave_attached(),
+                    // Still shared: leaked rather than detached on drop.
+                    Err(l) => std::mem::forget(l),
+                }
+            }
+        }
+    }
+
     /// Detaches the kernel programs (aya leaves an `SO_ATTACH_REUSEPORT_EBPF` attached); the
     /// sweep thread stops first so the limiters have no other owner.
     pub fn stop(&self) {

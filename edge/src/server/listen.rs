@@ -51,9 +51,23 @@ impl InstanceLock {
             Err(source) => Err(ListenError::Lock { addr, source }),
         }
     }
+
+    /// The lock as handed over by the previous process of a restart (the same bound socket:
+    /// the address is never unlocked in between).
+    pub(crate) fn inherited(socket: std::os::fd::OwnedFd, addr: SocketAddr) -> Self {
+        Self {
+            _socket: UnixListener::from(socket),
+            addr,
+        }
+    }
+
+    /// The lock's socket, to hand it to a successor.
+    pub(crate) fn socket(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self._socket)
+    }
 }
 
-fn reuseport_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+pub(crate) fn reuseport_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -104,6 +118,30 @@ pub fn bind_listeners(addr: SocketAddr, cores: usize) -> Result<ListenerSet, Lis
         per_core,
         lock,
     })
+}
+
+/// Makes `set` hold exactly `cores` listeners: a restart's successor may run another number of
+/// cores than its predecessor. Missing ones join the group (the instance lock is ours, so no
+/// stray can); extra ones are closed — their queued connections are reset, so a successor
+/// should keep the core count (`needs restart` is not a reason to shrink).
+pub(crate) fn fit_to_cores(set: &mut ListenerSet, cores: usize) -> Result<(), ListenError> {
+    while set.per_core.len() < cores {
+        let l = reuseport_listener(set.addr).map_err(|source| ListenError::Bind {
+            addr: set.addr,
+            source,
+        })?;
+        set.per_core.push(l);
+    }
+    if set.per_core.len() > cores {
+        tracing::warn!(
+            addr = %set.addr,
+            inherited = set.per_core.len(),
+            cores,
+            "fewer cores than the previous process: its extra listeners are closed"
+        );
+        set.per_core.truncate(cores);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -6,26 +6,35 @@ mod admission;
 mod conn;
 mod core;
 pub mod cpus;
+mod fdpass;
+mod handover;
 mod identity_slots;
 pub(crate) mod ip_limit;
+pub mod lifecycle;
 pub mod listen;
 mod live;
 mod operator;
 mod record_layer;
+mod relay;
+mod reload;
 pub mod timer;
 mod tls_state;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::metrics::{CoreMetrics, Registry};
 use crate::tls::crl::{CrlSet, CrlWatcher};
 use crate::tls::ktls::KtlsPolicy;
-use crate::tls::policy;
+
+use lifecycle::DrainOrder;
+pub(crate) use lifecycle::Lifecycle;
+pub use lifecycle::{Command, Commands};
 
 /// Why the edge could not start. All of these are the operator's to fix; the binary exits 2.
 #[derive(Debug, thiserror::Error)]
@@ -53,8 +62,12 @@ pub enum StartError {
     IpLimit(String),
     #[error("audit trail: {0}")]
     Audit(#[from] crate::audit::AuditError),
+    #[error("upstream: {0}")]
+    Upstream(String),
     #[error("control socket: {0}")]
     Control(#[from] crate::control::ControlError),
+    #[error("restart handover: {0}")]
+    Handover(String),
 }
 
 /// A running edge.
@@ -67,9 +80,17 @@ pub struct Running {
     pub cpus: Vec<usize>,
     pub metrics: Registry,
     threads: Vec<JoinHandle<()>>,
-    _locks: Vec<listen::InstanceLock>,
+    /// One per listen address, in the order of `handoff.sets`.
+    locks: Vec<listen::InstanceLock>,
     /// Served while the process runs; dropping it removes the socket file.
-    _control: Option<crate::control::ControlServer>,
+    control: Option<crate::control::ControlServer>,
+    /// Copies of the listening sockets, for a restart's successor.
+    handoff: handover::Handoff,
+    /// Stops the admin thread (a restart's successor serves the admin listener then).
+    admin_stop: Arc<AtomicBool>,
+    /// Set once a successor took the listeners (the eBPF program attached to the group is
+    /// then the successor's: ours is not detached).
+    handed_over: bool,
     /// Re-reads the CRLs when their files change (none without CRLs).
     _crl_watcher: Option<CrlWatcher>,
     /// Sealed once every core has stopped.
@@ -78,26 +99,211 @@ pub struct Running {
     stop: Arc<AtomicBool>,
     /// Detached (eBPF) once the cores have stopped.
     ip_limiter: Arc<ip_limit::IpLimiter>,
+    /// Drains reach the cores through it.
+    lifecycle: Arc<Lifecycle>,
+    /// What the signal thread and the control socket ask for.
+    commands: mpsc::Receiver<Command>,
+    command_tx: Commands,
+    drain_timeout: Duration,
+    /// SIGHUP reloads through it (`ctl reload` through the control socket's copy).
+    reloader: Arc<reload::Reloader>,
+}
+
+/// What a drain did, for its audit record and log line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct DrainSummary {
+    sessions_closed: u64,
+    queued_closed: u64,
+    forced: u64,
 }
 
 impl Running {
-    /// The flag that stops the edge (SIGTERM/SIGINT set it).
+    /// The flag that stops the edge at once (no drain): each core ends at its next tick.
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         self.stop.clone()
     }
 
-    /// Blocks until every core thread has ended, then seals the audit trail. True when the
-    /// stop was asked for (false: the cores ended on their own, which is a failure).
-    pub fn wait(self) -> bool {
-        for t in self.threads {
+    /// Where the signal thread sends what it is asked for (drain, stop, reload, restart).
+    pub fn commands(&self) -> Commands {
+        self.command_tx.clone()
+    }
+
+    /// Serves until a drain (or a stop) ends the cores, carrying out the commands that arrive
+    /// meanwhile; then seals the audit trail. True when the end was asked for (false: the
+    /// cores ended on their own, which is a failure).
+    pub fn wait(mut self) -> bool {
+        let asked = loop {
+            match self.commands.recv_timeout(Duration::from_millis(100)) {
+                Ok(Command::Drain { trigger }) => {
+                    self.drain(
+                        trigger,
+                        DrainOrder::going_away(Instant::now() + self.drain_timeout),
+                    );
+                    break true;
+                }
+                Ok(Command::Stop) => {
+                    self.stop.store(true, Ordering::SeqCst);
+                    break true;
+                }
+                Ok(Command::Reload { trigger }) => {
+                    // Logged and audited by the reloader, refusals included.
+                    let _ = self.reloader.reload(trigger);
+                }
+                Ok(Command::Restart { trigger, reply }) => {
+                    if self.restart(trigger, reply) {
+                        break true;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if self.threads.iter().all(JoinHandle::is_finished) {
+                        break self.stop.load(Ordering::SeqCst);
+                    }
+                }
+                // Unreachable while `command_tx` lives in self.
+                Err(mpsc::RecvTimeoutError::Disconnected) => break false,
+            }
+        };
+        for t in std::mem::take(&mut self.threads) {
             let _ = t.join();
         }
-        // The kernel programs go before the listeners close with the process.
-        self.ip_limiter.stop();
+        if self.handed_over {
+            // The group's program is the successor's now: ours goes without detaching.
+            self.ip_limiter.abandon();
+        } else {
+            // The kernel programs go before the listeners close with the process.
+            self.ip_limiter.stop();
+        }
         if let Err(e) = self.trail.shutdown() {
             tracing::error!(error = %e, "the audit trail could not be sealed");
         }
-        self.stop.load(Ordering::SeqCst)
+        asked
+    }
+
+    /// Drains: readiness off, every core closes its queue, its listeners and its sessions with
+    /// the order's code and stops when empty or at the deadline; the main thread waits for
+    /// them (a second SIGTERM/SIGINT stops them at once) and audits what the drain did.
+    fn drain(&mut self, trigger: &'static str, order: DrainOrder) -> DrainSummary {
+        let began = Instant::now();
+        if !self.lifecycle.start_drain(order) {
+            return DrainSummary::default();
+        }
+        self.finish_drain(trigger, order, began)
+    }
+
+    /// Restart handover: a successor gets the listeners and reports ready; then this process
+    /// stops accepting, answers, lets go of the control socket and drains with 1012. True
+    /// when handed over (the caller ends); false when it failed (this process keeps serving;
+    /// the reason is logged, audited and answered).
+    fn restart(
+        &mut self,
+        trigger: &'static str,
+        reply: Option<mpsc::Sender<Result<u32, String>>>,
+    ) -> bool {
+        tracing::info!(trigger, "restart: handing the listeners to a new process");
+        let outcome = handover::spawn_successor(&self.handoff, &self.locks);
+        self.trail
+            .handle()
+            .record(crate::audit::AuditEvent::Restart {
+                trigger: trigger.to_owned(),
+                ok: outcome.is_ok(),
+                new_pid: outcome.as_ref().ok().map(|s| s.pid),
+                detail: match &outcome {
+                    Ok(s) => format!("handed over to pid {}", s.pid),
+                    Err(e) => e.clone(),
+                },
+            });
+        let successor = match outcome {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(reason = %e, "restart failed; this process keeps serving");
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(e));
+                }
+                return false;
+            }
+        };
+        tracing::info!(
+            new_pid = successor.pid,
+            "restart: the new process serves; draining with 1012"
+        );
+        self.handed_over = true;
+        // Stop accepting first (the successor's cores serve the shared queues), then answer.
+        let began = Instant::now();
+        let order = DrainOrder::service_restart(began + self.drain_timeout);
+        self.admin_stop.store(true, Ordering::SeqCst);
+        self.lifecycle.start_drain(order);
+        if let Some(reply) = reply {
+            let _ = reply.send(Ok(successor.pid));
+        }
+        // The control socket goes once the command's answer is out; the successor takes it.
+        if let Some(control) = self.control.take() {
+            control.shutdown_after_answers(Duration::from_secs(2));
+        }
+        successor.control_released();
+        self.finish_drain(trigger, order, began);
+        true
+    }
+
+    /// The waiting half of a drain: until every core has stopped; then its audit record.
+    fn finish_drain(
+        &mut self,
+        trigger: &'static str,
+        order: DrainOrder,
+        began: Instant,
+    ) -> DrainSummary {
+        let open: i64 = self.metrics.cores.iter().map(|c| c.open.get()).sum();
+        tracing::info!(
+            trigger,
+            code = order.code,
+            open_sessions = open,
+            timeout_ms = order.deadline.saturating_duration_since(began).as_millis() as u64,
+            "draining: not ready any more; closing the accept queues, the listeners and every session"
+        );
+        // The cores stop by themselves at the deadline; this margin only covers a core that
+        // cannot (a stuck task), which the stop flag ends at its next tick.
+        let hard_stop = order.deadline + Duration::from_secs(1);
+        while !self.threads.iter().all(JoinHandle::is_finished) {
+            match self.commands.recv_timeout(Duration::from_millis(20)) {
+                Ok(Command::Stop) => {
+                    tracing::warn!("stop requested during the drain: the cores stop now");
+                    self.stop.store(true, Ordering::SeqCst);
+                }
+                Ok(Command::Restart { reply, .. }) => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err("the edge is draining".into()));
+                    }
+                }
+                Ok(other) => tracing::info!(command = ?other, "ignored: the edge is draining"),
+                Err(_) => {}
+            }
+            if Instant::now() >= hard_stop {
+                self.stop.store(true, Ordering::SeqCst);
+            }
+        }
+        let sum = |f: fn(&CoreMetrics) -> u64| self.metrics.cores.iter().map(|c| f(c)).sum();
+        let summary = DrainSummary {
+            sessions_closed: sum(|c| c.drain_sessions_closed.get()),
+            queued_closed: sum(|c| c.drain_queued_closed.get()),
+            forced: sum(|c| c.drain_forced.get()),
+        };
+        let duration_ms = began.elapsed().as_millis() as u64;
+        tracing::info!(
+            trigger,
+            sessions_closed = summary.sessions_closed,
+            queued_closed = summary.queued_closed,
+            forced = summary.forced,
+            duration_ms,
+            "drained"
+        );
+        self.trail.handle().record(crate::audit::AuditEvent::Drain {
+            trigger: trigger.to_owned(),
+            code: order.code,
+            sessions_closed: summary.sessions_closed,
+            queued_closed: summary.queued_closed,
+            forced: summary.forced,
+            duration_ms,
+        });
+        summary
     }
 }
 
@@ -118,22 +324,24 @@ fn watch_crls(
     .map(Some)
 }
 
-/// Validates the configuration, binds every listener, starts the cores and the admin listener.
+/// Validates the configuration, binds every listener (or takes them over from the previous
+/// process of a restart), starts the cores and the admin listener.
 pub fn start(cfg: Config) -> Result<Running, StartError> {
+    let mut inherited = handover::inherit().map_err(StartError::Handover)?;
+    let started = start_serving(cfg, inherited.as_mut());
+    if let (Err(e), Some(h)) = (&started, &inherited) {
+        h.failed(&e.to_string());
+    }
+    started
+}
+
+fn start_serving(
+    cfg: Config,
+    mut inherited: Option<&mut handover::Inheritance>,
+) -> Result<Running, StartError> {
     cfg.validate()?;
     let cpus = cpus::choose(cfg.server.cores, cfg.server.cpus.as_deref())?;
-    let (chain, key, dev_ca) = match (&cfg.tls.cert, &cfg.tls.key) {
-        (Some(cert), Some(key)) => (
-            policy::load_cert_chain(cert).map_err(|e| StartError::Tls(e.to_string()))?,
-            policy::load_private_key(key).map_err(|e| StartError::Tls(e.to_string()))?,
-            None,
-        ),
-        _ => {
-            let dev = crate::devcert::ensure_dev_cert(&cfg.server.state_dir)
-                .map_err(|e| StartError::Tls(e.to_string()))?;
-            (dev.chain, dev.key, Some(dev.ca_pem_path))
-        }
-    };
+    let (chain, key, dev_ca) = reload::default_certificate(&cfg).map_err(StartError::Tls)?;
     let ktls = KtlsPolicy::decide(cfg.tls.ktls, cfg.tls.ktls_key_limit_records)
         .map_err(StartError::Ktls)?;
     ktls.log_start();
@@ -155,7 +363,20 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
 
     let mut sets = Vec::new();
     for addr in &cfg.server.listen {
-        sets.push(listen::bind_listeners(*addr, cpus.len())?);
+        let set = match inherited.as_mut().and_then(|h| h.take_set(*addr)) {
+            Some(mut set) => {
+                listen::fit_to_cores(&mut set, cpus.len())?;
+                set
+            }
+            None => listen::bind_listeners(*addr, cpus.len())?,
+        };
+        sets.push(set);
+    }
+    let admin_listener = inherited
+        .as_mut()
+        .and_then(|h| h.take_admin(cfg.server.admin));
+    if let Some(h) = inherited.as_mut() {
+        h.drop_unused();
     }
     let listening: Vec<SocketAddr> = sets.iter().map(|s| s.addr).collect();
     // Per-IP limits attach to the listening groups before any core accepts.
@@ -169,8 +390,33 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
     );
     drop(groups);
 
-    let (trail, sinks) = crate::audit::AuditTrail::start(&cfg.audit, cpus.len())?;
+    // A successor continues the trail once its predecessor has drained and sealed it.
+    let lock_wait = inherited
+        .is_some()
+        .then(|| cfg.server.drain_timeout() + Duration::from_secs(30));
+    let connection_rate = cfg.limits.connection_rate()?;
+    let identity_budgets = crate::limits::IdentityBudgets::new(cfg.limits.identity_rate()?);
+    let upstreams = match &cfg.upstream {
+        Some(u) => {
+            let mut upstreams = crate::upstream::Upstreams::from_config(u, &cfg.routes)
+                .map_err(|e| StartError::Upstream(e.to_string()))?;
+            upstreams.set_socket_options(crate::sockopt::AcceptedSocketOptions {
+                send_buffer_bytes: cfg.limits.socket_send_buffer_bytes,
+                recv_buffer_bytes: cfg.limits.socket_recv_buffer_bytes,
+            });
+            tracing::info!(
+                groups = u.groups.len(),
+                routes = cfg.routes.len(),
+                "proxy mode: sessions are forwarded to upstream groups"
+            );
+            Some(Arc::new(upstreams))
+        }
+        None => None,
+    };
+    let (trail, sinks) = crate::audit::AuditTrail::start_with(&cfg.audit, cpus.len(), lock_wait)?;
     let stop = Arc::new(AtomicBool::new(false));
+    let lifecycle = Arc::new(Lifecycle::new(Arc::new(AtomicBool::new(false))));
+    let (command_tx, commands) = mpsc::channel();
     let registry = Registry {
         cores: cpus
             .iter()
@@ -180,19 +426,41 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
         ktls_available: ktls.offloads(),
         audit: trail.is_enabled().then(|| trail.stats()),
         ip_limiter: Some(ip_limiter.clone()),
+        draining: lifecycle.draining_flag(),
+        upstreams: upstreams.clone(),
     };
-    let admin = crate::admin::start(cfg.server.admin, registry.clone()).map_err(|source| {
-        StartError::Admin {
-            addr: cfg.server.admin,
-            source,
-        }
-    })?;
+    let admin_err = |source| StartError::Admin {
+        addr: cfg.server.admin,
+        source,
+    };
+    let admin_listener = match admin_listener {
+        Some(l) => l,
+        None => std::net::TcpListener::bind(cfg.server.admin).map_err(admin_err)?,
+    };
+    let admin_copy = admin_listener.try_clone().map_err(admin_err)?;
+    let admin_stop = Arc::new(AtomicBool::new(false));
+    let admin = crate::admin::serve(admin_listener, registry.clone(), admin_stop.clone())
+        .map_err(admin_err)?;
 
     let cfg = Arc::new(cfg);
     let mut per_core: Vec<Vec<std::net::TcpListener>> =
         (0..cpus.len()).map(|_| Vec::new()).collect();
     let mut locks = Vec::new();
+    let mut handoff = handover::Handoff {
+        sets: Vec::new(),
+        admin: Some((admin, admin_copy.into())),
+    };
     for set in sets {
+        let copies = set
+            .per_core
+            .iter()
+            .map(|l| l.try_clone().map(Into::into))
+            .collect::<std::io::Result<Vec<std::os::fd::OwnedFd>>>()
+            .map_err(|source| listen::ListenError::Bind {
+                addr: set.addr,
+                source,
+            })?;
+        handoff.sets.push((set.addr, copies));
         for (i, l) in set.per_core.into_iter().enumerate() {
             per_core[i].push(l);
         }
@@ -222,6 +490,11 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
             stop: stop.clone(),
             ip_limiter: ip_limiter.clone(),
             admission: admission.clone(),
+            upstreams: upstreams.clone(),
+            rates: core::RatesStart {
+                connection: connection_rate,
+                identities: identity_budgets.clone(),
+            },
             audit,
             replay: core::ReplayStart {
                 peers: replay_peers.clone(),
@@ -231,6 +504,7 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
             },
             metrics: registry.cores[i].clone(),
             listeners,
+            lifecycle: lifecycle.clone(),
         };
         let t = std::thread::Builder::new()
             .name(format!("wssedge-core-{i}"))
@@ -250,19 +524,36 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
             Err(_) => return Err(StartError::Core("a core did not start within 10 s".into())),
         }
     }
+    if let Some(h) = inherited.as_ref() {
+        // Serving: the predecessor stops accepting and lets go of the control socket.
+        h.ready();
+        if cfg.server.control.is_some() {
+            h.wait_control_released(Duration::from_secs(30));
+        }
+    }
     let crl_watcher =
         watch_crls(&tls, trail.handle()).map_err(|e| StartError::Tls(e.to_string()))?;
+    let reloader = Arc::new(reload::Reloader {
+        started: (*cfg).clone(),
+        tls: tls.clone(),
+        admission: admission.clone(),
+        ip_limiter: ip_limiter.clone(),
+        audit: trail.handle(),
+        one_at_a_time: Default::default(),
+    });
     let control = match &cfg.server.control {
         Some(path) => Some(crate::control::ControlServer::start(
             path,
             Arc::new(operator::Operator {
                 admission: admission.clone(),
                 tls: tls.clone(),
-                config_source: cfg.source.clone(),
-                ip_limiter: ip_limiter.clone(),
+                reloader: reloader.clone(),
                 audit: trail.handle(),
                 metrics: registry.clone(),
                 started: std::time::Instant::now(),
+                commands: command_tx.clone(),
+                draining: lifecycle.clone(),
+                drain_timeout: cfg.server.drain_timeout(),
             }),
         )?),
         None => None,
@@ -274,11 +565,19 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
         cpus,
         metrics: registry,
         threads,
-        _locks: locks,
-        _control: control,
+        locks,
+        control,
+        handoff,
+        admin_stop,
+        handed_over: false,
         _crl_watcher: crl_watcher,
         trail,
         stop,
         ip_limiter,
+        lifecycle,
+        commands,
+        command_tx,
+        reloader,
+        drain_timeout: cfg.server.drain_timeout(),
     })
 }

@@ -17,22 +17,23 @@ use crate::control::{ControlHandler, PeerCred, Request, Response};
 use crate::metrics::Registry;
 
 use super::admission::Admission;
-use super::ip_limit::IpLimiter;
 use super::tls_state::TlsState;
-use crate::auth::revocation::Revocations;
 use crate::tls::crl::CrlSet;
 
 pub(crate) struct Operator {
     pub admission: Arc<Admission>,
     /// `crl-reload` re-reads the CRL files into it.
     pub tls: Arc<TlsState>,
-    /// `reload` re-reads this file and applies what can change live.
-    pub config_source: Option<std::path::PathBuf>,
-    pub ip_limiter: Arc<IpLimiter>,
+    /// `reload` re-reads the configuration file and the certificates.
+    pub reloader: Arc<super::reload::Reloader>,
     /// Every command (and every refused attempt) goes into the audit trail.
     pub audit: AuditHandle,
     pub metrics: Registry,
     pub started: Instant,
+    /// `drain` (and `restart`) are carried out by the main thread.
+    pub commands: super::Commands,
+    pub draining: Arc<super::Lifecycle>,
+    pub drain_timeout: std::time::Duration,
 }
 
 impl Operator {
@@ -73,74 +74,15 @@ impl Operator {
         }
     }
 
-    /// Re-reads the configuration file and applies what can change while serving: the per-IP
-    /// limits, the revocations file and the CRLs. A bad file changes nothing (the reason is
-    /// returned); every attempt is audited.
+    /// Re-reads the configuration file and the certificates and applies what can change while
+    /// serving (see [`super::reload`]); a bad file changes nothing and the reason is returned.
     fn reload(&self) -> Response {
-        let outcome = self.reload_config();
-        self.audit.record(AuditEvent::Reload {
-            what: "config".into(),
-            ok: outcome.is_ok(),
-            detail: outcome.clone().unwrap_or_else(|e| e),
-        });
-        match outcome {
-            Ok(detail) => Response::ok(&serde_json::json!({ "applied": detail })),
+        match self.reloader.reload("control") {
+            Ok(done) => Response::ok(&done),
             Err(e) => Response::error(format!(
                 "not reloaded, the running configuration stays: {e}"
             )),
         }
-    }
-
-    /// Everything is read and checked before anything changes; the one step that can still
-    /// fail (building the TLS config around new CRLs) goes first.
-    fn reload_config(&self) -> Result<String, String> {
-        let path = self
-            .config_source
-            .as_ref()
-            .ok_or("the edge was started without --config: there is no file to reload")?;
-        let cfg = crate::config::Config::from_file(path).map_err(|e| e.to_string())?;
-        cfg.validate().map_err(|e| e.to_string())?;
-        let limits = cfg.limits.ip_limits();
-        if matches!(*self.ip_limiter, IpLimiter::Off)
-            && (limits.per_ip_connections > 0 || !limits.ip_overrides.is_empty())
-        {
-            return Err("per-IP limits were off at start; restart the edge to turn them on".into());
-        }
-        let revocations = match cfg.jwt.as_ref().and_then(|j| j.revocations_file.as_ref()) {
-            Some(file) => Some((
-                file.clone(),
-                Revocations::read_file(file).map_err(|e| e.to_string())?,
-            )),
-            None => None,
-        };
-        let crls = match cfg.tls.crls.is_empty() {
-            true => None,
-            false => Some(CrlSet::load(&cfg.tls.crls).map_err(|e| e.to_string())?),
-        };
-        let mut applied = Vec::new();
-        if let Some(crls) = crls {
-            applied.push(format!("{} CRL(s)", crls.len()));
-            self.tls.apply_crls(crls).map_err(|e| e.to_string())?;
-        }
-        self.ip_limiter.update(&limits)?;
-        applied.push(format!(
-            "per-IP limit {} with {} override(s)",
-            limits.per_ip_connections,
-            limits.ip_overrides.len()
-        ));
-        if let Some((file, entries)) = revocations {
-            self.admission.revocations.rcu(|current| {
-                let mut next = (**current).clone();
-                next.replace_file_entries(&entries);
-                next
-            });
-            applied.push(format!(
-                "{} revocation(s) from {}",
-                entries.len(),
-                file.display()
-            ));
-        }
-        Ok(applied.join("; "))
     }
 
     /// Re-reads the configured CRL files now (the watcher also does on any change).
@@ -159,6 +101,53 @@ impl Operator {
         match self.tls.replace_crls(loaded, &self.audit) {
             Ok(detail) => Response::ok(&serde_json::json!({ "crls": detail })),
             Err(e) => Response::error(format!("CRLs not reloaded, the previous ones stay: {e}")),
+        }
+    }
+
+    /// Asks the main thread to drain; answers at once (the drain runs on, `status` follows it
+    /// and the process exits 0 when it is done).
+    fn drain(&self) -> Response {
+        if self.draining.is_draining() {
+            return Response::error("already draining");
+        }
+        match self
+            .commands
+            .send(super::Command::Drain { trigger: "control" })
+        {
+            Ok(()) => Response::ok(&serde_json::json!({
+                "draining": true,
+                "open_connections": self.connections(),
+                "drain_timeout_ms": self.drain_timeout.as_millis() as u64,
+            })),
+            Err(_) => Response::error("the edge is stopping already"),
+        }
+    }
+
+    /// Asks the main thread to hand over to a new process and answers once the new process
+    /// serves (with its pid) or the handover failed (this process then keeps serving).
+    fn restart(&self) -> Response {
+        if self.draining.is_draining() {
+            return Response::error("the edge is draining");
+        }
+        let (reply, answer) = std::sync::mpsc::channel();
+        let asked = super::Command::Restart {
+            trigger: "control",
+            reply: Some(reply),
+        };
+        if self.commands.send(asked).is_err() {
+            return Response::error("the edge is stopping already");
+        }
+        match answer.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(Ok(pid)) => Response::ok(&serde_json::json!({
+                "old_pid": std::process::id(),
+                "new_pid": pid,
+                "old_drains_with": 1012,
+                "drain_timeout_ms": self.drain_timeout.as_millis() as u64,
+            })),
+            Ok(Err(e)) => {
+                Response::error(format!("not restarted, this process keeps serving: {e}"))
+            }
+            Err(_) => Response::error("no answer from the handover within 60 s; see the log"),
         }
     }
 
@@ -185,7 +174,8 @@ impl ControlHandler for Operator {
             }
             Request::CrlReload => self.reload_crls(),
             Request::Reload => self.reload(),
-            Request::Drain => Response::not_supported_yet(request),
+            Request::Drain => self.drain(),
+            Request::Restart => self.restart(),
         };
         tracing::info!(
             uid = peer.uid,
@@ -239,32 +229,45 @@ mod tests {
     fn operator() -> Operator {
         let dir = tempfile::tempdir().unwrap();
         let dev = crate::devcert::ensure_dev_cert(dir.path()).unwrap();
-        let tls = TlsState::new(
-            Default::default(),
-            dev.chain,
-            dev.key,
-            CrlSet::empty(),
-            false,
-        )
-        .unwrap();
+        let tls = Arc::new(
+            TlsState::new(
+                Default::default(),
+                dev.chain,
+                dev.key,
+                CrlSet::empty(),
+                false,
+            )
+            .unwrap(),
+        );
+        let admission = Arc::new(
+            Admission::from_config(
+                &OriginConfig::default(),
+                None,
+                crate::tls::identity::IdentityRules::new(&[]).unwrap(),
+            )
+            .unwrap(),
+        );
+        let audit = crate::audit::AuditTrail::start(&Default::default(), 1)
+            .unwrap()
+            .0
+            .handle();
         Operator {
-            tls: Arc::new(tls),
-            config_source: None,
-            ip_limiter: Arc::new(IpLimiter::Off),
-            admission: Arc::new(
-                Admission::from_config(
-                    &OriginConfig::default(),
-                    None,
-                    crate::tls::identity::IdentityRules::new(&[]).unwrap(),
-                )
-                .unwrap(),
-            ),
-            audit: crate::audit::AuditTrail::start(&Default::default(), 1)
-                .unwrap()
-                .0
-                .handle(),
+            tls: tls.clone(),
+            reloader: Arc::new(super::super::reload::Reloader {
+                started: Default::default(),
+                tls,
+                admission: admission.clone(),
+                ip_limiter: Arc::new(super::super::ip_limit::IpLimiter::Off),
+                audit: audit.clone(),
+                one_at_a_time: Default::default(),
+            }),
+            admission,
+            audit,
             metrics: Registry::default(),
             started: Instant::now(),
+            commands: std::sync::mpsc::channel().0,
+            draining: Default::default(),
+            drain_timeout: std::time::Duration::from_secs(5),
         }
     }
 

@@ -92,22 +92,27 @@ impl RecordLayer {
         }
     }
 
-    pub fn take_output(&mut self) -> Vec<u8> {
+    /// Bytes queued for the socket (ciphertext in userspace, plaintext under kTLS).
+    pub fn pending_output_len(&self) -> usize {
+        self.pending_output().len()
+    }
+
+    pub fn pending_output(&self) -> &[u8] {
         match self {
-            RecordLayer::User(tls) => tls.take_output(),
-            RecordLayer::Kernel(k) => k.take_output(),
-            RecordLayer::Detached => Vec::new(),
+            RecordLayer::User(tls) => tls.pending_output(),
+            RecordLayer::Kernel(k) => k.pending_output(),
+            RecordLayer::Detached => &[],
         }
     }
 
-    /// A write of `written` bytes completed; returns the kTLS records it made (0 in userspace).
-    pub fn restore_output(&mut self, buf: Vec<u8>, written: usize) -> u64 {
+    /// `n` bytes of [`Self::pending_output`] were written; returns the kTLS records made.
+    pub fn consume_output(&mut self, n: usize) -> u64 {
         match self {
             RecordLayer::User(tls) => {
-                tls.restore_output(buf);
+                tls.consume_output(n);
                 0
             }
-            RecordLayer::Kernel(k) => k.restore_output(buf, written),
+            RecordLayer::Kernel(k) => k.consume_output(n),
             RecordLayer::Detached => 0,
         }
     }

@@ -154,6 +154,11 @@ impl Deadline {
         self.entry.fired.get()
     }
 
+    /// Whether a deadline is set (fired or not).
+    pub fn is_set(&self) -> bool {
+        self.entry.at.get().is_some()
+    }
+
     /// Completes once the wheel has found the deadline passed.
     pub fn expired(&self) -> Expired<'_> {
         Expired { deadline: self }

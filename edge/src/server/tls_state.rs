@@ -8,7 +8,7 @@
 //! now revoked (1008). Rebuilding also replaces the ticket keys and session cache, so a
 //! session resumed from before the change cannot skip the new CRLs.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -20,13 +20,28 @@ use crate::tls::policy::{build_server_config, TlsConfigError};
 use crate::tls::settings::TlsSettings;
 
 pub(crate) struct TlsState {
-    settings: TlsSettings,
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    /// What the current config was built from (a CRL change rebuilds around new CRLs; a
+    /// reload replaces all of it). Locked only by those rebuilds, never on the accept path.
+    pub(super) material: Mutex<Material>,
     /// kTLS needs rustls to hand its traffic secrets over.
     extract_secrets: bool,
     pub config: ArcSwap<ServerConfig>,
     pub crls: ArcSwap<CrlSet>,
+}
+
+/// The `[tls]` settings and the default certificate a config is built from.
+pub(crate) struct Material {
+    pub settings: TlsSettings,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// A config built from new material and CRLs, checked and ready to serve: [`TlsState::install`]
+/// swaps it in. Built first, so a reload can refuse before anything changes.
+pub(crate) struct Prepared {
+    material: Material,
+    config: Arc<ServerConfig>,
+    crls: CrlSet,
 }
 
 impl TlsState {
@@ -39,9 +54,11 @@ impl TlsState {
     ) -> Result<Self, TlsConfigError> {
         let config = build(&settings, &chain, &key, &crls, extract_secrets)?;
         Ok(Self {
-            settings,
-            chain,
-            key,
+            material: Mutex::new(Material {
+                settings,
+                chain,
+                key,
+            }),
             extract_secrets,
             config: ArcSwap::new(config),
             crls: ArcSwap::from_pointee(crls),
@@ -78,18 +95,51 @@ impl TlsState {
         outcome
     }
 
+    fn material(&self) -> MutexGuard<'_, Material> {
+        // A panic while rebuilding leaves the previous material intact (it is only replaced
+        // after a successful build).
+        self.material.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// New CRLs: a config verifying against them, then the set itself for live sessions.
     pub fn apply_crls(&self, crls: CrlSet) -> Result<(), TlsConfigError> {
+        let material = self.material();
         let config = build(
-            &self.settings,
-            &self.chain,
-            &self.key,
+            &material.settings,
+            &material.chain,
+            &material.key,
             &crls,
             self.extract_secrets,
         )?;
         self.config.store(config);
         self.crls.store(Arc::new(crls));
         Ok(())
+    }
+
+    /// Builds the config new settings, a new default certificate and CRLs describe (every
+    /// `[[tls.certs]]` file is read again), without changing anything yet.
+    pub fn prepare(&self, material: Material, crls: CrlSet) -> Result<Prepared, TlsConfigError> {
+        let config = build(
+            &material.settings,
+            &material.chain,
+            &material.key,
+            &crls,
+            self.extract_secrets,
+        )?;
+        Ok(Prepared {
+            material,
+            config,
+            crls,
+        })
+    }
+
+    /// Serves a prepared config: handshakes from now on use it; live connections keep the
+    /// config they started with.
+    pub fn install(&self, prepared: Prepared) {
+        let mut material = self.material();
+        self.config.store(prepared.config);
+        self.crls.store(Arc::new(prepared.crls));
+        *material = prepared.material;
     }
 }
 

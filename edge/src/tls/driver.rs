@@ -562,6 +562,20 @@ impl TlsSession {
         !self.outgoing.is_empty()
     }
 
+    /// The bytes waiting for the socket, for a non-blocking send.
+    pub fn pending_output(&self) -> &[u8] {
+        &self.outgoing
+    }
+
+    /// `n` bytes from the front of [`Self::pending_output`] were written.
+    pub fn consume_output(&mut self, n: usize) {
+        if n >= self.outgoing.len() {
+            self.outgoing.clear();
+        } else {
+            self.outgoing.drain(..n);
+        }
+    }
+
     /// The bytes to write, as an owned buffer for io_uring; an empty `Vec` is left behind.
     pub fn take_output(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.outgoing)

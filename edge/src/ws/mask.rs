@@ -31,6 +31,34 @@ pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
     }
 }
 
+/// Appends `src` masked with `mask` to `out` in one pass (copy and XOR together), where `src[0]`
+/// is payload byte number `offset` of the frame.
+///
+/// The client role needs this: its payloads are shared `Bytes` that must not be changed, so
+/// masking has to produce a copy, and one pass over the bytes is the cheapest copy there is.
+pub fn extend_masked(out: &mut Vec<u8>, src: &[u8], mask: [u8; 4], offset: usize) {
+    out.reserve(src.len());
+    let rot = offset % 4;
+    let key = [
+        mask[rot],
+        mask[(rot + 1) % 4],
+        mask[(rot + 2) % 4],
+        mask[(rot + 3) % 4],
+    ];
+    let wide = u64::from_ne_bytes([
+        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+    ]);
+    let mut chunks = src.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        out.extend_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
+    }
+    for (i, b) in chunks.remainder().iter().enumerate() {
+        out.push(b ^ key[i % 4]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +103,17 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+        #[test]
+        fn extend_masked_matches_in_place(data in proptest::collection::vec(any::<u8>(), 0..100),
+                                          mask in any::<[u8; 4]>(), offset in 0usize..1000) {
+            let mut in_place = data.clone();
+            apply_mask(&mut in_place, mask, offset);
+            let mut out = vec![0xAA];
+            extend_masked(&mut out, &data, mask, offset);
+            prop_assert_eq!(out[0], 0xAA);
+            prop_assert_eq!(&out[1..], &in_place[..]);
+        }
+
         #[test]
         fn matches_bytewise_xor(data in proptest::collection::vec(any::<u8>(), 0..100),
                                 mask in any::<[u8; 4]>(), offset in 0usize..1000) {

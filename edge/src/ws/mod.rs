@@ -5,7 +5,7 @@
 //! - [`frame`]: the frame header codec.
 //! - [`mask`]: in-place (un)masking, a `u64` at a time.
 //! - [`utf8`]: incremental UTF-8 validation across chunks and fragments.
-//! - [`session`]: the connection state machine after the 101 (server role).
+//! - [`session`]: the connection state machine after the 101 (server or client [`Role`]).
 
 pub mod frame;
 pub mod handshake;
@@ -17,12 +17,14 @@ pub use frame::{encode_header, parse_header, FrameHeader, HeaderError, OpCode};
 pub use handshake::{
     parse_upgrade, write_response_101, HandshakeError, HandshakeLimits, UpgradeRequest,
 };
-pub use mask::apply_mask;
+pub use mask::{apply_mask, extend_masked};
 pub use session::{
-    close_code, Event, Message, MessageKind, OutFrame, Payload, Session, SessionLimits,
+    close_code, Event, Message, MessageKind, OutFrame, Payload, Role, Session, SessionLimits,
     SessionState,
 };
 pub use utf8::{Utf8Error, Utf8Validator};
 
+#[cfg(test)]
+mod client_tests;
 #[cfg(test)]
 mod diff_tests;

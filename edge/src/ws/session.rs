@@ -1,4 +1,5 @@
-//! The connection after the 101: a sans-IO WebSocket session in the server role.
+//! The connection after the 101: a sans-IO WebSocket session, in the server role (the edge's
+//! clients) or the client role (the edge's upstreams, see [`Role`]).
 //!
 //! Bytes go in through [`Session::receive`]; events come out of [`Session::poll_event`] and
 //! frames to send out of [`Session::poll_transmit`]. Payloads are split off the caller's
@@ -9,13 +10,17 @@
 //! in place as they arrive and — for text — UTF-8-validated at once, so an invalid byte fails the
 //! connection (1007) without waiting for the rest of a large frame. Per-frame progress records
 //! how many payload bytes are already unmasked, so each byte is touched exactly once.
+//!
+//! In the client role incoming frames arrive unmasked (nothing to undo) and outgoing frames are
+//! masked: the payload is copied and masked in one pass, since the caller's `Bytes` may be
+//! shared (a fan-out message) and must not change. The server role stays zero-copy.
 
 use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::frame::{self, FrameHeader, OpCode};
-use super::mask::apply_mask;
+use super::mask::{apply_mask, extend_masked};
 use super::utf8::Utf8Validator;
 
 /// Close codes of RFC 6455 §7.4.1 and the IANA registry that we use.
@@ -36,6 +41,17 @@ pub mod close_code {
     pub fn is_valid_on_wire(code: u16) -> bool {
         matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
     }
+}
+
+/// Which end of the connection a [`Session`] is (RFC 6455 §5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// The edge facing its clients: incoming frames must be masked, outgoing ones are not.
+    #[default]
+    Server,
+    /// The edge facing an upstream: incoming frames must not be masked (a masked one fails the
+    /// connection with 1002), outgoing frames get a fresh random mask each.
+    Client,
 }
 
 /// Bounds on what a peer may make us hold.
@@ -129,10 +145,11 @@ pub enum Event {
     },
 }
 
-/// One frame to send: header bytes (server frames are never masked) plus the payload slices.
+/// One frame to send: header bytes plus the payload slices. Server frames carry the caller's
+/// slices unchanged; client frames carry one masked copy (the header then holds the key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutFrame {
-    header: [u8; 10],
+    header: [u8; frame::MAX_HEADER_LEN],
     header_len: u8,
     payload: Payload,
     is_close: bool,
@@ -142,28 +159,34 @@ impl OutFrame {
     fn new(opcode: OpCode, payload: Payload) -> Self {
         let mut h = [0u8; frame::MAX_HEADER_LEN];
         let n = frame::encode_header(true, opcode, None, payload.len() as u64, &mut h);
-        let mut header = [0u8; 10];
-        header[..n].copy_from_slice(&h[..n]);
         Self {
-            header,
+            header: h,
             header_len: n as u8,
             payload,
             is_close: opcode == OpCode::Close,
         }
     }
 
+    /// A client frame: the payload copied and masked with `mask` in one pass.
+    fn masked(opcode: OpCode, payload: &Payload, mask: [u8; 4]) -> Self {
+        let mut h = [0u8; frame::MAX_HEADER_LEN];
+        let len = payload.len();
+        let n = frame::encode_header(true, opcode, Some(mask), len as u64, &mut h);
+        let mut body = Vec::with_capacity(len);
+        for chunk in payload.chunks() {
+            let offset = body.len();
+            extend_masked(&mut body, chunk, mask, offset);
+        }
+        Self {
+            header: h,
+            header_len: n as u8,
+            payload: Payload::Single(Bytes::from(body)),
+            is_close: opcode == OpCode::Close,
+        }
+    }
+
     fn close(code: Option<u16>, reason: &str) -> Self {
-        let payload = match code {
-            None => Bytes::new(),
-            Some(code) => {
-                let reason = truncate_utf8(reason, 123);
-                let mut p = Vec::with_capacity(2 + reason.len());
-                p.extend_from_slice(&code.to_be_bytes());
-                p.extend_from_slice(reason.as_bytes());
-                Bytes::from(p)
-            }
-        };
-        Self::new(OpCode::Close, Payload::Single(payload))
+        Self::new(OpCode::Close, Payload::Single(close_payload(code, reason)))
     }
 
     pub fn header(&self) -> &[u8] {
@@ -197,6 +220,20 @@ impl OutFrame {
         let mut v = Vec::with_capacity(self.header().len() + self.payload.len());
         self.append_to(&mut v);
         v
+    }
+}
+
+/// A close payload: the code and `reason` cut at a character boundary to fit 125 bytes.
+fn close_payload(code: Option<u16>, reason: &str) -> Bytes {
+    match code {
+        None => Bytes::new(),
+        Some(code) => {
+            let reason = truncate_utf8(reason, 123);
+            let mut p = Vec::with_capacity(2 + reason.len());
+            p.extend_from_slice(&code.to_be_bytes());
+            p.extend_from_slice(reason.as_bytes());
+            Bytes::from(p)
+        }
     }
 }
 
@@ -293,10 +330,47 @@ impl Reassembly {
     }
 }
 
-/// The server side of one WebSocket connection, sans IO.
+/// Fresh masking keys for the client role, drawn from the system CSPRNG 16 at a time.
+#[derive(Debug)]
+struct MaskKeys {
+    pool: [u8; 64],
+    used: usize,
+}
+
+impl MaskKeys {
+    fn new() -> Self {
+        Self {
+            pool: [0; 64],
+            used: 64,
+        }
+    }
+
+    fn next(&mut self) -> [u8; 4] {
+        if self.used == self.pool.len() {
+            // aws-lc's DRBG does not fail once seeded. Were it to, the keys would repeat: that
+            // weakens only the browser cache-poisoning defence masking exists for (RFC 6455
+            // §10.3), which an edge talking to its own upstreams does not rely on.
+            let _ = aws_lc_rs::rand::fill(&mut self.pool);
+            self.used = 0;
+        }
+        let k = [
+            self.pool[self.used],
+            self.pool[self.used + 1],
+            self.pool[self.used + 2],
+            self.pool[self.used + 3],
+        ];
+        self.used += 4;
+        k
+    }
+}
+
+/// One end of a WebSocket connection, sans IO.
 #[derive(Debug)]
 pub struct Session {
     limits: SessionLimits,
+    role: Role,
+    /// Only the client role draws keys; a server session never touches the pool.
+    keys: Option<Box<MaskKeys>>,
     /// Events not yet polled, each with the frame it makes us send (a pong, our close). The
     /// frame is queued only when its event is polled, so whatever the application sends in
     /// answer to the events before it goes out first: an echo of the message that preceded a
@@ -323,9 +397,19 @@ pub struct Session {
 }
 
 impl Session {
+    /// A server-role session.
     pub fn new(limits: SessionLimits) -> Self {
+        Self::with_role(limits, Role::Server)
+    }
+
+    pub fn with_role(limits: SessionLimits, role: Role) -> Self {
         Self {
             limits,
+            role,
+            keys: match role {
+                Role::Server => None,
+                Role::Client => Some(Box::new(MaskKeys::new())),
+            },
             events: VecDeque::new(),
             out: VecDeque::new(),
             partial: None,
@@ -397,9 +481,10 @@ impl Session {
             let len = p.header.payload_len as usize;
             let arrived = buf.len().saturating_sub(p.header_len).min(len);
             if arrived > p.done {
-                let mask = p.header.mask.unwrap_or_default();
                 let fresh = &mut buf[p.header_len + p.done..p.header_len + arrived];
-                apply_mask(fresh, mask, p.done);
+                if let Some(mask) = p.header.mask {
+                    apply_mask(fresh, mask, p.done);
+                }
                 if p.text && self.utf8.feed(fresh).is_err() {
                     self.fail(close_code::INVALID_PAYLOAD, "invalid_utf8");
                     continue;
@@ -430,8 +515,10 @@ impl Session {
         if h.rsv != 0 {
             return Err((PE, "reserved_bits"));
         }
-        if h.mask.is_none() {
-            return Err((PE, "unmasked_frame"));
+        match (self.role, h.mask) {
+            (Role::Server, None) => return Err((PE, "unmasked_frame")),
+            (Role::Client, Some(_)) => return Err((PE, "masked_frame")),
+            _ => {}
         }
         match h.opcode {
             OpCode::Reserved(_) => Err((PE, "bad_opcode")),
@@ -510,7 +597,7 @@ impl Session {
                 }
             }
             OpCode::Ping => {
-                let pong = OutFrame::new(OpCode::Pong, Payload::Single(payload.clone()));
+                let pong = self.frame(OpCode::Pong, Payload::Single(payload.clone()));
                 self.events.push_back((Event::Ping(payload), Some(pong)));
             }
             OpCode::Pong => self.push_event(Event::Pong(payload)),
@@ -542,6 +629,19 @@ impl Session {
             .push_back((Event::PeerClosed { code, reason }, reply));
     }
 
+    /// A frame as this role sends it: the caller's slices as they are (server), or a masked copy
+    /// under a fresh key (client).
+    fn frame(&mut self, opcode: OpCode, payload: Payload) -> OutFrame {
+        match self.keys.as_mut() {
+            None => OutFrame::new(opcode, payload),
+            Some(keys) => OutFrame::masked(opcode, &payload, keys.next()),
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
     /// Fails the connection: queue our close (unless one is queued already) and an event.
     fn fail(&mut self, code: u16, reason: &'static str) {
         if self.input_done() {
@@ -566,7 +666,7 @@ impl Session {
             return None;
         }
         self.close_pending = true;
-        Some(OutFrame::close(code, reason))
+        Some(self.frame(OpCode::Close, Payload::Single(close_payload(code, reason))))
     }
 
     /// The next event. Its frame (a pong, our close reply or failure close) is queued for
@@ -597,7 +697,8 @@ impl Session {
             MessageKind::Text => OpCode::Text,
             MessageKind::Binary => OpCode::Binary,
         };
-        self.out.push_back(OutFrame::new(op, payload));
+        let f = self.frame(op, payload);
+        self.out.push_back(f);
     }
 
     /// Queues a ping. Payloads longer than 125 bytes are truncated. Ignored once our close is queued.
@@ -606,8 +707,8 @@ impl Session {
             return;
         }
         payload.truncate(125);
-        self.out
-            .push_back(OutFrame::new(OpCode::Ping, Payload::Single(payload)));
+        let f = self.frame(OpCode::Ping, Payload::Single(payload));
+        self.out.push_back(f);
     }
 
     /// Initiates a close (e.g. 1001 going away, 1013 try again later). The reason is truncated
@@ -618,7 +719,11 @@ impl Session {
         }
         self.close_queued = true;
         self.first_close.get_or_insert(code);
-        self.out.push_back(OutFrame::close(Some(code), reason));
+        let f = self.frame(
+            OpCode::Close,
+            Payload::Single(close_payload(Some(code), reason)),
+        );
+        self.out.push_back(f);
     }
 
     /// The code the session ended (or is ending) with: the first close either side sent.

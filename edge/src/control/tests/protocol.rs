@@ -20,6 +20,7 @@ fn all_requests() -> Vec<Request> {
         Request::Reload,
         Request::Drain,
         Request::CrlReload,
+        Request::Restart,
     ]
 }
 
@@ -33,6 +34,7 @@ fn every_command_has_its_documented_wire_form_and_parses_back() {
         r#"{"cmd":"reload"}"#,
         r#"{"cmd":"drain"}"#,
         r#"{"cmd":"crl-reload"}"#,
+        r#"{"cmd":"restart"}"#,
     ];
     for (request, wire) in all_requests().iter().zip(expected) {
         let line = request.to_line();

@@ -194,6 +194,25 @@ impl KernelTls {
         !self.outgoing.is_empty()
     }
 
+    /// The plaintext waiting for the socket (the kernel encrypts it), for a non-blocking send.
+    pub fn pending_output(&self) -> &[u8] {
+        &self.outgoing
+    }
+
+    /// `n` bytes from the front of [`Self::pending_output`] were written; returns the records
+    /// that write is counted as.
+    pub fn consume_output(&mut self, n: usize) -> u64 {
+        let records = (n as u64).div_ceil(MAX_RECORD_PLAINTEXT);
+        self.tx_records += records;
+        self.ops_since_sync += 1;
+        if n >= self.outgoing.len() {
+            self.outgoing.clear();
+        } else {
+            self.outgoing.drain(..n);
+        }
+        records
+    }
+
     pub fn take_output(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.outgoing)
     }

@@ -1,0 +1,345 @@
+//! Restart handover (`wssedge ctl restart`, SIGUSR2): the running process starts a new
+//! process of the same binary with the same arguments and hands it, over a `SOCK_SEQPACKET`
+//! pair inherited across exec ([`ENV`] names its descriptor), every listening socket, the
+//! instance lock of each listen address and the admin listener (SCM_RIGHTS, see [`fdpass`]).
+//!
+//! Why nothing is refused: the successor's listeners are the *same* sockets — one accept queue
+//! per socket in the kernel, shared by both processes. Until the successor reports ready the
+//! predecessor keeps accepting; afterwards its cores cancel their accepts (never shutting the
+//! sockets down, which would close them for the successor too) and the successor's cores serve
+//! whatever is queued. The instance lock travels the same way, so the address is never
+//! unlocked in between.
+//!
+//! The exchange:
+//! 1. predecessor → successor: an [`Offer`] (addresses, counts), then the descriptors;
+//! 2. successor: binds what is new, starts its cores on the inherited listeners (attaching its
+//!    own eBPF program to the group, which replaces the predecessor's), then → `ready` (or
+//!    `failed` with the reason: the predecessor keeps serving);
+//! 3. predecessor: stops accepting, starts its drain (1012 "service_restart"), answers the
+//!    control command, stops serving the control socket → `control_released`;
+//! 4. successor: binds the control socket; its audit writer takes the trail over once the
+//!    predecessor has sealed it at the end of its drain.
+//!
+//! [`fdpass`]: super::fdpass
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use socket2::Socket;
+
+use super::fdpass;
+use super::listen::{InstanceLock, ListenerSet};
+
+/// The environment variable naming the successor's end of the handover socket.
+pub(crate) const ENV: &str = "WSSEDGE_HANDOVER_FD";
+
+/// How long a successor may take to report ready before the restart is given up.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The first message: what follows.
+#[derive(Debug, Serialize, Deserialize)]
+struct Offer {
+    /// The predecessor's pid (for the logs).
+    pid: u32,
+    /// Per listen address, in order: `listeners` listener descriptors, then its lock.
+    sets: Vec<OfferedSet>,
+    /// The admin listener's address; its descriptor comes last.
+    admin: Option<SocketAddr>,
+    /// Descriptors in the messages that follow.
+    fds: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct OfferedSet {
+    addr: SocketAddr,
+    listeners: usize,
+}
+
+/// The successor's answer.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "msg", rename_all = "snake_case")]
+enum Answer {
+    Ready { pid: u32 },
+    Failed { reason: String },
+}
+
+const CONTROL_RELEASED: &[u8] = b"control_released";
+
+/// What a running edge can hand over: copies of its listening sockets (the cores own the
+/// originals) and of its admin listener.
+pub(crate) struct Handoff {
+    pub sets: Vec<(SocketAddr, Vec<OwnedFd>)>,
+    pub admin: Option<(SocketAddr, OwnedFd)>,
+}
+
+/// A successor that reported ready.
+pub(crate) struct Successor {
+    sock: Socket,
+    pub pid: u32,
+    _child: Child,
+}
+
+impl Successor {
+    /// Tells the successor the control socket is free to take.
+    pub fn control_released(&self) {
+        if let Err(e) = fdpass::send(self.sock.as_fd(), CONTROL_RELEASED, &[]) {
+            tracing::warn!(error = %e, "could not tell the new process the control socket is free");
+        }
+    }
+}
+
+/// Starts the successor, hands everything over and waits until it serves.
+pub(crate) fn spawn_successor(
+    handoff: &Handoff,
+    locks: &[InstanceLock],
+) -> Result<Successor, String> {
+    let (ours, theirs) =
+        Socket::pair(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None).map_err(err)?;
+    // Only the child's end crosses exec; ours stays close-on-exec.
+    theirs.set_cloexec(false).map_err(err)?;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let mut child = Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .env(ENV, theirs.as_raw_fd().to_string())
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    drop(theirs);
+    tracing::info!(pid = child.id(), exe = %exe.display(), "restart: new process started");
+    match offer_and_wait(&ours, handoff, locks) {
+        Ok(pid) => Ok(Successor {
+            sock: ours,
+            pid,
+            _child: child,
+        }),
+        Err(e) => {
+            // It may still be starting (or stuck): it must not serve next to us unannounced.
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e)
+        }
+    }
+}
+
+fn offer_and_wait(sock: &Socket, handoff: &Handoff, locks: &[InstanceLock]) -> Result<u32, String> {
+    let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
+    let mut sets = Vec::new();
+    for ((addr, listeners), lock) in handoff.sets.iter().zip(locks) {
+        fds.extend(listeners.iter().map(AsFd::as_fd));
+        fds.push(lock.socket());
+        sets.push(OfferedSet {
+            addr: *addr,
+            listeners: listeners.len(),
+        });
+    }
+    if let Some((_, admin)) = &handoff.admin {
+        fds.push(admin.as_fd());
+    }
+    let offer = Offer {
+        pid: std::process::id(),
+        sets,
+        admin: handoff.admin.as_ref().map(|(a, _)| *a),
+        fds: fds.len(),
+    };
+    let header = serde_json::to_vec(&offer).map_err(err)?;
+    fdpass::send(sock.as_fd(), &header, &[]).map_err(err)?;
+    for chunk in fds.chunks(fdpass::MAX_FDS) {
+        fdpass::send(sock.as_fd(), b"fds", chunk).map_err(err)?;
+    }
+    sock.set_read_timeout(Some(READY_TIMEOUT)).map_err(err)?;
+    let mut buf = [0u8; 4096];
+    let (n, _) = fdpass::recv(sock.as_fd(), &mut buf).map_err(|e| {
+        format!("the new process did not report ready within {READY_TIMEOUT:?}: {e}")
+    })?;
+    if n == 0 {
+        return Err("the new process exited before serving (see its log)".into());
+    }
+    match serde_json::from_slice::<Answer>(&buf[..n]) {
+        Ok(Answer::Ready { pid }) => Ok(pid),
+        Ok(Answer::Failed { reason }) => Err(format!("the new process refused to start: {reason}")),
+        Err(e) => Err(format!(
+            "the new process answered something unexpected: {e}"
+        )),
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    format!("handover: {e}")
+}
+
+/// What a successor received.
+pub(crate) struct Inheritance {
+    sock: Socket,
+    from_pid: u32,
+    sets: Vec<ListenerSet>,
+    admin: Option<(SocketAddr, TcpListener)>,
+}
+
+/// In a successor (the environment names a handover socket): receives what the predecessor
+/// hands over. `None` in an edge started normally.
+pub(crate) fn inherit() -> Result<Option<Inheritance>, String> {
+    let Some(value) = std::env::var_os(ENV) else {
+        return Ok(None);
+    };
+    // Not for our own children (a later restart passes its own).
+    std::env::remove_var(ENV);
+    let fd: RawFd = value
+        .to_str()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("{ENV}={value:?} is not a descriptor number"))?;
+    // SAFETY: F_GETFD only reads the descriptor's flags; it fails (EBADF) on a closed number.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(format!("{ENV}={fd}: no such open descriptor"));
+    }
+    // SAFETY: the descriptor is open (checked above) and was passed to this process for it
+    // alone: nothing else in the process knows its number.
+    let sock = Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    sock.set_cloexec(true).map_err(err)?;
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(err)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let (n, _) = fdpass::recv(sock.as_fd(), &mut buf).map_err(err)?;
+    let offer: Offer = serde_json::from_slice(&buf[..n]).map_err(err)?;
+    let mut fds = Vec::with_capacity(offer.fds);
+    while fds.len() < offer.fds {
+        let (n, more) = fdpass::recv(sock.as_fd(), &mut buf).map_err(err)?;
+        if n == 0 {
+            return Err(err("the previous process went away during the handover"));
+        }
+        fds.extend(more);
+    }
+    let mut fds = fds.into_iter();
+    let mut next = || {
+        fds.next()
+            .ok_or_else(|| err("fewer descriptors than announced"))
+    };
+    let mut sets = Vec::new();
+    for set in &offer.sets {
+        let mut per_core = Vec::new();
+        for _ in 0..set.listeners {
+            per_core.push(TcpListener::from(next()?));
+        }
+        let lock = InstanceLock::inherited(next()?, set.addr);
+        sets.push(ListenerSet {
+            addr: set.addr,
+            per_core,
+            lock,
+        });
+    }
+    let admin = match offer.admin {
+        Some(addr) => Some((addr, TcpListener::from(next()?))),
+        None => None,
+    };
+    tracing::info!(
+        from_pid = offer.pid,
+        addresses = sets.len(),
+        "restart: listening sockets taken over from the previous process"
+    );
+    Ok(Some(Inheritance {
+        sock,
+        from_pid: offer.pid,
+        sets,
+        admin,
+    }))
+}
+
+/// A configured address matches an inherited one when equal, or when it asked for an
+/// ephemeral port on the same IP (the predecessor resolved it).
+fn matches(wanted: SocketAddr, have: SocketAddr) -> bool {
+    wanted == have || (wanted.port() == 0 && wanted.ip() == have.ip())
+}
+
+impl Inheritance {
+    /// The inherited listeners of `wanted`, if the predecessor served it (and they still
+    /// listen: a core of the predecessor that died shut its own down).
+    pub fn take_set(&mut self, wanted: SocketAddr) -> Option<ListenerSet> {
+        let i = self.sets.iter().position(|s| matches(wanted, s.addr))?;
+        let mut set = self.sets.remove(i);
+        set.per_core
+            .retain(|l| socket2::SockRef::from(l).is_listener().unwrap_or(false));
+        Some(set)
+    }
+
+    /// The inherited admin listener, if it serves `wanted`.
+    pub fn take_admin(&mut self, wanted: SocketAddr) -> Option<TcpListener> {
+        match &self.admin {
+            Some((addr, _)) if matches(wanted, *addr) => self.admin.take().map(|(_, l)| l),
+            _ => None,
+        }
+    }
+
+    /// Addresses the predecessor served that the new configuration does not: closed here
+    /// (their queued connections are reset by the last close).
+    pub fn drop_unused(&mut self) {
+        for set in self.sets.drain(..) {
+            tracing::warn!(addr = %set.addr, "restart: no longer configured; its listeners close");
+        }
+        if let Some((addr, _)) = self.admin.take() {
+            tracing::info!(%addr, "restart: the admin address changed; the old admin listener closes");
+        }
+    }
+
+    fn answer(&self, answer: &Answer) {
+        let line = serde_json::to_vec(answer).unwrap_or_default();
+        if let Err(e) = fdpass::send(self.sock.as_fd(), &line, &[]) {
+            tracing::warn!(error = %e, "could not answer the previous process");
+        }
+    }
+
+    /// Tells the predecessor this process serves.
+    pub fn ready(&self) {
+        self.answer(&Answer::Ready {
+            pid: std::process::id(),
+        });
+    }
+
+    /// Tells the predecessor this process will not serve, and why.
+    pub fn failed(&self, reason: &str) {
+        self.answer(&Answer::Failed {
+            reason: reason.to_owned(),
+        });
+    }
+
+    /// Waits until the predecessor has stopped serving the control socket (or gone).
+    pub fn wait_control_released(&self, timeout: Duration) {
+        let _ = self.sock.set_read_timeout(Some(timeout));
+        let mut buf = [0u8; 64];
+        match fdpass::recv(self.sock.as_fd(), &mut buf) {
+            Ok((n, _)) if &buf[..n] == CONTROL_RELEASED => {}
+            Ok((0, _)) => {
+                tracing::info!(from_pid = self.from_pid, "the previous process has gone")
+            }
+            Ok(_) => tracing::warn!("unexpected message from the previous process"),
+            Err(e) => {
+                tracing::warn!(error = %e, "the previous process did not release the control socket")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configured_addresses_match_what_was_resolved() {
+        let have: SocketAddr = "127.0.0.1:4433".parse().unwrap();
+        assert!(matches("127.0.0.1:4433".parse().unwrap(), have));
+        assert!(matches("127.0.0.1:0".parse().unwrap(), have));
+        assert!(!matches("127.0.0.2:0".parse().unwrap(), have));
+        assert!(!matches("127.0.0.1:4434".parse().unwrap(), have));
+    }
+
+    #[test]
+    fn answers_round_trip() {
+        let line = serde_json::to_vec(&Answer::Ready { pid: 7 }).unwrap();
+        assert_eq!(line, br#"{"msg":"ready","pid":7}"#);
+        assert!(matches!(
+            serde_json::from_slice(br#"{"msg":"failed","reason":"x"}"#),
+            Ok(Answer::Failed { .. })
+        ));
+    }
+}

@@ -1,0 +1,136 @@
+//! The process's life besides serving: drain (SIGTERM/SIGINT, `wssedge ctl drain`), reload
+//! (SIGHUP, `wssedge ctl reload`) and restart handover (SIGUSR2, `wssedge ctl restart`).
+//!
+//! The signal thread and the control socket send [`Command`]s to the main thread, which
+//! carries them out one at a time. A drain reaches the cores through [`Lifecycle`]: each core
+//! sees the [`DrainOrder`] on its next tick and, on its own thread, stops accepting, closes
+//! what is still queued, orders its live sessions closed with the order's code, and stops once
+//! its connections are gone or the deadline has passed (see `core::DrainState`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use arc_swap::ArcSwapOption;
+
+/// What the main thread is asked to do.
+#[derive(Debug)]
+pub enum Command {
+    /// Stop accepting, close every session with 1001 "going_away", wait for them, exit 0.
+    Drain { trigger: &'static str },
+    /// Stop now (a second SIGTERM/SIGINT during a drain): the cores end at their next tick.
+    Stop,
+    /// Re-read the configuration and certificates (SIGHUP; `ctl reload` runs it directly).
+    Reload { trigger: &'static str },
+    /// Hand the listeners to a new process of the same binary, then drain with 1012. `reply`
+    /// hears the new process's pid once it serves, or why there is none.
+    Restart {
+        trigger: &'static str,
+        reply: Option<mpsc::Sender<Result<u32, String>>>,
+    },
+}
+
+/// Sends commands to the main thread (the signal thread and the control socket hold one).
+pub type Commands = mpsc::Sender<Command>;
+
+/// A drain as the cores see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DrainOrder {
+    /// The close code and reason every live session gets: 1001 "going_away", or 1012
+    /// "service_restart" when a successor took the listeners over.
+    pub code: u16,
+    pub reason: &'static str,
+    /// When the cores stop even if sessions are still closing.
+    pub deadline: Instant,
+    /// The listeners are shared with a successor process: stop accepting on them but never
+    /// shut them down (that would close them for the successor too); its cores serve what is
+    /// queued.
+    pub handed_over: bool,
+}
+
+impl DrainOrder {
+    pub fn going_away(deadline: Instant) -> Self {
+        DrainOrder {
+            code: 1001,
+            reason: "going_away",
+            deadline,
+            handed_over: false,
+        }
+    }
+
+    pub fn service_restart(deadline: Instant) -> Self {
+        DrainOrder {
+            code: 1012,
+            reason: "service_restart",
+            deadline,
+            handed_over: true,
+        }
+    }
+}
+
+/// Shared by the main thread (writes) and the cores (read on every tick).
+#[derive(Default)]
+pub(crate) struct Lifecycle {
+    /// Also the metrics registry's flag: `/readyz` answers 503 from the moment it is set.
+    draining: Arc<AtomicBool>,
+    order: ArcSwapOption<DrainOrder>,
+}
+
+impl Lifecycle {
+    /// A lifecycle whose draining flag is `draining` (the metrics registry's).
+    pub fn new(draining: Arc<AtomicBool>) -> Self {
+        Lifecycle {
+            draining,
+            order: ArcSwapOption::empty(),
+        }
+    }
+
+    /// The flag `/readyz` and `wssedge_draining` read.
+    pub fn draining_flag(&self) -> Arc<AtomicBool> {
+        self.draining.clone()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Starts a drain: readiness goes first, then the cores get the order. The first order
+    /// stands; a second is ignored (false).
+    pub fn start_drain(&self, order: DrainOrder) -> bool {
+        if self.draining.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        self.order.store(Some(Arc::new(order)));
+        true
+    }
+
+    /// The drain in progress, if any (a core reads it on every tick).
+    pub fn drain(&self) -> Option<DrainOrder> {
+        self.order.load().as_deref().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drain_sets_readiness_first_and_the_first_order_stands() {
+        let flag = Arc::new(AtomicBool::new(false));
+        let life = Lifecycle::new(flag.clone());
+        assert!(!life.is_draining());
+        assert_eq!(life.drain(), None);
+        let at = Instant::now();
+        assert!(life.start_drain(DrainOrder::going_away(at)));
+        assert!(
+            flag.load(Ordering::SeqCst),
+            "the registry's flag is the same"
+        );
+        assert!(!life.start_drain(DrainOrder::service_restart(at)));
+        let order = life.drain().unwrap();
+        assert_eq!(
+            (order.code, order.reason, order.handed_over),
+            (1001, "going_away", false)
+        );
+    }
+}

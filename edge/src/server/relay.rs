@@ -1,0 +1,198 @@
+//! Proxy mode: one client session's upstream side on its core.
+//!
+//! The client's connection loop owns a [`Relay`] and drives it readiness-first like the
+//! client's own socket: readable → a bounded non-blocking read → frames parsed in place by a
+//! client-role [`Session`] → whole messages handed to the client session; the client's messages
+//! go the other way through the same session, which masks them (a client must). Payloads stay
+//! `Bytes` slices from the read buffer to the other side's encoder: the only copies are the
+//! masking toward the upstream and the TLS encryption on each side.
+//!
+//! Nothing here waits: the loop decides when to read (not while the client's queue is at its
+//! cap, unless the route is lossy) and when to write.
+
+use std::time::Instant;
+
+use bytes::BytesMut;
+
+use crate::upstream::{ReadOutcome, UpstreamStream};
+use crate::ws::{Event, Message, Role, Session, SessionLimits, SessionState};
+
+/// What the upstream side produced in one step, for the client side to act on.
+#[derive(Debug)]
+pub(crate) enum UpstreamEvent {
+    /// A whole message for the client, and when its last bytes were read.
+    Message(Message, Instant),
+    /// The upstream closed the session with this code (forwarded to the client).
+    Closed { code: u16, reason: String },
+    /// The upstream broke the protocol or the connection: the client gets 1014.
+    Failed { reason: &'static str },
+}
+
+/// How much one upstream read may take (bounded: one flooding upstream cannot starve the
+/// core, and the buffer it leaves behind is bounded too).
+const READ_CHUNK: usize = 64 * 1024;
+
+/// One proxied session's upstream connection.
+pub(crate) struct Relay {
+    pub stream: UpstreamStream,
+    session: Session,
+    plaintext: BytesMut,
+    /// Whole messages may be dropped for this route when the client cannot keep up.
+    pub lossy: bool,
+    /// The member this session went to (`group/host:port`), for logs and audit records.
+    pub member: String,
+    /// We sent our close to the upstream (after the client closed, or on our own close).
+    closing: bool,
+    peer_closed: bool,
+    /// The last read stopped at its bound with more possibly held (rustls keeps decrypted
+    /// plaintext the socket's readiness does not announce): read again without waiting.
+    pub more: bool,
+}
+
+impl Relay {
+    pub fn new(stream: UpstreamStream, limits: SessionLimits, lossy: bool, member: String) -> Self {
+        Self {
+            stream,
+            session: Session::with_role(limits, Role::Client),
+            plaintext: BytesMut::new(),
+            // What came with the 101 is read before any readiness wait.
+            more: true,
+            lossy,
+            member,
+            closing: false,
+            peer_closed: false,
+        }
+    }
+
+    /// Bytes queued toward the upstream (its socket took none of them yet).
+    pub fn pending_output(&self) -> usize {
+        self.stream.pending_output()
+    }
+
+    /// Bytes held in partly received upstream frames.
+    pub fn buffered(&self) -> usize {
+        self.plaintext.len() + self.session.buffered_bytes()
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.peer_closed || self.session.state() == SessionState::Closed
+    }
+
+    /// Reads what the upstream has (a few bounded chunks) and parses it into `out`.
+    pub fn read(&mut self, now: Instant, out: &mut Vec<UpstreamEvent>) {
+        const MAX_READS: usize = 4;
+        self.more = false;
+        for i in 0..MAX_READS {
+            match self.stream.read_plaintext(&mut self.plaintext, READ_CHUNK) {
+                Ok(ReadOutcome::Data(_)) => {
+                    self.parse(now, out);
+                    if self.peer_closed {
+                        break;
+                    }
+                    self.more = i + 1 == MAX_READS;
+                }
+                Ok(ReadOutcome::WouldBlock) => break,
+                Ok(ReadOutcome::Eof) => {
+                    self.parse(now, out);
+                    if !self.peer_closed && !self.closing {
+                        out.push(UpstreamEvent::Failed {
+                            reason: "upstream_closed",
+                        });
+                    }
+                    self.peer_closed = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(member = %self.member, error = %e, "upstream read failed");
+                    self.peer_closed = true;
+                    out.push(UpstreamEvent::Failed {
+                        reason: "upstream_read_failed",
+                    });
+                    break;
+                }
+            }
+        }
+        // Pongs to the upstream's pings and our close replies.
+        self.encode();
+    }
+
+    fn parse(&mut self, now: Instant, out: &mut Vec<UpstreamEvent>) {
+        self.session.receive(&mut self.plaintext);
+        while let Some(event) = self.session.poll_event() {
+            match event {
+                Event::Message(m) => out.push(UpstreamEvent::Message(m, now)),
+                // Answered by the session itself (pong queued); never shown to the client.
+                Event::Ping(_) | Event::Pong(_) => {}
+                Event::PeerClosed { code, reason } => {
+                    self.peer_closed = true;
+                    if !self.closing {
+                        out.push(UpstreamEvent::Closed {
+                            code: code.unwrap_or(1000),
+                            reason,
+                        });
+                    }
+                }
+                Event::Failed { reason, .. } => {
+                    self.peer_closed = true;
+                    tracing::debug!(member = %self.member, reason, "upstream broke the WebSocket protocol");
+                    out.push(UpstreamEvent::Failed {
+                        reason: "upstream_protocol_error",
+                    });
+                }
+            }
+        }
+    }
+
+    /// A client message for the upstream (masked on the way).
+    pub fn forward(&mut self, message: Message) {
+        if self.closing || self.session.state() != SessionState::Open {
+            return;
+        }
+        self.session.send(message.kind, message.payload);
+        self.encode();
+    }
+
+    /// Our close toward the upstream: the client's code when the client closed, else ours.
+    pub fn close(&mut self, code: u16, reason: &str) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        if self.session.state() == SessionState::Open {
+            // 1005/1006 are never sent on the wire: say 1000 instead.
+            let code = if crate::ws::close_code::is_valid_on_wire(code) {
+                code
+            } else {
+                1000
+            };
+            self.session.close(code, reason);
+        }
+        self.encode();
+    }
+
+    /// The upstream connection broke: nothing more is said to it.
+    pub fn abandon(&mut self) {
+        self.closing = true;
+        self.peer_closed = true;
+    }
+
+    fn encode(&mut self) {
+        let mut staged = Vec::new();
+        while let Some(frame) = self.session.poll_transmit() {
+            frame.append_to(&mut staged);
+        }
+        if !staged.is_empty() {
+            self.stream.queue(&staged);
+        }
+    }
+
+    /// Writes what the upstream socket takes now. `Err`: the upstream connection is broken.
+    pub fn write_some(&mut self) -> std::io::Result<()> {
+        while self.stream.pending_output() > 0 {
+            if self.stream.write_pending()? == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+}

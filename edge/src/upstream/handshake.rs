@@ -1,0 +1,711 @@
+//! The upgrade request the edge sends to an upstream, and the check of its 101 (sans-IO).
+//!
+//! What is forwarded is an allow-list, not the client's headers minus a deny-list: the
+//! upstream sees `Origin`, `User-Agent`, the one subprotocol the edge selected (never the
+//! client's whole list: entries may carry bearer tokens), `X-Forwarded-For/-Proto/-Host` written
+//! by the edge (a client's own copies are never trusted), and the identity headers configured
+//! in `[upstream.headers]`. Everything else — hop-by-hop headers, the client's WebSocket key and
+//! extensions, `Authorization` (the edge verified it; claims travel as headers), cookies, any
+//! client copy of a configured header — stays behind. Because only the edge writes the
+//! configured names, a client cannot spoof them even when the feature that fills one has no
+//! value for this session.
+//!
+//! Values from certificates and tokens are written only if they are printable: a control
+//! character (CR, LF, NUL…) drops that header rather than let it split the request.
+
+use std::net::IpAddr;
+
+use base64::Engine as _;
+use serde_json::Value;
+
+use super::config::{ForwardHeaders, MemberUrl};
+use crate::auth::jwt::VerifiedToken;
+use crate::tls::ClientIdentity;
+use crate::ws::handshake::{accept_key_for, UpgradeRequest};
+
+/// The longest value written for one identity or claim header; longer ones are dropped.
+pub const MAX_FORWARDED_VALUE: usize = 4096;
+
+/// What the edge knows about the client whose session is proxied.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientContext<'a> {
+    pub request: &'a UpgradeRequest,
+    /// The client's `User-Agent`, if the caller kept it.
+    pub user_agent: Option<&'a str>,
+    /// The client's address (`X-Forwarded-For`).
+    pub peer: IpAddr,
+    /// The subprotocol the edge selected for the client (offered upstream alone).
+    pub protocol: Option<&'a str>,
+    pub identity: Option<&'a ClientIdentity>,
+    pub token: Option<&'a VerifiedToken>,
+}
+
+/// The value of the single header `name` in a raw request head (e.g. `User-Agent`, which
+/// [`UpgradeRequest`] does not keep). `None` when absent, repeated, not UTF-8, or the head does
+/// not parse.
+pub fn request_header(raw_head: &[u8], name: &str) -> Option<String> {
+    let mut storage = [httparse::EMPTY_HEADER; 128];
+    let mut req = httparse::Request::new(&mut storage);
+    req.parse(raw_head).ok()?;
+    let mut it = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(name));
+    let first = it.next()?;
+    if it.next().is_some() {
+        return None;
+    }
+    std::str::from_utf8(first.value.trim_ascii())
+        .ok()
+        .map(str::to_owned)
+}
+
+/// The request's key and what the 101 must answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientHandshake {
+    key: String,
+    accept: String,
+    protocol: Option<String>,
+}
+
+impl ClientHandshake {
+    /// A fresh random `Sec-WebSocket-Key`.
+    pub fn new(protocol: Option<&str>) -> Self {
+        let mut nonce = [0u8; 16];
+        // aws-lc's DRBG does not fail once seeded; the key is a nonce, not a secret (RFC 6455
+        // §4.1), so even a repeated one would only weaken the proof that the peer speaks
+        // WebSocket.
+        let _ = aws_lc_rs::rand::fill(&mut nonce);
+        Self::with_nonce(nonce, protocol)
+    }
+
+    /// A handshake with a given 16-byte nonce (tests).
+    pub fn with_nonce(nonce: [u8; 16], protocol: Option<&str>) -> Self {
+        let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+        let accept = accept_key_for(&key);
+        Self {
+            key,
+            accept,
+            protocol: protocol.map(str::to_owned),
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn protocol(&self) -> Option<&str> {
+        self.protocol.as_deref()
+    }
+}
+
+/// A value is written only if it is short and printable (visible ASCII, space, tab, or
+/// non-ASCII UTF-8).
+fn printable(v: &str) -> bool {
+    v.len() <= MAX_FORWARDED_VALUE && v.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+fn header(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.trim().as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn optional(out: &mut Vec<u8>, name: &Option<String>, value: Option<&str>) {
+    if let (Some(name), Some(value)) = (name, value) {
+        if printable(value) {
+            header(out, name, value);
+        }
+    }
+}
+
+/// A claim as header text: strings as they are, arrays joined by spaces, numbers and booleans
+/// as text; objects and null are not forwarded.
+pub fn claim_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Array(items) => {
+            let parts: Vec<String> = items
+                .iter()
+                .filter(|i| !i.is_array())
+                .filter_map(claim_text)
+                .collect();
+            Some(parts.join(" "))
+        }
+        Value::Null | Value::Object(_) => None,
+    }
+}
+
+/// Writes the upgrade request for `member` at `path` (the member's path with the client's
+/// remainder, see [`MemberUrl::join`]) into `out`; returns what the 101 must answer.
+pub fn write_request(
+    member: &MemberUrl,
+    path: &str,
+    client: &ClientContext<'_>,
+    headers: &ForwardHeaders,
+    out: &mut Vec<u8>,
+) -> ClientHandshake {
+    let hs = ClientHandshake::new(client.protocol);
+    write_request_with(member, path, client, headers, &hs, out);
+    hs
+}
+
+/// [`write_request`] with a given handshake (tests, retries).
+pub fn write_request_with(
+    member: &MemberUrl,
+    path: &str,
+    client: &ClientContext<'_>,
+    headers: &ForwardHeaders,
+    hs: &ClientHandshake,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(b"GET ");
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    header(out, "Host", &member.host_header());
+    out.extend_from_slice(
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n",
+    );
+    header(out, "Sec-WebSocket-Key", &hs.key);
+    if let Some(p) = &hs.protocol {
+        header(out, "Sec-WebSocket-Protocol", p);
+    }
+    if let Some(o) = client.request.origin.as_deref().filter(|o| printable(o)) {
+        header(out, "Origin", o);
+    }
+    if let Some(ua) = client.user_agent.filter(|v| printable(v)) {
+        header(out, "User-Agent", ua);
+    }
+    header(out, "X-Forwarded-For", &client.peer.to_string());
+    out.extend_from_slice(b"X-Forwarded-Proto: https\r\n");
+    if printable(&client.request.host) {
+        header(out, "X-Forwarded-Host", &client.request.host);
+    }
+    if let Some(id) = client.identity {
+        optional(out, &headers.subject, id.subject_cn.as_deref());
+        if !id.dns.is_empty() {
+            optional(out, &headers.san_dns, Some(&id.dns.join(",")));
+        }
+        optional(out, &headers.spiffe, id.spiffe_id.as_deref());
+        optional(out, &headers.fingerprint, Some(&id.fingerprint_sha256));
+    }
+    if let Some(token) = client.token {
+        for (claim, name) in &headers.claims {
+            if let Some(text) = token.claims.get(claim).and_then(claim_text) {
+                if printable(&text) {
+                    header(out, name, &text);
+                }
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Why an upstream's answer to the upgrade was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResponseError {
+    #[error("upstream answered HTTP {0} instead of 101")]
+    Status(u16),
+    #[error("malformed HTTP response from upstream: {0}")]
+    Malformed(&'static str),
+    #[error("upstream response headers exceed {0} bytes")]
+    TooLarge(usize),
+    #[error("upstream response has too many header fields")]
+    TooManyHeaders,
+    #[error("upstream 101 without `Upgrade: websocket`")]
+    BadUpgrade,
+    #[error("upstream 101 without `Connection: Upgrade`")]
+    BadConnection,
+    #[error("upstream 101 without Sec-WebSocket-Accept")]
+    MissingAccept,
+    #[error("upstream 101 with a wrong Sec-WebSocket-Accept")]
+    BadAccept,
+    #[error("upstream chose subprotocol {got:?}, the edge offered {offered:?}")]
+    Protocol {
+        offered: Option<String>,
+        got: Option<String>,
+    },
+    #[error("upstream 101 enables extensions the edge never offered")]
+    UnexpectedExtension,
+}
+
+impl ResponseError {
+    /// A snake_case reason for counters and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Status(_) => "upstream_status",
+            Self::Malformed(_) => "upstream_malformed",
+            Self::TooLarge(_) => "upstream_too_large",
+            Self::TooManyHeaders => "upstream_too_many_headers",
+            Self::BadUpgrade => "upstream_bad_upgrade",
+            Self::BadConnection => "upstream_bad_connection",
+            Self::MissingAccept => "upstream_missing_accept",
+            Self::BadAccept => "upstream_bad_accept",
+            Self::Protocol { .. } => "upstream_protocol_mismatch",
+            Self::UnexpectedExtension => "upstream_unexpected_extension",
+        }
+    }
+
+    /// Says something about the member's health (the breaker counts it), as opposed to an
+    /// answer about this one request (a 4xx: the member is up and refused this client).
+    pub fn is_member_failure(&self) -> bool {
+        !matches!(self, Self::Status(400..=499))
+    }
+}
+
+/// The most header fields read from an upstream's response.
+pub const MAX_RESPONSE_HEADERS: usize = 32;
+
+fn tokens<'a>(
+    headers: &'a [httparse::Header<'a>],
+    name: &'a str,
+) -> impl Iterator<Item = &'a [u8]> {
+    headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
+/// Parses the upstream's answer at the front of `buf`.
+///
+/// `Ok(None)`: incomplete (only while `buf` is shorter than `max_bytes`).
+/// `Ok(Some(n))`: a valid 101; bytes after `n` are the upstream's first frames — keep them.
+pub fn parse_response(
+    buf: &[u8],
+    hs: &ClientHandshake,
+    max_bytes: usize,
+) -> Result<Option<usize>, ResponseError> {
+    let window = &buf[..buf.len().min(max_bytes)];
+    let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut storage);
+    let consumed = match resp.parse(window) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() >= max_bytes {
+                Err(ResponseError::TooLarge(max_bytes))
+            } else {
+                Ok(None)
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(ResponseError::TooManyHeaders),
+        Err(httparse::Error::Status) => return Err(ResponseError::Malformed("status line")),
+        Err(httparse::Error::Version) => return Err(ResponseError::Malformed("version")),
+        Err(_) => return Err(ResponseError::Malformed("headers")),
+    };
+    let code = resp.code.unwrap_or(0);
+    if code != 101 {
+        return Err(ResponseError::Status(code));
+    }
+    if resp.version != Some(1) {
+        return Err(ResponseError::Malformed("101 over HTTP/1.0"));
+    }
+    let headers: &[httparse::Header<'_>] = resp.headers;
+    if !tokens(headers, "upgrade").any(|t| t.eq_ignore_ascii_case(b"websocket")) {
+        return Err(ResponseError::BadUpgrade);
+    }
+    if !tokens(headers, "connection").any(|t| t.eq_ignore_ascii_case(b"upgrade")) {
+        return Err(ResponseError::BadConnection);
+    }
+    let mut accepts = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept"));
+    match (accepts.next(), accepts.next()) {
+        (None, _) => return Err(ResponseError::MissingAccept),
+        (Some(a), None) if a.value.trim_ascii() == hs.accept.as_bytes() => {}
+        _ => return Err(ResponseError::BadAccept),
+    }
+    let chosen: Vec<&[u8]> = tokens(headers, "sec-websocket-protocol").collect();
+    let got = match chosen.as_slice() {
+        [] => None,
+        [one] => Some(String::from_utf8_lossy(one).into_owned()),
+        _ => {
+            return Err(ResponseError::Protocol {
+                offered: hs.protocol.clone(),
+                got: Some(String::from_utf8_lossy(&chosen.join(&b","[..])).into_owned()),
+            })
+        }
+    };
+    if got != hs.protocol {
+        return Err(ResponseError::Protocol {
+            offered: hs.protocol.clone(),
+            got,
+        });
+    }
+    if tokens(headers, "sec-websocket-extensions").next().is_some() {
+        return Err(ResponseError::UnexpectedExtension);
+    }
+    Ok(Some(consumed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ws::handshake::{parse_upgrade, HandshakeLimits};
+
+    const CLIENT_REQ: &str = "GET /md/eurusd?depth=5 HTTP/1.1\r\n\
+        Host: edge.example\r\n\
+        Upgrade: websocket\r\n\
+        Connection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\n\
+        Origin: https://app.example\r\n\
+        Sec-WebSocket-Protocol: md.v2, bearer.s3cr3t\r\n\
+        Authorization: Bearer s3cr3t\r\n\
+        X-Client-Subject: forged\r\n\
+        X-Forwarded-For: 6.6.6.6\r\n\r\n";
+
+    fn client_req() -> UpgradeRequest {
+        parse_upgrade(CLIENT_REQ.as_bytes(), &HandshakeLimits::default())
+            .unwrap()
+            .unwrap()
+            .0
+    }
+
+    fn headers_cfg() -> ForwardHeaders {
+        ForwardHeaders {
+            subject: Some("x-client-subject".into()),
+            san_dns: Some("x-client-san-dns".into()),
+            spiffe: Some("x-client-spiffe".into()),
+            fingerprint: Some("x-client-cert-sha256".into()),
+            claims: [
+                ("sub".to_owned(), "x-token-sub".to_owned()),
+                ("scope".to_owned(), "x-token-scope".to_owned()),
+                ("n".to_owned(), "x-token-n".to_owned()),
+                ("obj".to_owned(), "x-token-obj".to_owned()),
+                ("evil".to_owned(), "x-token-evil".to_owned()),
+            ]
+            .into_iter()
+            .collect(),
+        }
+    }
+
+    fn identity() -> ClientIdentity {
+        ClientIdentity {
+            subject_cn: Some("trader-7".into()),
+            subject: "CN=trader-7".into(),
+            dns: vec!["a.example".into(), "b.example".into()],
+            uris: vec!["spiffe://corp/trader".into()],
+            spiffe_id: Some("spiffe://corp/trader".into()),
+            spiffe_invalid: false,
+            fingerprint_sha256: "ab".repeat(32),
+            serial_hex: "01".into(),
+            issuer: "CN=ca".into(),
+            issuer_der: vec![],
+            not_after_unix: 0,
+            intermediates: vec![],
+        }
+    }
+
+    fn token() -> VerifiedToken {
+        let claims = serde_json::json!({
+            "sub": "user-1",
+            "scope": ["md:read", "md:depth", 7, true],
+            "n": 42,
+            "obj": {"a": 1},
+            "evil": "x\r\nX-Injected: 1",
+        });
+        let serde_json::Value::Object(claims) = claims else {
+            unreachable!()
+        };
+        VerifiedToken {
+            sub: Some("user-1".into()),
+            jti: None,
+            exp: None,
+            iat: None,
+            nbf: None,
+            scopes: vec![],
+            token_sha256_hex: String::new(),
+            alg: crate::auth::jwt::Alg::Hs256,
+            kid: "k".into(),
+            claims,
+        }
+    }
+
+    /// Parses what the edge wrote as an HTTP request: (path, headers lowercased).
+    fn parse_written(bytes: &[u8]) -> (String, Vec<(String, String)>) {
+        let mut hs = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut hs);
+        let n = req.parse(bytes).unwrap().unwrap();
+        assert_eq!(n, bytes.len());
+        (
+            req.path.unwrap().to_owned(),
+            req.headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8(h.value.to_vec()).unwrap(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn get<'a>(h: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+        h.iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    fn write(
+        identity: Option<&ClientIdentity>,
+        token: Option<&VerifiedToken>,
+    ) -> (ClientHandshake, Vec<u8>) {
+        let req = client_req();
+        let member = MemberUrl::parse("ws://10.0.0.5:9001/feed").unwrap();
+        let ctx = ClientContext {
+            request: &req,
+            user_agent: Some("probe/1.0"),
+            peer: "192.0.2.7".parse().unwrap(),
+            protocol: Some("md.v2"),
+            identity,
+            token,
+        };
+        let mut out = Vec::new();
+        let hs = write_request(
+            &member,
+            &member.join("/eurusd?depth=5"),
+            &ctx,
+            &headers_cfg(),
+            &mut out,
+        );
+        (hs, out)
+    }
+
+    #[test]
+    fn request_forwards_the_allow_list_and_identity() {
+        let id = identity();
+        let tok = token();
+        let (hs, out) = write(Some(&id), Some(&tok));
+        let (path, h) = parse_written(&out);
+        assert_eq!(path, "/feed/eurusd?depth=5");
+        assert_eq!(get(&h, "host"), ["10.0.0.5:9001"]);
+        assert_eq!(get(&h, "upgrade"), ["websocket"]);
+        assert_eq!(get(&h, "connection"), ["Upgrade"]);
+        assert_eq!(get(&h, "sec-websocket-version"), ["13"]);
+        assert_eq!(get(&h, "sec-websocket-key"), [hs.key()]);
+        assert_ne!(
+            hs.key(),
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            "a fresh key, not the client's"
+        );
+        assert_eq!(get(&h, "sec-websocket-protocol"), ["md.v2"]);
+        assert_eq!(get(&h, "origin"), ["https://app.example"]);
+        assert_eq!(get(&h, "user-agent"), ["probe/1.0"]);
+        assert_eq!(get(&h, "x-forwarded-for"), ["192.0.2.7"]);
+        assert_eq!(get(&h, "x-forwarded-proto"), ["https"]);
+        assert_eq!(get(&h, "x-forwarded-host"), ["edge.example"]);
+        assert_eq!(get(&h, "x-client-subject"), ["trader-7"]);
+        assert_eq!(get(&h, "x-client-san-dns"), ["a.example,b.example"]);
+        assert_eq!(get(&h, "x-client-spiffe"), ["spiffe://corp/trader"]);
+        assert_eq!(get(&h, "x-client-cert-sha256"), ["ab".repeat(32).as_str()]);
+        assert_eq!(get(&h, "x-token-sub"), ["user-1"]);
+        assert_eq!(get(&h, "x-token-scope"), ["md:read md:depth 7 true"]);
+        assert_eq!(get(&h, "x-token-n"), ["42"]);
+        assert!(get(&h, "x-token-obj").is_empty());
+        // A claim with CR/LF is dropped, never split into a second header.
+        assert!(get(&h, "x-token-evil").is_empty());
+        assert!(get(&h, "x-injected").is_empty());
+        for gone in ["authorization", "sec-websocket-extensions", "cookie"] {
+            assert!(get(&h, gone).is_empty(), "{gone}");
+        }
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("s3cr3t") && !text.contains("forged") && !text.contains("6.6.6.6"));
+    }
+
+    #[test]
+    fn configured_names_are_never_filled_from_the_client() {
+        let (_, out) = write(None, None);
+        let (_, h) = parse_written(&out);
+        for name in [
+            "x-client-subject",
+            "x-client-spiffe",
+            "x-token-sub",
+            "x-client-cert-sha256",
+        ] {
+            assert!(get(&h, name).is_empty(), "{name}");
+        }
+        assert_eq!(get(&h, "x-forwarded-for"), ["192.0.2.7"]);
+    }
+
+    fn response_101(hs: &ClientHandshake, extra: &str) -> String {
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {}\r\n{extra}\r\n",
+            hs.accept
+        )
+    }
+
+    #[test]
+    fn accepts_a_valid_101_and_keeps_trailing_frames() {
+        let hs = ClientHandshake::with_nonce(*b"the sample nonce", Some("md.v2"));
+        assert_eq!(hs.key(), "dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(hs.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        let resp = response_101(&hs, "Sec-WebSocket-Protocol: md.v2\r\n");
+        let mut bytes = resp.clone().into_bytes();
+        bytes.extend_from_slice(&[0x81, 0x02, b'h', b'i']);
+        assert_eq!(parse_response(&bytes, &hs, 4096), Ok(Some(resp.len())));
+        // Every strict prefix is incomplete.
+        for cut in 0..resp.len() {
+            assert_eq!(parse_response(&bytes[..cut], &hs, 4096), Ok(None), "{cut}");
+        }
+    }
+
+    #[test]
+    fn refusals_are_typed() {
+        let hs = ClientHandshake::with_nonce([1; 16], None);
+        let p = |s: &str| parse_response(s.as_bytes(), &hs, 4096);
+        let e = p("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n").unwrap_err();
+        assert_eq!(e, ResponseError::Status(503));
+        assert!(e.is_member_failure());
+        let e = p("HTTP/1.1 403 Forbidden\r\n\r\n").unwrap_err();
+        assert_eq!(e, ResponseError::Status(403));
+        assert!(!e.is_member_failure());
+        assert_eq!(e.reason(), "upstream_status");
+        let good = response_101(&hs, "");
+        assert_eq!(
+            p(&good.replace(&hs.accept, "AAAAAAAAAAAAAAAAAAAAAAAAAAA=")),
+            Err(ResponseError::BadAccept)
+        );
+        assert_eq!(
+            p(&good.replace(&format!("Sec-WebSocket-Accept: {}\r\n", hs.accept), "")),
+            Err(ResponseError::MissingAccept)
+        );
+        assert_eq!(
+            p(&response_101(
+                &hs,
+                &format!("Sec-WebSocket-Accept: {}\r\n", hs.accept)
+            )),
+            Err(ResponseError::BadAccept)
+        );
+        assert_eq!(
+            p(&good.replace("Upgrade: websocket", "Upgrade: h2c")),
+            Err(ResponseError::BadUpgrade)
+        );
+        assert_eq!(
+            p(&good.replace("Connection: Upgrade", "Connection: close")),
+            Err(ResponseError::BadConnection)
+        );
+        assert_eq!(
+            p(&response_101(&hs, "Sec-WebSocket-Protocol: chat\r\n")),
+            Err(ResponseError::Protocol {
+                offered: None,
+                got: Some("chat".into())
+            })
+        );
+        assert_eq!(
+            p(&response_101(
+                &hs,
+                "Sec-WebSocket-Extensions: permessage-deflate\r\n"
+            )),
+            Err(ResponseError::UnexpectedExtension)
+        );
+        assert!(matches!(
+            p("garbage\r\n\r\n"),
+            Err(ResponseError::Malformed(_))
+        ));
+        assert_eq!(
+            p(&good.replace("HTTP/1.1", "HTTP/1.0")),
+            Err(ResponseError::Malformed("101 over HTTP/1.0"))
+        );
+
+        let offered = ClientHandshake::with_nonce([1; 16], Some("md.v2"));
+        let no_proto = response_101(&offered, "");
+        assert_eq!(
+            parse_response(no_proto.as_bytes(), &offered, 4096),
+            Err(ResponseError::Protocol {
+                offered: Some("md.v2".into()),
+                got: None
+            })
+        );
+    }
+
+    #[test]
+    fn size_is_bounded() {
+        let hs = ClientHandshake::with_nonce([1; 16], None);
+        let big = format!("HTTP/1.1 101 OK\r\nX-Pad: {}\r\n", "a".repeat(5000));
+        assert_eq!(
+            parse_response(big.as_bytes(), &hs, 4096),
+            Err(ResponseError::TooLarge(4096))
+        );
+        assert_eq!(parse_response(&big.as_bytes()[..4095], &hs, 4096), Ok(None));
+        let many: String = (0..40).map(|i| format!("X-{i}: v\r\n")).collect();
+        let resp = format!("HTTP/1.1 101 OK\r\n{many}\r\n");
+        assert_eq!(
+            parse_response(resp.as_bytes(), &hs, 8192),
+            Err(ResponseError::TooManyHeaders)
+        );
+    }
+
+    #[test]
+    fn request_header_reads_one_value() {
+        let raw = CLIENT_REQ.replace("Origin:", "User-Agent: ua/2\r\nOrigin:");
+        assert_eq!(
+            request_header(raw.as_bytes(), "user-agent").as_deref(),
+            Some("ua/2")
+        );
+        assert_eq!(request_header(CLIENT_REQ.as_bytes(), "user-agent"), None);
+        let twice = raw.replace("Origin:", "User-Agent: b\r\nOrigin:");
+        assert_eq!(request_header(twice.as_bytes(), "user-agent"), None);
+    }
+
+    #[test]
+    fn claim_texts() {
+        use serde_json::json;
+        assert_eq!(claim_text(&json!("a b")), Some("a b".into()));
+        assert_eq!(claim_text(&json!(1.5)), Some("1.5".into()));
+        assert_eq!(claim_text(&json!(false)), Some("false".into()));
+        assert_eq!(
+            claim_text(&json!(["x", 1, [2], {"o": 1}])),
+            Some("x 1".into())
+        );
+        assert_eq!(claim_text(&json!(null)), None);
+        assert_eq!(claim_text(&json!({"a": 1})), None);
+    }
+
+    #[test]
+    fn tungstenite_accepts_our_request_and_we_accept_its_101() {
+        // tungstenite's server-side handshake is the oracle for both halves.
+        use std::io::{Cursor, Read, Write};
+        struct Io {
+            input: Cursor<Vec<u8>>,
+            output: Vec<u8>,
+        }
+        impl Read for Io {
+            fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+                self.input.read(b)
+            }
+        }
+        impl Write for Io {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.output.write(b)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let (hs, req) = write(None, None);
+        let io = Io {
+            input: Cursor::new(req),
+            output: Vec::new(),
+        };
+        use tungstenite::handshake::server::{ErrorResponse, Request, Response};
+        // The error type is tungstenite's callback signature, not ours.
+        #[allow(clippy::result_large_err)]
+        fn choose(_: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
+            resp.headers_mut()
+                .insert("Sec-WebSocket-Protocol", "md.v2".parse().unwrap());
+            Ok(resp)
+        }
+        let ws = tungstenite::accept_hdr(io, choose).unwrap();
+        let io = ws.into_inner();
+        let n = parse_response(&io.output, &hs, 4096).unwrap().unwrap();
+        assert_eq!(n, io.output.len());
+    }
+}

@@ -1,0 +1,622 @@
+//! The edge's lifecycle: graceful drain (SIGTERM, SIGINT, `wssedge ctl drain`), reload
+//! (SIGHUP, `wssedge ctl reload`) and restart handover (`wssedge ctl restart`, SIGUSR2).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::audit::{trail, verify, Trail};
+use crate::harness::*;
+
+/// Sessions open when a drain starts.
+const SESSIONS: usize = 6;
+
+/// Handshake timeout of the drain tests: a client holding a TCP connection without a TLS byte
+/// keeps the drain going this long (the drain lets handshakes run to their timeout), which
+/// leaves time to see `/readyz` answer 503.
+const HANDSHAKE_TIMEOUT_MS: u64 = 2500;
+
+fn signal(srv: &Server, signal: libc::c_int) {
+    let pid = srv.proc.pid() as libc::pid_t;
+    // SAFETY: kill(2) with the pid of the child this test started and still owns (not reaped).
+    let rc = unsafe { libc::kill(pid, signal) };
+    assert_eq!(rc, 0, "kill({pid}, {signal})");
+}
+
+/// A server with two cores, an audit trail and a control socket.
+fn drained_server(extra: &str) -> (Server, Trail, PathBuf) {
+    let t = trail();
+    let socket = t.dir.path().join("ctl.sock");
+    let srv = ServerBuilder::new()
+        .cores(2)
+        .config(&format!(
+            "[limits]\nhandshake_timeout_ms = {HANDSHAKE_TIMEOUT_MS}\n\n{}\n{extra}",
+            t.section(None)
+        ))
+        .arg("--control")
+        .arg(socket.to_str().expect("UTF-8 path"))
+        .start();
+    (srv, t, socket)
+}
+
+/// `SESSIONS` echoing sessions, each with a task waiting for its close frame.
+async fn open_sessions(srv: &Server) -> Vec<tokio::task::JoinHandle<Frame>> {
+    let mut watches = Vec::new();
+    for i in 0..SESSIONS {
+        let mut ws = srv.raw().await;
+        expect_echo(&mut ws, &format!("session {i}")).await;
+        let RawWs { mut rd, wr } = ws;
+        watches.push(tokio::spawn(async move {
+            let _keep_writer = wr;
+            rd.expect_close_frame().await
+        }));
+    }
+    watches
+}
+
+async fn readyz(srv: &Server) -> (u16, String) {
+    http_get(srv.admin, "/readyz").await
+}
+
+/// Waits for the process to exit (bounded) and returns its exit code.
+fn exit_code(srv: &mut Server, within: Duration) -> Option<i32> {
+    let status = srv.proc.wait_timeout(within).unwrap_or_else(|| {
+        panic!(
+            "the edge did not exit within {within:?}; stderr:\n{}",
+            srv.proc.stderr()
+        )
+    });
+    status.code()
+}
+
+/// The drain as the outside sees it once started: readiness off while it runs, every session
+/// closed with 1001 "going_away", exit 0, an intact trail with the drain's record.
+async fn expect_drained(
+    mut srv: Server,
+    t: &Trail,
+    watches: Vec<tokio::task::JoinHandle<Frame>>,
+    trigger: &str,
+) {
+    // The signal (or command) reaches the main thread asynchronously: poll, briefly.
+    let asked = Instant::now();
+    loop {
+        let (status, body) = readyz(&srv).await;
+        if (status, body.as_str()) == (503, "draining\n") {
+            break;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "readyz while draining: {status} {body:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let metrics = srv.metrics().await;
+    assert_eq!(
+        metric_sum(&metrics, "wssedge_draining", &[]),
+        1.0,
+        "{metrics}"
+    );
+    for w in watches {
+        let frame = within(WAIT, "close frame of a drained session", w)
+            .await
+            .expect("reader task");
+        assert_eq!(
+            (frame.close_code(), frame.close_reason().as_str()),
+            (Some(1001), "going_away")
+        );
+    }
+    let started = Instant::now();
+    let code = exit_code(&mut srv, WAIT);
+    assert_eq!(code, Some(0), "stderr:\n{}", srv.proc.stderr());
+    visible_line(&format!(
+        "lifecycle: {trigger} drain exited {:?} after the last close",
+        started.elapsed()
+    ));
+    let out = verify(&t.key, &t.files()).await;
+    assert_eq!(out.code, Some(0), "the drained trail verifies: {out:#?}");
+    let records = t.records();
+    let drain: Vec<&Value> = records.iter().filter(|r| r["event"] == "drain").collect();
+    assert_eq!(drain.len(), 1, "one drain record: {records:#?}");
+    assert_eq!(drain[0]["trigger"], trigger);
+    assert_eq!(drain[0]["code"], 1001);
+    assert_eq!(drain[0]["sessions_closed"], SESSIONS as u64);
+    let closes = records
+        .iter()
+        .filter(|r| r["event"] == "close" && r["code"] == 1001)
+        .count();
+    assert_eq!(closes, SESSIONS, "each drained session's close is audited");
+    assert_eq!(records.last().expect("records")["event"], "seal");
+}
+
+#[tokio::test]
+async fn sigterm_drains_every_session_with_1001_and_exits_0() {
+    let (srv, t, _socket) = drained_server("");
+    let watches = open_sessions(&srv).await;
+    // A connection that never says a TLS byte: still handshaking when the drain starts.
+    let _silent = tokio::net::TcpStream::connect(srv.addr).await.expect("TCP");
+    let (status, _) = readyz(&srv).await;
+    assert_eq!(status, 200, "ready before the drain");
+    signal(&srv, libc::SIGTERM);
+    expect_drained(srv, &t, watches, "SIGTERM").await;
+}
+
+#[tokio::test]
+async fn ctl_drain_drains_every_session_with_1001_and_exits_0() {
+    let (srv, t, socket) = drained_server("");
+    let watches = open_sessions(&srv).await;
+    let _silent = tokio::net::TcpStream::connect(srv.addr).await.expect("TCP");
+    let out = ctl(&socket, &["drain"]).await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let v: Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(v["draining"], true, "{v}");
+    assert_eq!(v["drain_timeout_ms"], 5000, "{v}");
+    // A second drain is refused, not queued.
+    let again = ctl(&socket, &["drain"]).await;
+    assert_eq!(again.code, Some(1), "{again:#?}");
+    assert!(again.stderr.contains("already draining"), "{again:#?}");
+    expect_drained(srv, &t, watches, "control").await;
+    let records = t.records();
+    assert!(
+        records
+            .iter()
+            .any(|r| r["event"] == "control" && r["command"] == "drain" && r["ok"] == true),
+        "the drain command is audited"
+    );
+}
+
+/// New connections during a drain are not served; the edge stops at its deadline even with
+/// a client that never finishes its handshake and a session that never answers the close.
+#[tokio::test]
+async fn the_drain_deadline_bounds_the_exit() {
+    let (mut srv, t, _socket) = drained_server("[server]\ndrain_timeout_ms = 800\n");
+    let _silent = tokio::net::TcpStream::connect(srv.addr).await.expect("TCP");
+    let mut ws = srv.raw().await;
+    expect_echo(&mut ws, "before").await;
+    let began = Instant::now();
+    signal(&srv, libc::SIGINT);
+    assert_eq!(ws.expect_close().await, Some(1001));
+    let code = exit_code(&mut srv, WAIT);
+    let took = began.elapsed();
+    assert_eq!(code, Some(0), "stderr:\n{}", srv.proc.stderr());
+    assert!(
+        took < Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
+        "the 800 ms drain deadline ends the wait for the silent handshake, took {took:?}"
+    );
+    let drain = t
+        .records()
+        .into_iter()
+        .find(|r| r["event"] == "drain")
+        .expect("drain record");
+    assert_eq!(drain["trigger"], "SIGINT");
+    assert!(drain["forced"].as_u64() >= Some(1), "{drain}");
+    drop(ws);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reload
+// ---------------------------------------------------------------------------------------------
+
+/// A CA and a leaf for 127.0.0.1 (rcgen, independent of the server's code): the leaf + chain
+/// PEM, its key PEM, and the CA PEM to trust.
+fn issue_chain(name: &str) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("lifecycle CA {name}"));
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let mut leaf_params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf_params
+        .subject_alt_names
+        .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+    (
+        format!("{}{}", leaf.pem(), ca.pem()),
+        leaf_key.serialize_pem(),
+        ca.pem(),
+    )
+}
+
+/// Replaces a file the way a certificate deployment does: write aside, rename over.
+fn replace_file(path: &std::path::Path, contents: &str) {
+    let aside = path.with_extension("new");
+    std::fs::write(&aside, contents).expect("write");
+    std::fs::rename(&aside, path).expect("rename");
+}
+
+/// Whether a fresh client trusting only `ca` completes a TLS handshake.
+async fn handshake_trusting(srv: &Server, ca: &std::path::Path) -> std::io::Result<()> {
+    try_tls_connect(srv.addr, client_config_trusting(ca, &[]))
+        .await
+        .map(drop)
+}
+
+#[tokio::test]
+async fn sighup_rotates_the_certificate_for_new_clients_while_an_old_session_echoes() {
+    let t = trail();
+    let dir = t.dir.path();
+    let (chain_a, key_a, ca_a) = issue_chain("A");
+    let (chain_b, key_b, ca_b) = issue_chain("B");
+    let (cert, key) = (dir.join("edge.pem"), dir.join("edge.key"));
+    let (ca_a_path, ca_b_path) = (dir.join("ca-a.pem"), dir.join("ca-b.pem"));
+    std::fs::write(&ca_a_path, ca_a).unwrap();
+    std::fs::write(&ca_b_path, ca_b).unwrap();
+    replace_file(&cert, &chain_a);
+    replace_file(&key, &key_a);
+    let socket = dir.join("ctl.sock");
+    let srv = ServerBuilder::new()
+        .config(&format!(
+            "[tls]\ncert = {}\nkey = {}\n\n{}",
+            toml_path(&cert),
+            toml_path(&key),
+            t.section(None)
+        ))
+        .arg("--control")
+        .arg(socket.to_str().expect("UTF-8"))
+        .start();
+    let old_tls = tls_connect(srv.addr, client_config_trusting(&ca_a_path, &[])).await;
+    let mut old = srv.raw_over(old_tls).await;
+    expect_echo(&mut old, "before the rotation").await;
+
+    // Rotate to B, SIGHUP: new clients see B (once the signal is handled), the old session
+    // keeps echoing over A.
+    replace_file(&cert, &chain_b);
+    replace_file(&key, &key_b);
+    signal(&srv, libc::SIGHUP);
+    let asked = Instant::now();
+    while handshake_trusting(&srv, &ca_b_path).await.is_err() {
+        assert!(
+            asked.elapsed() < WAIT,
+            "no new handshake served with certificate B after SIGHUP:\n{}",
+            srv.proc.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        handshake_trusting(&srv, &ca_a_path).await.is_err(),
+        "a new client must no longer be served certificate A"
+    );
+    expect_echo(&mut old, "after the rotation").await;
+    let mut new = srv
+        .raw_over(tls_connect(srv.addr, client_config_trusting(&ca_b_path, &[])).await)
+        .await;
+    expect_echo(&mut new, "new client on B").await;
+
+    // A broken key file: refused with the reason, B keeps serving, the sessions go on.
+    replace_file(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n",
+    );
+    let out = ctl(&socket, &["reload"]).await;
+    assert_eq!(out.code, Some(1), "a broken key is refused: {out:#?}");
+    assert!(
+        out.stderr.contains("not reloaded") && out.stderr.contains("edge.key"),
+        "the refusal names the file: {out:#?}"
+    );
+    // A certificate that does not match its key.
+    replace_file(&key, &key_a);
+    let out = ctl(&socket, &["reload"]).await;
+    assert_eq!(out.code, Some(1), "a mismatched key is refused: {out:#?}");
+    assert!(out.stderr.contains("match"), "{out:#?}");
+    signal(&srv, libc::SIGHUP);
+    handshake_trusting(&srv, &ca_b_path)
+        .await
+        .expect("B still serves after the refused reloads");
+    expect_echo(&mut old, "old still echoes").await;
+    expect_echo(&mut new, "new still echoes").await;
+
+    // A reload that changes a fixed setting says so.
+    let text = std::fs::read_to_string(srv.config_path()).unwrap();
+    std::fs::write(
+        srv.config_path(),
+        format!("{text}\n[limits]\nidle_timeout_ms = 1000\n"),
+    )
+    .unwrap();
+    replace_file(&key, &key_b);
+    let out = ctl(&socket, &["reload"]).await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let v: Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(v["needs_restart"], serde_json::json!(["limits"]), "{v}");
+
+    let records = t
+        .wait_for("the reloads", |r| {
+            r.iter()
+                .filter(|r| r["event"] == "reload" && r["what"] == "config")
+                .count()
+                >= 5
+        })
+        .await;
+    let reloads: Vec<(bool, String)> = records
+        .iter()
+        .filter(|r| r["event"] == "reload" && r["what"] == "config")
+        .map(|r| {
+            (
+                r["ok"].as_bool().unwrap(),
+                r["detail"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let shape: Vec<(bool, bool)> = reloads
+        .iter()
+        .map(|(ok, d)| (*ok, d.starts_with("SIGHUP")))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (true, true),
+            (false, false),
+            (false, false),
+            (false, true),
+            (true, false)
+        ],
+        "{reloads:#?}"
+    );
+    drop(old);
+    drop(new);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restart handover
+// ---------------------------------------------------------------------------------------------
+
+/// The successor of a restart is the old process's child, not ours; once the old process
+/// exits it is re-parented. This test process becomes the child subreaper so the orphan comes
+/// to us: we can wait for it (its exit code) and it never outlives the test (killed by pid).
+struct Successor(libc::pid_t);
+
+impl Successor {
+    fn adopt(pid: u32) -> Successor {
+        Successor(pid as libc::pid_t)
+    }
+
+    /// Waits for the successor's exit code (it must have been re-parented to us by then).
+    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid on a pid we adopted as subreaper; `status` is a valid out place.
+            let rc = unsafe { libc::waitpid(self.0, &mut status, libc::WNOHANG) };
+            if rc == self.0 {
+                self.0 = 0;
+                return libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+            }
+            if Instant::now() >= deadline {
+                panic!("the new process {} did not exit within {within:?}", self.0);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            // SAFETY: kill(2)/waitpid(2) on the one pid this guard stands for.
+            unsafe {
+                libc::kill(self.0, libc::SIGKILL);
+                libc::waitpid(self.0, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+}
+
+/// What one connection attempt of the looping client saw.
+#[derive(Debug, Default)]
+struct LoopCounts {
+    attempts: u64,
+    upgraded: u64,
+    echoed: u64,
+    /// Closed with 1012 right after its upgrade: it landed on the old process just as it
+    /// stopped accepting (served, then drained like the other old sessions).
+    restarted: u64,
+    failures: Vec<String>,
+}
+
+/// Connects, handshakes, upgrades and echoes in a loop until `stop` (bounded: 3000 attempts).
+async fn connect_in_a_loop(
+    addr: std::net::SocketAddr,
+    tls: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> LoopCounts {
+    use std::sync::atomic::Ordering;
+    let mut c = LoopCounts::default();
+    while !stop.load(Ordering::Relaxed) && c.attempts < 3000 {
+        c.attempts += 1;
+        let stream = match try_tls_connect(addr, tls.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                c.failures
+                    .push(format!("attempt {}: connect/TLS: {e}", c.attempts));
+                continue;
+            }
+        };
+        let outcome = tokio::time::timeout(WAIT, try_attempt_over(stream, &ws_request("/", &[])))
+            .await
+            .map_err(|_| std::io::Error::other("upgrade timed out"))
+            .and_then(|r| r);
+        let mut ws = match outcome {
+            Ok(Outcome::Upgraded { ws, .. }) => ws,
+            Ok(Outcome::Refused(r)) => {
+                c.failures
+                    .push(format!("attempt {}: refused {}", c.attempts, r.status));
+                continue;
+            }
+            Err(e) => {
+                c.failures
+                    .push(format!("attempt {}: upgrade: {e}", c.attempts));
+                continue;
+            }
+        };
+        c.upgraded += 1;
+        ws.send(&cframe(true, OP_TEXT, b"loop")).await;
+        match ws.next().await {
+            Event::Frame(f) if f.opcode == OP_TEXT && f.payload == b"loop" => c.echoed += 1,
+            Event::Frame(f) if f.close_code() == Some(1012) => c.restarted += 1,
+            other => c
+                .failures
+                .push(format!("attempt {}: echo: {other:?}", c.attempts)),
+        }
+        let _ = ws
+            .send_lossy(&cframe(true, OP_CLOSE, &close_payload(1000, "")))
+            .await;
+    }
+    c
+}
+
+async fn status_pid(socket: &std::path::Path) -> Option<u32> {
+    let out = ctl(socket, &["status"]).await;
+    if out.code != Some(0) {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&out.stdout).ok()?;
+    v["pid"].as_u64().map(|p| p as u32)
+}
+
+#[tokio::test]
+async fn ctl_restart_hands_over_without_refusing_a_connection() {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only changes who adopts this process's orphans.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(rc, 0, "PR_SET_CHILD_SUBREAPER");
+    let (mut srv, t, socket) = drained_server("");
+    let old_pid = srv.proc.pid();
+    let watches = {
+        let mut w = Vec::new();
+        for i in 0..3 {
+            let mut ws = srv.raw().await;
+            expect_echo(&mut ws, &format!("old session {i}")).await;
+            let RawWs { mut rd, wr } = ws;
+            w.push(tokio::spawn(async move {
+                let _keep_writer = wr;
+                rd.expect_close_frame().await
+            }));
+        }
+        w
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let looping = tokio::spawn(connect_in_a_loop(srv.addr, srv.tls_config(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let out = ctl(&socket, &["restart"]).await;
+    assert_eq!(out.code, Some(0), "{out:#?}\n{}", srv.proc.stderr());
+    let v: Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(v["old_pid"], old_pid, "{v}");
+    let new_pid = v["new_pid"].as_u64().expect("new_pid") as u32;
+    assert_ne!(new_pid, old_pid);
+    let mut successor = Successor::adopt(new_pid);
+
+    // The old sessions get 1012; the old process exits 0.
+    for w in watches {
+        let frame = within(WAIT, "close frame of an old session", w)
+            .await
+            .expect("reader task");
+        assert_eq!(
+            (frame.close_code(), frame.close_reason().as_str()),
+            (Some(1012), "service_restart")
+        );
+    }
+    assert_eq!(exit_code(&mut srv, WAIT), Some(0), "{}", srv.proc.stderr());
+    // The loop goes on against the new process for a while, then stops.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let counts = within(WAIT, "the connecting loop", looping)
+        .await
+        .expect("loop task");
+    visible_line(&format!(
+        "lifecycle: restart handover: {} attempts, {} upgraded, {} echoed, {} closed 1012 right after the upgrade, {} failed",
+        counts.attempts,
+        counts.upgraded,
+        counts.echoed,
+        counts.restarted,
+        counts.failures.len()
+    ));
+    assert!(
+        counts.failures.is_empty(),
+        "no connection attempt may fail across the handover: {:#?}\n{}",
+        counts.failures,
+        srv.proc.stderr()
+    );
+    assert!(counts.attempts >= 20, "the loop ran: {counts:?}");
+
+    // The new process serves the same address and the control socket.
+    let asked = Instant::now();
+    while status_pid(&socket).await != Some(new_pid) {
+        assert!(
+            asked.elapsed() < WAIT,
+            "the new process never took the control socket"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut ws = srv.raw().await;
+    expect_echo(&mut ws, "served by the new process").await;
+    let (status, _) = readyz(&srv).await;
+    assert_eq!(
+        status, 200,
+        "the new process is ready on the same admin address"
+    );
+
+    // Its drain ends it cleanly too; the trail runs across both processes and verifies.
+    let out = ctl(&socket, &["drain"]).await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_eq!(ws.expect_close().await, Some(1001));
+    assert_eq!(successor.wait_exit(WAIT), Some(0));
+    let out = verify(&t.key, &t.files()).await;
+    assert_eq!(
+        out.code,
+        Some(0),
+        "the trail verifies across the handover: {out:#?}"
+    );
+    let records = t.records();
+    let restart = records
+        .iter()
+        .find(|r| r["event"] == "restart")
+        .expect("restart record");
+    assert_eq!(
+        (restart["ok"].as_bool(), restart["new_pid"].as_u64()),
+        (Some(true), Some(new_pid as u64))
+    );
+    let drains: Vec<(u64, u64)> = records
+        .iter()
+        .filter(|r| r["event"] == "drain")
+        .map(|r| {
+            (
+                r["code"].as_u64().unwrap(),
+                r["sessions_closed"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(drains.len(), 2, "{drains:?}");
+    assert_eq!(drains[0].0, 1012);
+    assert!(drains[0].1 >= 3, "{drains:?}");
+    assert_eq!(drains[1].0, 1001);
+}
+
+/// A successor that cannot start (here: the configuration file broke since) is reported, and
+/// the running process keeps serving everything: sessions, listeners, the control socket.
+/// SIGUSR2 asks for the same handover; its failure is logged and audited.
+#[tokio::test]
+async fn a_failed_restart_keeps_the_old_process_serving() {
+    let (srv, t, socket) = drained_server("");
+    let mut ws = srv.raw().await;
+    expect_echo(&mut ws, "before").await;
+    std::fs::write(srv.config_path(), "[server\nbroken").unwrap();
+    let out = ctl(&socket, &["restart"]).await;
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(out.stderr.contains("keeps serving"), "{out:#?}");
+    signal(&srv, libc::SIGUSR2);
+    t.wait_for("two refused restarts", |r| {
+        r.iter()
+            .filter(|r| r["event"] == "restart" && r["ok"] == false)
+            .count()
+            >= 2
+    })
+    .await;
+    expect_echo(&mut ws, "after").await;
+    assert_eq!(status_pid(&socket).await, Some(srv.proc.pid()));
+    let (status, _) = readyz(&srv).await;
+    assert_eq!(status, 200);
+    let mut again = srv.raw().await;
+    expect_echo(&mut again, "a new session").await;
+}
