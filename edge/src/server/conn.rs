@@ -188,6 +188,9 @@ struct Conn {
     admitted_as: Option<AdmittedAs>,
     /// Armed while bytes wait for the client: no progress until it fires = a slow consumer.
     write_deadline: Deadline,
+    /// Armed while bytes wait for the upstream (proxy mode): no progress until it fires closes
+    /// the client with 1014.
+    upstream_write_deadline: Deadline,
     /// The server ping's timer (see [`Conn::on_heartbeat`]).
     heartbeat: Deadline,
     /// When the client last sent anything (any byte proves it alive).
@@ -212,6 +215,7 @@ impl Conn {
         deadline.set(Instant::now() + core.cfg.limits.handshake_timeout());
         let write_deadline = Deadline::new(&core.wheel);
         let heartbeat = Deadline::new(&core.wheel);
+        let upstream_write_deadline = Deadline::new(&core.wheel);
         Self {
             slot,
             core,
@@ -237,6 +241,7 @@ impl Conn {
             admitted_as: None,
             write_deadline,
             heartbeat,
+            upstream_write_deadline,
             last_rx: Instant::now(),
             ping_sent: None,
             reads_paused: false,
@@ -266,10 +271,12 @@ impl Conn {
                 r = upstream_readable(relay), if up_reading && !up_more => Wake::UpstreamReadable(r),
                 _ = std::future::ready(()), if up_more => Wake::UpstreamReadable(Ok(())),
                 r = upstream_writable(relay), if up_writing => Wake::UpstreamWritable(r),
+                _ = self.upstream_write_deadline.expired(), if up_writing => Wake::UpstreamStalled,
             };
             let step = match wake {
                 Wake::UpstreamReadable(Ok(())) => self.relay_from_upstream(),
                 Wake::UpstreamWritable(Ok(())) => None,
+                Wake::UpstreamStalled => Some(self.upstream_failed("upstream_stalled")),
                 Wake::UpstreamReadable(Err(e)) | Wake::UpstreamWritable(Err(e)) => {
                     tracing::debug!(peer = %self.peer, error = %e, "upstream readiness wait failed");
                     Some(self.upstream_failed("upstream_closed"))
@@ -403,7 +410,17 @@ impl Conn {
     fn write_upstream(&mut self) -> Option<End> {
         let relay = self.relay.as_mut()?;
         match relay.write_some() {
-            Ok(()) => None,
+            Ok(written) => {
+                // An upstream that takes nothing for the write timeout is as stuck as a slow
+                // client: its client is told 1014 rather than held forever.
+                if relay.pending_output() == 0 {
+                    self.upstream_write_deadline.clear();
+                } else if written > 0 || !self.upstream_write_deadline.is_set() {
+                    self.upstream_write_deadline
+                        .set(Instant::now() + self.core.cfg.limits.write_timeout());
+                }
+                None
+            }
             Err(e) => {
                 tracing::debug!(peer = %self.peer, member = %relay.member, error = %e, "upstream write failed");
                 Some(self.upstream_failed("upstream_write_failed"))
@@ -733,6 +750,14 @@ impl Conn {
                     return Some(self.refuse_http(refusal));
                 }
                 Ok(Some((request, consumed))) => {
+                    // Proxy mode forwards the client's User-Agent, which the parsed request
+                    // does not keep: read it from the raw head before it is consumed.
+                    let user_agent = self.core.upstreams.as_ref().and_then(|_| {
+                        crate::upstream::handshake::request_header(
+                            &self.plaintext[..consumed],
+                            "user-agent",
+                        )
+                    });
                     let _ = self.plaintext.split_to(consumed);
                     let identity = match self.client_identity() {
                         Ok(identity) => identity,
@@ -750,7 +775,7 @@ impl Conn {
                         Ok(admitted) => admitted,
                         Err(refusal) => return Some(self.refuse_upgrade(refusal, &request, None)),
                     };
-                    let route = match self.route(&request) {
+                    let route = match self.route(&request, user_agent) {
                         Ok(route) => route,
                         Err(refusal) => {
                             return Some(self.refuse_upgrade(refusal, &request, Some(&admitted)))
@@ -912,7 +937,11 @@ impl Conn {
     }
 
     /// Proxy mode: the route of an admitted request. No route matching: 404.
-    fn route(&self, request: &ws::UpgradeRequest) -> Result<Option<RouteChoice>, Refusal> {
+    fn route(
+        &self,
+        request: &ws::UpgradeRequest,
+        user_agent: Option<String>,
+    ) -> Result<Option<RouteChoice>, Refusal> {
         let Some(upstreams) = self.core.upstreams.as_ref() else {
             return Ok(None);
         };
@@ -921,6 +950,7 @@ impl Conn {
                 group: r.group,
                 rest: r.rest.to_owned(),
                 lossy: r.lossy,
+                user_agent,
             })),
             None => Err(Refusal::Http {
                 status: 404,
@@ -952,7 +982,7 @@ impl Conn {
         let member = format!("{}/{}", lease.group, lease.url);
         let client = crate::upstream::ClientContext {
             request: &pending.request,
-            user_agent: None,
+            user_agent: route.user_agent.as_deref(),
             peer: self.peer.ip(),
             protocol: pending.admitted.protocol.as_deref(),
             identity: self.identity.as_deref(),
@@ -975,8 +1005,9 @@ impl Conn {
             }
             Some(Err(e)) => {
                 tracing::debug!(peer = %self.peer, member, error = %e, "upstream connect failed");
-                let refused = matches!(&e, crate::upstream::ConnectError::Response(_))
-                    && !e.is_member_failure();
+                // The member answered, but not with a 101 (a 4xx, a 5xx, a bad accept):
+                // a bad gateway. No answer at all: unavailable, try again.
+                let refused = matches!(&e, crate::upstream::ConnectError::Response(_));
                 Err(if refused {
                     Refusal::Http {
                         status: 502,
@@ -1519,7 +1550,16 @@ impl Conn {
             relay.stream.shutdown();
         }
         if matches!(end, End::Close) && !self.layer.is_handshaking() {
-            if self.layer.queue_close_notify() && self.flush_before_close().await.is_ok() {
+            let mut ok = self.flush_before_close().await.is_ok();
+            let close_sent = |c: &Self| {
+                c.session
+                    .as_ref()
+                    .is_some_and(|s| s.state() == SessionState::CloseSent)
+            };
+            if ok && close_sent(self) {
+                ok = self.await_close_reply().await;
+            }
+            if ok && self.layer.queue_close_notify() && self.flush_before_close().await.is_ok() {
                 self.send_kernel_close_notify().await;
             }
         } else if self.layer.has_pending_output() {
@@ -1535,6 +1575,43 @@ impl Conn {
 }
 
 impl Conn {
+    /// Our close frame went first (idle, heartbeat, drain, revocation, rate limit…): the
+    /// client's close reply is awaited for up to `close_timeout_ms` before TCP closes, so the
+    /// close handshake completes (RFC 6455 §7.1.1) and a well-behaved client reads our code
+    /// rather than a reset. False when the connection broke meanwhile.
+    async fn await_close_reply(&mut self) -> bool {
+        let limit = Deadline::new(&self.core.wheel);
+        limit.set(Instant::now() + self.core.cfg.limits.close_timeout());
+        loop {
+            let ready = monoio::select! {
+                r = self.stream.readable(false) => Some(r),
+                _ = limit.expired() => None,
+            };
+            match ready {
+                None => return true, // no reply in time: close all the same
+                Some(Err(_)) => return false,
+                Some(Ok(())) => {}
+            }
+            let step = self.read_and_process();
+            self.account_buffers();
+            if self.write_some().is_err() {
+                return false;
+            }
+            match step {
+                Some(End::Abort) => return false,
+                Some(End::Close) => return true,
+                None => {}
+            }
+            if self
+                .session
+                .as_ref()
+                .is_none_or(|s| s.state() == SessionState::Closed)
+            {
+                return true;
+            }
+        }
+    }
+
     /// Under kTLS, close_notify is a record of its own sent with `sendmsg`; a full socket (the
     /// last frames may just have filled it) is waited for within the write timeout.
     async fn send_kernel_close_notify(&mut self) {
@@ -1601,6 +1678,7 @@ struct RouteChoice {
     /// The path after the route's prefix, plus the query, for the member's path.
     rest: String,
     lossy: bool,
+    user_agent: Option<String>,
 }
 
 /// A refusal for a state that should not happen (a bug, not the client's fault).
@@ -1622,6 +1700,7 @@ enum Wake {
     WriteStalled,
     UpstreamReadable(std::io::Result<()>),
     UpstreamWritable(std::io::Result<()>),
+    UpstreamStalled,
 }
 
 /// Resolves when the upstream socket is readable; never without an upstream.

@@ -186,13 +186,16 @@ impl Relay {
         }
     }
 
-    /// Writes what the upstream socket takes now. `Err`: the upstream connection is broken.
-    pub fn write_some(&mut self) -> std::io::Result<()> {
+    /// Writes what the upstream socket takes now; returns the bytes written. `Err`: the
+    /// upstream connection is broken.
+    pub fn write_some(&mut self) -> std::io::Result<usize> {
+        let mut written = 0;
         while self.stream.pending_output() > 0 {
-            if self.stream.write_pending()? == 0 {
-                break;
+            match self.stream.write_pending()? {
+                0 => break,
+                n => written += n,
             }
         }
-        Ok(())
+        Ok(written)
     }
 }
