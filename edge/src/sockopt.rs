@@ -77,6 +77,45 @@ pub fn recv_nonblocking(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Recv> 
     }
 }
 
+/// Appends what the socket holds (at most `max` bytes) to `dst` without blocking, reading
+/// straight into its spare capacity: no zero-filling of space the kernel is about to write.
+pub fn recv_append(fd: BorrowedFd<'_>, dst: &mut bytes::BytesMut, max: usize) -> io::Result<Recv> {
+    if max == 0 {
+        return Ok(Recv::WouldBlock);
+    }
+    dst.reserve(max);
+    let spare = &mut dst.spare_capacity_mut()[..max];
+    loop {
+        // SAFETY: `spare` is `max` bytes of allocated (uninitialised) capacity owned by `dst`,
+        // valid for writes for the whole call; recv writes at most `max` bytes and never reads
+        // them. `fd` is a borrowed, open descriptor.
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                max,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n > 0 {
+            let n = n as usize;
+            // SAFETY: the kernel initialised exactly `n <= max` bytes at the start of the
+            // spare capacity.
+            unsafe { dst.set_len(dst.len() + n) };
+            return Ok(Recv::Data(n));
+        }
+        if n == 0 {
+            return Ok(Recv::Eof);
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::WouldBlock => return Ok(Recv::WouldBlock),
+            io::ErrorKind::Interrupted => continue,
+            _ => return Err(err),
+        }
+    }
+}
+
 /// Writes what the socket takes of `buf` without blocking (MSG_DONTWAIT, and MSG_NOSIGNAL so a
 /// peer that reset gives EPIPE, not SIGPIPE). `Ok(None)`: the socket is full, wait for
 /// writability.
@@ -313,5 +352,38 @@ mod tests {
             }
         }
         assert!(reset, "closing with SO_LINGER 0 must reset the connection");
+    }
+
+    #[test]
+    fn recv_append_adds_only_what_arrived() {
+        let (mut c, s) = pair();
+        let mut dst = bytes::BytesMut::from(&b"kept:"[..]);
+        assert_eq!(
+            recv_append(s.as_fd(), &mut dst, 64).unwrap(),
+            Recv::WouldBlock
+        );
+        c.write_all(b"0123456789").unwrap();
+        let mut got = Recv::WouldBlock;
+        for _ in 0..100 {
+            got = recv_append(s.as_fd(), &mut dst, 4).unwrap();
+            if got != Recv::WouldBlock {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(got, Recv::Data(4), "never more than max");
+        assert_eq!(&dst[..], b"kept:0123");
+        assert_eq!(recv_append(s.as_fd(), &mut dst, 64).unwrap(), Recv::Data(6));
+        assert_eq!(&dst[..], b"kept:0123456789");
+        drop(c);
+        let mut eof = Recv::WouldBlock;
+        for _ in 0..100 {
+            eof = recv_append(s.as_fd(), &mut dst, 64).unwrap();
+            if eof != Recv::WouldBlock {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(eof, Recv::Eof);
     }
 }

@@ -47,6 +47,8 @@ pub(crate) struct Relay {
     /// The last read stopped at its bound with more possibly held (rustls keeps decrypted
     /// plaintext the socket's readiness does not announce): read again without waiting.
     pub more: bool,
+    /// Frames toward the upstream are gathered here, then queued in one piece.
+    staging: Vec<u8>,
 }
 
 impl Relay {
@@ -57,6 +59,7 @@ impl Relay {
             plaintext: BytesMut::new(),
             // What came with the 101 is read before any readiness wait.
             more: true,
+            staging: Vec::new(),
             lossy,
             member,
             closing: false,
@@ -176,13 +179,21 @@ impl Relay {
         self.peer_closed = true;
     }
 
+    /// Gathers the session's frames (masked copies) and queues them as one write. The staging
+    /// buffer is reused between messages, and freed after a large one so an idle session
+    /// keeps none of it.
     fn encode(&mut self) {
-        let mut staged = Vec::new();
+        const KEEP: usize = 64 * 1024;
+        self.staging.clear();
         while let Some(frame) = self.session.poll_transmit() {
-            frame.append_to(&mut staged);
+            frame.append_to(&mut self.staging);
         }
-        if !staged.is_empty() {
-            self.stream.queue(&staged);
+        if !self.staging.is_empty() {
+            self.stream.queue(&self.staging);
+            self.staging.clear();
+        }
+        if self.staging.capacity() > KEEP {
+            self.staging = Vec::new();
         }
     }
 

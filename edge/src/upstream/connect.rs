@@ -199,17 +199,17 @@ impl UpstreamStream {
             return Ok(ReadOutcome::Data(n));
         }
         let fd = sockopt::borrow_fd(&self.tcp);
+        let Some(conn) = self.tls.as_deref_mut() else {
+            // Plain ws://: straight into the spare capacity, nothing zero-filled.
+            return match sockopt::recv_append(fd, dst, max)? {
+                Recv::Data(n) => Ok(ReadOutcome::Data(n)),
+                Recv::WouldBlock => Ok(ReadOutcome::WouldBlock),
+                Recv::Eof => Ok(ReadOutcome::Eof),
+            };
+        };
         let start = dst.len();
         dst.resize(start + max, 0);
-        let result = match self.tls.as_deref_mut() {
-            None => match sockopt::recv_nonblocking(fd, &mut dst[start..]) {
-                Ok(Recv::Data(n)) => Ok(ReadOutcome::Data(n)),
-                Ok(Recv::WouldBlock) => Ok(ReadOutcome::WouldBlock),
-                Ok(Recv::Eof) => Ok(ReadOutcome::Eof),
-                Err(e) => Err(e),
-            },
-            Some(conn) => tls_read(conn, fd, &mut dst[start..], &mut self.out),
-        };
+        let result = tls_read(conn, fd, &mut dst[start..], &mut self.out);
         let got = match result {
             Ok(ReadOutcome::Data(n)) => n,
             _ => 0,
