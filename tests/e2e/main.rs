@@ -9,6 +9,8 @@ mod admission_jwt;
 mod admission_mtls;
 mod admission_origin;
 mod audit;
+/// The in-process ws:// backend the proxy tests forward to.
+mod backend;
 mod cli;
 mod control;
 mod echo;
@@ -20,5 +22,7 @@ mod limits;
 #[cfg(feature = "panic-injection")]
 mod panic;
 mod protocol;
+mod proxy;
+mod rate_limits;
 mod transport;
 mod upgrade;
