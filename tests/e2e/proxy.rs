@@ -739,7 +739,10 @@ async fn ss_rows(ports: &[u16]) -> Vec<SockRow> {
 ///   receive queue) — within 2 × max_outbound_bytes;
 /// - the server's RSS growth while the client stalls, after a warm-up session that read a
 ///   flood of the same messages to the end (so one-time allocator growth is not charged to the
-///   stalled client) — below max_outbound_bytes + 4 MiB; the cold growth is printed too;
+///   stalled client) — below max_outbound_bytes + 16 MiB. That bound is coarse on purpose: the
+///   allocator grows its arenas in MiB steps (4–8 MiB were seen on quiet runs), while an edge
+///   that did not pause its upstream reads would hold most of the 320 MiB flood. The byte
+///   accounting above is the precise check; the cold growth is printed too;
 /// - the client-facing socket's send memory (`ss -m` t/w, tb) within
 ///   2 × socket_send_buffer_bytes (the kernel doubles SO_SNDBUF), + one 64 KiB skb.
 #[tokio::test]
@@ -861,7 +864,7 @@ async fn a_client_that_stops_reading_is_reset_with_bounded_memory() {
     let growth = rss_max.saturating_sub(rss_before);
     visible_line(&format!(
         "slow consumer: RSS cold {} KiB, after warm-up {} KiB, max while stalled {} KiB: growth {} KiB \
-         (bound: max_outbound {} KiB + 4 MiB); RSS timeline (ms, KiB) {:?}",
+         (bound: max_outbound {} KiB + 16 MiB); RSS timeline (ms, KiB) {:?}",
         rss_cold / 1024,
         rss_before / 1024,
         rss_max / 1024,
@@ -918,7 +921,7 @@ async fn a_client_that_stops_reading_is_reset_with_bounded_memory() {
          = {allowed}): {detail}"
     );
     assert!(
-        growth < MAX_OUTBOUND + (4 << 20),
+        growth < MAX_OUTBOUND + (16 << 20),
         "server RSS grew {growth} bytes while a client did not read (max_outbound_bytes {MAX_OUTBOUND})"
     );
     let m = skmem_max.expect("no skmem sample of the edge's client-facing socket");

@@ -362,9 +362,16 @@ impl Conn {
         let relay = self.relay.as_mut()?;
         let now = Instant::now();
         let mut events = std::mem::take(&mut self.upstream_events);
-        relay.read(now, &mut events);
         let lossy = relay.lossy;
         let cap = self.core.cfg.limits.max_outbound_bytes;
+        // What still fits under the client's cap bounds the read (lossy routes read on and
+        // drop whole messages instead).
+        let room = if lossy {
+            usize::MAX
+        } else {
+            cap.saturating_sub(self.layer.pending_output_len())
+        };
+        relay.read(now, &mut events, room);
         let mut queued = self.layer.pending_output_len();
         let mut end = None;
         for event in events.drain(..) {

@@ -81,15 +81,27 @@ impl Relay {
         self.peer_closed || self.session.state() == SessionState::Closed
     }
 
-    /// Reads what the upstream has (a few bounded chunks) and parses it into `out`.
-    pub fn read(&mut self, now: Instant, out: &mut Vec<UpstreamEvent>) {
+    /// Reads what the upstream has (a few bounded chunks, at most `room` bytes: what still
+    /// fits under the client's outbound cap) and parses it into `out`.
+    pub fn read(&mut self, now: Instant, out: &mut Vec<UpstreamEvent>, room: usize) {
         const MAX_READS: usize = 4;
+        /// Even a nearly full queue reads a little, so a frame header can complete.
+        const MIN_READ: usize = 4096;
         self.more = false;
+        let mut room = room.max(MIN_READ);
         for i in 0..MAX_READS {
-            match self.stream.read_plaintext(&mut self.plaintext, READ_CHUNK) {
-                Ok(ReadOutcome::Data(_)) => {
+            let chunk = READ_CHUNK.min(room);
+            match self.stream.read_plaintext(&mut self.plaintext, chunk) {
+                Ok(ReadOutcome::Data(n)) => {
                     self.parse(now, out);
                     if self.peer_closed {
+                        break;
+                    }
+                    room = room.saturating_sub(n);
+                    if room == 0 {
+                        // The loop decides when to read again (not while the client's queue
+                        // is at its cap).
+                        self.more = true;
                         break;
                     }
                     self.more = i + 1 == MAX_READS;
