@@ -127,6 +127,11 @@ impl Relay {
                 }
             }
         }
+        // An idle session keeps no read buffer: once every frame is parsed out, the buffer's
+        // memory goes with the last payload slice handed on.
+        if self.plaintext.is_empty() {
+            self.plaintext = BytesMut::new();
+        }
         // Pongs to the upstream's pings and our close replies.
         self.encode();
     }

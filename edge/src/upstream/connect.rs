@@ -251,7 +251,12 @@ impl UpstreamStream {
             }
         }
         if self.out_pos == self.out.len() {
-            self.out.clear();
+            // Drained: an idle session keeps no large write buffer after a burst.
+            if self.out.capacity() > 64 * 1024 {
+                self.out = Vec::new();
+            } else {
+                self.out.clear();
+            }
             self.out_pos = 0;
         } else if self.out_pos > self.out.len() / 2 {
             // Keep the buffer from growing by its written front.
