@@ -666,87 +666,71 @@ fn render_ip_limits(out: &mut String, limiter: &crate::server::ip_limit::IpLimit
     }
 }
 
-/// Per member: breaker state, health, connects by result, and the health checker's totals.
+/// Per member: breaker state, health, connects by result, and the health checks.
 fn render_upstreams(out: &mut String, upstreams: &crate::upstream::Upstreams) {
+    type Stats = crate::upstream::MemberStats;
     let members = upstreams.metrics();
-    let label = |m: &crate::upstream::MemberStats| {
+    let label = |m: &Stats| {
         format!(
             "group=\"{}\",member=\"{}\"",
             escape_label(&m.group),
             escape_label(&m.url)
         )
     };
-    let _ = writeln!(
-        out,
-        "# HELP wssedge_upstream_breaker_state Circuit breaker per member: 0 closed, 1 open, 2 half-open\n# TYPE wssedge_upstream_breaker_state gauge"
-    );
-    for m in &members {
-        let _ = writeln!(
-            out,
-            "wssedge_upstream_breaker_state{{{}}} {}",
-            label(m),
-            m.breaker_state
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP wssedge_upstream_breaker_opened_total Times a member's breaker opened\n# TYPE wssedge_upstream_breaker_opened_total counter"
-    );
-    for m in &members {
-        let _ = writeln!(
-            out,
-            "wssedge_upstream_breaker_opened_total{{{}}} {}",
-            label(m),
-            m.breaker_opened_total
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP wssedge_upstream_healthy 1 while the member's last health check passed\n# TYPE wssedge_upstream_healthy gauge"
-    );
-    for m in &members {
-        let _ = writeln!(
-            out,
-            "wssedge_upstream_healthy{{{}}} {}",
-            label(m),
-            m.healthy as u8
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP wssedge_upstream_connects_total Upstream session opens (TCP, TLS, upgrade) by result\n# TYPE wssedge_upstream_connects_total counter"
-    );
-    for m in &members {
-        let _ = writeln!(
-            out,
-            "wssedge_upstream_connects_total{{{},result=\"ok\"}} {}",
-            label(m),
-            m.connects_ok
-        );
-        let _ = writeln!(
-            out,
-            "wssedge_upstream_connects_total{{{},result=\"failed\"}} {}",
-            label(m),
-            m.connect_failures
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP wssedge_upstream_health_checks_total Health checks per member by result\n# TYPE wssedge_upstream_health_checks_total counter"
-    );
-    for m in &members {
-        let _ = writeln!(
-            out,
-            "wssedge_upstream_health_checks_total{{{},result=\"ok\"}} {}",
-            label(m),
-            m.health_checks.saturating_sub(m.health_failures)
-        );
-        let _ = writeln!(
-            out,
-            "wssedge_upstream_health_checks_total{{{},result=\"failed\"}} {}",
-            label(m),
-            m.health_failures
-        );
+    // (name, type, help, rows of one member: extra labels and value)
+    type Rows = fn(&Stats) -> Vec<(&'static str, u64)>;
+    let families: [(&str, &str, &str, Rows); 5] = [
+        (
+            "wssedge_upstream_breaker_state",
+            "gauge",
+            "Circuit breaker per member: 0 closed, 1 open, 2 half-open",
+            |m| vec![("", m.breaker_state as u64)],
+        ),
+        (
+            "wssedge_upstream_breaker_opened_total",
+            "counter",
+            "Times a member's breaker opened",
+            |m| vec![("", m.breaker_opened_total)],
+        ),
+        (
+            "wssedge_upstream_healthy",
+            "gauge",
+            "1 while the member's last health check passed",
+            |m| vec![("", m.healthy as u64)],
+        ),
+        (
+            "wssedge_upstream_connects_total",
+            "counter",
+            "Upstream session opens (TCP, TLS, upgrade) by result",
+            |m| {
+                vec![
+                    (",result=\"ok\"", m.connects_ok),
+                    (",result=\"failed\"", m.connect_failures),
+                ]
+            },
+        ),
+        (
+            "wssedge_upstream_health_checks_total",
+            "counter",
+            "Health checks per member by result",
+            |m| {
+                vec![
+                    (
+                        ",result=\"ok\"",
+                        m.health_checks.saturating_sub(m.health_failures),
+                    ),
+                    (",result=\"failed\"", m.health_failures),
+                ]
+            },
+        ),
+    ];
+    for (name, kind, help, rows) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for m in &members {
+            for (extra, value) in rows(m) {
+                let _ = writeln!(out, "{name}{{{}{extra}}} {value}", label(m));
+            }
+        }
     }
 }
 

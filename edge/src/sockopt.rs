@@ -48,61 +48,40 @@ pub enum Recv {
 
 /// Reads whatever the socket holds into `buf` without blocking (MSG_DONTWAIT).
 pub fn recv_nonblocking(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Recv> {
-    if buf.is_empty() {
-        return Ok(Recv::WouldBlock);
-    }
-    loop {
-        // SAFETY: `buf` is a valid, writable slice of `buf.len()` bytes for the whole call, and
-        // `fd` is a borrowed, open descriptor; recv writes at most `len` bytes into it.
-        let n = unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n > 0 {
-            return Ok(Recv::Data(n as usize));
-        }
-        if n == 0 {
-            return Ok(Recv::Eof);
-        }
-        let err = io::Error::last_os_error();
-        match err.kind() {
-            io::ErrorKind::WouldBlock => return Ok(Recv::WouldBlock),
-            io::ErrorKind::Interrupted => continue,
-            _ => return Err(err),
-        }
-    }
+    // SAFETY: `buf` is a valid, writable (and initialised) slice of `buf.len()` bytes.
+    unsafe { recv_into(fd, buf.as_mut_ptr(), buf.len()) }
 }
 
 /// Appends what the socket holds (at most `max` bytes) to `dst` without blocking, reading
 /// straight into its spare capacity: no zero-filling of space the kernel is about to write.
 pub fn recv_append(fd: BorrowedFd<'_>, dst: &mut bytes::BytesMut, max: usize) -> io::Result<Recv> {
-    if max == 0 {
-        return Ok(Recv::WouldBlock);
-    }
     dst.reserve(max);
     let spare = &mut dst.spare_capacity_mut()[..max];
+    // SAFETY: `spare` is `max` bytes of allocated capacity owned by `dst`, valid for writes
+    // for the whole call (recv never reads them).
+    let got = unsafe { recv_into(fd, spare.as_mut_ptr().cast(), max) }?;
+    if let Recv::Data(n) = got {
+        // SAFETY: the kernel initialised exactly `n <= max` bytes at the start of the spare
+        // capacity.
+        unsafe { dst.set_len(dst.len() + n) };
+    }
+    Ok(got)
+}
+
+/// The one `recv(MSG_DONTWAIT)` loop (EINTR retried).
+///
+/// # Safety
+/// `ptr` must be valid for writes of `len` bytes for the whole call.
+unsafe fn recv_into(fd: BorrowedFd<'_>, ptr: *mut u8, len: usize) -> io::Result<Recv> {
+    if len == 0 {
+        return Ok(Recv::WouldBlock);
+    }
     loop {
-        // SAFETY: `spare` is `max` bytes of allocated (uninitialised) capacity owned by `dst`,
-        // valid for writes for the whole call; recv writes at most `max` bytes and never reads
-        // them. `fd` is a borrowed, open descriptor.
-        let n = unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                spare.as_mut_ptr().cast(),
-                max,
-                libc::MSG_DONTWAIT,
-            )
-        };
+        // SAFETY: the caller guarantees `ptr` is writable for `len` bytes; `fd` is a borrowed,
+        // open descriptor; recv writes at most `len` bytes.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), ptr.cast(), len, libc::MSG_DONTWAIT) };
         if n > 0 {
-            let n = n as usize;
-            // SAFETY: the kernel initialised exactly `n <= max` bytes at the start of the
-            // spare capacity.
-            unsafe { dst.set_len(dst.len() + n) };
-            return Ok(Recv::Data(n));
+            return Ok(Recv::Data(n as usize));
         }
         if n == 0 {
             return Ok(Recv::Eof);
