@@ -201,6 +201,13 @@ impl Relay {
     /// keeps none of it.
     fn encode(&mut self) {
         const KEEP: usize = 64 * 1024;
+        if let Some(out) = self.stream.plain_output() {
+            // ws://: the masked copy is the only copy, made in the write queue itself.
+            while let Some(frame) = self.session.poll_transmit() {
+                frame.append_to(out);
+            }
+            return;
+        }
         self.staging.clear();
         while let Some(frame) = self.session.poll_transmit() {
             frame.append_to(&mut self.staging);

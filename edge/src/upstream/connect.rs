@@ -231,6 +231,15 @@ impl UpstreamStream {
         }
     }
 
+    /// The write queue itself for a plain ws:// member, so frames can be encoded straight
+    /// into it (no staging copy); None under TLS, where [`Self::queue`] encrypts.
+    pub fn plain_output(&mut self) -> Option<&mut Vec<u8>> {
+        match self.tls {
+            None => Some(&mut self.out),
+            Some(_) => None,
+        }
+    }
+
     /// Bytes queued and not yet written to the socket.
     pub fn pending_output(&self) -> usize {
         self.out.len() - self.out_pos

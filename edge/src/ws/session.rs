@@ -151,7 +151,10 @@ pub enum Event {
 pub struct OutFrame {
     header: [u8; frame::MAX_HEADER_LEN],
     header_len: u8,
+    /// The payload as given (client frames too: masking happens while it is written out).
     payload: Payload,
+    /// Client role: the frame's masking key, applied by [`OutFrame::append_to`].
+    mask: Option<[u8; 4]>,
     is_close: bool,
 }
 
@@ -163,24 +166,22 @@ impl OutFrame {
             header: h,
             header_len: n as u8,
             payload,
+            mask: None,
             is_close: opcode == OpCode::Close,
         }
     }
 
-    /// A client frame: the payload copied and masked with `mask` in one pass.
+    /// A client frame: the payload stays shared; it is masked with `mask` as it is copied out
+    /// by [`OutFrame::append_to`] (one pass, into the transport's buffer).
     fn masked(opcode: OpCode, payload: &Payload, mask: [u8; 4]) -> Self {
         let mut h = [0u8; frame::MAX_HEADER_LEN];
         let len = payload.len();
         let n = frame::encode_header(true, opcode, Some(mask), len as u64, &mut h);
-        let mut body = Vec::with_capacity(len);
-        for chunk in payload.chunks() {
-            let offset = body.len();
-            extend_masked(&mut body, chunk, mask, offset);
-        }
         Self {
             header: h,
             header_len: n as u8,
-            payload: Payload::Single(Bytes::from(body)),
+            payload: payload.clone(),
+            mask: Some(mask),
             is_close: opcode == OpCode::Close,
         }
     }
@@ -209,9 +210,21 @@ impl OutFrame {
 
     /// Appends header and payload to `out`: how a transport gathers frames for one write.
     pub fn append_to(&self, out: &mut Vec<u8>) {
+        out.reserve(self.header().len() + self.payload.len());
         out.extend_from_slice(self.header());
-        for c in self.payload.chunks() {
-            out.extend_from_slice(c);
+        match self.mask {
+            None => {
+                for c in self.payload.chunks() {
+                    out.extend_from_slice(c);
+                }
+            }
+            Some(mask) => {
+                let mut offset = 0;
+                for c in self.payload.chunks() {
+                    extend_masked(out, c, mask, offset);
+                    offset += c.len();
+                }
+            }
         }
     }
 
