@@ -3,66 +3,95 @@
 //! # Two sides
 //!
 //! - **Shared** ([`IdentityBudgets`], [`SharedBudget`]): one budget per live identity, for the
-//!   whole process. Each limited unit (messages, bytes) is one `AtomicU64` run as a GCRA on a
-//!   token timeline: `x(now)` = whole tokens the rate has produced since the budget was
-//!   created, `tat` = how far along that timeline tokens have been handed out. Available =
-//!   `burst − (max(tat, x) − x)`; handing out `k` moves `tat` to `max(tat, x) + k` with one
-//!   compare-and-swap. All integers: `x` is computed from the absolute elapsed time, never
-//!   accumulated, so nothing drifts. The map of identities is sharded and locked only when a
-//!   core attaches the identity's first session or detaches its last.
-//! - **Per core** ([`CoreBudgets`], [`IdentityHandle`]): each core keeps, per identity, a
-//!   small *stash* of tokens taken from the shared budget. The data path spends the stash
-//!   (plain integers behind an `Rc`); only when it runs short does the core *visit* the shared
-//!   budget, and at most once per [`PULL_INTERVAL`] (10 ms) per identity per core. A visit
-//!   takes a chunk sized to the core's recent demand (about two intervals' worth) but at most
-//!   half of what the shared budget holds, and at least what the message needs: a core
-//!   flooding on its own drains the whole burst within a few visits, a quiet core holds
-//!   little, and cores that visit a scarce budget one after another split it rather than the
-//!   first taking it all.
+//!   whole process. Each limited unit (messages, bytes) is two `AtomicU64`s. `tat` runs a GCRA
+//!   over the tokens *spent*: `x(now)` = whole tokens the rate has produced since the budget
+//!   was created, `tat` = how far along that timeline spent tokens reach, and the *level* is
+//!   `burst − (max(tat, x) − x)`. `reserved` counts the tokens handed to cores' stashes and not
+//!   yet recorded as spent nor handed back. A core may take `level − reserved`. Stashed tokens
+//!   stay inside the level, so the refill never runs on behind a stash: handing a stash back
+//!   only un-reserves it, and the level is never more than one bucket. All integers: `x` is
+//!   computed from the absolute elapsed time, never accumulated, so nothing drifts. The map of
+//!   identities is sharded and locked only when a core attaches the identity's first session
+//!   or detaches its last.
+//! - **Per core** ([`CoreBudgets`], [`IdentityHandle`]): each core keeps, per identity, a small
+//!   *stash* of tokens reserved from the shared budget. The data path spends the stash (plain
+//!   integers behind an `Rc`); only when it runs short does the core *visit* the shared budget.
+//!   A visit records the tokens spent since the last one on the timeline — dated at the instant
+//!   their stash was topped up, which the core remembers, so no clock is read and the date is
+//!   at most [`STASH_TTL`] before the spend — hands back an idle stash, then tops up: a chunk
+//!   sized to the core's recent demand (two intervals of it), at most half of what is there to
+//!   take when other cores hold the identity too (all of it when alone), and at least what the
+//!   message needs. A core flooding on its own drains a whole burst in a few visits (its chunks
+//!   double); a quiet core holds little; cores that visit a scarce budget one after another
+//!   split it rather than the first taking it all.
+//!
+//! # When a core visits
+//!
+//! - *On the cadence*: when its stash is short for a message (or idle, below) and its last
+//!   visit is at least [`PULL_INTERVAL`] (10 ms) old.
+//! - *Early*, when its stash is short and its last view of the shared budget says the visit
+//!   would grant what the message needs and at least the smaller of what the core wants and
+//!   10 ms of rate. The view is the budget as the core left it, plus the refill since, plus
+//!   its own spends since; computing it touches no atomic. It is exact while no other core of
+//!   the identity takes (a core alone waits for its cadence only when its budget is within
+//!   10 ms of rate of refusing the message), an overestimate otherwise — a visit that finds
+//!   less refreshes the view.
+//!
+//! So a core touches an identity's atomics at most once per 10 ms when the budget is short
+//! (a flood over the limit), plus once per chunk it takes while the budget holds plenty (the
+//! chunks double under demand: a few visits drain a whole burst), plus once each time another
+//! core's takes made its view stale.
 //!
 //! # Tolerance
 //!
-//! *Never more, from the start.* Tokens reach a message only through a stash, and a stash
-//! only through the shared budget, which hands out at most `burst + rate × T` in the `T` since
-//! it was created. So over all cores, from the identity's first session on, admitted ≤
-//! `burst + rate × T` — exactly, not approximately (plus one oversized message, below).
+//! *Never more, from the start.* Every take checks that the spends recorded so far, every
+//! reservation and the take itself fit in one bucket at that instant, and a spent token is
+//! recorded at the date of a take that counted it (its stash's last top-up); records that
+//! arrive out of date order only overstate the spends. So the recorded history is one a
+//! single bucket admits, and over all cores, from the identity's first session on, admitted
+//! ≤ `burst + rate × T` (plus one oversized message, below).
 //!
-//! *In a window starting later*, a little more. Call the identity's level the shared
-//! budget's tokens plus every core's stash. A visit only moves tokens between the two (a
-//! hand-back into a full budget is lost, never added past `burst`), so the level grows only
-//! by the refill; but the shared part refills behind tokens already stashed, so the level can
-//! exceed `burst`. A stash is never spent after [`STASH_TTL`] (30 ms): a visit hands back
-//! stashes older than `STASH_TTL − PULL_INTERVAL`, and the next visit is at most
-//! `PULL_INTERVAL` away. So whatever is stashed was taken within the last 30 ms, out of a
-//! shared budget that held at most `burst` plus the refill since. The one exception is a stash
-//! smaller than the message it is being gathered for, kept until it is whole. Hence the level
-//! is at most `burst + rate × 30 ms` + one message per core, and in any window `W`: admitted ≤
-//! `burst + rate × (W + 30 ms)` + one message per core — 3 % of one second's rate beyond a
-//! single bucket, however many cores.
+//! *In any window `W`*, at most 30 ms of rate more: admitted ≤ `burst + rate × (W + 30 ms)`,
+//! plus one token of rounding, however many cores. A spend is recorded at its stash's last
+//! top-up, and a stash is never spent [`STASH_TTL`] (30 ms) after that: a visit hands back a
+//! stash as old as `STASH_TTL − PULL_INTERVAL`, and while a core spends, its visits are at
+//! most `PULL_INTERVAL` apart; a stash smaller than the message it is gathered for is topped
+//! up (re-dated) before it is spent. So the spends of a window were recorded within it or in
+//! the 30 ms before, and the recorded history holds at most `burst + rate × (W + 30 ms)` there.
 //!
-//! *Less, sometimes.* A core whose stash is empty waits up to 10 ms for its next visit even
-//! when the shared budget has tokens (and a visit leaves half of them behind); tokens in one
-//! core's stash are not available to another until that core spends them or hands them back
-//! (within 30 ms of going idle); a core's stash is dropped (not returned: nothing here reads
-//! the clock to age it) when the identity's last session on that core ends.
+//! *Less, sometimes.* A message is refused although one bucket would pass it only when:
+//! - the core's stash is short, its last visit is less than 10 ms old, and the budget holds
+//!   less than the message needs, or less than both what the core wants and 10 ms of rate
+//!   (20 ms while other cores hold the identity, which get half of a scarce budget): an
+//!   identity on one core whose client keeps 10 ms of rate in its bucket is never refused;
+//! - tokens sit in another core's stash: they come back when that core spends them, hands them
+//!   back (at its first message of the identity once the stash is 20 ms old and its last visit
+//!   10 ms old) or ends the identity's last session there (spends recorded, the rest handed
+//!   back). A stash is at most one chunk: two intervals of that core's recent demand, and at
+//!   most half of the budget when shared;
+//! - a core recorded its spends after other cores had recorded later ones (it went quiet
+//!   after spending, and recorded at its next visit): they are charged after those, as if
+//!   spent later — at most that core's last chunk, once.
 //!
 //! *Oversized messages* (more bytes than the whole `burst_bytes`) pass only when the shared
-//! budget is full, and then push it into debt that the refill repays before anything else
-//! passes — the average holds. Other cores of the same identity draining the budget can keep
-//! it from ever being full; such a message then waits, as it should under that load.
+//! budget is full and no other core holds a reservation, and then push it into debt that the
+//! refill repays before anything else passes — the average holds. Other cores of the same
+//! identity draining the budget can keep it from ever being full; such a message then waits,
+//! as it should under that load.
 
 use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::rc::{Rc, Weak};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::{Rate, RateLimit, Unit};
 
-/// A core touches an identity's shared atomics at most this often.
+/// On its cadence, a core visits an identity's shared budget at most this often; earlier
+/// only when its view says the visit is worth it (see the module doc).
 pub const PULL_INTERVAL: Duration = Duration::from_millis(10);
 /// A stash is never spent after this age (see the module's tolerance).
 pub const STASH_TTL: Duration = Duration::from_millis(30);
@@ -79,13 +108,9 @@ pub struct IdentityBudgets {
     shards: Box<[Shard]>,
 }
 
-type Shard = Mutex<HashMap<Box<str>, Entry>>;
-
-struct Entry {
-    budget: Arc<SharedBudget>,
-    /// Leases out: one per core with a live session of this identity.
-    leases: u32,
-}
+/// Each identity's budget; its `cores` count is the number of leases out, one per core with
+/// a live session of the identity (changed only under the shard's lock).
+type Shard = Mutex<HashMap<Box<str>, Arc<SharedBudget>>>;
 
 impl IdentityBudgets {
     pub fn new(limit: RateLimit) -> Arc<Self> {
@@ -100,7 +125,7 @@ impl IdentityBudgets {
         self.limit
     }
 
-    fn shard(&self, identity: &str) -> MutexGuard<'_, HashMap<Box<str>, Entry>> {
+    fn shard(&self, identity: &str) -> MutexGuard<'_, HashMap<Box<str>, Arc<SharedBudget>>> {
         let i = (self.hasher.hash_one(identity) % SHARDS as u64) as usize;
         // Poisoned only by a panic elsewhere while the map was held; the map stays usable.
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
@@ -110,12 +135,11 @@ impl IdentityBudgets {
     /// takes one lease per core; the entry goes when the last lease drops.
     pub fn acquire(self: &Arc<Self>, identity: &str, now: Instant) -> IdentityLease {
         let mut shard = self.shard(identity);
-        let entry = shard.entry(identity.into()).or_insert_with(|| Entry {
-            budget: Arc::new(SharedBudget::new(self.limit, now)),
-            leases: 0,
-        });
-        entry.leases += 1;
-        let budget = entry.budget.clone();
+        let budget = shard
+            .entry(identity.into())
+            .or_insert_with(|| Arc::new(SharedBudget::new(self.limit, now)))
+            .clone();
+        budget.cores.fetch_add(1, Ordering::Relaxed);
         drop(shard);
         IdentityLease {
             budgets: self.clone(),
@@ -148,9 +172,13 @@ impl IdentityLease {
 impl Drop for IdentityLease {
     fn drop(&mut self) {
         let mut shard = self.budgets.shard(&self.identity);
-        if let Some(entry) = shard.get_mut(&*self.identity) {
-            entry.leases -= 1;
-            if entry.leases == 0 {
+        if self.budget.cores.fetch_sub(1, Ordering::Relaxed) == 1 {
+            // The last lease: nobody can acquire this budget now (that takes the lock held
+            // here), so the entry goes with it.
+            if shard
+                .get(&*self.identity)
+                .is_some_and(|b| Arc::ptr_eq(b, &self.budget))
+            {
                 shard.remove(&*self.identity);
             }
         }
@@ -158,18 +186,22 @@ impl Drop for IdentityLease {
 }
 
 /// One identity's budget across cores: atomics only, refilled by elapsed time (see the
-/// module doc for the GCRA timeline).
+/// module doc for the timeline and the reservations).
 pub struct SharedBudget {
     /// Where the token timelines start; instants before it count as it.
     epoch: Instant,
+    /// Cores holding a lease on this budget: how many a scarce budget is shared among.
+    cores: AtomicU32,
     messages: Option<SharedUnit>,
     bytes: Option<SharedUnit>,
 }
 
 struct SharedUnit {
     rate: Rate,
-    /// Tokens handed out, as a position on the timeline (see the module doc).
+    /// Spent tokens, as a position on the timeline (see the module doc).
     tat: AtomicU64,
+    /// Tokens in stashes, or spent and not yet recorded on `tat`.
+    reserved: AtomicU64,
 }
 
 impl SharedBudget {
@@ -177,9 +209,11 @@ impl SharedBudget {
         let unit = |rate| SharedUnit {
             rate,
             tat: AtomicU64::new(0),
+            reserved: AtomicU64::new(0),
         };
         Self {
             epoch: now,
+            cores: AtomicU32::new(0),
             messages: limit.messages.map(unit),
             bytes: limit.bytes.map(unit),
         }
@@ -192,12 +226,31 @@ impl SharedBudget {
         }
     }
 
-    /// Tokens of `unit` available at `now`, or `None` when the unit is not limited.
+    /// Tokens of `unit` a core could take at `now` (the level less every reservation), or
+    /// `None` when the unit is not limited.
     pub fn available(&self, unit: Unit, now: Instant) -> Option<u64> {
         let u = self.unit(unit)?;
         let x = u.timeline(self.epoch, now);
-        Some(u.available(u.tat.load(Ordering::Relaxed), x))
+        let reserved = u.reserved.load(Ordering::Acquire);
+        Some(
+            u.level(u.tat.load(Ordering::Acquire), x)
+                .saturating_sub(reserved),
+        )
     }
+
+    /// Cores holding a lease on this budget.
+    pub fn cores(&self) -> u32 {
+        self.cores.load(Ordering::Relaxed)
+    }
+}
+
+/// What a visit found and did, for the core's view of the budget.
+struct Settled {
+    grant: u64,
+    /// `tat` as the visit left it.
+    tat: u64,
+    /// Other cores' reservations, as the visit found them.
+    others: u64,
 }
 
 impl SharedUnit {
@@ -206,61 +259,90 @@ impl SharedUnit {
             .tokens_in(now.saturating_duration_since(epoch).as_nanos())
     }
 
-    fn available(&self, tat: u64, x: u64) -> u64 {
+    /// Tokens in the bucket at timeline position `x` if spent tokens reach `tat` (reserved
+    /// ones included); 0 while an oversized message's debt is being repaid.
+    fn level(&self, tat: u64, x: u64) -> u64 {
         let owed = tat.max(x) - x;
         self.rate.burst().saturating_sub(owed)
     }
 
-    /// Hands out up to `want` tokens, at most half of those available, at least `short` (or
-    /// none) at timeline position `x`. `short` beyond the burst is the oversized case: all
-    /// of it, and only from full.
-    ///
-    /// Relaxed ordering: `tat` is the only thing shared, and a compare-and-swap on one atomic
-    /// is consistent in every ordering; nothing else is published through it.
-    fn take(&self, x: u64, short: u64, want: u64) -> u64 {
-        let burst = self.rate.burst();
-        let mut tat = self.tat.load(Ordering::Relaxed);
-        loop {
-            let base = tat.max(x);
-            let available = self.available(tat, x);
-            let grant = if short > burst {
-                if available == burst {
-                    short
-                } else {
-                    0
-                }
+    /// What one take grants out of `available`: up to `want`, at most `share` of it (half
+    /// when other cores hold the identity), at least `short` (or none). `short` beyond the
+    /// burst is the oversized case: all of it, and only from a full budget nobody else holds
+    /// a reservation on (`full`).
+    fn grant(&self, available: u64, full: bool, short: u64, want: u64, shared: bool) -> u64 {
+        if short == 0 {
+            0
+        } else if short > self.rate.burst() {
+            if full {
+                short
             } else {
-                // At most half of what is there (unless the message needs more): cores that
-                // visit one after another split a scarce budget instead of the first taking
-                // it all, and a core alone still drains a full burst in a few visits.
-                want.min(available.div_ceil(2)).max(short).min(available)
+                0
+            }
+        } else if available < short {
+            0
+        } else {
+            // Cores that visit one after another split a scarce budget instead of the first
+            // taking it all; a core alone still drains a full burst in a few visits.
+            let share = if shared {
+                available.div_ceil(2)
+            } else {
+                available
             };
-            if grant == 0 {
-                return 0;
-            }
-            match self.tat.compare_exchange_weak(
-                tat,
-                base.saturating_add(grant),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return grant,
-                Err(now_tat) => tat = now_tat,
-            }
+            want.min(share).max(short).min(available)
         }
     }
 
-    /// Returns `tokens` that were handed out but not spent, never past full (`tat` ≥ `x`):
-    /// what does not fit is lost, as it would be in a single bucket.
-    fn give_back(&self, x: u64, tokens: u64) {
-        if tokens == 0 {
-            return;
-        }
-        let _ = self
+    /// Records `spent` tokens on the timeline, dated at position `taken_x` (their stash's last
+    /// top-up); returns `tat` after. Must come before those tokens are released from
+    /// `reserved`, so a concurrent take never sees them in neither.
+    fn record(&self, taken_x: u64, spent: u64) -> u64 {
+        let update = |tat: u64| tat.max(taken_x).saturating_add(spent);
+        match self
             .tat
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
-                (tat > x).then(|| tat.saturating_sub(tokens).max(x))
-            });
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| Some(update(t)))
+        {
+            Ok(before) | Err(before) => update(before),
+        }
+    }
+
+    /// Releases `release` of this core's reservation (tokens just recorded as spent, or a
+    /// stash handed back), keeps `mine` reserved (the stash it keeps), and reserves a grant
+    /// (see [`grant`](Self::grant)) at timeline position `x`. One compare-and-swap on
+    /// `reserved` serialises it with every other core's takes and releases. A record puts
+    /// spent tokens on `tat` before releasing them, and this reads `reserved` before `tat`
+    /// (acquire after release), so it sees them in one or both, never in neither.
+    fn settle(
+        &self,
+        x: u64,
+        release: u64,
+        mine: u64,
+        short: u64,
+        want: u64,
+        shared: bool,
+    ) -> Settled {
+        let mut reserved = self.reserved.load(Ordering::Acquire);
+        loop {
+            let tat = self.tat.load(Ordering::Acquire);
+            let others = reserved.saturating_sub(release + mine);
+            let level = self.level(tat, x);
+            let available = level.saturating_sub(others + mine);
+            let full = level == self.rate.burst() && others == 0;
+            let grant = self.grant(available, full, short, want, shared);
+            if release == 0 && grant == 0 {
+                return Settled { grant, tat, others };
+            }
+            let new = (reserved - release).saturating_add(grant);
+            match self.reserved.compare_exchange_weak(
+                reserved,
+                new,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Settled { grant, tat, others },
+                Err(now_reserved) => reserved = now_reserved,
+            }
+        }
     }
 }
 
@@ -314,8 +396,8 @@ impl CoreBudgets {
 }
 
 /// One session's share of its identity's budget on this core. Sessions of the same identity
-/// on the same core share one stash; the last one to drop removes it (and this core's lease
-/// on the shared budget).
+/// on the same core share one stash; the last one to drop removes it (recording what it
+/// spent, handing back the rest) and this core's lease on the shared budget.
 pub struct IdentityHandle(Rc<LocalEntry>);
 
 impl IdentityHandle {
@@ -338,6 +420,11 @@ impl IdentityHandle {
             Unit::Messages => state.messages.stash,
             Unit::Bytes => state.bytes.stash,
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn budget(&self) -> std::cell::Ref<'_, SharedBudget> {
+        std::cell::Ref::map(self.0.state.borrow(), |s| s.lease.budget())
     }
 }
 
@@ -368,19 +455,31 @@ struct LocalBudget {
     bytes: LocalUnit,
     /// The last visit to the shared budget.
     visited: Option<Instant>,
-    /// Visits so far: what the 10 ms cadence bounds.
+    /// Visits so far: what the cadence and the early-visit rule bound.
     visits: u64,
+    /// Other cores held the identity at the last visit (they get half of a scarce budget).
+    /// Kept here so that between visits the data path reads nothing shared.
+    crowded: bool,
 }
 
 #[derive(Default)]
 struct LocalUnit {
-    /// Tokens taken from the shared budget, not yet spent.
+    /// Tokens reserved from the shared budget, not yet spent.
     stash: u64,
-    /// When the stash was last topped up.
+    /// This core's part of the shared `reserved`: the stash, plus what was spent from it
+    /// since the last visit (not yet recorded).
+    reserved: u64,
+    /// When the stash was last topped up, and the timeline position then: spends are
+    /// recorded at that date.
     taken_at: Option<Instant>,
+    taken_x: u64,
     /// Tokens asked for (passed or refused) since `demand_since`: sizes the next chunk.
     demand: u64,
     demand_since: Option<Instant>,
+    /// The shared budget as the last visit left it: `tat`, and the other cores'
+    /// reservations. What an early visit is predicted from.
+    seen_tat: u64,
+    seen_others: u64,
 }
 
 impl LocalBudget {
@@ -391,6 +490,7 @@ impl LocalBudget {
             bytes: LocalUnit::default(),
             visited: None,
             visits: 0,
+            crowded: false,
         }
     }
 
@@ -412,32 +512,77 @@ impl LocalBudget {
             })
         });
 
+        let short = units
+            .iter()
+            .flatten()
+            .any(|(_, _, local, need)| local.stash < *need);
         let due = self
             .visited
             .is_none_or(|v| now.saturating_duration_since(v) >= PULL_INTERVAL);
-        if due {
-            let wants_visit = units
-                .iter()
-                .flatten()
-                .any(|(_, _, local, need)| local.stash < *need || local.is_idle(now, *need));
-            if wants_visit {
-                self.visited = Some(now);
-                self.visits += 1;
-                for (_, shared, local, need) in units.iter_mut().flatten() {
-                    local.visit(shared, budget.epoch, now, *need);
+        // Without a visit, the unit a refusal names: the first whose budget is too low.
+        let mut blocked = None;
+        let visit = if due {
+            short
+                || units
+                    .iter()
+                    .flatten()
+                    .any(|(_, _, local, need)| local.is_idle(now, *need))
+        } else if short {
+            // Early: only if every short unit would come back with what the message needs
+            // and a worthwhile chunk.
+            for (unit, shared, local, need) in units.iter().flatten() {
+                if local.stash < *need
+                    && blocked.is_none()
+                    && !local.early_visit_pays(shared, budget.epoch, now, *need, self.crowded)
+                {
+                    blocked = Some(*unit);
                 }
+            }
+            blocked.is_none()
+        } else {
+            false
+        };
+        if visit {
+            self.visited = Some(now);
+            self.visits += 1;
+            self.crowded = budget.cores() > 1;
+            for (_, shared, local, need) in units.iter_mut().flatten() {
+                local.visit(shared, budget.epoch, now, *need, self.crowded);
             }
         }
 
         for (unit, _, local, need) in units.iter().flatten() {
             if local.stash < *need {
-                return Err(*unit);
+                return Err(blocked.unwrap_or(*unit));
             }
         }
         for (_, _, local, need) in units.iter_mut().flatten() {
             local.stash -= *need;
         }
         Ok(())
+    }
+}
+
+impl Drop for LocalBudget {
+    /// The identity's last session on this core ended: what the stash spent is recorded (at
+    /// its top-up, like any spend: no clock needed), the rest handed back.
+    fn drop(&mut self) {
+        let budget = &*self.lease.budget;
+        for (shared, local) in [
+            (budget.messages.as_ref(), &mut self.messages),
+            (budget.bytes.as_ref(), &mut self.bytes),
+        ] {
+            let Some(shared) = shared else { continue };
+            let spent = local.reserved - local.stash;
+            if spent > 0 {
+                shared.record(local.taken_x, spent);
+            }
+            if local.reserved > 0 {
+                shared.reserved.fetch_sub(local.reserved, Ordering::AcqRel);
+            }
+            local.reserved = 0;
+            local.stash = 0;
+        }
     }
 }
 
@@ -454,33 +599,83 @@ impl LocalUnit {
         self.stash > 0 && self.stash >= need && self.age(now) >= REFRESH_AGE
     }
 
-    /// Hands back an idle stash (see [`is_idle`](Self::is_idle)), then tops up for `need`.
-    fn visit(&mut self, shared: &SharedUnit, epoch: Instant, now: Instant, need: u64) {
-        let x = shared.timeline(epoch, now);
-        if self.is_idle(now, need) {
-            shared.give_back(x, self.stash);
-            self.stash = 0;
-        }
-        let short = need.saturating_sub(self.stash);
-        if short == 0 {
-            return;
-        }
-        // Recent demand scaled to two intervals: enough to last until the visit after next.
+    /// The chunk a visit at `now` asks for: recent demand scaled to two intervals, enough to
+    /// last until the visit after next; at least `short`.
+    fn want(&self, now: Instant, short: u64) -> u64 {
         let since = self
             .demand_since
             .map_or(PULL_INTERVAL, |t| now.saturating_duration_since(t))
             .max(PULL_INTERVAL);
         let horizon = 2 * PULL_INTERVAL;
         let expected = u128::from(self.demand) * horizon.as_nanos() / since.as_nanos();
-        let expected = u64::try_from(expected).unwrap_or(u64::MAX);
-        let want = expected.max(short);
-        let grant = shared.take(x, short, want);
-        if grant > 0 {
-            self.stash += grant;
-            self.taken_at = Some(now);
+        u64::try_from(expected).unwrap_or(u64::MAX).max(short)
+    }
+
+    /// Whether a visit before the cadence is due would pay: predicted from the budget as the
+    /// last visit left it, the refill since and this core's own spends since (exact while no
+    /// other core takes), it grants what the message needs and at least the smaller of what
+    /// the core wants and [`PULL_INTERVAL`] of rate — so a flood over the limit still visits
+    /// at most once per interval.
+    fn early_visit_pays(
+        &self,
+        shared: &SharedUnit,
+        epoch: Instant,
+        now: Instant,
+        need: u64,
+        shared_with_others: bool,
+    ) -> bool {
+        let short = need.saturating_sub(self.stash);
+        let x = shared.timeline(epoch, now);
+        let spent = self.reserved - self.stash;
+        let tat = if spent > 0 {
+            self.seen_tat.max(self.taken_x).saturating_add(spent)
+        } else {
+            self.seen_tat
+        };
+        let level = shared.level(tat, x);
+        let available = level.saturating_sub(self.seen_others + self.stash);
+        let full = level == shared.rate.burst() && self.seen_others == 0;
+        let want = self.want(now, short);
+        let grant = shared.grant(available, full, short, want, shared_with_others);
+        let interval = shared.rate.tokens_in(PULL_INTERVAL.as_nanos()).max(1);
+        grant >= short && grant >= want.min(interval)
+    }
+
+    /// Records what was spent since the last visit, hands back an idle stash (see
+    /// [`is_idle`](Self::is_idle)), then tops up for `need`.
+    fn visit(
+        &mut self,
+        shared: &SharedUnit,
+        epoch: Instant,
+        now: Instant,
+        need: u64,
+        shared_with_others: bool,
+    ) {
+        let x = shared.timeline(epoch, now);
+        let spent = self.reserved - self.stash;
+        if spent > 0 {
+            shared.record(self.taken_x, spent);
         }
-        self.demand = 0;
-        self.demand_since = Some(now);
+        let mut release = spent;
+        if self.is_idle(now, need) {
+            release += self.stash;
+            self.stash = 0;
+        }
+        let short = need.saturating_sub(self.stash);
+        let want = if short > 0 { self.want(now, short) } else { 0 };
+        let settled = shared.settle(x, release, self.stash, short, want, shared_with_others);
+        self.reserved = self.stash + settled.grant;
+        if settled.grant > 0 {
+            self.stash += settled.grant;
+            self.taken_at = Some(now);
+            self.taken_x = x;
+        }
+        self.seen_tat = settled.tat;
+        self.seen_others = settled.others;
+        if short > 0 {
+            self.demand = 0;
+            self.demand_since = Some(now);
+        }
     }
 }
 
@@ -561,35 +756,50 @@ mod tests {
         assert_eq!(budgets.live_identities(), 0);
     }
 
+    fn shared_of(h: &IdentityHandle, unit: Unit, t: Instant) -> u64 {
+        h.budget().available(unit, t).unwrap()
+    }
+
     #[test]
-    fn the_atomic_is_visited_at_most_every_10ms() {
+    fn a_flood_over_the_limit_visits_at_most_every_10ms() {
         let t0 = Instant::now();
         let budgets = IdentityBudgets::new(messages(1000, 1000));
         let core = CoreBudgets::new(budgets.clone());
         let h = core.attach("alice", t0).unwrap();
-        let shared = |t| {
-            h.0.state
-                .borrow()
-                .lease
-                .budget()
-                .available(Unit::Messages, t)
-                .unwrap()
-        };
         // First visit: a core with no history takes a small chunk (two messages).
         assert!(h.try_take(t0, 0).is_ok());
-        assert_eq!(shared(t0), 998);
+        assert_eq!(shared_of(&h, Unit::Messages, t0), 998);
         assert_eq!(h.visits(), 1);
-        // Flooding for the next 9 ms: the stash runs dry and stays dry, the atomic untouched.
+        // A flood at the same instant gets the whole burst, as from one bucket: the chunks
+        // double (2, 6, 14, 30, …), so a few early visits drain it.
+        let mut passed = 1;
+        while h.try_take(t0, 0).is_ok() {
+            passed += 1;
+        }
+        assert_eq!(passed, 1000);
+        let draining = h.visits();
+        assert!(draining <= 10, "{draining} visits to drain the burst");
+        // Over the limit now: the next 9 ms refill less than 10 ms of rate, so the atomics
+        // stay untouched however hard the core floods.
         for i in 1..10 {
             while h.try_take(t0 + ms(i), 0).is_ok() {}
         }
-        assert_eq!(h.visits(), 1);
-        assert_eq!(shared(t0 + ms(9)), 1000, "refilled, nothing new taken");
-        // 10 ms on, the next visit, sized by the demand it saw since the last (1 passed,
-        // 9 refused, and this one: 11 in 10 ms, so 22 for the next two intervals).
+        assert_eq!(h.visits(), draining);
+        // On the cadence, the refill of the 10 ms (all of it: this core is alone).
         assert!(h.try_take(t0 + ms(10), 0).is_ok());
-        assert_eq!(h.visits(), 2);
-        assert_eq!(shared(t0 + ms(10)), 1000 - 22);
+        assert_eq!(h.visits(), draining + 1);
+        assert_eq!(shared_of(&h, Unit::Messages, t0 + ms(10)), 0);
+        // A second of flooding every 100 µs: about one visit per 10 ms, and the rate.
+        let mut passed = 1;
+        for step in 1..10_000u32 {
+            let now = t0 + ms(10) + Duration::from_micros(100) * step;
+            while h.try_take(now, 0).is_ok() {
+                passed += 1;
+            }
+        }
+        let visits = h.visits() - draining - 1;
+        assert!(visits <= 101, "{visits} visits in 1 s of flood");
+        assert!((990..=1000).contains(&passed), "{passed} in 1 s at 1000/s");
     }
 
     #[test]
@@ -598,40 +808,67 @@ mod tests {
         let budgets = IdentityBudgets::new(messages(100, 10_000));
         let core = CoreBudgets::new(budgets.clone());
         let h = core.attach("alice", t0).unwrap();
-        // Flooding for 50 ms grows the chunks...
-        for i in 0..50 {
-            while h.try_take(t0 + ms(i), 0).is_ok() {}
+        // A quick run of messages grows the chunks; it stops right after a big one.
+        let mut spent = 0;
+        while h.stash(Unit::Messages) < 100 {
+            assert!(h.try_take(t0, 0).is_ok());
+            spent += 1;
         }
-        // ...then one message takes a big chunk at the next visit, and the core goes quiet.
-        let quiet = t0 + ms(50);
-        assert!(h.try_take(quiet, 0).is_ok());
         let held = h.stash(Unit::Messages);
-        assert!(held > 100, "{held}");
-        let shared = |t| {
-            h.0.state
-                .borrow()
-                .lease
-                .budget()
-                .available(Unit::Messages, t)
-                .unwrap()
-        };
-        let before = shared(quiet);
-        // The next message after the refresh age hands the stash back and takes just one
-        // (the refill meanwhile: 20 ms at 100/s = 2).
+        let quiet = t0 + ms(50);
+        // Reserved, not gone: the stash is inside the level, nobody else can take it.
+        assert_eq!(
+            shared_of(&h, Unit::Messages, quiet),
+            10_000 - spent - held + 5,
+            "the refill of 50 ms at 100/s is 5"
+        );
+        // The next message after the refresh age records what was spent, hands the stash
+        // back and takes just one.
         let later = quiet + REFRESH_AGE;
         assert!(h.try_take(later, 0).is_ok());
         assert_eq!(h.stash(Unit::Messages), 0);
-        assert_eq!(shared(later), before + 2 + held - 1);
-        // Handed back into a full budget, the surplus is lost, as in a single bucket.
+        assert_eq!(
+            shared_of(&h, Unit::Messages, later),
+            10_000 - spent - 1 + 7,
+            "as one bucket: 70 ms of refill, the one message just taken"
+        );
+        // A stash held through a long quiet spell goes back into a budget that is full
+        // again: never more than one bucket.
         let full = t0 + Duration::from_secs(200);
-        for i in 0..50 {
-            while h.try_take(full + ms(i), 0).is_ok() {}
+        while h.stash(Unit::Messages) < 100 {
+            assert!(h.try_take(full, 0).is_ok());
         }
-        assert!(h.try_take(full + ms(50), 0).is_ok());
-        assert!(h.stash(Unit::Messages) > 100);
         let much_later = full + Duration::from_secs(200);
         assert!(h.try_take(much_later, 0).is_ok());
-        assert_eq!(shared(much_later), 10_000 - 1);
+        assert_eq!(h.stash(Unit::Messages), 0);
+        assert_eq!(shared_of(&h, Unit::Messages, much_later), 10_000 - 1);
+    }
+
+    #[test]
+    fn the_last_session_on_a_core_records_its_spends() {
+        let t0 = Instant::now();
+        let budgets = IdentityBudgets::new(messages(1, 10));
+        let (core_a, core_b) = (
+            CoreBudgets::new(budgets.clone()),
+            CoreBudgets::new(budgets.clone()),
+        );
+        let a = core_a.attach("alice", t0).unwrap();
+        let b = core_b.attach("alice", t0).unwrap();
+        for i in 0..4 {
+            assert!(b.try_take(t0 + ms(i), 0).is_ok());
+        }
+        assert!(b.stash(Unit::Messages) > 0, "b holds some of its chunk");
+        // B's last session ends: its 4 spends stay spent, its stash comes back.
+        drop(b);
+        assert_eq!(core_b.live_identities(), 0);
+        assert_eq!(shared_of(&a, Unit::Messages, t0 + ms(5)), 6);
+        let mut passed = 0;
+        for i in 5..100 {
+            if a.try_take(t0 + ms(i), 0).is_ok() {
+                passed += 1;
+            }
+        }
+        assert_eq!(passed, 6, "closing a session does not refill the identity");
     }
 
     #[test]
@@ -645,12 +882,13 @@ mod tests {
         let core = CoreBudgets::new(budgets.clone());
         let h = core.attach("alice", t0).unwrap();
         assert!(h.try_take(t0, 10).is_ok());
-        assert_eq!(h.try_take(t0 + ms(10), 3000), Err(Unit::Bytes), "not full");
-        // Full again once the 10 taken (and the stash's tokens) are back: 3000 passes.
-        assert!(h.try_take(t0 + ms(1100), 3000).is_ok());
-        // The debt of 2000 is repaid first: 2 s of nothing.
+        assert_eq!(h.try_take(t0 + ms(5), 3000), Err(Unit::Bytes), "not full");
+        // Full again once the 10 spent are refilled (this core's own stash is inside the
+        // level, as in one bucket): 3000 passes, 2000 in debt.
+        assert!(h.try_take(t0 + ms(10), 3000).is_ok());
+        // The debt is repaid first: 2 s of nothing.
         assert_eq!(h.try_take(t0 + ms(2000), 1), Err(Unit::Bytes));
-        assert_eq!(h.try_take(t0 + ms(3050), 1), Err(Unit::Bytes));
-        assert!(h.try_take(t0 + ms(3200), 1).is_ok());
+        assert_eq!(h.try_take(t0 + ms(2010), 1), Err(Unit::Bytes));
+        assert!(h.try_take(t0 + ms(2020), 1).is_ok());
     }
 }

@@ -39,8 +39,10 @@
 //! - [`IdentityBudgets`] / [`SharedBudget`] (shared, atomics) and [`CoreBudgets`] /
 //!   [`IdentityHandle`] (per core, no locks): the identity budget across cores. Its
 //!   tolerance is in the [`identity`] module doc: never more than `burst + rate × T` since the
-//!   identity's first session; in any later window, at most 30 ms of rate plus one message
-//!   per core beyond a single bucket.
+//!   identity's first session; in any window `W`, at most `burst + rate × (W + 30 ms)` (plus a
+//!   token of rounding), however many cores; and an identity on one core that keeps 10 ms of
+//!   rate in its bucket is never refused (20 ms, and what other cores' stashes hold, when
+//!   several cores hold it).
 
 #![forbid(unsafe_code)]
 

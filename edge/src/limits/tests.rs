@@ -471,23 +471,20 @@ fn check_two_cores(limit: RateLimit, sizes: &[usize]) {
         total as f64 >= 0.95 * full as f64,
         "two cores starved: {total} of {full}"
     );
-    // Neither core is shut out, even in this worst-case phase where core 0 always visits
-    // the shared budget first (it gets about 2/3 of the messages, 9/10 of the bytes).
+    // Neither core is shut out, even in this worst-case phase where both cores visit on the
+    // same 10 ms cadence and core 0 always goes first (the splits come out about 58/42 for
+    // the messages, 1/3–2/3 for the bytes).
     assert!(
         run.per_core.iter().all(|&c| c > full / 20),
         "{:?}",
         run.per_core
     );
-    // Any 1 s window: burst + 1 s of rate, plus 30 ms of rate (the stash TTL) and one
-    // message per core (see the identity module's tolerance), well inside 1.1×.
+    // Any 1 s window: burst + 1 s of rate, plus 30 ms of rate (the stash TTL) and a token of
+    // rounding (see the identity module's tolerance), well inside 1.1×.
     let r = limit.messages.or(limit.bytes).unwrap();
     let per_s = r.milli_per_s() / 1000;
     let window = run.max_window(100);
-    let one_message = match limit.messages {
-        Some(_) => 1,
-        None => *sizes.iter().max().unwrap() as u64,
-    };
-    let bound = r.burst() + per_s + per_s * 30 / 1000 + 2 * one_message;
+    let bound = r.burst() + per_s + per_s * 30 / 1000 + 1;
     assert!(window <= bound, "1 s window {window} > {bound}");
     assert!(window as f64 <= 1.1 * (r.burst() + per_s) as f64);
 }
@@ -568,15 +565,14 @@ fn a_stale_stash_is_not_spent_on_top_of_a_refilled_budget() {
     );
     let mut la = ConnectionLimiter::new(&RateLimit::UNLIMITED, a.attach("mallory", t0), t0);
     let mut lb = ConnectionLimiter::new(&RateLimit::UNLIMITED, b.attach("mallory", t0), t0);
-    // Core A floods for 50 ms, growing its chunks, then takes a big one and goes quiet.
-    for i in 0..50 {
-        while la.check(t0 + ms(i), 1) == Verdict::Pass {}
+    // Core A sends a quick run of messages, growing its chunks, and goes quiet right after
+    // taking a big one.
+    let stash = |l: &ConnectionLimiter| l.identity.as_ref().unwrap().stash(Unit::Messages);
+    while stash(&la) < 500 {
+        assert_eq!(la.check(t0, 1), Verdict::Pass);
     }
-    assert_eq!(la.check(t0 + ms(50), 1), Verdict::Pass);
-    let held = la.identity.as_ref().unwrap().stash(Unit::Messages);
-    assert!(held > 500, "{held}");
-    // Long enough for the shared budget to be full again behind A's stash; then both flood
-    // for 300 ms (the chunks take about 100 ms to grow back from a quiet start).
+    let held = stash(&la);
+    // Long enough for a single bucket to be full again; then both flood for 300 ms.
     let t1 = t0 + Duration::from_secs(200);
     let mut admitted = 0u64;
     for i in 0..300 {
@@ -586,8 +582,204 @@ fn a_stale_stash_is_not_spent_on_top_of_a_refilled_budget() {
             }
         }
     }
-    // A single bucket: the burst plus 300 ms of refill (30). A's old stash was handed back
-    // (into a full budget: lost), not spent on top of it.
+    // A single bucket: the burst plus 300 ms of refill (30). A's old stash was inside the
+    // level all along (the refill never ran on behind it), not on top of it.
     assert!(admitted <= 10_000 + 30, "{admitted} (A held {held})");
     assert!(admitted >= 9_500, "{admitted}");
+}
+
+#[test]
+fn stashes_handed_back_in_turn_build_no_excess() {
+    // Two cores take turns, every 10 ms, to hand back an idle stash and take a big one
+    // (a refused over-large message pumps the demand that sizes it) while spending almost
+    // nothing. Stashes are inside the level, so the budget never holds more than one
+    // bucket: 4 s later, what both can spend within 30 ms is the burst and at most
+    // 30 ms + 30 ms of rate (the window tolerance), not the burst plus every stash.
+    let t0 = Instant::now();
+    let limit = bytes(10_000, 100_000);
+    let budgets = IdentityBudgets::new(limit);
+    let cores = [
+        CoreBudgets::new(budgets.clone()),
+        CoreBudgets::new(budgets.clone()),
+    ];
+    let hs = [
+        cores[0].attach("trudy", t0).unwrap(),
+        cores[1].attach("trudy", t0).unwrap(),
+    ];
+    let mut end = t0;
+    for round in 0..400u32 {
+        end = t0 + ms(10) * round;
+        let h = &hs[(round % 2) as usize];
+        assert!(h.try_take(end, 1).is_ok());
+        assert_eq!(h.try_take(end, 1_000_000), Err(Unit::Bytes));
+    }
+    assert!(hs[0].stash(Unit::Bytes) + hs[1].stash(Unit::Bytes) > 10_000);
+    let mut admitted = 0u64;
+    for step in 1..=300u32 {
+        let now = end + STEP * step;
+        for h in &hs {
+            let mut len = 1 << 16;
+            while len > 0 {
+                if h.try_take(now, len).is_ok() {
+                    admitted += len;
+                } else {
+                    len /= 2;
+                }
+            }
+        }
+    }
+    assert!(admitted <= 100_000 + 300 + 300 + 1, "{admitted}");
+    assert!(admitted >= 99_000, "{admitted}");
+}
+
+// ---- a client within its identity's burst and rate ----
+
+/// The e2e `two_sessions_of_one_identity_share_its_rate`: one session sends messages ~1 ms
+/// apart, well inside its identity's burst; it used to get 2 through, then a refusal (the
+/// next visit 10 ms away).
+#[test]
+fn one_core_within_the_identity_burst_is_never_refused() {
+    for per_s in [1, 10, 100] {
+        let t0 = Instant::now();
+        let core = CoreBudgets::new(IdentityBudgets::new(messages(per_s, 10)));
+        let mut l = ConnectionLimiter::new(&RateLimit::UNLIMITED, core.attach("alice", t0), t0);
+        for i in 0..8 {
+            assert_eq!(
+                l.check(t0 + ms(i), 5),
+                Verdict::Pass,
+                "{per_s}/s: message {i}"
+            );
+        }
+        if per_s == 1 {
+            // The rest of the burst, then the 11th within the same second is refused...
+            assert_eq!(l.check(t0 + ms(8), 5), Verdict::Pass);
+            assert_eq!(l.check(t0 + ms(9), 5), Verdict::Pass);
+            assert_eq!(l.check(t0 + ms(10), 5), IDENT);
+            assert_eq!(l.check(t0 + ms(999), 5), IDENT);
+            // ...and the refill passes as soon as it is there, not a visit later.
+            assert_eq!(l.check(t0 + ms(1000), 5), Verdict::Pass);
+            assert_eq!(l.check(t0 + ms(1001), 5), IDENT);
+        }
+    }
+}
+
+/// The same with the identity's second session attached on another core and idle (as in
+/// the e2e test): the first session still gets its whole burst, the second what is left.
+#[test]
+fn an_idle_session_on_another_core_takes_nothing_from_the_burst() {
+    let t0 = Instant::now();
+    let budgets = IdentityBudgets::new(messages(1, 10));
+    let (a, b) = (
+        CoreBudgets::new(budgets.clone()),
+        CoreBudgets::new(budgets.clone()),
+    );
+    let mut first = ConnectionLimiter::new(&RateLimit::UNLIMITED, a.attach("alice", t0), t0);
+    let mut second = ConnectionLimiter::new(&RateLimit::UNLIMITED, b.attach("alice", t0), t0);
+    for i in 0..8 {
+        assert_eq!(first.check(t0 + ms(i), 5), Verdict::Pass, "message {i}");
+    }
+    // The second session, all at once: at most the 2 left (some may sit in the first
+    // core's stash until it hands them back), and never more.
+    let now = t0 + ms(20);
+    let passed = (0..8)
+        .filter(|_| second.check(now, 5) == Verdict::Pass)
+        .count();
+    assert!(passed <= 2, "{passed}");
+    // Both together never exceed the burst within the first second.
+    let mut total = 8 + passed;
+    for i in 21..999 {
+        for l in [&mut first, &mut second] {
+            if l.check(t0 + ms(i), 5) == Verdict::Pass {
+                total += 1;
+            }
+        }
+    }
+    assert_eq!(total, 10);
+}
+
+/// One core against token buckets fed the same traffic (bursts, pauses, varied sizes):
+/// it admits nothing a bucket with 30 ms of rate more burst would refuse (the window
+/// tolerance), and refuses a message only when one exact bucket, fed everything it admitted,
+/// is within 10 ms of rate of refusing it too.
+#[test]
+fn one_core_is_one_bucket_within_its_tolerance() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let loose = |r: Option<Rate>| {
+        r.map(|r| {
+            Rate::from_milli(
+                r.milli_per_s(),
+                r.burst() + r.tokens_in(ms(30).as_nanos()) + 1,
+            )
+        })
+    };
+    for limit in [
+        messages(100, 50),
+        messages(1000, 1000),
+        messages(10, 10),
+        bytes(100_000, 20_000),
+        RateLimit {
+            messages: Some(Rate::per_second(200, 100)),
+            bytes: Some(Rate::per_second(50_000, 30_000)),
+        },
+    ] {
+        let t0 = Instant::now();
+        let core = CoreBudgets::new(IdentityBudgets::new(limit));
+        let mut ours = ConnectionLimiter::new(&RateLimit::UNLIMITED, core.attach("bob", t0), t0);
+        // Fed everything ours admits, into debt if need be.
+        let mut exact = ConnectionLimiter::new(&limit, None, t0);
+        let loose_limit = RateLimit {
+            messages: loose(limit.messages),
+            bytes: loose(limit.bytes),
+        };
+        let mut upper = ConnectionLimiter::new(&loose_limit, None, t0);
+        let slack = |r: Option<Rate>| r.map_or(0, |r| r.tokens_in(ms(10).as_nanos()).max(1));
+        let (msg_slack, byte_slack) = (slack(limit.messages), slack(limit.bytes));
+        let mut now = t0;
+        let (mut admitted, mut refused) = (0u64, 0u64);
+        for i in 0..50_000 {
+            // Alternately a flood (far over every rate) and a calm stretch (well under).
+            now += if (i / 2000) % 2 == 0 {
+                Duration::from_micros(next(200))
+            } else {
+                ms(next(50))
+            };
+            let len = next(400) as usize;
+            match ours.check(now, len) {
+                Verdict::Pass => {
+                    admitted += 1;
+                    assert_eq!(upper.check(now, len), Verdict::Pass, "after {admitted}");
+                    for (b, n) in [(&mut exact.messages, 1), (&mut exact.bytes, len as u64)] {
+                        if let Some(b) = b {
+                            b.refill(now);
+                            b.take(n);
+                        }
+                    }
+                }
+                Verdict::Exceeded { unit, .. } => {
+                    refused += 1;
+                    let (bucket, need) = match unit {
+                        Unit::Messages => (exact.messages.as_mut(), 1 + msg_slack),
+                        Unit::Bytes => (exact.bytes.as_mut(), len as u64 + byte_slack),
+                    };
+                    let bucket = bucket.unwrap();
+                    bucket.refill(now);
+                    assert!(
+                        !bucket.can_take(need),
+                        "refused {unit:?} ({len} bytes) with {} in the bucket",
+                        bucket.available()
+                    );
+                }
+            }
+        }
+        assert!(
+            admitted > 1000 && refused > 1000,
+            "{limit:?}: {admitted} / {refused}"
+        );
+    }
 }

@@ -4,6 +4,11 @@
 //! freshly started and pinned to CPU 0 and the generator (`wssbench`) pinned to CPU 1. Server
 //! CPU is read from /proc (utime+stime over the server's process tree) around the generator's
 //! measured window. Output: `target/bench/report.md`, `report.json` and one latency SVG per rate.
+//!
+//! The proxy set (`proxy`, `proxy-closed`) puts wssedge's proxy mode and nginx in front of the
+//! same `echo-plain` backend, next to the backend reached directly over ws:// and wssedge's
+//! echo mode. The backend shares the server's CPU ([`BACKEND_CPU`]); its CPU is counted apart,
+//! so the proxies are compared on the proxy process alone.
 
 // The nginx template and its renderer live with the peers; compiled here without their deps.
 #[path = "../../../bench/peers/src/nginx.rs"]
@@ -28,6 +33,15 @@ use results::{Cell, GenResult, Mem, Scenario};
 
 const SERVER_CPU: &str = "0";
 const CLIENT_CPU: &str = "1";
+/// The ws:// backend behind a proxy (and behind nginx in the echo scenarios) shares the
+/// server's CPU. With two CPUs the other choice is the generator's CPU, which would slow the
+/// client and mix the backend's scheduling into every latency sample. On the server's CPU a
+/// proxy and its backend take turns on one core: a cheaper proxy leaves more of that core to
+/// the backend, which is the comparison we want, and each process's CPU is still read apart.
+const BACKEND_CPU: &str = SERVER_CPU;
+/// Default offered rate of the proxy scenario: moderate, far from saturating proxy + backend
+/// on one core, so the latency is the hop's and not a queue's.
+const PROXY_RATE: f64 = 5000.0;
 const START_LIMIT: Duration = Duration::from_secs(30);
 /// Extra time a generator gets beyond its nominal run before it is killed.
 const GEN_GRACE: Duration = Duration::from_secs(30);
@@ -47,13 +61,21 @@ const ALL_SCENARIOS: &[Scenario] = &[
     Scenario::Idle,
 ];
 const FLOOR_SCENARIOS: &[Scenario] = &[Scenario::Rate, Scenario::Closed];
+/// wssedge's echo mode also runs in the proxy set, as the reference without an upstream.
+const OURS_SCENARIOS: &[Scenario] = &Scenario::ALL;
+const PROXY_SCENARIOS: &[Scenario] = &[Scenario::Proxy, Scenario::ProxyClosed];
 
-const PEERS: [PeerDef; 6] = [
+/// The proxy set's peers (besides wssedge's echo mode), in their table order.
+const WSSEDGE_PROXY: &str = "wssedge-proxy";
+const NGINX_PROXY: &str = "nginx-proxy";
+const DIRECT_BACKEND: &str = "direct-backend";
+
+const PEERS: [PeerDef; 9] = [
     PeerDef {
         key: OURS,
         label: "wssedge (userspace TLS)",
         proto: "wss",
-        scenarios: ALL_SCENARIOS,
+        scenarios: OURS_SCENARIOS,
     },
     PeerDef {
         key: "tungstenite",
@@ -85,6 +107,24 @@ const PEERS: [PeerDef; 6] = [
         proto: "tcp",
         scenarios: FLOOR_SCENARIOS,
     },
+    PeerDef {
+        key: WSSEDGE_PROXY,
+        label: "wssedge-proxy (TLS) → echo-plain",
+        proto: "wss",
+        scenarios: PROXY_SCENARIOS,
+    },
+    PeerDef {
+        key: NGINX_PROXY,
+        label: "nginx-proxy (TLS) → echo-plain",
+        proto: "wss",
+        scenarios: PROXY_SCENARIOS,
+    },
+    PeerDef {
+        key: DIRECT_BACKEND,
+        label: "direct-backend: echo-plain over ws://",
+        proto: "ws",
+        scenarios: PROXY_SCENARIOS,
+    },
 ];
 
 fn peer_def(key: &str) -> &'static PeerDef {
@@ -114,6 +154,8 @@ struct Opts {
     closed_duration: f64,
     warmup: f64,
     depths: Vec<u64>,
+    /// Offered msg/s of the proxy scenario (open loop).
+    proxy_rate: f64,
     storm_rate: f64,
     idle_n: u64,
     idle_hold: f64,
@@ -154,6 +196,7 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         closed_duration: if quick { 1.0 } else { 3.0 },
         warmup: if quick { 0.5 } else { 1.0 },
         depths: vec![1, 16],
+        proxy_rate: PROXY_RATE,
         storm_rate: if quick { 200.0 } else { 500.0 },
         idle_n: if quick { 2000 } else { 10000 },
         idle_hold: if quick { 1.0 } else { 4.0 },
@@ -186,6 +229,13 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             "--connections" => o.connections = list(flag, &value()?)?[0],
             "--payload" => o.payloads = list(flag, &value()?)?,
             "--rates" => o.rates = list(flag, &value()?)?,
+            "--proxy-rate" => {
+                let r: f64 = list(flag, &value()?)?[0];
+                if !(r > 0.0 && r <= 1e6) {
+                    bail!("--proxy-rate: msg/s in (0, 1e6]");
+                }
+                o.proxy_rate = r;
+            }
             "--duration" => {
                 let d: f64 = list(flag, &value()?)?[0];
                 if !(d > 0.0 && d < 3600.0) {
@@ -217,7 +267,10 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
                 let mut s = Vec::new();
                 for name in &v {
                     s.push(Scenario::parse(name).with_context(|| {
-                        format!("unknown scenario {name:?} (rate, closed, storm, idle)")
+                        format!(
+                            "unknown scenario {name:?} ({})",
+                            Scenario::ALL.map(|s| s.name()).join(", ")
+                        )
                     })?);
                 }
                 o.scenarios = Scenario::ALL
@@ -281,6 +334,18 @@ fn plan(o: &Opts) -> Vec<Planned> {
                 groups.push(base(o.payloads[0], o.connections, Some(o.storm_rate), None))
             }
             Scenario::Idle => groups.push(base(o.payloads[0], o.idle_n, None, None)),
+            Scenario::Proxy => {
+                for p in &o.payloads {
+                    groups.push(base(*p, o.connections, Some(o.proxy_rate), None));
+                }
+            }
+            Scenario::ProxyClosed => {
+                for p in &o.payloads {
+                    for d in &o.depths {
+                        groups.push(base(*p, o.connections, None, Some(*d)));
+                    }
+                }
+            }
         }
     }
     groups.retain(|g| !g.peers.is_empty());
@@ -296,8 +361,8 @@ fn plan(o: &Opts) -> Vec<Planned> {
 fn cell_secs(o: &Opts, g: &Planned) -> f64 {
     let overhead = 0.5;
     match g.scenario {
-        Scenario::Rate | Scenario::Storm => o.warmup + o.duration + overhead,
-        Scenario::Closed => o.warmup + o.closed_duration + overhead,
+        Scenario::Rate | Scenario::Storm | Scenario::Proxy => o.warmup + o.duration + overhead,
+        Scenario::Closed | Scenario::ProxyClosed => o.warmup + o.closed_duration + overhead,
         // Opening N TLS connections at a few thousand per second, then the hold.
         Scenario::Idle => g.connections as f64 / 2000.0 + o.idle_hold + overhead,
     }
@@ -419,23 +484,58 @@ fn wait_listen_line(g: &mut Guard, rx: &mpsc::Receiver<String>, log: &Path) -> R
     }
 }
 
-/// A running server: its guards (dropped = stopped) and the PIDs whose process trees are
-/// charged for CPU and memory.
+/// A running server: its guards (dropped = stopped, in order) and the PIDs whose process
+/// trees are charged for CPU and memory: the front process(es) and, apart, a ws:// backend.
 struct Server {
     guards: Vec<Guard>,
     roots: Vec<u32>,
+    backend: Vec<u32>,
     addr: SocketAddr,
 }
 
-impl Server {
-    fn cpu_ticks(&self) -> u64 {
-        procfs::tree_cpu_ticks(Path::new("/proc"), &self.roots)
+/// CPU time of a set of process trees at one instant.
+#[derive(Debug, Clone, Copy)]
+struct CpuSample {
+    ticks: u64,
+    sched_ns: Option<u64>,
+}
+
+impl CpuSample {
+    fn of(pids: &[u32]) -> CpuSample {
+        let proc_root = Path::new("/proc");
+        CpuSample {
+            ticks: procfs::tree_cpu_ticks(proc_root, pids),
+            sched_ns: procfs::tree_sched_ns(proc_root, pids),
+        }
     }
-    fn sched_ns(&self) -> Option<u64> {
-        procfs::tree_sched_ns(Path::new("/proc"), &self.roots)
+    /// (ticks, schedstat seconds) from `self` to `later`.
+    fn delta(self, later: CpuSample) -> (u64, Option<f64>) {
+        (
+            later.ticks.saturating_sub(self.ticks),
+            self.sched_ns
+                .zip(later.sched_ns)
+                .map(|(a, b)| b.saturating_sub(a) as f64 / 1e9),
+        )
+    }
+}
+
+impl Server {
+    /// Everything we started for this peer.
+    fn all_pids(&self) -> Vec<u32> {
+        self.roots.iter().chain(&self.backend).copied().collect()
+    }
+    /// The PIDs whose CPU is "server CPU" in `s`: in the proxy set the front process alone
+    /// (its backend is counted apart); elsewhere the whole stack, as nginx + its backend
+    /// stand together for one echo server there.
+    fn charged(&self, s: Scenario) -> Vec<u32> {
+        if s.is_proxy() {
+            self.roots.clone()
+        } else {
+            self.all_pids()
+        }
     }
     fn rss(&self) -> u64 {
-        procfs::tree_rss(Path::new("/proc"), &self.roots)
+        procfs::tree_rss(Path::new("/proc"), &self.all_pids())
     }
     fn died(&mut self) -> Option<String> {
         self.guards.iter_mut().find_map(|g| {
@@ -457,15 +557,35 @@ fn start_server(ctx: &Ctx, peer: &str, tag: &str) -> Result<Server> {
         c
     };
     let log = |what: &str| ctx.logs.join(format!("{tag}.{what}.log"));
-    let single = |name: &'static str, mut cmd: Command| -> Result<Server> {
-        let l = log("server");
+    let single_logged = |name: &'static str, mut cmd: Command, what: &str| -> Result<Server> {
+        let l = log(what);
         let (mut g, rx) = spawn_lines(name, &mut cmd, &l)?;
         let addr = wait_listen_line(&mut g, &rx, &l)?;
         Ok(Server {
             roots: vec![g.child.id()],
+            backend: Vec::new(),
             guards: vec![g],
             addr,
         })
+    };
+    let single = |name: &'static str, cmd: Command| single_logged(name, cmd, "server");
+    // The ws:// backend of nginx and wssedge-proxy; `direct-backend` is the same server alone.
+    let backend = || -> Result<Server> {
+        let mut c = ctx.pinned(BACKEND_CPU, &ctx.bin.join("echo-plain"));
+        c.args(["--listen", "127.0.0.1:0", "--threads", "1"]);
+        single_logged("echo-plain", c, "backend")
+    };
+    // `front` in front of `backend`: stopped before it, CPU counted apart from it.
+    let stack = |front: Guard, addr: SocketAddr, backend: Server| -> Server {
+        let mut guards = backend.guards;
+        let roots = vec![front.child.id()];
+        guards.insert(0, front);
+        Server {
+            guards,
+            roots,
+            backend: backend.roots,
+            addr,
+        }
     };
     match peer {
         OURS => {
@@ -480,9 +600,34 @@ fn start_server(ctx: &Ctx, peer: &str, tag: &str) -> Result<Server> {
         "fastwebsockets" => single("peer-fastwebsockets", peer_cmd("peer-fastwebsockets", true)),
         "floor-tls" => single("floor-tls", peer_cmd("floor-tls", true)),
         "floor-tcp" => single("floor-tcp", peer_cmd("floor-tcp", false)),
-        "nginx" => {
+        DIRECT_BACKEND => backend(),
+        WSSEDGE_PROXY => {
+            let backend = backend()?;
+            // The proxy-mode config of issue 7; port 0 = the listen line tells the port (no
+            // race with other processes for a port picked in advance).
+            let conf = format!(
+                "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\ncores = 1\n\n\
+                 [upstream]\n[[upstream.groups]]\nname = \"echo\"\nmembers = [\"ws://{}/\"]\n\n\
+                 [[routes]]\nprefix = \"/\"\ngroup = \"echo\"\n",
+                backend.addr
+            );
+            let conf_path = ctx.logs.join(format!("{tag}.wssedge.toml"));
+            std::fs::write(&conf_path, conf)?;
+            // `cores = 1` under a CPU-0 mask: its one core runs on CPU 0.
+            let mut c = ctx.pinned(SERVER_CPU, &ctx.bin.join("wssedge"));
+            c.arg("serve")
+                .arg("--config")
+                .arg(&conf_path)
+                .arg("--state-dir")
+                .arg(&ctx.state);
+            let l = log("server");
+            let (mut g, rx) = spawn_lines("wssedge", &mut c, &l)?;
+            let addr = wait_listen_line(&mut g, &rx, &l)?;
+            Ok(stack(g, addr, backend))
+        }
+        "nginx" | NGINX_PROXY => {
             let nginx = ctx.nginx.as_ref().context("nginx unavailable")?;
-            let backend = single("echo-plain", peer_cmd("echo-plain", false))?;
+            let backend = backend()?;
             let port = free_port()?;
             let prefix = ctx.logs.join(format!("nginx-{tag}"));
             let _ = std::fs::remove_dir_all(&prefix);
@@ -520,16 +665,7 @@ fn start_server(ctx: &Ctx, peer: &str, tag: &str) -> Result<Server> {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            let mut guards = backend.guards;
-            let mut roots = backend.roots;
-            roots.insert(0, g.child.id());
-            // nginx first: stopped before its backend.
-            guards.insert(0, g);
-            Ok(Server {
-                guards,
-                roots,
-                addr,
-            })
+            Ok(stack(g, addr, backend))
         }
         other => bail!("unknown peer {other}"),
     }
@@ -581,12 +717,12 @@ fn measure(ctx: &Ctx, o: &Opts, g: &Planned, peer: &str, cell: &mut Cell) -> Res
     let mut server = start_server(ctx, peer, &t)?;
     let proto = peer_def(peer).proto;
     let url = match proto {
-        "wss" => format!("wss://{}/", server.addr),
+        "wss" | "ws" => format!("{proto}://{}/", server.addr),
         p => format!("{p}://{}", server.addr),
     };
     let (mode, duration, warmup) = match g.scenario {
-        Scenario::Rate => ("open", o.duration, o.warmup),
-        Scenario::Closed => ("closed", o.closed_duration, o.warmup),
+        Scenario::Rate | Scenario::Proxy => ("open", o.duration, o.warmup),
+        Scenario::Closed | Scenario::ProxyClosed => ("closed", o.closed_duration, o.warmup),
         Scenario::Storm => ("storm", o.duration, o.warmup),
         Scenario::Idle => ("idle", o.idle_hold, 0.0),
     };
@@ -664,13 +800,46 @@ fn measure(ctx: &Ctx, o: &Opts, g: &Planned, peer: &str, cell: &mut Cell) -> Res
         // The hold starts when the last connection is up.
         limit = Instant::now() + Duration::from_secs_f64(o.idle_hold) + GEN_GRACE;
     } else {
+        let charged = server.charged(g.scenario);
+        // Outside the proxy set the backend (if any) is part of `charged`.
+        let backend = if g.scenario.is_proxy() && !server.backend.is_empty() {
+            server.backend.clone()
+        } else {
+            Vec::new()
+        };
+        // Everything we run (servers, backend, generator) descends from this process.
+        let ours = [std::process::id()];
+        let foreign = || {
+            Some(
+                procfs::cpu_busy_ticks(proc_root)?
+                    .saturating_sub(procfs::tree_cpu_ticks(proc_root, &ours)),
+            )
+        };
         sleep_until(t0 + Duration::from_secs_f64(warmup));
-        let (c0, s0, w0) = (server.cpu_ticks(), server.sched_ns(), Instant::now());
+        let (s0, b0, f0, w0) = (
+            CpuSample::of(&charged),
+            CpuSample::of(&backend),
+            foreign(),
+            Instant::now(),
+        );
         sleep_until(t0 + nominal);
-        let (c1, s1, w1) = (server.cpu_ticks(), server.sched_ns(), Instant::now());
-        cell.server_ticks = c1.saturating_sub(c0);
+        let (s1, b1, f1, w1) = (
+            CpuSample::of(&charged),
+            CpuSample::of(&backend),
+            foreign(),
+            Instant::now(),
+        );
+        cell.foreign_cpu_s = f0
+            .zip(f1)
+            .map(|(a, b)| b.saturating_sub(a) as f64 / ctx.clk_tck as f64);
+        (cell.server_ticks, cell.server_sched_s) = s0.delta(s1);
         cell.server_cpu_s = cell.server_ticks as f64 / ctx.clk_tck as f64;
-        cell.server_sched_s = s0.zip(s1).map(|(a, b)| b.saturating_sub(a) as f64 / 1e9);
+        if !backend.is_empty() {
+            let (ticks, sched) = b0.delta(b1);
+            cell.backend_ticks = ticks;
+            cell.backend_cpu_s = Some(ticks as f64 / ctx.clk_tck as f64);
+            cell.backend_sched_s = sched;
+        }
         cell.window_s = (w1 - w0).as_secs_f64();
     }
     let status = loop {
@@ -743,9 +912,10 @@ fn peer_bins(peer: &str) -> &'static [&'static str] {
         OURS => &["wssedge"],
         "tungstenite" => &["peer-tungstenite"],
         "fastwebsockets" => &["peer-fastwebsockets"],
-        "nginx" => &["echo-plain"],
+        "nginx" | NGINX_PROXY | DIRECT_BACKEND => &["echo-plain"],
         "floor-tls" => &["floor-tls"],
         "floor-tcp" => &["floor-tcp"],
+        WSSEDGE_PROXY => &["wssedge", "echo-plain"],
         _ => &[],
     }
 }
@@ -852,7 +1022,7 @@ fn environment(env: &Env, ctx: &Ctx) -> Value {
         "dirty": dirty,
         "clk_tck": ctx.clk_tck,
         "open_files_limit": nofile_limit(),
-        "pinning": if ctx.taskset { format!("server CPU {SERVER_CPU}, generator CPU {CLIENT_CPU} (taskset)") } else { "none (taskset unavailable)".into() },
+        "pinning": if ctx.taskset { format!("server CPU {SERVER_CPU}, ws:// backend CPU {BACKEND_CPU}, generator CPU {CLIENT_CPU} (taskset)") } else { "none (taskset unavailable)".into() },
         "tls": "wssedge: userspace TLS (kTLS not available here)",
         "nginx": ctx.nginx.as_ref().map(|p| nginx_version(p)),
     })
@@ -897,6 +1067,22 @@ fn print_plan(o: &Opts, groups: &[Planned]) {
                 o.warmup
             ),
             Scenario::Idle => format!("idle: {} connections held {} s", g.connections, o.idle_hold),
+            Scenario::Proxy => format!(
+                "proxy: open loop {} msg/s, {} conns, {} B, {} s (+{} s warmup)",
+                g.rate.unwrap_or(0.0),
+                g.connections,
+                g.payload,
+                o.duration,
+                o.warmup
+            ),
+            Scenario::ProxyClosed => format!(
+                "proxy-closed: depth {}, {} conns, {} B, {} s (+{} s warmup)",
+                g.depth.unwrap_or(1),
+                g.connections,
+                g.payload,
+                o.closed_duration,
+                o.warmup
+            ),
         };
         eprintln!("  {what} × [{}]", g.peers.join(", "));
     }
@@ -907,8 +1093,11 @@ pub fn run(args: &[String]) -> Result<bool> {
     if args.iter().any(|a| a == "-h" || a == "--help") {
         eprintln!(
             "usage: cargo xtask bench [--quick] [--connections N] [--payload B,...] [--rates R,...] \
-             [--duration S] [--no-build] [--peers {}] [--scenarios rate,closed,storm,idle] [--idle-connections N]",
-            PEERS.iter().map(|p| p.key).collect::<Vec<_>>().join(",")
+             [--proxy-rate R] [--duration S] [--no-build] [--peers {}] [--scenarios {}] \
+             [--idle-connections N]\n\
+             The proxy set alone: --scenarios proxy,proxy-closed",
+            PEERS.iter().map(|p| p.key).collect::<Vec<_>>().join(","),
+            Scenario::ALL.map(|s| s.name()).join(",")
         );
         return Ok(true);
     }
@@ -942,7 +1131,7 @@ pub fn run(args: &[String]) -> Result<bool> {
         bail!("no generator at {}", generator.display());
     }
     let mut nginx = None;
-    if o.peers.iter().any(|p| p == "nginx") {
+    if o.peers.iter().any(|p| p == "nginx" || p == NGINX_PROXY) {
         match ensure_nginx() {
             Ok(n) => nginx = Some(n),
             Err(why) => skipped.push(("nginx".into(), why)),
@@ -957,8 +1146,8 @@ pub fn run(args: &[String]) -> Result<bool> {
     for (p, why) in &skipped {
         eprintln!("xtask: SKIPPING {}: {why}", label(p));
     }
-    if !o.peers.iter().any(|p| p == OURS) {
-        bail!("wssedge is not among the peers to run");
+    if !o.peers.iter().any(|p| p == OURS || p == WSSEDGE_PROXY) {
+        bail!("neither wssedge nor wssedge-proxy is among the peers to run");
     }
     if o.scenarios.contains(&Scenario::Idle) {
         raise_nofile(o.idle_n);
@@ -1001,6 +1190,7 @@ pub fn run(args: &[String]) -> Result<bool> {
     }
 
     banner("bench: measuring");
+    let load_before = procfs::loadavg(Path::new("/proc"));
     let tm = Instant::now();
     let mut cells = Vec::new();
     let total: usize = groups.iter().map(|g| g.peers.len()).sum();
@@ -1019,10 +1209,12 @@ pub fn run(args: &[String]) -> Result<bool> {
         }
     }
     let measure_s = tm.elapsed().as_secs_f64();
+    let load_after = procfs::loadavg(Path::new("/proc"));
 
     let order: Vec<&str> = PEERS.iter().map(|p| p.key).collect();
     let mut md = format!(
-        "# wssedge benchmark{}\n\nServer pinned to CPU {SERVER_CPU}, generator (wssbench) to CPU \
+        "# wssedge benchmark{}\n\nServer pinned to CPU {SERVER_CPU}, ws:// backend (behind nginx \
+         and wssedge-proxy) to CPU {BACKEND_CPU}, generator (wssbench) to CPU \
          {CLIENT_CPU}; every server freshly started per cell; peers alternate order between \
          cells. Build {build_s:.0} s, measuring {measure_s:.0} s. Server CPU is utime+stime, counted \
          in ticks of 1/{} s: short windows at low rates make per-message figures coarse \
@@ -1030,6 +1222,20 @@ pub fn run(args: &[String]) -> Result<bool> {
         if o.quick { " (--quick)" } else { "" },
         ctx.clk_tck
     );
+    // Only two CPUs: anything else running (a build) lands on the server's or the client's CPU.
+    let busy: Vec<f64> = cells.iter().filter_map(Cell::host_busy).collect();
+    if !busy.is_empty() {
+        md.push_str(&format!(
+            "**Host busy**: in {} of {} cells other processes took over {} CPU (up to {:.2}) \
+             of the two this host has; those cells' notes say so. Their tails (p99 and beyond) \
+             and closed-loop throughput suffer most, CPU per message least: rerun on a quiet \
+             host before reading small differences.\n\n",
+            busy.len(),
+            cells.len(),
+            results::HOST_BUSY_CPUS,
+            busy.iter().copied().fold(0.0, f64::max)
+        ));
+    }
     for (p, why) in &skipped {
         md.push_str(&format!("**{} skipped**: {why}\n\n", label(p)));
     }
@@ -1042,15 +1248,21 @@ pub fn run(args: &[String]) -> Result<bool> {
         ));
     }
     md.push_str(&report::markdown(&cells, &order, &label));
+    md.push_str(&report::proxy_markdown(&cells, &label));
 
     let mut plots = Vec::new();
-    for g in groups.iter().filter(|g| g.scenario == Scenario::Rate) {
-        let lines: Vec<(String, [f64; 5])> = order
+    for g in groups.iter().filter(|g| g.scenario.is_open_loop()) {
+        let peer_order: &[&str] = if g.scenario.is_proxy() {
+            &report::PROXY_ORDER
+        } else {
+            &order
+        };
+        let lines: Vec<(String, [f64; 5])> = peer_order
             .iter()
             .filter_map(|p| {
                 cells.iter().find(|c| {
                     c.peer == *p
-                        && c.scenario == Some(Scenario::Rate)
+                        && c.scenario == Some(g.scenario)
                         && c.rate == g.rate
                         && c.payload == g.payload
                 })
@@ -1063,10 +1275,16 @@ pub fn run(args: &[String]) -> Result<bool> {
         if lines.is_empty() {
             continue;
         }
-        let name = format!("latency-rate-{}-{}B.svg", g.rate.unwrap_or(0.0), g.payload);
+        let name = format!(
+            "latency-{}-{}-{}B.svg",
+            g.scenario.name(),
+            g.rate.unwrap_or(0.0),
+            g.payload
+        );
         let path = out.join(&name);
         let title = format!(
-            "open loop {} msg/s, {} conns, {} B: latency by percentile",
+            "{}open loop {} msg/s, {} conns, {} B: latency by percentile",
+            if g.scenario.is_proxy() { "proxy: " } else { "" },
             g.rate.unwrap_or(0.0),
             g.connections,
             g.payload
@@ -1088,6 +1306,7 @@ pub fn run(args: &[String]) -> Result<bool> {
         "quick": o.quick,
         "build_s": build_s,
         "measure_s": measure_s,
+        "loadavg_1m": {"before": load_before, "after": load_after},
         "plan": {
             "connections": o.connections,
             "payloads": o.payloads,
@@ -1096,6 +1315,7 @@ pub fn run(args: &[String]) -> Result<bool> {
             "closed_duration_s": o.closed_duration,
             "warmup_s": o.warmup,
             "depths": o.depths,
+            "proxy_rate": o.proxy_rate,
             "storm_rate": o.storm_rate,
             "idle_connections": o.idle_n,
             "idle_hold_s": o.idle_hold,
@@ -1105,6 +1325,7 @@ pub fn run(args: &[String]) -> Result<bool> {
         "skipped": skipped.iter().map(|(p, w)| json!({"peer": p, "reason": w})).collect::<Vec<_>>(),
         "labels": PEERS.iter().map(|p| (p.key.to_string(), Value::from(p.label))).collect::<serde_json::Map<_, _>>(),
         "cells": cells.iter().map(report::cell_json).collect::<Vec<_>>(),
+        "proxy": report::proxy_json(&cells),
         "plots": plots,
     });
     std::fs::write(out.join("report.md"), &md)?;
@@ -1162,6 +1383,19 @@ fn summary(c: &Cell) -> String {
                 .map(report::fmt_num)
                 .unwrap_or_default()
         ),
+        Some(s) if s.is_proxy() => format!(
+            "{:.0} msg/s, p50 {:.0} p99 {:.0} µs, {} µs CPU/msg{}, client {:.0} %{flag}",
+            g.achieved(),
+            g.latency_us.p50,
+            g.latency_us.p99,
+            c.fine_cpu_us_per_msg()
+                .map(report::fmt_num)
+                .unwrap_or_default(),
+            c.backend_cpu_us_per_msg()
+                .map(|b| format!(" (+{} backend)", report::fmt_num(b)))
+                .unwrap_or_default(),
+            g.client_cpu_busy * 100.0
+        ),
         _ => format!(
             "{:.0} msg/s, p99 {:.0} µs, {} µs CPU/msg, client {:.0} %{flag}",
             g.achieved(),
@@ -1212,8 +1446,8 @@ mod tests {
     fn plan_alternates_and_skips_floors_where_meaningless() {
         let o = parse_opts(&s(&["--quick"])).unwrap();
         let p = plan(&o);
-        // 2 rates + 2 depths + storm + idle.
-        assert_eq!(p.len(), 6);
+        // 2 rates + 2 depths + storm + idle + proxy rate + 2 proxy depths.
+        assert_eq!(p.len(), 9);
         assert_eq!(p[0].peers[0], OURS);
         assert_eq!(p[1].peers.last().map(String::as_str), Some(OURS));
         let storm = p.iter().find(|g| g.scenario == Scenario::Storm).unwrap();
@@ -1221,16 +1455,46 @@ mod tests {
         assert!(storm.peers.iter().any(|x| x == "nginx"));
         let rate = &p[0];
         assert_eq!(rate.peers.len(), 6);
+        assert!(!rate.peers.iter().any(|x| x.contains("proxy")));
+        // The proxy set: its three peers plus wssedge's echo mode, at the moderate rate.
+        let proxy = p.iter().find(|g| g.scenario == Scenario::Proxy).unwrap();
+        let mut peers = proxy.peers.clone();
+        peers.sort();
+        assert_eq!(
+            peers,
+            vec![DIRECT_BACKEND, NGINX_PROXY, OURS, WSSEDGE_PROXY]
+        );
+        assert_eq!(proxy.rate, Some(PROXY_RATE));
+        let closed = p
+            .iter()
+            .filter(|g| g.scenario == Scenario::ProxyClosed)
+            .map(|g| g.depth)
+            .collect::<Vec<_>>();
+        assert_eq!(closed, vec![Some(1), Some(16)]);
         let eta: f64 = p
             .iter()
             .map(|g| cell_secs(&o, g) * g.peers.len() as f64)
             .sum();
-        assert!(eta < 80.0, "quick ETA {eta}");
+        assert!(eta < 110.0, "quick ETA {eta}");
         let full: f64 = plan(&parse_opts(&[]).unwrap())
             .iter()
             .map(|g| cell_secs(&parse_opts(&[]).unwrap(), g) * g.peers.len() as f64)
             .sum();
-        assert!((240.0..360.0).contains(&full), "default ETA {full}");
+        assert!((240.0..420.0).contains(&full), "default ETA {full}");
+        // The proxy set alone, at another rate.
+        let o = parse_opts(&s(&[
+            "--quick",
+            "--scenarios",
+            "proxy,proxy-closed",
+            "--proxy-rate",
+            "3000",
+        ]))
+        .unwrap();
+        let p = plan(&o);
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[0].rate, Some(3000.0));
+        assert!(p.iter().all(|g| g.peers.len() == 4));
+        assert!(parse_opts(&s(&["--proxy-rate", "0"])).is_err());
     }
 
     #[test]

@@ -136,6 +136,34 @@ pub fn tcp_mem_bytes(proc_root: &Path) -> Option<u64> {
     Some(parse_sockstat_tcp_mem_pages(&s)? * 4096)
 }
 
+/// Busy clock ticks of all CPUs from the first line of `/proc/stat`: user + nice + system +
+/// irq + softirq. Ticks that land in (soft)irq context are charged to the running task's stime
+/// too, so this minus our processes' utime+stime is the CPU other processes took.
+pub fn parse_cpu_busy_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq ...
+    Some(f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)?)
+}
+
+pub fn cpu_busy_ticks(proc_root: &Path) -> Option<u64> {
+    parse_cpu_busy_ticks(&std::fs::read_to_string(proc_root.join("stat")).ok()?)
+}
+
+/// The 1-minute load average (first field of `/proc/loadavg`).
+pub fn loadavg(proc_root: &Path) -> Option<f64> {
+    std::fs::read_to_string(proc_root.join("loadavg"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Clock ticks per second (`getconf CLK_TCK`, 100 if that fails).
 pub fn clk_tck() -> u64 {
     std::process::Command::new("getconf")
@@ -170,6 +198,14 @@ mod tests {
         );
         assert!(parse_stat("garbage").is_none());
         assert!(parse_stat("1 (x) S 0").is_none());
+    }
+
+    #[test]
+    fn parses_cpu_busy() {
+        let stat = "cpu  100 2 30 5000 70 4 6 9 0 0\ncpu0 50 1 15 2500 35 2 3 4 0 0\n";
+        assert_eq!(parse_cpu_busy_ticks(stat), Some(100 + 2 + 30 + 4 + 6));
+        assert_eq!(parse_cpu_busy_ticks("cpu  1 2\n"), None);
+        assert_eq!(parse_cpu_busy_ticks("intr 5\n"), None);
     }
 
     #[test]
@@ -233,6 +269,9 @@ mod tests {
         assert_eq!(tree_cpu_ticks(&root, &[99]), 0);
         assert_eq!(tree_rss(&root, &[10]), (1000 + 2000 + 2000 + 100) * 1024);
         assert_eq!(tcp_mem_bytes(&root), Some(3 * 4096));
+        assert_eq!(loadavg(&root), None);
+        std::fs::write(root.join("loadavg"), "1.25 0.80 0.50 2/300 4242\n").unwrap();
+        assert_eq!(loadavg(&root), Some(1.25));
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -5,9 +5,14 @@ use std::fmt::Write as _;
 use serde_json::{json, Value};
 
 use super::results::{ratio_text, Cell, Flag, Scenario};
+use super::{DIRECT_BACKEND, NGINX_PROXY, WSSEDGE_PROXY};
 
 /// The peer every ratio is taken against.
 pub const OURS: &str = "wssedge";
+
+/// Row order of the proxy tables: the baseline, the reference without an upstream, the two
+/// proxies (the ratios there are wssedge-proxy / nginx-proxy).
+pub const PROXY_ORDER: [&str; 4] = [DIRECT_BACKEND, OURS, WSSEDGE_PROXY, NGINX_PROXY];
 
 /// A number with a sensible number of digits.
 pub fn fmt_num(v: f64) -> String {
@@ -66,7 +71,18 @@ fn note(c: &Cell) -> String {
         }
         let _ = write!(n, "CPU ±{:.0} % ({} ticks)", step * 100.0, c.server_ticks);
     }
+    host_busy_note(c, &mut n);
     n
+}
+
+/// "host busy" when other processes took a noticeable share of the CPUs during the window.
+fn host_busy_note(c: &Cell, n: &mut String) {
+    if let Some(f) = c.host_busy().filter(|_| c.error.is_none()) {
+        if !n.is_empty() {
+            n.push_str("; ");
+        }
+        let _ = write!(n, "host busy: others used {f:.2} CPU");
+    }
 }
 
 /// The ratio column for `c` against our cell of the same group.
@@ -285,15 +301,20 @@ pub fn cell_json(c: &Cell) -> Value {
         "window_s": c.window_s,
         "server_cpu_ticks": c.server_ticks,
         "server_cpu_s_schedstat": c.server_sched_s,
-        "server_cpu_us_per_msg": matches!(c.scenario, Some(Scenario::Rate | Scenario::Closed))
+        "server_cpu_us_per_msg": c.scenario.is_some_and(Scenario::per_message)
             .then(|| c.cpu_us_per_msg())
             .flatten(),
-        "server_cpu_us_per_msg_schedstat": matches!(c.scenario, Some(Scenario::Rate | Scenario::Closed))
+        "server_cpu_us_per_msg_schedstat": c.scenario.is_some_and(Scenario::per_message)
             .then(|| {
                 let rate = c.gen.as_ref()?.achieved();
                 Some(c.server_sched_s? / c.window_s / rate * 1e6)
             })
             .flatten(),
+        "backend_cpu_s": c.backend_cpu_s,
+        "backend_cpu_ticks": c.backend_cpu_s.map(|_| c.backend_ticks),
+        "backend_cpu_s_schedstat": c.backend_sched_s,
+        "backend_cpu_us_per_msg": c.backend_cpu_us_per_msg(),
+        "foreign_cpu_s": c.foreign_cpu_s,
         "server_cpu_us_per_handshake": (c.scenario == Some(Scenario::Storm))
             .then(|| c.cpu_us_per_handshake())
             .flatten(),
@@ -311,6 +332,315 @@ pub fn cell_json(c: &Cell) -> Value {
             "total_per_conn": m.total_per_conn(),
         })),
         "generator": c.raw,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Proxy mode
+// ---------------------------------------------------------------------------------------------
+
+fn proxy_label(peer: &str, label: &dyn Fn(&str) -> String) -> String {
+    if peer == OURS {
+        format!("{}: echo, no upstream (reference)", label(peer))
+    } else {
+        label(peer)
+    }
+}
+
+/// The direct-backend cell of a proxy group, when it measured cleanly.
+fn direct_of<'a>(group: &[&'a Cell]) -> Option<&'a Cell> {
+    group
+        .iter()
+        .copied()
+        .find(|c| c.peer == DIRECT_BACKEND && c.flag().is_none())
+}
+
+/// Latency this cell adds over the direct backend at the same rate, at percentile `pick`.
+fn added(
+    c: &Cell,
+    direct: Option<&Cell>,
+    pick: fn(&super::results::Latency) -> f64,
+) -> Option<f64> {
+    if c.peer == DIRECT_BACKEND {
+        return None;
+    }
+    let d = direct?.gen.as_ref()?;
+    Some(pick(&c.gen.as_ref()?.latency_us) - pick(&d.latency_us))
+}
+
+/// A signed number (the added latency may come out negative in noise).
+fn opt_signed(v: Option<f64>) -> String {
+    match v {
+        Some(x) if x > 0.0 => format!("+{}", fmt_num(x)),
+        Some(x) => fmt_num(x),
+        None => "—".into(),
+    }
+}
+
+fn proxy_note(c: &Cell) -> String {
+    let mut n = c.flag().map(|f| f.text()).unwrap_or_default();
+    if c.error.is_none() && c.fine_cpu_is_ticks() {
+        if let Some(step) = c.coarse_cpu() {
+            if !n.is_empty() {
+                n.push_str("; ");
+            }
+            let _ = write!(n, "CPU ±{:.0} % ({} ticks)", step * 100.0, c.server_ticks);
+        }
+    }
+    host_busy_note(c, &mut n);
+    n
+}
+
+/// `wssedge-proxy / nginx-proxy` for one metric: the number (None if either is flagged or
+/// missing) and its text.
+fn proxy_ratio(group: &[&Cell], metric: &dyn Fn(&Cell) -> Option<f64>) -> (Option<f64>, String) {
+    let find = |p: &str| group.iter().copied().find(|c| c.peer == p);
+    let (Some(w), Some(n)) = (find(WSSEDGE_PROXY), find(NGINX_PROXY)) else {
+        return (None, "n/a".into());
+    };
+    let text = ratio_text(metric(w), w.flag().as_ref(), metric(n), n.flag().as_ref())
+        .replace("wssedge ", "wssedge-proxy ");
+    let num = match (w.flag(), n.flag(), metric(w), metric(n)) {
+        (None, None, Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    (num, text)
+}
+
+type Metric<'a> = Box<dyn Fn(&Cell) -> Option<f64> + 'a>;
+
+/// The open-loop metrics with a ratio, in column order: (json key, metric).
+fn open_metrics<'a>(direct: Option<&'a Cell>) -> Vec<(&'static str, Metric<'a>)> {
+    let lat = |f: fn(&super::results::Latency) -> f64| -> Metric<'a> {
+        Box::new(move |c: &Cell| c.gen.as_ref().map(|g| f(&g.latency_us)))
+    };
+    vec![
+        (
+            "msgs_per_s",
+            Box::new(|c: &Cell| c.gen.as_ref().map(|g| g.achieved())),
+        ),
+        (
+            "proxy_cpu_us_per_msg",
+            Box::new(|c: &Cell| c.fine_cpu_us_per_msg()),
+        ),
+        (
+            "backend_cpu_us_per_msg",
+            Box::new(|c: &Cell| c.backend_cpu_us_per_msg()),
+        ),
+        ("p50_us", lat(|l| l.p50)),
+        ("p99_us", lat(|l| l.p99)),
+        ("p999_us", lat(|l| l.p999)),
+        (
+            "added_p50_us",
+            Box::new(move |c: &Cell| added(c, direct, |l| l.p50)),
+        ),
+        (
+            "added_p99_us",
+            Box::new(move |c: &Cell| added(c, direct, |l| l.p99)),
+        ),
+    ]
+}
+
+fn closed_metrics<'a>() -> Vec<(&'static str, Metric<'a>)> {
+    vec![
+        (
+            "msgs_per_s",
+            Box::new(|c: &Cell| c.gen.as_ref().map(|g| g.achieved())),
+        ),
+        (
+            "proxy_cpu_us_per_msg",
+            Box::new(|c: &Cell| c.fine_cpu_us_per_msg()),
+        ),
+        (
+            "backend_cpu_us_per_msg",
+            Box::new(|c: &Cell| c.backend_cpu_us_per_msg()),
+        ),
+        (
+            "p50_us",
+            Box::new(|c: &Cell| c.gen.as_ref().map(|g| g.latency_us.p50)),
+        ),
+        (
+            "p99_us",
+            Box::new(|c: &Cell| c.gen.as_ref().map(|g| g.latency_us.p99)),
+        ),
+    ]
+}
+
+/// Backend CPU column: a number for the proxies, "—" where there is no separate backend.
+fn backend_col(c: &Cell) -> String {
+    c.backend_cpu_us_per_msg()
+        .map(fmt_num)
+        .unwrap_or_else(|| "—".into())
+}
+
+/// The "Proxy mode" section of report.md: open loop (hop latency, CPU per message) and
+/// closed loop (throughput), each with a wssedge-proxy / nginx-proxy ratio row.
+pub fn proxy_markdown(cells: &[Cell], label: &dyn Fn(&str) -> String) -> String {
+    let mut md = String::new();
+    let open = groups(cells, Scenario::Proxy);
+    let closed = groups(cells, Scenario::ProxyClosed);
+    if open.is_empty() && closed.is_empty() {
+        return md;
+    }
+    let fine = cells
+        .iter()
+        .filter(|c| c.scenario.is_some_and(Scenario::is_proxy) && c.gen.is_some())
+        .all(|c| !c.fine_cpu_is_ticks());
+    let _ = writeln!(
+        md,
+        "## Proxy mode
+"
+    );
+    let _ = writeln!(
+        md,
+        "wssedge's proxy mode (`[upstream]` group + `[[routes]] prefix = \"/\"`, `cores = 1`) and \
+         nginx both terminate TLS and relay every message to the same kind of ws:// backend, \
+         `echo-plain` (tokio-tungstenite, one thread), over one upstream connection per client. \
+         Proxy and backend share CPU {}, the generator has CPU {} to itself. **Proxy CPU** is \
+         the proxy process tree alone (nginx: master + worker), **backend CPU** is `echo-plain`, \
+         each per echoed message, from {}. For `direct-backend` (the generator straight to \
+         `echo-plain` over ws://, no TLS) and wssedge's echo mode the first CPU column is that \
+         server's. **Added hop** = the row's p50/p99 − direct-backend's at the same rate: TLS \
+         termination plus the relay. The echo row is wssedge with TLS and no upstream against \
+         the plain backend: another server, so its difference is not TLS's share alone, but the \
+         gap between it and wssedge-proxy is what the relay costs wssedge. The last row of \
+         each group is wssedge-proxy / nginx-proxy (below 1: wssedge-proxy cheaper or faster; \
+         for msg/s above 1 is faster).\n",
+        super::SERVER_CPU,
+        super::CLIENT_CPU,
+        if fine {
+            "schedstat (ns)"
+        } else {
+            "utime+stime ticks where schedstat is missing (see notes)"
+        }
+    );
+    if !open.is_empty() {
+        let _ = writeln!(
+            md,
+            "### open loop at a fixed rate (latency corrected for coordinated omission)\n"
+        );
+        let _ = writeln!(
+            md,
+            "| payload | conns | offered msg/s | peer | achieved msg/s | proxy CPU µs/msg | backend CPU µs/msg | p50 µs | p99 µs | p99.9 µs | added hop p50 µs | added hop p99 µs | client CPU | note |"
+        );
+        let _ = writeln!(
+            md,
+            "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        );
+        for g in &open {
+            let direct = direct_of(g);
+            for c in ordered(g, &PROXY_ORDER) {
+                let l = c.gen.as_ref().map(|g| g.latency_us.clone());
+                let _ = writeln!(
+                    md,
+                    "| {} B | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    c.payload,
+                    c.connections,
+                    opt(c.rate),
+                    proxy_label(&c.peer, label),
+                    opt(c.gen.as_ref().map(|g| g.achieved())),
+                    opt(c.fine_cpu_us_per_msg()),
+                    backend_col(c),
+                    opt(l.as_ref().map(|l| l.p50)),
+                    opt(l.as_ref().map(|l| l.p99)),
+                    opt(l.as_ref().map(|l| l.p999)),
+                    opt_signed(added(c, direct, |l| l.p50)),
+                    opt_signed(added(c, direct, |l| l.p99)),
+                    client_busy(c),
+                    proxy_note(c),
+                );
+            }
+            let r: Vec<String> = open_metrics(direct)
+                .iter()
+                .map(|(_, m)| proxy_ratio(g, m.as_ref()).1)
+                .collect();
+            let _ = writeln!(
+                md,
+                "| | | | **wssedge-proxy / nginx-proxy** | {} | **{}** | {} | {} | **{}** | {} | {} | **{}** | | |",
+                r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]
+            );
+        }
+        md.push('\n');
+    }
+    if !closed.is_empty() {
+        let _ = writeln!(md, "### closed loop (throughput)\n");
+        let _ = writeln!(
+            md,
+            "| payload | conns | depth | peer | msgs/s | proxy CPU µs/msg | backend CPU µs/msg | p50 µs | p99 µs | client CPU | note |"
+        );
+        let _ = writeln!(md, "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|");
+        for g in &closed {
+            for c in ordered(g, &PROXY_ORDER) {
+                let _ = writeln!(
+                    md,
+                    "| {} B | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    c.payload,
+                    c.connections,
+                    c.depth.unwrap_or(1),
+                    proxy_label(&c.peer, label),
+                    opt(c.gen.as_ref().map(|g| g.achieved())),
+                    opt(c.fine_cpu_us_per_msg()),
+                    backend_col(c),
+                    opt(c.gen.as_ref().map(|g| g.latency_us.p50)),
+                    opt(c.gen.as_ref().map(|g| g.latency_us.p99)),
+                    client_busy(c),
+                    proxy_note(c),
+                );
+            }
+            let r: Vec<String> = closed_metrics()
+                .iter()
+                .map(|(_, m)| proxy_ratio(g, m.as_ref()).1)
+                .collect();
+            let _ = writeln!(
+                md,
+                "| | | | **wssedge-proxy / nginx-proxy** | **{}** | **{}** | {} | {} | {} | | |",
+                r[0], r[1], r[2], r[3], r[4]
+            );
+        }
+        md.push('\n');
+    }
+    md
+}
+
+/// The proxy tables' numbers for report.json: per group its rows (with the added hop latency)
+/// and the wssedge-proxy / nginx-proxy ratios (null when a side is flagged or missing).
+pub fn proxy_json(cells: &[Cell]) -> Value {
+    let group_json = |g: &Vec<&Cell>, metrics: Vec<(&'static str, Metric<'_>)>| {
+        let first = g[0];
+        let rows: Vec<Value> = ordered(g, &PROXY_ORDER)
+            .into_iter()
+            .map(|c| {
+                let mut row = serde_json::Map::new();
+                row.insert("peer".into(), json!(c.peer));
+                for (k, m) in &metrics {
+                    row.insert((*k).into(), json!(m(c)));
+                }
+                row.insert("flag".into(), json!(c.flag().map(|f| f.text())));
+                Value::Object(row)
+            })
+            .collect();
+        let ratios: serde_json::Map<String, Value> = metrics
+            .iter()
+            .map(|(k, m)| ((*k).to_string(), json!(proxy_ratio(g, m.as_ref()).0)))
+            .collect();
+        json!({
+            "payload": first.payload,
+            "connections": first.connections,
+            "rate": first.rate,
+            "depth": first.depth,
+            "rows": rows,
+            "ratio_wssedge_proxy_over_nginx_proxy": ratios,
+        })
+    };
+    json!({
+        "open_loop": groups(cells, Scenario::Proxy)
+            .iter()
+            .map(|g| group_json(g, open_metrics(direct_of(g))))
+            .collect::<Vec<_>>(),
+        "closed_loop": groups(cells, Scenario::ProxyClosed)
+            .iter()
+            .map(|g| group_json(g, closed_metrics()))
+            .collect::<Vec<_>>(),
     })
 }
 
@@ -425,6 +755,97 @@ mod tests {
         let j = cell_json(&cells[1]);
         assert_eq!(j["server_cpu_us_per_msg"], 20.0);
         assert_eq!(j["generator"]["latency_us"]["p50"], 40);
+    }
+
+    /// A proxy-set cell: `cpu_s` (schedstat) over 2 s at 1000 msg/s, `backend_s` apart.
+    fn proxy_cell(
+        s: Scenario,
+        peer: &str,
+        cpu_s: f64,
+        backend_s: Option<f64>,
+        p50: f64,
+        p99: f64,
+    ) -> Cell {
+        let mut c = rate_cell(peer, 0.0, p99, 0.3);
+        c.scenario = Some(s);
+        if s == Scenario::ProxyClosed {
+            c.rate = None;
+            c.depth = Some(1);
+        }
+        c.server_sched_s = Some(cpu_s);
+        c.backend_sched_s = backend_s;
+        c.backend_cpu_s = backend_s.map(|_| 0.0);
+        if let Some(g) = c.gen.as_mut() {
+            g.latency_us.p50 = p50;
+        }
+        c
+    }
+
+    #[test]
+    fn proxy_tables_hop_latency_and_ratios() {
+        use Scenario::{Proxy, ProxyClosed};
+        let cells = vec![
+            // Run order differs from the table order.
+            proxy_cell(Proxy, NGINX_PROXY, 0.08, Some(0.02), 100.0, 300.0),
+            proxy_cell(Proxy, DIRECT_BACKEND, 0.02, None, 60.0, 100.0),
+            proxy_cell(Proxy, WSSEDGE_PROXY, 0.04, Some(0.02), 80.0, 150.0),
+            proxy_cell(Proxy, OURS, 0.03, None, 70.0, 120.0),
+            proxy_cell(ProxyClosed, WSSEDGE_PROXY, 0.04, Some(0.02), 80.0, 150.0),
+            proxy_cell(ProxyClosed, NGINX_PROXY, 0.08, Some(0.02), 100.0, 300.0),
+            // An echo table cell must not leak into the proxy tables.
+            rate_cell(OURS, 0.04, 100.0, 0.3),
+        ];
+        let md = proxy_markdown(&cells, &|p: &str| format!("<{p}>"));
+        let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| 64 B")).collect();
+        assert_eq!(rows.len(), 6, "{md}");
+        assert!(rows[0].contains("<direct-backend>"), "{md}");
+        assert!(rows[1].contains("<wssedge>: echo, no upstream"), "{md}");
+        // wssedge-proxy: 0.04 s / 2 s / 1000 msg/s = 20 µs/msg, backend 10; hop +20 / +50.
+        assert!(
+            rows[2].contains("<wssedge-proxy> | 1000 | 20.0 | 10.0 | 80.0 | 150 |"),
+            "{md}"
+        );
+        assert!(rows[2].contains("| +20.0 | +50.0 |"), "{md}");
+        assert!(rows[3].contains("| 40.0 | 10.0 |") && rows[3].contains("| +40.0 | +200 |"));
+        // No backend column and no hop for the baseline itself.
+        assert!(rows[0].contains("| 10.0 | — |") && rows[0].contains("| — | — |"));
+        let ratio: Vec<&str> = md
+            .lines()
+            .filter(|l| l.contains("**wssedge-proxy / nginx-proxy**"))
+            .collect();
+        assert_eq!(ratio.len(), 2, "{md}");
+        // CPU 20/40, backend 10/10, p50 80/100, p99 150/300, hop p99 50/200.
+        assert!(
+            ratio[0].contains("| 1.00 | **0.50** | 1.00 | 0.80 | **0.50** |")
+                && ratio[0].contains("| **0.25** |"),
+            "{md}"
+        );
+        assert!(ratio[1].contains("| **1.00** | **0.50** | 1.00 |"), "{md}");
+        assert!(md.contains("from schedstat (ns)"), "{md}");
+
+        let j = proxy_json(&cells);
+        let open = &j["open_loop"][0];
+        assert_eq!(open["rows"][0]["peer"], DIRECT_BACKEND);
+        assert_eq!(open["rows"][2]["added_p99_us"], 50.0);
+        assert_eq!(open["rows"][0]["added_p99_us"], Value::Null);
+        let r = &open["ratio_wssedge_proxy_over_nginx_proxy"];
+        assert_eq!(r["proxy_cpu_us_per_msg"], 0.5);
+        assert_eq!(r["added_p99_us"], 0.25);
+        assert_eq!(j["closed_loop"][0]["depth"], 1);
+        assert_eq!(cell_json(&cells[2])["backend_cpu_us_per_msg"], 10.0);
+
+        // A flagged side gives its flag, not a number; no direct baseline, no hop.
+        let mut flagged = cells.clone();
+        flagged[0].gen.as_mut().unwrap().client_cpu_busy = 0.95;
+        flagged.remove(1);
+        let md = proxy_markdown(&flagged, &|p: &str| p.to_string());
+        assert!(md.contains("| **client-bound** |"), "{md}");
+        assert!(!md.contains("+20.0"), "{md}");
+        assert_eq!(
+            proxy_json(&flagged)["open_loop"][0]["ratio_wssedge_proxy_over_nginx_proxy"]["p99_us"],
+            Value::Null
+        );
+        assert_eq!(proxy_markdown(&cells[6..], &|p: &str| p.to_string()), "");
     }
 
     #[test]

@@ -5,6 +5,8 @@ use serde_json::Value;
 
 /// `client_cpu_busy` above this: the generator, not the server, was the bottleneck.
 pub const CLIENT_BOUND_BUSY: f64 = 0.9;
+/// Other processes' CPU above this (in CPUs) during a window: the cell's note says so.
+pub const HOST_BUSY_CPUS: f64 = 0.1;
 /// Achieved below this fraction of the offered rate: the server did not keep up.
 pub const SUSTAINED_FRACTION: f64 = 0.95;
 
@@ -129,14 +131,20 @@ pub enum Scenario {
     Closed,
     Storm,
     Idle,
+    /// Proxy mode, open loop at one moderate rate: the hop latency and the proxy's CPU.
+    Proxy,
+    /// Proxy mode, closed loop: throughput through proxy + backend.
+    ProxyClosed,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::Rate,
         Scenario::Closed,
         Scenario::Storm,
         Scenario::Idle,
+        Scenario::Proxy,
+        Scenario::ProxyClosed,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -144,7 +152,24 @@ impl Scenario {
             Scenario::Closed => "closed",
             Scenario::Storm => "storm",
             Scenario::Idle => "idle",
+            Scenario::Proxy => "proxy",
+            Scenario::ProxyClosed => "proxy-closed",
         }
+    }
+    /// The proxy set: the front process's CPU is counted apart from its backend's.
+    pub fn is_proxy(self) -> bool {
+        matches!(self, Scenario::Proxy | Scenario::ProxyClosed)
+    }
+    /// Open loop at a fixed offered rate (latency corrected for coordinated omission).
+    pub fn is_open_loop(self) -> bool {
+        matches!(self, Scenario::Rate | Scenario::Proxy)
+    }
+    /// Scenarios whose figure of merit is CPU per echoed message.
+    pub fn per_message(self) -> bool {
+        matches!(
+            self,
+            Scenario::Rate | Scenario::Closed | Scenario::Proxy | Scenario::ProxyClosed
+        )
     }
     pub fn parse(s: &str) -> Option<Scenario> {
         Scenario::ALL.into_iter().find(|x| x.name() == s)
@@ -192,6 +217,15 @@ pub struct Cell {
     pub window_s: f64,
     /// The same CPU time from schedstat (ns resolution), when the kernel has schedstats.
     pub server_sched_s: Option<f64>,
+    /// Proxy scenarios: the backend's CPU seconds over the same window, counted apart from
+    /// the server's (which is then the proxy process alone). `None` elsewhere.
+    pub backend_cpu_s: Option<f64>,
+    pub backend_ticks: u64,
+    pub backend_sched_s: Option<f64>,
+    /// CPU seconds other processes on the host (not ours: not xtask's process tree) took
+    /// during the window, from /proc/stat. Two CPUs are all there is: a build running beside
+    /// the benchmark lands on the server's or the generator's CPU.
+    pub foreign_cpu_s: Option<f64>,
     pub mem: Option<Mem>,
     pub error: Option<String>,
 }
@@ -227,7 +261,7 @@ impl Cell {
         }
         let offered = self.rate.unwrap_or(0.0);
         let achieved = match self.scenario {
-            Some(Scenario::Rate) => g.achieved(),
+            Some(Scenario::Rate | Scenario::Proxy) => g.achieved(),
             Some(Scenario::Storm) => g.handshakes_per_s(),
             _ => return None,
         };
@@ -257,6 +291,37 @@ impl Cell {
     pub fn cpu_us_per_msg(&self) -> Option<f64> {
         let rate = self.gen.as_ref()?.achieved();
         (rate > 0.0).then_some(self.server_cpu_rate()? / rate * 1e6)
+    }
+
+    /// CPU µs per echoed message for `cpu_s` seconds over the window.
+    fn per_msg(&self, cpu_s: f64) -> Option<f64> {
+        let rate = self.gen.as_ref()?.achieved();
+        (self.window_s > 0.0 && rate > 0.0).then(|| cpu_s / self.window_s / rate * 1e6)
+    }
+
+    /// Server CPU µs per message from schedstat (ns resolution) when the kernel has it, else
+    /// from utime+stime ticks. The proxy tables use this: their windows are short and the
+    /// backend's share is small, so whole ticks would be too coarse.
+    pub fn fine_cpu_us_per_msg(&self) -> Option<f64> {
+        self.per_msg(self.server_sched_s.unwrap_or(self.server_cpu_s))
+    }
+
+    /// The backend's CPU µs per message (proxy scenarios), schedstat first like
+    /// [`Cell::fine_cpu_us_per_msg`].
+    pub fn backend_cpu_us_per_msg(&self) -> Option<f64> {
+        self.per_msg(self.backend_sched_s.or(self.backend_cpu_s)?)
+    }
+
+    /// Other processes' CPU during the window, in CPUs (1.0 = one CPU busy all along), when
+    /// it is enough to disturb the measurement (over a tenth of a CPU).
+    pub fn host_busy(&self) -> Option<f64> {
+        let f = self.foreign_cpu_s? / self.window_s;
+        (self.window_s > 0.0 && f > HOST_BUSY_CPUS).then_some(f)
+    }
+
+    /// Whether [`Cell::fine_cpu_us_per_msg`] had to fall back to ticks.
+    pub fn fine_cpu_is_ticks(&self) -> bool {
+        self.server_sched_s.is_none()
     }
 
     /// Server CPU µs per successful handshake (storm).
@@ -370,6 +435,17 @@ mod tests {
         assert_eq!(c.coarse_cpu(), None);
         c.server_ticks = 10;
         assert_eq!(c.coarse_cpu(), Some(0.1));
+        // Others' CPU: 0.25 CPU-s in 5 s = 0.05 CPU (quiet), 1 CPU-s = 0.2 CPU (busy).
+        c.foreign_cpu_s = Some(0.25);
+        assert_eq!(c.host_busy(), None);
+        c.foreign_cpu_s = Some(1.0);
+        assert_eq!(c.host_busy(), Some(0.2));
+        // Proxy figures: schedstat first, the backend apart.
+        c.backend_sched_s = Some(0.5);
+        assert!((c.backend_cpu_us_per_msg().unwrap() - 10.0).abs() < 1e-9);
+        assert!(c.fine_cpu_is_ticks());
+        c.server_sched_s = Some(2.0);
+        assert!((c.fine_cpu_us_per_msg().unwrap() - 40.0).abs() < 1e-9);
         assert_eq!(ratio_text(Some(10.0), None, Some(20.0), None), "0.50");
         assert_eq!(
             ratio_text(Some(10.0), None, Some(20.0), Some(&Flag::ClientBound)),
