@@ -95,6 +95,21 @@ impl TlsState {
         outcome
     }
 
+    /// The server config `material` and `crls` describe.
+    fn build_for(
+        &self,
+        material: &Material,
+        crls: &CrlSet,
+    ) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
+        build(
+            &material.settings,
+            &material.chain,
+            &material.key,
+            crls,
+            self.extract_secrets,
+        )
+    }
+
     fn material(&self) -> MutexGuard<'_, Material> {
         // A panic while rebuilding leaves the previous material intact (it is only replaced
         // after a successful build).
@@ -104,13 +119,7 @@ impl TlsState {
     /// New CRLs: a config verifying against them, then the set itself for live sessions.
     pub fn apply_crls(&self, crls: CrlSet) -> Result<(), TlsConfigError> {
         let material = self.material();
-        let config = build(
-            &material.settings,
-            &material.chain,
-            &material.key,
-            &crls,
-            self.extract_secrets,
-        )?;
+        let config = self.build_for(&material, &crls)?;
         self.config.store(config);
         self.crls.store(Arc::new(crls));
         Ok(())
@@ -119,13 +128,7 @@ impl TlsState {
     /// Builds the config new settings, a new default certificate and CRLs describe (every
     /// `[[tls.certs]]` file is read again), without changing anything yet.
     pub fn prepare(&self, material: Material, crls: CrlSet) -> Result<Prepared, TlsConfigError> {
-        let config = build(
-            &material.settings,
-            &material.chain,
-            &material.key,
-            &crls,
-            self.extract_secrets,
-        )?;
+        let config = self.build_for(&material, &crls)?;
         Ok(Prepared {
             material,
             config,

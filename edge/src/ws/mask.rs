@@ -4,10 +4,9 @@
 //! pieces, so [`apply_mask`] takes the offset of `buf` inside the payload and rotates the key to
 //! match. The bulk of the work is done a `u64` at a time, in safe code.
 
-/// XORs `buf` in place with `mask`, where `buf[0]` is payload byte number `offset` of the frame.
-///
-/// Masking and unmasking are the same operation.
-pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
+/// The key as it applies from payload byte number `offset` on, and the same repeated over a
+/// `u64` for the bulk of the work.
+fn key_at(mask: [u8; 4], offset: usize) -> ([u8; 4], u64) {
     let rot = offset % 4;
     let key = [
         mask[rot],
@@ -18,6 +17,14 @@ pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
     let wide = u64::from_ne_bytes([
         key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
     ]);
+    (key, wide)
+}
+
+/// XORs `buf` in place with `mask`, where `buf[0]` is payload byte number `offset` of the frame.
+///
+/// Masking and unmasking are the same operation.
+pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
+    let (key, wide) = key_at(mask, offset);
     let mut chunks = buf.chunks_exact_mut(8);
     for chunk in &mut chunks {
         let mut word = [0u8; 8];
@@ -38,16 +45,7 @@ pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
 /// masking has to produce a copy, and one pass over the bytes is the cheapest copy there is.
 pub fn extend_masked(out: &mut Vec<u8>, src: &[u8], mask: [u8; 4], offset: usize) {
     out.reserve(src.len());
-    let rot = offset % 4;
-    let key = [
-        mask[rot],
-        mask[(rot + 1) % 4],
-        mask[(rot + 2) % 4],
-        mask[(rot + 3) % 4],
-    ];
-    let wide = u64::from_ne_bytes([
-        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
-    ]);
+    let (key, wide) = key_at(mask, offset);
     let mut chunks = src.chunks_exact(8);
     for chunk in &mut chunks {
         let mut word = [0u8; 8];
