@@ -238,7 +238,7 @@ pub(crate) fn key_files() -> KeyFiles {
 /// lifetime cap and a 4096-byte token cap; `overrides` replace or add keys (TOML values as
 /// written), `tail` follows the section (`[[jwt.scopes]]`, other sections).
 pub(crate) fn jwt_config(files: &KeyFiles, overrides: &[(&str, &str)], tail: &str) -> String {
-    let mut keys: Vec<(String, String)> = vec![
+    let keys: Vec<(String, String)> = vec![
         ("hs_secret_file".into(), toml_path(&files.hs)),
         (
             "keys".into(),
@@ -255,16 +255,7 @@ pub(crate) fn jwt_config(files: &KeyFiles, overrides: &[(&str, &str)], tail: &st
         ("max_token_lifetime_s".into(), "3600".into()),
         ("max_token_bytes".into(), "4096".into()),
     ];
-    for (k, v) in overrides {
-        match keys.iter_mut().find(|(name, _)| name == k) {
-            Some(slot) => slot.1 = (*v).to_owned(),
-            None => keys.push(((*k).to_owned(), (*v).to_owned())),
-        }
-    }
-    let mut out = String::from("[jwt]\n");
-    for (k, v) in keys {
-        out.push_str(&format!("{k} = {v}\n"));
-    }
+    let mut out = toml_table("jwt", keys, overrides);
     out.push_str(tail);
     out
 }

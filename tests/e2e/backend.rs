@@ -135,6 +135,21 @@ impl Shared {
     fn log(&self, session: usize, seen: Seen) {
         self.sessions.lock().unwrap()[session].seen.push(seen);
     }
+    /// Logs what a read of `session` gave: the message (returned), or how its stream ended
+    /// (`None`).
+    fn log_read(
+        &self,
+        session: usize,
+        read: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Option<Message> {
+        let (seen, m) = match read {
+            None => (Seen::Ended("eof".into()), None),
+            Some(Err(e)) => (Seen::Ended(e.to_string()), None),
+            Some(Ok(m)) => (seen_of(&m), Some(m)),
+        };
+        self.log(session, seen);
+        m
+    }
 }
 
 /// The backend; stopped (its tasks aborted) on drop.
@@ -398,18 +413,9 @@ async fn respond(
 ) {
     let mut first = true;
     loop {
-        let m = match ws.next().await {
-            None => {
-                shared.log(session, Seen::Ended("eof".into()));
-                return;
-            }
-            Some(Err(e)) => {
-                shared.log(session, Seen::Ended(e.to_string()));
-                return;
-            }
-            Some(Ok(m)) => m,
+        let Some(m) = shared.log_read(session, ws.next().await) else {
+            return;
         };
-        shared.log(session, seen_of(&m));
         let data = matches!(m, Message::Text(_) | Message::Binary(_));
         if !data {
             continue;
@@ -457,19 +463,7 @@ async fn flood(
     let reader_shared = shared.clone();
     // Aborted with this task (`Backend::stop`): its half holds the connection open.
     let mut reader = AbortOnDrop(tokio::spawn(async move {
-        loop {
-            match rx.next().await {
-                None => {
-                    reader_shared.log(session, Seen::Ended("eof".into()));
-                    return;
-                }
-                Some(Err(e)) => {
-                    reader_shared.log(session, Seen::Ended(e.to_string()));
-                    return;
-                }
-                Some(Ok(m)) => reader_shared.log(session, seen_of(&m)),
-            }
-        }
+        while reader_shared.log_read(session, rx.next().await).is_some() {}
     }));
     let mut error = None;
     for i in 0..count {

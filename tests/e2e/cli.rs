@@ -176,30 +176,19 @@ fn state_dir_gets_the_dev_ca_and_reuses_it() {
     });
 }
 
-/// A CA and a leaf for 127.0.0.1 made here, independent of the server's dev certificate code.
+/// A CA and a leaf for 127.0.0.1 made here, independent of the server's dev certificate code,
+/// written to `dir`: (leaf + chain, key, CA).
 fn make_cert_chain(
     dir: &std::path::Path,
 ) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "e2e test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let mut leaf_params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    leaf_params
-        .subject_alt_names
-        .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+    let (chain_pem, key_pem, ca_pem) = issue_localhost_chain("e2e test CA");
     let cert = dir.join("leaf+chain.pem");
     let key = dir.join("key.pem");
-    let ca_pem = dir.join("ca.pem");
-    std::fs::write(&cert, format!("{}{}", leaf.pem(), ca.pem())).unwrap();
-    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
-    std::fs::write(&ca_pem, ca.pem()).unwrap();
-    (cert, key, ca_pem)
+    let ca = dir.join("ca.pem");
+    std::fs::write(&cert, chain_pem).unwrap();
+    std::fs::write(&key, key_pem).unwrap();
+    std::fs::write(&ca, ca_pem).unwrap();
+    (cert, key, ca)
 }
 
 #[test]

@@ -1449,3 +1449,80 @@ pub async fn ss_socket(local: SocketAddr, peer: SocketAddr) -> Option<(String, O
     let state = out.split_whitespace().next()?.to_string();
     Some((state, parse_skmem(&out)))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Shared by the proxy, rate limit, limits, lifecycle and CLI tests
+// ---------------------------------------------------------------------------------------------
+
+/// Waits until `name{labels}` reaches `n`, then checks it did not go past: exactly `n`. `what`
+/// says what the count stands for.
+pub async fn wait_metric_exactly(
+    srv: &Server,
+    name: &str,
+    labels: &[(&str, &str)],
+    n: f64,
+    what: &str,
+) {
+    let v = srv.wait_metric(name, labels, n).await;
+    assert_eq!(v, n, "{what}: {name}{labels:?}");
+}
+
+/// Waits until the server has counted `n` slow consumers and reset them: the `slow_consumer`
+/// backpressure event and refusal, and the reset after close_timeout_ms (`close_reset`).
+pub async fn expect_slow_consumers_reset(srv: &Server, n: f64) {
+    srv.wait_metric(
+        "wssedge_backpressure_total",
+        &[("event", "slow_consumer")],
+        n,
+    )
+    .await;
+    srv.wait_metric("wssedge_backpressure_total", &[("event", "close_reset")], n)
+        .await;
+    srv.wait_metric("wssedge_refusals_total", &[("reason", "slow_consumer")], n)
+        .await;
+}
+
+/// The TOML table `[name]` with `defaults` (key, TOML value as written), one `key = value` line
+/// each; `overrides` replace a default's value or add a key after them.
+pub fn toml_table(
+    name: &str,
+    defaults: Vec<(String, String)>,
+    overrides: &[(&str, &str)],
+) -> String {
+    let mut keys = defaults;
+    for (k, v) in overrides {
+        match keys.iter_mut().find(|(key, _)| key == k) {
+            Some(slot) => slot.1 = (*v).to_owned(),
+            None => keys.push(((*k).to_owned(), (*v).to_owned())),
+        }
+    }
+    let mut out = format!("[{name}]\n");
+    for (k, v) in keys {
+        out.push_str(&format!("{k} = {v}\n"));
+    }
+    out
+}
+
+/// A CA with the common name `ca_name` and a leaf it issued for `localhost` and 127.0.0.1
+/// (rcgen, independent of the server's code), as PEM: (the leaf followed by the CA, the leaf's
+/// key, the CA to trust).
+pub fn issue_localhost_chain(ca_name: &str) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, ca_name);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let mut leaf_params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf_params
+        .subject_alt_names
+        .push(SanType::IpAddress(Ipv4Addr::LOCALHOST.into()));
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+    (
+        format!("{}{}", leaf.pem(), ca.pem()),
+        leaf_key.serialize_pem(),
+        ca.pem(),
+    )
+}

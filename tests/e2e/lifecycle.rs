@@ -40,12 +40,13 @@ fn drained_server(extra: &str) -> (Server, Trail, PathBuf) {
     (srv, t, socket)
 }
 
-/// `SESSIONS` echoing sessions, each with a task waiting for its close frame.
-async fn open_sessions(srv: &Server) -> Vec<tokio::task::JoinHandle<Frame>> {
+/// `n` echoing sessions (the first message `LABEL I`), each with a task waiting for its close
+/// frame.
+async fn open_sessions(srv: &Server, n: usize, label: &str) -> Vec<tokio::task::JoinHandle<Frame>> {
     let mut watches = Vec::new();
-    for i in 0..SESSIONS {
+    for i in 0..n {
         let mut ws = srv.raw().await;
-        expect_echo(&mut ws, &format!("session {i}")).await;
+        expect_echo(&mut ws, &format!("{label} {i}")).await;
         let RawWs { mut rd, wr } = ws;
         watches.push(tokio::spawn(async move {
             let _keep_writer = wr;
@@ -53,6 +54,23 @@ async fn open_sessions(srv: &Server) -> Vec<tokio::task::JoinHandle<Frame>> {
         }));
     }
     watches
+}
+
+/// Every watched session gets the close frame `code` `reason`; `what` names the wait.
+async fn expect_closed_with(
+    watches: Vec<tokio::task::JoinHandle<Frame>>,
+    code: u16,
+    reason: &str,
+    what: &str,
+) {
+    for w in watches {
+        let frame = within(WAIT, what, w).await.expect("reader task");
+        assert_eq!(
+            (frame.close_code(), frame.close_reason().as_str()),
+            (Some(code), reason),
+            "{what}"
+        );
+    }
 }
 
 async fn readyz(srv: &Server) -> (u16, String) {
@@ -97,15 +115,13 @@ async fn expect_drained(
         1.0,
         "{metrics}"
     );
-    for w in watches {
-        let frame = within(WAIT, "close frame of a drained session", w)
-            .await
-            .expect("reader task");
-        assert_eq!(
-            (frame.close_code(), frame.close_reason().as_str()),
-            (Some(1001), "going_away")
-        );
-    }
+    expect_closed_with(
+        watches,
+        1001,
+        "going_away",
+        "close frame of a drained session",
+    )
+    .await;
     let started = Instant::now();
     let code = exit_code(&mut srv, WAIT);
     assert_eq!(code, Some(0), "stderr:\n{}", srv.proc.stderr());
@@ -132,7 +148,7 @@ async fn expect_drained(
 #[tokio::test]
 async fn sigterm_drains_every_session_with_1001_and_exits_0() {
     let (srv, t, _socket) = drained_server("");
-    let watches = open_sessions(&srv).await;
+    let watches = open_sessions(&srv, SESSIONS, "session").await;
     // A connection that never says a TLS byte: still handshaking when the drain starts.
     let _silent = tokio::net::TcpStream::connect(srv.addr).await.expect("TCP");
     let (status, _) = readyz(&srv).await;
@@ -144,7 +160,7 @@ async fn sigterm_drains_every_session_with_1001_and_exits_0() {
 #[tokio::test]
 async fn ctl_drain_drains_every_session_with_1001_and_exits_0() {
     let (srv, t, socket) = drained_server("");
-    let watches = open_sessions(&srv).await;
+    let watches = open_sessions(&srv, SESSIONS, "session").await;
     let _silent = tokio::net::TcpStream::connect(srv.addr).await.expect("TCP");
     let out = ctl(&socket, &["drain"]).await;
     assert_eq!(out.code, Some(0), "{out:#?}");
@@ -197,29 +213,6 @@ async fn the_drain_deadline_bounds_the_exit() {
 // Reload
 // ---------------------------------------------------------------------------------------------
 
-/// A CA and a leaf for 127.0.0.1 (rcgen, independent of the server's code): the leaf + chain
-/// PEM, its key PEM, and the CA PEM to trust.
-fn issue_chain(name: &str) -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("lifecycle CA {name}"));
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let mut leaf_params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    leaf_params
-        .subject_alt_names
-        .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
-    (
-        format!("{}{}", leaf.pem(), ca.pem()),
-        leaf_key.serialize_pem(),
-        ca.pem(),
-    )
-}
-
 /// Replaces a file the way a certificate deployment does: write aside, rename over.
 fn replace_file(path: &std::path::Path, contents: &str) {
     let aside = path.with_extension("new");
@@ -238,8 +231,8 @@ async fn handshake_trusting(srv: &Server, ca: &std::path::Path) -> std::io::Resu
 async fn sighup_rotates_the_certificate_for_new_clients_while_an_old_session_echoes() {
     let t = trail();
     let dir = t.dir.path();
-    let (chain_a, key_a, ca_a) = issue_chain("A");
-    let (chain_b, key_b, ca_b) = issue_chain("B");
+    let (chain_a, key_a, ca_a) = issue_localhost_chain("lifecycle CA A");
+    let (chain_b, key_b, ca_b) = issue_localhost_chain("lifecycle CA B");
     let (cert, key) = (dir.join("edge.pem"), dir.join("edge.key"));
     let (ca_a_path, ca_b_path) = (dir.join("ca-a.pem"), dir.join("ca-b.pem"));
     std::fs::write(&ca_a_path, ca_a).unwrap();
@@ -482,19 +475,7 @@ async fn ctl_restart_hands_over_without_refusing_a_connection() {
     assert_eq!(rc, 0, "PR_SET_CHILD_SUBREAPER");
     let (mut srv, t, socket) = drained_server("");
     let old_pid = srv.proc.pid();
-    let watches = {
-        let mut w = Vec::new();
-        for i in 0..3 {
-            let mut ws = srv.raw().await;
-            expect_echo(&mut ws, &format!("old session {i}")).await;
-            let RawWs { mut rd, wr } = ws;
-            w.push(tokio::spawn(async move {
-                let _keep_writer = wr;
-                rd.expect_close_frame().await
-            }));
-        }
-        w
-    };
+    let watches = open_sessions(&srv, 3, "old session").await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let looping = tokio::spawn(connect_in_a_loop(srv.addr, srv.tls_config(), stop.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -508,15 +489,13 @@ async fn ctl_restart_hands_over_without_refusing_a_connection() {
     let mut successor = Successor::adopt(new_pid);
 
     // The old sessions get 1012; the old process exits 0.
-    for w in watches {
-        let frame = within(WAIT, "close frame of an old session", w)
-            .await
-            .expect("reader task");
-        assert_eq!(
-            (frame.close_code(), frame.close_reason().as_str()),
-            (Some(1012), "service_restart")
-        );
-    }
+    expect_closed_with(
+        watches,
+        1012,
+        "service_restart",
+        "close frame of an old session",
+    )
+    .await;
     assert_eq!(exit_code(&mut srv, WAIT), Some(0), "{}", srv.proc.stderr());
     // The loop goes on against the new process for a while, then stops.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -316,18 +316,7 @@ async fn client_that_stops_reading_is_closed_at_the_write_timeout() {
         }
         raw
     });
-    srv.wait_metric(
-        "wssedge_refusals_total",
-        &[("reason", "slow_consumer")],
-        1.0,
-    )
-    .await;
-    srv.wait_metric(
-        "wssedge_backpressure_total",
-        &[("event", "close_reset")],
-        1.0,
-    )
-    .await;
+    expect_slow_consumers_reset(&srv, 1.0).await;
     let _ = within(WAIT, "writer gives up", writer).await;
     wait_metric_eq(&srv, "wssedge_connections", &[("state", "open")], 0.0).await;
 }

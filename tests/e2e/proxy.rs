@@ -42,7 +42,7 @@ claims = { sub = \"x-token-sub\" }
 /// written), the identity headers, one group `g` of `members`, and the routes `/p` (normal)
 /// and `/lossy` (lossy) to it. `tail` follows (`[limits]`, …).
 pub(crate) fn proxy_config(members: &[String], overrides: &[(&str, &str)], tail: &str) -> String {
-    let mut keys: Vec<(String, String)> = [
+    let defaults: Vec<(String, String)> = [
         ("connect_timeout_ms", "1000"),
         ("health_interval_ms", "1000"),
         ("health_timeout_ms", "500"),
@@ -52,16 +52,7 @@ pub(crate) fn proxy_config(members: &[String], overrides: &[(&str, &str)], tail:
     .iter()
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
     .collect();
-    for (k, v) in overrides {
-        match keys.iter_mut().find(|(name, _)| name == k) {
-            Some(slot) => slot.1 = (*v).to_owned(),
-            None => keys.push(((*k).to_owned(), (*v).to_owned())),
-        }
-    }
-    let mut out = String::from("[upstream]\n");
-    for (k, v) in keys {
-        out.push_str(&format!("{k} = {v}\n"));
-    }
+    let mut out = toml_table("upstream", defaults, overrides);
     out.push_str(HEADERS);
     let members: Vec<String> = members.iter().map(|m| toml_str(m)).collect();
     out.push_str(&format!(
@@ -94,6 +85,19 @@ fn one<'a>(u: &'a crate::backend::Upgrade, name: &str) -> &'a str {
         u.headers
     );
     v[0]
+}
+
+/// Waits until group `g` has counted `n` upstream connects with `result` (`ok`, `failed`) and
+/// checks the count did not go past `n`; `what` says why `n`.
+async fn expect_connects(srv: &Server, result: &str, n: f64, what: &str) {
+    wait_metric_exactly(
+        srv,
+        "wssedge_upstream_connects_total",
+        &[("group", "g"), ("result", result)],
+        n,
+        what,
+    )
+    .await;
 }
 
 fn absent(u: &crate::backend::Upgrade, name: &str) {
@@ -189,14 +193,7 @@ async fn proxied_echo_forwards_identity_headers_and_strips_spoofed_ones() {
         let ups = backend.upgrades();
         assert_eq!(ups.last().unwrap().target, want, "client target {target}");
     }
-    let v = srv
-        .wait_metric(
-            "wssedge_upstream_connects_total",
-            &[("group", "g"), ("result", "ok")],
-            4.0,
-        )
-        .await;
-    assert_eq!(v, 4.0, "one upstream connect per proxied session");
+    expect_connects(&srv, "ok", 4.0, "one upstream connect per proxied session").await;
 }
 
 fn mtls_client_config(srv: &Server, leaf: &Leaf) -> Arc<ClientConfig> {
@@ -324,14 +321,7 @@ async fn member_down_opens_the_breaker_and_a_probe_closes_it_when_back() {
         ));
         opened_at = Instant::now();
     }
-    let failed = srv
-        .wait_metric(
-            "wssedge_upstream_connects_total",
-            &[("group", "g"), ("result", "failed")],
-            3.0,
-        )
-        .await;
-    assert_eq!(failed, 3.0);
+    expect_connects(&srv, "failed", 3.0, "one failed connect per refusal").await;
 
     // Open: refused at once, and no connect attempt is made.
     for _ in 0..3 {
@@ -552,6 +542,15 @@ async fn messages_relay_both_ways_and_the_client_close_reaches_the_upstream() {
         .await;
 }
 
+/// A session through `/p` that sends one text message, "first" (what the backend's
+/// `…AfterFirst` modes wait for): the session and the close frame the client then receives.
+async fn closed_after_the_first_message(srv: &Server) -> (RawWs, Frame) {
+    let (_, mut ws) = expect_upgraded(srv, &ws_request("/p", &[])).await;
+    ws.send(&cframe(true, OP_TEXT, b"first")).await;
+    let f = ws.rd.expect_close_frame().await;
+    (ws, f)
+}
+
 /// The upstream closes with 4000 "bye": the client receives 4000 "bye".
 #[tokio::test]
 async fn the_upstream_close_code_and_reason_reach_the_client() {
@@ -561,9 +560,7 @@ async fn the_upstream_close_code_and_reason_reach_the_client() {
     })
     .await;
     let srv = proxy_server(&backend, &[], "");
-    let (_, mut ws) = expect_upgraded(&srv, &ws_request("/p", &[])).await;
-    ws.send(&cframe(true, OP_TEXT, b"first")).await;
-    let f = ws.rd.expect_close_frame().await;
+    let (mut ws, f) = closed_after_the_first_message(&srv).await;
     assert_eq!(
         (f.close_code(), f.close_reason().as_str()),
         (Some(4000), "bye"),
@@ -584,9 +581,8 @@ async fn the_upstream_close_code_and_reason_reach_the_client() {
 async fn upstream_gone_or_broken_closes_the_client_with_1014() {
     let backend = Backend::start(Mode::DropAfterFirst).await;
     let srv = proxy_server(&backend, &[], "");
-    let (_, mut ws) = expect_upgraded(&srv, &ws_request("/p", &[])).await;
-    ws.send(&cframe(true, OP_TEXT, b"first")).await;
-    let f = ws.rd.expect_close_frame().await;
+    // The client keeps both sessions to the end of the test, never answering their closes.
+    let (_dropped, f) = closed_after_the_first_message(&srv).await;
     assert_eq!(
         (f.close_code(), f.close_reason().as_str()),
         (Some(1014), "upstream_closed"),
@@ -594,9 +590,7 @@ async fn upstream_gone_or_broken_closes_the_client_with_1014() {
     );
 
     backend.set_mode(Mode::ViolateAfterFirst);
-    let (_, mut ws) = expect_upgraded(&srv, &ws_request("/p", &[])).await;
-    ws.send(&cframe(true, OP_TEXT, b"first")).await;
-    let f = ws.rd.expect_close_frame().await;
+    let (_violated, f) = closed_after_the_first_message(&srv).await;
     visible_line(&format!(
         "upstream protocol violation: client closed with {:?} {:?}",
         f.close_code(),
@@ -778,6 +772,8 @@ async fn a_client_that_stops_reading_is_reset_with_bounded_memory() {
     let rss_before = vm_rss_bytes(pid).expect("server VmRSS");
 
     backend.set_mode(Mode::Flood { count, size });
+    // The flood's session is the next one the backend logs (it may log it just after our 101).
+    let flood_session = backend.sessions().len();
     let mut tls = srv.tls().await;
     let client_local = tls.get_ref().0.local_addr().expect("client address");
     tls.write_all(ws_request("/p/flood", &[]).as_bytes())
@@ -788,7 +784,9 @@ async fn a_client_that_stops_reading_is_reset_with_bounded_memory() {
         .expect("101 head");
     assert_eq!(status_code(&head), Some(101), "{head}");
     let t0 = Instant::now();
-    let flood_session = backend.sessions().len() - 1;
+    backend
+        .wait_session(flood_session, "the flood session", |_| true)
+        .await;
     // From here on the client reads nothing. Sample until its connection is gone.
     let mut rss_max = rss_before;
     let mut rss_timeline: Vec<(u128, u64)> = Vec::new();
@@ -936,27 +934,10 @@ async fn a_client_that_stops_reading_is_reset_with_bounded_memory() {
         m.t,
         m.w
     );
-    srv.wait_metric(
-        "wssedge_backpressure_total",
-        &[("event", "slow_consumer")],
-        1.0,
-    )
-    .await;
-    srv.wait_metric(
-        "wssedge_backpressure_total",
-        &[("event", "close_reset")],
-        1.0,
-    )
-    .await;
+    expect_slow_consumers_reset(&srv, 1.0).await;
     srv.wait_metric(
         "wssedge_backpressure_total",
         &[("event", "upstream_paused")],
-        1.0,
-    )
-    .await;
-    srv.wait_metric(
-        "wssedge_refusals_total",
-        &[("reason", "slow_consumer")],
         1.0,
     )
     .await;
@@ -1033,17 +1014,14 @@ async fn a_lossy_route_drops_whole_upstream_messages_under_backpressure() {
         dropped > 0,
         "nothing dropped: the client's stall did not fill the queue"
     );
-    let counted = srv
-        .wait_metric(
-            "wssedge_lossy_drops_total",
-            &[("reason", "backpressure")],
-            dropped as f64,
-        )
-        .await;
-    assert_eq!(
-        counted, dropped as f64,
-        "lossy_drops_total vs messages missing"
-    );
+    wait_metric_exactly(
+        &srv,
+        "wssedge_lossy_drops_total",
+        &[("reason", "backpressure")],
+        dropped as f64,
+        "lossy_drops_total vs messages missing",
+    )
+    .await;
     assert_eq!(
         srv.metric("wssedge_backpressure_total", &[("event", "slow_consumer")])
             .await,

@@ -20,7 +20,7 @@ pub mod policy;
 pub mod settings;
 pub mod sni;
 #[cfg(test)]
-mod testpki;
+pub(crate) mod testpki;
 pub mod wire;
 
 pub use crl::{CrlSet, CrlWatcher};

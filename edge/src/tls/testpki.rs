@@ -1,5 +1,6 @@
 //! Test-only PKI: a CA (and intermediates) made with rcgen, server and client leaves, CRLs,
-//! and an in-memory handshake between a rustls client and server.
+//! server configs over them (with or without required client certificates), and an in-memory
+//! handshake between a rustls client and server.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -170,6 +171,33 @@ impl TestPki {
         params.serial_number = Some(SerialNumber::from(spec.serial));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.leaf(params)
+    }
+
+    /// A server config for `name` (a [`Self::server`] leaf) with the edge's own policy.
+    pub fn server_config(&self, name: &str) -> Arc<rustls::ServerConfig> {
+        let leaf = self.server(&[name]);
+        crate::tls::policy::server_config(leaf.chain, leaf.key).unwrap()
+    }
+
+    /// A server config for `name` that requires a client certificate issued by this CA.
+    pub fn server_config_mtls(&self, name: &str) -> Arc<rustls::ServerConfig> {
+        let leaf = self.server(&[name]);
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert.clone()).unwrap();
+        let provider = Arc::new(crate::tls::policy::crypto_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(crate::tls::policy::PROTOCOL_VERSIONS)
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(leaf.chain, leaf.key)
+            .unwrap();
+        Arc::new(config)
     }
 
     /// A CRL of this CA revoking `serials`; `expired`: its nextUpdate was yesterday.

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::*;
+use crate::tls::testpki::{ClientSpec, Leaf, TestPki};
 use crate::upstream::breaker::BreakerState;
 use crate::upstream::config::{GroupConfig, Route, UpstreamConfig, UpstreamTls};
 use crate::upstream::handshake::ClientContext;
-use crate::upstream::test_support::{Leaf, Pki};
+use crate::upstream::test_support::upstream_tls;
 use crate::upstream::Upstreams;
 use crate::ws::handshake::{accept_key_for, parse_upgrade, UpgradeRequest};
 use crate::ws::{Event, MessageKind, Payload, Role, Session};
@@ -152,6 +153,14 @@ fn upstreams(member: &str, tls: Option<UpstreamTls>, failures: u32, timeout_ms: 
     Upstreams::without_health_checks(&cfg, &routes).unwrap()
 }
 
+/// [`upstreams`] for a wss:// member, trusting `pki` and presenting `client` if given (the TLS
+/// files only live while the upstreams are built).
+fn wss_upstreams(member: &str, pki: &TestPki, client: Option<&Leaf>, failures: u32) -> Upstreams {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = upstream_tls(pki, client, dir.path());
+    upstreams(member, Some(tls), failures, 2000)
+}
+
 fn client_request() -> UpgradeRequest {
     parse_upgrade(
         b"GET /x?y=1 HTTP/1.1\r\nHost: edge.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: md.v2\r\n\r\n",
@@ -271,14 +280,9 @@ fn ws_member_round_trip_and_early_frame() {
 
 #[test]
 fn wss_member_round_trip() {
-    let pki = Pki::new("upstream CA");
+    let pki = TestPki::new_named("upstream CA");
     let (port, _seen, h) = backend(Backend::Echo, Some(pki.server_config("127.0.0.1")), 1);
-    let u = upstreams(
-        &format!("wss://127.0.0.1:{port}/feed"),
-        Some(pki.upstream_tls(None)),
-        3,
-        2000,
-    );
+    let u = wss_upstreams(&format!("wss://127.0.0.1:{port}/feed"), &pki, None, 3);
     rt().block_on(round_trip(&u));
     h.join().unwrap();
     assert_eq!(u.metrics()[0].connects_ok, 1);
@@ -286,14 +290,17 @@ fn wss_member_round_trip() {
 
 #[test]
 fn wss_member_with_client_certificate() {
-    let pki = Pki::new("upstream CA");
-    let client: Leaf = pki.client_leaf("edge-1");
+    let pki = TestPki::new_named("upstream CA");
+    let client: Leaf = pki.client(ClientSpec {
+        cn: Some("edge-1"),
+        ..ClientSpec::default()
+    });
     let (port, _seen, h) = backend(Backend::Echo, Some(pki.server_config_mtls("127.0.0.1")), 2);
     let url = format!("wss://127.0.0.1:{port}/");
-    let with_cert = upstreams(&url, Some(pki.upstream_tls(Some(&client))), 3, 2000);
+    let with_cert = wss_upstreams(&url, &pki, Some(&client), 3);
     rt().block_on(round_trip(&with_cert));
     // Without a certificate the member refuses the handshake.
-    let without = upstreams(&url, Some(pki.upstream_tls(None)), 3, 2000);
+    let without = wss_upstreams(&url, &pki, None, 3);
     let e = rt().block_on(try_connect(&without)).unwrap_err();
     assert!(e.is_member_failure(), "{e}");
     h.join().unwrap();
@@ -301,15 +308,10 @@ fn wss_member_with_client_certificate() {
 
 #[test]
 fn untrusted_member_certificate_is_a_tls_failure() {
-    let pki = Pki::new("upstream CA");
-    let other = Pki::new("someone else");
+    let pki = TestPki::new_named("upstream CA");
+    let other = TestPki::new_named("someone else");
     let (port, _seen, h) = backend(Backend::Echo, Some(other.server_config("127.0.0.1")), 1);
-    let u = upstreams(
-        &format!("wss://127.0.0.1:{port}/"),
-        Some(pki.upstream_tls(None)),
-        1,
-        2000,
-    );
+    let u = wss_upstreams(&format!("wss://127.0.0.1:{port}/"), &pki, None, 1);
     let e = rt().block_on(try_connect(&u)).unwrap_err();
     assert!(matches!(e, ConnectError::Tls(_)), "{e}");
     assert_eq!(e.reason(), "upstream_tls_failed");
@@ -351,38 +353,39 @@ fn silent_member_times_out() {
     drop(l);
 }
 
-#[test]
-fn bad_answers_are_typed_and_4xx_does_not_trip_the_breaker() {
-    let (port, _seen, h) = backend(Backend::Status(503), None, 1);
+/// One connect to a member that answers `how`, its breaker opening at the first failure: the
+/// error and the upstreams (for the breaker and the counters).
+fn connect_to_a_bad_answer(how: Backend) -> (ConnectError, Upstreams) {
+    let (port, _seen, h) = backend(how, None, 1);
     let u = upstreams(&format!("ws://127.0.0.1:{port}/"), None, 1, 2000);
     let e = rt().block_on(try_connect(&u)).unwrap_err();
+    h.join().unwrap();
+    (e, u)
+}
+
+#[test]
+fn bad_answers_are_typed_and_4xx_does_not_trip_the_breaker() {
+    let (e, u) = connect_to_a_bad_answer(Backend::Status(503));
     assert!(
         matches!(e, ConnectError::Response(ResponseError::Status(503))),
         "{e}"
     );
     assert_eq!(u.members[0].breaker.state(), BreakerState::Open);
-    h.join().unwrap();
 
-    let (port, _seen, h) = backend(Backend::Status(403), None, 1);
-    let u = upstreams(&format!("ws://127.0.0.1:{port}/"), None, 1, 2000);
-    let e = rt().block_on(try_connect(&u)).unwrap_err();
+    let (e, u) = connect_to_a_bad_answer(Backend::Status(403));
     assert!(
         matches!(e, ConnectError::Response(ResponseError::Status(403))),
         "{e}"
     );
     assert_eq!(u.members[0].breaker.state(), BreakerState::Closed);
     assert_eq!(u.metrics()[0].connect_failures, 1);
-    h.join().unwrap();
 
-    let (port, _seen, h) = backend(Backend::BadAccept, None, 1);
-    let u = upstreams(&format!("ws://127.0.0.1:{port}/"), None, 1, 2000);
-    let e = rt().block_on(try_connect(&u)).unwrap_err();
+    let (e, u) = connect_to_a_bad_answer(Backend::BadAccept);
     assert!(
         matches!(e, ConnectError::Response(ResponseError::BadAccept)),
         "{e}"
     );
     assert_eq!(u.members[0].breaker.state(), BreakerState::Open);
-    h.join().unwrap();
 }
 
 #[test]

@@ -206,6 +206,17 @@ mod tests {
         ))
     }
 
+    /// A member `ws://127.0.0.1:PORT/` and the listener on PORT (dropping it takes the member
+    /// down).
+    fn listening_member() -> (TcpListener, Arc<Member>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let m = member(&format!(
+            "ws://127.0.0.1:{}/",
+            l.local_addr().unwrap().port()
+        ));
+        (l, m)
+    }
+
     fn closed_port() -> u16 {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -220,11 +231,7 @@ mod tests {
 
     #[test]
     fn tcp_check_sets_the_flag_and_counts() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let up = member(&format!(
-            "ws://127.0.0.1:{}/",
-            l.local_addr().unwrap().port()
-        ));
+        let (l, up) = listening_member();
         let down = member(&format!("ws://127.0.0.1:{}/", closed_port()));
         let stats = HealthStats::default();
         check_round(&[up.clone(), down.clone()], &plain(), &stats);
@@ -244,8 +251,9 @@ mod tests {
 
     #[test]
     fn wss_check_needs_a_verified_handshake() {
-        use crate::upstream::test_support::Pki;
-        let pki = Pki::new("upstream CA");
+        use crate::tls::testpki::TestPki;
+        use crate::upstream::test_support::client_config;
+        let pki = TestPki::new_named("upstream CA");
         let server_cfg = pki.server_config("127.0.0.1");
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
@@ -264,14 +272,14 @@ mod tests {
         let m = member(&format!("wss://127.0.0.1:{port}/"));
         let good = CheckConfig {
             timeout: Duration::from_secs(2),
-            tls: Some(pki.client_config(None)),
+            tls: Some(client_config(&pki, None)),
         };
         check_member(&m, &good).unwrap();
         // A client that trusts another CA refuses the member.
-        let other = Pki::new("other CA");
+        let other = TestPki::new_named("other CA");
         let bad = CheckConfig {
             timeout: Duration::from_secs(2),
-            tls: Some(other.client_config(None)),
+            tls: Some(client_config(&other, None)),
         };
         let e = check_member(&m, &bad).unwrap_err();
         assert!(matches!(e, CheckError::Tls(_)), "{e}");
@@ -280,11 +288,7 @@ mod tests {
 
     #[test]
     fn the_thread_checks_periodically_and_stops_on_drop() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let m = member(&format!(
-            "ws://127.0.0.1:{}/",
-            l.local_addr().unwrap().port()
-        ));
+        let (l, m) = listening_member();
         let checker =
             HealthChecker::start(vec![m.clone()], plain(), Duration::from_millis(20)).unwrap();
         let t = Instant::now();
