@@ -199,6 +199,8 @@ struct Conn {
     ping_sent: Option<Instant>,
     /// Client reads are paused at the outbound cap (for counting pauses, not waits).
     reads_paused: bool,
+    /// Closing because the TLS keys cannot go on: the close reply is not awaited.
+    keys_done: bool,
     /// Upstream reads are paused at the client's outbound cap.
     upstream_paused: bool,
     /// When the oldest message relayed in this step was read (the proxy hop histogram).
@@ -245,6 +247,7 @@ impl Conn {
             last_rx: Instant::now(),
             ping_sent: None,
             reads_paused: false,
+            keys_done: false,
             upstream_paused: false,
             hop_started: None,
             held: 0,
@@ -1379,6 +1382,9 @@ impl Conn {
     /// Closes because the TLS keys cannot go on: a close frame when upgraded, then
     /// close_notify (the session does not wait for the client's close reply).
     fn close_for_keys(&mut self, code: u16, reason: &'static str) -> End {
+        // The keys cannot go on: what the client sends next may not even decrypt (a KeyUpdate
+        // the kernel cannot follow), so its close reply is not awaited.
+        self.keys_done = true;
         match self.session.as_mut() {
             Some(session) if session.state() == SessionState::Open => {
                 Refusal::Close { code, reason }.record_on(&self.core, self.peer);
@@ -1563,7 +1569,7 @@ impl Conn {
                     .as_ref()
                     .is_some_and(|s| s.state() == SessionState::CloseSent)
             };
-            if ok && close_sent(self) {
+            if ok && close_sent(self) && !self.keys_done {
                 ok = self.await_close_reply().await;
             }
             if ok && self.layer.queue_close_notify() && self.flush_before_close().await.is_ok() {
@@ -1585,7 +1591,8 @@ impl Conn {
     /// Our close frame went first (idle, heartbeat, drain, revocation, rate limit…): the
     /// client's close reply is awaited for up to `close_timeout_ms` before TCP closes, so the
     /// close handshake completes (RFC 6455 §7.1.1) and a well-behaved client reads our code
-    /// rather than a reset. False when the connection broke meanwhile.
+    /// rather than a reset. False when nothing more can be written (a read that fails still
+    /// leaves close_notify to send).
     async fn await_close_reply(&mut self) -> bool {
         let limit = Deadline::new(&self.core.wheel);
         limit.set(Instant::now() + self.core.cfg.limits.close_timeout());
@@ -1604,10 +1611,8 @@ impl Conn {
             if self.write_some().is_err() {
                 return false;
             }
-            match step {
-                Some(End::Abort) => return false,
-                Some(End::Close) => return true,
-                None => {}
+            if step.is_some() {
+                return true;
             }
             if self
                 .session
