@@ -1,10 +1,13 @@
-//! One connection's life on its core: TLS handshake, upgrade, echo session, close.
+//! One connection's life on its core: TLS handshake, upgrade, session (echo, or relayed to an
+//! upstream: [`proxy`]), close.
 //!
-//! The read path is readiness-first: wait for `readable(false)` (cancel-safe, consumes
-//! nothing) or the connection's deadline, then read without blocking into a buffer taken from
-//! the core's pool, process everything synchronously, write, and give the buffer back once it
-//! is drained. A deadline therefore only ever ends a readiness wait, never a read halfway, and
-//! an idle connection holds no read buffer.
+//! The loop is readiness-first both ways: wait for `readable(false)` / `writable(false)`
+//! (cancel-safe, consume nothing) or one of the connection's deadlines, then read without
+//! blocking into a buffer taken from the core's pool, process everything synchronously, write
+//! what the socket takes without blocking, and give the buffer back once it is drained. A
+//! deadline therefore only ever ends a readiness wait, never a read or a write halfway, and an
+//! idle connection holds no read buffer. When to read and write, heartbeats, slow consumers
+//! and the close live in [`flow`].
 //!
 //! The synchronous processing step runs under `catch_unwind`: a bug closes this connection with
 //! 1011 and is counted; the core and its other connections go on.
@@ -34,6 +37,10 @@ use crate::tls::ktls::{self, ControlRecord, KtlsMode, OffloadError, RekeyError};
 use crate::tls::Negotiated;
 use crate::ws::{self, Event, Session, SessionState};
 
+mod flow;
+mod proxy;
+
+use self::proxy::{upstream_readable, upstream_writable, RouteChoice};
 use super::admission::Admitted;
 use super::core::{unix_now, Core};
 use super::identity_slots::IdentitySlot;
@@ -327,226 +334,6 @@ impl Conn {
                 return end;
             }
         }
-    }
-
-    /// Whether the client's bytes may be read now: not while what is queued for it (or, in
-    /// proxy mode, for its upstream) is at the outbound cap. A client that sends but does not
-    /// read is not served faster than it reads, and a slow upstream slows its client: TCP
-    /// pushes back on both.
-    fn reads_allowed(&mut self) -> bool {
-        let cap = self.core.cfg.limits.max_outbound_bytes;
-        let allowed = self.layer.pending_output_len() < cap
-            && self.relay.as_ref().is_none_or(|r| r.pending_output() < cap);
-        if !allowed && !self.reads_paused {
-            self.core.metrics.read_pauses.inc();
-        }
-        self.reads_paused = !allowed;
-        allowed
-    }
-
-    /// Whether the upstream's bytes may be read now: not while the client's queue is at the
-    /// outbound cap, except on lossy routes, which drop whole messages instead.
-    fn upstream_reads_allowed(&mut self) -> bool {
-        let Some(relay) = self.relay.as_ref().filter(|r| !r.is_done()) else {
-            return false;
-        };
-        let cap = self.core.cfg.limits.max_outbound_bytes;
-        let allowed = relay.lossy || self.layer.pending_output_len() < cap;
-        if !allowed && !self.upstream_paused {
-            self.core.metrics.upstream_pauses.inc();
-        }
-        self.upstream_paused = !allowed;
-        allowed
-    }
-
-    /// Proxy mode: reads the upstream and hands its whole messages to the client. On a lossy
-    /// route a message that does not fit under the client's outbound cap is dropped whole.
-    fn relay_from_upstream(&mut self) -> Option<End> {
-        let relay = self.relay.as_mut()?;
-        let now = Instant::now();
-        let mut events = std::mem::take(&mut self.upstream_events);
-        let lossy = relay.lossy;
-        let cap = self.core.cfg.limits.max_outbound_bytes;
-        // What still fits under the client's cap bounds the read (lossy routes read on and
-        // drop whole messages instead).
-        let room = if lossy {
-            usize::MAX
-        } else {
-            cap.saturating_sub(self.layer.pending_output_len())
-        };
-        relay.read(now, &mut events, room);
-        let mut queued = self.layer.pending_output_len();
-        let mut end = None;
-        for event in events.drain(..) {
-            let Some(session) = self.session.as_mut() else {
-                break;
-            };
-            match event {
-                UpstreamEvent::Message(message, read_at) => {
-                    if session.state() != SessionState::Open {
-                        continue;
-                    }
-                    let size = message.payload.len() + 14;
-                    if lossy && queued + size > cap {
-                        self.core.metrics.lossy_drop("backpressure");
-                        continue;
-                    }
-                    queued += size;
-                    session.send(message.kind, message.payload);
-                    self.hop_started.get_or_insert(read_at);
-                }
-                UpstreamEvent::Closed { code, reason } => {
-                    // The upstream's code goes to the client as it was sent.
-                    self.core.metrics.close_code(code, Side::Upstream);
-                    session.close(code, &reason);
-                    end = Some(End::Close);
-                }
-                UpstreamEvent::Failed { reason } => {
-                    Refusal::Close { code: 1014, reason }.record_on(&self.core, self.peer);
-                    session.close(1014, reason);
-                    end = Some(End::Close);
-                }
-            }
-        }
-        self.upstream_events = events;
-        if let Err(end) = self.encrypt_outgoing() {
-            return Some(end);
-        }
-        end
-    }
-
-    /// Writes what the upstream socket takes now; a broken upstream closes the client with
-    /// 1014.
-    fn write_upstream(&mut self) -> Option<End> {
-        let relay = self.relay.as_mut()?;
-        match relay.write_some() {
-            Ok(written) => {
-                // An upstream that takes nothing for the write timeout is as stuck as a slow
-                // client: its client is told 1014 rather than held forever.
-                if relay.pending_output() == 0 {
-                    self.upstream_write_deadline.clear();
-                } else if written > 0 || !self.upstream_write_deadline.is_set() {
-                    self.upstream_write_deadline
-                        .set(Instant::now() + self.core.cfg.limits.write_timeout());
-                }
-                None
-            }
-            Err(e) => {
-                tracing::debug!(peer = %self.peer, member = %relay.member, error = %e, "upstream write failed");
-                Some(self.upstream_failed("upstream_write_failed"))
-            }
-        }
-    }
-
-    /// The upstream connection broke: the client is told 1014 (bad gateway).
-    fn upstream_failed(&mut self, reason: &'static str) -> End {
-        Refusal::Close { code: 1014, reason }.record_on(&self.core, self.peer);
-        if let Some(relay) = self.relay.as_mut() {
-            relay.abandon();
-        }
-        if let Some(session) = self.session.as_mut() {
-            session.close(1014, reason);
-        }
-        if self.encrypt_outgoing().is_err() {
-            return End::Abort;
-        }
-        End::Close
-    }
-
-    /// Writes what the socket takes now, without waiting. While bytes stay queued the stall
-    /// deadline runs (re-armed by every bit of progress); a drained queue clears it.
-    fn write_some(&mut self) -> Result<(), End> {
-        let mut progressed = false;
-        while self.layer.has_pending_output() {
-            let fd = sockopt::borrow_fd(&self.stream);
-            match sockopt::send_nonblocking(fd, self.layer.pending_output()) {
-                Ok(Some(n)) if n > 0 => {
-                    let records = self.layer.consume_output(n);
-                    self.core.metrics.ktls_tx_records.add(records);
-                    progressed = true;
-                }
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::debug!(peer = %self.peer, error = %e, "write failed");
-                    return Err(End::Abort);
-                }
-            }
-        }
-        if !self.layer.has_pending_output() {
-            self.write_deadline.clear();
-        } else if progressed || !self.write_deadline.is_set() {
-            self.write_deadline
-                .set(Instant::now() + self.core.cfg.limits.write_timeout());
-        }
-        Ok(())
-    }
-
-    /// The client has taken nothing for `write_timeout_ms` while bytes wait for it: a slow
-    /// consumer. Its close frame is queued if it fits under the outbound cap; the close then
-    /// gives the last bytes `close_timeout_ms` before the connection is reset.
-    fn on_slow_consumer(&mut self) -> End {
-        self.core.metrics.slow_consumers.inc();
-        Refusal::Close {
-            code: 1008,
-            reason: "slow_consumer",
-        }
-        .record_on(&self.core, self.peer);
-        self.write_deadline.clear();
-        let fits = self.layer.pending_output_len() + 128 <= self.core.cfg.limits.max_outbound_bytes;
-        if let Some(session) = self.session.as_mut().filter(|_| fits) {
-            session.close(1008, "slow_consumer");
-            if self.encrypt_outgoing().is_err() {
-                return End::Abort;
-            }
-        }
-        End::Close
-    }
-
-    /// The heartbeat: a ping after `ping_interval_ms` without a byte from the client, and a
-    /// close when nothing at all arrives within `pong_timeout_ms` of it. Re-armed lazily from
-    /// the time of the last read, so reads never touch the wheel for it.
-    fn on_heartbeat(&mut self) -> Option<End> {
-        let limits = &self.core.cfg.limits;
-        let (Some(interval), Phase::Open) = (limits.ping_interval(), self.phase) else {
-            self.heartbeat.clear();
-            return None;
-        };
-        let pong_timeout = limits.pong_timeout();
-        let now = Instant::now();
-        if let Some(sent) = self.ping_sent.take() {
-            if self.last_rx < sent {
-                Refusal::Close {
-                    code: 1001,
-                    reason: "pong_timeout",
-                }
-                .record_on(&self.core, self.peer);
-                self.heartbeat.clear();
-                if let Some(s) = self.session.as_mut() {
-                    s.close(1001, "pong_timeout");
-                }
-                if self.encrypt_outgoing().is_err() {
-                    return Some(End::Abort);
-                }
-                return Some(End::Close);
-            }
-        }
-        let due = self.last_rx + interval;
-        if now < due {
-            self.heartbeat.set(due);
-            return None;
-        }
-        let session = self.session.as_mut()?;
-        if session.state() != SessionState::Open {
-            return None;
-        }
-        session.send_ping(bytes::Bytes::new());
-        self.core.metrics.pings_sent.inc();
-        self.ping_sent = Some(now);
-        self.heartbeat.set(now + pong_timeout);
-        if self.encrypt_outgoing().is_err() {
-            return Some(End::Abort);
-        }
-        None
     }
 
     /// Reads what the socket holds (bounded, so one connection cannot starve the core) and
@@ -943,100 +730,6 @@ impl Conn {
         match self.process_guarded() {
             Some(end) => Err(end),
             None => Ok(()),
-        }
-    }
-
-    /// Proxy mode: the route of an admitted request. No route matching: 404.
-    fn route(
-        &self,
-        request: &ws::UpgradeRequest,
-        user_agent: Option<String>,
-    ) -> Result<Option<RouteChoice>, Refusal> {
-        let Some(upstreams) = self.core.upstreams.as_ref() else {
-            return Ok(None);
-        };
-        match upstreams.route(&request.path) {
-            Some(r) => Ok(Some(RouteChoice {
-                group: r.group,
-                rest: r.rest.to_owned(),
-                lossy: r.lossy,
-                user_agent,
-            })),
-            None => Err(Refusal::Http {
-                status: 404,
-                reason: "no_route",
-                extra_headers: &[],
-            }),
-        }
-    }
-
-    /// Opens the session's upstream side: a member of the route's group (round robin over the
-    /// healthy ones whose breaker admits), connected and upgraded within the connect timeout
-    /// (and the client's handshake deadline). 503 at once when no member is usable.
-    async fn open_upstream(
-        &mut self,
-        pending: &PendingUpgrade,
-        route: &RouteChoice,
-    ) -> Result<Relay, Refusal> {
-        const RETRY: &[(&str, &str)] = &[("Retry-After", "1")];
-        let Some(upstreams) = self.core.upstreams.clone() else {
-            return Err(internal_refusal());
-        };
-        let Some(lease) = upstreams.pick(route.group, Instant::now()) else {
-            return Err(Refusal::Http {
-                status: 503,
-                reason: "upstream_unavailable",
-                extra_headers: RETRY,
-            });
-        };
-        let member = format!("{}/{}", lease.group, lease.url);
-        let client = crate::upstream::ClientContext {
-            request: &pending.request,
-            user_agent: route.user_agent.as_deref(),
-            peer: self.peer.ip(),
-            protocol: pending.admitted.protocol.as_deref(),
-            identity: self.identity.as_deref(),
-            token: pending.admitted.token.as_ref(),
-        };
-        let request = upstreams.request(&lease.url, &route.rest, &client);
-        let connected = monoio::select! {
-            r = crate::upstream::connect(lease, &request, upstreams.connect_options()) => Some(r),
-            _ = self.deadline.expired() => None,
-        };
-        match connected {
-            Some(Ok(stream)) => {
-                tracing::debug!(peer = %self.peer, member, "upstream session open");
-                Ok(Relay::new(
-                    stream,
-                    self.core.session_limits(),
-                    route.lossy,
-                    member,
-                ))
-            }
-            Some(Err(e)) => {
-                tracing::debug!(peer = %self.peer, member, error = %e, "upstream connect failed");
-                // The member answered, but not with a 101 (a 4xx, a 5xx, a bad accept):
-                // a bad gateway. No answer at all: unavailable, try again.
-                let refused = matches!(&e, crate::upstream::ConnectError::Response(_));
-                Err(if refused {
-                    Refusal::Http {
-                        status: 502,
-                        reason: "upstream_refused",
-                        extra_headers: &[],
-                    }
-                } else {
-                    Refusal::Http {
-                        status: 503,
-                        reason: "upstream_connect_failed",
-                        extra_headers: RETRY,
-                    }
-                })
-            }
-            None => Err(Refusal::Http {
-                status: 503,
-                reason: "upstream_timeout",
-                extra_headers: RETRY,
-            }),
         }
     }
 
@@ -1510,46 +1203,6 @@ impl Conn {
         }
     }
 
-    /// The last bytes of a closing connection (its close frame, an HTTP refusal, an alert) get
-    /// `close_timeout_ms` to leave. A client that takes none of it by then is reset (SO_LINGER
-    /// 0): its queued bytes are freed at once instead of waiting for a peer that does not read.
-    async fn flush_before_close(&mut self) -> Result<(), End> {
-        let limit = Instant::now() + self.core.cfg.limits.close_timeout();
-        loop {
-            self.write_some()?;
-            if !self.layer.has_pending_output() {
-                return Ok(());
-            }
-            self.write_deadline.set(limit);
-            let ready = monoio::select! {
-                r = self.stream.writable(false) => Some(r),
-                _ = self.write_deadline.expired() => None,
-            };
-            self.write_deadline.clear();
-            match ready {
-                Some(Ok(())) => {}
-                Some(Err(_)) => return Err(End::Abort),
-                None => {
-                    self.core.metrics.close_resets.inc();
-                    Refusal::Silent {
-                        reason: "close_timeout",
-                    }
-                    .record_on(&self.core, self.peer);
-                    self.reset();
-                    return Err(End::Abort);
-                }
-            }
-        }
-    }
-
-    /// Resets the connection: SO_LINGER 0, so the close that follows sends RST and frees the
-    /// socket's queued bytes; the shutdown ends any wait still holding the socket.
-    fn reset(&mut self) {
-        let fd = sockopt::borrow_fd(&self.stream);
-        sockopt::set_linger_zero(fd);
-        sockopt::shutdown_both(fd);
-    }
-
     /// Ends the connection: flushes, says close_notify when TLS is up, and closes.
     async fn finish(&mut self, end: End) {
         if self.phase == Phase::Open {
@@ -1588,42 +1241,6 @@ impl Conn {
 }
 
 impl Conn {
-    /// Our close frame went first (idle, heartbeat, drain, revocation, rate limit…): the
-    /// client's close reply is awaited for up to `close_timeout_ms` before TCP closes, so the
-    /// close handshake completes (RFC 6455 §7.1.1) and a well-behaved client reads our code
-    /// rather than a reset. False when nothing more can be written (a read that fails still
-    /// leaves close_notify to send).
-    async fn await_close_reply(&mut self) -> bool {
-        let limit = Deadline::new(&self.core.wheel);
-        limit.set(Instant::now() + self.core.cfg.limits.close_timeout());
-        loop {
-            let ready = monoio::select! {
-                r = self.stream.readable(false) => Some(r),
-                _ = limit.expired() => None,
-            };
-            match ready {
-                None => return true, // no reply in time: close all the same
-                Some(Err(_)) => return false,
-                Some(Ok(())) => {}
-            }
-            let step = self.read_and_process();
-            self.account_buffers();
-            if self.write_some().is_err() {
-                return false;
-            }
-            if step.is_some() {
-                return true;
-            }
-            if self
-                .session
-                .as_ref()
-                .is_none_or(|s| s.state() == SessionState::Closed)
-            {
-                return true;
-            }
-        }
-    }
-
     /// Under kTLS, close_notify is a record of its own sent with `sendmsg`; a full socket (the
     /// last frames may just have filled it) is waited for within the write timeout.
     async fn send_kernel_close_notify(&mut self) {
@@ -1684,24 +1301,6 @@ struct PendingUpgrade {
     route: Option<RouteChoice>,
 }
 
-/// A request's route in proxy mode.
-struct RouteChoice {
-    group: usize,
-    /// The path after the route's prefix, plus the query, for the member's path.
-    rest: String,
-    lossy: bool,
-    user_agent: Option<String>,
-}
-
-/// A refusal for a state that should not happen (a bug, not the client's fault).
-fn internal_refusal() -> Refusal {
-    Refusal::Http {
-        status: 500,
-        reason: "internal_error",
-        extra_headers: &[],
-    }
-}
-
 /// What woke a connection's loop.
 enum Wake {
     Readable(std::io::Result<()>),
@@ -1713,22 +1312,6 @@ enum Wake {
     UpstreamReadable(std::io::Result<()>),
     UpstreamWritable(std::io::Result<()>),
     UpstreamStalled,
-}
-
-/// Resolves when the upstream socket is readable; never without an upstream.
-async fn upstream_readable(relay: Option<&Relay>) -> std::io::Result<()> {
-    match relay {
-        Some(r) => r.stream.tcp().readable(false).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Resolves when the upstream socket takes more; never without an upstream.
-async fn upstream_writable(relay: Option<&Relay>) -> std::io::Result<()> {
-    match relay {
-        Some(r) => r.stream.tcp().writable(false).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Resolves when the session's deadline fires; never without a live session.

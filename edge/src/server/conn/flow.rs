@@ -1,0 +1,201 @@
+//! Flow control and liveness on a connection: when to read (the outbound cap), writing
+//! without waiting, slow consumers, heartbeats, and the close (the last bytes' grace, the
+//! client's close reply, the reset).
+
+use std::time::Instant;
+
+use crate::refuse::Refusal;
+use crate::sockopt;
+use crate::ws::SessionState;
+
+use super::super::timer::Deadline;
+use super::{Conn, End, Phase};
+
+impl Conn {
+    /// Whether the client's bytes may be read now: not while what is queued for it (or, in
+    /// proxy mode, for its upstream) is at the outbound cap. A client that sends but does not
+    /// read is not served faster than it reads, and a slow upstream slows its client: TCP
+    /// pushes back on both.
+    pub(super) fn reads_allowed(&mut self) -> bool {
+        let cap = self.core.cfg.limits.max_outbound_bytes;
+        let allowed = self.layer.pending_output_len() < cap
+            && self.relay.as_ref().is_none_or(|r| r.pending_output() < cap);
+        if !allowed && !self.reads_paused {
+            self.core.metrics.read_pauses.inc();
+        }
+        self.reads_paused = !allowed;
+        allowed
+    }
+
+    /// Writes what the socket takes now, without waiting. While bytes stay queued the stall
+    /// deadline runs (re-armed by every bit of progress); a drained queue clears it.
+    pub(super) fn write_some(&mut self) -> Result<(), End> {
+        let mut progressed = false;
+        while self.layer.has_pending_output() {
+            let fd = sockopt::borrow_fd(&self.stream);
+            match sockopt::send_nonblocking(fd, self.layer.pending_output()) {
+                Ok(Some(n)) if n > 0 => {
+                    let records = self.layer.consume_output(n);
+                    self.core.metrics.ktls_tx_records.add(records);
+                    progressed = true;
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "write failed");
+                    return Err(End::Abort);
+                }
+            }
+        }
+        if !self.layer.has_pending_output() {
+            self.write_deadline.clear();
+        } else if progressed || !self.write_deadline.is_set() {
+            self.write_deadline
+                .set(Instant::now() + self.core.cfg.limits.write_timeout());
+        }
+        Ok(())
+    }
+
+    /// The client has taken nothing for `write_timeout_ms` while bytes wait for it: a slow
+    /// consumer. Its close frame is queued if it fits under the outbound cap; the close then
+    /// gives the last bytes `close_timeout_ms` before the connection is reset.
+    pub(super) fn on_slow_consumer(&mut self) -> End {
+        self.core.metrics.slow_consumers.inc();
+        Refusal::Close {
+            code: 1008,
+            reason: "slow_consumer",
+        }
+        .record_on(&self.core, self.peer);
+        self.write_deadline.clear();
+        let fits = self.layer.pending_output_len() + 128 <= self.core.cfg.limits.max_outbound_bytes;
+        if let Some(session) = self.session.as_mut().filter(|_| fits) {
+            session.close(1008, "slow_consumer");
+            if self.encrypt_outgoing().is_err() {
+                return End::Abort;
+            }
+        }
+        End::Close
+    }
+
+    /// The heartbeat: a ping after `ping_interval_ms` without a byte from the client, and a
+    /// close when nothing at all arrives within `pong_timeout_ms` of it. Re-armed lazily from
+    /// the time of the last read, so reads never touch the wheel for it.
+    pub(super) fn on_heartbeat(&mut self) -> Option<End> {
+        let limits = &self.core.cfg.limits;
+        let (Some(interval), Phase::Open) = (limits.ping_interval(), self.phase) else {
+            self.heartbeat.clear();
+            return None;
+        };
+        let pong_timeout = limits.pong_timeout();
+        let now = Instant::now();
+        if let Some(sent) = self.ping_sent.take() {
+            if self.last_rx < sent {
+                Refusal::Close {
+                    code: 1001,
+                    reason: "pong_timeout",
+                }
+                .record_on(&self.core, self.peer);
+                self.heartbeat.clear();
+                if let Some(s) = self.session.as_mut() {
+                    s.close(1001, "pong_timeout");
+                }
+                if self.encrypt_outgoing().is_err() {
+                    return Some(End::Abort);
+                }
+                return Some(End::Close);
+            }
+        }
+        let due = self.last_rx + interval;
+        if now < due {
+            self.heartbeat.set(due);
+            return None;
+        }
+        let session = self.session.as_mut()?;
+        if session.state() != SessionState::Open {
+            return None;
+        }
+        session.send_ping(bytes::Bytes::new());
+        self.core.metrics.pings_sent.inc();
+        self.ping_sent = Some(now);
+        self.heartbeat.set(now + pong_timeout);
+        if self.encrypt_outgoing().is_err() {
+            return Some(End::Abort);
+        }
+        None
+    }
+
+    /// The last bytes of a closing connection (its close frame, an HTTP refusal, an alert) get
+    /// `close_timeout_ms` to leave. A client that takes none of it by then is reset (SO_LINGER
+    /// 0): its queued bytes are freed at once instead of waiting for a peer that does not read.
+    pub(super) async fn flush_before_close(&mut self) -> Result<(), End> {
+        let limit = Instant::now() + self.core.cfg.limits.close_timeout();
+        loop {
+            self.write_some()?;
+            if !self.layer.has_pending_output() {
+                return Ok(());
+            }
+            self.write_deadline.set(limit);
+            let ready = monoio::select! {
+                r = self.stream.writable(false) => Some(r),
+                _ = self.write_deadline.expired() => None,
+            };
+            self.write_deadline.clear();
+            match ready {
+                Some(Ok(())) => {}
+                Some(Err(_)) => return Err(End::Abort),
+                None => {
+                    self.core.metrics.close_resets.inc();
+                    Refusal::Silent {
+                        reason: "close_timeout",
+                    }
+                    .record_on(&self.core, self.peer);
+                    self.reset();
+                    return Err(End::Abort);
+                }
+            }
+        }
+    }
+
+    /// Resets the connection: SO_LINGER 0, so the close that follows sends RST and frees the
+    /// socket's queued bytes; the shutdown ends any wait still holding the socket.
+    pub(super) fn reset(&mut self) {
+        let fd = sockopt::borrow_fd(&self.stream);
+        sockopt::set_linger_zero(fd);
+        sockopt::shutdown_both(fd);
+    }
+
+    /// Our close frame went first (idle, heartbeat, drain, revocation, rate limit…): the
+    /// client's close reply is awaited for up to `close_timeout_ms` before TCP closes, so the
+    /// close handshake completes (RFC 6455 §7.1.1) and a well-behaved client reads our code
+    /// rather than a reset. False when nothing more can be written (a read that fails still
+    /// leaves close_notify to send).
+    pub(super) async fn await_close_reply(&mut self) -> bool {
+        let limit = Deadline::new(&self.core.wheel);
+        limit.set(Instant::now() + self.core.cfg.limits.close_timeout());
+        loop {
+            let ready = monoio::select! {
+                r = self.stream.readable(false) => Some(r),
+                _ = limit.expired() => None,
+            };
+            match ready {
+                None => return true, // no reply in time: close all the same
+                Some(Err(_)) => return false,
+                Some(Ok(())) => {}
+            }
+            let step = self.read_and_process();
+            self.account_buffers();
+            if self.write_some().is_err() {
+                return false;
+            }
+            if step.is_some() {
+                return true;
+            }
+            if self
+                .session
+                .as_ref()
+                .is_none_or(|s| s.state() == SessionState::Closed)
+            {
+                return true;
+            }
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! Proxy mode on a client connection: the route, the upstream session opened before the
+//! 101, and the relay step that hands the upstream's whole messages to the client (or drops
+//! them whole on lossy routes) — the upstream half of the connection loop.
+
+use std::time::Instant;
+
+use crate::metrics::Side;
+use crate::refuse::Refusal;
+use crate::ws::{self, SessionState};
+
+use super::super::relay::{Relay, UpstreamEvent};
+use super::{Conn, End, PendingUpgrade};
+
+impl Conn {
+    /// Whether the upstream's bytes may be read now: not while the client's queue is at the
+    /// outbound cap, except on lossy routes, which drop whole messages instead.
+    pub(super) fn upstream_reads_allowed(&mut self) -> bool {
+        let Some(relay) = self.relay.as_ref().filter(|r| !r.is_done()) else {
+            return false;
+        };
+        let cap = self.core.cfg.limits.max_outbound_bytes;
+        let allowed = relay.lossy || self.layer.pending_output_len() < cap;
+        if !allowed && !self.upstream_paused {
+            self.core.metrics.upstream_pauses.inc();
+        }
+        self.upstream_paused = !allowed;
+        allowed
+    }
+
+    /// Proxy mode: reads the upstream and hands its whole messages to the client. On a lossy
+    /// route a message that does not fit under the client's outbound cap is dropped whole.
+    pub(super) fn relay_from_upstream(&mut self) -> Option<End> {
+        let relay = self.relay.as_mut()?;
+        let now = Instant::now();
+        let mut events = std::mem::take(&mut self.upstream_events);
+        let lossy = relay.lossy;
+        let cap = self.core.cfg.limits.max_outbound_bytes;
+        // What still fits under the client's cap bounds the read (lossy routes read on and
+        // drop whole messages instead).
+        let room = if lossy {
+            usize::MAX
+        } else {
+            cap.saturating_sub(self.layer.pending_output_len())
+        };
+        relay.read(now, &mut events, room);
+        let mut queued = self.layer.pending_output_len();
+        let mut end = None;
+        for event in events.drain(..) {
+            let Some(session) = self.session.as_mut() else {
+                break;
+            };
+            match event {
+                UpstreamEvent::Message(message, read_at) => {
+                    if session.state() != SessionState::Open {
+                        continue;
+                    }
+                    let size = message.payload.len() + 14;
+                    if lossy && queued + size > cap {
+                        self.core.metrics.lossy_drop("backpressure");
+                        continue;
+                    }
+                    queued += size;
+                    session.send(message.kind, message.payload);
+                    self.hop_started.get_or_insert(read_at);
+                }
+                UpstreamEvent::Closed { code, reason } => {
+                    // The upstream's code goes to the client as it was sent.
+                    self.core.metrics.close_code(code, Side::Upstream);
+                    session.close(code, &reason);
+                    end = Some(End::Close);
+                }
+                UpstreamEvent::Failed { reason } => {
+                    Refusal::Close { code: 1014, reason }.record_on(&self.core, self.peer);
+                    session.close(1014, reason);
+                    end = Some(End::Close);
+                }
+            }
+        }
+        self.upstream_events = events;
+        if let Err(end) = self.encrypt_outgoing() {
+            return Some(end);
+        }
+        end
+    }
+
+    /// Writes what the upstream socket takes now; a broken upstream closes the client with
+    /// 1014.
+    pub(super) fn write_upstream(&mut self) -> Option<End> {
+        let relay = self.relay.as_mut()?;
+        match relay.write_some() {
+            Ok(written) => {
+                // An upstream that takes nothing for the write timeout is as stuck as a slow
+                // client: its client is told 1014 rather than held forever.
+                if relay.pending_output() == 0 {
+                    self.upstream_write_deadline.clear();
+                } else if written > 0 || !self.upstream_write_deadline.is_set() {
+                    self.upstream_write_deadline
+                        .set(Instant::now() + self.core.cfg.limits.write_timeout());
+                }
+                None
+            }
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, member = %relay.member, error = %e, "upstream write failed");
+                Some(self.upstream_failed("upstream_write_failed"))
+            }
+        }
+    }
+
+    /// The upstream connection broke: the client is told 1014 (bad gateway).
+    pub(super) fn upstream_failed(&mut self, reason: &'static str) -> End {
+        Refusal::Close { code: 1014, reason }.record_on(&self.core, self.peer);
+        if let Some(relay) = self.relay.as_mut() {
+            relay.abandon();
+        }
+        if let Some(session) = self.session.as_mut() {
+            session.close(1014, reason);
+        }
+        if self.encrypt_outgoing().is_err() {
+            return End::Abort;
+        }
+        End::Close
+    }
+
+    /// Proxy mode: the route of an admitted request. No route matching: 404.
+    pub(super) fn route(
+        &self,
+        request: &ws::UpgradeRequest,
+        user_agent: Option<String>,
+    ) -> Result<Option<RouteChoice>, Refusal> {
+        let Some(upstreams) = self.core.upstreams.as_ref() else {
+            return Ok(None);
+        };
+        match upstreams.route(&request.path) {
+            Some(r) => Ok(Some(RouteChoice {
+                group: r.group,
+                rest: r.rest.to_owned(),
+                lossy: r.lossy,
+                user_agent,
+            })),
+            None => Err(Refusal::Http {
+                status: 404,
+                reason: "no_route",
+                extra_headers: &[],
+            }),
+        }
+    }
+
+    /// Opens the session's upstream side: a member of the route's group (round robin over the
+    /// healthy ones whose breaker admits), connected and upgraded within the connect timeout
+    /// (and the client's handshake deadline). 503 at once when no member is usable.
+    pub(super) async fn open_upstream(
+        &mut self,
+        pending: &PendingUpgrade,
+        route: &RouteChoice,
+    ) -> Result<Relay, Refusal> {
+        const RETRY: &[(&str, &str)] = &[("Retry-After", "1")];
+        let Some(upstreams) = self.core.upstreams.clone() else {
+            return Err(internal_refusal());
+        };
+        let Some(lease) = upstreams.pick(route.group, Instant::now()) else {
+            return Err(Refusal::Http {
+                status: 503,
+                reason: "upstream_unavailable",
+                extra_headers: RETRY,
+            });
+        };
+        let member = format!("{}/{}", lease.group, lease.url);
+        let client = crate::upstream::ClientContext {
+            request: &pending.request,
+            user_agent: route.user_agent.as_deref(),
+            peer: self.peer.ip(),
+            protocol: pending.admitted.protocol.as_deref(),
+            identity: self.identity.as_deref(),
+            token: pending.admitted.token.as_ref(),
+        };
+        let request = upstreams.request(&lease.url, &route.rest, &client);
+        let connected = monoio::select! {
+            r = crate::upstream::connect(lease, &request, upstreams.connect_options()) => Some(r),
+            _ = self.deadline.expired() => None,
+        };
+        match connected {
+            Some(Ok(stream)) => {
+                tracing::debug!(peer = %self.peer, member, "upstream session open");
+                Ok(Relay::new(
+                    stream,
+                    self.core.session_limits(),
+                    route.lossy,
+                    member,
+                ))
+            }
+            Some(Err(e)) => {
+                tracing::debug!(peer = %self.peer, member, error = %e, "upstream connect failed");
+                // The member answered, but not with a 101 (a 4xx, a 5xx, a bad accept):
+                // a bad gateway. No answer at all: unavailable, try again.
+                let refused = matches!(&e, crate::upstream::ConnectError::Response(_));
+                Err(if refused {
+                    Refusal::Http {
+                        status: 502,
+                        reason: "upstream_refused",
+                        extra_headers: &[],
+                    }
+                } else {
+                    Refusal::Http {
+                        status: 503,
+                        reason: "upstream_connect_failed",
+                        extra_headers: RETRY,
+                    }
+                })
+            }
+            None => Err(Refusal::Http {
+                status: 503,
+                reason: "upstream_timeout",
+                extra_headers: RETRY,
+            }),
+        }
+    }
+}
+
+/// A request's route in proxy mode.
+pub(super) struct RouteChoice {
+    pub(super) group: usize,
+    /// The path after the route's prefix, plus the query, for the member's path.
+    pub(super) rest: String,
+    pub(super) lossy: bool,
+    pub(super) user_agent: Option<String>,
+}
+
+/// A refusal for a state that should not happen (a bug, not the client's fault).
+pub(super) fn internal_refusal() -> Refusal {
+    Refusal::Http {
+        status: 500,
+        reason: "internal_error",
+        extra_headers: &[],
+    }
+}
+
+/// Resolves when the upstream socket is readable; never without an upstream.
+pub(super) async fn upstream_readable(relay: Option<&Relay>) -> std::io::Result<()> {
+    match relay {
+        Some(r) => r.stream.tcp().readable(false).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the upstream socket takes more; never without an upstream.
+pub(super) async fn upstream_writable(relay: Option<&Relay>) -> std::io::Result<()> {
+    match relay {
+        Some(r) => r.stream.tcp().writable(false).await,
+        None => std::future::pending().await,
+    }
+}
