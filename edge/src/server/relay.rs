@@ -97,6 +97,11 @@ impl Relay {
                     if self.peer_closed {
                         break;
                     }
+                    if n < chunk && !self.stream.is_tls() && !self.stream.has_buffered_plaintext() {
+                        // A short read of a plain socket drained it: no EAGAIN read to learn
+                        // that (a third of all reads under pipelined load).
+                        break;
+                    }
                     room = room.saturating_sub(n);
                     if room == 0 {
                         // The loop decides when to read again (not while the client's queue

@@ -231,6 +231,12 @@ impl UpstreamStream {
         }
     }
 
+    /// Whether the member is wss:// (rustls may hold decrypted plaintext the socket's
+    /// readiness does not announce).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// The write queue itself for a plain ws:// member, so frames can be encoded straight
     /// into it (no staging copy); None under TLS, where [`Self::queue`] encrypts.
     pub fn plain_output(&mut self) -> Option<&mut Vec<u8>> {
