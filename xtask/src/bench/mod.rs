@@ -1044,16 +1044,18 @@ fn print_plan(o: &Opts, groups: &[Planned]) {
     );
     for g in groups {
         let what = match g.scenario {
-            Scenario::Rate => format!(
-                "rate: open loop {} msg/s, {} conns, {} B, {} s (+{} s warmup)",
+            Scenario::Rate | Scenario::Proxy => format!(
+                "{}: open loop {} msg/s, {} conns, {} B, {} s (+{} s warmup)",
+                g.scenario.name(),
                 g.rate.unwrap_or(0.0),
                 g.connections,
                 g.payload,
                 o.duration,
                 o.warmup
             ),
-            Scenario::Closed => format!(
-                "closed: depth {}, {} conns, {} B, {} s (+{} s warmup)",
+            Scenario::Closed | Scenario::ProxyClosed => format!(
+                "{}: depth {}, {} conns, {} B, {} s (+{} s warmup)",
+                g.scenario.name(),
                 g.depth.unwrap_or(1),
                 g.connections,
                 g.payload,
@@ -1067,22 +1069,6 @@ fn print_plan(o: &Opts, groups: &[Planned]) {
                 o.warmup
             ),
             Scenario::Idle => format!("idle: {} connections held {} s", g.connections, o.idle_hold),
-            Scenario::Proxy => format!(
-                "proxy: open loop {} msg/s, {} conns, {} B, {} s (+{} s warmup)",
-                g.rate.unwrap_or(0.0),
-                g.connections,
-                g.payload,
-                o.duration,
-                o.warmup
-            ),
-            Scenario::ProxyClosed => format!(
-                "proxy-closed: depth {}, {} conns, {} B, {} s (+{} s warmup)",
-                g.depth.unwrap_or(1),
-                g.connections,
-                g.payload,
-                o.closed_duration,
-                o.warmup
-            ),
         };
         eprintln!("  {what} × [{}]", g.peers.join(", "));
     }

@@ -414,19 +414,8 @@ fn open_metrics<'a>(direct: Option<&'a Cell>) -> Vec<(&'static str, Metric<'a>)>
     let lat = |f: fn(&super::results::Latency) -> f64| -> Metric<'a> {
         Box::new(move |c: &Cell| c.gen.as_ref().map(|g| f(&g.latency_us)))
     };
-    vec![
-        (
-            "msgs_per_s",
-            Box::new(|c: &Cell| c.gen.as_ref().map(|g| g.achieved())),
-        ),
-        (
-            "proxy_cpu_us_per_msg",
-            Box::new(|c: &Cell| c.fine_cpu_us_per_msg()),
-        ),
-        (
-            "backend_cpu_us_per_msg",
-            Box::new(|c: &Cell| c.backend_cpu_us_per_msg()),
-        ),
+    let mut metrics = throughput_and_cpu_metrics();
+    metrics.extend([
         ("p50_us", lat(|l| l.p50)),
         ("p99_us", lat(|l| l.p99)),
         ("p999_us", lat(|l| l.p999)),
@@ -438,10 +427,12 @@ fn open_metrics<'a>(direct: Option<&'a Cell>) -> Vec<(&'static str, Metric<'a>)>
             "added_p99_us",
             Box::new(move |c: &Cell| added(c, direct, |l| l.p99)),
         ),
-    ]
+    ]);
+    metrics
 }
 
-fn closed_metrics<'a>() -> Vec<(&'static str, Metric<'a>)> {
+/// The first columns of both loops: messages per second, the proxy's and the backend's CPU.
+fn throughput_and_cpu_metrics<'a>() -> Vec<(&'static str, Metric<'a>)> {
     vec![
         (
             "msgs_per_s",
@@ -455,6 +446,12 @@ fn closed_metrics<'a>() -> Vec<(&'static str, Metric<'a>)> {
             "backend_cpu_us_per_msg",
             Box::new(|c: &Cell| c.backend_cpu_us_per_msg()),
         ),
+    ]
+}
+
+fn closed_metrics<'a>() -> Vec<(&'static str, Metric<'a>)> {
+    let mut metrics = throughput_and_cpu_metrics();
+    metrics.extend::<[(&'static str, Metric<'a>); 2]>([
         (
             "p50_us",
             Box::new(|c: &Cell| c.gen.as_ref().map(|g| g.latency_us.p50)),
@@ -463,7 +460,8 @@ fn closed_metrics<'a>() -> Vec<(&'static str, Metric<'a>)> {
             "p99_us",
             Box::new(|c: &Cell| c.gen.as_ref().map(|g| g.latency_us.p99)),
         ),
-    ]
+    ]);
+    metrics
 }
 
 /// Backend CPU column: a number for the proxies, "—" where there is no separate backend.
