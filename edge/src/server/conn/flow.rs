@@ -89,19 +89,8 @@ impl Conn {
         let now = Instant::now();
         if let Some(sent) = self.ping_sent.take() {
             if self.last_rx < sent {
-                Refusal::Close {
-                    code: 1001,
-                    reason: "pong_timeout",
-                }
-                .record_on(&self.core, self.peer);
                 self.heartbeat.clear();
-                if let Some(s) = self.session.as_mut() {
-                    s.close(1001, "pong_timeout");
-                }
-                if self.encrypt_outgoing().is_err() {
-                    return Some(End::Abort);
-                }
-                return Some(End::Close);
+                return Some(self.close_session(1001, "pong_timeout"));
             }
         }
         let due = self.last_rx + interval;
@@ -133,13 +122,7 @@ impl Conn {
             if !self.layer.has_pending_output() {
                 return Ok(());
             }
-            self.write_deadline.set(limit);
-            let ready = monoio::select! {
-                r = self.stream.writable(false) => Some(r),
-                _ = self.write_deadline.expired() => None,
-            };
-            self.write_deadline.clear();
-            match ready {
+            match self.writable_by(limit).await {
                 Some(Ok(())) => {}
                 Some(Err(_)) => return Err(End::Abort),
                 None => {
@@ -153,6 +136,31 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Waits until the socket takes more, or `limit` passes (`None`).
+    pub(super) async fn writable_by(&mut self, limit: Instant) -> Option<std::io::Result<()>> {
+        self.write_deadline.set(limit);
+        let ready = monoio::select! {
+            r = self.stream.writable(false) => Some(r),
+            _ = self.write_deadline.expired() => None,
+        };
+        self.write_deadline.clear();
+        ready
+    }
+
+    /// The edge closes an upgraded session: the refusal (counter, audit record), then the
+    /// close frame queued for the client. `End::Close` lets the last bytes and the client's
+    /// close reply be awaited.
+    pub(super) fn close_session(&mut self, code: u16, reason: &'static str) -> End {
+        Refusal::Close { code, reason }.record_on(&self.core, self.peer);
+        if let Some(session) = self.session.as_mut() {
+            session.close(code, reason);
+        }
+        if self.encrypt_outgoing().is_err() {
+            return End::Abort;
+        }
+        End::Close
     }
 
     /// Resets the connection: SO_LINGER 0, so the close that follows sends RST and frees the

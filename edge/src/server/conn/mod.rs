@@ -1052,14 +1052,8 @@ impl Conn {
 
     /// Waits until the socket takes more data, within the write timeout.
     async fn wait_writable(&mut self) -> Result<(), End> {
-        self.write_deadline
-            .set(Instant::now() + self.core.cfg.limits.write_timeout());
-        let ready = monoio::select! {
-            r = self.stream.writable(false) => Some(r),
-            _ = self.write_deadline.expired() => None,
-        };
-        self.write_deadline.clear();
-        match ready {
+        let limit = Instant::now() + self.core.cfg.limits.write_timeout();
+        match self.writable_by(limit).await {
             Some(Ok(())) => Ok(()),
             Some(Err(_)) => Err(End::Abort),
             None => {
@@ -1078,16 +1072,14 @@ impl Conn {
         // The keys cannot go on: what the client sends next may not even decrypt (a KeyUpdate
         // the kernel cannot follow), so its close reply is not awaited.
         self.keys_done = true;
-        match self.session.as_mut() {
-            Some(session) if session.state() == SessionState::Open => {
-                Refusal::Close { code, reason }.record_on(&self.core, self.peer);
-                session.close(code, reason);
-                if self.encrypt_outgoing().is_err() {
-                    return End::Abort;
-                }
-            }
-            _ => Refusal::Silent { reason }.record_on(&self.core, self.peer),
+        if self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.state() == SessionState::Open)
+        {
+            return self.close_session(code, reason);
         }
+        Refusal::Silent { reason }.record_on(&self.core, self.peer);
         End::Close
     }
 
@@ -1167,14 +1159,7 @@ impl Conn {
             .and_then(|e| e.session.order())
             .unwrap_or((1008, "token_expired"));
         let (code, reason) = order;
-        Refusal::Close { code, reason }.record_on(&self.core, self.peer);
-        if let Some(s) = self.session.as_mut() {
-            s.close(code, reason);
-        }
-        if self.encrypt_outgoing().is_err() {
-            return End::Abort;
-        }
-        End::Close
+        self.close_session(code, reason)
     }
 
     fn on_deadline(&mut self) -> End {
@@ -1186,20 +1171,7 @@ impl Conn {
                 refusal.record_on(&self.core, self.peer);
                 End::Abort
             }
-            Phase::Open => {
-                Refusal::Close {
-                    code: 1001,
-                    reason: "idle_timeout",
-                }
-                .record_on(&self.core, self.peer);
-                if let Some(s) = self.session.as_mut() {
-                    s.close(1001, "idle_timeout");
-                }
-                if self.encrypt_outgoing().is_err() {
-                    return End::Abort;
-                }
-                End::Close
-            }
+            Phase::Open => self.close_session(1001, "idle_timeout"),
         }
     }
 

@@ -108,17 +108,10 @@ impl Conn {
 
     /// The upstream connection broke: the client is told 1014 (bad gateway).
     pub(super) fn upstream_failed(&mut self, reason: &'static str) -> End {
-        Refusal::Close { code: 1014, reason }.record_on(&self.core, self.peer);
         if let Some(relay) = self.relay.as_mut() {
             relay.abandon();
         }
-        if let Some(session) = self.session.as_mut() {
-            session.close(1014, reason);
-        }
-        if self.encrypt_outgoing().is_err() {
-            return End::Abort;
-        }
-        End::Close
+        self.close_session(1014, reason)
     }
 
     /// Proxy mode: the route of an admitted request. No route matching: 404.
