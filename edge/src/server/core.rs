@@ -304,7 +304,7 @@ async fn core_main(
     for l in listeners {
         match TcpListener::from_std(l) {
             Ok(l) => {
-                monoio::spawn(accept_loop(core.clone(), l, gate.clone()));
+                monoio::spawn(accept_loop(core.clone(), l, AcceptLoop::enter(&gate)));
             }
             Err(e) => tracing::error!(core = core.index, error = %e, "cannot register a listener"),
         }
@@ -397,7 +397,8 @@ pub(crate) fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-async fn accept_loop(core: Rc<Core>, listener: TcpListener, gate: Rc<AcceptGate>) {
+async fn accept_loop(core: Rc<Core>, listener: TcpListener, running: AcceptLoop) {
+    let gate = &running.0;
     loop {
         if gate.mode.get() == AcceptMode::Stopped {
             return;
@@ -484,6 +485,28 @@ pub(crate) struct AcceptGate {
     fds: Vec<RawFd>,
     /// True while the listeners are this core's to shut down when it stops.
     listeners_owned: Rc<Cell<bool>>,
+    /// Accept loops that have not returned yet. A loop returns only once its accept's
+    /// completion has come back (a cancelled accept may still have taken a connection), so
+    /// while any runs, the core must not end: an accept still in the ring when the runtime
+    /// goes would take a connection nobody serves, reset when the process exits.
+    loops_running: Cell<usize>,
+}
+
+/// A running accept loop's place in [`AcceptGate::loops_running`], given back when it returns.
+struct AcceptLoop(Rc<AcceptGate>);
+
+impl AcceptLoop {
+    /// Counted before the loop's task is spawned, so no tick can see a gate with none.
+    fn enter(gate: &Rc<AcceptGate>) -> Self {
+        gate.loops_running.set(gate.loops_running.get() + 1);
+        AcceptLoop(gate.clone())
+    }
+}
+
+impl Drop for AcceptLoop {
+    fn drop(&mut self) {
+        self.0.loops_running.set(self.0.loops_running.get() - 1);
+    }
 }
 
 impl AcceptGate {
@@ -493,6 +516,7 @@ impl AcceptGate {
             canceller: RefCell::new(monoio::io::Canceller::new()),
             fds,
             listeners_owned: Rc::new(Cell::new(true)),
+            loops_running: Cell::new(0),
         })
     }
 
@@ -541,8 +565,10 @@ impl AcceptGate {
 ///    reachable from here (only upgraded sessions register), and a client mid-handshake has
 ///    sent nothing it could lose. They get until their handshake timeout; if they upgrade, step
 ///    2 closes them at once; whatever is left at the drain deadline is closed with the core.
-/// 4. The core stops when its connections are gone, or at the deadline (the rest are counted
-///    as forced and closed by the runtime's end).
+/// 4. The core stops when its accept loops have returned (every cancelled accept completed, so
+///    none is left in the ring to take a connection after the runtime ends) and its
+///    connections are gone, or at the deadline (the rest are counted as forced and closed by
+///    the runtime's end).
 struct DrainState {
     order: DrainOrder,
     began: Instant,
@@ -585,7 +611,9 @@ impl DrainState {
         let closed = core.live.close_matching(now, |_| Some((code, reason)));
         core.metrics.drain_sessions_closed.add(closed as u64);
         let left = core.connections.get();
-        if self.listeners_closed && left == 0 {
+        // The accept loops return once their cancelled accepts complete; one that won the
+        // race brought a connection, counted in `left` from then on.
+        if self.listeners_closed && gate.loops_running.get() == 0 && left == 0 {
             tracing::info!(core = core.index, "core drained");
             return true;
         }
