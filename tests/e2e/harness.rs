@@ -295,6 +295,20 @@ impl Proc {
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
+    /// As [`Proc::wait_timeout`], without blocking the test's runtime: its other tasks (clients
+    /// the process is still serving) go on while it waits.
+    pub async fn exited_within(&mut self, d: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + d;
+        loop {
+            if let Some(s) = self.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     pub fn wait_timeout(&mut self, d: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + d;
         loop {

@@ -77,9 +77,17 @@ async fn readyz(srv: &Server) -> (u16, String) {
     http_get(srv.admin, "/readyz").await
 }
 
+/// Config reloads (accepted or refused) on record in the trail.
+fn config_reloads(records: &[Value]) -> usize {
+    records
+        .iter()
+        .filter(|r| r["event"] == "reload" && r["what"] == "config")
+        .count()
+}
+
 /// Waits for the process to exit (bounded) and returns its exit code.
-fn exit_code(srv: &mut Server, within: Duration) -> Option<i32> {
-    let status = srv.proc.wait_timeout(within).unwrap_or_else(|| {
+async fn exit_code(srv: &mut Server, within: Duration) -> Option<i32> {
+    let status = srv.proc.exited_within(within).await.unwrap_or_else(|| {
         panic!(
             "the edge did not exit within {within:?}; stderr:\n{}",
             srv.proc.stderr()
@@ -123,7 +131,7 @@ async fn expect_drained(
     )
     .await;
     let started = Instant::now();
-    let code = exit_code(&mut srv, WAIT);
+    let code = exit_code(&mut srv, WAIT).await;
     assert_eq!(code, Some(0), "stderr:\n{}", srv.proc.stderr());
     visible_line(&format!(
         "lifecycle: {trigger} drain exited {:?} after the last close",
@@ -192,7 +200,7 @@ async fn the_drain_deadline_bounds_the_exit() {
     let began = Instant::now();
     signal(&srv, libc::SIGINT);
     assert_eq!(ws.expect_close().await, Some(1001));
-    let code = exit_code(&mut srv, WAIT);
+    let code = exit_code(&mut srv, WAIT).await;
     let took = began.elapsed();
     assert_eq!(code, Some(0), "stderr:\n{}", srv.proc.stderr());
     assert!(
@@ -295,6 +303,10 @@ async fn sighup_rotates_the_certificate_for_new_clients_while_an_old_session_ech
     assert_eq!(out.code, Some(1), "a mismatched key is refused: {out:#?}");
     assert!(out.stderr.contains("match"), "{out:#?}");
     signal(&srv, libc::SIGHUP);
+    // The signal is handled asynchronously: its (refused) reload must be on record before the
+    // files change again, or it could read the next ones.
+    t.wait_for("the refused SIGHUP reload", |r| config_reloads(r) >= 4)
+        .await;
     handshake_trusting(&srv, &ca_b_path)
         .await
         .expect("B still serves after the refused reloads");
@@ -314,14 +326,7 @@ async fn sighup_rotates_the_certificate_for_new_clients_while_an_old_session_ech
     let v: Value = serde_json::from_str(&out.stdout).expect("JSON");
     assert_eq!(v["needs_restart"], serde_json::json!(["limits"]), "{v}");
 
-    let records = t
-        .wait_for("the reloads", |r| {
-            r.iter()
-                .filter(|r| r["event"] == "reload" && r["what"] == "config")
-                .count()
-                >= 5
-        })
-        .await;
+    let records = t.wait_for("the reloads", |r| config_reloads(r) >= 5).await;
     let reloads: Vec<(bool, String)> = records
         .iter()
         .filter(|r| r["event"] == "reload" && r["what"] == "config")
@@ -426,6 +431,11 @@ async fn connect_in_a_loop(
                 continue;
             }
         };
+        let local = stream
+            .get_ref()
+            .0
+            .local_addr()
+            .map_or_else(|e| e.to_string(), |a| a.to_string());
         let outcome = tokio::time::timeout(WAIT, try_attempt_over(stream, &ws_request("/", &[])))
             .await
             .map_err(|_| std::io::Error::other("upgrade timed out"))
@@ -439,7 +449,7 @@ async fn connect_in_a_loop(
             }
             Err(e) => {
                 c.failures
-                    .push(format!("attempt {}: upgrade: {e}", c.attempts));
+                    .push(format!("attempt {} from {local}: upgrade: {e}", c.attempts));
                 continue;
             }
         };
@@ -468,7 +478,9 @@ async fn status_pid(socket: &std::path::Path) -> Option<u32> {
     v["pid"].as_u64().map(|p| p as u32)
 }
 
-#[tokio::test]
+// Multi-threaded: the connecting loop runs on a worker of its own, so nothing the test body
+// waits on can stall a client mid-handshake (which the old process would then wait out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctl_restart_hands_over_without_refusing_a_connection() {
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only changes who adopts this process's orphans.
     let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
@@ -496,7 +508,12 @@ async fn ctl_restart_hands_over_without_refusing_a_connection() {
         "close frame of an old session",
     )
     .await;
-    assert_eq!(exit_code(&mut srv, WAIT), Some(0), "{}", srv.proc.stderr());
+    assert_eq!(
+        exit_code(&mut srv, WAIT).await,
+        Some(0),
+        "{}",
+        srv.proc.stderr()
+    );
     // The loop goes on against the new process for a while, then stops.
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
