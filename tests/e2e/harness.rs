@@ -1156,13 +1156,22 @@ pub async fn try_tls_connect(
     addr: SocketAddr,
     cfg: Arc<ClientConfig>,
 ) -> std::io::Result<TlsStream<TcpStream>> {
-    let attempt = async {
-        let tcp = TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
-        let name = ServerName::IpAddress(Ipv4Addr::LOCALHOST.into());
-        TlsConnector::from(cfg).connect(name, tcp).await
-    };
-    match tokio::time::timeout(WAIT, attempt).await {
+    let tcp = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "TCP connect timed out")
+        })??;
+    try_tls_over(tcp, cfg).await
+}
+
+/// The TLS handshake over a connected `tcp` (bounded by `WAIT`).
+pub async fn try_tls_over(
+    tcp: TcpStream,
+    cfg: Arc<ClientConfig>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    tcp.set_nodelay(true)?;
+    let name = ServerName::IpAddress(Ipv4Addr::LOCALHOST.into());
+    match tokio::time::timeout(WAIT, TlsConnector::from(cfg).connect(name, tcp)).await {
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,

@@ -407,10 +407,13 @@ struct LoopCounts {
     attempts: u64,
     upgraded: u64,
     echoed: u64,
-    /// Closed with 1012 right after its upgrade: it landed on the old process just as it
-    /// stopped accepting (served, then drained like the other old sessions).
+    /// Closed with 1012 right after its upgrade: it landed on the old process after the
+    /// handover (served, then drained like the old sessions). Must not happen: the new process
+    /// starts accepting only once the old one cannot any more.
     restarted: u64,
     failures: Vec<String>,
+    /// The longest attempt, connect to echo (the handover's pause shows here).
+    slowest: Duration,
 }
 
 /// Connects, handshakes, upgrades and echoes in a loop until `stop` (bounded: 3000 attempts).
@@ -423,19 +426,29 @@ async fn connect_in_a_loop(
     let mut c = LoopCounts::default();
     while !stop.load(Ordering::Relaxed) && c.attempts < 3000 {
         c.attempts += 1;
-        let stream = match try_tls_connect(addr, tls.clone()).await {
-            Ok(s) => s,
+        let began = Instant::now();
+        let tcp = match tokio::net::TcpStream::connect(addr).await {
+            Ok(tcp) => tcp,
             Err(e) => {
                 c.failures
-                    .push(format!("attempt {}: connect/TLS: {e}", c.attempts));
+                    .push(format!("attempt {}: TCP connect: {e}", c.attempts));
                 continue;
             }
         };
-        let local = stream
-            .get_ref()
-            .0
+        let local = tcp
             .local_addr()
             .map_or_else(|e| e.to_string(), |a| a.to_string());
+        let stream = match try_tls_over(tcp, tls.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                c.failures.push(format!(
+                    "attempt {} from {local}: TLS: {e}; the server's end: {}",
+                    c.attempts,
+                    server_end(&local).await
+                ));
+                continue;
+            }
+        };
         let outcome = tokio::time::timeout(WAIT, try_attempt_over(stream, &ws_request("/", &[])))
             .await
             .map_err(|_| std::io::Error::other("upgrade timed out"))
@@ -456,7 +469,10 @@ async fn connect_in_a_loop(
         c.upgraded += 1;
         ws.send(&cframe(true, OP_TEXT, b"loop")).await;
         match ws.next().await {
-            Event::Frame(f) if f.opcode == OP_TEXT && f.payload == b"loop" => c.echoed += 1,
+            Event::Frame(f) if f.opcode == OP_TEXT && f.payload == b"loop" => {
+                c.echoed += 1;
+                c.slowest = c.slowest.max(began.elapsed());
+            }
             Event::Frame(f) if f.close_code() == Some(1012) => c.restarted += 1,
             other => c
                 .failures
@@ -467,6 +483,17 @@ async fn connect_in_a_loop(
             .await;
     }
     c
+}
+
+/// Who holds the server's end of the connection from `local` (`ss -tanp`), for a failure's
+/// message: a process, or no one (still in an accept queue).
+async fn server_end(local: &str) -> String {
+    let mut cmd = tokio::process::Command::new("ss");
+    cmd.args(["-tanpH", "state", "all", "dst", local]);
+    match run_cmd(cmd, WAIT).await {
+        Some((_, out, err)) => format!("{:?}", format!("{out}{err}").trim()),
+        None => "ss did not finish".into(),
+    }
 }
 
 async fn status_pid(socket: &std::path::Path) -> Option<u32> {
@@ -521,12 +548,13 @@ async fn ctl_restart_hands_over_without_refusing_a_connection() {
         .await
         .expect("loop task");
     visible_line(&format!(
-        "lifecycle: restart handover: {} attempts, {} upgraded, {} echoed, {} closed 1012 right after the upgrade, {} failed",
+        "lifecycle: restart handover: {} attempts, {} upgraded, {} echoed, {} closed 1012 right after the upgrade, {} failed; slowest attempt {:?}",
         counts.attempts,
         counts.upgraded,
         counts.echoed,
         counts.restarted,
-        counts.failures.len()
+        counts.failures.len(),
+        counts.slowest
     ));
     assert!(
         counts.failures.is_empty(),
@@ -572,6 +600,25 @@ async fn ctl_restart_hands_over_without_refusing_a_connection() {
     assert_eq!(
         (restart["ok"].as_bool(), restart["new_pid"].as_u64()),
         (Some(true), Some(new_pid as u64))
+    );
+    // The restart record marks the handover: the old process accepted nothing after it (the
+    // new one starts accepting only then). Its records are those before the new process's
+    // start record; timestamps are fixed-width RFC 3339, so they compare as strings.
+    let handed_over_at = restart["ts"].as_str().expect("ts");
+    let successor_starts = records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r["event"] == "start")
+        .nth(1)
+        .map(|(i, _)| i)
+        .expect("the new process's start record");
+    let late: Vec<&Value> = records[..successor_starts]
+        .iter()
+        .filter(|r| r["event"] == "accept" && r["ts"].as_str() > Some(handed_over_at))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "the old process accepted after the handover at {handed_over_at}: {late:?}"
     );
     let drains: Vec<(u64, u64)> = records
         .iter()

@@ -239,7 +239,10 @@ pub(crate) fn run_core(mut start: CoreStart, started: std::sync::mpsc::Sender<Re
     };
     tracing::info!(core = core.index, cpu, driver, "core started");
     let metrics = core.metrics.clone();
-    let gate = AcceptGate::new(listeners.iter().map(|l| l.as_raw_fd()).collect());
+    let gate = AcceptGate::new(
+        listeners.iter().map(|l| l.as_raw_fd()).collect(),
+        lifecycle.clone(),
+    );
     let _shutdown = ListenerShutdown {
         fds: gate.fds.clone(),
         armed: gate.listeners_owned.clone(),
@@ -309,6 +312,7 @@ async fn core_main(
             Err(e) => tracing::error!(core = core.index, error = %e, "cannot register a listener"),
         }
     }
+    gate.count_out_if_idle();
     // The ticker drives the core's timer wheel, watches the shared revocation state and
     // carries out a drain.
     let mut watch = RevocationWatch::default();
@@ -399,6 +403,13 @@ pub(crate) fn unix_now() -> u64 {
 
 async fn accept_loop(core: Rc<Core>, listener: TcpListener, running: AcceptLoop) {
     let gate = &running.0;
+    // A restart's successor: not before the predecessor has stopped accepting.
+    while gate.lifecycle.accepts_held() {
+        if gate.mode.get() == AcceptMode::Stopped {
+            return;
+        }
+        monoio::time::sleep(ACCEPT_HOLD_POLL).await;
+    }
     loop {
         if gate.mode.get() == AcceptMode::Stopped {
             return;
@@ -490,7 +501,14 @@ pub(crate) struct AcceptGate {
     /// while any runs, the core must not end: an accept still in the ring when the runtime
     /// goes would take a connection nobody serves, reset when the process exits.
     loops_running: Cell<usize>,
+    /// Where the main thread sees whether this core still accepts (a restart waits for it).
+    lifecycle: Arc<Lifecycle>,
+    /// Set once this core has counted itself out of [`Lifecycle::accepting_cores`].
+    counted_out: Cell<bool>,
 }
+
+/// How often a successor's accept loops look whether they may start.
+const ACCEPT_HOLD_POLL: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// A running accept loop's place in [`AcceptGate::loops_running`], given back when it returns.
 struct AcceptLoop(Rc<AcceptGate>);
@@ -506,18 +524,31 @@ impl AcceptLoop {
 impl Drop for AcceptLoop {
     fn drop(&mut self) {
         self.0.loops_running.set(self.0.loops_running.get() - 1);
+        self.0.count_out_if_idle();
     }
 }
 
 impl AcceptGate {
-    fn new(fds: Vec<RawFd>) -> Rc<Self> {
+    /// Counts the core into the lifecycle's accepting cores (before the core reports started).
+    fn new(fds: Vec<RawFd>, lifecycle: Arc<Lifecycle>) -> Rc<Self> {
+        lifecycle.core_accepts();
         Rc::new(AcceptGate {
             mode: Cell::new(AcceptMode::Serve),
             canceller: RefCell::new(monoio::io::Canceller::new()),
             fds,
             listeners_owned: Rc::new(Cell::new(true)),
             loops_running: Cell::new(0),
+            lifecycle,
+            counted_out: Cell::new(false),
         })
+    }
+
+    /// With no accept loop left (all returned, or none could start), the core no longer
+    /// accepts: counted out once.
+    fn count_out_if_idle(&self) {
+        if self.loops_running.get() == 0 && !self.counted_out.replace(true) {
+            self.lifecycle.core_stopped_accepting();
+        }
     }
 
     /// Connections waiting in this core's accept queues.

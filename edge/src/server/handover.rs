@@ -5,19 +5,28 @@
 //!
 //! Why nothing is refused: the successor's listeners are the *same* sockets — one accept queue
 //! per socket in the kernel, shared by both processes. Until the successor reports ready the
-//! predecessor keeps accepting; afterwards its cores cancel their accepts (never shutting the
-//! sockets down, which would close them for the successor too) and the successor's cores serve
-//! whatever is queued. The instance lock travels the same way, so the address is never
+//! predecessor keeps accepting; then its cores cancel their accepts (never shutting the sockets
+//! down, which would close them for the successor too) and, once every cancelled accept has
+//! come back, the successor's cores start. No connection is taken by the process going away
+//! (it would only be served to be closed with 1012 again), and none waits longer than about a
+//! core tick in the queue. The order matters twice: io_uring accepts wait on a listener
+//! exclusively (one waiter is woken per connection), so with both processes' accepts armed a
+//! wakeup could go to an accept being cancelled and leave the connection queued, unseen by the
+//! successor until the next one arrives (seen: a client stuck 10 s); a successor that arms its
+//! accepts after the predecessor's are gone finds the queue as it is. The instance lock travels the same way, so the address is never
 //! unlocked in between.
 //!
 //! The exchange:
 //! 1. predecessor → successor: an [`Offer`] (addresses, counts), then the descriptors;
-//! 2. successor: binds what is new, starts its cores on the inherited listeners (attaching its
-//!    own eBPF program to the group, which replaces the predecessor's), then → `ready` (or
-//!    `failed` with the reason: the predecessor keeps serving);
-//! 3. predecessor: stops accepting, starts its drain (1012 "service_restart"), answers the
-//!    control command, stops serving the control socket → `control_released`;
-//! 4. successor: binds the control socket; its audit writer takes the trail over once the
+//! 2. successor: binds what is new, starts its cores on the inherited listeners with their
+//!    accepts held (attaching its own eBPF program to the group, which replaces the
+//!    predecessor's), then → `ready` (or `failed` with the reason: the predecessor keeps
+//!    serving);
+//! 3. predecessor: starts its drain (1012 "service_restart"), waits until every core's accepts
+//!    have returned → `accepts_released`; the successor's cores start accepting;
+//! 4. predecessor: answers the control command, stops serving the control socket →
+//!    `control_released`;
+//! 5. successor: binds the control socket; its audit writer takes the trail over once the
 //!    predecessor has sealed it at the end of its drain.
 //!
 //! [`fdpass`]: super::fdpass
@@ -66,6 +75,7 @@ enum Answer {
     Failed { reason: String },
 }
 
+const ACCEPTS_RELEASED: &[u8] = b"accepts_released";
 const CONTROL_RELEASED: &[u8] = b"control_released";
 
 /// What a running edge can hand over: copies of its listening sockets (the cores own the
@@ -83,6 +93,13 @@ pub(crate) struct Successor {
 }
 
 impl Successor {
+    /// Tells the successor this process accepts no more: its cores may start.
+    pub fn accepts_released(&self) {
+        if let Err(e) = fdpass::send(self.sock.as_fd(), ACCEPTS_RELEASED, &[]) {
+            tracing::warn!(error = %e, "could not tell the new process to start accepting");
+        }
+    }
+
     /// Tells the successor the control socket is free to take.
     pub fn control_released(&self) {
         if let Err(e) = fdpass::send(self.sock.as_fd(), CONTROL_RELEASED, &[]) {
@@ -176,6 +193,35 @@ pub(crate) struct Inheritance {
     from_pid: u32,
     sets: Vec<ListenerSet>,
     admin: Option<(SocketAddr, TcpListener)>,
+    /// The predecessor said `control_released` where `accepts_released` was expected.
+    control_released_early: std::cell::Cell<bool>,
+}
+
+/// What a successor heard from its predecessor while waiting for a word.
+enum Heard {
+    Expected,
+    Gone,
+    Other(Vec<u8>),
+    Nothing(std::io::Error),
+}
+
+impl Heard {
+    fn log(&self, from_pid: u32, awaited: &str) {
+        match self {
+            Heard::Expected => {}
+            Heard::Gone => tracing::info!(from_pid, "the previous process has gone"),
+            Heard::Other(what) => tracing::warn!(
+                from_pid,
+                message = %String::from_utf8_lossy(what),
+                "unexpected message from the previous process (waiting for it to {awaited})"
+            ),
+            Heard::Nothing(e) => tracing::warn!(
+                from_pid,
+                error = %e,
+                "the previous process did not {awaited} in time; going on"
+            ),
+        }
+    }
 }
 
 /// In a successor (the environment names a handover socket): receives what the predecessor
@@ -243,6 +289,7 @@ pub(crate) fn inherit() -> Result<Option<Inheritance>, String> {
         from_pid: offer.pid,
         sets,
         admin,
+        control_released_early: Default::default(),
     }))
 }
 
@@ -303,19 +350,36 @@ impl Inheritance {
         });
     }
 
+    /// Waits until the predecessor accepts no more (or is gone, or `timeout`: then this
+    /// process accepts anyway, next to it, rather than leave the queues unserved).
+    pub fn wait_accepts_released(&self, timeout: Duration) {
+        match self.wait_for(ACCEPTS_RELEASED, timeout) {
+            Heard::Expected => {}
+            // It let go of the control socket too, so of everything before it.
+            Heard::Other(what) if what == CONTROL_RELEASED => self.control_released_early.set(true),
+            heard => heard.log(self.from_pid, "stop accepting"),
+        }
+    }
+
     /// Waits until the predecessor has stopped serving the control socket (or gone).
     pub fn wait_control_released(&self, timeout: Duration) {
+        if self.control_released_early.get() {
+            return;
+        }
+        match self.wait_for(CONTROL_RELEASED, timeout) {
+            Heard::Expected => {}
+            heard => heard.log(self.from_pid, "release the control socket"),
+        }
+    }
+
+    fn wait_for(&self, expected: &[u8], timeout: Duration) -> Heard {
         let _ = self.sock.set_read_timeout(Some(timeout));
         let mut buf = [0u8; 64];
         match fdpass::recv(self.sock.as_fd(), &mut buf) {
-            Ok((n, _)) if &buf[..n] == CONTROL_RELEASED => {}
-            Ok((0, _)) => {
-                tracing::info!(from_pid = self.from_pid, "the previous process has gone")
-            }
-            Ok(_) => tracing::warn!("unexpected message from the previous process"),
-            Err(e) => {
-                tracing::warn!(error = %e, "the previous process did not release the control socket")
-            }
+            Ok((n, _)) if &buf[..n] == expected => Heard::Expected,
+            Ok((0, _)) => Heard::Gone,
+            Ok((n, _)) => Heard::Other(buf[..n].to_vec()),
+            Err(e) => Heard::Nothing(e),
         }
     }
 }

@@ -7,9 +7,9 @@
 //! what is still queued, orders its live sessions closed with the order's code, and stops once
 //! its connections are gone or the deadline has passed (see `core::DrainState`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 
@@ -69,11 +69,21 @@ impl DrainOrder {
 }
 
 /// Shared by the main thread (writes) and the cores (read on every tick).
+///
+/// It also passes the accepts from one process to the next in a restart, so that no
+/// connection is ever accepted by the process going away: the successor's cores hold their
+/// accepts ([`Lifecycle::accepts_held`]) until the predecessor's have all returned
+/// ([`Lifecycle::accepting_cores`] is zero). Meanwhile new connections wait in the shared
+/// accept queues, which both processes hold open: delayed by at most a core tick, never refused.
 #[derive(Default)]
 pub(crate) struct Lifecycle {
     /// Also the metrics registry's flag: `/readyz` answers 503 from the moment it is set.
     draining: Arc<AtomicBool>,
     order: ArcSwapOption<DrainOrder>,
+    /// Cores whose accept loops have not all returned.
+    accepting: AtomicUsize,
+    /// Set in a restart's successor until its predecessor has stopped accepting.
+    held: AtomicBool,
 }
 
 impl Lifecycle {
@@ -81,8 +91,50 @@ impl Lifecycle {
     pub fn new(draining: Arc<AtomicBool>) -> Self {
         Lifecycle {
             draining,
-            order: ArcSwapOption::empty(),
+            ..Default::default()
         }
+    }
+
+    /// A successor's: its cores start with their accepts held until [`Self::release_accepts`].
+    pub fn holding_accepts(draining: Arc<AtomicBool>) -> Self {
+        let life = Self::new(draining);
+        life.held.store(true, Ordering::SeqCst);
+        life
+    }
+
+    /// True while the cores must not accept yet (a successor whose predecessor still does).
+    pub fn accepts_held(&self) -> bool {
+        self.held.load(Ordering::Acquire)
+    }
+
+    pub fn release_accepts(&self) {
+        self.held.store(false, Ordering::Release);
+    }
+
+    /// A core with listeners counts itself in before it serves…
+    pub fn core_accepts(&self) {
+        self.accepting.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// …and out once its last accept loop has returned (its accepts completed).
+    pub fn core_stopped_accepting(&self) {
+        self.accepting.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    pub fn accepting_cores(&self) -> usize {
+        self.accepting.load(Ordering::SeqCst)
+    }
+
+    /// Waits (bounded) until no core accepts any more; false at the timeout.
+    pub fn wait_accepts_stopped(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.accepting_cores() > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
     }
 
     /// The flag `/readyz` and `wssedge_draining` read.
@@ -132,5 +184,34 @@ mod tests {
             (order.code, order.reason, order.handed_over),
             (1001, "going_away", false)
         );
+    }
+
+    #[test]
+    fn accepts_are_held_in_a_successor_and_counted_out_in_a_predecessor() {
+        let fresh = Lifecycle::new(Arc::default());
+        assert!(!fresh.accepts_held(), "a first process accepts at once");
+        let successor = Lifecycle::holding_accepts(Arc::default());
+        assert!(successor.accepts_held());
+        successor.release_accepts();
+        assert!(!successor.accepts_held());
+
+        let life = Arc::new(Lifecycle::new(Arc::default()));
+        life.core_accepts();
+        life.core_accepts();
+        assert!(
+            !life.wait_accepts_stopped(Duration::from_millis(5)),
+            "two cores accept"
+        );
+        life.core_stopped_accepting();
+        let core = {
+            let life = life.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                life.core_stopped_accepting();
+            })
+        };
+        assert!(life.wait_accepts_stopped(Duration::from_secs(5)));
+        assert_eq!(life.accepting_cores(), 0);
+        core.join().unwrap();
     }
 }

@@ -109,6 +109,14 @@ pub struct Running {
     reloader: Arc<reload::Reloader>,
 }
 
+/// How long a restarting process waits for its cores' accepts to return (each core sees the
+/// drain on its next tick) before its successor starts accepting anyway.
+const ACCEPTS_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a successor holds its accepts for the predecessor's word (a little longer than
+/// the predecessor waits for its cores).
+const ACCEPTS_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What a drain did, for its audit record and log line.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct DrainSummary {
@@ -200,21 +208,20 @@ impl Running {
         reply: Option<mpsc::Sender<Result<u32, String>>>,
     ) -> bool {
         tracing::info!(trigger, "restart: handing the listeners to a new process");
-        let outcome = handover::spawn_successor(&self.handoff, &self.locks);
-        self.trail
-            .handle()
-            .record(crate::audit::AuditEvent::Restart {
-                trigger: trigger.to_owned(),
-                ok: outcome.is_ok(),
-                new_pid: outcome.as_ref().ok().map(|s| s.pid),
-                detail: match &outcome {
-                    Ok(s) => format!("handed over to pid {}", s.pid),
-                    Err(e) => e.clone(),
-                },
-            });
-        let successor = match outcome {
+        let record = |new_pid: Option<u32>, detail: String| {
+            self.trail
+                .handle()
+                .record(crate::audit::AuditEvent::Restart {
+                    trigger: trigger.to_owned(),
+                    ok: new_pid.is_some(),
+                    new_pid,
+                    detail,
+                })
+        };
+        let successor = match handover::spawn_successor(&self.handoff, &self.locks) {
             Ok(s) => s,
             Err(e) => {
+                record(None, e.clone());
                 tracing::error!(reason = %e, "restart failed; this process keeps serving");
                 if let Some(reply) = reply {
                     let _ = reply.send(Err(e));
@@ -227,11 +234,29 @@ impl Running {
             "restart: the new process serves; draining with 1012"
         );
         self.handed_over = true;
-        // Stop accepting first (the successor's cores serve the shared queues), then answer.
+        // Stop accepting first; once every core's accepts have returned (none can take a
+        // connection any more) the successor's cores start on the shared queues. Then answer.
         let began = Instant::now();
         let order = DrainOrder::service_restart(began + self.drain_timeout);
         self.admin_stop.store(true, Ordering::SeqCst);
         self.lifecycle.start_drain(order);
+        if !self.lifecycle.wait_accepts_stopped(ACCEPTS_STOP_TIMEOUT) {
+            tracing::warn!(
+                cores = self.lifecycle.accepting_cores(),
+                "restart: cores still accepting after {ACCEPTS_STOP_TIMEOUT:?}; the new process starts accepting anyway"
+            );
+        }
+        successor.accepts_released();
+        let after_ms = began.elapsed().as_millis() as u64;
+        tracing::info!(after_ms, "restart: accepting handed to the new process");
+        // The handover's moment on record: this process accepted nothing after it.
+        record(
+            Some(successor.pid),
+            format!(
+                "handed over to pid {}; this process stopped accepting {after_ms} ms after it was ready",
+                successor.pid
+            ),
+        );
         if let Some(reply) = reply {
             let _ = reply.send(Ok(successor.pid));
         }
@@ -415,7 +440,11 @@ fn start_serving(
     };
     let (trail, sinks) = crate::audit::AuditTrail::start_with(&cfg.audit, cpus.len(), lock_wait)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let lifecycle = Arc::new(Lifecycle::new(Arc::new(AtomicBool::new(false))));
+    let draining = Arc::new(AtomicBool::new(false));
+    let lifecycle = Arc::new(match inherited {
+        Some(_) => Lifecycle::holding_accepts(draining),
+        None => Lifecycle::new(draining),
+    });
     let (command_tx, commands) = mpsc::channel();
     let registry = Registry {
         cores: cpus
@@ -525,8 +554,11 @@ fn start_serving(
         }
     }
     if let Some(h) = inherited.as_ref() {
-        // Serving: the predecessor stops accepting and lets go of the control socket.
+        // Ready to serve: the predecessor stops accepting; once its accepts have all returned
+        // ours start (the queues wait meanwhile). Then it lets go of the control socket.
         h.ready();
+        h.wait_accepts_released(ACCEPTS_RELEASE_TIMEOUT);
+        lifecycle.release_accepts();
         if cfg.server.control.is_some() {
             h.wait_control_released(Duration::from_secs(30));
         }
