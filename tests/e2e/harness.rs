@@ -300,11 +300,8 @@ impl Proc {
     pub async fn exited_within(&mut self, d: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + d;
         loop {
-            if let Some(s) = self.try_wait() {
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
+            if let Some(end) = self.exit_by(deadline) {
+                return end;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -312,13 +309,19 @@ impl Proc {
     pub fn wait_timeout(&mut self, d: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + d;
         loop {
-            if let Some(s) = self.try_wait() {
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
+            if let Some(end) = self.exit_by(deadline) {
+                return end;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    /// One look while waiting for the exit: `Some(status)` when it exited, `Some(None)` past
+    /// the deadline, `None` to look again.
+    fn exit_by(&mut self, deadline: Instant) -> Option<Option<ExitStatus>> {
+        match self.try_wait() {
+            Some(s) => Some(Some(s)),
+            None if Instant::now() >= deadline => Some(None),
+            None => None,
         }
     }
 }
