@@ -622,3 +622,45 @@ async fn a_resumed_session_does_not_outlive_a_crl_revocation() {
         }
     }
 }
+
+/// A reload that names another CRL file moves the watch to it: rewriting the new file closes
+/// the session it revokes, as rewriting the file named at start did before.
+#[tokio::test]
+async fn a_crl_file_named_by_a_reload_is_watched_from_then_on() {
+    let p = pki();
+    let srv = Server::with_config(&p.tls_section("required"));
+    let moved = p.crl_path.with_file_name("moved.crl.pem");
+    replace_file(&moved, &p.ca.crl_pem(&[0x11], 3));
+    let text = std::fs::read_to_string(srv.config_path()).expect("config");
+    let renamed = text.replace(&toml_path(&p.crl_path), &toml_path(&moved));
+    assert_ne!(renamed, text, "the config names the CRL file");
+    std::fs::write(srv.config_path(), renamed).expect("config");
+    // SAFETY: kill(2) on the pid of the server this test started.
+    let sent = unsafe { libc::kill(srv.proc.pid() as i32, libc::SIGHUP) };
+    assert_eq!(sent, 0, "SIGHUP");
+    let asked = Instant::now();
+    while !srv.proc.stderr().contains("configuration reloaded") {
+        assert!(asked.elapsed() < WAIT, "no reload:\n{}", srv.proc.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let doomed = p.ca.client(
+        "trader-5",
+        &[],
+        &["spiffe://bank.test/trading/desk-5"],
+        0x30,
+    );
+    let ws = expect_mtls_upgrade(&srv, Some(&doomed), "/trade").await;
+    let RawWs { mut rd, wr: _wr } = ws;
+    let watch = tokio::spawn(async move { rd.expect_close_frame().await });
+    // Let a watcher poll pass over the reloaded set first, so the rewrite is a change.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    replace_file(&moved, &p.ca.crl_pem(&[0x11, 0x30], 4));
+    let frame = within(WAIT, "close of the session the new file revokes", watch)
+        .await
+        .expect("reader task");
+    assert_eq!(
+        (frame.close_code(), frame.close_reason().as_str()),
+        (Some(1008), "certificate_revoked")
+    );
+}

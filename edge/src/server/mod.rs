@@ -91,8 +91,8 @@ pub struct Running {
     /// Set once a successor took the listeners (the eBPF program attached to the group is
     /// then the successor's: ours is not detached).
     handed_over: bool,
-    /// Re-reads the CRLs when their files change (none without CRLs).
-    _crl_watcher: Option<CrlWatcher>,
+    /// Re-reads the CRLs in force when their files change.
+    _crl_watcher: CrlWatcher,
     /// Sealed once every core has stopped.
     trail: crate::audit::AuditTrail,
     /// Set to stop: each core closes its listeners and stops within a tick.
@@ -332,21 +332,21 @@ impl Running {
     }
 }
 
-/// Watches the CRL files: a change rebuilds the TLS config and swaps it and the set in (each
-/// core then closes its sessions whose certificate is now revoked). Audited either way.
+/// Watches the files of the CRLs in force: a change rebuilds the TLS config and swaps it and
+/// the set in (each core then closes its sessions whose certificate is now revoked). Audited
+/// either way. It runs without CRLs too (stat-ing nothing), so that a reload that adds some,
+/// or names other files, is watched from then on.
 fn watch_crls(
     tls: &Arc<tls_state::TlsState>,
     audit: crate::audit::AuditHandle,
-) -> std::io::Result<Option<CrlWatcher>> {
-    let current = tls.crls.load_full();
-    if current.is_empty() {
-        return Ok(None);
-    }
-    let tls = tls.clone();
-    CrlWatcher::spawn(&current, move |crls| {
-        let _ = tls.replace_crls(Ok(crls), &audit);
-    })
-    .map(Some)
+) -> std::io::Result<CrlWatcher> {
+    let (reader, writer) = (tls.clone(), tls.clone());
+    CrlWatcher::spawn(
+        move || reader.crls.load_full(),
+        move |crls| {
+            let _ = writer.replace_crls(Ok(crls), &audit);
+        },
+    )
 }
 
 /// Validates the configuration, binds every listener (or takes them over from the previous

@@ -362,22 +362,23 @@ pub struct CrlWatcher {
 }
 
 impl CrlWatcher {
-    /// Watches the files `current` was loaded from, starting from their state when they were
-    /// read (so a change between the load and this call is not missed). Every
-    /// [`POLL_INTERVAL`] it stats each file (inode, size, mtime, ctime); on a change it
-    /// re-reads all of them and calls `on_change` with the new set — unless the content is
-    /// byte-identical (a `touch`). On a read or parse error it logs the error, keeps the old
-    /// set and calls nothing; the next change to the files is tried again.
+    /// Watches the files of the set in force (`in_force` says which it is), starting from
+    /// their state when they were read (so a change between the load and this call is not
+    /// missed). Every [`POLL_INTERVAL`] it stats each file (inode, size, mtime, ctime); on a
+    /// change it re-reads all of them and calls `on_change` with the new set — unless the
+    /// content is byte-identical (a `touch`). On a read or parse error it logs the error, keeps
+    /// the old set and calls nothing; the next change to the files is tried again.
+    ///
+    /// A set put in force by someone else (a reload, which may name other files or none)
+    /// becomes the one watched from then on.
     pub fn spawn(
-        current: &CrlSet,
+        in_force: impl Fn() -> Arc<CrlSet> + Send + 'static,
         on_change: impl Fn(CrlSet) + Send + 'static,
     ) -> std::io::Result<CrlWatcher> {
-        let files = current.files.clone();
-        let last = current.clone();
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("crl-watcher".into())
-            .spawn(move || watch(files, last, stopped, on_change))?;
+            .spawn(move || watch(in_force, stopped, on_change))?;
         Ok(CrlWatcher {
             stop: Some(stop),
             thread: Some(thread),
@@ -396,13 +397,30 @@ impl Drop for CrlWatcher {
 }
 
 fn watch(
-    mut files: Vec<(PathBuf, Option<FileStamp>)>,
-    mut last: CrlSet,
+    in_force: impl Fn() -> Arc<CrlSet>,
     stopped: mpsc::Receiver<()>,
     on_change: impl Fn(CrlSet),
 ) {
-    let paths: Vec<PathBuf> = files.iter().map(|(p, _)| p.clone()).collect();
+    let mut last = CrlSet::clone(&in_force());
+    // The version last seen in force: a change that is not the watcher's own set is a reload's.
+    let mut seen_in_force = last.version();
+    let mut files = last.files.clone();
+    let mut paths: Vec<PathBuf> = files.iter().map(|(p, _)| p.clone()).collect();
     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(POLL_INTERVAL) {
+        let current = in_force();
+        if current.version() != seen_in_force {
+            seen_in_force = current.version();
+            if current.version() != last.version() {
+                last = CrlSet::clone(&current);
+                files = last.files.clone();
+                paths = files.iter().map(|(p, _)| p.clone()).collect();
+                tracing::info!(
+                    files = paths.len(),
+                    "CRL watcher: following the reloaded set"
+                );
+                continue;
+            }
+        }
         let now: Vec<Option<FileStamp>> = paths.iter().map(|p| stamp(p)).collect();
         if files.iter().zip(&now).all(|((_, old), new)| old == new) {
             continue;
@@ -549,6 +567,28 @@ mod tests {
     }
 
     /// Waits (bounded) for the watcher's callback to have delivered `n` sets.
+    /// A watcher whose set in force stays `initial` (nothing installs what it finds), and the
+    /// sets it reported.
+    fn watch_fixed(initial: CrlSet) -> (CrlWatcher, Arc<Mutex<Vec<CrlSet>>>) {
+        let seen = Arc::new(Mutex::new(Vec::<CrlSet>::new()));
+        let sink = seen.clone();
+        let fixed = Arc::new(initial);
+        let watcher = CrlWatcher::spawn(
+            move || fixed.clone(),
+            move |set| sink.lock().unwrap().push(set),
+        )
+        .unwrap();
+        (watcher, seen)
+    }
+
+    fn identity_with_serial(pki: &TestPki, serial: u64) -> ClientIdentity {
+        let client = pki.client(ClientSpec {
+            serial,
+            ..ClientSpec::default()
+        });
+        ClientIdentity::from_chain(&client.chain).unwrap()
+    }
+
     fn wait_for(seen: &Mutex<Vec<CrlSet>>, n: usize, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
@@ -563,21 +603,14 @@ mod tests {
     #[test]
     fn watcher_notices_a_rewrite_and_keeps_the_old_set_on_a_broken_file() {
         let pki = TestPki::new();
-        let victim = pki.client(ClientSpec {
-            serial: 0x42,
-            ..ClientSpec::default()
-        });
-        let id = ClientIdentity::from_chain(&victim.chain).unwrap();
+        let id = identity_with_serial(&pki, 0x42);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ca.crl.pem");
         std::fs::write(&path, pki.crl(&[], false).pem().unwrap()).unwrap();
         let initial = CrlSet::load(std::slice::from_ref(&path)).unwrap();
         assert!(!initial.is_revoked(&id));
 
-        let seen = Arc::new(Mutex::new(Vec::<CrlSet>::new()));
-        let sink = seen.clone();
-        let watcher =
-            CrlWatcher::spawn(&initial, move |set| sink.lock().unwrap().push(set)).unwrap();
+        let (watcher, seen) = watch_fixed(initial.clone());
 
         // Replaced atomically (write + rename: a new inode), as CRL publishers do.
         let tmp = dir.path().join("ca.crl.pem.tmp");
@@ -619,12 +652,63 @@ mod tests {
         let pem = pki.crl(&[1], false).pem().unwrap();
         std::fs::write(&path, &pem).unwrap();
         let initial = CrlSet::load(std::slice::from_ref(&path)).unwrap();
-        let seen = Arc::new(Mutex::new(Vec::<CrlSet>::new()));
-        let sink = seen.clone();
-        let _watcher =
-            CrlWatcher::spawn(&initial, move |set| sink.lock().unwrap().push(set)).unwrap();
+        let (_watcher, seen) = watch_fixed(initial);
         std::thread::sleep(Duration::from_millis(50));
         std::fs::write(&path, &pem).unwrap();
         assert!(!wait_for(&seen, 1, Duration::from_millis(2200)));
+    }
+
+    /// A reload that names another file (or adds CRLs where there were none) moves the watch
+    /// to it; the watcher's own sets put in force do not restart it, and the old file is left.
+    #[test]
+    fn watcher_follows_a_reloaded_set_to_its_files() {
+        let pki = TestPki::new();
+        let id = identity_with_serial(&pki, 0x42);
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (
+            dir.path().join("old.crl.pem"),
+            dir.path().join("new.crl.pem"),
+        );
+        std::fs::write(&old, pki.crl(&[], false).pem().unwrap()).unwrap();
+        std::fs::write(&new, pki.crl(&[], false).pem().unwrap()).unwrap();
+        // As the server wires it: the callback puts the set in force.
+        let in_force = Arc::new(arc_swap::ArcSwap::from_pointee(CrlSet::empty()));
+        let seen = Arc::new(Mutex::new(Vec::<CrlSet>::new()));
+        let (reader, writer, sink) = (in_force.clone(), in_force.clone(), seen.clone());
+        let _watcher = CrlWatcher::spawn(
+            move || reader.load_full(),
+            move |set| {
+                sink.lock().unwrap().push(set.clone());
+                writer.store(Arc::new(set));
+            },
+        )
+        .unwrap();
+
+        // No CRLs at start; a reload brings `old`, then its change is noticed.
+        in_force.store(Arc::new(CrlSet::load(std::slice::from_ref(&old)).unwrap()));
+        std::thread::sleep(POLL_INTERVAL * 2);
+        std::fs::write(&old, pki.crl(&[0x42], false).pem().unwrap()).unwrap();
+        assert!(
+            wait_for(&seen, 1, Duration::from_millis(2500)),
+            "old watched"
+        );
+        assert!(in_force.load().is_revoked(&id));
+
+        // A reload moves to `new`: changes there count, changes to `old` no longer do.
+        in_force.store(Arc::new(CrlSet::load(std::slice::from_ref(&new)).unwrap()));
+        std::thread::sleep(POLL_INTERVAL * 2);
+        std::fs::write(&old, pki.crl(&[0x42, 0x43], false).pem().unwrap()).unwrap();
+        assert!(
+            !wait_for(&seen, 2, Duration::from_millis(1000)),
+            "the old file is not watched any more"
+        );
+        std::fs::write(&new, pki.crl(&[0x42], false).pem().unwrap()).unwrap();
+        assert!(
+            wait_for(&seen, 2, Duration::from_millis(2500)),
+            "new watched"
+        );
+        assert!(in_force.load().is_revoked(&id));
+        assert_eq!(in_force.load().files.len(), 1);
+        assert_eq!(in_force.load().files[0].0, new);
     }
 }
