@@ -49,7 +49,9 @@
 //! recorded at the date of a take that counted it (its stash's last top-up); records that
 //! arrive out of date order only overstate the spends. So the recorded history is one a
 //! single bucket admits, and over all cores, from the identity's first session on, admitted
-//! ≤ `burst + rate × T` (plus one oversized message, below).
+//! ≤ `burst + rate × T` (plus one oversized message, below). Across reconnects too: a budget
+//! is kept after the identity's last session until it has refilled (see [`IdentityBudgets`]),
+//! so ending every session and starting again buys no fresh burst.
 //!
 //! *In any window `W`*, at most 30 ms of rate more: admitted ≤ `burst + rate × (W + 30 ms)`,
 //! plus one token of rounding, however many cores. A spend is recorded at its stash's last
@@ -102,22 +104,50 @@ const SHARDS: usize = 16;
 
 /// The shared side: every live identity's budget, for all cores (`Send + Sync`, behind an
 /// `Arc`). Locked only to attach an identity's first session on a core or detach its last.
+///
+/// A budget outlives its identity's last session until it has refilled: a client that
+/// reconnects finds what it left, rather than a fresh burst on top of what it just spent.
+/// Such idle budgets are purged from their shard whenever the shard is locked (any attach or
+/// detach there), so the map holds the live identities and those active within about one
+/// bucket's refill time.
 pub struct IdentityBudgets {
     limit: RateLimit,
     hasher: RandomState,
-    shards: Box<[Shard]>,
+    shards: Box<[Mutex<Shard>]>,
 }
 
 /// Each identity's budget; its `cores` count is the number of leases out, one per core with
 /// a live session of the identity (changed only under the shard's lock).
-type Shard = Mutex<HashMap<Box<str>, Arc<SharedBudget>>>;
+#[derive(Default)]
+struct Shard {
+    budgets: HashMap<Box<str>, Arc<SharedBudget>>,
+    /// Identities whose last lease went while their budget was not full: kept until refilled.
+    idle: Vec<Box<str>>,
+}
+
+impl Shard {
+    /// Drops the idle budgets that have refilled by `now` (a new session would get the same
+    /// full budget), and forgets those a session took up again.
+    fn purge_refilled(&mut self, now: Instant) {
+        let budgets = &mut self.budgets;
+        self.idle.retain(|identity| match budgets.get(identity) {
+            Some(b) if b.cores() > 0 => false,
+            Some(b) if b.is_refilled(now) => {
+                budgets.remove(identity);
+                false
+            }
+            Some(_) => true,
+            None => false,
+        });
+    }
+}
 
 impl IdentityBudgets {
     pub fn new(limit: RateLimit) -> Arc<Self> {
         Arc::new(Self {
             limit,
             hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
         })
     }
 
@@ -125,17 +155,19 @@ impl IdentityBudgets {
         self.limit
     }
 
-    fn shard(&self, identity: &str) -> MutexGuard<'_, HashMap<Box<str>, Arc<SharedBudget>>> {
+    fn shard(&self, identity: &str) -> MutexGuard<'_, Shard> {
         let i = (self.hasher.hash_one(identity) % SHARDS as u64) as usize;
         // Poisoned only by a panic elsewhere while the map was held; the map stays usable.
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The identity's budget, created full at `now` if it has no live lease. [`CoreBudgets`]
-    /// takes one lease per core; the entry goes when the last lease drops.
+    /// The identity's budget: the one it left if it has not refilled yet, else created full
+    /// at `now`. [`CoreBudgets`] takes one lease per core.
     pub fn acquire(self: &Arc<Self>, identity: &str, now: Instant) -> IdentityLease {
         let mut shard = self.shard(identity);
+        shard.purge_refilled(now);
         let budget = shard
+            .budgets
             .entry(identity.into())
             .or_insert_with(|| Arc::new(SharedBudget::new(self.limit, now)))
             .clone();
@@ -148,15 +180,29 @@ impl IdentityBudgets {
         }
     }
 
-    /// Identities with a live lease: what this map's memory is bounded by.
+    /// Identities with a live lease.
     pub fn live_identities(&self) -> usize {
-        (0..SHARDS)
-            .map(|i| self.shards[i].lock().map_or(0, |s| s.len()))
+        self.count(|b| b.cores() > 0)
+    }
+
+    /// Budgets held: the live identities' and the idle ones not refilled (or not purged) yet.
+    pub fn held_identities(&self) -> usize {
+        self.count(|_| true)
+    }
+
+    fn count(&self, which: impl Fn(&SharedBudget) -> bool) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .map_or(0, |s| s.budgets.values().filter(|b| which(b)).count())
+            })
             .sum()
     }
 }
 
-/// A core's hold on one identity's shared budget; dropping the last removes the entry.
+/// A core's hold on one identity's shared budget; after the last drops, the budget stays
+/// until it has refilled.
 pub struct IdentityLease {
     budgets: Arc<IdentityBudgets>,
     identity: Box<str>,
@@ -174,14 +220,10 @@ impl Drop for IdentityLease {
         let mut shard = self.budgets.shard(&self.identity);
         if self.budget.cores.fetch_sub(1, Ordering::Relaxed) == 1 {
             // The last lease: nobody can acquire this budget now (that takes the lock held
-            // here), so the entry goes with it.
-            if shard
-                .get(&*self.identity)
-                .is_some_and(|b| Arc::ptr_eq(b, &self.budget))
-            {
-                shard.remove(&*self.identity);
-            }
+            // here). It stays, idle, until it has refilled (gone at once if it has).
+            shard.idle.push(self.identity.clone());
         }
+        shard.purge_refilled(Instant::now());
     }
 }
 
@@ -241,6 +283,17 @@ impl SharedBudget {
     /// Cores holding a lease on this budget.
     pub fn cores(&self) -> u32 {
         self.cores.load(Ordering::Relaxed)
+    }
+
+    /// Full again at `now`, with nothing reserved: the same as a budget created then.
+    fn is_refilled(&self, now: Instant) -> bool {
+        [&self.messages, &self.bytes]
+            .into_iter()
+            .flatten()
+            .all(|u| {
+                u.reserved.load(Ordering::Acquire) == 0
+                    && u.tat.load(Ordering::Acquire) <= u.timeline(self.epoch, now)
+            })
     }
 }
 
@@ -703,7 +756,7 @@ mod tests {
     }
 
     #[test]
-    fn entries_go_when_the_last_session_ends() {
+    fn entries_stay_after_the_last_session_until_refilled() {
         let t0 = Instant::now();
         let budgets = IdentityBudgets::new(messages(10, 10));
         let core_a = CoreBudgets::new(budgets.clone());
@@ -733,19 +786,22 @@ mod tests {
         assert_eq!(budgets.live_identities(), 0);
         assert_eq!(core_b.live_identities(), 0);
         assert!(core_b.map.borrow().is_empty(), "removed, not just dead");
+        // bob spent nothing: his full budget went at once; alice's message is still owed.
+        assert_eq!(budgets.held_identities(), 1);
 
-        // A new session starts a fresh, full budget.
+        // A reconnect finds what alice left, not a fresh burst.
         let again = core_a.attach("alice", t0 + ms(1)).unwrap();
-        assert_eq!(
-            again
-                .0
-                .state
-                .borrow()
-                .lease
-                .budget()
-                .available(Unit::Messages, t0 + ms(1)),
-            Some(10)
-        );
+        assert_eq!(shared_of(&again, Unit::Messages, t0 + ms(1)), 9);
+        drop(again);
+        assert_eq!(budgets.held_identities(), 1);
+
+        // Refilled (10/s: the one message is repaid after 100 ms), it goes at the next attach
+        // in its shard, and a new session starts full.
+        let later = core_a.attach("alice", t0 + ms(200)).unwrap();
+        assert_eq!(shared_of(&later, Unit::Messages, t0 + ms(200)), 10);
+        drop(later);
+        let _someone = core_b.attach("alice", t0 + ms(300)).unwrap();
+        assert_eq!(budgets.held_identities(), 1, "only the live one");
     }
 
     #[test]

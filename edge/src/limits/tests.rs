@@ -524,14 +524,19 @@ fn two_threads_flooding_stay_within_the_identity_budget() {
     let full = budget(limit);
     let t0 = Instant::now();
     let budgets = IdentityBudgets::new(limit);
+    // Both sessions are attached before either floods and stay until both are done: the
+    // two simulated clocks then run over one budget at the same time, as two cores' would.
+    let together = std::sync::Barrier::new(2);
     let totals: Vec<u64> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..2)
             .map(|_| {
                 let budgets = Arc::clone(&budgets);
+                let together = &together;
                 s.spawn(move || {
                     let core = CoreBudgets::new(budgets);
                     let mut l =
                         ConnectionLimiter::new(&RateLimit::UNLIMITED, core.attach("eve", t0), t0);
+                    together.wait();
                     let mut got = 0u64;
                     for step in 0..(SECS * 10_000) as u32 {
                         let now = t0 + STEP * step;
@@ -539,6 +544,7 @@ fn two_threads_flooding_stay_within_the_identity_budget() {
                             got += 1;
                         }
                     }
+                    together.wait();
                     got
                 })
             })
@@ -552,6 +558,33 @@ fn two_threads_flooding_stay_within_the_identity_budget() {
     );
     assert!(total <= full, "{total} > {full}");
     assert_eq!(budgets.live_identities(), 0, "both cores' sessions ended");
+}
+
+#[test]
+fn a_reconnect_does_not_reset_the_identity_budget() {
+    let t0 = Instant::now();
+    let limit = messages(100, 100);
+    let budgets = IdentityBudgets::new(limit);
+    let core = CoreBudgets::new(budgets.clone());
+    let flood = |l: &mut ConnectionLimiter, now: Instant| {
+        let mut got = 0;
+        while l.check(now, 1) == Verdict::Pass {
+            got += 1;
+        }
+        got
+    };
+    let mut first = ConnectionLimiter::new(&RateLimit::UNLIMITED, core.attach("mallory", t0), t0);
+    assert_eq!(flood(&mut first, t0), 100, "the burst");
+    drop(first);
+    // Reconnected at once: the burst is spent; only the refill passes from here on.
+    let t1 = t0 + ms(5);
+    let mut second = ConnectionLimiter::new(&RateLimit::UNLIMITED, core.attach("mallory", t1), t1);
+    assert!(flood(&mut second, t1) <= 1, "no fresh burst on a reconnect");
+    let t2 = t0 + ms(500);
+    let half = flood(&mut second, t2);
+    assert!((49..=51).contains(&half), "the refill of 500 ms: {half}");
+    drop(second);
+    assert_eq!(budgets.live_identities(), 0);
 }
 
 #[test]
