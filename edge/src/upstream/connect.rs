@@ -8,7 +8,7 @@
 //! cancels a read or write halfway. TLS uses rustls' buffered client API: one upstream
 //! connection per proxied session is not where the edge's per-connection memory goes.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -207,15 +207,7 @@ impl UpstreamStream {
                 Recv::Eof => Ok(ReadOutcome::Eof),
             };
         };
-        let start = dst.len();
-        dst.resize(start + max, 0);
-        let result = tls_read(conn, fd, &mut dst[start..], &mut self.out);
-        let got = match result {
-            Ok(ReadOutcome::Data(n)) => n,
-            _ => 0,
-        };
-        dst.truncate(start + got);
-        result
+        tls_read(conn, fd, dst, max, &mut self.out)
     }
 
     /// Queues plaintext to send (encrypted at once under TLS). The caller bounds what it
@@ -306,14 +298,42 @@ fn drain_tls(conn: &mut rustls::ClientConnection, out: &mut Vec<u8>) {
 }
 
 /// One non-blocking TLS read: decrypted plaintext first, else ciphertext from the socket.
+/// Appends at most `max` bytes of the plaintext rustls holds to `dst`, copied straight from
+/// its buffers (no zero-filled read space in between). As `Reader::read`: `Ok(0)` once the
+/// peer's close_notify is reached, `WouldBlock` when nothing is held.
+fn take_plaintext(
+    conn: &mut rustls::ClientConnection,
+    dst: &mut BytesMut,
+    max: usize,
+) -> io::Result<usize> {
+    let mut reader = conn.reader();
+    let mut taken = 0;
+    while taken < max {
+        let chunk = match reader.fill_buf() {
+            Ok(chunk) => chunk,
+            Err(_) if taken > 0 => break,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            break;
+        }
+        let n = chunk.len().min(max - taken);
+        dst.extend_from_slice(&chunk[..n]);
+        reader.consume(n);
+        taken += n;
+    }
+    Ok(taken)
+}
+
 fn tls_read(
     conn: &mut rustls::ClientConnection,
     fd: BorrowedFd<'_>,
-    dst: &mut [u8],
+    dst: &mut BytesMut,
+    max: usize,
     out: &mut Vec<u8>,
 ) -> io::Result<ReadOutcome> {
     loop {
-        match conn.reader().read(dst) {
+        match take_plaintext(conn, dst, max) {
             Ok(0) => return Ok(ReadOutcome::Eof), // close_notify received
             Ok(n) => return Ok(ReadOutcome::Data(n)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -328,7 +348,7 @@ fn tls_read(
                     drain_tls(conn, out);
                     return Err(io::Error::new(io::ErrorKind::InvalidData, e));
                 }
-                return match conn.reader().read(dst) {
+                return match take_plaintext(conn, dst, max) {
                     Ok(n) if n > 0 => Ok(ReadOutcome::Data(n)),
                     _ => Ok(ReadOutcome::Eof),
                 };
