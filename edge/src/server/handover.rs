@@ -71,8 +71,16 @@ struct OfferedSet {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case")]
 enum Answer {
-    Ready { pid: u32 },
-    Failed { reason: String },
+    Ready {
+        pid: u32,
+        /// The successor holds its accepts until `accepts_released` (absent from successors
+        /// built before that message: they accept at once and would take it for another).
+        #[serde(default)]
+        holds_accepts: bool,
+    },
+    Failed {
+        reason: String,
+    },
 }
 
 const ACCEPTS_RELEASED: &[u8] = b"accepts_released";
@@ -89,12 +97,18 @@ pub(crate) struct Handoff {
 pub(crate) struct Successor {
     sock: Socket,
     pub pid: u32,
+    /// It waits for `accepts_released` before accepting.
+    holds_accepts: bool,
     _child: Child,
 }
 
 impl Successor {
-    /// Tells the successor this process accepts no more: its cores may start.
+    /// Tells the successor this process accepts no more: its cores may start. Nothing for a
+    /// successor that does not wait for it (it accepts already).
     pub fn accepts_released(&self) {
+        if !self.holds_accepts {
+            return;
+        }
         if let Err(e) = fdpass::send(self.sock.as_fd(), ACCEPTS_RELEASED, &[]) {
             tracing::warn!(error = %e, "could not tell the new process to start accepting");
         }
@@ -127,9 +141,10 @@ pub(crate) fn spawn_successor(
     drop(theirs);
     tracing::info!(pid = child.id(), exe = %exe.display(), "restart: new process started");
     match offer_and_wait(&ours, handoff, locks) {
-        Ok(pid) => Ok(Successor {
+        Ok((pid, holds_accepts)) => Ok(Successor {
             sock: ours,
             pid,
+            holds_accepts,
             _child: child,
         }),
         Err(e) => {
@@ -141,7 +156,12 @@ pub(crate) fn spawn_successor(
     }
 }
 
-fn offer_and_wait(sock: &Socket, handoff: &Handoff, locks: &[InstanceLock]) -> Result<u32, String> {
+/// Hands everything over; the successor's pid and whether it holds its accepts.
+fn offer_and_wait(
+    sock: &Socket,
+    handoff: &Handoff,
+    locks: &[InstanceLock],
+) -> Result<(u32, bool), String> {
     let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
     let mut sets = Vec::new();
     for ((addr, listeners), lock) in handoff.sets.iter().zip(locks) {
@@ -175,7 +195,7 @@ fn offer_and_wait(sock: &Socket, handoff: &Handoff, locks: &[InstanceLock]) -> R
         return Err("the new process exited before serving (see its log)".into());
     }
     match serde_json::from_slice::<Answer>(&buf[..n]) {
-        Ok(Answer::Ready { pid }) => Ok(pid),
+        Ok(Answer::Ready { pid, holds_accepts }) => Ok((pid, holds_accepts)),
         Ok(Answer::Failed { reason }) => Err(format!("the new process refused to start: {reason}")),
         Err(e) => Err(format!(
             "the new process answered something unexpected: {e}"
@@ -340,6 +360,7 @@ impl Inheritance {
     pub fn ready(&self) {
         self.answer(&Answer::Ready {
             pid: std::process::id(),
+            holds_accepts: true,
         });
     }
 
@@ -361,14 +382,21 @@ impl Inheritance {
         }
     }
 
-    /// Waits until the predecessor has stopped serving the control socket (or gone).
+    /// Waits until the predecessor has stopped serving the control socket (or gone). An
+    /// `accepts_released` that comes after its own wait gave up is passed over: taking it for
+    /// this word would bind the control socket while the predecessor still serves it.
     pub fn wait_control_released(&self, timeout: Duration) {
         if self.control_released_early.get() {
             return;
         }
-        match self.wait_for(CONTROL_RELEASED, timeout) {
-            Heard::Expected => {}
-            heard => heard.log(self.from_pid, "release the control socket"),
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.wait_for(CONTROL_RELEASED, left.max(Duration::from_millis(1))) {
+                Heard::Expected => return,
+                Heard::Other(what) if what == ACCEPTS_RELEASED && !left.is_zero() => continue,
+                heard => return heard.log(self.from_pid, "release the control socket"),
+            }
         }
     }
 
@@ -399,11 +427,68 @@ mod tests {
 
     #[test]
     fn answers_round_trip() {
-        let line = serde_json::to_vec(&Answer::Ready { pid: 7 }).unwrap();
-        assert_eq!(line, br#"{"msg":"ready","pid":7}"#);
+        let line = serde_json::to_vec(&Answer::Ready {
+            pid: 7,
+            holds_accepts: true,
+        })
+        .unwrap();
+        assert_eq!(line, br#"{"msg":"ready","pid":7,"holds_accepts":true}"#);
+        // A successor from before `accepts_released` does not hold its accepts.
+        assert!(matches!(
+            serde_json::from_slice(br#"{"msg":"ready","pid":7}"#),
+            Ok(Answer::Ready {
+                holds_accepts: false,
+                ..
+            })
+        ));
         assert!(matches!(
             serde_json::from_slice(br#"{"msg":"failed","reason":"x"}"#),
             Ok(Answer::Failed { .. })
         ));
+    }
+
+    /// A successor's end of a handover socket pair, and the predecessor's.
+    fn exchange() -> (Inheritance, Socket) {
+        let (ours, theirs) =
+            Socket::pair(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None).unwrap();
+        let inheritance = Inheritance {
+            sock: theirs,
+            from_pid: 1,
+            sets: Vec::new(),
+            admin: None,
+            control_released_early: Default::default(),
+        };
+        (inheritance, ours)
+    }
+
+    #[test]
+    fn a_late_accepts_released_is_not_taken_for_control_released() {
+        let (successor, predecessor) = exchange();
+        // The successor's wait for the accepts gives up before the word comes.
+        successor.wait_accepts_released(Duration::from_millis(10));
+        fdpass::send(predecessor.as_fd(), ACCEPTS_RELEASED, &[]).unwrap();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            fdpass::send(predecessor.as_fd(), CONTROL_RELEASED, &[]).unwrap();
+            predecessor
+        });
+        let t = std::time::Instant::now();
+        successor.wait_control_released(Duration::from_secs(5));
+        assert!(
+            t.elapsed() >= Duration::from_millis(90),
+            "returned on the late accepts_released, {:?} in",
+            t.elapsed()
+        );
+        drop(sender.join().unwrap());
+    }
+
+    #[test]
+    fn control_released_first_also_releases_the_accepts() {
+        let (successor, predecessor) = exchange();
+        fdpass::send(predecessor.as_fd(), CONTROL_RELEASED, &[]).unwrap();
+        successor.wait_accepts_released(Duration::from_secs(5));
+        let t = std::time::Instant::now();
+        successor.wait_control_released(Duration::from_secs(5));
+        assert!(t.elapsed() < Duration::from_secs(1), "already heard");
     }
 }
