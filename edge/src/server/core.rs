@@ -247,6 +247,7 @@ pub(crate) fn run_core(mut start: CoreStart, started: std::sync::mpsc::Sender<Re
         fds: gate.fds.clone(),
         armed: gate.listeners_owned.clone(),
     };
+    let (counted_out, accepting) = (gate.counted_out.clone(), lifecycle.clone());
     metrics.alive.store(true, Ordering::Relaxed);
     let _ = started.send(Ok(()));
     drop(started);
@@ -262,6 +263,11 @@ pub(crate) fn run_core(mut start: CoreStart, started: std::sync::mpsc::Sender<Re
     }));
     // However the core ended: no more SYNs steered here, then (guard) its listeners close.
     ip_limiter.set_active(index, false);
+    // A panic leaves the accept loops' tasks in the runtime, never dropped: count the core
+    // out here, or a later restart would wait for it.
+    if !counted_out.replace(true) {
+        accepting.core_stopped_accepting();
+    }
     metrics.alive.store(false, Ordering::Relaxed);
     if result.is_err() {
         tracing::error!(cpu, "core runtime panicked; its listeners are closed");
@@ -503,8 +509,9 @@ pub(crate) struct AcceptGate {
     loops_running: Cell<usize>,
     /// Where the main thread sees whether this core still accepts (a restart waits for it).
     lifecycle: Arc<Lifecycle>,
-    /// Set once this core has counted itself out of [`Lifecycle::accepting_cores`].
-    counted_out: Cell<bool>,
+    /// Set once this core has counted itself out of [`Lifecycle::accepting_cores`] (shared
+    /// with `run_core`, which counts out a core whose runtime panicked).
+    counted_out: Rc<Cell<bool>>,
 }
 
 /// How often a successor's accept loops look whether they may start.
@@ -539,7 +546,7 @@ impl AcceptGate {
             listeners_owned: Rc::new(Cell::new(true)),
             loops_running: Cell::new(0),
             lifecycle,
-            counted_out: Cell::new(false),
+            counted_out: Rc::new(Cell::new(false)),
         })
     }
 
@@ -598,8 +605,8 @@ impl AcceptGate {
 ///    2 closes them at once; whatever is left at the drain deadline is closed with the core.
 /// 4. The core stops when its accept loops have returned (every cancelled accept completed, so
 ///    none is left in the ring to take a connection after the runtime ends) and its
-///    connections are gone, or at the deadline (the rest are counted as forced and closed by
-///    the runtime's end).
+///    connections are gone — or at the deadline whatever is left: the remaining connections
+///    are counted as forced and closed by the runtime's end.
 struct DrainState {
     order: DrainOrder,
     began: Instant,

@@ -74,7 +74,9 @@ impl DrainOrder {
 /// connection is ever accepted by the process going away: the successor's cores hold their
 /// accepts ([`Lifecycle::accepts_held`]) until the predecessor's have all returned
 /// ([`Lifecycle::accepting_cores`] is zero). Meanwhile new connections wait in the shared
-/// accept queues, which both processes hold open: delayed by at most a core tick, never refused.
+/// accept queues, which both processes hold open: usually for a few milliseconds (from the
+/// predecessor's last accept to the successor's first), at most for the predecessor's wait
+/// for its cores; only a backlog overflowing meanwhile would drop SYNs (clients retry them).
 #[derive(Default)]
 pub(crate) struct Lifecycle {
     /// Also the metrics registry's flag: `/readyz` answers 503 from the moment it is set.

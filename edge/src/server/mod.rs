@@ -240,7 +240,8 @@ impl Running {
         let order = DrainOrder::service_restart(began + self.drain_timeout);
         self.admin_stop.store(true, Ordering::SeqCst);
         self.lifecycle.start_drain(order);
-        if !self.lifecycle.wait_accepts_stopped(ACCEPTS_STOP_TIMEOUT) {
+        let stopped = self.lifecycle.wait_accepts_stopped(ACCEPTS_STOP_TIMEOUT);
+        if !stopped {
             tracing::warn!(
                 cores = self.lifecycle.accepting_cores(),
                 "restart: cores still accepting after {ACCEPTS_STOP_TIMEOUT:?}; the new process starts accepting anyway"
@@ -249,13 +250,22 @@ impl Running {
         successor.accepts_released();
         let after_ms = began.elapsed().as_millis() as u64;
         tracing::info!(after_ms, "restart: accepting handed to the new process");
-        // The handover's moment on record: this process accepted nothing after it.
+        // The handover's moment on record: this process accepted nothing after it (unless a
+        // core did not stop in time, which the record says).
         record(
             Some(successor.pid),
-            format!(
-                "handed over to pid {}; this process stopped accepting {after_ms} ms after it was ready",
-                successor.pid
-            ),
+            if stopped {
+                format!(
+                    "handed over to pid {}; this process stopped accepting {after_ms} ms after it was ready",
+                    successor.pid
+                )
+            } else {
+                format!(
+                    "handed over to pid {}; {} core(s) of this process still accepting after {after_ms} ms",
+                    successor.pid,
+                    self.lifecycle.accepting_cores()
+                )
+            },
         );
         if let Some(reply) = reply {
             let _ = reply.send(Ok(successor.pid));
@@ -343,8 +353,8 @@ fn watch_crls(
     let (reader, writer) = (tls.clone(), tls.clone());
     CrlWatcher::spawn(
         move || reader.crls.load_full(),
-        move |crls| {
-            let _ = writer.replace_crls(Ok(crls), &audit);
+        move |crls, based_on| {
+            let _ = writer.replace_crls(based_on, Ok(crls), &audit);
         },
     )
 }
