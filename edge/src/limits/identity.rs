@@ -2,9 +2,10 @@
 //!
 //! # Two sides
 //!
-//! - **Shared** ([`IdentityBudgets`], [`SharedBudget`]): one budget per live identity, for the
-//!   whole process. Each limited unit (messages, bytes) is two `AtomicU64`s. `tat` runs a GCRA
-//!   over the tokens *spent*: `x(now)` = whole tokens the rate has produced since the budget
+//! - **Shared** ([`IdentityBudgets`], [`SharedBudget`]): one budget per identity with a live
+//!   session (or whose budget has not refilled since its last), for the whole process. Each
+//!   limited unit (messages, bytes) is two `AtomicU64`s. `tat` runs a GCRA over the tokens
+//!   *spent*: `x(now)` = whole tokens the rate has produced since the budget
 //!   was created, `tat` = how far along that timeline spent tokens reach, and the *level* is
 //!   `burst − (max(tat, x) − x)`. `reserved` counts the tokens handed to cores' stashes and not
 //!   yet recorded as spent nor handed back. A core may take `level − reserved`. Stashed tokens
@@ -86,7 +87,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::rc::{Rc, Weak};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -121,7 +122,8 @@ pub struct IdentityBudgets {
 #[derive(Default)]
 struct Shard {
     budgets: HashMap<Box<str>, Arc<SharedBudget>>,
-    /// Identities whose last lease went while their budget was not full: kept until refilled.
+    /// Identities whose last lease went (each once, while its budget's `idle` is set): kept
+    /// until refilled.
     idle: Vec<Box<str>>,
 }
 
@@ -131,7 +133,7 @@ impl Shard {
     fn purge_refilled(&mut self, now: Instant) {
         let budgets = &mut self.budgets;
         self.idle.retain(|identity| match budgets.get(identity) {
-            Some(b) if b.cores() > 0 => false,
+            Some(b) if !b.idle.load(Ordering::Relaxed) => false,
             Some(b) if b.is_refilled(now) => {
                 budgets.remove(identity);
                 false
@@ -165,6 +167,10 @@ impl IdentityBudgets {
     /// at `now`. [`CoreBudgets`] takes one lease per core.
     pub fn acquire(self: &Arc<Self>, identity: &str, now: Instant) -> IdentityLease {
         let mut shard = self.shard(identity);
+        if let Some(left) = shard.budgets.get(identity) {
+            // Taken up again: off the idle list at this purge, and not purged meanwhile.
+            left.idle.store(false, Ordering::Relaxed);
+        }
         shard.purge_refilled(now);
         let budget = shard
             .budgets
@@ -221,7 +227,9 @@ impl Drop for IdentityLease {
         if self.budget.cores.fetch_sub(1, Ordering::Relaxed) == 1 {
             // The last lease: nobody can acquire this budget now (that takes the lock held
             // here). It stays, idle, until it has refilled (gone at once if it has).
-            shard.idle.push(self.identity.clone());
+            if !self.budget.idle.swap(true, Ordering::Relaxed) {
+                shard.idle.push(self.identity.clone());
+            }
         }
         shard.purge_refilled(Instant::now());
     }
@@ -234,6 +242,8 @@ pub struct SharedBudget {
     epoch: Instant,
     /// Cores holding a lease on this budget: how many a scarce budget is shared among.
     cores: AtomicU32,
+    /// No lease left: on its shard's idle list (set and cleared under the shard's lock).
+    idle: AtomicBool,
     messages: Option<SharedUnit>,
     bytes: Option<SharedUnit>,
 }
@@ -256,6 +266,7 @@ impl SharedBudget {
         Self {
             epoch: now,
             cores: AtomicU32::new(0),
+            idle: AtomicBool::new(false),
             messages: limit.messages.map(unit),
             bytes: limit.bytes.map(unit),
         }
@@ -802,6 +813,25 @@ mod tests {
         drop(later);
         let _someone = core_b.attach("alice", t0 + ms(300)).unwrap();
         assert_eq!(budgets.held_identities(), 1, "only the live one");
+    }
+
+    #[test]
+    fn reconnecting_again_and_again_keeps_one_idle_entry() {
+        let t0 = Instant::now();
+        let budgets = IdentityBudgets::new(messages(10, 10));
+        let core = CoreBudgets::new(budgets.clone());
+        for i in 0..1000 {
+            let s = core.attach("alice", t0 + ms(i)).unwrap();
+            // Spending keeps the budget from ever refilling between sessions.
+            let _ = s.try_take(t0 + ms(i), 0);
+        }
+        assert_eq!(budgets.held_identities(), 1);
+        let idle: usize = budgets
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().idle.len())
+            .sum();
+        assert_eq!(idle, 1, "one idle entry, however many reconnects");
     }
 
     #[test]
