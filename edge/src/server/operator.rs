@@ -87,18 +87,17 @@ impl Operator {
 
     /// Re-reads the configured CRL files now (the watcher also does on any change).
     fn reload_crls(&self) -> Response {
-        let paths: Vec<std::path::PathBuf> = self
-            .tls
-            .crls
-            .load()
-            .paths()
-            .map(std::path::Path::to_path_buf)
-            .collect();
+        let in_force = self.tls.crls.load_full();
+        let paths: Vec<std::path::PathBuf> =
+            in_force.paths().map(std::path::Path::to_path_buf).collect();
         if paths.is_empty() {
             return Response::error("no CRLs are configured ([tls] crls)");
         }
         let loaded = CrlSet::load(&paths).map_err(|e| e.to_string());
-        match self.tls.replace_crls(loaded, &self.audit) {
+        match self
+            .tls
+            .replace_crls(in_force.version(), loaded, &self.audit)
+        {
             Ok(detail) => Response::ok(&serde_json::json!({ "crls": detail })),
             Err(e) => Response::error(format!("CRLs not reloaded, the previous ones stay: {e}")),
         }

@@ -66,18 +66,19 @@ impl TlsState {
     }
 
     /// New CRLs from the watcher or `ctl crl-reload` (`loaded`, or why they could not be
-    /// read): applied when they load and build, logged, and audited either way. Returns what
-    /// was applied, or why nothing changed.
+    /// read), re-read from the files of the set `based_on` (its version): applied when they
+    /// load and build and that set is still in force, logged, and audited either way. A
+    /// reload that put another set in force meanwhile wins (the watcher then follows it).
+    /// Returns what was applied, or why nothing changed.
     pub fn replace_crls(
         &self,
+        based_on: u64,
         loaded: Result<CrlSet, String>,
         audit: &AuditHandle,
     ) -> Result<String, String> {
         let outcome = loaded.and_then(|crls| {
             let detail = format!("{} CRL(s), version {}", crls.len(), crls.version());
-            self.apply_crls(crls)
-                .map(|()| detail)
-                .map_err(|e| e.to_string())
+            self.apply_crls_over(based_on, crls).map(|()| detail)
         });
         match &outcome {
             Ok(detail) => {
@@ -116,10 +117,20 @@ impl TlsState {
         self.material.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// New CRLs: a config verifying against them, then the set itself for live sessions.
-    pub fn apply_crls(&self, crls: CrlSet) -> Result<(), TlsConfigError> {
+    /// New CRLs in place of the set `based_on` (under the lock a reload installs under, so
+    /// neither undoes the other): a config verifying against them, then the set itself for
+    /// live sessions.
+    fn apply_crls_over(&self, based_on: u64, crls: CrlSet) -> Result<(), String> {
         let material = self.material();
-        let config = self.build_for(&material, &crls)?;
+        let in_force = self.crls.load().version();
+        if in_force != based_on {
+            return Err(format!(
+                "a reload put other CRLs in force meanwhile (version {in_force}); these were read from the files before it"
+            ));
+        }
+        let config = self
+            .build_for(&material, &crls)
+            .map_err(|e| e.to_string())?;
         self.config.store(config);
         self.crls.store(Arc::new(crls));
         Ok(())
@@ -160,4 +171,45 @@ fn build(
     let mut with_extraction = (*config).clone();
     with_extraction.enable_secret_extraction = true;
     Ok(Arc::new(with_extraction))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crls_read_for_a_set_no_longer_in_force_are_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = crate::devcert::ensure_dev_cert(dir.path()).unwrap();
+        let tls = TlsState::new(
+            Default::default(),
+            dev.chain,
+            dev.key,
+            CrlSet::empty(),
+            false,
+        )
+        .unwrap();
+        let audit = AuditHandle::disabled();
+        let at_start = tls.crls.load().version();
+        // The watcher reads its files; meanwhile a reload puts another set in force.
+        let read_by_watcher = CrlSet::load(&[]).unwrap();
+        let reloaded = CrlSet::load(&[]).unwrap();
+        let reloaded_version = reloaded.version();
+        tls.replace_crls(at_start, Ok(reloaded), &audit).unwrap();
+        let refused = tls
+            .replace_crls(at_start, Ok(read_by_watcher), &audit)
+            .unwrap_err();
+        assert!(refused.contains("reload"), "{refused}");
+        assert_eq!(
+            tls.crls.load().version(),
+            reloaded_version,
+            "the reload's set stays"
+        );
+        // Read for the set in force, it applies.
+        let next = CrlSet::load(&[]).unwrap();
+        let next_version = next.version();
+        tls.replace_crls(reloaded_version, Ok(next), &audit)
+            .unwrap();
+        assert_eq!(tls.crls.load().version(), next_version);
+    }
 }

@@ -370,10 +370,11 @@ impl CrlWatcher {
     /// the old set and calls nothing; the next change to the files is tried again.
     ///
     /// A set put in force by someone else (a reload, which may name other files or none)
-    /// becomes the one watched from then on.
+    /// becomes the one watched from then on. `on_change` also gets the version of the set in
+    /// force the new one was read for: it must not replace another that came meanwhile.
     pub fn spawn(
         in_force: impl Fn() -> Arc<CrlSet> + Send + 'static,
-        on_change: impl Fn(CrlSet) + Send + 'static,
+        on_change: impl Fn(CrlSet, u64) + Send + 'static,
     ) -> std::io::Result<CrlWatcher> {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -399,7 +400,7 @@ impl Drop for CrlWatcher {
 fn watch(
     in_force: impl Fn() -> Arc<CrlSet>,
     stopped: mpsc::Receiver<()>,
-    on_change: impl Fn(CrlSet),
+    on_change: impl Fn(CrlSet, u64),
 ) {
     let mut last = CrlSet::clone(&in_force());
     // The version last seen in force: a change that is not the watcher's own set is a reload's.
@@ -438,7 +439,7 @@ fn watch(
                 );
                 last = set.clone();
                 // A panicking callback must not end the watching silently.
-                let call = std::panic::AssertUnwindSafe(|| on_change(set));
+                let call = std::panic::AssertUnwindSafe(|| on_change(set, seen_in_force));
                 if std::panic::catch_unwind(call).is_err() {
                     tracing::error!("the CRL change callback panicked; still watching");
                 }
@@ -575,7 +576,7 @@ mod tests {
         let fixed = Arc::new(initial);
         let watcher = CrlWatcher::spawn(
             move || fixed.clone(),
-            move |set| sink.lock().unwrap().push(set),
+            move |set, _| sink.lock().unwrap().push(set),
         )
         .unwrap();
         (watcher, seen)
@@ -677,7 +678,7 @@ mod tests {
         let (reader, writer, sink) = (in_force.clone(), in_force.clone(), seen.clone());
         let _watcher = CrlWatcher::spawn(
             move || reader.load_full(),
-            move |set| {
+            move |set, _| {
                 sink.lock().unwrap().push(set.clone());
                 writer.store(Arc::new(set));
             },
