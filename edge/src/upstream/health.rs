@@ -1,11 +1,12 @@
-//! The health checker: one background thread for the whole process (never on a core) that
-//! checks every member each interval — a TCP connect within the timeout, plus a full TLS
+//! The health checker: one background thread for the whole process (never on a core), with
+//! short-lived helpers for each round, that checks every member each interval — a TCP connect within the timeout, plus a full TLS
 //! handshake for wss:// members — and sets its health flag. Name resolution happens here too,
 //! so the cores never block on DNS. A transition is logged once (warn when a member goes down,
 //! info when it comes back). Dropping the checker stops and joins the thread.
 //!
-//! Members are checked one after another: a round takes at most members × timeout, and the
-//! next round starts one interval after the previous one ended.
+//! Up to 16 members are checked at once, each on a thread of its own: a round takes about one
+//! timeout per 16 members, and the next round starts one interval after the previous one
+//! ended.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -110,27 +111,49 @@ fn tls_handshake(
     Ok(())
 }
 
-/// Checks every member once, updating flags and counters and logging transitions.
+/// Members checked at once. A round takes about one check timeout per this many members, not
+/// one per member: a member that black-holes the checks does not hold up the others' verdicts.
+const PARALLEL_CHECKS: usize = 16;
+
+/// Checks every member once (up to [`PARALLEL_CHECKS`] at a time, each on a short-lived
+/// thread), updating flags and counters and logging transitions.
 pub fn check_round(members: &[Arc<Member>], cfg: &CheckConfig, stats: &HealthStats) {
-    for m in members {
-        let result = check_member(m, cfg);
-        stats.checks.fetch_add(1, Ordering::Relaxed);
-        m.count_health(result.is_ok());
-        let was = m.set_healthy(result.is_ok());
-        match result {
-            Ok(()) if !was => {
-                tracing::info!(group = %m.group, member = %m.url, "upstream member is healthy again");
-            }
-            Ok(()) => {}
-            Err(e) => {
-                stats.failures.fetch_add(1, Ordering::Relaxed);
-                if was {
-                    tracing::warn!(group = %m.group, member = %m.url, error = %e, "upstream member failed its health check");
+    for batch in members.chunks(PARALLEL_CHECKS) {
+        std::thread::scope(|s| {
+            for m in batch {
+                let check = || check_and_record(m, cfg, stats);
+                // Without a thread to spare, the check runs here: later, never skipped.
+                if let Err(e) = std::thread::Builder::new()
+                    .name("wssedge-check".into())
+                    .spawn_scoped(s, check)
+                {
+                    tracing::debug!(error = %e, "no thread for a health check; checking inline");
+                    check_and_record(m, cfg, stats);
                 }
+            }
+        });
+    }
+    stats.rounds.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One member's check: its flag, counters and a log line when its health changes.
+fn check_and_record(m: &Member, cfg: &CheckConfig, stats: &HealthStats) {
+    let result = check_member(m, cfg);
+    stats.checks.fetch_add(1, Ordering::Relaxed);
+    m.count_health(result.is_ok());
+    let was = m.set_healthy(result.is_ok());
+    match result {
+        Ok(()) if !was => {
+            tracing::info!(group = %m.group, member = %m.url, "upstream member is healthy again");
+        }
+        Ok(()) => {}
+        Err(e) => {
+            stats.failures.fetch_add(1, Ordering::Relaxed);
+            if was {
+                tracing::warn!(group = %m.group, member = %m.url, error = %e, "upstream member failed its health check");
             }
         }
     }
-    stats.rounds.fetch_add(1, Ordering::Relaxed);
 }
 
 /// The running checker thread. Dropping it stops and joins the thread.
@@ -284,6 +307,55 @@ mod tests {
         let e = check_member(&m, &bad).unwrap_err();
         assert!(matches!(e, CheckError::Tls(_)), "{e}");
         server.join().unwrap();
+    }
+
+    /// Members whose TLS handshake never answers are checked side by side: their connections
+    /// are all open at once, where one after another each would close before the next.
+    #[test]
+    fn silent_members_are_checked_at_once_not_one_after_another() {
+        use crate::tls::testpki::TestPki;
+        use crate::upstream::test_support::client_config;
+        use std::sync::atomic::AtomicUsize;
+        const N: usize = 4;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (open, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (o, m) = (open.clone(), most.clone());
+        // Accepts N connections, never speaks, and counts how many are open together.
+        let silent = std::thread::spawn(move || {
+            let readers: Vec<_> = (0..N)
+                .map(|_| {
+                    let (mut s, _) = l.accept().unwrap();
+                    let now = o.fetch_add(1, Ordering::SeqCst) + 1;
+                    m.fetch_max(now, Ordering::SeqCst);
+                    let o = o.clone();
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut s, &mut std::io::sink());
+                        o.fetch_sub(1, Ordering::SeqCst);
+                    })
+                })
+                .collect();
+            readers.into_iter().for_each(|r| r.join().unwrap());
+        });
+        let members: Vec<_> = (0..N)
+            .map(|_| member(&format!("wss://127.0.0.1:{port}/")))
+            .collect();
+        let pki = TestPki::new_named("upstream CA");
+        let cfg = CheckConfig {
+            timeout: Duration::from_millis(500),
+            tls: Some(client_config(&pki, None)),
+        };
+        let stats = HealthStats::default();
+        check_round(&members, &cfg, &stats);
+        silent.join().unwrap();
+        assert!(members.iter().all(|m| !m.is_healthy()));
+        assert_eq!(stats.failures.load(Ordering::Relaxed), N as u64);
+        assert_eq!(stats.rounds.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            N,
+            "all checks were open together"
+        );
     }
 
     #[test]
