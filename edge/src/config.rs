@@ -164,6 +164,9 @@ pub struct Limits {
     /// Each identity's messages over all its sessions and cores (token subject, else client
     /// certificate); anonymous sessions have only the connection limit.
     pub identity_rate: crate::limits::RateConfig,
+    /// Each connection's control frames (pings and pongs), apart from its messages: on by
+    /// default, so a ping or pong flood is refused even where no message rate is set.
+    pub control_rate: crate::limits::RateConfig,
 }
 
 impl Limits {
@@ -179,6 +182,12 @@ impl Limits {
             .compile_at(&crate::limits::rate_keys!("limits.identity_rate"))
     }
 
+    /// The per-connection allowance for pings and pongs.
+    pub fn control_rate(&self) -> Result<crate::limits::RateLimit, ConfigError> {
+        self.control_rate
+            .compile_at(&crate::limits::rate_keys!("limits.control_rate"))
+    }
+
     /// The per-IP rules as the limiters take them.
     pub fn ip_limits(&self) -> crate::ebpf::LimitConfig {
         crate::ebpf::LimitConfig {
@@ -187,6 +196,12 @@ impl Limits {
         }
     }
 }
+
+/// The control-frame allowance: far above any heartbeat (a client pings every few seconds at
+/// most, and answers our pings), far below a flood (millions a second on one core).
+pub const DEFAULT_CONTROL_FRAMES_PER_S: f64 = 20.0;
+/// What a client may send at once, e.g. a burst of pings after a stall.
+pub const DEFAULT_CONTROL_FRAMES_BURST: u64 = 100;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -213,6 +228,11 @@ impl Default for Limits {
             ip_limiter: Default::default(),
             connection_rate: Default::default(),
             identity_rate: Default::default(),
+            control_rate: crate::limits::RateConfig {
+                messages_per_s: Some(DEFAULT_CONTROL_FRAMES_PER_S),
+                burst_messages: Some(DEFAULT_CONTROL_FRAMES_BURST),
+                ..Default::default()
+            },
         }
     }
 }
@@ -434,6 +454,7 @@ impl Config {
         }
         l.connection_rate()?;
         l.identity_rate()?;
+        l.control_rate()?;
         if l.max_request_bytes < 256 {
             return Err(ConfigError::invalid(
                 "limits.max_request_bytes",

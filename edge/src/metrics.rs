@@ -151,6 +151,12 @@ pub struct CoreMetrics {
     pub proxy_hop: Histogram,
     /// Heartbeat pings sent to clients.
     pub pings_sent: Counter,
+    /// Passes of the connection loops (each a wait, then the work it woke up).
+    pub loop_passes: Counter,
+    /// Loops that gave the core back after a run of passes that never waited.
+    pub loop_yields: Counter,
+    /// Passes that neither waited nor made progress (a bug; yielded, never repeated at once).
+    pub loop_stalls: Counter,
     /// Clients that took nothing for `write_timeout_ms` while bytes waited for them.
     pub slow_consumers: Counter,
     /// Connections reset because their last bytes did not leave within `close_timeout_ms`.
@@ -422,6 +428,29 @@ impl Registry {
                 String::new(),
                 cores.iter().map(|c| c.pings_sent.get()).sum(),
             )],
+        );
+        counter(
+            "wssedge_connection_loop_passes_total",
+            "Passes of the connection loops: a wait, then the work it woke up",
+            vec![(
+                String::new(),
+                cores.iter().map(|c| c.loop_passes.get()).sum(),
+            )],
+        );
+        counter(
+            "wssedge_connection_loop_yields_total",
+            "Connection loops that gave their core back: after a run of passes that never waited \
+             (budget), or after a pass that neither waited nor made progress (stalled: a bug)",
+            vec![
+                (
+                    "reason=\"budget\"".to_owned(),
+                    cores.iter().map(|c| c.loop_yields.get()).sum(),
+                ),
+                (
+                    "reason=\"stalled\"".to_owned(),
+                    cores.iter().map(|c| c.loop_stalls.get()).sum(),
+                ),
+            ],
         );
         counter(
             "wssedge_backpressure_total",

@@ -76,6 +76,8 @@ pub const RATE_LIMITED_REASON: &str = "rate_limited";
 pub enum Scope {
     Connection,
     Identity,
+    /// The connection's pings and pongs (`control_rate`), counted apart from its messages.
+    Control,
 }
 
 impl Scope {
@@ -84,6 +86,7 @@ impl Scope {
         match self {
             Scope::Connection => "connection",
             Scope::Identity => "identity",
+            Scope::Control => "control",
         }
     }
 }
@@ -147,6 +150,10 @@ pub struct ConnectionLimiter {
     messages: Option<TokenBucket>,
     bytes: Option<TokenBucket>,
     identity: Option<IdentityHandle>,
+    /// Pings and pongs, apart from messages: a control frame costs the edge a parse and (a
+    /// ping) a pong, whatever the message limits say.
+    control: Option<TokenBucket>,
+    control_bytes: Option<TokenBucket>,
 }
 
 impl ConnectionLimiter {
@@ -156,12 +163,52 @@ impl ConnectionLimiter {
             messages: limit.messages.map(|r| TokenBucket::new(r, now)),
             bytes: limit.bytes.map(|r| TokenBucket::new(r, now)),
             identity,
+            control: None,
+            control_bytes: None,
         }
     }
 
-    /// Nothing to check: the caller may skip [`check`](Self::check) altogether.
+    /// Adds the allowance for the connection's control frames (pings and pongs), full at `now`.
+    pub fn with_control(mut self, control: &RateLimit, now: Instant) -> Self {
+        self.control = control.messages.map(|r| TokenBucket::new(r, now));
+        self.control_bytes = control.bytes.map(|r| TokenBucket::new(r, now));
+        self
+    }
+
+    /// Nothing to check: the caller may skip [`check`](Self::check) and
+    /// [`check_control`](Self::check_control) altogether.
     pub fn is_unlimited(&self) -> bool {
-        self.messages.is_none() && self.bytes.is_none() && self.identity.is_none()
+        self.messages.is_none()
+            && self.bytes.is_none()
+            && self.identity.is_none()
+            && self.control.is_none()
+            && self.control_bytes.is_none()
+    }
+
+    /// Checks one control frame (a ping or a pong) of `payload_len` bytes at `now` against the
+    /// control allowance only: control frames never take from the message budgets, so a
+    /// client's heartbeat cannot push its data over its limit.
+    pub fn check_control(&mut self, now: Instant, payload_len: usize) -> Verdict {
+        let len = payload_len as u64;
+        if let Some(b) = &mut self.control {
+            b.refill(now);
+            if !b.can_take(1) {
+                return exceeded(Scope::Control, Unit::Messages);
+            }
+        }
+        if let Some(b) = &mut self.control_bytes {
+            b.refill(now);
+            if !b.can_take(len) {
+                return exceeded(Scope::Control, Unit::Bytes);
+            }
+        }
+        if let Some(b) = &mut self.control {
+            b.take(1);
+        }
+        if let Some(b) = &mut self.control_bytes {
+            b.take(len);
+        }
+        Verdict::Pass
     }
 
     /// Checks one message of `payload_len` bytes at `now`: the connection's limits first,

@@ -230,7 +230,55 @@ fn policy_close_is_1008_rate_limited_and_drop_sends_nothing() {
     assert_eq!(r.policy, RatePolicy::Drop);
     assert!(toml::from_str::<Route>("policy = \"ignore\"").is_err());
     assert_eq!(Scope::Identity.as_str(), "identity");
+    assert_eq!(Scope::Connection.as_str(), "connection");
+    assert_eq!(Scope::Control.as_str(), "control");
     assert_eq!(Unit::Bytes.as_str(), "bytes");
+}
+
+// ---- control frames ----
+
+#[test]
+fn control_frames_have_their_own_allowance_and_never_take_from_messages() {
+    let t0 = Instant::now();
+    let mut l =
+        ConnectionLimiter::new(&messages(10, 2), None, t0).with_control(&messages(20, 5), t0);
+    assert!(!l.is_unlimited());
+    for i in 0..5 {
+        assert_eq!(l.check_control(t0, 4), Verdict::Pass, "control frame {i}");
+    }
+    assert_eq!(
+        l.check_control(t0, 4),
+        Verdict::Exceeded {
+            which: Scope::Control,
+            unit: Unit::Messages
+        }
+    );
+    // The message budget is untouched by the control frames.
+    assert_eq!(l.check(t0, 10), Verdict::Pass);
+    assert_eq!(l.check(t0, 10), Verdict::Pass);
+    assert!(matches!(
+        l.check(t0, 10),
+        Verdict::Exceeded {
+            which: Scope::Connection,
+            ..
+        }
+    ));
+    // 20/s: one more control frame 50 ms later.
+    let t1 = t0 + std::time::Duration::from_millis(50);
+    assert_eq!(l.check_control(t1, 4), Verdict::Pass);
+    assert!(matches!(l.check_control(t1, 4), Verdict::Exceeded { .. }));
+}
+
+#[test]
+fn a_limiter_with_only_a_control_allowance_is_not_unlimited() {
+    let t0 = Instant::now();
+    let l = ConnectionLimiter::new(&RateLimit::UNLIMITED, None, t0);
+    assert!(l.is_unlimited());
+    let l = l.with_control(&messages(20, 100), t0);
+    assert!(!l.is_unlimited());
+    let off = ConnectionLimiter::new(&RateLimit::UNLIMITED, None, t0)
+        .with_control(&RateLimit::UNLIMITED, t0);
+    assert!(off.is_unlimited());
 }
 
 // ---- one connection ----

@@ -97,6 +97,7 @@ impl Core {
             upstreams: start.upstreams.clone(),
             rates: CoreRates {
                 connection: start.rates.connection,
+                control: start.rates.control,
                 identities: crate::limits::CoreBudgets::new(start.rates.identities.clone()),
             },
             audit,
@@ -188,12 +189,15 @@ impl Refusal {
 /// The rate limits as handed to a core thread.
 pub(crate) struct RatesStart {
     pub connection: crate::limits::RateLimit,
+    pub control: crate::limits::RateLimit,
     pub identities: Arc<crate::limits::IdentityBudgets>,
 }
 
 /// A core's rate limits.
 pub(crate) struct CoreRates {
     pub connection: crate::limits::RateLimit,
+    /// Each connection's allowance for pings and pongs.
+    pub control: crate::limits::RateLimit,
     pub identities: crate::limits::CoreBudgets,
 }
 

@@ -430,6 +430,7 @@ fn start_serving(
         .is_some()
         .then(|| cfg.server.drain_timeout() + Duration::from_secs(30));
     let connection_rate = cfg.limits.connection_rate()?;
+    let control_rate = cfg.limits.control_rate()?;
     let identity_budgets = crate::limits::IdentityBudgets::new(cfg.limits.identity_rate()?);
     let upstreams = match &cfg.upstream {
         Some(u) => {
@@ -532,6 +533,7 @@ fn start_serving(
             upstreams: upstreams.clone(),
             rates: core::RatesStart {
                 connection: connection_rate,
+                control: control_rate,
                 identities: identity_budgets.clone(),
             },
             audit,

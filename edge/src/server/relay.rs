@@ -82,17 +82,20 @@ impl Relay {
     }
 
     /// Reads what the upstream has (a few bounded chunks, at most `room` bytes: what still
-    /// fits under the client's outbound cap) and parses it into `out`.
-    pub fn read(&mut self, now: Instant, out: &mut Vec<UpstreamEvent>, room: usize) {
+    /// fits under the client's outbound cap) and parses it into `out`. Returns the plaintext
+    /// bytes read.
+    pub fn read(&mut self, now: Instant, out: &mut Vec<UpstreamEvent>, room: usize) -> usize {
         const MAX_READS: usize = 4;
         /// Even a nearly full queue reads a little, so a frame header can complete.
         const MIN_READ: usize = 4096;
         self.more = false;
+        let mut total = 0;
         let mut room = room.max(MIN_READ);
         for i in 0..MAX_READS {
             let chunk = READ_CHUNK.min(room);
             match self.stream.read_plaintext(&mut self.plaintext, chunk) {
                 Ok(ReadOutcome::Data(n)) => {
+                    total += n;
                     self.parse(now, out);
                     if self.peer_closed {
                         break;
@@ -139,6 +142,7 @@ impl Relay {
         }
         // Pongs to the upstream's pings and our close replies.
         self.encode();
+        total
     }
 
     fn parse(&mut self, now: Instant, out: &mut Vec<UpstreamEvent>) {

@@ -7,6 +7,11 @@
 //! and wakes its connection. Expiry never cancels I/O by itself: the connection's readiness
 //! wait sees the expiry and the connection decides (close, or shut the socket down under a
 //! stuck write).
+//!
+//! A fired deadline is consumed by the wait that sees it: [`Deadline::expired`] completes once
+//! per firing and leaves the deadline unset. A loop that waits on a deadline again therefore
+//! waits for a new instant it set, never on the old one still "fired" — which would complete
+//! every wait at once and spin the core.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -35,6 +40,9 @@ pub struct TimerWheel {
     /// The next tick to visit.
     cursor: Cell<u64>,
     slots: RefCell<Vec<Vec<Weak<Entry>>>>,
+    /// Firings consumed by the waits that saw them, ever (a progress mark for loops that
+    /// must never complete a wait twice on one firing).
+    consumed: Cell<u64>,
 }
 
 impl TimerWheel {
@@ -43,6 +51,7 @@ impl TimerWheel {
             origin,
             cursor: Cell::new(0),
             slots: RefCell::new(vec![Vec::new(); SLOTS]),
+            consumed: Cell::new(0),
         })
     }
 
@@ -107,6 +116,11 @@ impl TimerWheel {
         fired
     }
 
+    /// How many firings the waits on this wheel's deadlines have consumed.
+    pub fn consumed(&self) -> u64 {
+        self.consumed.get()
+    }
+
     /// Entries still slotted (including lazily stale ones), for tests and metrics.
     pub fn len(&self) -> usize {
         self.slots.borrow().iter().map(Vec::len).sum()
@@ -159,7 +173,8 @@ impl Deadline {
         self.entry.at.get().is_some()
     }
 
-    /// Completes once the wheel has found the deadline passed.
+    /// Completes once the wheel has found the deadline passed, and consumes the firing: the
+    /// deadline is then unset until set again.
     pub fn expired(&self) -> Expired<'_> {
         Expired { deadline: self }
     }
@@ -175,6 +190,10 @@ impl Future for Expired<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let entry = &self.deadline.entry;
         if entry.fired.get() {
+            entry.fired.set(false);
+            entry.at.set(None);
+            let wheel = &self.deadline.wheel;
+            wheel.consumed.set(wheel.consumed.get() + 1);
             return Poll::Ready(());
         }
         let mut w = entry.waker.borrow_mut();
@@ -264,5 +283,26 @@ mod tests {
         wheel.advance(t0 + Duration::from_millis(100));
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         assert!(fut.as_mut().poll(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn a_firing_is_consumed_by_the_wait_that_sees_it() {
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let t0 = Instant::now();
+        let wheel = TimerWheel::new(t0);
+        let d = Deadline::new(&wheel);
+        d.set(t0 + Duration::from_millis(10));
+        wheel.advance(t0 + Duration::from_millis(100));
+        assert!(std::pin::pin!(d.expired()).poll(&mut cx).is_ready());
+        assert!(!d.is_set() && !d.has_fired());
+        assert_eq!(wheel.consumed(), 1);
+        // A second wait on the same deadline does not complete until it is set and fires again.
+        assert!(std::pin::pin!(d.expired()).poll(&mut cx).is_pending());
+        d.set(t0 + Duration::from_millis(150));
+        assert!(std::pin::pin!(d.expired()).poll(&mut cx).is_pending());
+        wheel.advance(t0 + Duration::from_millis(200));
+        assert!(std::pin::pin!(d.expired()).poll(&mut cx).is_ready());
+        assert!(std::pin::pin!(d.expired()).poll(&mut cx).is_pending());
     }
 }

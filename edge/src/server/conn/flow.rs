@@ -35,6 +35,7 @@ impl Conn {
             let fd = sockopt::borrow_fd(&self.stream);
             match sockopt::send_nonblocking(fd, self.layer.pending_output()) {
                 Ok(Some(n)) if n > 0 => {
+                    self.moved += n as u64;
                     let records = self.layer.consume_output(n);
                     self.core.metrics.ktls_tx_records.add(records);
                     progressed = true;
@@ -79,17 +80,26 @@ impl Conn {
     /// The heartbeat: a ping after `ping_interval_ms` without a byte from the client, and a
     /// close when nothing at all arrives within `pong_timeout_ms` of it. Re-armed lazily from
     /// the time of the last read, so reads never touch the wheel for it.
+    ///
+    /// The wait that woke us consumed the firing: every path below either re-arms the timer
+    /// or leaves it unset on purpose (heartbeats off, the session no longer open).
     pub(super) fn on_heartbeat(&mut self) -> Option<End> {
         let limits = &self.core.cfg.limits;
         let (Some(interval), Phase::Open) = (limits.ping_interval(), self.phase) else {
-            self.heartbeat.clear();
             return None;
         };
         let pong_timeout = limits.pong_timeout();
         let now = Instant::now();
+        let open = self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.state() == SessionState::Open);
+        if !open {
+            // Our close is out: its own deadline bounds the wait for the reply.
+            return None;
+        }
         if let Some(sent) = self.ping_sent.take() {
             if self.last_rx < sent {
-                self.heartbeat.clear();
                 return Some(self.close_session(1001, "pong_timeout"));
             }
         }
@@ -99,9 +109,6 @@ impl Conn {
             return None;
         }
         let session = self.session.as_mut()?;
-        if session.state() != SessionState::Open {
-            return None;
-        }
         session.send_ping(bytes::Bytes::new());
         self.core.metrics.pings_sent.inc();
         self.ping_sent = Some(now);
@@ -113,10 +120,10 @@ impl Conn {
     }
 
     /// The last bytes of a closing connection (its close frame, an HTTP refusal, an alert) get
-    /// `close_timeout_ms` to leave. A client that takes none of it by then is reset (SO_LINGER
-    /// 0): its queued bytes are freed at once instead of waiting for a peer that does not read.
-    pub(super) async fn flush_before_close(&mut self) -> Result<(), End> {
-        let limit = Instant::now() + self.core.cfg.limits.close_timeout();
+    /// until `limit` (the close's one deadline, `close_timeout_ms` after it began) to leave. A
+    /// client that has not taken them by then is reset (SO_LINGER 0): its queued bytes are
+    /// freed at once instead of waiting for a peer that does not read.
+    pub(super) async fn flush_before_close(&mut self, limit: Instant) -> Result<(), End> {
         loop {
             self.write_some()?;
             if !self.layer.has_pending_output() {
@@ -172,13 +179,13 @@ impl Conn {
     }
 
     /// Our close frame went first (idle, heartbeat, drain, revocation, rate limit…): the
-    /// client's close reply is awaited for up to `close_timeout_ms` before TCP closes, so the
-    /// close handshake completes (RFC 6455 §7.1.1) and a well-behaved client reads our code
-    /// rather than a reset. False when nothing more can be written (a read that fails still
-    /// leaves close_notify to send).
-    pub(super) async fn await_close_reply(&mut self) -> bool {
+    /// client's close reply is awaited until `close_by` (the close's one deadline) before TCP
+    /// closes, so the close handshake completes (RFC 6455 §7.1.1) and a well-behaved client
+    /// reads our code rather than a reset. False when nothing more can be written (a read that
+    /// fails still leaves close_notify to send).
+    pub(super) async fn await_close_reply(&mut self, close_by: Instant) -> bool {
         let limit = Deadline::new(&self.core.wheel);
-        limit.set(Instant::now() + self.core.cfg.limits.close_timeout());
+        limit.set(close_by);
         loop {
             let ready = monoio::select! {
                 r = self.stream.readable(false) => Some(r),

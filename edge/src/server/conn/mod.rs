@@ -38,8 +38,10 @@ use crate::tls::Negotiated;
 use crate::ws::{self, Event, Session, SessionState};
 
 mod flow;
+mod pass;
 mod proxy;
 
+use self::pass::{yield_to_core, AfterPass, PassGuard, Waited};
 use self::proxy::{upstream_readable, upstream_writable, RouteChoice};
 use super::admission::Admitted;
 use super::core::{unix_now, Core};
@@ -214,6 +216,9 @@ struct Conn {
     hop_started: Option<Instant>,
     /// Bytes this connection adds to the core's buffered budget right now.
     held: usize,
+    /// The loop's progress mark: bytes moved on either socket and one-shot wake-ups consumed
+    /// (see [`pass`]).
+    moved: u64,
     holds_read_buffer: bool,
 }
 
@@ -258,11 +263,13 @@ impl Conn {
             upstream_paused: false,
             hop_started: None,
             held: 0,
+            moved: 0,
             holds_read_buffer: false,
         }
     }
 
     async fn run(&mut self) -> End {
+        let mut guard = PassGuard::default();
         loop {
             let live = self.live.as_ref().map(|e| e.session.clone());
             let reading = self.reads_allowed();
@@ -271,20 +278,31 @@ impl Conn {
             let up_more = up_reading && self.relay.as_ref().is_some_and(|r| r.more);
             let up_writing = self.relay.as_ref().is_some_and(|r| r.pending_output() > 0);
             let relay = self.relay.as_ref();
-            let wake = monoio::select! {
-                r = self.stream.readable(false), if reading => Wake::Readable(r),
-                r = self.stream.writable(false), if writing => Wake::Writable(r),
-                _ = self.deadline.expired() => Wake::Deadline,
-                _ = session_end(live.as_deref()) => Wake::SessionEnd,
-                _ = self.heartbeat.expired() => Wake::Heartbeat,
-                _ = self.write_deadline.expired(), if writing => Wake::WriteStalled,
-                r = upstream_readable(relay), if up_reading && !up_more => Wake::UpstreamReadable(r),
-                _ = std::future::ready(()), if up_more => Wake::UpstreamReadable(Ok(())),
-                r = upstream_writable(relay), if up_writing => Wake::UpstreamWritable(r),
-                _ = self.upstream_write_deadline.expired(), if up_writing => Wake::UpstreamStalled,
+            let (wake, waited) = {
+                let wait = std::pin::pin!(async {
+                    monoio::select! {
+                        r = self.stream.readable(false), if reading => Wake::Readable(r),
+                        r = self.stream.writable(false), if writing => Wake::Writable(r),
+                        _ = self.deadline.expired() => Wake::Deadline,
+                        _ = session_end(live.as_deref()) => Wake::SessionEnd,
+                        _ = self.heartbeat.expired() => Wake::Heartbeat,
+                        _ = self.write_deadline.expired(), if writing => Wake::WriteStalled,
+                        r = upstream_readable(relay), if up_reading && !up_more => Wake::UpstreamReadable(r),
+                        _ = std::future::ready(()), if up_more => Wake::UpstreamMore,
+                        r = upstream_writable(relay), if up_writing => Wake::UpstreamWritable(r),
+                        _ = self.upstream_write_deadline.expired(), if up_writing => Wake::UpstreamStalled,
+                    }
+                });
+                Waited::new(wait).await
             };
+            self.core.metrics.loop_passes.inc();
             let step = match wake {
                 Wake::UpstreamReadable(Ok(())) => self.relay_from_upstream(),
+                Wake::UpstreamMore => {
+                    // The relay's "more held" flag is a one-shot: the read clears it.
+                    self.moved += 1;
+                    self.relay_from_upstream()
+                }
                 Wake::UpstreamWritable(Ok(())) => None,
                 Wake::UpstreamStalled => Some(self.upstream_failed("upstream_stalled")),
                 Wake::UpstreamReadable(Err(e)) | Wake::UpstreamWritable(Err(e)) => {
@@ -333,6 +351,30 @@ impl Conn {
             if let Some(end) = self.settle_record_layer() {
                 return end;
             }
+            if self
+                .session
+                .as_ref()
+                .is_some_and(|s| s.state() != SessionState::Open)
+            {
+                // Our close frame is queued (a rate limit, a failure): what is left — the last
+                // bytes, the client's close reply — is bounded by close_timeout_ms in `finish`,
+                // not by whatever deadline this loop would wait on next.
+                return End::Close;
+            }
+            // Deadline firings consumed on this core count as progress: a wait that completed
+            // at once on a deadline consumed it (see `timer`).
+            let progress = self.moved + self.core.wheel.consumed();
+            match guard.after_pass(waited, progress) {
+                AfterPass::Continue => {}
+                AfterPass::YieldBudget => {
+                    self.core.metrics.loop_yields.inc();
+                    yield_to_core().await;
+                }
+                AfterPass::YieldStalled => {
+                    self.core.metrics.loop_stalls.inc();
+                    yield_to_core().await;
+                }
+            }
         }
     }
 
@@ -375,6 +417,7 @@ impl Conn {
             };
             match got {
                 Ok(Recv::Data(n)) => {
+                    self.moved += n as u64;
                     let records = self.layer.commit_recv(n);
                     self.core.metrics.ktls_rx_records.add(records);
                     if let Some(end) = self.process_guarded() {
@@ -386,6 +429,7 @@ impl Conn {
                 }
                 Ok(Recv::WouldBlock) => return None,
                 Ok(Recv::Eof) => {
+                    self.moved += 1;
                     if self.phase == Phase::Handshake {
                         self.core
                             .metrics
@@ -747,7 +791,8 @@ impl Conn {
         let rates = &self.core.rates;
         let identity = super::admission::identity_key(&admitted, self.identity.as_deref())
             .and_then(|key| rates.identities.attach(&key, now));
-        let limiter = ConnectionLimiter::new(&rates.connection, identity, now);
+        let limiter = ConnectionLimiter::new(&rates.connection, identity, now)
+            .with_control(&rates.control, now);
         self.limiter = (!limiter.is_unlimited()).then_some(limiter);
         let mut response = Vec::with_capacity(160);
         ws::write_response_101(request, admitted.protocol.as_deref(), &mut response);
@@ -855,7 +900,35 @@ impl Conn {
                         None => session.send(message.kind, message.payload),
                     }
                 }
-                Event::Ping(_) | Event::Pong(_) => metrics.frames_in.inc(),
+                Event::Ping(payload) | Event::Pong(payload) => {
+                    metrics.frames_in.inc();
+                    if rate_closed {
+                        continue;
+                    }
+                    let verdict = match self.limiter.as_mut() {
+                        Some(limiter) => limiter.check_control(now, payload.len()),
+                        None => Verdict::Pass,
+                    };
+                    if let Verdict::Exceeded { which, unit } = verdict {
+                        // Control frames are never dropped (a ping's pong is already queued):
+                        // a client over its control allowance is closed, lossy route or not.
+                        metrics.rate_limited(which.as_str(), "close");
+                        tracing::debug!(peer = %self.peer, scope = which.as_str(), unit = unit.as_str(), "control frame rate exceeded");
+                        Refusal::Close {
+                            code: crate::limits::RATE_LIMITED_CODE,
+                            reason: crate::limits::RATE_LIMITED_REASON,
+                        }
+                        .record_on(&core, self.peer);
+                        session.close(
+                            crate::limits::RATE_LIMITED_CODE,
+                            crate::limits::RATE_LIMITED_REASON,
+                        );
+                        if let Some(relay) = self.relay.as_mut() {
+                            relay.close(1001, "client_rate_limited");
+                        }
+                        rate_closed = true;
+                    }
+                }
                 Event::PeerClosed { code, reason } => {
                     metrics.frames_in.inc();
                     metrics.close_code(code.unwrap_or(1005), Side::Client);
@@ -1180,29 +1253,37 @@ impl Conn {
         if self.phase == Phase::Open {
             self.core.audit.record(self.close_event());
         }
+        // Everything after our close frame shares one deadline: the upstream's close, the last
+        // bytes, the client's close reply and close_notify together get close_timeout_ms,
+        // whatever the client or the upstream does.
+        let close_by = Instant::now() + self.core.cfg.limits.close_timeout();
         if let Some(mut relay) = self.relay.take() {
             // Whatever ended the client side ends the upstream side: our close (unless one
-            // went already), written if the socket takes it now, then both directions shut.
+            // went already) behind what was forwarded, the upstream's reply, then both
+            // directions shut.
             relay.close(1001, "going_away");
-            let _ = relay.write_some();
+            self.close_upstream(&mut relay, close_by).await;
             relay.stream.shutdown();
         }
         if matches!(end, End::Close) && !self.layer.is_handshaking() {
-            let mut ok = self.flush_before_close().await.is_ok();
+            let mut ok = self.flush_before_close(close_by).await.is_ok();
             let close_sent = |c: &Self| {
                 c.session
                     .as_ref()
                     .is_some_and(|s| s.state() == SessionState::CloseSent)
             };
             if ok && close_sent(self) && !self.keys_done {
-                ok = self.await_close_reply().await;
+                ok = self.await_close_reply(close_by).await;
             }
-            if ok && self.layer.queue_close_notify() && self.flush_before_close().await.is_ok() {
-                self.send_kernel_close_notify().await;
+            if ok
+                && self.layer.queue_close_notify()
+                && self.flush_before_close(close_by).await.is_ok()
+            {
+                self.send_kernel_close_notify(close_by).await;
             }
         } else if self.layer.has_pending_output() {
             // An alert (TLS failure) or the last frames: best effort, bounded by the close timeout.
-            let _ = self.flush_before_close().await;
+            let _ = self.flush_before_close(close_by).await;
         }
         // monoio leaves a dropped operation in flight rather than cancelling it: a readiness
         // wait that lost to a deadline still holds the socket, and dropping the stream would
@@ -1214,13 +1295,13 @@ impl Conn {
 
 impl Conn {
     /// Under kTLS, close_notify is a record of its own sent with `sendmsg`; a full socket (the
-    /// last frames may just have filled it) is waited for within the write timeout.
-    async fn send_kernel_close_notify(&mut self) {
+    /// last frames may just have filled it) is waited for until the close's deadline.
+    async fn send_kernel_close_notify(&mut self, close_by: Instant) {
         loop {
             let fd = sockopt::borrow_fd(&self.stream);
             match self.layer.send_close_notify(fd) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if self.wait_writable().await.is_err() {
+                    if !matches!(self.writable_by(close_by).await, Some(Ok(()))) {
                         return;
                     }
                 }
@@ -1282,6 +1363,8 @@ enum Wake {
     Heartbeat,
     WriteStalled,
     UpstreamReadable(std::io::Result<()>),
+    /// The relay stopped reading at a bound with more possibly held: read again at once.
+    UpstreamMore,
     UpstreamWritable(std::io::Result<()>),
     UpstreamStalled,
 }

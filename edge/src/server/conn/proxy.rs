@@ -9,6 +9,8 @@ use crate::refuse::Refusal;
 use crate::ws::{self, SessionState};
 
 use super::super::relay::{Relay, UpstreamEvent};
+use super::super::timer::Deadline;
+use super::pass::{yield_to_core, AfterPass, PassGuard, Waited};
 use super::{Conn, End, PendingUpgrade};
 
 impl Conn {
@@ -42,7 +44,7 @@ impl Conn {
         } else {
             cap.saturating_sub(self.layer.pending_output_len())
         };
-        relay.read(now, &mut events, room);
+        self.moved += relay.read(now, &mut events, room) as u64;
         let mut queued = self.layer.pending_output_len();
         let mut end = None;
         for event in events.drain(..) {
@@ -89,6 +91,7 @@ impl Conn {
         let relay = self.relay.as_mut()?;
         match relay.write_some() {
             Ok(written) => {
+                self.moved += written as u64;
                 // An upstream that takes nothing for the write timeout is as stuck as a slow
                 // client: its client is told 1014 rather than held forever.
                 if relay.pending_output() == 0 {
@@ -102,6 +105,53 @@ impl Conn {
             Err(e) => {
                 tracing::debug!(peer = %self.peer, member = %relay.member, error = %e, "upstream write failed");
                 Some(self.upstream_failed("upstream_write_failed"))
+            }
+        }
+    }
+
+    /// The session is ending: what was forwarded to the upstream (and our close behind it)
+    /// leaves, and the upstream's close reply is awaited, until `close_by`. Closing a socket
+    /// with unread bytes resets it, and a reset can destroy what the upstream has not read yet:
+    /// the messages it was sent before the client's session ended. What the upstream sends
+    /// meanwhile is read and discarded (the client's session is closing).
+    pub(super) async fn close_upstream(&mut self, relay: &mut Relay, close_by: Instant) {
+        let limit = Deadline::new(&self.core.wheel);
+        limit.set(close_by);
+        let mut events = Vec::new();
+        let mut guard = PassGuard::default();
+        let mut moved = 0u64;
+        loop {
+            match relay.write_some() {
+                Ok(n) => moved += n as u64,
+                Err(_) => return,
+            }
+            let writing = relay.pending_output() > 0;
+            if !writing && relay.is_done() {
+                return;
+            }
+            let reading = !relay.is_done();
+            let more = reading && relay.more;
+            let (wake, waited) = {
+                let wait = std::pin::pin!(async {
+                    monoio::select! {
+                        r = relay.stream.tcp().writable(false), if writing => r.is_ok(),
+                        r = relay.stream.tcp().readable(false), if reading && !more => r.is_ok(),
+                        _ = std::future::ready(()), if more => true,
+                        _ = limit.expired() => false,
+                    }
+                });
+                Waited::new(wait).await
+            };
+            if !wake {
+                return;
+            }
+            if reading {
+                // The flag is a one-shot the read clears.
+                moved += 1 + relay.read(Instant::now(), &mut events, usize::MAX) as u64;
+                events.clear();
+            }
+            if guard.after_pass(waited, moved) != AfterPass::Continue {
+                yield_to_core().await;
             }
         }
     }

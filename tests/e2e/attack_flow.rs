@@ -1,0 +1,294 @@
+//! What one hostile client or upstream can make a connection's loop do (issue 12): every test
+//! here failed on the edge before its fix.
+//!
+//! - a client rate-limited and then silent must not hang its core: the fired heartbeat is
+//!   consumed, the wait for its close reply is bounded by `close_timeout_ms`, and the core's
+//!   CPU, its other clients and its io_uring poll list stay as they were;
+//! - a readiness wait that loses to another wake-up is cancelled, not left in flight: a proxied
+//!   session whose upstream talks while its client is silent holds one poll per socket, not
+//!   one per message.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+/// CPU seconds (user + system) process `pid` has used, from `/proc/PID/stat`.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // The command name may hold spaces; the fields after it are space-separated.
+    let after = &stat[stat.rfind(')').expect("stat has (comm)") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the state.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY-free: sysconf through the shell would be slower; Linux fixes USER_HZ at 100.
+    ticks as f64 / 100.0
+}
+
+/// Poll requests in flight in process `pid`'s io_uring instances: the entries the kernel lists
+/// under `PollList:` in each ring's fdinfo.
+pub fn uring_polls_in_flight(pid: u32) -> usize {
+    let mut polls = 0;
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    for fd in fds.flatten() {
+        let is_ring = std::fs::read_link(fd.path())
+            .map(|t| t.to_string_lossy().contains("io_uring"))
+            .unwrap_or(false);
+        if !is_ring {
+            continue;
+        }
+        let info = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
+        let Ok(text) = std::fs::read_to_string(info) else {
+            continue;
+        };
+        let mut in_list = false;
+        for line in text.lines() {
+            if line.starts_with("PollList:") {
+                in_list = true;
+            } else if in_list && line.trim_start().starts_with("op=") {
+                polls += 1;
+            } else if in_list && !line.starts_with(' ') && !line.starts_with('\t') {
+                in_list = false;
+            }
+        }
+    }
+    polls
+}
+
+/// Sends `n` masked text frames in one write.
+async fn burst(ws: &mut RawWs, n: usize) {
+    let mut bytes = Vec::new();
+    for i in 0..n {
+        bytes.extend_from_slice(&cframe(true, OP_TEXT, format!("m{i}").as_bytes()));
+    }
+    ws.send(&bytes).await;
+}
+
+/// Reads until the close frame, returning it (echoes and pings on the way are skipped).
+async fn close_frame(ws: &mut RawWs) -> Frame {
+    ws.rd.expect_close_frame().await
+}
+
+/// How long until the server ends the TCP connection (EOF or reset), reading and discarding
+/// whatever else it sends; `None` if it is still open after `limit`.
+async fn time_to_tcp_close(ws: &mut RawWs, limit: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt as _;
+    let t0 = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let left = limit.checked_sub(t0.elapsed())?;
+        match tokio::time::timeout(left, ws.rd.io.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(t0.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+const RATE_THEN_SILENCE: &str = "[limits]\n\
+connection_rate = { messages_per_s = 10, burst_messages = 20 }\n\
+ping_interval_ms = 200\n\
+pong_timeout_ms = 5000\n\
+close_timeout_ms = 500\n\
+idle_timeout_ms = 60000\n";
+
+/// Issue 12, item 1: 25 frames against a burst of 20 get `1008 rate_limited`; the client then
+/// neither replies nor closes. Before the fix the fired heartbeat stayed set and the loop never
+/// yielded again (one core at 100 %, RSS growing, new handshakes on that core timing out) and
+/// the close reply was awaited for the idle timeout. Now: the connection ends within
+/// `close_timeout_ms`, the core stays idle, and a new client on the same (only) core is served.
+#[tokio::test]
+async fn a_rate_limited_client_that_goes_silent_is_let_go_within_close_timeout() {
+    let srv = ServerBuilder::new()
+        .cores(1)
+        .config(RATE_THEN_SILENCE)
+        .start();
+    let pid = srv.proc.pid();
+    let mut ws = srv.raw().await;
+    burst(&mut ws, 25).await;
+    let close = close_frame(&mut ws).await;
+    assert_eq!(close.close_code(), Some(1008));
+    assert_eq!(close.close_reason(), "rate_limited");
+    let cpu_at_close = cpu_seconds(pid);
+    // Silent: no close reply. Past the ping interval, several times over.
+    let took = time_to_tcp_close(&mut ws, Duration::from_secs(5)).await;
+    let cpu = cpu_seconds(pid) - cpu_at_close;
+    let took = took.unwrap_or_else(|| {
+        panic!("the server held a silent, rate-limited client for 5 s (close_timeout_ms = 500); CPU meanwhile {cpu:.2} s")
+    });
+    assert!(
+        took < Duration::from_millis(500 + 1000),
+        "closed after {took:?}, close_timeout_ms = 500"
+    );
+    assert!(
+        cpu < 0.5,
+        "the core burnt {cpu:.2} s of CPU while one client waited to be closed"
+    );
+    // The same (only) core still serves.
+    let mut next = within(
+        Duration::from_secs(3),
+        "a new client on the same core",
+        srv.raw(),
+    )
+    .await;
+    expect_echo(&mut next, "still served").await;
+    let polls = uring_polls_in_flight(pid);
+    assert!(polls < 16, "{polls} polls in flight with one idle client");
+}
+
+/// The same on a silent client whose heartbeat ping is due while our close waits for its
+/// reply: a heartbeat that fires when the session is no longer open is consumed.
+#[tokio::test]
+async fn a_heartbeat_firing_after_our_close_is_consumed() {
+    let srv = ServerBuilder::new()
+        .cores(1)
+        .config(
+            "[limits]\nping_interval_ms = 100\npong_timeout_ms = 300\nclose_timeout_ms = 800\n\
+             idle_timeout_ms = 60000\nconnection_rate = { messages_per_s = 1, burst_messages = 1 }\n",
+        )
+        .start();
+    let pid = srv.proc.pid();
+    let mut ws = srv.raw().await;
+    burst(&mut ws, 2).await;
+    let close = close_frame(&mut ws).await;
+    assert_eq!(close.close_code(), Some(1008));
+    let cpu_at_close = cpu_seconds(pid);
+    let took = time_to_tcp_close(&mut ws, Duration::from_secs(5)).await;
+    let cpu = cpu_seconds(pid) - cpu_at_close;
+    assert!(
+        took.is_some_and(|t| t < Duration::from_millis(800 + 1000)),
+        "closed after {took:?} (close_timeout_ms = 800); CPU meanwhile {cpu:.2} s"
+    );
+    assert!(
+        cpu < 0.5,
+        "{cpu:.2} s of CPU while waiting for a close reply"
+    );
+    assert_eq!(srv.metric("wssedge_panics_total", &[]).await, 0.0);
+}
+
+/// A proxied session whose upstream talks while its client never sends: every loop pass woken
+/// by the upstream used to leave the client's readiness poll in flight (monoio does not cancel
+/// a dropped operation unless told to), so the ring's poll list grew by one per pass for as
+/// long as the client stayed silent — memory in the process and the kernel, without bound.
+#[tokio::test]
+async fn a_silent_client_of_a_talking_upstream_holds_one_poll_not_one_per_message() {
+    use crate::backend::{flood_index, Backend, Mode};
+    let size = 64;
+    let count = 20_000u64;
+    let backend = Backend::start(Mode::Flood { count, size }).await;
+    let srv = ServerBuilder::new()
+        .cores(1)
+        .config(&crate::proxy::proxy_config(
+            &[backend.url("/base")],
+            &[],
+            "",
+        ))
+        .start();
+    let pid = srv.proc.pid();
+    let (_, mut ws) = expect_upgraded(&srv, &ws_request("/p/feed", &[])).await;
+    for i in 0..count {
+        let (op, p) = ws.message().await;
+        assert_eq!((op, flood_index(&p, size)), (OP_BINARY, Some(i)));
+    }
+    let passes = srv
+        .metric("wssedge_connection_loop_passes_total", &[])
+        .await;
+    let polls = uring_polls_in_flight(pid);
+    eprintln!("{count} upstream messages to a silent client: {passes} loop passes, {polls} polls in flight");
+    assert!(
+        polls < 16,
+        "{polls} io_uring polls in flight after {passes} loop passes for one silent client"
+    );
+    // The session still answers (the edge answers pings itself; the flood backend never echoes).
+    ws.send(&cframe(true, OP_PING, b"still there")).await;
+    match ws.next().await {
+        Event::Frame(f) if f.opcode == OP_PONG => assert_eq!(f.payload, b"still there"),
+        other => panic!("expected the pong, got {other:?}"),
+    }
+}
+
+/// Reads frames until the close frame; returns (pongs seen, the close frame).
+async fn pongs_until_close(ws: &mut RawWs, max: usize) -> (usize, Frame) {
+    let mut pongs = 0;
+    for _ in 0..max {
+        match ws.next().await {
+            Event::Frame(f) if f.opcode == OP_CLOSE => return (pongs, f),
+            Event::Frame(f) if f.opcode == OP_PONG => pongs += 1,
+            Event::Frame(_) => {}
+            Event::Closed => panic!("connection ended without a close frame after {pongs} pongs"),
+        }
+    }
+    panic!("no close frame within {max} frames ({pongs} pongs)");
+}
+
+/// Issue 12, item 7: under `messages_per_s = 10` one client sent 55 M pings in 5 s and got
+/// 110 MB of pongs back, one core at 100 %. Pings and pongs now count against the
+/// connection's control allowance (`control_rate`, default 20/s with a burst of 100): a flood
+/// is closed with `1008 rate_limited` after the burst, counted under scope "control".
+#[tokio::test]
+async fn a_ping_flood_is_closed_with_1008_after_the_control_allowance() {
+    let srv = Server::with_config(
+        "[limits]\nconnection_rate = { messages_per_s = 10, burst_messages = 20 }\n",
+    );
+    let mut ws = srv.raw().await;
+    let mut flood = Vec::new();
+    for i in 0..5_000u32 {
+        flood.extend(cframe(true, OP_PING, &i.to_be_bytes()));
+    }
+    ws.send_lossy(&flood).await;
+    let (pongs, close) = pongs_until_close(&mut ws, 10_000).await;
+    assert_eq!(
+        (close.close_code(), close.close_reason().as_str()),
+        (Some(1008), "rate_limited")
+    );
+    assert!(
+        (100..=110).contains(&pongs),
+        "{pongs} pongs for 5000 pings against a burst of 100"
+    );
+    srv.wait_metric(
+        "wssedge_rate_limited_total",
+        &[("scope", "control"), ("action", "close")],
+        1.0,
+    )
+    .await;
+    visible_line(&format!(
+        "ping flood: 5000 pings, {pongs} pongs, then 1008 rate_limited"
+    ));
+}
+
+/// A pong flood costs the edge parsing without any output: the same allowance closes it.
+#[tokio::test]
+async fn a_pong_flood_is_closed_with_1008() {
+    let srv = Server::start();
+    let mut ws = srv.raw().await;
+    let mut flood = Vec::new();
+    for _ in 0..5_000 {
+        flood.extend(cframe(true, OP_PONG, b"unsolicited"));
+    }
+    ws.send_lossy(&flood).await;
+    let close = ws.rd.expect_close_frame().await;
+    assert_eq!(
+        (close.close_code(), close.close_reason().as_str()),
+        (Some(1008), "rate_limited")
+    );
+}
+
+/// A client that pings as heartbeat clients do (here 10 a second for two seconds, with its
+/// data within its rate) is never affected by the control allowance.
+#[tokio::test]
+async fn heartbeat_pings_within_the_allowance_are_answered() {
+    let srv = Server::with_config(
+        "[limits]\nconnection_rate = { messages_per_s = 10, burst_messages = 20 }\n",
+    );
+    let mut ws = srv.raw().await;
+    for i in 0..20u32 {
+        ws.send(&cframe(true, OP_PING, &i.to_be_bytes())).await;
+        match ws.next().await {
+            Event::Frame(f) if f.opcode == OP_PONG => assert_eq!(f.payload, i.to_be_bytes()),
+            other => panic!("ping {i}: expected its pong, got {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    expect_echo(&mut ws, "still open").await;
+}
