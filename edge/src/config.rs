@@ -132,6 +132,10 @@ pub struct Limits {
     /// After our close frame: how long the last bytes may take to leave before the connection
     /// is reset (SO_LINGER 0).
     pub close_timeout_ms: u64,
+    /// A frame (and a fragmented message) must be complete this long after its first byte
+    /// arrived, else close 1008 `frame_timeout`: bytes dribbled in slowly enough to keep the
+    /// idle timeout away must not hold a partial frame for ever.
+    pub frame_timeout_ms: u64,
     /// Bytes queued for one connection's socket (beyond the socket's own buffer). At the cap the
     /// edge stops reading what would add to it (the client's requests, its upstream's
     /// messages); lossy routes drop whole messages instead.
@@ -214,6 +218,7 @@ impl Default for Limits {
             ping_interval_ms: 30_000,
             pong_timeout_ms: 10_000,
             close_timeout_ms: 1_000,
+            frame_timeout_ms: 30_000,
             max_outbound_bytes: 1 << 20,
             max_frame_bytes: 16 << 20,
             max_message_bytes: 16 << 20,
@@ -256,6 +261,9 @@ impl Limits {
     }
     pub fn close_timeout(&self) -> Duration {
         Duration::from_millis(self.close_timeout_ms)
+    }
+    pub fn frame_timeout(&self) -> Duration {
+        Duration::from_millis(self.frame_timeout_ms)
     }
 }
 
@@ -398,9 +406,10 @@ impl Config {
             }
         }
         let l = &self.limits;
-        let positive: [(&'static str, u64); 14] = [
+        let positive: [(&'static str, u64); 15] = [
             ("limits.pong_timeout_ms", l.pong_timeout_ms),
             ("limits.close_timeout_ms", l.close_timeout_ms),
+            ("limits.frame_timeout_ms", l.frame_timeout_ms),
             ("limits.max_outbound_bytes", l.max_outbound_bytes as u64),
             ("limits.max_connections", l.max_connections as u64),
             (

@@ -292,3 +292,127 @@ async fn heartbeat_pings_within_the_allowance_are_answered() {
     }
     expect_echo(&mut ws, "still open").await;
 }
+
+/// Issue 12, item 11: an upstream's empty close frame reached the client as `1000`; it stays
+/// empty (no code on the wire, 1005 in the counters).
+#[tokio::test]
+async fn an_upstreams_empty_close_reaches_the_client_empty() {
+    use crate::backend::{Backend, Mode};
+    let backend = Backend::start(Mode::CloseEmptyAfterFirst).await;
+    let srv = crate::proxy::proxy_server(&backend, &[], "");
+    let (_, mut ws) = expect_upgraded(&srv, &ws_request("/p", &[])).await;
+    ws.send(&cframe(true, OP_TEXT, b"hello")).await;
+    let close = ws.rd.expect_close_frame().await;
+    assert!(
+        close.payload.is_empty(),
+        "the upstream's empty close reached the client as {:?} {:?}",
+        close.close_code(),
+        close.close_reason()
+    );
+    srv.wait_metric(
+        "wssedge_close_codes_total",
+        &[("code", "1005"), ("side", "upstream")],
+        1.0,
+    )
+    .await;
+}
+
+/// Sends `bytes` one at a time, `gap` apart, until the server's close frame arrives (or the
+/// bytes run out); returns the close frame and when it came.
+async fn dribble_until_close(
+    ws: &mut RawWs,
+    bytes: &[u8],
+    gap: Duration,
+) -> Option<(Frame, Duration)> {
+    let t0 = Instant::now();
+    for b in bytes {
+        if !ws.send_lossy(std::slice::from_ref(b)).await {
+            break;
+        }
+        if let Ok(event) = tokio::time::timeout(gap, ws.next()).await {
+            return match event {
+                Event::Frame(f) if f.opcode == OP_CLOSE => Some((f, t0.elapsed())),
+                other => panic!("unexpected {other:?} while dribbling"),
+            };
+        }
+    }
+    None
+}
+
+/// Issue 12, item 11: one byte every 300 ms keeps the idle timeout away for ever, and a frame
+/// could stay incomplete (its buffer held) for as long as the client liked. A frame must now
+/// complete within `frame_timeout_ms` of its first byte: close `1008 frame_timeout`, counted.
+#[tokio::test]
+async fn a_frame_dribbled_a_byte_at_a_time_is_closed_at_frame_timeout() {
+    let srv = Server::with_config(
+        "[limits]\nframe_timeout_ms = 1000\nidle_timeout_ms = 60000\nping_interval_ms = 0\n",
+    );
+    let mut ws = srv.raw().await;
+    let frame = cframe(true, OP_TEXT, &[b'x'; 100]);
+    let (close, took) = dribble_until_close(&mut ws, &frame, Duration::from_millis(300))
+        .await
+        .expect("a 106-byte frame dribbled over 30 s was never refused");
+    assert_eq!(
+        (close.close_code(), close.close_reason().as_str()),
+        (Some(1008), "frame_timeout")
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "frame_timeout_ms = 1000, closed after {took:?}"
+    );
+    expect_closed_1008(&srv, "frame_timeout", 1.0).await;
+}
+
+/// The same for a message dribbled as complete one-byte fragments: each frame completes, the
+/// message never does.
+#[tokio::test]
+async fn a_message_dribbled_as_fragments_is_closed_at_frame_timeout() {
+    let srv = Server::with_config(
+        "[limits]\nframe_timeout_ms = 1000\nidle_timeout_ms = 60000\nping_interval_ms = 0\n",
+    );
+    let mut ws = srv.raw().await;
+    ws.send(&cframe(false, OP_TEXT, b"a")).await;
+    let t0 = Instant::now();
+    let mut close = None;
+    for _ in 0..20 {
+        if !ws.send_lossy(&cframe(false, OP_CONT, b"b")).await {
+            break;
+        }
+        if let Ok(Event::Frame(f)) =
+            tokio::time::timeout(Duration::from_millis(300), ws.next()).await
+        {
+            close = Some(f);
+            break;
+        }
+    }
+    let close = close.expect("a message dribbled as fragments for 6 s was never refused");
+    assert_eq!(
+        (close.close_code(), close.close_reason().as_str()),
+        (Some(1008), "frame_timeout")
+    );
+    assert!(
+        t0.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+/// A frame that arrives in pieces within the timeout is served, and a later frame gets a
+/// deadline of its own (the first one's does not carry over).
+#[tokio::test]
+async fn frames_completed_in_time_are_served() {
+    let srv = Server::with_config("[limits]\nframe_timeout_ms = 800\nping_interval_ms = 0\n");
+    let mut ws = srv.raw().await;
+    for round in 0..3 {
+        let frame = cframe(true, OP_TEXT, format!("piece by piece {round}").as_bytes());
+        let (a, b) = frame.split_at(frame.len() / 2);
+        ws.send(a).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        ws.send(b).await;
+        let (op, payload) = ws.message().await;
+        assert_eq!(
+            (op, payload),
+            (OP_TEXT, format!("piece by piece {round}").into_bytes())
+        );
+    }
+}

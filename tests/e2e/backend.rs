@@ -7,6 +7,7 @@
 //!
 //! - `Echo`: every data message back, as it came;
 //! - `CloseAfterFirst`: after the first data message, a close frame with the given code/reason;
+//! - `CloseEmptyAfterFirst`: after the first data message, an empty close frame (no code);
 //! - `DropAfterFirst`: after the first data message, the TCP connection is closed without a
 //!   close frame;
 //! - `ViolateAfterFirst`: after the first data message, a frame with a reserved opcode;
@@ -41,6 +42,7 @@ use crate::harness::{unlimited_ws_config, WAIT};
 pub enum Mode {
     Echo,
     CloseAfterFirst { code: u16, reason: String },
+    CloseEmptyAfterFirst,
     DropAfterFirst,
     ViolateAfterFirst,
     Flood { count: u64, size: usize },
@@ -435,6 +437,9 @@ async fn respond(
                     reason: reason.clone().into(),
                 };
                 let _ = ws.send(Message::Close(Some(frame))).await;
+            }
+            Mode::CloseEmptyAfterFirst if was_first => {
+                let _ = ws.send(Message::Close(None)).await;
             }
             Mode::DropAfterFirst if was_first => {
                 shared.log(session, Seen::Ended("dropped by the backend".into()));

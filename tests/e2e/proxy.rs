@@ -4,7 +4,8 @@
 //!   forwarded headers (Host, Origin, User-Agent, X-Forwarded-For/-Proto) and the identity
 //!   headers (JWT claims, mTLS subject / SANs / SPIFFE ID / fingerprint), a client's copies of
 //!   any of them stripped or replaced;
-//! - refusals: 404 `no_route`, 503 `upstream_connect_failed` (refused, timed out), 502
+//! - refusals: 404 `no_route`, 503 `upstream_connect_failed` (refused), 503 `upstream_timeout`
+//!   (no answer), 502
 //!   `upstream_refused`, 503 `upstream_unavailable` while the member's breaker is open, and the
 //!   breaker's half-open probe closing it again once the member is back;
 //! - relaying: text, binary and fragmented messages, the edge answering the client's pings,
@@ -400,21 +401,17 @@ async fn member_down_opens_the_breaker_and_a_probe_closes_it_when_back() {
     .await;
 }
 
-/// A member that accepts TCP and never answers the upgrade: 503 `upstream_connect_failed`
-/// after `connect_timeout_ms`, not before and not much later.
+/// A member that accepts TCP and never answers the upgrade: 503 `upstream_timeout` (as the
+/// README promises; it was reported as `upstream_connect_failed`) after `connect_timeout_ms`,
+/// not before and not much later.
 #[tokio::test]
 async fn a_member_that_never_answers_times_out_with_503() {
     let backend = Backend::start(Mode::Silent).await;
     let srv = proxy_server(&backend, &[("connect_timeout_ms", "800")], "");
     let (o, took) = timed_attempt(&srv, &ws_request("/p", &[])).await;
-    check_refused(
-        &o.refused("silent member"),
-        503,
-        "upstream_connect_failed",
-        "/p",
-    );
+    check_refused(&o.refused("silent member"), 503, "upstream_timeout", "/p");
     visible_line(&format!(
-        "silent member: 503 upstream_connect_failed after {took:?}"
+        "silent member: 503 upstream_timeout after {took:?}"
     ));
     assert!(
         took >= Duration::from_millis(700) && took < Duration::from_millis(2500),

@@ -22,8 +22,9 @@ use crate::ws::{Event, Message, Role, Session, SessionLimits, SessionState};
 pub(crate) enum UpstreamEvent {
     /// A whole message for the client, and when its last bytes were read.
     Message(Message, Instant),
-    /// The upstream closed the session with this code (forwarded to the client).
-    Closed { code: u16, reason: String },
+    /// The upstream closed the session with this code (forwarded to the client); `None`: its
+    /// close frame was empty, and the client's is too.
+    Closed { code: Option<u16>, reason: String },
     /// The upstream broke the protocol or the connection: the client gets 1014.
     Failed { reason: &'static str },
 }
@@ -155,10 +156,7 @@ impl Relay {
                 Event::PeerClosed { code, reason } => {
                     self.peer_closed = true;
                     if !self.closing {
-                        out.push(UpstreamEvent::Closed {
-                            code: code.unwrap_or(1000),
-                            reason,
-                        });
+                        out.push(UpstreamEvent::Closed { code, reason });
                     }
                 }
                 Event::Failed { reason, .. } => {

@@ -739,6 +739,19 @@ impl Session {
         self.out.push_back(f);
     }
 
+    /// Initiates a close with an empty close frame (no code, no reason): how a peer's empty
+    /// close is passed on unchanged (1005 is never put on the wire). Ignored if a close is
+    /// queued.
+    pub fn close_without_code(&mut self) {
+        if self.close_queued || self.input_done() {
+            return;
+        }
+        self.close_queued = true;
+        self.first_close.get_or_insert(1005);
+        let f = self.frame(OpCode::Close, Payload::Single(close_payload(None, "")));
+        self.out.push_back(f);
+    }
+
     /// The code the session ended (or is ending) with: the first close either side sent.
     pub fn close_code(&self) -> Option<u16> {
         self.first_close

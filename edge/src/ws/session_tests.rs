@@ -919,3 +919,19 @@ fn the_first_close_code_is_remembered_from_either_side() {
     feed(&mut theirs, &close_frame(1000, b""));
     assert_eq!(theirs.close_code(), Some(1000));
 }
+
+#[test]
+fn close_without_code_sends_an_empty_close_frame() {
+    let mut s = session();
+    s.close_without_code();
+    let out = transmit(&mut s);
+    assert_eq!(out.len(), 1);
+    assert!(out[0].is_close());
+    assert_eq!(out[0].to_vec(), vec![0x88, 0x00]);
+    assert_eq!(s.close_code(), Some(1005));
+    assert_eq!(s.state(), SessionState::CloseSent);
+    // Nothing after it, and a second close is ignored.
+    s.close(1000, "again");
+    s.send(MessageKind::Text, Payload::Single(Bytes::from_static(b"x")));
+    assert!(transmit(&mut s).is_empty());
+}

@@ -119,6 +119,18 @@ impl Conn {
         None
     }
 
+    /// A frame or fragmented message has begun and not completed (`partial`): it must
+    /// complete within `frame_timeout_ms` of when it began, however its bytes trickle in (each
+    /// read pushes the idle deadline, never this one). Nothing partial: the deadline is off.
+    pub(super) fn watch_partial_input(&mut self, partial: bool, now: Instant) {
+        if !partial {
+            self.frame_deadline.clear();
+        } else if !self.frame_deadline.is_set() {
+            self.frame_deadline
+                .set(now + self.core.cfg.limits.frame_timeout());
+        }
+    }
+
     /// The last bytes of a closing connection (its close frame, an HTTP refusal, an alert) get
     /// until `limit` (the close's one deadline, `close_timeout_ms` after it began) to leave. A
     /// client that has not taken them by then is reset (SO_LINGER 0): its queued bytes are

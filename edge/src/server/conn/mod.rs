@@ -202,6 +202,9 @@ struct Conn {
     upstream_write_deadline: Deadline,
     /// The server ping's timer (see [`Conn::on_heartbeat`]).
     heartbeat: Deadline,
+    /// Armed while a frame (or a fragmented message) is partly received: it must complete by
+    /// then (see [`Conn::watch_partial_input`]).
+    frame_deadline: Deadline,
     /// When the client last sent anything (any byte proves it alive).
     last_rx: Instant,
     /// When our unanswered ping went out.
@@ -230,6 +233,7 @@ impl Conn {
         let write_deadline = Deadline::new(&core.wheel);
         let heartbeat = Deadline::new(&core.wheel);
         let upstream_write_deadline = Deadline::new(&core.wheel);
+        let frame_deadline = Deadline::new(&core.wheel);
         Self {
             slot,
             core,
@@ -255,6 +259,7 @@ impl Conn {
             admitted_as: None,
             write_deadline,
             heartbeat,
+            frame_deadline,
             upstream_write_deadline,
             last_rx: Instant::now(),
             ping_sent: None,
@@ -286,6 +291,7 @@ impl Conn {
                         _ = self.deadline.expired() => Wake::Deadline,
                         _ = session_end(live.as_deref()) => Wake::SessionEnd,
                         _ = self.heartbeat.expired() => Wake::Heartbeat,
+                        _ = self.frame_deadline.expired() => Wake::FrameTimeout,
                         _ = self.write_deadline.expired(), if writing => Wake::WriteStalled,
                         r = upstream_readable(relay), if up_reading && !up_more => Wake::UpstreamReadable(r),
                         _ = std::future::ready(()), if up_more => Wake::UpstreamMore,
@@ -313,6 +319,7 @@ impl Conn {
                 Wake::SessionEnd => return self.on_session_end(),
                 Wake::WriteStalled => return self.on_slow_consumer(),
                 Wake::Heartbeat => self.on_heartbeat(),
+                Wake::FrameTimeout => return self.close_session(1008, "frame_timeout"),
                 Wake::Readable(Err(e)) | Wake::Writable(Err(e)) => {
                     tracing::debug!(peer = %self.peer, error = %e, "readiness wait failed");
                     return End::Abort;
@@ -945,6 +952,9 @@ impl Conn {
                 }
             }
         }
+        let partial = !self.plaintext.is_empty() || session.buffered_bytes() > 0;
+        self.watch_partial_input(partial, now);
+        let session = self.session.as_mut()?;
         // The budget for bytes held in partial frames and messages, per core.
         let held = self.plaintext.len()
             + session.buffered_bytes()
@@ -1361,6 +1371,8 @@ enum Wake {
     Deadline,
     SessionEnd,
     Heartbeat,
+    /// A frame or fragmented message stayed incomplete for `frame_timeout_ms`.
+    FrameTimeout,
     WriteStalled,
     UpstreamReadable(std::io::Result<()>),
     /// The relay stopped reading at a bound with more possibly held: read again at once.

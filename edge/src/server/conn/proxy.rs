@@ -66,9 +66,15 @@ impl Conn {
                     self.hop_started.get_or_insert(read_at);
                 }
                 UpstreamEvent::Closed { code, reason } => {
-                    // The upstream's code goes to the client as it was sent.
-                    self.core.metrics.close_code(code, Side::Upstream);
-                    session.close(code, &reason);
+                    // The upstream's code goes to the client as it was sent; an empty close
+                    // stays empty (1005 in the counters, as RFC 6455 names a missing code).
+                    self.core
+                        .metrics
+                        .close_code(code.unwrap_or(1005), Side::Upstream);
+                    match code {
+                        Some(code) => session.close(code, &reason),
+                        None => session.close_without_code(),
+                    }
                     end = Some(End::Close);
                 }
                 UpstreamEvent::Failed { reason } => {
@@ -234,20 +240,24 @@ impl Conn {
             Some(Err(e)) => {
                 tracing::debug!(peer = %self.peer, member, error = %e, "upstream connect failed");
                 // The member answered, but not with a 101 (a 4xx, a 5xx, a bad accept):
-                // a bad gateway. No answer at all: unavailable, try again.
-                let refused = matches!(&e, crate::upstream::ConnectError::Response(_));
-                Err(if refused {
-                    Refusal::Http {
+                // a bad gateway. No answer in time: a timeout. Anything else: the connect
+                // failed. Both of those: unavailable, try again.
+                Err(match &e {
+                    crate::upstream::ConnectError::Response(_) => Refusal::Http {
                         status: 502,
                         reason: "upstream_refused",
                         extra_headers: &[],
-                    }
-                } else {
-                    Refusal::Http {
+                    },
+                    crate::upstream::ConnectError::Timeout(_) => Refusal::Http {
+                        status: 503,
+                        reason: "upstream_timeout",
+                        extra_headers: RETRY,
+                    },
+                    _ => Refusal::Http {
                         status: 503,
                         reason: "upstream_connect_failed",
                         extra_headers: RETRY,
-                    }
+                    },
                 })
             }
             None => Err(Refusal::Http {
