@@ -241,5 +241,21 @@ mod tests {
             .unwrap(),
             r#"{"event":"tls_failure","peer":"p","reason":"r"}"#
         );
+        // The summary's field names are as public as the events it stands for.
+        assert_eq!(
+            serde_json::to_string(&AuditEvent::RefusalSummary {
+                reason: "audit_backpressure".into(),
+                count: 3,
+                from: "2024-05-06T07:08:09.000000000Z".into(),
+                to: "2024-05-06T07:08:10.000000000Z".into(),
+                peers: vec![PeerRefusals {
+                    ip: "192.0.2.1".into(),
+                    refusals: 2
+                }],
+                unattributed: 1,
+            })
+            .unwrap(),
+            r#"{"event":"refusal_summary","reason":"audit_backpressure","count":3,"from":"2024-05-06T07:08:09.000000000Z","to":"2024-05-06T07:08:10.000000000Z","peers":[{"ip":"192.0.2.1","refusals":2}],"unattributed":1}"#
+        );
     }
 }
