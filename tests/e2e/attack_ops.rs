@@ -268,3 +268,224 @@ async fn a_flood_against_a_full_audit_disk_is_counted_not_queued() {
     let out = verify(&key, &files_of(&live)).await;
     assert_eq!(out.code, Some(0), "the trail verifies: {out:#?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Item 9: whom `wssedge ctl` and the control socket trust
+// ---------------------------------------------------------------------------------------------
+
+/// The uid (and gid) of `nobody`: "another user" for these tests, which run as root.
+const NOBODY: u32 = 65534;
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        visible_line("SKIP: acting as another uid (nobody) needs root");
+    }
+    root
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// A directory owned by `nobody` (mode 0700) inside a temporary one it can traverse.
+fn nobodys_dir() -> (tempfile::TempDir, PathBuf) {
+    let base = tempfile::tempdir().expect("tempdir");
+    chmod(base.path(), 0o755);
+    let dir = base.path().join("nobody");
+    std::fs::create_dir(&dir).expect("mkdir");
+    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).expect("chown");
+    chmod(&dir, 0o700);
+    (base, dir)
+}
+
+/// A process this test started; killed (by its own PID) and reaped on drop.
+struct Spawned(std::process::Child);
+
+impl Spawned {
+    fn new(child: std::process::Child) -> Self {
+        Spawned(child)
+    }
+
+    /// Reads its stdout until a line starts with `prefix` (bounded by `WAIT`).
+    fn wait_for_line(&mut self, prefix: &str) {
+        use std::io::BufRead as _;
+        let out = self.0.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = self.0.kill();
+                    let mut err = String::new();
+                    if let Some(mut e2) = self.0.stderr.take() {
+                        use std::io::Read as _;
+                        let _ = e2.read_to_string(&mut err);
+                    }
+                    panic!("no `{prefix}` line ({e}); stderr:\n{err}");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Item 9 (a). A wssedge of another user (`nobody`) serves the control socket at the path:
+/// `wssedge ctl` (root) checks who listens there (SO_PEERCRED) and refuses to talk to it,
+/// exit 2, naming the uid it found.
+///
+/// Before the fix: ctl sent `status` to it and printed its answer, exit 0.
+#[tokio::test]
+async fn ctl_refuses_a_control_socket_served_by_another_uid() {
+    use std::os::unix::process::CommandExt as _;
+    if !running_as_root() {
+        return;
+    }
+    let (_base, dir) = nobodys_dir();
+    let socket = dir.join("ctl.sock");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--cores", "1", "--state-dir"])
+        .arg(dir.join("state"))
+        .arg("--control")
+        .arg(&socket)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: runs in the forked child before exec and only makes async-signal-safe calls
+    // (setgroups, setgid, setuid), touching no memory but constants.
+    unsafe {
+        cmd.pre_exec(|| {
+            let ok = libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setgid(NOBODY) == 0
+                && libc::setuid(NOBODY) == 0;
+            if ok {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut other = Spawned::new(cmd.spawn().expect("spawn wssedge as nobody"));
+    other.wait_for_line("listening on wss://");
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&socket).expect("socket"));
+    assert_eq!(owner, NOBODY, "the socket is the other user's");
+
+    let out = ctl(&socket, &["status"]).await;
+    assert_eq!(
+        out.code,
+        Some(2),
+        "ctl must refuse a server of another uid: {out:#?}"
+    );
+    assert!(
+        out.stderr.contains("uid 65534") && out.stderr.contains(socket.to_str().unwrap()),
+        "the refusal names the path and the uid found: {out:#?}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "nothing from that server is shown: {out:#?}"
+    );
+    assert!(
+        other.0.try_wait().expect("try_wait").is_none(),
+        "the other server still runs"
+    );
+}
+
+/// Item 9 (b). The server refuses a control socket in a directory others can write to (0777,
+/// sticky 1777 like /tmp, group-writable 0770): exit 2 naming the directory and its mode, and
+/// no socket file left there. In a 0700 directory it starts and `ctl` works.
+///
+/// Before the fix: it started in all of them.
+#[tokio::test]
+async fn a_control_socket_in_a_shared_directory_is_refused() {
+    for mode in [0o777, 0o1777, 0o770] {
+        let base = tempfile::tempdir().expect("tempdir");
+        let dir = base.path().join("shared");
+        std::fs::create_dir(&dir).expect("mkdir");
+        chmod(&dir, mode);
+        let socket = dir.join("ctl.sock");
+        let (status, _out, err) = ServerBuilder::new()
+            .arg("--control")
+            .arg(socket.to_str().unwrap())
+            .run_expect_exit();
+        assert_eq!(status.code(), Some(2), "mode {mode:04o}: {err}");
+        let shown = format!("{mode:04o}");
+        assert!(
+            err.contains(dir.to_str().unwrap()) && err.contains(&shown),
+            "mode {mode:04o}: the message names the directory and its mode: {err}"
+        );
+        assert!(!socket.exists(), "mode {mode:04o}: no socket left behind");
+    }
+    let base = tempfile::tempdir().expect("tempdir");
+    let dir = base.path().join("private");
+    std::fs::create_dir(&dir).expect("mkdir");
+    chmod(&dir, 0o700);
+    let socket = dir.join("ctl.sock");
+    let _srv = ServerBuilder::new()
+        .arg("--control")
+        .arg(socket.to_str().unwrap())
+        .start();
+    let out = ctl(&socket, &["status"]).await;
+    assert_eq!(out.code, Some(0), "0700 directory: {out:#?}");
+}
+
+/// Item 9 (b). A socket file of another user at the control path, nobody answering on it, is
+/// not removed: the server refuses to start (exit 2, naming the owner). A stale socket of its
+/// own uid is replaced as before.
+///
+/// Before the fix: the other user's file was unlinked and the server started.
+#[tokio::test]
+async fn a_foreign_socket_file_at_the_control_path_is_left_alone() {
+    use std::os::unix::fs::MetadataExt as _;
+    if !running_as_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("ctl.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("bind"));
+    std::os::unix::fs::chown(&socket, Some(NOBODY), Some(NOBODY)).expect("chown");
+    let inode = std::fs::symlink_metadata(&socket).expect("stat").ino();
+    let (status, _out, err) = ServerBuilder::new()
+        .arg("--control")
+        .arg(socket.to_str().unwrap())
+        .run_expect_exit();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("uid 65534") && err.contains(socket.to_str().unwrap()),
+        "the message names the file and its owner: {err}"
+    );
+    assert_eq!(
+        std::fs::symlink_metadata(&socket)
+            .expect("still there")
+            .ino(),
+        inode,
+        "the other user's file is untouched"
+    );
+
+    // Our own stale socket goes.
+    std::os::unix::fs::chown(&socket, Some(0), Some(0)).expect("chown");
+    let _srv = ServerBuilder::new()
+        .arg("--control")
+        .arg(socket.to_str().unwrap())
+        .start();
+    assert_eq!(ctl(&socket, &["status"]).await.code, Some(0));
+}
