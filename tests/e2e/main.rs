@@ -9,6 +9,7 @@ mod admission_jwt;
 mod admission_mtls;
 mod admission_origin;
 mod attack_flow;
+mod attack_ops;
 mod audit;
 /// The in-process ws:// backend the proxy tests forward to.
 mod backend;

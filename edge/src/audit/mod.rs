@@ -10,7 +10,9 @@
 //! * Cores never block and never drop: [`AuditSink::record`] pushes into a lock-free ring and
 //!   spills into a per-core overflow list when it is full; above the high-water mark
 //!   [`AuditSink::over_high_water`] tells the core to refuse new connections before TLS, which
-//!   bounds the overflow (each connection emits a bounded number of records).
+//!   bounds the overflow (each admitted connection emits a bounded number of records, and the
+//!   refusals themselves are counted, not queued: [`AuditSink::refused_at_accept`] turns an
+//!   episode of them into one `refusal_summary` record per reason, see `summary`).
 //! * Every line carries `prev` (the previous line's MAC) and `mac` = HMAC-SHA256(key, prev ||
 //!   the line up to and including its `prev` field): without the key nobody can edit, drop,
 //!   reorder or recompute records unnoticed. See [`chain`] for the exact byte layout.
@@ -30,6 +32,7 @@ mod record;
 mod ring;
 mod sink;
 mod stats;
+mod summary;
 mod time;
 mod verify;
 mod writer;
@@ -40,7 +43,7 @@ mod tests;
 use std::path::PathBuf;
 
 pub use config::AuditConfig;
-pub use record::{token_sha256, AuditEvent, Identity};
+pub use record::{token_sha256, AuditEvent, Identity, PeerRefusals};
 pub use sink::{AuditHandle, AuditSink};
 pub use stats::AuditStats;
 pub use verify::{run_cli, sort_trail_files, verify, Problem, ProblemKind, VerifyReport};

@@ -19,6 +19,13 @@ pub struct Identity {
     pub fingerprint_sha256: Option<String>,
 }
 
+/// One address's share of a [`AuditEvent::RefusalSummary`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerRefusals {
+    pub ip: String,
+    pub refusals: u64,
+}
+
 /// One audited event. `peer` is the client's `ip:port` as text. The core that produced a record
 /// is the envelope's `core` field (null for the control socket, reloads and the writer itself),
 /// which is why `Accept` carries no core of its own: one JSON object must not have two `core`
@@ -104,6 +111,21 @@ pub enum AuditEvent {
         ok: bool,
         new_pid: Option<u32>,
         detail: String,
+    },
+    /// Connections a core refused at accept (before TLS) while its audit queue was above the
+    /// high-water mark: counted, not recorded one by one, so that refusing cannot itself grow
+    /// the queue. One record per reason and episode, written by that core once its queue is
+    /// back under the mark; it stands for all `count` refusals, from the first (`from`) to the
+    /// last (`to`). `peers`: the addresses refused most (at most 8, each figure a lower bound,
+    /// exact while no more than 8 addresses were refused); `unattributed`: the refusals not
+    /// among them, so that the figures add up to `count`.
+    RefusalSummary {
+        reason: String,
+        count: u64,
+        from: String,
+        to: String,
+        peers: Vec<PeerRefusals>,
+        unattributed: u64,
     },
     /// Written by the trail itself when it starts.
     Start { version: String, pid: u32 },
@@ -218,6 +240,22 @@ mod tests {
             })
             .unwrap(),
             r#"{"event":"tls_failure","peer":"p","reason":"r"}"#
+        );
+        // The summary's field names are as public as the events it stands for.
+        assert_eq!(
+            serde_json::to_string(&AuditEvent::RefusalSummary {
+                reason: "audit_backpressure".into(),
+                count: 3,
+                from: "2024-05-06T07:08:09.000000000Z".into(),
+                to: "2024-05-06T07:08:10.000000000Z".into(),
+                peers: vec![PeerRefusals {
+                    ip: "192.0.2.1".into(),
+                    refusals: 2
+                }],
+                unattributed: 1,
+            })
+            .unwrap(),
+            r#"{"event":"refusal_summary","reason":"audit_backpressure","count":3,"from":"2024-05-06T07:08:09.000000000Z","to":"2024-05-06T07:08:10.000000000Z","peers":[{"ip":"192.0.2.1","refusals":2}],"unattributed":1}"#
         );
     }
 }

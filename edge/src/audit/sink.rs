@@ -5,12 +5,21 @@
 //! full they go into the core's overflow list, and from then on *every* record goes there until
 //! the writer has taken the list, so the per-core order is kept. The writer takes the list
 //! under its mutex after emptying the ring under the same lock (the core only uses the ring
-//! again once the list was taken). The list is unbounded in type but bounded in practice: above
-//! the high-water mark the core refuses new connections before TLS, and a connection already
-//! admitted emits a bounded number of records (accept, upgrade, close/refusal: at most a
-//! handful), so the list holds at most a few records per connection then open.
+//! again once the list was taken). The list is unbounded in type but bounded by what may reach
+//! it: above the high-water mark the core refuses new connections before TLS, and
+//! - a connection already admitted emits a bounded number of records (accept, upgrade,
+//!   close/refusal: at most a handful), so those add at most a few records per connection
+//!   then open (itself bounded by `max_connections`);
+//! - a connection refused at accept ([`AuditSink::refused_at_accept`]) while the queue is above
+//!   the mark adds nothing: it is counted in the core's [`RefusalTally`] (fixed size), which
+//!   becomes one `refusal_summary` record per reason once the queue is back under the mark.
+//!   Were each such refusal its own record, a flood of connects against a stalled writer would
+//!   grow the list by one record per connect, whatever the mark;
+//! - the control side has its own queue, bounded by waiting ([`AuditHandle::record`]).
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::Thread;
@@ -19,6 +28,7 @@ use std::time::Duration;
 use crate::audit::record::AuditEvent;
 use crate::audit::ring::{ring, Consumer, Gauge, Producer};
 use crate::audit::stats::AuditStats;
+use crate::audit::summary::RefusalTally;
 use crate::audit::time::Timestamp;
 
 /// What the control socket and reloads may queue before they wait for the writer.
@@ -122,6 +132,68 @@ struct SinkInner {
     high_water: usize,
     /// The depth at which the core wakes the writer early instead of waiting for its tick.
     wake_at: usize,
+    /// Connections refused at accept while above the mark, not yet summarised.
+    refused: RefCell<RefusalTally>,
+}
+
+impl SinkInner {
+    fn depth(&self) -> usize {
+        self.ring.len() + self.overflow.len.load(Ordering::Relaxed)
+    }
+
+    fn over_high_water(&self) -> bool {
+        self.shared.writer_dead.load(Ordering::Relaxed) || self.depth() >= self.high_water
+    }
+
+    /// Writes the summaries of the refusals counted so far once the queue is under the mark
+    /// (`force`: whatever the depth, the core is going away).
+    fn end_pressure(&self, force: bool) {
+        if self.refused.borrow().is_empty() || (!force && self.over_high_water()) {
+            return;
+        }
+        let summaries = self.refused.borrow_mut().take();
+        for event in summaries {
+            self.push(event);
+        }
+    }
+
+    fn push(&self, event: AuditEvent) {
+        if self.shared.closed.load(Ordering::Acquire) {
+            self.shared.late();
+            return;
+        }
+        let pending = Pending {
+            at: Timestamp::now(),
+            core: Some(self.core),
+            event: Box::new(event),
+        };
+        let pending = if self.overflow.len.load(Ordering::Acquire) == 0 {
+            match self.ring.push(pending) {
+                Ok(depth) => {
+                    if depth == self.wake_at {
+                        self.shared.wake_writer();
+                    }
+                    return;
+                }
+                Err(back) => back,
+            }
+        } else {
+            pending
+        };
+        let mut list = lock(&self.overflow.list);
+        list.push_back(pending);
+        let len = list.len();
+        self.overflow.len.store(len, Ordering::Release);
+        drop(list);
+        self.overflow.overflowed.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .stats
+            .records_overflowed
+            .fetch_add(1, Ordering::Relaxed);
+        if len == 1 {
+            self.shared.wake_writer();
+        }
+    }
 }
 
 impl AuditSink {
@@ -134,58 +206,64 @@ impl AuditSink {
         self.inner.is_some()
     }
 
-    /// Queues a record. Never blocks (no lock unless the ring is full), never drops.
+    /// Queues a record. Never blocks (no lock unless the ring is full), never drops. A pressure
+    /// episode that has ended gets its summaries first, so they precede what follows it.
     pub fn record(&self, event: AuditEvent) {
         let Some(s) = &self.inner else { return };
-        if s.shared.closed.load(Ordering::Acquire) {
-            s.shared.late();
+        s.end_pressure(false);
+        s.push(event);
+    }
+
+    /// A connection refused at accept, before TLS. Under the high-water mark its record
+    /// (`event`) is queued as any other. At or above it — where the core refuses every new
+    /// connection, so a flood of connects would otherwise add one record per connect to a
+    /// queue that is not draining — the refusal is counted instead (per reason, with its time
+    /// and address, in fixed memory), and one `refusal_summary` record per reason, standing for
+    /// all of them, is queued once the queue is back under the mark (on the next record or
+    /// [`AuditSink::tick`]). The caller counts the refusal in the metrics either way.
+    pub fn refused_at_accept(
+        &self,
+        peer: SocketAddr,
+        reason: &'static str,
+        event: impl FnOnce() -> AuditEvent,
+    ) {
+        let Some(s) = &self.inner else { return };
+        if s.over_high_water() {
+            s.refused
+                .borrow_mut()
+                .count(reason, peer.ip(), Timestamp::now());
             return;
         }
-        let pending = Pending {
-            at: Timestamp::now(),
-            core: Some(s.core),
-            event: Box::new(event),
-        };
-        let pending = if s.overflow.len.load(Ordering::Acquire) == 0 {
-            match s.ring.push(pending) {
-                Ok(depth) => {
-                    if depth == s.wake_at {
-                        s.shared.wake_writer();
-                    }
-                    return;
-                }
-                Err(back) => back,
-            }
-        } else {
-            pending
-        };
-        let mut list = lock(&s.overflow.list);
-        list.push_back(pending);
-        let len = list.len();
-        s.overflow.len.store(len, Ordering::Release);
-        drop(list);
-        s.overflow.overflowed.fetch_add(1, Ordering::Relaxed);
-        s.shared
-            .stats
-            .records_overflowed
-            .fetch_add(1, Ordering::Relaxed);
-        if len == 1 {
-            s.shared.wake_writer();
+        s.end_pressure(false);
+        s.push(event());
+    }
+
+    /// The core's periodic call: ends a pressure episode (queues its summaries) once the queue
+    /// is back under the mark, even when no connection arrives to notice it.
+    pub fn tick(&self) {
+        if let Some(s) = &self.inner {
+            s.end_pressure(false);
         }
     }
 
     /// True while this core's queue is above the high-water mark, or the writer is gone: the
     /// core must then refuse new connections before TLS (and count them) until it drains.
     pub fn over_high_water(&self) -> bool {
-        let Some(s) = &self.inner else { return false };
-        s.shared.writer_dead.load(Ordering::Relaxed) || self.depth() >= s.high_water
+        self.inner.as_ref().is_some_and(SinkInner::over_high_water)
     }
 
     /// Records queued on this core (ring plus overflow).
     pub fn depth(&self) -> usize {
-        self.inner
-            .as_ref()
-            .map_or(0, |s| s.ring.len() + s.overflow.len.load(Ordering::Relaxed))
+        self.inner.as_ref().map_or(0, SinkInner::depth)
+    }
+}
+
+impl Drop for AuditSink {
+    /// A core that stops during an episode still leaves its summaries (a few records).
+    fn drop(&mut self) {
+        if let Some(s) = &self.inner {
+            s.end_pressure(true);
+        }
     }
 }
 
@@ -325,6 +403,7 @@ pub(crate) fn build(
                 shared: shared.clone(),
                 high_water,
                 wake_at,
+                refused: RefCell::new(RefusalTally::default()),
             }),
         })
         .collect();
@@ -394,6 +473,115 @@ mod tests {
         shared.writer_dead.store(true, Ordering::Relaxed);
         assert!(sinks[0].over_high_water(), "no writer: refuse");
         assert!(!AuditSink::disabled().over_high_water());
+    }
+
+    fn refusal(n: usize) -> AuditEvent {
+        AuditEvent::Refusal {
+            peer: format!("192.0.2.1:{n}"),
+            reason: "audit_backpressure".into(),
+            status: None,
+            code: None,
+        }
+    }
+
+    fn peer(n: u16) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, 1], n))
+    }
+
+    #[test]
+    fn refusals_above_the_mark_are_counted_not_queued_then_summarised_once() {
+        let (shared, sinks, drains, _h) = build(1, 8, 4);
+        let sink = &sinks[0];
+        // Under the mark a refusal at accept is a record like any other.
+        sink.refused_at_accept(peer(1), "max_connections", || refusal(1));
+        assert_eq!(sink.depth(), 1);
+        for n in 0..3 {
+            sink.record(accept(n));
+        }
+        assert!(sink.over_high_water());
+        // A flood against a queue that does not drain: counted, the queue does not move.
+        for n in 0..50_000 {
+            sink.refused_at_accept(peer(n as u16), "audit_backpressure", || {
+                panic!("no record is built above the mark")
+            });
+        }
+        sink.refused_at_accept(peer(7), "max_connections", || refusal(7));
+        assert_eq!(sink.depth(), 4);
+        assert_eq!(shared.stats.core_overflowed(0), 0);
+        sink.tick();
+        assert_eq!(sink.depth(), 4, "still above the mark: no summary yet");
+
+        let mut got = Vec::new();
+        drains[0].drain(usize::MAX, |p| got.push(p));
+        assert_eq!(got.len(), 4);
+        sink.tick();
+        assert_eq!(sink.depth(), 2, "under the mark: one summary per reason");
+        sink.tick();
+        sink.record(accept(99));
+        assert_eq!(sink.depth(), 3, "an episode is summarised once");
+        got.clear();
+        drains[0].drain(usize::MAX, |p| got.push(p));
+        match &*got[0].event {
+            AuditEvent::RefusalSummary {
+                reason,
+                count,
+                peers,
+                unattributed,
+                ..
+            } => {
+                assert_eq!((reason.as_str(), *count), ("audit_backpressure", 50_000));
+                assert_eq!(peers.len(), 1, "one address: {peers:?}");
+                assert_eq!(
+                    (peers[0].ip.as_str(), peers[0].refusals),
+                    ("192.0.2.1", 50_000)
+                );
+                assert_eq!(*unattributed, 0);
+            }
+            other => panic!("expected the summary first, got {other:?}"),
+        }
+        assert!(matches!(
+            &*got[1].event,
+            AuditEvent::RefusalSummary { reason, count: 1, .. } if reason == "max_connections"
+        ));
+        assert_eq!(peer_of(&got[2]), "192.0.2.1:99");
+    }
+
+    #[test]
+    fn a_summary_precedes_the_next_record_once_the_pressure_ends() {
+        let (_shared, sinks, drains, _h) = build(1, 8, 2);
+        let sink = &sinks[0];
+        sink.record(accept(0));
+        sink.record(accept(1));
+        sink.refused_at_accept(peer(2), "audit_backpressure", || refusal(2));
+        drains[0].drain(usize::MAX, |_| {});
+        // No tick in between: the next record itself ends the episode, after its summary.
+        sink.record(accept(3));
+        let mut got = Vec::new();
+        drains[0].drain(usize::MAX, |p| got.push(p));
+        assert!(matches!(
+            &*got[0].event,
+            AuditEvent::RefusalSummary { count: 1, .. }
+        ));
+        assert_eq!(peer_of(&got[1]), "192.0.2.1:3");
+    }
+
+    #[test]
+    fn a_sink_dropped_during_an_episode_leaves_its_summary() {
+        let (_shared, mut sinks, drains, _h) = build(1, 8, 2);
+        let sink = sinks.pop().unwrap();
+        sink.record(accept(0));
+        sink.record(accept(1));
+        for n in 0..10 {
+            sink.refused_at_accept(peer(n), "audit_backpressure", || refusal(0));
+        }
+        drop(sink);
+        let mut got = Vec::new();
+        drains[0].drain(usize::MAX, |p| got.push(p));
+        assert_eq!(got.len(), 3);
+        assert!(matches!(
+            &*got[2].event,
+            AuditEvent::RefusalSummary { count: 10, .. }
+        ));
     }
 
     #[test]

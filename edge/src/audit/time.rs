@@ -40,6 +40,13 @@ impl Timestamp {
         );
     }
 
+    /// [`Timestamp::write_rfc3339`] as a string (a time inside a record's fields).
+    pub(crate) fn rfc3339(&self) -> String {
+        let mut out = Vec::with_capacity(30);
+        self.write_rfc3339(&mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
     /// `20240506T070809.123456789Z`: sorts like the time it names, used in rotated file names.
     pub(crate) fn compact(&self) -> String {
         let (y, mo, d, h, mi, s) = self.civil();

@@ -1,9 +1,12 @@
 //! `wssedge ctl`: the client of the control socket.
 //!
 //! Exit codes: 0 the server did it, 1 the server said no (its reason is printed), 2 the
-//! command line was wrong or no server could be reached (with what to fix).
+//! command line was wrong or no server could be reached (with what to fix), or the process
+//! listening on the socket runs as neither root nor the caller's uid (SO_PEERCRED, checked
+//! before a byte is sent).
 
 use std::io::{self, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -12,6 +15,7 @@ use serde_json::Value;
 
 use super::lines::{Line, LineReader};
 use super::protocol::{Request, Response, RevocationKind, MAX_RESPONSE_LINE};
+use super::sys;
 
 /// How long `wssedge ctl` waits for an answer. Generous: a reload re-reads certificates.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -25,6 +29,8 @@ pub enum ClientError {
     NotListening { path: PathBuf },
     #[error("permission denied on {path}: run wssedge ctl as root or as the user wssedge runs as")]
     PermissionDenied { path: PathBuf },
+    #[error("refusing to talk to {path}: the process listening there runs as uid {uid}, neither root nor you (uid {me}); wssedge ctl only talks to a server running as root or as its own user. If that wssedge is yours, run wssedge ctl as its user (uid {uid}); if not, someone else holds the socket path")]
+    UntrustedServer { path: PathBuf, uid: u32, me: u32 },
     #[error("wssedge on {path} did not answer within {timeout:?}")]
     Timeout { path: PathBuf, timeout: Duration },
     #[error("wssedge on {path} closed the connection without answering")]
@@ -72,6 +78,10 @@ impl ControlClient {
             path: path.to_owned(),
             source,
         };
+        // Before a byte is sent: is that the server we mean to command? Anyone who could bind
+        // the path first would otherwise get our requests and could answer anything.
+        let server = sys::peer_cred(stream.as_fd()).map_err(io_err)?;
+        trust_server(path, server.uid, sys::effective_uid())?;
         stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
         let writer = stream.try_clone().map_err(io_err)?;
         Ok(ControlClient {
@@ -130,6 +140,20 @@ impl ControlClient {
                 source,
             },
         }
+    }
+}
+
+/// The server must run as root or as the caller's own uid (mirror of the server's rule for
+/// its callers).
+pub(crate) fn trust_server(path: &Path, server_uid: u32, me: u32) -> Result<(), ClientError> {
+    if server_uid == 0 || server_uid == me {
+        Ok(())
+    } else {
+        Err(ClientError::UntrustedServer {
+            path: path.to_owned(),
+            uid: server_uid,
+            me,
+        })
     }
 }
 

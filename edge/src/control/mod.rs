@@ -7,7 +7,10 @@
 //! - [`protocol`]: the wire format, one JSON object per line both ways, typed requests.
 //! - [`server`]: [`ControlServer`], the accept thread and its bounded client threads.
 //! - [`client`]: [`ControlClient`] and [`run_cli`], behind `wssedge ctl`.
-//! - `socket`: creating the socket file with mode 0600, its lock, stale-file removal.
+//! - `socket`: creating the socket file with mode 0600 in a private directory (not group- or
+//!   world-writable, owned by root or us), its lock, removal of our own stale socket only.
+//! - [`client`] checks the listener's credentials too: `wssedge ctl` talks only to a server
+//!   running as root or as the caller's uid.
 //! - `session`: serving one client; `lines`: bounded line reads with a deadline.
 //! - `sys`: the few libc calls (SO_PEERCRED, fchmod, geteuid, flock), each one `unsafe` line.
 

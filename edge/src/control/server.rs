@@ -70,10 +70,16 @@ pub enum ControlError {
     NotAFilePath { path: PathBuf },
     #[error("directory {dir} for the control socket does not exist: create it (owned by the wssedge user, mode 0700) or choose another --control path")]
     NoDirectory { dir: PathBuf },
+    #[error("directory {dir} of the control socket has mode {mode:04o}: others can write to it (group- or world-writable; a sticky bit, as on /tmp, does not help: anyone may still create the socket's name first), so the socket path could be taken or squatted; use a directory only wssedge's user can write to (e.g. /run/wssedge, mode 0700)")]
+    SharedDirectory { dir: PathBuf, mode: u32 },
+    #[error("directory {dir} of the control socket belongs to uid {owner}, who could take the socket path: use a directory owned by root or by wssedge's user (uid {me}), e.g. /run/wssedge with mode 0700")]
+    ForeignDirectory { dir: PathBuf, owner: u32, me: u32 },
     #[error(
         "{path} exists and is not a socket: remove it yourself or choose another --control path"
     )]
     NotASocket { path: PathBuf },
+    #[error("{path} is a socket file of uid {owner}, not of wssedge's user (uid {me}), and nothing answers on it: wssedge does not remove another user's file; remove it yourself if it is stale, or choose another --control path")]
+    ForeignSocket { path: PathBuf, owner: u32, me: u32 },
     #[error("another wssedge is serving the control socket {path} (it answered a connection): stop it or choose another --control path")]
     AlreadyServed { path: PathBuf },
     #[error("another wssedge holds {lock}, the lock of control socket {path}: stop it or choose another --control path")]
@@ -149,6 +155,13 @@ impl ControlServer {
             grace_ms,
             acceptor: Some(thread),
         })
+    }
+
+    /// Checks, without binding, that `path` can be a control socket: its length, and a
+    /// directory that exists, is not group- or world-writable and belongs to root or to us.
+    /// [`ControlServer::start`] checks it again.
+    pub fn check_path(path: &Path) -> Result<(), ControlError> {
+        super::socket::check_path(path)
     }
 
     /// Where the socket lives.

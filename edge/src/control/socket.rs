@@ -7,9 +7,14 @@
 //!   two instances starting together could each find the file "stale" and the second would
 //!   delete the first one's live socket. The lock file stays behind on purpose: unlinking a
 //!   lock file reopens exactly that race.
+//! - A directory nobody else can write to: group- or world-writable directories (sticky ones
+//!   like /tmp included) and directories owned by a uid other than root or ours are refused,
+//!   since whoever can create a file there can take the socket path before us (a squatter that
+//!   blocks the server, or a fake server that `wssedge ctl` would talk to).
 //! - A leftover socket file (a crash, a SIGKILL) is probed: if something answers, another
-//!   instance is live and we refuse; if the connection is refused, the file is stale and goes.
-//!   Anything that is not a socket is never deleted.
+//!   instance is live and we refuse; if the connection is refused and the file is ours (our
+//!   uid), it is stale and goes. Another user's file and anything that is not a socket are
+//!   never deleted.
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
@@ -88,7 +93,7 @@ impl Drop for BoundSocket {
     }
 }
 
-fn check_path(path: &Path) -> Result<(), ControlError> {
+pub(crate) fn check_path(path: &Path) -> Result<(), ControlError> {
     let len = path.as_os_str().len();
     if len > MAX_PATH_BYTES {
         return Err(ControlError::PathTooLong {
@@ -106,9 +111,36 @@ fn check_path(path: &Path) -> Result<(), ControlError> {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    if !dir.is_dir() {
-        return Err(ControlError::NoDirectory {
+    let meta = match fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => meta,
+        _ => {
+            return Err(ControlError::NoDirectory {
+                dir: dir.to_owned(),
+            })
+        }
+    };
+    directory_is_private(dir, meta.mode(), meta.uid(), sys::effective_uid())
+}
+
+/// Only root and we may create files in the socket's directory: not group- or world-writable
+/// (sticky or not) and owned by root or by us.
+pub(crate) fn directory_is_private(
+    dir: &Path,
+    mode: u32,
+    owner: u32,
+    me: u32,
+) -> Result<(), ControlError> {
+    if mode & 0o022 != 0 {
+        return Err(ControlError::SharedDirectory {
             dir: dir.to_owned(),
+            mode: mode & 0o7777,
+        });
+    }
+    if owner != 0 && owner != me {
+        return Err(ControlError::ForeignDirectory {
+            dir: dir.to_owned(),
+            owner,
+            me,
         });
     }
     Ok(())
@@ -150,7 +182,8 @@ fn lock(path: &Path) -> Result<File, ControlError> {
     }
 }
 
-/// Removes a leftover socket file nobody answers on; refuses a live one or a non-socket.
+/// Removes a leftover socket file of ours nobody answers on; refuses a live one, another
+/// user's, or a non-socket.
 fn clear_stale(path: &Path) -> Result<(), ControlError> {
     let meta = match fs::symlink_metadata(path) {
         Ok(meta) => meta,
@@ -173,6 +206,14 @@ fn clear_stale(path: &Path) -> Result<(), ControlError> {
             path: path.to_owned(),
         }),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            let me = sys::effective_uid();
+            if meta.uid() != me {
+                return Err(ControlError::ForeignSocket {
+                    path: path.to_owned(),
+                    owner: meta.uid(),
+                    me,
+                });
+            }
             tracing::info!(path = %path.display(), "removing a stale control socket (nothing answers on it)");
             fs::remove_file(path).map_err(|source| ControlError::Io {
                 path: path.to_owned(),

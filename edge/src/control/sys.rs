@@ -103,6 +103,20 @@ mod tests {
         assert_eq!(cred.pid, std::process::id());
     }
 
+    /// What `wssedge ctl` reads: from the connecting end, the credentials of the process that
+    /// listens (recorded at its `listen`), not its own.
+    #[test]
+    fn peer_cred_from_the_client_side_names_the_listener() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let client = UnixStream::connect(&path).unwrap();
+        let cred = peer_cred(client.as_fd()).unwrap();
+        assert_eq!(cred.uid, effective_uid());
+        assert_eq!(cred.pid, std::process::id());
+        drop(listener);
+    }
+
     #[test]
     fn peer_cred_of_a_file_is_an_error_not_garbage() {
         let file = tempfile::tempfile().unwrap();

@@ -184,6 +184,15 @@ impl Refusal {
         self.record(&core.metrics, peer);
         core.audit.record(self.audit_event(peer));
     }
+
+    /// [`Refusal::record_on`] for a connection turned away at accept: always counted, but while
+    /// the audit queue is above its mark the record is folded into the core's refusal summary
+    /// ([`AuditSink::refused_at_accept`]), so a flood against a stalled trail cannot grow it.
+    fn record_at_accept(&self, core: &Core, peer: std::net::SocketAddr) {
+        self.record(&core.metrics, peer);
+        core.audit
+            .refused_at_accept(peer, self.reason(), || self.audit_event(peer));
+    }
 }
 
 /// The rate limits as handed to a core thread.
@@ -342,6 +351,8 @@ async fn core_main(
             }
         }
         watch.tick(&core, now);
+        // A pressure episode on the audit queue that has ended gets its refusal summaries.
+        core.audit.tick();
         let fired = core.wheel.advance(now);
         if fired > 0 {
             tracing::trace!(core = core.index, fired, "deadlines fired");
@@ -464,7 +475,7 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener, running: AcceptLoop)
             None
         };
         if let Some(reason) = over {
-            Refusal::Silent { reason }.record_on(&core, peer);
+            Refusal::Silent { reason }.record_at_accept(&core, peer);
             drop(stream);
             continue;
         }
@@ -476,7 +487,7 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener, running: AcceptLoop)
                 Refusal::Silent {
                     reason: refused.reason,
                 }
-                .record_on(&core, peer);
+                .record_at_accept(&core, peer);
                 drop(stream);
                 continue;
             }

@@ -375,6 +375,11 @@ fn start_serving(
     mut inherited: Option<&mut handover::Inheritance>,
 ) -> Result<Running, StartError> {
     cfg.validate()?;
+    // The control socket's place is checked before anything binds (its directory must be
+    // private); the socket itself is bound last.
+    if let Some(path) = &cfg.server.control {
+        crate::control::ControlServer::check_path(path)?;
+    }
     let cpus = cpus::choose(cfg.server.cores, cfg.server.cpus.as_deref())?;
     let (chain, key, dev_ca) = reload::default_certificate(&cfg).map_err(StartError::Tls)?;
     let ktls = KtlsPolicy::decide(cfg.tls.ktls, cfg.tls.ktls_key_limit_records)

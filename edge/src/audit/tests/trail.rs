@@ -201,6 +201,70 @@ fn high_water_flag_rises_and_falls_with_the_writer() {
     assert_eq!(sinks[0].depth(), 0, "counted as late, not queued");
 }
 
+/// Issue 12 item 6: a stalled writer and a flood of refused connections. The queue holds the
+/// mark, not one record per refusal; once the writer catches up, one summary record stands for
+/// them all and the trail verifies.
+#[test]
+fn a_flood_of_refusals_against_a_stalled_writer_becomes_one_verified_summary() {
+    const FLOOD: u64 = 100_000;
+    let f = Fixture::new(64 << 20, 64);
+    let (trail, sinks) = AuditTrail::start(&f.cfg, 2).unwrap();
+    let stats = trail.stats();
+    trail.pause(true);
+    let sink = &sinks[1];
+    let mut n = 0;
+    while !sink.over_high_water() {
+        sink.record(upgrade(1, n));
+        n += 1;
+    }
+    let depth = sink.depth();
+    for i in 0..FLOOD {
+        let peer = std::net::SocketAddr::from(([198, 51, 100, (i % 3) as u8], 40_000));
+        sink.refused_at_accept(peer, "audit_backpressure", || {
+            unreachable!("above the mark")
+        });
+    }
+    assert_eq!(sink.depth(), depth, "the flood added nothing to the queue");
+    assert_eq!(stats.records_overflowed.load(Ordering::Relaxed), 0);
+    trail.pause(false);
+    wait_until("the summary to be queued and written", || {
+        sink.tick();
+        sink.depth() == 0 && stats.records_written.load(Ordering::Relaxed) >= n as u64 + 3
+    });
+    drop(sinks);
+    trail.shutdown().unwrap();
+
+    let files = f.files();
+    let report = verify(&KEY, &files);
+    assert!(report.is_ok(), "{report}");
+    let recs = records(&files);
+    let summaries: Vec<_> = recs
+        .iter()
+        .filter(|r| r["event"] == "refusal_summary")
+        .collect();
+    assert_eq!(summaries.len(), 1, "{summaries:?}");
+    let s = summaries[0];
+    assert_eq!(s["core"], 1);
+    assert_eq!(s["reason"], "audit_backpressure");
+    assert_eq!(s["count"], FLOOD);
+    assert_eq!(s["peers"].as_array().unwrap().len(), 3, "{s}");
+    assert_eq!(s["unattributed"], 0);
+    let listed: u64 = s["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["refusals"].as_u64().unwrap())
+        .sum();
+    assert_eq!(listed, FLOOD);
+    // It follows the records queued before the pressure ended.
+    let last_upgrade = recs.iter().rposition(|r| r["event"] == "upgrade").unwrap();
+    let at = recs
+        .iter()
+        .position(|r| r["event"] == "refusal_summary")
+        .unwrap();
+    assert!(at > last_upgrade);
+}
+
 #[test]
 fn restart_continues_the_chain() {
     let f = Fixture::new(8 << 10, 1024);

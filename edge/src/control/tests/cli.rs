@@ -135,3 +135,32 @@ fn answers_map_to_exit_codes_and_output() {
     assert_eq!(code, 1);
     assert!(err.contains("whitespace"), "{err}");
 }
+
+#[test]
+fn ctl_talks_only_to_a_server_of_root_or_its_own_uid() {
+    use crate::control::client::trust_server;
+    use crate::control::ClientError;
+    let path = Path::new("/run/wssedge/ctl.sock");
+    assert!(trust_server(path, 0, 1000).is_ok(), "root");
+    assert!(trust_server(path, 1000, 1000).is_ok(), "our own uid");
+    assert!(trust_server(path, 0, 0).is_ok());
+    let err = trust_server(path, 65534, 1000).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::UntrustedServer {
+                uid: 65534,
+                me: 1000,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("uid 65534") && text.contains("/run/wssedge/ctl.sock"),
+        "{text}"
+    );
+    // Root does not talk to another user's server either.
+    assert!(trust_server(path, 1000, 0).is_err());
+}

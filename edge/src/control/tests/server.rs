@@ -126,6 +126,91 @@ fn bad_paths_are_refused_with_what_to_fix() {
 }
 
 #[test]
+fn a_directory_others_can_write_to_is_refused_with_its_mode() {
+    use crate::control::socket::directory_is_private;
+    let dir = std::path::Path::new("/run/x");
+    for ok in [0o700, 0o755, 0o750, 0o711, 0o1700, 0o2755] {
+        assert!(directory_is_private(dir, ok, 1000, 1000).is_ok(), "{ok:o}");
+    }
+    for shared in [0o777, 0o1777, 0o770, 0o730, 0o702, 0o1733] {
+        let err = directory_is_private(dir, 0o40000 | shared, 1000, 1000).unwrap_err();
+        assert!(matches!(err, ControlError::SharedDirectory { mode, .. } if mode == shared));
+        let text = err.to_string();
+        assert!(
+            text.contains("/run/x") && text.contains(&format!("{shared:04o}")),
+            "{text}"
+        );
+    }
+    // Root's directory or ours; not a third user's, who could take the path.
+    assert!(directory_is_private(dir, 0o755, 0, 1000).is_ok());
+    assert!(directory_is_private(dir, 0o700, 0, 0).is_ok());
+    let err = directory_is_private(dir, 0o700, 1001, 1000).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ControlError::ForeignDirectory {
+                owner: 1001,
+                me: 1000,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("uid 1001"), "{err}");
+}
+
+#[test]
+fn a_socket_in_a_world_writable_directory_is_never_bound() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("shared");
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
+    let path = dir.join("ctl.sock");
+    let err = ControlServer::start(&path, Arc::new(Mock::default()))
+        .err()
+        .expect("a shared directory must be refused");
+    assert!(
+        matches!(err, ControlError::SharedDirectory { mode: 0o1777, .. }),
+        "{err:?}"
+    );
+    assert!(ControlServer::check_path(&path).is_err());
+    assert_eq!(
+        fs::read_dir(&dir).unwrap().count(),
+        0,
+        "no socket, no lock file"
+    );
+}
+
+#[test]
+fn another_users_stale_socket_is_left_alone() {
+    if crate::control::sys::effective_uid() != 0 {
+        eprintln!("SKIP: giving a file to another uid needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ctl.sock");
+    drop(UnixListener::bind(&path).unwrap()); // stale: nothing answers on it
+    std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+    let ino = fs::symlink_metadata(&path).unwrap().ino();
+    let err = ControlServer::start(&path, Arc::new(Mock::default()))
+        .err()
+        .expect("another user's file must not be replaced");
+    assert!(
+        matches!(
+            err,
+            ControlError::ForeignSocket {
+                owner: 65534,
+                me: 0,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("uid 65534"), "{err}");
+    assert_eq!(fs::symlink_metadata(&path).unwrap().ino(), ino);
+}
+
+#[test]
 fn drop_removes_the_socket_file_and_cuts_idle_clients_at_once() {
     // Default 10 s read timeout: drop must not wait for the idle client to time out.
     let dir = tempfile::tempdir().unwrap();
