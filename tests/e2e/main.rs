@@ -8,6 +8,7 @@ mod admin;
 mod admission_jwt;
 mod admission_mtls;
 mod admission_origin;
+mod attack_paths;
 mod audit;
 /// The in-process ws:// backend the proxy tests forward to.
 mod backend;

@@ -191,7 +191,7 @@ impl Upstreams {
     }
 
     /// The route for a request target, if any.
-    pub fn route<'a>(&self, target: &'a str) -> Option<Routed<'a>> {
+    pub fn route<'a>(&self, target: &'a crate::ws::RequestTarget) -> Option<Routed<'a>> {
         self.routes
             .route_indexed(target)
             .map(|(r, group, rest)| Routed {
@@ -288,7 +288,8 @@ group = "md"
 lossy = true
 "#);
         let u = Upstreams::without_health_checks(&c, &r).unwrap();
-        let routed = u.route("/md/x?y=1").unwrap();
+        let target = crate::ws::RequestTarget::parse("/md/x?y=1").unwrap();
+        let routed = u.route(&target).unwrap();
         assert_eq!(
             routed,
             Routed {
@@ -297,7 +298,8 @@ lossy = true
                 lossy: true
             }
         );
-        assert!(u.route("/other").is_none());
+        let other = crate::ws::RequestTarget::parse("/other").unwrap();
+        assert!(u.route(&other).is_none());
         let now = Instant::now();
         let a = u.pick(0, now).unwrap();
         let b = u.pick(0, now).unwrap();
