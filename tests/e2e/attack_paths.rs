@@ -7,6 +7,7 @@
 //!   `path_*` reason, nothing sent upstream) or normalised into a path the rule catches; the
 //!   upstream never receives an upgrade for a protected path, and what it receives is the
 //!   normalised path;
+//! - a query-string token never reaches the upstream (the other parameters do, in order);
 //! - a subprotocol that is not an RFC 7230 token, a `#fragment`, and a Host that is not
 //!   `host[:port]` are refused with 400 before anything is forwarded; a valid Host is what
 //!   `X-Forwarded-Host` carries.
@@ -300,6 +301,55 @@ async fn spellings_of_protected_paths_never_reach_the_upstream() {
         !records.iter().any(|x| x["path"] == "/api/%61dmin/x"),
         "an audit record carries the raw spelling"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 4: the query token stays at the edge
+// ---------------------------------------------------------------------------------------------
+
+/// `[jwt] sources = ["query"]`: the token admits, and the member receives the target without
+/// it, the other parameters in their order.
+#[tokio::test]
+async fn a_query_token_never_reaches_the_upstream() {
+    let backend = Backend::start(Mode::Echo).await;
+    let files = key_files();
+    let srv = Server::with_config(&jwt_config(
+        &files,
+        &[("sources", r#"["query"]"#)],
+        &proxy_config(&[backend.url("/base")], &[], ""),
+    ));
+    let cases = [
+        ("/p/feed?access_token={t}&x=1", "/base/feed?x=1"),
+        ("/p/feed?x=1&access_token={t}&y=2", "/base/feed?x=1&y=2"),
+        ("/p?access_token={t}", "/base"),
+        ("/p/a?b=2&access%5Ftoken={t}", "/base/a?b=2"),
+    ];
+    for (template, want) in cases {
+        let tok = hs(claims("quinn", &unique_jti("query-token")));
+        let target = template.replace("{t}", &tok);
+        let before = backend.upgrades().len();
+        let (_, mut ws) = expect_upgraded(&srv, &ws_request(&target, &[])).await;
+        expect_echo(&mut ws, "query token").await;
+        let ups = backend.upgrades();
+        let got = &ups[before..];
+        visible_line(&format!(
+            "query token: client {template} -> upstream {:?}",
+            got.iter()
+                .map(|u| u.target.replace(&tok, "<token>"))
+                .collect::<Vec<_>>()
+        ));
+        assert_eq!(got.len(), 1, "{got:#?}");
+        assert!(
+            !got[0].target.contains(&tok) && !got[0].target.contains("access"),
+            "the token reached the upstream: {}",
+            got[0].target.replace(&tok, "<token>")
+        );
+        assert_eq!(got[0].target, want);
+        assert!(
+            got[0].headers.iter().all(|(_, v)| !v.contains(&tok)),
+            "the token reached the upstream in a header"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
