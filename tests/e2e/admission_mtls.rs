@@ -392,22 +392,30 @@ async fn optional_client_auth_admits_anonymous_clients_only_where_no_rule_applie
     expect_mtls_upgrade(&srv, Some(&p.trader), "/trade").await;
     expect_mtls_upgrade(&srv, Some(&p.dns), "/dns").await;
     expect_mtls_refused(&srv, Some(&p.trader), "/dns", 403, "identity_not_allowed").await;
-    // While rules exist, a path that could normalise differently upstream is refused.
+    // A path that could normalise differently upstream is refused at the upgrade.
     expect_mtls_refused(
         &srv,
         Some(&p.ops),
         "/quotes/../trade",
         400,
-        "path_ambiguous",
+        "path_dot_segment",
     )
     .await;
-    expect_mtls_refused(&srv, None, "/trade%2f..%2fquotes", 400, "path_ambiguous").await;
+    expect_mtls_refused(
+        &srv,
+        None,
+        "/trade%2f..%2fquotes",
+        400,
+        "path_encoded_delimiter",
+    )
+    .await;
     // A bad certificate is not "no certificate": it still fails the handshake.
     expect_tls_refused(&srv, Some(&p.rogue), "untrusted certificate", UNTRUSTED).await;
     expect_tls_refused(&srv, Some(&p.revoked), "revoked certificate", REVOKED).await;
     expect_refusals_counted(&srv, "identity_required", 2).await;
     expect_refusals_counted(&srv, "identity_not_allowed", 1).await;
-    expect_refusals_counted(&srv, "path_ambiguous", 2).await;
+    expect_refusals_counted(&srv, "path_dot_segment", 1).await;
+    expect_refusals_counted(&srv, "path_encoded_delimiter", 1).await;
 }
 
 /// The verified identity travels into the upgrade and close records (CN, SPIFFE URI, the

@@ -10,6 +10,7 @@ mod admission_mtls;
 mod admission_origin;
 mod attack_flow;
 mod attack_ops;
+mod attack_paths;
 mod audit;
 /// The in-process ws:// backend the proxy tests forward to.
 mod backend;

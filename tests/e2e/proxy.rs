@@ -614,14 +614,14 @@ async fn a_path_matching_no_route_is_refused_with_404() {
     for target in ["/", "/other", "/px", "/q/p", "/lossyx?x=1"] {
         expect_refused(&srv, &ws_request(target, &[]), 404, "no_route").await;
     }
-    // A dot segment matches no route (it could normalise upstream into another path).
+    // A dot segment is refused at the upgrade (it could normalise upstream into another path).
     let r = attempt(&srv, &ws_request("/p/../admin", &[]))
         .await
         .refused("/p/../admin");
     assert!(
         matches!(
             (r.status, r.reason.as_str()),
-            (404, "no_route") | (400, "path_ambiguous")
+            (404, "no_route") | (400, "path_dot_segment")
         ),
         "/p/../admin: {} {}",
         r.status,

@@ -22,7 +22,7 @@ use crate::config::ConfigError;
 use crate::refuse::Refusal;
 use crate::tls::crl::CrlSet;
 use crate::tls::identity::{ClientIdentity, IdentityRules};
-use crate::ws::UpgradeRequest;
+use crate::ws::{RequestTarget, UpgradeRequest};
 
 use super::identity_slots::{IdentitySlot, IdentitySlots};
 
@@ -111,11 +111,12 @@ impl Admission {
         self.jwt.as_ref()
     }
 
-    /// The request target as logs and audit records may show it (no query token).
-    pub fn redact_target(&self, target: &str) -> String {
+    /// The request target as logs and audit records show it: the normalised path, and the
+    /// query without a token.
+    pub fn redact_target(&self, target: &RequestTarget) -> String {
         match &self.jwt {
-            Some(jwt) => jwt.redact_target(target).into_owned(),
-            None => target.to_owned(),
+            Some(jwt) => jwt.redact_target(target.as_str()).into_owned(),
+            None => target.as_str().to_owned(),
         }
     }
 
@@ -147,14 +148,17 @@ impl Admission {
         };
         let refuse =
             |e: crate::auth::jwt::JwtRefusal| http(e.status(), e.reason(), e.extra_headers());
-        let (path, query) = split_target(&request.path);
         let extracted = jwt
-            .extract_required(request.authorization.as_deref(), &request.protocols, query)
+            .extract_required(
+                request.authorization.as_deref(),
+                &request.protocols,
+                request.path.query(),
+            )
             .map_err(refuse)?;
         let token = jwt.verify(&extracted.token, now_unix).map_err(refuse)?;
         jwt.check_revocation(&self.revocations.load(), &token)
             .map_err(refuse)?;
-        jwt.check_scope(path, &token).map_err(refuse)?;
+        jwt.check_scope(&request.path, &token).map_err(refuse)?;
         let replay = match (jwt.single_use(), &token.jti, token.exp) {
             (true, Some(jti), Some(exp)) => Some(ReplayCheck {
                 owner: owner_core(jti, cores),
@@ -185,14 +189,6 @@ fn http(
         status,
         reason,
         extra_headers,
-    }
-}
-
-/// The path and the query of an origin-form request target.
-fn split_target(target: &str) -> (&str, Option<&str>) {
-    match target.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (target, None),
     }
 }
 
@@ -387,8 +383,48 @@ mod tests {
     }
 
     #[test]
-    fn targets_split_into_path_and_query() {
-        assert_eq!(split_target("/a?b=1"), ("/a", Some("b=1")));
-        assert_eq!(split_target("/a"), ("/a", None));
+    fn records_show_the_normalised_target_without_a_query_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("hs.key");
+        std::fs::write(&secret, [7u8; 32]).unwrap();
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let jwt = JwtConfig {
+            hs_secret_file: Some(secret),
+            ..JwtConfig::default()
+        };
+        let a = Admission::from_config(&OriginConfig::default(), Some(&jwt), no_rules()).unwrap();
+        let r = request("/%61pi/Feed?x=1&access_token=a.b.c&y", "h", None);
+        assert_eq!(a.redact_target(&r.path), "/api/Feed?x=1&y");
+        let plain = Admission::from_config(&OriginConfig::default(), None, no_rules()).unwrap();
+        assert_eq!(
+            plain.redact_target(&r.path),
+            "/api/Feed?x=1&access_token=a.b.c&y"
+        );
+    }
+
+    #[test]
+    fn identity_rules_see_the_normalised_path() {
+        let rules = IdentityRules::new(&[crate::tls::identity::IdentityRule {
+            path_prefix: "/api/admin".into(),
+            allow: vec!["any".into()],
+        }])
+        .unwrap();
+        let a = Admission::from_config(&OriginConfig::default(), None, rules).unwrap();
+        for path in ["/api/admin", "/api/%61dmin/x", "/API/Admin?x"] {
+            let refusal = a
+                .decide(&request(path, "h", None), None, &CrlSet::empty(), 0, 2)
+                .unwrap_err();
+            assert_eq!(refusal.reason(), "identity_required", "{path}");
+        }
+        assert!(a
+            .decide(
+                &request("/api/other", "h", None),
+                None,
+                &CrlSet::empty(),
+                0,
+                2
+            )
+            .is_ok());
     }
 }

@@ -445,6 +445,10 @@ fn start_serving(
                 send_buffer_bytes: cfg.limits.socket_send_buffer_bytes,
                 recv_buffer_bytes: cfg.limits.socket_recv_buffer_bytes,
             });
+            // A query token is the edge's: it never reaches a member.
+            if let Some(jwt) = &cfg.jwt {
+                upstreams.strip_query_param(&jwt.query_param);
+            }
             tracing::info!(
                 groups = u.groups.len(),
                 routes = cfg.routes.len(),

@@ -1,10 +1,11 @@
 //! `[upstream]` and `[[routes]]`: where proxied sessions go, validated once at load.
 //!
 //! A route maps a path prefix to a group of members; the longest matching prefix wins, on a
-//! segment boundary (`/md` matches `/md`, `/md/x` and `/md?x`, never `/mdx`). The client's path
-//! after the prefix and its query are appended to the member's path. A path with a `.` or `..`
-//! segment (also percent-encoded) matches no route: the upstream might normalise it into a path
-//! the route never meant to expose.
+//! segment boundary and ASCII-case-insensitively (a [`PathPrefix`]: `/md` matches `/md`, `/MD`,
+//! `/md/x` and `/md?x`, never `/mdx`). The client's path after the prefix and its query are
+//! appended to the member's path. The path is the upgrade parser's normalised one
+//! ([`RequestTarget`]): dot segments, encoded separators and the other spellings an upstream
+//! could resolve into a path the route never meant to expose are refused before routing.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::ConfigError;
+use crate::ws::{PathPrefix, RequestTarget};
 
 /// The `[upstream]` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -109,7 +111,7 @@ pub struct GroupConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
-    /// A path prefix starting with `/`.
+    /// A plain path prefix starting with `/` ([`PathPrefix`]), matched case-insensitively.
     pub prefix: String,
     /// The `[[upstream.groups]]` name.
     pub group: String,
@@ -424,18 +426,16 @@ impl UpstreamConfig {
             }
         }
         for (i, r) in routes.iter().enumerate() {
-            if !r.prefix.starts_with('/') || r.prefix.contains(['?', '#']) {
+            PathPrefix::parse(&r.prefix)
+                .map_err(|reason| ConfigError::invalid("routes.prefix", &r.prefix, reason))?;
+            if routes[..i]
+                .iter()
+                .any(|o| o.prefix.eq_ignore_ascii_case(&r.prefix))
+            {
                 return Err(ConfigError::invalid(
                     "routes.prefix",
                     &r.prefix,
-                    "must start with '/' and hold no '?' or '#'",
-                ));
-            }
-            if routes[..i].iter().any(|o| o.prefix == r.prefix) {
-                return Err(ConfigError::invalid(
-                    "routes.prefix",
-                    &r.prefix,
-                    "two routes with the same prefix",
+                    "two routes with the same prefix (prefixes match case-insensitively)",
                 ));
             }
             if !self.groups.iter().any(|g| g.name == r.group) {
@@ -469,19 +469,22 @@ pub fn validate_routes_without_upstream(routes: &[Route]) -> Result<(), ConfigEr
     }
 }
 
-/// The routes, longest prefix first; each with the index of its group.
+/// The routes, longest prefix first; each with its parsed prefix and the index of its group.
 #[derive(Debug, Clone)]
 pub struct RouteTable {
-    routes: Vec<(Route, usize)>,
+    routes: Vec<(Route, PathPrefix, usize)>,
 }
 
 impl RouteTable {
-    /// `group_index` maps a group name to its index (validated before: unknown names are
-    /// dropped here).
+    /// `group_index` maps a group name to its index (validated before: unknown names and
+    /// prefixes that are not plain paths are dropped here).
     pub fn new(routes: &[Route], group_index: impl Fn(&str) -> Option<usize>) -> Self {
-        let mut routes: Vec<(Route, usize)> = routes
+        let mut routes: Vec<(Route, PathPrefix, usize)> = routes
             .iter()
-            .filter_map(|r| group_index(&r.group).map(|g| (r.clone(), g)))
+            .filter_map(|r| {
+                let prefix = PathPrefix::parse(&r.prefix).ok()?;
+                group_index(&r.group).map(|g| (r.clone(), prefix, g))
+            })
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.0.prefix.len()));
         Self { routes }
@@ -491,36 +494,23 @@ impl RouteTable {
         self.routes.is_empty()
     }
 
-    /// The route for a request target (`/path?query`) and the remainder to append to the
-    /// member's path (the path after the prefix, then the query).
-    pub fn route<'a>(&self, target: &'a str) -> Option<(&Route, &'a str)> {
+    /// The route for a request target and the remainder to append to the member's path (the
+    /// normalised path after the prefix, then the query).
+    pub fn route<'a>(&self, target: &'a RequestTarget) -> Option<(&Route, &'a str)> {
         self.route_indexed(target).map(|(r, _, rest)| (r, rest))
     }
 
     /// [`Self::route`] with the group index.
-    pub fn route_indexed<'a>(&self, target: &'a str) -> Option<(&Route, usize, &'a str)> {
-        let path = target.split_once('?').map_or(target, |(p, _)| p);
-        if has_dot_segment(path) {
-            return None;
-        }
-        self.routes.iter().find_map(|(r, g)| {
-            let rest = path.strip_prefix(r.prefix.as_str())?;
-            let boundary = rest.is_empty() || rest.starts_with('/') || r.prefix.ends_with('/');
+    pub fn route_indexed<'a>(&self, target: &'a RequestTarget) -> Option<(&Route, usize, &'a str)> {
+        let path = target.path();
+        self.routes.iter().find_map(|(r, prefix, g)| {
             // A prefix ending in '/' keeps that slash in the remainder, so the join with the
             // member's path has exactly one.
-            let cut = r.prefix.len() - usize::from(r.prefix.ends_with('/'));
-            boundary.then(|| (r, *g, &target[cut..]))
+            let rest = prefix.strip(path)?;
+            let cut = path.len() - rest.len();
+            Some((r, *g, &target.as_str()[cut..]))
         })
     }
-}
-
-/// A `.` or `..` segment, literal or percent-encoded (`%2e`).
-fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|seg| {
-        let lower = seg.to_ascii_lowercase();
-        let decoded = lower.replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    })
 }
 
 #[cfg(test)]
@@ -568,6 +558,10 @@ group = "orders"
 
     fn sample() -> Wrapper {
         toml::from_str(SAMPLE).unwrap()
+    }
+
+    fn target(s: &str) -> RequestTarget {
+        RequestTarget::parse(s).unwrap()
     }
 
     fn err(w: &Wrapper) -> String {
@@ -659,9 +653,18 @@ group = "orders"
         w.routes.push(w.routes[0].clone());
         assert!(err(&w).contains("same prefix"));
 
+        for bad in ["md", "/md/../x", "/md%2F", "/md;x", "//md", "/md?x"] {
+            let mut w = sample();
+            w.routes[0].prefix = bad.into();
+            let e = err(&w);
+            assert!(
+                e.contains("routes.prefix") && e.contains("plain path"),
+                "{bad}: {e}"
+            );
+        }
         let mut w = sample();
-        w.routes[0].prefix = "md".into();
-        assert!(err(&w).contains("routes.prefix"));
+        w.routes[0].prefix = "/MD/SLOW".into();
+        assert!(err(&w).contains("same prefix"));
 
         let mut w = sample();
         w.upstream.tls = Some(UpstreamTls {
@@ -741,7 +744,7 @@ group = "orders"
         let groups = ["marketdata", "orders"];
         let t = RouteTable::new(&w.routes, |n| groups.iter().position(|g| *g == n));
         let r = |p: &str| {
-            t.route(p)
+            t.route(&target(p))
                 .map(|(r, rest)| (r.prefix.clone(), rest.to_owned()))
         };
         assert_eq!(r("/md"), Some(("/md".into(), "".into())));
@@ -754,14 +757,16 @@ group = "orders"
         assert_eq!(r("/md/slowish"), Some(("/md".into(), "/slowish".into())));
         // `/mdx` is not under `/md`: the catch-all `/` takes it.
         assert_eq!(r("/mdx"), Some(("/".into(), "/mdx".into())));
-        assert_eq!(t.route_indexed("/md/slow").unwrap().1, 1);
-        // Dot segments match nothing.
-        assert_eq!(r("/md/../admin"), None);
-        assert_eq!(r("/md/%2E%2e/admin"), None);
-        assert_eq!(r("/md/./x"), None);
+        assert_eq!(t.route_indexed(&target("/md/slow")).unwrap().1, 1);
         assert_eq!(r("/md/..x"), Some(("/md".into(), "/..x".into())));
+        // Case-insensitive, on the normalised path; the remainder is the normalised one.
+        assert_eq!(r("/MD/Slow/X"), Some(("/md/slow".into(), "/X".into())));
+        assert_eq!(
+            r("/%6Dd/%7Eeur?x=%41"),
+            Some(("/md".into(), "/~eur?x=%41".into()))
+        );
         let t = RouteTable::new(&w.routes[..1], |n| groups.iter().position(|g| *g == n));
-        assert_eq!(t.route("/other"), None);
+        assert_eq!(t.route(&target("/other")), None);
     }
 
     #[test]
@@ -774,10 +779,12 @@ group = "orders"
             lossy: false,
         }];
         let t = RouteTable::new(&routes, |_| Some(0));
-        let (_, rest) = t.route("/a/b?c").unwrap();
+        let ab = target("/a/b?c");
+        let (_, rest) = t.route(&ab).unwrap();
         assert_eq!(m.join(rest), "/o/a/b?c");
         assert_eq!(n.join(rest), "/o/a/b?c");
-        let (_, rest) = t.route("/?c").unwrap();
+        let root = target("/?c");
+        let (_, rest) = t.route(&root).unwrap();
         assert_eq!(n.join(rest), "/o/?c");
     }
 }

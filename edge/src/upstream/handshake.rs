@@ -6,7 +6,8 @@
 //! by the edge (a client's own copies are never trusted), and the identity headers configured
 //! in `[upstream.headers]`. Everything else — hop-by-hop headers, the client's WebSocket key and
 //! extensions, `Authorization` (the edge verified it; claims travel as headers), cookies, any
-//! client copy of a configured header — stays behind. Because only the edge writes the
+//! client copy of a configured header — stays behind. `X-Forwarded-Host` is written only for a
+//! `Host` that is `host[:port]` ([`valid_host`]). Because only the edge writes the
 //! configured names, a client cannot spoof them even when the feature that fills one has no
 //! value for this session.
 //!
@@ -22,6 +23,7 @@ use super::config::{ForwardHeaders, MemberUrl};
 use crate::auth::jwt::VerifiedToken;
 use crate::tls::ClientIdentity;
 use crate::ws::handshake::{accept_key_for, UpgradeRequest};
+use crate::ws::valid_host;
 
 /// The longest value written for one identity or claim header; longer ones are dropped.
 pub const MAX_FORWARDED_VALUE: usize = 4096;
@@ -181,7 +183,8 @@ pub fn write_request_with(
     }
     header(out, "X-Forwarded-For", &client.peer.to_string());
     out.extend_from_slice(b"X-Forwarded-Proto: https\r\n");
-    if printable(&client.request.host) {
+    // The parser refuses any other Host; checked again here, where it is written.
+    if valid_host(&client.request.host) {
         header(out, "X-Forwarded-Host", &client.request.host);
     }
     if let Some(id) = client.identity {
@@ -476,6 +479,37 @@ mod tests {
             &mut out,
         );
         (hs, out)
+    }
+
+    #[test]
+    fn x_forwarded_host_is_written_only_for_a_valid_host() {
+        let member = MemberUrl::parse("ws://10.0.0.5:9001/feed").unwrap();
+        for (host, forwarded) in [
+            ("edge.example:8443", Some("edge.example:8443")),
+            ("[::1]:443", Some("[::1]:443")),
+            ("evil.example/admin", None),
+            ("a@b", None),
+            ("h:99999", None),
+        ] {
+            let mut req = client_req();
+            req.host = host.into();
+            let ctx = ClientContext {
+                request: &req,
+                user_agent: None,
+                peer: "192.0.2.7".parse().unwrap(),
+                protocol: None,
+                identity: None,
+                token: None,
+            };
+            let mut out = Vec::new();
+            write_request(&member, "/feed", &ctx, &ForwardHeaders::default(), &mut out);
+            let (_, h) = parse_written(&out);
+            assert_eq!(
+                get(&h, "x-forwarded-host"),
+                forwarded.into_iter().collect::<Vec<_>>(),
+                "{host}"
+            );
+        }
     }
 
     #[test]

@@ -100,6 +100,9 @@ pub struct Upstreams {
     groups: Vec<Group>,
     members: Vec<Arc<Member>>,
     headers: ForwardHeaders,
+    /// The query parameter that carries a bearer token (`[jwt] query_param`), taken out of
+    /// every target forwarded upstream: a token never leaves the edge.
+    token_query_param: Option<String>,
     connect: ConnectOptions,
     health: Option<HealthChecker>,
 }
@@ -181,6 +184,7 @@ impl Upstreams {
             groups,
             members,
             headers: cfg.headers.clone(),
+            token_query_param: None,
             connect: ConnectOptions::new(cfg.connect_timeout(), tls),
             health,
         })
@@ -191,7 +195,7 @@ impl Upstreams {
     }
 
     /// The route for a request target, if any.
-    pub fn route<'a>(&self, target: &'a str) -> Option<Routed<'a>> {
+    pub fn route<'a>(&self, target: &'a crate::ws::RequestTarget) -> Option<Routed<'a>> {
         self.routes
             .route_indexed(target)
             .map(|(r, group, rest)| Routed {
@@ -210,6 +214,22 @@ impl Upstreams {
         self.groups.get(group)?.balancer.pick(now)
     }
 
+    /// Takes every `name=…` parameter out of the queries forwarded upstream (`[jwt]
+    /// query_param`: the token the edge verified, or one it did not look at, stays here).
+    pub fn strip_query_param(&mut self, name: &str) {
+        self.token_query_param = Some(name.to_owned());
+    }
+
+    /// The target the member is asked for: its path joined with the route's remainder, without
+    /// the token parameter (the other parameters in their order).
+    pub fn forwarded_target(&self, member: &MemberUrl, rest: &str) -> String {
+        let joined = member.join(rest);
+        match &self.token_query_param {
+            Some(param) => crate::auth::jwt::redact_query_token(&joined, param).into_owned(),
+            None => joined,
+        }
+    }
+
     /// The upgrade request for `member`, with a fresh key.
     pub fn request(
         &self,
@@ -220,7 +240,7 @@ impl Upstreams {
         let mut bytes = Vec::with_capacity(512);
         let handshake = handshake::write_request(
             member,
-            &member.join(rest),
+            &self.forwarded_target(member, rest),
             client,
             &self.headers,
             &mut bytes,
@@ -287,8 +307,9 @@ prefix = "/md"
 group = "md"
 lossy = true
 "#);
-        let u = Upstreams::without_health_checks(&c, &r).unwrap();
-        let routed = u.route("/md/x?y=1").unwrap();
+        let mut u = Upstreams::without_health_checks(&c, &r).unwrap();
+        let target = crate::ws::RequestTarget::parse("/md/x?y=1").unwrap();
+        let routed = u.route(&target).unwrap();
         assert_eq!(
             routed,
             Routed {
@@ -297,7 +318,8 @@ lossy = true
                 lossy: true
             }
         );
-        assert!(u.route("/other").is_none());
+        let other = crate::ws::RequestTarget::parse("/other").unwrap();
+        assert!(u.route(&other).is_none());
         let now = Instant::now();
         let a = u.pick(0, now).unwrap();
         let b = u.pick(0, now).unwrap();
@@ -320,6 +342,24 @@ lossy = true
         let out = u.request(&a.url, routed.rest, &ctx);
         let text = String::from_utf8(out.bytes).unwrap();
         assert!(text.starts_with("GET /feed/x?y=1 HTTP/1.1\r\n"), "{text}");
+        // A query token never goes upstream; the other parameters keep their order.
+        u.strip_query_param("access_token");
+        for (rest, want) in [
+            ("/x?access_token=a.b.c&y=1", "/feed/x?y=1"),
+            ("/x?y=1&access_token=a.b.c&z=2", "/feed/x?y=1&z=2"),
+            ("?access%5Ftoken=a.b.c", "/feed"),
+            ("/x?y=1", "/feed/x?y=1"),
+            ("", "/feed"),
+        ] {
+            assert_eq!(u.forwarded_target(&a.url, rest), want, "{rest}");
+            let out = u.request(&a.url, rest, &ctx);
+            let text = String::from_utf8(out.bytes).unwrap();
+            assert!(
+                text.starts_with(&format!("GET {want} HTTP/1.1\r\n")),
+                "{text}"
+            );
+            assert!(!text.contains("a.b.c"), "{text}");
+        }
         let m = u.metrics();
         assert_eq!(m.len(), 2);
         assert_eq!(

@@ -7,6 +7,8 @@
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 
+use super::target::{valid_host, RequestTarget, TargetError};
+
 /// The GUID of RFC 6455 §1.3, appended to the client's key before hashing.
 pub const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -29,11 +31,14 @@ impl Default for HandshakeLimits {
 }
 
 /// A valid WebSocket upgrade request. Its `Debug` leaves credentials out (the Authorization
-/// header, and subprotocols, which may carry a bearer token).
+/// header, subprotocols and the query, which may carry a bearer token).
 #[derive(Clone, PartialEq, Eq)]
 pub struct UpgradeRequest {
-    /// The request target (origin-form: path and query), e.g. `/chat?room=1`.
-    pub path: String,
+    /// The request target, normalised once ([`RequestTarget`]): the path every rule, the
+    /// routing, the audit record and the upstream see, and the query. The raw spelling is not
+    /// kept.
+    pub path: RequestTarget,
+    /// `host[:port]`, checked with [`valid_host`].
     pub host: String,
     /// `Sec-WebSocket-Key`, trimmed; decodes to 16 bytes.
     pub key: String,
@@ -49,7 +54,8 @@ pub struct UpgradeRequest {
 impl std::fmt::Debug for UpgradeRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpgradeRequest")
-            .field("path", &self.path)
+            .field("path", &self.path.path())
+            .field("query_bytes", &self.path.query().map(str::len))
             .field("host", &self.host)
             .field("origin", &self.origin)
             .field("protocols", &self.protocols.len())
@@ -86,11 +92,12 @@ pub enum HandshakeError {
     BadMethod,
     #[error("HTTP version is not 1.1")]
     BadVersion,
-    #[error("request target is not an absolute path")]
-    BadPath,
+    /// The request target cannot be normalised (see [`crate::ws::target`]).
+    #[error("{0}")]
+    BadTarget(TargetError),
     #[error("Host header missing")]
     MissingHost,
-    #[error("Host header empty, repeated or invalid")]
+    #[error("Host header empty, repeated or not host[:port]")]
     BadHost,
     #[error("Upgrade header missing or without the websocket token")]
     BadUpgradeHeader,
@@ -106,6 +113,8 @@ pub enum HandshakeError {
     UnsupportedWsVersion,
     #[error("a header value is not valid UTF-8")]
     BadHeaderValue,
+    #[error("a Sec-WebSocket-Protocol entry is not a token (RFC 7230)")]
+    BadSubprotocol,
     #[error("an upgrade request must not carry a body")]
     UnexpectedBody,
     #[error("request headers exceed the size limit")]
@@ -131,7 +140,7 @@ impl HandshakeError {
             Self::Malformed(_) => "malformed_request",
             Self::BadMethod => "bad_method",
             Self::BadVersion => "bad_version",
-            Self::BadPath => "bad_path",
+            Self::BadTarget(e) => e.reason(),
             Self::MissingHost => "missing_host",
             Self::BadHost => "bad_host",
             Self::BadUpgradeHeader => "bad_upgrade_header",
@@ -141,6 +150,7 @@ impl HandshakeError {
             Self::MissingWsVersion => "missing_ws_version",
             Self::UnsupportedWsVersion => "unsupported_ws_version",
             Self::BadHeaderValue => "bad_header_value",
+            Self::BadSubprotocol => "bad_subprotocol",
             Self::UnexpectedBody => "unexpected_body",
             Self::HeadersTooLarge => "headers_too_large",
             Self::TooManyHeaders => "too_many_headers",
@@ -183,6 +193,14 @@ fn single<'a>(headers: &'a [httparse::Header<'a>], name: &str) -> Result<Option<
         return Err(());
     }
     Ok(first.map(|h| h.value.trim_ascii()))
+}
+
+/// RFC 7230 §3.2.6 `token`: what a subprotocol name is (RFC 6455 §4.1). A bearer token offer
+/// (`bearer.` and a JWT: base64url and dots) is one.
+fn is_token(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn utf8(v: &[u8]) -> Result<String, HandshakeError> {
@@ -231,21 +249,17 @@ pub fn parse_upgrade(
     if req.version != Some(1) {
         return Err(HandshakeError::BadVersion);
     }
-    let path = req.path.unwrap_or_default();
-    if !path.starts_with('/') {
-        return Err(HandshakeError::BadPath);
-    }
+    let path =
+        RequestTarget::parse(req.path.unwrap_or_default()).map_err(HandshakeError::BadTarget)?;
     let headers: &[httparse::Header<'_>] = req.headers;
 
     let host = match single(headers, "host") {
         Err(()) => return Err(HandshakeError::BadHost),
         Ok(None) => return Err(HandshakeError::MissingHost),
-        Ok(Some(h)) => {
-            if h.is_empty() || !h.iter().all(|&b| b.is_ascii_graphic()) {
-                return Err(HandshakeError::BadHost);
-            }
-            utf8(h)?
-        }
+        Ok(Some(h)) => match std::str::from_utf8(h) {
+            Ok(h) if valid_host(h) => h.to_owned(),
+            _ => return Err(HandshakeError::BadHost),
+        },
     };
     if !has_token(headers, "upgrade", "websocket") {
         return Err(HandshakeError::BadUpgradeHeader);
@@ -281,7 +295,13 @@ pub fn parse_upgrade(
         Err(()) => return Err(HandshakeError::Malformed("repeated Origin")),
     };
     let protocols = list_items(headers, "sec-websocket-protocol")
-        .map(utf8)
+        .map(|p| {
+            if is_token(p) {
+                utf8(p)
+            } else {
+                Err(HandshakeError::BadSubprotocol)
+            }
+        })
         .collect::<Result<Vec<_>, _>>()?;
     // Two Authorization headers would let a proxy and the edge disagree on the credential.
     let authorization = match single(headers, "authorization") {
@@ -293,7 +313,7 @@ pub fn parse_upgrade(
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Some((
         UpgradeRequest {
-            path: path.to_owned(),
+            path,
             host,
             key,
             origin,
@@ -368,7 +388,8 @@ mod tests {
     fn rfc_example() {
         let (req, n) = parse(GOOD).unwrap().unwrap();
         assert_eq!(n, GOOD.len());
-        assert_eq!(req.path, "/chat?x=1");
+        assert_eq!(req.path.as_str(), "/chat?x=1");
+        assert_eq!((req.path.path(), req.path.query()), ("/chat", Some("x=1")));
         assert_eq!(req.host, "server.example.com");
         assert_eq!(req.key, "dGhlIHNhbXBsZSBub25jZQ==");
         assert_eq!(req.origin.as_deref(), Some("http://example.com"));
@@ -453,6 +474,37 @@ mod tests {
         );
         check(refuse(&with("HTTP/1.1", "HTTP/1.0")), 400, "bad_version");
         check(refuse(&with("/chat?x=1", "*")), 400, "bad_path");
+        // The target's normalisation refuses through the parser (every reason: ws::target).
+        check(
+            refuse(&with("/chat?x=1", "/chat#frag")),
+            400,
+            "fragment_in_target",
+        );
+        check(
+            refuse(&with("/chat?x=1", "/chat?x=1#frag")),
+            400,
+            "fragment_in_target",
+        );
+        check(
+            refuse(&with("/chat?x=1", "/md/..;/trade")),
+            400,
+            "path_parameter",
+        );
+        check(
+            refuse(&with("/chat?x=1", "/u/%2e%2e/x")),
+            400,
+            "path_dot_segment",
+        );
+        for host in ["a/b", "a@b", "h:", "h:99999", "[::1", "a\\b", "x\"y"] {
+            check(refuse(&with("server.example.com", host)), 400, "bad_host");
+        }
+        for offer in ["chat v2", "chat/1", "{x}", "a:b", "x\"y", "a=b"] {
+            check(
+                refuse(&with("chat, superchat", &format!("chat, {offer}"))),
+                400,
+                "bad_subprotocol",
+            );
+        }
         check(
             refuse(&with("Host: server.example.com\r\n", "")),
             400,
@@ -589,6 +641,39 @@ mod tests {
             max_headers: 7,
         };
         assert!(parse_upgrade(GOOD.as_bytes(), &limits).unwrap().is_some());
+    }
+
+    #[test]
+    fn the_target_is_kept_normalised_only() {
+        let (req, _) = parse(&with("/chat?x=1", "/API/%61dmin/%7eu?q=%2F"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(req.path.path(), "/API/admin/~u");
+        assert_eq!(req.path.query(), Some("q=%2F"));
+        // Debug shows the path, not the query (a query token is a credential).
+        let raw = with("/chat?x=1", "/feed?access_token=s3cr3t");
+        let (req, _) = parse(&raw).unwrap().unwrap();
+        let debug = format!("{req:?}");
+        assert!(
+            debug.contains("/feed") && !debug.contains("s3cr3t"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn hosts_and_subprotocol_tokens() {
+        for host in ["edge.example:8443", "[::1]:443", "10.0.0.1", "h"] {
+            let (req, _) = parse(&with("server.example.com", host)).unwrap().unwrap();
+            assert_eq!(req.host, host);
+        }
+        let jwt = "bearer.eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJlLV8";
+        let (req, _) = parse(&with("chat, superchat", &format!("chat, {jwt}")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(req.protocols, vec!["chat", jwt]);
+        let tchars = "!#$%&'*+-.^_`|~09AZaz";
+        let (req, _) = parse(&with("chat, superchat", tchars)).unwrap().unwrap();
+        assert_eq!(req.protocols, vec![tchars]);
     }
 
     proptest! {

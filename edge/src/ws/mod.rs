@@ -2,6 +2,8 @@
 //! frames out.
 //!
 //! - [`handshake`]: the HTTP/1.1 upgrade request and the 101 response.
+//! - [`target`]: the request target's one normalisation (the path every rule sees) and the
+//!   `Host` check.
 //! - [`frame`]: the frame header codec.
 //! - [`mask`]: in-place (un)masking, a `u64` at a time.
 //! - [`utf8`]: incremental UTF-8 validation across chunks and fragments.
@@ -11,6 +13,7 @@ pub mod frame;
 pub mod handshake;
 pub mod mask;
 pub mod session;
+pub mod target;
 pub mod utf8;
 
 pub use frame::{encode_header, parse_header, FrameHeader, HeaderError, OpCode};
@@ -22,6 +25,7 @@ pub use session::{
     close_code, Event, Message, MessageKind, OutFrame, Payload, Role, Session, SessionLimits,
     SessionState,
 };
+pub use target::{valid_host, PathPrefix, RequestTarget, TargetError};
 pub use utf8::{Utf8Error, Utf8Validator};
 
 #[cfg(test)]

@@ -1,37 +1,28 @@
 //! Which scope a request path needs: the rule with the longest matching `path_prefix`.
 //!
-//! Prefixes match whole path segments: `/api` covers `/api` and `/api/orders` but not
-//! `/apiary`; a prefix ending in `/` covers everything below it. The query is never part of
-//! the match. A path with dot segments or encoded separators (`/public/../admin`,
-//! `/public/%2e%2e/admin`, `%2f`, `\`) could be normalised differently by an upstream than
-//! here, so while any rule exists such a path is allowed by none.
+//! Prefixes are [`PathPrefix`]es: whole path segments, ASCII-case-insensitive. `/api` covers
+//! `/api`, `/API` and `/api/orders` but not `/apiary`; a prefix ending in `/` covers everything
+//! below it. The query is never part of the match. The path is the upgrade parser's normalised
+//! one ([`RequestTarget`]): a spelling an upstream could resolve differently (`..`, `%2f`,
+//! `..;`, `//`, `\`) is refused before any rule is asked.
 
 use super::config::ScopeRule;
 use crate::config::ConfigError;
+use crate::ws::{PathPrefix, RequestTarget};
 
 #[derive(Debug, Clone, Default)]
 pub struct ScopeRules {
     /// Longest prefix first.
-    rules: Vec<ScopeRule>,
+    rules: Vec<(PathPrefix, String)>,
 }
 
 impl ScopeRules {
     pub fn new(rules: &[ScopeRule]) -> Result<Self, ConfigError> {
+        let mut compiled = Vec::with_capacity(rules.len());
         for (i, r) in rules.iter().enumerate() {
-            if !r.path_prefix.starts_with('/') {
-                return Err(ConfigError::invalid(
-                    "jwt.scopes.path_prefix",
-                    &r.path_prefix,
-                    "must start with '/'",
-                ));
-            }
-            if r.path_prefix.contains(['?', '#']) || has_ambiguous_segment(&r.path_prefix) {
-                return Err(ConfigError::invalid(
-                    "jwt.scopes.path_prefix",
-                    &r.path_prefix,
-                    "must be a plain path: no query, fragment, dot segments or %-escapes",
-                ));
-            }
+            let prefix = PathPrefix::parse(&r.path_prefix).map_err(|reason| {
+                ConfigError::invalid("jwt.scopes.path_prefix", &r.path_prefix, reason)
+            })?;
             if r.scope.is_empty() || r.scope.contains(char::is_whitespace) {
                 return Err(ConfigError::invalid(
                     "jwt.scopes.scope",
@@ -39,44 +30,40 @@ impl ScopeRules {
                     "must be one non-empty scope without spaces",
                 ));
             }
-            if rules[..i].iter().any(|o| o.path_prefix == r.path_prefix) {
+            if rules[..i]
+                .iter()
+                .any(|o| o.path_prefix.eq_ignore_ascii_case(&r.path_prefix))
+            {
                 return Err(ConfigError::invalid(
                     "jwt.scopes.path_prefix",
                     &r.path_prefix,
-                    "listed twice",
+                    "listed twice (prefixes match case-insensitively)",
                 ));
             }
+            compiled.push((prefix, r.scope.clone()));
         }
-        let mut rules = rules.to_vec();
-        rules.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
-        Ok(Self { rules })
+        compiled.sort_by_key(|(p, _)| std::cmp::Reverse(p.as_str().len()));
+        Ok(Self { rules: compiled })
     }
 
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
 
-    /// What `target` (a path, optionally with its query) needs.
-    pub fn requirement(&self, target: &str) -> Requirement<'_> {
-        if self.rules.is_empty() {
-            return Requirement::Open;
-        }
-        let path = target.split(['?', '#']).next().unwrap_or_default();
-        if has_ambiguous_segment(path) {
-            return Requirement::AmbiguousPath;
-        }
-        match self.rules.iter().find(|r| covers(&r.path_prefix, path)) {
-            Some(r) => Requirement::Scope(&r.scope),
+    /// What `target` needs.
+    pub fn requirement(&self, target: &RequestTarget) -> Requirement<'_> {
+        let path = target.path();
+        match self.rules.iter().find(|(p, _)| p.covers(path)) {
+            Some((_, scope)) => Requirement::Scope(scope),
             None => Requirement::Open,
         }
     }
 
     /// May a token with `scopes` open `target`?
-    pub fn allows(&self, target: &str, scopes: &[String]) -> bool {
+    pub fn allows(&self, target: &RequestTarget, scopes: &[String]) -> bool {
         match self.requirement(target) {
             Requirement::Open => true,
             Requirement::Scope(need) => scopes.iter().any(|s| s == need),
-            Requirement::AmbiguousPath => false,
         }
     }
 }
@@ -88,33 +75,15 @@ pub enum Requirement<'a> {
     Open,
     /// The scope of the longest matching rule.
     Scope(&'a str),
-    /// Dot segments or encoded separators while rules exist: allowed by none.
-    AmbiguousPath,
-}
-
-fn covers(prefix: &str, path: &str) -> bool {
-    match path.strip_prefix(prefix) {
-        None => false,
-        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
-    }
-}
-
-fn has_ambiguous_segment(path: &str) -> bool {
-    if path.contains('\\') {
-        return true;
-    }
-    if path.contains('%') {
-        let lower = path.to_ascii_lowercase();
-        if ["%2e", "%2f", "%5c"].iter().any(|e| lower.contains(e)) {
-            return true;
-        }
-    }
-    path.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn t(target: &str) -> RequestTarget {
+        RequestTarget::parse(target).unwrap()
+    }
 
     fn rules(list: &[(&str, &str)]) -> ScopeRules {
         let v: Vec<_> = list
@@ -147,31 +116,22 @@ mod tests {
             ("/api/administrator", "api"),
             ("/feed/x", "feed"),
             ("/feed", "basic"),
+            // Case-insensitive, on the normalised path.
+            ("/API/Admin", "admin"),
+            ("/Api/orders", "api"),
+            ("/%61pi/%61dmin/x", "admin"),
+            ("/FEED/x", "feed"),
         ];
         for (path, want) in cases {
-            assert_eq!(r.requirement(path), Requirement::Scope(want), "{path}");
+            assert_eq!(r.requirement(&t(path)), Requirement::Scope(want), "{path}");
         }
         let only_api = rules(&[("/api", "api")]);
-        assert_eq!(only_api.requirement("/public"), Requirement::Open);
-        assert!(only_api.allows("/public", &[]));
-        assert!(!only_api.allows("/api/x", &[]));
-        assert!(only_api.allows("/api/x", &["read".into(), "api".into()]));
-    }
-
-    #[test]
-    fn ambiguous_paths_match_nothing_while_rules_exist() {
-        let r = rules(&[("/public", "p")]);
-        for path in [
-            "/public/../admin",
-            "/public/%2E%2e/admin",
-            "/public%2fx",
-            "/a/./b",
-            "/a\\b",
-        ] {
-            assert!(!r.allows(path, &["p".into()]), "{path}");
-            assert_eq!(r.requirement(path), Requirement::AmbiguousPath, "{path}");
-        }
-        assert!(ScopeRules::default().allows("/public/../admin", &[]));
+        assert_eq!(only_api.requirement(&t("/public")), Requirement::Open);
+        assert!(only_api.allows(&t("/public"), &[]));
+        assert!(!only_api.allows(&t("/api/x"), &[]));
+        assert!(!only_api.allows(&t("/Api/x"), &[]));
+        assert!(only_api.allows(&t("/api/x"), &["read".into(), "api".into()]));
+        assert!(ScopeRules::default().allows(&t("/api"), &[]));
     }
 
     #[test]
@@ -182,6 +142,11 @@ mod tests {
             ("/api", "a b"),
             ("/a/../b", "x"),
             ("/a?b", "x"),
+            ("/a;b", "x"),
+            ("/a%2fb", "x"),
+            ("/a%61", "x"),
+            ("//a", "x"),
+            ("/a\\b", "x"),
         ] {
             let v = [ScopeRule {
                 path_prefix: p.into(),
@@ -200,5 +165,16 @@ mod tests {
             },
         ];
         assert!(ScopeRules::new(&dup).is_err());
+        let dup_case = [
+            ScopeRule {
+                path_prefix: "/Trade".into(),
+                scope: "x".into(),
+            },
+            ScopeRule {
+                path_prefix: "/trade".into(),
+                scope: "y".into(),
+            },
+        ];
+        assert!(ScopeRules::new(&dup_case).is_err());
     }
 }

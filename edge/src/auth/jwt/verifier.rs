@@ -16,6 +16,7 @@ use super::refusal::JwtRefusal;
 use super::scope::ScopeRules;
 use crate::auth::revocation::Revocations;
 use crate::config::ConfigError;
+use crate::ws::RequestTarget;
 
 /// A token that verified, with what the rest of the edge may know about it. The token itself
 /// is not kept: logs and audit records get `jti`, `sub` and `token_sha256_hex` only.
@@ -260,14 +261,18 @@ impl JwtVerifier {
         extract::redact_query_token(target, &self.sources.query_param)
     }
 
-    /// May this token open `path` (the request target; its query is ignored)?
-    pub fn scope_allows(&self, path: &str, token: &VerifiedToken) -> bool {
-        self.scopes.allows(path, &token.scopes)
+    /// May this token open `target` (its normalised path; the query is ignored)?
+    pub fn scope_allows(&self, target: &RequestTarget, token: &VerifiedToken) -> bool {
+        self.scopes.allows(target, &token.scopes)
     }
 
     /// [`Self::scope_allows`] as a refusal.
-    pub fn check_scope(&self, path: &str, token: &VerifiedToken) -> Result<(), JwtRefusal> {
-        if self.scope_allows(path, token) {
+    pub fn check_scope(
+        &self,
+        target: &RequestTarget,
+        token: &VerifiedToken,
+    ) -> Result<(), JwtRefusal> {
+        if self.scope_allows(target, token) {
             Ok(())
         } else {
             Err(JwtRefusal::ScopeMissing)

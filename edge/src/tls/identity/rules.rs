@@ -1,9 +1,12 @@
 //! Which client identities may open which paths: `[[tls.identity_rules]]`, sans-IO.
 //!
-//! A path and an optional [`ClientIdentity`] in; `Ok(())` or an [`IdentityRefusal`] with a
-//! stable snake_case `reason()` and the HTTP `status()` out. The rule with the longest matching
-//! `path_prefix` decides (prefixes match whole segments, like the JWT scope rules); a path no
-//! rule covers is allowed.
+//! A request target and an optional [`ClientIdentity`] in; `Ok(())` or an [`IdentityRefusal`]
+//! with a stable snake_case `reason()` and the HTTP `status()` out. The rule with the longest
+//! matching `path_prefix` decides (a [`PathPrefix`]: whole segments, ASCII-case-insensitive,
+//! like the JWT scope rules and the routes); a path no rule covers is allowed.
+//!
+//! The path is the one the upgrade parser normalised ([`RequestTarget`]): spellings an upstream
+//! could resolve differently (`%2f`, `..;`, `//`, `\`, dot segments…) never get this far.
 //!
 //! # Reason → status
 //!
@@ -11,7 +14,6 @@
 //! |---|---|---|
 //! | `identity_required` | 403 | a rule covers the path and the client presented no certificate |
 //! | `identity_not_allowed` | 403 | a rule covers the path and no `allow` entry matches the certificate |
-//! | `path_ambiguous` | 400 | dot segments or encoded separators in the path while rules exist |
 //!
 //! `identity_required` is 403, not 401: a 401 invites the client to retry the *request* with
 //! credentials (`WWW-Authenticate`), but a client certificate can only be presented in a new
@@ -21,13 +23,14 @@ use serde::Deserialize;
 
 use super::{has_spiffe_scheme, valid_spiffe_id, ClientIdentity};
 use crate::config::ConfigError;
+use crate::ws::{PathPrefix, RequestTarget};
 
 /// `[[tls.identity_rules]]`: the identities that may open paths under `path_prefix`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityRule {
-    /// Matches whole path segments: `/api` covers `/api` and `/api/x`, not `/apiary`; a prefix
-    /// ending in `/` covers everything below it.
+    /// Matches whole path segments, ASCII-case-insensitively: `/api` covers `/api`, `/API/x`
+    /// and `/api/x`, not `/apiary`; a prefix ending in `/` covers everything below it.
     pub path_prefix: String,
     /// Any one matching entry admits the client:
     /// `spiffe://td/path` (exact) or `spiffe://td/path/*` (anything below), `cn:NAME`,
@@ -153,9 +156,6 @@ pub enum IdentityRefusal {
     /// A rule covers the path and the certificate matches none of its entries.
     #[error("identity_not_allowed: {who} may not open paths under {rule}")]
     IdentityNotAllowed { rule: String, who: String },
-    /// The path could be normalised differently by an upstream (`..`, `%2f`, …).
-    #[error("path_ambiguous: dot segments or encoded separators in the request path")]
-    PathAmbiguous,
 }
 
 impl IdentityRefusal {
@@ -164,22 +164,18 @@ impl IdentityRefusal {
         match self {
             IdentityRefusal::IdentityRequired { .. } => "identity_required",
             IdentityRefusal::IdentityNotAllowed { .. } => "identity_not_allowed",
-            IdentityRefusal::PathAmbiguous => "path_ambiguous",
         }
     }
 
     /// The HTTP status the refusal path sends.
     pub fn status(&self) -> u16 {
-        match self {
-            IdentityRefusal::PathAmbiguous => 400,
-            _ => 403,
-        }
+        403
     }
 }
 
 #[derive(Debug, Clone)]
 struct CompiledRule {
-    path_prefix: String,
+    path_prefix: PathPrefix,
     allow: Vec<Matcher>,
 }
 
@@ -195,25 +191,17 @@ impl IdentityRules {
         let mut compiled = Vec::with_capacity(rules.len());
         for (i, r) in rules.iter().enumerate() {
             let p = &r.path_prefix;
-            if !p.starts_with('/') {
+            let prefix = PathPrefix::parse(p).map_err(|reason| {
+                ConfigError::invalid("tls.identity_rules.path_prefix", p, reason)
+            })?;
+            if rules[..i]
+                .iter()
+                .any(|o| o.path_prefix.eq_ignore_ascii_case(p))
+            {
                 return Err(ConfigError::invalid(
                     "tls.identity_rules.path_prefix",
                     p,
-                    "must start with '/'",
-                ));
-            }
-            if p.contains(['?', '#']) || ambiguous(p) {
-                return Err(ConfigError::invalid(
-                    "tls.identity_rules.path_prefix",
-                    p,
-                    "must be a plain path: no query, fragment, dot segments or %-escapes",
-                ));
-            }
-            if rules[..i].iter().any(|o| o.path_prefix == *p) {
-                return Err(ConfigError::invalid(
-                    "tls.identity_rules.path_prefix",
-                    p,
-                    "listed twice; merge the two `allow` lists",
+                    "listed twice (prefixes match case-insensitively); merge the two `allow` lists",
                 ));
             }
             if r.allow.is_empty() {
@@ -233,11 +221,11 @@ impl IdentityRules {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             compiled.push(CompiledRule {
-                path_prefix: p.clone(),
+                path_prefix: prefix,
                 allow,
             });
         }
-        compiled.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
+        compiled.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.as_str().len()));
         Ok(IdentityRules { rules: compiled })
     }
 
@@ -245,61 +233,31 @@ impl IdentityRules {
         self.rules.is_empty()
     }
 
-    /// May a client with `identity` (`None`: no certificate) open `target` (a path, optionally
-    /// with its query)? The rule with the longest matching prefix decides; a path no rule
-    /// covers is allowed.
+    /// May a client with `identity` (`None`: no certificate) open `target`? The rule with the
+    /// longest matching prefix decides; a path no rule covers is allowed.
     pub fn allows(
         &self,
-        target: &str,
+        target: &RequestTarget,
         identity: Option<&ClientIdentity>,
     ) -> Result<(), IdentityRefusal> {
-        if self.rules.is_empty() {
-            return Ok(());
-        }
-        let path = target.split(['?', '#']).next().unwrap_or_default();
-        if ambiguous(path) {
-            return Err(IdentityRefusal::PathAmbiguous);
-        }
-        let Some(rule) = self.rules.iter().find(|r| covers(&r.path_prefix, path)) else {
+        let path = target.path();
+        let Some(rule) = self.rules.iter().find(|r| r.path_prefix.covers(path)) else {
             return Ok(());
         };
         let Some(id) = identity else {
             return Err(IdentityRefusal::IdentityRequired {
-                rule: rule.path_prefix.clone(),
+                rule: rule.path_prefix.to_string(),
             });
         };
         if rule.allow.iter().any(|m| m.matches(id)) {
             Ok(())
         } else {
             Err(IdentityRefusal::IdentityNotAllowed {
-                rule: rule.path_prefix.clone(),
+                rule: rule.path_prefix.to_string(),
                 who: id.display_name(),
             })
         }
     }
-}
-
-/// Segment-wise prefix match (the same semantics as the JWT scope rules).
-fn covers(prefix: &str, path: &str) -> bool {
-    match path.strip_prefix(prefix) {
-        None => false,
-        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
-    }
-}
-
-/// A path an upstream could normalise into another one (`/public/../admin`, `%2e`, `%2f`,
-/// `\`): allowed by no rule, so a rule can't be stepped around.
-fn ambiguous(path: &str) -> bool {
-    if path.contains('\\') {
-        return true;
-    }
-    if path.contains('%') {
-        let lower = path.to_ascii_lowercase();
-        if lower.contains("%2e") || lower.contains("%2f") || lower.contains("%5c") {
-            return true;
-        }
-    }
-    path.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 #[cfg(test)]
@@ -338,6 +296,10 @@ mod tests {
         }
     }
 
+    fn t(target: &str) -> RequestTarget {
+        RequestTarget::parse(target).unwrap()
+    }
+
     #[test]
     fn identity_rules_table() {
         let r = rules(&[
@@ -363,9 +325,9 @@ mod tests {
             ..fake(Some("nobody"), &[], &[])
         };
 
-        let ok = |path: &str, who: Option<&ClientIdentity>| r.allows(path, who).map(|_| ());
+        let ok = |path: &str, who: Option<&ClientIdentity>| r.allows(&t(path), who).map(|_| ());
         let reason = |path: &str, who: Option<&ClientIdentity>| {
-            r.allows(path, who).map_err(|e| e.reason()).unwrap_err()
+            r.allows(&t(path), who).map_err(|e| e.reason()).unwrap_err()
         };
         assert_eq!(ok("/trade", Some(&trader)), Ok(()));
         assert_eq!(ok("/trade/orders?x=1", Some(&ops)), Ok(()));
@@ -394,27 +356,35 @@ mod tests {
         // `any` admits every verified certificate, but not the absence of one.
         assert_eq!(ok("/public", Some(&nobody)), Ok(()));
         assert_eq!(reason("/public", None), "identity_required");
-        let e = r.allows("/trade", Some(&nobody)).unwrap_err();
+        let e = r.allows(&t("/trade"), Some(&nobody)).unwrap_err();
         assert_eq!(e.status(), 403);
         assert!(e.to_string().contains("nobody") && e.to_string().contains("/trade"));
-        assert_eq!(r.allows("/trade", None).unwrap_err().status(), 403);
-        // Ambiguous paths can't step around a rule.
-        for p in ["/feeds/../trade", "/trade/%2e%2E/x", "/a%2Fb", "/a\\b"] {
-            let e = r.allows(p, Some(&trader)).unwrap_err();
-            assert_eq!((e.reason(), e.status()), ("path_ambiguous", 400), "{p}");
+        assert_eq!(r.allows(&t("/trade"), None).unwrap_err().status(), 403);
+        // Rules match the normalised path, case-insensitively: a spelling of a gated path is
+        // gated (the spellings the parser cannot normalise never reach the rules).
+        for p in ["/Trade", "/TRADE/orders", "/tr%61de", "/%54rade/x?y=1"] {
+            assert_eq!(reason(p, Some(&nobody)), "identity_not_allowed", "{p}");
+            assert_eq!(reason(p, None), "identity_required", "{p}");
         }
+        assert_eq!(
+            reason("/Trade/Admin", Some(&trader)),
+            "identity_not_allowed"
+        );
 
         // No rule for a path: allowed, with or without an identity.
         let only = rules(&[("/trade", &["any"])]);
-        assert_eq!(only.allows("/public", None), Ok(()));
-        assert_eq!(IdentityRules::default().allows("/x/../y", None), Ok(()));
+        assert_eq!(only.allows(&t("/public"), None), Ok(()));
+        assert_eq!(IdentityRules::default().allows(&t("/x/y"), None), Ok(()));
     }
 
     #[test]
     fn bad_rules_are_refused_with_the_entry() {
         let cases: &[(&str, &[&str], &str)] = &[
-            ("api", &["any"], "start with '/'"),
+            ("api", &["any"], "plain path"),
             ("/a/../b", &["any"], "plain path"),
+            ("/a%2Fb", &["any"], "plain path"),
+            ("/a;b", &["any"], "plain path"),
+            ("//a", &["any"], "plain path"),
             ("/a", &[], "at least one"),
             ("/a", &["spiffe://Bad.Domain/x"], "SPIFFE"),
             ("/a", &["spiffe://td/x/"], "SPIFFE"),
@@ -447,6 +417,20 @@ mod tests {
             },
         ];
         assert!(IdentityRules::new(&dup)
+            .unwrap_err()
+            .to_string()
+            .contains("listed twice"));
+        let dup_case = [
+            IdentityRule {
+                path_prefix: "/Admin".into(),
+                allow: vec!["any".into()],
+            },
+            IdentityRule {
+                path_prefix: "/admin".into(),
+                allow: vec!["cn:x".into()],
+            },
+        ];
+        assert!(IdentityRules::new(&dup_case)
             .unwrap_err()
             .to_string()
             .contains("listed twice"));

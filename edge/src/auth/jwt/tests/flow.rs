@@ -55,9 +55,10 @@ fn admission_chain() {
         .into();
     assert_eq!((e.reason(), e.status()), ("replayed", 401));
 
-    assert!(v.scope_allows("/trade/orders?x=1", &t));
-    assert!(v.scope_allows("/public", &t));
-    let e = v.check_scope("/admin", &t).unwrap_err();
+    let target = |s: &str| crate::ws::RequestTarget::parse(s).unwrap();
+    assert!(v.scope_allows(&target("/trade/orders?x=1"), &t));
+    assert!(v.scope_allows(&target("/public"), &t));
+    let e = v.check_scope(&target("/admin"), &t).unwrap_err();
     assert_eq!((e.reason(), e.status()), ("scope_missing", 403));
     assert_eq!(
         e.extra_headers()[0].1,
