@@ -363,10 +363,10 @@ async fn sighup_rotates_the_certificate_for_new_clients_while_an_old_session_ech
 /// The successor of a restart is the old process's child, not ours; once the old process
 /// exits it is re-parented. This test process becomes the child subreaper so the orphan comes
 /// to us: we can wait for it (its exit code) and it never outlives the test (killed by pid).
-struct Successor(libc::pid_t);
+pub(crate) struct Successor(libc::pid_t);
 
 impl Successor {
-    fn adopt(pid: u32) -> Successor {
+    pub(crate) fn adopt(pid: u32) -> Successor {
         Successor(pid as libc::pid_t)
     }
 

@@ -8,6 +8,7 @@ mod admin;
 mod admission_jwt;
 mod admission_mtls;
 mod admission_origin;
+mod attack_auth;
 mod attack_flow;
 mod attack_ops;
 mod attack_paths;

@@ -8,6 +8,8 @@
 //!   claims, scopes per path.
 //! - [`replay`]: the single-use `jti` store of one owner core, and which core owns a `jti`.
 //! - [`revocation`]: revoked `jti`s and subjects, from a file and from control commands.
+//! - [`identifier`]: the one rule a `sub`, a `jti` and every revocation of them follow, so
+//!   that whatever is admitted can be revoked.
 //! - [`origin`]: the `Host` and `Origin` allow-lists.
 //!
 //! # Reason → status
@@ -26,7 +28,8 @@
 //! | `kid_required` | 401 | no `kid`, and more than one key fits the `alg` |
 //! | `key_alg_mismatch` | 401 | the `kid` names a key of another family (e.g. an RSA key for HS256) |
 //! | `bad_signature` | 401 | the signature does not verify over `header.payload` |
-//! | `claim_invalid` | 401 | a registered claim (or the scope claim) has the wrong type or an empty value |
+//! | `claim_invalid` | 401 | a registered claim (or the scope claim) has the wrong type, or `iss` is empty |
+//! | `identifier_invalid` | 401 | `sub` or `jti` is no exact identifier ([`identifier`]): empty, over 1024 bytes, padded with whitespace, or holding a control character, an invisible one or a space other than U+0020 |
 //! | `missing_claim` | 401 | a required claim (or `iss`/`aud` when they are checked) is absent |
 //! | `expired` | 401 | `now >= exp + leeway` |
 //! | `not_yet_valid` | 401 | `now + leeway < nbf` |
@@ -52,11 +55,13 @@
 //! what 421 (Misdirected Request, RFC 9110 §15.5.20) says. Each refusal also names its
 //! `WWW-Authenticate` challenge or `Retry-After` in `extra_headers()`.
 
+pub mod identifier;
 pub mod jwt;
 pub mod origin;
 pub mod replay;
 pub mod revocation;
 
+pub use identifier::{check_identifier, IdentifierError, MAX_IDENTIFIER_BYTES};
 pub use jwt::{
     extract_token, redact_query_token, ExpiryPolicy, ExtractedToken, JwtConfig, JwtRefusal,
     JwtVerifier, ScopeRule, TokenSource, VerifiedToken,

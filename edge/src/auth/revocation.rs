@@ -13,11 +13,17 @@
 //! # File format
 //!
 //! UTF-8, one entry per line: `jti <value>` or `sub <value>` (the value is the rest of the
-//! line, trimmed; it may contain spaces). Blank lines and lines starting with `#` are
-//! ignored; `#` elsewhere is part of a value. Anything else is refused with its line number.
+//! line without its surrounding ASCII spaces and tabs; it may contain spaces). Blank lines and
+//! lines starting with `#` are ignored; `#` elsewhere is part of a value. Anything else is
+//! refused with its line number — a value included that is no exact identifier
+//! ([`crate::auth::identifier`]: the rule tokens' `sub` and `jti` are held to at verification),
+//! so the file names nothing a token could not carry and nothing is silently trimmed into
+//! another value.
 
 use std::collections::HashMap;
 use std::path::Path;
+
+use super::identifier::{check_identifier, MAX_IDENTIFIER_BYTES};
 
 /// What matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,27 +48,28 @@ pub enum RevocationEntry {
     Sub(String),
 }
 
-/// Longest value accepted: far above real `jti`s and subjects, low enough to keep a typo'd
-/// paste out of memory.
-pub const MAX_VALUE_BYTES: usize = 1024;
+/// Longest value accepted (the identifier rule's cap).
+pub const MAX_VALUE_BYTES: usize = MAX_IDENTIFIER_BYTES;
+
+/// What separates the kind from the value, and what a line may be padded with: ASCII only, so
+/// a look-alike space (U+00A0…) stays part of the value and the identifier rule refuses it.
+fn is_separator(c: char) -> bool {
+    c == ' ' || c == '\t' || c == '\r'
+}
 
 impl RevocationEntry {
-    /// Parses `jti <value>` / `sub <value>`: a file line or a control command's argument.
+    /// Parses `jti <value>` / `sub <value>` (a file line); the value must be an exact
+    /// identifier ([`check_identifier`]).
     pub fn parse(line: &str) -> Result<Self, String> {
-        let line = line.trim();
+        let line = line.trim_matches(is_separator);
         let (kind, value) = line
-            .split_once(char::is_whitespace)
+            .split_once(is_separator)
             .ok_or_else(|| "expected `jti <value>` or `sub <value>`".to_owned())?;
-        let value = value.trim();
+        let value = value.trim_matches(is_separator);
         if value.is_empty() {
             return Err(format!("`{kind}` without a value"));
         }
-        if value.len() > MAX_VALUE_BYTES {
-            return Err(format!("value longer than {MAX_VALUE_BYTES} bytes"));
-        }
-        if value.chars().any(char::is_control) {
-            return Err("value contains control characters".into());
-        }
+        check_identifier(value).map_err(|e| format!("the value is {e}"))?;
         match kind {
             "jti" => Ok(RevocationEntry::Jti(value.to_owned())),
             "sub" => Ok(RevocationEntry::Sub(value.to_owned())),
@@ -158,7 +165,7 @@ impl Revocations {
     pub fn parse_file(text: &str, path: &str) -> Result<Vec<RevocationEntry>, RevocationError> {
         let mut out = Vec::new();
         for (i, line) in text.lines().enumerate() {
-            let t = line.trim();
+            let t = line.trim_matches(is_separator);
             if t.is_empty() || t.starts_with('#') {
                 continue;
             }
@@ -290,6 +297,11 @@ mod tests {
             ("jti    \n", 1),
             ("jti a\x07b\n", 1),
             ("\n\njti-abc\n", 3),
+            // What no token could carry: a look-alike space, an invisible character.
+            ("sub ok\nsub alice\u{a0}\n", 2),
+            ("jti j-1\u{200b}\n", 1),
+            ("sub\u{a0}alice\n", 1),
+            ("jti \u{feff}j\n", 1),
         ] {
             match Revocations::parse_file(bad, "r.txt") {
                 Err(RevocationError::Line { line: l, path, .. }) => {

@@ -136,10 +136,10 @@ pub enum ProtocolError {
     /// ("unknown field `x`, expected `kind` or `value`").
     #[error("`{cmd}`: {detail}{}", usage_hint(cmd))]
     InvalidArguments { cmd: &'static str, detail: String },
-    #[error("`{cmd}`: {reason}")]
+    #[error("`{cmd}`: \"value\" is {why}; give the jti or subject exactly as the token carries it")]
     InvalidValue {
         cmd: &'static str,
-        reason: &'static str,
+        why: crate::auth::identifier::IdentifierError,
     },
 }
 
@@ -239,28 +239,20 @@ fn truncate_detail(detail: &str) -> String {
     }
 }
 
-/// Longest jti or subject accepted. Real ones are UUIDs, URIs or account ids; the cap keeps
-/// revocation sets, logs and audit records small.
-pub const MAX_VALUE_BYTES: usize = 1024;
+/// Longest jti or subject accepted (the identifier rule's cap, see
+/// [`crate::auth::identifier`]).
+pub const MAX_VALUE_BYTES: usize = crate::auth::identifier::MAX_IDENTIFIER_BYTES;
 
+/// A revocation's value follows the rule tokens' `sub` and `jti` are held to at verification
+/// ([`crate::auth::identifier`]): what can be revoked is exactly what can be admitted.
 fn validate(request: &Request) -> Result<(), ProtocolError> {
     let (Request::Revoke { value, .. } | Request::Unrevoke { value, .. }) = request else {
         return Ok(());
     };
-    let cmd = request.name();
-    let reason = if value.is_empty() {
-        "\"value\" is empty: give the jti or subject"
-    } else if value.len() > MAX_VALUE_BYTES {
-        "\"value\" is longer than 1024 bytes: give the jti or subject itself"
-    } else if value.chars().any(char::is_control) {
-        // A control character in a jti is a paste accident, and would forge lines in logs.
-        "\"value\" contains a control character: give the jti or subject exactly"
-    } else if value.trim() != value {
-        "\"value\" has leading or trailing whitespace: give the jti or subject exactly"
-    } else {
-        return Ok(());
-    };
-    Err(ProtocolError::InvalidValue { cmd, reason })
+    crate::auth::identifier::check_identifier(value).map_err(|why| ProtocolError::InvalidValue {
+        cmd: request.name(),
+        why,
+    })
 }
 
 fn json_type(value: &Value) -> &'static str {

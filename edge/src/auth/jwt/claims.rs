@@ -1,11 +1,12 @@
 //! Claims (RFC 7519 §4.1) of a token whose signature has verified.
 //!
 //! Order of checks, so that each refusal has one precise reason: types of the registered
-//! claims, required claims, `exp`, `nbf`, `iat`, `iss`, `aud`, lifetime, `jti`, scopes.
+//! claims (and `sub`/`jti` as exact identifiers), required claims, `exp`, `nbf`, `iat`, `iss`, `aud`, lifetime, `jti`, scopes.
 
 use serde_json::{Map, Value};
 
 use super::config::JwtConfig;
+use crate::auth::identifier::check_identifier;
 use super::refusal::JwtRefusal;
 
 /// The claim rules of one verifier.
@@ -53,8 +54,8 @@ pub fn check(
     let exp = numeric_date(claims, "exp")?;
     let nbf = numeric_date(claims, "nbf")?;
     let iat = numeric_date(claims, "iat")?;
-    let sub = non_empty_string(claims, "sub")?;
-    let jti = non_empty_string(claims, "jti")?;
+    let sub = identifier(claims, "sub")?;
+    let jti = identifier(claims, "jti")?;
     let iss = non_empty_string(claims, "iss")?;
     let aud = audiences(claims)?;
     let scopes = scopes(claims, &policy.scope_claim)?;
@@ -149,6 +150,22 @@ fn non_empty_string<'a>(
     match claims.get(name) {
         None => Ok(None),
         Some(Value::String(s)) if !s.is_empty() => Ok(Some(s)),
+        Some(_) => Err(JwtRefusal::ClaimInvalid(name.into())),
+    }
+}
+
+/// `sub` / `jti`: a string, and an exact identifier — one a revocation can name (see
+/// [`crate::auth::identifier`]); the empty string included.
+fn identifier<'a>(
+    claims: &'a Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<&'a str>, JwtRefusal> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => match check_identifier(s) {
+            Ok(()) => Ok(Some(s)),
+            Err(why) => Err(JwtRefusal::IdentifierInvalid { claim: name, why }),
+        },
         Some(_) => Err(JwtRefusal::ClaimInvalid(name.into())),
     }
 }

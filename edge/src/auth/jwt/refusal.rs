@@ -5,6 +5,7 @@
 //! text): only fixed phrases and names from our own configuration.
 
 use super::alg::Alg;
+use crate::auth::identifier::IdentifierError;
 use crate::auth::revocation::RevokedBy;
 
 /// A refused token, with a stable reason code and the HTTP status to answer with.
@@ -42,6 +43,12 @@ pub enum JwtRefusal {
     BadSignature,
     #[error("claim `{0}` has the wrong type or value")]
     ClaimInvalid(String),
+    /// `sub` or `jti` no revocation could name exactly (see [`crate::auth::identifier`]).
+    #[error("claim `{claim}` is {why}")]
+    IdentifierInvalid {
+        claim: &'static str,
+        why: IdentifierError,
+    },
     #[error("required claim `{0}` is missing")]
     MissingClaim(String),
     #[error("token expired")]
@@ -93,6 +100,7 @@ impl JwtRefusal {
             JwtRefusal::KeyAlgMismatch(_) => "key_alg_mismatch",
             JwtRefusal::BadSignature => "bad_signature",
             JwtRefusal::ClaimInvalid(_) => "claim_invalid",
+            JwtRefusal::IdentifierInvalid { .. } => "identifier_invalid",
             JwtRefusal::MissingClaim(_) => "missing_claim",
             JwtRefusal::Expired => "expired",
             JwtRefusal::NotYetValid => "not_yet_valid",

@@ -164,7 +164,7 @@ fn issuer_audience_and_required_claims() {
         &v,
         "empty sub",
         &token(rs(), with(c.clone(), "sub", json!(""))),
-        "claim_invalid",
+        "identifier_invalid",
     );
     refused(
         &v,
@@ -580,5 +580,52 @@ fn oversized_and_garbage() {
         " eyJ.e30.e30",
     ] {
         refused(&v, g, g, "token_malformed");
+    }
+}
+
+/// A `sub` or `jti` no revocation could name exactly is refused at verification with
+/// `identifier_invalid` (401, `invalid_token`), and the refusal's text names the claim and
+/// the rule, never the value.
+#[test]
+fn identifiers_no_revocation_could_name() {
+    let f = fixture();
+    let v = f.verifier();
+    let c = good_claims();
+    for claim in ["sub", "jti"] {
+        for bad in [
+            "",
+            " alice",
+            "alice ",
+            "alice\t",
+            "ali\u{7}ce",
+            "alice\u{200b}",
+            "al\u{202e}ice",
+            "a\u{a0}b",
+            "\u{feff}x",
+        ] {
+            let name = format!("{claim} {bad:?}");
+            let tok = token(rs(), with(c.clone(), claim, json!(bad)));
+            refused(&v, &name, &tok, "identifier_invalid");
+            let e = v.verify(&tok, NOW).unwrap_err();
+            assert_eq!(e.status(), 401, "{name}");
+            assert_eq!(
+                e.extra_headers(),
+                &[("WWW-Authenticate", "Bearer error=\"invalid_token\"")],
+                "{name}"
+            );
+            let shown = e.to_string();
+            assert!(shown.contains(claim) && shown.contains("exact identifier"), "{shown}");
+            if !bad.trim().is_empty() {
+                assert!(!shown.contains(bad.trim()), "{name}: the value in {shown}");
+            }
+        }
+        // Inner spaces and any script are fine.
+        for ok in ["svc account 7", "Zoë", "山田"] {
+            let t = v
+                .verify(&token(rs(), with(c.clone(), claim, json!(ok))), NOW)
+                .unwrap_or_else(|e| panic!("{claim} {ok:?}: {e}"));
+            let got = if claim == "sub" { t.sub } else { t.jti };
+            assert_eq!(got.as_deref(), Some(ok));
+        }
     }
 }
