@@ -172,7 +172,12 @@ fn client_config(srv: &Server, leaf: &ClientLeaf) -> Arc<ClientConfig> {
 }
 
 /// A connection with `cfg` that must be of `kind`; then the upgrade to `target`.
-async fn connect_as(srv: &Server, cfg: &Arc<ClientConfig>, kind: HandshakeKind, target: &str) -> Outcome {
+async fn connect_as(
+    srv: &Server,
+    cfg: &Arc<ClientConfig>,
+    kind: HandshakeKind,
+    target: &str,
+) -> Outcome {
     let tls = try_tls_connect(srv.addr, cfg.clone())
         .await
         .unwrap_or_else(|e| panic!("{target}: TLS failed: {e}"));
@@ -270,7 +275,9 @@ async fn a_session_resumed_after_the_client_certificate_expired_is_refused() {
             3.0,
         )
         .await;
-    visible_line("attack_auth: a session resumed after its certificate expired: 403 client_cert_expired");
+    visible_line(
+        "attack_auth: a session resumed after its certificate expired: 403 client_cert_expired",
+    );
 }
 
 /// The CRL's `nextUpdate` passes between a full handshake and its resumption: the resumed
@@ -348,14 +355,20 @@ async fn single_use_tokens_stay_used_across_ctl_restart() {
     let _successor = Successor::adopt(new_pid);
     let asked = Instant::now();
     while status_pid(&c.socket).await != Some(new_pid) {
-        assert!(asked.elapsed() < WAIT, "the new process never took the control socket");
+        assert!(
+            asked.elapsed() < WAIT,
+            "the new process never took the control socket"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     for req in &requests {
         expect_refused(&c.srv, req, 401, "replayed").await;
     }
-    let fresh = with_header_token("/", &hs(claims("alice", &format!("after-{}", std::process::id()))));
+    let fresh = with_header_token(
+        "/",
+        &hs(claims("alice", &format!("after-{}", std::process::id()))),
+    );
     expect_upgraded(&c.srv, &fresh).await;
     expect_refused(&c.srv, &fresh, 401, "replayed").await;
     expect_refusals_counted(&c.srv, "replayed", requests.len() as u64 + 1).await;
@@ -428,13 +441,19 @@ async fn subjects_and_jtis_that_could_not_be_revoked_are_refused_at_verification
 
     // What is admitted can be revoked: a subject with inner spaces, revoked by `ctl`.
     let spaced = "svc account 7";
-    let req = with_header_token("/", &hs(claims(spaced, &format!("svc-{}", std::process::id()))));
+    let req = with_header_token(
+        "/",
+        &hs(claims(spaced, &format!("svc-{}", std::process::id()))),
+    );
     let (_, mut ws) = expect_upgraded(&c.srv, &req).await;
     expect_echo(&mut ws, "admitted").await;
     let out = ctl(&c.socket, &["revoke-subject", spaced]).await;
     assert_eq!(out.code, Some(0), "{out:#?}");
     assert_eq!(ws.expect_close().await, Some(1008));
-    let again = with_header_token("/", &hs(claims(spaced, &format!("svc2-{}", std::process::id()))));
+    let again = with_header_token(
+        "/",
+        &hs(claims(spaced, &format!("svc2-{}", std::process::id()))),
+    );
     expect_refused(&c.srv, &again, 401, "revoked").await;
     visible_line(&format!(
         "attack_auth: {refused} tokens whose sub/jti no revocation could name: 401 identifier_invalid"
@@ -452,7 +471,11 @@ async fn a_revocations_file_line_no_token_could_match_is_refused_with_its_line()
         let path: PathBuf = dir.path().join("revoked.txt");
         std::fs::write(&path, format!("# revoked\nsub fine\n{line}\n")).expect("write");
         let (status, _, stderr) = ServerBuilder::new()
-            .config(&jwt_config(&files, &[("revocations_file", &toml_path(&path))], ""))
+            .config(&jwt_config(
+                &files,
+                &[("revocations_file", &toml_path(&path))],
+                "",
+            ))
             .run_expect_exit();
         assert!(!status.success(), "case {n}: {line:?} accepted:\n{stderr}");
         assert!(

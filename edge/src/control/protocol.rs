@@ -136,7 +136,9 @@ pub enum ProtocolError {
     /// ("unknown field `x`, expected `kind` or `value`").
     #[error("`{cmd}`: {detail}{}", usage_hint(cmd))]
     InvalidArguments { cmd: &'static str, detail: String },
-    #[error("`{cmd}`: \"value\" is {why}; give the jti or subject exactly as the token carries it")]
+    #[error(
+        "`{cmd}`: \"value\" is {why}; give the jti or subject exactly as the token carries it"
+    )]
     InvalidValue {
         cmd: &'static str,
         why: crate::auth::identifier::IdentifierError,

@@ -5,8 +5,10 @@
 //! (locally, or with one cross-core message — see [`ReplayShards`]).
 //!
 //! Order of the checks: Host and Origin (cheap, no secrets), then the client certificate's
-//! identity against the identity rules and the current CRLs, then the token (extract, verify,
-//! revocation, scope), then replay. The first refusal wins and names its reason.
+//! identity — still valid now (revocation by the current CRLs, every certificate's validity,
+//! its CRLs' `nextUpdate`: what rustls does not verify again on a resumed session) and allowed
+//! by the identity rules — then the token (extract, verify, revocation, scope), then replay.
+//! The first refusal wins and names its reason.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -132,10 +134,13 @@ impl Admission {
         self.origin
             .check(&request.host, request.origin.as_deref())
             .map_err(|e| http(e.status(), e.reason(), &[]))?;
-        // A resumed TLS session skips certificate verification: the current CRLs are checked
-        // here for every upgrade (a hash lookup).
-        if identity.is_some_and(|id| crls.is_revoked(id)) {
-            return Err(http(403, "certificate_revoked", &[]));
+        // A resumed TLS session skips certificate verification: revocation by the current
+        // CRLs, the chain's validity and its CRLs' freshness are checked again here for every
+        // upgrade (a full handshake may straddle the instant too).
+        if let Some(id) = identity {
+            let now = i64::try_from(now_unix).unwrap_or(i64::MAX);
+            id.recheck(crls, now)
+                .map_err(|lapse| http(403, lapse.reason(), &[]))?;
         }
         self.identity_rules
             .allows(&request.path, identity)
@@ -380,6 +385,54 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// The identity is checked again at the upgrade (a resumed session's certificate is not
+    /// verified by rustls): expired, not yet valid, revoked, or its CRL past `nextUpdate`.
+    #[test]
+    fn an_identity_that_lapsed_since_its_handshake_is_refused_403() {
+        use crate::tls::testpki::{ClientSpec, TestPki};
+        let pki = TestPki::new();
+        let leaf = pki.client(ClientSpec::default());
+        let mut id = ClientIdentity::from_chain(&leaf.chain).unwrap();
+        let now: u64 = 1_900_000_000;
+        id.not_before_unix = now as i64 - 60;
+        id.not_after_unix = now as i64 + 20;
+        let a = Admission::from_config(&OriginConfig::default(), None, no_rules()).unwrap();
+        let fresh = CrlSet::from_ders("mem", vec![pki.crl(&[], false).der().clone()]).unwrap();
+        let decide = |id: &ClientIdentity, crls: &CrlSet, at: u64| {
+            a.decide(&request("/", "h", None), Some(id), crls, at, 2)
+                .map(|_| ())
+                .map_err(|r| match r {
+                    Refusal::Http { status, reason, .. } => (status, reason),
+                    other => panic!("{other:?}"),
+                })
+        };
+        assert_eq!(decide(&id, &CrlSet::empty(), now), Ok(()));
+        assert_eq!(decide(&id, &CrlSet::empty(), now + 20), Ok(()));
+        assert_eq!(
+            decide(&id, &CrlSet::empty(), now + 25),
+            Err((403, "client_cert_expired"))
+        );
+        assert_eq!(
+            decide(&id, &CrlSet::empty(), now - 61),
+            Err((403, "client_cert_not_yet_valid"))
+        );
+        // The CRL was made valid until tomorrow (real time); at `now` (2030) it has expired.
+        let real_now = crate::server::core::unix_now();
+        let mut today = id.clone();
+        today.not_before_unix = real_now as i64 - 60;
+        today.not_after_unix = real_now as i64 + 3 * 24 * 3600;
+        assert_eq!(decide(&today, &fresh, real_now), Ok(()));
+        assert_eq!(
+            decide(&today, &fresh, real_now + 2 * 24 * 3600),
+            Err((403, "crl_expired"))
+        );
+        let revoking = CrlSet::from_ders("mem", vec![pki.crl(&[1], false).der().clone()]).unwrap();
+        assert_eq!(
+            decide(&today, &revoking, real_now),
+            Err((403, "certificate_revoked"))
+        );
     }
 
     #[test]

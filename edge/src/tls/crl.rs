@@ -6,7 +6,9 @@
 //!   [`crate::tls::policy::build_server_config`]) and enforces revocation and CRL expiry;
 //! - after it, [`CrlSet::is_revoked`] answers for an identity already admitted: sessions that
 //!   were live when a new CRL arrived, and resumed sessions (rustls restores the peer
-//!   certificates of a resumed session without verifying them again).
+//!   certificates of a resumed session without verifying them again); [`CrlSet::expired_for`]
+//!   says whether a CRL of the identity's issuers has passed its `nextUpdate` since (see
+//!   [`ClientIdentity::recheck`]).
 //!
 //! An expired CRL (its `nextUpdate` in the past) is loaded — it still lists what it revoked —
 //! but logged as an error naming the file, and the verifier then refuses every certificate
@@ -81,6 +83,8 @@ struct LoadedCrl {
     path: PathBuf,
     der: CertificateRevocationListDer<'static>,
     issuer: String,
+    /// The issuer DN's DER (what certificates are matched on, byte-exact as webpki does).
+    issuer_der: Vec<u8>,
     next_update_unix: i64,
     next_update: String,
 }
@@ -203,6 +207,7 @@ impl CrlSet {
         self.crls.push(LoadedCrl {
             path: path.to_owned(),
             issuer: crl.issuer().to_string(),
+            issuer_der: crl.issuer().as_raw().to_vec(),
             next_update_unix: next_update.timestamp(),
             next_update: next_update.to_string(),
             der,
@@ -264,6 +269,19 @@ impl CrlSet {
         identity
             .cert_refs()
             .any(|(issuer, serial)| self.is_revoked_cert(issuer, serial))
+    }
+
+    /// Whether a CRL of an issuer of the identity's chain (the leaf's or an intermediate's)
+    /// is past its `nextUpdate` at `now_unix`: the verifier refuses a full handshake then
+    /// (`crl_expired`, fail closed), and a resumed session must not get further. Any expired
+    /// CRL of such an issuer counts, as for [`CrlSet::expired_at`]'s log line.
+    pub fn expired_for(&self, identity: &ClientIdentity, now_unix: i64) -> bool {
+        self.crls.iter().any(|c| {
+            c.next_update_unix <= now_unix
+                && identity
+                    .cert_refs()
+                    .any(|(issuer, _)| issuer == c.issuer_der.as_slice())
+        })
     }
 
     /// The CRLs whose `nextUpdate` is at or before `now`.

@@ -12,6 +12,8 @@ use rustls::pki_types::CertificateDer;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::tls::crl::CrlSet;
+
 pub mod rules;
 
 pub use rules::{IdentityRefusal, IdentityRule, IdentityRules};
@@ -44,16 +46,49 @@ pub struct ClientIdentity {
     pub issuer_der: Vec<u8>,
     /// The end of the leaf's validity, UNIX seconds.
     pub not_after_unix: i64,
+    /// The start of the leaf's validity, UNIX seconds.
+    pub not_before_unix: i64,
     /// The rest of the presented chain (intermediates), so a revoked intermediate also closes
     /// the sessions below it. Empty from [`ClientIdentity::from_leaf`].
     pub intermediates: Vec<CertRef>,
 }
 
-/// One certificate as CRLs name it: the issuer's DN (DER) and the serial number.
+/// One certificate of the chain as CRLs name it (the issuer's DN (DER) and the serial
+/// number), and its validity (UNIX seconds).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertRef {
     pub issuer_der: Vec<u8>,
     pub serial_hex: String,
+    pub not_before_unix: i64,
+    pub not_after_unix: i64,
+}
+
+/// Why an identity verified at its handshake no longer holds at the upgrade: what webpki
+/// would refuse on a full handshake now, and rustls does not check again on a resumed one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityLapse {
+    #[error("a certificate of the chain is on a CRL in force")]
+    Revoked,
+    #[error("a certificate of the chain has expired")]
+    Expired,
+    #[error("a certificate of the chain is not valid yet")]
+    NotYetValid,
+    #[error("the CRL of an issuer of the chain is past its nextUpdate")]
+    CrlExpired,
+}
+
+impl IdentityLapse {
+    /// The refusal reason: the same codes a full handshake's TLS failure is counted under
+    /// ([`client_cert_failure_reason`]), and `certificate_revoked` for a CRL that arrived
+    /// after the handshake (the code live sessions are closed with).
+    pub fn reason(self) -> &'static str {
+        match self {
+            IdentityLapse::Revoked => "certificate_revoked",
+            IdentityLapse::Expired => "client_cert_expired",
+            IdentityLapse::NotYetValid => "client_cert_not_yet_valid",
+            IdentityLapse::CrlExpired => "crl_expired",
+        }
+    }
 }
 
 /// Why a certificate could not be read. It was verified by webpki first, so in practice this
@@ -111,6 +146,7 @@ impl ClientIdentity {
             issuer: cert.issuer().to_string(),
             issuer_der: cert.issuer().as_raw().to_vec(),
             not_after_unix: cert.validity().not_after.timestamp(),
+            not_before_unix: cert.validity().not_before.timestamp(),
             intermediates: Vec::new(),
         })
     }
@@ -125,6 +161,8 @@ impl ClientIdentity {
             id.intermediates.push(CertRef {
                 issuer_der: cert.issuer().as_raw().to_vec(),
                 serial_hex: serial_hex(cert.raw_serial()),
+                not_before_unix: cert.validity().not_before.timestamp(),
+                not_after_unix: cert.validity().not_after.timestamp(),
             });
         }
         Ok(id)
@@ -170,6 +208,38 @@ impl ClientIdentity {
     /// rustls does not re-verify).
     pub fn expired_at(&self, now_unix: i64) -> bool {
         now_unix > self.not_after_unix
+    }
+
+    /// The validity windows of the leaf and every intermediate, leaf first.
+    fn windows(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        std::iter::once((self.not_before_unix, self.not_after_unix)).chain(
+            self.intermediates
+                .iter()
+                .map(|c| (c.not_before_unix, c.not_after_unix)),
+        )
+    }
+
+    /// Checks again, at `now_unix`, what the verifier checked at the handshake and rustls
+    /// does not check on a resumed session: revocation by the CRLs in force, the validity of
+    /// every certificate of the chain (expired: `now > notAfter`; not yet valid:
+    /// `now < notBefore`, as webpki judges) and the freshness of the CRLs of the chain's
+    /// issuers (`now >= nextUpdate` is expired, as webpki judges). A few comparisons and hash
+    /// lookups: run at every upgrade, resumed or not — a full handshake can straddle the
+    /// instant too.
+    pub fn recheck(&self, crls: &CrlSet, now_unix: i64) -> Result<(), IdentityLapse> {
+        if crls.is_revoked(self) {
+            return Err(IdentityLapse::Revoked);
+        }
+        if self.windows().any(|(_, not_after)| now_unix > not_after) {
+            return Err(IdentityLapse::Expired);
+        }
+        if self.windows().any(|(not_before, _)| now_unix < not_before) {
+            return Err(IdentityLapse::NotYetValid);
+        }
+        if crls.expired_for(self, now_unix) {
+            return Err(IdentityLapse::CrlExpired);
+        }
+        Ok(())
     }
 }
 
@@ -318,6 +388,82 @@ mod tests {
             Ok(Some(id.clone()))
         );
         assert!(ClientIdentity::from_leaf(b"not a certificate").is_err());
+    }
+
+    #[test]
+    fn recheck_judges_the_whole_chain_as_webpki_does() {
+        use crate::tls::crl::CrlSet;
+        let pki = TestPki::new();
+        let inter = pki.intermediate(0x77);
+        let leaf = inter.client(ClientSpec::default());
+        let mut id = ClientIdentity::from_chain(&leaf.chain).unwrap();
+        assert_eq!(id.intermediates.len(), 1);
+        assert!(id.not_before_unix < id.not_after_unix);
+        let t = 1_900_000_000i64;
+        id.not_before_unix = t - 100;
+        id.not_after_unix = t + 100;
+        id.intermediates[0].not_before_unix = t - 50;
+        id.intermediates[0].not_after_unix = t + 50;
+        let none = CrlSet::empty();
+        // Expired: now > notAfter; not yet valid: now < notBefore — any certificate of the chain.
+        assert_eq!(id.recheck(&none, t + 50), Ok(()));
+        assert_eq!(id.recheck(&none, t + 51), Err(IdentityLapse::Expired));
+        assert_eq!(id.recheck(&none, t - 50), Ok(()));
+        assert_eq!(id.recheck(&none, t - 51), Err(IdentityLapse::NotYetValid));
+
+        // CRLs: of the leaf's issuer (the intermediate) and of the intermediate's (the root).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let mut today = ClientIdentity::from_chain(&leaf.chain).unwrap();
+        assert_eq!(today.recheck(&none, now), Ok(()));
+        let fresh = CrlSet::from_ders(
+            "mem",
+            vec![
+                pki.crl(&[], false).der().clone(),
+                inter.crl(&[], false).der().clone(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(today.recheck(&fresh, now), Ok(()));
+        // nextUpdate is a day ahead: at or after it the CRL has expired.
+        assert_eq!(
+            today.recheck(&fresh, now + 2 * 24 * 3600),
+            Err(IdentityLapse::CrlExpired)
+        );
+        for expired in [pki.crl(&[], true), inter.crl(&[], true)] {
+            let set = CrlSet::from_ders("mem", vec![expired.der().clone()]).unwrap();
+            assert_eq!(today.recheck(&set, now), Err(IdentityLapse::CrlExpired));
+        }
+        // Another issuer's expired CRL is not this chain's.
+        let other = TestPki::new_named("another CA");
+        let foreign = CrlSet::from_ders("mem", vec![other.crl(&[], true).der().clone()]).unwrap();
+        assert_eq!(today.recheck(&foreign, now), Ok(()));
+        // Revocation wins over everything else.
+        let revoked = CrlSet::from_ders("mem", vec![pki.crl(&[0x77], true).der().clone()]).unwrap();
+        assert_eq!(today.recheck(&revoked, now), Err(IdentityLapse::Revoked));
+        today.not_after_unix = now - 1;
+        assert_eq!(today.recheck(&fresh, now), Err(IdentityLapse::Expired));
+
+        let reasons: Vec<&str> = [
+            IdentityLapse::Revoked,
+            IdentityLapse::Expired,
+            IdentityLapse::NotYetValid,
+            IdentityLapse::CrlExpired,
+        ]
+        .iter()
+        .map(|l| l.reason())
+        .collect();
+        assert_eq!(
+            reasons,
+            [
+                "certificate_revoked",
+                "client_cert_expired",
+                "client_cert_not_yet_valid",
+                "crl_expired"
+            ]
+        );
     }
 
     #[test]

@@ -18,9 +18,11 @@
 //!   client is a full handshake, verified against the current CRLs.
 //!
 //! What rustls does *not* do: re-verify the certificates of a resumed session. With
-//! `client_auth = "required"` resumption is off unless set; when it is on, check
-//! [`CrlSet::is_revoked`] (and [`crate::tls::identity::ClientIdentity::expired_at`]) at the
-//! upgrade — cheap enough to do for every connection, resumed or not.
+//! `client_auth = "required"` resumption is off unless set; when it is on (and with
+//! `"optional"`, where it is on by default) the upgrade re-checks the identity instead of
+//! turning resumption off: [`crate::tls::identity::ClientIdentity::recheck`] — revocation by
+//! the CRLs in force, every certificate's validity, the chain's CRLs' `nextUpdate` — cheap
+//! enough to do for every connection, resumed or not.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -400,6 +400,7 @@ mod tests {
             issuer: "CN=ca".into(),
             issuer_der: vec![],
             not_after_unix: 0,
+            not_before_unix: 0,
             intermediates: vec![],
         }
     }

@@ -6,8 +6,8 @@
 use serde_json::{Map, Value};
 
 use super::config::JwtConfig;
-use crate::auth::identifier::check_identifier;
 use super::refusal::JwtRefusal;
+use crate::auth::identifier::check_identifier;
 
 /// The claim rules of one verifier.
 #[derive(Debug, Clone)]

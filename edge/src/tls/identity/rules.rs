@@ -292,6 +292,7 @@ mod tests {
             issuer: String::new(),
             issuer_der: Vec::new(),
             not_after_unix: 0,
+            not_before_unix: 0,
             intermediates: Vec::new(),
         }
     }

@@ -614,7 +614,10 @@ fn identifiers_no_revocation_could_name() {
                 "{name}"
             );
             let shown = e.to_string();
-            assert!(shown.contains(claim) && shown.contains("exact identifier"), "{shown}");
+            assert!(
+                shown.contains(claim) && shown.contains("exact identifier"),
+                "{shown}"
+            );
             if !bad.trim().is_empty() {
                 assert!(!shown.contains(bad.trim()), "{name}: the value in {shown}");
             }
