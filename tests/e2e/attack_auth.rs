@@ -365,6 +365,13 @@ async fn single_use_tokens_stay_used_across_ctl_restart() {
     for req in &requests {
         expect_refused(&c.srv, req, 401, "replayed").await;
     }
+    // The new process took the entries over (it did not fall back to distrusting old tokens).
+    let log = c.srv.proc.stderr();
+    assert!(
+        log.contains("single-use token ids taken over from the previous process")
+            && log.contains(&format!("kept={}", requests.len())),
+        "{log}"
+    );
     let fresh = with_header_token(
         "/",
         &hs(claims("alice", &format!("after-{}", std::process::id()))),

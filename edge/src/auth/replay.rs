@@ -11,8 +11,13 @@
 //!   [`PURGE_BATCH`] expired entries (amortised O(log n), bounded latency per upgrade), and a
 //!   full store purges everything expired before refusing. [`ReplayStore::purge`] can also
 //!   run from the core's timer.
-//! - The store is in memory: a restart forgets every `jti`. Keep `max_token_lifetime_s`
-//!   short where that matters.
+//! - The store is in memory, and `wssedge ctl restart` hands it to the new process: each core
+//!   seals its shard once the old process has stopped accepting ([`ReplayStore::seal_and_export`]:
+//!   later checks there answer 503 `replay_store_unavailable`, the client retries on the new
+//!   process) and its live entries travel with the handover ([`HandedEntry`]; expired ones are
+//!   not sent) into the new process's shards ([`ReplayStore::import`], re-sharded by
+//!   [`owner_of_key`], its own capacity holding). A process started cold (not by a restart)
+//!   begins empty: keep `max_token_lifetime_s` short where that matters.
 //!
 //! # Memory per entry
 //!
@@ -34,7 +39,8 @@ use super::jwt::JwtRefusal;
 /// one upgrade never pays for a large purge.
 pub const PURGE_BATCH: usize = 64;
 
-type Key = [u8; 16];
+/// A `jti` as the store keeps it: the first 16 bytes of its SHA-256.
+pub type JtiKey = [u8; 16];
 
 /// Why the owner core refused a `jti`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +49,9 @@ pub enum ReplayRefusal {
     Replayed,
     #[error("replay store is full of unexpired tokens")]
     Full,
+    /// The shard was sealed and handed to a restart's new process; retry there.
+    #[error("replay store handed over to the new process")]
+    HandedOver,
 }
 
 impl ReplayRefusal {
@@ -50,13 +59,14 @@ impl ReplayRefusal {
         match self {
             ReplayRefusal::Replayed => "replayed",
             ReplayRefusal::Full => "replay_store_full",
+            ReplayRefusal::HandedOver => "replay_store_unavailable",
         }
     }
 
     pub fn status(self) -> u16 {
         match self {
             ReplayRefusal::Replayed => 401,
-            ReplayRefusal::Full => 503,
+            ReplayRefusal::Full | ReplayRefusal::HandedOver => 503,
         }
     }
 }
@@ -66,8 +76,61 @@ impl From<ReplayRefusal> for JwtRefusal {
         match r {
             ReplayRefusal::Replayed => JwtRefusal::Replayed,
             ReplayRefusal::Full => JwtRefusal::ReplayStoreFull,
+            ReplayRefusal::HandedOver => JwtRefusal::ReplayStoreUnavailable,
         }
     }
+}
+
+/// One live entry as a restart hands it over: the key and the token's `exp` (the receiving
+/// store adds its own leeway, as it would for the token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandedEntry {
+    pub key: JtiKey,
+    pub exp: u64,
+}
+
+impl HandedEntry {
+    /// Bytes per entry on the wire: the key, then `exp` little-endian.
+    pub const WIRE_BYTES: usize = 24;
+
+    pub fn to_wire(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.key);
+        out.extend_from_slice(&self.exp.to_le_bytes());
+    }
+
+    /// Entries from `bytes` (a whole number of them, or `None`).
+    pub fn from_wire(bytes: &[u8]) -> Option<Vec<HandedEntry>> {
+        if bytes.len() % Self::WIRE_BYTES != 0 {
+            return None;
+        }
+        Some(
+            bytes
+                .chunks_exact(Self::WIRE_BYTES)
+                .map(|c| {
+                    let mut key = [0u8; 16];
+                    key.copy_from_slice(&c[..16]);
+                    let mut exp = [0u8; 8];
+                    exp.copy_from_slice(&c[16..]);
+                    HandedEntry {
+                        key,
+                        exp: u64::from_le_bytes(exp),
+                    }
+                })
+                .collect(),
+        )
+    }
+}
+
+/// What [`ReplayStore::import`] did with the entries it was handed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportOutcome {
+    /// Now remembered here.
+    pub kept: usize,
+    /// Expired by now (or at once): nothing to remember.
+    pub expired: usize,
+    /// Live, but the store was full: these `jti`s are *not* remembered (the caller must then
+    /// refuse the tokens they could belong to; see `server::admission`).
+    pub dropped: usize,
 }
 
 /// The `jti`s of one owner core.
@@ -76,8 +139,10 @@ pub struct ReplayStore {
     capacity: usize,
     leeway_s: u64,
     /// `jti` digest → the first second it may be forgotten (`exp + leeway`).
-    seen: HashMap<Key, u64>,
-    by_expiry: BinaryHeap<Reverse<(u64, Key)>>,
+    seen: HashMap<JtiKey, u64>,
+    by_expiry: BinaryHeap<Reverse<(u64, JtiKey)>>,
+    /// Handed to a restart's new process: new `jti`s are refused ([`ReplayRefusal::HandedOver`]).
+    sealed: bool,
 }
 
 impl ReplayStore {
@@ -89,6 +154,7 @@ impl ReplayStore {
             leeway_s,
             seen: HashMap::new(),
             by_expiry: BinaryHeap::new(),
+            sealed: false,
         }
     }
 
@@ -112,14 +178,27 @@ impl ReplayStore {
         exp_unix: u64,
         now_unix: u64,
     ) -> Result<(), ReplayRefusal> {
+        self.check_and_insert_key(jti_key(jti), exp_unix, now_unix)
+    }
+
+    /// [`Self::check_and_insert`] of a `jti` already hashed ([`jti_key`]).
+    pub fn check_and_insert_key(
+        &mut self,
+        key: JtiKey,
+        exp_unix: u64,
+        now_unix: u64,
+    ) -> Result<(), ReplayRefusal> {
         self.purge_some(now_unix, PURGE_BATCH);
-        let key = key(jti);
         if let Some(&until) = self.seen.get(&key) {
             if now_unix < until {
                 return Err(ReplayRefusal::Replayed);
             }
             // Expired but not yet purged: forget it now, the token is new again.
             self.seen.remove(&key);
+        }
+        if self.sealed {
+            // What it remembers went to the new process: it must not remember more.
+            return Err(ReplayRefusal::HandedOver);
         }
         let until = exp_unix.saturating_add(self.leeway_s);
         if now_unix >= until {
@@ -135,6 +214,61 @@ impl ReplayStore {
         self.seen.insert(key, until);
         self.by_expiry.push(Reverse((until, key)));
         Ok(())
+    }
+
+    /// Seals the store (every later new `jti` is refused with [`ReplayRefusal::HandedOver`];
+    /// known ones are still refused as replayed) and returns its live entries for a restart's
+    /// new process. Entries expired at `now_unix` are not exported.
+    pub fn seal_and_export(&mut self, now_unix: u64) -> Vec<HandedEntry> {
+        self.sealed = true;
+        self.purge(now_unix);
+        self.seen
+            .iter()
+            .filter(|(_, &until)| until > now_unix)
+            .map(|(&key, &until)| HandedEntry {
+                key,
+                exp: until.saturating_sub(self.leeway_s),
+            })
+            .collect()
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.sealed
+    }
+
+    /// Remembers entries a restart's old process handed over (this store's leeway added to
+    /// each `exp`). The capacity holds: live entries beyond it are counted as dropped, never
+    /// stored; expired ones are skipped; a key already here keeps the later expiry.
+    pub fn import(
+        &mut self,
+        entries: impl IntoIterator<Item = HandedEntry>,
+        now_unix: u64,
+    ) -> ImportOutcome {
+        let mut outcome = ImportOutcome::default();
+        for e in entries {
+            let until = e.exp.saturating_add(self.leeway_s);
+            if until <= now_unix {
+                outcome.expired += 1;
+                continue;
+            }
+            let full = self.seen.len() >= self.capacity;
+            match self.seen.get_mut(&e.key) {
+                Some(known) => {
+                    if until > *known {
+                        *known = until;
+                        self.by_expiry.push(Reverse((until, e.key)));
+                    }
+                    outcome.kept += 1;
+                }
+                None if full => outcome.dropped += 1,
+                None => {
+                    self.seen.insert(e.key, until);
+                    self.by_expiry.push(Reverse((until, e.key)));
+                    outcome.kept += 1;
+                }
+            }
+        }
+        outcome
     }
 
     /// Forgets every entry expired at `now_unix`; returns how many.
@@ -163,34 +297,35 @@ impl ReplayStore {
     }
 }
 
-fn key(jti: &str) -> Key {
+/// The store's key of `jti`: the first 16 bytes of its SHA-256.
+pub fn jti_key(jti: &str) -> JtiKey {
     let d = digest::digest(&digest::SHA256, jti.as_bytes());
     let mut k = [0u8; 16];
     k.copy_from_slice(&d.as_ref()[..16]);
     k
 }
 
-/// The core that owns `jti` among `cores` (0 when `cores` is 0).
-///
-/// FNV-1a 64 over the bytes, then the murmur3 finaliser to spread FNV's weak high bits, then
-/// Lemire's multiply-shift onto `0..cores`. Fixed constants: every core, every build and
-/// every restart compute the same owner, which the sharding needs and a randomly keyed
-/// SipHash would break. Hash flooding is not a concern: a `jti` only reaches this function
-/// inside a token whose signature has verified, so clients cannot choose it.
+/// The core that owns `jti` among `cores` (0 when `cores` is 0): [`owner_of_key`] of its
+/// [`jti_key`].
 pub fn owner_core(jti: &str, cores: usize) -> usize {
+    owner_of_key(&jti_key(jti), cores)
+}
+
+/// The core that owns a key among `cores` (0 when `cores` is 0): the key's first 8 bytes
+/// (SHA-256, so uniform) mapped onto `0..cores` by Lemire's multiply-shift.
+///
+/// Derived from the stored key, not the `jti` text, so that a restart's new process can
+/// re-shard the entries it is handed (it never sees the `jti`s) onto however many cores it
+/// has. Fixed: every core, every build and every restart compute the same owner, which the
+/// sharding needs and a randomly keyed hash would break. Hash flooding is not a concern: a
+/// `jti` only reaches the store inside a token whose signature has verified.
+pub fn owner_of_key(key: &JtiKey, cores: usize) -> usize {
     if cores == 0 {
         return 0;
     }
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in jti.as_bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^= h >> 33;
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&key[..8]);
+    let h = u64::from_le_bytes(first);
     ((u128::from(h) * cores as u128) >> 64) as usize
 }
 
@@ -292,8 +427,8 @@ mod tests {
 
     #[test]
     fn entry_sizes_match_the_documented_memory() {
-        assert_eq!(std::mem::size_of::<(Key, u64)>(), 24);
-        assert_eq!(std::mem::size_of::<Reverse<(u64, Key)>>(), 24);
+        assert_eq!(std::mem::size_of::<(JtiKey, u64)>(), 24);
+        assert_eq!(std::mem::size_of::<Reverse<(u64, JtiKey)>>(), 24);
     }
 
     #[test]
@@ -327,5 +462,110 @@ mod tests {
         }
     }
 
-    const PINNED_OWNERS: [usize; 4] = [8, 6, 3, 4];
+    /// Owners of "a", "b", "jti-1", "jti-2" among 16 cores since the owner is derived from the
+    /// stored key (issue 12: so a restart can re-shard what it is handed).
+    const PINNED_OWNERS: [usize; 4] = [12, 4, 15, 9];
+
+    #[test]
+    fn a_sealed_store_exports_its_live_entries_and_takes_no_new_jti() {
+        let mut s = ReplayStore::new(10, 30);
+        s.check_and_insert("live", 1_000, 900).unwrap();
+        s.check_and_insert("gone", 880, 800).unwrap(); // until 910
+        let mut out = s.seal_and_export(910);
+        out.sort_by_key(|e| e.exp);
+        assert_eq!(
+            out,
+            vec![HandedEntry {
+                key: jti_key("live"),
+                exp: 1_000
+            }],
+            "expired entries are not exported; exp is handed without the leeway"
+        );
+        assert!(s.is_sealed());
+        assert_eq!(
+            s.check_and_insert("live", 1_000, 911),
+            Err(ReplayRefusal::Replayed),
+            "a known jti is still a replay"
+        );
+        assert_eq!(
+            s.check_and_insert("new", 1_000, 911),
+            Err(ReplayRefusal::HandedOver)
+        );
+        let e = JwtRefusal::from(ReplayRefusal::HandedOver);
+        assert_eq!((e.reason(), e.status()), ("replay_store_unavailable", 503));
+        assert_eq!(e.extra_headers(), &[("Retry-After", "1")]);
+    }
+
+    #[test]
+    fn an_import_keeps_live_entries_within_the_capacity() {
+        let entries: Vec<HandedEntry> = (0..5u64)
+            .map(|i| HandedEntry {
+                key: jti_key(&format!("j{i}")),
+                exp: 100 * (i + 1),
+            })
+            .collect();
+        // Leeway 10: entry 0 (exp 100) lives until 110, so is expired at 150.
+        let mut s = ReplayStore::new(3, 10);
+        let got = s.import(entries.iter().copied(), 150);
+        assert_eq!(
+            got,
+            ImportOutcome {
+                kept: 3,
+                expired: 1,
+                dropped: 1
+            }
+        );
+        assert_eq!(s.len(), 3, "the capacity holds on the receiving side");
+        for i in 1..4 {
+            assert_eq!(
+                s.check_and_insert(&format!("j{i}"), 100 * (i + 1), 151),
+                Err(ReplayRefusal::Replayed),
+                "j{i}"
+            );
+        }
+        // Imported entries leave when they expire, like any other.
+        assert_eq!(s.purge(210), 1);
+        // A duplicate keeps the later expiry.
+        let mut d = ReplayStore::new(3, 0);
+        d.check_and_insert("x", 100, 0).unwrap();
+        let got = d.import(
+            [HandedEntry {
+                key: jti_key("x"),
+                exp: 500,
+            }],
+            0,
+        );
+        assert_eq!(got.kept, 1);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d.purge(200), 0);
+        assert_eq!(
+            d.check_and_insert("x", 500, 300),
+            Err(ReplayRefusal::Replayed)
+        );
+    }
+
+    #[test]
+    fn handed_entries_cross_the_wire_unchanged_and_reshard_by_key() {
+        let entries: Vec<HandedEntry> = (0..100u64)
+            .map(|i| HandedEntry {
+                key: jti_key(&format!("w{i}")),
+                exp: u64::MAX - i,
+            })
+            .collect();
+        let mut wire = Vec::new();
+        for e in &entries {
+            e.to_wire(&mut wire);
+        }
+        assert_eq!(wire.len(), 100 * HandedEntry::WIRE_BYTES);
+        assert_eq!(HandedEntry::from_wire(&wire).unwrap(), entries);
+        assert!(HandedEntry::from_wire(&wire[..23]).is_none());
+        // The owner of an entry is computed from its key alone: a new process with another
+        // core count finds every jti's owner without the jti.
+        for cores in [1usize, 2, 3, 8] {
+            for i in 0..100 {
+                let jti = format!("w{i}");
+                assert_eq!(owner_core(&jti, cores), owner_of_key(&jti_key(&jti), cores));
+            }
+        }
+    }
 }

@@ -11,14 +11,18 @@
 //! The first refusal wins and names its reason.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use futures_channel::{mpsc, oneshot};
 
 use crate::auth::jwt::{JwtConfig, JwtRefusal, JwtVerifier, VerifiedToken};
 use crate::auth::origin::{OriginConfig, OriginPolicy};
-use crate::auth::replay::{owner_core, ReplayRefusal, ReplayStore};
+use crate::auth::replay::{
+    jti_key, owner_of_key, HandedEntry, ImportOutcome, JtiKey, ReplayRefusal, ReplayStore,
+};
 use crate::auth::revocation::Revocations;
 use crate::config::ConfigError;
 use crate::refuse::Refusal;
@@ -38,6 +42,9 @@ pub(crate) struct Admission {
     pub revocations: Arc<ArcSwap<Revocations>>,
     /// `per_identity_connections`, when set.
     identity_slots: Option<Arc<IdentitySlots>>,
+    /// Non-zero in a restart's new process that did not receive the whole replay store (see
+    /// [`Admission::distrust_tokens_before`]): the UNIX second it took over.
+    replay_unproven_before: AtomicU64,
 }
 
 /// A request that passed every synchronous check.
@@ -55,7 +62,8 @@ pub(crate) struct Admitted {
 #[derive(Debug, Clone)]
 pub(crate) struct ReplayCheck {
     pub owner: usize,
-    pub jti: String,
+    /// The jti as the store keys it (hashed once, here).
+    pub key: JtiKey,
     pub exp: u64,
 }
 
@@ -80,7 +88,20 @@ impl Admission {
             jwt: verifier,
             revocations: Arc::new(ArcSwap::from_pointee(revocations)),
             identity_slots: None,
+            replay_unproven_before: AtomicU64::new(0),
         })
+    }
+
+    /// A restart's new process that did not receive every live entry of its predecessor's
+    /// replay store (a predecessor from before the handover carried it, a core of it that did
+    /// not answer, a broken transfer, more entries than this process's capacity) cannot tell
+    /// which older single-use tokens were used: from now on it refuses, with 401
+    /// `replay_unproven`, every single-use token that could have been — issued (`iat`, else
+    /// `nbf`) no later than `took_over_unix` plus the leeway, or carrying neither. Tokens issued
+    /// after are checked as usual; the refused ones expire by themselves.
+    pub fn distrust_tokens_before(&self, took_over_unix: u64) {
+        self.replay_unproven_before
+            .store(took_over_unix.max(1), Ordering::Release);
     }
 
     /// Limits the sessions of one identity over all cores.
@@ -165,11 +186,20 @@ impl Admission {
             .map_err(refuse)?;
         jwt.check_scope(&request.path, &token).map_err(refuse)?;
         let replay = match (jwt.single_use(), &token.jti, token.exp) {
-            (true, Some(jti), Some(exp)) => Some(ReplayCheck {
-                owner: owner_core(jti, cores),
-                jti: jti.clone(),
-                exp,
-            }),
+            (true, Some(jti), Some(exp)) => {
+                let since = self.replay_unproven_before.load(Ordering::Acquire);
+                let issued = token.iat.or(token.nbf);
+                if since != 0 && issued.is_none_or(|at| at <= since.saturating_add(jwt.leeway_s()))
+                {
+                    return Err(refuse(JwtRefusal::ReplayUnproven));
+                }
+                let key = jti_key(jti);
+                Some(ReplayCheck {
+                    owner: owner_of_key(&key, cores),
+                    key,
+                    exp,
+                })
+            }
             _ => None,
         };
         // A token offered as a subprotocol selects the application's protocol beside it; the
@@ -197,12 +227,27 @@ fn http(
     }
 }
 
-/// A replay question for the jti's owner core.
-pub(crate) struct ReplayAsk {
-    jti: String,
-    exp: u64,
-    now_unix: u64,
-    reply: oneshot::Sender<Result<(), ReplayRefusal>>,
+/// A message to a core's replay shard: a replay question for the jti's owner core, or (from
+/// the main thread, in a restart) the shard's handover out of the old process and into the
+/// new one.
+pub(crate) enum ReplayAsk {
+    Check {
+        key: JtiKey,
+        exp: u64,
+        now_unix: u64,
+        reply: oneshot::Sender<Result<(), ReplayRefusal>>,
+    },
+    /// Seal the shard and send its live entries.
+    Export {
+        now_unix: u64,
+        reply: std::sync::mpsc::Sender<Vec<HandedEntry>>,
+    },
+    /// Remember these entries (this shard's, handed over by the old process).
+    Import {
+        entries: Vec<HandedEntry>,
+        now_unix: u64,
+        reply: std::sync::mpsc::Sender<ImportOutcome>,
+    },
 }
 
 /// One core's part of the replay store and its lines to the other cores' parts.
@@ -237,11 +282,11 @@ impl ReplayShards {
         let answer = if check.owner == self.index {
             self.store
                 .borrow_mut()
-                .check_and_insert(&check.jti, check.exp, now_unix)
+                .check_and_insert_key(check.key, check.exp, now_unix)
         } else {
             let (reply, answer) = oneshot::channel();
-            let ask = ReplayAsk {
-                jti: check.jti.clone(),
+            let ask = ReplayAsk::Check {
+                key: check.key,
                 exp: check.exp,
                 now_unix,
                 reply,
@@ -267,15 +312,32 @@ impl ReplayShards {
         })
     }
 
-    /// Serves the other cores' questions for this core's shard (a task on this core).
+    /// Serves the other cores' questions for this core's shard, and a restart's export or
+    /// import of it (a task on this core).
     pub async fn serve(self: std::rc::Rc<Self>, mut questions: mpsc::Receiver<ReplayAsk>) {
         use futures_util::StreamExt;
         while let Some(ask) = questions.next().await {
-            let answer = self
-                .store
-                .borrow_mut()
-                .check_and_insert(&ask.jti, ask.exp, ask.now_unix);
-            let _ = ask.reply.send(answer);
+            let mut store = self.store.borrow_mut();
+            match ask {
+                ReplayAsk::Check {
+                    key,
+                    exp,
+                    now_unix,
+                    reply,
+                } => {
+                    let _ = reply.send(store.check_and_insert_key(key, exp, now_unix));
+                }
+                ReplayAsk::Export { now_unix, reply } => {
+                    let _ = reply.send(store.seal_and_export(now_unix));
+                }
+                ReplayAsk::Import {
+                    entries,
+                    now_unix,
+                    reply,
+                } => {
+                    let _ = reply.send(store.import(entries, now_unix));
+                }
+            }
         }
     }
 
@@ -286,6 +348,105 @@ impl ReplayShards {
 }
 
 const RETRY: &[(&str, &str)] = &[("Retry-After", "1")];
+
+/// Sends `ask` to a core's shard from a thread outside the cores (the main thread). A fresh
+/// clone of a line always has room for one message; a core whose line is closed has stopped.
+fn send_from_outside(line: &mpsc::Sender<ReplayAsk>, ask: ReplayAsk) -> bool {
+    line.clone().try_send(ask).is_ok()
+}
+
+/// A restart's old process, once it accepts no more: seals every core's shard and collects
+/// their live entries (waiting at most `timeout` in all). `complete` is false when a core did
+/// not answer (its entries are missing: the new process then distrusts older tokens).
+pub(crate) fn export_shards(
+    lines: &[mpsc::Sender<ReplayAsk>],
+    now_unix: u64,
+    timeout: Duration,
+) -> (Vec<HandedEntry>, bool) {
+    let deadline = Instant::now() + timeout;
+    let (reply, answers) = std::sync::mpsc::channel();
+    let asked = lines
+        .iter()
+        .filter(|line| {
+            send_from_outside(
+                line,
+                ReplayAsk::Export {
+                    now_unix,
+                    reply: reply.clone(),
+                },
+            )
+        })
+        .count();
+    drop(reply);
+    let mut entries = Vec::new();
+    let mut answered = 0;
+    while answered < asked {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match answers.recv_timeout(left) {
+            Ok(mut part) => {
+                entries.append(&mut part);
+                answered += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    (entries, answered == lines.len())
+}
+
+/// What a restart's new process did with the entries it was handed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ImportSummary {
+    pub outcome: ImportOutcome,
+    /// Every core answered (a core that did not may have kept nothing).
+    pub all_cores: bool,
+}
+
+/// A restart's new process, before its cores accept: hands each core's shard its entries
+/// (re-sharded by key onto this process's cores) and waits for every core (at most `timeout`
+/// in all).
+pub(crate) fn import_shards(
+    lines: &[mpsc::Sender<ReplayAsk>],
+    entries: Vec<HandedEntry>,
+    now_unix: u64,
+    timeout: Duration,
+) -> ImportSummary {
+    let deadline = Instant::now() + timeout;
+    let mut per_core: Vec<Vec<HandedEntry>> = vec![Vec::new(); lines.len()];
+    for e in entries {
+        if let Some(shard) = per_core.get_mut(owner_of_key(&e.key, lines.len())) {
+            shard.push(e);
+        }
+    }
+    let (reply, answers) = std::sync::mpsc::channel();
+    let mut asked = 0;
+    for (line, entries) in lines.iter().zip(per_core) {
+        let ask = ReplayAsk::Import {
+            entries,
+            now_unix,
+            reply: reply.clone(),
+        };
+        if send_from_outside(line, ask) {
+            asked += 1;
+        }
+    }
+    drop(reply);
+    let mut summary = ImportSummary::default();
+    let mut answered = 0;
+    while answered < asked {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match answers.recv_timeout(left) {
+            Ok(o) => {
+                summary.outcome.kept += o.kept;
+                summary.outcome.expired += o.expired;
+                summary.outcome.dropped += o.dropped;
+                answered += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    summary.all_cores = answered == lines.len();
+    summary
+}
 
 /// Who a session is for the per-identity limits (connections, rates): the token's subject,
 /// else the client certificate's SPIFFE ID, else its fingerprint. None: anonymous.
@@ -433,6 +594,222 @@ mod tests {
             decide(&today, &revoking, real_now),
             Err((403, "certificate_revoked"))
         );
+    }
+
+    /// An HS256 token over `claims` with the secret `[7; 32]`.
+    fn hs256(claims: serde_json::Value) -> String {
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let input = format!(
+            "{}.{}",
+            b64(br#"{"alg":"HS256","typ":"JWT"}"#),
+            b64(claims.to_string().as_bytes())
+        );
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &[7u8; 32]);
+        let tag = aws_lc_rs::hmac::sign(&key, input.as_bytes());
+        format!("{input}.{}", b64(tag.as_ref()))
+    }
+
+    fn single_use_admission(dir: &std::path::Path) -> Admission {
+        let secret = dir.join("hs.key");
+        std::fs::write(&secret, [7u8; 32]).unwrap();
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let jwt = JwtConfig {
+            hs_secret_file: Some(secret),
+            single_use: true,
+            leeway_s: 5,
+            ..JwtConfig::default()
+        };
+        Admission::from_config(&OriginConfig::default(), Some(&jwt), no_rules()).unwrap()
+    }
+
+    fn with_token(token: &str) -> UpgradeRequest {
+        let raw = format!(
+            "GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Authorization: Bearer {token}\r\n\r\n"
+        );
+        crate::ws::parse_upgrade(raw.as_bytes(), &crate::ws::HandshakeLimits::default())
+            .unwrap()
+            .unwrap()
+            .0
+    }
+
+    /// A restart's new process that did not get the whole replay store refuses the single-use
+    /// tokens that could have been used before (issued up to its takeover plus the leeway, or
+    /// with no `iat`/`nbf`) with 401 `replay_unproven`; later ones are checked as usual.
+    #[test]
+    fn after_an_incomplete_handover_older_single_use_tokens_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = single_use_admission(dir.path());
+        let took_over = 1_800_000_000u64;
+        let token = |iat: Option<u64>, nbf: Option<u64>, jti: &str| {
+            let mut c = serde_json::json!({"sub": "alice", "jti": jti, "exp": took_over + 600});
+            if let Some(iat) = iat {
+                c["iat"] = iat.into();
+            }
+            if let Some(nbf) = nbf {
+                c["nbf"] = nbf.into();
+            }
+            with_token(&hs256(c))
+        };
+        let decide = |req: &UpgradeRequest| {
+            a.decide(req, None, &CrlSet::empty(), took_over + 10, 2)
+                .map(|adm| adm.replay.is_some())
+                .map_err(|r| match r {
+                    Refusal::Http { status, reason, .. } => (status, reason),
+                    other => panic!("{other:?}"),
+                })
+        };
+        let old = token(Some(took_over - 100), None, "old");
+        assert_eq!(decide(&old), Ok(true), "trusted before the distrust");
+        a.distrust_tokens_before(took_over);
+        assert_eq!(decide(&old), Err((401, "replay_unproven")));
+        assert_eq!(
+            decide(&token(None, None, "no-iat")),
+            Err((401, "replay_unproven"))
+        );
+        assert_eq!(
+            decide(&token(Some(took_over + 5), None, "within-leeway")),
+            Err((401, "replay_unproven"))
+        );
+        assert_eq!(
+            decide(&token(None, Some(took_over - 1), "nbf-old")),
+            Err((401, "replay_unproven"))
+        );
+        assert_eq!(decide(&token(Some(took_over + 6), None, "new")), Ok(true));
+        assert_eq!(
+            decide(&token(None, Some(took_over + 6), "nbf-new")),
+            Ok(true)
+        );
+        let e = JwtRefusal::ReplayUnproven;
+        assert_eq!(
+            e.extra_headers(),
+            &[("WWW-Authenticate", "Bearer error=\"invalid_token\"")]
+        );
+    }
+
+    /// A thread per "core" serving a replay shard, as a core's task does.
+    struct Shards {
+        lines: Vec<mpsc::Sender<ReplayAsk>>,
+        threads: Vec<std::thread::JoinHandle<()>>,
+    }
+
+    impl Shards {
+        fn start(cores: usize, capacity: usize) -> Shards {
+            let (lines, questions) = replay_lines(cores);
+            let threads = questions
+                .into_iter()
+                .enumerate()
+                .map(|(i, q)| {
+                    std::thread::spawn(move || {
+                        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                            .build()
+                            .unwrap();
+                        rt.block_on(async move {
+                            let shard = std::rc::Rc::new(ReplayShards::new(
+                                i,
+                                ReplayStore::new(capacity, 0),
+                                Vec::new(),
+                            ));
+                            shard.serve(q).await
+                        })
+                    })
+                })
+                .collect();
+            Shards { lines, threads }
+        }
+
+        /// The owner core's answer about `jti` (as another core would ask it).
+        fn check(&self, jti: &str, exp: u64, now: u64) -> Result<(), ReplayRefusal> {
+            let key = jti_key(jti);
+            let owner = owner_of_key(&key, self.lines.len());
+            let (reply, mut answer) = oneshot::channel();
+            let ask = ReplayAsk::Check {
+                key,
+                exp,
+                now_unix: now,
+                reply,
+            };
+            assert!(send_from_outside(&self.lines[owner], ask));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                if let Ok(Some(a)) = answer.try_recv() {
+                    return a;
+                }
+                assert!(Instant::now() < deadline, "no answer from core {owner}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+
+        fn stop(self) {
+            drop(self.lines);
+            for t in self.threads {
+                t.join().unwrap();
+            }
+        }
+    }
+
+    /// The restart's path for single-use token ids: the old process's cores seal and export,
+    /// the new process (another core count) imports by key; every used jti stays used, a new
+    /// one is admitted once, the old shards refuse new ids with 503 and the capacity holds.
+    #[test]
+    fn shards_hand_their_entries_to_a_process_with_another_core_count() {
+        let now = 1_000;
+        let old = Shards::start(2, 100);
+        let used: Vec<String> = (0..20).map(|i| format!("used-{i}")).collect();
+        for j in &used {
+            old.check(j, 2_000, now).unwrap();
+        }
+        old.check("short-lived", now + 1, now).unwrap();
+        let (entries, complete) = export_shards(&old.lines, now + 1, Duration::from_secs(5));
+        assert!(complete);
+        assert_eq!(entries.len(), used.len(), "the expired entry is not sent");
+        assert_eq!(
+            old.check("late", 2_000, now + 2),
+            Err(ReplayRefusal::HandedOver),
+            "a sealed shard takes no new jti"
+        );
+        assert_eq!(
+            old.check(&used[0], 2_000, now + 2),
+            Err(ReplayRefusal::Replayed)
+        );
+        old.stop();
+
+        let new = Shards::start(3, 100);
+        let summary = import_shards(&new.lines, entries.clone(), now + 2, Duration::from_secs(5));
+        assert!(summary.all_cores);
+        assert_eq!(summary.outcome.kept, used.len());
+        for j in &used {
+            assert_eq!(
+                new.check(j, 2_000, now + 3),
+                Err(ReplayRefusal::Replayed),
+                "{j}"
+            );
+        }
+        assert_eq!(new.check("fresh", 2_000, now + 3), Ok(()));
+        assert_eq!(
+            new.check("fresh", 2_000, now + 3),
+            Err(ReplayRefusal::Replayed)
+        );
+        new.stop();
+
+        // A smaller store keeps what fits and says what it dropped.
+        let small = Shards::start(3, 2);
+        let summary = import_shards(&small.lines, entries, now + 2, Duration::from_secs(5));
+        assert!(summary.all_cores);
+        assert!(summary.outcome.kept <= 6, "{summary:?}");
+        assert_eq!(summary.outcome.kept + summary.outcome.dropped, used.len());
+        small.stop();
+
+        // A core that is gone: the export says it is not complete.
+        let (mut lines, mut questions) = replay_lines(2);
+        drop(questions.pop());
+        let dead = lines.pop().unwrap();
+        let (_, complete) = export_shards(&[dead], now, Duration::from_millis(50));
+        assert!(!complete);
+        drop(lines);
     }
 
     #[test]

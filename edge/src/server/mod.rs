@@ -107,15 +107,23 @@ pub struct Running {
     drain_timeout: Duration,
     /// SIGHUP reloads through it (`ctl reload` through the control socket's copy).
     reloader: Arc<reload::Reloader>,
+    /// Lines to every core's replay shard: a restart seals them and hands their entries over.
+    replay_lines: Vec<futures_channel::mpsc::Sender<admission::ReplayAsk>>,
 }
 
 /// How long a restarting process waits for its cores' accepts to return (each core sees the
 /// drain on its next tick) before its successor starts accepting anyway.
 const ACCEPTS_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long a successor holds its accepts for the predecessor's word (a little longer than
-/// the predecessor waits for its cores).
-const ACCEPTS_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a restarting process waits for its cores to seal and export their replay shards.
+const REPLAY_EXPORT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a successor waits for its cores to take the replay entries handed over.
+const REPLAY_IMPORT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a successor holds its accepts for the predecessor's word (longer than the
+/// predecessor waits for its cores, then for their replay shards, plus sending them).
+const ACCEPTS_RELEASE_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// What a drain did, for its audit record and log line.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -246,6 +254,26 @@ impl Running {
                 cores = self.lifecycle.accepting_cores(),
                 "restart: cores still accepting after {ACCEPTS_STOP_TIMEOUT:?}; the new process starts accepting anyway"
             );
+        }
+        // Nothing is admitted here any more that the successor will not know of: seal the
+        // replay shards and hand their live entries over before it accepts.
+        if successor.takes_replay {
+            let (entries, complete) = admission::export_shards(
+                &self.replay_lines,
+                core::unix_now(),
+                REPLAY_EXPORT_TIMEOUT,
+            );
+            match successor.hand_replay(&entries, complete) {
+                Ok(()) => tracing::info!(
+                    entries = entries.len(),
+                    complete,
+                    "restart: single-use token ids handed to the new process"
+                ),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "restart: the replay store could not be handed over; the new process distrusts older single-use tokens"
+                ),
+            }
         }
         successor.accepts_released();
         let after_ms = began.elapsed().as_millis() as u64;
@@ -575,10 +603,15 @@ fn start_serving(
         }
     }
     if let Some(h) = inherited.as_ref() {
-        // Ready to serve: the predecessor stops accepting; once its accepts have all returned
-        // ours start (the queues wait meanwhile). Then it lets go of the control socket.
+        // Ready to serve: the predecessor stops accepting and hands over its replay store;
+        // once its accepts have all returned and the entries are in our shards, ours start
+        // (the queues wait meanwhile). Then it lets go of the control socket.
         h.ready();
-        h.wait_accepts_released(ACCEPTS_RELEASE_TIMEOUT);
+        let replay = h.wait_accepts_released(
+            ACCEPTS_RELEASE_TIMEOUT,
+            replay_capacity.saturating_mul(cpus.len()),
+        );
+        take_over_replay(&admission, &replay_peers, replay);
         lifecycle.release_accepts();
         if cfg.server.control.is_some() {
             h.wait_control_released(Duration::from_secs(30));
@@ -632,5 +665,46 @@ fn start_serving(
         command_tx,
         reloader,
         drain_timeout: cfg.server.drain_timeout(),
+        replay_lines: replay_peers,
     })
+}
+
+/// A restart's new process: puts the single-use token ids its predecessor handed over into its
+/// own shards; when they are not all there (see [`handover`]), it distrusts every single-use
+/// token issued before now rather than admit one that was used.
+fn take_over_replay(
+    admission: &admission::Admission,
+    lines: &[futures_channel::mpsc::Sender<admission::ReplayAsk>],
+    replay: handover::InheritedReplay,
+) {
+    let single_use = admission.jwt().is_some_and(|j| j.single_use());
+    let whole = replay.is_whole();
+    let shortfall = replay.shortfall();
+    let now = core::unix_now();
+    let summary = admission::import_shards(lines, replay.entries, now, REPLAY_IMPORT_TIMEOUT);
+    let kept_all = summary.all_cores && summary.outcome.dropped == 0;
+    if whole && kept_all {
+        tracing::info!(
+            kept = summary.outcome.kept,
+            expired = summary.outcome.expired,
+            "restart: single-use token ids taken over from the previous process"
+        );
+        return;
+    }
+    admission.distrust_tokens_before(now);
+    if single_use {
+        let why = if !whole {
+            shortfall
+        } else if !summary.all_cores {
+            "a core did not take its entries in time"
+        } else {
+            "more entries than max_tracked_jti"
+        };
+        tracing::warn!(
+            kept = summary.outcome.kept,
+            dropped = summary.outcome.dropped,
+            reason = why,
+            "restart: the replay store did not arrive whole; single-use tokens issued before now are refused (401 replay_unproven)"
+        );
+    }
 }

@@ -71,6 +71,13 @@ pub enum JwtRefusal {
     Replayed,
     #[error("replay store is full of unexpired tokens; retry shortly")]
     ReplayStoreFull,
+    #[error("replay store is being handed to a restarted process; retry shortly")]
+    ReplayStoreUnavailable,
+    #[error(
+        "single-use token issued before this process took over a replay store it did not \
+         receive whole; it may have been used already: get a new token"
+    )]
+    ReplayUnproven,
     #[error("token lacks the scope this path needs")]
     ScopeMissing,
 }
@@ -112,6 +119,8 @@ impl JwtRefusal {
             JwtRefusal::Revoked(_) => "revoked",
             JwtRefusal::Replayed => "replayed",
             JwtRefusal::ReplayStoreFull => "replay_store_full",
+            JwtRefusal::ReplayStoreUnavailable => "replay_store_unavailable",
+            JwtRefusal::ReplayUnproven => "replay_unproven",
             JwtRefusal::ScopeMissing => "scope_missing",
         }
     }
@@ -122,7 +131,7 @@ impl JwtRefusal {
         match self {
             JwtRefusal::TokenAmbiguous { .. } | JwtRefusal::BearerWithoutAppProtocol => 400,
             JwtRefusal::ScopeMissing => 403,
-            JwtRefusal::ReplayStoreFull => 503,
+            JwtRefusal::ReplayStoreFull | JwtRefusal::ReplayStoreUnavailable => 503,
             _ => 401,
         }
     }
@@ -131,7 +140,7 @@ impl JwtRefusal {
     pub fn extra_headers(&self) -> &'static [(&'static str, &'static str)] {
         match self {
             JwtRefusal::TokenMissing => CHALLENGE,
-            JwtRefusal::ReplayStoreFull => RETRY_SOON,
+            JwtRefusal::ReplayStoreFull | JwtRefusal::ReplayStoreUnavailable => RETRY_SOON,
             _ => match self.status() {
                 400 => INVALID_REQUEST,
                 403 => INSUFFICIENT_SCOPE,
