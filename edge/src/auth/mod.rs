@@ -41,6 +41,8 @@
 //! | `revoked` | 401 | the `jti` or the subject is revoked |
 //! | `replayed` | 401 | `single_use` and this `jti` was already used within its life |
 //! | `replay_store_full` | 503 | the owner core's replay store is full of unexpired entries |
+//! | `replay_store_unavailable` | 503 | the owner core's shard was sealed and handed to a restart's new process (or the core is gone); retry |
+//! | `replay_unproven` | 401 | `single_use`, and this restarted process did not receive the whole replay store: the token was issued before it took over (or names no `iat`/`nbf`) and may have been used |
 //! | `scope_missing` | 403 | the token lacks the scope the request path needs |
 //! | `origin_missing` | 403 | `require_origin` and no `Origin` header |
 //! | `origin_not_allowed` | 403 | `Origin` (or `null`) not in `allowed_origins`, or malformed |
