@@ -142,8 +142,8 @@ pub struct Limits {
     pub max_outbound_bytes: usize,
     pub max_frame_bytes: usize,
     pub max_message_bytes: usize,
-    /// Bytes held in partly received frames and messages, per core; the connection that
-    /// crosses it is closed with 1013.
+    /// Bytes connections hold per core — partly received frames and messages, and writes
+    /// queued toward clients and upstreams; the connection that crosses it is closed with 1013.
     pub max_buffered_bytes_per_core: usize,
     /// Size cap of the HTTP upgrade request (431 beyond).
     pub max_request_bytes: usize,

@@ -165,7 +165,7 @@ pub struct CoreMetrics {
     pub read_pauses: Counter,
     /// Proxy mode: upstream reads paused because the client's queue reached the outbound cap.
     pub upstream_pauses: Counter,
-    /// Bytes held in partly received frames and messages on this core.
+    /// Bytes this core's connections hold: partial input and queued output, both sides.
     pub buffered_bytes: Gauge,
     /// Read buffers held by connections right now.
     pub read_buffers_held: Gauge,
@@ -325,7 +325,7 @@ impl Registry {
         );
         gauge(
             "wssedge_buffered_bytes",
-            "Bytes held in partly received frames and messages",
+            "Bytes connections hold: partly received frames and messages, and writes queued either way",
             &mut cores
                 .iter()
                 .map(|c| (format!("core=\"{}\"", c.core), c.buffered_bytes.get())),

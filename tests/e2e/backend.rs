@@ -13,6 +13,9 @@
 //! - `ViolateAfterFirst`: after the first data message, a frame with a reserved opcode;
 //! - `Flood`: right after the upgrade, `count` binary messages of `size` bytes as fast as the
 //!   socket takes them (each numbered, see [`flood_payload`]), counting those sent;
+//! - `Stall`: the upgrade is answered, then nothing is ever read (the edge's writes pile up);
+//! - `PingFlood { count }`: right after the upgrade, `count` pings written raw as fast as the
+//!   socket takes them, and nothing is ever read (the edge's pongs pile up);
 //! - `Refuse(status)`: the upgrade is answered with that HTTP status;
 //! - `Silent`: the TCP connection is accepted and nothing is ever answered.
 //!
@@ -46,6 +49,8 @@ pub enum Mode {
     DropAfterFirst,
     ViolateAfterFirst,
     Flood { count: u64, size: usize },
+    Stall,
+    PingFlood { count: u64 },
     Refuse(u16),
     Silent,
 }
@@ -403,6 +408,30 @@ async fn handle(tcp: TcpStream, shared: Arc<Shared>) {
     };
     match mode {
         Mode::Flood { count, size } => flood(ws, shared, session, count, size).await,
+        Mode::Stall => {
+            // Hold the session, read nothing, until aborted.
+            let _ws = ws;
+            std::future::pending::<()>().await;
+        }
+        Mode::PingFlood { count } => {
+            let mut ws = ws;
+            let tcp = ws.get_mut();
+            // Server frames are unmasked: FIN + ping, 4-byte payload.
+            let mut batch = Vec::with_capacity(6 * 1024);
+            for i in 0..count {
+                batch.extend_from_slice(&[0x89, 0x04]);
+                batch.extend_from_slice(&(i as u32).to_be_bytes());
+                if batch.len() >= 6 * 1024 || i + 1 == count {
+                    if tcp.write_all(&batch).await.is_err() {
+                        break;
+                    }
+                    batch.clear();
+                    shared.sessions.lock().unwrap()[session].flood_sent = i + 1;
+                }
+            }
+            shared.sessions.lock().unwrap()[session].flood_done = true;
+            std::future::pending::<()>().await;
+        }
         mode => respond(ws, shared, session, mode).await,
     }
 }

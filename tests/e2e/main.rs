@@ -12,6 +12,7 @@ mod attack_auth;
 mod attack_flow;
 mod attack_ops;
 mod attack_paths;
+mod attack_queues;
 mod audit;
 /// The in-process ws:// backend the proxy tests forward to.
 mod backend;

@@ -15,7 +15,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 
 use crate::upstream::{ReadOutcome, UpstreamStream};
-use crate::ws::{Event, Message, Role, Session, SessionLimits, SessionState};
+use crate::ws::{Event, Message, Outbox, Role, Session, SessionLimits, SessionState};
 
 /// What the upstream side produced in one step, for the client side to act on.
 #[derive(Debug)]
@@ -48,18 +48,32 @@ pub(crate) struct Relay {
     /// The last read stopped at its bound with more possibly held (rustls keeps decrypted
     /// plaintext the socket's readiness does not announce): read again without waiting.
     pub more: bool,
-    /// Frames toward the upstream are gathered here, then queued in one piece.
+    /// Frames toward the upstream not yet masked into its write queue: masked (copied) as the
+    /// upstream's socket takes bytes, so a large message is never copied whole past the cap.
+    outbox: Outbox,
+    /// How much the upstream's write queue may hold before more frames are masked into it.
+    max_queued: usize,
+    /// Frames toward a wss:// upstream are gathered here, then encrypted in one piece.
     staging: Vec<u8>,
 }
 
 impl Relay {
-    pub fn new(stream: UpstreamStream, limits: SessionLimits, lossy: bool, member: String) -> Self {
+    /// `max_queued`: the outbound cap (`max_outbound_bytes`) this side's write queue fills to.
+    pub fn new(
+        stream: UpstreamStream,
+        limits: SessionLimits,
+        max_queued: usize,
+        lossy: bool,
+        member: String,
+    ) -> Self {
         Self {
             stream,
             session: Session::with_role(limits, Role::Client),
             plaintext: BytesMut::new(),
             // What came with the 101 is read before any readiness wait.
             more: true,
+            outbox: Outbox::new(),
+            max_queued,
             staging: Vec::new(),
             lossy,
             member,
@@ -68,9 +82,10 @@ impl Relay {
         }
     }
 
-    /// Bytes queued toward the upstream (its socket took none of them yet).
+    /// Bytes queued toward the upstream (its socket took none of them yet): frames still in
+    /// the outbox and the write queue's bytes.
     pub fn pending_output(&self) -> usize {
-        self.stream.pending_output()
+        self.outbox.len() + self.stream.pending_output()
     }
 
     /// Bytes held in partly received upstream frames.
@@ -197,32 +212,52 @@ impl Relay {
         self.encode();
     }
 
+    /// Drops the frames toward the upstream it has not begun to take (the session is closed
+    /// for the core's budget: they will not be delivered); one it is in the middle of stays.
+    pub fn discard_unstarted(&mut self) {
+        while let Some(frame) = self.session.poll_transmit() {
+            self.outbox.push(frame);
+        }
+        self.outbox.discard_unstarted();
+    }
+
     /// The upstream connection broke: nothing more is said to it.
     pub fn abandon(&mut self) {
         self.closing = true;
         self.peer_closed = true;
     }
 
-    /// Gathers the session's frames (masked copies) and queues them as one write. The staging
-    /// buffer is reused between messages, and freed after a large one so an idle session
-    /// keeps none of it.
+    /// Moves the session's frames to the outbox (nothing copied), then masks into the write
+    /// queue what it has room for.
     fn encode(&mut self) {
+        while let Some(frame) = self.session.poll_transmit() {
+            self.outbox.push(frame);
+        }
+        self.feed_write_queue();
+    }
+
+    /// Masks queued frames into the upstream's write queue (encrypting them for wss://) while
+    /// it holds less than the cap, 64 KiB at a time. The staging buffer is reused between
+    /// pieces and freed after a large run, so an idle session keeps none of it.
+    fn feed_write_queue(&mut self) {
+        const PIECE: usize = 64 * 1024;
         const KEEP: usize = 64 * 1024;
-        if let Some(out) = self.stream.plain_output() {
-            // ws://: the masked copy is the only copy, made in the write queue itself.
-            while let Some(frame) = self.session.poll_transmit() {
-                frame.append_to(out);
+        loop {
+            let queued = self.stream.pending_output();
+            if self.outbox.is_empty() || queued >= self.max_queued {
+                break;
             }
-            return;
+            let room = (self.max_queued - queued).min(PIECE);
+            if let Some(out) = self.stream.plain_output() {
+                // ws://: the masked copy is the only copy, made in the write queue itself.
+                self.outbox.fill(out, room);
+                continue;
+            }
+            self.staging.clear();
+            self.outbox.fill(&mut self.staging, room);
+            self.stream.queue(&self.staging);
         }
         self.staging.clear();
-        while let Some(frame) = self.session.poll_transmit() {
-            frame.append_to(&mut self.staging);
-        }
-        if !self.staging.is_empty() {
-            self.stream.queue(&self.staging);
-            self.staging.clear();
-        }
         if self.staging.capacity() > KEEP {
             self.staging = Vec::new();
         }
@@ -232,7 +267,11 @@ impl Relay {
     /// upstream connection is broken.
     pub fn write_some(&mut self) -> std::io::Result<usize> {
         let mut written = 0;
-        while self.stream.pending_output() > 0 {
+        loop {
+            self.feed_write_queue();
+            if self.stream.pending_output() == 0 {
+                break;
+            }
             match self.stream.write_pending()? {
                 0 => break,
                 n => written += n,

@@ -8,10 +8,12 @@
 //! - [`mask`]: in-place (un)masking, a `u64` at a time.
 //! - [`utf8`]: incremental UTF-8 validation across chunks and fragments.
 //! - [`session`]: the connection state machine after the 101 (server or client [`Role`]).
+//! - [`outbox`]: frames waiting for socket room, handed out in pieces of any size.
 
 pub mod frame;
 pub mod handshake;
 pub mod mask;
+pub mod outbox;
 pub mod session;
 pub mod target;
 pub mod utf8;
@@ -21,6 +23,7 @@ pub use handshake::{
     parse_upgrade, write_response_101, HandshakeError, HandshakeLimits, UpgradeRequest,
 };
 pub use mask::{apply_mask, extend_masked};
+pub use outbox::Outbox;
 pub use session::{
     close_code, Event, Message, MessageKind, OutFrame, Payload, Role, Session, SessionLimits,
     SessionState,

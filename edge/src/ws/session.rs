@@ -228,6 +228,48 @@ impl OutFrame {
         }
     }
 
+    /// Bytes this frame puts on the wire: header plus payload.
+    pub fn wire_len(&self) -> usize {
+        usize::from(self.header_len) + self.payload.len()
+    }
+
+    /// Appends at most `max` bytes of this frame's wire form, starting at byte `from` of it
+    /// (the header first, then the payload, masked as it is copied for client frames). Returns
+    /// how many were appended: how a transport hands a large frame to its socket in pieces.
+    pub fn append_range(&self, out: &mut Vec<u8>, from: usize, max: usize) -> usize {
+        let end = self.wire_len().min(from.saturating_add(max));
+        if from >= end {
+            return 0;
+        }
+        out.reserve(end - from);
+        let header = self.header();
+        let mut at = from;
+        if at < header.len() {
+            let to = end.min(header.len());
+            out.extend_from_slice(&header[at..to]);
+            at = to;
+        }
+        // Payload offsets from here on.
+        let mut chunk_start = header.len();
+        for c in self.payload.chunks() {
+            if at >= end {
+                break;
+            }
+            let chunk_end = chunk_start + c.len();
+            if at < chunk_end {
+                let to = end.min(chunk_end);
+                let piece = &c[at - chunk_start..to - chunk_start];
+                match self.mask {
+                    None => out.extend_from_slice(piece),
+                    Some(mask) => extend_masked(out, piece, mask, at - header.len()),
+                }
+                at = to;
+            }
+            chunk_start = chunk_end;
+        }
+        end - from
+    }
+
     /// Header and payload as one contiguous buffer (tests, simple transports).
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.header().len() + self.payload.len());

@@ -6,6 +6,8 @@ use std::time::Instant;
 
 use crate::refuse::Refusal;
 use crate::sockopt;
+use bytes::BytesMut;
+
 use crate::ws::SessionState;
 
 use super::super::timer::Deadline;
@@ -17,9 +19,7 @@ impl Conn {
     /// read is not served faster than it reads, and a slow upstream slows its client: TCP
     /// pushes back on both.
     pub(super) fn reads_allowed(&mut self) -> bool {
-        let cap = self.core.cfg.limits.max_outbound_bytes;
-        let allowed = self.layer.pending_output_len() < cap
-            && self.relay.as_ref().is_none_or(|r| r.pending_output() < cap);
+        let allowed = !self.outbound_full();
         if !allowed && !self.reads_paused {
             self.core.metrics.read_pauses.inc();
         }
@@ -27,11 +27,92 @@ impl Conn {
         allowed
     }
 
-    /// Writes what the socket takes now, without waiting. While bytes stay queued the stall
-    /// deadline runs (re-armed by every bit of progress); a drained queue clears it.
+    /// Whether what is queued for the client (or, in proxy mode, for its upstream) has reached
+    /// the outbound cap: reading more from the client would only add to it.
+    pub(super) fn outbound_full(&self) -> bool {
+        let cap = self.core.cfg.limits.max_outbound_bytes;
+        self.outbound_len() >= cap
+            || self
+                .relay
+                .as_ref()
+                .is_some_and(|r| r.pending_output() >= cap)
+    }
+
+    /// Bytes queued for the client: frames not yet handed to the record layer, and what the
+    /// record layer holds for the socket.
+    pub(super) fn outbound_len(&self) -> usize {
+        self.outbox.len() + self.layer.pending_output_len()
+    }
+
+    /// Whether anything waits to be written to the client.
+    pub(super) fn output_pending(&self) -> bool {
+        !self.outbox.is_empty() || self.layer.has_pending_output()
+    }
+
+    /// Every byte this connection holds for its peers, counted against the core's buffer
+    /// budget as it is queued: partial frames and messages received (both sides), and what
+    /// waits to be written (both sides). Over the budget, the offender — the connection whose
+    /// step took the core past it — is closed with 1013 at once: its unsent frames are dropped
+    /// (a frame the client is in the middle of is finished first), its close reply is not
+    /// awaited, and its share is given back.
+    pub(super) fn enforce_budget(&mut self) -> Option<End> {
+        let held = self.plaintext.len()
+            + self.session.as_ref().map_or(0, |s| s.buffered_bytes())
+            + self.outbound_len()
+            + self
+                .relay
+                .as_ref()
+                .map_or(0, |r| r.buffered() + r.pending_output());
+        let total = self.hold(held);
+        let open = self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.state() == SessionState::Open);
+        if total <= self.core.cfg.limits.max_buffered_bytes_per_core || !open {
+            return None;
+        }
+        Refusal::Close {
+            code: 1013,
+            reason: "buffer_budget",
+        }
+        .record_on(&self.core, self.peer);
+        self.drain_session();
+        self.outbox.discard_unstarted();
+        if let Some(session) = self.session.as_mut() {
+            session.close(1013, "buffer_budget");
+        }
+        if let Some(relay) = self.relay.as_mut() {
+            // The client's messages not yet begun toward the upstream go too: the session ends
+            // with 1013 on both sides.
+            relay.discard_unstarted();
+            relay.close(1001, "buffer_budget");
+        }
+        self.skip_close_reply = true;
+        self.plaintext = BytesMut::new();
+        if self.encrypt_outgoing().is_err() {
+            return Some(End::Abort);
+        }
+        // What is left until the connection is gone: a frame each side is in the middle of,
+        // the close frames, the upstream's partial input.
+        let held = self.outbound_len()
+            + self
+                .relay
+                .as_ref()
+                .map_or(0, |r| r.buffered() + r.pending_output());
+        self.hold(held);
+        Some(End::Close)
+    }
+
+    /// Writes what the socket takes now, without waiting, handing the record layer more of
+    /// the queued frames as it drains. While bytes stay queued the stall deadline runs
+    /// (re-armed by every bit of progress); a drained queue clears it.
     pub(super) fn write_some(&mut self) -> Result<(), End> {
         let mut progressed = false;
-        while self.layer.has_pending_output() {
+        loop {
+            self.feed_record_layer()?;
+            if !self.layer.has_pending_output() {
+                break;
+            }
             let fd = sockopt::borrow_fd(&self.stream);
             match sockopt::send_nonblocking(fd, self.layer.pending_output()) {
                 Ok(Some(n)) if n > 0 => {
@@ -47,7 +128,7 @@ impl Conn {
                 }
             }
         }
-        if !self.layer.has_pending_output() {
+        if !self.output_pending() {
             self.write_deadline.clear();
         } else if progressed || !self.write_deadline.is_set() {
             self.write_deadline
@@ -57,8 +138,9 @@ impl Conn {
     }
 
     /// The client has taken nothing for `write_timeout_ms` while bytes wait for it: a slow
-    /// consumer. Its close frame is queued if it fits under the outbound cap; the close then
-    /// gives the last bytes `close_timeout_ms` before the connection is reset.
+    /// consumer. The frames it has not begun to take are dropped and its close frame queued
+    /// behind the one it is in the middle of; the close then gives the last bytes
+    /// `close_timeout_ms` before the connection is reset.
     pub(super) fn on_slow_consumer(&mut self) -> End {
         self.core.metrics.slow_consumers.inc();
         Refusal::Close {
@@ -67,8 +149,11 @@ impl Conn {
         }
         .record_on(&self.core, self.peer);
         self.write_deadline.clear();
-        let fits = self.layer.pending_output_len() + 128 <= self.core.cfg.limits.max_outbound_bytes;
-        if let Some(session) = self.session.as_mut().filter(|_| fits) {
+        // What the client has not begun to take, it never will: its frames are dropped and the
+        // close goes right behind the frame it is in the middle of.
+        self.drain_session();
+        self.outbox.discard_unstarted();
+        if let Some(session) = self.session.as_mut() {
             session.close(1008, "slow_consumer");
             if self.encrypt_outgoing().is_err() {
                 return End::Abort;
@@ -138,7 +223,7 @@ impl Conn {
     pub(super) async fn flush_before_close(&mut self, limit: Instant) -> Result<(), End> {
         loop {
             self.write_some()?;
-            if !self.layer.has_pending_output() {
+            if !self.output_pending() {
                 return Ok(());
             }
             match self.writable_by(limit).await {

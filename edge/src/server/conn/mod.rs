@@ -35,7 +35,7 @@ use crate::tls::driver::TlsSession;
 use crate::tls::identity::ClientIdentity;
 use crate::tls::ktls::{self, ControlRecord, KtlsMode, OffloadError, RekeyError};
 use crate::tls::Negotiated;
-use crate::ws::{self, Event, Session, SessionState};
+use crate::ws::{self, Event, Outbox, Session, SessionState};
 
 mod flow;
 mod pass;
@@ -173,6 +173,9 @@ struct Conn {
     identity_slot: Option<IdentitySlot>,
     /// Received plaintext not yet consumed: the upgrade request, then partial frames.
     plaintext: BytesMut,
+    /// The session's frames not yet handed to the record layer: handed over as the client's
+    /// socket takes bytes, so a large message is never encrypted (copied) whole past the cap.
+    outbox: Outbox,
     phase: Phase,
     session: Option<Session>,
     /// Handshake deadline, then the idle deadline.
@@ -211,8 +214,9 @@ struct Conn {
     ping_sent: Option<Instant>,
     /// Client reads are paused at the outbound cap (for counting pauses, not waits).
     reads_paused: bool,
-    /// Closing because the TLS keys cannot go on: the close reply is not awaited.
-    keys_done: bool,
+    /// The close reply is not awaited: the TLS keys cannot go on, or the connection is
+    /// closed for the core's buffer budget (its share is given back at once).
+    skip_close_reply: bool,
     /// Upstream reads are paused at the client's outbound cap.
     upstream_paused: bool,
     /// When the oldest message relayed in this step was read (the proxy hop histogram).
@@ -245,6 +249,7 @@ impl Conn {
             identity: None,
             identity_slot: None,
             plaintext: BytesMut::new(),
+            outbox: Outbox::new(),
             phase: Phase::Handshake,
             session: None,
             deadline,
@@ -264,7 +269,7 @@ impl Conn {
             last_rx: Instant::now(),
             ping_sent: None,
             reads_paused: false,
-            keys_done: false,
+            skip_close_reply: false,
             upstream_paused: false,
             hop_started: None,
             held: 0,
@@ -278,7 +283,7 @@ impl Conn {
         loop {
             let live = self.live.as_ref().map(|e| e.session.clone());
             let reading = self.reads_allowed();
-            let writing = self.layer.has_pending_output();
+            let writing = self.output_pending();
             let up_reading = self.upstream_reads_allowed();
             let up_more = up_reading && self.relay.as_ref().is_some_and(|r| r.more);
             let up_writing = self.relay.as_ref().is_some_and(|r| r.pending_output() > 0);
@@ -344,7 +349,9 @@ impl Conn {
             if let Some(at) = self.hop_started.take() {
                 self.core.metrics.proxy_hop.observe(at.elapsed());
             }
-            if let Some(end) = step.or(keys) {
+            // What is held once this pass has written what it could counts against the
+            // core's budget (the connection that takes the core past it is closed).
+            if let Some(end) = step.or(keys).or_else(|| self.enforce_budget()) {
                 return end;
             }
             if let Some(pending) = self.pending.take() {
@@ -432,6 +439,10 @@ impl Conn {
                     }
                     if n < space {
                         return None; // drained: wait for readiness again
+                    }
+                    if self.phase == Phase::Open && self.outbound_full() {
+                        // What this read queued reached the cap: no more until it drains.
+                        return None;
                     }
                 }
                 Ok(Recv::WouldBlock) => return None,
@@ -544,16 +555,24 @@ impl Conn {
             }
         };
         refusal.record_on(&self.core, self.peer);
-        // The session's state is suspect after a panic: write the close frame by hand.
+        // The session's state is suspect after a panic: the close frame is made by hand, and
+        // goes behind the whole frames already queued.
         self.session = None;
         self.plaintext = BytesMut::new();
         if !self.layer.is_handshaking() {
-            let bytes = match &refusal {
-                Refusal::Close { code, reason } => ws::OutFrame::close_with(*code, reason).to_vec(),
-                other => other.http_response().unwrap_or_default(),
-            };
-            if self.layer.send(&bytes).is_err() {
-                return End::Abort;
+            match &refusal {
+                Refusal::Close { code, reason } => {
+                    self.outbox.push(ws::OutFrame::close_with(*code, reason));
+                    if self.feed_record_layer().is_err() {
+                        return End::Abort;
+                    }
+                }
+                other => {
+                    let bytes = other.http_response().unwrap_or_default();
+                    if self.layer.send(&bytes).is_err() {
+                        return End::Abort;
+                    }
+                }
             }
         }
         End::Close
@@ -954,32 +973,8 @@ impl Conn {
         }
         let partial = !self.plaintext.is_empty() || session.buffered_bytes() > 0;
         self.watch_partial_input(partial, now);
-        let session = self.session.as_mut()?;
-        // The budget for bytes held in partial frames and messages, per core.
-        let held = self.plaintext.len()
-            + session.buffered_bytes()
-            + self.relay.as_ref().map_or(0, Relay::buffered);
-        let open = session.state() == SessionState::Open;
-        let total = self.hold(held);
-        let over_budget = total > core.cfg.limits.max_buffered_bytes_per_core && open;
-        if over_budget {
-            // The budget protects the core: the offender is closed at once, without waiting
-            // for its close reply, and its share is given back now.
-            Refusal::Close {
-                code: 1013,
-                reason: "buffer_budget",
-            }
-            .record_on(&core, self.peer);
-            if let Some(session) = self.session.as_mut() {
-                session.close(1013, "buffer_budget");
-            }
-            self.release_held();
-        }
         if let Err(end) = self.encrypt_outgoing() {
             return Some(end);
-        }
-        if over_budget {
-            return Some(End::Close);
         }
         match self.session.as_ref().map(Session::state) {
             Some(SessionState::Closed) => Some(End::Close),
@@ -1154,7 +1149,7 @@ impl Conn {
     fn close_for_keys(&mut self, code: u16, reason: &'static str) -> End {
         // The keys cannot go on: what the client sends next may not even decrypt (a KeyUpdate
         // the kernel cannot follow), so its close reply is not awaited.
-        self.keys_done = true;
+        self.skip_close_reply = true;
         if self
             .session
             .as_ref()
@@ -1178,43 +1173,51 @@ impl Conn {
         total
     }
 
-    /// Gives this connection's share of the buffer budget back (it will read no more).
-    fn release_held(&mut self) {
-        self.hold(0);
-        self.plaintext = BytesMut::new();
+    /// Moves the session's outgoing frames to the outbox (no copy), then hands the record
+    /// layer what it has room for.
+    fn encrypt_outgoing(&mut self) -> Result<(), End> {
+        self.drain_session();
+        self.feed_record_layer()
     }
 
-    /// Gathers the session's outgoing frames in the core's staging buffer and encrypts them as
-    /// few records as possible.
-    fn encrypt_outgoing(&mut self) -> Result<(), End> {
-        const STAGING_FLUSH: usize = 64 * 1024;
+    /// Moves the session's outgoing frames to the outbox: header bytes and shared payloads,
+    /// nothing copied yet.
+    fn drain_session(&mut self) {
         let Some(session) = self.session.as_mut() else {
-            return Ok(());
+            return;
         };
-        let mut staging = self.core.staging.borrow_mut();
-        staging.clear();
         let mut frames = 0u64;
         while let Some(frame) = session.poll_transmit() {
             frames += 1;
-            frame.append_to(&mut staging);
-            if staging.len() >= STAGING_FLUSH {
-                self.core.metrics.bytes_out.add(staging.len() as u64);
-                self.bytes_out += staging.len() as u64;
-                self.layer.send(&staging).map_err(|_| End::Abort)?;
-                staging.clear();
-            }
-        }
-        if !staging.is_empty() {
-            self.core.metrics.bytes_out.add(staging.len() as u64);
-            self.bytes_out += staging.len() as u64;
-            self.layer.send(&staging).map_err(|_| End::Abort)?;
-            staging.clear();
-        }
-        // A 16 MiB echo must not keep 16 MiB of staging on the core afterwards.
-        if staging.capacity() > 4 * STAGING_FLUSH {
-            *staging = Vec::new();
+            self.outbox.push(frame);
         }
         self.core.metrics.frames_out.add(frames);
+    }
+
+    /// Hands queued frame bytes to the record layer (encrypted there, or queued for the kernel)
+    /// while it holds less than the outbound cap, through the core's staging buffer in pieces
+    /// of at most 64 KiB: the copy follows the socket's pace, whatever the message's size.
+    pub(super) fn feed_record_layer(&mut self) -> Result<(), End> {
+        const STAGING_FLUSH: usize = 64 * 1024;
+        if self.outbox.is_empty() {
+            return Ok(());
+        }
+        let cap = self.core.cfg.limits.max_outbound_bytes;
+        let mut staging = self.core.staging.borrow_mut();
+        loop {
+            let pending = self.layer.pending_output_len();
+            if self.outbox.is_empty() || pending >= cap {
+                break;
+            }
+            staging.clear();
+            let n = self
+                .outbox
+                .fill(&mut staging, (cap - pending).min(STAGING_FLUSH));
+            self.core.metrics.bytes_out.add(n as u64);
+            self.bytes_out += n as u64;
+            self.layer.send(&staging).map_err(|_| End::Abort)?;
+        }
+        staging.clear();
         Ok(())
     }
 
@@ -1282,7 +1285,7 @@ impl Conn {
                     .as_ref()
                     .is_some_and(|s| s.state() == SessionState::CloseSent)
             };
-            if ok && close_sent(self) && !self.keys_done {
+            if ok && close_sent(self) && !self.skip_close_reply {
                 ok = self.await_close_reply(close_by).await;
             }
             if ok
@@ -1291,7 +1294,7 @@ impl Conn {
             {
                 self.send_kernel_close_notify(close_by).await;
             }
-        } else if self.layer.has_pending_output() {
+        } else if self.output_pending() {
             // An alert (TLS failure) or the last frames: best effort, bounded by the close timeout.
             let _ = self.flush_before_close(close_by).await;
         }

@@ -15,13 +15,15 @@ use super::{Conn, End, PendingUpgrade};
 
 impl Conn {
     /// Whether the upstream's bytes may be read now: not while the client's queue is at the
-    /// outbound cap, except on lossy routes, which drop whole messages instead.
+    /// outbound cap, except on lossy routes, which drop whole messages instead; and never
+    /// while the upstream's own queue is at the cap (what it sends can make us answer: an
+    /// upstream that floods pings and reads nothing must not grow our pongs).
     pub(super) fn upstream_reads_allowed(&mut self) -> bool {
         let Some(relay) = self.relay.as_ref().filter(|r| !r.is_done()) else {
             return false;
         };
         let cap = self.core.cfg.limits.max_outbound_bytes;
-        let allowed = relay.lossy || self.layer.pending_output_len() < cap;
+        let allowed = (relay.lossy || self.outbound_len() < cap) && relay.pending_output() < cap;
         if !allowed && !self.upstream_paused {
             self.core.metrics.upstream_pauses.inc();
         }
@@ -32,20 +34,20 @@ impl Conn {
     /// Proxy mode: reads the upstream and hands its whole messages to the client. On a lossy
     /// route a message that does not fit under the client's outbound cap is dropped whole.
     pub(super) fn relay_from_upstream(&mut self) -> Option<End> {
-        let relay = self.relay.as_mut()?;
+        let lossy = self.relay.as_ref()?.lossy;
         let now = Instant::now();
         let mut events = std::mem::take(&mut self.upstream_events);
-        let lossy = relay.lossy;
         let cap = self.core.cfg.limits.max_outbound_bytes;
         // What still fits under the client's cap bounds the read (lossy routes read on and
         // drop whole messages instead).
         let room = if lossy {
             usize::MAX
         } else {
-            cap.saturating_sub(self.layer.pending_output_len())
+            cap.saturating_sub(self.outbound_len())
         };
+        let relay = self.relay.as_mut()?;
         self.moved += relay.read(now, &mut events, room) as u64;
-        let mut queued = self.layer.pending_output_len();
+        let mut queued = self.outbound_len();
         let mut end = None;
         for event in events.drain(..) {
             let Some(session) = self.session.as_mut() else {
@@ -152,9 +154,15 @@ impl Conn {
                 return;
             }
             if reading {
-                // The flag is a one-shot the read clears.
-                moved += 1 + relay.read(Instant::now(), &mut events, usize::MAX) as u64;
+                // The flag is a one-shot the read clears. What the upstream sends instead of its
+                // close reply is read and dropped, never held beyond the outbound cap: an upstream
+                // that keeps sending a frame that never ends is let go.
+                let cap = self.core.cfg.limits.max_outbound_bytes;
+                moved += 1 + relay.read(Instant::now(), &mut events, cap) as u64;
                 events.clear();
+                if relay.buffered() > cap {
+                    return;
+                }
             }
             if guard.after_pass(waited, moved) != AfterPass::Continue {
                 yield_to_core().await;
@@ -233,6 +241,7 @@ impl Conn {
                 Ok(Relay::new(
                     stream,
                     self.core.session_limits(),
+                    self.core.cfg.limits.max_outbound_bytes,
                     route.lossy,
                     member,
                 ))
