@@ -338,7 +338,7 @@ impl Conn {
             };
             // Key bookkeeping comes before the write: a KeyUpdate of ours must precede the
             // data queued after the client asked for it.
-            let keys = match self.keep_keys_fresh().await {
+            let keys = match self.keep_keys_fresh(step.is_some()).await {
                 Ok(keys) => keys,
                 Err(end) => return end,
             };
@@ -1083,7 +1083,9 @@ impl Conn {
     /// Under kTLS: takes exact record counts from the kernel now and then, replaces our keys
     /// when due (where the kernel can), or queues a 1001 close before the suite's record limit.
     /// `Ok(Some(end))`: flush, then end; `Err(end)`: end now, nothing more may be written.
-    async fn keep_keys_fresh(&mut self) -> Result<Option<End>, End> {
+    /// `closing`: the connection is ending (our close may be queued), so a wait for room is
+    /// bounded by `close_timeout_ms`, not the write timeout.
+    async fn keep_keys_fresh(&mut self, closing: bool) -> Result<Option<End>, End> {
         let Some(kernel) = self.layer.kernel() else {
             return Ok(None);
         };
@@ -1104,8 +1106,14 @@ impl Conn {
                 }
                 Err(RekeyError::NotSent(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     // The KeyUpdate must go out before more data: wait for room, bounded by
-                    // the write timeout like any write.
-                    self.wait_writable().await?;
+                    // the write timeout like any write (the close timeout once closing).
+                    let limits = &self.core.cfg.limits;
+                    let wait = if closing {
+                        limits.close_timeout()
+                    } else {
+                        limits.write_timeout()
+                    };
+                    self.wait_writable(wait).await?;
                 }
                 Err(RekeyError::NotSent(e)) => {
                     tracing::warn!(peer = %self.peer, error = %e, "TLS key update not sent");
@@ -1128,9 +1136,9 @@ impl Conn {
         Ok(None)
     }
 
-    /// Waits until the socket takes more data, within the write timeout.
-    async fn wait_writable(&mut self) -> Result<(), End> {
-        let limit = Instant::now() + self.core.cfg.limits.write_timeout();
+    /// Waits until the socket takes more data, within `wait`.
+    async fn wait_writable(&mut self, wait: std::time::Duration) -> Result<(), End> {
+        let limit = Instant::now() + wait;
         match self.writable_by(limit).await {
             Some(Ok(())) => Ok(()),
             Some(Err(_)) => Err(End::Abort),
