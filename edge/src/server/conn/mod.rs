@@ -901,20 +901,7 @@ impl Conn {
                             metrics.lossy_drop("rate_limit");
                             continue;
                         }
-                        metrics.rate_limited(which.as_str(), "close");
-                        tracing::debug!(peer = %self.peer, scope = which.as_str(), unit = unit.as_str(), "rate limit exceeded");
-                        Refusal::Close {
-                            code: crate::limits::RATE_LIMITED_CODE,
-                            reason: crate::limits::RATE_LIMITED_REASON,
-                        }
-                        .record_on(&core, self.peer);
-                        session.close(
-                            crate::limits::RATE_LIMITED_CODE,
-                            crate::limits::RATE_LIMITED_REASON,
-                        );
-                        if let Some(relay) = self.relay.as_mut() {
-                            relay.close(1001, "client_rate_limited");
-                        }
+                        close_for_rate(&core, self.peer, session, self.relay.as_mut(), which, unit);
                         rate_closed = true;
                         continue;
                     }
@@ -938,20 +925,7 @@ impl Conn {
                     if let Verdict::Exceeded { which, unit } = verdict {
                         // Control frames are never dropped (a ping's pong is already queued):
                         // a client over its control allowance is closed, lossy route or not.
-                        metrics.rate_limited(which.as_str(), "close");
-                        tracing::debug!(peer = %self.peer, scope = which.as_str(), unit = unit.as_str(), "control frame rate exceeded");
-                        Refusal::Close {
-                            code: crate::limits::RATE_LIMITED_CODE,
-                            reason: crate::limits::RATE_LIMITED_REASON,
-                        }
-                        .record_on(&core, self.peer);
-                        session.close(
-                            crate::limits::RATE_LIMITED_CODE,
-                            crate::limits::RATE_LIMITED_REASON,
-                        );
-                        if let Some(relay) = self.relay.as_mut() {
-                            relay.close(1001, "client_rate_limited");
-                        }
+                        close_for_rate(&core, self.peer, session, self.relay.as_mut(), which, unit);
                         rate_closed = true;
                     }
                 }
@@ -1349,6 +1323,32 @@ impl Drop for Conn {
         if self.tls_mode == Some(TlsMode::Kernel) {
             core.metrics.ktls_open.add(-1);
         }
+    }
+}
+
+/// A client over one of its rates (`which`: connection, identity, control): counted, refused
+/// (`1008 rate_limited`, audited), its close queued, and its upstream told it is going.
+fn close_for_rate(
+    core: &Core,
+    peer: SocketAddr,
+    session: &mut Session,
+    relay: Option<&mut Relay>,
+    which: crate::limits::Scope,
+    unit: crate::limits::Unit,
+) {
+    core.metrics.rate_limited(which.as_str(), "close");
+    tracing::debug!(%peer, scope = which.as_str(), unit = unit.as_str(), "rate limit exceeded");
+    Refusal::Close {
+        code: crate::limits::RATE_LIMITED_CODE,
+        reason: crate::limits::RATE_LIMITED_REASON,
+    }
+    .record_on(core, peer);
+    session.close(
+        crate::limits::RATE_LIMITED_CODE,
+        crate::limits::RATE_LIMITED_REASON,
+    );
+    if let Some(relay) = relay {
+        relay.close(1001, "client_rate_limited");
     }
 }
 
