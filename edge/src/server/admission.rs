@@ -525,10 +525,9 @@ mod tests {
             .is_ok());
     }
 
-    #[test]
-    fn a_missing_token_is_401() {
-        let dir = tempfile::tempdir().unwrap();
-        let secret = dir.path().join("hs.key");
+    /// Admission with a JWT section: an HS256 secret written (mode 0600) in `dir`.
+    fn hs_admission(dir: &std::path::Path) -> Admission {
+        let secret = dir.join("hs.key");
         std::fs::write(&secret, [7u8; 32]).unwrap();
         std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
@@ -536,7 +535,13 @@ mod tests {
             hs_secret_file: Some(secret),
             ..JwtConfig::default()
         };
-        let a = Admission::from_config(&OriginConfig::default(), Some(&jwt), no_rules()).unwrap();
+        Admission::from_config(&OriginConfig::default(), Some(&jwt), no_rules()).unwrap()
+    }
+
+    #[test]
+    fn a_missing_token_is_401() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = hs_admission(dir.path());
         match a
             .decide(&request("/", "h", None), None, &CrlSet::empty(), 0, 2)
             .unwrap_err()
@@ -815,15 +820,7 @@ mod tests {
     #[test]
     fn records_show_the_normalised_target_without_a_query_token() {
         let dir = tempfile::tempdir().unwrap();
-        let secret = dir.path().join("hs.key");
-        std::fs::write(&secret, [7u8; 32]).unwrap();
-        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .unwrap();
-        let jwt = JwtConfig {
-            hs_secret_file: Some(secret),
-            ..JwtConfig::default()
-        };
-        let a = Admission::from_config(&OriginConfig::default(), Some(&jwt), no_rules()).unwrap();
+        let a = hs_admission(dir.path());
         let r = request("/%61pi/Feed?x=1&access_token=a.b.c&y", "h", None);
         assert_eq!(a.redact_target(&r.path), "/api/Feed?x=1&y");
         let plain = Admission::from_config(&OriginConfig::default(), None, no_rules()).unwrap();

@@ -7,20 +7,28 @@
 //! any spelling an upstream resolves differently. So the edge normalises the path here, once,
 //! and refuses whatever it cannot normalise to one unambiguous form:
 //!
-//! - a percent-encoded character that may stand for itself in a path segment (RFC 3986
-//!   unreserved, sub-delims but `;`, `:`, `@`) is decoded: `/api/%61dmin` is `/api/admin`;
-//! - other escapes stay encoded, in uppercase hex (`%c3%a9` → `%C3%A9`, `%20`); the bytes they
-//!   stand for must be UTF-8 (no overlong `%C0%AE`);
+//! - a percent-encoded unreserved character (RFC 3986: letters, digits, `-._~`) is decoded, as
+//!   RFC 3986 §6.2.2.2 normalises: `/api/%61dmin` is `/api/admin`;
+//! - other escapes of printable ASCII stay encoded, in uppercase hex (`%2c` → `%2C`): a
+//!   reserved character and its escape are not the same to every upstream, so neither is
+//!   turned into the other on the way;
+//! - the path is ASCII: an escaped byte above 0x7F is refused, so no upstream's Unicode case
+//!   mapping (Java's `equalsIgnoreCase` reads `ı` as `I`), best-fit or NFKC folding can make a
+//!   protected path out of one the rules did not see;
 //! - refused (400), with the reason [`TargetError::reason`] names:
 //!   an encoded `/`, `\`, `;`, `?` or `#` (`path_encoded_delimiter`), `%25`
-//!   (`path_double_encoding`), an encoded control byte (`path_control_byte`), a bad escape or
-//!   escaped bytes that are not UTF-8 (`path_bad_escape`), `;` (`path_parameter`), `\`
-//!   (`path_backslash`), an empty segment (`//`) but the last (`path_empty_segment`), a `.` or
-//!   `..` segment however spelled (`path_dot_segment`), a `#` anywhere (`fragment_in_target`),
-//!   any other byte RFC 3986 does not allow in a path, or a non-ASCII byte in the query
-//!   (`bad_target_char`), and a target that is not origin-form (`bad_path`);
+//!   (`path_double_encoding`), an encoded control byte (`path_control_byte`), an encoded space
+//!   (`path_encoded_space`: trimmed by some matchers, `/trade%20` read as `/trade`), an escaped
+//!   non-ASCII byte (`path_non_ascii`), a bad escape (`path_bad_escape`), `;`
+//!   (`path_parameter`), `\` (`path_backslash`), an empty segment (`//`) but the last
+//!   (`path_empty_segment`), a `.` or `..` segment however spelled (`path_dot_segment`), a `#`
+//!   anywhere (`fragment_in_target`), any other byte RFC 3986 does not allow in a path, or a
+//!   non-ASCII byte in the query (`bad_target_char`), and a target that is not origin-form
+//!   (`bad_path`);
 //! - case is kept: the upstream receives the path in the client's case, and rules and routes
 //!   ([`PathPrefix`]) match ASCII-case-insensitively, so `/Trade` falls under a `/trade` rule.
+//!   Prefixes are written with unreserved characters and `/` only, so no escape kept in a path
+//!   can spell one of their segments.
 //!
 //! The query is kept as sent (its parameters are the application's), apart from a `#`.
 
@@ -48,6 +56,10 @@ pub enum TargetError {
     BadEscape,
     #[error("path has an encoded control byte")]
     ControlByte,
+    #[error("path has an encoded space")]
+    EncodedSpace,
+    #[error("path has an escaped non-ASCII byte")]
+    NonAscii,
     #[error("path has an encoded '%' (double encoding)")]
     DoubleEncoding,
     #[error("path has an encoded '/', '\\', ';', '?' or '#'")]
@@ -71,6 +83,8 @@ impl TargetError {
             Self::BadChar => "bad_target_char",
             Self::BadEscape => "path_bad_escape",
             Self::ControlByte => "path_control_byte",
+            Self::EncodedSpace => "path_encoded_space",
+            Self::NonAscii => "path_non_ascii",
             Self::DoubleEncoding => "path_double_encoding",
             Self::EncodedDelimiter => "path_encoded_delimiter",
             Self::Parameter => "path_parameter",
@@ -81,12 +95,14 @@ impl TargetError {
     }
 
     /// Every variant, for tests that pin the reasons.
-    pub const ALL: [TargetError; 11] = [
+    pub const ALL: [TargetError; 13] = [
         Self::NotOriginForm,
         Self::Fragment,
         Self::BadChar,
         Self::BadEscape,
         Self::ControlByte,
+        Self::EncodedSpace,
+        Self::NonAscii,
         Self::DoubleEncoding,
         Self::EncodedDelimiter,
         Self::Parameter,
@@ -97,9 +113,14 @@ impl TargetError {
 }
 
 /// RFC 3986 unreserved, sub-delims but `;`, `:` and `@`: what a path segment may hold as
-/// itself, and so what an escape of it is decoded to.
+/// itself.
 fn segment_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,=:@".contains(&b)
+    unreserved(b) || b"!$&'()*+,=:@".contains(&b)
+}
+
+/// RFC 3986 unreserved: what an escape is decoded to (and all a configured prefix may hold).
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~".contains(&b)
 }
 
 fn hex_value(c: u8) -> Option<u8> {
@@ -138,8 +159,10 @@ fn normalise_segment(seg: &[u8], out: &mut String) -> Result<(), TargetError> {
                 match v {
                     b'%' => return Err(TargetError::DoubleEncoding),
                     0..=0x1f | 0x7f => return Err(TargetError::ControlByte),
+                    b' ' => return Err(TargetError::EncodedSpace),
+                    0x80..=0xff => return Err(TargetError::NonAscii),
                     b'/' | b'\\' | b';' | b'?' | b'#' => return Err(TargetError::EncodedDelimiter),
-                    v if segment_char(v) => out.push(v as char),
+                    v if unreserved(v) => out.push(v as char),
                     v => push_escaped(out, v),
                 }
                 decoded.push(v);
@@ -154,9 +177,6 @@ fn normalise_segment(seg: &[u8], out: &mut String) -> Result<(), TargetError> {
             }
             _ => return Err(TargetError::BadChar),
         }
-    }
-    if std::str::from_utf8(&decoded).is_err() {
-        return Err(TargetError::BadEscape);
     }
     if decoded == b"." || decoded == b".." {
         return Err(TargetError::DotSegment);
@@ -229,21 +249,25 @@ impl fmt::Debug for RequestTarget {
     }
 }
 
-/// A configured path prefix (identity rules, scope rules, routes): a normal path without
-/// escapes, matched on segment boundaries and ASCII-case-insensitively. `/api` covers `/api`,
-/// `/API/x` and `/api?q`, not `/apiary`; a prefix ending in `/` covers everything below it.
+/// A configured path prefix (identity rules, scope rules, routes): a normal path of unreserved
+/// characters and `/`, matched on segment boundaries and ASCII-case-insensitively. `/api`
+/// covers `/api`, `/API/x` and `/api?q`, not `/apiary`; a prefix ending in `/` covers
+/// everything below it (and, for a rule, the bare path too: see [`PathPrefix::covers_bare`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathPrefix(String);
 
 impl PathPrefix {
     /// Why a configured prefix is refused (for the config error).
-    pub const REQUIREMENT: &'static str = "must be a plain path starting with '/': no query, \
-        fragment, %-escapes, ';', '\\', empty segments ('//') or dot segments";
+    pub const REQUIREMENT: &'static str = "must be a plain path starting with '/' of letters, \
+        digits, '-', '.', '_', '~' and '/': no query, fragment, %-escapes, other punctuation, \
+        empty segments ('//') or dot segments";
 
-    /// Checks a configured prefix: it must already be in normal form and hold no escape.
+    /// Checks a configured prefix: in normal form, of unreserved characters and `/` only (so
+    /// no escape a normal path keeps can spell one of its segments).
     pub fn parse(prefix: &str) -> Result<PathPrefix, &'static str> {
+        let plain = prefix.bytes().all(|b| b == b'/' || unreserved(b));
         match RequestTarget::parse(prefix) {
-            Ok(t) if t.query().is_none() && t.as_str() == prefix && !prefix.contains('%') => {
+            Ok(t) if plain && t.query().is_none() && t.as_str() == prefix => {
                 Ok(PathPrefix(prefix.to_owned()))
             }
             _ => Err(Self::REQUIREMENT),
@@ -278,6 +302,16 @@ impl PathPrefix {
     pub fn covers(&self, path: &str) -> bool {
         self.strip(path).is_some()
     }
+
+    /// Whether this is a directory prefix (`/admin/`) and `path` its bare name (`/admin`),
+    /// which many servers serve as the directory (Spring's `/admin/**`, Express without strict
+    /// routing). A rule on `/admin/` must cover `/admin` too, unless a rule on `/admin` itself
+    /// says otherwise: rule lookups try [`covers`](Self::covers) on every rule first.
+    pub fn covers_bare(&self, path: &str) -> bool {
+        self.0
+            .strip_suffix('/')
+            .is_some_and(|dir| dir.len() > 1 && dir.eq_ignore_ascii_case(path))
+    }
 }
 
 impl fmt::Display for PathPrefix {
@@ -286,9 +320,11 @@ impl fmt::Display for PathPrefix {
     }
 }
 
-/// Whether `host` is a valid `Host` value: `host[:port]`, the host an RFC 3986 reg-name
-/// (unreserved, sub-delims, percent-escapes; not empty), an IPv4 address or a bracketed IPv6
-/// address, the port 1 to 5 digits up to 65535.
+/// Whether `host` is a valid `Host` value: `host[:port]`, the host a DNS name (letters,
+/// digits, `-`, `_`, `.`; not empty) or an IPv4 address, or a bracketed IPv6 address; the port
+/// 1 to 65535. Narrower than RFC 3986's reg-name on purpose: escapes and sub-delims (`%2F`,
+/// `,`) in a Host are what upstreams that decode `X-Forwarded-Host` or split it as a list
+/// would read differently.
 pub fn valid_host(host: &str) -> bool {
     let (name, port) = if let Some(rest) = host.strip_prefix('[') {
         let Some((v6, after)) = rest.split_once(']') else {
@@ -314,34 +350,18 @@ pub fn valid_host(host: &str) -> bool {
         if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
             return false;
         }
-        if port.parse::<u32>().map_or(true, |p| p > 65535) {
+        if port.parse::<u32>().map_or(true, |p| p == 0 || p > 65535) {
             return false;
         }
     }
     let Some(name) = name else {
         return true;
     };
-    // An IPv4 address is a reg-name too; a reg-name: unreserved / pct-encoded / sub-delims.
-    let b = name.as_bytes();
-    if b.is_empty() {
-        return false;
-    }
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                if b.get(i + 1).copied().and_then(hex_value).is_none()
-                    || b.get(i + 2).copied().and_then(hex_value).is_none()
-                {
-                    return false;
-                }
-                i += 3;
-            }
-            c if c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&c) => i += 1,
-            _ => return false,
-        }
-    }
-    true
+    // An IPv4 address is a DNS-like name too.
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
 }
 
 #[cfg(test)]

@@ -53,7 +53,9 @@ impl ScopeRules {
     /// What `target` needs.
     pub fn requirement(&self, target: &RequestTarget) -> Requirement<'_> {
         let path = target.path();
-        match self.rules.iter().find(|(p, _)| p.covers(path)) {
+        let rule = (self.rules.iter().find(|(p, _)| p.covers(path)))
+            .or_else(|| self.rules.iter().find(|(p, _)| p.covers_bare(path)));
+        match rule {
             Some((_, scope)) => Requirement::Scope(scope),
             None => Requirement::Open,
         }

@@ -241,7 +241,11 @@ impl IdentityRules {
         identity: Option<&ClientIdentity>,
     ) -> Result<(), IdentityRefusal> {
         let path = target.path();
-        let Some(rule) = self.rules.iter().find(|r| r.path_prefix.covers(path)) else {
+        // The longest prefix covering the path decides; a directory rule (`/admin/`) covers its
+        // bare name (`/admin`) when no rule covers that itself.
+        let rule = (self.rules.iter().find(|r| r.path_prefix.covers(path)))
+            .or_else(|| self.rules.iter().find(|r| r.path_prefix.covers_bare(path)));
+        let Some(rule) = rule else {
             return Ok(());
         };
         let Some(id) = identity else {
