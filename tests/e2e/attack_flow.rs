@@ -508,3 +508,132 @@ async fn frames_completed_in_time_are_served() {
         );
     }
 }
+
+/// A message of empty fragments holds no bytes, so a frame deadline armed on bytes held never
+/// saw it: a text frame with FIN clear and no payload, then an empty continuation every 300 ms,
+/// kept the message open for ever. The deadline now runs while any message is open.
+#[tokio::test]
+async fn a_message_of_empty_fragments_is_closed_at_frame_timeout() {
+    let srv = Server::with_config(
+        "[limits]\nframe_timeout_ms = 1000\nidle_timeout_ms = 60000\nping_interval_ms = 0\n",
+    );
+    let mut ws = srv.raw().await;
+    ws.send(&cframe(false, OP_TEXT, b"")).await;
+    let t0 = Instant::now();
+    let mut close = None;
+    for _ in 0..20 {
+        if !ws.send_lossy(&cframe(false, OP_CONT, b"")).await {
+            break;
+        }
+        if let Ok(Event::Frame(f)) =
+            tokio::time::timeout(Duration::from_millis(300), ws.next()).await
+        {
+            close = Some(f);
+            break;
+        }
+    }
+    let close = close.expect("a message of empty fragments stayed open for 6 s");
+    assert_eq!(
+        (close.close_code(), close.close_reason().as_str()),
+        (Some(1008), "frame_timeout")
+    );
+    assert!(
+        t0.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+/// A flood of empty fragments costs a parse each and completes no message (no message limit
+/// sees it): it takes from the control allowance like pings do.
+#[tokio::test]
+async fn a_flood_of_empty_fragments_is_closed_with_1008() {
+    let srv = Server::start();
+    let mut ws = srv.raw().await;
+    let mut flood = cframe(false, OP_BINARY, b"");
+    for _ in 0..5_000 {
+        flood.extend(cframe(false, OP_CONT, b""));
+    }
+    ws.send_lossy(&flood).await;
+    let close = ws.rd.expect_close_frame().await;
+    assert_eq!(
+        (close.close_code(), close.close_reason().as_str()),
+        (Some(1008), "rate_limited")
+    );
+    srv.wait_metric(
+        "wssedge_rate_limited_total",
+        &[("scope", "control"), ("action", "close")],
+        1.0,
+    )
+    .await;
+}
+
+/// The frame deadline one layer down: a TLS record dribbled a byte every 300 ms (userspace
+/// TLS holds the partial record, and the plaintext stays empty) kept the idle timeout away
+/// and the record buffer held. The deadline runs while a partial record is held too.
+#[tokio::test]
+async fn a_tls_record_dribbled_a_byte_at_a_time_is_closed_at_frame_timeout() {
+    use std::io::Write as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let srv = Server::with_config(
+        "[limits]\nframe_timeout_ms = 1000\nidle_timeout_ms = 60000\nping_interval_ms = 0\n",
+    );
+    let ws = srv.raw().await;
+    let (mut tls, _) = ws.into_parts();
+    let (tcp, conn) = tls.get_mut();
+    conn.writer()
+        .write_all(&cframe(true, OP_TEXT, b"one record, one byte at a time"))
+        .expect("plaintext into rustls");
+    let mut record = Vec::new();
+    conn.write_tls(&mut record).expect("the record");
+    let t0 = Instant::now();
+    let mut answered = None;
+    let mut buf = [0u8; 256];
+    for b in record.iter().take(record.len() - 1) {
+        tcp.write_all(std::slice::from_ref(b))
+            .await
+            .expect("a byte");
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(300), tcp.read(&mut buf)).await {
+            answered = Some((r.unwrap_or(0), t0.elapsed()));
+            break;
+        }
+    }
+    let (n, took) = answered.unwrap_or_else(|| {
+        panic!(
+            "a {}-byte record dribbled over {:?} was never refused",
+            record.len(),
+            t0.elapsed()
+        )
+    });
+    assert!(n > 0, "the connection ended without our close");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "frame_timeout_ms = 1000, answered after {took:?}"
+    );
+    expect_closed_1008(&srv, "frame_timeout", 1.0).await;
+}
+
+/// Item 11's mirror: a client's empty close reaches the upstream empty, not as 1000.
+#[tokio::test]
+async fn a_clients_empty_close_reaches_the_upstream_empty() {
+    use crate::backend::{Backend, Mode};
+    let backend = Backend::start(Mode::Echo).await;
+    let srv = crate::proxy::proxy_server(&backend, &[], "");
+    let (_, mut ws) = expect_upgraded(&srv, &ws_request("/p", &[])).await;
+    expect_echo(&mut ws, "hello").await;
+    ws.send(&cframe(true, OP_CLOSE, b"")).await;
+    let close = ws.rd.expect_close_frame().await;
+    assert!(
+        close.payload.is_empty(),
+        "our reply to an empty close is empty"
+    );
+    let log = backend
+        .wait_session(0, "the upstream's close", |s| s.close().is_some())
+        .await;
+    assert_eq!(
+        log.close(),
+        Some(&None),
+        "the client's empty close reached the upstream as {:?}",
+        log.close()
+    );
+}

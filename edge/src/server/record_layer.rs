@@ -125,6 +125,15 @@ impl RecordLayer {
         }
     }
 
+    /// Part of a TLS record (or of a handshake message) is held, waiting for the rest: under
+    /// userspace TLS only; the kernel keeps its partial records to itself.
+    pub fn holds_partial_record(&self) -> bool {
+        match self {
+            RecordLayer::User(tls) => tls.buffered_ciphertext() > 0,
+            _ => false,
+        }
+    }
+
     pub fn holds_read_buffer(&self) -> bool {
         match self {
             RecordLayer::User(tls) => tls.holds_read_buffer(),

@@ -45,6 +45,8 @@ pub(crate) struct Relay {
     /// We sent our close to the upstream (after the client closed, or on our own close).
     closing: bool,
     peer_closed: bool,
+    /// Given up on (broken, stalled): see [`Relay::abandon`].
+    abandoned: bool,
     /// The last read stopped at its bound with more possibly held (rustls keeps decrypted
     /// plaintext the socket's readiness does not announce): read again without waiting.
     pub more: bool,
@@ -79,13 +81,14 @@ impl Relay {
             member,
             closing: false,
             peer_closed: false,
+            abandoned: false,
         }
     }
 
     /// Bytes queued toward the upstream (its socket took none of them yet): frames still in
-    /// the outbox and the write queue's bytes.
+    /// the outbox (with what each costs to keep) and the write queue's bytes.
     pub fn pending_output(&self) -> usize {
-        self.outbox.len() + self.stream.pending_output()
+        self.outbox.len() + self.outbox.overhead() + self.stream.pending_output()
     }
 
     /// Bytes held in partly received upstream frames.
@@ -225,6 +228,24 @@ impl Relay {
     pub fn abandon(&mut self) {
         self.closing = true;
         self.peer_closed = true;
+        self.abandoned = true;
+    }
+
+    /// Whether the upstream was given up on (broken, stalled): no wait for it at the end.
+    pub fn is_abandoned(&self) -> bool {
+        self.abandoned
+    }
+
+    /// The client closed without a code: our close toward the upstream is empty too.
+    pub fn close_without_code(&mut self) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        if self.session.state() == SessionState::Open {
+            self.session.close_without_code();
+        }
+        self.encode();
     }
 
     /// Moves the session's frames to the outbox (nothing copied), then masks into the write

@@ -30,6 +30,9 @@ struct Entry {
     /// The tick whose slot holds this entry, if any.
     slotted: Cell<Option<u64>>,
     fired: Cell<bool>,
+    /// Firings consumed by the waits that saw them, ever (a progress mark for loops that
+    /// must never complete a wait twice on one firing).
+    consumed: Cell<u64>,
     waker: RefCell<Option<Waker>>,
 }
 
@@ -40,9 +43,6 @@ pub struct TimerWheel {
     /// The next tick to visit.
     cursor: Cell<u64>,
     slots: RefCell<Vec<Vec<Weak<Entry>>>>,
-    /// Firings consumed by the waits that saw them, ever (a progress mark for loops that
-    /// must never complete a wait twice on one firing).
-    consumed: Cell<u64>,
 }
 
 impl TimerWheel {
@@ -51,7 +51,6 @@ impl TimerWheel {
             origin,
             cursor: Cell::new(0),
             slots: RefCell::new(vec![Vec::new(); SLOTS]),
-            consumed: Cell::new(0),
         })
     }
 
@@ -116,11 +115,6 @@ impl TimerWheel {
         fired
     }
 
-    /// How many firings the waits on this wheel's deadlines have consumed.
-    pub fn consumed(&self) -> u64 {
-        self.consumed.get()
-    }
-
     /// Entries still slotted (including lazily stale ones), for tests and metrics.
     pub fn len(&self) -> usize {
         self.slots.borrow().iter().map(Vec::len).sum()
@@ -146,6 +140,7 @@ impl Deadline {
                 at: Cell::new(None),
                 slotted: Cell::new(None),
                 fired: Cell::new(false),
+                consumed: Cell::new(0),
                 waker: RefCell::new(None),
             }),
         }
@@ -166,6 +161,11 @@ impl Deadline {
 
     pub fn has_fired(&self) -> bool {
         self.entry.fired.get()
+    }
+
+    /// How many firings of this deadline its waits have consumed.
+    pub fn consumed(&self) -> u64 {
+        self.entry.consumed.get()
     }
 
     /// Whether a deadline is set (fired or not).
@@ -192,8 +192,7 @@ impl Future for Expired<'_> {
         if entry.fired.get() {
             entry.fired.set(false);
             entry.at.set(None);
-            let wheel = &self.deadline.wheel;
-            wheel.consumed.set(wheel.consumed.get() + 1);
+            entry.consumed.set(entry.consumed.get() + 1);
             return Poll::Ready(());
         }
         let mut w = entry.waker.borrow_mut();
@@ -296,7 +295,7 @@ mod tests {
         wheel.advance(t0 + Duration::from_millis(100));
         assert!(std::pin::pin!(d.expired()).poll(&mut cx).is_ready());
         assert!(!d.is_set() && !d.has_fired());
-        assert_eq!(wheel.consumed(), 1);
+        assert_eq!(d.consumed(), 1);
         // A second wait on the same deadline does not complete until it is set and fires again.
         assert!(std::pin::pin!(d.expired()).poll(&mut cx).is_pending());
         d.set(t0 + Duration::from_millis(150));

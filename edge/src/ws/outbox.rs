@@ -42,6 +42,13 @@ impl Outbox {
         self.queued == 0
     }
 
+    /// What the queue costs in memory beyond the payloads' own bytes (which [`len`](Self::len)
+    /// counts): each queued frame's bookkeeping. For a cap or a budget, count `len() +
+    /// overhead()`: a read of thousands of tiny frames is thousands of these, not a few bytes.
+    pub fn overhead(&self) -> usize {
+        self.frames.len() * std::mem::size_of::<OutFrame>()
+    }
+
     /// Frames queued (the front one included while partly handed out).
     pub fn frames(&self) -> usize {
         self.frames.len()

@@ -449,6 +449,9 @@ pub struct Session {
     /// The code of the first close, whichever side sent it (1005 for a peer close without
     /// one): what the session ended with, for logs and audit records.
     first_close: Option<u16>,
+    /// Empty non-final data frames received since the caller last took the count: they cost
+    /// a parse each and complete nothing, so the caller counts them like control frames.
+    empty_fragments: u32,
 }
 
 impl Session {
@@ -477,6 +480,7 @@ impl Session {
             peer_closed: false,
             failed: false,
             first_close: None,
+            empty_fragments: 0,
         }
     }
 
@@ -611,6 +615,9 @@ impl Session {
     /// Handles a frame whose payload has fully arrived, unmasked and (text) validated so far.
     fn complete_frame(&mut self, p: &Partial, payload: Bytes) {
         let fin = p.header.fin;
+        if !fin && payload.is_empty() {
+            self.empty_fragments = self.empty_fragments.saturating_add(1);
+        }
         match p.header.opcode {
             OpCode::Text | OpCode::Binary => {
                 let kind = if p.header.opcode == OpCode::Text {
@@ -821,6 +828,17 @@ impl Session {
     /// what each kept fragment slice costs.
     pub fn buffered_bytes(&self) -> usize {
         self.reassembly.as_ref().map_or(0, Reassembly::held)
+    }
+
+    /// Whether a frame or a fragmented message has begun and not completed: something the
+    /// peer must finish (even a message of empty fragments, which holds no bytes).
+    pub fn in_message(&self) -> bool {
+        self.partial.is_some() || self.reassembly.is_some()
+    }
+
+    /// How many empty non-final data frames arrived since the last call (then zero).
+    pub fn take_empty_fragments(&mut self) -> u32 {
+        std::mem::take(&mut self.empty_fragments)
     }
 
     /// Bytes still missing to complete the frame at the front of the last buf seen, if known

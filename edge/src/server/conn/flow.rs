@@ -19,12 +19,29 @@ impl Conn {
     /// read is not served faster than it reads, and a slow upstream slows its client: TCP
     /// pushes back on both.
     pub(super) fn reads_allowed(&mut self) -> bool {
+        if self.awaiting_handoff() {
+            // The hand-off to the kernel waits for our last handshake bytes to leave, and
+            // nothing more may be read before it: the client's readiness would only wake us
+            // again and again. The loop waits for the socket to take our bytes instead.
+            return false;
+        }
         let allowed = !self.outbound_full();
         if !allowed && !self.reads_paused {
             self.core.metrics.read_pauses.inc();
         }
         self.reads_paused = !allowed;
         allowed
+    }
+
+    /// Before the hand-off to the kernel: every record received is decrypted (reads stop at
+    /// record boundaries) and only our pending bytes hold the hand-off up.
+    fn awaiting_handoff(&self) -> bool {
+        self.tls_mode.is_none()
+            && self.read_limit() == Some(0)
+            && self
+                .layer
+                .user()
+                .is_some_and(|t| t.is_quiescent() && t.has_pending_output())
     }
 
     /// Whether what is queued for the client (or, in proxy mode, for its upstream) has reached
@@ -38,10 +55,10 @@ impl Conn {
                 .is_some_and(|r| r.pending_output() >= cap)
     }
 
-    /// Bytes queued for the client: frames not yet handed to the record layer, and what the
-    /// record layer holds for the socket.
+    /// Bytes queued for the client: frames not yet handed to the record layer (with what each
+    /// costs to keep), and what the record layer holds for the socket.
     pub(super) fn outbound_len(&self) -> usize {
-        self.outbox.len() + self.layer.pending_output_len()
+        self.outbox.len() + self.outbox.overhead() + self.layer.pending_output_len()
     }
 
     /// Whether anything waits to be written to the client.
@@ -204,15 +221,22 @@ impl Conn {
         None
     }
 
-    /// A frame or fragmented message has begun and not completed (`partial`): it must
-    /// complete within `frame_timeout_ms` of when it began, however its bytes trickle in (each
-    /// read pushes the idle deadline, never this one). Nothing partial: the deadline is off.
-    pub(super) fn watch_partial_input(&mut self, partial: bool, now: Instant) {
-        if !partial {
+    /// Once upgraded, something partial the client began must complete within
+    /// `frame_timeout_ms` of when it began, however its bytes trickle in (each read pushes the
+    /// idle deadline, never this one): a frame, a fragmented message (even one of empty
+    /// fragments) or a TLS record the record layer holds part of. The deadline is off while
+    /// nothing is partial — and while reads are paused at the outbound cap, when it is not the
+    /// client that holds the frame up (it restarts when reading resumes).
+    pub(super) fn watch_partial_input(&mut self) {
+        let partial = self.phase == Phase::Open
+            && (!self.plaintext.is_empty()
+                || self.session.as_ref().is_some_and(|s| s.in_message())
+                || self.layer.holds_partial_record());
+        if !partial || self.outbound_full() {
             self.frame_deadline.clear();
         } else if !self.frame_deadline.is_set() {
             self.frame_deadline
-                .set(now + self.core.cfg.limits.frame_timeout());
+                .set(Instant::now() + self.core.cfg.limits.frame_timeout());
         }
     }
 
@@ -299,6 +323,14 @@ impl Conn {
                 return false;
             }
             if step.is_some() {
+                return true;
+            }
+            let cap = self.core.cfg.limits.max_outbound_bytes;
+            let held =
+                self.plaintext.len() + self.session.as_ref().map_or(0, |s| s.buffered_bytes());
+            if held > cap {
+                // Data instead of a close reply, more than the cap of it: no reply is coming
+                // that we would keep for. Closed all the same, holding no more.
                 return true;
             }
             if self

@@ -41,7 +41,7 @@ mod flow;
 mod pass;
 mod proxy;
 
-use self::pass::{yield_to_core, AfterPass, PassGuard, Waited};
+use self::pass::{yield_to_core, yield_turn, AfterPass, PassGuard, Waited};
 use self::proxy::{upstream_readable, upstream_writable, RouteChoice};
 use super::admission::Admitted;
 use super::core::{unix_now, Core};
@@ -226,6 +226,8 @@ struct Conn {
     /// The loop's progress mark: bytes moved on either socket and one-shot wake-ups consumed
     /// (see [`pass`]).
     moved: u64,
+    /// The connection is ending (`finish`): no hand-off to the kernel will come.
+    finishing: bool,
     holds_read_buffer: bool,
 }
 
@@ -274,6 +276,7 @@ impl Conn {
             hop_started: None,
             held: 0,
             moved: 0,
+            finishing: false,
             holds_read_buffer: false,
         }
     }
@@ -308,7 +311,12 @@ impl Conn {
             };
             self.core.metrics.loop_passes.inc();
             let step = match wake {
-                Wake::UpstreamReadable(Ok(())) => self.relay_from_upstream(),
+                Wake::UpstreamReadable(Ok(())) => {
+                    // Readiness consumed by a read (the bytes may all be TLS records that give
+                    // no plaintext yet): progress, whatever the read returns.
+                    self.moved += 1;
+                    self.relay_from_upstream()
+                }
                 Wake::UpstreamMore => {
                     // The relay's "more held" flag is a one-shot: the read clears it.
                     self.moved += 1;
@@ -331,6 +339,7 @@ impl Conn {
                 }
                 Wake::Writable(Ok(())) => None,
                 Wake::Readable(Ok(())) => {
+                    self.moved += 1;
                     let step = self.read_and_process();
                     self.account_buffers();
                     step
@@ -338,7 +347,12 @@ impl Conn {
             };
             // Key bookkeeping comes before the write: a KeyUpdate of ours must precede the
             // data queued after the client asked for it.
-            let keys = match self.keep_keys_fresh(step.is_some()).await {
+            let closing = step.is_some()
+                || self
+                    .session
+                    .as_ref()
+                    .is_some_and(|s| s.state() != SessionState::Open);
+            let keys = match self.keep_keys_fresh(closing).await {
                 Ok(keys) => keys,
                 Err(end) => return end,
             };
@@ -354,6 +368,7 @@ impl Conn {
             if let Some(end) = step.or(keys).or_else(|| self.enforce_budget()) {
                 return end;
             }
+            self.watch_partial_input();
             if let Some(pending) = self.pending.take() {
                 let upgraded = self.finish_pending_upgrade(pending).await;
                 self.account_buffers();
@@ -375,12 +390,13 @@ impl Conn {
                 // not by whatever deadline this loop would wait on next.
                 return End::Close;
             }
-            // Deadline firings consumed on this core count as progress: a wait that completed
-            // at once on a deadline consumed it (see `timer`).
-            let progress = self.moved + self.core.wheel.consumed();
-            match guard.after_pass(waited, progress) {
+            match guard.after_pass(waited, self.progress_mark()) {
                 AfterPass::Continue => {}
                 AfterPass::YieldBudget => {
+                    self.core.metrics.loop_yields.inc();
+                    yield_turn().await;
+                }
+                AfterPass::ParkBudget => {
                     self.core.metrics.loop_yields.inc();
                     yield_to_core().await;
                 }
@@ -390,6 +406,24 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// The loop's progress mark: bytes and readiness moved, and the firings of this
+    /// connection's own deadlines consumed (a wait that completed at once on a deadline
+    /// consumed it, see `timer`).
+    fn progress_mark(&self) -> u64 {
+        let own = [
+            &self.deadline,
+            &self.heartbeat,
+            &self.frame_deadline,
+            &self.write_deadline,
+            &self.upstream_write_deadline,
+        ];
+        let live = self
+            .live
+            .as_ref()
+            .map_or(0, |e| e.session.deadline().consumed());
+        self.moved + live + own.iter().map(|d| d.consumed()).sum::<u64>()
     }
 
     /// Reads what the socket holds (bounded, so one connection cannot starve the core) and
@@ -488,7 +522,7 @@ impl Conn {
     /// completes the record in the buffer, so the kernel starts on a record boundary even when
     /// the client pipelines data right after its Finished.
     fn read_limit(&self) -> Option<usize> {
-        if self.tls_mode.is_some() || !self.core.ktls.offloads() {
+        if self.tls_mode.is_some() || self.finishing || !self.core.ktls.offloads() {
             return None;
         }
         match self.layer.user() {
@@ -877,6 +911,20 @@ impl Conn {
         session.receive(&mut self.plaintext);
         // Closed for its rate in this step: later messages in the same read are not delivered.
         let mut rate_closed = false;
+        // Empty fragments complete nothing and cost a parse each, like a ping without the
+        // pong: they take from the control allowance (a message of 10^6 of them would pass
+        // every message limit).
+        for _ in 0..session.take_empty_fragments() {
+            let verdict = match self.limiter.as_mut() {
+                Some(limiter) => limiter.check_control(now, 0),
+                None => Verdict::Pass,
+            };
+            if let Verdict::Exceeded { which, unit } = verdict {
+                close_for_rate(&core, self.peer, session, self.relay.as_mut(), which, unit);
+                rate_closed = true;
+                break;
+            }
+        }
         while let Some(event) = session.poll_event() {
             match event {
                 Event::Message(message) => {
@@ -932,9 +980,13 @@ impl Conn {
                 Event::PeerClosed { code, reason } => {
                     metrics.frames_in.inc();
                     metrics.close_code(code.unwrap_or(1005), Side::Client);
-                    // The client's close goes on to the upstream with its code.
+                    // The client's close goes on to the upstream with its code; an empty close
+                    // stays empty.
                     if let Some(relay) = self.relay.as_mut() {
-                        relay.close(code.unwrap_or(1000), &reason);
+                        match code {
+                            Some(code) => relay.close(code, &reason),
+                            None => relay.close_without_code(),
+                        }
                     }
                 }
                 Event::Failed { code, reason } => {
@@ -945,8 +997,6 @@ impl Conn {
                 }
             }
         }
-        let partial = !self.plaintext.is_empty() || session.buffered_bytes() > 0;
-        self.watch_partial_input(partial, now);
         if let Err(end) = self.encrypt_outgoing() {
             return Some(end);
         }
@@ -1252,14 +1302,36 @@ impl Conn {
         // bytes, the client's close reply and close_notify together get close_timeout_ms,
         // whatever the client or the upstream does.
         let close_by = Instant::now() + self.core.cfg.limits.close_timeout();
-        if let Some(mut relay) = self.relay.take() {
-            // Whatever ended the client side ends the upstream side: our close (unless one
-            // went already) behind what was forwarded, the upstream's reply, then both
-            // directions shut.
-            relay.close(1001, "going_away");
-            self.close_upstream(&mut relay, close_by).await;
-            relay.stream.shutdown();
-        }
+        // No hand-off to the kernel any more: what the client sends now is read as it comes.
+        self.finishing = true;
+        // Whatever ended the client side ends the upstream side: our close (unless one went
+        // already) behind what was forwarded, the upstream's reply, then both directions shut.
+        // The two sides close at the same time, so a slow upstream does not spend the client's
+        // share of the deadline.
+        let upstream = self.relay.take().map(|mut relay| {
+            let core = self.core.clone();
+            async move {
+                relay.close(1001, "going_away");
+                proxy::close_upstream(&core, &mut relay, close_by).await;
+                relay.stream.shutdown();
+            }
+        });
+        let upstream = async move {
+            if let Some(closing) = upstream {
+                closing.await;
+            }
+        };
+        monoio::join!(self.finish_client(end, close_by), upstream);
+        // A readiness wait that lost to a deadline is cancelled (monoio's async-cancel), but the
+        // cancellation completes later: until then the operation holds the socket, and
+        // dropping the stream would not close it. Shutting the socket down ends any such wait
+        // (and tells the client at once); the descriptor is closed when the last operation
+        // lets go of it.
+        sockopt::shutdown_both(sockopt::borrow_fd(&self.stream));
+    }
+
+    /// The client's side of the end: the last bytes, its close reply, close_notify.
+    async fn finish_client(&mut self, end: End, close_by: Instant) {
         if matches!(end, End::Close) && !self.layer.is_handshaking() {
             let mut ok = self.flush_before_close(close_by).await.is_ok();
             let close_sent = |c: &Self| {
@@ -1280,11 +1352,6 @@ impl Conn {
             // An alert (TLS failure) or the last frames: best effort, bounded by the close timeout.
             let _ = self.flush_before_close(close_by).await;
         }
-        // monoio leaves a dropped operation in flight rather than cancelling it: a readiness
-        // wait that lost to a deadline still holds the socket, and dropping the stream would
-        // not close it. Shutting the socket down completes that wait (and tells the client at
-        // once); the descriptor is closed when the last operation lets go of it.
-        sockopt::shutdown_both(sockopt::borrow_fd(&self.stream));
     }
 }
 

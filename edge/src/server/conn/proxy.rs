@@ -8,9 +8,10 @@ use crate::metrics::Side;
 use crate::refuse::Refusal;
 use crate::ws::{self, SessionState};
 
+use super::super::core::Core;
 use super::super::relay::{Relay, UpstreamEvent};
 use super::super::timer::Deadline;
-use super::pass::{yield_to_core, AfterPass, PassGuard, Waited};
+use super::pass::{yield_to_core, yield_turn, AfterPass, PassGuard, Waited};
 use super::{Conn, End, PendingUpgrade};
 
 impl Conn {
@@ -113,59 +114,6 @@ impl Conn {
             Err(e) => {
                 tracing::debug!(peer = %self.peer, member = %relay.member, error = %e, "upstream write failed");
                 Some(self.upstream_failed("upstream_write_failed"))
-            }
-        }
-    }
-
-    /// The session is ending: what was forwarded to the upstream (and our close behind it)
-    /// leaves, and the upstream's close reply is awaited, until `close_by`. Closing a socket
-    /// with unread bytes resets it, and a reset can destroy what the upstream has not read yet:
-    /// the messages it was sent before the client's session ended. What the upstream sends
-    /// meanwhile is read and discarded (the client's session is closing).
-    pub(super) async fn close_upstream(&mut self, relay: &mut Relay, close_by: Instant) {
-        let limit = Deadline::new(&self.core.wheel);
-        limit.set(close_by);
-        let mut events = Vec::new();
-        let mut guard = PassGuard::default();
-        let mut moved = 0u64;
-        loop {
-            match relay.write_some() {
-                Ok(n) => moved += n as u64,
-                Err(_) => return,
-            }
-            let writing = relay.pending_output() > 0;
-            if !writing && relay.is_done() {
-                return;
-            }
-            let reading = !relay.is_done();
-            let more = reading && relay.more;
-            let (wake, waited) = {
-                let wait = std::pin::pin!(async {
-                    monoio::select! {
-                        r = relay.stream.tcp().writable(false), if writing => r.is_ok(),
-                        r = relay.stream.tcp().readable(false), if reading && !more => r.is_ok(),
-                        _ = std::future::ready(()), if more => true,
-                        _ = limit.expired() => false,
-                    }
-                });
-                Waited::new(wait).await
-            };
-            if !wake {
-                return;
-            }
-            if reading {
-                // The flag is a one-shot the read clears. What the upstream sends instead of its
-                // close reply is read and dropped, never held beyond the outbound cap: an upstream
-                // that keeps sending a frame that never ends is let go.
-                let cap = self.core.cfg.limits.max_outbound_bytes;
-                moved += 1 + relay.read(Instant::now(), &mut events, cap) as u64;
-                events.clear();
-                if relay.buffered() > cap {
-                    return;
-                }
-            }
-            if guard.after_pass(waited, moved) != AfterPass::Continue {
-                yield_to_core().await;
             }
         }
     }
@@ -274,6 +222,65 @@ impl Conn {
                 reason: "upstream_timeout",
                 extra_headers: RETRY,
             }),
+        }
+    }
+}
+
+/// The session is ending: what was forwarded to the upstream (and our close behind it) leaves,
+/// and the upstream's close reply is awaited, until `close_by`. Closing a socket with unread
+/// bytes resets it, and a reset can destroy what the upstream has not read yet: the messages it
+/// was sent before the client's session ended. What the upstream sends meanwhile is read and
+/// dropped (the client's session is closing), never held beyond the outbound cap: an upstream
+/// that keeps sending a frame that never ends is let go. An upstream already given up on
+/// (broken, stalled) gets one last write attempt and no wait.
+pub(super) async fn close_upstream(core: &Core, relay: &mut Relay, close_by: Instant) {
+    if relay.is_abandoned() {
+        let _ = relay.write_some();
+        return;
+    }
+    let cap = core.cfg.limits.max_outbound_bytes;
+    let limit = Deadline::new(&core.wheel);
+    limit.set(close_by);
+    let mut events = Vec::new();
+    let mut guard = PassGuard::default();
+    let mut moved = 0u64;
+    loop {
+        match relay.write_some() {
+            Ok(n) => moved += n as u64,
+            Err(_) => return,
+        }
+        let writing = relay.pending_output() > 0;
+        if !writing && relay.is_done() {
+            return;
+        }
+        let reading = !relay.is_done();
+        let more = reading && relay.more;
+        let (wake, waited) = {
+            let wait = std::pin::pin!(async {
+                monoio::select! {
+                    r = relay.stream.tcp().writable(false), if writing => r.is_ok(),
+                    r = relay.stream.tcp().readable(false), if reading && !more => r.is_ok(),
+                    _ = std::future::ready(()), if more => true,
+                    _ = limit.expired() => false,
+                }
+            });
+            Waited::new(wait).await
+        };
+        if !wake {
+            return;
+        }
+        if reading {
+            // The flag or the readiness is consumed by this read.
+            moved += 1 + relay.read(Instant::now(), &mut events, cap) as u64;
+            events.clear();
+            if relay.buffered() > cap {
+                return;
+            }
+        }
+        match guard.after_pass(waited, moved) {
+            AfterPass::Continue => {}
+            AfterPass::YieldBudget => yield_turn().await,
+            _ => yield_to_core().await,
         }
     }
 }
