@@ -435,6 +435,24 @@ async fn a_control_socket_in_a_shared_directory_is_refused() {
         );
         assert!(!socket.exists(), "mode {mode:04o}: no socket left behind");
     }
+    // A private directory inside a shared, non-sticky one: its parent's other writers could
+    // rename it aside and put their own in its place.
+    let base = tempfile::tempdir().expect("tempdir");
+    let shared = base.path().join("shared");
+    std::fs::create_dir(&shared).expect("mkdir");
+    let dir = shared.join("private");
+    std::fs::create_dir(&dir).expect("mkdir");
+    chmod(&dir, 0o700);
+    chmod(&shared, 0o777);
+    let (status, _out, err) = ServerBuilder::new()
+        .arg("--control")
+        .arg(dir.join("ctl.sock").to_str().unwrap())
+        .run_expect_exit();
+    assert_eq!(status.code(), Some(2), "shared parent: {err}");
+    assert!(
+        err.contains(shared.to_str().unwrap()) && err.contains("0777"),
+        "the message names the shared parent and its mode: {err}"
+    );
     let base = tempfile::tempdir().expect("tempdir");
     let dir = base.path().join("private");
     std::fs::create_dir(&dir).expect("mkdir");

@@ -334,6 +334,12 @@ async fn a_query_token_never_reaches_the_upstream() {
         ("/p/feed?x=1&access_token={t}&y=2", "/base/feed?x=1&y=2"),
         ("/p?access_token={t}", "/base"),
         ("/p/a?b=2&access%5Ftoken={t}", "/base/a?b=2"),
+        // Second tokens smuggled past the extractor's exact name, for upstreams that read
+        // query names case-insensitively (ASP.NET) or split on `;` (Go before 1.17).
+        (
+            "/p/feed?access_token={t}&ACCESS_TOKEN={t}&x=1;access_token={t}",
+            "/base/feed?x=1",
+        ),
     ];
     for (template, want) in cases {
         let tok = hs(claims("quinn", &unique_jti("query-token")));

@@ -143,6 +143,9 @@ pub struct ReplayStore {
     by_expiry: BinaryHeap<Reverse<(u64, JtiKey)>>,
     /// Handed to a restart's new process: new `jti`s are refused ([`ReplayRefusal::HandedOver`]).
     sealed: bool,
+    /// `max_token_lifetime_s`: no token this edge admits expires later than this after now, so
+    /// no handed-over entry may either (a broken predecessor cannot pin entries for ever).
+    max_lifetime_s: Option<u64>,
 }
 
 impl ReplayStore {
@@ -155,7 +158,14 @@ impl ReplayStore {
             seen: HashMap::new(),
             by_expiry: BinaryHeap::new(),
             sealed: false,
+            max_lifetime_s: None,
         }
+    }
+
+    /// Bounds handed-over entries' expiry by `max_token_lifetime_s` (when one is set).
+    pub fn with_max_lifetime(mut self, max_lifetime_s: Option<u64>) -> Self {
+        self.max_lifetime_s = max_lifetime_s;
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -237,16 +247,20 @@ impl ReplayStore {
     }
 
     /// Remembers entries a restart's old process handed over (this store's leeway added to
-    /// each `exp`). The capacity holds: live entries beyond it are counted as dropped, never
-    /// stored; expired ones are skipped; a key already here keeps the later expiry.
+    /// each `exp`, which is first bounded by `now + max_token_lifetime_s` when that is set).
+    /// The capacity holds: live entries beyond it are counted as dropped, never stored;
+    /// expired ones are skipped; a key already here keeps the later expiry.
     pub fn import(
         &mut self,
         entries: impl IntoIterator<Item = HandedEntry>,
         now_unix: u64,
     ) -> ImportOutcome {
         let mut outcome = ImportOutcome::default();
+        let latest = self
+            .max_lifetime_s
+            .map_or(u64::MAX, |max| now_unix.saturating_add(max));
         for e in entries {
-            let until = e.exp.saturating_add(self.leeway_s);
+            let until = e.exp.min(latest).saturating_add(self.leeway_s);
             if until <= now_unix {
                 outcome.expired += 1;
                 continue;
@@ -494,6 +508,27 @@ mod tests {
         let e = JwtRefusal::from(ReplayRefusal::HandedOver);
         assert_eq!((e.reason(), e.status()), ("replay_store_unavailable", 503));
         assert_eq!(e.extra_headers(), &[("Retry-After", "1")]);
+    }
+
+    #[test]
+    fn an_import_bounds_expiry_by_the_token_lifetime_cap() {
+        // A broken predecessor's exp = u64::MAX would pin the entry for ever.
+        let pinned = HandedEntry {
+            key: jti_key("pinned"),
+            exp: u64::MAX,
+        };
+        let mut s = ReplayStore::new(10, 5).with_max_lifetime(Some(3600));
+        assert_eq!(s.import([pinned], 1_000).kept, 1);
+        assert_eq!(s.purge(1_000 + 3600 + 4), 0);
+        assert_eq!(
+            s.purge(1_000 + 3600 + 5),
+            1,
+            "gone at now + lifetime + leeway"
+        );
+        // Without a lifetime cap the expiry is taken as sent.
+        let mut open = ReplayStore::new(10, 0);
+        assert_eq!(open.import([pinned], 1_000).kept, 1);
+        assert_eq!(open.purge(u64::MAX - 1), 0);
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub enum ClientError {
     NoSocket { path: PathBuf },
     #[error("no wssedge is listening on {path} (a stale socket file, nothing answers): start it with --control {path}")]
     NotListening { path: PathBuf },
-    #[error("permission denied on {path}: run wssedge ctl as root or as the user wssedge runs as")]
+    #[error("permission denied on {path}: run wssedge ctl as the user wssedge runs as (e.g. sudo -u wssedge wssedge ctl …), or as root when wssedge runs as root")]
     PermissionDenied { path: PathBuf },
     #[error("refusing to talk to {path}: the process listening there runs as uid {uid}, neither root nor you (uid {me}); wssedge ctl only talks to a server running as root or as its own user. If that wssedge is yours, run wssedge ctl as its user (uid {uid}); if not, someone else holds the socket path")]
     UntrustedServer { path: PathBuf, uid: u32, me: u32 },

@@ -74,6 +74,10 @@ pub enum ControlError {
     SharedDirectory { dir: PathBuf, mode: u32 },
     #[error("directory {dir} of the control socket belongs to uid {owner}, who could take the socket path: use a directory owned by root or by wssedge's user (uid {me}), e.g. /run/wssedge with mode 0700")]
     ForeignDirectory { dir: PathBuf, owner: u32, me: u32 },
+    #[error("{dir}, above the control socket's directory, has mode {mode:04o}: others can write to it and it is not sticky, so they could move the socket's directory aside and put their own in its place; put the socket under directories only root (or wssedge's user) can write to, e.g. /run/wssedge")]
+    SharedAncestor { dir: PathBuf, mode: u32 },
+    #[error("{dir}, above the control socket's directory, belongs to uid {owner}, who could move the socket's directory aside and put their own in its place; put the socket under directories owned by root or by wssedge's user (uid {me}), e.g. /run/wssedge")]
+    ForeignAncestor { dir: PathBuf, owner: u32, me: u32 },
     #[error(
         "{path} exists and is not a socket: remove it yourself or choose another --control path"
     )]
@@ -314,7 +318,7 @@ pub(crate) fn authorize(peer: &PeerCred, server_uid: u32) -> Result<(), String> 
         Ok(())
     } else {
         Err(format!(
-            "uid {} may not use this control socket: run wssedge ctl as root or as uid {server_uid}",
+            "uid {} may not use this control socket: run wssedge ctl as uid {server_uid} (the server's user) or as root",
             peer.uid
         ))
     }

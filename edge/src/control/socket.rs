@@ -119,7 +119,45 @@ pub(crate) fn check_path(path: &Path) -> Result<(), ControlError> {
             })
         }
     };
-    directory_is_private(dir, meta.mode(), meta.uid(), sys::effective_uid())
+    let me = sys::effective_uid();
+    directory_is_private(dir, meta.mode(), meta.uid(), me)?;
+    // The directory itself could be swapped from its parent: every ancestor must be one only
+    // root or we may rename entries in — owned by root or us, and writable by others only when
+    // sticky (as /tmp is: there nobody renames what is not theirs).
+    let canonical = fs::canonicalize(dir).map_err(|_| ControlError::NoDirectory {
+        dir: dir.to_owned(),
+    })?;
+    for ancestor in canonical.ancestors().skip(1) {
+        let Ok(meta) = fs::metadata(ancestor) else {
+            continue;
+        };
+        ancestor_is_safe(ancestor, meta.mode(), meta.uid(), me)?;
+    }
+    Ok(())
+}
+
+/// An ancestor of the socket's directory: nobody but root and we may rename what it holds.
+pub(crate) fn ancestor_is_safe(
+    dir: &Path,
+    mode: u32,
+    owner: u32,
+    me: u32,
+) -> Result<(), ControlError> {
+    const STICKY: u32 = 0o1000;
+    if mode & 0o022 != 0 && mode & STICKY == 0 {
+        return Err(ControlError::SharedAncestor {
+            dir: dir.to_owned(),
+            mode: mode & 0o7777,
+        });
+    }
+    if owner != 0 && owner != me {
+        return Err(ControlError::ForeignAncestor {
+            dir: dir.to_owned(),
+            owner,
+            me,
+        });
+    }
+    Ok(())
 }
 
 /// Only root and we may create files in the socket's directory: not group- or world-writable

@@ -103,7 +103,8 @@ impl Core {
             audit,
             replay: Rc::new(ReplayShards::new(
                 start.index,
-                ReplayStore::new(start.replay.capacity, start.replay.leeway_s),
+                ReplayStore::new(start.replay.capacity, start.replay.leeway_s)
+                    .with_max_lifetime(start.replay.max_lifetime_s),
                 peers,
             )),
             metrics: start.metrics.clone(),
@@ -216,6 +217,8 @@ pub(crate) struct ReplayStart {
     pub questions: futures_channel::mpsc::Receiver<ReplayAsk>,
     pub capacity: usize,
     pub leeway_s: u64,
+    /// `max_token_lifetime_s`: bounds the expiry of entries a predecessor hands over.
+    pub max_lifetime_s: Option<u64>,
 }
 
 /// The body of a core thread. Reports on `started` once it serves (or why it cannot).

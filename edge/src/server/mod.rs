@@ -550,6 +550,7 @@ fn start_serving(
         .jwt()
         .map_or(1, |j| j.replay_capacity_per_core(cpus.len()));
     let replay_leeway = admission.jwt().map_or(0, |j| j.leeway_s());
+    let replay_max_lifetime = admission.jwt().and_then(|j| j.max_lifetime_s());
     for ((((i, &cpu), listeners), questions), audit) in cpus
         .iter()
         .enumerate()
@@ -579,6 +580,7 @@ fn start_serving(
                 questions,
                 capacity: replay_capacity,
                 leeway_s: replay_leeway,
+                max_lifetime_s: replay_max_lifetime,
             },
             metrics: registry.cores[i].clone(),
             listeners,

@@ -271,16 +271,18 @@ impl CrlSet {
             .any(|(issuer, serial)| self.is_revoked_cert(issuer, serial))
     }
 
-    /// Whether a CRL of an issuer of the identity's chain (the leaf's or an intermediate's)
-    /// is past its `nextUpdate` at `now_unix`: the verifier refuses a full handshake then
-    /// (`crl_expired`, fail closed), and a resumed session must not get further. Any expired
-    /// CRL of such an issuer counts, as for [`CrlSet::expired_at`]'s log line.
+    /// Whether the CRL a verifier consults for an issuer on the identity's verified path (the
+    /// leaf's, an intermediate's) is past its `nextUpdate` at `now_unix`: the verifier refuses
+    /// a full handshake then (`crl_expired`, fail closed), and a resumed session must not get
+    /// further. Per issuer, the first CRL of the set counts, as webpki takes the first
+    /// authoritative one in the order the set gives them (so an old CRL loaded behind its
+    /// replacement during a rotation refuses nothing).
     pub fn expired_for(&self, identity: &ClientIdentity, now_unix: i64) -> bool {
-        self.crls.iter().any(|c| {
-            c.next_update_unix <= now_unix
-                && identity
-                    .cert_refs()
-                    .any(|(issuer, _)| issuer == c.issuer_der.as_slice())
+        identity.path_issuers(now_unix).into_iter().any(|issuer| {
+            self.crls
+                .iter()
+                .find(|c| c.issuer_der.as_slice() == issuer)
+                .is_some_and(|c| c.next_update_unix <= now_unix)
         })
     }
 

@@ -57,6 +57,8 @@ pub struct ClientIdentity {
 /// number), and its validity (UNIX seconds).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertRef {
+    /// The certificate's own subject DN (DER): what links it to the certificate it issued.
+    pub subject_der: Vec<u8>,
     pub issuer_der: Vec<u8>,
     pub serial_hex: String,
     pub not_before_unix: i64,
@@ -159,6 +161,7 @@ impl ClientIdentity {
         for (i, der) in rest.iter().enumerate() {
             let cert = parse(der, i + 1)?;
             id.intermediates.push(CertRef {
+                subject_der: cert.subject().as_raw().to_vec(),
                 issuer_der: cert.issuer().as_raw().to_vec(),
                 serial_hex: serial_hex(cert.raw_serial()),
                 not_before_unix: cert.validity().not_before.timestamp(),
@@ -210,30 +213,76 @@ impl ClientIdentity {
         now_unix > self.not_after_unix
     }
 
-    /// The validity windows of the leaf and every intermediate, leaf first.
-    fn windows(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
-        std::iter::once((self.not_before_unix, self.not_after_unix)).chain(
-            self.intermediates
+    /// The intermediates on the path from the leaf toward a trust anchor, as a verifier
+    /// builds it: each the issuer of the one before (by DN), a currently valid one preferred
+    /// where the client sent several with one subject (a legacy cross-signed copy, expired,
+    /// beside the one in use). A presented certificate off that path was never relied on and
+    /// is not judged: an extra expired one in a client's bundle must not refuse it.
+    fn verified_path(&self, now_unix: i64) -> Vec<&CertRef> {
+        let mut path: Vec<&CertRef> = Vec::new();
+        let mut issuer = self.issuer_der.as_slice();
+        // Bounded by the chain's length: no certificate is used twice.
+        while path.len() < self.intermediates.len() {
+            let mut candidates = self
+                .intermediates
                 .iter()
-                .map(|c| (c.not_before_unix, c.not_after_unix)),
-        )
+                .filter(|c| c.subject_der == issuer && !path.iter().any(|p| std::ptr::eq(*p, *c)));
+            let first = candidates.next();
+            let valid = first
+                .into_iter()
+                .chain(candidates)
+                .find(|c| c.not_before_unix <= now_unix && now_unix <= c.not_after_unix);
+            let Some(next) = valid.or(first) else {
+                break; // the issuer is a trust anchor (not presented), or not in the chain
+            };
+            path.push(next);
+            if next.subject_der == next.issuer_der {
+                break; // self-issued: a root sent along
+            }
+            issuer = next.issuer_der.as_slice();
+        }
+        path
+    }
+
+    /// The validity windows of the leaf and the intermediates on its verified path.
+    fn windows(&self, now_unix: i64) -> Vec<(i64, i64)> {
+        std::iter::once((self.not_before_unix, self.not_after_unix))
+            .chain(
+                self.verified_path(now_unix)
+                    .into_iter()
+                    .map(|c| (c.not_before_unix, c.not_after_unix)),
+            )
+            .collect()
+    }
+
+    /// The issuers (DN, DER) whose CRLs a verifier consults for this chain: the leaf's and
+    /// those of the intermediates on its verified path.
+    pub fn path_issuers(&self, now_unix: i64) -> Vec<&[u8]> {
+        std::iter::once(self.issuer_der.as_slice())
+            .chain(
+                self.verified_path(now_unix)
+                    .into_iter()
+                    .map(|c| c.issuer_der.as_slice()),
+            )
+            .collect()
     }
 
     /// Checks again, at `now_unix`, what the verifier checked at the handshake and rustls
     /// does not check on a resumed session: revocation by the CRLs in force, the validity of
-    /// every certificate of the chain (expired: `now > notAfter`; not yet valid:
-    /// `now < notBefore`, as webpki judges) and the freshness of the CRLs of the chain's
-    /// issuers (`now >= nextUpdate` is expired, as webpki judges). A few comparisons and hash
+    /// every certificate on the chain's verified path (expired: `now > notAfter`; not yet
+    /// valid: `now < notBefore`, as webpki judges) and the freshness of the CRLs a verifier
+    /// consults for it (`now >= nextUpdate` is expired, as webpki judges). A few comparisons and hash
     /// lookups: run at every upgrade, resumed or not — a full handshake can straddle the
     /// instant too.
     pub fn recheck(&self, crls: &CrlSet, now_unix: i64) -> Result<(), IdentityLapse> {
         if crls.is_revoked(self) {
             return Err(IdentityLapse::Revoked);
         }
-        if self.windows().any(|(_, not_after)| now_unix > not_after) {
+        let windows = self.windows(now_unix);
+        if windows.iter().any(|&(_, not_after)| now_unix > not_after) {
             return Err(IdentityLapse::Expired);
         }
-        if self.windows().any(|(not_before, _)| now_unix < not_before) {
+        if windows.iter().any(|&(not_before, _)| now_unix < not_before) {
             return Err(IdentityLapse::NotYetValid);
         }
         if crls.expired_for(self, now_unix) {
@@ -388,6 +437,49 @@ mod tests {
             Ok(Some(id.clone()))
         );
         assert!(ClientIdentity::from_leaf(b"not a certificate").is_err());
+    }
+
+    #[test]
+    fn recheck_judges_the_verified_path_not_every_certificate_sent() {
+        use crate::tls::crl::CrlSet;
+        let pki = TestPki::new();
+        let inter = pki.intermediate(0x78);
+        let leaf = inter.client(ClientSpec::default());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let mut id = ClientIdentity::from_chain(&leaf.chain).unwrap();
+        let none = CrlSet::empty();
+        assert_eq!(id.recheck(&none, now), Ok(()));
+        // A legacy copy of the intermediate (same subject), long expired, sent before the one
+        // in use; and a certificate off the path altogether, expired too.
+        let mut legacy = id.intermediates[0].clone();
+        legacy.not_before_unix = now - 1000;
+        legacy.not_after_unix = now - 500;
+        legacy.serial_hex = "01".into();
+        let mut stray = legacy.clone();
+        stray.subject_der = b"not an issuer of this chain".to_vec();
+        id.intermediates.insert(0, legacy);
+        id.intermediates.push(stray);
+        assert_eq!(id.recheck(&none, now), Ok(()));
+        assert_eq!(id.path_issuers(now).len(), 2);
+        // Only the expired copy left: the path runs through it, and it is judged.
+        id.intermediates.remove(1);
+        assert_eq!(id.recheck(&none, now), Err(IdentityLapse::Expired));
+
+        // CRL rotation: the old, expired CRL of the intermediate loaded behind its fresh
+        // replacement is not the one consulted; in front of it, it is.
+        let id = ClientIdentity::from_chain(&leaf.chain).unwrap();
+        let fresh = inter.crl(&[], false).der().clone();
+        let stale = inter.crl(&[], true).der().clone();
+        let rotating = CrlSet::from_ders("mem", vec![fresh.clone(), stale.clone()]).unwrap();
+        assert_eq!(id.recheck(&rotating, now), Ok(()));
+        let stale_first = CrlSet::from_ders("mem", vec![stale, fresh]).unwrap();
+        assert_eq!(
+            id.recheck(&stale_first, now),
+            Err(IdentityLapse::CrlExpired)
+        );
     }
 
     #[test]

@@ -252,19 +252,67 @@ fn hex(c: u8) -> Option<u8> {
 
 /// The request target with every `param=…` removed from its query, for logs, audit records
 /// and anything forwarded upstream: a query token must not travel further than the edge.
+/// Removed generously, since upstreams read names and separators more loosely than the
+/// extractor: a name matching `param` once percent-decoded, trimmed of whitespace and control
+/// bytes and compared ASCII-case-insensitively (`ACCESS_TOKEN`, `access_token%00` — ASP.NET
+/// matches query keys case-insensitively), and `;` taken as a separator as well as `&` (Go
+/// before 1.17 and old Python split on it). The other parameters keep their order and their
+/// separators.
 pub fn redact_query_token<'a>(target: &'a str, param: &str) -> Cow<'a, str> {
     let Some((path, query)) = target.split_once('?') else {
         return Cow::Borrowed(target);
     };
-    let keep: Vec<&str> = query
-        .split('&')
-        .filter(|pair| !name_matches(pair.split_once('=').map_or(*pair, |(n, _)| n), param))
-        .collect();
-    if keep.len() == query.split('&').count() {
+    let mut kept = String::with_capacity(query.len());
+    let mut removed = false;
+    for piece in query.split_inclusive(['&', ';']) {
+        let body = piece.trim_end_matches(['&', ';']);
+        let name = body.split_once('=').map_or(body, |(n, _)| n);
+        if names_the_token(name, param) {
+            removed = true;
+            continue;
+        }
+        kept.push_str(piece);
+    }
+    if !removed {
         return Cow::Borrowed(target);
     }
-    if keep.is_empty() {
+    let kept = kept.trim_end_matches(['&', ';']);
+    if kept.is_empty() {
         return Cow::Owned(path.to_owned());
     }
-    Cow::Owned(format!("{path}?{}", keep.join("&")))
+    Cow::Owned(format!("{path}?{kept}"))
+}
+
+/// Whether a raw query parameter name is `param` to a lenient reader: percent-decoded (bad
+/// escapes kept as they are), trimmed of whitespace and control bytes, any ASCII case.
+fn names_the_token(raw: &str, param: &str) -> bool {
+    let b = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            b.get(i + 1).and_then(|&c| hex(c)),
+            b.get(i + 2).and_then(|&c| hex(c)),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                decoded.push(hi << 4 | lo);
+                i += 3;
+            }
+            (c, _, _) => {
+                decoded.push(c);
+                i += 1;
+            }
+        }
+    }
+    let junk = |c: &u8| c.is_ascii_whitespace() || c.is_ascii_control();
+    let start = decoded
+        .iter()
+        .position(|c| !junk(c))
+        .unwrap_or(decoded.len());
+    let end = decoded
+        .iter()
+        .rposition(|c| !junk(c))
+        .map_or(start, |p| p + 1);
+    decoded[start..end].eq_ignore_ascii_case(param.as_bytes())
 }

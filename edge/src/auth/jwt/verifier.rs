@@ -309,6 +309,11 @@ impl JwtVerifier {
         self.claims.leeway_s
     }
 
+    /// `max_token_lifetime_s`: no admitted token expires later than this after now.
+    pub fn max_lifetime_s(&self) -> Option<u64> {
+        self.claims.max_lifetime_s
+    }
+
     /// `max_tracked_jti` split across `cores` owner cores (rounded up, at least 1 each).
     pub fn replay_capacity_per_core(&self, cores: usize) -> usize {
         self.max_tracked_jti.div_ceil(cores.max(1)).max(1)

@@ -126,6 +126,31 @@ fn bad_paths_are_refused_with_what_to_fix() {
 }
 
 #[test]
+fn an_ancestor_others_could_rename_in_is_refused() {
+    use crate::control::socket::ancestor_is_safe;
+    let dir = std::path::Path::new("/srv");
+    // Sticky and root's (/tmp), or writable by nobody else: nobody renames our directory.
+    for ok in [0o755, 0o1777, 0o711, 0o1770] {
+        assert!(
+            ancestor_is_safe(dir, 0o40000 | ok, 0, 1000).is_ok(),
+            "{ok:o}"
+        );
+    }
+    for shared in [0o777, 0o775, 0o757] {
+        let err = ancestor_is_safe(dir, 0o40000 | shared, 0, 1000).unwrap_err();
+        assert!(matches!(err, ControlError::SharedAncestor { mode, .. } if mode == shared));
+        assert!(
+            err.to_string().contains("/srv") && err.to_string().contains(&format!("{shared:04o}"))
+        );
+    }
+    let err = ancestor_is_safe(dir, 0o40755, 1001, 1000).unwrap_err();
+    assert!(
+        matches!(err, ControlError::ForeignAncestor { owner: 1001, .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
 fn a_directory_others_can_write_to_is_refused_with_its_mode() {
     use crate::control::socket::directory_is_private;
     let dir = std::path::Path::new("/run/x");

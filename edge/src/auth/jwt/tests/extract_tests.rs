@@ -176,6 +176,16 @@ fn query_tokens_are_redacted_from_targets() {
         ("/ws?room=1&access_token=a.b.c&x=2", "/ws?room=1&x=2"),
         ("/ws?access%5Ftoken=a.b.c&room=1", "/ws?room=1"),
         ("/ws?access_token", "/ws"),
+        // Spellings a looser reader takes for the token: any case, trailing junk, `;`.
+        ("/ws?ACCESS_TOKEN=a.b.c&room=1", "/ws?room=1"),
+        ("/ws?room=1&Access_Token=a.b.c", "/ws?room=1"),
+        ("/ws?access_token%00=a.b.c&room=1", "/ws?room=1"),
+        ("/ws?%20access_token%09=a.b.c", "/ws"),
+        ("/ws?x=1;access_token=a.b.c", "/ws?x=1"),
+        ("/ws?x=1;access_token=a.b.c;y=2&z=3", "/ws?x=1;y=2&z=3"),
+        // Not the token: another name that merely contains it.
+        ("/ws?my_access_token=1", "/ws?my_access_token=1"),
+        ("/ws?access_tokens=1", "/ws?access_tokens=1"),
     ];
     for (target, want) in cases {
         assert_eq!(redact_query_token(target, "access_token"), want, "{target}");
