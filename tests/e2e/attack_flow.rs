@@ -455,19 +455,19 @@ async fn a_frame_dribbled_a_byte_at_a_time_is_closed_at_frame_timeout() {
     expect_closed_1008(&srv, "frame_timeout", 1.0).await;
 }
 
-/// The same for a message dribbled as complete one-byte fragments: each frame completes, the
-/// message never does.
-#[tokio::test]
-async fn a_message_dribbled_as_fragments_is_closed_at_frame_timeout() {
+/// Opens a message with `first`, then sends `each` every 300 ms (at most 20 times) until the
+/// server's close arrives: it must be `1008 frame_timeout`, within 2.5 s (`frame_timeout_ms`
+/// is 1000 on the server of these tests).
+async fn dribble_fragments_until_frame_timeout(first: &[u8], each: &[u8], what: &str) {
     let srv = Server::with_config(
         "[limits]\nframe_timeout_ms = 1000\nidle_timeout_ms = 60000\nping_interval_ms = 0\n",
     );
     let mut ws = srv.raw().await;
-    ws.send(&cframe(false, OP_TEXT, b"a")).await;
+    ws.send(first).await;
     let t0 = Instant::now();
     let mut close = None;
     for _ in 0..20 {
-        if !ws.send_lossy(&cframe(false, OP_CONT, b"b")).await {
+        if !ws.send_lossy(each).await {
             break;
         }
         if let Ok(Event::Frame(f)) =
@@ -477,16 +477,29 @@ async fn a_message_dribbled_as_fragments_is_closed_at_frame_timeout() {
             break;
         }
     }
-    let close = close.expect("a message dribbled as fragments for 6 s was never refused");
+    let close = close.unwrap_or_else(|| panic!("{what}: open for 6 s, never refused"));
     assert_eq!(
         (close.close_code(), close.close_reason().as_str()),
-        (Some(1008), "frame_timeout")
+        (Some(1008), "frame_timeout"),
+        "{what}"
     );
     assert!(
         t0.elapsed() < Duration::from_millis(2500),
-        "{:?}",
+        "{what}: {:?}",
         t0.elapsed()
     );
+}
+
+/// The same for a message dribbled as complete one-byte fragments: each frame completes, the
+/// message never does.
+#[tokio::test]
+async fn a_message_dribbled_as_fragments_is_closed_at_frame_timeout() {
+    dribble_fragments_until_frame_timeout(
+        &cframe(false, OP_TEXT, b"a"),
+        &cframe(false, OP_CONT, b"b"),
+        "one-byte fragments",
+    )
+    .await;
 }
 
 /// A frame that arrives in pieces within the timeout is served, and a later frame gets a
@@ -514,34 +527,12 @@ async fn frames_completed_in_time_are_served() {
 /// kept the message open for ever. The deadline now runs while any message is open.
 #[tokio::test]
 async fn a_message_of_empty_fragments_is_closed_at_frame_timeout() {
-    let srv = Server::with_config(
-        "[limits]\nframe_timeout_ms = 1000\nidle_timeout_ms = 60000\nping_interval_ms = 0\n",
-    );
-    let mut ws = srv.raw().await;
-    ws.send(&cframe(false, OP_TEXT, b"")).await;
-    let t0 = Instant::now();
-    let mut close = None;
-    for _ in 0..20 {
-        if !ws.send_lossy(&cframe(false, OP_CONT, b"")).await {
-            break;
-        }
-        if let Ok(Event::Frame(f)) =
-            tokio::time::timeout(Duration::from_millis(300), ws.next()).await
-        {
-            close = Some(f);
-            break;
-        }
-    }
-    let close = close.expect("a message of empty fragments stayed open for 6 s");
-    assert_eq!(
-        (close.close_code(), close.close_reason().as_str()),
-        (Some(1008), "frame_timeout")
-    );
-    assert!(
-        t0.elapsed() < Duration::from_millis(2500),
-        "{:?}",
-        t0.elapsed()
-    );
+    dribble_fragments_until_frame_timeout(
+        &cframe(false, OP_TEXT, b""),
+        &cframe(false, OP_CONT, b""),
+        "empty fragments",
+    )
+    .await;
 }
 
 /// A flood of empty fragments costs a parse each and completes no message (no message limit
