@@ -35,7 +35,7 @@ use crate::harness::*;
 
 /// A CA that issues client certificates and CRLs.
 pub(crate) struct Ca {
-    issuer: Issuer<'static, KeyPair>,
+    pub(crate) issuer: Issuer<'static, KeyPair>,
     der: CertificateDer<'static>,
 }
 

@@ -14,15 +14,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, KeyIdMethod, KeyPair, SanType, SerialNumber,
 };
 use serde_json::{json, Value};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ClientConfig, HandshakeKind};
 
 use crate::admission_jwt::{claims, hs, jwt_config, key_files, with, with_header_token};
+use crate::admission_mtls::Ca;
 use crate::audit::trail;
 use crate::control::controlled;
 use crate::harness::*;
@@ -43,11 +43,9 @@ fn at_unix(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
 }
 
-/// A client CA that issues leaves and CRLs with the validity the test asks for.
-struct ClientCa {
-    issuer: Issuer<'static, KeyPair>,
-    der: CertificateDer<'static>,
-}
+/// A client CA (the mTLS tests' [`Ca`]) that issues leaves and CRLs with the validity the test
+/// asks for.
+struct ClientCa(Ca);
 
 struct ClientLeaf {
     chain: Vec<CertificateDer<'static>>,
@@ -58,30 +56,11 @@ const DESK: &str = "spiffe://bank.test/trading/desk-9";
 
 impl ClientCa {
     fn new() -> ClientCa {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "attack_auth client CA");
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = KeyPair::generate().expect("CA key");
-        let der = params.self_signed(&key).expect("self-sign").der().clone();
-        ClientCa {
-            issuer: Issuer::new(params, key),
-            der,
-        }
+        ClientCa(Ca::new("attack_auth client CA"))
     }
 
     fn write(&self, path: &Path) {
-        std::fs::write(
-            path,
-            crate::admission_jwt::pem("CERTIFICATE", self.der.as_ref()),
-        )
-        .expect("write CA");
+        self.0.write_pem(path);
     }
 
     /// A client certificate for [`DESK`] valid from an hour ago until `not_after` (UNIX s).
@@ -100,7 +79,7 @@ impl ClientCa {
         params.not_after = rcgen_time!(at_unix(not_after));
         let key = KeyPair::generate().expect("leaf key");
         let cert = params
-            .signed_by(&key, &self.issuer)
+            .signed_by(&key, &self.0.issuer)
             .expect("sign leaf")
             .der()
             .clone();
@@ -120,7 +99,7 @@ impl ClientCa {
             revoked_certs: Vec::new(),
             key_identifier_method: KeyIdMethod::Sha256,
         }
-        .signed_by(&self.issuer)
+        .signed_by(&self.0.issuer)
         .expect("sign CRL")
         .pem()
         .expect("CRL PEM")

@@ -147,67 +147,94 @@ impl RatePolicy {
 /// One connection's limits: its own buckets, plus its share of its identity's budget.
 /// Owned by the connection, never shared; dropping it releases the identity.
 pub struct ConnectionLimiter {
-    messages: Option<TokenBucket>,
-    bytes: Option<TokenBucket>,
+    /// The connection's own messages and payload bytes.
+    own: Allowance,
     identity: Option<IdentityHandle>,
-    /// Pings and pongs, apart from messages: a control frame costs the edge a parse and (a
-    /// ping) a pong, whatever the message limits say.
-    control: Option<TokenBucket>,
-    control_bytes: Option<TokenBucket>,
+    /// Control frames (pings, pongs, empty fragments), apart from messages: each costs the
+    /// edge a parse and (a ping) a pong, whatever the message limits say.
+    control: Allowance,
+}
+
+/// A count bucket and a byte bucket, either optional, checked together and taken together.
+struct Allowance {
+    count: Option<TokenBucket>,
+    bytes: Option<TokenBucket>,
+}
+
+impl Allowance {
+    fn new(limit: &RateLimit, now: Instant) -> Self {
+        Self {
+            count: limit.messages.map(|r| TokenBucket::new(r, now)),
+            bytes: limit.bytes.map(|r| TokenBucket::new(r, now)),
+        }
+    }
+
+    fn is_unlimited(&self) -> bool {
+        self.count.is_none() && self.bytes.is_none()
+    }
+
+    /// Refills both to `now`; the unit that cannot give `count` and `len` now, if one cannot.
+    /// Nothing is taken.
+    fn short_of(&mut self, now: Instant, count: u64, len: u64) -> Option<Unit> {
+        if let Some(b) = &mut self.count {
+            b.refill(now);
+            if !b.can_take(count) {
+                return Some(Unit::Messages);
+            }
+        }
+        if let Some(b) = &mut self.bytes {
+            b.refill(now);
+            if !b.can_take(len) {
+                return Some(Unit::Bytes);
+            }
+        }
+        None
+    }
+
+    /// Takes what [`short_of`](Self::short_of) found there.
+    fn take(&mut self, count: u64, len: u64) {
+        if let Some(b) = &mut self.count {
+            b.take(count);
+        }
+        if let Some(b) = &mut self.bytes {
+            b.take(len);
+        }
+    }
 }
 
 impl ConnectionLimiter {
     /// Buckets for `limit`, full at `now`; `identity` from [`CoreBudgets::attach`].
     pub fn new(limit: &RateLimit, identity: Option<IdentityHandle>, now: Instant) -> Self {
         Self {
-            messages: limit.messages.map(|r| TokenBucket::new(r, now)),
-            bytes: limit.bytes.map(|r| TokenBucket::new(r, now)),
+            own: Allowance::new(limit, now),
             identity,
-            control: None,
-            control_bytes: None,
+            control: Allowance::new(&RateLimit::UNLIMITED, now),
         }
     }
 
-    /// Adds the allowance for the connection's control frames (pings and pongs), full at `now`.
+    /// Adds the allowance for the connection's control frames, full at `now`.
     pub fn with_control(mut self, control: &RateLimit, now: Instant) -> Self {
-        self.control = control.messages.map(|r| TokenBucket::new(r, now));
-        self.control_bytes = control.bytes.map(|r| TokenBucket::new(r, now));
+        self.control = Allowance::new(control, now);
         self
     }
 
     /// Nothing to check: the caller may skip [`check`](Self::check) and
     /// [`check_control`](Self::check_control) altogether.
     pub fn is_unlimited(&self) -> bool {
-        self.messages.is_none()
-            && self.bytes.is_none()
-            && self.identity.is_none()
-            && self.control.is_none()
-            && self.control_bytes.is_none()
+        self.own.is_unlimited() && self.identity.is_none() && self.control.is_unlimited()
     }
 
-    /// Checks one control frame (a ping or a pong) of `payload_len` bytes at `now` against the
-    /// control allowance only: control frames never take from the message budgets, so a
-    /// client's heartbeat cannot push its data over its limit.
+    /// Checks one control frame (a ping, a pong, an empty fragment) of `payload_len` bytes at
+    /// `now` against the control allowance only: control frames never take from the message
+    /// budgets, so a client's heartbeat cannot push its data over its limit. One at a time:
+    /// a bucket lets an oversized take pass from full, so frames counted in bulk would slip
+    /// through.
     pub fn check_control(&mut self, now: Instant, payload_len: usize) -> Verdict {
         let len = payload_len as u64;
-        if let Some(b) = &mut self.control {
-            b.refill(now);
-            if !b.can_take(1) {
-                return exceeded(Scope::Control, Unit::Messages);
-            }
+        if let Some(unit) = self.control.short_of(now, 1, len) {
+            return exceeded(Scope::Control, unit);
         }
-        if let Some(b) = &mut self.control_bytes {
-            b.refill(now);
-            if !b.can_take(len) {
-                return exceeded(Scope::Control, Unit::Bytes);
-            }
-        }
-        if let Some(b) = &mut self.control {
-            b.take(1);
-        }
-        if let Some(b) = &mut self.control_bytes {
-            b.take(len);
-        }
+        self.control.take(1, len);
         Verdict::Pass
     }
 
@@ -216,31 +243,17 @@ impl ConnectionLimiter {
     /// [`Verdict::Exceeded`] from neither.
     pub fn check(&mut self, now: Instant, payload_len: usize) -> Verdict {
         let len = payload_len as u64;
-        if let Some(b) = &mut self.messages {
-            b.refill(now);
-            if !b.can_take(1) {
-                return exceeded(Scope::Connection, Unit::Messages);
-            }
-        }
-        if let Some(b) = &mut self.bytes {
-            b.refill(now);
-            if !b.can_take(len) {
-                return exceeded(Scope::Connection, Unit::Bytes);
-            }
+        if let Some(unit) = self.own.short_of(now, 1, len) {
+            return exceeded(Scope::Connection, unit);
         }
         // Last, because it is the only step that takes as it checks: once it passes, the
-        // connection's takes below cannot fail.
+        // connection's take below cannot fail.
         if let Some(identity) = &self.identity {
             if let Err(unit) = identity.try_take(now, len) {
                 return exceeded(Scope::Identity, unit);
             }
         }
-        if let Some(b) = &mut self.messages {
-            b.take(1);
-        }
-        if let Some(b) = &mut self.bytes {
-            b.take(len);
-        }
+        self.own.take(1, len);
         Verdict::Pass
     }
 }

@@ -835,7 +835,10 @@ fn one_core_is_one_bucket_within_its_tolerance() {
                 Verdict::Pass => {
                     admitted += 1;
                     assert_eq!(upper.check(now, len), Verdict::Pass, "after {admitted}");
-                    for (b, n) in [(&mut exact.messages, 1), (&mut exact.bytes, len as u64)] {
+                    for (b, n) in [
+                        (&mut exact.own.count, 1),
+                        (&mut exact.own.bytes, len as u64),
+                    ] {
                         if let Some(b) = b {
                             b.refill(now);
                             b.take(n);
@@ -845,8 +848,8 @@ fn one_core_is_one_bucket_within_its_tolerance() {
                 Verdict::Exceeded { unit, .. } => {
                     refused += 1;
                     let (bucket, need) = match unit {
-                        Unit::Messages => (exact.messages.as_mut(), 1 + msg_slack),
-                        Unit::Bytes => (exact.bytes.as_mut(), len as u64 + byte_slack),
+                        Unit::Messages => (exact.own.count.as_mut(), 1 + msg_slack),
+                        Unit::Bytes => (exact.own.bytes.as_mut(), len as u64 + byte_slack),
                     };
                     let bucket = bucket.unwrap();
                     bucket.refill(now);

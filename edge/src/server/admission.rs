@@ -527,13 +527,18 @@ mod tests {
 
     /// Admission with a JWT section: an HS256 secret written (mode 0600) in `dir`.
     fn hs_admission(dir: &std::path::Path) -> Admission {
+        hs_admission_with(dir, JwtConfig::default())
+    }
+
+    /// The same with `jwt`'s other settings.
+    fn hs_admission_with(dir: &std::path::Path, jwt: JwtConfig) -> Admission {
         let secret = dir.join("hs.key");
         std::fs::write(&secret, [7u8; 32]).unwrap();
         std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
         let jwt = JwtConfig {
             hs_secret_file: Some(secret),
-            ..JwtConfig::default()
+            ..jwt
         };
         Admission::from_config(&OriginConfig::default(), Some(&jwt), no_rules()).unwrap()
     }
@@ -616,17 +621,14 @@ mod tests {
     }
 
     fn single_use_admission(dir: &std::path::Path) -> Admission {
-        let secret = dir.join("hs.key");
-        std::fs::write(&secret, [7u8; 32]).unwrap();
-        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .unwrap();
-        let jwt = JwtConfig {
-            hs_secret_file: Some(secret),
-            single_use: true,
-            leeway_s: 5,
-            ..JwtConfig::default()
-        };
-        Admission::from_config(&OriginConfig::default(), Some(&jwt), no_rules()).unwrap()
+        hs_admission_with(
+            dir,
+            JwtConfig {
+                single_use: true,
+                leeway_s: 5,
+                ..JwtConfig::default()
+            },
+        )
     }
 
     fn with_token(token: &str) -> UpgradeRequest {

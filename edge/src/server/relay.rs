@@ -199,18 +199,25 @@ impl Relay {
 
     /// Our close toward the upstream: the client's code when the client closed, else ours.
     pub fn close(&mut self, code: u16, reason: &str) {
+        self.close_with(Some(code), reason);
+    }
+
+    /// Our close toward the upstream, `None` for an empty one (the client's was empty).
+    pub fn close_with(&mut self, code: Option<u16>, reason: &str) {
         if self.closing {
             return;
         }
         self.closing = true;
         if self.session.state() == SessionState::Open {
             // 1005/1006 are never sent on the wire: say 1000 instead.
-            let code = if crate::ws::close_code::is_valid_on_wire(code) {
-                code
-            } else {
-                1000
-            };
-            self.session.close(code, reason);
+            let code = code.map(|c| {
+                if crate::ws::close_code::is_valid_on_wire(c) {
+                    c
+                } else {
+                    1000
+                }
+            });
+            self.session.close_with(code, reason);
         }
         self.encode();
     }
@@ -218,9 +225,7 @@ impl Relay {
     /// Drops the frames toward the upstream it has not begun to take (the session is closed
     /// for the core's budget: they will not be delivered); one it is in the middle of stays.
     pub fn discard_unstarted(&mut self) {
-        while let Some(frame) = self.session.poll_transmit() {
-            self.outbox.push(frame);
-        }
+        self.drain_session();
         self.outbox.discard_unstarted();
     }
 
@@ -236,25 +241,18 @@ impl Relay {
         self.abandoned
     }
 
-    /// The client closed without a code: our close toward the upstream is empty too.
-    pub fn close_without_code(&mut self) {
-        if self.closing {
-            return;
-        }
-        self.closing = true;
-        if self.session.state() == SessionState::Open {
-            self.session.close_without_code();
-        }
-        self.encode();
-    }
-
     /// Moves the session's frames to the outbox (nothing copied), then masks into the write
     /// queue what it has room for.
     fn encode(&mut self) {
+        self.drain_session();
+        self.feed_write_queue();
+    }
+
+    /// Moves the session's frames to the outbox: headers and shared payloads, nothing copied.
+    fn drain_session(&mut self) {
         while let Some(frame) = self.session.poll_transmit() {
             self.outbox.push(frame);
         }
-        self.feed_write_queue();
     }
 
     /// Masks queued frames into the upstream's write queue (encrypting them for wss://) while

@@ -210,22 +210,7 @@ impl OutFrame {
 
     /// Appends header and payload to `out`: how a transport gathers frames for one write.
     pub fn append_to(&self, out: &mut Vec<u8>) {
-        out.reserve(self.header().len() + self.payload.len());
-        out.extend_from_slice(self.header());
-        match self.mask {
-            None => {
-                for c in self.payload.chunks() {
-                    out.extend_from_slice(c);
-                }
-            }
-            Some(mask) => {
-                let mut offset = 0;
-                for c in self.payload.chunks() {
-                    extend_masked(out, c, mask, offset);
-                    offset += c.len();
-                }
-            }
-        }
+        self.append_range(out, 0, usize::MAX);
     }
 
     /// Bytes this frame puts on the wire: header plus payload.
@@ -776,28 +761,19 @@ impl Session {
     /// Initiates a close (e.g. 1001 going away, 1013 try again later). The reason is truncated
     /// (at a character boundary) to fit 125 bytes with the code. Ignored if a close is queued.
     pub fn close(&mut self, code: u16, reason: &str) {
-        if self.close_queued || self.input_done() {
-            return;
-        }
-        self.close_queued = true;
-        self.first_close.get_or_insert(code);
-        let f = self.frame(
-            OpCode::Close,
-            Payload::Single(close_payload(Some(code), reason)),
-        );
-        self.out.push_back(f);
+        self.close_with(Some(code), reason);
     }
 
-    /// Initiates a close with an empty close frame (no code, no reason): how a peer's empty
-    /// close is passed on unchanged (1005 is never put on the wire). Ignored if a close is
-    /// queued.
-    pub fn close_without_code(&mut self) {
+    /// Initiates a close with `code`, or with an empty close frame (no code, no reason) for
+    /// `None`: how a peer's close is passed on unchanged, an empty one included (1005 is never
+    /// put on the wire). Ignored if a close is queued.
+    pub fn close_with(&mut self, code: Option<u16>, reason: &str) {
         if self.close_queued || self.input_done() {
             return;
         }
         self.close_queued = true;
-        self.first_close.get_or_insert(1005);
-        let f = self.frame(OpCode::Close, Payload::Single(close_payload(None, "")));
+        self.first_close.get_or_insert(code.unwrap_or(1005));
+        let f = self.frame(OpCode::Close, Payload::Single(close_payload(code, reason)));
         self.out.push_back(f);
     }
 

@@ -921,9 +921,9 @@ fn the_first_close_code_is_remembered_from_either_side() {
 }
 
 #[test]
-fn close_without_code_sends_an_empty_close_frame() {
+fn a_close_without_code_sends_an_empty_close_frame() {
     let mut s = session();
-    s.close_without_code();
+    s.close_with(None, "ignored without a code");
     let out = transmit(&mut s);
     assert_eq!(out.len(), 1);
     assert!(out[0].is_close());

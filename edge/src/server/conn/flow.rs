@@ -4,10 +4,10 @@
 
 use std::time::Instant;
 
-use crate::refuse::Refusal;
-use crate::sockopt;
 use bytes::BytesMut;
 
+use crate::refuse::Refusal;
+use crate::sockopt;
 use crate::ws::SessionState;
 
 use super::super::timer::Deadline;
@@ -44,6 +44,11 @@ impl Conn {
                 .is_some_and(|t| t.is_quiescent() && t.has_pending_output())
     }
 
+    /// The WebSocket session's state; `None` before the upgrade.
+    pub(super) fn session_state(&self) -> Option<SessionState> {
+        self.session.as_ref().map(|s| s.state())
+    }
+
     /// Whether what is queued for the client (or, in proxy mode, for its upstream) has reached
     /// the outbound cap: reading more from the client would only add to it.
     pub(super) fn outbound_full(&self) -> bool {
@@ -73,18 +78,8 @@ impl Conn {
     /// (a frame the client is in the middle of is finished first), its close reply is not
     /// awaited, and its share is given back.
     pub(super) fn enforce_budget(&mut self) -> Option<End> {
-        let held = self.plaintext.len()
-            + self.session.as_ref().map_or(0, |s| s.buffered_bytes())
-            + self.outbound_len()
-            + self
-                .relay
-                .as_ref()
-                .map_or(0, |r| r.buffered() + r.pending_output());
-        let total = self.hold(held);
-        let open = self
-            .session
-            .as_ref()
-            .is_some_and(|s| s.state() == SessionState::Open);
+        let total = self.hold(self.held_bytes());
+        let open = self.session_state() == Some(SessionState::Open);
         if total <= self.core.cfg.limits.max_buffered_bytes_per_core || !open {
             return None;
         }
@@ -93,11 +88,7 @@ impl Conn {
             reason: "buffer_budget",
         }
         .record_on(&self.core, self.peer);
-        self.drain_session();
-        self.outbox.discard_unstarted();
-        if let Some(session) = self.session.as_mut() {
-            session.close(1013, "buffer_budget");
-        }
+        self.close_dropping_unsent(1013, "buffer_budget");
         if let Some(relay) = self.relay.as_mut() {
             // The client's messages not yet begun toward the upstream go too: the session ends
             // with 1013 on both sides.
@@ -110,14 +101,21 @@ impl Conn {
             return Some(End::Abort);
         }
         // What is left until the connection is gone: a frame each side is in the middle of,
-        // the close frames, the upstream's partial input.
-        let held = self.outbound_len()
+        // the close frames, partial input not yet freed.
+        self.hold(self.held_bytes());
+        Some(End::Close)
+    }
+
+    /// What this connection holds for its peers, either way: partial frames and messages
+    /// received from the client and the upstream, and what waits to be written to each.
+    fn held_bytes(&self) -> usize {
+        self.plaintext.len()
+            + self.session.as_ref().map_or(0, |s| s.buffered_bytes())
+            + self.outbound_len()
             + self
                 .relay
                 .as_ref()
-                .map_or(0, |r| r.buffered() + r.pending_output());
-        self.hold(held);
-        Some(End::Close)
+                .map_or(0, |r| r.buffered() + r.pending_output())
     }
 
     /// Writes what the socket takes now, without waiting, handing the record layer more of
@@ -166,17 +164,22 @@ impl Conn {
         }
         .record_on(&self.core, self.peer);
         self.write_deadline.clear();
-        // What the client has not begun to take, it never will: its frames are dropped and the
-        // close goes right behind the frame it is in the middle of.
+        // What the client has not begun to take, it never will.
+        self.close_dropping_unsent(1008, "slow_consumer");
+        if self.encrypt_outgoing().is_err() {
+            return End::Abort;
+        }
+        End::Close
+    }
+
+    /// Queues our close in place of the frames the client has not begun to take (they are
+    /// dropped), right behind the one it is in the middle of. The caller hands it on.
+    fn close_dropping_unsent(&mut self, code: u16, reason: &str) {
         self.drain_session();
         self.outbox.discard_unstarted();
         if let Some(session) = self.session.as_mut() {
-            session.close(1008, "slow_consumer");
-            if self.encrypt_outgoing().is_err() {
-                return End::Abort;
-            }
+            session.close(code, reason);
         }
-        End::Close
     }
 
     /// The heartbeat: a ping after `ping_interval_ms` without a byte from the client, and a
@@ -192,11 +195,7 @@ impl Conn {
         };
         let pong_timeout = limits.pong_timeout();
         let now = Instant::now();
-        let open = self
-            .session
-            .as_ref()
-            .is_some_and(|s| s.state() == SessionState::Open);
-        if !open {
+        if self.session_state() != Some(SessionState::Open) {
             // Our close is out: its own deadline bounds the wait for the reply.
             return None;
         }

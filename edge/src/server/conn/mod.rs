@@ -349,9 +349,8 @@ impl Conn {
             // data queued after the client asked for it.
             let closing = step.is_some()
                 || self
-                    .session
-                    .as_ref()
-                    .is_some_and(|s| s.state() != SessionState::Open);
+                    .session_state()
+                    .is_some_and(|s| s != SessionState::Open);
             let keys = match self.keep_keys_fresh(closing).await {
                 Ok(keys) => keys,
                 Err(end) => return end,
@@ -381,9 +380,8 @@ impl Conn {
                 return end;
             }
             if self
-                .session
-                .as_ref()
-                .is_some_and(|s| s.state() != SessionState::Open)
+                .session_state()
+                .is_some_and(|s| s != SessionState::Open)
             {
                 // Our close frame is queued (a rate limit, a failure): what is left — the last
                 // bytes, the client's close reply — is bounded by close_timeout_ms in `finish`,
@@ -915,11 +913,7 @@ impl Conn {
         // pong: they take from the control allowance (a message of 10^6 of them would pass
         // every message limit).
         for _ in 0..session.take_empty_fragments() {
-            let verdict = match self.limiter.as_mut() {
-                Some(limiter) => limiter.check_control(now, 0),
-                None => Verdict::Pass,
-            };
-            if let Verdict::Exceeded { which, unit } = verdict {
+            if let Verdict::Exceeded { which, unit } = check_control(&mut self.limiter, now, 0) {
                 close_for_rate(&core, self.peer, session, self.relay.as_mut(), which, unit);
                 rate_closed = true;
                 break;
@@ -966,10 +960,7 @@ impl Conn {
                     if rate_closed {
                         continue;
                     }
-                    let verdict = match self.limiter.as_mut() {
-                        Some(limiter) => limiter.check_control(now, payload.len()),
-                        None => Verdict::Pass,
-                    };
+                    let verdict = check_control(&mut self.limiter, now, payload.len());
                     if let Verdict::Exceeded { which, unit } = verdict {
                         // Control frames are never dropped (a ping's pong is already queued):
                         // a client over its control allowance is closed, lossy route or not.
@@ -983,10 +974,7 @@ impl Conn {
                     // The client's close goes on to the upstream with its code; an empty close
                     // stays empty.
                     if let Some(relay) = self.relay.as_mut() {
-                        match code {
-                            Some(code) => relay.close(code, &reason),
-                            None => relay.close_without_code(),
-                        }
+                        relay.close_with(code, &reason);
                     }
                 }
                 Event::Failed { code, reason } => {
@@ -1182,11 +1170,7 @@ impl Conn {
         // The keys cannot go on: what the client sends next may not even decrypt (a KeyUpdate
         // the kernel cannot follow), so its close reply is not awaited.
         self.skip_close_reply = true;
-        if self
-            .session
-            .as_ref()
-            .is_some_and(|s| s.state() == SessionState::Open)
-        {
+        if self.session_state() == Some(SessionState::Open) {
             return self.close_session(code, reason);
         }
         Refusal::Silent { reason }.record_on(&self.core, self.peer);
@@ -1334,12 +1318,8 @@ impl Conn {
     async fn finish_client(&mut self, end: End, close_by: Instant) {
         if matches!(end, End::Close) && !self.layer.is_handshaking() {
             let mut ok = self.flush_before_close(close_by).await.is_ok();
-            let close_sent = |c: &Self| {
-                c.session
-                    .as_ref()
-                    .is_some_and(|s| s.state() == SessionState::CloseSent)
-            };
-            if ok && close_sent(self) && !self.skip_close_reply {
+            let close_sent = self.session_state() == Some(SessionState::CloseSent);
+            if ok && close_sent && !self.skip_close_reply {
                 ok = self.await_close_reply(close_by).await;
             }
             if ok
@@ -1391,6 +1371,17 @@ impl Drop for Conn {
             core.metrics.ktls_open.add(-1);
         }
     }
+}
+
+/// One control frame against the connection's control allowance (no limiter: unlimited).
+fn check_control(
+    limiter: &mut Option<ConnectionLimiter>,
+    now: Instant,
+    payload_len: usize,
+) -> Verdict {
+    limiter
+        .as_mut()
+        .map_or(Verdict::Pass, |l| l.check_control(now, payload_len))
 }
 
 /// A client over one of its rates (`which`: connection, identity, control): counted, refused

@@ -74,10 +74,7 @@ impl Conn {
                     self.core
                         .metrics
                         .close_code(code.unwrap_or(1005), Side::Upstream);
-                    match code {
-                        Some(code) => session.close(code, &reason),
-                        None => session.close_without_code(),
-                    }
+                    session.close_with(code, &reason);
                     end = Some(End::Close);
                 }
                 UpstreamEvent::Failed { reason } => {
