@@ -162,7 +162,7 @@ pub struct Limits {
     /// Per-CIDR limits (`{ cidr = "10.1.0.0/16", limit = 1000 }`; limit 0 = blocked).
     pub ip_overrides: Vec<crate::ebpf::IpOverride>,
     /// Where the per-IP limit is enforced: "auto" (eBPF where it loads), "ebpf", "userspace".
-    pub ip_limiter: crate::server::ip_limit::IpLimiterMode,
+    pub ip_limiter: crate::limits::ip_limit::IpLimiterMode,
     /// Each connection's messages: messages/s and bytes/s with bursts (none set: no limit).
     pub connection_rate: crate::limits::RateConfig,
     /// Each identity's messages over all its sessions and cores (token subject, else client

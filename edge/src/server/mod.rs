@@ -2,14 +2,11 @@
 //! listener per address, its own connections, timer wheel and buffer pool. Connections never
 //! migrate between cores; cores share nothing on the data path.
 
-mod admission;
 mod conn;
 mod core;
 pub mod cpus;
 mod fdpass;
 mod handover;
-mod identity_slots;
-pub(crate) mod ip_limit;
 pub mod lifecycle;
 pub mod listen;
 mod live;
@@ -27,7 +24,9 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::auth::admission;
 use crate::config::Config;
+use crate::limits::ip_limit;
 use crate::metrics::{CoreMetrics, Registry};
 use crate::tls::crl::{CrlSet, CrlWatcher};
 use crate::tls::ktls::KtlsPolicy;

@@ -28,9 +28,9 @@ use crate::config::{Config, Limits};
 use crate::tls::crl::CrlSet;
 use crate::tls::policy;
 
-use super::admission::Admission;
-use super::ip_limit::IpLimiter;
 use super::tls_state::{Material, TlsState};
+use crate::auth::admission::Admission;
+use crate::limits::ip_limit::IpLimiter;
 
 /// The default certificate chain and key a config names (`[tls] cert/key` or the flags), or
 /// the development certificate in `state_dir` (with its CA file to trust).

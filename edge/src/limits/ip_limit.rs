@@ -6,7 +6,7 @@
 //! until the connection ends. A sweep thread releases the kernel slots of handshakes that died
 //! before they became sockets (on kernels without the immediate-release hooks).
 //!
-//! [`Slot`]: super::conn::Slot
+//! [`Slot`]: crate::server::conn::Slot
 
 use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd};
