@@ -7,37 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// Why a configuration was refused. Every variant names what to fix.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source} (check the path given to --config)")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("invalid value for `{key}` = {value}: {reason}")]
-    Invalid {
-        key: &'static str,
-        value: String,
-        reason: String,
-    },
-}
-
-impl ConfigError {
-    pub fn invalid(
-        key: &'static str,
-        value: impl std::fmt::Display,
-        reason: impl Into<String>,
-    ) -> Self {
-        ConfigError::Invalid {
-            key,
-            value: value.to_string(),
-            reason: reason.into(),
-        }
-    }
-}
+pub use crate::config_error::ConfigError;
 
 /// The whole configuration, as validated.
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -53,7 +53,7 @@ pub use writer::AuditTrail;
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] crate::config_error::ConfigError),
     #[error("audit key file {path}: {reason}")]
     Key { path: PathBuf, reason: String },
     #[error("audit trail {path}: cannot {action}: {source}")]

@@ -24,7 +24,7 @@ use crate::auth::replay::{
     jti_key, owner_of_key, HandedEntry, ImportOutcome, JtiKey, ReplayRefusal, ReplayStore,
 };
 use crate::auth::revocation::Revocations;
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 use crate::refuse::Refusal;
 use crate::tls::crl::CrlSet;
 use crate::tls::identity::{ClientIdentity, IdentityRules};

@@ -27,7 +27,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 
 /// `[origin]`: which `Host` and `Origin` values may upgrade.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]

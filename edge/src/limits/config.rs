@@ -6,7 +6,7 @@
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 
 /// Rates are held in thousandths of a token per second: fine enough for "one message every
 /// 20 s" (0.05/s), coarse enough that the largest rate times a day of nanoseconds fits u128.

@@ -132,7 +132,7 @@ impl SniResolver {
         };
         for entry in entries {
             let sni = sni_pattern(&entry.sni).map_err(|reason| {
-                crate::config::ConfigError::invalid(
+                crate::config_error::ConfigError::invalid(
                     "tls.certs.sni",
                     format!("{:?}", entry.sni),
                     reason,
@@ -159,7 +159,7 @@ impl SniResolver {
                 None => (&mut resolver.exact, sni.clone()),
             };
             if map.insert(name, ck).is_some() {
-                return Err(crate::config::ConfigError::invalid(
+                return Err(crate::config_error::ConfigError::invalid(
                     "tls.certs.sni",
                     format!("{:?}", entry.sni),
                     "listed twice; each name gets one certificate",

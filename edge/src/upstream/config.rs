@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 use crate::ws::{PathPrefix, RequestTarget};
 
 /// The `[upstream]` section.

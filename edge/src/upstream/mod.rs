@@ -34,7 +34,7 @@ pub use connect::{
 pub use handshake::{ClientContext, ClientHandshake, ResponseError};
 pub use health::{HealthChecker, HealthStats};
 
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 use crate::tls::policy::{self, TlsConfigError};
 
 /// Why the upstream side could not be set up.

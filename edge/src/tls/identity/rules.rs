@@ -22,7 +22,7 @@
 use serde::Deserialize;
 
 use super::{has_spiffe_scheme, valid_spiffe_id, ClientIdentity};
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 use crate::ws::{PathPrefix, RequestTarget};
 
 /// `[[tls.identity_rules]]`: the identities that may open paths under `path_prefix`.
