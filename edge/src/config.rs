@@ -257,17 +257,17 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let mut config = Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+        let mut config = Self::from_toml(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
-            message,
+            source,
         })?;
         config.source = Some(path.to_owned());
         Ok(config)
     }
 
-    /// Parses TOML text. The error message carries toml's key, line and reason.
-    pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    /// Parses TOML text. The error carries toml's key, line and reason.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
     }
 
     /// Applies command-line flags over the file's values.
@@ -472,13 +472,17 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let e = Config::from_toml("[limits]\nmax_conections = 3\n").unwrap_err();
+        let e = Config::from_toml("[limits]\nmax_conections = 3\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_conections"), "{e}");
     }
 
     #[test]
     fn bad_value_names_key_and_value() {
-        let e = Config::from_toml("[limits]\nmax_connections = \"many\"\n").unwrap_err();
+        let e = Config::from_toml("[limits]\nmax_connections = \"many\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_connections"), "{e}");
         let mut c = Config::from_toml("[limits]\nmax_frame_bytes = 0\n").unwrap();
         let e = c.validate().unwrap_err().to_string();

@@ -11,8 +11,11 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: {}", .source.to_string().trim_end())]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
     #[error("invalid value for `{key}` = {value}: {reason}")]
     Invalid {
         key: &'static str,
@@ -25,12 +28,12 @@ impl ConfigError {
     pub fn invalid(
         key: &'static str,
         value: impl std::fmt::Display,
-        reason: impl Into<String>,
+        reason: impl std::fmt::Display,
     ) -> Self {
         ConfigError::Invalid {
             key,
             value: value.to_string(),
-            reason: reason.into(),
+            reason: reason.to_string(),
         }
     }
 }

@@ -58,7 +58,7 @@ pub enum StartError {
     #[error("kTLS: {0}")]
     Ktls(String),
     #[error("per-IP limit: {0}")]
-    IpLimit(String),
+    IpLimit(#[source] crate::limits::ip_limit::IpLimitError),
     #[error("audit trail: {0}")]
     Audit(#[from] crate::audit::AuditError),
     #[error("upstream: {0}")]
@@ -408,7 +408,8 @@ fn start_serving(
         crate::control::ControlServer::check_path(path)?;
     }
     let cpus = cpus::choose(cfg.server.cores, cfg.server.cpus.as_deref())?;
-    let (chain, key, dev_ca) = reload::default_certificate(&cfg).map_err(StartError::Tls)?;
+    let (chain, key, dev_ca) =
+        reload::default_certificate(&cfg).map_err(|e| StartError::Tls(e.to_string()))?;
     let ktls = KtlsPolicy::decide(cfg.tls.ktls, cfg.tls.ktls_key_limit_records)
         .map_err(StartError::Ktls)?;
     ktls.log_start();

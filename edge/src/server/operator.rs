@@ -93,7 +93,7 @@ impl Operator {
         if paths.is_empty() {
             return Response::error("no CRLs are configured ([tls] crls)");
         }
-        let loaded = CrlSet::load(&paths).map_err(|e| e.to_string());
+        let loaded = CrlSet::load(&paths);
         match self
             .tls
             .replace_crls(in_force.version(), loaded, &self.audit)
