@@ -43,7 +43,7 @@ pub(crate) type DefaultCertificate = (
 
 /// Why the default certificate cannot be read (or the development one made).
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum CertificateError {
+pub enum CertificateError {
     #[error(transparent)]
     Files(#[from] TlsConfigError),
     #[error(transparent)]
