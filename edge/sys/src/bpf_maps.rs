@@ -111,7 +111,10 @@ mod tests {
             v
         }
         assert_eq!(from_bytes::<EdgeConfig>(0xff).default_limit, UNLIMITED);
-        assert_eq!(from_bytes::<EdgeIpStats>(0x01).accepted, 0x0101_0101_0101_0101);
+        assert_eq!(
+            from_bytes::<EdgeIpStats>(0x01).accepted,
+            0x0101_0101_0101_0101
+        );
         assert_eq!(from_bytes::<EdgeFlow>(0x02).rport, 0x0202);
         assert_eq!(from_bytes::<EdgePending>(0x03).seen_epoch, 0x0303_0303);
     }

@@ -36,7 +36,9 @@ pub fn pass_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
-        return Err(io::Error::other("no room for the descriptors' control message"));
+        return Err(io::Error::other(
+            "no room for the descriptors' control message",
+        ));
     }
     let iov = [IoSlice::new(data)];
     loop {
@@ -68,7 +70,10 @@ pub fn recv_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<
             fds.extend(rights);
         }
     }
-    if got.flags.intersects(ReturnFlags::CTRUNC | ReturnFlags::TRUNC) {
+    if got
+        .flags
+        .intersects(ReturnFlags::CTRUNC | ReturnFlags::TRUNC)
+    {
         // The descriptors that did arrive close with `fds`.
         return Err(io::Error::other("a handover message was truncated"));
     }
@@ -96,13 +101,14 @@ pub fn take_fd_from_env(var: &str) -> Result<Option<OwnedFd>, InheritError> {
         return Ok(None);
     };
     std::env::remove_var(var);
-    let fd: RawFd = value
-        .to_str()
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| InheritError::NotANumber {
-            var: var.to_owned(),
-            value: value.clone(),
-        })?;
+    let fd: RawFd =
+        value
+            .to_str()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| InheritError::NotANumber {
+                var: var.to_owned(),
+                value: value.clone(),
+            })?;
     // SAFETY: F_GETFD only reads the descriptor's flags; it fails (EBADF) on a closed number.
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
         return Err(InheritError::NotOpen {
@@ -147,7 +153,10 @@ mod tests {
         assert_eq!((&buf[..n], fds.len()), (&b"two"[..], 2));
         for fd in &fds {
             let flags = rustix::io::fcntl_getfd(fd).unwrap();
-            assert!(flags.contains(rustix::io::FdFlags::CLOEXEC), "received close-on-exec");
+            assert!(
+                flags.contains(rustix::io::FdFlags::CLOEXEC),
+                "received close-on-exec"
+            );
         }
         let mut fds = fds.into_iter();
         let mut w = std::fs::File::from(fds.next().unwrap());
@@ -193,7 +202,10 @@ mod tests {
 
         std::env::set_var(VAR, "seven");
         let e = take_fd_from_env(VAR).unwrap_err();
-        assert_eq!(e.to_string(), format!("{VAR}=\"seven\" is not a descriptor number"));
+        assert_eq!(
+            e.to_string(),
+            format!("{VAR}=\"seven\" is not a descriptor number")
+        );
         assert!(std::env::var_os(VAR).is_none(), "the variable is removed");
 
         let closed = tempfile::tempfile().unwrap().into_raw_fd();
@@ -201,7 +213,10 @@ mod tests {
         drop(unsafe { OwnedFd::from_raw_fd(closed) });
         std::env::set_var(VAR, closed.to_string());
         let e = take_fd_from_env(VAR).unwrap_err();
-        assert_eq!(e.to_string(), format!("{VAR}={closed}: no such open descriptor"));
+        assert_eq!(
+            e.to_string(),
+            format!("{VAR}={closed}: no such open descriptor")
+        );
 
         let (a, b) = pair();
         std::env::set_var(VAR, b.into_raw_fd().to_string());

@@ -25,3 +25,6 @@ pub mod fs;
 pub mod ktls;
 pub mod signals;
 pub mod sock;
+
+#[cfg(test)]
+mod unsafe_stays_here;

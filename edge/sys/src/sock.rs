@@ -206,8 +206,14 @@ mod tests {
     fn recv_never_blocks_and_sees_data_then_eof() {
         let (mut c, s) = pair();
         let mut buf = [0u8; 16];
-        assert_eq!(recv_nonblocking(s.as_fd(), &mut buf).unwrap(), Recv::WouldBlock);
-        assert_eq!(recv_nonblocking(s.as_fd(), &mut []).unwrap(), Recv::WouldBlock);
+        assert_eq!(
+            recv_nonblocking(s.as_fd(), &mut buf).unwrap(),
+            Recv::WouldBlock
+        );
+        assert_eq!(
+            recv_nonblocking(s.as_fd(), &mut []).unwrap(),
+            Recv::WouldBlock
+        );
         c.write_all(b"hello").unwrap();
         let got = until_ready(|| recv_nonblocking(s.as_fd(), &mut buf).unwrap());
         assert_eq!(got, Recv::Data(5));
@@ -221,8 +227,14 @@ mod tests {
     fn recv_append_adds_only_what_arrived() {
         let (mut c, s) = pair();
         let mut dst = bytes::BytesMut::from(&b"kept:"[..]);
-        assert_eq!(recv_append(s.as_fd(), &mut dst, 64).unwrap(), Recv::WouldBlock);
-        assert_eq!(recv_append(s.as_fd(), &mut dst, 0).unwrap(), Recv::WouldBlock);
+        assert_eq!(
+            recv_append(s.as_fd(), &mut dst, 64).unwrap(),
+            Recv::WouldBlock
+        );
+        assert_eq!(
+            recv_append(s.as_fd(), &mut dst, 0).unwrap(),
+            Recv::WouldBlock
+        );
         c.write_all(b"0123456789").unwrap();
         let got = until_ready(|| recv_append(s.as_fd(), &mut dst, 4).unwrap());
         assert_eq!(got, Recv::Data(4), "never more than max");
@@ -257,9 +269,7 @@ mod tests {
     #[test]
     fn send_to_a_reset_peer_is_an_error_not_a_signal() {
         let (c, s) = pair();
-        SockRef::from(&c)
-            .set_linger(Some(Duration::ZERO))
-            .unwrap();
+        SockRef::from(&c).set_linger(Some(Duration::ZERO)).unwrap();
         drop(c);
         let mut failed = false;
         for _ in 0..100 {
@@ -271,7 +281,10 @@ mod tests {
                 Ok(_) => std::thread::sleep(Duration::from_millis(5)),
             }
         }
-        assert!(failed, "EPIPE/ECONNRESET, and the test process is still alive");
+        assert!(
+            failed,
+            "EPIPE/ECONNRESET, and the test process is still alive"
+        );
     }
 
     #[test]
@@ -282,7 +295,10 @@ mod tests {
         let _c: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
         while accept_queue_len_raw(l.as_raw_fd()).unwrap() < 3 {
-            assert!(std::time::Instant::now() < deadline, "queue never reached 3");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "queue never reached 3"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         let _ = l.accept().unwrap();
@@ -331,6 +347,9 @@ mod tests {
             )
         };
         assert_eq!(rc, 0);
-        assert!(v > 0, "the kernel rounds to retransmits but keeps it on: {v}");
+        assert!(
+            v > 0,
+            "the kernel rounds to retransmits but keeps it on: {v}"
+        );
     }
 }
