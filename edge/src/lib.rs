@@ -4,6 +4,8 @@
 //! owns rustls policy and the owned-buffer driver of its unbuffered API. [`server`] owns
 //! threads, sockets and the connection lifecycle; the remaining rooms each do one job.
 
+#![deny(unsafe_code)]
+
 pub mod admin;
 pub mod audit;
 pub mod auth;
