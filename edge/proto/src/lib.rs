@@ -1,0 +1,11 @@
+//! wssedge-proto: the edge's sans-IO core. Bytes, instants and configuration go in; events,
+//! bytes to send and verdicts come out. No sockets, no runtime, no clock reads, no randomness
+//! (a client session's masking keys come from a source its caller hands in).
+//!
+//! - [`ws`]: the WebSocket protocol — upgrade parsing, frame codec, the session (both roles).
+//! - [`tls_wire`]: TLS wire numbers shared by the userspace driver and the kernel record layer.
+
+#![forbid(unsafe_code)]
+
+pub mod tls_wire;
+pub mod ws;
