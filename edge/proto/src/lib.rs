@@ -3,9 +3,13 @@
 //! (a client session's masking keys come from a source its caller hands in).
 //!
 //! - [`ws`]: the WebSocket protocol — upgrade parsing, frame codec, the session (both roles).
+//! - [`limits`]: rates and token buckets in integers, fed instants by their caller.
+//! - [`origin`]: the `Host` and `Origin` allow-lists.
 //! - [`tls_wire`]: TLS wire numbers shared by the userspace driver and the kernel record layer.
 
 #![forbid(unsafe_code)]
 
+pub mod limits;
+pub mod origin;
 pub mod tls_wire;
 pub mod ws;
