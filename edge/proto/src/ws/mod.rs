@@ -2,6 +2,8 @@
 //! frames out.
 //!
 //! - [`handshake`]: the HTTP/1.1 upgrade request and the 101 response.
+//! - [`upstream_101`]: the edge's client side of the upgrade: its key and the check of the
+//!   upstream's 101.
 //! - [`target`]: the request target's one normalisation (the path every rule sees) and the
 //!   `Host` check.
 //! - [`frame`]: the frame header codec.
@@ -18,6 +20,7 @@ pub mod mask_keys;
 pub mod outbox;
 pub mod session;
 pub mod target;
+pub mod upstream_101;
 pub mod utf8;
 
 pub use frame::{encode_header, parse_header, FrameHeader, HeaderError, OpCode};
