@@ -1,7 +1,9 @@
-//! Rate arithmetic, sans-IO and in integers: a [`Rate`] and the [`TokenBucket`] it feeds.
+//! Rate arithmetic, sans-IO and in integers: a [`Rate`], the [`TokenBucket`] it feeds and
+//! the shared identity budget's arithmetic ([`budget`]).
 //! The caller passes the instants; nothing here reads a clock.
 
 mod bucket;
+pub mod budget;
 
 pub use bucket::TokenBucket;
 
