@@ -2,6 +2,8 @@
 //! bytes to send and verdicts come out. No sockets, no runtime, no clock reads, no randomness
 //! (a client session's masking keys come from a source its caller hands in).
 //!
+//! - [`audit_record`]: what an audit record says (the event fields inside the chain's
+//!   envelope).
 //! - [`ws`]: the WebSocket protocol — upgrade parsing, frame codec, the session (both roles).
 //! - [`limits`]: rates and token buckets in integers, fed instants by their caller.
 //! - [`origin`]: the `Host` and `Origin` allow-lists.
@@ -9,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit_record;
 pub mod limits;
 pub mod origin;
 pub mod tls_wire;
