@@ -22,4 +22,5 @@ pub mod signals;
 pub mod sockopt;
 pub mod tls;
 pub mod upstream;
-pub mod ws;
+
+pub use wssedge_proto::ws;
