@@ -63,7 +63,7 @@
 pub(crate) mod admission;
 pub mod identifier;
 pub mod jwt;
-pub mod origin;
+pub use wssedge_proto::origin;
 pub mod replay;
 pub mod revocation;
 
@@ -73,5 +73,11 @@ pub use jwt::{
     JwtVerifier, ScopeRule, TokenSource, VerifiedToken,
 };
 pub use origin::{OriginConfig, OriginPolicy, OriginRefusal};
+
+impl From<origin::OriginConfigError> for crate::config_error::ConfigError {
+    fn from(e: origin::OriginConfigError) -> Self {
+        Self::invalid(e.key, e.value, e.reason.to_string())
+    }
+}
 pub use replay::{owner_core, ReplayRefusal, ReplayStore};
 pub use revocation::{RevocationEntry, RevocationError, Revocations, RevokedBy};

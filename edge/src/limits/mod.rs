@@ -50,7 +50,6 @@
 
 #![forbid(unsafe_code)]
 
-mod bucket;
 mod config;
 pub mod identity;
 pub(crate) mod identity_slots;
@@ -63,7 +62,7 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
-pub use bucket::TokenBucket;
+pub use wssedge_proto::limits::TokenBucket;
 // For crate::config, once the lead places the sections (`rate_keys!("limits.…")`).
 #[allow(unused_imports)]
 pub(crate) use config::rate_keys;

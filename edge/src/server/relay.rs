@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use crate::upstream::{ReadOutcome, UpstreamStream};
-use crate::ws::{Event, Message, Outbox, Role, Session, SessionLimits, SessionState};
+use crate::upstream::{ReadOutcome, SystemMaskKeys, UpstreamStream};
+use crate::ws::{Event, Message, Outbox, Session, SessionLimits, SessionState};
 
 /// What the upstream side produced in one step, for the client side to act on.
 #[derive(Debug)]
@@ -70,7 +70,7 @@ impl Relay {
     ) -> Self {
         Self {
             stream,
-            session: Session::with_role(limits, Role::Client),
+            session: Session::client(limits, SystemMaskKeys),
             plaintext: BytesMut::new(),
             // What came with the 101 is read before any readiness wait.
             more: true,
