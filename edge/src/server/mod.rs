@@ -72,7 +72,7 @@ pub enum StartError {
     #[error("control socket: {0}")]
     Control(#[from] crate::control::ControlError),
     #[error("restart handover: {0}")]
-    Handover(String),
+    Handover(#[source] handover::HandoverError),
 }
 
 /// A running edge.
@@ -234,6 +234,7 @@ impl Running {
         let successor = match handover::spawn_successor(&self.handoff, &self.locks) {
             Ok(s) => s,
             Err(e) => {
+                let e = e.to_string();
                 record(None, e.clone());
                 tracing::error!(reason = %e, "restart failed; this process keeps serving");
                 if let Some(reply) = reply {
