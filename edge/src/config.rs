@@ -7,37 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// Why a configuration was refused. Every variant names what to fix.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source} (check the path given to --config)")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("invalid value for `{key}` = {value}: {reason}")]
-    Invalid {
-        key: &'static str,
-        value: String,
-        reason: String,
-    },
-}
-
-impl ConfigError {
-    pub fn invalid(
-        key: &'static str,
-        value: impl std::fmt::Display,
-        reason: impl Into<String>,
-    ) -> Self {
-        ConfigError::Invalid {
-            key,
-            value: value.to_string(),
-            reason: reason.into(),
-        }
-    }
-}
+pub use crate::config_error::ConfigError;
 
 /// The whole configuration, as validated.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -162,7 +132,7 @@ pub struct Limits {
     /// Per-CIDR limits (`{ cidr = "10.1.0.0/16", limit = 1000 }`; limit 0 = blocked).
     pub ip_overrides: Vec<crate::ebpf::IpOverride>,
     /// Where the per-IP limit is enforced: "auto" (eBPF where it loads), "ebpf", "userspace".
-    pub ip_limiter: crate::server::ip_limit::IpLimiterMode,
+    pub ip_limiter: crate::limits::ip_limit::IpLimiterMode,
     /// Each connection's messages: messages/s and bytes/s with bursts (none set: no limit).
     pub connection_rate: crate::limits::RateConfig,
     /// Each identity's messages over all its sessions and cores (token subject, else client
@@ -287,17 +257,17 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let mut config = Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+        let mut config = Self::from_toml(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
-            message,
+            source,
         })?;
         config.source = Some(path.to_owned());
         Ok(config)
     }
 
-    /// Parses TOML text. The error message carries toml's key, line and reason.
-    pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    /// Parses TOML text. The error carries toml's key, line and reason.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
     }
 
     /// Applies command-line flags over the file's values.
@@ -502,13 +472,17 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let e = Config::from_toml("[limits]\nmax_conections = 3\n").unwrap_err();
+        let e = Config::from_toml("[limits]\nmax_conections = 3\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_conections"), "{e}");
     }
 
     #[test]
     fn bad_value_names_key_and_value() {
-        let e = Config::from_toml("[limits]\nmax_connections = \"many\"\n").unwrap_err();
+        let e = Config::from_toml("[limits]\nmax_connections = \"many\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_connections"), "{e}");
         let mut c = Config::from_toml("[limits]\nmax_frame_bytes = 0\n").unwrap();
         let e = c.validate().unwrap_err().to_string();

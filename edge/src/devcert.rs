@@ -73,6 +73,22 @@ pub enum DevCertError {
     UnusableCa { dir: PathBuf, detail: String },
 }
 
+/// Why a client trusting only the development CA would refuse its leaf.
+#[derive(Debug, thiserror::Error)]
+enum LeafCheckError {
+    #[error("CA certificate: {0}")]
+    Ca(#[source] rustls::Error),
+    #[error(transparent)]
+    Verifier(#[from] rustls::client::VerifierBuilderError),
+    #[error(transparent)]
+    Name(#[from] rustls::pki_types::InvalidDnsNameError),
+    #[error("leaf for {name}: {source}")]
+    Leaf {
+        name: &'static str,
+        source: rustls::Error,
+    },
+}
+
 /// Creates (first run) or reuses (later runs) the development CA and leaf in `state_dir`.
 pub fn ensure_dev_cert(state_dir: &Path) -> Result<DevCert, DevCertError> {
     ensure_dev_cert_at(state_dir, SystemTime::now())
@@ -105,10 +121,10 @@ fn ensure_dev_cert_at(dir: &Path, now: SystemTime) -> Result<DevCert, DevCertErr
     let leaf_key = KeyPair::generate()?;
     let leaf = leaf_params(now)?.signed_by(&leaf_key, &issuer)?;
     let chain = vec![leaf.der().clone(), ca_der.clone()];
-    if let Err(detail) = verify_leaf(&chain, &ca_der, now) {
+    if let Err(why) = verify_leaf(&chain, &ca_der, now) {
         return Err(DevCertError::UnusableCa {
             dir: dir.to_owned(),
-            detail,
+            detail: why.to_string(),
         });
     }
     write_atomic(
@@ -240,7 +256,7 @@ fn usable_leaf(
         return None;
     }
     if let Err(why) = verify_leaf(&chain, ca, now + RENEW_BEFORE) {
-        tracing::info!(why, "the development leaf certificate must be re-issued");
+        tracing::info!(%why, "the development leaf certificate must be re-issued");
         return None;
     }
     let provider = rustls::crypto::aws_lc_rs::default_provider();
@@ -254,22 +270,19 @@ fn verify_leaf(
     chain: &[CertificateDer<'static>],
     ca: &CertificateDer<'static>,
     at: SystemTime,
-) -> Result<(), String> {
+) -> Result<(), LeafCheckError> {
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(ca.clone())
-        .map_err(|e| format!("CA certificate: {e}"))?;
+    roots.add(ca.clone()).map_err(LeafCheckError::Ca)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier =
         rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .map_err(|e| e.to_string())?;
+            .build()?;
     let at = UnixTime::since_unix_epoch(at.duration_since(UNIX_EPOCH).unwrap_or_default());
     for name in LEAF_NAMES {
-        let server_name = ServerName::try_from(name).map_err(|e| e.to_string())?;
+        let server_name = ServerName::try_from(name)?;
         verifier
             .verify_server_cert(&chain[0], &chain[1..], &server_name, &[], at)
-            .map_err(|e| format!("leaf for {name}: {e}"))?;
+            .map_err(|source| LeafCheckError::Leaf { name, source })?;
     }
     Ok(())
 }

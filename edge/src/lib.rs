@@ -11,6 +11,7 @@ pub mod audit;
 pub mod auth;
 pub mod bufpool;
 pub mod config;
+pub mod config_error;
 pub mod control;
 pub mod devcert;
 pub mod ebpf;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use wssedge::config::{Config, Overrides};
+use wssedge::config::{Config, ConfigError, Overrides};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -94,9 +94,9 @@ struct ServeArgs {
 /// Exit code for anything the operator must fix (bad config, address already served).
 const EXIT_REFUSED: u8 = 2;
 
-fn load(path: Option<&PathBuf>) -> Result<Config, String> {
+fn load(path: Option<&PathBuf>) -> Result<Config, ConfigError> {
     match path {
-        Some(p) => Config::from_file(p).map_err(|e| e.to_string()),
+        Some(p) => Config::from_file(p),
         None => Ok(Config::default()),
     }
 }
@@ -117,18 +117,16 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match Cli::parse().command {
-        Command::Check { config } => {
-            match load(Some(&config)).and_then(|c| c.validate().map_err(|e| e.to_string())) {
-                Ok(()) => {
-                    println!("{}: configuration is valid", config.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("wssedge: {e}");
-                    ExitCode::from(EXIT_REFUSED)
-                }
+        Command::Check { config } => match load(Some(&config)).and_then(|c| c.validate()) {
+            Ok(()) => {
+                println!("{}: configuration is valid", config.display());
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => {
+                eprintln!("wssedge: {e}");
+                ExitCode::from(EXIT_REFUSED)
+            }
+        },
         Command::Serve(args) => serve(args),
         Command::Audit {
             command: AuditCommand::Verify { key, files },

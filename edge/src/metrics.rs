@@ -260,7 +260,7 @@ pub struct Registry {
     /// The audit trail's counters, when a trail is written.
     pub audit: Option<Arc<crate::audit::AuditStats>>,
     /// The per-IP connection limiter (eBPF or userspace).
-    pub(crate) ip_limiter: Option<Arc<crate::server::ip_limit::IpLimiter>>,
+    pub(crate) ip_limiter: Option<Arc<crate::limits::ip_limit::IpLimiter>>,
     /// Set from the moment a drain (or the old side of a restart) starts: `/readyz` says 503.
     pub draining: Arc<AtomicBool>,
     /// Proxy mode: the upstream members' breakers, health and connect counters.
@@ -657,7 +657,7 @@ impl Registry {
 }
 
 /// The per-IP limiter's mode, counters and the ten most refused addresses.
-fn render_ip_limits(out: &mut String, limiter: &crate::server::ip_limit::IpLimiter) {
+fn render_ip_limits(out: &mut String, limiter: &crate::limits::ip_limit::IpLimiter) {
     let _ = writeln!(
         out,
         "# HELP wssedge_ip_limiter Where the per-IP connection limit is enforced\n\

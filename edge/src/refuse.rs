@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 
+use crate::audit::AuditSink;
 use crate::metrics::{CoreMetrics, Side};
 
 /// Why and how a connection is refused.
@@ -100,6 +101,39 @@ impl Refusal {
             } => Some(http_response(*status, reason, extra_headers)),
             _ => None,
         }
+    }
+}
+
+/// Where a core keeps what a refusal leaves: its counters and its audit trail. The core
+/// implements it; this room needs no more of the core than that.
+pub(crate) trait RefusalRecorder {
+    fn metrics(&self) -> &CoreMetrics;
+    fn audit(&self) -> &AuditSink;
+}
+
+impl<T: RefusalRecorder> RefusalRecorder for std::rc::Rc<T> {
+    fn metrics(&self) -> &CoreMetrics {
+        (**self).metrics()
+    }
+    fn audit(&self) -> &AuditSink {
+        (**self).audit()
+    }
+}
+
+impl Refusal {
+    /// The one refusal path on a core: the counter and log line, and the audit record.
+    pub(crate) fn record_on(&self, core: &impl RefusalRecorder, peer: SocketAddr) {
+        self.record(core.metrics(), peer);
+        core.audit().record(self.audit_event(peer));
+    }
+
+    /// [`Refusal::record_on`] for a connection turned away at accept: always counted, but while
+    /// the audit queue is above its mark the record is folded into the core's refusal summary
+    /// ([`AuditSink::refused_at_accept`]), so a flood against a stalled trail cannot grow it.
+    pub(crate) fn record_at_accept(&self, core: &impl RefusalRecorder, peer: SocketAddr) {
+        self.record(core.metrics(), peer);
+        core.audit()
+            .refused_at_accept(peer, self.reason(), || self.audit_event(peer));
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::audit::key::read_key_file;
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 
 /// Smallest rotation size: a file must hold its `open`, `start`, some records and a `seal`.
 const MIN_ROTATE_BYTES: u64 = 4096;

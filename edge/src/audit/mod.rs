@@ -61,9 +61,12 @@ pub use writer::AuditTrail;
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] crate::config_error::ConfigError),
     #[error("audit key file {path}: {reason}")]
-    Key { path: PathBuf, reason: String },
+    Key {
+        path: PathBuf,
+        reason: key::KeyFileError,
+    },
     #[error("audit trail {path}: cannot {action}: {source}")]
     Io {
         path: PathBuf,

@@ -11,6 +11,9 @@
 //! - [`identifier`]: the one rule a `sub`, a `jti` and every revocation of them follow, so
 //!   that whatever is admitted can be revoked.
 //! - [`origin`]: the `Host` and `Origin` allow-lists.
+//! - [`admission`]: the decision at the upgrade that puts these together with the client
+//!   certificate's identity, and the replay questions to the `jti`'s owner core (its one
+//!   wait: the replay store handed across cores at a restart).
 //!
 //! # Reason → status
 //!
@@ -57,6 +60,7 @@
 //! what 421 (Misdirected Request, RFC 9110 §15.5.20) says. Each refusal also names its
 //! `WWW-Authenticate` challenge or `Retry-After` in `extra_headers()`.
 
+pub(crate) mod admission;
 pub mod identifier;
 pub mod jwt;
 pub use wssedge_proto::origin;
@@ -70,7 +74,7 @@ pub use jwt::{
 };
 pub use origin::{OriginConfig, OriginPolicy, OriginRefusal};
 
-impl From<origin::OriginConfigError> for crate::config::ConfigError {
+impl From<origin::OriginConfigError> for crate::config_error::ConfigError {
     fn from(e: origin::OriginConfigError) -> Self {
         Self::invalid(e.key, e.value, e.reason.to_string())
     }

@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::identifier::{check_identifier, MAX_IDENTIFIER_BYTES};
+use super::identifier::{check_identifier, IdentifierError, MAX_IDENTIFIER_BYTES};
 
 /// What matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,26 +57,38 @@ fn is_separator(c: char) -> bool {
     c == ' ' || c == '\t' || c == '\r'
 }
 
+/// Why a revocation line (`jti <value>` / `sub <value>`) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    #[error("expected `jti <value>` or `sub <value>`")]
+    Shape,
+    #[error("`{kind}` without a value")]
+    NoValue { kind: String },
+    #[error("the value is {0}")]
+    Value(IdentifierError),
+    #[error("unknown kind `{}`; expected `jti` or `sub`", .kind.escape_debug())]
+    UnknownKind { kind: String },
+}
+
 impl RevocationEntry {
     /// Parses `jti <value>` / `sub <value>` (a file line); the value must be an exact
     /// identifier ([`check_identifier`]).
-    pub fn parse(line: &str) -> Result<Self, String> {
+    pub fn parse(line: &str) -> Result<Self, EntryError> {
         let line = line.trim_matches(is_separator);
-        let (kind, value) = line
-            .split_once(is_separator)
-            .ok_or_else(|| "expected `jti <value>` or `sub <value>`".to_owned())?;
+        let (kind, value) = line.split_once(is_separator).ok_or(EntryError::Shape)?;
         let value = value.trim_matches(is_separator);
         if value.is_empty() {
-            return Err(format!("`{kind}` without a value"));
+            return Err(EntryError::NoValue {
+                kind: kind.to_owned(),
+            });
         }
-        check_identifier(value).map_err(|e| format!("the value is {e}"))?;
+        check_identifier(value).map_err(EntryError::Value)?;
         match kind {
             "jti" => Ok(RevocationEntry::Jti(value.to_owned())),
             "sub" => Ok(RevocationEntry::Sub(value.to_owned())),
-            other => Err(format!(
-                "unknown kind `{}`; expected `jti` or `sub`",
-                other.escape_debug()
-            )),
+            other => Err(EntryError::UnknownKind {
+                kind: other.to_owned(),
+            }),
         }
     }
 }
@@ -108,7 +120,7 @@ pub enum RevocationError {
     Line {
         path: String,
         line: usize,
-        reason: String,
+        reason: EntryError,
     },
     #[error("`{0}` comes from the revocation file; remove it there and reload")]
     FromFile(RevocationEntry),

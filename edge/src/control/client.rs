@@ -181,12 +181,33 @@ pub enum CliCommand {
     Send(Request),
 }
 
+/// Why the command words make no request; each says what to type instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CliError {
+    #[error("no command given")]
+    NoCommand,
+    #[error("`{word}` needs the {kind} as its argument: {word} VALUE")]
+    MissingValue { word: String, kind: RevocationKind },
+    #[error(
+        "`{word}` takes one {kind}, got another argument `{extra}` (quote a value with spaces)"
+    )]
+    ExtraValue {
+        word: String,
+        kind: RevocationKind,
+        extra: String,
+    },
+    #[error("unknown command `{0}`")]
+    UnknownCommand(String),
+    #[error("`{word}` takes no arguments, got `{extra}`")]
+    NoArguments { word: String, extra: String },
+}
+
 /// Maps the command words to a request; the error says what to type instead.
-pub fn parse_cli(args: &[String]) -> Result<CliCommand, String> {
+pub fn parse_cli(args: &[String]) -> Result<CliCommand, CliError> {
     let Some((word, rest)) = args.split_first() else {
-        return Err("no command given".into());
+        return Err(CliError::NoCommand);
     };
-    let revocation = |revoke: bool, kind: RevocationKind| -> Result<CliCommand, String> {
+    let revocation = |revoke: bool, kind: RevocationKind| -> Result<CliCommand, CliError> {
         match rest {
             [value] => Ok(CliCommand::Send(if revoke {
                 Request::Revoke {
@@ -199,10 +220,15 @@ pub fn parse_cli(args: &[String]) -> Result<CliCommand, String> {
                     value: value.clone(),
                 }
             })),
-            [] => Err(format!("`{word}` needs the {kind} as its argument: {word} VALUE")),
-            [_, extra, ..] => Err(format!(
-                "`{word}` takes one {kind}, got another argument `{extra}` (quote a value with spaces)"
-            )),
+            [] => Err(CliError::MissingValue {
+                word: word.clone(),
+                kind,
+            }),
+            [_, extra, ..] => Err(CliError::ExtraValue {
+                word: word.clone(),
+                kind,
+                extra: extra.clone(),
+            }),
         }
     };
     let request = match word.as_str() {
@@ -217,10 +243,13 @@ pub fn parse_cli(args: &[String]) -> Result<CliCommand, String> {
         "drain" => Request::Drain,
         "crl-reload" => Request::CrlReload,
         "restart" => Request::Restart,
-        other => return Err(format!("unknown command `{other}`")),
+        other => return Err(CliError::UnknownCommand(other.to_owned())),
     };
     if let Some(extra) = rest.first() {
-        return Err(format!("`{word}` takes no arguments, got `{extra}`"));
+        return Err(CliError::NoArguments {
+            word: word.clone(),
+            extra: extra.clone(),
+        });
     }
     Ok(CliCommand::Send(request))
 }

@@ -266,8 +266,8 @@ impl Acceptor {
             }
         };
         let _ = stream.set_write_timeout(Some(self.options.write_timeout));
-        if let Err(reason) = authorize(&peer, self.server_uid) {
-            turn_away(stream, &peer, &*self.handler, &reason);
+        if let Err(refused) = authorize(&peer, self.server_uid) {
+            turn_away(stream, &peer, &*self.handler, &refused.to_string());
             return;
         }
         self.clients.retain(|c| !c.thread.is_finished());
@@ -311,16 +311,26 @@ impl Acceptor {
     }
 }
 
+/// A peer that is neither root nor the server's user.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "uid {uid} may not use this control socket: run wssedge ctl as uid {server_uid} (the server's user) or as root"
+)]
+pub(crate) struct Unauthorized {
+    uid: u32,
+    server_uid: u32,
+}
+
 /// Only root and the user wssedge runs as may change it. The socket's 0600 mode already says
 /// so; this check holds even if someone loosens the mode or passes the descriptor on.
-pub(crate) fn authorize(peer: &PeerCred, server_uid: u32) -> Result<(), String> {
+pub(crate) fn authorize(peer: &PeerCred, server_uid: u32) -> Result<(), Unauthorized> {
     if peer.uid == 0 || peer.uid == server_uid {
         Ok(())
     } else {
-        Err(format!(
-            "uid {} may not use this control socket: run wssedge ctl as uid {server_uid} (the server's user) or as root",
-            peer.uid
-        ))
+        Err(Unauthorized {
+            uid: peer.uid,
+            server_uid,
+        })
     }
 }
 

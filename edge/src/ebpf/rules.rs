@@ -34,7 +34,7 @@ pub enum LimitConfigError {
     BadCidr {
         index: usize,
         cidr: String,
-        reason: String,
+        reason: CidrError,
     },
     #[error("limits.ip_overrides[{index}] cidr {cidr:?}: duplicates ip_overrides[{first}]")]
     Duplicate {
@@ -92,15 +92,26 @@ pub fn addr_of(key: [u8; 16]) -> IpAddr {
     }
 }
 
-fn parse_cidr(s: &str) -> Result<Cidr, String> {
+/// Why a CIDR entry is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("{addr:?} is not an IPv4 or IPv6 address")]
+    NotAnAddress { addr: String },
+    #[error("prefix length {len:?} is not 0..={max}")]
+    PrefixLength { len: String, max: u8 },
+    #[error("host bits set (did you mean {canonical}?)")]
+    HostBits { canonical: String },
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr, CidrError> {
     let s = s.trim();
     let (addr, len) = match s.split_once('/') {
         Some((a, l)) => (a, Some(l)),
         None => (s, None),
     };
-    let ip: IpAddr = addr
-        .parse()
-        .map_err(|_| format!("{addr:?} is not an IPv4 or IPv6 address"))?;
+    let ip: IpAddr = addr.parse().map_err(|_| CidrError::NotAnAddress {
+        addr: addr.to_owned(),
+    })?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
     let len: u8 = match len {
         None => max,
@@ -108,7 +119,10 @@ fn parse_cidr(s: &str) -> Result<Cidr, String> {
             .parse()
             .ok()
             .filter(|n| *n <= max)
-            .ok_or_else(|| format!("prefix length {l:?} is not 0..={max}"))?,
+            .ok_or_else(|| CidrError::PrefixLength {
+                len: l.to_owned(),
+                max,
+            })?,
     };
     let (key, prefix) = match ip {
         IpAddr::V4(v4) => (key_of(IpAddr::V4(v4)), 96 + len),
@@ -123,14 +137,14 @@ fn parse_cidr(s: &str) -> Result<Cidr, String> {
         *b = key[i] & mask;
     }
     if masked != key {
-        let canon = match ip {
+        let canonical = match ip {
             IpAddr::V4(_) => format!(
                 "{}/{len}",
                 Ipv4Addr::from(<[u8; 4]>::try_from(&masked[12..]).expect("4 bytes"))
             ),
             IpAddr::V6(_) => format!("{}/{len}", Ipv6Addr::from(masked)),
         };
-        return Err(format!("host bits set (did you mean {canon}?)"));
+        return Err(CidrError::HostBits { canonical });
     }
     net.addr = masked;
     Ok(net)

@@ -6,7 +6,7 @@
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 
 pub use wssedge_proto::limits::Rate;
 pub(crate) use wssedge_proto::limits::MILLI;

@@ -43,11 +43,17 @@
 //!   token of rounding), however many cores; and an identity on one core that keeps 10 ms of
 //!   rate in its bucket is never refused (20 ms, and what other cores' stashes hold, when
 //!   several cores hold it).
+//!
+//! Connection counts live here too, with the runtime they need: [`ip_limit`] (per source IP,
+//! eBPF at the SYN or userspace at accept, with its sweep thread) and [`identity_slots`]
+//! (`per_identity_connections`, one count over all cores).
 
 #![forbid(unsafe_code)]
 
 mod config;
 pub mod identity;
+pub(crate) mod identity_slots;
+pub(crate) mod ip_limit;
 
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)

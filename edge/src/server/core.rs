@@ -12,18 +12,18 @@ use std::time::Instant;
 use monoio::net::TcpListener;
 
 use crate::audit::{AuditEvent, AuditSink};
+use crate::auth::admission::{Admission, ReplayAsk, ReplayShards};
 use crate::auth::ReplayStore;
 use crate::bufpool::BufPool;
 use crate::config::Config;
+use crate::limits::ip_limit::IpLimiter;
 use crate::metrics::CoreMetrics;
-use crate::refuse::Refusal;
+use crate::refuse::{Refusal, RefusalRecorder};
 use crate::sockopt::AcceptedSocketOptions;
 use crate::tls::ktls::KtlsPolicy;
 use crate::ws::{HandshakeLimits, SessionLimits};
 
-use super::admission::{Admission, ReplayAsk, ReplayShards};
 use super::conn;
-use super::ip_limit::IpLimiter;
 use super::lifecycle::{DrainOrder, Lifecycle};
 use super::live::{CloseOrder, LiveRegistry, LiveSession};
 use super::timer::{TimerWheel, TICK};
@@ -177,20 +177,12 @@ pub(crate) struct CoreStart {
     pub lifecycle: Arc<Lifecycle>,
 }
 
-impl Refusal {
-    /// The one refusal path on a core: the counter and log line, and the audit record.
-    pub(crate) fn record_on(&self, core: &Core, peer: std::net::SocketAddr) {
-        self.record(&core.metrics, peer);
-        core.audit.record(self.audit_event(peer));
+impl RefusalRecorder for Core {
+    fn metrics(&self) -> &CoreMetrics {
+        &self.metrics
     }
-
-    /// [`Refusal::record_on`] for a connection turned away at accept: always counted, but while
-    /// the audit queue is above its mark the record is folded into the core's refusal summary
-    /// ([`AuditSink::refused_at_accept`]), so a flood against a stalled trail cannot grow it.
-    fn record_at_accept(&self, core: &Core, peer: std::net::SocketAddr) {
-        self.record(&core.metrics, peer);
-        core.audit
-            .refused_at_accept(peer, self.reason(), || self.audit_event(peer));
+    fn audit(&self) -> &AuditSink {
+        &self.audit
     }
 }
 

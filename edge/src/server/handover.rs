@@ -45,6 +45,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -189,7 +190,11 @@ pub(crate) struct Successor {
 impl Successor {
     /// Hands the successor the replay store's live entries (`complete`: all of them), before
     /// `accepts_released`. Only to a successor that takes them.
-    pub fn hand_replay(&self, entries: &[HandedEntry], complete: bool) -> Result<(), String> {
+    pub fn hand_replay(
+        &self,
+        entries: &[HandedEntry],
+        complete: bool,
+    ) -> Result<(), HandoverError> {
         if !self.takes_replay {
             return Ok(());
         }
@@ -216,8 +221,12 @@ impl Successor {
 }
 
 /// The replay store's messages: the entries in chunks, then the end with the count.
-fn send_replay(sock: &Socket, entries: &[HandedEntry], complete: bool) -> Result<(), String> {
-    sock.set_write_timeout(Some(SEND_TIMEOUT)).map_err(err)?;
+fn send_replay(
+    sock: &Socket,
+    entries: &[HandedEntry],
+    complete: bool,
+) -> Result<(), HandoverError> {
+    sock.set_write_timeout(Some(SEND_TIMEOUT))?;
     let mut message =
         Vec::with_capacity(REPLAY_ENTRIES.len() + ENTRIES_PER_MESSAGE * HandedEntry::WIRE_BYTES);
     for chunk in entries.chunks(ENTRIES_PER_MESSAGE) {
@@ -226,7 +235,7 @@ fn send_replay(sock: &Socket, entries: &[HandedEntry], complete: bool) -> Result
         for e in chunk {
             e.to_wire(&mut message);
         }
-        fdpass::send(sock.as_fd(), &message, &[]).map_err(err)?;
+        fdpass::send(sock.as_fd(), &message, &[])?;
     }
     message.clear();
     message.extend_from_slice(REPLAY_DONE);
@@ -234,26 +243,28 @@ fn send_replay(sock: &Socket, entries: &[HandedEntry], complete: bool) -> Result
         entries: entries.len(),
         complete,
     };
-    message.extend_from_slice(&serde_json::to_vec(&done).map_err(err)?);
-    fdpass::send(sock.as_fd(), &message, &[]).map_err(err)
+    message.extend_from_slice(&serde_json::to_vec(&done)?);
+    Ok(fdpass::send(sock.as_fd(), &message, &[])?)
 }
 
 /// Starts the successor, hands everything over and waits until it serves.
 pub(crate) fn spawn_successor(
     handoff: &Handoff,
     locks: &[InstanceLock],
-) -> Result<Successor, String> {
-    let (ours, theirs) =
-        Socket::pair(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None).map_err(err)?;
+) -> Result<Successor, HandoverError> {
+    let (ours, theirs) = Socket::pair(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None)?;
     // Only the child's end crosses exec; ours stays close-on-exec.
-    theirs.set_cloexec(false).map_err(err)?;
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    theirs.set_cloexec(false)?;
+    let exe = std::env::current_exe().map_err(HandoverError::NoBinary)?;
     let mut child = Command::new(&exe)
         .args(std::env::args_os().skip(1))
         .env(ENV, theirs.as_raw_fd().to_string())
         .stdin(Stdio::null())
         .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+        .map_err(|source| HandoverError::Spawn {
+            exe: exe.clone(),
+            source,
+        })?;
     drop(theirs);
     tracing::info!(pid = child.id(), exe = %exe.display(), "restart: new process started");
     match offer_and_wait(&ours, handoff, locks) {
@@ -289,7 +300,7 @@ fn offer_and_wait(
     sock: &Socket,
     handoff: &Handoff,
     locks: &[InstanceLock],
-) -> Result<Ready, String> {
+) -> Result<Ready, HandoverError> {
     let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
     let mut sets = Vec::new();
     for ((addr, listeners), lock) in handoff.sets.iter().zip(locks) {
@@ -309,18 +320,16 @@ fn offer_and_wait(
         admin: handoff.admin.as_ref().map(|(a, _)| *a),
         fds: fds.len(),
     };
-    let header = serde_json::to_vec(&offer).map_err(err)?;
-    fdpass::send(sock.as_fd(), &header, &[]).map_err(err)?;
+    let header = serde_json::to_vec(&offer)?;
+    fdpass::send(sock.as_fd(), &header, &[])?;
     for chunk in fds.chunks(fdpass::MAX_FDS) {
-        fdpass::send(sock.as_fd(), b"fds", chunk).map_err(err)?;
+        fdpass::send(sock.as_fd(), b"fds", chunk)?;
     }
-    sock.set_read_timeout(Some(READY_TIMEOUT)).map_err(err)?;
+    sock.set_read_timeout(Some(READY_TIMEOUT))?;
     let mut buf = [0u8; 4096];
-    let (n, _) = fdpass::recv(sock.as_fd(), &mut buf).map_err(|e| {
-        format!("the new process did not report ready within {READY_TIMEOUT:?}: {e}")
-    })?;
+    let (n, _) = fdpass::recv(sock.as_fd(), &mut buf).map_err(HandoverError::NotReady)?;
     if n == 0 {
-        return Err("the new process exited before serving (see its log)".into());
+        return Err(HandoverError::Exited);
     }
     match serde_json::from_slice::<Answer>(&buf[..n]) {
         Ok(Answer::Ready {
@@ -332,15 +341,37 @@ fn offer_and_wait(
             holds_accepts,
             takes_replay,
         }),
-        Ok(Answer::Failed { reason }) => Err(format!("the new process refused to start: {reason}")),
-        Err(e) => Err(format!(
-            "the new process answered something unexpected: {e}"
-        )),
+        Ok(Answer::Failed { reason }) => Err(HandoverError::Refused(reason)),
+        Err(e) => Err(HandoverError::Unexpected(e)),
     }
 }
 
-fn err(e: impl std::fmt::Display) -> String {
-    format!("handover: {e}")
+/// Why a handover failed: the old process keeps serving, or the new one does not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoverError {
+    #[error("handover: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("handover: {0}")]
+    Message(#[from] serde_json::Error),
+    #[error("handover: {0}")]
+    Broken(&'static str),
+    #[error(transparent)]
+    Inherit(#[from] wssedge_sys::fd::InheritError),
+    #[error("cannot find this binary: {0}")]
+    NoBinary(#[source] std::io::Error),
+    #[error("cannot start {exe}: {source}")]
+    Spawn {
+        exe: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the new process did not report ready within {READY_TIMEOUT:?}: {0}")]
+    NotReady(#[source] std::io::Error),
+    #[error("the new process exited before serving (see its log)")]
+    Exited,
+    #[error("the new process refused to start: {0}")]
+    Refused(String),
+    #[error("the new process answered something unexpected: {0}")]
+    Unexpected(#[source] serde_json::Error),
 }
 
 /// What a successor received.
@@ -382,30 +413,31 @@ impl Heard {
 
 /// In a successor (the environment names a handover socket): receives what the predecessor
 /// hands over. `None` in an edge started normally.
-pub(crate) fn inherit() -> Result<Option<Inheritance>, String> {
+pub(crate) fn inherit() -> Result<Option<Inheritance>, HandoverError> {
     // The variable is removed: it is not for our own children (a later restart passes its own).
-    let Some(fd) = wssedge_sys::fd::take_fd_from_env(ENV).map_err(|e| e.to_string())? else {
+    let Some(fd) = wssedge_sys::fd::take_fd_from_env(ENV)? else {
         return Ok(None);
     };
     let sock = Socket::from(fd);
-    sock.set_cloexec(true).map_err(err)?;
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(err)?;
+    sock.set_cloexec(true)?;
+    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut buf = vec![0u8; 64 * 1024];
-    let (n, _) = fdpass::recv(sock.as_fd(), &mut buf).map_err(err)?;
-    let offer: Offer = serde_json::from_slice(&buf[..n]).map_err(err)?;
+    let (n, _) = fdpass::recv(sock.as_fd(), &mut buf)?;
+    let offer: Offer = serde_json::from_slice(&buf[..n])?;
     let mut fds = Vec::with_capacity(offer.fds);
     while fds.len() < offer.fds {
-        let (n, more) = fdpass::recv(sock.as_fd(), &mut buf).map_err(err)?;
+        let (n, more) = fdpass::recv(sock.as_fd(), &mut buf)?;
         if n == 0 {
-            return Err(err("the previous process went away during the handover"));
+            return Err(HandoverError::Broken(
+                "the previous process went away during the handover",
+            ));
         }
         fds.extend(more);
     }
     let mut fds = fds.into_iter();
     let mut next = || {
         fds.next()
-            .ok_or_else(|| err("fewer descriptors than announced"))
+            .ok_or(HandoverError::Broken("fewer descriptors than announced"))
     };
     let mut sets = Vec::new();
     for set in &offer.sets {

@@ -2,14 +2,11 @@
 //! listener per address, its own connections, timer wheel and buffer pool. Connections never
 //! migrate between cores; cores share nothing on the data path.
 
-mod admission;
 mod conn;
 mod core;
 pub mod cpus;
 mod fdpass;
 mod handover;
-mod identity_slots;
-pub(crate) mod ip_limit;
 pub mod lifecycle;
 pub mod listen;
 mod live;
@@ -27,7 +24,9 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::auth::admission;
 use crate::config::Config;
+use crate::limits::ip_limit;
 use crate::metrics::{CoreMetrics, Registry};
 use crate::tls::crl::{CrlSet, CrlWatcher};
 use crate::tls::ktls::KtlsPolicy;
@@ -46,7 +45,13 @@ pub enum StartError {
     #[error(transparent)]
     Listen(#[from] listen::ListenError),
     #[error("TLS: {0}")]
-    Tls(String),
+    Certificate(#[source] reload::CertificateError),
+    #[error("TLS: {0}")]
+    Crls(#[source] crate::tls::crl::CrlError),
+    #[error("TLS: {0}")]
+    Tls(#[source] crate::tls::policy::TlsConfigError),
+    #[error("TLS: {0}")]
+    CrlWatch(#[source] std::io::Error),
     #[error("admin listener on {addr}: {source}")]
     Admin {
         addr: SocketAddr,
@@ -59,15 +64,15 @@ pub enum StartError {
     #[error("kTLS: {0}")]
     Ktls(String),
     #[error("per-IP limit: {0}")]
-    IpLimit(String),
+    IpLimit(#[source] crate::limits::ip_limit::IpLimitError),
     #[error("audit trail: {0}")]
     Audit(#[from] crate::audit::AuditError),
     #[error("upstream: {0}")]
-    Upstream(String),
+    Upstream(#[source] crate::upstream::UpstreamError),
     #[error("control socket: {0}")]
     Control(#[from] crate::control::ControlError),
     #[error("restart handover: {0}")]
-    Handover(String),
+    Handover(#[source] handover::HandoverError),
 }
 
 /// A running edge.
@@ -229,6 +234,7 @@ impl Running {
         let successor = match handover::spawn_successor(&self.handoff, &self.locks) {
             Ok(s) => s,
             Err(e) => {
+                let e = e.to_string();
                 record(None, e.clone());
                 tracing::error!(reason = %e, "restart failed; this process keeps serving");
                 if let Some(reply) = reply {
@@ -409,14 +415,15 @@ fn start_serving(
         crate::control::ControlServer::check_path(path)?;
     }
     let cpus = cpus::choose(cfg.server.cores, cfg.server.cpus.as_deref())?;
-    let (chain, key, dev_ca) = reload::default_certificate(&cfg).map_err(StartError::Tls)?;
+    let (chain, key, dev_ca) =
+        reload::default_certificate(&cfg).map_err(StartError::Certificate)?;
     let ktls = KtlsPolicy::decide(cfg.tls.ktls, cfg.tls.ktls_key_limit_records)
         .map_err(StartError::Ktls)?;
     ktls.log_start();
-    let crls = CrlSet::load(&cfg.tls.crls).map_err(|e| StartError::Tls(e.to_string()))?;
+    let crls = CrlSet::load(&cfg.tls.crls).map_err(StartError::Crls)?;
     let tls = Arc::new(
         tls_state::TlsState::new(cfg.tls.clone(), chain, key, crls, ktls.offloads())
-            .map_err(|e| StartError::Tls(e.to_string()))?,
+            .map_err(StartError::Tls)?,
     );
     tracing::info!("TLS: {}", cfg.tls.summary());
     let ktls = Arc::new(ktls);
@@ -468,7 +475,7 @@ fn start_serving(
     let upstreams = match &cfg.upstream {
         Some(u) => {
             let mut upstreams = crate::upstream::Upstreams::from_config(u, &cfg.routes)
-                .map_err(|e| StartError::Upstream(e.to_string()))?;
+                .map_err(StartError::Upstream)?;
             upstreams.set_socket_options(crate::sockopt::AcceptedSocketOptions {
                 send_buffer_bytes: cfg.limits.socket_send_buffer_bytes,
                 recv_buffer_bytes: cfg.limits.socket_recv_buffer_bytes,
@@ -619,8 +626,7 @@ fn start_serving(
             h.wait_control_released(Duration::from_secs(30));
         }
     }
-    let crl_watcher =
-        watch_crls(&tls, trail.handle()).map_err(|e| StartError::Tls(e.to_string()))?;
+    let crl_watcher = watch_crls(&tls, trail.handle()).map_err(StartError::CrlWatch)?;
     let reloader = Arc::new(reload::Reloader {
         started: (*cfg).clone(),
         tls: tls.clone(),

@@ -16,8 +16,8 @@ use crate::control::protocol::{RevocationChange, RevocationKind, RevocationList,
 use crate::control::{ControlHandler, PeerCred, Request, Response};
 use crate::metrics::Registry;
 
-use super::admission::Admission;
 use super::tls_state::TlsState;
+use crate::auth::admission::Admission;
 use crate::tls::crl::CrlSet;
 
 pub(crate) struct Operator {
@@ -93,7 +93,7 @@ impl Operator {
         if paths.is_empty() {
             return Response::error("no CRLs are configured ([tls] crls)");
         }
-        let loaded = CrlSet::load(&paths).map_err(|e| e.to_string());
+        let loaded = CrlSet::load(&paths);
         match self
             .tls
             .replace_crls(in_force.version(), loaded, &self.audit)
@@ -256,7 +256,7 @@ mod tests {
                 started: Default::default(),
                 tls,
                 admission: admission.clone(),
-                ip_limiter: Arc::new(super::super::ip_limit::IpLimiter::Off),
+                ip_limiter: Arc::new(crate::limits::ip_limit::IpLimiter::Off),
                 audit: audit.clone(),
                 one_at_a_time: Default::default(),
             }),

@@ -23,14 +23,15 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 
 use crate::audit::{AuditEvent, AuditHandle};
-use crate::auth::revocation::Revocations;
-use crate::config::{Config, Limits};
-use crate::tls::crl::CrlSet;
-use crate::tls::policy;
+use crate::auth::revocation::{RevocationError, Revocations};
+use crate::config::{Config, ConfigError, Limits};
+use crate::devcert::DevCertError;
+use crate::tls::crl::{CrlError, CrlSet};
+use crate::tls::policy::{self, TlsConfigError};
 
-use super::admission::Admission;
-use super::ip_limit::IpLimiter;
 use super::tls_state::{Material, TlsState};
+use crate::auth::admission::Admission;
+use crate::limits::ip_limit::{IpLimitError, IpLimiter};
 
 /// The default certificate chain and key a config names (`[tls] cert/key` or the flags), or
 /// the development certificate in `state_dir` (with its CA file to trust).
@@ -40,17 +41,25 @@ pub(crate) type DefaultCertificate = (
     Option<PathBuf>,
 );
 
+/// Why the default certificate cannot be read (or the development one made).
+#[derive(Debug, thiserror::Error)]
+pub enum CertificateError {
+    #[error(transparent)]
+    Files(#[from] TlsConfigError),
+    #[error(transparent)]
+    DevCert(#[from] DevCertError),
+}
+
 /// Reads the default certificate of `cfg` (see [`DefaultCertificate`]).
-pub(crate) fn default_certificate(cfg: &Config) -> Result<DefaultCertificate, String> {
+pub(crate) fn default_certificate(cfg: &Config) -> Result<DefaultCertificate, CertificateError> {
     match (&cfg.tls.cert, &cfg.tls.key) {
         (Some(cert), Some(key)) => Ok((
-            policy::load_cert_chain(cert).map_err(|e| e.to_string())?,
-            policy::load_private_key(key).map_err(|e| e.to_string())?,
+            policy::load_cert_chain(cert)?,
+            policy::load_private_key(key)?,
             None,
         )),
         _ => {
-            let dev = crate::devcert::ensure_dev_cert(&cfg.server.state_dir)
-                .map_err(|e| e.to_string())?;
+            let dev = crate::devcert::ensure_dev_cert(&cfg.server.state_dir)?;
             Ok((dev.chain, dev.key, Some(dev.ca_pem_path)))
         }
     }
@@ -78,6 +87,25 @@ impl Reloaded {
     }
 }
 
+/// Why a reload changed nothing (the running configuration keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReloadError {
+    #[error("the edge was started without --config: there is no file to reload")]
+    NoConfigFile,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    IpLimit(#[from] IpLimitError),
+    #[error(transparent)]
+    Revocations(#[from] RevocationError),
+    #[error(transparent)]
+    Crls(#[from] CrlError),
+    #[error(transparent)]
+    Certificate(#[from] CertificateError),
+    #[error(transparent)]
+    Tls(#[from] TlsConfigError),
+}
+
 /// Re-reads and applies the configuration; shared by the control socket and the SIGHUP path.
 pub(crate) struct Reloader {
     /// The configuration the edge started with (flags applied): what fixed settings are
@@ -93,7 +121,7 @@ pub(crate) struct Reloader {
 
 impl Reloader {
     /// Reloads, logs and audits the outcome (`trigger`: "control", "SIGHUP").
-    pub fn reload(&self, trigger: &str) -> Result<Reloaded, String> {
+    pub fn reload(&self, trigger: &str) -> Result<Reloaded, ReloadError> {
         let _one = self.one_at_a_time.lock().unwrap_or_else(|e| e.into_inner());
         let outcome = self.reload_now();
         match &outcome {
@@ -124,31 +152,28 @@ impl Reloader {
         outcome
     }
 
-    fn reload_now(&self) -> Result<Reloaded, String> {
+    fn reload_now(&self) -> Result<Reloaded, ReloadError> {
         let path = self
             .started
             .source
             .as_ref()
-            .ok_or("the edge was started without --config: there is no file to reload")?;
-        let mut cfg = Config::from_file(path).map_err(|e| e.to_string())?;
+            .ok_or(ReloadError::NoConfigFile)?;
+        let mut cfg = Config::from_file(path)?;
         cfg.apply(self.started.overrides.clone());
-        cfg.validate().map_err(|e| e.to_string())?;
+        cfg.validate()?;
 
         // Read and build everything first.
         let limits = cfg.limits.ip_limits();
         if matches!(*self.ip_limiter, IpLimiter::Off)
             && (limits.per_ip_connections > 0 || !limits.ip_overrides.is_empty())
         {
-            return Err("per-IP limits were off at start; restart the edge to turn them on".into());
+            return Err(IpLimitError::OffAtStart.into());
         }
         let revocations = match cfg.jwt.as_ref().and_then(|j| j.revocations_file.as_ref()) {
-            Some(file) => Some((
-                file.clone(),
-                Revocations::read_file(file).map_err(|e| e.to_string())?,
-            )),
+            Some(file) => Some((file.clone(), Revocations::read_file(file)?)),
             None => None,
         };
-        let crls = CrlSet::load(&cfg.tls.crls).map_err(|e| e.to_string())?;
+        let crls = CrlSet::load(&cfg.tls.crls)?;
         let (chain, key, _) = default_certificate(&cfg)?;
         let certificate = match &cfg.tls.cert {
             Some(cert) => format!("certificate {}", cert.display()),
@@ -159,10 +184,7 @@ impl Reloader {
             chain,
             key,
         };
-        let prepared = self
-            .tls
-            .prepare(material, crls)
-            .map_err(|e| e.to_string())?;
+        let prepared = self.tls.prepare(material, crls)?;
 
         // Then apply: the step that can still fail (kernel map updates) goes first.
         let mut done = Reloaded {
@@ -372,7 +394,7 @@ mod tests {
         let _ = cert_c;
         for (text, reason) in cases {
             f.write(&text);
-            let e = f.reloader.reload("test").expect_err(&text);
+            let e = f.reloader.reload("test").expect_err(&text).to_string();
             assert!(
                 e.contains(reason),
                 "refusal of {text:?} should name {reason:?}: {e}"
@@ -422,7 +444,7 @@ mod tests {
     fn without_a_config_file_there_is_nothing_to_reload() {
         let mut f = fixture();
         f.reloader.started.source = None;
-        let e = f.reloader.reload("test").unwrap_err();
+        let e = f.reloader.reload("test").unwrap_err().to_string();
         assert!(e.contains("without --config"), "{e}");
     }
 }

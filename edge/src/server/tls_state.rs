@@ -15,7 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 
 use crate::audit::{AuditEvent, AuditHandle};
-use crate::tls::crl::CrlSet;
+use crate::tls::crl::{CrlError, CrlSet};
 use crate::tls::policy::{build_server_config, TlsConfigError};
 use crate::tls::settings::TlsSettings;
 
@@ -42,6 +42,19 @@ pub(crate) struct Prepared {
     material: Material,
     config: Arc<ServerConfig>,
     crls: CrlSet,
+}
+
+/// Why new CRLs were not put in force (the previous ones stay).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CrlReplaceError {
+    #[error(transparent)]
+    Load(#[from] CrlError),
+    #[error(
+        "a reload put other CRLs in force meanwhile (version {in_force}); these were read from the files before it"
+    )]
+    Superseded { in_force: u64 },
+    #[error(transparent)]
+    Build(#[from] TlsConfigError),
 }
 
 impl TlsState {
@@ -73,10 +86,10 @@ impl TlsState {
     pub fn replace_crls(
         &self,
         based_on: u64,
-        loaded: Result<CrlSet, String>,
+        loaded: Result<CrlSet, CrlError>,
         audit: &AuditHandle,
-    ) -> Result<String, String> {
-        let outcome = loaded.and_then(|crls| {
+    ) -> Result<String, CrlReplaceError> {
+        let outcome = loaded.map_err(CrlReplaceError::from).and_then(|crls| {
             let detail = format!("{} CRL(s), version {}", crls.len(), crls.version());
             self.apply_crls_over(based_on, crls).map(|()| detail)
         });
@@ -91,7 +104,10 @@ impl TlsState {
         audit.record(AuditEvent::Reload {
             what: "crls".into(),
             ok: outcome.is_ok(),
-            detail: outcome.clone().unwrap_or_else(|e| e),
+            detail: match &outcome {
+                Ok(detail) => detail.clone(),
+                Err(e) => e.to_string(),
+            },
         });
         outcome
     }
@@ -120,17 +136,13 @@ impl TlsState {
     /// New CRLs in place of the set `based_on` (under the lock a reload installs under, so
     /// neither undoes the other): a config verifying against them, then the set itself for
     /// live sessions.
-    fn apply_crls_over(&self, based_on: u64, crls: CrlSet) -> Result<(), String> {
+    fn apply_crls_over(&self, based_on: u64, crls: CrlSet) -> Result<(), CrlReplaceError> {
         let material = self.material();
         let in_force = self.crls.load().version();
         if in_force != based_on {
-            return Err(format!(
-                "a reload put other CRLs in force meanwhile (version {in_force}); these were read from the files before it"
-            ));
+            return Err(CrlReplaceError::Superseded { in_force });
         }
-        let config = self
-            .build_for(&material, &crls)
-            .map_err(|e| e.to_string())?;
+        let config = self.build_for(&material, &crls)?;
         self.config.store(config);
         self.crls.store(Arc::new(crls));
         Ok(())
@@ -199,7 +211,7 @@ mod tests {
         let refused = tls
             .replace_crls(at_start, Ok(read_by_watcher), &audit)
             .unwrap_err();
-        assert!(refused.contains("reload"), "{refused}");
+        assert!(refused.to_string().contains("reload"), "{refused}");
         assert_eq!(
             tls.crls.load().version(),
             reloaded_version,

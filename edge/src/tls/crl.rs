@@ -196,7 +196,7 @@ impl CrlSet {
         })?;
         // x509-parser is more lenient than webpki; a CRL only webpki refuses would fail the
         // verifier's build later with no file name, so ask webpki now.
-        webpki_accepts(&der).map_err(parse_err)?;
+        webpki_accepts(&der).map_err(|e| parse_err(format!("the TLS verifier refuses it: {e}")))?;
         let serials = self
             .revoked
             .entry(crl.issuer().as_raw().to_vec())
@@ -347,7 +347,9 @@ fn split_crls(
 
 /// Whether rustls' verifier would accept the CRL. rustls only parses CRLs when a verifier is
 /// built, and that needs a trust anchor: a placeholder anchor is enough, it is never used.
-fn webpki_accepts(der: &CertificateRevocationListDer<'static>) -> Result<(), String> {
+fn webpki_accepts(
+    der: &CertificateRevocationListDer<'static>,
+) -> Result<(), rustls::server::VerifierBuilderError> {
     use rustls::pki_types::{Der, TrustAnchor};
     let roots = rustls::RootCertStore {
         roots: vec![TrustAnchor {
@@ -363,7 +365,6 @@ fn webpki_accepts(der: &CertificateRevocationListDer<'static>) -> Result<(), Str
     .with_crls([der.clone()])
     .build()
     .map(drop)
-    .map_err(|e| format!("the TLS verifier refuses it: {e}"))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ use rustls::server::{NoServerSessionStorage, ServerSessionMemoryCache, WebPkiCli
 use rustls::{ProtocolVersion, ServerConfig, SupportedCipherSuite, SupportedProtocolVersion};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 use crate::tls::crl::{CrlError, CrlSet};
 use crate::tls::settings::{ClientAuth, Resumption, TlsSettings};
 use crate::tls::sni::{certified_key, SniResolver};

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 use crate::tls::identity::{IdentityRule, IdentityRules};
 use crate::tls::ktls::KtlsMode;
 use crate::tls::policy;

@@ -20,29 +20,41 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use crate::tls::policy::{load_cert_chain, load_private_key, TlsConfigError};
 use crate::tls::settings::SniCert;
 
+/// Why an `sni` value is refused; each says what to write instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SniError {
+    #[error(
+        "is an IP address: clients send no SNI for IP addresses, so the default certificate \
+         (tls.cert) serves them"
+    )]
+    IpAddress,
+    #[error("`*` is only allowed as the whole first label, as in *.example.com")]
+    Star,
+    #[error("a wildcard needs at least two labels after `*.`, as in *.example.com")]
+    ShortWildcard,
+    #[error("not a valid host name (letters, digits, '-' and '.')")]
+    HostName,
+}
+
 /// Checks an `sni` value and returns it lowercased: a host name, or `*.` and a domain of at
 /// least two labels. The error says what to write instead.
-pub fn sni_pattern(sni: &str) -> Result<String, String> {
+pub fn sni_pattern(sni: &str) -> Result<String, SniError> {
     let lower = sni.to_ascii_lowercase();
     if lower.parse::<IpAddr>().is_ok() {
-        return Err(
-            "is an IP address: clients send no SNI for IP addresses, so the default \
-                    certificate (tls.cert) serves them"
-                .into(),
-        );
+        return Err(SniError::IpAddress);
     }
     let (wildcard, base) = match lower.strip_prefix("*.") {
         Some(base) => (true, base),
         None => (false, lower.as_str()),
     };
     if base.contains('*') {
-        return Err("`*` is only allowed as the whole first label, as in *.example.com".into());
+        return Err(SniError::Star);
     }
     if wildcard && !base.contains('.') {
-        return Err("a wildcard needs at least two labels after `*.`, as in *.example.com".into());
+        return Err(SniError::ShortWildcard);
     }
     if DnsName::try_from(base).is_err() {
-        return Err("not a valid host name (letters, digits, '-' and '.')".into());
+        return Err(SniError::HostName);
     }
     Ok(lower)
 }
@@ -132,7 +144,7 @@ impl SniResolver {
         };
         for entry in entries {
             let sni = sni_pattern(&entry.sni).map_err(|reason| {
-                crate::config::ConfigError::invalid(
+                crate::config_error::ConfigError::invalid(
                     "tls.certs.sni",
                     format!("{:?}", entry.sni),
                     reason,
@@ -159,7 +171,7 @@ impl SniResolver {
                 None => (&mut resolver.exact, sni.clone()),
             };
             if map.insert(name, ck).is_some() {
-                return Err(crate::config::ConfigError::invalid(
+                return Err(crate::config_error::ConfigError::invalid(
                     "tls.certs.sni",
                     format!("{:?}", entry.sni),
                     "listed twice; each name gets one certificate",

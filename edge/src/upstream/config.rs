@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 use crate::ws::{PathPrefix, RequestTarget};
 
 /// The `[upstream]` section.
@@ -132,38 +132,65 @@ pub struct MemberUrl {
     pub path: String,
 }
 
+/// Why a member URL is refused; each says what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MemberUrlError {
+    #[error("the scheme must be ws:// or wss://")]
+    Scheme,
+    #[error("no query or fragment allowed; the client's query is appended")]
+    QueryOrFragment,
+    #[error("no user info allowed")]
+    UserInfo,
+    #[error("the path must be printable ASCII without spaces")]
+    Path,
+    #[error("unclosed '[' in an IPv6 host")]
+    UnclosedBracket,
+    #[error("{host:?} is not an IPv6 address")]
+    NotIpv6 { host: String },
+    #[error("junk after ']'")]
+    AfterBracket,
+    #[error("the host is empty")]
+    EmptyHost,
+    #[error("{host:?} is not a valid host name")]
+    HostName { host: String },
+    #[error("port {port:?} is not 1-65535")]
+    Port { port: String },
+}
+
 impl MemberUrl {
     /// Parses `ws://host[:port][/path]` or `wss://…`. No user info, query or fragment.
-    pub fn parse(url: &str) -> Result<MemberUrl, String> {
+    pub fn parse(url: &str) -> Result<MemberUrl, MemberUrlError> {
         let (tls, rest) = if let Some(r) = url.strip_prefix("wss://") {
             (true, r)
         } else if let Some(r) = url.strip_prefix("ws://") {
             (false, r)
         } else {
-            return Err("the scheme must be ws:// or wss://".into());
+            return Err(MemberUrlError::Scheme);
         };
         if rest.contains(['?', '#']) {
-            return Err("no query or fragment allowed; the client's query is appended".into());
+            return Err(MemberUrlError::QueryOrFragment);
         }
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
         if authority.contains('@') {
-            return Err("no user info allowed".into());
+            return Err(MemberUrlError::UserInfo);
         }
         if path.bytes().any(|b| !b.is_ascii_graphic()) {
-            return Err("the path must be printable ASCII without spaces".into());
+            return Err(MemberUrlError::Path);
         }
         let (host, port) = if let Some(r) = authority.strip_prefix('[') {
-            let end = r.find(']').ok_or("unclosed '[' in an IPv6 host")?;
+            let end = r.find(']').ok_or(MemberUrlError::UnclosedBracket)?;
             let host = &r[..end];
             if host.parse::<std::net::Ipv6Addr>().is_err() {
-                return Err(format!("{host:?} is not an IPv6 address"));
+                return Err(MemberUrlError::NotIpv6 {
+                    host: host.to_owned(),
+                });
             }
             let port = match &r[end + 1..] {
                 "" => None,
-                p => Some(p.strip_prefix(':').ok_or("junk after ']'")?),
+                p => Some(p.strip_prefix(':').ok_or(MemberUrlError::AfterBracket)?),
             };
             (host, port)
         } else {
@@ -173,13 +200,15 @@ impl MemberUrl {
             }
         };
         if host.is_empty() {
-            return Err("the host is empty".into());
+            return Err(MemberUrlError::EmptyHost);
         }
         if !host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b))
         {
-            return Err(format!("{host:?} is not a valid host name"));
+            return Err(MemberUrlError::HostName {
+                host: host.to_owned(),
+            });
         }
         let port = match port {
             None => {
@@ -191,7 +220,7 @@ impl MemberUrl {
             }
             Some(p) => match p.parse::<u16>() {
                 Ok(p) if p > 0 => p,
-                _ => return Err(format!("port {p:?} is not 1-65535")),
+                _ => return Err(MemberUrlError::Port { port: p.to_owned() }),
             },
         };
         Ok(MemberUrl {

@@ -37,7 +37,7 @@ pub use handshake::{ClientContext, ClientHandshake, ResponseError};
 pub use health::{HealthChecker, HealthStats};
 pub use mask_keys::SystemMaskKeys;
 
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 use crate::tls::policy::{self, TlsConfigError};
 
 /// Why the upstream side could not be set up.

@@ -5,7 +5,9 @@ use crate::audit::{AuditConfig, AuditError, AuditTrail};
 
 fn invalid_key(cfg: &AuditConfig) -> (String, String) {
     match cfg.validate() {
-        Err(crate::config::ConfigError::Invalid { key, reason, .. }) => (key.to_owned(), reason),
+        Err(crate::config_error::ConfigError::Invalid { key, reason, .. }) => {
+            (key.to_owned(), reason)
+        }
         other => panic!("expected Invalid, got {other:?}"),
     }
 }

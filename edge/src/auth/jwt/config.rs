@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::alg::{self, Alg, KeyFamily};
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 
 /// Where a bearer token may be taken from in the upgrade request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use super::alg::{Alg, KeyFamily};
 use super::keys::{self, KeySpec};
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 
 /// Members that only private JWKs have (RFC 7518 §6.2.2, §6.3.2, §6.4).
 const PRIVATE_MEMBERS: &[&str] = &["d", "p", "q", "dp", "dq", "qi", "oth", "k"];

@@ -18,7 +18,7 @@ use x509_parser::public_key::RSAPublicKey;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
 use super::alg::{Alg, KeyFamily};
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 
 /// RSA moduli aws-lc-rs verifies (and RFC 7518 §3.3 asks at least 2048 of).
 const RSA_BITS: std::ops::RangeInclusive<usize> = 2048..=8192;

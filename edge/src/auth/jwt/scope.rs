@@ -7,7 +7,7 @@
 //! `..;`, `//`, `\`) is refused before any rule is asked.
 
 use super::config::ScopeRule;
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 use crate::ws::{PathPrefix, RequestTarget};
 
 #[derive(Debug, Clone, Default)]

@@ -17,7 +17,7 @@ use super::keys::{self, KeySpec};
 use super::refusal::JwtRefusal;
 use super::scope::ScopeRules;
 use crate::auth::revocation::Revocations;
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 use crate::ws::RequestTarget;
 
 /// A token that verified, with what the rest of the edge may know about it. The token itself

@@ -476,7 +476,7 @@ fn only_root_and_the_servers_own_uid_are_authorised() {
     };
     assert!(authorize(&peer(0), 1000).is_ok());
     assert!(authorize(&peer(1000), 1000).is_ok());
-    let err = authorize(&peer(1001), 1000).unwrap_err();
+    let err = authorize(&peer(1001), 1000).unwrap_err().to_string();
     assert!(
         err.contains("uid 1001 may not") && err.contains("as uid 1000"),
         "{err}"

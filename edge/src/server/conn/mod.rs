@@ -26,7 +26,9 @@ use bytes::BytesMut;
 use monoio::net::TcpStream;
 
 use crate::audit::AuditEvent;
+use crate::auth::admission::Admitted;
 use crate::ebpf::LimitGuard;
+use crate::limits::identity_slots::IdentitySlot;
 use crate::limits::{ConnectionLimiter, Verdict};
 use crate::metrics::Side;
 use crate::refuse::Refusal;
@@ -43,9 +45,7 @@ mod proxy;
 
 use self::pass::{yield_to_core, yield_turn, AfterPass, PassGuard, Waited};
 use self::proxy::{upstream_readable, upstream_writable, RouteChoice};
-use super::admission::Admitted;
 use super::core::{unix_now, Core};
-use super::identity_slots::IdentitySlot;
 use super::live::{LiveEntry, LiveSession};
 use super::record_layer::RecordLayer;
 use super::relay::{Relay, UpstreamEvent};
@@ -847,7 +847,7 @@ impl Conn {
         }
         let now = Instant::now();
         let rates = &self.core.rates;
-        let identity = super::admission::identity_key(&admitted, self.identity.as_deref())
+        let identity = crate::auth::admission::identity_key(&admitted, self.identity.as_deref())
             .and_then(|key| rates.identities.attach(&key, now));
         let limiter = ConnectionLimiter::new(&rates.connection, identity, now)
             .with_control(&rates.control, now);

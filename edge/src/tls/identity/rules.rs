@@ -22,7 +22,7 @@
 use serde::Deserialize;
 
 use super::{has_spiffe_scheme, valid_spiffe_id, ClientIdentity};
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 use crate::ws::{PathPrefix, RequestTarget};
 
 /// `[[tls.identity_rules]]`: the identities that may open paths under `path_prefix`.
@@ -54,8 +54,38 @@ enum Matcher {
     Any,
 }
 
+/// Why an `allow` entry of an identity rule is refused; each says what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum MatcherError {
+    #[error(
+        "not a valid SPIFFE ID: expected spiffe://trust-domain/path (lowercase trust domain, \
+         segments of [A-Za-z0-9._-]), optionally ending in /* for everything below it"
+    )]
+    SpiffeId,
+    #[error(
+        "unknown matcher; use spiffe://…, cn:NAME, dns:NAME, dns:*.DOMAIN, uri:URI, \
+         fingerprint:SHA256HEX or any"
+    )]
+    Unknown,
+    #[error("`{kind}:` needs a value after the colon")]
+    NoValue { kind: String },
+    #[error("a DNS wildcard is `*.` and a domain of at least two labels, e.g. dns:*.example.com")]
+    DnsWildcard,
+    #[error("`*` is only allowed as the whole first label (dns:*.example.com)")]
+    DnsStar,
+    #[error(
+        "a fingerprint is the SHA-256 of the certificate's DER: 64 hex digits (colons \
+         allowed), e.g. from `openssl x509 -noout -fingerprint -sha256`"
+    )]
+    Fingerprint,
+    #[error(
+        "unknown matcher kind `{kind}:`; use spiffe://…, cn:, dns:, uri:, fingerprint: or any"
+    )]
+    UnknownKind { kind: String },
+}
+
 impl Matcher {
-    fn parse(entry: &str) -> Result<Matcher, String> {
+    fn parse(entry: &str) -> Result<Matcher, MatcherError> {
         let e = entry.trim();
         if e == "any" {
             return Ok(Matcher::Any);
@@ -66,23 +96,14 @@ impl Matcher {
                     return Ok(Matcher::SpiffeBelow(format!("{base}/")))
                 }
                 None if valid_spiffe_id(e) => return Ok(Matcher::SpiffeExact(e.to_owned())),
-                _ => {
-                    return Err(
-                        "not a valid SPIFFE ID: expected spiffe://trust-domain/path \
-                                (lowercase trust domain, segments of [A-Za-z0-9._-]), optionally \
-                                ending in /* for everything below it"
-                            .into(),
-                    )
-                }
+                _ => return Err(MatcherError::SpiffeId),
             }
         }
-        let (kind, value) = e.split_once(':').ok_or_else(|| {
-            "unknown matcher; use spiffe://…, cn:NAME, dns:NAME, dns:*.DOMAIN, uri:URI, \
-             fingerprint:SHA256HEX or any"
-                .to_owned()
-        })?;
+        let (kind, value) = e.split_once(':').ok_or(MatcherError::Unknown)?;
         if value.is_empty() {
-            return Err(format!("`{kind}:` needs a value after the colon"));
+            return Err(MatcherError::NoValue {
+                kind: kind.to_owned(),
+            });
         }
         match kind {
             "cn" => Ok(Matcher::Cn(value.to_owned())),
@@ -93,14 +114,8 @@ impl Matcher {
                     Some(suffix) if suffix.starts_with('.') && suffix[1..].contains('.') => {
                         Ok(Matcher::DnsWildcard(suffix.to_owned()))
                     }
-                    Some(_) => Err(
-                        "a DNS wildcard is `*.` and a domain of at least two labels, e.g. \
-                         dns:*.example.com"
-                            .into(),
-                    ),
-                    None if v.contains('*') => {
-                        Err("`*` is only allowed as the whole first label (dns:*.example.com)".into())
-                    }
+                    Some(_) => Err(MatcherError::DnsWildcard),
+                    None if v.contains('*') => Err(MatcherError::DnsStar),
                     None => Ok(Matcher::DnsExact(v)),
                 }
             }
@@ -113,14 +128,12 @@ impl Matcher {
                 if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                     Ok(Matcher::Fingerprint(hex))
                 } else {
-                    Err("a fingerprint is the SHA-256 of the certificate's DER: 64 hex digits \
-                         (colons allowed), e.g. from `openssl x509 -noout -fingerprint -sha256`"
-                        .into())
+                    Err(MatcherError::Fingerprint)
                 }
             }
-            other => Err(format!(
-                "unknown matcher kind `{other}:`; use spiffe://…, cn:, dns:, uri:, fingerprint: or any"
-            )),
+            other => Err(MatcherError::UnknownKind {
+                kind: other.to_owned(),
+            }),
         }
     }
 

@@ -24,13 +24,13 @@ use crate::auth::replay::{
     jti_key, owner_of_key, HandedEntry, ImportOutcome, JtiKey, ReplayRefusal, ReplayStore,
 };
 use crate::auth::revocation::Revocations;
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 use crate::refuse::Refusal;
 use crate::tls::crl::CrlSet;
 use crate::tls::identity::{ClientIdentity, IdentityRules};
 use crate::ws::{RequestTarget, UpgradeRequest};
 
-use super::identity_slots::{IdentitySlot, IdentitySlots};
+use crate::limits::identity_slots::{IdentitySlot, IdentitySlots};
 
 /// The process-wide admission policy (shared by every core, read-only but for the swappable
 /// revocation list).
@@ -590,7 +590,10 @@ mod tests {
             Err((403, "client_cert_not_yet_valid"))
         );
         // The CRL was made valid until tomorrow (real time); at `now` (2030) it has expired.
-        let real_now = crate::server::core::unix_now();
+        let real_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs();
         let mut today = id.clone();
         today.not_before_unix = real_now as i64 - 60;
         today.not_after_unix = real_now as i64 + 3 * 24 * 3600;

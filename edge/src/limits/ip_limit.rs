@@ -6,7 +6,7 @@
 //! until the connection ends. A sweep thread releases the kernel slots of handshakes that died
 //! before they became sockets (on kernels without the immediate-release hooks).
 //!
-//! [`Slot`]: super::conn::Slot
+//! [`Slot`]: crate::server::conn::Slot
 
 use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -17,7 +17,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::ebpf::{
-    EbpfLimiter, IpStats, LimitConfig, LimitGuard, LimiterStats, Refused, UserspaceLimiter,
+    EbpfError, EbpfLimiter, IpStats, LimitConfig, LimitConfigError, LimitGuard, LimiterStats,
+    Refused, UserspaceLimiter,
 };
 
 /// `[limits] ip_limiter`: which limiter enforces `per_ip_connections` and `ip_overrides`.
@@ -46,6 +47,19 @@ pub(crate) enum IpLimiter {
     Userspace(Arc<UserspaceLimiter>),
 }
 
+/// Why the per-IP limiter cannot start or take new rules.
+#[derive(Debug, thiserror::Error)]
+pub enum IpLimitError {
+    #[error("[limits] ip_limiter = \"ebpf\" but the eBPF limiter cannot load: {0}")]
+    EbpfRequired(EbpfError),
+    #[error("per-IP limits were off at start; restart the edge to turn them on")]
+    OffAtStart,
+    #[error(transparent)]
+    Rules(#[from] LimitConfigError),
+    #[error(transparent)]
+    Kernel(#[from] EbpfError),
+}
+
 impl IpLimiter {
     /// Starts the limiter for the listener groups (one per listen address, each with one
     /// listener per core).
@@ -53,7 +67,7 @@ impl IpLimiter {
         mode: IpLimiterMode,
         cfg: &LimitConfig,
         groups: &[(u16, Vec<BorrowedFd<'_>>)],
-    ) -> Result<Self, String> {
+    ) -> Result<Self, IpLimitError> {
         if cfg.per_ip_connections == 0 && cfg.ip_overrides.is_empty() {
             tracing::info!("per-IP connection limit: off ([limits] per_ip_connections = 0)");
             return Ok(IpLimiter::Off);
@@ -77,11 +91,7 @@ impl IpLimiter {
                         sweeper: Mutex::new(Some(sweeper)),
                     });
                 }
-                Err(e) if mode == IpLimiterMode::Ebpf => {
-                    return Err(format!(
-                        "[limits] ip_limiter = \"ebpf\" but the eBPF limiter cannot load: {e}"
-                    ))
-                }
+                Err(e) if mode == IpLimiterMode::Ebpf => return Err(IpLimitError::EbpfRequired(e)),
                 Err(e) => tracing::warn!(
                     "per-IP connection limit enforced in userspace at accept (before TLS): the \
                      eBPF limiter cannot load: {e}"
@@ -90,9 +100,7 @@ impl IpLimiter {
         } else {
             tracing::info!("per-IP connection limit enforced in userspace at accept ([limits] ip_limiter = \"userspace\")");
         }
-        UserspaceLimiter::new(cfg)
-            .map(IpLimiter::Userspace)
-            .map_err(|e| e.to_string())
+        Ok(IpLimiter::Userspace(UserspaceLimiter::new(cfg)?))
     }
 
     /// At accept: a slot for `ip`, or the refusal (userspace only; the kernel limiter has
@@ -106,16 +114,14 @@ impl IpLimiter {
 
     /// New rules, applied live (reload). A limiter that was off at start cannot be started
     /// without a restart (the kernel programs attach before the cores accept).
-    pub fn update(&self, cfg: &LimitConfig) -> Result<(), String> {
+    pub fn update(&self, cfg: &LimitConfig) -> Result<(), IpLimitError> {
         match self {
             IpLimiter::Off if cfg.per_ip_connections == 0 && cfg.ip_overrides.is_empty() => Ok(()),
-            IpLimiter::Off => {
-                Err("per-IP limits were off at start; restart the edge to turn them on".to_owned())
-            }
-            IpLimiter::Userspace(l) => l.update(cfg).map_err(|e| e.to_string()),
+            IpLimiter::Off => Err(IpLimitError::OffAtStart),
+            IpLimiter::Userspace(l) => Ok(l.update(cfg)?),
             IpLimiter::Kernel { limiters, .. } => {
                 for l in limiters.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-                    l.update(cfg).map_err(|e| e.to_string())?;
+                    l.update(cfg)?;
                 }
                 Ok(())
             }
@@ -208,7 +214,7 @@ impl IpLimiter {
 fn attach_all(
     cfg: &LimitConfig,
     groups: &[(u16, Vec<BorrowedFd<'_>>)],
-) -> Result<Vec<Arc<EbpfLimiter>>, crate::ebpf::EbpfError> {
+) -> Result<Vec<Arc<EbpfLimiter>>, EbpfError> {
     groups
         .iter()
         .map(|(port, fds)| EbpfLimiter::attach(fds, &[*port], cfg).map(Arc::new))
