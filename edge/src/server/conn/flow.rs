@@ -36,12 +36,8 @@ impl Conn {
     /// Before the hand-off to the kernel: every record received is decrypted (reads stop at
     /// record boundaries) and only our pending bytes hold the hand-off up.
     fn awaiting_handoff(&self) -> bool {
-        self.tls_mode.is_none()
-            && self.read_limit() == Some(0)
-            && self
-                .layer
-                .user()
-                .is_some_and(|t| t.is_quiescent() && t.has_pending_output())
+        self.layer
+            .awaiting_handoff(self.finishing, self.core.ktls.offloads())
     }
 
     /// The WebSocket session's state; `None` before the upgrade.
@@ -129,14 +125,13 @@ impl Conn {
                 break;
             }
             let fd = sockopt::borrow_fd(&self.stream);
-            match sockopt::send_nonblocking(fd, self.layer.pending_output()) {
-                Ok(Some(n)) if n > 0 => {
+            match self.layer.transmit(fd) {
+                Ok(Some((n, records))) => {
                     self.moved += n as u64;
-                    let records = self.layer.consume_output(n);
                     self.core.metrics.ktls_tx_records.add(records);
                     progressed = true;
                 }
-                Ok(_) => break,
+                Ok(None) => break,
                 Err(e) => {
                     tracing::debug!(peer = %self.peer, error = %e, "write failed");
                     return Err(End::Abort);

@@ -30,11 +30,11 @@ use crate::ebpf::LimitGuard;
 use crate::limits::{ConnectionLimiter, Verdict};
 use crate::metrics::Side;
 use crate::refuse::Refusal;
-use crate::sockopt::{self, Recv};
+use crate::sockopt;
 use crate::tls::driver::TlsSession;
 use crate::tls::identity::ClientIdentity;
-use crate::tls::ktls::{self, ControlRecord, KtlsMode, OffloadError, RekeyError};
-use crate::tls::Negotiated;
+use crate::tls::ktls::ControlRecord;
+use crate::tls::record_layer::{KeyStep, LayerEnd, Received, RecordLayer, TlsMode};
 use crate::ws::{self, Event, Outbox, Session, SessionState};
 
 mod flow;
@@ -47,7 +47,6 @@ use super::admission::Admitted;
 use super::core::{unix_now, Core};
 use super::identity_slots::IdentitySlot;
 use super::live::{LiveEntry, LiveSession};
-use super::record_layer::RecordLayer;
 use super::relay::{Relay, UpstreamEvent};
 use super::timer::Deadline;
 
@@ -57,22 +56,6 @@ enum Phase {
     Handshake,
     /// Upgraded: WebSocket frames.
     Open,
-}
-
-/// Where a connection's records are encrypted, once its handshake is done.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TlsMode {
-    Kernel,
-    Userspace,
-}
-
-impl TlsMode {
-    fn name(self) -> &'static str {
-        match self {
-            TlsMode::Kernel => "ktls",
-            TlsMode::Userspace => "userspace",
-        }
-    }
 }
 
 /// Why the processing loop stopped.
@@ -162,11 +145,6 @@ struct Conn {
     stream: TcpStream,
     peer: SocketAddr,
     layer: RecordLayer,
-    /// What the handshake agreed on (and the client's certificates), kept for every later
-    /// decision; the kernel hand-off gives the rustls session up.
-    negotiated: Option<Negotiated>,
-    /// Decided once the handshake is done: handed to the kernel, or kept in userspace.
-    tls_mode: Option<TlsMode>,
     /// The client certificate's identity under mutual TLS, once read.
     identity: Option<Arc<ClientIdentity>>,
     /// This session's place in its identity's `per_identity_connections` count.
@@ -245,9 +223,7 @@ impl Conn {
             core,
             stream,
             peer,
-            layer: RecordLayer::User(tls),
-            negotiated: None,
-            tls_mode: None,
+            layer: RecordLayer::new(tls),
             identity: None,
             identity_slot: None,
             plaintext: BytesMut::new(),
@@ -431,8 +407,7 @@ impl Conn {
         for _ in 0..MAX_READS_PER_WAKE {
             let limit = self.read_limit();
             if limit == Some(0) {
-                let quiescent = |c: &Self| c.layer.user().is_some_and(TlsSession::is_quiescent);
-                if !quiescent(self) {
+                if !self.layer.is_quiescent() {
                     // Whole records still held: rustls can stop at "handshake done" before
                     // decrypting records that arrived in the same read. One more pass over
                     // what is held, without reading.
@@ -440,7 +415,7 @@ impl Conn {
                         return Some(end);
                     }
                 }
-                if quiescent(self) {
+                if self.layer.is_quiescent() {
                     return None; // at a record boundary: the hand-off comes first
                 }
                 // Held bytes that are still not whole records (a handshake message split over
@@ -452,24 +427,19 @@ impl Conn {
                 }
                 continue;
             }
-            let (got, space) = {
+            let received = {
                 let mut pool = self.core.pool.borrow_mut();
-                let space = self.layer.recv_space(&mut pool, limit);
-                let len = space.len();
-                (
-                    sockopt::recv_nonblocking(sockopt::borrow_fd(&self.stream), space),
-                    len,
-                )
+                let fd = sockopt::borrow_fd(&self.stream);
+                self.layer.receive(fd, &mut pool, limit)
             };
-            match got {
-                Ok(Recv::Data(n)) => {
+            match received {
+                Received::Data { n, filled, records } => {
                     self.moved += n as u64;
-                    let records = self.layer.commit_recv(n);
                     self.core.metrics.ktls_rx_records.add(records);
                     if let Some(end) = self.process_guarded() {
                         return Some(end);
                     }
-                    if n < space {
+                    if !filled {
                         return None; // drained: wait for readiness again
                     }
                     if self.phase == Phase::Open && self.outbound_full() {
@@ -477,8 +447,8 @@ impl Conn {
                         return None;
                     }
                 }
-                Ok(Recv::WouldBlock) => return None,
-                Ok(Recv::Eof) => {
+                Received::WouldBlock => return None,
+                Received::Eof => {
                     self.moved += 1;
                     if self.phase == Phase::Handshake {
                         self.core
@@ -494,21 +464,19 @@ impl Conn {
                     }
                     return Some(End::Abort);
                 }
-                Err(e) if e.raw_os_error() == Some(libc::EIO) && self.layer.kernel().is_some() => {
+                Received::ControlRecord => {
                     if let Some(end) = self.take_control_record() {
                         return Some(end);
                     }
-                    if self.layer.kernel().is_some_and(|k| k.tx_rekey_due()) {
+                    if self.layer.tx_rekey_due() {
                         return None; // our KeyUpdate goes out before anything more is read
                     }
                 }
-                Err(e) => {
-                    if let Some(reason) =
-                        kernel_read_error(&e).filter(|_| self.layer.kernel().is_some())
-                    {
+                Received::Failed { error, reason } => {
+                    if let Some(reason) = reason {
                         Refusal::Silent { reason }.record_on(&self.core, self.peer);
                     }
-                    tracing::debug!(peer = %self.peer, error = %e, "read failed");
+                    tracing::debug!(peer = %self.peer, error = %error, "read failed");
                     return Some(End::Abort);
                 }
             }
@@ -520,34 +488,26 @@ impl Conn {
     /// completes the record in the buffer, so the kernel starts on a record boundary even when
     /// the client pipelines data right after its Finished.
     fn read_limit(&self) -> Option<usize> {
-        if self.tls_mode.is_some() || self.finishing || !self.core.ktls.offloads() {
-            return None;
-        }
-        match self.layer.user() {
-            Some(tls) if !tls.is_handshaking() => Some(tls.bytes_to_record_boundary()),
-            _ => None,
-        }
+        self.layer
+            .read_limit(self.finishing, self.core.ktls.offloads())
     }
 
     /// A kTLS read failed with EIO: the next record is an alert or a handshake message.
     fn take_control_record(&mut self) -> Option<End> {
         let fd = sockopt::borrow_fd(&self.stream);
-        let Some(kernel) = self.layer.kernel() else {
-            return Some(End::Abort);
+        let taken = {
+            let mut pool = self.core.pool.borrow_mut();
+            self.layer
+                .take_control_record(fd, &mut pool, &self.core.metrics)
         };
-        let taken = kernel.take_control_record(fd, &mut self.core.pool.borrow_mut());
         let record = match taken {
             Ok(Some(record)) => record,
             Ok(None) => return None,
-            Err(e) => {
-                let reason = kernel_read_error(&e).unwrap_or("tls_record_read_failed");
+            Err(reason) => {
                 Refusal::Silent { reason }.record_on(&self.core, self.peer);
                 return Some(End::Abort);
             }
         };
-        if let Some(kind) = record.alert_kind() {
-            self.core.metrics.ktls_alert(kind);
-        }
         match record {
             ControlRecord::Handled => self.process_guarded(),
             ControlRecord::CloseNotify => Some(End::Close),
@@ -712,10 +672,7 @@ impl Conn {
         if self.identity.is_some() {
             return Ok(self.identity.clone());
         }
-        if self.negotiated.is_none() {
-            self.negotiated = self.layer.user().and_then(TlsSession::negotiated);
-        }
-        let Some(negotiated) = &self.negotiated else {
+        let Some(negotiated) = self.layer.negotiated() else {
             return Ok(None);
         };
         match ClientIdentity::from_peer(&negotiated.peer_certificates) {
@@ -994,129 +951,58 @@ impl Conn {
         }
     }
 
-    /// Once the handshake is done: keeps what it agreed on and decides where records are
-    /// encrypted from now on — handed to the kernel at the first quiescent point (every record
-    /// received is decrypted, every record queued is written), or kept in userspace.
+    /// Once the handshake is done, the record layer decides where records are encrypted from
+    /// now on (see [`RecordLayer::hand_off`]); a hand-off that cannot go on ends the connection.
     fn settle_record_layer(&mut self) -> Option<End> {
-        if self.tls_mode.is_some() {
-            return None;
-        }
-        let tls = self.layer.user()?;
-        if tls.is_handshaking() {
-            return None;
-        }
-        if self.negotiated.is_none() {
-            self.negotiated = tls.negotiated();
-        }
-        let policy = self.core.ktls.clone();
-        if !policy.offloads() {
-            self.decide(TlsMode::Userspace);
-            return None;
-        }
-        if !tls.is_quiescent() || tls.has_pending_output() {
-            return None; // reads stop at the next record boundary; try again then
-        }
-        let RecordLayer::User(tls) = std::mem::replace(&mut self.layer, RecordLayer::Detached)
-        else {
-            return Some(End::Abort);
-        };
-        let offloaded = ktls::offload(
-            tls,
-            sockopt::borrow_fd(&self.stream),
-            &mut self.core.pool.borrow_mut(),
-            &policy.support,
-            policy.key_limit_override,
-        );
-        match offloaded {
-            Ok(kernel) => {
-                self.layer = RecordLayer::Kernel(kernel);
-                self.decide(TlsMode::Kernel);
-                None
-            }
-            Err(OffloadError::Fallback {
-                tls,
-                reason,
-                detail,
-            }) => {
-                self.layer = RecordLayer::User(*tls);
-                self.stay_in_userspace(reason, &detail)
-            }
-            Err(OffloadError::Broken { reason, detail }) => {
-                self.core.metrics.ktls_fallback(reason);
-                tracing::warn!(peer = %self.peer, reason, detail, "kTLS hand-off failed after the secrets were extracted; connection closed");
-                Refusal::Silent {
-                    reason: "ktls_handoff_failed",
-                }
-                .record_on(&self.core, self.peer);
-                Some(End::Abort)
-            }
-        }
+        let end = {
+            let fd = sockopt::borrow_fd(&self.stream);
+            let mut pool = self.core.pool.borrow_mut();
+            self.layer.hand_off(
+                fd,
+                &mut pool,
+                &self.core.ktls,
+                &self.core.metrics,
+                self.peer,
+            )
+        }?;
+        Some(self.end_for_layer(end))
     }
 
-    /// The hand-off is not possible for this connection: count it, say it once, and serve in
-    /// userspace — or close, when kTLS is required.
+    /// The hand-off is not possible for this connection: counted and served in userspace, or
+    /// closed when kTLS is required.
     fn stay_in_userspace(&mut self, reason: &'static str, detail: &str) -> Option<End> {
-        self.core.metrics.ktls_fallback(reason);
-        log_fallback_once(reason, detail);
-        if self.core.ktls.mode == KtlsMode::Required {
-            Refusal::Silent {
-                reason: "ktls_required",
-            }
-            .record_on(&self.core, self.peer);
-            self.decide(TlsMode::Userspace);
-            return Some(End::Close);
-        }
-        self.decide(TlsMode::Userspace);
-        None
+        let end = self.layer.stay_in_userspace(
+            reason,
+            detail,
+            self.core.ktls.mode,
+            &self.core.metrics,
+            self.peer,
+        )?;
+        Some(self.end_for_layer(end))
     }
 
-    fn decide(&mut self, mode: TlsMode) {
-        self.tls_mode = Some(mode);
-        let metrics = &self.core.metrics;
-        match mode {
-            TlsMode::Kernel => {
-                metrics.tls_sessions_ktls.inc();
-                metrics.ktls_open.add(1);
-            }
-            TlsMode::Userspace => metrics.tls_sessions_userspace.inc(),
-        }
-        if let Some(n) = &self.negotiated {
-            tracing::debug!(
-                peer = %self.peer,
-                tls = mode.name(),
-                version = ?n.version,
-                suite = ?n.suite.suite(),
-                sni = n.sni.as_deref().unwrap_or(""),
-                "TLS established"
-            );
+    fn end_for_layer(&self, end: LayerEnd) -> End {
+        Refusal::Silent { reason: end.reason }.record_on(&self.core, self.peer);
+        if end.abort {
+            End::Abort
+        } else {
+            End::Close
         }
     }
 
-    /// Under kTLS: takes exact record counts from the kernel now and then, replaces our keys
-    /// when due (where the kernel can), or queues a 1001 close before the suite's record limit.
+    /// Under kTLS, the record layer's key maintenance: our KeyUpdate when due (waiting for room
+    /// for it), or a 1001 close before the suite's record limit.
     /// `Ok(Some(end))`: flush, then end; `Err(end)`: end now, nothing more may be written.
     /// `closing`: the connection is ending (our close may be queued), so a wait for room is
     /// bounded by `close_timeout_ms`, not the write timeout.
     async fn keep_keys_fresh(&mut self, closing: bool) -> Result<Option<End>, End> {
-        let Some(kernel) = self.layer.kernel() else {
-            return Ok(None);
-        };
-        if kernel.wants_sync() {
+        self.layer
+            .sync_key_counts(sockopt::borrow_fd(&self.stream), self.peer);
+        loop {
             let fd = sockopt::borrow_fd(&self.stream);
-            if let Err(e) = kernel.sync_with_kernel(fd) {
-                tracing::debug!(peer = %self.peer, error = %e, "kTLS record counts unreadable");
-            }
-        }
-        while self.layer.kernel().is_some_and(|k| k.tx_rekey_due()) {
-            let fd = sockopt::borrow_fd(&self.stream);
-            let Some(kernel) = self.layer.kernel() else {
-                break;
-            };
-            match kernel.rekey_tx(fd) {
-                Ok(()) => {
-                    tracing::debug!(peer = %self.peer, "TLS keys updated (KeyUpdate)");
-                }
-                Err(RekeyError::NotSent(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            match self.layer.refresh_keys(fd, self.peer) {
+                KeyStep::Fresh => return Ok(None),
+                KeyStep::WaitWritable => {
                     // The KeyUpdate must go out before more data: wait for room, bounded by
                     // the write timeout like any write (the close timeout once closing).
                     let limits = &self.core.cfg.limits;
@@ -1127,13 +1013,8 @@ impl Conn {
                     };
                     self.wait_writable(wait).await?;
                 }
-                Err(RekeyError::NotSent(e)) => {
-                    tracing::warn!(peer = %self.peer, error = %e, "TLS key update not sent");
-                    return Ok(Some(self.close_for_keys(1001, "tls_key_limit")));
-                }
-                Err(RekeyError::AfterSend(e)) => {
-                    // The client already expects the new keys: nothing more can be said.
-                    tracing::warn!(peer = %self.peer, error = %e, "the kernel refused our new TLS keys");
+                KeyStep::Close(reason) => return Ok(Some(self.close_for_keys(1001, reason))),
+                KeyStep::Broken => {
                     Refusal::Silent {
                         reason: "tls_rekey_failed",
                     }
@@ -1142,10 +1023,6 @@ impl Conn {
                 }
             }
         }
-        if self.layer.kernel().is_some_and(|k| k.key_limit_reached()) {
-            return Ok(Some(self.close_for_keys(1001, "tls_key_limit")));
-        }
-        Ok(None)
     }
 
     /// Waits until the socket takes more data, within `wait`.
@@ -1367,7 +1244,7 @@ impl Drop for Conn {
         if let Ok(mut pool) = core.pool.try_borrow_mut() {
             self.layer.release_idle(&mut pool);
         }
-        if self.tls_mode == Some(TlsMode::Kernel) {
+        if self.layer.mode() == Some(TlsMode::Kernel) {
             core.metrics.ktls_open.add(-1);
         }
     }
@@ -1455,30 +1332,6 @@ async fn session_end(live: Option<&LiveSession>) {
     match live {
         Some(session) => session.deadline().expired().await,
         None => std::future::pending().await,
-    }
-}
-
-/// The counter label of a kTLS read error that ends the connection.
-fn kernel_read_error(e: &std::io::Error) -> Option<&'static str> {
-    match e.raw_os_error() {
-        // A record failed to authenticate (or keys changed under a kernel that cannot follow).
-        Some(libc::EBADMSG) => Some("tls_bad_record"),
-        // A record longer than TLS allows, or the kernel started mid-record.
-        Some(libc::EMSGSIZE) => Some("tls_record_overflow"),
-        _ => None,
-    }
-}
-
-/// A fallback to userspace is logged once per process (then only counted): under a kernel
-/// that refuses every connection, one line says why, not one per connection.
-fn log_fallback_once(reason: &'static str, detail: &str) {
-    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-        tracing::warn!(
-            reason,
-            detail,
-            "kTLS hand-off refused; this connection stays in userspace (further fallbacks are only counted: wssedge_ktls_fallbacks_total)"
-        );
     }
 }
 
