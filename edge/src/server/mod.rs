@@ -14,7 +14,6 @@ pub mod lifecycle;
 pub mod listen;
 mod live;
 mod operator;
-mod relay;
 mod reload;
 pub mod timer;
 mod tls_state;

@@ -8,10 +8,11 @@
 //! - [`balancer`]: [`Member`]s and round robin over the usable ones of a group.
 //! - [`health`]: one background thread checking every member.
 //! - [`connect`] (monoio): TCP + TLS + upgrade under one timeout, and [`UpstreamStream`].
+//! - [`relay`]: a session's route, its upstream opened, and the relay of its messages.
 //!
 //! [`Upstreams`] is built once at start from the configuration and shared by every core.
-//! Proxying one session: `route` → `pick` → `request` → `connect`, then the relay (in
-//! `server/`) drives the stream with a client-role [`crate::ws::Session`].
+//! Proxying one session: `route` → `pick` → `request` → `connect`, then the relay drives the
+//! stream with a client-role [`crate::ws::Session`] (the connection loop decides when).
 
 pub mod balancer;
 pub mod breaker;
@@ -19,6 +20,7 @@ pub mod config;
 pub mod connect;
 pub mod handshake;
 pub mod health;
+pub(crate) mod relay;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -49,11 +49,7 @@ impl Conn {
     /// the outbound cap: reading more from the client would only add to it.
     pub(super) fn outbound_full(&self) -> bool {
         let cap = self.core.cfg.limits.max_outbound_bytes;
-        self.outbound_len() >= cap
-            || self
-                .relay
-                .as_ref()
-                .is_some_and(|r| r.pending_output() >= cap)
+        self.outbound_len() >= cap || self.app.pending_output() >= cap
     }
 
     /// Bytes queued for the client: frames not yet handed to the record layer (with what each
@@ -85,12 +81,9 @@ impl Conn {
         }
         .record_on(&self.core, self.peer);
         self.close_dropping_unsent(1013, "buffer_budget");
-        if let Some(relay) = self.relay.as_mut() {
-            // The client's messages not yet begun toward the upstream go too: the session ends
-            // with 1013 on both sides.
-            relay.discard_unstarted();
-            relay.close(1001, "buffer_budget");
-        }
+        // What the app has not begun to deliver goes too: the session ends with 1013 on both
+        // sides.
+        self.app.on_budget_close();
         self.skip_close_reply = true;
         self.plaintext = BytesMut::new();
         if self.encrypt_outgoing().is_err() {
@@ -108,10 +101,7 @@ impl Conn {
         self.plaintext.len()
             + self.session.as_ref().map_or(0, |s| s.buffered_bytes())
             + self.outbound_len()
-            + self
-                .relay
-                .as_ref()
-                .map_or(0, |r| r.buffered() + r.pending_output())
+            + self.app.held_bytes()
     }
 
     /// Writes what the socket takes now, without waiting, handing the record layer more of

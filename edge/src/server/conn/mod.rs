@@ -1,5 +1,8 @@
-//! One connection's life on its core: TLS handshake, upgrade, session (echo, or relayed to an
-//! upstream: [`proxy`]), close.
+//! One connection's life on its core: TLS handshake, upgrade, session, close.
+//!
+//! What an open session does with its messages is its [`app`] (echo, or relayed to an upstream:
+//! [`proxy`] drives the relay's half of the loop); the record layer
+//! ([`crate::tls::record_layer`]) decides the kTLS hand-off and keeps the kernel's keys fresh.
 //!
 //! The loop is readiness-first both ways: wait for `readable(false)` / `writable(false)`
 //! (cancel-safe, consume nothing) or one of the connection's deadlines, then read without
@@ -37,18 +40,20 @@ use crate::tls::ktls::ControlRecord;
 use crate::tls::record_layer::{KeyStep, LayerEnd, Received, RecordLayer, TlsMode};
 use crate::ws::{self, Event, Outbox, Session, SessionState};
 
+mod app;
 mod flow;
 mod pass;
 mod proxy;
 
+use self::app::{App, OverRate, Proxy};
 use self::pass::{yield_to_core, yield_turn, AfterPass, PassGuard, Waited};
-use self::proxy::{upstream_readable, upstream_writable, RouteChoice};
+use self::proxy::{upstream_readable, upstream_stalled, upstream_writable};
 use super::admission::Admitted;
 use super::core::{unix_now, Core};
 use super::identity_slots::IdentitySlot;
 use super::live::{LiveEntry, LiveSession};
-use super::relay::{Relay, UpstreamEvent};
 use super::timer::Deadline;
+use crate::upstream::relay::Route;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -164,12 +169,10 @@ struct Conn {
     /// An admitted upgrade waiting for its token id's replay check on the owner core, or for
     /// its upstream connection (proxy mode).
     pending: Option<PendingUpgrade>,
-    /// Proxy mode: the session's upstream side.
-    relay: Option<Relay>,
+    /// What the session does with its messages (echo until an upstream is opened).
+    app: App,
     /// The session's rate limits (its own and its identity's); None: unlimited.
     limiter: Option<ConnectionLimiter>,
-    /// Upstream events of the current step, kept to reuse the allocation.
-    upstream_events: Vec<UpstreamEvent>,
     /// For the close's audit record: when the connection was accepted, the plaintext bytes
     /// each way, and who was admitted to what.
     accepted_at: Instant,
@@ -178,9 +181,6 @@ struct Conn {
     admitted_as: Option<AdmittedAs>,
     /// Armed while bytes wait for the client: no progress until it fires = a slow consumer.
     write_deadline: Deadline,
-    /// Armed while bytes wait for the upstream (proxy mode): no progress until it fires closes
-    /// the client with 1014.
-    upstream_write_deadline: Deadline,
     /// The server ping's timer (see [`Conn::on_heartbeat`]).
     heartbeat: Deadline,
     /// Armed while a frame (or a fragmented message) is partly received: it must complete by
@@ -195,10 +195,6 @@ struct Conn {
     /// The close reply is not awaited: the TLS keys cannot go on, or the connection is
     /// closed for the core's buffer budget (its share is given back at once).
     skip_close_reply: bool,
-    /// Upstream reads are paused at the client's outbound cap.
-    upstream_paused: bool,
-    /// When the oldest message relayed in this step was read (the proxy hop histogram).
-    hop_started: Option<Instant>,
     /// Bytes this connection adds to the core's buffered budget right now.
     held: usize,
     /// The loop's progress mark: bytes moved on either socket and one-shot wake-ups consumed
@@ -216,7 +212,6 @@ impl Conn {
         deadline.set(Instant::now() + core.cfg.limits.handshake_timeout());
         let write_deadline = Deadline::new(&core.wheel);
         let heartbeat = Deadline::new(&core.wheel);
-        let upstream_write_deadline = Deadline::new(&core.wheel);
         let frame_deadline = Deadline::new(&core.wheel);
         Self {
             slot,
@@ -233,9 +228,8 @@ impl Conn {
             deadline,
             live: None,
             pending: None,
-            relay: None,
+            app: App::Echo,
             limiter: None,
-            upstream_events: Vec::new(),
             accepted_at: Instant::now(),
             bytes_in: 0,
             bytes_out: 0,
@@ -243,13 +237,10 @@ impl Conn {
             write_deadline,
             heartbeat,
             frame_deadline,
-            upstream_write_deadline,
             last_rx: Instant::now(),
             ping_sent: None,
             reads_paused: false,
             skip_close_reply: false,
-            upstream_paused: false,
-            hop_started: None,
             held: 0,
             moved: 0,
             finishing: false,
@@ -264,9 +255,9 @@ impl Conn {
             let reading = self.reads_allowed();
             let writing = self.output_pending();
             let up_reading = self.upstream_reads_allowed();
-            let up_more = up_reading && self.relay.as_ref().is_some_and(|r| r.more);
-            let up_writing = self.relay.as_ref().is_some_and(|r| r.pending_output() > 0);
-            let relay = self.relay.as_ref();
+            let proxy = self.app.proxy();
+            let up_more = up_reading && proxy.is_some_and(|p| p.relay.holds_more());
+            let up_writing = self.app.pending_output() > 0;
             let (wake, waited) = {
                 let wait = std::pin::pin!(async {
                     monoio::select! {
@@ -277,10 +268,10 @@ impl Conn {
                         _ = self.heartbeat.expired() => Wake::Heartbeat,
                         _ = self.frame_deadline.expired() => Wake::FrameTimeout,
                         _ = self.write_deadline.expired(), if writing => Wake::WriteStalled,
-                        r = upstream_readable(relay), if up_reading && !up_more => Wake::UpstreamReadable(r),
+                        r = upstream_readable(proxy), if up_reading && !up_more => Wake::UpstreamReadable(r),
                         _ = std::future::ready(()), if up_more => Wake::UpstreamMore,
-                        r = upstream_writable(relay), if up_writing => Wake::UpstreamWritable(r),
-                        _ = self.upstream_write_deadline.expired(), if up_writing => Wake::UpstreamStalled,
+                        r = upstream_writable(proxy), if up_writing => Wake::UpstreamWritable(r),
+                        _ = upstream_stalled(proxy), if up_writing => Wake::UpstreamStalled,
                     }
                 });
                 Waited::new(wait).await
@@ -335,7 +326,7 @@ impl Conn {
                 return end;
             }
             let step = step.or_else(|| self.write_upstream());
-            if let Some(at) = self.hop_started.take() {
+            if let Some(at) = self.app.take_hop_start() {
                 self.core.metrics.proxy_hop.observe(at.elapsed());
             }
             // What is held once this pass has written what it could counts against the
@@ -391,13 +382,15 @@ impl Conn {
             &self.heartbeat,
             &self.frame_deadline,
             &self.write_deadline,
-            &self.upstream_write_deadline,
         ];
         let live = self
             .live
             .as_ref()
             .map_or(0, |e| e.session.deadline().consumed());
-        self.moved + live + own.iter().map(|d| d.consumed()).sum::<u64>()
+        self.moved
+            + live
+            + self.app.deadlines_consumed()
+            + own.iter().map(|d| d.consumed()).sum::<u64>()
     }
 
     /// Reads what the socket holds (bounded, so one connection cannot starve the core) and
@@ -609,14 +602,6 @@ impl Conn {
                     return Some(self.refuse_http(refusal));
                 }
                 Ok(Some((request, consumed))) => {
-                    // Proxy mode forwards the client's User-Agent, which the parsed request
-                    // does not keep: read it from the raw head before it is consumed.
-                    let user_agent = self.core.upstreams.as_ref().and_then(|_| {
-                        crate::upstream::handshake::request_header(
-                            &self.plaintext[..consumed],
-                            "user-agent",
-                        )
-                    });
                     let _ = self.plaintext.split_to(consumed);
                     let identity = match self.client_identity() {
                         Ok(identity) => identity,
@@ -634,7 +619,13 @@ impl Conn {
                         Ok(admitted) => admitted,
                         Err(refusal) => return Some(self.refuse_upgrade(refusal, &request, None)),
                     };
-                    let route = match self.route(&request, user_agent) {
+                    let routed = self
+                        .core
+                        .upstreams
+                        .as_ref()
+                        .map(|u| crate::upstream::relay::route(u, &request))
+                        .transpose();
+                    let route = match routed {
                         Ok(route) => route,
                         Err(refusal) => {
                             return Some(self.refuse_upgrade(refusal, &request, Some(&admitted)))
@@ -774,7 +765,10 @@ impl Conn {
         }
         if let Some(route) = &pending.route {
             match self.open_upstream(&pending, route).await {
-                Ok(relay) => self.relay = Some(relay),
+                Ok(relay) => {
+                    let stalled = Deadline::new(&self.core.wheel);
+                    self.app = App::Proxy(Proxy::new(relay, stalled));
+                }
                 Err(refusal) => {
                     return Err(self.refuse_upgrade(
                         refusal,
@@ -871,7 +865,7 @@ impl Conn {
         // every message limit).
         for _ in 0..session.take_empty_fragments() {
             if let Verdict::Exceeded { which, unit } = check_control(&mut self.limiter, now, 0) {
-                close_for_rate(&core, self.peer, session, self.relay.as_mut(), which, unit);
+                close_for_rate(&core, self.peer, session, &mut self.app, which, unit);
                 rate_closed = true;
                 break;
             }
@@ -894,23 +888,17 @@ impl Conn {
                         None => Verdict::Pass,
                     };
                     if let Verdict::Exceeded { which, unit } = verdict {
-                        if self.relay.as_ref().is_some_and(|r| r.lossy) {
+                        if self.app.over_rate() == OverRate::Drop {
                             // Market data: the whole message goes, the session stays.
                             metrics.rate_limited(which.as_str(), "drop");
                             metrics.lossy_drop("rate_limit");
                             continue;
                         }
-                        close_for_rate(&core, self.peer, session, self.relay.as_mut(), which, unit);
+                        close_for_rate(&core, self.peer, session, &mut self.app, which, unit);
                         rate_closed = true;
                         continue;
                     }
-                    match self.relay.as_mut() {
-                        Some(relay) => {
-                            relay.forward(message);
-                            self.hop_started.get_or_insert(now);
-                        }
-                        None => session.send(message.kind, message.payload),
-                    }
+                    self.app.on_message(session, message, now);
                 }
                 Event::Ping(payload) | Event::Pong(payload) => {
                     metrics.frames_in.inc();
@@ -921,24 +909,18 @@ impl Conn {
                     if let Verdict::Exceeded { which, unit } = verdict {
                         // Control frames are never dropped (a ping's pong is already queued):
                         // a client over its control allowance is closed, lossy route or not.
-                        close_for_rate(&core, self.peer, session, self.relay.as_mut(), which, unit);
+                        close_for_rate(&core, self.peer, session, &mut self.app, which, unit);
                         rate_closed = true;
                     }
                 }
                 Event::PeerClosed { code, reason } => {
                     metrics.frames_in.inc();
                     metrics.close_code(code.unwrap_or(1005), Side::Client);
-                    // The client's close goes on to the upstream with its code; an empty close
-                    // stays empty.
-                    if let Some(relay) = self.relay.as_mut() {
-                        relay.close_with(code, &reason);
-                    }
+                    self.app.on_client_closed(code, &reason);
                 }
                 Event::Failed { code, reason } => {
                     Refusal::Close { code, reason }.record_on(&core, self.peer);
-                    if let Some(relay) = self.relay.as_mut() {
-                        relay.close(1001, "client_protocol_error");
-                    }
+                    self.app.on_session_closing("client_protocol_error");
                 }
             }
         }
@@ -1169,12 +1151,12 @@ impl Conn {
         // already) behind what was forwarded, the upstream's reply, then both directions shut.
         // The two sides close at the same time, so a slow upstream does not spend the client's
         // share of the deadline.
-        let upstream = self.relay.take().map(|mut relay| {
+        let upstream = self.app.take_relay().map(|mut relay| {
             let core = self.core.clone();
             async move {
                 relay.close(1001, "going_away");
                 proxy::close_upstream(&core, &mut relay, close_by).await;
-                relay.stream.shutdown();
+                relay.shutdown();
             }
         });
         let upstream = async move {
@@ -1267,7 +1249,7 @@ fn close_for_rate(
     core: &Core,
     peer: SocketAddr,
     session: &mut Session,
-    relay: Option<&mut Relay>,
+    app: &mut App,
     which: crate::limits::Scope,
     unit: crate::limits::Unit,
 ) {
@@ -1282,9 +1264,7 @@ fn close_for_rate(
         crate::limits::RATE_LIMITED_CODE,
         crate::limits::RATE_LIMITED_REASON,
     );
-    if let Some(relay) = relay {
-        relay.close(1001, "client_rate_limited");
-    }
+    app.on_session_closing("client_rate_limited");
 }
 
 /// A client identity as audit records carry it.
@@ -1307,7 +1287,7 @@ struct PendingUpgrade {
     request: ws::UpgradeRequest,
     admitted: Admitted,
     /// Proxy mode: where the session goes.
-    route: Option<RouteChoice>,
+    route: Option<Route>,
 }
 
 /// What woke a connection's loop.
