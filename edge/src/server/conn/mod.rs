@@ -38,30 +38,22 @@ use crate::tls::driver::TlsSession;
 use crate::tls::identity::ClientIdentity;
 use crate::tls::ktls::ControlRecord;
 use crate::tls::record_layer::{KeyStep, LayerEnd, Received, RecordLayer, TlsMode};
-use crate::ws::{self, Event, Outbox, Session, SessionState};
+use crate::ws::{self, Event, Heartbeat, Outbox, Session, SessionState};
 
 mod app;
 mod flow;
 mod pass;
+mod phase;
 mod proxy;
 
 use self::app::{App, OverRate, Proxy};
 use self::pass::{yield_to_core, yield_turn, AfterPass, PassGuard, Waited};
+use self::phase::{PendingUpgrade, Phase, Upgraded};
 use self::proxy::{upstream_readable, upstream_stalled, upstream_writable};
 use super::admission::Admitted;
 use super::core::{unix_now, Core};
-use super::identity_slots::IdentitySlot;
-use super::live::{LiveEntry, LiveSession};
+use super::live::LiveSession;
 use super::timer::Deadline;
-use crate::upstream::relay::Route;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// TLS handshake and the HTTP upgrade request, until the 101 is sent.
-    Handshake,
-    /// Upgraded: WebSocket frames.
-    Open,
-}
 
 /// Why the processing loop stopped.
 #[derive(Debug)]
@@ -152,33 +144,20 @@ struct Conn {
     layer: RecordLayer,
     /// The client certificate's identity under mutual TLS, once read.
     identity: Option<Arc<ClientIdentity>>,
-    /// This session's place in its identity's `per_identity_connections` count.
-    identity_slot: Option<IdentitySlot>,
     /// Received plaintext not yet consumed: the upgrade request, then partial frames.
     plaintext: BytesMut,
     /// The session's frames not yet handed to the record layer: handed over as the client's
     /// socket takes bytes, so a large message is never encrypted (copied) whole past the cap.
     outbox: Outbox,
+    /// Where the connection is in its life, with what only that phase owns.
     phase: Phase,
-    session: Option<Session>,
     /// Handshake deadline, then the idle deadline.
     deadline: Deadline,
-    /// Once upgraded: this session's place in the core's live registry (revocations, token
-    /// expiry reach the connection through its deadline).
-    live: Option<LiveEntry>,
-    /// An admitted upgrade waiting for its token id's replay check on the owner core, or for
-    /// its upstream connection (proxy mode).
-    pending: Option<PendingUpgrade>,
-    /// What the session does with its messages (echo until an upstream is opened).
-    app: App,
-    /// The session's rate limits (its own and its identity's); None: unlimited.
-    limiter: Option<ConnectionLimiter>,
-    /// For the close's audit record: when the connection was accepted, the plaintext bytes
-    /// each way, and who was admitted to what.
+    /// For the close's audit record: when the connection was accepted and the plaintext bytes
+    /// each way.
     accepted_at: Instant,
     bytes_in: u64,
     bytes_out: u64,
-    admitted_as: Option<AdmittedAs>,
     /// Armed while bytes wait for the client: no progress until it fires = a slow consumer.
     write_deadline: Deadline,
     /// The server ping's timer (see [`Conn::on_heartbeat`]).
@@ -186,10 +165,6 @@ struct Conn {
     /// Armed while a frame (or a fragmented message) is partly received: it must complete by
     /// then (see [`Conn::watch_partial_input`]).
     frame_deadline: Deadline,
-    /// When the client last sent anything (any byte proves it alive).
-    last_rx: Instant,
-    /// When our unanswered ping went out.
-    ping_sent: Option<Instant>,
     /// Client reads are paused at the outbound cap (for counting pauses, not waits).
     reads_paused: bool,
     /// The close reply is not awaited: the TLS keys cannot go on, or the connection is
@@ -220,25 +195,16 @@ impl Conn {
             peer,
             layer: RecordLayer::new(tls),
             identity: None,
-            identity_slot: None,
             plaintext: BytesMut::new(),
             outbox: Outbox::new(),
-            phase: Phase::Handshake,
-            session: None,
+            phase: Phase::Handshaking,
             deadline,
-            live: None,
-            pending: None,
-            app: App::Echo,
-            limiter: None,
             accepted_at: Instant::now(),
             bytes_in: 0,
             bytes_out: 0,
-            admitted_as: None,
             write_deadline,
             heartbeat,
             frame_deadline,
-            last_rx: Instant::now(),
-            ping_sent: None,
             reads_paused: false,
             skip_close_reply: false,
             held: 0,
@@ -251,13 +217,13 @@ impl Conn {
     async fn run(&mut self) -> End {
         let mut guard = PassGuard::default();
         loop {
-            let live = self.live.as_ref().map(|e| e.session.clone());
+            let live = self.phase.upgraded().map(|u| u.live.session.clone());
             let reading = self.reads_allowed();
             let writing = self.output_pending();
             let up_reading = self.upstream_reads_allowed();
-            let proxy = self.app.proxy();
+            let proxy = self.phase.app().and_then(App::proxy);
             let up_more = up_reading && proxy.is_some_and(|p| p.relay.holds_more());
-            let up_writing = self.app.pending_output() > 0;
+            let up_writing = self.phase.app().is_some_and(|a| a.pending_output() > 0);
             let (wake, waited) = {
                 let wait = std::pin::pin!(async {
                     monoio::select! {
@@ -326,7 +292,7 @@ impl Conn {
                 return end;
             }
             let step = step.or_else(|| self.write_upstream());
-            if let Some(at) = self.app.take_hop_start() {
+            if let Some(at) = self.phase.app_mut().and_then(App::take_hop_start) {
                 self.core.metrics.proxy_hop.observe(at.elapsed());
             }
             // What is held once this pass has written what it could counts against the
@@ -335,7 +301,7 @@ impl Conn {
                 return end;
             }
             self.watch_partial_input();
-            if let Some(pending) = self.pending.take() {
+            if let Some(pending) = self.phase.take_pending() {
                 let upgraded = self.finish_pending_upgrade(pending).await;
                 self.account_buffers();
                 let written = self.write_some();
@@ -383,14 +349,10 @@ impl Conn {
             &self.frame_deadline,
             &self.write_deadline,
         ];
-        let live = self
-            .live
-            .as_ref()
-            .map_or(0, |e| e.session.deadline().consumed());
-        self.moved
-            + live
-            + self.app.deadlines_consumed()
-            + own.iter().map(|d| d.consumed()).sum::<u64>()
+        let upgraded = self.phase.upgraded().map_or(0, |u| {
+            u.live.session.deadline().consumed() + u.app.deadlines_consumed()
+        });
+        self.moved + upgraded + own.iter().map(|d| d.consumed()).sum::<u64>()
     }
 
     /// Reads what the socket holds (bounded, so one connection cannot starve the core) and
@@ -435,7 +397,7 @@ impl Conn {
                     if !filled {
                         return None; // drained: wait for readiness again
                     }
-                    if self.phase == Phase::Open && self.outbound_full() {
+                    if self.phase.is_upgraded() && self.outbound_full() {
                         // What this read queued reached the cap: no more until it drains.
                         return None;
                     }
@@ -443,13 +405,13 @@ impl Conn {
                 Received::WouldBlock => return None,
                 Received::Eof => {
                     self.moved += 1;
-                    if self.phase == Phase::Handshake {
+                    if !self.phase.is_upgraded() {
                         self.core
                             .metrics
                             .handshake(false, "peer_closed_during_handshake");
                     } else if self
-                        .session
-                        .as_ref()
+                        .phase
+                        .session()
                         .is_some_and(|s| s.state() != SessionState::Closed)
                     {
                         // Closed without a close frame: 1006, as RFC 6455 names it.
@@ -527,7 +489,7 @@ impl Conn {
     }
 
     fn refuse_after_panic(&mut self) -> End {
-        let refusal = if self.phase == Phase::Open {
+        let refusal = if self.phase.is_upgraded() {
             Refusal::Close {
                 code: 1011,
                 reason: "panic",
@@ -542,7 +504,7 @@ impl Conn {
         refusal.record_on(&self.core, self.peer);
         // The session's state is suspect after a panic: the close frame is made by hand, and
         // goes behind the whole frames already queued.
-        self.session = None;
+        self.phase.break_session();
         self.plaintext = BytesMut::new();
         if !self.layer.is_handshaking() {
             match &refusal {
@@ -584,66 +546,66 @@ impl Conn {
 
     /// The upgrade request, then the session.
     fn process_plaintext(&mut self) -> Option<End> {
-        if self.pending.is_some() {
+        match self.phase {
+            Phase::Handshaking => {}
+            Phase::Upgrading(_) | Phase::Refused(_) => return None,
+            Phase::Open { .. } | Phase::Broken(_) => return self.run_session(),
+        }
+        if self.layer.is_handshaking() {
             return None;
         }
-        if self.phase == Phase::Handshake {
-            if self.layer.is_handshaking() {
-                return None;
+        match ws::parse_upgrade(&self.plaintext, &self.core.handshake_limits) {
+            Ok(None) => return None,
+            Err(e) => {
+                let refusal = Refusal::Http {
+                    status: e.status(),
+                    reason: e.reason(),
+                    extra_headers: e.extra_headers(),
+                };
+                return Some(self.refuse_http(refusal));
             }
-            match ws::parse_upgrade(&self.plaintext, &self.core.handshake_limits) {
-                Ok(None) => return None,
-                Err(e) => {
-                    let refusal = Refusal::Http {
-                        status: e.status(),
-                        reason: e.reason(),
-                        extra_headers: e.extra_headers(),
-                    };
-                    return Some(self.refuse_http(refusal));
+            Ok(Some((request, consumed))) => {
+                let _ = self.plaintext.split_to(consumed);
+                let identity = match self.client_identity() {
+                    Ok(identity) => identity,
+                    Err(refusal) => return Some(self.refuse_upgrade(refusal, &request, None)),
+                };
+                let crls = self.core.tls.crls.load();
+                let decided = self.core.admission.decide(
+                    &request,
+                    identity.as_deref(),
+                    &crls,
+                    unix_now(),
+                    self.core.cores,
+                );
+                let admitted = match decided {
+                    Ok(admitted) => admitted,
+                    Err(refusal) => return Some(self.refuse_upgrade(refusal, &request, None)),
+                };
+                let routed = self
+                    .core
+                    .upstreams
+                    .as_ref()
+                    .map(|u| crate::upstream::relay::route(u, &request))
+                    .transpose();
+                let route = match routed {
+                    Ok(route) => route,
+                    Err(refusal) => {
+                        return Some(self.refuse_upgrade(refusal, &request, Some(&admitted)))
+                    }
+                };
+                if admitted.replay.is_some() || route.is_some() {
+                    // The token id's owner core answers first, and the upstream must say
+                    // 101 before the client hears it: the loop waits for both.
+                    self.phase = Phase::Upgrading(PendingUpgrade {
+                        request,
+                        admitted,
+                        route,
+                    });
+                    return None;
                 }
-                Ok(Some((request, consumed))) => {
-                    let _ = self.plaintext.split_to(consumed);
-                    let identity = match self.client_identity() {
-                        Ok(identity) => identity,
-                        Err(refusal) => return Some(self.refuse_upgrade(refusal, &request, None)),
-                    };
-                    let crls = self.core.tls.crls.load();
-                    let decided = self.core.admission.decide(
-                        &request,
-                        identity.as_deref(),
-                        &crls,
-                        unix_now(),
-                        self.core.cores,
-                    );
-                    let admitted = match decided {
-                        Ok(admitted) => admitted,
-                        Err(refusal) => return Some(self.refuse_upgrade(refusal, &request, None)),
-                    };
-                    let routed = self
-                        .core
-                        .upstreams
-                        .as_ref()
-                        .map(|u| crate::upstream::relay::route(u, &request))
-                        .transpose();
-                    let route = match routed {
-                        Ok(route) => route,
-                        Err(refusal) => {
-                            return Some(self.refuse_upgrade(refusal, &request, Some(&admitted)))
-                        }
-                    };
-                    if admitted.replay.is_some() || route.is_some() {
-                        // The token id's owner core answers first, and the upstream must say
-                        // 101 before the client hears it: the loop waits for both.
-                        self.pending = Some(PendingUpgrade {
-                            request,
-                            admitted,
-                            route,
-                        });
-                        return None;
-                    }
-                    if let Err(end) = self.upgrade(&request, admitted) {
-                        return Some(end);
-                    }
+                if let Err(end) = self.upgrade(&request, admitted, App::Echo) {
+                    return Some(end);
                 }
             }
         }
@@ -731,9 +693,9 @@ impl Conn {
         AuditEvent::Close {
             peer: self.peer.to_string(),
             identity: self.identity.as_deref().map(audit_identity),
-            code: self.session.as_ref().and_then(Session::close_code),
-            reason: match &self.admitted_as {
-                Some(a) => format!("path {}", a.path),
+            code: self.phase.session().and_then(Session::close_code),
+            reason: match self.phase.upgraded() {
+                Some(u) => format!("path {}", u.path),
                 None => String::new(),
             },
             bytes_in: self.bytes_in,
@@ -763,11 +725,12 @@ impl Conn {
                 Some(Ok(())) => {}
             }
         }
+        let mut app = App::Echo;
         if let Some(route) = &pending.route {
             match self.open_upstream(&pending, route).await {
                 Ok(relay) => {
                     let stalled = Deadline::new(&self.core.wheel);
-                    self.app = App::Proxy(Proxy::new(relay, stalled));
+                    app = App::Proxy(Proxy::new(relay, stalled));
                 }
                 Err(refusal) => {
                     return Err(self.refuse_upgrade(
@@ -778,7 +741,7 @@ impl Conn {
                 }
             }
         }
-        self.upgrade(&pending.request, pending.admitted)?;
+        self.upgrade(&pending.request, pending.admitted, app)?;
         // Frames the client sent right behind its request.
         match self.process_guarded() {
             Some(end) => Err(end),
@@ -786,37 +749,43 @@ impl Conn {
         }
     }
 
-    /// Sends the 101 and switches to the WebSocket session.
-    fn upgrade(&mut self, request: &ws::UpgradeRequest, admitted: Admitted) -> Result<(), End> {
+    /// Sends the 101 and switches to the WebSocket session, whose messages go to `app`. Refused
+    /// here, the connection keeps `app` only to close its upstream with it.
+    fn upgrade(
+        &mut self,
+        request: &ws::UpgradeRequest,
+        admitted: Admitted,
+        app: App,
+    ) -> Result<(), End> {
         let slot = self
             .core
             .admission
             .take_identity_slot(&admitted, self.identity.as_deref());
-        match slot {
-            Ok(slot) => self.identity_slot = slot,
-            Err(refusal) => return Err(self.refuse_upgrade(refusal, request, Some(&admitted))),
-        }
+        let identity_slot = match slot {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                self.phase = Phase::Refused(app);
+                return Err(self.refuse_upgrade(refusal, request, Some(&admitted)));
+            }
+        };
         let now = Instant::now();
         let rates = &self.core.rates;
         let identity = super::admission::identity_key(&admitted, self.identity.as_deref())
             .and_then(|key| rates.identities.attach(&key, now));
         let limiter = ConnectionLimiter::new(&rates.connection, identity, now)
             .with_control(&rates.control, now);
-        self.limiter = (!limiter.is_unlimited()).then_some(limiter);
+        let limiter = (!limiter.is_unlimited()).then_some(limiter);
         let mut response = Vec::with_capacity(160);
         ws::write_response_101(request, admitted.protocol.as_deref(), &mut response);
         if self.layer.send(&response).is_err() {
+            self.phase = Phase::Refused(app);
             return Err(End::Abort);
         }
-        self.phase = Phase::Open;
-        self.session = Some(Session::new(self.core.session_limits()));
         self.slot.upgraded();
         self.core
             .audit
             .record(self.upgrade_event(request, Some(&admitted), true, 101, "ok"));
-        self.admitted_as = Some(AdmittedAs {
-            path: self.core.admission.redact_target(&request.path),
-        });
+        let path = self.core.admission.redact_target(&request.path);
         let token = admitted.token.as_ref();
         let entry = self.core.live.register(
             token.and_then(|t| t.sub.clone()),
@@ -831,7 +800,6 @@ impl Conn {
                 .unwrap_or_default();
             entry.session.expire_at(Instant::now() + left);
         }
-        self.live = Some(entry);
         let core = &self.core;
         core.metrics.handshake(true, "ok");
         core.metrics
@@ -839,13 +807,32 @@ impl Conn {
             .observe(self.accepted_at.elapsed());
         let now = Instant::now();
         self.deadline.set(now + core.cfg.limits.idle_timeout());
-        self.last_rx = now;
+        let mut session = Session::new(core.session_limits());
         if let Some(interval) = core.cfg.limits.ping_interval() {
-            self.heartbeat.set(now + interval);
+            let pong_timeout = core.cfg.limits.pong_timeout();
+            session = session.with_heartbeat(
+                Heartbeat {
+                    interval,
+                    pong_timeout,
+                },
+                now,
+            );
+        }
+        if let Some(at) = session.poll_timeout() {
+            self.heartbeat.set(at);
         }
         // The redacted target: a query token must not reach the logs.
-        let path = self.admitted_as.as_ref().map_or("", |a| a.path.as_str());
         tracing::debug!(peer = %self.peer, path, "upgraded");
+        self.phase = Phase::Open {
+            session,
+            open: Upgraded {
+                app,
+                live: entry,
+                limiter,
+                _identity_slot: identity_slot,
+                path,
+            },
+        };
         Ok(())
     }
 
@@ -853,9 +840,11 @@ impl Conn {
     fn run_session(&mut self) -> Option<End> {
         let core = self.core.clone();
         let metrics = &core.metrics;
-        let session = self.session.as_mut()?;
+        let Phase::Open { session, open } = &mut self.phase else {
+            return None;
+        };
         let now = Instant::now();
-        self.last_rx = now;
+        session.note_received(now);
         self.deadline.set(now + core.cfg.limits.idle_timeout());
         session.receive(&mut self.plaintext);
         // Closed for its rate in this step: later messages in the same read are not delivered.
@@ -864,8 +853,8 @@ impl Conn {
         // pong: they take from the control allowance (a message of 10^6 of them would pass
         // every message limit).
         for _ in 0..session.take_empty_fragments() {
-            if let Verdict::Exceeded { which, unit } = check_control(&mut self.limiter, now, 0) {
-                close_for_rate(&core, self.peer, session, &mut self.app, which, unit);
+            if let Verdict::Exceeded { which, unit } = check_control(&mut open.limiter, now, 0) {
+                close_for_rate(&core, self.peer, session, &mut open.app, which, unit);
                 rate_closed = true;
                 break;
             }
@@ -883,51 +872,51 @@ impl Conn {
                     if rate_closed {
                         continue;
                     }
-                    let verdict = match self.limiter.as_mut() {
+                    let verdict = match open.limiter.as_mut() {
                         Some(limiter) => limiter.check(now, message.payload.len()),
                         None => Verdict::Pass,
                     };
                     if let Verdict::Exceeded { which, unit } = verdict {
-                        if self.app.over_rate() == OverRate::Drop {
+                        if open.app.over_rate() == OverRate::Drop {
                             // Market data: the whole message goes, the session stays.
                             metrics.rate_limited(which.as_str(), "drop");
                             metrics.lossy_drop("rate_limit");
                             continue;
                         }
-                        close_for_rate(&core, self.peer, session, &mut self.app, which, unit);
+                        close_for_rate(&core, self.peer, session, &mut open.app, which, unit);
                         rate_closed = true;
                         continue;
                     }
-                    self.app.on_message(session, message, now);
+                    open.app.on_message(session, message, now);
                 }
                 Event::Ping(payload) | Event::Pong(payload) => {
                     metrics.frames_in.inc();
                     if rate_closed {
                         continue;
                     }
-                    let verdict = check_control(&mut self.limiter, now, payload.len());
+                    let verdict = check_control(&mut open.limiter, now, payload.len());
                     if let Verdict::Exceeded { which, unit } = verdict {
                         // Control frames are never dropped (a ping's pong is already queued):
                         // a client over its control allowance is closed, lossy route or not.
-                        close_for_rate(&core, self.peer, session, &mut self.app, which, unit);
+                        close_for_rate(&core, self.peer, session, &mut open.app, which, unit);
                         rate_closed = true;
                     }
                 }
                 Event::PeerClosed { code, reason } => {
                     metrics.frames_in.inc();
                     metrics.close_code(code.unwrap_or(1005), Side::Client);
-                    self.app.on_client_closed(code, &reason);
+                    open.app.on_client_closed(code, &reason);
                 }
                 Event::Failed { code, reason } => {
                     Refusal::Close { code, reason }.record_on(&core, self.peer);
-                    self.app.on_session_closing("client_protocol_error");
+                    open.app.on_session_closing("client_protocol_error");
                 }
             }
         }
         if let Err(end) = self.encrypt_outgoing() {
             return Some(end);
         }
-        match self.session.as_ref().map(Session::state) {
+        match self.session_state() {
             Some(SessionState::Closed) => Some(End::Close),
             _ => None,
         }
@@ -1058,7 +1047,7 @@ impl Conn {
     /// Moves the session's outgoing frames to the outbox: header bytes and shared payloads,
     /// nothing copied yet.
     fn drain_session(&mut self) {
-        let Some(session) = self.session.as_mut() else {
+        let Some(session) = self.phase.session_mut() else {
             return;
         };
         let mut frames = 0u64;
@@ -1115,30 +1104,30 @@ impl Conn {
     /// The session deadline fired: a revocation's close order, or the token's expiry.
     fn on_session_end(&mut self) -> End {
         let order = self
-            .live
-            .as_ref()
-            .and_then(|e| e.session.order())
+            .phase
+            .upgraded()
+            .and_then(|u| u.live.session.order())
             .unwrap_or((1008, "token_expired"));
         let (code, reason) = order;
         self.close_session(code, reason)
     }
 
     fn on_deadline(&mut self) -> End {
-        match self.phase {
-            Phase::Handshake => {
+        match self.phase.is_upgraded() {
+            false => {
                 let refusal = Refusal::Tls {
                     reason: "handshake_timeout",
                 };
                 refusal.record_on(&self.core, self.peer);
                 End::Abort
             }
-            Phase::Open => self.close_session(1001, "idle_timeout"),
+            true => self.close_session(1001, "idle_timeout"),
         }
     }
 
     /// Ends the connection: flushes, says close_notify when TLS is up, and closes.
     async fn finish(&mut self, end: End) {
-        if self.phase == Phase::Open {
+        if self.phase.is_upgraded() {
             self.core.audit.record(self.close_event());
         }
         // Everything after our close frame shares one deadline: the upstream's close, the last
@@ -1151,14 +1140,18 @@ impl Conn {
         // already) behind what was forwarded, the upstream's reply, then both directions shut.
         // The two sides close at the same time, so a slow upstream does not spend the client's
         // share of the deadline.
-        let upstream = self.app.take_relay().map(|mut relay| {
-            let core = self.core.clone();
-            async move {
-                relay.close(1001, "going_away");
-                proxy::close_upstream(&core, &mut relay, close_by).await;
-                relay.shutdown();
-            }
-        });
+        let upstream = self
+            .phase
+            .app_mut()
+            .and_then(App::take_relay)
+            .map(|mut relay| {
+                let core = self.core.clone();
+                async move {
+                    relay.close(1001, "going_away");
+                    proxy::close_upstream(&core, &mut relay, close_by).await;
+                    relay.shutdown();
+                }
+            });
         let upstream = async move {
             if let Some(closing) = upstream {
                 closing.await;
@@ -1275,19 +1268,6 @@ fn audit_identity(id: &ClientIdentity) -> crate::audit::Identity {
         uris: id.uris.clone(),
         fingerprint_sha256: Some(id.fingerprint_sha256.clone()),
     }
-}
-
-/// Who an upgraded session was admitted as, for its close record.
-struct AdmittedAs {
-    path: String,
-}
-
-/// An upgrade request that passed every synchronous check.
-struct PendingUpgrade {
-    request: ws::UpgradeRequest,
-    admitted: Admitted,
-    /// Proxy mode: where the session goes.
-    route: Option<Route>,
 }
 
 /// What woke a connection's loop.

@@ -11,7 +11,7 @@ use crate::ws::SessionState;
 
 use super::super::core::Core;
 use super::super::timer::Deadline;
-use super::app::Proxy;
+use super::app::{App, Proxy};
 use super::pass::{yield_to_core, yield_turn, AfterPass, PassGuard, Waited};
 use super::{Conn, End, PendingUpgrade};
 use crate::upstream::relay::{Relay, Route, UpstreamEvent};
@@ -23,7 +23,8 @@ impl Conn {
     /// upstream that floods pings and reads nothing must not grow our pongs).
     pub(super) fn upstream_reads_allowed(&mut self) -> bool {
         let outbound = self.outbound_len();
-        let Some(proxy) = self.app.proxy_mut().filter(|p| !p.relay.is_done()) else {
+        let proxy = self.phase.app_mut().and_then(App::proxy_mut);
+        let Some(proxy) = proxy.filter(|p| !p.relay.is_done()) else {
             return false;
         };
         let relay = &proxy.relay;
@@ -39,9 +40,9 @@ impl Conn {
     /// Proxy mode: reads the upstream and hands its whole messages to the client. On a lossy
     /// route a message that does not fit under the client's outbound cap is dropped whole.
     pub(super) fn relay_from_upstream(&mut self) -> Option<End> {
-        let lossy = self.app.proxy()?.relay.is_lossy();
+        let lossy = self.phase.app()?.proxy()?.relay.is_lossy();
         let now = Instant::now();
-        let mut events = std::mem::take(&mut self.app.proxy_mut()?.events);
+        let mut events = std::mem::take(&mut self.phase.app_mut()?.proxy_mut()?.events);
         let cap = self.core.cfg.limits.max_outbound_bytes;
         // What still fits under the client's cap bounds the read (lossy routes read on and
         // drop whole messages instead).
@@ -50,13 +51,13 @@ impl Conn {
         } else {
             cap.saturating_sub(self.outbound_len())
         };
-        let proxy = self.app.proxy_mut()?;
+        let proxy = self.phase.app_mut()?.proxy_mut()?;
         self.moved += proxy.relay.read(now, &mut events, room) as u64;
         let mut hop_started = proxy.hop_started;
         let mut queued = self.outbound_len();
         let mut end = None;
         for event in events.drain(..) {
-            let Some(session) = self.session.as_mut() else {
+            let Some(session) = self.phase.session_mut() else {
                 break;
             };
             match event {
@@ -89,7 +90,7 @@ impl Conn {
                 }
             }
         }
-        if let Some(proxy) = self.app.proxy_mut() {
+        if let Some(proxy) = self.phase.app_mut().and_then(App::proxy_mut) {
             proxy.events = events;
             proxy.hop_started = hop_started;
         }
@@ -102,7 +103,7 @@ impl Conn {
     /// Writes what the upstream socket takes now; a broken upstream closes the client with
     /// 1014.
     pub(super) fn write_upstream(&mut self) -> Option<End> {
-        let proxy = self.app.proxy_mut()?;
+        let proxy = self.phase.app_mut()?.proxy_mut()?;
         let relay = &mut proxy.relay;
         match relay.write_some() {
             Ok(written) => {
@@ -126,7 +127,7 @@ impl Conn {
 
     /// The upstream connection broke: the client is told 1014 (bad gateway).
     pub(super) fn upstream_failed(&mut self, reason: &'static str) -> End {
-        if let Some(proxy) = self.app.proxy_mut() {
+        if let Some(proxy) = self.phase.app_mut().and_then(App::proxy_mut) {
             proxy.relay.abandon();
         }
         self.close_session(1014, reason)
