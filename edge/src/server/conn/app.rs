@@ -119,6 +119,36 @@ impl App {
         }
     }
 
+    /// The app's far side has bytes held that its socket's readiness does not announce: read
+    /// again without waiting.
+    pub(super) fn holds_more(&self) -> bool {
+        self.proxy().is_some_and(|p| p.relay.holds_more())
+    }
+
+    /// Resolves when the app's far side is readable; never for echo.
+    pub(super) async fn readable(&self) -> std::io::Result<()> {
+        match self {
+            App::Proxy(p) => p.relay.readable().await,
+            App::Echo => std::future::pending().await,
+        }
+    }
+
+    /// Resolves when the app's far side takes more; never for echo.
+    pub(super) async fn writable(&self) -> std::io::Result<()> {
+        match self {
+            App::Proxy(p) => p.relay.writable().await,
+            App::Echo => std::future::pending().await,
+        }
+    }
+
+    /// Resolves when the far side took nothing for the write timeout; never for echo.
+    pub(super) async fn stalled(&self) {
+        match self {
+            App::Proxy(p) => p.write_deadline.expired().await,
+            App::Echo => std::future::pending().await,
+        }
+    }
+
     /// Proxy mode's side, when there is one.
     pub(super) fn proxy(&self) -> Option<&Proxy> {
         match self {

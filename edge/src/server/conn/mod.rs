@@ -49,7 +49,6 @@ mod proxy;
 use self::app::{App, OverRate, Proxy};
 use self::pass::{yield_to_core, yield_turn, AfterPass, PassGuard, Waited};
 use self::phase::{PendingUpgrade, Phase, Upgraded};
-use self::proxy::{upstream_readable, upstream_stalled, upstream_writable};
 use super::admission::Admitted;
 use super::core::{unix_now, Core};
 use super::live::LiveSession;
@@ -220,10 +219,10 @@ impl Conn {
             let live = self.phase.upgraded().map(|u| u.live.session.clone());
             let reading = self.reads_allowed();
             let writing = self.output_pending();
-            let up_reading = self.upstream_reads_allowed();
-            let proxy = self.phase.app().and_then(App::proxy);
-            let up_more = up_reading && proxy.is_some_and(|p| p.relay.holds_more());
-            let up_writing = self.phase.app().is_some_and(|a| a.pending_output() > 0);
+            let app_reading = self.app_reads_allowed();
+            let app = self.phase.app();
+            let app_more = app_reading && app.is_some_and(App::holds_more);
+            let app_writing = app.is_some_and(|a| a.pending_output() > 0);
             let (wake, waited) = {
                 let wait = std::pin::pin!(async {
                     monoio::select! {
@@ -234,32 +233,32 @@ impl Conn {
                         _ = self.heartbeat.expired() => Wake::Heartbeat,
                         _ = self.frame_deadline.expired() => Wake::FrameTimeout,
                         _ = self.write_deadline.expired(), if writing => Wake::WriteStalled,
-                        r = upstream_readable(proxy), if up_reading && !up_more => Wake::UpstreamReadable(r),
-                        _ = std::future::ready(()), if up_more => Wake::UpstreamMore,
-                        r = upstream_writable(proxy), if up_writing => Wake::UpstreamWritable(r),
-                        _ = upstream_stalled(proxy), if up_writing => Wake::UpstreamStalled,
+                        r = app_readable(app), if app_reading && !app_more => Wake::AppReadable(r),
+                        _ = std::future::ready(()), if app_more => Wake::AppMore,
+                        r = app_writable(app), if app_writing => Wake::AppWritable(r),
+                        _ = app_stalled(app), if app_writing => Wake::AppStalled,
                     }
                 });
                 Waited::new(wait).await
             };
             self.core.metrics.loop_passes.inc();
             let step = match wake {
-                Wake::UpstreamReadable(Ok(())) => {
+                Wake::AppReadable(Ok(())) => {
                     // Readiness consumed by a read (the bytes may all be TLS records that give
                     // no plaintext yet): progress, whatever the read returns.
                     self.moved += 1;
-                    self.relay_from_upstream()
+                    self.app_read()
                 }
-                Wake::UpstreamMore => {
-                    // The relay's "more held" flag is a one-shot: the read clears it.
+                Wake::AppMore => {
+                    // The app's "more held" flag is a one-shot: the read clears it.
                     self.moved += 1;
-                    self.relay_from_upstream()
+                    self.app_read()
                 }
-                Wake::UpstreamWritable(Ok(())) => None,
-                Wake::UpstreamStalled => Some(self.upstream_failed("upstream_stalled")),
-                Wake::UpstreamReadable(Err(e)) | Wake::UpstreamWritable(Err(e)) => {
+                Wake::AppWritable(Ok(())) => None,
+                Wake::AppStalled => self.app_failed("upstream_stalled"),
+                Wake::AppReadable(Err(e)) | Wake::AppWritable(Err(e)) => {
                     tracing::debug!(peer = %self.peer, error = %e, "upstream readiness wait failed");
-                    Some(self.upstream_failed("upstream_closed"))
+                    self.app_failed("upstream_closed")
                 }
                 Wake::Deadline => return self.on_deadline(),
                 Wake::SessionEnd => return self.on_session_end(),
@@ -291,7 +290,7 @@ impl Conn {
             if let Err(end) = self.write_some() {
                 return end;
             }
-            let step = step.or_else(|| self.write_upstream());
+            let step = step.or_else(|| self.app_write());
             if let Some(at) = self.phase.app_mut().and_then(App::take_hop_start) {
                 self.core.metrics.proxy_hop.observe(at.elapsed());
             }
@@ -336,6 +335,38 @@ impl Conn {
                     yield_to_core().await;
                 }
             }
+        }
+    }
+
+    /// Whether the app's far side may be read now (see the app's own rule).
+    fn app_reads_allowed(&mut self) -> bool {
+        match self.phase.app() {
+            Some(App::Proxy(_)) => self.upstream_reads_allowed(),
+            Some(App::Echo) | None => false,
+        }
+    }
+
+    /// The app's far side is readable: what it produced goes to the client.
+    fn app_read(&mut self) -> Option<End> {
+        match self.phase.app()? {
+            App::Proxy(_) => self.relay_from_upstream(),
+            App::Echo => None,
+        }
+    }
+
+    /// Writes what the app's far side takes now.
+    fn app_write(&mut self) -> Option<End> {
+        match self.phase.app()? {
+            App::Proxy(_) => self.write_upstream(),
+            App::Echo => None,
+        }
+    }
+
+    /// The app's far side broke (`reason`): the client is told why.
+    fn app_failed(&mut self, reason: &'static str) -> Option<End> {
+        match self.phase.app()? {
+            App::Proxy(_) => Some(self.upstream_failed(reason)),
+            App::Echo => None,
         }
     }
 
@@ -1280,11 +1311,37 @@ enum Wake {
     /// A frame or fragmented message stayed incomplete for `frame_timeout_ms`.
     FrameTimeout,
     WriteStalled,
-    UpstreamReadable(std::io::Result<()>),
-    /// The relay stopped reading at a bound with more possibly held: read again at once.
-    UpstreamMore,
-    UpstreamWritable(std::io::Result<()>),
-    UpstreamStalled,
+    /// The app's far side (the upstream in proxy mode) is readable.
+    AppReadable(std::io::Result<()>),
+    /// The app stopped reading at a bound with more possibly held: read again at once.
+    AppMore,
+    AppWritable(std::io::Result<()>),
+    /// The app's far side took nothing for the write timeout.
+    AppStalled,
+}
+
+/// Resolves when the app's far side is readable; never without one.
+async fn app_readable(app: Option<&App>) -> std::io::Result<()> {
+    match app {
+        Some(app) => app.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the app's far side takes more; never without one.
+async fn app_writable(app: Option<&App>) -> std::io::Result<()> {
+    match app {
+        Some(app) => app.writable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the app's far side stalled; never without one.
+async fn app_stalled(app: Option<&App>) {
+    match app {
+        Some(app) => app.stalled().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves when the session's deadline fires; never without a live session.

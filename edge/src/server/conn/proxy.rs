@@ -11,7 +11,7 @@ use crate::ws::SessionState;
 
 use super::super::core::Core;
 use super::super::timer::Deadline;
-use super::app::{App, Proxy};
+use super::app::App;
 use super::pass::{yield_to_core, yield_turn, AfterPass, PassGuard, Waited};
 use super::{Conn, End, PendingUpgrade};
 use crate::upstream::relay::{Relay, Route, UpstreamEvent};
@@ -229,29 +229,5 @@ pub(super) fn internal_refusal() -> Refusal {
         status: 500,
         reason: "internal_error",
         extra_headers: &[],
-    }
-}
-
-/// Resolves when the upstream socket is readable; never without an upstream.
-pub(super) async fn upstream_readable(proxy: Option<&Proxy>) -> std::io::Result<()> {
-    match proxy {
-        Some(p) => p.relay.readable().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Resolves when the upstream socket takes more; never without an upstream.
-pub(super) async fn upstream_writable(proxy: Option<&Proxy>) -> std::io::Result<()> {
-    match proxy {
-        Some(p) => p.relay.writable().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Resolves when the upstream took nothing for the write timeout; never without an upstream.
-pub(super) async fn upstream_stalled(proxy: Option<&Proxy>) {
-    match proxy {
-        Some(p) => p.write_deadline.expired().await,
-        None => std::future::pending().await,
     }
 }
