@@ -74,7 +74,7 @@ pub(crate) async fn serve(slot: Slot, stream: TcpStream, peer: SocketAddr) {
 
 async fn serve_inner(slot: Slot, stream: TcpStream, peer: SocketAddr) {
     let core = slot.core.clone();
-    if let Err(e) = sockopt::tune_accepted(sockopt::borrow_fd(&stream), &core.socket_opts) {
+    if let Err(e) = sockopt::tune_accepted(sockopt::borrow_fd(&stream), &core.conn.socket_opts) {
         tracing::debug!(%peer, error = %e, "socket options failed; connection closed");
         return;
     }
@@ -101,8 +101,10 @@ pub(crate) struct Slot {
 
 impl Slot {
     pub(crate) fn take(core: &Rc<Core>, ip_slot: Option<LimitGuard>) -> Self {
-        core.connections.set(core.connections.get() + 1);
-        core.handshakes.set(core.handshakes.get() + 1);
+        core.counts
+            .connections
+            .set(core.counts.connections.get() + 1);
+        core.counts.handshakes.set(core.counts.handshakes.get() + 1);
         core.metrics.handshaking.add(1);
         Self {
             core: core.clone(),
@@ -114,7 +116,7 @@ impl Slot {
     /// The handshake is over: the connection leaves the handshake count for the open one.
     fn upgraded(&mut self) {
         let core = &self.core;
-        core.handshakes.set(core.handshakes.get() - 1);
+        core.counts.handshakes.set(core.counts.handshakes.get() - 1);
         core.metrics.handshaking.add(-1);
         core.metrics.open.add(1);
         self.upgraded = true;
@@ -124,11 +126,13 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         let core = &self.core;
-        core.connections.set(core.connections.get() - 1);
+        core.counts
+            .connections
+            .set(core.counts.connections.get() - 1);
         if self.upgraded {
             core.metrics.open.add(-1);
         } else {
-            core.handshakes.set(core.handshakes.get() - 1);
+            core.counts.handshakes.set(core.counts.handshakes.get() - 1);
             core.metrics.handshaking.add(-1);
         }
     }
@@ -414,7 +418,7 @@ impl Conn {
                 continue;
             }
             let received = {
-                let mut pool = self.core.pool.borrow_mut();
+                let mut pool = self.core.buffers.pool.borrow_mut();
                 let fd = sockopt::borrow_fd(&self.stream);
                 self.layer.receive(fd, &mut pool, limit)
             };
@@ -482,7 +486,7 @@ impl Conn {
     fn take_control_record(&mut self) -> Option<End> {
         let fd = sockopt::borrow_fd(&self.stream);
         let taken = {
-            let mut pool = self.core.pool.borrow_mut();
+            let mut pool = self.core.buffers.pool.borrow_mut();
             self.layer
                 .take_control_record(fd, &mut pool, &self.core.metrics)
         };
@@ -585,7 +589,7 @@ impl Conn {
         if self.layer.is_handshaking() {
             return None;
         }
-        match ws::parse_upgrade(&self.plaintext, &self.core.handshake_limits) {
+        match ws::parse_upgrade(&self.plaintext, &self.core.conn.handshake_limits) {
             Ok(None) => return None,
             Err(e) => {
                 let refusal = Refusal::Http {
@@ -602,7 +606,7 @@ impl Conn {
                     Err(refusal) => return Some(self.refuse_upgrade(refusal, &request, None)),
                 };
                 let crls = self.core.tls.crls.load();
-                let decided = self.core.admission.decide(
+                let decided = self.core.access.admission.decide(
                     &request,
                     identity.as_deref(),
                     &crls,
@@ -709,7 +713,7 @@ impl Conn {
         AuditEvent::Upgrade {
             peer: self.peer.to_string(),
             identity: self.identity.as_deref().map(audit_identity),
-            path: self.core.admission.redact_target(&request.path),
+            path: self.core.access.admission.redact_target(&request.path),
             allowed,
             status,
             reason: reason.to_owned(),
@@ -739,7 +743,7 @@ impl Conn {
     /// upstream session; then upgrades or refuses. The handshake deadline bounds the waits.
     async fn finish_pending_upgrade(&mut self, pending: PendingUpgrade) -> Result<(), End> {
         if let Some(check) = pending.admitted.replay.clone() {
-            let replay = self.core.replay.clone();
+            let replay = self.core.access.replay.clone();
             let answer = monoio::select! {
                 r = replay.check(&check, unix_now()) => Some(r),
                 _ = self.deadline.expired() => None,
@@ -790,6 +794,7 @@ impl Conn {
     ) -> Result<(), End> {
         let slot = self
             .core
+            .access
             .admission
             .take_identity_slot(&admitted, self.identity.as_deref());
         let identity_slot = match slot {
@@ -800,7 +805,7 @@ impl Conn {
             }
         };
         let now = Instant::now();
-        let rates = &self.core.rates;
+        let rates = &self.core.access.rates;
         let identity = super::admission::identity_key(&admitted, self.identity.as_deref())
             .and_then(|key| rates.identities.attach(&key, now));
         let limiter = ConnectionLimiter::new(&rates.connection, identity, now)
@@ -816,9 +821,9 @@ impl Conn {
         self.core
             .audit
             .record(self.upgrade_event(request, Some(&admitted), true, 101, "ok"));
-        let path = self.core.admission.redact_target(&request.path);
+        let path = self.core.access.admission.redact_target(&request.path);
         let token = admitted.token.as_ref();
-        let entry = self.core.live.register(
+        let entry = self.core.access.live.register(
             token.and_then(|t| t.sub.clone()),
             token.and_then(|t| t.jti.clone()),
             self.identity.clone(),
@@ -958,7 +963,7 @@ impl Conn {
     fn settle_record_layer(&mut self) -> Option<End> {
         let end = {
             let fd = sockopt::borrow_fd(&self.stream);
-            let mut pool = self.core.pool.borrow_mut();
+            let mut pool = self.core.buffers.pool.borrow_mut();
             self.layer.hand_off(
                 fd,
                 &mut pool,
@@ -1059,8 +1064,8 @@ impl Conn {
     /// Sets this connection's share of the core's buffer budget; returns the core's total.
     fn hold(&mut self, held: usize) -> usize {
         let core = &self.core;
-        let total = core.buffered.get() - self.held + held;
-        core.buffered.set(total);
+        let total = core.counts.buffered.get() - self.held + held;
+        core.counts.buffered.set(total);
         core.metrics
             .buffered_bytes
             .add(held as i64 - self.held as i64);
@@ -1098,7 +1103,7 @@ impl Conn {
             return Ok(());
         }
         let cap = self.core.cfg.limits.max_outbound_bytes;
-        let mut staging = self.core.staging.borrow_mut();
+        let mut staging = self.core.buffers.staging.borrow_mut();
         loop {
             let pending = self.layer.pending_output_len();
             if self.outbox.is_empty() || pending >= cap {
@@ -1118,7 +1123,8 @@ impl Conn {
 
     /// Returns the read buffer once drained and keeps the held-buffers gauge true.
     fn account_buffers(&mut self) {
-        self.layer.release_idle(&mut self.core.pool.borrow_mut());
+        self.layer
+            .release_idle(&mut self.core.buffers.pool.borrow_mut());
         if self.plaintext.is_empty() && self.plaintext.capacity() > 0 {
             self.plaintext = BytesMut::new();
         }
@@ -1247,7 +1253,7 @@ impl Drop for Conn {
         if self.holds_read_buffer {
             core.metrics.read_buffers_held.add(-1);
         }
-        if let Ok(mut pool) = core.pool.try_borrow_mut() {
+        if let Ok(mut pool) = core.buffers.pool.try_borrow_mut() {
             self.layer.release_idle(&mut pool);
         }
         if self.layer.mode() == Some(TlsMode::Kernel) {
