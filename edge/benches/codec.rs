@@ -4,7 +4,7 @@
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use wssedge::ws::{
+use wssedge_proto::ws::{
     apply_mask, frame, Event, MessageKind, OpCode, Payload, Session, SessionLimits, Utf8Validator,
 };
 

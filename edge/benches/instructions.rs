@@ -16,7 +16,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use wssedge::bufpool::BufPool;
 use wssedge::tls::TlsSession;
-use wssedge::ws::{
+use wssedge_proto::ws::{
     apply_mask, frame, parse_upgrade, write_response_101, Event, HandshakeLimits, MessageKind,
     OpCode, Payload, Session, SessionLimits, Utf8Validator,
 };

@@ -4,6 +4,8 @@
 //! owns rustls policy and the owned-buffer driver of its unbuffered API. [`server`] owns
 //! threads, sockets and the connection lifecycle; the remaining rooms each do one job.
 
+#![deny(unsafe_code)]
+
 pub mod admin;
 pub mod audit;
 pub mod auth;
@@ -20,4 +22,5 @@ pub mod signals;
 pub mod sockopt;
 pub mod tls;
 pub mod upstream;
-pub mod ws;
+
+pub use wssedge_proto::ws;

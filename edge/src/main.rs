@@ -1,5 +1,7 @@
 //! The `wssedge` command line. Everything else lives in the library.
 
+#![deny(unsafe_code)]
+
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;

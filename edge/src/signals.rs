@@ -9,40 +9,22 @@
 
 use std::io;
 
+use wssedge_sys::signals::SignalSet;
+
 use crate::server::{Command, Commands};
 
 /// The signals the lifecycle thread takes.
 const SIGNALS: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR2];
 
 /// A signal set holding [`SIGNALS`].
-fn lifecycle_signals() -> io::Result<libc::sigset_t> {
-    // SAFETY: `set` is a plain value initialised by sigemptyset before any other use; the
-    // calls only write into it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        if libc::sigemptyset(&mut set) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        for signal in SIGNALS {
-            if libc::sigaddset(&mut set, signal) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        Ok(set)
-    }
+fn lifecycle_signals() -> io::Result<SignalSet> {
+    SignalSet::of(&SIGNALS)
 }
 
 /// Blocks the lifecycle signals in the calling thread — and so in every thread it starts
 /// later. Call first thing in `main`, before any thread exists.
 pub fn block_stop_signals() -> io::Result<()> {
-    let set = lifecycle_signals()?;
-    // SAFETY: `set` is a valid signal set; a null old-set pointer is allowed.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(rc))
-    }
+    lifecycle_signals()?.block_in_this_thread()
 }
 
 /// What a signal asks for; `draining` says whether a drain was asked for already.
@@ -68,13 +50,10 @@ pub fn watch_stop_signals(commands: Commands) -> io::Result<()> {
         .spawn(move || {
             let mut draining = false;
             loop {
-                let mut signal: libc::c_int = 0;
-                // SAFETY: `set` is a valid signal set blocked in this thread (inherited), and
-                // `signal` is a valid place for sigwait to store the signal number.
-                let rc = unsafe { libc::sigwait(&set, &mut signal) };
-                if rc != 0 {
+                // The set is blocked in this thread (inherited from `main`).
+                let Ok(signal) = set.wait() else {
                     continue;
-                }
+                };
                 let Some(command) = command_for(signal, draining) else {
                     continue;
                 };

@@ -4,7 +4,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use wssedge::ws::{Event, Session, SessionLimits, SessionState};
+use wssedge_proto::ws::{Event, Session, SessionLimits, SessionState};
 
 fuzz_target!(|data: &[u8]| {
     // The first bytes choose the limits and the chunk sizes; the rest is the stream.

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wssedge::ws::{parse_upgrade, write_response_101, HandshakeLimits};
+use wssedge_proto::ws::{parse_upgrade, write_response_101, HandshakeLimits};
 
 fuzz_target!(|data: &[u8]| {
     let limits = HandshakeLimits {

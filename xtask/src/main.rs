@@ -25,6 +25,7 @@ mod ebpf;
 mod flood;
 mod micro;
 mod perf;
+mod proto_deps;
 mod vmtest;
 
 const LAYERS: [&str; 4] = ["unit", "e2e", "vmtest", "autobahn"];
@@ -254,7 +255,14 @@ fn cargo_test_layer(env: &Env, args: &[&str]) -> Result<Outcome> {
 }
 
 fn layer_unit(env: &Env) -> Result<Outcome> {
-    cargo_test_layer(
+    let deps_ok = match proto_deps::check(env) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("unit: {e:#}");
+            false
+        }
+    };
+    let mut outcome = cargo_test_layer(
         env,
         &[
             "test",
@@ -265,7 +273,15 @@ fn layer_unit(env: &Env) -> Result<Outcome> {
             "--lib",
             "--bins",
         ],
-    )
+    )?;
+    if let Outcome::Ran(c) = &mut outcome {
+        if deps_ok {
+            c.passed += 1;
+        } else {
+            c.failed += 1;
+        }
+    }
+    Ok(outcome)
 }
 
 fn layer_e2e(env: &Env) -> Result<Outcome> {

@@ -1,6 +1,6 @@
 //! Inputs shared by the micro benchmarks.
 
-use wssedge::ws::{apply_mask, encode_header, frame, OpCode};
+use wssedge_proto::ws::{apply_mask, encode_header, frame, OpCode};
 
 pub const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 

@@ -9,7 +9,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use crate::audit::chain::{parse_line, Mac};
@@ -106,10 +106,7 @@ pub(crate) fn lock(paths: &TrailPaths) -> Result<File, AuditError> {
         .write(true)
         .open(&paths.lock)
         .map_err(|e| io(&paths.lock, "create the lock file", e))?;
-    // SAFETY: flock on a file descriptor we own and keep open; no memory is passed.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
+    if let Err(e) = wssedge_sys::fs::lock_exclusive_nonblocking(file.as_fd()) {
         return Err(AuditError::Trail {
             path: paths.live.clone(),
             reason: format!(

@@ -28,7 +28,7 @@ mod chain;
 mod config;
 mod files;
 mod key;
-mod record;
+use wssedge_proto::audit_record as record;
 mod ring;
 mod sink;
 mod stats;
@@ -43,7 +43,15 @@ mod tests;
 use std::path::PathBuf;
 
 pub use config::AuditConfig;
-pub use record::{token_sha256, AuditEvent, Identity, PeerRefusals};
+pub use record::{AuditEvent, Identity, PeerRefusals};
+
+/// Hex SHA-256 of a token as presented: lets an auditor match a record to a token they hold
+/// without the trail ever containing one. (Bearer tokens carry a signature, so the hash cannot
+/// be reversed by guessing.)
+pub fn token_sha256(token: &[u8]) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token);
+    chain::hex(d.as_ref())
+}
 pub use sink::{AuditHandle, AuditSink};
 pub use stats::AuditStats;
 pub use verify::{run_cli, sort_trail_files, verify, Problem, ProblemKind, VerifyReport};

@@ -34,8 +34,8 @@ use crate::audit::time::Timestamp;
 /// What the control socket and reloads may queue before they wait for the writer.
 const CONTROL_QUEUE: usize = 4096;
 
-/// A record waiting for the writer. The event is boxed so a ring slot is small (24 bytes):
-/// a full default ring then costs ~1.5 MiB per core, not ~20 MiB.
+/// A record waiting for the writer. The event is boxed so a ring slot is small (24 bytes, 32
+/// with the queue's per-slot stamp): a full default ring then costs ~2 MiB per core, not ~20 MiB.
 pub(crate) struct Pending {
     pub at: Timestamp,
     pub core: Option<usize>,

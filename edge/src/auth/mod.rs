@@ -59,7 +59,7 @@
 
 pub mod identifier;
 pub mod jwt;
-pub mod origin;
+pub use wssedge_proto::origin;
 pub mod replay;
 pub mod revocation;
 
@@ -69,5 +69,11 @@ pub use jwt::{
     JwtVerifier, ScopeRule, TokenSource, VerifiedToken,
 };
 pub use origin::{OriginConfig, OriginPolicy, OriginRefusal};
+
+impl From<origin::OriginConfigError> for crate::config::ConfigError {
+    fn from(e: origin::OriginConfigError) -> Self {
+        Self::invalid(e.key, e.value, e.reason.to_string())
+    }
+}
 pub use replay::{owner_core, ReplayRefusal, ReplayStore};
 pub use revocation::{RevocationEntry, RevocationError, Revocations, RevokedBy};

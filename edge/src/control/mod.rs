@@ -12,7 +12,7 @@
 //! - [`client`] checks the listener's credentials too: `wssedge ctl` talks only to a server
 //!   running as root or as the caller's uid.
 //! - `session`: serving one client; `lines`: bounded line reads with a deadline.
-//! - `sys`: the few libc calls (SO_PEERCRED, fchmod, geteuid, flock), each one `unsafe` line.
+//! - `sys`: the few calls std lacks (SO_PEERCRED, fchmod, geteuid, flock), from `wssedge_sys`.
 
 pub mod client;
 mod lines;

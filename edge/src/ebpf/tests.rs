@@ -48,23 +48,8 @@ fn ip(s: &str) -> IpAddr {
 }
 
 /// TCP_DEFER_ACCEPT (socket2 has no setter).
-fn set_defer_accept(s: &Socket, secs: libc::c_int) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid socket fd, a pointer to a live c_int and its exact size.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
-            (&secs as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+fn set_defer_accept(s: &Socket, secs: u32) -> io::Result<()> {
+    wssedge_sys::sock::set_defer_accept(s.as_fd(), secs)
 }
 
 /// `n` listeners in one SO_REUSEPORT group on `host:0`.

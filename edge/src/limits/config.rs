@@ -8,9 +8,8 @@ use serde::Deserialize;
 
 use crate::config::ConfigError;
 
-/// Rates are held in thousandths of a token per second: fine enough for "one message every
-/// 20 s" (0.05/s), coarse enough that the largest rate times a day of nanoseconds fits u128.
-pub(crate) const MILLI: u64 = 1000;
+pub use wssedge_proto::limits::Rate;
+pub(crate) use wssedge_proto::limits::MILLI;
 
 /// Far above what one client can push through one edge; beyond it, leave the key out.
 const MAX_MESSAGES_PER_S: f64 = 1e9;
@@ -78,45 +77,6 @@ pub(crate) use rate_keys;
 impl RateKeys {
     /// The field names alone, for a `RateConfig` validated outside any section.
     pub const BARE: RateKeys = rate_keys!();
-}
-
-/// One unit's limit in integers: a refill rate in thousandths of a token per second and a
-/// burst (the bucket's capacity) in whole tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    milli_per_s: u64,
-    burst: u64,
-}
-
-impl Rate {
-    /// `per_s` whole tokens per second, holding at most `burst`. Both are raised to at least 1:
-    /// a zero rate or burst would refuse everything, which is not a rate limit.
-    pub fn per_second(per_s: u64, burst: u64) -> Self {
-        Self::from_milli(per_s.saturating_mul(MILLI), burst)
-    }
-
-    /// `milli_per_s` thousandths of a token per second, holding at most `burst` tokens.
-    pub fn from_milli(milli_per_s: u64, burst: u64) -> Self {
-        Self {
-            milli_per_s: milli_per_s.max(1),
-            burst: burst.max(1),
-        }
-    }
-
-    /// Thousandths of a token per second, which is also pico-tokens per nanosecond.
-    pub fn milli_per_s(&self) -> u64 {
-        self.milli_per_s
-    }
-
-    pub fn burst(&self) -> u64 {
-        self.burst
-    }
-
-    /// Whole tokens the rate refills in `nanos`, rounded down.
-    pub(crate) fn tokens_in(&self, nanos: u128) -> u64 {
-        let pico = nanos.saturating_mul(u128::from(self.milli_per_s));
-        u64::try_from(pico / 1_000_000_000_000).unwrap_or(u64::MAX)
-    }
 }
 
 /// A validated [`RateConfig`]: which units are limited, and how. `Copy`, a few words: every

@@ -283,10 +283,11 @@ impl SharedBudget {
     /// `None` when the unit is not limited.
     pub fn available(&self, unit: Unit, now: Instant) -> Option<u64> {
         let u = self.unit(unit)?;
-        let x = u.timeline(self.epoch, now);
+        let x = u.rate.timeline(self.epoch, now);
         let reserved = u.reserved.load(Ordering::Acquire);
         Some(
-            u.level(u.tat.load(Ordering::Acquire), x)
+            u.rate
+                .level(u.tat.load(Ordering::Acquire), x)
                 .saturating_sub(reserved),
         )
     }
@@ -303,7 +304,7 @@ impl SharedBudget {
             .flatten()
             .all(|u| {
                 u.reserved.load(Ordering::Acquire) == 0
-                    && u.tat.load(Ordering::Acquire) <= u.timeline(self.epoch, now)
+                    && u.tat.load(Ordering::Acquire) <= u.rate.timeline(self.epoch, now)
             })
     }
 }
@@ -318,45 +319,6 @@ struct Settled {
 }
 
 impl SharedUnit {
-    fn timeline(&self, epoch: Instant, now: Instant) -> u64 {
-        self.rate
-            .tokens_in(now.saturating_duration_since(epoch).as_nanos())
-    }
-
-    /// Tokens in the bucket at timeline position `x` if spent tokens reach `tat` (reserved
-    /// ones included); 0 while an oversized message's debt is being repaid.
-    fn level(&self, tat: u64, x: u64) -> u64 {
-        let owed = tat.max(x) - x;
-        self.rate.burst().saturating_sub(owed)
-    }
-
-    /// What one take grants out of `available`: up to `want`, at most `share` of it (half
-    /// when other cores hold the identity), at least `short` (or none). `short` beyond the
-    /// burst is the oversized case: all of it, and only from a full budget nobody else holds
-    /// a reservation on (`full`).
-    fn grant(&self, available: u64, full: bool, short: u64, want: u64, shared: bool) -> u64 {
-        if short == 0 {
-            0
-        } else if short > self.rate.burst() {
-            if full {
-                short
-            } else {
-                0
-            }
-        } else if available < short {
-            0
-        } else {
-            // Cores that visit one after another split a scarce budget instead of the first
-            // taking it all; a core alone still drains a full burst in a few visits.
-            let share = if shared {
-                available.div_ceil(2)
-            } else {
-                available
-            };
-            want.min(share).max(short).min(available)
-        }
-    }
-
     /// Records `spent` tokens on the timeline, dated at position `taken_x` (their stash's last
     /// top-up); returns `tat` after. Must come before those tokens are released from
     /// `reserved`, so a concurrent take never sees them in neither.
@@ -372,7 +334,7 @@ impl SharedUnit {
 
     /// Releases `release` of this core's reservation (tokens just recorded as spent, or a
     /// stash handed back), keeps `mine` reserved (the stash it keeps), and reserves a grant
-    /// (see [`grant`](Self::grant)) at timeline position `x`. One compare-and-swap on
+    /// (see [`Rate::grant`]) at timeline position `x`. One compare-and-swap on
     /// `reserved` serialises it with every other core's takes and releases. A record puts
     /// spent tokens on `tat` before releasing them, and this reads `reserved` before `tat`
     /// (acquire after release), so it sees them in one or both, never in neither.
@@ -389,10 +351,10 @@ impl SharedUnit {
         loop {
             let tat = self.tat.load(Ordering::Acquire);
             let others = reserved.saturating_sub(release + mine);
-            let level = self.level(tat, x);
+            let level = self.rate.level(tat, x);
             let available = level.saturating_sub(others + mine);
             let full = level == self.rate.burst() && others == 0;
-            let grant = self.grant(available, full, short, want, shared);
+            let grant = self.rate.grant(available, full, short, want, shared);
             if release == 0 && grant == 0 {
                 return Settled { grant, tat, others };
             }
@@ -689,18 +651,20 @@ impl LocalUnit {
         shared_with_others: bool,
     ) -> bool {
         let short = need.saturating_sub(self.stash);
-        let x = shared.timeline(epoch, now);
+        let x = shared.rate.timeline(epoch, now);
         let spent = self.reserved - self.stash;
         let tat = if spent > 0 {
             self.seen_tat.max(self.taken_x).saturating_add(spent)
         } else {
             self.seen_tat
         };
-        let level = shared.level(tat, x);
+        let level = shared.rate.level(tat, x);
         let available = level.saturating_sub(self.seen_others + self.stash);
         let full = level == shared.rate.burst() && self.seen_others == 0;
         let want = self.want(now, short);
-        let grant = shared.grant(available, full, short, want, shared_with_others);
+        let grant = shared
+            .rate
+            .grant(available, full, short, want, shared_with_others);
         let interval = shared.rate.tokens_in(PULL_INTERVAL.as_nanos()).max(1);
         grant >= short && grant >= want.min(interval)
     }
@@ -715,7 +679,7 @@ impl LocalUnit {
         need: u64,
         shared_with_others: bool,
     ) {
-        let x = shared.timeline(epoch, now);
+        let x = shared.rate.timeline(epoch, now);
         let spent = self.reserved - self.stash;
         if spent > 0 {
             shared.record(self.taken_x, spent);

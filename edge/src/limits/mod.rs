@@ -46,7 +46,6 @@
 
 #![forbid(unsafe_code)]
 
-mod bucket;
 mod config;
 pub mod identity;
 
@@ -57,7 +56,7 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
-pub use bucket::TokenBucket;
+pub use wssedge_proto::limits::TokenBucket;
 // For crate::config, once the lead places the sections (`rate_keys!("limits.…")`).
 #[allow(unused_imports)]
 pub(crate) use config::rate_keys;

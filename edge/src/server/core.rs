@@ -183,13 +183,11 @@ impl Drop for ListenerShutdown {
         if !self.armed.get() {
             return;
         }
+        // The descriptors belong to listeners owned by this core's runtime, which is still
+        // alive while this guard drops (it is declared after the runtime); shutdown does not
+        // close them, it only stops listening.
         for &fd in &self.fds {
-            // SAFETY: the descriptors belong to listeners owned by this core's runtime, which is
-            // still alive while this guard drops (it is declared after the runtime); shutdown
-            // does not close them, it only stops listening.
-            unsafe {
-                libc::shutdown(fd, libc::SHUT_RDWR);
-            }
+            let _ = wssedge_sys::sock::shutdown_listener_raw(fd);
         }
     }
 }
@@ -614,12 +612,11 @@ impl AcceptGate {
 
     /// Connections waiting in this core's accept queues.
     fn queued(&self) -> usize {
+        // The descriptors belong to listeners the core's accept loops own; they stay open until
+        // the gate stops them, and `queued` is only asked before that.
         self.fds
             .iter()
-            // SAFETY: the descriptors belong to listeners the core's accept loops own; they
-            // stay open until the gate stops them, and `queued` is only asked before that.
-            .map(|&fd| unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
-            .map(|fd| crate::sockopt::accept_queue_len(fd).unwrap_or(0))
+            .map(|&fd| wssedge_sys::sock::accept_queue_len_raw(fd).unwrap_or(0))
             .sum()
     }
 
@@ -628,12 +625,10 @@ impl AcceptGate {
     /// without it (handed over) they are left as they are for the successor's cores.
     fn stop(&self, shut: bool) {
         if shut {
+            // As in `queued`: open listener descriptors of this core; shutdown does not close
+            // them.
             for &fd in &self.fds {
-                // SAFETY: as in `queued`: open listener descriptors of this core; shutdown
-                // does not close them.
-                unsafe {
-                    libc::shutdown(fd, libc::SHUT_RDWR);
-                }
+                let _ = wssedge_sys::sock::shutdown_listener_raw(fd);
             }
         }
         self.listeners_owned.set(false);

@@ -18,21 +18,7 @@ pub enum CpuError {
 }
 
 /// The CPUs this process may run on, in ascending order.
-pub fn allowed_cpus() -> io::Result<Vec<usize>> {
-    // SAFETY: cpu_set_t is plain data; all-zero is a valid (empty) set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid, writable cpu_set_t of the size we pass; pid 0 is this thread.
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let max = 8 * std::mem::size_of::<libc::cpu_set_t>();
-    // SAFETY: CPU_ISSET only reads the set; every index is below the set's bit size.
-    Ok((0..max)
-        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
-        .collect())
-}
+pub use wssedge_sys::affinity::allowed_cpus;
 
 /// The CPU of each core thread.
 pub fn choose(cores: Option<usize>, cpus: Option<&[usize]>) -> Result<Vec<usize>, CpuError> {

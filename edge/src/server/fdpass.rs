@@ -1,125 +1,25 @@
 //! Passing descriptors to another process over a Unix socket (SCM_RIGHTS): the restart hands
 //! its listening sockets, their instance locks and the admin listener to its successor. The
-//! only `unsafe` of the handover lives here.
+//! system calls live in `wssedge_sys::fd`.
 //!
 //! The socket is a `SOCK_SEQPACKET` pair, so each message keeps its boundaries and carries its
 //! own descriptors. Received descriptors are close-on-exec (`MSG_CMSG_CLOEXEC`).
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 /// Descriptors in one message (the kernel allows 253; the handover sends more messages).
-pub(crate) const MAX_FDS: usize = 64;
-
-const FD_BYTES: usize = std::mem::size_of::<libc::c_int>();
-
-/// Room for the control message of `n` descriptors, as 8-byte-aligned words.
-fn control_space(n: usize) -> Vec<u64> {
-    // SAFETY: CMSG_SPACE is pure arithmetic on its argument.
-    let bytes = unsafe { libc::CMSG_SPACE((n * FD_BYTES) as u32) } as usize;
-    vec![0u64; bytes.div_ceil(8)]
-}
+pub(crate) const MAX_FDS: usize = wssedge_sys::fd::MAX_FDS;
 
 /// Sends `data` (one message) with `fds` attached.
 pub(crate) fn send(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    if fds.len() > MAX_FDS {
-        return Err(io::Error::other(format!(
-            "{} descriptors in one message (at most {MAX_FDS})",
-            fds.len()
-        )));
-    }
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    let mut control = control_space(fds.len());
-    // SAFETY: msghdr is plain old data; all-zero (null pointers, zero lengths) is valid.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !fds.is_empty() {
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = (control.len() * 8) as _;
-        // SAFETY: msg_control points at `control`, which is CMSG_SPACE(len) bytes, aligned and
-        // alive: CMSG_FIRSTHDR returns its start (non-null since the length covers one header),
-        // and CMSG_DATA room for exactly `fds.len()` ints follows the header.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN((fds.len() * FD_BYTES) as u32) as _;
-            let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
-            for (i, fd) in fds.iter().enumerate() {
-                data.add(i).write_unaligned(fd.as_raw_fd());
-            }
-        }
-    }
-    loop {
-        // SAFETY: `msg` points at `iov` (over `data`) and `control`, all alive for the call;
-        // the descriptors are borrowed, so open.
-        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-        if n >= 0 {
-            return if n as usize == data.len() {
-                Ok(())
-            } else {
-                Err(io::Error::other("a handover message was cut short"))
-            };
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    wssedge_sys::fd::pass_fds(sock, data, fds)
 }
 
 /// Receives one message into `buf`: its length (0 at end of stream) and the descriptors it
 /// carried, owned (closed on drop).
 pub(crate) fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let mut control = control_space(MAX_FDS);
-    // SAFETY: as in `send`.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = (control.len() * 8) as _;
-    let n = loop {
-        // SAFETY: `msg` points at `iov` (over `buf`, writable) and `control`, alive for the call.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    };
-    let mut fds = Vec::new();
-    // SAFETY: the kernel filled `control` up to msg_controllen with well-formed headers;
-    // CMSG_FIRSTHDR/CMSG_NXTHDR walk them within that length and return null at the end; an
-    // SCM_RIGHTS payload holds (cmsg_len - CMSG_LEN(0)) / 4 descriptors, now ours to own.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
-                for i in 0..bytes / FD_BYTES {
-                    let fd: RawFd = data.add(i).read_unaligned();
-                    fds.push(OwnedFd::from_raw_fd(fd));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-    }
-    if msg.msg_flags & (libc::MSG_CTRUNC | libc::MSG_TRUNC) != 0 {
-        // The descriptors that did arrive close with `fds`.
-        return Err(io::Error::other("a handover message was truncated"));
-    }
-    Ok((n, fds))
+    wssedge_sys::fd::recv_fds(sock, buf)
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@
 //! [`fdpass`]: super::fdpass
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -383,22 +383,11 @@ impl Heard {
 /// In a successor (the environment names a handover socket): receives what the predecessor
 /// hands over. `None` in an edge started normally.
 pub(crate) fn inherit() -> Result<Option<Inheritance>, String> {
-    let Some(value) = std::env::var_os(ENV) else {
+    // The variable is removed: it is not for our own children (a later restart passes its own).
+    let Some(fd) = wssedge_sys::fd::take_fd_from_env(ENV).map_err(|e| e.to_string())? else {
         return Ok(None);
     };
-    // Not for our own children (a later restart passes its own).
-    std::env::remove_var(ENV);
-    let fd: RawFd = value
-        .to_str()
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| format!("{ENV}={value:?} is not a descriptor number"))?;
-    // SAFETY: F_GETFD only reads the descriptor's flags; it fails (EBADF) on a closed number.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err(format!("{ENV}={fd}: no such open descriptor"));
-    }
-    // SAFETY: the descriptor is open (checked above) and was passed to this process for it
-    // alone: nothing else in the process knows its number.
-    let sock = Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let sock = Socket::from(fd);
     sock.set_cloexec(true).map_err(err)?;
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(err)?;

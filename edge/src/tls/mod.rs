@@ -24,7 +24,7 @@ pub mod settings;
 pub mod sni;
 #[cfg(test)]
 pub(crate) mod testpki;
-pub mod wire;
+pub use wssedge_proto::tls_wire as wire;
 
 pub use crl::{CrlSet, CrlWatcher};
 pub use driver::{Negotiated, TlsError, TlsSession, MAX_RECORD_LEN};

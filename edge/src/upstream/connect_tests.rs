@@ -18,7 +18,7 @@ use crate::upstream::handshake::ClientContext;
 use crate::upstream::test_support::upstream_tls;
 use crate::upstream::Upstreams;
 use crate::ws::handshake::{accept_key_for, parse_upgrade, UpgradeRequest};
-use crate::ws::{Event, MessageKind, Payload, Role, Session};
+use crate::ws::{Event, MessageKind, Payload, Session};
 
 fn rt() -> monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>> {
     monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
@@ -222,7 +222,7 @@ async fn round_trip(u: &Upstreams) {
         s.has_buffered_plaintext(),
         "the frame after the 101 is kept"
     );
-    let mut session = Session::with_role(Default::default(), Role::Client);
+    let mut session = Session::client(Default::default(), crate::upstream::SystemMaskKeys);
     let mut buf = BytesMut::new();
     match next_event(&mut s, &mut session, &mut buf).await {
         Event::Message(m) => assert_eq!(m.payload.to_vec(), b"welcome"),

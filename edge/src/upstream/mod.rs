@@ -7,6 +7,7 @@
 //! - [`breaker`]: a consecutive-failure circuit breaker per member (atomics only).
 //! - [`balancer`]: [`Member`]s and round robin over the usable ones of a group.
 //! - [`health`]: one background thread checking every member.
+//! - [`mask_keys`]: the CSPRNG behind the masking keys of client-role sessions.
 //! - [`connect`] (monoio): TCP + TLS + upgrade under one timeout, and [`UpstreamStream`].
 //! - [`relay`]: a session's route, its upstream opened, and the relay of its messages.
 //!
@@ -20,6 +21,7 @@ pub mod config;
 pub mod connect;
 pub mod handshake;
 pub mod health;
+pub mod mask_keys;
 pub(crate) mod relay;
 
 use std::sync::Arc;
@@ -35,6 +37,7 @@ pub use connect::{
 };
 pub use handshake::{ClientContext, ClientHandshake, ResponseError};
 pub use health::{HealthChecker, HealthStats};
+pub use mask_keys::SystemMaskKeys;
 
 use crate::config::ConfigError;
 use crate::tls::policy::{self, TlsConfigError};

@@ -15,11 +15,9 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::{ClientContext, ConnectError, ReadOutcome, UpstreamStream, Upstreams};
+use super::{ClientContext, ConnectError, ReadOutcome, SystemMaskKeys, UpstreamStream, Upstreams};
 use crate::refuse::Refusal;
-use crate::ws::{
-    Event, Message, Outbox, Role, Session, SessionLimits, SessionState, UpgradeRequest,
-};
+use crate::ws::{Event, Message, Outbox, Session, SessionLimits, SessionState, UpgradeRequest};
 
 /// What the upstream side produced in one step, for the client side to act on.
 #[derive(Debug)]
@@ -74,7 +72,7 @@ impl Relay {
     ) -> Self {
         Self {
             stream,
-            session: Session::with_role(limits, Role::Client),
+            session: Session::client(limits, SystemMaskKeys),
             plaintext: BytesMut::new(),
             // What came with the 101 is read before any readiness wait.
             more: true,

@@ -69,13 +69,23 @@ const PROXY_SCENARIOS: &[Scenario] = &[Scenario::Proxy, Scenario::ProxyClosed];
 const WSSEDGE_PROXY: &str = "wssedge-proxy";
 const NGINX_PROXY: &str = "nginx-proxy";
 const DIRECT_BACKEND: &str = "direct-backend";
+/// The same two wssedge modes from another build (`--before REV|BINARY`), for a refactoring's
+/// before/after figures measured in one run on one host.
+const WSSEDGE_BEFORE: &str = "wssedge-before";
+const WSSEDGE_PROXY_BEFORE: &str = "wssedge-proxy-before";
 
-const PEERS: [PeerDef; 9] = [
+const PEERS: [PeerDef; 11] = [
     PeerDef {
         key: OURS,
         label: "wssedge (userspace TLS)",
         proto: "wss",
         scenarios: OURS_SCENARIOS,
+    },
+    PeerDef {
+        key: WSSEDGE_BEFORE,
+        label: "wssedge (before)",
+        proto: "wss",
+        scenarios: ALL_SCENARIOS,
     },
     PeerDef {
         key: "tungstenite",
@@ -110,6 +120,12 @@ const PEERS: [PeerDef; 9] = [
     PeerDef {
         key: WSSEDGE_PROXY,
         label: "wssedge-proxy (TLS) → echo-plain",
+        proto: "wss",
+        scenarios: PROXY_SCENARIOS,
+    },
+    PeerDef {
+        key: WSSEDGE_PROXY_BEFORE,
+        label: "wssedge-proxy (before) → echo-plain",
         proto: "wss",
         scenarios: PROXY_SCENARIOS,
     },
@@ -161,6 +177,13 @@ struct Opts {
     idle_hold: f64,
     peers: Vec<String>,
     scenarios: Vec<Scenario>,
+    /// `--before`: a wssedge binary, or a git revision to build one from.
+    before: Option<String>,
+}
+
+/// Peers that run only when `--before` names the other build.
+fn is_before_peer(key: &str) -> bool {
+    key == WSSEDGE_BEFORE || key == WSSEDGE_PROXY_BEFORE
 }
 
 fn list<T: std::str::FromStr>(flag: &str, v: &str) -> Result<Vec<T>> {
@@ -200,9 +223,15 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         storm_rate: if quick { 200.0 } else { 500.0 },
         idle_n: if quick { 2000 } else { 10000 },
         idle_hold: if quick { 1.0 } else { 4.0 },
-        peers: PEERS.iter().map(|p| p.key.to_string()).collect(),
+        peers: PEERS
+            .iter()
+            .filter(|p| !is_before_peer(p.key))
+            .map(|p| p.key.to_string())
+            .collect(),
         scenarios: Scenario::ALL.to_vec(),
+        before: None,
     };
+    let mut peers_given = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let (flag, inline) = match a.split_once('=') {
@@ -245,7 +274,9 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
                 o.closed_duration = d;
             }
             "--idle-connections" => o.idle_n = list(flag, &value()?)?[0],
+            "--before" => o.before = Some(value()?),
             "--peers" => {
+                peers_given = true;
                 let v: Vec<String> = list(flag, &value()?)?;
                 for p in &v {
                     if !PEERS.iter().any(|d| d.key == p) {
@@ -283,6 +314,15 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
     }
     if o.connections == 0 {
         bail!("--connections must be positive");
+    }
+    match (&o.before, peers_given) {
+        (Some(_), false) => {
+            o.peers = PEERS.iter().map(|p| p.key.to_string()).collect();
+        }
+        (None, _) if o.peers.iter().any(|p| is_before_peer(p)) => {
+            bail!("{WSSEDGE_BEFORE} and {WSSEDGE_PROXY_BEFORE} need --before REV|BINARY");
+        }
+        _ => {}
     }
     Ok(o)
 }
@@ -389,9 +429,19 @@ struct Ctx {
     taskset: bool,
     clk_tck: u64,
     nginx: Option<PathBuf>,
+    /// The `--before` build's wssedge binary.
+    before: Option<PathBuf>,
 }
 
 impl Ctx {
+    /// The wssedge binary a wssedge peer (this build's or the `--before` one) runs.
+    fn wssedge(&self, peer: &str) -> PathBuf {
+        match (&self.before, is_before_peer(peer)) {
+            (Some(b), true) => b.clone(),
+            _ => self.bin.join("wssedge"),
+        }
+    }
+
     /// A command pinned to `cpu` (via taskset, which execs: the PID stays the program's).
     fn pinned(&self, cpu: &str, program: &Path) -> Command {
         if self.taskset {
@@ -588,8 +638,8 @@ fn start_server(ctx: &Ctx, peer: &str, tag: &str) -> Result<Server> {
         }
     };
     match peer {
-        OURS => {
-            let mut c = ctx.pinned(SERVER_CPU, &ctx.bin.join("wssedge"));
+        OURS | WSSEDGE_BEFORE => {
+            let mut c = ctx.pinned(SERVER_CPU, &ctx.wssedge(peer));
             c.args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
                 .arg("--state-dir")
                 .arg(&ctx.state)
@@ -601,7 +651,7 @@ fn start_server(ctx: &Ctx, peer: &str, tag: &str) -> Result<Server> {
         "floor-tls" => single("floor-tls", peer_cmd("floor-tls", true)),
         "floor-tcp" => single("floor-tcp", peer_cmd("floor-tcp", false)),
         DIRECT_BACKEND => backend(),
-        WSSEDGE_PROXY => {
+        WSSEDGE_PROXY | WSSEDGE_PROXY_BEFORE => {
             let backend = backend()?;
             // The proxy-mode config of issue 7; port 0 = the listen line tells the port (no
             // race with other processes for a port picked in advance).
@@ -614,7 +664,7 @@ fn start_server(ctx: &Ctx, peer: &str, tag: &str) -> Result<Server> {
             let conf_path = ctx.logs.join(format!("{tag}.wssedge.toml"));
             std::fs::write(&conf_path, conf)?;
             // `cores = 1` under a CPU-0 mask: its one core runs on CPU 0.
-            let mut c = ctx.pinned(SERVER_CPU, &ctx.bin.join("wssedge"));
+            let mut c = ctx.pinned(SERVER_CPU, &ctx.wssedge(peer));
             c.arg("serve")
                 .arg("--config")
                 .arg(&conf_path)
@@ -906,6 +956,69 @@ fn build(env: &Env) -> Result<()> {
     Ok(())
 }
 
+/// The `--before` wssedge: `spec` is a binary, or a git revision built (release, in its own
+/// worktree and target directory under target/bench/) once per revision.
+fn before_binary(env: &Env, spec: &str) -> Result<PathBuf> {
+    let as_path = PathBuf::from(spec);
+    if as_path.is_file() {
+        return Ok(as_path);
+    }
+    let rev = sh(
+        "git",
+        &["rev-parse", "--verify", &format!("{spec}^{{commit}}")],
+        &env.root,
+    );
+    if rev.len() != 40 {
+        bail!("--before {spec:?} is neither a file nor a git revision of this repository");
+    }
+    let dir = env.target.join("bench").join("before");
+    let out = dir.join(format!("wssedge-{}", &rev[..12]));
+    if out.is_file() {
+        eprintln!("xtask: --before: reusing {}", out.display());
+        return Ok(out);
+    }
+    let src = dir.join("src");
+    if src.exists() {
+        let _ = Command::new("git")
+            .args(["worktree", "remove", "--force"])
+            .arg(&src)
+            .current_dir(&env.root)
+            .status();
+        let _ = std::fs::remove_dir_all(&src);
+    }
+    std::fs::create_dir_all(&dir)?;
+    let st = Command::new("git")
+        .args(["worktree", "add", "--detach"])
+        .arg(&src)
+        .arg(&rev)
+        .current_dir(&env.root)
+        .status()?;
+    if !st.success() {
+        bail!("git worktree add {} {rev} failed", src.display());
+    }
+    banner(&format!(
+        "bench: build the --before wssedge ({})",
+        &rev[..12]
+    ));
+    let target = dir.join("target");
+    let st = Command::new(&env.cargo)
+        .args(["build", "--release", "-p", "wssedge", "--bin", "wssedge"])
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(&src)
+        .stdin(Stdio::null())
+        .status()?;
+    let _ = Command::new("git")
+        .args(["worktree", "remove", "--force"])
+        .arg(&src)
+        .current_dir(&env.root)
+        .status();
+    if !st.success() {
+        bail!("building wssedge at {rev} failed");
+    }
+    std::fs::copy(target.join("release").join("wssedge"), &out)?;
+    Ok(out)
+}
+
 /// The binaries a peer needs, for a visible skip when one is missing.
 fn peer_bins(peer: &str) -> &'static [&'static str] {
     match peer {
@@ -916,6 +1029,9 @@ fn peer_bins(peer: &str) -> &'static [&'static str] {
         "floor-tls" => &["floor-tls"],
         "floor-tcp" => &["floor-tcp"],
         WSSEDGE_PROXY => &["wssedge", "echo-plain"],
+        // The before binary itself is checked where `--before` is resolved.
+        WSSEDGE_BEFORE => &[],
+        WSSEDGE_PROXY_BEFORE => &["echo-plain"],
         _ => &[],
     }
 }
@@ -1025,6 +1141,7 @@ fn environment(env: &Env, ctx: &Ctx) -> Value {
         "pinning": if ctx.taskset { format!("server CPU {SERVER_CPU}, ws:// backend CPU {BACKEND_CPU}, generator CPU {CLIENT_CPU} (taskset)") } else { "none (taskset unavailable)".into() },
         "tls": "wssedge: userspace TLS (kTLS not available here)",
         "nginx": ctx.nginx.as_ref().map(|p| nginx_version(p)),
+        "before_binary": ctx.before.as_ref().map(|p| p.display().to_string()),
     })
 }
 
@@ -1080,8 +1197,11 @@ pub fn run(args: &[String]) -> Result<bool> {
         eprintln!(
             "usage: cargo xtask bench [--quick] [--connections N] [--payload B,...] [--rates R,...] \
              [--proxy-rate R] [--duration S] [--no-build] [--peers {}] [--scenarios {}] \
-             [--idle-connections N]\n\
-             The proxy set alone: --scenarios proxy,proxy-closed",
+             [--idle-connections N] [--before REV|BINARY]\n\
+             The proxy set alone: --scenarios proxy,proxy-closed\n\
+             --before adds wssedge-before and wssedge-proxy-before: the same modes from another \
+             build (a binary, or a git revision built under target/bench/before/), and a \
+             before/after table",
             PEERS.iter().map(|p| p.key).collect::<Vec<_>>().join(","),
             Scenario::ALL.map(|s| s.name()).join(",")
         );
@@ -1104,6 +1224,10 @@ pub fn run(args: &[String]) -> Result<bool> {
         banner("bench: build");
         build(&env)?;
     }
+    let before = match &o.before {
+        Some(b) => Some(before_binary(&env, b)?),
+        None => None,
+    };
     let build_s = tb.elapsed().as_secs_f64();
     eprintln!("xtask: build took {build_s:.1} s");
 
@@ -1148,6 +1272,7 @@ pub fn run(args: &[String]) -> Result<bool> {
             && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2),
         clk_tck: procfs::clk_tck(),
         nginx,
+        before,
         env,
     };
     if !ctx.taskset {
@@ -1235,6 +1360,7 @@ pub fn run(args: &[String]) -> Result<bool> {
     }
     md.push_str(&report::markdown(&cells, &order, &label));
     md.push_str(&report::proxy_markdown(&cells, &label));
+    md.push_str(&report::before_after_markdown(&cells, &label));
 
     let mut plots = Vec::new();
     for g in groups.iter().filter(|g| g.scenario.is_open_loop()) {
@@ -1426,6 +1552,30 @@ mod tests {
         assert!(parse_opts(&s(&["--scenarios", "nope"])).is_err());
         assert!(parse_opts(&s(&["--rates"])).is_err());
         assert!(parse_opts(&s(&["--bogus"])).is_err());
+    }
+
+    #[test]
+    fn before_peers_run_only_with_a_before_build() {
+        let o = parse_opts(&s(&["--quick"])).unwrap();
+        assert!(!o.peers.iter().any(|p| is_before_peer(p)));
+        let o = parse_opts(&s(&["--before", "HEAD~1"])).unwrap();
+        assert_eq!(o.before.as_deref(), Some("HEAD~1"));
+        assert!(o.peers.iter().any(|p| p == WSSEDGE_BEFORE));
+        assert!(o.peers.iter().any(|p| p == WSSEDGE_PROXY_BEFORE));
+        let o = parse_opts(&s(&["--before=x", "--peers", "wssedge-before,wssedge"])).unwrap();
+        assert_eq!(o.peers, vec![OURS, WSSEDGE_BEFORE]);
+        assert!(parse_opts(&s(&["--peers", "wssedge,wssedge-before"])).is_err());
+        // The echo-mode copy runs the echo scenarios, the proxy copy the proxy set.
+        let o = parse_opts(&s(&["--before", "x", "--scenarios", "rate,proxy"])).unwrap();
+        let groups = plan(&o);
+        assert!(groups
+            .iter()
+            .filter(|g| g.scenario == Scenario::Rate)
+            .all(|g| g.peers.iter().any(|p| p == WSSEDGE_BEFORE)));
+        assert!(groups
+            .iter()
+            .filter(|g| g.scenario == Scenario::Proxy)
+            .all(|g| g.peers.iter().any(|p| p == WSSEDGE_PROXY_BEFORE)));
     }
 
     #[test]

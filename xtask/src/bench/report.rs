@@ -5,14 +5,91 @@ use std::fmt::Write as _;
 use serde_json::{json, Value};
 
 use super::results::{ratio_text, Cell, Flag, Scenario};
-use super::{DIRECT_BACKEND, NGINX_PROXY, WSSEDGE_PROXY};
+use super::{DIRECT_BACKEND, NGINX_PROXY, WSSEDGE_BEFORE, WSSEDGE_PROXY, WSSEDGE_PROXY_BEFORE};
 
 /// The peer every ratio is taken against.
 pub const OURS: &str = "wssedge";
 
 /// Row order of the proxy tables: the baseline, the reference without an upstream, the two
 /// proxies (the ratios there are wssedge-proxy / nginx-proxy).
-pub const PROXY_ORDER: [&str; 4] = [DIRECT_BACKEND, OURS, WSSEDGE_PROXY, NGINX_PROXY];
+pub const PROXY_ORDER: [&str; 5] = [
+    DIRECT_BACKEND,
+    OURS,
+    WSSEDGE_PROXY,
+    WSSEDGE_PROXY_BEFORE,
+    NGINX_PROXY,
+];
+
+/// The before/after table of a `--before` run: each wssedge mode against the same mode of the
+/// other build, cell by cell (after / before: below 1 = this build cheaper or faster).
+pub fn before_after_markdown(cells: &[Cell], label: &dyn Fn(&str) -> String) -> String {
+    let pairs = [
+        (OURS, WSSEDGE_BEFORE),
+        (WSSEDGE_PROXY, WSSEDGE_PROXY_BEFORE),
+    ];
+    let mut rows = Vec::new();
+    for s in Scenario::ALL {
+        for g in groups(cells, s) {
+            for (now, then) in pairs {
+                let find = |p: &str| g.iter().copied().find(|c| c.peer == p);
+                let (Some(a), Some(b)) = (find(now), find(then)) else {
+                    continue;
+                };
+                let cpu = |c: &Cell| {
+                    if s.is_proxy() {
+                        c.fine_cpu_us_per_msg()
+                    } else {
+                        c.cpu_us_per_msg()
+                    }
+                };
+                let p99 = |c: &Cell| c.gen.as_ref().map(|g| g.latency_us.p99);
+                let ratio =
+                    |m: &dyn Fn(&Cell) -> Option<f64>| match (a.flag(), b.flag(), m(a), m(b)) {
+                        (None, None, Some(x), Some(y)) if y > 0.0 => fmt_num(x / y),
+                        _ => "n/a".into(),
+                    };
+                let what = match (a.rate, a.depth) {
+                    (Some(r), _) => format!("{} msg/s", fmt_num(r)),
+                    (None, Some(d)) => format!("depth {d}"),
+                    _ => format!("{} conns", a.connections),
+                };
+                rows.push(format!(
+                    "| {} | {} B, {what} | {} | {} | {} | {} | {} | {} |",
+                    s.name(),
+                    a.payload,
+                    label(now),
+                    opt(cpu(b)),
+                    opt(cpu(a)),
+                    ratio(&cpu),
+                    ratio(&p99),
+                    [note(a), note(b)]
+                        .iter()
+                        .filter(|n| !n.is_empty())
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                ));
+            }
+        }
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "## before / after: this build against the `--before` build\n\n\
+         Same cells, same run, alternating order. Ratios are this build / before (below 1 = \
+         this build cheaper or faster); CPU is the server's (the proxy's alone in the proxy \
+         scenarios).\n\n\
+         | scenario | cell | mode | before CPU µs/msg | after CPU µs/msg | CPU after/before | p99 after/before | note |\n\
+         |---|---|---|---:|---:|---:|---:|---|\n",
+    );
+    for r in rows {
+        md.push_str(&r);
+        md.push('\n');
+    }
+    md.push('\n');
+    md
+}
 
 /// A number with a sensible number of digits.
 pub fn fmt_num(v: f64) -> String {
@@ -852,5 +929,37 @@ mod tests {
         assert_eq!(fmt_num(12.34), "12.3");
         assert_eq!(fmt_num(1.234), "1.23");
         assert_eq!(fmt_num(f64::NAN), "n/a");
+    }
+
+    #[test]
+    fn before_after_pairs_each_mode_with_its_other_build() {
+        use Scenario::Proxy;
+        let label = |p: &str| p.to_string();
+        assert_eq!(
+            before_after_markdown(&[rate_cell(OURS, 0.04, 100.0, 0.3)], &label),
+            ""
+        );
+        let cells = vec![
+            rate_cell(WSSEDGE_BEFORE, 0.05, 200.0, 0.3),
+            rate_cell(OURS, 0.04, 100.0, 0.3),
+            rate_cell("tungstenite", 0.08, 300.0, 0.3),
+            proxy_cell(Proxy, WSSEDGE_PROXY, 0.04, Some(0.02), 80.0, 150.0),
+            proxy_cell(Proxy, WSSEDGE_PROXY_BEFORE, 0.05, Some(0.02), 80.0, 300.0),
+        ];
+        let md = before_after_markdown(&cells, &label);
+        let rows: Vec<&str> = md
+            .lines()
+            .filter(|l| l.starts_with("| rate") || l.starts_with("| proxy"))
+            .collect();
+        assert_eq!(rows.len(), 2, "{md}");
+        // 0.04 / 0.05 of CPU, 100 / 200 of p99.
+        assert!(
+            rows[0].contains("| wssedge |") && rows[0].contains("| 0.80 | 0.50 |"),
+            "{md}"
+        );
+        assert!(
+            rows[1].contains("| wssedge-proxy |") && rows[1].contains("| 0.80 | 0.50 |"),
+            "{md}"
+        );
     }
 }

@@ -116,3 +116,11 @@ pub(super) fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(2));
     }
 }
+
+#[test]
+fn token_hash_is_hex_sha256() {
+    assert_eq!(
+        crate::audit::token_sha256(b"abc"),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+}

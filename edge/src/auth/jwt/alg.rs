@@ -4,8 +4,6 @@
 //! [`KeyFamily`], and an algorithm is only ever paired with keys of its own family. The HMAC
 //! family has exactly one member, the `hs_secret_file`; no public key is ever bytes to an HMAC.
 
-use aws_lc_rs::{hmac, signature};
-
 /// A supported JWS `alg`. `none` is deliberately not a variant: it cannot be allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Alg {
@@ -128,16 +126,6 @@ impl Alg {
         }
     }
 
-    /// The HMAC algorithm, for the HS family only.
-    pub fn hmac(self) -> Option<hmac::Algorithm> {
-        match self {
-            Alg::Hs256 => Some(hmac::HMAC_SHA256),
-            Alg::Hs384 => Some(hmac::HMAC_SHA384),
-            Alg::Hs512 => Some(hmac::HMAC_SHA512),
-            _ => None,
-        }
-    }
-
     /// RFC 7518 §3.2: an HMAC key must be at least as long as the hash output.
     pub fn min_hmac_secret_bytes(self) -> usize {
         match self {
@@ -147,21 +135,23 @@ impl Alg {
         }
     }
 
-    /// The aws-lc-rs verification algorithm, for the public-key families only. ECDSA uses the
-    /// fixed-size `r || s` encoding JWS mandates (RFC 7518 §3.4), never ASN.1 DER.
-    pub fn public_key_algorithm(self) -> Option<&'static dyn signature::VerificationAlgorithm> {
-        Some(match self {
-            Alg::Rs256 => &signature::RSA_PKCS1_2048_8192_SHA256,
-            Alg::Rs384 => &signature::RSA_PKCS1_2048_8192_SHA384,
-            Alg::Rs512 => &signature::RSA_PKCS1_2048_8192_SHA512,
-            Alg::Ps256 => &signature::RSA_PSS_2048_8192_SHA256,
-            Alg::Ps384 => &signature::RSA_PSS_2048_8192_SHA384,
-            Alg::Ps512 => &signature::RSA_PSS_2048_8192_SHA512,
-            Alg::Es256 => &signature::ECDSA_P256_SHA256_FIXED,
-            Alg::Es384 => &signature::ECDSA_P384_SHA384_FIXED,
-            Alg::EdDsa => &signature::ED25519,
-            Alg::Hs256 | Alg::Hs384 | Alg::Hs512 => return None,
-        })
+    /// The same algorithm in jsonwebtoken, which verifies the signature.
+    pub fn jws(self) -> jsonwebtoken::Algorithm {
+        use jsonwebtoken::Algorithm as J;
+        match self {
+            Alg::Hs256 => J::HS256,
+            Alg::Hs384 => J::HS384,
+            Alg::Hs512 => J::HS512,
+            Alg::Rs256 => J::RS256,
+            Alg::Rs384 => J::RS384,
+            Alg::Rs512 => J::RS512,
+            Alg::Ps256 => J::PS256,
+            Alg::Ps384 => J::PS384,
+            Alg::Ps512 => J::PS512,
+            Alg::Es256 => J::ES256,
+            Alg::Es384 => J::ES384,
+            Alg::EdDsa => J::EdDSA,
+        }
     }
 }
 
@@ -193,11 +183,26 @@ mod tests {
 
     #[test]
     fn every_alg_has_exactly_one_kind_of_verifier() {
+        use jsonwebtoken::AlgorithmFamily as J;
         for a in Alg::ALL {
-            let hmac = a.hmac().is_some();
-            let public = a.public_key_algorithm().is_some();
-            assert!(hmac ^ public, "{a}");
-            assert_eq!(hmac, a.family() == KeyFamily::Hmac, "{a}");
+            // The library's family for the algorithm is the one our keys are bound by, so it
+            // refuses any key of another family as well.
+            let library = match a.family() {
+                KeyFamily::Hmac => J::Hmac,
+                KeyFamily::Rsa => J::Rsa,
+                KeyFamily::EcP256 | KeyFamily::EcP384 => J::Ec,
+                KeyFamily::Ed25519 => J::Ed,
+            };
+            let in_family: Vec<_> = [J::Hmac, J::Rsa, J::Ec, J::Ed]
+                .into_iter()
+                .filter(|f| f.algorithms().contains(&a.jws()))
+                .collect();
+            assert_eq!(in_family, vec![library], "{a}");
+            assert_eq!(
+                a.name().parse::<jsonwebtoken::Algorithm>().ok(),
+                Some(a.jws()),
+                "{a}"
+            );
         }
     }
 }

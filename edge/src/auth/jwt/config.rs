@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::alg::{self, Alg};
+use super::alg::{self, Alg, KeyFamily};
 use crate::config::ConfigError;
 
 /// Where a bearer token may be taken from in the upgrade request.
@@ -166,7 +166,7 @@ impl JwtConfig {
         }
         if let Some(algs) = self.parsed_algorithms()? {
             for a in algs {
-                let hs = a.hmac().is_some();
+                let hs = a.family() == KeyFamily::Hmac;
                 if hs && self.hs_secret_file.is_none() {
                     return Err(ConfigError::invalid(
                         "jwt.algorithms",

@@ -85,11 +85,11 @@ fn key(jwk: &Map<String, Value>, origin: &str) -> Result<KeySpec, String> {
             return Err("\"key_ops\" does not include \"verify\"".into());
         }
     }
-    let (family, bytes) = match kty {
+    let (family, key) = match kty {
         "RSA" => {
             let n = b64(jwk, "n")?;
             let e = b64(jwk, "e")?;
-            (KeyFamily::Rsa, keys::rsa_from_components(&n, &e)?)
+            (KeyFamily::Rsa, keys::rsa_key(&n, &e)?)
         }
         "EC" => {
             let (family, size) = match string(jwk, "crv")?.ok_or("no \"crv\"")? {
@@ -106,15 +106,17 @@ fn key(jwk: &Map<String, Value>, origin: &str) -> Result<KeySpec, String> {
             point.push(0x04);
             point.extend_from_slice(&x);
             point.extend_from_slice(&y);
-            (family, point)
+            (family, keys::point_key(family, &point)?)
         }
         "OKP" => match string(jwk, "crv")?.ok_or("no \"crv\"")? {
-            "Ed25519" => (KeyFamily::Ed25519, b64(jwk, "x")?),
+            "Ed25519" => (
+                KeyFamily::Ed25519,
+                keys::point_key(KeyFamily::Ed25519, &b64(jwk, "x")?)?,
+            ),
             crv => return Err(format!("OKP curve {crv} is not supported; use Ed25519")),
         },
         kty => return Err(format!("kty {kty} is not supported; use RSA, EC or OKP")),
     };
-    keys::check_public_key(family, &bytes)?;
     let alg = match string(jwk, "alg")? {
         None => None,
         Some(name) => {
@@ -128,7 +130,7 @@ fn key(jwk: &Map<String, Value>, origin: &str) -> Result<KeySpec, String> {
     Ok(KeySpec {
         kid: kid.to_owned(),
         family,
-        bytes,
+        key,
         alg,
         config_key: "jwt.jwks",
         origin: origin.to_owned(),

@@ -1,11 +1,14 @@
-//! Key material: PEM public keys and the HMAC secret file, normalised to the bytes aws-lc-rs
-//! verifies with. A key gets its [`KeyFamily`] here, once, from what the key *is* (the SPKI
-//! algorithm and curve), never from what a token claims.
+//! Key material: PEM public keys and the HMAC secret file, made into jsonwebtoken
+//! [`DecodingKey`]s. A key gets its [`KeyFamily`] here, once, from what the key *is* (the SPKI
+//! algorithm and curve), never from what a token claims; and aws-lc-rs parses it here, once,
+//! so that a bad key fails at start with the file's name.
 
 use std::io::Read as _;
 use std::path::Path;
 
-use aws_lc_rs::signature::ParsedPublicKey;
+use aws_lc_rs::encoding::AsDer as _;
+use aws_lc_rs::signature::{self, ParsedPublicKey, RsaPublicKeyComponents};
+use jsonwebtoken::DecodingKey;
 use x509_parser::oid_registry::{
     OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
     OID_SIG_ED25519,
@@ -15,8 +18,6 @@ use x509_parser::public_key::RSAPublicKey;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
 use super::alg::{Alg, KeyFamily};
-use super::der;
-use super::pem;
 use crate::config::ConfigError;
 
 /// RSA moduli aws-lc-rs verifies (and RFC 7518 §3.3 asks at least 2048 of).
@@ -32,9 +33,9 @@ const HS_SECRET_BYTES: std::ops::RangeInclusive<usize> = 32..=4096;
 pub struct KeySpec {
     pub kid: String,
     pub family: KeyFamily,
-    /// RSA: PKCS#1 `RSAPublicKey` DER. EC: the uncompressed SEC1 point. Ed25519: the 32 raw
-    /// bytes. HMAC: the secret.
-    pub bytes: Vec<u8>,
+    /// What jsonwebtoken verifies with: the secret, RSA `n` and `e`, the uncompressed EC point
+    /// or the 32 Ed25519 bytes.
+    pub key: DecodingKey,
     /// The only `alg` this key may verify (a JWKS key's `alg`), if restricted.
     pub alg: Option<Alg>,
     /// Where it came from, for error messages: "jwt.keys", "jwt.jwks", "jwt.hs_secret_file".
@@ -51,6 +52,13 @@ impl std::fmt::Debug for KeySpec {
             .field("alg", &self.alg)
             .field("origin", &self.origin)
             .finish_non_exhaustive()
+    }
+}
+
+impl KeySpec {
+    /// The HMAC secret's length (RFC 7518 §3.2 sizes the HS algorithms by it); 0 for others.
+    pub fn secret_len(&self) -> usize {
+        self.key.try_get_hmac_secret().map_or(0, <[u8]>::len)
     }
 }
 
@@ -80,24 +88,11 @@ pub fn load_pem_key(path: &Path) -> Result<KeySpec, ConfigError> {
     let kid = kid_from_path(path)
         .ok_or_else(|| fail("the file stem is the kid and must be non-empty UTF-8".into()))?;
     let bytes = read_capped(path, MAX_KEY_FILE_BYTES).map_err(fail)?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| fail("not a PEM text file".into()))?;
-    let blocks = pem::parse(text).map_err(fail)?;
-    let block = match blocks.as_slice() {
-        [one] => one,
-        [] => {
-            return Err(fail(
-                "no PEM block; expected -----BEGIN PUBLIC KEY-----".into(),
-            ))
-        }
-        _ => {
-            return Err(fail(
-                "more than one PEM block; put one key per file (the file stem is its kid)".into(),
-            ))
-        }
-    };
-    let (family, key_bytes) = match block.label.as_str() {
-        "PUBLIC KEY" => spki(&block.der),
-        "RSA PUBLIC KEY" => pkcs1_rsa(&block.der),
+    std::str::from_utf8(&bytes).map_err(|_| fail("not a PEM text file".into()))?;
+    let block = one_pem_block(&bytes).map_err(fail)?;
+    let (family, key) = match block.tag() {
+        "PUBLIC KEY" => spki(block.contents()),
+        "RSA PUBLIC KEY" => pkcs1_rsa(block.contents()),
         label if label.contains("PRIVATE") => Err(format!(
             "this is a {label}; give the public key (openssl pkey -in KEY -pubout)"
         )),
@@ -110,19 +105,37 @@ pub fn load_pem_key(path: &Path) -> Result<KeySpec, ConfigError> {
         )),
     }
     .map_err(fail)?;
-    check_public_key(family, &key_bytes).map_err(fail)?;
     Ok(KeySpec {
         kid,
         family,
-        bytes: key_bytes,
+        key,
         alg: None,
         config_key: "jwt.keys",
         origin: path.display().to_string(),
     })
 }
 
+/// The one PEM block of a key file (RFC 7468). Text around it is allowed (§2 permits
+/// explanatory text); PEM headers are not.
+fn one_pem_block(bytes: &[u8]) -> Result<pem::Pem, String> {
+    let mut blocks = pem::parse_many(bytes).map_err(|e| format!("not a PEM file: {e}"))?;
+    let block = match blocks.len() {
+        1 => blocks.remove(0),
+        0 => return Err("no PEM block; expected -----BEGIN PUBLIC KEY-----".into()),
+        _ => {
+            return Err(
+                "more than one PEM block; put one key per file (the file stem is its kid)".into(),
+            )
+        }
+    };
+    if block.headers().iter().next().is_some() {
+        return Err("PEM headers (encrypted or legacy PEM) are not supported".into());
+    }
+    Ok(block)
+}
+
 /// Classifies a DER SubjectPublicKeyInfo by its algorithm OID (and curve).
-pub fn spki(der_bytes: &[u8]) -> Result<(KeyFamily, Vec<u8>), String> {
+pub fn spki(der_bytes: &[u8]) -> Result<(KeyFamily, DecodingKey), String> {
     let (rest, info) = SubjectPublicKeyInfo::from_der(der_bytes)
         .map_err(|_| "not a DER SubjectPublicKeyInfo".to_owned())?;
     if !rest.is_empty() {
@@ -148,9 +161,9 @@ pub fn spki(der_bytes: &[u8]) -> Result<(KeyFamily, Vec<u8>), String> {
                 "EC curve {curve} is not supported; use P-256 (ES256) or P-384 (ES384)"
             ));
         };
-        Ok((family, key.to_vec()))
+        Ok((family, point_key(family, key)?))
     } else if *oid == OID_SIG_ED25519 {
-        Ok((KeyFamily::Ed25519, key.to_vec()))
+        Ok((KeyFamily::Ed25519, point_key(KeyFamily::Ed25519, key)?))
     } else {
         Err(format!(
             "key algorithm {oid} is not supported; use RSA, EC P-256/P-384 or Ed25519"
@@ -158,22 +171,21 @@ pub fn spki(der_bytes: &[u8]) -> Result<(KeyFamily, Vec<u8>), String> {
     }
 }
 
-/// A PKCS#1 `RSAPublicKey`, re-encoded canonically through [`rsa_from_components`].
-fn pkcs1_rsa(der_bytes: &[u8]) -> Result<(KeyFamily, Vec<u8>), String> {
+/// A PKCS#1 `RSAPublicKey`, checked through [`rsa_key`] like a JWK's `n` and `e`.
+fn pkcs1_rsa(der_bytes: &[u8]) -> Result<(KeyFamily, DecodingKey), String> {
     let (rest, key) =
         RSAPublicKey::from_der(der_bytes).map_err(|_| "not a DER RSAPublicKey".to_owned())?;
     if !rest.is_empty() {
         return Err("trailing bytes after the RSAPublicKey".into());
     }
-    Ok((
-        KeyFamily::Rsa,
-        rsa_from_components(key.modulus, key.exponent)?,
-    ))
+    Ok((KeyFamily::Rsa, rsa_key(key.modulus, key.exponent)?))
 }
 
-/// PKCS#1 DER from `n` and `e`, refusing sizes aws-lc-rs would refuse at every verify.
-pub fn rsa_from_components(n: &[u8], e: &[u8]) -> Result<Vec<u8>, String> {
-    let bits = der::bit_len(n);
+/// An RSA key from its unsigned big-endian `n` and `e`, refusing what aws-lc-rs would refuse
+/// at every verify: every RSA key, from PEM or JWKS, goes through here.
+pub fn rsa_key(n: &[u8], e: &[u8]) -> Result<DecodingKey, String> {
+    let n = strip_leading_zeros(n);
+    let bits = bit_len(n);
     if !RSA_BITS.contains(&bits) {
         return Err(format!(
             "RSA modulus of {bits} bits; {}..={} bits are accepted",
@@ -181,38 +193,69 @@ pub fn rsa_from_components(n: &[u8], e: &[u8]) -> Result<Vec<u8>, String> {
             RSA_BITS.end()
         ));
     }
-    let e = der::strip_leading_zeros(e);
+    let e = strip_leading_zeros(e);
     if e.is_empty() || e.len() > 8 || e[e.len() - 1] & 1 == 0 || e == [1] {
         return Err("RSA public exponent must be odd, above 1 and fit 64 bits".into());
     }
-    Ok(der::rsa_public_key(n, e))
+    // Parsed back from its DER, as a key file would be, so aws-lc-rs checks it whole.
+    let components = RsaPublicKeyComponents { n, e };
+    components
+        .as_der()
+        .map_err(|e| format!("aws-lc-rs refuses the key: {e}"))
+        .and_then(|der| {
+            ParsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, der.as_ref())
+                .map_err(|e| format!("aws-lc-rs refuses the key: {e}"))
+        })?;
+    Ok(DecodingKey::from_rsa_raw_components(n, e))
 }
 
-/// Parses the key as aws-lc-rs will, so that a bad point or modulus fails at start with the
-/// file's name rather than as `bad_signature` on every token.
-pub fn check_public_key(family: KeyFamily, bytes: &[u8]) -> Result<(), String> {
-    let Some(alg) = family
-        .default_algs()
-        .first()
-        .and_then(|a| a.public_key_algorithm())
-    else {
-        return Err("not a public key".into());
-    };
-    match family {
-        KeyFamily::Ed25519 if bytes.len() != 32 => {
-            return Err("Ed25519 public key must be 32 bytes".into())
-        }
-        KeyFamily::EcP256 if bytes.len() != 65 => {
-            return Err("P-256 public key must be an uncompressed point (65 bytes)".into())
-        }
-        KeyFamily::EcP384 if bytes.len() != 97 => {
-            return Err("P-384 public key must be an uncompressed point (97 bytes)".into())
-        }
-        _ => {}
+/// An EC public key (the uncompressed SEC1 point) or an Ed25519 key (its 32 bytes), parsed
+/// as aws-lc-rs will, so that a bad point fails at start rather than as `bad_signature` on
+/// every token.
+pub fn point_key(family: KeyFamily, bytes: &[u8]) -> Result<DecodingKey, String> {
+    let (algorithm, len, wrong_len): (&'static dyn signature::VerificationAlgorithm, _, _) =
+        match family {
+            KeyFamily::Ed25519 => (
+                &signature::ED25519,
+                32,
+                "Ed25519 public key must be 32 bytes",
+            ),
+            KeyFamily::EcP256 => (
+                &signature::ECDSA_P256_SHA256_FIXED,
+                65,
+                "P-256 public key must be an uncompressed point (65 bytes)",
+            ),
+            KeyFamily::EcP384 => (
+                &signature::ECDSA_P384_SHA384_FIXED,
+                97,
+                "P-384 public key must be an uncompressed point (97 bytes)",
+            ),
+            KeyFamily::Rsa | KeyFamily::Hmac => return Err("not a point key".into()),
+        };
+    if bytes.len() != len {
+        return Err(wrong_len.into());
     }
-    ParsedPublicKey::new(alg, bytes)
-        .map(|_| ())
-        .map_err(|e| format!("aws-lc-rs refuses the key: {e}"))
+    ParsedPublicKey::new(algorithm, bytes)
+        .map_err(|e| format!("aws-lc-rs refuses the key: {e}"))?;
+    Ok(match family {
+        KeyFamily::Ed25519 => DecodingKey::from_ed_der(bytes),
+        _ => DecodingKey::from_ec_der(bytes),
+    })
+}
+
+/// Big-endian unsigned bytes without leading zeros (JWK allows none; DER parsers may give one).
+fn strip_leading_zeros(b: &[u8]) -> &[u8] {
+    let first = b.iter().position(|&x| x != 0).unwrap_or(b.len());
+    &b[first..]
+}
+
+/// The bit length of an unsigned big-endian integer.
+fn bit_len(b: &[u8]) -> usize {
+    let b = strip_leading_zeros(b);
+    match b.first() {
+        None => 0,
+        Some(&top) => b.len() * 8 - top.leading_zeros() as usize,
+    }
 }
 
 /// The HMAC secret file: its raw bytes, 32..=4096 of them, readable by its owner only (the
@@ -246,9 +289,44 @@ pub fn load_hs_secret(path: &Path) -> Result<KeySpec, ConfigError> {
     Ok(KeySpec {
         kid,
         family: KeyFamily::Hmac,
-        bytes,
+        key: DecodingKey::from_secret(&bytes),
         alg: None,
         config_key: "jwt.hs_secret_file",
         origin: path.display().to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_block_with_surrounding_text() {
+        let text = "comment\n-----BEGIN PUBLIC KEY-----\nAAEC\nAw==\n-----END PUBLIC KEY-----\n";
+        let b = one_pem_block(text.as_bytes()).unwrap();
+        assert_eq!(b.tag(), "PUBLIC KEY");
+        assert_eq!(b.contents(), &[0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn broken_envelopes_are_refused() {
+        for text in [
+            "-----BEGIN PUBLIC KEY-----\nAAEC\n",
+            "-----BEGIN PUBLIC KEY-----\nAAEC\n-----END PRIVATE KEY-----\n",
+            "-----BEGIN PUBLIC KEY-----\n!!!!\n-----END PUBLIC KEY-----\n",
+            "-----END PUBLIC KEY-----\n",
+            "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n-----END RSA PRIVATE KEY-----\n",
+            "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n\nAAEC\n-----END RSA PRIVATE KEY-----\n",
+        ] {
+            assert!(one_pem_block(text.as_bytes()).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn rsa_integers_are_measured_without_leading_zeros() {
+        assert_eq!(bit_len(&[0xC0; 256]), 2048);
+        assert_eq!(bit_len(&[0, 0, 1]), 1);
+        assert_eq!(bit_len(&[]), 0);
+        assert_eq!(strip_leading_zeros(&[0, 0x81]), &[0x81]);
+    }
 }

@@ -1,12 +1,17 @@
-//! JSON Web Tokens at the upgrade: compact JWS (RFC 7515) verified on aws-lc-rs, claims per
-//! RFC 7519, written here rather than taken from a JWT crate so that every refusal is ours to
-//! choose and to name.
+//! JSON Web Tokens at the upgrade: compact JWS (RFC 7515), claims per RFC 7519. Signatures
+//! are verified by the `jsonwebtoken` crate on aws-lc-rs; what it cannot tell apart or is
+//! lenient about stays here, so that every refusal is ours to choose and to name: the header
+//! (`alg: none` in any case and unknown algorithms told apart from garbage, `crit`, `typ`,
+//! duplicate members, the RFC 9864 `Ed25519` name), key selection by `kid` with the key
+//! family barrier, and every claim rule (its `exp` leeway, fractional dates, `iat`, `aud`
+//! lists, identifiers, lifetime, scopes).
 //!
 //! - [`config`]: the `[jwt]` section and its static validation.
 //! - [`alg`]: the algorithms and the key family each one may use (the confusion barrier).
-//! - [`keys`], [`pem`], [`jwks`], [`der`]: key material from PEM files, a JWKS file and the
-//!   HMAC secret file, normalised to what aws-lc-rs verifies with.
-//! - [`compact`]: strict parsing of `header.payload.signature`.
+//! - [`keys`], [`jwks`]: key material from PEM files (the `pem` crate reads the envelope), a
+//!   JWKS file and the HMAC secret file, checked by aws-lc-rs and made into
+//!   `jsonwebtoken::DecodingKey`s.
+//! - [`compact`]: strict parsing of `header.payload.signature` and the header policy.
 //! - [`claims`]: time, issuer, audience, required claims, lifetime, `jti`, scopes.
 //! - [`verifier`]: [`JwtVerifier`], which ties them together.
 //! - [`extract`]: where the token is found in the upgrade request.
@@ -17,11 +22,9 @@ pub mod alg;
 pub mod claims;
 pub mod compact;
 pub mod config;
-pub mod der;
 pub mod extract;
 pub mod jwks;
 pub mod keys;
-pub mod pem;
 pub mod refusal;
 pub mod scope;
 pub mod verifier;

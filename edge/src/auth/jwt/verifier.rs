@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 
-use aws_lc_rs::{digest, hmac, signature::ParsedPublicKey};
+use aws_lc_rs::digest;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::DecodingKey;
 use serde_json::{Map, Value};
 
 use super::alg::{Alg, KeyFamily};
@@ -37,28 +39,13 @@ pub struct VerifiedToken {
     pub claims: Map<String, Value>,
 }
 
-/// One configured key, ready to verify each algorithm it is allowed for.
+/// One configured key and the allowed algorithms it may verify. Only algorithms of the key's
+/// own family are ever listed (see `bind`), which is what makes an RSA key's bytes unusable
+/// as an HMAC secret; jsonwebtoken refuses a key of another family as well.
 struct BoundKey {
     kid: String,
-    verifiers: Vec<(Alg, KeyVerifier)>,
-}
-
-/// Each variant can only be built for its own family (see `bind`), which is what makes an
-/// RSA key's bytes unusable as an HMAC secret.
-enum KeyVerifier {
-    // Boxed: an HMAC key holds its precomputed state (over a kilobyte).
-    Hmac(Box<hmac::Key>),
-    Public(ParsedPublicKey),
-}
-
-impl KeyVerifier {
-    fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
-        match self {
-            // Constant-time comparison inside aws-lc-rs.
-            KeyVerifier::Hmac(key) => hmac::verify(key, message, signature).is_ok(),
-            KeyVerifier::Public(key) => key.verify_sig(message, signature).is_ok(),
-        }
-    }
+    algs: Vec<Alg>,
+    key: DecodingKey,
 }
 
 /// Verifies bearer tokens against the `[jwt]` configuration. Built once at start (and on
@@ -133,9 +120,7 @@ impl JwtVerifier {
             bound.push(bind(s, &allowed)?);
         }
         for &a in &allowed {
-            let usable = bound
-                .iter()
-                .any(|k| k.verifiers.iter().any(|(b, _)| *b == a));
+            let usable = bound.iter().any(|k| k.algs.contains(&a));
             if !usable {
                 let reason = match a.family() {
                     KeyFamily::Hmac => format!(
@@ -175,11 +160,21 @@ impl JwtVerifier {
         if !self.allowed.contains(&parts.alg) {
             return Err(JwtRefusal::AlgNotAllowed(Some(parts.alg)));
         }
-        let (kid, verifier) = self.key_for(parts.alg, parts.kid.as_deref())?;
-        let signature = compact::decode(parts.signature_b64)
-            .ok_or(JwtRefusal::Malformed("signature is not base64url"))?;
-        if !verifier.verify(parts.signing_input.as_bytes(), &signature) {
-            return Err(JwtRefusal::BadSignature);
+        let (kid, key) = self.key_for(parts.alg, parts.kid.as_deref())?;
+        let verified = jsonwebtoken::crypto::verify(
+            parts.signature_b64,
+            parts.signing_input.as_bytes(),
+            key,
+            parts.alg.jws(),
+        );
+        match verified {
+            Ok(true) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::Base64(_)) => {
+                return Err(JwtRefusal::Malformed("signature is not base64url"))
+            }
+            // `bind` pairs keys with their own family's algorithms, so an error here is not
+            // one the token can be told apart by: it does not verify.
+            Ok(false) | Err(_) => return Err(JwtRefusal::BadSignature),
         }
         let payload = compact::decode(parts.payload_b64)
             .ok_or(JwtRefusal::Malformed("payload is not base64url"))?;
@@ -201,9 +196,9 @@ impl JwtVerifier {
     }
 
     /// The key for `alg`: the one named by `kid`, or without a kid the only key that fits.
-    fn key_for(&self, alg: Alg, kid: Option<&str>) -> Result<(&str, &KeyVerifier), JwtRefusal> {
-        fn find(k: &BoundKey, alg: Alg) -> Option<&KeyVerifier> {
-            k.verifiers.iter().find(|(a, _)| *a == alg).map(|(_, v)| v)
+    fn key_for(&self, alg: Alg, kid: Option<&str>) -> Result<(&str, &DecodingKey), JwtRefusal> {
+        fn find(k: &BoundKey, alg: Alg) -> Option<&DecodingKey> {
+            k.algs.contains(&alg).then_some(&k.key)
         }
         match kid {
             Some(kid) => {
@@ -342,38 +337,22 @@ fn derive_algs(specs: &[KeySpec]) -> Vec<Alg> {
 fn fits(s: &KeySpec, a: Alg) -> bool {
     a.family() == s.family
         && s.alg.is_none_or(|only| only == a)
-        && (s.family != KeyFamily::Hmac || s.bytes.len() >= a.min_hmac_secret_bytes())
+        && (s.family != KeyFamily::Hmac || s.secret_len() >= a.min_hmac_secret_bytes())
 }
 
-/// Builds the verifiers of one key for the allowed algorithms it fits.
+/// Binds one key to the allowed algorithms it fits.
 fn bind(s: &KeySpec, allowed: &[Alg]) -> Result<BoundKey, ConfigError> {
-    let mut verifiers = Vec::new();
-    for &a in allowed.iter().filter(|&&a| fits(s, a)) {
-        let v = match (s.family, a.hmac(), a.public_key_algorithm()) {
-            (KeyFamily::Hmac, Some(h), _) => {
-                KeyVerifier::Hmac(Box::new(hmac::Key::new(h, &s.bytes)))
-            }
-            (family, None, Some(p)) if family != KeyFamily::Hmac => {
-                let key = ParsedPublicKey::new(p, &s.bytes).map_err(|e| {
-                    ConfigError::invalid(s.config_key, &s.origin, format!("key {:?}: {e}", s.kid))
-                })?;
-                KeyVerifier::Public(key)
-            }
-            // `fits` pairs families with their own algorithms only.
-            _ => continue,
-        };
-        verifiers.push((a, v));
-    }
-    if verifiers.is_empty() {
+    let algs: Vec<Alg> = allowed.iter().copied().filter(|&a| fits(s, a)).collect();
+    if algs.is_empty() {
         let names: Vec<&str> = allowed.iter().map(|a| a.name()).collect();
-        if s.family == KeyFamily::Hmac && allowed.iter().any(|a| a.hmac().is_some()) {
+        if s.family == KeyFamily::Hmac && allowed.iter().any(|a| a.family() == KeyFamily::Hmac) {
             return Err(ConfigError::invalid(
                 s.config_key,
                 &s.origin,
                 format!(
                     "a secret of {} bytes is too short for [{}]: HS256 needs 32 bytes, HS384 48 \
                      bytes, HS512 64 bytes (RFC 7518 §3.2)",
-                    s.bytes.len(),
+                    s.secret_len(),
                     names.join(", ")
                 ),
             ));
@@ -393,7 +372,8 @@ fn bind(s: &KeySpec, allowed: &[Alg]) -> Result<BoundKey, ConfigError> {
     }
     Ok(BoundKey {
         kid: s.kid.clone(),
-        verifiers,
+        algs,
+        key: s.key.clone(),
     })
 }
 

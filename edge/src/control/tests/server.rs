@@ -315,8 +315,7 @@ fn every_command_round_trips_with_the_callers_credentials() {
     assert_eq!(seen, requests);
     let me = PeerCred {
         uid: crate::control::sys::effective_uid(),
-        // SAFETY: getegid takes no arguments and cannot fail.
-        gid: unsafe { libc::getegid() },
+        gid: wssedge_sys::cred::effective_gid(),
         pid: std::process::id(),
     };
     assert!(handled.iter().all(|(_, peer)| *peer == me), "{handled:?}");

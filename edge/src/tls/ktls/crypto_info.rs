@@ -214,11 +214,7 @@ pub fn rec_seq_of(info: &[u8]) -> Option<u64> {
 
 impl Drop for CryptoInfo {
     fn drop(&mut self) {
-        for b in self.bytes.iter_mut() {
-            // SAFETY: `b` is a valid, exclusive reference into our own array; the volatile write
-            // keeps the compiler from dropping the wipe of key material as a dead store.
-            unsafe { std::ptr::write_volatile(b, 0) };
-        }
+        zeroize::Zeroize::zeroize(&mut self.bytes);
     }
 }
 

@@ -4,7 +4,7 @@
 //!
 //! - [`probe`]: what the running kernel can offload, found once at start.
 //! - [`crypto_info`]: rustls secrets → the kernel's `tls12_crypto_info_*` layouts (sans-IO).
-//! - [`sys`]: the `unsafe` room (setsockopt, record-typed recvmsg/sendmsg).
+//! - [`sys`]: the socket options and record-typed `recvmsg`/`sendmsg`, over `wssedge_sys::ktls`.
 //! - [`session`]: [`KernelTls`], the record layer after the hand-off (record counts, key limits,
 //!   alerts, KeyUpdate).
 //! - [`offload`]: the hand-off itself.

@@ -402,11 +402,7 @@ fn kernel_rec_seq(fd: BorrowedFd<'_>, dir: Direction) -> io::Result<u64> {
             .ok_or_else(|| io::Error::other("the kernel returned a short crypto info"))
     });
     // The kernel hands the key back too: wipe it.
-    for b in info.iter_mut() {
-        // SAFETY: `b` is a valid, exclusive reference into our own array; the volatile write
-        // keeps the wipe of key material from being optimised away.
-        unsafe { std::ptr::write_volatile(b, 0) };
-    }
+    zeroize::Zeroize::zeroize(&mut info);
     seq
 }
 

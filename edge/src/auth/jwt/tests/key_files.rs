@@ -6,7 +6,6 @@ use aws_lc_rs::signature::KeyPair as _;
 use serde_json::{json, Value};
 
 use super::mint::*;
-use crate::auth::jwt::der;
 use crate::auth::jwt::{jwks, Alg, JwtConfig, JwtVerifier};
 
 fn jwk_rsa(kid: &str) -> Value {
@@ -83,6 +82,24 @@ fn jwks_with_rsa_ec_and_okp_keys_verifies_tokens_by_kid() {
         .verify(&token(json!({"alg": "PS256"}), good_claims()), NOW)
         .unwrap_err();
     assert_eq!(e.reason(), "kid_required");
+}
+
+/// JWK integers have no leading zeros, but some issuers write one (as DER does); aws-lc-rs
+/// refuses components with one, so it is stripped before the key is made.
+#[test]
+fn jwks_rsa_integers_with_leading_zeros_verify() {
+    let f = fixture();
+    let pk = keys().rsa.public_key();
+    let padded = |b: &[u8]| b64(&[&[0u8][..], b].concat());
+    let mut jwk = jwk_rsa("rsa-z");
+    jwk["n"] = json!(padded(pk.modulus().big_endian_without_leading_zero()));
+    jwk["e"] = json!(padded(pk.exponent().big_endian_without_leading_zero()));
+    let v = JwtVerifier::from_config(&jwks_config(&f, &json!({"keys": [jwk]}))).unwrap();
+    v.verify(
+        &token(json!({"alg": "RS256", "kid": "rsa-z"}), good_claims()),
+        NOW,
+    )
+    .unwrap();
 }
 
 #[test]
@@ -184,11 +201,9 @@ fn pem_files() {
     };
     // PKCS#1 `RSA PUBLIC KEY` works as well as SPKI.
     let pk = keys().rsa.public_key();
-    let pkcs1 = der::rsa_public_key(
-        pk.modulus().big_endian_without_leading_zero(),
-        pk.exponent().big_endian_without_leading_zero(),
-    );
-    let v = load("legacy.pem", &pem("RSA PUBLIC KEY", &pkcs1)).unwrap();
+    // aws-lc-rs gives the RSA public key as PKCS#1 `RSAPublicKey` DER.
+    let pkcs1: &[u8] = pk.as_ref();
+    let v = load("legacy.pem", &pem("RSA PUBLIC KEY", pkcs1)).unwrap();
     v.verify(
         &token(json!({"alg": "RS256", "kid": "legacy"}), good_claims()),
         NOW,

@@ -2,10 +2,13 @@
 //! frames out.
 //!
 //! - [`handshake`]: the HTTP/1.1 upgrade request and the 101 response.
+//! - [`upstream_101`]: the edge's client side of the upgrade: its key and the check of the
+//!   upstream's 101.
 //! - [`target`]: the request target's one normalisation (the path every rule sees) and the
 //!   `Host` check.
 //! - [`frame`]: the frame header codec.
 //! - [`mask`]: in-place (un)masking, a `u64` at a time.
+//! - [`mask_keys`]: where a client session's masking keys come from (injected).
 //! - [`utf8`]: incremental UTF-8 validation across chunks and fragments.
 //! - [`session`]: the connection state machine after the 101 (server or client [`Role`]).
 //! - [`outbox`]: frames waiting for socket room, handed out in pieces of any size.
@@ -13,9 +16,11 @@
 pub mod frame;
 pub mod handshake;
 pub mod mask;
+pub mod mask_keys;
 pub mod outbox;
 pub mod session;
 pub mod target;
+pub mod upstream_101;
 pub mod utf8;
 
 pub use frame::{encode_header, parse_header, FrameHeader, HeaderError, OpCode};
@@ -23,6 +28,7 @@ pub use handshake::{
     parse_upgrade, write_response_101, HandshakeError, HandshakeLimits, UpgradeRequest,
 };
 pub use mask::{apply_mask, extend_masked};
+pub use mask_keys::MaskKeySource;
 pub use outbox::Outbox;
 pub use session::{
     close_code, Event, Heartbeat, Message, MessageKind, OutFrame, Payload, Role, Session,

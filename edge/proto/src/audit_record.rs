@@ -2,7 +2,8 @@
 //! these types are the event fields in between.
 //!
 //! Token rule: no field ever holds a bearer token. The only token-derived fields are `jti`,
-//! `sub` and `token_sha256` of [`AuditEvent::Upgrade`]; build the hash with [`token_sha256`].
+//! `sub` and `token_sha256` of [`AuditEvent::Upgrade`]; the edge builds the hash
+//! (`audit::token_sha256`).
 
 use serde::Serialize;
 
@@ -48,7 +49,7 @@ pub enum AuditEvent {
         reason: String,
         jti: Option<String>,
         sub: Option<String>,
-        /// Hex SHA-256 of the token as presented ([`token_sha256`]), never the token.
+        /// Hex SHA-256 of the token as presented, never the token.
         token_sha256: Option<String>,
     },
     /// An upgraded connection ended.
@@ -133,18 +134,10 @@ pub enum AuditEvent {
     Stop {},
 }
 
-/// Hex SHA-256 of a token as presented: lets an auditor match a record to a token they hold
-/// without the trail ever containing one. (Bearer tokens carry a signature, so the hash cannot
-/// be reversed by guessing.)
-pub fn token_sha256(token: &[u8]) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token);
-    crate::audit::chain::hex(d.as_ref())
-}
-
 /// Records the trail writes about itself; they carry the chain across files.
 #[derive(Debug, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
-pub(crate) enum TrailEvent<'a> {
+pub enum TrailEvent<'a> {
     /// First record of every file.
     Open {
         /// The previous file's name as rotated; None for the very first file of a trail.
@@ -169,7 +162,7 @@ pub(crate) enum TrailEvent<'a> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum PrevState {
+pub enum PrevState {
     /// No previous file: this is the first record of a new trail.
     Genesis,
     Sealed,
@@ -180,7 +173,7 @@ pub(crate) enum PrevState {
 }
 
 impl PrevState {
-    pub(crate) fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             PrevState::Genesis => "genesis",
             PrevState::Sealed => "sealed",
@@ -192,7 +185,7 @@ impl PrevState {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum SealReason {
+pub enum SealReason {
     Rotate,
     Shutdown,
 }
@@ -217,7 +210,9 @@ mod tests {
             reason: "token_expired".into(),
             jti: Some("j1".into()),
             sub: None,
-            token_sha256: Some(token_sha256(b"abc")),
+            token_sha256: Some(
+                "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".into(),
+            ),
         };
         let s = serde_json::to_string(&e).unwrap();
         assert!(

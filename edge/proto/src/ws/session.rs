@@ -26,6 +26,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use super::frame::{self, FrameHeader, OpCode};
 use super::mask::{apply_mask, extend_masked};
+use super::mask_keys::MaskKeySource;
 use super::utf8::Utf8Validator;
 
 /// Close codes of RFC 6455 §7.4.1 and the IANA registry that we use.
@@ -55,7 +56,8 @@ pub enum Role {
     #[default]
     Server,
     /// The edge facing an upstream: incoming frames must not be masked (a masked one fails the
-    /// connection with 1002), outgoing frames get a fresh random mask each.
+    /// connection with 1002), outgoing frames get a fresh mask each, from the session's
+    /// [`MaskKeySource`].
     Client,
 }
 
@@ -375,27 +377,27 @@ impl Reassembly {
     }
 }
 
-/// Fresh masking keys for the client role, drawn from the system CSPRNG 16 at a time.
-#[derive(Debug)]
-struct MaskKeys {
+/// Fresh masking keys for the client role, drawn from its [`MaskKeySource`] 16 at a time.
+struct MaskKeys<S: ?Sized = dyn MaskKeySource> {
     pool: [u8; 64],
     used: usize,
+    source: S,
 }
 
-impl MaskKeys {
-    fn new() -> Self {
+impl<S: MaskKeySource> MaskKeys<S> {
+    fn new(source: S) -> Self {
         Self {
             pool: [0; 64],
             used: 64,
+            source,
         }
     }
+}
 
+impl MaskKeys {
     fn next(&mut self) -> [u8; 4] {
         if self.used == self.pool.len() {
-            // aws-lc's DRBG does not fail once seeded. Were it to, the keys would repeat: that
-            // weakens only the browser cache-poisoning defence masking exists for (RFC 6455
-            // §10.3), which an edge talking to its own upstreams does not rely on.
-            let _ = aws_lc_rs::rand::fill(&mut self.pool);
+            self.source.fill(&mut self.pool);
             self.used = 0;
         }
         let k = [
@@ -406,6 +408,14 @@ impl MaskKeys {
         ];
         self.used += 4;
         k
+    }
+}
+
+impl std::fmt::Debug for MaskKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MaskKeys")
+            .field("used", &self.used)
+            .finish_non_exhaustive()
     }
 }
 
@@ -480,17 +490,19 @@ pub struct Session {
 impl Session {
     /// A server-role session.
     pub fn new(limits: SessionLimits) -> Self {
-        Self::with_role(limits, Role::Server)
+        Self::with_keys(limits, Role::Server, None)
     }
 
-    pub fn with_role(limits: SessionLimits, role: Role) -> Self {
+    /// A client-role session; its masking keys come from `keys`.
+    pub fn client(limits: SessionLimits, keys: impl MaskKeySource + 'static) -> Self {
+        Self::with_keys(limits, Role::Client, Some(Box::new(MaskKeys::new(keys))))
+    }
+
+    fn with_keys(limits: SessionLimits, role: Role, keys: Option<Box<MaskKeys>>) -> Self {
         Self {
             limits,
             role,
-            keys: match role {
-                Role::Server => None,
-                Role::Client => Some(Box::new(MaskKeys::new())),
-            },
+            keys,
             events: VecDeque::new(),
             out: VecDeque::new(),
             partial: None,

@@ -64,7 +64,7 @@ impl TokenBucket {
     }
 
     /// Adds what the rate gave since the last instant, up to the burst.
-    pub(crate) fn refill(&mut self, now: Instant) {
+    pub fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_nanos();
         if elapsed == 0 {
             return;
@@ -82,7 +82,7 @@ impl TokenBucket {
     }
 
     /// Whether `n` tokens can be taken now (after [`refill`](Self::refill)).
-    pub(crate) fn can_take(&self, n: u64) -> bool {
+    pub fn can_take(&self, n: u64) -> bool {
         if n == 0 {
             // Costs nothing, so even a bucket in debt has nothing to refuse it for.
             return true;
@@ -94,7 +94,7 @@ impl TokenBucket {
     }
 
     /// Takes `n` tokens; the caller checked [`can_take`](Self::can_take).
-    pub(crate) fn take(&mut self, n: u64) {
+    pub fn take(&mut self, n: u64) {
         self.level -= i128::from(n) * PICO;
     }
 }

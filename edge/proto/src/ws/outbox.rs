@@ -103,11 +103,15 @@ mod tests {
     use bytes::Bytes;
     use proptest::prelude::*;
 
+    use super::super::mask_keys::test_source;
     use super::super::session::{MessageKind, Payload, Role, Session, SessionLimits};
     use super::*;
 
     fn frames_of(role: Role, payloads: &[Vec<u8>]) -> (Vec<OutFrame>, Vec<u8>) {
-        let mut s = Session::with_role(SessionLimits::default(), role);
+        let mut s = match role {
+            Role::Server => Session::new(SessionLimits::default()),
+            Role::Client => Session::client(SessionLimits::default(), test_source(7)),
+        };
         for p in payloads {
             s.send(MessageKind::Binary, Payload::Single(Bytes::from(p.clone())));
         }

@@ -27,7 +27,68 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+/// An allow-list entry that cannot be used, with the key it sits under: `validate` and
+/// `from_config` name the entry and say what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid value for `{key}` = {value}: {reason}")]
+pub struct OriginConfigError {
+    pub key: &'static str,
+    pub value: String,
+    pub reason: EntryError,
+}
+
+impl OriginConfigError {
+    fn new(key: &'static str, value: &str, reason: EntryError) -> Self {
+        Self {
+            key,
+            value: value.to_owned(),
+            reason,
+        }
+    }
+}
+
+/// What is wrong with one `Host` or `Origin` entry (or header).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    #[error("port must be 1..=65535")]
+    Port,
+    #[error("port must be 1..=65535 or *")]
+    PortOrAny,
+    #[error("scheme {0} has no default port; give one, or :* for any")]
+    NoDefaultPort(String),
+    #[error("expected scheme://host[:port] (or null)")]
+    NotAnOrigin,
+    #[error("bad scheme")]
+    BadScheme,
+    #[error("an origin has no path, query, fragment or user; only scheme://host[:port]")]
+    MoreThanAnOrigin,
+    #[error("unclosed [")]
+    UnclosedBracket,
+    #[error("junk after ]")]
+    JunkAfterBracket,
+    #[error("an IPv6 address must be in brackets: [2001:db8::1]")]
+    BareIpv6,
+    #[error("not an IPv6 address inside [ ]")]
+    BadIpv6,
+    #[error("write internationalised names in punycode (xn--…), as browsers send them")]
+    NotPunycode,
+    #[error("a wildcard is not a host")]
+    WildcardHost,
+    #[error("*.<one label> is too broad; name at least two labels (*.example.com)")]
+    WildcardTooBroad,
+    #[error("a wildcard never covers IP addresses")]
+    WildcardIp,
+    #[error("empty or over-long host name")]
+    NameLength,
+    #[error("looks like an IP address; write IPv4 as four decimal parts")]
+    NumericTld,
+    #[error("empty or over-long label")]
+    LabelLength,
+    #[error("a wildcard is only allowed as the whole first label: *.example.com")]
+    MisplacedWildcard,
+    #[error("host names hold letters, digits, '-' and '_' only")]
+    NameChar,
+}
 
 /// `[origin]`: which `Host` and `Origin` values may upgrade.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -42,7 +103,7 @@ pub struct OriginConfig {
 }
 
 impl OriginConfig {
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), OriginConfigError> {
         OriginPolicy::from_config(self).map(|_| ())
     }
 }
@@ -129,20 +190,20 @@ pub struct OriginPolicy {
 }
 
 impl OriginPolicy {
-    pub fn from_config(c: &OriginConfig) -> Result<Self, ConfigError> {
+    pub fn from_config(c: &OriginConfig) -> Result<Self, OriginConfigError> {
         let mut p = OriginPolicy {
             require_origin: c.require_origin,
             ..Default::default()
         };
         for e in &c.allowed_hosts {
             let (host, port) = split_host_port(e)
-                .map_err(|r| ConfigError::invalid("origin.allowed_hosts", e, r))?;
+                .map_err(|r| OriginConfigError::new("origin.allowed_hosts", e, r))?;
             let host = parse_host(host, true)
-                .map_err(|r| ConfigError::invalid("origin.allowed_hosts", e, r))?;
+                .map_err(|r| OriginConfigError::new("origin.allowed_hosts", e, r))?;
             let port = match port {
                 None => PortPat::Any,
                 Some(s) => PortPat::Exact(parse_port(s).ok_or_else(|| {
-                    ConfigError::invalid("origin.allowed_hosts", e, "port must be 1..=65535")
+                    OriginConfigError::new("origin.allowed_hosts", e, EntryError::Port)
                 })?),
             };
             p.hosts.push(HostEntry { host, port });
@@ -153,7 +214,7 @@ impl OriginPolicy {
                 continue;
             }
             let entry = parse_origin_entry(e)
-                .map_err(|r| ConfigError::invalid("origin.allowed_origins", e, r))?;
+                .map_err(|r| OriginConfigError::new("origin.allowed_origins", e, r))?;
             p.origins.push(entry);
         }
         Ok(p)
@@ -249,26 +310,22 @@ fn default_port(scheme: &str) -> Option<u16> {
     }
 }
 
-fn parse_origin_entry(e: &str) -> Result<OriginEntry, String> {
+fn parse_origin_entry(e: &str) -> Result<OriginEntry, EntryError> {
     let (scheme, host, port) = parse_origin(e, true)?;
     let port = match port {
         None => PortPat::Default,
         Some("*") => PortPat::Any,
-        Some(p) => PortPat::Exact(parse_port(p).ok_or("port must be 1..=65535 or *")?),
+        Some(p) => PortPat::Exact(parse_port(p).ok_or(EntryError::PortOrAny)?),
     };
     if port == PortPat::Default && default_port(&scheme).is_none() {
-        return Err(format!(
-            "scheme {scheme} has no default port; give one, or :* for any"
-        ));
+        return Err(EntryError::NoDefaultPort(scheme));
     }
     Ok(OriginEntry { scheme, host, port })
 }
 
 /// `scheme://host[:port]`, nothing after: a serialised origin (RFC 6454 §6.2).
-fn parse_origin(s: &str, entry: bool) -> Result<(String, HostPat, Option<&str>), String> {
-    let (scheme, rest) = s
-        .split_once("://")
-        .ok_or("expected scheme://host[:port] (or null)")?;
+fn parse_origin(s: &str, entry: bool) -> Result<(String, HostPat, Option<&str>), EntryError> {
+    let (scheme, rest) = s.split_once("://").ok_or(EntryError::NotAnOrigin)?;
     let valid_scheme = scheme
         .bytes()
         .next()
@@ -277,12 +334,10 @@ fn parse_origin(s: &str, entry: bool) -> Result<(String, HostPat, Option<&str>),
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
     if !valid_scheme {
-        return Err("bad scheme".into());
+        return Err(EntryError::BadScheme);
     }
     if rest.contains(['/', '?', '#', '@']) {
-        return Err(
-            "an origin has no path, query, fragment or user; only scheme://host[:port]".into(),
-        );
+        return Err(EntryError::MoreThanAnOrigin);
     }
     let (host, port) = split_host_port(rest)?;
     let host = parse_host(host, entry)?;
@@ -290,21 +345,21 @@ fn parse_origin(s: &str, entry: bool) -> Result<(String, HostPat, Option<&str>),
 }
 
 /// `host[:port]` / `[v6][:port]` → (host, port text).
-fn split_host_port(s: &str) -> Result<(&str, Option<&str>), String> {
+fn split_host_port(s: &str) -> Result<(&str, Option<&str>), EntryError> {
     if let Some(rest) = s.strip_prefix('[') {
-        let (v6, after) = rest.split_once(']').ok_or("unclosed [")?;
+        let (v6, after) = rest.split_once(']').ok_or(EntryError::UnclosedBracket)?;
         return match after {
             "" => Ok((&s[..v6.len() + 2], None)),
             _ => match after.strip_prefix(':') {
                 Some(port) => Ok((&s[..v6.len() + 2], Some(port))),
-                None => Err("junk after ]".into()),
+                None => Err(EntryError::JunkAfterBracket),
             },
         };
     }
     match s.split_once(':') {
         None => Ok((s, None)),
         Some((h, p)) if !p.contains(':') => Ok((h, Some(p))),
-        Some(_) => Err("an IPv6 address must be in brackets: [2001:db8::1]".into()),
+        Some(_) => Err(EntryError::BareIpv6),
     }
 }
 
@@ -316,17 +371,15 @@ fn parse_port(s: &str) -> Option<u16> {
     s.parse::<u16>().ok().filter(|&p| p != 0)
 }
 
-fn parse_host(h: &str, allow_wildcard: bool) -> Result<HostPat, String> {
+fn parse_host(h: &str, allow_wildcard: bool) -> Result<HostPat, EntryError> {
     if let Some(v6) = h.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
         return v6
             .parse::<Ipv6Addr>()
             .map(|a| HostPat::Ip(IpAddr::V6(a)))
-            .map_err(|_| "not an IPv6 address inside [ ]".into());
+            .map_err(|_| EntryError::BadIpv6);
     }
     if !h.is_ascii() {
-        return Err(
-            "write internationalised names in punycode (xn--…), as browsers send them".into(),
-        );
+        return Err(EntryError::NotPunycode);
     }
     let lower = h.to_ascii_lowercase();
     let name = lower.strip_suffix('.').unwrap_or(&lower);
@@ -335,16 +388,14 @@ fn parse_host(h: &str, allow_wildcard: bool) -> Result<HostPat, String> {
     }
     if let Some(suffix) = name.strip_prefix("*.") {
         if !allow_wildcard {
-            return Err("a wildcard is not a host".into());
+            return Err(EntryError::WildcardHost);
         }
         dns_name(suffix)?;
         if suffix.split('.').count() < 2 {
-            return Err(
-                "*.<one label> is too broad; name at least two labels (*.example.com)".into(),
-            );
+            return Err(EntryError::WildcardTooBroad);
         }
         if suffix.parse::<Ipv4Addr>().is_ok() {
-            return Err("a wildcard never covers IP addresses".into());
+            return Err(EntryError::WildcardIp);
         }
         return Ok(HostPat::Wildcard(format!(".{suffix}")));
     }
@@ -353,29 +404,29 @@ fn parse_host(h: &str, allow_wildcard: bool) -> Result<HostPat, String> {
 }
 
 /// Letters, digits, `-` and `_` in non-empty labels of at most 63, at most 253 in all.
-fn dns_name(n: &str) -> Result<(), String> {
+fn dns_name(n: &str) -> Result<(), EntryError> {
     if n.is_empty() || n.len() > 253 {
-        return Err("empty or over-long host name".into());
+        return Err(EntryError::NameLength);
     }
     // TLDs are never numeric; `1.2.3` or `127.1` would be IP shorthand to some resolvers.
     if n.rsplit('.')
         .next()
         .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
     {
-        return Err("looks like an IP address; write IPv4 as four decimal parts".into());
+        return Err(EntryError::NumericTld);
     }
     for label in n.split('.') {
         if label.is_empty() || label.len() > 63 {
-            return Err("empty or over-long label".into());
+            return Err(EntryError::LabelLength);
         }
         if !label
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             return Err(if label.contains('*') {
-                "a wildcard is only allowed as the whole first label: *.example.com".into()
+                EntryError::MisplacedWildcard
             } else {
-                "host names hold letters, digits, '-' and '_' only".into()
+                EntryError::NameChar
             });
         }
     }

@@ -9,10 +9,11 @@ use tungstenite::protocol::{Role as TRole, WebSocket};
 
 use super::frame::{self, OpCode};
 use super::mask::apply_mask;
+use super::mask_keys::test_source;
 use super::session::{close_code, Event, MessageKind, OutFrame, Payload, Role, Session};
 
 fn client() -> Session {
-    Session::with_role(Default::default(), Role::Client)
+    Session::client(Default::default(), test_source(1))
 }
 
 fn transmit(s: &mut Session) -> Vec<OutFrame> {

@@ -1,0 +1,20 @@
+//! wssedge-proto: the edge's sans-IO core. Bytes, instants and configuration go in; events,
+//! bytes to send and verdicts come out. No sockets, no runtime, no clock reads, no randomness
+//! (a client session's masking keys come from a source its caller hands in).
+//!
+//! - [`audit_record`]: what an audit record says (the event fields inside the chain's
+//!   envelope).
+//! - [`ws`]: the WebSocket protocol — upgrade parsing, frame codec, the session (both roles).
+//! - [`limits`]: rates and token buckets in integers, fed instants by their caller.
+//! - [`origin`]: the `Host` and `Origin` allow-lists.
+//! - [`tls_wire`]: TLS wire numbers shared by the userspace driver and the kernel record layer.
+
+#![forbid(unsafe_code)]
+// Clock reads are refused by this crate's clippy.toml; tests may take an instant to start from.
+#![cfg_attr(test, allow(clippy::disallowed_methods))]
+
+pub mod audit_record;
+pub mod limits;
+pub mod origin;
+pub mod tls_wire;
+pub mod ws;
