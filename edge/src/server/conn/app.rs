@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::upstream::relay::Relay;
 use crate::ws::{Message, Session};
 
 use super::super::core::Core;
@@ -199,10 +198,10 @@ impl App {
         self.proxy_mut().and_then(|p| p.hop_started.take())
     }
 
-    /// The app's far side, taken out for the close (`None` for echo).
-    pub(super) fn take_relay(&mut self) -> Option<Relay> {
+    /// The app's far side, taken out to be closed beside the client (`None` for echo).
+    pub(super) fn take_far_side(&mut self) -> Option<Proxy> {
         match std::mem::replace(self, App::Echo) {
-            App::Proxy(p) => Some(p.relay),
+            App::Proxy(p) => Some(p),
             App::Echo => None,
         }
     }
@@ -251,7 +250,7 @@ mod tests {
         app.on_session_closing("going_away");
         app.on_budget_close();
         assert!(app.take_hop_start().is_none());
-        assert!(app.take_relay().is_none());
+        assert!(app.take_far_side().is_none());
         assert!(matches!(app, App::Echo));
     }
 

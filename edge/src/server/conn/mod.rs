@@ -1190,22 +1190,14 @@ impl Conn {
         let close_by = Instant::now() + self.core.cfg.limits.close_timeout();
         // No hand-off to the kernel any more: what the client sends now is read as it comes.
         self.finishing = true;
-        // Whatever ended the client side ends the upstream side: our close (unless one went
-        // already) behind what was forwarded, the upstream's reply, then both directions shut.
-        // The two sides close at the same time, so a slow upstream does not spend the client's
-        // share of the deadline.
+        // Whatever ended the client side ends the app's far side (the upstream). The two sides
+        // close at the same time, so a slow upstream does not spend the client's share of the
+        // deadline.
         let upstream = self
             .phase
             .app_mut()
-            .and_then(App::take_relay)
-            .map(|mut relay| {
-                let core = self.core.clone();
-                async move {
-                    relay.close(1001, "going_away");
-                    proxy::close_upstream(&core, &mut relay, close_by).await;
-                    relay.shutdown();
-                }
-            });
+            .and_then(App::take_far_side)
+            .map(|proxy| proxy.close_with_client(self.core.clone(), close_by));
         let upstream = async move {
             if let Some(closing) = upstream {
                 closing.await;

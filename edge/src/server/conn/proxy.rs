@@ -5,6 +5,7 @@
 //! connection as arguments; the loop only dispatches to it through [`super::app::App::Proxy`].
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::metrics::Side;
@@ -193,6 +194,18 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// Whatever ended the client side ends the upstream side, by `close_by` (the connection's
+    /// one close deadline): our close (unless one went already) behind what was forwarded, the
+    /// upstream's reply, then both directions shut.
+    pub(super) async fn close_with_client(mut self, core: Rc<Core>, close_by: Instant) {
+        let relay = &mut self.relay;
+        relay.close(1001, "going_away");
+        close_upstream(&core, relay, close_by).await;
+        relay.shutdown();
+    }
+}
+
 /// The session is ending: what was forwarded to the upstream (and our close behind it) leaves,
 /// and the upstream's close reply is awaited, until `close_by`. Closing a socket with unread
 /// bytes resets it, and a reset can destroy what the upstream has not read yet: the messages it
@@ -200,7 +213,7 @@ impl Proxy {
 /// dropped (the client's session is closing), never held beyond the outbound cap: an upstream
 /// that keeps sending a frame that never ends is let go. An upstream already given up on
 /// (broken, stalled) gets one last write attempt and no wait.
-pub(super) async fn close_upstream(core: &Core, relay: &mut Relay, close_by: Instant) {
+async fn close_upstream(core: &Core, relay: &mut Relay, close_by: Instant) {
     if relay.is_abandoned() {
         let _ = relay.write_some();
         return;
