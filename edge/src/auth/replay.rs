@@ -129,7 +129,7 @@ pub struct ImportOutcome {
     /// Expired by now (or at once): nothing to remember.
     pub expired: usize,
     /// Live, but the store was full: these `jti`s are *not* remembered (the caller must then
-    /// refuse the tokens they could belong to; see `server::admission`).
+    /// refuse the tokens they could belong to; see `auth::admission`).
     pub dropped: usize,
 }
 

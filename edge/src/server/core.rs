@@ -40,41 +40,69 @@ pub(crate) struct Core {
     pub ktls: Arc<KtlsPolicy>,
     /// Set when the edge stops: the ticker ends the core.
     pub stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Who is let in, how far they may go, and the sessions that stay answerable.
+    pub access: Access,
+    /// Proxy mode: routes, groups, breakers (shared by the cores; atomics only).
+    pub upstreams: Option<Arc<crate::upstream::Upstreams>>,
+    /// This core's producer end of the audit trail (never blocks, never drops).
+    pub audit: AuditSink,
+    pub metrics: Arc<CoreMetrics>,
+    pub wheel: Rc<TimerWheel>,
+    pub buffers: CoreBuffers,
+    pub counts: CoreCounts,
+    /// What every accepted connection is set up with.
+    pub conn: ConnSettings,
+}
+
+/// Admission and the limits behind it, on one core.
+pub(crate) struct Access {
     /// Per-IP limits at accept (when the kernel does not enforce them at the SYN).
     pub ip_limiter: Arc<IpLimiter>,
     pub admission: Arc<Admission>,
-    /// Proxy mode: routes, groups, breakers (shared by the cores; atomics only).
-    pub upstreams: Option<Arc<crate::upstream::Upstreams>>,
     /// Message rate limits: per connection, and this core's side of the identity budgets.
     pub rates: CoreRates,
-    /// This core's producer end of the audit trail (never blocks, never drops).
-    pub audit: AuditSink,
     /// This core's shard of the replay store and its lines to the others.
     pub replay: Rc<ReplayShards>,
-    pub metrics: Arc<CoreMetrics>,
+    /// Upgraded sessions, for revocations and token expiry.
+    pub live: Rc<LiveRegistry>,
+}
+
+/// The core's shared buffers.
+pub(crate) struct CoreBuffers {
     pub pool: RefCell<BufPool>,
     /// Plaintext staging for encryption: frames are gathered here and encrypted at once, so a
     /// burst of small frames becomes few records. Emptied within each step, so one per core.
     pub staging: RefCell<Vec<u8>>,
-    pub wheel: Rc<TimerWheel>,
-    /// Upgraded sessions, for revocations and token expiry.
-    pub live: Rc<LiveRegistry>,
-    pub connections: Cell<usize>,
-    pub handshakes: Cell<usize>,
-    /// Bytes held in partly received frames and messages by all of this core's connections.
-    pub buffered: Cell<usize>,
-    pub max_connections: usize,
-    pub socket_opts: AcceptedSocketOptions,
-    pub handshake_limits: HandshakeLimits,
-    pub session_limits: SessionLimits,
 }
 
-impl Core {
+/// The core's connection counts and their caps.
+pub(crate) struct CoreCounts {
+    pub connections: Cell<usize>,
+    pub handshakes: Cell<usize>,
+    pub max_connections: usize,
+    /// Bytes held in partly received frames and messages by all of this core's connections.
+    pub buffered: Cell<usize>,
+}
+
+/// The socket options and protocol limits every connection is set up with.
+pub(crate) struct ConnSettings {
+    pub socket_opts: AcceptedSocketOptions,
+    pub handshake_limits: HandshakeLimits,
+    session_limits: SessionLimits,
+}
+
+impl ConnSettings {
     pub fn session_limits(&self) -> SessionLimits {
         SessionLimits {
             max_frame_bytes: self.session_limits.max_frame_bytes,
             max_message_bytes: self.session_limits.max_message_bytes,
         }
+    }
+}
+
+impl Core {
+    pub fn session_limits(&self) -> SessionLimits {
+        self.conn.session_limits()
     }
 
     pub fn new(
@@ -92,41 +120,49 @@ impl Core {
             tls: start.tls.clone(),
             ktls: start.ktls.clone(),
             stop: start.stop.clone(),
-            ip_limiter: start.ip_limiter.clone(),
-            admission: start.admission.clone(),
+            access: Access {
+                ip_limiter: start.ip_limiter.clone(),
+                admission: start.admission.clone(),
+                rates: CoreRates {
+                    connection: start.rates.connection,
+                    control: start.rates.control,
+                    identities: crate::limits::CoreBudgets::new(start.rates.identities.clone()),
+                },
+                replay: Rc::new(ReplayShards::new(
+                    start.index,
+                    ReplayStore::new(start.replay.capacity, start.replay.leeway_s)
+                        .with_max_lifetime(start.replay.max_lifetime_s),
+                    peers,
+                )),
+                live: LiveRegistry::new(wheel.clone()),
+            },
             upstreams: start.upstreams.clone(),
-            rates: CoreRates {
-                connection: start.rates.connection,
-                control: start.rates.control,
-                identities: crate::limits::CoreBudgets::new(start.rates.identities.clone()),
-            },
             audit,
-            replay: Rc::new(ReplayShards::new(
-                start.index,
-                ReplayStore::new(start.replay.capacity, start.replay.leeway_s)
-                    .with_max_lifetime(start.replay.max_lifetime_s),
-                peers,
-            )),
             metrics: start.metrics.clone(),
-            pool: RefCell::new(BufPool::default()),
-            staging: RefCell::new(Vec::new()),
-            wheel: wheel.clone(),
-            live: LiveRegistry::new(wheel),
-            connections: Cell::new(0),
-            handshakes: Cell::new(0),
-            buffered: Cell::new(0),
-            max_connections: l.max_connections.div_ceil(cores),
-            socket_opts: AcceptedSocketOptions {
-                send_buffer_bytes: l.socket_send_buffer_bytes,
-                recv_buffer_bytes: l.socket_recv_buffer_bytes,
+            buffers: CoreBuffers {
+                pool: RefCell::new(BufPool::default()),
+                staging: RefCell::new(Vec::new()),
             },
-            handshake_limits: HandshakeLimits {
-                max_request_bytes: l.max_request_bytes,
-                max_headers: l.max_headers,
+            wheel,
+            counts: CoreCounts {
+                connections: Cell::new(0),
+                handshakes: Cell::new(0),
+                max_connections: l.max_connections.div_ceil(cores),
+                buffered: Cell::new(0),
             },
-            session_limits: SessionLimits {
-                max_frame_bytes: l.max_frame_bytes,
-                max_message_bytes: l.max_message_bytes,
+            conn: ConnSettings {
+                socket_opts: AcceptedSocketOptions {
+                    send_buffer_bytes: l.socket_send_buffer_bytes,
+                    recv_buffer_bytes: l.socket_recv_buffer_bytes,
+                },
+                handshake_limits: HandshakeLimits {
+                    max_request_bytes: l.max_request_bytes,
+                    max_headers: l.max_headers,
+                },
+                session_limits: SessionLimits {
+                    max_frame_bytes: l.max_frame_bytes,
+                    max_message_bytes: l.max_message_bytes,
+                },
             },
             cfg,
         }
@@ -257,7 +293,7 @@ pub(crate) fn run_core(mut start: CoreStart, started: std::sync::mpsc::Sender<Re
     metrics.alive.store(true, Ordering::Relaxed);
     let _ = started.send(Ok(()));
     drop(started);
-    let (ip_limiter, index) = (core.ip_limiter.clone(), core.index);
+    let (ip_limiter, index) = (core.access.ip_limiter.clone(), core.index);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         rt.block_on(core_main(
             Rc::new(core),
@@ -315,7 +351,7 @@ async fn core_main(
     lifecycle: Arc<Lifecycle>,
     gate: Rc<AcceptGate>,
 ) {
-    monoio::spawn(core.replay.clone().serve(replay_questions));
+    monoio::spawn(core.access.replay.clone().serve(replay_questions));
     for l in listeners {
         match TcpListener::from_std(l) {
             Ok(l) => {
@@ -365,7 +401,7 @@ struct RevocationWatch {
 impl RevocationWatch {
     fn tick(&mut self, core: &Core, now: Instant) {
         self.ticks += 1;
-        let revocations = core.admission.revocations.load();
+        let revocations = core.access.admission.revocations.load();
         if revocations.version() != self.revocations {
             self.revocations = revocations.version();
             close_revoked(core, now, "tokens", |s| {
@@ -386,7 +422,7 @@ impl RevocationWatch {
         }
         // Expired replay entries go about once a second.
         if self.ticks % 20 == 0 {
-            core.replay.purge(unix_now());
+            core.access.replay.purge(unix_now());
         }
     }
 }
@@ -398,7 +434,7 @@ fn close_revoked(
     what: &str,
     must_close: impl FnMut(&LiveSession) -> Option<CloseOrder>,
 ) {
-    let closed = core.live.close_matching(now, must_close);
+    let closed = core.access.live.close_matching(now, must_close);
     if closed > 0 {
         tracing::info!(
             core = core.index,
@@ -457,12 +493,12 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener, running: AcceptLoop)
             // the others.
             AcceptMode::Stopped => {}
         }
-        let over = if core.connections.get() >= core.max_connections {
+        let over = if core.counts.connections.get() >= core.counts.max_connections {
             Some("max_connections")
         } else if core.audit.over_high_water() {
             // The trail must never drop a record: new connections wait until it drains.
             Some("audit_backpressure")
-        } else if core.handshakes.get() >= core.cfg.limits.max_handshakes_in_flight {
+        } else if core.counts.handshakes.get() >= core.cfg.limits.max_handshakes_in_flight {
             Some("max_handshakes_in_flight")
         } else {
             None
@@ -474,7 +510,7 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener, running: AcceptLoop)
         }
         // Before a single TLS byte: the source address's slot (userspace limiter only; the
         // kernel's refuses at the SYN).
-        let ip_slot = match core.ip_limiter.admit(peer.ip()) {
+        let ip_slot = match core.access.ip_limiter.admit(peer.ip()) {
             Ok(slot) => slot,
             Err(refused) => {
                 Refusal::Silent {
@@ -627,14 +663,14 @@ impl DrainState {
             core = core.index,
             code = order.code,
             reason = order.reason,
-            connections = core.connections.get(),
+            connections = core.counts.connections.get(),
             "core draining"
         );
         if order.handed_over {
             // The successor's cores accept on these same sockets now.
             gate.stop(false);
         } else {
-            core.ip_limiter.set_active(core.index, false);
+            core.access.ip_limiter.set_active(core.index, false);
             gate.mode.set(AcceptMode::CloseQueued);
         }
         DrainState {
@@ -651,9 +687,12 @@ impl DrainState {
             self.listeners_closed = true;
         }
         let (code, reason) = (self.order.code, self.order.reason);
-        let closed = core.live.close_matching(now, |_| Some((code, reason)));
+        let closed = core
+            .access
+            .live
+            .close_matching(now, |_| Some((code, reason)));
         core.metrics.drain_sessions_closed.add(closed as u64);
-        let left = core.connections.get();
+        let left = core.counts.connections.get();
         // The accept loops return once their cancelled accepts complete; one that won the
         // race brought a connection, counted in `left` from then on.
         if self.listeners_closed && gate.loops_running.get() == 0 && left == 0 {

@@ -11,8 +11,6 @@ pub mod lifecycle;
 pub mod listen;
 mod live;
 mod operator;
-mod record_layer;
-mod relay;
 mod reload;
 pub mod timer;
 mod tls_state;

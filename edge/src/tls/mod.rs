@@ -6,6 +6,8 @@
 //!   that reads ciphertext into a pooled buffer and writes records into an owned output buffer,
 //!   the shape io_uring wants.
 //! - [`ktls`] hands a completed session to kernel TLS and is the record layer after that.
+//! - [`record_layer`] is one connection's record layer either way: the hand-off and the kernel
+//!   keys' life.
 //! - [`settings`] is the `[tls]` section; [`sni`] picks a certificate by SNI.
 //! - [`identity`] is the verified client identity of mutual TLS, [`identity::rules`] the
 //!   rules mapping identities to paths;
@@ -17,6 +19,7 @@ pub mod driver;
 pub mod identity;
 pub mod ktls;
 pub mod policy;
+pub(crate) mod record_layer;
 pub mod settings;
 pub mod sni;
 #[cfg(test)]

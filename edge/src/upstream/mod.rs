@@ -9,10 +9,11 @@
 //! - [`health`]: one background thread checking every member.
 //! - [`mask_keys`]: the CSPRNG behind the masking keys of client-role sessions.
 //! - [`connect`] (monoio): TCP + TLS + upgrade under one timeout, and [`UpstreamStream`].
+//! - [`relay`]: a session's route, its upstream opened, and the relay of its messages.
 //!
 //! [`Upstreams`] is built once at start from the configuration and shared by every core.
-//! Proxying one session: `route` → `pick` → `request` → `connect`, then the relay (in
-//! `server/`) drives the stream with a client-role [`crate::ws::Session`].
+//! Proxying one session: `route` → `pick` → `request` → `connect`, then the relay drives the
+//! stream with a client-role [`crate::ws::Session`] (the connection loop decides when).
 
 pub mod balancer;
 pub mod breaker;
@@ -21,6 +22,7 @@ pub mod connect;
 pub mod handshake;
 pub mod health;
 pub mod mask_keys;
+pub(crate) mod relay;
 
 use std::sync::Arc;
 use std::time::Instant;

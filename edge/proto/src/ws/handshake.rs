@@ -49,6 +49,9 @@ pub struct UpgradeRequest {
     pub extensions: Vec<String>,
     /// The `Authorization` header (a credential: never logged).
     pub authorization: Option<String>,
+    /// The `User-Agent` header (forwarded upstream in proxy mode); `None` when absent, repeated
+    /// or not UTF-8.
+    pub user_agent: Option<String>,
 }
 
 impl std::fmt::Debug for UpgradeRequest {
@@ -311,6 +314,11 @@ pub fn parse_upgrade(
     let extensions = list_items(headers, "sec-websocket-extensions")
         .map(utf8)
         .collect::<Result<Vec<_>, _>>()?;
+    let user_agent = single(headers, "user-agent")
+        .ok()
+        .flatten()
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(str::to_owned);
     Ok(Some((
         UpgradeRequest {
             path,
@@ -320,6 +328,7 @@ pub fn parse_upgrade(
             protocols,
             extensions,
             authorization,
+            user_agent,
         },
         consumed,
     )))
@@ -382,6 +391,22 @@ mod tests {
         );
         let twice = b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n";
         assert!(parse_upgrade(twice, &HandshakeLimits::default()).is_err());
+    }
+
+    #[test]
+    fn user_agent_is_kept_once_and_dropped_when_repeated() {
+        assert_eq!(parse(GOOD).unwrap().unwrap().0.user_agent, None);
+        let one = with(
+            "Upgrade: websocket\r\n",
+            "Upgrade: websocket\r\nUser-Agent:  bot/1.0 \r\n",
+        );
+        let (req, _) = parse(&one).unwrap().unwrap();
+        assert_eq!(req.user_agent.as_deref(), Some("bot/1.0"));
+        let twice = with(
+            "Upgrade: websocket\r\n",
+            "Upgrade: websocket\r\nUser-Agent: a\r\nuser-agent: b\r\n",
+        );
+        assert_eq!(parse(&twice).unwrap().unwrap().0.user_agent, None);
     }
 
     #[test]

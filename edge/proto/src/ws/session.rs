@@ -14,8 +14,13 @@
 //! In the client role incoming frames arrive unmasked (nothing to undo) and outgoing frames are
 //! masked: the payload is copied and masked in one pass, since the caller's `Bytes` may be
 //! shared (a fan-out message) and must not change. The server role stays zero-copy.
+//!
+//! Time goes in as an argument: a session with a [`Heartbeat`] says when it next wants the time
+//! ([`Session::poll_timeout`]) and acts on it ([`Session::handle_timeout`]); the caller keeps
+//! the timer.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -414,6 +419,37 @@ impl std::fmt::Debug for MaskKeys {
     }
 }
 
+/// The server's heartbeat: a ping after `interval` without a byte from the peer, and a close when
+/// nothing at all arrives within `pong_timeout` of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub interval: Duration,
+    pub pong_timeout: Duration,
+}
+
+/// What a session timer did ([`Session::handle_timeout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeout {
+    /// A ping is queued (the peer was silent for the heartbeat's interval).
+    PingSent,
+    /// Nothing arrived within the pong timeout of our ping: the caller closes the session
+    /// (1001 `pong_timeout`).
+    PongTimeout,
+}
+
+/// A heartbeat's state: re-armed lazily from the time of the last input, so input never
+/// touches the caller's timer.
+#[derive(Debug)]
+struct HeartbeatState {
+    config: Heartbeat,
+    /// When the peer last sent anything (any byte proves it alive).
+    last_rx: Instant,
+    /// When our unanswered ping went out.
+    ping_sent: Option<Instant>,
+    /// When the heartbeat wants the time next (`None`: not armed).
+    next: Option<Instant>,
+}
+
 /// One end of a WebSocket connection, sans IO.
 #[derive(Debug)]
 pub struct Session {
@@ -447,6 +483,8 @@ pub struct Session {
     /// Empty non-final data frames received since the caller last took the count: they cost
     /// a parse each and complete nothing, so the caller counts them like control frames.
     empty_fragments: u32,
+    /// The server's heartbeat, when it sends one.
+    heartbeat: Option<HeartbeatState>,
 }
 
 impl Session {
@@ -478,7 +516,62 @@ impl Session {
             failed: false,
             first_close: None,
             empty_fragments: 0,
+            heartbeat: None,
         }
+    }
+
+    /// Adds the heartbeat, started at `now`: the first ping is due an interval from it.
+    pub fn with_heartbeat(mut self, config: Heartbeat, now: Instant) -> Self {
+        self.heartbeat = Some(HeartbeatState {
+            config,
+            last_rx: now,
+            ping_sent: None,
+            next: Some(now + config.interval),
+        });
+        self
+    }
+
+    /// The peer sent something at `now` (any byte proves it alive).
+    pub fn note_received(&mut self, now: Instant) {
+        if let Some(hb) = self.heartbeat.as_mut() {
+            hb.last_rx = now;
+        }
+    }
+
+    /// When the session next wants [`Self::handle_timeout`]: `None` without a heartbeat, and
+    /// once our close is out (the close's own deadline bounds the wait for the reply).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.state() != SessionState::Open {
+            return None;
+        }
+        self.heartbeat.as_ref().and_then(|hb| hb.next)
+    }
+
+    /// The time from [`Self::poll_timeout`] came (`now`): a ping when the peer was silent for
+    /// the interval, a close when our last ping went unanswered; otherwise the heartbeat is
+    /// re-armed an interval after the last input. The timer is consumed either way:
+    /// [`Self::poll_timeout`] says when it is wanted next.
+    pub fn handle_timeout(&mut self, now: Instant) -> Option<Timeout> {
+        let open = self.state() == SessionState::Open;
+        let hb = self.heartbeat.as_mut()?;
+        hb.next = None;
+        if !open {
+            return None;
+        }
+        if let Some(sent) = hb.ping_sent.take() {
+            if hb.last_rx < sent {
+                return Some(Timeout::PongTimeout);
+            }
+        }
+        let due = hb.last_rx + hb.config.interval;
+        if now < due {
+            hb.next = Some(due);
+            return None;
+        }
+        hb.ping_sent = Some(now);
+        hb.next = Some(now + hb.config.pong_timeout);
+        self.send_ping(Bytes::new());
+        Some(Timeout::PingSent)
     }
 
     /// No more input will be processed.

@@ -935,3 +935,71 @@ fn a_close_without_code_sends_an_empty_close_frame() {
     s.send(MessageKind::Text, Payload::Single(Bytes::from_static(b"x")));
     assert!(transmit(&mut s).is_empty());
 }
+
+fn heartbeat_session(now: Instant) -> Session {
+    let config = Heartbeat {
+        interval: Duration::from_secs(10),
+        pong_timeout: Duration::from_secs(3),
+    };
+    Session::new(SessionLimits::default()).with_heartbeat(config, now)
+}
+
+fn pings_queued(s: &mut Session) -> usize {
+    std::iter::from_fn(|| s.poll_transmit())
+        .filter(|f| f.header()[0] & 0x0f == 0x9)
+        .count()
+}
+
+#[test]
+fn a_session_without_heartbeat_wants_no_time() {
+    let mut s = Session::new(SessionLimits::default());
+    let now = Instant::now();
+    assert_eq!(s.poll_timeout(), None);
+    assert_eq!(s.handle_timeout(now), None);
+    s.note_received(now);
+    assert_eq!(s.poll_timeout(), None);
+}
+
+#[test]
+fn the_heartbeat_pings_a_silent_peer_then_closes_when_no_pong_comes() {
+    let t0 = Instant::now();
+    let mut s = heartbeat_session(t0);
+    assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+    let t1 = t0 + Duration::from_secs(10);
+    assert_eq!(s.handle_timeout(t1), Some(Timeout::PingSent));
+    assert_eq!(pings_queued(&mut s), 1);
+    assert_eq!(s.poll_timeout(), Some(t1 + Duration::from_secs(3)));
+    // Nothing at all arrived since the ping.
+    assert_eq!(
+        s.handle_timeout(t1 + Duration::from_secs(3)),
+        Some(Timeout::PongTimeout)
+    );
+    assert_eq!(s.poll_timeout(), None, "the timer is consumed");
+}
+
+#[test]
+fn input_re_arms_the_heartbeat_lazily_from_the_last_byte() {
+    let t0 = Instant::now();
+    let mut s = heartbeat_session(t0);
+    // Input at 4 s: the firing at 10 s re-arms for 14 s instead of pinging.
+    s.note_received(t0 + Duration::from_secs(4));
+    assert_eq!(s.handle_timeout(t0 + Duration::from_secs(10)), None);
+    assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(14)));
+    assert_eq!(pings_queued(&mut s), 0);
+    // A ping, then any byte before the pong timeout: no close, the next ping an interval on.
+    let t1 = t0 + Duration::from_secs(14);
+    assert_eq!(s.handle_timeout(t1), Some(Timeout::PingSent));
+    s.note_received(t1 + Duration::from_secs(1));
+    assert_eq!(s.handle_timeout(t1 + Duration::from_secs(3)), None);
+    assert_eq!(s.poll_timeout(), Some(t1 + Duration::from_secs(11)));
+}
+
+#[test]
+fn once_our_close_is_out_the_heartbeat_stops() {
+    let t0 = Instant::now();
+    let mut s = heartbeat_session(t0);
+    s.close(1001, "going_away");
+    assert_eq!(s.poll_timeout(), None);
+    assert_eq!(s.handle_timeout(t0 + Duration::from_secs(10)), None);
+    assert_eq!(pings_queued(&mut s), 0);
+}

@@ -8,10 +8,11 @@ use bytes::BytesMut;
 
 use crate::refuse::Refusal;
 use crate::sockopt;
-use crate::ws::SessionState;
+use crate::ws::{SessionState, Timeout};
 
 use super::super::timer::Deadline;
-use super::{Conn, End, Phase};
+use super::app::App;
+use super::{Conn, End};
 
 impl Conn {
     /// Whether the client's bytes may be read now: not while what is queued for it (or, in
@@ -36,28 +37,20 @@ impl Conn {
     /// Before the hand-off to the kernel: every record received is decrypted (reads stop at
     /// record boundaries) and only our pending bytes hold the hand-off up.
     fn awaiting_handoff(&self) -> bool {
-        self.tls_mode.is_none()
-            && self.read_limit() == Some(0)
-            && self
-                .layer
-                .user()
-                .is_some_and(|t| t.is_quiescent() && t.has_pending_output())
+        self.layer
+            .awaiting_handoff(self.finishing, self.core.ktls.offloads())
     }
 
     /// The WebSocket session's state; `None` before the upgrade.
     pub(super) fn session_state(&self) -> Option<SessionState> {
-        self.session.as_ref().map(|s| s.state())
+        self.phase.session().map(|s| s.state())
     }
 
     /// Whether what is queued for the client (or, in proxy mode, for its upstream) has reached
     /// the outbound cap: reading more from the client would only add to it.
     pub(super) fn outbound_full(&self) -> bool {
         let cap = self.core.cfg.limits.max_outbound_bytes;
-        self.outbound_len() >= cap
-            || self
-                .relay
-                .as_ref()
-                .is_some_and(|r| r.pending_output() >= cap)
+        self.outbound_len() >= cap || self.phase.app().is_some_and(|a| a.pending_output() >= cap)
     }
 
     /// Bytes queued for the client: frames not yet handed to the record layer (with what each
@@ -89,11 +82,10 @@ impl Conn {
         }
         .record_on(&self.core, self.peer);
         self.close_dropping_unsent(1013, "buffer_budget");
-        if let Some(relay) = self.relay.as_mut() {
-            // The client's messages not yet begun toward the upstream go too: the session ends
-            // with 1013 on both sides.
-            relay.discard_unstarted();
-            relay.close(1001, "buffer_budget");
+        // What the app has not begun to deliver goes too: the session ends with 1013 on both
+        // sides.
+        if let Some(app) = self.phase.app_mut() {
+            app.on_budget_close();
         }
         self.skip_close_reply = true;
         self.plaintext = BytesMut::new();
@@ -110,12 +102,9 @@ impl Conn {
     /// received from the client and the upstream, and what waits to be written to each.
     fn held_bytes(&self) -> usize {
         self.plaintext.len()
-            + self.session.as_ref().map_or(0, |s| s.buffered_bytes())
+            + self.phase.session().map_or(0, |s| s.buffered_bytes())
             + self.outbound_len()
-            + self
-                .relay
-                .as_ref()
-                .map_or(0, |r| r.buffered() + r.pending_output())
+            + self.phase.app().map_or(0, App::held_bytes)
     }
 
     /// Writes what the socket takes now, without waiting, handing the record layer more of
@@ -129,14 +118,13 @@ impl Conn {
                 break;
             }
             let fd = sockopt::borrow_fd(&self.stream);
-            match sockopt::send_nonblocking(fd, self.layer.pending_output()) {
-                Ok(Some(n)) if n > 0 => {
+            match self.layer.transmit(fd) {
+                Ok(Some((n, records))) => {
                     self.moved += n as u64;
-                    let records = self.layer.consume_output(n);
                     self.core.metrics.ktls_tx_records.add(records);
                     progressed = true;
                 }
-                Ok(_) => break,
+                Ok(None) => break,
                 Err(e) => {
                     tracing::debug!(peer = %self.peer, error = %e, "write failed");
                     return Err(End::Abort);
@@ -177,47 +165,33 @@ impl Conn {
     fn close_dropping_unsent(&mut self, code: u16, reason: &str) {
         self.drain_session();
         self.outbox.discard_unstarted();
-        if let Some(session) = self.session.as_mut() {
+        if let Some(session) = self.phase.session_mut() {
             session.close(code, reason);
         }
     }
 
-    /// The heartbeat: a ping after `ping_interval_ms` without a byte from the client, and a
-    /// close when nothing at all arrives within `pong_timeout_ms` of it. Re-armed lazily from
-    /// the time of the last read, so reads never touch the wheel for it.
+    /// The heartbeat timer fired: the session's heartbeat (a ping after `ping_interval_ms`
+    /// without a byte from the client, a close when nothing at all arrives within
+    /// `pong_timeout_ms` of it) acts, and says when it wants the time next.
     ///
-    /// The wait that woke us consumed the firing: every path below either re-arms the timer
-    /// or leaves it unset on purpose (heartbeats off, the session no longer open).
+    /// The wait that woke us consumed the firing: the timer is re-armed only when the session
+    /// asks (not with heartbeats off, nor once the session is no longer open).
     pub(super) fn on_heartbeat(&mut self) -> Option<End> {
-        let limits = &self.core.cfg.limits;
-        let (Some(interval), Phase::Open) = (limits.ping_interval(), self.phase) else {
-            return None;
-        };
-        let pong_timeout = limits.pong_timeout();
-        let now = Instant::now();
-        if self.session_state() != Some(SessionState::Open) {
-            // Our close is out: its own deadline bounds the wait for the reply.
-            return None;
+        let session = self.phase.session_mut()?;
+        let timeout = session.handle_timeout(Instant::now());
+        if let Some(at) = session.poll_timeout() {
+            self.heartbeat.set(at);
         }
-        if let Some(sent) = self.ping_sent.take() {
-            if self.last_rx < sent {
-                return Some(self.close_session(1001, "pong_timeout"));
+        match timeout? {
+            Timeout::PongTimeout => Some(self.close_session(1001, "pong_timeout")),
+            Timeout::PingSent => {
+                self.core.metrics.pings_sent.inc();
+                if self.encrypt_outgoing().is_err() {
+                    return Some(End::Abort);
+                }
+                None
             }
         }
-        let due = self.last_rx + interval;
-        if now < due {
-            self.heartbeat.set(due);
-            return None;
-        }
-        let session = self.session.as_mut()?;
-        session.send_ping(bytes::Bytes::new());
-        self.core.metrics.pings_sent.inc();
-        self.ping_sent = Some(now);
-        self.heartbeat.set(now + pong_timeout);
-        if self.encrypt_outgoing().is_err() {
-            return Some(End::Abort);
-        }
-        None
     }
 
     /// Once upgraded, something partial the client began must complete within
@@ -227,9 +201,9 @@ impl Conn {
     /// nothing is partial — and while reads are paused at the outbound cap, when it is not the
     /// client that holds the frame up (it restarts when reading resumes).
     pub(super) fn watch_partial_input(&mut self) {
-        let partial = self.phase == Phase::Open
+        let partial = self.phase.is_upgraded()
             && (!self.plaintext.is_empty()
-                || self.session.as_ref().is_some_and(|s| s.in_message())
+                || self.phase.session().is_some_and(|s| s.in_message())
                 || self.layer.holds_partial_record());
         if !partial || self.outbound_full() {
             self.frame_deadline.clear();
@@ -281,7 +255,7 @@ impl Conn {
     /// close reply be awaited.
     pub(super) fn close_session(&mut self, code: u16, reason: &'static str) -> End {
         Refusal::Close { code, reason }.record_on(&self.core, self.peer);
-        if let Some(session) = self.session.as_mut() {
+        if let Some(session) = self.phase.session_mut() {
             session.close(code, reason);
         }
         if self.encrypt_outgoing().is_err() {
@@ -326,15 +300,15 @@ impl Conn {
             }
             let cap = self.core.cfg.limits.max_outbound_bytes;
             let held =
-                self.plaintext.len() + self.session.as_ref().map_or(0, |s| s.buffered_bytes());
+                self.plaintext.len() + self.phase.session().map_or(0, |s| s.buffered_bytes());
             if held > cap {
                 // Data instead of a close reply, more than the cap of it: no reply is coming
                 // that we would keep for. Closed all the same, holding no more.
                 return true;
             }
             if self
-                .session
-                .as_ref()
+                .phase
+                .session()
                 .is_none_or(|s| s.state() == SessionState::Closed)
             {
                 return true;

@@ -1,5 +1,8 @@
-//! One connection's life on its core: TLS handshake, upgrade, session (echo, or relayed to an
-//! upstream: [`proxy`]), close.
+//! One connection's life on its core: TLS handshake, upgrade, session, close.
+//!
+//! What an open session does with its messages is its [`app`] (echo, or relayed to an upstream:
+//! [`proxy`] drives the relay's half of the loop); the record layer
+//! ([`crate::tls::record_layer`]) decides the kTLS hand-off and keeps the kernel's keys fresh.
 //!
 //! The loop is readiness-first both ways: wait for `readable(false)` / `writable(false)`
 //! (cancel-safe, consume nothing) or one of the connection's deadlines, then read without
@@ -28,52 +31,28 @@ use monoio::net::TcpStream;
 use crate::audit::AuditEvent;
 use crate::auth::admission::Admitted;
 use crate::ebpf::LimitGuard;
-use crate::limits::identity_slots::IdentitySlot;
 use crate::limits::{ConnectionLimiter, Verdict};
 use crate::metrics::Side;
 use crate::refuse::Refusal;
-use crate::sockopt::{self, Recv};
+use crate::sockopt;
 use crate::tls::driver::TlsSession;
 use crate::tls::identity::ClientIdentity;
-use crate::tls::ktls::{self, ControlRecord, KtlsMode, OffloadError, RekeyError};
-use crate::tls::Negotiated;
-use crate::ws::{self, Event, Outbox, Session, SessionState};
+use crate::tls::ktls::ControlRecord;
+use crate::tls::record_layer::{KeyStep, LayerEnd, Received, RecordLayer, TlsMode};
+use crate::ws::{self, Event, Heartbeat, Outbox, Session, SessionState};
 
+mod app;
 mod flow;
 mod pass;
+mod phase;
 mod proxy;
 
+use self::app::{App, OverRate, Proxy};
 use self::pass::{yield_to_core, yield_turn, AfterPass, PassGuard, Waited};
-use self::proxy::{upstream_readable, upstream_writable, RouteChoice};
+use self::phase::{PendingUpgrade, Phase, Upgraded};
 use super::core::{unix_now, Core};
-use super::live::{LiveEntry, LiveSession};
-use super::record_layer::RecordLayer;
-use super::relay::{Relay, UpstreamEvent};
+use super::live::LiveSession;
 use super::timer::Deadline;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// TLS handshake and the HTTP upgrade request, until the 101 is sent.
-    Handshake,
-    /// Upgraded: WebSocket frames.
-    Open,
-}
-
-/// Where a connection's records are encrypted, once its handshake is done.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TlsMode {
-    Kernel,
-    Userspace,
-}
-
-impl TlsMode {
-    fn name(self) -> &'static str {
-        match self {
-            TlsMode::Kernel => "ktls",
-            TlsMode::Userspace => "userspace",
-        }
-    }
-}
 
 /// Why the processing loop stopped.
 #[derive(Debug)]
@@ -95,7 +74,7 @@ pub(crate) async fn serve(slot: Slot, stream: TcpStream, peer: SocketAddr) {
 
 async fn serve_inner(slot: Slot, stream: TcpStream, peer: SocketAddr) {
     let core = slot.core.clone();
-    if let Err(e) = sockopt::tune_accepted(sockopt::borrow_fd(&stream), &core.socket_opts) {
+    if let Err(e) = sockopt::tune_accepted(sockopt::borrow_fd(&stream), &core.conn.socket_opts) {
         tracing::debug!(%peer, error = %e, "socket options failed; connection closed");
         return;
     }
@@ -122,8 +101,10 @@ pub(crate) struct Slot {
 
 impl Slot {
     pub(crate) fn take(core: &Rc<Core>, ip_slot: Option<LimitGuard>) -> Self {
-        core.connections.set(core.connections.get() + 1);
-        core.handshakes.set(core.handshakes.get() + 1);
+        core.counts
+            .connections
+            .set(core.counts.connections.get() + 1);
+        core.counts.handshakes.set(core.counts.handshakes.get() + 1);
         core.metrics.handshaking.add(1);
         Self {
             core: core.clone(),
@@ -135,7 +116,7 @@ impl Slot {
     /// The handshake is over: the connection leaves the handshake count for the open one.
     fn upgraded(&mut self) {
         let core = &self.core;
-        core.handshakes.set(core.handshakes.get() - 1);
+        core.counts.handshakes.set(core.counts.handshakes.get() - 1);
         core.metrics.handshaking.add(-1);
         core.metrics.open.add(1);
         self.upgraded = true;
@@ -145,11 +126,13 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         let core = &self.core;
-        core.connections.set(core.connections.get() - 1);
+        core.counts
+            .connections
+            .set(core.counts.connections.get() - 1);
         if self.upgraded {
             core.metrics.open.add(-1);
         } else {
-            core.handshakes.set(core.handshakes.get() - 1);
+            core.counts.handshakes.set(core.counts.handshakes.get() - 1);
             core.metrics.handshaking.add(-1);
         }
     }
@@ -162,65 +145,34 @@ struct Conn {
     stream: TcpStream,
     peer: SocketAddr,
     layer: RecordLayer,
-    /// What the handshake agreed on (and the client's certificates), kept for every later
-    /// decision; the kernel hand-off gives the rustls session up.
-    negotiated: Option<Negotiated>,
-    /// Decided once the handshake is done: handed to the kernel, or kept in userspace.
-    tls_mode: Option<TlsMode>,
     /// The client certificate's identity under mutual TLS, once read.
     identity: Option<Arc<ClientIdentity>>,
-    /// This session's place in its identity's `per_identity_connections` count.
-    identity_slot: Option<IdentitySlot>,
     /// Received plaintext not yet consumed: the upgrade request, then partial frames.
     plaintext: BytesMut,
     /// The session's frames not yet handed to the record layer: handed over as the client's
     /// socket takes bytes, so a large message is never encrypted (copied) whole past the cap.
     outbox: Outbox,
+    /// Where the connection is in its life, with what only that phase owns.
     phase: Phase,
-    session: Option<Session>,
     /// Handshake deadline, then the idle deadline.
     deadline: Deadline,
-    /// Once upgraded: this session's place in the core's live registry (revocations, token
-    /// expiry reach the connection through its deadline).
-    live: Option<LiveEntry>,
-    /// An admitted upgrade waiting for its token id's replay check on the owner core, or for
-    /// its upstream connection (proxy mode).
-    pending: Option<PendingUpgrade>,
-    /// Proxy mode: the session's upstream side.
-    relay: Option<Relay>,
-    /// The session's rate limits (its own and its identity's); None: unlimited.
-    limiter: Option<ConnectionLimiter>,
-    /// Upstream events of the current step, kept to reuse the allocation.
-    upstream_events: Vec<UpstreamEvent>,
-    /// For the close's audit record: when the connection was accepted, the plaintext bytes
-    /// each way, and who was admitted to what.
+    /// For the close's audit record: when the connection was accepted and the plaintext bytes
+    /// each way.
     accepted_at: Instant,
     bytes_in: u64,
     bytes_out: u64,
-    admitted_as: Option<AdmittedAs>,
     /// Armed while bytes wait for the client: no progress until it fires = a slow consumer.
     write_deadline: Deadline,
-    /// Armed while bytes wait for the upstream (proxy mode): no progress until it fires closes
-    /// the client with 1014.
-    upstream_write_deadline: Deadline,
     /// The server ping's timer (see [`Conn::on_heartbeat`]).
     heartbeat: Deadline,
     /// Armed while a frame (or a fragmented message) is partly received: it must complete by
     /// then (see [`Conn::watch_partial_input`]).
     frame_deadline: Deadline,
-    /// When the client last sent anything (any byte proves it alive).
-    last_rx: Instant,
-    /// When our unanswered ping went out.
-    ping_sent: Option<Instant>,
     /// Client reads are paused at the outbound cap (for counting pauses, not waits).
     reads_paused: bool,
     /// The close reply is not awaited: the TLS keys cannot go on, or the connection is
     /// closed for the core's buffer budget (its share is given back at once).
     skip_close_reply: bool,
-    /// Upstream reads are paused at the client's outbound cap.
-    upstream_paused: bool,
-    /// When the oldest message relayed in this step was read (the proxy hop histogram).
-    hop_started: Option<Instant>,
     /// Bytes this connection adds to the core's buffered budget right now.
     held: usize,
     /// The loop's progress mark: bytes moved on either socket and one-shot wake-ups consumed
@@ -238,42 +190,26 @@ impl Conn {
         deadline.set(Instant::now() + core.cfg.limits.handshake_timeout());
         let write_deadline = Deadline::new(&core.wheel);
         let heartbeat = Deadline::new(&core.wheel);
-        let upstream_write_deadline = Deadline::new(&core.wheel);
         let frame_deadline = Deadline::new(&core.wheel);
         Self {
             slot,
             core,
             stream,
             peer,
-            layer: RecordLayer::User(tls),
-            negotiated: None,
-            tls_mode: None,
+            layer: RecordLayer::new(tls),
             identity: None,
-            identity_slot: None,
             plaintext: BytesMut::new(),
             outbox: Outbox::new(),
-            phase: Phase::Handshake,
-            session: None,
+            phase: Phase::Handshaking,
             deadline,
-            live: None,
-            pending: None,
-            relay: None,
-            limiter: None,
-            upstream_events: Vec::new(),
             accepted_at: Instant::now(),
             bytes_in: 0,
             bytes_out: 0,
-            admitted_as: None,
             write_deadline,
             heartbeat,
             frame_deadline,
-            upstream_write_deadline,
-            last_rx: Instant::now(),
-            ping_sent: None,
             reads_paused: false,
             skip_close_reply: false,
-            upstream_paused: false,
-            hop_started: None,
             held: 0,
             moved: 0,
             finishing: false,
@@ -284,13 +220,13 @@ impl Conn {
     async fn run(&mut self) -> End {
         let mut guard = PassGuard::default();
         loop {
-            let live = self.live.as_ref().map(|e| e.session.clone());
+            let live = self.phase.upgraded().map(|u| u.live.session.clone());
             let reading = self.reads_allowed();
             let writing = self.output_pending();
-            let up_reading = self.upstream_reads_allowed();
-            let up_more = up_reading && self.relay.as_ref().is_some_and(|r| r.more);
-            let up_writing = self.relay.as_ref().is_some_and(|r| r.pending_output() > 0);
-            let relay = self.relay.as_ref();
+            let app_reading = self.app_reads_allowed();
+            let app = self.phase.app();
+            let app_more = app_reading && app.is_some_and(App::holds_more);
+            let app_writing = app.is_some_and(|a| a.pending_output() > 0);
             let (wake, waited) = {
                 let wait = std::pin::pin!(async {
                     monoio::select! {
@@ -301,32 +237,32 @@ impl Conn {
                         _ = self.heartbeat.expired() => Wake::Heartbeat,
                         _ = self.frame_deadline.expired() => Wake::FrameTimeout,
                         _ = self.write_deadline.expired(), if writing => Wake::WriteStalled,
-                        r = upstream_readable(relay), if up_reading && !up_more => Wake::UpstreamReadable(r),
-                        _ = std::future::ready(()), if up_more => Wake::UpstreamMore,
-                        r = upstream_writable(relay), if up_writing => Wake::UpstreamWritable(r),
-                        _ = self.upstream_write_deadline.expired(), if up_writing => Wake::UpstreamStalled,
+                        r = app_readable(app), if app_reading && !app_more => Wake::AppReadable(r),
+                        _ = std::future::ready(()), if app_more => Wake::AppMore,
+                        r = app_writable(app), if app_writing => Wake::AppWritable(r),
+                        _ = app_stalled(app), if app_writing => Wake::AppStalled,
                     }
                 });
                 Waited::new(wait).await
             };
             self.core.metrics.loop_passes.inc();
             let step = match wake {
-                Wake::UpstreamReadable(Ok(())) => {
+                Wake::AppReadable(Ok(())) => {
                     // Readiness consumed by a read (the bytes may all be TLS records that give
                     // no plaintext yet): progress, whatever the read returns.
                     self.moved += 1;
-                    self.relay_from_upstream()
+                    self.app_read()
                 }
-                Wake::UpstreamMore => {
-                    // The relay's "more held" flag is a one-shot: the read clears it.
+                Wake::AppMore => {
+                    // The app's "more held" flag is a one-shot: the read clears it.
                     self.moved += 1;
-                    self.relay_from_upstream()
+                    self.app_read()
                 }
-                Wake::UpstreamWritable(Ok(())) => None,
-                Wake::UpstreamStalled => Some(self.upstream_failed("upstream_stalled")),
-                Wake::UpstreamReadable(Err(e)) | Wake::UpstreamWritable(Err(e)) => {
+                Wake::AppWritable(Ok(())) => None,
+                Wake::AppStalled => self.app_failed("upstream_stalled"),
+                Wake::AppReadable(Err(e)) | Wake::AppWritable(Err(e)) => {
                     tracing::debug!(peer = %self.peer, error = %e, "upstream readiness wait failed");
-                    Some(self.upstream_failed("upstream_closed"))
+                    self.app_failed("upstream_closed")
                 }
                 Wake::Deadline => return self.on_deadline(),
                 Wake::SessionEnd => return self.on_session_end(),
@@ -358,8 +294,8 @@ impl Conn {
             if let Err(end) = self.write_some() {
                 return end;
             }
-            let step = step.or_else(|| self.write_upstream());
-            if let Some(at) = self.hop_started.take() {
+            let step = step.or_else(|| self.app_write());
+            if let Some(at) = self.phase.app_mut().and_then(App::take_hop_start) {
                 self.core.metrics.proxy_hop.observe(at.elapsed());
             }
             // What is held once this pass has written what it could counts against the
@@ -368,7 +304,7 @@ impl Conn {
                 return end;
             }
             self.watch_partial_input();
-            if let Some(pending) = self.pending.take() {
+            if let Some(pending) = self.phase.take_pending() {
                 let upgraded = self.finish_pending_upgrade(pending).await;
                 self.account_buffers();
                 let written = self.write_some();
@@ -406,6 +342,38 @@ impl Conn {
         }
     }
 
+    /// Whether the app's far side may be read now (see the app's own rule).
+    fn app_reads_allowed(&mut self) -> bool {
+        match self.phase.app() {
+            Some(App::Proxy(_)) => self.upstream_reads_allowed(),
+            Some(App::Echo) | None => false,
+        }
+    }
+
+    /// The app's far side is readable: what it produced goes to the client.
+    fn app_read(&mut self) -> Option<End> {
+        match self.phase.app()? {
+            App::Proxy(_) => self.relay_from_upstream(),
+            App::Echo => None,
+        }
+    }
+
+    /// Writes what the app's far side takes now.
+    fn app_write(&mut self) -> Option<End> {
+        match self.phase.app()? {
+            App::Proxy(_) => self.write_upstream(),
+            App::Echo => None,
+        }
+    }
+
+    /// The app's far side broke (`reason`): the client is told why.
+    fn app_failed(&mut self, reason: &'static str) -> Option<End> {
+        match self.phase.app()? {
+            App::Proxy(_) => Some(self.upstream_failed(reason)),
+            App::Echo => None,
+        }
+    }
+
     /// The loop's progress mark: bytes and readiness moved, and the firings of this
     /// connection's own deadlines consumed (a wait that completed at once on a deadline
     /// consumed it, see `timer`).
@@ -415,13 +383,11 @@ impl Conn {
             &self.heartbeat,
             &self.frame_deadline,
             &self.write_deadline,
-            &self.upstream_write_deadline,
         ];
-        let live = self
-            .live
-            .as_ref()
-            .map_or(0, |e| e.session.deadline().consumed());
-        self.moved + live + own.iter().map(|d| d.consumed()).sum::<u64>()
+        let upgraded = self.phase.upgraded().map_or(0, |u| {
+            u.live.session.deadline().consumed() + u.app.deadlines_consumed()
+        });
+        self.moved + upgraded + own.iter().map(|d| d.consumed()).sum::<u64>()
     }
 
     /// Reads what the socket holds (bounded, so one connection cannot starve the core) and
@@ -431,8 +397,7 @@ impl Conn {
         for _ in 0..MAX_READS_PER_WAKE {
             let limit = self.read_limit();
             if limit == Some(0) {
-                let quiescent = |c: &Self| c.layer.user().is_some_and(TlsSession::is_quiescent);
-                if !quiescent(self) {
+                if !self.layer.is_quiescent() {
                     // Whole records still held: rustls can stop at "handshake done" before
                     // decrypting records that arrived in the same read. One more pass over
                     // what is held, without reading.
@@ -440,7 +405,7 @@ impl Conn {
                         return Some(end);
                     }
                 }
-                if quiescent(self) {
+                if self.layer.is_quiescent() {
                     return None; // at a record boundary: the hand-off comes first
                 }
                 // Held bytes that are still not whole records (a handshake message split over
@@ -452,41 +417,36 @@ impl Conn {
                 }
                 continue;
             }
-            let (got, space) = {
-                let mut pool = self.core.pool.borrow_mut();
-                let space = self.layer.recv_space(&mut pool, limit);
-                let len = space.len();
-                (
-                    sockopt::recv_nonblocking(sockopt::borrow_fd(&self.stream), space),
-                    len,
-                )
+            let received = {
+                let mut pool = self.core.buffers.pool.borrow_mut();
+                let fd = sockopt::borrow_fd(&self.stream);
+                self.layer.receive(fd, &mut pool, limit)
             };
-            match got {
-                Ok(Recv::Data(n)) => {
+            match received {
+                Received::Data { n, filled, records } => {
                     self.moved += n as u64;
-                    let records = self.layer.commit_recv(n);
                     self.core.metrics.ktls_rx_records.add(records);
                     if let Some(end) = self.process_guarded() {
                         return Some(end);
                     }
-                    if n < space {
+                    if !filled {
                         return None; // drained: wait for readiness again
                     }
-                    if self.phase == Phase::Open && self.outbound_full() {
+                    if self.phase.is_upgraded() && self.outbound_full() {
                         // What this read queued reached the cap: no more until it drains.
                         return None;
                     }
                 }
-                Ok(Recv::WouldBlock) => return None,
-                Ok(Recv::Eof) => {
+                Received::WouldBlock => return None,
+                Received::Eof => {
                     self.moved += 1;
-                    if self.phase == Phase::Handshake {
+                    if !self.phase.is_upgraded() {
                         self.core
                             .metrics
                             .handshake(false, "peer_closed_during_handshake");
                     } else if self
-                        .session
-                        .as_ref()
+                        .phase
+                        .session()
                         .is_some_and(|s| s.state() != SessionState::Closed)
                     {
                         // Closed without a close frame: 1006, as RFC 6455 names it.
@@ -494,21 +454,19 @@ impl Conn {
                     }
                     return Some(End::Abort);
                 }
-                Err(e) if e.raw_os_error() == Some(libc::EIO) && self.layer.kernel().is_some() => {
+                Received::ControlRecord => {
                     if let Some(end) = self.take_control_record() {
                         return Some(end);
                     }
-                    if self.layer.kernel().is_some_and(|k| k.tx_rekey_due()) {
+                    if self.layer.tx_rekey_due() {
                         return None; // our KeyUpdate goes out before anything more is read
                     }
                 }
-                Err(e) => {
-                    if let Some(reason) =
-                        kernel_read_error(&e).filter(|_| self.layer.kernel().is_some())
-                    {
+                Received::Failed { error, reason } => {
+                    if let Some(reason) = reason {
                         Refusal::Silent { reason }.record_on(&self.core, self.peer);
                     }
-                    tracing::debug!(peer = %self.peer, error = %e, "read failed");
+                    tracing::debug!(peer = %self.peer, error = %error, "read failed");
                     return Some(End::Abort);
                 }
             }
@@ -520,34 +478,26 @@ impl Conn {
     /// completes the record in the buffer, so the kernel starts on a record boundary even when
     /// the client pipelines data right after its Finished.
     fn read_limit(&self) -> Option<usize> {
-        if self.tls_mode.is_some() || self.finishing || !self.core.ktls.offloads() {
-            return None;
-        }
-        match self.layer.user() {
-            Some(tls) if !tls.is_handshaking() => Some(tls.bytes_to_record_boundary()),
-            _ => None,
-        }
+        self.layer
+            .read_limit(self.finishing, self.core.ktls.offloads())
     }
 
     /// A kTLS read failed with EIO: the next record is an alert or a handshake message.
     fn take_control_record(&mut self) -> Option<End> {
         let fd = sockopt::borrow_fd(&self.stream);
-        let Some(kernel) = self.layer.kernel() else {
-            return Some(End::Abort);
+        let taken = {
+            let mut pool = self.core.buffers.pool.borrow_mut();
+            self.layer
+                .take_control_record(fd, &mut pool, &self.core.metrics)
         };
-        let taken = kernel.take_control_record(fd, &mut self.core.pool.borrow_mut());
         let record = match taken {
             Ok(Some(record)) => record,
             Ok(None) => return None,
-            Err(e) => {
-                let reason = kernel_read_error(&e).unwrap_or("tls_record_read_failed");
+            Err(reason) => {
                 Refusal::Silent { reason }.record_on(&self.core, self.peer);
                 return Some(End::Abort);
             }
         };
-        if let Some(kind) = record.alert_kind() {
-            self.core.metrics.ktls_alert(kind);
-        }
         match record {
             ControlRecord::Handled => self.process_guarded(),
             ControlRecord::CloseNotify => Some(End::Close),
@@ -574,7 +524,7 @@ impl Conn {
     }
 
     fn refuse_after_panic(&mut self) -> End {
-        let refusal = if self.phase == Phase::Open {
+        let refusal = if self.phase.is_upgraded() {
             Refusal::Close {
                 code: 1011,
                 reason: "panic",
@@ -589,7 +539,7 @@ impl Conn {
         refusal.record_on(&self.core, self.peer);
         // The session's state is suspect after a panic: the close frame is made by hand, and
         // goes behind the whole frames already queued.
-        self.session = None;
+        self.phase.break_session();
         self.plaintext = BytesMut::new();
         if !self.layer.is_handshaking() {
             match &refusal {
@@ -631,68 +581,66 @@ impl Conn {
 
     /// The upgrade request, then the session.
     fn process_plaintext(&mut self) -> Option<End> {
-        if self.pending.is_some() {
+        match self.phase {
+            Phase::Handshaking => {}
+            Phase::Upgrading(_) | Phase::Refused(_) => return None,
+            Phase::Open { .. } | Phase::Broken(_) => return self.run_session(),
+        }
+        if self.layer.is_handshaking() {
             return None;
         }
-        if self.phase == Phase::Handshake {
-            if self.layer.is_handshaking() {
-                return None;
+        match ws::parse_upgrade(&self.plaintext, &self.core.conn.handshake_limits) {
+            Ok(None) => return None,
+            Err(e) => {
+                let refusal = Refusal::Http {
+                    status: e.status(),
+                    reason: e.reason(),
+                    extra_headers: e.extra_headers(),
+                };
+                return Some(self.refuse_http(refusal));
             }
-            match ws::parse_upgrade(&self.plaintext, &self.core.handshake_limits) {
-                Ok(None) => return None,
-                Err(e) => {
-                    let refusal = Refusal::Http {
-                        status: e.status(),
-                        reason: e.reason(),
-                        extra_headers: e.extra_headers(),
-                    };
-                    return Some(self.refuse_http(refusal));
-                }
-                Ok(Some((request, consumed))) => {
-                    // Proxy mode forwards the client's User-Agent, which the parsed request
-                    // does not keep: read it from the raw head before it is consumed.
-                    let user_agent = self.core.upstreams.as_ref().and_then(|_| {
-                        crate::upstream::handshake::request_header(
-                            &self.plaintext[..consumed],
-                            "user-agent",
-                        )
+            Ok(Some((request, consumed))) => {
+                let _ = self.plaintext.split_to(consumed);
+                let identity = match self.client_identity() {
+                    Ok(identity) => identity,
+                    Err(refusal) => return Some(self.refuse_upgrade(refusal, &request, None)),
+                };
+                let crls = self.core.tls.crls.load();
+                let decided = self.core.access.admission.decide(
+                    &request,
+                    identity.as_deref(),
+                    &crls,
+                    unix_now(),
+                    self.core.cores,
+                );
+                let admitted = match decided {
+                    Ok(admitted) => admitted,
+                    Err(refusal) => return Some(self.refuse_upgrade(refusal, &request, None)),
+                };
+                let routed = self
+                    .core
+                    .upstreams
+                    .as_ref()
+                    .map(|u| crate::upstream::relay::route(u, &request))
+                    .transpose();
+                let route = match routed {
+                    Ok(route) => route,
+                    Err(refusal) => {
+                        return Some(self.refuse_upgrade(refusal, &request, Some(&admitted)))
+                    }
+                };
+                if admitted.replay.is_some() || route.is_some() {
+                    // The token id's owner core answers first, and the upstream must say
+                    // 101 before the client hears it: the loop waits for both.
+                    self.phase = Phase::Upgrading(PendingUpgrade {
+                        request,
+                        admitted,
+                        route,
                     });
-                    let _ = self.plaintext.split_to(consumed);
-                    let identity = match self.client_identity() {
-                        Ok(identity) => identity,
-                        Err(refusal) => return Some(self.refuse_upgrade(refusal, &request, None)),
-                    };
-                    let crls = self.core.tls.crls.load();
-                    let decided = self.core.admission.decide(
-                        &request,
-                        identity.as_deref(),
-                        &crls,
-                        unix_now(),
-                        self.core.cores,
-                    );
-                    let admitted = match decided {
-                        Ok(admitted) => admitted,
-                        Err(refusal) => return Some(self.refuse_upgrade(refusal, &request, None)),
-                    };
-                    let route = match self.route(&request, user_agent) {
-                        Ok(route) => route,
-                        Err(refusal) => {
-                            return Some(self.refuse_upgrade(refusal, &request, Some(&admitted)))
-                        }
-                    };
-                    if admitted.replay.is_some() || route.is_some() {
-                        // The token id's owner core answers first, and the upstream must say
-                        // 101 before the client hears it: the loop waits for both.
-                        self.pending = Some(PendingUpgrade {
-                            request,
-                            admitted,
-                            route,
-                        });
-                        return None;
-                    }
-                    if let Err(end) = self.upgrade(&request, admitted) {
-                        return Some(end);
-                    }
+                    return None;
+                }
+                if let Err(end) = self.upgrade(&request, admitted, App::Echo) {
+                    return Some(end);
                 }
             }
         }
@@ -712,10 +660,7 @@ impl Conn {
         if self.identity.is_some() {
             return Ok(self.identity.clone());
         }
-        if self.negotiated.is_none() {
-            self.negotiated = self.layer.user().and_then(TlsSession::negotiated);
-        }
-        let Some(negotiated) = &self.negotiated else {
+        let Some(negotiated) = self.layer.negotiated() else {
             return Ok(None);
         };
         match ClientIdentity::from_peer(&negotiated.peer_certificates) {
@@ -768,7 +713,7 @@ impl Conn {
         AuditEvent::Upgrade {
             peer: self.peer.to_string(),
             identity: self.identity.as_deref().map(audit_identity),
-            path: self.core.admission.redact_target(&request.path),
+            path: self.core.access.admission.redact_target(&request.path),
             allowed,
             status,
             reason: reason.to_owned(),
@@ -783,9 +728,9 @@ impl Conn {
         AuditEvent::Close {
             peer: self.peer.to_string(),
             identity: self.identity.as_deref().map(audit_identity),
-            code: self.session.as_ref().and_then(Session::close_code),
-            reason: match &self.admitted_as {
-                Some(a) => format!("path {}", a.path),
+            code: self.phase.session().and_then(Session::close_code),
+            reason: match self.phase.upgraded() {
+                Some(u) => format!("path {}", u.path),
                 None => String::new(),
             },
             bytes_in: self.bytes_in,
@@ -798,7 +743,7 @@ impl Conn {
     /// upstream session; then upgrades or refuses. The handshake deadline bounds the waits.
     async fn finish_pending_upgrade(&mut self, pending: PendingUpgrade) -> Result<(), End> {
         if let Some(check) = pending.admitted.replay.clone() {
-            let replay = self.core.replay.clone();
+            let replay = self.core.access.replay.clone();
             let answer = monoio::select! {
                 r = replay.check(&check, unix_now()) => Some(r),
                 _ = self.deadline.expired() => None,
@@ -815,9 +760,13 @@ impl Conn {
                 Some(Ok(())) => {}
             }
         }
+        let mut app = App::Echo;
         if let Some(route) = &pending.route {
             match self.open_upstream(&pending, route).await {
-                Ok(relay) => self.relay = Some(relay),
+                Ok(relay) => {
+                    let stalled = Deadline::new(&self.core.wheel);
+                    app = App::Proxy(Proxy::new(relay, stalled));
+                }
                 Err(refusal) => {
                     return Err(self.refuse_upgrade(
                         refusal,
@@ -827,7 +776,7 @@ impl Conn {
                 }
             }
         }
-        self.upgrade(&pending.request, pending.admitted)?;
+        self.upgrade(&pending.request, pending.admitted, app)?;
         // Frames the client sent right behind its request.
         match self.process_guarded() {
             Some(end) => Err(end),
@@ -835,39 +784,46 @@ impl Conn {
         }
     }
 
-    /// Sends the 101 and switches to the WebSocket session.
-    fn upgrade(&mut self, request: &ws::UpgradeRequest, admitted: Admitted) -> Result<(), End> {
+    /// Sends the 101 and switches to the WebSocket session, whose messages go to `app`. Refused
+    /// here, the connection keeps `app` only to close its upstream with it.
+    fn upgrade(
+        &mut self,
+        request: &ws::UpgradeRequest,
+        admitted: Admitted,
+        app: App,
+    ) -> Result<(), End> {
         let slot = self
             .core
+            .access
             .admission
             .take_identity_slot(&admitted, self.identity.as_deref());
-        match slot {
-            Ok(slot) => self.identity_slot = slot,
-            Err(refusal) => return Err(self.refuse_upgrade(refusal, request, Some(&admitted))),
-        }
+        let identity_slot = match slot {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                self.phase = Phase::Refused(app);
+                return Err(self.refuse_upgrade(refusal, request, Some(&admitted)));
+            }
+        };
         let now = Instant::now();
-        let rates = &self.core.rates;
+        let rates = &self.core.access.rates;
         let identity = crate::auth::admission::identity_key(&admitted, self.identity.as_deref())
             .and_then(|key| rates.identities.attach(&key, now));
         let limiter = ConnectionLimiter::new(&rates.connection, identity, now)
             .with_control(&rates.control, now);
-        self.limiter = (!limiter.is_unlimited()).then_some(limiter);
+        let limiter = (!limiter.is_unlimited()).then_some(limiter);
         let mut response = Vec::with_capacity(160);
         ws::write_response_101(request, admitted.protocol.as_deref(), &mut response);
         if self.layer.send(&response).is_err() {
+            self.phase = Phase::Refused(app);
             return Err(End::Abort);
         }
-        self.phase = Phase::Open;
-        self.session = Some(Session::new(self.core.session_limits()));
         self.slot.upgraded();
         self.core
             .audit
             .record(self.upgrade_event(request, Some(&admitted), true, 101, "ok"));
-        self.admitted_as = Some(AdmittedAs {
-            path: self.core.admission.redact_target(&request.path),
-        });
+        let path = self.core.access.admission.redact_target(&request.path);
         let token = admitted.token.as_ref();
-        let entry = self.core.live.register(
+        let entry = self.core.access.live.register(
             token.and_then(|t| t.sub.clone()),
             token.and_then(|t| t.jti.clone()),
             self.identity.clone(),
@@ -880,7 +836,6 @@ impl Conn {
                 .unwrap_or_default();
             entry.session.expire_at(Instant::now() + left);
         }
-        self.live = Some(entry);
         let core = &self.core;
         core.metrics.handshake(true, "ok");
         core.metrics
@@ -888,13 +843,32 @@ impl Conn {
             .observe(self.accepted_at.elapsed());
         let now = Instant::now();
         self.deadline.set(now + core.cfg.limits.idle_timeout());
-        self.last_rx = now;
+        let mut session = Session::new(core.session_limits());
         if let Some(interval) = core.cfg.limits.ping_interval() {
-            self.heartbeat.set(now + interval);
+            let pong_timeout = core.cfg.limits.pong_timeout();
+            session = session.with_heartbeat(
+                Heartbeat {
+                    interval,
+                    pong_timeout,
+                },
+                now,
+            );
+        }
+        if let Some(at) = session.poll_timeout() {
+            self.heartbeat.set(at);
         }
         // The redacted target: a query token must not reach the logs.
-        let path = self.admitted_as.as_ref().map_or("", |a| a.path.as_str());
         tracing::debug!(peer = %self.peer, path, "upgraded");
+        self.phase = Phase::Open {
+            session,
+            open: Upgraded {
+                app,
+                live: entry,
+                limiter,
+                _identity_slot: identity_slot,
+                path,
+            },
+        };
         Ok(())
     }
 
@@ -902,9 +876,11 @@ impl Conn {
     fn run_session(&mut self) -> Option<End> {
         let core = self.core.clone();
         let metrics = &core.metrics;
-        let session = self.session.as_mut()?;
+        let Phase::Open { session, open } = &mut self.phase else {
+            return None;
+        };
         let now = Instant::now();
-        self.last_rx = now;
+        session.note_received(now);
         self.deadline.set(now + core.cfg.limits.idle_timeout());
         session.receive(&mut self.plaintext);
         // Closed for its rate in this step: later messages in the same read are not delivered.
@@ -913,8 +889,8 @@ impl Conn {
         // pong: they take from the control allowance (a message of 10^6 of them would pass
         // every message limit).
         for _ in 0..session.take_empty_fragments() {
-            if let Verdict::Exceeded { which, unit } = check_control(&mut self.limiter, now, 0) {
-                close_for_rate(&core, self.peer, session, self.relay.as_mut(), which, unit);
+            if let Verdict::Exceeded { which, unit } = check_control(&mut open.limiter, now, 0) {
+                close_for_rate(&core, self.peer, session, &mut open.app, which, unit);
                 rate_closed = true;
                 break;
             }
@@ -932,191 +908,108 @@ impl Conn {
                     if rate_closed {
                         continue;
                     }
-                    let verdict = match self.limiter.as_mut() {
+                    let verdict = match open.limiter.as_mut() {
                         Some(limiter) => limiter.check(now, message.payload.len()),
                         None => Verdict::Pass,
                     };
                     if let Verdict::Exceeded { which, unit } = verdict {
-                        if self.relay.as_ref().is_some_and(|r| r.lossy) {
+                        if open.app.over_rate() == OverRate::Drop {
                             // Market data: the whole message goes, the session stays.
                             metrics.rate_limited(which.as_str(), "drop");
                             metrics.lossy_drop("rate_limit");
                             continue;
                         }
-                        close_for_rate(&core, self.peer, session, self.relay.as_mut(), which, unit);
+                        close_for_rate(&core, self.peer, session, &mut open.app, which, unit);
                         rate_closed = true;
                         continue;
                     }
-                    match self.relay.as_mut() {
-                        Some(relay) => {
-                            relay.forward(message);
-                            self.hop_started.get_or_insert(now);
-                        }
-                        None => session.send(message.kind, message.payload),
-                    }
+                    open.app.on_message(session, message, now);
                 }
                 Event::Ping(payload) | Event::Pong(payload) => {
                     metrics.frames_in.inc();
                     if rate_closed {
                         continue;
                     }
-                    let verdict = check_control(&mut self.limiter, now, payload.len());
+                    let verdict = check_control(&mut open.limiter, now, payload.len());
                     if let Verdict::Exceeded { which, unit } = verdict {
                         // Control frames are never dropped (a ping's pong is already queued):
                         // a client over its control allowance is closed, lossy route or not.
-                        close_for_rate(&core, self.peer, session, self.relay.as_mut(), which, unit);
+                        close_for_rate(&core, self.peer, session, &mut open.app, which, unit);
                         rate_closed = true;
                     }
                 }
                 Event::PeerClosed { code, reason } => {
                     metrics.frames_in.inc();
                     metrics.close_code(code.unwrap_or(1005), Side::Client);
-                    // The client's close goes on to the upstream with its code; an empty close
-                    // stays empty.
-                    if let Some(relay) = self.relay.as_mut() {
-                        relay.close_with(code, &reason);
-                    }
+                    open.app.on_client_closed(code, &reason);
                 }
                 Event::Failed { code, reason } => {
                     Refusal::Close { code, reason }.record_on(&core, self.peer);
-                    if let Some(relay) = self.relay.as_mut() {
-                        relay.close(1001, "client_protocol_error");
-                    }
+                    open.app.on_session_closing("client_protocol_error");
                 }
             }
         }
         if let Err(end) = self.encrypt_outgoing() {
             return Some(end);
         }
-        match self.session.as_ref().map(Session::state) {
+        match self.session_state() {
             Some(SessionState::Closed) => Some(End::Close),
             _ => None,
         }
     }
 
-    /// Once the handshake is done: keeps what it agreed on and decides where records are
-    /// encrypted from now on — handed to the kernel at the first quiescent point (every record
-    /// received is decrypted, every record queued is written), or kept in userspace.
+    /// Once the handshake is done, the record layer decides where records are encrypted from
+    /// now on (see [`RecordLayer::hand_off`]); a hand-off that cannot go on ends the connection.
     fn settle_record_layer(&mut self) -> Option<End> {
-        if self.tls_mode.is_some() {
-            return None;
-        }
-        let tls = self.layer.user()?;
-        if tls.is_handshaking() {
-            return None;
-        }
-        if self.negotiated.is_none() {
-            self.negotiated = tls.negotiated();
-        }
-        let policy = self.core.ktls.clone();
-        if !policy.offloads() {
-            self.decide(TlsMode::Userspace);
-            return None;
-        }
-        if !tls.is_quiescent() || tls.has_pending_output() {
-            return None; // reads stop at the next record boundary; try again then
-        }
-        let RecordLayer::User(tls) = std::mem::replace(&mut self.layer, RecordLayer::Detached)
-        else {
-            return Some(End::Abort);
-        };
-        let offloaded = ktls::offload(
-            tls,
-            sockopt::borrow_fd(&self.stream),
-            &mut self.core.pool.borrow_mut(),
-            &policy.support,
-            policy.key_limit_override,
-        );
-        match offloaded {
-            Ok(kernel) => {
-                self.layer = RecordLayer::Kernel(kernel);
-                self.decide(TlsMode::Kernel);
-                None
-            }
-            Err(OffloadError::Fallback {
-                tls,
-                reason,
-                detail,
-            }) => {
-                self.layer = RecordLayer::User(*tls);
-                self.stay_in_userspace(reason, &detail)
-            }
-            Err(OffloadError::Broken { reason, detail }) => {
-                self.core.metrics.ktls_fallback(reason);
-                tracing::warn!(peer = %self.peer, reason, detail, "kTLS hand-off failed after the secrets were extracted; connection closed");
-                Refusal::Silent {
-                    reason: "ktls_handoff_failed",
-                }
-                .record_on(&self.core, self.peer);
-                Some(End::Abort)
-            }
-        }
+        let end = {
+            let fd = sockopt::borrow_fd(&self.stream);
+            let mut pool = self.core.buffers.pool.borrow_mut();
+            self.layer.hand_off(
+                fd,
+                &mut pool,
+                &self.core.ktls,
+                &self.core.metrics,
+                self.peer,
+            )
+        }?;
+        Some(self.end_for_layer(end))
     }
 
-    /// The hand-off is not possible for this connection: count it, say it once, and serve in
-    /// userspace — or close, when kTLS is required.
+    /// The hand-off is not possible for this connection: counted and served in userspace, or
+    /// closed when kTLS is required.
     fn stay_in_userspace(&mut self, reason: &'static str, detail: &str) -> Option<End> {
-        self.core.metrics.ktls_fallback(reason);
-        log_fallback_once(reason, detail);
-        if self.core.ktls.mode == KtlsMode::Required {
-            Refusal::Silent {
-                reason: "ktls_required",
-            }
-            .record_on(&self.core, self.peer);
-            self.decide(TlsMode::Userspace);
-            return Some(End::Close);
-        }
-        self.decide(TlsMode::Userspace);
-        None
+        let end = self.layer.stay_in_userspace(
+            reason,
+            detail,
+            self.core.ktls.mode,
+            &self.core.metrics,
+            self.peer,
+        )?;
+        Some(self.end_for_layer(end))
     }
 
-    fn decide(&mut self, mode: TlsMode) {
-        self.tls_mode = Some(mode);
-        let metrics = &self.core.metrics;
-        match mode {
-            TlsMode::Kernel => {
-                metrics.tls_sessions_ktls.inc();
-                metrics.ktls_open.add(1);
-            }
-            TlsMode::Userspace => metrics.tls_sessions_userspace.inc(),
-        }
-        if let Some(n) = &self.negotiated {
-            tracing::debug!(
-                peer = %self.peer,
-                tls = mode.name(),
-                version = ?n.version,
-                suite = ?n.suite.suite(),
-                sni = n.sni.as_deref().unwrap_or(""),
-                "TLS established"
-            );
+    fn end_for_layer(&self, end: LayerEnd) -> End {
+        Refusal::Silent { reason: end.reason }.record_on(&self.core, self.peer);
+        if end.abort {
+            End::Abort
+        } else {
+            End::Close
         }
     }
 
-    /// Under kTLS: takes exact record counts from the kernel now and then, replaces our keys
-    /// when due (where the kernel can), or queues a 1001 close before the suite's record limit.
+    /// Under kTLS, the record layer's key maintenance: our KeyUpdate when due (waiting for room
+    /// for it), or a 1001 close before the suite's record limit.
     /// `Ok(Some(end))`: flush, then end; `Err(end)`: end now, nothing more may be written.
     /// `closing`: the connection is ending (our close may be queued), so a wait for room is
     /// bounded by `close_timeout_ms`, not the write timeout.
     async fn keep_keys_fresh(&mut self, closing: bool) -> Result<Option<End>, End> {
-        let Some(kernel) = self.layer.kernel() else {
-            return Ok(None);
-        };
-        if kernel.wants_sync() {
+        self.layer
+            .sync_key_counts(sockopt::borrow_fd(&self.stream), self.peer);
+        loop {
             let fd = sockopt::borrow_fd(&self.stream);
-            if let Err(e) = kernel.sync_with_kernel(fd) {
-                tracing::debug!(peer = %self.peer, error = %e, "kTLS record counts unreadable");
-            }
-        }
-        while self.layer.kernel().is_some_and(|k| k.tx_rekey_due()) {
-            let fd = sockopt::borrow_fd(&self.stream);
-            let Some(kernel) = self.layer.kernel() else {
-                break;
-            };
-            match kernel.rekey_tx(fd) {
-                Ok(()) => {
-                    tracing::debug!(peer = %self.peer, "TLS keys updated (KeyUpdate)");
-                }
-                Err(RekeyError::NotSent(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            match self.layer.refresh_keys(fd, self.peer) {
+                KeyStep::Fresh => return Ok(None),
+                KeyStep::WaitWritable => {
                     // The KeyUpdate must go out before more data: wait for room, bounded by
                     // the write timeout like any write (the close timeout once closing).
                     let limits = &self.core.cfg.limits;
@@ -1127,13 +1020,8 @@ impl Conn {
                     };
                     self.wait_writable(wait).await?;
                 }
-                Err(RekeyError::NotSent(e)) => {
-                    tracing::warn!(peer = %self.peer, error = %e, "TLS key update not sent");
-                    return Ok(Some(self.close_for_keys(1001, "tls_key_limit")));
-                }
-                Err(RekeyError::AfterSend(e)) => {
-                    // The client already expects the new keys: nothing more can be said.
-                    tracing::warn!(peer = %self.peer, error = %e, "the kernel refused our new TLS keys");
+                KeyStep::Close(reason) => return Ok(Some(self.close_for_keys(1001, reason))),
+                KeyStep::Broken => {
                     Refusal::Silent {
                         reason: "tls_rekey_failed",
                     }
@@ -1142,10 +1030,6 @@ impl Conn {
                 }
             }
         }
-        if self.layer.kernel().is_some_and(|k| k.key_limit_reached()) {
-            return Ok(Some(self.close_for_keys(1001, "tls_key_limit")));
-        }
-        Ok(None)
     }
 
     /// Waits until the socket takes more data, within `wait`.
@@ -1180,8 +1064,8 @@ impl Conn {
     /// Sets this connection's share of the core's buffer budget; returns the core's total.
     fn hold(&mut self, held: usize) -> usize {
         let core = &self.core;
-        let total = core.buffered.get() - self.held + held;
-        core.buffered.set(total);
+        let total = core.counts.buffered.get() - self.held + held;
+        core.counts.buffered.set(total);
         core.metrics
             .buffered_bytes
             .add(held as i64 - self.held as i64);
@@ -1199,7 +1083,7 @@ impl Conn {
     /// Moves the session's outgoing frames to the outbox: header bytes and shared payloads,
     /// nothing copied yet.
     fn drain_session(&mut self) {
-        let Some(session) = self.session.as_mut() else {
+        let Some(session) = self.phase.session_mut() else {
             return;
         };
         let mut frames = 0u64;
@@ -1219,7 +1103,7 @@ impl Conn {
             return Ok(());
         }
         let cap = self.core.cfg.limits.max_outbound_bytes;
-        let mut staging = self.core.staging.borrow_mut();
+        let mut staging = self.core.buffers.staging.borrow_mut();
         loop {
             let pending = self.layer.pending_output_len();
             if self.outbox.is_empty() || pending >= cap {
@@ -1239,7 +1123,8 @@ impl Conn {
 
     /// Returns the read buffer once drained and keeps the held-buffers gauge true.
     fn account_buffers(&mut self) {
-        self.layer.release_idle(&mut self.core.pool.borrow_mut());
+        self.layer
+            .release_idle(&mut self.core.buffers.pool.borrow_mut());
         if self.plaintext.is_empty() && self.plaintext.capacity() > 0 {
             self.plaintext = BytesMut::new();
         }
@@ -1256,30 +1141,30 @@ impl Conn {
     /// The session deadline fired: a revocation's close order, or the token's expiry.
     fn on_session_end(&mut self) -> End {
         let order = self
-            .live
-            .as_ref()
-            .and_then(|e| e.session.order())
+            .phase
+            .upgraded()
+            .and_then(|u| u.live.session.order())
             .unwrap_or((1008, "token_expired"));
         let (code, reason) = order;
         self.close_session(code, reason)
     }
 
     fn on_deadline(&mut self) -> End {
-        match self.phase {
-            Phase::Handshake => {
+        match self.phase.is_upgraded() {
+            false => {
                 let refusal = Refusal::Tls {
                     reason: "handshake_timeout",
                 };
                 refusal.record_on(&self.core, self.peer);
                 End::Abort
             }
-            Phase::Open => self.close_session(1001, "idle_timeout"),
+            true => self.close_session(1001, "idle_timeout"),
         }
     }
 
     /// Ends the connection: flushes, says close_notify when TLS is up, and closes.
     async fn finish(&mut self, end: End) {
-        if self.phase == Phase::Open {
+        if self.phase.is_upgraded() {
             self.core.audit.record(self.close_event());
         }
         // Everything after our close frame shares one deadline: the upstream's close, the last
@@ -1292,14 +1177,18 @@ impl Conn {
         // already) behind what was forwarded, the upstream's reply, then both directions shut.
         // The two sides close at the same time, so a slow upstream does not spend the client's
         // share of the deadline.
-        let upstream = self.relay.take().map(|mut relay| {
-            let core = self.core.clone();
-            async move {
-                relay.close(1001, "going_away");
-                proxy::close_upstream(&core, &mut relay, close_by).await;
-                relay.stream.shutdown();
-            }
-        });
+        let upstream = self
+            .phase
+            .app_mut()
+            .and_then(App::take_relay)
+            .map(|mut relay| {
+                let core = self.core.clone();
+                async move {
+                    relay.close(1001, "going_away");
+                    proxy::close_upstream(&core, &mut relay, close_by).await;
+                    relay.shutdown();
+                }
+            });
         let upstream = async move {
             if let Some(closing) = upstream {
                 closing.await;
@@ -1364,10 +1253,10 @@ impl Drop for Conn {
         if self.holds_read_buffer {
             core.metrics.read_buffers_held.add(-1);
         }
-        if let Ok(mut pool) = core.pool.try_borrow_mut() {
+        if let Ok(mut pool) = core.buffers.pool.try_borrow_mut() {
             self.layer.release_idle(&mut pool);
         }
-        if self.tls_mode == Some(TlsMode::Kernel) {
+        if self.layer.mode() == Some(TlsMode::Kernel) {
             core.metrics.ktls_open.add(-1);
         }
     }
@@ -1390,7 +1279,7 @@ fn close_for_rate(
     core: &Core,
     peer: SocketAddr,
     session: &mut Session,
-    relay: Option<&mut Relay>,
+    app: &mut App,
     which: crate::limits::Scope,
     unit: crate::limits::Unit,
 ) {
@@ -1405,9 +1294,7 @@ fn close_for_rate(
         crate::limits::RATE_LIMITED_CODE,
         crate::limits::RATE_LIMITED_REASON,
     );
-    if let Some(relay) = relay {
-        relay.close(1001, "client_rate_limited");
-    }
+    app.on_session_closing("client_rate_limited");
 }
 
 /// A client identity as audit records carry it.
@@ -1420,19 +1307,6 @@ fn audit_identity(id: &ClientIdentity) -> crate::audit::Identity {
     }
 }
 
-/// Who an upgraded session was admitted as, for its close record.
-struct AdmittedAs {
-    path: String,
-}
-
-/// An upgrade request that passed every synchronous check.
-struct PendingUpgrade {
-    request: ws::UpgradeRequest,
-    admitted: Admitted,
-    /// Proxy mode: where the session goes.
-    route: Option<RouteChoice>,
-}
-
 /// What woke a connection's loop.
 enum Wake {
     Readable(std::io::Result<()>),
@@ -1443,11 +1317,37 @@ enum Wake {
     /// A frame or fragmented message stayed incomplete for `frame_timeout_ms`.
     FrameTimeout,
     WriteStalled,
-    UpstreamReadable(std::io::Result<()>),
-    /// The relay stopped reading at a bound with more possibly held: read again at once.
-    UpstreamMore,
-    UpstreamWritable(std::io::Result<()>),
-    UpstreamStalled,
+    /// The app's far side (the upstream in proxy mode) is readable.
+    AppReadable(std::io::Result<()>),
+    /// The app stopped reading at a bound with more possibly held: read again at once.
+    AppMore,
+    AppWritable(std::io::Result<()>),
+    /// The app's far side took nothing for the write timeout.
+    AppStalled,
+}
+
+/// Resolves when the app's far side is readable; never without one.
+async fn app_readable(app: Option<&App>) -> std::io::Result<()> {
+    match app {
+        Some(app) => app.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the app's far side takes more; never without one.
+async fn app_writable(app: Option<&App>) -> std::io::Result<()> {
+    match app {
+        Some(app) => app.writable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the app's far side stalled; never without one.
+async fn app_stalled(app: Option<&App>) {
+    match app {
+        Some(app) => app.stalled().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves when the session's deadline fires; never without a live session.
@@ -1455,30 +1355,6 @@ async fn session_end(live: Option<&LiveSession>) {
     match live {
         Some(session) => session.deadline().expired().await,
         None => std::future::pending().await,
-    }
-}
-
-/// The counter label of a kTLS read error that ends the connection.
-fn kernel_read_error(e: &std::io::Error) -> Option<&'static str> {
-    match e.raw_os_error() {
-        // A record failed to authenticate (or keys changed under a kernel that cannot follow).
-        Some(libc::EBADMSG) => Some("tls_bad_record"),
-        // A record longer than TLS allows, or the kernel started mid-record.
-        Some(libc::EMSGSIZE) => Some("tls_record_overflow"),
-        _ => None,
-    }
-}
-
-/// A fallback to userspace is logged once per process (then only counted): under a kernel
-/// that refuses every connection, one line says why, not one per connection.
-fn log_fallback_once(reason: &'static str, detail: &str) {
-    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-        tracing::warn!(
-            reason,
-            detail,
-            "kTLS hand-off refused; this connection stays in userspace (further fallbacks are only counted: wssedge_ktls_fallbacks_total)"
-        );
     }
 }
 

@@ -1,18 +1,20 @@
-//! Proxy mode on a client connection: the route, the upstream session opened before the
-//! 101, and the relay step that hands the upstream's whole messages to the client (or drops
-//! them whole on lossy routes) — the upstream half of the connection loop.
+//! Proxy mode on a client connection: the upstream session opened before the 101 (route and
+//! connect live in [`crate::upstream::relay`]), and the relay step that hands the upstream's
+//! whole messages to the client (or drops them whole on lossy routes) — the upstream half of
+//! the connection loop, driven for [`super::app::App::Proxy`].
 
 use std::time::Instant;
 
 use crate::metrics::Side;
 use crate::refuse::Refusal;
-use crate::ws::{self, SessionState};
+use crate::ws::SessionState;
 
 use super::super::core::Core;
-use super::super::relay::{Relay, UpstreamEvent};
 use super::super::timer::Deadline;
+use super::app::App;
 use super::pass::{yield_to_core, yield_turn, AfterPass, PassGuard, Waited};
 use super::{Conn, End, PendingUpgrade};
+use crate::upstream::relay::{Relay, Route, UpstreamEvent};
 
 impl Conn {
     /// Whether the upstream's bytes may be read now: not while the client's queue is at the
@@ -20,24 +22,27 @@ impl Conn {
     /// while the upstream's own queue is at the cap (what it sends can make us answer: an
     /// upstream that floods pings and reads nothing must not grow our pongs).
     pub(super) fn upstream_reads_allowed(&mut self) -> bool {
-        let Some(relay) = self.relay.as_ref().filter(|r| !r.is_done()) else {
+        let outbound = self.outbound_len();
+        let proxy = self.phase.app_mut().and_then(App::proxy_mut);
+        let Some(proxy) = proxy.filter(|p| !p.relay.is_done()) else {
             return false;
         };
+        let relay = &proxy.relay;
         let cap = self.core.cfg.limits.max_outbound_bytes;
-        let allowed = (relay.lossy || self.outbound_len() < cap) && relay.pending_output() < cap;
-        if !allowed && !self.upstream_paused {
+        let allowed = (relay.is_lossy() || outbound < cap) && relay.pending_output() < cap;
+        if !allowed && !proxy.paused {
             self.core.metrics.upstream_pauses.inc();
         }
-        self.upstream_paused = !allowed;
+        proxy.paused = !allowed;
         allowed
     }
 
     /// Proxy mode: reads the upstream and hands its whole messages to the client. On a lossy
     /// route a message that does not fit under the client's outbound cap is dropped whole.
     pub(super) fn relay_from_upstream(&mut self) -> Option<End> {
-        let lossy = self.relay.as_ref()?.lossy;
+        let lossy = self.phase.app()?.proxy()?.relay.is_lossy();
         let now = Instant::now();
-        let mut events = std::mem::take(&mut self.upstream_events);
+        let mut events = std::mem::take(&mut self.phase.app_mut()?.proxy_mut()?.events);
         let cap = self.core.cfg.limits.max_outbound_bytes;
         // What still fits under the client's cap bounds the read (lossy routes read on and
         // drop whole messages instead).
@@ -46,12 +51,13 @@ impl Conn {
         } else {
             cap.saturating_sub(self.outbound_len())
         };
-        let relay = self.relay.as_mut()?;
-        self.moved += relay.read(now, &mut events, room) as u64;
+        let proxy = self.phase.app_mut()?.proxy_mut()?;
+        self.moved += proxy.relay.read(now, &mut events, room) as u64;
+        let mut hop_started = proxy.hop_started;
         let mut queued = self.outbound_len();
         let mut end = None;
         for event in events.drain(..) {
-            let Some(session) = self.session.as_mut() else {
+            let Some(session) = self.phase.session_mut() else {
                 break;
             };
             match event {
@@ -66,7 +72,7 @@ impl Conn {
                     }
                     queued += size;
                     session.send(message.kind, message.payload);
-                    self.hop_started.get_or_insert(read_at);
+                    hop_started.get_or_insert(read_at);
                 }
                 UpstreamEvent::Closed { code, reason } => {
                     // The upstream's code goes to the client as it was sent; an empty close
@@ -84,7 +90,10 @@ impl Conn {
                 }
             }
         }
-        self.upstream_events = events;
+        if let Some(proxy) = self.phase.app_mut().and_then(App::proxy_mut) {
+            proxy.events = events;
+            proxy.hop_started = hop_started;
+        }
         if let Err(end) = self.encrypt_outgoing() {
             return Some(end);
         }
@@ -94,22 +103,23 @@ impl Conn {
     /// Writes what the upstream socket takes now; a broken upstream closes the client with
     /// 1014.
     pub(super) fn write_upstream(&mut self) -> Option<End> {
-        let relay = self.relay.as_mut()?;
+        let proxy = self.phase.app_mut()?.proxy_mut()?;
+        let relay = &mut proxy.relay;
         match relay.write_some() {
             Ok(written) => {
                 self.moved += written as u64;
                 // An upstream that takes nothing for the write timeout is as stuck as a slow
                 // client: its client is told 1014 rather than held forever.
+                let stalled = &proxy.write_deadline;
                 if relay.pending_output() == 0 {
-                    self.upstream_write_deadline.clear();
-                } else if written > 0 || !self.upstream_write_deadline.is_set() {
-                    self.upstream_write_deadline
-                        .set(Instant::now() + self.core.cfg.limits.write_timeout());
+                    stalled.clear();
+                } else if written > 0 || !stalled.is_set() {
+                    stalled.set(Instant::now() + self.core.cfg.limits.write_timeout());
                 }
                 None
             }
             Err(e) => {
-                tracing::debug!(peer = %self.peer, member = %relay.member, error = %e, "upstream write failed");
+                tracing::debug!(peer = %self.peer, member = relay.member(), error = %e, "upstream write failed");
                 Some(self.upstream_failed("upstream_write_failed"))
             }
         }
@@ -117,109 +127,40 @@ impl Conn {
 
     /// The upstream connection broke: the client is told 1014 (bad gateway).
     pub(super) fn upstream_failed(&mut self, reason: &'static str) -> End {
-        if let Some(relay) = self.relay.as_mut() {
-            relay.abandon();
+        if let Some(proxy) = self.phase.app_mut().and_then(App::proxy_mut) {
+            proxy.relay.abandon();
         }
         self.close_session(1014, reason)
     }
 
-    /// Proxy mode: the route of an admitted request. No route matching: 404.
-    pub(super) fn route(
-        &self,
-        request: &ws::UpgradeRequest,
-        user_agent: Option<String>,
-    ) -> Result<Option<RouteChoice>, Refusal> {
-        let Some(upstreams) = self.core.upstreams.as_ref() else {
-            return Ok(None);
-        };
-        match upstreams.route(&request.path) {
-            Some(r) => Ok(Some(RouteChoice {
-                group: r.group,
-                rest: r.rest.to_owned(),
-                lossy: r.lossy,
-                user_agent,
-            })),
-            None => Err(Refusal::Http {
-                status: 404,
-                reason: "no_route",
-                extra_headers: &[],
-            }),
-        }
-    }
-
-    /// Opens the session's upstream side: a member of the route's group (round robin over the
-    /// healthy ones whose breaker admits), connected and upgraded within the connect timeout
-    /// (and the client's handshake deadline). 503 at once when no member is usable.
+    /// Proxy mode: opens the session's upstream side before the client hears its 101, within
+    /// the client's handshake deadline.
     pub(super) async fn open_upstream(
         &mut self,
         pending: &PendingUpgrade,
-        route: &RouteChoice,
+        route: &Route,
     ) -> Result<Relay, Refusal> {
-        const RETRY: &[(&str, &str)] = &[("Retry-After", "1")];
         let Some(upstreams) = self.core.upstreams.clone() else {
             return Err(internal_refusal());
         };
-        let Some(lease) = upstreams.pick(route.group, Instant::now()) else {
-            return Err(Refusal::Http {
-                status: 503,
-                reason: "upstream_unavailable",
-                extra_headers: RETRY,
-            });
-        };
-        let member = format!("{}/{}", lease.group, lease.url);
         let client = crate::upstream::ClientContext {
             request: &pending.request,
-            user_agent: route.user_agent.as_deref(),
+            user_agent: pending.request.user_agent.as_deref(),
             peer: self.peer.ip(),
             protocol: pending.admitted.protocol.as_deref(),
             identity: self.identity.as_deref(),
             token: pending.admitted.token.as_ref(),
         };
-        let request = upstreams.request(&lease.url, &route.rest, &client);
-        let connected = monoio::select! {
-            r = crate::upstream::connect(lease, &request, upstreams.connect_options()) => Some(r),
-            _ = self.deadline.expired() => None,
-        };
-        match connected {
-            Some(Ok(stream)) => {
-                tracing::debug!(peer = %self.peer, member, "upstream session open");
-                Ok(Relay::new(
-                    stream,
-                    self.core.session_limits(),
-                    self.core.cfg.limits.max_outbound_bytes,
-                    route.lossy,
-                    member,
-                ))
-            }
-            Some(Err(e)) => {
-                tracing::debug!(peer = %self.peer, member, error = %e, "upstream connect failed");
-                // The member answered, but not with a 101 (a 4xx, a 5xx, a bad accept):
-                // a bad gateway. No answer in time: a timeout. Anything else: the connect
-                // failed. Both of those: unavailable, try again.
-                Err(match &e {
-                    crate::upstream::ConnectError::Response(_) => Refusal::Http {
-                        status: 502,
-                        reason: "upstream_refused",
-                        extra_headers: &[],
-                    },
-                    crate::upstream::ConnectError::Timeout(_) => Refusal::Http {
-                        status: 503,
-                        reason: "upstream_timeout",
-                        extra_headers: RETRY,
-                    },
-                    _ => Refusal::Http {
-                        status: 503,
-                        reason: "upstream_connect_failed",
-                        extra_headers: RETRY,
-                    },
-                })
-            }
-            None => Err(Refusal::Http {
-                status: 503,
-                reason: "upstream_timeout",
-                extra_headers: RETRY,
-            }),
-        }
+        crate::upstream::relay::open(
+            &upstreams,
+            route,
+            &client,
+            self.core.session_limits(),
+            self.core.cfg.limits.max_outbound_bytes,
+            self.deadline.expired(),
+            self.peer,
+        )
+        .await
     }
 }
 
@@ -251,12 +192,12 @@ pub(super) async fn close_upstream(core: &Core, relay: &mut Relay, close_by: Ins
             return;
         }
         let reading = !relay.is_done();
-        let more = reading && relay.more;
+        let more = reading && relay.holds_more();
         let (wake, waited) = {
             let wait = std::pin::pin!(async {
                 monoio::select! {
-                    r = relay.stream.tcp().writable(false), if writing => r.is_ok(),
-                    r = relay.stream.tcp().readable(false), if reading && !more => r.is_ok(),
+                    r = relay.writable(), if writing => r.is_ok(),
+                    r = relay.readable(), if reading && !more => r.is_ok(),
                     _ = std::future::ready(()), if more => true,
                     _ = limit.expired() => false,
                 }
@@ -282,36 +223,11 @@ pub(super) async fn close_upstream(core: &Core, relay: &mut Relay, close_by: Ins
     }
 }
 
-/// A request's route in proxy mode.
-pub(super) struct RouteChoice {
-    pub(super) group: usize,
-    /// The path after the route's prefix, plus the query, for the member's path.
-    pub(super) rest: String,
-    pub(super) lossy: bool,
-    pub(super) user_agent: Option<String>,
-}
-
 /// A refusal for a state that should not happen (a bug, not the client's fault).
 pub(super) fn internal_refusal() -> Refusal {
     Refusal::Http {
         status: 500,
         reason: "internal_error",
         extra_headers: &[],
-    }
-}
-
-/// Resolves when the upstream socket is readable; never without an upstream.
-pub(super) async fn upstream_readable(relay: Option<&Relay>) -> std::io::Result<()> {
-    match relay {
-        Some(r) => r.stream.tcp().readable(false).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Resolves when the upstream socket takes more; never without an upstream.
-pub(super) async fn upstream_writable(relay: Option<&Relay>) -> std::io::Result<()> {
-    match relay {
-        Some(r) => r.stream.tcp().writable(false).await,
-        None => std::future::pending().await,
     }
 }

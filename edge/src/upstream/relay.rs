@@ -1,4 +1,5 @@
-//! Proxy mode: one client session's upstream side on its core.
+//! Proxy mode: one client session's upstream side on its core: its route, its connection
+//! (opened before the client's 101) and the relay over it.
 //!
 //! The client's connection loop owns a [`Relay`] and drives it readiness-first like the
 //! client's own socket: readable → a bounded non-blocking read → frames parsed in place by a
@@ -14,8 +15,9 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use crate::upstream::{ReadOutcome, SystemMaskKeys, UpstreamStream};
-use crate::ws::{Event, Message, Outbox, Session, SessionLimits, SessionState};
+use super::{ClientContext, ConnectError, ReadOutcome, SystemMaskKeys, UpstreamStream, Upstreams};
+use crate::refuse::Refusal;
+use crate::ws::{Event, Message, Outbox, Session, SessionLimits, SessionState, UpgradeRequest};
 
 /// What the upstream side produced in one step, for the client side to act on.
 #[derive(Debug)]
@@ -35,13 +37,13 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// One proxied session's upstream connection.
 pub(crate) struct Relay {
-    pub stream: UpstreamStream,
+    stream: UpstreamStream,
     session: Session,
     plaintext: BytesMut,
     /// Whole messages may be dropped for this route when the client cannot keep up.
-    pub lossy: bool,
+    lossy: bool,
     /// The member this session went to (`group/host:port`), for logs and audit records.
-    pub member: String,
+    member: String,
     /// We sent our close to the upstream (after the client closed, or on our own close).
     closing: bool,
     peer_closed: bool,
@@ -49,7 +51,7 @@ pub(crate) struct Relay {
     abandoned: bool,
     /// The last read stopped at its bound with more possibly held (rustls keeps decrypted
     /// plaintext the socket's readiness does not announce): read again without waiting.
-    pub more: bool,
+    more: bool,
     /// Frames toward the upstream not yet masked into its write queue: masked (copied) as the
     /// upstream's socket takes bytes, so a large message is never copied whole past the cap.
     outbox: Outbox,
@@ -83,6 +85,37 @@ impl Relay {
             peer_closed: false,
             abandoned: false,
         }
+    }
+
+    /// Whole messages may be dropped for this route when the client cannot keep up.
+    pub fn is_lossy(&self) -> bool {
+        self.lossy
+    }
+
+    /// The member this session went to (`group/host:port`).
+    pub fn member(&self) -> &str {
+        &self.member
+    }
+
+    /// The last read stopped at its bound with more possibly held: read again without waiting
+    /// for readiness (the next [`Relay::read`] clears it).
+    pub fn holds_more(&self) -> bool {
+        self.more
+    }
+
+    /// Resolves when the upstream socket is readable (consumes nothing).
+    pub async fn readable(&self) -> std::io::Result<()> {
+        self.stream.tcp().readable(false).await
+    }
+
+    /// Resolves when the upstream socket takes more (consumes nothing).
+    pub async fn writable(&self) -> std::io::Result<()> {
+        self.stream.tcp().writable(false).await
+    }
+
+    /// Shuts both directions of the upstream connection.
+    pub fn shutdown(&self) {
+        self.stream.shutdown();
     }
 
     /// Bytes queued toward the upstream (its socket took none of them yet): frames still in
@@ -297,5 +330,93 @@ impl Relay {
             }
         }
         Ok(written)
+    }
+}
+
+/// A request's route in proxy mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Route {
+    pub group: usize,
+    /// The path after the route's prefix, plus the query, for the member's path.
+    pub rest: String,
+    pub lossy: bool,
+}
+
+/// The route of an admitted request. No route matching: 404.
+pub(crate) fn route(upstreams: &Upstreams, request: &UpgradeRequest) -> Result<Route, Refusal> {
+    match upstreams.route(&request.path) {
+        Some(r) => Ok(Route {
+            group: r.group,
+            rest: r.rest.to_owned(),
+            lossy: r.lossy,
+        }),
+        None => Err(Refusal::Http {
+            status: 404,
+            reason: "no_route",
+            extra_headers: &[],
+        }),
+    }
+}
+
+/// Opens a session's upstream side: a member of the route's group (round robin over the
+/// healthy ones whose breaker admits), connected and upgraded within the connect timeout (and
+/// until `expired`, the client's handshake deadline, resolves). 503 at once when no member is
+/// usable. `peer` names the client in logs.
+pub(crate) async fn open(
+    upstreams: &Upstreams,
+    route: &Route,
+    client: &ClientContext<'_>,
+    limits: SessionLimits,
+    max_queued: usize,
+    expired: impl std::future::Future<Output = ()>,
+    peer: std::net::SocketAddr,
+) -> Result<Relay, Refusal> {
+    const RETRY: &[(&str, &str)] = &[("Retry-After", "1")];
+    let Some(lease) = upstreams.pick(route.group, Instant::now()) else {
+        return Err(Refusal::Http {
+            status: 503,
+            reason: "upstream_unavailable",
+            extra_headers: RETRY,
+        });
+    };
+    let member = format!("{}/{}", lease.group, lease.url);
+    let request = upstreams.request(&lease.url, &route.rest, client);
+    let connected = monoio::select! {
+        r = super::connect(lease, &request, upstreams.connect_options()) => Some(r),
+        _ = expired => None,
+    };
+    match connected {
+        Some(Ok(stream)) => {
+            tracing::debug!(%peer, member, "upstream session open");
+            Ok(Relay::new(stream, limits, max_queued, route.lossy, member))
+        }
+        Some(Err(e)) => {
+            tracing::debug!(%peer, member, error = %e, "upstream connect failed");
+            // The member answered, but not with a 101 (a 4xx, a 5xx, a bad accept):
+            // a bad gateway. No answer in time: a timeout. Anything else: the connect
+            // failed. Both of those: unavailable, try again.
+            Err(match &e {
+                ConnectError::Response(_) => Refusal::Http {
+                    status: 502,
+                    reason: "upstream_refused",
+                    extra_headers: &[],
+                },
+                ConnectError::Timeout(_) => Refusal::Http {
+                    status: 503,
+                    reason: "upstream_timeout",
+                    extra_headers: RETRY,
+                },
+                _ => Refusal::Http {
+                    status: 503,
+                    reason: "upstream_connect_failed",
+                    extra_headers: RETRY,
+                },
+            })
+        }
+        None => Err(Refusal::Http {
+            status: 503,
+            reason: "upstream_timeout",
+            extra_headers: RETRY,
+        }),
     }
 }

@@ -1,0 +1,232 @@
+//! The app seam: what an open session does with its client's messages.
+//!
+//! [`App`] is the one place that decides it — echoed back ([`App::Echo`]) or relayed to an
+//! upstream member ([`App::Proxy`]). The connection loop around it only moves bytes, keeps
+//! deadlines and applies limits; a new kind of session (fan-out) is a new variant here and its
+//! arms, not edits across the loop.
+
+use std::time::Instant;
+
+use crate::upstream::relay::{Relay, UpstreamEvent};
+use crate::ws::{Message, Session};
+
+use super::super::timer::Deadline;
+
+/// What a session does with its messages.
+// One per connection, inside its task: boxing the larger variant would add an allocation.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum App {
+    /// Every message goes back to its client.
+    Echo,
+    /// Every message goes to one upstream member, and the member's messages to the client.
+    Proxy(Proxy),
+}
+
+/// What a client over one of its message rates costs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OverRate {
+    /// The session is closed (1008 `rate_limited`).
+    Close,
+    /// The message is dropped whole and the session stays (lossy routes: market data).
+    Drop,
+}
+
+/// Proxy mode's side of a session: the relay and the loop state that only it needs.
+pub(super) struct Proxy {
+    pub(super) relay: Relay,
+    /// Upstream events of the current step, kept to reuse the allocation.
+    pub(super) events: Vec<UpstreamEvent>,
+    /// Upstream reads are paused at the client's outbound cap (for counting pauses).
+    pub(super) paused: bool,
+    /// When the oldest message relayed in this step was read (the proxy hop histogram).
+    pub(super) hop_started: Option<Instant>,
+    /// Armed while bytes wait for the upstream: no progress until it fires closes the client
+    /// with 1014.
+    pub(super) write_deadline: Deadline,
+}
+
+impl Proxy {
+    pub(super) fn new(relay: Relay, write_deadline: Deadline) -> Self {
+        Self {
+            relay,
+            events: Vec::new(),
+            paused: false,
+            hop_started: None,
+            write_deadline,
+        }
+    }
+}
+
+impl App {
+    /// A whole message from the client, within its rates.
+    pub(super) fn on_message(&mut self, session: &mut Session, message: Message, now: Instant) {
+        match self {
+            App::Echo => session.send(message.kind, message.payload),
+            App::Proxy(p) => {
+                p.relay.forward(message);
+                p.hop_started.get_or_insert(now);
+            }
+        }
+    }
+
+    /// A message over the client's rate: what it costs.
+    pub(super) fn over_rate(&self) -> OverRate {
+        match self {
+            App::Proxy(p) if p.relay.is_lossy() => OverRate::Drop,
+            _ => OverRate::Close,
+        }
+    }
+
+    /// The client closed the session with `code` (`None`: an empty close frame).
+    pub(super) fn on_client_closed(&mut self, code: Option<u16>, reason: &str) {
+        if let App::Proxy(p) = self {
+            // The client's close goes on to the upstream with its code; an empty close stays
+            // empty.
+            p.relay.close_with(code, reason);
+        }
+    }
+
+    /// The session is ending on our side (`reason`: why, for the upstream's close frame).
+    pub(super) fn on_session_closing(&mut self, reason: &str) {
+        if let App::Proxy(p) = self {
+            p.relay.close(1001, reason);
+        }
+    }
+
+    /// The session is closed for the core's buffer budget: what the client sent that the app
+    /// has not begun to deliver goes too.
+    pub(super) fn on_budget_close(&mut self) {
+        if let App::Proxy(p) = self {
+            p.relay.discard_unstarted();
+            p.relay.close(1001, "buffer_budget");
+        }
+    }
+
+    /// Bytes the app holds for the session's peers: partial messages and what waits to be
+    /// written (counted against the core's buffer budget).
+    pub(super) fn held_bytes(&self) -> usize {
+        match self {
+            App::Echo => 0,
+            App::Proxy(p) => p.relay.buffered() + p.relay.pending_output(),
+        }
+    }
+
+    /// Bytes queued toward the app's far side (nothing for echo).
+    pub(super) fn pending_output(&self) -> usize {
+        match self {
+            App::Echo => 0,
+            App::Proxy(p) => p.relay.pending_output(),
+        }
+    }
+
+    /// The app's far side has bytes held that its socket's readiness does not announce: read
+    /// again without waiting.
+    pub(super) fn holds_more(&self) -> bool {
+        self.proxy().is_some_and(|p| p.relay.holds_more())
+    }
+
+    /// Resolves when the app's far side is readable; never for echo.
+    pub(super) async fn readable(&self) -> std::io::Result<()> {
+        match self {
+            App::Proxy(p) => p.relay.readable().await,
+            App::Echo => std::future::pending().await,
+        }
+    }
+
+    /// Resolves when the app's far side takes more; never for echo.
+    pub(super) async fn writable(&self) -> std::io::Result<()> {
+        match self {
+            App::Proxy(p) => p.relay.writable().await,
+            App::Echo => std::future::pending().await,
+        }
+    }
+
+    /// Resolves when the far side took nothing for the write timeout; never for echo.
+    pub(super) async fn stalled(&self) {
+        match self {
+            App::Proxy(p) => p.write_deadline.expired().await,
+            App::Echo => std::future::pending().await,
+        }
+    }
+
+    /// Proxy mode's side, when there is one.
+    pub(super) fn proxy(&self) -> Option<&Proxy> {
+        match self {
+            App::Proxy(p) => Some(p),
+            App::Echo => None,
+        }
+    }
+
+    pub(super) fn proxy_mut(&mut self) -> Option<&mut Proxy> {
+        match self {
+            App::Proxy(p) => Some(p),
+            App::Echo => None,
+        }
+    }
+
+    /// Firings of the app's own deadlines consumed (the loop's progress mark).
+    pub(super) fn deadlines_consumed(&self) -> u64 {
+        self.proxy().map_or(0, |p| p.write_deadline.consumed())
+    }
+
+    /// When the oldest message the app relayed in this step was read; cleared.
+    pub(super) fn take_hop_start(&mut self) -> Option<Instant> {
+        self.proxy_mut().and_then(|p| p.hop_started.take())
+    }
+
+    /// The app's far side, taken out for the close (`None` for echo).
+    pub(super) fn take_relay(&mut self) -> Option<Relay> {
+        match std::mem::replace(self, App::Echo) {
+            App::Proxy(p) => Some(p.relay),
+            App::Echo => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::ws::{MessageKind, SessionLimits};
+
+    fn session() -> Session {
+        Session::new(SessionLimits {
+            max_frame_bytes: 1 << 16,
+            max_message_bytes: 1 << 16,
+        })
+    }
+
+    #[test]
+    fn echo_sends_each_message_back_to_its_client() {
+        let mut app = App::Echo;
+        let mut s = session();
+        let message = Message {
+            kind: MessageKind::Text,
+            payload: Bytes::from_static(b"hello").into(),
+        };
+        app.on_message(&mut s, message, Instant::now());
+        let frame = s.poll_transmit().expect("the echo is queued");
+        let mut wire = Vec::new();
+        let mut outbox = crate::ws::Outbox::new();
+        outbox.push(frame);
+        outbox.fill(&mut wire, usize::MAX);
+        assert_eq!(&wire[..], b"\x81\x05hello");
+        assert!(s.poll_transmit().is_none());
+    }
+
+    #[test]
+    fn echo_closes_over_rate_and_holds_nothing() {
+        let mut app = App::Echo;
+        assert_eq!(app.over_rate(), OverRate::Close);
+        assert_eq!(app.held_bytes(), 0);
+        assert_eq!(app.pending_output(), 0);
+        assert_eq!(app.deadlines_consumed(), 0);
+        app.on_client_closed(Some(1000), "bye");
+        app.on_session_closing("going_away");
+        app.on_budget_close();
+        assert!(app.take_hop_start().is_none());
+        assert!(app.take_relay().is_none());
+        assert!(matches!(app, App::Echo));
+    }
+}

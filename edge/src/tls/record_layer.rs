@@ -1,0 +1,617 @@
+//! A connection's record layer: userspace rustls until the hand-off, the kernel after it.
+//!
+//! The connection loop talks to this one type, so the read path (readiness, then a
+//! non-blocking read into a pooled buffer), the write path (one owned buffer to io_uring) and
+//! the close are the same whichever side encrypts. It also owns what only a record layer can
+//! judge: when the session may go to the kernel ([`RecordLayer::hand_off`]), what a failed
+//! hand-off means ([`RecordLayer::stay_in_userspace`]) and the life of the kernel's keys
+//! ([`RecordLayer::refresh_keys`]). The connection hears back what to do, never how.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::BorrowedFd;
+
+use bytes::BytesMut;
+
+use crate::bufpool::BufPool;
+use crate::metrics::CoreMetrics;
+use crate::sockopt::{self, Recv};
+use crate::tls::ktls::{
+    self, ControlRecord, KernelTls, KtlsMode, KtlsPolicy, OffloadError, RekeyError,
+};
+use crate::tls::{Negotiated, TlsError, TlsSession};
+
+/// Where a connection's records are encrypted, once its handshake is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TlsMode {
+    Kernel,
+    Userspace,
+}
+
+impl TlsMode {
+    fn name(self) -> &'static str {
+        match self {
+            TlsMode::Kernel => "ktls",
+            TlsMode::Userspace => "userspace",
+        }
+    }
+}
+
+/// What one non-blocking read from the client's socket gave.
+#[derive(Debug)]
+pub(crate) enum Received {
+    /// `n` bytes received into the layer; `filled`: the read took all the space offered (more
+    /// may be waiting); `records`: the kTLS records that read is counted as (0 in userspace,
+    /// where rustls counts).
+    Data {
+        n: usize,
+        filled: bool,
+        records: u64,
+    },
+    WouldBlock,
+    Eof,
+    /// Under kTLS: a non-data record heads the socket ([`RecordLayer::take_control_record`]).
+    ControlRecord,
+    /// The read failed; `reason` is the counter label when the kernel named the failure.
+    Failed {
+        error: io::Error,
+        reason: Option<&'static str>,
+    },
+}
+
+/// The connection must end because of its record layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LayerEnd {
+    /// The refusal's reason (a silent refusal: counter and audit record).
+    pub reason: &'static str,
+    /// Nothing more can be written (else the queued bytes and close_notify still go).
+    pub abort: bool,
+}
+
+/// What the key maintenance asks of the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyStep {
+    /// The keys are good for now.
+    Fresh,
+    /// Our KeyUpdate must go out before more data and the socket is full: wait for room, then
+    /// call [`RecordLayer::refresh_keys`] again.
+    WaitWritable,
+    /// The keys cannot go on: close with 1001 and this reason (the client's close reply is not
+    /// awaited: what it sends next may not even decrypt).
+    Close(&'static str),
+    /// Our KeyUpdate went out but the kernel refused the new keys: the client already expects
+    /// them, so nothing more can be said (`tls_rekey_failed`).
+    Broken,
+}
+
+// The layer lives inside the connection's task (already one heap allocation); boxing the larger
+// variant would add a second allocation per connection for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Layer {
+    User(TlsSession),
+    Kernel(KernelTls),
+    /// Only inside the hand-off, while the session is moved out.
+    Detached,
+}
+
+/// A connection's record layer, and where its records are encrypted once that is decided.
+pub(crate) struct RecordLayer {
+    layer: Layer,
+    /// Decided once the handshake is done: handed to the kernel, or kept in userspace.
+    mode: Option<TlsMode>,
+    /// What the handshake agreed on (and the client's certificates), kept for every later
+    /// decision: the kernel hand-off gives the rustls session up.
+    negotiated: Option<Negotiated>,
+}
+
+impl RecordLayer {
+    pub fn new(tls: TlsSession) -> Self {
+        Self {
+            layer: Layer::User(tls),
+            mode: None,
+            negotiated: None,
+        }
+    }
+
+    /// Where records are encrypted, once decided.
+    pub fn mode(&self) -> Option<TlsMode> {
+        self.mode
+    }
+
+    /// What the handshake agreed on; `None` while it runs.
+    pub fn negotiated(&mut self) -> Option<&Negotiated> {
+        if self.negotiated.is_none() {
+            if let Layer::User(tls) = &self.layer {
+                self.negotiated = tls.negotiated();
+            }
+        }
+        self.negotiated.as_ref()
+    }
+
+    /// One non-blocking read from `fd` into the layer's pooled buffer, at most `limit` bytes
+    /// ([`Self::read_limit`]).
+    pub fn receive(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        pool: &mut BufPool,
+        limit: Option<usize>,
+    ) -> Received {
+        let got = {
+            let space = self.recv_space(pool, limit);
+            let len = space.len();
+            sockopt::recv_nonblocking(fd, space).map(|r| (r, len))
+        };
+        match got {
+            Ok((Recv::Data(n), space)) => Received::Data {
+                n,
+                filled: n >= space,
+                records: self.commit_recv(n),
+            },
+            Ok((Recv::WouldBlock, _)) => Received::WouldBlock,
+            Ok((Recv::Eof, _)) => Received::Eof,
+            Err(e) if e.raw_os_error() == Some(libc::EIO) && self.is_kernel() => {
+                Received::ControlRecord
+            }
+            Err(error) => Received::Failed {
+                reason: kernel_read_error(&error).filter(|_| self.is_kernel()),
+                error,
+            },
+        }
+    }
+
+    /// Space to receive into. `limit` cuts the read short (record-boundary reads before the
+    /// hand-off).
+    fn recv_space<'a>(&'a mut self, pool: &mut BufPool, limit: Option<usize>) -> &'a mut [u8] {
+        let space = match &mut self.layer {
+            Layer::User(tls) => tls.recv_space(pool),
+            Layer::Kernel(k) => k.recv_space(pool),
+            Layer::Detached => return &mut [],
+        };
+        match limit {
+            Some(n) if n < space.len() => &mut space[..n],
+            _ => space,
+        }
+    }
+
+    /// `n` bytes were received; returns the kTLS records that read is counted as.
+    fn commit_recv(&mut self, n: usize) -> u64 {
+        match &mut self.layer {
+            Layer::User(tls) => {
+                tls.commit_recv(n);
+                0
+            }
+            Layer::Kernel(k) => k.commit_recv(n),
+            Layer::Detached => 0,
+        }
+    }
+
+    fn is_kernel(&self) -> bool {
+        matches!(self.layer, Layer::Kernel(_))
+    }
+
+    /// Turns what was received into plaintext (decrypting in userspace; a move under kTLS).
+    pub fn process(&mut self, plaintext: &mut BytesMut) -> Result<(), TlsError> {
+        match &mut self.layer {
+            Layer::User(tls) => tls.process(plaintext),
+            Layer::Kernel(k) => {
+                k.drain_into(plaintext);
+                Ok(())
+            }
+            Layer::Detached => Err(TlsError::Internal("record layer detached")),
+        }
+    }
+
+    /// The client sent close_notify (userspace; under kTLS the loop sees the alert itself).
+    pub fn peer_closed(&self) -> bool {
+        matches!(&self.layer, Layer::User(tls) if tls.peer_closed())
+    }
+
+    pub fn is_handshaking(&self) -> bool {
+        match &self.layer {
+            Layer::User(tls) => tls.is_handshaking(),
+            Layer::Kernel(_) => false,
+            Layer::Detached => true,
+        }
+    }
+
+    /// Queues application data for the client.
+    pub fn send(&mut self, plaintext: &[u8]) -> Result<(), ()> {
+        match &mut self.layer {
+            Layer::User(tls) => tls.encrypt(plaintext).map_err(|_| ()),
+            Layer::Kernel(k) => k.queue(plaintext).map_err(|_| ()),
+            Layer::Detached => Err(()),
+        }
+    }
+
+    pub fn has_pending_output(&self) -> bool {
+        match &self.layer {
+            Layer::User(tls) => tls.has_pending_output(),
+            Layer::Kernel(k) => k.has_pending_output(),
+            Layer::Detached => false,
+        }
+    }
+
+    /// Bytes queued for the socket (ciphertext in userspace, plaintext under kTLS).
+    pub fn pending_output_len(&self) -> usize {
+        self.pending_output().len()
+    }
+
+    fn pending_output(&self) -> &[u8] {
+        match &self.layer {
+            Layer::User(tls) => tls.pending_output(),
+            Layer::Kernel(k) => k.pending_output(),
+            Layer::Detached => &[],
+        }
+    }
+
+    /// Writes what `fd` takes of the queued bytes now, without blocking: `Some((bytes,
+    /// records))` when it took some (records: the kTLS records made), `None` when it took none.
+    pub fn transmit(&mut self, fd: BorrowedFd<'_>) -> io::Result<Option<(usize, u64)>> {
+        match sockopt::send_nonblocking(fd, self.pending_output())? {
+            Some(n) if n > 0 => Ok(Some((n, self.consume_output(n)))),
+            _ => Ok(None),
+        }
+    }
+
+    /// `n` bytes of the pending output were written; returns the kTLS records made.
+    fn consume_output(&mut self, n: usize) -> u64 {
+        match &mut self.layer {
+            Layer::User(tls) => {
+                tls.consume_output(n);
+                0
+            }
+            Layer::Kernel(k) => k.consume_output(n),
+            Layer::Detached => 0,
+        }
+    }
+
+    pub fn release_idle(&mut self, pool: &mut BufPool) {
+        match &mut self.layer {
+            Layer::User(tls) => tls.release_idle(pool),
+            Layer::Kernel(k) => k.release_idle(pool),
+            Layer::Detached => {}
+        }
+    }
+
+    /// Part of a TLS record (or of a handshake message) is held, waiting for the rest: under
+    /// userspace TLS only; the kernel keeps its partial records to itself.
+    pub fn holds_partial_record(&self) -> bool {
+        match &self.layer {
+            Layer::User(tls) => tls.buffered_ciphertext() > 0,
+            _ => false,
+        }
+    }
+
+    pub fn holds_read_buffer(&self) -> bool {
+        match &self.layer {
+            Layer::User(tls) => tls.holds_read_buffer(),
+            Layer::Kernel(k) => k.holds_read_buffer(),
+            Layer::Detached => false,
+        }
+    }
+
+    /// Queues (userspace) our close_notify; under kTLS it is sent by [`Self::send_close_notify`]
+    /// after the queued data is written. `false` when there is nothing to say it with.
+    pub fn queue_close_notify(&mut self) -> bool {
+        match &mut self.layer {
+            Layer::User(tls) => tls.queue_close_notify().is_ok(),
+            Layer::Kernel(_) => true,
+            Layer::Detached => false,
+        }
+    }
+
+    /// Under kTLS: sends close_notify once the queued plaintext is out (WouldBlock: wait for
+    /// room and call again). Userspace queued it with the data already.
+    pub fn send_close_notify(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        match &mut self.layer {
+            Layer::Kernel(k) => k.send_close_notify(fd),
+            _ => Ok(()),
+        }
+    }
+
+    /// How much the next read may take: before the hand-off to the kernel, no more than what
+    /// completes the record in the buffer, so the kernel starts on a record boundary even when
+    /// the client pipelines data right after its Finished. `finishing`: the connection is
+    /// ending (no hand-off will come); `offloads`: the kTLS policy hands sessions over.
+    pub fn read_limit(&self, finishing: bool, offloads: bool) -> Option<usize> {
+        if self.mode.is_some() || finishing || !offloads {
+            return None;
+        }
+        match &self.layer {
+            Layer::User(tls) if !tls.is_handshaking() => Some(tls.bytes_to_record_boundary()),
+            _ => None,
+        }
+    }
+
+    /// Userspace, and every record received is decrypted: a point where the kernel could take
+    /// over.
+    pub fn is_quiescent(&self) -> bool {
+        matches!(&self.layer, Layer::User(tls) if tls.is_quiescent())
+    }
+
+    /// Before the hand-off to the kernel: every record received is decrypted (reads stop at
+    /// record boundaries) and only our pending bytes hold the hand-off up.
+    pub fn awaiting_handoff(&self, finishing: bool, offloads: bool) -> bool {
+        self.mode.is_none()
+            && self.read_limit(finishing, offloads) == Some(0)
+            && matches!(&self.layer, Layer::User(t) if t.is_quiescent() && t.has_pending_output())
+    }
+
+    /// Once the handshake is done: keeps what it agreed on and decides where records are
+    /// encrypted from now on — handed to the kernel at the first quiescent point (every record
+    /// received is decrypted, every record queued is written), or kept in userspace.
+    pub fn hand_off(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        pool: &mut BufPool,
+        policy: &KtlsPolicy,
+        metrics: &CoreMetrics,
+        peer: SocketAddr,
+    ) -> Option<LayerEnd> {
+        if self.mode.is_some() {
+            return None;
+        }
+        let Layer::User(tls) = &self.layer else {
+            return None;
+        };
+        if tls.is_handshaking() {
+            return None;
+        }
+        if self.negotiated.is_none() {
+            self.negotiated = tls.negotiated();
+        }
+        if !policy.offloads() {
+            self.decide(TlsMode::Userspace, metrics, peer);
+            return None;
+        }
+        if !tls.is_quiescent() || tls.has_pending_output() {
+            return None; // reads stop at the next record boundary; try again then
+        }
+        let Layer::User(tls) = std::mem::replace(&mut self.layer, Layer::Detached) else {
+            return Some(LayerEnd {
+                reason: "ktls_handoff_failed",
+                abort: true,
+            });
+        };
+        match ktls::offload(tls, fd, pool, &policy.support, policy.key_limit_override) {
+            Ok(kernel) => {
+                self.layer = Layer::Kernel(kernel);
+                self.decide(TlsMode::Kernel, metrics, peer);
+                None
+            }
+            Err(OffloadError::Fallback {
+                tls,
+                reason,
+                detail,
+            }) => {
+                self.layer = Layer::User(*tls);
+                self.stay_in_userspace(reason, &detail, policy.mode, metrics, peer)
+            }
+            Err(OffloadError::Broken { reason, detail }) => {
+                metrics.ktls_fallback(reason);
+                tracing::warn!(%peer, reason, detail, "kTLS hand-off failed after the secrets were extracted; connection closed");
+                Some(LayerEnd {
+                    reason: "ktls_handoff_failed",
+                    abort: true,
+                })
+            }
+        }
+    }
+
+    /// The hand-off is not possible for this connection: count it, say it once, and serve in
+    /// userspace — or close, when kTLS is required.
+    pub fn stay_in_userspace(
+        &mut self,
+        reason: &'static str,
+        detail: &str,
+        mode: KtlsMode,
+        metrics: &CoreMetrics,
+        peer: SocketAddr,
+    ) -> Option<LayerEnd> {
+        metrics.ktls_fallback(reason);
+        log_fallback_once(reason, detail);
+        self.decide(TlsMode::Userspace, metrics, peer);
+        (mode == KtlsMode::Required).then_some(LayerEnd {
+            reason: "ktls_required",
+            abort: false,
+        })
+    }
+
+    fn decide(&mut self, mode: TlsMode, metrics: &CoreMetrics, peer: SocketAddr) {
+        self.mode = Some(mode);
+        match mode {
+            TlsMode::Kernel => {
+                metrics.tls_sessions_ktls.inc();
+                metrics.ktls_open.add(1);
+            }
+            TlsMode::Userspace => metrics.tls_sessions_userspace.inc(),
+        }
+        if let Some(n) = &self.negotiated {
+            tracing::debug!(
+                %peer,
+                tls = mode.name(),
+                version = ?n.version,
+                suite = ?n.suite.suite(),
+                sni = n.sni.as_deref().unwrap_or(""),
+                "TLS established"
+            );
+        }
+    }
+
+    /// Under kTLS: the non-data record at the head of the socket (a read said
+    /// [`Received::ControlRecord`]), read and acted on; the alert kinds are counted. `Ok(None)`:
+    /// nothing there after all. `Err(reason)`: the record could not be read.
+    pub fn take_control_record(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        pool: &mut BufPool,
+        metrics: &CoreMetrics,
+    ) -> Result<Option<ControlRecord>, &'static str> {
+        let Layer::Kernel(kernel) = &mut self.layer else {
+            return Err("tls_record_read_failed");
+        };
+        let record = kernel
+            .take_control_record(fd, pool)
+            .map_err(|e| kernel_read_error(&e).unwrap_or("tls_record_read_failed"))?;
+        if let Some(kind) = record.as_ref().and_then(ControlRecord::alert_kind) {
+            metrics.ktls_alert(kind);
+        }
+        Ok(record)
+    }
+
+    /// Under kTLS: our KeyUpdate is due (the client asked, or our count is near the limit); it
+    /// goes out before anything more is read or written.
+    pub fn tx_rekey_due(&self) -> bool {
+        matches!(&self.layer, Layer::Kernel(k) if k.tx_rekey_due())
+    }
+
+    /// Under kTLS: takes exact record counts from the kernel now and then. Call once per pass,
+    /// before [`Self::refresh_keys`].
+    pub fn sync_key_counts(&mut self, fd: BorrowedFd<'_>, peer: SocketAddr) {
+        let Layer::Kernel(kernel) = &mut self.layer else {
+            return;
+        };
+        if kernel.wants_sync() {
+            if let Err(e) = kernel.sync_with_kernel(fd) {
+                tracing::debug!(%peer, error = %e, "kTLS record counts unreadable");
+            }
+        }
+    }
+
+    /// Under kTLS: replaces our keys when due (where the kernel can), or asks for a close
+    /// before the suite's record limit. Call again after [`KeyStep::WaitWritable`].
+    pub fn refresh_keys(&mut self, fd: BorrowedFd<'_>, peer: SocketAddr) -> KeyStep {
+        let Layer::Kernel(kernel) = &mut self.layer else {
+            return KeyStep::Fresh;
+        };
+        while kernel.tx_rekey_due() {
+            match kernel.rekey_tx(fd) {
+                Ok(()) => {
+                    tracing::debug!(%peer, "TLS keys updated (KeyUpdate)");
+                }
+                Err(RekeyError::NotSent(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return KeyStep::WaitWritable;
+                }
+                Err(RekeyError::NotSent(e)) => {
+                    tracing::warn!(%peer, error = %e, "TLS key update not sent");
+                    return KeyStep::Close("tls_key_limit");
+                }
+                Err(RekeyError::AfterSend(e)) => {
+                    tracing::warn!(%peer, error = %e, "the kernel refused our new TLS keys");
+                    return KeyStep::Broken;
+                }
+            }
+        }
+        if kernel.key_limit_reached() {
+            return KeyStep::Close("tls_key_limit");
+        }
+        KeyStep::Fresh
+    }
+}
+
+/// The counter label of a kTLS read error that ends the connection.
+fn kernel_read_error(e: &io::Error) -> Option<&'static str> {
+    match e.raw_os_error() {
+        // A record failed to authenticate (or keys changed under a kernel that cannot follow).
+        Some(libc::EBADMSG) => Some("tls_bad_record"),
+        // A record longer than TLS allows, or the kernel started mid-record.
+        Some(libc::EMSGSIZE) => Some("tls_record_overflow"),
+        _ => None,
+    }
+}
+
+/// A fallback to userspace is logged once per process (then only counted): under a kernel
+/// that refuses every connection, one line says why, not one per connection.
+fn log_fallback_once(reason: &'static str, detail: &str) {
+    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            reason,
+            detail,
+            "kTLS hand-off refused; this connection stays in userspace (further fallbacks are only counted: wssedge_ktls_fallbacks_total)"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+
+    fn handshaking_layer() -> RecordLayer {
+        let config = crate::tls::testpki::TestPki::new().server_config("edge.test");
+        RecordLayer::new(TlsSession::new(config).expect("a TLS session"))
+    }
+
+    fn peer() -> SocketAddr {
+        "127.0.0.1:9".parse().unwrap()
+    }
+
+    #[test]
+    fn kernel_read_errors_name_their_counter() {
+        let e = |n| io::Error::from_raw_os_error(n);
+        assert_eq!(kernel_read_error(&e(libc::EBADMSG)), Some("tls_bad_record"));
+        assert_eq!(
+            kernel_read_error(&e(libc::EMSGSIZE)),
+            Some("tls_record_overflow")
+        );
+        assert_eq!(kernel_read_error(&e(libc::ECONNRESET)), None);
+    }
+
+    #[test]
+    fn a_handshaking_layer_reads_freely_and_hands_nothing_off() {
+        let mut layer = handshaking_layer();
+        assert!(layer.is_handshaking());
+        assert_eq!(layer.read_limit(false, true), None);
+        assert!(!layer.awaiting_handoff(false, true));
+        let metrics = CoreMetrics::new(0, 0);
+        let policy = KtlsPolicy::decide(KtlsMode::Off, None).expect("a policy");
+        let fd = loopback_socket();
+        let end = layer.hand_off(
+            fd.as_fd(),
+            &mut BufPool::default(),
+            &policy,
+            &metrics,
+            peer(),
+        );
+        assert_eq!(end, None);
+        assert_eq!(
+            layer.mode(),
+            None,
+            "nothing is decided while the handshake runs"
+        );
+        assert_eq!(layer.refresh_keys(fd.as_fd(), peer()), KeyStep::Fresh);
+        assert!(!layer.tx_rekey_due());
+    }
+
+    #[test]
+    fn a_refused_hand_off_closes_only_when_ktls_is_required() {
+        let metrics = CoreMetrics::new(0, 0);
+        let mut layer = handshaking_layer();
+        let end = layer.stay_in_userspace("test", "detail", KtlsMode::Auto, &metrics, peer());
+        assert_eq!(end, None);
+        assert_eq!(layer.mode(), Some(TlsMode::Userspace));
+        assert_eq!(
+            layer.read_limit(false, true),
+            None,
+            "decided: reads are free"
+        );
+        let mut layer = handshaking_layer();
+        let end = layer.stay_in_userspace("test", "detail", KtlsMode::Required, &metrics, peer());
+        assert_eq!(
+            end,
+            Some(LayerEnd {
+                reason: "ktls_required",
+                abort: false
+            })
+        );
+        assert_eq!(layer.mode(), Some(TlsMode::Userspace));
+        assert_eq!(metrics.tls_sessions_userspace.get(), 2);
+    }
+
+    /// A socket nobody reads, for the operations that only touch it under kTLS.
+    fn loopback_socket() -> std::net::UdpSocket {
+        std::net::UdpSocket::bind("127.0.0.1:0").expect("a loopback socket")
+    }
+}
