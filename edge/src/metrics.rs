@@ -6,6 +6,7 @@
 //! connection is refused or ends, and sit behind a per-core mutex that only that core and the
 //! scraper ever take.
 
+use crate::reason::Reason;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -199,7 +200,8 @@ impl CoreMetrics {
         self.labelled.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn handshake(&self, ok: bool, reason: &'static str) {
+    pub fn handshake(&self, ok: bool, reason: Reason) {
+        let reason = reason.as_str();
         let result = if ok { "ok" } else { "failed" };
         *self
             .labelled()
@@ -208,8 +210,8 @@ impl CoreMetrics {
             .or_default() += 1;
     }
 
-    pub fn refusal(&self, reason: &'static str) {
-        *self.labelled().refusals.entry(reason).or_default() += 1;
+    pub fn refusal(&self, reason: Reason) {
+        *self.labelled().refusals.entry(reason.as_str()).or_default() += 1;
     }
 
     /// An offload attempt that stayed in (or fell back to) userspace, by reason.
@@ -780,10 +782,10 @@ mod tests {
         let b = Arc::new(CoreMetrics::new(1, 5));
         a.frames_in.add(2);
         b.frames_in.add(3);
-        a.refusal("not_tls");
-        b.refusal("not_tls");
+        a.refusal(Reason::NotTls);
+        b.refusal(Reason::NotTls);
         b.close_code(1009, Side::Server);
-        a.handshake(false, "tls_protocol_version");
+        a.handshake(false, Reason::TlsProtocolVersion);
         a.open.add(1);
         let text = Registry {
             cores: vec![a, b],

@@ -15,6 +15,7 @@ use bytes::BytesMut;
 
 use crate::bufpool::BufPool;
 use crate::metrics::CoreMetrics;
+use crate::reason::Reason;
 use crate::sockopt::{self, Recv};
 use crate::tls::ktls::{
     self, ControlRecord, KernelTls, KtlsMode, KtlsPolicy, OffloadError, RekeyError,
@@ -55,7 +56,7 @@ pub(crate) enum Received {
     /// The read failed; `reason` is the counter label when the kernel named the failure.
     Failed {
         error: io::Error,
-        reason: Option<&'static str>,
+        reason: Option<Reason>,
     },
 }
 
@@ -63,7 +64,7 @@ pub(crate) enum Received {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct LayerEnd {
     /// The refusal's reason (a silent refusal: counter and audit record).
-    pub reason: &'static str,
+    pub reason: Reason,
     /// Nothing more can be written (else the queued bytes and close_notify still go).
     pub abort: bool,
 }
@@ -78,7 +79,7 @@ pub(crate) enum KeyStep {
     WaitWritable,
     /// The keys cannot go on: close with 1001 and this reason (the client's close reply is not
     /// awaited: what it sends next may not even decrypt).
-    Close(&'static str),
+    Close(Reason),
     /// Our KeyUpdate went out but the kernel refused the new keys: the client already expects
     /// them, so nothing more can be said (`tls_rekey_failed`).
     Broken,
@@ -369,7 +370,7 @@ impl RecordLayer {
         }
         let Layer::User(tls) = std::mem::replace(&mut self.layer, Layer::Detached) else {
             return Some(LayerEnd {
-                reason: "ktls_handoff_failed",
+                reason: Reason::KtlsHandoffFailed,
                 abort: true,
             });
         };
@@ -391,7 +392,7 @@ impl RecordLayer {
                 metrics.ktls_fallback(reason);
                 tracing::warn!(%peer, reason, detail, "kTLS hand-off failed after the secrets were extracted; connection closed");
                 Some(LayerEnd {
-                    reason: "ktls_handoff_failed",
+                    reason: Reason::KtlsHandoffFailed,
                     abort: true,
                 })
             }
@@ -412,7 +413,7 @@ impl RecordLayer {
         log_fallback_once(reason, detail);
         self.decide(TlsMode::Userspace, metrics, peer);
         (mode == KtlsMode::Required).then_some(LayerEnd {
-            reason: "ktls_required",
+            reason: Reason::KtlsRequired,
             abort: false,
         })
     }
@@ -446,13 +447,13 @@ impl RecordLayer {
         fd: BorrowedFd<'_>,
         pool: &mut BufPool,
         metrics: &CoreMetrics,
-    ) -> Result<Option<ControlRecord>, &'static str> {
+    ) -> Result<Option<ControlRecord>, Reason> {
         let Layer::Kernel(kernel) = &mut self.layer else {
-            return Err("tls_record_read_failed");
+            return Err(Reason::TlsRecordReadFailed);
         };
         let record = kernel
             .take_control_record(fd, pool)
-            .map_err(|e| kernel_read_error(&e).unwrap_or("tls_record_read_failed"))?;
+            .map_err(|e| kernel_read_error(&e).unwrap_or(Reason::TlsRecordReadFailed))?;
         if let Some(kind) = record.as_ref().and_then(ControlRecord::alert_kind) {
             metrics.ktls_alert(kind);
         }
@@ -494,7 +495,7 @@ impl RecordLayer {
                 }
                 Err(RekeyError::NotSent(e)) => {
                     tracing::warn!(%peer, error = %e, "TLS key update not sent");
-                    return KeyStep::Close("tls_key_limit");
+                    return KeyStep::Close(Reason::TlsKeyLimit);
                 }
                 Err(RekeyError::AfterSend(e)) => {
                     tracing::warn!(%peer, error = %e, "the kernel refused our new TLS keys");
@@ -503,19 +504,19 @@ impl RecordLayer {
             }
         }
         if kernel.key_limit_reached() {
-            return KeyStep::Close("tls_key_limit");
+            return KeyStep::Close(Reason::TlsKeyLimit);
         }
         KeyStep::Fresh
     }
 }
 
 /// The counter label of a kTLS read error that ends the connection.
-fn kernel_read_error(e: &io::Error) -> Option<&'static str> {
+fn kernel_read_error(e: &io::Error) -> Option<Reason> {
     match e.raw_os_error() {
         // A record failed to authenticate (or keys changed under a kernel that cannot follow).
-        Some(libc::EBADMSG) => Some("tls_bad_record"),
+        Some(libc::EBADMSG) => Some(Reason::TlsBadRecord),
         // A record longer than TLS allows, or the kernel started mid-record.
-        Some(libc::EMSGSIZE) => Some("tls_record_overflow"),
+        Some(libc::EMSGSIZE) => Some(Reason::TlsRecordOverflow),
         _ => None,
     }
 }
@@ -551,10 +552,13 @@ mod tests {
     #[test]
     fn kernel_read_errors_name_their_counter() {
         let e = |n| io::Error::from_raw_os_error(n);
-        assert_eq!(kernel_read_error(&e(libc::EBADMSG)), Some("tls_bad_record"));
+        assert_eq!(
+            kernel_read_error(&e(libc::EBADMSG)),
+            Some(Reason::TlsBadRecord)
+        );
         assert_eq!(
             kernel_read_error(&e(libc::EMSGSIZE)),
-            Some("tls_record_overflow")
+            Some(Reason::TlsRecordOverflow)
         );
         assert_eq!(kernel_read_error(&e(libc::ECONNRESET)), None);
     }
@@ -602,7 +606,7 @@ mod tests {
         assert_eq!(
             end,
             Some(LayerEnd {
-                reason: "ktls_required",
+                reason: Reason::KtlsRequired,
                 abort: false
             })
         );

@@ -6,6 +6,8 @@
 //! readers key on these bytes, so they are written once, here; code names a [`Reason`], and a
 //! typo is a compile error instead of a new label.
 
+mod proto;
+
 /// Declares [`Reason`] with its text, and [`Reason::ALL`] in declaration order.
 macro_rules! reasons {
     ($( $(#[$doc:meta])* $name:ident => $text:literal, )*) => {
@@ -118,6 +120,8 @@ reasons! {
     IdentityRequired => "identity_required",
     IdentityNotAllowed => "identity_not_allowed",
     IdentityUnreadable => "identity_unreadable",
+    /// An identity at `per_identity_connections` (429).
+    IdentityConnectionLimit => "identity_connection_limit",
     CertificateRevoked => "certificate_revoked",
     InternalError => "internal_error",
     /// A panic caught in the connection (HTTP 500 before the upgrade, close 1011 after).
@@ -284,6 +288,7 @@ mod tests {
         "headers_too_large",
         "host_not_allowed",
         "identifier_invalid",
+        "identity_connection_limit",
         "identity_not_allowed",
         "identity_required",
         "identity_unreadable",
