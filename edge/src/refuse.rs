@@ -138,7 +138,7 @@ impl Refusal {
     pub(crate) fn record_at_accept(&self, core: &impl RefusalRecorder, peer: SocketAddr) {
         self.record(core.metrics(), peer);
         core.audit()
-            .refused_at_accept(peer, self.reason().as_str(), || self.audit_event(peer));
+            .refused_at_accept(peer, self.reason(), || self.audit_event(peer));
     }
 }
 
