@@ -6,7 +6,7 @@
 //! connection is refused or ends, and sit behind a per-core mutex that only that core and the
 //! scraper ever take.
 
-use crate::reason::Reason;
+use crate::reason::{KtlsFallback, LossyDrop, Reason};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -215,8 +215,12 @@ impl CoreMetrics {
     }
 
     /// An offload attempt that stayed in (or fell back to) userspace, by reason.
-    pub fn ktls_fallback(&self, reason: &'static str) {
-        *self.labelled().ktls_fallbacks.entry(reason).or_default() += 1;
+    pub fn ktls_fallback(&self, reason: KtlsFallback) {
+        *self
+            .labelled()
+            .ktls_fallbacks
+            .entry(reason.as_str())
+            .or_default() += 1;
     }
 
     /// An alert record received under kTLS (close_notify, fatal, other).
@@ -225,8 +229,12 @@ impl CoreMetrics {
     }
 
     /// A whole message dropped on a lossy route (`backpressure` or `rate_limit`).
-    pub fn lossy_drop(&self, reason: &'static str) {
-        *self.labelled().lossy_drops.entry(reason).or_default() += 1;
+    pub fn lossy_drop(&self, reason: LossyDrop) {
+        *self
+            .labelled()
+            .lossy_drops
+            .entry(reason.as_str())
+            .or_default() += 1;
     }
 
     /// A message over a rate limit: `scope` connection or identity, `action` close or drop.

@@ -4,231 +4,263 @@
 //! `wssedge_handshakes_total`, the `"error"` of an HTTP refusal's JSON body, the text of a close
 //! frame the edge sends, and the `reason` of an audit record. Dashboards, clients and audit
 //! readers key on these bytes, so they are written once, here; code names a [`Reason`], and a
-//! typo is a compile error instead of a new label.
+//! typo is a compile error instead of a new label. The two other labelled counters' reasons
+//! ([`KtlsFallback`], [`LossyDrop`]) are listed here too.
 
 mod proto;
 
-/// Declares [`Reason`] with its text, and [`Reason::ALL`] in declaration order.
-macro_rules! reasons {
-    ($( $(#[$doc:meta])* $name:ident => $text:literal, )*) => {
-        /// Why a connection was refused or closed (see the module doc).
+/// Declares a label enum: its variants with their text, `ALL` in declaration order, `as_str`,
+/// `Display`, and comparison with a `&str` (tests hold labels to their bytes).
+macro_rules! labels {
+    (
+        $(#[$meta:meta])*
+        pub enum $Enum:ident {
+            $( $(#[$doc:meta])* $name:ident => $text:literal, )*
+        }
+    ) => {
+        $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub enum Reason {
+        pub enum $Enum {
             $( $(#[$doc])* $name, )*
         }
 
-        impl Reason {
-            /// Every reason, in declaration order.
-            pub const ALL: &'static [Reason] = &[ $( Reason::$name, )* ];
+        impl $Enum {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$Enum] = &[ $( $Enum::$name, )* ];
 
             /// The label: what counters, bodies, close frames and audit records carry.
             pub const fn as_str(self) -> &'static str {
                 match self {
-                    $( Reason::$name => $text, )*
+                    $( $Enum::$name => $text, )*
                 }
+            }
+        }
+
+        impl std::fmt::Display for $Enum {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl PartialEq<&str> for $Enum {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
+        impl PartialEq<$Enum> for &str {
+            fn eq(&self, other: &$Enum) -> bool {
+                *self == other.as_str()
             }
         }
     };
 }
 
-reasons! {
-    // Turned away at accept, before any TLS byte.
-    MaxConnections => "max_connections",
-    MaxHandshakesInFlight => "max_handshakes_in_flight",
-    AuditBackpressure => "audit_backpressure",
-    IpLimit => "ip_limit",
-    IpBlocked => "ip_blocked",
+labels! {
+    /// Why a connection was refused or closed (see the module doc).
+    pub enum Reason {
+        // Turned away at accept, before any TLS byte.
+        MaxConnections => "max_connections",
+        MaxHandshakesInFlight => "max_handshakes_in_flight",
+        AuditBackpressure => "audit_backpressure",
+        IpLimit => "ip_limit",
+        IpBlocked => "ip_blocked",
 
-    // The TLS handshake.
-    /// A handshake that completed (the success label of `wssedge_handshakes_total` and of the
-    /// upgrade's audit record).
-    Ok => "ok",
-    HandshakeTimeout => "handshake_timeout",
-    PeerClosedDuringHandshake => "peer_closed_during_handshake",
-    NotTls => "not_tls",
-    TlsProtocolVersion => "tls_protocol_version",
-    TlsHandshakeIncomplete => "tls_handshake_incomplete",
-    TlsClosed => "tls_closed",
-    TlsKeysExhausted => "tls_keys_exhausted",
-    TlsInternal => "tls_internal",
-    TlsNoSharedCipher => "tls_no_shared_cipher",
-    TlsIncompatible => "tls_incompatible",
-    TlsNoApplicationProtocol => "tls_no_application_protocol",
-    TlsBadCertificate => "tls_bad_certificate",
-    TlsAlertReceived => "tls_alert_received",
-    TlsDecryptError => "tls_decrypt_error",
-    TlsProtocolError => "tls_protocol_error",
-    ClientCertMissing => "client_cert_missing",
-    CrlInvalid => "crl_invalid",
-    ClientCertUntrusted => "client_cert_untrusted",
-    ClientCertRevoked => "client_cert_revoked",
-    ClientCertRevocationUnknown => "client_cert_revocation_unknown",
-    CrlExpired => "crl_expired",
-    ClientCertExpired => "client_cert_expired",
-    ClientCertNotYetValid => "client_cert_not_yet_valid",
-    ClientCertWrongPurpose => "client_cert_wrong_purpose",
-    ClientCertInvalid => "client_cert_invalid",
+        // The TLS handshake.
+        /// A handshake that completed (the success label of `wssedge_handshakes_total` and of the
+        /// upgrade's audit record).
+        Ok => "ok",
+        HandshakeTimeout => "handshake_timeout",
+        PeerClosedDuringHandshake => "peer_closed_during_handshake",
+        NotTls => "not_tls",
+        TlsProtocolVersion => "tls_protocol_version",
+        TlsHandshakeIncomplete => "tls_handshake_incomplete",
+        TlsClosed => "tls_closed",
+        TlsKeysExhausted => "tls_keys_exhausted",
+        TlsInternal => "tls_internal",
+        TlsNoSharedCipher => "tls_no_shared_cipher",
+        TlsIncompatible => "tls_incompatible",
+        TlsNoApplicationProtocol => "tls_no_application_protocol",
+        TlsBadCertificate => "tls_bad_certificate",
+        TlsAlertReceived => "tls_alert_received",
+        TlsDecryptError => "tls_decrypt_error",
+        TlsProtocolError => "tls_protocol_error",
+        ClientCertMissing => "client_cert_missing",
+        CrlInvalid => "crl_invalid",
+        ClientCertUntrusted => "client_cert_untrusted",
+        ClientCertRevoked => "client_cert_revoked",
+        ClientCertRevocationUnknown => "client_cert_revocation_unknown",
+        CrlExpired => "crl_expired",
+        ClientCertExpired => "client_cert_expired",
+        ClientCertNotYetValid => "client_cert_not_yet_valid",
+        ClientCertWrongPurpose => "client_cert_wrong_purpose",
+        ClientCertInvalid => "client_cert_invalid",
 
-    // The record layer (kTLS or userspace) after the handshake.
-    KtlsHandoffFailed => "ktls_handoff_failed",
-    KtlsRequired => "ktls_required",
-    TlsRecordReadFailed => "tls_record_read_failed",
-    TlsBadRecord => "tls_bad_record",
-    TlsRecordOverflow => "tls_record_overflow",
-    TlsRekeyFailed => "tls_rekey_failed",
-    TlsRekeyUnsupported => "tls_rekey_unsupported",
-    TlsKeyLimit => "tls_key_limit",
-    TlsAlertUnexpected => "tls_alert_unexpected",
-    TlsUnexpectedRecord => "tls_unexpected_record",
-    TlsUnexpectedHandshake => "tls_unexpected_handshake",
-    WriteTimeout => "write_timeout",
-    CloseTimeout => "close_timeout",
+        // The record layer (kTLS or userspace) after the handshake.
+        KtlsHandoffFailed => "ktls_handoff_failed",
+        KtlsRequired => "ktls_required",
+        TlsRecordReadFailed => "tls_record_read_failed",
+        TlsBadRecord => "tls_bad_record",
+        TlsRecordOverflow => "tls_record_overflow",
+        TlsRekeyFailed => "tls_rekey_failed",
+        TlsRekeyUnsupported => "tls_rekey_unsupported",
+        TlsKeyLimit => "tls_key_limit",
+        TlsAlertUnexpected => "tls_alert_unexpected",
+        TlsUnexpectedRecord => "tls_unexpected_record",
+        TlsUnexpectedHandshake => "tls_unexpected_handshake",
+        WriteTimeout => "write_timeout",
+        CloseTimeout => "close_timeout",
 
-    // The upgrade request (HTTP refusals).
-    MalformedRequest => "malformed_request",
-    BadMethod => "bad_method",
-    BadVersion => "bad_version",
-    MissingHost => "missing_host",
-    BadHost => "bad_host",
-    BadUpgradeHeader => "bad_upgrade_header",
-    BadConnectionHeader => "bad_connection_header",
-    MissingKey => "missing_key",
-    BadKey => "bad_key",
-    MissingWsVersion => "missing_ws_version",
-    UnsupportedWsVersion => "unsupported_ws_version",
-    BadHeaderValue => "bad_header_value",
-    BadSubprotocol => "bad_subprotocol",
-    UnexpectedBody => "unexpected_body",
-    HeadersTooLarge => "headers_too_large",
-    TooManyHeaders => "too_many_headers",
-    BadPath => "bad_path",
-    FragmentInTarget => "fragment_in_target",
-    BadTargetChar => "bad_target_char",
-    PathBadEscape => "path_bad_escape",
-    PathControlByte => "path_control_byte",
-    PathEncodedSpace => "path_encoded_space",
-    PathNonAscii => "path_non_ascii",
-    PathDoubleEncoding => "path_double_encoding",
-    PathEncodedDelimiter => "path_encoded_delimiter",
-    PathParameter => "path_parameter",
-    PathBackslash => "path_backslash",
-    PathEmptySegment => "path_empty_segment",
-    PathDotSegment => "path_dot_segment",
-    OriginMissing => "origin_missing",
-    OriginNotAllowed => "origin_not_allowed",
-    HostNotAllowed => "host_not_allowed",
-    IdentityRequired => "identity_required",
-    IdentityNotAllowed => "identity_not_allowed",
-    IdentityUnreadable => "identity_unreadable",
-    /// An identity at `per_identity_connections` (429).
-    IdentityConnectionLimit => "identity_connection_limit",
-    CertificateRevoked => "certificate_revoked",
-    InternalError => "internal_error",
-    /// A panic caught in the connection (HTTP 500 before the upgrade, close 1011 after).
-    Panic => "panic",
+        // The upgrade request (HTTP refusals).
+        MalformedRequest => "malformed_request",
+        BadMethod => "bad_method",
+        BadVersion => "bad_version",
+        MissingHost => "missing_host",
+        BadHost => "bad_host",
+        BadUpgradeHeader => "bad_upgrade_header",
+        BadConnectionHeader => "bad_connection_header",
+        MissingKey => "missing_key",
+        BadKey => "bad_key",
+        MissingWsVersion => "missing_ws_version",
+        UnsupportedWsVersion => "unsupported_ws_version",
+        BadHeaderValue => "bad_header_value",
+        BadSubprotocol => "bad_subprotocol",
+        UnexpectedBody => "unexpected_body",
+        HeadersTooLarge => "headers_too_large",
+        TooManyHeaders => "too_many_headers",
+        BadPath => "bad_path",
+        FragmentInTarget => "fragment_in_target",
+        BadTargetChar => "bad_target_char",
+        PathBadEscape => "path_bad_escape",
+        PathControlByte => "path_control_byte",
+        PathEncodedSpace => "path_encoded_space",
+        PathNonAscii => "path_non_ascii",
+        PathDoubleEncoding => "path_double_encoding",
+        PathEncodedDelimiter => "path_encoded_delimiter",
+        PathParameter => "path_parameter",
+        PathBackslash => "path_backslash",
+        PathEmptySegment => "path_empty_segment",
+        PathDotSegment => "path_dot_segment",
+        OriginMissing => "origin_missing",
+        OriginNotAllowed => "origin_not_allowed",
+        HostNotAllowed => "host_not_allowed",
+        IdentityRequired => "identity_required",
+        IdentityNotAllowed => "identity_not_allowed",
+        IdentityUnreadable => "identity_unreadable",
+        /// An identity at `per_identity_connections` (429).
+        IdentityConnectionLimit => "identity_connection_limit",
+        CertificateRevoked => "certificate_revoked",
+        InternalError => "internal_error",
+        /// A panic caught in the connection (HTTP 500 before the upgrade, close 1011 after).
+        Panic => "panic",
 
-    // Tokens (JWT).
-    TokenMissing => "token_missing",
-    TokenAmbiguous => "token_ambiguous",
-    BearerWithoutAppProtocol => "bearer_without_app_protocol",
-    TokenTooLarge => "token_too_large",
-    TokenMalformed => "token_malformed",
-    AlgNone => "alg_none",
-    AlgNotAllowed => "alg_not_allowed",
-    CritUnsupported => "crit_unsupported",
-    UnknownKid => "unknown_kid",
-    KidRequired => "kid_required",
-    KeyAlgMismatch => "key_alg_mismatch",
-    BadSignature => "bad_signature",
-    ClaimInvalid => "claim_invalid",
-    IdentifierInvalid => "identifier_invalid",
-    MissingClaim => "missing_claim",
-    Expired => "expired",
-    NotYetValid => "not_yet_valid",
-    IssuedInFuture => "issued_in_future",
-    WrongIssuer => "wrong_issuer",
-    WrongAudience => "wrong_audience",
-    LifetimeTooLong => "lifetime_too_long",
-    JtiRequired => "jti_required",
-    Revoked => "revoked",
-    Replayed => "replayed",
-    ReplayStoreFull => "replay_store_full",
-    ReplayStoreUnavailable => "replay_store_unavailable",
-    ReplayStoreBusy => "replay_store_busy",
-    ReplayUnproven => "replay_unproven",
-    ScopeMissing => "scope_missing",
+        // Tokens (JWT).
+        TokenMissing => "token_missing",
+        TokenAmbiguous => "token_ambiguous",
+        BearerWithoutAppProtocol => "bearer_without_app_protocol",
+        TokenTooLarge => "token_too_large",
+        TokenMalformed => "token_malformed",
+        AlgNone => "alg_none",
+        AlgNotAllowed => "alg_not_allowed",
+        CritUnsupported => "crit_unsupported",
+        UnknownKid => "unknown_kid",
+        KidRequired => "kid_required",
+        KeyAlgMismatch => "key_alg_mismatch",
+        BadSignature => "bad_signature",
+        ClaimInvalid => "claim_invalid",
+        IdentifierInvalid => "identifier_invalid",
+        MissingClaim => "missing_claim",
+        Expired => "expired",
+        NotYetValid => "not_yet_valid",
+        IssuedInFuture => "issued_in_future",
+        WrongIssuer => "wrong_issuer",
+        WrongAudience => "wrong_audience",
+        LifetimeTooLong => "lifetime_too_long",
+        JtiRequired => "jti_required",
+        Revoked => "revoked",
+        Replayed => "replayed",
+        ReplayStoreFull => "replay_store_full",
+        ReplayStoreUnavailable => "replay_store_unavailable",
+        ReplayStoreBusy => "replay_store_busy",
+        ReplayUnproven => "replay_unproven",
+        ScopeMissing => "scope_missing",
 
-    // Proxy mode: the route and the upstream.
-    NoRoute => "no_route",
-    UpstreamUnavailable => "upstream_unavailable",
-    UpstreamRefused => "upstream_refused",
-    UpstreamTimeout => "upstream_timeout",
-    UpstreamConnectFailed => "upstream_connect_failed",
-    UpstreamNoAddress => "upstream_no_address",
-    UpstreamTlsFailed => "upstream_tls_failed",
-    UpstreamMisconfigured => "upstream_misconfigured",
-    UpstreamStatus => "upstream_status",
-    UpstreamMalformed => "upstream_malformed",
-    UpstreamTooLarge => "upstream_too_large",
-    UpstreamTooManyHeaders => "upstream_too_many_headers",
-    UpstreamBadUpgrade => "upstream_bad_upgrade",
-    UpstreamBadConnection => "upstream_bad_connection",
-    UpstreamMissingAccept => "upstream_missing_accept",
-    UpstreamBadAccept => "upstream_bad_accept",
-    UpstreamProtocolMismatch => "upstream_protocol_mismatch",
-    UpstreamUnexpectedExtension => "upstream_unexpected_extension",
-    UpstreamClosed => "upstream_closed",
-    UpstreamReadFailed => "upstream_read_failed",
-    UpstreamWriteFailed => "upstream_write_failed",
-    UpstreamStalled => "upstream_stalled",
-    UpstreamProtocolError => "upstream_protocol_error",
-    /// Told to the upstream when the client broke the protocol.
-    ClientProtocolError => "client_protocol_error",
-    /// Told to the upstream when the client was closed for its rate.
-    ClientRateLimited => "client_rate_limited",
+        // Proxy mode: the route and the upstream.
+        NoRoute => "no_route",
+        UpstreamUnavailable => "upstream_unavailable",
+        UpstreamRefused => "upstream_refused",
+        UpstreamTimeout => "upstream_timeout",
+        UpstreamConnectFailed => "upstream_connect_failed",
+        UpstreamNoAddress => "upstream_no_address",
+        UpstreamTlsFailed => "upstream_tls_failed",
+        UpstreamMisconfigured => "upstream_misconfigured",
+        UpstreamStatus => "upstream_status",
+        UpstreamMalformed => "upstream_malformed",
+        UpstreamTooLarge => "upstream_too_large",
+        UpstreamTooManyHeaders => "upstream_too_many_headers",
+        UpstreamBadUpgrade => "upstream_bad_upgrade",
+        UpstreamBadConnection => "upstream_bad_connection",
+        UpstreamMissingAccept => "upstream_missing_accept",
+        UpstreamBadAccept => "upstream_bad_accept",
+        UpstreamProtocolMismatch => "upstream_protocol_mismatch",
+        UpstreamUnexpectedExtension => "upstream_unexpected_extension",
+        UpstreamClosed => "upstream_closed",
+        UpstreamReadFailed => "upstream_read_failed",
+        UpstreamWriteFailed => "upstream_write_failed",
+        UpstreamStalled => "upstream_stalled",
+        UpstreamProtocolError => "upstream_protocol_error",
+        /// Told to the upstream when the client broke the protocol.
+        ClientProtocolError => "client_protocol_error",
+        /// Told to the upstream when the client was closed for its rate.
+        ClientRateLimited => "client_rate_limited",
 
-    // An open session closed by the edge.
-    BufferBudget => "buffer_budget",
-    SlowConsumer => "slow_consumer",
-    PongTimeout => "pong_timeout",
-    FrameTimeout => "frame_timeout",
-    IdleTimeout => "idle_timeout",
-    TokenExpired => "token_expired",
-    GoingAway => "going_away",
-    ServiceRestart => "service_restart",
-    RateLimited => "rate_limited",
-    // The client broke the WebSocket protocol (close 1002/1007/1009).
-    BadLength => "bad_length",
-    InvalidUtf8 => "invalid_utf8",
-    FrameTooLarge => "frame_too_large",
-    ReservedBits => "reserved_bits",
-    UnmaskedFrame => "unmasked_frame",
-    MaskedFrame => "masked_frame",
-    BadOpcode => "bad_opcode",
-    FragmentedControl => "fragmented_control",
-    ControlTooLong => "control_too_long",
-    ExpectedContinuation => "expected_continuation",
-    MessageTooLarge => "message_too_large",
-    UnexpectedContinuation => "unexpected_continuation",
-    BadClosePayload => "bad_close_payload",
-    BadCloseCode => "bad_close_code",
-}
-
-impl std::fmt::Display for Reason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        // An open session closed by the edge.
+        BufferBudget => "buffer_budget",
+        SlowConsumer => "slow_consumer",
+        PongTimeout => "pong_timeout",
+        FrameTimeout => "frame_timeout",
+        IdleTimeout => "idle_timeout",
+        TokenExpired => "token_expired",
+        GoingAway => "going_away",
+        ServiceRestart => "service_restart",
+        RateLimited => "rate_limited",
+        // The client broke the WebSocket protocol (close 1002/1007/1009).
+        BadLength => "bad_length",
+        InvalidUtf8 => "invalid_utf8",
+        FrameTooLarge => "frame_too_large",
+        ReservedBits => "reserved_bits",
+        UnmaskedFrame => "unmasked_frame",
+        MaskedFrame => "masked_frame",
+        BadOpcode => "bad_opcode",
+        FragmentedControl => "fragmented_control",
+        ControlTooLong => "control_too_long",
+        ExpectedContinuation => "expected_continuation",
+        MessageTooLarge => "message_too_large",
+        UnexpectedContinuation => "unexpected_continuation",
+        BadClosePayload => "bad_close_payload",
+        BadCloseCode => "bad_close_code",
     }
 }
 
-impl PartialEq<&str> for Reason {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
+labels! {
+    /// Why a handshake kTLS could have taken stayed in userspace (or, once the secrets were
+    /// out, closed): the `reason` of `wssedge_ktls_fallbacks_total`.
+    pub enum KtlsFallback {
+        Handshaking => "handshaking",
+        CipherUnsupported => "cipher_unsupported",
+        UlpFailed => "ulp_failed",
+        NotQuiescent => "not_quiescent",
+        SecretsUnavailable => "secrets_unavailable",
+        CryptoInfo => "crypto_info",
+        SetsockoptFailed => "setsockopt_failed",
     }
 }
 
-impl PartialEq<Reason> for &str {
-    fn eq(&self, other: &Reason) -> bool {
-        *self == other.as_str()
+labels! {
+    /// Why a lossy route dropped a message: the `reason` of `wssedge_lossy_drops_total`.
+    pub enum LossyDrop {
+        RateLimit => "rate_limit",
+        Backpressure => "backpressure",
     }
 }
 
@@ -407,6 +439,25 @@ mod tests {
         let mut labels: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
         labels.sort_unstable();
         assert_eq!(labels, PINNED);
+    }
+
+    #[test]
+    fn ktls_fallback_and_lossy_drop_labels_are_pinned_to_their_bytes() {
+        let ktls: Vec<&str> = KtlsFallback::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            ktls,
+            [
+                "handshaking",
+                "cipher_unsupported",
+                "ulp_failed",
+                "not_quiescent",
+                "secrets_unavailable",
+                "crypto_info",
+                "setsockopt_failed",
+            ]
+        );
+        let lossy: Vec<&str> = LossyDrop::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(lossy, ["rate_limit", "backpressure"]);
     }
 
     #[test]

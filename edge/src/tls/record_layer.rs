@@ -15,7 +15,7 @@ use bytes::BytesMut;
 
 use crate::bufpool::BufPool;
 use crate::metrics::CoreMetrics;
-use crate::reason::Reason;
+use crate::reason::{KtlsFallback, Reason};
 use crate::sockopt::{self, Recv};
 use crate::tls::ktls::{
     self, ControlRecord, KernelTls, KtlsMode, KtlsPolicy, OffloadError, RekeyError,
@@ -390,7 +390,7 @@ impl RecordLayer {
             }
             Err(OffloadError::Broken { reason, detail }) => {
                 metrics.ktls_fallback(reason);
-                tracing::warn!(%peer, reason, detail, "kTLS hand-off failed after the secrets were extracted; connection closed");
+                tracing::warn!(%peer, reason = reason.as_str(), detail, "kTLS hand-off failed after the secrets were extracted; connection closed");
                 Some(LayerEnd {
                     reason: Reason::KtlsHandoffFailed,
                     abort: true,
@@ -403,7 +403,7 @@ impl RecordLayer {
     /// userspace — or close, when kTLS is required.
     pub fn stay_in_userspace(
         &mut self,
-        reason: &'static str,
+        reason: KtlsFallback,
         detail: &str,
         mode: KtlsMode,
         metrics: &CoreMetrics,
@@ -523,11 +523,11 @@ fn kernel_read_error(e: &io::Error) -> Option<Reason> {
 
 /// A fallback to userspace is logged once per process (then only counted): under a kernel
 /// that refuses every connection, one line says why, not one per connection.
-fn log_fallback_once(reason: &'static str, detail: &str) {
+fn log_fallback_once(reason: KtlsFallback, detail: &str) {
     static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
         tracing::warn!(
-            reason,
+            reason = reason.as_str(),
             detail,
             "kTLS hand-off refused; this connection stays in userspace (further fallbacks are only counted: wssedge_ktls_fallbacks_total)"
         );
@@ -593,7 +593,13 @@ mod tests {
     fn a_refused_hand_off_closes_only_when_ktls_is_required() {
         let metrics = CoreMetrics::new(0, 0);
         let mut layer = handshaking_layer();
-        let end = layer.stay_in_userspace("test", "detail", KtlsMode::Auto, &metrics, peer());
+        let end = layer.stay_in_userspace(
+            KtlsFallback::NotQuiescent,
+            "detail",
+            KtlsMode::Auto,
+            &metrics,
+            peer(),
+        );
         assert_eq!(end, None);
         assert_eq!(layer.mode(), Some(TlsMode::Userspace));
         assert_eq!(
@@ -602,7 +608,13 @@ mod tests {
             "decided: reads are free"
         );
         let mut layer = handshaking_layer();
-        let end = layer.stay_in_userspace("test", "detail", KtlsMode::Required, &metrics, peer());
+        let end = layer.stay_in_userspace(
+            KtlsFallback::NotQuiescent,
+            "detail",
+            KtlsMode::Required,
+            &metrics,
+            peer(),
+        );
         assert_eq!(
             end,
             Some(LayerEnd {

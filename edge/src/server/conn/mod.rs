@@ -33,7 +33,7 @@ use crate::auth::admission::Admitted;
 use crate::ebpf::LimitGuard;
 use crate::limits::{ConnectionLimiter, Verdict};
 use crate::metrics::Side;
-use crate::reason::Reason;
+use crate::reason::{KtlsFallback, LossyDrop, Reason};
 use crate::refuse::Refusal;
 use crate::sockopt;
 use crate::tls::driver::TlsSession;
@@ -411,9 +411,10 @@ impl Conn {
                 }
                 // Held bytes that are still not whole records (a handshake message split over
                 // records): the kernel cannot take over here; serve in userspace.
-                if let Some(end) = self
-                    .stay_in_userspace("not_quiescent", "a post-handshake message spans records")
-                {
+                if let Some(end) = self.stay_in_userspace(
+                    KtlsFallback::NotQuiescent,
+                    "a post-handshake message spans records",
+                ) {
                     return Some(end);
                 }
                 continue;
@@ -918,7 +919,7 @@ impl Conn {
                         if open.app.over_rate() == OverRate::Drop {
                             // Market data: the whole message goes, the session stays.
                             metrics.rate_limited(which.as_str(), "drop");
-                            metrics.lossy_drop("rate_limit");
+                            metrics.lossy_drop(LossyDrop::RateLimit);
                             continue;
                         }
                         close_for_rate(&core, self.peer, session, &mut open.app, which, unit);
@@ -983,7 +984,7 @@ impl Conn {
 
     /// The hand-off is not possible for this connection: counted and served in userspace, or
     /// closed when kTLS is required.
-    fn stay_in_userspace(&mut self, reason: &'static str, detail: &str) -> Option<End> {
+    fn stay_in_userspace(&mut self, reason: KtlsFallback, detail: &str) -> Option<End> {
         let end = self.layer.stay_in_userspace(
             reason,
             detail,

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use crate::metrics::Side;
-use crate::reason::Reason;
+use crate::reason::{LossyDrop, Reason};
 use crate::refuse::Refusal;
 use crate::ws::SessionState;
 
@@ -68,7 +68,7 @@ impl Conn {
                     }
                     let size = message.payload.len() + 14;
                     if lossy && queued + size > cap {
-                        self.core.metrics.lossy_drop("backpressure");
+                        self.core.metrics.lossy_drop(LossyDrop::Backpressure);
                         continue;
                     }
                     queued += size;
