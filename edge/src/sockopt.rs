@@ -56,32 +56,14 @@ pub fn buffer_sizes(fd: impl AsFd) -> io::Result<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
     use std::net::{TcpListener, TcpStream};
 
+    // The re-exported reads, sends and queue depths are tested where they live (wssedge-sys).
     fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (s, _) = l.accept().unwrap();
         (c, s)
-    }
-
-    #[test]
-    fn accept_queue_length_counts_waiting_connections() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        assert_eq!(accept_queue_len(l.as_fd()).unwrap(), 0);
-        let addr = l.local_addr().unwrap();
-        let _c: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while accept_queue_len(l.as_fd()).unwrap() < 3 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "queue never reached 3"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        let _ = l.accept().unwrap();
-        assert_eq!(accept_queue_len(l.as_fd()).unwrap(), 2);
     }
 
     #[test]
@@ -103,37 +85,6 @@ mod tests {
             (32 * 1024..=2 * 32 * 1024).contains(&rcv),
             "SO_RCVBUF {rcv}"
         );
-    }
-
-    #[test]
-    fn recv_never_blocks_and_sees_eof() {
-        let (mut c, s) = pair();
-        let mut buf = [0u8; 16];
-        assert_eq!(
-            recv_nonblocking(s.as_fd(), &mut buf).unwrap(),
-            Recv::WouldBlock
-        );
-        c.write_all(b"hello").unwrap();
-        let mut got = Recv::WouldBlock;
-        for _ in 0..100 {
-            got = recv_nonblocking(s.as_fd(), &mut buf).unwrap();
-            if got != Recv::WouldBlock {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        assert_eq!(got, Recv::Data(5));
-        assert_eq!(&buf[..5], b"hello");
-        drop(c);
-        let mut eof = Recv::WouldBlock;
-        for _ in 0..100 {
-            eof = recv_nonblocking(s.as_fd(), &mut buf).unwrap();
-            if eof != Recv::WouldBlock {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        assert_eq!(eof, Recv::Eof);
     }
 
     /// A peer that does not read fills the socket: send says so instead of blocking, the
@@ -179,38 +130,5 @@ mod tests {
             }
         }
         assert!(reset, "closing with SO_LINGER 0 must reset the connection");
-    }
-
-    #[test]
-    fn recv_append_adds_only_what_arrived() {
-        let (mut c, s) = pair();
-        let mut dst = bytes::BytesMut::from(&b"kept:"[..]);
-        assert_eq!(
-            recv_append(s.as_fd(), &mut dst, 64).unwrap(),
-            Recv::WouldBlock
-        );
-        c.write_all(b"0123456789").unwrap();
-        let mut got = Recv::WouldBlock;
-        for _ in 0..100 {
-            got = recv_append(s.as_fd(), &mut dst, 4).unwrap();
-            if got != Recv::WouldBlock {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        assert_eq!(got, Recv::Data(4), "never more than max");
-        assert_eq!(&dst[..], b"kept:0123");
-        assert_eq!(recv_append(s.as_fd(), &mut dst, 64).unwrap(), Recv::Data(6));
-        assert_eq!(&dst[..], b"kept:0123456789");
-        drop(c);
-        let mut eof = Recv::WouldBlock;
-        for _ in 0..100 {
-            eof = recv_append(s.as_fd(), &mut dst, 64).unwrap();
-            if eof != Recv::WouldBlock {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        assert_eq!(eof, Recv::Eof);
     }
 }

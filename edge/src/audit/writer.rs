@@ -39,7 +39,8 @@ const WRITER: &str = concat!("wssedge ", env!("CARGO_PKG_VERSION"));
 /// The writer thread and what it shares with the producers.
 type Running = (Arc<Shared>, JoinHandle<Result<(), AuditError>>);
 
-/// The running trail. Owned by the lead; [`AuditTrail::shutdown`] after the cores stopped.
+/// The running trail. Owned by the process's `server`; [`AuditTrail::shutdown`] after the
+/// cores stopped.
 pub struct AuditTrail {
     running: Option<Running>,
     stats: Arc<AuditStats>,

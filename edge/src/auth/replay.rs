@@ -478,7 +478,7 @@ mod tests {
     }
 
     /// Owners of "a", "b", "jti-1", "jti-2" among 16 cores since the owner is derived from the
-    /// stored key (issue 12: so a restart can re-shard what it is handed).
+    /// stored key (so a restart can re-shard what it is handed).
     const PINNED_OWNERS: [usize; 4] = [12, 4, 15, 9];
 
     #[test]

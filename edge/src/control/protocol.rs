@@ -56,14 +56,14 @@ pub enum Request {
     Revocations,
     /// Version, pid, uptime and connection count.
     Status,
-    /// Re-read configuration and certificates (issue 7).
+    /// Re-read configuration and certificates.
     Reload,
-    /// Stop accepting, close every client with 1001, exit (issue 7).
+    /// Stop accepting, close every client with 1001, exit.
     Drain,
     /// Re-read the client-certificate CRLs.
     CrlReload,
     /// Hand the listeners to a new process of the same binary, then close every client with
-    /// 1012 and exit (issue 7).
+    /// 1012 and exit.
     Restart,
 }
 
@@ -298,8 +298,7 @@ impl Response {
         Response::Error(message.into())
     }
 
-    /// The answer for a command this build does not implement yet (reload and drain until
-    /// issue 7 lands).
+    /// The answer for a command a server does not implement (the test servers of this room).
     pub fn not_supported_yet(request: &Request) -> Response {
         Response::Error(format!(
             "`{}` is not supported by this wssedge yet; restart the process to apply changes",

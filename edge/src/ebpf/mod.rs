@@ -1,5 +1,5 @@
 //! Per-source-IP connection limits enforced by the kernel before any TLS work, listener
-//! steering, and kernel counters (issue 6).
+//! steering, and kernel counters.
 //!
 //! The kernel side is `ebpf/src/edge.bpf.c` (C, committed compiled as `ebpf/obj/edge.bpf.o`
 //! with the SHA-256 of its sources, rebuilt by `cargo xtask ebpf`); the map layouts are in

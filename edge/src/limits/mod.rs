@@ -63,7 +63,7 @@ use std::time::Instant;
 use serde::Deserialize;
 
 pub use wssedge_proto::limits::TokenBucket;
-// For crate::config, once the lead places the sections (`rate_keys!("limits.…")`).
+// The section-key macro for whoever embeds a `RateConfig` (`rate_keys!("limits.…")`).
 #[allow(unused_imports)]
 pub(crate) use config::rate_keys;
 pub use config::{Rate, RateConfig, RateKeys, RateLimit};

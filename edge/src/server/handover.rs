@@ -1,7 +1,7 @@
 //! Restart handover (`wssedge ctl restart`, SIGUSR2): the running process starts a new
 //! process of the same binary with the same arguments and hands it, over a `SOCK_SEQPACKET`
 //! pair inherited across exec ([`ENV`] names its descriptor), every listening socket, the
-//! instance lock of each listen address and the admin listener (SCM_RIGHTS, see [`fdpass`]).
+//! instance lock of each listen address and the admin listener (SCM_RIGHTS, see [`fd`]).
 //!
 //! Why nothing is refused: the successor's listeners are the *same* sockets — one accept queue
 //! per socket in the kernel, shared by both processes. Until the successor reports ready the
@@ -41,7 +41,7 @@
 //! its `max_tracked_jti`) distrusts every single-use token issued before it took over (401
 //! `replay_unproven`, see `Admission::distrust_tokens_before`) rather than admit a replay.
 //!
-//! [`fdpass`]: super::fdpass
+//! [`fd`]: wssedge_sys::fd
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -52,9 +52,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use socket2::Socket;
 
-use super::fdpass;
 use super::listen::{InstanceLock, ListenerSet};
 use crate::auth::replay::HandedEntry;
+use wssedge_sys::fd;
 
 /// The environment variable naming the successor's end of the handover socket.
 pub(crate) const ENV: &str = "WSSEDGE_HANDOVER_FD";
@@ -207,14 +207,14 @@ impl Successor {
         if !self.holds_accepts {
             return;
         }
-        if let Err(e) = fdpass::send(self.sock.as_fd(), ACCEPTS_RELEASED, &[]) {
+        if let Err(e) = fd::pass_fds(self.sock.as_fd(), ACCEPTS_RELEASED, &[]) {
             tracing::warn!(error = %e, "could not tell the new process to start accepting");
         }
     }
 
     /// Tells the successor the control socket is free to take.
     pub fn control_released(&self) {
-        if let Err(e) = fdpass::send(self.sock.as_fd(), CONTROL_RELEASED, &[]) {
+        if let Err(e) = fd::pass_fds(self.sock.as_fd(), CONTROL_RELEASED, &[]) {
             tracing::warn!(error = %e, "could not tell the new process the control socket is free");
         }
     }
@@ -235,7 +235,7 @@ fn send_replay(
         for e in chunk {
             e.to_wire(&mut message);
         }
-        fdpass::send(sock.as_fd(), &message, &[])?;
+        fd::pass_fds(sock.as_fd(), &message, &[])?;
     }
     message.clear();
     message.extend_from_slice(REPLAY_DONE);
@@ -244,7 +244,7 @@ fn send_replay(
         complete,
     };
     message.extend_from_slice(&serde_json::to_vec(&done)?);
-    Ok(fdpass::send(sock.as_fd(), &message, &[])?)
+    Ok(fd::pass_fds(sock.as_fd(), &message, &[])?)
 }
 
 /// Starts the successor, hands everything over and waits until it serves.
@@ -321,13 +321,13 @@ fn offer_and_wait(
         fds: fds.len(),
     };
     let header = serde_json::to_vec(&offer)?;
-    fdpass::send(sock.as_fd(), &header, &[])?;
-    for chunk in fds.chunks(fdpass::MAX_FDS) {
-        fdpass::send(sock.as_fd(), b"fds", chunk)?;
+    fd::pass_fds(sock.as_fd(), &header, &[])?;
+    for chunk in fds.chunks(fd::MAX_FDS) {
+        fd::pass_fds(sock.as_fd(), b"fds", chunk)?;
     }
     sock.set_read_timeout(Some(READY_TIMEOUT))?;
     let mut buf = [0u8; 4096];
-    let (n, _) = fdpass::recv(sock.as_fd(), &mut buf).map_err(HandoverError::NotReady)?;
+    let (n, _) = fd::recv_fds(sock.as_fd(), &mut buf).map_err(HandoverError::NotReady)?;
     if n == 0 {
         return Err(HandoverError::Exited);
     }
@@ -415,18 +415,18 @@ impl Heard {
 /// hands over. `None` in an edge started normally.
 pub(crate) fn inherit() -> Result<Option<Inheritance>, HandoverError> {
     // The variable is removed: it is not for our own children (a later restart passes its own).
-    let Some(fd) = wssedge_sys::fd::take_fd_from_env(ENV)? else {
+    let Some(handed) = fd::take_fd_from_env(ENV)? else {
         return Ok(None);
     };
-    let sock = Socket::from(fd);
+    let sock = Socket::from(handed);
     sock.set_cloexec(true)?;
     sock.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut buf = vec![0u8; 64 * 1024];
-    let (n, _) = fdpass::recv(sock.as_fd(), &mut buf)?;
+    let (n, _) = fd::recv_fds(sock.as_fd(), &mut buf)?;
     let offer: Offer = serde_json::from_slice(&buf[..n])?;
     let mut fds = Vec::with_capacity(offer.fds);
     while fds.len() < offer.fds {
-        let (n, more) = fdpass::recv(sock.as_fd(), &mut buf)?;
+        let (n, more) = fd::recv_fds(sock.as_fd(), &mut buf)?;
         if n == 0 {
             return Err(HandoverError::Broken(
                 "the previous process went away during the handover",
@@ -508,7 +508,7 @@ impl Inheritance {
 
     fn answer(&self, answer: &Answer) {
         let line = serde_json::to_vec(answer).unwrap_or_default();
-        if let Err(e) = fdpass::send(self.sock.as_fd(), &line, &[]) {
+        if let Err(e) = fd::pass_fds(self.sock.as_fd(), &line, &[]) {
             tracing::warn!(error = %e, "could not answer the previous process");
         }
     }
@@ -587,7 +587,7 @@ impl Inheritance {
     fn wait_for(&self, expected: &[u8], timeout: Duration) -> Heard {
         let _ = self.sock.set_read_timeout(Some(timeout));
         let mut buf = vec![0u8; RECV_BYTES];
-        match fdpass::recv(self.sock.as_fd(), &mut buf) {
+        match fd::recv_fds(self.sock.as_fd(), &mut buf) {
             Ok((n, _)) if &buf[..n] == expected => Heard::Expected,
             Ok((0, _)) => Heard::Gone,
             Ok((n, _)) => Heard::Other(buf[..n].to_vec()),
@@ -662,7 +662,7 @@ mod tests {
         let (successor, predecessor) = exchange();
         // The successor's wait for the accepts gives up before the word comes.
         successor.wait_accepts_released(Duration::from_millis(10), 0);
-        fdpass::send(predecessor.as_fd(), ACCEPTS_RELEASED, &[]).unwrap();
+        fd::pass_fds(predecessor.as_fd(), ACCEPTS_RELEASED, &[]).unwrap();
         waits_for_the_late_control_released(successor, predecessor);
     }
 
@@ -671,7 +671,7 @@ mod tests {
     fn waits_for_the_late_control_released(successor: Inheritance, predecessor: Socket) {
         let sender = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100));
-            fdpass::send(predecessor.as_fd(), CONTROL_RELEASED, &[]).unwrap();
+            fd::pass_fds(predecessor.as_fd(), CONTROL_RELEASED, &[]).unwrap();
             predecessor
         });
         let t = std::time::Instant::now();
@@ -702,7 +702,7 @@ mod tests {
         let expected = sent.clone();
         let sender = std::thread::spawn(move || {
             send_replay(&predecessor, &sent, true).unwrap();
-            fdpass::send(predecessor.as_fd(), ACCEPTS_RELEASED, &[]).unwrap();
+            fd::pass_fds(predecessor.as_fd(), ACCEPTS_RELEASED, &[]).unwrap();
             predecessor
         });
         let got = successor.wait_accepts_released(Duration::from_secs(10), 1_000_000);
@@ -717,7 +717,7 @@ mod tests {
         let (successor, predecessor) = exchange();
         let sender = std::thread::spawn(move || {
             send_replay(&predecessor, &entries(10), true).unwrap();
-            fdpass::send(predecessor.as_fd(), ACCEPTS_RELEASED, &[]).unwrap();
+            fd::pass_fds(predecessor.as_fd(), ACCEPTS_RELEASED, &[]).unwrap();
             predecessor
         });
         let got = successor.wait_accepts_released(Duration::from_secs(10), 4);
@@ -729,7 +729,7 @@ mod tests {
         // A core of the old process did not answer.
         let (successor, predecessor) = exchange();
         send_replay(&predecessor, &entries(3), false).unwrap();
-        fdpass::send(predecessor.as_fd(), ACCEPTS_RELEASED, &[]).unwrap();
+        fd::pass_fds(predecessor.as_fd(), ACCEPTS_RELEASED, &[]).unwrap();
         let got = successor.wait_accepts_released(Duration::from_secs(5), 100);
         assert_eq!(got.entries.len(), 3);
         assert!(!got.is_whole());
@@ -737,7 +737,7 @@ mod tests {
 
         // An old process sends no store at all.
         let (successor, predecessor) = exchange();
-        fdpass::send(predecessor.as_fd(), ACCEPTS_RELEASED, &[]).unwrap();
+        fd::pass_fds(predecessor.as_fd(), ACCEPTS_RELEASED, &[]).unwrap();
         let got = successor.wait_accepts_released(Duration::from_secs(5), 100);
         assert!(!got.is_whole());
         assert!(got.shortfall().contains("no replay store"));
@@ -746,7 +746,7 @@ mod tests {
         let (successor, predecessor) = exchange();
         let mut half = REPLAY_ENTRIES.to_vec();
         entries(1)[0].to_wire(&mut half);
-        fdpass::send(predecessor.as_fd(), &half, &[]).unwrap();
+        fd::pass_fds(predecessor.as_fd(), &half, &[]).unwrap();
         drop(predecessor);
         let got = successor.wait_accepts_released(Duration::from_secs(5), 100);
         assert_eq!(got.entries.len(), 1);
@@ -756,9 +756,9 @@ mod tests {
         let (successor, predecessor) = exchange();
         let mut bad = REPLAY_ENTRIES.to_vec();
         bad.extend_from_slice(&[0u8; 23]);
-        fdpass::send(predecessor.as_fd(), &bad, &[]).unwrap();
+        fd::pass_fds(predecessor.as_fd(), &bad, &[]).unwrap();
         send_replay(&predecessor, &[], true).unwrap();
-        fdpass::send(predecessor.as_fd(), ACCEPTS_RELEASED, &[]).unwrap();
+        fd::pass_fds(predecessor.as_fd(), ACCEPTS_RELEASED, &[]).unwrap();
         assert!(!successor
             .wait_accepts_released(Duration::from_secs(5), 100)
             .is_whole());
@@ -772,14 +772,14 @@ mod tests {
         let got = successor.wait_accepts_released(Duration::from_millis(10), 100);
         assert!(!got.is_whole());
         send_replay(&predecessor, &entries(5), true).unwrap();
-        fdpass::send(predecessor.as_fd(), ACCEPTS_RELEASED, &[]).unwrap();
+        fd::pass_fds(predecessor.as_fd(), ACCEPTS_RELEASED, &[]).unwrap();
         waits_for_the_late_control_released(successor, predecessor);
     }
 
     #[test]
     fn control_released_first_also_releases_the_accepts() {
         let (successor, predecessor) = exchange();
-        fdpass::send(predecessor.as_fd(), CONTROL_RELEASED, &[]).unwrap();
+        fd::pass_fds(predecessor.as_fd(), CONTROL_RELEASED, &[]).unwrap();
         successor.wait_accepts_released(Duration::from_secs(5), 0);
         let t = std::time::Instant::now();
         successor.wait_control_released(Duration::from_secs(5));

@@ -5,7 +5,6 @@
 mod conn;
 mod core;
 pub mod cpus;
-mod fdpass;
 mod handover;
 pub mod lifecycle;
 pub mod listen;

@@ -1,12 +1,13 @@
 //! The owned-buffer driver of rustls' unbuffered server API (sans-IO).
 //!
 //! [`TlsSession`] owns an `UnbufferedServerConnection`, an incoming ciphertext buffer taken from
-//! the core's [`BufPool`] only while there is something to read or keep, and an outgoing buffer
-//! that the server hands to io_uring by value. The server loop:
+//! the core's [`BufPool`] only while there is something to read or keep, and an outgoing buffer.
+//! The connection reaches it through [`super::record_layer::RecordLayer`], which runs:
 //!
 //! ```text
 //! readable ─► recv_space(pool) ─► recv (non-blocking) ─► commit_recv(n) ─► process(&mut plaintext)
-//!          ─► take_output() ─► io_uring write ─► restore_output(buf) ─► release_idle(pool)
+//!          ─► encrypt(..) ─► pending_output() ─► send (non-blocking) ─► consume_output(n)
+//!          ─► release_idle(pool)
 //! ```
 //!
 //! rustls decrypts the records it is given and encodes records into our buffers; its states map

@@ -253,7 +253,7 @@ impl Upstreams {
         UpstreamRequest { bytes, handshake }
     }
 
-    /// The options [`connect`] takes (the lead may set `socket` from `[limits]`).
+    /// The options [`connect`] takes.
     pub fn connect_options(&self) -> &ConnectOptions {
         &self.connect
     }

@@ -228,16 +228,10 @@ pub fn send_record(fd: BorrowedFd<'_>, content_type: u8, data: &[u8]) -> io::Res
 mod tests {
     use super::*;
     use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsFd;
     use std::time::Duration;
 
-    fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (s, _) = l.accept().unwrap();
-        (c, s)
-    }
+    use crate::test_sockets::tcp_pair as pair;
 
     fn kernel_has_tls() -> bool {
         std::path::Path::new("/proc/net/tls_stat").exists()

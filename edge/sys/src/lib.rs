@@ -28,3 +28,17 @@ pub mod sock;
 
 #[cfg(test)]
 mod unsafe_stays_here;
+
+/// What the rooms' tests share.
+#[cfg(test)]
+pub(crate) mod test_sockets {
+    use std::net::{TcpListener, TcpStream};
+
+    /// A connected loopback TCP pair: (client, server).
+    pub(crate) fn tcp_pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        (c, s)
+    }
+}

@@ -182,12 +182,7 @@ mod tests {
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsFd;
 
-    fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (s, _) = l.accept().unwrap();
-        (c, s)
-    }
+    use crate::test_sockets::tcp_pair as pair;
 
     /// Polls `f` until it stops saying WouldBlock (the loopback delivers within microseconds;
     /// the bound only keeps a broken kernel from hanging the test).

@@ -202,7 +202,7 @@ fn high_water_flag_rises_and_falls_with_the_writer() {
     assert_eq!(sinks[0].depth(), 0, "counted as late, not queued");
 }
 
-/// Issue 12 item 6: a stalled writer and a flood of refused connections. The queue holds the
+/// An attack: a stalled writer and a flood of refused connections. The queue holds the
 /// mark, not one record per refusal; once the writer catches up, one summary record stands for
 /// them all and the trail verifies.
 #[test]

@@ -1,4 +1,4 @@
-//! The admission chain as the lead runs it: extract → verify → revocation → replay (owner
+//! The admission chain as `auth::admission` runs it: extract → verify → revocation → replay (owner
 //! core) → scope, then the session deadline.
 
 use serde_json::json;

@@ -6,7 +6,7 @@
 //! - `key_files`: PEM, JWKS and secret-file loading, and what they refuse.
 //! - `config_tests`: `[jwt]` TOML, defaults and validation.
 //! - `extract_tests`: finding the token in header, subprotocol and query.
-//! - `flow`: verify + revocation + replay + scope + expiry, as the lead will chain them.
+//! - `flow`: verify + revocation + replay + scope + expiry, as admission chains them.
 //! - `props`: nothing panics on arbitrary input.
 
 mod algs;
