@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::reason::Reason;
 use crate::ws::{Message, Session};
 
 use super::super::core::Core;
@@ -62,7 +63,7 @@ impl App {
     }
 
     /// The session is ending on our side (`reason`: why, for the upstream's close frame).
-    pub(super) fn on_session_closing(&mut self, reason: &str) {
+    pub(super) fn on_session_closing(&mut self, reason: Reason) {
         if let App::Proxy(p) = self {
             p.relay.close(1001, reason);
         }
@@ -73,7 +74,7 @@ impl App {
     pub(super) fn on_budget_close(&mut self) {
         if let App::Proxy(p) = self {
             p.relay.discard_unstarted();
-            p.relay.close(1001, "buffer_budget");
+            p.relay.close(1001, Reason::BufferBudget);
         }
     }
 
@@ -107,7 +108,7 @@ impl App {
         &mut self,
         write_timeout: Duration,
         peer: SocketAddr,
-    ) -> Option<Result<u64, &'static str>> {
+    ) -> Option<Result<u64, Reason>> {
         match self {
             App::Proxy(p) => Some(p.write(write_timeout, peer)),
             App::Echo => None,
@@ -247,7 +248,7 @@ mod tests {
         assert_eq!(app.pending_output(), 0);
         assert_eq!(app.deadlines_consumed(), 0);
         app.on_client_closed(Some(1000), "bye");
-        app.on_session_closing("going_away");
+        app.on_session_closing(Reason::GoingAway);
         app.on_budget_close();
         assert!(app.take_hop_start().is_none());
         assert!(app.take_far_side().is_none());

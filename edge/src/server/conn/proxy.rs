@@ -9,6 +9,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::metrics::Side;
+use crate::reason::{LossyDrop, Reason};
 use crate::refuse::Refusal;
 use crate::tls::identity::ClientIdentity;
 use crate::ws::{Session, SessionState};
@@ -140,7 +141,7 @@ impl Proxy {
                     }
                     let size = message.payload.len() + 14;
                     if lossy && queued + size > cap {
-                        core.metrics.lossy_drop("backpressure");
+                        core.metrics.lossy_drop(LossyDrop::Backpressure);
                         continue;
                     }
                     queued += size;
@@ -157,7 +158,7 @@ impl Proxy {
                 }
                 UpstreamEvent::Failed { reason } => {
                     Refusal::Close { code: 1014, reason }.record_on(core, peer);
-                    session.close(1014, reason);
+                    session.close(1014, reason.as_str());
                     end = Some(End::Close);
                 }
             }
@@ -172,7 +173,7 @@ impl Proxy {
         &mut self,
         write_timeout: Duration,
         peer: SocketAddr,
-    ) -> Result<u64, &'static str> {
+    ) -> Result<u64, Reason> {
         let relay = &mut self.relay;
         match relay.write_some() {
             Ok(written) => {
@@ -188,7 +189,7 @@ impl Proxy {
             }
             Err(e) => {
                 tracing::debug!(peer = %peer, member = relay.member(), error = %e, "upstream write failed");
-                Err("upstream_write_failed")
+                Err(Reason::UpstreamWriteFailed)
             }
         }
     }
@@ -200,7 +201,7 @@ impl Proxy {
     /// upstream's reply, then both directions shut.
     pub(super) async fn close_with_client(mut self, core: Rc<Core>, close_by: Instant) {
         let relay = &mut self.relay;
-        relay.close(1001, "going_away");
+        relay.close(1001, Reason::GoingAway);
         close_upstream(&core, relay, close_by).await;
         relay.shutdown();
     }
@@ -269,7 +270,7 @@ async fn close_upstream(core: &Core, relay: &mut Relay, close_by: Instant) {
 pub(super) fn internal_refusal() -> Refusal {
     Refusal::Http {
         status: 500,
-        reason: "internal_error",
+        reason: Reason::InternalError,
         extra_headers: &[],
     }
 }
