@@ -5,6 +5,7 @@
 //! - [`audit_record`]: what an audit record says (the event fields inside the chain's
 //!   envelope).
 //! - [`ws`]: the WebSocket protocol — upgrade parsing, frame codec, the session (both roles).
+//! - [`ktls_crypto_info`]: the kernel's `tls12_crypto_info_*` layouts for `setsockopt(SOL_TLS)`.
 //! - [`limits`]: rates and token buckets in integers, fed instants by their caller.
 //! - [`origin`]: the `Host` and `Origin` allow-lists.
 //! - [`tls_wire`]: TLS wire numbers shared by the userspace driver and the kernel record layer.
@@ -14,6 +15,7 @@
 #![cfg_attr(test, allow(clippy::disallowed_methods))]
 
 pub mod audit_record;
+pub mod ktls_crypto_info;
 pub mod limits;
 pub mod origin;
 pub mod tls_wire;

@@ -3,7 +3,8 @@
 //! writes plaintext with the same io_uring/readiness path as before.
 //!
 //! - [`probe`]: what the running kernel can offload, found once at start.
-//! - [`crypto_info`]: rustls secrets → the kernel's `tls12_crypto_info_*` layouts (sans-IO).
+//! - [`crypto_info`]: the kernel's `tls12_crypto_info_*` layouts (in `wssedge-proto`).
+//! - [`secrets`]: rustls' suite, version and secrets → those layouts.
 //! - [`sys`]: the socket options and record-typed `recvmsg`/`sendmsg`, over `wssedge_sys::ktls`.
 //! - [`session`]: [`KernelTls`], the record layer after the hand-off (record counts, key limits,
 //!   alerts, KeyUpdate).
@@ -15,11 +16,13 @@
 //! second TLS dependency, and the few lines of `setsockopt` glue are easier to audit in one
 //! room of ours than behind another crate's I/O abstraction (which is built around tokio).
 
-pub mod crypto_info;
 pub mod offload;
 pub mod probe;
+pub mod secrets;
 pub mod session;
 pub mod sys;
+
+pub use wssedge_proto::ktls_crypto_info as crypto_info;
 
 pub use crypto_info::{Cipher, TlsVersion};
 pub use offload::{offload, OffloadError};
