@@ -53,6 +53,18 @@ impl KtlsMode {
     }
 }
 
+/// `[tls] ktls = "required"` on a kernel that cannot offload everything the edge negotiates.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "[tls] ktls = \"required\" but this kernel cannot offload every TLS version and cipher the \
+     edge negotiates: {support}. Run on a kernel with kTLS (CONFIG_TLS, the tls module loaded) \
+     or set [tls] ktls = \"auto\""
+)]
+pub struct KtlsRequiredError {
+    /// What the kernel can and cannot offload ([`KtlsSupport::describe`]).
+    pub support: String,
+}
+
 /// The process-wide kTLS decision: the configured mode and what the kernel can do.
 #[derive(Debug, Clone)]
 pub struct KtlsPolicy {
@@ -65,18 +77,18 @@ pub struct KtlsPolicy {
 impl KtlsPolicy {
     /// Probes the kernel (unless the mode is off). `required` without a complete offload is an
     /// error that names what is missing.
-    pub fn decide(mode: KtlsMode, key_limit_override: Option<u64>) -> Result<Self, String> {
+    pub fn decide(
+        mode: KtlsMode,
+        key_limit_override: Option<u64>,
+    ) -> Result<Self, KtlsRequiredError> {
         let support = match mode {
             KtlsMode::Off => KtlsSupport::none("off by configuration ([tls] ktls = \"off\")"),
             KtlsMode::Auto | KtlsMode::Required => KtlsSupport::probe(),
         };
         if mode == KtlsMode::Required && !support.complete() {
-            return Err(format!(
-                "[tls] ktls = \"required\" but this kernel cannot offload every TLS version and \
-                 cipher the edge negotiates: {}. Run on a kernel with kTLS (CONFIG_TLS, the tls \
-                 module loaded) or set [tls] ktls = \"auto\"",
-                support.describe()
-            ));
+            return Err(KtlsRequiredError {
+                support: support.describe(),
+            });
         }
         Ok(Self {
             mode,

@@ -337,3 +337,16 @@ fn nothing_is_queued_after_close_notify() {
     let _ = k.send_close_notify(s.as_fd());
     assert!(k.queue(b"more").is_err());
 }
+
+#[test]
+fn the_required_error_names_what_is_missing_and_what_to_do() {
+    let err = KtlsRequiredError {
+        support: "no TCP ULP".into(),
+    };
+    assert_eq!(
+        err.to_string(),
+        "[tls] ktls = \"required\" but this kernel cannot offload every TLS version and cipher \
+         the edge negotiates: no TCP ULP. Run on a kernel with kTLS (CONFIG_TLS, the tls module \
+         loaded) or set [tls] ktls = \"auto\""
+    );
+}
