@@ -17,6 +17,7 @@ pub mod devcert;
 pub mod ebpf;
 pub mod limits;
 pub mod metrics;
+pub mod reason;
 pub mod refuse;
 pub mod server;
 pub mod signals;

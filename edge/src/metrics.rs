@@ -6,6 +6,7 @@
 //! connection is refused or ends, and sit behind a per-core mutex that only that core and the
 //! scraper ever take.
 
+use crate::reason::{KtlsFallback, LossyDrop, Reason};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -199,7 +200,8 @@ impl CoreMetrics {
         self.labelled.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn handshake(&self, ok: bool, reason: &'static str) {
+    pub fn handshake(&self, ok: bool, reason: Reason) {
+        let reason = reason.as_str();
         let result = if ok { "ok" } else { "failed" };
         *self
             .labelled()
@@ -208,13 +210,17 @@ impl CoreMetrics {
             .or_default() += 1;
     }
 
-    pub fn refusal(&self, reason: &'static str) {
-        *self.labelled().refusals.entry(reason).or_default() += 1;
+    pub fn refusal(&self, reason: Reason) {
+        *self.labelled().refusals.entry(reason.as_str()).or_default() += 1;
     }
 
     /// An offload attempt that stayed in (or fell back to) userspace, by reason.
-    pub fn ktls_fallback(&self, reason: &'static str) {
-        *self.labelled().ktls_fallbacks.entry(reason).or_default() += 1;
+    pub fn ktls_fallback(&self, reason: KtlsFallback) {
+        *self
+            .labelled()
+            .ktls_fallbacks
+            .entry(reason.as_str())
+            .or_default() += 1;
     }
 
     /// An alert record received under kTLS (close_notify, fatal, other).
@@ -223,8 +229,12 @@ impl CoreMetrics {
     }
 
     /// A whole message dropped on a lossy route (`backpressure` or `rate_limit`).
-    pub fn lossy_drop(&self, reason: &'static str) {
-        *self.labelled().lossy_drops.entry(reason).or_default() += 1;
+    pub fn lossy_drop(&self, reason: LossyDrop) {
+        *self
+            .labelled()
+            .lossy_drops
+            .entry(reason.as_str())
+            .or_default() += 1;
     }
 
     /// A message over a rate limit: `scope` connection or identity, `action` close or drop.
@@ -780,10 +790,10 @@ mod tests {
         let b = Arc::new(CoreMetrics::new(1, 5));
         a.frames_in.add(2);
         b.frames_in.add(3);
-        a.refusal("not_tls");
-        b.refusal("not_tls");
+        a.refusal(Reason::NotTls);
+        b.refusal(Reason::NotTls);
         b.close_code(1009, Side::Server);
-        a.handshake(false, "tls_protocol_version");
+        a.handshake(false, Reason::TlsProtocolVersion);
         a.open.add(1);
         let text = Registry {
             cores: vec![a, b],

@@ -1,60 +1,65 @@
 //! The one refusal path.
 //!
 //! Every connection the edge turns away or closes for cause goes through [`Refusal::record`]:
-//! a reason code (snake_case, stable: dashboards and later the audit trail key on it), a
-//! counter, a log line, and what the client is told — nothing before TLS, a TLS alert, an HTTP
+//! a [`Reason`] (its label is stable: dashboards and the audit trail key on it), a counter, a
+//! log line, an audit record, and what the client is told — nothing before TLS, a TLS alert, an HTTP
 //! status before the upgrade, or a close code after it.
 
 use std::net::SocketAddr;
 
 use crate::audit::AuditSink;
 use crate::metrics::{CoreMetrics, Side};
+use crate::reason::Reason;
 
 /// Why and how a connection is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     /// Closed with nothing sent: right after accept, before any TLS work (connection or
     /// handshake limits), or when the client can no longer be written to (write timeout).
-    Silent { reason: &'static str },
+    Silent { reason: Reason },
     /// The TLS handshake failed or timed out; any alert rustls queued is flushed first.
-    Tls { reason: &'static str },
+    Tls { reason: Reason },
     /// The upgrade request was refused with an HTTP status; the connection then closes.
     Http {
         status: u16,
-        reason: &'static str,
+        reason: Reason,
         extra_headers: &'static [(&'static str, &'static str)],
     },
     /// An upgraded connection is closed by the edge with a WebSocket close code.
-    Close { code: u16, reason: &'static str },
+    Close { code: u16, reason: Reason },
 }
 
 impl Refusal {
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
             Refusal::Silent { reason }
             | Refusal::Tls { reason }
             | Refusal::Http { reason, .. }
-            | Refusal::Close { reason, .. } => reason,
+            | Refusal::Close { reason, .. } => *reason,
         }
     }
 
-    /// Counts and logs the refusal. (The audit record joins here with the audit trail.)
+    /// Counts and logs the refusal (its audit record: [`Refusal::audit_event`]).
     pub fn record(&self, metrics: &CoreMetrics, peer: SocketAddr) {
         metrics.refusal(self.reason());
         match self {
             Refusal::Silent { reason } => {
+                let reason = reason.as_str();
                 tracing::debug!(%peer, reason, "connection closed without a word")
             }
             Refusal::Tls { reason } => {
-                metrics.handshake(false, reason);
+                metrics.handshake(false, *reason);
+                let reason = reason.as_str();
                 tracing::debug!(%peer, reason, "TLS handshake refused")
             }
             Refusal::Http { status, reason, .. } => {
-                metrics.handshake(false, reason);
+                metrics.handshake(false, *reason);
+                let reason = reason.as_str();
                 tracing::debug!(%peer, status, reason, "upgrade refused")
             }
             Refusal::Close { code, reason } => {
                 metrics.close_code(*code, Side::Server);
+                let reason = reason.as_str();
                 tracing::debug!(%peer, code, reason, "connection closed by the edge")
             }
         }
@@ -68,23 +73,23 @@ impl Refusal {
         match self {
             Refusal::Silent { reason } => AuditEvent::Refusal {
                 peer,
-                reason: (*reason).to_owned(),
+                reason: reason.as_str().to_owned(),
                 status: None,
                 code: None,
             },
             Refusal::Tls { reason } => AuditEvent::TlsFailure {
                 peer,
-                reason: (*reason).to_owned(),
+                reason: reason.as_str().to_owned(),
             },
             Refusal::Http { status, reason, .. } => AuditEvent::Refusal {
                 peer,
-                reason: (*reason).to_owned(),
+                reason: reason.as_str().to_owned(),
                 status: Some(*status),
                 code: None,
             },
             Refusal::Close { code, reason } => AuditEvent::Refusal {
                 peer,
-                reason: (*reason).to_owned(),
+                reason: reason.as_str().to_owned(),
                 status: None,
                 code: Some(*code),
             },
@@ -98,7 +103,7 @@ impl Refusal {
                 status,
                 reason,
                 extra_headers,
-            } => Some(http_response(*status, reason, extra_headers)),
+            } => Some(http_response(*status, reason.as_str(), extra_headers)),
             _ => None,
         }
     }
@@ -181,7 +186,7 @@ mod tests {
     fn http_refusal_carries_status_headers_and_reason() {
         let r = Refusal::Http {
             status: 426,
-            reason: "unsupported_ws_version",
+            reason: Reason::UnsupportedWsVersion,
             extra_headers: &[("Sec-WebSocket-Version", "13")],
         };
         let text = String::from_utf8(r.http_response().unwrap()).unwrap();
@@ -202,15 +207,19 @@ mod tests {
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
         Refusal::Close {
             code: 1013,
-            reason: "buffer_budget",
+            reason: Reason::BufferBudget,
         }
         .record(&m, peer);
         Refusal::Silent {
-            reason: "max_connections",
+            reason: Reason::MaxConnections,
         }
         .record(&m, peer);
         assert_eq!(m.refusals_of("buffer_budget"), 1);
         assert_eq!(m.refusals_of("max_connections"), 1);
-        assert!(Refusal::Tls { reason: "not_tls" }.http_response().is_none());
+        assert!(Refusal::Tls {
+            reason: Reason::NotTls
+        }
+        .http_response()
+        .is_none());
     }
 }

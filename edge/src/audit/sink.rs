@@ -30,6 +30,7 @@ use crate::audit::ring::{ring, Consumer, Gauge, Producer};
 use crate::audit::stats::AuditStats;
 use crate::audit::summary::RefusalTally;
 use crate::audit::time::Timestamp;
+use crate::reason::Reason;
 
 /// What the control socket and reloads may queue before they wait for the writer.
 const CONTROL_QUEUE: usize = 4096;
@@ -224,7 +225,7 @@ impl AuditSink {
     pub fn refused_at_accept(
         &self,
         peer: SocketAddr,
-        reason: &'static str,
+        reason: Reason,
         event: impl FnOnce() -> AuditEvent,
     ) {
         let Some(s) = &self.inner else { return };
@@ -493,7 +494,7 @@ mod tests {
         let (shared, sinks, drains, _h) = build(1, 8, 4);
         let sink = &sinks[0];
         // Under the mark a refusal at accept is a record like any other.
-        sink.refused_at_accept(peer(1), "max_connections", || refusal(1));
+        sink.refused_at_accept(peer(1), Reason::MaxConnections, || refusal(1));
         assert_eq!(sink.depth(), 1);
         for n in 0..3 {
             sink.record(accept(n));
@@ -501,11 +502,11 @@ mod tests {
         assert!(sink.over_high_water());
         // A flood against a queue that does not drain: counted, the queue does not move.
         for n in 0..50_000 {
-            sink.refused_at_accept(peer(n as u16), "audit_backpressure", || {
+            sink.refused_at_accept(peer(n as u16), Reason::AuditBackpressure, || {
                 panic!("no record is built above the mark")
             });
         }
-        sink.refused_at_accept(peer(7), "max_connections", || refusal(7));
+        sink.refused_at_accept(peer(7), Reason::MaxConnections, || refusal(7));
         assert_eq!(sink.depth(), 4);
         assert_eq!(shared.stats.core_overflowed(0), 0);
         sink.tick();
@@ -552,7 +553,7 @@ mod tests {
         let sink = &sinks[0];
         sink.record(accept(0));
         sink.record(accept(1));
-        sink.refused_at_accept(peer(2), "audit_backpressure", || refusal(2));
+        sink.refused_at_accept(peer(2), Reason::AuditBackpressure, || refusal(2));
         drains[0].drain(usize::MAX, |_| {});
         // No tick in between: the next record itself ends the episode, after its summary.
         sink.record(accept(3));
@@ -572,7 +573,7 @@ mod tests {
         sink.record(accept(0));
         sink.record(accept(1));
         for n in 0..10 {
-            sink.refused_at_accept(peer(n), "audit_backpressure", || refusal(0));
+            sink.refused_at_accept(peer(n), Reason::AuditBackpressure, || refusal(0));
         }
         drop(sink);
         let mut got = Vec::new();

@@ -18,6 +18,7 @@ use std::net::IpAddr;
 
 use crate::audit::record::{AuditEvent, PeerRefusals};
 use crate::audit::time::Timestamp;
+use crate::reason::Reason;
 
 /// Addresses a summary names.
 pub(crate) const TOP_PEERS: usize = 8;
@@ -34,7 +35,7 @@ pub(crate) struct RefusalTally {
 
 #[derive(Debug)]
 struct ReasonTally {
-    reason: &'static str,
+    reason: Reason,
     count: u64,
     from: Timestamp,
     to: Timestamp,
@@ -84,7 +85,7 @@ impl RefusalTally {
     }
 
     /// Counts one refusal of `ip` for `reason` at `at`.
-    pub(crate) fn count(&mut self, reason: &'static str, ip: IpAddr, at: Timestamp) {
+    pub(crate) fn count(&mut self, reason: Reason, ip: IpAddr, at: Timestamp) {
         let i = match self.reasons.iter().position(|r| r.reason == reason) {
             Some(i) => i,
             None if self.reasons.len() < MAX_REASONS => {
@@ -115,7 +116,7 @@ impl RefusalTally {
                 let peers = r.peers.listed();
                 let listed: u64 = peers.iter().map(|p| p.refusals).sum();
                 AuditEvent::RefusalSummary {
-                    reason: r.reason.to_owned(),
+                    reason: r.reason.as_str().to_owned(),
                     count: r.count,
                     from: r.from.rfc3339(),
                     to: r.to.rfc3339(),
@@ -158,10 +159,10 @@ mod tests {
         let mut t = RefusalTally::default();
         assert!(t.is_empty());
         for n in 0..1000u64 {
-            t.count("audit_backpressure", ip("192.0.2.1"), at(10 + n % 7));
+            t.count(Reason::AuditBackpressure, ip("192.0.2.1"), at(10 + n % 7));
         }
-        t.count("audit_backpressure", ip("2001:db8::1"), at(3));
-        t.count("max_connections", ip("192.0.2.9"), at(20));
+        t.count(Reason::AuditBackpressure, ip("2001:db8::1"), at(3));
+        t.count(Reason::MaxConnections, ip("192.0.2.9"), at(20));
         let got = t.take();
         assert!(t.is_empty(), "taking ends the episode");
         assert_eq!(got.len(), 2);
@@ -197,10 +198,10 @@ mod tests {
         // 60k refusals from 30k addresses, one of which sends a third of them.
         for n in 0..40_000u32 {
             let spread = IpAddr::from([10, (n >> 16) as u8, (n >> 8) as u8, n as u8]);
-            t.count("audit_backpressure", spread, at(0));
+            t.count(Reason::AuditBackpressure, spread, at(0));
             total += 1;
             if n % 2 == 0 {
-                t.count("audit_backpressure", ip("198.51.100.7"), at(1));
+                t.count(Reason::AuditBackpressure, ip("198.51.100.7"), at(1));
                 total += 1;
             }
         }
@@ -219,14 +220,14 @@ mod tests {
 
     #[test]
     fn reasons_are_bounded_too() {
-        const REASONS: [&str; 10] = ["r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9"];
+        let reasons = &Reason::ALL[..MAX_REASONS + 2];
         let mut t = RefusalTally::default();
-        for r in REASONS {
+        for &r in reasons {
             t.count(r, ip("192.0.2.1"), at(0));
         }
         let got = t.take();
         assert_eq!(got.len(), MAX_REASONS);
         let counted: u64 = got.iter().map(|e| summary(e).1).sum();
-        assert_eq!(counted, REASONS.len() as u64, "nothing uncounted");
+        assert_eq!(counted, reasons.len() as u64, "nothing uncounted");
     }
 }

@@ -25,6 +25,7 @@ use crate::auth::replay::{
 };
 use crate::auth::revocation::Revocations;
 use crate::config_error::ConfigError;
+use crate::reason::Reason;
 use crate::refuse::Refusal;
 use crate::tls::crl::CrlSet;
 use crate::tls::identity::{ClientIdentity, IdentityRules};
@@ -127,7 +128,7 @@ impl Admission {
         slots
             .try_take(&key)
             .map(Some)
-            .ok_or_else(|| http(429, "identity_connection_limit", RETRY))
+            .ok_or_else(|| http(429, Reason::IdentityConnectionLimit, RETRY))
     }
 
     pub fn jwt(&self) -> Option<&JwtVerifier> {
@@ -154,7 +155,7 @@ impl Admission {
     ) -> Result<Admitted, Refusal> {
         self.origin
             .check(&request.host, request.origin.as_deref())
-            .map_err(|e| http(e.status(), e.reason(), &[]))?;
+            .map_err(|e| http(e.status(), e.into(), &[]))?;
         // A resumed TLS session skips certificate verification: revocation by the current
         // CRLs, the chain's validity and its CRLs' freshness are checked again here for every
         // upgrade (a full handshake may straddle the instant too).
@@ -217,7 +218,7 @@ impl Admission {
 /// A refusal before the upgrade.
 fn http(
     status: u16,
-    reason: &'static str,
+    reason: Reason,
     extra_headers: &'static [(&'static str, &'static str)],
 ) -> Refusal {
     Refusal::Http {
@@ -299,9 +300,9 @@ impl ReplayShards {
             match sent {
                 Some(Ok(())) => match answer.await {
                     Ok(answer) => answer,
-                    Err(_) => return Err(http(503, "replay_store_unavailable", RETRY)),
+                    Err(_) => return Err(http(503, Reason::ReplayStoreUnavailable, RETRY)),
                 },
-                _ => return Err(http(503, "replay_store_busy", RETRY)),
+                _ => return Err(http(503, Reason::ReplayStoreBusy, RETRY)),
             }
         };
         answer.map_err(|e| {
@@ -552,7 +553,7 @@ mod tests {
             .unwrap_err()
         {
             Refusal::Http { status, reason, .. } => {
-                assert_eq!((status, reason), (401, "token_missing"))
+                assert_eq!((status, reason), (401, Reason::TokenMissing))
             }
             other => panic!("{other:?}"),
         }
@@ -583,11 +584,11 @@ mod tests {
         assert_eq!(decide(&id, &CrlSet::empty(), now + 20), Ok(()));
         assert_eq!(
             decide(&id, &CrlSet::empty(), now + 25),
-            Err((403, "client_cert_expired"))
+            Err((403, Reason::ClientCertExpired))
         );
         assert_eq!(
             decide(&id, &CrlSet::empty(), now - 61),
-            Err((403, "client_cert_not_yet_valid"))
+            Err((403, Reason::ClientCertNotYetValid))
         );
         // The CRL was made valid until tomorrow (real time); at `now` (2030) it has expired.
         let real_now = std::time::SystemTime::now()
@@ -600,12 +601,12 @@ mod tests {
         assert_eq!(decide(&today, &fresh, real_now), Ok(()));
         assert_eq!(
             decide(&today, &fresh, real_now + 2 * 24 * 3600),
-            Err((403, "crl_expired"))
+            Err((403, Reason::CrlExpired))
         );
         let revoking = CrlSet::from_ders("mem", vec![pki.crl(&[1], false).der().clone()]).unwrap();
         assert_eq!(
             decide(&today, &revoking, real_now),
-            Err((403, "certificate_revoked"))
+            Err((403, Reason::CertificateRevoked))
         );
     }
 
@@ -675,18 +676,18 @@ mod tests {
         let old = token(Some(took_over - 100), None, "old");
         assert_eq!(decide(&old), Ok(true), "trusted before the distrust");
         a.distrust_tokens_before(took_over);
-        assert_eq!(decide(&old), Err((401, "replay_unproven")));
+        assert_eq!(decide(&old), Err((401, Reason::ReplayUnproven)));
         assert_eq!(
             decide(&token(None, None, "no-iat")),
-            Err((401, "replay_unproven"))
+            Err((401, Reason::ReplayUnproven))
         );
         assert_eq!(
             decide(&token(Some(took_over + 5), None, "within-leeway")),
-            Err((401, "replay_unproven"))
+            Err((401, Reason::ReplayUnproven))
         );
         assert_eq!(
             decide(&token(None, Some(took_over - 1), "nbf-old")),
-            Err((401, "replay_unproven"))
+            Err((401, Reason::ReplayUnproven))
         );
         assert_eq!(decide(&token(Some(took_over + 6), None, "new")), Ok(true));
         assert_eq!(

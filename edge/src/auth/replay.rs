@@ -28,6 +28,7 @@
 //! In all, 53–105 bytes per tracked `jti`: at the default 1 000 000 across the process,
 //! 53–105 MB at the cap, nothing when idle (nothing is reserved up front).
 
+use crate::reason::Reason;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
@@ -55,11 +56,11 @@ pub enum ReplayRefusal {
 }
 
 impl ReplayRefusal {
-    pub fn reason(self) -> &'static str {
+    pub fn reason(self) -> Reason {
         match self {
-            ReplayRefusal::Replayed => "replayed",
-            ReplayRefusal::Full => "replay_store_full",
-            ReplayRefusal::HandedOver => "replay_store_unavailable",
+            ReplayRefusal::Replayed => Reason::Replayed,
+            ReplayRefusal::Full => Reason::ReplayStoreFull,
+            ReplayRefusal::HandedOver => Reason::ReplayStoreUnavailable,
         }
     }
 
@@ -506,7 +507,10 @@ mod tests {
             Err(ReplayRefusal::HandedOver)
         );
         let e = JwtRefusal::from(ReplayRefusal::HandedOver);
-        assert_eq!((e.reason(), e.status()), ("replay_store_unavailable", 503));
+        assert_eq!(
+            (e.reason(), e.status()),
+            (Reason::ReplayStoreUnavailable, 503)
+        );
         assert_eq!(e.extra_headers(), &[("Retry-After", "1")]);
     }
 

@@ -16,21 +16,22 @@ use arc_swap::ArcSwap;
 
 use super::rules::{addr_of, key_of, Limit, LimitConfig, LimitConfigError, RuleTable};
 use super::{IpStats, LimiterStats};
+use crate::reason::Reason;
 
 const SHARDS: usize = 16;
 /// Addresses tracked per shard; idle ones (no open connection) are forgotten when full.
 const SHARD_CAP: usize = 16_384;
 
-/// Reason strings, the same words the refusal path counts under.
-pub const IP_LIMIT: &str = "ip_limit";
-pub const IP_BLOCKED: &str = "ip_blocked";
+/// The reasons the refusal path counts the limiter's refusals under.
+pub const IP_LIMIT: Reason = Reason::IpLimit;
+pub const IP_BLOCKED: Reason = Reason::IpBlocked;
 
 /// A connection refused by the limiter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("refused: {reason}")]
 pub struct Refused {
-    /// `"ip_limit"` or `"ip_blocked"`.
-    pub reason: &'static str,
+    /// [`IP_LIMIT`] or [`IP_BLOCKED`].
+    pub reason: Reason,
 }
 
 #[derive(Default)]

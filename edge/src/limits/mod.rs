@@ -69,12 +69,13 @@ pub(crate) use config::rate_keys;
 pub use config::{Rate, RateConfig, RateKeys, RateLimit};
 pub use identity::{CoreBudgets, IdentityBudgets, IdentityHandle, IdentityLease, SharedBudget};
 
+use crate::reason::Reason;
 use crate::refuse::Refusal;
 
 /// The close code and reason of a connection closed for its rate (RFC 6455 1008: policy
 /// violation).
 pub const RATE_LIMITED_CODE: u16 = 1008;
-pub const RATE_LIMITED_REASON: &str = "rate_limited";
+pub const RATE_LIMITED_REASON: Reason = Reason::RateLimited;
 
 /// Which limit a message exceeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -218,7 +218,7 @@ fn policy_close_is_1008_rate_limited_and_drop_sends_nothing() {
         RatePolicy::default().refusal(),
         Some(Refusal::Close {
             code: 1008,
-            reason: "rate_limited"
+            reason: crate::reason::Reason::RateLimited
         })
     );
     assert_eq!(RatePolicy::Drop.refusal(), None);

@@ -18,6 +18,7 @@ use crate::bufpool::BufPool;
 use crate::config::Config;
 use crate::limits::ip_limit::IpLimiter;
 use crate::metrics::CoreMetrics;
+use crate::reason::Reason;
 use crate::refuse::{Refusal, RefusalRecorder};
 use crate::sockopt::AcceptedSocketOptions;
 use crate::tls::ktls::KtlsPolicy;
@@ -423,7 +424,7 @@ impl RevocationWatch {
             close_revoked(core, now, "tokens", |s| {
                 revocations
                     .is_revoked(s.subject.as_deref(), s.jti.as_deref())
-                    .map(|_| (1008, "revoked"))
+                    .map(|_| (1008, Reason::Revoked))
             });
         }
         let crls = core.tls.crls.load();
@@ -433,7 +434,7 @@ impl RevocationWatch {
                 s.identity
                     .as_deref()
                     .filter(|id| crls.is_revoked(id))
-                    .map(|_| (1008, "certificate_revoked"))
+                    .map(|_| (1008, Reason::CertificateRevoked))
             });
         }
         // Expired replay entries go about once a second.
@@ -510,12 +511,12 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener, running: AcceptLoop)
             AcceptMode::Stopped => {}
         }
         let over = if core.counts.connections.get() >= core.counts.max_connections {
-            Some("max_connections")
+            Some(Reason::MaxConnections)
         } else if core.audit.over_high_water() {
             // The trail must never drop a record: new connections wait until it drains.
-            Some("audit_backpressure")
+            Some(Reason::AuditBackpressure)
         } else if core.counts.handshakes.get() >= core.cfg.limits.max_handshakes_in_flight {
-            Some("max_handshakes_in_flight")
+            Some(Reason::MaxHandshakesInFlight)
         } else {
             None
         };
@@ -678,7 +679,7 @@ impl DrainState {
         tracing::info!(
             core = core.index,
             code = order.code,
-            reason = order.reason,
+            reason = order.reason.as_str(),
             connections = core.counts.connections.get(),
             "core draining"
         );

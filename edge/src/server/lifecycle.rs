@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 
+use crate::reason::Reason;
+
 /// What the main thread is asked to do.
 #[derive(Debug)]
 pub enum Command {
@@ -39,7 +41,7 @@ pub(crate) struct DrainOrder {
     /// The close code and reason every live session gets: 1001 "going_away", or 1012
     /// "service_restart" when a successor took the listeners over.
     pub code: u16,
-    pub reason: &'static str,
+    pub reason: Reason,
     /// When the cores stop even if sessions are still closing.
     pub deadline: Instant,
     /// The listeners are shared with a successor process: stop accepting on them but never
@@ -52,7 +54,7 @@ impl DrainOrder {
     pub fn going_away(deadline: Instant) -> Self {
         DrainOrder {
             code: 1001,
-            reason: "going_away",
+            reason: Reason::GoingAway,
             deadline,
             handed_over: false,
         }
@@ -61,7 +63,7 @@ impl DrainOrder {
     pub fn service_restart(deadline: Instant) -> Self {
         DrainOrder {
             code: 1012,
-            reason: "service_restart",
+            reason: Reason::ServiceRestart,
             deadline,
             handed_over: true,
         }
@@ -184,7 +186,7 @@ mod tests {
         let order = life.drain().unwrap();
         assert_eq!(
             (order.code, order.reason, order.handed_over),
-            (1001, "going_away", false)
+            (1001, Reason::GoingAway, false)
         );
     }
 

@@ -15,10 +15,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::timer::{Deadline, TimerWheel};
+use crate::reason::Reason;
 use crate::tls::identity::ClientIdentity;
 
 /// A close order: the close code and the reason (a stable counter label).
-pub(crate) type CloseOrder = (u16, &'static str);
+pub(crate) type CloseOrder = (u16, Reason);
 
 /// What a core knows about one upgraded session.
 pub(crate) struct LiveSession {
@@ -150,17 +151,20 @@ mod tests {
         let bob = registry.register(Some("bob".into()), None, None);
         assert_eq!(registry.len(), 2);
         let closed = registry.close_matching(t0, |s| {
-            (s.subject.as_deref() == Some("alice")).then_some((1008, "revoked"))
+            (s.subject.as_deref() == Some("alice")).then_some((1008, Reason::Revoked))
         });
         assert_eq!(closed, 1);
-        assert_eq!(alice.session.order(), Some((1008, "revoked")));
+        assert_eq!(alice.session.order(), Some((1008, Reason::Revoked)));
         assert_eq!(bob.session.order(), None);
         wheel.advance(t0 + super::super::timer::TICK * 2);
         assert!(alice.session.deadline().has_fired());
         assert!(!bob.session.deadline().has_fired());
         // A second scan takes bob and leaves alice's first order alone.
-        assert_eq!(registry.close_matching(t0, |_| Some((1008, "x"))), 1);
-        assert_eq!(alice.session.order(), Some((1008, "revoked")));
+        assert_eq!(
+            registry.close_matching(t0, |_| Some((1008, Reason::GoingAway))),
+            1
+        );
+        assert_eq!(alice.session.order(), Some((1008, Reason::Revoked)));
         drop(alice);
         assert_eq!(registry.len(), 1, "a dropped entry leaves the registry");
     }

@@ -20,6 +20,7 @@
 //! `EncodeTlsData` states. [`TlsSession::process`] collects them into the outgoing buffer before
 //! returning the error, so the server can flush them and close.
 
+use crate::reason::Reason;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -95,44 +96,44 @@ pub enum TlsError {
 
 impl TlsError {
     /// A snake_case code for counters and audit records.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         use rustls::{Error as E, PeerIncompatible as P};
         match self {
-            TlsError::NotTls => "not_tls",
-            TlsError::ProtocolVersion { .. } => "tls_protocol_version",
-            TlsError::HandshakeNotComplete => "tls_handshake_incomplete",
-            TlsError::Closed => "tls_closed",
-            TlsError::EncryptExhausted => "tls_keys_exhausted",
-            TlsError::Internal(_) => "tls_internal",
+            TlsError::NotTls => Reason::NotTls,
+            TlsError::ProtocolVersion { .. } => Reason::TlsProtocolVersion,
+            TlsError::HandshakeNotComplete => Reason::TlsHandshakeIncomplete,
+            TlsError::Closed => Reason::TlsClosed,
+            TlsError::EncryptExhausted => Reason::TlsKeysExhausted,
+            TlsError::Internal(_) => Reason::TlsInternal,
             TlsError::Rustls(e) => match e {
                 E::PeerIncompatible(
                     P::Tls12NotOffered
                     | P::Tls12NotOfferedOrEnabled
                     | P::SupportedVersionsExtensionRequired
                     | P::ServerDoesNotSupportTls12Or13,
-                ) => "tls_protocol_version",
+                ) => Reason::TlsProtocolVersion,
                 E::PeerIncompatible(
                     P::NoCipherSuitesInCommon
                     | P::NoKxGroupsInCommon
                     | P::NoSignatureSchemesInCommon,
-                ) => "tls_no_shared_cipher",
-                E::PeerIncompatible(_) => "tls_incompatible",
-                E::NoApplicationProtocol => "tls_no_application_protocol",
+                ) => Reason::TlsNoSharedCipher,
+                E::PeerIncompatible(_) => Reason::TlsIncompatible,
+                E::NoApplicationProtocol => Reason::TlsNoApplicationProtocol,
                 E::InvalidCertificate(_)
                 | E::NoCertificatesPresented
                 | E::InvalidCertRevocationList(_) => {
                     crate::tls::identity::client_cert_failure_reason(e)
-                        .unwrap_or("tls_bad_certificate")
+                        .unwrap_or(Reason::TlsBadCertificate)
                 }
-                E::AlertReceived(_) => "tls_alert_received",
-                E::DecryptError => "tls_decrypt_error",
+                E::AlertReceived(_) => Reason::TlsAlertReceived,
+                E::DecryptError => Reason::TlsDecryptError,
                 E::InappropriateMessage { .. }
                 | E::InappropriateHandshakeMessage { .. }
                 | E::InvalidMessage(_)
                 | E::PeerMisbehaved(_)
                 | E::PeerSentOversizedRecord
-                | E::InvalidEncryptedClientHello(_) => "tls_protocol_error",
-                _ => "tls_internal",
+                | E::InvalidEncryptedClientHello(_) => Reason::TlsProtocolError,
+                _ => Reason::TlsInternal,
             },
         }
     }

@@ -6,6 +6,7 @@
 //!
 //! [`rules`] maps identities to the paths they may open (`[[tls.identity_rules]]`).
 
+use crate::reason::Reason;
 use std::fmt;
 
 use rustls::pki_types::CertificateDer;
@@ -83,12 +84,12 @@ impl IdentityLapse {
     /// The refusal reason: the same codes a full handshake's TLS failure is counted under
     /// ([`client_cert_failure_reason`]), and `certificate_revoked` for a CRL that arrived
     /// after the handshake (the code live sessions are closed with).
-    pub fn reason(self) -> &'static str {
+    pub fn reason(self) -> Reason {
         match self {
-            IdentityLapse::Revoked => "certificate_revoked",
-            IdentityLapse::Expired => "client_cert_expired",
-            IdentityLapse::NotYetValid => "client_cert_not_yet_valid",
-            IdentityLapse::CrlExpired => "crl_expired",
+            IdentityLapse::Revoked => Reason::CertificateRevoked,
+            IdentityLapse::Expired => Reason::ClientCertExpired,
+            IdentityLapse::NotYetValid => Reason::ClientCertNotYetValid,
+            IdentityLapse::CrlExpired => Reason::CrlExpired,
         }
     }
 }
@@ -295,20 +296,20 @@ impl ClientIdentity {
 /// A finer reason than the driver's `tls_bad_certificate` for a handshake the server failed
 /// over the client's certificate (on the server side every certificate error is about the
 /// client's). `None` for any other error.
-pub fn client_cert_failure_reason(e: &rustls::Error) -> Option<&'static str> {
+pub fn client_cert_failure_reason(e: &rustls::Error) -> Option<Reason> {
     use rustls::CertificateError as C;
     Some(match e {
-        rustls::Error::NoCertificatesPresented => "client_cert_missing",
-        rustls::Error::InvalidCertRevocationList(_) => "crl_invalid",
+        rustls::Error::NoCertificatesPresented => Reason::ClientCertMissing,
+        rustls::Error::InvalidCertRevocationList(_) => Reason::CrlInvalid,
         rustls::Error::InvalidCertificate(c) => match c {
-            C::UnknownIssuer => "client_cert_untrusted",
-            C::Revoked => "client_cert_revoked",
-            C::UnknownRevocationStatus => "client_cert_revocation_unknown",
-            C::ExpiredRevocationList | C::ExpiredRevocationListContext { .. } => "crl_expired",
-            C::Expired | C::ExpiredContext { .. } => "client_cert_expired",
-            C::NotValidYet | C::NotValidYetContext { .. } => "client_cert_not_yet_valid",
-            C::InvalidPurpose | C::InvalidPurposeContext { .. } => "client_cert_wrong_purpose",
-            _ => "client_cert_invalid",
+            C::UnknownIssuer => Reason::ClientCertUntrusted,
+            C::Revoked => Reason::ClientCertRevoked,
+            C::UnknownRevocationStatus => Reason::ClientCertRevocationUnknown,
+            C::ExpiredRevocationList | C::ExpiredRevocationListContext { .. } => Reason::CrlExpired,
+            C::Expired | C::ExpiredContext { .. } => Reason::ClientCertExpired,
+            C::NotValidYet | C::NotValidYetContext { .. } => Reason::ClientCertNotYetValid,
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => Reason::ClientCertWrongPurpose,
+            _ => Reason::ClientCertInvalid,
         },
         _ => return None,
     })
@@ -545,7 +546,7 @@ mod tests {
             IdentityLapse::CrlExpired,
         ]
         .iter()
-        .map(|l| l.reason())
+        .map(|l| l.reason().as_str())
         .collect();
         assert_eq!(
             reasons,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use rustls::{CertificateError, Error, HandshakeKind, ProtocolVersion};
 
 use super::*;
+use crate::reason::Reason;
 use crate::tls::identity::{client_cert_failure_reason as reason, ClientIdentity};
 use crate::tls::settings::SniCert;
 use crate::tls::testpki::{client_config, handshake, ClientSpec, Leaf, TestPki};
@@ -331,18 +332,18 @@ fn required_client_auth_refuses_missing_untrusted_and_revoked_certificates() {
             .err()
             .expect("no certificate");
         assert!(matches!(e, Error::NoCertificatesPresented), "{e:?}");
-        assert_eq!(reason(&e), Some("client_cert_missing"));
+        assert_eq!(reason(&e), Some(Reason::ClientCertMissing));
         let e = f
             .connect(&config, Some(&stranger), versions)
             .err()
             .expect("untrusted");
-        assert_eq!(reason(&e), Some("client_cert_untrusted"));
+        assert_eq!(reason(&e), Some(Reason::ClientCertUntrusted));
         assert_eq!(cert_error(e), CertificateError::UnknownIssuer);
         let e = f
             .connect(&config, Some(&revoked), versions)
             .err()
             .expect("revoked");
-        assert_eq!(reason(&e), Some("client_cert_revoked"));
+        assert_eq!(reason(&e), Some(Reason::ClientCertRevoked));
         assert_eq!(cert_error(e), CertificateError::Revoked);
 
         let hs = f.connect(&config, Some(&good), versions).unwrap();
@@ -400,7 +401,7 @@ fn an_expired_crl_fails_closed() {
         .connect(&config, Some(&good_client(&f.clients)), TLS13)
         .err()
         .unwrap();
-    assert_eq!(reason(&e), Some("crl_expired"));
+    assert_eq!(reason(&e), Some(Reason::CrlExpired));
     assert!(
         matches!(
             cert_error(e),

@@ -15,6 +15,7 @@ use bytes::BytesMut;
 
 use crate::bufpool::BufPool;
 use crate::metrics::CoreMetrics;
+use crate::reason::{KtlsFallback, Reason};
 use crate::sockopt::{self, Recv};
 use crate::tls::ktls::{
     self, ControlRecord, KernelTls, KtlsMode, KtlsPolicy, OffloadError, RekeyError,
@@ -55,7 +56,7 @@ pub(crate) enum Received {
     /// The read failed; `reason` is the counter label when the kernel named the failure.
     Failed {
         error: io::Error,
-        reason: Option<&'static str>,
+        reason: Option<Reason>,
     },
 }
 
@@ -63,7 +64,7 @@ pub(crate) enum Received {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct LayerEnd {
     /// The refusal's reason (a silent refusal: counter and audit record).
-    pub reason: &'static str,
+    pub reason: Reason,
     /// Nothing more can be written (else the queued bytes and close_notify still go).
     pub abort: bool,
 }
@@ -78,7 +79,7 @@ pub(crate) enum KeyStep {
     WaitWritable,
     /// The keys cannot go on: close with 1001 and this reason (the client's close reply is not
     /// awaited: what it sends next may not even decrypt).
-    Close(&'static str),
+    Close(Reason),
     /// Our KeyUpdate went out but the kernel refused the new keys: the client already expects
     /// them, so nothing more can be said (`tls_rekey_failed`).
     Broken,
@@ -369,7 +370,7 @@ impl RecordLayer {
         }
         let Layer::User(tls) = std::mem::replace(&mut self.layer, Layer::Detached) else {
             return Some(LayerEnd {
-                reason: "ktls_handoff_failed",
+                reason: Reason::KtlsHandoffFailed,
                 abort: true,
             });
         };
@@ -389,9 +390,9 @@ impl RecordLayer {
             }
             Err(OffloadError::Broken { reason, detail }) => {
                 metrics.ktls_fallback(reason);
-                tracing::warn!(%peer, reason, detail, "kTLS hand-off failed after the secrets were extracted; connection closed");
+                tracing::warn!(%peer, reason = reason.as_str(), detail, "kTLS hand-off failed after the secrets were extracted; connection closed");
                 Some(LayerEnd {
-                    reason: "ktls_handoff_failed",
+                    reason: Reason::KtlsHandoffFailed,
                     abort: true,
                 })
             }
@@ -402,7 +403,7 @@ impl RecordLayer {
     /// userspace — or close, when kTLS is required.
     pub fn stay_in_userspace(
         &mut self,
-        reason: &'static str,
+        reason: KtlsFallback,
         detail: &str,
         mode: KtlsMode,
         metrics: &CoreMetrics,
@@ -412,7 +413,7 @@ impl RecordLayer {
         log_fallback_once(reason, detail);
         self.decide(TlsMode::Userspace, metrics, peer);
         (mode == KtlsMode::Required).then_some(LayerEnd {
-            reason: "ktls_required",
+            reason: Reason::KtlsRequired,
             abort: false,
         })
     }
@@ -446,13 +447,13 @@ impl RecordLayer {
         fd: BorrowedFd<'_>,
         pool: &mut BufPool,
         metrics: &CoreMetrics,
-    ) -> Result<Option<ControlRecord>, &'static str> {
+    ) -> Result<Option<ControlRecord>, Reason> {
         let Layer::Kernel(kernel) = &mut self.layer else {
-            return Err("tls_record_read_failed");
+            return Err(Reason::TlsRecordReadFailed);
         };
         let record = kernel
             .take_control_record(fd, pool)
-            .map_err(|e| kernel_read_error(&e).unwrap_or("tls_record_read_failed"))?;
+            .map_err(|e| kernel_read_error(&e).unwrap_or(Reason::TlsRecordReadFailed))?;
         if let Some(kind) = record.as_ref().and_then(ControlRecord::alert_kind) {
             metrics.ktls_alert(kind);
         }
@@ -494,7 +495,7 @@ impl RecordLayer {
                 }
                 Err(RekeyError::NotSent(e)) => {
                     tracing::warn!(%peer, error = %e, "TLS key update not sent");
-                    return KeyStep::Close("tls_key_limit");
+                    return KeyStep::Close(Reason::TlsKeyLimit);
                 }
                 Err(RekeyError::AfterSend(e)) => {
                     tracing::warn!(%peer, error = %e, "the kernel refused our new TLS keys");
@@ -503,30 +504,30 @@ impl RecordLayer {
             }
         }
         if kernel.key_limit_reached() {
-            return KeyStep::Close("tls_key_limit");
+            return KeyStep::Close(Reason::TlsKeyLimit);
         }
         KeyStep::Fresh
     }
 }
 
 /// The counter label of a kTLS read error that ends the connection.
-fn kernel_read_error(e: &io::Error) -> Option<&'static str> {
+fn kernel_read_error(e: &io::Error) -> Option<Reason> {
     match e.raw_os_error() {
         // A record failed to authenticate (or keys changed under a kernel that cannot follow).
-        Some(libc::EBADMSG) => Some("tls_bad_record"),
+        Some(libc::EBADMSG) => Some(Reason::TlsBadRecord),
         // A record longer than TLS allows, or the kernel started mid-record.
-        Some(libc::EMSGSIZE) => Some("tls_record_overflow"),
+        Some(libc::EMSGSIZE) => Some(Reason::TlsRecordOverflow),
         _ => None,
     }
 }
 
 /// A fallback to userspace is logged once per process (then only counted): under a kernel
 /// that refuses every connection, one line says why, not one per connection.
-fn log_fallback_once(reason: &'static str, detail: &str) {
+fn log_fallback_once(reason: KtlsFallback, detail: &str) {
     static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
         tracing::warn!(
-            reason,
+            reason = reason.as_str(),
             detail,
             "kTLS hand-off refused; this connection stays in userspace (further fallbacks are only counted: wssedge_ktls_fallbacks_total)"
         );
@@ -551,10 +552,13 @@ mod tests {
     #[test]
     fn kernel_read_errors_name_their_counter() {
         let e = |n| io::Error::from_raw_os_error(n);
-        assert_eq!(kernel_read_error(&e(libc::EBADMSG)), Some("tls_bad_record"));
+        assert_eq!(
+            kernel_read_error(&e(libc::EBADMSG)),
+            Some(Reason::TlsBadRecord)
+        );
         assert_eq!(
             kernel_read_error(&e(libc::EMSGSIZE)),
-            Some("tls_record_overflow")
+            Some(Reason::TlsRecordOverflow)
         );
         assert_eq!(kernel_read_error(&e(libc::ECONNRESET)), None);
     }
@@ -589,7 +593,13 @@ mod tests {
     fn a_refused_hand_off_closes_only_when_ktls_is_required() {
         let metrics = CoreMetrics::new(0, 0);
         let mut layer = handshaking_layer();
-        let end = layer.stay_in_userspace("test", "detail", KtlsMode::Auto, &metrics, peer());
+        let end = layer.stay_in_userspace(
+            KtlsFallback::NotQuiescent,
+            "detail",
+            KtlsMode::Auto,
+            &metrics,
+            peer(),
+        );
         assert_eq!(end, None);
         assert_eq!(layer.mode(), Some(TlsMode::Userspace));
         assert_eq!(
@@ -598,11 +608,17 @@ mod tests {
             "decided: reads are free"
         );
         let mut layer = handshaking_layer();
-        let end = layer.stay_in_userspace("test", "detail", KtlsMode::Required, &metrics, peer());
+        let end = layer.stay_in_userspace(
+            KtlsFallback::NotQuiescent,
+            "detail",
+            KtlsMode::Required,
+            &metrics,
+            peer(),
+        );
         assert_eq!(
             end,
             Some(LayerEnd {
-                reason: "ktls_required",
+                reason: Reason::KtlsRequired,
                 abort: false
             })
         );

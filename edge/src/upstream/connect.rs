@@ -8,6 +8,7 @@
 //! cancels a read or write halfway. TLS uses rustls' buffered client API: one upstream
 //! connection per proxied session is not where the edge's per-connection memory goes.
 
+use crate::reason::Reason;
 use std::io::{self, BufRead, Read, Write};
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
@@ -78,15 +79,15 @@ pub enum ConnectError {
 
 impl ConnectError {
     /// A snake_case reason for counters, logs and the client's refusal.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Self::NoAddress(_) => "upstream_no_address",
-            Self::Timeout(_) => "upstream_timeout",
-            Self::Io(_) => "upstream_connect_failed",
-            Self::Tls(_) => "upstream_tls_failed",
-            Self::NoTlsConfig | Self::ServerName(_) => "upstream_misconfigured",
-            Self::Closed => "upstream_closed",
-            Self::Response(e) => e.reason(),
+            Self::NoAddress(_) => Reason::UpstreamNoAddress,
+            Self::Timeout(_) => Reason::UpstreamTimeout,
+            Self::Io(_) => Reason::UpstreamConnectFailed,
+            Self::Tls(_) => Reason::UpstreamTlsFailed,
+            Self::NoTlsConfig | Self::ServerName(_) => Reason::UpstreamMisconfigured,
+            Self::Closed => Reason::UpstreamClosed,
+            Self::Response(e) => Reason::from(e),
         }
     }
 

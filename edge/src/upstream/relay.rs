@@ -16,6 +16,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 
 use super::{ClientContext, ConnectError, ReadOutcome, SystemMaskKeys, UpstreamStream, Upstreams};
+use crate::reason::Reason;
 use crate::refuse::Refusal;
 use crate::ws::{Event, Message, Outbox, Session, SessionLimits, SessionState, UpgradeRequest};
 
@@ -28,7 +29,7 @@ pub(crate) enum UpstreamEvent {
     /// close frame was empty, and the client's is too.
     Closed { code: Option<u16>, reason: String },
     /// The upstream broke the protocol or the connection: the client gets 1014.
-    Failed { reason: &'static str },
+    Failed { reason: Reason },
 }
 
 /// How much one upstream read may take (bounded: one flooding upstream cannot starve the
@@ -171,7 +172,7 @@ impl Relay {
                     self.parse(now, out);
                     if !self.peer_closed && !self.closing {
                         out.push(UpstreamEvent::Failed {
-                            reason: "upstream_closed",
+                            reason: Reason::UpstreamClosed,
                         });
                     }
                     self.peer_closed = true;
@@ -181,7 +182,7 @@ impl Relay {
                     tracing::debug!(member = %self.member, error = %e, "upstream read failed");
                     self.peer_closed = true;
                     out.push(UpstreamEvent::Failed {
-                        reason: "upstream_read_failed",
+                        reason: Reason::UpstreamReadFailed,
                     });
                     break;
                 }
@@ -212,9 +213,9 @@ impl Relay {
                 }
                 Event::Failed { reason, .. } => {
                     self.peer_closed = true;
-                    tracing::debug!(member = %self.member, reason, "upstream broke the WebSocket protocol");
+                    tracing::debug!(member = %self.member, reason = reason.as_str(), "upstream broke the WebSocket protocol");
                     out.push(UpstreamEvent::Failed {
-                        reason: "upstream_protocol_error",
+                        reason: Reason::UpstreamProtocolError,
                     });
                 }
             }
@@ -231,8 +232,8 @@ impl Relay {
     }
 
     /// Our close toward the upstream: the client's code when the client closed, else ours.
-    pub fn close(&mut self, code: u16, reason: &str) {
-        self.close_with(Some(code), reason);
+    pub fn close(&mut self, code: u16, reason: Reason) {
+        self.close_with(Some(code), reason.as_str());
     }
 
     /// Our close toward the upstream, `None` for an empty one (the client's was empty).
@@ -352,7 +353,7 @@ pub(crate) fn route(upstreams: &Upstreams, request: &UpgradeRequest) -> Result<R
         }),
         None => Err(Refusal::Http {
             status: 404,
-            reason: "no_route",
+            reason: Reason::NoRoute,
             extra_headers: &[],
         }),
     }
@@ -375,7 +376,7 @@ pub(crate) async fn open(
     let Some(lease) = upstreams.pick(route.group, Instant::now()) else {
         return Err(Refusal::Http {
             status: 503,
-            reason: "upstream_unavailable",
+            reason: Reason::UpstreamUnavailable,
             extra_headers: RETRY,
         });
     };
@@ -398,24 +399,24 @@ pub(crate) async fn open(
             Err(match &e {
                 ConnectError::Response(_) => Refusal::Http {
                     status: 502,
-                    reason: "upstream_refused",
+                    reason: Reason::UpstreamRefused,
                     extra_headers: &[],
                 },
                 ConnectError::Timeout(_) => Refusal::Http {
                     status: 503,
-                    reason: "upstream_timeout",
+                    reason: Reason::UpstreamTimeout,
                     extra_headers: RETRY,
                 },
                 _ => Refusal::Http {
                     status: 503,
-                    reason: "upstream_connect_failed",
+                    reason: Reason::UpstreamConnectFailed,
                     extra_headers: RETRY,
                 },
             })
         }
         None => Err(Refusal::Http {
             status: 503,
-            reason: "upstream_timeout",
+            reason: Reason::UpstreamTimeout,
             extra_headers: RETRY,
         }),
     }

@@ -11,6 +11,7 @@ use super::frame::{self, OpCode};
 use super::mask::apply_mask;
 use super::mask_keys::test_source;
 use super::session::{close_code, Event, MessageKind, OutFrame, Payload, Role, Session};
+use super::violation::Violation;
 
 fn client() -> Session {
     Session::client(Default::default(), test_source(1))
@@ -121,7 +122,7 @@ fn unmasked_input_is_delivered_and_masked_input_fails_1002() {
         events(&mut s),
         vec![Event::Failed {
             code: close_code::PROTOCOL_ERROR,
-            reason: "masked_frame"
+            reason: Violation::MaskedFrame
         }]
     );
     // Our close is masked too, and carries the code.

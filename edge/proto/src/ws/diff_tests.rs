@@ -89,7 +89,7 @@ fn run_ours(bytes: &[u8], sizes: &[usize]) -> Outcome {
                     verdict = Verdict::Closed;
                 }
                 Event::Failed { reason, .. } => {
-                    verdict = Verdict::Failed(class_of_reason(reason), reason);
+                    verdict = Verdict::Failed(class_of_reason(reason.as_str()), reason.as_str());
                 }
             }
         }

@@ -22,6 +22,7 @@ pub mod session;
 pub mod target;
 pub mod upstream_101;
 pub mod utf8;
+pub mod violation;
 
 pub use frame::{encode_header, parse_header, FrameHeader, HeaderError, OpCode};
 pub use handshake::{
@@ -36,6 +37,7 @@ pub use session::{
 };
 pub use target::{valid_host, PathPrefix, RequestTarget, TargetError};
 pub use utf8::{Utf8Error, Utf8Validator};
+pub use violation::Violation;
 
 #[cfg(test)]
 mod client_tests;

@@ -28,6 +28,7 @@ use super::frame::{self, FrameHeader, OpCode};
 use super::mask::{apply_mask, extend_masked};
 use super::mask_keys::MaskKeySource;
 use super::utf8::Utf8Validator;
+use super::violation::Violation;
 
 /// Close codes of RFC 6455 §7.4.1 and the IANA registry that we use.
 pub mod close_code {
@@ -148,7 +149,7 @@ pub enum Event {
     /// already queued or sent. The transport flushes, then closes TCP.
     Failed {
         code: u16,
-        reason: &'static str,
+        reason: Violation,
     },
 }
 
@@ -604,7 +605,7 @@ impl Session {
                         break;
                     }
                     Err(frame::HeaderError::LengthMsbSet) => {
-                        self.fail(close_code::PROTOCOL_ERROR, "bad_length");
+                        self.fail(close_code::PROTOCOL_ERROR, Violation::BadLength);
                         continue;
                     }
                     Ok(Some((header, header_len))) => match self.check_header(&header) {
@@ -635,7 +636,7 @@ impl Session {
                     apply_mask(fresh, mask, p.done);
                 }
                 if p.text && self.utf8.feed(fresh).is_err() {
-                    self.fail(close_code::INVALID_PAYLOAD, "invalid_utf8");
+                    self.fail(close_code::INVALID_PAYLOAD, Violation::InvalidUtf8);
                     continue;
                 }
                 p.done = arrived;
@@ -654,48 +655,48 @@ impl Session {
     }
 
     /// Applies every rule decidable from the header. Ok(is_text_payload).
-    fn check_header(&self, h: &FrameHeader) -> Result<bool, (u16, &'static str)> {
+    fn check_header(&self, h: &FrameHeader) -> Result<bool, (u16, Violation)> {
         use close_code::{PROTOCOL_ERROR as PE, TOO_BIG};
         let len = h.payload_len;
         // The frame size first (as tungstenite does): a huge length is refused whatever else.
         if len > self.limits.max_frame_bytes as u64 {
-            return Err((TOO_BIG, "frame_too_large"));
+            return Err((TOO_BIG, Violation::FrameTooLarge));
         }
         if h.rsv != 0 {
-            return Err((PE, "reserved_bits"));
+            return Err((PE, Violation::ReservedBits));
         }
         match (self.role, h.mask) {
-            (Role::Server, None) => return Err((PE, "unmasked_frame")),
-            (Role::Client, Some(_)) => return Err((PE, "masked_frame")),
+            (Role::Server, None) => return Err((PE, Violation::UnmaskedFrame)),
+            (Role::Client, Some(_)) => return Err((PE, Violation::MaskedFrame)),
             _ => {}
         }
         match h.opcode {
-            OpCode::Reserved(_) => Err((PE, "bad_opcode")),
+            OpCode::Reserved(_) => Err((PE, Violation::BadOpcode)),
             OpCode::Close | OpCode::Ping | OpCode::Pong => {
                 if !h.fin {
-                    Err((PE, "fragmented_control"))
+                    Err((PE, Violation::FragmentedControl))
                 } else if len > 125 {
-                    Err((PE, "control_too_long"))
+                    Err((PE, Violation::ControlTooLong))
                 } else {
                     Ok(false)
                 }
             }
             OpCode::Text | OpCode::Binary => {
                 if self.reassembly.is_some() {
-                    Err((PE, "expected_continuation"))
+                    Err((PE, Violation::ExpectedContinuation))
                 } else if len > self.limits.max_message_bytes as u64 {
-                    Err((TOO_BIG, "message_too_large"))
+                    Err((TOO_BIG, Violation::MessageTooLarge))
                 } else {
                     Ok(h.opcode == OpCode::Text)
                 }
             }
             OpCode::Continuation => match &self.reassembly {
-                None => Err((PE, "unexpected_continuation")),
+                None => Err((PE, Violation::UnexpectedContinuation)),
                 Some(r)
                     if (r.len as u64).saturating_add(len)
                         > self.limits.max_message_bytes as u64 =>
                 {
-                    Err((TOO_BIG, "message_too_large"))
+                    Err((TOO_BIG, Violation::MessageTooLarge))
                 }
                 Some(r) => Ok(r.kind == MessageKind::Text),
             },
@@ -717,7 +718,7 @@ impl Session {
                 };
                 if fin {
                     if kind == MessageKind::Text && self.utf8.finish().is_err() {
-                        self.fail(close_code::INVALID_PAYLOAD, "invalid_utf8");
+                        self.fail(close_code::INVALID_PAYLOAD, Violation::InvalidUtf8);
                         return;
                     }
                     self.push_event(Event::Message(Message {
@@ -740,7 +741,7 @@ impl Session {
                         return;
                     };
                     if r.kind == MessageKind::Text && self.utf8.finish().is_err() {
-                        self.fail(close_code::INVALID_PAYLOAD, "invalid_utf8");
+                        self.fail(close_code::INVALID_PAYLOAD, Violation::InvalidUtf8);
                         return;
                     }
                     let kind = r.kind;
@@ -761,14 +762,14 @@ impl Session {
     fn peer_close(&mut self, payload: &[u8]) {
         let (code, reason) = match payload.len() {
             0 => (None, String::new()),
-            1 => return self.fail(close_code::PROTOCOL_ERROR, "bad_close_payload"),
+            1 => return self.fail(close_code::PROTOCOL_ERROR, Violation::BadClosePayload),
             _ => {
                 let code = u16::from_be_bytes([payload[0], payload[1]]);
                 let Ok(reason) = std::str::from_utf8(&payload[2..]) else {
-                    return self.fail(close_code::INVALID_PAYLOAD, "invalid_utf8");
+                    return self.fail(close_code::INVALID_PAYLOAD, Violation::InvalidUtf8);
                 };
                 if !close_code::is_valid_on_wire(code) {
-                    return self.fail(close_code::PROTOCOL_ERROR, "bad_close_code");
+                    return self.fail(close_code::PROTOCOL_ERROR, Violation::BadCloseCode);
                 }
                 (Some(code), reason.to_owned())
             }
@@ -795,7 +796,7 @@ impl Session {
     }
 
     /// Fails the connection: queue our close (unless one is queued already) and an event.
-    fn fail(&mut self, code: u16, reason: &'static str) {
+    fn fail(&mut self, code: u16, reason: Violation) {
         if self.input_done() {
             return;
         }
@@ -803,7 +804,7 @@ impl Session {
         self.first_close.get_or_insert(code);
         self.partial = None;
         self.reassembly = None;
-        let close = self.pending_close(Some(code), reason);
+        let close = self.pending_close(Some(code), reason.as_str());
         self.events
             .push_back((Event::Failed { code, reason }, close));
     }

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 
 use super::{read_lines, records, upgrade, wait_until, Fixture, KEY};
 use crate::audit::{verify, AuditEvent, AuditTrail, ProblemKind};
+use crate::reason::Reason;
 
 /// Per core, the peer ports of its upgrade records, in trail order.
 fn per_core_numbers(recs: &[serde_json::Value]) -> HashMap<u64, Vec<usize>> {
@@ -220,7 +221,7 @@ fn a_flood_of_refusals_against_a_stalled_writer_becomes_one_verified_summary() {
     let depth = sink.depth();
     for i in 0..FLOOD {
         let peer = std::net::SocketAddr::from(([198, 51, 100, (i % 3) as u8], 40_000));
-        sink.refused_at_accept(peer, "audit_backpressure", || {
+        sink.refused_at_accept(peer, Reason::AuditBackpressure, || {
             unreachable!("above the mark")
         });
     }

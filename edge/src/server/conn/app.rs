@@ -7,6 +7,7 @@
 
 use std::time::Instant;
 
+use crate::reason::Reason;
 use crate::upstream::relay::{Relay, UpstreamEvent};
 use crate::ws::{Message, Session};
 
@@ -87,7 +88,7 @@ impl App {
     }
 
     /// The session is ending on our side (`reason`: why, for the upstream's close frame).
-    pub(super) fn on_session_closing(&mut self, reason: &str) {
+    pub(super) fn on_session_closing(&mut self, reason: Reason) {
         if let App::Proxy(p) = self {
             p.relay.close(1001, reason);
         }
@@ -98,7 +99,7 @@ impl App {
     pub(super) fn on_budget_close(&mut self) {
         if let App::Proxy(p) = self {
             p.relay.discard_unstarted();
-            p.relay.close(1001, "buffer_budget");
+            p.relay.close(1001, Reason::BufferBudget);
         }
     }
 
@@ -223,7 +224,7 @@ mod tests {
         assert_eq!(app.pending_output(), 0);
         assert_eq!(app.deadlines_consumed(), 0);
         app.on_client_closed(Some(1000), "bye");
-        app.on_session_closing("going_away");
+        app.on_session_closing(Reason::GoingAway);
         app.on_budget_close();
         assert!(app.take_hop_start().is_none());
         assert!(app.take_relay().is_none());

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
+use crate::reason::Reason;
 use crate::refuse::Refusal;
 use crate::sockopt;
 use crate::ws::{SessionState, Timeout};
@@ -78,10 +79,10 @@ impl Conn {
         }
         Refusal::Close {
             code: 1013,
-            reason: "buffer_budget",
+            reason: Reason::BufferBudget,
         }
         .record_on(&self.core, self.peer);
-        self.close_dropping_unsent(1013, "buffer_budget");
+        self.close_dropping_unsent(1013, Reason::BufferBudget);
         // What the app has not begun to deliver goes too: the session ends with 1013 on both
         // sides.
         if let Some(app) = self.phase.app_mut() {
@@ -148,12 +149,12 @@ impl Conn {
         self.core.metrics.slow_consumers.inc();
         Refusal::Close {
             code: 1008,
-            reason: "slow_consumer",
+            reason: Reason::SlowConsumer,
         }
         .record_on(&self.core, self.peer);
         self.write_deadline.clear();
         // What the client has not begun to take, it never will.
-        self.close_dropping_unsent(1008, "slow_consumer");
+        self.close_dropping_unsent(1008, Reason::SlowConsumer);
         if self.encrypt_outgoing().is_err() {
             return End::Abort;
         }
@@ -162,11 +163,11 @@ impl Conn {
 
     /// Queues our close in place of the frames the client has not begun to take (they are
     /// dropped), right behind the one it is in the middle of. The caller hands it on.
-    fn close_dropping_unsent(&mut self, code: u16, reason: &str) {
+    fn close_dropping_unsent(&mut self, code: u16, reason: Reason) {
         self.drain_session();
         self.outbox.discard_unstarted();
         if let Some(session) = self.phase.session_mut() {
-            session.close(code, reason);
+            session.close(code, reason.as_str());
         }
     }
 
@@ -183,7 +184,7 @@ impl Conn {
             self.heartbeat.set(at);
         }
         match timeout? {
-            Timeout::PongTimeout => Some(self.close_session(1001, "pong_timeout")),
+            Timeout::PongTimeout => Some(self.close_session(1001, Reason::PongTimeout)),
             Timeout::PingSent => {
                 self.core.metrics.pings_sent.inc();
                 if self.encrypt_outgoing().is_err() {
@@ -229,7 +230,7 @@ impl Conn {
                 None => {
                     self.core.metrics.close_resets.inc();
                     Refusal::Silent {
-                        reason: "close_timeout",
+                        reason: Reason::CloseTimeout,
                     }
                     .record_on(&self.core, self.peer);
                     self.reset();
@@ -253,10 +254,10 @@ impl Conn {
     /// The edge closes an upgraded session: the refusal (counter, audit record), then the
     /// close frame queued for the client. `End::Close` lets the last bytes and the client's
     /// close reply be awaited.
-    pub(super) fn close_session(&mut self, code: u16, reason: &'static str) -> End {
+    pub(super) fn close_session(&mut self, code: u16, reason: Reason) -> End {
         Refusal::Close { code, reason }.record_on(&self.core, self.peer);
         if let Some(session) = self.phase.session_mut() {
-            session.close(code, reason);
+            session.close(code, reason.as_str());
         }
         if self.encrypt_outgoing().is_err() {
             return End::Abort;

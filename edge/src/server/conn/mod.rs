@@ -33,6 +33,7 @@ use crate::auth::admission::Admitted;
 use crate::ebpf::LimitGuard;
 use crate::limits::{ConnectionLimiter, Verdict};
 use crate::metrics::Side;
+use crate::reason::{KtlsFallback, LossyDrop, Reason};
 use crate::refuse::Refusal;
 use crate::sockopt;
 use crate::tls::driver::TlsSession;
@@ -259,16 +260,16 @@ impl Conn {
                     self.app_read()
                 }
                 Wake::AppWritable(Ok(())) => None,
-                Wake::AppStalled => self.app_failed("upstream_stalled"),
+                Wake::AppStalled => self.app_failed(Reason::UpstreamStalled),
                 Wake::AppReadable(Err(e)) | Wake::AppWritable(Err(e)) => {
                     tracing::debug!(peer = %self.peer, error = %e, "upstream readiness wait failed");
-                    self.app_failed("upstream_closed")
+                    self.app_failed(Reason::UpstreamClosed)
                 }
                 Wake::Deadline => return self.on_deadline(),
                 Wake::SessionEnd => return self.on_session_end(),
                 Wake::WriteStalled => return self.on_slow_consumer(),
                 Wake::Heartbeat => self.on_heartbeat(),
-                Wake::FrameTimeout => return self.close_session(1008, "frame_timeout"),
+                Wake::FrameTimeout => return self.close_session(1008, Reason::FrameTimeout),
                 Wake::Readable(Err(e)) | Wake::Writable(Err(e)) => {
                     tracing::debug!(peer = %self.peer, error = %e, "readiness wait failed");
                     return End::Abort;
@@ -367,7 +368,7 @@ impl Conn {
     }
 
     /// The app's far side broke (`reason`): the client is told why.
-    fn app_failed(&mut self, reason: &'static str) -> Option<End> {
+    fn app_failed(&mut self, reason: Reason) -> Option<End> {
         match self.phase.app()? {
             App::Proxy(_) => Some(self.upstream_failed(reason)),
             App::Echo => None,
@@ -410,9 +411,10 @@ impl Conn {
                 }
                 // Held bytes that are still not whole records (a handshake message split over
                 // records): the kernel cannot take over here; serve in userspace.
-                if let Some(end) = self
-                    .stay_in_userspace("not_quiescent", "a post-handshake message spans records")
-                {
+                if let Some(end) = self.stay_in_userspace(
+                    KtlsFallback::NotQuiescent,
+                    "a post-handshake message spans records",
+                ) {
                     return Some(end);
                 }
                 continue;
@@ -443,7 +445,7 @@ impl Conn {
                     if !self.phase.is_upgraded() {
                         self.core
                             .metrics
-                            .handshake(false, "peer_closed_during_handshake");
+                            .handshake(false, Reason::PeerClosedDuringHandshake);
                     } else if self
                         .phase
                         .session()
@@ -506,7 +508,7 @@ impl Conn {
                 Some(End::Abort)
             }
             ControlRecord::RekeyUnsupported => {
-                Some(self.close_for_keys(1001, "tls_rekey_unsupported"))
+                Some(self.close_for_keys(1001, Reason::TlsRekeyUnsupported))
             }
         }
     }
@@ -527,12 +529,12 @@ impl Conn {
         let refusal = if self.phase.is_upgraded() {
             Refusal::Close {
                 code: 1011,
-                reason: "panic",
+                reason: Reason::Panic,
             }
         } else {
             Refusal::Http {
                 status: 500,
-                reason: "panic",
+                reason: Reason::Panic,
                 extra_headers: &[],
             }
         };
@@ -544,7 +546,8 @@ impl Conn {
         if !self.layer.is_handshaking() {
             match &refusal {
                 Refusal::Close { code, reason } => {
-                    self.outbox.push(ws::OutFrame::close_with(*code, reason));
+                    self.outbox
+                        .push(ws::OutFrame::close_with(*code, reason.as_str()));
                     if self.feed_record_layer().is_err() {
                         return End::Abort;
                     }
@@ -594,7 +597,7 @@ impl Conn {
             Err(e) => {
                 let refusal = Refusal::Http {
                     status: e.status(),
-                    reason: e.reason(),
+                    reason: Reason::from(&e),
                     extra_headers: e.extra_headers(),
                 };
                 return Some(self.refuse_http(refusal));
@@ -672,7 +675,7 @@ impl Conn {
                 tracing::debug!(peer = %self.peer, error = %e, "client certificate unreadable");
                 Err(Refusal::Http {
                     status: 403,
-                    reason: "identity_unreadable",
+                    reason: Reason::IdentityUnreadable,
                     extra_headers: &[],
                 })
             }
@@ -692,7 +695,7 @@ impl Conn {
         refusal.record(&self.core.metrics, self.peer);
         self.core
             .audit
-            .record(self.upgrade_event(request, admitted, false, *status, reason));
+            .record(self.upgrade_event(request, admitted, false, *status, *reason));
         match refusal.http_response() {
             Some(response) if self.layer.send(&response).is_ok() => End::Close,
             _ => End::Abort,
@@ -707,7 +710,7 @@ impl Conn {
         admitted: Option<&Admitted>,
         allowed: bool,
         status: u16,
-        reason: &str,
+        reason: Reason,
     ) -> AuditEvent {
         let token = admitted.and_then(|a| a.token.as_ref());
         AuditEvent::Upgrade {
@@ -716,7 +719,7 @@ impl Conn {
             path: self.core.access.admission.redact_target(&request.path),
             allowed,
             status,
-            reason: reason.to_owned(),
+            reason: reason.as_str().to_owned(),
             jti: token.and_then(|t| t.jti.clone()),
             sub: token.and_then(|t| t.sub.clone()),
             token_sha256: token.map(|t| t.token_sha256_hex.clone()),
@@ -820,7 +823,7 @@ impl Conn {
         self.slot.upgraded();
         self.core
             .audit
-            .record(self.upgrade_event(request, Some(&admitted), true, 101, "ok"));
+            .record(self.upgrade_event(request, Some(&admitted), true, 101, Reason::Ok));
         let path = self.core.access.admission.redact_target(&request.path);
         let token = admitted.token.as_ref();
         let entry = self.core.access.live.register(
@@ -837,7 +840,7 @@ impl Conn {
             entry.session.expire_at(Instant::now() + left);
         }
         let core = &self.core;
-        core.metrics.handshake(true, "ok");
+        core.metrics.handshake(true, Reason::Ok);
         core.metrics
             .handshake_time
             .observe(self.accepted_at.elapsed());
@@ -916,7 +919,7 @@ impl Conn {
                         if open.app.over_rate() == OverRate::Drop {
                             // Market data: the whole message goes, the session stays.
                             metrics.rate_limited(which.as_str(), "drop");
-                            metrics.lossy_drop("rate_limit");
+                            metrics.lossy_drop(LossyDrop::RateLimit);
                             continue;
                         }
                         close_for_rate(&core, self.peer, session, &mut open.app, which, unit);
@@ -944,8 +947,12 @@ impl Conn {
                     open.app.on_client_closed(code, &reason);
                 }
                 Event::Failed { code, reason } => {
-                    Refusal::Close { code, reason }.record_on(&core, self.peer);
-                    open.app.on_session_closing("client_protocol_error");
+                    Refusal::Close {
+                        code,
+                        reason: reason.into(),
+                    }
+                    .record_on(&core, self.peer);
+                    open.app.on_session_closing(Reason::ClientProtocolError);
                 }
             }
         }
@@ -977,7 +984,7 @@ impl Conn {
 
     /// The hand-off is not possible for this connection: counted and served in userspace, or
     /// closed when kTLS is required.
-    fn stay_in_userspace(&mut self, reason: &'static str, detail: &str) -> Option<End> {
+    fn stay_in_userspace(&mut self, reason: KtlsFallback, detail: &str) -> Option<End> {
         let end = self.layer.stay_in_userspace(
             reason,
             detail,
@@ -1023,7 +1030,7 @@ impl Conn {
                 KeyStep::Close(reason) => return Ok(Some(self.close_for_keys(1001, reason))),
                 KeyStep::Broken => {
                     Refusal::Silent {
-                        reason: "tls_rekey_failed",
+                        reason: Reason::TlsRekeyFailed,
                     }
                     .record_on(&self.core, self.peer);
                     return Err(End::Abort);
@@ -1040,7 +1047,7 @@ impl Conn {
             Some(Err(_)) => Err(End::Abort),
             None => {
                 Refusal::Silent {
-                    reason: "write_timeout",
+                    reason: Reason::WriteTimeout,
                 }
                 .record_on(&self.core, self.peer);
                 Err(End::Abort)
@@ -1050,7 +1057,7 @@ impl Conn {
 
     /// Closes because the TLS keys cannot go on: a close frame when upgraded, then
     /// close_notify (the session does not wait for the client's close reply).
-    fn close_for_keys(&mut self, code: u16, reason: &'static str) -> End {
+    fn close_for_keys(&mut self, code: u16, reason: Reason) -> End {
         // The keys cannot go on: what the client sends next may not even decrypt (a KeyUpdate
         // the kernel cannot follow), so its close reply is not awaited.
         self.skip_close_reply = true;
@@ -1144,7 +1151,7 @@ impl Conn {
             .phase
             .upgraded()
             .and_then(|u| u.live.session.order())
-            .unwrap_or((1008, "token_expired"));
+            .unwrap_or((1008, Reason::TokenExpired));
         let (code, reason) = order;
         self.close_session(code, reason)
     }
@@ -1153,12 +1160,12 @@ impl Conn {
         match self.phase.is_upgraded() {
             false => {
                 let refusal = Refusal::Tls {
-                    reason: "handshake_timeout",
+                    reason: Reason::HandshakeTimeout,
                 };
                 refusal.record_on(&self.core, self.peer);
                 End::Abort
             }
-            true => self.close_session(1001, "idle_timeout"),
+            true => self.close_session(1001, Reason::IdleTimeout),
         }
     }
 
@@ -1184,7 +1191,7 @@ impl Conn {
             .map(|mut relay| {
                 let core = self.core.clone();
                 async move {
-                    relay.close(1001, "going_away");
+                    relay.close(1001, Reason::GoingAway);
                     proxy::close_upstream(&core, &mut relay, close_by).await;
                     relay.shutdown();
                 }
@@ -1292,9 +1299,9 @@ fn close_for_rate(
     .record_on(core, peer);
     session.close(
         crate::limits::RATE_LIMITED_CODE,
-        crate::limits::RATE_LIMITED_REASON,
+        crate::limits::RATE_LIMITED_REASON.as_str(),
     );
-    app.on_session_closing("client_rate_limited");
+    app.on_session_closing(Reason::ClientRateLimited);
 }
 
 /// A client identity as audit records carry it.

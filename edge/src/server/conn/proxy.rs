@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use crate::metrics::Side;
+use crate::reason::{LossyDrop, Reason};
 use crate::refuse::Refusal;
 use crate::ws::SessionState;
 
@@ -67,7 +68,7 @@ impl Conn {
                     }
                     let size = message.payload.len() + 14;
                     if lossy && queued + size > cap {
-                        self.core.metrics.lossy_drop("backpressure");
+                        self.core.metrics.lossy_drop(LossyDrop::Backpressure);
                         continue;
                     }
                     queued += size;
@@ -85,7 +86,7 @@ impl Conn {
                 }
                 UpstreamEvent::Failed { reason } => {
                     Refusal::Close { code: 1014, reason }.record_on(&self.core, self.peer);
-                    session.close(1014, reason);
+                    session.close(1014, reason.as_str());
                     end = Some(End::Close);
                 }
             }
@@ -120,13 +121,13 @@ impl Conn {
             }
             Err(e) => {
                 tracing::debug!(peer = %self.peer, member = relay.member(), error = %e, "upstream write failed");
-                Some(self.upstream_failed("upstream_write_failed"))
+                Some(self.upstream_failed(Reason::UpstreamWriteFailed))
             }
         }
     }
 
     /// The upstream connection broke: the client is told 1014 (bad gateway).
-    pub(super) fn upstream_failed(&mut self, reason: &'static str) -> End {
+    pub(super) fn upstream_failed(&mut self, reason: Reason) -> End {
         if let Some(proxy) = self.phase.app_mut().and_then(App::proxy_mut) {
             proxy.relay.abandon();
         }
@@ -227,7 +228,7 @@ pub(super) async fn close_upstream(core: &Core, relay: &mut Relay, close_by: Ins
 pub(super) fn internal_refusal() -> Refusal {
     Refusal::Http {
         status: 500,
-        reason: "internal_error",
+        reason: Reason::InternalError,
         extra_headers: &[],
     }
 }

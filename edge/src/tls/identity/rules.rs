@@ -19,6 +19,7 @@
 //! credentials (`WWW-Authenticate`), but a client certificate can only be presented in a new
 //! TLS handshake, and no `WWW-Authenticate` scheme describes it. 401 stays the JWT refusals'.
 
+use crate::reason::Reason;
 use serde::Deserialize;
 
 use super::{has_spiffe_scheme, valid_spiffe_id, ClientIdentity};
@@ -173,10 +174,10 @@ pub enum IdentityRefusal {
 
 impl IdentityRefusal {
     /// The stable reason code (counters, audit records, the JSON body).
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            IdentityRefusal::IdentityRequired { .. } => "identity_required",
-            IdentityRefusal::IdentityNotAllowed { .. } => "identity_not_allowed",
+            IdentityRefusal::IdentityRequired { .. } => Reason::IdentityRequired,
+            IdentityRefusal::IdentityNotAllowed { .. } => Reason::IdentityNotAllowed,
         }
     }
 

@@ -13,6 +13,7 @@ use super::secrets::{cipher_of_suite, crypto_info_of, tls_version_of};
 use super::session::{record_limit, KernelParams, KernelTls};
 use super::sys::{self, Direction};
 use crate::bufpool::BufPool;
+use crate::reason::KtlsFallback;
 use crate::tls::TlsSession;
 
 /// Why a session was not handed to the kernel.
@@ -21,12 +22,12 @@ pub enum OffloadError {
     /// The session stays in userspace and goes on; `reason` is a counter label.
     Fallback {
         tls: Box<TlsSession>,
-        reason: &'static str,
+        reason: KtlsFallback,
         detail: String,
     },
     /// The secrets are gone but the kernel refused them: the connection must close.
     Broken {
-        reason: &'static str,
+        reason: KtlsFallback,
         detail: String,
     },
 }
@@ -48,7 +49,7 @@ pub fn offload(
     let Some(negotiated) = tls.negotiated() else {
         return Err(fallback(
             tls,
-            "handshaking",
+            KtlsFallback::Handshaking,
             "the handshake is not complete".into(),
         ));
     };
@@ -57,7 +58,7 @@ pub fn offload(
         cipher_of_suite(negotiated.suite),
     ) else {
         let detail = format!("{:?} is not offloaded", negotiated.suite.suite());
-        return Err(fallback(tls, "cipher_unsupported", detail));
+        return Err(fallback(tls, KtlsFallback::CipherUnsupported, detail));
     };
     if !support.supports(version, cipher) {
         let detail = format!(
@@ -65,32 +66,36 @@ pub fn offload(
             version.name(),
             cipher.name()
         );
-        return Err(fallback(tls, "cipher_unsupported", detail));
+        return Err(fallback(tls, KtlsFallback::CipherUnsupported, detail));
     }
     if let Err(e) = sys::set_ulp_tls(fd) {
-        return Err(fallback(tls, "ulp_failed", format!("TCP_ULP tls: {e}")));
+        return Err(fallback(
+            tls,
+            KtlsFallback::UlpFailed,
+            format!("TCP_ULP tls: {e}"),
+        ));
     }
     let conn = match tls.into_connection(pool) {
         Ok(conn) => conn,
         Err(tls) => {
             let detail = "the session still has records in flight".to_owned();
-            return Err(fallback(*tls, "not_quiescent", detail));
+            return Err(fallback(*tls, KtlsFallback::NotQuiescent, detail));
         }
     };
     let broken = |reason, detail: String| OffloadError::Broken { reason, detail };
     let (secrets, kernel_conn) = conn
         .dangerous_into_kernel_connection()
-        .map_err(|e| broken("secrets_unavailable", e.to_string()))?;
+        .map_err(|e| broken(KtlsFallback::SecretsUnavailable, e.to_string()))?;
     let (tx_seq, tx) = &secrets.tx;
     let (rx_seq, rx) = &secrets.rx;
-    let tx =
-        crypto_info_of(version, tx, *tx_seq).map_err(|e| broken("crypto_info", e.to_string()))?;
-    let rx =
-        crypto_info_of(version, rx, *rx_seq).map_err(|e| broken("crypto_info", e.to_string()))?;
+    let tx = crypto_info_of(version, tx, *tx_seq)
+        .map_err(|e| broken(KtlsFallback::CryptoInfo, e.to_string()))?;
+    let rx = crypto_info_of(version, rx, *rx_seq)
+        .map_err(|e| broken(KtlsFallback::CryptoInfo, e.to_string()))?;
     sys::set_crypto(fd, Direction::Tx, &tx)
-        .map_err(|e| broken("setsockopt_failed", format!("TLS_TX: {e}")))?;
+        .map_err(|e| broken(KtlsFallback::SetsockoptFailed, format!("TLS_TX: {e}")))?;
     sys::set_crypto(fd, Direction::Rx, &rx)
-        .map_err(|e| broken("setsockopt_failed", format!("TLS_RX: {e}")))?;
+        .map_err(|e| broken(KtlsFallback::SetsockoptFailed, format!("TLS_RX: {e}")))?;
     let params = KernelParams {
         version,
         cipher,

@@ -25,6 +25,7 @@ use super::crypto_info::{Cipher, TlsVersion};
 use super::secrets::crypto_info_of;
 use super::sys::{self, Direction};
 use crate::bufpool::BufPool;
+use crate::reason::Reason;
 use crate::tls::wire::{
     ALERT_CLOSE_NOTIFY, ALERT_FATAL, ALERT_WARNING, CONTENT_ALERT, CONTENT_APPLICATION_DATA,
     CONTENT_HANDSHAKE, HANDSHAKE_KEY_UPDATE, KEY_UPDATE_NOT_REQUESTED, KEY_UPDATE_REQUESTED,
@@ -58,7 +59,7 @@ pub enum ControlRecord {
     CloseNotify,
     /// A fatal alert or a record that cannot be taken: close at once. The reason is a counter
     /// label.
-    Fatal(&'static str),
+    Fatal(Reason),
     /// The client updated its keys and the kernel cannot follow: close with 1001.
     RekeyUnsupported,
 }
@@ -68,8 +69,8 @@ impl ControlRecord {
     pub fn alert_kind(&self) -> Option<&'static str> {
         match self {
             ControlRecord::CloseNotify => Some("close_notify"),
-            ControlRecord::Fatal("tls_alert_received") => Some("fatal"),
-            ControlRecord::Fatal("tls_alert_unexpected") => Some("other"),
+            ControlRecord::Fatal(Reason::TlsAlertReceived) => Some("fatal"),
+            ControlRecord::Fatal(Reason::TlsAlertUnexpected) => Some("other"),
             _ => None,
         }
     }
@@ -334,7 +335,7 @@ impl KernelTls {
         Ok(Some(match record.content_type {
             CONTENT_ALERT => interpret_alert(&body),
             CONTENT_HANDSHAKE => self.on_handshake(fd, &body),
-            _ => ControlRecord::Fatal("tls_unexpected_record"),
+            _ => ControlRecord::Fatal(Reason::TlsUnexpectedRecord),
         }))
     }
 
@@ -413,21 +414,21 @@ fn interpret_alert(body: &[u8]) -> ControlRecord {
         [_, ALERT_CLOSE_NOTIFY] => ControlRecord::CloseNotify,
         // TLS 1.3 treats every alert but close_notify and user_canceled as fatal; a warning
         // level user_canceled is followed by close_notify, so it is safe to end here too.
-        [ALERT_FATAL, _] => ControlRecord::Fatal("tls_alert_received"),
-        _ => ControlRecord::Fatal("tls_alert_unexpected"),
+        [ALERT_FATAL, _] => ControlRecord::Fatal(Reason::TlsAlertReceived),
+        _ => ControlRecord::Fatal(Reason::TlsAlertUnexpected),
     }
 }
 
 /// A KeyUpdate handshake message: its `request_update` byte, or why the record is refused.
-fn parse_key_update(body: &[u8]) -> Result<u8, &'static str> {
+fn parse_key_update(body: &[u8]) -> Result<u8, Reason> {
     match body {
         [HANDSHAKE_KEY_UPDATE, 0, 0, 1, request]
             if *request == KEY_UPDATE_NOT_REQUESTED || *request == KEY_UPDATE_REQUESTED =>
         {
             Ok(*request)
         }
-        [HANDSHAKE_KEY_UPDATE, ..] => Err("tls_protocol_error"),
-        _ => Err("tls_unexpected_handshake"),
+        [HANDSHAKE_KEY_UPDATE, ..] => Err(Reason::TlsProtocolError),
+        _ => Err(Reason::TlsUnexpectedHandshake),
     }
 }
 
@@ -465,15 +466,15 @@ mod tests {
         assert_eq!(parse_key_update(&[24, 0, 0, 1, 1]), Ok(1));
         assert_eq!(
             parse_key_update(&[24, 0, 0, 1, 2]),
-            Err("tls_protocol_error")
+            Err(Reason::TlsProtocolError)
         );
         assert_eq!(
             parse_key_update(&[24, 0, 0, 2, 0, 0]),
-            Err("tls_protocol_error")
+            Err(Reason::TlsProtocolError)
         );
         assert_eq!(
             parse_key_update(&[4, 0, 0, 1, 0]),
-            Err("tls_unexpected_handshake"),
+            Err(Reason::TlsUnexpectedHandshake),
             "a NewSessionTicket from a client"
         );
     }

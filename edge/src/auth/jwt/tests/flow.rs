@@ -7,6 +7,7 @@ use super::mint::*;
 use crate::auth::jwt::{ExpiryPolicy, JwtConfig, JwtRefusal, JwtVerifier, ScopeRule, TokenSource};
 use crate::auth::replay::{owner_core, ReplayStore};
 use crate::auth::revocation::{RevocationEntry, Revocations, RevokedBy};
+use crate::reason::Reason;
 
 fn scoped(f: &Fixture) -> JwtVerifier {
     JwtVerifier::from_config(&JwtConfig {
@@ -53,13 +54,13 @@ fn admission_chain() {
         .check_and_insert(jti, again.exp.unwrap(), NOW + 1)
         .unwrap_err()
         .into();
-    assert_eq!((e.reason(), e.status()), ("replayed", 401));
+    assert_eq!((e.reason(), e.status()), (Reason::Replayed, 401));
 
     let target = |s: &str| crate::ws::RequestTarget::parse(s).unwrap();
     assert!(v.scope_allows(&target("/trade/orders?x=1"), &t));
     assert!(v.scope_allows(&target("/public"), &t));
     let e = v.check_scope(&target("/admin"), &t).unwrap_err();
-    assert_eq!((e.reason(), e.status()), ("scope_missing", 403));
+    assert_eq!((e.reason(), e.status()), (Reason::ScopeMissing, 403));
     assert_eq!(
         e.extra_headers()[0].1,
         "Bearer error=\"insufficient_scope\""
@@ -80,7 +81,7 @@ fn admission_chain() {
     assert!(revs.version() > seen);
     let e = v.check_revocation(&revs, &t).unwrap_err();
     assert_eq!(e, JwtRefusal::Revoked(RevokedBy::Subject));
-    assert_eq!((e.reason(), e.status()), ("revoked", 401));
+    assert_eq!((e.reason(), e.status()), (Reason::Revoked, 401));
 }
 
 #[test]
@@ -108,7 +109,7 @@ fn subprotocol_token_through_the_verifier() {
     v.verify(&found.token, NOW).unwrap();
     assert!(v.is_token_protocol(&offers[1]) && !v.is_token_protocol(&offers[0]));
     let e = v.extract_required(None, &offers[..1], None).unwrap_err();
-    assert_eq!((e.reason(), e.status()), ("token_missing", 401));
+    assert_eq!((e.reason(), e.status()), (Reason::TokenMissing, 401));
     // Query is not an enabled source here: ignored, and redacted from the target anyway.
     assert_eq!(v.extract_token(None, &[], Some("access_token=x")), Ok(None));
     assert_eq!(v.redact_target("/ws?access_token=x&a=1"), "/ws?a=1");
