@@ -2,9 +2,11 @@
 //! bytes to send and verdicts come out. No sockets, no runtime, no clock reads, no randomness
 //! (a client session's masking keys come from a source its caller hands in).
 //!
+//! - [`audit_chain`]: the audit trail's HMAC chain — how a line is built and taken apart.
 //! - [`audit_record`]: what an audit record says (the event fields inside the chain's
 //!   envelope).
 //! - [`ws`]: the WebSocket protocol — upgrade parsing, frame codec, the session (both roles).
+//! - [`ktls_crypto_info`]: the kernel's `tls12_crypto_info_*` layouts for `setsockopt(SOL_TLS)`.
 //! - [`limits`]: rates and token buckets in integers, fed instants by their caller.
 //! - [`origin`]: the `Host` and `Origin` allow-lists.
 //! - [`tls_wire`]: TLS wire numbers shared by the userspace driver and the kernel record layer.
@@ -13,7 +15,9 @@
 // Clock reads are refused by this crate's clippy.toml; tests may take an instant to start from.
 #![cfg_attr(test, allow(clippy::disallowed_methods))]
 
+pub mod audit_chain;
 pub mod audit_record;
+pub mod ktls_crypto_info;
 pub mod limits;
 pub mod origin;
 pub mod tls_wire;

@@ -12,7 +12,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use crate::audit::chain::{parse_line, Mac};
+use crate::audit::chain::{parse_line, ChainKey, Mac};
 use crate::audit::time::Timestamp;
 use crate::audit::AuditError;
 
@@ -136,7 +136,7 @@ pub(crate) struct Tail {
 
 /// Reads the first and the last complete line of `path` and checks the last one's MAC with
 /// `key`, so the trail never continues a chain under a different key.
-pub(crate) fn read_tail(path: &Path, key: &aws_lc_rs::hmac::Key) -> Result<Tail, AuditError> {
+pub(crate) fn read_tail(path: &Path, key: &ChainKey) -> Result<Tail, AuditError> {
     let trail_err = |reason: String| AuditError::Trail {
         path: path.to_owned(),
         reason,

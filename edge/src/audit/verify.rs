@@ -22,10 +22,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use aws_lc_rs::hmac;
-
 use crate::audit::chain::{
-    key_id, new_key, parse_line, unkeyed_candidates, Mac, ParsedLine, GENESIS,
+    key_id, new_key, parse_line, unkeyed_candidates, ChainKey, Mac, ParsedLine, GENESIS,
 };
 use crate::audit::files::rotated_seq;
 use crate::audit::key::read_key_file;
@@ -226,7 +224,7 @@ struct PrevEnd {
 }
 
 struct Verifier {
-    key: hmac::Key,
+    key: ChainKey,
     key_id: String,
     report: VerifyReport,
     /// (expected seq, expected prev) of the next record, once a record was verified.

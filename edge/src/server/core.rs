@@ -248,8 +248,24 @@ pub(crate) struct ReplayStart {
     pub max_lifetime_s: Option<u64>,
 }
 
+/// Why a core did not start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreStartError {
+    #[error("core {core} (CPU {cpu}): cannot build its runtime: {source}")]
+    Runtime {
+        core: usize,
+        cpu: usize,
+        source: std::io::Error,
+    },
+    #[error("a core did not start within 10 s")]
+    Timeout,
+}
+
 /// The body of a core thread. Reports on `started` once it serves (or why it cannot).
-pub(crate) fn run_core(mut start: CoreStart, started: std::sync::mpsc::Sender<Result<(), String>>) {
+pub(crate) fn run_core(
+    mut start: CoreStart,
+    started: std::sync::mpsc::Sender<Result<(), CoreStartError>>,
+) {
     let peers = std::mem::take(&mut start.replay.peers);
     let audit = std::mem::replace(&mut start.audit, AuditSink::disabled());
     let core = Core::new(&start, peers, audit);
@@ -266,12 +282,12 @@ pub(crate) fn run_core(mut start: CoreStart, started: std::sync::mpsc::Sender<Re
     let uring = monoio::utils::detect_uring();
     let mut rt = match build_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            let why = format!(
-                "core {} (CPU {cpu}): cannot build its runtime: {e}",
-                core.index
-            );
-            let _ = started.send(Err(why));
+        Err(source) => {
+            let _ = started.send(Err(CoreStartError::Runtime {
+                core: core.index,
+                cpu,
+                source,
+            }));
             return;
         }
     };
@@ -716,6 +732,23 @@ impl DrainState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_core_that_cannot_start_says_which_and_why() {
+        let runtime = CoreStartError::Runtime {
+            core: 2,
+            cpu: 5,
+            source: std::io::Error::other("out of memory"),
+        };
+        assert_eq!(
+            runtime.to_string(),
+            "core 2 (CPU 5): cannot build its runtime: out of memory"
+        );
+        assert_eq!(
+            CoreStartError::Timeout.to_string(),
+            "a core did not start within 10 s"
+        );
+    }
     use std::net::TcpStream;
 
     /// A stopped core's listener leaves the SO_REUSEPORT group: every new connection then goes

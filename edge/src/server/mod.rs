@@ -57,9 +57,9 @@ pub enum StartError {
     #[error("cannot start a core thread: {0}")]
     Thread(std::io::Error),
     #[error("{0}")]
-    Core(String),
+    Core(#[source] core::CoreStartError),
     #[error("kTLS: {0}")]
-    Ktls(String),
+    Ktls(#[source] crate::tls::ktls::KtlsRequiredError),
     #[error("per-IP limit: {0}")]
     IpLimit(#[source] crate::limits::ip_limit::IpLimitError),
     #[error("audit trail: {0}")]
@@ -605,7 +605,7 @@ fn start_serving(
         match started.recv_timeout(std::time::Duration::from_secs(10)) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(StartError::Core(e)),
-            Err(_) => return Err(StartError::Core("a core did not start within 10 s".into())),
+            Err(_) => return Err(StartError::Core(core::CoreStartError::Timeout)),
         }
     }
     if let Some(h) = inherited.as_ref() {

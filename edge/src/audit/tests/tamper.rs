@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use proptest::prelude::*;
 
 use super::{read_lines, upgrade, write_lines, Fixture, KEY};
-use crate::audit::chain::{hex, unhex_mac};
 use crate::audit::{run_cli, verify, AuditTrail, Problem, ProblemKind};
+use wssedge_proto::audit_chain::{hex, unhex_mac};
 
 /// A sealed trail of several files (≈ 10 records each) to damage.
 fn sample() -> (Fixture, Vec<PathBuf>) {

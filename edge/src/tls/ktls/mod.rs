@@ -3,7 +3,8 @@
 //! writes plaintext with the same io_uring/readiness path as before.
 //!
 //! - [`probe`]: what the running kernel can offload, found once at start.
-//! - [`crypto_info`]: rustls secrets → the kernel's `tls12_crypto_info_*` layouts (sans-IO).
+//! - [`crypto_info`]: the kernel's `tls12_crypto_info_*` layouts (in `wssedge-proto`).
+//! - [`secrets`]: rustls' suite, version and secrets → those layouts.
 //! - [`sys`]: the socket options and record-typed `recvmsg`/`sendmsg`, over `wssedge_sys::ktls`.
 //! - [`session`]: [`KernelTls`], the record layer after the hand-off (record counts, key limits,
 //!   alerts, KeyUpdate).
@@ -15,11 +16,13 @@
 //! second TLS dependency, and the few lines of `setsockopt` glue are easier to audit in one
 //! room of ours than behind another crate's I/O abstraction (which is built around tokio).
 
-pub mod crypto_info;
 pub mod offload;
 pub mod probe;
+pub mod secrets;
 pub mod session;
 pub mod sys;
+
+pub use wssedge_proto::ktls_crypto_info as crypto_info;
 
 pub use crypto_info::{Cipher, TlsVersion};
 pub use offload::{offload, OffloadError};
@@ -50,6 +53,18 @@ impl KtlsMode {
     }
 }
 
+/// `[tls] ktls = "required"` on a kernel that cannot offload everything the edge negotiates.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "[tls] ktls = \"required\" but this kernel cannot offload every TLS version and cipher the \
+     edge negotiates: {support}. Run on a kernel with kTLS (CONFIG_TLS, the tls module loaded) \
+     or set [tls] ktls = \"auto\""
+)]
+pub struct KtlsRequiredError {
+    /// What the kernel can and cannot offload ([`KtlsSupport::describe`]).
+    pub support: String,
+}
+
 /// The process-wide kTLS decision: the configured mode and what the kernel can do.
 #[derive(Debug, Clone)]
 pub struct KtlsPolicy {
@@ -62,18 +77,18 @@ pub struct KtlsPolicy {
 impl KtlsPolicy {
     /// Probes the kernel (unless the mode is off). `required` without a complete offload is an
     /// error that names what is missing.
-    pub fn decide(mode: KtlsMode, key_limit_override: Option<u64>) -> Result<Self, String> {
+    pub fn decide(
+        mode: KtlsMode,
+        key_limit_override: Option<u64>,
+    ) -> Result<Self, KtlsRequiredError> {
         let support = match mode {
             KtlsMode::Off => KtlsSupport::none("off by configuration ([tls] ktls = \"off\")"),
             KtlsMode::Auto | KtlsMode::Required => KtlsSupport::probe(),
         };
         if mode == KtlsMode::Required && !support.complete() {
-            return Err(format!(
-                "[tls] ktls = \"required\" but this kernel cannot offload every TLS version and \
-                 cipher the edge negotiates: {}. Run on a kernel with kTLS (CONFIG_TLS, the tls \
-                 module loaded) or set [tls] ktls = \"auto\"",
-                support.describe()
-            ));
+            return Err(KtlsRequiredError {
+                support: support.describe(),
+            });
         }
         Ok(Self {
             mode,

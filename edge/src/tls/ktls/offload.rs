@@ -8,8 +8,8 @@
 
 use std::os::fd::BorrowedFd;
 
-use super::crypto_info::{Cipher, CryptoInfo, TlsVersion};
 use super::probe::KtlsSupport;
+use super::secrets::{cipher_of_suite, crypto_info_of, tls_version_of};
 use super::session::{record_limit, KernelParams, KernelTls};
 use super::sys::{self, Direction};
 use crate::bufpool::BufPool;
@@ -54,8 +54,8 @@ pub fn offload(
         ));
     };
     let (Some(version), Some(cipher)) = (
-        TlsVersion::of(negotiated.version),
-        Cipher::of_suite(negotiated.suite),
+        tls_version_of(negotiated.version),
+        cipher_of_suite(negotiated.suite),
     ) else {
         let detail = format!("{:?} is not offloaded", negotiated.suite.suite());
         return Err(fallback(tls, KtlsFallback::CipherUnsupported, detail));
@@ -88,9 +88,9 @@ pub fn offload(
         .map_err(|e| broken(KtlsFallback::SecretsUnavailable, e.to_string()))?;
     let (tx_seq, tx) = &secrets.tx;
     let (rx_seq, rx) = &secrets.rx;
-    let tx = CryptoInfo::new(version, tx, *tx_seq)
+    let tx = crypto_info_of(version, tx, *tx_seq)
         .map_err(|e| broken(KtlsFallback::CryptoInfo, e.to_string()))?;
-    let rx = CryptoInfo::new(version, rx, *rx_seq)
+    let rx = crypto_info_of(version, rx, *rx_seq)
         .map_err(|e| broken(KtlsFallback::CryptoInfo, e.to_string()))?;
     sys::set_crypto(fd, Direction::Tx, &tx)
         .map_err(|e| broken(KtlsFallback::SetsockoptFailed, format!("TLS_TX: {e}")))?;

@@ -21,7 +21,8 @@ use bytes::BytesMut;
 use rustls::kernel::KernelConnection;
 use rustls::server::ServerConnectionData;
 
-use super::crypto_info::{Cipher, CryptoInfo, TlsVersion};
+use super::crypto_info::{Cipher, TlsVersion};
+use super::secrets::crypto_info_of;
 use super::sys::{self, Direction};
 use crate::bufpool::BufPool;
 use crate::reason::Reason;
@@ -304,7 +305,7 @@ impl KernelTls {
             .conn
             .update_tx_secret()
             .map_err(|e| after(io::Error::other(e)))?;
-        let info = CryptoInfo::new(self.params.version, &secrets, seq)
+        let info = crypto_info_of(self.params.version, &secrets, seq)
             .map_err(|e| after(io::Error::other(e)))?;
         sys::set_crypto(fd, Direction::Tx, &info).map_err(after)?;
         self.tx_records = seq;
@@ -352,7 +353,7 @@ impl KernelTls {
             .update_rx_secret()
             .map_err(io::Error::other)
             .and_then(|(seq, secrets)| {
-                CryptoInfo::new(self.params.version, &secrets, seq).map_err(io::Error::other)
+                crypto_info_of(self.params.version, &secrets, seq).map_err(io::Error::other)
             })
             .and_then(|info| sys::set_crypto(fd, Direction::Rx, &info));
         match rx {
@@ -480,10 +481,11 @@ mod tests {
 
     #[test]
     fn record_limits_follow_the_suite_and_only_go_down() {
+        use crate::tls::ktls::secrets::cipher_of_suite;
         use crate::tls::policy::CIPHER_SUITES;
         for suite in CIPHER_SUITES {
             let limit = record_limit(*suite, None);
-            match Cipher::of_suite(*suite).unwrap() {
+            match cipher_of_suite(*suite).unwrap() {
                 Cipher::Chacha20Poly1305 => assert_eq!(limit, u64::MAX),
                 _ => assert!(limit > 1 << 23 && limit < 1 << 25, "{limit}"),
             }

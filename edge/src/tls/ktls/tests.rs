@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use rustls::crypto::aws_lc_rs::{self, cipher_suite};
 use rustls::{ClientConfig, ClientConnection, SupportedCipherSuite, SupportedProtocolVersion};
 
-use super::crypto_info::CryptoInfo;
+use super::secrets::{cipher_of_suite, crypto_info_of, tls_version_of};
 use super::*;
 use crate::bufpool::{BufPool, POOL_BUFFER_CAPACITY};
 use crate::tls::TlsSession;
@@ -109,8 +109,8 @@ fn kernel_tls(h: Handshaken, record_limit: u64, kernel_rekey: bool) -> KernelTls
     KernelTls::new(
         kernel,
         KernelParams {
-            version: TlsVersion::of(negotiated.version).unwrap(),
-            cipher: Cipher::of_suite(negotiated.suite).unwrap(),
+            version: tls_version_of(negotiated.version).unwrap(),
+            cipher: cipher_of_suite(negotiated.suite).unwrap(),
             record_limit,
             kernel_rekey,
         },
@@ -148,15 +148,15 @@ fn the_secrets_of_all_six_suites_fit_the_kernel_layouts_with_exact_sequence_numb
     ];
     for (version, suite, len) in cases {
         let mut h = handshaken(version, suite);
-        let tls_version = TlsVersion::of(version.version).unwrap();
+        let tls_version = tls_version_of(version.version).unwrap();
         let conn = h.server.into_connection(&mut h.pool).unwrap();
         let (secrets, _) = conn.dangerous_into_kernel_connection().unwrap();
         let (tx_seq, tx) = &secrets.tx;
         let (rx_seq, rx) = &secrets.rx;
-        let info = CryptoInfo::new(tls_version, tx, *tx_seq).unwrap();
+        let info = crypto_info_of(tls_version, tx, *tx_seq).unwrap();
         assert_eq!(info.as_bytes().len(), len, "{:?}", suite.suite());
         assert_eq!(
-            CryptoInfo::new(tls_version, rx, *rx_seq)
+            crypto_info_of(tls_version, rx, *rx_seq)
                 .unwrap()
                 .as_bytes()
                 .len(),
@@ -336,4 +336,17 @@ fn nothing_is_queued_after_close_notify() {
     // is that no data may follow it.
     let _ = k.send_close_notify(s.as_fd());
     assert!(k.queue(b"more").is_err());
+}
+
+#[test]
+fn the_required_error_names_what_is_missing_and_what_to_do() {
+    let err = KtlsRequiredError {
+        support: "no TCP ULP".into(),
+    };
+    assert_eq!(
+        err.to_string(),
+        "[tls] ktls = \"required\" but this kernel cannot offload every TLS version and cipher \
+         the edge negotiates: no TCP ULP. Run on a kernel with kTLS (CONFIG_TLS, the tls module \
+         loaded) or set [tls] ktls = \"auto\""
+    );
 }

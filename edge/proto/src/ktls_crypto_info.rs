@@ -1,5 +1,5 @@
 //! The `struct tls12_crypto_info_*` byte layouts `setsockopt(SOL_TLS, TLS_TX | TLS_RX)` takes,
-//! built from the secrets rustls hands over (sans-IO, so the layout is unit-tested here).
+//! built from a traffic key, its IV and the next record's sequence number.
 //!
 //! Every layout is a 4-byte header (`version`, `cipher_type`, native endian) followed by byte
 //! arrays, so there is no padding and a byte buffer is exactly the C struct:
@@ -10,19 +10,21 @@
 //! | AES-256-GCM       | 8  | 32  | 4    | 8       | 56    |
 //! | ChaCha20-Poly1305 | 12 | 32  | 0    | 8       | 56    |
 //!
-//! For AES-GCM rustls' 12-byte IV is split: the first 4 bytes are the kernel's `salt`, the last
+//! For AES-GCM the 12-byte TLS IV is split: the first 4 bytes are the kernel's `salt`, the last
 //! 8 its `iv`. ChaCha20-Poly1305 takes the whole IV and no salt. `rec_seq` is the next record's
 //! sequence number, big-endian.
 
-use rustls::{ConnectionTrafficSecrets, ProtocolVersion};
+/// `TLS_1_2_VERSION` / `TLS_1_3_VERSION` of `<linux/tls.h>`: the wire versions.
+pub const TLS_1_2_VERSION: u16 = crate::tls_wire::TLS12;
+pub const TLS_1_3_VERSION: u16 = crate::tls_wire::TLS13;
 
-// `TLS_1_2_VERSION` / `TLS_1_3_VERSION` of `<linux/tls.h>` are the wire versions.
-use crate::tls::wire::{TLS12 as TLS_1_2_VERSION, TLS13 as TLS_1_3_VERSION};
+/// `TLS_CIPHER_*` of `<linux/tls.h>` (the edge's tests hold them against libc's).
+pub const TLS_CIPHER_AES_GCM_128: u16 = 51;
+pub const TLS_CIPHER_AES_GCM_256: u16 = 52;
+pub const TLS_CIPHER_CHACHA20_POLY1305: u16 = 54;
 
-/// `TLS_CIPHER_*` of `<linux/tls.h>`.
-const TLS_CIPHER_AES_GCM_128: u16 = 51;
-const TLS_CIPHER_AES_GCM_256: u16 = 52;
-const TLS_CIPHER_CHACHA20_POLY1305: u16 = 54;
+/// `rec_seq`'s length in every layout.
+pub const REC_SEQ_LEN: usize = 8;
 
 /// The record ciphers the kernel offload is used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -39,23 +41,6 @@ impl Cipher {
         Cipher::Chacha20Poly1305,
     ];
 
-    /// The cipher of a rustls suite, if the kernel offload knows it.
-    pub fn of_suite(suite: rustls::SupportedCipherSuite) -> Option<Cipher> {
-        use rustls::CipherSuite as S;
-        match suite.suite() {
-            S::TLS13_AES_128_GCM_SHA256
-            | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
-            | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => Some(Cipher::Aes128Gcm),
-            S::TLS13_AES_256_GCM_SHA384
-            | S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
-            | S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => Some(Cipher::Aes256Gcm),
-            S::TLS13_CHACHA20_POLY1305_SHA256
-            | S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
-            | S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => Some(Cipher::Chacha20Poly1305),
-            _ => None,
-        }
-    }
-
     /// A stable label for logs and metrics.
     pub fn name(self) -> &'static str {
         match self {
@@ -65,7 +50,8 @@ impl Cipher {
         }
     }
 
-    fn kernel_id(self) -> u16 {
+    /// Its `TLS_CIPHER_*` number.
+    pub fn kernel_id(self) -> u16 {
         match self {
             Cipher::Aes128Gcm => TLS_CIPHER_AES_GCM_128,
             Cipher::Aes256Gcm => TLS_CIPHER_AES_GCM_256,
@@ -73,19 +59,25 @@ impl Cipher {
         }
     }
 
-    fn key_len(self) -> usize {
+    /// The key's length in bytes (`TLS_CIPHER_*_KEY_SIZE`).
+    pub fn key_len(self) -> usize {
         match self {
             Cipher::Aes128Gcm => 16,
             Cipher::Aes256Gcm | Cipher::Chacha20Poly1305 => 32,
         }
     }
 
-    /// Bytes of rustls' 12-byte IV that go into the kernel's `salt` (the rest is `iv`).
-    fn salt_len(self) -> usize {
+    /// Bytes of the 12-byte TLS IV that go into the kernel's `salt` (`TLS_CIPHER_*_SALT_SIZE`).
+    pub fn salt_len(self) -> usize {
         match self {
             Cipher::Aes128Gcm | Cipher::Aes256Gcm => 4,
             Cipher::Chacha20Poly1305 => 0,
         }
+    }
+
+    /// Bytes of the 12-byte TLS IV that go into the kernel's `iv` (`TLS_CIPHER_*_IV_SIZE`).
+    pub fn iv_len(self) -> usize {
+        12 - self.salt_len()
     }
 }
 
@@ -99,14 +91,6 @@ pub enum TlsVersion {
 impl TlsVersion {
     pub const ALL: [TlsVersion; 2] = [TlsVersion::Tls12, TlsVersion::Tls13];
 
-    pub fn of(version: ProtocolVersion) -> Option<TlsVersion> {
-        match version {
-            ProtocolVersion::TLSv1_2 => Some(TlsVersion::Tls12),
-            ProtocolVersion::TLSv1_3 => Some(TlsVersion::Tls13),
-            _ => None,
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             TlsVersion::Tls12 => "1.2",
@@ -114,7 +98,8 @@ impl TlsVersion {
         }
     }
 
-    fn kernel_id(self) -> u16 {
+    /// Its `TLS_1_*_VERSION` number.
+    pub fn kernel_id(self) -> u16 {
         match self {
             TlsVersion::Tls12 => TLS_1_2_VERSION,
             TlsVersion::Tls13 => TLS_1_3_VERSION,
@@ -137,33 +122,11 @@ pub struct CryptoInfo {
 }
 
 impl CryptoInfo {
-    const MAX_LEN: usize = 56;
+    /// The longest layout (AES-256-GCM, ChaCha20-Poly1305).
+    pub const MAX_LEN: usize = 56;
 
-    /// Builds the crypto info for `secrets` at record sequence number `seq`.
-    pub fn new(
-        version: TlsVersion,
-        secrets: &ConnectionTrafficSecrets,
-        seq: u64,
-    ) -> Result<Self, CryptoInfoError> {
-        let (cipher, key, iv) = match secrets {
-            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (Cipher::Aes128Gcm, key, iv),
-            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (Cipher::Aes256Gcm, key, iv),
-            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
-                (Cipher::Chacha20Poly1305, key, iv)
-            }
-            // The enum is non-exhaustive; anything newer is not offloaded.
-            #[allow(unreachable_patterns)]
-            _ => {
-                return Err(CryptoInfoError::KeyLength {
-                    cipher: "an unknown cipher",
-                    got: 0,
-                })
-            }
-        };
-        Self::from_parts(version, cipher, key.as_ref(), iv.as_ref(), seq)
-    }
-
-    /// The layout from raw parts (also what the start-up probe uses, with a dummy key).
+    /// The layout for `key` and the 12-byte TLS IV at record sequence number `seq` (the
+    /// start-up probe passes a dummy key).
     pub fn from_parts(
         version: TlsVersion,
         cipher: Cipher,
@@ -205,10 +168,10 @@ impl CryptoInfo {
 /// The `rec_seq` of a crypto info read back from the kernel: its last 8 bytes, big-endian
 /// (every layout ends with it). `None` for a buffer too short to be one.
 pub fn rec_seq_of(info: &[u8]) -> Option<u64> {
-    if info.len() < 4 + 8 {
+    if info.len() < 4 + REC_SEQ_LEN {
         return None;
     }
-    let tail: [u8; 8] = info[info.len() - 8..].try_into().ok()?;
+    let tail: [u8; REC_SEQ_LEN] = info[info.len() - REC_SEQ_LEN..].try_into().ok()?;
     Some(u64::from_be_bytes(tail))
 }
 
@@ -295,16 +258,5 @@ mod tests {
         let err = CryptoInfo::from_parts(TlsVersion::Tls13, Cipher::Aes256Gcm, &[0; 16], &IV, 0)
             .unwrap_err();
         assert!(err.to_string().contains("aes-256-gcm"), "{err}");
-    }
-
-    #[test]
-    fn every_suite_of_the_policy_maps_to_a_kernel_cipher() {
-        for suite in crate::tls::policy::CIPHER_SUITES {
-            assert!(
-                Cipher::of_suite(*suite).is_some(),
-                "{:?} has no kernel cipher",
-                suite.suite()
-            );
-        }
     }
 }
