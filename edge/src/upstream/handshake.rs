@@ -45,26 +45,6 @@ pub struct ClientContext<'a> {
     pub token: Option<&'a VerifiedToken>,
 }
 
-/// The value of the single header `name` in a raw request head (e.g. `User-Agent`, which
-/// [`UpgradeRequest`] does not keep). `None` when absent, repeated, not UTF-8, or the head does
-/// not parse.
-pub fn request_header(raw_head: &[u8], name: &str) -> Option<String> {
-    let mut storage = [httparse::EMPTY_HEADER; 128];
-    let mut req = httparse::Request::new(&mut storage);
-    req.parse(raw_head).ok()?;
-    let mut it = req
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case(name));
-    let first = it.next()?;
-    if it.next().is_some() {
-        return None;
-    }
-    std::str::from_utf8(first.value.trim_ascii())
-        .ok()
-        .map(str::to_owned)
-}
-
 /// A handshake under a fresh random `Sec-WebSocket-Key`.
 fn fresh_handshake(protocol: Option<&str>) -> ClientHandshake {
     let mut nonce = [0u8; 16];
@@ -403,18 +383,6 @@ mod tests {
             assert!(get(&h, name).is_empty(), "{name}");
         }
         assert_eq!(get(&h, "x-forwarded-for"), ["192.0.2.7"]);
-    }
-
-    #[test]
-    fn request_header_reads_one_value() {
-        let raw = CLIENT_REQ.replace("Origin:", "User-Agent: ua/2\r\nOrigin:");
-        assert_eq!(
-            request_header(raw.as_bytes(), "user-agent").as_deref(),
-            Some("ua/2")
-        );
-        assert_eq!(request_header(CLIENT_REQ.as_bytes(), "user-agent"), None);
-        let twice = raw.replace("Origin:", "User-Agent: b\r\nOrigin:");
-        assert_eq!(request_header(twice.as_bytes(), "user-agent"), None);
     }
 
     #[test]

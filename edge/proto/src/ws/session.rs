@@ -15,9 +15,10 @@
 //! masked: the payload is copied and masked in one pass, since the caller's `Bytes` may be
 //! shared (a fan-out message) and must not change. The server role stays zero-copy.
 //!
-//! Time goes in as an argument: a session with a [`Heartbeat`] says when it next wants the time
+//! Time goes in as an argument: a session says when it next wants the time
 //! ([`Session::poll_timeout`]) and acts on it ([`Session::handle_timeout`]); the caller keeps
-//! the timer.
+//! the timer. Its timers are the [`Heartbeat`] while open and, once our close is out, the wait
+//! for the peer's close reply ([`Session::await_close_reply_until`]).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -436,6 +437,9 @@ pub enum Timeout {
     /// Nothing arrived within the pong timeout of our ping: the caller closes the session
     /// (1001 `pong_timeout`).
     PongTimeout,
+    /// Our close is out and the peer's close reply did not come by its deadline: the caller
+    /// closes the transport all the same.
+    CloseReplyMissed,
 }
 
 /// A heartbeat's state: re-armed lazily from the time of the last input, so input never
@@ -486,6 +490,9 @@ pub struct Session {
     empty_fragments: u32,
     /// The server's heartbeat, when it sends one.
     heartbeat: Option<HeartbeatState>,
+    /// Until when the peer's close reply is awaited once our close is out (`None`: no
+    /// deadline given, or its timer consumed).
+    close_reply_by: Option<Instant>,
 }
 
 impl Session {
@@ -518,6 +525,7 @@ impl Session {
             first_close: None,
             empty_fragments: 0,
             heartbeat: None,
+            close_reply_by: None,
         }
     }
 
@@ -539,26 +547,42 @@ impl Session {
         }
     }
 
-    /// When the session next wants [`Self::handle_timeout`]: `None` without a heartbeat, and
-    /// once our close is out (the close's own deadline bounds the wait for the reply).
+    /// Once our close is out, the peer's close reply is awaited until `at` (the caller's one
+    /// deadline for the whole close): from then [`Self::poll_timeout`] says `at`, and
+    /// [`Self::handle_timeout`] at or after it reports [`Timeout::CloseReplyMissed`].
+    pub fn await_close_reply_until(&mut self, at: Instant) {
+        self.close_reply_by = Some(at);
+    }
+
+    /// Our close is queued and the peer's close (or a failure) has not ended the input.
+    fn awaiting_close_reply(&self) -> bool {
+        self.close_queued && !self.input_done()
+    }
+
+    /// When the session next wants [`Self::handle_timeout`]: while open, the heartbeat's next
+    /// instant (`None` without one); once our close is out, the close reply's deadline while
+    /// the reply is awaited (`None` without one).
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.state() != SessionState::Open {
-            return None;
+            return self.close_reply_by.filter(|_| self.awaiting_close_reply());
         }
         self.heartbeat.as_ref().and_then(|hb| hb.next)
     }
 
-    /// The time from [`Self::poll_timeout`] came (`now`): a ping when the peer was silent for
-    /// the interval, a close when our last ping went unanswered; otherwise the heartbeat is
-    /// re-armed an interval after the last input. The timer is consumed either way:
-    /// [`Self::poll_timeout`] says when it is wanted next.
+    /// The time from [`Self::poll_timeout`] came (`now`). While open: a ping when the peer was
+    /// silent for the interval, a close when our last ping went unanswered; otherwise the
+    /// heartbeat is re-armed an interval after the last input. Once our close is out: the
+    /// heartbeat stops, and a close reply still missing at its deadline is reported. A timer
+    /// that fires is consumed: [`Self::poll_timeout`] says when the time is wanted next.
     pub fn handle_timeout(&mut self, now: Instant) -> Option<Timeout> {
-        let open = self.state() == SessionState::Open;
+        if self.state() != SessionState::Open {
+            if let Some(hb) = self.heartbeat.as_mut() {
+                hb.next = None;
+            }
+            return self.close_reply_timeout(now);
+        }
         let hb = self.heartbeat.as_mut()?;
         hb.next = None;
-        if !open {
-            return None;
-        }
         if let Some(sent) = hb.ping_sent.take() {
             if hb.last_rx < sent {
                 return Some(Timeout::PongTimeout);
@@ -573,6 +597,17 @@ impl Session {
         hb.next = Some(now + hb.config.pong_timeout);
         self.send_ping(Bytes::new());
         Some(Timeout::PingSent)
+    }
+
+    fn close_reply_timeout(&mut self, now: Instant) -> Option<Timeout> {
+        let at = self
+            .close_reply_by
+            .filter(|_| self.awaiting_close_reply())?;
+        if now < at {
+            return None;
+        }
+        self.close_reply_by = None;
+        Some(Timeout::CloseReplyMissed)
     }
 
     /// No more input will be processed.

@@ -997,3 +997,49 @@ fn once_our_close_is_out_the_heartbeat_stops() {
     assert_eq!(s.handle_timeout(t0 + Duration::from_secs(10)), None);
     assert_eq!(pings_queued(&mut s), 0);
 }
+
+#[test]
+fn the_close_reply_is_awaited_until_its_deadline() {
+    let t0 = Instant::now();
+    let mut s = heartbeat_session(t0);
+    let by = t0 + Duration::from_secs(5);
+    // Told its deadline while still open: the heartbeat keeps the timer until our close.
+    s.await_close_reply_until(by);
+    assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+    s.close(1001, "going_away");
+    assert_eq!(transmit(&mut s).len(), 1);
+    assert_eq!(s.poll_timeout(), Some(by));
+    // A firing before the deadline (the caller's timer fired for something else) waits on.
+    assert_eq!(s.handle_timeout(t0 + Duration::from_secs(4)), None);
+    assert_eq!(s.poll_timeout(), Some(by));
+    assert_eq!(s.handle_timeout(by), Some(Timeout::CloseReplyMissed));
+    assert_eq!(s.poll_timeout(), None, "the timer is consumed");
+    assert_eq!(s.handle_timeout(by + Duration::from_secs(1)), None);
+    assert_eq!(pings_queued(&mut s), 0);
+    assert_eq!(s.state(), SessionState::CloseSent);
+}
+
+#[test]
+fn a_close_reply_in_time_stops_its_timer() {
+    let t0 = Instant::now();
+    let mut s = session();
+    s.close(1000, "");
+    s.await_close_reply_until(t0 + Duration::from_secs(5));
+    assert_eq!(transmit(&mut s).len(), 1);
+    let (ev, _) = feed(&mut s, &close_frame(1000, b""));
+    assert_eq!(ev.len(), 1);
+    assert_eq!(s.state(), SessionState::Closed);
+    assert_eq!(s.poll_timeout(), None);
+    assert_eq!(s.handle_timeout(t0 + Duration::from_secs(5)), None);
+}
+
+#[test]
+fn a_failure_after_our_close_stops_the_close_reply_timer() {
+    let t0 = Instant::now();
+    let mut s = session();
+    s.close(1001, "");
+    s.await_close_reply_until(t0 + Duration::from_secs(5));
+    feed(&mut s, &raw_frame(0x81, b"x", None));
+    assert_eq!(s.poll_timeout(), None);
+    assert_eq!(s.handle_timeout(t0 + Duration::from_secs(5)), None);
+}

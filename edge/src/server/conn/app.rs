@@ -5,13 +5,14 @@
 //! deadlines and applies limits; a new kind of session (fan-out) is a new variant here and its
 //! arms, not edits across the loop.
 
-use std::time::Instant;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use crate::reason::Reason;
-use crate::upstream::relay::{Relay, UpstreamEvent};
 use crate::ws::{Message, Session};
 
-use super::super::timer::Deadline;
+use super::super::core::Core;
+use super::proxy::{Proxy, Relayed};
 
 /// What a session does with its messages.
 // One per connection, inside its task: boxing the larger variant would add an allocation.
@@ -30,32 +31,6 @@ pub(super) enum OverRate {
     Close,
     /// The message is dropped whole and the session stays (lossy routes: market data).
     Drop,
-}
-
-/// Proxy mode's side of a session: the relay and the loop state that only it needs.
-pub(super) struct Proxy {
-    pub(super) relay: Relay,
-    /// Upstream events of the current step, kept to reuse the allocation.
-    pub(super) events: Vec<UpstreamEvent>,
-    /// Upstream reads are paused at the client's outbound cap (for counting pauses).
-    pub(super) paused: bool,
-    /// When the oldest message relayed in this step was read (the proxy hop histogram).
-    pub(super) hop_started: Option<Instant>,
-    /// Armed while bytes wait for the upstream: no progress until it fires closes the client
-    /// with 1014.
-    pub(super) write_deadline: Deadline,
-}
-
-impl Proxy {
-    pub(super) fn new(relay: Relay, write_deadline: Deadline) -> Self {
-        Self {
-            relay,
-            events: Vec::new(),
-            paused: false,
-            hop_started: None,
-            write_deadline,
-        }
-    }
 }
 
 impl App {
@@ -100,6 +75,55 @@ impl App {
         if let App::Proxy(p) = self {
             p.relay.discard_unstarted();
             p.relay.close(1001, Reason::BufferBudget);
+        }
+    }
+
+    /// Whether the app's far side may be read now (`client_outbound`: bytes queued for the
+    /// client); never for echo.
+    pub(super) fn reads_allowed(&mut self, core: &Core, client_outbound: usize) -> bool {
+        match self {
+            App::Proxy(p) => p.reads_allowed(core, client_outbound),
+            App::Echo => false,
+        }
+    }
+
+    /// The app's far side is readable: what it produced goes to the client's `session`
+    /// (`None` for echo, which has no far side).
+    pub(super) fn on_readable(
+        &mut self,
+        core: &Core,
+        peer: SocketAddr,
+        session: Option<&mut Session>,
+        client_outbound: usize,
+    ) -> Option<Relayed> {
+        match self {
+            App::Proxy(p) => Some(p.relay_to_client(core, peer, session, client_outbound)),
+            App::Echo => None,
+        }
+    }
+
+    /// Writes what the app's far side takes now: bytes written, or why the far side is given
+    /// up on (`None` for echo).
+    pub(super) fn write(
+        &mut self,
+        write_timeout: Duration,
+        peer: SocketAddr,
+    ) -> Option<Result<u64, Reason>> {
+        match self {
+            App::Proxy(p) => Some(p.write(write_timeout, peer)),
+            App::Echo => None,
+        }
+    }
+
+    /// The app's far side broke: it is given up on (no close handshake with it). False for
+    /// echo, which has none.
+    pub(super) fn far_side_failed(&mut self) -> bool {
+        match self {
+            App::Proxy(p) => {
+                p.relay.abandon();
+                true
+            }
+            App::Echo => false,
         }
     }
 
@@ -175,10 +199,10 @@ impl App {
         self.proxy_mut().and_then(|p| p.hop_started.take())
     }
 
-    /// The app's far side, taken out for the close (`None` for echo).
-    pub(super) fn take_relay(&mut self) -> Option<Relay> {
+    /// The app's far side, taken out to be closed beside the client (`None` for echo).
+    pub(super) fn take_far_side(&mut self) -> Option<Proxy> {
         match std::mem::replace(self, App::Echo) {
-            App::Proxy(p) => Some(p.relay),
+            App::Proxy(p) => Some(p),
             App::Echo => None,
         }
     }
@@ -227,7 +251,17 @@ mod tests {
         app.on_session_closing(Reason::GoingAway);
         app.on_budget_close();
         assert!(app.take_hop_start().is_none());
-        assert!(app.take_relay().is_none());
+        assert!(app.take_far_side().is_none());
+        assert!(matches!(app, App::Echo));
+    }
+
+    #[test]
+    fn echo_has_no_far_side_to_write_or_give_up_on() {
+        let mut app = App::Echo;
+        let peer = "192.0.2.7:4000".parse().unwrap();
+        assert!(app.write(Duration::from_secs(1), peer).is_none());
+        assert!(!app.far_side_failed());
+        assert!(!app.holds_more());
         assert!(matches!(app, App::Echo));
     }
 }

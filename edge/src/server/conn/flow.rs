@@ -11,7 +11,6 @@ use crate::refuse::Refusal;
 use crate::sockopt;
 use crate::ws::{SessionState, Timeout};
 
-use super::super::timer::Deadline;
 use super::app::App;
 use super::{Conn, End};
 
@@ -171,17 +170,18 @@ impl Conn {
         }
     }
 
-    /// The heartbeat timer fired: the session's heartbeat (a ping after `ping_interval_ms`
-    /// without a byte from the client, a close when nothing at all arrives within
-    /// `pong_timeout_ms` of it) acts, and says when it wants the time next.
+    /// The session's timer fired: its heartbeat (a ping after `ping_interval_ms` without a
+    /// byte from the client, a close when nothing at all arrives within `pong_timeout_ms` of
+    /// it) acts, and the session says when it wants the time next.
     ///
     /// The wait that woke us consumed the firing: the timer is re-armed only when the session
-    /// asks (not with heartbeats off, nor once the session is no longer open).
-    pub(super) fn on_heartbeat(&mut self) -> Option<End> {
+    /// asks (not with heartbeats off, nor once the session is no longer open: the close reply's
+    /// wait is armed in [`Conn::await_close_reply`], after this loop).
+    pub(super) fn on_session_timer(&mut self) -> Option<End> {
         let session = self.phase.session_mut()?;
         let timeout = session.handle_timeout(Instant::now());
         if let Some(at) = session.poll_timeout() {
-            self.heartbeat.set(at);
+            self.session_timer.set(at);
         }
         match timeout? {
             Timeout::PongTimeout => Some(self.close_session(1001, Reason::PongTimeout)),
@@ -192,6 +192,7 @@ impl Conn {
                 }
                 None
             }
+            Timeout::CloseReplyMissed => Some(End::Close),
         }
     }
 
@@ -276,18 +277,38 @@ impl Conn {
     /// Our close frame went first (idle, heartbeat, drain, revocation, rate limit…): the
     /// client's close reply is awaited until `close_by` (the close's one deadline) before TCP
     /// closes, so the close handshake completes (RFC 6455 §7.1.1) and a well-behaved client
-    /// reads our code rather than a reset. False when nothing more can be written (a read that
-    /// fails still leaves close_notify to send).
+    /// reads our code rather than a reset. The wait is the session's timer, told `close_by`.
+    /// False when nothing more can be written (a read that fails still leaves close_notify to
+    /// send).
     pub(super) async fn await_close_reply(&mut self, close_by: Instant) -> bool {
-        let limit = Deadline::new(&self.core.wheel);
-        limit.set(close_by);
+        let Some(session) = self.phase.session_mut() else {
+            return true;
+        };
+        session.await_close_reply_until(close_by);
+        let Some(at) = session.poll_timeout() else {
+            return true;
+        };
+        self.session_timer.set(at);
         loop {
             let ready = monoio::select! {
                 r = self.stream.readable(false) => Some(r),
-                _ = limit.expired() => None,
+                _ = self.session_timer.expired() => None,
             };
             match ready {
-                None => return true, // no reply in time: close all the same
+                None => {
+                    let session = self.phase.session_mut();
+                    let missed =
+                        session.map(|s| (s.handle_timeout(Instant::now()), s.poll_timeout()));
+                    match missed {
+                        // Not due by the session's clock: the wait goes on.
+                        Some((None, Some(at))) => {
+                            self.session_timer.set(at);
+                            continue;
+                        }
+                        // No reply in time: close all the same.
+                        _ => return true,
+                    }
+                }
                 Some(Err(_)) => return false,
                 Some(Ok(())) => {}
             }

@@ -48,9 +48,10 @@ mod pass;
 mod phase;
 mod proxy;
 
-use self::app::{App, OverRate, Proxy};
+use self::app::{App, OverRate};
 use self::pass::{yield_to_core, yield_turn, AfterPass, PassGuard, Waited};
 use self::phase::{PendingUpgrade, Phase, Upgraded};
+use self::proxy::Proxy;
 use super::core::{unix_now, Core};
 use super::live::LiveSession;
 use super::timer::Deadline;
@@ -164,8 +165,9 @@ struct Conn {
     bytes_out: u64,
     /// Armed while bytes wait for the client: no progress until it fires = a slow consumer.
     write_deadline: Deadline,
-    /// The server ping's timer (see [`Conn::on_heartbeat`]).
-    heartbeat: Deadline,
+    /// The session's timer: its heartbeat while open (see [`Conn::on_session_timer`]), the
+    /// wait for the client's close reply after our close (see [`Conn::await_close_reply`]).
+    session_timer: Deadline,
     /// Armed while a frame (or a fragmented message) is partly received: it must complete by
     /// then (see [`Conn::watch_partial_input`]).
     frame_deadline: Deadline,
@@ -190,7 +192,7 @@ impl Conn {
         let deadline = Deadline::new(&core.wheel);
         deadline.set(Instant::now() + core.cfg.limits.handshake_timeout());
         let write_deadline = Deadline::new(&core.wheel);
-        let heartbeat = Deadline::new(&core.wheel);
+        let session_timer = Deadline::new(&core.wheel);
         let frame_deadline = Deadline::new(&core.wheel);
         Self {
             slot,
@@ -207,7 +209,7 @@ impl Conn {
             bytes_in: 0,
             bytes_out: 0,
             write_deadline,
-            heartbeat,
+            session_timer,
             frame_deadline,
             reads_paused: false,
             skip_close_reply: false,
@@ -235,7 +237,7 @@ impl Conn {
                         r = self.stream.writable(false), if writing => Wake::Writable(r),
                         _ = self.deadline.expired() => Wake::Deadline,
                         _ = session_end(live.as_deref()) => Wake::SessionEnd,
-                        _ = self.heartbeat.expired() => Wake::Heartbeat,
+                        _ = self.session_timer.expired() => Wake::SessionTimer,
                         _ = self.frame_deadline.expired() => Wake::FrameTimeout,
                         _ = self.write_deadline.expired(), if writing => Wake::WriteStalled,
                         r = app_readable(app), if app_reading && !app_more => Wake::AppReadable(r),
@@ -268,7 +270,7 @@ impl Conn {
                 Wake::Deadline => return self.on_deadline(),
                 Wake::SessionEnd => return self.on_session_end(),
                 Wake::WriteStalled => return self.on_slow_consumer(),
-                Wake::Heartbeat => self.on_heartbeat(),
+                Wake::SessionTimer => self.on_session_timer(),
                 Wake::FrameTimeout => return self.close_session(1008, Reason::FrameTimeout),
                 Wake::Readable(Err(e)) | Wake::Writable(Err(e)) => {
                     tracing::debug!(peer = %self.peer, error = %e, "readiness wait failed");
@@ -345,34 +347,42 @@ impl Conn {
 
     /// Whether the app's far side may be read now (see the app's own rule).
     fn app_reads_allowed(&mut self) -> bool {
-        match self.phase.app() {
-            Some(App::Proxy(_)) => self.upstream_reads_allowed(),
-            Some(App::Echo) | None => false,
-        }
+        let outbound = self.outbound_len();
+        self.phase
+            .app_mut()
+            .is_some_and(|app| app.reads_allowed(&self.core, outbound))
     }
 
     /// The app's far side is readable: what it produced goes to the client.
     fn app_read(&mut self) -> Option<End> {
-        match self.phase.app()? {
-            App::Proxy(_) => self.relay_from_upstream(),
-            App::Echo => None,
+        let outbound = self.outbound_len();
+        let (session, app) = self.phase.session_and_app_mut();
+        let relayed = app?.on_readable(&self.core, self.peer, session, outbound)?;
+        self.moved += relayed.moved;
+        if let Err(end) = self.encrypt_outgoing() {
+            return Some(end);
         }
+        relayed.end
     }
 
     /// Writes what the app's far side takes now.
     fn app_write(&mut self) -> Option<End> {
-        match self.phase.app()? {
-            App::Proxy(_) => self.write_upstream(),
-            App::Echo => None,
+        let timeout = self.core.cfg.limits.write_timeout();
+        match self.phase.app_mut()?.write(timeout, self.peer)? {
+            Ok(written) => {
+                self.moved += written;
+                None
+            }
+            Err(reason) => self.app_failed(reason),
         }
     }
 
     /// The app's far side broke (`reason`): the client is told why.
     fn app_failed(&mut self, reason: Reason) -> Option<End> {
-        match self.phase.app()? {
-            App::Proxy(_) => Some(self.upstream_failed(reason)),
-            App::Echo => None,
+        if !self.phase.app_mut()?.far_side_failed() {
+            return None;
         }
+        Some(self.close_session(1014, reason))
     }
 
     /// The loop's progress mark: bytes and readiness moved, and the firings of this
@@ -381,7 +391,7 @@ impl Conn {
     fn progress_mark(&self) -> u64 {
         let own = [
             &self.deadline,
-            &self.heartbeat,
+            &self.session_timer,
             &self.frame_deadline,
             &self.write_deadline,
         ];
@@ -765,11 +775,18 @@ impl Conn {
         }
         let mut app = App::Echo;
         if let Some(route) = &pending.route {
-            match self.open_upstream(&pending, route).await {
-                Ok(relay) => {
-                    let stalled = Deadline::new(&self.core.wheel);
-                    app = App::Proxy(Proxy::new(relay, stalled));
-                }
+            let identity = self.identity.as_deref();
+            match Proxy::open(
+                &self.core,
+                &pending,
+                route,
+                identity,
+                self.peer,
+                &self.deadline,
+            )
+            .await
+            {
+                Ok(proxy) => app = App::Proxy(proxy),
                 Err(refusal) => {
                     return Err(self.refuse_upgrade(
                         refusal,
@@ -858,7 +875,7 @@ impl Conn {
             );
         }
         if let Some(at) = session.poll_timeout() {
-            self.heartbeat.set(at);
+            self.session_timer.set(at);
         }
         // The redacted target: a query token must not reach the logs.
         tracing::debug!(peer = %self.peer, path, "upgraded");
@@ -1180,22 +1197,14 @@ impl Conn {
         let close_by = Instant::now() + self.core.cfg.limits.close_timeout();
         // No hand-off to the kernel any more: what the client sends now is read as it comes.
         self.finishing = true;
-        // Whatever ended the client side ends the upstream side: our close (unless one went
-        // already) behind what was forwarded, the upstream's reply, then both directions shut.
-        // The two sides close at the same time, so a slow upstream does not spend the client's
-        // share of the deadline.
+        // Whatever ended the client side ends the app's far side (the upstream). The two sides
+        // close at the same time, so a slow upstream does not spend the client's share of the
+        // deadline.
         let upstream = self
             .phase
             .app_mut()
-            .and_then(App::take_relay)
-            .map(|mut relay| {
-                let core = self.core.clone();
-                async move {
-                    relay.close(1001, Reason::GoingAway);
-                    proxy::close_upstream(&core, &mut relay, close_by).await;
-                    relay.shutdown();
-                }
-            });
+            .and_then(App::take_far_side)
+            .map(|proxy| proxy.close_with_client(self.core.clone(), close_by));
         let upstream = async move {
             if let Some(closing) = upstream {
                 closing.await;
@@ -1320,7 +1329,8 @@ enum Wake {
     Writable(std::io::Result<()>),
     Deadline,
     SessionEnd,
-    Heartbeat,
+    /// The session's timer (its heartbeat while open).
+    SessionTimer,
     /// A frame or fragmented message stayed incomplete for `frame_timeout_ms`.
     FrameTimeout,
     WriteStalled,

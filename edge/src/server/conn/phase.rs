@@ -104,6 +104,17 @@ impl Phase {
         }
     }
 
+    /// The session and its app, each when the phase has it (an app outlives a broken session
+    /// and a refused upgrade).
+    pub(super) fn session_and_app_mut(&mut self) -> (Option<&mut Session>, Option<&mut App>) {
+        match self {
+            Phase::Open { session, open } => (Some(session), Some(&mut open.app)),
+            Phase::Broken(open) => (None, Some(&mut open.app)),
+            Phase::Refused(app) => (None, Some(app)),
+            Phase::Handshaking | Phase::Upgrading(_) => (None, None),
+        }
+    }
+
     /// Takes the admitted request out to finish its upgrade; the connection counts as
     /// handshaking (its deadline is the handshake's) until the 101.
     pub(super) fn take_pending(&mut self) -> Option<PendingUpgrade> {

@@ -1,64 +1,137 @@
-//! Proxy mode on a client connection: the upstream session opened before the 101 (route and
-//! connect live in [`crate::upstream::relay`]), and the relay step that hands the upstream's
-//! whole messages to the client (or drops them whole on lossy routes) — the upstream half of
-//! the connection loop, driven for [`super::app::App::Proxy`].
+//! The proxy app: the upstream session opened before the 101 (route and connect live in
+//! [`crate::upstream::relay`]), and its steps — reading the upstream and handing its whole
+//! messages to the client (or dropping them whole on lossy routes), writing what the client
+//! sent on to it, closing it with the connection. Each step takes what it needs of the
+//! connection as arguments; the loop only dispatches to it through [`super::app::App::Proxy`].
 
-use std::time::Instant;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use crate::metrics::Side;
 use crate::reason::{LossyDrop, Reason};
 use crate::refuse::Refusal;
-use crate::ws::SessionState;
+use crate::tls::identity::ClientIdentity;
+use crate::ws::{Session, SessionState};
 
 use super::super::core::Core;
 use super::super::timer::Deadline;
-use super::app::App;
 use super::pass::{yield_to_core, yield_turn, AfterPass, PassGuard, Waited};
-use super::{Conn, End, PendingUpgrade};
+use super::{End, PendingUpgrade};
 use crate::upstream::relay::{Relay, Route, UpstreamEvent};
 
-impl Conn {
-    /// Whether the upstream's bytes may be read now: not while the client's queue is at the
-    /// outbound cap, except on lossy routes, which drop whole messages instead; and never
-    /// while the upstream's own queue is at the cap (what it sends can make us answer: an
-    /// upstream that floods pings and reads nothing must not grow our pongs).
-    pub(super) fn upstream_reads_allowed(&mut self) -> bool {
-        let outbound = self.outbound_len();
-        let proxy = self.phase.app_mut().and_then(App::proxy_mut);
-        let Some(proxy) = proxy.filter(|p| !p.relay.is_done()) else {
-            return false;
-        };
-        let relay = &proxy.relay;
-        let cap = self.core.cfg.limits.max_outbound_bytes;
-        let allowed = (relay.is_lossy() || outbound < cap) && relay.pending_output() < cap;
-        if !allowed && !proxy.paused {
-            self.core.metrics.upstream_pauses.inc();
+/// Proxy mode's side of a session: the relay and the loop state that only it needs.
+pub(super) struct Proxy {
+    pub(super) relay: Relay,
+    /// Upstream events of the current step, kept to reuse the allocation.
+    events: Vec<UpstreamEvent>,
+    /// Upstream reads are paused at the client's outbound cap (for counting pauses).
+    paused: bool,
+    /// When the oldest message relayed in this step was read (the proxy hop histogram).
+    pub(super) hop_started: Option<Instant>,
+    /// Armed while bytes wait for the upstream: no progress until it fires closes the client
+    /// with 1014.
+    pub(super) write_deadline: Deadline,
+}
+
+/// What one read of the upstream did for the client.
+pub(super) struct Relayed {
+    /// Bytes read (the loop's progress mark).
+    pub(super) moved: u64,
+    /// The upstream closed or failed: the client's session is closing.
+    pub(super) end: Option<End>,
+}
+
+impl Proxy {
+    pub(super) fn new(relay: Relay, write_deadline: Deadline) -> Self {
+        Self {
+            relay,
+            events: Vec::new(),
+            paused: false,
+            hop_started: None,
+            write_deadline,
         }
-        proxy.paused = !allowed;
+    }
+
+    /// Opens the session's upstream side before the client hears its 101, within the client's
+    /// handshake deadline (`handshake`).
+    pub(super) async fn open(
+        core: &Core,
+        pending: &PendingUpgrade,
+        route: &Route,
+        identity: Option<&ClientIdentity>,
+        peer: SocketAddr,
+        handshake: &Deadline,
+    ) -> Result<Self, Refusal> {
+        let Some(upstreams) = core.upstreams.clone() else {
+            return Err(internal_refusal());
+        };
+        let client = crate::upstream::ClientContext {
+            request: &pending.request,
+            user_agent: pending.request.user_agent.as_deref(),
+            peer: peer.ip(),
+            protocol: pending.admitted.protocol.as_deref(),
+            identity,
+            token: pending.admitted.token.as_ref(),
+        };
+        let relay = crate::upstream::relay::open(
+            &upstreams,
+            route,
+            &client,
+            core.session_limits(),
+            core.cfg.limits.max_outbound_bytes,
+            handshake.expired(),
+            peer,
+        )
+        .await?;
+        Ok(Self::new(relay, Deadline::new(&core.wheel)))
+    }
+
+    /// Whether the upstream's bytes may be read now (`client_outbound`: bytes queued for the
+    /// client): not while the client's queue is at the outbound cap, except on lossy routes,
+    /// which drop whole messages instead; and never while the upstream's own queue is at the
+    /// cap (what it sends can make us answer: an upstream that floods pings and reads nothing
+    /// must not grow our pongs).
+    pub(super) fn reads_allowed(&mut self, core: &Core, client_outbound: usize) -> bool {
+        if self.relay.is_done() {
+            return false;
+        }
+        let relay = &self.relay;
+        let cap = core.cfg.limits.max_outbound_bytes;
+        let allowed = (relay.is_lossy() || client_outbound < cap) && relay.pending_output() < cap;
+        if !allowed && !self.paused {
+            core.metrics.upstream_pauses.inc();
+        }
+        self.paused = !allowed;
         allowed
     }
 
-    /// Proxy mode: reads the upstream and hands its whole messages to the client. On a lossy
-    /// route a message that does not fit under the client's outbound cap is dropped whole.
-    pub(super) fn relay_from_upstream(&mut self) -> Option<End> {
-        let lossy = self.phase.app()?.proxy()?.relay.is_lossy();
+    /// Reads the upstream and hands its whole messages to the client's `session`
+    /// (`client_outbound`: bytes queued for the client). On a lossy route a message that does
+    /// not fit under the client's outbound cap is dropped whole.
+    pub(super) fn relay_to_client(
+        &mut self,
+        core: &Core,
+        peer: SocketAddr,
+        mut session: Option<&mut Session>,
+        client_outbound: usize,
+    ) -> Relayed {
+        let lossy = self.relay.is_lossy();
         let now = Instant::now();
-        let mut events = std::mem::take(&mut self.phase.app_mut()?.proxy_mut()?.events);
-        let cap = self.core.cfg.limits.max_outbound_bytes;
+        let mut events = std::mem::take(&mut self.events);
+        let cap = core.cfg.limits.max_outbound_bytes;
         // What still fits under the client's cap bounds the read (lossy routes read on and
         // drop whole messages instead).
         let room = if lossy {
             usize::MAX
         } else {
-            cap.saturating_sub(self.outbound_len())
+            cap.saturating_sub(client_outbound)
         };
-        let proxy = self.phase.app_mut()?.proxy_mut()?;
-        self.moved += proxy.relay.read(now, &mut events, room) as u64;
-        let mut hop_started = proxy.hop_started;
-        let mut queued = self.outbound_len();
+        let moved = self.relay.read(now, &mut events, room) as u64;
+        let mut queued = client_outbound;
         let mut end = None;
         for event in events.drain(..) {
-            let Some(session) = self.phase.session_mut() else {
+            let Some(session) = session.as_deref_mut() else {
                 break;
             };
             match event {
@@ -68,100 +141,69 @@ impl Conn {
                     }
                     let size = message.payload.len() + 14;
                     if lossy && queued + size > cap {
-                        self.core.metrics.lossy_drop(LossyDrop::Backpressure);
+                        core.metrics.lossy_drop(LossyDrop::Backpressure);
                         continue;
                     }
                     queued += size;
                     session.send(message.kind, message.payload);
-                    hop_started.get_or_insert(read_at);
+                    self.hop_started.get_or_insert(read_at);
                 }
                 UpstreamEvent::Closed { code, reason } => {
                     // The upstream's code goes to the client as it was sent; an empty close
                     // stays empty (1005 in the counters, as RFC 6455 names a missing code).
-                    self.core
-                        .metrics
+                    core.metrics
                         .close_code(code.unwrap_or(1005), Side::Upstream);
                     session.close_with(code, &reason);
                     end = Some(End::Close);
                 }
                 UpstreamEvent::Failed { reason } => {
-                    Refusal::Close { code: 1014, reason }.record_on(&self.core, self.peer);
+                    Refusal::Close { code: 1014, reason }.record_on(core, peer);
                     session.close(1014, reason.as_str());
                     end = Some(End::Close);
                 }
             }
         }
-        if let Some(proxy) = self.phase.app_mut().and_then(App::proxy_mut) {
-            proxy.events = events;
-            proxy.hop_started = hop_started;
-        }
-        if let Err(end) = self.encrypt_outgoing() {
-            return Some(end);
-        }
-        end
+        self.events = events;
+        Relayed { moved, end }
     }
 
-    /// Writes what the upstream socket takes now; a broken upstream closes the client with
-    /// 1014.
-    pub(super) fn write_upstream(&mut self) -> Option<End> {
-        let proxy = self.phase.app_mut()?.proxy_mut()?;
-        let relay = &mut proxy.relay;
+    /// Writes what the upstream socket takes now: the bytes written, or why the upstream is
+    /// given up on (the client is told 1014).
+    pub(super) fn write(
+        &mut self,
+        write_timeout: Duration,
+        peer: SocketAddr,
+    ) -> Result<u64, Reason> {
+        let relay = &mut self.relay;
         match relay.write_some() {
             Ok(written) => {
-                self.moved += written as u64;
                 // An upstream that takes nothing for the write timeout is as stuck as a slow
                 // client: its client is told 1014 rather than held forever.
-                let stalled = &proxy.write_deadline;
+                let stalled = &self.write_deadline;
                 if relay.pending_output() == 0 {
                     stalled.clear();
                 } else if written > 0 || !stalled.is_set() {
-                    stalled.set(Instant::now() + self.core.cfg.limits.write_timeout());
+                    stalled.set(Instant::now() + write_timeout);
                 }
-                None
+                Ok(written as u64)
             }
             Err(e) => {
-                tracing::debug!(peer = %self.peer, member = relay.member(), error = %e, "upstream write failed");
-                Some(self.upstream_failed(Reason::UpstreamWriteFailed))
+                tracing::debug!(peer = %peer, member = relay.member(), error = %e, "upstream write failed");
+                Err(Reason::UpstreamWriteFailed)
             }
         }
     }
+}
 
-    /// The upstream connection broke: the client is told 1014 (bad gateway).
-    pub(super) fn upstream_failed(&mut self, reason: Reason) -> End {
-        if let Some(proxy) = self.phase.app_mut().and_then(App::proxy_mut) {
-            proxy.relay.abandon();
-        }
-        self.close_session(1014, reason)
-    }
-
-    /// Proxy mode: opens the session's upstream side before the client hears its 101, within
-    /// the client's handshake deadline.
-    pub(super) async fn open_upstream(
-        &mut self,
-        pending: &PendingUpgrade,
-        route: &Route,
-    ) -> Result<Relay, Refusal> {
-        let Some(upstreams) = self.core.upstreams.clone() else {
-            return Err(internal_refusal());
-        };
-        let client = crate::upstream::ClientContext {
-            request: &pending.request,
-            user_agent: pending.request.user_agent.as_deref(),
-            peer: self.peer.ip(),
-            protocol: pending.admitted.protocol.as_deref(),
-            identity: self.identity.as_deref(),
-            token: pending.admitted.token.as_ref(),
-        };
-        crate::upstream::relay::open(
-            &upstreams,
-            route,
-            &client,
-            self.core.session_limits(),
-            self.core.cfg.limits.max_outbound_bytes,
-            self.deadline.expired(),
-            self.peer,
-        )
-        .await
+impl Proxy {
+    /// Whatever ended the client side ends the upstream side, by `close_by` (the connection's
+    /// one close deadline): our close (unless one went already) behind what was forwarded, the
+    /// upstream's reply, then both directions shut.
+    pub(super) async fn close_with_client(mut self, core: Rc<Core>, close_by: Instant) {
+        let relay = &mut self.relay;
+        relay.close(1001, Reason::GoingAway);
+        close_upstream(&core, relay, close_by).await;
+        relay.shutdown();
     }
 }
 
@@ -172,7 +214,7 @@ impl Conn {
 /// dropped (the client's session is closing), never held beyond the outbound cap: an upstream
 /// that keeps sending a frame that never ends is let go. An upstream already given up on
 /// (broken, stalled) gets one last write attempt and no wait.
-pub(super) async fn close_upstream(core: &Core, relay: &mut Relay, close_by: Instant) {
+async fn close_upstream(core: &Core, relay: &mut Relay, close_by: Instant) {
     if relay.is_abandoned() {
         let _ = relay.write_some();
         return;
