@@ -208,9 +208,9 @@ mod tests {
         );
         assert!(std::env::var_os(VAR).is_none(), "the variable is removed");
 
-        let closed = tempfile::tempfile().unwrap().into_raw_fd();
-        // SAFETY: `closed` came from into_raw_fd just above and is owned here alone.
-        drop(unsafe { OwnedFd::from_raw_fd(closed) });
+        // A number no descriptor can have (above any RLIMIT_NOFILE): a number closed here could
+        // be reused at once by another test's open and taken from under it.
+        let closed: RawFd = 1 << 30;
         std::env::set_var(VAR, closed.to_string());
         let e = take_fd_from_env(VAR).unwrap_err();
         assert_eq!(
