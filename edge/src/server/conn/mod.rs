@@ -645,11 +645,11 @@ impl Conn {
                 if admitted.replay.is_some() || route.is_some() {
                     // The token id's owner core answers first, and the upstream must say
                     // 101 before the client hears it: the loop waits for both.
-                    self.phase = Phase::Upgrading(PendingUpgrade {
+                    self.phase = Phase::Upgrading(Box::new(PendingUpgrade {
                         request,
                         admitted,
                         route,
-                    });
+                    }));
                     return None;
                 }
                 if let Err(end) = self.upgrade(&request, admitted, App::Echo) {
@@ -754,7 +754,7 @@ impl Conn {
 
     /// Asks the token id's owner core whether the id was seen and, in proxy mode, opens the
     /// upstream session; then upgrades or refuses. The handshake deadline bounds the waits.
-    async fn finish_pending_upgrade(&mut self, pending: PendingUpgrade) -> Result<(), End> {
+    async fn finish_pending_upgrade(&mut self, pending: Box<PendingUpgrade>) -> Result<(), End> {
         if let Some(check) = pending.admitted.replay.clone() {
             let replay = self.core.access.replay.clone();
             let answer = monoio::select! {
@@ -773,29 +773,32 @@ impl Conn {
                 Some(Ok(())) => {}
             }
         }
-        let mut app = App::Echo;
-        if let Some(route) = &pending.route {
-            let identity = self.identity.as_deref();
-            match Proxy::open(
-                &self.core,
-                &pending,
-                route,
-                identity,
-                self.peer,
-                &self.deadline,
-            )
-            .await
-            {
-                Ok(proxy) => app = App::Proxy(proxy),
-                Err(refusal) => {
-                    return Err(self.refuse_upgrade(
-                        refusal,
-                        &pending.request,
-                        Some(&pending.admitted),
-                    ))
+        let app = match &pending.route {
+            None => App::Echo,
+            Some(route) => {
+                // Boxed: opening an upstream session (connect, TLS, upgrade) is a large future
+                // that only proxied connections need, once. Held inline it would size every
+                // connection's task, and that size is each idle connection's memory.
+                let opening = Box::pin(Proxy::open(
+                    &self.core,
+                    &pending,
+                    route,
+                    self.identity.as_deref(),
+                    self.peer,
+                    &self.deadline,
+                ));
+                match opening.await {
+                    Ok(proxy) => App::Proxy(Box::new(proxy)),
+                    Err(refusal) => {
+                        return Err(self.refuse_upgrade(
+                            refusal,
+                            &pending.request,
+                            Some(&pending.admitted),
+                        ))
+                    }
                 }
             }
-        }
+        };
         self.upgrade(&pending.request, pending.admitted, app)?;
         // Frames the client sent right behind its request.
         match self.process_guarded() {
@@ -1200,13 +1203,15 @@ impl Conn {
         // Whatever ended the client side ends the app's far side (the upstream). The two sides
         // close at the same time, so a slow upstream does not spend the client's share of the
         // deadline.
-        let upstream = self
+        // The far side's close is boxed: a large future only proxied connections need, once,
+        // that would otherwise size every connection's task.
+        let far_side = self
             .phase
             .app_mut()
             .and_then(App::take_far_side)
-            .map(|proxy| proxy.close_with_client(self.core.clone(), close_by));
+            .map(|proxy| Box::pin(proxy.close_with_client(self.core.clone(), close_by)));
         let upstream = async move {
-            if let Some(closing) = upstream {
+            if let Some(closing) = far_side {
                 closing.await;
             }
         };

@@ -19,8 +19,9 @@ pub(super) enum Phase {
     /// The TLS handshake and the HTTP upgrade request, until the request is admitted.
     Handshaking,
     /// Admitted: waiting for its token id's replay check on the owner core, or for its
-    /// upstream connection (proxy mode), before the 101.
-    Upgrading(PendingUpgrade),
+    /// upstream connection (proxy mode), before the 101. Boxed, like the wait that finishes
+    /// it: only connections with a replay check or an upstream pass through this phase.
+    Upgrading(Box<PendingUpgrade>),
     /// Upgraded: frames through the session, messages to its app.
     Open { session: Session, open: Upgraded },
     /// Upgraded, but the session was lost to a panic (its state is suspect): only the close is
@@ -117,7 +118,7 @@ impl Phase {
 
     /// Takes the admitted request out to finish its upgrade; the connection counts as
     /// handshaking (its deadline is the handshake's) until the 101.
-    pub(super) fn take_pending(&mut self) -> Option<PendingUpgrade> {
+    pub(super) fn take_pending(&mut self) -> Option<Box<PendingUpgrade>> {
         if !matches!(self, Phase::Upgrading(_)) {
             return None;
         }

@@ -199,7 +199,7 @@ impl Proxy {
     /// Whatever ended the client side ends the upstream side, by `close_by` (the connection's
     /// one close deadline): our close (unless one went already) behind what was forwarded, the
     /// upstream's reply, then both directions shut.
-    pub(super) async fn close_with_client(mut self, core: Rc<Core>, close_by: Instant) {
+    pub(super) async fn close_with_client(mut self: Box<Self>, core: Rc<Core>, close_by: Instant) {
         let relay = &mut self.relay;
         relay.close(1001, Reason::GoingAway);
         close_upstream(&core, relay, close_by).await;
