@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use crate::auth::admission;
 use crate::config::Config;
 use crate::limits::ip_limit;
-use crate::metrics::{CoreMetrics, Registry};
+use crate::metrics::{CoreMetrics, PrometheusFamilies, Registry};
 use crate::tls::crl::{CrlSet, CrlWatcher};
 use crate::tls::ktls::KtlsPolicy;
 
@@ -373,6 +373,18 @@ impl Running {
     }
 }
 
+/// The rooms `/metrics` asks for their own families, in the order they are written.
+fn metric_rooms(
+    ip_limiter: &Arc<ip_limit::IpLimiter>,
+    upstreams: Option<&Arc<crate::upstream::Upstreams>>,
+) -> Vec<Arc<dyn PrometheusFamilies>> {
+    let mut rooms: Vec<Arc<dyn PrometheusFamilies>> = vec![ip_limiter.clone()];
+    if let Some(upstreams) = upstreams {
+        rooms.push(upstreams.clone());
+    }
+    rooms
+}
+
 /// Watches the files of the CRLs in force: a change rebuilds the TLS config and swaps it and
 /// the set in (each core then closes its sessions whose certificate is now revoked). Audited
 /// either way. It runs without CRLs too (stat-ing nothing), so that a reload that adds some,
@@ -506,9 +518,8 @@ fn start_serving(
             .collect(),
         ktls_available: ktls.offloads(),
         audit: trail.is_enabled().then(|| trail.stats()),
-        ip_limiter: Some(ip_limiter.clone()),
         draining: lifecycle.draining_flag(),
-        upstreams: upstreams.clone(),
+        rooms: metric_rooms(&ip_limiter, upstreams.as_ref()),
     };
     let admin_err = |source| StartError::Admin {
         addr: cfg.server.admin,
