@@ -28,9 +28,9 @@ use crate::metrics::{CoreMetrics, PrometheusFamilies, Registry};
 use crate::tls::crl::{CrlSet, CrlWatcher};
 use crate::tls::ktls::KtlsPolicy;
 
-use lifecycle::DrainOrder;
 pub(crate) use lifecycle::Lifecycle;
 pub use lifecycle::{Command, Commands};
+use lifecycle::{DrainOrder, RestartError};
 
 /// Why the edge could not start. All of these are the operator's to fix; the binary exits 2.
 #[derive(Debug, thiserror::Error)]
@@ -215,7 +215,7 @@ impl Running {
     fn restart(
         &mut self,
         trigger: &'static str,
-        reply: Option<mpsc::Sender<Result<u32, String>>>,
+        reply: Option<mpsc::Sender<Result<u32, RestartError>>>,
     ) -> bool {
         tracing::info!(trigger, "restart: handing the listeners to a new process");
         let record = |new_pid: Option<u32>, detail: String| {
@@ -231,11 +231,10 @@ impl Running {
         let successor = match handover::spawn_successor(&self.handoff, &self.locks) {
             Ok(s) => s,
             Err(e) => {
-                let e = e.to_string();
-                record(None, e.clone());
+                record(None, e.to_string());
                 tracing::error!(reason = %e, "restart failed; this process keeps serving");
                 if let Some(reply) = reply {
-                    let _ = reply.send(Err(e));
+                    let _ = reply.send(Err(e.into()));
                 }
                 return false;
             }
@@ -336,7 +335,7 @@ impl Running {
                 }
                 Ok(Command::Restart { reply, .. }) => {
                     if let Some(reply) = reply {
-                        let _ = reply.send(Err("the edge is draining".into()));
+                        let _ = reply.send(Err(RestartError::Draining));
                     }
                 }
                 Ok(other) => tracing::info!(command = ?other, "ignored: the edge is draining"),
