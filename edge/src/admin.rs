@@ -139,9 +139,8 @@ mod tests {
             cores: vec![core.clone()],
             ktls_available: false,
             audit: None,
-            ip_limiter: None,
             draining: Default::default(),
-            upstreams: None,
+            rooms: Vec::new(),
         };
         assert_eq!(route("/readyz", &reg).0, 503);
         core.alive.store(true, Ordering::Relaxed);
@@ -164,9 +163,8 @@ mod tests {
             cores: vec![Arc::new(CoreMetrics::new(0, 0))],
             ktls_available: false,
             audit: None,
-            ip_limiter: None,
             draining: Default::default(),
-            upstreams: None,
+            rooms: Vec::new(),
         };
         let addr = start("127.0.0.1:0".parse().unwrap(), reg).unwrap();
         let mut s = TcpStream::connect(addr).unwrap();

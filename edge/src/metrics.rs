@@ -261,6 +261,13 @@ impl CoreMetrics {
     }
 }
 
+/// A room that keeps statistics of its own and writes their Prometheus families itself, so
+/// that this module needs none of that room's types.
+pub trait PrometheusFamilies: std::fmt::Debug + Send + Sync {
+    /// Appends whole families (`# HELP`, `# TYPE`, then the samples) to `out`.
+    fn render_families(&self, out: &mut String);
+}
+
 /// All cores' metrics, for the admin listener.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
@@ -269,12 +276,11 @@ pub struct Registry {
     pub ktls_available: bool,
     /// The audit trail's counters, when a trail is written.
     pub audit: Option<Arc<crate::audit::AuditStats>>,
-    /// The per-IP connection limiter (eBPF or userspace).
-    pub(crate) ip_limiter: Option<Arc<crate::limits::ip_limit::IpLimiter>>,
     /// Set from the moment a drain (or the old side of a restart) starts: `/readyz` says 503.
     pub draining: Arc<AtomicBool>,
-    /// Proxy mode: the upstream members' breakers, health and connect counters.
-    pub upstreams: Option<Arc<crate::upstream::Upstreams>>,
+    /// Rooms that write their own families (the per-IP limiter; in proxy mode the upstream
+    /// members), in this order, after the audit gauges.
+    pub rooms: Vec<Arc<dyn PrometheusFamilies>>,
 }
 
 impl Registry {
@@ -655,126 +661,16 @@ impl Registry {
                 .collect(),
         );
         out.push_str(&audit_gauges);
-        if let Some(limiter) = &self.ip_limiter {
-            render_ip_limits(&mut out, limiter);
-        }
-        if let Some(upstreams) = &self.upstreams {
-            render_upstreams(&mut out, upstreams);
+        for room in &self.rooms {
+            room.render_families(&mut out);
         }
         out.push_str(&hist);
         out
     }
 }
 
-/// The per-IP limiter's mode, counters and the ten most refused addresses.
-fn render_ip_limits(out: &mut String, limiter: &crate::limits::ip_limit::IpLimiter) {
-    let _ = writeln!(
-        out,
-        "# HELP wssedge_ip_limiter Where the per-IP connection limit is enforced\n\
-         # TYPE wssedge_ip_limiter gauge\nwssedge_ip_limiter{{mode=\"{}\"}} 1",
-        limiter.mode()
-    );
-    let Some((stats, top)) = limiter.stats(10) else {
-        return;
-    };
-    let _ = writeln!(
-        out,
-        "# HELP wssedge_ip_limit_total Per-IP limiter events (kernel: SYNs)\n\
-         # TYPE wssedge_ip_limit_total counter"
-    );
-    for (event, n) in [
-        ("seen", stats.syns_seen),
-        ("accepted", stats.accepted),
-        ("refused_limit", stats.refused_limit),
-        ("refused_blocked", stats.refused_blocked),
-        ("released", stats.released),
-    ] {
-        let _ = writeln!(out, "wssedge_ip_limit_total{{event=\"{event}\"}} {n}");
-    }
-    let _ = writeln!(
-        out,
-        "# HELP wssedge_ip_refused_total Connections refused per source address (top 10)\n\
-         # TYPE wssedge_ip_refused_total counter"
-    );
-    for (ip, s) in top.iter().filter(|(_, s)| s.refused > 0) {
-        let _ = writeln!(
-            out,
-            "wssedge_ip_refused_total{{addr=\"{ip}\"}} {}",
-            s.refused
-        );
-    }
-}
-
-/// Per member: breaker state, health, connects by result, and the health checks.
-fn render_upstreams(out: &mut String, upstreams: &crate::upstream::Upstreams) {
-    type Stats = crate::upstream::MemberStats;
-    let members = upstreams.metrics();
-    let label = |m: &Stats| {
-        format!(
-            "group=\"{}\",member=\"{}\"",
-            escape_label(&m.group),
-            escape_label(&m.url)
-        )
-    };
-    // (name, type, help, rows of one member: extra labels and value)
-    type Rows = fn(&Stats) -> Vec<(&'static str, u64)>;
-    let families: [(&str, &str, &str, Rows); 5] = [
-        (
-            "wssedge_upstream_breaker_state",
-            "gauge",
-            "Circuit breaker per member: 0 closed, 1 open, 2 half-open",
-            |m| vec![("", m.breaker_state as u64)],
-        ),
-        (
-            "wssedge_upstream_breaker_opened_total",
-            "counter",
-            "Times a member's breaker opened",
-            |m| vec![("", m.breaker_opened_total)],
-        ),
-        (
-            "wssedge_upstream_healthy",
-            "gauge",
-            "1 while the member's last health check passed",
-            |m| vec![("", m.healthy as u64)],
-        ),
-        (
-            "wssedge_upstream_connects_total",
-            "counter",
-            "Upstream session opens (TCP, TLS, upgrade) by result",
-            |m| {
-                vec![
-                    (",result=\"ok\"", m.connects_ok),
-                    (",result=\"failed\"", m.connect_failures),
-                ]
-            },
-        ),
-        (
-            "wssedge_upstream_health_checks_total",
-            "counter",
-            "Health checks per member by result",
-            |m| {
-                vec![
-                    (
-                        ",result=\"ok\"",
-                        m.health_checks.saturating_sub(m.health_failures),
-                    ),
-                    (",result=\"failed\"", m.health_failures),
-                ]
-            },
-        ),
-    ];
-    for (name, kind, help, rows) in families {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for m in &members {
-            for (extra, value) in rows(m) {
-                let _ = writeln!(out, "{name}{{{}{extra}}} {value}", label(m));
-            }
-        }
-    }
-}
-
 /// A Prometheus label value: backslash, quote and newline escaped.
-fn escape_label(v: &str) -> String {
+pub fn escape_label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
@@ -799,9 +695,8 @@ mod tests {
             cores: vec![a, b],
             ktls_available: false,
             audit: None,
-            ip_limiter: None,
             draining: Default::default(),
-            upstreams: None,
+            rooms: Vec::new(),
         }
         .render();
         assert!(

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::{banner, is_root, which, Env, Guard};
+use crate::{banner, is_root, parse_addr_after, which, Env, Guard, DEV_CA_FILE};
 
 const LIMIT: u32 = 50;
 const ATTEMPTS: usize = 10_000;
@@ -504,12 +504,6 @@ struct Edge {
     ca: PathBuf,
 }
 
-fn parse_addr_after(line: &str, prefix: &str) -> Option<SocketAddr> {
-    let rest = line.trim().strip_prefix(prefix)?;
-    let end = rest.find(['/', ' ']).unwrap_or(rest.len());
-    rest[..end].parse().ok()
-}
-
 fn start_edge(bin: &Path, cfg: &Path, state: &Path, log: &Path) -> Result<Edge> {
     let mut c = if which("taskset").is_some() {
         let mut c = Command::new("taskset");
@@ -578,7 +572,7 @@ fn start_edge(bin: &Path, cfg: &Path, state: &Path, log: &Path) -> Result<Edge> 
         guard,
         addr: addr.context("listen address")?,
         admin: admin.context("admin address")?,
-        ca: state.join("dev-ca.pem"),
+        ca: state.join(DEV_CA_FILE),
     })
 }
 

@@ -512,17 +512,16 @@ impl Drop for Guard {
     }
 }
 
-/// `listening on wss://127.0.0.1:PORT/ (trust DIR/dev-ca.pem)`.
-fn parse_listening(line: &str) -> Option<(SocketAddr, Option<PathBuf>)> {
-    let rest = line.trim().strip_prefix("listening on wss://")?;
-    let (addr, tail) = rest.split_once('/')?;
-    let addr = addr.parse().ok()?;
-    let trust = tail
-        .trim()
-        .strip_prefix("(trust ")
-        .and_then(|t| t.strip_suffix(')'))
-        .map(PathBuf::from);
-    Some((addr, trust))
+/// The CA of the development certificate the edge serves when given none, in its state
+/// directory.
+pub(crate) const DEV_CA_FILE: &str = "dev-ca.pem";
+
+/// The address after `prefix` in one of the edge's start-up lines:
+/// `listening on wss://ADDR/ (trust …)` or `admin on http://ADDR/`.
+pub(crate) fn parse_addr_after(line: &str, prefix: &str) -> Option<SocketAddr> {
+    let rest = line.trim().strip_prefix(prefix)?;
+    let end = rest.find(['/', ' ']).unwrap_or(rest.len());
+    rest[..end].parse().ok()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -581,8 +580,8 @@ fn layer_autobahn(env: &Env) -> Result<Outcome> {
             .with_context(|| format!("spawn {}", bin.display()))?,
         group: false,
     };
-    let (edge, ca) = wait_listening(&mut server, &work)?;
-    let ca = ca.unwrap_or_else(|| state.join("dev-ca.pem"));
+    let edge = wait_listening(&mut server, &work)?;
+    let ca = state.join(DEV_CA_FILE);
     eprintln!(
         "xtask: wssedge (pid {}) on {edge}, CA {}",
         server.child.id(),
@@ -716,7 +715,7 @@ fn ensure_kosoku(env: &Env, python: &Path) -> Result<PathBuf> {
     Ok(kosoku)
 }
 
-fn wait_listening(server: &mut Guard, work: &Path) -> Result<(SocketAddr, Option<PathBuf>)> {
+fn wait_listening(server: &mut Guard, work: &Path) -> Result<SocketAddr> {
     let out = server.child.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -731,8 +730,8 @@ fn wait_listening(server: &mut Guard, work: &Path) -> Result<(SocketAddr, Option
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(line) => {
                 eprintln!("wssedge: {line}");
-                if let Some(found) = parse_listening(&line) {
-                    return Ok(found);
+                if let Some(addr) = parse_addr_after(&line, "listening on wss://") {
+                    return Ok(addr);
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -1011,14 +1010,14 @@ mod tests {
 
     #[test]
     fn parses_the_listening_line() {
-        let (a, t) =
-            parse_listening("listening on wss://127.0.0.1:4433/ (trust /tmp/s/dev-ca.pem)")
-                .unwrap();
+        let listening = |line| parse_addr_after(line, "listening on wss://");
+        let a = listening("listening on wss://127.0.0.1:4433/ (trust /tmp/s/dev-ca.pem)").unwrap();
         assert_eq!(a.port(), 4433);
-        assert_eq!(t.unwrap(), PathBuf::from("/tmp/s/dev-ca.pem"));
-        let (a, t) = parse_listening("listening on wss://127.0.0.1:1/").unwrap();
-        assert_eq!((a.port(), t), (1, None));
-        assert!(parse_listening("admin on http://127.0.0.1:1/").is_none());
+        assert_eq!(
+            listening("listening on wss://127.0.0.1:1/").unwrap().port(),
+            1
+        );
+        assert!(listening("admin on http://127.0.0.1:1/").is_none());
         assert_eq!(
             clean_description("<p>Send a <b>ping</b>\n</p>"),
             "Send a ping"

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use super::{apt_install, is_root, wait_listening, which, Env, Guard};
+use super::{apt_install, is_root, wait_listening, which, Env, Guard, DEV_CA_FILE};
 
 /// A load the edge is profiled under.
 struct Scenario {
@@ -124,8 +124,8 @@ pub fn run(args: &[String]) -> Result<()> {
             .with_context(|| format!("spawn {}", wssedge.display()))?,
         group: false,
     };
-    let (addr, ca) = wait_listening(&mut server, &out)?;
-    let ca = ca.context("wssedge did not name its development CA")?;
+    let addr = wait_listening(&mut server, &out)?;
+    let ca = out.join("state").join(DEV_CA_FILE);
     let pid = server.child.id().to_string();
 
     // The load outlasts the start-up pause, the profile and both syscall windows (strace,

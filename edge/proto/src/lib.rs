@@ -10,11 +10,16 @@
 //! - [`limits`]: rates and token buckets in integers, fed instants by their caller.
 //! - [`origin`]: the `Host` and `Origin` allow-lists.
 //! - [`tls_wire`]: TLS wire numbers shared by the userspace driver and the kernel record layer.
+//!
+//! `attack_spellings` (hidden) is a test corpus, public only so that the end-to-end suite
+//! shares it.
 
 #![forbid(unsafe_code)]
 // Clock reads are refused by this crate's clippy.toml; tests may take an instant to start from.
 #![cfg_attr(test, allow(clippy::disallowed_methods))]
 
+#[doc(hidden)]
+pub mod attack_spellings;
 pub mod audit_chain;
 pub mod audit_record;
 pub mod ktls_crypto_info;

@@ -8,6 +8,7 @@
 //!
 //! [`Slot`]: crate::server::conn::Slot
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +21,7 @@ use crate::ebpf::{
     EbpfError, EbpfLimiter, IpStats, LimitConfig, LimitConfigError, LimitGuard, LimiterStats,
     Refused, UserspaceLimiter,
 };
+use crate::metrics::PrometheusFamilies;
 
 /// `[limits] ip_limiter`: which limiter enforces `per_ip_connections` and `ip_overrides`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -260,6 +262,47 @@ impl Drop for Sweeper {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// The limiter's mode, counters and the ten most refused addresses.
+impl PrometheusFamilies for IpLimiter {
+    fn render_families(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP wssedge_ip_limiter Where the per-IP connection limit is enforced\n\
+             # TYPE wssedge_ip_limiter gauge\nwssedge_ip_limiter{{mode=\"{}\"}} 1",
+            self.mode()
+        );
+        let Some((stats, top)) = self.stats(10) else {
+            return;
+        };
+        let _ = writeln!(
+            out,
+            "# HELP wssedge_ip_limit_total Per-IP limiter events (kernel: SYNs)\n\
+             # TYPE wssedge_ip_limit_total counter"
+        );
+        for (event, n) in [
+            ("seen", stats.syns_seen),
+            ("accepted", stats.accepted),
+            ("refused_limit", stats.refused_limit),
+            ("refused_blocked", stats.refused_blocked),
+            ("released", stats.released),
+        ] {
+            let _ = writeln!(out, "wssedge_ip_limit_total{{event=\"{event}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP wssedge_ip_refused_total Connections refused per source address (top 10)\n\
+             # TYPE wssedge_ip_refused_total counter"
+        );
+        for (ip, s) in top.iter().filter(|(_, s)| s.refused > 0) {
+            let _ = writeln!(
+                out,
+                "wssedge_ip_refused_total{{addr=\"{ip}\"}} {}",
+                s.refused
+            );
         }
     }
 }

@@ -867,3 +867,37 @@ fn one_core_is_one_bucket_within_its_tolerance() {
         );
     }
 }
+
+#[test]
+fn ip_limiter_writes_its_metric_families() {
+    use crate::ebpf::{LimitConfig, UserspaceLimiter};
+    use crate::metrics::PrometheusFamilies;
+    let limiter = UserspaceLimiter::new(&LimitConfig::for_tests(1, &[])).unwrap();
+    let ip = "127.0.0.2".parse().unwrap();
+    let _held = limiter.try_acquire(ip).unwrap();
+    assert!(limiter.try_acquire(ip).is_err());
+    let mut out = String::new();
+    ip_limit::IpLimiter::Userspace(limiter).render_families(&mut out);
+    assert_eq!(
+        out,
+        "# HELP wssedge_ip_limiter Where the per-IP connection limit is enforced\n\
+         # TYPE wssedge_ip_limiter gauge\n\
+         wssedge_ip_limiter{mode=\"userspace\"} 1\n\
+         # HELP wssedge_ip_limit_total Per-IP limiter events (kernel: SYNs)\n\
+         # TYPE wssedge_ip_limit_total counter\n\
+         wssedge_ip_limit_total{event=\"seen\"} 2\n\
+         wssedge_ip_limit_total{event=\"accepted\"} 1\n\
+         wssedge_ip_limit_total{event=\"refused_limit\"} 1\n\
+         wssedge_ip_limit_total{event=\"refused_blocked\"} 0\n\
+         wssedge_ip_limit_total{event=\"released\"} 0\n\
+         # HELP wssedge_ip_refused_total Connections refused per source address (top 10)\n\
+         # TYPE wssedge_ip_refused_total counter\n\
+         wssedge_ip_refused_total{addr=\"127.0.0.2\"} 1\n"
+    );
+    let mut off = String::new();
+    ip_limit::IpLimiter::Off.render_families(&mut off);
+    assert!(
+        off.ends_with("wssedge_ip_limiter{mode=\"off\"} 1\n"),
+        "{off}"
+    );
+}

@@ -28,8 +28,19 @@ pub enum Command {
     /// hears the new process's pid once it serves, or why there is none.
     Restart {
         trigger: &'static str,
-        reply: Option<mpsc::Sender<Result<u32, String>>>,
+        reply: Option<mpsc::Sender<Result<u32, RestartError>>>,
     },
+}
+
+/// Why a restart did not hand over (this process keeps serving); the control socket shows
+/// the text.
+#[derive(Debug, thiserror::Error)]
+pub enum RestartError {
+    /// A drain had begun: there is nothing left to hand over.
+    #[error("the edge is draining")]
+    Draining,
+    #[error(transparent)]
+    Handover(#[from] super::handover::HandoverError),
 }
 
 /// Sends commands to the main thread (the signal thread and the control socket hold one).
@@ -217,5 +228,19 @@ mod tests {
         assert!(life.wait_accepts_stopped(Duration::from_secs(5)));
         assert_eq!(life.accepting_cores(), 0);
         core.join().unwrap();
+    }
+
+    #[test]
+    fn a_refused_restart_says_why_in_the_words_the_control_socket_shows() {
+        use super::super::handover::HandoverError;
+        assert_eq!(RestartError::Draining.to_string(), "the edge is draining");
+        assert_eq!(
+            RestartError::from(HandoverError::Exited).to_string(),
+            "the new process exited before serving (see its log)"
+        );
+        assert_eq!(
+            RestartError::from(HandoverError::Broken("no listeners")).to_string(),
+            "handover: no listeners"
+        );
     }
 }

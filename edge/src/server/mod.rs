@@ -24,13 +24,13 @@ use std::time::{Duration, Instant};
 use crate::auth::admission;
 use crate::config::Config;
 use crate::limits::ip_limit;
-use crate::metrics::{CoreMetrics, Registry};
+use crate::metrics::{CoreMetrics, PrometheusFamilies, Registry};
 use crate::tls::crl::{CrlSet, CrlWatcher};
 use crate::tls::ktls::KtlsPolicy;
 
-use lifecycle::DrainOrder;
 pub(crate) use lifecycle::Lifecycle;
 pub use lifecycle::{Command, Commands};
+use lifecycle::{DrainOrder, RestartError};
 
 /// Why the edge could not start. All of these are the operator's to fix; the binary exits 2.
 #[derive(Debug, thiserror::Error)]
@@ -215,7 +215,7 @@ impl Running {
     fn restart(
         &mut self,
         trigger: &'static str,
-        reply: Option<mpsc::Sender<Result<u32, String>>>,
+        reply: Option<mpsc::Sender<Result<u32, RestartError>>>,
     ) -> bool {
         tracing::info!(trigger, "restart: handing the listeners to a new process");
         let record = |new_pid: Option<u32>, detail: String| {
@@ -231,11 +231,10 @@ impl Running {
         let successor = match handover::spawn_successor(&self.handoff, &self.locks) {
             Ok(s) => s,
             Err(e) => {
-                let e = e.to_string();
-                record(None, e.clone());
+                record(None, e.to_string());
                 tracing::error!(reason = %e, "restart failed; this process keeps serving");
                 if let Some(reply) = reply {
-                    let _ = reply.send(Err(e));
+                    let _ = reply.send(Err(e.into()));
                 }
                 return false;
             }
@@ -336,7 +335,7 @@ impl Running {
                 }
                 Ok(Command::Restart { reply, .. }) => {
                     if let Some(reply) = reply {
-                        let _ = reply.send(Err("the edge is draining".into()));
+                        let _ = reply.send(Err(RestartError::Draining));
                     }
                 }
                 Ok(other) => tracing::info!(command = ?other, "ignored: the edge is draining"),
@@ -371,6 +370,18 @@ impl Running {
         });
         summary
     }
+}
+
+/// The rooms `/metrics` asks for their own families, in the order they are written.
+fn metric_rooms(
+    ip_limiter: &Arc<ip_limit::IpLimiter>,
+    upstreams: Option<&Arc<crate::upstream::Upstreams>>,
+) -> Vec<Arc<dyn PrometheusFamilies>> {
+    let mut rooms: Vec<Arc<dyn PrometheusFamilies>> = vec![ip_limiter.clone()];
+    if let Some(upstreams) = upstreams {
+        rooms.push(upstreams.clone());
+    }
+    rooms
 }
 
 /// Watches the files of the CRLs in force: a change rebuilds the TLS config and swaps it and
@@ -506,9 +517,8 @@ fn start_serving(
             .collect(),
         ktls_available: ktls.offloads(),
         audit: trail.is_enabled().then(|| trail.stats()),
-        ip_limiter: Some(ip_limiter.clone()),
         draining: lifecycle.draining_flag(),
-        upstreams: upstreams.clone(),
+        rooms: metric_rooms(&ip_limiter, upstreams.as_ref()),
     };
     let admin_err = |source| StartError::Admin {
         addr: cfg.server.admin,

@@ -126,7 +126,7 @@ impl Operator {
     /// serves (with its pid) or the handover failed (this process then keeps serving).
     fn restart(&self) -> Response {
         if self.draining.is_draining() {
-            return Response::error("the edge is draining");
+            return Response::error(super::lifecycle::RestartError::Draining.to_string());
         }
         let (reply, answer) = std::sync::mpsc::channel();
         let asked = super::Command::Restart {

@@ -24,8 +24,11 @@ pub mod health;
 pub mod mask_keys;
 pub(crate) mod relay;
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
+
+use crate::metrics::{escape_label, PrometheusFamilies};
 
 pub use balancer::{Balancer, Member, MemberRef, MemberStats};
 pub use breaker::{Admission, Breaker, BreakerState};
@@ -279,6 +282,75 @@ impl Upstreams {
     }
 }
 
+/// Per member: breaker state, health, connects by result, and the health checks.
+impl PrometheusFamilies for Upstreams {
+    fn render_families(&self, out: &mut String) {
+        let members = self.metrics();
+        let label = |m: &MemberStats| {
+            format!(
+                "group=\"{}\",member=\"{}\"",
+                escape_label(&m.group),
+                escape_label(&m.url)
+            )
+        };
+        // (name, type, help, rows of one member: extra labels and value)
+        type Rows = fn(&MemberStats) -> Vec<(&'static str, u64)>;
+        let families: [(&str, &str, &str, Rows); 5] = [
+            (
+                "wssedge_upstream_breaker_state",
+                "gauge",
+                "Circuit breaker per member: 0 closed, 1 open, 2 half-open",
+                |m| vec![("", m.breaker_state as u64)],
+            ),
+            (
+                "wssedge_upstream_breaker_opened_total",
+                "counter",
+                "Times a member's breaker opened",
+                |m| vec![("", m.breaker_opened_total)],
+            ),
+            (
+                "wssedge_upstream_healthy",
+                "gauge",
+                "1 while the member's last health check passed",
+                |m| vec![("", m.healthy as u64)],
+            ),
+            (
+                "wssedge_upstream_connects_total",
+                "counter",
+                "Upstream session opens (TCP, TLS, upgrade) by result",
+                |m| {
+                    vec![
+                        (",result=\"ok\"", m.connects_ok),
+                        (",result=\"failed\"", m.connect_failures),
+                    ]
+                },
+            ),
+            (
+                "wssedge_upstream_health_checks_total",
+                "counter",
+                "Health checks per member by result",
+                |m| {
+                    vec![
+                        (
+                            ",result=\"ok\"",
+                            m.health_checks.saturating_sub(m.health_failures),
+                        ),
+                        (",result=\"failed\"", m.health_failures),
+                    ]
+                },
+            ),
+        ];
+        for (name, kind, help, rows) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for m in &members {
+                for (extra, value) in rows(m) {
+                    let _ = writeln!(out, "{name}{{{}{extra}}} {value}", label(m));
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod test_support;
 
@@ -372,6 +444,40 @@ lossy = true
             (0, true, "md")
         );
         assert!(u.health_stats().is_none());
+    }
+
+    #[test]
+    fn writes_one_labelled_row_per_member_and_family() {
+        let (c, r) = cfg(r#"
+[upstream]
+[[upstream.groups]]
+name = 'm"d'
+members = ["ws://127.0.0.1:9001/feed"]
+"#);
+        let u = Upstreams::without_health_checks(&c, &r).unwrap();
+        let mut out = String::new();
+        u.render_families(&mut out);
+        let member = r#"group="m\"d",member="ws://127.0.0.1:9001/feed""#;
+        let want = [
+            "# HELP wssedge_upstream_breaker_state Circuit breaker per member: 0 closed, 1 open, 2 half-open".to_owned(),
+            "# TYPE wssedge_upstream_breaker_state gauge".to_owned(),
+            format!("wssedge_upstream_breaker_state{{{member}}} 0"),
+            "# HELP wssedge_upstream_breaker_opened_total Times a member's breaker opened".to_owned(),
+            "# TYPE wssedge_upstream_breaker_opened_total counter".to_owned(),
+            format!("wssedge_upstream_breaker_opened_total{{{member}}} 0"),
+            "# HELP wssedge_upstream_healthy 1 while the member's last health check passed".to_owned(),
+            "# TYPE wssedge_upstream_healthy gauge".to_owned(),
+            format!("wssedge_upstream_healthy{{{member}}} 1"),
+            "# HELP wssedge_upstream_connects_total Upstream session opens (TCP, TLS, upgrade) by result".to_owned(),
+            "# TYPE wssedge_upstream_connects_total counter".to_owned(),
+            format!("wssedge_upstream_connects_total{{{member},result=\"ok\"}} 0"),
+            format!("wssedge_upstream_connects_total{{{member},result=\"failed\"}} 0"),
+            "# HELP wssedge_upstream_health_checks_total Health checks per member by result".to_owned(),
+            "# TYPE wssedge_upstream_health_checks_total counter".to_owned(),
+            format!("wssedge_upstream_health_checks_total{{{member},result=\"ok\"}} 0"),
+            format!("wssedge_upstream_health_checks_total{{{member},result=\"failed\"}} 0"),
+        ];
+        assert_eq!(out.lines().collect::<Vec<_>>(), want, "{out}");
     }
 
     #[test]
