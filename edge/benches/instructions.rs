@@ -83,7 +83,7 @@ struct Tls {
 
 fn tls_setup() -> Tls {
     let dir = tempfile::tempdir().expect("temp dir");
-    let dev = wssedge::devcert::ensure_dev_cert(dir.path()).expect("dev certificate");
+    let dev = wssedge::tls::devcert::ensure_dev_cert(dir.path()).expect("dev certificate");
     let server = wssedge::tls::server_config(dev.chain, dev.key).expect("server config");
     let mut roots = rustls::RootCertStore::empty();
     let ca = CertificateDer::from_pem_file(&dev.ca_pem_path).expect("dev CA");

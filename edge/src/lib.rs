@@ -13,7 +13,6 @@ pub mod bufpool;
 pub mod config;
 pub mod config_error;
 pub mod control;
-pub mod devcert;
 pub mod ebpf;
 pub mod limits;
 pub mod metrics;

@@ -227,7 +227,7 @@ mod tests {
 
     fn operator() -> Operator {
         let dir = tempfile::tempdir().unwrap();
-        let dev = crate::devcert::ensure_dev_cert(dir.path()).unwrap();
+        let dev = crate::tls::devcert::ensure_dev_cert(dir.path()).unwrap();
         let tls = Arc::new(
             TlsState::new(
                 Default::default(),

@@ -25,8 +25,8 @@ use serde::Serialize;
 use crate::audit::{AuditEvent, AuditHandle};
 use crate::auth::revocation::{RevocationError, Revocations};
 use crate::config::{Config, ConfigError, Limits};
-use crate::devcert::DevCertError;
 use crate::tls::crl::{CrlError, CrlSet};
+use crate::tls::devcert::DevCertError;
 use crate::tls::policy::{self, TlsConfigError};
 
 use super::tls_state::{Material, TlsState};
@@ -59,7 +59,7 @@ pub(crate) fn default_certificate(cfg: &Config) -> Result<DefaultCertificate, Ce
             None,
         )),
         _ => {
-            let dev = crate::devcert::ensure_dev_cert(&cfg.server.state_dir)?;
+            let dev = crate::tls::devcert::ensure_dev_cert(&cfg.server.state_dir)?;
             Ok((dev.chain, dev.key, Some(dev.ca_pem_path)))
         }
     }
@@ -275,7 +275,7 @@ mod tests {
     /// A certificate and key (PEM) issued by a fresh development CA.
     fn issue(dir: &std::path::Path, name: &str) -> (PathBuf, PathBuf) {
         let state = dir.join(name);
-        let dev = crate::devcert::ensure_dev_cert(&state).unwrap();
+        let dev = crate::tls::devcert::ensure_dev_cert(&state).unwrap();
         let cert = state.join("cert.pem");
         let key = state.join("key.pem");
         let pem = |der: &[u8], label: &str| {

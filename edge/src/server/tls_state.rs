@@ -192,7 +192,7 @@ mod tests {
     #[test]
     fn crls_read_for_a_set_no_longer_in_force_are_not_applied() {
         let dir = tempfile::tempdir().unwrap();
-        let dev = crate::devcert::ensure_dev_cert(dir.path()).unwrap();
+        let dev = crate::tls::devcert::ensure_dev_cert(dir.path()).unwrap();
         let tls = TlsState::new(
             Default::default(),
             dev.chain,

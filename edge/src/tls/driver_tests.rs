@@ -10,14 +10,14 @@ use rustls::{CipherSuite, ClientConfig, ClientConnection, ProtocolVersion, Suppo
 
 use super::*;
 use crate::bufpool::BufPool;
-use crate::devcert::DevCert;
+use crate::tls::devcert::DevCert;
 
 fn dev_cert() -> &'static DevCert {
     static CERT: OnceLock<(tempfile::TempDir, DevCert)> = OnceLock::new();
     &CERT
         .get_or_init(|| {
             let dir = tempfile::tempdir().unwrap();
-            let cert = crate::devcert::ensure_dev_cert(dir.path()).unwrap();
+            let cert = crate::tls::devcert::ensure_dev_cert(dir.path()).unwrap();
             (dir, cert)
         })
         .1

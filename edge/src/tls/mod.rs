@@ -13,8 +13,11 @@
 //!   rules mapping identities to paths;
 //!   [`crl`] loads and watches the CRLs the client verifier and live sessions are checked
 //!   against.
+//! - [`devcert`] is the development certificate: a local CA and the `localhost` leaf it signs,
+//!   kept in the state directory.
 
 pub mod crl;
+pub mod devcert;
 pub mod driver;
 pub mod identity;
 pub mod ktls;

@@ -539,9 +539,9 @@ mod tests {
     use super::*;
     use rustls::{CipherSuite, ProtocolVersion};
 
-    fn dev() -> (tempfile::TempDir, crate::devcert::DevCert) {
+    fn dev() -> (tempfile::TempDir, crate::tls::devcert::DevCert) {
         let dir = tempfile::tempdir().unwrap();
-        let cert = crate::devcert::ensure_dev_cert(&dir.path().join("state")).unwrap();
+        let cert = crate::tls::devcert::ensure_dev_cert(&dir.path().join("state")).unwrap();
         (dir, cert)
     }
 
@@ -584,7 +584,7 @@ mod tests {
 
     /// A buffered in-memory handshake with a client limited to `version`.
     fn handshake_version(
-        cert: &crate::devcert::DevCert,
+        cert: &crate::tls::devcert::DevCert,
         config: Arc<ServerConfig>,
         version: &'static rustls::SupportedProtocolVersion,
     ) -> ProtocolVersion {

@@ -27,7 +27,7 @@ fn handshaken(
     suite: SupportedCipherSuite,
 ) -> Handshaken {
     let dir = tempfile::tempdir().unwrap();
-    let cert = crate::devcert::ensure_dev_cert(dir.path()).unwrap();
+    let cert = crate::tls::devcert::ensure_dev_cert(dir.path()).unwrap();
     let mut server_config =
         (*crate::tls::server_config(cert.chain.clone(), cert.key.clone_key()).unwrap()).clone();
     server_config.enable_secret_extraction = true;

@@ -22,7 +22,7 @@ use rcgen::{
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-use crate::tls::policy::{load_cert_chain, load_private_key};
+use super::policy::{load_cert_chain, load_private_key};
 
 /// The CA certificate clients are told to trust.
 pub const CA_CERT_FILE: &str = "dev-ca.pem";
