@@ -18,7 +18,7 @@ fn every_algorithm_verifies_with_its_key() {
         algorithms: Alg::ALL.iter().map(|a| a.name().to_owned()).collect(),
         ..f.config()
     };
-    let v = JwtVerifier::from_config(&cfg).unwrap();
+    let v = crate::auth::jwt::load_verifier(&cfg).unwrap();
     let expect_kid = |a: Alg| match a {
         Alg::Hs256 | Alg::Hs384 | Alg::Hs512 => "hs",
         Alg::Rs256 | Alg::Rs384 | Alg::Rs512 | Alg::Ps256 | Alg::Ps384 | Alg::Ps512 => "rsa",
@@ -84,10 +84,12 @@ fn derived_algorithms_follow_the_keys() {
         ..f.config()
     };
     assert_eq!(
-        JwtVerifier::from_config(&cfg).unwrap().allowed_algorithms(),
+        crate::auth::jwt::load_verifier(&cfg)
+            .unwrap()
+            .allowed_algorithms(),
         &[Alg::Hs256]
     );
-    let e = JwtVerifier::from_config(&JwtConfig {
+    let e = crate::auth::jwt::load_verifier(&JwtConfig {
         algorithms: vec!["HS512".into()],
         ..cfg
     })
@@ -103,7 +105,7 @@ fn scopes_as_an_array_and_the_scope_claim_name() {
         scope_claim: "scp".into(),
         ..f.config()
     };
-    let v = JwtVerifier::from_config(&cfg).unwrap();
+    let v = crate::auth::jwt::load_verifier(&cfg).unwrap();
     let claims = with(without(good_claims(), "scope"), "scp", json!(["a", "b c"]));
     let t = v
         .verify(&token(json!({"alg": "ES256"}), claims), NOW)

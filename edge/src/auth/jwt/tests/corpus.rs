@@ -193,7 +193,7 @@ fn audience_when_none_is_configured() {
         audience: vec![],
         ..f.config()
     };
-    let v = JwtVerifier::from_config(&cfg).unwrap();
+    let v = crate::auth::jwt::load_verifier(&cfg).unwrap();
     // RFC 7519 §4.1.3: we cannot be in an audience we do not know.
     refused(
         &v,
@@ -254,7 +254,7 @@ fn lifetime_cap() {
         single_use: false,
         ..f.config()
     };
-    let v = JwtVerifier::from_config(&cfg).unwrap();
+    let v = crate::auth::jwt::load_verifier(&cfg).unwrap();
     refused(
         &v,
         "no exp under a cap",
@@ -308,7 +308,7 @@ fn rsa_public_key_as_hmac_secret_is_refused() {
             hs_secret_file: None,
             ..f.config()
         };
-        let v = JwtVerifier::from_config(&only_rsa).unwrap();
+        let v = crate::auth::jwt::load_verifier(&only_rsa).unwrap();
         refused(
             &v,
             "RS->HS, RSA-only verifier",
@@ -326,7 +326,9 @@ fn rsa_public_key_as_hmac_secret_is_refused() {
             algorithms: vec!["RS256".into(), "HS256".into()],
             ..only_rsa
         };
-        let e = JwtVerifier::from_config(&forced).unwrap_err().to_string();
+        let e = crate::auth::jwt::load_verifier(&forced)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("hs_secret_file"), "{e}");
         // A verifier with the RSA key and a real HS secret: the kid names an RSA key, which
         // never verifies HS256; without a kid the HS secret is used, and it is not the PEM.
@@ -443,7 +445,7 @@ fn kid_required_when_two_keys_fit() {
         hs_secret_file: None,
         ..f.config()
     };
-    let v = JwtVerifier::from_config(&cfg).unwrap();
+    let v = crate::auth::jwt::load_verifier(&cfg).unwrap();
     refused(
         &v,
         "no kid, two P-256 keys",

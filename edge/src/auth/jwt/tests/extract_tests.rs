@@ -75,7 +75,7 @@ fn subprotocol_selects_the_app_protocol_and_never_the_token() {
     // A bearer offer alone: the 101 would have nothing to select but the token.
     let e = extract_token(&s, None, &protos(&["bearer.x.y.z"]), None).unwrap_err();
     assert_eq!(
-        (e.reason(), e.status()),
+        (Reason::from(&e), e.status()),
         (Reason::BearerWithoutAppProtocol, 400)
     );
     let e = extract_token(&s, None, &protos(&["v1", "bearer.a", "bearer.b"]), None).unwrap_err();
@@ -130,7 +130,10 @@ fn exactly_one_token_across_sources() {
     let s = sources(ALL);
     let p = protos(&["v1", "bearer.s.s.s"]);
     let e = extract_token(&s, Some("Bearer h.h.h"), &p, None).unwrap_err();
-    assert_eq!((e.reason(), e.status()), (Reason::TokenAmbiguous, 400));
+    assert_eq!(
+        (Reason::from(&e), e.status()),
+        (Reason::TokenAmbiguous, 400)
+    );
     assert!(e.to_string().contains("header") && e.to_string().contains("subprotocol"));
     let e = extract_token(&s, Some("Bearer h.h.h"), &[], Some("access_token=q.q.q")).unwrap_err();
     assert_eq!(e.reason(), "token_ambiguous");

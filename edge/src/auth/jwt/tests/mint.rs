@@ -202,6 +202,6 @@ impl Fixture {
     }
 
     pub fn verifier(&self) -> JwtVerifier {
-        JwtVerifier::from_config(&self.config()).unwrap()
+        crate::auth::jwt::load_verifier(&self.config()).unwrap()
     }
 }
