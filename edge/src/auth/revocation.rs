@@ -380,6 +380,8 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
         /// Whatever passes the identifier rule survives the trip through a revocations-file
         /// line unchanged: what is admitted can be revoked.
         #[test]
@@ -388,6 +390,12 @@ mod tests {
                 let parsed = RevocationEntry::parse(&format!("sub {s}"));
                 proptest::prop_assert_eq!(parsed, Ok(RevocationEntry::Sub(s.clone())));
             }
+        }
+
+        /// Nothing panics, whatever the file holds.
+        #[test]
+        fn revocation_files_never_panic(text in proptest::prelude::any::<String>()) {
+            let _ = Revocations::parse_file(&text, "r");
         }
 
         /// And whatever a revocation accepts passes the rule: no value can be revoked that no

@@ -21,6 +21,7 @@
 //! - [`extract`]: where the token is found in the upgrade request.
 //! - [`scope`]: which scope a request path needs.
 //! - [`refusal`]: [`JwtRefusal`], reason codes and statuses.
+//! - `mint` (tests, and the `mint` feature): test keys and tokens signed with them.
 
 pub mod alg;
 pub mod claims;
@@ -30,6 +31,8 @@ pub mod extract;
 pub mod identifier;
 pub mod jwks;
 pub mod keys;
+#[cfg(any(test, feature = "mint"))]
+pub mod mint;
 pub mod refusal;
 pub mod scope;
 pub mod verifier;
@@ -42,3 +45,6 @@ pub use keys::{KeyError, KeySpec};
 pub use refusal::{JwtRefusal, RevokedBy};
 pub use scope::{Requirement, ScopeRules};
 pub use verifier::{JwtVerifier, RevocationList, VerifiedToken};
+
+#[cfg(test)]
+mod tests;
