@@ -32,6 +32,7 @@ pub mod identifier;
 pub mod jwks;
 pub mod keys;
 #[cfg(any(test, feature = "mint"))]
+#[allow(clippy::disallowed_methods)] // test keys and signatures need randomness
 pub mod mint;
 pub mod refusal;
 pub mod scope;
