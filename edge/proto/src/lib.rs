@@ -5,6 +5,8 @@
 //! - [`audit_chain`]: the audit trail's HMAC chain — how a line is built and taken apart.
 //! - [`audit_record`]: what an audit record says (the event fields inside the chain's
 //!   envelope).
+//! - [`jwt`]: bearer tokens at the upgrade — where they are found, compact JWS verification
+//!   on aws-lc-rs, claims, scopes per path, keys from the bytes of their files.
 //! - [`ws`]: the WebSocket protocol — upgrade parsing, frame codec, the session (both roles).
 //! - [`ktls_crypto_info`]: the kernel's `tls12_crypto_info_*` layouts for `setsockopt(SOL_TLS)`.
 //! - [`limits`]: rates and token buckets in integers, fed instants by their caller.
@@ -22,6 +24,7 @@
 pub mod attack_spellings;
 pub mod audit_chain;
 pub mod audit_record;
+pub mod jwt;
 pub mod ktls_crypto_info;
 pub mod limits;
 pub mod origin;

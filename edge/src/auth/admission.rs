@@ -75,7 +75,7 @@ impl Admission {
         identity_rules: IdentityRules,
     ) -> Result<Self, ConfigError> {
         let origin = OriginPolicy::from_config(origin)?;
-        let verifier = jwt.map(JwtVerifier::from_config).transpose()?;
+        let verifier = jwt.map(crate::auth::jwt::load_verifier).transpose()?;
         let mut revocations = Revocations::new();
         if let Some(path) = jwt.and_then(|j| j.revocations_file.as_ref()) {
             let entries = Revocations::read_file(path).map_err(|e| {
@@ -174,7 +174,7 @@ impl Admission {
             });
         };
         let refuse =
-            |e: crate::auth::jwt::JwtRefusal| http(e.status(), e.reason(), e.extra_headers());
+            |e: crate::auth::jwt::JwtRefusal| http(e.status(), Reason::from(&e), e.extra_headers());
         let extracted = jwt
             .extract_required(
                 request.authorization.as_deref(),
@@ -183,7 +183,7 @@ impl Admission {
             )
             .map_err(refuse)?;
         let token = jwt.verify(&extracted.token, now_unix).map_err(refuse)?;
-        jwt.check_revocation(&self.revocations.load(), &token)
+        jwt.check_revocation(&**self.revocations.load(), &token)
             .map_err(refuse)?;
         jwt.check_scope(&request.path, &token).map_err(refuse)?;
         let replay = match (jwt.single_use(), &token.jti, token.exp) {
@@ -309,7 +309,7 @@ impl ReplayShards {
             // As a token refusal: a replayed jti's 401 carries the Bearer challenge, a full
             // store's 503 its Retry-After.
             let e = JwtRefusal::from(e);
-            http(e.status(), e.reason(), e.extra_headers())
+            http(e.status(), Reason::from(&e), e.extra_headers())
         })
     }
 

@@ -5,7 +5,7 @@
 //! `status()` the refusal path sends.
 //!
 //! - [`jwt`]: bearer tokens — where they are found, compact JWS verification on aws-lc-rs,
-//!   claims, scopes per path.
+//!   claims, scopes per path (the checks in `wssedge_proto::jwt`, the key files read here).
 //! - [`replay`]: the single-use `jti` store of one owner core, and which core owns a `jti`.
 //! - [`revocation`]: revoked `jti`s and subjects, from a file and from control commands.
 //! - [`identifier`]: the one rule a `sub`, a `jti` and every revocation of them follow, so
@@ -61,8 +61,8 @@
 //! `WWW-Authenticate` challenge or `Retry-After` in `extra_headers()`.
 
 pub(crate) mod admission;
-pub mod identifier;
 pub mod jwt;
+pub use wssedge_proto::jwt::identifier;
 pub use wssedge_proto::origin;
 pub mod replay;
 pub mod revocation;

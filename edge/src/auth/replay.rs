@@ -508,7 +508,7 @@ mod tests {
         );
         let e = JwtRefusal::from(ReplayRefusal::HandedOver);
         assert_eq!(
-            (e.reason(), e.status()),
+            (Reason::from(&e), e.status()),
             (Reason::ReplayStoreUnavailable, 503)
         );
         assert_eq!(e.extra_headers(), &[("Retry-After", "1")]);

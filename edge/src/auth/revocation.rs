@@ -16,30 +16,15 @@
 //! line without its surrounding ASCII spaces and tabs; it may contain spaces). Blank lines and
 //! lines starting with `#` are ignored; `#` elsewhere is part of a value. Anything else is
 //! refused with its line number — a value included that is no exact identifier
-//! ([`crate::auth::identifier`]: the rule tokens' `sub` and `jti` are held to at verification),
+//! ([`wssedge_proto::jwt::identifier`]: the rule tokens' `sub` and `jti` are held to at verification),
 //! so the file names nothing a token could not carry and nothing is silently trimmed into
 //! another value.
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::identifier::{check_identifier, IdentifierError, MAX_IDENTIFIER_BYTES};
-
-/// What matched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RevokedBy {
-    Jti,
-    Subject,
-}
-
-impl std::fmt::Display for RevokedBy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            RevokedBy::Jti => "jti",
-            RevokedBy::Subject => "subject",
-        })
-    }
-}
+pub use wssedge_proto::jwt::RevokedBy;
+use wssedge_proto::jwt::{check_identifier, IdentifierError, MAX_IDENTIFIER_BYTES};
 
 /// One revocation: a `jti` or a subject.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -392,5 +377,37 @@ mod tests {
         let e = Revocations::read_file(&p).unwrap_err().to_string();
         assert!(e.contains("revoked.txt") && e.contains("line 2"), "{e}");
         assert!(Revocations::read_file(&dir.path().join("missing")).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Whatever passes the identifier rule survives the trip through a revocations-file
+        /// line unchanged: what is admitted can be revoked.
+        #[test]
+        fn a_passing_value_survives_a_revocation_line(s in "\\PC{0,40}") {
+            if check_identifier(&s).is_ok() {
+                let parsed = RevocationEntry::parse(&format!("sub {s}"));
+                proptest::prop_assert_eq!(parsed, Ok(RevocationEntry::Sub(s.clone())));
+            }
+        }
+
+        /// Nothing panics, whatever the file holds.
+        #[test]
+        fn revocation_files_never_panic(text in proptest::prelude::any::<String>()) {
+            let _ = Revocations::parse_file(&text, "r");
+        }
+
+        /// And whatever a revocation accepts passes the rule: no value can be revoked that no
+        /// token could carry.
+        #[test]
+        fn a_parsed_revocation_is_an_exact_identifier(s in "\\PC{0,40}|[ \\t\\u{a0}\\u{200b}a-z]{0,12}") {
+            if let Ok(entry) = RevocationEntry::parse(&format!("jti {s}")) {
+                let RevocationEntry::Jti(v) = entry else {
+                    unreachable!("a jti line")
+                };
+                proptest::prop_assert_eq!(check_identifier(&v), Ok(()));
+            }
+        }
     }
 }

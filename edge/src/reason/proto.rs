@@ -2,6 +2,7 @@
 //! keeps its own labels (it cannot see this one); each mapping here is exhaustive, and the tests
 //! below hold both labels to the same bytes.
 
+use wssedge_proto::jwt::JwtRefusal;
 use wssedge_proto::origin::OriginRefusal;
 use wssedge_proto::ws::upstream_101::ResponseError;
 use wssedge_proto::ws::{HandshakeError, TargetError, Violation};
@@ -60,6 +61,42 @@ impl From<OriginRefusal> for Reason {
             OriginRefusal::OriginMissing => Reason::OriginMissing,
             OriginRefusal::OriginNotAllowed => Reason::OriginNotAllowed,
             OriginRefusal::HostNotAllowed => Reason::HostNotAllowed,
+        }
+    }
+}
+
+impl From<&JwtRefusal> for Reason {
+    fn from(e: &JwtRefusal) -> Self {
+        use JwtRefusal as E;
+        match e {
+            E::TokenMissing => Reason::TokenMissing,
+            E::TokenAmbiguous { .. } => Reason::TokenAmbiguous,
+            E::BearerWithoutAppProtocol => Reason::BearerWithoutAppProtocol,
+            E::TooLarge { .. } => Reason::TokenTooLarge,
+            E::Malformed(_) => Reason::TokenMalformed,
+            E::AlgNone => Reason::AlgNone,
+            E::AlgNotAllowed(_) => Reason::AlgNotAllowed,
+            E::CritUnsupported => Reason::CritUnsupported,
+            E::UnknownKid => Reason::UnknownKid,
+            E::KidRequired(_) => Reason::KidRequired,
+            E::KeyAlgMismatch(_) => Reason::KeyAlgMismatch,
+            E::BadSignature => Reason::BadSignature,
+            E::ClaimInvalid(_) => Reason::ClaimInvalid,
+            E::IdentifierInvalid { .. } => Reason::IdentifierInvalid,
+            E::MissingClaim(_) => Reason::MissingClaim,
+            E::Expired => Reason::Expired,
+            E::NotYetValid => Reason::NotYetValid,
+            E::IssuedInFuture => Reason::IssuedInFuture,
+            E::WrongIssuer => Reason::WrongIssuer,
+            E::WrongAudience => Reason::WrongAudience,
+            E::LifetimeTooLong { .. } => Reason::LifetimeTooLong,
+            E::JtiRequired => Reason::JtiRequired,
+            E::Revoked(_) => Reason::Revoked,
+            E::Replayed => Reason::Replayed,
+            E::ReplayStoreFull => Reason::ReplayStoreFull,
+            E::ReplayStoreUnavailable => Reason::ReplayStoreUnavailable,
+            E::ReplayUnproven => Reason::ReplayUnproven,
+            E::ScopeMissing => Reason::ScopeMissing,
         }
     }
 }
@@ -152,6 +189,53 @@ mod tests {
             OriginRefusal::OriginNotAllowed,
             OriginRefusal::HostNotAllowed,
         ] {
+            same(e.reason(), Reason::from(e));
+        }
+    }
+
+    #[test]
+    fn jwt_refusals_keep_the_protocol_crates_labels() {
+        use wssedge_proto::jwt::{Alg, IdentifierError, RevokedBy};
+        use JwtRefusal as E;
+        let all = [
+            E::TokenMissing,
+            E::TokenAmbiguous {
+                first: "header",
+                second: "query",
+            },
+            E::BearerWithoutAppProtocol,
+            E::TooLarge { max: 1 },
+            E::Malformed("x"),
+            E::AlgNone,
+            E::AlgNotAllowed(None),
+            E::AlgNotAllowed(Some(Alg::Hs256)),
+            E::CritUnsupported,
+            E::UnknownKid,
+            E::KidRequired(Alg::Rs256),
+            E::KeyAlgMismatch(Alg::Es256),
+            E::BadSignature,
+            E::ClaimInvalid("exp".into()),
+            E::IdentifierInvalid {
+                claim: "sub",
+                why: IdentifierError::Empty,
+            },
+            E::MissingClaim("aud".into()),
+            E::Expired,
+            E::NotYetValid,
+            E::IssuedInFuture,
+            E::WrongIssuer,
+            E::WrongAudience,
+            E::LifetimeTooLong { max: 1 },
+            E::JtiRequired,
+            E::Revoked(RevokedBy::Jti),
+            E::Revoked(RevokedBy::Subject),
+            E::Replayed,
+            E::ReplayStoreFull,
+            E::ReplayStoreUnavailable,
+            E::ReplayUnproven,
+            E::ScopeMissing,
+        ];
+        for e in &all {
             same(e.reason(), Reason::from(e));
         }
     }

@@ -1,40 +1,26 @@
-//! JSON Web Tokens at the upgrade: compact JWS (RFC 7515), claims per RFC 7519. Signatures
-//! are verified by the `jsonwebtoken` crate on aws-lc-rs; what it cannot tell apart or is
-//! lenient about stays here, so that every refusal is ours to choose and to name: the header
-//! (`alg: none` in any case and unknown algorithms told apart from garbage, `crit`, `typ`,
-//! duplicate members, the RFC 9864 `Ed25519` name), key selection by `kid` with the key
-//! family barrier, and every claim rule (its `exp` leeway, fractional dates, `iat`, `aud`
-//! lists, identifiers, lifetime, scopes).
+//! JSON Web Tokens at the upgrade. The checks themselves are sans-IO and live in
+//! [`wssedge_proto::jwt`] (re-exported here); this room reads the key files they need.
 //!
-//! - [`config`]: the `[jwt]` section and its static validation.
-//! - [`alg`]: the algorithms and the key family each one may use (the confusion barrier).
-//! - [`keys`], [`jwks`]: key material from PEM files (the `pem` crate reads the envelope), a
-//!   JWKS file and the HMAC secret file, checked by aws-lc-rs and made into
-//!   `jsonwebtoken::DecodingKey`s.
-//! - [`compact`]: strict parsing of `header.payload.signature` and the header policy.
-//! - [`claims`]: time, issuer, audience, required claims, lifetime, `jti`, scopes.
-//! - [`verifier`]: [`JwtVerifier`], which ties them together.
-//! - [`extract`]: where the token is found in the upgrade request.
-//! - [`scope`]: which scope a request path needs.
-//! - [`refusal`]: [`JwtRefusal`], reason codes and statuses.
+//! - [`key_files`]: PEM files, the JWKS file and the HMAC secret file read from disk (size cap,
+//!   the secret's permissions, the `kid` from the file stem) and handed to the protocol crate
+//!   as bytes; [`load_verifier`] builds the [`JwtVerifier`] of a `[jwt]` section.
 
-pub mod alg;
-pub mod claims;
-pub mod compact;
-pub mod config;
-pub mod extract;
-pub mod jwks;
-pub mod keys;
-pub mod refusal;
-pub mod scope;
-pub mod verifier;
+pub mod key_files;
 
-pub use alg::Alg;
-pub use config::{ExpiryPolicy, JwtConfig, ScopeRule, TokenSource};
-pub use extract::{extract_token, redact_query_token, ExtractedToken, TokenSources};
-pub use refusal::JwtRefusal;
-pub use scope::{Requirement, ScopeRules};
-pub use verifier::{JwtVerifier, VerifiedToken};
+pub use key_files::load_verifier;
+pub use wssedge_proto::jwt::*;
+
+impl From<JwtConfigError> for crate::config_error::ConfigError {
+    fn from(e: JwtConfigError) -> Self {
+        Self::invalid(e.key, e.value, e.reason)
+    }
+}
+
+impl RevocationList for crate::auth::revocation::Revocations {
+    fn is_revoked(&self, sub: Option<&str>, jti: Option<&str>) -> Option<RevokedBy> {
+        crate::auth::revocation::Revocations::is_revoked(self, sub, jti)
+    }
+}
 
 #[cfg(test)]
 mod tests;

@@ -10,7 +10,7 @@ use crate::auth::revocation::{RevocationEntry, Revocations, RevokedBy};
 use crate::reason::Reason;
 
 fn scoped(f: &Fixture) -> JwtVerifier {
-    JwtVerifier::from_config(&JwtConfig {
+    crate::auth::jwt::load_verifier(&JwtConfig {
         scopes: vec![
             ScopeRule {
                 path_prefix: "/trade".into(),
@@ -54,13 +54,13 @@ fn admission_chain() {
         .check_and_insert(jti, again.exp.unwrap(), NOW + 1)
         .unwrap_err()
         .into();
-    assert_eq!((e.reason(), e.status()), (Reason::Replayed, 401));
+    assert_eq!((Reason::from(&e), e.status()), (Reason::Replayed, 401));
 
     let target = |s: &str| crate::ws::RequestTarget::parse(s).unwrap();
     assert!(v.scope_allows(&target("/trade/orders?x=1"), &t));
     assert!(v.scope_allows(&target("/public"), &t));
     let e = v.check_scope(&target("/admin"), &t).unwrap_err();
-    assert_eq!((e.reason(), e.status()), (Reason::ScopeMissing, 403));
+    assert_eq!((Reason::from(&e), e.status()), (Reason::ScopeMissing, 403));
     assert_eq!(
         e.extra_headers()[0].1,
         "Bearer error=\"insufficient_scope\""
@@ -81,13 +81,13 @@ fn admission_chain() {
     assert!(revs.version() > seen);
     let e = v.check_revocation(&revs, &t).unwrap_err();
     assert_eq!(e, JwtRefusal::Revoked(RevokedBy::Subject));
-    assert_eq!((e.reason(), e.status()), (Reason::Revoked, 401));
+    assert_eq!((Reason::from(&e), e.status()), (Reason::Revoked, 401));
 }
 
 #[test]
 fn expiry_ignore_has_no_deadline() {
     let f = fixture();
-    let v = JwtVerifier::from_config(&JwtConfig {
+    let v = crate::auth::jwt::load_verifier(&JwtConfig {
         expiry: ExpiryPolicy::Ignore,
         ..f.config()
     })
@@ -109,7 +109,7 @@ fn subprotocol_token_through_the_verifier() {
     v.verify(&found.token, NOW).unwrap();
     assert!(v.is_token_protocol(&offers[1]) && !v.is_token_protocol(&offers[0]));
     let e = v.extract_required(None, &offers[..1], None).unwrap_err();
-    assert_eq!((e.reason(), e.status()), (Reason::TokenMissing, 401));
+    assert_eq!((Reason::from(&e), e.status()), (Reason::TokenMissing, 401));
     // Query is not an enabled source here: ignored, and redacted from the target anyway.
     assert_eq!(v.extract_token(None, &[], Some("access_token=x")), Ok(None));
     assert_eq!(v.redact_target("/ws?access_token=x&a=1"), "/ws?a=1");

@@ -5,9 +5,23 @@
 //! text): only fixed phrases and names from our own configuration.
 
 use super::alg::Alg;
-use crate::auth::identifier::IdentifierError;
-use crate::auth::revocation::RevokedBy;
-use crate::reason::Reason;
+use super::identifier::IdentifierError;
+
+/// What matched a revocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokedBy {
+    Jti,
+    Subject,
+}
+
+impl std::fmt::Display for RevokedBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RevokedBy::Jti => "jti",
+            RevokedBy::Subject => "subject",
+        })
+    }
+}
 
 /// A refused token, with a stable reason code and the HTTP status to answer with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,7 +58,7 @@ pub enum JwtRefusal {
     BadSignature,
     #[error("claim `{0}` has the wrong type or value")]
     ClaimInvalid(String),
-    /// `sub` or `jti` no revocation could name exactly (see [`crate::auth::identifier`]).
+    /// `sub` or `jti` no revocation could name exactly (see [`super::identifier`]).
     #[error("claim `{claim}` is {why}")]
     IdentifierInvalid {
         claim: &'static str,
@@ -93,36 +107,36 @@ const RETRY_SOON: &[(&str, &str)] = &[("Retry-After", "1")];
 
 impl JwtRefusal {
     /// The stable snake_case code: counters, dashboards and the audit trail key on it.
-    pub fn reason(&self) -> Reason {
+    pub fn reason(&self) -> &'static str {
         match self {
-            JwtRefusal::TokenMissing => Reason::TokenMissing,
-            JwtRefusal::TokenAmbiguous { .. } => Reason::TokenAmbiguous,
-            JwtRefusal::BearerWithoutAppProtocol => Reason::BearerWithoutAppProtocol,
-            JwtRefusal::TooLarge { .. } => Reason::TokenTooLarge,
-            JwtRefusal::Malformed(_) => Reason::TokenMalformed,
-            JwtRefusal::AlgNone => Reason::AlgNone,
-            JwtRefusal::AlgNotAllowed(_) => Reason::AlgNotAllowed,
-            JwtRefusal::CritUnsupported => Reason::CritUnsupported,
-            JwtRefusal::UnknownKid => Reason::UnknownKid,
-            JwtRefusal::KidRequired(_) => Reason::KidRequired,
-            JwtRefusal::KeyAlgMismatch(_) => Reason::KeyAlgMismatch,
-            JwtRefusal::BadSignature => Reason::BadSignature,
-            JwtRefusal::ClaimInvalid(_) => Reason::ClaimInvalid,
-            JwtRefusal::IdentifierInvalid { .. } => Reason::IdentifierInvalid,
-            JwtRefusal::MissingClaim(_) => Reason::MissingClaim,
-            JwtRefusal::Expired => Reason::Expired,
-            JwtRefusal::NotYetValid => Reason::NotYetValid,
-            JwtRefusal::IssuedInFuture => Reason::IssuedInFuture,
-            JwtRefusal::WrongIssuer => Reason::WrongIssuer,
-            JwtRefusal::WrongAudience => Reason::WrongAudience,
-            JwtRefusal::LifetimeTooLong { .. } => Reason::LifetimeTooLong,
-            JwtRefusal::JtiRequired => Reason::JtiRequired,
-            JwtRefusal::Revoked(_) => Reason::Revoked,
-            JwtRefusal::Replayed => Reason::Replayed,
-            JwtRefusal::ReplayStoreFull => Reason::ReplayStoreFull,
-            JwtRefusal::ReplayStoreUnavailable => Reason::ReplayStoreUnavailable,
-            JwtRefusal::ReplayUnproven => Reason::ReplayUnproven,
-            JwtRefusal::ScopeMissing => Reason::ScopeMissing,
+            JwtRefusal::TokenMissing => "token_missing",
+            JwtRefusal::TokenAmbiguous { .. } => "token_ambiguous",
+            JwtRefusal::BearerWithoutAppProtocol => "bearer_without_app_protocol",
+            JwtRefusal::TooLarge { .. } => "token_too_large",
+            JwtRefusal::Malformed(_) => "token_malformed",
+            JwtRefusal::AlgNone => "alg_none",
+            JwtRefusal::AlgNotAllowed(_) => "alg_not_allowed",
+            JwtRefusal::CritUnsupported => "crit_unsupported",
+            JwtRefusal::UnknownKid => "unknown_kid",
+            JwtRefusal::KidRequired(_) => "kid_required",
+            JwtRefusal::KeyAlgMismatch(_) => "key_alg_mismatch",
+            JwtRefusal::BadSignature => "bad_signature",
+            JwtRefusal::ClaimInvalid(_) => "claim_invalid",
+            JwtRefusal::IdentifierInvalid { .. } => "identifier_invalid",
+            JwtRefusal::MissingClaim(_) => "missing_claim",
+            JwtRefusal::Expired => "expired",
+            JwtRefusal::NotYetValid => "not_yet_valid",
+            JwtRefusal::IssuedInFuture => "issued_in_future",
+            JwtRefusal::WrongIssuer => "wrong_issuer",
+            JwtRefusal::WrongAudience => "wrong_audience",
+            JwtRefusal::LifetimeTooLong { .. } => "lifetime_too_long",
+            JwtRefusal::JtiRequired => "jti_required",
+            JwtRefusal::Revoked(_) => "revoked",
+            JwtRefusal::Replayed => "replayed",
+            JwtRefusal::ReplayStoreFull => "replay_store_full",
+            JwtRefusal::ReplayStoreUnavailable => "replay_store_unavailable",
+            JwtRefusal::ReplayUnproven => "replay_unproven",
+            JwtRefusal::ScopeMissing => "scope_missing",
         }
     }
 

@@ -4,10 +4,11 @@
 use aws_lc_rs::hmac;
 use serde_json::json;
 
-use super::mint::*;
+use super::fixture::*;
+use crate::jwt::mint::*;
 use aws_lc_rs::signature::KeyPair as _;
 
-use crate::auth::jwt::{JwtConfig, JwtVerifier};
+use crate::jwt::{JwtConfig, JwtVerifier};
 
 fn rs() -> serde_json::Value {
     json!({"alg": "RS256", "typ": "JWT", "kid": "rsa"})
@@ -193,7 +194,7 @@ fn audience_when_none_is_configured() {
         audience: vec![],
         ..f.config()
     };
-    let v = JwtVerifier::from_config(&cfg).unwrap();
+    let v = f.load(&cfg).unwrap();
     // RFC 7519 §4.1.3: we cannot be in an audience we do not know.
     refused(
         &v,
@@ -254,7 +255,7 @@ fn lifetime_cap() {
         single_use: false,
         ..f.config()
     };
-    let v = JwtVerifier::from_config(&cfg).unwrap();
+    let v = f.load(&cfg).unwrap();
     refused(
         &v,
         "no exp under a cap",
@@ -277,7 +278,7 @@ fn alg_none_in_every_form() {
             &format!("{input}."),
             "alg_none",
         );
-        let sig = b64(&sign(crate::auth::jwt::Alg::Rs256, input.as_bytes()));
+        let sig = b64(&sign(crate::jwt::Alg::Rs256, input.as_bytes()));
         refused(
             &v,
             "none, with a signature",
@@ -290,7 +291,7 @@ fn alg_none_in_every_form() {
 #[test]
 fn rsa_public_key_as_hmac_secret_is_refused() {
     let f = fixture();
-    let pem_bytes = std::fs::read(&f.rsa).unwrap();
+    let pem_bytes = f.read(&f.rsa);
     let der = aws_lc_rs::encoding::AsDer::as_der(keys().rsa.public_key()).unwrap();
     for secret in [pem_bytes.as_slice(), der.as_ref()] {
         let forge = |kid: Option<&str>| {
@@ -308,7 +309,7 @@ fn rsa_public_key_as_hmac_secret_is_refused() {
             hs_secret_file: None,
             ..f.config()
         };
-        let v = JwtVerifier::from_config(&only_rsa).unwrap();
+        let v = f.load(&only_rsa).unwrap();
         refused(
             &v,
             "RS->HS, RSA-only verifier",
@@ -326,7 +327,7 @@ fn rsa_public_key_as_hmac_secret_is_refused() {
             algorithms: vec!["RS256".into(), "HS256".into()],
             ..only_rsa
         };
-        let e = JwtVerifier::from_config(&forced).unwrap_err().to_string();
+        let e = f.load(&forced).unwrap_err().to_string();
         assert!(e.contains("hs_secret_file"), "{e}");
         // A verifier with the RSA key and a real HS secret: the kid names an RSA key, which
         // never verifies HS256; without a kid the HS secret is used, and it is not the PEM.
@@ -433,17 +434,13 @@ fn keys_and_signatures() {
 #[test]
 fn kid_required_when_two_keys_fit() {
     let f = fixture();
-    let second = write(
-        f.dir.path(),
-        "p256b.pem",
-        p256_pem(&keys().p256_other).as_bytes(),
-    );
+    let second = f.write("p256b.pem", p256_pem(&keys().p256_other).as_bytes());
     let cfg = JwtConfig {
         keys: vec![f.p256.clone(), second],
         hs_secret_file: None,
         ..f.config()
     };
-    let v = JwtVerifier::from_config(&cfg).unwrap();
+    let v = f.load(&cfg).unwrap();
     refused(
         &v,
         "no kid, two P-256 keys",
@@ -503,7 +500,7 @@ fn header_and_structure() {
     );
     // Two `alg` members: a parser keeping the first would see RS256, one keeping the last none.
     let dup = signing_input(r#"{"alg":"RS256","alg":"none"}"#, &c.to_string());
-    let sig = b64(&sign(crate::auth::jwt::Alg::Rs256, dup.as_bytes()));
+    let sig = b64(&sign(crate::jwt::Alg::Rs256, dup.as_bytes()));
     refused(
         &v,
         "duplicate alg",
@@ -514,7 +511,7 @@ fn header_and_structure() {
         r#"{"alg":"RS256"}"#,
         r#"{"sub":"a","sub":"admin","exp":1700000100,"jti":"x"}"#,
     );
-    let sig = b64(&sign(crate::auth::jwt::Alg::Rs256, dup_claims.as_bytes()));
+    let sig = b64(&sign(crate::jwt::Alg::Rs256, dup_claims.as_bytes()));
     refused(
         &v,
         "duplicate claim",
@@ -522,7 +519,7 @@ fn header_and_structure() {
         "token_malformed",
     );
     let not_object = signing_input(r#"{"alg":"RS256"}"#, r#"["sub"]"#);
-    let sig = b64(&sign(crate::auth::jwt::Alg::Rs256, not_object.as_bytes()));
+    let sig = b64(&sign(crate::jwt::Alg::Rs256, not_object.as_bytes()));
     refused(
         &v,
         "payload not an object",

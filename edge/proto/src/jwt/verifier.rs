@@ -10,14 +10,11 @@ use serde_json::{Map, Value};
 use super::alg::{Alg, KeyFamily};
 use super::claims::{self, ClaimPolicy};
 use super::compact;
-use super::config::{ExpiryPolicy, JwtConfig};
+use super::config::{ExpiryPolicy, JwtConfig, JwtConfigError};
 use super::extract::{self, ExtractedToken, TokenSources};
-use super::jwks;
-use super::keys::{self, KeySpec};
-use super::refusal::JwtRefusal;
+use super::keys::KeySpec;
+use super::refusal::{JwtRefusal, RevokedBy};
 use super::scope::ScopeRules;
-use crate::auth::revocation::Revocations;
-use crate::config_error::ConfigError;
 use crate::ws::RequestTarget;
 
 /// A token that verified, with what the rest of the edge may know about it. The token itself
@@ -37,6 +34,13 @@ pub struct VerifiedToken {
     pub kid: String,
     /// Every claim, for forwarding upstream later.
     pub claims: Map<String, Value>,
+}
+
+/// Revoked `jti`s and subjects, as the verifier asks about them; the list itself (its file,
+/// its control commands, its sharing across cores) is the caller's.
+pub trait RevocationList {
+    /// What revokes a token with this subject and `jti`, if anything.
+    fn is_revoked(&self, sub: Option<&str>, jti: Option<&str>) -> Option<RevokedBy>;
 }
 
 /// One configured key and the allowed algorithms it may verify. Only algorithms of the key's
@@ -76,31 +80,15 @@ impl std::fmt::Debug for JwtVerifier {
 }
 
 impl JwtVerifier {
-    /// Validates `c`, reads every key file and binds the keys to the allowed algorithms.
-    /// Errors name the config key, the file and what to change.
-    pub fn from_config(c: &JwtConfig) -> Result<Self, ConfigError> {
-        c.validate()?;
-        let mut specs: Vec<KeySpec> = Vec::new();
-        for path in &c.keys {
-            specs.push(keys::load_pem_key(path)?);
-        }
-        if let Some(path) = &c.jwks {
-            specs.extend(jwks::load(path)?);
-        }
-        if let Some(path) = &c.hs_secret_file {
-            specs.push(keys::load_hs_secret(path)?);
-        }
-        Self::from_specs(c, specs)
-    }
-
-    /// [`Self::from_config`] with the key material already loaded (tests, reloads).
-    pub fn from_specs(c: &JwtConfig, specs: Vec<KeySpec>) -> Result<Self, ConfigError> {
+    /// Validates `c` and binds the keys (read by the caller from the files `c` names) to the
+    /// allowed algorithms. Errors name the config key, the file and what to change.
+    pub fn from_specs(c: &JwtConfig, specs: Vec<KeySpec>) -> Result<Self, JwtConfigError> {
         c.validate()?;
         let mut by_kid = HashMap::new();
         for (i, s) in specs.iter().enumerate() {
             if let Some(&j) = by_kid.get(&s.kid) {
                 let other: &KeySpec = &specs[j];
-                return Err(ConfigError::invalid(
+                return Err(JwtConfigError::invalid(
                     s.config_key,
                     &s.origin,
                     format!(
@@ -132,7 +120,7 @@ impl JwtVerifier {
                         family.name()
                     ),
                 };
-                return Err(ConfigError::invalid("jwt.algorithms", a, reason));
+                return Err(JwtConfigError::invalid("jwt.algorithms", a, reason));
             }
         }
         Ok(Self {
@@ -277,7 +265,7 @@ impl JwtVerifier {
     /// Is the token's `jti` or subject revoked?
     pub fn check_revocation(
         &self,
-        revocations: &Revocations,
+        revocations: &impl RevocationList,
         token: &VerifiedToken,
     ) -> Result<(), JwtRefusal> {
         match revocations.is_revoked(token.sub.as_deref(), token.jti.as_deref()) {
@@ -341,12 +329,12 @@ fn fits(s: &KeySpec, a: Alg) -> bool {
 }
 
 /// Binds one key to the allowed algorithms it fits.
-fn bind(s: &KeySpec, allowed: &[Alg]) -> Result<BoundKey, ConfigError> {
+fn bind(s: &KeySpec, allowed: &[Alg]) -> Result<BoundKey, JwtConfigError> {
     let algs: Vec<Alg> = allowed.iter().copied().filter(|&a| fits(s, a)).collect();
     if algs.is_empty() {
         let names: Vec<&str> = allowed.iter().map(|a| a.name()).collect();
         if s.family == KeyFamily::Hmac && allowed.iter().any(|a| a.family() == KeyFamily::Hmac) {
-            return Err(ConfigError::invalid(
+            return Err(JwtConfigError::invalid(
                 s.config_key,
                 &s.origin,
                 format!(
@@ -357,7 +345,7 @@ fn bind(s: &KeySpec, allowed: &[Alg]) -> Result<BoundKey, ConfigError> {
                 ),
             ));
         }
-        return Err(ConfigError::invalid(
+        return Err(JwtConfigError::invalid(
             s.config_key,
             &s.origin,
             format!(

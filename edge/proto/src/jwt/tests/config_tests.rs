@@ -1,6 +1,6 @@
 //! `[jwt]` as TOML: defaults, unknown keys, and each validation with its key and fix.
 
-use crate::auth::jwt::{ExpiryPolicy, JwtConfig, TokenSource};
+use crate::jwt::{ExpiryPolicy, JwtConfig, TokenSource};
 
 fn parse(text: &str) -> Result<JwtConfig, String> {
     toml::from_str(text).map_err(|e| e.to_string())
@@ -225,7 +225,7 @@ fn validation_names_key_and_fix() {
         ),
         (
             JwtConfig {
-                scopes: vec![crate::auth::jwt::ScopeRule {
+                scopes: vec![crate::jwt::ScopeRule {
                     path_prefix: "trade".into(),
                     scope: "t".into(),
                 }],

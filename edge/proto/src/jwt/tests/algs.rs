@@ -4,8 +4,9 @@
 use aws_lc_rs::digest;
 use serde_json::json;
 
-use super::mint::*;
-use crate::auth::jwt::{Alg, JwtConfig, JwtVerifier};
+use super::fixture::*;
+use crate::jwt::mint::*;
+use crate::jwt::{Alg, JwtConfig, JwtVerifier};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -18,7 +19,7 @@ fn every_algorithm_verifies_with_its_key() {
         algorithms: Alg::ALL.iter().map(|a| a.name().to_owned()).collect(),
         ..f.config()
     };
-    let v = JwtVerifier::from_config(&cfg).unwrap();
+    let v = f.load(&cfg).unwrap();
     let expect_kid = |a: Alg| match a {
         Alg::Hs256 | Alg::Hs384 | Alg::Hs512 => "hs",
         Alg::Rs256 | Alg::Rs384 | Alg::Rs512 | Alg::Ps256 | Alg::Ps384 | Alg::Ps512 => "rsa",
@@ -77,22 +78,20 @@ fn derived_algorithms_follow_the_keys() {
         ]
     );
     // A 32-byte secret is long enough for HS256 only (RFC 7518 §3.2).
-    let short = write(f.dir.path(), "short.key", &[9u8; 32]);
+    let short = f.write("short.key", &[9u8; 32]);
     let cfg = JwtConfig {
         keys: vec![],
         hs_secret_file: Some(short),
         ..f.config()
     };
-    assert_eq!(
-        JwtVerifier::from_config(&cfg).unwrap().allowed_algorithms(),
-        &[Alg::Hs256]
-    );
-    let e = JwtVerifier::from_config(&JwtConfig {
-        algorithms: vec!["HS512".into()],
-        ..cfg
-    })
-    .unwrap_err()
-    .to_string();
+    assert_eq!(f.load(&cfg).unwrap().allowed_algorithms(), &[Alg::Hs256]);
+    let e = f
+        .load(&JwtConfig {
+            algorithms: vec!["HS512".into()],
+            ..cfg
+        })
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("HS512") && e.contains("64 bytes"), "{e}");
 }
 
@@ -103,7 +102,7 @@ fn scopes_as_an_array_and_the_scope_claim_name() {
         scope_claim: "scp".into(),
         ..f.config()
     };
-    let v = JwtVerifier::from_config(&cfg).unwrap();
+    let v = f.load(&cfg).unwrap();
     let claims = with(without(good_claims(), "scope"), "scp", json!(["a", "b c"]));
     let t = v
         .verify(&token(json!({"alg": "ES256"}), claims), NOW)

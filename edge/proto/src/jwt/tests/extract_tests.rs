@@ -1,7 +1,6 @@
 //! Finding the token: each source, their combinations, and what is refused.
 
-use crate::auth::jwt::{extract_token, redact_query_token, JwtConfig, TokenSource, TokenSources};
-use crate::reason::Reason;
+use crate::jwt::{extract_token, redact_query_token, JwtConfig, TokenSource, TokenSources};
 
 fn sources(list: &[TokenSource]) -> TokenSources {
     TokenSources::from_config(&JwtConfig {
@@ -76,7 +75,7 @@ fn subprotocol_selects_the_app_protocol_and_never_the_token() {
     let e = extract_token(&s, None, &protos(&["bearer.x.y.z"]), None).unwrap_err();
     assert_eq!(
         (e.reason(), e.status()),
-        (Reason::BearerWithoutAppProtocol, 400)
+        ("bearer_without_app_protocol", 400)
     );
     let e = extract_token(&s, None, &protos(&["v1", "bearer.a", "bearer.b"]), None).unwrap_err();
     assert_eq!(e.reason(), "token_ambiguous");
@@ -130,7 +129,7 @@ fn exactly_one_token_across_sources() {
     let s = sources(ALL);
     let p = protos(&["v1", "bearer.s.s.s"]);
     let e = extract_token(&s, Some("Bearer h.h.h"), &p, None).unwrap_err();
-    assert_eq!((e.reason(), e.status()), (Reason::TokenAmbiguous, 400));
+    assert_eq!((e.reason(), e.status()), ("token_ambiguous", 400));
     assert!(e.to_string().contains("header") && e.to_string().contains("subprotocol"));
     let e = extract_token(&s, Some("Bearer h.h.h"), &[], Some("access_token=q.q.q")).unwrap_err();
     assert_eq!(e.reason(), "token_ambiguous");

@@ -6,8 +6,7 @@
 //! one ([`RequestTarget`]): a spelling an upstream could resolve differently (`..`, `%2f`,
 //! `..;`, `//`, `\`) is refused before any rule is asked.
 
-use super::config::ScopeRule;
-use crate::config_error::ConfigError;
+use super::config::{JwtConfigError, ScopeRule};
 use crate::ws::{PathPrefix, RequestTarget};
 
 #[derive(Debug, Clone, Default)]
@@ -17,14 +16,14 @@ pub struct ScopeRules {
 }
 
 impl ScopeRules {
-    pub fn new(rules: &[ScopeRule]) -> Result<Self, ConfigError> {
+    pub fn new(rules: &[ScopeRule]) -> Result<Self, JwtConfigError> {
         let mut compiled = Vec::with_capacity(rules.len());
         for (i, r) in rules.iter().enumerate() {
             let prefix = PathPrefix::parse(&r.path_prefix).map_err(|reason| {
-                ConfigError::invalid("jwt.scopes.path_prefix", &r.path_prefix, reason)
+                JwtConfigError::invalid("jwt.scopes.path_prefix", &r.path_prefix, reason)
             })?;
             if r.scope.is_empty() || r.scope.contains(char::is_whitespace) {
-                return Err(ConfigError::invalid(
+                return Err(JwtConfigError::invalid(
                     "jwt.scopes.scope",
                     &r.scope,
                     "must be one non-empty scope without spaces",
@@ -34,7 +33,7 @@ impl ScopeRules {
                 .iter()
                 .any(|o| o.path_prefix.eq_ignore_ascii_case(&r.path_prefix))
             {
-                return Err(ConfigError::invalid(
+                return Err(JwtConfigError::invalid(
                     "jwt.scopes.path_prefix",
                     &r.path_prefix,
                     "listed twice (prefixes match case-insensitively)",

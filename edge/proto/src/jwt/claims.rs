@@ -6,8 +6,8 @@
 use serde_json::{Map, Value};
 
 use super::config::JwtConfig;
+use super::identifier::check_identifier;
 use super::refusal::JwtRefusal;
-use crate::auth::identifier::check_identifier;
 
 /// The claim rules of one verifier.
 #[derive(Debug, Clone)]
@@ -155,7 +155,7 @@ fn non_empty_string<'a>(
 }
 
 /// `sub` / `jti`: a string, and an exact identifier — one a revocation can name (see
-/// [`crate::auth::identifier`]); the empty string included.
+/// [`super::identifier`]); the empty string included.
 fn identifier<'a>(
     claims: &'a Map<String, Value>,
     name: &'static str,

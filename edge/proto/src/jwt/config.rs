@@ -1,12 +1,35 @@
 //! The `[jwt]` configuration section and its static checks (the ones that need no file).
-//! Key files are read and checked by [`super::JwtVerifier::from_config`].
+//! Key material is checked by [`super::JwtVerifier::from_specs`], after the edge reads the files.
 
 use std::path::PathBuf;
 
 use serde::Deserialize;
 
 use super::alg::{self, Alg, KeyFamily};
-use crate::config_error::ConfigError;
+
+/// Why the `[jwt]` section (or a key given to it) was refused: the key, the value and what to
+/// change. The edge shows it as its own configuration error, with the same words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid value for `{key}` = {value}: {reason}")]
+pub struct JwtConfigError {
+    pub key: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+impl JwtConfigError {
+    pub fn invalid(
+        key: &'static str,
+        value: impl std::fmt::Display,
+        reason: impl std::fmt::Display,
+    ) -> Self {
+        Self {
+            key,
+            value: value.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
 
 /// Where a bearer token may be taken from in the upgrade request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -126,21 +149,21 @@ const TOKEN_BYTES_RANGE: std::ops::RangeInclusive<usize> = 256..=65_536;
 
 impl JwtConfig {
     /// The allowed algorithms as configured (`None` = derive them from the keys).
-    pub fn parsed_algorithms(&self) -> Result<Option<Vec<Alg>>, ConfigError> {
+    pub fn parsed_algorithms(&self) -> Result<Option<Vec<Alg>>, JwtConfigError> {
         if self.algorithms.is_empty() {
             return Ok(None);
         }
         let mut out = Vec::with_capacity(self.algorithms.len());
         for name in &self.algorithms {
             if alg::is_none(name) {
-                return Err(ConfigError::invalid(
+                return Err(JwtConfigError::invalid(
                     "jwt.algorithms",
                     name,
                     "`none` means unsigned tokens and is never allowed",
                 ));
             }
             let Some(a) = Alg::from_name(name) else {
-                return Err(ConfigError::invalid(
+                return Err(JwtConfigError::invalid(
                     "jwt.algorithms",
                     name,
                     "unknown algorithm; supported: HS256 HS384 HS512 RS256 RS384 RS512 PS256 \
@@ -148,17 +171,21 @@ impl JwtConfig {
                 ));
             };
             if out.contains(&a) {
-                return Err(ConfigError::invalid("jwt.algorithms", name, "listed twice"));
+                return Err(JwtConfigError::invalid(
+                    "jwt.algorithms",
+                    name,
+                    "listed twice",
+                ));
             }
             out.push(a);
         }
         Ok(Some(out))
     }
 
-    /// Every check that needs no file. [`super::JwtVerifier::from_config`] calls it first.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Every check that needs no file. [`super::JwtVerifier::from_specs`] calls it first.
+    pub fn validate(&self) -> Result<(), JwtConfigError> {
         if self.keys.is_empty() && self.jwks.is_none() && self.hs_secret_file.is_none() {
-            return Err(ConfigError::invalid(
+            return Err(JwtConfigError::invalid(
                 "jwt",
                 "(no keys)",
                 "give at least one of `keys`, `jwks` or `hs_secret_file`",
@@ -168,14 +195,14 @@ impl JwtConfig {
             for a in algs {
                 let hs = a.family() == KeyFamily::Hmac;
                 if hs && self.hs_secret_file.is_none() {
-                    return Err(ConfigError::invalid(
+                    return Err(JwtConfigError::invalid(
                         "jwt.algorithms",
                         a,
                         "an HS algorithm needs `hs_secret_file` (public keys are never HMAC secrets)",
                     ));
                 }
                 if !hs && self.keys.is_empty() && self.jwks.is_none() {
-                    return Err(ConfigError::invalid(
+                    return Err(JwtConfigError::invalid(
                         "jwt.algorithms",
                         a,
                         "a public-key algorithm needs `keys` or `jwks`",
@@ -185,7 +212,7 @@ impl JwtConfig {
         }
         if let Some(iss) = &self.issuer {
             if iss.is_empty() {
-                return Err(ConfigError::invalid(
+                return Err(JwtConfigError::invalid(
                     "jwt.issuer",
                     "\"\"",
                     "must not be empty; leave it out to skip the issuer check",
@@ -194,14 +221,18 @@ impl JwtConfig {
         }
         for (i, aud) in self.audience.iter().enumerate() {
             if aud.is_empty() {
-                return Err(ConfigError::invalid("jwt.audience", "\"\"", "empty entry"));
+                return Err(JwtConfigError::invalid(
+                    "jwt.audience",
+                    "\"\"",
+                    "empty entry",
+                ));
             }
             if self.audience[..i].contains(aud) {
-                return Err(ConfigError::invalid("jwt.audience", aud, "listed twice"));
+                return Err(JwtConfigError::invalid("jwt.audience", aud, "listed twice"));
             }
         }
         if self.leeway_s > MAX_LEEWAY_S {
-            return Err(ConfigError::invalid(
+            return Err(JwtConfigError::invalid(
                 "jwt.leeway_s",
                 self.leeway_s,
                 format!("at most {MAX_LEEWAY_S}; fix the clocks (NTP) instead"),
@@ -209,14 +240,14 @@ impl JwtConfig {
         }
         for (i, c) in self.required_claims.iter().enumerate() {
             if c.is_empty() {
-                return Err(ConfigError::invalid(
+                return Err(JwtConfigError::invalid(
                     "jwt.required_claims",
                     "\"\"",
                     "empty claim name",
                 ));
             }
             if self.required_claims[..i].contains(c) {
-                return Err(ConfigError::invalid(
+                return Err(JwtConfigError::invalid(
                     "jwt.required_claims",
                     c,
                     "listed twice",
@@ -224,7 +255,7 @@ impl JwtConfig {
             }
         }
         if self.scope_claim.is_empty() {
-            return Err(ConfigError::invalid(
+            return Err(JwtConfigError::invalid(
                 "jwt.scope_claim",
                 "\"\"",
                 "must name a claim",
@@ -232,21 +263,21 @@ impl JwtConfig {
         }
         super::scope::ScopeRules::new(&self.scopes)?;
         if self.single_use && !self.required_claims.iter().any(|c| c == "exp") {
-            return Err(ConfigError::invalid(
+            return Err(JwtConfigError::invalid(
                 "jwt.single_use",
                 true,
                 "needs \"exp\" in `required_claims`: a used jti is remembered until its token expires",
             ));
         }
         if self.max_token_lifetime_s == Some(0) {
-            return Err(ConfigError::invalid(
+            return Err(JwtConfigError::invalid(
                 "jwt.max_token_lifetime_s",
                 0,
                 "must be at least 1 (leave it out for no cap)",
             ));
         }
         if !TOKEN_BYTES_RANGE.contains(&self.max_token_bytes) {
-            return Err(ConfigError::invalid(
+            return Err(JwtConfigError::invalid(
                 "jwt.max_token_bytes",
                 self.max_token_bytes,
                 format!(
@@ -257,14 +288,14 @@ impl JwtConfig {
             ));
         }
         if self.single_use && self.max_tracked_jti == 0 {
-            return Err(ConfigError::invalid(
+            return Err(JwtConfigError::invalid(
                 "jwt.max_tracked_jti",
                 0,
                 "must be at least 1 with `single_use`",
             ));
         }
         if self.sources.is_empty() {
-            return Err(ConfigError::invalid(
+            return Err(JwtConfigError::invalid(
                 "jwt.sources",
                 "[]",
                 "name at least one of \"header\", \"subprotocol\", \"query\"",
@@ -272,7 +303,7 @@ impl JwtConfig {
         }
         for (i, s) in self.sources.iter().enumerate() {
             if self.sources[..i].contains(s) {
-                return Err(ConfigError::invalid(
+                return Err(JwtConfigError::invalid(
                     "jwt.sources",
                     s.name(),
                     "listed twice",
@@ -280,14 +311,14 @@ impl JwtConfig {
             }
         }
         if self.query_param.is_empty() || !self.query_param.bytes().all(is_unreserved) {
-            return Err(ConfigError::invalid(
+            return Err(JwtConfigError::invalid(
                 "jwt.query_param",
                 &self.query_param,
                 "must be a non-empty name of letters, digits, '-', '.', '_' or '~'",
             ));
         }
         if self.subprotocol_prefix.is_empty() || !self.subprotocol_prefix.bytes().all(is_tchar) {
-            return Err(ConfigError::invalid(
+            return Err(JwtConfigError::invalid(
                 "jwt.subprotocol_prefix",
                 &self.subprotocol_prefix,
                 "must be a non-empty HTTP token (RFC 9110 tchar), e.g. \"bearer.\"",
@@ -303,7 +334,7 @@ fn is_unreserved(b: u8) -> bool {
 }
 
 /// RFC 9110 §5.6.2 tchar: what a `Sec-WebSocket-Protocol` token may contain.
-pub(crate) fn is_tchar(b: u8) -> bool {
+fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
