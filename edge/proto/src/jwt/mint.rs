@@ -2,6 +2,7 @@
 //! randomness), their PEM texts, and tokens signed with them. Compiled for this crate's tests
 //! and, through the `mint` feature, for the edge's (which reads the same keys from files).
 
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use aws_lc_rs::encoding::AsDer as _;
@@ -12,7 +13,7 @@ use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _};
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use super::Alg;
+use super::{Alg, JwtConfig};
 
 /// "Now" in every test: 2023-11-14T22:13:20Z.
 pub const NOW: u64 = 1_700_000_000;
@@ -149,4 +150,47 @@ pub fn with(mut claims: Value, key: &str, value: Value) -> Value {
 pub fn without(mut claims: Value, key: &str) -> Value {
     claims.as_object_mut().unwrap().remove(key);
     claims
+}
+
+/// Where each test key is, as files a `[jwt]` section names: `rsa.pem`, `p256.pem`,
+/// `p384.pem`, `ed.pem`, `hs.key`. Whoever writes them (to memory, to a directory) chooses the
+/// paths.
+pub struct KeyFiles {
+    pub rsa: PathBuf,
+    pub p256: PathBuf,
+    pub p384: PathBuf,
+    pub ed: PathBuf,
+    pub hs: PathBuf,
+}
+
+impl KeyFiles {
+    /// Writes every test key with `write(file name, bytes)`, which returns the file's path.
+    pub fn write_with(mut write: impl FnMut(&str, &[u8]) -> PathBuf) -> Self {
+        let k = keys();
+        KeyFiles {
+            rsa: write("rsa.pem", rsa_pem().as_bytes()),
+            p256: write("p256.pem", p256_pem(&k.p256).as_bytes()),
+            p384: write("p384.pem", p384_pem().as_bytes()),
+            ed: write("ed.pem", ed_pem().as_bytes()),
+            hs: write("hs.key", &k.hs),
+        }
+    }
+
+    /// Every key, the corpus claim rules.
+    pub fn corpus_config(&self) -> JwtConfig {
+        JwtConfig {
+            keys: vec![
+                self.rsa.clone(),
+                self.p256.clone(),
+                self.p384.clone(),
+                self.ed.clone(),
+            ],
+            hs_secret_file: Some(self.hs.clone()),
+            issuer: Some(ISSUER.into()),
+            audience: vec![AUDIENCE.into()],
+            max_token_lifetime_s: Some(3600),
+            single_use: true,
+            ..JwtConfig::default()
+        }
+    }
 }

@@ -291,7 +291,7 @@ fn alg_none_in_every_form() {
 #[test]
 fn rsa_public_key_as_hmac_secret_is_refused() {
     let f = fixture();
-    let pem_bytes = f.read(&f.rsa);
+    let pem_bytes = f.read(&f.keys.rsa);
     let der = aws_lc_rs::encoding::AsDer::as_der(keys().rsa.public_key()).unwrap();
     for secret in [pem_bytes.as_slice(), der.as_ref()] {
         let forge = |kid: Option<&str>| {
@@ -305,7 +305,7 @@ fn rsa_public_key_as_hmac_secret_is_refused() {
         };
         // A verifier with only the RSA key: HS256 is not even allowed.
         let only_rsa = JwtConfig {
-            keys: vec![f.rsa.clone()],
+            keys: vec![f.keys.rsa.clone()],
             hs_secret_file: None,
             ..f.config()
         };
@@ -436,7 +436,7 @@ fn kid_required_when_two_keys_fit() {
     let f = fixture();
     let second = f.write("p256b.pem", p256_pem(&keys().p256_other).as_bytes());
     let cfg = JwtConfig {
-        keys: vec![f.p256.clone(), second],
+        keys: vec![f.keys.p256.clone(), second],
         hs_secret_file: None,
         ..f.config()
     };

@@ -9,42 +9,28 @@ use std::sync::Mutex;
 use crate::jwt::mint::*;
 use crate::jwt::{jwks, keys, JwtConfig, JwtConfigError, JwtVerifier, KeySpec};
 
-/// Every test key under a file name: `rsa.pem`, `p256.pem`, `p384.pem`, `ed.pem`, `hs.key`.
+/// Every test key under a file name (see [`KeyFiles`]), held in memory.
 pub struct Fixture {
     files: Mutex<BTreeMap<PathBuf, Vec<u8>>>,
-    pub rsa: PathBuf,
-    pub p256: PathBuf,
-    pub p384: PathBuf,
-    pub ed: PathBuf,
-    pub hs: PathBuf,
+    pub keys: KeyFiles,
 }
 
 pub fn fixture() -> Fixture {
-    let k = keys();
-    let f = Fixture {
-        files: Mutex::default(),
-        rsa: PathBuf::new(),
-        p256: PathBuf::new(),
-        p384: PathBuf::new(),
-        ed: PathBuf::new(),
-        hs: PathBuf::new(),
-    };
-    Fixture {
-        rsa: f.write("rsa.pem", rsa_pem().as_bytes()),
-        p256: f.write("p256.pem", p256_pem(&k.p256).as_bytes()),
-        p384: f.write("p384.pem", p384_pem().as_bytes()),
-        ed: f.write("ed.pem", ed_pem().as_bytes()),
-        hs: f.write("hs.key", &k.hs),
-        ..f
-    }
+    let files = Mutex::default();
+    let keys = KeyFiles::write_with(|name, bytes| put(&files, name, bytes));
+    Fixture { files, keys }
+}
+
+fn put(files: &Mutex<BTreeMap<PathBuf, Vec<u8>>>, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = Path::new("/keys").join(name);
+    files.lock().unwrap().insert(p.clone(), bytes.to_vec());
+    p
 }
 
 impl Fixture {
     /// Adds a file; its path, for a configuration to name.
     pub fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let p = Path::new("/keys").join(name);
-        self.files.lock().unwrap().insert(p.clone(), bytes.to_vec());
-        p
+        put(&self.files, name, bytes)
     }
 
     pub fn read(&self, path: &Path) -> Vec<u8> {
@@ -53,20 +39,7 @@ impl Fixture {
 
     /// Every key, the corpus claim rules.
     pub fn config(&self) -> JwtConfig {
-        JwtConfig {
-            keys: vec![
-                self.rsa.clone(),
-                self.p256.clone(),
-                self.p384.clone(),
-                self.ed.clone(),
-            ],
-            hs_secret_file: Some(self.hs.clone()),
-            issuer: Some(ISSUER.into()),
-            audience: vec![AUDIENCE.into()],
-            max_token_lifetime_s: Some(3600),
-            single_use: true,
-            ..JwtConfig::default()
-        }
+        self.keys.corpus_config()
     }
 
     pub fn verifier(&self) -> JwtVerifier {

@@ -257,7 +257,7 @@ fn kids_must_be_unique_across_sources() {
     std::fs::create_dir(&sub).unwrap();
     let again = write(&sub, "rsa.pem", ed_pem().as_bytes());
     let cfg = JwtConfig {
-        keys: vec![f.rsa.clone(), again],
+        keys: vec![f.keys.rsa.clone(), again],
         ..f.config()
     };
     let e = crate::auth::jwt::load_verifier(&cfg)
@@ -267,7 +267,7 @@ fn kids_must_be_unique_across_sources() {
     // A JWKS kid equal to a PEM file stem collides as well.
     let doc = json!({"keys": [jwk_ed("rsa")]});
     let cfg = JwtConfig {
-        keys: vec![f.rsa.clone()],
+        keys: vec![f.keys.rsa.clone()],
         ..jwks_config(&f, &doc)
     };
     assert!(crate::auth::jwt::load_verifier(&cfg).is_err());
