@@ -70,7 +70,8 @@ async fn connect_echo_close(srv: &Server, i: u64) {
 
 /// The upgrade request and a first frame sent in the same flight as the client's Finished:
 /// once small (both fit one record each), once large (a 100 kB frame spans several records,
-/// so a read at the switch point can end mid-record). Both get the 101 and their echo.
+/// so a read at the switch point can end mid-record). Both get the 101 and their echo, then
+/// one more message and its echo (by then under kTLS), and both are offloaded once.
 #[tokio::test]
 async fn data_pipelined_after_the_client_finished_is_served() {
     if !ktls_kernel_or_skip() {
