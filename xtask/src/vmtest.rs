@@ -1,4 +1,5 @@
-//! `cargo xtask vmtest [--exec "SHELL COMMAND"]`: the kTLS tests inside a QEMU guest.
+//! `cargo xtask vmtest [--kernel bookworm|sid] [--exec "SHELL COMMAND"]`: the kTLS tests
+//! inside a QEMU guest.
 //!
 //! The host kernel has no `CONFIG_TLS`, so kTLS is tested in a guest running Debian's generic
 //! kernel (fetched with `apt-get download`, unpacked with `dpkg -x`, never installed), booted in
@@ -11,7 +12,10 @@
 //! Without `--exec` the job is the `ktls` test target of `wssedge`; as a layer of
 //! `cargo xtask test` it prints the usual `vmtest: N passed, ...` line.
 //!
-//! Everything lives in `target/vmtest/`: `kernel/<package>/` (the unpacked kernel, kept),
+//! `--kernel bookworm` (the default: Debian 12's 6.1, the kernel of the hosts this edge is for)
+//! or `--kernel sid` (the newest kernel Debian ships) picks the guest's kernel ([`kernel`]).
+//!
+//! Everything lives in `target/vmtest/`: `kernel/<suite>/<package>/` (the unpacked kernel, kept),
 //! `initramfs-<kver>.cpio` (rebuilt only when its inputs change), `share/` (job script, exit
 //! code, and whatever the job writes there) and `console.log` (the guest's serial console).
 
@@ -22,11 +26,14 @@ use std::io::{Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+mod kernel;
+
+use self::kernel::{depmod, ensure_kernel, Kernel, Suite};
 use super::{
     apt_install, banner, cargo_build_json, is_root, parse_cargo_test, which, Counts, Env, Guard,
     Outcome,
@@ -35,8 +42,6 @@ use super::{
 /// Host packages: QEMU, the busybox the initramfs is made of, and `depmod`.
 const PACKAGES: [&str; 3] = ["qemu-system-x86", "busybox-static", "kmod"];
 const QEMU: &str = "qemu-system-x86_64";
-/// Debian's metapackage for the generic kernel (the `-cloud` flavour has no 9p).
-const KERNEL_META: &str = "linux-image-amd64";
 
 /// The guest's modules; their dependencies are added from `modules.dep`.
 const MODULES: &[&str] = &[
@@ -57,9 +62,24 @@ const MODULES: &[&str] = &[
     "ghash_generic",
     "aesni_intel",
     "ghash_clmulni_intel",
-    // ChaCha20-Poly1305 (template `rfc7539`), generic and x86-64.
+    // ChaCha20-Poly1305 (template `rfc7539`), generic and x86-64; 7.x names the ChaCha cipher
+    // `chacha` and keeps the x86-64 code in `libchacha`/`libpoly1305`.
     "chacha20poly1305",
+    "chacha",
     "chacha_generic",
+    "poly1305_generic",
+    "chacha_x86_64",
+    "poly1305_x86_64",
+];
+/// Crypto implementations whose modules differ between kernels: 6.1 has `chacha_generic`,
+/// `chacha_x86_64`, `ghash_generic`...; 7.x folds the x86-64 code into `lib/crypto`
+/// (`libchacha`, `libpoly1305`, `gcm`'s own GHASH, pulled in through `modules.dep`) and names
+/// the cipher `chacha`. Each is taken where the kernel has it and skipped where it does not.
+const MODULES_WHERE_PRESENT: &[&str] = &[
+    "ghash_generic",
+    "ghash_clmulni_intel",
+    "chacha_generic",
+    "chacha",
     "poly1305_generic",
     "chacha_x86_64",
     "poly1305_x86_64",
@@ -100,31 +120,67 @@ const INITRAMFS_FORMAT: &str = "wssedge-vmtest-initramfs-1";
 // Entry points
 // ---------------------------------------------------------------------------------------------
 
-/// `cargo xtask vmtest [--exec CMD]`.
+/// `cargo xtask vmtest [--kernel bookworm|sid] [--exec CMD]`.
 pub fn run(args: &[String]) -> Result<bool> {
-    match parse_args(args)? {
-        None => super::run_tests(&["vmtest"]),
-        Some(command) => run_exec(&Env::detect(), &command),
+    let args = parse_args(args)?;
+    match args.exec {
+        None => {
+            LAYER_SUITE
+                .set(args.suite)
+                .expect("the layer's kernel is chosen once");
+            super::run_tests(&["vmtest"])
+        }
+        Some(command) => run_exec(&Env::detect(), args.suite, &command),
     }
 }
 
-/// `--exec CMD` (or `--exec=CMD`); `None` means the kTLS tests.
-fn parse_args(args: &[String]) -> Result<Option<String>> {
-    let mut exec = None;
+/// The kernel the `vmtest` layer boots: Debian 12's unless `cargo xtask vmtest --kernel` chose.
+static LAYER_SUITE: OnceLock<Suite> = OnceLock::new();
+
+const USAGE: &str = "usage: cargo xtask vmtest [--kernel bookworm|sid] [--exec \"SHELL COMMAND\"]";
+
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Args {
+    suite: Suite,
+    /// `None` means the kTLS tests.
+    exec: Option<String>,
+}
+
+/// `--kernel NAME` and `--exec CMD` (or `--kernel=NAME`, `--exec=CMD`).
+fn parse_args(args: &[String]) -> Result<Args> {
+    let mut out = Args::default();
+    let mut kernel = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let value = if a == "--exec" {
-            it.next().context("--exec needs a shell command")?.clone()
-        } else if let Some(v) = a.strip_prefix("--exec=") {
-            v.to_string()
-        } else {
-            bail!("unknown argument {a:?} (usage: cargo xtask vmtest [--exec \"SHELL COMMAND\"])");
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) => (f, Some(v.to_string())),
+            None => (a.as_str(), None),
         };
-        if exec.replace(value).is_some() {
-            bail!("--exec given twice");
+        let mut value = || -> Result<String> {
+            match inline.clone() {
+                Some(v) => Ok(v),
+                None => it
+                    .next()
+                    .cloned()
+                    .with_context(|| format!("{flag} needs a value")),
+            }
+        };
+        match flag {
+            "--exec" => {
+                if out.exec.replace(value()?).is_some() {
+                    bail!("--exec given twice");
+                }
+            }
+            "--kernel" => {
+                if kernel.replace(Suite::parse(&value()?)?).is_some() {
+                    bail!("--kernel given twice");
+                }
+            }
+            _ => bail!("unknown argument {a:?} ({USAGE})"),
         }
     }
-    Ok(exec)
+    out.suite = kernel.unwrap_or_default();
+    Ok(out)
 }
 
 /// The `vmtest` layer of `cargo xtask test`: the `ktls` test binary in the guest.
@@ -136,7 +192,8 @@ pub fn layer(env: &Env) -> Result<Outcome> {
                 .into(),
         ));
     }
-    let vm = match Vm::prepare(env) {
+    let suite = LAYER_SUITE.get().copied().unwrap_or_default();
+    let vm = match Vm::prepare(env, suite) {
         Ok(vm) => vm,
         Err(e) => return skip_or_fail(e),
     };
@@ -182,8 +239,8 @@ fn print_findings(dir: &Path) {
     }
 }
 
-fn run_exec(env: &Env, command: &str) -> Result<bool> {
-    let vm = Vm::prepare(env)?;
+fn run_exec(env: &Env, suite: Suite, command: &str) -> Result<bool> {
+    let vm = Vm::prepare(env, suite)?;
     let job = Job {
         dir: env.root.clone(),
         env: Vec::new(),
@@ -391,7 +448,7 @@ impl GuestRun {
 
 impl Vm {
     /// Everything the guest needs on the host, fetched or built once and cached.
-    fn prepare(env: &Env) -> Result<Vm> {
+    fn prepare(env: &Env, suite: Suite) -> Result<Vm> {
         if !is_root() {
             return Err(cannot_run(
                 "needs root (apt-get for qemu/busybox/kmod, the host's / exported to the guest)",
@@ -401,7 +458,7 @@ impl Vm {
         let tools = ensure_tools()?;
         let dir = env.target.join("vmtest");
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-        let kernel = ensure_kernel(&dir, &tools)?;
+        let kernel = ensure_kernel(&dir, suite, &tools)?;
         let initramfs = ensure_initramfs(&dir, &kernel, &tools)?;
         Ok(Vm {
             dir,
@@ -425,8 +482,9 @@ impl Vm {
         let _lock = lock_dir(&self.dir, self.timeout)?;
         self.write_share(job)?;
         banner(&format!(
-            "vmtest: booting {} (console also in {})",
+            "vmtest: booting {} ({}; console also in {})",
             self.kernel.version,
+            self.kernel.suite,
             self.console_log().display()
         ));
         let mut cmd = self.qemu_command();
@@ -789,235 +847,14 @@ fn run_bounded(cmd: &mut Command, name: &'static str, limit: Duration) -> Result
     bail!("{name} did not finish within {} s", limit.as_secs())
 }
 
-fn apt_update() -> Result<()> {
-    let st = run_bounded(
-        Command::new("apt-get")
-            .args(["update", "-q"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-        "apt-get update",
-        APT_LIMIT,
-    )?;
-    if !st.success() {
-        bail!("apt-get update failed ({st})");
-    }
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// The guest kernel: Debian's package, downloaded and unpacked once
-// ---------------------------------------------------------------------------------------------
-
-struct Kernel {
-    /// e.g. `6.1.0-48-amd64`.
-    version: String,
-    vmlinuz: PathBuf,
-    /// `lib/modules/<version>` of the unpacked package, with its `modules.dep`.
-    modules: PathBuf,
-}
-
-/// Marks a complete unpack in `kernel/<package>/`.
-const UNPACKED: &str = ".unpacked";
-
-fn ensure_kernel(dir: &Path, tools: &Tools) -> Result<Kernel> {
-    let kernels = dir.join("kernel");
-    let pkg = match kernel_package() {
-        Ok(p) => p,
-        Err(e) => {
-            // Offline, or apt knows no kernel: any kernel unpacked earlier still does the job.
-            if let Some(cached) = cached_kernel(&kernels) {
-                eprintln!("vmtest: {e:#}; using the cached {}", cached.display());
-                return kernel_in(&cached);
-            }
-            return Err(e);
-        }
-    };
-    let unpacked = kernels.join(&pkg);
-    if !unpacked.join(UNPACKED).is_file() {
-        banner(&format!("vmtest: fetching {pkg}"));
-        let deb = download(&pkg, &dir.join("download"))?;
-        unpack(&deb, &unpacked, tools)?;
-        let _ = std::fs::remove_file(&deb); // the unpacked tree is the cache
-        prune_other_kernels(dir, &pkg);
-    }
-    kernel_in(&unpacked)
-}
-
-/// Called right after a new kernel is unpacked: the other kernels (400 MB each, unpacked) and
-/// every initramfs (built for them; the new one has none yet) are superseded.
-fn prune_other_kernels(dir: &Path, keep: &str) {
-    let entries = |d: PathBuf| std::fs::read_dir(d).into_iter().flatten().flatten();
-    for e in entries(dir.join("kernel")) {
-        if e.file_name() != keep {
-            eprintln!("vmtest: removing the superseded {}", e.path().display());
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
-    for e in entries(dir.to_path_buf()) {
-        if e.file_name().to_string_lossy().starts_with("initramfs-") {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
-
-/// The versioned package `linux-image-amd64` depends on, e.g. `linux-image-6.1.0-48-amd64`.
-fn kernel_package() -> Result<String> {
-    for attempt in 0..2 {
-        let out = Command::new("apt-cache")
-            .args(["depends", KERNEL_META])
-            .stdin(Stdio::null())
-            .output();
-        let Ok(out) = out else {
-            return Err(cannot_run("no apt-cache to find Debian's kernel package"));
-        };
-        if let Some(p) = parse_kernel_depends(&String::from_utf8_lossy(&out.stdout)) {
-            return Ok(p);
-        }
-        if attempt == 0 {
-            // A fresh machine may have no package lists yet.
-            eprintln!("vmtest: apt-cache knows no {KERNEL_META}; running apt-get update once");
-            if let Err(e) = apt_update() {
-                eprintln!("vmtest: {e:#}");
-            }
-        }
-    }
-    Err(cannot_run(format!(
-        "cannot fetch the guest kernel: apt-cache depends {KERNEL_META} names no linux-image \
-         package (is this Debian with its main archive in the apt sources?)"
-    )))
-}
-
-fn parse_kernel_depends(text: &str) -> Option<String> {
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("Depends:"))
-        .map(str::trim)
-        .find(|p| p.starts_with("linux-image-") && !p.contains(['<', ' ']))
-        .map(str::to_string)
-}
-
-fn cached_kernel(kernels: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(kernels)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.join(UNPACKED).is_file())
-}
-
-/// `apt-get download` into `dl` (retried once after `apt-get update`: the lists may be stale).
-fn download(pkg: &str, dl: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(dl).with_context(|| format!("create {}", dl.display()))?;
-    for attempt in 0..2 {
-        // apt warns that the download runs unsandboxed when `_apt` cannot write `dl`: harmless.
-        let st = run_bounded(
-            Command::new("apt-get")
-                .args(["download", "-q", pkg])
-                .current_dir(dl),
-            "apt-get download",
-            APT_LIMIT,
-        )?;
-        if st.success() {
-            return find_deb(dl, pkg);
-        }
-        if attempt == 0 {
-            apt_update().ok();
-        }
-    }
-    Err(cannot_run(format!(
-        "cannot fetch the guest kernel: apt-get download {pkg} failed"
-    )))
-}
-
-fn find_deb(dl: &Path, pkg: &str) -> Result<PathBuf> {
-    let prefix = format!("{pkg}_");
-    std::fs::read_dir(dl)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
-        })
-        .with_context(|| format!("apt-get download left no {prefix}*.deb in {}", dl.display()))
-}
-
-/// `dpkg -x` (never install) and `depmod -b` on the whole tree, whose `modules.dep` gives the
-/// dependencies of the modules the initramfs takes.
-fn unpack(deb: &Path, into: &Path, tools: &Tools) -> Result<()> {
-    // Package names have dots (`linux-image-6.1.0-48-amd64`): append, never `with_extension`.
-    let mut partial = into.as_os_str().to_owned();
-    partial.push(".partial");
-    let partial = PathBuf::from(partial);
-    let _ = std::fs::remove_dir_all(&partial);
-    std::fs::create_dir_all(&partial).with_context(|| format!("create {}", partial.display()))?;
-    let _ = std::fs::remove_dir_all(into);
-    let st = run_bounded(
-        Command::new("dpkg").arg("-x").arg(deb).arg(&partial),
-        "dpkg -x",
-        Duration::from_secs(120),
-    )?;
-    if !st.success() {
-        bail!("dpkg -x {} failed ({st})", deb.display());
-    }
-    let version = module_version(&partial)?;
-    depmod(tools, &partial, &version)?;
-    std::fs::rename(&partial, into)?;
-    std::fs::write(into.join(UNPACKED), format!("{version}\n"))?;
-    Ok(())
-}
-
-fn module_version(root: &Path) -> Result<String> {
-    let dir = root.join("lib/modules");
-    let mut versions: Vec<String> = std::fs::read_dir(&dir)
-        .with_context(|| format!("no {} in the kernel package", dir.display()))?
-        .flatten()
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect();
-    match versions.len() {
-        1 => Ok(versions.remove(0)),
-        _ => bail!(
-            "expected one kernel version in {}, found {versions:?}",
-            dir.display()
-        ),
-    }
-}
-
-fn kernel_in(root: &Path) -> Result<Kernel> {
-    let version = module_version(root)?;
-    let vmlinuz = root.join(format!("boot/vmlinuz-{version}"));
-    if !vmlinuz.is_file() {
-        bail!(
-            "{} missing: delete {} to fetch it again",
-            vmlinuz.display(),
-            root.display()
-        );
-    }
-    Ok(Kernel {
-        modules: root.join("lib/modules").join(&version),
-        version,
-        vmlinuz,
-    })
-}
-
-fn depmod(tools: &Tools, root: &Path, version: &str) -> Result<()> {
-    let st = Command::new(&tools.depmod)
-        .arg("-b")
-        .arg(root)
-        .arg(version)
-        .stdin(Stdio::null())
-        .status()
-        .context("spawn depmod")?;
-    if !st.success() {
-        bail!("depmod -b {} {version} failed ({st})", root.display());
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------------------------
 // The initramfs
 // ---------------------------------------------------------------------------------------------
 
 fn ensure_initramfs(dir: &Path, kernel: &Kernel, tools: &Tools) -> Result<PathBuf> {
-    let modules = module_closure(&kernel.modules, MODULES)?;
-    let init = init_script();
+    let plan = module_closure(&kernel.modules, MODULES)?;
+    let init = init_script(&plan.present(CPU_MODULES));
+    let modules = plan.files;
     let stamp = inputs_stamp(&init, &modules, kernel, tools)?;
     let out = dir.join(format!("initramfs-{}.cpio", kernel.version));
     let stamp_file = out.with_extension("stamp");
@@ -1039,18 +876,54 @@ fn ensure_initramfs(dir: &Path, kernel: &Kernel, tools: &Tools) -> Result<PathBu
         names.len(),
         names.join(" ")
     );
+    if !plan.builtin.is_empty() || !plan.absent.is_empty() {
+        eprintln!(
+            "vmtest: built into {}: {}; not in it (its code lives elsewhere there): {}",
+            kernel.version,
+            plan.builtin.join(" "),
+            plan.absent.join(" ")
+        );
+    }
     Ok(out)
 }
 
 /// The wanted modules and everything they depend on, as paths relative to `lib/modules/<v>`.
-fn module_closure(modules_dir: &Path, wanted: &[&str]) -> Result<Vec<String>> {
+fn module_closure(modules_dir: &Path, wanted: &[&str]) -> Result<ModulePlan> {
     let dep_file = modules_dir.join("modules.dep");
     let text = std::fs::read_to_string(&dep_file)
         .with_context(|| format!("read {}", dep_file.display()))?;
-    closure_from_dep(&text, wanted)
+    // Packages without the list (none known) make every missing module an error.
+    let builtin = std::fs::read_to_string(modules_dir.join("modules.builtin")).unwrap_or_default();
+    closure_from_dep(&text, &builtin, wanted)
 }
 
-fn closure_from_dep(modules_dep: &str, wanted: &[&str]) -> Result<Vec<String>> {
+/// What goes into the initramfs, and what this kernel does not have as a module.
+#[derive(Debug, PartialEq, Eq)]
+struct ModulePlan {
+    /// Paths relative to `lib/modules/<v>`, dependencies first.
+    files: Vec<String>,
+    /// Wanted modules built into this kernel (modprobe knows them from `modules.builtin`).
+    builtin: Vec<String>,
+    /// Wanted implementations this kernel does not have ([`MODULES_WHERE_PRESENT`]).
+    absent: Vec<String>,
+}
+
+impl ModulePlan {
+    /// Of `wanted`, those `/init` can load or finds built in.
+    fn present<'a>(&self, wanted: &[&'a str]) -> Vec<&'a str> {
+        wanted
+            .iter()
+            .copied()
+            .filter(|m| !self.absent.iter().any(|f| f == m))
+            .collect()
+    }
+}
+
+fn closure_from_dep(
+    modules_dep: &str,
+    modules_builtin: &str,
+    wanted: &[&str],
+) -> Result<ModulePlan> {
     let deps: BTreeMap<String, (&str, Vec<&str>)> = modules_dep
         .lines()
         .filter_map(|l| l.split_once(':'))
@@ -1061,18 +934,33 @@ fn closure_from_dep(modules_dep: &str, wanted: &[&str]) -> Result<Vec<String>> {
             )
         })
         .collect();
-    let mut picked = Vec::new();
+    let builtin: Vec<String> = modules_builtin.lines().map(module_name).collect();
+    let mut plan = ModulePlan {
+        files: Vec::new(),
+        builtin: Vec::new(),
+        absent: Vec::new(),
+    };
     for name in wanted {
-        let Some((path, needs)) = deps.get(&name.replace('-', "_")) else {
-            bail!("module {name} is not in this kernel's modules.dep (built in, or renamed?)");
+        let name = name.replace('-', "_");
+        let Some((path, needs)) = deps.get(&name) else {
+            if builtin.contains(&name) {
+                plan.builtin.push(name);
+            } else if MODULES_WHERE_PRESENT.contains(&name.as_str()) {
+                plan.absent.push(name);
+            } else {
+                bail!(
+                    "module {name} is neither in this kernel's modules.dep nor built in (renamed?)"
+                );
+            }
+            continue;
         };
         for p in needs.iter().copied().chain([*path]) {
-            if !picked.iter().any(|q: &String| q == p) {
-                picked.push(p.to_string());
+            if !plan.files.iter().any(|q: &String| q == p) {
+                plan.files.push(p.to_string());
             }
         }
     }
-    Ok(picked)
+    Ok(plan)
 }
 
 /// `kernel/arch/x86/crypto/aesni-intel.ko.xz` → `aesni_intel`, the name modprobe uses.
@@ -1178,7 +1066,7 @@ fn module_contents(src: &Path, rel: &str) -> Result<(String, Vec<u8>)> {
 
 /// The guest's PID 1. It never exits (that would panic the kernel): every path ends in the
 /// exit marker and `poweroff -f`.
-fn init_script() -> String {
+fn init_script(cpu_modules: &[&str]) -> String {
     format!(
         r#"#!/bin/busybox sh
 # /init of the wssedge vmtest guest; generated by xtask/src/vmtest.rs.
@@ -1221,7 +1109,7 @@ poweroff -f
         boot = BOOT_MODULES.join(" "),
         GUEST_TMP = GUEST_TMP,
         GUEST_SHARE = GUEST_SHARE,
-        cpu = CPU_MODULES.join(" "),
+        cpu = cpu_modules.join(" "),
     )
 }
 
@@ -1325,20 +1213,34 @@ mod tests {
 
     #[test]
     fn exec_arguments() {
-        assert_eq!(parse_args(&[]).unwrap(), None);
+        let exec = |v: &[&str]| parse_args(&s(v)).map(|a| a.exec);
+        assert_eq!(parse_args(&[]).unwrap(), Args::default());
         assert_eq!(
-            parse_args(&s(&["--exec", "uname -r; ls"]))
-                .unwrap()
-                .as_deref(),
+            exec(&["--exec", "uname -r; ls"]).unwrap().as_deref(),
             Some("uname -r; ls")
         );
-        assert_eq!(
-            parse_args(&s(&["--exec=true"])).unwrap().as_deref(),
-            Some("true")
-        );
+        assert_eq!(exec(&["--exec=true"]).unwrap().as_deref(), Some("true"));
         assert!(parse_args(&s(&["--exec"])).is_err());
         assert!(parse_args(&s(&["--exec", "a", "--exec", "b"])).is_err());
         assert!(parse_args(&s(&["--nope"])).is_err());
+    }
+
+    #[test]
+    fn kernel_arguments() {
+        let suite = |v: &[&str]| parse_args(&s(v)).map(|a| a.suite);
+        assert_eq!(suite(&[]).unwrap(), Suite::Bookworm);
+        assert_eq!(suite(&["--kernel", "sid"]).unwrap(), Suite::Sid);
+        assert_eq!(suite(&["--kernel=bookworm"]).unwrap(), Suite::Bookworm);
+        assert_eq!(
+            parse_args(&s(&["--kernel", "sid", "--exec", "uname -r"])).unwrap(),
+            Args {
+                suite: Suite::Sid,
+                exec: Some("uname -r".into())
+            }
+        );
+        assert!(suite(&["--kernel", "trixie"]).is_err());
+        assert!(suite(&["--kernel"]).is_err());
+        assert!(suite(&["--kernel", "sid", "--kernel", "sid"]).is_err());
     }
 
     #[test]
@@ -1353,23 +1255,15 @@ mod tests {
     }
 
     #[test]
-    fn finds_the_kernel_package() {
-        let out = "linux-image-amd64\n  Depends: linux-image-6.1.0-48-amd64\n";
-        assert_eq!(
-            parse_kernel_depends(out).as_deref(),
-            Some("linux-image-6.1.0-48-amd64")
-        );
-        assert_eq!(parse_kernel_depends("E: No packages found\n"), None);
-    }
-
-    #[test]
     fn closes_module_dependencies() {
         let dep = "kernel/net/tls/tls.ko:\n\
             kernel/fs/9p/9p.ko: kernel/net/9p/9pnet.ko kernel/fs/netfs/netfs.ko\n\
             kernel/net/9p/9pnet.ko:\n\
             kernel/arch/x86/crypto/aesni-intel.ko.xz: kernel/crypto/cryptd.ko\n";
         assert_eq!(
-            closure_from_dep(dep, &["9p", "tls", "aesni_intel"]).unwrap(),
+            closure_from_dep(dep, "", &["9p", "tls", "aesni_intel"])
+                .unwrap()
+                .files,
             s(&[
                 "kernel/net/9p/9pnet.ko",
                 "kernel/fs/netfs/netfs.ko",
@@ -1379,7 +1273,23 @@ mod tests {
                 "kernel/arch/x86/crypto/aesni-intel.ko.xz",
             ])
         );
-        assert!(closure_from_dep(dep, &["nope"]).is_err());
+        assert!(closure_from_dep(dep, "", &["nope"]).is_err());
+        // A newer kernel: virtio_pci built in, the x86 ChaCha code folded into libchacha.
+        let plan = closure_from_dep(
+            dep,
+            "kernel/drivers/virtio/virtio_pci.ko\n",
+            &["virtio_pci", "tls", "chacha_x86_64", "aesni_intel"],
+        )
+        .unwrap();
+        assert_eq!(plan.builtin, s(&["virtio_pci"]));
+        assert_eq!(plan.absent, s(&["chacha_x86_64"]));
+        assert_eq!(plan.files.len(), 3);
+        assert_eq!(
+            plan.present(&["aesni_intel", "chacha_x86_64"]),
+            ["aesni_intel"]
+        );
+        // Built in, or an implementation known to move: a required module that is neither fails.
+        assert!(closure_from_dep(dep, "kernel/x/virtio_pci.ko\n", &["9pnet_virtio"]).is_err());
         assert_eq!(
             module_name("kernel/arch/x86/crypto/aesni-intel.ko.xz"),
             "aesni_intel"
