@@ -1,5 +1,6 @@
 //! The ends of an offloaded session: close_notify in both directions, and a client KeyUpdate,
-//! which a 6.1 kernel cannot follow (no rekey before 6.14) and the server must refuse cleanly.
+//! which a 6.1 kernel cannot follow (no rekey before 6.14) and the server must refuse cleanly,
+//! and a newer kernel follows.
 
 use tokio::io::AsyncWriteExt;
 
@@ -74,11 +75,15 @@ async fn server_sends_close_notify_after_the_close_handshake() {
     base.wait_until_released().await;
 }
 
-/// A client KeyUpdate, then a message under the new key. The 6.1 kernel hands the KeyUpdate up
-/// as a handshake record and cannot take new RX keys: the server must close with 1001
-/// `tls_rekey_unsupported` (still readable, its TX key is unchanged), then close_notify.
+/// A client KeyUpdate (rustls asks for ours in return), then a message under the new key.
+/// - A kernel that cannot take new keys (6.1; rekeying came in 6.14) hands the KeyUpdate up as
+///   a handshake record: the server must close with 1001 `tls_rekey_unsupported` (still
+///   readable, its TX key is unchanged), then close_notify.
+/// - A kernel that can: the server follows the client's keys on RX, sends its own KeyUpdate and
+///   follows it on TX; the message comes back intact under the new keys, the session goes on,
+///   and the kernel counts exactly one rekey each way.
 #[tokio::test]
-async fn client_key_update_is_refused_with_1001_tls_rekey_unsupported() {
+async fn client_key_update_is_refused_or_followed_as_the_kernel_can() {
     if !ktls_kernel_or_skip() {
         return;
     }
@@ -94,6 +99,42 @@ async fn client_key_update_is_refused_with_1001_tls_rekey_unsupported() {
     let mut raw = RawWs::from_parts(tls, buffered);
     raw.send_lossy(&cframe(true, OP_TEXT, b"after the key update"))
         .await;
+
+    if base.stat.has("TlsRxRekeyOk") {
+        assert_eq!(
+            raw.message().await,
+            (OP_TEXT, b"after the key update".to_vec()),
+            "the message under the new keys came back different"
+        );
+        raw.send(&cframe(true, OP_BINARY, b"and after that")).await;
+        assert_eq!(raw.message().await, (OP_BINARY, b"and after that".to_vec()));
+        let stat = TlsStat::read();
+        let moved = ["TlsRxRekeyReceived", "TlsRxRekeyOk", "TlsTxRekeyOk"]
+            .map(|c| (c, stat.since(&base.stat, c)));
+        report_finding(
+            "key-update.txt",
+            &format!("client KeyUpdate under kTLS: followed, echoes intact; tls_stat {moved:?}\n"),
+        );
+        assert_eq!(
+            moved,
+            [
+                ("TlsRxRekeyReceived", 1),
+                ("TlsRxRekeyOk", 1),
+                ("TlsTxRekeyOk", 1)
+            ],
+            "one rekey each way"
+        );
+        for c in ["TlsRxRekeyError", "TlsTxRekeyError"] {
+            assert_eq!(stat.since(&base.stat, c), 0, "{c} moved");
+        }
+        raw.send(&cframe(true, OP_CLOSE, &close_payload(1000, "done")))
+            .await;
+        assert_eq!(raw.rd.expect_close().await, Some(1000));
+        read_to_clean_tls_eof(&mut raw.rd.io).await;
+        base.assert_offloaded(&srv, 1).await;
+        base.wait_until_released().await;
+        return;
+    }
 
     let close = raw.rd.expect_close_frame().await;
     report_finding(

@@ -58,6 +58,11 @@ impl TlsStat {
             .unwrap_or_else(|| panic!("{TLS_STAT} has no {counter}: {:?}", self.0))
     }
 
+    /// Whether this kernel has `counter` (the rekey counters came with rekeying, in 6.14).
+    pub fn has(&self, counter: &str) -> bool {
+        self.0.contains_key(counter)
+    }
+
     /// How far the cumulative `counter` moved since `before`.
     pub fn since(&self, before: &TlsStat, counter: &str) -> u64 {
         let (now, then) = (self.get(counter), before.get(counter));
