@@ -119,6 +119,22 @@ impl Side {
     }
 }
 
+/// Who sent a KeyUpdate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KeyUpdateDirection {
+    Sent,
+    Received,
+}
+
+impl KeyUpdateDirection {
+    fn as_str(self) -> &'static str {
+        match self {
+            KeyUpdateDirection::Sent => "sent",
+            KeyUpdateDirection::Received => "received",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Labelled {
     handshakes: BTreeMap<(&'static str, &'static str), u64>,
@@ -126,6 +142,7 @@ struct Labelled {
     close_codes: BTreeMap<(u16, Side), u64>,
     ktls_fallbacks: BTreeMap<&'static str, u64>,
     ktls_alerts: BTreeMap<&'static str, u64>,
+    ktls_key_updates: BTreeMap<(KeyUpdateDirection, bool), u64>,
     lossy_drops: BTreeMap<&'static str, u64>,
     rate_limited: BTreeMap<(&'static str, &'static str), u64>,
 }
@@ -226,6 +243,16 @@ impl CoreMetrics {
     /// An alert record received under kTLS (close_notify, fatal, other).
     pub fn ktls_alert(&self, kind: &'static str) {
         *self.labelled().ktls_alerts.entry(kind).or_default() += 1;
+    }
+
+    /// A TLS 1.3 KeyUpdate under kTLS: ours, or the client's (followed on RX); `requested`:
+    /// it asked the other side for new keys too.
+    pub fn ktls_key_update(&self, direction: KeyUpdateDirection, requested: bool) {
+        *self
+            .labelled()
+            .ktls_key_updates
+            .entry((direction, requested))
+            .or_default() += 1;
     }
 
     /// A whole message dropped on a lossy route (`backpressure` or `rate_limit`).
@@ -553,6 +580,7 @@ impl Registry {
         let mut closes: BTreeMap<(u16, Side), u64> = BTreeMap::new();
         let mut fallbacks: BTreeMap<&str, u64> = BTreeMap::new();
         let mut alerts: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut key_updates: BTreeMap<(KeyUpdateDirection, bool), u64> = BTreeMap::new();
         for c in cores {
             let l = c.labelled();
             for (k, v) in &l.ktls_fallbacks {
@@ -560,6 +588,9 @@ impl Registry {
             }
             for (k, v) in &l.ktls_alerts {
                 *alerts.entry(k).or_default() += v;
+            }
+            for (k, v) in &l.ktls_key_updates {
+                *key_updates.entry(*k).or_default() += v;
             }
             for (k, v) in &l.handshakes {
                 *handshakes.entry(*k).or_default() += v;
@@ -658,6 +689,17 @@ impl Registry {
             alerts
                 .into_iter()
                 .map(|(k, v)| (format!("kind=\"{k}\""), v))
+                .collect(),
+        );
+        counter(
+            "wssedge_ktls_key_updates_total",
+            "TLS 1.3 KeyUpdate messages under kernel TLS: sent (our new keys) or received (the client's, followed), and whether they asked the other side to update too",
+            key_updates
+                .into_iter()
+                .map(|((d, r), v)| {
+                    let request = if r { "requested" } else { "not_requested" };
+                    (format!("direction=\"{}\",request=\"{request}\"", d.as_str()), v)
+                })
                 .collect(),
         );
         out.push_str(&audit_gauges);

@@ -79,6 +79,12 @@ impl Cipher {
     pub fn iv_len(self) -> usize {
         12 - self.salt_len()
     }
+
+    /// The size of this cipher's `tls12_crypto_info_*` struct: the kernel's `getsockopt`
+    /// refuses (EINVAL) any other length, larger buffers included.
+    pub fn info_len(self) -> usize {
+        4 + self.iv_len() + self.key_len() + self.salt_len() + REC_SEQ_LEN
+    }
 }
 
 /// The TLS versions the kernel offload is used for.
@@ -194,6 +200,20 @@ mod tests {
     use super::*;
 
     const IV: [u8; 12] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+
+    #[test]
+    fn info_len_is_the_length_of_the_layout() {
+        assert_eq!(
+            Cipher::ALL.map(Cipher::info_len),
+            [40, 56, 56],
+            "sizeof(tls12_crypto_info_aes_gcm_128 / _aes_gcm_256 / _chacha20_poly1305)"
+        );
+        for cipher in Cipher::ALL {
+            let key = vec![7; cipher.key_len()];
+            let info = CryptoInfo::from_parts(TlsVersion::Tls13, cipher, &key, &IV, 9).unwrap();
+            assert_eq!(info.as_bytes().len(), cipher.info_len(), "{cipher:?}");
+        }
+    }
 
     #[test]
     fn aes_128_gcm_splits_the_iv_into_salt_and_iv() {

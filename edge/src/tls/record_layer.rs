@@ -14,7 +14,7 @@ use std::os::fd::BorrowedFd;
 use bytes::BytesMut;
 
 use crate::bufpool::BufPool;
-use crate::metrics::CoreMetrics;
+use crate::metrics::{CoreMetrics, KeyUpdateDirection};
 use crate::reason::{KtlsFallback, Reason};
 use crate::sockopt::{self, Recv};
 use crate::tls::ktls::{
@@ -145,7 +145,7 @@ impl RecordLayer {
         match got {
             Ok((Recv::Data(n), space)) => Received::Data {
                 n,
-                filled: n >= space,
+                filled: n >= space || self.short_reads_may_hide_records(),
                 records: self.commit_recv(n),
             },
             Ok((Recv::WouldBlock, _)) => Received::WouldBlock,
@@ -184,6 +184,13 @@ impl RecordLayer {
             Layer::Kernel(k) => k.commit_recv(n),
             Layer::Detached => 0,
         }
+    }
+
+    /// A kernel that can rekey decrypts the record after the data it returns to learn its type,
+    /// and a KeyUpdate found that way is not announced by poll (sid's 7.2): a short read there
+    /// does not mean the socket is drained, so the caller reads on until it would block.
+    fn short_reads_may_hide_records(&self) -> bool {
+        matches!(&self.layer, Layer::Kernel(k) if k.can_rekey())
     }
 
     fn is_kernel(&self) -> bool {
@@ -454,8 +461,16 @@ impl RecordLayer {
         let record = kernel
             .take_control_record(fd, pool)
             .map_err(|e| kernel_read_error(&e).unwrap_or(Reason::TlsRecordReadFailed))?;
-        if let Some(kind) = record.as_ref().and_then(ControlRecord::alert_kind) {
-            metrics.ktls_alert(kind);
+        match record {
+            Some(ControlRecord::KeyUpdate { requested }) => {
+                metrics.ktls_key_update(KeyUpdateDirection::Received, requested);
+            }
+            Some(ref r) => {
+                if let Some(kind) = r.alert_kind() {
+                    metrics.ktls_alert(kind);
+                }
+            }
+            None => {}
         }
         Ok(record)
     }
@@ -474,21 +489,32 @@ impl RecordLayer {
         };
         if kernel.wants_sync() {
             if let Err(e) = kernel.sync_with_kernel(fd) {
-                tracing::debug!(%peer, error = %e, "kTLS record counts unreadable");
+                // Said once per process: the same kernel refuses it on every connection.
+                static LOGGED: std::sync::atomic::AtomicBool =
+                    std::sync::atomic::AtomicBool::new(false);
+                if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(%peer, error = %e, "the kernel's kTLS record counts are unreadable; key limits follow our own estimates, which undercount a client's small records");
+                }
             }
         }
     }
 
     /// Under kTLS: replaces our keys when due (where the kernel can), or asks for a close
     /// before the suite's record limit. Call again after [`KeyStep::WaitWritable`].
-    pub fn refresh_keys(&mut self, fd: BorrowedFd<'_>, peer: SocketAddr) -> KeyStep {
+    pub fn refresh_keys(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        peer: SocketAddr,
+        metrics: &CoreMetrics,
+    ) -> KeyStep {
         let Layer::Kernel(kernel) = &mut self.layer else {
             return KeyStep::Fresh;
         };
         while kernel.tx_rekey_due() {
             match kernel.rekey_tx(fd) {
-                Ok(()) => {
-                    tracing::debug!(%peer, "TLS keys updated (KeyUpdate)");
+                Ok(requested) => {
+                    metrics.ktls_key_update(KeyUpdateDirection::Sent, requested);
+                    tracing::debug!(%peer, requested, "TLS keys updated (KeyUpdate)");
                 }
                 Err(RekeyError::NotSent(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     return KeyStep::WaitWritable;
@@ -585,7 +611,10 @@ mod tests {
             None,
             "nothing is decided while the handshake runs"
         );
-        assert_eq!(layer.refresh_keys(fd.as_fd(), peer()), KeyStep::Fresh);
+        assert_eq!(
+            layer.refresh_keys(fd.as_fd(), peer(), &metrics),
+            KeyStep::Fresh
+        );
         assert!(!layer.tx_rekey_due());
     }
 

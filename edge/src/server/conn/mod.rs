@@ -511,7 +511,7 @@ impl Conn {
             }
         };
         match record {
-            ControlRecord::Handled => self.process_guarded(),
+            ControlRecord::Handled | ControlRecord::KeyUpdate { .. } => self.process_guarded(),
             ControlRecord::CloseNotify => Some(End::Close),
             ControlRecord::Fatal(reason) => {
                 Refusal::Silent { reason }.record_on(&self.core, self.peer);
@@ -1034,7 +1034,7 @@ impl Conn {
             .sync_key_counts(sockopt::borrow_fd(&self.stream), self.peer);
         loop {
             let fd = sockopt::borrow_fd(&self.stream);
-            match self.layer.refresh_keys(fd, self.peer) {
+            match self.layer.refresh_keys(fd, self.peer, &self.core.metrics) {
                 KeyStep::Fresh => return Ok(None),
                 KeyStep::WaitWritable => {
                     // The KeyUpdate must go out before more data: wait for room, bounded by

@@ -6,6 +6,7 @@
 //! - [`crypto_info`]: the kernel's `tls12_crypto_info_*` layouts (in `wssedge-proto`).
 //! - [`secrets`]: rustls' suite, version and secrets → those layouts.
 //! - [`sys`]: the socket options and record-typed `recvmsg`/`sendmsg`, over `wssedge_sys::ktls`.
+//! - [`key_budget`]: records per key, and when to rekey, ask for the client's keys or close.
 //! - [`session`]: [`KernelTls`], the record layer after the hand-off (record counts, key limits,
 //!   alerts, KeyUpdate).
 //! - [`offload`]: the hand-off itself.
@@ -16,6 +17,7 @@
 //! second TLS dependency, and the few lines of `setsockopt` glue are easier to audit in one
 //! room of ours than behind another crate's I/O abstraction (which is built around tokio).
 
+pub mod key_budget;
 pub mod offload;
 pub mod probe;
 pub mod secrets;

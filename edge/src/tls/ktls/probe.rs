@@ -96,7 +96,7 @@ impl KtlsSupport {
             "kernel TLS offload for {}; rekey: {}",
             list(&mut self.supported.iter().copied()),
             if self.tx_rekey {
-                "yes (TLS 1.3 KeyUpdate)"
+                "yes (TLS 1.3 KeyUpdate, both directions, at every key limit)"
             } else {
                 "no (connections are closed before their key limit and on a client KeyUpdate)"
             }

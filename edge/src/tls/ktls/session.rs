@@ -5,6 +5,7 @@
 //! the plaintext queued for the socket, and the record counts the kernel does not keep:
 //! nothing in the kernel enforces a suite's confidentiality limit, so we count records per
 //! direction and rekey (TLS 1.3 on kernels that can) or close before the limit.
+//! When to rekey, ask for the client's new keys or close is [`KeyBudget`]'s to say.
 //!
 //! Counting: the counts start at the sequence numbers carried over from rustls. Between checks
 //! they are estimates — a write of `n` bytes is at least `ceil(n / 2^14)` records (the kernel
@@ -22,6 +23,7 @@ use rustls::kernel::KernelConnection;
 use rustls::server::ServerConnectionData;
 
 use super::crypto_info::{Cipher, TlsVersion};
+use super::key_budget::KeyBudget;
 use super::secrets::crypto_info_of;
 use super::sys::{self, Direction};
 use crate::bufpool::BufPool;
@@ -53,8 +55,10 @@ pub struct KernelParams {
 /// What a non-data record meant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ControlRecord {
-    /// Handled (a KeyUpdate followed by the kernel); keep reading.
+    /// Handled (application data found after all); keep reading.
     Handled,
+    /// The client's KeyUpdate, followed on RX; `requested`: it asked for ours in return.
+    KeyUpdate { requested: bool },
     /// close_notify: the client sends nothing more.
     CloseNotify,
     /// A fatal alert or a record that cannot be taken: close at once. The reason is a counter
@@ -80,16 +84,13 @@ impl ControlRecord {
 pub struct KernelTls {
     conn: KernelConnection<ServerConnectionData>,
     params: KernelParams,
-    /// Records sent / received (lower bound) under the current keys.
-    tx_records: u64,
-    rx_records: u64,
+    /// Records under the current keys, and what they call for.
+    budget: KeyBudget,
     /// Plaintext read from the socket is `incoming[..filled]`; held only while needed.
     incoming: Option<Vec<u8>>,
     filled: usize,
     /// Plaintext queued for the socket.
     outgoing: Vec<u8>,
-    /// The client asked for our keys to be updated (or our count reached the limit).
-    tx_rekey_due: bool,
     /// No more data may be queued (close_notify is next).
     sent_close_notify: bool,
     /// Our close_notify is on the wire.
@@ -120,13 +121,16 @@ impl KernelTls {
         Self {
             conn,
             params,
-            tx_records: tx_seq,
-            rx_records: rx_seq,
+            budget: KeyBudget::new(
+                params.record_limit,
+                params.kernel_rekey && params.version == TlsVersion::Tls13,
+                tx_seq,
+                rx_seq,
+            ),
             ops_since_sync: 0,
             incoming: None,
             filled: 0,
             outgoing: Vec::new(),
-            tx_rekey_due: false,
             sent_close_notify: false,
             close_notify_sent: false,
         }
@@ -147,7 +151,7 @@ impl KernelTls {
     pub fn commit_recv(&mut self, n: usize) -> u64 {
         self.filled += n;
         let records = (n as u64).div_ceil(MAX_RECORD_PLAINTEXT);
-        self.rx_records += records;
+        self.budget.received(records);
         self.ops_since_sync += 1;
         records
     }
@@ -205,7 +209,7 @@ impl KernelTls {
     /// that write is counted as.
     pub fn consume_output(&mut self, n: usize) -> u64 {
         let records = (n as u64).div_ceil(MAX_RECORD_PLAINTEXT);
-        self.tx_records += records;
+        self.budget.sent(records);
         self.ops_since_sync += 1;
         if n >= self.outgoing.len() {
             self.outgoing.clear();
@@ -223,7 +227,7 @@ impl KernelTls {
     /// within bounds); the records it made are counted and returned.
     pub fn restore_output(&mut self, mut buf: Vec<u8>, written: usize) -> u64 {
         let records = (written as u64).div_ceil(MAX_RECORD_PLAINTEXT);
-        self.tx_records += records;
+        self.budget.sent(records);
         self.ops_since_sync += 1;
         buf.clear();
         if buf.capacity() <= crate::tls::driver::MAX_RETAINED_OUTPUT && self.outgoing.is_empty() {
@@ -232,65 +236,54 @@ impl KernelTls {
         records
     }
 
-    /// The point where the current keys must be replaced or the connection closed: the limit
-    /// minus a margin for what is already queued and the close that follows.
-    fn threshold(&self) -> u64 {
-        let limit = self.params.record_limit;
-        limit - limit / 16
-    }
-
-    /// Past this the connection closes even where it could rekey (a rekey that keeps failing
-    /// must not carry the key over its limit).
-    fn hard_threshold(&self) -> u64 {
-        let limit = self.params.record_limit;
-        limit - limit / 64
-    }
-
     /// The estimates are stale or near the threshold: take the exact counts from the kernel.
     pub fn wants_sync(&self) -> bool {
-        let threshold = self.threshold();
-        self.ops_since_sync >= SYNC_EVERY
-            || (self.ops_since_sync > 0
-                && (self.tx_records >= threshold || self.rx_records >= threshold))
+        self.ops_since_sync >= SYNC_EVERY || (self.ops_since_sync > 0 && self.budget.at_a_trigger())
     }
 
     /// Replaces the estimates by the kernel's record sequence numbers (exact).
     pub fn sync_with_kernel(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
-        self.tx_records = kernel_rec_seq(fd, Direction::Tx)?;
-        self.rx_records = kernel_rec_seq(fd, Direction::Rx)?;
+        // Retried after SYNC_EVERY more operations when the kernel says no, not on every pass.
         self.ops_since_sync = 0;
+        let cipher = self.params.cipher;
+        let tx = kernel_rec_seq(fd, Direction::Tx, cipher)?;
+        let rx = kernel_rec_seq(fd, Direction::Rx, cipher)?;
+        self.budget.set_exact(tx, rx);
         Ok(())
     }
 
     /// Records under the current keys (exact after [`Self::sync_with_kernel`]).
     pub fn records(&self) -> (u64, u64) {
-        (self.tx_records, self.rx_records)
+        self.budget.records()
     }
 
-    /// Close now (1001, `tls_key_limit`): the counts reached the threshold and the kernel
-    /// cannot rekey here, or a rekey did not happen in time.
+    /// TLS 1.3 on a kernel that can set keys again: client KeyUpdates are followed.
+    pub fn can_rekey(&self) -> bool {
+        self.budget.can_rekey()
+    }
+
+    /// Close now (1001, `tls_key_limit`): see [`KeyBudget::limit_reached`].
     pub fn key_limit_reached(&self) -> bool {
-        let tx = (self.tx_records >= self.threshold() && !self.can_rekey())
-            || self.tx_records >= self.hard_threshold();
-        // The client's keys are its to update; one that does not is closed before the limit.
-        let rx = self.rx_records >= self.threshold();
-        tx || rx
+        self.budget.limit_reached()
     }
 
-    /// Our TX keys should be replaced now (the count is near the limit, or the client asked).
+    /// Our KeyUpdate should go out now: see [`KeyBudget::tx_rekey_due`].
     pub fn tx_rekey_due(&self) -> bool {
-        self.can_rekey() && (self.tx_rekey_due || self.tx_records >= self.threshold())
-    }
-
-    fn can_rekey(&self) -> bool {
-        self.params.kernel_rekey && self.params.version == TlsVersion::Tls13
+        self.budget.tx_rekey_due()
     }
 
     /// Sends our KeyUpdate under the old keys, then gives the kernel the next TX keys. Call
     /// with no write in flight: plaintext still queued here goes out afterwards, under the new
-    /// keys, as RFC 8446 §4.6.3 asks after a client's `update_requested`.
-    pub fn rekey_tx(&mut self, fd: BorrowedFd<'_>) -> Result<(), RekeyError> {
-        let key_update = [HANDSHAKE_KEY_UPDATE, 0, 0, 1, KEY_UPDATE_NOT_REQUESTED];
+    /// keys, as RFC 8446 §4.6.3 asks after a client's `update_requested`. Returns whether the
+    /// KeyUpdate asked the client for new keys too.
+    pub fn rekey_tx(&mut self, fd: BorrowedFd<'_>) -> Result<bool, RekeyError> {
+        let request = self.budget.ask_with_next_key_update();
+        let request_byte = if request {
+            KEY_UPDATE_REQUESTED
+        } else {
+            KEY_UPDATE_NOT_REQUESTED
+        };
+        let key_update = [HANDSHAKE_KEY_UPDATE, 0, 0, 1, request_byte];
         match sys::send_record(fd, CONTENT_HANDSHAKE, &key_update) {
             Ok(n) if n == key_update.len() => {}
             Ok(_) => {
@@ -308,9 +301,8 @@ impl KernelTls {
         let info = crypto_info_of(self.params.version, &secrets, seq)
             .map_err(|e| after(io::Error::other(e)))?;
         sys::set_crypto(fd, Direction::Tx, &info).map_err(after)?;
-        self.tx_records = seq;
-        self.tx_rekey_due = false;
-        Ok(())
+        self.budget.tx_rekeyed(seq, request);
+        Ok(request)
     }
 
     /// Takes the non-data record waiting at the head of the socket (a plain read failed with
@@ -345,24 +337,27 @@ impl KernelTls {
             Ok(request) => request,
             Err(reason) => return ControlRecord::Fatal(reason),
         };
-        if !self.can_rekey() {
+        if !self.budget.can_rekey() {
             return ControlRecord::RekeyUnsupported;
+        }
+        // A client sending only KeyUpdates is refused, as rustls refuses such a peer.
+        if self.budget.client_key_update().is_err() {
+            return ControlRecord::Fatal(Reason::TlsProtocolError);
         }
         let rx = self
             .conn
             .update_rx_secret()
             .map_err(io::Error::other)
             .and_then(|(seq, secrets)| {
-                crypto_info_of(self.params.version, &secrets, seq).map_err(io::Error::other)
-            })
-            .and_then(|info| sys::set_crypto(fd, Direction::Rx, &info));
+                let info =
+                    crypto_info_of(self.params.version, &secrets, seq).map_err(io::Error::other)?;
+                sys::set_crypto(fd, Direction::Rx, &info).map(|()| seq)
+            });
         match rx {
-            Ok(()) => {
-                self.rx_records = 0;
-                if request == KEY_UPDATE_REQUESTED {
-                    self.tx_rekey_due = true;
-                }
-                ControlRecord::Handled
+            Ok(seq) => {
+                let requested = request == KEY_UPDATE_REQUESTED;
+                self.budget.rx_rekeyed(seq, requested);
+                ControlRecord::KeyUpdate { requested }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "the kernel refused the client's new TLS keys");
@@ -388,19 +383,19 @@ impl std::fmt::Debug for KernelTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KernelTls")
             .field("params", &self.params)
-            .field("tx_records", &self.tx_records)
-            .field("rx_records", &self.rx_records)
+            .field("records", &self.budget.records())
             .field("pending_output", &self.outgoing.len())
             .finish_non_exhaustive()
     }
 }
 
 /// The kernel's next record sequence number for one direction: the records under its key.
-fn kernel_rec_seq(fd: BorrowedFd<'_>, dir: Direction) -> io::Result<u64> {
-    let mut info = [0u8; 64];
-    let result = sys::get_crypto(fd, dir, &mut info);
+fn kernel_rec_seq(fd: BorrowedFd<'_>, dir: Direction, cipher: Cipher) -> io::Result<u64> {
+    let mut info = [0u8; crate::tls::ktls::crypto_info::CryptoInfo::MAX_LEN];
+    let exact = &mut info[..cipher.info_len()];
+    let result = sys::get_crypto(fd, dir, exact);
     let seq = result.and_then(|len| {
-        crate::tls::ktls::crypto_info::rec_seq_of(&info[..len.min(info.len())])
+        crate::tls::ktls::crypto_info::rec_seq_of(&exact[..len.min(exact.len())])
             .ok_or_else(|| io::Error::other("the kernel returned a short crypto info"))
     });
     // The kernel hands the key back too: wipe it.
