@@ -363,3 +363,34 @@ fn kernel_steers_away_from_inactive_listeners() {
     drop((both, only0, got, got0));
     lim.detach().unwrap();
 }
+
+/// The start-up self-test passes on this kernel, and says which path releases the slots of
+/// dead handshakes (left for `cargo xtask vmtest` to print per kernel).
+#[test]
+fn kernel_self_test_holds_the_limit() {
+    let _g = serial();
+    let (ls, port) = group("127.0.0.1", 1, 8, false);
+    // Only to find out whether this host can attach at all (a visible skip otherwise).
+    let Some(probe) = attach("kernel_self_test_holds_the_limit", &ls, port, &cfg(1, &[])) else {
+        return;
+    };
+    probe.detach().unwrap();
+    let passed = self_test(&[port]).expect("the self-test passes on this kernel");
+    let path = match passed.release {
+        Some(hook) => format!("fentry/fexit, dead handshakes released at once by fexit {hook}"),
+        None => "periodic sweep (this kernel refuses fentry/fexit)".to_string(),
+    };
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let line = format!(
+        "ebpf release path ({}): {path}; self-test passed in {} ms",
+        kernel.trim(),
+        passed.elapsed.as_millis()
+    );
+    println!("{line}");
+    if let Ok(dir) = std::env::var("WSSEDGE_VMTEST_OUT") {
+        std::fs::write(format!("{dir}/ebpf-release-path"), format!("{line}\n")).unwrap();
+    }
+    // A second run passes too: nothing of the first (private listener, attachment) is left.
+    let s = self_test(&[port]).expect("a second self-test passes too");
+    assert_eq!(s.release, passed.release);
+}
