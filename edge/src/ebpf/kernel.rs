@@ -223,6 +223,26 @@ impl EbpfLimiter {
         ports: &[u16],
         cfg: &LimitConfig,
     ) -> Result<EbpfLimiter, EbpfError> {
+        Self::attach_with(listeners, ports, cfg, true)
+    }
+
+    /// [`Self::attach`] without the fentry/fexit hooks, as on a kernel that refuses them: only
+    /// [`Self::sweep`] releases dead handshakes (tests of that path on every kernel).
+    #[cfg(test)]
+    pub(crate) fn attach_sweep_only(
+        listeners: &[BorrowedFd<'_>],
+        ports: &[u16],
+        cfg: &LimitConfig,
+    ) -> Result<EbpfLimiter, EbpfError> {
+        Self::attach_with(listeners, ports, cfg, false)
+    }
+
+    fn attach_with(
+        listeners: &[BorrowedFd<'_>],
+        ports: &[u16],
+        cfg: &LimitConfig,
+        immediate_hooks: bool,
+    ) -> Result<EbpfLimiter, EbpfError> {
         let rules = cfg.validate()?;
         if listeners.is_empty() || listeners.len() > MAX_LISTENERS {
             return Err(EbpfError::Listeners(format!(
@@ -256,7 +276,11 @@ impl EbpfLimiter {
         program::<Iter>(&mut bpf, "edge_mark")?
             .load("tcp", &btf)
             .map_err(|e| prog_err("edge_mark", e))?;
-        let immediate = load_immediate_hooks(&mut bpf, &btf);
+        let immediate = if immediate_hooks {
+            load_immediate_hooks(&mut bpf, &btf)
+        } else {
+            None
+        };
 
         let mut inner = Inner {
             config: take(&mut bpf, "config")?,

@@ -4,7 +4,7 @@
 
 use std::io::{self, ErrorKind};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -78,6 +78,18 @@ fn group(host: &str, n: usize, backlog: i32, defer_accept: bool) -> (Vec<TcpList
 
 /// Attaches, or says why not (a visible skip line) when this host cannot.
 fn attach(test: &str, ls: &[TcpListener], port: u16, c: &LimitConfig) -> Option<EbpfLimiter> {
+    attach_how(test, ls, port, c, EbpfLimiter::attach)
+}
+
+type AttachFn = fn(&[BorrowedFd<'_>], &[u16], &LimitConfig) -> Result<EbpfLimiter, EbpfError>;
+
+fn attach_how(
+    test: &str,
+    ls: &[TcpListener],
+    port: u16,
+    c: &LimitConfig,
+    how: AttachFn,
+) -> Option<EbpfLimiter> {
     let root = std::fs::read_to_string("/proc/self/status")
         .map(|s| {
             s.lines()
@@ -93,7 +105,7 @@ fn attach(test: &str, ls: &[TcpListener], port: u16, c: &LimitConfig) -> Option<
         return None;
     }
     let fds: Vec<_> = ls.iter().map(|l| l.as_fd()).collect();
-    match EbpfLimiter::attach(&fds, &[port], c) {
+    match how(&fds, &[port], c) {
         Ok(l) => Some(l),
         Err(e @ (EbpfError::NotPermitted(_) | EbpfError::NoBtf(_))) => {
             assert!(!must_run, "{test}: the vmtest guest cannot attach: {e}");
@@ -332,6 +344,59 @@ fn kernel_releases_slots_of_handshakes_that_die() {
     assert!(st.accepted >= 2 && st.released == st.accepted - 1, "{st:?}");
     assert_eq!(lim.sweep(Duration::ZERO).unwrap(), 0);
     drop(first);
+    lim.detach().unwrap();
+}
+
+/// The release path of kernels that refuse fentry/fexit, on every kernel: only the periodic
+/// mark-and-sweep gives the slots of dead handshakes back, and a live one survives it.
+#[test]
+fn kernel_sweep_releases_slots_of_handshakes_that_die() {
+    let _g = serial();
+    let (ls, port) = group("127.0.0.1", 1, 128, true);
+    let test = "kernel_sweep_releases_slots_of_handshakes_that_die";
+    let how: AttachFn = EbpfLimiter::attach_sweep_only;
+    let Some(lim) = attach_how(test, &ls, port, &cfg(2, &[]), how) else {
+        return;
+    };
+    assert_eq!(lim.immediate_release(), None);
+    let to = SocketAddr::new(ip("127.0.0.1"), port);
+    let a = connect("127.0.0.11", to).unwrap();
+    let b = connect("127.0.0.11", to).unwrap();
+    assert_refused(
+        connect("127.0.0.11", to),
+        "3rd while 2 handshakes are in flight",
+    );
+    assert_eq!(
+        lim.sweep(Duration::ZERO).unwrap(),
+        0,
+        "live handshakes survive"
+    );
+    for c in [a, b] {
+        Socket::from(c).set_linger(Some(Duration::ZERO)).unwrap(); // close = RST
+    }
+    wait_for("the request sockets to go", || {
+        lim.sweep(Duration::ZERO).unwrap();
+        lim.connections_of(ip("127.0.0.11")) == 0
+    });
+    assert_eq!(lim.pending_reservations(), 0);
+    let s = lim.stats().unwrap();
+    assert_eq!((s.accepted, s.released, s.expired), (2, 2, 2), "{s:?}");
+    // A completed handshake keeps its slot through sweeps (the socket owns it).
+    let c = connect("127.0.0.11", to).unwrap();
+    {
+        use std::io::Write as _;
+        (&c).write_all(b"x").unwrap(); // TCP_DEFER_ACCEPT: data makes the socket
+    }
+    let server = accept_n(&ls, 1);
+    wait_for("the socket to own its slot", || {
+        lim.sweep(Duration::ZERO).unwrap();
+        lim.pending_reservations() == 0
+    });
+    assert_eq!(lim.connections_of(ip("127.0.0.11")), 1);
+    drop((c, server));
+    wait_for("the closed socket's slot", || {
+        lim.connections_of(ip("127.0.0.11")) == 0
+    });
     lim.detach().unwrap();
 }
 
