@@ -1,5 +1,6 @@
-//! Per-source-IP connection limits: in the kernel (eBPF, at the SYN) where it can load, else
-//! at accept in userspace — same rules, and before a single TLS byte either way.
+//! Per-source-IP connection limits: in the kernel (eBPF, at the SYN) where it loads and its
+//! start-up self-test shows this kernel holds the limit, else at accept in userspace (the
+//! reason in `wssedge_ip_limiter_fallback`) — same rules, and before a single TLS byte either way.
 //!
 //! The kernel limiter refuses the SYN itself, so nothing reaches the accept loop; the
 //! userspace one takes a slot right after accept and holds it in the connection's [`Slot`]
@@ -107,7 +108,10 @@ impl IpLimiter {
         let fallback = match self_test(&ports) {
             Ok(passed) => match attach_all(cfg, groups) {
                 Ok(limiters) => {
-                    let release = passed.release.unwrap_or("periodic sweep");
+                    let release = limiters
+                        .first()
+                        .and_then(|l| l.immediate_release())
+                        .unwrap_or("periodic sweep");
                     tracing::info!(
                         limit = cfg.per_ip_connections,
                         overrides = cfg.ip_overrides.len(),
