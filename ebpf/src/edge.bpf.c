@@ -15,13 +15,20 @@
  *            request socket for it -> pending.has_req = 1.
  *   SYN done edge_conn_request_exit (fexit tcp_conn_request): a reservation without a request
  *            socket (SYN cookie sent, SYN or accept queue full, LSM refusal) is released now.
- *   socket   edge_state LISTEN->SYN_RECV (tp_btf inet_sock_set_state): the child socket takes
- *            the slot over: pending entry deleted, `owned[socket cookie] = source`.
+ *   socket   edge_state (tp_btf inet_sock_set_state): the child socket takes the slot over:
+ *            pending entry deleted, `owned[socket cookie] = source`. At LISTEN->SYN_RECV where
+ *            the kernel has already copied the 4-tuple into the child; on kernels that copy it
+ *            only after that state change (6.1: inet_csk_clone_lock sets the state first, the
+ *            addresses follow in tcp_v4/v6_syn_recv_sock, so the child still reads as the
+ *            listener, remote port 0) at SYN_RECV->ESTABLISHED instead.
  *            A child without a reservation (a SYN-cookie ACK, config was disabled at the SYN)
  *            is counted here instead (counter `unreserved`) so its close balances.
- *   reqsk †  edge_reqsk_drop (fentry __inet_csk_reqsk_queue_drop, or inet_csk_reqsk_queue_drop
+ *   reqsk †  edge_reqsk_drop (fexit __inet_csk_reqsk_queue_drop, or inet_csk_reqsk_queue_drop
  *            on kernels without it): RST or timeout of the handshake, listener closing ->
- *            a still-pending reservation is released.
+ *            a still-pending reservation is released. Only when the call unlinked the
+ *            request socket (returned true): a completed handshake also passes through it
+ *            (inet_csk_complete_hashdance), after the child took the request's place in the
+ *            hash, and its reservation belongs to the child.
  *   close    edge_state *->CLOSE: an owned socket releases its slot.
  *   sweep    mark-and-sweep run by userspace every few seconds: edge_mark (iter/tcp) stamps the
  *            reservations whose request socket still exists, edge_sweep (raw_tp, run with
@@ -379,32 +386,58 @@ int BPF_PROG(edge_conn_request_exit, void *rsk_ops, void *af_ops, struct sock *s
 	return 0;
 }
 
-static __always_inline int on_reqsk_drop(struct request_sock *req)
+/* `ctx` of an fexit on a `bool f(struct sock *, struct request_sock *, ...)`: true when the
+ * call unlinked the request socket, i.e. the handshake died (not a completed one). */
+static __always_inline int on_reqsk_drop(void *ctx, struct request_sock *req)
 {
+	__u64 unlinked = 0;
+	if (bpf_get_func_ret(ctx, &unlinked) != 0 || (unlinked & 0xff) == 0)
+		return 0;
 	struct edge_flow f;
 	flow_of_common(&f, &req->__req_common);
 	release_pending(&f);
 	return 0;
 }
 
-/* 6.10+: the timer path calls the static __inet_csk_reqsk_queue_drop directly. */
-SEC("fentry/__inet_csk_reqsk_queue_drop")
+/* 6.10+ (and stable backports): the timer path calls the static __inet_csk_reqsk_queue_drop
+ * directly. */
+SEC("fexit/__inet_csk_reqsk_queue_drop")
 int BPF_PROG(edge_reqsk_drop, struct sock *sk, struct request_sock *req)
 {
-	return on_reqsk_drop(req);
+	return on_reqsk_drop(ctx, req);
 }
 
-/* Older kernels (6.1): every drop goes through the exported function. */
-SEC("fentry/inet_csk_reqsk_queue_drop")
+/* Older kernels: every drop goes through the exported function. */
+SEC("fexit/inet_csk_reqsk_queue_drop")
 int BPF_PROG(edge_reqsk_drop_exported, struct sock *sk, struct request_sock *req)
 {
-	return on_reqsk_drop(req);
+	return on_reqsk_drop(ctx, req);
+}
+
+/* The child socket `sk` of one of our listeners takes over its connection's reservation. */
+static __always_inline int take_over(const struct edge_flow *f, __u64 cookie)
+{
+	if (bpf_map_delete_elem(&pending, f) != 0) {
+		/* Born without a reservation (SYN cookie ACK, limiter disabled at the SYN):
+		 * count it now so that its close balances. */
+		struct edge_ip_stats *st = stats_of(f->raddr);
+		if (!st)
+			return 0;
+		__sync_fetch_and_add(&st->current, 1);
+		__sync_fetch_and_add(&st->accepted, 1);
+		count(EDGE_C_UNRESERVED);
+	}
+	if (bpf_map_update_elem(&owned, &cookie, f->raddr, BPF_NOEXIST) != 0)
+		release(f->raddr); /* cannot track it: give the slot back now */
+	return 0;
 }
 
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(edge_state, struct sock *sk, int oldstate, int newstate)
 {
-	if (newstate == TCP_SYN_RECV && oldstate == TCP_LISTEN) {
+	int born = newstate == TCP_SYN_RECV && oldstate == TCP_LISTEN;
+	int established = newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_RECV;
+	if (born || established) {
 		if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 			return 0;
 		__u16 lport = BPF_CORE_READ(sk, __sk_common.skc_num);
@@ -412,20 +445,14 @@ int BPF_PROG(edge_state, struct sock *sk, int oldstate, int newstate)
 			return 0;
 		struct edge_flow f;
 		flow_of_common(&f, &sk->__sk_common);
+		/* Not copied from the request socket yet (6.1): the child still reads as the
+		 * listener; it takes over at ESTABLISHED. */
+		if (f.rport == 0)
+			return 0;
 		__u64 cookie = bpf_get_socket_cookie(sk);
-		if (bpf_map_delete_elem(&pending, &f) != 0) {
-			/* Born without a reservation (SYN cookie ACK, limiter disabled at the SYN):
-			 * count it now so that its close balances. */
-			struct edge_ip_stats *st = stats_of(f.raddr);
-			if (!st)
-				return 0;
-			__sync_fetch_and_add(&st->current, 1);
-			__sync_fetch_and_add(&st->accepted, 1);
-			count(EDGE_C_UNRESERVED);
-		}
-		if (bpf_map_update_elem(&owned, &cookie, f.raddr, BPF_NOEXIST) != 0)
-			release(f.raddr); /* cannot track it: give the slot back now */
-		return 0;
+		if (established && bpf_map_lookup_elem(&owned, &cookie))
+			return 0; /* taken over when it was born */
+		return take_over(&f, cookie);
 	}
 	if (newstate == TCP_CLOSE) {
 		__u64 cookie = bpf_get_socket_cookie(sk);

@@ -139,6 +139,12 @@ async fn the_ebpf_limiter_refuses_the_syn() {
         }
         Err(why) => panic!("the eBPF limiter must load as root: {why}"),
     };
+    // The edge claims the kernel limit only after proving this kernel holds it.
+    let log = srv.proc.stderr();
+    assert!(
+        log.contains("self-test passed"),
+        "no passed self-test in the start-up log:\n{log}"
+    );
     limits_hold(&srv).await;
     assert_eq!(
         srv.metric("wssedge_ip_limiter", &[("mode", "ebpf")]).await,

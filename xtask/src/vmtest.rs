@@ -9,8 +9,10 @@
 //! read-write 9p share. Host-built test binaries run unchanged in the guest (same glibc).
 //! Measured recipe: `shared/notes/ktls-vm.md`.
 //!
-//! Without `--exec` the job is the `ktls` test target of `wssedge`; as a layer of
-//! `cargo xtask test` it prints the usual `vmtest: N passed, ...` line.
+//! Without `--exec` the job is, in one boot: the `ktls` test target of `wssedge`, the kernel
+//! tests of the eBPF limiter (`ebpf::tests` of the `wssedge` lib, as root: none may skip) and the
+//! e2e per-IP scenario with `ip_limiter = "ebpf"`; as a layer of `cargo xtask test` it prints
+//! the usual `vmtest: N passed, ...` line, with the counts per part and the eBPF release path.
 //!
 //! The kernels ([`kernel`]): Debian 12's 6.1 (`bookworm`, the kernel of the hosts this edge is
 //! for) and the newest Debian ships (`sid`). The layer boots each once and runs every test in
@@ -188,7 +190,7 @@ fn parse_args(args: &[String]) -> Result<Args> {
     Ok(out)
 }
 
-/// The `vmtest` layer of `cargo xtask test`: the `ktls` test binary in the guest.
+/// The `vmtest` layer of `cargo xtask test`: the kTLS and eBPF tests in each guest.
 pub fn layer(env: &Env) -> Result<Outcome> {
     if !has_ktls_target(env)? {
         return Ok(Outcome::Skipped(
@@ -197,7 +199,7 @@ pub fn layer(env: &Env) -> Result<Outcome> {
                 .into(),
         ));
     }
-    let test = build_ktls(env)?;
+    let tests = build_guest_tests(env)?;
     // Every kernel of the matrix, or the one `--kernel` chose; each booted once for all tests.
     let suites = match LAYER_SUITE.get() {
         Some(one) => vec![*one],
@@ -213,9 +215,9 @@ pub fn layer(env: &Env) -> Result<Outcome> {
             Err(e) => return skip_or_fail(e, suite),
         };
         let t0 = Instant::now();
-        let c = run_ktls_tests(&vm, &test)?;
+        let (c, parts, release) = run_guest_tests(&vm, &tests)?;
         lines.push(format!(
-            "vmtest ({suite}, {}): {} passed, {} failed, {} skipped ({:.1} s)",
+            "vmtest ({suite}, {}): {} passed, {} failed, {} skipped ({:.1} s) [{parts}; eBPF release: {release}]",
             vm.kernel.version,
             c.passed,
             c.failed,
@@ -232,29 +234,52 @@ pub fn layer(env: &Env) -> Result<Outcome> {
     Ok(Outcome::Ran(total))
 }
 
-/// The `ktls` test binary in one guest. A guest that never reached its job (the emulated boot
+/// What runs in each guest, in this order, one boot for all: the kTLS tests, the kernel tests
+/// of the eBPF limiter (the `wssedge` lib's `ebpf::tests`) and the e2e per-IP scenario with
+/// `ip_limiter = "ebpf"` (the real binary, its start-up self-test included).
+const GUEST_PARTS: [(&str, &str); 3] = [
+    ("kTLS", ""),
+    ("eBPF", "ebpf::tests::"),
+    (
+        "e2e eBPF",
+        "ip_limits::the_ebpf_limiter_refuses_the_syn --exact",
+    ),
+];
+/// Console line before each part's output (`<marker> <index>`).
+const PART_MARKER: &str = "WSSEDGE-VMTEST-PART";
+/// The finding `ebpf::tests` leaves: which path releases the slots of dead handshakes.
+const RELEASE_FINDING: &str = "ebpf-release-path";
+
+/// The guest tests in one guest. A guest that never reached its job (the emulated boot
 /// of a newer kernel panics now and then, before any test ran) is booted once more.
-fn run_ktls_tests(vm: &Vm, test: &TestBinary) -> Result<Counts> {
+/// Returns the total, `kTLS a/b, ...` per part, and the eBPF release path the tests reported.
+fn run_guest_tests(vm: &Vm, tests: &GuestTests) -> Result<(Counts, String, String)> {
     // The tests write what they measured (memory per connection, key-limit and KeyUpdate
-    // behaviour) here; the host prints it after the run.
+    // behaviour, the eBPF release path) here; the host prints it after the run.
     let findings = vm.share().join(FINDINGS_DIR);
+    let exes = [&tests.ktls, &tests.lib, &tests.e2e];
+    let mut command = String::from("rc=0\n");
+    for (i, ((_, filter), exe)) in GUEST_PARTS.iter().zip(exes).enumerate() {
+        // libtest colours its output when stdout is a tty, and the guest's console is one.
+        command.push_str(&format!(
+            "echo {PART_MARKER} {i}\n{} {filter} --test-threads=1 --color=never || rc=1\n",
+            shell_quote(&exe.display().to_string())
+        ));
+    }
+    command.push_str("exit $rc");
     let job = Job {
-        dir: test.manifest_dir.clone(),
+        dir: tests.manifest_dir.clone(),
         env: vec![
             (
                 "CARGO_MANIFEST_DIR".into(),
-                test.manifest_dir.display().to_string(),
+                tests.manifest_dir.display().to_string(),
             ),
             (
                 "WSSEDGE_VMTEST_OUT".into(),
                 format!("{GUEST_SHARE}/{FINDINGS_DIR}"),
             ),
         ],
-        // libtest colours its output when stdout is a tty, and the guest's console is one.
-        command: format!(
-            "{} --test-threads=1 --color=never",
-            shell_quote(&test.exe.display().to_string())
-        ),
+        command,
     };
     let mut run = vm.run(&job)?;
     if run.boot.is_none() && run.timed_out.is_none() {
@@ -267,7 +292,35 @@ fn run_ktls_tests(vm: &Vm, test: &TestBinary) -> Result<Counts> {
         run = vm.run(&job)?;
     }
     print_findings(&findings);
-    Ok(test_counts(&run, &vm.console_log()))
+    let release = fs::read_to_string(findings.join(RELEASE_FINDING))
+        .ok()
+        .and_then(|t| Some(t.split_once(": ")?.1.trim().to_string()))
+        .unwrap_or_else(|| "not reported".into());
+    let parts = part_counts(&run.job_output);
+    Ok((test_counts(&run, &vm.console_log()), parts, release))
+}
+
+/// `kTLS 17/17, eBPF 6/6, e2e eBPF 1/1` (passed/run) from the job's output.
+fn part_counts(output: &str) -> String {
+    let mut text: Vec<String> = vec![String::new(); GUEST_PARTS.len()];
+    let mut current = None;
+    for line in output.lines() {
+        if let Some(i) = line.trim().strip_prefix(PART_MARKER) {
+            current = i.trim().parse::<usize>().ok().filter(|i| *i < text.len());
+        } else if let Some(i) = current {
+            text[i].push_str(line);
+            text[i].push('\n');
+        }
+    }
+    GUEST_PARTS
+        .iter()
+        .zip(&text)
+        .map(|((name, _), out)| {
+            let c = parse_cargo_test(out);
+            format!("{name} {}/{}", c.passed, c.passed + c.failed)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Prints the measurements the guest tests left in `dir` (one file each).
@@ -339,6 +392,14 @@ struct TestBinary {
     manifest_dir: PathBuf,
 }
 
+/// The test executables of one build (one `wssedge` binary, which the kTLS and e2e tests spawn).
+struct GuestTests {
+    ktls: PathBuf,
+    lib: PathBuf,
+    e2e: PathBuf,
+    manifest_dir: PathBuf,
+}
+
 fn has_ktls_target(env: &Env) -> Result<bool> {
     let out = env
         .cargo()
@@ -366,21 +427,34 @@ fn has_ktls_target(env: &Env) -> Result<bool> {
     }))
 }
 
-/// Builds the `ktls` test (and the `wssedge` binary it spawns) and finds the test executable.
-fn build_ktls(env: &Env) -> Result<TestBinary> {
+/// Builds the `ktls` and `e2e` tests, the `wssedge` lib's unit tests and the `wssedge` binary
+/// the integration tests spawn, in one cargo run (so they share that binary).
+fn build_guest_tests(env: &Env) -> Result<GuestTests> {
     let args = [
         "test",
         "-p",
         "wssedge",
         "--test",
         "ktls",
+        "--test",
+        "e2e",
+        "--lib",
         "--no-run",
         "--profile",
         "ci",
     ];
-    let messages = cargo_build_json(env, &args, "the ktls tests")?;
-    find_test_executable(&messages, "ktls")
-        .context("cargo reported no executable for the `ktls` test target")
+    let messages = cargo_build_json(env, &args, "the guest tests")?;
+    let find = |name: &str| {
+        find_test_executable(&messages, name)
+            .with_context(|| format!("cargo reported no test executable for `{name}`"))
+    };
+    let ktls = find("ktls")?;
+    Ok(GuestTests {
+        lib: find("wssedge")?.exe,
+        e2e: find("e2e")?.exe,
+        ktls: ktls.exe,
+        manifest_dir: ktls.manifest_dir,
+    })
 }
 
 /// The `compiler-artifact` of test target `name` in cargo's JSON messages.
@@ -1301,6 +1375,16 @@ mod tests {
         assert_eq!(t.exe, Path::new("/t/ci/deps/ktls-1"));
         assert_eq!(t.manifest_dir, Path::new("/w/edge"));
         assert!(find_test_executable(lines, "e2e").is_none());
+    }
+
+    #[test]
+    fn counts_each_part_of_the_job() {
+        let out = "WSSEDGE-VMTEST-PART 0\n\
+                   test result: ok. 17 passed; 0 failed; 0 ignored; 0 measured\n\
+                   WSSEDGE-VMTEST-PART 1\n\
+                   test result: FAILED. 5 passed; 1 failed; 0 ignored; 0 measured\n\
+                   WSSEDGE-VMTEST-PART 2\n";
+        assert_eq!(part_counts(out), "kTLS 17/17, eBPF 5/6, e2e eBPF 0/0");
     }
 
     #[test]

@@ -190,15 +190,15 @@ fn load_immediate_hooks(bpf: &mut Ebpf, btf: &Btf) -> Option<(&'static str, &'st
         program::<FExit>(bpf, "edge_conn_request_exit")?
             .load("tcp_conn_request", btf)
             .map_err(|e| prog_err("edge_conn_request_exit", e))?;
-        // 6.10+ drops timed-out request sockets through the static helper; older kernels
-        // through the exported function.
-        if program::<FEntry>(bpf, "edge_reqsk_drop")?
+        // 6.10+ (and stable backports such as Debian 12's 6.1) drop timed-out request
+        // sockets through the static helper; older kernels through the exported function.
+        if program::<FExit>(bpf, "edge_reqsk_drop")?
             .load("__inet_csk_reqsk_queue_drop", btf)
             .is_ok()
         {
             return Ok(("edge_reqsk_drop", "__inet_csk_reqsk_queue_drop"));
         }
-        program::<FEntry>(bpf, "edge_reqsk_drop_exported")?
+        program::<FExit>(bpf, "edge_reqsk_drop_exported")?
             .load("inet_csk_reqsk_queue_drop", btf)
             .map_err(|e| prog_err("edge_reqsk_drop_exported", e))?;
         Ok(("edge_reqsk_drop_exported", "inet_csk_reqsk_queue_drop"))
@@ -222,6 +222,26 @@ impl EbpfLimiter {
         listeners: &[BorrowedFd<'_>],
         ports: &[u16],
         cfg: &LimitConfig,
+    ) -> Result<EbpfLimiter, EbpfError> {
+        Self::attach_with(listeners, ports, cfg, true)
+    }
+
+    /// [`Self::attach`] without the fentry/fexit hooks, as on a kernel that refuses them: only
+    /// [`Self::sweep`] releases dead handshakes (tests of that path on every kernel).
+    #[cfg(test)]
+    pub(crate) fn attach_sweep_only(
+        listeners: &[BorrowedFd<'_>],
+        ports: &[u16],
+        cfg: &LimitConfig,
+    ) -> Result<EbpfLimiter, EbpfError> {
+        Self::attach_with(listeners, ports, cfg, false)
+    }
+
+    fn attach_with(
+        listeners: &[BorrowedFd<'_>],
+        ports: &[u16],
+        cfg: &LimitConfig,
+        immediate_hooks: bool,
     ) -> Result<EbpfLimiter, EbpfError> {
         let rules = cfg.validate()?;
         if listeners.is_empty() || listeners.len() > MAX_LISTENERS {
@@ -256,7 +276,11 @@ impl EbpfLimiter {
         program::<Iter>(&mut bpf, "edge_mark")?
             .load("tcp", &btf)
             .map_err(|e| prog_err("edge_mark", e))?;
-        let immediate = load_immediate_hooks(&mut bpf, &btf);
+        let immediate = if immediate_hooks {
+            load_immediate_hooks(&mut bpf, &btf)
+        } else {
+            None
+        };
 
         let mut inner = Inner {
             config: take(&mut bpf, "config")?,
@@ -294,7 +318,7 @@ impl EbpfLimiter {
                 .and_then(|p| p.attach().map_err(|e| prog_err("edge_reqsk_hashed", e)))
                 .and_then(|_| program::<FExit>(&mut inner.bpf, "edge_conn_request_exit"))
                 .and_then(|p| p.attach().map_err(|e| prog_err("edge_conn_request_exit", e)))
-                .and_then(|_| program::<FEntry>(&mut inner.bpf, drop_name))
+                .and_then(|_| program::<FExit>(&mut inner.bpf, drop_name))
                 .and_then(|p| p.attach().map_err(|e| prog_err(drop_name, e)));
             match r {
                 Ok(_) => Some(drop_fn),

@@ -9,6 +9,7 @@
 //!   over-limit or blocked sources with an immediate ECONNREFUSED, steers the rest to the
 //!   active listeners by 4-tuple hash) and the tracing programs that release slots.
 //! - [`UserspaceLimiter`]: the same rules at accept when eBPF cannot load.
+//! - [`self_test`]: proves at start that this kernel holds the limit (loading is not enough).
 //!
 //! Exactness: a slot is reserved atomically at the SYN (fetch-and-add on the source's
 //! counter, rolled back over the limit) and released exactly once, whichever way the
@@ -18,6 +19,7 @@
 mod kernel;
 pub mod maps;
 mod rules;
+mod self_test;
 mod userspace;
 
 #[cfg(test)]
@@ -29,6 +31,7 @@ pub use kernel::{EbpfError, EbpfLimiter, OBJECT, SOURCES};
 pub use rules::{
     addr_of, key_of, Cidr, IpOverride, Limit, LimitConfig, LimitConfigError, RuleTable,
 };
+pub use self_test::{run as self_test, SelfTestError, SelfTestPassed, SELF_TEST_SOURCE};
 pub use userspace::{LimitGuard, Refused, UserspaceLimiter, IP_BLOCKED, IP_LIMIT};
 
 /// Per-address figures: slots held now, accepted and refused in total.

@@ -4,7 +4,7 @@
 
 use std::io::{self, ErrorKind};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -78,20 +78,37 @@ fn group(host: &str, n: usize, backlog: i32, defer_accept: bool) -> (Vec<TcpList
 
 /// Attaches, or says why not (a visible skip line) when this host cannot.
 fn attach(test: &str, ls: &[TcpListener], port: u16, c: &LimitConfig) -> Option<EbpfLimiter> {
+    attach_how(test, ls, port, c, EbpfLimiter::attach)
+}
+
+type AttachFn = fn(&[BorrowedFd<'_>], &[u16], &LimitConfig) -> Result<EbpfLimiter, EbpfError>;
+
+fn attach_how(
+    test: &str,
+    ls: &[TcpListener],
+    port: u16,
+    c: &LimitConfig,
+    how: AttachFn,
+) -> Option<EbpfLimiter> {
     let root = std::fs::read_to_string("/proc/self/status")
         .map(|s| {
             s.lines()
                 .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
         })
         .unwrap_or(false);
+    // In `cargo xtask vmtest`'s guests (root, a stock kernel) these tests are the point: a
+    // skip there is a failure.
+    let must_run = std::env::var_os("WSSEDGE_VMTEST").is_some();
     if !root {
+        assert!(!must_run, "{test}: not root in the vmtest guest");
         println!("skipped: {test}: needs root (eBPF)");
         return None;
     }
     let fds: Vec<_> = ls.iter().map(|l| l.as_fd()).collect();
-    match EbpfLimiter::attach(&fds, &[port], c) {
+    match how(&fds, &[port], c) {
         Ok(l) => Some(l),
         Err(e @ (EbpfError::NotPermitted(_) | EbpfError::NoBtf(_))) => {
+            assert!(!must_run, "{test}: the vmtest guest cannot attach: {e}");
             println!("skipped: {test}: {e}");
             None
         }
@@ -330,6 +347,59 @@ fn kernel_releases_slots_of_handshakes_that_die() {
     lim.detach().unwrap();
 }
 
+/// The release path of kernels that refuse fentry/fexit, on every kernel: only the periodic
+/// mark-and-sweep gives the slots of dead handshakes back, and a live one survives it.
+#[test]
+fn kernel_sweep_releases_slots_of_handshakes_that_die() {
+    let _g = serial();
+    let (ls, port) = group("127.0.0.1", 1, 128, true);
+    let test = "kernel_sweep_releases_slots_of_handshakes_that_die";
+    let how: AttachFn = EbpfLimiter::attach_sweep_only;
+    let Some(lim) = attach_how(test, &ls, port, &cfg(2, &[]), how) else {
+        return;
+    };
+    assert_eq!(lim.immediate_release(), None);
+    let to = SocketAddr::new(ip("127.0.0.1"), port);
+    let a = connect("127.0.0.11", to).unwrap();
+    let b = connect("127.0.0.11", to).unwrap();
+    assert_refused(
+        connect("127.0.0.11", to),
+        "3rd while 2 handshakes are in flight",
+    );
+    assert_eq!(
+        lim.sweep(Duration::ZERO).unwrap(),
+        0,
+        "live handshakes survive"
+    );
+    for c in [a, b] {
+        Socket::from(c).set_linger(Some(Duration::ZERO)).unwrap(); // close = RST
+    }
+    wait_for("the request sockets to go", || {
+        lim.sweep(Duration::ZERO).unwrap();
+        lim.connections_of(ip("127.0.0.11")) == 0
+    });
+    assert_eq!(lim.pending_reservations(), 0);
+    let s = lim.stats().unwrap();
+    assert_eq!((s.accepted, s.released, s.expired), (2, 2, 2), "{s:?}");
+    // A completed handshake keeps its slot through sweeps (the socket owns it).
+    let c = connect("127.0.0.11", to).unwrap();
+    {
+        use std::io::Write as _;
+        (&c).write_all(b"x").unwrap(); // TCP_DEFER_ACCEPT: data makes the socket
+    }
+    let server = accept_n(&ls, 1);
+    wait_for("the socket to own its slot", || {
+        lim.sweep(Duration::ZERO).unwrap();
+        lim.pending_reservations() == 0
+    });
+    assert_eq!(lim.connections_of(ip("127.0.0.11")), 1);
+    drop((c, server));
+    wait_for("the closed socket's slot", || {
+        lim.connections_of(ip("127.0.0.11")) == 0
+    });
+    lim.detach().unwrap();
+}
+
 #[test]
 fn kernel_steers_away_from_inactive_listeners() {
     let _g = serial();
@@ -362,4 +432,35 @@ fn kernel_steers_away_from_inactive_listeners() {
     );
     drop((both, only0, got, got0));
     lim.detach().unwrap();
+}
+
+/// The start-up self-test passes on this kernel, and says which path releases the slots of
+/// dead handshakes (left for `cargo xtask vmtest` to print per kernel).
+#[test]
+fn kernel_self_test_holds_the_limit() {
+    let _g = serial();
+    let (ls, port) = group("127.0.0.1", 1, 8, false);
+    // Only to find out whether this host can attach at all (a visible skip otherwise).
+    let Some(probe) = attach("kernel_self_test_holds_the_limit", &ls, port, &cfg(1, &[])) else {
+        return;
+    };
+    probe.detach().unwrap();
+    let passed = self_test(&[port]).expect("the self-test passes on this kernel");
+    let path = match passed.release {
+        Some(hook) => format!("fentry/fexit, dead handshakes released at once by fexit {hook}"),
+        None => "periodic sweep (this kernel refuses fentry/fexit)".to_string(),
+    };
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let line = format!(
+        "ebpf release path ({}): {path}; self-test passed in {} ms",
+        kernel.trim(),
+        passed.elapsed.as_millis()
+    );
+    println!("{line}");
+    if let Ok(dir) = std::env::var("WSSEDGE_VMTEST_OUT") {
+        std::fs::write(format!("{dir}/ebpf-release-path"), format!("{line}\n")).unwrap();
+    }
+    // A second run passes too: nothing of the first (private listener, attachment) is left.
+    let s = self_test(&[port]).expect("a second self-test passes too");
+    assert_eq!(s.release, passed.release);
 }

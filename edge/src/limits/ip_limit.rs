@@ -1,5 +1,6 @@
-//! Per-source-IP connection limits: in the kernel (eBPF, at the SYN) where it can load, else
-//! at accept in userspace — same rules, and before a single TLS byte either way.
+//! Per-source-IP connection limits: in the kernel (eBPF, at the SYN) where it loads and its
+//! start-up self-test shows this kernel holds the limit, else at accept in userspace (the
+//! reason in `wssedge_ip_limiter_fallback`) — same rules, and before a single TLS byte either way.
 //!
 //! The kernel limiter refuses the SYN itself, so nothing reaches the accept loop; the
 //! userspace one takes a slot right after accept and holds it in the connection's [`Slot`]
@@ -18,8 +19,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::ebpf::{
-    EbpfError, EbpfLimiter, IpStats, LimitConfig, LimitConfigError, LimitGuard, LimiterStats,
-    Refused, UserspaceLimiter,
+    self_test, EbpfError, EbpfLimiter, IpStats, LimitConfig, LimitConfigError, LimitGuard,
+    LimiterStats, Refused, SelfTestError, UserspaceLimiter,
 };
 use crate::metrics::PrometheusFamilies;
 
@@ -46,7 +47,27 @@ pub(crate) enum IpLimiter {
         limiters: Mutex<Vec<Arc<EbpfLimiter>>>,
         sweeper: Mutex<Option<Sweeper>>,
     },
-    Userspace(Arc<UserspaceLimiter>),
+    /// At accept; with the reason when eBPF was wanted (`auto`) but could not be trusted.
+    Userspace(Arc<UserspaceLimiter>, Option<Fallback>),
+}
+
+/// Why the limit is enforced in userspace although `ip_limiter = "auto"` wanted the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// The programs did not load or attach (no root, no BTF, verifier).
+    CannotLoad,
+    /// They loaded, but the start-up self-test showed this kernel does not hold the limit.
+    SelfTestFailed,
+}
+
+impl Fallback {
+    /// The `reason` label of `wssedge_ip_limiter_fallback` (a public contract).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fallback::CannotLoad => "ebpf_cannot_load",
+            Fallback::SelfTestFailed => "ebpf_self_test_failed",
+        }
+    }
 }
 
 /// Why the per-IP limiter cannot start or take new rules.
@@ -54,6 +75,11 @@ pub(crate) enum IpLimiter {
 pub enum IpLimitError {
     #[error("[limits] ip_limiter = \"ebpf\" but the eBPF limiter cannot load: {0}")]
     EbpfRequired(EbpfError),
+    #[error(
+        "[limits] ip_limiter = \"ebpf\" but this kernel cannot be trusted with the limit: {0}; \
+         set ip_limiter = \"auto\" (falls back to userspace) or \"userspace\""
+    )]
+    EbpfSelfTest(SelfTestError),
     #[error("per-IP limits were off at start; restart the edge to turn them on")]
     OffAtStart,
     #[error(transparent)]
@@ -74,8 +100,13 @@ impl IpLimiter {
             tracing::info!("per-IP connection limit: off ([limits] per_ip_connections = 0)");
             return Ok(IpLimiter::Off);
         }
-        if mode != IpLimiterMode::Userspace {
-            match attach_all(cfg, groups) {
+        if mode == IpLimiterMode::Userspace {
+            tracing::info!("per-IP connection limit enforced in userspace at accept ([limits] ip_limiter = \"userspace\")");
+            return Ok(IpLimiter::Userspace(UserspaceLimiter::new(cfg)?, None));
+        }
+        let ports: Vec<u16> = groups.iter().map(|(port, _)| *port).collect();
+        let fallback = match self_test(&ports) {
+            Ok(passed) => match attach_all(cfg, groups) {
                 Ok(limiters) => {
                     let release = limiters
                         .first()
@@ -85,7 +116,10 @@ impl IpLimiter {
                         limit = cfg.per_ip_connections,
                         overrides = cfg.ip_overrides.len(),
                         release,
-                        "per-IP connection limit in the kernel (eBPF sk_reuseport, at the SYN)"
+                        self_test_ms = passed.elapsed.as_millis() as u64,
+                        "per-IP connection limit in the kernel (eBPF sk_reuseport, at the SYN); \
+                         self-test passed: this kernel refused a 2nd connection at limit 1 and \
+                         released the slot on close"
                     );
                     let sweeper = Sweeper::start(limiters.clone());
                     return Ok(IpLimiter::Kernel {
@@ -94,22 +128,44 @@ impl IpLimiter {
                     });
                 }
                 Err(e) if mode == IpLimiterMode::Ebpf => return Err(IpLimitError::EbpfRequired(e)),
-                Err(e) => tracing::warn!(
+                Err(e) => {
+                    tracing::warn!(
+                        "per-IP connection limit enforced in userspace at accept (before TLS): the \
+                         eBPF limiter cannot load: {e}"
+                    );
+                    Fallback::CannotLoad
+                }
+            },
+            Err(SelfTestError::Load(e)) if mode == IpLimiterMode::Ebpf => {
+                return Err(IpLimitError::EbpfRequired(e))
+            }
+            Err(SelfTestError::Load(e)) => {
+                tracing::warn!(
                     "per-IP connection limit enforced in userspace at accept (before TLS): the \
                      eBPF limiter cannot load: {e}"
-                ),
+                );
+                Fallback::CannotLoad
             }
-        } else {
-            tracing::info!("per-IP connection limit enforced in userspace at accept ([limits] ip_limiter = \"userspace\")");
-        }
-        Ok(IpLimiter::Userspace(UserspaceLimiter::new(cfg)?))
+            Err(e) if mode == IpLimiterMode::Ebpf => return Err(IpLimitError::EbpfSelfTest(e)),
+            Err(e) => {
+                tracing::warn!(
+                    "per-IP connection limit enforced in userspace at accept (before TLS), not in \
+                     the kernel: the eBPF limiter loads here but its start-up self-test failed: {e}"
+                );
+                Fallback::SelfTestFailed
+            }
+        };
+        Ok(IpLimiter::Userspace(
+            UserspaceLimiter::new(cfg)?,
+            Some(fallback),
+        ))
     }
 
     /// At accept: a slot for `ip`, or the refusal (userspace only; the kernel limiter has
     /// already refused at the SYN).
     pub fn admit(&self, ip: IpAddr) -> Result<Option<LimitGuard>, Refused> {
         match self {
-            IpLimiter::Userspace(l) => l.try_acquire(ip).map(Some),
+            IpLimiter::Userspace(l, _) => l.try_acquire(ip).map(Some),
             _ => Ok(None),
         }
     }
@@ -120,7 +176,7 @@ impl IpLimiter {
         match self {
             IpLimiter::Off if cfg.per_ip_connections == 0 && cfg.ip_overrides.is_empty() => Ok(()),
             IpLimiter::Off => Err(IpLimitError::OffAtStart),
-            IpLimiter::Userspace(l) => Ok(l.update(cfg)?),
+            IpLimiter::Userspace(l, _) => Ok(l.update(cfg)?),
             IpLimiter::Kernel { limiters, .. } => {
                 for l in limiters.lock().unwrap_or_else(|e| e.into_inner()).iter() {
                     l.update(cfg)?;
@@ -147,7 +203,7 @@ impl IpLimiter {
         match self {
             IpLimiter::Off => "off",
             IpLimiter::Kernel { .. } => "ebpf",
-            IpLimiter::Userspace(_) => "userspace",
+            IpLimiter::Userspace(..) => "userspace",
         }
     }
 
@@ -155,7 +211,7 @@ impl IpLimiter {
     pub fn stats(&self, top: usize) -> Option<(LimiterStats, Vec<(IpAddr, IpStats)>)> {
         match self {
             IpLimiter::Off => None,
-            IpLimiter::Userspace(l) => Some((l.stats(), l.top_refused(top))),
+            IpLimiter::Userspace(l, _) => Some((l.stats(), l.top_refused(top))),
             IpLimiter::Kernel { limiters, .. } => {
                 let mut total = LimiterStats::default();
                 let mut refused = Vec::new();
@@ -275,6 +331,16 @@ impl PrometheusFamilies for IpLimiter {
              # TYPE wssedge_ip_limiter gauge\nwssedge_ip_limiter{{mode=\"{}\"}} 1",
             self.mode()
         );
+        if let IpLimiter::Userspace(_, Some(fallback)) = self {
+            let _ = writeln!(
+                out,
+                "# HELP wssedge_ip_limiter_fallback Why the per-IP limit is enforced in userspace \
+                 although the kernel was wanted\n\
+                 # TYPE wssedge_ip_limiter_fallback gauge\n\
+                 wssedge_ip_limiter_fallback{{reason=\"{}\"}} 1",
+                fallback.as_str()
+            );
+        }
         let Some((stats, top)) = self.stats(10) else {
             return;
         };

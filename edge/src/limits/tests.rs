@@ -877,7 +877,7 @@ fn ip_limiter_writes_its_metric_families() {
     let _held = limiter.try_acquire(ip).unwrap();
     assert!(limiter.try_acquire(ip).is_err());
     let mut out = String::new();
-    ip_limit::IpLimiter::Userspace(limiter).render_families(&mut out);
+    ip_limit::IpLimiter::Userspace(limiter, None).render_families(&mut out);
     assert_eq!(
         out,
         "# HELP wssedge_ip_limiter Where the per-IP connection limit is enforced\n\
@@ -899,5 +899,26 @@ fn ip_limiter_writes_its_metric_families() {
     assert!(
         off.ends_with("wssedge_ip_limiter{mode=\"off\"} 1\n"),
         "{off}"
+    );
+}
+
+#[test]
+fn ip_limiter_says_why_it_fell_back_to_userspace() {
+    use crate::ebpf::{LimitConfig, UserspaceLimiter};
+    use crate::metrics::PrometheusFamilies;
+    use ip_limit::Fallback;
+    // The reason labels are a public contract (dashboards).
+    assert_eq!(Fallback::CannotLoad.as_str(), "ebpf_cannot_load");
+    assert_eq!(Fallback::SelfTestFailed.as_str(), "ebpf_self_test_failed");
+    let limiter = UserspaceLimiter::new(&LimitConfig::for_tests(1, &[])).unwrap();
+    let mut out = String::new();
+    ip_limit::IpLimiter::Userspace(limiter, Some(Fallback::SelfTestFailed))
+        .render_families(&mut out);
+    assert!(
+        out.contains(
+            "# TYPE wssedge_ip_limiter_fallback gauge\n\
+             wssedge_ip_limiter_fallback{reason=\"ebpf_self_test_failed\"} 1\n"
+        ),
+        "{out}"
     );
 }
