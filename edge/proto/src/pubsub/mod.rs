@@ -1,0 +1,15 @@
+//! Pub/sub for market-data fan-out, sans-IO: the `[pubsub]` section, topic names, the client
+//! protocol (requests in, exact JSON out), each topic's sequence and history ring, and a
+//! subscriber's bounded queue of shared frames. The edge owns the sockets, the cores, the clock
+//! and the epoch strings; everything here is fed by it.
+//!
+//! - [`config`]: `[pubsub]`, `[[pubsub.topics]]` slow-consumer policies, `[[pubsub.feeds]]`.
+//! - [`feed_url`]: a feed's `ws://`/`wss://` URL.
+//! - [`topic`]: what a topic name may be.
+
+pub mod config;
+pub mod feed_url;
+pub mod topic;
+
+pub use config::{PubsubConfig, PubsubConfigError, SlowPolicy};
+pub use topic::{check_topic, TopicError, MAX_TOPIC_BYTES};
