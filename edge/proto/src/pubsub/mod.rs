@@ -6,10 +6,13 @@
 //! - [`config`]: `[pubsub]`, `[[pubsub.topics]]` slow-consumer policies, `[[pubsub.feeds]]`.
 //! - [`feed_url`]: a feed's `ws://`/`wss://` URL.
 //! - [`topic`]: what a topic name may be.
+//! - [`protocol`]: subscribe / unsubscribe / publish requests and the edge's answers.
 
 pub mod config;
 pub mod feed_url;
+pub mod protocol;
 pub mod topic;
 
 pub use config::{PubsubConfig, PubsubConfigError, SlowPolicy};
+pub use protocol::{parse_request, Reason, Refusal, Request, RequestLimits};
 pub use topic::{check_topic, TopicError, MAX_TOPIC_BYTES};
