@@ -7,12 +7,15 @@
 //! - [`feed_url`]: a feed's `ws://`/`wss://` URL.
 //! - [`topic`]: what a topic name may be.
 //! - [`protocol`]: subscribe / unsubscribe / publish requests and the edge's answers.
+//! - [`history`]: a topic's epoch, seqs and the ring a reconnecting client recovers from.
 
 pub mod config;
 pub mod feed_url;
+pub mod history;
 pub mod protocol;
 pub mod topic;
 
 pub use config::{PubsubConfig, PubsubConfigError, SlowPolicy};
+pub use history::{Recovery, SequenceExhausted, TopicLog};
 pub use protocol::{parse_request, Reason, Refusal, Request, RequestLimits};
 pub use topic::{check_topic, TopicError, MAX_TOPIC_BYTES};
