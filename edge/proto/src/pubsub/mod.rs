@@ -8,14 +8,17 @@
 //! - [`topic`]: what a topic name may be.
 //! - [`protocol`]: subscribe / unsubscribe / publish requests and the edge's answers.
 //! - [`history`]: a topic's epoch, seqs and the ring a reconnecting client recovers from.
+//! - [`queue`]: a subscriber's bounded queue under `disconnect`, `drop` or `conflate`.
 
 pub mod config;
 pub mod feed_url;
 pub mod history;
 pub mod protocol;
+pub mod queue;
 pub mod topic;
 
 pub use config::{PubsubConfig, PubsubConfigError, SlowPolicy};
 pub use history::{Recovery, SequenceExhausted, TopicLog};
 pub use protocol::{parse_request, Reason, Refusal, Request, RequestLimits};
+pub use queue::{Delivery, Pushed, SubscriberQueue, TopicId};
 pub use topic::{check_topic, TopicError, MAX_TOPIC_BYTES};
