@@ -19,6 +19,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::feed_url::{FeedUrl, FeedUrlError};
+use super::protocol::RequestLimits;
 use super::topic::{check_topic_bytes, TopicError};
 
 /// What happens to a publication for a subscriber whose queue is full.
@@ -221,6 +222,15 @@ impl PubsubConfig {
             .map_or(SlowPolicy::Disconnect, |r| r.slow)
     }
 
+    /// The bounds a client's request is parsed with; `max_data_bytes` comes from the route's
+    /// message size limit.
+    pub fn request_limits(&self, max_data_bytes: usize) -> RequestLimits {
+        RequestLimits {
+            max_topics: self.max_topics_per_connection,
+            max_data_bytes,
+        }
+    }
+
     pub fn history_ttl(&self) -> Duration {
         Duration::from_secs(self.history_ttl_s)
     }
@@ -313,6 +323,13 @@ mod tests {
         );
         assert_eq!(c.topics[0].slow, SlowPolicy::Conflate);
         assert_eq!(c.history_ttl(), Duration::from_secs(300));
+        assert_eq!(
+            c.request_limits(65_536),
+            RequestLimits {
+                max_topics: 256,
+                max_data_bytes: 65_536
+            }
+        );
         let feeds = c.feed_urls().expect("feeds");
         assert_eq!(feeds[0].port, 9100);
         assert_eq!(feeds[0].target, "/feed");

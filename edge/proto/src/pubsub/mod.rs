@@ -6,7 +6,7 @@
 //! - [`config`]: `[pubsub]`, `[[pubsub.topics]]` slow-consumer policies, `[[pubsub.feeds]]`.
 //! - [`feed_url`]: a feed's `ws://`/`wss://` URL.
 //! - [`topic`]: what a topic name may be.
-//! - [`protocol`]: subscribe / unsubscribe / publish requests and the edge's answers.
+//! - [`protocol`]: subscribe / unsubscribe / publish requests, the edge's answers, feed frames.
 //! - [`history`]: a topic's epoch, seqs and the ring a reconnecting client recovers from.
 //! - [`queue`]: a subscriber's bounded queue under `disconnect`, `drop` or `conflate`.
 
@@ -19,6 +19,8 @@ pub mod topic;
 
 pub use config::{PubsubConfig, PubsubConfigError, SlowPolicy};
 pub use history::{Recovery, SequenceExhausted, TopicLog};
-pub use protocol::{parse_request, Reason, Refusal, Request, RequestLimits};
+pub use protocol::{
+    parse_feed_publication, parse_request, FeedPublication, Reason, Refusal, Request, RequestLimits,
+};
 pub use queue::{Delivery, Pushed, SubscriberQueue, TopicId};
 pub use topic::{check_topic, TopicError, MAX_TOPIC_BYTES};

@@ -7,6 +7,8 @@
 //! - `{"op":"unsubscribe","id":2,"topics":["t"]}`
 //! - `{"op":"publish","id":3,"topic":"t","data":<any JSON value>}`
 //!
+//! Feed → edge: `{"topic":"t","data":<any JSON value>}` ([`parse_feed_publication`]).
+//!
 //! Edge → client: `subscribed`, `unsubscribed`, `published`, `error` (see the encoders) and the
 //! publications themselves, `{"topic":"t","seq":58,"data":<the publisher's bytes>}`.
 //!
@@ -147,7 +149,9 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(id: Option<u64>, reason: Reason, detail: impl Into<String>) -> Self {
+    /// Also for the edge's own refusals (`not_allowed`, `too_many_topics` over the connection's
+    /// total).
+    pub fn new(id: Option<u64>, reason: Reason, detail: impl Into<String>) -> Self {
         Self {
             id,
             reason,
@@ -421,6 +425,69 @@ impl<'de> Deserialize<'de> for SinceMap {
         }
         d.deserialize_map(SinceVisitor)
     }
+}
+
+/// A publication read from an upstream feed's text frame.
+#[derive(Debug, Clone)]
+pub struct FeedPublication<'a> {
+    pub topic: String,
+    /// Borrows the frame: the feed's bytes, a complete JSON value.
+    pub data: &'a RawValue,
+}
+
+/// Why a feed's frame is not published (logged and counted; the feed is not told).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FeedFrameError {
+    #[error("not a JSON object: {0}")]
+    NotJson(String),
+    #[error("member {0:?} is not part of a feed publication ({{\"topic\":…,\"data\":…}})")]
+    UnexpectedMember(String),
+    #[error("no {0:?} member")]
+    Missing(&'static str),
+    #[error("\"topic\" must be a string")]
+    TopicNotString,
+    #[error("topic {topic:?}: {reason}")]
+    Topic { topic: String, reason: TopicError },
+    #[error("\"data\" is {len} bytes, at most {max} allowed")]
+    DataTooLarge { len: usize, max: usize },
+}
+
+/// Parses one feed frame, `{"topic":"t","data":<JSON>}`, with the same topic rules and data
+/// bound as a client's publish.
+pub fn parse_feed_publication(
+    frame: &[u8],
+    max_data_bytes: usize,
+) -> Result<FeedPublication<'_>, FeedFrameError> {
+    let m: Members<'_> =
+        serde_json::from_slice(frame).map_err(|e| FeedFrameError::NotJson(e.to_string()))?;
+    if let Some(stray) = m.stray {
+        return Err(FeedFrameError::UnexpectedMember(stray));
+    }
+    let others = [
+        ("op", m.op),
+        ("id", m.id),
+        ("topics", m.topics),
+        ("since", m.since),
+    ];
+    if let Some((name, _)) = others.iter().find(|(_, v)| v.is_some()) {
+        return Err(FeedFrameError::UnexpectedMember((*name).to_owned()));
+    }
+    let raw_topic = m.topic.ok_or(FeedFrameError::Missing("topic"))?;
+    let topic: String =
+        serde_json::from_str(raw_topic.get()).map_err(|_| FeedFrameError::TopicNotString)?;
+    if let Err(reason) = check_topic(&topic) {
+        let topic = topic.chars().take(32).collect();
+        return Err(FeedFrameError::Topic { topic, reason });
+    }
+    let data = m.data.ok_or(FeedFrameError::Missing("data"))?;
+    let len = data.get().len();
+    if len > max_data_bytes {
+        return Err(FeedFrameError::DataTooLarge {
+            len,
+            max: max_data_bytes,
+        });
+    }
+    Ok(FeedPublication { topic, data })
 }
 
 /// One topic of a `subscribed` answer.

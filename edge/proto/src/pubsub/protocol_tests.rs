@@ -271,7 +271,54 @@ fn caller_chosen_strings_are_escaped() {
     assert_eq!(v["topics"][0]["epoch"], epoch);
 }
 
+#[test]
+fn feed_frames_are_topic_and_data_only() {
+    let frame = br#"{"data":[1, 2 ,3],"topic":"trades.BTC-USD"}"#;
+    let p = parse_feed_publication(frame, 64).expect("valid");
+    assert_eq!(
+        (p.topic.as_str(), p.data.get()),
+        ("trades.BTC-USD", "[1, 2 ,3]")
+    );
+    let cases: [(&[u8], FeedFrameError); 7] = [
+        (br#"{"topic":"t"}"#, FeedFrameError::Missing("data")),
+        (br#"{"data":1}"#, FeedFrameError::Missing("topic")),
+        (br#"{"topic":1,"data":1}"#, FeedFrameError::TopicNotString),
+        (
+            br#"{"topic":"t","data":1,"seq":4}"#,
+            FeedFrameError::UnexpectedMember("seq".into()),
+        ),
+        (
+            br#"{"op":"publish","topic":"t","data":1}"#,
+            FeedFrameError::UnexpectedMember("op".into()),
+        ),
+        (
+            br#"{"topic":"a b","data":1}"#,
+            FeedFrameError::Topic {
+                topic: "a b".into(),
+                reason: TopicError::Char { at: 1, byte: b' ' },
+            },
+        ),
+        (
+            br#"{"topic":"t","data":"0123456789"}"#,
+            FeedFrameError::DataTooLarge { len: 12, max: 10 },
+        ),
+    ];
+    for (frame, want) in cases {
+        let got = parse_feed_publication(frame, 10).map(|p| p.topic);
+        assert_eq!(got, Err(want), "{}", String::from_utf8_lossy(frame));
+    }
+    assert!(matches!(
+        parse_feed_publication(b"{\"topic\":\"t\",", 10),
+        Err(FeedFrameError::NotJson(_))
+    ));
+}
+
 proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic_the_feed_parser(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = parse_feed_publication(&bytes, 64);
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic_the_parser(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
         let _ = parse_request(&bytes, &LIMITS);
