@@ -11,6 +11,8 @@
 //! - [`ktls_crypto_info`]: the kernel's `tls12_crypto_info_*` layouts for `setsockopt(SOL_TLS)`.
 //! - [`limits`]: rates and token buckets in integers, fed instants by their caller.
 //! - [`origin`]: the `Host` and `Origin` allow-lists.
+//! - [`pubsub`]: market-data pub/sub — `[pubsub]`, topic names, the client protocol, each
+//!   topic's sequence and history ring, a subscriber's bounded queue of shared frames.
 //! - [`tls_wire`]: TLS wire numbers shared by the userspace driver and the kernel record layer.
 //!
 //! `attack_spellings` (hidden) is a test corpus, public only so that the end-to-end suite
@@ -28,5 +30,6 @@ pub mod jwt;
 pub mod ktls_crypto_info;
 pub mod limits;
 pub mod origin;
+pub mod pubsub;
 pub mod tls_wire;
 pub mod ws;

@@ -1,0 +1,210 @@
+//! A `[[pubsub.feeds]]` URL: where the edge subscribes itself to an upstream feed.
+//!
+//! `ws://host[:port][/path][?query]` or `wss://…`. The same host rules as an upstream group's
+//! members (the edge connects to a feed through the same path); a query is allowed because
+//! nothing is appended to a feed's URL (a feed may want `?channel=…`). Refused: user info (it
+//! would end up in logs and is not how the upstream room authenticates), a fragment (never sent
+//! on the wire), and anything that is not printable ASCII.
+
+use std::net::Ipv6Addr;
+
+/// A feed's address, parsed from its URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedUrl {
+    /// wss:// (TLS, through `[upstream.tls]`) or ws://.
+    pub tls: bool,
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+    /// The request target: the path, starting with `/`, and the query if any.
+    pub target: String,
+}
+
+/// Why a feed URL is refused; each says what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FeedUrlError {
+    #[error("the scheme must be ws:// or wss://")]
+    Scheme,
+    #[error("no fragment (#…) allowed: it is never sent to the feed")]
+    Fragment,
+    #[error("no user info (user@) allowed")]
+    UserInfo,
+    #[error("the path and query must be printable ASCII without spaces (percent-encode the rest)")]
+    Target,
+    #[error("unclosed '[' in an IPv6 host")]
+    UnclosedBracket,
+    #[error("{host:?} is not an IPv6 address")]
+    NotIpv6 { host: String },
+    #[error("junk after ']'; write [v6]:port")]
+    AfterBracket,
+    #[error("an IPv6 address must be in brackets: ws://[2001:db8::1]:9100/")]
+    BareIpv6,
+    #[error("the host is empty")]
+    EmptyHost,
+    #[error("{host:?} is not a valid host name (letters, digits, '-', '.', '_'; IPv6 in [ ])")]
+    HostName { host: String },
+    #[error("port {port:?} is not 1-65535")]
+    Port { port: String },
+}
+
+/// Longest DNS name (RFC 1035), in its dotted text form.
+const MAX_HOST_BYTES: usize = 253;
+
+impl FeedUrl {
+    pub fn parse(url: &str) -> Result<FeedUrl, FeedUrlError> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("wss://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("ws://") {
+            (false, r)
+        } else {
+            return Err(FeedUrlError::Scheme);
+        };
+        if rest.contains('#') {
+            return Err(FeedUrlError::Fragment);
+        }
+        let split = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, target) = rest.split_at(split);
+        if authority.contains('@') {
+            return Err(FeedUrlError::UserInfo);
+        }
+        if target.bytes().any(|b| !b.is_ascii_graphic()) {
+            return Err(FeedUrlError::Target);
+        }
+        let target = if target.starts_with('/') {
+            target.to_owned()
+        } else {
+            format!("/{target}")
+        };
+        let (host, port) = if let Some(r) = authority.strip_prefix('[') {
+            let end = r.find(']').ok_or(FeedUrlError::UnclosedBracket)?;
+            let host = &r[..end];
+            if host.parse::<Ipv6Addr>().is_err() {
+                return Err(FeedUrlError::NotIpv6 {
+                    host: host.to_owned(),
+                });
+            }
+            let port = match &r[end + 1..] {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or(FeedUrlError::AfterBracket)?),
+            };
+            (host, port)
+        } else {
+            if authority.matches(':').count() > 1 {
+                return Err(FeedUrlError::BareIpv6);
+            }
+            let (host, port) = match authority.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            };
+            if host.is_empty() {
+                return Err(FeedUrlError::EmptyHost);
+            }
+            let name_ok = host.len() <= MAX_HOST_BYTES
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+            if !name_ok {
+                return Err(FeedUrlError::HostName {
+                    host: host.to_owned(),
+                });
+            }
+            (host, port)
+        };
+        let port = match port {
+            None if tls => 443,
+            None => 80,
+            // Digits only: `u16::from_str` would also take `+80`.
+            Some(p) => match p.parse::<u16>() {
+                Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
+                _ => return Err(FeedUrlError::Port { port: p.to_owned() }),
+            },
+        };
+        Ok(FeedUrl {
+            tls,
+            host: host.to_owned(),
+            port,
+            target,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(tls: bool, host: &str, port: u16, target: &str) -> FeedUrl {
+        FeedUrl {
+            tls,
+            host: host.into(),
+            port,
+            target: target.into(),
+        }
+    }
+
+    #[test]
+    fn plain_and_tls_feeds_parse_with_default_ports() {
+        assert_eq!(
+            FeedUrl::parse("ws://127.0.0.1:9100/feed"),
+            Ok(url(false, "127.0.0.1", 9100, "/feed"))
+        );
+        assert_eq!(
+            FeedUrl::parse("wss://feed.example.com"),
+            Ok(url(true, "feed.example.com", 443, "/"))
+        );
+        assert_eq!(
+            FeedUrl::parse("ws://feed?channel=all"),
+            Ok(url(false, "feed", 80, "/?channel=all"))
+        );
+        assert_eq!(
+            FeedUrl::parse("wss://[::1]:8443/md?x=1"),
+            Ok(url(true, "::1", 8443, "/md?x=1"))
+        );
+        assert_eq!(
+            FeedUrl::parse("ws://[2001:db8::1]/"),
+            Ok(url(false, "2001:db8::1", 80, "/"))
+        );
+    }
+
+    #[test]
+    fn bad_urls_say_what_is_wrong() {
+        let cases = [
+            ("http://feed/", FeedUrlError::Scheme),
+            ("WS://feed/", FeedUrlError::Scheme),
+            ("feed:9100", FeedUrlError::Scheme),
+            ("ws://feed/#x", FeedUrlError::Fragment),
+            ("ws://user:pw@feed/", FeedUrlError::UserInfo),
+            ("ws://feed/a b", FeedUrlError::Target),
+            ("ws://feed/\u{e9}", FeedUrlError::Target),
+            ("ws://[::1/", FeedUrlError::UnclosedBracket),
+            ("ws://[::1]x/", FeedUrlError::AfterBracket),
+            ("ws://::1/", FeedUrlError::BareIpv6),
+            ("ws:///feed", FeedUrlError::EmptyHost),
+            ("ws://:80/feed", FeedUrlError::EmptyHost),
+        ];
+        for (u, e) in cases {
+            assert_eq!(FeedUrl::parse(u), Err(e), "{u}");
+        }
+        assert!(matches!(
+            FeedUrl::parse("ws://[1.2.3.4]/"),
+            Err(FeedUrlError::NotIpv6 { .. })
+        ));
+        for host in ["ws://fe ed/", "ws://fe%64/", "ws://a\"b/"] {
+            assert!(
+                matches!(FeedUrl::parse(host), Err(FeedUrlError::HostName { .. })),
+                "{host}"
+            );
+        }
+        for port in ["0", "65536", "+80", "", "80a", "-1"] {
+            assert_eq!(
+                FeedUrl::parse(&format!("ws://feed:{port}/")),
+                Err(FeedUrlError::Port { port: port.into() }),
+                "{port}"
+            );
+        }
+        let long = format!("ws://{}/", "a".repeat(MAX_HOST_BYTES + 1));
+        assert!(matches!(
+            FeedUrl::parse(&long),
+            Err(FeedUrlError::HostName { .. })
+        ));
+    }
+}
