@@ -7,6 +7,7 @@
 //!   envelope).
 //! - [`jwt`]: bearer tokens at the upgrade — where they are found, compact JWS verification
 //!   on aws-lc-rs, claims, scopes per path, keys from the bytes of their files.
+//! - [`ws_url`]: the `ws://`/`wss://` URLs the edge connects to (upstream members, feeds).
 //! - [`ws`]: the WebSocket protocol — upgrade parsing, frame codec, the session (both roles).
 //! - [`ktls_crypto_info`]: the kernel's `tls12_crypto_info_*` layouts for `setsockopt(SOL_TLS)`.
 //! - [`limits`]: rates and token buckets in integers, fed instants by their caller.
@@ -33,3 +34,4 @@ pub mod origin;
 pub mod pubsub;
 pub mod tls_wire;
 pub mod ws;
+pub mod ws_url;

@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::config_error::ConfigError;
 use crate::ws::{PathPrefix, RequestTarget};
+use wssedge_proto::ws_url::{QueryRule, WsUrl};
 
 /// The `[upstream]` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -133,101 +134,18 @@ pub struct MemberUrl {
 }
 
 /// Why a member URL is refused; each says what to write instead.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MemberUrlError {
-    #[error("the scheme must be ws:// or wss://")]
-    Scheme,
-    #[error("no query or fragment allowed; the client's query is appended")]
-    QueryOrFragment,
-    #[error("no user info allowed")]
-    UserInfo,
-    #[error("the path must be printable ASCII without spaces")]
-    Path,
-    #[error("unclosed '[' in an IPv6 host")]
-    UnclosedBracket,
-    #[error("{host:?} is not an IPv6 address")]
-    NotIpv6 { host: String },
-    #[error("junk after ']'")]
-    AfterBracket,
-    #[error("the host is empty")]
-    EmptyHost,
-    #[error("{host:?} is not a valid host name")]
-    HostName { host: String },
-    #[error("port {port:?} is not 1-65535")]
-    Port { port: String },
-}
+pub use wssedge_proto::ws_url::WsUrlError as MemberUrlError;
 
 impl MemberUrl {
-    /// Parses `ws://host[:port][/path]` or `wss://…`. No user info, query or fragment.
+    /// Parses `ws://host[:port][/path]` or `wss://…` (the parser feeds use too). No user
+    /// info, query or fragment.
     pub fn parse(url: &str) -> Result<MemberUrl, MemberUrlError> {
-        let (tls, rest) = if let Some(r) = url.strip_prefix("wss://") {
-            (true, r)
-        } else if let Some(r) = url.strip_prefix("ws://") {
-            (false, r)
-        } else {
-            return Err(MemberUrlError::Scheme);
-        };
-        if rest.contains(['?', '#']) {
-            return Err(MemberUrlError::QueryOrFragment);
-        }
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        if authority.contains('@') {
-            return Err(MemberUrlError::UserInfo);
-        }
-        if path.bytes().any(|b| !b.is_ascii_graphic()) {
-            return Err(MemberUrlError::Path);
-        }
-        let (host, port) = if let Some(r) = authority.strip_prefix('[') {
-            let end = r.find(']').ok_or(MemberUrlError::UnclosedBracket)?;
-            let host = &r[..end];
-            if host.parse::<std::net::Ipv6Addr>().is_err() {
-                return Err(MemberUrlError::NotIpv6 {
-                    host: host.to_owned(),
-                });
-            }
-            let port = match &r[end + 1..] {
-                "" => None,
-                p => Some(p.strip_prefix(':').ok_or(MemberUrlError::AfterBracket)?),
-            };
-            (host, port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
-            }
-        };
-        if host.is_empty() {
-            return Err(MemberUrlError::EmptyHost);
-        }
-        if !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b))
-        {
-            return Err(MemberUrlError::HostName {
-                host: host.to_owned(),
-            });
-        }
-        let port = match port {
-            None => {
-                if tls {
-                    443
-                } else {
-                    80
-                }
-            }
-            Some(p) => match p.parse::<u16>() {
-                Ok(p) if p > 0 => p,
-                _ => return Err(MemberUrlError::Port { port: p.to_owned() }),
-            },
-        };
+        let u = WsUrl::parse(url, QueryRule::Refuse)?;
         Ok(MemberUrl {
-            tls,
-            host: host.to_owned(),
-            port,
-            path: path.to_owned(),
+            tls: u.tls,
+            host: u.host,
+            port: u.port,
+            path: u.target,
         })
     }
 
@@ -749,6 +667,8 @@ group = "orders"
             "ws://[nope]/",
             "ws://x y/",
             "ws://x/a b",
+            "ws://::1/",
+            "ws://x:+80/",
         ] {
             assert!(MemberUrl::parse(bad).is_err(), "{bad}");
         }

@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::feed_url::{FeedUrl, FeedUrlError};
 use super::protocol::RequestLimits;
 use super::topic::{check_topic_bytes, TopicError};
+use crate::ws_url::{QueryRule, WsUrl, WsUrlError};
 
 /// What happens to a publication for a subscriber whose queue is full.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
@@ -61,7 +61,7 @@ pub struct TopicRule {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeedConfig {
-    /// `ws://host[:port][/path][?query]` or `wss://…` ([`FeedUrl`]).
+    /// `ws://host[:port][/path][?query]` or `wss://…` ([`WsUrl`]).
     pub url: String,
 }
 
@@ -144,7 +144,7 @@ pub enum PubsubConfigError {
     FeedUrl {
         index: usize,
         url: String,
-        reason: FeedUrlError,
+        reason: WsUrlError,
     },
     #[error(
         "`pubsub.feeds[{index}].url` = {url:?} is already given by feeds[{first}]; one connection \
@@ -193,12 +193,14 @@ impl PubsubConfig {
                 });
             }
         }
-        let mut parsed: Vec<FeedUrl> = Vec::with_capacity(self.feeds.len());
+        let mut parsed: Vec<WsUrl> = Vec::with_capacity(self.feeds.len());
         for (index, feed) in self.feeds.iter().enumerate() {
-            let url = FeedUrl::parse(&feed.url).map_err(|reason| PubsubConfigError::FeedUrl {
-                index,
-                url: feed.url.clone(),
-                reason,
+            let url = WsUrl::parse(&feed.url, QueryRule::Allow).map_err(|reason| {
+                PubsubConfigError::FeedUrl {
+                    index,
+                    url: feed.url.clone(),
+                    reason,
+                }
             })?;
             if let Some(first) = parsed.iter().position(|p| same_feed(p, &url)) {
                 return Err(PubsubConfigError::DuplicateFeed {
@@ -236,14 +238,16 @@ impl PubsubConfig {
     }
 
     /// The feeds' parsed URLs, in configuration order.
-    pub fn feed_urls(&self) -> Result<Vec<FeedUrl>, PubsubConfigError> {
+    pub fn feed_urls(&self) -> Result<Vec<WsUrl>, PubsubConfigError> {
         self.validate()?;
         (self.feeds.iter().enumerate())
             .map(|(index, f)| {
-                FeedUrl::parse(&f.url).map_err(|reason| PubsubConfigError::FeedUrl {
-                    index,
-                    url: f.url.clone(),
-                    reason,
+                WsUrl::parse(&f.url, QueryRule::Allow).map_err(|reason| {
+                    PubsubConfigError::FeedUrl {
+                        index,
+                        url: f.url.clone(),
+                        reason,
+                    }
                 })
             })
             .collect()
@@ -264,7 +268,7 @@ fn in_range(key: &'static str, value: u64, min: u64, max: u64) -> Result<(), Pub
 }
 
 /// Host names compare case-insensitively (`FEED` and `feed` are one server).
-fn same_feed(a: &FeedUrl, b: &FeedUrl) -> bool {
+fn same_feed(a: &WsUrl, b: &WsUrl) -> bool {
     a.tls == b.tls
         && a.port == b.port
         && a.target == b.target
@@ -455,7 +459,7 @@ mod tests {
             PubsubConfigError::FeedUrl {
                 index: 0,
                 url: "http://feed/".into(),
-                reason: FeedUrlError::Scheme
+                reason: WsUrlError::Scheme
             }
         );
         assert!(e.to_string().contains("ws:// or wss://"), "{e}");

@@ -4,14 +4,12 @@
 //! and the epoch strings; everything here is fed by it.
 //!
 //! - [`config`]: `[pubsub]`, `[[pubsub.topics]]` slow-consumer policies, `[[pubsub.feeds]]`.
-//! - [`feed_url`]: a feed's `ws://`/`wss://` URL.
 //! - [`topic`]: what a topic name may be.
 //! - [`protocol`]: subscribe / unsubscribe / publish requests, the edge's answers, feed frames.
 //! - [`history`]: a topic's epoch, seqs and the ring a reconnecting client recovers from.
 //! - [`queue`]: a subscriber's bounded queue under `disconnect`, `drop` or `conflate`.
 
 pub mod config;
-pub mod feed_url;
 pub mod history;
 pub mod protocol;
 pub mod queue;

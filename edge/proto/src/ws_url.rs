@@ -1,16 +1,25 @@
-//! A `[[pubsub.feeds]]` URL: where the edge subscribes itself to an upstream feed.
+//! A `ws://` or `wss://` URL the edge connects to: an upstream group's member or a
+//! `[[pubsub.feeds]]` feed. One parser, so both take the same spellings.
 //!
-//! `ws://host[:port][/path][?query]` or `wss://…`. The same host rules as an upstream group's
-//! members (the edge connects to a feed through the same path); a query is allowed because
-//! nothing is appended to a feed's URL (a feed may want `?channel=…`). Refused: user info (it
-//! would end up in logs and is not how the upstream room authenticates), a fragment (never sent
-//! on the wire), and anything that is not printable ASCII.
+//! `ws://host[:port][/path][?query]` or `wss://…`. The query depends on the caller: a member's
+//! has none (the client's query is appended to the member's path), a feed may want
+//! `?channel=…`. Refused: user info (it would end up in logs and is not how the upstream room
+//! authenticates), a fragment (never sent on the wire), an IPv6 address without brackets (its
+//! last group would read as a port), a port with a sign, and anything that is not printable
+//! ASCII.
 
 use std::net::Ipv6Addr;
 
-/// A feed's address, parsed from its URL.
+/// Whether a URL may carry a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryRule {
+    Allow,
+    Refuse,
+}
+
+/// An address, parsed from its URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FeedUrl {
+pub struct WsUrl {
     /// wss:// (TLS, through `[upstream.tls]`) or ws://.
     pub tls: bool,
     /// Host name or IP address (IPv6 without brackets).
@@ -20,12 +29,14 @@ pub struct FeedUrl {
     pub target: String,
 }
 
-/// Why a feed URL is refused; each says what to write instead.
+/// Why a URL is refused; each says what to write instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FeedUrlError {
+pub enum WsUrlError {
     #[error("the scheme must be ws:// or wss://")]
     Scheme,
-    #[error("no fragment (#…) allowed: it is never sent to the feed")]
+    #[error("no query (?…) allowed: the client's query is appended to an upstream member's path")]
+    Query,
+    #[error("no fragment (#…) allowed: it is never sent")]
     Fragment,
     #[error("no user info (user@) allowed")]
     UserInfo,
@@ -50,25 +61,28 @@ pub enum FeedUrlError {
 /// Longest DNS name (RFC 1035), in its dotted text form.
 const MAX_HOST_BYTES: usize = 253;
 
-impl FeedUrl {
-    pub fn parse(url: &str) -> Result<FeedUrl, FeedUrlError> {
+impl WsUrl {
+    pub fn parse(url: &str, query: QueryRule) -> Result<WsUrl, WsUrlError> {
         let (tls, rest) = if let Some(r) = url.strip_prefix("wss://") {
             (true, r)
         } else if let Some(r) = url.strip_prefix("ws://") {
             (false, r)
         } else {
-            return Err(FeedUrlError::Scheme);
+            return Err(WsUrlError::Scheme);
         };
         if rest.contains('#') {
-            return Err(FeedUrlError::Fragment);
+            return Err(WsUrlError::Fragment);
+        }
+        if query == QueryRule::Refuse && rest.contains('?') {
+            return Err(WsUrlError::Query);
         }
         let split = rest.find(['/', '?']).unwrap_or(rest.len());
         let (authority, target) = rest.split_at(split);
         if authority.contains('@') {
-            return Err(FeedUrlError::UserInfo);
+            return Err(WsUrlError::UserInfo);
         }
         if target.bytes().any(|b| !b.is_ascii_graphic()) {
-            return Err(FeedUrlError::Target);
+            return Err(WsUrlError::Target);
         }
         let target = if target.starts_with('/') {
             target.to_owned()
@@ -76,35 +90,35 @@ impl FeedUrl {
             format!("/{target}")
         };
         let (host, port) = if let Some(r) = authority.strip_prefix('[') {
-            let end = r.find(']').ok_or(FeedUrlError::UnclosedBracket)?;
+            let end = r.find(']').ok_or(WsUrlError::UnclosedBracket)?;
             let host = &r[..end];
             if host.parse::<Ipv6Addr>().is_err() {
-                return Err(FeedUrlError::NotIpv6 {
+                return Err(WsUrlError::NotIpv6 {
                     host: host.to_owned(),
                 });
             }
             let port = match &r[end + 1..] {
                 "" => None,
-                p => Some(p.strip_prefix(':').ok_or(FeedUrlError::AfterBracket)?),
+                p => Some(p.strip_prefix(':').ok_or(WsUrlError::AfterBracket)?),
             };
             (host, port)
         } else {
             if authority.matches(':').count() > 1 {
-                return Err(FeedUrlError::BareIpv6);
+                return Err(WsUrlError::BareIpv6);
             }
             let (host, port) = match authority.split_once(':') {
                 Some((h, p)) => (h, Some(p)),
                 None => (authority, None),
             };
             if host.is_empty() {
-                return Err(FeedUrlError::EmptyHost);
+                return Err(WsUrlError::EmptyHost);
             }
             let name_ok = host.len() <= MAX_HOST_BYTES
                 && host
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
             if !name_ok {
-                return Err(FeedUrlError::HostName {
+                return Err(WsUrlError::HostName {
                     host: host.to_owned(),
                 });
             }
@@ -116,10 +130,10 @@ impl FeedUrl {
             // Digits only: `u16::from_str` would also take `+80`.
             Some(p) => match p.parse::<u16>() {
                 Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
-                _ => return Err(FeedUrlError::Port { port: p.to_owned() }),
+                _ => return Err(WsUrlError::Port { port: p.to_owned() }),
             },
         };
-        Ok(FeedUrl {
+        Ok(WsUrl {
             tls,
             host: host.to_owned(),
             port,
@@ -132,8 +146,29 @@ impl FeedUrl {
 mod tests {
     use super::*;
 
-    fn url(tls: bool, host: &str, port: u16, target: &str) -> FeedUrl {
-        FeedUrl {
+    /// As a feed takes it (a query allowed).
+    fn parse(u: &str) -> Result<WsUrl, WsUrlError> {
+        WsUrl::parse(u, QueryRule::Allow)
+    }
+
+    #[test]
+    fn a_query_is_refused_where_the_caller_says_so() {
+        for u in ["ws://x/?q", "ws://x?q", "wss://x/a?"] {
+            assert_eq!(
+                WsUrl::parse(u, QueryRule::Refuse),
+                Err(WsUrlError::Query),
+                "{u}"
+            );
+            assert!(parse(u).is_ok(), "{u}");
+        }
+        assert_eq!(
+            WsUrl::parse("ws://x/#f", QueryRule::Refuse),
+            Err(WsUrlError::Fragment)
+        );
+    }
+
+    fn url(tls: bool, host: &str, port: u16, target: &str) -> WsUrl {
+        WsUrl {
             tls,
             host: host.into(),
             port,
@@ -144,23 +179,23 @@ mod tests {
     #[test]
     fn plain_and_tls_feeds_parse_with_default_ports() {
         assert_eq!(
-            FeedUrl::parse("ws://127.0.0.1:9100/feed"),
+            parse("ws://127.0.0.1:9100/feed"),
             Ok(url(false, "127.0.0.1", 9100, "/feed"))
         );
         assert_eq!(
-            FeedUrl::parse("wss://feed.example.com"),
+            parse("wss://feed.example.com"),
             Ok(url(true, "feed.example.com", 443, "/"))
         );
         assert_eq!(
-            FeedUrl::parse("ws://feed?channel=all"),
+            parse("ws://feed?channel=all"),
             Ok(url(false, "feed", 80, "/?channel=all"))
         );
         assert_eq!(
-            FeedUrl::parse("wss://[::1]:8443/md?x=1"),
+            parse("wss://[::1]:8443/md?x=1"),
             Ok(url(true, "::1", 8443, "/md?x=1"))
         );
         assert_eq!(
-            FeedUrl::parse("ws://[2001:db8::1]/"),
+            parse("ws://[2001:db8::1]/"),
             Ok(url(false, "2001:db8::1", 80, "/"))
         );
     }
@@ -168,43 +203,40 @@ mod tests {
     #[test]
     fn bad_urls_say_what_is_wrong() {
         let cases = [
-            ("http://feed/", FeedUrlError::Scheme),
-            ("WS://feed/", FeedUrlError::Scheme),
-            ("feed:9100", FeedUrlError::Scheme),
-            ("ws://feed/#x", FeedUrlError::Fragment),
-            ("ws://user:pw@feed/", FeedUrlError::UserInfo),
-            ("ws://feed/a b", FeedUrlError::Target),
-            ("ws://feed/\u{e9}", FeedUrlError::Target),
-            ("ws://[::1/", FeedUrlError::UnclosedBracket),
-            ("ws://[::1]x/", FeedUrlError::AfterBracket),
-            ("ws://::1/", FeedUrlError::BareIpv6),
-            ("ws:///feed", FeedUrlError::EmptyHost),
-            ("ws://:80/feed", FeedUrlError::EmptyHost),
+            ("http://feed/", WsUrlError::Scheme),
+            ("WS://feed/", WsUrlError::Scheme),
+            ("feed:9100", WsUrlError::Scheme),
+            ("ws://feed/#x", WsUrlError::Fragment),
+            ("ws://user:pw@feed/", WsUrlError::UserInfo),
+            ("ws://feed/a b", WsUrlError::Target),
+            ("ws://feed/\u{e9}", WsUrlError::Target),
+            ("ws://[::1/", WsUrlError::UnclosedBracket),
+            ("ws://[::1]x/", WsUrlError::AfterBracket),
+            ("ws://::1/", WsUrlError::BareIpv6),
+            ("ws:///feed", WsUrlError::EmptyHost),
+            ("ws://:80/feed", WsUrlError::EmptyHost),
         ];
         for (u, e) in cases {
-            assert_eq!(FeedUrl::parse(u), Err(e), "{u}");
+            assert_eq!(parse(u), Err(e), "{u}");
         }
         assert!(matches!(
-            FeedUrl::parse("ws://[1.2.3.4]/"),
-            Err(FeedUrlError::NotIpv6 { .. })
+            parse("ws://[1.2.3.4]/"),
+            Err(WsUrlError::NotIpv6 { .. })
         ));
         for host in ["ws://fe ed/", "ws://fe%64/", "ws://a\"b/"] {
             assert!(
-                matches!(FeedUrl::parse(host), Err(FeedUrlError::HostName { .. })),
+                matches!(parse(host), Err(WsUrlError::HostName { .. })),
                 "{host}"
             );
         }
         for port in ["0", "65536", "+80", "", "80a", "-1"] {
             assert_eq!(
-                FeedUrl::parse(&format!("ws://feed:{port}/")),
-                Err(FeedUrlError::Port { port: port.into() }),
+                parse(&format!("ws://feed:{port}/")),
+                Err(WsUrlError::Port { port: port.into() }),
                 "{port}"
             );
         }
         let long = format!("ws://{}/", "a".repeat(MAX_HOST_BYTES + 1));
-        assert!(matches!(
-            FeedUrl::parse(&long),
-            Err(FeedUrlError::HostName { .. })
-        ));
+        assert!(matches!(parse(&long), Err(WsUrlError::HostName { .. })));
     }
 }
