@@ -162,5 +162,6 @@ where
     Ok(())
 }
 
+pub mod broadcast;
 pub mod nginx;
 pub use nginx::{nginx_args, render_nginx_conf, NGINX_CONF_TEMPLATE};
