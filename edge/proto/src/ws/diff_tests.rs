@@ -200,8 +200,17 @@ fn header_violations(bytes: &[u8]) -> usize {
     let mut pos = 0;
     let mut worst = 0;
     while pos < bytes.len() {
-        let Ok(Some((h, hl))) = frame::parse_header(&bytes[pos..]) else {
-            break;
+        let (h, hl) = match frame::parse_header(&bytes[pos..]) {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => break,
+            // A length with its top bit set breaks two rules at once: that bit must be clear,
+            // and the length is past any frame cap (the one tungstenite reports). The stream
+            // cannot be followed past it.
+            Err(frame::HeaderError::LengthMsbSet) => {
+                let unmasked = bytes[pos + 1] & 0x80 == 0;
+                let rsv = bytes[pos] & 0x70 != 0;
+                return worst.max(2 + usize::from(unmasked) + usize::from(rsv));
+            }
         };
         let n = usize::from(h.rsv != 0)
             + usize::from(h.mask.is_none())
