@@ -10,6 +10,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::BytesMut;
 
@@ -461,16 +462,11 @@ impl RecordLayer {
         let record = kernel
             .take_control_record(fd, pool)
             .map_err(|e| kernel_read_error(&e).unwrap_or(Reason::TlsRecordReadFailed))?;
-        match record {
-            Some(ControlRecord::KeyUpdate { requested }) => {
-                metrics.ktls_key_update(KeyUpdateDirection::Received, requested);
-            }
-            Some(ref r) => {
-                if let Some(kind) = r.alert_kind() {
-                    metrics.ktls_alert(kind);
-                }
-            }
-            None => {}
+        if let Some(kind) = record.as_ref().and_then(ControlRecord::alert_kind) {
+            metrics.ktls_alert(kind);
+        }
+        if let Some(ControlRecord::KeyUpdate { requested }) = record {
+            metrics.ktls_key_update(KeyUpdateDirection::Received, requested);
         }
         Ok(record)
     }
@@ -489,12 +485,7 @@ impl RecordLayer {
         };
         if kernel.wants_sync() {
             if let Err(e) = kernel.sync_with_kernel(fd) {
-                // Said once per process: the same kernel refuses it on every connection.
-                static LOGGED: std::sync::atomic::AtomicBool =
-                    std::sync::atomic::AtomicBool::new(false);
-                if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                    tracing::warn!(%peer, error = %e, "the kernel's kTLS record counts are unreadable; key limits follow our own estimates, which undercount a client's small records");
-                }
+                log_unreadable_counts_once(peer, &e);
             }
         }
     }
@@ -547,16 +538,29 @@ fn kernel_read_error(e: &io::Error) -> Option<Reason> {
     }
 }
 
-/// A fallback to userspace is logged once per process (then only counted): under a kernel
-/// that refuses every connection, one line says why, not one per connection.
+/// True the first time it is asked for `flag`: a kernel that refuses something refuses it on
+/// every connection, so one line says why, not one per connection.
+fn first_time(flag: &AtomicBool) -> bool {
+    !flag.swap(true, Ordering::Relaxed)
+}
+
+/// A fallback to userspace is logged once per process (then only counted).
 fn log_fallback_once(reason: KtlsFallback, detail: &str) {
-    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+    static LOGGED: AtomicBool = AtomicBool::new(false);
+    if first_time(&LOGGED) {
         tracing::warn!(
             reason = reason.as_str(),
             detail,
             "kTLS hand-off refused; this connection stays in userspace (further fallbacks are only counted: wssedge_ktls_fallbacks_total)"
         );
+    }
+}
+
+/// Exact record counts the kernel would not give are logged once per process.
+fn log_unreadable_counts_once(peer: SocketAddr, e: &io::Error) {
+    static LOGGED: AtomicBool = AtomicBool::new(false);
+    if first_time(&LOGGED) {
+        tracing::warn!(%peer, error = %e, "the kernel's kTLS record counts are unreadable; key limits follow our own estimates, which undercount a client's small records");
     }
 }
 

@@ -106,14 +106,14 @@ impl KeyBudget {
     /// for the client's, a close): the counts between syncs are lower bounds, so this is when
     /// an exact count is worth a syscall.
     pub fn at_a_trigger(&self) -> bool {
-        let (tx_at, rx_at) = if !self.can_rekey {
-            (self.threshold(), self.threshold())
+        let rx_at = if !self.can_rekey {
+            self.threshold()
         } else if self.rx_update_requested {
-            (self.threshold(), self.hard_threshold())
+            self.hard_threshold()
         } else {
-            (self.threshold(), self.rx_request_threshold())
+            self.rx_request_threshold()
         };
-        self.tx_records >= tx_at || self.rx_records >= rx_at
+        self.tx_records >= self.threshold() || self.rx_records >= rx_at
     }
 
     /// Close now (1001, `tls_key_limit`).
