@@ -159,6 +159,12 @@ pub enum PubsubConfigError {
 
 impl PubsubConfig {
     pub fn validate(&self) -> Result<(), PubsubConfigError> {
+        self.feed_urls().map(drop)
+    }
+
+    /// Checks the whole section and returns the feeds' parsed URLs, in configuration order
+    /// (parsed once: the duplicate check needs them too).
+    pub fn feed_urls(&self) -> Result<Vec<WsUrl>, PubsubConfigError> {
         in_range("history", self.history as u64, 0, MAX_HISTORY as u64)?;
         in_range("history_ttl_s", self.history_ttl_s, 1, MAX_HISTORY_TTL_S)?;
         in_range(
@@ -211,7 +217,7 @@ impl PubsubConfig {
             }
             parsed.push(url);
         }
-        Ok(())
+        Ok(parsed)
     }
 
     /// The policy of the longest `[[pubsub.topics]]` prefix that starts `topic`;
@@ -235,22 +241,6 @@ impl PubsubConfig {
 
     pub fn history_ttl(&self) -> Duration {
         Duration::from_secs(self.history_ttl_s)
-    }
-
-    /// The feeds' parsed URLs, in configuration order.
-    pub fn feed_urls(&self) -> Result<Vec<WsUrl>, PubsubConfigError> {
-        self.validate()?;
-        (self.feeds.iter().enumerate())
-            .map(|(index, f)| {
-                WsUrl::parse(&f.url, QueryRule::Allow).map_err(|reason| {
-                    PubsubConfigError::FeedUrl {
-                        index,
-                        url: f.url.clone(),
-                        reason,
-                    }
-                })
-            })
-            .collect()
     }
 }
 
