@@ -66,11 +66,7 @@ async fn tls13_keys_are_renewed_both_ways_where_the_kernel_can_else_closed_at_th
             assert_eq!(raw.message().await, (opcode, msg), "echo {i}");
         }
     }
-    close_cleanly(raw).await;
-    base.assert_offloaded(&srv, 1).await;
-    base.wait_until_released().await;
-
-    let updates = KeyUpdates::settled(&srv, &base).await;
+    let updates = end_and_count(raw, &srv, &base).await;
     report_finding(
         "rekey.txt",
         &format!("600 echoes under a {REKEY_LIMIT}-record limit: {updates}\n"),
@@ -144,11 +140,7 @@ async fn data_in_flight_across_key_changes_arrives_intact_and_in_order() {
             );
         }
     }
-    close_cleanly(raw).await;
-    base.assert_offloaded(&srv, 1).await;
-    base.wait_until_released().await;
-
-    let updates = KeyUpdates::settled(&srv, &base).await;
+    let updates = end_and_count(raw, &srv, &base).await;
     report_finding(
         "rekey-in-flight.txt",
         &format!(
@@ -253,6 +245,15 @@ async fn echo_until_closed(raw: &mut RawWs) -> (usize, Frame) {
         "no close after {} echoes: the key limit is not enforced",
         LIMIT + MARGIN
     )
+}
+
+/// Ends a session that went through key changes: it closes cleanly, it was offloaded and its
+/// kTLS socket is gone; then the KeyUpdates the edge and the kernel counted, agreeing.
+async fn end_and_count(raw: RawWs, srv: &Server, base: &OffloadBaseline) -> KeyUpdates {
+    close_cleanly(raw).await;
+    base.assert_offloaded(srv, 1).await;
+    base.wait_until_released().await;
+    KeyUpdates::settled(srv, base).await
 }
 
 /// A WebSocket close 1000 and the server's close_notify: the session ended well after all.
@@ -381,9 +382,7 @@ async fn client_key_updates_with_data_right_behind_them_never_stall() {
             );
         }
     }
-    close_cleanly(raw).await;
-    base.assert_offloaded(&srv, 1).await;
-    let updates = KeyUpdates::settled(&srv, &base).await;
+    let updates = end_and_count(raw, &srv, &base).await;
     assert_eq!(updates.received_requested, ROUNDS, "{updates}");
     assert_eq!(updates.sent_not_requested, ROUNDS, "{updates}");
 }

@@ -274,6 +274,26 @@ fn kernel_limits_ipv6() {
     lim.detach().unwrap();
 }
 
+/// Two handshakes from `from` held in flight (the listener defers accept) under a limit of 2:
+/// a third is refused, and a sweep leaves the live ones alone.
+fn two_handshakes_in_flight(lim: &EbpfLimiter, from: &str, to: SocketAddr) -> [TcpStream; 2] {
+    let held = [connect(from, to).unwrap(), connect(from, to).unwrap()];
+    assert_refused(connect(from, to), "3rd while 2 handshakes are in flight");
+    assert_eq!(
+        lim.sweep(Duration::ZERO).unwrap(),
+        0,
+        "live handshakes survive a sweep"
+    );
+    held
+}
+
+/// Kills each handshake with a RST (close with a zero linger).
+fn reset(conns: [TcpStream; 2]) {
+    for c in conns {
+        Socket::from(c).set_linger(Some(Duration::ZERO)).unwrap();
+    }
+}
+
 #[test]
 fn kernel_releases_slots_of_handshakes_that_die() {
     let _g = serial();
@@ -285,26 +305,14 @@ fn kernel_releases_slots_of_handshakes_that_die() {
         return;
     };
     let to = SocketAddr::new(ip("127.0.0.1"), port);
-    let a = connect("127.0.0.6", to).unwrap();
-    let b = connect("127.0.0.6", to).unwrap();
-    assert_refused(
-        connect("127.0.0.6", to),
-        "3rd while 2 handshakes are in flight",
-    );
+    let in_flight = two_handshakes_in_flight(&lim, "127.0.0.6", to);
     assert_eq!(
         lim.pending_reservations(),
         2,
         "request sockets hold the slots"
     );
-    assert_eq!(
-        lim.sweep(Duration::ZERO).unwrap(),
-        0,
-        "live handshakes survive a sweep"
-    );
     assert_eq!(lim.connections_of(ip("127.0.0.6")), 2);
-    for c in [a, b] {
-        Socket::from(c).set_linger(Some(Duration::ZERO)).unwrap(); // close = RST
-    }
+    reset(in_flight);
     println!("immediate release hooks: {:?}", lim.immediate_release());
     wait_for("slots of reset handshakes", || {
         if lim.immediate_release().is_none() {
@@ -360,20 +368,7 @@ fn kernel_sweep_releases_slots_of_handshakes_that_die() {
     };
     assert_eq!(lim.immediate_release(), None);
     let to = SocketAddr::new(ip("127.0.0.1"), port);
-    let a = connect("127.0.0.11", to).unwrap();
-    let b = connect("127.0.0.11", to).unwrap();
-    assert_refused(
-        connect("127.0.0.11", to),
-        "3rd while 2 handshakes are in flight",
-    );
-    assert_eq!(
-        lim.sweep(Duration::ZERO).unwrap(),
-        0,
-        "live handshakes survive"
-    );
-    for c in [a, b] {
-        Socket::from(c).set_linger(Some(Duration::ZERO)).unwrap(); // close = RST
-    }
+    reset(two_handshakes_in_flight(&lim, "127.0.0.11", to));
     wait_for("the request sockets to go", || {
         lim.sweep(Duration::ZERO).unwrap();
         lim.connections_of(ip("127.0.0.11")) == 0
