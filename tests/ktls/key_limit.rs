@@ -405,3 +405,43 @@ async fn the_start_line_says_whether_this_kernel_can_rekey() {
     let says = if can { "rekey: yes" } else { "rekey: no" };
     assert!(line.contains(says), "expected {says:?}: {line}");
 }
+
+/// A flood of client KeyUpdates with no data between them: each would cost the edge a key
+/// derivation, a setsockopt and a KeyUpdate of its own. Past 32 in a row (rustls' and
+/// BoringSSL's bound) the connection is refused `tls_protocol_error`; on a kernel that cannot
+/// rekey the first one already closes it (1001 `tls_rekey_unsupported`).
+#[tokio::test]
+async fn a_flood_of_client_key_updates_is_refused() {
+    if !ktls_kernel_or_skip() {
+        return;
+    }
+    let srv = ServerBuilder::new().config(KTLS_REQUIRED).start();
+    let base = OffloadBaseline::take(&srv).await;
+    let raw = srv.raw().await;
+    let (mut tls, _) = raw.into_parts();
+    for _ in 0..40 {
+        tls.get_mut()
+            .1
+            .refresh_traffic_keys()
+            .expect("TLS 1.3 KeyUpdate");
+    }
+    // The server may already be gone while the last ones are written.
+    let _ = within(WAIT, "flush the KeyUpdates", tls.flush()).await;
+    let reason = if TlsStat::read().has("TlsRxRekeyOk") {
+        "tls_protocol_error"
+    } else {
+        "tls_rekey_unsupported"
+    };
+    srv.wait_metric("wssedge_refusals_total", &[("reason", reason)], 1.0)
+        .await;
+    base.wait_until_released().await;
+    if reason == "tls_protocol_error" {
+        let followed = srv
+            .metric(
+                "wssedge_ktls_key_updates_total",
+                &[("direction", "received")],
+            )
+            .await;
+        assert_eq!(followed, 32.0, "followed up to the bound, not one more");
+    }
+}
