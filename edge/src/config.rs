@@ -24,8 +24,10 @@ pub struct Config {
     pub audit: crate::audit::AuditConfig,
     /// Proxy mode: the upstream groups sessions are forwarded to (absent: the edge echoes).
     pub upstream: Option<crate::upstream::UpstreamConfig>,
-    /// Proxy mode: path prefix → upstream group (longest prefix wins).
-    pub routes: Vec<crate::upstream::Route>,
+    /// Path prefix → upstream group or pub/sub (longest prefix wins).
+    pub routes: Vec<crate::routes::Route>,
+    /// Market-data fan-out on the `pubsub = true` routes.
+    pub pubsub: wssedge_proto::pubsub::PubsubConfig,
     /// The file this configuration was read from (what `wssedge ctl reload` re-reads).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -306,9 +308,24 @@ impl Config {
         self.origin.validate()?;
         match &self.upstream {
             Some(upstream) => upstream.validate(&self.routes)?,
-            None => crate::upstream::config::validate_routes_without_upstream(&self.routes)?,
+            None => crate::routes::validate(&self.routes, false)?,
         }
         self.audit.validate()?;
+        let feeds = self.pubsub.feed_urls()?;
+        if let Some(feed) = feeds.iter().find(|f| f.tls) {
+            if self
+                .upstream
+                .as_ref()
+                .and_then(|u| u.tls.as_ref())
+                .is_none()
+            {
+                return Err(ConfigError::invalid(
+                    "pubsub.feeds.url",
+                    format!("wss://{}:{}{}", feed.host, feed.port, feed.target),
+                    "a wss:// feed needs [upstream.tls] ca = \"…\" to verify it",
+                ));
+            }
+        }
         if let Some(jwt) = &self.jwt {
             jwt.validate()?;
         }

@@ -22,6 +22,8 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    #[error("{0}")]
+    Pubsub(#[from] wssedge_proto::pubsub::PubsubConfigError),
 }
 
 impl ConfigError {

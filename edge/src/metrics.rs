@@ -64,7 +64,7 @@ impl Histogram {
     }
 
     /// Renders the histograms of all cores as one, in seconds.
-    fn render_sum<'a>(
+    pub fn render_sum<'a>(
         out: &mut String,
         name: &str,
         help: &str,

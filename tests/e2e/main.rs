@@ -28,6 +28,7 @@ mod limits;
 mod panic;
 mod protocol;
 mod proxy;
+mod pubsub;
 mod rate_limits;
 mod transport;
 mod upgrade;

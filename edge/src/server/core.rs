@@ -45,6 +45,10 @@ pub(crate) struct Core {
     pub access: Access,
     /// Proxy mode: routes, groups, breakers (shared by the cores; atomics only).
     pub upstreams: Option<Arc<crate::upstream::Upstreams>>,
+    /// Which kind of route a path falls under (upstream group or pub/sub).
+    pub routes: Arc<crate::routes::RouteKinds>,
+    /// This core's pub/sub, when a route serves it.
+    pub pubsub: Option<Rc<crate::pubsub::CorePubsub>>,
     /// This core's producer end of the audit trail (never blocks, never drops).
     pub audit: AuditSink,
     pub metrics: Arc<CoreMetrics>,
@@ -138,6 +142,11 @@ impl Core {
                 live: LiveRegistry::new(wheel.clone()),
             },
             upstreams: start.upstreams.clone(),
+            routes: start.routes.clone(),
+            pubsub: start
+                .pubsub
+                .as_ref()
+                .map(|(shared, _)| Rc::new(crate::pubsub::CorePubsub::new(shared, start.index))),
             audit,
             metrics: start.metrics.clone(),
             buffers: CoreBuffers {
@@ -205,6 +214,12 @@ pub(crate) struct CoreStart {
     pub ip_limiter: Arc<IpLimiter>,
     pub admission: Arc<Admission>,
     pub upstreams: Option<Arc<crate::upstream::Upstreams>>,
+    pub routes: Arc<crate::routes::RouteKinds>,
+    /// The cores' pub/sub lines and this core's inbox.
+    pub pubsub: Option<(
+        crate::pubsub::PubsubShared,
+        futures_channel::mpsc::UnboundedReceiver<crate::pubsub::lines::CoreMsg>,
+    )>,
     pub rates: RatesStart,
     pub audit: AuditSink,
     pub replay: ReplayStart,
@@ -248,6 +263,12 @@ pub(crate) struct ReplayStart {
     pub max_lifetime_s: Option<u64>,
 }
 
+/// What the other cores send this one.
+struct CoreInboxes {
+    replay: futures_channel::mpsc::Receiver<ReplayAsk>,
+    pubsub: Option<futures_channel::mpsc::UnboundedReceiver<crate::pubsub::lines::CoreMsg>>,
+}
+
 /// Why a core did not start serving.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreStartError {
@@ -274,8 +295,10 @@ pub(crate) fn run_core(
         listeners,
         replay,
         lifecycle,
+        pubsub,
         ..
     } = start;
+    let pubsub_inbox = pubsub.map(|(_, inbox)| inbox);
     if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
         tracing::warn!(core = core.index, cpu, error = %e, "could not pin the core thread; it runs unpinned");
     }
@@ -315,7 +338,10 @@ pub(crate) fn run_core(
         rt.block_on(core_main(
             Rc::new(core),
             listeners,
-            replay.questions,
+            CoreInboxes {
+                replay: replay.questions,
+                pubsub: pubsub_inbox,
+            },
             lifecycle,
             gate,
         ))
@@ -364,11 +390,14 @@ fn build_runtime() -> std::io::Result<CoreRuntime> {
 async fn core_main(
     core: Rc<Core>,
     listeners: Vec<std::net::TcpListener>,
-    replay_questions: futures_channel::mpsc::Receiver<ReplayAsk>,
+    inboxes: CoreInboxes,
     lifecycle: Arc<Lifecycle>,
     gate: Rc<AcceptGate>,
 ) {
-    monoio::spawn(core.access.replay.clone().serve(replay_questions));
+    monoio::spawn(core.access.replay.clone().serve(inboxes.replay));
+    if let (Some(pubsub), Some(inbox)) = (&core.pubsub, inboxes.pubsub) {
+        monoio::spawn(pubsub.clone().serve(inbox));
+    }
     for l in listeners {
         match TcpListener::from_std(l) {
             Ok(l) => {

@@ -376,10 +376,14 @@ impl Running {
 fn metric_rooms(
     ip_limiter: &Arc<ip_limit::IpLimiter>,
     upstreams: Option<&Arc<crate::upstream::Upstreams>>,
+    pubsub: Option<&crate::pubsub::PubsubShared>,
 ) -> Vec<Arc<dyn PrometheusFamilies>> {
     let mut rooms: Vec<Arc<dyn PrometheusFamilies>> = vec![ip_limiter.clone()];
     if let Some(upstreams) = upstreams {
         rooms.push(upstreams.clone());
+    }
+    if let Some(pubsub) = pubsub {
+        rooms.push(pubsub.metrics.clone());
     }
     rooms
 }
@@ -501,6 +505,14 @@ fn start_serving(
         }
         None => None,
     };
+    let routes = Arc::new(crate::routes::RouteKinds::new(&cfg.routes));
+    // Pub/sub runs where a route serves it or a feed publishes into it.
+    let (pubsub, pubsub_inboxes) = if routes.has_pubsub() || !cfg.pubsub.feeds.is_empty() {
+        let (shared, inboxes) = crate::pubsub::PubsubShared::new(&cfg.pubsub, cpus.len());
+        (Some(shared), inboxes.into_iter().map(Some).collect())
+    } else {
+        (None, (0..cpus.len()).map(|_| None).collect::<Vec<_>>())
+    };
     let (trail, sinks) = crate::audit::AuditTrail::start_with(&cfg.audit, cpus.len(), lock_wait)?;
     let stop = Arc::new(AtomicBool::new(false));
     let draining = Arc::new(AtomicBool::new(false));
@@ -518,7 +530,7 @@ fn start_serving(
         ktls_available: ktls.offloads(),
         audit: trail.is_enabled().then(|| trail.stats()),
         draining: lifecycle.draining_flag(),
-        rooms: metric_rooms(&ip_limiter, upstreams.as_ref()),
+        rooms: metric_rooms(&ip_limiter, upstreams.as_ref(), pubsub.as_ref()),
     };
     let admin_err = |source| StartError::Admin {
         addr: cfg.server.admin,
@@ -565,12 +577,13 @@ fn start_serving(
         .map_or(1, |j| j.replay_capacity_per_core(cpus.len()));
     let replay_leeway = admission.jwt().map_or(0, |j| j.leeway_s());
     let replay_max_lifetime = admission.jwt().and_then(|j| j.max_lifetime_s());
-    for ((((i, &cpu), listeners), questions), audit) in cpus
+    for (((((i, &cpu), listeners), questions), audit), pubsub_inbox) in cpus
         .iter()
         .enumerate()
         .zip(per_core)
         .zip(replay_questions)
         .zip(sinks)
+        .zip(pubsub_inboxes)
     {
         let start = core::CoreStart {
             index: i,
@@ -583,6 +596,8 @@ fn start_serving(
             ip_limiter: ip_limiter.clone(),
             admission: admission.clone(),
             upstreams: upstreams.clone(),
+            routes: routes.clone(),
+            pubsub: pubsub.clone().zip(pubsub_inbox),
             rates: core::RatesStart {
                 connection: connection_rate,
                 control: control_rate,

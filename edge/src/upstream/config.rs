@@ -108,18 +108,7 @@ pub struct GroupConfig {
     pub members: Vec<String>,
 }
 
-/// `[[routes]]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Route {
-    /// A plain path prefix starting with `/` ([`PathPrefix`]), matched case-insensitively.
-    pub prefix: String,
-    /// The `[[upstream.groups]]` name.
-    pub group: String,
-    /// Whole messages may be dropped under backpressure or rate limits (market data).
-    #[serde(default)]
-    pub lossy: bool,
-}
+pub use crate::routes::Route;
 
 /// A member's address, parsed from its URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -372,23 +361,12 @@ impl UpstreamConfig {
                 }
             }
         }
-        for (i, r) in routes.iter().enumerate() {
-            PathPrefix::parse(&r.prefix)
-                .map_err(|reason| ConfigError::invalid("routes.prefix", &r.prefix, reason))?;
-            if routes[..i]
-                .iter()
-                .any(|o| o.prefix.eq_ignore_ascii_case(&r.prefix))
-            {
-                return Err(ConfigError::invalid(
-                    "routes.prefix",
-                    &r.prefix,
-                    "two routes with the same prefix (prefixes match case-insensitively)",
-                ));
-            }
-            if !self.groups.iter().any(|g| g.name == r.group) {
+        crate::routes::validate(routes, true)?;
+        for group in routes.iter().filter_map(Route::group) {
+            if !self.groups.iter().any(|g| g.name == group) {
                 return Err(ConfigError::invalid(
                     "routes.group",
-                    &r.group,
+                    group,
                     format!(
                         "no such [[upstream.groups]] (defined: {})",
                         self.groups
@@ -404,19 +382,8 @@ impl UpstreamConfig {
     }
 }
 
-/// Checks routes when no `[upstream]` section exists: any route is then an error.
-pub fn validate_routes_without_upstream(routes: &[Route]) -> Result<(), ConfigError> {
-    match routes.first() {
-        None => Ok(()),
-        Some(r) => Err(ConfigError::invalid(
-            "routes.group",
-            &r.group,
-            "routes need an [upstream] section with their groups",
-        )),
-    }
-}
-
-/// The routes, longest prefix first; each with its parsed prefix and the index of its group.
+/// The group routes, longest prefix first; each with its parsed prefix and the index of its
+/// group (pub/sub routes are not the upstream room's).
 #[derive(Debug, Clone)]
 pub struct RouteTable {
     routes: Vec<(Route, PathPrefix, usize)>,
@@ -430,7 +397,7 @@ impl RouteTable {
             .iter()
             .filter_map(|r| {
                 let prefix = PathPrefix::parse(&r.prefix).ok()?;
-                group_index(&r.group).map(|g| (r.clone(), prefix, g))
+                group_index(r.group()?).map(|g| (r.clone(), prefix, g))
             })
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.0.prefix.len()));
@@ -541,7 +508,7 @@ group = "orders"
     #[test]
     fn bad_configs_name_key_and_reason() {
         let mut w = sample();
-        w.routes[0].group = "nope".into();
+        w.routes[0].group = Some("nope".into());
         let e = err(&w);
         assert!(
             e.contains("routes.group") && e.contains("nope") && e.contains("marketdata"),
@@ -630,8 +597,8 @@ group = "orders"
         w.routes.clear();
         assert!(err(&w).contains("at least one group"));
 
-        assert!(validate_routes_without_upstream(&sample().routes).is_err());
-        assert!(validate_routes_without_upstream(&[]).is_ok());
+        assert!(crate::routes::validate(&sample().routes, false).is_err());
+        assert!(crate::routes::validate(&[], false).is_ok());
     }
 
     #[test]
@@ -724,7 +691,8 @@ group = "orders"
         let n = MemberUrl::parse("ws://h/o").unwrap();
         let routes = vec![Route {
             prefix: "/".into(),
-            group: "g".into(),
+            group: Some("g".into()),
+            pubsub: false,
             lossy: false,
         }];
         let t = RouteTable::new(&routes, |_| Some(0));

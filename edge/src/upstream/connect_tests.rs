@@ -147,7 +147,8 @@ fn upstreams(member: &str, tls: Option<UpstreamTls>, failures: u32, timeout_ms: 
     };
     let routes = [Route {
         prefix: "/".into(),
-        group: "g".into(),
+        group: Some("g".into()),
+        pubsub: false,
         lossy: false,
     }];
     Upstreams::without_health_checks(&cfg, &routes).unwrap()

@@ -7,6 +7,8 @@
 //! max_topics_per_connection = 256
 //! queue_messages = 4096        # per subscriber connection; beyond it the topic's policy
 //! publish_scope = "publish"    # JWT scope a client needs to publish over its connection
+//! max_topics = 100000          # topics kept at once (sequence, history or subscribers)
+//! max_publication_bytes = 65536 # largest publication `data`
 //! [[pubsub.topics]]            # per-prefix policy; longest prefix wins; default "disconnect"
 //! prefix = "book."
 //! slow = "conflate"
@@ -79,6 +81,12 @@ pub struct PubsubConfig {
     pub queue_messages: usize,
     /// The JWT scope a client needs to publish over its connection.
     pub publish_scope: String,
+    /// The largest publication `data` a client or feed may send (bytes as written; also
+    /// bounded by `[limits] max_message_bytes`); larger ones are refused (`data_too_large`).
+    pub max_publication_bytes: usize,
+    /// Topics the edge keeps at once (with a sequence, history or subscribers); a publish or
+    /// subscribe that would make one more is refused (`too_many_topics`).
+    pub max_topics: usize,
     pub topics: Vec<TopicRule>,
     pub feeds: Vec<FeedConfig>,
 }
@@ -91,6 +99,8 @@ impl Default for PubsubConfig {
             max_topics_per_connection: 256,
             queue_messages: 4096,
             publish_scope: "publish".into(),
+            max_publication_bytes: 65_536,
+            max_topics: 100_000,
             topics: Vec::new(),
             feeds: Vec::new(),
         }
@@ -103,6 +113,12 @@ pub const MAX_HISTORY: usize = 1_000_000;
 /// A day. Recovery is for short disconnects; longer gaps are a snapshot's job.
 pub const MAX_HISTORY_TTL_S: u64 = 86_400;
 pub const MAX_TOPICS_PER_CONNECTION: usize = 65_536;
+/// A publication is kept in every topic's history and every queue: 16 MiB is already far
+/// past market data.
+pub const MAX_PUBLICATION_BYTES: usize = 16 << 20;
+/// Each topic costs its history: ten million is already more than a host's memory at the
+/// default history.
+pub const MAX_TOPICS: usize = 10_000_000;
 /// Per connection, times every subscriber: a million queued references is already a slow
 /// consumer the edge should have closed long before.
 pub const MAX_QUEUE_MESSAGES: usize = 1_048_576;
@@ -173,6 +189,13 @@ impl PubsubConfig {
             1,
             MAX_TOPICS_PER_CONNECTION as u64,
         )?;
+        in_range("max_topics", self.max_topics as u64, 1, MAX_TOPICS as u64)?;
+        in_range(
+            "max_publication_bytes",
+            self.max_publication_bytes as u64,
+            1,
+            MAX_PUBLICATION_BYTES as u64,
+        )?;
         in_range(
             "queue_messages",
             self.queue_messages as u64,
@@ -230,12 +253,12 @@ impl PubsubConfig {
             .map_or(SlowPolicy::Disconnect, |r| r.slow)
     }
 
-    /// The bounds a client's request is parsed with; `max_data_bytes` comes from the route's
-    /// message size limit.
-    pub fn request_limits(&self, max_data_bytes: usize) -> RequestLimits {
+    /// The bounds a client's request is parsed with: `max_publication_bytes`, and no more
+    /// than `max_message_bytes` (the session's message limit).
+    pub fn request_limits(&self, max_message_bytes: usize) -> RequestLimits {
         RequestLimits {
             max_topics: self.max_topics_per_connection,
-            max_data_bytes,
+            max_data_bytes: self.max_publication_bytes.min(max_message_bytes),
         }
     }
 

@@ -559,7 +559,12 @@ pub fn encode_error(id: Option<u64>, reason: Reason) -> String {
 /// `{"topic":"…","seq":58,"data":<data, byte for byte>}`: the body of the one text frame every
 /// subscriber of the topic is sent (the WebSocket header is the codec's).
 pub fn encode_publication(topic: &str, seq: u64, data: &RawValue) -> Bytes {
-    let data = data.get();
+    encode_publication_json(topic, seq, data.get())
+}
+
+/// [`encode_publication`] for `data` that was a [`RawValue`] when it was checked (it crossed a
+/// core as bytes): a complete JSON value, written as is.
+pub fn encode_publication_json(topic: &str, seq: u64, data: &str) -> Bytes {
     let mut out = String::with_capacity(32 + topic.len() + data.len());
     out.push_str("{\"topic\":");
     push_json_string(&mut out, topic);

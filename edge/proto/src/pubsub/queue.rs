@@ -22,6 +22,7 @@
 //! Across topics the queue is in arrival order, except for the in-place replacement.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -38,6 +39,8 @@ pub struct Delivery {
     pub seq: u64,
     /// The shared frame body (one allocation for every subscriber).
     pub frame: Bytes,
+    /// When the owner sequenced it (the start of the publish → write latency).
+    pub published_at: Instant,
 }
 
 /// What became of a pushed publication.
@@ -195,6 +198,7 @@ mod tests {
             topic: TopicId(topic),
             seq,
             frame: Bytes::from(format!("t{topic}s{seq}")),
+            published_at: Instant::now(),
         }
     }
 

@@ -1,13 +1,15 @@
 //! The app seam: what an open session does with its client's messages.
 //!
-//! [`App`] is the one place that decides it — echoed back ([`App::Echo`]) or relayed to an
-//! upstream member ([`App::Proxy`]). The connection loop around it only moves bytes, keeps
-//! deadlines and applies limits; a new kind of session (fan-out) is a new variant here and its
-//! arms, not edits across the loop.
+//! [`App`] is the one place that decides it — echoed back ([`App::Echo`]), relayed to an
+//! upstream member ([`App::Proxy`]), or read as pub/sub requests with publications fanned out
+//! to it ([`App::PubSub`]). The connection loop around it only moves bytes, keeps deadlines
+//! and applies limits; a new kind of session is a new variant here and its arms, not edits
+//! across the loop.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::pubsub::session::{PubsubSession, Pumped};
 use crate::reason::Reason;
 use crate::ws::{Message, Session};
 
@@ -22,6 +24,9 @@ pub(super) enum App {
     /// Boxed: the relay is most of a kilobyte, and an echo connection's task should not carry
     /// that space (the task's size is every idle connection's memory).
     Proxy(Box<Proxy>),
+    /// Requests to subscribe, unsubscribe and publish; the topics' publications to the
+    /// client. Boxed for the same reason as the relay.
+    PubSub(Box<PubsubSession>),
 }
 
 /// What a client over one of its message rates costs it.
@@ -42,7 +47,39 @@ impl App {
                 p.relay.forward(message);
                 p.hop_started.get_or_insert(now);
             }
+            App::PubSub(p) => p.on_message(session, message),
         }
+    }
+
+    /// Whether the client's own socket may be read (pub/sub: not while its asks to the topic
+    /// owners are at their bound).
+    pub(super) fn accepts_input(&self) -> bool {
+        match self {
+            App::PubSub(p) => p.accepts_input(),
+            App::Echo | App::Proxy(_) => true,
+        }
+    }
+
+    /// Resolves when something arrived for the client from elsewhere on the edge (pub/sub:
+    /// answers, publications); never for the others.
+    pub(super) async fn arrived(&self) {
+        match self {
+            App::PubSub(p) => p.ready().await,
+            App::Echo | App::Proxy(_) => std::future::pending().await,
+        }
+    }
+
+    /// Hands what arrived for the client to its session, within `room` bytes (pub/sub);
+    /// nothing for the others.
+    pub(super) fn pump(&mut self, session: &mut Session, room: usize, now: Instant) -> Pumped {
+        match self {
+            App::PubSub(p) => p.pump(session, room, now),
+            App::Echo | App::Proxy(_) => Pumped::default(),
+        }
+    }
+
+    pub(super) fn is_pubsub(&self) -> bool {
+        matches!(self, App::PubSub(_))
     }
 
     /// A message over the client's rate: what it costs.
@@ -83,7 +120,7 @@ impl App {
     pub(super) fn reads_allowed(&mut self, core: &Core, client_outbound: usize) -> bool {
         match self {
             App::Proxy(p) => p.reads_allowed(core, client_outbound),
-            App::Echo => false,
+            App::Echo | App::PubSub(_) => false,
         }
     }
 
@@ -98,7 +135,7 @@ impl App {
     ) -> Option<Relayed> {
         match self {
             App::Proxy(p) => Some(p.relay_to_client(core, peer, session, client_outbound)),
-            App::Echo => None,
+            App::Echo | App::PubSub(_) => None,
         }
     }
 
@@ -111,7 +148,7 @@ impl App {
     ) -> Option<Result<u64, Reason>> {
         match self {
             App::Proxy(p) => Some(p.write(write_timeout, peer)),
-            App::Echo => None,
+            App::Echo | App::PubSub(_) => None,
         }
     }
 
@@ -123,7 +160,7 @@ impl App {
                 p.relay.abandon();
                 true
             }
-            App::Echo => false,
+            App::Echo | App::PubSub(_) => false,
         }
     }
 
@@ -131,7 +168,7 @@ impl App {
     /// written (counted against the core's buffer budget).
     pub(super) fn held_bytes(&self) -> usize {
         match self {
-            App::Echo => 0,
+            App::Echo | App::PubSub(_) => 0,
             App::Proxy(p) => p.relay.buffered() + p.relay.pending_output(),
         }
     }
@@ -139,7 +176,7 @@ impl App {
     /// Bytes queued toward the app's far side (nothing for echo).
     pub(super) fn pending_output(&self) -> usize {
         match self {
-            App::Echo => 0,
+            App::Echo | App::PubSub(_) => 0,
             App::Proxy(p) => p.relay.pending_output(),
         }
     }
@@ -154,7 +191,7 @@ impl App {
     pub(super) async fn readable(&self) -> std::io::Result<()> {
         match self {
             App::Proxy(p) => p.relay.readable().await,
-            App::Echo => std::future::pending().await,
+            App::Echo | App::PubSub(_) => std::future::pending().await,
         }
     }
 
@@ -162,7 +199,7 @@ impl App {
     pub(super) async fn writable(&self) -> std::io::Result<()> {
         match self {
             App::Proxy(p) => p.relay.writable().await,
-            App::Echo => std::future::pending().await,
+            App::Echo | App::PubSub(_) => std::future::pending().await,
         }
     }
 
@@ -170,7 +207,7 @@ impl App {
     pub(super) async fn stalled(&self) {
         match self {
             App::Proxy(p) => p.write_deadline.expired().await,
-            App::Echo => std::future::pending().await,
+            App::Echo | App::PubSub(_) => std::future::pending().await,
         }
     }
 
@@ -178,14 +215,14 @@ impl App {
     pub(super) fn proxy(&self) -> Option<&Proxy> {
         match self {
             App::Proxy(p) => Some(p),
-            App::Echo => None,
+            App::Echo | App::PubSub(_) => None,
         }
     }
 
     pub(super) fn proxy_mut(&mut self) -> Option<&mut Proxy> {
         match self {
             App::Proxy(p) => Some(p),
-            App::Echo => None,
+            App::Echo | App::PubSub(_) => None,
         }
     }
 
@@ -201,9 +238,12 @@ impl App {
 
     /// The app's far side, taken out to be closed beside the client (`None` for echo).
     pub(super) fn take_far_side(&mut self) -> Option<Box<Proxy>> {
-        match std::mem::replace(self, App::Echo) {
-            App::Proxy(p) => Some(p),
-            App::Echo => None,
+        match self {
+            App::Proxy(_) => match std::mem::replace(self, App::Echo) {
+                App::Proxy(p) => Some(p),
+                _ => None,
+            },
+            App::Echo | App::PubSub(_) => None,
         }
     }
 }

@@ -26,7 +26,8 @@ impl Conn {
             // again and again. The loop waits for the socket to take our bytes instead.
             return false;
         }
-        let allowed = !self.outbound_full();
+        // A pub/sub client with all its asks out waits for answers before it may ask more.
+        let allowed = !self.outbound_full() && self.phase.app().is_none_or(App::accepts_input);
         if !allowed && !self.reads_paused {
             self.core.metrics.read_pauses.inc();
         }

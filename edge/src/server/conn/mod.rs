@@ -35,6 +35,7 @@ use crate::limits::{ConnectionLimiter, Verdict};
 use crate::metrics::Side;
 use crate::reason::{KtlsFallback, LossyDrop, Reason};
 use crate::refuse::Refusal;
+use crate::routes::RouteKind;
 use crate::sockopt;
 use crate::tls::driver::TlsSession;
 use crate::tls::identity::ClientIdentity;
@@ -230,6 +231,7 @@ impl Conn {
             let app = self.phase.app();
             let app_more = app_reading && app.is_some_and(App::holds_more);
             let app_writing = app.is_some_and(|a| a.pending_output() > 0);
+            let app_arrivals = app.is_some_and(App::is_pubsub);
             let (wake, waited) = {
                 let wait = std::pin::pin!(async {
                     monoio::select! {
@@ -243,6 +245,7 @@ impl Conn {
                         r = app_readable(app), if app_reading && !app_more => Wake::AppReadable(r),
                         _ = std::future::ready(()), if app_more => Wake::AppMore,
                         r = app_writable(app), if app_writing => Wake::AppWritable(r),
+                        _ = app_arrived(app), if app_arrivals => Wake::AppArrived,
                         _ = app_stalled(app), if app_writing => Wake::AppStalled,
                     }
                 });
@@ -262,6 +265,11 @@ impl Conn {
                     self.app_read()
                 }
                 Wake::AppWritable(Ok(())) => None,
+                Wake::AppArrived => {
+                    // The arrival flag is a one-shot: the wait consumed it (taken below).
+                    self.moved += 1;
+                    None
+                }
                 Wake::AppStalled => self.app_failed(Reason::UpstreamStalled),
                 Wake::AppReadable(Err(e)) | Wake::AppWritable(Err(e)) => {
                     tracing::debug!(peer = %self.peer, error = %e, "upstream readiness wait failed");
@@ -297,6 +305,7 @@ impl Conn {
             if let Err(end) = self.write_some() {
                 return end;
             }
+            let step = step.or_else(|| self.app_pump());
             let step = step.or_else(|| self.app_write());
             if let Some(at) = self.phase.app_mut().and_then(App::take_hop_start) {
                 self.core.metrics.proxy_hop.observe(at.elapsed());
@@ -363,6 +372,38 @@ impl Conn {
             return Some(end);
         }
         relayed.end
+    }
+
+    /// What arrived for the client from elsewhere on the edge (pub/sub) goes to its session,
+    /// as much as the outbound cap leaves room for, and out to the socket.
+    fn app_pump(&mut self) -> Option<End> {
+        let room = self
+            .core
+            .cfg
+            .limits
+            .max_outbound_bytes
+            .saturating_sub(self.outbound_len());
+        let Phase::Open { session, open } = &mut self.phase else {
+            return None;
+        };
+        if session.state() != SessionState::Open {
+            return None;
+        }
+        let pumped = open.app.pump(session, room, Instant::now());
+        if pumped.slow_consumer {
+            if let Some(p) = &self.core.pubsub {
+                p.m().slow_consumer_closes.inc();
+            }
+            return Some(self.on_slow_consumer());
+        }
+        if pumped.frames == 0 {
+            return None;
+        }
+        self.moved += pumped.frames;
+        if let Err(end) = self.encrypt_outgoing() {
+            return Some(end);
+        }
+        self.write_some().err()
     }
 
     /// Writes what the app's far side takes now.
@@ -630,12 +671,11 @@ impl Conn {
                     Ok(admitted) => admitted,
                     Err(refusal) => return Some(self.refuse_upgrade(refusal, &request, None)),
                 };
-                let routed = self
-                    .core
-                    .upstreams
-                    .as_ref()
-                    .map(|u| crate::upstream::relay::route(u, &request))
-                    .transpose();
+                let pubsub = self.core.routes.kind(&request.path) == Some(RouteKind::PubSub);
+                let routed = match &self.core.upstreams {
+                    Some(u) if !pubsub => crate::upstream::relay::route(u, &request).map(Some),
+                    _ => Ok(None),
+                };
                 let route = match routed {
                     Ok(route) => route,
                     Err(refusal) => {
@@ -649,15 +689,41 @@ impl Conn {
                         request,
                         admitted,
                         route,
+                        pubsub,
                     }));
                     return None;
                 }
-                if let Err(end) = self.upgrade(&request, admitted, App::Echo) {
+                let app = if pubsub {
+                    self.pubsub_app(&admitted)
+                } else {
+                    App::Echo
+                };
+                if let Err(end) = self.upgrade(&request, admitted, app) {
                     return Some(end);
                 }
             }
         }
         self.run_session()
+    }
+
+    /// A pub/sub session for an admitted client: it may publish when its token carries
+    /// `[pubsub] publish_scope`.
+    fn pubsub_app(&self, admitted: &Admitted) -> App {
+        let Some(hub) = self.core.pubsub.clone() else {
+            // Pub/sub runs whenever a route serves it.
+            return App::Echo;
+        };
+        let scope = hub.cfg.publish_scope.as_str();
+        let may_publish = admitted
+            .token
+            .as_ref()
+            .is_some_and(|t| t.scopes.iter().any(|s| s == scope));
+        let max_data = self.core.session_limits().max_message_bytes;
+        App::PubSub(Box::new(crate::pubsub::session::PubsubSession::new(
+            hub,
+            may_publish,
+            max_data,
+        )))
     }
 
     fn refuse_http(&mut self, refusal: Refusal) -> End {
@@ -774,6 +840,7 @@ impl Conn {
             }
         }
         let app = match &pending.route {
+            None if pending.pubsub => self.pubsub_app(&pending.admitted),
             None => App::Echo,
             Some(route) => {
                 // Boxed: opening an upstream session (connect, TLS, upgrade) is a large future
@@ -1346,6 +1413,8 @@ enum Wake {
     AppWritable(std::io::Result<()>),
     /// The app's far side took nothing for the write timeout.
     AppStalled,
+    /// Something arrived for the client from elsewhere on the edge (pub/sub).
+    AppArrived,
 }
 
 /// Resolves when the app's far side is readable; never without one.
@@ -1368,6 +1437,14 @@ async fn app_writable(app: Option<&App>) -> std::io::Result<()> {
 async fn app_stalled(app: Option<&App>) {
     match app {
         Some(app) => app.stalled().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when something arrived for the client; never without an app that gets arrivals.
+async fn app_arrived(app: Option<&App>) {
+    match app {
+        Some(app) => app.arrived().await,
         None => std::future::pending().await,
     }
 }

@@ -38,6 +38,8 @@ pub(super) struct PendingUpgrade {
     pub(super) admitted: Admitted,
     /// Proxy mode: where the session goes.
     pub(super) route: Option<Route>,
+    /// The path is a pub/sub route.
+    pub(super) pubsub: bool,
 }
 
 /// What an upgraded connection owns besides its session.

@@ -1,0 +1,263 @@
+//! Market-data fan-out across the cores (the protocol, topic names, history and the
+//! subscriber queue are sans-IO in `wssedge_proto::pubsub`).
+//!
+//! - A topic is owned by one core ([`lines::owner_of`]): it sequences the topic's
+//!   publications, encodes each once into one shared frame, keeps the history, and knows which
+//!   cores have subscribers ([`owner`]).
+//! - Each core keeps its own subscribers ([`registry`]): a batch from an owner is one message
+//!   per core per owner pass, and each subscriber is woken once per batch.
+//! - A connection ([`session`]) asks the owners (subscribe, publish) over the cores' lines
+//!   ([`lines`]) and drains its bounded queue ([`client`]) into its WebSocket session once per
+//!   loop pass, as many publications per write as fit.
+//! - [`metrics`]: the `wssedge_pubsub_*` families.
+
+pub(crate) mod client;
+pub(crate) mod lines;
+pub(crate) mod metrics;
+pub(crate) mod owner;
+pub(crate) mod registry;
+pub(crate) mod session;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_channel::mpsc::UnboundedReceiver;
+use futures_util::StreamExt as _;
+use wssedge_proto::pubsub::PubsubConfig;
+
+use self::client::Answer;
+use self::lines::{CoreMsg, Lines};
+use self::metrics::{CorePubsubMetrics, PubsubMetrics};
+use self::owner::{Outgoing, Owner};
+use self::registry::Registry;
+
+/// Gives the core back for one turn (queued behind the other ready tasks).
+async fn yield_turn() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// Messages one owner pass handles before it sends its batches and lets the core's
+/// connections run.
+const MAX_MESSAGES_PER_PASS: usize = 1024;
+/// How often an owner expires history and forgets idle topics.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// What every core's pub/sub is built from (all `Send`), made once at start.
+#[derive(Debug, Clone)]
+pub(crate) struct PubsubShared {
+    pub cfg: Arc<PubsubConfig>,
+    pub lines: Lines,
+    pub metrics: Arc<PubsubMetrics>,
+    /// Random per process start: a restarted edge's topics are new epochs.
+    pub epoch_prefix: String,
+}
+
+impl PubsubShared {
+    /// The lines and each core's inbox.
+    pub fn new(cfg: &PubsubConfig, cores: usize) -> (Self, Vec<UnboundedReceiver<CoreMsg>>) {
+        let (lines, inboxes) = Lines::new(cores);
+        let feeds: Vec<String> = cfg.feeds.iter().map(|f| f.url.clone()).collect();
+        (
+            Self {
+                cfg: Arc::new(cfg.clone()),
+                lines,
+                metrics: Arc::new(PubsubMetrics::new(cores, &feeds)),
+                epoch_prefix: owner::random_epoch_prefix(),
+            },
+            inboxes,
+        )
+    }
+}
+
+/// One core's pub/sub: the topics it owns, its subscribers, its lines to the other cores.
+pub(crate) struct CorePubsub {
+    pub index: usize,
+    pub cfg: Arc<PubsubConfig>,
+    pub lines: Lines,
+    pub registry: Registry,
+    owner: RefCell<Owner>,
+    metrics: Arc<PubsubMetrics>,
+}
+
+impl CorePubsub {
+    pub fn new(shared: &PubsubShared, index: usize) -> Self {
+        let cores = shared.lines.cores();
+        let max_topics = shared.cfg.max_topics.div_ceil(cores).max(1);
+        Self {
+            index,
+            cfg: shared.cfg.clone(),
+            lines: shared.lines.clone(),
+            registry: Registry::default(),
+            owner: RefCell::new(Owner::new(
+                cores,
+                shared.cfg.history,
+                shared.cfg.history_ttl(),
+                max_topics,
+                shared.epoch_prefix.clone(),
+            )),
+            metrics: shared.metrics.clone(),
+        }
+    }
+
+    /// This core's counters.
+    pub fn m(&self) -> &CorePubsubMetrics {
+        &self.metrics.cores[self.index]
+    }
+
+    /// The core's pub/sub task: its inbox, in passes of at most [`MAX_MESSAGES_PER_PASS`];
+    /// each pass ends with one batch per destination core.
+    pub async fn serve(self: Rc<Self>, mut inbox: UnboundedReceiver<CoreMsg>) {
+        monoio::spawn(self.clone().sweep());
+        let mut out = Outgoing::new(self.lines.cores());
+        while let Some(first) = inbox.next().await {
+            let now = Instant::now();
+            self.handle(first, now, &mut out);
+            let mut handled = 1;
+            while handled < MAX_MESSAGES_PER_PASS {
+                match inbox.try_recv() {
+                    Ok(msg) => self.handle(msg, now, &mut out),
+                    _ => break,
+                }
+                handled += 1;
+            }
+            self.flush(&mut out);
+            self.m().topics.add(self.owned_change());
+            if handled >= MAX_MESSAGES_PER_PASS {
+                // More may be waiting: the core's connections get their turn first.
+                yield_turn().await;
+            }
+        }
+    }
+
+    /// The change in owned topics since the gauge was last set.
+    fn owned_change(&self) -> i64 {
+        self.owner.borrow().topics() as i64 - self.m().topics.get()
+    }
+
+    async fn sweep(self: Rc<Self>) {
+        loop {
+            monoio::time::sleep(SWEEP_EVERY).await;
+            self.owner.borrow_mut().sweep(Instant::now());
+            self.m().topics.add(self.owned_change());
+        }
+    }
+
+    fn flush(&self, out: &mut Outgoing) {
+        for (core, items) in out.per_core.iter_mut().enumerate() {
+            if items.is_empty() {
+                continue;
+            }
+            let batch = std::mem::take(items);
+            if core == self.index {
+                // Our own subscribers: no line to cross.
+                self.registry.deliver(&batch, self.m());
+            } else {
+                self.lines.send(core, CoreMsg::Batch(batch));
+            }
+        }
+    }
+
+    /// An answer to `core`. Our own core's is taken at once, before this pass's batch is
+    /// delivered here (in `flush`): the same order a line keeps for the other cores.
+    fn reply(&self, core: usize, answer: CoreMsg, now: Instant, out: &mut Outgoing) {
+        if core == self.index {
+            self.handle(answer, now, out);
+        } else {
+            self.lines.send(core, answer);
+        }
+    }
+
+    fn handle(&self, msg: CoreMsg, now: Instant, out: &mut Outgoing) {
+        match msg {
+            CoreMsg::Publish {
+                topic,
+                data,
+                asker,
+                request,
+            } => {
+                let result = match std::str::from_utf8(&data) {
+                    Ok(data) => self.owner.borrow_mut().publish(&topic, data, now, out),
+                    Err(_) => Err(wssedge_proto::pubsub::Reason::BadRequest),
+                };
+                if result.is_ok() {
+                    self.m().publications.inc();
+                }
+                if let Some(asker) = asker {
+                    let answer = CoreMsg::Published {
+                        client: asker.client,
+                        request,
+                        result,
+                    };
+                    self.reply(asker.core, answer, now, out);
+                }
+            }
+            CoreMsg::Subscribe {
+                topic,
+                since,
+                asker,
+                request,
+            } => {
+                let answer =
+                    self.owner
+                        .borrow_mut()
+                        .subscribe(&topic, since.as_ref(), asker.core, now);
+                // Publications this pass sequenced before the subscribe go out in the batch
+                // after this answer: the subscriber's start (the answer's seq) filters them.
+                let answer = CoreMsg::Subscribed {
+                    client: asker.client,
+                    request,
+                    topic: match &answer {
+                        Ok(a) => a.topic.clone(),
+                        Err(_) => topic.into(),
+                    },
+                    answer,
+                };
+                self.reply(asker.core, answer, now, out);
+            }
+            CoreMsg::Leave { topic, core } => self.owner.borrow_mut().leave(&topic, core),
+            CoreMsg::Batch(items) => self.registry.deliver(&items, self.m()),
+            CoreMsg::Subscribed {
+                client,
+                request,
+                topic,
+                answer,
+            } => {
+                let Some(c) = self.registry.client(client) else {
+                    return;
+                };
+                if let Ok(a) = &answer {
+                    // From here on the topic's publications are taken: every one sequenced
+                    // after this answer arrives after it on this line.
+                    if let Some(id) = self.registry.topic_id(&a.topic) {
+                        c.activate(id, a.last_seq);
+                    }
+                }
+                c.post(Answer::Subscribed {
+                    request,
+                    topic,
+                    answer,
+                });
+            }
+            CoreMsg::Published {
+                client,
+                request,
+                result,
+            } => {
+                if let Some(c) = self.registry.client(client) {
+                    c.post(Answer::Published { request, result });
+                }
+            }
+        }
+    }
+}
