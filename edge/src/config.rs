@@ -488,6 +488,25 @@ mod tests {
     }
 
     #[test]
+    fn pubsub_needs_no_upstream_but_a_wss_feed_needs_its_trust() {
+        let c = Config::from_toml(
+            "[pubsub]\nhistory = 10\n[[pubsub.feeds]]\nurl = \"ws://127.0.0.1:9100/feed\"\n\
+             [[routes]]\nprefix = \"/md\"\npubsub = true\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let c = Config::from_toml("[[pubsub.feeds]]\nurl = \"wss://feed.example/md\"\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("pubsub.feeds.url") && e.contains("[upstream.tls]"),
+            "{e}"
+        );
+        let c = Config::from_toml("[pubsub]\nqueue_messages = 0\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("pubsub.queue_messages"), "{e}");
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let e = Config::from_toml("[limits]\nmax_conections = 3\n")
             .unwrap_err()

@@ -554,3 +554,98 @@ async fn each_slow_policy_bounds_a_client_that_stops_reading() {
         }
     }
 }
+
+/// A feed (`[[pubsub.feeds]]`) is published like a client's publish; when it drops, the edge
+/// says so (log, `wssedge_pubsub_feed_up`), reconnects with backoff, and the topic goes on in
+/// the same epoch. Frames that are not publications are counted and skipped.
+#[tokio::test]
+async fn a_feed_that_drops_and_comes_back_is_published_again() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("feed listener");
+    let port = listener.local_addr().expect("addr").port();
+    let url = format!("ws://127.0.0.1:{port}/feed");
+    let files = key_files();
+    let srv = Server::with_config(&config(
+        &files,
+        &format!("[[pubsub.feeds]]\nurl = \"{url}\""),
+        "",
+    ));
+    let topic = "fx.EURUSD";
+    let mut sub = connect(&srv, "read").await;
+    let a = subscribe(&mut sub, 1, &[topic], None).await;
+    let epoch = a["topics"][0]["epoch"].clone();
+
+    async fn accept(
+        listener: &tokio::net::TcpListener,
+    ) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+        let (tcp, _) = within(WAIT, "the edge connects to its feed", listener.accept())
+            .await
+            .expect("accept");
+        within(
+            WAIT,
+            "the feed upgrade",
+            tokio_tungstenite::accept_async(tcp),
+        )
+        .await
+        .expect("feed upgrade")
+    }
+
+    let mut feed = accept(&listener).await;
+    srv.wait_metric("wssedge_pubsub_feed_up", &[("url", &url)], 1.0)
+        .await;
+    for n in 1..=3 {
+        if n == 2 {
+            feed.send(Message::text(r#"{"nope":1}"#))
+                .await
+                .expect("bad frame");
+        }
+        let frame = json!({"topic": topic, "data": {"bid": n}}).to_string();
+        feed.send(Message::text(frame)).await.expect("feed frame");
+    }
+    for n in 1..=3u64 {
+        let p = next_json(&mut sub).await;
+        assert_eq!(
+            (p["seq"].as_u64(), p["data"]["bid"].as_u64()),
+            (Some(n), Some(n)),
+            "{p}"
+        );
+    }
+    srv.wait_metric(
+        "wssedge_pubsub_feed_bad_frames_total",
+        &[("url", &url)],
+        1.0,
+    )
+    .await;
+
+    drop(feed);
+    let mut feed = accept(&listener).await;
+    srv.wait_metric("wssedge_pubsub_feed_connects_total", &[("url", &url)], 2.0)
+        .await;
+    assert!(
+        srv.proc.stderr().contains("pub/sub feed down"),
+        "the drop is logged: {}",
+        srv.proc.stderr()
+    );
+    for n in 4..=5 {
+        let frame = json!({"topic": topic, "data": {"bid": n}}).to_string();
+        feed.send(Message::text(frame)).await.expect("feed frame");
+    }
+    for n in 4..=5u64 {
+        let p = next_json(&mut sub).await;
+        assert_eq!(p["seq"].as_u64(), Some(n), "the topic goes on: {p}");
+    }
+    // A reconnecting client in the same epoch recovers the feed's publications.
+    let mut late = connect(&srv, "read").await;
+    let since = json!({ topic: {"epoch": epoch, "seq": 3} });
+    let a = subscribe(&mut late, 2, &[topic], Some(since)).await;
+    assert_eq!(a["topics"][0]["recovered"], true, "{a}");
+    for n in 4..=5u64 {
+        assert_eq!(next_json(&mut late).await["seq"].as_u64(), Some(n));
+    }
+    assert_eq!(
+        srv.metric("wssedge_pubsub_feed_publications_total", &[("url", &url)])
+            .await,
+        5.0
+    );
+}

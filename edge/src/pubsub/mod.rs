@@ -9,9 +9,11 @@
 //! - A connection ([`session`]) asks the owners (subscribe, publish) over the cores' lines
 //!   ([`lines`]) and drains its bounded queue ([`client`]) into its WebSocket session once per
 //!   loop pass, as many publications per write as fit.
+//! - [`feed`]: the edge's own subscriptions to upstream feeds, published like a client's.
 //! - [`metrics`]: the `wssedge_pubsub_*` families.
 
 pub(crate) mod client;
+pub(crate) mod feed;
 pub(crate) mod lines;
 pub(crate) mod metrics;
 pub(crate) mod owner;
@@ -63,20 +65,45 @@ pub(crate) struct PubsubShared {
     pub epoch_prefix: String,
 }
 
+/// One core's part, as handed to its thread.
+pub(crate) struct CorePubsubStart {
+    pub shared: PubsubShared,
+    pub inbox: UnboundedReceiver<CoreMsg>,
+    /// The feeds this core runs (feed `i` runs on core `i % cores`).
+    pub feeds: Vec<feed::FeedStart>,
+}
+
 impl PubsubShared {
-    /// The lines and each core's inbox.
-    pub fn new(cfg: &PubsubConfig, cores: usize) -> (Self, Vec<UnboundedReceiver<CoreMsg>>) {
+    /// What each core starts with, in core order. `feed_connect`: how feeds connect (the
+    /// upstream room's options, with its TLS for wss://).
+    pub fn starts(
+        cfg: &PubsubConfig,
+        cores: usize,
+        feed_connect: &crate::upstream::ConnectOptions,
+    ) -> Result<(Self, Vec<CorePubsubStart>), wssedge_proto::pubsub::PubsubConfigError> {
+        let cores = cores.max(1);
         let (lines, inboxes) = Lines::new(cores);
-        let feeds: Vec<String> = cfg.feeds.iter().map(|f| f.url.clone()).collect();
-        (
-            Self {
-                cfg: Arc::new(cfg.clone()),
-                lines,
-                metrics: Arc::new(PubsubMetrics::new(cores, &feeds)),
-                epoch_prefix: owner::random_epoch_prefix(),
-            },
-            inboxes,
-        )
+        let urls = cfg.feed_urls()?;
+        let names: Vec<String> = cfg.feeds.iter().map(|f| f.url.clone()).collect();
+        let shared = Self {
+            cfg: Arc::new(cfg.clone()),
+            lines,
+            metrics: Arc::new(PubsubMetrics::new(cores, &names)),
+            epoch_prefix: owner::random_epoch_prefix(),
+        };
+        let mut starts: Vec<CorePubsubStart> = inboxes
+            .into_iter()
+            .map(|inbox| CorePubsubStart {
+                shared: shared.clone(),
+                inbox,
+                feeds: Vec::new(),
+            })
+            .collect();
+        for (i, (name, url)) in names.iter().zip(&urls).enumerate() {
+            let start = feed::FeedStart::new(i, name, url, feed_connect.clone());
+            starts[i % cores].feeds.push(start);
+        }
+        Ok((shared, starts))
     }
 }
 
@@ -113,6 +140,11 @@ impl CorePubsub {
     /// This core's counters.
     pub fn m(&self) -> &CorePubsubMetrics {
         &self.metrics.cores[self.index]
+    }
+
+    /// Every feed's state (a feed writes its own).
+    pub fn feed_metrics(&self) -> &[metrics::FeedState] {
+        &self.metrics.feeds
     }
 
     /// The core's pub/sub task: its inbox, in passes of at most [`MAX_MESSAGES_PER_PASS`];

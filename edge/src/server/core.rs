@@ -146,7 +146,7 @@ impl Core {
             pubsub: start
                 .pubsub
                 .as_ref()
-                .map(|(shared, _)| Rc::new(crate::pubsub::CorePubsub::new(shared, start.index))),
+                .map(|p| Rc::new(crate::pubsub::CorePubsub::new(&p.shared, start.index))),
             audit,
             metrics: start.metrics.clone(),
             buffers: CoreBuffers {
@@ -215,11 +215,8 @@ pub(crate) struct CoreStart {
     pub admission: Arc<Admission>,
     pub upstreams: Option<Arc<crate::upstream::Upstreams>>,
     pub routes: Arc<crate::routes::RouteKinds>,
-    /// The cores' pub/sub lines and this core's inbox.
-    pub pubsub: Option<(
-        crate::pubsub::PubsubShared,
-        futures_channel::mpsc::UnboundedReceiver<crate::pubsub::lines::CoreMsg>,
-    )>,
+    /// The cores' pub/sub lines, this core's inbox and feeds.
+    pub pubsub: Option<crate::pubsub::CorePubsubStart>,
     pub rates: RatesStart,
     pub audit: AuditSink,
     pub replay: ReplayStart,
@@ -267,6 +264,7 @@ pub(crate) struct ReplayStart {
 struct CoreInboxes {
     replay: futures_channel::mpsc::Receiver<ReplayAsk>,
     pubsub: Option<futures_channel::mpsc::UnboundedReceiver<crate::pubsub::lines::CoreMsg>>,
+    feeds: Vec<crate::pubsub::feed::FeedStart>,
 }
 
 /// Why a core did not start serving.
@@ -298,7 +296,10 @@ pub(crate) fn run_core(
         pubsub,
         ..
     } = start;
-    let pubsub_inbox = pubsub.map(|(_, inbox)| inbox);
+    let (pubsub_inbox, feeds) = match pubsub {
+        Some(p) => (Some(p.inbox), p.feeds),
+        None => (None, Vec::new()),
+    };
     if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
         tracing::warn!(core = core.index, cpu, error = %e, "could not pin the core thread; it runs unpinned");
     }
@@ -341,6 +342,7 @@ pub(crate) fn run_core(
             CoreInboxes {
                 replay: replay.questions,
                 pubsub: pubsub_inbox,
+                feeds,
             },
             lifecycle,
             gate,
@@ -397,6 +399,13 @@ async fn core_main(
     monoio::spawn(core.access.replay.clone().serve(inboxes.replay));
     if let (Some(pubsub), Some(inbox)) = (&core.pubsub, inboxes.pubsub) {
         monoio::spawn(pubsub.clone().serve(inbox));
+        for feed in inboxes.feeds {
+            monoio::spawn(crate::pubsub::feed::run(
+                pubsub.clone(),
+                feed,
+                core.session_limits(),
+            ));
+        }
     }
     for l in listeners {
         match TcpListener::from_std(l) {

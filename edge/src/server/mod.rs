@@ -507,9 +507,18 @@ fn start_serving(
     };
     let routes = Arc::new(crate::routes::RouteKinds::new(&cfg.routes));
     // Pub/sub runs where a route serves it or a feed publishes into it.
-    let (pubsub, pubsub_inboxes) = if routes.has_pubsub() || !cfg.pubsub.feeds.is_empty() {
-        let (shared, inboxes) = crate::pubsub::PubsubShared::new(&cfg.pubsub, cpus.len());
-        (Some(shared), inboxes.into_iter().map(Some).collect())
+    let (pubsub, pubsub_starts) = if routes.has_pubsub() || !cfg.pubsub.feeds.is_empty() {
+        let feed_connect = match &upstreams {
+            Some(u) => u.connect_options().clone(),
+            None => crate::upstream::ConnectOptions::new(
+                crate::upstream::UpstreamConfig::default().connect_timeout(),
+                None,
+            ),
+        };
+        let (shared, starts) =
+            crate::pubsub::PubsubShared::starts(&cfg.pubsub, cpus.len(), &feed_connect)
+                .map_err(|e| StartError::Config(e.into()))?;
+        (Some(shared), starts.into_iter().map(Some).collect())
     } else {
         (None, (0..cpus.len()).map(|_| None).collect::<Vec<_>>())
     };
@@ -577,13 +586,13 @@ fn start_serving(
         .map_or(1, |j| j.replay_capacity_per_core(cpus.len()));
     let replay_leeway = admission.jwt().map_or(0, |j| j.leeway_s());
     let replay_max_lifetime = admission.jwt().and_then(|j| j.max_lifetime_s());
-    for (((((i, &cpu), listeners), questions), audit), pubsub_inbox) in cpus
+    for (((((i, &cpu), listeners), questions), audit), pubsub) in cpus
         .iter()
         .enumerate()
         .zip(per_core)
         .zip(replay_questions)
         .zip(sinks)
-        .zip(pubsub_inboxes)
+        .zip(pubsub_starts)
     {
         let start = core::CoreStart {
             index: i,
@@ -597,7 +606,7 @@ fn start_serving(
             admission: admission.clone(),
             upstreams: upstreams.clone(),
             routes: routes.clone(),
-            pubsub: pubsub.clone().zip(pubsub_inbox),
+            pubsub,
             rates: core::RatesStart {
                 connection: connection_rate,
                 control: control_rate,
