@@ -20,6 +20,7 @@ mod kernel;
 
 mod close;
 mod connections;
+mod fanout;
 mod key_limit;
 mod memory;
 mod messages;

@@ -26,6 +26,26 @@ pub fn render_nginx_conf(
         .replace("@PREFIX@", &prefix.display().to_string())
 }
 
+/// The nginx + nchan pub/sub config template (see `nchan.conf.in`).
+pub const NCHAN_CONF_TEMPLATE: &str = include_str!("../nchan.conf.in");
+
+/// Fills the nchan template: `listen`, the certificate and key, `module` (the absolute path of
+/// `ngx_nchan_module.so`) and `prefix` (as for [`render_nginx_conf`]).
+pub fn render_nchan_conf(
+    listen: &str,
+    cert: &Path,
+    key: &Path,
+    module: &Path,
+    prefix: &Path,
+) -> String {
+    NCHAN_CONF_TEMPLATE
+        .replace("@LISTEN@", listen)
+        .replace("@CERT@", &cert.display().to_string())
+        .replace("@KEY@", &key.display().to_string())
+        .replace("@MODULE@", &module.display().to_string())
+        .replace("@PREFIX@", &prefix.display().to_string())
+}
+
 /// The arguments that run nginx on a config rendered by [`render_nginx_conf`] and written
 /// to `PREFIX/nginx.conf`: `-p PREFIX/ -e PREFIX/error.log -c PREFIX/nginx.conf` (`-e` keeps
 /// even start-up errors out of /var/log). nginx stays in the foreground (`daemon off`);

@@ -11,6 +11,7 @@
 //! so the proxies are compared on the proxy process alone.
 
 // The nginx template and its renderer live with the peers; compiled here without their deps.
+mod fanout;
 #[path = "../../../bench/peers/src/nginx.rs"]
 mod nginx;
 mod plot;
@@ -62,7 +63,23 @@ const ALL_SCENARIOS: &[Scenario] = &[
 ];
 const FLOOR_SCENARIOS: &[Scenario] = &[Scenario::Rate, Scenario::Closed];
 /// wssedge's echo mode also runs in the proxy set, as the reference without an upstream.
-const OURS_SCENARIOS: &[Scenario] = &Scenario::ALL;
+const OURS_SCENARIOS: &[Scenario] = &[
+    Scenario::Rate,
+    Scenario::Closed,
+    Scenario::Storm,
+    Scenario::Idle,
+    Scenario::Proxy,
+    Scenario::ProxyClosed,
+];
+const FANOUT_SCENARIOS: &[Scenario] = &[Scenario::Fanout];
+
+/// The fan-out set's peers, each with its own native pub/sub, in their table order.
+const WSSEDGE_PUBSUB: &str = "wssedge-pubsub";
+const BROADCAST: &str = "broadcast";
+const UWS: &str = "uws";
+const NCHAN: &str = "nchan";
+/// The topic every fan-out cell publishes to and subscribes to.
+const FANOUT_TOPIC: &str = "trades.BTC-USD";
 const PROXY_SCENARIOS: &[Scenario] = &[Scenario::Proxy, Scenario::ProxyClosed];
 
 /// The proxy set's peers (besides wssedge's echo mode), in their table order.
@@ -74,7 +91,7 @@ const DIRECT_BACKEND: &str = "direct-backend";
 const WSSEDGE_BEFORE: &str = "wssedge-before";
 const WSSEDGE_PROXY_BEFORE: &str = "wssedge-proxy-before";
 
-const PEERS: [PeerDef; 11] = [
+const PEERS: [PeerDef; 15] = [
     PeerDef {
         key: OURS,
         label: "wssedge (userspace TLS)",
@@ -141,6 +158,30 @@ const PEERS: [PeerDef; 11] = [
         proto: "ws",
         scenarios: PROXY_SCENARIOS,
     },
+    PeerDef {
+        key: WSSEDGE_PUBSUB,
+        label: "wssedge pub/sub (userspace TLS)",
+        proto: "wss",
+        scenarios: FANOUT_SCENARIOS,
+    },
+    PeerDef {
+        key: BROADCAST,
+        label: "tokio-tungstenite broadcast",
+        proto: "wss",
+        scenarios: FANOUT_SCENARIOS,
+    },
+    PeerDef {
+        key: UWS,
+        label: "uWebSockets pub/sub",
+        proto: "wss",
+        scenarios: FANOUT_SCENARIOS,
+    },
+    PeerDef {
+        key: NCHAN,
+        label: "nginx + nchan",
+        proto: "wss",
+        scenarios: FANOUT_SCENARIOS,
+    },
 ];
 
 fn peer_def(key: &str) -> &'static PeerDef {
@@ -179,6 +220,10 @@ struct Opts {
     scenarios: Vec<Scenario>,
     /// `--before`: a wssedge binary, or a git revision to build one from.
     before: Option<String>,
+    /// Fan-out cells: (subscribers, publications/s).
+    fanout: Vec<(u64, f64)>,
+    /// Fan-out payloads (`--payload` when given).
+    fanout_payloads: Vec<u64>,
 }
 
 /// Peers that run only when `--before` names the other build.
@@ -230,6 +275,12 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             .collect(),
         scenarios: Scenario::ALL.to_vec(),
         before: None,
+        fanout: if quick {
+            vec![(200, 250.0)]
+        } else {
+            vec![(1000, 1000.0), (10_000, 100.0)]
+        },
+        fanout_payloads: if quick { vec![64] } else { vec![64, 1024] },
     };
     let mut peers_given = false;
     let mut it = args.iter();
@@ -256,7 +307,27 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         };
         match flag {
             "--connections" => o.connections = list(flag, &value()?)?[0],
-            "--payload" => o.payloads = list(flag, &value()?)?,
+            "--payload" => {
+                o.payloads = list(flag, &value()?)?;
+                o.fanout_payloads = o.payloads.clone();
+            }
+            "--fanout" => {
+                let v: Vec<String> = list(flag, &value()?)?;
+                o.fanout = v
+                    .iter()
+                    .map(|cell| {
+                        let (n, r) = cell.split_once('x').with_context(|| {
+                            format!("--fanout: {cell:?} is not SUBSCRIBERSxRATE")
+                        })?;
+                        let n: u64 = n.parse().with_context(|| format!("--fanout: {cell:?}"))?;
+                        let r: f64 = r.parse().with_context(|| format!("--fanout: {cell:?}"))?;
+                        if n == 0 || !(r > 0.0 && r <= 1e6) {
+                            bail!("--fanout: {cell:?}: subscribers > 0, rate in (0, 1e6]");
+                        }
+                        Ok((n, r))
+                    })
+                    .collect::<Result<_>>()?;
+            }
             "--rates" => o.rates = list(flag, &value()?)?,
             "--proxy-rate" => {
                 let r: f64 = list(flag, &value()?)?[0];
@@ -386,6 +457,13 @@ fn plan(o: &Opts) -> Vec<Planned> {
                     }
                 }
             }
+            Scenario::Fanout => {
+                for p in &o.fanout_payloads {
+                    for (n, r) in &o.fanout {
+                        groups.push(base(*p, *n, Some(*r), None));
+                    }
+                }
+            }
         }
     }
     groups.retain(|g| !g.peers.is_empty());
@@ -405,6 +483,7 @@ fn cell_secs(o: &Opts, g: &Planned) -> f64 {
         Scenario::Closed | Scenario::ProxyClosed => o.warmup + o.closed_duration + overhead,
         // Opening N TLS connections at a few thousand per second, then the hold.
         Scenario::Idle => g.connections as f64 / 2000.0 + o.idle_hold + overhead,
+        Scenario::Fanout => g.connections as f64 / 2000.0 + o.warmup + o.duration + overhead,
     }
 }
 
@@ -429,6 +508,10 @@ struct Ctx {
     taskset: bool,
     clk_tck: u64,
     nginx: Option<PathBuf>,
+    /// nginx and the nchan module's path (the fan-out peer).
+    nchan: Option<(PathBuf, PathBuf)>,
+    /// The built uWebSockets pub/sub peer.
+    uws: Option<PathBuf>,
     /// The `--before` build's wssedge binary.
     before: Option<PathBuf>,
 }
@@ -717,7 +800,99 @@ fn start_server(ctx: &Ctx, peer: &str, tag: &str) -> Result<Server> {
             }
             Ok(stack(g, addr, backend))
         }
+        WSSEDGE_PUBSUB => {
+            let secret = fanout_secret(ctx)?;
+            let conf = format!(
+                "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\ncores = 1\n\n\
+                 [limits]\nmax_connections = 200000\n\n\
+                 [jwt]\nhs_secret_file = \"{}\"\n\n\
+                 [pubsub]\nhistory = 1000\n\n\
+                 [[routes]]\nprefix = \"/md\"\npubsub = true\n",
+                secret.display()
+            );
+            let conf_path = ctx.logs.join(format!("{tag}.wssedge.toml"));
+            std::fs::write(&conf_path, conf)?;
+            let mut c = ctx.pinned(SERVER_CPU, &ctx.wssedge(OURS));
+            c.arg("serve")
+                .arg("--config")
+                .arg(&conf_path)
+                .arg("--state-dir")
+                .arg(&ctx.state);
+            single("wssedge", c)
+        }
+        BROADCAST => single("peer-broadcast", peer_cmd("peer-broadcast", true)),
+        UWS => {
+            let bin = ctx.uws.as_ref().context("uWebSockets was not built")?;
+            let mut c = ctx.pinned(SERVER_CPU, bin);
+            // Port 0: it prints the port it bound. Backpressure limit 4 MiB, closing at it
+            // (its default drops messages silently).
+            c.arg("0").arg(&cert).arg(&key).args(["4194304", "1"]);
+            single("uws_pubsub", c)
+        }
+        NCHAN => {
+            let (nginx, module) = ctx.nchan.as_ref().context("nginx + nchan unavailable")?;
+            let port = free_port()?;
+            let prefix = ctx.logs.join(format!("nchan-{tag}"));
+            let _ = std::fs::remove_dir_all(&prefix);
+            std::fs::create_dir_all(&prefix)?;
+            let listen = format!("127.0.0.1:{port}");
+            let conf = nginx::render_nchan_conf(&listen, &cert, &key, module, &prefix);
+            std::fs::write(prefix.join("nginx.conf"), conf)?;
+            let mut c = ctx.pinned(SERVER_CPU, nginx);
+            c.args(nginx::nginx_args(&prefix));
+            {
+                use std::os::unix::process::CommandExt;
+                c.process_group(0);
+            }
+            let l = log("nginx");
+            let (mut g, _rx) = spawn_lines("nginx", &mut c, &l)?;
+            g.group = true;
+            let addr: SocketAddr = listen.parse()?;
+            wait_connectable(&mut g, addr, &prefix)?;
+            Ok(Server {
+                roots: vec![g.child.id()],
+                backend: Vec::new(),
+                guards: vec![g],
+                addr,
+            })
+        }
         other => bail!("unknown peer {other}"),
+    }
+}
+
+/// The HS256 secret wssedge-pubsub verifies and the generator signs its token with (the
+/// publisher needs the publish scope).
+fn fanout_secret(ctx: &Ctx) -> Result<PathBuf> {
+    let path = ctx.state.join("fanout-hs256.key");
+    if !path.is_file() {
+        let mut key = [0u8; 48];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key))
+            .context("reading /dev/urandom")?;
+        std::fs::write(&path, key)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(path)
+}
+
+/// Waits until nginx accepts on `addr` (it prints no listening line).
+fn wait_connectable(g: &mut Guard, addr: SocketAddr, prefix: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(s) = g.exited() {
+            bail!(
+                "nginx exited at start ({s}): {}",
+                last_line(&prefix.join("error.log"))
+            );
+        }
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("nginx is not listening on {addr} after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -767,11 +942,13 @@ fn measure(ctx: &Ctx, o: &Opts, g: &Planned, peer: &str, cell: &mut Cell) -> Res
     let mut server = start_server(ctx, peer, &t)?;
     let proto = peer_def(peer).proto;
     let url = match proto {
+        "wss" | "ws" if g.scenario == Scenario::Fanout => format!("{proto}://{}/md", server.addr),
         "wss" | "ws" => format!("{proto}://{}/", server.addr),
         p => format!("{p}://{}", server.addr),
     };
     let (mode, duration, warmup) = match g.scenario {
         Scenario::Rate | Scenario::Proxy => ("open", o.duration, o.warmup),
+        Scenario::Fanout => ("fanout", o.duration, o.warmup),
         Scenario::Closed | Scenario::ProxyClosed => ("closed", o.closed_duration, o.warmup),
         Scenario::Storm => ("storm", o.duration, o.warmup),
         Scenario::Idle => ("idle", o.idle_hold, 0.0),
@@ -800,6 +977,13 @@ fn measure(ctx: &Ctx, o: &Opts, g: &Planned, peer: &str, cell: &mut Cell) -> Res
     }
     if g.scenario == Scenario::Idle {
         cmd.args(["--hold", &o.idle_hold.to_string()]);
+    }
+    if g.scenario == Scenario::Fanout {
+        let wire = if peer == NCHAN { "nchan" } else { "json" };
+        cmd.args(["--fanout-proto", wire, "--topic", FANOUT_TOPIC]);
+        if peer == WSSEDGE_PUBSUB {
+            cmd.arg("--hs256-secret-file").arg(fanout_secret(ctx)?);
+        }
     }
     let gen_log = ctx.logs.join(format!("{t}.gen.log"));
 
@@ -883,6 +1067,16 @@ fn measure(ctx: &Ctx, o: &Opts, g: &Planned, peer: &str, cell: &mut Cell) -> Res
             .zip(f1)
             .map(|(a, b)| b.saturating_sub(a) as f64 / ctx.clk_tck as f64);
         (cell.server_ticks, cell.server_sched_s) = s0.delta(s1);
+        if g.scenario == Scenario::Fanout {
+            // Memory while every subscriber is connected and publications flow.
+            cell.mem = Some(Mem {
+                n: g.connections,
+                rss_before: before.0,
+                rss_during: server.rss(),
+                sock_before: before.1,
+                sock_during: procfs::tcp_mem_bytes(proc_root).unwrap_or(0),
+            });
+        }
         cell.server_cpu_s = cell.server_ticks as f64 / ctx.clk_tck as f64;
         if !backend.is_empty() {
             let (ticks, sched) = b0.delta(b1);
@@ -1032,6 +1226,8 @@ fn peer_bins(peer: &str) -> &'static [&'static str] {
         // The before binary itself is checked where `--before` is resolved.
         WSSEDGE_BEFORE => &[],
         WSSEDGE_PROXY_BEFORE => &["echo-plain"],
+        WSSEDGE_PUBSUB => &["wssedge"],
+        BROADCAST => &["peer-broadcast"],
         _ => &[],
     }
 }
@@ -1161,6 +1357,14 @@ fn print_plan(o: &Opts, groups: &[Planned]) {
     );
     for g in groups {
         let what = match g.scenario {
+            Scenario::Fanout => format!(
+                "fanout: {} subscribers × {} publications/s, {} B, {} s (+{} s warmup)",
+                g.connections,
+                g.rate.unwrap_or(0.0),
+                g.payload,
+                o.duration,
+                o.warmup
+            ),
             Scenario::Rate | Scenario::Proxy => format!(
                 "{}: open loop {} msg/s, {} conns, {} B, {} s (+{} s warmup)",
                 g.scenario.name(),
@@ -1247,6 +1451,21 @@ pub fn run(args: &[String]) -> Result<bool> {
             Err(why) => skipped.push(("nginx".into(), why)),
         }
     }
+    let fanout_on = o.scenarios.contains(&Scenario::Fanout);
+    let mut nchan = None;
+    if fanout_on && o.peers.iter().any(|p| p == NCHAN) {
+        match fanout::ensure_nchan() {
+            Ok(n) => nchan = Some(n),
+            Err(why) => skipped.push((NCHAN.into(), why)),
+        }
+    }
+    let mut uws = None;
+    if fanout_on && o.peers.iter().any(|p| p == UWS) {
+        match fanout::ensure_uws(&env) {
+            Ok(b) => uws = Some(b),
+            Err(why) => skipped.push((UWS.into(), why)),
+        }
+    }
     for p in &o.peers {
         if let Some(b) = peer_bins(p).iter().find(|b| !bin.join(b).is_file()) {
             skipped.push((p.clone(), format!("{b} was not built")));
@@ -1256,11 +1475,19 @@ pub fn run(args: &[String]) -> Result<bool> {
     for (p, why) in &skipped {
         eprintln!("xtask: SKIPPING {}: {why}", label(p));
     }
-    if !o.peers.iter().any(|p| p == OURS || p == WSSEDGE_PROXY) {
-        bail!("neither wssedge nor wssedge-proxy is among the peers to run");
+    if !o
+        .peers
+        .iter()
+        .any(|p| p == OURS || p == WSSEDGE_PROXY || p == WSSEDGE_PUBSUB)
+    {
+        bail!("none of wssedge, wssedge-proxy and wssedge-pubsub is among the peers to run");
     }
     if o.scenarios.contains(&Scenario::Idle) {
         raise_nofile(o.idle_n);
+    }
+    if o.scenarios.contains(&Scenario::Fanout) {
+        // One descriptor per subscriber in the server and in the generator (nginx: the same).
+        raise_nofile(o.fanout.iter().map(|c| c.0).max().unwrap_or(0));
     }
 
     let ctx = Ctx {
@@ -1272,6 +1499,8 @@ pub fn run(args: &[String]) -> Result<bool> {
             && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2),
         clk_tck: procfs::clk_tck(),
         nginx,
+        nchan,
+        uws,
         before,
         env,
     };
@@ -1360,6 +1589,7 @@ pub fn run(args: &[String]) -> Result<bool> {
     }
     md.push_str(&report::markdown(&cells, &order, &label));
     md.push_str(&report::proxy_markdown(&cells, &label));
+    md.push_str(&report::fanout_markdown(&cells, &label));
     md.push_str(&report::before_after_markdown(&cells, &label));
 
     let mut plots = Vec::new();
@@ -1431,6 +1661,8 @@ pub fn run(args: &[String]) -> Result<bool> {
             "storm_rate": o.storm_rate,
             "idle_connections": o.idle_n,
             "idle_hold_s": o.idle_hold,
+            "fanout": o.fanout.iter().map(|(n, r)| json!({"subscribers": n, "rate": r})).collect::<Vec<_>>(),
+            "fanout_payloads": o.fanout_payloads,
             "peers": o.peers,
             "scenarios": o.scenarios.iter().map(|s| s.name()).collect::<Vec<_>>(),
         },
@@ -1582,8 +1814,8 @@ mod tests {
     fn plan_alternates_and_skips_floors_where_meaningless() {
         let o = parse_opts(&s(&["--quick"])).unwrap();
         let p = plan(&o);
-        // 2 rates + 2 depths + storm + idle + proxy rate + 2 proxy depths.
-        assert_eq!(p.len(), 9);
+        // 2 rates + 2 depths + storm + idle + proxy rate + 2 proxy depths + one fan-out cell.
+        assert_eq!(p.len(), 10);
         assert_eq!(p[0].peers[0], OURS);
         assert_eq!(p[1].peers.last().map(String::as_str), Some(OURS));
         let storm = p.iter().find(|g| g.scenario == Scenario::Storm).unwrap();
@@ -1607,16 +1839,24 @@ mod tests {
             .map(|g| g.depth)
             .collect::<Vec<_>>();
         assert_eq!(closed, vec![Some(1), Some(16)]);
+        // The fan-out set: its four peers, each with its own pub/sub.
+        let fanout = p.iter().find(|g| g.scenario == Scenario::Fanout).unwrap();
+        let mut peers = fanout.peers.clone();
+        peers.sort();
+        assert_eq!(peers, vec![BROADCAST, NCHAN, UWS, WSSEDGE_PUBSUB]);
+        assert_eq!((fanout.connections, fanout.rate), (200, Some(250.0)));
         let eta: f64 = p
             .iter()
             .map(|g| cell_secs(&o, g) * g.peers.len() as f64)
             .sum();
-        assert!(eta < 110.0, "quick ETA {eta}");
+        // The fan-out set adds about 20 s.
+        assert!(eta < 135.0, "quick ETA {eta}");
         let full: f64 = plan(&parse_opts(&[]).unwrap())
             .iter()
             .map(|g| cell_secs(&parse_opts(&[]).unwrap(), g) * g.peers.len() as f64)
             .sum();
-        assert!((240.0..420.0).contains(&full), "default ETA {full}");
+        // Fan-out: 2 payloads × 2 cells × 4 peers, about 150 s.
+        assert!((390.0..570.0).contains(&full), "default ETA {full}");
         // The proxy set alone, at another rate.
         let o = parse_opts(&s(&[
             "--quick",

@@ -5,7 +5,13 @@ use std::fmt::Write as _;
 use serde_json::{json, Value};
 
 use super::results::{ratio_text, Cell, Flag, Scenario};
-use super::{DIRECT_BACKEND, NGINX_PROXY, WSSEDGE_BEFORE, WSSEDGE_PROXY, WSSEDGE_PROXY_BEFORE};
+use super::{
+    BROADCAST, DIRECT_BACKEND, NCHAN, NGINX_PROXY, UWS, WSSEDGE_BEFORE, WSSEDGE_PROXY,
+    WSSEDGE_PROXY_BEFORE, WSSEDGE_PUBSUB,
+};
+
+/// Row order of the fan-out tables: wssedge first, then its peers.
+pub const FANOUT_ORDER: [&str; 4] = [WSSEDGE_PUBSUB, BROADCAST, UWS, NCHAN];
 
 /// The peer every ratio is taken against.
 pub const OURS: &str = "wssedge";
@@ -410,6 +416,90 @@ pub fn cell_json(c: &Cell) -> Value {
         })),
         "generator": c.raw,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fan-out
+// ---------------------------------------------------------------------------------------------
+
+/// Server CPU ns per delivery (a delivery: one publication reaching one subscriber).
+fn ns_per_delivery(c: &Cell) -> Option<f64> {
+    c.cpu_us_per_msg().map(|us| us * 1e3)
+}
+
+/// The fan-out table: one row per peer and cell, and wssedge against the best peer of the
+/// cell (the lowest figure among the other peers whose cell is sound).
+pub fn fanout_markdown(cells: &[Cell], label: &dyn Fn(&str) -> String) -> String {
+    let groups = groups(cells, Scenario::Fanout);
+    if groups.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "## fanout: one publisher, N subscribers of its topic\n\n\
+         Deliveries = publications × subscribers reaching them; server CPU ns/delivery = \
+         server CPU (process tree) / deliveries. Latency: the publisher's timestamp in `data` to \
+         the subscriber's receipt. Lost must be 0 (every peer closes, never drops, here). \
+         RSS/sub = (server RSS during the window − before) / subscribers. Best-peer ratios: \
+         wssedge / the best other peer of the cell (target ≤ 0.5).\n\n\
+         | payload | subscribers | pub/s | peer | deliveries/s | server CPU ns/delivery | p50 µs | p99 µs | p99.9 µs | max µs | lost | RSS B/sub | client CPU | wssedge/best CPU | wssedge/best p99 | note |\n\
+         |---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    let p99 = |c: &Cell| c.gen.as_ref().map(|g| g.latency_us.p99);
+    for g in &groups {
+        let ours = g.iter().copied().find(|c| c.peer == WSSEDGE_PUBSUB);
+        let best = |m: &dyn Fn(&Cell) -> Option<f64>| {
+            g.iter()
+                .filter(|c| c.peer != WSSEDGE_PUBSUB && c.flag().is_none())
+                .filter_map(|c| m(c))
+                .filter(|v| *v > 0.0)
+                .fold(None, |b: Option<f64>, v| Some(b.map_or(v, |b| b.min(v))))
+        };
+        let vs_best = |m: &dyn Fn(&Cell) -> Option<f64>| match (ours, best(m)) {
+            (Some(o), Some(b)) if o.flag().is_none() => opt(m(o).map(|v| v / b)),
+            _ => "n/a".into(),
+        };
+        let (cpu_ratio, p99_ratio) = (vs_best(&ns_per_delivery), vs_best(&p99));
+        for c in ordered(g, &FANOUT_ORDER) {
+            let l = c.gen.as_ref().map(|g| g.latency_us.clone());
+            let f = c.gen.as_ref().and_then(|g| g.fanout.clone());
+            let is_ours = c.peer == WSSEDGE_PUBSUB;
+            let _ = writeln!(
+                md,
+                "| {} B | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                c.payload,
+                c.connections,
+                opt(c.rate),
+                label(&c.peer),
+                opt(c.gen.as_ref().map(|g| g.achieved())),
+                opt(ns_per_delivery(c)),
+                opt(l.as_ref().map(|l| l.p50)),
+                opt(l.as_ref().map(|l| l.p99)),
+                opt(l.as_ref().map(|l| l.p999)),
+                opt(l.as_ref().map(|l| l.max)),
+                opt(f.as_ref().map(|f| f.lost)),
+                opt(c.mem.as_ref().map(|m| m.rss_per_conn())),
+                client_busy(c),
+                if is_ours { cpu_ratio.clone() } else { String::new() },
+                if is_ours { p99_ratio.clone() } else { String::new() },
+                fanout_note(c),
+            );
+        }
+    }
+    md.push('\n');
+    md
+}
+
+fn fanout_note(c: &Cell) -> String {
+    let mut n = note(c);
+    if let Some(f) = c.gen.as_ref().and_then(|g| g.fanout.as_ref()) {
+        if f.subscribers_closed > 0.0 {
+            if !n.is_empty() {
+                n.push_str("; ");
+            }
+            let _ = write!(n, "{} subscribers closed", f.subscribers_closed);
+        }
+    }
+    n
 }
 
 // ---------------------------------------------------------------------------------------------

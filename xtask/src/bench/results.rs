@@ -49,6 +49,21 @@ pub struct GenResult {
     pub client_cpu_s: f64,
     pub client_cpu_busy: f64,
     pub threads: f64,
+    /// The fan-out mode's own counts.
+    pub fanout: Option<FanoutCounts>,
+}
+
+/// `"fanout"` in the generator's JSON: deliveries against what every subscriber should have got.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FanoutCounts {
+    pub subscribers: f64,
+    pub subscribers_closed: f64,
+    pub publications: f64,
+    pub expected_deliveries: f64,
+    pub deliveries: f64,
+    pub lost: f64,
+    pub out_of_order: f64,
+    pub duplicates: f64,
 }
 
 fn num(v: &Value, key: &str) -> f64 {
@@ -103,6 +118,19 @@ impl GenResult {
             client_cpu_s: num(&v, "client_cpu_s"),
             client_cpu_busy: num(&v, "client_cpu_busy"),
             threads: num(&v, "threads"),
+            fanout: v
+                .get("fanout")
+                .filter(|f| f.is_object())
+                .map(|f| FanoutCounts {
+                    subscribers: num(f, "subscribers"),
+                    subscribers_closed: num(f, "subscribers_closed"),
+                    publications: num(f, "publications"),
+                    expected_deliveries: num(f, "expected_deliveries"),
+                    deliveries: num(f, "deliveries"),
+                    lost: num(f, "lost"),
+                    out_of_order: num(f, "out_of_order"),
+                    duplicates: num(f, "duplicates"),
+                }),
         };
         Ok((g, v))
     }
@@ -135,16 +163,19 @@ pub enum Scenario {
     Proxy,
     /// Proxy mode, closed loop: throughput through proxy + backend.
     ProxyClosed,
+    /// Pub/sub: one publisher at a fixed rate, N subscribers of its topic.
+    Fanout,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Rate,
         Scenario::Closed,
         Scenario::Storm,
         Scenario::Idle,
         Scenario::Proxy,
         Scenario::ProxyClosed,
+        Scenario::Fanout,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -154,6 +185,7 @@ impl Scenario {
             Scenario::Idle => "idle",
             Scenario::Proxy => "proxy",
             Scenario::ProxyClosed => "proxy-closed",
+            Scenario::Fanout => "fanout",
         }
     }
     /// The proxy set: the front process's CPU is counted apart from its backend's.
@@ -168,7 +200,11 @@ impl Scenario {
     pub fn per_message(self) -> bool {
         matches!(
             self,
-            Scenario::Rate | Scenario::Closed | Scenario::Proxy | Scenario::ProxyClosed
+            Scenario::Rate
+                | Scenario::Closed
+                | Scenario::Proxy
+                | Scenario::ProxyClosed
+                | Scenario::Fanout
         )
     }
     pub fn parse(s: &str) -> Option<Scenario> {
@@ -235,6 +271,8 @@ pub enum Flag {
     Failed(String),
     ClientBound,
     NotSustained,
+    /// Fan-out: deliveries that never arrived.
+    Lost(u64),
 }
 
 impl Flag {
@@ -243,6 +281,7 @@ impl Flag {
             Flag::Failed(why) => format!("failed: {why}"),
             Flag::ClientBound => "client-bound".into(),
             Flag::NotSustained => "not sustained".into(),
+            Flag::Lost(n) => format!("{n} lost"),
         }
     }
 }
@@ -262,6 +301,16 @@ impl Cell {
         let offered = self.rate.unwrap_or(0.0);
         let achieved = match self.scenario {
             Some(Scenario::Rate | Scenario::Proxy) => g.achieved(),
+            // Offered deliveries: the publication rate times the subscribers.
+            Some(Scenario::Fanout) => {
+                let f = g.fanout.as_ref()?;
+                if f.lost > 0.0 {
+                    return Some(Flag::Lost(f.lost as u64));
+                }
+                let offered = offered * self.connections as f64;
+                return (offered > 0.0 && g.achieved() < SUSTAINED_FRACTION * offered)
+                    .then_some(Flag::NotSustained);
+            }
             Some(Scenario::Storm) => g.handshakes_per_s(),
             _ => return None,
         };
