@@ -13,8 +13,8 @@ use socket2::SockRef;
 
 pub use wssedge_sys::fd::borrow_fd;
 pub use wssedge_sys::sock::{
-    accept_queue_len, poll_readable, recv_append, recv_nonblocking, send_nonblocking, unsent_bytes,
-    Recv,
+    accept_queue_len, poll_readable, recv_append, recv_nonblocking, send_nonblocking,
+    send_vectored_nonblocking, unsent_bytes, Recv,
 };
 
 /// The options every accepted socket gets.

@@ -22,6 +22,7 @@ use crate::tls::ktls::{
     self, ControlRecord, KernelTls, KtlsMode, KtlsPolicy, OffloadError, RekeyError,
 };
 use crate::tls::{Negotiated, TlsError, TlsSession};
+use crate::ws::Outbox;
 
 /// Where a connection's records are encrypted, once its handshake is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +60,18 @@ pub(crate) enum Received {
         error: io::Error,
         reason: Option<Reason>,
     },
+}
+
+/// What a write of frames straight from the outbox did ([`RecordLayer::transmit_frames`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direct {
+    /// Not this way (userspace TLS, bytes already queued in the layer, a masked frame first):
+    /// copy through the layer as usual.
+    NotApplicable,
+    /// The socket is full.
+    WouldBlock,
+    /// `bytes` went out, counted as `records` kTLS records.
+    Wrote { bytes: usize, records: u64 },
 }
 
 /// The connection must end because of its record layer.
@@ -259,6 +272,40 @@ impl RecordLayer {
         match sockopt::send_nonblocking(fd, self.pending_output())? {
             Some(n) if n > 0 => Ok(Some((n, self.consume_output(n)))),
             _ => Ok(None),
+        }
+    }
+
+    /// Under kTLS with nothing queued here: writes `outbox`'s frames straight to the socket,
+    /// as slices of the frames themselves (their headers and shared payloads) in one sendmsg:
+    /// no user-space copy, the kernel encrypts. At most `max` bytes.
+    pub fn transmit_frames(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        outbox: &mut Outbox,
+        max: usize,
+    ) -> io::Result<Direct> {
+        /// Slices per sendmsg (UIO_MAXIOV is 1024; a batch of small publications is 2 each).
+        const MAX_SLICES: usize = 256;
+        let Layer::Kernel(k) = &mut self.layer else {
+            return Ok(Direct::NotApplicable);
+        };
+        if k.has_pending_output() || !k.may_send() {
+            return Ok(Direct::NotApplicable);
+        }
+        let mut slices = Vec::with_capacity(MAX_SLICES.min(2 * outbox.frames() + 1));
+        if outbox.gather(&mut slices, max, MAX_SLICES) == 0 {
+            return Ok(Direct::NotApplicable);
+        }
+        match sockopt::send_vectored_nonblocking(fd, &slices)? {
+            Some(n) if n > 0 => {
+                drop(slices);
+                outbox.advance(n);
+                Ok(Direct::Wrote {
+                    bytes: n,
+                    records: k.sent_directly(n),
+                })
+            }
+            _ => Ok(Direct::WouldBlock),
         }
     }
 

@@ -82,6 +82,54 @@ impl Outbox {
         given
     }
 
+    /// The queued bytes, at most `max` of them in at most `max_slices` slices, as slices of the
+    /// frames themselves (headers and shared payloads, no copy) for one vectored write; how many
+    /// bytes they cover. Stops at the first masked (client) frame: 0 when that is the front one,
+    /// and the caller copies with [`Outbox::fill`] instead. Nothing is consumed until
+    /// [`Outbox::advance`] says what the write took.
+    pub fn gather<'a>(
+        &'a self,
+        out: &mut Vec<std::io::IoSlice<'a>>,
+        max: usize,
+        max_slices: usize,
+    ) -> usize {
+        let mut given = 0;
+        let mut from = self.front_done;
+        for f in &self.frames {
+            // A frame is at most a header and its payload's chunks.
+            let slices = 1 + f.payload().chunks().len();
+            if given >= max || out.len() + slices > max_slices {
+                break;
+            }
+            match f.gather(from, max - given, out) {
+                Some(n) => given += n,
+                None => break,
+            }
+            from = 0;
+        }
+        given
+    }
+
+    /// Consumes `n` bytes from the front, as a write of [`Outbox::gather`]'s slices took them.
+    pub fn advance(&mut self, n: usize) {
+        let mut n = n.min(self.queued);
+        self.queued -= n;
+        while n > 0 {
+            let Some(front) = self.frames.front() else {
+                break;
+            };
+            let left = front.wire_len() - self.front_done;
+            if n >= left {
+                n -= left;
+                self.frames.pop_front();
+                self.front_done = 0;
+            } else {
+                self.front_done += n;
+                n = 0;
+            }
+        }
+    }
+
     /// Drops every frame not yet begun (a connection closed for its queue: its close frame
     /// goes next); a frame partly handed out stays, since the peer is in the middle of it.
     /// Returns the bytes dropped.
@@ -95,6 +143,90 @@ impl Outbox {
         }
         self.queued -= dropped;
         dropped
+    }
+}
+
+#[cfg(test)]
+mod gather_tests {
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    use super::super::mask_keys::test_source;
+    use super::super::session::{MessageKind, Payload, Session, SessionLimits};
+    use super::*;
+
+    fn outbox_of(payloads: &[Vec<u8>], fragmented: bool) -> Outbox {
+        let mut s = Session::new(SessionLimits::default());
+        for p in payloads {
+            let payload = if fragmented && p.len() > 1 {
+                let (a, b) = p.split_at(p.len() / 2);
+                Payload::Fragmented(vec![Bytes::from(a.to_vec()), Bytes::from(b.to_vec())])
+            } else {
+                Payload::Single(Bytes::from(p.clone()))
+            };
+            s.send(MessageKind::Binary, payload);
+        }
+        let mut o = Outbox::new();
+        while let Some(f) = s.poll_transmit() {
+            o.push(f);
+        }
+        o
+    }
+
+    proptest! {
+        /// Writes of any sizes through gather + advance put the same bytes on the wire as
+        /// fill, with no copy on the way.
+        #[test]
+        fn gathered_writes_equal_the_copied_bytes(
+            payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 1..8),
+            writes in proptest::collection::vec(1usize..200, 1..40),
+            fragmented in any::<bool>(),
+            max_slices in 3usize..9,
+        ) {
+            let mut copied = outbox_of(&payloads, fragmented);
+            let mut want = Vec::new();
+            copied.fill(&mut want, usize::MAX);
+            let mut o = outbox_of(&payloads, fragmented);
+            let mut got = Vec::new();
+            for w in writes.iter().cycle().take(10_000) {
+                if o.is_empty() {
+                    break;
+                }
+                let mut slices = Vec::new();
+                let n = o.gather(&mut slices, *w, max_slices);
+                prop_assert!(n > 0 && n <= *w);
+                prop_assert_eq!(slices.iter().map(|s| s.len()).sum::<usize>(), n);
+                // A short write: the socket took only part of what was offered.
+                let took = n.div_ceil(2);
+                let mut left = took;
+                for s in &slices {
+                    let k = left.min(s.len());
+                    got.extend_from_slice(&s[..k]);
+                    left -= k;
+                }
+                let before = o.len();
+                o.advance(took);
+                prop_assert_eq!(o.len(), before - took);
+            }
+            prop_assert!(o.is_empty());
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn a_masked_frame_is_never_gathered() {
+        let mut s = Session::client(SessionLimits::default(), test_source(3));
+        s.send(
+            MessageKind::Text,
+            Payload::Single(Bytes::from_static(b"hi")),
+        );
+        let mut o = Outbox::new();
+        while let Some(f) = s.poll_transmit() {
+            o.push(f);
+        }
+        let mut slices = Vec::new();
+        assert_eq!(o.gather(&mut slices, 100, 8), 0);
+        assert!(slices.is_empty());
     }
 }
 

@@ -217,6 +217,44 @@ impl OutFrame {
         Self::close(Some(code), reason)
     }
 
+    /// The wire bytes from byte `from` on, at most `max` of them, as slices of the header and
+    /// the payload's own `Bytes` (no copy), pushed onto `out`; how many bytes they cover.
+    /// `None` for a masked (client) frame, whose wire bytes exist only once masked.
+    pub fn gather<'a>(
+        &'a self,
+        from: usize,
+        max: usize,
+        out: &mut Vec<std::io::IoSlice<'a>>,
+    ) -> Option<usize> {
+        if self.mask.is_some() {
+            return None;
+        }
+        let end = self.wire_len().min(from.saturating_add(max));
+        let mut at = from;
+        let header = self.header();
+        if at < header.len() && at < end {
+            let to = end.min(header.len());
+            out.push(std::io::IoSlice::new(&header[at..to]));
+            at = to;
+        }
+        let mut chunk_start = header.len();
+        for c in self.payload.chunks() {
+            if at >= end {
+                break;
+            }
+            let chunk_end = chunk_start + c.len();
+            if at < chunk_end {
+                let to = end.min(chunk_end);
+                out.push(std::io::IoSlice::new(
+                    &c[at - chunk_start..to - chunk_start],
+                ));
+                at = to;
+            }
+            chunk_start = chunk_end;
+        }
+        Some(at.saturating_sub(from))
+    }
+
     /// Appends header and payload to `out`: how a transport gathers frames for one write.
     pub fn append_to(&self, out: &mut Vec<u8>) {
         self.append_range(out, 0, usize::MAX);

@@ -9,6 +9,7 @@ use bytes::BytesMut;
 use crate::reason::Reason;
 use crate::refuse::Refusal;
 use crate::sockopt;
+use crate::tls::record_layer::Direct;
 use crate::ws::{SessionState, Timeout};
 
 use super::app::App;
@@ -114,6 +115,24 @@ impl Conn {
     pub(super) fn write_some(&mut self) -> Result<(), End> {
         let mut progressed = false;
         loop {
+            // Under kTLS the frames go to the socket as they are (no staging copy) whenever
+            // nothing is queued in the layer before them.
+            match self.transmit_frames() {
+                Ok(Direct::Wrote { bytes, records }) => {
+                    self.moved += bytes as u64;
+                    self.bytes_out += bytes as u64;
+                    self.core.metrics.bytes_out.add(bytes as u64);
+                    self.core.metrics.ktls_tx_records.add(records);
+                    progressed = true;
+                    continue;
+                }
+                Ok(Direct::WouldBlock) => break,
+                Ok(Direct::NotApplicable) => {}
+                Err(e) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "write failed");
+                    return Err(End::Abort);
+                }
+            }
             self.feed_record_layer()?;
             if !self.layer.has_pending_output() {
                 break;
@@ -139,6 +158,15 @@ impl Conn {
                 .set(Instant::now() + self.core.cfg.limits.write_timeout());
         }
         Ok(())
+    }
+
+    fn transmit_frames(&mut self) -> std::io::Result<Direct> {
+        if self.outbox.is_empty() {
+            return Ok(Direct::NotApplicable);
+        }
+        let fd = sockopt::borrow_fd(&self.stream);
+        let max = self.core.cfg.limits.max_outbound_bytes;
+        self.layer.transmit_frames(fd, &mut self.outbox, max)
     }
 
     /// The client has taken nothing for `write_timeout_ms` while bytes wait for it: a slow

@@ -219,6 +219,20 @@ impl KernelTls {
         records
     }
 
+    /// `n` bytes went to the socket straight from the caller's frames (nothing was queued
+    /// here); returns the records that write is counted as.
+    pub fn sent_directly(&mut self, n: usize) -> u64 {
+        let records = (n as u64).div_ceil(MAX_RECORD_PLAINTEXT);
+        self.budget.sent(records);
+        self.ops_since_sync += 1;
+        records
+    }
+
+    /// Whether bytes may go to the socket now (our close_notify is not sent yet).
+    pub fn may_send(&self) -> bool {
+        !self.sent_close_notify
+    }
+
     pub fn take_output(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.outgoing)
     }
