@@ -572,6 +572,12 @@ async fn a_feed_that_drops_and_comes_back_is_published_again() {
         "",
     ));
     let topic = "fx.EURUSD";
+    let listener = std::sync::Arc::new(listener);
+    // The feed's side answers the edge at once (the edge gives a connect 1 s).
+    let first = tokio::spawn({
+        let listener = listener.clone();
+        async move { accept(&listener).await }
+    });
     let mut sub = connect(&srv, "read").await;
     let a = subscribe(&mut sub, 1, &[topic], None).await;
     let epoch = a["topics"][0]["epoch"].clone();
@@ -591,7 +597,7 @@ async fn a_feed_that_drops_and_comes_back_is_published_again() {
         .expect("feed upgrade")
     }
 
-    let mut feed = accept(&listener).await;
+    let mut feed = first.await.expect("the feed's side");
     srv.wait_metric("wssedge_pubsub_feed_up", &[("url", &url)], 1.0)
         .await;
     for n in 1..=3 {
@@ -648,4 +654,41 @@ async fn a_feed_that_drops_and_comes_back_is_published_again() {
             .await,
         5.0
     );
+}
+
+/// A burst far larger than the outbound cap, then silence: what the pumps had no room for is
+/// still delivered once the socket takes the rest, down to the last publication (no later
+/// arrival is needed to wake the connection).
+#[tokio::test]
+async fn a_burst_beyond_the_outbound_cap_is_delivered_to_its_last_publication() {
+    const N: u64 = 300;
+    let files = key_files();
+    let srv = Server::with_config(&config(&files, "", "max_outbound_bytes = 16384"));
+    let topic = "md.burst";
+    let mut sub = connect(&srv, "read").await;
+    subscribe(&mut sub, 1, &[topic], None).await;
+    let mut publisher = connect(&srv, "publish").await;
+    let (mut tx, mut rx) = publisher.split();
+    let pad = "b".repeat(8 << 10);
+    let sending = tokio::spawn(async move {
+        for n in 1..=N {
+            let req = json!({"op":"publish","id":n,"topic":topic,"data":{"n":n,"pad":pad}});
+            tx.send(Message::text(req.to_string()))
+                .await
+                .expect("publish");
+        }
+        tx
+    });
+    for _ in 0..N {
+        within(WAIT, "published", rx.next())
+            .await
+            .expect("open")
+            .expect("frame");
+    }
+    publisher = sending.await.expect("sender").reunite(rx).expect("same");
+    for seq in 1..=N {
+        let p = next_json(&mut sub).await;
+        assert_eq!(p["seq"], seq, "in order up to the last one");
+    }
+    let _ = publisher.close(None).await;
 }

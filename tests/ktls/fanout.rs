@@ -71,17 +71,24 @@ async fn a_feeds_publications_reach_every_subscriber_in_order_through_the_kernel
          [[routes]]\nprefix = \"/md\"\npubsub = true\n"
     );
     let srv = ServerBuilder::new().config(&cfg).start();
+    // The feed's side answers the edge at once (the edge gives a connect 1 s), while the
+    // subscribers connect.
+    let feed = tokio::spawn(async move {
+        let (tcp, _) = within(WAIT, "the edge connects to its feed", listener.accept())
+            .await
+            .expect("accept");
+        within(WAIT, "feed upgrade", tokio_tungstenite::accept_async(tcp))
+            .await
+            .expect("feed upgrade")
+    });
     let base = OffloadBaseline::take(&srv).await;
     let mut subs = Vec::new();
     for _ in 0..SUBSCRIBERS {
         subs.push(subscriber(&srv, topic).await);
     }
-    let (tcp, _) = within(WAIT, "the edge connects to its feed", listener.accept())
-        .await
-        .expect("accept");
-    let mut feed = within(WAIT, "feed upgrade", tokio_tungstenite::accept_async(tcp))
-        .await
-        .expect("feed upgrade");
+    let mut feed = feed.await.expect("feed side");
+    srv.wait_metric("wssedge_pubsub_feed_connects_total", &[], 1.0)
+        .await;
     let readers: Vec<_> = subs
         .into_iter()
         .map(|mut ws| {

@@ -175,7 +175,6 @@ impl Client {
         }
     }
 
-    #[cfg(test)]
     pub fn queued(&self) -> usize {
         self.queue.borrow().len()
     }

@@ -103,6 +103,16 @@ impl PubsubSession {
         self.client.asks_in_flight() < MAX_ASKS_IN_FLIGHT
     }
 
+    /// Publications still queued (the last pump was held back by its room).
+    pub fn has_queued(&self) -> bool {
+        self.client.queued() > 0
+    }
+
+    /// The next wait resolves at once: what is still queued is taken in the next pass.
+    pub fn rearm(&self) {
+        self.client.wake();
+    }
+
     /// Resolves when an owner's answer or a publication arrived for this client.
     pub async fn ready(&self) {
         self.client.ready().await

@@ -78,6 +78,21 @@ impl App {
         }
     }
 
+    /// Arrivals still held for the client (what the last pump had no room for).
+    pub(super) fn holds_arrivals(&self) -> bool {
+        match self {
+            App::PubSub(p) => p.has_queued(),
+            App::Echo | App::Proxy(_) => false,
+        }
+    }
+
+    /// The next wait for arrivals resolves at once.
+    pub(super) fn rearm_arrivals(&self) {
+        if let App::PubSub(p) = self {
+            p.rearm();
+        }
+    }
+
     pub(super) fn is_pubsub(&self) -> bool {
         matches!(self, App::PubSub(_))
     }

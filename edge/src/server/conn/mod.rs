@@ -376,34 +376,53 @@ impl Conn {
 
     /// What arrived for the client from elsewhere on the edge (pub/sub) goes to its session,
     /// as much as the outbound cap leaves room for, and out to the socket.
+    ///
+    /// What a pump leaves queued for want of room is taken once the socket has taken the
+    /// rest: at once while the socket keeps up (a few rounds), else when it is writable
+    /// again, or in the next pass (re-armed: no arrival may be needed to deliver what already
+    /// arrived).
     fn app_pump(&mut self) -> Option<End> {
-        let room = self
-            .core
-            .cfg
-            .limits
-            .max_outbound_bytes
-            .saturating_sub(self.outbound_len());
-        let Phase::Open { session, open } = &mut self.phase else {
-            return None;
-        };
-        if session.state() != SessionState::Open {
-            return None;
-        }
-        let pumped = open.app.pump(session, room, Instant::now());
-        if pumped.slow_consumer {
-            if let Some(p) = &self.core.pubsub {
-                p.m().slow_consumer_closes.inc();
+        /// Pump + write rounds in one pass before the rest waits for the next pass.
+        const ROUNDS: usize = 4;
+        for _ in 0..ROUNDS {
+            let room = self
+                .core
+                .cfg
+                .limits
+                .max_outbound_bytes
+                .saturating_sub(self.outbound_len());
+            let Phase::Open { session, open } = &mut self.phase else {
+                return None;
+            };
+            if session.state() != SessionState::Open {
+                return None;
             }
-            return Some(self.on_slow_consumer());
+            let pumped = open.app.pump(session, room, Instant::now());
+            if pumped.slow_consumer {
+                if let Some(p) = &self.core.pubsub {
+                    p.m().slow_consumer_closes.inc();
+                }
+                return Some(self.on_slow_consumer());
+            }
+            if pumped.frames == 0 {
+                return None;
+            }
+            self.moved += pumped.frames;
+            if let Err(end) = self.encrypt_outgoing() {
+                return Some(end);
+            }
+            if let Err(end) = self.write_some() {
+                return Some(end);
+            }
+            if self.output_pending() || !self.phase.app().is_some_and(App::holds_arrivals) {
+                // The socket is full (its writability wakes us), or nothing is left.
+                return None;
+            }
         }
-        if pumped.frames == 0 {
-            return None;
+        if let Some(app) = self.phase.app() {
+            app.rearm_arrivals();
         }
-        self.moved += pumped.frames;
-        if let Err(end) = self.encrypt_outgoing() {
-            return Some(end);
-        }
-        self.write_some().err()
+        None
     }
 
     /// Writes what the app's far side takes now.
