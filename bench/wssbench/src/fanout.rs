@@ -3,6 +3,7 @@
 //! the data), loss and order come from each subscriber's sequence numbers.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -67,6 +68,8 @@ pub struct FanStats {
     pub out_of_order: u64,
     pub duplicates: u64,
     pub publish_errors: u64,
+    /// nchan: new publisher connections after the server ended keep-alive.
+    pub publisher_reconnects: u64,
     /// Highest CPU share of one generator thread over the window.
     pub max_thread_busy: f64,
 }
@@ -82,6 +85,7 @@ impl FanStats {
         self.out_of_order += o.out_of_order;
         self.duplicates += o.duplicates;
         self.publish_errors += o.publish_errors;
+        self.publisher_reconnects += o.publisher_reconnects;
         self.max_thread_busy = self.max_thread_busy.max(o.max_thread_busy);
     }
 
@@ -447,22 +451,36 @@ impl Encoder {
     }
 }
 
-/// Reads the publisher's answers; returns (answers, refusals) or why the publisher must stop.
-fn answers(c: &mut Conn, json: bool, out: &mut Vec<u8>, st: &St) -> Result<(u64, u64), String> {
-    let (mut ok, mut refused) = (0, 0);
+/// What the publisher's answers said.
+#[derive(Default)]
+struct Answers {
+    /// Publications answered (accepted or refused), in order.
+    answered: u64,
+    refused: u64,
+    /// nchan: the last answer closes the connection (nginx's `keepalive_requests`); the
+    /// publications after it were not taken and go again on a new connection.
+    closing: bool,
+}
+
+/// Reads the publisher's answers, or says why the publisher must stop.
+fn answers(c: &mut Conn, json: bool, out: &mut Vec<u8>, st: &St) -> Result<Answers, String> {
+    let mut a = Answers::default();
     if json {
         loop {
             match c.rd.next_frame() {
                 Ok(Some(Frame::Data(m))) => match scan::json_message(m) {
-                    Msg::Published => ok += 1,
-                    Msg::Error => refused += 1,
+                    Msg::Published => a.answered += 1,
+                    Msg::Error => {
+                        a.answered += 1;
+                        a.refused += 1;
+                    }
                     _ => {}
                 },
                 Ok(Some(Frame::Ping(p))) => ws::control_frame(ws::OP_PONG, &p, c.mask, out),
                 Ok(Some(Frame::Close(code))) => {
                     return Err(format!("publisher: server close {}", code.unwrap_or(0)))
                 }
-                Ok(None) => return Ok((ok, refused)),
+                Ok(None) => return Ok(a),
                 Err(e) => return Err(format!("publisher: protocol: {e}")),
             }
         }
@@ -473,17 +491,19 @@ fn answers(c: &mut Conn, json: bool, out: &mut Vec<u8>, st: &St) -> Result<(u64,
                 c.rd.consume(r.len);
                 match r.status {
                     100..=199 => continue,
-                    201 | 202 => ok += 1,
+                    201 | 202 => a.answered += 1,
                     s => {
-                        refused += 1;
+                        a.answered += 1;
+                        a.refused += 1;
                         st.borrow_mut().error(&format!("publish: status {s}"));
                     }
                 }
                 if r.close {
-                    return Err("publisher: server closes the connection".into());
+                    a.closing = true;
+                    return Ok(a);
                 }
             }
-            Ok(None) => return Ok((ok, refused)),
+            Ok(None) => return Ok(a),
             Err(e) => return Err(format!("publisher: {e}")),
         }
     }
@@ -520,6 +540,9 @@ pub async fn publisher(mut c: Conn, plan: Arc<Plan>, w: Window, read_timeout: Du
     tokio::pin!(wd);
     let mut out = Vec::with_capacity(64 << 10);
     let mut failure: Option<String> = None;
+    // nchan: (n, t) of the POSTs not answered yet, to send again after a keep-alive close
+    let mut in_flight: VecDeque<(u64, u64)> = VecDeque::with_capacity(MAX_INFLIGHT_HTTP as usize);
+    let mut reconnect = false;
     loop {
         tokio::select! {
             biased;
@@ -529,9 +552,12 @@ pub async fn publisher(mut c: Conn, plan: Arc<Plan>, w: Window, read_timeout: Du
                     c.rd.filled(n);
                     last = Instant::now();
                     match answers(&mut c, json, &mut out, &st) {
-                        Ok((ok, refused)) => {
-                            outstanding = outstanding.saturating_sub(ok + refused);
-                            st.borrow_mut().fan.publish_errors += refused;
+                        Ok(a) => {
+                            outstanding = outstanding.saturating_sub(a.answered);
+                            let k = (a.answered as usize).min(in_flight.len());
+                            in_flight.drain(..k);
+                            st.borrow_mut().fan.publish_errors += a.refused;
+                            reconnect = a.closing;
                         }
                         Err(e) => { failure = Some(e); break; }
                     }
@@ -559,6 +585,21 @@ pub async fn publisher(mut c: Conn, plan: Arc<Plan>, w: Window, read_timeout: Du
                 continue;
             }
         }
+        if reconnect {
+            reconnect = false;
+            st.borrow_mut().fan.publisher_reconnects += 1;
+            c = match connect_publisher(&plan).await {
+                Ok(c) => c,
+                Err(e) => {
+                    failure = Some(format!("publisher: reconnect: {e}"));
+                    break;
+                }
+            };
+            for &(n, t) in &in_flight {
+                enc.encode(n, t, &mut out);
+            }
+            last = Instant::now();
+        }
         // send what is due, as far as the in-flight cap allows
         let now = Instant::now();
         let now_ns = w.ns(now);
@@ -583,6 +624,9 @@ pub async fn publisher(mut c: Conn, plan: Arc<Plan>, w: Window, read_timeout: Du
                 last = now;
             }
             enc.encode(n, d, &mut out);
+            if !json {
+                in_flight.push_back((n, d));
+            }
             outstanding += 1;
             i = n;
             batch += 1;

@@ -765,6 +765,7 @@ fn report(
                 "out_of_order": f.out_of_order,
                 "duplicates": f.duplicates,
                 "publish_errors": f.publish_errors,
+                "publisher_reconnects": f.publisher_reconnects,
                 "max_thread_busy": f.max_thread_busy,
                 "client_bound": client_bound,
             });
