@@ -554,6 +554,7 @@ fn run() -> anyhow::Result<i32> {
         cpu1 - cpu0,
         hard_stop,
         fan_args.as_ref(),
+        cpu_slots(cpus.as_deref(), threads),
     )?;
     Ok(if hard_stop { 3 } else { 0 })
 }
@@ -630,6 +631,21 @@ fn fanout_plan(f: &FanoutArgs, c: &Common, target: &Target) -> anyhow::Result<Pl
     })
 }
 
+/// How many CPUs the generator's threads can run on at once.
+fn cpu_slots(cpus: Option<&[usize]>, threads: usize) -> usize {
+    let online = std::thread::available_parallelism().map_or(threads, |n| n.get());
+    let n = match cpus {
+        Some(v) => {
+            let mut v = v.to_vec();
+            v.sort_unstable();
+            v.dedup();
+            v.len()
+        }
+        None => online,
+    };
+    n.min(threads).max(1)
+}
+
 fn raise_nofile(want: u64) {
     let mut r = libc::rlimit {
         rlim_cur: 0,
@@ -662,6 +678,7 @@ fn report(
     cpu: f64,
     hard_stop: bool,
     fan_args: Option<&FanoutArgs>,
+    cpu_slots: usize,
 ) -> anyhow::Result<()> {
     let l = &st.lat;
     let q = |p: f64| {
@@ -688,14 +705,16 @@ fn report(
     };
     let mode = kind.name();
     let f = &st.fan;
-    let client_bound = f.max_thread_busy.max(busy) >= fanout::CLIENT_BOUND_BUSY;
+    // threads sharing a CPU are bound together: count the CPUs they can use
+    let busy_per_cpu = cpu / (measure * cpu_slots as f64);
+    let client_bound = f.max_thread_busy.max(busy_per_cpu) >= fanout::CLIENT_BOUND_BUSY;
     match kind {
         Kind::Fanout { .. } => println!(
-            "{mode} {} subs={} rate={}/s payload={} thr={threads}: {msgs_per_s:.0} deliveries/s, p50={}us p90={}us p99={}us p99.9={}us max={}us, publications={} expected={} lost={} closed={} out_of_order={} duplicates={} publish_errors={} errors={} late={} unanswered={}; client cpu {cpu:.2}s (busy {busy:.2}, max thread {:.2}, {us_per_msg:.2} us/delivery){}",
+            "{mode} {} subs={} rate={}/s payload={} thr={threads}: {msgs_per_s:.0} deliveries/s, p50={}us p90={}us p99={}us p99.9={}us max={}us, publications={} expected={} lost={} closed={} out_of_order={} duplicates={} publish_errors={} errors={} late={} unanswered={}; client cpu {cpu:.2}s (busy {busy:.2}, load {:.2}, {us_per_msg:.2} us/delivery){}",
             fan_args.map_or("?", |a| a.fanout_proto.name()), f.subscribers, rate.unwrap_or(0.0), c.payload,
             q(0.5), q(0.9), q(0.99), q(0.999), l.max(), f.publications, f.expected(), f.lost(), f.closed,
             f.out_of_order, f.duplicates, f.publish_errors, st.errors, st.late_sends, st.unanswered,
-            f.max_thread_busy, if client_bound { " CLIENT-BOUND" } else { "" }
+            busy_per_cpu.max(f.max_thread_busy), if client_bound { " CLIENT-BOUND" } else { "" }
         ),
         Kind::Idle { .. } => println!(
             "{mode} {} conns={} ok={} failed={} closed_during_hold={} handshake p50={}us p99={}us max={}us; client cpu {cpu:.2}s (busy {busy:.2})",
@@ -767,6 +786,7 @@ fn report(
                 "publish_errors": f.publish_errors,
                 "publisher_reconnects": f.publisher_reconnects,
                 "max_thread_busy": f.max_thread_busy,
+                "cpu_busy": busy_per_cpu,
                 "client_bound": client_bound,
             });
         }
