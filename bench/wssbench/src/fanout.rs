@@ -123,18 +123,20 @@ fn io_reason(what: &str, e: &std::io::Error) -> String {
 }
 
 /// One subscriber: connected, subscribed, and the seq it was told is the topic's last.
-pub struct Subscriber {
+struct Subscriber {
     c: Conn,
     last_seq: Option<u64>,
 }
 
-/// Opens and subscribes `ids`, `batch` handshakes in flight at a time.
+/// Opens and subscribes `ids`, `batch` handshakes in flight at a time; each subscriber starts
+/// reading (and answering pings) as soon as it is subscribed. Returns the subscribers' tasks.
 pub async fn open_subscribers(
     plan: &Arc<Plan>,
     ids: &[usize],
     batch: usize,
+    start: &watch::Receiver<Option<Window>>,
     st: &St,
-) -> Vec<Subscriber> {
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut subs = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(batch.max(1)) {
         let handles: Vec<_> = chunk
@@ -168,7 +170,12 @@ pub async fn open_subscribers(
                     s.hs_ok += 1;
                     s.hs.saturating_record(hs.as_micros() as u64);
                     s.fan.subscribers += 1;
-                    subs.push(sub);
+                    subs.push(tokio::task::spawn_local(subscriber(
+                        sub,
+                        plan.clone(),
+                        start.clone(),
+                        st.clone(),
+                    )));
                 }
                 Ok(Err(r)) => s.hs_fail(&r),
                 Err(_) => s.hs_fail("task panicked"),
@@ -251,7 +258,7 @@ impl Order {
 }
 
 /// Receives until the last publication arrived (or the drain ends), then closes politely.
-pub async fn subscriber(
+async fn subscriber(
     sub: Subscriber,
     plan: Arc<Plan>,
     mut start: watch::Receiver<Option<Window>>,

@@ -305,19 +305,8 @@ async fn fanout_thread(
     mut start: tokio::sync::watch::Receiver<Option<Window>>,
     st: Rc<RefCell<Stats>>,
 ) {
-    let subs = fanout::open_subscribers(&plan, ids, batch, &st).await;
-    let n = subs.len();
-    let handles: Vec<_> = subs
-        .into_iter()
-        .map(|s| {
-            tokio::task::spawn_local(fanout::subscriber(
-                s,
-                plan.clone(),
-                start.clone(),
-                st.clone(),
-            ))
-        })
-        .collect();
+    let handles = fanout::open_subscribers(&plan, ids, batch, &start, &st).await;
+    let n = handles.len();
     let publisher = if k == 0 {
         match fanout::connect_publisher(&plan).await {
             Ok(c) => Some(c),
