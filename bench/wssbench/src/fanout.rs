@@ -67,6 +67,8 @@ pub struct FanStats {
     pub seq_gaps: u64,
     pub out_of_order: u64,
     pub duplicates: u64,
+    /// Deliveries before the publisher started (a server replaying its buffer); not counted.
+    pub stale: u64,
     pub publish_errors: u64,
     /// nchan: new publisher connections after the server ended keep-alive.
     pub publisher_reconnects: u64,
@@ -84,6 +86,7 @@ impl FanStats {
         self.seq_gaps += o.seq_gaps;
         self.out_of_order += o.out_of_order;
         self.duplicates += o.duplicates;
+        self.stale += o.stale;
         self.publish_errors += o.publish_errors;
         self.publisher_reconnects += o.publisher_reconnects;
         self.max_thread_busy = self.max_thread_busy.max(o.max_thread_busy);
@@ -272,7 +275,7 @@ async fn subscriber(
     let json = plan.proto == FanoutProto::Json;
     let mut w: Option<Window> = *start.borrow();
     let mut out = Vec::new();
-    let (mut delivered, mut max_n) = (0u64, 0u64);
+    let (mut delivered, mut max_n, mut stale) = (0u64, 0u64, 0u64);
     let mut failure: Option<String> = None;
     let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
     let timer = sleep_until(w.map_or(far, |w| w.end).into());
@@ -307,6 +310,13 @@ async fn subscriber(
                 }
                 timer.as_mut().reset((now + DONE_POLL).min(w.end + DRAIN).into());
                 continue;
+            }
+        }
+        if w.is_none() {
+            // the read branch may win the race with the start notice
+            w = *start.borrow();
+            if let Some(w) = w {
+                timer.as_mut().reset(w.end.into());
             }
         }
         let now = Instant::now();
@@ -357,6 +367,11 @@ async fn subscriber(
                 let Some((seq, stamp)) = stamp_seq else {
                     continue;
                 };
+                if w.is_none() {
+                    // before the publisher started: an old message the server replayed
+                    stale += 1;
+                    continue;
+                }
                 if order.see(seq) && stamp.t >= warm_ns && stamp.t < end_ns {
                     delivered += 1;
                     s.lat
@@ -385,6 +400,7 @@ async fn subscriber(
         s.fan.seq_gaps += order.gaps;
         s.fan.out_of_order += order.out_of_order;
         s.fan.duplicates += order.duplicates;
+        s.fan.stale += stale;
         match &failure {
             Some(r) => {
                 s.error(r);

@@ -772,6 +772,7 @@ fn report(
                 "seq_gaps": f.seq_gaps,
                 "out_of_order": f.out_of_order,
                 "duplicates": f.duplicates,
+                "stale_deliveries": f.stale,
                 "publish_errors": f.publish_errors,
                 "publisher_reconnects": f.publisher_reconnects,
                 "max_thread_busy": f.max_thread_busy,
