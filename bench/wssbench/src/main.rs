@@ -1,8 +1,11 @@
 //! wssbench: wssedge's load generator. Few pinned single-threaded runtimes, hand-written
 //! client framing, HdrHistogram latencies, and its own CPU cost in every report.
 
+mod fanout;
 mod modes;
 mod net;
+mod scan;
+mod token;
 mod ws;
 
 use std::cell::{Cell, RefCell};
@@ -17,13 +20,14 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+use fanout::{FanoutProto, Plan};
 use modes::{Stats, Window};
 use net::{Proto, Target};
 
 #[derive(Parser)]
 #[command(
     name = "wssbench",
-    about = "Load generator for wssedge: closed/open loop, handshake storm, idle hold"
+    about = "Load generator for wssedge: closed/open loop, handshake storm, idle hold, pub/sub fan-out"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -65,6 +69,32 @@ enum Mode {
         #[arg(long, default_value_t = 10.0)]
         hold: f64,
     },
+    /// Pub/sub: one publisher at --rate publications/s to one topic, --connections
+    /// subscribers; publish→receive latency, deliveries/s and loss.
+    Fanout {
+        #[command(flatten)]
+        c: Common,
+        #[command(flatten)]
+        f: FanoutArgs,
+    },
+}
+
+#[derive(Args)]
+struct FanoutArgs {
+    /// Publications per second (--payload is the size of each one's `data` value).
+    #[arg(long)]
+    rate: f64,
+    /// The server's protocol: json (wssedge's, also the broadcast and uWS peers) or nchan.
+    #[arg(long, value_enum, default_value_t = FanoutProto::Json)]
+    fanout_proto: FanoutProto,
+    #[arg(long, default_value = "trades.BTC-USD")]
+    topic: String,
+    /// Every connection sends `Authorization: Bearer TOKEN`.
+    #[arg(long, conflicts_with = "hs256_secret_file")]
+    token: Option<String>,
+    /// Mint the bearer token: an HS256 JWT (scope "publish read") keyed by this file's bytes.
+    #[arg(long)]
+    hs256_secret_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -132,6 +162,7 @@ enum Kind {
     Open { rate: f64 },
     Storm { rate: f64, inflight: usize },
     Idle { hold: f64 },
+    Fanout { rate: f64 },
 }
 
 impl Kind {
@@ -141,6 +172,7 @@ impl Kind {
             Kind::Open { .. } => "open",
             Kind::Storm { .. } => "storm",
             Kind::Idle { .. } => "idle",
+            Kind::Fanout { .. } => "fanout",
         }
     }
 }
@@ -162,6 +194,7 @@ fn thread_main(
     ready: mpsc::Sender<Ready>,
     mut start: tokio::sync::watch::Receiver<Option<Window>>,
     done: mpsc::Sender<Stats>,
+    plan: Option<Arc<Plan>>,
 ) {
     if let Some(id) = cpu {
         if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
@@ -184,6 +217,10 @@ fn thread_main(
     local.block_on(&rt, async move {
         let st = st2;
         let batch = (200 / threads).max(1);
+        if let Some(plan) = plan {
+            fanout_thread(k, plan, &t, &ids, batch, ready, start, st).await;
+            return;
+        }
         let conns = match kind {
             Kind::Storm { .. } => Vec::new(),
             Kind::Idle { .. } => modes::open_all(&t, &ids, batch, 512, &st).await,
@@ -240,7 +277,7 @@ fn thread_main(
                         )));
                     }
                 }
-                Kind::Idle { .. } => {}
+                Kind::Idle { .. } | Kind::Fanout { .. } => {}
             }
             for h in handles {
                 if tokio::time::timeout_at(hard.into(), h).await.is_err() {
@@ -253,6 +290,50 @@ fn thread_main(
     drop(local);
     let s = std::mem::replace(&mut *st.borrow_mut(), Stats::new());
     let _ = done.send(s);
+}
+
+/// A fan-out thread: its subscribers (subscribed, reading from the start) and on thread 0
+/// the publisher, which starts at the window's base.
+#[allow(clippy::too_many_arguments)]
+async fn fanout_thread(
+    k: usize,
+    plan: Arc<Plan>,
+    t: &Target,
+    ids: &[usize],
+    batch: usize,
+    ready: mpsc::Sender<Ready>,
+    mut start: tokio::sync::watch::Receiver<Option<Window>>,
+    st: Rc<RefCell<Stats>>,
+) {
+    let handles = fanout::open_subscribers(&plan, ids, batch, &start, &st).await;
+    let n = handles.len();
+    let publisher = if k == 0 {
+        match fanout::connect_publisher(&plan).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("wssbench: publisher: {e}");
+                st.borrow_mut().error(&format!("publisher connect: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let _ = ready.send(Ready { ok: n });
+    let read_timeout = t.read_timeout;
+    run_after_start(&mut start, move |w| async move {
+        tokio::task::spawn_local(fanout::sample_busy(w, st.clone()));
+        let p = publisher.map(|c| {
+            tokio::task::spawn_local(fanout::publisher(c, plan, w, read_timeout, st.clone()))
+        });
+        let hard = w.end + Duration::from_secs(8);
+        for h in handles.into_iter().chain(p) {
+            if tokio::time::timeout_at(hard.into(), h).await.is_err() {
+                st.borrow_mut().errors += 1;
+            }
+        }
+    })
+    .await;
 }
 
 async fn run_after_start<F, Fut>(start: &mut tokio::sync::watch::Receiver<Option<Window>>, f: F)
@@ -279,6 +360,7 @@ fn main() {
 
 fn run() -> anyhow::Result<i32> {
     let cli = Cli::parse();
+    let mut fan_args = None;
     let (c, kind) = match cli.mode {
         Mode::Closed { c, depth } => (
             c,
@@ -299,12 +381,19 @@ fn run() -> anyhow::Result<i32> {
             },
         ),
         Mode::Idle { c, hold } => (c, Kind::Idle { hold }),
+        Mode::Fanout { c, f } => {
+            let rate = f.rate;
+            fan_args = Some(f);
+            (c, Kind::Fanout { rate })
+        }
     };
-    if c.payload < 16 {
+    if let Some(f) = &fan_args {
+        check_fanout(&c, f)?;
+    } else if c.payload < 16 {
         bail!("--payload must be ≥ 16");
     }
     let rate = match kind {
-        Kind::Open { rate } | Kind::Storm { rate, .. } => {
+        Kind::Open { rate } | Kind::Storm { rate, .. } | Kind::Fanout { rate } => {
             if !(rate > 0.0 && rate.is_finite()) {
                 bail!("--rate must be > 0");
             }
@@ -337,7 +426,7 @@ fn run() -> anyhow::Result<i32> {
     } else {
         format!("{host}:{port}")
     };
-    let target = Arc::new(Target {
+    let target = Target {
         addr: net::resolve(&host, port)?,
         host_header,
         path,
@@ -350,12 +439,19 @@ fn run() -> anyhow::Result<i32> {
         connect_timeout: Duration::from_secs_f64(c.connect_timeout),
         read_timeout: Duration::from_secs_f64(c.read_timeout),
         source_ips: c.source_ips.clone(),
-    });
+        headers: String::new(),
+    };
+    let plan = fan_args
+        .as_ref()
+        .map(|f| fanout_plan(f, &c, &target))
+        .transpose()?
+        .map(Arc::new);
+    let target = Arc::new(target);
     let total = match kind {
         Kind::Storm { .. } => 0,
         _ => c.connections,
     };
-    if matches!(kind, Kind::Idle { .. }) {
+    if matches!(kind, Kind::Idle { .. } | Kind::Fanout { .. }) {
         raise_nofile(total as u64 + 1024);
     }
 
@@ -363,17 +459,25 @@ fn run() -> anyhow::Result<i32> {
     let (done_tx, done_rx) = mpsc::channel();
     let (start_tx, start_rx) = tokio::sync::watch::channel(None);
     for k in 0..threads {
-        let ids: Vec<usize> = (k..total).step_by(threads).collect();
+        let ids: Vec<usize> = match kind {
+            // the publisher has thread 0 to itself when there are others
+            Kind::Fanout { .. } if threads > 1 => match k {
+                0 => Vec::new(),
+                _ => (k - 1..total).step_by(threads - 1).collect(),
+            },
+            _ => (k..total).step_by(threads).collect(),
+        };
         let cpu = cpus.as_ref().map(|v| v[k % v.len()]);
-        let (t, r, d, s) = (
+        let (t, r, d, s, p) = (
             target.clone(),
             ready_tx.clone(),
             done_tx.clone(),
             start_rx.clone(),
+            plan.clone(),
         );
         std::thread::Builder::new()
             .name(format!("wssbench-{k}"))
-            .spawn(move || thread_main(k, threads, cpu, kind, t, ids, total, r, s, d))?;
+            .spawn(move || thread_main(k, threads, cpu, kind, t, ids, total, r, s, d, p))?;
     }
     drop((ready_tx, done_tx));
 
@@ -438,8 +542,97 @@ fn run() -> anyhow::Result<i32> {
         &st,
         cpu1 - cpu0,
         hard_stop,
+        fan_args.as_ref(),
+        cpu_slots(cpus.as_deref(), threads),
     )?;
     Ok(if hard_stop { 3 } else { 0 })
+}
+
+/// The fan-out arguments that can be checked before connecting anything.
+fn check_fanout(c: &Common, f: &FanoutArgs) -> anyhow::Result<()> {
+    let topic_ok = (1..=128).contains(&f.topic.len())
+        && f.topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+    if !topic_ok {
+        bail!("--topic must be 1-128 of A-Z a-z 0-9 . _ : -");
+    }
+    if !(f.rate > 0.0 && f.rate.is_finite()) {
+        bail!("--rate must be > 0");
+    }
+    let span = c.warmup + c.duration + 1.0;
+    let min = scan::data_min((span * 1e9) as u64, (f.rate * span) as u64 + 1);
+    if c.payload < min {
+        bail!("--payload must be ≥ {min} for this run (the data carries t, n and a pad)");
+    }
+    Ok(())
+}
+
+/// The fan-out plan: subscriber and publisher targets, the token header.
+fn fanout_plan(f: &FanoutArgs, c: &Common, target: &Target) -> anyhow::Result<Plan> {
+    let token = match (&f.token, &f.hs256_secret_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(path)) => {
+            let key = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            if key.is_empty() {
+                bail!("{}: empty HS256 secret", path.display());
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .context("clock before 1970")?
+                .as_secs();
+            Some(token::mint_hs256(&key, now))
+        }
+        (None, None) => None,
+    };
+    if token
+        .as_deref()
+        .is_some_and(|t| t.bytes().any(|b| b.is_ascii_control() || b == b' '))
+    {
+        bail!("--token must not contain spaces or control characters");
+    }
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let mut subscriber = target.clone();
+    subscriber.headers = auth.clone();
+    let mut publisher = subscriber.clone();
+    if f.fanout_proto == FanoutProto::Nchan {
+        subscriber.path = format!("/sub/{}", f.topic);
+        publisher.proto = if target.proto.tls() {
+            Proto::Tls
+        } else {
+            Proto::Tcp
+        };
+    } else if !target.proto.ws() {
+        bail!("--fanout-proto json needs a ws:// or wss:// URL");
+    }
+    Ok(Plan {
+        proto: f.fanout_proto,
+        topic: f.topic.clone(),
+        rate: f.rate,
+        payload: c.payload,
+        subscriber,
+        publisher,
+        auth,
+        host_header: target.host_header.clone(),
+        last_n: std::sync::atomic::AtomicU64::new(0),
+    })
+}
+
+/// How many CPUs the generator's threads can run on at once.
+fn cpu_slots(cpus: Option<&[usize]>, threads: usize) -> usize {
+    let online = std::thread::available_parallelism().map_or(threads, |n| n.get());
+    let n = match cpus {
+        Some(v) => {
+            let mut v = v.to_vec();
+            v.sort_unstable();
+            v.dedup();
+            v.len()
+        }
+        None => online,
+    };
+    n.min(threads).max(1)
 }
 
 fn raise_nofile(want: u64) {
@@ -473,6 +666,8 @@ fn report(
     st: &Stats,
     cpu: f64,
     hard_stop: bool,
+    fan_args: Option<&FanoutArgs>,
+    cpu_slots: usize,
 ) -> anyhow::Result<()> {
     let l = &st.lat;
     let q = |p: f64| {
@@ -498,7 +693,18 @@ fn report(
         }
     };
     let mode = kind.name();
+    let f = &st.fan;
+    // threads sharing a CPU are bound together: count the CPUs they can use
+    let busy_per_cpu = cpu / (measure * cpu_slots as f64);
+    let client_bound = f.max_thread_busy.max(busy_per_cpu) >= fanout::CLIENT_BOUND_BUSY;
     match kind {
+        Kind::Fanout { .. } => println!(
+            "{mode} {} subs={} rate={}/s payload={} thr={threads}: {msgs_per_s:.0} deliveries/s, p50={}us p90={}us p99={}us p99.9={}us max={}us, publications={} expected={} lost={} closed={} out_of_order={} duplicates={} publish_errors={} errors={} late={} unanswered={}; client cpu {cpu:.2}s (busy {busy:.2}, load {:.2}, {us_per_msg:.2} us/delivery){}",
+            fan_args.map_or("?", |a| a.fanout_proto.name()), f.subscribers, rate.unwrap_or(0.0), c.payload,
+            q(0.5), q(0.9), q(0.99), q(0.999), l.max(), f.publications, f.expected(), f.lost(), f.closed,
+            f.out_of_order, f.duplicates, f.publish_errors, st.errors, st.late_sends, st.unanswered,
+            busy_per_cpu.max(f.max_thread_busy), if client_bound { " CLIENT-BOUND" } else { "" }
+        ),
         Kind::Idle { .. } => println!(
             "{mode} {} conns={} ok={} failed={} closed_during_hold={} handshake p50={}us p99={}us max={}us; client cpu {cpu:.2}s (busy {busy:.2})",
             proto.name(), c.connections, st.hs_ok, st.hs_failed, st.idle_closed, hq(0.5), hq(0.99), h.max()
@@ -521,7 +727,7 @@ fn report(
         );
     }
     if let Some(path) = &c.json {
-        let v = json!({
+        let mut v = json!({
             "mode": mode,
             "proto": proto.name(),
             "url": c.url,
@@ -552,6 +758,28 @@ fn report(
             "client_cpu_us_per_msg": us_per_msg,
             "hard_stop": hard_stop,
         });
+        if let Some(a) = fan_args {
+            v["fanout"] = json!({
+                "proto": a.fanout_proto.name(),
+                "topic": a.topic,
+                "subscribers": f.subscribers,
+                "subscribers_closed": f.closed,
+                "publications": f.publications,
+                "expected_deliveries": f.expected(),
+                "deliveries": f.deliveries,
+                "deliveries_open": f.deliveries_open,
+                "lost": f.lost(),
+                "seq_gaps": f.seq_gaps,
+                "out_of_order": f.out_of_order,
+                "duplicates": f.duplicates,
+                "stale_deliveries": f.stale,
+                "publish_errors": f.publish_errors,
+                "publisher_reconnects": f.publisher_reconnects,
+                "max_thread_busy": f.max_thread_busy,
+                "cpu_busy": busy_per_cpu,
+                "client_bound": client_bound,
+            });
+        }
         std::fs::write(path, serde_json::to_string_pretty(&v)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
     }

@@ -1,4 +1,5 @@
-//! The per-thread workloads: closed loop, open loop, handshake storm, idle hold.
+//! The per-thread workloads: closed loop, open loop, handshake storm, idle hold (fan-out
+//! lives in `fanout`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -10,6 +11,7 @@ use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::sleep_until;
 
+use crate::fanout::FanStats;
 use crate::net::{self, Conn, Pacer, Target};
 use crate::ws::{self, Ev, Rng};
 
@@ -30,6 +32,7 @@ pub struct Stats {
     pub hs_failed: u64,
     pub idle_closed: u64,
     pub reasons: BTreeMap<String, u64>,
+    pub fan: FanStats,
 }
 
 impl Stats {
@@ -47,6 +50,7 @@ impl Stats {
             hs_failed: 0,
             idle_closed: 0,
             reasons: BTreeMap::new(),
+            fan: FanStats::default(),
         }
     }
     pub fn merge(&mut self, o: &Stats) {
@@ -63,12 +67,13 @@ impl Stats {
         for (k, v) in &o.reasons {
             *self.reasons.entry(k.clone()).or_default() += v;
         }
+        self.fan.merge(&o.fan);
     }
-    fn error(&mut self, reason: &str) {
+    pub fn error(&mut self, reason: &str) {
         self.errors += 1;
         *self.reasons.entry(reason.to_string()).or_default() += 1;
     }
-    fn hs_fail(&mut self, reason: &str) {
+    pub fn hs_fail(&mut self, reason: &str) {
         self.hs_failed += 1;
         *self.reasons.entry(reason.to_string()).or_default() += 1;
     }
@@ -83,7 +88,7 @@ pub struct Window {
 }
 
 impl Window {
-    fn ns(&self, t: Instant) -> u64 {
+    pub fn ns(&self, t: Instant) -> u64 {
         t.saturating_duration_since(self.base).as_nanos() as u64
     }
     fn measured(&self, t: Instant) -> bool {

@@ -45,6 +45,7 @@ impl Proto {
 }
 
 /// Where and how to connect; shared read-only by all threads.
+#[derive(Clone)]
 pub struct Target {
     pub addr: SocketAddr,
     pub host_header: String,
@@ -57,6 +58,8 @@ pub struct Target {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub source_ips: Vec<IpAddr>,
+    /// Extra request header lines for the upgrade, each ending in CRLF.
+    pub headers: String,
 }
 
 /// Splits `scheme://host[:port][/path]`; returns (scheme, host, port, path).
@@ -289,7 +292,7 @@ async fn connect_inner(
     if ws {
         let key = ws::new_key(rng);
         let accept = ws::accept_for(&key);
-        let req = ws::upgrade_request(&t.host_header, &t.path, &key);
+        let req = ws::upgrade_request(&t.host_header, &t.path, &key, &t.headers);
         s.write_all(&req)
             .await
             .map_err(|e| format!("upgrade io: {:?}", e.kind()))?;

@@ -27,10 +27,11 @@ pub fn new_key(rng: &mut Rng) -> String {
     base64::engine::general_purpose::STANDARD.encode(k)
 }
 
-pub fn upgrade_request(host: &str, path: &str, key: &str) -> Vec<u8> {
+/// `headers`: extra header lines, each ending in CRLF (e.g. `Authorization: Bearer …\r\n`).
+pub fn upgrade_request(host: &str, path: &str, key: &str, headers: &str) -> Vec<u8> {
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: wssbench\r\n\r\n"
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: wssbench\r\n{headers}\r\n"
     )
     .into_bytes()
 }
@@ -166,6 +167,15 @@ fn push_len(buf: &mut Vec<u8>, len: usize, masked: bool) {
     }
 }
 
+/// Appends one masked, final text frame carrying `payload`.
+pub fn text_frame(payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
+    out.reserve(payload.len() + 14);
+    out.push(0x80 | 0x1);
+    push_len(out, payload.len(), true);
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+}
+
 /// A masked control frame (pong, close); `payload` ≤ 125 bytes.
 pub fn control_frame(op: u8, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
     let p = &payload[..payload.len().min(125)];
@@ -186,6 +196,56 @@ pub enum Ev {
     Close(Option<u16>),
 }
 
+/// One server message as it arrived (fan-out mode: the payload is scanned, not a tag).
+#[derive(Debug)]
+pub enum Frame<'a> {
+    Data(&'a [u8]),
+    Ping(Vec<u8>),
+    Close(Option<u16>),
+}
+
+/// A server frame's header: (fin, opcode, header length, payload length); `None`: incomplete.
+fn frame_header(avail: &[u8]) -> Result<Option<(bool, u8, usize, usize)>, &'static str> {
+    if avail.len() < 2 {
+        return Ok(None);
+    }
+    let (b0, b1) = (avail[0], avail[1]);
+    if b1 & 0x80 != 0 {
+        return Err("masked server frame");
+    }
+    if b0 & 0x70 != 0 {
+        return Err("reserved bits set");
+    }
+    let (len, hl) = match b1 & 0x7f {
+        126 => {
+            if avail.len() < 4 {
+                return Ok(None);
+            }
+            (u16::from_be_bytes([avail[2], avail[3]]) as usize, 4)
+        }
+        127 => {
+            if avail.len() < 10 {
+                return Ok(None);
+            }
+            let mut l = [0u8; 8];
+            l.copy_from_slice(&avail[2..10]);
+            let l = u64::from_be_bytes(l);
+            if l > MAX_FRAME as u64 {
+                return Err("frame too large");
+            }
+            (l as usize, 10)
+        }
+        n => (n as usize, 2),
+    };
+    if len > MAX_FRAME {
+        return Err("frame too large");
+    }
+    if avail.len() < hl + len {
+        return Ok(None);
+    }
+    Ok(Some((b0 & 0x80 != 0, b0 & 0x0f, hl, len)))
+}
+
 struct Frag {
     tag: [u8; 16],
     have: usize,
@@ -201,6 +261,9 @@ pub struct Reader {
     payload: usize,
     text: bool,
     frag: Option<Frag>,
+    /// Fan-out mode: a fragmented message being put together (bounded by MAX_FRAME).
+    assembly: Vec<u8>,
+    assembling: bool,
 }
 
 impl Reader {
@@ -213,6 +276,8 @@ impl Reader {
             payload,
             text,
             frag: None,
+            assembly: Vec::new(),
+            assembling: false,
         }
     }
 
@@ -245,6 +310,49 @@ impl Reader {
         self.start += n;
     }
 
+    /// Next complete server message, payload borrowed (fan-out mode; ws only).
+    pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, &'static str> {
+        loop {
+            let avail = &self.buf[self.start..self.end];
+            let Some((fin, op, hl, len)) = frame_header(avail)? else {
+                return Ok(None);
+            };
+            let d0 = self.start + hl;
+            self.start += hl + len;
+            let data = d0..d0 + len;
+            match op {
+                0x1 | 0x2 if self.assembling => {
+                    return Err("data frame inside a fragmented message")
+                }
+                0x1 | 0x2 if fin => return Ok(Some(Frame::Data(&self.buf[data]))),
+                0x0..=0x2 => {
+                    if op == 0 && !self.assembling {
+                        return Err("continuation without a message");
+                    }
+                    if op != 0 {
+                        self.assembly.clear();
+                    }
+                    if self.assembly.len() + len > MAX_FRAME {
+                        return Err("message too large");
+                    }
+                    self.assembly.extend_from_slice(&self.buf[data]);
+                    self.assembling = !fin;
+                    if fin {
+                        return Ok(Some(Frame::Data(&self.assembly)));
+                    }
+                }
+                0x8 => {
+                    let d = &self.buf[data];
+                    let code = (d.len() >= 2).then(|| u16::from_be_bytes([d[0], d[1]]));
+                    return Ok(Some(Frame::Close(code)));
+                }
+                0x9 => return Ok(Some(Frame::Ping(self.buf[data].to_vec()))),
+                0xA => {}
+                _ => return Err("unknown opcode"),
+            }
+        }
+    }
+
     /// Next complete event, if the buffer holds one.
     pub fn next_event(&mut self) -> Result<Option<Ev>, &'static str> {
         loop {
@@ -257,45 +365,9 @@ impl Reader {
                 self.start += self.payload;
                 return Ok(Some(Ev::Msg(tag)));
             }
-            if avail.len() < 2 {
+            let Some((fin, op, hl, len)) = frame_header(avail)? else {
                 return Ok(None);
-            }
-            let (b0, b1) = (avail[0], avail[1]);
-            if b1 & 0x80 != 0 {
-                return Err("masked server frame");
-            }
-            if b0 & 0x70 != 0 {
-                return Err("reserved bits set");
-            }
-            let (len, hl) = match b1 & 0x7f {
-                126 => {
-                    if avail.len() < 4 {
-                        return Ok(None);
-                    }
-                    (u16::from_be_bytes([avail[2], avail[3]]) as usize, 4)
-                }
-                127 => {
-                    if avail.len() < 10 {
-                        return Ok(None);
-                    }
-                    let mut l = [0u8; 8];
-                    l.copy_from_slice(&avail[2..10]);
-                    let l = u64::from_be_bytes(l);
-                    if l > MAX_FRAME as u64 {
-                        return Err("frame too large");
-                    }
-                    (l as usize, 10)
-                }
-                n => (n as usize, 2),
             };
-            if len > MAX_FRAME {
-                return Err("frame too large");
-            }
-            if avail.len() < hl + len {
-                return Ok(None);
-            }
-            let fin = b0 & 0x80 != 0;
-            let op = b0 & 0x0f;
             let d0 = self.start + hl;
             self.start += hl + len;
             let data = &self.buf[d0..d0 + len];
@@ -413,6 +485,55 @@ mod tests {
             Some(Ev::Close(Some(1000)))
         ));
         assert!(r.next_event().unwrap().is_none());
+    }
+
+    #[test]
+    fn frames_for_fanout() {
+        let mut r = Reader::new(true, 0, true, 64);
+        let mut input = vec![0x81, 3];
+        input.extend(b"abc");
+        input.extend([0x01, 2]);
+        input.extend(b"de");
+        input.extend([0x89, 1, b'p']); // ping between fragments
+        input.extend([0x80, 1, b'f']);
+        input.extend([0x01, 1, b'g']); // a second fragmented message starts afresh
+        input.extend([0x80, 1, b'h']);
+        input.extend([0x81, 126, 0, 200]);
+        input.extend([b'z'; 200]);
+        input.extend([0x88, 2, 0x03, 0xf0]);
+        input.extend([0x81, 5, b'x']); // incomplete
+        let mut fed = 0;
+        let mut got = Vec::new();
+        while fed < input.len() {
+            let s = r.spare();
+            let n = s.len().min(input.len() - fed).min(7);
+            s[..n].copy_from_slice(&input[fed..fed + n]);
+            r.filled(n);
+            fed += n;
+            while let Some(f) = r.next_frame().unwrap() {
+                got.push(match f {
+                    Frame::Data(d) => String::from_utf8(d.to_vec()).unwrap(),
+                    Frame::Ping(p) => format!("ping {}", String::from_utf8(p).unwrap()),
+                    Frame::Close(c) => format!("close {c:?}"),
+                });
+            }
+        }
+        let want: Vec<String> = [
+            "abc",
+            "ping p",
+            "def",
+            "gh",
+            &"z".repeat(200),
+            "close Some(1008)",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(got, want);
+        let mut bad = Reader::new(true, 0, true, 64);
+        bad.spare()[..3].copy_from_slice(&[0x80, 1, b'x']);
+        bad.filled(3);
+        assert!(bad.next_frame().is_err(), "continuation without a message");
     }
 
     #[test]
