@@ -509,6 +509,12 @@ fn run() -> anyhow::Result<i32> {
         let mut out = std::io::stdout().lock();
         writeln!(out, "IDLE_READY n={opened}")?;
         out.flush()?;
+    } else if matches!(kind, Kind::Fanout { .. }) {
+        // Opening thousands of subscribers takes seconds: the driver starts its CPU window
+        // from here, not from our start.
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "FANOUT_READY n={opened}")?;
+        out.flush()?;
     } else if total > 0 && opened == 0 {
         eprintln!("wssbench: no connection could be opened");
     }

@@ -989,9 +989,31 @@ fn measure(ctx: &Ctx, o: &Opts, g: &Planned, peer: &str, cell: &mut Cell) -> Res
 
     let proc_root = Path::new("/proc");
     let before = (server.rss(), procfs::tcp_mem_bytes(proc_root).unwrap_or(0));
-    let t0 = Instant::now();
+    let mut t0 = Instant::now();
     let (mut gen, rx) = spawn_lines("wssbench", &mut cmd, &gen_log)?;
     let nominal = Duration::from_secs_f64(warmup + duration);
+    if g.scenario == Scenario::Fanout {
+        // The window starts once every subscriber is subscribed (seconds for thousands).
+        let deadline = t0 + Duration::from_secs(90 + g.connections / 200);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line.trim().starts_with("FANOUT_READY") => break,
+                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    bail!(
+                        "wssbench ended without FANOUT_READY ({:?}): {}",
+                        gen.exited(),
+                        last_line(&gen_log)
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no FANOUT_READY within {:?}", deadline - t0);
+            }
+        }
+        t0 = Instant::now();
+    }
     let mut limit = t0 + nominal + GEN_GRACE;
     if g.scenario == Scenario::Idle {
         // Wait for all connections, then take the "during" sample.
