@@ -119,7 +119,6 @@ impl Registry {
     /// woken once.
     pub fn deliver(&self, items: &[Item], metrics: &CorePubsubMetrics) {
         let topics = self.topics.borrow();
-        let mut woken: Vec<&Rc<Client>> = Vec::new();
         for item in items {
             let Some(topic) = topics.get(&item.topic) else {
                 continue;
@@ -127,21 +126,18 @@ impl Registry {
             for client in &topic.subscribers {
                 match client.offer(topic.id, topic.policy, item) {
                     Offered::Ignored => continue,
-                    Offered::Pushed(Pushed::Queued) => {}
+                    Offered::Pushed(Pushed::Queued) => {
+                        metrics.note_high_water(client.high_water());
+                    }
                     Offered::Pushed(Pushed::Conflated) => metrics.conflated.inc(),
                     Offered::Pushed(Pushed::Dropped) => metrics.dropped(DropReason::QueueFull, 1),
                     Offered::Pushed(Pushed::Overflow) => {
                         metrics.dropped(DropReason::SlowConsumer, 1)
                     }
                 }
-                if !woken.iter().any(|w| Rc::ptr_eq(w, client)) {
-                    woken.push(client);
-                }
+                // A no-op once the client is marked: one wake-up per batch, not per item.
+                client.wake();
             }
-        }
-        for client in woken {
-            metrics.note_high_water(client.high_water());
-            client.wake();
         }
     }
 }
