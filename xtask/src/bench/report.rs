@@ -440,7 +440,8 @@ pub fn fanout_markdown(cells: &[Cell], label: &dyn Fn(&str) -> String) -> String
          server CPU (process tree) / deliveries. Latency: the publisher's timestamp in `data` to \
          the subscriber's receipt. Lost must be 0 (every peer closes, never drops, here). \
          RSS/sub = (server RSS during the window − before) / subscribers. Best-peer ratios: \
-         wssedge / the best other peer of the cell (target ≤ 0.5).\n\n\
+         wssedge / the best other peer of the cell (target ≤ 0.5). A server that kept its CPU \
+         busy all window is marked saturated: its CPU per delivery is then a bound.\n\n\
          | payload | subscribers | pub/s | peer | deliveries/s | server CPU ns/delivery | p50 µs | p99 µs | p99.9 µs | max µs | lost | RSS B/sub | client CPU | wssedge/best CPU | wssedge/best p99 | note |\n\
          |---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
@@ -491,6 +492,14 @@ pub fn fanout_markdown(cells: &[Cell], label: &dyn Fn(&str) -> String) -> String
 
 fn fanout_note(c: &Cell) -> String {
     let mut n = note(c);
+    if c.error.is_none() && c.server_saturated() {
+        if !n.is_empty() {
+            n.push_str("; ");
+        }
+        n.push_str(
+            "server saturated (one CPU all window: CPU/delivery is a bound, latency queueing)",
+        );
+    }
     if let Some(f) = c.gen.as_ref().and_then(|g| g.fanout.as_ref()) {
         if f.subscribers_closed > 0.0 {
             if !n.is_empty() {

@@ -330,6 +330,12 @@ impl Cell {
         (step > 0.05).then_some(step)
     }
 
+    /// The server's process tree kept about one CPU busy all window: its CPU per message is
+    /// then a bound (the work it managed), and its latency mostly queueing.
+    pub fn server_saturated(&self) -> bool {
+        self.server_cpu_rate().is_some_and(|r| r >= 0.95)
+    }
+
     /// Server CPU seconds per second of wall time during the window.
     fn server_cpu_rate(&self) -> Option<f64> {
         (self.window_s > 0.0).then(|| self.server_cpu_s / self.window_s)
