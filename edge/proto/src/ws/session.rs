@@ -217,6 +217,24 @@ impl OutFrame {
         Self::close(Some(code), reason)
     }
 
+    /// The wire bytes `from .. from + max` (clamped to the frame) as unmasked pieces, in order:
+    /// each with its offset into the payload (`None` for header bytes). The one walk over a
+    /// frame's header and payload chunks that copying and gathering share.
+    fn pieces(&self, from: usize, max: usize) -> impl Iterator<Item = (Option<usize>, &[u8])> {
+        let header = self.header();
+        let end = self.wire_len().min(from.saturating_add(max));
+        let head = (from < header.len() && from < end)
+            .then(|| (None, &header[from..end.min(header.len())]));
+        let mut chunk_start = header.len();
+        let body = self.payload.chunks().iter().filter_map(move |c| {
+            let (start, stop) = (chunk_start, chunk_start + c.len());
+            chunk_start = stop;
+            let (lo, hi) = (from.max(start), end.min(stop));
+            (lo < hi).then(|| (Some(lo - header.len()), &c[lo - start..hi - start]))
+        });
+        head.into_iter().chain(body)
+    }
+
     /// The wire bytes from byte `from` on, at most `max` of them, as slices of the header and
     /// the payload's own `Bytes` (no copy), pushed onto `out`; how many bytes they cover.
     /// `None` for a masked (client) frame, whose wire bytes exist only once masked.
@@ -229,30 +247,12 @@ impl OutFrame {
         if self.mask.is_some() {
             return None;
         }
-        let end = self.wire_len().min(from.saturating_add(max));
-        let mut at = from;
-        let header = self.header();
-        if at < header.len() && at < end {
-            let to = end.min(header.len());
-            out.push(std::io::IoSlice::new(&header[at..to]));
-            at = to;
+        let mut given = 0;
+        for (_, piece) in self.pieces(from, max) {
+            out.push(std::io::IoSlice::new(piece));
+            given += piece.len();
         }
-        let mut chunk_start = header.len();
-        for c in self.payload.chunks() {
-            if at >= end {
-                break;
-            }
-            let chunk_end = chunk_start + c.len();
-            if at < chunk_end {
-                let to = end.min(chunk_end);
-                out.push(std::io::IoSlice::new(
-                    &c[at - chunk_start..to - chunk_start],
-                ));
-                at = to;
-            }
-            chunk_start = chunk_end;
-        }
-        Some(at.saturating_sub(from))
+        Some(given)
     }
 
     /// Appends header and payload to `out`: how a transport gathers frames for one write.
@@ -274,30 +274,11 @@ impl OutFrame {
             return 0;
         }
         out.reserve(end - from);
-        let header = self.header();
-        let mut at = from;
-        if at < header.len() {
-            let to = end.min(header.len());
-            out.extend_from_slice(&header[at..to]);
-            at = to;
-        }
-        // Payload offsets from here on.
-        let mut chunk_start = header.len();
-        for c in self.payload.chunks() {
-            if at >= end {
-                break;
+        for (payload_at, piece) in self.pieces(from, max) {
+            match (payload_at, self.mask) {
+                (Some(at), Some(mask)) => extend_masked(out, piece, mask, at),
+                _ => out.extend_from_slice(piece),
             }
-            let chunk_end = chunk_start + c.len();
-            if at < chunk_end {
-                let to = end.min(chunk_end);
-                let piece = &c[at - chunk_start..to - chunk_start];
-                match self.mask {
-                    None => out.extend_from_slice(piece),
-                    Some(mask) => extend_masked(out, piece, mask, at - header.len()),
-                }
-                at = to;
-            }
-            chunk_start = chunk_end;
         }
         end - from
     }
