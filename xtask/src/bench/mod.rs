@@ -997,23 +997,7 @@ fn measure(ctx: &Ctx, o: &Opts, g: &Planned, peer: &str, cell: &mut Cell) -> Res
     if g.scenario == Scenario::Fanout {
         // The window starts once every subscriber is subscribed (seconds for thousands).
         let deadline = t0 + Duration::from_secs(90 + g.connections / 200);
-        loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) if line.trim().starts_with("FANOUT_READY") => break,
-                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    std::thread::sleep(Duration::from_millis(100));
-                    bail!(
-                        "wssbench ended without FANOUT_READY ({:?}): {}",
-                        gen.exited(),
-                        last_line(&gen_log)
-                    );
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("no FANOUT_READY within {:?}", deadline - t0);
-            }
-        }
+        wait_ready_line(&rx, "FANOUT_READY", &mut gen, &gen_log, t0, deadline)?;
         t0 = Instant::now();
     }
     let mut limit = t0 + nominal + GEN_GRACE;
@@ -1021,32 +1005,12 @@ fn measure(ctx: &Ctx, o: &Opts, g: &Planned, peer: &str, cell: &mut Cell) -> Res
         // Wait for all connections, then take the "during" sample.
         // wssbench itself gives up on setup after connect timeout + 60 s + N/500 s.
         limit += Duration::from_secs(90 + g.connections / 200);
-        let n = loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) => {
-                    if let Some(rest) = line.trim().strip_prefix("IDLE_READY") {
-                        let n = rest
-                            .trim()
-                            .strip_prefix("n=")
-                            .and_then(|v| v.parse::<u64>().ok())
-                            .unwrap_or(g.connections);
-                        break n;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    std::thread::sleep(Duration::from_millis(100));
-                    bail!(
-                        "wssbench ended without IDLE_READY ({:?}): {}",
-                        gen.exited(),
-                        last_line(&gen_log)
-                    );
-                }
-            }
-            if Instant::now() > limit {
-                bail!("no IDLE_READY within {:?}", limit - t0);
-            }
-        };
+        let rest = wait_ready_line(&rx, "IDLE_READY", &mut gen, &gen_log, t0, limit)?;
+        let n = rest
+            .trim()
+            .strip_prefix("n=")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(g.connections);
         std::thread::sleep(Duration::from_millis(500));
         cell.mem = Some(Mem {
             n,
@@ -1133,6 +1097,39 @@ fn measure(ctx: &Ctx, o: &Opts, g: &Planned, peer: &str, cell: &mut Cell) -> Res
     cell.gen = Some(gr);
     cell.raw = Some(raw);
     Ok(())
+}
+
+/// Waits for the generator's line starting with `marker` (its connections are set up) and
+/// returns the rest of it; fails when the generator ends first or `deadline` passes.
+fn wait_ready_line(
+    rx: &mpsc::Receiver<String>,
+    marker: &str,
+    gen: &mut Guard,
+    gen_log: &Path,
+    t0: Instant,
+    deadline: Instant,
+) -> Result<String> {
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                if let Some(rest) = line.trim().strip_prefix(marker) {
+                    return Ok(rest.to_owned());
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(Duration::from_millis(100));
+                bail!(
+                    "wssbench ended without {marker} ({:?}): {}",
+                    gen.exited(),
+                    last_line(gen_log)
+                );
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no {marker} within {:?}", deadline - t0);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
