@@ -692,3 +692,57 @@ async fn a_burst_beyond_the_outbound_cap_is_delivered_to_its_last_publication() 
     }
     let _ = publisher.close(None).await;
 }
+
+/// Hostile timing: a client lets hundreds of publications queue up, then unsubscribes from
+/// that topic. What it no longer wants is skipped without a write, and the queue behind it
+/// (another topic's publications) still reaches it, to the last one.
+#[tokio::test]
+async fn an_unsubscribe_behind_a_full_queue_does_not_hold_up_the_other_topics() {
+    const QUEUED: u64 = 600;
+    const AFTER: u64 = 5;
+    let files = key_files();
+    let srv = Server::with_config(&config(&files, "", "max_outbound_bytes = 16384"));
+    let (gone, kept) = ("md.gone", "md.kept");
+    let mut sub = connect(&srv, "read").await;
+    subscribe(&mut sub, 1, &[gone, kept], None).await;
+    let mut publisher = connect(&srv, "publish").await;
+    let pad = "g".repeat(8 << 10);
+    for n in 1..=QUEUED {
+        publish(&mut publisher, n, gone, json!({"pad": pad})).await;
+    }
+    // Not read yet: the edge holds the rest in the subscriber's queue.
+    send(&mut sub, json!({"op":"unsubscribe","id":2,"topics":[gone]})).await;
+    let (done_tx, mut done) = futures_channel::mpsc::unbounded::<()>();
+    let reader = tokio::spawn(async move {
+        let mut kept_seqs = Vec::new();
+        let mut unsubscribed = false;
+        while kept_seqs.len() < AFTER as usize {
+            let p = next_json(&mut sub).await;
+            if p["op"] == "unsubscribed" {
+                unsubscribed = true;
+                let _ = done_tx.unbounded_send(());
+            } else if p["topic"] == kept {
+                assert!(
+                    unsubscribed,
+                    "kept publications come after the unsubscribe: {p}"
+                );
+                kept_seqs.push(p["seq"].as_u64().expect("seq"));
+            } else {
+                assert_eq!(p["topic"], gone, "{p}");
+                assert!(
+                    !unsubscribed,
+                    "nothing of a topic after its unsubscribed: {p}"
+                );
+            }
+        }
+        kept_seqs
+    });
+    within(WAIT, "the unsubscribe answered", done.next()).await;
+    for n in 1..=AFTER {
+        publish(&mut publisher, QUEUED + n, kept, json!(n)).await;
+    }
+    let kept_seqs = within(WAIT, "the kept topic's publications", reader)
+        .await
+        .expect("reader");
+    assert_eq!(kept_seqs, (1..=AFTER).collect::<Vec<u64>>());
+}

@@ -35,20 +35,6 @@ use self::metrics::{CorePubsubMetrics, PubsubMetrics};
 use self::owner::{Outgoing, Owner};
 use self::registry::Registry;
 
-/// Gives the core back for one turn (queued behind the other ready tasks).
-async fn yield_turn() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            return std::task::Poll::Ready(());
-        }
-        yielded = true;
-        cx.waker().wake_by_ref();
-        std::task::Poll::Pending
-    })
-    .await
-}
-
 /// Messages one owner pass handles before it sends its batches and lets the core's
 /// connections run.
 const MAX_MESSAGES_PER_PASS: usize = 1024;
@@ -142,6 +128,18 @@ impl CorePubsub {
         &self.metrics.cores[self.index]
     }
 
+    /// This core has no subscriber of `topic` left: its owner stops sending it here.
+    pub fn left(&self, topic: Arc<str>) {
+        let owner = self.lines.owner(&topic);
+        self.lines.send(
+            owner,
+            CoreMsg::Leave {
+                topic,
+                core: self.index,
+            },
+        );
+    }
+
     /// Every feed's state (a feed writes its own).
     pub fn feed_metrics(&self) -> &[metrics::FeedState] {
         &self.metrics.feeds
@@ -167,7 +165,7 @@ impl CorePubsub {
             self.m().topics.add(self.owned_change());
             if handled >= MAX_MESSAGES_PER_PASS {
                 // More may be waiting: the core's connections get their turn first.
-                yield_turn().await;
+                crate::server::yield_turn().await;
             }
         }
     }

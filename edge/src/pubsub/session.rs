@@ -103,9 +103,10 @@ impl PubsubSession {
         self.client.asks_in_flight() < MAX_ASKS_IN_FLIGHT
     }
 
-    /// Publications still queued (the last pump was held back by its room).
+    /// Publications queued that a pump would take now (none while a subscribe waits for its
+    /// owners: its answer wakes the connection).
     pub fn has_queued(&self) -> bool {
-        self.client.queued() > 0
+        self.subscribes_owed == 0 && self.client.queued() > 0
     }
 
     /// The next wait resolves at once: what is still queued is taken in the next pass.
@@ -236,14 +237,7 @@ impl PubsubSession {
         }
         self.hub.m().subscriptions.add(-1);
         if let Some(name) = self.hub.registry.leave(&self.client, tid) {
-            let owner = self.hub.lines.owner(&name);
-            self.hub.lines.send(
-                owner,
-                CoreMsg::Leave {
-                    topic: name,
-                    core: self.hub.index,
-                },
-            );
+            self.hub.left(name);
         }
     }
 
@@ -424,14 +418,7 @@ impl Drop for PubsubSession {
         let held = self.client.subscription_count() as i64;
         self.hub.m().subscriptions.add(-held);
         for name in self.hub.registry.remove_client(&self.client) {
-            let owner = self.hub.lines.owner(&name);
-            self.hub.lines.send(
-                owner,
-                CoreMsg::Leave {
-                    topic: name,
-                    core: self.hub.index,
-                },
-            );
+            self.hub.left(name);
         }
     }
 }

@@ -3,6 +3,7 @@
 //! migrate between cores; cores share nothing on the data path.
 
 mod conn;
+pub(crate) use conn::yield_turn;
 mod core;
 pub mod cpus;
 mod handover;

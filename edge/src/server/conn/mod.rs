@@ -50,7 +50,8 @@ mod phase;
 mod proxy;
 
 use self::app::{App, OverRate};
-use self::pass::{yield_to_core, yield_turn, AfterPass, PassGuard, Waited};
+pub(crate) use self::pass::yield_turn;
+use self::pass::{yield_to_core, AfterPass, PassGuard, Waited};
 use self::phase::{PendingUpgrade, Phase, Upgraded};
 use self::proxy::Proxy;
 use super::core::{unix_now, Core};
@@ -404,15 +405,16 @@ impl Conn {
                 }
                 return Some(self.on_slow_consumer());
             }
-            if pumped.frames == 0 {
-                return None;
-            }
-            self.moved += pumped.frames;
-            if let Err(end) = self.encrypt_outgoing() {
-                return Some(end);
-            }
-            if let Err(end) = self.write_some() {
-                return Some(end);
+            // A pump can take only publications the client no longer wants (queued before an
+            // unsubscribe): nothing written, but the queue moved on; the rounds go on.
+            if pumped.frames > 0 {
+                self.moved += pumped.frames;
+                if let Err(end) = self.encrypt_outgoing() {
+                    return Some(end);
+                }
+                if let Err(end) = self.write_some() {
+                    return Some(end);
+                }
             }
             if self.output_pending() || !self.phase.app().is_some_and(App::holds_arrivals) {
                 // The socket is full (its writability wakes us), or nothing is left.

@@ -120,7 +120,7 @@ pub(super) async fn yield_to_core() {
 /// Gives the core back for one turn: the task is woken at once and queued behind the others;
 /// the runtime reaps completions before it runs them. Cheaper than [`yield_to_core`], but due
 /// timers wait for a park.
-pub(super) async fn yield_turn() {
+pub(crate) async fn yield_turn() {
     let mut yielded = false;
     std::future::poll_fn(|cx| {
         if yielded {
