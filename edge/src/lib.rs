@@ -17,6 +17,7 @@ pub mod ebpf;
 pub mod limits;
 pub mod metrics;
 pub(crate) mod pubsub;
+pub(crate) mod readiness;
 pub mod reason;
 pub mod refuse;
 pub mod routes;

@@ -2,8 +2,8 @@
 //! request and its 101 — all under one timeout — and [`UpstreamStream`], the connection the
 //! relay loop then drives.
 //!
-//! The stream is readiness-first like the client side of the edge: the relay waits for
-//! `tcp().readable(false)` / `writable(false)` and then calls the non-blocking
+//! The stream is readiness-first like the client side of the edge: the relay waits for the
+//! socket's readiness (armed polls on [`UpstreamStream::shared_tcp`]) and then calls the non-blocking
 //! [`UpstreamStream::read_plaintext`] / [`UpstreamStream::write_pending`], so a deadline never
 //! cancels a read or write halfway. TLS uses rustls' buffered client API: one upstream
 //! connection per proxied session is not where the edge's per-connection memory goes.
@@ -11,6 +11,7 @@
 use crate::reason::Reason;
 use std::io::{self, BufRead, Read, Write};
 use std::os::fd::BorrowedFd;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -138,7 +139,8 @@ impl Read for NonBlocking<'_> {
 
 /// An open upstream WebSocket connection after its 101.
 pub struct UpstreamStream {
-    tcp: TcpStream,
+    /// Shared with the relay's armed readiness polls.
+    tcp: Rc<TcpStream>,
     tls: Option<Box<rustls::ClientConnection>>,
     /// Bytes to send (ciphertext under TLS); `out[out_pos..]` is pending.
     out: Vec<u8>,
@@ -164,6 +166,11 @@ impl UpstreamStream {
     /// The socket, for `readable(false)` / `writable(false)`.
     pub fn tcp(&self) -> &TcpStream {
         &self.tcp
+    }
+
+    /// The socket, for readiness polls that outlive a borrow ([`crate::readiness`]).
+    pub(crate) fn shared_tcp(&self) -> Rc<TcpStream> {
+        self.tcp.clone()
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -414,7 +421,7 @@ async fn establish(
         .map_err(ConnectError::Io)?;
     sockopt::tune_accepted(sockopt::borrow_fd(&tcp), &opts.socket).map_err(ConnectError::Io)?;
     let mut s = UpstreamStream {
-        tcp,
+        tcp: Rc::new(tcp),
         tls,
         out: Vec::new(),
         out_pos: 0,

@@ -16,6 +16,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 
 use super::{ClientContext, ConnectError, ReadOutcome, SystemMaskKeys, UpstreamStream, Upstreams};
+use crate::readiness::{ArmedPoll, Interest};
 use crate::reason::Reason;
 use crate::refuse::Refusal;
 use crate::ws::{Event, Message, Outbox, Session, SessionLimits, SessionState, UpgradeRequest};
@@ -39,6 +40,9 @@ const READ_CHUNK: usize = 64 * 1024;
 /// One proxied session's upstream connection.
 pub(crate) struct Relay {
     stream: UpstreamStream,
+    /// The upstream socket's readiness, kept armed across loop passes.
+    readable: ArmedPoll,
+    writable: ArmedPoll,
     session: Session,
     plaintext: BytesMut,
     /// Whole messages may be dropped for this route when the client cannot keep up.
@@ -72,6 +76,8 @@ impl Relay {
         member: String,
     ) -> Self {
         Self {
+            readable: ArmedPoll::new(stream.shared_tcp(), Interest::Readable),
+            writable: ArmedPoll::new(stream.shared_tcp(), Interest::Writable),
             stream,
             session: Session::client(limits, SystemMaskKeys),
             plaintext: BytesMut::new(),
@@ -106,12 +112,12 @@ impl Relay {
 
     /// Resolves when the upstream socket is readable (consumes nothing).
     pub async fn readable(&self) -> std::io::Result<()> {
-        self.stream.tcp().readable(false).await
+        self.readable.ready().await
     }
 
     /// Resolves when the upstream socket takes more (consumes nothing).
     pub async fn writable(&self) -> std::io::Result<()> {
-        self.stream.tcp().writable(false).await
+        self.writable.ready().await
     }
 
     /// Shuts both directions of the upstream connection.

@@ -75,6 +75,8 @@ const FANOUT_SCENARIOS: &[Scenario] = &[Scenario::Fanout];
 
 /// The fan-out set's peers, each with its own native pub/sub, in their table order.
 const WSSEDGE_PUBSUB: &str = "wssedge-pubsub";
+/// The pub/sub mode from the `--before` build.
+const WSSEDGE_PUBSUB_BEFORE: &str = "wssedge-pubsub-before";
 const BROADCAST: &str = "broadcast";
 const UWS: &str = "uws";
 const NCHAN: &str = "nchan";
@@ -91,7 +93,7 @@ const DIRECT_BACKEND: &str = "direct-backend";
 const WSSEDGE_BEFORE: &str = "wssedge-before";
 const WSSEDGE_PROXY_BEFORE: &str = "wssedge-proxy-before";
 
-const PEERS: [PeerDef; 15] = [
+const PEERS: [PeerDef; 16] = [
     PeerDef {
         key: OURS,
         label: "wssedge (userspace TLS)",
@@ -165,6 +167,12 @@ const PEERS: [PeerDef; 15] = [
         scenarios: FANOUT_SCENARIOS,
     },
     PeerDef {
+        key: WSSEDGE_PUBSUB_BEFORE,
+        label: "wssedge pub/sub (before)",
+        proto: "wss",
+        scenarios: FANOUT_SCENARIOS,
+    },
+    PeerDef {
         key: BROADCAST,
         label: "tokio-tungstenite broadcast",
         proto: "wss",
@@ -228,7 +236,7 @@ struct Opts {
 
 /// Peers that run only when `--before` names the other build.
 fn is_before_peer(key: &str) -> bool {
-    key == WSSEDGE_BEFORE || key == WSSEDGE_PROXY_BEFORE
+    key == WSSEDGE_BEFORE || key == WSSEDGE_PROXY_BEFORE || key == WSSEDGE_PUBSUB_BEFORE
 }
 
 fn list<T: std::str::FromStr>(flag: &str, v: &str) -> Result<Vec<T>> {
@@ -393,7 +401,10 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             o.peers = PEERS.iter().map(|p| p.key.to_string()).collect();
         }
         (None, _) if o.peers.iter().any(|p| is_before_peer(p)) => {
-            bail!("{WSSEDGE_BEFORE} and {WSSEDGE_PROXY_BEFORE} need --before REV|BINARY");
+            bail!(
+                "{WSSEDGE_BEFORE}, {WSSEDGE_PROXY_BEFORE} and {WSSEDGE_PUBSUB_BEFORE} need \
+                 --before REV|BINARY"
+            );
         }
         _ => {}
     }
@@ -802,7 +813,7 @@ fn start_server(ctx: &Ctx, peer: &str, tag: &str) -> Result<Server> {
             }
             Ok(stack(g, addr, backend))
         }
-        WSSEDGE_PUBSUB => {
+        WSSEDGE_PUBSUB | WSSEDGE_PUBSUB_BEFORE => {
             let secret = fanout_secret(ctx)?;
             let conf = format!(
                 "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\ncores = 1\n\n\
@@ -814,7 +825,7 @@ fn start_server(ctx: &Ctx, peer: &str, tag: &str) -> Result<Server> {
             );
             let conf_path = ctx.logs.join(format!("{tag}.wssedge.toml"));
             std::fs::write(&conf_path, conf)?;
-            let mut c = ctx.pinned(SERVER_CPU, &ctx.wssedge(OURS));
+            let mut c = ctx.pinned(SERVER_CPU, &ctx.wssedge(peer));
             c.arg("serve")
                 .arg("--config")
                 .arg(&conf_path)
@@ -983,7 +994,7 @@ fn measure(ctx: &Ctx, o: &Opts, g: &Planned, peer: &str, cell: &mut Cell) -> Res
     if g.scenario == Scenario::Fanout {
         let wire = if peer == NCHAN { "nchan" } else { "json" };
         cmd.args(["--fanout-proto", wire, "--topic", FANOUT_TOPIC]);
-        if peer == WSSEDGE_PUBSUB {
+        if peer == WSSEDGE_PUBSUB || peer == WSSEDGE_PUBSUB_BEFORE {
             cmd.arg("--hs256-secret-file").arg(fanout_secret(ctx)?);
         }
     }
@@ -1245,7 +1256,7 @@ fn peer_bins(peer: &str) -> &'static [&'static str] {
         "floor-tcp" => &["floor-tcp"],
         WSSEDGE_PROXY => &["wssedge", "echo-plain"],
         // The before binary itself is checked where `--before` is resolved.
-        WSSEDGE_BEFORE => &[],
+        WSSEDGE_BEFORE | WSSEDGE_PUBSUB_BEFORE => &[],
         WSSEDGE_PROXY_BEFORE => &["echo-plain"],
         WSSEDGE_PUBSUB => &["wssedge"],
         BROADCAST => &["peer-broadcast"],

@@ -7,11 +7,11 @@ use serde_json::{json, Value};
 use super::results::{ratio_text, Cell, Flag, Scenario};
 use super::{
     BROADCAST, DIRECT_BACKEND, NCHAN, NGINX_PROXY, UWS, WSSEDGE_BEFORE, WSSEDGE_PROXY,
-    WSSEDGE_PROXY_BEFORE, WSSEDGE_PUBSUB,
+    WSSEDGE_PROXY_BEFORE, WSSEDGE_PUBSUB, WSSEDGE_PUBSUB_BEFORE,
 };
 
 /// Row order of the fan-out tables: wssedge first, then its peers.
-pub const FANOUT_ORDER: [&str; 4] = [WSSEDGE_PUBSUB, BROADCAST, UWS, NCHAN];
+pub const FANOUT_ORDER: [&str; 5] = [WSSEDGE_PUBSUB, WSSEDGE_PUBSUB_BEFORE, BROADCAST, UWS, NCHAN];
 
 /// The peer every ratio is taken against.
 pub const OURS: &str = "wssedge";
@@ -450,7 +450,8 @@ pub fn fanout_markdown(cells: &[Cell], label: &dyn Fn(&str) -> String) -> String
         let ours = g.iter().copied().find(|c| c.peer == WSSEDGE_PUBSUB);
         let best = |m: &dyn Fn(&Cell) -> Option<f64>| {
             g.iter()
-                .filter(|c| c.peer != WSSEDGE_PUBSUB && c.flag().is_none())
+                .filter(|c| c.peer != WSSEDGE_PUBSUB && c.peer != WSSEDGE_PUBSUB_BEFORE)
+                .filter(|c| c.flag().is_none())
                 .filter_map(|c| m(c))
                 .filter(|v| *v > 0.0)
                 .fold(None, |b: Option<f64>, v| Some(b.map_or(v, |b| b.min(v))))

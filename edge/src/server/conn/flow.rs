@@ -274,7 +274,7 @@ impl Conn {
     pub(super) async fn writable_by(&mut self, limit: Instant) -> Option<std::io::Result<()>> {
         self.write_deadline.set(limit);
         let ready = monoio::select! {
-            r = self.stream.writable(false) => Some(r),
+            r = self.writable.ready() => Some(r),
             _ = self.write_deadline.expired() => None,
         };
         self.write_deadline.clear();
@@ -320,7 +320,7 @@ impl Conn {
         self.session_timer.set(at);
         loop {
             let ready = monoio::select! {
-                r = self.stream.readable(false) => Some(r),
+                r = self.readable.ready() => Some(r),
                 _ = self.session_timer.expired() => None,
             };
             match ready {

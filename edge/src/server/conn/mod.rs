@@ -4,8 +4,9 @@
 //! [`proxy`] drives the relay's half of the loop); the record layer
 //! ([`crate::tls::record_layer`]) decides the kTLS hand-off and keeps the kernel's keys fresh.
 //!
-//! The loop is readiness-first both ways: wait for `readable(false)` / `writable(false)`
-//! (cancel-safe, consume nothing) or one of the connection's deadlines, then read without
+//! The loop is readiness-first both ways: wait for the socket's readiness (polls kept armed
+//! across passes, [`crate::readiness`]; they consume nothing) or one of the connection's
+//! deadlines, then read without
 //! blocking into a buffer taken from the core's pool, process everything synchronously, write
 //! what the socket takes without blocking, and give the buffer back once it is drained. A
 //! deadline therefore only ever ends a readiness wait, never a read or a write halfway, and an
@@ -33,6 +34,7 @@ use crate::auth::admission::Admitted;
 use crate::ebpf::LimitGuard;
 use crate::limits::{ConnectionLimiter, Verdict};
 use crate::metrics::Side;
+use crate::readiness::{ArmedPoll, Interest};
 use crate::reason::{KtlsFallback, LossyDrop, Reason};
 use crate::refuse::Refusal;
 use crate::routes::RouteKind;
@@ -146,7 +148,11 @@ impl Drop for Slot {
 struct Conn {
     slot: Slot,
     core: Rc<Core>,
-    stream: TcpStream,
+    /// Shared with the armed readiness polls below.
+    stream: Rc<TcpStream>,
+    /// The socket's read and write readiness, kept armed across loop passes.
+    readable: ArmedPoll,
+    writable: ArmedPoll,
     peer: SocketAddr,
     layer: RecordLayer,
     /// The client certificate's identity under mutual TLS, once read.
@@ -191,6 +197,7 @@ struct Conn {
 impl Conn {
     fn new(slot: Slot, stream: TcpStream, peer: SocketAddr, tls: TlsSession) -> Self {
         let core = slot.core.clone();
+        let stream = Rc::new(stream);
         let deadline = Deadline::new(&core.wheel);
         deadline.set(Instant::now() + core.cfg.limits.handshake_timeout());
         let write_deadline = Deadline::new(&core.wheel);
@@ -199,6 +206,8 @@ impl Conn {
         Self {
             slot,
             core,
+            readable: ArmedPoll::new(stream.clone(), Interest::Readable),
+            writable: ArmedPoll::new(stream.clone(), Interest::Writable),
             stream,
             peer,
             layer: RecordLayer::new(tls),
@@ -236,8 +245,8 @@ impl Conn {
             let (wake, waited) = {
                 let wait = std::pin::pin!(async {
                     monoio::select! {
-                        r = self.stream.readable(false), if reading => Wake::Readable(r),
-                        r = self.stream.writable(false), if writing => Wake::Writable(r),
+                        r = self.readable.ready(), if reading => Wake::Readable(r),
+                        r = self.writable.ready(), if writing => Wake::Writable(r),
                         _ = self.deadline.expired() => Wake::Deadline,
                         _ = session_end(live.as_deref()) => Wake::SessionEnd,
                         _ = self.session_timer.expired() => Wake::SessionTimer,
@@ -265,7 +274,12 @@ impl Conn {
                     self.moved += 1;
                     self.app_read()
                 }
-                Wake::AppWritable(Ok(())) => None,
+                Wake::AppWritable(Ok(())) => {
+                    // An armed poll reports once: the report is consumed (a stale one — the
+                    // socket filled again meanwhile — is re-armed fresh by the next wait).
+                    self.moved += 1;
+                    None
+                }
                 Wake::AppArrived => {
                     // The arrival flag is a one-shot: the wait consumed it (taken below).
                     self.moved += 1;
@@ -285,7 +299,11 @@ impl Conn {
                     tracing::debug!(peer = %self.peer, error = %e, "readiness wait failed");
                     return End::Abort;
                 }
-                Wake::Writable(Ok(())) => None,
+                Wake::Writable(Ok(())) => {
+                    // Consumed like the upstream's (above).
+                    self.moved += 1;
+                    None
+                }
                 Wake::Readable(Ok(())) => {
                     self.moved += 1;
                     let step = self.read_and_process();
