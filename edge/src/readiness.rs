@@ -1,16 +1,19 @@
-//! Readiness waits that outlive the loop pass that armed them.
+//! Read-readiness waits that outlive the loop pass that armed them.
 //!
-//! monoio's `readable()` / `writable()` submit an io_uring PollAdd when first polled and an
-//! AsyncCancel when dropped unfinished. A loop that builds its waits afresh each pass therefore
-//! pays two ring submissions and two completions, every pass, for each wait that did not fire:
-//! a pub/sub subscriber woken once per publication re-armed and cancelled its read poll once per
-//! delivery, on a socket that never became readable, and a proxied session paid the same for
-//! whichever side stayed quiet. An [`ArmedPoll`] leaves its PollAdd in the ring until it fires,
-//! so a pass that ends on another wake costs the ring nothing.
+//! monoio's `readable()` submits an io_uring PollAdd when first polled and an AsyncCancel when
+//! dropped unfinished. A loop that builds its read wait afresh each pass therefore pays two ring
+//! submissions and two completions, every pass that ends on another wake: a pub/sub subscriber
+//! woken once per publication re-armed and cancelled its read poll once per delivery, on a
+//! socket that never became readable, and a proxied session paid the same for whichever side
+//! stayed quiet. An [`ArmedPoll`] leaves its PollAdd in the ring until it fires, so such a pass
+//! costs the ring nothing.
 //!
-//! A poll that fired while nobody was waiting on it (its pass ended on another wake) is reported
-//! the next time it is awaited: the loop then tries a read or write that may find nothing to do,
-//! the same wasted step a level-triggered readiness costs.
+//! A poll that fired while nobody was waiting on it is reported the next time it is awaited; a
+//! read then takes what is there (or finds nothing, one wasted `recv`, if another path read it
+//! first). Write readiness is not kept this way: the kernel reports a TCP socket writable only
+//! once a good part of its send buffer is free, and a report kept from earlier would let the
+//! loop write into whatever little room an ACK just opened — small writes and small records
+//! under backpressure, the one time the write wait is armed at all.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -22,17 +25,9 @@ use monoio::net::TcpStream;
 
 type PollFuture = Pin<Box<dyn Future<Output = std::io::Result<()>>>>;
 
-/// Which readiness a poll waits for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Interest {
-    Readable,
-    Writable,
-}
-
-/// One socket's readiness wait, kept in the ring across loop passes until it fires.
+/// One socket's read-readiness wait, kept in the ring across loop passes until it fires.
 pub(crate) struct ArmedPoll {
     stream: Rc<TcpStream>,
-    interest: Interest,
     /// The submitted poll while no [`Ready`] holds it: in the ring, or fired and not yet
     /// reported.
     parked: Cell<Option<PollFuture>>,
@@ -40,22 +35,19 @@ pub(crate) struct ArmedPoll {
 
 impl std::fmt::Debug for ArmedPoll {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ArmedPoll")
-            .field("interest", &self.interest)
-            .finish_non_exhaustive()
+        f.debug_struct("ArmedPoll").finish_non_exhaustive()
     }
 }
 
 impl ArmedPoll {
-    pub(crate) fn new(stream: Rc<TcpStream>, interest: Interest) -> Self {
+    pub(crate) fn readable(stream: Rc<TcpStream>) -> Self {
         Self {
             stream,
-            interest,
             parked: Cell::new(None),
         }
     }
 
-    /// Resolves when the socket is ready (consumes nothing). Dropping the future before then
+    /// Resolves when the socket is readable (consumes nothing). Dropping the future before then
     /// parks the poll, still armed, for the next call. Nothing is submitted until it is polled.
     pub(crate) fn ready(&self) -> Ready<'_> {
         Ready {
@@ -66,10 +58,7 @@ impl ArmedPoll {
 
     fn submit(&self) -> PollFuture {
         let stream = self.stream.clone();
-        match self.interest {
-            Interest::Readable => Box::pin(async move { stream.readable(false).await }),
-            Interest::Writable => Box::pin(async move { stream.writable(false).await }),
-        }
+        Box::pin(async move { stream.readable(false).await })
     }
 
     /// Whether a poll is parked (armed in the ring, or fired and not yet reported).
@@ -142,7 +131,7 @@ mod tests {
     fn a_dropped_wait_stays_armed_and_reports_later_readiness() {
         runtime().block_on(async {
             let (mut client, stream) = pair();
-            let poll = ArmedPoll::new(stream, Interest::Readable);
+            let poll = ArmedPoll::readable(stream);
             assert!(
                 !poll.is_parked(),
                 "nothing is submitted before the first wait"
@@ -162,13 +151,12 @@ mod tests {
     #[test]
     fn an_unpolled_wait_costs_nothing() {
         runtime().block_on(async {
-            let (_client, stream) = pair();
-            let poll = ArmedPoll::new(stream, Interest::Writable);
+            let (mut client, stream) = pair();
+            let poll = ArmedPoll::readable(stream);
             drop(poll.ready());
             assert!(!poll.is_parked());
-            poll.ready()
-                .await
-                .expect("an empty send buffer is writable");
+            client.write_all(b"x").unwrap();
+            poll.ready().await.expect("readable");
         });
     }
 }

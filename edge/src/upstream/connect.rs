@@ -3,7 +3,7 @@
 //! relay loop then drives.
 //!
 //! The stream is readiness-first like the client side of the edge: the relay waits for the
-//! socket's readiness (armed polls on [`UpstreamStream::shared_tcp`]) and then calls the non-blocking
+//! socket's readiness (its read poll armed on [`UpstreamStream::shared_tcp`]) and then calls the non-blocking
 //! [`UpstreamStream::read_plaintext`] / [`UpstreamStream::write_pending`], so a deadline never
 //! cancels a read or write halfway. TLS uses rustls' buffered client API: one upstream
 //! connection per proxied session is not where the edge's per-connection memory goes.

@@ -16,7 +16,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 
 use super::{ClientContext, ConnectError, ReadOutcome, SystemMaskKeys, UpstreamStream, Upstreams};
-use crate::readiness::{ArmedPoll, Interest};
+use crate::readiness::ArmedPoll;
 use crate::reason::Reason;
 use crate::refuse::Refusal;
 use crate::ws::{Event, Message, Outbox, Session, SessionLimits, SessionState, UpgradeRequest};
@@ -40,9 +40,8 @@ const READ_CHUNK: usize = 64 * 1024;
 /// One proxied session's upstream connection.
 pub(crate) struct Relay {
     stream: UpstreamStream,
-    /// The upstream socket's readiness, kept armed across loop passes.
+    /// The upstream socket's read readiness, kept armed across loop passes.
     readable: ArmedPoll,
-    writable: ArmedPoll,
     session: Session,
     plaintext: BytesMut,
     /// Whole messages may be dropped for this route when the client cannot keep up.
@@ -76,8 +75,7 @@ impl Relay {
         member: String,
     ) -> Self {
         Self {
-            readable: ArmedPoll::new(stream.shared_tcp(), Interest::Readable),
-            writable: ArmedPoll::new(stream.shared_tcp(), Interest::Writable),
+            readable: ArmedPoll::readable(stream.shared_tcp()),
             stream,
             session: Session::client(limits, SystemMaskKeys),
             plaintext: BytesMut::new(),
@@ -117,7 +115,7 @@ impl Relay {
 
     /// Resolves when the upstream socket takes more (consumes nothing).
     pub async fn writable(&self) -> std::io::Result<()> {
-        self.writable.ready().await
+        self.stream.tcp().writable(false).await
     }
 
     /// Shuts both directions of the upstream connection.

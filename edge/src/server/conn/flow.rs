@@ -274,7 +274,7 @@ impl Conn {
     pub(super) async fn writable_by(&mut self, limit: Instant) -> Option<std::io::Result<()>> {
         self.write_deadline.set(limit);
         let ready = monoio::select! {
-            r = self.writable.ready() => Some(r),
+            r = self.stream.writable(false) => Some(r),
             _ = self.write_deadline.expired() => None,
         };
         self.write_deadline.clear();

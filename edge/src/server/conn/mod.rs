@@ -4,8 +4,8 @@
 //! [`proxy`] drives the relay's half of the loop); the record layer
 //! ([`crate::tls::record_layer`]) decides the kTLS hand-off and keeps the kernel's keys fresh.
 //!
-//! The loop is readiness-first both ways: wait for the socket's readiness (polls kept armed
-//! across passes, [`crate::readiness`]; they consume nothing) or one of the connection's
+//! The loop is readiness-first both ways: wait for the socket's readiness (the read poll kept
+//! armed across passes, [`crate::readiness`]; both consume nothing) or one of the connection's
 //! deadlines, then read without
 //! blocking into a buffer taken from the core's pool, process everything synchronously, write
 //! what the socket takes without blocking, and give the buffer back once it is drained. A
@@ -34,7 +34,7 @@ use crate::auth::admission::Admitted;
 use crate::ebpf::LimitGuard;
 use crate::limits::{ConnectionLimiter, Verdict};
 use crate::metrics::Side;
-use crate::readiness::{ArmedPoll, Interest};
+use crate::readiness::ArmedPoll;
 use crate::reason::{KtlsFallback, LossyDrop, Reason};
 use crate::refuse::Refusal;
 use crate::routes::RouteKind;
@@ -148,11 +148,10 @@ impl Drop for Slot {
 struct Conn {
     slot: Slot,
     core: Rc<Core>,
-    /// Shared with the armed readiness polls below.
+    /// Shared with the armed read poll below.
     stream: Rc<TcpStream>,
-    /// The socket's read and write readiness, kept armed across loop passes.
+    /// The socket's read readiness, kept armed across loop passes.
     readable: ArmedPoll,
-    writable: ArmedPoll,
     peer: SocketAddr,
     layer: RecordLayer,
     /// The client certificate's identity under mutual TLS, once read.
@@ -206,8 +205,7 @@ impl Conn {
         Self {
             slot,
             core,
-            readable: ArmedPoll::new(stream.clone(), Interest::Readable),
-            writable: ArmedPoll::new(stream.clone(), Interest::Writable),
+            readable: ArmedPoll::readable(stream.clone()),
             stream,
             peer,
             layer: RecordLayer::new(tls),
@@ -246,7 +244,7 @@ impl Conn {
                 let wait = std::pin::pin!(async {
                     monoio::select! {
                         r = self.readable.ready(), if reading => Wake::Readable(r),
-                        r = self.writable.ready(), if writing => Wake::Writable(r),
+                        r = self.stream.writable(false), if writing => Wake::Writable(r),
                         _ = self.deadline.expired() => Wake::Deadline,
                         _ = session_end(live.as_deref()) => Wake::SessionEnd,
                         _ = self.session_timer.expired() => Wake::SessionTimer,
