@@ -4,7 +4,10 @@
 //! `instructions PATH SIZE ITERATIONS` runs one path ITERATIONS times:
 //! `parse`, `unmask`, `utf8`, `encode` (SIZE = payload bytes) and `handshake_echo` (one full
 //! TLS 1.3 handshake through our unbuffered driver against a rustls client, the upgrade, and
-//! one SIZE-byte echo, all in memory). Set-up (certificates, configs) is paid once per process:
+//! one SIZE-byte echo, all in memory), and `deliver` (one pub/sub delivery as a subscriber's
+//! connection writes it under userspace TLS: a SIZE-byte shared publication framed, queued in
+//! the outbox, copied out and encrypted into a record; the handshake before the first one is
+//! set-up). Set-up (certificates, configs) is paid once per process:
 //! count two runs (ITERATIONS = 1 and 11) and divide the difference by 10 to get the cost of one
 //! iteration without it. Without arguments it runs every path once (a smoke test).
 
@@ -18,7 +21,7 @@ use wssedge::bufpool::BufPool;
 use wssedge::tls::TlsSession;
 use wssedge_proto::ws::{
     apply_mask, frame, parse_upgrade, write_response_101, Event, HandshakeLimits, MessageKind,
-    OpCode, Payload, Session, SessionLimits, Utf8Validator,
+    OpCode, Outbox, Payload, Session, SessionLimits, Utf8Validator,
 };
 
 mod common;
@@ -181,7 +184,63 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
     echoed
 }
 
-fn run(path: &str, size: usize, iterations: usize, tls: &Tls) -> usize {
+/// A server session whose TLS 1.3 handshake with a rustls client is done (set-up for
+/// `deliver`, outside the counted scope).
+fn handshaken(tls: &Tls) -> TlsSession {
+    let mut pool = BufPool::default();
+    let name = "localhost".try_into().expect("server name");
+    let mut client = rustls::ClientConnection::new(tls.client.clone(), name).expect("client");
+    let mut server = TlsSession::new(tls.server.clone()).expect("server");
+    let mut plain = BytesMut::new();
+    while client.is_handshaking() || server.is_handshaking() {
+        to_server(&mut client, &mut server, &mut pool, &mut plain);
+        to_client(&mut server, &mut client);
+    }
+    server
+}
+
+/// One delivery per iteration, as a subscriber's connection writes it: the publication's
+/// shared bytes framed by the session, queued in the outbox, copied out and encrypted. What
+/// the socket would take is dropped. The publication is encoded once, outside the loop, as the
+/// owner core does.
+fn deliver(server: &mut TlsSession, size: usize, iterations: usize) -> usize {
+    let data = "x".repeat(size.saturating_sub(40));
+    let publication = Bytes::from(format!(
+        "{{\"topic\":\"trades.BTC-USD\",\"seq\":1,\"data\":\"{data}\"}}"
+    ));
+    let mut session = Session::new(SessionLimits::default());
+    let mut outbox = Outbox::new();
+    let mut staging = Vec::new();
+    let mut sent = 0;
+    for _ in 0..iterations {
+        session.send(MessageKind::Text, Payload::Single(publication.clone()));
+        while let Some(f) = session.poll_transmit() {
+            outbox.push(f);
+        }
+        staging.clear();
+        outbox.fill(&mut staging, usize::MAX);
+        server.encrypt(&staging).expect("encrypt delivery");
+        let out = server.take_output();
+        sent += out.len();
+        server.restore_output(out);
+    }
+    sent
+}
+
+fn run(
+    path: &str,
+    size: usize,
+    iterations: usize,
+    tls: &Tls,
+    ready: Option<&mut TlsSession>,
+) -> usize {
+    match (path, ready) {
+        ("deliver", Some(server)) => deliver(server, size, iterations),
+        (path, _) => run_plain(path, size, iterations, tls),
+    }
+}
+
+fn run_plain(path: &str, size: usize, iterations: usize, tls: &Tls) -> usize {
     match path {
         "parse" => parse(size, iterations),
         "unmask" => unmask(size, iterations),
@@ -189,7 +248,9 @@ fn run(path: &str, size: usize, iterations: usize, tls: &Tls) -> usize {
         "encode" => encode(size, iterations),
         "handshake_echo" => handshake_echo(tls, size, iterations),
         other => {
-            eprintln!("unknown path {other}: parse | unmask | utf8 | encode | handshake_echo");
+            eprintln!(
+                "unknown path {other}: parse | unmask | utf8 | encode | handshake_echo | deliver"
+            );
             std::process::exit(2);
         }
     }
@@ -202,14 +263,23 @@ fn main() {
         .collect();
     let tls = tls_setup();
     if args.is_empty() {
-        for path in ["parse", "unmask", "utf8", "encode", "handshake_echo"] {
-            let r = run(path, 1024, 1, &tls);
+        for path in [
+            "parse",
+            "unmask",
+            "utf8",
+            "encode",
+            "handshake_echo",
+            "deliver",
+        ] {
+            let mut server = (path == "deliver").then(|| handshaken(&tls));
+            let r = run(path, 1024, 1, &tls, server.as_mut());
             println!("{path}: ok ({r})");
         }
         return;
     }
     let size = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1024);
     let iterations = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1);
-    let r = run(&args[0], size, iterations, &tls);
+    let mut server = (args[0] == "deliver").then(|| handshaken(&tls));
+    let r = run(&args[0], size, iterations, &tls, server.as_mut());
     println!("{} {size} x{iterations}: {r}", args[0]);
 }

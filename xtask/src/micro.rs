@@ -19,10 +19,14 @@ use serde_json::{json, Value};
 
 use crate::{apt_install, banner, is_root, which, Env};
 
-/// The sized paths, in report order; `handshake_echo` comes last.
+/// The sized paths, in report order; `handshake_echo` and `deliver` come last.
 const SIZED_PATHS: [&str; 4] = ["parse", "unmask", "utf8", "encode"];
 const HANDSHAKE: &str = "handshake_echo";
 const HANDSHAKE_SIZE: u64 = 64;
+/// One pub/sub delivery under userspace TLS (framing, outbox, copy, encryption), after the
+/// handshake; at a market-data tick's size and at 1 KiB.
+const DELIVER: &str = "deliver";
+const DELIVER_SIZES: [u64; 2] = [64, 1024];
 const FULL_SIZES: [u64; 3] = [16, 1024, 65536];
 const QUICK_SIZES: [u64; 2] = [64, 16384];
 /// The two iteration counts whose instruction difference is `DELTA` iterations.
@@ -217,7 +221,7 @@ fn path_rank(path: &str) -> usize {
     SIZED_PATHS
         .iter()
         .position(|p| *p == path)
-        .unwrap_or(SIZED_PATHS.len())
+        .unwrap_or(SIZED_PATHS.len() + usize::from(path == DELIVER))
 }
 
 fn row<'a>(table: &'a mut Table, path: &str, size: u64) -> &'a mut Row {
@@ -314,6 +318,7 @@ fn run_callgrind(env: &Env, o: &Opts, table: &mut Table) -> Result<bool> {
         .flat_map(|p| sizes.iter().map(move |s| (*p, *s)))
         .collect();
     points.push((HANDSHAKE, HANDSHAKE_SIZE));
+    points.extend(DELIVER_SIZES.iter().map(|s| (DELIVER, *s)));
     let mut ok = true;
     for (path, size) in points {
         // The two runs are independent; instruction counts do not care that they overlap.
