@@ -19,12 +19,15 @@
 pub mod crl;
 pub mod devcert;
 pub mod driver;
+#[cfg(test)]
+pub(crate) mod handshaken;
 pub mod identity;
 pub mod ktls;
 pub mod policy;
 pub(crate) mod record_layer;
 pub mod settings;
 pub mod sni;
+pub mod soft;
 #[cfg(test)]
 pub(crate) mod testpki;
 pub use wssedge_proto::tls_wire as wire;

@@ -3,84 +3,15 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
-use std::sync::Arc;
 
 use bytes::BytesMut;
-use rustls::crypto::aws_lc_rs::{self, cipher_suite};
-use rustls::{ClientConfig, ClientConnection, SupportedCipherSuite, SupportedProtocolVersion};
+use rustls::crypto::aws_lc_rs::cipher_suite;
+use rustls::{SupportedCipherSuite, SupportedProtocolVersion};
 
 use super::secrets::{cipher_of_suite, crypto_info_of, tls_version_of};
 use super::*;
 use crate::bufpool::{BufPool, POOL_BUFFER_CAPACITY};
-use crate::tls::TlsSession;
-
-/// A client and our server session after a completed handshake, nothing in flight.
-struct Handshaken {
-    client: ClientConnection,
-    server: TlsSession,
-    pool: BufPool,
-    _dir: tempfile::TempDir,
-}
-
-fn handshaken(
-    version: &'static SupportedProtocolVersion,
-    suite: SupportedCipherSuite,
-) -> Handshaken {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = crate::tls::devcert::ensure_dev_cert(dir.path()).unwrap();
-    let mut server_config =
-        (*crate::tls::server_config(cert.chain.clone(), cert.key.clone_key()).unwrap()).clone();
-    server_config.enable_secret_extraction = true;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.chain[1].clone()).unwrap();
-    let provider = rustls::crypto::CryptoProvider {
-        cipher_suites: vec![suite],
-        ..aws_lc_rs::default_provider()
-    };
-    let client_config = ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_protocol_versions(&[version])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let mut h = Handshaken {
-        client: ClientConnection::new(Arc::new(client_config), "localhost".try_into().unwrap())
-            .unwrap(),
-        server: TlsSession::new(Arc::new(server_config)).unwrap(),
-        pool: BufPool::new(POOL_BUFFER_CAPACITY, 4),
-        _dir: dir,
-    };
-    let mut plaintext = BytesMut::new();
-    for _ in 0..16 {
-        let mut wire = Vec::new();
-        while h.client.wants_write() {
-            h.client.write_tls(&mut wire).unwrap();
-        }
-        if !wire.is_empty() {
-            let space = h.server.recv_space(&mut h.pool);
-            space[..wire.len()].copy_from_slice(&wire);
-            h.server.commit_recv(wire.len());
-            h.server.process(&mut plaintext).unwrap();
-        }
-        let out = h.server.take_output();
-        if !out.is_empty() {
-            h.client.read_tls(&mut &out[..]).unwrap();
-            h.client.process_new_packets().unwrap();
-        }
-        if wire.is_empty() && out.is_empty() {
-            break;
-        }
-    }
-    assert!(!h.client.is_handshaking() && !h.server.is_handshaking());
-    assert!(h.server.is_quiescent());
-    h
-}
-
-fn tls13() -> Handshaken {
-    handshaken(
-        &rustls::version::TLS13,
-        cipher_suite::TLS13_AES_128_GCM_SHA256,
-    )
-}
+use crate::tls::handshaken::{handshaken, tls13, Handshaken};
 
 fn tcp_pair() -> (TcpStream, TcpStream) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
