@@ -6,10 +6,11 @@
 //! TLS 1.3 handshake through our unbuffered driver against a rustls client, the upgrade, and
 //! one SIZE-byte echo, all in memory), and `deliver` (one pub/sub delivery as a subscriber's
 //! connection writes it under userspace TLS: a SIZE-byte shared publication framed, queued in
-//! the outbox, copied out and encrypted into a record; the handshake before the first one is
-//! set-up). Set-up (certificates, configs) is paid once per process:
-//! count two runs (ITERATIONS = 1 and 11) and divide the difference by 10 to get the cost of one
-//! iteration without it. Without arguments it runs every path once (a smoke test).
+//! the outbox and sealed straight into a record by the userspace records the edge takes over
+//! from rustls; the handshake before the first one is set-up). Set-up (certificates, configs)
+//! is paid once per process: count two runs (ITERATIONS = 1 and 11) and divide the difference
+//! by 10 to get the cost of one iteration without it. Without arguments it runs every path
+//! once (a smoke test).
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -87,7 +88,11 @@ struct Tls {
 fn tls_setup() -> Tls {
     let dir = tempfile::tempdir().expect("temp dir");
     let dev = wssedge::tls::devcert::ensure_dev_cert(dir.path()).expect("dev certificate");
-    let server = wssedge::tls::server_config(dev.chain, dev.key).expect("server config");
+    let mut server =
+        (*wssedge::tls::server_config(dev.chain, dev.key).expect("server config")).clone();
+    // As the edge's own: its records leave rustls after the handshake (`deliver`).
+    server.enable_secret_extraction = true;
+    let server = Arc::new(server);
     let mut roots = rustls::RootCertStore::empty();
     let ca = CertificateDer::from_pem_file(&dev.ca_pem_path).expect("dev CA");
     roots.add(ca).expect("add CA");
@@ -199,41 +204,39 @@ fn handshaken(tls: &Tls) -> TlsSession {
     server
 }
 
-/// One delivery per iteration, as a subscriber's connection writes it: the publication's
-/// shared bytes framed by the session, queued in the outbox, copied out and encrypted. What
-/// the socket would take is dropped. The publication is encoded once, outside the loop, as the
-/// owner core does.
-fn deliver(server: &mut TlsSession, size: usize, iterations: usize) -> usize {
+/// One delivery per iteration, as a subscriber's connection writes it under userspace TLS: the
+/// publication's shared bytes framed by the session, queued in the outbox and sealed straight
+/// into a record (the records taken over from rustls after the handshake, as the edge does).
+/// What the socket would take is dropped. The publication is encoded once, outside the loop,
+/// as the owner core does.
+fn deliver(server: TlsSession, size: usize, iterations: usize) -> usize {
+    let mut pool = BufPool::default();
+    let Ok(mut records) = wssedge::tls::soft::take_over(server, &mut pool, None) else {
+        panic!("a quiescent session is taken over");
+    };
     let data = "x".repeat(size.saturating_sub(40));
     let publication = Bytes::from(format!(
         "{{\"topic\":\"trades.BTC-USD\",\"seq\":1,\"data\":\"{data}\"}}"
     ));
     let mut session = Session::new(SessionLimits::default());
     let mut outbox = Outbox::new();
-    let mut staging = Vec::new();
     let mut sent = 0;
     for _ in 0..iterations {
         session.send(MessageKind::Text, Payload::Single(publication.clone()));
         while let Some(f) = session.poll_transmit() {
             outbox.push(f);
         }
-        staging.clear();
-        outbox.fill(&mut staging, usize::MAX);
-        server.encrypt(&staging).expect("encrypt delivery");
-        let out = server.take_output();
-        sent += out.len();
-        server.restore_output(out);
+        records
+            .encrypt_from(&mut outbox, usize::MAX)
+            .expect("seal delivery");
+        let n = records.pending_output().len();
+        records.consume_output(n);
+        sent += n;
     }
     sent
 }
 
-fn run(
-    path: &str,
-    size: usize,
-    iterations: usize,
-    tls: &Tls,
-    ready: Option<&mut TlsSession>,
-) -> usize {
+fn run(path: &str, size: usize, iterations: usize, tls: &Tls, ready: Option<TlsSession>) -> usize {
     match (path, ready) {
         ("deliver", Some(server)) => deliver(server, size, iterations),
         (path, _) => run_plain(path, size, iterations, tls),
@@ -271,15 +274,15 @@ fn main() {
             "handshake_echo",
             "deliver",
         ] {
-            let mut server = (path == "deliver").then(|| handshaken(&tls));
-            let r = run(path, 1024, 1, &tls, server.as_mut());
+            let server = (path == "deliver").then(|| handshaken(&tls));
+            let r = run(path, 1024, 1, &tls, server);
             println!("{path}: ok ({r})");
         }
         return;
     }
     let size = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1024);
     let iterations = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1);
-    let mut server = (args[0] == "deliver").then(|| handshaken(&tls));
-    let r = run(&args[0], size, iterations, &tls, server.as_mut());
+    let server = (args[0] == "deliver").then(|| handshaken(&tls));
+    let r = run(&args[0], size, iterations, &tls, server);
     println!("{} {size} x{iterations}: {r}", args[0]);
 }

@@ -435,8 +435,7 @@ fn start_serving(
     ktls.log_start();
     let crls = CrlSet::load(&cfg.tls.crls).map_err(StartError::Crls)?;
     let tls = Arc::new(
-        tls_state::TlsState::new(cfg.tls.clone(), chain, key, crls, ktls.offloads())
-            .map_err(StartError::Tls)?,
+        tls_state::TlsState::new(cfg.tls.clone(), chain, key, crls).map_err(StartError::Tls)?,
     );
     tracing::info!("TLS: {}", cfg.tls.summary());
     let ktls = Arc::new(ktls);

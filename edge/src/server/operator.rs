@@ -229,14 +229,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dev = crate::tls::devcert::ensure_dev_cert(dir.path()).unwrap();
         let tls = Arc::new(
-            TlsState::new(
-                Default::default(),
-                dev.chain,
-                dev.key,
-                CrlSet::empty(),
-                false,
-            )
-            .unwrap(),
+            TlsState::new(Default::default(), dev.chain, dev.key, CrlSet::empty()).unwrap(),
         );
         let admission = Arc::new(
             Admission::from_config(

@@ -313,7 +313,7 @@ mod tests {
         let started = Config::from_file(&path).unwrap();
         started.validate().unwrap();
         let (chain, key, _) = default_certificate(&started).unwrap();
-        let tls = TlsState::new(started.tls.clone(), chain, key, CrlSet::empty(), false).unwrap();
+        let tls = TlsState::new(started.tls.clone(), chain, key, CrlSet::empty()).unwrap();
         let (trail, _) = crate::audit::AuditTrail::start(&Default::default(), 1).unwrap();
         let reloader = Reloader {
             started,

@@ -23,8 +23,6 @@ pub(crate) struct TlsState {
     /// What the current config was built from (a CRL change rebuilds around new CRLs; a
     /// reload replaces all of it). Locked only by those rebuilds, never on the accept path.
     pub(super) material: Mutex<Material>,
-    /// kTLS needs rustls to hand its traffic secrets over.
-    extract_secrets: bool,
     pub config: ArcSwap<ServerConfig>,
     pub crls: ArcSwap<CrlSet>,
 }
@@ -63,16 +61,14 @@ impl TlsState {
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
         crls: CrlSet,
-        extract_secrets: bool,
     ) -> Result<Self, TlsConfigError> {
-        let config = build(&settings, &chain, &key, &crls, extract_secrets)?;
+        let config = build(&settings, &chain, &key, &crls)?;
         Ok(Self {
             material: Mutex::new(Material {
                 settings,
                 chain,
                 key,
             }),
-            extract_secrets,
             config: ArcSwap::new(config),
             crls: ArcSwap::from_pointee(crls),
         })
@@ -118,13 +114,7 @@ impl TlsState {
         material: &Material,
         crls: &CrlSet,
     ) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
-        build(
-            &material.settings,
-            &material.chain,
-            &material.key,
-            crls,
-            self.extract_secrets,
-        )
+        build(&material.settings, &material.chain, &material.key, crls)
     }
 
     fn material(&self) -> MutexGuard<'_, Material> {
@@ -174,12 +164,10 @@ fn build(
     chain: &[CertificateDer<'static>],
     key: &PrivateKeyDer<'static>,
     crls: &CrlSet,
-    extract_secrets: bool,
 ) -> Result<Arc<ServerConfig>, TlsConfigError> {
     let config = build_server_config(settings, chain.to_vec(), key.clone_key(), crls)?;
-    if !extract_secrets {
-        return Ok(config);
-    }
+    // Every session's records leave rustls after the handshake (to the kernel, or to our own
+    // userspace records): both need its traffic secrets.
     let mut with_extraction = (*config).clone();
     with_extraction.enable_secret_extraction = true;
     Ok(Arc::new(with_extraction))
@@ -193,14 +181,7 @@ mod tests {
     fn crls_read_for_a_set_no_longer_in_force_are_not_applied() {
         let dir = tempfile::tempdir().unwrap();
         let dev = crate::tls::devcert::ensure_dev_cert(dir.path()).unwrap();
-        let tls = TlsState::new(
-            Default::default(),
-            dev.chain,
-            dev.key,
-            CrlSet::empty(),
-            false,
-        )
-        .unwrap();
+        let tls = TlsState::new(Default::default(), dev.chain, dev.key, CrlSet::empty()).unwrap();
         let audit = AuditHandle::disabled();
         let at_start = tls.crls.load().version();
         // The watcher reads its files; meanwhile a reload puts another set in force.

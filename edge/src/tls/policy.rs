@@ -204,7 +204,7 @@ pub const SESSION_CACHE_SIZE: usize = 4096;
 /// `default_chain`/`default_key` serve handshakes whose SNI matches no `[[tls.certs]]` entry
 /// (`tls.cert`/`tls.key`, `--cert/--key`, or the development certificate); `crls` are the
 /// client CAs' CRLs ([`CrlSet::load`] of `settings.crls`). `enable_secret_extraction` is left
-/// off: the caller sets it when kTLS needs it.
+/// off: the caller sets it (the server's state does, for the records' hand-off).
 ///
 /// Each call makes fresh resumption state (see the module).
 pub fn build_server_config(

@@ -21,6 +21,7 @@ use crate::sockopt::{self, Recv};
 use crate::tls::ktls::{
     self, ControlRecord, KernelTls, KtlsMode, KtlsPolicy, OffloadError, RekeyError,
 };
+use crate::tls::soft::{self, SoftTls, TakeOverError};
 use crate::tls::{Negotiated, TlsError, TlsSession};
 use crate::ws::Outbox;
 
@@ -105,6 +106,9 @@ pub(crate) enum KeyStep {
 enum Layer {
     User(TlsSession),
     Kernel(KernelTls),
+    /// Userspace records after the take-over from rustls ([`soft`]): the one copy is the one
+    /// into the record.
+    Soft(SoftTls),
     /// Only inside the hand-off, while the session is moved out.
     Detached,
 }
@@ -180,6 +184,7 @@ impl RecordLayer {
         let space = match &mut self.layer {
             Layer::User(tls) => tls.recv_space(pool),
             Layer::Kernel(k) => k.recv_space(pool),
+            Layer::Soft(s) => s.recv_space(pool),
             Layer::Detached => return &mut [],
         };
         match limit {
@@ -196,6 +201,10 @@ impl RecordLayer {
                 0
             }
             Layer::Kernel(k) => k.commit_recv(n),
+            Layer::Soft(s) => {
+                s.commit_recv(n);
+                0
+            }
             Layer::Detached => 0,
         }
     }
@@ -219,19 +228,24 @@ impl RecordLayer {
                 k.drain_into(plaintext);
                 Ok(())
             }
+            Layer::Soft(s) => s.process(plaintext),
             Layer::Detached => Err(TlsError::Internal("record layer detached")),
         }
     }
 
     /// The client sent close_notify (userspace; under kTLS the loop sees the alert itself).
     pub fn peer_closed(&self) -> bool {
-        matches!(&self.layer, Layer::User(tls) if tls.peer_closed())
+        match &self.layer {
+            Layer::User(tls) => tls.peer_closed(),
+            Layer::Soft(s) => s.peer_closed(),
+            _ => false,
+        }
     }
 
     pub fn is_handshaking(&self) -> bool {
         match &self.layer {
             Layer::User(tls) => tls.is_handshaking(),
-            Layer::Kernel(_) => false,
+            Layer::Kernel(_) | Layer::Soft(_) => false,
             Layer::Detached => true,
         }
     }
@@ -241,6 +255,7 @@ impl RecordLayer {
         match &mut self.layer {
             Layer::User(tls) => tls.encrypt(plaintext).map_err(|_| ()),
             Layer::Kernel(k) => k.queue(plaintext).map_err(|_| ()),
+            Layer::Soft(s) => s.encrypt(plaintext).map_err(|_| ()),
             Layer::Detached => Err(()),
         }
     }
@@ -249,7 +264,18 @@ impl RecordLayer {
         match &self.layer {
             Layer::User(tls) => tls.has_pending_output(),
             Layer::Kernel(k) => k.has_pending_output(),
+            Layer::Soft(s) => s.has_pending_output(),
             Layer::Detached => false,
+        }
+    }
+
+    /// After the take-over from rustls: seals up to `max` bytes of `outbox`'s frames straight
+    /// into records (copied once, into the record). `None`: not this layer (copy through
+    /// [`Self::send`]).
+    pub fn seal_frames(&mut self, outbox: &mut Outbox, max: usize) -> Option<Result<usize, ()>> {
+        match &mut self.layer {
+            Layer::Soft(s) => Some(s.encrypt_from(outbox, max).map_err(|_| ())),
+            _ => None,
         }
     }
 
@@ -262,6 +288,7 @@ impl RecordLayer {
         match &self.layer {
             Layer::User(tls) => tls.pending_output(),
             Layer::Kernel(k) => k.pending_output(),
+            Layer::Soft(s) => s.pending_output(),
             Layer::Detached => &[],
         }
     }
@@ -317,6 +344,10 @@ impl RecordLayer {
                 0
             }
             Layer::Kernel(k) => k.consume_output(n),
+            Layer::Soft(s) => {
+                s.consume_output(n);
+                0
+            }
             Layer::Detached => 0,
         }
     }
@@ -325,6 +356,7 @@ impl RecordLayer {
         match &mut self.layer {
             Layer::User(tls) => tls.release_idle(pool),
             Layer::Kernel(k) => k.release_idle(pool),
+            Layer::Soft(s) => s.release_idle(pool),
             Layer::Detached => {}
         }
     }
@@ -334,6 +366,7 @@ impl RecordLayer {
     pub fn holds_partial_record(&self) -> bool {
         match &self.layer {
             Layer::User(tls) => tls.buffered_ciphertext() > 0,
+            Layer::Soft(s) => s.holds_partial_record(),
             _ => false,
         }
     }
@@ -342,6 +375,7 @@ impl RecordLayer {
         match &self.layer {
             Layer::User(tls) => tls.holds_read_buffer(),
             Layer::Kernel(k) => k.holds_read_buffer(),
+            Layer::Soft(s) => s.holds_read_buffer(),
             Layer::Detached => false,
         }
     }
@@ -351,6 +385,7 @@ impl RecordLayer {
     pub fn queue_close_notify(&mut self) -> bool {
         match &mut self.layer {
             Layer::User(tls) => tls.queue_close_notify().is_ok(),
+            Layer::Soft(s) => s.queue_close_notify().is_ok(),
             Layer::Kernel(_) => true,
             Layer::Detached => false,
         }
@@ -365,12 +400,12 @@ impl RecordLayer {
         }
     }
 
-    /// How much the next read may take: before the hand-off to the kernel, no more than what
-    /// completes the record in the buffer, so the kernel starts on a record boundary even when
-    /// the client pipelines data right after its Finished. `finishing`: the connection is
-    /// ending (no hand-off will come); `offloads`: the kTLS policy hands sessions over.
-    pub fn read_limit(&self, finishing: bool, offloads: bool) -> Option<usize> {
-        if self.mode.is_some() || finishing || !offloads {
+    /// How much the next read may take: before the hand-off (to the kernel, or to our own
+    /// userspace records), no more than what completes the record in the buffer, so the new
+    /// record layer starts on a record boundary even when the client pipelines data right after
+    /// its Finished. `finishing`: the connection is ending (no hand-off will come).
+    pub fn read_limit(&self, finishing: bool) -> Option<usize> {
+        if self.mode.is_some() || finishing {
             return None;
         }
         match &self.layer {
@@ -387,9 +422,9 @@ impl RecordLayer {
 
     /// Before the hand-off to the kernel: every record received is decrypted (reads stop at
     /// record boundaries) and only our pending bytes hold the hand-off up.
-    pub fn awaiting_handoff(&self, finishing: bool, offloads: bool) -> bool {
+    pub fn awaiting_handoff(&self, finishing: bool) -> bool {
         self.mode.is_none()
-            && self.read_limit(finishing, offloads) == Some(0)
+            && self.read_limit(finishing) == Some(0)
             && matches!(&self.layer, Layer::User(t) if t.is_quiescent() && t.has_pending_output())
     }
 
@@ -416,42 +451,79 @@ impl RecordLayer {
         if self.negotiated.is_none() {
             self.negotiated = tls.negotiated();
         }
-        if !policy.offloads() {
-            self.decide(TlsMode::Userspace, metrics, peer);
-            return None;
-        }
         if !tls.is_quiescent() || tls.has_pending_output() {
             return None; // reads stop at the next record boundary; try again then
         }
+        if policy.offloads() {
+            let Layer::User(tls) = std::mem::replace(&mut self.layer, Layer::Detached) else {
+                return Some(LayerEnd {
+                    reason: Reason::KtlsHandoffFailed,
+                    abort: true,
+                });
+            };
+            match ktls::offload(tls, fd, pool, &policy.support, policy.key_limit_override) {
+                Ok(kernel) => {
+                    self.layer = Layer::Kernel(kernel);
+                    self.decide(TlsMode::Kernel, metrics, peer);
+                    return None;
+                }
+                Err(OffloadError::Fallback {
+                    tls,
+                    reason,
+                    detail,
+                }) => {
+                    self.layer = Layer::User(*tls);
+                    metrics.ktls_fallback(reason);
+                    log_fallback_once(reason, &detail);
+                    if policy.mode == KtlsMode::Required {
+                        self.decide(TlsMode::Userspace, metrics, peer);
+                        return Some(LayerEnd {
+                            reason: Reason::KtlsRequired,
+                            abort: false,
+                        });
+                    }
+                }
+                Err(OffloadError::Broken { reason, detail }) => {
+                    metrics.ktls_fallback(reason);
+                    tracing::warn!(%peer, reason = reason.as_str(), detail, "kTLS hand-off failed after the secrets were extracted; connection closed");
+                    return Some(LayerEnd {
+                        reason: Reason::KtlsHandoffFailed,
+                        abort: true,
+                    });
+                }
+            }
+        }
+        self.take_over_in_userspace(pool, policy, metrics, peer)
+    }
+
+    /// Userspace records from here on: ours ([`soft`]) rather than rustls', so that a frame is
+    /// copied once, into its record. A session rustls cannot give up stays with rustls.
+    fn take_over_in_userspace(
+        &mut self,
+        pool: &mut BufPool,
+        policy: &KtlsPolicy,
+        metrics: &CoreMetrics,
+        peer: SocketAddr,
+    ) -> Option<LayerEnd> {
         let Layer::User(tls) = std::mem::replace(&mut self.layer, Layer::Detached) else {
             return Some(LayerEnd {
-                reason: Reason::KtlsHandoffFailed,
+                reason: Reason::TlsInternal,
                 abort: true,
             });
         };
-        match ktls::offload(tls, fd, pool, &policy.support, policy.key_limit_override) {
-            Ok(kernel) => {
-                self.layer = Layer::Kernel(kernel);
-                self.decide(TlsMode::Kernel, metrics, peer);
-                None
-            }
-            Err(OffloadError::Fallback {
-                tls,
-                reason,
-                detail,
-            }) => {
-                self.layer = Layer::User(*tls);
-                self.stay_in_userspace(reason, &detail, policy.mode, metrics, peer)
-            }
-            Err(OffloadError::Broken { reason, detail }) => {
-                metrics.ktls_fallback(reason);
-                tracing::warn!(%peer, reason = reason.as_str(), detail, "kTLS hand-off failed after the secrets were extracted; connection closed");
-                Some(LayerEnd {
-                    reason: Reason::KtlsHandoffFailed,
+        match soft::take_over(tls, pool, policy.key_limit_override) {
+            Ok(records) => self.layer = Layer::Soft(records),
+            Err(TakeOverError::NotYet(tls)) => self.layer = Layer::User(*tls),
+            Err(TakeOverError::Broken(detail)) => {
+                tracing::warn!(%peer, detail, "userspace record take-over failed after the secrets were extracted; connection closed");
+                return Some(LayerEnd {
+                    reason: Reason::TlsInternal,
                     abort: true,
-                })
+                });
             }
         }
+        self.decide(TlsMode::Userspace, metrics, peer);
+        None
     }
 
     /// The hand-off is not possible for this connection: count it, say it once, and serve in
@@ -644,8 +716,8 @@ mod tests {
     fn a_handshaking_layer_reads_freely_and_hands_nothing_off() {
         let mut layer = handshaking_layer();
         assert!(layer.is_handshaking());
-        assert_eq!(layer.read_limit(false, true), None);
-        assert!(!layer.awaiting_handoff(false, true));
+        assert_eq!(layer.read_limit(false), None);
+        assert!(!layer.awaiting_handoff(false));
         let metrics = CoreMetrics::new(0, 0);
         let policy = KtlsPolicy::decide(KtlsMode::Off, None).expect("a policy");
         let fd = loopback_socket();
@@ -669,6 +741,46 @@ mod tests {
         assert!(!layer.tx_rekey_due());
     }
 
+    /// Without kTLS a finished handshake's records are taken over from rustls at once (the
+    /// session was quiescent): frames are then sealed straight from the outbox.
+    #[test]
+    fn without_ktls_the_records_are_taken_over_in_userspace() {
+        use bytes::Bytes;
+        use std::io::Read;
+
+        use crate::ws::{MessageKind, Payload, Session, SessionLimits};
+
+        let metrics = CoreMetrics::new(0, 0);
+        let policy = KtlsPolicy::decide(KtlsMode::Off, None).expect("a policy");
+        let mut h = crate::tls::handshaken::tls13();
+        let mut layer = RecordLayer::new(h.server);
+        let fd = loopback_socket();
+        assert_eq!(
+            layer.read_limit(false),
+            Some(0),
+            "a record boundary: hand off now"
+        );
+        let end = layer.hand_off(fd.as_fd(), &mut h.pool, &policy, &metrics, peer());
+        assert_eq!(end, None);
+        assert_eq!(layer.mode(), Some(TlsMode::Userspace));
+        let mut session = Session::new(SessionLimits::default());
+        session.send(
+            MessageKind::Text,
+            Payload::Single(Bytes::from_static(b"tick")),
+        );
+        let mut outbox = Outbox::new();
+        while let Some(f) = session.poll_transmit() {
+            outbox.push(f);
+        }
+        assert_eq!(layer.seal_frames(&mut outbox, usize::MAX), Some(Ok(6)));
+        let wire = layer.pending_output().to_vec();
+        h.client.read_tls(&mut &wire[..]).unwrap();
+        h.client.process_new_packets().unwrap();
+        let mut got = [0u8; 6];
+        h.client.reader().read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"\x81\x04tick");
+    }
+
     #[test]
     fn a_refused_hand_off_closes_only_when_ktls_is_required() {
         let metrics = CoreMetrics::new(0, 0);
@@ -682,11 +794,7 @@ mod tests {
         );
         assert_eq!(end, None);
         assert_eq!(layer.mode(), Some(TlsMode::Userspace));
-        assert_eq!(
-            layer.read_limit(false, true),
-            None,
-            "decided: reads are free"
-        );
+        assert_eq!(layer.read_limit(false), None, "decided: reads are free");
         let mut layer = handshaking_layer();
         let end = layer.stay_in_userspace(
             KtlsFallback::NotQuiescent,

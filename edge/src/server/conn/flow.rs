@@ -39,8 +39,7 @@ impl Conn {
     /// Before the hand-off to the kernel: every record received is decrypted (reads stop at
     /// record boundaries) and only our pending bytes hold the hand-off up.
     fn awaiting_handoff(&self) -> bool {
-        self.layer
-            .awaiting_handoff(self.finishing, self.core.ktls.offloads())
+        self.layer.awaiting_handoff(self.finishing)
     }
 
     /// The WebSocket session's state; `None` before the upgrade.

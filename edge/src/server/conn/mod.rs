@@ -568,8 +568,7 @@ impl Conn {
     /// completes the record in the buffer, so the kernel starts on a record boundary even when
     /// the client pipelines data right after its Finished.
     fn read_limit(&self) -> Option<usize> {
-        self.layer
-            .read_limit(self.finishing, self.core.ktls.offloads())
+        self.layer.read_limit(self.finishing)
     }
 
     /// A kTLS read failed with EIO: the next record is an alert or a handshake message.
@@ -1225,9 +1224,10 @@ impl Conn {
         self.core.metrics.frames_out.add(frames);
     }
 
-    /// Hands queued frame bytes to the record layer (encrypted there, or queued for the kernel)
-    /// while it holds less than the outbound cap, through the core's staging buffer in pieces
-    /// of at most 64 KiB: the copy follows the socket's pace, whatever the message's size.
+    /// Hands queued frame bytes to the record layer (sealed straight into records, or through
+    /// the core's staging buffer to rustls or the kernel) while it holds less than the outbound
+    /// cap, in pieces of at most 64 KiB: the copy follows the socket's pace, whatever the
+    /// message's size.
     pub(super) fn feed_record_layer(&mut self) -> Result<(), End> {
         const STAGING_FLUSH: usize = 64 * 1024;
         if self.outbox.is_empty() {
@@ -1240,13 +1240,19 @@ impl Conn {
             if self.outbox.is_empty() || pending >= cap {
                 break;
             }
-            staging.clear();
-            let n = self
-                .outbox
-                .fill(&mut staging, (cap - pending).min(STAGING_FLUSH));
+            let room = (cap - pending).min(STAGING_FLUSH);
+            let n = match self.layer.seal_frames(&mut self.outbox, room) {
+                // Our userspace records: the frames are copied once, into their records.
+                Some(sealed) => sealed.map_err(|_| End::Abort)?,
+                None => {
+                    staging.clear();
+                    let n = self.outbox.fill(&mut staging, room);
+                    self.layer.send(&staging).map_err(|_| End::Abort)?;
+                    n
+                }
+            };
             self.core.metrics.bytes_out.add(n as u64);
             self.bytes_out += n as u64;
-            self.layer.send(&staging).map_err(|_| End::Abort)?;
         }
         staging.clear();
         Ok(())

@@ -109,11 +109,11 @@ impl KtlsPolicy {
         let why = self.support.describe();
         match (self.mode, self.offloads()) {
             (KtlsMode::Off, _) => {
-                tracing::info!("kTLS off: TLS records are encrypted in userspace (rustls); {why}")
+                tracing::info!("kTLS off: TLS records are encrypted in userspace (wssedge's record layer); {why}")
             }
             (_, true) => tracing::info!(mode = self.mode.name(), "kTLS active: {why}"),
             (_, false) => tracing::warn!(
-                "kTLS unavailable, TLS records are encrypted in userspace (rustls): {why}"
+                "kTLS unavailable, TLS records are encrypted in userspace (wssedge's record layer): {why}"
             ),
         }
     }
