@@ -116,6 +116,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(9 * 60);
 const APT_LIMIT: Duration = Duration::from_secs(5 * 60);
 /// QEMU exits right after `poweroff -f`; this only bounds a guest that fails to power off.
 const POWEROFF_GRACE: Duration = Duration::from_secs(20);
+/// A guest that has not printed its start marker by then is stuck in its boot (it takes 10–20 s
+/// under TCG): killed and booted again like a boot that failed, instead of holding the layer
+/// until the whole timeout and failing it (a bookworm boot hung so once in CI).
+const BOOT_LIMIT: Duration = Duration::from_secs(150);
 
 /// Bump when the initramfs layout or the cpio writer changes, to force a rebuild.
 const INITRAMFS_FORMAT: &str = "wssedge-vmtest-initramfs-1";
@@ -632,7 +636,7 @@ impl Vm {
             .with_context(|| format!("create {}", self.console_log().display()))?;
         let (tx, rx) = mpsc::channel();
         let reader = std::thread::spawn(move || stream_console(stdout, log, &tx));
-        let (exit, boot, timed_out) = wait_for_guest(&rx, t0, self.timeout);
+        let (exit, boot, timed_out) = wait_for_guest(&rx, t0, self.timeout, BOOT_LIMIT);
         if timed_out {
             eprintln!(
                 "vmtest: timeout after {} s, killing QEMU",
@@ -824,11 +828,23 @@ fn wait_for_guest(
     rx: &mpsc::Receiver<ConsoleEvent>,
     t0: Instant,
     limit: Duration,
+    boot_limit: Duration,
 ) -> (Option<i32>, Option<Instant>, bool) {
     let mut deadline = t0 + limit;
+    let boot_deadline = t0 + boot_limit;
     let (mut exit, mut started) = (None, None);
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let now = Instant::now();
+        if started.is_none() && exit.is_none() && now >= boot_deadline && boot_deadline < deadline {
+            // A hung boot: not a timeout of the job; the caller boots again.
+            return (None, None, false);
+        }
+        let next = if started.is_none() {
+            deadline.min(boot_deadline.max(now))
+        } else {
+            deadline
+        };
+        let left = next.saturating_duration_since(now);
         if left.is_zero() {
             // Past the grace after the marker counts as done; otherwise it is the timeout.
             return (exit, started, exit.is_none());
@@ -1436,6 +1452,33 @@ mod tests {
         assert_eq!(
             module_name("kernel/arch/x86/crypto/aesni-intel.ko.xz"),
             "aesni_intel"
+        );
+    }
+
+    #[test]
+    fn a_boot_that_hangs_is_given_up_for_another_but_a_started_job_keeps_its_time() {
+        let (tx, rx) = mpsc::channel();
+        let t0 = Instant::now();
+        let (exit, started, timed_out) =
+            wait_for_guest(&rx, t0, Duration::from_secs(30), Duration::from_millis(50));
+        assert_eq!(
+            (exit, started, timed_out),
+            (None, None, false),
+            "a hung boot"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        let t0 = Instant::now();
+        tx.send(ConsoleEvent::Started(t0)).unwrap();
+        let (exit, started, timed_out) = wait_for_guest(
+            &rx,
+            t0,
+            Duration::from_millis(300),
+            Duration::from_millis(50),
+        );
+        assert_eq!(
+            (exit, started.is_some(), timed_out),
+            (None, true, true),
+            "the job's timeout"
         );
     }
 
