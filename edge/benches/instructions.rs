@@ -150,14 +150,7 @@ fn handshake_echo(tls: &Tls, size: usize, iterations: usize) -> usize {
 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     let frame = client_frame(OpCode::Binary, &vec![0x5a; size]);
     for _ in 0..iterations {
-        let name = "localhost".try_into().expect("server name");
-        let mut client = rustls::ClientConnection::new(tls.client.clone(), name).expect("client");
-        let mut server = TlsSession::new(tls.server.clone()).expect("server");
-        let mut plain = BytesMut::new();
-        while client.is_handshaking() || server.is_handshaking() {
-            to_server(&mut client, &mut server, &mut pool, &mut plain);
-            to_client(&mut server, &mut client);
-        }
+        let (mut client, mut server, mut plain) = handshake(tls, &mut pool);
         client.writer().write_all(request).expect("request");
         client.writer().write_all(&frame).expect("frame");
         to_server(&mut client, &mut server, &mut pool, &mut plain);
@@ -192,16 +185,21 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
 /// A server session whose TLS 1.3 handshake with a rustls client is done (set-up for
 /// `deliver`, outside the counted scope).
 fn handshaken(tls: &Tls) -> TlsSession {
-    let mut pool = BufPool::default();
+    handshake(tls, &mut BufPool::default()).1
+}
+
+/// One full TLS 1.3 handshake in memory: the client, our server session, and any plaintext
+/// that arrived with it.
+fn handshake(tls: &Tls, pool: &mut BufPool) -> (rustls::ClientConnection, TlsSession, BytesMut) {
     let name = "localhost".try_into().expect("server name");
     let mut client = rustls::ClientConnection::new(tls.client.clone(), name).expect("client");
     let mut server = TlsSession::new(tls.server.clone()).expect("server");
     let mut plain = BytesMut::new();
     while client.is_handshaking() || server.is_handshaking() {
-        to_server(&mut client, &mut server, &mut pool, &mut plain);
+        to_server(&mut client, &mut server, pool, &mut plain);
         to_client(&mut server, &mut client);
     }
-    server
+    (client, server, plain)
 }
 
 /// One delivery per iteration, as a subscriber's connection writes it under userspace TLS: the
