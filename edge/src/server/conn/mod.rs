@@ -272,12 +272,9 @@ impl Conn {
                     self.moved += 1;
                     self.app_read()
                 }
-                Wake::AppWritable(Ok(())) => {
-                    // An armed poll reports once: the report is consumed (a stale one — the
-                    // socket filled again meanwhile — is re-armed fresh by the next wait).
-                    self.moved += 1;
-                    None
-                }
+                // A write wait is armed fresh each pass: its report is not a one-shot to
+                // consume, and only bytes written count as progress.
+                Wake::AppWritable(Ok(())) => None,
                 Wake::AppArrived => {
                     // The arrival flag is a one-shot: the wait consumed it (taken below).
                     self.moved += 1;
@@ -297,11 +294,7 @@ impl Conn {
                     tracing::debug!(peer = %self.peer, error = %e, "readiness wait failed");
                     return End::Abort;
                 }
-                Wake::Writable(Ok(())) => {
-                    // Consumed like the upstream's (above).
-                    self.moved += 1;
-                    None
-                }
+                Wake::Writable(Ok(())) => None,
                 Wake::Readable(Ok(())) => {
                     self.moved += 1;
                     let step = self.read_and_process();

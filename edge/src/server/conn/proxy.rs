@@ -250,10 +250,9 @@ async fn close_upstream(core: &Core, relay: &mut Relay, close_by: Instant) {
         if !wake {
             return;
         }
-        // The readiness report (or the "more" flag) is consumed by this pass.
-        moved += 1;
         if reading {
-            moved += relay.read(Instant::now(), &mut events, cap) as u64;
+            // The flag or the readiness is consumed by this read.
+            moved += 1 + relay.read(Instant::now(), &mut events, cap) as u64;
             events.clear();
             if relay.buffered() > cap {
                 return;
