@@ -24,6 +24,7 @@ pub(crate) mod handshaken;
 pub mod identity;
 pub mod ktls;
 pub mod policy;
+pub(crate) mod pooled_input;
 pub(crate) mod record_layer;
 pub mod settings;
 pub mod sni;

@@ -28,6 +28,7 @@ use super::secrets::crypto_info_of;
 use super::sys::{self, Direction};
 use crate::bufpool::BufPool;
 use crate::reason::Reason;
+use crate::tls::pooled_input::{free_if_empty, PooledInput};
 use crate::tls::wire::{
     ALERT_CLOSE_NOTIFY, ALERT_FATAL, ALERT_WARNING, CONTENT_ALERT, CONTENT_APPLICATION_DATA,
     CONTENT_HANDSHAKE, HANDSHAKE_KEY_UPDATE, KEY_UPDATE_NOT_REQUESTED, KEY_UPDATE_REQUESTED,
@@ -86,9 +87,8 @@ pub struct KernelTls {
     params: KernelParams,
     /// Records under the current keys, and what they call for.
     budget: KeyBudget,
-    /// Plaintext read from the socket is `incoming[..filled]`; held only while needed.
-    incoming: Option<Vec<u8>>,
-    filled: usize,
+    /// Plaintext read from the socket.
+    input: PooledInput,
     /// Plaintext queued for the socket.
     outgoing: Vec<u8>,
     /// No more data may be queued (close_notify is next).
@@ -128,8 +128,7 @@ impl KernelTls {
                 rx_seq,
             ),
             ops_since_sync: 0,
-            incoming: None,
-            filled: 0,
+            input: PooledInput::default(),
             outgoing: Vec::new(),
             sent_close_notify: false,
             close_notify_sent: false,
@@ -142,14 +141,13 @@ impl KernelTls {
 
     /// Space to read plaintext into (a buffer from the pool while none is held).
     pub fn recv_space(&mut self, pool: &mut BufPool) -> &mut [u8] {
-        let buf = self.incoming.get_or_insert_with(|| pool.take());
-        &mut buf[self.filled..]
+        self.input.space(pool)
     }
 
     /// `n` bytes were read into [`recv_space`](Self::recv_space). Returns the records that
     /// read is counted as.
     pub fn commit_recv(&mut self, n: usize) -> u64 {
-        self.filled += n;
+        self.input.commit(n);
         let records = (n as u64).div_ceil(MAX_RECORD_PLAINTEXT);
         self.budget.received(records);
         self.ops_since_sync += 1;
@@ -158,27 +156,18 @@ impl KernelTls {
 
     /// Moves what was read into the connection's plaintext.
     pub fn drain_into(&mut self, plaintext: &mut BytesMut) {
-        if let Some(buf) = &self.incoming {
-            plaintext.extend_from_slice(&buf[..self.filled]);
-        }
-        self.filled = 0;
+        self.input.drain_into(plaintext);
     }
 
     /// Gives the read buffer back to the pool when it holds nothing, and frees an empty
     /// output buffer: an idle connection keeps neither.
     pub fn release_idle(&mut self, pool: &mut BufPool) {
-        if self.filled == 0 {
-            if let Some(buf) = self.incoming.take() {
-                pool.give(buf);
-            }
-        }
-        if self.outgoing.is_empty() && self.outgoing.capacity() > 0 {
-            self.outgoing = Vec::new();
-        }
+        self.input.release_idle(pool);
+        free_if_empty(&mut self.outgoing);
     }
 
     pub fn holds_read_buffer(&self) -> bool {
-        self.incoming.is_some()
+        self.input.is_held()
     }
 
     /// An output buffer is allocated (kept between writes of a burst, freed when idle).
@@ -327,8 +316,7 @@ impl KernelTls {
         fd: BorrowedFd<'_>,
         pool: &mut BufPool,
     ) -> io::Result<Option<ControlRecord>> {
-        let buf = self.incoming.get_or_insert_with(|| pool.take());
-        let space = &mut buf[self.filled..];
+        let space = self.input.space(pool);
         let Some(record) = sys::recv_record(fd, space)? else {
             return Ok(None);
         };

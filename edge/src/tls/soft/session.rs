@@ -16,6 +16,7 @@ use super::protect::{record_len, RecordError, RecordKey, HEADER_LEN};
 use crate::bufpool::BufPool;
 use crate::tls::ktls::key_budget::KeyBudget;
 use crate::tls::ktls::TlsVersion;
+use crate::tls::pooled_input::{free_if_empty, PooledInput};
 use crate::tls::wire::{
     ALERT_CLOSE_NOTIFY, ALERT_WARNING, CONTENT_ALERT, CONTENT_APPLICATION_DATA, CONTENT_HANDSHAKE,
     HANDSHAKE_KEY_UPDATE, KEY_UPDATE_NOT_REQUESTED, KEY_UPDATE_REQUESTED, MAX_PLAINTEXT_PER_RECORD,
@@ -33,9 +34,8 @@ pub struct SoftTls {
     tx: RecordKey,
     rx: RecordKey,
     budget: KeyBudget,
-    /// Ciphertext read from the socket is `incoming[..filled]`; held only while needed.
-    incoming: Option<Vec<u8>>,
-    filled: usize,
+    /// Ciphertext read from the socket.
+    input: PooledInput,
     /// Records sealed for the socket, `outgoing[sent..]` not written yet.
     outgoing: Vec<u8>,
     sent: usize,
@@ -50,7 +50,7 @@ impl std::fmt::Debug for SoftTls {
             .field("version", &self.version)
             .field("tx", &self.tx)
             .field("rx", &self.rx)
-            .field("filled", &self.filled)
+            .field("filled", &self.input.len())
             .field("pending", &self.pending_output().len())
             .finish_non_exhaustive()
     }
@@ -86,8 +86,7 @@ impl SoftTls {
             conn,
             version,
             budget,
-            incoming: None,
-            filled: 0,
+            input: PooledInput::default(),
             outgoing: Vec::new(),
             sent: 0,
             peer_closed: false,
@@ -102,36 +101,38 @@ impl SoftTls {
     // --- receiving ---
 
     pub fn recv_space(&mut self, pool: &mut BufPool) -> &mut [u8] {
-        let buf = self.incoming.get_or_insert_with(|| pool.take());
-        &mut buf[self.filled..]
+        self.input.space(pool)
     }
 
     pub fn commit_recv(&mut self, n: usize) {
-        self.filled += n;
+        self.input.commit(n);
     }
 
     /// Opens every whole record received: application data into `plaintext`, KeyUpdates and
     /// alerts acted on. A partial record stays for the next read.
     pub fn process(&mut self, plaintext: &mut BytesMut) -> Result<(), TlsError> {
-        let Some(mut buf) = self.incoming.take() else {
-            return Ok(());
-        };
-        let result = self.open_records(&mut buf, plaintext);
-        self.incoming = Some(buf);
+        let mut input = std::mem::take(&mut self.input);
+        let result = self.open_records(&mut input, plaintext);
+        self.input = input;
         result
     }
 
-    fn open_records(&mut self, buf: &mut [u8], plaintext: &mut BytesMut) -> Result<(), TlsError> {
+    fn open_records(
+        &mut self,
+        input: &mut PooledInput,
+        plaintext: &mut BytesMut,
+    ) -> Result<(), TlsError> {
+        let buf = input.filled_mut();
         let mut at = 0;
         while !self.peer_closed {
-            let Some(len) = record_len(&buf[at..self.filled]) else {
+            let Some(len) = record_len(&buf[at..]) else {
                 break;
             };
             if len - HEADER_LEN > MAX_PLAINTEXT_PER_RECORD + 2048 {
                 // Refused on the header: no waiting for 64 KiB that can never be a record.
                 return Err(record_error(RecordError::Overflow));
             }
-            if at + len > self.filled {
+            if at + len > buf.len() {
                 break;
             }
             let record = &mut buf[at..at + len];
@@ -157,10 +158,9 @@ impl SoftTls {
             }
         }
         // What is left (a partial record) moves to the front.
-        buf.copy_within(at..self.filled, 0);
-        self.filled -= at;
+        input.consume(at);
         if self.peer_closed {
-            self.filled = 0; // nothing after close_notify counts
+            input.clear(); // nothing after close_notify counts
         }
         // A client that only sends still gets asked for new keys before its key wears out
         // (our KeyUpdate with update_requested), not closed at the limit.
@@ -229,11 +229,11 @@ impl SoftTls {
 
     /// Whether a partial record is held.
     pub fn holds_partial_record(&self) -> bool {
-        self.filled > 0
+        self.input.len() > 0
     }
 
     pub fn holds_read_buffer(&self) -> bool {
-        self.incoming.is_some()
+        self.input.is_held()
     }
 
     pub fn peer_closed(&self) -> bool {
@@ -348,13 +348,7 @@ impl SoftTls {
     /// Gives the read buffer back when it holds nothing and frees an empty output buffer: an
     /// idle connection keeps neither.
     pub fn release_idle(&mut self, pool: &mut BufPool) {
-        if self.filled == 0 {
-            if let Some(buf) = self.incoming.take() {
-                pool.give(buf);
-            }
-        }
-        if self.outgoing.is_empty() && self.outgoing.capacity() > 0 {
-            self.outgoing = Vec::new();
-        }
+        self.input.release_idle(pool);
+        free_if_empty(&mut self.outgoing);
     }
 }
