@@ -30,5 +30,6 @@ mod protocol;
 mod proxy;
 mod pubsub;
 mod rate_limits;
+mod soft_records;
 mod transport;
 mod upgrade;

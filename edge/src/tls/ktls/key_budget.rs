@@ -65,6 +65,12 @@ impl KeyBudget {
         self.key_updates_without_data = 0;
     }
 
+    /// A record other than application data arrived (a KeyUpdate, an alert): it wears the key
+    /// like any other, but does not end a run of KeyUpdates.
+    pub fn received_control(&mut self) {
+        self.rx_records += 1;
+    }
+
     /// The exact counts, as the kernel keeps them.
     pub fn set_exact(&mut self, tx_records: u64, rx_records: u64) {
         self.tx_records = tx_records;

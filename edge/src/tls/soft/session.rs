@@ -143,9 +143,13 @@ impl SoftTls {
                     self.budget.received(1);
                     plaintext.extend_from_slice(body);
                 }
-                CONTENT_ALERT => self.alert(body)?,
+                CONTENT_ALERT => {
+                    self.budget.received_control();
+                    self.alert(body)?;
+                }
                 CONTENT_HANDSHAKE if self.version == TlsVersion::Tls13 => {
-                    self.budget.received(1);
+                    // Not data: a run of these is a flood (`key_updates` bounds it).
+                    self.budget.received_control();
                     self.key_updates(body)?;
                 }
                 // TLS 1.2 renegotiation, a ChangeCipherSpec, anything else: never after the

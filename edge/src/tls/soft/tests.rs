@@ -284,6 +284,45 @@ fn key_updates_are_followed_both_ways() {
     assert_eq!(to_client(&mut s, &mut client), b"after ours");
 }
 
+/// KeyUpdates with nothing between them are a flood past 32 in a row (each costs a key
+/// derivation and a KeyUpdate of ours); with data between them they go on for ever.
+#[test]
+fn a_run_of_key_updates_without_data_is_refused_past_the_bound() {
+    let (mut client, mut s, mut pool) = soft(
+        &rustls::version::TLS13,
+        cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+        None,
+    );
+    for i in 0..100 {
+        client.refresh_traffic_keys().unwrap();
+        client.writer().write_all(&[i]).unwrap();
+        let plain = to_server(&mut client, &mut s, &mut pool, 4096).unwrap();
+        assert_eq!(&plain[..], [i]);
+        // Our answering KeyUpdate, and data after it (rustls bounds runs the same way).
+        s.encrypt(&[i]).unwrap();
+        assert_eq!(to_client(&mut s, &mut client), [i]);
+    }
+    for _ in 0..crate::tls::ktls::key_budget::MAX_KEY_UPDATES_WITHOUT_DATA {
+        client.refresh_traffic_keys().unwrap();
+        to_server(&mut client, &mut s, &mut pool, 4096).expect("within the bound");
+        // Our KeyUpdates are not shown to the client (its own bound would refuse them).
+        let answered = s.pending_output().len();
+        assert!(answered > 0, "each is answered");
+        s.consume_output(answered);
+    }
+    client.refresh_traffic_keys().unwrap();
+    let err = to_server(&mut client, &mut s, &mut pool, 4096).expect_err("one past the bound");
+    assert!(
+        matches!(
+            err,
+            crate::tls::TlsError::Rustls(rustls::Error::PeerMisbehaved(
+                rustls::PeerMisbehaved::TooManyKeyUpdateRequests
+            ))
+        ),
+        "{err:?}"
+    );
+}
+
 #[test]
 fn tls13_keys_are_renewed_before_the_limit_and_tls12_closes() {
     let (mut client, mut s, mut pool) = soft(
