@@ -29,6 +29,17 @@ struct Kept {
 #[error("the topic's sequence is exhausted (u64::MAX); start a new epoch")]
 pub struct SequenceExhausted;
 
+/// What [`TopicLog::append`] made of a publication sequenced elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// The next seq: kept.
+    Next,
+    /// At or before the last seq: already had, nothing changed.
+    Duplicate,
+    /// Past a gap: kept, and the ring starts again from it.
+    Gap,
+}
+
 /// What a subscribe with (or without) `since` gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovery {
@@ -95,6 +106,73 @@ impl TopicLog {
         let seq = self.last_seq.checked_add(1).ok_or(SequenceExhausted)?;
         let frame = build(seq);
         self.last_seq = seq;
+        self.keep(seq, now, frame.clone());
+        Ok((seq, frame))
+    }
+
+    /// Keeps a publication sequenced elsewhere (the fleet's Redis) in this epoch: the next seq
+    /// is kept; an old one is a duplicate (`Duplicate`, nothing kept); one past a gap starts
+    /// the ring again from it (`Gap`: what was missed cannot be replayed from here).
+    pub fn append(&mut self, seq: u64, now: Instant, frame: Bytes) -> Appended {
+        if seq <= self.last_seq {
+            return Appended::Duplicate;
+        }
+        let outcome = if seq == self.last_seq + 1 {
+            Appended::Next
+        } else {
+            self.ring.clear();
+            Appended::Gap
+        };
+        self.last_seq = seq;
+        self.keep(seq, now, frame);
+        outcome
+    }
+
+    /// Takes the sequence and history read from elsewhere (the fleet's Redis): `entries` are
+    /// `(seq, published_at, frame)`, oldest first, ending at or before `last_seq`. In the same
+    /// epoch they are merged with what this log kept (publications it holds beyond `last_seq`
+    /// came in meanwhile and stay); another epoch replaces the log.
+    pub fn adopt(
+        &mut self,
+        epoch: &str,
+        last_seq: u64,
+        entries: impl IntoIterator<Item = (u64, Instant, Bytes)>,
+    ) {
+        let mine: Vec<Kept> = if epoch == self.epoch {
+            std::mem::take(&mut self.ring).into()
+        } else {
+            self.epoch = epoch.to_string();
+            self.last_seq = 0;
+            self.ring.clear();
+            Vec::new()
+        };
+        let theirs = entries
+            .into_iter()
+            .filter(|(seq, _, _)| *seq <= last_seq)
+            .map(|(seq, published_at, frame)| Kept {
+                seq,
+                published_at,
+                frame,
+            });
+        let mut all: Vec<Kept> = theirs.chain(mine).collect();
+        all.sort_by_key(|k| k.seq);
+        all.dedup_by_key(|k| k.seq);
+        let last = self.last_seq.max(last_seq);
+        // The unbroken run that ends at the last seq, at most `capacity` long.
+        let mut run: VecDeque<Kept> = VecDeque::new();
+        let mut want = last;
+        for k in all.into_iter().rev() {
+            if run.len() >= self.capacity || k.seq != want || want == 0 {
+                break;
+            }
+            want -= 1;
+            run.push_front(k);
+        }
+        self.last_seq = last;
+        self.ring = run;
+    }
+
+    fn keep(&mut self, seq: u64, now: Instant, frame: Bytes) {
         self.expire(now);
         if self.capacity > 0 {
             if self.ring.len() >= self.capacity {
@@ -103,10 +181,9 @@ impl TopicLog {
             self.ring.push_back(Kept {
                 seq,
                 published_at: now,
-                frame: frame.clone(),
+                frame,
             });
         }
-        Ok((seq, frame))
     }
 
     /// Drops kept publications older than the ttl at `now`.
@@ -201,6 +278,53 @@ mod tests {
         assert_eq!((log.epoch(), log.last_seq(), log.kept()), ("e1", 3, 3));
         let fresh = TopicLog::new("e2".into(), 10, TTL);
         assert_eq!(fresh.last_seq(), 0);
+    }
+
+    #[test]
+    fn appended_publications_keep_the_run_unbroken() {
+        let t0 = Instant::now();
+        let mut log = TopicLog::continuing("e1".into(), 4, 10, TTL);
+        assert_eq!(log.append(5, t0, frame(5)), Appended::Next);
+        assert_eq!(log.append(5, t0, frame(5)), Appended::Duplicate);
+        assert_eq!(log.append(3, t0, frame(3)), Appended::Duplicate);
+        assert_eq!(log.append(6, t0, frame(6)), Appended::Next);
+        assert_eq!(log.recover(Some(("e1", 4)), t0).replay, frames(5..=6));
+        assert_eq!(log.append(9, t0, frame(9)), Appended::Gap);
+        assert_eq!(log.last_seq(), 9);
+        assert!(
+            !log.recover(Some(("e1", 6)), t0).recovered,
+            "7 and 8 were never here"
+        );
+        assert_eq!(log.recover(Some(("e1", 8)), t0).replay, frames(9..=9));
+    }
+
+    #[test]
+    fn adopted_history_merges_with_what_came_in_meanwhile() {
+        let t0 = Instant::now();
+        // Live publications 8 and 9 arrived before the read of 1..=8 did.
+        let mut log = TopicLog::continuing("e1".into(), 7, 5, TTL);
+        log.append(8, t0, frame(8));
+        log.append(9, t0, frame(9));
+        log.adopt("e1", 8, (1..=8).map(|s| (s, t0, frame(s))));
+        assert_eq!(log.last_seq(), 9);
+        let r = log.recover(Some(("e1", 4)), t0);
+        assert!(r.recovered);
+        assert_eq!(r.replay, frames(5..=9), "capacity 5: the last five");
+        // A read that is ahead of the live ones: its last seq wins, later ones are duplicates.
+        let mut log = TopicLog::continuing("e1".into(), 2, 10, TTL);
+        log.adopt("e1", 6, (3..=6).map(|s| (s, t0, frame(s))));
+        assert_eq!(log.append(6, t0, frame(6)), Appended::Duplicate);
+        assert_eq!(log.append(7, t0, frame(7)), Appended::Next);
+        assert_eq!(log.recover(Some(("e1", 2)), t0).replay, frames(3..=7));
+        // Another epoch replaces everything.
+        log.adopt("e2", 2, (1..=2).map(|s| (s, t0, frame(s))));
+        assert_eq!((log.epoch(), log.last_seq()), ("e2", 2));
+        assert_eq!(log.recover(Some(("e2", 0)), t0).replay, frames(1..=2));
+        assert!(!log.recover(Some(("e1", 6)), t0).recovered);
+        // Entries with a hole: only the run that ends at the last seq counts.
+        log.adopt("e3", 5, [1, 2, 4, 5].map(|s| (s, t0, frame(s))));
+        assert!(!log.recover(Some(("e3", 2)), t0).recovered);
+        assert_eq!(log.recover(Some(("e3", 3)), t0).replay, frames(4..=5));
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub mod queue;
 pub mod topic;
 
 pub use config::{PubsubConfig, PubsubConfigError, SlowPolicy};
-pub use history::{Recovery, SequenceExhausted, TopicLog};
+pub use history::{Appended, Recovery, SequenceExhausted, TopicLog};
 pub use protocol::{
     parse_feed_publication, parse_request, FeedPublication, Reason, Refusal, Request, RequestLimits,
 };

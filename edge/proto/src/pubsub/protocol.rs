@@ -117,6 +117,8 @@ pub enum Reason {
     DataTooLarge,
     /// The client may not do this (no publish scope, no admission to the topic).
     NotAllowed,
+    /// The fleet's Redis, which sequences publications across edges, cannot be reached.
+    FleetUnavailable,
 }
 
 impl Reason {
@@ -128,6 +130,7 @@ impl Reason {
             Reason::TooManyTopics => "too_many_topics",
             Reason::DataTooLarge => "data_too_large",
             Reason::NotAllowed => "not_allowed",
+            Reason::FleetUnavailable => "fleet_unavailable",
         }
     }
 }

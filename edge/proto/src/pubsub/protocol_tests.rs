@@ -247,6 +247,7 @@ fn every_reason_has_its_stable_name() {
         (Reason::TooManyTopics, "too_many_topics"),
         (Reason::DataTooLarge, "data_too_large"),
         (Reason::NotAllowed, "not_allowed"),
+        (Reason::FleetUnavailable, "fleet_unavailable"),
     ];
     for (reason, name) in all {
         assert_eq!(reason.as_str(), name);
