@@ -28,6 +28,8 @@ pub struct Config {
     pub routes: Vec<crate::routes::Route>,
     /// Market-data fan-out on the `pubsub = true` routes.
     pub pubsub: wssedge_proto::pubsub::PubsubConfig,
+    /// A fleet of edges on one Redis (absent: this edge keeps all its state itself).
+    pub fleet: Option<crate::fleet::FleetConfig>,
     /// The file this configuration was read from (what `wssedge ctl reload` re-reads).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -311,6 +313,9 @@ impl Config {
             None => crate::routes::validate(&self.routes, false)?,
         }
         self.audit.validate()?;
+        if let Some(fleet) = &self.fleet {
+            fleet.validate()?;
+        }
         let feeds = self.pubsub.feed_urls()?;
         if let Some(feed) = feeds.iter().find(|f| f.tls) {
             if self

@@ -14,6 +14,7 @@ pub mod config;
 pub mod config_error;
 pub mod control;
 pub mod ebpf;
+pub mod fleet;
 pub mod limits;
 pub mod metrics;
 pub(crate) mod pubsub;

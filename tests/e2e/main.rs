@@ -19,6 +19,7 @@ mod backend;
 mod cli;
 mod control;
 mod echo;
+mod fleet;
 mod heartbeat;
 mod ip_limits;
 mod ktls;

@@ -18,7 +18,7 @@ use crate::admission_jwt::{claims, hs, jwt_config, key_files, unique_jti, with, 
 use crate::harness::*;
 
 /// `[jwt]` with the test keys, `/md` as a pub/sub route, and `pubsub` / `limits` extras.
-fn config(files: &KeyFiles, pubsub: &str, limits: &str) -> String {
+pub(crate) fn config(files: &KeyFiles, pubsub: &str, limits: &str) -> String {
     jwt_config(
         files,
         &[],
@@ -36,7 +36,7 @@ fn token(scope: &str) -> String {
     ))
 }
 
-async fn connect(srv: &Server, scope: &str) -> Ws {
+pub(crate) async fn connect(srv: &Server, scope: &str) -> Ws {
     let mut req = format!("wss://{}/md", srv.addr)
         .into_client_request()
         .expect("request");
@@ -55,12 +55,12 @@ async fn connect(srv: &Server, scope: &str) -> Ws {
     ws
 }
 
-async fn send(ws: &mut Ws, v: Value) {
+pub(crate) async fn send(ws: &mut Ws, v: Value) {
     ws.send(Message::text(v.to_string())).await.expect("send");
 }
 
 /// The next text frame as JSON.
-async fn next_json(ws: &mut Ws) -> Value {
+pub(crate) async fn next_json(ws: &mut Ws) -> Value {
     loop {
         let m = within(WAIT, "a pub/sub frame", ws.next())
             .await
@@ -75,7 +75,12 @@ async fn next_json(ws: &mut Ws) -> Value {
 }
 
 /// Subscribes to `topics` (with `since` when given) and returns the `subscribed` answer.
-async fn subscribe(ws: &mut Ws, id: u64, topics: &[&str], since: Option<Value>) -> Value {
+pub(crate) async fn subscribe(
+    ws: &mut Ws,
+    id: u64,
+    topics: &[&str],
+    since: Option<Value>,
+) -> Value {
     let mut req = json!({"op": "subscribe", "id": id, "topics": topics});
     if let Some(since) = since {
         req["since"] = since;
@@ -88,7 +93,7 @@ async fn subscribe(ws: &mut Ws, id: u64, topics: &[&str], since: Option<Value>) 
 }
 
 /// Publishes `data` and returns the seq the edge gave it.
-async fn publish(ws: &mut Ws, id: u64, topic: &str, data: Value) -> u64 {
+pub(crate) async fn publish(ws: &mut Ws, id: u64, topic: &str, data: Value) -> u64 {
     send(
         ws,
         json!({"op": "publish", "id": id, "topic": topic, "data": data}),

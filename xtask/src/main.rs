@@ -389,10 +389,11 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// socat (the Autobahn TLS shim) and openssl (the e2e TLS 1.1 refusal test): installed with
-/// apt when missing and we are root.
+/// socat (the Autobahn TLS shim), openssl (the e2e TLS 1.1 refusal test) and redis-server (the
+/// fleet tests start their own): installed with apt when missing and we are root. Each tool's
+/// package has its name.
 fn ensure_system_tools() {
-    let missing: Vec<&str> = ["socat", "openssl"]
+    let missing: Vec<&str> = ["socat", "openssl", "redis-server"]
         .into_iter()
         .filter(|t| which(t).is_none())
         .collect();
@@ -407,9 +408,26 @@ fn ensure_system_tools() {
         return;
     }
     banner(&format!("installing {}", missing.join(" ")));
-    if let Err(e) = apt_install(&missing) {
+    if let Err(e) = apt_install_quietly(&missing) {
         eprintln!("xtask: apt-get install {} failed: {e:#}", missing.join(" "));
     }
+}
+
+/// `apt_install` without starting the services the packages bring (redis-server's, nginx's):
+/// they are not ours to run; tests start their own on free ports. A `policy-rc.d` says no for
+/// the length of the install.
+pub(crate) fn apt_install_quietly(pkgs: &[&str]) -> Result<()> {
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let had_policy = policy.exists();
+    if !had_policy {
+        let _ = std::fs::write(policy, "#!/bin/sh\nexit 101\n");
+        let _ = Command::new("chmod").arg("755").arg(policy).status();
+    }
+    let installed = apt_install(pkgs);
+    if !had_policy {
+        let _ = std::fs::remove_file(policy);
+    }
+    installed
 }
 
 fn apt_install(pkgs: &[&str]) -> Result<()> {

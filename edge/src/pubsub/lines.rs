@@ -85,6 +85,15 @@ pub(crate) enum CoreMsg {
         request: u64,
         result: Result<u64, Reason>,
     },
+    /// From the fleet link, to the owner: a publication the fleet sequenced.
+    FleetPublication(crate::fleet::wire::Publication),
+    /// From the fleet link, to the owner: the topic as Redis has it (`Err`: not readable).
+    FleetSynced {
+        topic: Arc<str>,
+        result: Result<crate::fleet::wire::Synced, ()>,
+    },
+    /// From the fleet link, to every core: Redis became reachable, or stopped being.
+    FleetState { up: bool },
 }
 
 /// Every core's sending end, shared by the cores.

@@ -18,12 +18,13 @@ pub(crate) enum DropReason {
 }
 
 /// The requests a client can be refused for, as the wire spells them.
-const REFUSALS: [&str; 5] = [
+const REFUSALS: [&str; 6] = [
     "bad_request",
     "topic_invalid",
     "too_many_topics",
     "data_too_large",
     "not_allowed",
+    "fleet_unavailable",
 ];
 
 #[derive(Debug, Default)]

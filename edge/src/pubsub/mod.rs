@@ -49,6 +49,8 @@ pub(crate) struct PubsubShared {
     pub metrics: Arc<PubsubMetrics>,
     /// Random per process start: a restarted edge's topics are new epochs.
     pub epoch_prefix: String,
+    /// In a fleet: Redis sequences the publications and keeps the history.
+    pub fleet: Option<crate::fleet::Fleet>,
 }
 
 /// One core's part, as handed to its thread.
@@ -62,20 +64,37 @@ pub(crate) struct CorePubsubStart {
 impl PubsubShared {
     /// What each core starts with, in core order. `feed_connect`: how feeds connect (the
     /// upstream room's options, with its TLS for wss://).
+    /// `fleet`: the fleet's configuration and this node's name, when it is in one.
     pub fn starts(
         cfg: &PubsubConfig,
         cores: usize,
         feed_connect: &crate::upstream::ConnectOptions,
-    ) -> Result<(Self, Vec<CorePubsubStart>), wssedge_proto::pubsub::PubsubConfigError> {
+        fleet: Option<(&crate::fleet::FleetConfig, String)>,
+    ) -> Result<(Self, Vec<CorePubsubStart>), crate::config_error::ConfigError> {
         let cores = cores.max(1);
         let (lines, inboxes) = Lines::new(cores);
         let urls = cfg.feed_urls()?;
         let names: Vec<String> = cfg.feeds.iter().map(|f| f.url.clone()).collect();
+        let fleet = match fleet {
+            Some((fleet_cfg, node)) => Some(
+                crate::fleet::Fleet::start(fleet_cfg, node, lines.clone(), cfg.history).map_err(
+                    |e| {
+                        crate::config_error::ConfigError::invalid(
+                            "fleet.redis",
+                            &fleet_cfg.redis,
+                            e,
+                        )
+                    },
+                )?,
+            ),
+            None => None,
+        };
         let shared = Self {
             cfg: Arc::new(cfg.clone()),
             lines,
             metrics: Arc::new(PubsubMetrics::new(cores, &names)),
             epoch_prefix: owner::random_epoch_prefix(),
+            fleet,
         };
         let mut starts: Vec<CorePubsubStart> = inboxes
             .into_iter()
@@ -101,6 +120,7 @@ pub(crate) struct CorePubsub {
     pub registry: Registry,
     owner: RefCell<Owner>,
     metrics: Arc<PubsubMetrics>,
+    fleet: Option<crate::fleet::Fleet>,
 }
 
 impl CorePubsub {
@@ -120,6 +140,7 @@ impl CorePubsub {
                 shared.epoch_prefix.clone(),
             )),
             metrics: shared.metrics.clone(),
+            fleet: shared.fleet.clone(),
         }
     }
 
@@ -208,8 +229,128 @@ impl CorePubsub {
         }
     }
 
+    /// Publications this pass sequenced before the subscribe go out in the batch after this
+    /// answer: the subscriber's start (the answer's seq) filters them.
+    fn answer_subscribe(
+        &self,
+        asker: lines::Asker,
+        request: u64,
+        topic: &str,
+        answer: Result<lines::TopicAnswer, wssedge_proto::pubsub::Reason>,
+        now: Instant,
+        out: &mut Outgoing,
+    ) {
+        let answer = CoreMsg::Subscribed {
+            client: asker.client,
+            request,
+            topic: match &answer {
+                Ok(a) => a.topic.clone(),
+                Err(_) => topic.into(),
+            },
+            answer,
+        };
+        self.reply(asker.core, answer, now, out);
+    }
+
+    /// In a fleet Redis sequences: the publication goes to the link, and comes back to this
+    /// owner (and every other node's) on the fleet's channel. Refused at once while Redis is
+    /// out of reach.
+    fn publish_fleet(
+        &self,
+        topic: String,
+        data: bytes::Bytes,
+        asker: Option<lines::Asker>,
+        request: u64,
+        now: Instant,
+        out: &mut Outgoing,
+    ) {
+        let Some(fleet) = &self.fleet else { return };
+        if fleet.is_up() && std::str::from_utf8(&data).is_ok() {
+            fleet.ask(crate::fleet::FleetAsk::Publish {
+                topic: topic.into(),
+                data,
+                asker,
+                request,
+            });
+            return;
+        }
+        let result = match std::str::from_utf8(&data) {
+            Ok(_) => Err(wssedge_proto::pubsub::Reason::FleetUnavailable),
+            Err(_) => Err(wssedge_proto::pubsub::Reason::BadRequest),
+        };
+        if let Some(asker) = asker {
+            let answer = CoreMsg::Published {
+                client: asker.client,
+                request,
+                result,
+            };
+            self.reply(asker.core, answer, now, out);
+        }
+    }
+
+    fn subscribe_fleet(
+        &self,
+        topic: String,
+        since: Option<wssedge_proto::pubsub::protocol::Since>,
+        asker: lines::Asker,
+        request: u64,
+        now: Instant,
+        out: &mut Outgoing,
+    ) {
+        let outcome = self
+            .owner
+            .borrow_mut()
+            .subscribe_fleet(&topic, since, asker, request, now);
+        match outcome {
+            Ok(owner::FleetSubscribe::Answer(a)) => {
+                self.answer_subscribe(asker, request, &topic, Ok(a), now, out)
+            }
+            Ok(owner::FleetSubscribe::Wait { ask }) => {
+                if let (true, Some(fleet)) = (ask, &self.fleet) {
+                    fleet.ask(crate::fleet::FleetAsk::Sync {
+                        topic: topic.into(),
+                    });
+                }
+            }
+            Err(reason) => self.answer_subscribe(asker, request, &topic, Err(reason), now, out),
+        }
+    }
+
     fn handle(&self, msg: CoreMsg, now: Instant, out: &mut Outgoing) {
         match msg {
+            CoreMsg::Publish {
+                topic,
+                data,
+                asker,
+                request,
+            } if self.fleet.is_some() => self.publish_fleet(topic, data, asker, request, now, out),
+            CoreMsg::Subscribe {
+                topic,
+                since,
+                asker,
+                request,
+            } if self.fleet.as_ref().is_some_and(|f| f.is_up()) => {
+                self.subscribe_fleet(topic, since, asker, request, now, out)
+            }
+            CoreMsg::FleetPublication(p) => {
+                if let Some(fleet) = &self.fleet {
+                    fleet.status.taken(self.index);
+                }
+                if self.owner.borrow_mut().fleet_publication(&p, now, out) {
+                    self.m().publications.inc();
+                }
+            }
+            CoreMsg::FleetSynced { topic, result } => {
+                let owed = self.owner.borrow_mut().fleet_synced(
+                    &topic,
+                    result.as_ref().map_err(|_| ()),
+                    now,
+                );
+                for (w, answer) in owed {
+                    self.answer_subscribe(w.asker, w.request, &topic, answer, now, out);
+                }
+            }
+            CoreMsg::FleetState { up } => self.owner.borrow_mut().fleet_state(up),
             CoreMsg::Publish {
                 topic,
                 data,
@@ -242,18 +383,7 @@ impl CorePubsub {
                     self.owner
                         .borrow_mut()
                         .subscribe(&topic, since.as_ref(), asker.core, now);
-                // Publications this pass sequenced before the subscribe go out in the batch
-                // after this answer: the subscriber's start (the answer's seq) filters them.
-                let answer = CoreMsg::Subscribed {
-                    client: asker.client,
-                    request,
-                    topic: match &answer {
-                        Ok(a) => a.topic.clone(),
-                        Err(_) => topic.into(),
-                    },
-                    answer,
-                };
-                self.reply(asker.core, answer, now, out);
+                self.answer_subscribe(asker, request, &topic, answer, now, out);
             }
             CoreMsg::Leave { topic, core } => self.owner.borrow_mut().leave(&topic, core),
             CoreMsg::Batch(items) => self.registry.deliver(&items, self.m()),

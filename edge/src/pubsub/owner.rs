@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wssedge_proto::pubsub::protocol::{encode_publication_json, Since};
-use wssedge_proto::pubsub::{Reason, TopicLog};
+use wssedge_proto::pubsub::{Appended, Reason, TopicLog};
 
-use super::lines::{Item, TopicAnswer};
+use super::lines::{Asker, Item, TopicAnswer};
+use crate::fleet::wire::{Publication, Synced};
 
 struct OwnedTopic {
     name: Arc<str>,
@@ -21,13 +22,55 @@ struct OwnedTopic {
     epoch: Arc<str>,
     /// Cores with subscribers of the topic (as last told: a leave clears, a subscribe sets).
     cores: Vec<bool>,
+    /// In a fleet: the log holds the fleet's epoch, seq and history as Redis has them (read
+    /// back since the link was last made, and followed since without a gap). Subscribes to a
+    /// topic that is not wait for a read.
+    synced: bool,
+    /// A read of the topic is out.
+    sync_asked: bool,
+    /// Subscribes waiting for that read.
+    waiting: Vec<Waiting>,
 }
 
 impl OwnedTopic {
     fn idle(&self) -> bool {
-        self.log.kept() == 0 && !self.cores.iter().any(|&c| c)
+        self.log.kept() == 0 && !self.cores.iter().any(|&c| c) && self.waiting.is_empty()
+    }
+
+    fn answer(&mut self, since: Option<&Since>, now: Instant) -> TopicAnswer {
+        let recovery = self
+            .log
+            .recover(since.map(|s| (s.epoch.as_str(), s.seq)), now);
+        TopicAnswer {
+            topic: self.name.clone(),
+            epoch: self.epoch.clone(),
+            last_seq: recovery.last_seq,
+            recovered: recovery.recovered,
+            replay: recovery.replay,
+        }
     }
 }
+
+/// A subscribe that waits for its topic to be read back from the fleet.
+#[derive(Debug)]
+pub(crate) struct Waiting {
+    pub since: Option<Since>,
+    pub asker: Asker,
+    pub request: u64,
+}
+
+/// A fleet subscribe's outcome.
+#[derive(Debug)]
+pub(crate) enum FleetSubscribe {
+    Answer(TopicAnswer),
+    /// Parked until the topic is read back; `ask`: nobody asked for that read yet.
+    Wait {
+        ask: bool,
+    },
+}
+
+/// Answers owed to subscribes that waited.
+pub(crate) type Owed = Vec<(Waiting, Result<TopicAnswer, Reason>)>;
 
 /// The publications one owner pass sequenced, per destination core (one message each).
 #[derive(Debug, Default)]
@@ -92,6 +135,9 @@ impl Owner {
                 log: TopicLog::new(epoch.to_string(), self.history, self.ttl),
                 epoch,
                 cores: vec![false; self.cores],
+                synced: false,
+                sync_asked: false,
+                waiting: Vec::new(),
             };
             self.topics.insert(name, topic);
         }
@@ -140,14 +186,124 @@ impl Owner {
         if let Some(c) = t.cores.get_mut(core) {
             *c = true;
         }
-        let recovery = t.log.recover(since.map(|s| (s.epoch.as_str(), s.seq)), now);
-        Ok(TopicAnswer {
-            topic: t.name.clone(),
-            epoch: t.epoch.clone(),
-            last_seq: recovery.last_seq,
-            recovered: recovery.recovered,
-            replay: recovery.replay,
-        })
+        Ok(t.answer(since, now))
+    }
+
+    // --- in a fleet: the sequence is Redis', this owner keeps and fans out ---
+
+    /// A subscribe while the fleet's Redis is reachable: answered from the log once the topic
+    /// is synced; parked until then. The core counts as subscribed at once (publications that
+    /// reach it before the answer are filtered by the answer's seq, as for a local subscribe).
+    pub fn subscribe_fleet(
+        &mut self,
+        topic: &str,
+        since: Option<Since>,
+        asker: Asker,
+        request: u64,
+        now: Instant,
+    ) -> Result<FleetSubscribe, Reason> {
+        let t = self.topic(topic)?;
+        if let Some(c) = t.cores.get_mut(asker.core) {
+            *c = true;
+        }
+        if t.synced {
+            return Ok(FleetSubscribe::Answer(t.answer(since.as_ref(), now)));
+        }
+        t.waiting.push(Waiting {
+            since,
+            asker,
+            request,
+        });
+        let ask = !t.sync_asked;
+        t.sync_asked = true;
+        Ok(FleetSubscribe::Wait { ask })
+    }
+
+    /// A publication the fleet sequenced: kept in this node's log and queued for every core
+    /// with subscribers (one frame, encoded here). False when it was not taken (already had,
+    /// or no room for another topic).
+    pub fn fleet_publication(&mut self, p: &Publication, now: Instant, out: &mut Outgoing) -> bool {
+        let (history, ttl) = (self.history, self.ttl);
+        let Ok(t) = self.topic(&p.topic) else {
+            return false;
+        };
+        if *t.epoch != *p.epoch {
+            // The sequence started again in Redis (or this node knew only its own epoch): the
+            // log follows from this publication; what came before it is read back on demand.
+            t.log = TopicLog::continuing(p.epoch.to_string(), p.seq - 1, history, ttl);
+            t.epoch = p.epoch.clone();
+            t.synced = false;
+        }
+        if p.seq <= t.log.last_seq() {
+            return false;
+        }
+        let Ok(data) = std::str::from_utf8(&p.data) else {
+            return false;
+        };
+        let frame = encode_publication_json(&t.name, p.seq, data);
+        if t.log.append(p.seq, now, frame.clone()) == Appended::Gap {
+            // Missed while the link was down: the history has a hole until read back.
+            t.synced = false;
+        }
+        let name = t.name.clone();
+        for (core, subscribed) in t.cores.iter().enumerate() {
+            if *subscribed {
+                out.per_core[core].push(Item {
+                    topic: name.clone(),
+                    seq: p.seq,
+                    frame: frame.clone(),
+                    published_at: now,
+                });
+            }
+        }
+        true
+    }
+
+    /// The topic as Redis has it (or `Err`: the read failed): the log takes it, and the
+    /// subscribes that waited are answered.
+    pub fn fleet_synced(&mut self, topic: &str, read: Result<&Synced, ()>, now: Instant) -> Owed {
+        let (history, ttl) = (self.history, self.ttl);
+        let Some(t) = self.topics.get_mut(topic) else {
+            return Vec::new();
+        };
+        t.sync_asked = false;
+        let waiting = std::mem::take(&mut t.waiting);
+        let Ok(s) = read else {
+            return waiting
+                .into_iter()
+                .map(|w| (w, Err(Reason::FleetUnavailable)))
+                .collect();
+        };
+        if *t.epoch != *s.epoch {
+            t.log = TopicLog::new(s.epoch.to_string(), history, ttl);
+            t.epoch = s.epoch.clone();
+        }
+        let name = t.name.clone();
+        let entries = s.entries.iter().filter_map(|e| {
+            let data = std::str::from_utf8(&e.data).ok()?;
+            let at = now
+                .checked_sub(Duration::from_millis(e.age_ms))
+                .unwrap_or(now);
+            Some((e.seq, at, encode_publication_json(&name, e.seq, data)))
+        });
+        t.log.adopt(&s.epoch, s.last_seq, entries);
+        t.synced = true;
+        waiting
+            .into_iter()
+            .map(|w| {
+                let answer = t.answer(w.since.as_ref(), now);
+                (w, Ok(answer))
+            })
+            .collect()
+    }
+
+    /// The link to Redis came up or went down: nothing is synced any more (what happened
+    /// meanwhile is read back on demand). Down, the subscribes waiting for a read are answered
+    /// `fleet_unavailable` by the link itself (their read fails).
+    pub fn fleet_state(&mut self, _up: bool) {
+        for t in self.topics.values_mut() {
+            t.synced = false;
+        }
     }
 
     /// `core` has no subscriber of `topic` left.
@@ -296,6 +452,118 @@ mod tests {
         );
         // Known topics go on.
         assert_eq!(o.publish("t0", "2", now, &mut Outgoing::new(2)), Ok(2));
+    }
+
+    fn fleet_pub(epoch: &str, seq: u64, data: &str) -> Publication {
+        Publication {
+            epoch: epoch.into(),
+            seq,
+            topic: "t".into(),
+            data: bytes::Bytes::copy_from_slice(data.as_bytes()),
+        }
+    }
+
+    fn asker(core: usize, client: u64) -> Asker {
+        Asker { core, client }
+    }
+
+    fn synced(epoch: &str, last: u64, kept: std::ops::RangeInclusive<u64>) -> Synced {
+        Synced {
+            epoch: epoch.into(),
+            last_seq: last,
+            entries: kept
+                .map(|seq| crate::fleet::wire::Entry {
+                    seq,
+                    age_ms: 10,
+                    data: bytes::Bytes::from(seq.to_string()),
+                })
+                .collect(),
+        }
+    }
+
+    /// In a fleet a subscribe waits for the topic to be read back from Redis once; its answer
+    /// carries Redis' epoch and replays from the history read back, merged with what came in
+    /// on the channel meanwhile.
+    #[test]
+    fn a_fleet_subscribe_waits_for_the_read_back_and_recovers_from_it() {
+        let mut o = owner();
+        let now = Instant::now();
+        // History 3: 4, 5 and 6 are kept.
+        let since = Since {
+            epoch: "R".into(),
+            seq: 3,
+        };
+        let first = o
+            .subscribe_fleet("t", Some(since), asker(1, 7), 1, now)
+            .unwrap();
+        assert!(matches!(first, FleetSubscribe::Wait { ask: true }));
+        let second = o.subscribe_fleet("t", None, asker(0, 8), 2, now).unwrap();
+        assert!(
+            matches!(second, FleetSubscribe::Wait { ask: false }),
+            "one read per topic"
+        );
+        // Publication 6 arrives on the channel before the read (which saw up to 5).
+        let mut out = Outgoing::new(2);
+        assert!(o.fleet_publication(&fleet_pub("R", 6, "6"), now, &mut out));
+        assert_eq!(
+            frames(&out.per_core[1]),
+            ["{\"topic\":\"t\",\"seq\":6,\"data\":6}"]
+        );
+        let owed = o.fleet_synced("t", Ok(&synced("R", 5, 1..=5)), now);
+        assert_eq!(owed.len(), 2);
+        let (w, a) = &owed[0];
+        let a = a.as_ref().unwrap();
+        assert_eq!((w.asker, w.request), (asker(1, 7), 1));
+        assert_eq!((&*a.epoch, a.last_seq, a.recovered), ("R", 6, true));
+        assert_eq!(
+            a.replay
+                .iter()
+                .map(|f| String::from_utf8(f.to_vec()).unwrap())
+                .collect::<Vec<_>>(),
+            (4..=6)
+                .map(|s| format!("{{\"topic\":\"t\",\"seq\":{s},\"data\":{s}}}"))
+                .collect::<Vec<_>>()
+        );
+        let (_, b) = &owed[1];
+        assert!(
+            !b.as_ref().unwrap().recovered,
+            "no since: nothing to recover"
+        );
+        // Synced now: the next subscribe is answered at once.
+        let third = o.subscribe_fleet("t", None, asker(0, 9), 3, now).unwrap();
+        assert!(matches!(third, FleetSubscribe::Answer(a) if a.last_seq == 6));
+    }
+
+    #[test]
+    fn fleet_publications_are_kept_once_and_a_gap_or_a_new_link_unsyncs() {
+        let mut o = owner();
+        let now = Instant::now();
+        o.subscribe_fleet("t", None, asker(0, 1), 1, now).unwrap();
+        o.fleet_synced("t", Ok(&synced("R", 2, 1..=2)), now);
+        let mut out = Outgoing::new(2);
+        assert!(o.fleet_publication(&fleet_pub("R", 3, "3"), now, &mut out));
+        assert!(
+            !o.fleet_publication(&fleet_pub("R", 3, "3"), now, &mut out),
+            "a duplicate"
+        );
+        assert_eq!(out.per_core[0].len(), 1);
+        // A gap (4 missed): kept, but the topic must be read back before the next answer.
+        assert!(o.fleet_publication(&fleet_pub("R", 5, "5"), now, &mut out));
+        let after_gap = o.subscribe_fleet("t", None, asker(1, 2), 2, now).unwrap();
+        assert!(matches!(after_gap, FleetSubscribe::Wait { ask: true }));
+        let owed = o.fleet_synced("t", Ok(&synced("R", 5, 1..=5)), now);
+        assert_eq!(owed[0].1.as_ref().unwrap().last_seq, 5);
+        // The link broke and came back: read back again.
+        o.fleet_state(true);
+        assert!(matches!(
+            o.subscribe_fleet("t", None, asker(1, 3), 3, now).unwrap(),
+            FleetSubscribe::Wait { ask: true }
+        ));
+        // A failed read answers the waiting subscribes fleet_unavailable.
+        let owed = o.fleet_synced("t", Err(()), now);
+        assert_eq!(owed[0].1.as_ref().err(), Some(&Reason::FleetUnavailable));
+        // Another epoch (Redis lost the topic): the log follows it from there.
+        assert!(o.fleet_publication(&fleet_pub("R2", 1, "1"), now, &mut out));
     }
 
     #[test]

@@ -385,6 +385,9 @@ fn metric_rooms(
     }
     if let Some(pubsub) = pubsub {
         rooms.push(pubsub.metrics.clone());
+        if let Some(fleet) = &pubsub.fleet {
+            rooms.push(fleet.status.clone());
+        }
     }
     rooms
 }
@@ -515,9 +518,13 @@ fn start_serving(
                 None,
             ),
         };
+        let fleet = cfg
+            .fleet
+            .as_ref()
+            .map(|f| (f, f.node_name(&cfg.server.listen)));
         let (shared, starts) =
-            crate::pubsub::PubsubShared::starts(&cfg.pubsub, cpus.len(), &feed_connect)
-                .map_err(|e| StartError::Config(e.into()))?;
+            crate::pubsub::PubsubShared::starts(&cfg.pubsub, cpus.len(), &feed_connect, fleet)
+                .map_err(StartError::Config)?;
         (Some(shared), starts.into_iter().map(Some).collect())
     } else {
         (None, (0..cpus.len()).map(|_| None).collect::<Vec<_>>())

@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{apt_install, banner, is_root, which, Env};
+use crate::{apt_install, apt_install_quietly, banner, is_root, which, Env};
 
 /// The uWebSockets release the peer is built from (its tag in the snapshot).
 pub const UWS_REV: &str = "v20.79.0";
@@ -151,17 +151,8 @@ pub fn ensure_nchan() -> Result<(PathBuf, PathBuf), String> {
     }
     banner("installing nginx and libnginx-mod-nchan");
     // The package would start nginx's own service on :80; it is not ours to run.
-    let policy = Path::new("/usr/sbin/policy-rc.d");
-    let had_policy = policy.exists();
-    if !had_policy {
-        let _ = std::fs::write(policy, "#!/bin/sh\nexit 101\n");
-        let _ = Command::new("chmod").arg("755").arg(policy).status();
-    }
-    let installed = apt_install(&["nginx", "libnginx-mod-nchan"]);
-    if !had_policy {
-        let _ = std::fs::remove_file(policy);
-    }
-    installed.map_err(|e| format!("apt-get install nginx libnginx-mod-nchan: {e:#}"))?;
+    apt_install_quietly(&["nginx", "libnginx-mod-nchan"])
+        .map_err(|e| format!("apt-get install nginx libnginx-mod-nchan: {e:#}"))?;
     let nginx = super::find_nginx().ok_or("nginx installed but no nginx binary found")?;
     if !module.is_file() {
         return Err(format!(

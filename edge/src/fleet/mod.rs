@@ -1,0 +1,210 @@
+//! A fleet of edges on one Redis: what the nodes share, and the thread that talks to Redis.
+//!
+//! The Redis client runs off the cores, on its own thread with its own (tokio) runtime; the
+//! cores talk to it by message ([`FleetAsk`] in, [`crate::pubsub::lines::CoreMsg`] out) and never
+//! wait on it. One subscription per node carries every publication of the fleet
+//! ([`wire::CHANNEL`]); each is handed to the core that owns its topic, which keeps it and
+//! fans it out like a local one.
+//!
+//! - [`config`]: the `[fleet]` section.
+//! - [`wire`]: keys, scripts and the channel's messages (no I/O).
+//! - [`link`]: the thread: connections, reconnects with backoff, the scripts in pipelines.
+
+pub mod config;
+mod link;
+pub(crate) mod wire;
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_channel::mpsc::UnboundedSender;
+
+pub use config::{DownMode, FleetConfig};
+
+use crate::metrics::{Counter, PrometheusFamilies};
+use crate::pubsub::lines::{Asker, Lines};
+
+/// Publications from Redis waiting in one core's inbox beyond which the link stops reading the
+/// subscription (Redis buffers, then drops the link past its own output limit; the node then
+/// resyncs) rather than queue without bound.
+pub(crate) const MAX_PENDING_PER_CORE: usize = 1 << 16;
+
+/// What a core asks of the fleet.
+#[derive(Debug)]
+pub(crate) enum FleetAsk {
+    /// Sequence, keep and announce a publication fleet-wide; `asker` is told its seq.
+    Publish {
+        topic: Arc<str>,
+        data: Bytes,
+        asker: Option<Asker>,
+        request: u64,
+    },
+    /// The topic's epoch, last seq and history, for its owner core.
+    Sync { topic: Arc<str> },
+}
+
+/// The fleet link's state and counters, shared with `/metrics` and the cores.
+#[derive(Debug)]
+pub(crate) struct FleetStatus {
+    pub node: String,
+    up: AtomicBool,
+    pub connects: Counter,
+    pub disconnects: Counter,
+    pub published: Counter,
+    pub publish_failures: Counter,
+    pub received: Counter,
+    pub bad_messages: Counter,
+    pub syncs: Counter,
+    /// Times the link paused reading the subscription for a core behind on its inbox.
+    pub paused: Counter,
+    /// Per core: publications sent to it and not yet taken.
+    pending: Vec<AtomicUsize>,
+}
+
+impl FleetStatus {
+    fn new(node: String, cores: usize) -> Self {
+        Self {
+            node,
+            up: AtomicBool::new(false),
+            connects: Counter::default(),
+            disconnects: Counter::default(),
+            published: Counter::default(),
+            publish_failures: Counter::default(),
+            received: Counter::default(),
+            bad_messages: Counter::default(),
+            syncs: Counter::default(),
+            paused: Counter::default(),
+            pending: (0..cores).map(|_| AtomicUsize::new(0)).collect(),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Release);
+    }
+
+    /// A core took one publication the link sent it.
+    pub fn taken(&self, core: usize) {
+        if let Some(p) = self.pending.get(core) {
+            p.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn sent(&self, core: usize) {
+        if let Some(p) = self.pending.get(core) {
+            p.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn behind(&self) -> bool {
+        self.pending
+            .iter()
+            .any(|p| p.load(Ordering::Relaxed) >= MAX_PENDING_PER_CORE)
+    }
+}
+
+impl PrometheusFamilies for FleetStatus {
+    fn render_families(&self, out: &mut String) {
+        let node = &self.node;
+        let _ = writeln!(
+            out,
+            "# HELP wssedge_fleet_up Whether this node reaches the fleet's Redis (1) or serves on local state (0)\n\
+             # TYPE wssedge_fleet_up gauge\nwssedge_fleet_up{{node=\"{node}\"}} {}",
+            u8::from(self.is_up())
+        );
+        let mut counter = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        counter(
+            "wssedge_fleet_connects_total",
+            "Connections made to the fleet's Redis",
+            self.connects.get(),
+        );
+        counter(
+            "wssedge_fleet_disconnects_total",
+            "Times the link to the fleet's Redis broke",
+            self.disconnects.get(),
+        );
+        counter(
+            "wssedge_fleet_published_total",
+            "Publications this node sequenced through Redis",
+            self.published.get(),
+        );
+        counter(
+            "wssedge_fleet_publish_failures_total",
+            "Publications refused because Redis could not sequence them (fleet_unavailable)",
+            self.publish_failures.get(),
+        );
+        counter(
+            "wssedge_fleet_received_total",
+            "Publications received from the fleet's channel",
+            self.received.get(),
+        );
+        counter(
+            "wssedge_fleet_bad_messages_total",
+            "Messages on the fleet's channel that were not a valid publication (dropped)",
+            self.bad_messages.get(),
+        );
+        counter(
+            "wssedge_fleet_syncs_total",
+            "Topics read back from Redis (epoch, seq, history)",
+            self.syncs.get(),
+        );
+        counter(
+            "wssedge_fleet_paused_total",
+            "Times the subscription was left unread while a core caught up",
+            self.paused.get(),
+        );
+    }
+}
+
+/// This node's link to the fleet: cheap to clone, `Send`.
+#[derive(Debug, Clone)]
+pub(crate) struct Fleet {
+    asks: UnboundedSender<FleetAsk>,
+    pub status: Arc<FleetStatus>,
+}
+
+impl Fleet {
+    /// Starts the link's thread. `lines`: the cores' pub/sub inboxes (publications and answers
+    /// go there). Fails only on a configuration Redis' client refuses.
+    pub fn start(
+        cfg: &FleetConfig,
+        node: String,
+        lines: Lines,
+        history: usize,
+    ) -> Result<Self, String> {
+        let client = link::client(cfg)?;
+        let status = Arc::new(FleetStatus::new(node, lines.cores()));
+        let (asks, inbox) = futures_channel::mpsc::unbounded();
+        let link = link::Link {
+            client,
+            status: status.clone(),
+            lines,
+            history,
+            redis: cfg.redis.clone(),
+        };
+        std::thread::Builder::new()
+            .name("wssedge-fleet".into())
+            .spawn(move || link.run(inbox))
+            .map_err(|e| format!("cannot start the fleet thread: {e}"))?;
+        Ok(Self { asks, status })
+    }
+
+    pub fn ask(&self, ask: FleetAsk) {
+        // The thread only ends with the process.
+        let _ = self.asks.unbounded_send(ask);
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.status.is_up()
+    }
+}
