@@ -14,7 +14,7 @@ use crate::harness::*;
 
 /// The bound the issue sets for closing a revoked session ("within a second"), plus a margin
 /// for a loaded two-core machine; the measured figure is printed.
-const REVOKE_BOUND: Duration = Duration::from_millis(1500);
+pub(crate) const REVOKE_BOUND: Duration = Duration::from_millis(1500);
 
 /// A server with `[jwt]` (every source enabled, `extra` keys added) and a control socket in its
 /// own directory.
@@ -71,9 +71,9 @@ async fn revocations(socket: &Path) -> (Vec<String>, Vec<String>) {
 
 /// A live session's reader, started before the revocation so that the close frame's arrival
 /// time is taken when it arrives.
-type CloseWatch = tokio::task::JoinHandle<(Frame, Instant)>;
+pub(crate) type CloseWatch = tokio::task::JoinHandle<(Frame, Instant)>;
 
-fn watch_close(
+pub(crate) fn watch_close(
     ws: RawWs,
 ) -> (
     CloseWatch,

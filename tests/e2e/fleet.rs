@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 
-use crate::admission_jwt::{key_files, KeyFiles};
+use crate::admission_jwt::{claims, hs, key_files, with_header_token, KeyFiles};
 use crate::harness::*;
 use crate::pubsub::{config, connect, next_json, publish, subscribe};
 
@@ -222,4 +222,219 @@ async fn redis_with_a_password() {
     );
     assert_eq!(b.metric("wssedge_fleet_up", &[]).await, 0.0);
     assert_eq!(b.metric("wssedge_fleet_connects_total", &[]).await, 0.0);
+}
+
+/// A node with `[jwt]`, a control socket and `[fleet]` on `redis` (echo on every path).
+struct CtlNode {
+    srv: Server,
+    socket: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn ctl_node(files: &KeyFiles, redis: &RedisServer, name: &str) -> CtlNode {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("ctl.sock");
+    let tail = format!("[fleet]\nredis = \"{}\"\nnode = \"{name}\"\n", redis.url());
+    let srv = ServerBuilder::new()
+        .cores(2)
+        .config(&crate::admission_jwt::jwt_config(files, &[], &tail))
+        .arg("--control")
+        .arg(socket.to_str().expect("UTF-8 path"))
+        .start();
+    CtlNode {
+        srv,
+        socket,
+        _dir: dir,
+    }
+}
+
+/// A live session of `sub` on `node`, watched for its close frame.
+async fn live_session(
+    node: &CtlNode,
+    sub: &str,
+    jti: &str,
+) -> (
+    crate::control::CloseWatch,
+    impl Sized, // the write half, kept open
+) {
+    let token = hs(claims(sub, jti));
+    let (_, mut ws) = expect_upgraded(&node.srv, &with_header_token("/", &token)).await;
+    expect_echo(&mut ws, sub).await;
+    crate::control::watch_close(ws)
+}
+
+async fn expect_closed_with(
+    watch: crate::control::CloseWatch,
+    reason: &str,
+    after: std::time::Instant,
+) {
+    let (frame, at) = within(WAIT, "close frame", watch)
+        .await
+        .expect("reader task");
+    assert_eq!(
+        (frame.close_code(), frame.close_reason().as_str()),
+        (Some(1008), reason)
+    );
+    let delay = at.saturating_duration_since(after);
+    visible_line(&format!(
+        "fleet: closed with 1008 {reason} {delay:?} after the command on another node"
+    ));
+    assert!(
+        delay <= crate::control::REVOKE_BOUND,
+        "closed {delay:?} after the command (bound {:?})",
+        crate::control::REVOKE_BOUND
+    );
+}
+
+/// `revoke-subject` on A closes the subject's sessions on B within a second and B refuses it
+/// from then on; a node started later (C) refuses it too; `unrevoke-subject` on B lets it in
+/// on A again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_on_one_node_holds_on_every_node() {
+    let redis = RedisServer::start();
+    let files = key_files();
+    let a = ctl_node(&files, &redis, "a");
+    let b = ctl_node(&files, &redis, "b");
+    wait_fleet_up(&a.srv).await;
+    wait_fleet_up(&b.srv).await;
+    let (on_b, _keep) = live_session(&b, "alice", "alice-1").await;
+    let (bob, _keep_bob) = live_session(&b, "bob", "bob-1").await;
+    let out = ctl(&a.socket, &["revoke-subject", "alice"]).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    expect_closed_with(on_b, "revoked", out.ended).await;
+    let fresh = hs(claims("alice", "alice-2"));
+    expect_refused(&b.srv, &with_header_token("/", &fresh), 401, "revoked").await;
+    assert!(!bob.is_finished(), "bob's session is not touched");
+
+    let c = ctl_node(&files, &redis, "c");
+    wait_fleet_up(&c.srv).await;
+    expect_refused(&c.srv, &with_header_token("/", &fresh), 401, "revoked").await;
+
+    let out = ctl(&b.socket, &["unrevoke-subject", "alice"]).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let again = hs(claims(
+            "alice",
+            &format!("alice-{}", deadline.elapsed().as_nanos()),
+        ));
+        let (status, _) = upgrade_status(&a.srv, &with_header_token("/", &again)).await;
+        if status == 101 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A still refuses alice after the unrevoke on B"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Revocations made while Redis is away apply at once where they were made and reach the
+/// other nodes when Redis is back; a Redis that came back empty does not lift older ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_outlive_a_redis_that_dies() {
+    let mut redis = RedisServer::start();
+    let files = key_files();
+    let a = ctl_node(&files, &redis, "a");
+    let b = ctl_node(&files, &redis, "b");
+    wait_fleet_up(&a.srv).await;
+    wait_fleet_up(&b.srv).await;
+    assert_eq!(
+        ctl(&a.socket, &["revoke-subject", "before"]).await.code,
+        Some(0)
+    );
+    let before = hs(claims("before", "before-1"));
+    wait_refused(&b, &before).await;
+
+    redis.kill();
+    wait_fleet_down(&a.srv).await;
+    assert_eq!(
+        ctl(&a.socket, &["revoke-subject", "during"]).await.code,
+        Some(0)
+    );
+    let during = hs(claims("during", "during-1"));
+    expect_refused(&a.srv, &with_header_token("/", &during), 401, "revoked").await;
+    assert_eq!(
+        a.srv.metric("wssedge_fleet_control_pending", &[]).await,
+        1.0
+    );
+
+    redis.restart(); // empty: it lost "before"
+    wait_fleet_up(&a.srv).await;
+    wait_fleet_up(&b.srv).await;
+    wait_refused(&b, &during).await;
+    // B knew "before" already and announces it again to the Redis that lost it: a node
+    // started now still learns both.
+    let c = ctl_node(&files, &redis, "c");
+    wait_fleet_up(&c.srv).await;
+    wait_refused(&c, &before).await;
+    wait_refused(&c, &during).await;
+    assert_eq!(
+        a.srv.metric("wssedge_fleet_control_pending", &[]).await,
+        0.0
+    );
+}
+
+/// The status of one upgrade attempt, and the refusal's reason (empty for a 101).
+async fn upgrade_status(srv: &Server, req: &str) -> (u16, String) {
+    match attempt(srv, req).await {
+        Outcome::Upgraded { .. } => (101, String::new()),
+        Outcome::Refused(r) => (r.status, r.reason),
+    }
+}
+
+async fn wait_fleet_down(srv: &Server) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while srv.metric("wssedge_fleet_up", &[]).await != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node still says the fleet is up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls until `node` refuses `token` with 401 `revoked`.
+async fn wait_refused(node: &CtlNode, token: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (status, reason) = upgrade_status(&node.srv, &with_header_token("/", token)).await;
+        if status == 401 && reason == "revoked" {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {status} {reason} for a revoked subject"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// `kick --subject` on A closes the subject's sessions on A and B with 1008 `kicked`, and
+/// refuses nothing afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kick_closes_the_subject_everywhere_and_refuses_nothing() {
+    let redis = RedisServer::start();
+    let files = key_files();
+    let a = ctl_node(&files, &redis, "a");
+    let b = ctl_node(&files, &redis, "b");
+    wait_fleet_up(&a.srv).await;
+    wait_fleet_up(&b.srv).await;
+    let (on_a, _ka) = live_session(&a, "mallory", "m-1").await;
+    let (on_b, _kb) = live_session(&b, "mallory", "m-2").await;
+    let out = ctl(&a.socket, &["kick", "--subject", "mallory"]).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("\"sent\""), "{out:?}");
+    expect_closed_with(on_a, "kicked", out.ended).await;
+    expect_closed_with(on_b, "kicked", out.ended).await;
+    let (_, mut back) = expect_upgraded(
+        &b.srv,
+        &with_header_token("/", &hs(claims("mallory", "m-3"))),
+    )
+    .await;
+    expect_echo(&mut back, "back").await;
+    b.srv
+        .wait_metric("wssedge_fleet_control_received_total", &[], 1.0)
+        .await;
 }

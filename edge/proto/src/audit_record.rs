@@ -128,6 +128,16 @@ pub enum AuditEvent {
         peers: Vec<PeerRefusals>,
         unattributed: u64,
     },
+    /// This node's link to its fleet's Redis came up or went down (`detail`: why, for a down).
+    Fleet {
+        state: String,
+        node: String,
+        redis: String,
+        detail: String,
+    },
+    /// `wssedge ctl kick` took effect here: the subject's sessions on this node were ordered
+    /// closed (1008 `kicked`); `asked_by`: the node whose control socket asked.
+    Kick { subject: String, asked_by: String },
     /// Written by the trail itself when it starts.
     Start { version: String, pid: u32 },
     /// Written by the trail itself at a clean shutdown, just before the seal.

@@ -41,6 +41,8 @@ pub(crate) struct Admission {
     identity_rules: IdentityRules,
     jwt: Option<JwtVerifier>,
     pub revocations: Arc<ArcSwap<Revocations>>,
+    /// Subjects whose live sessions are to close (`wssedge ctl kick`).
+    pub kicks: Arc<ArcSwap<crate::auth::kicks::Kicks>>,
     /// `per_identity_connections`, when set.
     identity_slots: Option<Arc<IdentitySlots>>,
     /// Non-zero in a restart's new process that did not receive the whole replay store (see
@@ -88,6 +90,7 @@ impl Admission {
             identity_rules,
             jwt: verifier,
             revocations: Arc::new(ArcSwap::from_pointee(revocations)),
+            kicks: Arc::new(ArcSwap::from_pointee(Default::default())),
             identity_slots: None,
             replay_unproven_before: AtomicU64::new(0),
         })

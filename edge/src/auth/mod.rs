@@ -62,6 +62,7 @@
 
 pub(crate) mod admission;
 pub mod jwt;
+pub mod kicks;
 pub use wssedge_proto::jwt::identifier;
 pub use wssedge_proto::origin;
 pub mod replay;

@@ -216,6 +216,15 @@ impl Revocations {
         changed
     }
 
+    /// The entries control commands made (in a fleet: every node's), for a resync.
+    pub fn command_entries(&self) -> Vec<RevocationEntry> {
+        let jtis = self.jtis.iter().filter(|(_, s)| **s == Source::Command);
+        let subs = self.subs.iter().filter(|(_, s)| **s == Source::Command);
+        jtis.map(|(v, _)| RevocationEntry::Jti(v.clone()))
+            .chain(subs.map(|(v, _)| RevocationEntry::Sub(v.clone())))
+            .collect()
+    }
+
     /// A control command: revoke. `false` if it was already revoked (no version change).
     pub fn revoke(&mut self, entry: &RevocationEntry) -> bool {
         let (map, v) = self.map_mut(entry);
@@ -274,6 +283,23 @@ mod tests {
     }
     fn sub(v: &str) -> RevocationEntry {
         RevocationEntry::Sub(v.into())
+    }
+
+    #[test]
+    fn command_entries_are_the_commanded_ones_only() {
+        let mut r = Revocations::new();
+        r.replace_file_entries(&[RevocationEntry::Sub("from-file".into())]);
+        r.revoke(&RevocationEntry::Jti("j".into()));
+        r.revoke(&RevocationEntry::Sub("s".into()));
+        let mut got = r.command_entries();
+        got.sort_by_key(|e| e.to_string());
+        assert_eq!(
+            got,
+            [
+                RevocationEntry::Jti("j".into()),
+                RevocationEntry::Sub("s".into())
+            ]
+        );
     }
 
     #[test]

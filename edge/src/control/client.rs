@@ -172,6 +172,8 @@ commands:
   restart                hand the listeners to a new process of this binary, then close
                          every client with 1012 and exit (no connection is refused)
   crl-reload             re-read the client-certificate CRLs
+  kick --subject SUB     close the subject's live sessions (1008 kicked), on every node of
+                         a fleet; new sessions stay allowed
   help                   this text";
 
 /// What the words after `--control PATH` ask for.
@@ -198,6 +200,8 @@ pub enum CliError {
     },
     #[error("unknown command `{0}`")]
     UnknownCommand(String),
+    #[error("`kick` takes the subject: kick --subject SUB")]
+    KickUsage,
     #[error("`{word}` takes no arguments, got `{extra}`")]
     NoArguments { word: String, extra: String },
 }
@@ -243,6 +247,14 @@ pub fn parse_cli(args: &[String]) -> Result<CliCommand, CliError> {
         "drain" => Request::Drain,
         "crl-reload" => Request::CrlReload,
         "restart" => Request::Restart,
+        "kick" => {
+            return match rest {
+                [flag, subject] if flag == "--subject" => Ok(CliCommand::Send(Request::Kick {
+                    subject: subject.clone(),
+                })),
+                _ => Err(CliError::KickUsage),
+            }
+        }
         other => return Err(CliError::UnknownCommand(other.to_owned())),
     };
     if let Some(extra) = rest.first() {

@@ -65,11 +65,14 @@ pub enum Request {
     /// Hand the listeners to a new process of the same binary, then close every client with
     /// 1012 and exit.
     Restart,
+    /// Close the live sessions of a subject (1008 `kicked`), on every node of a fleet; refuses
+    /// nothing afterwards.
+    Kick { subject: String },
 }
 
 impl Request {
     /// Every command name, in the order the documentation lists them.
-    pub const COMMANDS: [&'static str; 8] = [
+    pub const COMMANDS: [&'static str; 9] = [
         "revoke",
         "unrevoke",
         "revocations",
@@ -78,12 +81,14 @@ impl Request {
         "drain",
         "crl-reload",
         "restart",
+        "kick",
     ];
 
     /// The fields a command takes besides `cmd`.
     pub fn fields(cmd: &str) -> &'static [&'static str] {
         match cmd {
             "revoke" | "unrevoke" => &["kind", "value"],
+            "kick" => &["subject"],
             _ => &[],
         }
     }
@@ -99,6 +104,7 @@ impl Request {
             Request::Drain => "drain",
             Request::CrlReload => "crl-reload",
             Request::Restart => "restart",
+            Request::Kick { .. } => "kick",
         }
     }
 
@@ -159,6 +165,7 @@ fn usage_hint(cmd: &str) -> &'static str {
         "revoke" | "unrevoke" => {
             " (expected {\"cmd\":\"revoke\",\"kind\":\"jti\"|\"subject\",\"value\":\"...\"})"
         }
+        "kick" => " (expected {\"cmd\":\"kick\",\"subject\":\"...\"})",
         _ => " (this command takes no arguments besides \"cmd\")",
     }
 }
@@ -248,7 +255,10 @@ pub const MAX_VALUE_BYTES: usize = crate::auth::identifier::MAX_IDENTIFIER_BYTES
 /// A revocation's value follows the rule tokens' `sub` and `jti` are held to at verification
 /// ([`crate::auth::identifier`]): what can be revoked is exactly what can be admitted.
 fn validate(request: &Request) -> Result<(), ProtocolError> {
-    let (Request::Revoke { value, .. } | Request::Unrevoke { value, .. }) = request else {
+    let (Request::Revoke { value, .. }
+    | Request::Unrevoke { value, .. }
+    | Request::Kick { subject: value }) = request
+    else {
         return Ok(());
     };
     crate::auth::identifier::check_identifier(value).map_err(|why| ProtocolError::InvalidValue {

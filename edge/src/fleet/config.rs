@@ -143,8 +143,11 @@ impl FleetConfig {
 
 /// Node names go into Redis keys and listings: printable, no spaces, short.
 fn check_node_name(node: &str) -> Result<(), ConfigError> {
-    let ok = !node.is_empty()
-        && node.len() <= 64
+    let ok = node.len() <= 64
+        && node
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
         && node
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
@@ -154,7 +157,7 @@ fn check_node_name(node: &str) -> Result<(), ConfigError> {
         Err(ConfigError::invalid(
             "fleet.node",
             node,
-            "1 to 64 characters of letters, digits, '-', '_', '.' and ':'",
+            "1 to 64 characters of letters, digits, '-', '_', '.' and ':', starting with a letter or a digit",
         ))
     }
 }
@@ -270,6 +273,11 @@ mod tests {
                 "redis = \"redis://x\"\nnode = \"a b\"",
                 "fleet.node",
                 "letters",
+            ),
+            (
+                "redis = \"redis://x\"\nnode = \"-\"",
+                "fleet.node",
+                "starting",
             ),
             (
                 "redis = \"redis://x\"\nca = \"/etc/hosts\"",

@@ -2,6 +2,7 @@
 //! Redis, made again with backoff whenever either breaks. Nothing here blocks a core: asks come
 //! in on a channel, answers and publications go out on the cores' lines.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,9 +13,14 @@ use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, Value};
 use wssedge_proto::pubsub::Reason;
 
 use super::wire;
-use super::{FleetAsk, FleetConfig, FleetStatus};
+use super::{FleetAsk, FleetConfig, FleetParts, FleetStatus};
+use crate::audit::{AuditEvent, AuditHandle};
+use crate::auth::kicks::Kicks;
+use crate::auth::revocation::{RevocationEntry, Revocations};
 use crate::pubsub::lines::{CoreMsg, Lines};
 
+/// Revocations kept while Redis is away; past it the oldest is dropped (and logged).
+const MAX_PENDING_REVOCATIONS: usize = 65_536;
 /// Asks sent to Redis in one pipeline at most.
 const MAX_ASKS_PER_PIPELINE: usize = 256;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -53,12 +59,17 @@ pub(super) fn client(cfg: &FleetConfig) -> Result<Client, String> {
 }
 
 pub(super) struct Link {
-    pub client: Client,
-    pub status: Arc<FleetStatus>,
-    pub lines: Lines,
-    pub history: usize,
+    client: Client,
+    status: Arc<FleetStatus>,
+    lines: Option<Lines>,
+    history: usize,
+    revocations: Arc<arc_swap::ArcSwap<Revocations>>,
+    kicks: Arc<arc_swap::ArcSwap<Kicks>>,
+    audit: AuditHandle,
     /// For logs.
-    pub redis: String,
+    redis: String,
+    /// Revocations made while Redis was away, oldest first, sent when it is back.
+    pending: VecDeque<(RevocationEntry, bool)>,
 }
 
 /// The scripts' hashes on the server they were loaded on.
@@ -68,7 +79,21 @@ struct Scripts {
 }
 
 impl Link {
-    pub fn run(self, mut asks: UnboundedReceiver<FleetAsk>) {
+    pub fn new(client: Client, status: Arc<FleetStatus>, parts: FleetParts, redis: String) -> Self {
+        Self {
+            client,
+            status,
+            lines: parts.lines,
+            history: parts.history,
+            revocations: parts.revocations,
+            kicks: parts.kicks,
+            audit: parts.audit,
+            redis,
+            pending: VecDeque::new(),
+        }
+    }
+
+    pub fn run(mut self, mut asks: UnboundedReceiver<FleetAsk>) {
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -83,16 +108,21 @@ impl Link {
             let mut backoff = BACKOFF_FIRST;
             loop {
                 match self.connect().await {
-                    Ok((conn, subscription, scripts)) => {
-                        backoff = BACKOFF_FIRST;
-                        self.status.connects.inc();
-                        self.set_up(true);
-                        tracing::info!(redis = %self.redis, node = %self.status.node, "fleet: connected to Redis");
-                        let why = self.serve(conn, subscription, &scripts, &mut asks).await;
-                        self.status.disconnects.inc();
-                        self.set_up(false);
-                        tracing::warn!(redis = %self.redis, reason = %why, "fleet: lost Redis; reconnecting");
-                    }
+                    Ok((mut conn, subscription, scripts)) => match self.resync(&mut conn).await {
+                        Ok(()) => {
+                            backoff = BACKOFF_FIRST;
+                            self.status.connects.inc();
+                            self.set_up(true, "");
+                            tracing::info!(redis = %self.redis, node = %self.status.node, "fleet: connected to Redis");
+                            let why = self.serve(conn, subscription, &scripts, &mut asks).await;
+                            self.status.disconnects.inc();
+                            self.set_up(false, &why);
+                            tracing::warn!(redis = %self.redis, reason = %why, "fleet: lost Redis; reconnecting");
+                        }
+                        Err(e) => {
+                            tracing::warn!(redis = %self.redis, error = %e, "fleet: resync with Redis failed");
+                        }
+                    },
                     Err(e) => {
                         tracing::warn!(redis = %self.redis, error = %e, retry_in_ms = backoff.as_millis() as u64, "fleet: cannot reach Redis");
                     }
@@ -105,11 +135,169 @@ impl Link {
         });
     }
 
-    fn set_up(&self, up: bool) {
+    fn set_up(&self, up: bool, why: &str) {
         self.status.set_up(up);
-        for core in 0..self.lines.cores() {
-            self.lines.send(core, CoreMsg::FleetState { up });
+        if let Some(lines) = &self.lines {
+            for core in 0..lines.cores() {
+                lines.send(core, CoreMsg::FleetState { up });
+            }
         }
+        self.audit.record(AuditEvent::Fleet {
+            state: if up { "up" } else { "down" }.into(),
+            node: self.status.node.clone(),
+            redis: self.redis.clone(),
+            detail: why.to_owned(),
+        });
+    }
+
+    /// On every (re)connection, before anything else: the revocations made here while Redis
+    /// was away go out first; then the fleet's set is read back and applied here (a node that
+    /// starts later, or was away, learns what was decided meanwhile, lifted ones included), and
+    /// what this node holds that Redis does not know (Redis lost its data) is announced again:
+    /// a Redis that restarts empty never lifts a revocation.
+    async fn resync(&mut self, conn: &mut MultiplexedConnection) -> Result<(), String> {
+        while let Some((entry, revoke)) = self.pending.front().cloned() {
+            self.send_revocation(conn, &entry, revoke).await?;
+            self.pending.pop_front();
+            self.status.control_pending.add(-1);
+        }
+        let all: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(wire::REVOCATIONS)
+            .query_async(conn)
+            .await
+            .map_err(|e| format!("HGETALL {}: {e}", wire::REVOCATIONS))?;
+        let known: std::collections::HashMap<RevocationEntry, bool> = all
+            .iter()
+            .filter_map(|(field, by)| {
+                Some((wire::parse_revocation_field(field)?, by != wire::LIFTED))
+            })
+            .collect();
+        let mut changed: Vec<(RevocationEntry, bool)> = Vec::new();
+        let mut unknown = Vec::new();
+        self.revocations.rcu(|current| {
+            let mut next = (**current).clone();
+            changed.clear();
+            for (entry, revoked) in &known {
+                let moved = if *revoked {
+                    next.revoke(entry)
+                } else {
+                    next.unrevoke(entry).unwrap_or(false)
+                };
+                if moved {
+                    changed.push((entry.clone(), *revoked));
+                }
+            }
+            unknown = next
+                .command_entries()
+                .into_iter()
+                .filter(|e| !known.contains_key(e))
+                .collect();
+            next
+        });
+        for (entry, revoked) in changed {
+            self.audit_revocation(&entry, if revoked { "" } else { "un" }, "fleet");
+        }
+        for entry in unknown {
+            self.send_revocation(conn, &entry, true).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_revocation(
+        &self,
+        conn: &mut MultiplexedConnection,
+        entry: &RevocationEntry,
+        revoke: bool,
+    ) -> Result<(), String> {
+        let field = wire::revocation_field(entry);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if revoke {
+            pipe.hset(wire::REVOCATIONS, &field, &self.status.node)
+                .ignore();
+        } else {
+            pipe.hdel(wire::REVOCATIONS, &field).ignore();
+        }
+        let op = if revoke {
+            wire::ControlOp::Revoke
+        } else {
+            wire::ControlOp::Unrevoke
+        };
+        pipe.publish(
+            wire::CONTROL_CHANNEL,
+            wire::encode_control(op, &field, &self.status.node),
+        )
+        .ignore();
+        let done: Result<(), _> = pipe.query_async(conn).await;
+        done.map_err(|e| format!("revocation: {e}"))?;
+        self.status.control_sent.inc();
+        Ok(())
+    }
+
+    fn audit_revocation(&self, entry: &RevocationEntry, prefix: &str, source: &str) {
+        let (kind, value) = match entry {
+            RevocationEntry::Jti(v) => ("jti", v),
+            RevocationEntry::Sub(v) => ("subject", v),
+        };
+        self.audit.record(AuditEvent::Revocation {
+            kind: format!("{prefix}{kind}"),
+            value: value.clone(),
+            source: source.to_owned(),
+        });
+    }
+
+    /// A revocation or a kick another node announced.
+    fn control_received(&self, payload: &[u8]) {
+        let Some(c) = wire::parse_control(payload) else {
+            self.status.bad_messages.inc();
+            tracing::warn!(
+                bytes = payload.len(),
+                "fleet: dropped a message on the control channel"
+            );
+            return;
+        };
+        if c.node == self.status.node {
+            return; // ours: applied when it was made
+        }
+        self.status.control_received.inc();
+        let source = format!("fleet:{}", c.node);
+        match c.op {
+            wire::ControlOp::Kick => {
+                self.revocations_kick(&c.value, &c.node);
+            }
+            op => {
+                let Some(entry) = wire::parse_revocation_field(&c.value) else {
+                    self.status.bad_messages.inc();
+                    return;
+                };
+                let revoke = op == wire::ControlOp::Revoke;
+                let mut changed = false;
+                self.revocations.rcu(|current| {
+                    let mut next = (**current).clone();
+                    changed = if revoke {
+                        next.revoke(&entry)
+                    } else {
+                        next.unrevoke(&entry).unwrap_or(false)
+                    };
+                    next
+                });
+                if changed {
+                    self.audit_revocation(&entry, if revoke { "" } else { "un" }, &source);
+                }
+            }
+        }
+    }
+
+    fn revocations_kick(&self, subject: &str, asked_by: &str) {
+        self.kicks.rcu(|current| {
+            let mut next = (**current).clone();
+            next.kick(subject);
+            next
+        });
+        self.audit.record(AuditEvent::Kick {
+            subject: subject.to_owned(),
+            asked_by: asked_by.to_owned(),
+        });
     }
 
     async fn connect(
@@ -138,16 +326,19 @@ impl Link {
             .await
             .map_err(|_| "subscription: connect timed out".to_string())?
             .map_err(|e| e.to_string())?;
-        tokio::time::timeout(RESPONSE_TIMEOUT, pubsub.subscribe(wire::CHANNEL))
-            .await
-            .map_err(|_| "SUBSCRIBE timed out".to_string())?
-            .map_err(|e| format!("SUBSCRIBE: {e}"))?;
+        tokio::time::timeout(
+            RESPONSE_TIMEOUT,
+            pubsub.subscribe(&[wire::CHANNEL, wire::CONTROL_CHANNEL]),
+        )
+        .await
+        .map_err(|_| "SUBSCRIBE timed out".to_string())?
+        .map_err(|e| format!("SUBSCRIBE: {e}"))?;
         Ok((conn, pubsub.into_on_message(), scripts))
     }
 
     /// Serves until the link breaks; why it did.
     async fn serve(
-        &self,
+        &mut self,
         mut conn: MultiplexedConnection,
         mut subscription: redis::aio::PubSubStream,
         scripts: &Scripts,
@@ -164,6 +355,9 @@ impl Link {
             }
             tokio::select! {
                 msg = subscription.next() => match msg {
+                    Some(msg) if msg.get_channel_name() == wire::CONTROL_CHANNEL => {
+                        self.control_received(msg.get_payload_bytes())
+                    }
                     Some(msg) => self.received(msg.get_payload_bytes()),
                     None => return "the subscription closed".into(),
                 },
@@ -174,6 +368,15 @@ impl Link {
                         match asks.try_recv() {
                             Ok(ask) => batch.push(ask),
                             Err(_) => break,
+                        }
+                    }
+                    // Revocations and kicks one by one, in order; the rest in one pipeline.
+                    let (control, batch): (Vec<FleetAsk>, Vec<FleetAsk>) = batch
+                        .into_iter()
+                        .partition(|a| matches!(a, FleetAsk::Revocation { .. } | FleetAsk::Kick { .. }));
+                    for ask in control {
+                        if let Err(e) = self.send_control(&mut conn, ask).await {
+                            return e;
                         }
                     }
                     if let Err(e) = self.run_batch(&mut conn, scripts, batch).await {
@@ -190,14 +393,60 @@ impl Link {
         }
     }
 
-    /// One message on the channel: to its topic's owner core.
+    /// A revocation or a kick made here; a revocation that cannot be sent is kept for the
+    /// next connection (and breaks this one).
+    async fn send_control(
+        &mut self,
+        conn: &mut MultiplexedConnection,
+        ask: FleetAsk,
+    ) -> Result<(), String> {
+        match ask {
+            FleetAsk::Revocation { entry, revoke } => {
+                if let Err(e) = self.send_revocation(conn, &entry, revoke).await {
+                    self.keep_for_later(entry, revoke);
+                    return Err(e);
+                }
+            }
+            FleetAsk::Kick { subject } => {
+                let message =
+                    wire::encode_control(wire::ControlOp::Kick, &subject, &self.status.node);
+                let sent: Result<i64, _> = redis::cmd("PUBLISH")
+                    .arg(wire::CONTROL_CHANNEL)
+                    .arg(message)
+                    .query_async(conn)
+                    .await;
+                sent.map_err(|e| format!("kick: {e}"))?;
+                self.status.control_sent.inc();
+            }
+            other => self.answer(other, None),
+        }
+        Ok(())
+    }
+
+    fn keep_for_later(&mut self, entry: RevocationEntry, revoke: bool) {
+        if self.pending.len() >= MAX_PENDING_REVOCATIONS {
+            tracing::error!(
+                kept = MAX_PENDING_REVOCATIONS,
+                "fleet: too many revocations waiting for Redis; the oldest is dropped (it stays in force here)"
+            );
+            self.pending.pop_front();
+            self.status.control_pending.add(-1);
+        }
+        self.pending.push_back((entry, revoke));
+        self.status.control_pending.add(1);
+    }
+
+    /// One message on the publication channel: to its topic's owner core.
     fn received(&self, payload: &[u8]) {
+        let Some(lines) = &self.lines else {
+            return; // no pub/sub on this node
+        };
         match wire::parse_publication(payload) {
             Ok(p) => {
                 self.status.received.inc();
-                let owner = self.lines.owner(&p.topic);
+                let owner = lines.owner(&p.topic);
                 self.status.sent(owner);
-                self.lines.send(owner, CoreMsg::FleetPublication(p));
+                lines.send(owner, CoreMsg::FleetPublication(p));
             }
             Err(e) => {
                 self.status.bad_messages.inc();
@@ -214,6 +463,9 @@ impl Link {
         scripts: &Scripts,
         batch: Vec<FleetAsk>,
     ) -> Result<(), String> {
+        if batch.is_empty() {
+            return Ok(());
+        }
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         let history = self.history.to_string();
@@ -244,6 +496,11 @@ impl Link {
                         .arg(&epoch)
                         .arg(&history);
                 }
+                // Sent one by one by `send_control`, never batched; a PING would keep the
+                // answers in line if one were.
+                FleetAsk::Revocation { .. } | FleetAsk::Kick { .. } => {
+                    pipe.cmd("PING");
+                }
             }
         }
         let answers: Result<Vec<Value>, _> = pipe.query_async(conn).await;
@@ -265,6 +522,7 @@ impl Link {
     }
 
     fn answer(&self, ask: FleetAsk, answer: Option<&Value>) {
+        let Some(lines) = &self.lines else { return };
         match ask {
             FleetAsk::Publish { asker, request, .. } => {
                 let result = match answer.map(wire::parse_published) {
@@ -281,7 +539,7 @@ impl Link {
                     }
                 };
                 if let Some(asker) = asker {
-                    self.lines.send(
+                    lines.send(
                         asker.core,
                         CoreMsg::Published {
                             client: asker.client,
@@ -304,22 +562,31 @@ impl Link {
                         Err(())
                     }
                 };
-                let owner = self.lines.owner(&topic);
-                self.lines
-                    .send(owner, CoreMsg::FleetSynced { topic, result });
+                let owner = lines.owner(&topic);
+                lines.send(owner, CoreMsg::FleetSynced { topic, result });
             }
+            // Not answered: sent by `send_control`, kept or dropped by `wait_down`.
+            FleetAsk::Revocation { .. } | FleetAsk::Kick { .. } => {}
         }
     }
 
     /// The link is down for `backoff`: asks fail at once meanwhile (nothing waits on Redis).
     /// False when the edge is stopping.
-    async fn wait_down(&self, backoff: Duration, asks: &mut UnboundedReceiver<FleetAsk>) -> bool {
+    async fn wait_down(
+        &mut self,
+        backoff: Duration,
+        asks: &mut UnboundedReceiver<FleetAsk>,
+    ) -> bool {
         let sleep = tokio::time::sleep(backoff);
         tokio::pin!(sleep);
         loop {
             tokio::select! {
                 _ = &mut sleep => return true,
                 ask = asks.next() => match ask {
+                    Some(FleetAsk::Revocation { entry, revoke }) => self.keep_for_later(entry, revoke),
+                    Some(FleetAsk::Kick { subject }) => {
+                        tracing::warn!(subject = %subject, "fleet: Redis unreachable; the kick closed this node's sessions only");
+                    }
                     Some(ask) => self.answer(ask, None),
                     None => return false,
                 },

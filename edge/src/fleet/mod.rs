@@ -23,6 +23,8 @@ use futures_channel::mpsc::UnboundedSender;
 
 pub use config::{DownMode, FleetConfig};
 
+use crate::audit::AuditHandle;
+use crate::auth::revocation::{RevocationEntry, Revocations};
 use crate::metrics::{Counter, PrometheusFamilies};
 use crate::pubsub::lines::{Asker, Lines};
 
@@ -43,6 +45,28 @@ pub(crate) enum FleetAsk {
     },
     /// The topic's epoch, last seq and history, for its owner core.
     Sync { topic: Arc<str> },
+    /// A revocation (or its lifting) made on this node: stored in Redis and announced to every
+    /// node; kept until Redis is back while it is not.
+    Revocation {
+        entry: RevocationEntry,
+        revoke: bool,
+    },
+    /// Close the subject's sessions on every node (ephemeral: dropped while Redis is away).
+    Kick { subject: String },
+}
+
+/// What the link works with besides Redis.
+pub(crate) struct FleetParts {
+    /// The cores' pub/sub lines (none: this node serves no pub/sub).
+    pub lines: Option<Lines>,
+    /// `[pubsub] history`: entries a topic's stream keeps.
+    pub history: usize,
+    /// The admission's revocation set: fleet revocations are applied to it.
+    pub revocations: Arc<arc_swap::ArcSwap<Revocations>>,
+    /// The admission's kicks: other nodes' kicks are applied to them.
+    pub kicks: Arc<arc_swap::ArcSwap<crate::auth::kicks::Kicks>>,
+    /// The link's state changes and the revocations it applies are audited.
+    pub audit: AuditHandle,
 }
 
 /// The fleet link's state and counters, shared with `/metrics` and the cores.
@@ -56,6 +80,11 @@ pub(crate) struct FleetStatus {
     pub publish_failures: Counter,
     pub received: Counter,
     pub bad_messages: Counter,
+    /// Revocations and kicks this node sent to the fleet, and received from it.
+    pub control_sent: Counter,
+    pub control_received: Counter,
+    /// Revocations made while Redis was away, waiting to be sent.
+    pub control_pending: crate::metrics::Gauge,
     pub syncs: Counter,
     /// Times the link paused reading the subscription for a core behind on its inbox.
     pub paused: Counter,
@@ -74,6 +103,9 @@ impl FleetStatus {
             publish_failures: Counter::default(),
             received: Counter::default(),
             bad_messages: Counter::default(),
+            control_sent: Counter::default(),
+            control_received: Counter::default(),
+            control_pending: crate::metrics::Gauge::default(),
             syncs: Counter::default(),
             paused: Counter::default(),
             pending: (0..cores).map(|_| AtomicUsize::new(0)).collect(),
@@ -154,6 +186,16 @@ impl PrometheusFamilies for FleetStatus {
             self.bad_messages.get(),
         );
         counter(
+            "wssedge_fleet_control_sent_total",
+            "Revocations and kicks this node announced to the fleet",
+            self.control_sent.get(),
+        );
+        counter(
+            "wssedge_fleet_control_received_total",
+            "Revocations and kicks other nodes announced",
+            self.control_received.get(),
+        );
+        counter(
             "wssedge_fleet_syncs_total",
             "Topics read back from Redis (epoch, seq, history)",
             self.syncs.get(),
@@ -162,6 +204,12 @@ impl PrometheusFamilies for FleetStatus {
             "wssedge_fleet_paused_total",
             "Times the subscription was left unread while a core caught up",
             self.paused.get(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP wssedge_fleet_control_pending Revocations made while Redis was away, to be sent on its return\n\
+             # TYPE wssedge_fleet_control_pending gauge\nwssedge_fleet_control_pending {}",
+            self.control_pending.get().max(0)
         );
     }
 }
@@ -174,24 +222,13 @@ pub(crate) struct Fleet {
 }
 
 impl Fleet {
-    /// Starts the link's thread. `lines`: the cores' pub/sub inboxes (publications and answers
-    /// go there). Fails only on a configuration Redis' client refuses.
-    pub fn start(
-        cfg: &FleetConfig,
-        node: String,
-        lines: Lines,
-        history: usize,
-    ) -> Result<Self, String> {
+    /// Starts the link's thread. Fails only on a configuration Redis' client refuses.
+    pub fn start(cfg: &FleetConfig, node: String, parts: FleetParts) -> Result<Self, String> {
         let client = link::client(cfg)?;
-        let status = Arc::new(FleetStatus::new(node, lines.cores()));
+        let cores = parts.lines.as_ref().map_or(0, Lines::cores);
+        let status = Arc::new(FleetStatus::new(node, cores));
         let (asks, inbox) = futures_channel::mpsc::unbounded();
-        let link = link::Link {
-            client,
-            status: status.clone(),
-            lines,
-            history,
-            redis: cfg.redis.clone(),
-        };
+        let link = link::Link::new(client, status.clone(), parts, cfg.redis.clone());
         std::thread::Builder::new()
             .name("wssedge-fleet".into())
             .spawn(move || link.run(inbox))

@@ -17,8 +17,96 @@ use bytes::Bytes;
 use redis::Value;
 use wssedge_proto::pubsub::check_topic;
 
+use crate::auth::revocation::RevocationEntry;
+
 /// The channel every node subscribes to: all publications of the fleet.
 pub(crate) const CHANNEL: &str = "wssedge:publications";
+
+/// Revocations and kicks, announced to every node: `op \n value \n node`.
+pub(crate) const CONTROL_CHANNEL: &str = "wssedge:control";
+/// The fleet's revocations (made with `wssedge ctl` on any node): a hash, field `jti:<id>` or
+/// `sub:<subject>`, value the node that made it, or [`LIFTED`] once unrevoked. A node reads it
+/// whole at every connection.
+pub(crate) const REVOCATIONS: &str = "wssedge:revocations";
+/// The value of a lifted revocation (node names cannot be `-`).
+pub(crate) const LIFTED: &str = "-";
+
+/// What a control message says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ControlOp {
+    /// `value`: a revocation field.
+    Revoke,
+    Unrevoke,
+    /// `value`: a subject.
+    Kick,
+}
+
+impl ControlOp {
+    fn as_str(self) -> &'static str {
+        match self {
+            ControlOp::Revoke => "revoke",
+            ControlOp::Unrevoke => "unrevoke",
+            ControlOp::Kick => "kick",
+        }
+    }
+}
+
+/// A control message as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Control {
+    pub op: ControlOp,
+    pub value: String,
+    pub node: String,
+}
+
+pub(crate) fn encode_control(op: ControlOp, value: &str, node: &str) -> String {
+    format!("{}\n{value}\n{node}", op.as_str())
+}
+
+/// `None` for anything else: values are exact identifiers, nodes checked names.
+pub(crate) fn parse_control(payload: &[u8]) -> Option<Control> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut parts = text.split('\n');
+    let (op, value, node) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || node.is_empty() {
+        return None;
+    }
+    let op = match op {
+        "revoke" => ControlOp::Revoke,
+        "unrevoke" => ControlOp::Unrevoke,
+        "kick" => ControlOp::Kick,
+        _ => return None,
+    };
+    match op {
+        ControlOp::Kick => crate::auth::check_identifier(value).ok()?,
+        _ => {
+            parse_revocation_field(value)?;
+        }
+    }
+    Some(Control {
+        op,
+        value: value.to_owned(),
+        node: node.to_owned(),
+    })
+}
+
+/// A revocation as a field of [`REVOCATIONS`].
+pub(crate) fn revocation_field(entry: &RevocationEntry) -> String {
+    match entry {
+        RevocationEntry::Jti(v) => format!("jti:{v}"),
+        RevocationEntry::Sub(v) => format!("sub:{v}"),
+    }
+}
+
+pub(crate) fn parse_revocation_field(field: &str) -> Option<RevocationEntry> {
+    let (kind, value) = field.split_once(':')?;
+    crate::auth::check_identifier(value).ok()?;
+    match kind {
+        "jti" => Some(RevocationEntry::Jti(value.to_owned())),
+        "sub" => Some(RevocationEntry::Sub(value.to_owned())),
+        _ => None,
+    }
+}
 
 /// A topic's keys: seq, epoch, log.
 pub(crate) fn topic_keys(topic: &str) -> [String; 3] {
@@ -319,6 +407,31 @@ mod tests {
             Value::Array(vec![entry(9, 1, "{")]),
         ]);
         assert_eq!(parse_synced(&broken), Err(WireError::Data));
+    }
+
+    #[test]
+    fn control_messages_round_trip_and_bad_ones_are_dropped() {
+        let field = revocation_field(&RevocationEntry::Sub("alice".into()));
+        let wire = encode_control(ControlOp::Revoke, &field, "edge-a");
+        let c = parse_control(wire.as_bytes()).unwrap();
+        assert_eq!((c.op, c.node.as_str()), (ControlOp::Revoke, "edge-a"));
+        assert_eq!(
+            parse_revocation_field(&c.value),
+            Some(RevocationEntry::Sub("alice".into()))
+        );
+        let kick = parse_control(b"kick\nbob\nedge-b").unwrap();
+        assert_eq!((kick.op, kick.value.as_str()), (ControlOp::Kick, "bob"));
+        for bad in [
+            &b"revoke\nalice\nedge"[..],
+            b"revoke\nsub:alice",
+            b"revoke\nsub:alice\nedge\nmore",
+            b"revoke\nsub:al\tice\nedge",
+            b"delete\nsub:alice\nedge",
+            b"kick\n\nedge",
+            b"revoke\nsub:alice\n",
+        ] {
+            assert_eq!(parse_control(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -64,31 +64,17 @@ pub(crate) struct CorePubsubStart {
 impl PubsubShared {
     /// What each core starts with, in core order. `feed_connect`: how feeds connect (the
     /// upstream room's options, with its TLS for wss://).
-    /// `fleet`: the fleet's configuration and this node's name, when it is in one.
+    /// `lines`: the cores' lines and inboxes ([`Lines::new`]); `fleet`: this node's link to
+    /// its fleet, when it is in one (made with the same lines).
     pub fn starts(
         cfg: &PubsubConfig,
-        cores: usize,
+        (lines, inboxes): (Lines, Vec<UnboundedReceiver<CoreMsg>>),
         feed_connect: &crate::upstream::ConnectOptions,
-        fleet: Option<(&crate::fleet::FleetConfig, String)>,
+        fleet: Option<crate::fleet::Fleet>,
     ) -> Result<(Self, Vec<CorePubsubStart>), crate::config_error::ConfigError> {
-        let cores = cores.max(1);
-        let (lines, inboxes) = Lines::new(cores);
+        let cores = lines.cores();
         let urls = cfg.feed_urls()?;
         let names: Vec<String> = cfg.feeds.iter().map(|f| f.url.clone()).collect();
-        let fleet = match fleet {
-            Some((fleet_cfg, node)) => Some(
-                crate::fleet::Fleet::start(fleet_cfg, node, lines.clone(), cfg.history).map_err(
-                    |e| {
-                        crate::config_error::ConfigError::invalid(
-                            "fleet.redis",
-                            &fleet_cfg.redis,
-                            e,
-                        )
-                    },
-                )?,
-            ),
-            None => None,
-        };
         let shared = Self {
             cfg: Arc::new(cfg.clone()),
             lines,

@@ -450,6 +450,7 @@ async fn core_main(
 struct RevocationWatch {
     revocations: u64,
     crls: u64,
+    kicks: u64,
     ticks: u64,
 }
 
@@ -463,6 +464,17 @@ impl RevocationWatch {
                 revocations
                     .is_revoked(s.subject.as_deref(), s.jti.as_deref())
                     .map(|_| (1008, Reason::Revoked))
+            });
+        }
+        let kicks = core.access.admission.kicks.load();
+        if kicks.version() != self.kicks {
+            let kicked: Vec<&str> = kicks.since(self.kicks).collect();
+            self.kicks = kicks.version();
+            close_revoked(core, now, "kicked subjects", |s| {
+                s.subject
+                    .as_deref()
+                    .filter(|sub| kicked.contains(sub))
+                    .map(|_| (1008, Reason::Kicked))
             });
         }
         let crls = core.tls.crls.load();

@@ -378,6 +378,7 @@ fn metric_rooms(
     ip_limiter: &Arc<ip_limit::IpLimiter>,
     upstreams: Option<&Arc<crate::upstream::Upstreams>>,
     pubsub: Option<&crate::pubsub::PubsubShared>,
+    fleet: Option<&crate::fleet::Fleet>,
 ) -> Vec<Arc<dyn PrometheusFamilies>> {
     let mut rooms: Vec<Arc<dyn PrometheusFamilies>> = vec![ip_limiter.clone()];
     if let Some(upstreams) = upstreams {
@@ -385,9 +386,9 @@ fn metric_rooms(
     }
     if let Some(pubsub) = pubsub {
         rooms.push(pubsub.metrics.clone());
-        if let Some(fleet) = &pubsub.fleet {
-            rooms.push(fleet.status.clone());
-        }
+    }
+    if let Some(fleet) = fleet {
+        rooms.push(fleet.status.clone());
     }
     rooms
 }
@@ -509,8 +510,34 @@ fn start_serving(
         None => None,
     };
     let routes = Arc::new(crate::routes::RouteKinds::new(&cfg.routes));
+    let (trail, sinks) = crate::audit::AuditTrail::start_with(&cfg.audit, cpus.len(), lock_wait)?;
     // Pub/sub runs where a route serves it or a feed publishes into it.
-    let (pubsub, pubsub_starts) = if routes.has_pubsub() || !cfg.pubsub.feeds.is_empty() {
+    let wants_pubsub = routes.has_pubsub() || !cfg.pubsub.feeds.is_empty();
+    let pubsub_lines = wants_pubsub.then(|| crate::pubsub::lines::Lines::new(cpus.len()));
+    let fleet = match &cfg.fleet {
+        Some(f) => Some(
+            crate::fleet::Fleet::start(
+                f,
+                f.node_name(&cfg.server.listen),
+                crate::fleet::FleetParts {
+                    lines: pubsub_lines.as_ref().map(|(lines, _)| lines.clone()),
+                    history: cfg.pubsub.history,
+                    revocations: admission.revocations.clone(),
+                    kicks: admission.kicks.clone(),
+                    audit: trail.handle(),
+                },
+            )
+            .map_err(|e| {
+                StartError::Config(crate::config::ConfigError::invalid(
+                    "fleet.redis",
+                    &f.redis,
+                    e,
+                ))
+            })?,
+        ),
+        None => None,
+    };
+    let (pubsub, pubsub_starts) = if let Some(pubsub_lines) = pubsub_lines {
         let feed_connect = match &upstreams {
             Some(u) => u.connect_options().clone(),
             None => crate::upstream::ConnectOptions::new(
@@ -518,18 +545,17 @@ fn start_serving(
                 None,
             ),
         };
-        let fleet = cfg
-            .fleet
-            .as_ref()
-            .map(|f| (f, f.node_name(&cfg.server.listen)));
-        let (shared, starts) =
-            crate::pubsub::PubsubShared::starts(&cfg.pubsub, cpus.len(), &feed_connect, fleet)
-                .map_err(StartError::Config)?;
+        let (shared, starts) = crate::pubsub::PubsubShared::starts(
+            &cfg.pubsub,
+            pubsub_lines,
+            &feed_connect,
+            fleet.clone(),
+        )
+        .map_err(StartError::Config)?;
         (Some(shared), starts.into_iter().map(Some).collect())
     } else {
         (None, (0..cpus.len()).map(|_| None).collect::<Vec<_>>())
     };
-    let (trail, sinks) = crate::audit::AuditTrail::start_with(&cfg.audit, cpus.len(), lock_wait)?;
     let stop = Arc::new(AtomicBool::new(false));
     let draining = Arc::new(AtomicBool::new(false));
     let lifecycle = Arc::new(match inherited {
@@ -546,7 +572,12 @@ fn start_serving(
         ktls_available: ktls.offloads(),
         audit: trail.is_enabled().then(|| trail.stats()),
         draining: lifecycle.draining_flag(),
-        rooms: metric_rooms(&ip_limiter, upstreams.as_ref(), pubsub.as_ref()),
+        rooms: metric_rooms(
+            &ip_limiter,
+            upstreams.as_ref(),
+            pubsub.as_ref(),
+            fleet.as_ref(),
+        ),
     };
     let admin_err = |source| StartError::Admin {
         addr: cfg.server.admin,
@@ -686,6 +717,7 @@ fn start_serving(
                 commands: command_tx.clone(),
                 draining: lifecycle.clone(),
                 drain_timeout: cfg.server.drain_timeout(),
+                fleet: fleet.clone(),
             }),
         )?),
         None => None,

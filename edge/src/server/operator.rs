@@ -34,6 +34,8 @@ pub(crate) struct Operator {
     pub commands: super::Commands,
     pub draining: Arc<super::Lifecycle>,
     pub drain_timeout: std::time::Duration,
+    /// In a fleet, revocations and kicks go to every node.
+    pub fleet: Option<crate::fleet::Fleet>,
 }
 
 impl Operator {
@@ -57,6 +59,12 @@ impl Operator {
             };
             next
         });
+        if let (Ok(true), Some(fleet)) = (&outcome, &self.fleet) {
+            fleet.ask(crate::fleet::FleetAsk::Revocation {
+                entry: entry.clone(),
+                revoke,
+            });
+        }
         if let Ok(true) = outcome {
             self.audit.record(AuditEvent::Revocation {
                 kind: format!("{}{}", if revoke { "" } else { "un" }, kind.as_str()),
@@ -150,6 +158,34 @@ impl Operator {
         }
     }
 
+    /// Closes the subject's sessions here (each core within a tick) and, in a fleet, asks
+    /// every other node to.
+    fn kick(&self, subject: &str) -> Response {
+        self.admission.kicks.rcu(|current| {
+            let mut next = (**current).clone();
+            next.kick(subject);
+            next
+        });
+        let fleet = match &self.fleet {
+            None => "none",
+            Some(f) if f.is_up() => {
+                f.ask(crate::fleet::FleetAsk::Kick {
+                    subject: subject.to_owned(),
+                });
+                "sent"
+            }
+            Some(_) => "unreachable: this node only",
+        };
+        self.audit.record(AuditEvent::Kick {
+            subject: subject.to_owned(),
+            asked_by: self
+                .fleet
+                .as_ref()
+                .map_or_else(|| "control".to_owned(), |f| f.status.node.clone()),
+        });
+        Response::ok(&serde_json::json!({ "subject": subject, "fleet": fleet }))
+    }
+
     fn connections(&self) -> u64 {
         self.metrics
             .cores
@@ -175,6 +211,7 @@ impl ControlHandler for Operator {
             Request::Reload => self.reload(),
             Request::Drain => self.drain(),
             Request::Restart => self.restart(),
+            Request::Kick { subject } => self.kick(subject),
         };
         tracing::info!(
             uid = peer.uid,
@@ -216,6 +253,7 @@ fn command_detail(request: &Request) -> String {
         Request::Revoke { kind, value } | Request::Unrevoke { kind, value } => {
             format!("{} {value}", kind.as_str())
         }
+        Request::Kick { subject } => format!("subject {subject}"),
         _ => String::new(),
     }
 }
@@ -260,6 +298,7 @@ mod tests {
             commands: std::sync::mpsc::channel().0,
             draining: Default::default(),
             drain_timeout: std::time::Duration::from_secs(5),
+            fleet: None,
         }
     }
 

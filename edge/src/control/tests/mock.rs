@@ -46,7 +46,9 @@ impl ControlHandler for Mock {
             }),
             Request::Status => Response::ok(&Status::current(Duration::from_secs(42), 7)),
             Request::Reload => Response::not_supported_yet(request),
-            Request::Drain | Request::CrlReload | Request::Restart => Response::done(),
+            Request::Drain | Request::CrlReload | Request::Restart | Request::Kick { .. } => {
+                Response::done()
+            }
         }
     }
 

@@ -21,6 +21,9 @@ fn all_requests() -> Vec<Request> {
         Request::Drain,
         Request::CrlReload,
         Request::Restart,
+        Request::Kick {
+            subject: "mallory".into(),
+        },
     ]
 }
 
@@ -35,6 +38,7 @@ fn every_command_has_its_documented_wire_form_and_parses_back() {
         r#"{"cmd":"drain"}"#,
         r#"{"cmd":"crl-reload"}"#,
         r#"{"cmd":"restart"}"#,
+        r#"{"cmd":"kick","subject":"mallory"}"#,
     ];
     for (request, wire) in all_requests().iter().zip(expected) {
         let line = request.to_line();
