@@ -99,7 +99,14 @@ fn answer(mut stream: TcpStream, registry: &Registry) -> io::Result<()> {
 pub fn route(path: &str, registry: &Registry) -> (u16, &'static str, String) {
     match path {
         "/metrics" => (200, "text/plain; version=0.0.4", registry.render()),
-        "/healthz" => (200, "text/plain", "ok\n".into()),
+        "/healthz" => (
+            200,
+            "text/plain",
+            match &registry.fleet {
+                Some(fleet) => format!("ok\n{}", fleet.health_line()),
+                None => "ok\n".into(),
+            },
+        ),
         // A draining edge must leave the load balancer's rotation at once, even while its
         // cores still serve the sessions they are closing.
         "/readyz" if registry.is_draining() => (503, "text/plain", "draining\n".into()),
@@ -136,6 +143,7 @@ mod tests {
     fn readyz_follows_the_cores_and_metrics_render() {
         let core = Arc::new(CoreMetrics::new(0, 0));
         let reg = Registry {
+            fleet: None,
             cores: vec![core.clone()],
             ktls_available: false,
             audit: None,
@@ -160,6 +168,7 @@ mod tests {
     #[test]
     fn serves_over_http() {
         let reg = Registry {
+            fleet: None,
             cores: vec![Arc::new(CoreMetrics::new(0, 0))],
             ktls_available: false,
             audit: None,

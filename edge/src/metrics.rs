@@ -308,6 +308,8 @@ pub struct Registry {
     /// Rooms that write their own families (the per-IP limiter; in proxy mode the upstream
     /// members), in this order, after the audit gauges.
     pub rooms: Vec<Arc<dyn PrometheusFamilies>>,
+    /// In a fleet: its link's state, for `/healthz`.
+    pub fleet: Option<Arc<crate::fleet::FleetStatus>>,
 }
 
 impl Registry {
@@ -734,6 +736,7 @@ mod tests {
         a.handshake(false, Reason::TlsProtocolVersion);
         a.open.add(1);
         let text = Registry {
+            fleet: None,
             cores: vec![a, b],
             ktls_available: false,
             audit: None,

@@ -438,3 +438,121 @@ async fn a_kick_closes_the_subject_everywhere_and_refuses_nothing() {
         .wait_metric("wssedge_fleet_control_received_total", &[], 1.0)
         .await;
 }
+
+/// A node with `[jwt] single_use` and `[fleet]` (`fleet_extra` appended to the section).
+fn single_use_node(files: &KeyFiles, redis: &RedisServer, name: &str, fleet_extra: &str) -> Server {
+    let tail = format!(
+        "[fleet]\nredis = \"{}\"\nnode = \"{name}\"\n{fleet_extra}\n",
+        redis.url()
+    );
+    ServerBuilder::new()
+        .cores(2)
+        .config(&crate::admission_jwt::jwt_config(
+            files,
+            &[("single_use", "true")],
+            &tail,
+        ))
+        .start()
+}
+
+/// A single-use token used on A is refused on B (401 `replayed`), and the other way round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_use_token_is_used_once_across_the_fleet() {
+    let redis = RedisServer::start();
+    let files = key_files();
+    let a = single_use_node(&files, &redis, "a", "");
+    let b = single_use_node(&files, &redis, "b", "");
+    wait_fleet_up(&a).await;
+    wait_fleet_up(&b).await;
+    for i in 0..5 {
+        let (first, second) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let token = hs(claims("carol", &format!("once-{i}")));
+        let req = with_header_token("/", &token);
+        let (_, mut ws) = expect_upgraded(first, &req).await;
+        expect_echo(&mut ws, "first use").await;
+        expect_refused(second, &req, 401, "replayed").await;
+        expect_refused(first, &req, 401, "replayed").await;
+    }
+    a.wait_metric(
+        "wssedge_fleet_replay_checks_total",
+        &[("result", "replayed")],
+        2.0,
+    )
+    .await;
+}
+
+/// Redis out of reach: a single-use token is refused 401 `replay_check_unavailable` (no node
+/// can tell whether another took it) unless `single_use_down = "local"`; other tokens pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_use_fails_closed_while_redis_is_away_unless_told_otherwise() {
+    let mut redis = RedisServer::start();
+    let files = key_files();
+    let strict = single_use_node(&files, &redis, "strict", "");
+    let lenient = single_use_node(&files, &redis, "lenient", "single_use_down = \"local\"");
+    wait_fleet_up(&strict).await;
+    wait_fleet_up(&lenient).await;
+    redis.kill();
+    wait_fleet_down(&strict).await;
+    wait_fleet_down(&lenient).await;
+    let token = hs(claims("dave", "while-down-1"));
+    expect_refused(
+        &strict,
+        &with_header_token("/", &token),
+        401,
+        "replay_check_unavailable",
+    )
+    .await;
+    let (_, mut ws) = expect_upgraded(&lenient, &with_header_token("/", &token)).await;
+    expect_echo(&mut ws, "local check only").await;
+    expect_refused(&lenient, &with_header_token("/", &token), 401, "replayed").await;
+    let (code, body) = http_get(strict.admin, "/healthz").await;
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("fleet: down") && body.contains("serving on local state"),
+        "{body}"
+    );
+    redis.restart();
+    wait_fleet_up(&strict).await;
+    let token = hs(claims("dave", "after-1"));
+    let (_, mut ws) = expect_upgraded(&strict, &with_header_token("/", &token)).await;
+    expect_echo(&mut ws, "back").await;
+}
+
+/// `down = "refuse_new"`: while Redis is away new upgrades get 503 `fleet_unavailable` (with
+/// Retry-After) and live sessions go on; when it is back, upgrades pass again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuse_new_refuses_upgrades_while_redis_is_away_and_keeps_sessions() {
+    let mut redis = RedisServer::start();
+    let files = key_files();
+    let tail = format!(
+        "[fleet]\nredis = \"{}\"\nnode = \"strict\"\ndown = \"refuse_new\"\n",
+        redis.url()
+    );
+    let srv = ServerBuilder::new()
+        .config(&crate::admission_jwt::jwt_config(&files, &[], &tail))
+        .start();
+    wait_fleet_up(&srv).await;
+    let (_, mut live) =
+        expect_upgraded(&srv, &with_header_token("/", &hs(claims("erin", "e-1")))).await;
+    expect_echo(&mut live, "before").await;
+    redis.kill();
+    wait_fleet_down(&srv).await;
+    let r = expect_refused(
+        &srv,
+        &with_header_token("/", &hs(claims("erin", "e-2"))),
+        503,
+        "fleet_unavailable",
+    )
+    .await;
+    assert!(header(&r.head, "retry-after").is_some(), "{}", r.head);
+    expect_echo(&mut live, "a live session goes on").await;
+    let (_, body) = http_get(srv.admin, "/healthz").await;
+    assert!(body.contains("refusing new upgrades"), "{body}");
+    redis.restart();
+    wait_fleet_up(&srv).await;
+    let (_, mut again) =
+        expect_upgraded(&srv, &with_header_token("/", &hs(claims("erin", "e-3")))).await;
+    expect_echo(&mut again, "after").await;
+    let (_, body) = http_get(srv.admin, "/healthz").await;
+    assert!(body.contains("fleet: up"), "{body}");
+}

@@ -34,6 +34,18 @@ impl DownMode {
     }
 }
 
+/// What a single-use token's replay check does while Redis is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SingleUseDown {
+    /// Refuse the token, 401 `replay_check_unavailable`: no node can tell whether another took
+    /// it meanwhile.
+    #[default]
+    Refuse,
+    /// Check this node's store only (a token may then be used once per node until Redis is back).
+    Local,
+}
+
 /// The fleet's Redis and this node's part in it. Absent: a single edge, all state local.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,6 +66,8 @@ pub struct FleetConfig {
     pub lease_ms: u64,
     #[serde(default)]
     pub down: DownMode,
+    #[serde(default)]
+    pub single_use_down: SingleUseDown,
 }
 
 fn default_lease_ms() -> u64 {

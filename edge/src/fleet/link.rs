@@ -496,6 +496,14 @@ impl Link {
                         .arg(&epoch)
                         .arg(&history);
                 }
+                FleetAsk::Claim { key, ttl_ms, .. } => {
+                    pipe.cmd("SET")
+                        .arg(format!("{}{key}", wire::JTI_PREFIX))
+                        .arg(&self.status.node)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(*ttl_ms);
+                }
                 // Sent one by one by `send_control`, never batched; a PING would keep the
                 // answers in line if one were.
                 FleetAsk::Revocation { .. } | FleetAsk::Kick { .. } => {
@@ -522,6 +530,21 @@ impl Link {
     }
 
     fn answer(&self, ask: FleetAsk, answer: Option<&Value>) {
+        if let FleetAsk::Claim { reply, .. } = ask {
+            let first = match answer {
+                Some(Value::Okay) => Ok(true),
+                Some(Value::SimpleString(s)) if s == "OK" => Ok(true),
+                Some(Value::Nil) => Ok(false),
+                _ => Err(()),
+            };
+            match first {
+                Ok(true) => self.status.claims.inc(),
+                Ok(false) => self.status.claims_replayed.inc(),
+                Err(()) => self.status.claim_failures.inc(),
+            }
+            let _ = reply.send(first);
+            return;
+        }
         let Some(lines) = &self.lines else { return };
         match ask {
             FleetAsk::Publish { asker, request, .. } => {
@@ -567,6 +590,7 @@ impl Link {
             }
             // Not answered: sent by `send_control`, kept or dropped by `wait_down`.
             FleetAsk::Revocation { .. } | FleetAsk::Kick { .. } => {}
+            FleetAsk::Claim { .. } => {} // answered above
         }
     }
 

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_channel::mpsc::UnboundedSender;
 
-pub use config::{DownMode, FleetConfig};
+pub use config::{DownMode, FleetConfig, SingleUseDown};
 
 use crate::audit::AuditHandle;
 use crate::auth::revocation::{RevocationEntry, Revocations};
@@ -53,6 +53,47 @@ pub(crate) enum FleetAsk {
     },
     /// Close the subject's sessions on every node (ephemeral: dropped while Redis is away).
     Kick { subject: String },
+    /// Claim a single-use token id fleet-wide for `ttl_ms`: `Ok(true)` if this was its first
+    /// use anywhere, `Ok(false)` if a node had it, `Err` if Redis did not answer.
+    Claim {
+        key: String,
+        ttl_ms: u64,
+        reply: futures_channel::oneshot::Sender<Result<bool, ()>>,
+    },
+}
+
+/// What an upgrade on a core asks of the fleet: the link, and what to do while it is down.
+#[derive(Debug, Clone)]
+pub(crate) struct FleetAdmission {
+    pub fleet: Fleet,
+    pub down: DownMode,
+    pub single_use_down: SingleUseDown,
+}
+
+impl FleetAdmission {
+    /// New upgrades are refused (503 `fleet_unavailable`) right now.
+    pub fn refuses_new(&self) -> bool {
+        self.down == DownMode::RefuseNew && !self.fleet.is_up()
+    }
+
+    /// Claims a single-use token id (its replay-store key) until `exp_unix` (+ leeway) on every
+    /// node; see [`FleetAsk::Claim`].
+    pub async fn claim(&self, key: &[u8; 16], ttl_ms: u64) -> Result<bool, ()> {
+        if !self.fleet.is_up() {
+            return Err(());
+        }
+        let (reply, answer) = futures_channel::oneshot::channel();
+        let mut hex = String::with_capacity(32);
+        for b in key {
+            let _ = write!(hex, "{b:02x}");
+        }
+        self.fleet.ask(FleetAsk::Claim {
+            key: hex,
+            ttl_ms,
+            reply,
+        });
+        answer.await.unwrap_or(Err(()))
+    }
 }
 
 /// What the link works with besides Redis.
@@ -71,8 +112,10 @@ pub(crate) struct FleetParts {
 
 /// The fleet link's state and counters, shared with `/metrics` and the cores.
 #[derive(Debug)]
-pub(crate) struct FleetStatus {
+pub struct FleetStatus {
     pub node: String,
+    /// `[fleet] down`, for `/healthz`.
+    pub down_mode: DownMode,
     up: AtomicBool,
     pub connects: Counter,
     pub disconnects: Counter,
@@ -86,6 +129,10 @@ pub(crate) struct FleetStatus {
     /// Revocations made while Redis was away, waiting to be sent.
     pub control_pending: crate::metrics::Gauge,
     pub syncs: Counter,
+    /// Single-use token ids claimed fleet-wide: first uses, replays, checks Redis did not answer.
+    pub claims: Counter,
+    pub claims_replayed: Counter,
+    pub claim_failures: Counter,
     /// Times the link paused reading the subscription for a core behind on its inbox.
     pub paused: Counter,
     /// Per core: publications sent to it and not yet taken.
@@ -93,9 +140,10 @@ pub(crate) struct FleetStatus {
 }
 
 impl FleetStatus {
-    fn new(node: String, cores: usize) -> Self {
+    fn new(node: String, cores: usize, down_mode: DownMode) -> Self {
         Self {
             node,
+            down_mode,
             up: AtomicBool::new(false),
             connects: Counter::default(),
             disconnects: Counter::default(),
@@ -107,6 +155,9 @@ impl FleetStatus {
             control_received: Counter::default(),
             control_pending: crate::metrics::Gauge::default(),
             syncs: Counter::default(),
+            claims: Counter::default(),
+            claims_replayed: Counter::default(),
+            claim_failures: Counter::default(),
             paused: Counter::default(),
             pending: (0..cores).map(|_| AtomicUsize::new(0)).collect(),
         }
@@ -114,6 +165,21 @@ impl FleetStatus {
 
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
+    }
+
+    /// `/healthz`'s line about the fleet.
+    pub fn health_line(&self) -> String {
+        match (self.is_up(), self.down_mode) {
+            (true, _) => format!("fleet: up (node {})\n", self.node),
+            (false, DownMode::Local) => format!(
+                "fleet: down (node {}): Redis unreachable, serving on local state\n",
+                self.node
+            ),
+            (false, DownMode::RefuseNew) => format!(
+                "fleet: down (node {}): Redis unreachable, refusing new upgrades\n",
+                self.node
+            ),
+        }
     }
 
     fn set_up(&self, up: bool) {
@@ -211,6 +277,17 @@ impl PrometheusFamilies for FleetStatus {
              # TYPE wssedge_fleet_control_pending gauge\nwssedge_fleet_control_pending {}",
             self.control_pending.get().max(0)
         );
+        let _ = writeln!(
+            out,
+            "# HELP wssedge_fleet_replay_checks_total Single-use token ids checked against the fleet, by result\n\
+             # TYPE wssedge_fleet_replay_checks_total counter\n\
+             wssedge_fleet_replay_checks_total{{result=\"first_use\"}} {}\n\
+             wssedge_fleet_replay_checks_total{{result=\"replayed\"}} {}\n\
+             wssedge_fleet_replay_checks_total{{result=\"unavailable\"}} {}",
+            self.claims.get(),
+            self.claims_replayed.get(),
+            self.claim_failures.get()
+        );
     }
 }
 
@@ -226,7 +303,7 @@ impl Fleet {
     pub fn start(cfg: &FleetConfig, node: String, parts: FleetParts) -> Result<Self, String> {
         let client = link::client(cfg)?;
         let cores = parts.lines.as_ref().map_or(0, Lines::cores);
-        let status = Arc::new(FleetStatus::new(node, cores));
+        let status = Arc::new(FleetStatus::new(node, cores, cfg.down));
         let (asks, inbox) = futures_channel::mpsc::unbounded();
         let link = link::Link::new(client, status.clone(), parts, cfg.redis.clone());
         std::thread::Builder::new()

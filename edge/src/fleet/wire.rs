@@ -28,6 +28,9 @@ pub(crate) const CONTROL_CHANNEL: &str = "wssedge:control";
 /// `sub:<subject>`, value the node that made it, or [`LIFTED`] once unrevoked. A node reads it
 /// whole at every connection.
 pub(crate) const REVOCATIONS: &str = "wssedge:revocations";
+/// A used single-use token id: `wssedge:jti:<hex of its replay-store key>`, value the node,
+/// expiring with the token (set if absent: the first node wins).
+pub(crate) const JTI_PREFIX: &str = "wssedge:jti:";
 /// The value of a lifted revocation (node names cannot be `-`).
 pub(crate) const LIFTED: &str = "-";
 

@@ -185,6 +185,7 @@ labels! {
         ReplayStoreUnavailable => "replay_store_unavailable",
         ReplayStoreBusy => "replay_store_busy",
         ReplayUnproven => "replay_unproven",
+        ReplayCheckUnavailable => "replay_check_unavailable",
         ScopeMissing => "scope_missing",
 
         // Proxy mode: the route and the upstream.
@@ -369,6 +370,7 @@ mod tests {
         "peer_closed_during_handshake",
         "pong_timeout",
         "rate_limited",
+        "replay_check_unavailable",
         "replay_store_busy",
         "replay_store_full",
         "replay_store_unavailable",

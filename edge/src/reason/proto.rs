@@ -96,6 +96,7 @@ impl From<&JwtRefusal> for Reason {
             E::ReplayStoreFull => Reason::ReplayStoreFull,
             E::ReplayStoreUnavailable => Reason::ReplayStoreUnavailable,
             E::ReplayUnproven => Reason::ReplayUnproven,
+            E::ReplayCheckUnavailable => Reason::ReplayCheckUnavailable,
             E::ScopeMissing => Reason::ScopeMissing,
         }
     }
@@ -233,6 +234,7 @@ mod tests {
             E::ReplayStoreFull,
             E::ReplayStoreUnavailable,
             E::ReplayUnproven,
+            E::ReplayCheckUnavailable,
             E::ScopeMissing,
         ];
         for e in &all {

@@ -70,6 +70,8 @@ pub(crate) struct Access {
     pub replay: Rc<ReplayShards>,
     /// Upgraded sessions, for revocations and token expiry.
     pub live: Rc<LiveRegistry>,
+    /// In a fleet: the fleet-wide replay check and the `down` rule for new upgrades.
+    pub fleet: Option<crate::fleet::FleetAdmission>,
 }
 
 /// The core's shared buffers.
@@ -140,6 +142,7 @@ impl Core {
                     peers,
                 )),
                 live: LiveRegistry::new(wheel.clone()),
+                fleet: start.fleet.clone(),
             },
             upstreams: start.upstreams.clone(),
             routes: start.routes.clone(),
@@ -224,6 +227,8 @@ pub(crate) struct CoreStart {
     pub listeners: Vec<std::net::TcpListener>,
     /// Drains reach the core through it (checked on every tick).
     pub lifecycle: Arc<Lifecycle>,
+    /// In a fleet: what upgrades ask of it.
+    pub fleet: Option<crate::fleet::FleetAdmission>,
 }
 
 impl RefusalRecorder for Core {

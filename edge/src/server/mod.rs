@@ -572,6 +572,7 @@ fn start_serving(
         ktls_available: ktls.offloads(),
         audit: trail.is_enabled().then(|| trail.stats()),
         draining: lifecycle.draining_flag(),
+        fleet: fleet.as_ref().map(|f| f.status.clone()),
         rooms: metric_rooms(
             &ip_limiter,
             upstreams.as_ref(),
@@ -661,6 +662,13 @@ fn start_serving(
             metrics: registry.cores[i].clone(),
             listeners,
             lifecycle: lifecycle.clone(),
+            fleet: fleet.as_ref().zip(cfg.fleet.as_ref()).map(|(fleet, f)| {
+                crate::fleet::FleetAdmission {
+                    fleet: fleet.clone(),
+                    down: f.down,
+                    single_use_down: f.single_use_down,
+                }
+            }),
         };
         let t = std::thread::Builder::new()
             .name(format!("wssedge-core-{i}"))

@@ -93,6 +93,11 @@ pub enum JwtRefusal {
          receive whole; it may have been used already: get a new token"
     )]
     ReplayUnproven,
+    #[error(
+        "single-use token could not be checked against the fleet's replay store (Redis \
+         unreachable); retry, or get a new token"
+    )]
+    ReplayCheckUnavailable,
     #[error("token lacks the scope this path needs")]
     ScopeMissing,
 }
@@ -136,6 +141,7 @@ impl JwtRefusal {
             JwtRefusal::ReplayStoreFull => "replay_store_full",
             JwtRefusal::ReplayStoreUnavailable => "replay_store_unavailable",
             JwtRefusal::ReplayUnproven => "replay_unproven",
+            JwtRefusal::ReplayCheckUnavailable => "replay_check_unavailable",
             JwtRefusal::ScopeMissing => "scope_missing",
         }
     }

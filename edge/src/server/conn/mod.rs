@@ -52,6 +52,12 @@ mod phase;
 mod proxy;
 
 use self::app::{App, OverRate};
+
+/// A single-use token's fleet-wide claim outlives its expiry by this much (clock skew between
+/// nodes, the verifier's leeway).
+const REPLAY_CLAIM_MARGIN_S: u64 = 120;
+/// What a client refused 503 `fleet_unavailable` is told.
+const FLEET_RETRY: &[(&str, &str)] = &[("Retry-After", "1")];
 pub(crate) use self::pass::yield_turn;
 use self::pass::{yield_to_core, AfterPass, PassGuard, Waited};
 use self::phase::{PendingUpgrade, Phase, Upgraded};
@@ -700,6 +706,22 @@ impl Conn {
                     Ok(admitted) => admitted,
                     Err(refusal) => return Some(self.refuse_upgrade(refusal, &request, None)),
                 };
+                if self
+                    .core
+                    .access
+                    .fleet
+                    .as_ref()
+                    .is_some_and(|f| f.refuses_new())
+                {
+                    // `[fleet] down = "refuse_new"`: no new session on state the fleet cannot
+                    // see while its Redis is out of reach.
+                    let refusal = Refusal::Http {
+                        status: 503,
+                        reason: Reason::FleetUnavailable,
+                        extra_headers: FLEET_RETRY,
+                    };
+                    return Some(self.refuse_upgrade(refusal, &request, Some(&admitted)));
+                }
                 let pubsub = self.core.routes.kind(&request.path) == Some(RouteKind::PubSub);
                 let routed = match &self.core.upstreams {
                     Some(u) if !pubsub => crate::upstream::relay::route(u, &request).map(Some),
@@ -847,6 +869,42 @@ impl Conn {
         }
     }
 
+    /// A single-use token this node had not seen: the fleet says whether another node had.
+    /// Redis out of reach: refused (401 `replay_check_unavailable`) unless `single_use_down =
+    /// "local"`.
+    async fn claim_in_fleet(
+        &mut self,
+        fleet: &crate::fleet::FleetAdmission,
+        check: &crate::auth::admission::ReplayCheck,
+        pending: &PendingUpgrade,
+    ) -> Result<(), End> {
+        let now = unix_now();
+        let ttl_ms = check
+            .exp
+            .saturating_sub(now)
+            .saturating_add(REPLAY_CLAIM_MARGIN_S)
+            .saturating_mul(1000);
+        let answer = monoio::select! {
+            r = fleet.claim(&check.key, ttl_ms) => Some(r),
+            _ = self.deadline.expired() => None,
+        };
+        let refusal = match answer {
+            None => return Err(self.on_deadline()),
+            Some(Ok(true)) => return Ok(()),
+            Some(Err(())) if fleet.single_use_down == crate::fleet::SingleUseDown::Local => {
+                return Ok(())
+            }
+            Some(Ok(false)) => crate::auth::jwt::JwtRefusal::Replayed,
+            Some(Err(())) => crate::auth::jwt::JwtRefusal::ReplayCheckUnavailable,
+        };
+        let refusal = Refusal::Http {
+            status: refusal.status(),
+            reason: Reason::from(&refusal),
+            extra_headers: refusal.extra_headers(),
+        };
+        Err(self.refuse_upgrade(refusal, &pending.request, Some(&pending.admitted)))
+    }
+
     /// Asks the token id's owner core whether the id was seen and, in proxy mode, opens the
     /// upstream session; then upgrades or refuses. The handshake deadline bounds the waits.
     async fn finish_pending_upgrade(&mut self, pending: Box<PendingUpgrade>) -> Result<(), End> {
@@ -866,6 +924,9 @@ impl Conn {
                     ))
                 }
                 Some(Ok(())) => {}
+            }
+            if let Some(fleet) = self.core.access.fleet.clone() {
+                self.claim_in_fleet(&fleet, &check, &pending).await?;
             }
         }
         let app = match &pending.route {
