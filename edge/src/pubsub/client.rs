@@ -168,6 +168,11 @@ impl Client {
                 return Offered::Ignored;
             };
             match &mut sub.state {
+                // A new epoch: the seqs start again; everything of it is taken from here.
+                SubState::Active { start, highest } if item.restart => {
+                    *start = 0;
+                    *highest = item.seq;
+                }
                 SubState::Active { highest, .. } if item.seq > *highest => *highest = item.seq,
                 _ => return Offered::Ignored,
             }
@@ -287,6 +292,7 @@ mod tests {
             seq,
             frame: Bytes::from(format!("f{seq}")),
             published_at: Instant::now(),
+            restart: false,
         }
     }
 
@@ -315,6 +321,28 @@ mod tests {
             c.offer(id, SlowPolicy::Disconnect, &item(seq));
         }
         assert_eq!(taken(&c), [6, 7, 8], "no duplicate, no step back");
+    }
+
+    /// A new epoch's first publication is taken whatever seq the old epoch had reached, and
+    /// the new seqs follow it; what was queued from the old epoch still goes out first.
+    #[test]
+    fn a_new_epoch_starts_the_seqs_again() {
+        let c = Client::new(1, 8);
+        let id = TopicId(1);
+        c.add_pending(id);
+        c.activate(id, 40);
+        c.offer(id, SlowPolicy::Disconnect, &item(41));
+        let restart = Item {
+            restart: true,
+            ..item(1)
+        };
+        assert!(matches!(
+            c.offer(id, SlowPolicy::Disconnect, &restart),
+            Offered::Pushed(_)
+        ));
+        c.offer(id, SlowPolicy::Disconnect, &item(1));
+        c.offer(id, SlowPolicy::Disconnect, &item(2));
+        assert_eq!(taken(&c), [41, 1, 2]);
     }
 
     #[test]

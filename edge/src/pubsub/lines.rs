@@ -35,6 +35,9 @@ pub(crate) struct Item {
     /// The shared frame body.
     pub frame: Bytes,
     pub published_at: Instant,
+    /// The first publication of a new epoch (its frame says which): subscribers take it
+    /// whatever seq they had reached in the old one.
+    pub restart: bool,
 }
 
 /// The owner's answer to one topic of a subscribe.

@@ -238,9 +238,16 @@ impl CorePubsub {
         self.reply(asker.core, answer, now, out);
     }
 
+    /// In a fleet whose Redis this owner last heard was reachable: publications and subscribes
+    /// go through it. Otherwise (no fleet, or Redis away) the owner sequences itself, under a
+    /// local epoch.
+    fn through_fleet(&self) -> bool {
+        self.fleet.is_some() && self.owner.borrow().fleet_up()
+    }
+
     /// In a fleet Redis sequences: the publication goes to the link, and comes back to this
-    /// owner (and every other node's) on the fleet's channel. Refused at once while Redis is
-    /// out of reach.
+    /// owner (and every other node's) on the fleet's channel. A link that went down meanwhile
+    /// answers `fleet_unavailable`.
     fn publish_fleet(
         &self,
         topic: String,
@@ -251,7 +258,7 @@ impl CorePubsub {
         out: &mut Outgoing,
     ) {
         let Some(fleet) = &self.fleet else { return };
-        if fleet.is_up() && std::str::from_utf8(&data).is_ok() {
+        if std::str::from_utf8(&data).is_ok() {
             fleet.ask(crate::fleet::FleetAsk::Publish {
                 topic: topic.into(),
                 data,
@@ -260,10 +267,7 @@ impl CorePubsub {
             });
             return;
         }
-        let result = match std::str::from_utf8(&data) {
-            Ok(_) => Err(wssedge_proto::pubsub::Reason::FleetUnavailable),
-            Err(_) => Err(wssedge_proto::pubsub::Reason::BadRequest),
-        };
+        let result = Err(wssedge_proto::pubsub::Reason::BadRequest);
         if let Some(asker) = asker {
             let answer = CoreMsg::Published {
                 client: asker.client,
@@ -309,13 +313,13 @@ impl CorePubsub {
                 data,
                 asker,
                 request,
-            } if self.fleet.is_some() => self.publish_fleet(topic, data, asker, request, now, out),
+            } if self.through_fleet() => self.publish_fleet(topic, data, asker, request, now, out),
             CoreMsg::Subscribe {
                 topic,
                 since,
                 asker,
                 request,
-            } if self.fleet.as_ref().is_some_and(|f| f.is_up()) => {
+            } if self.through_fleet() => {
                 self.subscribe_fleet(topic, since, asker, request, now, out)
             }
             CoreMsg::FleetPublication(p) => {

@@ -30,6 +30,10 @@ struct OwnedTopic {
     sync_asked: bool,
     /// Subscribes waiting for that read.
     waiting: Vec<Waiting>,
+    /// The epoch changed under subscribers: the next publication says so ([`Item::restart`]).
+    restart_pending: bool,
+    /// A subscribe was answered in the current epoch (someone may hold a position in it).
+    answered: bool,
 }
 
 impl OwnedTopic {
@@ -37,7 +41,52 @@ impl OwnedTopic {
         self.log.kept() == 0 && !self.cores.iter().any(|&c| c) && self.waiting.is_empty()
     }
 
+    /// The log starts a new epoch: what subscribers held belongs to the old one.
+    fn new_epoch(&mut self, log: TopicLog, epoch: Arc<str>) {
+        self.log = log;
+        self.epoch = epoch;
+        self.restart_pending |= std::mem::take(&mut self.answered);
+    }
+
+    /// The frame of publication `seq`, and whether it starts a new epoch for subscribers.
+    fn frame(&mut self, seq: u64, data: &str) -> (bytes::Bytes, bool) {
+        if std::mem::take(&mut self.restart_pending) {
+            let frame = wssedge_proto::pubsub::protocol::encode_publication_new_epoch(
+                &self.name,
+                seq,
+                &self.epoch,
+                data,
+            );
+            (frame, true)
+        } else {
+            (encode_publication_json(&self.name, seq, data), false)
+        }
+    }
+
+    /// Queues publication `seq` for every core with subscribers.
+    fn fan_out(
+        &self,
+        seq: u64,
+        frame: &bytes::Bytes,
+        restart: bool,
+        now: Instant,
+        out: &mut Outgoing,
+    ) {
+        for (core, subscribed) in self.cores.iter().enumerate() {
+            if *subscribed {
+                out.per_core[core].push(Item {
+                    topic: self.name.clone(),
+                    seq,
+                    frame: frame.clone(),
+                    published_at: now,
+                    restart,
+                });
+            }
+        }
+    }
+
     fn answer(&mut self, since: Option<&Since>, now: Instant) -> TopicAnswer {
+        self.answered = true;
         let recovery = self
             .log
             .recover(since.map(|s| (s.epoch.as_str(), s.seq)), now);
@@ -97,6 +146,8 @@ pub(crate) struct Owner {
     epoch_prefix: String,
     generation: u64,
     topics: HashMap<Arc<str>, OwnedTopic>,
+    /// In a fleet: the link's state as last told.
+    fleet_up: bool,
 }
 
 impl Owner {
@@ -115,6 +166,7 @@ impl Owner {
             epoch_prefix,
             generation: 0,
             topics: HashMap::new(),
+            fleet_up: false,
         }
     }
 
@@ -138,6 +190,8 @@ impl Owner {
                 synced: false,
                 sync_asked: false,
                 waiting: Vec::new(),
+                restart_pending: false,
+                answered: false,
             };
             self.topics.insert(name, topic);
         }
@@ -155,22 +209,15 @@ impl Owner {
         out: &mut Outgoing,
     ) -> Result<u64, Reason> {
         let t = self.topic(topic)?;
-        let name = t.name.clone();
-        let (seq, frame) = t
-            .log
-            .publish(now, |seq| encode_publication_json(&name, seq, data))
+        let Some(seq) = t.log.last_seq().checked_add(1) else {
             // A sequence at u64::MAX: a topic would need 5 centuries at 1G/s to get there.
+            return Err(Reason::TooManyTopics);
+        };
+        let (frame, restart) = t.frame(seq, data);
+        t.log
+            .publish(now, |_| frame.clone())
             .map_err(|_| Reason::TooManyTopics)?;
-        for (core, subscribed) in t.cores.iter().enumerate() {
-            if *subscribed {
-                out.per_core[core].push(Item {
-                    topic: name.clone(),
-                    seq,
-                    frame: frame.clone(),
-                    published_at: now,
-                });
-            }
-        }
+        t.fan_out(seq, &frame, restart, now, out);
         Ok(seq)
     }
 
@@ -228,10 +275,11 @@ impl Owner {
             return false;
         };
         if *t.epoch != *p.epoch {
-            // The sequence started again in Redis (or this node knew only its own epoch): the
-            // log follows from this publication; what came before it is read back on demand.
-            t.log = TopicLog::continuing(p.epoch.to_string(), p.seq - 1, history, ttl);
-            t.epoch = p.epoch.clone();
+            // The sequence started again in Redis (or this node served on its own epoch while
+            // Redis was away): the log follows from this publication; what came before it is
+            // read back on demand.
+            let log = TopicLog::continuing(p.epoch.to_string(), p.seq - 1, history, ttl);
+            t.new_epoch(log, p.epoch.clone());
             t.synced = false;
         }
         if p.seq <= t.log.last_seq() {
@@ -240,22 +288,12 @@ impl Owner {
         let Ok(data) = std::str::from_utf8(&p.data) else {
             return false;
         };
-        let frame = encode_publication_json(&t.name, p.seq, data);
+        let (frame, restart) = t.frame(p.seq, data);
         if t.log.append(p.seq, now, frame.clone()) == Appended::Gap {
             // Missed while the link was down: the history has a hole until read back.
             t.synced = false;
         }
-        let name = t.name.clone();
-        for (core, subscribed) in t.cores.iter().enumerate() {
-            if *subscribed {
-                out.per_core[core].push(Item {
-                    topic: name.clone(),
-                    seq: p.seq,
-                    frame: frame.clone(),
-                    published_at: now,
-                });
-            }
-        }
+        t.fan_out(p.seq, &frame, restart, now, out);
         true
     }
 
@@ -275,8 +313,10 @@ impl Owner {
                 .collect();
         };
         if *t.epoch != *s.epoch {
-            t.log = TopicLog::new(s.epoch.to_string(), history, ttl);
-            t.epoch = s.epoch.clone();
+            t.new_epoch(
+                TopicLog::new(s.epoch.to_string(), history, ttl),
+                s.epoch.clone(),
+            );
         }
         let name = t.name.clone();
         let entries = s.entries.iter().filter_map(|e| {
@@ -298,12 +338,28 @@ impl Owner {
     }
 
     /// The link to Redis came up or went down: nothing is synced any more (what happened
-    /// meanwhile is read back on demand). Down, the subscribes waiting for a read are answered
-    /// `fleet_unavailable` by the link itself (their read fails).
-    pub fn fleet_state(&mut self, _up: bool) {
+    /// meanwhile is read back on demand). Down, every topic goes on under a new local epoch
+    /// (publications keep flowing here; a client that recovers across the break is told
+    /// `recovered:false` rather than given a replay that misses what other nodes published),
+    /// and the subscribes waiting for a read are answered `fleet_unavailable` by the link
+    /// itself (their read fails).
+    pub fn fleet_state(&mut self, up: bool) {
+        self.fleet_up = up;
+        let (history, ttl) = (self.history, self.ttl);
         for t in self.topics.values_mut() {
             t.synced = false;
+            if !up {
+                self.generation += 1;
+                let epoch: Arc<str> = format!("{}{:x}", self.epoch_prefix, self.generation).into();
+                t.new_epoch(TopicLog::new(epoch.to_string(), history, ttl), epoch);
+            }
         }
+    }
+
+    /// Whether this owner last heard that the fleet's Redis is reachable (publications and
+    /// subscribes then go through it).
+    pub fn fleet_up(&self) -> bool {
+        self.fleet_up
     }
 
     /// `core` has no subscriber of `topic` left.
@@ -532,6 +588,43 @@ mod tests {
         // Synced now: the next subscribe is answered at once.
         let third = o.subscribe_fleet("t", None, asker(0, 9), 3, now).unwrap();
         assert!(matches!(third, FleetSubscribe::Answer(a) if a.last_seq == 6));
+    }
+
+    /// Redis out of reach: the topic goes on under a local epoch, and the first publication of
+    /// it tells the subscribers that were answered in the old one (and only that one does).
+    #[test]
+    fn a_lost_link_starts_a_local_epoch_that_the_next_publication_announces() {
+        let mut o = owner();
+        let now = Instant::now();
+        o.fleet_state(true);
+        o.subscribe_fleet("t", None, asker(0, 1), 1, now).unwrap();
+        o.fleet_synced("t", Ok(&synced("R", 2, 1..=2)), now);
+        o.fleet_state(false);
+        assert!(!o.fleet_up());
+        let mut out = Outgoing::new(2);
+        assert_eq!(o.publish("t", "1", now, &mut out), Ok(1));
+        assert_eq!(o.publish("t", "2", now, &mut out), Ok(2));
+        let items = &out.per_core[0];
+        assert!(items[0].restart && !items[1].restart);
+        let first = frames(items)[0].clone();
+        assert!(
+            first.contains("\"epoch\":\"e.") && first.contains("\"seq\":1"),
+            "{first}"
+        );
+        // Recovery across the break is refused: another epoch.
+        let since = Since {
+            epoch: "R".into(),
+            seq: 2,
+        };
+        assert!(!o.subscribe("t", Some(&since), 0, now).unwrap().recovered);
+        // A topic nobody was answered in gets no announcement.
+        o.publish("quiet", "1", now, &mut out).unwrap();
+        o.fleet_state(true);
+        o.fleet_state(false);
+        let mut out = Outgoing::new(2);
+        o.subscribe("quiet", None, 1, now).unwrap();
+        o.publish("quiet", "2", now, &mut out).unwrap();
+        assert!(!out.per_core[1][0].restart);
     }
 
     #[test]

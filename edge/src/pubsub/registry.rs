@@ -191,6 +191,7 @@ mod tests {
             seq,
             frame: Bytes::from(format!("{topic}{seq}")),
             published_at: Instant::now(),
+            restart: false,
         }
     }
 

@@ -579,6 +579,24 @@ pub fn encode_publication_json(topic: &str, seq: u64, data: &str) -> Bytes {
     Bytes::from(out)
 }
 
+/// The first publication of a new epoch (the topic's sequence started again: its Redis lost
+/// it, or the edge serves on local state while its fleet is out of reach):
+/// `{"topic":"…","seq":1,"epoch":"…","data":…}`. A subscriber that sees `epoch` knows that its
+/// position belongs to the old sequence: seqs start again from here.
+pub fn encode_publication_new_epoch(topic: &str, seq: u64, epoch: &str, data: &str) -> Bytes {
+    let mut out = String::with_capacity(48 + topic.len() + epoch.len() + data.len());
+    out.push_str("{\"topic\":");
+    push_json_string(&mut out, topic);
+    out.push_str(",\"seq\":");
+    push_u64(&mut out, seq);
+    out.push_str(",\"epoch\":");
+    push_json_string(&mut out, epoch);
+    out.push_str(",\"data\":");
+    out.push_str(data);
+    out.push('}');
+    Bytes::from(out)
+}
+
 fn push_u64(out: &mut String, n: u64) {
     use fmt::Write;
     // Writing to a String cannot fail.
