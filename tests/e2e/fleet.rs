@@ -643,3 +643,96 @@ async fn refuse_new_refuses_upgrades_while_redis_is_away_and_keeps_sessions() {
     let (_, body) = http_get(srv.admin, "/healthz").await;
     assert!(body.contains("fleet: up"), "{body}");
 }
+
+/// A node with `per_identity_connections = 2`, `lease_ms = 1000`, a control socket.
+fn limited_node(files: &KeyFiles, redis: &RedisServer, name: &str) -> CtlNode {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("ctl.sock");
+    let tail = format!(
+        "[limits]\nper_identity_connections = 2\n[fleet]\nredis = \"{}\"\nnode = \"{name}\"\nlease_ms = 1000\n",
+        redis.url()
+    );
+    let srv = ServerBuilder::new()
+        .cores(2)
+        .config(&crate::admission_jwt::jwt_config(files, &[], &tail))
+        .arg("--control")
+        .arg(socket.to_str().expect("UTF-8 path"))
+        .start();
+    CtlNode {
+        srv,
+        socket,
+        _dir: dir,
+    }
+}
+
+/// Polls until `srv` admits `sub` (a new token each time); returns the session.
+async fn wait_admitted(srv: &Server, sub: &str) -> RawWs {
+    let deadline = std::time::Instant::now() + WAIT;
+    for i in 0.. {
+        let token = hs(claims(sub, &format!("{sub}-retry-{i}")));
+        match attempt(srv, &with_header_token("/", &token)).await {
+            Outcome::Upgraded { ws, .. } => return ws,
+            Outcome::Refused(r) => {
+                assert_eq!(r.reason, "identity_connection_limit", "{}", r.head);
+                assert!(std::time::Instant::now() < deadline, "{sub} still refused");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+    unreachable!()
+}
+
+/// `per_identity_connections = 2` counts across A and B: a third session of the same subject is
+/// refused 429 on either node, a session's end frees its place, and a node killed with
+/// SIGKILL stops holding its sessions' places once its lease (1 s) runs out. `ctl sessions`
+/// lists the fleet's sessions with their node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_identity_connections_count_across_the_fleet() {
+    let redis = RedisServer::start();
+    let files = key_files();
+    let a = limited_node(&files, &redis, "a");
+    let b = limited_node(&files, &redis, "b");
+    wait_fleet_up(&a.srv).await;
+    wait_fleet_up(&b.srv).await;
+    let token = |jti: &str| with_header_token("/", &hs(claims("frank", jti)));
+    let (_, mut on_a) = expect_upgraded(&a.srv, &token("f-1")).await;
+    expect_echo(&mut on_a, "one").await;
+    let (_, mut on_b) = expect_upgraded(&b.srv, &token("f-2")).await;
+    expect_echo(&mut on_b, "two").await;
+    expect_refused(&a.srv, &token("f-3"), 429, "identity_connection_limit").await;
+    expect_refused(&b.srv, &token("f-4"), 429, "identity_connection_limit").await;
+    let (_, mut grace) =
+        expect_upgraded(&b.srv, &with_header_token("/", &hs(claims("grace", "g-1")))).await;
+    expect_echo(&mut grace, "another subject").await;
+
+    // The fleet's sessions, from either node.
+    let out = ctl(&b.socket, &["sessions", "--subject", "frank"]).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let list: Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(list["fleet"], true, "{list}");
+    let mut nodes: Vec<&str> = list["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .map(|s| s["node"].as_str().expect("node"))
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, ["a", "b"], "{list}");
+    let all: Value =
+        serde_json::from_str(&ctl(&a.socket, &["sessions"]).await.stdout).expect("JSON");
+    assert_eq!(all["sessions"].as_array().map(Vec::len), Some(3), "{all}");
+
+    // A session's end frees its place (on the other node too).
+    on_b.send(&cframe(true, OP_CLOSE, &close_payload(1000, "bye")))
+        .await;
+    let _ = on_b.rd.expect_close().await;
+    drop(on_b);
+    let mut again = wait_admitted(&a.srv, "frank").await;
+    expect_echo(&mut again, "in again").await;
+
+    // A killed with SIGKILL: after its lease, B no longer counts its two sessions.
+    expect_refused(&b.srv, &token("f-5"), 429, "identity_connection_limit").await;
+    drop(a);
+    let mut on_b = wait_admitted(&b.srv, "frank").await;
+    expect_echo(&mut on_b, "after the lease").await;
+}

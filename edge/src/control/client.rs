@@ -174,6 +174,7 @@ commands:
   crl-reload             re-read the client-certificate CRLs
   kick --subject SUB     close the subject's live sessions (1008 kicked), on every node of
                          a fleet; new sessions stay allowed
+  sessions [--subject SUB]  the fleet's sessions: node, peer, subject, path, since
   help                   this text";
 
 /// What the words after `--control PATH` ask for.
@@ -202,6 +203,8 @@ pub enum CliError {
     UnknownCommand(String),
     #[error("`kick` takes the subject: kick --subject SUB")]
     KickUsage,
+    #[error("`sessions` takes nothing or a subject: sessions [--subject SUB]")]
+    SessionsUsage,
     #[error("`{word}` takes no arguments, got `{extra}`")]
     NoArguments { word: String, extra: String },
 }
@@ -247,6 +250,15 @@ pub fn parse_cli(args: &[String]) -> Result<CliCommand, CliError> {
         "drain" => Request::Drain,
         "crl-reload" => Request::CrlReload,
         "restart" => Request::Restart,
+        "sessions" => {
+            return match rest {
+                [] => Ok(CliCommand::Send(Request::Sessions { subject: None })),
+                [flag, subject] if flag == "--subject" => Ok(CliCommand::Send(Request::Sessions {
+                    subject: Some(subject.clone()),
+                })),
+                _ => Err(CliError::SessionsUsage),
+            }
+        }
         "kick" => {
             return match rest {
                 [flag, subject] if flag == "--subject" => Ok(CliCommand::Send(Request::Kick {

@@ -68,11 +68,16 @@ pub enum Request {
     /// Close the live sessions of a subject (1008 `kicked`), on every node of a fleet; refuses
     /// nothing afterwards.
     Kick { subject: String },
+    /// The fleet's sessions (node, peer, subject, path, since), of one subject if given.
+    Sessions {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject: Option<String>,
+    },
 }
 
 impl Request {
     /// Every command name, in the order the documentation lists them.
-    pub const COMMANDS: [&'static str; 9] = [
+    pub const COMMANDS: [&'static str; 10] = [
         "revoke",
         "unrevoke",
         "revocations",
@@ -82,13 +87,14 @@ impl Request {
         "crl-reload",
         "restart",
         "kick",
+        "sessions",
     ];
 
     /// The fields a command takes besides `cmd`.
     pub fn fields(cmd: &str) -> &'static [&'static str] {
         match cmd {
             "revoke" | "unrevoke" => &["kind", "value"],
-            "kick" => &["subject"],
+            "kick" | "sessions" => &["subject"],
             _ => &[],
         }
     }
@@ -105,6 +111,7 @@ impl Request {
             Request::CrlReload => "crl-reload",
             Request::Restart => "restart",
             Request::Kick { .. } => "kick",
+            Request::Sessions { .. } => "sessions",
         }
     }
 
@@ -166,6 +173,9 @@ fn usage_hint(cmd: &str) -> &'static str {
             " (expected {\"cmd\":\"revoke\",\"kind\":\"jti\"|\"subject\",\"value\":\"...\"})"
         }
         "kick" => " (expected {\"cmd\":\"kick\",\"subject\":\"...\"})",
+        "sessions" => {
+            " (expected {\"cmd\":\"sessions\"} or {\"cmd\":\"sessions\",\"subject\":\"...\"})"
+        }
         _ => " (this command takes no arguments besides \"cmd\")",
     }
 }
@@ -257,7 +267,10 @@ pub const MAX_VALUE_BYTES: usize = crate::auth::identifier::MAX_IDENTIFIER_BYTES
 fn validate(request: &Request) -> Result<(), ProtocolError> {
     let (Request::Revoke { value, .. }
     | Request::Unrevoke { value, .. }
-    | Request::Kick { subject: value }) = request
+    | Request::Kick { subject: value }
+    | Request::Sessions {
+        subject: Some(value),
+    }) = request
     else {
         return Ok(());
     };

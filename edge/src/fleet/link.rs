@@ -2,7 +2,7 @@
 //! Redis, made again with backoff whenever either breaks. Nothing here blocks a core: asks come
 //! in on a channel, answers and publications go out on the cores' lines.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, Value};
 use wssedge_proto::pubsub::Reason;
 
 use super::wire;
-use super::{FleetAsk, FleetConfig, FleetParts, FleetStatus};
+use super::{FleetAsk, FleetConfig, FleetParts, FleetStatus, SessionInfo, SessionList};
 use crate::audit::{AuditEvent, AuditHandle};
 use crate::auth::kicks::Kicks;
 use crate::auth::revocation::{RevocationEntry, Revocations};
@@ -70,16 +70,29 @@ pub(super) struct Link {
     redis: String,
     /// Revocations made while Redis was away, oldest first, sent when it is back.
     pending: VecDeque<(RevocationEntry, bool)>,
+    /// This node's part of the fleet's state, kept here so that it can be written again
+    /// whole at every connection: its sessions per identity, and its open sessions.
+    identities: HashMap<String, u32>,
+    sessions: HashMap<String, SessionInfo>,
+    /// A node's keys expire this long after it stops renewing them (killed, cut off).
+    lease: Duration,
 }
 
 /// The scripts' hashes on the server they were loaded on.
 struct Scripts {
     publish: String,
     sync: String,
+    acquire: String,
 }
 
 impl Link {
-    pub fn new(client: Client, status: Arc<FleetStatus>, parts: FleetParts, redis: String) -> Self {
+    pub fn new(
+        client: Client,
+        status: Arc<FleetStatus>,
+        parts: FleetParts,
+        redis: String,
+        lease: Duration,
+    ) -> Self {
         Self {
             client,
             status,
@@ -90,6 +103,9 @@ impl Link {
             audit: parts.audit,
             redis,
             pending: VecDeque::new(),
+            identities: HashMap::new(),
+            sessions: HashMap::new(),
+            lease,
         }
     }
 
@@ -200,7 +216,7 @@ impl Link {
         for entry in unknown {
             self.send_revocation(conn, &entry, true).await?;
         }
-        Ok(())
+        self.rewrite_presence(conn).await
     }
 
     async fn send_revocation(
@@ -321,6 +337,10 @@ impl Link {
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| format!("SCRIPT LOAD: {e}"))?,
+            acquire: load(wire::ACQUIRE_IDENTITY_SCRIPT.to_owned())
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| format!("SCRIPT LOAD: {e}"))?,
         };
         let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_async_pubsub())
             .await
@@ -344,7 +364,7 @@ impl Link {
         scripts: &Scripts,
         asks: &mut UnboundedReceiver<FleetAsk>,
     ) -> String {
-        let mut ping = tokio::time::interval(PING_EVERY);
+        let mut ping = tokio::time::interval(PING_EVERY.min(self.lease / 3));
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // A core behind on its inbox: leave the subscription in the socket a moment.
@@ -363,17 +383,22 @@ impl Link {
                 },
                 ask = asks.next() => {
                     let Some(first) = ask else { return "the edge is stopping".into() };
+                    self.note(&first);
                     let mut batch = vec![first];
                     while batch.len() < MAX_ASKS_PER_PIPELINE {
                         match asks.try_recv() {
-                            Ok(ask) => batch.push(ask),
+                            Ok(ask) => {
+                                self.note(&ask);
+                                batch.push(ask);
+                            }
                             Err(_) => break,
                         }
                     }
-                    // Revocations and kicks one by one, in order; the rest in one pipeline.
+                    // Revocations, kicks and listings one by one, in order; the rest in one
+                    // pipeline.
                     let (control, batch): (Vec<FleetAsk>, Vec<FleetAsk>) = batch
                         .into_iter()
-                        .partition(|a| matches!(a, FleetAsk::Revocation { .. } | FleetAsk::Kick { .. }));
+                        .partition(|a| matches!(a, FleetAsk::Revocation { .. } | FleetAsk::Kick { .. } | FleetAsk::ListSessions { .. }));
                     for ask in control {
                         if let Err(e) = self.send_control(&mut conn, ask).await {
                             return e;
@@ -384,9 +409,9 @@ impl Link {
                     }
                 }
                 _ = ping.tick() => {
-                    let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
-                    if let Err(e) = pong {
-                        return format!("PING: {e}");
+                    // The node's lease, renewed: also the link's liveness check.
+                    if let Err(e) = self.renew_lease(&mut conn).await {
+                        return e;
                     }
                 }
             }
@@ -418,9 +443,128 @@ impl Link {
                 sent.map_err(|e| format!("kick: {e}"))?;
                 self.status.control_sent.inc();
             }
+            FleetAsk::ListSessions { subject, reply } => {
+                let sessions = self.fleet_sessions(conn).await?;
+                let sessions = sessions
+                    .into_iter()
+                    .filter(|s| subject.is_none() || s.subject == subject)
+                    .collect();
+                let _ = reply.send(SessionList {
+                    fleet: true,
+                    sessions,
+                });
+            }
             other => self.answer(other, None),
         }
         Ok(())
+    }
+
+    /// Every live node's sessions (a node whose lease ran out is left out, whatever its keys
+    /// still say).
+    async fn fleet_sessions(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<Vec<SessionInfo>, String> {
+        let nodes: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(wire::NODES)
+            .query_async(conn)
+            .await
+            .map_err(|e| format!("SMEMBERS: {e}"))?;
+        let mut out = Vec::new();
+        for node in nodes {
+            let alive: bool = redis::cmd("EXISTS")
+                .arg(wire::node_key(&node, "alive"))
+                .query_async(conn)
+                .await
+                .map_err(|e| format!("EXISTS: {e}"))?;
+            if !alive {
+                continue;
+            }
+            let all: Vec<(String, String)> = redis::cmd("HGETALL")
+                .arg(wire::node_key(&node, "sessions"))
+                .query_async(conn)
+                .await
+                .map_err(|e| format!("HGETALL: {e}"))?;
+            out.extend(
+                all.into_iter()
+                    .filter_map(|(_, v)| serde_json::from_str::<SessionInfo>(&v).ok()),
+            );
+        }
+        out.sort_by(|a, b| (a.since, &a.node, &a.peer).cmp(&(b.since, &b.node, &b.peer)));
+        Ok(out)
+    }
+
+    /// This node's lease and what hangs on it: renewed every third of `lease`.
+    async fn renew_lease(&self, conn: &mut MultiplexedConnection) -> Result<(), String> {
+        let node = &self.status.node;
+        let ms = self.lease.as_millis() as u64;
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(wire::node_key(node, "alive"))
+            .arg(1)
+            .arg("PX")
+            .arg(ms)
+            .ignore()
+            .sadd(wire::NODES, node)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(wire::node_key(node, "identities"))
+            .arg(ms)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(wire::node_key(node, "sessions"))
+            .arg(ms)
+            .ignore();
+        let done: Result<(), _> = pipe.query_async(conn).await;
+        done.map_err(|e| format!("lease: {e}"))
+    }
+
+    /// This node's identities and sessions written whole (a new connection: Redis may have
+    /// expired or lost them, or they changed while it was away).
+    async fn rewrite_presence(&self, conn: &mut MultiplexedConnection) -> Result<(), String> {
+        let node = &self.status.node;
+        let (ids, sessions) = (
+            wire::node_key(node, "identities"),
+            wire::node_key(node, "sessions"),
+        );
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.del(&ids).ignore().del(&sessions).ignore();
+        for (identity, n) in &self.identities {
+            pipe.hset(&ids, identity, *n).ignore();
+        }
+        for (id, info) in &self.sessions {
+            let json = serde_json::to_string(info).unwrap_or_default();
+            pipe.hset(&sessions, id, json).ignore();
+        }
+        let done: Result<(), _> = pipe.query_async(conn).await;
+        done.map_err(|e| format!("presence: {e}"))?;
+        self.renew_lease(conn).await
+    }
+
+    /// Keeps this node's copy of its presence (sessions, identity counts) as asks arrive.
+    fn note(&mut self, ask: &FleetAsk) {
+        match ask {
+            FleetAsk::ReleaseIdentity { identity } => {
+                if let Some(n) = self.identities.get_mut(identity) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.identities.remove(identity);
+                    }
+                }
+            }
+            FleetAsk::SessionOpened { id, info } => {
+                self.sessions.insert(id.clone(), info.clone());
+            }
+            FleetAsk::SessionClosed { id } => {
+                self.sessions.remove(id);
+            }
+            _ => {}
+        }
+    }
+
+    fn counted(&mut self, identity: &str) {
+        *self.identities.entry(identity.to_owned()).or_insert(0) += 1;
     }
 
     fn keep_for_later(&mut self, entry: RevocationEntry, revoke: bool) {
@@ -458,7 +602,7 @@ impl Link {
     /// Sends `batch` as one pipeline and hands out the answers, in order. An error that breaks
     /// the pipeline fails every ask in it and breaks the link.
     async fn run_batch(
-        &self,
+        &mut self,
         conn: &mut MultiplexedConnection,
         scripts: &Scripts,
         batch: Vec<FleetAsk>,
@@ -504,9 +648,36 @@ impl Link {
                         .arg("PX")
                         .arg(*ttl_ms);
                 }
+                FleetAsk::AcquireIdentity {
+                    identity, limit, ..
+                } => {
+                    pipe.cmd("EVALSHA")
+                        .arg(&scripts.acquire)
+                        .arg(0)
+                        .arg(identity)
+                        .arg(*limit)
+                        .arg(&self.status.node)
+                        .arg(self.lease.as_millis() as u64);
+                }
+                FleetAsk::ReleaseIdentity { identity } => {
+                    pipe.hincr(
+                        wire::node_key(&self.status.node, "identities"),
+                        identity,
+                        -1,
+                    );
+                }
+                FleetAsk::SessionOpened { id, info } => {
+                    let json = serde_json::to_string(info).unwrap_or_default();
+                    pipe.hset(wire::node_key(&self.status.node, "sessions"), id, json);
+                }
+                FleetAsk::SessionClosed { id } => {
+                    pipe.hdel(wire::node_key(&self.status.node, "sessions"), id);
+                }
                 // Sent one by one by `send_control`, never batched; a PING would keep the
                 // answers in line if one were.
-                FleetAsk::Revocation { .. } | FleetAsk::Kick { .. } => {
+                FleetAsk::Revocation { .. }
+                | FleetAsk::Kick { .. }
+                | FleetAsk::ListSessions { .. } => {
                     pipe.cmd("PING");
                 }
             }
@@ -529,7 +700,35 @@ impl Link {
         }
     }
 
-    fn answer(&self, ask: FleetAsk, answer: Option<&Value>) {
+    fn answer(&mut self, ask: FleetAsk, answer: Option<&Value>) {
+        if let FleetAsk::AcquireIdentity {
+            identity, reply, ..
+        } = ask
+        {
+            let counted = match answer {
+                Some(Value::Int(1)) => Ok(true),
+                Some(Value::Int(0)) => Ok(false),
+                _ => Err(()),
+            };
+            if counted != Ok(false) {
+                self.counted(&identity);
+            }
+            let _ = reply.send(counted);
+            return;
+        }
+        if let FleetAsk::ListSessions { subject, reply } = ask {
+            let sessions = self
+                .sessions
+                .values()
+                .filter(|s| subject.is_none() || s.subject == subject)
+                .cloned()
+                .collect();
+            let _ = reply.send(SessionList {
+                fleet: false,
+                sessions,
+            });
+            return;
+        }
         if let FleetAsk::Claim { reply, .. } = ask {
             let first = match answer {
                 Some(Value::Okay) => Ok(true),
@@ -590,7 +789,13 @@ impl Link {
             }
             // Not answered: sent by `send_control`, kept or dropped by `wait_down`.
             FleetAsk::Revocation { .. } | FleetAsk::Kick { .. } => {}
-            FleetAsk::Claim { .. } => {} // answered above
+            FleetAsk::Claim { .. }
+            | FleetAsk::AcquireIdentity { .. }
+            | FleetAsk::ListSessions { .. } => {} // answered above
+            // Kept in `note`; nothing to answer.
+            FleetAsk::ReleaseIdentity { .. }
+            | FleetAsk::SessionOpened { .. }
+            | FleetAsk::SessionClosed { .. } => {}
         }
     }
 
@@ -608,6 +813,7 @@ impl Link {
                 _ = &mut sleep => return true,
                 ask = asks.next() => match ask {
                     Some(FleetAsk::Revocation { entry, revoke }) => self.keep_for_later(entry, revoke),
+                    Some(ask @ (FleetAsk::ReleaseIdentity { .. } | FleetAsk::SessionOpened { .. } | FleetAsk::SessionClosed { .. })) => self.note(&ask),
                     Some(FleetAsk::Kick { subject }) => {
                         tracing::warn!(subject = %subject, "fleet: Redis unreachable; the kick closed this node's sessions only");
                     }

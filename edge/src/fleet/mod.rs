@@ -44,7 +44,9 @@ pub(crate) enum FleetAsk {
         request: u64,
     },
     /// The topic's epoch, last seq and history, for its owner core.
-    Sync { topic: Arc<str> },
+    Sync {
+        topic: Arc<str>,
+    },
     /// A revocation (or its lifting) made on this node: stored in Redis and announced to every
     /// node; kept until Redis is back while it is not.
     Revocation {
@@ -52,7 +54,34 @@ pub(crate) enum FleetAsk {
         revoke: bool,
     },
     /// Close the subject's sessions on every node (ephemeral: dropped while Redis is away).
-    Kick { subject: String },
+    Kick {
+        subject: String,
+    },
+    /// Count one more session of `identity` fleet-wide if the fleet holds fewer than `limit`
+    /// (`Ok(true)`); `Ok(false)`: at the limit; `Err`: Redis did not answer (the session is then
+    /// counted here and in Redis once it is back).
+    AcquireIdentity {
+        identity: String,
+        limit: u32,
+        reply: futures_channel::oneshot::Sender<Result<bool, ()>>,
+    },
+    /// A session counted by `AcquireIdentity` ended.
+    ReleaseIdentity {
+        identity: String,
+    },
+    /// A session opened on this node (for `wssedge ctl sessions`).
+    SessionOpened {
+        id: String,
+        info: SessionInfo,
+    },
+    SessionClosed {
+        id: String,
+    },
+    /// The fleet's sessions (of `subject`, if given), for the control socket.
+    ListSessions {
+        subject: Option<String>,
+        reply: std::sync::mpsc::Sender<SessionList>,
+    },
     /// Claim a single-use token id fleet-wide for `ttl_ms`: `Ok(true)` if this was its first
     /// use anywhere, `Ok(false)` if a node had it, `Err` if Redis did not answer.
     Claim {
@@ -60,6 +89,59 @@ pub(crate) enum FleetAsk {
         ttl_ms: u64,
         reply: futures_channel::oneshot::Sender<Result<bool, ()>>,
     },
+}
+
+/// One session as `wssedge ctl sessions` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionInfo {
+    pub node: String,
+    pub peer: String,
+    pub subject: Option<String>,
+    pub path: String,
+    /// UNIX seconds.
+    pub since: u64,
+}
+
+/// The answer to [`FleetAsk::ListSessions`]: the sessions, and whether they are the whole
+/// fleet's (`false`: Redis was unreachable, this node's only).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionList {
+    pub fleet: bool,
+    pub sessions: Vec<SessionInfo>,
+}
+
+/// An open session's part in the fleet: listed while it lives, and its identity counted;
+/// dropping it (the session ended) takes both back.
+pub(crate) struct FleetSession {
+    fleet: Fleet,
+    id: String,
+    identity: Option<String>,
+}
+
+impl Drop for FleetSession {
+    fn drop(&mut self) {
+        if let Some(identity) = self.identity.take() {
+            self.fleet.ask(FleetAsk::ReleaseIdentity { identity });
+        }
+        self.fleet.ask(FleetAsk::SessionClosed {
+            id: std::mem::take(&mut self.id),
+        });
+    }
+}
+
+/// A session counted against its identity's fleet-wide limit before its 101; moved into the
+/// [`FleetSession`] once it opens, or given back when dropped (the upgrade failed after all).
+pub(crate) struct IdentityHold {
+    fleet: Fleet,
+    identity: Option<String>,
+}
+
+impl Drop for IdentityHold {
+    fn drop(&mut self) {
+        if let Some(identity) = self.identity.take() {
+            self.fleet.ask(FleetAsk::ReleaseIdentity { identity });
+        }
+    }
 }
 
 /// What an upgrade on a core asks of the fleet: the link, and what to do while it is down.
@@ -71,6 +153,44 @@ pub(crate) struct FleetAdmission {
 }
 
 impl FleetAdmission {
+    /// Counts a session of `identity` fleet-wide: `None` when the fleet holds `limit` of them
+    /// already. Redis out of reach: counted here (and in Redis when it is back), admitted on
+    /// the local count as `down = "local"` says.
+    pub async fn acquire_identity(&self, identity: &str, limit: u32) -> Option<IdentityHold> {
+        let (reply, answer) = futures_channel::oneshot::channel();
+        self.fleet.ask(FleetAsk::AcquireIdentity {
+            identity: identity.to_owned(),
+            limit,
+            reply,
+        });
+        match answer.await.unwrap_or(Err(())) {
+            Ok(false) => None,
+            Ok(true) | Err(()) => Some(IdentityHold {
+                fleet: self.fleet.clone(),
+                identity: Some(identity.to_owned()),
+            }),
+        }
+    }
+
+    /// The session opened: listed fleet-wide until the returned guard drops.
+    pub fn opened(
+        &self,
+        id: String,
+        mut info: SessionInfo,
+        hold: Option<IdentityHold>,
+    ) -> FleetSession {
+        info.node = self.fleet.status.node.clone();
+        self.fleet.ask(FleetAsk::SessionOpened {
+            id: id.clone(),
+            info,
+        });
+        FleetSession {
+            fleet: self.fleet.clone(),
+            id,
+            identity: hold.and_then(|mut h| h.identity.take()),
+        }
+    }
+
     /// New upgrades are refused (503 `fleet_unavailable`) right now.
     pub fn refuses_new(&self) -> bool {
         self.down == DownMode::RefuseNew && !self.fleet.is_up()
@@ -305,7 +425,13 @@ impl Fleet {
         let cores = parts.lines.as_ref().map_or(0, Lines::cores);
         let status = Arc::new(FleetStatus::new(node, cores, cfg.down));
         let (asks, inbox) = futures_channel::mpsc::unbounded();
-        let link = link::Link::new(client, status.clone(), parts, cfg.redis.clone());
+        let link = link::Link::new(
+            client,
+            status.clone(),
+            parts,
+            cfg.redis.clone(),
+            std::time::Duration::from_millis(cfg.lease_ms),
+        );
         std::thread::Builder::new()
             .name("wssedge-fleet".into())
             .spawn(move || link.run(inbox))
@@ -320,5 +446,18 @@ impl Fleet {
 
     pub fn is_up(&self) -> bool {
         self.status.is_up()
+    }
+
+    /// The fleet's sessions (of `subject`), for the control socket (waits up to `timeout`).
+    pub fn list_sessions(
+        &self,
+        subject: Option<String>,
+        timeout: std::time::Duration,
+    ) -> Result<SessionList, String> {
+        let (reply, answer) = std::sync::mpsc::channel();
+        self.ask(FleetAsk::ListSessions { subject, reply });
+        answer
+            .recv_timeout(timeout)
+            .map_err(|_| "the fleet link did not answer in time".to_owned())
     }
 }

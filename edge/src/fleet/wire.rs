@@ -111,6 +111,34 @@ pub(crate) fn parse_revocation_field(field: &str) -> Option<RevocationEntry> {
     }
 }
 
+/// The nodes that ever joined (a node counts while its `alive` key lives).
+pub(crate) const NODES: &str = "wssedge:nodes";
+
+/// A node's keys, all expiring with its lease: `alive`, `identities` (a hash: identity →
+/// sessions), `sessions` (a hash: session id → [`super::SessionInfo`] as JSON).
+pub(crate) fn node_key(node: &str, what: &str) -> String {
+    format!("wssedge:node:{node}:{what}")
+}
+
+/// ARGV: identity, limit, this node, lease (ms). Sums the identity's sessions over the nodes
+/// whose lease lives; below the limit, counts one more for this node and returns 1, else 0.
+/// (Keys named at run time: a single Redis, not a Cluster, holds a fleet's counts.)
+pub(crate) const ACQUIRE_IDENTITY_SCRIPT: &str = r"
+local total = 0
+for _, n in ipairs(redis.call('SMEMBERS', 'wssedge:nodes')) do
+  if redis.call('EXISTS', 'wssedge:node:' .. n .. ':alive') == 1 then
+    total = total + tonumber(redis.call('HGET', 'wssedge:node:' .. n .. ':identities', ARGV[1]) or '0')
+  end
+end
+if total >= tonumber(ARGV[2]) then
+  return 0
+end
+local mine = 'wssedge:node:' .. ARGV[3] .. ':identities'
+redis.call('HINCRBY', mine, ARGV[1], 1)
+redis.call('PEXPIRE', mine, ARGV[4])
+return 1
+";
+
 /// A topic's keys: seq, epoch, log.
 pub(crate) fn topic_keys(topic: &str) -> [String; 3] {
     [

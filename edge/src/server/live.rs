@@ -74,6 +74,13 @@ pub(crate) struct LiveEntry {
     pub session: Rc<LiveSession>,
 }
 
+impl LiveEntry {
+    /// Its number on this core.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
 impl Drop for LiveEntry {
     fn drop(&mut self) {
         self.registry.sessions.borrow_mut().remove(&self.id);

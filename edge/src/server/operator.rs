@@ -186,6 +186,19 @@ impl Operator {
         Response::ok(&serde_json::json!({ "subject": subject, "fleet": fleet }))
     }
 
+    /// The fleet's sessions; Redis out of reach: this node's, and the answer says so.
+    fn sessions(&self, subject: Option<String>) -> Response {
+        let Some(fleet) = &self.fleet else {
+            return Response::error(
+                "sessions are listed fleet-wide: this edge has no [fleet] (see `status` for its connection count)",
+            );
+        };
+        match fleet.list_sessions(subject, std::time::Duration::from_secs(5)) {
+            Ok(list) => Response::ok(&list),
+            Err(e) => Response::error(e),
+        }
+    }
+
     fn connections(&self) -> u64 {
         self.metrics
             .cores
@@ -212,6 +225,7 @@ impl ControlHandler for Operator {
             Request::Drain => self.drain(),
             Request::Restart => self.restart(),
             Request::Kick { subject } => self.kick(subject),
+            Request::Sessions { subject } => self.sessions(subject.clone()),
         };
         tracing::info!(
             uid = peer.uid,
@@ -254,6 +268,9 @@ fn command_detail(request: &Request) -> String {
             format!("{} {value}", kind.as_str())
         }
         Request::Kick { subject } => format!("subject {subject}"),
+        Request::Sessions {
+            subject: Some(subject),
+        } => format!("subject {subject}"),
         _ => String::new(),
     }
 }

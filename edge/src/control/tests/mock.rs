@@ -46,9 +46,11 @@ impl ControlHandler for Mock {
             }),
             Request::Status => Response::ok(&Status::current(Duration::from_secs(42), 7)),
             Request::Reload => Response::not_supported_yet(request),
-            Request::Drain | Request::CrlReload | Request::Restart | Request::Kick { .. } => {
-                Response::done()
-            }
+            Request::Drain
+            | Request::CrlReload
+            | Request::Restart
+            | Request::Kick { .. }
+            | Request::Sessions { .. } => Response::done(),
         }
     }
 

@@ -24,6 +24,7 @@ fn all_requests() -> Vec<Request> {
         Request::Kick {
             subject: "mallory".into(),
         },
+        Request::Sessions { subject: None },
     ]
 }
 
@@ -39,6 +40,7 @@ fn every_command_has_its_documented_wire_form_and_parses_back() {
         r#"{"cmd":"crl-reload"}"#,
         r#"{"cmd":"restart"}"#,
         r#"{"cmd":"kick","subject":"mallory"}"#,
+        r#"{"cmd":"sessions"}"#,
     ];
     for (request, wire) in all_requests().iter().zip(expected) {
         let line = request.to_line();

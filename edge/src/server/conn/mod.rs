@@ -733,7 +733,8 @@ impl Conn {
                         return Some(self.refuse_upgrade(refusal, &request, Some(&admitted)))
                     }
                 };
-                if admitted.replay.is_some() || route.is_some() {
+                if admitted.replay.is_some() || route.is_some() || self.counted_in_fleet(&admitted)
+                {
                     // The token id's owner core answers first, and the upstream must say
                     // 101 before the client hears it: the loop waits for both.
                     self.phase = Phase::Upgrading(Box::new(PendingUpgrade {
@@ -749,7 +750,7 @@ impl Conn {
                 } else {
                     App::Echo
                 };
-                if let Err(end) = self.upgrade(&request, admitted, app) {
+                if let Err(end) = self.upgrade(&request, admitted, app, None) {
                     return Some(end);
                 }
             }
@@ -869,6 +870,48 @@ impl Conn {
         }
     }
 
+    /// In a fleet with `per_identity_connections`: an identified session is counted fleet-wide
+    /// before its 101.
+    fn counted_in_fleet(&self, admitted: &Admitted) -> bool {
+        self.core.access.fleet.is_some()
+            && self.core.cfg.limits.per_identity_connections.is_some()
+            && crate::auth::admission::identity_key(admitted, self.identity.as_deref()).is_some()
+    }
+
+    /// Counts the session against its identity's fleet-wide limit: 429
+    /// `identity_connection_limit` when the fleet holds the limit already.
+    async fn acquire_in_fleet(
+        &mut self,
+        pending: &PendingUpgrade,
+    ) -> Result<Option<crate::fleet::IdentityHold>, End> {
+        if !self.counted_in_fleet(&pending.admitted) {
+            return Ok(None);
+        }
+        let (Some(fleet), Some(limit), Some(key)) = (
+            self.core.access.fleet.clone(),
+            self.core.cfg.limits.per_identity_connections,
+            crate::auth::admission::identity_key(&pending.admitted, self.identity.as_deref()),
+        ) else {
+            return Ok(None);
+        };
+        let answer = monoio::select! {
+            r = fleet.acquire_identity(&key, limit) => Some(r),
+            _ = self.deadline.expired() => None,
+        };
+        match answer {
+            None => Err(self.on_deadline()),
+            Some(Some(hold)) => Ok(Some(hold)),
+            Some(None) => {
+                let refusal = Refusal::Http {
+                    status: 429,
+                    reason: Reason::IdentityConnectionLimit,
+                    extra_headers: FLEET_RETRY,
+                };
+                Err(self.refuse_upgrade(refusal, &pending.request, Some(&pending.admitted)))
+            }
+        }
+    }
+
     /// A single-use token this node had not seen: the fleet says whether another node had.
     /// Redis out of reach: refused (401 `replay_check_unavailable`) unless `single_use_down =
     /// "local"`.
@@ -929,6 +972,7 @@ impl Conn {
                 self.claim_in_fleet(&fleet, &check, &pending).await?;
             }
         }
+        let fleet_hold = self.acquire_in_fleet(&pending).await?;
         let app = match &pending.route {
             None if pending.pubsub => self.pubsub_app(&pending.admitted),
             None => App::Echo,
@@ -956,7 +1000,7 @@ impl Conn {
                 }
             }
         };
-        self.upgrade(&pending.request, pending.admitted, app)?;
+        self.upgrade(&pending.request, pending.admitted, app, fleet_hold)?;
         // Frames the client sent right behind its request.
         match self.process_guarded() {
             Some(end) => Err(end),
@@ -971,6 +1015,7 @@ impl Conn {
         request: &ws::UpgradeRequest,
         admitted: Admitted,
         app: App,
+        fleet_hold: Option<crate::fleet::IdentityHold>,
     ) -> Result<(), End> {
         let slot = self
             .core
@@ -1008,6 +1053,24 @@ impl Conn {
             token.and_then(|t| t.jti.clone()),
             self.identity.clone(),
         );
+        let fleet = self.core.access.fleet.as_ref().map(|f| {
+            let info = crate::fleet::SessionInfo {
+                node: String::new(),
+                peer: self.peer.to_string(),
+                // The token's subject, else the client certificate's identity.
+                subject: admitted
+                    .token
+                    .as_ref()
+                    .and_then(|t| t.sub.clone())
+                    .or_else(|| {
+                        crate::auth::admission::identity_key(&admitted, self.identity.as_deref())
+                    }),
+                path: path.clone(),
+                since: unix_now(),
+            };
+            let id = format!("{}-{}", self.core.index, entry.id());
+            Box::new(f.opened(id, info, fleet_hold))
+        });
         if let Some(at) = admitted.close_at_unix {
             // To the instant, not the rounded second: the wheel's tick is the only lateness.
             let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(at);
@@ -1046,6 +1109,7 @@ impl Conn {
                 live: entry,
                 limiter,
                 _identity_slot: identity_slot,
+                _fleet: fleet,
                 path,
             },
         };

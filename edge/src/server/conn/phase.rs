@@ -54,6 +54,8 @@ pub(super) struct Upgraded {
     /// This session's place in its identity's `per_identity_connections` count (`None`: not
     /// counted), given back when the connection goes.
     pub(super) _identity_slot: Option<IdentitySlot>,
+    /// In a fleet: the session as the fleet lists and counts it, until it ends.
+    pub(super) _fleet: Option<Box<crate::fleet::FleetSession>>,
     /// The request target it was admitted to (redacted), for its close record.
     pub(super) path: String,
 }
@@ -157,6 +159,7 @@ mod tests {
             live: registry.register(Some("sub".into()), None, None),
             limiter: None,
             _identity_slot: None,
+            _fleet: None,
             path: "/chat".into(),
         }
     }
