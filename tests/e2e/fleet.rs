@@ -736,3 +736,110 @@ async fn per_identity_connections_count_across_the_fleet() {
     let mut on_b = wait_admitted(&b.srv, "frank").await;
     expect_echo(&mut on_b, "after the lease").await;
 }
+
+/// `rediss://` with `ca`: the node joins over TLS and publications flow; a node that trusts
+/// another CA does not join (and says why in its log) and serves on local state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_verified_against_its_ca() {
+    let redis = RedisServer::with_tls();
+    let files = key_files();
+    let ca = redis.tls_ca.clone().expect("TLS Redis");
+    let start = |ca: &std::path::Path| {
+        let cfg = format!(
+            "{}\n[fleet]\nredis = \"{}\"\nca = \"{}\"\n",
+            config(&files, "", ""),
+            redis.url(),
+            ca.display()
+        );
+        ServerBuilder::new().config(&cfg).start()
+    };
+    let a = start(&ca);
+    wait_fleet_up(&a).await;
+    let mut sub = connect(&a, "read").await;
+    subscribe(&mut sub, 1, &["tls.t"], None).await;
+    let mut publisher = connect(&a, "publish").await;
+    assert_eq!(
+        publish(&mut publisher, 2, "tls.t", json!("over TLS")).await,
+        1
+    );
+    assert_eq!(next_json(&mut sub).await["data"], "over TLS");
+    assert_eq!(a.metric("wssedge_fleet_published_total", &[]).await, 1.0);
+
+    let other = tempfile::tempdir().expect("tempdir");
+    let (_, _, wrong_ca) = issue_localhost_chain("some other CA");
+    let wrong = other.path().join("other-ca.pem");
+    std::fs::write(&wrong, wrong_ca).expect("write");
+    let b = start(&wrong);
+    let deadline = std::time::Instant::now() + WAIT;
+    while !b.proc.stderr().contains("fleet: cannot reach Redis") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refusal logged:\n{}",
+            b.proc.stderr()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(b.metric("wssedge_fleet_up", &[]).await, 0.0);
+    assert_eq!(b.metric("wssedge_fleet_connects_total", &[]).await, 0.0);
+}
+
+/// Redis killed (-9) while upgrades that need it (single-use tokens, identity counts) are in
+/// flight: every upgrade ends at once with a 101 or a precise refusal — none waits for its
+/// handshake deadline — and after a restart they pass again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_redis_during_upgrades_never_hangs_one() {
+    let mut redis = RedisServer::start();
+    let files = key_files();
+    let tail = format!(
+        "[limits]\nper_identity_connections = 1000\n[fleet]\nredis = \"{}\"\nnode = \"a\"\n",
+        redis.url()
+    );
+    let srv = ServerBuilder::new()
+        .cores(2)
+        .config(&crate::admission_jwt::jwt_config(
+            &files,
+            &[("single_use", "true")],
+            &tail,
+        ))
+        .start();
+    wait_fleet_up(&srv).await;
+    let started = std::time::Instant::now();
+    let attempts = (0..60).map(|i| {
+        let srv = &srv;
+        async move {
+            let req =
+                with_header_token("/", &hs(claims(&format!("u{}", i % 7), &format!("k-{i}"))));
+            match attempt(srv, &req).await {
+                Outcome::Upgraded { .. } => "101".to_owned(),
+                Outcome::Refused(r) => format!("{} {}", r.status, r.reason),
+            }
+        }
+    });
+    let killer = async {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        redis.kill();
+    };
+    let (outcomes, ()) = tokio::join!(futures_util::future::join_all(attempts), killer);
+    let took = started.elapsed();
+    let mut seen: Vec<String> = outcomes.clone();
+    seen.sort();
+    seen.dedup();
+    visible_line(&format!(
+        "fleet: upgrades across a Redis kill -9 in {took:?}: {seen:?}"
+    ));
+    for o in &outcomes {
+        assert!(
+            o == "101" || o == "401 replay_check_unavailable",
+            "unexpected outcome {o}: {outcomes:?}"
+        );
+    }
+    assert!(
+        took < std::time::Duration::from_secs(4),
+        "an upgrade waited: {took:?}"
+    );
+    redis.restart();
+    wait_fleet_up(&srv).await;
+    let (_, mut ws) =
+        expect_upgraded(&srv, &with_header_token("/", &hs(claims("u0", "after")))).await;
+    expect_echo(&mut ws, "after").await;
+}

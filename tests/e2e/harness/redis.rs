@@ -15,6 +15,8 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     /// `requirepass`, when started with one.
     password: Option<String>,
+    /// TLS only (`--tls-port`, no plain port): the CA that signed its certificate.
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 impl RedisServer {
@@ -34,6 +36,25 @@ impl RedisServer {
             port,
             dir: tempfile::tempdir().expect("tempdir"),
             password,
+            tls_ca: None,
+        };
+        r.restart();
+        r
+    }
+
+    /// TLS only, with a certificate for 127.0.0.1 signed by a CA of its own (`tls_ca`).
+    pub fn with_tls() -> RedisServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (chain, key, ca) = super::issue_localhost_chain("redis test CA");
+        for (name, pem) in [("chain.pem", &chain), ("key.pem", &key), ("ca.pem", &ca)] {
+            std::fs::write(dir.path().join(name), pem).expect("write PEM");
+        }
+        let mut r = RedisServer {
+            child: None,
+            port: free_port(),
+            tls_ca: Some(dir.path().join("ca.pem")),
+            dir,
+            password: None,
         };
         r.restart();
         r
@@ -46,11 +67,17 @@ impl RedisServer {
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             password: None,
+            tls_ca: None,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls_ca.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     fn binary() -> PathBuf {
@@ -63,7 +90,20 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.kill();
         let mut cmd = Command::new(Self::binary());
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        if self.tls_ca.is_some() {
+            let at = |name: &str| self.dir.path().join(name);
+            cmd.args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(at("chain.pem"))
+                .arg("--tls-key-file")
+                .arg(at("key.pem"))
+                .arg("--tls-ca-cert-file")
+                .arg(at("ca.pem"))
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            cmd.args(["--port", &self.port.to_string()]);
+        }
+        cmd.args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -97,6 +137,9 @@ impl RedisServer {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
+        if self.tls_ca.is_some() {
+            return true; // listening; a PING would need a TLS client here
+        }
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
         let mut req = String::new();
         if let Some(p) = &self.password {
