@@ -9,6 +9,13 @@
 //! - [`config`]: the `[fleet]` section.
 //! - [`wire`]: keys, scripts and the channel's messages (no I/O).
 //! - [`link`]: the thread: connections, reconnects with backoff, the scripts in pipelines.
+//!
+//! Bounds: the asks channel is unbounded but bounded by who asks — a connection has at most
+//! `MAX_ASKS_IN_FLIGHT` publishes and subscribes out, an upgrade one claim and one identity
+//! count, a session one open and one close, the control socket one command at a time — and
+//! the link answers every ask at once while Redis is away. Publications from Redis to a core
+//! stop being read past [`MAX_PENDING_PER_CORE`]; revocations kept for a returning Redis stop
+//! at 65,536 (the oldest then go, logged; they stay in force where they were made).
 
 pub mod config;
 mod link;
@@ -423,6 +430,7 @@ impl Fleet {
     pub fn start(cfg: &FleetConfig, node: String, parts: FleetParts) -> Result<Self, String> {
         let client = link::client(cfg)?;
         let cores = parts.lines.as_ref().map_or(0, Lines::cores);
+        let lines = parts.lines.clone();
         let status = Arc::new(FleetStatus::new(node, cores, cfg.down));
         let (asks, inbox) = futures_channel::mpsc::unbounded();
         let link = link::Link::new(
@@ -432,9 +440,23 @@ impl Fleet {
             cfg.redis.clone(),
             std::time::Duration::from_millis(cfg.lease_ms),
         );
+        let watched = status.clone();
         std::thread::Builder::new()
             .name("wssedge-fleet".into())
-            .spawn(move || link.run(inbox))
+            .spawn(move || {
+                let run = std::panic::AssertUnwindSafe(move || link.run(inbox));
+                if std::panic::catch_unwind(run).is_err() {
+                    // A bug in the link: the node goes on as with Redis away, for good, and
+                    // says so (every ask fails from now on: its receiver is gone).
+                    watched.set_up(false);
+                    if let Some(lines) = lines {
+                        for core in 0..lines.cores() {
+                            lines.send(core, crate::pubsub::lines::CoreMsg::FleetState { up: false });
+                        }
+                    }
+                    tracing::error!("fleet: the link to Redis failed (a bug); serving on local state until restarted");
+                }
+            })
             .map_err(|e| format!("cannot start the fleet thread: {e}"))?;
         Ok(Self { asks, status })
     }
