@@ -95,6 +95,10 @@ struct FanoutArgs {
     /// Mint the bearer token: an HS256 JWT (scope "publish read") keyed by this file's bytes.
     #[arg(long)]
     hs256_secret_file: Option<PathBuf>,
+    /// The publisher connects here instead of --url (another node of a fleet: subscribers on
+    /// one edge, the publisher on another). Same scheme and CA.
+    #[arg(long)]
+    publish_url: Option<String>,
 }
 
 #[derive(Args)]
@@ -603,6 +607,12 @@ fn fanout_plan(f: &FanoutArgs, c: &Common, target: &Target) -> anyhow::Result<Pl
     let mut subscriber = target.clone();
     subscriber.headers = auth.clone();
     let mut publisher = subscriber.clone();
+    if let Some(url) = &f.publish_url {
+        let (_, host, port, path) = net::parse_url(url)?;
+        publisher.addr = net::resolve(&host, port)?;
+        publisher.host_header = format!("{host}:{port}");
+        publisher.path = path;
+    }
     if f.fanout_proto == FanoutProto::Nchan {
         subscriber.path = format!("/sub/{}", f.topic);
         publisher.proto = if target.proto.tls() {

@@ -179,6 +179,15 @@ impl FleetAdmission {
         }
     }
 
+    /// A session admitted without the fleet's answer (it did not come in time): counted here,
+    /// and in Redis by the link when it can (the count's release goes the same way).
+    pub fn unchecked_hold(&self, identity: &str) -> IdentityHold {
+        IdentityHold {
+            fleet: self.fleet.clone(),
+            identity: Some(identity.to_owned()),
+        }
+    }
+
     /// The session opened: listed fleet-wide until the returned guard drops.
     pub fn opened(
         &self,

@@ -12,6 +12,7 @@
 
 // The nginx template and its renderer live with the peers; compiled here without their deps.
 mod fanout;
+mod fleet;
 #[path = "../../../bench/peers/src/nginx.rs"]
 mod nginx;
 mod plot;
@@ -72,6 +73,12 @@ const OURS_SCENARIOS: &[Scenario] = &[
     Scenario::ProxyClosed,
 ];
 const FANOUT_SCENARIOS: &[Scenario] = &[Scenario::Fanout];
+/// The single-node pub/sub peer is the fleet cells' baseline too.
+const PUBSUB_SCENARIOS: &[Scenario] = &[Scenario::Fanout, Scenario::Fleet];
+const FLEET_SCENARIOS: &[Scenario] = &[Scenario::Fleet];
+/// A fleet of two nodes on one Redis: the publisher on node A, subscribers on A or on B.
+const FLEET_SAME: &str = "wssedge-fleet-same";
+const FLEET_CROSS: &str = "wssedge-fleet-cross";
 
 /// The fan-out set's peers, each with its own native pub/sub, in their table order.
 const WSSEDGE_PUBSUB: &str = "wssedge-pubsub";
@@ -93,7 +100,7 @@ const DIRECT_BACKEND: &str = "direct-backend";
 const WSSEDGE_BEFORE: &str = "wssedge-before";
 const WSSEDGE_PROXY_BEFORE: &str = "wssedge-proxy-before";
 
-const PEERS: [PeerDef; 16] = [
+const PEERS: [PeerDef; 18] = [
     PeerDef {
         key: OURS,
         label: "wssedge (userspace TLS)",
@@ -164,7 +171,19 @@ const PEERS: [PeerDef; 16] = [
         key: WSSEDGE_PUBSUB,
         label: "wssedge pub/sub (userspace TLS)",
         proto: "wss",
-        scenarios: FANOUT_SCENARIOS,
+        scenarios: PUBSUB_SCENARIOS,
+    },
+    PeerDef {
+        key: FLEET_SAME,
+        label: "wssedge fleet: publisher and subscribers on node A",
+        proto: "wss",
+        scenarios: FLEET_SCENARIOS,
+    },
+    PeerDef {
+        key: FLEET_CROSS,
+        label: "wssedge fleet: publisher on A, subscribers on B",
+        proto: "wss",
+        scenarios: FLEET_SCENARIOS,
     },
     PeerDef {
         key: WSSEDGE_PUBSUB_BEFORE,
@@ -232,6 +251,8 @@ struct Opts {
     fanout: Vec<(u64, f64)>,
     /// Fan-out payloads (`--payload` when given).
     fanout_payloads: Vec<u64>,
+    /// Fleet cells: (subscribers, publications/s).
+    fleet: Vec<(u64, f64)>,
 }
 
 /// Peers that run only when `--before` names the other build.
@@ -291,6 +312,12 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             vec![(200, 250.0), (1000, 1000.0), (10_000, 100.0)]
         },
         fanout_payloads: if quick { vec![64] } else { vec![64, 1024] },
+        // The 10k publications/s, to a few subscribers per node.
+        fleet: if quick {
+            vec![(10, 2000.0)]
+        } else {
+            vec![(10, 10_000.0)]
+        },
     };
     let mut peers_given = false;
     let mut it = args.iter();
@@ -321,9 +348,9 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
                 o.payloads = list(flag, &value()?)?;
                 o.fanout_payloads = o.payloads.clone();
             }
-            "--fanout" => {
+            "--fanout" | "--fleet" => {
                 let v: Vec<String> = list(flag, &value()?)?;
-                o.fanout = v
+                let cells = v
                     .iter()
                     .map(|cell| {
                         let (n, r) = cell.split_once('x').with_context(|| {
@@ -336,7 +363,12 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
                         }
                         Ok((n, r))
                     })
-                    .collect::<Result<_>>()?;
+                    .collect::<Result<Vec<_>>>()?;
+                if flag == "--fleet" {
+                    o.fleet = cells;
+                } else {
+                    o.fanout = cells;
+                }
             }
             "--rates" => o.rates = list(flag, &value()?)?,
             "--proxy-rate" => {
@@ -477,6 +509,11 @@ fn plan(o: &Opts) -> Vec<Planned> {
                     }
                 }
             }
+            Scenario::Fleet => {
+                for (n, r) in &o.fleet {
+                    groups.push(base(o.fanout_payloads[0], *n, Some(*r), None));
+                }
+            }
         }
     }
     groups.retain(|g| !g.peers.is_empty());
@@ -496,7 +533,9 @@ fn cell_secs(o: &Opts, g: &Planned) -> f64 {
         Scenario::Closed | Scenario::ProxyClosed => o.warmup + o.closed_duration + overhead,
         // Opening N TLS connections at a few thousand per second, then the hold.
         Scenario::Idle => g.connections as f64 / 2000.0 + o.idle_hold + overhead,
-        Scenario::Fanout => g.connections as f64 / 2000.0 + o.warmup + o.duration + overhead,
+        Scenario::Fanout | Scenario::Fleet => {
+            g.connections as f64 / 2000.0 + o.warmup + o.duration + overhead
+        }
     }
 }
 
@@ -525,6 +564,8 @@ struct Ctx {
     nchan: Option<(PathBuf, PathBuf)>,
     /// The built uWebSockets pub/sub peer.
     uws: Option<PathBuf>,
+    /// `redis-server` (the fleet scenario's).
+    redis: Option<PathBuf>,
     /// The `--before` build's wssedge binary.
     before: Option<PathBuf>,
 }
@@ -637,6 +678,8 @@ struct Server {
     roots: Vec<u32>,
     backend: Vec<u32>,
     addr: SocketAddr,
+    /// Fleet: where the publisher connects when not to `addr`.
+    publish_addr: Option<SocketAddr>,
 }
 
 /// CPU time of a set of process trees at one instant.
@@ -674,7 +717,7 @@ impl Server {
     /// (its backend is counted apart); elsewhere the whole stack, as nginx + its backend
     /// stand together for one echo server there.
     fn charged(&self, s: Scenario) -> Vec<u32> {
-        if s.is_proxy() {
+        if s.is_proxy() || s == Scenario::Fleet {
             self.roots.clone()
         } else {
             self.all_pids()
@@ -712,6 +755,7 @@ fn start_server(ctx: &Ctx, peer: &str, tag: &str) -> Result<Server> {
             backend: Vec::new(),
             guards: vec![g],
             addr,
+            publish_addr: None,
         })
     };
     let single = |name: &'static str, cmd: Command| single_logged(name, cmd, "server");
@@ -731,6 +775,7 @@ fn start_server(ctx: &Ctx, peer: &str, tag: &str) -> Result<Server> {
             roots,
             backend: backend.roots,
             addr,
+            publish_addr: None,
         }
     };
     match peer {
@@ -833,6 +878,49 @@ fn start_server(ctx: &Ctx, peer: &str, tag: &str) -> Result<Server> {
                 .arg(&ctx.state);
             single("wssedge", c)
         }
+        FLEET_SAME | FLEET_CROSS => {
+            let redis_bin = ctx.redis.as_ref().context("redis-server unavailable")?;
+            let port = free_port()?;
+            let dir = ctx.logs.join(format!("{tag}.redis"));
+            std::fs::create_dir_all(&dir)?;
+            let mut c = ctx.pinned(BACKEND_CPU, redis_bin);
+            c.args(fleet::redis_args(port, &dir));
+            let (mut redis, _rx) = spawn_lines("redis-server", &mut c, &log("redis"))?;
+            fleet::wait_listening(SocketAddr::from(([127, 0, 0, 1], port))).or_else(
+                |e| match redis.exited() {
+                    Some(s) => bail!("redis-server exited at start ({s})"),
+                    None => Err(e),
+                },
+            )?;
+            let secret = fanout_secret(ctx)?;
+            let mut nodes = Vec::new();
+            for node in ["a", "b"] {
+                let conf_path = ctx.logs.join(format!("{tag}.{node}.wssedge.toml"));
+                std::fs::write(&conf_path, fleet::node_conf(&secret, port, node))?;
+                let mut c = ctx.pinned(SERVER_CPU, &ctx.wssedge(peer));
+                c.arg("serve")
+                    .arg("--config")
+                    .arg(&conf_path)
+                    .arg("--state-dir")
+                    .arg(&ctx.state);
+                let l = log(&format!("node-{node}"));
+                let (mut g, rx) = spawn_lines("wssedge", &mut c, &l)?;
+                let addr = wait_listen_line(&mut g, &rx, &l)?;
+                nodes.push((g, addr));
+            }
+            // Both nodes deliver what Redis announces before the window starts.
+            fleet::wait_subscribed(port, 2)?;
+            let (b, b_addr) = nodes.pop().context("node b")?;
+            let (a, a_addr) = nodes.pop().context("node a")?;
+            let subscribers = if peer == FLEET_CROSS { b_addr } else { a_addr };
+            Ok(Server {
+                roots: vec![a.child.id(), b.child.id()],
+                backend: vec![redis.child.id()],
+                guards: vec![a, b, redis],
+                addr: subscribers,
+                publish_addr: (peer == FLEET_CROSS).then_some(a_addr),
+            })
+        }
         BROADCAST => single("peer-broadcast", peer_cmd("peer-broadcast", true)),
         UWS => {
             let bin = ctx.uws.as_ref().context("uWebSockets was not built")?;
@@ -867,6 +955,7 @@ fn start_server(ctx: &Ctx, peer: &str, tag: &str) -> Result<Server> {
                 backend: Vec::new(),
                 guards: vec![g],
                 addr,
+                publish_addr: None,
             })
         }
         other => bail!("unknown peer {other}"),
@@ -955,13 +1044,13 @@ fn measure(ctx: &Ctx, o: &Opts, g: &Planned, peer: &str, cell: &mut Cell) -> Res
     let mut server = start_server(ctx, peer, &t)?;
     let proto = peer_def(peer).proto;
     let url = match proto {
-        "wss" | "ws" if g.scenario == Scenario::Fanout => format!("{proto}://{}/md", server.addr),
+        "wss" | "ws" if g.scenario.is_fanout() => format!("{proto}://{}/md", server.addr),
         "wss" | "ws" => format!("{proto}://{}/", server.addr),
         p => format!("{p}://{}", server.addr),
     };
     let (mode, duration, warmup) = match g.scenario {
         Scenario::Rate | Scenario::Proxy => ("open", o.duration, o.warmup),
-        Scenario::Fanout => ("fanout", o.duration, o.warmup),
+        Scenario::Fanout | Scenario::Fleet => ("fanout", o.duration, o.warmup),
         Scenario::Closed | Scenario::ProxyClosed => ("closed", o.closed_duration, o.warmup),
         Scenario::Storm => ("storm", o.duration, o.warmup),
         Scenario::Idle => ("idle", o.idle_hold, 0.0),
@@ -991,11 +1080,21 @@ fn measure(ctx: &Ctx, o: &Opts, g: &Planned, peer: &str, cell: &mut Cell) -> Res
     if g.scenario == Scenario::Idle {
         cmd.args(["--hold", &o.idle_hold.to_string()]);
     }
-    if g.scenario == Scenario::Fanout {
+    if g.scenario.is_fanout() {
         let wire = if peer == NCHAN { "nchan" } else { "json" };
         cmd.args(["--fanout-proto", wire, "--topic", FANOUT_TOPIC]);
-        if peer == WSSEDGE_PUBSUB || peer == WSSEDGE_PUBSUB_BEFORE {
+        if [
+            WSSEDGE_PUBSUB,
+            WSSEDGE_PUBSUB_BEFORE,
+            FLEET_SAME,
+            FLEET_CROSS,
+        ]
+        .contains(&peer)
+        {
             cmd.arg("--hs256-secret-file").arg(fanout_secret(ctx)?);
+        }
+        if let Some(p) = server.publish_addr {
+            cmd.arg("--publish-url").arg(format!("{proto}://{p}/md"));
         }
     }
     let gen_log = ctx.logs.join(format!("{t}.gen.log"));
@@ -1005,7 +1104,7 @@ fn measure(ctx: &Ctx, o: &Opts, g: &Planned, peer: &str, cell: &mut Cell) -> Res
     let mut t0 = Instant::now();
     let (mut gen, rx) = spawn_lines("wssbench", &mut cmd, &gen_log)?;
     let nominal = Duration::from_secs_f64(warmup + duration);
-    if g.scenario == Scenario::Fanout {
+    if g.scenario.is_fanout() {
         // The window starts once every subscriber is subscribed (seconds for thousands).
         let deadline = t0 + Duration::from_secs(90 + g.connections / 200);
         wait_ready_line(&rx, "FANOUT_READY", &mut gen, &gen_log, t0, deadline)?;
@@ -1034,8 +1133,10 @@ fn measure(ctx: &Ctx, o: &Opts, g: &Planned, peer: &str, cell: &mut Cell) -> Res
         limit = Instant::now() + Duration::from_secs_f64(o.idle_hold) + GEN_GRACE;
     } else {
         let charged = server.charged(g.scenario);
-        // Outside the proxy set the backend (if any) is part of `charged`.
-        let backend = if g.scenario.is_proxy() && !server.backend.is_empty() {
+        // Outside the proxy set (and the fleet's Redis) the backend is part of `charged`.
+        let backend = if (g.scenario.is_proxy() || g.scenario == Scenario::Fleet)
+            && !server.backend.is_empty()
+        {
             server.backend.clone()
         } else {
             Vec::new()
@@ -1066,7 +1167,7 @@ fn measure(ctx: &Ctx, o: &Opts, g: &Planned, peer: &str, cell: &mut Cell) -> Res
             .zip(f1)
             .map(|(a, b)| b.saturating_sub(a) as f64 / ctx.clk_tck as f64);
         (cell.server_ticks, cell.server_sched_s) = s0.delta(s1);
-        if g.scenario == Scenario::Fanout {
+        if g.scenario.is_fanout() {
             // Memory while every subscriber is connected and publications flow.
             cell.mem = Some(Mem {
                 n: g.connections,
@@ -1258,7 +1359,7 @@ fn peer_bins(peer: &str) -> &'static [&'static str] {
         // The before binary itself is checked where `--before` is resolved.
         WSSEDGE_BEFORE | WSSEDGE_PUBSUB_BEFORE => &[],
         WSSEDGE_PROXY_BEFORE => &["echo-plain"],
-        WSSEDGE_PUBSUB => &["wssedge"],
+        WSSEDGE_PUBSUB | FLEET_SAME | FLEET_CROSS => &["wssedge"],
         BROADCAST => &["peer-broadcast"],
         _ => &[],
     }
@@ -1389,8 +1490,9 @@ fn print_plan(o: &Opts, groups: &[Planned]) {
     );
     for g in groups {
         let what = match g.scenario {
-            Scenario::Fanout => format!(
-                "fanout: {} subscribers × {} publications/s, {} B, {} s (+{} s warmup)",
+            Scenario::Fanout | Scenario::Fleet => format!(
+                "{}: {} subscribers × {} publications/s, {} B, {} s (+{} s warmup)",
+                g.scenario.name(),
                 g.connections,
                 g.rate.unwrap_or(0.0),
                 g.payload,
@@ -1498,6 +1600,18 @@ pub fn run(args: &[String]) -> Result<bool> {
             Err(why) => skipped.push((UWS.into(), why)),
         }
     }
+    let mut redis = None;
+    if o.scenarios.contains(&Scenario::Fleet)
+        && o.peers.iter().any(|p| p == FLEET_SAME || p == FLEET_CROSS)
+    {
+        match fleet::ensure_redis() {
+            Ok(r) => redis = Some(r),
+            Err(why) => {
+                skipped.push((FLEET_SAME.into(), why.clone()));
+                skipped.push((FLEET_CROSS.into(), why));
+            }
+        }
+    }
     for p in &o.peers {
         if let Some(b) = peer_bins(p).iter().find(|b| !bin.join(b).is_file()) {
             skipped.push((p.clone(), format!("{b} was not built")));
@@ -1533,6 +1647,7 @@ pub fn run(args: &[String]) -> Result<bool> {
         nginx,
         nchan,
         uws,
+        redis,
         before,
         env,
     };
@@ -1622,6 +1737,7 @@ pub fn run(args: &[String]) -> Result<bool> {
     md.push_str(&report::markdown(&cells, &order, &label));
     md.push_str(&report::proxy_markdown(&cells, &label));
     md.push_str(&report::fanout_markdown(&cells, &label));
+    md.push_str(&report::fleet_markdown(&cells, &label));
     md.push_str(&report::before_after_markdown(&cells, &label));
 
     let mut plots = Vec::new();
@@ -1846,8 +1962,13 @@ mod tests {
     fn plan_alternates_and_skips_floors_where_meaningless() {
         let o = parse_opts(&s(&["--quick"])).unwrap();
         let p = plan(&o);
-        // 2 rates + 2 depths + storm + idle + proxy rate + 2 proxy depths + one fan-out cell.
-        assert_eq!(p.len(), 10);
+        // 2 rates + 2 depths + storm + idle + proxy rate + 2 proxy depths + one fan-out cell
+        // + one fleet cell.
+        assert_eq!(p.len(), 11);
+        let fleet = p.iter().find(|g| g.scenario == Scenario::Fleet).unwrap();
+        let mut fleet_peers = fleet.peers.clone();
+        fleet_peers.sort();
+        assert_eq!(fleet_peers, [FLEET_CROSS, FLEET_SAME, WSSEDGE_PUBSUB]);
         assert_eq!(p[0].peers[0], OURS);
         assert_eq!(p[1].peers.last().map(String::as_str), Some(OURS));
         let storm = p.iter().find(|g| g.scenario == Scenario::Storm).unwrap();

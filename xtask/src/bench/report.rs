@@ -6,8 +6,8 @@ use serde_json::{json, Value};
 
 use super::results::{ratio_text, Cell, Flag, Scenario};
 use super::{
-    BROADCAST, DIRECT_BACKEND, NCHAN, NGINX_PROXY, UWS, WSSEDGE_BEFORE, WSSEDGE_PROXY,
-    WSSEDGE_PROXY_BEFORE, WSSEDGE_PUBSUB, WSSEDGE_PUBSUB_BEFORE,
+    BROADCAST, DIRECT_BACKEND, FLEET_CROSS, FLEET_SAME, NCHAN, NGINX_PROXY, UWS, WSSEDGE_BEFORE,
+    WSSEDGE_PROXY, WSSEDGE_PROXY_BEFORE, WSSEDGE_PUBSUB, WSSEDGE_PUBSUB_BEFORE,
 };
 
 /// Row order of the fan-out tables: wssedge first, then its peers.
@@ -483,6 +483,75 @@ pub fn fanout_markdown(cells: &[Cell], label: &dyn Fn(&str) -> String) -> String
                 client_busy(c),
                 if is_ours { cpu_ratio.clone() } else { String::new() },
                 if is_ours { p99_ratio.clone() } else { String::new() },
+                fanout_note(c),
+            );
+        }
+    }
+    md.push('\n');
+    md
+}
+
+/// Row order of the fleet table: one node without Redis, then the fleet same-node and cross.
+const FLEET_ORDER: [&str; 3] = [WSSEDGE_PUBSUB, FLEET_SAME, FLEET_CROSS];
+
+/// The fleet table: publish→receive on the publisher's node and on another node of a fleet
+/// on one Redis, against one node alone; the nodes' CPU per delivery and Redis' per
+/// publication.
+pub fn fleet_markdown(cells: &[Cell], label: &dyn Fn(&str) -> String) -> String {
+    let groups = groups(cells, Scenario::Fleet);
+    if groups.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "## fleet: two nodes on one Redis, the publisher on node A\n\n\
+         Same node: subscribers on A; cross node: subscribers on B (A → Redis → B). One node \
+         alone (no Redis) is the baseline. Nodes' CPU ns/delivery = both nodes' CPU / \
+         deliveries; Redis µs/publication = redis-server's CPU / publications. Target: cross-node \
+         p99 ≤ 2 × same-node p99.\n\n\
+         | payload | subscribers | pub/s | peer | deliveries/s | nodes' CPU ns/delivery | Redis CPU µs/publication | p50 µs | p99 µs | p99.9 µs | max µs | lost | cross/same p99 | note |\n\
+         |---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    let p99 = |c: &Cell| c.gen.as_ref().map(|g| g.latency_us.p99);
+    for g in &groups {
+        let find = |peer: &str| {
+            g.iter()
+                .copied()
+                .find(|c| c.peer == peer && c.flag().is_none())
+        };
+        let cross_same = match (
+            find(FLEET_CROSS).and_then(p99),
+            find(FLEET_SAME).and_then(p99),
+        ) {
+            (Some(x), Some(s)) if s > 0.0 => opt(Some(x / s)),
+            _ => "n/a".into(),
+        };
+        for c in ordered(g, &FLEET_ORDER) {
+            let l = c.gen.as_ref().map(|g| g.latency_us.clone());
+            let f = c.gen.as_ref().and_then(|g| g.fanout.clone());
+            let redis_us = match (c.backend_cpu_s, f.as_ref().map(|f| f.publications)) {
+                (Some(cpu), Some(n)) if n > 0.0 => Some(cpu * 1e6 / n),
+                _ => None,
+            };
+            let _ = writeln!(
+                md,
+                "| {} B | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                c.payload,
+                c.connections,
+                opt(c.rate),
+                label(&c.peer),
+                opt(c.gen.as_ref().map(|g| g.achieved())),
+                opt(ns_per_delivery(c)),
+                opt(redis_us),
+                opt(l.as_ref().map(|l| l.p50)),
+                opt(l.as_ref().map(|l| l.p99)),
+                opt(l.as_ref().map(|l| l.p999)),
+                opt(l.as_ref().map(|l| l.max)),
+                opt(f.as_ref().map(|f| f.lost)),
+                if c.peer == FLEET_CROSS {
+                    cross_same.clone()
+                } else {
+                    String::new()
+                },
                 fanout_note(c),
             );
         }

@@ -165,10 +165,12 @@ pub enum Scenario {
     ProxyClosed,
     /// Pub/sub: one publisher at a fixed rate, N subscribers of its topic.
     Fanout,
+    /// Pub/sub in a fleet on Redis: subscribers on the publisher's node or on another one.
+    Fleet,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Rate,
         Scenario::Closed,
         Scenario::Storm,
@@ -176,6 +178,7 @@ impl Scenario {
         Scenario::Proxy,
         Scenario::ProxyClosed,
         Scenario::Fanout,
+        Scenario::Fleet,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -186,6 +189,7 @@ impl Scenario {
             Scenario::Proxy => "proxy",
             Scenario::ProxyClosed => "proxy-closed",
             Scenario::Fanout => "fanout",
+            Scenario::Fleet => "fleet",
         }
     }
     /// The proxy set: the front process's CPU is counted apart from its backend's.
@@ -205,7 +209,12 @@ impl Scenario {
                 | Scenario::Proxy
                 | Scenario::ProxyClosed
                 | Scenario::Fanout
+                | Scenario::Fleet
         )
+    }
+    /// One publisher, subscribers (the generator's fan-out mode).
+    pub fn is_fanout(self) -> bool {
+        matches!(self, Scenario::Fanout | Scenario::Fleet)
     }
     pub fn parse(s: &str) -> Option<Scenario> {
         Scenario::ALL.into_iter().find(|x| x.name() == s)
@@ -302,7 +311,7 @@ impl Cell {
         let achieved = match self.scenario {
             Some(Scenario::Rate | Scenario::Proxy) => g.achieved(),
             // Offered deliveries: the publication rate times the subscribers.
-            Some(Scenario::Fanout) => {
+            Some(Scenario::Fanout | Scenario::Fleet) => {
                 let f = g.fanout.as_ref()?;
                 if f.lost > 0.0 {
                     return Some(Flag::Lost(f.lost as u64));

@@ -56,6 +56,9 @@ use self::app::{App, OverRate};
 /// A single-use token's fleet-wide claim outlives its expiry by this much (clock skew between
 /// nodes, the verifier's leeway).
 const REPLAY_CLAIM_MARGIN_S: u64 = 120;
+/// The longest an upgrade waits for the fleet's answer (a claim, an identity count) before it
+/// goes on as if Redis were away (the link itself gives up on Redis after 2 s).
+const FLEET_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// What a client refused 503 `fleet_unavailable` is told.
 const FLEET_RETRY: &[(&str, &str)] = &[("Retry-After", "1")];
 pub(crate) use self::pass::yield_turn;
@@ -894,8 +897,11 @@ impl Conn {
         ) else {
             return Ok(None);
         };
+        // A link that does not answer in time counts as Redis away (admitted on the local
+        // count): an upgrade never waits on Redis until its handshake deadline.
         let answer = monoio::select! {
             r = fleet.acquire_identity(&key, limit) => Some(r),
+            _ = monoio::time::sleep(FLEET_ANSWER_WAIT) => Some(Some(fleet.unchecked_hold(&key))),
             _ = self.deadline.expired() => None,
         };
         match answer {
@@ -929,6 +935,7 @@ impl Conn {
             .saturating_mul(1000);
         let answer = monoio::select! {
             r = fleet.claim(&check.key, ttl_ms) => Some(r),
+            _ = monoio::time::sleep(FLEET_ANSWER_WAIT) => Some(Err(())),
             _ = self.deadline.expired() => None,
         };
         let refusal = match answer {
