@@ -144,6 +144,10 @@ struct Common {
     /// Per-connection: seconds for TCP + TLS + upgrade.
     #[arg(long, default_value_t = 10.0)]
     connect_timeout: f64,
+    /// Every connection's upgrade carries its own HS256 JWT keyed by this file's bytes (a
+    /// fresh jti each: single-use servers accept every one once).
+    #[arg(long)]
+    mint_per_connection: Option<PathBuf>,
 }
 
 fn parse_cpus(s: &str) -> anyhow::Result<Vec<usize>> {
@@ -444,6 +448,14 @@ fn run() -> anyhow::Result<i32> {
         read_timeout: Duration::from_secs_f64(c.read_timeout),
         source_ips: c.source_ips.clone(),
         headers: String::new(),
+        mint: match &c.mint_per_connection {
+            Some(path) => {
+                let key =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                Some(Arc::new(token::Minter::new(key)))
+            }
+            None => None,
+        },
     };
     let plan = fan_args
         .as_ref()

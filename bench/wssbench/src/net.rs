@@ -60,6 +60,8 @@ pub struct Target {
     pub source_ips: Vec<IpAddr>,
     /// Extra request header lines for the upgrade, each ending in CRLF.
     pub headers: String,
+    /// Mint a fresh bearer token (its own jti) for every connection's upgrade.
+    pub mint: Option<std::sync::Arc<crate::token::Minter>>,
 }
 
 /// Splits `scheme://host[:port][/path]`; returns (scheme, host, port, path).
@@ -292,7 +294,13 @@ async fn connect_inner(
     if ws {
         let key = ws::new_key(rng);
         let accept = ws::accept_for(&key);
-        let req = ws::upgrade_request(&t.host_header, &t.path, &key, &t.headers);
+        let req = match &t.mint {
+            Some(m) => {
+                let headers = format!("{}Authorization: Bearer {}\r\n", t.headers, m.next());
+                ws::upgrade_request(&t.host_header, &t.path, &key, &headers)
+            }
+            None => ws::upgrade_request(&t.host_header, &t.path, &key, &t.headers),
+        };
         s.write_all(&req)
             .await
             .map_err(|e| format!("upgrade io: {:?}", e.kind()))?;

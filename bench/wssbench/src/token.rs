@@ -17,6 +17,43 @@ pub fn mint_hs256(key: &[u8], now_s: u64) -> String {
     sign_hs256(HEADER, &claims, key)
 }
 
+/// Tokens one per connection: a fresh `jti` each (single-use servers take each once), the
+/// subject one of [`Minter::SUBJECTS`] in turn (identity limits see a few identities).
+pub struct Minter {
+    key: Vec<u8>,
+    run: u64,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Minter {
+    pub const SUBJECTS: u64 = 16;
+
+    pub fn new(key: Vec<u8>) -> Self {
+        let run = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Self {
+            key,
+            run,
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub fn next(&self) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let claims = format!(
+            r#"{{"sub":"wssbench-{}","jti":"{:x}-{n}","scope":"publish read","iat":{now_s},"exp":{}}}"#,
+            n % Self::SUBJECTS,
+            self.run,
+            now_s + LIFETIME_S
+        );
+        sign_hs256(HEADER, &claims, &self.key)
+    }
+}
+
 /// The compact JWS of `header` and `claims` (JSON texts) under HMAC-SHA256 with `key`.
 pub fn sign_hs256(header: &str, claims: &str, key: &[u8]) -> String {
     let input = format!(

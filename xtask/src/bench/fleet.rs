@@ -42,6 +42,26 @@ pub fn node_conf(secret: &std::path::Path, redis_port: u16, node: &str) -> Strin
     )
 }
 
+/// The upgrade cells' node: echo on every path, `[jwt]`, `[fleet]`; `checks`: single-use
+/// tokens and `per_identity_connections` (both asked of Redis at every upgrade).
+pub fn upgrade_node_conf(secret: &std::path::Path, redis_port: u16, checks: bool) -> String {
+    let (jwt_extra, limits) = if checks {
+        (
+            "single_use = true\n",
+            "per_identity_connections = 1000000\n",
+        )
+    } else {
+        ("", "")
+    };
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\ncores = 1\n\n\
+         [limits]\nmax_connections = 200000\n{limits}\n\
+         [jwt]\nhs_secret_file = \"{}\"\n{jwt_extra}\n\
+         [fleet]\nredis = \"redis://127.0.0.1:{redis_port}/0\"\nnode = \"a\"\n",
+        secret.display()
+    )
+}
+
 /// Sends one RESP command and returns the raw reply (a bench helper, not a client).
 fn command(port: u16, args: &[&str]) -> Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;

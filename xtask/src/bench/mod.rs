@@ -76,6 +76,13 @@ const FANOUT_SCENARIOS: &[Scenario] = &[Scenario::Fanout];
 /// The single-node pub/sub peer is the fleet cells' baseline too.
 const PUBSUB_SCENARIOS: &[Scenario] = &[Scenario::Fanout, Scenario::Fleet];
 const FLEET_SCENARIOS: &[Scenario] = &[Scenario::Fleet];
+const FLEET_UPGRADE_SCENARIOS: &[Scenario] = &[Scenario::FleetUpgrades];
+/// One fleet node on its Redis, `[jwt]` with and without `single_use` and
+/// `per_identity_connections` (each checked in Redis at the upgrade).
+const FLEET_CHECKS: &str = "wssedge-fleet-checks";
+const FLEET_NOCHECKS: &str = "wssedge-fleet-nochecks";
+/// Offered upgrades/s of the fleet-upgrades cell (high enough to find the node's ceiling).
+const FLEET_UPGRADE_RATE: f64 = 2000.0;
 /// A fleet of two nodes on one Redis: the publisher on node A, subscribers on A or on B.
 const FLEET_SAME: &str = "wssedge-fleet-same";
 const FLEET_CROSS: &str = "wssedge-fleet-cross";
@@ -100,7 +107,7 @@ const DIRECT_BACKEND: &str = "direct-backend";
 const WSSEDGE_BEFORE: &str = "wssedge-before";
 const WSSEDGE_PROXY_BEFORE: &str = "wssedge-proxy-before";
 
-const PEERS: [PeerDef; 18] = [
+const PEERS: [PeerDef; 20] = [
     PeerDef {
         key: OURS,
         label: "wssedge (userspace TLS)",
@@ -184,6 +191,18 @@ const PEERS: [PeerDef; 18] = [
         label: "wssedge fleet: publisher on A, subscribers on B",
         proto: "wss",
         scenarios: FLEET_SCENARIOS,
+    },
+    PeerDef {
+        key: FLEET_CHECKS,
+        label: "wssedge fleet node: single_use + per_identity_connections in Redis",
+        proto: "wss",
+        scenarios: FLEET_UPGRADE_SCENARIOS,
+    },
+    PeerDef {
+        key: FLEET_NOCHECKS,
+        label: "wssedge fleet node: neither",
+        proto: "wss",
+        scenarios: FLEET_UPGRADE_SCENARIOS,
     },
     PeerDef {
         key: WSSEDGE_PUBSUB_BEFORE,
@@ -417,6 +436,10 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
                         )
                     })?);
                 }
+                // `fleet` is both halves of the fleet's benchmark.
+                if s.contains(&Scenario::Fleet) {
+                    s.push(Scenario::FleetUpgrades);
+                }
                 o.scenarios = Scenario::ALL
                     .into_iter()
                     .filter(|x| s.contains(x))
@@ -514,6 +537,16 @@ fn plan(o: &Opts) -> Vec<Planned> {
                     groups.push(base(o.fanout_payloads[0], *n, Some(*r), None));
                 }
             }
+            Scenario::FleetUpgrades => groups.push(base(
+                o.payloads[0],
+                o.connections,
+                Some(if o.quick {
+                    FLEET_UPGRADE_RATE / 2.0
+                } else {
+                    FLEET_UPGRADE_RATE
+                }),
+                None,
+            )),
         }
     }
     groups.retain(|g| !g.peers.is_empty());
@@ -529,7 +562,9 @@ fn plan(o: &Opts) -> Vec<Planned> {
 fn cell_secs(o: &Opts, g: &Planned) -> f64 {
     let overhead = 0.5;
     match g.scenario {
-        Scenario::Rate | Scenario::Storm | Scenario::Proxy => o.warmup + o.duration + overhead,
+        Scenario::Rate | Scenario::Storm | Scenario::Proxy | Scenario::FleetUpgrades => {
+            o.warmup + o.duration + overhead
+        }
         Scenario::Closed | Scenario::ProxyClosed => o.warmup + o.closed_duration + overhead,
         // Opening N TLS connections at a few thousand per second, then the hold.
         Scenario::Idle => g.connections as f64 / 2000.0 + o.idle_hold + overhead,
@@ -717,7 +752,7 @@ impl Server {
     /// (its backend is counted apart); elsewhere the whole stack, as nginx + its backend
     /// stand together for one echo server there.
     fn charged(&self, s: Scenario) -> Vec<u32> {
-        if s.is_proxy() || s == Scenario::Fleet {
+        if s.is_proxy() || s.is_fleet() {
             self.roots.clone()
         } else {
             self.all_pids()
@@ -877,6 +912,36 @@ fn start_server(ctx: &Ctx, peer: &str, tag: &str) -> Result<Server> {
                 .arg("--state-dir")
                 .arg(&ctx.state);
             single("wssedge", c)
+        }
+        FLEET_CHECKS | FLEET_NOCHECKS => {
+            let redis_bin = ctx.redis.as_ref().context("redis-server unavailable")?;
+            let port = free_port()?;
+            let dir = ctx.logs.join(format!("{tag}.redis"));
+            std::fs::create_dir_all(&dir)?;
+            let mut c = ctx.pinned(BACKEND_CPU, redis_bin);
+            c.args(fleet::redis_args(port, &dir));
+            let (redis, _rx) = spawn_lines("redis-server", &mut c, &log("redis"))?;
+            fleet::wait_listening(SocketAddr::from(([127, 0, 0, 1], port)))?;
+            let conf_path = ctx.logs.join(format!("{tag}.wssedge.toml"));
+            let conf = fleet::upgrade_node_conf(&fanout_secret(ctx)?, port, peer == FLEET_CHECKS);
+            std::fs::write(&conf_path, conf)?;
+            let mut c = ctx.pinned(SERVER_CPU, &ctx.wssedge(peer));
+            c.arg("serve")
+                .arg("--config")
+                .arg(&conf_path)
+                .arg("--state-dir")
+                .arg(&ctx.state);
+            let l = log("server");
+            let (mut g, rx) = spawn_lines("wssedge", &mut c, &l)?;
+            let addr = wait_listen_line(&mut g, &rx, &l)?;
+            fleet::wait_subscribed(port, 1)?;
+            Ok(Server {
+                roots: vec![g.child.id()],
+                backend: vec![redis.child.id()],
+                guards: vec![g, redis],
+                addr,
+                publish_addr: None,
+            })
         }
         FLEET_SAME | FLEET_CROSS => {
             let redis_bin = ctx.redis.as_ref().context("redis-server unavailable")?;
@@ -1052,7 +1117,7 @@ fn measure(ctx: &Ctx, o: &Opts, g: &Planned, peer: &str, cell: &mut Cell) -> Res
         Scenario::Rate | Scenario::Proxy => ("open", o.duration, o.warmup),
         Scenario::Fanout | Scenario::Fleet => ("fanout", o.duration, o.warmup),
         Scenario::Closed | Scenario::ProxyClosed => ("closed", o.closed_duration, o.warmup),
-        Scenario::Storm => ("storm", o.duration, o.warmup),
+        Scenario::Storm | Scenario::FleetUpgrades => ("storm", o.duration, o.warmup),
         Scenario::Idle => ("idle", o.idle_hold, 0.0),
     };
     let json_path = ctx.logs.join(format!("{t}.json"));
@@ -1097,6 +1162,9 @@ fn measure(ctx: &Ctx, o: &Opts, g: &Planned, peer: &str, cell: &mut Cell) -> Res
             cmd.arg("--publish-url").arg(format!("{proto}://{p}/md"));
         }
     }
+    if g.scenario == Scenario::FleetUpgrades {
+        cmd.arg("--mint-per-connection").arg(fanout_secret(ctx)?);
+    }
     let gen_log = ctx.logs.join(format!("{t}.gen.log"));
 
     let proc_root = Path::new("/proc");
@@ -1134,13 +1202,12 @@ fn measure(ctx: &Ctx, o: &Opts, g: &Planned, peer: &str, cell: &mut Cell) -> Res
     } else {
         let charged = server.charged(g.scenario);
         // Outside the proxy set (and the fleet's Redis) the backend is part of `charged`.
-        let backend = if (g.scenario.is_proxy() || g.scenario == Scenario::Fleet)
-            && !server.backend.is_empty()
-        {
-            server.backend.clone()
-        } else {
-            Vec::new()
-        };
+        let backend =
+            if (g.scenario.is_proxy() || g.scenario.is_fleet()) && !server.backend.is_empty() {
+                server.backend.clone()
+            } else {
+                Vec::new()
+            };
         // Everything we run (servers, backend, generator) descends from this process.
         let ours = [std::process::id()];
         let foreign = || {
@@ -1359,7 +1426,7 @@ fn peer_bins(peer: &str) -> &'static [&'static str] {
         // The before binary itself is checked where `--before` is resolved.
         WSSEDGE_BEFORE | WSSEDGE_PUBSUB_BEFORE => &[],
         WSSEDGE_PROXY_BEFORE => &["echo-plain"],
-        WSSEDGE_PUBSUB | FLEET_SAME | FLEET_CROSS => &["wssedge"],
+        WSSEDGE_PUBSUB | FLEET_SAME | FLEET_CROSS | FLEET_CHECKS | FLEET_NOCHECKS => &["wssedge"],
         BROADCAST => &["peer-broadcast"],
         _ => &[],
     }
@@ -1517,8 +1584,9 @@ fn print_plan(o: &Opts, groups: &[Planned]) {
                 o.closed_duration,
                 o.warmup
             ),
-            Scenario::Storm => format!(
-                "storm: {} handshakes/s, {} s (+{} s warmup)",
+            Scenario::Storm | Scenario::FleetUpgrades => format!(
+                "{}: {} handshakes/s, {} s (+{} s warmup)",
+                g.scenario.name(),
                 g.rate.unwrap_or(0.0),
                 o.duration,
                 o.warmup
@@ -1601,14 +1669,16 @@ pub fn run(args: &[String]) -> Result<bool> {
         }
     }
     let mut redis = None;
-    if o.scenarios.contains(&Scenario::Fleet)
-        && o.peers.iter().any(|p| p == FLEET_SAME || p == FLEET_CROSS)
+    let fleet_peers = [FLEET_SAME, FLEET_CROSS, FLEET_CHECKS, FLEET_NOCHECKS];
+    if o.scenarios.iter().any(|s| s.is_fleet())
+        && o.peers.iter().any(|p| fleet_peers.contains(&p.as_str()))
     {
         match fleet::ensure_redis() {
             Ok(r) => redis = Some(r),
             Err(why) => {
-                skipped.push((FLEET_SAME.into(), why.clone()));
-                skipped.push((FLEET_CROSS.into(), why));
+                for p in fleet_peers {
+                    skipped.push((p.into(), why.clone()));
+                }
             }
         }
     }
@@ -1738,6 +1808,7 @@ pub fn run(args: &[String]) -> Result<bool> {
     md.push_str(&report::proxy_markdown(&cells, &label));
     md.push_str(&report::fanout_markdown(&cells, &label));
     md.push_str(&report::fleet_markdown(&cells, &label));
+    md.push_str(&report::fleet_upgrades_markdown(&cells, &label));
     md.push_str(&report::before_after_markdown(&cells, &label));
 
     let mut plots = Vec::new();
@@ -1867,7 +1938,7 @@ fn summary(c: &Cell) -> String {
                 )
             })
             .unwrap_or_default(),
-        Some(Scenario::Storm) => format!(
+        Some(Scenario::Storm | Scenario::FleetUpgrades) => format!(
             "{:.0} hs/s ok, p99 {:.0} µs, {} µs CPU/hs{flag}",
             g.handshakes_per_s(),
             g.handshake_us.p99,
@@ -1963,8 +2034,20 @@ mod tests {
         let o = parse_opts(&s(&["--quick"])).unwrap();
         let p = plan(&o);
         // 2 rates + 2 depths + storm + idle + proxy rate + 2 proxy depths + one fan-out cell
-        // + one fleet cell.
-        assert_eq!(p.len(), 11);
+        // + one fleet cell + one fleet-upgrades cell.
+        assert_eq!(p.len(), 12);
+        let upgrades = p
+            .iter()
+            .find(|g| g.scenario == Scenario::FleetUpgrades)
+            .unwrap();
+        let mut upgrade_peers = upgrades.peers.clone();
+        upgrade_peers.sort();
+        assert_eq!(upgrade_peers, [FLEET_CHECKS, FLEET_NOCHECKS]);
+        let fleet_opts = parse_opts(&s(&["--scenarios", "fleet"])).unwrap();
+        assert_eq!(
+            fleet_opts.scenarios,
+            [Scenario::Fleet, Scenario::FleetUpgrades]
+        );
         let fleet = p.iter().find(|g| g.scenario == Scenario::Fleet).unwrap();
         let mut fleet_peers = fleet.peers.clone();
         fleet_peers.sort();
@@ -2002,8 +2085,8 @@ mod tests {
             .iter()
             .map(|g| cell_secs(&o, g) * g.peers.len() as f64)
             .sum();
-        // The fan-out set adds about 20 s.
-        assert!(eta < 135.0, "quick ETA {eta}");
+        // The fan-out set adds about 20 s, the fleet's about 13 s.
+        assert!(eta < 150.0, "quick ETA {eta}");
         let full: f64 = plan(&parse_opts(&[]).unwrap())
             .iter()
             .map(|g| cell_secs(&parse_opts(&[]).unwrap(), g) * g.peers.len() as f64)

@@ -6,8 +6,9 @@ use serde_json::{json, Value};
 
 use super::results::{ratio_text, Cell, Flag, Scenario};
 use super::{
-    BROADCAST, DIRECT_BACKEND, FLEET_CROSS, FLEET_SAME, NCHAN, NGINX_PROXY, UWS, WSSEDGE_BEFORE,
-    WSSEDGE_PROXY, WSSEDGE_PROXY_BEFORE, WSSEDGE_PUBSUB, WSSEDGE_PUBSUB_BEFORE,
+    BROADCAST, DIRECT_BACKEND, FLEET_CHECKS, FLEET_CROSS, FLEET_NOCHECKS, FLEET_SAME, NCHAN,
+    NGINX_PROXY, UWS, WSSEDGE_BEFORE, WSSEDGE_PROXY, WSSEDGE_PROXY_BEFORE, WSSEDGE_PUBSUB,
+    WSSEDGE_PUBSUB_BEFORE,
 };
 
 /// Row order of the fan-out tables: wssedge first, then its peers.
@@ -553,6 +554,66 @@ pub fn fleet_markdown(cells: &[Cell], label: &dyn Fn(&str) -> String) -> String 
                     String::new()
                 },
                 fanout_note(c),
+            );
+        }
+    }
+    md.push('\n');
+    md
+}
+
+/// The fleet's upgrade cells: one node with the checks that ask Redis at every upgrade
+/// (single-use claim, identity count) against the same node without them.
+pub fn fleet_upgrades_markdown(cells: &[Cell], label: &dyn Fn(&str) -> String) -> String {
+    let groups = groups(cells, Scenario::FleetUpgrades);
+    if groups.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "## fleet-upgrades: upgrades with the fleet's checks against without\n\n\
+         One node on its Redis; every connection carries its own token (a fresh jti). Checks: \
+         `single_use` (claimed in Redis) and `per_identity_connections` (counted in Redis). \
+         Target: achieved upgrades/s with checks ≥ 0.8 × without.\n\n\
+         | offered hs/s | peer | achieved hs/s | success | hs p50 µs | hs p99 µs | node CPU µs/handshake | Redis CPU µs/handshake | checks/none hs/s | note |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    for g in &groups {
+        let rate = |peer: &str| {
+            g.iter()
+                .find(|c| c.peer == peer)
+                .and_then(|c| c.gen.as_ref().map(|g| g.handshakes_per_s()))
+        };
+        let ratio = match (rate(FLEET_CHECKS), rate(FLEET_NOCHECKS)) {
+            (Some(a), Some(b)) if b > 0.0 => opt(Some(a / b)),
+            _ => "n/a".into(),
+        };
+        for c in ordered(g, &[FLEET_CHECKS, FLEET_NOCHECKS]) {
+            let hs = c
+                .gen
+                .as_ref()
+                .map(|g| (g.handshakes_per_s(), g.handshake_us.clone()));
+            let redis_us = match (c.backend_cpu_s, hs.as_ref().map(|h| h.0 * c.window_s)) {
+                (Some(cpu), Some(n)) if n > 0.0 => Some(cpu * 1e6 / n),
+                _ => None,
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                opt(c.rate),
+                label(&c.peer),
+                opt(hs.as_ref().map(|h| h.0)),
+                c.handshake_success()
+                    .map(|s| format!("{:.2} %", s * 100.0))
+                    .unwrap_or_else(|| "n/a".into()),
+                opt(hs.as_ref().map(|h| h.1.p50)),
+                opt(hs.as_ref().map(|h| h.1.p99)),
+                opt(c.cpu_us_per_handshake()),
+                opt(redis_us),
+                if c.peer == FLEET_CHECKS {
+                    ratio.clone()
+                } else {
+                    String::new()
+                },
+                note(c),
             );
         }
     }

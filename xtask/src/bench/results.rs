@@ -167,10 +167,13 @@ pub enum Scenario {
     Fanout,
     /// Pub/sub in a fleet on Redis: subscribers on the publisher's node or on another one.
     Fleet,
+    /// Upgrades on a fleet node with the checks that ask Redis (single-use, identity counts)
+    /// against without them.
+    FleetUpgrades,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Rate,
         Scenario::Closed,
         Scenario::Storm,
@@ -179,6 +182,7 @@ impl Scenario {
         Scenario::ProxyClosed,
         Scenario::Fanout,
         Scenario::Fleet,
+        Scenario::FleetUpgrades,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -190,6 +194,7 @@ impl Scenario {
             Scenario::ProxyClosed => "proxy-closed",
             Scenario::Fanout => "fanout",
             Scenario::Fleet => "fleet",
+            Scenario::FleetUpgrades => "fleet-upgrades",
         }
     }
     /// The proxy set: the front process's CPU is counted apart from its backend's.
@@ -211,6 +216,10 @@ impl Scenario {
                 | Scenario::Fanout
                 | Scenario::Fleet
         )
+    }
+    /// Runs a Redis next to the server, counted apart.
+    pub fn is_fleet(self) -> bool {
+        matches!(self, Scenario::Fleet | Scenario::FleetUpgrades)
     }
     /// One publisher, subscribers (the generator's fan-out mode).
     pub fn is_fanout(self) -> bool {
@@ -320,7 +329,7 @@ impl Cell {
                 return (offered > 0.0 && g.achieved() < SUSTAINED_FRACTION * offered)
                     .then_some(Flag::NotSustained);
             }
-            Some(Scenario::Storm) => g.handshakes_per_s(),
+            Some(Scenario::Storm | Scenario::FleetUpgrades) => g.handshakes_per_s(),
             _ => return None,
         };
         if offered > 0.0 && achieved < SUSTAINED_FRACTION * offered {
