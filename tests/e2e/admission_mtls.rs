@@ -590,12 +590,9 @@ async fn a_resumed_session_does_not_outlive_a_crl_revocation() {
         .await
         .upgraded("resumed connection");
     let RawWs { mut rd, mut wr } = ws;
-    {
-        use tokio::io::AsyncWriteExt as _;
-        wr.write_all(&cframe(true, OP_TEXT, b"resumed"))
-            .await
-            .expect("write");
-    }
+    send_all(&mut wr, &cframe(true, OP_TEXT, b"resumed"))
+        .await
+        .expect("write");
     assert_eq!(rd.message().await, (OP_TEXT, b"resumed".to_vec()));
     let watch = tokio::spawn(async move {
         let f = rd.expect_close_frame().await;

@@ -11,8 +11,6 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt as _;
-
 use crate::backend::{Backend, Mode};
 use crate::harness::*;
 use crate::proxy::proxy_config;
@@ -190,8 +188,8 @@ async fn messages_to_an_upstream_that_never_reads_stay_under_the_cap() {
         async move {
             let (_, mut ws) = expect_upgraded(srv, &ws_request("/p/up", &[])).await;
             // Bounded: once the edge stops reading, this write cannot finish; that is the point.
-            let _ =
-                tokio::time::timeout(Duration::from_millis(300), ws.wr.write_all(message)).await;
+            let _ = tokio::time::timeout(Duration::from_millis(300), send_all(&mut ws.wr, message))
+                .await;
             ws
         }
     })

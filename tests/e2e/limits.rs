@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::harness::*;
@@ -107,7 +107,7 @@ async fn large_partial_message_over_buffer_budget_gets_1013() {
     while sent < (1 << 20) && !reader.is_finished() && t0.elapsed() < WAIT {
         let f = cframe(false, if first { OP_BINARY } else { OP_CONT }, &chunk);
         first = false;
-        if wr.write_all(&f).await.is_err() {
+        if send_all(&mut wr, &f).await.is_err() {
             break;
         }
         sent += chunk.len();
@@ -309,7 +309,7 @@ async fn client_that_stops_reading_is_closed_at_the_write_timeout() {
     // Bounded: at most 32 MiB, each write given up after 3 s once the server stops reading.
     let writer = tokio::spawn(async move {
         for _ in 0..512 {
-            match tokio::time::timeout(Duration::from_secs(3), raw.wr.write_all(&big)).await {
+            match tokio::time::timeout(Duration::from_secs(3), send_all(&mut raw.wr, &big)).await {
                 Ok(Ok(())) => {}
                 _ => break,
             }

@@ -17,7 +17,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt as _;
 use tokio_rustls::rustls::{self, ClientConfig};
 
 use crate::admission_jwt::{bearer, claims, hs, jwt_config, key_files, unique_jti};
@@ -773,7 +772,7 @@ async fn a_client_that_stops_reading_is_reset_with_bounded_memory() {
     let flood_session = backend.sessions().len();
     let mut tls = srv.tls().await;
     let client_local = tls.get_ref().0.local_addr().expect("client address");
-    tls.write_all(ws_request("/p/flood", &[]).as_bytes())
+    send_all(&mut tls, ws_request("/p/flood", &[]).as_bytes())
         .await
         .expect("write upgrade");
     let (head, _rest) = within(WAIT, "101", read_head(&mut tls))

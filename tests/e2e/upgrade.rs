@@ -1,8 +1,6 @@
 //! Upgrade requests over a raw TLS stream: the good one gets 101 with the right accept key,
 //! bad ones get an HTTP status and the connection is closed.
 
-use tokio::io::AsyncWriteExt;
-
 use crate::harness::*;
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -11,7 +9,7 @@ const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 /// then closed the connection.
 async fn send_request(srv: &Server, req: &[u8]) -> (String, bool) {
     let mut tls = srv.tls().await;
-    tls.write_all(req).await.expect("write request");
+    send_all(&mut tls, req).await.expect("write request");
     let (head, _rest) = within(WAIT, "response head", read_head(&mut tls))
         .await
         .expect("response head");
@@ -55,7 +53,7 @@ async fn good_upgrade_gets_101_with_accept_key() {
     let srv = Server::start();
     let mut tls = srv.tls().await;
     let key = "x3JJHMbDL1EzLkh9GBhXDw==";
-    tls.write_all(upgrade_request("127.0.0.1", key, &[]).as_bytes())
+    send_all(&mut tls, upgrade_request("127.0.0.1", key, &[]).as_bytes())
         .await
         .unwrap();
     let (head, _) = within(WAIT, "101", read_head(&mut tls)).await.unwrap();
@@ -73,7 +71,7 @@ async fn good_upgrade_gets_101_with_accept_key() {
         key,
         &[("Sec-WebSocket-Extensions", "permessage-deflate")],
     );
-    tls.write_all(req.as_bytes()).await.unwrap();
+    send_all(&mut tls, req.as_bytes()).await.unwrap();
     let (head, _) = within(WAIT, "101", read_head(&mut tls)).await.unwrap();
     assert_eq!(status_code(&head), Some(101), "{head}");
     assert_eq!(header(&head, "sec-websocket-extensions"), None, "{head}");
@@ -148,7 +146,7 @@ async fn oversized_request_gets_431() {
     // Just under the byte limit still upgrades.
     let ok = upgrade_request("127.0.0.1", KEY, &[("X-Filler", &"a".repeat(1500))]);
     let mut tls = srv.tls().await;
-    tls.write_all(ok.as_bytes()).await.unwrap();
+    send_all(&mut tls, ok.as_bytes()).await.unwrap();
     let (head, _) = within(WAIT, "101", read_head(&mut tls)).await.unwrap();
     assert_eq!(status_code(&head), Some(101), "{head}");
 }
@@ -161,7 +159,7 @@ async fn pipelined_frame_after_upgrade_is_not_lost() {
     let mut tls = srv.tls().await;
     let mut wire = upgrade_request("127.0.0.1", KEY, &[]).into_bytes();
     wire.extend(cframe(true, OP_TEXT, b"early"));
-    tls.write_all(&wire).await.unwrap();
+    send_all(&mut tls, &wire).await.unwrap();
     let (head, rest) = within(WAIT, "101", read_head(&mut tls)).await.unwrap();
     assert_eq!(status_code(&head), Some(101), "{head}");
     let (r, _w) = tokio::io::split(tls);

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{within, WAIT};
@@ -23,6 +23,15 @@ pub fn upgrade_request_path(path: &str, host: &str, key: &str, extra: &[(&str, &
     }
     r.push_str("\r\n");
     r
+}
+
+/// Writes `bytes` and flushes them. Over TLS the flush is what sends them: tokio-rustls's
+/// `write_all` returns once rustls holds the bytes, and leaves them there whenever the socket
+/// does not take them at once — which tokio's cooperative budget makes happen to a task that
+/// drives many connections (60 upgrades in one `join_all` lost a request that way).
+pub async fn send_all<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    w.write_all(bytes).await?;
+    w.flush().await
 }
 
 /// Reads an HTTP response head (up to the blank line). Returns the head and any bytes after it.

@@ -1,13 +1,12 @@
 //! Upgrade attempts that may be refused: the request, the 101 or the refusal with its JSON
 //! reason, and the checks every admission test makes of them.
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::{
-    cframe, header, read_head, read_to_close, status_code, upgrade_request_path, within, RawWs,
-    Server, OP_TEXT, WAIT,
+    cframe, header, read_head, read_to_close, send_all, status_code, upgrade_request_path, within,
+    RawWs, Server, OP_TEXT, WAIT,
 };
 
 /// The `Sec-WebSocket-Key` of [`ws_request`]; its accept value is [`WS_ACCEPT`].
@@ -65,7 +64,12 @@ pub async fn try_attempt_over(
     mut tls: TlsStream<TcpStream>,
     req: &str,
 ) -> std::io::Result<Outcome> {
-    within(WAIT, "write upgrade request", tls.write_all(req.as_bytes())).await?;
+    within(
+        WAIT,
+        "write upgrade request",
+        send_all(&mut tls, req.as_bytes()),
+    )
+    .await?;
     let (head, rest) = within(WAIT, "response head", read_head(&mut tls)).await?;
     let status = status_code(&head)
         .ok_or_else(|| std::io::Error::other(format!("not an HTTP response head: {head:?}")))?;

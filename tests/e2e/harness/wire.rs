@@ -9,7 +9,8 @@ use tokio_tungstenite::tungstenite::protocol::{Message, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use super::{
-    header, read_head, status_code, upgrade_request, within, Server, WAIT, WS_ACCEPT, WS_KEY,
+    header, read_head, send_all, status_code, upgrade_request, within, Server, WAIT, WS_ACCEPT,
+    WS_KEY,
 };
 
 pub type Ws = WebSocketStream<TlsStream<TcpStream>>;
@@ -29,7 +30,9 @@ impl Server {
     /// The same upgrade over a TLS stream the caller made (its own suite, version or ALPN).
     pub async fn raw_over(&self, mut tls: TlsStream<TcpStream>) -> RawWs {
         let req = upgrade_request(&self.addr.to_string(), WS_KEY, &[]);
-        tls.write_all(req.as_bytes()).await.expect("write upgrade");
+        send_all(&mut tls, req.as_bytes())
+            .await
+            .expect("write upgrade");
         let (head, rest) = within(WAIT, "101 response", read_head(&mut tls))
             .await
             .expect("read 101");
