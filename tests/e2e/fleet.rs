@@ -568,6 +568,70 @@ async fn a_single_use_token_is_used_once_across_the_fleet() {
     .await;
 }
 
+/// Both checks at once (one script per upgrade): a replayed token is refused 401 `replayed`
+/// and counts no session; at the identity's fleet-wide limit a fresh token gets 429 — and is
+/// used up by it, as on a single node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_use_and_identity_limits_together_across_the_fleet() {
+    let redis = RedisServer::start();
+    let files = key_files();
+    let node = |name: &str| {
+        let tail = format!(
+            "[limits]\nper_identity_connections = 1\n[fleet]\nredis = \"{}\"\nnode = \"{name}\"\n",
+            redis.url()
+        );
+        ServerBuilder::new()
+            .cores(2)
+            .config(&crate::admission_jwt::jwt_config(
+                &files,
+                &[("single_use", "true")],
+                &tail,
+            ))
+            .start()
+    };
+    let (a, b) = (node("a"), node("b"));
+    wait_fleet_up(&a).await;
+    wait_fleet_up(&b).await;
+    let token = |jti: &str| with_header_token("/", &hs(claims("heidi", jti)));
+    let (_, mut ws) = expect_upgraded(&a, &token("h-1")).await;
+    expect_echo(&mut ws, "the one session").await;
+    // The same token on B: a replay, not a second session.
+    expect_refused(&b, &token("h-1"), 401, "replayed").await;
+    // A fresh token: the fleet holds heidi's one session already.
+    expect_refused(&b, &token("h-2"), 429, "identity_connection_limit").await;
+    // The session ends: a fresh token passes on B; the one refused 429 stays used.
+    ws.send(&cframe(true, OP_CLOSE, &close_payload(1000, "bye")))
+        .await;
+    let _ = ws.rd.expect_close().await;
+    drop(ws);
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut n = 3;
+    let mut again = loop {
+        match attempt(&b, &token(&format!("h-{n}"))).await {
+            Outcome::Upgraded { ws, .. } => break ws,
+            _ if std::time::Instant::now() < deadline => {
+                n += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            _ => panic!("heidi's place was not given back within {WAIT:?}"),
+        }
+    };
+    expect_echo(&mut again, "in again on B").await;
+    expect_refused(&a, &token("h-2"), 401, "replayed").await;
+    a.wait_metric(
+        "wssedge_fleet_replay_checks_total",
+        &[("result", "replayed")],
+        1.0,
+    )
+    .await;
+    b.wait_metric(
+        "wssedge_fleet_replay_checks_total",
+        &[("result", "replayed")],
+        1.0,
+    )
+    .await;
+}
+
 /// Redis out of reach: a single-use token is refused 401 `replay_check_unavailable` (no node
 /// can tell whether another took it) unless `single_use_down = "local"`; other tokens pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,10 @@ use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, Value};
 use wssedge_proto::pubsub::Reason;
 
 use super::wire;
-use super::{FleetAsk, FleetConfig, FleetParts, FleetStatus, SessionInfo, SessionList};
+use super::{
+    FleetAsk, FleetConfig, FleetParts, FleetStatus, FleetVerdict, LaterAsks, SessionInfo,
+    SessionList, LATER_WINDOW,
+};
 use crate::audit::{AuditEvent, AuditHandle};
 use crate::auth::kicks::Kicks;
 use crate::auth::revocation::{RevocationEntry, Revocations};
@@ -76,19 +79,22 @@ pub(super) struct Link {
     sessions: HashMap<String, SessionInfo>,
     /// A node's keys expire this long after it stops renewing them (killed, cut off).
     lease: Duration,
+    /// Asks nobody waits on, queued by the cores for the next pipeline.
+    later: LaterAsks,
 }
 
 /// The scripts' hashes on the server they were loaded on.
 struct Scripts {
     publish: String,
     sync: String,
-    acquire: String,
+    admit: String,
 }
 
 impl Link {
     pub fn new(
         client: Client,
         status: Arc<FleetStatus>,
+        later: LaterAsks,
         parts: FleetParts,
         redis: String,
         lease: Duration,
@@ -96,6 +102,7 @@ impl Link {
         Self {
             client,
             status,
+            later,
             lines: parts.lines,
             history: parts.history,
             revocations: parts.revocations,
@@ -337,7 +344,7 @@ impl Link {
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| format!("SCRIPT LOAD: {e}"))?,
-            acquire: load(wire::ACQUIRE_IDENTITY_SCRIPT.to_owned())
+            admit: load(wire::ADMIT_SCRIPT.to_owned())
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| format!("SCRIPT LOAD: {e}"))?,
@@ -366,7 +373,11 @@ impl Link {
     ) -> String {
         let mut ping = tokio::time::interval(PING_EVERY.min(self.lease / 3));
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // When the later asks go out (none waiting: never). Whatever waited while the link
+        // was down or connecting goes out at once.
+        let mut flush_at = Some(tokio::time::Instant::now());
         loop {
+            let flush = flush_at.unwrap_or_else(|| tokio::time::Instant::now() + PING_EVERY);
             // A core behind on its inbox: leave the subscription in the socket a moment.
             if self.status.behind() {
                 self.status.paused.inc();
@@ -381,30 +392,52 @@ impl Link {
                     Some(msg) => self.received(msg.get_payload_bytes()),
                     None => return "the subscription closed".into(),
                 },
+                _ = tokio::time::sleep_until(flush), if flush_at.is_some() => {
+                    flush_at = None;
+                    let later = self.take_later();
+                    if let Err(e) = self.run_batch(&mut conn, scripts, later).await {
+                        return e;
+                    }
+                }
                 ask = asks.next() => {
                     let Some(first) = ask else { return "the edge is stopping".into() };
-                    self.note(&first);
-                    let mut batch = vec![first];
-                    while batch.len() < MAX_ASKS_PER_PIPELINE {
-                        match asks.try_recv() {
-                            Ok(ask) => {
-                                self.note(&ask);
-                                batch.push(ask);
-                            }
-                            Err(_) => break,
+                    let mut batch = Vec::new();
+                    let mut next = Some(first);
+                    while let Some(ask) = next {
+                        if matches!(ask, FleetAsk::Later) {
+                            flush_at.get_or_insert_with(|| tokio::time::Instant::now() + LATER_WINDOW);
+                        } else {
+                            self.note(&ask);
+                            batch.push(ask);
                         }
+                        next = if batch.len() < MAX_ASKS_PER_PIPELINE { asks.try_recv().ok() } else { None };
                     }
+                    if batch.is_empty() {
+                        continue; // only later asks: they go out at `flush_at`
+                    }
+                    // The later asks go first (they were made first: a count given back
+                    // before a new one is asked), in the same pipeline when nothing needs
+                    // them out before it.
+                    flush_at = None;
+                    let mut later = self.take_later();
                     // Revocations, kicks and listings one by one, in order; the rest in one
                     // pipeline.
                     let (control, batch): (Vec<FleetAsk>, Vec<FleetAsk>) = batch
                         .into_iter()
                         .partition(|a| matches!(a, FleetAsk::Revocation { .. } | FleetAsk::Kick { .. } | FleetAsk::ListSessions { .. }));
+                    if !control.is_empty() {
+                        // A listing sees the sessions opened before it was asked for.
+                        if let Err(e) = self.run_batch(&mut conn, scripts, std::mem::take(&mut later)).await {
+                            return e;
+                        }
+                    }
                     for ask in control {
                         if let Err(e) = self.send_control(&mut conn, ask).await {
                             return e;
                         }
                     }
-                    if let Err(e) = self.run_batch(&mut conn, scripts, batch).await {
+                    later.extend(batch);
+                    if let Err(e) = self.run_batch(&mut conn, scripts, later).await {
                         return e;
                     }
                 }
@@ -563,6 +596,15 @@ impl Link {
         }
     }
 
+    /// The later asks queued so far, kept in this node's copy of its presence.
+    fn take_later(&mut self) -> Vec<FleetAsk> {
+        let later = std::mem::take(&mut *self.later.lock().unwrap_or_else(|e| e.into_inner()));
+        for ask in &later {
+            self.note(ask);
+        }
+        later
+    }
+
     fn counted(&mut self, identity: &str) {
         *self.identities.entry(identity.to_owned()).or_insert(0) += 1;
     }
@@ -640,23 +682,33 @@ impl Link {
                         .arg(&epoch)
                         .arg(&history);
                 }
-                FleetAsk::Claim { key, ttl_ms, .. } => {
+                // A claim alone is a plain SET (cheaper for Redis than a script).
+                FleetAsk::Admit {
+                    claim: Some((key, ttl_ms)),
+                    identity: None,
+                    ..
+                } => {
                     pipe.cmd("SET")
-                        .arg(format!("{}{key}", wire::JTI_PREFIX))
+                        .arg(key)
                         .arg(&self.status.node)
                         .arg("NX")
                         .arg("PX")
                         .arg(*ttl_ms);
                 }
-                FleetAsk::AcquireIdentity {
-                    identity, limit, ..
+                FleetAsk::Admit {
+                    claim, identity, ..
                 } => {
+                    let (key, ttl_ms) = claim.as_ref().map_or(("", 0), |(k, t)| (k.as_str(), *t));
+                    let (identity, limit) =
+                        identity.as_ref().map_or(("", 0), |(i, l)| (i.as_str(), *l));
                     pipe.cmd("EVALSHA")
-                        .arg(&scripts.acquire)
+                        .arg(&scripts.admit)
                         .arg(0)
-                        .arg(identity)
-                        .arg(*limit)
+                        .arg(key)
+                        .arg(ttl_ms)
                         .arg(&self.status.node)
+                        .arg(identity)
+                        .arg(limit)
                         .arg(self.lease.as_millis() as u64);
                 }
                 FleetAsk::ReleaseIdentity { identity } => {
@@ -673,11 +725,12 @@ impl Link {
                 FleetAsk::SessionClosed { id } => {
                     pipe.hdel(wire::node_key(&self.status.node, "sessions"), id);
                 }
-                // Sent one by one by `send_control`, never batched; a PING would keep the
-                // answers in line if one were.
+                // Sent one by one by `send_control` (or a marker, taken out before): never
+                // batched; a PING would keep the answers in line if one were.
                 FleetAsk::Revocation { .. }
                 | FleetAsk::Kick { .. }
-                | FleetAsk::ListSessions { .. } => {
+                | FleetAsk::ListSessions { .. }
+                | FleetAsk::Later => {
                     pipe.cmd("PING");
                 }
             }
@@ -701,19 +754,30 @@ impl Link {
     }
 
     fn answer(&mut self, ask: FleetAsk, answer: Option<&Value>) {
-        if let FleetAsk::AcquireIdentity {
-            identity, reply, ..
+        if let FleetAsk::Admit {
+            claim,
+            identity,
+            admits_unanswered,
+            reply,
         } = ask
         {
-            let counted = match answer {
-                Some(Value::Int(1)) => Ok(true),
-                Some(Value::Int(0)) => Ok(false),
-                _ => Err(()),
-            };
-            if counted != Ok(false) {
-                self.counted(&identity);
+            let verdict = wire::parse_admit(answer, identity.is_some());
+            if claim.is_some() {
+                match verdict {
+                    Ok(FleetVerdict::Admitted | FleetVerdict::AtIdentityLimit) => {
+                        self.status.claims.inc()
+                    }
+                    Ok(FleetVerdict::Replayed) => self.status.claims_replayed.inc(),
+                    Err(()) => self.status.claim_failures.inc(),
+                }
             }
-            let _ = reply.send(counted);
+            if let Some((identity, _)) = identity {
+                if verdict == Ok(FleetVerdict::Admitted) || (verdict.is_err() && admits_unanswered)
+                {
+                    self.counted(&identity);
+                }
+            }
+            let _ = reply.send(verdict);
             return;
         }
         if let FleetAsk::ListSessions { subject, reply } = ask {
@@ -727,21 +791,6 @@ impl Link {
                 fleet: false,
                 sessions,
             });
-            return;
-        }
-        if let FleetAsk::Claim { reply, .. } = ask {
-            let first = match answer {
-                Some(Value::Okay) => Ok(true),
-                Some(Value::SimpleString(s)) if s == "OK" => Ok(true),
-                Some(Value::Nil) => Ok(false),
-                _ => Err(()),
-            };
-            match first {
-                Ok(true) => self.status.claims.inc(),
-                Ok(false) => self.status.claims_replayed.inc(),
-                Err(()) => self.status.claim_failures.inc(),
-            }
-            let _ = reply.send(first);
             return;
         }
         let Some(lines) = &self.lines else { return };
@@ -789,13 +838,12 @@ impl Link {
             }
             // Not answered: sent by `send_control`, kept or dropped by `wait_down`.
             FleetAsk::Revocation { .. } | FleetAsk::Kick { .. } => {}
-            FleetAsk::Claim { .. }
-            | FleetAsk::AcquireIdentity { .. }
-            | FleetAsk::ListSessions { .. } => {} // answered above
+            FleetAsk::Admit { .. } | FleetAsk::ListSessions { .. } => {} // answered above
             // Kept in `note`; nothing to answer.
             FleetAsk::ReleaseIdentity { .. }
             | FleetAsk::SessionOpened { .. }
-            | FleetAsk::SessionClosed { .. } => {}
+            | FleetAsk::SessionClosed { .. }
+            | FleetAsk::Later => {}
         }
     }
 
@@ -808,10 +856,15 @@ impl Link {
     ) -> bool {
         let sleep = tokio::time::sleep(backoff);
         tokio::pin!(sleep);
+        // Kept in this node's copy of its presence, written to Redis when it is back.
+        self.take_later();
         loop {
             tokio::select! {
                 _ = &mut sleep => return true,
                 ask = asks.next() => match ask {
+                    Some(FleetAsk::Later) => {
+                        self.take_later();
+                    }
                     Some(FleetAsk::Revocation { entry, revoke }) => self.keep_for_later(entry, revoke),
                     Some(ask @ (FleetAsk::ReleaseIdentity { .. } | FleetAsk::SessionOpened { .. } | FleetAsk::SessionClosed { .. })) => self.note(&ask),
                     Some(FleetAsk::Kick { subject }) => {

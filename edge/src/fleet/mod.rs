@@ -11,8 +11,8 @@
 //! - [`link`]: the thread: connections, reconnects with backoff, the scripts in pipelines.
 //!
 //! Bounds: the asks channel is unbounded but bounded by who asks — a connection has at most
-//! `MAX_ASKS_IN_FLIGHT` publishes and subscribes out, an upgrade one claim and one identity
-//! count, a session one open and one close, the control socket one command at a time — and
+//! `MAX_ASKS_IN_FLIGHT` publishes and subscribes out, an upgrade one admission (token claim and
+//! identity count together), a session one open and one close, the control socket one command at a time — and
 //! the link answers every ask at once while Redis is away. Publications from Redis to a core
 //! stop being read past [`MAX_PENDING_PER_CORE`]; revocations kept for a returning Redis stop
 //! at 65,536 (the oldest then go, logged; they stay in force where they were made).
@@ -64,15 +64,19 @@ pub(crate) enum FleetAsk {
     Kick {
         subject: String,
     },
-    /// Count one more session of `identity` fleet-wide if the fleet holds fewer than `limit`
-    /// (`Ok(true)`); `Ok(false)`: at the limit; `Err`: Redis did not answer (the session is then
-    /// counted here and in Redis once it is back).
-    AcquireIdentity {
-        identity: String,
-        limit: u32,
-        reply: futures_channel::oneshot::Sender<Result<bool, ()>>,
+    /// An upgrade's fleet checks, in one round trip: claim a single-use token id fleet-wide
+    /// (its claim key, for `ttl_ms`), then count one more session of an identity if the fleet
+    /// holds fewer than its limit. `Err`: Redis did not answer; the session's identity is then
+    /// counted here (and in Redis once it is back) if `admits_unanswered` — the upgrade goes on.
+    Admit {
+        claim: Option<(String, u64)>,
+        identity: Option<(String, u32)>,
+        admits_unanswered: bool,
+        reply: futures_channel::oneshot::Sender<Result<FleetVerdict, ()>>,
     },
-    /// A session counted by `AcquireIdentity` ended.
+    /// Asks are waiting in [`Fleet`]'s later queue (sent when the queue stops being empty).
+    Later,
+    /// A session counted by `Admit` ended.
     ReleaseIdentity {
         identity: String,
     },
@@ -89,13 +93,17 @@ pub(crate) enum FleetAsk {
         subject: Option<String>,
         reply: std::sync::mpsc::Sender<SessionList>,
     },
-    /// Claim a single-use token id fleet-wide for `ttl_ms`: `Ok(true)` if this was its first
-    /// use anywhere, `Ok(false)` if a node had it, `Err` if Redis did not answer.
-    Claim {
-        key: String,
-        ttl_ms: u64,
-        reply: futures_channel::oneshot::Sender<Result<bool, ()>>,
-    },
+}
+
+/// What the fleet said of an upgrade ([`FleetAsk::Admit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FleetVerdict {
+    /// The token id was free (now claimed) and the identity below its limit (now counted).
+    Admitted,
+    /// Another upgrade, on some node, used the token id already.
+    Replayed,
+    /// The fleet holds the identity's limit of sessions already (the token id is claimed).
+    AtIdentityLimit,
 }
 
 /// One session as `wssedge ctl sessions` lists it.
@@ -128,9 +136,9 @@ pub(crate) struct FleetSession {
 impl Drop for FleetSession {
     fn drop(&mut self) {
         if let Some(identity) = self.identity.take() {
-            self.fleet.ask(FleetAsk::ReleaseIdentity { identity });
+            self.fleet.ask_later(FleetAsk::ReleaseIdentity { identity });
         }
-        self.fleet.ask(FleetAsk::SessionClosed {
+        self.fleet.ask_later(FleetAsk::SessionClosed {
             id: std::mem::take(&mut self.id),
         });
     }
@@ -146,7 +154,7 @@ pub(crate) struct IdentityHold {
 impl Drop for IdentityHold {
     fn drop(&mut self) {
         if let Some(identity) = self.identity.take() {
-            self.fleet.ask(FleetAsk::ReleaseIdentity { identity });
+            self.fleet.ask_later(FleetAsk::ReleaseIdentity { identity });
         }
     }
 }
@@ -160,28 +168,33 @@ pub(crate) struct FleetAdmission {
 }
 
 impl FleetAdmission {
-    /// Counts a session of `identity` fleet-wide: `None` when the fleet holds `limit` of them
-    /// already. Redis out of reach: counted here (and in Redis when it is back), admitted on
-    /// the local count as `down = "local"` says.
-    pub async fn acquire_identity(&self, identity: &str, limit: u32) -> Option<IdentityHold> {
+    /// Asks the fleet about an upgrade: `claim` a single-use token id (its replay-store key)
+    /// for `ttl_ms`, count a session of `identity` against its limit — both in one round trip.
+    /// `Err`: Redis did not answer (it is away: at once).
+    pub async fn admit(
+        &self,
+        claim: Option<(&[u8; 16], u64)>,
+        identity: Option<(&str, u32)>,
+    ) -> Result<FleetVerdict, ()> {
         let (reply, answer) = futures_channel::oneshot::channel();
-        self.fleet.ask(FleetAsk::AcquireIdentity {
-            identity: identity.to_owned(),
-            limit,
+        self.fleet.ask(FleetAsk::Admit {
+            claim: claim.map(|(key, ttl_ms)| (wire::claim_key(key), ttl_ms)),
+            identity: identity.map(|(id, limit)| (id.to_owned(), limit)),
+            admits_unanswered: self.admits_unanswered(claim.is_some()),
             reply,
         });
-        match answer.await.unwrap_or(Err(())) {
-            Ok(false) => None,
-            Ok(true) | Err(()) => Some(IdentityHold {
-                fleet: self.fleet.clone(),
-                identity: Some(identity.to_owned()),
-            }),
-        }
+        answer.await.unwrap_or(Err(()))
     }
 
-    /// A session admitted without the fleet's answer (it did not come in time): counted here,
-    /// and in Redis by the link when it can (the count's release goes the same way).
-    pub fn unchecked_hold(&self, identity: &str) -> IdentityHold {
+    /// Whether an upgrade goes on without the fleet's answer: always, unless it must claim a
+    /// single-use token and `single_use_down` says to fail closed.
+    pub fn admits_unanswered(&self, claims: bool) -> bool {
+        !claims || self.single_use_down == SingleUseDown::Local
+    }
+
+    /// A session of `identity` counted against its limit (by the fleet, or here while the
+    /// fleet does not answer): given back when dropped.
+    pub fn hold(&self, identity: &str) -> IdentityHold {
         IdentityHold {
             fleet: self.fleet.clone(),
             identity: Some(identity.to_owned()),
@@ -196,7 +209,7 @@ impl FleetAdmission {
         hold: Option<IdentityHold>,
     ) -> FleetSession {
         info.node = self.fleet.status.node.clone();
-        self.fleet.ask(FleetAsk::SessionOpened {
+        self.fleet.ask_later(FleetAsk::SessionOpened {
             id: id.clone(),
             info,
         });
@@ -210,25 +223,6 @@ impl FleetAdmission {
     /// New upgrades are refused (503 `fleet_unavailable`) right now.
     pub fn refuses_new(&self) -> bool {
         self.down == DownMode::RefuseNew && !self.fleet.is_up()
-    }
-
-    /// Claims a single-use token id (its replay-store key) until `exp_unix` (+ leeway) on every
-    /// node; see [`FleetAsk::Claim`].
-    pub async fn claim(&self, key: &[u8; 16], ttl_ms: u64) -> Result<bool, ()> {
-        if !self.fleet.is_up() {
-            return Err(());
-        }
-        let (reply, answer) = futures_channel::oneshot::channel();
-        let mut hex = String::with_capacity(32);
-        for b in key {
-            let _ = write!(hex, "{b:02x}");
-        }
-        self.fleet.ask(FleetAsk::Claim {
-            key: hex,
-            ttl_ms,
-            reply,
-        });
-        answer.await.unwrap_or(Err(()))
     }
 }
 
@@ -427,10 +421,20 @@ impl PrometheusFamilies for FleetStatus {
     }
 }
 
+/// Asks nobody waits on (a session listed or unlisted, an identity's count given back): they
+/// wait here and go out with the next pipeline — at most [`LATER_WINDOW`] after the first of
+/// them, sooner with an ask that is answered — rather than wake the link once each. On a host
+/// where the link shares a CPU with the cores, each wake is a context switch or two.
+pub(crate) type LaterAsks = Arc<std::sync::Mutex<Vec<FleetAsk>>>;
+
+/// How long the first of the later asks may wait for others to join it.
+pub(crate) const LATER_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// This node's link to the fleet: cheap to clone, `Send`.
 #[derive(Debug, Clone)]
 pub(crate) struct Fleet {
     asks: UnboundedSender<FleetAsk>,
+    later: LaterAsks,
     pub status: Arc<FleetStatus>,
 }
 
@@ -442,9 +446,11 @@ impl Fleet {
         let lines = parts.lines.clone();
         let status = Arc::new(FleetStatus::new(node, cores, cfg.down));
         let (asks, inbox) = futures_channel::mpsc::unbounded();
+        let later = LaterAsks::default();
         let link = link::Link::new(
             client,
             status.clone(),
+            later.clone(),
             parts,
             cfg.redis.clone(),
             std::time::Duration::from_millis(cfg.lease_ms),
@@ -467,12 +473,29 @@ impl Fleet {
                 }
             })
             .map_err(|e| format!("cannot start the fleet thread: {e}"))?;
-        Ok(Self { asks, status })
+        Ok(Self {
+            asks,
+            later,
+            status,
+        })
     }
 
     pub fn ask(&self, ask: FleetAsk) {
         // The thread only ends with the process.
         let _ = self.asks.unbounded_send(ask);
+    }
+
+    /// An ask nobody waits on: queued for the next pipeline (see [`LaterAsks`]); the link is
+    /// woken only when the queue stops being empty.
+    pub fn ask_later(&self, ask: FleetAsk) {
+        let first = {
+            let mut later = self.later.lock().unwrap_or_else(|e| e.into_inner());
+            later.push(ask);
+            later.len() == 1
+        };
+        if first {
+            self.ask(FleetAsk::Later);
+        }
     }
 
     pub fn is_up(&self) -> bool {

@@ -120,24 +120,47 @@ pub(crate) fn node_key(node: &str, what: &str) -> String {
     format!("wssedge:node:{node}:{what}")
 }
 
-/// ARGV: identity, limit, this node, lease (ms). Sums the identity's sessions over the nodes
-/// whose lease lives; below the limit, counts one more for this node and returns 1, else 0.
+/// An upgrade's admission in one round trip. ARGV: the token id's claim key (`""`: no
+/// `single_use`), its time to live (ms), this node, the identity (`""`: not counted), its limit,
+/// the lease (ms). The claim comes first — set if absent, else 2 (replayed) — then the count:
+/// the identity's sessions summed over the nodes whose lease lives; at the limit 0, else one
+/// more for this node and 1. A claimed token stays claimed when the count then refuses, as a
+/// token checked on one node alone is used up by a refused upgrade too.
 /// (Keys named at run time: a single Redis, not a Cluster, holds a fleet's counts.)
-pub(crate) const ACQUIRE_IDENTITY_SCRIPT: &str = r"
+pub(crate) const ADMIT_SCRIPT: &str = r"
+if ARGV[1] ~= '' then
+  if not redis.call('SET', ARGV[1], ARGV[3], 'NX', 'PX', ARGV[2]) then
+    return 2
+  end
+end
+if ARGV[4] == '' then
+  return 1
+end
 local total = 0
 for _, n in ipairs(redis.call('SMEMBERS', 'wssedge:nodes')) do
   if redis.call('EXISTS', 'wssedge:node:' .. n .. ':alive') == 1 then
-    total = total + tonumber(redis.call('HGET', 'wssedge:node:' .. n .. ':identities', ARGV[1]) or '0')
+    total = total + tonumber(redis.call('HGET', 'wssedge:node:' .. n .. ':identities', ARGV[4]) or '0')
   end
 end
-if total >= tonumber(ARGV[2]) then
+if total >= tonumber(ARGV[5]) then
   return 0
 end
 local mine = 'wssedge:node:' .. ARGV[3] .. ':identities'
-redis.call('HINCRBY', mine, ARGV[1], 1)
-redis.call('PEXPIRE', mine, ARGV[4])
+redis.call('HINCRBY', mine, ARGV[4], 1)
+redis.call('PEXPIRE', mine, ARGV[6])
 return 1
 ";
+
+/// The claim key of a single-use token id (its replay-store key, in hex).
+pub(crate) fn claim_key(key: &[u8; 16]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(JTI_PREFIX.len() + 32);
+    out.push_str(JTI_PREFIX);
+    for b in key {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
 
 /// A topic's keys: seq, epoch, log.
 pub(crate) fn topic_keys(topic: &str) -> [String; 3] {
@@ -270,6 +293,24 @@ fn check_json(data: &[u8]) -> Result<(), WireError> {
 }
 
 /// The publish script's answer: the topic's epoch and the seq given.
+/// The answer to an admission: a plain `SET NX` when only a claim was asked (`scripted`
+/// false), else [`ADMIT_SCRIPT`]'s number. `Err`: no answer, or one that is neither.
+pub(crate) fn parse_admit(
+    answer: Option<&Value>,
+    scripted: bool,
+) -> Result<super::FleetVerdict, ()> {
+    use super::FleetVerdict::{Admitted, AtIdentityLimit, Replayed};
+    match (answer, scripted) {
+        (Some(Value::Okay), false) => Ok(Admitted),
+        (Some(Value::SimpleString(s)), false) if s == "OK" => Ok(Admitted),
+        (Some(Value::Nil), false) => Ok(Replayed),
+        (Some(Value::Int(1)), true) => Ok(Admitted),
+        (Some(Value::Int(2)), true) => Ok(Replayed),
+        (Some(Value::Int(0)), true) => Ok(AtIdentityLimit),
+        _ => Err(()),
+    }
+}
+
 pub(crate) fn parse_published(v: &Value) -> Result<(Arc<str>, u64), WireError> {
     match v {
         Value::Array(items) if items.len() == 2 => Ok((text(&items[0])?.into(), int(&items[1])?)),
@@ -368,6 +409,29 @@ mod tests {
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn admission_answers() {
+        use crate::fleet::FleetVerdict::{Admitted, AtIdentityLimit, Replayed};
+        assert_eq!(parse_admit(Some(&Value::Okay), false), Ok(Admitted));
+        assert_eq!(
+            parse_admit(Some(&Value::SimpleString("OK".into())), false),
+            Ok(Admitted)
+        );
+        assert_eq!(parse_admit(Some(&Value::Nil), false), Ok(Replayed));
+        assert_eq!(parse_admit(Some(&Value::Int(1)), true), Ok(Admitted));
+        assert_eq!(parse_admit(Some(&Value::Int(2)), true), Ok(Replayed));
+        assert_eq!(parse_admit(Some(&Value::Int(0)), true), Ok(AtIdentityLimit));
+        // No answer, an error, or an answer of the other kind: not a verdict.
+        assert_eq!(parse_admit(None, true), Err(()));
+        assert_eq!(parse_admit(Some(&Value::Int(1)), false), Err(()));
+        assert_eq!(parse_admit(Some(&Value::Okay), true), Err(()));
+        assert_eq!(parse_admit(Some(&Value::Int(7)), true), Err(()));
+        assert_eq!(
+            claim_key(&[0xab; 16]),
+            format!("{JTI_PREFIX}{}", "ab".repeat(16))
+        );
     }
 
     #[test]

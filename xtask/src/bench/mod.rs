@@ -272,6 +272,9 @@ struct Opts {
     fanout_payloads: Vec<u64>,
     /// Fleet cells: (subscribers, publications/s).
     fleet: Vec<(u64, f64)>,
+    /// `fleet-upgrades`: upgrades/s offered (above what the server CPU can take, it measures
+    /// the ceiling).
+    upgrade_rate: f64,
 }
 
 /// Peers that run only when `--before` names the other build.
@@ -337,6 +340,11 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         } else {
             vec![(10, 10_000.0)]
         },
+        upgrade_rate: if quick {
+            FLEET_UPGRADE_RATE / 2.0
+        } else {
+            FLEET_UPGRADE_RATE
+        },
     };
     let mut peers_given = false;
     let mut it = args.iter();
@@ -390,6 +398,13 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
                 }
             }
             "--rates" => o.rates = list(flag, &value()?)?,
+            "--upgrade-rate" => {
+                let r: f64 = list(flag, &value()?)?[0];
+                if !(r > 0.0 && r <= 1e5) {
+                    bail!("--upgrade-rate: upgrades/s in (0, 1e5]");
+                }
+                o.upgrade_rate = r;
+            }
             "--proxy-rate" => {
                 let r: f64 = list(flag, &value()?)?[0];
                 if !(r > 0.0 && r <= 1e6) {
@@ -540,11 +555,7 @@ fn plan(o: &Opts) -> Vec<Planned> {
             Scenario::FleetUpgrades => groups.push(base(
                 o.payloads[0],
                 o.connections,
-                Some(if o.quick {
-                    FLEET_UPGRADE_RATE / 2.0
-                } else {
-                    FLEET_UPGRADE_RATE
-                }),
+                Some(o.upgrade_rate),
                 None,
             )),
         }
@@ -1602,7 +1613,7 @@ pub fn run(args: &[String]) -> Result<bool> {
     if args.iter().any(|a| a == "-h" || a == "--help") {
         eprintln!(
             "usage: cargo xtask bench [--quick] [--connections N] [--payload B,...] [--rates R,...] \
-             [--proxy-rate R] [--duration S] [--no-build] [--peers {}] [--scenarios {}] \
+             [--proxy-rate R] [--upgrade-rate R] [--duration S] [--no-build] [--peers {}] [--scenarios {}] \
              [--idle-connections N] [--before REV|BINARY]\n\
              The proxy set alone: --scenarios proxy,proxy-closed\n\
              --before adds wssedge-before and wssedge-proxy-before: the same modes from another \
@@ -1691,12 +1702,17 @@ pub fn run(args: &[String]) -> Result<bool> {
     for (p, why) in &skipped {
         eprintln!("xtask: SKIPPING {}: {why}", label(p));
     }
-    if !o
-        .peers
-        .iter()
-        .any(|p| p == OURS || p == WSSEDGE_PROXY || p == WSSEDGE_PUBSUB)
-    {
-        bail!("none of wssedge, wssedge-proxy and wssedge-pubsub is among the peers to run");
+    let ours = [
+        OURS,
+        WSSEDGE_PROXY,
+        WSSEDGE_PUBSUB,
+        FLEET_SAME,
+        FLEET_CROSS,
+        FLEET_CHECKS,
+        FLEET_NOCHECKS,
+    ];
+    if !o.peers.iter().any(|p| ours.contains(&p.as_str())) {
+        bail!("no wssedge peer (wssedge, wssedge-proxy, wssedge-pubsub, wssedge-fleet-*) is among the peers to run");
     }
     if o.scenarios.contains(&Scenario::Idle) {
         raise_nofile(o.idle_n);
@@ -1878,6 +1894,7 @@ pub fn run(args: &[String]) -> Result<bool> {
             "depths": o.depths,
             "proxy_rate": o.proxy_rate,
             "storm_rate": o.storm_rate,
+            "upgrade_rate": o.upgrade_rate,
             "idle_connections": o.idle_n,
             "idle_hold_s": o.idle_hold,
             "fanout": o.fanout.iter().map(|(n, r)| json!({"subscribers": n, "rate": r})).collect::<Vec<_>>(),
@@ -2107,6 +2124,15 @@ mod tests {
         assert_eq!(p[0].rate, Some(3000.0));
         assert!(p.iter().all(|g| g.peers.len() == 4));
         assert!(parse_opts(&s(&["--proxy-rate", "0"])).is_err());
+        // The fleet's upgrade storm, offered past the ceiling.
+        let o = parse_opts(&s(&["--scenarios", "fleet", "--upgrade-rate", "4000"])).unwrap();
+        let storm: Vec<_> = plan(&o)
+            .into_iter()
+            .filter(|g| g.scenario == Scenario::FleetUpgrades)
+            .collect();
+        assert_eq!(storm.len(), 1);
+        assert_eq!(storm[0].rate, Some(4000.0));
+        assert!(parse_opts(&s(&["--upgrade-rate", "0"])).is_err());
     }
 
     #[test]

@@ -881,76 +881,60 @@ impl Conn {
             && crate::auth::admission::identity_key(admitted, self.identity.as_deref()).is_some()
     }
 
-    /// Counts the session against its identity's fleet-wide limit: 429
-    /// `identity_connection_limit` when the fleet holds the limit already.
-    async fn acquire_in_fleet(
+    /// The fleet's checks of an upgrade, in one round trip: its single-use token id claimed on
+    /// every node (401 `replayed` when another had it), its identity counted fleet-wide (429
+    /// `identity_connection_limit` at the limit). Redis out of reach, or not answering within
+    /// [`FLEET_ANSWER_WAIT`]: a token id cannot be claimed — 401 `replay_check_unavailable`
+    /// unless `single_use_down = "local"` — and the identity is counted here (admitted on the
+    /// local count). An upgrade never waits on Redis until its handshake deadline.
+    async fn admit_in_fleet(
         &mut self,
         pending: &PendingUpgrade,
     ) -> Result<Option<crate::fleet::IdentityHold>, End> {
-        if !self.counted_in_fleet(&pending.admitted) {
+        let Some(fleet) = self.core.access.fleet.clone() else {
             return Ok(None);
-        }
-        let (Some(fleet), Some(limit), Some(key)) = (
-            self.core.access.fleet.clone(),
+        };
+        let claim = pending.admitted.replay.as_ref().map(|check| {
+            let ttl_ms = check
+                .exp
+                .saturating_sub(unix_now())
+                .saturating_add(REPLAY_CLAIM_MARGIN_S)
+                .saturating_mul(1000);
+            (&check.key, ttl_ms)
+        });
+        let identity = match (
+            self.counted_in_fleet(&pending.admitted),
             self.core.cfg.limits.per_identity_connections,
-            crate::auth::admission::identity_key(&pending.admitted, self.identity.as_deref()),
-        ) else {
-            return Ok(None);
-        };
-        // A link that does not answer in time counts as Redis away (admitted on the local
-        // count): an upgrade never waits on Redis until its handshake deadline.
-        let answer = monoio::select! {
-            r = fleet.acquire_identity(&key, limit) => Some(r),
-            _ = monoio::time::sleep(FLEET_ANSWER_WAIT) => Some(Some(fleet.unchecked_hold(&key))),
-            _ = self.deadline.expired() => None,
-        };
-        match answer {
-            None => Err(self.on_deadline()),
-            Some(Some(hold)) => Ok(Some(hold)),
-            Some(None) => {
-                let refusal = Refusal::Http {
-                    status: 429,
-                    reason: Reason::IdentityConnectionLimit,
-                    extra_headers: FLEET_RETRY,
-                };
-                Err(self.refuse_upgrade(refusal, &pending.request, Some(&pending.admitted)))
+        ) {
+            (true, Some(limit)) => {
+                crate::auth::admission::identity_key(&pending.admitted, self.identity.as_deref())
+                    .map(|key| (key, limit))
             }
+            _ => None,
+        };
+        if claim.is_none() && identity.is_none() {
+            return Ok(None);
         }
-    }
-
-    /// A single-use token this node had not seen: the fleet says whether another node had.
-    /// Redis out of reach: refused (401 `replay_check_unavailable`) unless `single_use_down =
-    /// "local"`.
-    async fn claim_in_fleet(
-        &mut self,
-        fleet: &crate::fleet::FleetAdmission,
-        check: &crate::auth::admission::ReplayCheck,
-        pending: &PendingUpgrade,
-    ) -> Result<(), End> {
-        let now = unix_now();
-        let ttl_ms = check
-            .exp
-            .saturating_sub(now)
-            .saturating_add(REPLAY_CLAIM_MARGIN_S)
-            .saturating_mul(1000);
+        let asked = identity.as_ref().map(|(key, limit)| (key.as_str(), *limit));
         let answer = monoio::select! {
-            r = fleet.claim(&check.key, ttl_ms) => Some(r),
+            r = fleet.admit(claim, asked) => Some(r),
             _ = monoio::time::sleep(FLEET_ANSWER_WAIT) => Some(Err(())),
             _ = self.deadline.expired() => None,
         };
+        let hold = || identity.as_ref().map(|(key, _)| fleet.hold(key));
         let refusal = match answer {
             None => return Err(self.on_deadline()),
-            Some(Ok(true)) => return Ok(()),
-            Some(Err(())) if fleet.single_use_down == crate::fleet::SingleUseDown::Local => {
-                return Ok(())
+            Some(Ok(crate::fleet::FleetVerdict::Admitted)) => return Ok(hold()),
+            Some(Err(())) if fleet.admits_unanswered(claim.is_some()) => return Ok(hold()),
+            Some(Ok(crate::fleet::FleetVerdict::AtIdentityLimit)) => Refusal::Http {
+                status: 429,
+                reason: Reason::IdentityConnectionLimit,
+                extra_headers: FLEET_RETRY,
+            },
+            Some(Ok(crate::fleet::FleetVerdict::Replayed)) => {
+                token_refusal(crate::auth::jwt::JwtRefusal::Replayed)
             }
-            Some(Ok(false)) => crate::auth::jwt::JwtRefusal::Replayed,
-            Some(Err(())) => crate::auth::jwt::JwtRefusal::ReplayCheckUnavailable,
-        };
-        let refusal = Refusal::Http {
-            status: refusal.status(),
-            reason: Reason::from(&refusal),
-            extra_headers: refusal.extra_headers(),
+            Some(Err(())) => token_refusal(crate::auth::jwt::JwtRefusal::ReplayCheckUnavailable),
         };
         Err(self.refuse_upgrade(refusal, &pending.request, Some(&pending.admitted)))
     }
@@ -975,11 +959,8 @@ impl Conn {
                 }
                 Some(Ok(())) => {}
             }
-            if let Some(fleet) = self.core.access.fleet.clone() {
-                self.claim_in_fleet(&fleet, &check, &pending).await?;
-            }
         }
-        let fleet_hold = self.acquire_in_fleet(&pending).await?;
+        let fleet_hold = self.admit_in_fleet(&pending).await?;
         let app = match &pending.route {
             None if pending.pubsub => self.pubsub_app(&pending.admitted),
             None => App::Echo,
@@ -1519,6 +1500,15 @@ impl Drop for Conn {
 }
 
 /// One control frame against the connection's control allowance (no limiter: unlimited).
+/// A token's refusal as the upgrade's answer (its status, reason and challenge headers).
+fn token_refusal(refusal: crate::auth::jwt::JwtRefusal) -> Refusal {
+    Refusal::Http {
+        status: refusal.status(),
+        reason: Reason::from(&refusal),
+        extra_headers: refusal.extra_headers(),
+    }
+}
+
 fn check_control(
     limiter: &mut Option<ConnectionLimiter>,
     now: Instant,
