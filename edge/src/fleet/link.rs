@@ -32,6 +32,9 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const PING_EVERY: Duration = Duration::from_secs(1);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The link thread's nice value: above the cores' (0), far from starving it (CFS gives it a
+/// third of a core's weight).
+const LINK_NICE: i32 = 5;
 
 /// Redis' client for `cfg`: address, database, password and TLS trust.
 pub(super) fn client(cfg: &FleetConfig) -> Result<Client, String> {
@@ -117,6 +120,12 @@ impl Link {
     }
 
     pub fn run(mut self, mut asks: UnboundedReceiver<FleetAsk>) {
+        // Below the cores: where the link shares a CPU with a core, a wake of the link (an
+        // ask, Redis' answer) does not preempt the core's loop pass; the link runs once the
+        // core waits, and takes the asks of the whole pass in one pipeline.
+        if let Err(e) = wssedge_sys::affinity::set_thread_nice(LINK_NICE) {
+            tracing::debug!(error = %e, "fleet: the link thread keeps the cores' priority");
+        }
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
