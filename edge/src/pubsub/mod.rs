@@ -268,6 +268,18 @@ impl CorePubsub {
             return;
         }
         let result = Err(wssedge_proto::pubsub::Reason::BadRequest);
+        self.answer_publish(asker, request, result, now, out);
+    }
+
+    /// Tells the publisher (if it asked) how its publication went.
+    fn answer_publish(
+        &self,
+        asker: Option<lines::Asker>,
+        request: u64,
+        result: Result<u64, wssedge_proto::pubsub::Reason>,
+        now: Instant,
+        out: &mut Outgoing,
+    ) {
         if let Some(asker) = asker {
             let answer = CoreMsg::Published {
                 client: asker.client,
@@ -354,14 +366,7 @@ impl CorePubsub {
                 if result.is_ok() {
                     self.m().publications.inc();
                 }
-                if let Some(asker) = asker {
-                    let answer = CoreMsg::Published {
-                        client: asker.client,
-                        request,
-                        result,
-                    };
-                    self.reply(asker.core, answer, now, out);
-                }
+                self.answer_publish(asker, request, result, now, out);
             }
             CoreMsg::Subscribe {
                 topic,
