@@ -824,6 +824,39 @@ fn start_server(ctx: &Ctx, peer: &str, tag: &str) -> Result<Server> {
             publish_addr: None,
         }
     };
+    // wssedge on `conf` (written to the logs as `{tag}.{what}.wssedge.toml`): its guard and
+    // the address of its listen line. `cores = 1` under a CPU-0 mask: its core runs on CPU 0.
+    let start_wssedge = |conf: &str, what: &str| -> Result<(Guard, SocketAddr)> {
+        let conf_path = ctx.logs.join(format!("{tag}.{what}.wssedge.toml"));
+        std::fs::write(&conf_path, conf)?;
+        let mut c = ctx.pinned(SERVER_CPU, &ctx.wssedge(peer));
+        c.arg("serve")
+            .arg("--config")
+            .arg(&conf_path)
+            .arg("--state-dir")
+            .arg(&ctx.state);
+        let l = log(what);
+        let (mut g, rx) = spawn_lines("wssedge", &mut c, &l)?;
+        let addr = wait_listen_line(&mut g, &rx, &l)?;
+        Ok((g, addr))
+    };
+    // A fresh redis-server (nothing on disk) on a free port, once it listens.
+    let start_redis = || -> Result<(Guard, u16)> {
+        let redis_bin = ctx.redis.as_ref().context("redis-server unavailable")?;
+        let port = free_port()?;
+        let dir = ctx.logs.join(format!("{tag}.redis"));
+        std::fs::create_dir_all(&dir)?;
+        let mut c = ctx.pinned(BACKEND_CPU, redis_bin);
+        c.args(fleet::redis_args(port, &dir));
+        let (mut redis, _rx) = spawn_lines("redis-server", &mut c, &log("redis"))?;
+        fleet::wait_listening(SocketAddr::from(([127, 0, 0, 1], port))).or_else(|e| match redis
+            .exited()
+        {
+            Some(s) => bail!("redis-server exited at start ({s})"),
+            None => Err(e),
+        })?;
+        Ok((redis, port))
+    };
     match peer {
         OURS | WSSEDGE_BEFORE => {
             let mut c = ctx.pinned(SERVER_CPU, &ctx.wssedge(peer));
@@ -848,18 +881,7 @@ fn start_server(ctx: &Ctx, peer: &str, tag: &str) -> Result<Server> {
                  [[routes]]\nprefix = \"/\"\ngroup = \"echo\"\n",
                 backend.addr
             );
-            let conf_path = ctx.logs.join(format!("{tag}.wssedge.toml"));
-            std::fs::write(&conf_path, conf)?;
-            // `cores = 1` under a CPU-0 mask: its one core runs on CPU 0.
-            let mut c = ctx.pinned(SERVER_CPU, &ctx.wssedge(peer));
-            c.arg("serve")
-                .arg("--config")
-                .arg(&conf_path)
-                .arg("--state-dir")
-                .arg(&ctx.state);
-            let l = log("server");
-            let (mut g, rx) = spawn_lines("wssedge", &mut c, &l)?;
-            let addr = wait_listen_line(&mut g, &rx, &l)?;
+            let (g, addr) = start_wssedge(&conf, "server")?;
             Ok(stack(g, addr, backend))
         }
         "nginx" | NGINX_PROXY => {
@@ -914,37 +936,19 @@ fn start_server(ctx: &Ctx, peer: &str, tag: &str) -> Result<Server> {
                  [[routes]]\nprefix = \"/md\"\npubsub = true\n",
                 secret.display()
             );
-            let conf_path = ctx.logs.join(format!("{tag}.wssedge.toml"));
-            std::fs::write(&conf_path, conf)?;
-            let mut c = ctx.pinned(SERVER_CPU, &ctx.wssedge(peer));
-            c.arg("serve")
-                .arg("--config")
-                .arg(&conf_path)
-                .arg("--state-dir")
-                .arg(&ctx.state);
-            single("wssedge", c)
+            let (g, addr) = start_wssedge(&conf, "server")?;
+            Ok(Server {
+                roots: vec![g.child.id()],
+                backend: Vec::new(),
+                guards: vec![g],
+                addr,
+                publish_addr: None,
+            })
         }
         FLEET_CHECKS | FLEET_NOCHECKS => {
-            let redis_bin = ctx.redis.as_ref().context("redis-server unavailable")?;
-            let port = free_port()?;
-            let dir = ctx.logs.join(format!("{tag}.redis"));
-            std::fs::create_dir_all(&dir)?;
-            let mut c = ctx.pinned(BACKEND_CPU, redis_bin);
-            c.args(fleet::redis_args(port, &dir));
-            let (redis, _rx) = spawn_lines("redis-server", &mut c, &log("redis"))?;
-            fleet::wait_listening(SocketAddr::from(([127, 0, 0, 1], port)))?;
-            let conf_path = ctx.logs.join(format!("{tag}.wssedge.toml"));
+            let (redis, port) = start_redis()?;
             let conf = fleet::upgrade_node_conf(&fanout_secret(ctx)?, port, peer == FLEET_CHECKS);
-            std::fs::write(&conf_path, conf)?;
-            let mut c = ctx.pinned(SERVER_CPU, &ctx.wssedge(peer));
-            c.arg("serve")
-                .arg("--config")
-                .arg(&conf_path)
-                .arg("--state-dir")
-                .arg(&ctx.state);
-            let l = log("server");
-            let (mut g, rx) = spawn_lines("wssedge", &mut c, &l)?;
-            let addr = wait_listen_line(&mut g, &rx, &l)?;
+            let (g, addr) = start_wssedge(&conf, "server")?;
             fleet::wait_subscribed(port, 1)?;
             Ok(Server {
                 roots: vec![g.child.id()],
@@ -955,34 +959,12 @@ fn start_server(ctx: &Ctx, peer: &str, tag: &str) -> Result<Server> {
             })
         }
         FLEET_SAME | FLEET_CROSS => {
-            let redis_bin = ctx.redis.as_ref().context("redis-server unavailable")?;
-            let port = free_port()?;
-            let dir = ctx.logs.join(format!("{tag}.redis"));
-            std::fs::create_dir_all(&dir)?;
-            let mut c = ctx.pinned(BACKEND_CPU, redis_bin);
-            c.args(fleet::redis_args(port, &dir));
-            let (mut redis, _rx) = spawn_lines("redis-server", &mut c, &log("redis"))?;
-            fleet::wait_listening(SocketAddr::from(([127, 0, 0, 1], port))).or_else(
-                |e| match redis.exited() {
-                    Some(s) => bail!("redis-server exited at start ({s})"),
-                    None => Err(e),
-                },
-            )?;
+            let (redis, port) = start_redis()?;
             let secret = fanout_secret(ctx)?;
             let mut nodes = Vec::new();
             for node in ["a", "b"] {
-                let conf_path = ctx.logs.join(format!("{tag}.{node}.wssedge.toml"));
-                std::fs::write(&conf_path, fleet::node_conf(&secret, port, node))?;
-                let mut c = ctx.pinned(SERVER_CPU, &ctx.wssedge(peer));
-                c.arg("serve")
-                    .arg("--config")
-                    .arg(&conf_path)
-                    .arg("--state-dir")
-                    .arg(&ctx.state);
-                let l = log(&format!("node-{node}"));
-                let (mut g, rx) = spawn_lines("wssedge", &mut c, &l)?;
-                let addr = wait_listen_line(&mut g, &rx, &l)?;
-                nodes.push((g, addr));
+                let conf = fleet::node_conf(&secret, port, node);
+                nodes.push(start_wssedge(&conf, &format!("node-{node}"))?);
             }
             // Both nodes deliver what Redis announces before the window starts.
             fleet::wait_subscribed(port, 2)?;
