@@ -399,22 +399,15 @@ async fn a_revocation_on_one_node_holds_on_every_node() {
 
     let out = ctl(&b.socket, &["unrevoke-subject", "alice"]).await;
     assert_eq!(out.code, Some(0), "{out:?}");
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let again = hs(claims(
-            "alice",
-            &format!("alice-{}", deadline.elapsed().as_nanos()),
-        ));
-        let (status, _) = upgrade_status(&a.srv, &with_header_token("/", &again)).await;
-        if status == 101 {
-            break;
+    let a_srv = &a.srv;
+    eventually("A admits alice after the unrevoke on B", |i| async move {
+        let again = hs(claims("alice", &format!("alice-again-{i}")));
+        match upgrade_status(a_srv, &with_header_token("/", &again)).await {
+            (101, _) => Ok(()),
+            (status, reason) => Err(format!("{status} {reason}")),
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "A still refuses alice after the unrevoke on B"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 /// Revocations made while Redis is away apply at once where they were made and reach the
@@ -472,30 +465,25 @@ async fn upgrade_status(srv: &Server, req: &str) -> (u16, String) {
 }
 
 async fn wait_fleet_down(srv: &Server) {
-    let deadline = std::time::Instant::now() + WAIT;
-    while srv.metric("wssedge_fleet_up", &[]).await != 0.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the node still says the fleet is up"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually("the node says the fleet is down", |_| async move {
+        match srv.metric("wssedge_fleet_up", &[]).await {
+            0.0 => Ok(()),
+            up => Err(format!("wssedge_fleet_up {up}")),
+        }
+    })
+    .await;
 }
 
 /// Polls until `node` refuses `token` with 401 `revoked`.
 async fn wait_refused(node: &CtlNode, token: &str) {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let (status, reason) = upgrade_status(&node.srv, &with_header_token("/", token)).await;
-        if status == 401 && reason == "revoked" {
-            return;
+    let srv = &node.srv;
+    eventually("a revoked subject is refused", |_| async move {
+        match upgrade_status(srv, &with_header_token("/", token)).await {
+            (401, reason) if reason == "revoked" => Ok(()),
+            (status, reason) => Err(format!("{status} {reason}")),
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still {status} {reason} for a revoked subject"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 /// `kick --subject` on A closes the subject's sessions on A and B with 1008 `kicked`, and
@@ -604,18 +592,15 @@ async fn single_use_and_identity_limits_together_across_the_fleet() {
         .await;
     let _ = ws.rd.expect_close().await;
     drop(ws);
-    let deadline = std::time::Instant::now() + WAIT;
-    let mut n = 3;
-    let mut again = loop {
-        match attempt(&b, &token(&format!("h-{n}"))).await {
-            Outcome::Upgraded { ws, .. } => break ws,
-            _ if std::time::Instant::now() < deadline => {
-                n += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            _ => panic!("heidi's place was not given back within {WAIT:?}"),
+    let b_srv = &b;
+    let mut again = eventually("heidi's place is given back", |i| async move {
+        let req = with_header_token("/", &hs(claims("heidi", &format!("h-again-{i}"))));
+        match attempt(b_srv, &req).await {
+            Outcome::Upgraded { ws, .. } => Ok(ws),
+            Outcome::Refused(r) => Err(format!("{} {}", r.status, r.reason)),
         }
-    };
+    })
+    .await;
     expect_echo(&mut again, "in again on B").await;
     expect_refused(&a, &token("h-2"), 401, "replayed").await;
     a.wait_metric(
@@ -731,19 +716,17 @@ fn limited_node(files: &KeyFiles, redis: &RedisServer, name: &str) -> CtlNode {
 
 /// Polls until `srv` admits `sub` (a new token each time); returns the session.
 async fn wait_admitted(srv: &Server, sub: &str) -> RawWs {
-    let deadline = std::time::Instant::now() + WAIT;
-    for i in 0.. {
+    eventually(&format!("{sub} is admitted"), |i| async move {
         let token = hs(claims(sub, &format!("{sub}-retry-{i}")));
         match attempt(srv, &with_header_token("/", &token)).await {
-            Outcome::Upgraded { ws, .. } => return ws,
+            Outcome::Upgraded { ws, .. } => Ok(ws),
             Outcome::Refused(r) => {
                 assert_eq!(r.reason, "identity_connection_limit", "{}", r.head);
-                assert!(std::time::Instant::now() < deadline, "{sub} still refused");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                Err(format!("{} {}", r.status, r.reason))
             }
         }
-    }
-    unreachable!()
+    })
+    .await
 }
 
 /// `per_identity_connections = 2` counts across A and B: a third session of the same subject is
@@ -834,15 +817,15 @@ async fn redis_over_tls_verified_against_its_ca() {
     let wrong = other.path().join("other-ca.pem");
     std::fs::write(&wrong, wrong_ca).expect("write");
     let b = start(&wrong);
-    let deadline = std::time::Instant::now() + WAIT;
-    while !b.proc.stderr().contains("fleet: cannot reach Redis") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no refusal logged:\n{}",
-            b.proc.stderr()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let b_ref = &b;
+    eventually("the node logs that it cannot reach Redis", |_| async move {
+        let log = b_ref.proc.stderr();
+        match log.contains("fleet: cannot reach Redis") {
+            true => Ok(()),
+            false => Err(log),
+        }
+    })
+    .await;
     assert_eq!(b.metric("wssedge_fleet_up", &[]).await, 0.0);
     assert_eq!(b.metric("wssedge_fleet_connects_total", &[]).await, 0.0);
 }

@@ -254,22 +254,6 @@ async fn over_max_handshakes_in_flight_is_closed_before_tls() {
     }
 }
 
-/// Polls `name` (summed over `labels`) until it equals `want`; panics with the last value.
-async fn wait_metric_eq(srv: &Server, name: &str, labels: &[(&str, &str)], want: f64) {
-    let t0 = Instant::now();
-    loop {
-        let v = srv.metric(name, labels).await;
-        if v == want {
-            return;
-        }
-        assert!(
-            t0.elapsed() < WAIT,
-            "{name}{labels:?} is {v}, expected {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The read path's memory promise: an idle upgraded connection holds no read buffer; only a
 /// connection with a partly received frame does, until the frame completes.
 #[tokio::test]
@@ -282,18 +266,22 @@ async fn idle_connections_hold_no_read_buffer() {
         assert_eq!(raw.message().await, (OP_BINARY, vec![i; 100]));
         conns.push(raw);
     }
-    wait_metric_eq(&srv, "wssedge_connections", &[("state", "open")], 20.0).await;
-    wait_metric_eq(&srv, "wssedge_read_buffers_held", &[], 0.0).await;
+    srv.wait_metric_eq("wssedge_connections", &[("state", "open")], 20.0)
+        .await;
+    srv.wait_metric_eq("wssedge_read_buffers_held", &[], 0.0)
+        .await;
 
     // Half a frame: that one connection now holds its partial frame, counted in the budget.
     let frame = cframe(true, OP_BINARY, &pattern(1000));
     conns[3].send(&frame[..500]).await;
-    wait_metric_eq(&srv, "wssedge_read_buffers_held", &[], 1.0).await;
+    srv.wait_metric_eq("wssedge_read_buffers_held", &[], 1.0)
+        .await;
     assert!(srv.metric("wssedge_buffered_bytes", &[]).await > 0.0);
     conns[3].send(&frame[500..]).await;
     assert_eq!(conns[3].message().await, (OP_BINARY, pattern(1000)));
-    wait_metric_eq(&srv, "wssedge_read_buffers_held", &[], 0.0).await;
-    wait_metric_eq(&srv, "wssedge_buffered_bytes", &[], 0.0).await;
+    srv.wait_metric_eq("wssedge_read_buffers_held", &[], 0.0)
+        .await;
+    srv.wait_metric_eq("wssedge_buffered_bytes", &[], 0.0).await;
 }
 
 /// A client that sends but never reads cannot pin the server's writes: its reads pause at the
@@ -318,5 +306,6 @@ async fn client_that_stops_reading_is_closed_at_the_write_timeout() {
     });
     expect_slow_consumers_reset(&srv, 1.0).await;
     let _ = within(WAIT, "writer gives up", writer).await;
-    wait_metric_eq(&srv, "wssedge_connections", &[("state", "open")], 0.0).await;
+    srv.wait_metric_eq("wssedge_connections", &[("state", "open")], 0.0)
+        .await;
 }

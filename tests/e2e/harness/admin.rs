@@ -17,6 +17,18 @@ impl Server {
     }
 
     /// Polls /metrics until the metric reaches `at_least` (counters may lag per core).
+    /// Waits until `name{labels}` is `want` (a gauge may have to come down to it).
+    pub async fn wait_metric_eq(&self, name: &str, labels: &[(&str, &str)], want: f64) {
+        let what = format!("{name}{labels:?} is {want}");
+        super::eventually(&what, |_| async move {
+            match self.metric(name, labels).await {
+                v if v == want => Ok(()),
+                v => Err(format!("{v}")),
+            }
+        })
+        .await;
+    }
+
     pub async fn wait_metric(&self, name: &str, labels: &[(&str, &str)], at_least: f64) -> f64 {
         let deadline = Instant::now() + WAIT;
         loop {

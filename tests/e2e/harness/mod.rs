@@ -38,6 +38,26 @@ pub async fn within<T>(d: Duration, what: &str, fut: impl std::future::Future<Ou
     }
 }
 
+/// Polls `probe` with its attempt number (0, 1, …) every 50 ms until it gives `Ok`, for up to
+/// [`WAIT`]; then panics with `what` and the last `Err` (what the probe saw instead).
+pub async fn eventually<T, Fut>(what: &str, mut probe: impl FnMut(u32) -> Fut) -> T
+where
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = std::time::Instant::now() + WAIT;
+    for attempt in 0.. {
+        match probe(attempt).await {
+            Ok(v) => return v,
+            Err(seen) => assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: still not so after {WAIT:?} ({seen})"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    unreachable!("the attempts outlast the deadline")
+}
+
 /// Deterministic filler bytes.
 pub fn pattern(n: usize) -> Vec<u8> {
     (0..n)
