@@ -90,8 +90,15 @@ pub type TlsConfig = crate::tls::settings::TlsSettings;
 pub struct Limits {
     /// Connections per process, split evenly across cores.
     pub max_connections: usize,
-    /// TLS handshakes plus upgrades in progress, per core.
+    /// TLS handshakes plus upgrades in progress, per core: connections whose first byte (the
+    /// ClientHello's) arrived. Beyond it a connection that starts its handshake is closed.
     pub max_handshakes_in_flight: usize,
+    /// Connections that have sent nothing yet, per core. They cost no TLS work and hold no
+    /// handshake slot; beyond this many the oldest of them is closed to admit the new one, so a
+    /// flood of silent sockets cannot lock out the clients that speak.
+    pub max_silent_connections: usize,
+    /// A connection's first byte must arrive within this (capped at `handshake_timeout_ms`).
+    pub first_byte_timeout_ms: u64,
     /// Covers the TLS handshake and the upgrade request until the 101 is sent.
     pub handshake_timeout_ms: u64,
     /// An upgraded connection that receives nothing for this long is closed with 1001.
@@ -186,6 +193,8 @@ impl Default for Limits {
         Self {
             max_connections: 100_000,
             max_handshakes_in_flight: 256,
+            max_silent_connections: 1024,
+            first_byte_timeout_ms: 2_000,
             handshake_timeout_ms: 5_000,
             idle_timeout_ms: 300_000,
             write_timeout_ms: 30_000,
@@ -219,6 +228,10 @@ impl Default for Limits {
 impl Limits {
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
+    }
+    /// How long a connection may stay silent: `first_byte_timeout_ms`, within the handshake's.
+    pub fn first_byte_timeout(&self) -> Duration {
+        Duration::from_millis(self.first_byte_timeout_ms.min(self.handshake_timeout_ms))
     }
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
@@ -398,7 +411,7 @@ impl Config {
             }
         }
         let l = &self.limits;
-        let positive: [(&'static str, u64); 15] = [
+        let positive: [(&'static str, u64); 17] = [
             ("limits.pong_timeout_ms", l.pong_timeout_ms),
             ("limits.close_timeout_ms", l.close_timeout_ms),
             ("limits.frame_timeout_ms", l.frame_timeout_ms),
@@ -408,6 +421,11 @@ impl Config {
                 "limits.max_handshakes_in_flight",
                 l.max_handshakes_in_flight as u64,
             ),
+            (
+                "limits.max_silent_connections",
+                l.max_silent_connections as u64,
+            ),
+            ("limits.first_byte_timeout_ms", l.first_byte_timeout_ms),
             ("limits.handshake_timeout_ms", l.handshake_timeout_ms),
             ("limits.idle_timeout_ms", l.idle_timeout_ms),
             ("limits.write_timeout_ms", l.write_timeout_ms),

@@ -155,6 +155,8 @@ pub struct CoreMetrics {
     /// False once the core's runtime has stopped (its listener is closed first).
     pub alive: AtomicBool,
     pub accepted: Counter,
+    /// Accepted, nothing received yet (no handshake slot held).
+    pub silent: Gauge,
     pub handshaking: Gauge,
     pub open: Gauge,
     pub frames_in: Counter,
@@ -360,6 +362,10 @@ impl Registry {
             "Connections by core and state",
             &mut cores.iter().flat_map(|c| {
                 [
+                    (
+                        format!("core=\"{}\",state=\"silent\"", c.core),
+                        c.silent.get(),
+                    ),
                     (
                         format!("core=\"{}\",state=\"handshake\"", c.core),
                         c.handshaking.get(),

@@ -215,18 +215,36 @@ async fn over_max_connections_is_closed_before_tls() {
     }
 }
 
+/// Connects and sends the first bytes of a TLS record (a ClientHello's start): the
+/// connection holds a handshake slot from then on.
+async fn started_handshake(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr)
+        .await
+        .expect("TCP connect (the kernel accepts)");
+    send_all(&mut s, &[0x16, 0x03, 0x01]).await.expect("write");
+    s
+}
+
 #[tokio::test]
 async fn over_max_handshakes_in_flight_is_closed_before_tls() {
     let srv = Server::with_config("[server]\ncores = 1\n[limits]\nmax_handshakes_in_flight = 2\nhandshake_timeout_ms = 8000\n");
-    // Two silent TCP connections occupy both handshake slots.
-    let s1 = TcpStream::connect(srv.addr).await.unwrap();
-    let s2 = TcpStream::connect(srv.addr).await.unwrap();
-    srv.wait_metric("wssedge_connections_accepted_total", &[], 2.0)
+    // Two handshakes that started (and stall) occupy both slots; a silent connection holds
+    // none.
+    let s1 = started_handshake(srv.addr).await;
+    let s2 = started_handshake(srv.addr).await;
+    let silent = TcpStream::connect(srv.addr).await.unwrap();
+    srv.wait_metric_eq("wssedge_connections", &[("state", "handshake")], 2.0)
         .await;
+    srv.wait_metric_eq("wssedge_connections", &[("state", "silent")], 1.0)
+        .await;
+    let mut third = started_handshake(srv.addr).await;
+    let (got, closed) = read_to_close(&mut third, Duration::from_secs(5)).await;
     assert!(
-        closed_without_tls(srv.addr).await,
-        "third handshake was not refused"
+        closed && got.is_empty(),
+        "third handshake was not refused before TLS: closed={closed}, {} bytes",
+        got.len()
     );
+    drop(silent);
     srv.wait_metric(
         "wssedge_refusals_total",
         &[("reason", "max_handshakes_in_flight")],

@@ -13,6 +13,7 @@ mod attack_flow;
 mod attack_ops;
 mod attack_paths;
 mod attack_queues;
+mod attack_silent;
 mod audit;
 /// The in-process ws:// backend the proxy tests forward to.
 mod backend;

@@ -174,10 +174,22 @@ async fn silent_clients_hit_the_handshake_deadline() {
         closed && took <= Duration::from_secs(4),
         "silent TLS client: closed={closed} after {took:?}"
     );
-    srv.wait_metric(
+    // The first waited for its first byte (`first_byte_timeout_ms`, capped at the handshake's);
+    // the second for its upgrade request.
+    wait_metric_exactly(
+        &srv,
+        "wssedge_refusals_total",
+        &[("reason", "first_byte_timeout")],
+        1.0,
+        "the silent TCP client",
+    )
+    .await;
+    wait_metric_exactly(
+        &srv,
         "wssedge_refusals_total",
         &[("reason", "handshake_timeout")],
-        2.0,
+        1.0,
+        "the silent TLS client",
     )
     .await;
 }

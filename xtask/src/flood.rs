@@ -784,12 +784,12 @@ fn run_mode(ctx: &Ctx, mode: &str) -> Result<ModeResult> {
     };
     let t = ctx.timing;
     let cfg = ctx.out.join(format!("flood-{mode}.toml"));
-    // A long handshake timeout: the flooder's accepted connections (which never send a
-    // ClientHello) stay held for the whole scenario.
+    // Long handshake and first-byte timeouts: the flooder's accepted connections (which never
+    // send a ClientHello) stay held for the whole scenario.
     std::fs::write(
         &cfg,
         format!(
-            "[limits]\nper_ip_connections = {LIMIT}\nip_limiter = \"{mode}\"\nhandshake_timeout_ms = 30000\n"
+            "[limits]\nper_ip_connections = {LIMIT}\nip_limiter = \"{mode}\"\nhandshake_timeout_ms = 30000\nfirst_byte_timeout_ms = 30000\n"
         ),
     )?;
     let mut edge = start_edge(

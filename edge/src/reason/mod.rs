@@ -62,6 +62,10 @@ labels! {
         // Turned away at accept, before any TLS byte.
         MaxConnections => "max_connections",
         MaxHandshakesInFlight => "max_handshakes_in_flight",
+        /// A silent connection closed to admit a newer one (`max_silent_connections`).
+        SilentEvicted => "silent_evicted",
+        /// Nothing arrived within `first_byte_timeout_ms`.
+        FirstByteTimeout => "first_byte_timeout",
         AuditBackpressure => "audit_backpressure",
         IpLimit => "ip_limit",
         IpBlocked => "ip_blocked",
@@ -314,6 +318,7 @@ mod tests {
         "crl_invalid",
         "expected_continuation",
         "expired",
+        "first_byte_timeout",
         "fleet_unavailable",
         "fragment_in_target",
         "fragmented_control",
@@ -380,6 +385,7 @@ mod tests {
         "revoked",
         "scope_missing",
         "service_restart",
+        "silent_evicted",
         "slow_consumer",
         "tls_alert_received",
         "tls_alert_unexpected",

@@ -85,7 +85,10 @@ pub(crate) struct CoreBuffers {
 /// The core's connection counts and their caps.
 pub(crate) struct CoreCounts {
     pub connections: Cell<usize>,
+    /// Connections whose first byte arrived, until their 101 (or end).
     pub handshakes: Cell<usize>,
+    /// Connections that have sent nothing yet, oldest first (see [`super::silent`]).
+    pub silent: Rc<super::silent::SilentLine>,
     pub max_connections: usize,
     /// Bytes held in partly received frames and messages by all of this core's connections.
     pub buffered: Cell<usize>,
@@ -160,6 +163,7 @@ impl Core {
             counts: CoreCounts {
                 connections: Cell::new(0),
                 handshakes: Cell::new(0),
+                silent: Rc::default(),
                 max_connections: l.max_connections.div_ceil(cores),
                 buffered: Cell::new(0),
             },
@@ -570,8 +574,6 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener, running: AcceptLoop)
         } else if core.audit.over_high_water() {
             // The trail must never drop a record: new connections wait until it drains.
             Some(Reason::AuditBackpressure)
-        } else if core.counts.handshakes.get() >= core.cfg.limits.max_handshakes_in_flight {
-            Some(Reason::MaxHandshakesInFlight)
         } else {
             None
         };

@@ -12,6 +12,7 @@ pub mod listen;
 mod live;
 mod operator;
 mod reload;
+mod silent;
 pub mod timer;
 mod tls_state;
 

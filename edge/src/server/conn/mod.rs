@@ -87,10 +87,16 @@ pub(crate) async fn serve(slot: Slot, stream: TcpStream, peer: SocketAddr) {
     }
 }
 
-async fn serve_inner(slot: Slot, stream: TcpStream, peer: SocketAddr) {
+async fn serve_inner(mut slot: Slot, stream: TcpStream, peer: SocketAddr) {
     let core = slot.core.clone();
     if let Err(e) = sockopt::tune_accepted(sockopt::borrow_fd(&stream), &core.conn.socket_opts) {
         tracing::debug!(%peer, error = %e, "socket options failed; connection closed");
+        return;
+    }
+    if let Err(reason) = first_byte(&mut slot, &stream).await {
+        // Nothing was said: reset, leaving no TIME_WAIT behind a flood of silent sockets.
+        Refusal::Silent { reason }.record_at_accept(&core, peer);
+        sockopt::set_linger_zero(sockopt::borrow_fd(&stream));
         return;
     }
     let tls = match TlsSession::new(core.tls.config.load_full()) {
@@ -105,34 +111,81 @@ async fn serve_inner(slot: Slot, stream: TcpStream, peer: SocketAddr) {
     conn.finish(end).await;
 }
 
+/// Waits for the connection's first byte, silent (see [`crate::server::silent`]); then takes
+/// its handshake slot. `Err`: why it is closed unserved.
+async fn first_byte(slot: &mut Slot, stream: &TcpStream) -> Result<(), Reason> {
+    if let Some(silence) = &slot.silence {
+        let waited = monoio::select! {
+            r = stream.readable(false) => r.map_err(|_| Reason::PeerClosedDuringHandshake),
+            _ = monoio::time::sleep(slot.core.cfg.limits.first_byte_timeout()) => Err(Reason::FirstByteTimeout),
+            _ = silence.evicted() => Err(Reason::SilentEvicted),
+        };
+        waited?;
+    }
+    slot.spoke()
+}
+
 /// A connection's place in its core's counts, taken at accept (so a burst of accepts cannot
-/// overshoot the limits before the connections' tasks run) and given back on drop.
+/// overshoot the limits before the connections' tasks run) and given back on drop: silent
+/// until its first byte, then a handshake until its 101, then open.
 pub(crate) struct Slot {
     core: Rc<Core>,
+    /// Until the first byte: its place among the core's silent connections.
+    silence: Option<crate::server::silent::Silence>,
+    /// Counted in the core's handshakes (it spoke and got a slot), until the 101.
+    handshaking: bool,
     upgraded: bool,
     /// The source address's place in the userspace per-IP limit (given back on drop).
     _ip_slot: Option<LimitGuard>,
 }
 
 impl Slot {
+    /// Counts a new connection, silent: when the core holds `max_silent_connections` silent
+    /// ones already, the oldest of them is closed to make room.
     pub(crate) fn take(core: &Rc<Core>, ip_slot: Option<LimitGuard>) -> Self {
         core.counts
             .connections
             .set(core.counts.connections.get() + 1);
-        core.counts.handshakes.set(core.counts.handshakes.get() + 1);
-        core.metrics.handshaking.add(1);
+        let (silence, _evicted) = core
+            .counts
+            .silent
+            .join(core.cfg.limits.max_silent_connections);
+        core.metrics.silent.add(1);
         Self {
             core: core.clone(),
+            silence: Some(silence),
+            handshaking: false,
             upgraded: false,
             _ip_slot: ip_slot,
         }
     }
 
+    /// The first byte arrived: the connection leaves the silent ones for a handshake slot.
+    /// `Err`: it was evicted meanwhile, or every slot is taken.
+    fn spoke(&mut self) -> Result<(), Reason> {
+        let core = &self.core;
+        if let Some(silence) = self.silence.take() {
+            core.metrics.silent.add(-1);
+            if !silence.spoke() {
+                return Err(Reason::SilentEvicted);
+            }
+        }
+        if core.counts.handshakes.get() >= core.cfg.limits.max_handshakes_in_flight {
+            return Err(Reason::MaxHandshakesInFlight);
+        }
+        core.counts.handshakes.set(core.counts.handshakes.get() + 1);
+        core.metrics.handshaking.add(1);
+        self.handshaking = true;
+        Ok(())
+    }
+
     /// The handshake is over: the connection leaves the handshake count for the open one.
     fn upgraded(&mut self) {
         let core = &self.core;
-        core.counts.handshakes.set(core.counts.handshakes.get() - 1);
-        core.metrics.handshaking.add(-1);
+        if std::mem::take(&mut self.handshaking) {
+            core.counts.handshakes.set(core.counts.handshakes.get() - 1);
+            core.metrics.handshaking.add(-1);
+        }
         core.metrics.open.add(1);
         self.upgraded = true;
     }
@@ -144,11 +197,15 @@ impl Drop for Slot {
         core.counts
             .connections
             .set(core.counts.connections.get() - 1);
-        if self.upgraded {
-            core.metrics.open.add(-1);
-        } else {
+        if self.silence.is_some() {
+            core.metrics.silent.add(-1);
+        }
+        if self.handshaking {
             core.counts.handshakes.set(core.counts.handshakes.get() - 1);
             core.metrics.handshaking.add(-1);
+        }
+        if self.upgraded {
+            core.metrics.open.add(-1);
         }
     }
 }
