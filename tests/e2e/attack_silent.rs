@@ -106,3 +106,127 @@ async fn silent_sockets_do_not_lock_out_clients_that_speak() {
         held.len()
     );
 }
+
+/// A TCP connection from `from` that sends a whole ClientHello and then nothing more: the edge
+/// answers (its ServerHello flight) and waits for a Finished that never comes.
+async fn stalled_after_client_hello(srv: &Server, from: Ipv4Addr) -> Option<TcpStream> {
+    let mut tcp = silent_from(from, srv.addr).await?;
+    let name = tokio_rustls::rustls::pki_types::ServerName::IpAddress(Ipv4Addr::LOCALHOST.into());
+    let mut client =
+        tokio_rustls::rustls::ClientConnection::new(srv.tls_config(), name).expect("client");
+    let mut hello = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut hello).expect("ClientHello");
+    }
+    send_all(&mut tcp, &hello).await.ok()?;
+    Some(tcp)
+}
+
+/// Handshakes that stall after their ClientHello and upgrade requests dribbled a byte at a
+/// time hold every handshake place; a client that starts its handshake takes the place of the
+/// oldest once that one has held it for a second (counted `handshake_evicted`). After the
+/// flood's first second every legitimate upgrade succeeds; before it, a full line of young
+/// handshakes is a busy core to the edge and newcomers are refused `max_handshakes_in_flight`
+/// (reported, not asserted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_and_dribblers_give_way_to_clients_that_finish() {
+    const PLACES: usize = 8;
+    let srv = Server::with_config(&format!(
+        "[server]\ncores = 1\n[limits]\nmax_handshakes_in_flight = {PLACES}\n\
+         handshake_timeout_ms = 30000\nfirst_byte_timeout_ms = 30000\n"
+    ));
+    let flooded = Instant::now();
+    // Dribblers first (the oldest places): TLS done, then the upgrade request at one byte per
+    // 200 ms — about 25 s for the whole request, longer than the test. Each task ends when
+    // the edge cuts it off (bounded by that too).
+    let mut dribblers = Vec::new();
+    for _ in 0..PLACES / 2 {
+        let mut tls = try_tls_connect(srv.addr, srv.tls_config())
+            .await
+            .expect("a dribbler's TLS (places are free)");
+        dribblers.push(tokio::spawn(async move {
+            for b in ws_request("/", &[]).into_bytes() {
+                if send_all(&mut tls, &[b]).await.is_err() {
+                    return true; // cut off
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            false
+        }));
+    }
+    // Then handshakes that stall after their ClientHello, from 16 addresses: they take the
+    // other places and are refused beyond them.
+    let mut stalled = Vec::new();
+    for i in 0..3 * PLACES {
+        let from = Ipv4Addr::new(127, 0, 0, 10 + (i % 16) as u8);
+        stalled.extend(stalled_after_client_hello(&srv, from).await);
+    }
+    let mut late_ok = 0;
+    let mut early = (0, 0);
+    let mut took = Vec::new();
+    for i in 0..30 {
+        let t0 = Instant::now();
+        let settled = flooded.elapsed() > Duration::from_millis(1_300);
+        let attempt = match try_tls_connect(srv.addr, srv.tls_config()).await {
+            Ok(tls) => try_attempt_over(tls, &ws_request("/", &[])).await,
+            Err(e) => Err(e),
+        };
+        match attempt {
+            Ok(Outcome::Upgraded { mut ws, .. }) => {
+                took.push(t0.elapsed());
+                ws.send(&cframe(true, OP_TEXT, format!("legit {i}").as_bytes()))
+                    .await;
+                assert_eq!(
+                    ws.rd.message().await,
+                    (OP_TEXT, format!("legit {i}").into_bytes())
+                );
+                if settled {
+                    late_ok += 1;
+                } else {
+                    early.0 += 1;
+                }
+            }
+            other => {
+                let seen = match other {
+                    Ok(Outcome::Refused(r)) => format!("{} {}", r.status, r.reason),
+                    Ok(Outcome::Upgraded { .. }) => unreachable!(),
+                    Err(e) => e.to_string(),
+                };
+                assert!(
+                    !settled,
+                    "attempt {i}, {:?} into the flood: {seen}",
+                    flooded.elapsed()
+                );
+                early.1 += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let evicted = srv
+        .metric("wssedge_refusals_total", &[("reason", "handshake_evicted")])
+        .await;
+    took.sort();
+    visible_line(&format!(
+        "stalled flood: {} stalled handshakes, {} dribblers on {PLACES} places; legitimate: \
+         {late_ok} upgraded after the first 1.3 s (all), {} of {} before; {evicted} evicted; \
+         p50 {:?}",
+        stalled.len(),
+        PLACES / 2,
+        early.0,
+        early.0 + early.1,
+        took.get(took.len() / 2)
+    ));
+    assert!(
+        late_ok >= 15,
+        "only {late_ok} attempts after the first second"
+    );
+    assert!(evicted >= 1.0, "no stalled handshake gave way");
+    // The oldest places were the dribblers': the first evictions cut them off.
+    let mut cut = 0;
+    for d in dribblers {
+        if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_millis(500), d).await {
+            cut += 1;
+        }
+    }
+    assert!(cut >= 1, "no dribbler gave way");
+}

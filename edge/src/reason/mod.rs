@@ -66,6 +66,9 @@ labels! {
         SilentEvicted => "silent_evicted",
         /// Nothing arrived within `first_byte_timeout_ms`.
         FirstByteTimeout => "first_byte_timeout",
+        /// A handshake (or upgrade request) that held its place too long, closed when every
+        /// place was taken and a new one started.
+        HandshakeEvicted => "handshake_evicted",
         AuditBackpressure => "audit_backpressure",
         IpLimit => "ip_limit",
         IpBlocked => "ip_blocked",
@@ -325,6 +328,7 @@ mod tests {
         "frame_timeout",
         "frame_too_large",
         "going_away",
+        "handshake_evicted",
         "handshake_timeout",
         "headers_too_large",
         "host_not_allowed",

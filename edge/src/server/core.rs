@@ -85,10 +85,10 @@ pub(crate) struct CoreBuffers {
 /// The core's connection counts and their caps.
 pub(crate) struct CoreCounts {
     pub connections: Cell<usize>,
-    /// Connections whose first byte arrived, until their 101 (or end).
-    pub handshakes: Cell<usize>,
-    /// Connections that have sent nothing yet, oldest first (see [`super::silent`]).
-    pub silent: Rc<super::silent::SilentLine>,
+    /// Connections that have sent nothing yet, oldest first (see [`super::line`]).
+    pub silent: Rc<super::line::Line>,
+    /// Connections whose first byte arrived, until their 101 (or end), oldest first.
+    pub handshaking: Rc<super::line::Line>,
     pub max_connections: usize,
     /// Bytes held in partly received frames and messages by all of this core's connections.
     pub buffered: Cell<usize>,
@@ -162,8 +162,8 @@ impl Core {
             wheel,
             counts: CoreCounts {
                 connections: Cell::new(0),
-                handshakes: Cell::new(0),
                 silent: Rc::default(),
+                handshaking: Rc::default(),
                 max_connections: l.max_connections.div_ceil(cores),
                 buffered: Cell::new(0),
             },

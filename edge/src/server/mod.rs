@@ -8,11 +8,11 @@ mod core;
 pub mod cpus;
 mod handover;
 pub mod lifecycle;
+mod line;
 pub mod listen;
 mod live;
 mod operator;
 mod reload;
-mod silent;
 pub mod timer;
 mod tls_state;
 

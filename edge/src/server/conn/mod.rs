@@ -66,6 +66,7 @@ use self::pass::{yield_to_core, AfterPass, PassGuard, Waited};
 use self::phase::{PendingUpgrade, Phase, Upgraded};
 use self::proxy::Proxy;
 use super::core::{unix_now, Core};
+use super::line::{Place, HANDSHAKE_EVICT_AGE};
 use super::live::LiveSession;
 use super::timer::Deadline;
 
@@ -111,14 +112,14 @@ async fn serve_inner(mut slot: Slot, stream: TcpStream, peer: SocketAddr) {
     conn.finish(end).await;
 }
 
-/// Waits for the connection's first byte, silent (see [`crate::server::silent`]); then takes
-/// its handshake slot. `Err`: why it is closed unserved.
+/// Waits for the connection's first byte, silent (see [`crate::server::line`]); then takes
+/// its place among the handshakes. `Err`: why it is closed unserved.
 async fn first_byte(slot: &mut Slot, stream: &TcpStream) -> Result<(), Reason> {
-    if let Some(silence) = &slot.silence {
+    if let Some(silent) = &slot.silent {
         let waited = monoio::select! {
             r = stream.readable(false) => r.map_err(|_| Reason::PeerClosedDuringHandshake),
             _ = monoio::time::sleep(slot.core.cfg.limits.first_byte_timeout()) => Err(Reason::FirstByteTimeout),
-            _ = silence.evicted() => Err(Reason::SilentEvicted),
+            _ = silent.evicted() => Err(Reason::SilentEvicted),
         };
         waited?;
     }
@@ -127,13 +128,14 @@ async fn first_byte(slot: &mut Slot, stream: &TcpStream) -> Result<(), Reason> {
 
 /// A connection's place in its core's counts, taken at accept (so a burst of accepts cannot
 /// overshoot the limits before the connections' tasks run) and given back on drop: silent
-/// until its first byte, then a handshake until its 101, then open.
+/// until its first byte, then handshaking until its 101, then open (see
+/// [`crate::server::line`]).
 pub(crate) struct Slot {
     core: Rc<Core>,
     /// Until the first byte: its place among the core's silent connections.
-    silence: Option<crate::server::silent::Silence>,
-    /// Counted in the core's handshakes (it spoke and got a slot), until the 101.
-    handshaking: bool,
+    silent: Option<Place>,
+    /// From the first byte to the 101: its place among the core's handshakes.
+    handshaking: Option<Place>,
     upgraded: bool,
     /// The source address's place in the userspace per-IP limit (given back on drop).
     _ip_slot: Option<LimitGuard>,
@@ -141,49 +143,61 @@ pub(crate) struct Slot {
 
 impl Slot {
     /// Counts a new connection, silent: when the core holds `max_silent_connections` silent
-    /// ones already, the oldest of them is closed to make room.
+    /// ones already, the oldest of them is reset to make room.
     pub(crate) fn take(core: &Rc<Core>, ip_slot: Option<LimitGuard>) -> Self {
         core.counts
             .connections
             .set(core.counts.connections.get() + 1);
-        let (silence, _evicted) = core
-            .counts
-            .silent
-            .join(core.cfg.limits.max_silent_connections);
+        let silent = &core.counts.silent;
+        if silent.len() >= core.cfg.limits.max_silent_connections {
+            silent.evict_oldest(None);
+        }
         core.metrics.silent.add(1);
         Self {
             core: core.clone(),
-            silence: Some(silence),
-            handshaking: false,
+            silent: Some(silent.join(Instant::now())),
+            handshaking: None,
             upgraded: false,
             _ip_slot: ip_slot,
         }
     }
 
-    /// The first byte arrived: the connection leaves the silent ones for a handshake slot.
-    /// `Err`: it was evicted meanwhile, or every slot is taken.
+    /// The first byte arrived: the connection leaves the silent ones for the handshakes —
+    /// taking the place of the oldest when every place is taken and that one has held it for
+    /// [`HANDSHAKE_EVICT_AGE`]. `Err`: it was evicted meanwhile, or the handshakes are full of
+    /// young ones.
     fn spoke(&mut self) -> Result<(), Reason> {
         let core = &self.core;
-        if let Some(silence) = self.silence.take() {
+        if let Some(silent) = self.silent.take() {
             core.metrics.silent.add(-1);
-            if !silence.spoke() {
+            if !silent.leave() {
                 return Err(Reason::SilentEvicted);
             }
         }
-        if core.counts.handshakes.get() >= core.cfg.limits.max_handshakes_in_flight {
+        let now = Instant::now();
+        let line = &core.counts.handshaking;
+        if line.len() >= core.cfg.limits.max_handshakes_in_flight
+            && !line.evict_oldest(now.checked_sub(HANDSHAKE_EVICT_AGE))
+        {
             return Err(Reason::MaxHandshakesInFlight);
         }
-        core.counts.handshakes.set(core.counts.handshakes.get() + 1);
         core.metrics.handshaking.add(1);
-        self.handshaking = true;
+        self.handshaking = Some(line.join(now));
         Ok(())
     }
 
-    /// The handshake is over: the connection leaves the handshake count for the open one.
+    /// Resolves once this handshake's place was taken by a newer one (never once upgraded).
+    async fn handshake_evicted(&self) {
+        match &self.handshaking {
+            Some(place) => place.evicted().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The handshake is over: the connection leaves the handshakes for the open ones.
     fn upgraded(&mut self) {
         let core = &self.core;
-        if std::mem::take(&mut self.handshaking) {
-            core.counts.handshakes.set(core.counts.handshakes.get() - 1);
+        if self.handshaking.take().is_some() {
             core.metrics.handshaking.add(-1);
         }
         core.metrics.open.add(1);
@@ -197,11 +211,10 @@ impl Drop for Slot {
         core.counts
             .connections
             .set(core.counts.connections.get() - 1);
-        if self.silence.is_some() {
+        if self.silent.is_some() {
             core.metrics.silent.add(-1);
         }
-        if self.handshaking {
-            core.counts.handshakes.set(core.counts.handshakes.get() - 1);
+        if self.handshaking.is_some() {
             core.metrics.handshaking.add(-1);
         }
         if self.upgraded {
@@ -312,6 +325,7 @@ impl Conn {
                         r = self.readable.ready(), if reading => Wake::Readable(r),
                         r = self.stream.writable(false), if writing => Wake::Writable(r),
                         _ = self.deadline.expired() => Wake::Deadline,
+                        _ = self.slot.handshake_evicted() => Wake::Evicted,
                         _ = session_end(live.as_deref()) => Wake::SessionEnd,
                         _ = self.session_timer.expired() => Wake::SessionTimer,
                         _ = self.frame_deadline.expired() => Wake::FrameTimeout,
@@ -352,6 +366,14 @@ impl Conn {
                     self.app_failed(Reason::UpstreamClosed)
                 }
                 Wake::Deadline => return self.on_deadline(),
+                Wake::Evicted => {
+                    // A newer handshake took this one's place (it held it too long).
+                    Refusal::Tls {
+                        reason: Reason::HandshakeEvicted,
+                    }
+                    .record_on(&self.core, self.peer);
+                    return End::Abort;
+                }
                 Wake::SessionEnd => return self.on_session_end(),
                 Wake::WriteStalled => return self.on_slow_consumer(),
                 Wake::SessionTimer => self.on_session_timer(),
@@ -1615,6 +1637,8 @@ enum Wake {
     Readable(std::io::Result<()>),
     Writable(std::io::Result<()>),
     Deadline,
+    /// Still handshaking, and a newer handshake took this one's place.
+    Evicted,
     SessionEnd,
     /// The session's timer (its heartbeat while open).
     SessionTimer,
