@@ -89,6 +89,8 @@ pub(crate) struct CoreCounts {
     pub silent: Rc<super::line::Line>,
     /// Connections whose first byte arrived, until their 101 (or end), oldest first.
     pub handshaking: Rc<super::line::Line>,
+    /// How long this core's handshakes take (how long a place is held before it may be taken).
+    pub handshake_pace: super::line::HandshakePace,
     pub max_connections: usize,
     /// Bytes held in partly received frames and messages by all of this core's connections.
     pub buffered: Cell<usize>,
@@ -164,6 +166,7 @@ impl Core {
                 connections: Cell::new(0),
                 silent: Rc::default(),
                 handshaking: Rc::default(),
+                handshake_pace: Default::default(),
                 max_connections: l.max_connections.div_ceil(cores),
                 buffered: Cell::new(0),
             },

@@ -12,11 +12,12 @@
 //!   one — is silent for one round trip and is never the oldest.
 //! - **handshaking**: first byte to 101, at most `max_handshakes_in_flight`. When the line is
 //!   full, a connection that starts its handshake takes the place of the oldest one if that
-//!   one has held its place for [`HANDSHAKE_EVICT_AGE`] (`handshake_evicted`): a handshake
-//!   that stalls after its ClientHello, or an upgrade request dribbled a byte at a time, cannot
-//!   keep a real client (done in a few round trips) out. A younger line is a busy core, not an
-//!   attack: the newcomer is refused (`max_handshakes_in_flight`) and the work under way
-//!   finishes.
+//!   one has held its place for long — four times as long as this core's handshakes take
+//!   ([`HandshakePace`]: 50 ms to 1 s) — (`handshake_evicted`): a handshake that stalls after
+//!   its ClientHello, or an upgrade request dribbled a byte at a time, cannot keep a real
+//!   client (done in a few round trips) out. A younger line is a busy core, not an attack: the
+//!   newcomer is refused (`max_handshakes_in_flight`) and the work under way finishes. When
+//!   the core is slow its handshakes are too, and the age grows with them.
 //!
 //! A connection holds a [`Place`] while in a line; its task waits on [`Place::evicted`].
 
@@ -28,8 +29,44 @@ use std::rc::{Rc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-/// How long a handshake holds its place before a newcomer may take it (see the module doc).
-pub(crate) const HANDSHAKE_EVICT_AGE: Duration = Duration::from_secs(1);
+/// How long this core's handshakes take, first byte to 101 (a moving average over the last
+/// few dozen), and so how long one may hold its place before a newcomer may take it.
+#[derive(Debug)]
+pub(crate) struct HandshakePace {
+    average_us: Cell<f64>,
+}
+
+impl HandshakePace {
+    /// Held places younger than this are never taken.
+    pub const MIN_AGE: Duration = Duration::from_millis(50);
+    /// Places held this long may always be taken.
+    pub const MAX_AGE: Duration = Duration::from_secs(1);
+    /// The weight of each new handshake in the average.
+    const WEIGHT: f64 = 1.0 / 16.0;
+
+    /// A handshake completed in `took`.
+    pub fn observe(&self, took: Duration) {
+        let avg = self.average_us.get();
+        self.average_us
+            .set(avg + (took.as_micros() as f64 - avg) * Self::WEIGHT);
+    }
+
+    /// How long a place must have been held to be taken: 4 × the average, within bounds.
+    pub fn evict_age(&self) -> Duration {
+        Duration::from_micros((4.0 * self.average_us.get()) as u64)
+            .clamp(Self::MIN_AGE, Self::MAX_AGE)
+    }
+}
+
+impl Default for HandshakePace {
+    /// Until handshakes have completed, the longest age (a core under attack from its start
+    /// learns nothing from those that never finish).
+    fn default() -> Self {
+        Self {
+            average_us: Cell::new(Self::MAX_AGE.as_micros() as f64 / 4.0),
+        }
+    }
+}
 
 /// Where a connection in a line stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +179,11 @@ impl Place {
         }
     }
 
+    /// How long the place has been held.
+    pub fn held(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.ticket.joined)
+    }
+
     /// Resolves once the place is taken (never, if the connection leaves first).
     pub fn evicted(&self) -> Evicted<'_> {
         Evicted(self)
@@ -220,6 +262,40 @@ mod tests {
         assert!(is_evicted(&old));
         assert!(!line.evict_oldest(Some(t0 + Duration::from_secs(1))));
         assert!(!is_evicted(&young));
+    }
+
+    #[test]
+    fn the_eviction_age_follows_the_cores_handshakes_within_bounds() {
+        let pace = HandshakePace::default();
+        assert_eq!(
+            pace.evict_age(),
+            HandshakePace::MAX_AGE,
+            "nothing learned yet"
+        );
+        for _ in 0..300 {
+            pace.observe(Duration::from_millis(2));
+        }
+        assert_eq!(
+            pace.evict_age(),
+            HandshakePace::MIN_AGE,
+            "fast handshakes: the floor"
+        );
+        for _ in 0..300 {
+            pace.observe(Duration::from_millis(100));
+        }
+        let age = pace.evict_age();
+        assert!(
+            (Duration::from_millis(390)..=Duration::from_millis(400)).contains(&age),
+            "{age:?}"
+        );
+        for _ in 0..300 {
+            pace.observe(Duration::from_secs(3));
+        }
+        assert_eq!(
+            pace.evict_age(),
+            HandshakePace::MAX_AGE,
+            "a slow core: the cap"
+        );
     }
 
     #[test]

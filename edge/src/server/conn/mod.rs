@@ -66,7 +66,7 @@ use self::pass::{yield_to_core, AfterPass, PassGuard, Waited};
 use self::phase::{PendingUpgrade, Phase, Upgraded};
 use self::proxy::Proxy;
 use super::core::{unix_now, Core};
-use super::line::{Place, HANDSHAKE_EVICT_AGE};
+use super::line::Place;
 use super::live::LiveSession;
 use super::timer::Deadline;
 
@@ -163,9 +163,9 @@ impl Slot {
     }
 
     /// The first byte arrived: the connection leaves the silent ones for the handshakes —
-    /// taking the place of the oldest when every place is taken and that one has held it for
-    /// [`HANDSHAKE_EVICT_AGE`]. `Err`: it was evicted meanwhile, or the handshakes are full of
-    /// young ones.
+    /// taking the place of the oldest when every place is taken and that one has held it long
+    /// (see [`crate::server::line::HandshakePace`]). `Err`: it was evicted meanwhile, or the
+    /// handshakes are full of young ones.
     fn spoke(&mut self) -> Result<(), Reason> {
         let core = &self.core;
         if let Some(silent) = self.silent.take() {
@@ -177,7 +177,7 @@ impl Slot {
         let now = Instant::now();
         let line = &core.counts.handshaking;
         if line.len() >= core.cfg.limits.max_handshakes_in_flight
-            && !line.evict_oldest(now.checked_sub(HANDSHAKE_EVICT_AGE))
+            && !line.evict_oldest(now.checked_sub(core.counts.handshake_pace.evict_age()))
         {
             return Err(Reason::MaxHandshakesInFlight);
         }
@@ -197,7 +197,10 @@ impl Slot {
     /// The handshake is over: the connection leaves the handshakes for the open ones.
     fn upgraded(&mut self) {
         let core = &self.core;
-        if self.handshaking.take().is_some() {
+        if let Some(place) = self.handshaking.take() {
+            core.counts
+                .handshake_pace
+                .observe(place.held(Instant::now()));
             core.metrics.handshaking.add(-1);
         }
         core.metrics.open.add(1);
