@@ -21,6 +21,7 @@ pub(crate) mod pubsub;
 pub(crate) mod readiness;
 pub mod reason;
 pub mod refuse;
+pub(crate) mod repeats;
 pub mod routes;
 pub mod server;
 pub mod signals;

@@ -155,6 +155,8 @@ pub struct CoreMetrics {
     /// False once the core's runtime has stopped (its listener is closed first).
     pub alive: AtomicBool,
     pub accepted: Counter,
+    /// Accepts that failed (out of descriptors or buffers); retried after a short pause.
+    pub accept_errors: Counter,
     /// Accepted, nothing received yet (no handshake slot held).
     pub silent: Gauge,
     pub handshaking: Gauge,
@@ -418,6 +420,14 @@ impl Registry {
                 }
             }
         };
+        counter(
+            "wssedge_accept_errors_total",
+            "Accepts that failed (EMFILE, ENFILE, ENOBUFS...): retried every 20 ms, logged once per 10 s",
+            cores
+                .iter()
+                .map(|c| (format!("core=\"{}\"", c.core), c.accept_errors.get()))
+                .collect(),
+        );
         counter(
             "wssedge_connections_accepted_total",
             "TCP connections accepted",

@@ -241,3 +241,84 @@ async fn stalled_handshakes_and_dribblers_give_way_to_clients_that_finish() {
     }
     assert!(cut >= 1, "no dribbler gave way");
 }
+
+/// The process's CPU time so far (user + system), from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command name (which may hold spaces) start after its ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..]
+        .split(' ')
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10) // USER_HZ = 100 on Linux
+}
+
+/// Out of descriptors (its `RLIMIT_NOFILE` lowered under it): accepts fail with EMFILE. The
+/// core does not spin, keeps serving its live session, counts every failure
+/// (`wssedge_accept_errors_total`) but says so once — not 50 lines a second — and serves new
+/// clients the moment descriptors free up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_the_core_counts_quietly_and_recovers() {
+    let srv = Server::with_config(
+        "[server]\ncores = 1\n[limits]\nfirst_byte_timeout_ms = 30000\nhandshake_timeout_ms = 30000\n",
+    );
+    let pid = srv.proc.pid();
+    let (_, mut live) = expect_upgraded(&srv, &ws_request("/", &[])).await;
+    expect_echo(&mut live, "before").await;
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .count();
+    let limit = open + 4;
+    let out = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={limit}:{limit}"),
+        ])
+        .output()
+        .expect("prlimit (util-linux)");
+    assert!(out.status.success(), "prlimit: {out:?}");
+    // Silent sockets take the last descriptors; the ones after them cannot be accepted.
+    let mut held = Vec::new();
+    for _ in 0..12 {
+        held.push(
+            TcpStream::connect(srv.addr)
+                .await
+                .expect("the kernel accepts"),
+        );
+    }
+    // (The admin listener is out of descriptors too: the log says when accepts start failing.)
+    let log = &srv.proc;
+    eventually("the first accept failure is logged", |_| async move {
+        match log.stderr().contains("accept failed") {
+            true => Ok(()),
+            false => Err("no line yet".to_owned()),
+        }
+    })
+    .await;
+    let cpu0 = cpu_time(pid);
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let busy = cpu_time(pid).saturating_sub(cpu0);
+    let window = t0.elapsed();
+    expect_echo(&mut live, "during").await;
+    let lines = srv.proc.stderr().matches("accept failed").count();
+    // Descriptors come back: the clients waiting in the backlog are served.
+    drop(held);
+    let (_, mut fresh) = expect_upgraded(&srv, &ws_request("/", &[])).await;
+    expect_echo(&mut fresh, "after").await;
+    let errors = srv.metric("wssedge_accept_errors_total", &[]).await;
+    visible_line(&format!(
+        "out of descriptors: {errors} accept failures counted, {lines} log line(s), \
+         CPU {busy:?} in {window:?}"
+    ));
+    assert!(
+        errors >= 20.0,
+        "only {errors} failures counted in a second and more"
+    );
+    assert_eq!(lines, 1, "one line per 10 s:\n{}", srv.proc.stderr());
+    assert!(
+        busy < window / 4,
+        "the core spins while out of descriptors: {busy:?} of CPU in {window:?}"
+    );
+}

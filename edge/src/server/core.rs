@@ -539,6 +539,7 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener, running: AcceptLoop)
         }
         monoio::time::sleep(ACCEPT_HOLD_POLL).await;
     }
+    let accept_failures = crate::repeats::Repeats::every(std::time::Duration::from_secs(10));
     loop {
         if gate.mode.get() == AcceptMode::Stopped {
             return;
@@ -550,8 +551,12 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener, running: AcceptLoop)
             Ok(accepted) => accepted,
             Err(_) if gate.mode.get() == AcceptMode::Stopped => return,
             Err(e) => {
-                // EMFILE/ENFILE/ENOBUFS: the backlog keeps the SYNs; retry shortly.
-                tracing::warn!(core = core.index, error = %e, "accept failed");
+                // EMFILE/ENFILE/ENOBUFS: the backlog keeps the SYNs; retry shortly. Counted
+                // each time, said once per interval (a 20 ms retry is 50 lines a second).
+                core.metrics.accept_errors.inc();
+                if let Some(times) = accept_failures.note(std::time::Instant::now()) {
+                    tracing::warn!(core = core.index, error = %e, times, "accept failed (retried every 20 ms; counted in wssedge_accept_errors_total; said once per 10 s)");
+                }
                 monoio::time::sleep(std::time::Duration::from_millis(20)).await;
                 continue;
             }
