@@ -35,6 +35,7 @@ pub fn serve(
     std::thread::Builder::new()
         .name("wssedge-admin".into())
         .spawn(move || {
+            let accept_failures = crate::repeats::Repeats::every(Duration::from_secs(10));
             while !stop.load(Ordering::Relaxed) {
                 match crate::sockopt::poll_readable(listener.as_fd(), STOP_POLL) {
                     Ok(true) => {}
@@ -56,7 +57,10 @@ pub fn serve(
                     // Another process sharing the listener took it first.
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => {
-                        tracing::warn!(error = %e, "admin accept failed");
+                        // EMFILE and friends: retried every 50 ms, said once per interval.
+                        if let Some(times) = accept_failures.note(std::time::Instant::now()) {
+                            tracing::warn!(error = %e, times, "admin accept failed (retried every 50 ms; said once per 10 s)");
+                        }
                         std::thread::sleep(Duration::from_millis(50));
                     }
                 }

@@ -256,7 +256,7 @@ fn cpu_time(pid: u32) -> Duration {
 /// Out of descriptors (its `RLIMIT_NOFILE` lowered under it): accepts fail with EMFILE. The
 /// core does not spin, keeps serving its live session, counts every failure
 /// (`wssedge_accept_errors_total`) but says so once — not 50 lines a second — and serves new
-/// clients the moment descriptors free up.
+/// clients the moment descriptors free up. The admin listener's thread says it once too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_the_core_counts_quietly_and_recovers() {
     let srv = Server::with_config(
@@ -302,7 +302,24 @@ async fn out_of_descriptors_the_core_counts_quietly_and_recovers() {
     let busy = cpu_time(pid).saturating_sub(cpu0);
     let window = t0.elapsed();
     expect_echo(&mut live, "during").await;
-    let lines = srv.proc.stderr().matches("accept failed").count();
+    // The admin listener is out of descriptors too: a scrape waits in its backlog, and its
+    // thread's retries (every 50 ms) are said once as well.
+    let scrape = TcpStream::connect(srv.admin)
+        .await
+        .expect("the kernel accepts");
+    let log = &srv.proc;
+    eventually("the admin's accept failure is logged", |_| async move {
+        match log.stderr().contains("admin accept failed") {
+            true => Ok(()),
+            false => Err("no line yet".to_owned()),
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let admin_lines = srv.proc.stderr().matches("admin accept failed").count();
+    assert_eq!(admin_lines, 1, "{}", srv.proc.stderr());
+    drop(scrape);
+    let lines = srv.proc.stderr().matches("accept failed").count() - admin_lines;
     // Descriptors come back: the clients waiting in the backlog are served.
     drop(held);
     let (_, mut fresh) = expect_upgraded(&srv, &ws_request("/", &[])).await;

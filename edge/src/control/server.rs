@@ -229,6 +229,7 @@ struct Acceptor {
 
 impl Acceptor {
     fn run(mut self) {
+        let accept_failures = crate::repeats::Repeats::every(Duration::from_secs(10));
         loop {
             let accepted = self.listener.accept();
             if self.stop.load(Ordering::SeqCst) {
@@ -238,8 +239,11 @@ impl Acceptor {
                 Ok((stream, _)) => self.admit(stream),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "control accept failed");
+                    // EMFILE and friends: back off instead of spinning, and say it once per
+                    // interval rather than 20 times a second.
+                    if let Some(times) = accept_failures.note(std::time::Instant::now()) {
+                        tracing::warn!(error = %e, times, "control accept failed (retried every 50 ms; said once per 10 s)");
+                    }
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
