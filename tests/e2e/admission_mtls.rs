@@ -643,11 +643,9 @@ async fn a_crl_file_named_by_a_reload_is_watched_from_then_on() {
     // SAFETY: kill(2) on the pid of the server this test started.
     let sent = unsafe { libc::kill(srv.proc.pid() as i32, libc::SIGHUP) };
     assert_eq!(sent, 0, "SIGHUP");
-    let asked = Instant::now();
-    while !srv.proc.stderr().contains("configuration reloaded") {
-        assert!(asked.elapsed() < WAIT, "no reload:\n{}", srv.proc.stderr());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    srv.proc
+        .wait_stderr("the reload is logged", "configuration reloaded")
+        .await;
 
     let doomed = p.ca.client(
         "trader-5",

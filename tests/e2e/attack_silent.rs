@@ -288,14 +288,9 @@ async fn out_of_descriptors_the_core_counts_quietly_and_recovers() {
         );
     }
     // (The admin listener is out of descriptors too: the log says when accepts start failing.)
-    let log = &srv.proc;
-    eventually("the first accept failure is logged", |_| async move {
-        match log.stderr().contains("accept failed") {
-            true => Ok(()),
-            false => Err("no line yet".to_owned()),
-        }
-    })
-    .await;
+    srv.proc
+        .wait_stderr("the first accept failure is logged", "accept failed")
+        .await;
     let cpu0 = cpu_time(pid);
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -307,14 +302,12 @@ async fn out_of_descriptors_the_core_counts_quietly_and_recovers() {
     let scrape = TcpStream::connect(srv.admin)
         .await
         .expect("the kernel accepts");
-    let log = &srv.proc;
-    eventually("the admin's accept failure is logged", |_| async move {
-        match log.stderr().contains("admin accept failed") {
-            true => Ok(()),
-            false => Err("no line yet".to_owned()),
-        }
-    })
-    .await;
+    srv.proc
+        .wait_stderr(
+            "the admin's accept failure is logged",
+            "admin accept failed",
+        )
+        .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let admin_lines = srv.proc.stderr().matches("admin accept failed").count();
     assert_eq!(admin_lines, 1, "{}", srv.proc.stderr());

@@ -817,15 +817,12 @@ async fn redis_over_tls_verified_against_its_ca() {
     let wrong = other.path().join("other-ca.pem");
     std::fs::write(&wrong, wrong_ca).expect("write");
     let b = start(&wrong);
-    let b_ref = &b;
-    eventually("the node logs that it cannot reach Redis", |_| async move {
-        let log = b_ref.proc.stderr();
-        match log.contains("fleet: cannot reach Redis") {
-            true => Ok(()),
-            false => Err(log),
-        }
-    })
-    .await;
+    b.proc
+        .wait_stderr(
+            "the node logs that it cannot reach Redis",
+            "fleet: cannot reach Redis",
+        )
+        .await;
     assert_eq!(b.metric("wssedge_fleet_up", &[]).await, 0.0);
     assert_eq!(b.metric("wssedge_fleet_connects_total", &[]).await, 0.0);
 }

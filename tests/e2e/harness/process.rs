@@ -253,6 +253,17 @@ impl Proc {
     pub fn stderr(&self) -> String {
         self.err.lock().unwrap().clone()
     }
+    /// Waits until the process's stderr holds `needle` (what it says: `what`).
+    pub async fn wait_stderr(&self, what: &str, needle: &str) {
+        super::eventually(what, |_| async move {
+            let log = self.stderr();
+            match log.contains(needle) {
+                true => Ok(()),
+                false => Err(log),
+            }
+        })
+        .await;
+    }
     pub fn stdout_seen(&self) -> Vec<String> {
         self.seen.lock().unwrap().clone()
     }

@@ -755,6 +755,17 @@ impl CpuSample {
 }
 
 impl Server {
+    /// One process serving `addr`, with no backend of its own.
+    fn alone(g: Guard, addr: SocketAddr) -> Self {
+        Server {
+            roots: vec![g.child.id()],
+            backend: Vec::new(),
+            guards: vec![g],
+            addr,
+            publish_addr: None,
+        }
+    }
+
     /// Everything we started for this peer.
     fn all_pids(&self) -> Vec<u32> {
         self.roots.iter().chain(&self.backend).copied().collect()
@@ -796,13 +807,7 @@ fn start_server(ctx: &Ctx, peer: &str, tag: &str) -> Result<Server> {
         let l = log(what);
         let (mut g, rx) = spawn_lines(name, &mut cmd, &l)?;
         let addr = wait_listen_line(&mut g, &rx, &l)?;
-        Ok(Server {
-            roots: vec![g.child.id()],
-            backend: Vec::new(),
-            guards: vec![g],
-            addr,
-            publish_addr: None,
-        })
+        Ok(Server::alone(g, addr))
     };
     let single = |name: &'static str, cmd: Command| single_logged(name, cmd, "server");
     // The ws:// backend of nginx and wssedge-proxy; `direct-backend` is the same server alone.
@@ -937,13 +942,7 @@ fn start_server(ctx: &Ctx, peer: &str, tag: &str) -> Result<Server> {
                 secret.display()
             );
             let (g, addr) = start_wssedge(&conf, "server")?;
-            Ok(Server {
-                roots: vec![g.child.id()],
-                backend: Vec::new(),
-                guards: vec![g],
-                addr,
-                publish_addr: None,
-            })
+            Ok(Server::alone(g, addr))
         }
         FLEET_CHECKS | FLEET_NOCHECKS => {
             let (redis, port) = start_redis()?;
@@ -1008,13 +1007,7 @@ fn start_server(ctx: &Ctx, peer: &str, tag: &str) -> Result<Server> {
             g.group = true;
             let addr: SocketAddr = listen.parse()?;
             wait_connectable(&mut g, addr, &prefix)?;
-            Ok(Server {
-                roots: vec![g.child.id()],
-                backend: Vec::new(),
-                guards: vec![g],
-                addr,
-                publish_addr: None,
-            })
+            Ok(Server::alone(g, addr))
         }
         other => bail!("unknown peer {other}"),
     }

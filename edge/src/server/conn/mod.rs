@@ -984,16 +984,16 @@ impl Conn {
                 .saturating_mul(1000);
             (&check.key, ttl_ms)
         });
-        let identity = match (
-            self.counted_in_fleet(&pending.admitted),
-            self.core.cfg.limits.per_identity_connections,
-        ) {
-            (true, Some(limit)) => {
+        // Counted in the fleet (see `counted_in_fleet`): a limit, and an identity to count.
+        let identity = self
+            .core
+            .cfg
+            .limits
+            .per_identity_connections
+            .and_then(|limit| {
                 crate::auth::admission::identity_key(&pending.admitted, self.identity.as_deref())
                     .map(|key| (key, limit))
-            }
-            _ => None,
-        };
+            });
         if claim.is_none() && identity.is_none() {
             return Ok(None);
         }
