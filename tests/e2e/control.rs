@@ -335,3 +335,43 @@ async fn revocations_file_is_loaded_at_start() {
     )
     .await;
 }
+
+/// Open descriptors of `pid`.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the server's /proc/PID/fd")
+        .count()
+}
+
+/// A finished `ctl` client holds no descriptor in the server: the accept thread's clone of its
+/// socket goes with it, not at the next client's arrival (the soak found the last client's
+/// socket held through every idle period, and carried into a restart's successor).
+#[tokio::test]
+async fn a_finished_ctl_client_leaves_no_descriptor_behind() {
+    let c = controlled(1, &[], "");
+    let pid = c.srv.proc.pid();
+    // Before any client: what the serving process holds.
+    let idle = eventually("the started server's descriptors to settle", |_| async {
+        let before = fd_count(pid);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let after = fd_count(pid);
+        (before == after)
+            .then_some(after)
+            .ok_or(format!("{before} then {after}"))
+    })
+    .await;
+    for i in 0..5 {
+        expect_code(
+            &ctl(&c.socket, &["status"]).await,
+            0,
+            &format!("status {i}"),
+        );
+    }
+    eventually("the clients' descriptors to go", |_| async {
+        let now = fd_count(pid);
+        (now == idle)
+            .then_some(())
+            .ok_or(format!("{now} open, {idle} when idle"))
+    })
+    .await;
+}

@@ -10,7 +10,7 @@ use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -213,8 +213,17 @@ impl Drop for ControlServer {
 
 /// One client being served: its thread, and a handle to cut its socket at shutdown.
 struct Client {
-    stream: UnixStream,
+    stream: CutHandle,
     thread: JoinHandle<()>,
+}
+
+/// The accept thread's clone of a client's socket, to cut it at shutdown. The client's thread
+/// empties it when it is done, so a finished client holds no descriptor while the accept
+/// thread waits for the next one (a soak found the last client's socket held that way).
+type CutHandle = Arc<Mutex<Option<UnixStream>>>;
+
+fn take(handle: &CutHandle) -> Option<UnixStream> {
+    handle.lock().unwrap_or_else(|e| e.into_inner()).take()
 }
 
 struct Acceptor {
@@ -256,7 +265,9 @@ impl Acceptor {
             while !client.thread.is_finished() && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
             }
-            let _ = client.stream.shutdown(Shutdown::Both);
+            if let Some(stream) = take(&client.stream) {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
             let _ = client.thread.join();
         }
     }
@@ -294,22 +305,29 @@ impl Acceptor {
         };
         let handler = self.handler.clone();
         let options = self.options.clone();
+        let cut: CutHandle = Arc::new(Mutex::new(Some(handle)));
+        let done = cut.clone();
         let spawned = std::thread::Builder::new()
             .name("wssedge-control-client".into())
-            .spawn(move || session::serve(stream, peer, &*handler, &options));
+            .spawn(move || {
+                session::serve(stream, peer, &*handler, &options);
+                drop(take(&done));
+            });
         match spawned {
             Ok(thread) => self.clients.push(Client {
-                stream: handle,
+                stream: cut,
                 thread,
             }),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start a control client thread");
-                turn_away(
-                    handle,
-                    &peer,
-                    &*self.handler,
-                    "cannot serve: out of threads",
-                );
+                if let Some(handle) = take(&cut) {
+                    turn_away(
+                        handle,
+                        &peer,
+                        &*self.handler,
+                        "cannot serve: out of threads",
+                    );
+                }
             }
         }
     }
