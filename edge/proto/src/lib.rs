@@ -32,6 +32,7 @@ pub mod ktls_crypto_info;
 pub mod limits;
 pub mod origin;
 pub mod pubsub;
+pub mod tls_hello;
 pub mod tls_wire;
 pub mod ws;
 pub mod ws_url;

@@ -30,11 +30,9 @@ use rustls::unbuffered::{
     UnbufferedStatus, WriteTraffic,
 };
 
-use super::wire::{
-    ALERT_FATAL, ALERT_PROTOCOL_VERSION, CONTENT_ALERT, CONTENT_HANDSHAKE, HANDSHAKE_CLIENT_HELLO,
-    TLS12, TLS13,
-};
+use super::wire::{ALERT_FATAL, ALERT_PROTOCOL_VERSION, CONTENT_ALERT};
 use crate::bufpool::BufPool;
+use wssedge_proto::tls_hello::{HelloSniffer, NotTls, Sniffed};
 
 /// The largest TLS record on the wire: 5-byte header + 2^14 bytes + 2048 bytes of expansion
 /// (the TLS 1.2 limit; TLS 1.3 allows 256). `recv_space` always leaves room for one.
@@ -45,14 +43,6 @@ pub use super::wire::MAX_PLAINTEXT_PER_RECORD;
 
 /// An outgoing buffer given back with more capacity than this is freed instead of kept.
 pub const MAX_RETAINED_OUTPUT: usize = 64 * 1024;
-
-/// A ClientHello larger than this (rustls' own limit is 64 KiB) is handed to rustls without
-/// reading its server name first.
-const MAX_SNIFFED_HELLO: usize = 0xffff + 4;
-
-/// ClientHello extensions the sniffer reads.
-const EXT_SERVER_NAME: u16 = 0;
-const EXT_SUPPORTED_VERSIONS: u16 = 43;
 
 /// What a completed handshake agreed on.
 #[derive(Debug, Clone)]
@@ -160,10 +150,8 @@ pub struct TlsSession {
     seen: usize,
     outgoing: Vec<u8>,
     hello: Hello,
-    /// ClientHello sniffing resumes here: the records up to `sniff_pos` (from `start`) are
-    /// already gathered into `sniffed`, so a hello dribbled in tiny records costs linear work.
-    sniff_pos: usize,
-    sniffed: Vec<u8>,
+    /// Reads the ClientHello's server name before rustls; resumes where it stopped.
+    sniffer: HelloSniffer,
     sni: Option<String>,
     /// `WriteTraffic` has been reached: the handshake is over on our side.
     traffic: bool,
@@ -188,8 +176,7 @@ impl TlsSession {
             seen: 0,
             outgoing: Vec::new(),
             hello: Hello::Pending,
-            sniff_pos: 0,
-            sniffed: Vec::new(),
+            sniffer: HelloSniffer::new(),
             sni: None,
             traffic: false,
             peer_closed: false,
@@ -250,7 +237,7 @@ impl TlsSession {
             match self.sniff_client_hello() {
                 Ok(true) => {
                     self.hello = Hello::Done;
-                    self.sniffed = Vec::new();
+                    self.sniffer = HelloSniffer::new();
                 }
                 Ok(false) => return Ok(()),
                 Err(e) => {
@@ -363,72 +350,32 @@ impl TlsSession {
         let Some(buf) = &self.incoming else {
             return Ok(false);
         };
-        let data = &buf[self.start..self.end];
-        match data {
-            [] => return Ok(false),
-            [t, ..] if *t != CONTENT_HANDSHAKE => return Err(TlsError::NotTls),
-            [_, major, ..] if *major != 3 => return Err(TlsError::NotTls),
-            [_, _, minor, ..] if *minor > 4 => return Err(TlsError::NotTls),
-            [_, _, _, hi, lo, ..] if !(1..=16 * 1024).contains(&u16::from_be_bytes([*hi, *lo])) => {
-                return Err(TlsError::NotTls)
-            }
-            _ => {}
+        let info = match self.sniffer.sniff(&buf[self.start..self.end]) {
+            Err(NotTls) => return Err(TlsError::NotTls),
+            Ok(Sniffed::NeedMore) => return Ok(false),
+            Ok(Sniffed::HandOver) => return Ok(true),
+            Ok(Sniffed::Hello(info)) => info,
+        };
+        if !info.offers_tls12_or_later {
+            // rustls would refuse this too, but depending on which extensions an old client
+            // omits it may report e.g. a missing signature_algorithms extension with a
+            // handshake_failure alert. Say what is really wrong.
+            let minor = info.legacy_version.to_be_bytes()[1].min(3);
+            self.outgoing.extend_from_slice(&[
+                CONTENT_ALERT,
+                3,
+                minor,
+                0,
+                2,
+                ALERT_FATAL,
+                ALERT_PROTOCOL_VERSION,
+            ]);
+            return Err(TlsError::ProtocolVersion {
+                offered: info.legacy_version,
+            });
         }
-        // Gather the ClientHello from one or more handshake records, resuming where the last
-        // call stopped.
-        let mut pos = self.sniff_pos;
-        let hello = &mut self.sniffed;
-        loop {
-            let Some(header) = data.get(pos..pos + 5) else {
-                self.sniff_pos = pos;
-                return Ok(false);
-            };
-            let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
-            if header[0] != CONTENT_HANDSHAKE || len > 16 * 1024 || pos > MAX_SNIFFED_HELLO {
-                // An interleaved or oversized record, or endless empty fragments: rustls
-                // judges (and refuses) them; we only stop waiting.
-                return Ok(true);
-            }
-            let Some(fragment) = data.get(pos + 5..pos + 5 + len) else {
-                self.sniff_pos = pos;
-                return Ok(false);
-            };
-            hello.extend_from_slice(fragment);
-            pos += 5 + len;
-            if hello.len() >= 4 {
-                let body_len = usize::from(hello[1]) << 16
-                    | usize::from(hello[2]) << 8
-                    | usize::from(hello[3]);
-                if hello[0] != HANDSHAKE_CLIENT_HELLO || 4 + body_len > MAX_SNIFFED_HELLO {
-                    return Ok(true);
-                }
-                if hello.len() >= 4 + body_len {
-                    let Some(info) = parse_client_hello(&hello[4..4 + body_len]) else {
-                        return Ok(true); // malformed: rustls sends the decode_error alert
-                    };
-                    if !info.offers_tls12_or_later {
-                        // rustls would refuse this too, but depending on which extensions an
-                        // old client omits it may report e.g. a missing signature_algorithms
-                        // extension with a handshake_failure alert. Say what is really wrong.
-                        let minor = info.legacy_version.to_be_bytes()[1].min(3);
-                        self.outgoing.extend_from_slice(&[
-                            CONTENT_ALERT,
-                            3,
-                            minor,
-                            0,
-                            2,
-                            ALERT_FATAL,
-                            ALERT_PROTOCOL_VERSION,
-                        ]);
-                        return Err(TlsError::ProtocolVersion {
-                            offered: info.legacy_version,
-                        });
-                    }
-                    self.sni = info.sni;
-                    return Ok(true);
-                }
-            }
-        }
+        self.sni = info.sni;
+        Ok(true)
     }
 
     /// True until the handshake is complete on both sides (our Finished queued, the client's
@@ -724,97 +671,6 @@ fn encode_into(
                 return Err(TlsError::Internal("handshake record encoded twice"));
             }
         }
-    }
-}
-
-/// What the edge reads from a ClientHello before rustls does.
-#[derive(Debug, PartialEq, Eq)]
-struct HelloInfo {
-    legacy_version: u16,
-    /// TLS 1.2 or 1.3 offered (legacy_version, or the supported_versions extension).
-    offers_tls12_or_later: bool,
-    /// The host_name of the server_name extension, lower-cased, if it is a valid DNS name
-    /// (rustls ignores IP addresses and refuses invalid names; so do we).
-    sni: Option<String>,
-}
-
-/// Parses a ClientHello body (after the 4-byte handshake header); `None` if malformed.
-fn parse_client_hello(body: &[u8]) -> Option<HelloInfo> {
-    let mut r = Reader(body);
-    let legacy_version = r.u16()?;
-    r.take(32)?; // random
-    let n = r.u8()?;
-    r.take(n.into())?; // legacy_session_id
-    let n = r.u16()?;
-    r.take(n.into())?; // cipher_suites
-    let n = r.u8()?;
-    r.take(n.into())?; // legacy_compression_methods
-    let mut info = HelloInfo {
-        legacy_version,
-        offers_tls12_or_later: legacy_version >= TLS12,
-        sni: None,
-    };
-    if r.0.is_empty() {
-        return Some(info); // no extensions at all
-    }
-    let n = r.u16()?;
-    let mut exts = Reader(r.take(n.into())?);
-    while !exts.0.is_empty() {
-        let typ = exts.u16()?;
-        let n = exts.u16()?;
-        let mut ext = Reader(exts.take(n.into())?);
-        match typ {
-            EXT_SERVER_NAME => {
-                let n = ext.u16()?;
-                let mut names = Reader(ext.take(n.into())?);
-                while !names.0.is_empty() {
-                    let name_type = names.u8()?;
-                    let n = names.u16()?;
-                    let name = names.take(n.into())?;
-                    if name_type == 0 && info.sni.is_none() {
-                        info.sni = std::str::from_utf8(name)
-                            .ok()
-                            .and_then(|name| rustls::pki_types::DnsName::try_from(name).ok())
-                            .map(|dns| dns.to_lowercase_owned().as_ref().to_owned());
-                    }
-                }
-            }
-            EXT_SUPPORTED_VERSIONS => {
-                // When present it replaces legacy_version (RFC 8446, 4.2.1).
-                info.offers_tls12_or_later = false;
-                let n = ext.u8()?;
-                let mut versions = Reader(ext.take(n.into())?);
-                while !versions.0.is_empty() {
-                    if matches!(versions.u16()?, TLS12 | TLS13) {
-                        info.offers_tls12_or_later = true;
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    Some(info)
-}
-
-/// A minimal big-endian reader for the ClientHello.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if n > self.0.len() {
-            return None;
-        }
-        let (head, tail) = self.0.split_at(n);
-        self.0 = tail;
-        Some(head)
-    }
-
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
-    }
-
-    fn u16(&mut self) -> Option<u16> {
-        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
     }
 }
 

@@ -11,6 +11,7 @@ use rustls::{CipherSuite, ClientConfig, ClientConnection, ProtocolVersion, Suppo
 use super::*;
 use crate::bufpool::BufPool;
 use crate::tls::devcert::DevCert;
+use wssedge_proto::tls_hello::{parse_client_hello, MAX_SNIFFED_HELLO};
 
 fn dev_cert() -> &'static DevCert {
     static CERT: OnceLock<(tempfile::TempDir, DevCert)> = OnceLock::new();
