@@ -98,6 +98,10 @@ impl Gauge {
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
     }
+    /// For a gauge sampled rather than counted.
+    pub fn set(&self, n: i64) {
+        self.0.store(n, Ordering::Relaxed);
+    }
 }
 
 /// Which side sent a close code.
@@ -191,6 +195,10 @@ pub struct CoreMetrics {
     pub buffered_bytes: Gauge,
     /// Read buffers held by connections right now.
     pub read_buffers_held: Gauge,
+    /// Deadlines armed in the core's timer wheel (sampled by the core's ticker).
+    pub timers: Gauge,
+    /// Entries in the core's shard of the replay store (sampled after each purge).
+    pub replay_entries: Gauge,
     /// Completed handshakes whose records the kernel took over / userspace rustls kept.
     pub tls_sessions_ktls: Counter,
     pub tls_sessions_userspace: Counter,
@@ -389,6 +397,20 @@ impl Registry {
             &mut cores
                 .iter()
                 .map(|c| (format!("core=\"{}\"", c.core), c.read_buffers_held.get())),
+        );
+        gauge(
+            "wssedge_timers",
+            "Deadlines armed in the core's timer wheel",
+            &mut cores
+                .iter()
+                .map(|c| (format!("core=\"{}\"", c.core), c.timers.get())),
+        );
+        gauge(
+            "wssedge_replay_entries",
+            "Token ids the core's shard of the replay store remembers (expired ones go within a second)",
+            &mut cores
+                .iter()
+                .map(|c| (format!("core=\"{}\"", c.core), c.replay_entries.get())),
         );
         gauge(
             "wssedge_ktls_connections",

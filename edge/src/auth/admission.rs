@@ -345,6 +345,11 @@ impl ReplayShards {
         }
     }
 
+    /// Entries this core's shard remembers.
+    pub fn len(&self) -> usize {
+        self.store.borrow().len()
+    }
+
     /// Forgets expired entries (the core's ticker calls this now and then).
     pub fn purge(&self, now_unix: u64) -> usize {
         self.store.borrow_mut().purge(now_unix)

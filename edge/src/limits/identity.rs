@@ -144,6 +144,29 @@ impl Shard {
     }
 }
 
+impl std::fmt::Debug for IdentityBudgets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityBudgets")
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl crate::metrics::PrometheusFamilies for IdentityBudgets {
+    fn render_families(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = write!(
+            out,
+            "# HELP wssedge_identity_budgets Identities' shared rate budgets: with a live session, and all held (idle ones stay until refilled)\n\
+             # TYPE wssedge_identity_budgets gauge\n\
+             wssedge_identity_budgets{{state=\"live\"}} {}\n\
+             wssedge_identity_budgets{{state=\"held\"}} {}\n",
+            self.live_identities(),
+            self.held_identities()
+        );
+    }
+}
+
 impl IdentityBudgets {
     pub fn new(limit: RateLimit) -> Arc<Self> {
         Arc::new(Self {
@@ -183,6 +206,19 @@ impl IdentityBudgets {
             budgets: self.clone(),
             identity: identity.into(),
             budget,
+        }
+    }
+
+    /// Drops every idle budget that has refilled by `now`. Attaches and detaches purge their
+    /// own shard; this is for when they stop (a quiet edge would otherwise keep the budgets of
+    /// its last burst of identities until the next session of each shard). A core's ticker
+    /// calls it about once a second.
+    pub fn purge_refilled(&self, now: Instant) {
+        for shard in self.shards.iter() {
+            shard
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .purge_refilled(now);
         }
     }
 
@@ -387,6 +423,11 @@ impl CoreBudgets {
             budgets,
             map: Rc::new(RefCell::new(HashMap::new())),
         }
+    }
+
+    /// The process-wide budgets this core's stashes draw on.
+    pub fn shared(&self) -> &Arc<IdentityBudgets> {
+        &self.budgets
     }
 
     /// The handle a session of `identity` checks its messages against; `None` when the
@@ -728,6 +769,34 @@ mod tests {
         check::<IdentityBudgets>();
         check::<SharedBudget>();
         check::<IdentityLease>();
+    }
+
+    /// With no more sessions anywhere, a refilled budget goes at the ticker's purge, not at
+    /// the next attach to its shard; the family says so.
+    #[test]
+    fn idle_budgets_go_when_refilled_without_new_sessions() {
+        use crate::metrics::PrometheusFamilies;
+        let t0 = Instant::now();
+        let budgets = IdentityBudgets::new(messages(10, 10));
+        let core = CoreBudgets::new(budgets.clone());
+        let h = core.attach("carol", t0).unwrap();
+        h.try_take(t0, 0).unwrap();
+        drop(h);
+        let mut text = String::new();
+        budgets.render_families(&mut text);
+        assert!(
+            text.contains("wssedge_identity_budgets{state=\"live\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wssedge_identity_budgets{state=\"held\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.lines().all(|l| !l.starts_with(' ')), "{text}");
+        budgets.purge_refilled(t0 + ms(1));
+        assert_eq!(budgets.held_identities(), 1, "not refilled yet");
+        budgets.purge_refilled(t0 + ms(5_000));
+        assert_eq!(budgets.held_identities(), 0);
     }
 
     #[test]

@@ -453,6 +453,7 @@ async fn core_main(
         if fired > 0 {
             tracing::trace!(core = core.index, fired, "deadlines fired");
         }
+        core.metrics.timers.set(core.wheel.len() as i64);
     }
 }
 
@@ -499,9 +500,15 @@ impl RevocationWatch {
                     .map(|_| (1008, Reason::CertificateRevoked))
             });
         }
-        // Expired replay entries go about once a second.
+        // Expired replay entries, and identities' refilled budgets, go about once a second.
         if self.ticks % 20 == 0 {
             core.access.replay.purge(unix_now());
+            core.metrics
+                .replay_entries
+                .set(core.access.replay.len() as i64);
+            if core.index == 0 {
+                core.access.rates.identities.shared().purge_refilled(now);
+            }
         }
     }
 }

@@ -377,11 +377,12 @@ impl Running {
 /// The rooms `/metrics` asks for their own families, in the order they are written.
 fn metric_rooms(
     ip_limiter: &Arc<ip_limit::IpLimiter>,
+    identities: &Arc<crate::limits::IdentityBudgets>,
     upstreams: Option<&Arc<crate::upstream::Upstreams>>,
     pubsub: Option<&crate::pubsub::PubsubShared>,
     fleet: Option<&crate::fleet::Fleet>,
 ) -> Vec<Arc<dyn PrometheusFamilies>> {
-    let mut rooms: Vec<Arc<dyn PrometheusFamilies>> = vec![ip_limiter.clone()];
+    let mut rooms: Vec<Arc<dyn PrometheusFamilies>> = vec![ip_limiter.clone(), identities.clone()];
     if let Some(upstreams) = upstreams {
         rooms.push(upstreams.clone());
     }
@@ -576,6 +577,7 @@ fn start_serving(
         fleet: fleet.as_ref().map(|f| f.status.clone()),
         rooms: metric_rooms(
             &ip_limiter,
+            &identity_budgets,
             upstreams.as_ref(),
             pubsub.as_ref(),
             fleet.as_ref(),
