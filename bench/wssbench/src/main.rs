@@ -61,6 +61,10 @@ enum Mode {
         /// Most handshakes in flight at once (over all threads).
         #[arg(long, default_value_t = 512)]
         max_inflight: usize,
+        /// Every Nth connection (0: none) ends abruptly instead of closing: half a frame,
+        /// then a TCP reset.
+        #[arg(long, default_value_t = 0)]
+        abort_every: u64,
     },
     /// Open --connections upgraded connections, then hold them idle for --hold seconds.
     Idle {
@@ -148,6 +152,10 @@ struct Common {
     /// fresh jti each: single-use servers accept every one once).
     #[arg(long)]
     mint_per_connection: Option<PathBuf>,
+    /// Seconds each minted token lives (a soak uses short lives, so the edge's replay store
+    /// has something to forget).
+    #[arg(long, default_value_t = token::LIFETIME_S)]
+    token_life_s: u64,
 }
 
 fn parse_cpus(s: &str) -> anyhow::Result<Vec<usize>> {
@@ -166,11 +174,23 @@ fn parse_cpus(s: &str) -> anyhow::Result<Vec<usize>> {
 
 #[derive(Clone, Copy)]
 enum Kind {
-    Closed { depth: usize },
-    Open { rate: f64 },
-    Storm { rate: f64, inflight: usize },
-    Idle { hold: f64 },
-    Fanout { rate: f64 },
+    Closed {
+        depth: usize,
+    },
+    Open {
+        rate: f64,
+    },
+    Storm {
+        rate: f64,
+        inflight: usize,
+        abort_every: u64,
+    },
+    Idle {
+        hold: f64,
+    },
+    Fanout {
+        rate: f64,
+    },
 }
 
 impl Kind {
@@ -257,9 +277,18 @@ fn thread_main(
             let hard = w.end + Duration::from_secs(8);
             let mut handles = Vec::with_capacity(conns.len());
             match kind {
-                Kind::Storm { rate, inflight } => {
+                Kind::Storm {
+                    rate,
+                    inflight,
+                    abort_every,
+                } => {
                     let per = (inflight / threads).max(1);
-                    modes::storm(t2, w, k, threads, rate, per, st3.clone()).await;
+                    let pace = modes::StormPace {
+                        rate,
+                        inflight: per,
+                        abort_every,
+                    };
+                    modes::storm(t2, w, k, threads, pace, st3.clone()).await;
                 }
                 Kind::Closed { depth } => {
                     for c in conns {
@@ -381,11 +410,13 @@ fn run() -> anyhow::Result<i32> {
             c,
             rate,
             max_inflight,
+            abort_every,
         } => (
             c,
             Kind::Storm {
                 rate,
                 inflight: max_inflight,
+                abort_every,
             },
         ),
         Mode::Idle { c, hold } => (c, Kind::Idle { hold }),
@@ -452,7 +483,7 @@ fn run() -> anyhow::Result<i32> {
             Some(path) => {
                 let key =
                     std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-                Some(Arc::new(token::Minter::new(key)))
+                Some(Arc::new(token::Minter::new(key).with_life(c.token_life_s)))
             }
             None => None,
         },

@@ -403,17 +403,25 @@ pub async fn open(
     }
 }
 
-/// Handshake storm: new connections at a fixed rate, each handshake + upgrade + one echo + close.
-#[allow(clippy::too_many_arguments)]
-pub async fn storm(
-    t: Arc<Target>,
-    w: Window,
-    k: usize,
-    threads: usize,
-    rate: f64,
-    inflight: usize,
-    st: St,
-) {
+/// How a storm paces its connections and ends them.
+#[derive(Clone, Copy)]
+pub struct StormPace {
+    /// New connections per second (over all threads).
+    pub rate: f64,
+    /// Most handshakes in flight on this thread.
+    pub inflight: usize,
+    /// Every Nth connection (0: none) ends with half a frame and a TCP reset.
+    pub abort_every: u64,
+}
+
+/// Handshake storm: new connections at a fixed rate, each handshake + upgrade + one echo + close
+/// (or, every `abort_every`th, half a frame and a reset).
+pub async fn storm(t: Arc<Target>, w: Window, k: usize, threads: usize, pace: StormPace, st: St) {
+    let StormPace {
+        rate,
+        inflight,
+        abort_every,
+    } = pace;
     let sem = Arc::new(tokio::sync::Semaphore::new(inflight.max(1)));
     let interval = threads as f64 / rate;
     let offset = k as f64 / rate;
@@ -471,7 +479,11 @@ pub async fn storm(
                             Err(_) => s.error("echo: timeout"),
                         }
                     }
-                    c.close().await;
+                    if abort_every > 0 && (idx as u64 + 1).is_multiple_of(abort_every) {
+                        c.abort_mid_frame().await;
+                    } else {
+                        c.close().await;
+                    }
                 }
                 Err(r) => {
                     if measured {

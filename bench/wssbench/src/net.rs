@@ -199,6 +199,19 @@ impl Conn {
         let _ = tokio::time::timeout(Duration::from_secs(1), fut).await;
     }
 
+    /// Abrupt end, as a crashed or cut-off client: the first half of a frame, then a TCP reset
+    /// (SO_LINGER 0) with no close frame and no close_notify.
+    pub async fn abort_mid_frame(mut self) {
+        let wire = self.tmpl.with_tag(0).to_vec();
+        let _ = self.s.write_all(&wire[..wire.len() / 2]).await;
+        let _ = self.s.flush().await;
+        let tcp = match &self.s {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+        };
+        let _ = tcp.set_zero_linger();
+    }
+
     /// Sends one tagged message and waits for its echo; answers pings on the way.
     pub async fn echo_once(&mut self, base: Instant) -> Result<(), String> {
         let tag = base.elapsed().as_nanos() as u64;

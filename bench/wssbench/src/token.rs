@@ -6,7 +6,7 @@ use base64::Engine as _;
 
 const HEADER: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
 /// Lifetime of a minted token: far beyond any run.
-const LIFETIME_S: u64 = 3600;
+pub const LIFETIME_S: u64 = 3600;
 
 /// A token for subject `wssbench` with scopes `publish read`, issued at `now_s` (Unix seconds).
 pub fn mint_hs256(key: &[u8], now_s: u64) -> String {
@@ -22,6 +22,7 @@ pub fn mint_hs256(key: &[u8], now_s: u64) -> String {
 pub struct Minter {
     key: Vec<u8>,
     run: u64,
+    life_s: u64,
     next: std::sync::atomic::AtomicU64,
 }
 
@@ -35,8 +36,15 @@ impl Minter {
         Self {
             key,
             run,
+            life_s: LIFETIME_S,
             next: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Tokens live `life_s` seconds from their minting.
+    pub fn with_life(mut self, life_s: u64) -> Self {
+        self.life_s = life_s;
+        self
     }
 
     pub fn next(&self) -> String {
@@ -48,7 +56,7 @@ impl Minter {
             r#"{{"sub":"wssbench-{}","jti":"{:x}-{n}","scope":"publish read","iat":{now_s},"exp":{}}}"#,
             n % Self::SUBJECTS,
             self.run,
-            now_s + LIFETIME_S
+            now_s + self.life_s
         );
         sign_hs256(HEADER, &claims, &self.key)
     }
