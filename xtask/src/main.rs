@@ -1,6 +1,6 @@
 //! `cargo xtask`: the project's task driver.
 //!
-//! `cargo xtask test [--layer unit|e2e|vmtest|autobahn]...` runs every test layer (or the named
+//! `cargo xtask test [--layer unit|e2e|vmtest|soak|fuzz|autobahn]...` runs every test layer (or the named
 //! ones) and prints one summary line per layer, `LAYER: N passed, N failed, N skipped (T s)`,
 //! then `total: N passed, N failed, N skipped`; it exits non-zero when anything failed.
 //! `cargo xtask autobahn` runs only the Autobahn conformance layer; `cargo xtask vmtest` only
@@ -22,13 +22,16 @@ use anyhow::{bail, Context, Result};
 
 mod bench;
 mod ebpf;
+mod edge_proc;
 mod flood;
+mod fuzz;
 mod micro;
 mod perf;
 mod proto_deps;
+mod soak;
 mod vmtest;
 
-const LAYERS: [&str; 4] = ["unit", "e2e", "vmtest", "autobahn"];
+const LAYERS: [&str; 6] = ["unit", "e2e", "vmtest", "soak", "fuzz", "autobahn"];
 
 /// Autobahn groups 12 and 13 test permessage-deflate. Until wssedge negotiates it, these
 /// cases must be refused cleanly: no extension in the 101 (the fuzzer then reports the case
@@ -56,6 +59,8 @@ fn main() -> ExitCode {
         Some("perf") => perf::run(&args[1..]).map(|()| true),
         Some("ebpf") => ebpf::run(&args[1..]),
         Some("flood") => flood::run(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
+        Some("soak") => soak::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             print_usage();
             return ExitCode::SUCCESS;
@@ -77,14 +82,16 @@ fn main() -> ExitCode {
 
 fn print_usage() {
     eprintln!(
-        "usage:\n  cargo xtask test [--layer unit|e2e|vmtest|autobahn]...   run the test layers (all by default)\n  \
+        "usage:\n  cargo xtask test [--layer unit|e2e|vmtest|soak|fuzz|autobahn]...   run the test layers (all by default)\n  \
          cargo xtask autobahn                               run the Autobahn conformance layer\n  \
          cargo xtask vmtest [--exec \"SHELL COMMAND\"]        the kTLS tests (or the command) in a QEMU guest\n  \
          cargo xtask bench [--quick] [--help]               side-by-side benchmarks, report in target/bench/\n  \
          cargo xtask micro [--quick] [--no-criterion] [--no-callgrind]   callgrind Ir + criterion, target/bench/micro.md\n  \
          cargo xtask perf [rate|closed|storm] [--seconds N] profile the edge under load (flame graph, syscalls)\n  \
          cargo xtask ebpf                                   rebuild ebpf/obj/edge.bpf.o + its .sha256 (clang, libbpf-dev)\n  \
-         cargo xtask flood [--quick]                        per-IP limiter under a 10k-connection flood, eBPF vs userspace\n\n\
+         cargo xtask flood [--quick]                        per-IP limiter under a 10k-connection flood, eBPF vs userspace\n  \
+         cargo xtask fuzz [--minutes N] [--target NAME]...   libFuzzer on stable, report in target/fuzz/report.md\n  \
+         cargo xtask soak [--minutes N]                     mixed load, then idle: nothing grows, everything returns; target/soak/\n\n\
          vmtest: this host's kernel has no kTLS, so the `ktls` tests of wssedge (or the --exec command, run\n\
          from the workspace root) run in a QEMU/TCG guest on Debian's 6.1 kernel with the host's / mounted\n\
          read-only. Needs root: installs qemu-system-x86, busybox-static and kmod with apt and caches the\n\
@@ -186,6 +193,8 @@ fn run_tests(layers: &[&str]) -> Result<bool> {
         let outcome = match *layer {
             "unit" => layer_unit(&env),
             "e2e" => layer_e2e(&env),
+            "fuzz" => fuzz::layer(&env),
+            "soak" => soak::layer(&env),
             "vmtest" => vmtest::layer(&env),
             "autobahn" => layer_autobahn(&env),
             _ => unreachable!(),
