@@ -304,7 +304,7 @@ async fn single_use_tokens_stay_used_across_ctl_restart() {
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only changes who adopts this process's orphans.
     let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     assert_eq!(rc, 0, "PR_SET_CHILD_SUBREAPER");
-    let c = controlled(2, &[("single_use", "true")], "");
+    let mut c = controlled(2, &[("single_use", "true")], "");
     // One jti per owner core (the server's own sharding function).
     let mut by_owner: [Option<String>; 2] = [None, None];
     for i in 0..1000 {
@@ -340,6 +340,12 @@ async fn single_use_tokens_stay_used_across_ctl_restart() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Both processes answer on the admin listener they share until the old one exits: the
+    // counters below are the new process's only once it is alone.
+    assert!(
+        c.srv.proc.exited_within(WAIT).await.is_some(),
+        "the old process exits after handing over"
+    );
 
     for req in &requests {
         expect_refused(&c.srv, req, 401, "replayed").await;
