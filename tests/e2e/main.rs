@@ -9,6 +9,7 @@ mod admission_jwt;
 mod admission_mtls;
 mod admission_origin;
 mod attack_auth;
+mod attack_broken;
 mod attack_flow;
 mod attack_ops;
 mod attack_paths;

@@ -618,13 +618,8 @@ impl Conn {
                         self.core
                             .metrics
                             .handshake(false, Reason::PeerClosedDuringHandshake);
-                    } else if self
-                        .phase
-                        .session()
-                        .is_some_and(|s| s.state() != SessionState::Closed)
-                    {
-                        // Closed without a close frame: 1006, as RFC 6455 names it.
-                        self.core.metrics.close_code(1006, Side::Client);
+                    } else {
+                        self.count_closed_without_frame();
                     }
                     return Some(End::Abort);
                 }
@@ -640,6 +635,9 @@ impl Conn {
                     if let Some(reason) = reason {
                         Refusal::Silent { reason }.record_on(&self.core, self.peer);
                     }
+                    // A reset (or any read error) ends an open session without a close
+                    // frame just as a FIN does.
+                    self.count_closed_without_frame();
                     tracing::debug!(peer = %self.peer, error = %error, "read failed");
                     return Some(End::Abort);
                 }
@@ -732,6 +730,18 @@ impl Conn {
             }
         }
         End::Close
+    }
+
+    /// The client went away from an open session without a close frame (FIN or reset):
+    /// 1006, as RFC 6455 names it. Nothing is counted for a session already closed.
+    fn count_closed_without_frame(&self) {
+        if self
+            .phase
+            .session()
+            .is_some_and(|s| s.state() != SessionState::Closed)
+        {
+            self.core.metrics.close_code(1006, Side::Client);
+        }
     }
 
     fn process(&mut self) -> Option<End> {
