@@ -543,6 +543,103 @@ async fn a_crl_rewritten_while_connected_closes_the_revoked_session_with_1008() 
     expect_mtls_upgrade(&srv, Some(&kept), "/trade").await;
 }
 
+/// Chaos on the CRL file while serving: replaced by garbage, then removed. Clients see
+/// nothing: live sessions go on, the revoked certificate stays refused, others are admitted.
+/// Each broken state is refused once (counted in `wssedge_reloads_total`, logged, audited as a
+/// failed CRL reload) and the CRLs loaded before stay in force; a good file again is applied.
+#[tokio::test]
+async fn a_crl_file_replaced_by_garbage_or_removed_keeps_the_crls_in_force() {
+    let p = pki();
+    let srv = Server::with_config(&p.tls_section("required"));
+    let revoked = p.ca.client(
+        "trader-1",
+        &[],
+        &["spiffe://bank.test/trading/desk-1"],
+        0x11,
+    );
+    let kept = p.ca.client(
+        "trader-5",
+        &[],
+        &["spiffe://bank.test/trading/desk-5"],
+        0x25,
+    );
+    let mut live = expect_mtls_upgrade(&srv, Some(&kept), "/trade").await;
+    let crl_reloads = |result: &str| {
+        let srv = &srv;
+        let result = result.to_owned();
+        async move {
+            srv.metric(
+                "wssedge_reloads_total",
+                &[("what", "crls"), ("result", &result)],
+            )
+            .await
+        }
+    };
+    // Let a watcher poll pass over the good file, so each replacement is a change.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    replace_file(
+        &p.crl_path,
+        "-----BEGIN X509 CRL-----\nnot a CRL at all\n-----END X509 CRL-----\n",
+    );
+    srv.wait_metric_eq(
+        "wssedge_reloads_total",
+        &[("what", "crls"), ("result", "refused")],
+        1.0,
+    )
+    .await;
+    expect_echo(&mut live, "through a garbage CRL").await;
+    expect_tls_refused(
+        &srv,
+        Some(&revoked),
+        "still revoked by the CRLs in force",
+        REVOKED,
+    )
+    .await;
+    expect_mtls_upgrade(&srv, Some(&kept), "/trade").await;
+
+    std::fs::remove_file(&p.crl_path).expect("remove the CRL file");
+    srv.wait_metric_eq(
+        "wssedge_reloads_total",
+        &[("what", "crls"), ("result", "refused")],
+        2.0,
+    )
+    .await;
+    expect_echo(&mut live, "through a missing CRL").await;
+    expect_tls_refused(
+        &srv,
+        Some(&revoked),
+        "still revoked with the file gone",
+        REVOKED,
+    )
+    .await;
+    assert_eq!(
+        crl_reloads("applied").await,
+        0.0,
+        "nothing was applied meanwhile"
+    );
+
+    // Back: a good CRL that revokes nothing more is applied.
+    replace_file(&p.crl_path, &p.ca.crl_pem(&[0x11], 2));
+    srv.wait_metric_eq(
+        "wssedge_reloads_total",
+        &[("what", "crls"), ("result", "applied")],
+        1.0,
+    )
+    .await;
+    expect_echo(&mut live, "after the CRL came back").await;
+    assert_eq!(
+        crl_reloads("refused").await,
+        2.0,
+        "each broken state refused once"
+    );
+    let log = srv.proc.stderr();
+    assert!(
+        log.contains("new CRLs refused; the previous ones stay in force"),
+        "{log}"
+    );
+}
+
 /// Resumption does not skip revocation: with `resumption = "tickets"` and required client
 /// certificates, a client resumes (no certificate sent again); once its certificate is revoked
 /// (`ctl crl-reload` after the CRL file is rewritten) its live session closes with 1008 within

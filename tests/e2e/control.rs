@@ -375,3 +375,56 @@ async fn a_finished_ctl_client_leaves_no_descriptor_behind() {
     })
     .await;
 }
+
+/// Chaos on a JWT key file while serving: it is read at start only (a reload reports JWT
+/// changes as needing a restart), so garbage in it, or its removal, matters at the next
+/// `ctl restart` — which must then fail with the file named, while this process keeps
+/// serving: live sessions go on and tokens are still verified.
+#[tokio::test]
+async fn a_restart_onto_a_broken_or_missing_key_file_fails_and_the_edge_keeps_serving() {
+    let c = controlled(1, &[], "");
+    let srv = &c.srv;
+    let (_, mut live) = expect_upgraded(
+        srv,
+        &with_header_token("/", &hs(claims("alice", "jti-live"))),
+    )
+    .await;
+    let es = c._files.es.clone();
+    for (what, break_it) in [
+        (
+            "garbage",
+            Box::new(|p: &Path| {
+                std::fs::write(
+                    p,
+                    "-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n",
+                )
+            }) as Box<dyn Fn(&Path) -> std::io::Result<()>>,
+        ),
+        ("removed", Box::new(|p: &Path| std::fs::remove_file(p))),
+    ] {
+        break_it(&es).expect("break the key file");
+        let out = ctl(&c.socket, &["restart"]).await;
+        assert_ne!(
+            out.code,
+            Some(0),
+            "restart onto a {what} key file: {out:#?}"
+        );
+        expect_echo(&mut live, &format!("after a restart refused ({what})")).await;
+        expect_upgraded(
+            srv,
+            &with_header_token("/", &hs(claims("alice", &format!("jti-{what}")))),
+        )
+        .await;
+        let status = json_out(&ctl(&c.socket, &["status"]).await);
+        assert_eq!(
+            status["pid"].as_u64(),
+            Some(u64::from(srv.proc.pid())),
+            "{status}"
+        );
+        let log = srv.proc.stderr();
+        assert!(
+            log.contains("es.pem"),
+            "the refusal names the file ({what}): {log}"
+        );
+    }
+}

@@ -13,6 +13,7 @@ pub mod listen;
 mod live;
 mod operator;
 mod reload;
+mod reload_stats;
 pub mod timer;
 mod tls_state;
 
@@ -378,11 +379,13 @@ impl Running {
 fn metric_rooms(
     ip_limiter: &Arc<ip_limit::IpLimiter>,
     identities: &Arc<crate::limits::IdentityBudgets>,
+    reloads: &Arc<reload_stats::ReloadStats>,
     upstreams: Option<&Arc<crate::upstream::Upstreams>>,
     pubsub: Option<&crate::pubsub::PubsubShared>,
     fleet: Option<&crate::fleet::Fleet>,
 ) -> Vec<Arc<dyn PrometheusFamilies>> {
-    let mut rooms: Vec<Arc<dyn PrometheusFamilies>> = vec![ip_limiter.clone(), identities.clone()];
+    let mut rooms: Vec<Arc<dyn PrometheusFamilies>> =
+        vec![ip_limiter.clone(), identities.clone(), reloads.clone()];
     if let Some(upstreams) = upstreams {
         rooms.push(upstreams.clone());
     }
@@ -407,7 +410,7 @@ fn watch_crls(
     CrlWatcher::spawn(
         move || reader.crls.load_full(),
         move |crls, based_on| {
-            let _ = writer.replace_crls(based_on, Ok(crls), &audit);
+            let _ = writer.replace_crls(based_on, crls, &audit);
         },
     )
 }
@@ -578,6 +581,7 @@ fn start_serving(
         rooms: metric_rooms(
             &ip_limiter,
             &identity_budgets,
+            &tls.reloads,
             upstreams.as_ref(),
             pubsub.as_ref(),
             fleet.as_ref(),

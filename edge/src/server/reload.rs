@@ -141,6 +141,9 @@ impl Reloader {
                 "reload refused; the running configuration keeps serving"
             ),
         }
+        self.tls
+            .reloads
+            .note(super::reload_stats::Reloaded::Config, outcome.is_ok());
         self.audit.record(AuditEvent::Reload {
             what: "config".into(),
             ok: outcome.is_ok(),

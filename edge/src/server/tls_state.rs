@@ -25,6 +25,8 @@ pub(crate) struct TlsState {
     pub(super) material: Mutex<Material>,
     pub config: ArcSwap<ServerConfig>,
     pub crls: ArcSwap<CrlSet>,
+    /// Reloads applied and refused (CRLs counted here, the configuration by the reloader).
+    pub reloads: Arc<super::reload_stats::ReloadStats>,
 }
 
 /// The `[tls]` settings and the default certificate a config is built from.
@@ -71,6 +73,7 @@ impl TlsState {
             }),
             config: ArcSwap::new(config),
             crls: ArcSwap::from_pointee(crls),
+            reloads: Arc::default(),
         })
     }
 
@@ -97,6 +100,8 @@ impl TlsState {
                 tracing::error!(error = %e, "new CRLs refused; the previous ones stay in force")
             }
         }
+        self.reloads
+            .note(super::reload_stats::Reloaded::Crls, outcome.is_ok());
         audit.record(AuditEvent::Reload {
             what: "crls".into(),
             ok: outcome.is_ok(),

@@ -387,15 +387,16 @@ impl CrlWatcher {
     /// their state when they were read (so a change between the load and this call is not
     /// missed). Every [`POLL_INTERVAL`] it stats each file (inode, size, mtime, ctime); on a
     /// change it re-reads all of them and calls `on_change` with the new set — unless the
-    /// content is byte-identical (a `touch`). On a read or parse error it logs the error, keeps
-    /// the old set and calls nothing; the next change to the files is tried again.
+    /// content is byte-identical (a `touch`). On a read or parse error it calls `on_change`
+    /// with the error once (the caller keeps the set in force, and says so); the next change
+    /// to the files is tried again.
     ///
     /// A set put in force by someone else (a reload, which may name other files or none)
     /// becomes the one watched from then on. `on_change` also gets the version of the set in
     /// force the new one was read for: it must not replace another that came meanwhile.
     pub fn spawn(
         in_force: impl Fn() -> Arc<CrlSet> + Send + 'static,
-        on_change: impl Fn(CrlSet, u64) + Send + 'static,
+        on_change: impl Fn(Result<CrlSet, CrlError>, u64) + Send + 'static,
     ) -> std::io::Result<CrlWatcher> {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -405,6 +406,18 @@ impl CrlWatcher {
             stop: Some(stop),
             thread: Some(thread),
         })
+    }
+}
+
+/// A panicking callback must not end the watching silently.
+fn call_guarded(
+    on_change: &impl Fn(Result<CrlSet, CrlError>, u64),
+    loaded: Result<CrlSet, CrlError>,
+    based_on: u64,
+) {
+    let call = std::panic::AssertUnwindSafe(|| on_change(loaded, based_on));
+    if std::panic::catch_unwind(call).is_err() {
+        tracing::error!("the CRL change callback panicked; still watching");
     }
 }
 
@@ -421,7 +434,7 @@ impl Drop for CrlWatcher {
 fn watch(
     in_force: impl Fn() -> Arc<CrlSet>,
     stopped: mpsc::Receiver<()>,
-    on_change: impl Fn(CrlSet, u64),
+    on_change: impl Fn(Result<CrlSet, CrlError>, u64),
 ) {
     let mut last = CrlSet::clone(&in_force());
     // The version last seen in force: a change that is not the watcher's own set is a reload's.
@@ -459,22 +472,20 @@ fn watch(
                     "CRLs changed; re-read"
                 );
                 last = set.clone();
-                // A panicking callback must not end the watching silently.
-                let call = std::panic::AssertUnwindSafe(|| on_change(set, seen_in_force));
-                if std::panic::catch_unwind(call).is_err() {
-                    tracing::error!("the CRL change callback panicked; still watching");
-                }
+                call_guarded(&on_change, Ok(set), seen_in_force);
             }
             Err(e) => {
-                // Remember this state so one broken file is logged once, not every second;
-                // the next write to any file is tried again.
+                // Remember this state so one broken file is reported once, not every second;
+                // the next write to any file is tried again. The callback refuses it (the
+                // set in force stays), logs, counts and audits it.
                 for ((_, old), new) in files.iter_mut().zip(now) {
                     *old = new;
                 }
-                tracing::error!(
-                    "{e}; keeping the CRLs loaded before (version {})",
+                tracing::warn!(
+                    "CRL files changed but do not load; keeping version {}",
                     last.version()
                 );
+                call_guarded(&on_change, Err(e), seen_in_force);
             }
         }
     }
@@ -588,19 +599,25 @@ mod tests {
         );
     }
 
-    /// Waits (bounded) for the watcher's callback to have delivered `n` sets.
-    /// A watcher whose set in force stays `initial` (nothing installs what it finds), and the
-    /// sets it reported.
-    fn watch_fixed(initial: CrlSet) -> (CrlWatcher, Arc<Mutex<Vec<CrlSet>>>) {
+    /// What a watcher reported: the sets it read, and the errors of files that did not load.
+    type Reported = (Arc<Mutex<Vec<CrlSet>>>, Arc<Mutex<Vec<String>>>);
+
+    /// A watcher whose set in force stays `initial` (nothing installs what it finds), and what
+    /// it reported.
+    fn watch_fixed(initial: CrlSet) -> (CrlWatcher, Reported) {
         let seen = Arc::new(Mutex::new(Vec::<CrlSet>::new()));
-        let sink = seen.clone();
+        let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+        let (sink, error_sink) = (seen.clone(), errors.clone());
         let fixed = Arc::new(initial);
         let watcher = CrlWatcher::spawn(
             move || fixed.clone(),
-            move |set, _| sink.lock().unwrap().push(set),
+            move |set, _| match set {
+                Ok(set) => sink.lock().unwrap().push(set),
+                Err(e) => error_sink.lock().unwrap().push(e.to_string()),
+            },
         )
         .unwrap();
-        (watcher, seen)
+        (watcher, (seen, errors))
     }
 
     fn identity_with_serial(pki: &TestPki, serial: u64) -> ClientIdentity {
@@ -632,7 +649,7 @@ mod tests {
         let initial = CrlSet::load(std::slice::from_ref(&path)).unwrap();
         assert!(!initial.is_revoked(&id));
 
-        let (watcher, seen) = watch_fixed(initial.clone());
+        let (watcher, (seen, errors)) = watch_fixed(initial.clone());
 
         // Replaced atomically (write + rename: a new inode), as CRL publishers do.
         let tmp = dir.path().join("ca.crl.pem.tmp");
@@ -648,9 +665,15 @@ mod tests {
             assert!(got[0].version() > initial.version());
         }
 
-        // A broken file: logged, the old set stays, no callback. Then a good file again.
+        // A broken file: reported once as an error (the caller keeps the old set), no new set.
+        // Then a good file again.
         std::fs::write(&path, "-----BEGIN X509 CRL-----\nnot base64!\n").unwrap();
         assert!(!wait_for(&seen, 2, Duration::from_millis(2500)));
+        {
+            let errors = errors.lock().unwrap();
+            assert_eq!(errors.len(), 1, "reported once, not every poll: {errors:?}");
+            assert!(errors[0].contains("ca.crl.pem"), "{errors:?}");
+        }
         std::fs::write(&path, pki.crl(&[0x42, 0x43], false).pem().unwrap()).unwrap();
         assert!(wait_for(&seen, 2, Duration::from_millis(2500)));
         assert_eq!(
@@ -674,10 +697,11 @@ mod tests {
         let pem = pki.crl(&[1], false).pem().unwrap();
         std::fs::write(&path, &pem).unwrap();
         let initial = CrlSet::load(std::slice::from_ref(&path)).unwrap();
-        let (_watcher, seen) = watch_fixed(initial);
+        let (_watcher, (seen, errors)) = watch_fixed(initial);
         std::thread::sleep(Duration::from_millis(50));
         std::fs::write(&path, &pem).unwrap();
         assert!(!wait_for(&seen, 1, Duration::from_millis(2200)));
+        assert!(errors.lock().unwrap().is_empty());
     }
 
     /// A reload that names another file (or adds CRLs where there were none) moves the watch
@@ -700,6 +724,7 @@ mod tests {
         let _watcher = CrlWatcher::spawn(
             move || reader.load_full(),
             move |set, _| {
+                let set = set.expect("every file the test writes loads");
                 sink.lock().unwrap().push(set.clone());
                 writer.store(Arc::new(set));
             },
