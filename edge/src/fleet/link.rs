@@ -138,6 +138,8 @@ impl Link {
         };
         rt.block_on(async move {
             let mut backoff = BACKOFF_FIRST;
+            // An outage retries every 5 s at most: one line a minute says how many failed.
+            let unreachable = crate::repeats::Repeats::every(Duration::from_secs(60));
             loop {
                 match self.connect().await {
                     Ok((mut conn, subscription, scripts)) => match self.resync(&mut conn).await {
@@ -156,7 +158,9 @@ impl Link {
                         }
                     },
                     Err(e) => {
-                        tracing::warn!(redis = %self.redis, error = %e, retry_in_ms = backoff.as_millis() as u64, "fleet: cannot reach Redis");
+                        if let Some(times) = unreachable.note(std::time::Instant::now()) {
+                            tracing::warn!(redis = %self.redis, error = %e, times, retry_in_ms = backoff.as_millis() as u64, "fleet: cannot reach Redis (said once a minute while it lasts)");
+                        }
                     }
                 }
                 if !self.wait_down(backoff, &mut asks).await {

@@ -140,6 +140,8 @@ impl FeedStart {
 pub(crate) async fn run(hub: Rc<CorePubsub>, feed: FeedStart, limits: SessionLimits) {
     let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     let state = &hub.feed_metrics()[feed.index];
+    // A feed that stays down retries every few seconds: one line a minute says how often.
+    let down = crate::repeats::Repeats::every(Duration::from_secs(60));
     loop {
         let why = match connect(&feed, limits).await {
             Ok(relay) => {
@@ -157,7 +159,9 @@ pub(crate) async fn run(hub: Rc<CorePubsub>, feed: FeedStart, limits: SessionLim
             Err(why) => why,
         };
         let wait = backoff.next_wait();
-        tracing::warn!(feed = %feed.url, why, retry_in_ms = wait.as_millis() as u64, "pub/sub feed down; reconnecting");
+        if let Some(times) = down.note(Instant::now()) {
+            tracing::warn!(feed = %feed.url, why, times, retry_in_ms = wait.as_millis() as u64, "pub/sub feed down; reconnecting (said once a minute while it lasts)");
+        }
         feed.resolve_in_background();
         monoio::time::sleep(wait).await;
     }
