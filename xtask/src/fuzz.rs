@@ -58,6 +58,9 @@ struct Options {
     seconds: u64,
     targets: Vec<&'static str>,
     seed: Option<u32>,
+    /// The fuzz crate's build profile: `release` for long runs, `fuzz-quick` (the code under
+    /// test optimised, its dependencies not: half the cold build) for the test command.
+    profile: &'static str,
 }
 
 /// `cargo xtask fuzz ...`
@@ -78,6 +81,7 @@ pub fn layer(env: &Env) -> Result<Outcome> {
         seconds,
         targets: TARGETS.iter().map(|(t, _)| *t).collect(),
         seed: Some(LAYER_SEED),
+        profile: "fuzz-quick",
     };
     let results = fuzz_all(env, &opts)?;
     let failed = results.iter().filter(|r| r.crash.is_some()).count() as u64;
@@ -131,6 +135,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
         seconds,
         targets,
         seed,
+        profile: "release",
     })
 }
 
@@ -165,14 +170,32 @@ struct TargetResult {
 fn fuzz_all(env: &Env, opts: &Options) -> Result<Vec<TargetResult>> {
     let fuzz_dir = env.root.join("fuzz");
     let work = env.target.join("fuzz");
-    let bin_dir = build(env, &fuzz_dir, &work)?;
+    let bin_dir = build(env, &fuzz_dir, &work, opts.profile)?;
     let generated = work.join("seeds-generated");
     write_generated_seeds(env, &generated)?;
+    // libFuzzer is single-threaded: as many targets at once as there are CPUs.
+    let at_once = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut results = Vec::new();
-    for target in &opts.targets {
-        banner(&format!("fuzz {target} for {} s", opts.seconds));
-        let r = run_target(env, &bin_dir, &work, &generated, target, opts)?;
-        results.push(r);
+    for batch in opts.targets.chunks(at_once) {
+        banner(&format!("fuzz {} for {} s", batch.join(", "), opts.seconds));
+        let ran: Vec<Result<TargetResult>> = std::thread::scope(|scope| {
+            let runs: Vec<_> = batch
+                .iter()
+                .map(|target| {
+                    let (bin_dir, work, generated) = (&bin_dir, &work, &generated);
+                    scope.spawn(move || run_target(env, bin_dir, work, generated, target, opts))
+                })
+                .collect();
+            runs.into_iter()
+                .map(|r| {
+                    r.join()
+                        .unwrap_or_else(|_| bail!("a fuzz runner thread panicked"))
+                })
+                .collect()
+        });
+        for r in ran {
+            results.push(r?);
+        }
     }
     let report = render_report(&results, opts.seconds);
     std::fs::write(work.join("report.md"), &report)?;
@@ -194,7 +217,7 @@ fn host_triple() -> Result<String> {
         .context("rustc -vV names no host")
 }
 
-fn build(env: &Env, fuzz_dir: &Path, work: &Path) -> Result<PathBuf> {
+fn build(env: &Env, fuzz_dir: &Path, work: &Path, profile: &str) -> Result<PathBuf> {
     ensure_cxx();
     // The fuzz crate is outside the workspace; start from the workspace's lock so it builds
     // the very versions the tests ran (cargo adds libFuzzer's own entries).
@@ -205,7 +228,8 @@ fn build(env: &Env, fuzz_dir: &Path, work: &Path) -> Result<PathBuf> {
     let triple = host_triple()?;
     let args = [
         "build",
-        "--release",
+        "--profile",
+        profile,
         "--bins",
         "--target",
         triple.as_str(),
@@ -225,7 +249,7 @@ fn build(env: &Env, fuzz_dir: &Path, work: &Path) -> Result<PathBuf> {
     if !status.success() {
         bail!("building the fuzz targets failed ({status})");
     }
-    Ok(work.join(triple).join("release"))
+    Ok(work.join(triple).join(profile))
 }
 
 /// libfuzzer-sys compiles libFuzzer (C++): a C++ compiler must be there.
@@ -307,7 +331,8 @@ fn run_target(
         cmd.arg(format!("-seed={seed}"));
     }
     let t0 = Instant::now();
-    let out = run_bounded(&mut cmd, Duration::from_secs(opts.seconds + 120))
+    let log = work.join(format!("{target}.log"));
+    let out = run_bounded(&mut cmd, &log, Duration::from_secs(opts.seconds + 120))
         .with_context(|| format!("running fuzz target {target}"))?;
     let seconds = t0.elapsed().as_secs_f64();
     let stats = parse_stats(&out.log);
@@ -347,11 +372,10 @@ struct RunOutput {
     log: String,
 }
 
-/// Runs a fuzzer with its stderr captured to a file, killed if it outlives `limit` (libFuzzer
+/// Runs a fuzzer with its stderr captured to `log_path`, killed if it outlives `limit` (libFuzzer
 /// stops itself at `-max_total_time`; this is only the guard against a hang outside a unit).
-fn run_bounded(cmd: &mut Command, limit: Duration) -> Result<RunOutput> {
-    let log_path = std::env::temp_dir().join(format!("wssedge-fuzz-{}.log", std::process::id()));
-    let log = std::fs::File::create(&log_path)?;
+fn run_bounded(cmd: &mut Command, log_path: &Path, limit: Duration) -> Result<RunOutput> {
+    let log = std::fs::File::create(log_path)?;
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -369,8 +393,8 @@ fn run_bounded(cmd: &mut Command, limit: Duration) -> Result<RunOutput> {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let log = String::from_utf8_lossy(&std::fs::read(&log_path)?).into_owned();
-    let _ = std::fs::remove_file(&log_path);
+    // Kept next to the report: the whole libFuzzer output of the last run of this target.
+    let log = String::from_utf8_lossy(&std::fs::read(log_path)?).into_owned();
     Ok(match status {
         Some(s) => RunOutput {
             success: s.success(),
