@@ -15,12 +15,20 @@ fn shutdown_write(fd: i32) {
     assert_eq!(rc, 0, "shutdown(SHUT_WR)");
 }
 
-async fn closes_1006(srv: &Server) -> f64 {
-    srv.metric(
-        "wssedge_close_codes_total",
-        &[("code", "1006"), ("side", "client")],
-    )
-    .await
+/// The one connection is gone with nothing left behind, counted as 1006 from the client.
+async fn expect_gone_as_1006(srv: &Server) {
+    srv.wait_metric_eq("wssedge_connections", &[("state", "open")], 0.0)
+        .await;
+    srv.wait_metric_eq("wssedge_buffered_bytes", &[], 0.0).await;
+    srv.wait_metric_eq("wssedge_read_buffers_held", &[], 0.0)
+        .await;
+    let closes = srv
+        .metric(
+            "wssedge_close_codes_total",
+            &[("code", "1006"), ("side", "client")],
+        )
+        .await;
+    assert_eq!(closes, 1.0);
 }
 
 /// A client that sends a message and then a FIN: its message is read (and echoed, if the
@@ -38,12 +46,7 @@ async fn a_half_closed_client_is_closed_and_counted_as_1006() {
         matches!(raw.next().await, Event::Closed),
         "the edge closes a half-closed connection"
     );
-    srv.wait_metric_eq("wssedge_connections", &[("state", "open")], 0.0)
-        .await;
-    srv.wait_metric_eq("wssedge_buffered_bytes", &[], 0.0).await;
-    srv.wait_metric_eq("wssedge_read_buffers_held", &[], 0.0)
-        .await;
-    assert_eq!(closes_1006(&srv).await, 1.0);
+    expect_gone_as_1006(&srv).await;
 }
 
 /// A reset after half a frame: the partial frame's bytes are given back, the connection is
@@ -60,12 +63,7 @@ async fn a_reset_in_the_middle_of_a_frame_leaves_nothing_behind() {
     srv.wait_metric("wssedge_bytes_total", &[("direction", "in")], 32.0 * 1024.0)
         .await;
     drop(raw); // closed with SO_LINGER 0: a RST
-    srv.wait_metric_eq("wssedge_connections", &[("state", "open")], 0.0)
-        .await;
-    srv.wait_metric_eq("wssedge_buffered_bytes", &[], 0.0).await;
-    srv.wait_metric_eq("wssedge_read_buffers_held", &[], 0.0)
-        .await;
-    assert_eq!(closes_1006(&srv).await, 1.0);
+    expect_gone_as_1006(&srv).await;
     let mut fine = srv.raw().await;
     fine.send(&cframe(true, OP_TEXT, b"next")).await;
     assert_eq!(fine.message().await, (OP_TEXT, b"next".to_vec()));

@@ -73,12 +73,8 @@ pub fn run(args: &[String]) -> Result<bool> {
 
 /// The test command's `fuzz` layer: each target for [`LAYER_SECONDS`], one test per target.
 pub fn layer(env: &Env) -> Result<Outcome> {
-    let seconds = std::env::var("WSSEDGE_FUZZ_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(LAYER_SECONDS);
     let opts = Options {
-        seconds,
+        seconds: crate::seconds_from_env("WSSEDGE_FUZZ_SECONDS", LAYER_SECONDS),
         targets: TARGETS.iter().map(|(t, _)| *t).collect(),
         seed: Some(LAYER_SEED),
         profile: "fuzz-quick",

@@ -242,6 +242,14 @@ fn run_tests(layers: &[&str]) -> Result<bool> {
     Ok(total.failed == 0)
 }
 
+/// A layer's length in seconds: `var` when it is set to a whole number, else `default`.
+fn seconds_from_env(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 fn banner(what: &str) {
     eprintln!("\n==== xtask: {what} ====");
 }

@@ -107,12 +107,8 @@ pub fn run(args: &[String]) -> Result<bool> {
 /// The test command's `soak` layer: [`LAYER_SECONDS`] on the ci-profile binaries. Each check
 /// is one test.
 pub fn layer(env: &Env) -> Result<Outcome> {
-    let seconds = std::env::var("WSSEDGE_SOAK_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(LAYER_SECONDS);
     let opts = Options {
-        seconds,
+        seconds: crate::seconds_from_env("WSSEDGE_SOAK_SECONDS", LAYER_SECONDS),
         build: true,
         profile: "ci",
     };
