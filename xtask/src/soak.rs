@@ -576,16 +576,11 @@ fn take_sample(admin: SocketAddr, pid: u32, t0: Instant) -> Result<Sample> {
     let m = |name: &str, labels: &[(&str, &str)]| metric(&text, name, labels).unwrap_or(0.0);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("the edge (pid {pid}) is gone"))?;
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0);
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64;
     Ok(Sample {
         t: t0.elapsed().as_secs_f64(),
         pid,
-        rss: rss_kib * 1024,
+        rss: crate::bench::procfs::parse_vmrss(&status).unwrap_or(0),
         fds,
         connections: m("wssedge_connections", &[]),
         buffered: m("wssedge_buffered_bytes", &[]),

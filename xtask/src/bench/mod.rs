@@ -16,7 +16,7 @@ mod fleet;
 #[path = "../../../bench/peers/src/nginx.rs"]
 mod nginx;
 mod plot;
-mod procfs;
+pub(crate) mod procfs;
 mod report;
 mod results;
 
