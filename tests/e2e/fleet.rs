@@ -435,10 +435,10 @@ async fn revocations_outlive_a_redis_that_dies() {
     );
     let during = hs(claims("during", "during-1"));
     expect_refused(&a.srv, &with_header_token("/", &during), 401, "revoked").await;
-    assert_eq!(
-        a.srv.metric("wssedge_fleet_control_pending", &[]).await,
-        1.0
-    );
+    // The command applies here at once; the link queues it for Redis on its own task.
+    a.srv
+        .wait_metric_eq("wssedge_fleet_control_pending", &[], 1.0)
+        .await;
 
     redis.restart(); // empty: it lost "before"
     wait_fleet_up(&a.srv).await;
@@ -450,10 +450,9 @@ async fn revocations_outlive_a_redis_that_dies() {
     wait_fleet_up(&c.srv).await;
     wait_refused(&c, &before).await;
     wait_refused(&c, &during).await;
-    assert_eq!(
-        a.srv.metric("wssedge_fleet_control_pending", &[]).await,
-        0.0
-    );
+    a.srv
+        .wait_metric_eq("wssedge_fleet_control_pending", &[], 0.0)
+        .await;
 }
 
 /// The status of one upgrade attempt, and the refusal's reason (empty for a 101).

@@ -16,7 +16,6 @@ impl Server {
         metric_sum(&self.metrics().await, name, labels)
     }
 
-    /// Polls /metrics until the metric reaches `at_least` (counters may lag per core).
     /// Waits until `name{labels}` is `want` (a gauge may have to come down to it).
     pub async fn wait_metric_eq(&self, name: &str, labels: &[(&str, &str)], want: f64) {
         let what = format!("{name}{labels:?} is {want}");
@@ -29,6 +28,7 @@ impl Server {
         .await;
     }
 
+    /// Polls /metrics until the metric reaches `at_least` (counters may lag per core).
     pub async fn wait_metric(&self, name: &str, labels: &[(&str, &str)], at_least: f64) -> f64 {
         let deadline = Instant::now() + WAIT;
         loop {
