@@ -28,10 +28,11 @@ mod fuzz;
 mod micro;
 mod perf;
 mod proto_deps;
+mod siege;
 mod soak;
 mod vmtest;
 
-const LAYERS: [&str; 6] = ["unit", "e2e", "vmtest", "soak", "fuzz", "autobahn"];
+const LAYERS: [&str; 7] = ["unit", "e2e", "vmtest", "soak", "siege", "fuzz", "autobahn"];
 
 /// Autobahn groups 12 and 13 test permessage-deflate. Until wssedge negotiates it, these
 /// cases must be refused cleanly: no extension in the 101 (the fuzzer then reports the case
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
         Some("flood") => flood::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),
         Some("soak") => soak::run(&args[1..]),
+        Some("siege") => siege::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             print_usage();
             return ExitCode::SUCCESS;
@@ -82,7 +84,7 @@ fn main() -> ExitCode {
 
 fn print_usage() {
     eprintln!(
-        "usage:\n  cargo xtask test [--layer unit|e2e|vmtest|soak|fuzz|autobahn]...   run the test layers (all by default)\n  \
+        "usage:\n  cargo xtask test [--layer unit|e2e|vmtest|soak|siege|fuzz|autobahn]...   run the test layers (all by default)\n  \
          cargo xtask autobahn                               run the Autobahn conformance layer\n  \
          cargo xtask vmtest [--exec \"SHELL COMMAND\"]        the kTLS tests (or the command) in a QEMU guest\n  \
          cargo xtask bench [--quick] [--help]               side-by-side benchmarks, report in target/bench/\n  \
@@ -91,7 +93,8 @@ fn print_usage() {
          cargo xtask ebpf                                   rebuild ebpf/obj/edge.bpf.o + its .sha256 (clang, libbpf-dev)\n  \
          cargo xtask flood [--quick]                        per-IP limiter under a 10k-connection flood, eBPF vs userspace\n  \
          cargo xtask fuzz [--minutes N] [--target NAME]...   libFuzzer on stable, report in target/fuzz/report.md\n  \
-         cargo xtask soak [--minutes N]                     mixed load, then idle: nothing grows, everything returns; target/soak/\n\n\
+         cargo xtask soak [--minutes N]                     mixed load, then idle: nothing grows, everything returns; target/soak/\n  \
+         cargo xtask siege [--quick] [--sockets N]          5,000 silent/dribbling/stalled sockets vs a client every 100 ms; target/siege/\n\n\
          vmtest: this host's kernel has no kTLS, so the `ktls` tests of wssedge (or the --exec command, run\n\
          from the workspace root) run in a QEMU/TCG guest on Debian's 6.1 kernel with the host's / mounted\n\
          read-only. Needs root: installs qemu-system-x86, busybox-static and kmod with apt and caches the\n\
@@ -195,6 +198,7 @@ fn run_tests(layers: &[&str]) -> Result<bool> {
             "e2e" => layer_e2e(&env),
             "fuzz" => fuzz::layer(&env),
             "soak" => soak::layer(&env),
+            "siege" => siege::layer(&env),
             "vmtest" => vmtest::layer(&env),
             "autobahn" => layer_autobahn(&env),
             _ => unreachable!(),

@@ -5,6 +5,7 @@ mod fanout;
 mod modes;
 mod net;
 mod scan;
+mod siege;
 mod token;
 mod ws;
 
@@ -80,6 +81,21 @@ enum Mode {
         c: Common,
         #[command(flatten)]
         f: FanoutArgs,
+    },
+    /// The attacker of a slow-connection siege: --connections sockets, opened over --warmup
+    /// seconds and held for --duration, each silent, stalled after its ClientHello, or
+    /// dribbling its upgrade request; reopened after the server closes them.
+    Siege {
+        #[command(flatten)]
+        c: Common,
+        #[arg(long, value_enum)]
+        kind: siege::SiegeKind,
+        /// Seconds before a socket the server closed is opened again.
+        #[arg(long, default_value_t = 1.0)]
+        reopen_after: f64,
+        /// `dribble`: seconds between two bytes of the upgrade request.
+        #[arg(long, default_value_t = 1.0)]
+        byte_every: f64,
     },
 }
 
@@ -425,6 +441,12 @@ fn run() -> anyhow::Result<i32> {
             fan_args = Some(f);
             (c, Kind::Fanout { rate })
         }
+        Mode::Siege {
+            c,
+            kind,
+            reopen_after,
+            byte_every,
+        } => return run_siege(c, kind, reopen_after, byte_every),
     };
     if let Some(f) = &fan_args {
         check_fanout(&c, f)?;
@@ -445,49 +467,7 @@ fn run() -> anyhow::Result<i32> {
     }
     let threads = c.threads.max(1);
     let cpus = c.cpus.as_deref().map(parse_cpus).transpose()?;
-    let (scheme, host, port, path) = net::parse_url(&c.url)?;
-    let proto = c.proto.unwrap_or(match scheme.as_str() {
-        "ws" | "http" => Proto::Ws,
-        "tcp" => Proto::Tcp,
-        "tls" => Proto::Tls,
-        _ => Proto::Wss,
-    });
-    let tls = if proto.tls() {
-        Some(net::tls_connector(c.ca.as_deref())?)
-    } else {
-        None
-    };
-    let default_port = if proto.tls() { 443 } else { 80 };
-    let host_header = if port == default_port {
-        host.clone()
-    } else if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
-    let target = Target {
-        addr: net::resolve(&host, port)?,
-        host_header,
-        path,
-        server_name: rustls::pki_types::ServerName::try_from(host.clone())
-            .context("bad TLS server name")?,
-        proto,
-        tls,
-        payload: c.payload,
-        text: c.text,
-        connect_timeout: Duration::from_secs_f64(c.connect_timeout),
-        read_timeout: Duration::from_secs_f64(c.read_timeout),
-        source_ips: c.source_ips.clone(),
-        headers: String::new(),
-        mint: match &c.mint_per_connection {
-            Some(path) => {
-                let key =
-                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-                Some(Arc::new(token::Minter::new(key).with_life(c.token_life_s)))
-            }
-            None => None,
-        },
-    };
+    let (target, proto) = target_of(&c)?;
     let plan = fan_args
         .as_ref()
         .map(|f| fanout_plan(f, &c, &target))
@@ -601,6 +581,79 @@ fn run() -> anyhow::Result<i32> {
     Ok(if hard_stop { 3 } else { 0 })
 }
 
+/// `wssbench siege`: not a measured window like the other modes (see `siege`).
+fn run_siege(
+    c: Common,
+    kind: siege::SiegeKind,
+    reopen_after: f64,
+    byte_every: f64,
+) -> anyhow::Result<i32> {
+    let times = [c.warmup, c.duration, reopen_after, byte_every];
+    if !times.iter().all(|t| t.is_finite() && *t >= 0.0) || c.duration <= 0.0 {
+        bail!("durations must be positive");
+    }
+    let (target, _) = target_of(&c)?;
+    let plan = siege::Plan {
+        kind,
+        sockets: c.connections,
+        threads: c.threads.max(1),
+        cpus: c.cpus.as_deref().map(parse_cpus).transpose()?,
+        ramp: Duration::from_secs_f64(c.warmup),
+        hold: Duration::from_secs_f64(c.duration),
+        reopen_after: Duration::from_secs_f64(reopen_after),
+        byte_every: Duration::from_secs_f64(byte_every.max(0.001)),
+    };
+    siege::run(plan, target, c.json.as_deref())
+}
+
+/// Where and how `c` says to connect.
+fn target_of(c: &Common) -> anyhow::Result<(Target, Proto)> {
+    let (scheme, host, port, path) = net::parse_url(&c.url)?;
+    let proto = c.proto.unwrap_or(match scheme.as_str() {
+        "ws" | "http" => Proto::Ws,
+        "tcp" => Proto::Tcp,
+        "tls" => Proto::Tls,
+        _ => Proto::Wss,
+    });
+    let tls = if proto.tls() {
+        Some(net::tls_connector(c.ca.as_deref())?)
+    } else {
+        None
+    };
+    let default_port = if proto.tls() { 443 } else { 80 };
+    let host_header = if port == default_port {
+        host.clone()
+    } else if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let target = Target {
+        addr: net::resolve(&host, port)?,
+        host_header,
+        path,
+        server_name: rustls::pki_types::ServerName::try_from(host.clone())
+            .context("bad TLS server name")?,
+        proto,
+        tls,
+        payload: c.payload,
+        text: c.text,
+        connect_timeout: Duration::from_secs_f64(c.connect_timeout),
+        read_timeout: Duration::from_secs_f64(c.read_timeout),
+        source_ips: c.source_ips.clone(),
+        headers: String::new(),
+        mint: match &c.mint_per_connection {
+            Some(path) => {
+                let key =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                Some(Arc::new(token::Minter::new(key).with_life(c.token_life_s)))
+            }
+            None => None,
+        },
+    };
+    Ok((target, proto))
+}
+
 /// The fan-out arguments that can be checked before connecting anything.
 fn check_fanout(c: &Common, f: &FanoutArgs) -> anyhow::Result<()> {
     let topic_ok = (1..=128).contains(&f.topic.len())
@@ -694,7 +747,7 @@ fn cpu_slots(cpus: Option<&[usize]>, threads: usize) -> usize {
     n.min(threads).max(1)
 }
 
-fn raise_nofile(want: u64) {
+pub(crate) fn raise_nofile(want: u64) {
     let mut r = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

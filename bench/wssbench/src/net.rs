@@ -268,13 +268,9 @@ pub async fn connect(
     }
 }
 
-async fn connect_inner(
-    t: &Target,
-    idx: usize,
-    rng: &mut Rng,
-    read_cap: usize,
-) -> Result<(Conn, Duration), String> {
-    let started = Instant::now();
+/// A TCP connection to the target (no TLS, no upgrade), from the `idx`-th source address
+/// when sources are given; Nagle off.
+pub async fn tcp_connect(t: &Target, idx: usize) -> Result<TcpStream, String> {
     let sock = if t.addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -292,6 +288,17 @@ async fn connect_inner(
         .map_err(|e| format!("connect: {:?}", e.kind()))?;
     tcp.set_nodelay(true)
         .map_err(|e| format!("nodelay: {:?}", e.kind()))?;
+    Ok(tcp)
+}
+
+async fn connect_inner(
+    t: &Target,
+    idx: usize,
+    rng: &mut Rng,
+    read_cap: usize,
+) -> Result<(Conn, Duration), String> {
+    let started = Instant::now();
+    let tcp = tcp_connect(t, idx).await?;
     let mut s = match &t.tls {
         Some(c) => Stream::Tls(Box::new(
             c.connect(t.server_name.clone(), tcp)
