@@ -101,8 +101,10 @@ impl Conn {
 
     /// What this connection holds for its peers, either way: partial frames and messages
     /// received from the client and the upstream, and what waits to be written to each.
+    /// Received plaintext counts by its capacity: a large partial frame grows its buffer by
+    /// doubling, and its length alone let 1,000 slow 15 MiB frames hold 1.9× the budget.
     fn held_bytes(&self) -> usize {
-        self.plaintext.len()
+        self.plaintext.capacity()
             + self.phase.session().map_or(0, |s| s.buffered_bytes())
             + self.outbound_len()
             + self.phase.app().map_or(0, App::held_bytes)
