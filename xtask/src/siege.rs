@@ -11,7 +11,11 @@
 //! - `silent`: 5,000 TCP sockets that never send a byte, plus 500 upgrade dribblers;
 //! - `dribble`: 5,000 sockets that finish TLS, then send their upgrade request a byte a second
 //!   (slowloris);
-//! - `stall`: 5,000 sockets that send a ClientHello, then nothing.
+//! - `stall`: 5,000 sockets that send a ClientHello, then nothing;
+//! - `slow-frame`: the buffer budget (`max_buffered_bytes_per_core`, 256 MiB by default) under
+//!   1,000 upgraded clients each sending one 15 MiB frame at 128 KiB/s: the budget must be
+//!   reached (connections closed `1013 buffer_budget`), the edge's buffered bytes must stay
+//!   within it and its RSS within idle + budget + [`RSS_SLACK`].
 //!
 //! Asserted per attack phase: ≥ 99 % of the legitimate handshakes succeed, and the siege had its
 //! force (every one of the attacker's sockets reached the edge at least once; how many it held
@@ -43,6 +47,19 @@ const LEGIT_RATE: u32 = 10;
 const SOCKETS: usize = 5_000;
 /// Dribblers beside the silent sockets.
 const SILENT_PHASE_DRIBBLERS: usize = 500;
+/// The memory phase: this many clients, each sending one 15 MiB frame at 128 KiB/s.
+const SLOW_FRAME_CLIENTS: usize = 1_000;
+const SLOW_FRAME_ARGS: &[&str] = &["--frame-mib", "15", "--send-kib-per-s", "128"];
+/// The edge's default `max_buffered_bytes_per_core`, and its cores here.
+const BUDGET_PER_CORE: u64 = 256 << 20;
+const CORES: u64 = 2;
+/// What the edge may hold beyond its buffer budgets under the memory phase: the 1,000
+/// connections themselves (TLS and session state, ~40 MiB), a read's worth past the budget per
+/// core, and what mimalloc keeps of the freed frame buffers until its delayed purge (measured:
+/// peak RSS idle + budget + 221 MiB with the default purge delay, + 71 MiB with
+/// MIMALLOC_PURGE_DELAY=0; the edge keeps the default, which spares the hot path a madvise per
+/// freed page).
+const RSS_SLACK: u64 = 256 << 20;
 const MIN_SUCCESS: f64 = 0.99;
 /// After a phase: how long the edge may take to let go of everything.
 const SETTLE_LIMIT: Duration = Duration::from_secs(30);
@@ -55,6 +72,8 @@ struct Options {
     measured: f64,
     build: bool,
     profile: &'static str,
+    /// Only these phases (all when empty).
+    only: Vec<String>,
 }
 
 impl Options {
@@ -65,6 +84,7 @@ impl Options {
             measured: if quick { 10.0 } else { 30.0 },
             build: true,
             profile,
+            only: Vec::new(),
         }
     }
 }
@@ -77,6 +97,10 @@ pub fn run(args: &[String]) -> Result<bool> {
         match a.as_str() {
             "--quick" => opts.measured = Options::new(true, "release").measured,
             "--no-build" => opts.build = false,
+            "--ci-profile" => opts.profile = "ci",
+            "--phase" => opts
+                .only
+                .push(it.next().context("--phase needs a name")?.clone()),
             "--sockets" => {
                 opts.sockets = it
                     .next()
@@ -86,7 +110,7 @@ pub fn run(args: &[String]) -> Result<bool> {
             }
             "-h" | "--help" => {
                 eprintln!(
-                    "usage: cargo xtask siege [--quick] [--sockets N] [--no-build]\n\
+                    "usage: cargo xtask siege [--quick] [--sockets N] [--phase NAME]... [--ci-profile] [--no-build]\n\
                      silent, dribbling and stalled sockets ({SOCKETS} by default) against one \
                      edge while a client upgrades every 100 ms; report in target/siege/"
                 );
@@ -121,6 +145,7 @@ struct Verdict {
 struct Attack {
     kind: &'static str,
     sockets: usize,
+    args: &'static [&'static str],
 }
 
 struct Phase {
@@ -130,7 +155,11 @@ struct Phase {
 }
 
 fn phases(sockets: usize) -> Vec<Phase> {
-    let a = |kind, sockets| Attack { kind, sockets };
+    let a = |kind, sockets| Attack {
+        kind,
+        sockets,
+        args: &[],
+    };
     vec![
         Phase {
             name: "baseline",
@@ -155,6 +184,15 @@ fn phases(sockets: usize) -> Vec<Phase> {
             what: "ClientHello, then nothing",
             attacks: vec![a("stall", sockets)],
         },
+        Phase {
+            name: "slow-frame",
+            what: "1,000 upgraded clients, each a 15 MiB frame at 128 KiB/s",
+            attacks: vec![Attack {
+                kind: "slow-frame",
+                sockets: SLOW_FRAME_CLIENTS,
+                args: SLOW_FRAME_ARGS,
+            }],
+        },
     ]
 }
 
@@ -173,6 +211,8 @@ struct Measured {
     edge_cpu_s: f64,
     edge_peak_rss: u64,
     edge_peak_connections: f64,
+    edge_idle_rss: u64,
+    edge_peak_buffered: f64,
     refusals: BTreeMap<String, f64>,
     accepted: f64,
 }
@@ -229,7 +269,10 @@ fn siege(env: &Env, opts: &Options) -> Result<Verdict> {
     let mut checks = 0;
     let mut failures = Vec::new();
     let mut results = Vec::new();
-    for phase in phases(opts.sockets) {
+    let chosen = phases(opts.sockets)
+        .into_iter()
+        .filter(|p| opts.only.is_empty() || opts.only.iter().any(|o| o == p.name));
+    for phase in chosen {
         let m = run_phase(
             &bins.join("wssbench"),
             &url,
@@ -275,6 +318,10 @@ fn siege(env: &Env, opts: &Options) -> Result<Verdict> {
                 ));
             }
         }
+        if phase.name == "slow-frame" {
+            failures.extend(memory_failures(&m));
+            checks += 3;
+        }
         results.push((phase, m));
     }
     // Back to idle: nothing held after the last attacker left.
@@ -300,6 +347,8 @@ fn siege(env: &Env, opts: &Options) -> Result<Verdict> {
             "edge_cpu_s": m.edge_cpu_s,
             "edge_peak_rss": m.edge_peak_rss,
             "edge_peak_connections": m.edge_peak_connections,
+            "edge_idle_rss": m.edge_idle_rss,
+            "edge_peak_buffered": m.edge_peak_buffered,
             "refusals": m.refusals,
             "accepted": m.accepted,
         })).collect::<Vec<_>>(),
@@ -329,6 +378,7 @@ fn run_phase(
 ) -> Result<Measured> {
     banner(&format!("siege phase {}: {}", phase.name, phase.what));
     let before = scrape(admin)?;
+    let idle_rss = rss(pid)?;
     let cpu0 = edge_cpu_s(pid);
     let gen = |mode: &str, name: &str| -> Result<Command> {
         let mut c = Command::new(wssbench);
@@ -352,6 +402,7 @@ fn run_phase(
             .args(["--source-ips", ATTACK_SOURCES])
             .args(["--warmup", &opts.ramp.to_string()])
             .args(["--duration", &(opts.measured + 2.0).to_string()])
+            .args(a.args)
             .spawn()
             .with_context(|| format!("starting the {} attacker", a.kind))?;
         attackers.push((name, child));
@@ -367,16 +418,14 @@ fn run_phase(
     // While it runs: the edge's peak RSS and connections, twice a second.
     let limit = Duration::from_secs_f64(opts.ramp + opts.measured + 60.0);
     let t0 = Instant::now();
-    let (mut peak_rss, mut peak_conns) = (0u64, 0f64);
+    let (mut peak_rss, mut peak_conns, mut peak_buffered) = (0u64, 0f64, 0f64);
     let mut running = attackers.len() + 1;
     while running > 0 {
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            peak_rss = peak_rss.max(procfs::parse_vmrss(&status).unwrap_or(0));
-        } else {
-            bail!("the edge (pid {pid}) is gone");
-        }
+        peak_rss = peak_rss.max(rss(pid)?);
         if let Ok(text) = scrape(admin) {
-            peak_conns = peak_conns.max(metric(&text, "wssedge_connections", &[]).unwrap_or(0.0));
+            let m = |name| metric(&text, name, &[]).unwrap_or(0.0);
+            peak_conns = peak_conns.max(m("wssedge_connections"));
+            peak_buffered = peak_buffered.max(m("wssedge_buffered_bytes"));
         }
         running = 0;
         for child in std::iter::once(&mut legit).chain(attackers.iter_mut().map(|(_, c)| c)) {
@@ -414,6 +463,8 @@ fn run_phase(
         edge_cpu_s: cpu,
         edge_peak_rss: peak_rss,
         edge_peak_connections: peak_conns,
+        edge_idle_rss: idle_rss,
+        edge_peak_buffered: peak_buffered,
         accepted: counter_delta(&before, &after, "wssedge_connections_accepted_total", &[]),
         ..Measured::default()
     };
@@ -432,6 +483,38 @@ fn run_phase(
         }
     }
     Ok(m)
+}
+
+/// The memory phase's checks: the budget was reached (else nothing was proven), the buffered
+/// bytes stayed within it (a read's worth over per core), and so did the process.
+fn memory_failures(m: &Measured) -> Vec<String> {
+    let mut f = Vec::new();
+    let budget = (BUDGET_PER_CORE * CORES) as f64;
+    let closed_1013 = m.refusals.get("buffer_budget").copied().unwrap_or(0.0);
+    if closed_1013 == 0.0 {
+        f.push(
+            "slow-frame: no connection was closed 1013 buffer_budget: the budget was never reached"
+                .into(),
+        );
+    }
+    if m.edge_peak_buffered > budget + (CORES << 20) as f64 {
+        f.push(format!(
+            "slow-frame: wssedge_buffered_bytes peaked at {:.1} MiB, over the {:.0} MiB of budget",
+            m.edge_peak_buffered / (1 << 20) as f64,
+            budget / (1 << 20) as f64
+        ));
+    }
+    let bound = m.edge_idle_rss + BUDGET_PER_CORE * CORES + RSS_SLACK;
+    if m.edge_peak_rss > bound {
+        f.push(format!(
+            "slow-frame: RSS peaked at {:.1} MiB, over idle {:.1} MiB + budget {} MiB + slack {} MiB",
+            m.edge_peak_rss as f64 / (1 << 20) as f64,
+            m.edge_idle_rss as f64 / (1 << 20) as f64,
+            (BUDGET_PER_CORE * CORES) >> 20,
+            RSS_SLACK >> 20
+        ));
+    }
+    f
 }
 
 /// The `reason` label of every `wssedge_refusals_total` series in `text`.
@@ -454,6 +537,12 @@ fn counter_delta(before: &str, after: &str, name: &str, labels: &[(&str, &str)])
 
 fn edge_cpu_s(pid: u32) -> f64 {
     procfs::tree_cpu_ticks(Path::new("/proc"), &[pid]) as f64 / procfs::clk_tck() as f64
+}
+
+fn rss(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("the edge (pid {pid}) is gone"))?;
+    procfs::parse_vmrss(&status).context("no VmRSS")
 }
 
 fn fd_count(pid: u32) -> Result<usize> {
@@ -496,16 +585,19 @@ fn render(
          (127.0.0.10–25), opened over {} s, each reopened 1 s after the edge closed it. A \
          legitimate client from 127.0.0.2: a TLS handshake + upgrade + one echo every 100 ms \
          for {} s once the siege stands. Pass: ≥ {:.0} % of its handshakes succeed in every \
-         phase.\n",
+         phase; in `slow-frame` (1,000 clients, 15 MiB frames at 128 KiB/s each) the buffer \
+         budget (2 × 256 MiB) is reached, the buffered bytes stay within it and the RSS within \
+         idle + budget + {} MiB.\n",
         opts.sockets,
         opts.ramp,
         opts.measured,
-        100.0 * MIN_SUCCESS
+        100.0 * MIN_SUCCESS,
+        RSS_SLACK >> 20
     );
     let _ = writeln!(
         s,
-        "| phase | attack | legitimate ok | success | handshake p50 | p99 | max | attacker peak held | attacker opened / closed by edge | edge CPU | edge peak RSS | edge peak connections | edge refusals |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| phase | attack | legitimate ok | success | echo errors | handshake p50 | p99 | max | attacker peak held | attacker opened / closed by edge | edge CPU | edge RSS idle → peak | edge peak buffered | edge peak connections | edge refusals |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for (p, m) in results {
         let held: Vec<String> = m
@@ -521,19 +613,22 @@ fn render(
         let refusals: Vec<String> = m.refusals.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let _ = writeln!(
             s,
-            "| {} | {} | {}/{} | {:.1} % | {:.1} ms | {:.1} ms | {:.1} ms | {} | {} | {:.2} s | {:.1} MiB | {} | {} |",
+            "| {} | {} | {}/{} | {:.1} % | {} | {:.1} ms | {:.1} ms | {:.1} ms | {} | {} | {:.2} s | {:.1} → {:.1} MiB | {:.1} MiB | {} | {} |",
             p.name,
             p.what,
             m.legit_ok,
             m.legit_ok + m.legit_failed,
             100.0 * m.success(),
+            m.echo_errors,
             m.hs_p50_us as f64 / 1000.0,
             m.hs_p99_us as f64 / 1000.0,
             m.hs_max_us as f64 / 1000.0,
             if held.is_empty() { "—".into() } else { held.join(", ") },
             if opened.is_empty() { "—".into() } else { opened.join(", ") },
             m.edge_cpu_s,
+            m.edge_idle_rss as f64 / (1 << 20) as f64,
             m.edge_peak_rss as f64 / (1 << 20) as f64,
+            m.edge_peak_buffered / (1 << 20) as f64,
             m.edge_peak_connections,
             if refusals.is_empty() { "—".into() } else { refusals.join(", ") },
         );

@@ -96,6 +96,12 @@ enum Mode {
         /// `dribble`: seconds between two bytes of the upgrade request.
         #[arg(long, default_value_t = 1.0)]
         byte_every: f64,
+        /// `slow-frame`: the frame's length in MiB.
+        #[arg(long, default_value_t = 15.0)]
+        frame_mib: f64,
+        /// `slow-frame`: how fast its payload is sent, KiB per second.
+        #[arg(long, default_value_t = 128)]
+        send_kib_per_s: u64,
     },
 }
 
@@ -446,7 +452,15 @@ fn run() -> anyhow::Result<i32> {
             kind,
             reopen_after,
             byte_every,
-        } => return run_siege(c, kind, reopen_after, byte_every),
+            frame_mib,
+            send_kib_per_s,
+        } => {
+            let frame = siege::FrameSpec {
+                bytes: (frame_mib * (1 << 20) as f64) as u64,
+                bytes_per_s: send_kib_per_s.saturating_mul(1024),
+            };
+            return run_siege(c, kind, reopen_after, byte_every, frame);
+        }
     };
     if let Some(f) = &fan_args {
         check_fanout(&c, f)?;
@@ -587,6 +601,7 @@ fn run_siege(
     kind: siege::SiegeKind,
     reopen_after: f64,
     byte_every: f64,
+    frame: siege::FrameSpec,
 ) -> anyhow::Result<i32> {
     let times = [c.warmup, c.duration, reopen_after, byte_every];
     if !times.iter().all(|t| t.is_finite() && *t >= 0.0) || c.duration <= 0.0 {
@@ -602,6 +617,8 @@ fn run_siege(
         hold: Duration::from_secs_f64(c.duration),
         reopen_after: Duration::from_secs_f64(reopen_after),
         byte_every: Duration::from_secs_f64(byte_every.max(0.001)),
+        frame_bytes: frame.bytes,
+        send_bytes_per_s: frame.bytes_per_s,
     };
     siege::run(plan, target, c.json.as_deref())
 }

@@ -5,7 +5,9 @@
 //! - `silent`: TCP connected, never a byte;
 //! - `stall`: a whole TLS ClientHello, then nothing (the server has done its half of the key
 //!   exchange and waits for a Finished that never comes);
-//! - `dribble`: TLS completed, then an upgrade request one byte every `--byte-every` seconds.
+//! - `dribble`: TLS completed, then an upgrade request one byte every `--byte-every` seconds;
+//! - `slow-frame`: upgraded, then one binary frame of `--frame-mib` MiB whose payload comes at
+//!   `--send-kib-per-s` (the server holds it as it arrives, until its buffer budget says no).
 //!
 //! The sockets are opened evenly over `--warmup` seconds. It measures only what it did (sockets
 //! opened, how many the server closed, the most held at once); the legitimate client's
@@ -27,6 +29,7 @@ pub enum SiegeKind {
     Silent,
     Stall,
     Dribble,
+    SlowFrame,
 }
 
 impl SiegeKind {
@@ -35,8 +38,15 @@ impl SiegeKind {
             SiegeKind::Silent => "silent",
             SiegeKind::Stall => "stall",
             SiegeKind::Dribble => "dribble",
+            SiegeKind::SlowFrame => "slow-frame",
         }
     }
+}
+
+/// `slow-frame`'s frame, as given on the command line.
+pub struct FrameSpec {
+    pub bytes: u64,
+    pub bytes_per_s: u64,
 }
 
 pub struct Plan {
@@ -48,6 +58,9 @@ pub struct Plan {
     pub hold: Duration,
     pub reopen_after: Duration,
     pub byte_every: Duration,
+    /// `slow-frame`: the frame's length and how fast its payload is sent.
+    pub frame_bytes: u64,
+    pub send_bytes_per_s: u64,
 }
 
 /// What the attacker did, over all threads.
@@ -63,6 +76,9 @@ struct Counters {
     peak_held: AtomicU64,
     /// Bytes of upgrade request dribbled.
     dribbled: AtomicU64,
+    /// `slow-frame`: payload bytes sent, and the close codes the server sent.
+    frame_bytes_sent: AtomicU64,
+    close_codes: std::sync::Mutex<std::collections::BTreeMap<u16, u64>>,
 }
 
 impl Counters {
@@ -93,6 +109,9 @@ pub fn run(plan: Plan, target: Target, json_out: Option<&std::path::Path>) -> an
     if plan.kind != SiegeKind::Silent && target.tls.is_none() {
         anyhow::bail!("siege --kind {} needs a TLS target", plan.kind.name());
     }
+    if plan.frame_bytes < 2 || plan.send_bytes_per_s == 0 {
+        anyhow::bail!("--frame-mib and --send-kib-per-s must be positive");
+    }
     crate::raise_nofile(plan.sockets as u64 + 1024);
     let hello = match plan.kind {
         SiegeKind::Stall => Arc::new(client_hello(&target)?),
@@ -115,7 +134,7 @@ pub fn run(plan: Plan, target: Target, json_out: Option<&std::path::Path>) -> an
         threads.push(
             std::thread::Builder::new()
                 .name(format!("siege-{k}"))
-                .spawn(move || thread_main(k, &plan, target, counters, hello, base, end))?,
+                .spawn(move || thread_main(k, plan, target, counters, hello, base, end))?,
         );
     }
     for t in threads {
@@ -125,7 +144,7 @@ pub fn run(plan: Plan, target: Target, json_out: Option<&std::path::Path>) -> an
     let c = &counters;
     let g = Counters::get;
     println!(
-        "siege {} sockets={} from {} addresses: attempts={} opened={} open_failed={} closed_by_server={} peak_held={} dribbled={}B; client cpu {cpu:.2}s",
+        "siege {} sockets={} from {} addresses: attempts={} opened={} open_failed={} closed_by_server={} peak_held={} dribbled={}B frame_bytes={} close_codes={:?}; client cpu {cpu:.2}s",
         plan.kind.name(),
         plan.sockets,
         target.source_ips.len().max(1),
@@ -135,6 +154,8 @@ pub fn run(plan: Plan, target: Target, json_out: Option<&std::path::Path>) -> an
         g(&c.closed_by_server),
         g(&c.peak_held),
         g(&c.dribbled),
+        g(&c.frame_bytes_sent),
+        c.close_codes.lock().unwrap_or_else(|e| e.into_inner()),
     );
     if let Some(path) = json_out {
         let v = json!({
@@ -151,6 +172,8 @@ pub fn run(plan: Plan, target: Target, json_out: Option<&std::path::Path>) -> an
             "closed_by_server": g(&c.closed_by_server),
             "peak_held": g(&c.peak_held),
             "dribbled_bytes": g(&c.dribbled),
+            "frame_bytes_sent": g(&c.frame_bytes_sent),
+            "close_codes": *c.close_codes.lock().unwrap_or_else(|e| e.into_inner()),
             "client_cpu_s": cpu,
         });
         std::fs::write(path, serde_json::to_string_pretty(&v)? + "\n")
@@ -172,7 +195,7 @@ fn client_hello(t: &Target) -> anyhow::Result<Vec<u8>> {
 
 fn thread_main(
     k: usize,
-    plan: &Plan,
+    plan: Arc<Plan>,
     target: Arc<Target>,
     counters: Arc<Counters>,
     hello: Arc<Vec<u8>>,
@@ -200,13 +223,17 @@ fn thread_main(
         let mut slots = Vec::new();
         for idx in (k..plan.sockets).step_by(plan.threads) {
             let at = base + plan.ramp.mul_f64(idx as f64 / plan.sockets.max(1) as f64);
-            let (target, counters, hello) = (target.clone(), counters.clone(), hello.clone());
-            let (kind, reopen, every) = (plan.kind, plan.reopen_after, plan.byte_every);
+            let (plan, target, counters, hello) = (
+                plan.clone(),
+                target.clone(),
+                counters.clone(),
+                hello.clone(),
+            );
             slots.push(tokio::task::spawn_local(async move {
                 tokio::time::sleep_until(at.into()).await;
                 while Instant::now() < end {
                     counters.attempts.fetch_add(1, Ordering::Relaxed);
-                    let one = hold_one(kind, &target, idx, &hello, every, &counters);
+                    let one = hold_one(&plan, &target, idx, &hello, &counters);
                     match tokio::time::timeout_at(end.into(), one).await {
                         Err(_) => break, // the siege is over: dropping the socket closes it
                         Ok(Err(_)) => {
@@ -216,7 +243,8 @@ fn thread_main(
                             counters.closed_by_server.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    tokio::time::sleep_until((Instant::now() + reopen).min(end).into()).await;
+                    let again = Instant::now() + plan.reopen_after;
+                    tokio::time::sleep_until(again.min(end).into()).await;
                 }
             }));
         }
@@ -229,16 +257,18 @@ fn thread_main(
 /// Opens one socket and holds it the `kind`'s way until the server closes it (Ok) or it could
 /// not be opened (Err).
 async fn hold_one(
-    kind: SiegeKind,
+    plan: &Plan,
     t: &Target,
     idx: usize,
     hello: &[u8],
-    byte_every: Duration,
     c: &Counters,
 ) -> Result<(), String> {
+    if plan.kind == SiegeKind::SlowFrame {
+        return slow_frame(plan, t, idx, c).await;
+    }
     let mut tcp = net::tcp_connect(t, idx).await?;
     let mut sink = [0u8; 4096];
-    match kind {
+    match plan.kind {
         SiegeKind::Silent => {
             c.opened.fetch_add(1, Ordering::Relaxed);
             let _held = Held::new(c);
@@ -271,7 +301,7 @@ async fn hold_one(
                         Ok(0) | Err(_) => break,
                         Ok(_) => {} // a refusal's body: wait for the close
                     },
-                    _ = tokio::time::sleep(byte_every) => {
+                    _ = tokio::time::sleep(plan.byte_every) => {
                         // The last byte is never sent: the request stays incomplete.
                         if next + 1 < req.len() {
                             if s.write_all(&req[next..next + 1]).await.is_err()
@@ -286,7 +316,59 @@ async fn hold_one(
                 }
             }
         }
+        SiegeKind::SlowFrame => {} // above
     }
+    Ok(())
+}
+
+/// Upgrades, then sends one binary frame of `plan.frame_bytes` at `plan.send_bytes_per_s`
+/// (eight chunks a second) until the server closes; its close code is counted.
+async fn slow_frame(plan: &Plan, t: &Target, idx: usize, c: &Counters) -> Result<(), String> {
+    let mut rng = ws::Rng::new(idx as u64 ^ 0x5eed);
+    let (mut conn, _) = net::connect(t, idx, &mut rng, 4096).await?;
+    c.opened.fetch_add(1, Ordering::Relaxed);
+    let _held = Held::new(c);
+    let mut head = vec![0x82, 0x80 | 127]; // FIN, binary; masked, 64-bit length
+    head.extend_from_slice(&plan.frame_bytes.to_be_bytes());
+    head.extend_from_slice(&conn.mask);
+    let chunk = vec![0u8; (plan.send_bytes_per_s / 8).max(1) as usize];
+    conn.s
+        .write_all(&head)
+        .await
+        .map_err(|e| format!("frame head: {:?}", e.kind()))?;
+    let mut sent = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(125));
+    let code = loop {
+        tokio::select! {
+            r = conn.s.read(conn.rd.spare()) => match r {
+                Ok(0) | Err(_) => break None,
+                Ok(n) => {
+                    conn.rd.filled(n);
+                    match conn.rd.next_event() {
+                        Ok(Some(ws::Ev::Close(code))) => break Some(code.unwrap_or(1005)),
+                        Ok(_) => {}
+                        Err(_) => break None,
+                    }
+                }
+            },
+            _ = tick.tick() => {
+                // Never the last byte: the frame stays incomplete.
+                let left = plan.frame_bytes - 1 - sent;
+                if left == 0 {
+                    continue;
+                }
+                let out = &chunk[..chunk.len().min(left as usize)];
+                if conn.s.write_all(out).await.is_err() || conn.s.flush().await.is_err() {
+                    break None;
+                }
+                sent += out.len() as u64;
+                c.frame_bytes_sent.fetch_add(out.len() as u64, Ordering::Relaxed);
+            }
+        }
+    };
+    let code = code.unwrap_or(1006);
+    let mut codes = c.close_codes.lock().unwrap_or_else(|e| e.into_inner());
+    *codes.entry(code).or_default() += 1;
     Ok(())
 }
 
