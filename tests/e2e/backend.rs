@@ -44,15 +44,34 @@ use crate::harness::{unlimited_ws_config, WAIT};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
     Echo,
-    CloseAfterFirst { code: u16, reason: String },
+    CloseAfterFirst {
+        code: u16,
+        reason: String,
+    },
     CloseEmptyAfterFirst,
     DropAfterFirst,
     ViolateAfterFirst,
-    Flood { count: u64, size: usize },
+    Flood {
+        count: u64,
+        size: usize,
+    },
     Stall,
-    PingFlood { count: u64 },
+    PingFlood {
+        count: u64,
+    },
     Refuse(u16),
     Silent,
+    /// After the first message: the first 16 bytes of a 256-byte frame, then nothing (the
+    /// connection held, reads go on).
+    HangMidMessageAfterFirst,
+    /// Every message echoed `delay_ms` later, in order.
+    SlowEcho {
+        delay_ms: u64,
+    },
+    /// After the first message: a TCP reset (SO_LINGER 0), no close frame.
+    ResetAfterFirst,
+    /// A valid 101 with bytes that are no WebSocket frame right behind it, in the same write.
+    GarbageAfter101,
 }
 
 /// One upgrade request as the backend received it.
@@ -342,6 +361,10 @@ fn seen_of(m: &Message) -> Seen {
 #[allow(clippy::result_large_err)]
 async fn handle(tcp: TcpStream, shared: Arc<Shared>) {
     let mode = shared.mode();
+    if mode == Mode::GarbageAfter101 {
+        garbage_after_101(tcp, &shared).await;
+        return;
+    }
     if mode == Mode::Silent {
         // Hold the connection open, say nothing (until aborted or the peer goes).
         let mut tcp = tcp;
@@ -470,6 +493,27 @@ async fn respond(
             Mode::CloseEmptyAfterFirst if was_first => {
                 let _ = ws.send(Message::Close(None)).await;
             }
+            Mode::SlowEcho { delay_ms } => {
+                tokio::time::sleep(Duration::from_millis(*delay_ms)).await;
+                if ws.send(m).await.is_err() {
+                    shared.log(session, Seen::Ended("echo send failed".into()));
+                    return;
+                }
+            }
+            Mode::HangMidMessageAfterFirst if was_first => {
+                // Binary, 16-bit length 256; 16 of its bytes.
+                let tcp = ws.get_mut();
+                let mut half = vec![0x82, 0x7E, 0x01, 0x00];
+                half.extend_from_slice(&[0xAB; 16]);
+                let _ = tcp.write_all(&half).await;
+                let _ = tcp.flush().await;
+            }
+            Mode::ResetAfterFirst if was_first => {
+                shared.log(session, Seen::Ended("reset by the backend".into()));
+                let _ = ws.get_mut().set_zero_linger();
+                drop(ws);
+                return;
+            }
             Mode::DropAfterFirst if was_first => {
                 shared.log(session, Seen::Ended("dropped by the backend".into()));
                 drop(ws);
@@ -482,6 +526,48 @@ async fn respond(
                 let _ = tcp.flush().await;
             }
             _ => {}
+        }
+    }
+}
+
+/// Answers the upgrade by hand: a correct 101, and in the same write bytes that break the
+/// WebSocket protocol (`HTTP/1.1 200 OK`: `H` is a frame with RSV1 set and no extension
+/// agreed). Then holds the connection, reading, until the peer goes.
+async fn garbage_after_101(mut tcp: TcpStream, shared: &Shared) {
+    use tokio::io::AsyncReadExt as _;
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tcp.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let Some(key) = text.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("sec-websocket-key")
+            .then(|| value.trim().to_owned())
+    }) else {
+        return;
+    };
+    shared.upgrades.lock().unwrap().push(Upgrade {
+        target: text.split(' ').nth(1).unwrap_or("").to_owned(),
+        headers: Vec::new(),
+        accepted: true,
+    });
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let answer = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n\r\nHTTP/1.1 200 OK\r\n\r\n"
+    );
+    if tcp.write_all(answer.as_bytes()).await.is_err() {
+        return;
+    }
+    while let Ok(n) = tcp.read(&mut chunk).await {
+        if n == 0 {
+            break;
         }
     }
 }

@@ -218,6 +218,7 @@ labels! {
         UpstreamReadFailed => "upstream_read_failed",
         UpstreamWriteFailed => "upstream_write_failed",
         UpstreamStalled => "upstream_stalled",
+        UpstreamFrameTimeout => "upstream_frame_timeout",
         UpstreamProtocolError => "upstream_protocol_error",
         /// Told to the upstream when the client broke the protocol.
         ClientProtocolError => "client_protocol_error",
@@ -428,6 +429,7 @@ mod tests {
         "upstream_bad_upgrade",
         "upstream_closed",
         "upstream_connect_failed",
+        "upstream_frame_timeout",
         "upstream_malformed",
         "upstream_misconfigured",
         "upstream_missing_accept",

@@ -129,9 +129,15 @@ impl Relay {
         self.outbox.len() + self.outbox.overhead() + self.stream.pending_output()
     }
 
-    /// Bytes held in partly received upstream frames.
+    /// Bytes held in partly received upstream frames (the read buffer by its capacity, as the
+    /// client's: a large partial frame grows it by doubling).
     pub fn buffered(&self) -> usize {
-        self.plaintext.len() + self.session.buffered_bytes()
+        self.plaintext.capacity() + self.session.buffered_bytes()
+    }
+
+    /// Whether the upstream began a frame or a fragmented message it has not completed.
+    pub fn in_message(&self) -> bool {
+        !self.plaintext.is_empty() || self.session.in_message()
     }
 
     pub fn is_done(&self) -> bool {

@@ -226,6 +226,15 @@ impl App {
         }
     }
 
+    /// Resolves when the far side left a frame or message half-sent for `frame_timeout_ms`;
+    /// never for echo or pub/sub.
+    pub(super) async fn frame_timed_out(&self) {
+        match self {
+            App::Proxy(p) => p.frame_deadline.expired().await,
+            App::Echo | App::PubSub(_) => std::future::pending().await,
+        }
+    }
+
     /// Proxy mode's side, when there is one.
     pub(super) fn proxy(&self) -> Option<&Proxy> {
         match self {
@@ -243,7 +252,9 @@ impl App {
 
     /// Firings of the app's own deadlines consumed (the loop's progress mark).
     pub(super) fn deadlines_consumed(&self) -> u64 {
-        self.proxy().map_or(0, |p| p.write_deadline.consumed())
+        self.proxy().map_or(0, |p| {
+            p.write_deadline.consumed() + p.frame_deadline.consumed()
+        })
     }
 
     /// When the oldest message the app relayed in this step was read; cleared.

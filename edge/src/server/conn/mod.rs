@@ -338,6 +338,7 @@ impl Conn {
                         r = app_writable(app), if app_writing => Wake::AppWritable(r),
                         _ = app_arrived(app), if app_arrivals => Wake::AppArrived,
                         _ = app_stalled(app), if app_writing => Wake::AppStalled,
+                        _ = app_frame_timed_out(app), if app.is_some() => Wake::AppFrameTimeout,
                     }
                 });
                 Waited::new(wait).await
@@ -364,6 +365,7 @@ impl Conn {
                     None
                 }
                 Wake::AppStalled => self.app_failed(Reason::UpstreamStalled),
+                Wake::AppFrameTimeout => self.app_failed(Reason::UpstreamFrameTimeout),
                 Wake::AppReadable(Err(e)) | Wake::AppWritable(Err(e)) => {
                     tracing::debug!(peer = %self.peer, error = %e, "upstream readiness wait failed");
                     self.app_failed(Reason::UpstreamClosed)
@@ -1665,6 +1667,8 @@ enum Wake {
     AppWritable(std::io::Result<()>),
     /// The app's far side took nothing for the write timeout.
     AppStalled,
+    /// The far side left a frame half-sent for `frame_timeout_ms`.
+    AppFrameTimeout,
     /// Something arrived for the client from elsewhere on the edge (pub/sub).
     AppArrived,
 }
@@ -1689,6 +1693,14 @@ async fn app_writable(app: Option<&App>) -> std::io::Result<()> {
 async fn app_stalled(app: Option<&App>) {
     match app {
         Some(app) => app.stalled().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the app's far side left a frame half-sent too long; never without an app.
+async fn app_frame_timed_out(app: Option<&App>) {
+    match app {
+        Some(app) => app.frame_timed_out().await,
         None => std::future::pending().await,
     }
 }

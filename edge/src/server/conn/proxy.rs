@@ -32,6 +32,10 @@ pub(super) struct Proxy {
     /// Armed while bytes wait for the upstream: no progress until it fires closes the client
     /// with 1014.
     pub(super) write_deadline: Deadline,
+    /// Armed while the upstream holds a frame or message begun and not completed (and we are
+    /// reading it): an upstream that hangs mid-message closes the client with 1014 after
+    /// `frame_timeout_ms`, as a client that does would be closed.
+    pub(super) frame_deadline: Deadline,
 }
 
 /// What one read of the upstream did for the client.
@@ -43,13 +47,14 @@ pub(super) struct Relayed {
 }
 
 impl Proxy {
-    pub(super) fn new(relay: Relay, write_deadline: Deadline) -> Self {
+    pub(super) fn new(relay: Relay, write_deadline: Deadline, frame_deadline: Deadline) -> Self {
         Self {
             relay,
             events: Vec::new(),
             paused: false,
             hop_started: None,
             write_deadline,
+            frame_deadline,
         }
     }
 
@@ -84,7 +89,11 @@ impl Proxy {
             peer,
         )
         .await?;
-        Ok(Self::new(relay, Deadline::new(&core.wheel)))
+        Ok(Self::new(
+            relay,
+            Deadline::new(&core.wheel),
+            Deadline::new(&core.wheel),
+        ))
     }
 
     /// Whether the upstream's bytes may be read now (`client_outbound`: bytes queued for the
@@ -103,7 +112,21 @@ impl Proxy {
             core.metrics.upstream_pauses.inc();
         }
         self.paused = !allowed;
+        self.watch_partial_input(core);
         allowed
+    }
+
+    /// The upstream's half-sent frame or message must complete within `frame_timeout_ms` of
+    /// when it began; the deadline is off while nothing is partial, and while we are not
+    /// reading (the client's queue is full: not the upstream's doing).
+    fn watch_partial_input(&self, core: &Core) {
+        let partial = self.relay.in_message() && !self.paused && !self.relay.is_done();
+        if !partial {
+            self.frame_deadline.clear();
+        } else if !self.frame_deadline.is_set() {
+            self.frame_deadline
+                .set(Instant::now() + core.cfg.limits.frame_timeout());
+        }
     }
 
     /// Reads the upstream and hands its whole messages to the client's `session`
@@ -164,6 +187,7 @@ impl Proxy {
             }
         }
         self.events = events;
+        self.watch_partial_input(core);
         Relayed { moved, end }
     }
 
