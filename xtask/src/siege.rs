@@ -17,6 +17,13 @@
 //!   reached (connections closed `1013 buffer_budget`), the edge's buffered bytes must stay
 //!   within it and its RSS within idle + budget + [`RSS_SLACK`].
 //!
+//! Then one client flooding the core it landed on: a second edge with one core (pinned to CPU
+//! 0) serves 50 clients at 2,000 messages/s in all (64 B, open loop: latency from the intended
+//! send time), first alone, then beside one client that sends 4 KiB messages as fast as it can
+//! (64 in flight), with no rate limit configured. Reported: the 50 clients' p50/p99/p99.9 in
+//! both runs and the ratio, what the flooder got through, the edge's CPU; asserted: the 50
+//! clients lose nothing.
+//!
 //! Asserted per attack phase: ≥ 99 % of the legitimate handshakes succeed, and the siege had its
 //! force (every one of the attacker's sockets reached the edge at least once; how many it held
 //! at once is reported: the edge's closing them is the defence). After the last phase the edge
@@ -63,6 +70,11 @@ const RSS_SLACK: u64 = 256 << 20;
 const MIN_SUCCESS: f64 = 0.99;
 /// After a phase: how long the edge may take to let go of everything.
 const SETTLE_LIMIT: Duration = Duration::from_secs(30);
+/// The flooding-client measurement: the others, and the flooder.
+const OTHERS: u32 = 50;
+const OTHERS_RATE: u32 = 2_000;
+const FLOODER_DEPTH: u32 = 64;
+const FLOODER_PAYLOAD: u32 = 4096;
 
 struct Options {
     sockets: usize,
@@ -330,7 +342,24 @@ fn siege(env: &Env, opts: &Options) -> Result<Verdict> {
     if let Err(e) = &settled {
         failures.push(format!("after the siege: {e:#}"));
     }
-    let text = render(opts, &results, fds_idle, &settled, &failures);
+    drop(_guard);
+    let flood = if opts.only.is_empty() || opts.only.iter().any(|o| o == "flood") {
+        let f = flooding_client(&bins, opts, &out).context("the flooding client")?;
+        checks += 1;
+        if f.others_lost() > 0 {
+            failures.push(format!(
+                "flood: the other clients lost {} messages beside the flooder",
+                f.others_lost()
+            ));
+        }
+        Some(f)
+    } else {
+        None
+    };
+    let mut text = render(opts, &results, fds_idle, &settled, &failures);
+    if let Some(f) = &flood {
+        text.push_str(&f.render());
+    }
     std::fs::write(out.join("report.md"), &text)?;
     let json = json!({
         "sockets": opts.sockets,
@@ -352,6 +381,13 @@ fn siege(env: &Env, opts: &Options) -> Result<Verdict> {
             "refusals": m.refusals,
             "accepted": m.accepted,
         })).collect::<Vec<_>>(),
+        "flood": flood.as_ref().map(|f| json!({
+            "others_alone": f.alone,
+            "others_beside_flooder": f.beside,
+            "flooder": f.flooder,
+            "edge_cpu_s_alone": f.cpu_alone,
+            "edge_cpu_s_beside": f.cpu_beside,
+        })),
         "failures": failures,
     });
     std::fs::write(
@@ -483,6 +519,158 @@ fn run_phase(
         }
     }
     Ok(m)
+}
+
+/// The flooding client's measurement: the other clients' reports alone and beside it, its own.
+struct Flood {
+    alone: Value,
+    beside: Value,
+    flooder: Value,
+    cpu_alone: f64,
+    cpu_beside: f64,
+    seconds: f64,
+}
+
+impl Flood {
+    fn others_lost(&self) -> u64 {
+        let lost = |v: &Value| {
+            let sent = v["sent"].as_u64().unwrap_or(0);
+            let got = v["received"].as_u64().unwrap_or(0);
+            sent.saturating_sub(got) + v["errors"].as_u64().unwrap_or(0)
+        };
+        lost(&self.alone) + lost(&self.beside)
+    }
+
+    fn render(&self) -> String {
+        let q = |v: &Value, p: &str| v["latency_us"][p].as_f64().unwrap_or(0.0) / 1000.0;
+        let row = |name: &str, v: &Value, cpu: f64| {
+            format!(
+                "| {name} | {} / {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {cpu:.2} s |\n",
+                v["received"],
+                v["sent"],
+                q(v, "p50"),
+                q(v, "p99"),
+                q(v, "p999"),
+                q(v, "max"),
+            )
+        };
+        let ratio = |p: &str| {
+            let a = q(&self.alone, p);
+            if a > 0.0 {
+                q(&self.beside, p) / a
+            } else {
+                0.0
+            }
+        };
+        let f = &self.flooder;
+        let mib_s =
+            f["msgs_per_s"].as_f64().unwrap_or(0.0) * f64::from(FLOODER_PAYLOAD) / (1 << 20) as f64;
+        format!(
+            "\n## One client flooding its core\n\n\
+             One core. {OTHERS} clients at {OTHERS_RATE} messages/s in all (64 B, open loop), \
+             {} s, alone and then beside one client sending {FLOODER_PAYLOAD} B messages with \
+             {FLOODER_DEPTH} in flight (no rate limit configured).\n\n\
+             | the {OTHERS} clients | received / sent | p50 | p99 | p99.9 | max | edge CPU |\n\
+             |---|---|---|---|---|---|---|\n{}{}\n\
+             Beside the flooder: p50 ×{:.2}, p99 ×{:.2}, p99.9 ×{:.2}. The flooder got \
+             {:.0} messages/s through ({mib_s:.0} MiB/s echoed), its own p99 {:.1} ms.\n",
+            self.seconds,
+            row("alone", &self.alone, self.cpu_alone),
+            row("beside the flooder", &self.beside, self.cpu_beside),
+            ratio("p50"),
+            ratio("p99"),
+            ratio("p999"),
+            f["msgs_per_s"].as_f64().unwrap_or(0.0),
+            q(f, "p99"),
+        )
+    }
+}
+
+/// One edge with one core; the other clients alone, then beside the flooder.
+fn flooding_client(bins: &Path, opts: &Options, out: &Path) -> Result<Flood> {
+    banner("siege: one client flooding its core");
+    let config = out.join("flood.toml");
+    std::fs::write(&config, "[server]\ncores = 1\n")?;
+    std::fs::create_dir_all(out.join("flood-state"))?;
+    let edge = start_edge(
+        &bins.join("wssedge"),
+        &config,
+        &out.join("flood-state"),
+        &out.join("flood-wssedge.log"),
+        &[0],
+    )?;
+    let pid = edge.guard.child.id();
+    let url = format!("wss://{}/flood", edge.addr);
+    let seconds = opts.measured;
+    let gen = |mode: &str, name: &str, secs: f64| -> Result<Command> {
+        let mut c = Command::new(bins.join("wssbench"));
+        c.arg(mode)
+            .args(["--url", &url])
+            .arg("--ca")
+            .arg(&edge.ca)
+            .args(["--warmup", "1", "--duration", &secs.to_string()])
+            .arg("--json")
+            .arg(out.join(format!("{name}.json")))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(out.join(format!("{name}.log")))?)
+            .stderr(std::fs::File::create(out.join(format!("{name}.err")))?);
+        Ok(c)
+    };
+    let others = |name: &str| -> Result<Child> {
+        Ok(gen("open", name, seconds)?
+            .args(["--connections", &OTHERS.to_string()])
+            .args(["--rate", &OTHERS_RATE.to_string()])
+            .spawn()?)
+    };
+    let limit = Duration::from_secs_f64(seconds + 60.0);
+    let cpu0 = edge_cpu_s(pid);
+    let mut alone = others("flood-others-alone")?;
+    wait_for(&mut alone, "the other clients", limit)?;
+    let cpu_alone = edge_cpu_s(pid) - cpu0;
+    let mut flooder = gen("closed", "flood-flooder", seconds + 2.0)?
+        .args(["--connections", "1"])
+        .args(["--depth", &FLOODER_DEPTH.to_string()])
+        .args(["--payload", &FLOODER_PAYLOAD.to_string()])
+        .spawn()?;
+    // The flooder's connection is up and flooding before the others start measuring.
+    std::thread::sleep(Duration::from_millis(500));
+    let cpu1 = edge_cpu_s(pid);
+    let mut beside = others("flood-others-beside")?;
+    wait_for(&mut beside, "the other clients", limit)?;
+    let cpu_beside = edge_cpu_s(pid) - cpu1;
+    wait_for(&mut flooder, "the flooder", limit)?;
+    let read = |name: &str| -> Result<Value> {
+        let path = out.join(format!("{name}.json"));
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("{name} wrote no report ({})", path.display()))?;
+        Ok(serde_json::from_str(&text)?)
+    };
+    Ok(Flood {
+        alone: read("flood-others-alone")?,
+        beside: read("flood-others-beside")?,
+        flooder: read("flood-flooder")?,
+        cpu_alone,
+        cpu_beside,
+        seconds,
+    })
+}
+
+fn wait_for(child: &mut Child, what: &str, limit: Duration) -> Result<()> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                bail!("{what} exited with {status}");
+            }
+            return Ok(());
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{what} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The memory phase's checks: the budget was reached (else nothing was proven), the buffered
