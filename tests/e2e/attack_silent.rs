@@ -242,6 +242,131 @@ async fn stalled_handshakes_and_dribblers_give_way_to_clients_that_finish() {
     assert!(cut >= 1, "no dribbler gave way");
 }
 
+/// Where a stalled handshake stops.
+#[derive(Debug, Clone, Copy)]
+enum Stall {
+    /// Half a ClientHello.
+    MidClientHello,
+    /// A whole ClientHello, then nothing (the edge answered its flight).
+    AfterClientHello,
+    /// The server's flight read, then half of the client's second flight (its Finished).
+    MidClientFinished,
+    /// The handshake done on the client's side, then no upgrade request.
+    AfterFinished,
+}
+
+/// Opens a connection and drives a TLS 1.3 handshake as far as `stall`, then sends nothing.
+async fn stall_at(srv: &Server, stall: Stall) -> TcpStream {
+    use tokio::io::AsyncReadExt as _;
+    let mut tcp = TcpStream::connect(srv.addr).await.expect("connect");
+    let name = tokio_rustls::rustls::pki_types::ServerName::IpAddress(Ipv4Addr::LOCALHOST.into());
+    let mut client =
+        tokio_rustls::rustls::ClientConnection::new(srv.tls_config(), name).expect("client");
+    let mut hello = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut hello).expect("ClientHello");
+    }
+    match stall {
+        Stall::MidClientHello => {
+            send_all(&mut tcp, &hello[..hello.len() / 2])
+                .await
+                .expect("half a hello");
+            return tcp;
+        }
+        Stall::AfterClientHello => {
+            send_all(&mut tcp, &hello).await.expect("hello");
+            return tcp;
+        }
+        Stall::MidClientFinished | Stall::AfterFinished => {
+            send_all(&mut tcp, &hello).await.expect("hello");
+        }
+    }
+    // The server's flight, until the client has its own second flight to send.
+    let mut buf = vec![0u8; 16 * 1024];
+    while !client.wants_write() {
+        let n = within(WAIT, "the server's flight", tcp.read(&mut buf))
+            .await
+            .expect("read the server's flight");
+        assert!(n > 0, "the edge closed during its own flight");
+        client.read_tls(&mut &buf[..n]).expect("read_tls");
+        client.process_new_packets().expect("the server's flight");
+    }
+    let mut finished = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut finished).expect("Finished");
+    }
+    let part = match stall {
+        Stall::MidClientFinished => &finished[..finished.len() - 8],
+        _ => &finished[..],
+    };
+    send_all(&mut tcp, part).await.expect("the client's flight");
+    tcp
+}
+
+/// A TLS handshake stalled at each of its flights — half a ClientHello, a whole one, half the
+/// client's Finished, the handshake done without an upgrade request — is closed at the
+/// handshake deadline (not before, not long after), counted, and leaves nothing behind; a
+/// client that finishes meanwhile is served.
+#[tokio::test]
+async fn a_handshake_stalled_at_any_flight_is_closed_at_its_deadline() {
+    const DEADLINE: Duration = Duration::from_millis(1000);
+    let srv = Server::with_config(&format!(
+        "[limits]\nhandshake_timeout_ms = {}\n",
+        DEADLINE.as_millis()
+    ));
+    let stalls = [
+        Stall::MidClientHello,
+        Stall::AfterClientHello,
+        Stall::MidClientFinished,
+        Stall::AfterFinished,
+    ];
+    let mut waits = Vec::new();
+    for stall in stalls {
+        let t0 = Instant::now();
+        let tcp = stall_at(&srv, stall).await;
+        waits.push(tokio::spawn(async move {
+            use tokio::io::AsyncReadExt as _;
+            let mut tcp = tcp;
+            let mut sink = [0u8; 4096];
+            // Whatever the edge still sends (an alert, nothing) until it closes.
+            while let Ok(n) = tcp.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+            (stall, t0.elapsed())
+        }));
+    }
+    // A client that finishes is not held up by them.
+    let (_, mut ws) = expect_upgraded(&srv, &ws_request("/", &[])).await;
+    ws.send(&cframe(true, OP_TEXT, b"meanwhile")).await;
+    assert_eq!(ws.rd.message().await, (OP_TEXT, b"meanwhile".to_vec()));
+    drop(ws);
+    let mut seen = Vec::new();
+    for w in waits {
+        let (stall, took) = within(WAIT, "a stalled handshake's close", w)
+            .await
+            .expect("waiter");
+        seen.push(format!("{stall:?} {took:.2?}"));
+        assert!(
+            took >= DEADLINE - Duration::from_millis(50) && took < DEADLINE * 3,
+            "{stall:?}: closed after {took:?} (deadline {DEADLINE:?})"
+        );
+    }
+    let timeouts = srv
+        .wait_metric(
+            "wssedge_refusals_total",
+            &[("reason", "handshake_timeout")],
+            4.0,
+        )
+        .await;
+    visible_line(&format!(
+        "stalled handshakes closed: {}; handshake_timeout refusals {timeouts}",
+        seen.join(", ")
+    ));
+    srv.wait_metric_eq("wssedge_connections", &[], 0.0).await;
+}
+
 /// The process's CPU time so far (user + system), from `/proc/PID/stat`.
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
