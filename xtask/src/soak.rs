@@ -5,7 +5,9 @@
 //! The load, all at once, on one edge with two cores, JWT single-use tokens and identity
 //! limits on:
 //! - long-lived echo sessions (wssbench `open`, a fixed message rate), in two phases around
-//!   a restart handover;
+//!   a restart handover: the handover also switches the edge into proxy mode, so in the second
+//!   phase every session, churn connection and bad upgrade crosses the proxy to an upstream
+//!   (a second wssedge, echoing, over wss://), which must hold no connection afterwards;
 //! - connection churn (wssbench `storm`): connect, upgrade, one echo, close — every 4th ends
 //!   with half a frame and a TCP reset instead; tokens that live 15 s, so the replay store has
 //!   entries to forget;
@@ -20,7 +22,8 @@
 //! load: descriptors, connections, buffers, timers, replay entries and identity budgets must
 //! come back to their idle values (descriptors exactly) within [`SETTLE_LIMIT`], RSS within
 //! [`RSS_BOUND_BYTES`] of the first idle sample; during the steady part of the second phase
-//! the RSS trend must stay under [`MAX_RSS_SLOPE_BYTES_PER_MIN`]. Report, plot and samples in
+//! the RSS trend (Theil–Sen: the median slope between every two samples, so one allocator
+//! step is not a trend) must stay under [`MAX_RSS_SLOPE_BYTES_PER_MIN`]. Report, plot and samples in
 //! `target/soak/` (`report.md`, `soak.svg`, `samples.csv`).
 
 use std::fmt::Write as _;
@@ -48,7 +51,7 @@ const TOKEN_SLACK_S: u64 = 5;
 /// The allocator keeps some of what a load made it map (mimalloc returns freed pages lazily,
 /// in segments): RSS after the load may exceed the first idle sample by this much.
 const RSS_BOUND_BYTES: u64 = 24 << 20;
-/// The RSS trend (least squares) over the steady part of the second phase.
+/// The RSS trend (Theil–Sen, see `slope`) over the steady part of the second phase.
 const MAX_RSS_SLOPE_BYTES_PER_MIN: f64 = 1024.0 * 1024.0;
 /// Long-lived sessions and their total message rate.
 const SESSIONS: u32 = 64;
@@ -184,6 +187,17 @@ fn soak(env: &Env, opts: &Options) -> Result<Verdict> {
         }
     }
     let setup = Setup::write(&out)?;
+    // The upstream of the second phase: an echo edge of its own.
+    std::fs::create_dir_all(out.join("upstream-state"))?;
+    let upstream_config = out.join("upstream.toml");
+    std::fs::write(&upstream_config, "[server]\ncores = 1\n")?;
+    let upstream = start_edge(
+        &bins.join("wssedge"),
+        &upstream_config,
+        &out.join("upstream-state"),
+        &out.join("upstream.log"),
+        &[1],
+    )?;
     let edge = start_edge(
         &bins.join("wssedge"),
         &setup.config,
@@ -269,10 +283,11 @@ fn soak(env: &Env, opts: &Options) -> Result<Verdict> {
         }
         if second == restart_at && !restarted {
             restarted = true;
+            setup.switch_to_proxy(upstream.addr, &upstream.ca)?;
             ctl.run(&["restart"])?;
             pid = wait_new_pid(&ctl, first_pid)?;
             actions.push(format!(
-                "{second} s: restart handover, pid {first_pid} → {pid}"
+                "{second} s: restart handover into proxy mode (upstream: an echo edge), pid {first_pid} → {pid}"
             ));
             let left = load_secs - second;
             phase2 = Some((
@@ -319,6 +334,8 @@ fn soak(env: &Env, opts: &Options) -> Result<Verdict> {
     let settle_secs = settle_start.elapsed().as_secs_f64();
     let fds_after = fd_targets(pid);
     stop_edge(pid, &mut guard);
+    // Nothing left behind upstream either: every proxied session's far side closed.
+    let upstream_left = upstream_connections_left(upstream.admin);
 
     let mut checks = 0;
     for (name, f) in SETTLING {
@@ -370,6 +387,22 @@ fn soak(env: &Env, opts: &Options) -> Result<Verdict> {
     if !restarted || pid == first_pid {
         failures.push("the restart handover did not happen".into());
     }
+    checks += 1;
+    match upstream_left {
+        Ok(0) => {}
+        Ok(n) => failures.push(format!(
+            "the upstream edge still holds {n} connections after the load"
+        )),
+        Err(e) => failures.push(format!("the upstream edge: {e:#}")),
+    }
+    let upstream_served = scrape(upstream.admin)
+        .ok()
+        .and_then(|t| metric(&t, "wssedge_connections_accepted_total", &[]))
+        .unwrap_or(0.0);
+    actions.push(format!(
+        "upstream edge: {upstream_served} proxied connections accepted"
+    ));
+    drop(upstream);
 
     let summary = Summary {
         seconds: load_secs,
@@ -402,6 +435,8 @@ fn soak(env: &Env, opts: &Options) -> Result<Verdict> {
 /// The files the edge runs on: config, JWT key, control socket directory.
 struct Setup {
     config: PathBuf,
+    /// The configuration's echo-mode text (proxy mode appends to it).
+    base: String,
     jwt_key: PathBuf,
     control: PathBuf,
 }
@@ -417,23 +452,37 @@ impl Setup {
         std::fs::set_permissions(&ctl_dir, std::fs::Permissions::from_mode(0o700))?;
         let control = ctl_dir.join("control.sock");
         let config = out.join("wssedge.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\ncontrol = \"{}\"\ndrain_timeout_ms = 2000\n\n\
-                 [jwt]\nhs_secret_file = \"{}\"\nleeway_s = 1\nsingle_use = true\n\
-                 max_token_lifetime_s = 86400\n\n\
-                 [limits]\nper_identity_connections = 10000\n\
-                 identity_rate = {{ messages_per_s = 100000, burst_messages = 100000 }}\n",
-                control.display(),
-                jwt_key.display()
-            ),
-        )?;
+        let base = format!(
+            "[server]\ncontrol = \"{}\"\ndrain_timeout_ms = 2000\n\n\
+             [jwt]\nhs_secret_file = \"{}\"\nleeway_s = 1\nsingle_use = true\n\
+             max_token_lifetime_s = 86400\n\n\
+             [limits]\nper_identity_connections = 10000\n\
+             identity_rate = {{ messages_per_s = 100000, burst_messages = 100000 }}\n",
+            control.display(),
+            jwt_key.display()
+        );
+        std::fs::write(&config, &base)?;
         Ok(Setup {
             config,
+            base,
             jwt_key,
             control,
         })
+    }
+
+    /// From the restart on, the edge is in proxy mode: every path goes to the upstream edge
+    /// (echo, over wss://), so the second phase's sessions, churn and bad upgrades all cross
+    /// the proxy.
+    fn switch_to_proxy(&self, upstream: SocketAddr, upstream_ca: &Path) -> Result<()> {
+        let text = format!(
+            "{}\n[upstream]\n[upstream.tls]\nca = \"{}\"\n\
+             [[upstream.groups]]\nname = \"echo\"\nmembers = [\"wss://{upstream}/\"]\n\n\
+             [[routes]]\nprefix = \"/\"\ngroup = \"echo\"\n",
+            self.base,
+            upstream_ca.display()
+        );
+        std::fs::write(&self.config, text)?;
+        Ok(())
     }
 }
 
@@ -594,6 +643,18 @@ fn take_sample(admin: SocketAddr, pid: u32, t0: Instant) -> Result<Sample> {
 }
 
 /// What each open descriptor of `pid` is (`socket:[…]` kinds folded to their kind).
+/// The upstream edge's connections once they have had [`SETTLE_LIMIT`] to go to zero.
+fn upstream_connections_left(admin: SocketAddr) -> Result<u64> {
+    let t0 = Instant::now();
+    loop {
+        let n = metric(&scrape(admin)?, "wssedge_connections", &[]).unwrap_or(0.0) as u64;
+        if n == 0 || t0.elapsed() > SETTLE_LIMIT {
+            return Ok(n);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn fd_targets(pid: u32) -> Vec<String> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return Vec::new();
@@ -651,19 +712,34 @@ fn misbehave(addr: SocketAddr, stop: &AtomicBool, count: &AtomicU64) {
     }
 }
 
-/// Least-squares slope of `points` (per second), if there are enough of them.
+/// The trend of `points` (per second), if there are enough of them: robust to one-off steps.
 fn slope(points: &[(f64, f64)]) -> Option<f64> {
     if points.len() < 5 {
         return None;
     }
-    let n = points.len() as f64;
-    let (mx, my) = points
-        .iter()
-        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
-    let (sxy, sxx) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| {
-        (a + (x - mx) * (y - my), b + (x - mx) * (x - mx))
-    });
-    (sxx > 0.0).then(|| sxy / sxx)
+    // Theil–Sen: the median of the slopes between every two samples. A leak raises every
+    // pair's slope; a one-off step (the allocator mapping a segment, a reload's new state)
+    // raises only the pairs that straddle it, which least squares would turn into a trend.
+    let step = points.len().div_ceil(600); // at most 600 samples: 180k pairs
+    let pts: Vec<(f64, f64)> = points.iter().step_by(step).copied().collect();
+    let mut slopes = Vec::with_capacity(pts.len() * pts.len() / 2);
+    for (i, (x1, y1)) in pts.iter().enumerate() {
+        for (x2, y2) in &pts[i + 1..] {
+            if x2 != x1 {
+                slopes.push((y2 - y1) / (x2 - x1));
+            }
+        }
+    }
+    if slopes.is_empty() {
+        return None;
+    }
+    slopes.sort_by(f64::total_cmp);
+    let mid = slopes.len() / 2;
+    Some(if slopes.len() % 2 == 1 {
+        slopes[mid]
+    } else {
+        (slopes[mid - 1] + slopes[mid]) / 2.0
+    })
 }
 
 struct Summary {
@@ -842,5 +918,13 @@ mod tests {
             .collect();
         assert!(slope(&flat).unwrap().abs() < 0.1);
         assert_eq!(slope(&line[..3]), None, "too few points");
+        // One step of 1.4 MiB two thirds in (what a 120 s soak saw): no trend; a leak of the
+        // same size spread over the window: its rate.
+        let stepped: Vec<(f64, f64)> = (0..54)
+            .map(|i| (i as f64, if i < 36 { 32.3 } else { 33.7 }))
+            .collect();
+        assert!(slope(&stepped).unwrap().abs() < 1e-9);
+        let leak: Vec<(f64, f64)> = (0..54).map(|i| (i as f64, 0.026 * i as f64)).collect();
+        assert!((slope(&leak).unwrap() - 0.026).abs() < 1e-9);
     }
 }
