@@ -3,7 +3,8 @@
 //! may grow while the load is steady. The test command runs a short version (2 minutes).
 //!
 //! The load, all at once, on one edge with two cores, JWT single-use tokens and identity
-//! limits on:
+//! limits on, in a fleet (its own `redis-server`: replay checks, revocations, identity counts
+//! and pub/sub sequences go through it):
 //! - long-lived echo sessions (wssbench `open`, a fixed message rate), in two phases around
 //!   a restart handover: the handover also switches the edge into proxy mode, so in the second
 //!   phase every session, churn connection and bad upgrade crosses the proxy to an upstream
@@ -12,6 +13,8 @@
 //!   with half a frame and a TCP reset instead; tokens that live 15 s, so the replay store has
 //!   entries to forget;
 //! - bad upgrades: a storm without tokens (401 each);
+//! - pub/sub: a publisher and 32 subscribers of one topic (wssbench `fanout`), in two phases
+//!   like the sessions; nothing may be lost;
 //! - handshake failures and misbehaving sockets from xtask: plain HTTP on the TLS port, an
 //!   empty ClientHello, a connection closed before its first byte;
 //! - operator actions: `ctl revoke-jti` / `unrevoke-jti` every 5 s, `ctl reload` every
@@ -61,6 +64,9 @@ const CHURN_RATE: u32 = 40;
 const ABORT_EVERY: u32 = 4;
 const CHURN_TOKEN_LIFE_S: u64 = 15;
 const BAD_UPGRADE_RATE: u32 = 5;
+/// Pub/sub: subscribers of one topic, and its publications per second.
+const SUBSCRIBERS: u32 = 32;
+const PUBLICATION_RATE: u32 = 20;
 
 struct Options {
     seconds: u64,
@@ -186,7 +192,27 @@ fn soak(env: &Env, opts: &Options) -> Result<Verdict> {
             bail!("building the soak's binaries failed ({status})");
         }
     }
-    let setup = Setup::write(&out)?;
+    // The fleet's Redis: replay checks, revocations, identity counts and pub/sub sequences go
+    // through it.
+    let redis_bin = crate::bench::fleet::ensure_redis().map_err(|e| anyhow!(e))?;
+    let redis_port = crate::free_port()?;
+    std::fs::create_dir_all(out.join("redis"))?;
+    let _redis = crate::Guard {
+        name: "redis-server",
+        child: Command::new(&redis_bin)
+            .args(crate::bench::fleet::redis_args(
+                redis_port,
+                &out.join("redis"),
+            ))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(out.join("redis.log"))?)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server")?,
+        group: false,
+    };
+    crate::bench::fleet::wait_listening(SocketAddr::from(([127, 0, 0, 1], redis_port)))?;
+    let setup = Setup::write(&out, redis_port)?;
     // The upstream of the second phase: an echo edge of its own.
     std::fs::create_dir_all(out.join("upstream-state"))?;
     let upstream_config = out.join("upstream.toml");
@@ -246,6 +272,7 @@ fn soak(env: &Env, opts: &Options) -> Result<Verdict> {
     let mut churn = gen.storm("churn", CHURN_RATE, load_secs, true)?;
     let mut bad = gen.storm("bad-upgrades", BAD_UPGRADE_RATE, load_secs, false)?;
     let mut sessions = gen.sessions("sessions-1", restart_at.saturating_sub(2))?;
+    let mut fanout = gen.fanout("fanout-1", restart_at.saturating_sub(2))?;
     let stop = Arc::new(AtomicBool::new(false));
     let misbehaved = Arc::new(AtomicU64::new(0));
     let misbehaver = {
@@ -256,6 +283,7 @@ fn soak(env: &Env, opts: &Options) -> Result<Verdict> {
     let mut pid = first_pid;
     let mut actions = Vec::new();
     let mut phase2: Option<(f64, Child)> = None;
+    let mut fanout2: Option<Child> = None;
     let mut restarted = false;
     let mut failures = Vec::new();
     let mut next_revoke = 5;
@@ -290,6 +318,7 @@ fn soak(env: &Env, opts: &Options) -> Result<Verdict> {
                 "{second} s: restart handover into proxy mode (upstream: an echo edge), pid {first_pid} → {pid}"
             ));
             let left = load_secs - second;
+            fanout2 = Some(gen.fanout("fanout-2", left.saturating_sub(2))?);
             phase2 = Some((
                 t0.elapsed().as_secs_f64() + 2.0,
                 gen.sessions("sessions-2", left.saturating_sub(2))?,
@@ -311,13 +340,16 @@ fn soak(env: &Env, opts: &Options) -> Result<Verdict> {
         ("churn", &mut churn),
         ("bad upgrades", &mut bad),
         ("sessions", &mut sessions),
+        ("pub/sub", &mut fanout),
     ]
     .into_iter()
     .chain(
         phase2
             .as_mut()
             .map(|(_, c)| ("sessions after the restart", c)),
-    ) {
+    )
+    .chain(fanout2.as_mut().map(|c| ("pub/sub after the restart", c)))
+    {
         wait_child(child, what, Duration::from_secs(30))?;
     }
 
@@ -333,6 +365,9 @@ fn soak(env: &Env, opts: &Options) -> Result<Verdict> {
     };
     let settle_secs = settle_start.elapsed().as_secs_f64();
     let fds_after = fd_targets(pid);
+    let fleet_up = scrape(edge.admin)
+        .ok()
+        .and_then(|t| metric(&t, "wssedge_fleet_up", &[]));
     stop_edge(pid, &mut guard);
     // Nothing left behind upstream either: every proxied session's far side closed.
     let upstream_left = upstream_connections_left(upstream.admin);
@@ -388,6 +423,24 @@ fn soak(env: &Env, opts: &Options) -> Result<Verdict> {
         failures.push("the restart handover did not happen".into());
     }
     checks += 1;
+    if fleet_up != Some(1.0) {
+        failures.push(format!(
+            "the fleet link was not up at the end (wssedge_fleet_up {fleet_up:?})"
+        ));
+    }
+    for name in ["fanout-1", "fanout-2"] {
+        checks += 1;
+        let v = read_gen(&out.join(format!("{name}.json")));
+        let lost = v.as_ref().and_then(|v| v["fanout"]["lost"].as_u64());
+        let delivered = v.as_ref().and_then(|v| v["fanout"]["deliveries"].as_u64());
+        match (lost, delivered) {
+            (Some(0), Some(d)) if d > 0 => {}
+            (lost, delivered) => failures.push(format!(
+                "{name}: pub/sub lost {lost:?} of its deliveries (delivered {delivered:?})"
+            )),
+        }
+    }
+    checks += 1;
     match upstream_left {
         Ok(0) => {}
         Ok(n) => failures.push(format!(
@@ -416,6 +469,8 @@ fn soak(env: &Env, opts: &Options) -> Result<Verdict> {
             ("bad upgrades", out.join("bad-upgrades.json")),
             ("sessions before the restart", out.join("sessions-1.json")),
             ("sessions after the restart", out.join("sessions-2.json")),
+            ("pub/sub before the restart", out.join("fanout-1.json")),
+            ("pub/sub after the restart", out.join("fanout-2.json")),
         ]
         .into_iter()
         .map(|(what, p)| (what, read_gen(&p)))
@@ -442,7 +497,7 @@ struct Setup {
 }
 
 impl Setup {
-    fn write(out: &Path) -> Result<Setup> {
+    fn write(out: &Path, redis_port: u16) -> Result<Setup> {
         use std::os::unix::fs::PermissionsExt;
         let jwt_key = out.join("jwt.key");
         std::fs::write(&jwt_key, b"soak-secret-soak-secret-soak-secret-0123")?;
@@ -457,7 +512,9 @@ impl Setup {
              [jwt]\nhs_secret_file = \"{}\"\nleeway_s = 1\nsingle_use = true\n\
              max_token_lifetime_s = 86400\n\n\
              [limits]\nper_identity_connections = 10000\n\
-             identity_rate = {{ messages_per_s = 100000, burst_messages = 100000 }}\n",
+             identity_rate = {{ messages_per_s = 100000, burst_messages = 100000 }}\n\n\
+             [fleet]\nredis = \"redis://127.0.0.1:{redis_port}/0\"\nnode = \"soak\"\n\n\
+             [pubsub]\n\n[[routes]]\nprefix = \"/md\"\npubsub = true\n",
             control.display(),
             jwt_key.display()
         );
@@ -475,7 +532,7 @@ impl Setup {
     /// the proxy.
     fn switch_to_proxy(&self, upstream: SocketAddr, upstream_ca: &Path) -> Result<()> {
         let text = format!(
-            "{}\n[upstream]\n[upstream.tls]\nca = \"{}\"\n\
+            "{}\n[upstream]\n\n[upstream.tls]\nca = \"{}\"\n\
              [[upstream.groups]]\nname = \"echo\"\nmembers = [\"wss://{upstream}/\"]\n\n\
              [[routes]]\nprefix = \"/\"\ngroup = \"echo\"\n",
             self.base,
@@ -496,9 +553,13 @@ struct Generators<'a> {
 
 impl Generators<'_> {
     fn base(&self, mode: &str, name: &str, seconds: u64) -> Result<Command> {
+        self.base_at(self.url, mode, name, seconds)
+    }
+
+    fn base_at(&self, url: &str, mode: &str, name: &str, seconds: u64) -> Result<Command> {
         let mut c = Command::new(self.bin);
         c.arg(mode)
-            .args(["--url", self.url])
+            .args(["--url", url])
             .arg("--ca")
             .arg(self.ca)
             .args(["--warmup", "0", "--duration", &seconds.to_string()])
@@ -519,6 +580,21 @@ impl Generators<'_> {
             c.args(["--token-life-s", &CHURN_TOKEN_LIFE_S.to_string()]);
             c.args(["--abort-every", &ABORT_EVERY.to_string()]);
         }
+        c.spawn()
+            .with_context(|| format!("starting wssbench {name}"))
+    }
+
+    /// Pub/sub for `seconds`: one publisher, [`SUBSCRIBERS`] subscribers of its topic, each
+    /// with its own single-use token; publications sequenced through the fleet's Redis.
+    fn fanout(&self, name: &str, seconds: u64) -> Result<Child> {
+        let url = self.url.replace("/soak", "/md");
+        let mut c = self.base_at(&url, "fanout", name, seconds)?;
+        c.args(["--connections", &SUBSCRIBERS.to_string()])
+            .args(["--rate", &PUBLICATION_RATE.to_string()])
+            .args(["--payload", "256"])
+            .arg("--mint-per-connection")
+            .arg(self.key)
+            .args(["--token-life-s", &(seconds + TOKEN_SLACK_S).to_string()]);
         c.spawn()
             .with_context(|| format!("starting wssbench {name}"))
     }
@@ -789,6 +865,12 @@ impl Summary {
             };
             let mut why = reasons("failure_reasons");
             why.extend(reasons("errors"));
+            if let Some(f) = v.get("fanout") {
+                why.push(format!(
+                    "{} publications, {} deliveries, lost {}",
+                    f["publications"], f["deliveries"], f["lost"]
+                ));
+            }
             let _ = writeln!(
                 r,
                 "| {what} | {} | {} | {} | {} |",

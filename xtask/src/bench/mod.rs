@@ -12,7 +12,7 @@
 
 // The nginx template and its renderer live with the peers; compiled here without their deps.
 mod fanout;
-mod fleet;
+pub(crate) mod fleet;
 #[path = "../../../bench/peers/src/nginx.rs"]
 mod nginx;
 mod plot;
