@@ -502,6 +502,57 @@ async fn a_message_dribbled_as_fragments_is_closed_at_frame_timeout() {
     .await;
 }
 
+/// A client that streams large messages back to back — the edge's every read ending inside a
+/// frame, the next one always begun — is making progress: the frame deadline (100 ms here)
+/// holds each frame to its own time, not the whole stream to one frame's. Before, the deadline
+/// armed at the first partial frame was never cleared while something stayed partial, and a
+/// healthy stream was closed `1008 frame_timeout` after 100 ms.
+#[tokio::test]
+async fn a_client_streaming_large_messages_is_not_cut_by_the_frame_deadline() {
+    const COUNT: usize = 2_000;
+    const SIZE: usize = 100_000;
+    let srv = Server::with_config("[limits]\nframe_timeout_ms = 100\n");
+    let (_, ws) = expect_upgraded(&srv, &ws_request("/", &[])).await;
+    let RawWs { mut rd, mut wr } = ws;
+    let t0 = Instant::now();
+    let writer = tokio::spawn(async move {
+        let frame = cframe(true, OP_BINARY, &pattern(SIZE));
+        let mut batch = Vec::with_capacity(8 * frame.len());
+        for _ in 0..8 {
+            batch.extend_from_slice(&frame);
+        }
+        for _ in 0..COUNT / 8 {
+            if send_all(&mut wr, &batch).await.is_err() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
+    });
+    for i in 0..COUNT - COUNT % 8 {
+        match rd.next().await {
+            Event::Frame(f) if f.opcode == OP_BINARY => assert_eq!(f.payload.len(), SIZE),
+            Event::Frame(f) if f.opcode == OP_CLOSE => panic!(
+                "closed {:?} {} after {i} messages, {:?} into the stream",
+                f.close_code(),
+                f.close_reason(),
+                t0.elapsed()
+            ),
+            other => panic!("message {i}: {other:?}"),
+        }
+    }
+    writer.abort();
+    visible_line(&format!(
+        "streamed {} MB both ways in {:?} with a 100 ms frame deadline: not cut",
+        (COUNT - COUNT % 8) * SIZE / 1_000_000,
+        t0.elapsed()
+    ));
+    assert_eq!(
+        srv.metric("wssedge_refusals_total", &[("reason", "frame_timeout")])
+            .await,
+        0.0
+    );
+}
+
 /// A frame that arrives in pieces within the timeout is served, and a later frame gets a
 /// deadline of its own (the first one's does not carry over).
 #[tokio::test]

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::backend::{Backend, Mode};
+use crate::backend::{flood_index, Backend, Mode};
 use crate::harness::*;
 use crate::proxy::proxy_server;
 
@@ -56,10 +56,46 @@ async fn an_upstream_hanging_mid_message_closes_its_client_with_1014() {
     holds_nothing(&srv).await;
 }
 
-/// An upstream whose frame is complete but slow to come is not cut: a frame the edge is not
-/// reading (the client's queue is full) or one that completes in time keeps its session.
-/// Here every answer comes 300 ms late with a frame timeout of 200 ms: nothing is partial in
-/// the meantime, so every message comes back, in order, and the session closes cleanly.
+/// An upstream that streams large messages back to back (the relay's reads ending inside a
+/// frame) is making progress: its frame deadline (100 ms) holds each frame to its own time, so
+/// the client gets every message and no 1014.
+#[tokio::test]
+async fn an_upstream_streaming_large_messages_is_not_cut_by_the_frame_deadline() {
+    const COUNT: u64 = 4_000;
+    const SIZE: usize = 100_000;
+    let backend = Backend::start(Mode::Flood {
+        count: COUNT,
+        size: SIZE,
+    })
+    .await;
+    let srv = proxy_server(&backend, &[], "[limits]\nframe_timeout_ms = 100\n");
+    let (_, mut ws) = expect_upgraded(&srv, &ws_request("/p", &[])).await;
+    let t0 = Instant::now();
+    for i in 0..COUNT {
+        match ws.next().await {
+            Event::Frame(f) if f.opcode == OP_BINARY => {
+                assert_eq!(flood_index(&f.payload, SIZE), Some(i), "message {i}")
+            }
+            Event::Frame(f) if f.opcode == OP_CLOSE => panic!(
+                "closed {:?} {} after {i} messages, {:?} into the stream",
+                f.close_code(),
+                f.close_reason(),
+                t0.elapsed()
+            ),
+            other => panic!("message {i}: {other:?}"),
+        }
+    }
+    visible_line(&format!(
+        "upstream streamed {} MB in {:?} with a 100 ms frame deadline: not cut",
+        COUNT as usize * SIZE / 1_000_000,
+        t0.elapsed()
+    ));
+}
+
+/// An upstream that answers slowly is not cut: the frame deadline runs only while a frame is
+/// partly received. Here every answer comes 300 ms late with a frame timeout of 200 ms:
+/// nothing is partial in the meantime, so every message comes back, in order, and the session
+/// closes cleanly.
 #[tokio::test]
 async fn a_slow_upstream_delays_answers_and_loses_none() {
     let backend = Backend::start(Mode::SlowEcho { delay_ms: 300 }).await;
@@ -112,6 +148,8 @@ async fn an_upstream_reset_closes_its_client_with_1014() {
     let (_, mut ws) = expect_upgraded(&srv, &ws_request("/p", &[])).await;
     ws.send(&cframe(true, OP_TEXT, b"after the reset")).await;
     assert_eq!(ws.message().await, (OP_TEXT, b"after the reset".to_vec()));
+    drop((ws, _ws));
+    holds_nothing(&srv).await;
 }
 
 /// An upstream whose 101 is followed, in the same packet, by bytes that are no WebSocket

@@ -135,6 +135,12 @@ impl Relay {
         self.plaintext.capacity() + self.session.buffered_bytes()
     }
 
+    /// Data messages the upstream completed so far (its progress; see
+    /// [`Session::messages_received`]).
+    pub fn messages_received(&self) -> u64 {
+        self.session.messages_received()
+    }
+
     /// Whether the upstream began a frame or a fragmented message it has not completed.
     pub fn in_message(&self) -> bool {
         !self.plaintext.is_empty() || self.session.in_message()

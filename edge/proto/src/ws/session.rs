@@ -489,6 +489,8 @@ pub struct Session {
     out: VecDeque<OutFrame>,
     partial: Option<Partial>,
     reassembly: Option<Reassembly>,
+    /// Data messages completed so far (see [`Session::messages_received`]).
+    messages_received: u64,
     utf8: Utf8Validator,
     wanted: Option<usize>,
     /// Our close frame is queued (or already handed out).
@@ -534,6 +536,7 @@ impl Session {
             out: VecDeque::new(),
             partial: None,
             reassembly: None,
+            messages_received: 0,
             utf8: Utf8Validator::new(),
             wanted: None,
             close_queued: false,
@@ -775,6 +778,7 @@ impl Session {
                         self.fail(close_code::INVALID_PAYLOAD, Violation::InvalidUtf8);
                         return;
                     }
+                    self.messages_received += 1;
                     self.push_event(Event::Message(Message {
                         kind,
                         payload: Payload::Single(payload),
@@ -800,6 +804,7 @@ impl Session {
                     }
                     let kind = r.kind;
                     let payload = r.into_payload();
+                    self.messages_received += 1;
                     self.push_event(Event::Message(Message { kind, payload }));
                 }
             }
@@ -964,6 +969,13 @@ impl Session {
     /// what each kept fragment slice costs.
     pub fn buffered_bytes(&self) -> usize {
         self.reassembly.as_ref().map_or(0, Reassembly::held)
+    }
+
+    /// Data messages the peer completed so far. A peer that streams message after message is
+    /// making progress even when every read ends inside a frame; fragments and control frames
+    /// do not count (a message that never ends is no progress).
+    pub fn messages_received(&self) -> u64 {
+        self.messages_received
     }
 
     /// Whether a frame or a fragmented message has begun and not completed: something the

@@ -211,6 +211,30 @@ fn buffered_bytes_counts_reassembly() {
 }
 
 #[test]
+fn messages_received_counts_whole_data_messages_only() {
+    let mut s = session();
+    let mut bytes = cframe(true, 1, b"one");
+    bytes.extend(cframe(false, 2, &[1; 4]));
+    bytes.extend(cframe(true, 9, b"ping"));
+    feed(&mut s, &bytes);
+    assert_eq!(
+        s.messages_received(),
+        1,
+        "a fragment and a ping are no message"
+    );
+    let mut rest = cframe(true, 0, &[2; 4]);
+    let half = cframe(true, 2, &[3; 100]);
+    rest.extend_from_slice(&half[..50]);
+    feed(&mut s, &rest);
+    assert_eq!(
+        s.messages_received(),
+        2,
+        "the fragmented message ended; the next is partial"
+    );
+    assert!(s.in_message());
+}
+
+#[test]
 fn single_non_empty_fragment_collapses() {
     let mut s = session();
     let mut bytes = cframe(false, 2, &[]);

@@ -235,6 +235,12 @@ impl App {
         }
     }
 
+    /// The far side's frame deadline fired: renewed when it completed a message since (see
+    /// [`Proxy::renew_frame_deadline`]).
+    pub(super) fn renew_frame_deadline(&self, core: &Core) -> bool {
+        self.proxy().is_some_and(|p| p.renew_frame_deadline(core))
+    }
+
     /// Proxy mode's side, when there is one.
     pub(super) fn proxy(&self) -> Option<&Proxy> {
         match self {

@@ -233,6 +233,11 @@ impl Conn {
     /// nothing is partial — and while reads are paused at the outbound cap, when it is not the
     /// client that holds the frame up (it restarts when reading resumes).
     pub(super) fn watch_partial_input(&mut self) {
+        if let Some(received) = self.phase.session().map(|s| s.messages_received()) {
+            if received != self.messages_seen.0 {
+                self.messages_seen = (received, Instant::now());
+            }
+        }
         let partial = self.phase.is_upgraded()
             && (!self.plaintext.is_empty()
                 || self.phase.session().is_some_and(|s| s.in_message())
@@ -242,6 +247,21 @@ impl Conn {
         } else if !self.frame_deadline.is_set() {
             self.frame_deadline
                 .set(Instant::now() + self.core.cfg.limits.frame_timeout());
+        }
+    }
+
+    /// The frame deadline fired: if the client completed a message since it was armed, what is
+    /// partial now began after that, and its deadline runs from then (renewed: true). A client
+    /// that streams message after message, every read ending inside a frame, is making
+    /// progress; one frame (or fragmented message) that never completes is not. Renewing only
+    /// when it fires keeps a streaming client to one timer entry per period.
+    pub(super) fn renew_frame_deadline(&mut self) -> bool {
+        let renewed = self.messages_seen.1 + self.core.cfg.limits.frame_timeout();
+        if renewed > Instant::now() {
+            self.frame_deadline.set(renewed);
+            true
+        } else {
+            false
         }
     }
 

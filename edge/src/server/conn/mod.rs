@@ -260,6 +260,9 @@ struct Conn {
     /// Armed while a frame (or a fragmented message) is partly received: it must complete by
     /// then (see [`Conn::watch_partial_input`]).
     frame_deadline: Deadline,
+    /// The client's messages completed so far, and when that count last moved (see
+    /// [`Conn::renew_frame_deadline`]).
+    messages_seen: (u64, Instant),
     /// Client reads are paused at the outbound cap (for counting pauses, not waits).
     reads_paused: bool,
     /// The close reply is not awaited: the TLS keys cannot go on, or the connection is
@@ -302,6 +305,7 @@ impl Conn {
             write_deadline,
             session_timer,
             frame_deadline,
+            messages_seen: (0, Instant::now()),
             reads_paused: false,
             skip_close_reply: false,
             held: 0,
@@ -365,7 +369,18 @@ impl Conn {
                     None
                 }
                 Wake::AppStalled => self.app_failed(Reason::UpstreamStalled),
-                Wake::AppFrameTimeout => self.app_failed(Reason::UpstreamFrameTimeout),
+                Wake::AppFrameTimeout => {
+                    let core = &self.core;
+                    if self
+                        .phase
+                        .app()
+                        .is_some_and(|a| a.renew_frame_deadline(core))
+                    {
+                        None
+                    } else {
+                        self.app_failed(Reason::UpstreamFrameTimeout)
+                    }
+                }
                 Wake::AppReadable(Err(e)) | Wake::AppWritable(Err(e)) => {
                     tracing::debug!(peer = %self.peer, error = %e, "upstream readiness wait failed");
                     self.app_failed(Reason::UpstreamClosed)
@@ -382,7 +397,12 @@ impl Conn {
                 Wake::SessionEnd => return self.on_session_end(),
                 Wake::WriteStalled => return self.on_slow_consumer(),
                 Wake::SessionTimer => self.on_session_timer(),
-                Wake::FrameTimeout => return self.close_session(1008, Reason::FrameTimeout),
+                Wake::FrameTimeout => {
+                    if !self.renew_frame_deadline() {
+                        return self.close_session(1008, Reason::FrameTimeout);
+                    }
+                    None
+                }
                 Wake::Readable(Err(e)) | Wake::Writable(Err(e)) => {
                     tracing::debug!(peer = %self.peer, error = %e, "readiness wait failed");
                     return End::Abort;

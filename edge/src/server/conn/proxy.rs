@@ -36,6 +36,10 @@ pub(super) struct Proxy {
     /// reading it): an upstream that hangs mid-message closes the client with 1014 after
     /// `frame_timeout_ms`, as a client that does would be closed.
     pub(super) frame_deadline: Deadline,
+    /// The upstream's messages completed so far, and when that count last moved: an upstream
+    /// that streams message after message is making progress even when every read ends
+    /// inside a frame.
+    messages_seen: (u64, Instant),
 }
 
 /// What one read of the upstream did for the client.
@@ -55,6 +59,7 @@ impl Proxy {
             hop_started: None,
             write_deadline,
             frame_deadline,
+            messages_seen: (0, Instant::now()),
         }
     }
 
@@ -103,6 +108,7 @@ impl Proxy {
     /// must not grow our pongs).
     pub(super) fn reads_allowed(&mut self, core: &Core, client_outbound: usize) -> bool {
         if self.relay.is_done() {
+            self.frame_deadline.clear();
             return false;
         }
         let relay = &self.relay;
@@ -118,14 +124,32 @@ impl Proxy {
 
     /// The upstream's half-sent frame or message must complete within `frame_timeout_ms` of
     /// when it began; the deadline is off while nothing is partial, and while we are not
-    /// reading (the client's queue is full: not the upstream's doing).
-    fn watch_partial_input(&self, core: &Core) {
+    /// reading it (the client's queue is full, or the upstream's own queue is: the latter is
+    /// the write timeout's to judge).
+    fn watch_partial_input(&mut self, core: &Core) {
+        let received = self.relay.messages_received();
+        if received != self.messages_seen.0 {
+            self.messages_seen = (received, Instant::now());
+        }
         let partial = self.relay.in_message() && !self.paused && !self.relay.is_done();
         if !partial {
             self.frame_deadline.clear();
         } else if !self.frame_deadline.is_set() {
             self.frame_deadline
                 .set(Instant::now() + core.cfg.limits.frame_timeout());
+        }
+    }
+
+    /// The frame deadline fired: if the upstream completed a message since it was armed, what
+    /// is partial now began after that, and its deadline runs from then (renewed: true).
+    /// Renewing only when it fires keeps a streaming upstream to one timer entry per period.
+    pub(super) fn renew_frame_deadline(&self, core: &Core) -> bool {
+        let renewed = self.messages_seen.1 + core.cfg.limits.frame_timeout();
+        if renewed > Instant::now() {
+            self.frame_deadline.set(renewed);
+            true
+        } else {
+            false
         }
     }
 
