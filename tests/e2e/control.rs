@@ -383,13 +383,37 @@ async fn a_finished_ctl_client_leaves_no_descriptor_behind() {
 #[tokio::test]
 async fn a_restart_onto_a_broken_or_missing_key_file_fails_and_the_edge_keeps_serving() {
     let c = controlled(1, &[], "");
+    let es = c._files.es.clone();
+    restart_onto_a_broken_key_file(&c, &es, "es.pem").await;
+}
+
+/// The same with a JWKS file beside the other key sources.
+#[tokio::test]
+async fn a_restart_onto_a_broken_or_missing_jwks_file_fails_and_the_edge_keeps_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jwks = dir.path().join("chaos-jwks.json");
+    use aws_lc_rs::signature::KeyPair as _;
+    let point = crate::admission_jwt::keys().es.public_key();
+    let point = point.as_ref();
+    let doc = serde_json::json!({"keys": [{
+        "kty": "EC", "crv": "P-256", "kid": "chaos-jwks", "alg": "ES256", "use": "sig",
+        "x": crate::admission_jwt::b64url(&point[1..33]),
+        "y": crate::admission_jwt::b64url(&point[33..65]),
+    }]});
+    std::fs::write(&jwks, doc.to_string()).expect("write the JWKS");
+    let c = controlled(1, &[("jwks", &toml_path(&jwks))], "");
+    restart_onto_a_broken_key_file(&c, &jwks, "chaos-jwks.json").await;
+}
+
+/// Breaks `file` (garbage, then removed) under a serving edge and asks for a restart each
+/// time: refused, naming `name`, while the live session and new upgrades go on.
+async fn restart_onto_a_broken_key_file(c: &Controlled, file: &Path, name: &str) {
     let srv = &c.srv;
     let (_, mut live) = expect_upgraded(
         srv,
         &with_header_token("/", &hs(claims("alice", "jti-live"))),
     )
     .await;
-    let es = c._files.es.clone();
     for (what, break_it) in [
         (
             "garbage",
@@ -402,7 +426,7 @@ async fn a_restart_onto_a_broken_or_missing_key_file_fails_and_the_edge_keeps_se
         ),
         ("removed", Box::new(|p: &Path| std::fs::remove_file(p))),
     ] {
-        break_it(&es).expect("break the key file");
+        break_it(file).expect("break the key file");
         let out = ctl(&c.socket, &["restart"]).await;
         assert_ne!(
             out.code,
@@ -423,7 +447,7 @@ async fn a_restart_onto_a_broken_or_missing_key_file_fails_and_the_edge_keeps_se
         );
         let log = srv.proc.stderr();
         assert!(
-            log.contains("es.pem"),
+            log.contains(name),
             "the refusal names the file ({what}): {log}"
         );
     }

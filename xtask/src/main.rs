@@ -94,7 +94,7 @@ fn print_usage() {
          cargo xtask flood [--quick]                        per-IP limiter under a 10k-connection flood, eBPF vs userspace\n  \
          cargo xtask fuzz [--minutes N] [--target NAME]...   libFuzzer on stable, report in target/fuzz/report.md\n  \
          cargo xtask soak [--minutes N]                     mixed load, then idle: nothing grows, everything returns; target/soak/\n  \
-         cargo xtask siege [--quick] [--sockets N]          5,000 silent/dribbling/stalled sockets vs a client every 100 ms; target/siege/\n\n\
+         cargo xtask siege [--quick] [--sockets N] [--phase NAME]... [--ci-profile]   5,000 silent/dribbling/stalled sockets vs a client every 100 ms; target/siege/\n\n\
          vmtest: this host's kernel has no kTLS, so the `ktls` tests of wssedge (or the --exec command, run\n\
          from the workspace root) run in a QEMU/TCG guest on Debian's 6.1 kernel with the host's / mounted\n\
          read-only. Needs root: installs qemu-system-x86, busybox-static and kmod with apt and caches the\n\

@@ -368,9 +368,10 @@ fn soak(env: &Env, opts: &Options) -> Result<Verdict> {
     let fleet_up = scrape(edge.admin)
         .ok()
         .and_then(|t| metric(&t, "wssedge_fleet_up", &[]));
-    stop_edge(pid, &mut guard);
-    // Nothing left behind upstream either: every proxied session's far side closed.
+    // Nothing left behind upstream either, while the edge still runs (stopping it would
+    // close its upstream connections whatever they were doing).
     let upstream_left = upstream_connections_left(upstream.admin);
+    stop_edge(pid, &mut guard);
 
     let mut checks = 0;
     for (name, f) in SETTLING {
@@ -718,7 +719,6 @@ fn take_sample(admin: SocketAddr, pid: u32, t0: Instant) -> Result<Sample> {
     })
 }
 
-/// What each open descriptor of `pid` is (`socket:[…]` kinds folded to their kind).
 /// The upstream edge's connections once they have had [`SETTLE_LIMIT`] to go to zero.
 fn upstream_connections_left(admin: SocketAddr) -> Result<u64> {
     let t0 = Instant::now();
@@ -731,6 +731,7 @@ fn upstream_connections_left(admin: SocketAddr) -> Result<u64> {
     }
 }
 
+/// What each open descriptor of `pid` is (`socket:[…]` kinds folded to their kind).
 fn fd_targets(pid: u32) -> Vec<String> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return Vec::new();

@@ -83,8 +83,9 @@ enum Mode {
         f: FanoutArgs,
     },
     /// The attacker of a slow-connection siege: --connections sockets, opened over --warmup
-    /// seconds and held for --duration, each silent, stalled after its ClientHello, or
-    /// dribbling its upgrade request; reopened after the server closes them.
+    /// seconds and held for --duration, each silent, stalled after its ClientHello, dribbling
+    /// its upgrade request, or sending one large frame slowly; reopened after the server closes
+    /// them.
     Siege {
         #[command(flatten)]
         c: Common,

@@ -1,5 +1,5 @@
 //! `wssbench siege`: the attacker's side of a slow-connection siege. It holds `--connections`
-//! sockets open against the server for `--duration` seconds, each in one of three ways, and
+//! sockets open against the server for `--duration` seconds, each in one of four ways, and
 //! opens a socket again `--reopen-after` seconds after the server closed it (a real slowloris
 //! keeps its place in the queue):
 //! - `silent`: TCP connected, never a byte;
@@ -338,16 +338,32 @@ async fn slow_frame(plan: &Plan, t: &Target, idx: usize, c: &Counters) -> Result
         .map_err(|e| format!("frame head: {:?}", e.kind()))?;
     let mut sent = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(125));
+    // A write the server held up is not made up for with a burst: the rate stays the rate.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let code = loop {
         tokio::select! {
             r = conn.s.read(conn.rd.spare()) => match r {
                 Ok(0) | Err(_) => break None,
                 Ok(n) => {
                     conn.rd.filled(n);
-                    match conn.rd.next_event() {
-                        Ok(Some(ws::Ev::Close(code))) => break Some(code.unwrap_or(1005)),
-                        Ok(_) => {}
-                        Err(_) => break None,
+                    // Every event of the read: a close behind a ping is still the close.
+                    let mut closed = None;
+                    loop {
+                        match conn.rd.next_event() {
+                            Ok(Some(ws::Ev::Close(code))) => {
+                                closed = Some(Some(code.unwrap_or(1005)));
+                                break;
+                            }
+                            Ok(Some(_)) => {}
+                            Ok(None) => break,
+                            Err(_) => {
+                                closed = Some(None);
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(code) = closed {
+                        break code;
                     }
                 }
             },
