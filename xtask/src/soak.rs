@@ -256,6 +256,7 @@ fn soak(env: &Env, opts: &Options) -> Result<Verdict> {
         std::thread::sleep(Duration::from_millis(500));
     }
     let fds_before = fd_targets(first_pid);
+    let sockets_before = socket_details(first_pid);
 
     let load_secs = opts.seconds;
     let restart_at = load_secs * 2 / 5;
@@ -365,6 +366,7 @@ fn soak(env: &Env, opts: &Options) -> Result<Verdict> {
     };
     let settle_secs = settle_start.elapsed().as_secs_f64();
     let fds_after = fd_targets(pid);
+    let sockets_after = socket_details(pid);
     let fleet_up = scrape(edge.admin)
         .ok()
         .and_then(|t| metric(&t, "wssedge_fleet_up", &[]));
@@ -381,6 +383,12 @@ fn soak(env: &Env, opts: &Options) -> Result<Verdict> {
             let mut why =
                 format!("{name}: {now} after {settle_secs:.0} s idle, {idle} before the load");
             if name == "open descriptors" {
+                let _ = write!(
+                    why,
+                    " (TCP before: {}; after: {})",
+                    sockets_before.join(", "),
+                    sockets_after.join(", ")
+                );
                 let _ = write!(
                     why,
                     " (new: {})",
@@ -731,6 +739,70 @@ fn upstream_connections_left(admin: SocketAddr) -> Result<u64> {
     }
 }
 
+/// Every TCP connection `pid` holds (listeners left out), as `LOCAL→REMOTE STATE`: what a
+/// socket the soak left behind is connected to.
+fn socket_details(pid: u32) -> Vec<String> {
+    let mut by_inode = std::collections::HashMap::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // sl local remote st ... inode (column 9); 0A is LISTEN.
+            if cols.len() > 9 && cols[3] != "0A" {
+                let state = tcp_state(cols[3]);
+                let row = format!("{}→{} {state}", endpoint(cols[1]), endpoint(cols[2]));
+                by_inode.insert(cols[9].to_owned(), row);
+            }
+        }
+    }
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = dir
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|t| {
+            let t = t.to_string_lossy().into_owned();
+            let inode = t.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned();
+            by_inode.get(&inode).cloned()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `0100007F:1F90` (a /proc/net/tcp address, IPv4 little-endian) as `127.0.0.1:8080`; IPv6
+/// addresses keep their hex, with the port decoded.
+fn endpoint(hex: &str) -> String {
+    let Some((addr, port)) = hex.split_once(':') else {
+        return hex.to_owned();
+    };
+    let port = u16::from_str_radix(port, 16).unwrap_or(0);
+    match u32::from_str_radix(addr, 16) {
+        Ok(a) if addr.len() == 8 => {
+            format!("{}:{port}", std::net::Ipv4Addr::from(a.swap_bytes()))
+        }
+        _ => format!("[{addr}]:{port}"),
+    }
+}
+
+fn tcp_state(code: &str) -> &'static str {
+    match code {
+        "01" => "ESTABLISHED",
+        "02" => "SYN_SENT",
+        "04" => "FIN_WAIT1",
+        "05" => "FIN_WAIT2",
+        "06" => "TIME_WAIT",
+        "07" => "CLOSE",
+        "08" => "CLOSE_WAIT",
+        "09" => "LAST_ACK",
+        "0B" => "CLOSING",
+        _ => "other",
+    }
+}
+
 /// What each open descriptor of `pid` is (`socket:[…]` kinds folded to their kind).
 fn fd_targets(pid: u32) -> Vec<String> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -991,6 +1063,12 @@ fn plot(path: &Path, samples: &[Sample], load_end: f64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_net_tcp_addresses() {
+        assert_eq!(endpoint("0100007F:1F90"), "127.0.0.1:8080");
+        assert_eq!(tcp_state("08"), "CLOSE_WAIT");
+    }
 
     #[test]
     fn slope_of_a_line_and_of_noise() {
