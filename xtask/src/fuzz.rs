@@ -26,17 +26,18 @@ use anyhow::{bail, Context, Result};
 use crate::{banner, Counts, Env, Outcome};
 
 /// Every target in `fuzz/Cargo.toml`, with the dictionary that helps it (under `fuzz/dicts/`).
-pub const TARGETS: [(&str, Option<&str>); 6] = [
+pub const TARGETS: [(&str, Option<&str>); 7] = [
     ("frame_parser", None),
     ("upgrade_parser", Some("http.dict")),
     ("whole_session", Some("http.dict")),
     ("client_hello", None),
     ("jwt_token", Some("jwt.dict")),
     ("config_loader", Some("toml.dict")),
+    ("deflate", None),
 ];
 
 /// The test command's run per target: long enough to replay the corpus and explore a little
-/// (coverage from the seeds saturates within seconds), short enough for six targets to cost
+/// (coverage from the seeds saturates within seconds), short enough for seven targets to cost
 /// about a minute; `cargo xtask fuzz` is for the long runs.
 const LAYER_SECONDS: u64 = 10;
 /// `cargo xtask fuzz` without `--minutes`/`--seconds`.

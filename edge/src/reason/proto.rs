@@ -138,6 +138,7 @@ impl From<Violation> for Reason {
             V::UnexpectedContinuation => Reason::UnexpectedContinuation,
             V::BadClosePayload => Reason::BadClosePayload,
             V::BadCloseCode => Reason::BadCloseCode,
+            V::BadCompressedData => Reason::BadCompressedData,
         }
     }
 }

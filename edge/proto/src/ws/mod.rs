@@ -6,6 +6,8 @@
 //!   upstream's 101.
 //! - [`target`]: the request target's one normalisation (the path every rule sees) and the
 //!   `Host` check.
+//! - [`extensions`]: the `Sec-WebSocket-Extensions` list grammar.
+//! - [`deflate`]: permessage-deflate's negotiation and payload transform.
 //! - [`frame`]: the frame header codec.
 //! - [`mask`]: in-place (un)masking, a `u64` at a time.
 //! - [`mask_keys`]: where a client session's masking keys come from (injected).
@@ -13,6 +15,8 @@
 //! - [`session`]: the connection state machine after the 101 (server or client [`Role`]).
 //! - [`outbox`]: frames waiting for socket room, handed out in pieces of any size.
 
+pub mod deflate;
+pub mod extensions;
 pub mod frame;
 pub mod handshake;
 pub mod mask;

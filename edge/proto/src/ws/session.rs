@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use super::deflate::{DeflateParams, InflateError, MessageDeflater, MessageInflater};
 use super::frame::{self, FrameHeader, OpCode};
 use super::mask::{apply_mask, extend_masked};
 use super::mask_keys::MaskKeySource;
@@ -178,6 +179,12 @@ impl OutFrame {
             mask: None,
             is_close: opcode == OpCode::Close,
         }
+    }
+
+    /// Marks the frame's payload as compressed (RSV1, permessage-deflate).
+    fn compressed(mut self) -> Self {
+        self.header[0] |= 0x40;
+        self
     }
 
     /// A client frame: the payload stays shared; it is masked with `mask` as it is copied out
@@ -355,6 +362,9 @@ struct Reassembly {
     small: BytesMut,
     /// Payload bytes so far (the message size limit counts these).
     len: usize,
+    /// A compressed message: its payload goes to the inflater as it arrives, nothing is kept
+    /// here (`len` still counts the compressed bytes against the limit).
+    compressed: bool,
 }
 
 impl Reassembly {
@@ -364,6 +374,7 @@ impl Reassembly {
             parts: Vec::new(),
             small: BytesMut::new(),
             len: 0,
+            compressed: false,
         }
     }
 
@@ -514,7 +525,26 @@ pub struct Session {
     /// Until when the peer's close reply is awaited once our close is out (`None`: no
     /// deadline given, or its timer consumed).
     close_reply_by: Option<Instant>,
+    /// permessage-deflate, when the upgrade agreed to it (boxed: most sessions have none).
+    deflate: Option<Box<DeflateState>>,
 }
+
+/// A session's permessage-deflate state. Neither codec exists while the connection is idle
+/// unless a side keeps its context: the inflater is made at a compressed message's first frame
+/// and dropped at its end when the peer resets after every message; our own compressor exists
+/// only when we keep our context (otherwise the caller's shared one is used).
+#[derive(Debug)]
+struct DeflateState {
+    params: DeflateParams,
+    inflater: Option<Box<MessageInflater>>,
+    /// The compressed message being received: its kind and what has been inflated so far.
+    inflating: Option<(MessageKind, Vec<u8>)>,
+    deflater: Option<Box<MessageDeflater>>,
+}
+
+/// What an inflater's state costs while it exists (zlib's inflate state and its 32 KiB
+/// window), charged to the buffer budget.
+pub const INFLATER_BYTES: usize = 40 << 10;
 
 impl Session {
     /// A server-role session.
@@ -548,7 +578,25 @@ impl Session {
             empty_fragments: 0,
             heartbeat: None,
             close_reply_by: None,
+            deflate: None,
         }
+    }
+
+    /// Applies the permessage-deflate agreement of the upgrade: compressed messages (RSV1) are
+    /// accepted and inflated, and [`Session::send_deflated`] may compress.
+    pub fn with_deflate(mut self, params: DeflateParams) -> Self {
+        self.deflate = Some(Box::new(DeflateState {
+            params,
+            inflater: None,
+            inflating: None,
+            deflater: None,
+        }));
+        self
+    }
+
+    /// The permessage-deflate agreement in force, if any.
+    pub fn deflate_params(&self) -> Option<DeflateParams> {
+        self.deflate.as_ref().map(|d| d.params)
     }
 
     /// Adds the heartbeat, started at `now`: the first ping is due an interval from it.
@@ -719,7 +767,12 @@ impl Session {
         if len > self.limits.max_frame_bytes as u64 {
             return Err((TOO_BIG, Violation::FrameTooLarge));
         }
-        if h.rsv != 0 {
+        // RSV1 marks a compressed message, on its first frame only (RFC 7692 §6): never on a
+        // continuation or a control frame, never without the extension.
+        let compressed = h.rsv & 0b100 != 0;
+        let rsv1_allowed =
+            self.deflate.is_some() && matches!(h.opcode, OpCode::Text | OpCode::Binary);
+        if h.rsv & 0b011 != 0 || (compressed && !rsv1_allowed) {
             return Err((PE, Violation::ReservedBits));
         }
         match (self.role, h.mask) {
@@ -744,7 +797,8 @@ impl Session {
                 } else if len > self.limits.max_message_bytes as u64 {
                     Err((TOO_BIG, Violation::MessageTooLarge))
                 } else {
-                    Ok(h.opcode == OpCode::Text)
+                    // A compressed text message is validated once inflated.
+                    Ok(h.opcode == OpCode::Text && !compressed)
                 }
             }
             OpCode::Continuation => match &self.reassembly {
@@ -755,7 +809,7 @@ impl Session {
                 {
                     Err((TOO_BIG, Violation::MessageTooLarge))
                 }
-                Some(r) => Ok(r.kind == MessageKind::Text),
+                Some(r) => Ok(r.kind == MessageKind::Text && !r.compressed),
             },
         }
     }
@@ -773,7 +827,16 @@ impl Session {
                 } else {
                     MessageKind::Binary
                 };
-                if fin {
+                if p.header.rsv & 0b100 != 0 {
+                    self.inflate_start(kind);
+                    if !fin {
+                        let mut r = Reassembly::new(kind);
+                        r.compressed = true;
+                        r.len = payload.len();
+                        self.reassembly = Some(r);
+                    }
+                    self.inflate_piece(&payload, fin);
+                } else if fin {
                     if kind == MessageKind::Text && self.utf8.finish().is_err() {
                         self.fail(close_code::INVALID_PAYLOAD, Violation::InvalidUtf8);
                         return;
@@ -793,6 +856,14 @@ impl Session {
                 let Some(r) = self.reassembly.as_mut() else {
                     return; // unreachable: check_header refused it
                 };
+                if r.compressed {
+                    r.len += payload.len();
+                    if fin {
+                        self.reassembly = None;
+                    }
+                    self.inflate_piece(&payload, fin);
+                    return;
+                }
                 r.push(payload);
                 if fin {
                     let Some(r) = self.reassembly.take() else {
@@ -818,6 +889,77 @@ impl Session {
         }
     }
 
+    /// A compressed message begins: its inflater is made if none is kept.
+    fn inflate_start(&mut self, kind: MessageKind) {
+        let Some(d) = self.deflate.as_deref_mut() else {
+            return; // unreachable: check_header refused RSV1 without the extension
+        };
+        let peer_resets = d.params.peer_no_context_takeover;
+        d.inflater
+            .get_or_insert_with(|| Box::new(MessageInflater::new(peer_resets)));
+        d.inflating = Some((kind, Vec::new()));
+    }
+
+    /// Inflates a compressed message's frame payload as it completes; at the final frame the
+    /// message is delivered. The message cap holds on the inflated size as it grows (1009), the
+    /// text is validated as it is inflated (1007), and bad DEFLATE data fails with 1007.
+    fn inflate_piece(&mut self, payload: &[u8], fin: bool) {
+        let max = self.limits.max_message_bytes;
+        let Some(d) = self.deflate.as_deref_mut() else {
+            return;
+        };
+        let (Some(inflater), Some((kind, out))) = (d.inflater.as_deref_mut(), d.inflating.as_mut())
+        else {
+            return; // unreachable: inflate_start came first
+        };
+        let before = out.len();
+        let mut done = inflater.inflate(payload, out, max);
+        if done.is_ok() && fin {
+            done = inflater.finish_message(out, max);
+        }
+        let kind = *kind;
+        let text_ok = kind != MessageKind::Text || self.utf8.feed(&out[before..]).is_ok();
+        match done {
+            Err(InflateError::TooBig) => {
+                return self.fail(close_code::TOO_BIG, Violation::MessageTooLarge)
+            }
+            Err(InflateError::Corrupt) => {
+                return self.fail(close_code::INVALID_PAYLOAD, Violation::BadCompressedData)
+            }
+            Ok(()) if !text_ok => {
+                return self.fail(close_code::INVALID_PAYLOAD, Violation::InvalidUtf8)
+            }
+            Ok(()) => {}
+        }
+        if !fin {
+            return;
+        }
+        if kind == MessageKind::Text && self.utf8.finish().is_err() {
+            return self.fail(close_code::INVALID_PAYLOAD, Violation::InvalidUtf8);
+        }
+        let Some((_, out)) = d.inflating.take() else {
+            return;
+        };
+        if d.params.peer_no_context_takeover {
+            d.inflater = None;
+        }
+        self.messages_received += 1;
+        self.push_event(Event::Message(Message {
+            kind,
+            payload: Payload::Single(Bytes::from(out)),
+        }));
+    }
+
+    /// A compressed message in progress is abandoned (the connection failed or closed).
+    fn drop_inflating(&mut self) {
+        if let Some(d) = self.deflate.as_deref_mut() {
+            if d.inflating.take().is_some() {
+                // Its inflater is mid-stream: useless for any later message.
+                d.inflater = None;
+            }
+        }
+    }
+
     fn peer_close(&mut self, payload: &[u8]) {
         let (code, reason) = match payload.len() {
             0 => (None, String::new()),
@@ -836,6 +978,7 @@ impl Session {
         self.peer_closed = true;
         self.first_close.get_or_insert(code.unwrap_or(1005));
         self.reassembly = None;
+        self.drop_inflating();
         let reply = self.pending_close(code, "");
         self.events
             .push_back((Event::PeerClosed { code, reason }, reply));
@@ -863,6 +1006,7 @@ impl Session {
         self.first_close.get_or_insert(code);
         self.partial = None;
         self.reassembly = None;
+        self.drop_inflating();
         let close = self.pending_close(Some(code), reason.as_str());
         self.events
             .push_back((Event::Failed { code, reason }, close));
@@ -911,6 +1055,50 @@ impl Session {
         };
         let f = self.frame(op, payload);
         self.out.push_back(f);
+    }
+
+    /// Queues one unfragmented compressed data frame (RSV1 set): `compressed` is a message
+    /// already deflated under this session's agreement (a publication compressed once for
+    /// every subscriber with the same window). Ignored without an agreement (the peer could
+    /// not read it) or once our close is queued.
+    pub fn send_compressed(&mut self, kind: MessageKind, compressed: Payload) {
+        if self.close_queued || self.deflate.is_none() {
+            return;
+        }
+        let op = match kind {
+            MessageKind::Text => OpCode::Text,
+            MessageKind::Binary => OpCode::Binary,
+        };
+        let f = self.frame(op, compressed).compressed();
+        self.out.push_back(f);
+    }
+
+    /// Queues `payload` compressed under the agreement: with this session's own compressor
+    /// when it keeps its context, else with `shared` (the caller's, for this session's
+    /// window: see [`DeflateParams::own_window_bits`]). Without an agreement it is sent as it is.
+    pub fn send_deflated(
+        &mut self,
+        kind: MessageKind,
+        payload: &Payload,
+        shared: &mut MessageDeflater,
+    ) {
+        let Some(d) = self.deflate.as_deref_mut() else {
+            return self.send(kind, payload.clone());
+        };
+        if self.close_queued {
+            return;
+        }
+        let deflater = if d.params.own_no_context_takeover {
+            shared
+        } else {
+            let p = d.params;
+            d.deflater.get_or_insert_with(|| {
+                Box::new(MessageDeflater::new(p.level, p.own_window_bits, false))
+            })
+        };
+        let mut out = Vec::with_capacity(payload.len() / 2 + 16);
+        deflater.compress_parts(payload.chunks().iter().map(|c| &c[..]), &mut out);
+        self.send_compressed(kind, Payload::Single(Bytes::from(out)));
     }
 
     /// Queues a ping. Payloads longer than 125 bytes are truncated. Ignored once our close is queued.
@@ -968,7 +1156,11 @@ impl Session {
     /// Bytes held in reassembly of a fragmented message (excludes the caller's buf), including
     /// what each kept fragment slice costs.
     pub fn buffered_bytes(&self) -> usize {
-        self.reassembly.as_ref().map_or(0, Reassembly::held)
+        let inflating = self.deflate.as_deref().map_or(0, |d| {
+            d.inflater.as_ref().map_or(0, |_| INFLATER_BYTES)
+                + d.inflating.as_ref().map_or(0, |(_, out)| out.capacity())
+        });
+        self.reassembly.as_ref().map_or(0, Reassembly::held) + inflating
     }
 
     /// Data messages the peer completed so far. A peer that streams message after message is
@@ -1009,3 +1201,7 @@ impl Session {
 #[cfg(test)]
 #[path = "session_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "session_deflate_tests.rs"]
+mod deflate_tests;

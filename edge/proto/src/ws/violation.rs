@@ -22,11 +22,13 @@ pub enum Violation {
     /// A close payload of one byte.
     BadClosePayload,
     BadCloseCode,
+    /// A compressed message (permessage-deflate) that is not valid DEFLATE data.
+    BadCompressedData,
 }
 
 impl Violation {
     /// Every variant, for tests that pin the labels.
-    pub const ALL: [Violation; 14] = [
+    pub const ALL: [Violation; 15] = [
         Self::BadLength,
         Self::InvalidUtf8,
         Self::FrameTooLarge,
@@ -41,6 +43,7 @@ impl Violation {
         Self::UnexpectedContinuation,
         Self::BadClosePayload,
         Self::BadCloseCode,
+        Self::BadCompressedData,
     ];
 
     /// The label: the close frame's text and the counter's reason.
@@ -60,6 +63,7 @@ impl Violation {
             Self::UnexpectedContinuation => "unexpected_continuation",
             Self::BadClosePayload => "bad_close_payload",
             Self::BadCloseCode => "bad_close_code",
+            Self::BadCompressedData => "bad_compressed_data",
         }
     }
 }

@@ -1,0 +1,68 @@
+//! permessage-deflate on arbitrary bytes: the offer negotiation and the inflate path must never
+//! panic; the inflated size never passes the cap by more than one step; whatever inflates
+//! compresses and inflates back to itself.
+//!
+//! Input: byte 0 picks the cap, the piece size and context takeover; up to the first `\n` is a
+//! `Sec-WebSocket-Extensions` value; the rest is a compressed message's payload.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use wssedge_proto::ws::deflate::{
+    negotiate, ContextTakeover, InflateError, MessageDeflater, MessageInflater,
+};
+use wssedge_proto::ws::extensions::parse_extension_list;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let (header, payload) = match rest.iter().position(|&b| b == b'\n') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (&rest[..0], rest),
+    };
+    if let Ok(header) = std::str::from_utf8(header) {
+        if let Ok(offers) = parse_extension_list([header]) {
+            for policy in [ContextTakeover::None, ContextTakeover::Client, ContextTakeover::Both] {
+                match negotiate(&offers, policy) {
+                    Ok(Some(a)) => {
+                        assert!((9..=15).contains(&a.server_window_bits));
+                        assert!(a.response_value().starts_with("permessage-deflate"));
+                    }
+                    Ok(None) => {}
+                    Err(e) => assert!(e.reason().starts_with("deflate_")),
+                }
+            }
+        }
+    }
+    let cap = [0usize, 1, 100, 4096, 1 << 20][usize::from(mode & 7) % 5];
+    let piece = 1 + usize::from(mode >> 4) * 17;
+    let keep = mode & 8 != 0;
+    let mut inflater = MessageInflater::new(!keep);
+    let mut out = Vec::new();
+    let mut result = Ok(());
+    for p in payload.chunks(piece) {
+        result = inflater.inflate(p, &mut out, cap);
+        if result.is_err() {
+            break;
+        }
+    }
+    if result.is_ok() {
+        result = inflater.finish_message(&mut out, cap);
+    }
+    assert!(out.len() <= cap + 16 * 1024);
+    match result {
+        Ok(()) => {
+            assert!(out.len() <= cap);
+            let mut deflater = MessageDeflater::new(u32::from(mode % 10), 9 + (mode % 7), true);
+            let mut again = Vec::new();
+            deflater.compress_message(&out, &mut again);
+            let mut fresh = MessageInflater::new(true);
+            let mut back = Vec::new();
+            fresh.inflate(&again, &mut back, cap).unwrap();
+            fresh.finish_message(&mut back, cap).unwrap();
+            assert_eq!(back, out);
+        }
+        Err(InflateError::TooBig) => assert!(out.len() > cap),
+        Err(InflateError::Corrupt) => {}
+    }
+});
