@@ -149,8 +149,10 @@ impl Slot {
             .connections
             .set(core.counts.connections.get() + 1);
         let silent = &core.counts.silent;
-        if silent.len() >= core.cfg.limits.max_silent_connections {
-            silent.evict_oldest(None);
+        // The gauges follow the lines: an evicted connection leaves the count when it is
+        // evicted, not when its task next runs (a scrape in between saw the cap passed).
+        if silent.len() >= core.cfg.limits.max_silent_connections && silent.evict_oldest(None) {
+            core.metrics.silent.add(-1);
         }
         core.metrics.silent.add(1);
         Self {
@@ -169,17 +171,18 @@ impl Slot {
     fn spoke(&mut self) -> Result<(), Reason> {
         let core = &self.core;
         if let Some(silent) = self.silent.take() {
-            core.metrics.silent.add(-1);
             if !silent.leave() {
                 return Err(Reason::SilentEvicted);
             }
+            core.metrics.silent.add(-1);
         }
         let now = Instant::now();
         let line = &core.counts.handshaking;
-        if line.len() >= core.cfg.limits.max_handshakes_in_flight
-            && !line.evict_oldest(now.checked_sub(core.counts.handshake_pace.evict_age()))
-        {
-            return Err(Reason::MaxHandshakesInFlight);
+        if line.len() >= core.cfg.limits.max_handshakes_in_flight {
+            if !line.evict_oldest(now.checked_sub(core.counts.handshake_pace.evict_age())) {
+                return Err(Reason::MaxHandshakesInFlight);
+            }
+            core.metrics.handshaking.add(-1);
         }
         core.metrics.handshaking.add(1);
         self.handshaking = Some(line.join(now));
@@ -201,7 +204,9 @@ impl Slot {
             core.counts
                 .handshake_pace
                 .observe(place.held(Instant::now()));
-            core.metrics.handshaking.add(-1);
+            if place.leave() {
+                core.metrics.handshaking.add(-1);
+            }
         }
         core.metrics.open.add(1);
         self.upgraded = true;
@@ -214,10 +219,11 @@ impl Drop for Slot {
         core.counts
             .connections
             .set(core.counts.connections.get() - 1);
-        if self.silent.is_some() {
+        // An evicted place was counted out when it was evicted.
+        if self.silent.take().is_some_and(|place| place.leave()) {
             core.metrics.silent.add(-1);
         }
-        if self.handshaking.is_some() {
+        if self.handshaking.take().is_some_and(|place| place.leave()) {
             core.metrics.handshaking.add(-1);
         }
         if self.upgraded {
