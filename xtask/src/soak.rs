@@ -385,7 +385,7 @@ fn soak(env: &Env, opts: &Options) -> Result<Verdict> {
             if name == "open descriptors" {
                 let _ = write!(
                     why,
-                    " (TCP before: {}; after: {})",
+                    " (sockets before: {}; after: {})",
                     sockets_before.join(", "),
                     sockets_after.join(", ")
                 );
@@ -739,8 +739,8 @@ fn upstream_connections_left(admin: SocketAddr) -> Result<u64> {
     }
 }
 
-/// Every TCP connection `pid` holds (listeners left out), as `LOCAL→REMOTE STATE`: what a
-/// socket the soak left behind is connected to.
+/// Every socket `pid` holds (TCP listeners left out): TCP as `LOCAL→REMOTE STATE`, UDP and
+/// unix sockets by address or path: what a socket the soak left behind is connected to.
 fn socket_details(pid: u32) -> Vec<String> {
     let mut by_inode = std::collections::HashMap::new();
     for table in ["tcp", "tcp6"] {
@@ -757,6 +757,29 @@ fn socket_details(pid: u32) -> Vec<String> {
             }
         }
     }
+    for table in ["udp", "udp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() > 9 {
+                let row = format!("udp {}→{}", endpoint(cols[1]), endpoint(cols[2]));
+                by_inode.insert(cols[9].to_owned(), row);
+            }
+        }
+    }
+    // Num RefCount Protocol Flags Type St Inode [Path]
+    if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/unix")) {
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() > 6 {
+                let path = cols.get(7).copied().unwrap_or("(unnamed)");
+                let row = format!("unix {path} type {} state {}", cols[4], cols[5]);
+                by_inode.insert(cols[6].to_owned(), row);
+            }
+        }
+    }
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return Vec::new();
     };
@@ -766,7 +789,12 @@ fn socket_details(pid: u32) -> Vec<String> {
         .filter_map(|t| {
             let t = t.to_string_lossy().into_owned();
             let inode = t.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned();
-            by_inode.get(&inode).cloned()
+            Some(
+                by_inode
+                    .get(&inode)
+                    .cloned()
+                    .unwrap_or_else(|| format!("socket inode {inode} (not TCP, UDP or unix)")),
+            )
         })
         .collect();
     out.sort();
