@@ -159,7 +159,7 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
             .expect("complete upgrade");
         let _ = plain.split_to(used);
         let mut response = Vec::new();
-        write_response_101(&req, None, &mut response);
+        write_response_101(&req, None, None, &mut response);
         server.encrypt(&response).expect("encrypt 101");
         let mut session = Session::new(SessionLimits::default());
         session.receive(&mut plain);

@@ -30,6 +30,8 @@ pub struct Config {
     pub pubsub: wssedge_proto::pubsub::PubsubConfig,
     /// A fleet of edges on one Redis (absent: this edge keeps all its state itself).
     pub fleet: Option<crate::fleet::FleetConfig>,
+    /// permessage-deflate (RFC 7692): where it is negotiated and how.
+    pub compression: crate::compression::CompressionConfig,
     /// The file this configuration was read from (what `wssedge ctl reload` re-reads).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -326,6 +328,7 @@ impl Config {
             None => crate::routes::validate(&self.routes, false)?,
         }
         self.audit.validate()?;
+        self.compression.validate()?;
         if let Some(fleet) = &self.fleet {
             fleet.validate()?;
         }

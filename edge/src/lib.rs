@@ -10,6 +10,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod bufpool;
+pub mod compression;
 pub mod config;
 pub mod config_error;
 pub mod control;

@@ -85,6 +85,51 @@ impl Histogram {
     }
 }
 
+/// Compression ratios (uncompressed ÷ compressed size) of the messages a core sent
+/// compressed, written by that core only.
+#[derive(Debug, Default)]
+pub struct RatioHistogram {
+    buckets: [Counter; RATIO_BOUNDS_PERCENT.len()],
+    count: Counter,
+    /// The ratios' sum, in hundredths.
+    sum_percent: Counter,
+}
+
+/// Upper bounds of the ratio buckets, in hundredths (1.0 = no gain; JSON reaches 3–10).
+pub const RATIO_BOUNDS_PERCENT: [u64; 10] = [100, 125, 150, 200, 300, 400, 600, 800, 1_200, 2_000];
+
+impl RatioHistogram {
+    pub fn observe(&self, uncompressed: usize, compressed: usize) {
+        let percent = (uncompressed as u64 * 100) / (compressed.max(1) as u64);
+        if let Some(i) = RATIO_BOUNDS_PERCENT.iter().position(|&b| percent <= b) {
+            self.buckets[i].inc();
+        }
+        self.count.inc();
+        self.sum_percent.add(percent);
+    }
+
+    /// Renders the histograms of all cores as one.
+    pub fn render_sum<'a>(
+        out: &mut String,
+        name: &str,
+        help: &str,
+        all: impl Iterator<Item = &'a RatioHistogram> + Clone,
+    ) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0u64;
+        for (i, bound) in RATIO_BOUNDS_PERCENT.iter().enumerate() {
+            cumulative += all.clone().map(|h| h.buckets[i].get()).sum::<u64>();
+            let le = *bound as f64 / 100.0;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let count: u64 = all.clone().map(|h| h.count.get()).sum();
+        let sum: u64 = all.map(|h| h.sum_percent.get()).sum();
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", sum as f64 / 100.0);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
 /// A gauge written by exactly one thread.
 #[derive(Debug, Default)]
 pub struct Gauge(AtomicI64);
@@ -212,6 +257,20 @@ pub struct CoreMetrics {
     pub drain_sessions_closed: Counter,
     pub drain_queued_closed: Counter,
     pub drain_forced: Counter,
+    /// permessage-deflate, sent: messages compressed, their bytes before and after, ratios.
+    pub deflate_out_messages: Counter,
+    pub deflate_out_uncompressed: Counter,
+    pub deflate_out_compressed: Counter,
+    pub deflate_ratio: RatioHistogram,
+    /// Deflate runs: one per message compressed on its own, one per shared frame and window.
+    pub deflate_runs: Counter,
+    /// permessage-deflate, received: messages inflated, their bytes before and after.
+    pub deflate_in_messages: Counter,
+    pub deflate_in_compressed: Counter,
+    pub deflate_in_uncompressed: Counter,
+    /// Compressed messages refused: inflated past the message limit, or not DEFLATE data.
+    pub inflate_too_large: Counter,
+    pub inflate_corrupt: Counter,
     labelled: Mutex<Labelled>,
 }
 
@@ -342,6 +401,12 @@ impl Registry {
             "wssedge_handshake_seconds",
             "Accept to 101: TLS handshake, upgrade request and admission",
             self.cores.iter().map(|c| &c.handshake_time),
+        );
+        RatioHistogram::render_sum(
+            &mut hist,
+            "wssedge_compression_ratio",
+            "permessage-deflate: uncompressed / compressed size of each message sent compressed",
+            self.cores.iter().map(|c| &c.deflate_ratio),
         );
         Histogram::render_sum(
             &mut hist,
@@ -479,6 +544,58 @@ impl Registry {
             "wssedge_bytes_total",
             "Plaintext bytes",
             dir(|c| c.bytes_in.get(), |c| c.bytes_out.get()),
+        );
+        let sum = |f: fn(&CoreMetrics) -> u64| cores.iter().map(|c| f(c)).sum::<u64>();
+        counter(
+            "wssedge_compressed_messages_total",
+            "permessage-deflate: messages received compressed (in) and sent compressed (out)",
+            dir(
+                |c| c.deflate_in_messages.get(),
+                |c| c.deflate_out_messages.get(),
+            ),
+        );
+        counter(
+            "wssedge_compression_bytes_total",
+            "permessage-deflate: those messages' bytes, compressed (on the wire) and uncompressed",
+            vec![
+                (
+                    "direction=\"in\",form=\"compressed\"".to_owned(),
+                    sum(|c| c.deflate_in_compressed.get()),
+                ),
+                (
+                    "direction=\"in\",form=\"uncompressed\"".to_owned(),
+                    sum(|c| c.deflate_in_uncompressed.get()),
+                ),
+                (
+                    "direction=\"out\",form=\"compressed\"".to_owned(),
+                    sum(|c| c.deflate_out_compressed.get()),
+                ),
+                (
+                    "direction=\"out\",form=\"uncompressed\"".to_owned(),
+                    sum(|c| c.deflate_out_uncompressed.get()),
+                ),
+            ],
+        );
+        counter(
+            "wssedge_compression_runs_total",
+            "permessage-deflate: deflate runs (one per echoed or proxied message compressed, one \
+             per publication and window size however many subscribers get it)",
+            vec![(String::new(), sum(|c| c.deflate_runs.get()))],
+        );
+        counter(
+            "wssedge_inflate_refusals_total",
+            "permessage-deflate: compressed messages refused (1009 inflated_too_large, 1007 \
+             bad_compressed_data)",
+            vec![
+                (
+                    "reason=\"inflated_too_large\"".to_owned(),
+                    sum(|c| c.inflate_too_large.get()),
+                ),
+                (
+                    "reason=\"bad_compressed_data\"".to_owned(),
+                    sum(|c| c.inflate_corrupt.get()),
+                ),
+            ],
         );
         counter(
             "wssedge_drain_closed_total",

@@ -31,6 +31,9 @@ pub struct Route {
     /// routes only).
     #[serde(default)]
     pub lossy: bool,
+    /// permessage-deflate on this path, over `[compression] enabled` (absent: that decides).
+    #[serde(default)]
+    pub compression: Option<bool>,
 }
 
 impl Route {
@@ -111,13 +114,13 @@ pub fn validate(routes: &[Route], has_upstream: bool) -> Result<(), ConfigError>
 /// The routes' kinds by prefix, longest prefix first.
 #[derive(Debug, Clone, Default)]
 pub struct RouteKinds {
-    routes: Vec<(PathPrefix, usize, RouteKind)>,
+    routes: Vec<(PathPrefix, usize, RouteKind, Option<bool>)>,
 }
 
 impl RouteKinds {
     /// From validated routes (prefixes that are not plain paths are dropped here).
     pub fn new(routes: &[Route]) -> Self {
-        let mut routes: Vec<(PathPrefix, usize, RouteKind)> = routes
+        let mut routes: Vec<(PathPrefix, usize, RouteKind, Option<bool>)> = routes
             .iter()
             .filter_map(|r| {
                 let prefix = PathPrefix::parse(&r.prefix).ok()?;
@@ -126,7 +129,7 @@ impl RouteKinds {
                 } else {
                     RouteKind::Upstream
                 };
-                Some((prefix, r.prefix.len(), kind))
+                Some((prefix, r.prefix.len(), kind, r.compression))
             })
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.1));
@@ -143,8 +146,17 @@ impl RouteKinds {
         let path = target.path();
         self.routes
             .iter()
-            .find(|(prefix, _, _)| prefix.strip(path).is_some())
+            .find(|(prefix, ..)| prefix.strip(path).is_some())
             .map(|r| r.2)
+    }
+
+    /// The `compression` of the longest route covering `target`'s path, if it says.
+    pub fn compression(&self, target: &RequestTarget) -> Option<bool> {
+        let path = target.path();
+        self.routes
+            .iter()
+            .find(|(prefix, ..)| prefix.strip(path).is_some())
+            .and_then(|r| r.3)
     }
 }
 

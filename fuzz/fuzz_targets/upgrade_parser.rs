@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(Some((req, consumed))) => {
             assert!(consumed <= data.len() && consumed <= limits.max_request_bytes);
             let mut out = Vec::new();
-            write_response_101(&req, req.protocols.first().map(String::as_str), &mut out);
+            write_response_101(&req, req.protocols.first().map(String::as_str), None, &mut out);
             assert!(out.ends_with(b"\r\n\r\n"));
         }
         Ok(None) => assert!(data.len() < limits.max_request_bytes),

@@ -53,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
     assert!(consumed <= request.len());
     check_normal_form(&req.path);
     let mut response = Vec::new();
-    write_response_101(&req, None, &mut response);
+    write_response_101(&req, None, None, &mut response);
     assert!(response.starts_with(b"HTTP/1.1 101 ") && response.ends_with(b"\r\n\r\n"));
 
     // The session: the rest of the request's last read, then every later chunk.

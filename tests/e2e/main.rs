@@ -20,6 +20,7 @@ mod audit;
 mod backend;
 mod chaos_upstream;
 mod cli;
+mod compression;
 mod control;
 mod echo;
 mod fleet;

@@ -79,11 +79,18 @@ pub(crate) struct PubsubSession {
     /// Subscribes among `owed` (live publications wait while there are any).
     subscribes_owed: usize,
     scratch: Vec<Delivery>,
+    /// Sends publications compressed once per window where the client agreed to it.
+    outgoing: crate::compression::Outgoing,
 }
 
 impl PubsubSession {
     /// `max_data_bytes`: the largest publication `data` (the session's message limit).
-    pub fn new(hub: Rc<CorePubsub>, may_publish: bool, max_data_bytes: usize) -> Self {
+    pub fn new(
+        hub: Rc<CorePubsub>,
+        may_publish: bool,
+        max_data_bytes: usize,
+        outgoing: crate::compression::Outgoing,
+    ) -> Self {
         let client = hub.registry.add_client(hub.cfg.queue_messages);
         let limits = hub.cfg.request_limits(max_data_bytes);
         Self {
@@ -95,6 +102,7 @@ impl PubsubSession {
             owed: VecDeque::new(),
             subscribes_owed: 0,
             scratch: Vec::new(),
+            outgoing,
         }
     }
 
@@ -281,7 +289,8 @@ impl PubsubSession {
             for d in self.scratch.drain(..) {
                 m.delivery
                     .observe(now.saturating_duration_since(d.published_at));
-                session.send(MessageKind::Text, Payload::Single(d.frame));
+                self.outgoing
+                    .send_shared(session, MessageKind::Text, d.frame);
             }
             m.deliveries.add(delivered);
             pumped.frames += delivered;
@@ -342,7 +351,11 @@ impl PubsubSession {
             };
             match owed {
                 Owed::Text(text) => {
-                    session.send(MessageKind::Text, Payload::Single(Bytes::from(text)));
+                    self.outgoing.send(
+                        session,
+                        MessageKind::Text,
+                        Payload::Single(Bytes::from(text)),
+                    );
                     frames += 1;
                 }
                 Owed::Publish { id, result, .. } => {
@@ -354,7 +367,11 @@ impl PubsubSession {
                         }
                         None => continue,
                     };
-                    session.send(MessageKind::Text, Payload::Single(Bytes::from(text)));
+                    self.outgoing.send(
+                        session,
+                        MessageKind::Text,
+                        Payload::Single(Bytes::from(text)),
+                    );
                     frames += 1;
                 }
                 Owed::Subscribe {
@@ -384,7 +401,11 @@ impl PubsubSession {
             }
             self.hub.m().refused(reason);
             let text = encode_error(Some(id), reason);
-            session.send(MessageKind::Text, Payload::Single(Bytes::from(text)));
+            self.outgoing.send(
+                session,
+                MessageKind::Text,
+                Payload::Single(Bytes::from(text)),
+            );
             return 1;
         }
         let topics: Vec<SubscribedTopic<'_>> = parts
@@ -400,11 +421,15 @@ impl PubsubSession {
             })
             .collect();
         let text = encode_subscribed(id, &topics);
-        session.send(MessageKind::Text, Payload::Single(Bytes::from(text)));
+        self.outgoing.send(
+            session,
+            MessageKind::Text,
+            Payload::Single(Bytes::from(text)),
+        );
         let mut frames = 1;
         for p in parts.into_iter().filter(|p| p.new_for_client) {
             for frame in p.answer.into_iter().flat_map(|a| a.replay) {
-                session.send(MessageKind::Text, Payload::Single(frame));
+                self.outgoing.send_shared(session, MessageKind::Text, frame);
                 frames += 1;
             }
         }

@@ -139,6 +139,7 @@ impl From<Violation> for Reason {
             V::BadClosePayload => Reason::BadClosePayload,
             V::BadCloseCode => Reason::BadCloseCode,
             V::BadCompressedData => Reason::BadCompressedData,
+            V::InflatedTooLarge => Reason::InflatedTooLarge,
         }
     }
 }

@@ -101,6 +101,8 @@ pub(crate) struct ConnSettings {
     pub socket_opts: AcceptedSocketOptions,
     pub handshake_limits: HandshakeLimits,
     session_limits: SessionLimits,
+    /// Sends messages, compressed where the session agreed to permessage-deflate.
+    pub outgoing: crate::compression::Outgoing,
 }
 
 impl ConnSettings {
@@ -183,6 +185,10 @@ impl Core {
                     max_frame_bytes: l.max_frame_bytes,
                     max_message_bytes: l.max_message_bytes,
                 },
+                outgoing: crate::compression::Outgoing::new(
+                    &cfg.compression,
+                    start.metrics.clone(),
+                ),
             },
             cfg,
         }

@@ -694,6 +694,7 @@ group = "orders"
             group: Some("g".into()),
             pubsub: false,
             lossy: false,
+            compression: None,
         }];
         let t = RouteTable::new(&routes, |_| Some(0));
         let ab = target("/a/b?c");

@@ -150,6 +150,7 @@ fn upstreams(member: &str, tls: Option<UpstreamTls>, failures: u32, timeout_ms: 
         group: Some("g".into()),
         pubsub: false,
         lossy: false,
+        compression: None,
     }];
     Upstreams::without_health_checks(&cfg, &routes).unwrap()
 }

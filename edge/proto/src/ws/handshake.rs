@@ -45,7 +45,8 @@ pub struct UpgradeRequest {
     pub origin: Option<String>,
     /// `Sec-WebSocket-Protocol` tokens in the client's order of preference.
     pub protocols: Vec<String>,
-    /// `Sec-WebSocket-Extensions` entries (with their parameters), in order. Never accepted yet.
+    /// Every `Sec-WebSocket-Extensions` header value, as sent, in order: the list grammar
+    /// ([`crate::ws::extensions`]) splits them (a comma may stand inside a quoted value).
     pub extensions: Vec<String>,
     /// The `Authorization` header (a credential: never logged).
     pub authorization: Option<String>,
@@ -311,8 +312,10 @@ pub fn parse_upgrade(
         Ok(a) => a.map(utf8).transpose()?,
         Err(()) => return Err(HandshakeError::Malformed("repeated Authorization")),
     };
-    let extensions = list_items(headers, "sec-websocket-extensions")
-        .map(utf8)
+    let extensions = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+        .map(|h| utf8(h.value.trim_ascii()))
         .collect::<Result<Vec<_>, _>>()?;
     let user_agent = single(headers, "user-agent")
         .ok()
@@ -334,9 +337,14 @@ pub fn parse_upgrade(
     )))
 }
 
-/// Appends the 101 response. `Sec-WebSocket-Protocol` only when `protocol` is `Some`; never an
-/// extension.
-pub fn write_response_101(req: &UpgradeRequest, protocol: Option<&str>, out: &mut Vec<u8>) {
+/// Appends the 101 response. `Sec-WebSocket-Protocol` only when `protocol` is `Some`,
+/// `Sec-WebSocket-Extensions` only when `extensions` is (what was agreed, exactly).
+pub fn write_response_101(
+    req: &UpgradeRequest,
+    protocol: Option<&str>,
+    extensions: Option<&str>,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
     );
@@ -345,6 +353,11 @@ pub fn write_response_101(req: &UpgradeRequest, protocol: Option<&str>, out: &mu
     if let Some(p) = protocol {
         out.extend_from_slice(b"Sec-WebSocket-Protocol: ");
         out.extend_from_slice(p.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(e) = extensions {
+        out.extend_from_slice(b"Sec-WebSocket-Extensions: ");
+        out.extend_from_slice(e.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -427,7 +440,7 @@ mod tests {
     fn response_101() {
         let (req, _) = parse(GOOD).unwrap().unwrap();
         let mut out = Vec::new();
-        write_response_101(&req, Some("chat"), &mut out);
+        write_response_101(&req, Some("chat"), None, &mut out);
         let s = String::from_utf8(out).unwrap();
         assert_eq!(
             s,
@@ -435,10 +448,21 @@ mod tests {
              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: chat\r\n\r\n"
         );
         let mut out = Vec::new();
-        write_response_101(&req, None, &mut out);
+        write_response_101(&req, None, None, &mut out);
         let s = String::from_utf8(out).unwrap();
         assert!(!s.contains("Sec-WebSocket-Protocol"));
         assert!(!s.contains("Extensions"));
+        let mut out = Vec::new();
+        write_response_101(
+            &req,
+            None,
+            Some("permessage-deflate; server_no_context_takeover"),
+            &mut out,
+        );
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.ends_with(
+            "\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n\r\n"
+        ));
         // The response parses as HTTP and tungstenite-style clients accept the key.
         let mut hs = [httparse::EMPTY_HEADER; 8];
         let mut resp = httparse::Response::new(&mut hs);
@@ -480,7 +504,7 @@ mod tests {
         assert_eq!(req.protocols, vec!["chat", "superchat"]);
         assert_eq!(
             req.extensions,
-            vec!["permessage-deflate; client_max_window_bits", "x-foo"]
+            vec!["permessage-deflate; client_max_window_bits, x-foo"]
         );
         let s = with("Connection: Upgrade", "Connection: keep-alive, Upgrade");
         assert!(parse(&s).unwrap().is_some());

@@ -36,7 +36,7 @@ pub use mask::{apply_mask, extend_masked};
 pub use mask_keys::MaskKeySource;
 pub use outbox::Outbox;
 pub use session::{
-    close_code, Event, Heartbeat, Message, MessageKind, OutFrame, Payload, Role, Session,
+    close_code, Event, Heartbeat, Inflated, Message, MessageKind, OutFrame, Payload, Role, Session,
     SessionLimits, SessionState, Timeout,
 };
 pub use target::{valid_host, PathPrefix, RequestTarget, TargetError};

@@ -540,6 +540,18 @@ struct DeflateState {
     /// The compressed message being received: its kind and what has been inflated so far.
     inflating: Option<(MessageKind, Vec<u8>)>,
     deflater: Option<Box<MessageDeflater>>,
+    /// Compressed messages received since the caller last took the counts.
+    inflated: Inflated,
+}
+
+/// Compressed messages a session received and inflated (see [`Session::take_inflated`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Inflated {
+    pub messages: u64,
+    /// Their payload bytes on the wire.
+    pub compressed_bytes: u64,
+    /// Their bytes once inflated.
+    pub inflated_bytes: u64,
 }
 
 /// What an inflater's state costs while it exists (zlib's inflate state and its 32 KiB
@@ -590,8 +602,17 @@ impl Session {
             inflater: None,
             inflating: None,
             deflater: None,
+            inflated: Inflated::default(),
         }));
         self
+    }
+
+    /// The compressed messages received since the last call (then zero).
+    pub fn take_inflated(&mut self) -> Inflated {
+        self.deflate
+            .as_deref_mut()
+            .map(|d| std::mem::take(&mut d.inflated))
+            .unwrap_or_default()
     }
 
     /// The permessage-deflate agreement in force, if any.
@@ -913,6 +934,7 @@ impl Session {
             return; // unreachable: inflate_start came first
         };
         let before = out.len();
+        d.inflated.compressed_bytes += payload.len() as u64;
         let mut done = inflater.inflate(payload, out, max);
         if done.is_ok() && fin {
             done = inflater.finish_message(out, max);
@@ -921,7 +943,7 @@ impl Session {
         let text_ok = kind != MessageKind::Text || self.utf8.feed(&out[before..]).is_ok();
         match done {
             Err(InflateError::TooBig) => {
-                return self.fail(close_code::TOO_BIG, Violation::MessageTooLarge)
+                return self.fail(close_code::TOO_BIG, Violation::InflatedTooLarge)
             }
             Err(InflateError::Corrupt) => {
                 return self.fail(close_code::INVALID_PAYLOAD, Violation::BadCompressedData)
@@ -943,6 +965,8 @@ impl Session {
         if d.params.peer_no_context_takeover {
             d.inflater = None;
         }
+        d.inflated.messages += 1;
+        d.inflated.inflated_bytes += out.len() as u64;
         self.messages_received += 1;
         self.push_event(Event::Message(Message {
             kind,
@@ -1076,19 +1100,23 @@ impl Session {
     /// Queues `payload` compressed under the agreement: with this session's own compressor
     /// when it keeps its context, else with `shared` (the caller's, for this session's
     /// window: see [`DeflateParams::own_window_bits`]). Without an agreement it is sent as it is.
+    /// Returns the compressed payload's size (`None`: sent as it is — no agreement, or a
+    /// message deflate would not shrink — or not at all).
     pub fn send_deflated(
         &mut self,
         kind: MessageKind,
         payload: &Payload,
         shared: &mut MessageDeflater,
-    ) {
+    ) -> Option<usize> {
         let Some(d) = self.deflate.as_deref_mut() else {
-            return self.send(kind, payload.clone());
+            self.send(kind, payload.clone());
+            return None;
         };
         if self.close_queued {
-            return;
+            return None;
         }
-        let deflater = if d.params.own_no_context_takeover {
+        let resets = d.params.own_no_context_takeover;
+        let deflater = if resets {
             shared
         } else {
             let p = d.params;
@@ -1098,7 +1126,16 @@ impl Session {
         };
         let mut out = Vec::with_capacity(payload.len() / 2 + 16);
         deflater.compress_parts(payload.chunks().iter().map(|c| &c[..]), &mut out);
+        // Incompressible (random, already compressed): sent as it is, RSV1 clear, which RFC 7692
+        // allows per message. Only without context: a compressor that keeps one has put this
+        // message in its window, and the peer's must see it too.
+        if resets && out.len() >= payload.len() {
+            self.send(kind, payload.clone());
+            return None;
+        }
+        let len = out.len();
         self.send_compressed(kind, Payload::Single(Bytes::from(out)));
+        Some(len)
     }
 
     /// Queues a ping. Payloads longer than 125 bytes are truncated. Ignored once our close is queued.

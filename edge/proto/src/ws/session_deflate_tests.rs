@@ -78,6 +78,14 @@ fn a_compressed_text_message_is_inflated() {
         [text_event("Hello")]
     );
     assert_eq!(s.messages_received(), 1);
+    let counted = s.take_inflated();
+    let counts = (
+        counted.messages,
+        counted.compressed_bytes,
+        counted.inflated_bytes,
+    );
+    assert_eq!(counts, (1, 7, 5));
+    assert_eq!(s.take_inflated(), Default::default());
     // No inflater is kept: the client resets after every message.
     assert_eq!(s.buffered_bytes(), 0);
     // Uncompressed messages still pass, RSV1 clear.
@@ -138,7 +146,7 @@ fn a_decompression_bomb_gets_1009_before_the_memory_is_spent() {
     let bomb = deflated(&vec![b'a'; 64 << 20]);
     assert!(bomb.len() < 1 << 20);
     let ev = feed(&mut s, &frame_bytes(0xc1, &bomb));
-    assert_eq!(failed(&ev), Some((1009, "message_too_large")));
+    assert_eq!(failed(&ev), Some((1009, "inflated_too_large")));
     assert_eq!(s.buffered_bytes(), 0, "the partial inflation is gone");
 }
 
@@ -256,4 +264,37 @@ proptest! {
         let want: Vec<Event> = msgs.iter().map(|(m, _)| text_event(m)).collect();
         prop_assert_eq!(got, want);
     }
+}
+
+#[test]
+fn an_incompressible_message_goes_out_as_it_is() {
+    let mut s = server(true);
+    let mut shared = MessageDeflater::new(6, 15, true);
+    // A xorshift stream: nothing for deflate to find.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let noise: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let sent = s.send_deflated(
+        MessageKind::Binary,
+        &Payload::Single(Bytes::from(noise.clone())),
+        &mut shared,
+    );
+    assert_eq!(sent, None);
+    let f = s.poll_transmit().unwrap();
+    assert_eq!(f.header()[0], 0x82, "RSV1 clear");
+    assert_eq!(f.payload().to_vec(), noise);
+    // A session keeping its own context sends it compressed all the same.
+    let mut keep = Session::new(SessionLimits::default()).with_deflate(params(true, false));
+    let sent = keep.send_deflated(
+        MessageKind::Binary,
+        &Payload::Single(Bytes::from(noise)),
+        &mut shared,
+    );
+    assert!(sent.is_some());
 }

@@ -24,11 +24,14 @@ pub enum Violation {
     BadCloseCode,
     /// A compressed message (permessage-deflate) that is not valid DEFLATE data.
     BadCompressedData,
+    /// A compressed message whose inflated size passes the message limit (a decompression
+    /// bomb is stopped here, within one inflate step of the limit).
+    InflatedTooLarge,
 }
 
 impl Violation {
     /// Every variant, for tests that pin the labels.
-    pub const ALL: [Violation; 15] = [
+    pub const ALL: [Violation; 16] = [
         Self::BadLength,
         Self::InvalidUtf8,
         Self::FrameTooLarge,
@@ -44,6 +47,7 @@ impl Violation {
         Self::BadClosePayload,
         Self::BadCloseCode,
         Self::BadCompressedData,
+        Self::InflatedTooLarge,
     ];
 
     /// The label: the close frame's text and the counter's reason.
@@ -64,6 +68,7 @@ impl Violation {
             Self::BadClosePayload => "bad_close_payload",
             Self::BadCloseCode => "bad_close_code",
             Self::BadCompressedData => "bad_compressed_data",
+            Self::InflatedTooLarge => "inflated_too_large",
         }
     }
 }

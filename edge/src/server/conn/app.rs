@@ -40,9 +40,15 @@ pub(super) enum OverRate {
 
 impl App {
     /// A whole message from the client, within its rates.
-    pub(super) fn on_message(&mut self, session: &mut Session, message: Message, now: Instant) {
+    pub(super) fn on_message(
+        &mut self,
+        session: &mut Session,
+        message: Message,
+        now: Instant,
+        outgoing: &crate::compression::Outgoing,
+    ) {
         match self {
-            App::Echo => session.send(message.kind, message.payload),
+            App::Echo => outgoing.send(session, message.kind, message.payload),
             App::Proxy(p) => {
                 p.relay.forward(message);
                 p.hop_started.get_or_insert(now);
@@ -302,7 +308,9 @@ mod tests {
             kind: MessageKind::Text,
             payload: Bytes::from_static(b"hello").into(),
         };
-        app.on_message(&mut s, message, Instant::now());
+        let metrics = std::sync::Arc::new(crate::metrics::CoreMetrics::new(0, 0));
+        let outgoing = crate::compression::Outgoing::new(&Default::default(), metrics);
+        app.on_message(&mut s, message, Instant::now(), &outgoing);
         let frame = s.poll_transmit().expect("the echo is queued");
         let mut wire = Vec::new();
         let mut outbox = crate::ws::Outbox::new();
@@ -310,6 +318,40 @@ mod tests {
         outbox.fill(&mut wire, usize::MAX);
         assert_eq!(&wire[..], b"\x81\x05hello");
         assert!(s.poll_transmit().is_none());
+    }
+
+    #[test]
+    fn echo_compresses_where_the_client_agreed_and_the_message_is_large_enough() {
+        use wssedge_proto::ws::deflate::DeflateParams;
+        let mut app = App::Echo;
+        let mut s = session().with_deflate(DeflateParams {
+            peer_no_context_takeover: true,
+            own_no_context_takeover: true,
+            own_window_bits: 15,
+            level: 3,
+        });
+        let metrics = std::sync::Arc::new(crate::metrics::CoreMetrics::new(0, 0));
+        let cfg = crate::compression::CompressionConfig::default();
+        let outgoing = crate::compression::Outgoing::new(&cfg, metrics.clone());
+        let big = Bytes::from("{\"px\":\"1.0\"}".repeat(40));
+        for payload in [Bytes::from_static(b"small"), big.clone()] {
+            let message = Message {
+                kind: MessageKind::Text,
+                payload: payload.into(),
+            };
+            app.on_message(&mut s, message, Instant::now(), &outgoing);
+        }
+        let small = s.poll_transmit().unwrap();
+        assert_eq!(small.header()[0], 0x81, "below min_bytes: RSV1 clear");
+        let large = s.poll_transmit().unwrap();
+        assert_eq!(large.header()[0], 0xc1, "compressed: RSV1 set");
+        assert!(large.payload().len() < big.len() / 4);
+        assert_eq!(metrics.deflate_out_messages.get(), 1);
+        assert_eq!(metrics.deflate_out_uncompressed.get(), big.len() as u64);
+        assert_eq!(
+            metrics.deflate_out_compressed.get(),
+            large.payload().len() as u64
+        );
     }
 
     #[test]

@@ -856,6 +856,21 @@ impl Conn {
                         return Some(self.refuse_upgrade(refusal, &request, Some(&admitted)))
                     }
                 };
+                let compression = &self.core.cfg.compression;
+                let compress =
+                    compression.enabled_for(self.core.routes.compression(&request.path), pubsub);
+                let deflate =
+                    match crate::compression::negotiate_upgrade(compression, compress, &request) {
+                        Ok(deflate) => deflate,
+                        Err(reason) => {
+                            let refusal = Refusal::Http {
+                                status: 400,
+                                reason,
+                                extra_headers: &[],
+                            };
+                            return Some(self.refuse_upgrade(refusal, &request, Some(&admitted)));
+                        }
+                    };
                 if admitted.replay.is_some() || route.is_some() || self.counted_in_fleet(&admitted)
                 {
                     // The token id's owner core answers first, and the upstream must say
@@ -865,6 +880,7 @@ impl Conn {
                         admitted,
                         route,
                         pubsub,
+                        deflate,
                     }));
                     return None;
                 }
@@ -873,7 +889,7 @@ impl Conn {
                 } else {
                     App::Echo
                 };
-                if let Err(end) = self.upgrade(&request, admitted, app, None) {
+                if let Err(end) = self.upgrade(&request, admitted, app, None, deflate) {
                     return Some(end);
                 }
             }
@@ -898,6 +914,7 @@ impl Conn {
             hub,
             may_publish,
             max_data,
+            self.core.conn.outgoing.clone(),
         )))
     }
 
@@ -1108,7 +1125,13 @@ impl Conn {
                 }
             }
         };
-        self.upgrade(&pending.request, pending.admitted, app, fleet_hold)?;
+        self.upgrade(
+            &pending.request,
+            pending.admitted,
+            app,
+            fleet_hold,
+            pending.deflate,
+        )?;
         // Frames the client sent right behind its request.
         match self.process_guarded() {
             Some(end) => Err(end),
@@ -1124,6 +1147,7 @@ impl Conn {
         admitted: Admitted,
         app: App,
         fleet_hold: Option<crate::fleet::IdentityHold>,
+        deflate: Option<wssedge_proto::ws::deflate::DeflateAgreement>,
     ) -> Result<(), End> {
         let slot = self
             .core
@@ -1145,7 +1169,13 @@ impl Conn {
             .with_control(&rates.control, now);
         let limiter = (!limiter.is_unlimited()).then_some(limiter);
         let mut response = Vec::with_capacity(160);
-        ws::write_response_101(request, admitted.protocol.as_deref(), &mut response);
+        let extensions = deflate.map(|a| a.response_value());
+        ws::write_response_101(
+            request,
+            admitted.protocol.as_deref(),
+            extensions.as_deref(),
+            &mut response,
+        );
         if self.layer.send(&response).is_err() {
             self.phase = Phase::Refused(app);
             return Err(End::Abort);
@@ -1195,6 +1225,9 @@ impl Conn {
         let now = Instant::now();
         self.deadline.set(now + core.cfg.limits.idle_timeout());
         let mut session = Session::new(core.session_limits());
+        if let Some(agreed) = deflate {
+            session = session.with_deflate(agreed.server_params(core.cfg.compression.level));
+        }
         if let Some(interval) = core.cfg.limits.ping_interval() {
             let pong_timeout = core.cfg.limits.pong_timeout();
             session = session.with_heartbeat(
@@ -1235,6 +1268,12 @@ impl Conn {
         session.note_received(now);
         self.deadline.set(now + core.cfg.limits.idle_timeout());
         session.receive(&mut self.plaintext);
+        let inflated = session.take_inflated();
+        if inflated.messages > 0 {
+            metrics.deflate_in_messages.add(inflated.messages);
+            metrics.deflate_in_compressed.add(inflated.compressed_bytes);
+            metrics.deflate_in_uncompressed.add(inflated.inflated_bytes);
+        }
         // Closed for its rate in this step: later messages in the same read are not delivered.
         let mut rate_closed = false;
         // Empty fragments complete nothing and cost a parse each, like a ping without the
@@ -1275,7 +1314,8 @@ impl Conn {
                         rate_closed = true;
                         continue;
                     }
-                    open.app.on_message(session, message, now);
+                    open.app
+                        .on_message(session, message, now, &core.conn.outgoing);
                 }
                 Event::Ping(payload) | Event::Pong(payload) => {
                     metrics.frames_in.inc();
@@ -1296,6 +1336,11 @@ impl Conn {
                     open.app.on_client_closed(code, &reason);
                 }
                 Event::Failed { code, reason } => {
+                    match reason {
+                        ws::Violation::InflatedTooLarge => metrics.inflate_too_large.inc(),
+                        ws::Violation::BadCompressedData => metrics.inflate_corrupt.inc(),
+                        _ => {}
+                    }
                     Refusal::Close {
                         code,
                         reason: reason.into(),

@@ -40,6 +40,8 @@ pub(super) struct PendingUpgrade {
     pub(super) route: Option<Route>,
     /// The path is a pub/sub route.
     pub(super) pubsub: bool,
+    /// The permessage-deflate agreement the 101 will state.
+    pub(super) deflate: Option<wssedge_proto::ws::deflate::DeflateAgreement>,
 }
 
 /// What an upgraded connection owns besides its session.

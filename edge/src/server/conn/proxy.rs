@@ -192,7 +192,9 @@ impl Proxy {
                         continue;
                     }
                     queued += size;
-                    session.send(message.kind, message.payload);
+                    core.conn
+                        .outgoing
+                        .send(session, message.kind, message.payload);
                     self.hop_started.get_or_insert(read_at);
                 }
                 UpstreamEvent::Closed { code, reason } => {

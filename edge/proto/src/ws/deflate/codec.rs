@@ -73,9 +73,13 @@ impl MessageDeflater {
                 break;
             }
         }
-        debug_assert!(out[start..].ends_with(&SYNC_TAIL));
         if out[start..].ends_with(&SYNC_TAIL) {
             out.truncate(out.len() - SYNC_TAIL.len());
+        } else if out.len() == start {
+            // An empty message on a stream whose last act was a sync flush: zlib has nothing
+            // to emit. RFC 7692 §7.2.3.6's empty message, `00` (with the tail put back, an
+            // empty stored block), leaves both sides' windows as they were.
+            out.push(0x00);
         }
         if self.reset_each_message {
             self.c.reset();

@@ -159,6 +159,17 @@ fn an_empty_message_is_one_zero_byte() {
 }
 
 #[test]
+fn an_empty_message_with_context_kept_is_one_zero_byte_too() {
+    let mut d = MessageDeflater::new(6, 15, false);
+    let mut i = MessageInflater::new(false);
+    for msg in [&b"abc"[..], b"", b"", b"abcabc"] {
+        let z = deflate(&mut d, msg);
+        assert!(!z.is_empty());
+        assert_eq!(inflate_whole(&mut i, &z, 100).unwrap(), msg);
+    }
+}
+
+#[test]
 fn rfc_7692_examples() {
     // §7.2.3.1: "Hello" in one compressed message, and in a stored block (§7.2.3.3).
     let mut i = MessageInflater::new(true);

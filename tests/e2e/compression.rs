@@ -1,0 +1,382 @@
+//! permessage-deflate (RFC 7692) through the real edge: the 101 states what was agreed, echo
+//! compresses what is large enough, a bomb is stopped at the cap, malformed offers are refused,
+//! and a path without compression neither answers the offer nor accepts RSV1.
+
+use wssedge_proto::ws::deflate::{MessageDeflater, MessageInflater};
+
+use crate::harness::*;
+
+const ON: &str = "[compression]\nenabled = true\n";
+const PD: &str = "permessage-deflate; client_max_window_bits";
+
+fn deflate(msg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    MessageDeflater::new(6, 15, true).compress_message(msg, &mut out);
+    out
+}
+
+fn inflate(payload: &[u8]) -> Vec<u8> {
+    let mut i = MessageInflater::new(true);
+    let mut out = Vec::new();
+    i.inflate(payload, &mut out, 64 << 20).expect("inflates");
+    i.finish_message(&mut out, 64 << 20).expect("inflates");
+    out
+}
+
+/// The next data frame, whole (the edge sends unfragmented frames).
+async fn data_frame(ws: &mut RawWs) -> Frame {
+    loop {
+        match ws.next().await {
+            Event::Frame(f) if f.opcode == OP_CLOSE => {
+                panic!("closed {:?} {}", f.close_code(), f.close_reason())
+            }
+            Event::Frame(f) if f.opcode >= 0x8 => continue,
+            Event::Frame(f) => return f,
+            Event::Closed => panic!("connection ended while waiting for a data frame"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_101_states_the_agreement_and_echo_compresses_both_ways() {
+    let srv = Server::with_config(ON);
+    let req = ws_request("/", &[("Sec-WebSocket-Extensions", PD)]);
+    let (head, mut ws) = expect_upgraded(&srv, &req).await;
+    assert_eq!(
+        header(&head, "sec-websocket-extensions"),
+        Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover"),
+        "{head}"
+    );
+    // A compressed message comes back compressed; a short one plain (below min_bytes).
+    let big = "{\"topic\":\"trades.BTC-USD\",\"px\":\"64123.5\",\"qty\":\"0.25\"}".repeat(200);
+    let z = deflate(big.as_bytes());
+    ws.send(&frame_rsv(true, 0b100, OP_TEXT, &z, MASK)).await;
+    let f = data_frame(&mut ws).await;
+    assert_eq!((f.fin, f.rsv, f.opcode), (true, 0b100, OP_TEXT));
+    assert!(f.payload.len() < big.len() / 5, "{} bytes", f.payload.len());
+    assert_eq!(inflate(&f.payload), big.as_bytes());
+    ws.send(&cframe(true, OP_TEXT, b"short")).await;
+    let f = data_frame(&mut ws).await;
+    assert_eq!((f.rsv, &f.payload[..]), (0, &b"short"[..]));
+    // A compressed message in three fragments, a ping between them.
+    let z = deflate(big.as_bytes());
+    let (a, rest) = z.split_at(z.len() / 3);
+    let (b, c) = rest.split_at(rest.len() / 2);
+    ws.send(&frame_rsv(false, 0b100, OP_TEXT, a, MASK)).await;
+    ws.send(&cframe(false, OP_CONT, b)).await;
+    ws.send(&cframe(true, OP_PING, b"p")).await;
+    ws.send(&cframe(true, OP_CONT, c)).await;
+    let f = data_frame(&mut ws).await;
+    assert_eq!(inflate(&f.payload), big.as_bytes());
+    let compressed = "wssedge_compressed_messages_total";
+    assert_eq!(srv.metric(compressed, &[("direction", "in")]).await, 2.0);
+    assert_eq!(srv.metric(compressed, &[("direction", "out")]).await, 2.0);
+    let bytes = srv
+        .metric(
+            "wssedge_compression_bytes_total",
+            &[("direction", "out"), ("form", "uncompressed")],
+        )
+        .await;
+    assert_eq!(bytes, 2.0 * big.len() as f64);
+    assert_eq!(
+        srv.metric("wssedge_compression_ratio_count", &[]).await,
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn a_decompression_bomb_is_closed_1009_before_its_memory_is_spent() {
+    let srv = Server::with_config(&format!(
+        "{ON}[limits]\nmax_message_bytes = 1048576\nmax_frame_bytes = 1048576\n"
+    ));
+    let req = ws_request("/", &[("Sec-WebSocket-Extensions", PD)]);
+    let (_, mut ws) = expect_upgraded(&srv, &req).await;
+    // 256 MiB of zeros in ~250 KiB.
+    let bomb = deflate(&vec![0u8; 256 << 20]);
+    assert!(bomb.len() < 1 << 20);
+    ws.send(&frame_rsv(true, 0b100, OP_BINARY, &bomb, MASK))
+        .await;
+    let close = ws.rd.expect_close_frame().await;
+    assert_eq!(close.close_code(), Some(1009));
+    assert_eq!(close.close_reason(), "inflated_too_large");
+    srv.wait_metric_eq(
+        "wssedge_inflate_refusals_total",
+        &[("reason", "inflated_too_large")],
+        1.0,
+    )
+    .await;
+    // Not DEFLATE at all.
+    let (_, mut ws) = expect_upgraded(&srv, &req).await;
+    ws.send(&frame_rsv(true, 0b100, OP_TEXT, &[0xff, 0xff, 0xff], MASK))
+        .await;
+    let close = ws.rd.expect_close_frame().await;
+    assert_eq!(
+        (close.close_code(), close.close_reason().as_str()),
+        (Some(1007), "bad_compressed_data")
+    );
+    // Invalid UTF-8 once inflated.
+    let (_, mut ws) = expect_upgraded(&srv, &req).await;
+    ws.send(&frame_rsv(
+        true,
+        0b100,
+        OP_TEXT,
+        &deflate(b"ok \xc3\x28"),
+        MASK,
+    ))
+    .await;
+    let close = ws.rd.expect_close_frame().await;
+    assert_eq!(
+        (close.close_code(), close.close_reason().as_str()),
+        (Some(1007), "invalid_utf8")
+    );
+    // RSV1 on a control frame or a continuation.
+    let (_, mut ws) = expect_upgraded(&srv, &req).await;
+    ws.send(&frame_rsv(true, 0b100, OP_PING, b"", MASK)).await;
+    assert_eq!(ws.expect_close().await, Some(1002));
+}
+
+#[tokio::test]
+async fn malformed_offers_are_refused_with_their_reason() {
+    let srv = Server::with_config(ON);
+    for (offer, reason) in [
+        ("permessage-deflate; foo", "deflate_unknown_parameter"),
+        (
+            "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+            "deflate_repeated_parameter",
+        ),
+        (
+            "permessage-deflate; client_no_context_takeover=1",
+            "deflate_unexpected_value",
+        ),
+        (
+            "permessage-deflate; server_max_window_bits",
+            "deflate_missing_value",
+        ),
+        (
+            "permessage-deflate; client_max_window_bits=16",
+            "deflate_bad_window_bits",
+        ),
+        ("permessage-deflate; ;", "bad_extension_header"),
+    ] {
+        let req = ws_request("/", &[("Sec-WebSocket-Extensions", offer)]);
+        expect_refused(&srv, &req, 400, reason).await;
+    }
+    // A window of 8 is declined, not refused: no compression, the session works.
+    let req = ws_request(
+        "/",
+        &[(
+            "Sec-WebSocket-Extensions",
+            "permessage-deflate; server_max_window_bits=8",
+        )],
+    );
+    let (head, mut ws) = expect_upgraded(&srv, &req).await;
+    assert_eq!(header(&head, "sec-websocket-extensions"), None, "{head}");
+    expect_echo(&mut ws, "uncompressed").await;
+}
+
+#[tokio::test]
+async fn a_path_without_compression_ignores_the_offer_and_refuses_rsv1() {
+    // The default: compression only on pub/sub routes; echo here.
+    let srv = Server::start();
+    let req = ws_request(
+        "/",
+        &[("Sec-WebSocket-Extensions", "permessage-deflate; foo")],
+    );
+    let (head, mut ws) = expect_upgraded(&srv, &req).await;
+    assert_eq!(header(&head, "sec-websocket-extensions"), None, "{head}");
+    ws.send(&frame_rsv(true, 0b100, OP_TEXT, &deflate(b"x"), MASK))
+        .await;
+    let close = ws.rd.expect_close_frame().await;
+    assert_eq!(
+        (close.close_code(), close.close_reason().as_str()),
+        (Some(1002), "reserved_bits")
+    );
+    // On by default on pub/sub routes; a route may say otherwise.
+    let srv = Server::with_config(
+        "[[routes]]\nprefix = \"/md\"\npubsub = true\n\
+         [[routes]]\nprefix = \"/plain\"\npubsub = true\ncompression = false\n",
+    );
+    let req = ws_request("/md", &[("Sec-WebSocket-Extensions", PD)]);
+    let (head, _) = expect_upgraded(&srv, &req).await;
+    assert!(
+        header(&head, "sec-websocket-extensions").is_some(),
+        "{head}"
+    );
+    let req = ws_request("/plain", &[("Sec-WebSocket-Extensions", PD)]);
+    let (head, _) = expect_upgraded(&srv, &req).await;
+    assert_eq!(header(&head, "sec-websocket-extensions"), None, "{head}");
+}
+
+/// What the edge must answer an offer under a `context_takeover` policy: `None` when it
+/// declines (a server window of 8 bits, which zlib cannot deflate with).
+fn expected_answer(offer: &serde_json::Value, policy: &str) -> Option<String> {
+    let flag = |k: &str| offer[k].as_bool().unwrap_or(false);
+    let smwb = offer["server_max_window_bits"].as_u64();
+    if smwb == Some(8) {
+        return None;
+    }
+    let mut v = String::from("permessage-deflate");
+    if policy != "both" || flag("server_no_context_takeover") {
+        v.push_str("; server_no_context_takeover");
+    }
+    if policy == "none" || flag("client_no_context_takeover") {
+        v.push_str("; client_no_context_takeover");
+    }
+    if let Some(bits) = smwb {
+        v.push_str(&format!("; server_max_window_bits={bits}"));
+    }
+    Some(v)
+}
+
+#[tokio::test]
+async fn python_websockets_agrees_on_every_offer_and_every_echo_under_every_policy() {
+    let python = python_with_websockets();
+    for policy in ["none", "client", "both"] {
+        let srv = Server::with_config(&format!("{ON}context_takeover = \"{policy}\"\n"));
+        let ca = srv.ca_pem.clone().expect("the dev CA");
+        let out = tokio::process::Command::new(&python)
+            .arg(py_script("deflate_echo.py"))
+            .arg(format!("wss://127.0.0.1:{}/", srv.addr.port()))
+            .arg(&ca)
+            .output();
+        let out = within(std::time::Duration::from_secs(120), "deflate_echo.py", out)
+            .await
+            .expect("run python");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "deflate_echo.py: {:?}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<serde_json::Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        assert_eq!(lines.len(), 2 * 2 * 5 * 4, "{stdout}");
+        for line in &lines {
+            let offer = &line["offer"];
+            assert!(line["error"].is_null(), "{policy}: {line}");
+            assert_eq!(line["echoed"], 10, "{policy}: {line}");
+            let want = expected_answer(offer, policy);
+            assert_eq!(line["agreed"].as_str(), want.as_deref(), "{policy}: {line}");
+            // websockets applies what it read from the 101: compression is on exactly when
+            // the edge agreed.
+            let used = line["extensions"].as_array().map_or(0, Vec::len);
+            assert_eq!(used, usize::from(want.is_some()), "{policy}: {line}");
+        }
+        let inflated = srv
+            .metric("wssedge_compressed_messages_total", &[("direction", "in")])
+            .await;
+        assert!(inflated > 0.0, "{policy}: no message arrived compressed");
+    }
+}
+
+/// Proxy mode compresses per hop: the client's hop as agreed, the upstream's never (no offer
+/// goes upstream, and what reaches the member is the inflated message).
+#[tokio::test]
+async fn proxy_mode_compresses_the_client_hop_only() {
+    use crate::backend::{Backend, Mode, Seen};
+    let backend = Backend::start(Mode::Echo).await;
+    let srv = crate::proxy::proxy_server(&backend, &[], ON);
+    let req = ws_request("/p", &[("Sec-WebSocket-Extensions", PD)]);
+    let (head, mut ws) = expect_upgraded(&srv, &req).await;
+    assert!(
+        header(&head, "sec-websocket-extensions").is_some(),
+        "{head}"
+    );
+    let big = "{\"book\":\"ETH-USD\",\"bids\":[[\"3001.5\",\"2\"]]}".repeat(100);
+    ws.send(&frame_rsv(
+        true,
+        0b100,
+        OP_TEXT,
+        &deflate(big.as_bytes()),
+        MASK,
+    ))
+    .await;
+    let f = data_frame(&mut ws).await;
+    assert_eq!(
+        f.rsv, 0b100,
+        "the member's echo reaches the client compressed"
+    );
+    assert_eq!(inflate(&f.payload), big.as_bytes());
+    let ups = backend.upgrades();
+    assert!(
+        ups[0].all("sec-websocket-extensions").is_empty(),
+        "no extension offered upstream: {:#?}",
+        ups[0].headers
+    );
+    let sessions = backend.sessions();
+    assert_eq!(sessions[0].data(), [&Seen::Text(big.clone())]);
+}
+
+/// A data frame's payload as the client reads it: inflated when RSV1 is set.
+async fn data_text(ws: &mut RawWs) -> (bool, String) {
+    let f = data_frame(ws).await;
+    let bytes = if f.rsv == 0b100 {
+        inflate(&f.payload)
+    } else {
+        f.payload.clone()
+    };
+    (f.rsv == 0b100, String::from_utf8(bytes).expect("text"))
+}
+
+/// Pub/sub compresses a publication once per window size, whatever its subscribers: three
+/// subscribers with the same window cost one deflate per publication, a fourth with another
+/// window one more, and a subscriber that did not offer the extension gets it plain.
+#[tokio::test]
+async fn a_publication_is_compressed_once_for_all_its_subscribers() {
+    use crate::admission_jwt::{bearer, claims, hs, key_files, unique_jti, with};
+    let files = key_files();
+    let srv = Server::with_config(&crate::pubsub::config(&files, "", ""));
+    let token = || {
+        bearer(&hs(with(
+            claims("sub", &unique_jti("deflate")),
+            "scope",
+            serde_json::json!("read"),
+        )))
+    };
+    let mut subscribers = Vec::new();
+    for offer in [
+        PD,
+        PD,
+        PD,
+        "permessage-deflate; server_max_window_bits=10",
+        "",
+    ] {
+        let auth = token();
+        let mut headers = vec![("Authorization", auth.as_str())];
+        if !offer.is_empty() {
+            headers.push(("Sec-WebSocket-Extensions", offer));
+        }
+        let (head, mut ws) = expect_upgraded(&srv, &ws_request("/md", &headers)).await;
+        assert_eq!(
+            header(&head, "sec-websocket-extensions").is_some(),
+            !offer.is_empty(),
+            "{head}"
+        );
+        let sub = r#"{"op":"subscribe","id":1,"topics":["trades.BTC-USD"]}"#;
+        ws.send(&cframe(true, OP_TEXT, sub.as_bytes())).await;
+        let (_, answer) = data_text(&mut ws).await;
+        assert!(answer.contains("\"subscribed\""), "{answer}");
+        subscribers.push(ws);
+    }
+    let runs_before = srv.metric("wssedge_compression_runs_total", &[]).await;
+    let mut publisher = crate::pubsub::connect(&srv, "publish").await;
+    let data = serde_json::json!({"bids": vec![["64123.5", "0.25"]; 60]});
+    for id in 0..3 {
+        crate::pubsub::publish(&mut publisher, id, "trades.BTC-USD", data.clone()).await;
+    }
+    for (i, ws) in subscribers.iter_mut().enumerate() {
+        for seq in 1..=3 {
+            let (compressed, text) = data_text(ws).await;
+            assert_eq!(compressed, i < 4, "subscriber {i}: {text}");
+            let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+            assert_eq!(v["seq"], seq, "{v}");
+            assert_eq!(v["data"], data);
+        }
+    }
+    // Three publications, two window sizes: six deflates for twelve compressed deliveries.
+    let runs = srv.metric("wssedge_compression_runs_total", &[]).await - runs_before;
+    assert_eq!(runs, 6.0);
+}
