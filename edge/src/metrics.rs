@@ -70,17 +70,40 @@ impl Histogram {
         help: &str,
         all: impl Iterator<Item = &'a Histogram> + Clone,
     ) {
+        let buckets = |i: usize| all.clone().map(|h| h.buckets[i].get()).sum::<u64>();
+        let count: u64 = all.clone().map(|h| h.count.get()).sum();
+        let sum_us: u64 = all.clone().map(|h| h.sum_us.get()).sum();
+        let summed = Summed {
+            bounds: &HISTOGRAM_BOUNDS_US,
+            unit: 1e6,
+            count,
+            sum: sum_us,
+        };
+        summed.render(out, name, help, buckets);
+    }
+}
+
+/// A histogram summed over cores, ready to render: fixed integer bounds in `1/unit` of the
+/// exposed unit (microseconds of seconds, hundredths of a ratio).
+struct Summed<'a> {
+    bounds: &'a [u64],
+    unit: f64,
+    count: u64,
+    sum: u64,
+}
+
+impl Summed<'_> {
+    fn render(&self, out: &mut String, name: &str, help: &str, bucket: impl Fn(usize) -> u64) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0u64;
-        for (i, bound) in HISTOGRAM_BOUNDS_US.iter().enumerate() {
-            cumulative += all.clone().map(|h| h.buckets[i].get()).sum::<u64>();
-            let le = *bound as f64 / 1e6;
+        for (i, bound) in self.bounds.iter().enumerate() {
+            cumulative += bucket(i);
+            let le = *bound as f64 / self.unit;
             let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
         }
-        let count: u64 = all.clone().map(|h| h.count.get()).sum();
-        let sum_us: u64 = all.map(|h| h.sum_us.get()).sum();
+        let count = self.count;
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", sum_us as f64 / 1e6);
+        let _ = writeln!(out, "{name}_sum {}", self.sum as f64 / self.unit);
         let _ = writeln!(out, "{name}_count {count}");
     }
 }
@@ -115,18 +138,16 @@ impl RatioHistogram {
         help: &str,
         all: impl Iterator<Item = &'a RatioHistogram> + Clone,
     ) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0u64;
-        for (i, bound) in RATIO_BOUNDS_PERCENT.iter().enumerate() {
-            cumulative += all.clone().map(|h| h.buckets[i].get()).sum::<u64>();
-            let le = *bound as f64 / 100.0;
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-        }
+        let buckets = |i: usize| all.clone().map(|h| h.buckets[i].get()).sum::<u64>();
         let count: u64 = all.clone().map(|h| h.count.get()).sum();
-        let sum: u64 = all.map(|h| h.sum_percent.get()).sum();
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", sum as f64 / 100.0);
-        let _ = writeln!(out, "{name}_count {count}");
+        let sum: u64 = all.clone().map(|h| h.sum_percent.get()).sum();
+        let summed = Summed {
+            bounds: &RATIO_BOUNDS_PERCENT,
+            unit: 100.0,
+            count,
+            sum,
+        };
+        summed.render(out, name, help, buckets);
     }
 }
 

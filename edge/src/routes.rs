@@ -143,20 +143,22 @@ impl RouteKinds {
 
     /// The kind of the longest route whose prefix covers `target`'s path.
     pub fn kind(&self, target: &RequestTarget) -> Option<RouteKind> {
-        let path = target.path();
-        self.routes
-            .iter()
-            .find(|(prefix, ..)| prefix.strip(path).is_some())
-            .map(|r| r.2)
+        self.longest(target).map(|r| r.2)
     }
 
     /// The `compression` of the longest route covering `target`'s path, if it says.
     pub fn compression(&self, target: &RequestTarget) -> Option<bool> {
+        self.longest(target).and_then(|r| r.3)
+    }
+
+    fn longest(
+        &self,
+        target: &RequestTarget,
+    ) -> Option<&(PathPrefix, usize, RouteKind, Option<bool>)> {
         let path = target.path();
         self.routes
             .iter()
             .find(|(prefix, ..)| prefix.strip(path).is_some())
-            .and_then(|r| r.3)
     }
 }
 

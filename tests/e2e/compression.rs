@@ -23,6 +23,15 @@ fn inflate(payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Reads until the edge's close frame and checks its code and reason.
+async fn expect_closed(ws: &mut RawWs, code: u16, reason: &str) {
+    let close = ws.rd.expect_close_frame().await;
+    assert_eq!(
+        (close.close_code(), close.close_reason().as_str()),
+        (Some(code), reason)
+    );
+}
+
 /// The next data frame, whole (the edge sends unfragmented frames).
 async fn data_frame(ws: &mut RawWs) -> Frame {
     loop {
@@ -96,9 +105,7 @@ async fn a_decompression_bomb_is_closed_1009_before_its_memory_is_spent() {
     assert!(bomb.len() < 1 << 20);
     ws.send(&frame_rsv(true, 0b100, OP_BINARY, &bomb, MASK))
         .await;
-    let close = ws.rd.expect_close_frame().await;
-    assert_eq!(close.close_code(), Some(1009));
-    assert_eq!(close.close_reason(), "inflated_too_large");
+    expect_closed(&mut ws, 1009, "inflated_too_large").await;
     srv.wait_metric_eq(
         "wssedge_inflate_refusals_total",
         &[("reason", "inflated_too_large")],
@@ -109,11 +116,7 @@ async fn a_decompression_bomb_is_closed_1009_before_its_memory_is_spent() {
     let (_, mut ws) = expect_upgraded(&srv, &req).await;
     ws.send(&frame_rsv(true, 0b100, OP_TEXT, &[0xff, 0xff, 0xff], MASK))
         .await;
-    let close = ws.rd.expect_close_frame().await;
-    assert_eq!(
-        (close.close_code(), close.close_reason().as_str()),
-        (Some(1007), "bad_compressed_data")
-    );
+    expect_closed(&mut ws, 1007, "bad_compressed_data").await;
     // Invalid UTF-8 once inflated.
     let (_, mut ws) = expect_upgraded(&srv, &req).await;
     ws.send(&frame_rsv(
@@ -124,11 +127,7 @@ async fn a_decompression_bomb_is_closed_1009_before_its_memory_is_spent() {
         MASK,
     ))
     .await;
-    let close = ws.rd.expect_close_frame().await;
-    assert_eq!(
-        (close.close_code(), close.close_reason().as_str()),
-        (Some(1007), "invalid_utf8")
-    );
+    expect_closed(&mut ws, 1007, "invalid_utf8").await;
     // RSV1 on a control frame or a continuation.
     let (_, mut ws) = expect_upgraded(&srv, &req).await;
     ws.send(&frame_rsv(true, 0b100, OP_PING, b"", MASK)).await;
@@ -186,11 +185,7 @@ async fn a_path_without_compression_ignores_the_offer_and_refuses_rsv1() {
     assert_eq!(header(&head, "sec-websocket-extensions"), None, "{head}");
     ws.send(&frame_rsv(true, 0b100, OP_TEXT, &deflate(b"x"), MASK))
         .await;
-    let close = ws.rd.expect_close_frame().await;
-    assert_eq!(
-        (close.close_code(), close.close_reason().as_str()),
-        (Some(1002), "reserved_bits")
-    );
+    expect_closed(&mut ws, 1002, "reserved_bits").await;
     // On by default on pub/sub routes; a route may say otherwise.
     let srv = Server::with_config(
         "[[routes]]\nprefix = \"/md\"\npubsub = true\n\

@@ -9,20 +9,7 @@ const MASK: [u8; 4] = [0x11, 0x22, 0x33, 0x44];
 
 /// A masked client frame: `b0` carries FIN, RSV and the opcode.
 fn frame_bytes(b0: u8, payload: &[u8]) -> Vec<u8> {
-    let mut h = [0u8; frame::MAX_HEADER_LEN];
-    let n = frame::encode_header(
-        false,
-        OpCode::Continuation,
-        Some(MASK),
-        payload.len() as u64,
-        &mut h,
-    );
-    h[0] = b0;
-    let mut v = h[..n].to_vec();
-    let start = v.len();
-    v.extend_from_slice(payload);
-    apply_mask(&mut v[start..], MASK, 0);
-    v
+    super::tests::raw_frame(b0, payload, Some(MASK))
 }
 
 fn params(peer_resets: bool, own_resets: bool) -> DeflateParams {

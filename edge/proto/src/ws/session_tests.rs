@@ -6,7 +6,7 @@ use proptest::prelude::*;
 const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
 /// A masked client frame with explicit first-byte bits.
-fn raw_frame(b0: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+pub(super) fn raw_frame(b0: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
     let mut h = [0u8; frame::MAX_HEADER_LEN];
     let n = frame::encode_header(
         false,
