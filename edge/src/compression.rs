@@ -162,9 +162,12 @@ impl Outgoing {
     }
 }
 
-/// How many recently compressed shared frames a core remembers: a delivery round sends each
-/// subscriber a batch of publications, so the cache must span one batch, not one frame.
-const SHARED_CACHE: usize = 256;
+/// How many recently compressed shared frames a core remembers, and how many bytes they may
+/// hold (originals and compressed forms): a delivery round sends each subscriber a batch of
+/// publications (up to a queue's worth, `[pubsub] queue_messages` 4096 by default) and a
+/// recovery replays history, so the cache must span a batch, not a frame — within a bound.
+const SHARED_CACHE: usize = 4096;
+const SHARED_CACHE_BYTES: usize = 32 << 20;
 
 /// A core's shared compressors, one per window size (9..=15), made at first use. Each resets
 /// after every message (no context), so any session may use it between two of its own.
@@ -176,6 +179,8 @@ pub struct Compressors {
     /// with its compressed form, so its address cannot be reused by another frame meanwhile.
     shared: HashMap<(usize, usize, u8), (Bytes, Bytes)>,
     shared_order: VecDeque<(usize, usize, u8)>,
+    /// Bytes the cache holds: originals and compressed forms.
+    shared_bytes: usize,
 }
 
 impl Compressors {
@@ -185,6 +190,7 @@ impl Compressors {
             by_window: Default::default(),
             shared: HashMap::new(),
             shared_order: VecDeque::new(),
+            shared_bytes: 0,
         }
     }
 
@@ -199,13 +205,22 @@ impl Compressors {
         self.for_window(window_bits)
             .compress_message(frame, &mut out);
         let z = Bytes::from(out);
-        if self.shared_order.len() == SHARED_CACHE {
-            if let Some(old) = self.shared_order.pop_front() {
-                self.shared.remove(&old);
+        let cost = frame.len() + z.len();
+        while self.shared_order.len() >= SHARED_CACHE
+            || (self.shared_bytes + cost > SHARED_CACHE_BYTES && !self.shared_order.is_empty())
+        {
+            let Some(old) = self.shared_order.pop_front() else {
+                break;
+            };
+            if let Some((f, z)) = self.shared.remove(&old) {
+                self.shared_bytes -= f.len() + z.len();
             }
         }
-        self.shared.insert(key, (frame.clone(), z.clone()));
-        self.shared_order.push_back(key);
+        if cost <= SHARED_CACHE_BYTES {
+            self.shared.insert(key, (frame.clone(), z.clone()));
+            self.shared_order.push_back(key);
+            self.shared_bytes += cost;
+        }
         (z, true)
     }
 
@@ -330,5 +345,14 @@ mod tests {
         }
         assert_eq!(c.shared.len(), SHARED_CACHE);
         assert_eq!(c.shared_order.len(), SHARED_CACHE);
+        // And by bytes: frames of 1 MiB each, at most 32 MiB held.
+        let mut c = Compressors::new(1);
+        for i in 0..40u8 {
+            c.compressed_once(&Bytes::from(vec![i; 1 << 20]), 15);
+        }
+        assert!(c.shared_bytes <= SHARED_CACHE_BYTES, "{}", c.shared_bytes);
+        assert!(c.shared.len() >= 20, "{}", c.shared.len());
+        let held: usize = c.shared.values().map(|(f, z)| f.len() + z.len()).sum();
+        assert_eq!(held, c.shared_bytes);
     }
 }

@@ -17,10 +17,9 @@ fn deflate(msg: &[u8]) -> Vec<u8> {
 
 fn inflate(payload: &[u8]) -> Vec<u8> {
     let mut i = MessageInflater::new(true);
-    let mut out = Vec::new();
-    i.inflate(payload, &mut out, 64 << 20).expect("inflates");
-    i.finish_message(&mut out, 64 << 20).expect("inflates");
-    out
+    i.inflate(payload, 64 << 20).expect("inflates");
+    i.finish_message(64 << 20).expect("inflates");
+    i.take_message()
 }
 
 /// Reads until the edge's close frame and checks its code and reason.

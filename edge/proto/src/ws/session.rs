@@ -394,8 +394,12 @@ impl Reassembly {
         }
     }
 
-    /// Memory held: payload bytes plus what each kept slice costs.
+    /// Memory held: payload bytes plus what each kept slice costs (a compressed message
+    /// keeps nothing here: its inflater holds the inflated bytes and counts them).
     fn held(&self) -> usize {
+        if self.compressed {
+            return 0;
+        }
         self.len + self.parts.len() * PART_OVERHEAD
     }
 
@@ -537,8 +541,8 @@ pub struct Session {
 struct DeflateState {
     params: DeflateParams,
     inflater: Option<Box<MessageInflater>>,
-    /// The compressed message being received: its kind and what has been inflated so far.
-    inflating: Option<(MessageKind, Vec<u8>)>,
+    /// The kind of the compressed message being received (the inflater holds its bytes).
+    inflating: Option<MessageKind>,
     deflater: Option<Box<MessageDeflater>>,
     /// Compressed messages received since the caller last took the counts.
     inflated: Inflated,
@@ -918,7 +922,7 @@ impl Session {
         let peer_resets = d.params.peer_no_context_takeover;
         d.inflater
             .get_or_insert_with(|| Box::new(MessageInflater::new(peer_resets)));
-        d.inflating = Some((kind, Vec::new()));
+        d.inflating = Some(kind);
     }
 
     /// Inflates a compressed message's frame payload as it completes; at the final frame the
@@ -929,18 +933,17 @@ impl Session {
         let Some(d) = self.deflate.as_deref_mut() else {
             return;
         };
-        let (Some(inflater), Some((kind, out))) = (d.inflater.as_deref_mut(), d.inflating.as_mut())
-        else {
+        let (Some(inflater), Some(kind)) = (d.inflater.as_deref_mut(), d.inflating) else {
             return; // unreachable: inflate_start came first
         };
-        let before = out.len();
+        let before = inflater.message().len();
         d.inflated.compressed_bytes += payload.len() as u64;
-        let mut done = inflater.inflate(payload, out, max);
+        let mut done = inflater.inflate(payload, max).map(drop);
         if done.is_ok() && fin {
-            done = inflater.finish_message(out, max);
+            done = inflater.finish_message(max).map(drop);
         }
-        let kind = *kind;
-        let text_ok = kind != MessageKind::Text || self.utf8.feed(&out[before..]).is_ok();
+        let fresh = inflater.message().get(before..).unwrap_or_default();
+        let text_ok = kind != MessageKind::Text || self.utf8.feed(fresh).is_ok();
         match done {
             Err(InflateError::TooBig) => {
                 return self.fail(close_code::TOO_BIG, Violation::InflatedTooLarge)
@@ -959,9 +962,11 @@ impl Session {
         if kind == MessageKind::Text && self.utf8.finish().is_err() {
             return self.fail(close_code::INVALID_PAYLOAD, Violation::InvalidUtf8);
         }
-        let Some((_, out)) = d.inflating.take() else {
+        d.inflating = None;
+        let Some(inflater) = d.inflater.as_deref_mut() else {
             return;
         };
+        let out = inflater.take_message();
         if d.params.peer_no_context_takeover {
             d.inflater = None;
         }
@@ -1194,8 +1199,9 @@ impl Session {
     /// what each kept fragment slice costs.
     pub fn buffered_bytes(&self) -> usize {
         let inflating = self.deflate.as_deref().map_or(0, |d| {
-            d.inflater.as_ref().map_or(0, |_| INFLATER_BYTES)
-                + d.inflating.as_ref().map_or(0, |(_, out)| out.capacity())
+            d.inflater
+                .as_ref()
+                .map_or(0, |i| INFLATER_BYTES + i.held_bytes())
         });
         self.reassembly.as_ref().map_or(0, Reassembly::held) + inflating
     }

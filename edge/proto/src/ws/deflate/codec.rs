@@ -111,22 +111,35 @@ pub enum InflateError {
     Corrupt,
 }
 
-/// Inflates messages piece by piece, the cap checked as the output grows.
+/// Inflates messages piece by piece, the cap checked as the output grows. It holds the
+/// message being inflated ([`Self::message`]) until [`Self::take_message`].
 pub struct MessageInflater {
     d: Decompress,
     /// The peer keeps no context: the state is dropped after every message.
     reset_each_message: bool,
     /// The current message's stream ended with a final block: its remaining bytes are ignored.
     stream_ended: bool,
+    /// Some compressed bytes of the current message arrived (an empty payload is an empty
+    /// message: no sync tail is inflated for it).
+    fed: bool,
+    /// `buf[..filled]` is the message so far; the rest is room already zeroed for zlib to write
+    /// into, so a run of tiny pieces costs one zlib call each, not a memset each.
+    buf: Vec<u8>,
+    filled: usize,
 }
 
 impl std::fmt::Debug for MessageInflater {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MessageInflater")
             .field("reset_each_message", &self.reset_each_message)
+            .field("filled", &self.filled)
             .finish_non_exhaustive()
     }
 }
+
+/// The first room given to zlib in a message; it grows with the message up to [`INFLATE_STEP`]
+/// (a short message is not made to zero 16 KiB).
+const FIRST_ROOM: usize = 1024;
 
 impl MessageInflater {
     /// An inflater with the largest window (15 bits), which reads any smaller one.
@@ -135,51 +148,61 @@ impl MessageInflater {
             d: Decompress::new_with_window_bits(false, 15),
             reset_each_message,
             stream_ended: false,
+            fed: false,
+            buf: Vec::new(),
+            filled: 0,
         }
     }
 
-    /// Inflates the next piece of a compressed message (a frame's payload, or part of one),
-    /// appending to `out`. Refuses with [`InflateError::TooBig`] once `out` holds more than
-    /// `max_len` bytes: at most [`INFLATE_STEP`] beyond it was ever written. After an error
-    /// the partial message is forgotten (the inflater is ready for a new one).
-    pub fn inflate(
-        &mut self,
-        input: &[u8],
-        out: &mut Vec<u8>,
-        max_len: usize,
-    ) -> Result<(), InflateError> {
-        let done = self.run(input, out, max_len);
-        if done.is_err() {
-            self.reset();
+    /// Inflates the next piece of a compressed message (a frame's payload, or part of one);
+    /// returns how many bytes it added to [`Self::message`]. Refuses with
+    /// [`InflateError::TooBig`] once the message passes `max_len` bytes: at most
+    /// [`INFLATE_STEP`] beyond it was ever written. After an error the partial message is
+    /// forgotten (the inflater is ready for a new one).
+    pub fn inflate(&mut self, input: &[u8], max_len: usize) -> Result<usize, InflateError> {
+        self.fed |= !input.is_empty();
+        let before = self.filled;
+        match self.run(input, max_len) {
+            Ok(()) => Ok(self.filled - before),
+            Err(e) => {
+                self.reset();
+                Err(e)
+            }
         }
-        done
     }
 
-    fn run(&mut self, input: &[u8], out: &mut Vec<u8>, max_len: usize) -> Result<(), InflateError> {
+    fn run(&mut self, input: &[u8], max_len: usize) -> Result<(), InflateError> {
         if self.stream_ended {
             return Ok(());
         }
         let mut input = input;
         loop {
-            if out.len() > max_len {
+            if self.filled > max_len {
                 return Err(InflateError::TooBig);
             }
-            // Zlib writes into a slice of exactly `room` bytes (zeroed first: memset is cheap
-            // beside inflate, and it keeps this crate free of `unsafe`), so a bomb is stopped
-            // within one step of the cap whatever the Vec's spare capacity.
-            let room = (max_len + 1 - out.len()).min(INFLATE_STEP);
-            let start = out.len();
-            out.resize(start + room, 0);
+            // Zlib writes into a slice of exactly `room` bytes, so a bomb is stopped within one
+            // step of the cap whatever the buffer's capacity. The slice is zeroed once (safe
+            // code, no uninitialised memory) and reused by the next calls.
+            let room = (max_len - self.filled)
+                .saturating_add(1)
+                .min(INFLATE_STEP)
+                .min(self.filled.max(FIRST_ROOM));
+            let end = self.filled + room;
+            if self.buf.len() < end {
+                self.buf.resize(end, 0);
+            }
             let (in_before, out_before) = (self.d.total_in(), self.d.total_out());
-            let status = self
-                .d
-                .decompress(input, &mut out[start..], FlushDecompress::Sync);
-            let produced = self.d.total_out() - out_before;
-            out.truncate(start + produced as usize);
+            let status = self.d.decompress(
+                input,
+                &mut self.buf[self.filled..end],
+                FlushDecompress::Sync,
+            );
+            let produced = (self.d.total_out() - out_before) as usize;
+            self.filled += produced;
             let status = status.map_err(|_| InflateError::Corrupt)?;
             let consumed = (self.d.total_in() - in_before) as usize;
             input = &input[consumed..];
-            if out.len() > max_len {
+            if self.filled > max_len {
                 return Err(InflateError::TooBig);
             }
             match status {
@@ -193,7 +216,7 @@ impl MessageInflater {
                 Status::Ok | Status::BufError => {
                     // Done when the input is used up and zlib stopped with room to spare
                     // (nothing pending inside it); no progress at all means it needs input.
-                    let room_left = (produced as usize) < room;
+                    let room_left = produced < room;
                     if (input.is_empty() && room_left) || (consumed == 0 && produced == 0) {
                         return Ok(());
                     }
@@ -202,23 +225,51 @@ impl MessageInflater {
         }
     }
 
-    /// The end of a compressed message: the sync tail is inflated (RFC 7692 §7.2.2), and the
-    /// state dropped when the peer keeps no context.
-    pub fn finish_message(
-        &mut self,
-        out: &mut Vec<u8>,
-        max_len: usize,
-    ) -> Result<(), InflateError> {
-        let done = self.inflate(&SYNC_TAIL, out, max_len);
-        if self.reset_each_message || self.stream_ended {
-            self.reset();
+    /// The end of a compressed message: the sync tail is inflated (RFC 7692 §7.2.2) unless the
+    /// payload was empty, and the stream state dropped when the peer keeps no context (or its
+    /// stream ended). Returns how many bytes the tail added. The message stays until
+    /// [`Self::take_message`].
+    pub fn finish_message(&mut self, max_len: usize) -> Result<usize, InflateError> {
+        let done = if self.fed {
+            self.inflate(&SYNC_TAIL, max_len)
+        } else {
+            Ok(0)
+        };
+        if done.is_ok() && (self.reset_each_message || self.stream_ended) {
+            self.d.reset(false);
+            self.stream_ended = false;
         }
+        self.fed = false;
         done
+    }
+
+    /// The message inflated so far.
+    pub fn message(&self) -> &[u8] {
+        &self.buf[..self.filled]
+    }
+
+    /// Takes the finished message out (its buffer trimmed when much of it is unused room).
+    pub fn take_message(&mut self) -> Vec<u8> {
+        let mut out = std::mem::take(&mut self.buf);
+        out.truncate(self.filled);
+        self.filled = 0;
+        if out.capacity() - out.len() > out.len() / 4 + 4096 {
+            out.shrink_to_fit();
+        }
+        out
+    }
+
+    /// Bytes this inflater's message buffer holds (its capacity).
+    pub fn held_bytes(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Forget any partial message (the connection is closing, or a message was refused).
     pub fn reset(&mut self) {
         self.d.reset(false);
         self.stream_ended = false;
+        self.fed = false;
+        self.buf = Vec::new();
+        self.filled = 0;
     }
 }
