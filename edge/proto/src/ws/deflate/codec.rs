@@ -1,10 +1,10 @@
 //! The permessage-deflate payload transform (RFC 7692 §7.2): a message's bytes to a raw DEFLATE
 //! stream ending in a sync flush whose `00 00 ff ff` tail is removed, and back.
 //!
-//! Backend: `flate2` on `zlib-rs`. zlib-rs is zlib's algorithm in Rust (no C toolchain, no
-//! `unsafe` in our code), maintained by the Trifecta Tech Foundation and used by flate2's own
-//! users; through flate2's zlib API it takes a window size (9..=15), which permessage-deflate's
-//! `server_max_window_bits` needs and flate2's default miniz_oxide backend ignores.
+//! Backend: `flate2` on `zlib-rs`. zlib-rs is zlib's algorithm in Rust (no C toolchain),
+//! maintained by the Trifecta Tech Foundation; through flate2's zlib API it takes a window size
+//! (9..=15), which permessage-deflate's `server_max_window_bits` needs and flate2's default
+//! miniz_oxide backend ignores.
 //! libdeflater would be faster for one-shot compression but cannot inflate a stream piece by
 //! piece, which the message cap on the *inflated* size needs.
 
