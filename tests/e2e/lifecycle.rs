@@ -56,6 +56,33 @@ async fn open_sessions(srv: &Server, n: usize, label: &str) -> Vec<tokio::task::
     watches
 }
 
+/// Like [`open_sessions`], but each client answers the close frame as a polite client does and
+/// then expects the TCP close: the connection must end, whichever process sent the close (a
+/// descriptor inherited across a restart would keep it open).
+async fn open_sessions_until_eof(
+    srv: &Server,
+    n: usize,
+    label: &str,
+) -> Vec<tokio::task::JoinHandle<Frame>> {
+    let mut watches = Vec::new();
+    for i in 0..n {
+        let mut ws = srv.raw().await;
+        expect_echo(&mut ws, &format!("{label} {i}")).await;
+        watches.push(tokio::spawn(async move {
+            let close = ws.rd.expect_close_frame().await;
+            let code = close.close_code().unwrap_or(1000);
+            let _ = ws
+                .send_lossy(&cframe(true, OP_CLOSE, &close_payload(code, "")))
+                .await;
+            if let Event::Frame(f) = ws.next().await {
+                panic!("a frame after the close frame: {f:?}");
+            }
+            close
+        }));
+    }
+    watches
+}
+
 /// Every watched session gets the close frame `code` `reason`; `what` names the wait.
 async fn expect_closed_with(
     watches: Vec<tokio::task::JoinHandle<Frame>>,
@@ -514,7 +541,7 @@ async fn ctl_restart_hands_over_without_refusing_a_connection() {
     assert_eq!(rc, 0, "PR_SET_CHILD_SUBREAPER");
     let (mut srv, t, socket) = drained_server("");
     let old_pid = srv.proc.pid();
-    let watches = open_sessions(&srv, 3, "old session").await;
+    let watches = open_sessions_until_eof(&srv, 3, "old session").await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let looping = tokio::spawn(connect_in_a_loop(srv.addr, srv.tls_config(), stop.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -527,7 +554,7 @@ async fn ctl_restart_hands_over_without_refusing_a_connection() {
     assert_ne!(new_pid, old_pid);
     let mut successor = Successor::adopt(new_pid);
 
-    // The old sessions get 1012; the old process exits 0.
+    // The old sessions get 1012, then their TCP close; the old process exits 0.
     expect_closed_with(
         watches,
         1012,
@@ -570,6 +597,41 @@ async fn ctl_restart_hands_over_without_refusing_a_connection() {
         assert!(
             asked.elapsed() < WAIT,
             "the new process never took the control socket"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // It holds no socket of the old process: connections accepted through io_uring are not
+    // close-on-exec, and every one live at the fork (the three sessions at least) used to
+    // cross into it, held there unknowingly until it exited. Its own accepts (the loop's, now
+    // over) lack the flag too, so the count must fall to zero once they are closed.
+    let inherited = |pid: u32| -> Vec<String> {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| {
+                let target = std::fs::read_link(e.path()).ok()?;
+                let info = std::fs::read_to_string(format!(
+                    "/proc/{pid}/fdinfo/{}",
+                    e.file_name().to_string_lossy()
+                ))
+                .ok()?;
+                let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?;
+                let flags = u32::from_str_radix(flags.trim(), 8).ok()?;
+                let socket = target.to_string_lossy().starts_with("socket:");
+                (socket && flags & 0o2000000 == 0).then(|| target.display().to_string())
+            })
+            .collect()
+    };
+    let since = Instant::now();
+    loop {
+        let left = inherited(new_pid);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            since.elapsed() < WAIT,
+            "the new process holds sockets that are not close-on-exec: {left:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -256,15 +256,17 @@ pub(crate) fn spawn_successor(
     // Only the child's end crosses exec; ours stays close-on-exec.
     theirs.set_cloexec(false)?;
     let exe = std::env::current_exe().map_err(HandoverError::NoBinary)?;
-    let mut child = Command::new(&exe)
-        .args(std::env::args_os().skip(1))
+    let mut cmd = Command::new(&exe);
+    cmd.args(std::env::args_os().skip(1))
         .env(ENV, theirs.as_raw_fd().to_string())
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(|source| HandoverError::Spawn {
-            exe: exe.clone(),
-            source,
-        })?;
+        .stdin(Stdio::null());
+    // Connections accepted through io_uring are not close-on-exec: none may reach the
+    // successor, which would hold them unknowingly (the clients would never see their close).
+    fd::exec_keeping_only(&mut cmd, theirs.as_raw_fd());
+    let mut child = cmd.spawn().map_err(|source| HandoverError::Spawn {
+        exe: exe.clone(),
+        source,
+    })?;
     drop(theirs);
     tracing::info!(pid = child.id(), exe = %exe.display(), "restart: new process started");
     match offer_and_wait(&ours, handoff, locks) {

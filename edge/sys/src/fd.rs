@@ -227,3 +227,82 @@ mod tests {
         assert!(take_fd_from_env(VAR).unwrap().is_none(), "taken once");
     }
 }
+
+/// `CLOSE_RANGE_CLOEXEC` (Linux 5.11): mark the range close-on-exec instead of closing it.
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = libc::CLOSE_RANGE_CLOEXEC;
+
+/// Makes `cmd`'s child mark every descriptor above stderr close-on-exec except `keep`, between
+/// fork and exec: a descriptor opened without close-on-exec must not cross into the new program.
+/// (monoio's io_uring accepts carry no `SOCK_CLOEXEC`: without this, every connection live at
+/// the fork would be inherited by a restart's successor, which never knows it and holds it
+/// until it exits.) Race-free, unlike setting the flag after each accept, which a fork between
+/// the accept's completion and the `fcntl` would beat.
+pub fn exec_keeping_only(cmd: &mut std::process::Command, keep: RawFd) {
+    use std::os::unix::process::CommandExt as _;
+    let keep = keep.max(3) as libc::c_uint;
+    // SAFETY: the closure runs in the forked child before exec. It only issues close_range(2)
+    // (or, on kernels before 5.11, fcntl(2) in a loop), both async-signal-safe, allocates
+    // nothing and touches no lock another thread of the parent may have held at the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            cloexec_range(3, keep - 1)?;
+            cloexec_range(keep + 1, libc::c_uint::MAX)
+        });
+    }
+}
+
+/// Marks descriptors `first..=last` close-on-exec (nothing when the range is empty).
+fn cloexec_range(first: libc::c_uint, last: libc::c_uint) -> io::Result<()> {
+    if first > last {
+        return Ok(());
+    }
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets descriptor flags.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, CLOSE_RANGE_CLOEXEC) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if !matches!(err.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) {
+        return Err(err);
+    }
+    // An older kernel: each open descriptor up to the limit, one fcntl each.
+    // SAFETY: sysconf only reads a limit.
+    let open_max = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) };
+    let end = if open_max <= 0 {
+        1 << 20
+    } else {
+        open_max as libc::c_uint
+    };
+    for fd in first..=last.min(end) {
+        // SAFETY: F_SETFD on a descriptor that may not be open fails with EBADF and changes
+        // nothing; on an open one it sets only its close-on-exec flag.
+        unsafe { libc::fcntl(fd as libc::c_int, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod exec_tests {
+    use std::os::fd::AsRawFd;
+    use std::process::Command;
+
+    /// A descriptor without close-on-exec does not reach the child; the kept one does.
+    #[test]
+    fn only_the_kept_descriptor_crosses_exec() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        for s in [&a, &b] {
+            let fd = s.as_raw_fd();
+            // SAFETY: clears FD_CLOEXEC on a descriptor this test owns.
+            assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
+        }
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(format!(
+            "[ -e /proc/self/fd/{} ] && echo kept; [ -e /proc/self/fd/{} ] && echo leaked; true",
+            a.as_raw_fd(),
+            b.as_raw_fd()
+        ));
+        super::exec_keeping_only(&mut cmd, a.as_raw_fd());
+        let out = cmd.output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "kept\n");
+    }
+}
