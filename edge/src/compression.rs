@@ -149,13 +149,10 @@ impl Outgoing {
                 if ran {
                     self.metrics.deflate_runs.inc();
                 }
-                if compressed.len() >= frame.len() {
-                    // Deflate does not shrink it: the subscribers get it as it is.
-                    session.send(kind, Payload::Single(frame));
-                    return;
+                let len = (frame.len(), compressed.len());
+                if session.send_compressed(kind, Payload::Single(frame), compressed) {
+                    self.count(len.0, len.1);
                 }
-                self.count(frame.len(), compressed.len());
-                session.send_compressed(kind, Payload::Single(compressed));
             }
             _ => self.send(session, kind, Payload::Single(frame)),
         }

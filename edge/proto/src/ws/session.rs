@@ -88,6 +88,16 @@ pub enum MessageKind {
     Binary,
 }
 
+impl MessageKind {
+    /// The opcode of a message's first frame.
+    fn opcode(self) -> OpCode {
+        match self {
+            MessageKind::Text => OpCode::Text,
+            MessageKind::Binary => OpCode::Binary,
+        }
+    }
+}
+
 /// A message payload: one slice, or the slices of its fragments in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
@@ -1078,35 +1088,47 @@ impl Session {
         if self.close_queued {
             return;
         }
-        let op = match kind {
-            MessageKind::Text => OpCode::Text,
-            MessageKind::Binary => OpCode::Binary,
-        };
-        let f = self.frame(op, payload);
+        let f = self.frame(kind.opcode(), payload);
         self.out.push_back(f);
     }
 
-    /// Queues one unfragmented compressed data frame (RSV1 set): `compressed` is a message
-    /// already deflated under this session's agreement (a publication compressed once for
-    /// every subscriber with the same window). Ignored without an agreement (the peer could
-    /// not read it) or once our close is queued.
-    pub fn send_compressed(&mut self, kind: MessageKind, compressed: Payload) {
-        if self.close_queued || self.deflate.is_none() {
-            return;
+    /// Queues `original` as one unfragmented compressed data frame (RSV1 set) carrying
+    /// `compressed`, a message already deflated under this session's agreement (a publication
+    /// compressed once for every subscriber with the same window). `original` goes out as it
+    /// is instead when the peer could not read it (no agreement), or when deflate did not
+    /// shrink it and this session keeps no compression context of its own (RFC 7692 lets each
+    /// message choose; a compressor that keeps one has put the message in its window, and the
+    /// peer's must see it too). Returns whether the compressed frame was queued. Ignored once
+    /// our close is queued.
+    pub fn send_compressed(
+        &mut self,
+        kind: MessageKind,
+        original: Payload,
+        compressed: Bytes,
+    ) -> bool {
+        if self.close_queued {
+            return false;
         }
-        let op = match kind {
-            MessageKind::Text => OpCode::Text,
-            MessageKind::Binary => OpCode::Binary,
-        };
-        let f = self.frame(op, compressed).compressed();
+        let plain = self
+            .deflate
+            .as_deref()
+            .is_none_or(|d| d.params.own_no_context_takeover && compressed.len() >= original.len());
+        if plain {
+            self.send(kind, original);
+            return false;
+        }
+        let f = self
+            .frame(kind.opcode(), Payload::Single(compressed))
+            .compressed();
         self.out.push_back(f);
+        true
     }
 
     /// Queues `payload` compressed under the agreement: with this session's own compressor
     /// when it keeps its context, else with `shared` (the caller's, for this session's
-    /// window: see [`DeflateParams::own_window_bits`]). Without an agreement it is sent as it is.
-    /// Returns the compressed payload's size (`None`: sent as it is — no agreement, or a
-    /// message deflate would not shrink — or not at all).
+    /// window: see [`DeflateParams::own_window_bits`]); see [`Session::send_compressed`] for
+    /// when it goes out as it is instead. Returns the compressed payload's size when it went
+    /// out compressed.
     pub fn send_deflated(
         &mut self,
         kind: MessageKind,
@@ -1120,8 +1142,7 @@ impl Session {
         if self.close_queued {
             return None;
         }
-        let resets = d.params.own_no_context_takeover;
-        let deflater = if resets {
+        let deflater = if d.params.own_no_context_takeover {
             shared
         } else {
             let p = d.params;
@@ -1131,16 +1152,9 @@ impl Session {
         };
         let mut out = Vec::with_capacity(payload.len() / 2 + 16);
         deflater.compress_parts(payload.chunks().iter().map(|c| &c[..]), &mut out);
-        // Incompressible (random, already compressed): sent as it is, RSV1 clear, which RFC 7692
-        // allows per message. Only without context: a compressor that keeps one has put this
-        // message in its window, and the peer's must see it too.
-        if resets && out.len() >= payload.len() {
-            self.send(kind, payload.clone());
-            return None;
-        }
         let len = out.len();
-        self.send_compressed(kind, Payload::Single(Bytes::from(out)));
-        Some(len)
+        self.send_compressed(kind, payload.clone(), Bytes::from(out))
+            .then_some(len)
     }
 
     /// Queues a ping. Payloads longer than 125 bytes are truncated. Ignored once our close is queued.
