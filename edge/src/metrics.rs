@@ -34,13 +34,68 @@ impl Counter {
     }
 }
 
+/// Counts of values under fixed integer bounds, written by exactly one thread (a core) and
+/// summed over cores when rendered: what the latency and ratio histograms share.
+#[derive(Debug)]
+struct Buckets<const N: usize> {
+    bounds: &'static [u64; N],
+    buckets: [Counter; N],
+    count: Counter,
+    sum: Counter,
+}
+
+impl<const N: usize> Buckets<N> {
+    const fn new(bounds: &'static [u64; N]) -> Self {
+        Self {
+            bounds,
+            buckets: [const { Counter(AtomicU64::new(0)) }; N],
+            count: Counter(AtomicU64::new(0)),
+            sum: Counter(AtomicU64::new(0)),
+        }
+    }
+
+    fn observe(&self, v: u64) {
+        if let Some(i) = self.bounds.iter().position(|&b| v <= b) {
+            self.buckets[i].inc();
+        }
+        self.count.inc();
+        self.sum.add(v);
+    }
+
+    /// Renders `all` (one per core, each with `bounds`) as one histogram; bounds and sum are
+    /// divided by `unit` (microseconds to seconds, hundredths to a ratio).
+    fn render_sum<'a>(
+        out: &mut String,
+        name: &str,
+        help: &str,
+        bounds: &[u64; N],
+        unit: f64,
+        all: impl Iterator<Item = &'a Self> + Clone,
+    ) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0u64;
+        for (i, bound) in bounds.iter().enumerate() {
+            cumulative += all.clone().map(|h| h.buckets[i].get()).sum::<u64>();
+            let le = *bound as f64 / unit;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let count: u64 = all.clone().map(|h| h.count.get()).sum();
+        let sum: u64 = all.map(|h| h.sum.get()).sum();
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", sum as f64 / unit);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
 /// A latency histogram written by exactly one thread (a core), summed over cores when
 /// rendered. Fixed bucket bounds, from 10 µs (an in-process hop) to 5 s (a slow handshake).
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [Counter; HISTOGRAM_BOUNDS_US.len()],
-    count: Counter,
-    sum_us: Counter,
+#[derive(Debug)]
+pub struct Histogram(Buckets<{ HISTOGRAM_BOUNDS_US.len() }>);
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self(Buckets::new(&HISTOGRAM_BOUNDS_US))
+    }
 }
 
 /// Upper bounds of the histogram buckets, in microseconds (`+Inf` is `count`).
@@ -51,16 +106,11 @@ pub const HISTOGRAM_BOUNDS_US: [u64; 18] = [
 
 impl Histogram {
     pub fn observe(&self, d: std::time::Duration) {
-        let us = d.as_micros().min(u64::MAX as u128) as u64;
-        if let Some(i) = HISTOGRAM_BOUNDS_US.iter().position(|&b| us <= b) {
-            self.buckets[i].inc();
-        }
-        self.count.inc();
-        self.sum_us.add(us);
+        self.0.observe(d.as_micros().min(u64::MAX as u128) as u64);
     }
 
     pub fn count(&self) -> u64 {
-        self.count.get()
+        self.0.count.get()
     }
 
     /// Renders the histograms of all cores as one, in seconds.
@@ -70,52 +120,20 @@ impl Histogram {
         help: &str,
         all: impl Iterator<Item = &'a Histogram> + Clone,
     ) {
-        let buckets = |i: usize| all.clone().map(|h| h.buckets[i].get()).sum::<u64>();
-        let count: u64 = all.clone().map(|h| h.count.get()).sum();
-        let sum_us: u64 = all.clone().map(|h| h.sum_us.get()).sum();
-        let summed = Summed {
-            bounds: &HISTOGRAM_BOUNDS_US,
-            unit: 1e6,
-            count,
-            sum: sum_us,
-        };
-        summed.render(out, name, help, buckets);
-    }
-}
-
-/// A histogram summed over cores, ready to render: fixed integer bounds in `1/unit` of the
-/// exposed unit (microseconds of seconds, hundredths of a ratio).
-struct Summed<'a> {
-    bounds: &'a [u64],
-    unit: f64,
-    count: u64,
-    sum: u64,
-}
-
-impl Summed<'_> {
-    fn render(&self, out: &mut String, name: &str, help: &str, bucket: impl Fn(usize) -> u64) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0u64;
-        for (i, bound) in self.bounds.iter().enumerate() {
-            cumulative += bucket(i);
-            let le = *bound as f64 / self.unit;
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-        }
-        let count = self.count;
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum as f64 / self.unit);
-        let _ = writeln!(out, "{name}_count {count}");
+        let all = all.map(|h| &h.0);
+        Buckets::render_sum(out, name, help, &HISTOGRAM_BOUNDS_US, 1e6, all);
     }
 }
 
 /// Compression ratios (uncompressed ÷ compressed size) of the messages a core sent
 /// compressed, written by that core only.
-#[derive(Debug, Default)]
-pub struct RatioHistogram {
-    buckets: [Counter; RATIO_BOUNDS_PERCENT.len()],
-    count: Counter,
-    /// The ratios' sum, in hundredths.
-    sum_percent: Counter,
+#[derive(Debug)]
+pub struct RatioHistogram(Buckets<{ RATIO_BOUNDS_PERCENT.len() }>);
+
+impl Default for RatioHistogram {
+    fn default() -> Self {
+        Self(Buckets::new(&RATIO_BOUNDS_PERCENT))
+    }
 }
 
 /// Upper bounds of the ratio buckets, in hundredths (1.0 = no gain; JSON reaches 3–10).
@@ -123,12 +141,8 @@ pub const RATIO_BOUNDS_PERCENT: [u64; 10] = [100, 125, 150, 200, 300, 400, 600, 
 
 impl RatioHistogram {
     pub fn observe(&self, uncompressed: usize, compressed: usize) {
-        let percent = (uncompressed as u64 * 100) / (compressed.max(1) as u64);
-        if let Some(i) = RATIO_BOUNDS_PERCENT.iter().position(|&b| percent <= b) {
-            self.buckets[i].inc();
-        }
-        self.count.inc();
-        self.sum_percent.add(percent);
+        self.0
+            .observe((uncompressed as u64 * 100) / (compressed.max(1) as u64));
     }
 
     /// Renders the histograms of all cores as one.
@@ -138,16 +152,8 @@ impl RatioHistogram {
         help: &str,
         all: impl Iterator<Item = &'a RatioHistogram> + Clone,
     ) {
-        let buckets = |i: usize| all.clone().map(|h| h.buckets[i].get()).sum::<u64>();
-        let count: u64 = all.clone().map(|h| h.count.get()).sum();
-        let sum: u64 = all.clone().map(|h| h.sum_percent.get()).sum();
-        let summed = Summed {
-            bounds: &RATIO_BOUNDS_PERCENT,
-            unit: 100.0,
-            count,
-            sum,
-        };
-        summed.render(out, name, help, buckets);
+        let all = all.map(|h| &h.0);
+        Buckets::render_sum(out, name, help, &RATIO_BOUNDS_PERCENT, 100.0, all);
     }
 }
 
