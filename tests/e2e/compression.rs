@@ -374,3 +374,65 @@ async fn a_publication_is_compressed_once_for_all_its_subscribers() {
     let runs = srv.metric("wssedge_compression_runs_total", &[]).await - runs_before;
     assert_eq!(runs, 6.0);
 }
+
+/// A hostile client against the inflate path. Silent: a compressed message begun and never
+/// finished is closed at the frame deadline and its inflater given back. Flood: one message in
+/// thousands of one-byte compressed fragments is inflated whole, holding nothing but it.
+/// Odd spelling: the offer written with other case, tabs, spaces and a quoted value.
+#[tokio::test]
+async fn a_hostile_client_against_the_inflate_path() {
+    let srv = Server::with_config(&format!(
+        "{ON}[limits]\nframe_timeout_ms = 500\nidle_timeout_ms = 60000\nping_interval_ms = 0\n"
+    ));
+    let req = ws_request("/", &[("Sec-WebSocket-Extensions", PD)]);
+
+    // Silent after the first compressed fragment.
+    let (_, mut ws) = expect_upgraded(&srv, &req).await;
+    let z = deflate("a message that never ends ".repeat(40).as_bytes());
+    ws.send(&frame_rsv(false, 0b100, OP_TEXT, &z[..z.len() / 2], MASK))
+        .await;
+    expect_closed(&mut ws, 1008, "frame_timeout").await;
+    srv.wait_metric_eq("wssedge_buffered_bytes", &[], 0.0).await;
+
+    // A flood of one-byte compressed fragments (a stored block, so every byte is a fragment).
+    let (_, mut ws) = expect_upgraded(&srv, &req).await;
+    let text = "x".repeat(4000);
+    let mut stored = vec![0x00, 0xa0, 0x0f, 0x5f, 0xf0]; // BFINAL 0, stored, LEN 4000
+    stored.extend_from_slice(text.as_bytes());
+    let mut bytes = frame_rsv(false, 0b100, OP_TEXT, &stored[..1], MASK);
+    for b in &stored[1..stored.len() - 1] {
+        bytes.extend(cframe(false, OP_CONT, std::slice::from_ref(b)));
+    }
+    bytes.extend(cframe(true, OP_CONT, &stored[stored.len() - 1..]));
+    ws.send(&bytes).await;
+    let f = data_frame(&mut ws).await;
+    let echoed = if f.rsv == 0b100 {
+        inflate(&f.payload)
+    } else {
+        f.payload
+    };
+    assert_eq!(echoed, text.as_bytes());
+    drop(ws);
+    srv.wait_metric_eq("wssedge_buffered_bytes", &[], 0.0).await;
+
+    // Odd spelling of a valid offer.
+    let odd = "PerMessage-Deflate ;\tServer_Max_Window_Bits = \"10\" ,  x-other";
+    let (head, mut ws) =
+        expect_upgraded(&srv, &ws_request("/", &[("sec-websocket-extensions", odd)])).await;
+    assert_eq!(
+        header(&head, "sec-websocket-extensions"),
+        Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=10"),
+        "{head}"
+    );
+    let big = "{\"px\":\"1.0\"}".repeat(50);
+    ws.send(&frame_rsv(
+        true,
+        0b100,
+        OP_TEXT,
+        &deflate(big.as_bytes()),
+        MASK,
+    ))
+    .await;
+    let f = data_frame(&mut ws).await;
+    assert_eq!(inflate(&f.payload), big.as_bytes());
+}
