@@ -18,6 +18,7 @@ mod attack_silent;
 mod audit;
 /// The in-process ws:// backend the proxy tests forward to.
 mod backend;
+mod browser;
 mod chaos_upstream;
 mod cli;
 mod compression;

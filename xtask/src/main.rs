@@ -418,11 +418,12 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// socat (the Autobahn TLS shim), openssl (the e2e TLS 1.1 refusal test) and redis-server (the
-/// fleet tests start their own): installed with apt when missing and we are root. Each tool's
-/// package has its name.
+/// socat (the Autobahn TLS shim), openssl (the e2e TLS 1.1 refusal test), redis-server (the
+/// fleet tests start their own) and chromium (the e2e browser test of permessage-deflate, run
+/// headless; about 110 MB to download): installed with apt when missing and we are root. Each
+/// tool's package has its name.
 fn ensure_system_tools() {
-    let missing: Vec<&str> = ["socat", "openssl", "redis-server"]
+    let missing: Vec<&str> = ["socat", "openssl", "redis-server", "chromium"]
         .into_iter()
         .filter(|t| which(t).is_none())
         .collect();

@@ -1268,8 +1268,10 @@ impl Conn {
         session.note_received(now);
         self.deadline.set(now + core.cfg.limits.idle_timeout());
         session.receive(&mut self.plaintext);
+        // A compressed message's bytes count as its frames arrive, its inflated size when it
+        // completes: a step that only reads a fragment still has bytes to count.
         let inflated = session.take_inflated();
-        if inflated.messages > 0 {
+        if inflated.messages > 0 || inflated.compressed_bytes > 0 {
             metrics.deflate_in_messages.add(inflated.messages);
             metrics.deflate_in_compressed.add(inflated.compressed_bytes);
             metrics.deflate_in_uncompressed.add(inflated.inflated_bytes);
