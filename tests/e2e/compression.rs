@@ -436,3 +436,53 @@ async fn a_hostile_client_against_the_inflate_path() {
     let f = data_frame(&mut ws).await;
     assert_eq!(inflate(&f.payload), big.as_bytes());
 }
+
+#[tokio::test]
+async fn kept_compressors_are_charged_to_the_core_buffer_budget() {
+    // "both": each connection keeps a compressor (~262 KiB) from its first compressed message.
+    // Two fit in a 700 KiB budget on the one core; the third takes the core past it.
+    let srv = Server::with_config(
+        "[compression]\nenabled = true\ncontext_takeover = \"both\"\n\
+         [limits]\nmax_buffered_bytes_per_core = 716800\n",
+    );
+    let req = ws_request("/", &[("Sec-WebSocket-Extensions", PD)]);
+    let msg = "{\"topic\":\"trades.BTC-USD\",\"px\":\"64123.5\",\"qty\":\"0.25\"}".repeat(20);
+    let mut kept = Vec::new();
+    for _ in 0..2 {
+        let (head, mut ws) = expect_upgraded(&srv, &req).await;
+        assert_eq!(
+            header(&head, "sec-websocket-extensions"),
+            Some("permessage-deflate"),
+            "{head}"
+        );
+        ws.send(&cframe(true, OP_TEXT, msg.as_bytes())).await;
+        let f = data_frame(&mut ws).await;
+        assert_eq!(
+            (f.rsv, inflate(&f.payload)),
+            (0b100, msg.clone().into_bytes())
+        );
+        kept.push(ws);
+    }
+    // Idle, they still hold their compressors.
+    let held = srv.metric("wssedge_buffered_bytes", &[]).await;
+    assert!(held >= 2.0 * 262.0 * 1024.0, "{held} bytes held");
+
+    let (_, mut third) = expect_upgraded(&srv, &req).await;
+    third.send(&cframe(true, OP_TEXT, msg.as_bytes())).await;
+    expect_closed(&mut third, 1013, "buffer_budget").await;
+    srv.wait_metric(
+        "wssedge_refusals_total",
+        &[("reason", "buffer_budget")],
+        1.0,
+    )
+    .await;
+    // The two that fit go on, with their context.
+    for ws in &mut kept {
+        ws.send(&cframe(true, OP_TEXT, msg.as_bytes())).await;
+        let f = data_frame(ws).await;
+        assert_eq!(f.rsv, 0b100);
+    }
+    drop(kept);
+    drop(third);
+    srv.wait_metric_eq("wssedge_buffered_bytes", &[], 0.0).await;
+}

@@ -572,6 +572,15 @@ pub struct Inflated {
 /// window), charged to the buffer budget.
 pub const INFLATER_BYTES: usize = 40 << 10;
 
+/// What a compressor a session keeps for itself (context takeover on its side) costs: zlib's
+/// deflate state is a window of twice `2^bits` bytes with as many two-byte chain links
+/// (`4 × 2^bits`), the hash heads and pending-output buffer (128 KiB at memLevel 8), and its
+/// fixed state.
+/// Charged to the buffer budget, so a core holds only as many of these as its budget allows.
+pub fn deflater_bytes(window_bits: u8) -> usize {
+    (2usize << window_bits.clamp(9, 15)) * 2 + (128 << 10) + (6 << 10)
+}
+
 impl Session {
     /// A server-role session.
     pub fn new(limits: SessionLimits) -> Self {
@@ -1210,14 +1219,20 @@ impl Session {
     }
 
     /// Bytes held in reassembly of a fragmented message (excludes the caller's buf), including
-    /// what each kept fragment slice costs.
+    /// what each kept fragment slice costs, and the permessage-deflate codecs the session holds.
     pub fn buffered_bytes(&self) -> usize {
-        let inflating = self.deflate.as_deref().map_or(0, |d| {
-            d.inflater
+        let codecs = self.deflate.as_deref().map_or(0, |d| {
+            let inflating = d
+                .inflater
                 .as_ref()
-                .map_or(0, |i| INFLATER_BYTES + i.held_bytes())
+                .map_or(0, |i| INFLATER_BYTES + i.held_bytes());
+            let deflating = d
+                .deflater
+                .as_ref()
+                .map_or(0, |_| deflater_bytes(d.params.own_window_bits));
+            inflating + deflating
         });
-        self.reassembly.as_ref().map_or(0, Reassembly::held) + inflating
+        self.reassembly.as_ref().map_or(0, Reassembly::held) + codecs
     }
 
     /// Data messages the peer completed so far. A peer that streams message after message is

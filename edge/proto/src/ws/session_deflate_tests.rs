@@ -212,10 +212,27 @@ fn a_server_that_keeps_its_context_compresses_repeats_smaller() {
     let msg = Payload::Single(Bytes::from_static(
         b"{\"price\":\"64123.50\",\"qty\":\"0.25\"}",
     ));
+    assert_eq!(
+        s.buffered_bytes(),
+        0,
+        "no compressor before the first message"
+    );
     s.send_deflated(MessageKind::Text, &msg, &mut shared);
     s.send_deflated(MessageKind::Text, &msg, &mut shared);
     let f: Vec<OutFrame> = std::iter::from_fn(|| s.poll_transmit()).collect();
     assert!(f[1].payload().len() < f[0].payload().len() / 2);
+    // The kept compressor stays charged to the buffer budget while the connection idles.
+    assert_eq!(s.buffered_bytes(), deflater_bytes(15));
+    assert_eq!(deflater_bytes(15), 262 << 10);
+}
+
+#[test]
+fn a_server_that_resets_its_context_holds_no_compressor() {
+    let mut s = server(true);
+    let mut shared = MessageDeflater::new(6, 15, true);
+    let msg = Payload::Single(Bytes::from(vec![b'a'; 4096]));
+    s.send_deflated(MessageKind::Binary, &msg, &mut shared);
+    assert_eq!(s.buffered_bytes(), 0);
 }
 
 proptest! {
