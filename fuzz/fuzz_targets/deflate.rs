@@ -1,6 +1,7 @@
 //! permessage-deflate on arbitrary bytes: the offer negotiation and the inflate path must never
 //! panic; the inflated size never passes the cap by more than one step; whatever inflates
-//! compresses and inflates back to itself.
+//! compresses and inflates back to itself; inflating in budgeted slices (as a session does
+//! across receive calls) ends exactly as inflating at once.
 //!
 //! Input: byte 0 picks the cap, the piece size and context takeover; up to the first `\n` is a
 //! `Sec-WebSocket-Extensions` value; the rest is a compressed message's payload.
@@ -22,7 +23,11 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(header) = std::str::from_utf8(header) {
         if let Ok(offers) = parse_extension_list([header]) {
-            for policy in [ContextTakeover::None, ContextTakeover::Client, ContextTakeover::Both] {
+            for policy in [
+                ContextTakeover::None,
+                ContextTakeover::Client,
+                ContextTakeover::Both,
+            ] {
                 match negotiate(&offers, policy) {
                     Ok(Some(a)) => {
                         assert!((9..=15).contains(&a.server_window_bits));
@@ -49,6 +54,32 @@ fuzz_target!(|data: &[u8]| {
     }
     if result.is_ok() {
         result = inflater.finish_message(cap);
+    }
+    // The same payload in slices of at most `budget` output bytes each, resumed from where
+    // each stopped: the same outcome and the same message.
+    let budget = 1 + usize::from(mode >> 3) * 97;
+    let mut sliced = MessageInflater::new(!keep);
+    let mut sliced_result = Ok(());
+    'pieces: for p in payload.chunks(piece) {
+        let mut rest = p;
+        loop {
+            match sliced.inflate_some(rest, cap, budget) {
+                Ok(progress) if progress.finished => break,
+                Ok(progress) => rest = &rest[progress.consumed..],
+                Err(e) => {
+                    sliced_result = Err(e);
+                    break 'pieces;
+                }
+            }
+        }
+    }
+    if sliced_result.is_ok() {
+        sliced_result = sliced.finish_message(cap).map(drop);
+    }
+    match (&result, &sliced_result) {
+        (Ok(_), Ok(())) => assert_eq!(sliced.message(), inflater.message()),
+        (Err(a), Err(b)) => assert_eq!(a, b),
+        (a, b) => panic!("at once {a:?}, in slices {b:?}"),
     }
     match result {
         Ok(_) => {

@@ -486,3 +486,37 @@ async fn kept_compressors_are_charged_to_the_core_buffer_budget() {
     drop(third);
     srv.wait_metric_eq("wssedge_buffered_bytes", &[], 0.0).await;
 }
+
+#[tokio::test]
+async fn a_message_inflating_to_megabytes_is_taken_in_slices_and_echoed_whole() {
+    // 8 MiB from 8 KiB: the core inflates it 256 KiB a pass, with turns for its other
+    // connections between; the frames behind it keep their place.
+    let srv = Server::with_config(ON);
+    let req = ws_request("/", &[("Sec-WebSocket-Extensions", PD)]);
+    let (_, mut ws) = expect_upgraded(&srv, &req).await;
+    let (_, mut other) = expect_upgraded(&srv, &req).await;
+    let big = vec![b'7'; 8 << 20];
+    let z = deflate(&big);
+    assert!(z.len() < 16 << 10, "{} bytes", z.len());
+    let mut bytes = frame_rsv(true, 0b100, OP_BINARY, &z, MASK);
+    bytes.extend(cframe(true, OP_PING, b"behind"));
+    ws.send(&bytes).await;
+    other.send(&cframe(true, OP_TEXT, b"meanwhile")).await;
+    assert_eq!(other.message().await, (OP_TEXT, b"meanwhile".to_vec()));
+    let f = data_frame(&mut ws).await;
+    assert_eq!((f.opcode, f.rsv), (OP_BINARY, 0b100));
+    assert!(inflate(&f.payload) == big, "the echo differs");
+    match ws.next().await {
+        Event::Frame(p) => assert_eq!((p.opcode, &p.payload[..]), (OP_PONG, &b"behind"[..])),
+        e => panic!("expected the pong, got {e:?}"),
+    }
+    let compressed_in = srv
+        .metric(
+            "wssedge_compression_bytes_total",
+            &[("direction", "in"), ("form", "compressed")],
+        )
+        .await;
+    assert_eq!(compressed_in, z.len() as f64);
+    drop((ws, other));
+    srv.wait_metric_eq("wssedge_buffered_bytes", &[], 0.0).await;
+}

@@ -534,6 +534,8 @@ pub struct Session {
     /// Empty non-final data frames received since the caller last took the count: they cost
     /// a parse each and complete nothing, so the caller counts them like control frames.
     empty_fragments: u32,
+    /// Inflated bytes the current receive call may still produce.
+    inflate_budget: usize,
     /// The server's heartbeat, when it sends one.
     heartbeat: Option<HeartbeatState>,
     /// Until when the peer's close reply is awaited once our close is out (`None`: no
@@ -553,6 +555,10 @@ struct DeflateState {
     inflater: Option<Box<MessageInflater>>,
     /// The kind of the compressed message being received (the inflater holds its bytes).
     inflating: Option<MessageKind>,
+    /// A compressed frame's payload not inflated yet, and whether it ends its message: a
+    /// receive call stops after [`INFLATE_PER_RECEIVE`] inflated bytes and the next one goes
+    /// on from here before any later frame.
+    paused: Option<(Bytes, bool)>,
     deflater: Option<Box<MessageDeflater>>,
     /// Compressed messages received since the caller last took the counts.
     inflated: Inflated,
@@ -571,6 +577,12 @@ pub struct Inflated {
 /// What an inflater's state costs while it exists (zlib's inflate state and its 32 KiB
 /// window), charged to the buffer budget.
 pub const INFLATER_BYTES: usize = 40 << 10;
+
+/// Inflated bytes one [`Session::receive`] call produces at most (within one zlib step): 16 KiB
+/// of DEFLATE can stand for 16 MiB, tens of milliseconds of one core, and its other
+/// connections must not wait that long. The rest waits for the next call
+/// ([`Session::inflate_paused`]); about 0.2-1 ms of inflating.
+pub const INFLATE_PER_RECEIVE: usize = 256 << 10;
 
 /// What a compressor a session keeps for itself (context takeover on its side) costs: zlib's
 /// deflate state is a window of twice `2^bits` bytes with as many two-byte chain links
@@ -611,6 +623,7 @@ impl Session {
             failed: false,
             first_close: None,
             empty_fragments: 0,
+            inflate_budget: 0,
             heartbeat: None,
             close_reply_by: None,
             deflate: None,
@@ -624,6 +637,7 @@ impl Session {
             params,
             inflater: None,
             inflating: None,
+            paused: None,
             deflater: None,
             inflated: Inflated::default(),
         }));
@@ -737,7 +751,13 @@ impl Session {
     /// After the peer's close or a failure, input is ignored (and `buf` cleared).
     pub fn receive(&mut self, buf: &mut BytesMut) -> usize {
         let before = self.events.len();
+        self.inflate_budget = INFLATE_PER_RECEIVE;
+        self.resume_inflating();
         loop {
+            if self.inflate_paused() {
+                // Frames after a paused one wait: their order is the peer's.
+                break;
+            }
             if self.input_done() {
                 buf.clear();
                 self.partial = None;
@@ -879,7 +899,7 @@ impl Session {
                         r.len = payload.len();
                         self.reassembly = Some(r);
                     }
-                    self.inflate_piece(&payload, fin);
+                    self.inflate_piece(payload, fin);
                 } else if fin {
                     if kind == MessageKind::Text && self.utf8.finish().is_err() {
                         self.fail(close_code::INVALID_PAYLOAD, Violation::InvalidUtf8);
@@ -905,7 +925,7 @@ impl Session {
                     if fin {
                         self.reassembly = None;
                     }
-                    self.inflate_piece(&payload, fin);
+                    self.inflate_piece(payload, fin);
                     return;
                 }
                 r.push(payload);
@@ -944,11 +964,27 @@ impl Session {
         d.inflating = Some(kind);
     }
 
-    /// Inflates a compressed message's frame payload as it completes; at the final frame the
-    /// message is delivered. The message cap holds on the inflated size as it grows (1009), the
-    /// text is validated as it is inflated (1007), and bad DEFLATE data fails with 1007.
-    fn inflate_piece(&mut self, payload: &[u8], fin: bool) {
+    /// Goes on with a compressed frame a previous receive call paused.
+    fn resume_inflating(&mut self) {
+        if let Some((rest, fin)) = self.deflate.as_deref_mut().and_then(|d| d.paused.take()) {
+            self.inflate_piece(rest, fin);
+        }
+    }
+
+    /// Whether a compressed frame that arrived is not all inflated yet: the next
+    /// [`Session::receive`] goes on with it (with or without new input), and reading more
+    /// before it would only queue bytes behind it.
+    pub fn inflate_paused(&self) -> bool {
+        self.deflate.as_deref().is_some_and(|d| d.paused.is_some())
+    }
+
+    /// Inflates a compressed message's frame payload as it completes, up to what this receive
+    /// call may still produce (the rest is paused); at the final frame the message is
+    /// delivered. The message cap holds on the inflated size as it grows (1009), the text is
+    /// validated as it is inflated (1007), and bad DEFLATE data fails with 1007.
+    fn inflate_piece(&mut self, payload: Bytes, fin: bool) {
         let max = self.limits.max_message_bytes;
+        let budget = self.inflate_budget;
         let Some(d) = self.deflate.as_deref_mut() else {
             return;
         };
@@ -956,12 +992,18 @@ impl Session {
             return; // unreachable: inflate_start came first
         };
         let before = inflater.message().len();
-        d.inflated.compressed_bytes += payload.len() as u64;
-        let mut done = inflater.inflate(payload, max).map(drop);
-        if done.is_ok() && fin {
-            done = inflater.finish_message(max).map(drop);
+        let mut done = inflater.inflate_some(&payload, max, budget);
+        let mut rest = None;
+        if let Ok(progress) = done {
+            d.inflated.compressed_bytes += progress.consumed as u64;
+            if !progress.finished {
+                rest = Some(payload.slice(progress.consumed..));
+            } else if fin {
+                done = inflater.finish_message(max).map(|_| progress);
+            }
         }
         let fresh = inflater.message().get(before..).unwrap_or_default();
+        self.inflate_budget = budget.saturating_sub(fresh.len());
         let text_ok = kind != MessageKind::Text || self.utf8.feed(fresh).is_ok();
         match done {
             Err(InflateError::TooBig) => {
@@ -970,10 +1012,17 @@ impl Session {
             Err(InflateError::Corrupt) => {
                 return self.fail(close_code::INVALID_PAYLOAD, Violation::BadCompressedData)
             }
-            Ok(()) if !text_ok => {
+            Ok(_) if !text_ok => {
                 return self.fail(close_code::INVALID_PAYLOAD, Violation::InvalidUtf8)
             }
-            Ok(()) => {}
+            Ok(_) => {}
+        }
+        let Some(d) = self.deflate.as_deref_mut() else {
+            return;
+        };
+        if let Some(rest) = rest {
+            d.paused = Some((rest, fin));
+            return;
         }
         if !fin {
             return;
@@ -998,9 +1047,9 @@ impl Session {
         }));
     }
 
-    /// A compressed message in progress is abandoned (the connection failed or closed).
     fn drop_inflating(&mut self) {
         if let Some(d) = self.deflate.as_deref_mut() {
+            d.paused = None;
             if d.inflating.take().is_some() {
                 // Its inflater is mid-stream: useless for any later message.
                 d.inflater = None;
@@ -1225,7 +1274,8 @@ impl Session {
             let inflating = d
                 .inflater
                 .as_ref()
-                .map_or(0, |i| INFLATER_BYTES + i.held_bytes());
+                .map_or(0, |i| INFLATER_BYTES + i.held_bytes())
+                + d.paused.as_ref().map_or(0, |(rest, _)| rest.len());
             let deflating = d
                 .deflater
                 .as_ref()

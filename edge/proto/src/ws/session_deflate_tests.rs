@@ -35,9 +35,13 @@ fn deflated(msg: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Everything `bytes` makes the session do, however many receive calls its inflating takes.
 fn feed(s: &mut Session, bytes: &[u8]) -> Vec<Event> {
     let mut buf = BytesMut::from(bytes);
     s.receive(&mut buf);
+    while s.inflate_paused() {
+        s.receive(&mut buf);
+    }
     std::iter::from_fn(|| s.poll_event()).collect()
 }
 
@@ -301,4 +305,104 @@ fn an_incompressible_message_goes_out_as_it_is() {
         &mut shared,
     );
     assert!(sent.is_some());
+}
+
+/// A session whose messages may be 16 MiB: more than one receive call inflates.
+fn roomy_server() -> Session {
+    Session::new(SessionLimits {
+        max_frame_bytes: 16 << 20,
+        max_message_bytes: 16 << 20,
+    })
+    .with_deflate(params(true, true))
+}
+
+#[test]
+fn one_receive_call_inflates_a_bounded_slice_and_the_next_goes_on() {
+    let mut s = roomy_server();
+    let big = vec![0u8; 4 << 20];
+    let z = deflated(&big);
+    assert!(z.len() < 8 << 10, "{} compressed bytes", z.len());
+    let mut bytes = frame_bytes(0xc2, &z);
+    // A ping and a plain message behind it keep their place.
+    bytes.extend(frame_bytes(0x89, b"after"));
+    bytes.extend(frame_bytes(0x81, b"last"));
+    let mut buf = BytesMut::from(&bytes[..]);
+    let mut calls = 0;
+    let mut events = Vec::new();
+    loop {
+        calls += 1;
+        s.receive(&mut buf);
+        events.extend(std::iter::from_fn(|| s.poll_event()));
+        if !s.inflate_paused() {
+            break;
+        }
+        assert!(
+            events.is_empty(),
+            "nothing overtakes the paused frame: {events:?}"
+        );
+        // Held meanwhile: the inflater, the message so far, the compressed rest.
+        assert!(s.buffered_bytes() >= INFLATER_BYTES + calls * INFLATE_PER_RECEIVE);
+        assert!(calls < 100, "no progress");
+    }
+    let slices = (4 << 20) / INFLATE_PER_RECEIVE;
+    assert!((slices..=slices + 1).contains(&calls), "{calls} calls");
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert!(matches!(&events[0], Event::Message(m) if m.payload.to_vec() == big));
+    assert!(matches!(&events[1], Event::Ping(p) if p == "after"));
+    assert_eq!(events[2], text_event("last"));
+    assert_eq!(s.buffered_bytes(), 0);
+    let counted = s.take_inflated();
+    assert_eq!(
+        (
+            counted.messages,
+            counted.compressed_bytes,
+            counted.inflated_bytes
+        ),
+        (1, z.len() as u64, 4 << 20)
+    );
+}
+
+#[test]
+fn a_bomb_paused_between_slices_still_gets_1009_and_lets_go_of_everything() {
+    let mut s = Session::new(SessionLimits {
+        max_frame_bytes: 16 << 20,
+        max_message_bytes: 1 << 20,
+    })
+    .with_deflate(params(true, true));
+    let bomb = deflated(&vec![b'a'; 64 << 20]);
+    let mut buf = BytesMut::from(&frame_bytes(0xc1, &bomb)[..]);
+    s.receive(&mut buf);
+    assert!(s.inflate_paused());
+    assert_eq!(s.poll_event(), None);
+    let mut ev = Vec::new();
+    for _ in 0..10 {
+        s.receive(&mut buf);
+        ev.extend(std::iter::from_fn(|| s.poll_event()));
+        if !s.inflate_paused() {
+            break;
+        }
+    }
+    assert_eq!(failed(&ev), Some((1009, "inflated_too_large")));
+    assert!(!s.inflate_paused());
+    assert_eq!(s.buffered_bytes(), 0);
+}
+
+#[test]
+fn a_compressed_text_message_split_across_slices_is_validated_whole() {
+    // A multi-byte character may straddle two slices: the validator carries it over, and a
+    // bad byte in a later slice still fails 1007.
+    let good = "€uro ".repeat(200_000);
+    let mut s = roomy_server();
+    assert_eq!(
+        feed(&mut s, &frame_bytes(0xc1, &deflated(good.as_bytes()))),
+        [text_event(&good)]
+    );
+    let mut bad = good.into_bytes();
+    let at = bad.len() - 10;
+    bad[at] = 0xff;
+    let mut s = roomy_server();
+    assert_eq!(
+        failed(&feed(&mut s, &frame_bytes(0xc1, &deflated(&bad)))),
+        Some((1007, "invalid_utf8"))
+    );
 }

@@ -325,7 +325,10 @@ impl Conn {
         let mut guard = PassGuard::default();
         loop {
             let live = self.phase.upgraded().map(|u| u.live.session.clone());
-            let reading = self.reads_allowed();
+            // A compressed frame is inflated a slice per pass (its output can be a thousand
+            // times its size): the session goes on with it before anything more is read.
+            let inflating = self.phase.session().is_some_and(Session::inflate_paused);
+            let reading = !inflating && self.reads_allowed();
             let writing = self.output_pending();
             let app_reading = self.app_reads_allowed();
             let app = self.phase.app();
@@ -345,6 +348,7 @@ impl Conn {
                         _ = self.write_deadline.expired(), if writing => Wake::WriteStalled,
                         r = app_readable(app), if app_reading && !app_more => Wake::AppReadable(r),
                         _ = std::future::ready(()), if app_more => Wake::AppMore,
+                        _ = std::future::ready(()), if inflating => Wake::Inflate,
                         r = app_writable(app), if app_writing => Wake::AppWritable(r),
                         _ = app_arrived(app), if app_arrivals => Wake::AppArrived,
                         _ = app_stalled(app), if app_writing => Wake::AppStalled,
@@ -354,6 +358,7 @@ impl Conn {
                 Waited::new(wait).await
             };
             self.core.metrics.loop_passes.inc();
+            let inflated_a_slice = matches!(wake, Wake::Inflate);
             let step = match wake {
                 Wake::AppReadable(Ok(())) => {
                     // Readiness consumed by a read (the bytes may all be TLS records that give
@@ -420,6 +425,13 @@ impl Conn {
                     self.account_buffers();
                     step
                 }
+                Wake::Inflate => {
+                    // The paused frame is consumed a slice at a time: progress.
+                    self.moved += 1;
+                    let step = self.run_session();
+                    self.account_buffers();
+                    step
+                }
             };
             // Key bookkeeping comes before the write: a KeyUpdate of ours must precede the
             // data queued after the client asked for it.
@@ -466,6 +478,8 @@ impl Conn {
                 return End::Close;
             }
             match guard.after_pass(waited, self.progress_mark()) {
+                // Between two slices of one inflation the core's other connections get a turn.
+                AfterPass::Continue if inflated_a_slice => yield_turn().await,
                 AfterPass::Continue => {}
                 AfterPass::YieldBudget => {
                     self.core.metrics.loop_yields.inc();
@@ -1737,6 +1751,8 @@ enum Wake {
     AppReadable(std::io::Result<()>),
     /// The app stopped reading at a bound with more possibly held: read again at once.
     AppMore,
+    /// The session paused inflating a compressed frame: go on at once (after a turn).
+    Inflate,
     AppWritable(std::io::Result<()>),
     /// The app's far side took nothing for the write timeout.
     AppStalled,

@@ -17,6 +17,15 @@ const SYNC_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 /// within this many bytes past the cap.
 const INFLATE_STEP: usize = 16 * 1024;
 
+/// How far one [`MessageInflater::inflate_some`] call went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InflateProgress {
+    /// Input bytes taken (all of them once finished).
+    pub consumed: usize,
+    /// The input is used up and zlib holds no more output for it.
+    pub finished: bool,
+}
+
 /// Compresses whole messages.
 pub struct MessageDeflater {
     c: Compress,
@@ -160,21 +169,41 @@ impl MessageInflater {
     /// [`INFLATE_STEP`] beyond it was ever written. After an error the partial message is
     /// forgotten (the inflater is ready for a new one).
     pub fn inflate(&mut self, input: &[u8], max_len: usize) -> Result<usize, InflateError> {
-        self.fed |= !input.is_empty();
         let before = self.filled;
-        match self.run(input, max_len) {
-            Ok(()) => Ok(self.filled - before),
-            Err(e) => {
-                self.reset();
-                Err(e)
-            }
-        }
+        self.inflate_some(input, max_len, usize::MAX)?;
+        Ok(self.filled - before)
     }
 
-    fn run(&mut self, input: &[u8], max_len: usize) -> Result<(), InflateError> {
+    /// [`Self::inflate`] that stops once it has added `budget` bytes or more (within one step
+    /// of [`INFLATE_STEP`]): a few compressed bytes can stand for megabytes, and a caller that
+    /// serves other peers between two calls hands the rest of `input` in again, or an empty
+    /// slice when all of it was taken but zlib may still hold output
+    /// ([`InflateProgress::finished`] false).
+    pub fn inflate_some(
+        &mut self,
+        input: &[u8],
+        max_len: usize,
+        budget: usize,
+    ) -> Result<InflateProgress, InflateError> {
+        self.fed |= !input.is_empty();
+        self.run(input, max_len, budget)
+            .inspect_err(|_| self.reset())
+    }
+
+    fn run(
+        &mut self,
+        input: &[u8],
+        max_len: usize,
+        budget: usize,
+    ) -> Result<InflateProgress, InflateError> {
+        let whole = InflateProgress {
+            consumed: input.len(),
+            finished: true,
+        };
         if self.stream_ended {
-            return Ok(());
+            return Ok(whole);
         }
+        let start = self.filled;
         let mut input = input;
         loop {
             if self.filled > max_len {
@@ -211,14 +240,20 @@ impl MessageInflater {
                 // after it) is not DEFLATE data; the next message starts a new stream.
                 Status::StreamEnd => {
                     self.stream_ended = true;
-                    return Ok(());
+                    return Ok(whole);
                 }
                 Status::Ok | Status::BufError => {
                     // Done when the input is used up and zlib stopped with room to spare
                     // (nothing pending inside it); no progress at all means it needs input.
                     let room_left = produced < room;
                     if (input.is_empty() && room_left) || (consumed == 0 && produced == 0) {
-                        return Ok(());
+                        return Ok(whole);
+                    }
+                    if self.filled - start >= budget {
+                        return Ok(InflateProgress {
+                            consumed: whole.consumed - input.len(),
+                            finished: false,
+                        });
                     }
                 }
             }

@@ -8,7 +8,7 @@
 pub mod codec;
 pub mod negotiate;
 
-pub use codec::{InflateError, MessageDeflater, MessageInflater};
+pub use codec::{InflateError, InflateProgress, MessageDeflater, MessageInflater};
 pub use negotiate::{
     negotiate, ContextTakeover, DeflateAgreement, DeflateOfferError, DeflateParams,
     PERMESSAGE_DEFLATE,
