@@ -34,6 +34,10 @@ pub struct CompressionConfig {
     /// Messages shorter than this go out uncompressed (RSV1 clear): below it deflate's own
     /// framing eats the gain and the CPU is spent for nothing.
     pub min_bytes: usize,
+    /// Messages longer than this go out uncompressed too: a message is deflated in one go on
+    /// its core, and 16 MiB at level 3 holds the core's other connections for tens of
+    /// milliseconds (1 MiB: about one).
+    pub max_bytes: usize,
     /// zlib level 0..=9 for what the edge sends.
     pub level: u32,
     /// Which side keeps its compression context between messages: `"none"` (no state kept, a
@@ -46,6 +50,7 @@ impl Default for CompressionConfig {
         Self {
             enabled: None,
             min_bytes: 128,
+            max_bytes: 1 << 20,
             // JSON market data gets most of deflate's ratio at level 3 for a third of level
             // 6's CPU; compress-once pays it once per publication anyway.
             level: 3,
@@ -61,6 +66,13 @@ impl CompressionConfig {
                 "compression.level",
                 self.level,
                 "must be 0 (store only) to 9 (smallest)",
+            ));
+        }
+        if self.max_bytes < self.min_bytes {
+            return Err(ConfigError::invalid(
+                "compression.max_bytes",
+                self.max_bytes,
+                "must be at least compression.min_bytes (nothing would be compressed)",
             ));
         }
         Ok(())
@@ -100,7 +112,8 @@ pub fn negotiate_upgrade(
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     compressors: Rc<RefCell<Compressors>>,
-    min_bytes: usize,
+    /// Sizes that go out compressed, both ends included (`min_bytes..=max_bytes`).
+    sizes: std::ops::RangeInclusive<usize>,
     metrics: Arc<CoreMetrics>,
 }
 
@@ -108,16 +121,16 @@ impl Outgoing {
     pub fn new(cfg: &CompressionConfig, metrics: Arc<CoreMetrics>) -> Self {
         Self {
             compressors: Rc::new(RefCell::new(Compressors::new(cfg.level))),
-            min_bytes: cfg.min_bytes,
+            sizes: cfg.min_bytes..=cfg.max_bytes,
             metrics,
         }
     }
 
-    /// Sends `payload` compressed when the session agreed to it and the message is large
-    /// enough, else as it is.
+    /// Sends `payload` compressed when the session agreed to it and its size is in
+    /// `min_bytes..=max_bytes`, else as it is.
     pub fn send(&self, session: &mut Session, kind: MessageKind, payload: Payload) {
         match session.deflate_params() {
-            Some(p) if payload.len() >= self.min_bytes => {
+            Some(p) if self.sizes.contains(&payload.len()) => {
                 let mut c = self.compressors.borrow_mut();
                 let sent = session.send_deflated(kind, &payload, c.for_window(p.own_window_bits));
                 if let Some(compressed) = sent {
@@ -141,7 +154,7 @@ impl Outgoing {
     /// window and the compressed bytes shared, when the session keeps no context of its own.
     pub fn send_shared(&self, session: &mut Session, kind: MessageKind, frame: Bytes) {
         match session.deflate_params() {
-            Some(p) if p.own_no_context_takeover && frame.len() >= self.min_bytes => {
+            Some(p) if p.own_no_context_takeover && self.sizes.contains(&frame.len()) => {
                 let (compressed, ran) = self
                     .compressors
                     .borrow_mut()
@@ -258,6 +271,17 @@ mod tests {
         assert!(c.validate().is_ok());
         assert_eq!(c.context_takeover, ContextTakeover::Both);
         assert!(toml::from_str::<CompressionConfig>("context_takeover = \"server\"").is_err());
+    }
+
+    #[test]
+    fn a_size_window_that_holds_nothing_is_refused() {
+        let c: CompressionConfig = toml::from_str("min_bytes = 4096\nmax_bytes = 1024").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("compression.max_bytes"), "{e}");
+        assert!(e.contains("min_bytes"), "{e}");
+        let c = CompressionConfig::default();
+        assert_eq!((c.min_bytes, c.max_bytes), (128, 1 << 20));
+        assert!(c.validate().is_ok());
     }
 
     fn request(extensions: &[&str]) -> UpgradeRequest {

@@ -504,8 +504,9 @@ async fn a_message_inflating_to_megabytes_is_taken_in_slices_and_echoed_whole() 
     other.send(&cframe(true, OP_TEXT, b"meanwhile")).await;
     assert_eq!(other.message().await, (OP_TEXT, b"meanwhile".to_vec()));
     let f = data_frame(&mut ws).await;
-    assert_eq!((f.opcode, f.rsv), (OP_BINARY, 0b100));
-    assert!(inflate(&f.payload) == big, "the echo differs");
+    // Past max_bytes (1 MiB): it goes back as it is.
+    assert_eq!((f.opcode, f.rsv), (OP_BINARY, 0));
+    assert!(f.payload == big, "the echo differs");
     match ws.next().await {
         Event::Frame(p) => assert_eq!((p.opcode, &p.payload[..]), (OP_PONG, &b"behind"[..])),
         e => panic!("expected the pong, got {e:?}"),
@@ -519,4 +520,38 @@ async fn a_message_inflating_to_megabytes_is_taken_in_slices_and_echoed_whole() 
     assert_eq!(compressed_in, z.len() as f64);
     drop((ws, other));
     srv.wait_metric_eq("wssedge_buffered_bytes", &[], 0.0).await;
+}
+
+#[tokio::test]
+async fn messages_outside_min_and_max_bytes_go_out_plain() {
+    let srv =
+        Server::with_config("[compression]\nenabled = true\nmin_bytes = 64\nmax_bytes = 4096\n");
+    let req = ws_request("/", &[("Sec-WebSocket-Extensions", PD)]);
+    let (_, mut ws) = expect_upgraded(&srv, &req).await;
+    for (len, compressed) in [
+        (63, false),
+        (64, true),
+        (4096, true),
+        (4097, false),
+        (1 << 20, false),
+    ] {
+        let msg = "{\"px\":\"1.0\"}".repeat(len / 12 + 1)[..len].to_string();
+        ws.send(&frame_rsv(
+            true,
+            0b100,
+            OP_TEXT,
+            &deflate(msg.as_bytes()),
+            MASK,
+        ))
+        .await;
+        let f = data_frame(&mut ws).await;
+        let echoed = if compressed {
+            assert_eq!(f.rsv, 0b100, "{len} bytes go out compressed");
+            inflate(&f.payload)
+        } else {
+            assert_eq!(f.rsv, 0, "{len} bytes go out plain");
+            f.payload
+        };
+        assert_eq!(echoed, msg.as_bytes(), "{len} bytes");
+    }
 }
