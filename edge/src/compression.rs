@@ -18,7 +18,7 @@ use wssedge_proto::ws::deflate::{
     negotiate, ContextTakeover, DeflateAgreement, DeflateOfferError, MessageDeflater,
 };
 use wssedge_proto::ws::extensions::parse_extension_list;
-use wssedge_proto::ws::{MessageKind, Payload, Session, UpgradeRequest};
+use wssedge_proto::ws::{Deflated, MessageKind, Payload, Session, UpgradeRequest};
 
 use crate::config_error::ConfigError;
 use crate::metrics::CoreMetrics;
@@ -132,10 +132,13 @@ impl Outgoing {
         match session.deflate_params() {
             Some(p) if self.sizes.contains(&payload.len()) => {
                 let mut c = self.compressors.borrow_mut();
-                let sent = session.send_deflated(kind, &payload, c.for_window(p.own_window_bits));
-                if let Some(compressed) = sent {
-                    self.metrics.deflate_runs.inc();
-                    self.count(payload.len(), compressed);
+                match session.send_deflated(kind, &payload, c.for_window(p.own_window_bits)) {
+                    Deflated::NotRun => {}
+                    Deflated::SentPlain => self.metrics.deflate_runs.inc(),
+                    Deflated::SentCompressed(compressed) => {
+                        self.metrics.deflate_runs.inc();
+                        self.count(payload.len(), compressed);
+                    }
                 }
             }
             _ => session.send(kind, payload),

@@ -36,8 +36,8 @@ pub use mask::{apply_mask, extend_masked};
 pub use mask_keys::MaskKeySource;
 pub use outbox::Outbox;
 pub use session::{
-    close_code, Event, Heartbeat, Inflated, Message, MessageKind, OutFrame, Payload, Role, Session,
-    SessionLimits, SessionState, Timeout,
+    close_code, Deflated, Event, Heartbeat, Inflated, Message, MessageKind, OutFrame, Payload,
+    Role, Session, SessionLimits, SessionState, Timeout,
 };
 pub use target::{valid_host, PathPrefix, RequestTarget, TargetError};
 pub use utf8::{Utf8Error, Utf8Validator};

@@ -574,6 +574,17 @@ pub struct Inflated {
     pub inflated_bytes: u64,
 }
 
+/// What [`Session::send_deflated`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deflated {
+    /// Nothing compressed: no agreement (sent as it is), or our close is queued (not sent).
+    NotRun,
+    /// Deflate ran and did not shrink the message: it went out as it is.
+    SentPlain,
+    /// Deflate ran and the message went out compressed, in this many payload bytes.
+    SentCompressed(usize),
+}
+
 /// What an inflater's state costs while it exists (zlib's inflate state and its 32 KiB
 /// window), charged to the buffer budget.
 pub const INFLATER_BYTES: usize = 40 << 10;
@@ -1185,20 +1196,19 @@ impl Session {
     /// Queues `payload` compressed under the agreement: with this session's own compressor
     /// when it keeps its context, else with `shared` (the caller's, for this session's
     /// window: see [`DeflateParams::own_window_bits`]); see [`Session::send_compressed`] for
-    /// when it goes out as it is instead. Returns the compressed payload's size when it went
-    /// out compressed.
+    /// when it goes out as it is instead. Says whether deflate ran and what went out.
     pub fn send_deflated(
         &mut self,
         kind: MessageKind,
         payload: &Payload,
         shared: &mut MessageDeflater,
-    ) -> Option<usize> {
+    ) -> Deflated {
         let Some(d) = self.deflate.as_deref_mut() else {
             self.send(kind, payload.clone());
-            return None;
+            return Deflated::NotRun;
         };
         if self.close_queued {
-            return None;
+            return Deflated::NotRun;
         }
         let deflater = if d.params.own_no_context_takeover {
             shared
@@ -1211,8 +1221,11 @@ impl Session {
         let mut out = Vec::with_capacity(payload.len() / 2 + 16);
         deflater.compress_parts(payload.chunks().iter().map(|c| &c[..]), &mut out);
         let len = out.len();
-        self.send_compressed(kind, payload.clone(), Bytes::from(out))
-            .then_some(len)
+        if self.send_compressed(kind, payload.clone(), Bytes::from(out)) {
+            Deflated::SentCompressed(len)
+        } else {
+            Deflated::SentPlain
+        }
     }
 
     /// Queues a ping. Payloads longer than 125 bytes are truncated. Ignored once our close is queued.
