@@ -12,6 +12,12 @@
  * Fan-out uses uWS's native pub/sub (app.publish -> TopicTree, batched and drained once per loop pass).
  * Slow subscribers: once a socket buffers > MAX_BACKPRESSURE bytes, further messages to it are
  * dropped (CLOSE_ON_LIMIT=0) or the socket is shut down (CLOSE_ON_LIMIT=1, no close frame).
+ *
+ * Built with -DWSSEDGE_UWS_DEFLATE (and zlib, without UWS_NO_ZLIB): permessage-deflate with
+ * uWS's SHARED_COMPRESSOR (one zlib stream per loop, no context kept: the answer states
+ * server_ and client_no_context_takeover) and publications published with compress = true.
+ * uWS deflates a publication once per subscriber it is sent to (WebSocket::send in the topic
+ * tree's drain), not once per publication.
  */
 #include "App.h"
 #include <cstdio>
@@ -23,6 +29,14 @@
 #include <vector>
 
 struct PerSocketData {};
+
+#ifdef WSSEDGE_UWS_DEFLATE
+static constexpr uWS::CompressOptions kCompression = uWS::SHARED_COMPRESSOR;
+static constexpr bool kCompressPublications = true;
+#else
+static constexpr uWS::CompressOptions kCompression = uWS::DISABLED;
+static constexpr bool kCompressPublications = false;
+#endif
 
 static uWS::SSLApp *gApp;
 static std::unordered_map<std::string, uint64_t> gSeq;
@@ -122,7 +136,7 @@ int main(int argc, char **argv) {
     gApp = &app;
 
     app.ws<PerSocketData>("/*", {
-        .compression = uWS::DISABLED,
+        .compression = kCompression,
         .maxPayloadLength = 1024 * 1024,
         .idleTimeout = 120,
         .maxBackpressure = maxBackpressure,
@@ -173,7 +187,7 @@ int main(int argc, char **argv) {
                 out += "}";
                 gPublished++;
                 /* app.publish (not ws->publish): the publisher gets it too if subscribed */
-                gApp->publish(topic, out, uWS::OpCode::TEXT, false);
+                gApp->publish(topic, out, uWS::OpCode::TEXT, kCompressPublications);
                 reply = "{\"op\":\"published\",\"id\":" + std::string(id) + ",\"seq\":" + std::to_string(seq) + "}";
                 ws->send(reply, uWS::OpCode::TEXT);
                 return;

@@ -17,6 +17,7 @@ use crate::modes::{Stats, Window, LATE};
 use crate::net::{self, Conn, Pacer, Target};
 use crate::scan::{self, Msg, Stamp};
 use crate::ws::{self, Frame, Rng};
+use crate::{deflate, market};
 
 /// After the last publication: how long subscribers wait for deliveries still in flight.
 const DRAIN: Duration = Duration::from_secs(2);
@@ -109,6 +110,8 @@ pub struct Plan {
     pub rate: f64,
     /// Size of a publication's data value.
     pub payload: usize,
+    /// `data` is a market-data book snapshot (else the stamp and a pad).
+    pub market: bool,
     pub subscriber: Target,
     /// json: the same as `subscriber`; nchan: a plain TLS (or TCP) connection, no upgrade.
     pub publisher: Target,
@@ -430,10 +433,16 @@ struct Encoder {
     scratch: Vec<u8>,
     payload: usize,
     mask: [u8; 4],
+    market: bool,
+    /// json over a connection that agreed to compression: the window publications are
+    /// deflated for.
+    deflate_window: Option<u8>,
+    compressed: Vec<u8>,
 }
 
 impl Encoder {
-    fn new(plan: &Plan, mask: [u8; 4]) -> Self {
+    fn new(plan: &Plan, c: &Conn) -> Self {
+        let mask = c.mask;
         let json = plan.proto == FanoutProto::Json;
         let head = if json {
             br#"{"op":"publish","id":"#.to_vec()
@@ -451,26 +460,45 @@ impl Encoder {
             scratch: Vec::with_capacity(plan.payload + 128),
             payload: plan.payload,
             mask,
+            market: plan.market,
+            deflate_window: c.deflate.map(|a| a.client_window_bits),
+            compressed: Vec::new(),
+        }
+    }
+
+    fn data(&self, t: u64, n: u64, out: &mut Vec<u8>) {
+        if self.market {
+            market::write_data(t, n, self.payload, out);
+        } else {
+            scan::write_data(t, n, self.payload, out);
         }
     }
 
     fn encode(&mut self, n: u64, t: u64, out: &mut Vec<u8>) {
         use std::io::Write as _;
-        let b = &mut self.scratch;
+        net::WIRE[net::PUBLISHER].message_sent();
+        let mut b = std::mem::take(&mut self.scratch);
         b.clear();
         if self.json {
             b.extend_from_slice(&self.head);
             let _ = write!(b, "{n}");
             b.extend_from_slice(&self.topic_part);
-            scan::write_data(t, n, self.payload, b);
+            self.data(t, n, &mut b);
             b.push(b'}');
-            ws::text_frame(b, self.mask, out);
+            self.compressed.clear();
+            match self.deflate_window {
+                Some(w) if deflate::compress(&b, w, &mut self.compressed) => {
+                    ws::data_frame(0x1, true, &self.compressed, self.mask, out)
+                }
+                _ => ws::text_frame(&b, self.mask, out),
+            }
         } else {
-            scan::write_data(t, n, self.payload, b);
+            self.data(t, n, &mut b);
             out.extend_from_slice(&self.head);
             let _ = write!(out, "{}\r\n\r\n", b.len());
-            out.extend_from_slice(b);
+            out.extend_from_slice(&b);
         }
+        self.scratch = b;
     }
 }
 
@@ -543,7 +571,7 @@ pub async fn publisher(mut c: Conn, plan: Arc<Plan>, w: Window, read_timeout: Du
     };
     let due = |i: u64| (i as f64 / plan.rate * 1e9) as u64;
     let (warm_ns, end_ns) = (w.ns(w.warm), w.ns(w.end));
-    let mut enc = Encoder::new(&plan, c.mask);
+    let mut enc = Encoder::new(&plan, &c);
     let pacer = match Pacer::new() {
         Ok(p) => p,
         Err(e) => {

@@ -1,7 +1,9 @@
 //! wssbench: wssedge's load generator. Few pinned single-threaded runtimes, hand-written
 //! client framing, HdrHistogram latencies, and its own CPU cost in every report.
 
+mod deflate;
 mod fanout;
+mod market;
 mod modes;
 mod net;
 mod scan;
@@ -179,6 +181,15 @@ struct Common {
     /// has something to forget).
     #[arg(long, default_value_t = token::LIFETIME_S)]
     token_life_s: u64,
+    /// Offer permessage-deflate (`client_max_window_bits`); where the server agrees, client
+    /// messages go compressed and compressed server messages are inflated before they are
+    /// checked.
+    #[arg(long)]
+    deflate: bool,
+    /// Payloads shaped like market data (JSON book snapshots of --payload bytes, text frames):
+    /// what compression figures must be measured on.
+    #[arg(long)]
+    market_data: bool,
 }
 
 fn parse_cpus(s: &str) -> anyhow::Result<Vec<usize>> {
@@ -467,6 +478,8 @@ fn run() -> anyhow::Result<i32> {
         check_fanout(&c, f)?;
     } else if c.payload < 16 {
         bail!("--payload must be ≥ 16");
+    } else if c.market_data && c.payload < market::echo_min() {
+        bail!("--market-data needs --payload ≥ {}", market::echo_min());
     }
     let rate = match kind {
         Kind::Open { rate } | Kind::Storm { rate, .. } | Kind::Fanout { rate } => {
@@ -562,9 +575,10 @@ fn run() -> anyhow::Result<i32> {
     }
     let _ = start_tx.send(Some(w));
     std::thread::sleep(w.warm.saturating_duration_since(Instant::now()));
-    let cpu0 = net::cpu_now();
+    let (cpu0, wire0) = (net::cpu_now(), net::wire_now());
     std::thread::sleep(w.end.saturating_duration_since(Instant::now()));
-    let cpu1 = net::cpu_now();
+    let (cpu1, wire1) = (net::cpu_now(), net::wire_now());
+    let wire = [wire1[0] - wire0[0], wire1[1] - wire0[1]];
 
     // collect, with a hard stop at end + 10 s
     let hard = w.end + Duration::from_secs(10);
@@ -592,6 +606,7 @@ fn run() -> anyhow::Result<i32> {
         hard_stop,
         fan_args.as_ref(),
         cpu_slots(cpus.as_deref(), threads),
+        wire,
     )?;
     Ok(if hard_stop { 3 } else { 0 })
 }
@@ -655,7 +670,8 @@ fn target_of(c: &Common) -> anyhow::Result<(Target, Proto)> {
         proto,
         tls,
         payload: c.payload,
-        text: c.text,
+        // market data is JSON: text frames
+        text: c.text || c.market_data,
         connect_timeout: Duration::from_secs_f64(c.connect_timeout),
         read_timeout: Duration::from_secs_f64(c.read_timeout),
         source_ips: c.source_ips.clone(),
@@ -668,6 +684,9 @@ fn target_of(c: &Common) -> anyhow::Result<(Target, Proto)> {
             }
             None => None,
         },
+        deflate: c.deflate,
+        market: c.market_data,
+        wire: 0,
     };
     Ok((target, proto))
 }
@@ -685,7 +704,12 @@ fn check_fanout(c: &Common, f: &FanoutArgs) -> anyhow::Result<()> {
         bail!("--rate must be > 0");
     }
     let span = c.warmup + c.duration + 1.0;
-    let min = scan::data_min((span * 1e9) as u64, (f.rate * span) as u64 + 1);
+    let (t_max, n_max) = ((span * 1e9) as u64, (f.rate * span) as u64 + 1);
+    let min = if c.market_data {
+        market::data_min(t_max, n_max)
+    } else {
+        scan::data_min(t_max, n_max)
+    };
     if c.payload < min {
         bail!("--payload must be ≥ {min} for this run (the data carries t, n and a pad)");
     }
@@ -721,6 +745,7 @@ fn fanout_plan(f: &FanoutArgs, c: &Common, target: &Target) -> anyhow::Result<Pl
     let mut subscriber = target.clone();
     subscriber.headers = auth.clone();
     let mut publisher = subscriber.clone();
+    publisher.wire = net::PUBLISHER;
     if let Some(url) = &f.publish_url {
         let (_, host, port, path) = net::parse_url(url)?;
         publisher.addr = net::resolve(&host, port)?;
@@ -742,11 +767,62 @@ fn fanout_plan(f: &FanoutArgs, c: &Common, target: &Target) -> anyhow::Result<Pl
         topic: f.topic.clone(),
         rate: f.rate,
         payload: c.payload,
+        market: c.market_data,
         subscriber,
         publisher,
         auth,
         host_header: target.host_header.clone(),
         last_n: std::sync::atomic::AtomicU64::new(0),
+    })
+}
+
+/// Per-message wire bytes: `bytes / msgs`, `None` without messages.
+fn per_msg(bytes: u64, msgs: u64) -> Option<f64> {
+    (msgs > 0).then(|| bytes as f64 / msgs as f64)
+}
+
+/// The WebSocket bytes of the measured window (frames as written into and read out of TLS;
+/// TLS records add their own ~22 B each), and per message, bytes and messages counted over the
+/// same wall-clock window (a server that lags still divides what arrived by what arrived): echo,
+/// per message sent and per echo received; fan-out, the publisher's per publication and the
+/// subscribers' per delivery.
+fn wire_json(wire: &[net::WireSnap; 2], fanout: bool) -> serde_json::Value {
+    let (main, publisher) = (wire[0], wire[1]);
+    let (sender, receiver) = if fanout {
+        (publisher, main)
+    } else {
+        (main, main)
+    };
+    let mut v = json!({
+        "wire_bytes_sent": sender.tx,
+        "wire_bytes_received": receiver.rx,
+        "wire_messages_sent": sender.sent,
+        "wire_messages_received": receiver.msgs,
+        "wire_bytes_per_msg_sent": per_msg(sender.tx, sender.sent),
+        "wire_bytes_per_msg_received": per_msg(receiver.rx, receiver.msgs),
+    });
+    if fanout {
+        v["wire_bytes_subscribers_sent"] = json!(main.tx);
+        v["wire_bytes_publisher_received"] = json!(publisher.rx);
+    }
+    v
+}
+
+/// `--deflate`: what was agreed and how much of what arrived was compressed.
+fn deflate_json(wire: &[net::WireSnap; 2], fanout: bool) -> serde_json::Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = wire[0];
+    json!({
+        "offered": true,
+        "negotiated": deflate::NEGOTIATED.load(Relaxed),
+        "declined": deflate::DECLINED.load(Relaxed),
+        "answer": deflate::LAST_ANSWER.lock().map(|l| l.clone()).unwrap_or_default(),
+        // the receiving side: echoes, or the subscribers' deliveries in fan-out
+        "messages_received": m.msgs,
+        "compressed_received": m.compressed,
+        "compressed_share": (m.msgs > 0).then(|| m.compressed as f64 / m.msgs as f64),
+        "inflated_bytes": m.inflated,
+        "fanout": fanout,
     })
 }
 
@@ -798,6 +874,7 @@ fn report(
     hard_stop: bool,
     fan_args: Option<&FanoutArgs>,
     cpu_slots: usize,
+    wire: [net::WireSnap; 2],
 ) -> anyhow::Result<()> {
     let l = &st.lat;
     let q = |p: f64| {
@@ -887,7 +964,16 @@ fn report(
             "client_cpu_busy": busy,
             "client_cpu_us_per_msg": us_per_msg,
             "hard_stop": hard_stop,
+            "market_data": c.market_data,
         });
+        let fanout = fan_args.is_some();
+        let w = wire_json(&wire, fanout);
+        for (k, x) in w.as_object().into_iter().flatten() {
+            v[k.as_str()] = x.clone();
+        }
+        if c.deflate {
+            v["deflate"] = deflate_json(&wire, fanout);
+        }
         if let Some(a) = fan_args {
             v["fanout"] = json!({
                 "proto": a.fanout_proto.name(),

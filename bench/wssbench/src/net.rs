@@ -5,6 +5,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -18,6 +19,94 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 
 use crate::ws::{self, FrameTemplate, Reader, Rng};
+use crate::{deflate, market};
+
+/// What one kind of connection moved, process-wide: WebSocket bytes (frames, what goes into
+/// and comes out of TLS) and data messages received. Sampled at the measured window's edges;
+/// relaxed atomics, as the threads only ever add.
+pub struct Wire {
+    pub rx: AtomicU64,
+    pub tx: AtomicU64,
+    /// Data messages sent (echoes, publications) and received, and how many of those
+    /// received were compressed (RSV1).
+    pub sent: AtomicU64,
+    pub msgs: AtomicU64,
+    pub compressed: AtomicU64,
+    /// What the compressed ones inflated to.
+    pub inflated: AtomicU64,
+}
+
+impl Wire {
+    const fn new() -> Self {
+        Wire {
+            rx: AtomicU64::new(0),
+            tx: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            msgs: AtomicU64::new(0),
+            compressed: AtomicU64::new(0),
+            inflated: AtomicU64::new(0),
+        }
+    }
+
+    /// One data message received; `inflated`: it was compressed and inflated to this size.
+    pub fn message(&self, inflated: Option<usize>) {
+        self.msgs.fetch_add(1, Ordering::Relaxed);
+        if let Some(n) = inflated {
+            self.compressed.fetch_add(1, Ordering::Relaxed);
+            self.inflated.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    pub fn message_sent(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> WireSnap {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        WireSnap {
+            rx: l(&self.rx),
+            tx: l(&self.tx),
+            sent: l(&self.sent),
+            msgs: l(&self.msgs),
+            compressed: l(&self.compressed),
+            inflated: l(&self.inflated),
+        }
+    }
+}
+
+/// [`Wire`] at one instant (or the difference of two).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WireSnap {
+    pub rx: u64,
+    pub tx: u64,
+    pub sent: u64,
+    pub msgs: u64,
+    pub compressed: u64,
+    pub inflated: u64,
+}
+
+impl std::ops::Sub for WireSnap {
+    type Output = WireSnap;
+    fn sub(self, o: WireSnap) -> WireSnap {
+        WireSnap {
+            rx: self.rx.saturating_sub(o.rx),
+            tx: self.tx.saturating_sub(o.tx),
+            sent: self.sent.saturating_sub(o.sent),
+            msgs: self.msgs.saturating_sub(o.msgs),
+            compressed: self.compressed.saturating_sub(o.compressed),
+            inflated: self.inflated.saturating_sub(o.inflated),
+        }
+    }
+}
+
+/// `WIRE[0]`: echo connections and fan-out subscribers; `WIRE[PUBLISHER]`: the fan-out
+/// publisher, apart, so per-delivery bytes are the subscribers' alone.
+pub static WIRE: [Wire; 2] = [Wire::new(), Wire::new()];
+pub const PUBLISHER: usize = 1;
+
+pub fn wire_now() -> [WireSnap; 2] {
+    [WIRE[0].snapshot(), WIRE[1].snapshot()]
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Proto {
@@ -62,6 +151,12 @@ pub struct Target {
     pub headers: String,
     /// Mint a fresh bearer token (its own jti) for every connection's upgrade.
     pub mint: Option<std::sync::Arc<crate::token::Minter>>,
+    /// Offer permessage-deflate in the upgrade (and use it when agreed).
+    pub deflate: bool,
+    /// Echo payloads are market-data JSON (text), the tag at `market::TAG_OFFSET`.
+    pub market: bool,
+    /// Which [`WIRE`] counters this target's connections add to.
+    pub wire: usize,
 }
 
 /// Splits `scheme://host[:port][/path]`; returns (scheme, host, port, path).
@@ -120,9 +215,36 @@ pub fn tls_connector(ca: Option<&std::path::Path>) -> anyhow::Result<TlsConnecto
     Ok(TlsConnector::from(Arc::new(cfg)))
 }
 
-pub enum Stream {
+enum Io {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// A connection's byte stream (plaintext side of TLS), every byte counted into its [`Wire`].
+pub struct Stream {
+    io: Io,
+    wire: &'static Wire,
+}
+
+impl Stream {
+    pub fn plain(s: TcpStream, wire: usize) -> Self {
+        Stream {
+            io: Io::Plain(s),
+            wire: &WIRE[wire],
+        }
+    }
+    pub fn tls(s: tokio_rustls::client::TlsStream<TcpStream>, wire: usize) -> Self {
+        Stream {
+            io: Io::Tls(Box::new(s)),
+            wire: &WIRE[wire],
+        }
+    }
+    pub fn tcp(&self) -> &TcpStream {
+        match &self.io {
+            Io::Plain(s) => s,
+            Io::Tls(s) => s.get_ref().0,
+        }
+    }
 }
 
 impl AsyncRead for Stream {
@@ -131,10 +253,15 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
+        let me = self.get_mut();
+        let before = buf.filled().len();
+        let r = match &mut me.io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        let n = buf.filled().len().saturating_sub(before);
+        me.wire.rx.fetch_add(n as u64, Ordering::Relaxed);
+        r
     }
 }
 
@@ -144,21 +271,26 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        let me = self.get_mut();
+        let r = match &mut me.io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        };
+        if let Poll::Ready(Ok(n)) = &r {
+            me.wire.tx.fetch_add(*n as u64, Ordering::Relaxed);
         }
+        r
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -170,6 +302,8 @@ pub struct Conn {
     pub tmpl: FrameTemplate,
     pub mask: [u8; 4],
     pub ws: bool,
+    /// permessage-deflate, when the server agreed to it.
+    pub deflate: Option<deflate::Agreement>,
 }
 
 impl Conn {
@@ -205,11 +339,7 @@ impl Conn {
         let wire = self.tmpl.with_tag(0).to_vec();
         let _ = self.s.write_all(&wire[..wire.len() / 2]).await;
         let _ = self.s.flush().await;
-        let tcp = match &self.s {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => s.get_ref().0,
-        };
-        let _ = tcp.set_zero_linger();
+        let _ = self.s.tcp().set_zero_linger();
     }
 
     /// Sends one tagged message and waits for its echo; answers pings on the way.
@@ -300,26 +430,33 @@ async fn connect_inner(
     let started = Instant::now();
     let tcp = tcp_connect(t, idx).await?;
     let mut s = match &t.tls {
-        Some(c) => Stream::Tls(Box::new(
+        Some(c) => Stream::tls(
             c.connect(t.server_name.clone(), tcp)
                 .await
                 .map_err(|e| format!("tls: {:?}", e.kind()))?,
-        )),
-        None => Stream::Plain(tcp),
+            t.wire,
+        ),
+        None => Stream::plain(tcp, t.wire),
     };
     let mask = rng.next().to_le_bytes();
     let mask = [mask[0], mask[1], mask[2], mask[3]];
     let ws = t.proto.ws();
     let mut rd = Reader::new(ws, t.payload, t.text, read_cap);
+    rd.set_counters(&WIRE[t.wire]);
+    let mut agreed = None;
     if ws {
         let key = ws::new_key(rng);
         let accept = ws::accept_for(&key);
+        let offer = if t.deflate { deflate::OFFER } else { "" };
         let req = match &t.mint {
             Some(m) => {
-                let headers = format!("{}Authorization: Bearer {}\r\n", t.headers, m.next());
+                let headers = format!("{}Authorization: Bearer {}\r\n{offer}", t.headers, m.next());
                 ws::upgrade_request(&t.host_header, &t.path, &key, &headers)
             }
-            None => ws::upgrade_request(&t.host_header, &t.path, &key, &t.headers),
+            None => {
+                let headers = format!("{}{offer}", t.headers);
+                ws::upgrade_request(&t.host_header, &t.path, &key, &headers)
+            }
         };
         s.write_all(&req)
             .await
@@ -337,12 +474,31 @@ async fn connect_inner(
             }
             rd.filled(n);
             if let Some(head) = ws::check_response(rd.pending(), &accept)? {
+                let answer = ws::header_values(&rd.pending()[..head], "sec-websocket-extensions");
+                agreed = deflate::parse_agreement(&answer, t.deflate)?;
+                if t.deflate {
+                    deflate::count(agreed.as_ref(), &answer);
+                }
                 rd.consume(head);
                 break;
             }
         }
     }
-    let tmpl = FrameTemplate::new(ws, t.payload, t.text, mask);
+    if let Some(a) = &agreed {
+        rd.set_inflater(a.server_no_context_takeover);
+    }
+    let window = agreed.map(|a| a.client_window_bits);
+    let mut tmpl = if t.market {
+        rd.set_tag_offset(market::TAG_OFFSET);
+        let body = market::echo_message(t.payload, idx as u64);
+        FrameTemplate::with_body(ws, body, market::TAG_OFFSET, t.text, mask, window)
+    } else if window.is_some() {
+        let body = (0..t.payload).map(|i| b'a' + (i % 26) as u8).collect();
+        FrameTemplate::with_body(ws, body, 0, t.text, mask, window)
+    } else {
+        FrameTemplate::new(ws, t.payload, t.text, mask)
+    };
+    tmpl.set_counters(&WIRE[t.wire]);
     Ok((
         Conn {
             s,
@@ -350,6 +506,7 @@ async fn connect_inner(
             tmpl,
             mask,
             ws,
+            deflate: agreed,
         },
         started.elapsed(),
     ))
@@ -447,6 +604,55 @@ mod tests {
         assert_eq!(parse_url("ws://localhost/x").unwrap().2, 80);
         assert_eq!(parse_url("wss://[::1]:9/").unwrap().1, "::1");
         assert!(parse_url("nohost").is_err());
+    }
+
+    #[test]
+    fn wire_counts_both_ways_and_messages_apart() {
+        let w = Wire::new();
+        w.message(None);
+        w.message(Some(500));
+        w.rx.fetch_add(10, Ordering::Relaxed);
+        let a = w.snapshot();
+        assert_eq!((a.msgs, a.compressed, a.inflated, a.rx), (2, 1, 500, 10));
+        w.tx.fetch_add(7, Ordering::Relaxed);
+        w.message(Some(100));
+        w.message_sent();
+        let d = w.snapshot() - a;
+        assert_eq!(
+            d,
+            WireSnap {
+                rx: 0,
+                tx: 7,
+                sent: 1,
+                msgs: 1,
+                compressed: 1,
+                inflated: 100
+            }
+        );
+        // a counter that went backwards (never) does not wrap
+        assert_eq!((a - w.snapshot()).tx, 0);
+
+        // the stream counts what really crossed it
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let c = TcpStream::connect(addr).await.unwrap();
+            let (mut srv, _) = l.accept().await.unwrap();
+            let before = WIRE[PUBLISHER].snapshot();
+            let mut s = Stream::plain(c, PUBLISHER);
+            s.write_all(&[1; 300]).await.unwrap();
+            let mut got = [0u8; 300];
+            srv.read_exact(&mut got).await.unwrap();
+            srv.write_all(&[2; 40]).await.unwrap();
+            let mut back = [0u8; 40];
+            s.read_exact(&mut back).await.unwrap();
+            let d = WIRE[PUBLISHER].snapshot() - before;
+            assert_eq!((d.tx, d.rx), (300, 40));
+        });
     }
 
     #[test]

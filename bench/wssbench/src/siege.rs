@@ -289,7 +289,7 @@ async fn hold_one(
                 .connect(t.server_name.clone(), tcp)
                 .await
                 .map_err(|e| format!("tls: {:?}", e.kind()))?;
-            let mut s = Stream::Tls(Box::new(s));
+            let mut s = Stream::tls(s, 0);
             c.opened.fetch_add(1, Ordering::Relaxed);
             let _held = Held::new(c);
             let mut rng = ws::Rng::new(idx as u64);

@@ -4,6 +4,9 @@
 
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
+use wssedge_proto::ws::deflate::MessageInflater;
+
+use crate::net::{Wire, WIRE};
 
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// Largest server frame we accept (bounded buffers).
@@ -64,6 +67,19 @@ pub fn check_response(buf: &[u8], accept: &str) -> Result<Option<usize>, String>
     Ok(Some(pos + 4))
 }
 
+/// The values of every `name` header in a response head (case-insensitive), in order.
+pub fn header_values<'a>(head: &'a [u8], name: &str) -> Vec<&'a str> {
+    let Ok(head) = std::str::from_utf8(head) else {
+        return Vec::new();
+    };
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+        .collect()
+}
+
 /// splitmix64: cheap, good enough for masks and keys (not for secrets).
 pub struct Rng(u64);
 
@@ -122,33 +138,87 @@ pub struct FrameTemplate {
     hdr: usize,
     mask: [u8; 4],
     text: bool,
+    /// Where the tag starts in the payload.
+    tag_off: usize,
+    /// Compression agreed: each send deflates the message anew (the tag changes it).
+    deflate: Option<Deflating>,
+    counters: &'static Wire,
+}
+
+struct Deflating {
+    /// The message in plaintext, tag rewritten in place.
+    plain: Vec<u8>,
+    window_bits: u8,
+    frame: Vec<u8>,
+    scratch: Vec<u8>,
 }
 
 impl FrameTemplate {
+    /// A message of `payload` bytes of filler, the tag first.
     pub fn new(ws: bool, payload: usize, text: bool, mask: [u8; 4]) -> Self {
+        let body = (0..payload).map(|i| b'a' + (i % 26) as u8).collect();
+        Self::with_body(ws, body, 0, text, mask, None)
+    }
+
+    /// A message of `body` whose tag goes at `tag_off`; with `deflate_window` (ws only) every
+    /// send is compressed for that window, RSV1 set.
+    pub fn with_body(
+        ws: bool,
+        body: Vec<u8>,
+        tag_off: usize,
+        text: bool,
+        mask: [u8; 4],
+        deflate_window: Option<u8>,
+    ) -> Self {
         let mask = if ws { mask } else { [0; 4] };
-        let mut buf = Vec::with_capacity(payload + 14);
+        let mut buf = Vec::with_capacity(body.len() + 14);
         if ws {
             buf.push(0x80 | if text { 0x1 } else { 0x2 });
-            push_len(&mut buf, payload, true);
+            push_len(&mut buf, body.len(), true);
             buf.extend_from_slice(&mask);
         }
         let hdr = buf.len();
-        buf.extend((0..payload).map(|i| (b'a' + (i % 26) as u8) ^ mask[i & 3]));
+        buf.extend(body.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        let deflate = deflate_window.filter(|_| ws).map(|window_bits| Deflating {
+            frame: Vec::with_capacity(body.len() + 14),
+            scratch: Vec::with_capacity(body.len()),
+            plain: body,
+            window_bits,
+        });
         FrameTemplate {
             buf,
             hdr,
             mask,
             text,
+            tag_off,
+            deflate,
+            counters: &WIRE[0],
         }
     }
 
-    /// The whole wire message carrying `tag` in its first payload bytes.
+    /// Count sends into these counters.
+    pub fn set_counters(&mut self, w: &'static Wire) {
+        self.counters = w;
+    }
+
+    /// The whole wire message carrying `tag` at its tag offset.
     pub fn with_tag(&mut self, tag: u64) -> &[u8] {
         let mut t = [0u8; 16];
         let n = encode_tag(tag, self.text, &mut t);
+        let off = self.tag_off;
+        self.counters.message_sent();
+        if let Some(d) = &mut self.deflate {
+            d.plain[off..off + n].copy_from_slice(&t[..n]);
+            d.scratch.clear();
+            if crate::deflate::compress(&d.plain, d.window_bits, &mut d.scratch) {
+                d.frame.clear();
+                let op = if self.text { 0x1 } else { 0x2 };
+                data_frame(op, true, &d.scratch, self.mask, &mut d.frame);
+                return &d.frame;
+            }
+        }
         for (i, b) in t[..n].iter().enumerate() {
-            self.buf[self.hdr + i] = b ^ self.mask[i & 3];
+            self.buf[self.hdr + off + i] = b ^ self.mask[(off + i) & 3];
         }
         &self.buf
     }
@@ -169,8 +239,13 @@ fn push_len(buf: &mut Vec<u8>, len: usize, masked: bool) {
 
 /// Appends one masked, final text frame carrying `payload`.
 pub fn text_frame(payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
+    data_frame(0x1, false, payload, mask, out);
+}
+
+/// Appends one masked, final data frame; `rsv1`: its payload is compressed (RFC 7692).
+pub fn data_frame(op: u8, rsv1: bool, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
     out.reserve(payload.len() + 14);
-    out.push(0x80 | 0x1);
+    out.push(0x80 | if rsv1 { 0x40 } else { 0 } | op);
     push_len(out, payload.len(), true);
     out.extend_from_slice(&mask);
     out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
@@ -204,8 +279,19 @@ pub enum Frame<'a> {
     Close(Option<u16>),
 }
 
-/// A server frame's header: (fin, opcode, header length, payload length); `None`: incomplete.
-fn frame_header(avail: &[u8]) -> Result<Option<(bool, u8, usize, usize)>, &'static str> {
+/// A server frame's header.
+struct Header {
+    fin: bool,
+    /// Compressed message (its first frame).
+    rsv1: bool,
+    op: u8,
+    hl: usize,
+    len: usize,
+}
+
+/// A server frame's header; `None`: incomplete. `rsv1_ok`: compression was agreed, so RSV1 may
+/// mark a data message's first frame (never a control frame or a continuation).
+fn frame_header(avail: &[u8], rsv1_ok: bool) -> Result<Option<Header>, &'static str> {
     if avail.len() < 2 {
         return Ok(None);
     }
@@ -213,7 +299,8 @@ fn frame_header(avail: &[u8]) -> Result<Option<(bool, u8, usize, usize)>, &'stat
     if b1 & 0x80 != 0 {
         return Err("masked server frame");
     }
-    if b0 & 0x70 != 0 {
+    let rsv1 = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 || (rsv1 && !(rsv1_ok && matches!(b0 & 0x0f, 0x1 | 0x2))) {
         return Err("reserved bits set");
     }
     let (len, hl) = match b1 & 0x7f {
@@ -243,11 +330,18 @@ fn frame_header(avail: &[u8]) -> Result<Option<(bool, u8, usize, usize)>, &'stat
     if avail.len() < hl + len {
         return Ok(None);
     }
-    Ok(Some((b0 & 0x80 != 0, b0 & 0x0f, hl, len)))
+    Ok(Some(Header {
+        fin: b0 & 0x80 != 0,
+        rsv1,
+        op: b0 & 0x0f,
+        hl,
+        len,
+    }))
 }
 
+/// An uncompressed echo arriving in pieces: its first bytes up to the end of the tag.
 struct Frag {
-    tag: [u8; 16],
+    tag: [u8; 32],
     have: usize,
     len: usize,
 }
@@ -264,6 +358,13 @@ pub struct Reader {
     /// Fan-out mode: a fragmented message being put together (bounded by MAX_FRAME).
     assembly: Vec<u8>,
     assembling: bool,
+    /// Where the echo's tag starts in its payload.
+    tag_off: usize,
+    /// Compression agreed: RSV1 messages are inflated here.
+    inflater: Option<Box<MessageInflater>>,
+    /// A compressed message's first frame arrived, its last not yet.
+    inflating: bool,
+    counters: &'static Wire,
 }
 
 impl Reader {
@@ -278,7 +379,47 @@ impl Reader {
             frag: None,
             assembly: Vec::new(),
             assembling: false,
+            tag_off: 0,
+            inflater: None,
+            inflating: false,
+            counters: &WIRE[0],
         }
+    }
+
+    /// The echo's tag starts `off` bytes into its payload (at most 16).
+    pub fn set_tag_offset(&mut self, off: usize) {
+        self.tag_off = off.min(16);
+    }
+
+    /// Compression was agreed: accept RSV1 messages and inflate them; `reset_each`: the server
+    /// keeps no context between messages.
+    pub fn set_inflater(&mut self, reset_each: bool) {
+        self.inflater = Some(Box::new(MessageInflater::new(reset_each)));
+    }
+
+    /// Count messages into these counters (the publisher's apart from the subscribers').
+    pub fn set_counters(&mut self, w: &'static Wire) {
+        self.counters = w;
+    }
+
+    /// A compressed message's next piece; `Some(message)` once `fin` ends it.
+    fn inflate(
+        inflater: &mut Option<Box<MessageInflater>>,
+        counters: &Wire,
+        data: &[u8],
+        fin: bool,
+    ) -> Result<Option<Vec<u8>>, &'static str> {
+        let inf = inflater.as_mut().ok_or("reserved bits set")?;
+        inf.inflate(data, MAX_FRAME)
+            .map_err(|_| "bad compressed message")?;
+        if !fin {
+            return Ok(None);
+        }
+        inf.finish_message(MAX_FRAME)
+            .map_err(|_| "bad compressed message")?;
+        let m = inf.take_message();
+        counters.message(Some(m.len()));
+        Ok(Some(m))
     }
 
     /// Free space to read into (compacts or grows as needed, bounded).
@@ -314,17 +455,35 @@ impl Reader {
     pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, &'static str> {
         loop {
             let avail = &self.buf[self.start..self.end];
-            let Some((fin, op, hl, len)) = frame_header(avail)? else {
+            let Some(Header {
+                fin,
+                rsv1,
+                op,
+                hl,
+                len,
+            }) = frame_header(avail, self.inflater.is_some())?
+            else {
                 return Ok(None);
             };
             let d0 = self.start + hl;
             self.start += hl + len;
             let data = d0..d0 + len;
             match op {
-                0x1 | 0x2 if self.assembling => {
+                0x1 | 0x2 if self.assembling || self.inflating => {
                     return Err("data frame inside a fragmented message")
                 }
-                0x1 | 0x2 if fin => return Ok(Some(Frame::Data(&self.buf[data]))),
+                0x0..=0x2 if rsv1 || (op == 0 && self.inflating) => {
+                    self.inflating = !fin;
+                    let piece = &self.buf[data];
+                    if let Some(m) = Self::inflate(&mut self.inflater, self.counters, piece, fin)? {
+                        self.assembly = m;
+                        return Ok(Some(Frame::Data(&self.assembly)));
+                    }
+                }
+                0x1 | 0x2 if fin => {
+                    self.counters.message(None);
+                    return Ok(Some(Frame::Data(&self.buf[data])));
+                }
                 0x0..=0x2 => {
                     if op == 0 && !self.assembling {
                         return Err("continuation without a message");
@@ -338,6 +497,7 @@ impl Reader {
                     self.assembly.extend_from_slice(&self.buf[data]);
                     self.assembling = !fin;
                     if fin {
+                        self.counters.message(None);
                         return Ok(Some(Frame::Data(&self.assembly)));
                     }
                 }
@@ -365,28 +525,49 @@ impl Reader {
                 self.start += self.payload;
                 return Ok(Some(Ev::Msg(tag)));
             }
-            let Some((fin, op, hl, len)) = frame_header(avail)? else {
+            let Some(Header {
+                fin,
+                rsv1,
+                op,
+                hl,
+                len,
+            }) = frame_header(avail, self.inflater.is_some())?
+            else {
                 return Ok(None);
             };
             let d0 = self.start + hl;
             self.start += hl + len;
             let data = &self.buf[d0..d0 + len];
-            let tl = tag_len(self.text);
+            let need = self.tag_off + tag_len(self.text);
             match op {
+                0x0..=0x2 if rsv1 || (op == 0 && self.inflating) => {
+                    if op != 0 && (self.frag.is_some() || self.inflating) {
+                        return Err("data frame inside a fragmented message");
+                    }
+                    self.inflating = !fin;
+                    let Some(m) = Self::inflate(&mut self.inflater, self.counters, data, fin)?
+                    else {
+                        continue;
+                    };
+                    if m.len() != self.payload || m.len() < need {
+                        return Err("echo length mismatch");
+                    }
+                    return Ok(Some(Ev::Msg(decode_tag(&m[self.tag_off..], self.text)?)));
+                }
                 0x0..=0x2 => {
-                    if op != 0 && self.frag.is_some() {
+                    if op != 0 && (self.frag.is_some() || self.inflating) {
                         return Err("data frame inside a fragmented message");
                     }
                     let mut f = match (op, self.frag.take()) {
                         (0, Some(f)) => f,
                         (0, None) => return Err("continuation without a message"),
                         _ => Frag {
-                            tag: [0; 16],
+                            tag: [0; 32],
                             have: 0,
                             len: 0,
                         },
                     };
-                    let take = (tl - f.have).min(len);
+                    let take = need.saturating_sub(f.have).min(len);
                     f.tag[f.have..f.have + take].copy_from_slice(&data[..take]);
                     f.have += take;
                     f.len += len;
@@ -394,10 +575,14 @@ impl Reader {
                         self.frag = Some(f);
                         continue;
                     }
-                    if f.len != self.payload {
+                    self.counters.message(None);
+                    if f.len != self.payload || f.have < need {
                         return Err("echo length mismatch");
                     }
-                    return Ok(Some(Ev::Msg(decode_tag(&f.tag, self.text)?)));
+                    return Ok(Some(Ev::Msg(decode_tag(
+                        &f.tag[self.tag_off..],
+                        self.text,
+                    )?)));
                 }
                 0x8 => {
                     let code = (len >= 2).then(|| u16::from_be_bytes([data[0], data[1]]));
@@ -534,6 +719,129 @@ mod tests {
         bad.spare()[..3].copy_from_slice(&[0x80, 1, b'x']);
         bad.filled(3);
         assert!(bad.next_frame().is_err(), "continuation without a message");
+    }
+
+    /// A server's compressed frame(s) of `m`: RSV1 on the first, split in `pieces`.
+    fn server_compressed(op: u8, m: &[u8], pieces: usize) -> Vec<u8> {
+        let mut z = wssedge_proto::ws::deflate::MessageDeflater::new(3, 15, true);
+        let mut c = Vec::new();
+        z.compress_message(m, &mut c);
+        let step = c.len().div_ceil(pieces);
+        let mut out = Vec::new();
+        for (i, chunk) in c.chunks(step).enumerate() {
+            let last = (i + 1) * step >= c.len();
+            let b0 = if i == 0 { 0x40 | op } else { 0 };
+            out.push(if last { 0x80 | b0 } else { b0 });
+            push_len(&mut out, chunk.len(), false);
+            out.extend_from_slice(chunk);
+        }
+        out
+    }
+
+    fn feed(r: &mut Reader, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let s = r.spare();
+            let n = s.len().min(bytes.len());
+            s[..n].copy_from_slice(&bytes[..n]);
+            r.filled(n);
+            bytes = &bytes[n..];
+        }
+    }
+
+    #[test]
+    fn compressed_echo_with_its_tag_inside_market_data() {
+        let body = crate::market::echo_message(512, 9);
+        let mut t = FrameTemplate::with_body(true, body, 8, true, [5, 6, 7, 8], Some(15));
+        let wire = t.with_tag(0x1234_5678_9abc_def0).to_vec();
+        // RSV1 + text, and smaller than the message
+        assert_eq!(wire[0], 0xC1);
+        assert!(wire.len() < 300, "{}", wire.len());
+        // the server's view: unmask, inflate, find the tag, echo it compressed
+        let plain = unmask(&wire);
+        let mut inf = MessageInflater::new(true);
+        inf.inflate(&plain[4..], 1 << 20).unwrap();
+        inf.finish_message(1 << 20).unwrap();
+        let m = inf.take_message();
+        assert_eq!(&m[8..24], b"123456789abcdef0");
+        for pieces in [1, 3] {
+            let mut r = Reader::new(true, 512, true, 64);
+            r.set_tag_offset(8);
+            r.set_inflater(true);
+            let echo = server_compressed(0x1, &m, pieces);
+            let mut fed = 0;
+            while fed < echo.len() {
+                let n = 5.min(echo.len() - fed);
+                feed(&mut r, &echo[fed..fed + n]);
+                fed += n;
+                if let Some(ev) = r.next_event().unwrap() {
+                    assert!(matches!(ev, Ev::Msg(0x1234_5678_9abc_def0)), "{ev:?}");
+                    assert_eq!(fed, echo.len());
+                }
+            }
+        }
+        // an uncompressed echo of the same message still reads, tag at its offset
+        let mut r = Reader::new(true, 512, true, 64);
+        r.set_tag_offset(8);
+        r.set_inflater(true);
+        let mut plain_echo = vec![0x01, 126, 0, 10];
+        plain_echo.extend_from_slice(&m[..10]);
+        plain_echo.extend([0x80, 126, 0x01, 0xf6]);
+        plain_echo.extend_from_slice(&m[10..]);
+        feed(&mut r, &plain_echo);
+        assert!(matches!(
+            r.next_event().unwrap(),
+            Some(Ev::Msg(0x1234_5678_9abc_def0))
+        ));
+    }
+
+    #[test]
+    fn rsv1_only_where_the_rfc_allows_it() {
+        let m = br#"{"topic":"t","seq":1,"data":{"t":5,"n":1}}"#;
+        // not agreed: refused
+        let mut r = Reader::new(true, 0, true, 64);
+        feed(&mut r, &server_compressed(0x1, m, 1));
+        assert_eq!(r.next_frame().unwrap_err(), "reserved bits set");
+        // agreed: inflated, fragments and a ping between them included
+        let mut r = Reader::new(true, 0, true, 256);
+        r.set_inflater(true);
+        let two = server_compressed(0x1, m, 2);
+        let first_len = 2 + usize::from(two[1]);
+        feed(&mut r, &two[..first_len]);
+        feed(&mut r, &[0x89, 1, b'p']);
+        feed(&mut r, &two[first_len..]);
+        assert!(matches!(r.next_frame().unwrap(), Some(Frame::Ping(_))));
+        assert!(matches!(r.next_frame().unwrap(), Some(Frame::Data(d)) if d == m));
+        assert!(r.next_frame().unwrap().is_none());
+        // on a control frame, on a continuation, and RSV2 anywhere: refused
+        for bad in [
+            vec![0xC9, 0],
+            vec![0x01, 1, b'a', 0xC0, 1, b'b'],
+            vec![0xA1, 1, b'a'],
+        ] {
+            let mut r = Reader::new(true, 0, true, 64);
+            r.set_inflater(true);
+            feed(&mut r, &bad);
+            let mut res = r.next_frame();
+            while let Ok(Some(_)) = res {
+                res = r.next_frame();
+            }
+            assert!(res.is_err(), "{bad:?}");
+        }
+        // not DEFLATE data
+        let mut r = Reader::new(true, 0, true, 64);
+        r.set_inflater(true);
+        feed(&mut r, &[0xC1, 2, 0xff, 0xff]);
+        assert_eq!(r.next_frame().unwrap_err(), "bad compressed message");
+    }
+
+    #[test]
+    fn extension_answers_in_the_head() {
+        let head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nsec-websocket-extensions: permessage-deflate; server_no_context_takeover\r\nX: y\r\n\r\n";
+        assert_eq!(
+            header_values(head, "Sec-WebSocket-Extensions"),
+            ["permessage-deflate; server_no_context_takeover"]
+        );
+        assert!(header_values(head, "sec-websocket-protocol").is_empty());
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! (`WSSEDGE_UWS_GIT` / `WSSEDGE_USOCKETS_GIT`, by default the `.mirror` next to the workspace
 //! where the `fetch` tool puts them). Built once into `target/bench/uws/` (g++, make and
 //! libssl-dev from apt when missing); rebuilt when the server source changes. Without the
-//! snapshots the peer is skipped with the reason.
+//! snapshots the peer is skipped with the reason. The same source with
+//! `-DWSSEDGE_UWS_DEFLATE` and zlib is the compression scenario's uWebSockets
+//! (`SHARED_COMPRESSOR`), built into `target/bench/uws-deflate/` (zlib1g-dev when missing).
 //!
 //! nchan: Debian's `nginx` and `libnginx-mod-nchan`, installed without starting the packaged
 //! service (a `policy-rc.d` that says no for the length of the install).
@@ -48,10 +50,23 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
 
 /// The built `uws_pubsub`, or why there is none.
 pub fn ensure_uws(env: &Env) -> Result<PathBuf, String> {
-    let dir = env.target.join("bench").join("uws");
+    build_uws(env, false)
+}
+
+/// `uws_pubsub` with permessage-deflate (`SHARED_COMPRESSOR`, publications compressed), or why
+/// there is none.
+pub fn ensure_uws_deflate(env: &Env) -> Result<PathBuf, String> {
+    build_uws(env, true)
+}
+
+fn build_uws(env: &Env, deflate: bool) -> Result<PathBuf, String> {
+    let dir = env
+        .target
+        .join("bench")
+        .join(if deflate { "uws-deflate" } else { "uws" });
     let bin = dir.join("uws_pubsub");
     let stamp = dir.join("built-from");
-    let want = format!("{UWS_REV}\n{}", fnv(UWS_SOURCE));
+    let want = format!("{UWS_REV}\n{}\ndeflate={deflate}", fnv(UWS_SOURCE));
     if bin.is_file() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
         return Ok(bin);
     }
@@ -66,6 +81,7 @@ pub fn ensure_uws(env: &Env) -> Result<PathBuf, String> {
         .filter(|(tool, _)| which(tool).is_none())
         .map(|(_, pkg)| pkg)
         .chain((!Path::new("/usr/include/openssl/ssl.h").exists()).then_some("libssl-dev"))
+        .chain((deflate && !Path::new("/usr/include/zlib.h").exists()).then_some("zlib1g-dev"))
         .collect();
     if !missing.is_empty() {
         if !is_root() {
@@ -77,7 +93,14 @@ pub fn ensure_uws(env: &Env) -> Result<PathBuf, String> {
         banner(&format!("installing {} for uWebSockets", missing.join(" ")));
         apt_install(&missing).map_err(|e| format!("apt-get install: {e:#}"))?;
     }
-    banner(&format!("building uWebSockets {UWS_REV} pub/sub peer"));
+    banner(&format!(
+        "building uWebSockets {UWS_REV} pub/sub peer{}",
+        if deflate {
+            " with SHARED_COMPRESSOR"
+        } else {
+            ""
+        }
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let src = dir.join("src");
@@ -114,6 +137,12 @@ pub fn ensure_uws(env: &Env) -> Result<PathBuf, String> {
     )?;
     let cpp = dir.join("uws_pubsub.cpp");
     std::fs::write(&cpp, UWS_SOURCE).map_err(|e| e.to_string())?;
+    // Without zlib uWS turns any compression option off; with it, `-lz`.
+    let (defines, zlib): (&[&str], &[&str]) = if deflate {
+        (&["-DLIBUS_USE_OPENSSL", "-DWSSEDGE_UWS_DEFLATE"], &["-lz"])
+    } else {
+        (&["-DLIBUS_USE_OPENSSL", "-DUWS_NO_ZLIB"], &[])
+    };
     run(
         Command::new("g++")
             .args([
@@ -123,12 +152,14 @@ pub fn ensure_uws(env: &Env) -> Result<PathBuf, String> {
                 "-flto=1",
                 "-flto-partition=one",
             ])
-            .args(["-DLIBUS_USE_OPENSSL", "-DUWS_NO_ZLIB"])
+            .args(defines)
             .arg(format!("-I{}", u.join("src").display()))
             .arg(format!("-I{}", u.join("uSockets/src").display()))
             .arg(&cpp)
             .arg(u.join("uSockets/uSockets.a"))
-            .args(["-lssl", "-lcrypto", "-o"])
+            .args(["-lssl", "-lcrypto"])
+            .args(zlib)
+            .arg("-o")
             .arg(&bin),
         "g++ uws_pubsub",
     )?;

@@ -73,6 +73,11 @@ const OURS_SCENARIOS: &[Scenario] = &[
     Scenario::ProxyClosed,
 ];
 const FANOUT_SCENARIOS: &[Scenario] = &[Scenario::Fanout];
+/// uWebSockets without compression is both a fan-out peer and the compression set's "off".
+const UWS_SCENARIOS: &[Scenario] = &[Scenario::Fanout, Scenario::CompressionFanout];
+const COMPRESSION_ECHO_SCENARIOS: &[Scenario] =
+    &[Scenario::CompressionEcho, Scenario::CompressionIdle];
+const COMPRESSION_FANOUT_SCENARIOS: &[Scenario] = &[Scenario::CompressionFanout];
 /// The single-node pub/sub peer is the fleet cells' baseline too.
 const PUBSUB_SCENARIOS: &[Scenario] = &[Scenario::Fanout, Scenario::Fleet];
 const FLEET_SCENARIOS: &[Scenario] = &[Scenario::Fleet];
@@ -98,6 +103,27 @@ const NCHAN: &str = "nchan";
 const FANOUT_TOPIC: &str = "trades.BTC-USD";
 const PROXY_SCENARIOS: &[Scenario] = &[Scenario::Proxy, Scenario::ProxyClosed];
 
+/// The compression set: wssedge's echo and pub/sub modes from one config each, `[compression]
+/// enabled = false | true` (context_takeover "none"), and uWebSockets with SHARED_COMPRESSOR
+/// beside the plain one. The generator offers permessage-deflate to all of them; "off" servers
+/// do not read the offer.
+const WSSEDGE_DEFLATE_OFF: &str = "wssedge-deflate-off";
+const WSSEDGE_DEFLATE_ON: &str = "wssedge-deflate-on";
+const WSSEDGE_PUBSUB_DEFLATE_OFF: &str = "wssedge-pubsub-deflate-off";
+const WSSEDGE_PUBSUB_DEFLATE_ON: &str = "wssedge-pubsub-deflate-on";
+const UWS_DEFLATE: &str = "uws-deflate";
+/// Default payload of the compression cells: a market-data book snapshot of this size (above
+/// the edge's `min_bytes`, the size of a typical top-of-book update with a few levels).
+const COMPRESSION_PAYLOAD: u64 = 512;
+/// Offered msg/s of the compression echo (50 connections): well under a core, so CPU per
+/// message and latency are not queueing.
+const COMPRESSION_RATE: f64 = 5000.0;
+/// Idle connections of the compression idle cell, `--quick` too: the on − off difference is
+/// compared with 1 KiB per connection, and at 2,000 connections fixed costs (the core's shared
+/// zlib state) and the allocator's noise alone came to about that (+1.1 KB at 2,000, +3 B at
+/// 5,000, −0.7 KB at 10,000 connections here).
+const COMPRESSION_IDLE_N: u64 = 10_000;
+
 /// The proxy set's peers (besides wssedge's echo mode), in their table order.
 const WSSEDGE_PROXY: &str = "wssedge-proxy";
 const NGINX_PROXY: &str = "nginx-proxy";
@@ -107,7 +133,7 @@ const DIRECT_BACKEND: &str = "direct-backend";
 const WSSEDGE_BEFORE: &str = "wssedge-before";
 const WSSEDGE_PROXY_BEFORE: &str = "wssedge-proxy-before";
 
-const PEERS: [PeerDef; 20] = [
+const PEERS: [PeerDef; 25] = [
     PeerDef {
         key: OURS,
         label: "wssedge (userspace TLS)",
@@ -220,13 +246,43 @@ const PEERS: [PeerDef; 20] = [
         key: UWS,
         label: "uWebSockets pub/sub",
         proto: "wss",
-        scenarios: FANOUT_SCENARIOS,
+        scenarios: UWS_SCENARIOS,
     },
     PeerDef {
         key: NCHAN,
         label: "nginx + nchan",
         proto: "wss",
         scenarios: FANOUT_SCENARIOS,
+    },
+    PeerDef {
+        key: WSSEDGE_DEFLATE_OFF,
+        label: "wssedge echo, compression off",
+        proto: "wss",
+        scenarios: COMPRESSION_ECHO_SCENARIOS,
+    },
+    PeerDef {
+        key: WSSEDGE_DEFLATE_ON,
+        label: "wssedge echo, compression on",
+        proto: "wss",
+        scenarios: COMPRESSION_ECHO_SCENARIOS,
+    },
+    PeerDef {
+        key: WSSEDGE_PUBSUB_DEFLATE_OFF,
+        label: "wssedge pub/sub, compression off",
+        proto: "wss",
+        scenarios: COMPRESSION_FANOUT_SCENARIOS,
+    },
+    PeerDef {
+        key: WSSEDGE_PUBSUB_DEFLATE_ON,
+        label: "wssedge pub/sub, compression on",
+        proto: "wss",
+        scenarios: COMPRESSION_FANOUT_SCENARIOS,
+    },
+    PeerDef {
+        key: UWS_DEFLATE,
+        label: "uWebSockets pub/sub, SHARED_COMPRESSOR",
+        proto: "wss",
+        scenarios: COMPRESSION_FANOUT_SCENARIOS,
     },
 ];
 
@@ -275,6 +331,12 @@ struct Opts {
     /// `fleet-upgrades`: upgrades/s offered (above what the server CPU can take, it measures
     /// the ceiling).
     upgrade_rate: f64,
+    /// Compression set: market-data payload sizes, the echo's offered msg/s, fan-out cells.
+    compression_payloads: Vec<u64>,
+    compression_rate: f64,
+    compression_fanout: Vec<(u64, f64)>,
+    /// Connections of the compression idle cell (`--idle-connections` sets both).
+    compression_idle_n: u64,
 }
 
 /// Peers that run only when `--before` names the other build.
@@ -345,6 +407,14 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         } else {
             FLEET_UPGRADE_RATE
         },
+        compression_payloads: vec![COMPRESSION_PAYLOAD],
+        compression_rate: COMPRESSION_RATE,
+        // The issue's 1,000 subscribers at 50k deliveries/s: about half a core for wssedge
+        // without compression (one send per delivery at this spacing), and the generator,
+        // which decrypts and inflates every delivery on one core, not the bottleneck (at
+        // 100/s it was, with compression).
+        compression_fanout: vec![(1000, 50.0)],
+        compression_idle_n: COMPRESSION_IDLE_N,
     };
     let mut peers_given = false;
     let mut it = args.iter();
@@ -375,7 +445,7 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
                 o.payloads = list(flag, &value()?)?;
                 o.fanout_payloads = o.payloads.clone();
             }
-            "--fanout" | "--fleet" => {
+            "--fanout" | "--fleet" | "--compression-fanout" => {
                 let v: Vec<String> = list(flag, &value()?)?;
                 let cells = v
                     .iter()
@@ -391,11 +461,27 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
                         Ok((n, r))
                     })
                     .collect::<Result<Vec<_>>>()?;
-                if flag == "--fleet" {
-                    o.fleet = cells;
-                } else {
-                    o.fanout = cells;
+                match flag {
+                    "--fleet" => o.fleet = cells,
+                    "--compression-fanout" => o.compression_fanout = cells,
+                    _ => o.fanout = cells,
                 }
+            }
+            "--compression-payload" => {
+                let v: Vec<u64> = list(flag, &value()?)?;
+                if v.iter().any(|b| !(256..=1 << 20).contains(b)) {
+                    bail!(
+                        "--compression-payload: bytes in [256, 1048576] (market data needs room)"
+                    );
+                }
+                o.compression_payloads = v;
+            }
+            "--compression-rate" => {
+                let r: f64 = list(flag, &value()?)?[0];
+                if !(r > 0.0 && r <= 1e6) {
+                    bail!("--compression-rate: msg/s in (0, 1e6]");
+                }
+                o.compression_rate = r;
             }
             "--rates" => o.rates = list(flag, &value()?)?,
             "--upgrade-rate" => {
@@ -420,7 +506,10 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
                 o.duration = d;
                 o.closed_duration = d;
             }
-            "--idle-connections" => o.idle_n = list(flag, &value()?)?[0],
+            "--idle-connections" => {
+                o.idle_n = list(flag, &value()?)?[0];
+                o.compression_idle_n = o.idle_n;
+            }
             "--before" => o.before = Some(value()?),
             "--peers" => {
                 peers_given = true;
@@ -444,9 +533,13 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
                 let v: Vec<String> = list(flag, &value()?)?;
                 let mut s = Vec::new();
                 for name in &v {
+                    if name == "compression" {
+                        s.extend(Scenario::COMPRESSION);
+                        continue;
+                    }
                     s.push(Scenario::parse(name).with_context(|| {
                         format!(
-                            "unknown scenario {name:?} ({})",
+                            "unknown scenario {name:?} ({}, compression)",
                             Scenario::ALL.map(|s| s.name()).join(", ")
                         )
                     })?);
@@ -558,6 +651,24 @@ fn plan(o: &Opts) -> Vec<Planned> {
                 Some(o.upgrade_rate),
                 None,
             )),
+            Scenario::CompressionEcho => {
+                for p in &o.compression_payloads {
+                    groups.push(base(*p, o.connections, Some(o.compression_rate), None));
+                }
+            }
+            Scenario::CompressionIdle => groups.push(base(
+                o.compression_payloads[0],
+                o.compression_idle_n,
+                None,
+                None,
+            )),
+            Scenario::CompressionFanout => {
+                for p in &o.compression_payloads {
+                    for (n, r) in &o.compression_fanout {
+                        groups.push(base(*p, *n, Some(*r), None));
+                    }
+                }
+            }
         }
     }
     groups.retain(|g| !g.peers.is_empty());
@@ -573,13 +684,17 @@ fn plan(o: &Opts) -> Vec<Planned> {
 fn cell_secs(o: &Opts, g: &Planned) -> f64 {
     let overhead = 0.5;
     match g.scenario {
-        Scenario::Rate | Scenario::Storm | Scenario::Proxy | Scenario::FleetUpgrades => {
-            o.warmup + o.duration + overhead
-        }
+        Scenario::Rate
+        | Scenario::Storm
+        | Scenario::Proxy
+        | Scenario::FleetUpgrades
+        | Scenario::CompressionEcho => o.warmup + o.duration + overhead,
         Scenario::Closed | Scenario::ProxyClosed => o.warmup + o.closed_duration + overhead,
         // Opening N TLS connections at a few thousand per second, then the hold.
-        Scenario::Idle => g.connections as f64 / 2000.0 + o.idle_hold + overhead,
-        Scenario::Fanout | Scenario::Fleet => {
+        Scenario::Idle | Scenario::CompressionIdle => {
+            g.connections as f64 / 2000.0 + o.idle_hold + overhead
+        }
+        Scenario::Fanout | Scenario::Fleet | Scenario::CompressionFanout => {
             g.connections as f64 / 2000.0 + o.warmup + o.duration + overhead
         }
     }
@@ -610,6 +725,8 @@ struct Ctx {
     nchan: Option<(PathBuf, PathBuf)>,
     /// The built uWebSockets pub/sub peer.
     uws: Option<PathBuf>,
+    /// The same with SHARED_COMPRESSOR (the compression set).
+    uws_deflate: Option<PathBuf>,
     /// `redis-server` (the fleet scenario's).
     redis: Option<PathBuf>,
     /// The `--before` build's wssedge binary.
@@ -932,14 +1049,23 @@ fn start_server(ctx: &Ctx, peer: &str, tag: &str) -> Result<Server> {
             Ok(stack(g, addr, backend))
         }
         WSSEDGE_PUBSUB | WSSEDGE_PUBSUB_BEFORE => {
-            let secret = fanout_secret(ctx)?;
+            let conf = pubsub_conf(&fanout_secret(ctx)?, "");
+            let (g, addr) = start_wssedge(&conf, "server")?;
+            Ok(Server::alone(g, addr))
+        }
+        WSSEDGE_PUBSUB_DEFLATE_OFF | WSSEDGE_PUBSUB_DEFLATE_ON => {
+            let on = peer == WSSEDGE_PUBSUB_DEFLATE_ON;
+            let conf = pubsub_conf(&fanout_secret(ctx)?, &compression_conf(on));
+            let (g, addr) = start_wssedge(&conf, "server")?;
+            Ok(Server::alone(g, addr))
+        }
+        WSSEDGE_DEFLATE_OFF | WSSEDGE_DEFLATE_ON => {
+            // Echo mode (no upstream, no routes), both twins from a config so that only
+            // `[compression]` differs between them.
             let conf = format!(
                 "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\ncores = 1\n\n\
-                 [limits]\nmax_connections = 200000\n\n\
-                 [jwt]\nhs_secret_file = \"{}\"\n\n\
-                 [pubsub]\nhistory = 1000\n\n\
-                 [[routes]]\nprefix = \"/md\"\npubsub = true\n",
-                secret.display()
+                 [limits]\nmax_connections = 200000\n\n{}",
+                compression_conf(peer == WSSEDGE_DEFLATE_ON)
             );
             let (g, addr) = start_wssedge(&conf, "server")?;
             Ok(Server::alone(g, addr))
@@ -979,8 +1105,13 @@ fn start_server(ctx: &Ctx, peer: &str, tag: &str) -> Result<Server> {
             })
         }
         BROADCAST => single("peer-broadcast", peer_cmd("peer-broadcast", true)),
-        UWS => {
-            let bin = ctx.uws.as_ref().context("uWebSockets was not built")?;
+        UWS | UWS_DEFLATE => {
+            let bin = if peer == UWS {
+                ctx.uws.as_ref()
+            } else {
+                ctx.uws_deflate.as_ref()
+            }
+            .context("uWebSockets was not built")?;
             let mut c = ctx.pinned(SERVER_CPU, bin);
             // Port 0: it prints the port it bound. Backpressure limit 4 MiB, closing at it
             // (its default drops messages silently).
@@ -1011,6 +1142,25 @@ fn start_server(ctx: &Ctx, peer: &str, tag: &str) -> Result<Server> {
         }
         other => bail!("unknown peer {other}"),
     }
+}
+
+/// wssedge's pub/sub set-up: `/md` a pub/sub route, the publisher's token HS256; `extra`
+/// appended (a `[compression]` section).
+fn pubsub_conf(secret: &Path, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\ncores = 1\n\n\
+         [limits]\nmax_connections = 200000\n\n\
+         [jwt]\nhs_secret_file = \"{}\"\n\n\
+         [pubsub]\nhistory = 1000\n\n\
+         [[routes]]\nprefix = \"/md\"\npubsub = true\n\n{extra}",
+        secret.display()
+    )
+}
+
+/// The compression set's `[compression]`: on or off for every path, the defaults otherwise
+/// (min_bytes 128, level 3), no context kept on either side.
+fn compression_conf(on: bool) -> String {
+    format!("[compression]\nenabled = {on}\ncontext_takeover = \"none\"\n")
 }
 
 /// The HS256 secret wssedge-pubsub verifies and the generator signs its token with (the
@@ -1068,7 +1218,7 @@ fn tag(g: &Planned, peer: &str) -> String {
     if let Some(d) = g.depth {
         t.push_str(&format!("-d{d}"));
     }
-    if g.scenario == Scenario::Idle {
+    if g.scenario.is_idle() {
         t.push_str(&format!("-n{}", g.connections));
     }
     format!("{t}-{peer}")
@@ -1100,11 +1250,15 @@ fn measure(ctx: &Ctx, o: &Opts, g: &Planned, peer: &str, cell: &mut Cell) -> Res
         p => format!("{p}://{}", server.addr),
     };
     let (mode, duration, warmup) = match g.scenario {
-        Scenario::Rate | Scenario::Proxy => ("open", o.duration, o.warmup),
-        Scenario::Fanout | Scenario::Fleet => ("fanout", o.duration, o.warmup),
+        Scenario::Rate | Scenario::Proxy | Scenario::CompressionEcho => {
+            ("open", o.duration, o.warmup)
+        }
+        Scenario::Fanout | Scenario::Fleet | Scenario::CompressionFanout => {
+            ("fanout", o.duration, o.warmup)
+        }
         Scenario::Closed | Scenario::ProxyClosed => ("closed", o.closed_duration, o.warmup),
         Scenario::Storm | Scenario::FleetUpgrades => ("storm", o.duration, o.warmup),
-        Scenario::Idle => ("idle", o.idle_hold, 0.0),
+        Scenario::Idle | Scenario::CompressionIdle => ("idle", o.idle_hold, 0.0),
     };
     let json_path = ctx.logs.join(format!("{t}.json"));
     let _ = std::fs::remove_file(&json_path);
@@ -1128,8 +1282,11 @@ fn measure(ctx: &Ctx, o: &Opts, g: &Planned, peer: &str, cell: &mut Cell) -> Res
     if let Some(d) = g.depth {
         cmd.args(["--depth", &d.to_string()]);
     }
-    if g.scenario == Scenario::Idle {
+    if g.scenario.is_idle() {
         cmd.args(["--hold", &o.idle_hold.to_string()]);
+    }
+    if g.scenario.is_compression() {
+        cmd.args(["--deflate", "--market-data"]);
     }
     if g.scenario.is_fanout() {
         let wire = if peer == NCHAN { "nchan" } else { "json" };
@@ -1139,6 +1296,8 @@ fn measure(ctx: &Ctx, o: &Opts, g: &Planned, peer: &str, cell: &mut Cell) -> Res
             WSSEDGE_PUBSUB_BEFORE,
             FLEET_SAME,
             FLEET_CROSS,
+            WSSEDGE_PUBSUB_DEFLATE_OFF,
+            WSSEDGE_PUBSUB_DEFLATE_ON,
         ]
         .contains(&peer)
         {
@@ -1165,7 +1324,7 @@ fn measure(ctx: &Ctx, o: &Opts, g: &Planned, peer: &str, cell: &mut Cell) -> Res
         t0 = Instant::now();
     }
     let mut limit = t0 + nominal + GEN_GRACE;
-    if g.scenario == Scenario::Idle {
+    if g.scenario.is_idle() {
         // Wait for all connections, then take the "during" sample.
         // wssbench itself gives up on setup after connect timeout + 60 s + N/500 s.
         limit += Duration::from_secs(90 + g.connections / 200);
@@ -1413,6 +1572,10 @@ fn peer_bins(peer: &str) -> &'static [&'static str] {
         WSSEDGE_BEFORE | WSSEDGE_PUBSUB_BEFORE => &[],
         WSSEDGE_PROXY_BEFORE => &["echo-plain"],
         WSSEDGE_PUBSUB | FLEET_SAME | FLEET_CROSS | FLEET_CHECKS | FLEET_NOCHECKS => &["wssedge"],
+        WSSEDGE_DEFLATE_OFF
+        | WSSEDGE_DEFLATE_ON
+        | WSSEDGE_PUBSUB_DEFLATE_OFF
+        | WSSEDGE_PUBSUB_DEFLATE_ON => &["wssedge"],
         BROADCAST => &["peer-broadcast"],
         _ => &[],
     }
@@ -1543,7 +1706,7 @@ fn print_plan(o: &Opts, groups: &[Planned]) {
     );
     for g in groups {
         let what = match g.scenario {
-            Scenario::Fanout | Scenario::Fleet => format!(
+            Scenario::Fanout | Scenario::Fleet | Scenario::CompressionFanout => format!(
                 "{}: {} subscribers × {} publications/s, {} B, {} s (+{} s warmup)",
                 g.scenario.name(),
                 g.connections,
@@ -1552,7 +1715,7 @@ fn print_plan(o: &Opts, groups: &[Planned]) {
                 o.duration,
                 o.warmup
             ),
-            Scenario::Rate | Scenario::Proxy => format!(
+            Scenario::Rate | Scenario::Proxy | Scenario::CompressionEcho => format!(
                 "{}: open loop {} msg/s, {} conns, {} B, {} s (+{} s warmup)",
                 g.scenario.name(),
                 g.rate.unwrap_or(0.0),
@@ -1577,7 +1740,12 @@ fn print_plan(o: &Opts, groups: &[Planned]) {
                 o.duration,
                 o.warmup
             ),
-            Scenario::Idle => format!("idle: {} connections held {} s", g.connections, o.idle_hold),
+            Scenario::Idle | Scenario::CompressionIdle => format!(
+                "{}: {} connections held {} s",
+                g.scenario.name(),
+                g.connections,
+                o.idle_hold
+            ),
         };
         eprintln!("  {what} × [{}]", g.peers.join(", "));
     }
@@ -1589,8 +1757,10 @@ pub fn run(args: &[String]) -> Result<bool> {
         eprintln!(
             "usage: cargo xtask bench [--quick] [--connections N] [--payload B,...] [--rates R,...] \
              [--proxy-rate R] [--upgrade-rate R] [--duration S] [--no-build] [--peers {}] [--scenarios {}] \
-             [--idle-connections N] [--before REV|BINARY]\n\
+             [--idle-connections N] [--before REV|BINARY] [--compression-payload B,...] \
+             [--compression-rate R] [--compression-fanout SUBSxRATE,...]\n\
              The proxy set alone: --scenarios proxy,proxy-closed\n\
+             The compression set alone (off vs on, echo, idle, fan-out): --scenarios compression\n\
              --before adds wssedge-before and wssedge-proxy-before: the same modes from another \
              build (a binary, or a git revision built under target/bench/before/), and a \
              before/after table",
@@ -1640,6 +1810,7 @@ pub fn run(args: &[String]) -> Result<bool> {
         }
     }
     let fanout_on = o.scenarios.contains(&Scenario::Fanout);
+    let compression_fanout_on = o.scenarios.contains(&Scenario::CompressionFanout);
     let mut nchan = None;
     if fanout_on && o.peers.iter().any(|p| p == NCHAN) {
         match fanout::ensure_nchan() {
@@ -1648,10 +1819,17 @@ pub fn run(args: &[String]) -> Result<bool> {
         }
     }
     let mut uws = None;
-    if fanout_on && o.peers.iter().any(|p| p == UWS) {
+    if (fanout_on || compression_fanout_on) && o.peers.iter().any(|p| p == UWS) {
         match fanout::ensure_uws(&env) {
             Ok(b) => uws = Some(b),
             Err(why) => skipped.push((UWS.into(), why)),
+        }
+    }
+    let mut uws_deflate = None;
+    if compression_fanout_on && o.peers.iter().any(|p| p == UWS_DEFLATE) {
+        match fanout::ensure_uws_deflate(&env) {
+            Ok(b) => uws_deflate = Some(b),
+            Err(why) => skipped.push((UWS_DEFLATE.into(), why)),
         }
     }
     let mut redis = None;
@@ -1685,6 +1863,10 @@ pub fn run(args: &[String]) -> Result<bool> {
         FLEET_CROSS,
         FLEET_CHECKS,
         FLEET_NOCHECKS,
+        WSSEDGE_DEFLATE_OFF,
+        WSSEDGE_DEFLATE_ON,
+        WSSEDGE_PUBSUB_DEFLATE_OFF,
+        WSSEDGE_PUBSUB_DEFLATE_ON,
     ];
     if !o.peers.iter().any(|p| ours.contains(&p.as_str())) {
         bail!("no wssedge peer (wssedge, wssedge-proxy, wssedge-pubsub, wssedge-fleet-*) is among the peers to run");
@@ -1692,9 +1874,15 @@ pub fn run(args: &[String]) -> Result<bool> {
     if o.scenarios.contains(&Scenario::Idle) {
         raise_nofile(o.idle_n);
     }
+    if o.scenarios.contains(&Scenario::CompressionIdle) {
+        raise_nofile(o.compression_idle_n);
+    }
     if o.scenarios.contains(&Scenario::Fanout) {
         // One descriptor per subscriber in the server and in the generator (nginx: the same).
         raise_nofile(o.fanout.iter().map(|c| c.0).max().unwrap_or(0));
+    }
+    if compression_fanout_on {
+        raise_nofile(o.compression_fanout.iter().map(|c| c.0).max().unwrap_or(0));
     }
 
     let ctx = Ctx {
@@ -1708,6 +1896,7 @@ pub fn run(args: &[String]) -> Result<bool> {
         nginx,
         nchan,
         uws,
+        uws_deflate,
         redis,
         before,
         env,
@@ -1800,6 +1989,7 @@ pub fn run(args: &[String]) -> Result<bool> {
     md.push_str(&report::fanout_markdown(&cells, &label));
     md.push_str(&report::fleet_markdown(&cells, &label));
     md.push_str(&report::fleet_upgrades_markdown(&cells, &label));
+    md.push_str(&report::compression_markdown(&cells, &label));
     md.push_str(&report::before_after_markdown(&cells, &label));
 
     let mut plots = Vec::new();
@@ -1874,6 +2064,9 @@ pub fn run(args: &[String]) -> Result<bool> {
             "idle_hold_s": o.idle_hold,
             "fanout": o.fanout.iter().map(|(n, r)| json!({"subscribers": n, "rate": r})).collect::<Vec<_>>(),
             "fanout_payloads": o.fanout_payloads,
+            "compression_payloads": o.compression_payloads,
+            "compression_rate": o.compression_rate,
+            "compression_fanout": o.compression_fanout.iter().map(|(n, r)| json!({"subscribers": n, "rate": r})).collect::<Vec<_>>(),
             "peers": o.peers,
             "scenarios": o.scenarios.iter().map(|s| s.name()).collect::<Vec<_>>(),
         },
@@ -1881,6 +2074,7 @@ pub fn run(args: &[String]) -> Result<bool> {
         "labels": PEERS.iter().map(|p| (p.key.to_string(), Value::from(p.label))).collect::<serde_json::Map<_, _>>(),
         "cells": cells.iter().map(report::cell_json).collect::<Vec<_>>(),
         "proxy": report::proxy_json(&cells),
+        "compression": report::compression_json(&cells),
         "plots": plots,
     });
     std::fs::write(out.join("report.md"), &md)?;
@@ -1918,7 +2112,7 @@ fn summary(c: &Cell) -> String {
         return "no result".into();
     };
     match c.scenario {
-        Some(Scenario::Idle) => c
+        Some(Scenario::Idle | Scenario::CompressionIdle) => c
             .mem
             .as_ref()
             .map(|m| {
@@ -2026,8 +2220,8 @@ mod tests {
         let o = parse_opts(&s(&["--quick"])).unwrap();
         let p = plan(&o);
         // 2 rates + 2 depths + storm + idle + proxy rate + 2 proxy depths + one fan-out cell
-        // + one fleet cell + one fleet-upgrades cell.
-        assert_eq!(p.len(), 12);
+        // + one fleet cell + one fleet-upgrades cell + the three compression cells.
+        assert_eq!(p.len(), 15);
         let upgrades = p
             .iter()
             .find(|g| g.scenario == Scenario::FleetUpgrades)
@@ -2077,14 +2271,14 @@ mod tests {
             .iter()
             .map(|g| cell_secs(&o, g) * g.peers.len() as f64)
             .sum();
-        // The fan-out set adds about 20 s, the fleet's about 13 s.
-        assert!(eta < 150.0, "quick ETA {eta}");
+        // The fan-out set adds about 20 s, the fleet's about 13 s, compression's about 22 s.
+        assert!(eta < 170.0, "quick ETA {eta}");
         let full: f64 = plan(&parse_opts(&[]).unwrap())
             .iter()
             .map(|g| cell_secs(&parse_opts(&[]).unwrap(), g) * g.peers.len() as f64)
             .sum();
-        // Fan-out: 2 payloads × 3 cells × 4 peers, about 210 s.
-        assert!((450.0..640.0).contains(&full), "default ETA {full}");
+        // Fan-out: 2 payloads × 3 cells × 4 peers, about 210 s; compression about 60 s.
+        assert!((500.0..700.0).contains(&full), "default ETA {full}");
         // The proxy set alone, at another rate.
         let o = parse_opts(&s(&[
             "--quick",
@@ -2108,6 +2302,79 @@ mod tests {
         assert_eq!(storm.len(), 1);
         assert_eq!(storm[0].rate, Some(4000.0));
         assert!(parse_opts(&s(&["--upgrade-rate", "0"])).is_err());
+    }
+
+    #[test]
+    fn compression_set_pairs_each_server_off_and_on() {
+        let o = parse_opts(&s(&["--quick", "--scenarios", "compression"])).unwrap();
+        assert_eq!(o.scenarios, Scenario::COMPRESSION);
+        let p = plan(&o);
+        let peers = |sc: Scenario| {
+            let g = p.iter().find(|g| g.scenario == sc).unwrap();
+            let mut v = g.peers.clone();
+            v.sort();
+            (v, g.payload, g.connections, g.rate)
+        };
+        assert_eq!(
+            peers(Scenario::CompressionEcho),
+            (
+                s(&[WSSEDGE_DEFLATE_OFF, WSSEDGE_DEFLATE_ON]),
+                COMPRESSION_PAYLOAD,
+                50,
+                Some(COMPRESSION_RATE)
+            )
+        );
+        assert_eq!(
+            peers(Scenario::CompressionIdle),
+            (
+                s(&[WSSEDGE_DEFLATE_OFF, WSSEDGE_DEFLATE_ON]),
+                COMPRESSION_PAYLOAD,
+                COMPRESSION_IDLE_N,
+                None
+            )
+        );
+        assert_eq!(
+            peers(Scenario::CompressionFanout),
+            (
+                s(&[
+                    UWS,
+                    UWS_DEFLATE,
+                    WSSEDGE_PUBSUB_DEFLATE_OFF,
+                    WSSEDGE_PUBSUB_DEFLATE_ON
+                ]),
+                COMPRESSION_PAYLOAD,
+                1000,
+                Some(50.0)
+            )
+        );
+        let eta: f64 = p
+            .iter()
+            .map(|g| cell_secs(&o, g) * g.peers.len() as f64)
+            .sum();
+        assert!(eta < 40.0, "compression ETA {eta}");
+        let o = parse_opts(&s(&[
+            "--scenarios=compression",
+            "--idle-connections",
+            "3000",
+        ]))
+        .unwrap();
+        assert_eq!((o.idle_n, o.compression_idle_n), (3000, 3000));
+        let o = parse_opts(&s(&[
+            "--scenarios",
+            "compression-fanout",
+            "--compression-fanout",
+            "500x200,1000x50",
+            "--compression-payload",
+            "300,1024",
+            "--compression-rate",
+            "2000",
+        ]))
+        .unwrap();
+        assert_eq!(o.compression_fanout, vec![(500, 200.0), (1000, 50.0)]);
+        assert_eq!(o.compression_rate, 2000.0);
+        assert_eq!(plan(&o).len(), 4);
+        assert!(parse_opts(&s(&["--compression-payload", "64"])).is_err());
+        assert!(parse_opts(&s(&["--compression-rate", "0"])).is_err());
     }
 
     #[test]

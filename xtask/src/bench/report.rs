@@ -7,8 +7,9 @@ use serde_json::{json, Value};
 use super::results::{ratio_text, Cell, Flag, Scenario};
 use super::{
     BROADCAST, DIRECT_BACKEND, FLEET_CHECKS, FLEET_CROSS, FLEET_NOCHECKS, FLEET_SAME, NCHAN,
-    NGINX_PROXY, UWS, WSSEDGE_BEFORE, WSSEDGE_PROXY, WSSEDGE_PROXY_BEFORE, WSSEDGE_PUBSUB,
-    WSSEDGE_PUBSUB_BEFORE,
+    NGINX_PROXY, UWS, UWS_DEFLATE, WSSEDGE_BEFORE, WSSEDGE_DEFLATE_OFF, WSSEDGE_DEFLATE_ON,
+    WSSEDGE_PROXY, WSSEDGE_PROXY_BEFORE, WSSEDGE_PUBSUB, WSSEDGE_PUBSUB_BEFORE,
+    WSSEDGE_PUBSUB_DEFLATE_OFF, WSSEDGE_PUBSUB_DEFLATE_ON,
 };
 
 /// Row order of the fan-out tables: wssedge first, then its peers.
@@ -643,6 +644,424 @@ fn fanout_note(c: &Cell) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Compression
+// ---------------------------------------------------------------------------------------------
+
+/// A server with compression off and on: (off peer, on peer, what to call the pair).
+type Pair = (&'static str, &'static str, &'static str);
+const ECHO_PAIRS: [Pair; 1] = [(WSSEDGE_DEFLATE_OFF, WSSEDGE_DEFLATE_ON, "wssedge")];
+const FANOUT_PAIRS: [Pair; 2] = [
+    (
+        WSSEDGE_PUBSUB_DEFLATE_OFF,
+        WSSEDGE_PUBSUB_DEFLATE_ON,
+        "wssedge",
+    ),
+    (UWS, UWS_DEFLATE, "uWebSockets"),
+];
+/// Row order of the compression tables: each server off, then on.
+const COMPRESSION_ORDER: [&str; 6] = [
+    WSSEDGE_DEFLATE_OFF,
+    WSSEDGE_DEFLATE_ON,
+    WSSEDGE_PUBSUB_DEFLATE_OFF,
+    WSSEDGE_PUBSUB_DEFLATE_ON,
+    UWS,
+    UWS_DEFLATE,
+];
+/// The peers with compression on: they must have agreed to it for their figures to count.
+const ON_PEERS: [&str; 3] = [WSSEDGE_DEFLATE_ON, WSSEDGE_PUBSUB_DEFLATE_ON, UWS_DEFLATE];
+/// The issue's targets, shown beside the measured figure (never asserted): fan-out CPU per
+/// delivery with compression at most this many times without (compress once), and an idle
+/// connection with compression negotiated at most this many bytes above one without.
+pub const FANOUT_CPU_TARGET: f64 = 1.2;
+pub const IDLE_RSS_TARGET_BYTES: f64 = 1024.0;
+
+/// The compression cells' CPU: schedstat (ns) where the kernel has it, µs per echo or ns per
+/// delivery; on/off differences of a few percent need more than whole ticks.
+fn compression_cpu(c: &Cell) -> Option<f64> {
+    let us = c.fine_cpu_us_per_msg()?;
+    Some(if c.scenario == Some(Scenario::CompressionFanout) {
+        us * 1e3
+    } else {
+        us
+    })
+}
+
+fn negotiated(c: &Cell) -> Option<f64> {
+    c.gen.as_ref()?.deflate.as_ref().map(|d| d.negotiated)
+}
+
+fn wire_received(c: &Cell) -> Option<f64> {
+    c.gen.as_ref()?.wire.as_ref()?.per_msg_received
+}
+
+fn wire_sent(c: &Cell) -> Option<f64> {
+    c.gen.as_ref()?.wire.as_ref()?.per_msg_sent
+}
+
+fn compressed_share(c: &Cell) -> Option<f64> {
+    c.gen.as_ref()?.deflate.as_ref()?.compressed_share
+}
+
+fn p50(c: &Cell) -> Option<f64> {
+    c.gen.as_ref().map(|g| g.latency_us.p50)
+}
+
+fn p99(c: &Cell) -> Option<f64> {
+    c.gen.as_ref().map(|g| g.latency_us.p99)
+}
+
+/// Why a cell of the compression set cannot stand in a ratio, if it cannot: its flag, or an
+/// "on" server that agreed to nothing (its figures would be uncompressed ones).
+fn compression_unusable(c: &Cell) -> Option<String> {
+    let flag = if c.scenario.is_some_and(Scenario::is_idle) {
+        c.error.clone().map(|e| format!("failed: {e}"))
+    } else {
+        c.flag().map(|f| f.text())
+    };
+    let on = ON_PEERS.contains(&c.peer.as_str());
+    flag.or_else(|| (on && negotiated(c).unwrap_or(0.0) <= 0.0).then(|| "not negotiated".into()))
+}
+
+fn pair_cells<'a>(g: &[&'a Cell], pair: Pair) -> Option<(&'a Cell, &'a Cell)> {
+    let find = |p: &str| g.iter().copied().find(|c| c.peer == p);
+    let (off, on) = (find(pair.0)?, find(pair.1)?);
+    (compression_unusable(off).is_none() && compression_unusable(on).is_none()).then_some((off, on))
+}
+
+/// `on / off` of `metric` in one group's pair, `None` when a side is missing or unusable.
+fn on_over_off(g: &[&Cell], pair: Pair, metric: &dyn Fn(&Cell) -> Option<f64>) -> Option<f64> {
+    let (off, on) = pair_cells(g, pair)?;
+    match (metric(off), metric(on)) {
+        (Some(a), Some(b)) if a > 0.0 => Some(b / a),
+        _ => None,
+    }
+}
+
+/// RSS per idle connection, on − off, in bytes.
+fn idle_delta(g: &[&Cell], pair: Pair) -> Option<f64> {
+    let (off, on) = pair_cells(g, pair)?;
+    Some(on.mem.as_ref()?.rss_per_conn() - off.mem.as_ref()?.rss_per_conn())
+}
+
+fn compression_note(c: &Cell) -> String {
+    let mut n = compression_unusable(c).unwrap_or_default();
+    let mut add = |s: &str| {
+        if !n.is_empty() {
+            n.push_str("; ");
+        }
+        n.push_str(s);
+    };
+    if c.error.is_none() && c.gen.is_some() && !c.scenario.is_some_and(Scenario::is_idle) {
+        if c.fine_cpu_is_ticks() {
+            add(&format!("CPU from {} ticks", c.server_ticks));
+        }
+        if c.server_saturated() {
+            add("server saturated (CPU/msg is a bound, latency queueing)");
+        }
+        if let Some(f) = c.gen.as_ref().and_then(|g| g.fanout.as_ref()) {
+            if f.subscribers_closed > 0.0 {
+                add(&format!("{} subscribers closed", f.subscribers_closed));
+            }
+        }
+    }
+    host_busy_note(c, &mut n);
+    n
+}
+
+fn share(v: Option<f64>) -> String {
+    v.map(|s| format!("{:.0} %", s * 100.0))
+        .unwrap_or_else(|| "n/a".into())
+}
+
+fn within(ratio: Option<f64>, target: f64) -> &'static str {
+    match ratio {
+        Some(r) if r <= target => "yes",
+        Some(_) => "**no**",
+        None => "n/a",
+    }
+}
+
+/// The "Compression" section: each server with permessage-deflate off and on, the same
+/// market-data messages offered to both, and the on/off ratios beside the issue's targets.
+pub fn compression_markdown(cells: &[Cell], label: &dyn Fn(&str) -> String) -> String {
+    let echo = groups(cells, Scenario::CompressionEcho);
+    let idle = groups(cells, Scenario::CompressionIdle);
+    let fanout = groups(cells, Scenario::CompressionFanout);
+    if echo.is_empty() && idle.is_empty() && fanout.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "## Compression: permessage-deflate off vs on\n\n\
+         The generator offers `permessage-deflate; client_max_window_bits` to every server and \
+         sends market-data JSON (book snapshots of the payload's size); servers with compression \
+         off do not agree, so both sides of a pair see the same messages. wssedge runs from a \
+         config with `[compression] enabled = false | true`, `context_takeover = \"none\"` \
+         (level 3, min_bytes 128). uWebSockets.js does not load on this host (glibc 2.36), so \
+         its C++ core stands in: `uws_pubsub` with `SHARED_COMPRESSOR` against the same without \
+         compression. Agreed = connections whose 101 agreed to permessage-deflate. Wire bytes \
+         are WebSocket frame bytes (headers included, TLS records not) over the measured \
+         window, per message. Compressed = the share of received data messages with RSV1. CPU \
+         from schedstat (ns). Ratios are on / off.\n\n",
+    );
+    if !echo.is_empty() {
+        md.push_str(
+            "### echo, open loop (latency corrected for coordinated omission)\n\n\
+             | payload | conns | offered msg/s | peer | agreed | achieved msg/s | server CPU µs/msg | wire B/msg client→server | wire B/msg server→client | compressed | p50 µs | p99 µs | client CPU | note |\n\
+             |---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        );
+        for g in &echo {
+            for c in ordered(g, &COMPRESSION_ORDER) {
+                let _ = writeln!(
+                    md,
+                    "| {} B | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    c.payload,
+                    c.connections,
+                    opt(c.rate),
+                    label(&c.peer),
+                    opt(negotiated(c)),
+                    opt(c.gen.as_ref().map(|g| g.achieved())),
+                    opt(compression_cpu(c)),
+                    opt(wire_sent(c)),
+                    opt(wire_received(c)),
+                    share(compressed_share(c)),
+                    opt(p50(c)),
+                    opt(p99(c)),
+                    client_busy(c),
+                    compression_note(c),
+                );
+            }
+            for pair in ECHO_PAIRS {
+                let r = |m: &dyn Fn(&Cell) -> Option<f64>| opt(on_over_off(g, pair, m));
+                let _ = writeln!(
+                    md,
+                    "| | | | **{} on / off** | | | **{}** | {} | **{}** | | {} | **{}** | | |",
+                    pair.2,
+                    r(&compression_cpu),
+                    r(&wire_sent),
+                    r(&wire_received),
+                    r(&p50),
+                    r(&p99),
+                );
+            }
+        }
+        md.push('\n');
+    }
+    if !idle.is_empty() {
+        let _ = writeln!(
+            md,
+            "### idle: memory per connection with compression negotiated\n\n\
+             RSS and kernel per connection as in the idle table. Target: RSS with compression \
+             within {IDLE_RSS_TARGET_BYTES:.0} B of without (`context_takeover = \"none\"`: no \
+             zlib state outlives a message).\n\n\
+             | connections | peer | agreed | RSS B/conn | kernel B/conn | total B/conn | RSS on − off B/conn | within target | note |\n\
+             |---:|---|---:|---:|---:|---:|---:|---:|---|"
+        );
+        for g in &idle {
+            let delta = idle_delta(g, ECHO_PAIRS[0]);
+            for c in ordered(g, &COMPRESSION_ORDER) {
+                let m = c.mem.as_ref();
+                let is_on = c.peer == WSSEDGE_DEFLATE_ON;
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    c.connections,
+                    label(&c.peer),
+                    opt(negotiated(c)),
+                    opt(m.map(|m| m.rss_per_conn())),
+                    opt(m.map(|m| m.sock_per_conn())),
+                    opt(m.map(|m| m.total_per_conn())),
+                    if is_on {
+                        delta
+                            .map(|d| format!("{d:+.0}"))
+                            .unwrap_or_else(|| "n/a".into())
+                    } else {
+                        String::new()
+                    },
+                    if is_on {
+                        within(delta, IDLE_RSS_TARGET_BYTES)
+                    } else {
+                        ""
+                    },
+                    [compression_note(c), idle_note(c)]
+                        .into_iter()
+                        .filter(|n| !n.is_empty())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                );
+            }
+        }
+        md.push('\n');
+    }
+    if !fanout.is_empty() {
+        let _ = writeln!(
+            md,
+            "### fan-out: one publisher, N subscribers\n\n\
+             Server CPU ns/delivery = server CPU / deliveries; wire B/delivery = the \
+             subscribers' received bytes / deliveries; wire B/publication = what the publisher \
+             sent per publication (compressed too where agreed). Target: wssedge's CPU per \
+             delivery with compression ≤ {FANOUT_CPU_TARGET} × without (a publication is \
+             compressed once for all its subscribers). uWebSockets deflates each delivery on its \
+             own.\n\n\
+             | payload | subscribers | pub/s | peer | agreed | deliveries/s | server CPU ns/delivery | wire B/delivery | wire B/publication | compressed | p50 µs | p99 µs | lost | client CPU | note |\n\
+             |---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        );
+        for g in &fanout {
+            for c in ordered(g, &COMPRESSION_ORDER) {
+                let f = c.gen.as_ref().and_then(|g| g.fanout.clone());
+                let _ = writeln!(
+                    md,
+                    "| {} B | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    c.payload,
+                    c.connections,
+                    opt(c.rate),
+                    label(&c.peer),
+                    opt(negotiated(c)),
+                    opt(c.gen.as_ref().map(|g| g.achieved())),
+                    opt(compression_cpu(c)),
+                    opt(wire_received(c)),
+                    opt(wire_sent(c)),
+                    share(compressed_share(c)),
+                    opt(p50(c)),
+                    opt(p99(c)),
+                    opt(f.as_ref().map(|f| f.lost)),
+                    client_busy(c),
+                    compression_note(c),
+                );
+            }
+            let _ = writeln!(
+                md,
+                "\n| pair | CPU/delivery on / off | within ≤ {FANOUT_CPU_TARGET} | wire B/delivery on / off | p50 on / off | p99 on / off |\n\
+                 |---|---:|---:|---:|---:|---:|"
+            );
+            for pair in FANOUT_PAIRS {
+                if !g.iter().any(|c| c.peer == pair.0 || c.peer == pair.1) {
+                    continue;
+                }
+                let cpu = on_over_off(g, pair, &compression_cpu);
+                let _ = writeln!(
+                    md,
+                    "| {} ({} B, {} × {}/s) | **{}** | {} | {} | {} | {} |",
+                    pair.2,
+                    g[0].payload,
+                    g[0].connections,
+                    opt(g[0].rate),
+                    opt(cpu),
+                    if pair.0 == WSSEDGE_PUBSUB_DEFLATE_OFF {
+                        within(cpu, FANOUT_CPU_TARGET)
+                    } else {
+                        "—"
+                    },
+                    opt(on_over_off(g, pair, &wire_received)),
+                    opt(on_over_off(g, pair, &p50)),
+                    opt(on_over_off(g, pair, &p99)),
+                );
+            }
+            md.push('\n');
+        }
+    }
+    md
+}
+
+/// The compression section's numbers for report.json: rows per group, the on/off ratios
+/// (null when a side is missing, flagged or did not negotiate) and the targets.
+pub fn compression_json(cells: &[Cell]) -> Value {
+    let row = |c: &Cell| {
+        // an idle hold has no messages: no rate, CPU or latency to speak of
+        let flowing = !c.scenario.is_some_and(Scenario::is_idle);
+        let f = |v: Option<f64>| v.filter(|_| flowing);
+        json!({
+            "peer": c.peer,
+            "negotiated": negotiated(c),
+            "deflate_answer": c.gen.as_ref().and_then(|g| g.deflate.as_ref()).map(|d| d.answer.clone()),
+            "achieved_per_s": f(c.gen.as_ref().map(|g| g.achieved())),
+            "server_cpu": f(compression_cpu(c)),
+            "wire_bytes_per_msg_sent": f(wire_sent(c)),
+            "wire_bytes_per_msg_received": f(wire_received(c)),
+            "compressed_share": f(compressed_share(c)),
+            "p50_us": f(p50(c)),
+            "p99_us": f(p99(c)),
+            "rss_per_conn": c.mem.as_ref().map(|m| m.rss_per_conn()),
+            "kernel_per_conn": c.mem.as_ref().map(|m| m.sock_per_conn()),
+            "lost": c.gen.as_ref().and_then(|g| g.fanout.as_ref()).map(|f| f.lost),
+            "flag": compression_unusable(c),
+        })
+    };
+    let ratios = |g: &[&Cell], pair: Pair| {
+        json!({
+            "server": pair.2,
+            "off": pair.0,
+            "on": pair.1,
+            "server_cpu": on_over_off(g, pair, &compression_cpu),
+            "wire_bytes_per_msg_sent": on_over_off(g, pair, &wire_sent),
+            "wire_bytes_per_msg_received": on_over_off(g, pair, &wire_received),
+            "p50_us": on_over_off(g, pair, &p50),
+            "p99_us": on_over_off(g, pair, &p99),
+        })
+    };
+    let head = |g: &[&Cell]| {
+        json!({
+            "payload": g[0].payload,
+            "connections": g[0].connections,
+            "rate": g[0].rate,
+        })
+    };
+    let echo: Vec<Value> = groups(cells, Scenario::CompressionEcho)
+        .iter()
+        .map(|g| {
+            let mut v = head(g);
+            v["cpu_unit"] = json!("us_per_msg");
+            v["rows"] = ordered(g, &COMPRESSION_ORDER)
+                .into_iter()
+                .map(row)
+                .collect();
+            v["on_over_off"] = ECHO_PAIRS.iter().map(|p| ratios(g, *p)).collect();
+            v
+        })
+        .collect();
+    let idle: Vec<Value> = groups(cells, Scenario::CompressionIdle)
+        .iter()
+        .map(|g| {
+            let delta = idle_delta(g, ECHO_PAIRS[0]);
+            let mut v = head(g);
+            v["rows"] = ordered(g, &COMPRESSION_ORDER)
+                .into_iter()
+                .map(row)
+                .collect();
+            v["rss_per_conn_on_minus_off"] = json!(delta);
+            v["target_bytes"] = json!(IDLE_RSS_TARGET_BYTES);
+            v["within_target"] = json!(delta.map(|d| d <= IDLE_RSS_TARGET_BYTES));
+            v
+        })
+        .collect();
+    let fanout: Vec<Value> = groups(cells, Scenario::CompressionFanout)
+        .iter()
+        .map(|g| {
+            let mut v = head(g);
+            v["cpu_unit"] = json!("ns_per_delivery");
+            v["rows"] = ordered(g, &COMPRESSION_ORDER)
+                .into_iter()
+                .map(row)
+                .collect();
+            v["on_over_off"] = FANOUT_PAIRS
+                .iter()
+                .filter(|p| g.iter().any(|c| c.peer == p.0 || c.peer == p.1))
+                .map(|p| {
+                    let mut r = ratios(g, *p);
+                    if p.0 == WSSEDGE_PUBSUB_DEFLATE_OFF {
+                        let cpu = on_over_off(g, *p, &compression_cpu);
+                        r["server_cpu_target"] = json!(FANOUT_CPU_TARGET);
+                        r["within_target"] = json!(cpu.map(|x| x <= FANOUT_CPU_TARGET));
+                    }
+                    r
+                })
+                .collect();
+            v
+        })
+        .collect();
+    json!({ "echo": echo, "idle": idle, "fanout": fanout })
+}
+
+// ---------------------------------------------------------------------------------------------
 // Proxy mode
 // ---------------------------------------------------------------------------------------------
 
@@ -1151,6 +1570,170 @@ mod tests {
             Value::Null
         );
         assert_eq!(proxy_markdown(&cells[6..], &|p: &str| p.to_string()), "");
+    }
+
+    /// A compression-set cell: `cpu_s` (schedstat) over 2 s, the generator's wire bytes and
+    /// deflate counts as `--deflate` writes them.
+    fn compression_cell(
+        s: Scenario,
+        peer: &str,
+        cpu_s: f64,
+        wire: (f64, f64),
+        agreed: f64,
+        p99: f64,
+    ) -> Cell {
+        let extra = format!(
+            r#","wire_bytes_sent":1,"wire_bytes_received":1,"wire_bytes_per_msg_sent":{},
+            "wire_bytes_per_msg_received":{},"deflate":{{"negotiated":{agreed},"declined":0,
+            "compressed_share":{},"answer":"permessage-deflate"}}}}"#,
+            wire.0,
+            wire.1,
+            if agreed > 0.0 { 1.0 } else { 0.0 }
+        );
+        let text = FAKE.trim_end().trim_end_matches('}').to_string() + &extra;
+        let (mut g, raw) = GenResult::parse(&text).unwrap();
+        g.latency_us.p99 = p99;
+        if s == Scenario::CompressionFanout {
+            g.fanout = Some(crate::bench::results::FanoutCounts {
+                subscribers: 1000.0,
+                ..Default::default()
+            });
+        }
+        Cell {
+            scenario: Some(s),
+            peer: peer.into(),
+            payload: 512,
+            connections: if s == Scenario::CompressionFanout {
+                1
+            } else {
+                50
+            },
+            rate: Some(1000.0),
+            gen: Some(g),
+            raw: Some(raw),
+            server_cpu_s: cpu_s,
+            server_sched_s: Some(cpu_s),
+            server_ticks: 1000,
+            window_s: 2.0,
+            ..Cell::default()
+        }
+    }
+
+    #[test]
+    fn compression_section_ratios_and_targets() {
+        use Scenario::{CompressionEcho, CompressionFanout, CompressionIdle};
+        let idle = |peer: &str, agreed: f64, rss: u64| {
+            let mut c = compression_cell(CompressionIdle, peer, 0.0, (0.0, 0.0), agreed, 0.0);
+            c.rate = None;
+            c.connections = 1000;
+            c.mem = Some(Mem {
+                n: 1000,
+                rss_before: 1_000_000,
+                rss_during: 1_000_000 + rss * 1000,
+                sock_before: 0,
+                sock_during: 0,
+            });
+            c
+        };
+        let cells = vec![
+            // 0.04 s / 2 s / 1000 msg/s = 20 µs/msg off, 24 on.
+            compression_cell(
+                CompressionEcho,
+                WSSEDGE_DEFLATE_ON,
+                0.048,
+                (260.0, 250.0),
+                50.0,
+                300.0,
+            ),
+            compression_cell(
+                CompressionEcho,
+                WSSEDGE_DEFLATE_OFF,
+                0.04,
+                (520.0, 500.0),
+                0.0,
+                200.0,
+            ),
+            idle(WSSEDGE_DEFLATE_OFF, 0.0, 13_000),
+            idle(WSSEDGE_DEFLATE_ON, 1000.0, 13_500),
+            // Fan-out: 1000 deliveries/s; 1.1 µs → 1100 ns off, 1320 on (1.20: within).
+            compression_cell(
+                CompressionFanout,
+                WSSEDGE_PUBSUB_DEFLATE_OFF,
+                0.0022,
+                (0.0, 580.0),
+                0.0,
+                100.0,
+            ),
+            compression_cell(
+                CompressionFanout,
+                WSSEDGE_PUBSUB_DEFLATE_ON,
+                0.00264,
+                (0.0, 290.0),
+                1.0,
+                100.0,
+            ),
+            compression_cell(CompressionFanout, UWS, 0.002, (0.0, 580.0), 0.0, 100.0),
+            // uWS with compression that agreed to nothing: no ratio.
+            compression_cell(
+                CompressionFanout,
+                UWS_DEFLATE,
+                0.02,
+                (0.0, 290.0),
+                0.0,
+                100.0,
+            ),
+        ];
+        let md = compression_markdown(&cells, &|p: &str| format!("<{p}>"));
+        let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| 512 B")).collect();
+        assert_eq!(rows.len(), 6, "{md}");
+        // Table order: off before on, whatever the run order.
+        assert!(rows[0].contains("<wssedge-deflate-off>"), "{md}");
+        assert!(
+            rows[1].contains("| 50.0 | 1000 | 24.0 | 260 | 250 | 100 % |"),
+            "{md}"
+        );
+        let ratio = md
+            .lines()
+            .find(|l| l.contains("**wssedge on / off**"))
+            .unwrap();
+        assert!(ratio.contains("| **1.20** | 0.50 | **0.50** |"), "{ratio}");
+        assert!(ratio.contains("| **1.50** |"), "{ratio}");
+        // Idle: +500 B per connection, within the 1 KiB target.
+        assert!(md.contains("| +500 | yes |"), "{md}");
+        let fan = md
+            .lines()
+            .find(|l| l.starts_with("| wssedge (512 B"))
+            .unwrap();
+        assert!(fan.contains("| **1.20** | yes | 0.50 |"), "{fan}");
+        let uws = md
+            .lines()
+            .find(|l| l.starts_with("| uWebSockets (512 B"))
+            .unwrap();
+        assert!(uws.contains("| **n/a** | — | n/a |"), "{uws}");
+        assert!(md.contains("not negotiated"), "{md}");
+
+        let j = compression_json(&cells);
+        let e = &j["echo"][0]["on_over_off"][0];
+        assert_eq!(e["server"], "wssedge");
+        assert!((e["server_cpu"].as_f64().unwrap() - 1.2).abs() < 1e-9);
+        assert_eq!(j["idle"][0]["rss_per_conn_on_minus_off"], 500.0);
+        assert_eq!(j["idle"][0]["within_target"], true);
+        assert_eq!(j["idle"][0]["rows"][0]["p99_us"], Value::Null);
+        let f = &j["fanout"][0]["on_over_off"];
+        assert_eq!(f[0]["within_target"], true);
+        assert_eq!(f[0]["server_cpu_target"], 1.2);
+        assert_eq!(f[1]["server_cpu"], Value::Null);
+        // Rows in table order: uws-deflate last.
+        assert_eq!(j["fanout"][0]["rows"][3]["flag"], "not negotiated");
+        assert_eq!(j["echo"][0]["rows"][0]["peer"], WSSEDGE_DEFLATE_OFF);
+        // Over the target reads "no", and nothing at all without the compression cells.
+        let mut over = cells.clone();
+        over[5].server_sched_s = Some(0.003);
+        assert!(compression_markdown(&over, &|p: &str| p.to_string()).contains("| **no** |"));
+        assert_eq!(
+            compression_markdown(&cells[..0], &|p: &str| p.to_string()),
+            ""
+        );
     }
 
     #[test]

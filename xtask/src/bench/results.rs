@@ -51,6 +51,32 @@ pub struct GenResult {
     pub threads: f64,
     /// The fan-out mode's own counts.
     pub fanout: Option<FanoutCounts>,
+    /// WebSocket bytes over the window (`wire_bytes_*`), when the generator counts them.
+    pub wire: Option<WireCounts>,
+    /// `--deflate`: what was agreed and how much arrived compressed.
+    pub deflate: Option<DeflateCounts>,
+}
+
+/// WebSocket frame bytes of the measured window, both ways. Echo: per message sent and per
+/// echo received; fan-out: the publisher's per publication, the subscribers' per delivery.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WireCounts {
+    pub bytes_sent: f64,
+    pub bytes_received: f64,
+    pub per_msg_sent: Option<f64>,
+    pub per_msg_received: Option<f64>,
+}
+
+/// `"deflate"` in the generator's JSON.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeflateCounts {
+    /// Connections whose 101 agreed to permessage-deflate, and whose did not.
+    pub negotiated: f64,
+    pub declined: f64,
+    /// Of the data messages received in the window, the compressed share.
+    pub compressed_share: Option<f64>,
+    /// The 101's `Sec-WebSocket-Extensions` answer (one of them).
+    pub answer: String,
 }
 
 /// `"fanout"` in the generator's JSON: deliveries against what every subscriber should have got.
@@ -131,6 +157,25 @@ impl GenResult {
                     out_of_order: num(f, "out_of_order"),
                     duplicates: num(f, "duplicates"),
                 }),
+            wire: v.get("wire_bytes_sent").map(|_| WireCounts {
+                bytes_sent: num(&v, "wire_bytes_sent"),
+                bytes_received: num(&v, "wire_bytes_received"),
+                per_msg_sent: v.get("wire_bytes_per_msg_sent").and_then(Value::as_f64),
+                per_msg_received: v.get("wire_bytes_per_msg_received").and_then(Value::as_f64),
+            }),
+            deflate: v
+                .get("deflate")
+                .filter(|d| d.is_object())
+                .map(|d| DeflateCounts {
+                    negotiated: num(d, "negotiated"),
+                    declined: num(d, "declined"),
+                    compressed_share: d.get("compressed_share").and_then(Value::as_f64),
+                    answer: d
+                        .get("answer")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                }),
         };
         Ok((g, v))
     }
@@ -170,10 +215,16 @@ pub enum Scenario {
     /// Upgrades on a fleet node with the checks that ask Redis (single-use, identity counts)
     /// against without them.
     FleetUpgrades,
+    /// permessage-deflate off vs on: echo at a fixed rate with market-data payloads.
+    CompressionEcho,
+    /// permessage-deflate off vs on: memory per idle connection with it negotiated.
+    CompressionIdle,
+    /// permessage-deflate off vs on: pub/sub fan-out of market data.
+    CompressionFanout,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 12] = [
         Scenario::Rate,
         Scenario::Closed,
         Scenario::Storm,
@@ -183,6 +234,15 @@ impl Scenario {
         Scenario::Fanout,
         Scenario::Fleet,
         Scenario::FleetUpgrades,
+        Scenario::CompressionEcho,
+        Scenario::CompressionIdle,
+        Scenario::CompressionFanout,
+    ];
+    /// `--scenarios compression`: the three compression scenarios.
+    pub const COMPRESSION: [Scenario; 3] = [
+        Scenario::CompressionEcho,
+        Scenario::CompressionIdle,
+        Scenario::CompressionFanout,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -195,6 +255,9 @@ impl Scenario {
             Scenario::Fanout => "fanout",
             Scenario::Fleet => "fleet",
             Scenario::FleetUpgrades => "fleet-upgrades",
+            Scenario::CompressionEcho => "compression-echo",
+            Scenario::CompressionIdle => "compression-idle",
+            Scenario::CompressionFanout => "compression-fanout",
         }
     }
     /// The proxy set: the front process's CPU is counted apart from its backend's.
@@ -203,7 +266,18 @@ impl Scenario {
     }
     /// Open loop at a fixed offered rate (latency corrected for coordinated omission).
     pub fn is_open_loop(self) -> bool {
-        matches!(self, Scenario::Rate | Scenario::Proxy)
+        matches!(
+            self,
+            Scenario::Rate | Scenario::Proxy | Scenario::CompressionEcho
+        )
+    }
+    /// N upgraded connections held idle, memory sampled.
+    pub fn is_idle(self) -> bool {
+        matches!(self, Scenario::Idle | Scenario::CompressionIdle)
+    }
+    /// The generator offers permessage-deflate and sends market data.
+    pub fn is_compression(self) -> bool {
+        Scenario::COMPRESSION.contains(&self)
     }
     /// Scenarios whose figure of merit is CPU per echoed message.
     pub fn per_message(self) -> bool {
@@ -215,6 +289,8 @@ impl Scenario {
                 | Scenario::ProxyClosed
                 | Scenario::Fanout
                 | Scenario::Fleet
+                | Scenario::CompressionEcho
+                | Scenario::CompressionFanout
         )
     }
     /// Runs a Redis next to the server, counted apart.
@@ -223,7 +299,10 @@ impl Scenario {
     }
     /// One publisher, subscribers (the generator's fan-out mode).
     pub fn is_fanout(self) -> bool {
-        matches!(self, Scenario::Fanout | Scenario::Fleet)
+        matches!(
+            self,
+            Scenario::Fanout | Scenario::Fleet | Scenario::CompressionFanout
+        )
     }
     pub fn parse(s: &str) -> Option<Scenario> {
         Scenario::ALL.into_iter().find(|x| x.name() == s)
@@ -318,9 +397,9 @@ impl Cell {
         }
         let offered = self.rate.unwrap_or(0.0);
         let achieved = match self.scenario {
-            Some(Scenario::Rate | Scenario::Proxy) => g.achieved(),
+            Some(Scenario::Rate | Scenario::Proxy | Scenario::CompressionEcho) => g.achieved(),
             // Offered deliveries: the publication rate times the subscribers.
-            Some(Scenario::Fanout | Scenario::Fleet) => {
+            Some(Scenario::Fanout | Scenario::Fleet | Scenario::CompressionFanout) => {
                 let f = g.fanout.as_ref()?;
                 if f.lost > 0.0 {
                     return Some(Flag::Lost(f.lost as u64));
@@ -473,6 +552,23 @@ mod tests {
                 .unwrap();
         assert_eq!((g.rate, g.msgs_per_s, g.latency_us.p99), (None, 5.5, 0.0));
         assert!(GenResult::parse(r#"{"mode":"closed"}"#).is_err());
+        assert_eq!((g.wire, g.deflate), (None, None));
+        // --deflate: wire bytes and what was agreed.
+        let (g, _) = GenResult::parse(
+            r#"{"mode":"open","duration_s":1,"msgs_per_s":10,"wire_bytes_sent":5000,
+            "wire_bytes_received":3000,"wire_bytes_per_msg_sent":250.5,
+            "wire_bytes_per_msg_received":null,"deflate":{"negotiated":50,"declined":0,
+            "compressed_share":0.98,"answer":"permessage-deflate; server_no_context_takeover"}}"#,
+        )
+        .unwrap();
+        let w = g.wire.unwrap();
+        assert_eq!(
+            (w.bytes_sent, w.per_msg_sent, w.per_msg_received),
+            (5000.0, Some(250.5), None)
+        );
+        let d = g.deflate.unwrap();
+        assert_eq!((d.negotiated, d.compressed_share), (50.0, Some(0.98)));
+        assert!(d.answer.starts_with("permessage-deflate"));
         assert!(GenResult::parse("not json").is_err());
     }
 
