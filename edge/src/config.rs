@@ -45,10 +45,12 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// WSS listen addresses; every core gets its own SO_REUSEPORT listener on each.
+    #[serde(deserialize_with = "wssedge_proto::config_list::one_or_many")]
     pub listen: Vec<SocketAddr>,
     /// Use the first N CPUs this process may run on (sched_getaffinity).
     pub cores: Option<usize>,
     /// Use exactly these CPUs, one core thread pinned on each.
+    #[serde(deserialize_with = "wssedge_proto::config_list::option_one_or_many")]
     pub cpus: Option<Vec<usize>>,
     /// The admin listener: /metrics, /healthz, /readyz.
     pub admin: SocketAddr,
@@ -506,6 +508,49 @@ mod tests {
         config
             .validate()
             .expect("the README's configuration validates");
+    }
+
+    /// Operators write one value where they have one: every key that takes a list of
+    /// scalars takes a single value too (`audience = "wssedge"` was refused with "expected a
+    /// sequence").
+    #[test]
+    fn a_list_key_takes_a_single_value() {
+        let c = Config::from_toml(
+            "[server]\nlisten = \"127.0.0.1:8443\"\ncpus = 1\n\
+             [tls]\nversions = \"1.3\"\ncipher_suites = \"TLS13_AES_128_GCM_SHA256\"\n\
+             groups = \"X25519\"\ncrls = \"/etc/wssedge/clients.crl\"\n\
+             [[tls.identity_rules]]\npath_prefix = \"/\"\nallow = \"any\"\n\
+             [jwt]\nkeys = \"/etc/wssedge/jwt.pem\"\nalgorithms = \"ES256\"\n\
+             audience = \"wssedge\"\nrequired_claims = \"exp\"\nsources = \"header\"\n\
+             [origin]\nallowed_origins = \"https://trade.example\"\n\
+             allowed_hosts = \"edge.example\"\n\
+             [upstream]\n[[upstream.groups]]\nname = \"g\"\nmembers = \"ws://127.0.0.1:9000\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, ["127.0.0.1:8443".parse().unwrap()]);
+        assert_eq!(c.server.cpus, Some(vec![1]));
+        assert_eq!(c.tls.versions, ["1.3"]);
+        assert_eq!(c.tls.cipher_suites, ["TLS13_AES_128_GCM_SHA256"]);
+        assert_eq!(c.tls.groups, ["X25519"]);
+        assert_eq!(c.tls.crls, [PathBuf::from("/etc/wssedge/clients.crl")]);
+        assert_eq!(c.tls.identity_rules[0].allow, ["any"]);
+        let jwt = c.jwt.as_ref().unwrap();
+        assert_eq!(jwt.keys, [PathBuf::from("/etc/wssedge/jwt.pem")]);
+        assert_eq!(jwt.algorithms, ["ES256"]);
+        assert_eq!(jwt.audience, ["wssedge"]);
+        assert_eq!(jwt.required_claims, ["exp"]);
+        assert_eq!(jwt.sources, [wssedge_proto::jwt::TokenSource::Header]);
+        assert_eq!(c.origin.allowed_origins, ["https://trade.example"]);
+        assert_eq!(c.origin.allowed_hosts, ["edge.example"]);
+        assert_eq!(
+            c.upstream.as_ref().unwrap().groups[0].members,
+            ["ws://127.0.0.1:9000"]
+        );
+        // A wrong item is still named with its key.
+        let e = Config::from_toml("[server]\nlisten = \"8443\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen") && e.contains("socket address"), "{e}");
     }
 
     #[test]

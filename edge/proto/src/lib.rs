@@ -27,6 +27,7 @@
 pub mod attack_spellings;
 pub mod audit_chain;
 pub mod audit_record;
+pub mod config_list;
 pub mod jwt;
 pub mod ktls_crypto_info;
 pub mod limits;

@@ -95,8 +95,10 @@ pub enum EntryError {
 #[serde(deny_unknown_fields, default)]
 pub struct OriginConfig {
     /// `scheme://host[:port|:*]`, `scheme://*.domain[:port|:*]` or `null`. Empty: any.
+    #[serde(deserialize_with = "crate::config_list::one_or_many")]
     pub allowed_origins: Vec<String>,
     /// `host[:port]`, `*.domain[:port]`, IPs (`[v6]` in brackets). Empty: any.
+    #[serde(deserialize_with = "crate::config_list::one_or_many")]
     pub allowed_hosts: Vec<String>,
     /// Refuse requests that carry no `Origin` header.
     pub require_origin: bool,

@@ -28,12 +28,15 @@ pub struct TlsSettings {
     /// Testing only: lowers the records one key may protect under kTLS.
     pub ktls_key_limit_records: Option<u64>,
     /// Protocol versions: "1.2", "1.3".
+    #[serde(deserialize_with = "wssedge_proto::config_list::one_or_many")]
     pub versions: Vec<String>,
     /// AEAD cipher suites, IANA or rustls names. rustls follows the client's preference among
     /// them (so clients without AES hardware can pick ChaCha20-Poly1305); the list decides
     /// what is offered, not the order.
+    #[serde(deserialize_with = "wssedge_proto::config_list::one_or_many")]
     pub cipher_suites: Vec<String>,
     /// Key-exchange groups, in preference order.
+    #[serde(deserialize_with = "wssedge_proto::config_list::one_or_many")]
     pub groups: Vec<String>,
     /// Session resumption. Unset: "tickets", or "off" with `client_auth = "required"`.
     pub resumption: Option<Resumption>,
@@ -44,6 +47,7 @@ pub struct TlsSettings {
     /// PEM file of the CA certificates client certificates must chain to.
     pub client_ca: Option<PathBuf>,
     /// CRL files (PEM or DER) of the client CAs; re-read when they change.
+    #[serde(deserialize_with = "wssedge_proto::config_list::one_or_many")]
     pub crls: Vec<PathBuf>,
     /// Which client identities may open which paths (`[[tls.identity_rules]]`).
     pub identity_rules: Vec<IdentityRule>,

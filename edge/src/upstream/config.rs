@@ -105,6 +105,7 @@ impl ForwardHeaders {
 pub struct GroupConfig {
     pub name: String,
     /// `ws://host[:port][/path]` or `wss://…`.
+    #[serde(deserialize_with = "wssedge_proto::config_list::one_or_many")]
     pub members: Vec<String>,
 }
 

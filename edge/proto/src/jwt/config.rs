@@ -78,6 +78,7 @@ pub struct ScopeRule {
 pub struct JwtConfig {
     /// PEM public keys (SPKI `PUBLIC KEY`, or PKCS#1 `RSA PUBLIC KEY`), one per file; the
     /// file stem is the key's `kid`.
+    #[serde(deserialize_with = "crate::config_list::one_or_many")]
     pub keys: Vec<PathBuf>,
     /// A JWKS file (RFC 7517) of public keys, each with a `kid`.
     pub jwks: Option<PathBuf>,
@@ -86,15 +87,18 @@ pub struct JwtConfig {
     pub hs_secret_file: Option<PathBuf>,
     /// Allowed `alg`s; empty = derived from the configured keys (HS256/384/512 as the secret's
     /// length permits, RS256+PS256, ES256, ES384, EdDSA, plus any `alg` a JWKS key names).
+    #[serde(deserialize_with = "crate::config_list::one_or_many")]
     pub algorithms: Vec<String>,
     /// `iss` must equal this when set.
     pub issuer: Option<String>,
     /// `aud` (a string or an array) must contain one of these. When empty, a token that
     /// carries an `aud` is refused (RFC 7519 §4.1.3: we cannot be its audience).
+    #[serde(deserialize_with = "crate::config_list::one_or_many")]
     pub audience: Vec<String>,
     /// Clock skew tolerated on `exp`, `nbf` and `iat`.
     pub leeway_s: u64,
     /// Claims that must be present (and not null).
+    #[serde(deserialize_with = "crate::config_list::one_or_many")]
     pub required_claims: Vec<String>,
     /// The claim holding scopes: a space-separated string or an array of strings.
     pub scope_claim: String,
@@ -107,6 +111,7 @@ pub struct JwtConfig {
     pub max_token_bytes: usize,
     /// Replay store capacity for the whole process (split across owner cores).
     pub max_tracked_jti: usize,
+    #[serde(deserialize_with = "crate::config_list::one_or_many")]
     pub sources: Vec<TokenSource>,
     pub query_param: String,
     pub subprotocol_prefix: String,

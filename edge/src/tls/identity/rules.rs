@@ -37,6 +37,7 @@ pub struct IdentityRule {
     /// `spiffe://td/path` (exact) or `spiffe://td/path/*` (anything below), `cn:NAME`,
     /// `dns:NAME` or `dns:*.example.com` (one label), `uri:URI` (exact),
     /// `fingerprint:HEX` (SHA-256 of the DER, colons allowed), `any` (any verified certificate).
+    #[serde(deserialize_with = "wssedge_proto::config_list::one_or_many")]
     pub allow: Vec<String>,
 }
 
