@@ -25,7 +25,7 @@ use crate::metrics::CoreMetrics;
 use crate::reason::Reason;
 
 /// `[compression]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CompressionConfig {
     /// Negotiate permessage-deflate. Absent: on for pub/sub routes, off elsewhere (a route's

@@ -10,7 +10,7 @@ use serde::Deserialize;
 pub use crate::config_error::ConfigError;
 
 /// The whole configuration, as validated.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -41,7 +41,7 @@ pub struct Config {
 }
 
 /// Listeners, cores and the admin endpoint.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// WSS listen addresses; every core gets its own SO_REUSEPORT listener on each.
@@ -89,7 +89,7 @@ impl ServerConfig {
 pub type TlsConfig = crate::tls::settings::TlsSettings;
 
 /// Every bound the edge enforces so that idle, slow or flooding clients cannot exhaust it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Connections per process, split evenly across cores.
@@ -291,6 +291,16 @@ impl Config {
         toml::from_str(text)
     }
 
+    /// The configuration in force, every default spelled out, as TOML that reads back to the
+    /// same configuration (`wssedge check --print`). A password in a URL (`redis://:pw@…`)
+    /// is replaced by `REDACTED`: the output is meant for tickets and diffs. Secrets the edge
+    /// reads from files (JWT keys, the audit key, Redis' `password_file`) appear as their paths.
+    pub fn effective_toml(&self) -> Result<String, String> {
+        let mut value = toml::Value::try_from(self).map_err(|e| e.to_string())?;
+        redact_url_passwords(&mut value);
+        toml::to_string_pretty(&value).map_err(|e| e.to_string())
+    }
+
     /// Applies command-line flags over the file's values.
     pub fn apply(&mut self, o: Overrides) {
         self.overrides = o.clone();
@@ -490,9 +500,89 @@ impl Config {
     }
 }
 
+/// Replaces the password of every `scheme://user:password@host…` string in `value`.
+fn redact_url_passwords(value: &mut toml::Value) {
+    match value {
+        toml::Value::String(s) => {
+            if let Some(redacted) = redact_url_password(s) {
+                *s = redacted;
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(redact_url_passwords),
+        toml::Value::Table(t) => t.iter_mut().for_each(|(_, v)| redact_url_passwords(v)),
+        _ => {}
+    }
+}
+
+/// `scheme://user:password@rest` with the password replaced; `None` when there is none.
+fn redact_url_password(s: &str) -> Option<String> {
+    let (scheme, rest) = s.split_once("://")?;
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (userinfo, host) = rest[..authority_end].rsplit_once('@')?;
+    let (user, password) = userinfo.split_once(':')?;
+    if password.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{scheme}://{user}:REDACTED@{host}{}",
+        &rest[authority_end..]
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `check --print`: every key, readable back into the same configuration; passwords in URLs
+    /// replaced.
+    #[test]
+    fn the_effective_configuration_reads_back_as_itself() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("## Configuration").unwrap();
+        let block = &readme[start..];
+        let body = &block[block.find("```toml").unwrap() + 7..];
+        let toml_text = &body[..body.find("```").unwrap()];
+        for text in [
+            "",
+            toml_text,
+            "[fleet]\nredis = \"redis://edge:s3cret@10.0.0.5:6379/0\"\n\
+             [jwt]\naudience = \"wssedge\"\n\
+             [[routes]]\nprefix = \"/md\"\npubsub = true\n",
+        ] {
+            let config = Config::from_toml(text).unwrap();
+            let printed = config.effective_toml().unwrap();
+            let again = Config::from_toml(&printed)
+                .unwrap_or_else(|e| panic!("the printed configuration reads back: {e}\n{printed}"));
+            assert_eq!(again.effective_toml().unwrap(), printed);
+            assert!(printed.contains("max_message_bytes = "), "{printed}");
+            assert!(!printed.contains("s3cret"), "{printed}");
+        }
+        let printed =
+            Config::from_toml("[fleet]\nredis = \"redis://edge:s3cret@10.0.0.5:6379/0\"\n")
+                .unwrap()
+                .effective_toml()
+                .unwrap();
+        assert!(
+            printed.contains("redis = \"redis://edge:REDACTED@10.0.0.5:6379/0\""),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn url_passwords_and_only_they_are_redacted() {
+        let r = |s| redact_url_password(s);
+        assert_eq!(
+            r("rediss://:pw@redis.example:6380/1").as_deref(),
+            Some("rediss://:REDACTED@redis.example:6380/1")
+        );
+        assert_eq!(
+            r("ws://u:p@h:1/path?x=a@b").as_deref(),
+            Some("ws://u:REDACTED@h:1/path?x=a@b")
+        );
+        assert_eq!(r("ws://127.0.0.1:9000/feed?who=a@b"), None);
+        assert_eq!(r("redis://user@host"), None);
+        assert_eq!(r("/etc/wssedge/wssedge.toml"), None);
+    }
 
     /// The README's "every key with its default" block must stay a valid configuration.
     #[test]

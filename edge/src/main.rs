@@ -29,6 +29,10 @@ enum Command {
     Check {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Print the configuration in force as TOML (every default spelled out, URL passwords
+        /// redacted) on stdout; the verdict goes to stderr.
+        #[arg(long)]
+        print: bool,
     },
     /// Audit trail tools.
     Audit {
@@ -101,6 +105,34 @@ fn load(path: Option<&PathBuf>) -> Result<Config, ConfigError> {
     }
 }
 
+/// `wssedge check`: the verdict, and with `--print` the configuration in force.
+fn check(path: &PathBuf, print: bool) -> ExitCode {
+    let loaded = load(Some(path)).and_then(|c| c.validate().map(|()| c));
+    let config = match loaded {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("wssedge: {e}");
+            return ExitCode::from(EXIT_REFUSED);
+        }
+    };
+    let verdict = format!("{}: configuration is valid", path.display());
+    if !print {
+        println!("{verdict}");
+        return ExitCode::SUCCESS;
+    }
+    match config.effective_toml() {
+        Ok(text) => {
+            print!("{text}");
+            eprintln!("{verdict}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wssedge: cannot print the configuration: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // Before any thread exists, so every thread inherits the mask and only the signal thread
     // ever sees SIGTERM/SIGINT/SIGHUP/SIGUSR2.
@@ -117,16 +149,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match Cli::parse().command {
-        Command::Check { config } => match load(Some(&config)).and_then(|c| c.validate()) {
-            Ok(()) => {
-                println!("{}: configuration is valid", config.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("wssedge: {e}");
-                ExitCode::from(EXIT_REFUSED)
-            }
-        },
+        Command::Check { config, print } => check(&config, print),
         Command::Serve(args) => serve(args),
         Command::Audit {
             command: AuditCommand::Verify { key, files },

@@ -16,7 +16,7 @@ use crate::config_error::ConfigError;
 use crate::ws::{PathPrefix, RequestTarget};
 
 /// `[[routes]]`: exactly one of `group` and `pubsub = true`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// A plain path prefix starting with `/` ([`PathPrefix`]), matched case-insensitively.

@@ -51,6 +51,42 @@ fn check_accepts_a_valid_config() {
 }
 
 #[test]
+fn check_print_shows_the_configuration_in_force() {
+    let f =
+        config_file("[jwt]\naudience = \"wssedge\"\nhs_secret_file = \"/etc/wssedge/hs.key\"\n");
+    let path = f.path().to_str().unwrap();
+    let (code, out, err) = run_wssedge(&["check", "--config", path, "--print"]);
+    assert_eq!(code, Some(0), "stderr: {err}");
+    assert!(
+        err.contains("configuration is valid"),
+        "the verdict goes to stderr: {err}"
+    );
+    let printed: toml::Value = toml::from_str(&out).expect("stdout is TOML alone");
+    // The single value came back as the list it stands for, and defaults are spelled out.
+    assert_eq!(
+        printed["jwt"]["audience"],
+        toml::Value::Array(vec!["wssedge".into()])
+    );
+    assert_eq!(
+        printed["limits"]["max_message_bytes"].as_integer(),
+        Some(16 << 20)
+    );
+    assert_eq!(
+        printed["server"]["listen"][0].as_str(),
+        Some("127.0.0.1:8443")
+    );
+    // What it prints is itself a configuration `check` accepts.
+    let again = config_file(&out);
+    let (code, out2, err) = run_wssedge(&[
+        "check",
+        "--config",
+        again.path().to_str().unwrap(),
+        "--print",
+    ]);
+    assert_eq!((code, out2), (Some(0), out), "stderr: {err}");
+}
+
+#[test]
 fn check_names_an_unknown_key() {
     let (code, err) = check("[limits]\nmax_conections = 5\n");
     assert_eq!(code, Some(2), "stderr: {err}");

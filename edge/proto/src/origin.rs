@@ -91,7 +91,7 @@ pub enum EntryError {
 }
 
 /// `[origin]`: which `Host` and `Origin` values may upgrade.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OriginConfig {
     /// `scheme://host[:port|:*]`, `scheme://*.domain[:port|:*]` or `null`. Empty: any.

@@ -14,7 +14,7 @@ const MIN_RING: usize = 16;
 const MAX_RING: usize = 1 << 24;
 
 /// The audit trail's configuration. No `path` means no trail.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     /// The live file. Rotated files sit next to it as `<path>.<UTC time>.<first seq>`.

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use serde::Deserialize;
 
 /// `[limits]` in the config file.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct LimitConfig {
     /// Open connections (handshakes included) per source address; 0 = unlimited.
@@ -18,7 +18,7 @@ pub struct LimitConfig {
 }
 
 /// One `ip_overrides` entry: `{ cidr = "10.0.0.0/8", limit = 1000 }`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct IpOverride {
     /// `a.b.c.d/n`, `x::y/n`, or a bare address (a single host).

@@ -15,7 +15,7 @@ const MIN_LEASE_MS: u64 = 500;
 const MAX_LEASE_MS: u64 = 600_000;
 
 /// What a node does with new upgrades while Redis is unreachable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DownMode {
     /// Serve on local state (counted and audited).
@@ -35,7 +35,7 @@ impl DownMode {
 }
 
 /// What a single-use token's replay check does while Redis is unreachable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SingleUseDown {
     /// Refuse the token, 401 `replay_check_unavailable`: no node can tell whether another took
@@ -47,7 +47,7 @@ pub enum SingleUseDown {
 }
 
 /// The fleet's Redis and this node's part in it. Absent: a single edge, all state local.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FleetConfig {
     /// `redis://host:port/db` or `rediss://…` (TLS, verified against `ca`).

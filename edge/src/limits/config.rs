@@ -29,7 +29,7 @@ const MAX_BURST: u64 = 1_000_000_000_000;
 /// burst_messages = 200      # default: one second's worth (rounded up, at least 1)
 /// burst_bytes = 4_000_000   # default: one second's worth
 /// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateConfig {
     /// Sustained messages per second (a message is a whole WebSocket message, any size).

@@ -25,7 +25,7 @@ use crate::ebpf::{
 use crate::metrics::PrometheusFamilies;
 
 /// `[limits] ip_limiter`: which limiter enforces `per_ip_connections` and `ip_overrides`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IpLimiterMode {
     /// eBPF where it loads (root, BPF), else userspace; the start-up log says which and why.

@@ -125,7 +125,7 @@ pub enum Verdict {
 }
 
 /// What to do with a message over its limit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RatePolicy {
     /// Close the connection with 1008 `rate_limited`. The default: a client over its limit

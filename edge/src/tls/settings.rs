@@ -14,7 +14,7 @@ use crate::tls::ktls::KtlsMode;
 use crate::tls::policy;
 
 /// The `[tls]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsSettings {
     /// PEM file: the leaf certificate followed by its chain (`--cert`). The default entry:
@@ -74,7 +74,7 @@ impl Default for TlsSettings {
 }
 
 /// How clients may resume a session without a full handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Resumption {
     /// Stateless tickets, encrypted under a key that rotates every 6 hours (aws-lc-rs
@@ -98,7 +98,7 @@ impl Resumption {
 }
 
 /// Whether clients present certificates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientAuth {
     /// No certificate is asked for.
@@ -122,7 +122,7 @@ impl ClientAuth {
 }
 
 /// `[[tls.certs]]`: a certificate served when the client's SNI matches `sni`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SniCert {
     /// An exact host name (`api.example.com`) or a one-label wildcard (`*.example.com`).

@@ -18,7 +18,7 @@ use crate::ws::{PathPrefix, RequestTarget};
 use wssedge_proto::ws_url::{QueryRule, WsUrl};
 
 /// The `[upstream]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     /// TCP connect + TLS handshake + upgrade to one member, in milliseconds.
@@ -53,7 +53,7 @@ impl Default for UpstreamConfig {
 }
 
 /// `[upstream.tls]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// PEM CA certificates the members' certificates must chain to (no system roots: the
@@ -65,7 +65,7 @@ pub struct UpstreamTls {
 }
 
 /// `[upstream.headers]`: header names for what the edge knows about the client.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ForwardHeaders {
     /// The mTLS subject CN.
@@ -100,7 +100,7 @@ impl ForwardHeaders {
 }
 
 /// `[[upstream.groups]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupConfig {
     pub name: String,

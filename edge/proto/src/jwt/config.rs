@@ -32,7 +32,7 @@ impl JwtConfigError {
 }
 
 /// Where a bearer token may be taken from in the upgrade request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenSource {
     /// `Authorization: Bearer <token>`.
@@ -54,7 +54,7 @@ impl TokenSource {
 }
 
 /// What happens to a live session when its token's `exp` passes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExpiryPolicy {
     /// Close with 1008 (policy violation) at `exp + leeway_s`.
@@ -65,7 +65,7 @@ pub enum ExpiryPolicy {
 }
 
 /// A request path at or under `path_prefix` needs `scope`; the longest matching prefix wins.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScopeRule {
     pub path_prefix: String,
@@ -73,7 +73,7 @@ pub struct ScopeRule {
 }
 
 /// `[jwt]`: bearer tokens at the upgrade.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JwtConfig {
     /// PEM public keys (SPKI `PUBLIC KEY`, or PKCS#1 `RSA PUBLIC KEY`), one per file; the

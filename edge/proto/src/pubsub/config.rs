@@ -25,7 +25,7 @@ use super::topic::{check_topic_bytes, TopicError};
 use crate::ws_url::{QueryRule, WsUrl, WsUrlError};
 
 /// What happens to a publication for a subscriber whose queue is full.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SlowPolicy {
     /// Close the connection (1008 `slow_consumer`): the client never misses a message silently.
@@ -50,7 +50,7 @@ impl SlowPolicy {
 }
 
 /// `[[pubsub.topics]]`: topics starting with `prefix` get `slow`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicRule {
     /// Compared byte for byte with the start of a topic name; `""` covers every topic.
@@ -60,7 +60,7 @@ pub struct TopicRule {
 }
 
 /// `[[pubsub.feeds]]`: an upstream feed the edge subscribes itself to.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeedConfig {
     /// `ws://host[:port][/path][?query]` or `wss://…` ([`WsUrl`]).
@@ -68,7 +68,7 @@ pub struct FeedConfig {
 }
 
 /// `[pubsub]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PubsubConfig {
     /// Publications kept per topic for recovery; 0 keeps none.

@@ -27,7 +27,7 @@ use crate::config_error::ConfigError;
 use crate::ws::{PathPrefix, RequestTarget};
 
 /// `[[tls.identity_rules]]`: the identities that may open paths under `path_prefix`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityRule {
     /// Matches whole path segments, ASCII-case-insensitively: `/api` covers `/api`, `/API/x`

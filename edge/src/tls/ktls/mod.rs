@@ -32,7 +32,7 @@ pub use probe::KtlsSupport;
 pub use session::{ControlRecord, KernelParams, KernelTls, RekeyError};
 
 /// `[tls] ktls`: whether connections are handed to the kernel after their handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KtlsMode {
     /// Offload where the kernel can; otherwise userspace rustls, said once at start.

@@ -27,7 +27,7 @@ pub const PERMESSAGE_DEFLATE: &str = "permessage-deflate";
 
 /// Which side keeps its compression context from one message to the next
 /// (`[compression] context_takeover`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ContextTakeover {
     /// Neither: no deflate or inflate state is kept between messages.
