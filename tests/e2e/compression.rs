@@ -31,6 +31,12 @@ async fn expect_closed(ws: &mut RawWs, code: u16, reason: &str) {
     );
 }
 
+/// One compressed message in one frame (RSV1 set), as a client sends it.
+async fn send_deflated(ws: &mut RawWs, opcode: u8, msg: &[u8]) {
+    ws.send(&frame_rsv(true, 0b100, opcode, &deflate(msg), MASK))
+        .await;
+}
+
 /// The next data frame, whole (the edge sends unfragmented frames).
 async fn data_frame(ws: &mut RawWs) -> Frame {
     loop {
@@ -118,14 +124,7 @@ async fn a_decompression_bomb_is_closed_1009_before_its_memory_is_spent() {
     expect_closed(&mut ws, 1007, "bad_compressed_data").await;
     // Invalid UTF-8 once inflated.
     let (_, mut ws) = expect_upgraded(&srv, &req).await;
-    ws.send(&frame_rsv(
-        true,
-        0b100,
-        OP_TEXT,
-        &deflate(b"ok \xc3\x28"),
-        MASK,
-    ))
-    .await;
+    send_deflated(&mut ws, OP_TEXT, b"ok \xc3\x28").await;
     expect_closed(&mut ws, 1007, "invalid_utf8").await;
     // RSV1 on a control frame or a continuation.
     let (_, mut ws) = expect_upgraded(&srv, &req).await;
@@ -182,8 +181,7 @@ async fn a_path_without_compression_ignores_the_offer_and_refuses_rsv1() {
     );
     let (head, mut ws) = expect_upgraded(&srv, &req).await;
     assert_eq!(header(&head, "sec-websocket-extensions"), None, "{head}");
-    ws.send(&frame_rsv(true, 0b100, OP_TEXT, &deflate(b"x"), MASK))
-        .await;
+    send_deflated(&mut ws, OP_TEXT, b"x").await;
     expect_closed(&mut ws, 1002, "reserved_bits").await;
     // On by default on pub/sub routes; a route may say otherwise.
     let srv = Server::with_config(
@@ -280,14 +278,7 @@ async fn proxy_mode_compresses_the_client_hop_only() {
         "{head}"
     );
     let big = "{\"book\":\"ETH-USD\",\"bids\":[[\"3001.5\",\"2\"]]}".repeat(100);
-    ws.send(&frame_rsv(
-        true,
-        0b100,
-        OP_TEXT,
-        &deflate(big.as_bytes()),
-        MASK,
-    ))
-    .await;
+    send_deflated(&mut ws, OP_TEXT, big.as_bytes()).await;
     let f = data_frame(&mut ws).await;
     assert_eq!(
         f.rsv, 0b100,
@@ -425,14 +416,7 @@ async fn a_hostile_client_against_the_inflate_path() {
         "{head}"
     );
     let big = "{\"px\":\"1.0\"}".repeat(50);
-    ws.send(&frame_rsv(
-        true,
-        0b100,
-        OP_TEXT,
-        &deflate(big.as_bytes()),
-        MASK,
-    ))
-    .await;
+    send_deflated(&mut ws, OP_TEXT, big.as_bytes()).await;
     let f = data_frame(&mut ws).await;
     assert_eq!(inflate(&f.payload), big.as_bytes());
 }
@@ -536,14 +520,7 @@ async fn messages_outside_min_and_max_bytes_go_out_plain() {
         (1 << 20, false),
     ] {
         let msg = "{\"px\":\"1.0\"}".repeat(len / 12 + 1)[..len].to_string();
-        ws.send(&frame_rsv(
-            true,
-            0b100,
-            OP_TEXT,
-            &deflate(msg.as_bytes()),
-            MASK,
-        ))
-        .await;
+        send_deflated(&mut ws, OP_TEXT, msg.as_bytes()).await;
         let f = data_frame(&mut ws).await;
         let echoed = if compressed {
             assert_eq!(f.rsv, 0b100, "{len} bytes go out compressed");
