@@ -451,23 +451,30 @@ impl Reader {
         self.start += n;
     }
 
+    /// Takes the next complete frame off the buffer: its header and where its payload lies.
+    fn take_frame(&mut self) -> Result<Option<(Header, std::ops::Range<usize>)>, &'static str> {
+        let avail = &self.buf[self.start..self.end];
+        let Some(h) = frame_header(avail, self.inflater.is_some())? else {
+            return Ok(None);
+        };
+        let d0 = self.start + h.hl;
+        self.start += h.hl + h.len;
+        let payload = d0..d0 + h.len;
+        Ok(Some((h, payload)))
+    }
+
     /// Next complete server message, payload borrowed (fan-out mode; ws only).
     pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, &'static str> {
         loop {
-            let avail = &self.buf[self.start..self.end];
-            let Some(Header {
-                fin,
-                rsv1,
-                op,
-                hl,
-                len,
-            }) = frame_header(avail, self.inflater.is_some())?
+            let Some((
+                Header {
+                    fin, rsv1, op, len, ..
+                },
+                data,
+            )) = self.take_frame()?
             else {
                 return Ok(None);
             };
-            let d0 = self.start + hl;
-            self.start += hl + len;
-            let data = d0..d0 + len;
             match op {
                 0x1 | 0x2 if self.assembling || self.inflating => {
                     return Err("data frame inside a fragmented message")
@@ -525,19 +532,16 @@ impl Reader {
                 self.start += self.payload;
                 return Ok(Some(Ev::Msg(tag)));
             }
-            let Some(Header {
-                fin,
-                rsv1,
-                op,
-                hl,
-                len,
-            }) = frame_header(avail, self.inflater.is_some())?
+            let Some((
+                Header {
+                    fin, rsv1, op, len, ..
+                },
+                data,
+            )) = self.take_frame()?
             else {
                 return Ok(None);
             };
-            let d0 = self.start + hl;
-            self.start += hl + len;
-            let data = &self.buf[d0..d0 + len];
+            let data = &self.buf[data];
             let need = self.tag_off + tag_len(self.text);
             match op {
                 0x0..=0x2 if rsv1 || (op == 0 && self.inflating) => {
