@@ -62,6 +62,10 @@ pub struct ServerConfig {
     /// A drain (SIGTERM, SIGINT, `wssedge ctl drain`, or the old process of a restart) waits
     /// this long for its sessions' close handshakes before the cores stop anyway.
     pub drain_timeout_ms: u64,
+    /// Serve as this user once the listeners are bound and the eBPF limiter is loaded (see
+    /// `privilege`): started as root it becomes the user; started with capabilities it keeps
+    /// none in effect. None = serve as started.
+    pub user: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +78,7 @@ impl Default for ServerConfig {
             state_dir: PathBuf::from("wssedge-dev"),
             control: None,
             drain_timeout_ms: 5_000,
+            user: None,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod ebpf;
 pub mod fleet;
 pub mod limits;
 pub mod metrics;
+pub mod privilege;
 pub(crate) mod pubsub;
 pub(crate) mod readiness;
 pub mod reason;
@@ -27,6 +28,7 @@ pub mod routes;
 pub mod server;
 pub mod signals;
 pub mod sockopt;
+pub mod systemd;
 pub mod tls;
 pub mod upstream;
 

@@ -13,7 +13,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::harness::*;
 
-const CONFIG: &str = "[limits]\nper_ip_connections = 3\n\
+pub(crate) const CONFIG: &str = "[limits]\nper_ip_connections = 3\n\
                       ip_overrides = [{ cidr = \"127.0.0.9/32\", limit = 0 }, \
                       { cidr = \"127.0.0.10/32\", limit = 5 }]\n";
 
@@ -88,7 +88,7 @@ async fn session_when_freed(srv: &Server, from: IpAddr) -> RawWs {
 
 /// The scenario both limiters must pass: limit 3 from one source, others unaffected, a closed
 /// connection frees its slot, a blocked CIDR and a raised override.
-async fn limits_hold(srv: &Server) {
+pub(crate) async fn limits_hold(srv: &Server) {
     let a = source(2);
     let mut held = Vec::new();
     for _ in 0..3 {
@@ -166,7 +166,7 @@ async fn the_ebpf_limiter_refuses_the_syn() {
     );
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }

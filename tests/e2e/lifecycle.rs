@@ -398,7 +398,7 @@ impl Successor {
     }
 
     /// Waits for the successor's exit code (it must have been re-parented to us by then).
-    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+    pub(crate) fn wait_exit(&mut self, within: Duration) -> Option<i32> {
         let deadline = Instant::now() + within;
         loop {
             let mut status = 0;

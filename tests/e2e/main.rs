@@ -23,6 +23,7 @@ mod chaos_upstream;
 mod cli;
 mod compression;
 mod control;
+mod dashboard;
 mod echo;
 mod fleet;
 mod heartbeat;
@@ -32,6 +33,7 @@ mod lifecycle;
 mod limits;
 #[cfg(feature = "panic-injection")]
 mod panic;
+mod privilege;
 mod protocol;
 mod proxy;
 mod pubsub;

@@ -165,7 +165,13 @@ impl ControlServer {
     /// directory that exists, is not group- or world-writable and belongs to root or to us.
     /// [`ControlServer::start`] checks it again.
     pub fn check_path(path: &Path) -> Result<(), ControlError> {
-        super::socket::check_path(path)
+        super::socket::check_path(path, super::sys::effective_uid())
+    }
+
+    /// [`ControlServer::check_path`] for the uid that will serve (the edge checks before it
+    /// binds anything, while it may still be root, for the user it will become).
+    pub fn check_path_for(path: &Path, uid: u32) -> Result<(), ControlError> {
+        super::socket::check_path(path, uid)
     }
 
     /// Where the socket lives.

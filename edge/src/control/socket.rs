@@ -50,7 +50,7 @@ pub(crate) struct BoundSocket {
 
 impl BoundSocket {
     pub(crate) fn bind(path: &Path) -> Result<BoundSocket, ControlError> {
-        check_path(path)?;
+        check_path(path, sys::effective_uid())?;
         let lock = lock(path)?;
         clear_stale(path)?;
         let io_err = |action: &'static str| {
@@ -93,7 +93,7 @@ impl Drop for BoundSocket {
     }
 }
 
-pub(crate) fn check_path(path: &Path) -> Result<(), ControlError> {
+pub(crate) fn check_path(path: &Path, me: u32) -> Result<(), ControlError> {
     let len = path.as_os_str().len();
     if len > MAX_PATH_BYTES {
         return Err(ControlError::PathTooLong {
@@ -119,7 +119,6 @@ pub(crate) fn check_path(path: &Path) -> Result<(), ControlError> {
             })
         }
     };
-    let me = sys::effective_uid();
     directory_is_private(dir, meta.mode(), meta.uid(), me)?;
     // The directory itself could be swapped from its parent: every ancestor must be one only
     // root or we may rename entries in — owned by root or us, and writable by others only when

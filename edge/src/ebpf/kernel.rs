@@ -134,6 +134,9 @@ struct Inner {
     active: Array<MapData, u32>,
     pending: HashMap<MapData, EdgeFlow, EdgePending>,
     _listeners: ReusePortSockArray<MapData>,
+    /// Duplicates of the group's listeners, in their slots: to put them back in
+    /// `_listeners` after a restart that failed (see `hand_listeners_over`).
+    listener_fds: Vec<OwnedFd>,
     _ports: HashMap<MapData, u16, u8>,
     active_set: Vec<bool>,
     rules: RuleTable,
@@ -290,6 +293,11 @@ impl EbpfLimiter {
             active: take(&mut bpf, "active")?,
             pending: take(&mut bpf, "pending")?,
             _listeners: take(&mut bpf, "listeners")?,
+            listener_fds: listeners
+                .iter()
+                .map(|fd| fd.try_clone_to_owned())
+                .collect::<Result<_, _>>()
+                .map_err(|e| kernel_err("dup listener", &e))?,
             _ports: take(&mut bpf, "ports")?,
             bpf,
             active_set: vec![true; listeners.len()],
@@ -473,6 +481,37 @@ impl EbpfLimiter {
     /// `Some(drop hook)` when dead handshakes release their slots at once (fentry/fexit
     /// attached; `__inet_csk_reqsk_queue_drop` on 6.10+), `None` when only [`Self::sweep`]
     /// does (the kernel or sandbox refuses fentry/fexit).
+    /// Takes the group's listeners out of this program's socket array, so that a restart's
+    /// new process can put them in its own (a socket sits in one `REUSEPORT_SOCKARRAY` at a
+    /// time: the kernel answers EBUSY otherwise). Until its program replaces ours on the group,
+    /// ours still limits every SYN and the kernel picks the listener.
+    pub fn hand_listeners_over(&self) -> Result<(), EbpfError> {
+        let mut inner = self.lock();
+        for i in 0..inner.listener_fds.len() as u32 {
+            inner
+                ._listeners
+                .clear_index(&i)
+                .map_err(|e| map_err(&format!("listeners[{i}]"), e))?;
+        }
+        Ok(())
+    }
+
+    /// Puts the listeners back after a restart that did not happen.
+    pub fn take_listeners_back(&self) -> Result<(), EbpfError> {
+        let mut inner = self.lock();
+        let Inner {
+            _listeners,
+            listener_fds,
+            ..
+        } = &mut *inner;
+        for (i, fd) in listener_fds.iter().enumerate() {
+            _listeners
+                .set(i as u32, fd, 0)
+                .map_err(|e| map_err(&format!("listeners[{i}]"), e))?;
+        }
+        Ok(())
+    }
+
     pub fn immediate_release(&self) -> Option<&'static str> {
         self.reqsk_drop_hook
     }
@@ -492,8 +531,13 @@ impl EbpfLimiter {
 
     fn detach_group(&mut self) -> Result<(), EbpfError> {
         match self.group.take() {
-            Some(fd) => SkReuseport::detach(fd.as_fd())
-                .map_err(|e| kernel_err("SO_DETACH_REUSEPORT_BPF", &e)),
+            Some(fd) => match SkReuseport::detach(fd.as_fd()) {
+                Ok(()) => Ok(()),
+                // The drain closed the listeners first: the socket left its group, and the
+                // program went with the group. Nothing is attached any more.
+                Err(e) if errno_of(&e) == Some(libc::ENOENT) => Ok(()),
+                Err(e) => Err(kernel_err("SO_DETACH_REUSEPORT_BPF", &e)),
+            },
             None => Ok(()),
         }
     }

@@ -121,10 +121,11 @@ impl IpLimiter {
                          self-test passed: this kernel refused a 2nd connection at limit 1 and \
                          released the slot on close"
                     );
-                    let sweeper = Sweeper::start(limiters.clone());
+                    // The sweep thread starts with `start_sweeping`, after the privilege drop:
+                    // a thread started now would keep the capabilities the drop takes away.
                     return Ok(IpLimiter::Kernel {
                         limiters: Mutex::new(limiters),
-                        sweeper: Mutex::new(Some(sweeper)),
+                        sweeper: Mutex::new(None),
                     });
                 }
                 Err(e) if mode == IpLimiterMode::Ebpf => return Err(IpLimitError::EbpfRequired(e)),
@@ -167,6 +168,49 @@ impl IpLimiter {
         match self {
             IpLimiter::Userspace(l, _) => l.try_acquire(ip).map(Some),
             _ => Ok(None),
+        }
+    }
+
+    /// Before a restart: the listeners leave our programs' socket arrays so that the new
+    /// process can attach its own (see `EbpfLimiter::hand_listeners_over`).
+    pub fn hand_listeners_over(&self) -> Result<(), IpLimitError> {
+        if let IpLimiter::Kernel { limiters, .. } = self {
+            for l in limiters.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                l.hand_listeners_over()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After a restart that failed: our programs steer to the listeners again.
+    pub fn take_listeners_back(&self) {
+        if let IpLimiter::Kernel { limiters, .. } = self {
+            for l in limiters.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                if let Err(e) = l.take_listeners_back() {
+                    tracing::warn!(error = %e, "eBPF listener steering not restored after a failed restart");
+                }
+            }
+        }
+    }
+
+    /// Starts the thread that releases the kernel slots of handshakes that died (kernel
+    /// limiter only; a second call does nothing).
+    pub fn start_sweeping(&self) {
+        if let IpLimiter::Kernel { limiters, sweeper } = self {
+            let mut sweeper = sweeper.lock().unwrap_or_else(|e| e.into_inner());
+            if sweeper.is_none() {
+                let limiters = limiters.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                *sweeper = Some(Sweeper::start(limiters));
+            }
+        }
+    }
+
+    /// The capabilities a restart's new process needs to start this limiter the same way
+    /// (load and attach its own programs): none unless the limit is in the kernel.
+    pub fn capabilities_for_successor(&self) -> wssedge_sys::privilege::CapabilitySet {
+        match self {
+            IpLimiter::Kernel { .. } => crate::privilege::EBPF_LIMITER,
+            _ => wssedge_sys::privilege::CapabilitySet::empty(),
         }
     }
 

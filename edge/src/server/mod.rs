@@ -73,6 +73,8 @@ pub enum StartError {
     Control(#[from] crate::control::ControlError),
     #[error("restart handover: {0}")]
     Handover(#[source] handover::HandoverError),
+    #[error("{0}")]
+    Privilege(#[source] crate::privilege::PrivilegeError),
 }
 
 /// A running edge.
@@ -114,6 +116,8 @@ pub struct Running {
     reloader: Arc<reload::Reloader>,
     /// Lines to every core's replay shard: a restart seals them and hands their entries over.
     replay_lines: Vec<futures_channel::mpsc::Sender<admission::ReplayAsk>>,
+    /// systemd's `$NOTIFY_SOCKET`, when supervised.
+    notifier: Arc<crate::systemd::Notifier>,
 }
 
 /// How long a restarting process waits for its cores' accepts to return (each core sees the
@@ -208,6 +212,7 @@ impl Running {
         if !self.lifecycle.start_drain(order) {
             return DrainSummary::default();
         }
+        self.notifier.stopping();
         self.finish_drain(trigger, order, began)
     }
 
@@ -231,9 +236,14 @@ impl Running {
                     detail,
                 })
         };
+        // The new process puts the listeners in its own eBPF socket arrays.
+        if let Err(e) = self.ip_limiter.hand_listeners_over() {
+            tracing::warn!(error = %e, "restart: the listeners could not leave this process's eBPF socket arrays; the new process may fail to attach its limiter");
+        }
         let successor = match handover::spawn_successor(&self.handoff, &self.locks) {
             Ok(s) => s,
             Err(e) => {
+                self.ip_limiter.take_listeners_back();
                 record(None, e.to_string());
                 tracing::error!(reason = %e, "restart failed; this process keeps serving");
                 if let Some(reply) = reply {
@@ -246,6 +256,11 @@ impl Running {
             new_pid = successor.pid,
             "restart: the new process serves; draining with 1012"
         );
+        // Not STOPPING: the service goes on in the new process, which names itself MAINPID.
+        self.notifier.status(&format!(
+            "handing over to pid {}; draining with 1012",
+            successor.pid
+        ));
         self.handed_over = true;
         // Stop accepting first; once every core's accepts have returned (none can take a
         // connection any more) the successor's cores start on the shared queues. Then answer.
@@ -419,7 +434,8 @@ fn watch_crls(
 /// process of a restart), starts the cores and the admin listener.
 pub fn start(cfg: Config) -> Result<Running, StartError> {
     let mut inherited = handover::inherit().map_err(StartError::Handover)?;
-    let started = start_serving(cfg, inherited.as_mut());
+    let notifier = Arc::new(crate::systemd::Notifier::from_env());
+    let started = start_serving(cfg, inherited.as_mut(), notifier);
     if let (Err(e), Some(h)) = (&started, &inherited) {
         h.failed(&e.to_string());
     }
@@ -429,16 +445,27 @@ pub fn start(cfg: Config) -> Result<Running, StartError> {
 fn start_serving(
     cfg: Config,
     mut inherited: Option<&mut handover::Inheritance>,
+    notifier: Arc<crate::systemd::Notifier>,
 ) -> Result<Running, StartError> {
     cfg.validate()?;
+    // Who will serve is known before anything binds: an unknown user, or one this process
+    // cannot become, stops the start here.
+    let privilege = crate::privilege::Plan::resolve(cfg.server.user.as_deref())
+        .map_err(StartError::Privilege)?;
     // The control socket's place is checked before anything binds (its directory must be
-    // private); the socket itself is bound last.
+    // private to the user that serves); the socket itself is bound last.
     if let Some(path) = &cfg.server.control {
-        crate::control::ControlServer::check_path(path)?;
+        crate::control::ControlServer::check_path_for(path, privilege.serving_uid())?;
     }
     let cpus = cpus::choose(cfg.server.cores, cfg.server.cpus.as_deref())?;
     let (chain, key, dev_ca) =
         reload::default_certificate(&cfg).map_err(StartError::Certificate)?;
+    if dev_ca.is_some() {
+        // Made (or read) as who we are now; a reload re-reads it as who we will be.
+        privilege
+            .hand_over_dir(&cfg.server.state_dir)
+            .map_err(StartError::Privilege)?;
+    }
     let ktls = KtlsPolicy::decide(cfg.tls.ktls, cfg.tls.ktls_key_limit_records)
         .map_err(StartError::Ktls)?;
     ktls.log_start();
@@ -485,6 +512,22 @@ fn start_serving(
             .map_err(StartError::IpLimit)?,
     );
     drop(groups);
+    // Everything that needs a privilege is bound or loaded (the admin listener too, for a
+    // port below 1024): drop them before any thread starts, so none keeps what the main
+    // thread gives back.
+    let admin_listener = match admin_listener {
+        Some(l) => l,
+        None => {
+            std::net::TcpListener::bind(cfg.server.admin).map_err(|source| StartError::Admin {
+                addr: cfg.server.admin,
+                source,
+            })?
+        }
+    };
+    privilege
+        .drop_privileges(ip_limiter.capabilities_for_successor())
+        .map_err(StartError::Privilege)?;
+    ip_limiter.start_sweeping();
 
     // A successor continues the trail once its predecessor has drained and sealed it.
     let lock_wait = inherited
@@ -590,10 +633,6 @@ fn start_serving(
     let admin_err = |source| StartError::Admin {
         addr: cfg.server.admin,
         source,
-    };
-    let admin_listener = match admin_listener {
-        Some(l) => l,
-        None => std::net::TcpListener::bind(cfg.server.admin).map_err(admin_err)?,
     };
     let admin_copy = admin_listener.try_clone().map_err(admin_err)?;
     let admin_stop = Arc::new(AtomicBool::new(false));
@@ -718,6 +757,7 @@ fn start_serving(
         ip_limiter: ip_limiter.clone(),
         audit: trail.handle(),
         one_at_a_time: Default::default(),
+        notifier: notifier.clone(),
     });
     let control = match &cfg.server.control {
         Some(path) => Some(crate::control::ControlServer::start(
@@ -737,6 +777,9 @@ fn start_serving(
         )?),
         None => None,
     };
+    // Every core serves, the control socket answers: systemd may send traffic's way (a
+    // restart's new process also becomes the unit's main process here).
+    notifier.ready(inherited.is_some());
     Ok(Running {
         listening,
         admin,
@@ -759,6 +802,7 @@ fn start_serving(
         reloader,
         drain_timeout: cfg.server.drain_timeout(),
         replay_lines: replay_peers,
+        notifier,
     })
 }
 

@@ -307,6 +307,7 @@ mod tests {
                 ip_limiter: Arc::new(crate::limits::ip_limit::IpLimiter::Off),
                 audit: audit.clone(),
                 one_at_a_time: Default::default(),
+                notifier: Arc::new(crate::systemd::Notifier::none()),
             }),
             admission,
             audit,

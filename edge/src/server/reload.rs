@@ -117,13 +117,17 @@ pub(crate) struct Reloader {
     pub audit: AuditHandle,
     /// One reload at a time (a SIGHUP and a `ctl reload` together).
     pub one_at_a_time: Mutex<()>,
+    /// systemd hears RELOADING=1, then READY=1 (refused or not: the edge serves on).
+    pub notifier: Arc<crate::systemd::Notifier>,
 }
 
 impl Reloader {
     /// Reloads, logs and audits the outcome (`trigger`: "control", "SIGHUP").
     pub fn reload(&self, trigger: &str) -> Result<Reloaded, ReloadError> {
         let _one = self.one_at_a_time.lock().unwrap_or_else(|e| e.into_inner());
+        self.notifier.reloading();
         let outcome = self.reload_now();
+        self.notifier.reloaded();
         match &outcome {
             Ok(done) => {
                 tracing::info!(trigger, applied = %done.applied.join("; "), "configuration reloaded");
@@ -233,13 +237,14 @@ fn fixed_limits(l: &Limits) -> String {
 /// The keys whose value in `new` differs from the running one and that apply only at start.
 fn needs_restart(running: &Config, new: &Config) -> Vec<String> {
     type Key = (&'static str, fn(&Config) -> String);
-    let keys: [Key; 13] = [
+    let keys: [Key; 14] = [
         ("server.listen", |c| format!("{:?}", c.server.listen)),
         ("server.cores", |c| format!("{:?}", c.server.cores)),
         ("server.cpus", |c| format!("{:?}", c.server.cpus)),
         ("server.admin", |c| c.server.admin.to_string()),
         ("server.state_dir", |c| format!("{:?}", c.server.state_dir)),
         ("server.control", |c| format!("{:?}", c.server.control)),
+        ("server.user", |c| format!("{:?}", c.server.user)),
         ("server.drain_timeout_ms", |c| {
             c.server.drain_timeout_ms.to_string()
         }),
@@ -332,6 +337,7 @@ mod tests {
             ip_limiter: Arc::new(IpLimiter::Off),
             audit: trail.handle(),
             one_at_a_time: Mutex::new(()),
+            notifier: Arc::new(crate::systemd::Notifier::none()),
         };
         Fixture {
             dir,

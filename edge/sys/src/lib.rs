@@ -12,17 +12,21 @@
 //! - [`cred`]: peer credentials, effective ids, a socket's mode before bind.
 //! - [`fs`]: non-blocking exclusive `flock`.
 //! - [`affinity`]: the CPUs this process may run on.
+//! - [`clock`]: CLOCK_MONOTONIC as a number (systemd wants it).
 //! - [`signals`]: blocking and waiting for signals (`sigwait`).
 //! - [`bpf_maps`]: the eBPF map layouts and their `aya::Pod` impls.
+//! - [`privilege`]: becoming the configured user, giving capabilities back.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod affinity;
 pub mod bpf_maps;
+pub mod clock;
 pub mod cred;
 pub mod fd;
 pub mod fs;
 pub mod ktls;
+pub mod privilege;
 pub mod signals;
 pub mod sock;
 

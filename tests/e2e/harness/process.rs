@@ -22,6 +22,12 @@ pub struct ServerBuilder {
     state_dir: Option<PathBuf>,
     /// Pass no --listen/--admin/--state-dir/--cores: the config file must supply them.
     config_only: bool,
+    /// A program (and its arguments) that execs the server: `setpriv …`.
+    via: Vec<String>,
+    env: Vec<(String, String)>,
+    /// The temporary directory (config file, default state dir) readable by every user: for a
+    /// server that serves, or starts, as another user.
+    open_tmp: bool,
 }
 
 impl Default for ServerBuilder {
@@ -39,7 +45,24 @@ impl ServerBuilder {
             args: Vec::new(),
             state_dir: None,
             config_only: false,
+            via: Vec::new(),
+            env: Vec::new(),
+            open_tmp: false,
         }
+    }
+    /// Starts the server through `program` (which must exec it, keeping the pid).
+    pub fn via(mut self, program: &[&str]) -> Self {
+        self.via = program.iter().map(|s| s.to_string()).collect();
+        self
+    }
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+    /// The config file and default state dir's parent readable (and traversable) by all.
+    pub fn open_tmp(mut self) -> Self {
+        self.open_tmp = true;
+        self
     }
     /// TOML written to a file in the state dir and passed with `--config`.
     pub fn config(mut self, toml: &str) -> Self {
@@ -75,7 +98,20 @@ impl ServerBuilder {
 
     fn command(&self, tmp: &Path) -> Command {
         let state = self.state_dir.clone().unwrap_or_else(|| tmp.join("state"));
-        let mut cmd = Command::new(BIN);
+        if self.open_tmp {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod the temporary directory");
+        }
+        let mut cmd = match self.via.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(BIN);
+                cmd
+            }
+            None => Command::new(BIN),
+        };
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.arg("serve");
         if let Some(cfg) = &self.config {
             let path = tmp.join("wssedge.toml");
