@@ -1,7 +1,8 @@
 //! `cargo xtask`: the project's task driver.
 //!
-//! `cargo xtask test [--layer unit|e2e|vmtest|soak|fuzz|autobahn]...` runs every test layer (or the named
-//! ones) and prints one summary line per layer, `LAYER: N passed, N failed, N skipped (T s)`,
+//! `cargo xtask test [--layer unit|e2e|vmtest|soak|fuzz|autobahn|package]...` runs every test
+//! layer (or the named ones) and prints one summary line per layer,
+//! `LAYER: N passed, N failed, N skipped (T s)`,
 //! then `total: N passed, N failed, N skipped`; it exits non-zero when anything failed.
 //! `cargo xtask autobahn` runs only the Autobahn conformance layer; `cargo xtask vmtest` only
 //! the kTLS tests in a QEMU guest (see `vmtest.rs`), or with `--exec CMD` any command there.
@@ -26,13 +27,16 @@ mod edge_proc;
 mod flood;
 mod fuzz;
 mod micro;
+mod package;
 mod perf;
 mod proto_deps;
 mod siege;
 mod soak;
 mod vmtest;
 
-const LAYERS: [&str; 7] = ["unit", "e2e", "vmtest", "soak", "siege", "fuzz", "autobahn"];
+const LAYERS: [&str; 8] = [
+    "unit", "e2e", "vmtest", "soak", "siege", "fuzz", "autobahn", "package",
+];
 
 /// Autobahn groups 12 and 13 test permessage-deflate (RFC 7692): the edge under test turns it
 /// on for its echo path, and they are held to the same rule as groups 1-10.
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz::run(&args[1..]),
         Some("soak") => soak::run(&args[1..]),
         Some("siege") => siege::run(&args[1..]),
+        Some("package") => package::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             print_usage();
             return ExitCode::SUCCESS;
@@ -90,7 +95,7 @@ fn main() -> ExitCode {
 
 fn print_usage() {
     eprintln!(
-        "usage:\n  cargo xtask test [--layer unit|e2e|vmtest|soak|siege|fuzz|autobahn]...   run the test layers (all by default)\n  \
+        "usage:\n  cargo xtask test [--layer unit|e2e|vmtest|soak|siege|fuzz|autobahn|package]...   run the test layers (all by default)\n  \
          cargo xtask autobahn                               run the Autobahn conformance layer\n  \
          cargo xtask vmtest [--exec \"SHELL COMMAND\"]        the kTLS tests (or the command) in a QEMU guest\n  \
          cargo xtask bench [--quick] [--help]               side-by-side benchmarks, report in target/bench/\n  \
@@ -100,7 +105,8 @@ fn print_usage() {
          cargo xtask flood [--quick]                        per-IP limiter under a 10k-connection flood, eBPF vs userspace\n  \
          cargo xtask fuzz [--minutes N] [--target NAME]...   libFuzzer on stable, report in target/fuzz/report.md\n  \
          cargo xtask soak [--minutes N]                     mixed load, then idle: nothing grows, everything returns; target/soak/\n  \
-         cargo xtask siege [--quick] [--sockets N] [--phase NAME]... [--ci-profile]   5,000 silent/dribbling/stalled sockets vs a client every 100 ms; target/siege/\n\n\
+         cargo xtask siege [--quick] [--sockets N] [--phase NAME]... [--ci-profile]   5,000 silent/dribbling/stalled sockets vs a client every 100 ms; target/siege/\n  \
+         cargo xtask package [--profile NAME] [--no-build] [--fast]   the Debian package, target/debian/wssedge_<version>_amd64.deb\n\n\
          vmtest: this host's kernel has no kTLS, so the `ktls` tests of wssedge (or the --exec command, run\n\
          from the workspace root) run in a QEMU/TCG guest on Debian's 6.1 kernel with the host's / mounted\n\
          read-only. Needs root: installs qemu-system-x86, busybox-static and kmod with apt and caches the\n\
@@ -207,6 +213,7 @@ fn run_tests(layers: &[&str]) -> Result<bool> {
             "siege" => siege::layer(&env),
             "vmtest" => vmtest::layer(&env),
             "autobahn" => layer_autobahn(&env),
+            "package" => package::layer(&env),
             _ => unreachable!(),
         };
         let secs = t0.elapsed().as_secs_f64();

@@ -56,6 +56,19 @@ use super::listen::{InstanceLock, ListenerSet};
 use crate::auth::replay::HandedEntry;
 use wssedge_sys::fd;
 
+/// The binary a restart starts: the file at the path this process was started from. When a
+/// package upgrade replaced it, the kernel names ours "PATH (deleted)": the new file at PATH is
+/// the one meant (a restart after an upgrade is how the upgrade takes effect).
+fn successor_binary(exe: PathBuf) -> PathBuf {
+    let Some(text) = exe.to_str() else {
+        return exe;
+    };
+    match text.strip_suffix(" (deleted)") {
+        Some(path) if std::path::Path::new(path).is_file() => PathBuf::from(path),
+        _ => exe,
+    }
+}
+
 /// The environment variable naming the successor's end of the handover socket.
 pub(crate) const ENV: &str = "WSSEDGE_HANDOVER_FD";
 
@@ -255,7 +268,7 @@ pub(crate) fn spawn_successor(
     let (ours, theirs) = Socket::pair(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None)?;
     // Only the child's end crosses exec; ours stays close-on-exec.
     theirs.set_cloexec(false)?;
-    let exe = std::env::current_exe().map_err(HandoverError::NoBinary)?;
+    let exe = successor_binary(std::env::current_exe().map_err(HandoverError::NoBinary)?);
     let mut cmd = Command::new(&exe);
     cmd.args(std::env::args_os().skip(1))
         .env(ENV, theirs.as_raw_fd().to_string())
@@ -601,6 +614,21 @@ impl Inheritance {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// After a package upgrade replaced the binary, `current_exe` names the old file
+    /// "… (deleted)": the restart starts the new file at the same path.
+    #[test]
+    fn a_replaced_binary_restarts_into_the_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("wssedge");
+        std::fs::write(&new, b"new").unwrap();
+        let deleted = PathBuf::from(format!("{} (deleted)", new.display()));
+        assert_eq!(successor_binary(deleted), new);
+        // Nothing at the path any more: the name is kept (the spawn's error then says so).
+        let gone = dir.path().join("gone (deleted)");
+        assert_eq!(successor_binary(gone.clone()), gone);
+        assert_eq!(successor_binary(new.clone()), new);
+    }
 
     #[test]
     fn configured_addresses_match_what_was_resolved() {
