@@ -32,6 +32,8 @@ pub struct Config {
     pub fleet: Option<crate::fleet::FleetConfig>,
     /// permessage-deflate (RFC 7692): where it is negotiated and how.
     pub compression: crate::compression::CompressionConfig,
+    /// OpenTelemetry traces over OTLP/HTTP: a span per upgrade decision and session end.
+    pub telemetry: crate::telemetry::TelemetryConfig,
     /// The file this configuration was read from (what `wssedge ctl reload` re-reads).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -346,6 +348,7 @@ impl Config {
         }
         self.audit.validate()?;
         self.compression.validate()?;
+        self.telemetry.validate()?;
         if let Some(fleet) = &self.fleet {
             fleet.validate()?;
         }

@@ -29,6 +29,7 @@ pub mod server;
 pub mod signals;
 pub mod sockopt;
 pub mod systemd;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 

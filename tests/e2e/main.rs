@@ -39,5 +39,6 @@ mod proxy;
 mod pubsub;
 mod rate_limits;
 mod soft_records;
+mod telemetry;
 mod transport;
 mod upgrade;

@@ -15,6 +15,7 @@
 //! - [`pubsub`]: market-data pub/sub — `[pubsub]`, topic names, the client protocol, each
 //!   topic's sequence and history ring, a subscriber's bounded queue of shared frames.
 //! - [`tls_wire`]: TLS wire numbers shared by the userspace driver and the kernel record layer.
+//! - [`trace_context`]: W3C `traceparent`, read from the upgrade request and sent upstream.
 //!
 //! `attack_spellings` (hidden) is a test corpus, public only so that the end-to-end suite
 //! shares it.
@@ -35,5 +36,6 @@ pub mod origin;
 pub mod pubsub;
 pub mod tls_hello;
 pub mod tls_wire;
+pub mod trace_context;
 pub mod ws;
 pub mod ws_url;

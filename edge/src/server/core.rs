@@ -51,6 +51,8 @@ pub(crate) struct Core {
     pub pubsub: Option<Rc<crate::pubsub::CorePubsub>>,
     /// This core's producer end of the audit trail (never blocks, never drops).
     pub audit: AuditSink,
+    /// OpenTelemetry spans (`[telemetry]`): handed to the exporter thread, never waited on.
+    pub telemetry: Option<crate::telemetry::SpanSink>,
     pub metrics: Arc<CoreMetrics>,
     pub wheel: Rc<TimerWheel>,
     pub buffers: CoreBuffers,
@@ -158,6 +160,7 @@ impl Core {
                 .as_ref()
                 .map(|p| Rc::new(crate::pubsub::CorePubsub::new(&p.shared, start.index))),
             audit,
+            telemetry: start.telemetry.clone(),
             metrics: start.metrics.clone(),
             buffers: CoreBuffers {
                 pool: RefCell::new(BufPool::default()),
@@ -235,6 +238,7 @@ pub(crate) struct CoreStart {
     pub pubsub: Option<crate::pubsub::CorePubsubStart>,
     pub rates: RatesStart,
     pub audit: AuditSink,
+    pub telemetry: Option<crate::telemetry::SpanSink>,
     pub replay: ReplayStart,
     pub metrics: Arc<CoreMetrics>,
     pub listeners: Vec<std::net::TcpListener>,

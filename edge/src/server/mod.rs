@@ -73,6 +73,8 @@ pub enum StartError {
     Control(#[from] crate::control::ControlError),
     #[error("restart handover: {0}")]
     Handover(#[source] handover::HandoverError),
+    #[error("OpenTelemetry exporter: {0}")]
+    Telemetry(#[source] std::io::Error),
     #[error("{0}")]
     Privilege(#[source] crate::privilege::PrivilegeError),
 }
@@ -118,6 +120,8 @@ pub struct Running {
     replay_lines: Vec<futures_channel::mpsc::Sender<admission::ReplayAsk>>,
     /// systemd's `$NOTIFY_SOCKET`, when supervised.
     notifier: Arc<crate::systemd::Notifier>,
+    /// The OTLP exporter, flushed once the cores have stopped.
+    telemetry: Option<crate::telemetry::Telemetry>,
 }
 
 /// How long a restarting process waits for its cores' accepts to return (each core sees the
@@ -200,6 +204,9 @@ impl Running {
         }
         if let Err(e) = self.trail.shutdown() {
             tracing::error!(error = %e, "the audit trail could not be sealed");
+        }
+        if let Some(telemetry) = self.telemetry.take() {
+            telemetry.shutdown();
         }
         asked
     }
@@ -398,6 +405,7 @@ fn metric_rooms(
     upstreams: Option<&Arc<crate::upstream::Upstreams>>,
     pubsub: Option<&crate::pubsub::PubsubShared>,
     fleet: Option<&crate::fleet::Fleet>,
+    telemetry: Option<&crate::telemetry::Telemetry>,
 ) -> Vec<Arc<dyn PrometheusFamilies>> {
     let mut rooms: Vec<Arc<dyn PrometheusFamilies>> =
         vec![ip_limiter.clone(), identities.clone(), reloads.clone()];
@@ -409,6 +417,9 @@ fn metric_rooms(
     }
     if let Some(fleet) = fleet {
         rooms.push(fleet.status.clone());
+    }
+    if let Some(telemetry) = telemetry {
+        rooms.push(telemetry.stats.clone());
     }
     rooms
 }
@@ -604,6 +615,8 @@ fn start_serving(
     } else {
         (None, (0..cpus.len()).map(|_| None).collect::<Vec<_>>())
     };
+    let telemetry =
+        crate::telemetry::Telemetry::start(&cfg.telemetry).map_err(StartError::Telemetry)?;
     let stop = Arc::new(AtomicBool::new(false));
     let draining = Arc::new(AtomicBool::new(false));
     let lifecycle = Arc::new(match inherited {
@@ -628,6 +641,7 @@ fn start_serving(
             upstreams.as_ref(),
             pubsub.as_ref(),
             fleet.as_ref(),
+            telemetry.as_ref(),
         ),
     };
     let admin_err = |source| StartError::Admin {
@@ -698,6 +712,7 @@ fn start_serving(
                 identities: identity_budgets.clone(),
             },
             audit,
+            telemetry: telemetry.as_ref().map(|t| t.sink.clone()),
             replay: core::ReplayStart {
                 peers: replay_peers.clone(),
                 questions,
@@ -803,6 +818,7 @@ fn start_serving(
         drain_timeout: cfg.server.drain_timeout(),
         replay_lines: replay_peers,
         notifier,
+        telemetry,
     })
 }
 

@@ -182,6 +182,7 @@ async fn try_connect(u: &Upstreams) -> Result<UpstreamStream, ConnectError> {
         protocol: Some("md.v2"),
         identity: None,
         token: None,
+        traceparent: None,
     };
     let routed = u.route(&req.path).unwrap();
     let lease = u

@@ -43,6 +43,8 @@ pub struct ClientContext<'a> {
     pub protocol: Option<&'a str>,
     pub identity: Option<&'a ClientIdentity>,
     pub token: Option<&'a VerifiedToken>,
+    /// W3C `traceparent` for the member (the edge's upgrade span as parent).
+    pub traceparent: Option<&'a str>,
 }
 
 /// A handshake under a fresh random `Sec-WebSocket-Key`.
@@ -136,6 +138,9 @@ pub fn write_request_with(
         header(out, "User-Agent", ua);
     }
     header(out, "X-Forwarded-For", &client.peer.to_string());
+    if let Some(tp) = client.traceparent.filter(|v| printable(v)) {
+        header(out, "traceparent", tp);
+    }
     out.extend_from_slice(b"X-Forwarded-Proto: https\r\n");
     // The parser refuses any other Host; checked again here, where it is written.
     if valid_host(&client.request.host) {
@@ -286,6 +291,7 @@ mod tests {
             protocol: Some("md.v2"),
             identity,
             token,
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         };
         let mut out = Vec::new();
         let hs = write_request(
@@ -317,6 +323,7 @@ mod tests {
                 protocol: None,
                 identity: None,
                 token: None,
+                traceparent: None,
             };
             let mut out = Vec::new();
             write_request(&member, "/feed", &ctx, &ForwardHeaders::default(), &mut out);
@@ -350,6 +357,10 @@ mod tests {
         assert_eq!(get(&h, "origin"), ["https://app.example"]);
         assert_eq!(get(&h, "user-agent"), ["probe/1.0"]);
         assert_eq!(get(&h, "x-forwarded-for"), ["192.0.2.7"]);
+        assert_eq!(
+            get(&h, "traceparent"),
+            ["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"]
+        );
         assert_eq!(get(&h, "x-forwarded-proto"), ["https"]);
         assert_eq!(get(&h, "x-forwarded-host"), ["edge.example"]);
         assert_eq!(get(&h, "x-client-subject"), ["trader-7"]);

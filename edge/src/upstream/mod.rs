@@ -415,6 +415,7 @@ lossy = true
             protocol: None,
             identity: None,
             token: None,
+            traceparent: None,
         };
         let out = u.request(&a.url, routed.rest, &ctx);
         let text = String::from_utf8(out.bytes).unwrap();

@@ -53,6 +53,9 @@ pub struct UpgradeRequest {
     /// The `User-Agent` header (forwarded upstream in proxy mode); `None` when absent, repeated
     /// or not UTF-8.
     pub user_agent: Option<String>,
+    /// W3C `traceparent` when sent once and valid; anything else is ignored (the spec's rule),
+    /// never refused.
+    pub traceparent: Option<crate::trace_context::TraceParent>,
 }
 
 impl std::fmt::Debug for UpgradeRequest {
@@ -322,6 +325,11 @@ pub fn parse_upgrade(
         .flatten()
         .and_then(|v| std::str::from_utf8(v).ok())
         .map(str::to_owned);
+    let traceparent = single(headers, "traceparent")
+        .ok()
+        .flatten()
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(crate::trace_context::TraceParent::parse);
     Ok(Some((
         UpgradeRequest {
             path,
@@ -332,6 +340,7 @@ pub fn parse_upgrade(
             extensions,
             authorization,
             user_agent,
+            traceparent,
         },
         consumed,
     )))

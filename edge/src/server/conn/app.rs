@@ -99,6 +99,15 @@ impl App {
         }
     }
 
+    /// What serves the session, for its span.
+    pub(super) fn kind(&self) -> &'static str {
+        match self {
+            App::Echo => "echo",
+            App::Proxy(_) => "proxy",
+            App::PubSub(_) => "pubsub",
+        }
+    }
+
     pub(super) fn is_pubsub(&self) -> bool {
         matches!(self, App::PubSub(_))
     }

@@ -50,6 +50,7 @@ mod flow;
 mod pass;
 mod phase;
 mod proxy;
+mod trace;
 
 use self::app::{App, OverRate};
 
@@ -282,6 +283,8 @@ struct Conn {
     /// The connection is ending (`finish`): no hand-off to the kernel will come.
     finishing: bool,
     holds_read_buffer: bool,
+    /// Its trace (`[telemetry]` on): begun at the upgrade request.
+    trace: Option<Box<trace::ConnTrace>>,
 }
 
 impl Conn {
@@ -318,7 +321,79 @@ impl Conn {
             moved: 0,
             finishing: false,
             holds_read_buffer: false,
+            trace: None,
         }
+    }
+
+    /// The connection's trace context, begun at its upgrade request (None: telemetry off).
+    fn trace_for(&mut self, request: &ws::UpgradeRequest) -> Option<crate::telemetry::TraceSpan> {
+        let sink = self.core.telemetry.as_ref()?;
+        let trace = self.trace.get_or_insert_with(|| {
+            Box::new(trace::ConnTrace {
+                span: sink.begin(request.traceparent),
+                upgraded_at: None,
+            })
+        });
+        Some(trace.span)
+    }
+
+    /// The `traceparent` an upstream member gets: the edge's upgrade span as its parent, or,
+    /// with telemetry off, the client's own header passed on unchanged.
+    fn traceparent_upstream(&mut self, request: &ws::UpgradeRequest) -> Option<String> {
+        match self.trace_for(request) {
+            Some(span) => Some(span.traceparent()),
+            None => request.traceparent.map(|p| p.format()),
+        }
+    }
+
+    /// The upgrade decision's span (sampled traces only).
+    fn trace_upgrade(
+        &mut self,
+        request: &ws::UpgradeRequest,
+        admitted: Option<&Admitted>,
+        allowed: bool,
+        status: u16,
+        reason: Reason,
+        app: Option<&'static str>,
+    ) {
+        let Some(span) = self.trace_for(request).filter(|s| s.sampled) else {
+            return;
+        };
+        let record = trace::upgrade_span(
+            span,
+            self.accepted_at,
+            trace::UpgradeDecision {
+                peer: self.peer,
+                path: self.core.access.admission.redact_target(&request.path),
+                identity: self.identity.as_deref(),
+                admitted,
+                allowed,
+                status,
+                reason,
+                app,
+            },
+        );
+        if let Some(sink) = &self.core.telemetry {
+            sink.emit(record);
+        }
+    }
+
+    /// The session's span at its end (sampled traces only).
+    fn trace_session_end(&self) {
+        let (Some(sink), Some(trace)) = (&self.core.telemetry, &self.trace) else {
+            return;
+        };
+        let (true, Some(upgraded_at)) = (trace.span.sampled, trace.upgraded_at) else {
+            return;
+        };
+        sink.emit(trace::session_span(
+            &trace.span,
+            upgraded_at,
+            self.phase.upgraded().map(|u| u.path.to_string()),
+            self.phase.session().and_then(Session::close_code),
+            self.bytes_in,
+            self.bytes_out,
+        ));
     }
 
     async fn run(&mut self) -> End {
@@ -978,6 +1053,7 @@ impl Conn {
         self.core
             .audit
             .record(self.upgrade_event(request, admitted, false, *status, *reason));
+        self.trace_upgrade(request, admitted, false, *status, *reason, None);
         match refusal.http_response() {
             Some(response) if self.layer.send(&response).is_ok() => End::Close,
             _ => End::Abort,
@@ -1119,6 +1195,7 @@ impl Conn {
                 // Boxed: opening an upstream session (connect, TLS, upgrade) is a large future
                 // that only proxied connections need, once. Held inline it would size every
                 // connection's task, and that size is each idle connection's memory.
+                let traceparent = self.traceparent_upstream(&pending.request);
                 let opening = Box::pin(Proxy::open(
                     &self.core,
                     &pending,
@@ -1126,6 +1203,7 @@ impl Conn {
                     self.identity.as_deref(),
                     self.peer,
                     &self.deadline,
+                    traceparent.as_deref(),
                 ));
                 match opening.await {
                     Ok(proxy) => App::Proxy(Box::new(proxy)),
@@ -1198,6 +1276,17 @@ impl Conn {
         self.core
             .audit
             .record(self.upgrade_event(request, Some(&admitted), true, 101, Reason::Ok));
+        self.trace_upgrade(
+            request,
+            Some(&admitted),
+            true,
+            101,
+            Reason::Ok,
+            Some(app.kind()),
+        );
+        if let Some(trace) = &mut self.trace {
+            trace.upgraded_at = Some(Instant::now());
+        }
         let path = self.core.access.admission.redact_target(&request.path);
         let token = admitted.token.as_ref();
         let entry = self.core.access.live.register(
@@ -1590,6 +1679,7 @@ impl Conn {
     async fn finish(&mut self, end: End) {
         if self.phase.is_upgraded() {
             self.core.audit.record(self.close_event());
+            self.trace_session_end();
         }
         // Everything after our close frame shares one deadline: the upstream's close, the last
         // bytes, the client's close reply and close_notify together get close_timeout_ms,

@@ -72,6 +72,7 @@ impl Proxy {
         identity: Option<&ClientIdentity>,
         peer: SocketAddr,
         handshake: &Deadline,
+        traceparent: Option<&str>,
     ) -> Result<Self, Refusal> {
         let Some(upstreams) = core.upstreams.clone() else {
             return Err(internal_refusal());
@@ -83,6 +84,7 @@ impl Proxy {
             protocol: pending.admitted.protocol.as_deref(),
             identity,
             token: pending.admitted.token.as_ref(),
+            traceparent,
         };
         let relay = crate::upstream::relay::open(
             &upstreams,
