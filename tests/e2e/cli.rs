@@ -321,3 +321,58 @@ fn cpus_flag_pins_the_cores() {
         );
     });
 }
+
+/// `--help` is the installed host's manual (the package ships the README beside it): every
+/// flag `serve --help` names is in the README's table, every flag of the table is in the
+/// help, and every command `wssedge ctl help` lists is on the README's ctl line.
+#[test]
+fn the_help_text_and_the_readme_name_the_same_flags_and_commands() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let flags = |text: &str| -> std::collections::BTreeSet<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .filter(|w| w.starts_with("--") && w.len() > 2 && w != &"--help")
+            .map(str::to_owned)
+            .collect()
+    };
+    let (code, help, _) = run_wssedge(&["serve", "--help"]);
+    assert_eq!(code, Some(0));
+    let table: String = readme
+        .lines()
+        .filter(|l| l.starts_with("| `--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(
+        flags(&help),
+        flags(&table),
+        "serve --help vs the README's flag table"
+    );
+    let (code, ctl_help, ctl_err) = run_wssedge(&["ctl", "--control", "/nonexistent", "help"]);
+    let ctl_help = format!("{ctl_help}{ctl_err}");
+    assert!(code.is_some(), "{ctl_help}");
+    let usage = readme
+        .split("wssedge ctl --control PATH COMMAND")
+        .nth(1)
+        .and_then(|rest| rest.split("wssedge audit verify").next())
+        .expect("the README's ctl line");
+    let readme_words: std::collections::BTreeSet<&str> = usage
+        .split(|c: char| !(c.is_ascii_lowercase() || c == '-'))
+        .collect();
+    // `ctl help` lists its commands one per line, indented: "  revoke-jti ID   …".
+    let commands: Vec<&str> = ctl_help
+        .lines()
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
+        .collect();
+    assert!(
+        commands.len() >= 10,
+        "the commands of `ctl help`: {commands:?}\n{ctl_help}"
+    );
+    for command in &commands {
+        assert!(
+            readme_words.contains(command),
+            "`wssedge ctl help` names {command:?}, the README's ctl line does not"
+        );
+    }
+}
