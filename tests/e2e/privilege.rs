@@ -132,6 +132,31 @@ async fn ctl_as_nobody(socket: &Path, args: &[&str]) -> (std::process::ExitStatu
         .expect("wssedge ctl as nobody, in time")
 }
 
+/// A server started as nobody by `setpriv` (its state directory nobody's, under `parent`),
+/// with `caps` (setpriv's spelling, e.g. "+bpf,+perfmon") inheritable, ambient and the whole
+/// bounding set, or with none.
+fn started_as_nobody(parent: &Path, caps: Option<&str>) -> ServerBuilder {
+    let state = owned_dir(parent, "state", NOBODY);
+    let mut setpriv: Vec<String> = [
+        "setpriv",
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+    ]
+    .map(String::from)
+    .to_vec();
+    if let Some(caps) = caps {
+        setpriv.push(format!("--inh-caps=-all,{caps}"));
+        setpriv.push(format!("--ambient-caps={caps}"));
+        setpriv.push(format!("--bounding-set=-all,{caps}"));
+    }
+    let setpriv: Vec<&str> = setpriv.iter().map(String::as_str).collect();
+    ServerBuilder::new()
+        .open_tmp()
+        .state_dir(&state)
+        .via(&setpriv)
+}
+
 fn become_subreaper() {
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only changes who adopts this process's orphans.
     let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
@@ -263,23 +288,13 @@ async fn under_setpriv_with_ambient_capabilities_the_limiter_loads_then_nothing_
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let state = owned_dir(dir.path(), "state", NOBODY);
-    let caps = "+net_bind_service,+bpf,+net_admin,+perfmon";
-    let srv = ServerBuilder::new()
-        .cores(2)
-        .open_tmp()
-        .state_dir(&state)
-        .via(&[
-            "setpriv",
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            &format!("--inh-caps=-all,{caps}"),
-            &format!("--ambient-caps={caps}"),
-            &format!("--bounding-set=-all,{caps}"),
-        ])
-        .config(&format!("{CONFIG}ip_limiter = \"ebpf\"\n"))
-        .start();
+    let srv = started_as_nobody(
+        dir.path(),
+        Some("+net_bind_service,+bpf,+net_admin,+perfmon"),
+    )
+    .cores(2)
+    .config(&format!("{CONFIG}ip_limiter = \"ebpf\"\n"))
+    .start();
     let pid = srv.proc.pid();
     let threads = threads_of(pid);
     for t in &threads {
@@ -316,16 +331,7 @@ async fn an_unknown_user_or_one_this_process_cannot_become_refuses_the_start() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let state = owned_dir(dir.path(), "state", NOBODY);
-    let (status, _, stderr) = ServerBuilder::new()
-        .open_tmp()
-        .state_dir(&state)
-        .via(&[
-            "setpriv",
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-        ])
+    let (status, _, stderr) = started_as_nobody(dir.path(), None)
         .config("[server]\nuser = \"root\"\n")
         .run_expect_exit();
     assert_eq!(status.code(), Some(2), "{stderr}");
