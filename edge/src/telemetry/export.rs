@@ -6,10 +6,10 @@
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_queue::ArrayQueue;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -165,31 +165,17 @@ pub(super) struct Exporter {
 }
 
 impl Exporter {
-    pub(super) fn run(self, rx: mpsc::Receiver<SpanRecord>) {
+    /// Collects on its own clock (every `POLL`, never woken by a core), posts a batch when
+    /// one is full or the interval is up, and on stop posts what is left and ends.
+    pub(super) fn run(self, queue: &ArrayQueue<SpanRecord>) {
+        const POLL: Duration = Duration::from_millis(50);
         let mut pending: Vec<SpanRecord> = Vec::new();
         let mut due = Instant::now() + self.interval;
         let mut last_warning: Option<Instant> = None;
         loop {
-            let wait = due
-                .saturating_duration_since(Instant::now())
-                .min(Duration::from_millis(100));
-            let closed = match rx.recv_timeout(wait) {
-                Ok(span) => {
-                    pending.push(span);
-                    while pending.len() < self.batch {
-                        match rx.try_recv() {
-                            Ok(span) => pending.push(span),
-                            Err(_) => break,
-                        }
-                    }
-                    false
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => false,
-                Err(mpsc::RecvTimeoutError::Disconnected) => true,
-            };
-            let stopping = closed || self.stop.load(Ordering::SeqCst);
-            if stopping {
-                pending.extend(rx.try_iter());
+            let stopping = self.stop.load(Ordering::SeqCst);
+            while let Some(span) = queue.pop() {
+                pending.push(span);
             }
             if pending.len() >= self.batch || Instant::now() >= due || stopping {
                 while !pending.is_empty() {
@@ -202,6 +188,7 @@ impl Exporter {
             if stopping {
                 return;
             }
+            std::thread::sleep(POLL.min(due.saturating_duration_since(Instant::now())));
         }
     }
 
@@ -368,13 +355,17 @@ mod tests {
             stats: stats.clone(),
             stop: stop.clone(),
         };
-        let (tx, rx) = mpsc::sync_channel(8);
-        let t = std::thread::spawn(move || exporter.run(rx));
+        let queue = Arc::new(ArrayQueue::new(8));
         for _ in 0..3 {
             let ctx = TraceSpan::begin(None, 1.0);
-            tx.send(SpanRecord::ending_now(ctx, "s", Duration::ZERO))
+            queue
+                .push(SpanRecord::ending_now(ctx, "s", Duration::ZERO))
                 .unwrap();
         }
+        let t = std::thread::spawn({
+            let queue = queue.clone();
+            move || exporter.run(&queue)
+        });
         stop.store(true, Ordering::SeqCst);
         t.join().unwrap();
         assert_eq!(stats.failed.load(Ordering::Relaxed), 3);
