@@ -105,24 +105,16 @@ fn prog_err(program: &str, e: ProgramError) -> EbpfError {
     }
 }
 
-/// Effective capabilities from /proc/self/status (bit numbers from linux/capability.h).
+/// Whether this thread's effective capabilities may load the limiter (capget; unknown: let
+/// the kernel answer).
 fn has_caps() -> bool {
-    const CAP_NET_ADMIN: u32 = 12;
-    const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_PERFMON: u32 = 38;
-    const CAP_BPF: u32 = 39;
-    let Some(eff) = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:").map(|v| v.trim().to_string()))
-        })
-        .and_then(|v| u64::from_str_radix(&v, 16).ok())
-    else {
-        return true; // unknown: let the kernel answer
+    use wssedge_sys::privilege::{capabilities, CapabilitySet as Cap};
+    let Ok(sets) = capabilities() else {
+        return true;
     };
-    let has = |c: u32| eff & (1u64 << c) != 0;
-    has(CAP_NET_ADMIN) && (has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)))
+    let eff = sets.effective;
+    eff.contains(Cap::NET_ADMIN)
+        && (eff.contains(Cap::SYS_ADMIN) || eff.contains(Cap::BPF | Cap::PERFMON))
 }
 
 struct Inner {
@@ -309,12 +301,7 @@ impl EbpfLimiter {
                 .insert(p, 1u8, 0)
                 .map_err(|e| map_err("ports", e))?;
         }
-        for (i, fd) in listeners.iter().enumerate() {
-            inner
-                ._listeners
-                .set(i as u32, fd, 0)
-                .map_err(|e| map_err(&format!("listeners[{i}]"), e))?;
-        }
+        inner.put_listeners()?;
         inner.write_active()?;
         inner.write_rules(&rules)?;
 
@@ -498,18 +485,7 @@ impl EbpfLimiter {
 
     /// Puts the listeners back after a restart that did not happen.
     pub fn take_listeners_back(&self) -> Result<(), EbpfError> {
-        let mut inner = self.lock();
-        let Inner {
-            _listeners,
-            listener_fds,
-            ..
-        } = &mut *inner;
-        for (i, fd) in listener_fds.iter().enumerate() {
-            _listeners
-                .set(i as u32, fd, 0)
-                .map_err(|e| map_err(&format!("listeners[{i}]"), e))?;
-        }
-        Ok(())
+        self.lock().put_listeners()
     }
 
     pub fn immediate_release(&self) -> Option<&'static str> {
@@ -569,6 +545,17 @@ impl Inner {
     /// Active list first, count last: a concurrent SYN never sees a count covering entries
     /// not yet written. Removing a core: its position is overwritten, the tail repeats a live
     /// entry until the count shrinks.
+    /// Every listener of the group in its slot of the socket array (at attach, and back after
+    /// a restart that failed).
+    fn put_listeners(&mut self) -> Result<(), EbpfError> {
+        for (i, fd) in self.listener_fds.iter().enumerate() {
+            self._listeners
+                .set(i as u32, fd, 0)
+                .map_err(|e| map_err(&format!("listeners[{i}]"), e))?;
+        }
+        Ok(())
+    }
+
     fn write_active(&mut self) -> Result<(), EbpfError> {
         let list: Vec<u32> = self
             .active_set
