@@ -202,6 +202,15 @@ fn single<'a>(headers: &'a [httparse::Header<'a>], name: &str) -> Result<Option<
     Ok(first.map(|h| h.value.trim_ascii()))
 }
 
+/// A header sent once and valid UTF-8; `None` when absent, repeated or not UTF-8 (for headers
+/// that are ignored, never refused, when unusable).
+fn single_utf8<'a>(headers: &'a [httparse::Header<'a>], name: &str) -> Option<&'a str> {
+    single(headers, name)
+        .ok()
+        .flatten()
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
 /// RFC 7230 §3.2.6 `token`: what a subprotocol name is (RFC 6455 §4.1). A bearer token offer
 /// (`bearer.` and a JWT: base64url and dots) is one.
 fn is_token(v: &[u8]) -> bool {
@@ -320,16 +329,9 @@ pub fn parse_upgrade(
         .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
         .map(|h| utf8(h.value.trim_ascii()))
         .collect::<Result<Vec<_>, _>>()?;
-    let user_agent = single(headers, "user-agent")
-        .ok()
-        .flatten()
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .map(str::to_owned);
-    let traceparent = single(headers, "traceparent")
-        .ok()
-        .flatten()
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(crate::trace_context::TraceParent::parse);
+    let user_agent = single_utf8(headers, "user-agent").map(str::to_owned);
+    let traceparent =
+        single_utf8(headers, "traceparent").and_then(crate::trace_context::TraceParent::parse);
     Ok(Some((
         UpgradeRequest {
             path,
