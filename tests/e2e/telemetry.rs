@@ -378,3 +378,54 @@ async fn a_bad_telemetry_section_refuses_the_start() {
         assert!(stderr.contains(needle), "{section}: {stderr}");
     }
 }
+
+/// A collector that accepts and then says nothing: each export waits `export_timeout_ms`, never
+/// longer; the sessions are served meanwhile, the spans are counted as failed, and a drain
+/// still ends the process promptly (the exporter's last post is bounded too).
+#[tokio::test]
+async fn a_silent_collector_holds_nothing_but_its_own_timeout() {
+    let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let endpoint = format!("http://{}", silent.local_addr().expect("addr"));
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream); // read nothing, answer nothing
+        }
+    });
+    let mut srv = ServerBuilder::new()
+        .config(&format!(
+            "{}export_timeout_ms = 300\nqueue_spans = 4\n",
+            telemetry_section(&endpoint)
+        ))
+        .start();
+    for i in 0..6 {
+        let mut ws = srv.raw().await;
+        expect_echo(
+            &mut ws,
+            &format!("served while the collector is silent {i}"),
+        )
+        .await;
+    }
+    srv.wait_metric(
+        "wssedge_telemetry_spans_total",
+        &[("result", "failed")],
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        srv.metric("wssedge_telemetry_spans_total", &[("result", "exported")])
+            .await,
+        0.0
+    );
+    // SAFETY: kill(2) on the pid of the server this test started.
+    let rc = unsafe { libc::kill(srv.proc.pid() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let status = srv.proc.exited_within(WAIT).await;
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        srv.proc.stderr()
+    );
+    held.abort();
+}
