@@ -104,7 +104,9 @@ pub(crate) enum KeyStep {
 // variant would add a second allocation per connection for nothing.
 #[allow(clippy::large_enum_variant)]
 enum Layer {
-    User(TlsSession),
+    /// Boxed: rustls' state is the largest a connection has, and it goes at the take-over;
+    /// inline it would keep its size in every idle connection's task.
+    User(Box<TlsSession>),
     Kernel(KernelTls),
     /// Userspace records after the take-over from rustls ([`soft`]): the one copy is the one
     /// into the record.
@@ -126,7 +128,7 @@ pub(crate) struct RecordLayer {
 impl RecordLayer {
     pub fn new(tls: TlsSession) -> Self {
         Self {
-            layer: Layer::User(tls),
+            layer: Layer::User(Box::new(tls)),
             mode: None,
             negotiated: None,
         }
@@ -461,7 +463,7 @@ impl RecordLayer {
                     abort: true,
                 });
             };
-            match ktls::offload(tls, fd, pool, &policy.support, policy.key_limit_override) {
+            match ktls::offload(*tls, fd, pool, &policy.support, policy.key_limit_override) {
                 Ok(kernel) => {
                     self.layer = Layer::Kernel(kernel);
                     self.decide(TlsMode::Kernel, metrics, peer);
@@ -472,7 +474,7 @@ impl RecordLayer {
                     reason,
                     detail,
                 }) => {
-                    self.layer = Layer::User(*tls);
+                    self.layer = Layer::User(tls);
                     metrics.ktls_fallback(reason);
                     log_fallback_once(reason, &detail);
                     if policy.mode == KtlsMode::Required {
@@ -511,9 +513,9 @@ impl RecordLayer {
                 abort: true,
             });
         };
-        match soft::take_over(tls, pool, policy.key_limit_override) {
+        match soft::take_over(*tls, pool, policy.key_limit_override) {
             Ok(records) => self.layer = Layer::Soft(records),
-            Err(TakeOverError::NotYet(tls)) => self.layer = Layer::User(*tls),
+            Err(TakeOverError::NotYet(tls)) => self.layer = Layer::User(tls),
             Err(TakeOverError::Broken(detail)) => {
                 tracing::warn!(%peer, detail, "userspace record take-over failed after the secrets were extracted; connection closed");
                 return Some(LayerEnd {
@@ -688,6 +690,21 @@ mod tests {
     use std::os::fd::AsFd;
 
     use super::*;
+
+    #[test]
+    fn an_open_connection_does_not_carry_rustls_handshake_state_inline() {
+        // Every idle connection holds a record layer for its life; rustls' handshake state
+        // (over a kilobyte) is boxed and goes at the take-over, so the layer is the size of
+        // its largest post-handshake form. Growing past this is a choice to make, not to
+        // drift into: it is paid by every idle connection (see perf-scripts/idle-memory.sh).
+        let layer = std::mem::size_of::<RecordLayer>();
+        assert!(layer <= 900, "RecordLayer is {layer} bytes");
+        let session = std::mem::size_of::<TlsSession>();
+        assert!(
+            session > layer,
+            "rustls' state ({session} B) is the one worth boxing"
+        );
+    }
 
     fn handshaking_layer() -> RecordLayer {
         let config = crate::tls::testpki::TestPki::new().server_config("edge.test");

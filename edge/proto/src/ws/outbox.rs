@@ -33,6 +33,19 @@ impl Outbox {
         self.frames.push_back(frame);
     }
 
+    /// Frees the queue's storage once it is empty: an idle connection keeps none (a queue
+    /// keeps its largest capacity otherwise; the next frame allocates it again).
+    pub fn release_idle(&mut self) {
+        if self.frames.is_empty() && self.frames.capacity() > 0 {
+            self.frames = VecDeque::new();
+        }
+    }
+
+    /// The queue's storage, in frames (0 once released).
+    pub fn capacity(&self) -> usize {
+        self.frames.capacity()
+    }
+
     /// Bytes queued and not yet handed out.
     pub fn len(&self) -> usize {
         self.queued
@@ -329,5 +342,25 @@ mod tests {
             }
             prop_assert_eq!(out, whole);
         }
+    }
+
+    #[test]
+    fn an_empty_outbox_gives_its_storage_back() {
+        let mut s = Session::new(SessionLimits::default());
+        s.send(
+            MessageKind::Binary,
+            Payload::Single(Bytes::from_static(b"abc")),
+        );
+        let mut o = Outbox::new();
+        while let Some(f) = s.poll_transmit() {
+            o.push(f);
+        }
+        o.release_idle();
+        assert!(o.capacity() > 0, "a queued frame keeps its storage");
+        let mut staging = Vec::new();
+        o.fill(&mut staging, usize::MAX);
+        assert!(o.is_empty());
+        o.release_idle();
+        assert_eq!(o.capacity(), 0, "an idle outbox holds no storage");
     }
 }

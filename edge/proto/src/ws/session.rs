@@ -1262,6 +1262,24 @@ impl Session {
         self.first_close
     }
 
+    /// Frees the event and frame queues once both are drained: an idle session keeps no
+    /// storage for them (a queue keeps its largest capacity otherwise).
+    pub fn release_idle(&mut self) {
+        if self.events.is_empty() && self.events.capacity() > 0 {
+            self.events = VecDeque::new();
+        }
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            self.out = VecDeque::new();
+        }
+    }
+
+    /// Storage the session's queues hold, in bytes (0 for an idle session after
+    /// [`release_idle`](Self::release_idle)).
+    pub fn queue_storage(&self) -> usize {
+        self.events.capacity() * std::mem::size_of::<(Event, Option<OutFrame>)>()
+            + self.out.capacity() * std::mem::size_of::<OutFrame>()
+    }
+
     pub fn poll_transmit(&mut self) -> Option<OutFrame> {
         let f = self.out.pop_front()?;
         if f.is_close {

@@ -1067,3 +1067,45 @@ fn a_failure_after_our_close_stops_the_close_reply_timer() {
     assert_eq!(s.poll_timeout(), None);
     assert_eq!(s.handle_timeout(t0 + Duration::from_secs(5)), None);
 }
+
+#[test]
+fn a_drained_session_gives_its_queue_storage_back() {
+    let mut s = session();
+    // A ping (its pong queued) and a message echoed: both queues grow.
+    let mut input = cframe(true, 9, b"hb");
+    input.extend_from_slice(&text("hello"));
+    let mut buf = BytesMut::from(&input[..]);
+    s.receive(&mut buf);
+    s.release_idle();
+    assert!(
+        s.queue_storage() > 0,
+        "events are still queued: nothing is released under them"
+    );
+    for event in events(&mut s) {
+        if let Event::Message(m) = event {
+            s.send(m.kind, m.payload);
+        }
+    }
+    assert_eq!(transmit(&mut s).len(), 2, "the pong and the echo");
+    assert!(s.queue_storage() > 0, "a drained queue keeps its capacity");
+    s.release_idle();
+    assert_eq!(
+        s.queue_storage(),
+        0,
+        "an idle session holds no queue storage"
+    );
+    // And it works on: the next message allocates again.
+    let (ev, _) = feed(&mut s, &text("again"));
+    assert_eq!(ev, vec![msg(MessageKind::Text, b"again")]);
+}
+
+#[test]
+fn release_keeps_a_frame_not_yet_transmitted() {
+    let mut s = session();
+    s.send(
+        MessageKind::Binary,
+        Payload::Single(Bytes::from_static(b"x")),
+    );
+    s.release_idle();
+    assert_eq!(transmit(&mut s).len(), 1, "the queued frame survives");
+}

@@ -108,7 +108,9 @@ async fn serve_inner(mut slot: Slot, stream: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    let mut conn = Conn::new(slot, stream, peer, tls);
+    // Its own allocation, of its own size: the future around it then holds only the loop's
+    // wait, not a second copy of the connection's layout padded to the largest await.
+    let mut conn = Box::new(Conn::new(slot, stream, peer, tls));
     let end = conn.run().await;
     conn.finish(end).await;
 }
@@ -119,7 +121,9 @@ async fn first_byte(slot: &mut Slot, stream: &TcpStream) -> Result<(), Reason> {
     if let Some(silent) = &slot.silent {
         let waited = monoio::select! {
             r = stream.readable(false) => r.map_err(|_| Reason::PeerClosedDuringHandshake),
-            _ = monoio::time::sleep(slot.core.cfg.limits.first_byte_timeout()) => Err(Reason::FirstByteTimeout),
+            // Boxed: a runtime timer is cache-line aligned (128 bytes), which would align
+            // and pad the whole connection task for this one wait before the first byte.
+            _ = Box::pin(monoio::time::sleep(slot.core.cfg.limits.first_byte_timeout())) => Err(Reason::FirstByteTimeout),
             _ = silent.evicted() => Err(Reason::SilentEvicted),
         };
         waited?;
@@ -533,7 +537,10 @@ impl Conn {
             }
             self.watch_partial_input();
             if let Some(pending) = self.phase.take_pending() {
-                let upgraded = self.finish_pending_upgrade(pending).await;
+                // Boxed: its waits (a replay check, an upstream's connect and 101) are the
+                // largest state this loop has, and only some upgrades pass through them; kept
+                // inline they would size every idle connection's task.
+                let upgraded = Box::pin(self.finish_pending_upgrade(pending)).await;
                 self.account_buffers();
                 let written = self.write_some();
                 if let Err(end) = upgraded.and(written) {
@@ -1634,12 +1641,17 @@ impl Conn {
         Ok(())
     }
 
-    /// Returns the read buffer once drained and keeps the held-buffers gauge true.
+    /// Returns the read buffer once drained, frees the queues a pass emptied (an idle
+    /// connection holds neither) and keeps the held-buffers gauge true.
     fn account_buffers(&mut self) {
         self.layer
             .release_idle(&mut self.core.buffers.pool.borrow_mut());
         if self.plaintext.is_empty() && self.plaintext.capacity() > 0 {
             self.plaintext = BytesMut::new();
+        }
+        self.outbox.release_idle();
+        if let Some(session) = self.phase.session_mut() {
+            session.release_idle();
         }
         let holds = self.layer.holds_read_buffer() || self.plaintext.capacity() > 0;
         if holds != self.holds_read_buffer {
@@ -1926,5 +1938,23 @@ impl<F: Future> Future for CatchUnwind<F> {
             Ok(Poll::Pending) => Poll::Pending,
             Err(panic) => Poll::Ready(Err(panic)),
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_state_stays_small() {
+        // Paid by every idle connection (boxed beside its task's future): what only some
+        // phases need lives behind a pointer (see perf-scripts/idle-memory.sh for the
+        // breakdown this keeps true).
+        let conn = std::mem::size_of::<Conn>();
+        assert!(conn <= 2048, "Conn is {conn} bytes");
+        assert!(
+            std::mem::align_of::<Conn>() <= 16,
+            "an over-aligned field pads every connection"
+        );
     }
 }
