@@ -68,6 +68,10 @@ pub struct ServerConfig {
     /// `privilege`): started as root it becomes the user; started with capabilities it keeps
     /// none in effect. None = serve as started.
     pub user: Option<String>,
+    /// After a connection's work, keep the core's thread polling the ring this long before it
+    /// sleeps (0: sleep at once). For hosts that isolate cores for the edge: it spends CPU to
+    /// skip the wake-up of the next message.
+    pub busy_poll_us: u64,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +85,7 @@ impl Default for ServerConfig {
             control: None,
             drain_timeout_ms: 5_000,
             user: None,
+            busy_poll_us: 0,
         }
     }
 }
@@ -195,6 +200,9 @@ impl Limits {
 
 /// The control-frame allowance: far above any heartbeat (a client pings every few seconds at
 /// most, and answers our pings), far below a flood (millions a second on one core).
+/// The longest `[server] busy_poll_us` accepted: 10 ms.
+pub const MAX_BUSY_POLL_US: u64 = 10_000;
+
 pub const DEFAULT_CONTROL_FRAMES_PER_S: f64 = 20.0;
 /// What a client may send at once, e.g. a burst of pings after a stall.
 pub const DEFAULT_CONTROL_FRAMES_BURST: u64 = 100;
@@ -395,6 +403,16 @@ impl Config {
                 "server.drain_timeout_ms",
                 0,
                 "must be greater than 0 (the time sessions get to finish their close handshake)",
+            ));
+        }
+        if s.busy_poll_us > MAX_BUSY_POLL_US {
+            return Err(ConfigError::invalid(
+                "server.busy_poll_us",
+                s.busy_poll_us,
+                format!(
+                    "at most {MAX_BUSY_POLL_US} (a window this long never lets a core sleep under \
+                     any traffic: isolate the core and keep the window to tens of microseconds)"
+                ),
             ));
         }
         if s.cores == Some(0) {
@@ -681,6 +699,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_conections"), "{e}");
+    }
+
+    #[test]
+    fn a_busy_poll_window_is_bounded() {
+        let c = Config::from_toml("[server]\nbusy_poll_us = 50\n").unwrap();
+        assert!(c.validate().is_ok());
+        assert_eq!(Config::default().server.busy_poll_us, 0, "off by default");
+        let c = Config::from_toml("[server]\nbusy_poll_us = 1000000\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("server.busy_poll_us") && e.contains("1000000") && e.contains("10000"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -251,6 +251,10 @@ pub struct CoreMetrics {
     pub pings_sent: Counter,
     /// Passes of the connection loops (each a wait, then the work it woke up).
     pub loop_passes: Counter,
+    /// `[server] busy_poll_us`: spin windows begun (each after a connection's work found the
+    /// spinner asleep), and the spinner's turns of the runtime within them.
+    pub busy_poll_windows: Counter,
+    pub busy_poll_turns: Counter,
     /// Loops that gave the core back after a run of passes that never waited.
     pub loop_yields: Counter,
     /// Passes that neither waited nor made progress (a bug; yielded, never repeated at once).
@@ -662,6 +666,22 @@ impl Registry {
             vec![(
                 String::new(),
                 cores.iter().map(|c| c.loop_passes.get()).sum(),
+            )],
+        );
+        counter(
+            "wssedge_busy_poll_windows_total",
+            "busy_poll_us: spin windows begun after connection work found the core's spinner asleep",
+            vec![(
+                String::new(),
+                cores.iter().map(|c| c.busy_poll_windows.get()).sum(),
+            )],
+        );
+        counter(
+            "wssedge_busy_poll_turns_total",
+            "busy_poll_us: runtime turns the spinners took instead of sleeping",
+            vec![(
+                String::new(),
+                cores.iter().map(|c| c.busy_poll_turns.get()).sum(),
             )],
         );
         counter(

@@ -19,6 +19,7 @@ mod audit;
 /// The in-process ws:// backend the proxy tests forward to.
 mod backend;
 mod browser;
+mod busy_poll;
 mod chaos_upstream;
 mod cli;
 mod compression;

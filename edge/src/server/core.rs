@@ -59,6 +59,8 @@ pub(crate) struct Core {
     pub counts: CoreCounts,
     /// What every accepted connection is set up with.
     pub conn: ConnSettings,
+    /// `[server] busy_poll_us`: the spinner that connection passes mark (None: off).
+    pub busy: Option<Rc<super::busy_poll::BusyPoll>>,
 }
 
 /// Admission and the limits behind it, on one core.
@@ -193,6 +195,7 @@ impl Core {
                     start.metrics.clone(),
                 ),
             },
+            busy: super::busy_poll::BusyPoll::new(cfg.server.busy_poll_us),
             cfg,
         }
     }
@@ -419,6 +422,9 @@ async fn core_main(
     gate: Rc<AcceptGate>,
 ) {
     monoio::spawn(core.access.replay.clone().serve(inboxes.replay));
+    if let Some(busy) = &core.busy {
+        monoio::spawn(busy.clone().run(core.metrics.clone()));
+    }
     if let (Some(pubsub), Some(inbox)) = (&core.pubsub, inboxes.pubsub) {
         monoio::spawn(pubsub.clone().serve(inbox));
         for feed in inboxes.feeds {

@@ -2,6 +2,7 @@
 //! listener per address, its own connections, timer wheel and buffer pool. Connections never
 //! migrate between cores; cores share nothing on the data path.
 
+mod busy_poll;
 mod conn;
 pub(crate) use conn::yield_turn;
 mod core;

@@ -237,7 +237,7 @@ fn fixed_limits(l: &Limits) -> String {
 /// The keys whose value in `new` differs from the running one and that apply only at start.
 fn needs_restart(running: &Config, new: &Config) -> Vec<String> {
     type Key = (&'static str, fn(&Config) -> String);
-    let keys: [Key; 14] = [
+    let keys: [Key; 15] = [
         ("server.listen", |c| format!("{:?}", c.server.listen)),
         ("server.cores", |c| format!("{:?}", c.server.cores)),
         ("server.cpus", |c| format!("{:?}", c.server.cpus)),
@@ -248,6 +248,7 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<String> {
         ("server.drain_timeout_ms", |c| {
             c.server.drain_timeout_ms.to_string()
         }),
+        ("server.busy_poll_us", |c| c.server.busy_poll_us.to_string()),
         ("tls.ktls", |c| format!("{:?}", c.tls.ktls)),
         ("tls.ktls_key_limit_records", |c| {
             format!("{:?}", c.tls.ktls_key_limit_records)

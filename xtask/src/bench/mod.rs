@@ -132,13 +132,24 @@ const DIRECT_BACKEND: &str = "direct-backend";
 /// before/after figures measured in one run on one host.
 const WSSEDGE_BEFORE: &str = "wssedge-before";
 const WSSEDGE_PROXY_BEFORE: &str = "wssedge-proxy-before";
+/// wssedge's echo with `[server] busy_poll_us` set: the same cells as `wssedge` in open loop,
+/// for the latency the spin buys and the CPU it costs.
+const WSSEDGE_BUSY_POLL: &str = "wssedge-busypoll";
+/// The window `wssedge-busypoll` spins for.
+const BUSY_POLL_US: u64 = 50;
 
-const PEERS: [PeerDef; 25] = [
+const PEERS: [PeerDef; 26] = [
     PeerDef {
         key: OURS,
         label: "wssedge (userspace TLS)",
         proto: "wss",
         scenarios: OURS_SCENARIOS,
+    },
+    PeerDef {
+        key: WSSEDGE_BUSY_POLL,
+        label: "wssedge (busy_poll_us = 50)",
+        proto: "wss",
+        scenarios: &[Scenario::Rate],
     },
     PeerDef {
         key: WSSEDGE_BEFORE,
@@ -987,6 +998,14 @@ fn start_server(ctx: &Ctx, peer: &str, tag: &str) -> Result<Server> {
                 .arg(&ctx.state)
                 .args(["--cpus", SERVER_CPU]);
             single("wssedge", c)
+        }
+        WSSEDGE_BUSY_POLL => {
+            let conf = format!(
+                "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\ncpus = [{SERVER_CPU}]\n\
+                 busy_poll_us = {BUSY_POLL_US}\n"
+            );
+            let (g, addr) = start_wssedge(&conf, "server")?;
+            Ok(Server::alone(g, addr))
         }
         "tungstenite" => single("peer-tungstenite", peer_cmd("peer-tungstenite", true)),
         "fastwebsockets" => single("peer-fastwebsockets", peer_cmd("peer-fastwebsockets", true)),
@@ -2244,7 +2263,11 @@ mod tests {
         assert!(!storm.peers.iter().any(|x| x.starts_with("floor")));
         assert!(storm.peers.iter().any(|x| x == "nginx"));
         let rate = &p[0];
-        assert_eq!(rate.peers.len(), 6);
+        assert_eq!(rate.peers.len(), 7);
+        assert!(
+            rate.peers.iter().any(|x| x == WSSEDGE_BUSY_POLL),
+            "busy polling is measured against the same cells without"
+        );
         assert!(!rate.peers.iter().any(|x| x.contains("proxy")));
         // The proxy set: its three peers plus wssedge's echo mode, at the moderate rate.
         let proxy = p.iter().find(|g| g.scenario == Scenario::Proxy).unwrap();

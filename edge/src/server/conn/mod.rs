@@ -437,6 +437,9 @@ impl Conn {
                 Waited::new(wait).await
             };
             self.core.metrics.loop_passes.inc();
+            if let Some(busy) = &self.core.busy {
+                busy.mark();
+            }
             let inflated_a_slice = matches!(wake, Wake::Inflate);
             let step = match wake {
                 Wake::AppReadable(Ok(())) => {
