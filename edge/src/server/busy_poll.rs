@@ -8,12 +8,14 @@
 //!
 //! How, without forking the runtime: one task per core spins by yielding ([`yield_turn`]:
 //! re-queued at once; monoio's loop, finding a task ready, submits and reaps the ring without
-//! waiting before it runs it again). Each millisecond of spinning it also lets the runtime park
-//! on a timer already due: the park enters the ring with a zero timeout and fires every due
-//! timer, which monoio fires only when it parks (the core's deadline wheel is driven by one).
-//! Every connection pass marks activity; the window restarts at each mark and ends when none
-//! came for `busy_poll_us`; then the spinner sleeps until the next mark wakes it. An idle core
-//! therefore spins for one window after its last message, never longer.
+//! waiting before it runs it again). Such a core's ring runs completions at every kernel entry
+//! (COOP_TASKRUN), not only when parking as a deferred ring would (see `build_runtime`). Each
+//! millisecond of spinning it also lets the runtime park on a timer already due: the park enters
+//! the ring with a zero timeout and fires every due timer, which monoio fires only when it parks
+//! (the core's deadline wheel is driven by one). Every connection pass marks activity; the
+//! window restarts at each mark and ends when none came for `busy_poll_us`; then the spinner
+//! sleeps until the next mark wakes it. An idle core therefore spins for one window after its
+//! last message, never longer.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;

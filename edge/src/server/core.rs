@@ -329,7 +329,7 @@ pub(crate) fn run_core(
         tracing::warn!(core = core.index, cpu, error = %e, "could not pin the core thread; it runs unpinned");
     }
     let uring = monoio::utils::detect_uring();
-    let mut rt = match build_runtime() {
+    let mut rt = match build_runtime(core.busy.is_none()) {
         Ok(rt) => rt,
         Err(source) => {
             let _ = started.send(Err(CoreStartError::Runtime {
@@ -393,14 +393,16 @@ type CoreRuntime = monoio::FusionRuntime<
 
 /// The core's runtime: io_uring where the kernel has it, else the legacy (epoll) driver.
 ///
-/// The ring is set up for one thread (SINGLE_ISSUER) with cooperative task running
-/// (COOP_TASKRUN): completions raised by the network stack on another CPU then do not
-/// interrupt this core with an IPI; they are run when the core next enters the kernel, which
-/// it does on every loop turn. Kernels without these flags (before 6.0) get a plain ring.
-fn build_runtime() -> std::io::Result<CoreRuntime> {
+/// The ring is set up for one thread (SINGLE_ISSUER) with its completion work deferred
+/// (DEFER_TASKRUN, 6.1+, when `defer`): what the network stack completes on another CPU
+/// neither interrupts this core nor runs until the core asks for completions, which monoio
+/// does when it parks — once per loop turn with nothing left to run, so a burst is reaped in
+/// one go. A busy-polling core (`busy_poll_us`) must reap without parking, which a deferred
+/// ring does not allow: it, and kernels without DEFER_TASKRUN, get cooperative task running
+/// (COOP_TASKRUN, 6.0: no IPI, completions run at the next kernel entry); older kernels a
+/// plain ring.
+fn build_runtime(defer: bool) -> std::io::Result<CoreRuntime> {
     const ENTRIES: u32 = 4096;
-    let mut tuned = io_uring::IoUring::builder();
-    tuned.setup_coop_taskrun().setup_single_issuer();
     let build = |urb: io_uring::Builder| {
         monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
             .with_entries(ENTRIES)
@@ -408,9 +410,22 @@ fn build_runtime() -> std::io::Result<CoreRuntime> {
             .enable_timer()
             .build()
     };
-    build(tuned).or_else(|e| {
-        tracing::info!(error = %e, "io_uring without COOP_TASKRUN/SINGLE_ISSUER on this kernel");
-        build(io_uring::IoUring::builder())
+    let coop = || {
+        let mut coop = io_uring::IoUring::builder();
+        coop.setup_coop_taskrun().setup_single_issuer();
+        build(coop).or_else(|e| {
+            tracing::info!(error = %e, "io_uring without COOP_TASKRUN/SINGLE_ISSUER on this kernel");
+            build(io_uring::IoUring::builder())
+        })
+    };
+    if !defer {
+        return coop();
+    }
+    let mut deferred = io_uring::IoUring::builder();
+    deferred.setup_single_issuer().setup_defer_taskrun();
+    build(deferred).or_else(|e| {
+        tracing::info!(error = %e, "io_uring without DEFER_TASKRUN on this kernel");
+        coop()
     })
 }
 
