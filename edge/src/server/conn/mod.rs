@@ -81,36 +81,53 @@ enum End {
 }
 
 /// Serves one accepted connection to its end. Panics anywhere in it are caught here.
+///
+/// In two boxed steps: the wait for the first byte, then the connection's life. The second is
+/// what an idle connection keeps for hours, so it holds only the connection (its own
+/// allocation, of its own size) and its loop's wait — not the arguments of the first step,
+/// which a single future would keep beside them for its whole life.
 pub(crate) async fn serve(slot: Slot, stream: TcpStream, peer: SocketAddr) {
     let metrics = slot.core.metrics.clone();
-    if let Err(panic) = CatchUnwind(Box::pin(serve_inner(slot, stream, peer))).await {
-        metrics.panics.inc();
-        tracing::error!(%peer, panic = panic_message(&panic), "connection task panicked; connection closed");
+    let conn = match CatchUnwind(Box::pin(open(slot, stream, peer))).await {
+        Ok(Some(conn)) => conn,
+        Ok(None) => return,
+        Err(panic) => return on_panic(&metrics, peer, &panic),
+    };
+    if let Err(panic) = CatchUnwind(Box::pin(live(conn))).await {
+        on_panic(&metrics, peer, &panic);
     }
 }
 
-async fn serve_inner(mut slot: Slot, stream: TcpStream, peer: SocketAddr) {
+fn on_panic(metrics: &crate::metrics::CoreMetrics, peer: SocketAddr, panic: &Box<dyn Any + Send>) {
+    metrics.panics.inc();
+    tracing::error!(%peer, panic = panic_message(panic), "connection task panicked; connection closed");
+}
+
+/// The connection once it has spoken, or `None` when it is closed unserved.
+async fn open(mut slot: Slot, stream: TcpStream, peer: SocketAddr) -> Option<Box<Conn>> {
     let core = slot.core.clone();
     if let Err(e) = sockopt::tune_accepted(sockopt::borrow_fd(&stream), &core.conn.socket_opts) {
         tracing::debug!(%peer, error = %e, "socket options failed; connection closed");
-        return;
+        return None;
     }
     if let Err(reason) = first_byte(&mut slot, &stream).await {
         // Nothing was said: reset, leaving no TIME_WAIT behind a flood of silent sockets.
         Refusal::Silent { reason }.record_at_accept(&core, peer);
         sockopt::set_linger_zero(sockopt::borrow_fd(&stream));
-        return;
+        return None;
     }
     let tls = match TlsSession::new(core.tls.config.load_full()) {
         Ok(tls) => tls,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "cannot start a TLS session");
-            return;
+            return None;
         }
     };
-    // Its own allocation, of its own size: the future around it then holds only the loop's
-    // wait, not a second copy of the connection's layout padded to the largest await.
-    let mut conn = Box::new(Conn::new(slot, stream, peer, tls));
+    Some(Box::new(Conn::new(slot, stream, peer, tls)))
+}
+
+/// The connection's life: TLS, the upgrade, the session, the close.
+async fn live(mut conn: Box<Conn>) {
     let end = conn.run().await;
     conn.finish(end).await;
 }
