@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::metrics::CoreMetrics;
 
-use super::conn::yield_turn;
+use super::conn::{boxed_timer, yield_turn};
 
 /// How often a spinning core lets its due timers fire.
 const TIMERS_EVERY: Duration = Duration::from_millis(1);
@@ -103,12 +103,12 @@ impl BusyPoll {
 /// Lets the runtime park without waiting: a timer already due makes monoio's park enter the
 /// ring with a zero timeout (reaping what completed) and fire every due timer. (A zero-length
 /// sleep would not do: monoio rounds a deadline up to its next millisecond, and its park would
-/// sleep until then.) The timer is boxed: monoio's is 128-byte aligned.
+/// sleep until then.)
 async fn park_on_due_timer() {
     let due = Instant::now()
         .checked_sub(Duration::from_millis(2))
         .unwrap_or_else(Instant::now);
-    Box::pin(monoio::time::sleep_until(due.into())).await;
+    boxed_timer(due).await;
 }
 
 #[cfg(test)]

@@ -22,6 +22,14 @@ pub struct Outbox {
     queued: usize,
 }
 
+/// Frees a drained queue's storage (a queue keeps its largest capacity otherwise; the next
+/// item allocates it again).
+pub(crate) fn release_if_empty<T>(queue: &mut VecDeque<T>) {
+    if queue.is_empty() && queue.capacity() > 0 {
+        *queue = VecDeque::new();
+    }
+}
+
 impl Outbox {
     pub fn new() -> Self {
         Self::default()
@@ -33,12 +41,9 @@ impl Outbox {
         self.frames.push_back(frame);
     }
 
-    /// Frees the queue's storage once it is empty: an idle connection keeps none (a queue
-    /// keeps its largest capacity otherwise; the next frame allocates it again).
+    /// Frees the queue's storage once it is empty: an idle connection keeps none.
     pub fn release_idle(&mut self) {
-        if self.frames.is_empty() && self.frames.capacity() > 0 {
-            self.frames = VecDeque::new();
-        }
+        release_if_empty(&mut self.frames);
     }
 
     /// The queue's storage, in frames (0 once released).

@@ -1262,15 +1262,11 @@ impl Session {
         self.first_close
     }
 
-    /// Frees the event and frame queues once both are drained: an idle session keeps no
-    /// storage for them (a queue keeps its largest capacity otherwise).
+    /// Frees the event and frame queues once drained: an idle session keeps no storage for
+    /// them.
     pub fn release_idle(&mut self) {
-        if self.events.is_empty() && self.events.capacity() > 0 {
-            self.events = VecDeque::new();
-        }
-        if self.out.is_empty() && self.out.capacity() > 0 {
-            self.out = VecDeque::new();
-        }
+        super::outbox::release_if_empty(&mut self.events);
+        super::outbox::release_if_empty(&mut self.out);
     }
 
     /// Storage the session's queues hold, in bytes (0 for an idle session after

@@ -62,7 +62,7 @@ const REPLAY_CLAIM_MARGIN_S: u64 = 120;
 const FLEET_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// What a client refused 503 `fleet_unavailable` is told.
 const FLEET_RETRY: &[(&str, &str)] = &[("Retry-After", "1")];
-pub(crate) use self::pass::yield_turn;
+pub(crate) use self::pass::{boxed_timer, yield_turn};
 use self::pass::{yield_to_core, AfterPass, PassGuard, Waited};
 use self::phase::{PendingUpgrade, Phase, Upgraded};
 use self::proxy::Proxy;
@@ -138,9 +138,7 @@ async fn first_byte(slot: &mut Slot, stream: &TcpStream) -> Result<(), Reason> {
     if let Some(silent) = &slot.silent {
         let waited = monoio::select! {
             r = stream.readable(false) => r.map_err(|_| Reason::PeerClosedDuringHandshake),
-            // Boxed: a runtime timer is cache-line aligned (128 bytes), which would align
-            // and pad the whole connection task for this one wait before the first byte.
-            _ = Box::pin(monoio::time::sleep(slot.core.cfg.limits.first_byte_timeout())) => Err(Reason::FirstByteTimeout),
+            _ = boxed_timer(Instant::now() + slot.core.cfg.limits.first_byte_timeout()) => Err(Reason::FirstByteTimeout),
             _ = silent.evicted() => Err(Reason::SilentEvicted),
         };
         waited?;

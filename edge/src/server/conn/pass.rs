@@ -110,14 +110,18 @@ impl<F: Future + Unpin> Future for Waited<F> {
     }
 }
 
+/// A runtime timer, boxed: monoio's is cache-line aligned (128 bytes), and inline in a
+/// connection's future (or any long-lived task's) it would align and pad the whole task for
+/// one wait.
+pub(crate) fn boxed_timer(at: std::time::Instant) -> Pin<Box<monoio::time::Sleep>> {
+    Box::pin(monoio::time::sleep_until(at.into()))
+}
+
 /// Gives the core back until the runtime's next park: other tasks run, io_uring completions
 /// are reaped and due timers fire (monoio fires timers only when it parks, so a plain re-wake
 /// would not let them run). Costs at most the timer's 1 ms granularity.
-///
-/// The timer is boxed: a runtime timer is cache-line aligned (128 bytes) and, inline, would
-/// align and pad every connection task that can yield.
 pub(super) async fn yield_to_core() {
-    Box::pin(monoio::time::sleep(std::time::Duration::ZERO)).await;
+    boxed_timer(std::time::Instant::now()).await;
 }
 
 /// Gives the core back for one turn: the task is woken at once and queued behind the others;
